@@ -1,0 +1,24 @@
+# Sourced by scripts/run and scripts/test: make .venv exist and hold the project, then activate it.
+# Re-installs only when pyproject.toml changed since the last install, so repeated runs are quick.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "creating .venv with $($PYTHON --version)" >&2
+    "$PYTHON" -m venv .venv
+fi
+STAMP=.venv/.shmpool-installed
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+    # The install log is shown only when something fails, so a passing run stays readable.
+    if ! { .venv/bin/python -m pip install --upgrade pip \
+           && .venv/bin/python -m pip install -e ".[dev${SHMPOOL_EXTRAS:+,$SHMPOOL_EXTRAS}]"; } \
+           >.venv/install.log 2>&1; then
+        cat .venv/install.log >&2
+        echo "installing the project into .venv failed (log above, also in .venv/install.log)" >&2
+        exit 1
+    fi
+    touch "$STAMP"
+fi
+# shellcheck disable=SC1091
+source .venv/bin/activate

@@ -1,0 +1,54 @@
+"""shmpool: immutable data served to many processes at once through POSIX shared memory.
+
+The library logs through loguru but stays silent until the application asks: following loguru's
+guidance for libraries, ``logger.disable("shmpool")`` runs on import and the CLI (or the user)
+calls ``logger.enable("shmpool")``.
+"""
+
+from loguru import logger
+
+from .alloc import AllocationTable, Handle
+from .errors import (
+    AllocationFailed,
+    AttachError,
+    DimensionNotFound,
+    InstanceExists,
+    InvalidHandle,
+    InvalidLayer,
+    LayerNotFound,
+    LimitExceeded,
+    LockTimeout,
+    OutOfBounds,
+    RegionFormatError,
+    ShmPoolError,
+)
+from .instance import DEFAULT_POOLS, PoolSpec, SharedInstance
+from .limits import DEFAULT_LIMIT, Thresholds
+from .names import cleanup
+
+logger.disable("shmpool")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllocationFailed",
+    "AllocationTable",
+    "AttachError",
+    "DEFAULT_LIMIT",
+    "DEFAULT_POOLS",
+    "DimensionNotFound",
+    "Handle",
+    "InstanceExists",
+    "InvalidHandle",
+    "InvalidLayer",
+    "LayerNotFound",
+    "LimitExceeded",
+    "LockTimeout",
+    "OutOfBounds",
+    "PoolSpec",
+    "RegionFormatError",
+    "SharedInstance",
+    "ShmPoolError",
+    "Thresholds",
+    "cleanup",
+]

@@ -1,0 +1,66 @@
+"""Process liveness that survives pid reuse and sees through zombies.
+
+A pid alone is not an identity: after a crash the kernel may hand the same pid to an unrelated
+process. On Linux we pair the pid with its start time (field 22 of /proc/PID/stat), which is
+unique for the life of the boot. A SIGKILLed child that its parent has not reaped yet is a zombie:
+``kill(pid, 0)`` still succeeds, so we read its state letter too and count ``Z``/``X`` as dead.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["start_token", "is_alive", "my_identity"]
+
+_HAVE_PROC = os.path.isdir("/proc/self")
+_cached: tuple[int, int] | None = None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; the fields we want follow the last ')'.
+    tail = raw[raw.rfind(b")") + 2:].split()
+    return [f.decode("ascii", "replace") for f in tail]
+
+
+def start_token(pid: int) -> int:
+    """The process start time in clock ticks since boot, or 0 where it cannot be known."""
+    if not _HAVE_PROC:
+        return 0
+    fields = _stat_fields(pid)
+    if not fields or len(fields) < 20:
+        return 0
+    return int(fields[19])
+
+
+def is_alive(pid: int, token: int = 0) -> bool:
+    """True if ``pid`` runs and (when ``token`` is non-zero) is the same process that had ``token``."""
+    if pid <= 0:
+        return False
+    if _HAVE_PROC:
+        fields = _stat_fields(pid)
+        if fields is None:
+            return False
+        if fields[0] in ("Z", "X", "x"):
+            return False
+        return token == 0 or int(fields[19]) == token
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def my_identity() -> tuple[int, int]:
+    """(pid, start token) of the calling process; recomputed after fork."""
+    global _cached
+    pid = os.getpid()
+    if _cached is None or _cached[0] != pid:
+        _cached = (pid, start_token(pid))
+    return _cached

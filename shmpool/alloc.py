@@ -1,0 +1,318 @@
+"""The cross-process allocation table: one bitmap per pool, records as the source of truth.
+
+Any attached process may allocate and free. Every mutation happens under the table's
+:class:`~shmpool.lock.SharedLock`. The allocation *records* are authoritative; the bitmaps and
+usage counters are derived from them. A record becomes live only when its STATE is stored (last
+step of allocate) and stops being live when STATE is cleared (first step of free), so a process
+killed anywhere inside the critical section leaves records that are each either whole or absent.
+The next holder after a takeover rebuilds bitmaps and counters from the records and reclaims the
+records of dead owners: no block is ever owned twice and nothing a dead process held leaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from loguru import logger
+
+from ._proc import is_alive, my_identity
+from .errors import AllocationFailed, InvalidHandle, LimitExceeded
+from .layout import P, R, W, Control
+from .limits import PressureHook, Thresholds, after_allocation
+from .lock import SharedLock
+from .stats import PoolStats, TableStats, largest_free_run
+
+__all__ = ["Handle", "AllocationTable"]
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A live allocation: ``block_count`` blocks from ``first_block`` of pool ``pool``."""
+    pool: int
+    first_block: int
+    block_count: int
+    nbytes: int
+    record: int
+    serial: int
+    instance_token: int
+
+    def __repr__(self) -> str:
+        return (f"Handle(pool={self.pool}, first_block={self.first_block}, "
+                f"block_count={self.block_count}, nbytes={self.nbytes}, record={self.record})")
+
+
+class AllocationTable:
+    """Allocate and free blocks of the instance's pools from any attached process."""
+
+    def __init__(self, control: Control, lock: SharedLock, *, instance_token: int,
+                 thresholds: Thresholds) -> None:
+        self._ctl = control
+        self._lock = lock
+        self._token = instance_token
+        self.thresholds = thresholds
+        self.pressure_hook: PressureHook | None = None
+        self._in_hook = False
+        pools = control.pools
+        self.block_sizes = [int(b) for b in pools[:, P.BLOCK_SIZE]]
+        self.block_counts = [int(c) for c in pools[:, P.BLOCK_COUNT]]
+        lock.on_recover = self._after_takeover
+
+    # ----------------------------------------------------------------- allocate / free
+
+    def allocate(self, nbytes: int) -> Handle:
+        """Reserve contiguous blocks for ``nbytes`` in the best-fitting pool; blocks the lock.
+
+        Best fit = least waste (whole blocks minus ``nbytes``) among pools that have a free run
+        long enough; on a tie the pool with larger blocks wins (fewer bits to manage). Raises
+        LimitExceeded when the refusal threshold would be passed, AllocationFailed when no pool
+        has room. The calling process owns the blocks: if it dies they are reclaimed.
+        """
+        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
+            raise AllocationFailed(nbytes=nbytes, reason="size must be a positive integer")
+        nbytes = int(nbytes)
+        plan = sorted(
+            ((-(-nbytes // bs) * bs, -bs, p) for p, bs in enumerate(self.block_sizes)
+             if -(-nbytes // bs) <= self.block_counts[p]),
+        )
+        if not plan:
+            self._count_failure(limit=False)
+            raise AllocationFailed(nbytes=nbytes, reason="larger than any pool", pools=self._pool_summary())
+        words = self._ctl.words
+        with self._lock:
+            before = int(words[W.USED_BYTES])
+            handle = self._allocate_locked(nbytes, plan)
+            if handle is None:
+                # Dead processes may be sitting on exactly the blocks we need.
+                if self._reclaim_dead_locked():
+                    handle = self._allocate_locked(nbytes, plan)
+            if handle is None or isinstance(handle, LimitExceeded):
+                error = handle
+                self._count_failure(limit=isinstance(error, LimitExceeded), plan=plan)
+                after = None
+            else:
+                after = int(words[W.USED_BYTES])
+        if after is None:
+            if error is not None:
+                raise error
+            raise AllocationFailed(nbytes=nbytes, reason="no pool has a free run long enough",
+                                   pools=self._pool_summary())
+        logger.debug("allocated {} bytes: {}", nbytes, handle)
+        if not self._in_hook:
+            self._in_hook = True
+            try:
+                after_allocation(before, after, int(words[W.MEMORY_LIMIT]), self.thresholds, self.pressure_hook)
+            finally:
+                self._in_hook = False
+        return handle
+
+    def _allocate_locked(self, nbytes: int, plan):
+        ctl = self._ctl
+        words = ctl.words
+        used = int(words[W.USED_BYTES])
+        limit = int(words[W.MEMORY_LIMIT])
+        refuse_at = limit * int(words[W.REFUSE_PERMILLE]) // 1000
+        for reserve, _neg_bs, p in plan:
+            if used + reserve > refuse_at:
+                # The plan is sorted by reserve: every later pool would pass the limit too.
+                return LimitExceeded(requested=nbytes, used=used, limit=limit, refuse_at=refuse_at)
+            count = reserve // self.block_sizes[p]
+            first = self._find_run(p, count)
+            if first < 0:
+                continue
+            rec = self._free_record()
+            if rec < 0:
+                raise AllocationFailed(nbytes=nbytes, reason=f"allocation table full ({len(ctl.records)} records)")
+            serial = int(words[W.ALLOC_SERIAL]) + 1
+            words[W.ALLOC_SERIAL] = serial
+            pid, start = my_identity()
+            row = ctl.records[rec]
+            row[R.POOL] = p
+            row[R.FIRST_BLOCK] = first
+            row[R.BLOCK_COUNT] = count
+            row[R.NBYTES] = nbytes
+            row[R.SERIAL] = serial
+            row[R.OWNER_PID] = pid
+            row[R.OWNER_START] = start
+            self._set_bits(p, first, count, 1)
+            prow = ctl.pools[p]
+            prow[P.USED_BLOCKS] += count
+            prow[P.PEAK_USED] = max(int(prow[P.PEAK_USED]), int(prow[P.USED_BLOCKS]))
+            prow[P.ALLOC_COUNT] += 1
+            words[W.USED_BYTES] = used + reserve
+            words[W.PEAK_BYTES] = max(int(words[W.PEAK_BYTES]), used + reserve)
+            words[W.ALLOC_COUNT] += 1
+            words[W.LIVE_RECORDS] += 1
+            row[R.STATE] = 1  # commit point
+            return Handle(p, first, count, nbytes, rec, serial, self._token)
+        return None
+
+    def free(self, handle: Handle) -> None:
+        """Release the blocks of ``handle``; blocks the lock. Raises InvalidHandle on a double free,
+        a stale handle, or a handle from another instance."""
+        if not isinstance(handle, Handle):
+            raise InvalidHandle(handle=handle, reason="not a shmpool allocation handle")
+        if handle.instance_token != self._token:
+            raise InvalidHandle(handle=handle, reason="it belongs to another shmpool instance")
+        if not 0 <= handle.record < len(self._ctl.records) or not 0 <= handle.pool < len(self.block_sizes):
+            raise InvalidHandle(handle=handle, reason="record or pool index out of range")
+        with self._lock:
+            self._free_locked(handle)
+        logger.debug("freed {}", handle)
+
+    def _free_locked(self, handle: Handle) -> None:
+        row = self._ctl.records[handle.record]
+        if int(row[R.STATE]) != 1 or int(row[R.SERIAL]) != handle.serial:
+            raise InvalidHandle(handle=handle, reason="already freed (double free) or reclaimed")
+        if (int(row[R.POOL]), int(row[R.FIRST_BLOCK]), int(row[R.BLOCK_COUNT])) != (
+                handle.pool, handle.first_block, handle.block_count):
+            raise InvalidHandle(handle=handle, reason="does not match its allocation record")
+        self._release_record(handle.record)
+        self._ctl.words[W.FREE_COUNT] += 1
+
+    def _release_record(self, rec: int) -> None:
+        ctl = self._ctl
+        row = ctl.records[rec]
+        row[R.STATE] = 0  # commit point: from here the blocks are no longer owned
+        p, first, count = int(row[R.POOL]), int(row[R.FIRST_BLOCK]), int(row[R.BLOCK_COUNT])
+        self._set_bits(p, first, count, 0)
+        ctl.pools[p][P.USED_BLOCKS] -= count
+        ctl.words[W.USED_BYTES] -= count * self.block_sizes[p]
+        ctl.words[W.LIVE_RECORDS] -= 1
+
+    # ----------------------------------------------------------------- crash recovery
+
+    def reclaim_dead(self) -> int:
+        """Free every allocation whose owning process is dead; returns how many. Blocks the lock."""
+        with self._lock:
+            return self._reclaim_dead_locked()
+
+    def _reclaim_dead_locked(self) -> int:
+        records = self._ctl.records
+        live = np.flatnonzero(records[:, R.STATE] == 1)
+        verdict: dict[tuple[int, int], bool] = {}
+        reclaimed = 0
+        for rec in live:
+            owner = (int(records[rec, R.OWNER_PID]), int(records[rec, R.OWNER_START]))
+            alive = verdict.get(owner)
+            if alive is None:
+                alive = verdict[owner] = is_alive(*owner)
+            if not alive:
+                logger.info("reclaiming allocation record {} of dead pid {}", int(rec), owner[0])
+                self._release_record(int(rec))
+                reclaimed += 1
+        self._ctl.words[W.RECLAIMED] += reclaimed
+        return reclaimed
+
+    def _after_takeover(self, dead_pid: int) -> None:
+        """Runs under the lock after taking it from a dead holder: make everything consistent."""
+        self.rebuild_from_records()
+        reclaimed = self._reclaim_dead_locked()
+        logger.warning("allocation table repaired after pid {} died holding its lock; "
+                       "{} allocations of dead processes reclaimed", dead_pid, reclaimed)
+
+    def rebuild_from_records(self) -> None:
+        """Recompute bitmaps, per-pool usage and totals from the live records (lock held)."""
+        ctl = self._ctl
+        records = ctl.records
+        for bm in ctl.bitmaps:
+            bm[:] = 0
+        used_blocks = [0] * len(self.block_sizes)
+        bits = [np.zeros(c, dtype=np.uint8) for c in self.block_counts]
+        live = 0
+        for rec in np.flatnonzero(records[:, R.STATE] == 1):
+            p, first, count = (int(records[rec, R.POOL]), int(records[rec, R.FIRST_BLOCK]),
+                               int(records[rec, R.BLOCK_COUNT]))
+            if not (0 <= p < len(bits) and 0 <= first and count > 0 and first + count <= len(bits[p])) \
+                    or bits[p][first:first + count].any():
+                logger.error("allocation record {} is corrupt or overlaps another; dropped", int(rec))
+                records[rec, R.STATE] = 0
+                continue
+            bits[p][first:first + count] = 1
+            used_blocks[p] += count
+            live += 1
+        for p, b in enumerate(bits):
+            self._init_bitmap(p, b)
+            ctl.pools[p][P.USED_BLOCKS] = used_blocks[p]
+        ctl.words[W.USED_BYTES] = sum(u * bs for u, bs in zip(used_blocks, self.block_sizes))
+        ctl.words[W.LIVE_RECORDS] = live
+
+    # ----------------------------------------------------------------- bitmap mechanics
+
+    def _init_bitmap(self, p: int, bits: np.ndarray) -> None:
+        bm = self._ctl.bitmaps[p]
+        padded = np.ones(len(bm) * 8, dtype=np.uint8)  # bits past the last block read as used
+        padded[:len(bits)] = bits
+        bm[:] = np.packbits(padded, bitorder="little")
+
+    def _find_run(self, p: int, count: int) -> int:
+        """First block of the shortest free run of at least ``count`` blocks, or -1."""
+        bits = np.unpackbits(self._ctl.bitmaps[p], count=self.block_counts[p], bitorder="little")
+        if count == 1:
+            first = int(bits.argmin())
+            return first if bits[first] == 0 else -1
+        edges = np.diff(np.concatenate(([1], bits, [1])).astype(np.int8))
+        starts = np.flatnonzero(edges == -1)
+        lengths = np.flatnonzero(edges == 1) - starts
+        fits = np.flatnonzero(lengths >= count)
+        if not len(fits):
+            return -1
+        # Shortest adequate run keeps long runs whole for large requests.
+        return int(starts[fits[lengths[fits].argmin()]])
+
+    def _set_bits(self, p: int, first: int, count: int, value: int) -> None:
+        bm = self._ctl.bitmaps[p]
+        lo, hi = first >> 3, (first + count + 7) >> 3
+        chunk = np.unpackbits(bm[lo:hi], bitorder="little")
+        chunk[first - lo * 8:first - lo * 8 + count] = value
+        bm[lo:hi] = np.packbits(chunk, bitorder="little")
+
+    def _free_record(self) -> int:
+        state = self._ctl.records[:, R.STATE]
+        rec = int(state.argmin())
+        return rec if state[rec] == 0 else -1
+
+    # ----------------------------------------------------------------- accounting
+
+    def _count_failure(self, *, limit: bool, plan=()) -> None:
+        words = self._ctl.words
+        words[W.FAIL_COUNT] += 1
+        if limit:
+            words[W.LIMIT_REFUSALS] += 1
+        for _reserve, _bs, p in plan[:1]:
+            self._ctl.pools[p][P.FAIL_COUNT] += 1
+
+    def _pool_summary(self) -> list[str]:
+        pools = self._ctl.pools
+        return [f"{int(pools[p, P.BLOCK_SIZE])} B blocks: {int(pools[p, P.USED_BLOCKS])}/"
+                f"{int(pools[p, P.BLOCK_COUNT])} used" for p in range(len(self.block_sizes))]
+
+    def live_allocations(self) -> list[dict]:
+        """Every live allocation record (for diagnostics); read without the lock."""
+        records = self._ctl.records
+        out = []
+        for rec in np.flatnonzero(records[:, R.STATE] == 1):
+            row = [int(v) for v in records[rec]]
+            out.append({"record": int(rec), "pool": row[R.POOL], "first_block": row[R.FIRST_BLOCK],
+                        "block_count": row[R.BLOCK_COUNT], "nbytes": row[R.NBYTES],
+                        "serial": row[R.SERIAL], "owner_pid": row[R.OWNER_PID]})
+        return out
+
+    def stats(self) -> TableStats:
+        """A snapshot of usage and counters, read without the lock (may be a few µs stale)."""
+        ctl = self._ctl
+        words = ctl.words
+        pools = []
+        for p, (bs, count) in enumerate(zip(self.block_sizes, self.block_counts)):
+            row = ctl.pools[p]
+            _free, run = largest_free_run(ctl.bitmaps[p], count)
+            pools.append(PoolStats(p, bs, count, int(row[P.USED_BLOCKS]), int(row[P.PEAK_USED]), run,
+                                   int(row[P.ALLOC_COUNT]), int(row[P.FAIL_COUNT])))
+        return TableStats(
+            memory_limit=int(words[W.MEMORY_LIMIT]), used_bytes=int(words[W.USED_BYTES]),
+            peak_bytes=int(words[W.PEAK_BYTES]), allocations=int(words[W.ALLOC_COUNT]),
+            frees=int(words[W.FREE_COUNT]), failures=int(words[W.FAIL_COUNT]),
+            limit_refusals=int(words[W.LIMIT_REFUSALS]), reclaimed=int(words[W.RECLAIMED]),
+            live_allocations=int(words[W.LIVE_RECORDS]), lock_recoveries=int(words[W.LOCK_RECOVERIES]),
+            pools=tuple(pools),
+        )

@@ -1,0 +1,154 @@
+"""Every failure a caller can cause, as one typed hierarchy rooted at :class:`ShmPoolError`.
+
+Each exception keeps the offending values as attributes *and* in its message, and pickles
+cleanly (its constructor keywords are replayed), so an error raised in a worker process reaches
+the submitting process intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+__all__ = [
+    "ShmPoolError",
+    "AllocationFailed",
+    "LimitExceeded",
+    "InvalidHandle",
+    "LayerNotFound",
+    "DimensionNotFound",
+    "OutOfBounds",
+    "RegionFormatError",
+    "AttachError",
+    "InstanceExists",
+    "LockTimeout",
+    "InvalidLayer",
+]
+
+
+def _rebuild(cls: type, kwargs: dict[str, Any]) -> "ShmPoolError":
+    return cls(**kwargs)
+
+
+def _preview(values: Iterable[Any], most: int = 12) -> str:
+    items = list(values)
+    shown = ", ".join(str(v) for v in items[:most])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > most else "")
+
+
+class ShmPoolError(Exception):
+    """Root of every error shmpool raises on purpose."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self._fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self._fields)
+
+
+class AllocationFailed(ShmPoolError):
+    """No pool has a contiguous run of free blocks large enough for the request."""
+
+    def __init__(self, *, nbytes: int, reason: str, pools: Sequence[str] = ()) -> None:
+        detail = f" (pools: {'; '.join(pools)})" if pools else ""
+        super().__init__(
+            f"cannot allocate {nbytes} bytes: {reason}{detail}",
+            nbytes=nbytes, reason=reason, pools=tuple(pools),
+        )
+
+
+class LimitExceeded(ShmPoolError):
+    """The allocation would push usage past the refusal threshold of the memory limit."""
+
+    def __init__(self, *, requested: int, used: int, limit: int, refuse_at: int) -> None:
+        super().__init__(
+            f"allocation of {requested} bytes refused: {used} of {limit} bytes in use, "
+            f"allocations may not pass {refuse_at} bytes ({refuse_at / limit:.0%} of the limit)",
+            requested=requested, used=used, limit=limit, refuse_at=refuse_at,
+        )
+
+
+class InvalidHandle(ShmPoolError):
+    """A handle given to ``free`` is not a live allocation of this table (double free, foreign)."""
+
+    def __init__(self, *, handle: Any, reason: str) -> None:
+        super().__init__(f"invalid allocation handle {handle!r}: {reason}", handle=handle, reason=reason)
+
+
+class LayerNotFound(ShmPoolError, LookupError):
+    """The dimension exists but holds no layer with that id."""
+
+    def __init__(self, *, dimension_id: int, layer_id: int, generation: int = 0,
+                 layer_count: int = 0, sample_ids: Sequence[int] = ()) -> None:
+        known = f"; layer ids include {_preview(sample_ids)}" if sample_ids else ""
+        super().__init__(
+            f"layer {layer_id} not found in dimension {dimension_id} "
+            f"(generation {generation}, {layer_count} layers{known})",
+            dimension_id=dimension_id, layer_id=layer_id, generation=generation,
+            layer_count=layer_count, sample_ids=tuple(sample_ids),
+        )
+
+
+class DimensionNotFound(ShmPoolError, LookupError):
+    """No dimension with that id is published."""
+
+    def __init__(self, *, dimension_id: int, available: Sequence[int] = ()) -> None:
+        super().__init__(
+            f"dimension {dimension_id} not found (available: {_preview(sorted(available)) or 'none'})",
+            dimension_id=dimension_id, available=tuple(available),
+        )
+
+
+class OutOfBounds(ShmPoolError, IndexError):
+    """An offset/length pair reaches outside the memory it must stay within."""
+
+    def __init__(self, *, what: str, offset: int, length: int, limit: int) -> None:
+        super().__init__(
+            f"{what}: bytes [{offset}, {offset + length}) fall outside [0, {limit})",
+            what=what, offset=offset, length=length, limit=limit,
+        )
+
+
+class RegionFormatError(ShmPoolError, ValueError):
+    """A region file (or region bytes in shared memory) is malformed; names the source and the fault."""
+
+    def __init__(self, *, source: str, fault: str, offset: int | None = None) -> None:
+        where = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"{source}: {fault}{where}", source=source, fault=fault, offset=offset)
+
+
+class AttachError(ShmPoolError):
+    """The named instance cannot be attached to (not running, gone, or incompatible)."""
+
+    def __init__(self, *, name: str, reason: str) -> None:
+        super().__init__(f"cannot attach to shmpool instance {name!r}: {reason}", name=name, reason=reason)
+
+
+class InstanceExists(ShmPoolError):
+    """Another live coordinator already owns this instance name."""
+
+    def __init__(self, *, name: str, owner_pid: int | None = None) -> None:
+        owner = f" (owner pid {owner_pid})" if owner_pid else ""
+        super().__init__(f"shmpool instance {name!r} is already running{owner}", name=name, owner_pid=owner_pid)
+
+
+class LockTimeout(ShmPoolError, TimeoutError):
+    """A shared lock stayed held by a live process for longer than the caller allowed."""
+
+    def __init__(self, *, lock: str, owner_pid: int, waited: float) -> None:
+        super().__init__(
+            f"lock {lock!r} still held by live pid {owner_pid} after {waited:.3f} s",
+            lock=lock, owner_pid=owner_pid, waited=waited,
+        )
+
+
+class InvalidLayer(ShmPoolError, ValueError):
+    """A layer given to a builder or proto-dimension is unacceptable (bad id, duplicate, bad keyword)."""
+
+    def __init__(self, *, dimension_id: int, layer_id: Any, reason: str) -> None:
+        super().__init__(
+            f"layer {layer_id!r} of dimension {dimension_id}: {reason}",
+            dimension_id=dimension_id, layer_id=layer_id, reason=reason,
+        )

@@ -1,0 +1,294 @@
+"""An instance's shared objects as one owner object: control segment, pool segments, lock.
+
+``SharedInstance.create`` is for the coordinator (it owns the names and unlinks them at stop);
+``SharedInstance.attach`` is for every other process (it only maps and unmaps). The control
+segment is created last and its magic written last, so a process that can attach sees a
+complete instance.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import posix_ipc
+from loguru import logger
+
+from ._proc import is_alive, my_identity
+from .alloc import AllocationTable, Handle
+from .errors import AttachError, InstanceExists, OutOfBounds
+from .layout import HEADER, LAYOUT_VERSION, MAGIC, STATE_RUNNING, Control, Layout, P, W, pack_header
+from .limits import DEFAULT_LIMIT, Thresholds
+from .lock import SharedLock
+from .names import cleanup, runtime_dir, segment_name, semaphore_name, validate_name
+from .segments import Segment
+
+__all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance"]
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool of ``block_count`` blocks of ``block_size`` bytes (one segment)."""
+    block_size: int
+    block_count: int
+
+    def __post_init__(self) -> None:
+        bs = self.block_size
+        if bs < 64 or bs & (bs - 1):
+            raise ValueError(f"pool block size must be a power of two >= 64, got {bs}")
+        if self.block_count <= 0:
+            raise ValueError(f"pool block count must be positive, got {self.block_count}")
+
+    @property
+    def nbytes(self) -> int:
+        return self.block_size * self.block_count
+
+
+# Segments are sparse on tmpfs, so capacity that is never touched costs nothing; the memory
+# limit, not the pool sizes, bounds real usage. Block counts are kept modest because allocation
+# scans a pool's bitmap (16384 bits unpack and scan in ~20 µs here).
+DEFAULT_POOLS: tuple[PoolSpec, ...] = (
+    PoolSpec(4 * 1024, 16 * 1024),      # 64 MiB of 4 KiB blocks
+    PoolSpec(64 * 1024, 2 * 1024),      # 128 MiB of 64 KiB blocks
+    PoolSpec(1024 * 1024, 280),         # 280 MiB of 1 MiB blocks
+)
+
+LOCK_SEM = "lock"
+CONTROL = "control"
+
+
+def _close_all(segments: list[Segment], sems: list[posix_ipc.Semaphore]) -> None:
+    for seg in segments:
+        seg.close()
+    for sem in sems:
+        try:
+            sem.close()
+        except posix_ipc.ExistentialError:
+            logger.debug("semaphore {} already closed", sem.name)
+
+
+class SharedInstance:
+    """The shared objects of instance ``name`` mapped into this process."""
+
+    def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment],
+                 sem: posix_ipc.Semaphore, *, owner: bool, thresholds: Thresholds) -> None:
+        self.name = name
+        self.owner = owner
+        self.control_segment = control_seg
+        self.control = control
+        self.pool_segments = pools
+        self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
+        self.lock = SharedLock(sem, control.words, str(runtime_dir() / f"{name}.recovery.lock"), name)
+        self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
+                                     thresholds=thresholds)
+        self._sem = sem
+        self._pool_views = [memoryview(seg.mm) for seg in pools]
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _close_all, [control_seg, *pools], [sem])
+
+    # ----------------------------------------------------------------- creation / attach
+
+    @classmethod
+    def create(cls, name: str, *, pools: Sequence[PoolSpec] = DEFAULT_POOLS,
+               memory_limit: int = DEFAULT_LIMIT, thresholds: Thresholds = Thresholds(),
+               max_records: int = 4096, max_dimensions: int = 256, max_readers: int = 512,
+               replace_stale: bool = True) -> "SharedInstance":
+        """Create every shared object of instance ``name``; the caller owns (and later unlinks) them.
+
+        Leftovers of a crashed instance of the same name are removed first when ``replace_stale``;
+        a live one raises InstanceExists.
+        """
+        validate_name(name)
+        if not pools:
+            raise ValueError("at least one pool is needed")
+        if memory_limit <= 0:
+            raise ValueError(f"memory limit must be positive, got {memory_limit}")
+        cls._clear_stale(name, replace_stale)
+        layout = Layout.compute([p.block_count for p in pools], max_records=max_records,
+                                max_dimensions=max_dimensions, max_readers=max_readers)
+        made_segments: list[Segment] = []
+        made_sems: list[posix_ipc.Semaphore] = []
+        try:
+            sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM), posix_ipc.O_CREX,
+                                      mode=0o600, initial_value=1)
+            made_sems.append(sem)
+            for i, spec in enumerate(pools):
+                made_segments.append(Segment.create(segment_name(name, f"pool{i}"), spec.nbytes))
+            control_seg = Segment.create(segment_name(name, CONTROL), layout.size)
+            made_segments.append(control_seg)
+            cls._initialise(control_seg, layout, pools, name=name, memory_limit=memory_limit,
+                            thresholds=thresholds)
+        except BaseException:
+            for seg in made_segments:
+                seg.close()
+                seg.unlink()
+            for sem in made_sems:
+                sem.unlink()
+                sem.close()
+            raise
+        control = Control(control_seg.mm, layout)
+        inst = cls(name, control_seg, control, made_segments[:-1], sem, owner=True, thresholds=thresholds)
+        logger.info("created shmpool instance {!r}: {} pools, limit {} bytes, control {} bytes",
+                    name, len(pools), memory_limit, layout.size)
+        return inst
+
+    @staticmethod
+    def _clear_stale(name: str, replace_stale: bool) -> None:
+        try:
+            probe = SharedInstance.attach(name)
+        except AttachError:
+            if cleanup(name):
+                logger.warning("removed leftovers of a crashed instance {!r}", name)
+            return
+        pid = int(probe.control.words[W.COORDINATOR_PID])
+        probe.close()
+        raise InstanceExists(name=name, owner_pid=pid)
+
+    @staticmethod
+    def _initialise(seg: Segment, layout: Layout, pools: Sequence[PoolSpec], *, name: str,
+                    memory_limit: int, thresholds: Thresholds) -> None:
+        control = Control(seg.mm, layout)
+        try:
+            words = control.words
+            pid, start = my_identity()
+            words[W.MEMORY_LIMIT] = memory_limit
+            words[W.WARN_PERMILLE] = thresholds.warn
+            words[W.EVICT_PERMILLE] = thresholds.evict
+            words[W.REFUSE_PERMILLE] = thresholds.refuse
+            words[W.COORDINATOR_PID] = pid
+            words[W.COORDINATOR_START] = start
+            words[W.STATE] = STATE_RUNNING
+            for i, spec in enumerate(pools):
+                row = control.pools[i]
+                row[P.BLOCK_SIZE] = spec.block_size
+                row[P.BLOCK_COUNT] = spec.block_count
+                row[P.BITMAP_OFFSET] = layout.bitmap_offsets[i]
+                row[P.BITMAP_BYTES] = layout.bitmap_sizes[i]
+                # Bits past the last block read as used, so no run ever extends past the pool.
+                bm = control.bitmaps[i]
+                tail = spec.block_count % 8
+                if tail:
+                    bm[-1] = (0xFF << tail) & 0xFF
+        finally:
+            control.release()
+        header = pack_header(layout, control_size=layout.size, instance_token=secrets.randbits(63),
+                             created_ns=time.time_ns(), name=name, magic=b"\0" * 8)
+        seg.mm[:len(header)] = header
+        seg.mm[:8] = MAGIC  # last: attachers treat a zero magic as "not ready"
+
+    @classmethod
+    def attach(cls, name: str) -> "SharedInstance":
+        """Map the shared objects of running instance ``name``; raises AttachError otherwise."""
+        validate_name(name)
+        control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
+        pools: list[Segment] = []
+        try:
+            layout, thresholds = cls._read_layout(name, control_seg)
+            control = Control(control_seg.mm, layout)
+            words = control.words
+            if not is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])):
+                control.release()
+                raise AttachError(name=name, reason=f"its coordinator (pid {int(words[W.COORDINATOR_PID])}) "
+                                                    "is not running; run `shmpool cleanup` to remove leftovers")
+            for i in range(layout.pool_count):
+                pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name))
+            try:
+                sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM))
+            except posix_ipc.ExistentialError:
+                control.release()
+                raise AttachError(name=name, reason="its lock semaphore does not exist") from None
+        except BaseException:
+            for seg in [control_seg, *pools]:
+                seg.close()
+            raise
+        return cls(name, control_seg, control, pools, sem, owner=False, thresholds=thresholds)
+
+    @staticmethod
+    def _read_layout(name: str, seg: Segment) -> tuple[Layout, Thresholds]:
+        if seg.size < HEADER.size:
+            raise AttachError(name=name, reason=f"control segment too small ({seg.size} bytes)")
+        fields = HEADER.unpack_from(seg.mm, 0)
+        magic, version = fields[0], fields[1]
+        if magic != MAGIC:
+            raise AttachError(name=name, reason="control segment not initialised (coordinator starting or crashed)")
+        if version != LAYOUT_VERSION:
+            raise AttachError(name=name, reason=f"layout version {version}, this library reads {LAYOUT_VERSION}")
+        pool_count, max_records, max_dims, max_readers = fields[6:10]
+        pools_offset = fields[11]
+        rows = np.frombuffer(seg.mm, dtype="<i8", count=pool_count * 8, offset=pools_offset).reshape(pool_count, 8)
+        counts = [int(c) for c in rows[:, P.BLOCK_COUNT]]
+        del rows
+        layout = Layout.compute(counts, max_records=max_records, max_dimensions=max_dims, max_readers=max_readers)
+        if layout.size != fields[3] or layout.pins_offset != fields[16]:
+            raise AttachError(name=name, reason="control segment header disagrees with its own layout")
+        words = np.frombuffer(seg.mm, dtype="<i8", count=8, offset=layout.words_offset)
+        thresholds = Thresholds(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]),
+                                int(words[W.REFUSE_PERMILLE]))
+        del words
+        return layout, thresholds
+
+    # ----------------------------------------------------------------- memory access
+
+    def view(self, pool: int, offset: int, length: int) -> memoryview:
+        """Writable view of ``length`` bytes at byte ``offset`` of pool ``pool`` (bounds-checked)."""
+        mv = self._pool_views[pool]
+        if offset < 0 or length < 0 or offset + length > len(mv):
+            raise OutOfBounds(what=f"pool {pool} of instance {self.name!r}", offset=offset,
+                              length=length, limit=len(mv))
+        return mv[offset:offset + length]
+
+    def handle_view(self, handle: Handle) -> memoryview:
+        """Writable view of exactly the ``nbytes`` requested for ``handle``."""
+        bs = self.table.block_sizes[handle.pool]
+        return self.view(handle.pool, handle.first_block * bs, handle.nbytes)
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Unmap everything in this process (idempotent); never removes names."""
+        if self._closed:
+            return
+        self._closed = True
+        for mv in self._pool_views:
+            mv.release()
+        self.control.release()
+        self._finalizer()
+
+    def unlink(self) -> None:
+        """Remove every name of this instance (owner only; idempotent)."""
+        # Known names first (the only way on systems without a listable /dev/shm), then the sweep.
+        for seg in [self.control_segment, *self.pool_segments]:
+            seg.unlink()
+        try:
+            posix_ipc.unlink_semaphore(semaphore_name(self.name, LOCK_SEM))
+        except posix_ipc.ExistentialError:
+            logger.debug("lock semaphore of {!r} was already unlinked", self.name)
+        removed = cleanup(self.name)
+        logger.info("instance {!r} unlinked ({} objects)", self.name, len(removed))
+
+    def destroy(self) -> None:
+        """Owner's stop: unmap and unlink."""
+        self.close()
+        self.unlink()
+
+    def __enter__(self) -> "SharedInstance":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.owner:
+            self.destroy()
+        else:
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        role = "owner" if self.owner else "attached"
+        return f"<SharedInstance {self.name!r} {role} pid={os.getpid()}>"

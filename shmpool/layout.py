@@ -1,0 +1,241 @@
+"""The control segment, byte by byte. docs/shm-layout.md lists the same fields in the same order.
+
+The control segment is the one place every process agrees on. It starts with an immutable
+header (written once by the coordinator; the magic last, so a half-written header never looks
+valid), followed by sections at 64-byte-aligned offsets that the header records:
+
+    words      int64[WORDS]                      mutable scalars: lock owner, usage, counters
+    pools      int64[pool_count, POOL_COLS]      one row per pool
+    records    int64[max_records, RECORD_COLS]   one row per allocation (the source of truth)
+    bitmaps    uint8[...]                        one bit per block per pool, 1 = in use
+    directory  int64[max_dimensions, DIR_COLS]   dimension id -> published region, by generation
+    readers    int64[max_readers, READER_COLS]   attached reader processes
+    pins       int64[max_readers, max_dimensions] oldest generation each reader still holds
+
+Every mutable field is an aligned little-endian int64, so a single store is indivisible on the
+64-bit CPUs we run on: readers never see half a value, which is what lets the read path go
+without locks (generation numbers, see directory below).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+__all__ = [
+    "MAGIC", "LAYOUT_VERSION", "HEADER", "W", "P", "R", "D", "RD",
+    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "WORDS", "Layout", "Control",
+]
+
+MAGIC = b"SHMPCTL1"
+LAYOUT_VERSION = 1
+ALIGN = 64
+
+HEADER = struct.Struct(
+    "<"
+    "8s"   # magic, b"SHMPCTL1"; written last during creation
+    "I"    # layout_version
+    "I"    # header_size (= HEADER.size)
+    "Q"    # control_size: bytes of the whole control segment
+    "Q"    # instance_token: random; handles carry it so a foreign handle is recognised
+    "Q"    # created_ns: time.time_ns() at creation
+    "I"    # pool_count
+    "I"    # max_records
+    "I"    # max_dimensions
+    "I"    # max_readers
+    "Q"    # words_offset
+    "Q"    # pools_offset
+    "Q"    # records_offset
+    "Q"    # bitmaps_offset
+    "Q"    # directory_offset
+    "Q"    # readers_offset
+    "Q"    # pins_offset
+    "64s"  # instance name, UTF-8, NUL padded
+)
+HEADER_SIZE = 256  # HEADER.size rounded up so the words start on a cache line
+assert HEADER.size <= HEADER_SIZE
+
+
+class W(IntEnum):
+    """Indices into the words section (int64 each)."""
+    LOCK_OWNER_PID = 0      # pid holding the table lock, 0 when free
+    LOCK_OWNER_START = 1    # that pid's start token (pid reuse guard)
+    LOCK_EPOCH = 2          # +1 at every acquisition; recovery checks it did not move
+    LOCK_RECOVERIES = 3     # times a lock held by a dead process was taken over
+    MEMORY_LIMIT = 4        # bytes, over all pools
+    WARN_PERMILLE = 5       # 750: log a warning above this usage
+    EVICT_PERMILLE = 6      # 850: call the eviction hook above this usage
+    REFUSE_PERMILLE = 7     # 950: refuse allocations that would pass this usage
+    USED_BYTES = 8          # sum of reserved bytes (whole blocks) of live allocations
+    PEAK_BYTES = 9          # highest USED_BYTES seen
+    ALLOC_COUNT = 10        # successful allocations
+    FREE_COUNT = 11         # successful frees
+    FAIL_COUNT = 12         # failed allocations (no space or limit)
+    LIMIT_REFUSALS = 13     # failures due to the limit (subset of FAIL_COUNT)
+    RECLAIMED = 14          # allocations reclaimed from dead processes
+    ALLOC_SERIAL = 15       # last serial handed out; handles carry theirs
+    LIVE_RECORDS = 16       # live allocation records
+    COORDINATOR_PID = 17    # owning process
+    COORDINATOR_START = 18
+    STATE = 19              # 1 running, 2 stopping
+    DIR_VERSION = 20        # +1 whenever a dimension id is added to or removed from the directory
+    READERS_ATTACHED = 21   # live reader slots
+    READERS_PEAK = 22       # highest READERS_ATTACHED seen
+
+
+WORDS = 64  # room to grow without a layout change
+
+STATE_RUNNING = 1
+STATE_STOPPING = 2
+
+
+class P(IntEnum):
+    """Columns of a pool row."""
+    BLOCK_SIZE = 0
+    BLOCK_COUNT = 1
+    USED_BLOCKS = 2
+    PEAK_USED = 3
+    ALLOC_COUNT = 4
+    FAIL_COUNT = 5
+    BITMAP_OFFSET = 6  # byte offset of this pool's bitmap in the control segment
+    BITMAP_BYTES = 7
+
+
+POOL_COLS = 8
+
+
+class R(IntEnum):
+    """Columns of an allocation record. STATE is written last on allocate and first on free."""
+    STATE = 0        # 0 free, 1 live
+    POOL = 1
+    FIRST_BLOCK = 2
+    BLOCK_COUNT = 3
+    NBYTES = 4       # bytes requested (<= BLOCK_COUNT * block size)
+    SERIAL = 5       # ALLOC_SERIAL at allocation; a stale handle's serial no longer matches
+    OWNER_PID = 6    # reclaimed when this process is dead
+    OWNER_START = 7
+
+
+RECORD_COLS = 8
+
+
+class D(IntEnum):
+    """Columns of a directory entry: two slots, the published one chosen by generation parity."""
+    DIMENSION_ID = 0   # 0 = entry unused
+    GENERATION = 1     # published generation; the commit point of crystallization
+    SLOT0 = 2          # slot k starts at SLOT0 + k * SLOT_COLS
+    # within a slot:
+    S_GENERATION = 0
+    S_POOL = 1
+    S_FIRST_BLOCK = 2
+    S_NBYTES = 3
+    S_RECORD = 4
+    S_SERIAL = 5
+
+
+SLOT_COLS = 6
+DIR_COLS = 16
+
+
+class RD(IntEnum):
+    """Columns of a reader slot."""
+    PID = 0          # 0 = slot free
+    START = 1
+    ATTACHED_NS = 2
+
+
+READER_COLS = 8
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Offsets and sizes of every section for one configuration."""
+    pool_count: int
+    max_records: int
+    max_dimensions: int
+    max_readers: int
+    words_offset: int
+    pools_offset: int
+    records_offset: int
+    bitmaps_offset: int
+    bitmap_offsets: tuple[int, ...]
+    bitmap_sizes: tuple[int, ...]
+    directory_offset: int
+    readers_offset: int
+    pins_offset: int
+    size: int
+
+    @classmethod
+    def compute(cls, block_counts: list[int], *, max_records: int, max_dimensions: int,
+                max_readers: int) -> "Layout":
+        off = HEADER_SIZE
+        words = off
+        off = _align(off + WORDS * 8)
+        pools = off
+        off = _align(off + len(block_counts) * POOL_COLS * 8)
+        records = off
+        off = _align(off + max_records * RECORD_COLS * 8)
+        bitmaps = off
+        bm_offsets, bm_sizes = [], []
+        for count in block_counts:
+            nbytes = (count + 7) // 8
+            bm_offsets.append(off)
+            bm_sizes.append(nbytes)
+            off = _align(off + nbytes)
+        directory = off
+        off = _align(off + max_dimensions * DIR_COLS * 8)
+        readers = off
+        off = _align(off + max_readers * READER_COLS * 8)
+        pins = off
+        off = _align(off + max_readers * max_dimensions * 8)
+        return cls(len(block_counts), max_records, max_dimensions, max_readers, words, pools,
+                   records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), directory, readers, pins, off)
+
+
+class Control:
+    """numpy views of every section of a mapped control segment (no copies)."""
+
+    def __init__(self, buf, layout: Layout) -> None:
+        self.layout = layout
+        lay = layout
+
+        def arr(offset: int, shape, dtype="<i8"):
+            count = int(np.prod(shape))
+            return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+        self.words = arr(lay.words_offset, (WORDS,))
+        self.pools = arr(lay.pools_offset, (lay.pool_count, POOL_COLS))
+        self.records = arr(lay.records_offset, (lay.max_records, RECORD_COLS))
+        self.bitmaps = [arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
+        self.directory = arr(lay.directory_offset, (lay.max_dimensions, DIR_COLS))
+        self.readers = arr(lay.readers_offset, (lay.max_readers, READER_COLS))
+        self.pins = arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions))
+        # Plain memoryview casts read one int64 ~5x faster than numpy scalar indexing; the read
+        # path (generation checks) uses these.
+        self.words_mv = memoryview(buf)[lay.words_offset:lay.words_offset + WORDS * 8].cast("q")
+        dir_bytes = lay.max_dimensions * DIR_COLS * 8
+        self.directory_mv = memoryview(buf)[lay.directory_offset:lay.directory_offset + dir_bytes].cast("q")
+
+    def release(self) -> None:
+        """Drop every view so the underlying mmap can be closed."""
+        for mv in (self.words_mv, self.directory_mv):
+            mv.release()
+        self.words = self.pools = self.records = self.directory = self.readers = self.pins = None
+        self.bitmaps = []
+
+
+def pack_header(layout: Layout, *, control_size: int, instance_token: int, created_ns: int,
+                name: str, magic: bytes = MAGIC) -> bytes:
+    return HEADER.pack(
+        magic, LAYOUT_VERSION, HEADER.size, control_size, instance_token, created_ns,
+        layout.pool_count, layout.max_records, layout.max_dimensions, layout.max_readers,
+        layout.words_offset, layout.pools_offset, layout.records_offset, layout.bitmaps_offset,
+        layout.directory_offset, layout.readers_offset, layout.pins_offset, name.encode(),
+    )

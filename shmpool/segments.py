@@ -1,0 +1,110 @@
+"""One named POSIX shared-memory object, mapped into this process.
+
+Lifetime model, as in ``multiprocessing.shared_memory``: ``close()`` means "this process is done
+with the mapping", ``unlink()`` means "everyone is done, remove the name". Only the creator (the
+coordinator) unlinks; a reader that exits never removes anything.
+
+We use posix_ipc rather than ``multiprocessing.shared_memory`` because the latter registers every
+segment it *attaches to* with ``multiprocessing.resource_tracker``, which then unlinks the segment
+when the attaching process exits (CPython gh-82300): a reader exiting would destroy the instance.
+
+The file descriptor is closed right after mapping: the mapping alone keeps the memory reachable,
+so a process holds no descriptor per segment however many it attaches.
+"""
+
+from __future__ import annotations
+
+import mmap
+import weakref
+
+import posix_ipc
+from loguru import logger
+
+from .errors import AttachError
+
+__all__ = ["Segment"]
+
+_MODE = 0o600
+
+
+def _release(mm: mmap.mmap, name: str) -> None:
+    try:
+        mm.close()
+    except BufferError:
+        # A memoryview or numpy array handed out earlier still points into the mapping. Closing
+        # would make it dangle, so the mapping lives on until the last view is collected.
+        logger.debug("segment {} still has views exported; unmapping deferred to the collector", name)
+
+
+class Segment:
+    """A mapped shared-memory segment; create with :meth:`create`, open with :meth:`attach`."""
+
+    __slots__ = ("name", "size", "mm", "_finalizer", "__weakref__")
+
+    def __init__(self, name: str, mm: mmap.mmap, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.mm = mm
+        self._finalizer = weakref.finalize(self, _release, mm, name)
+
+    @classmethod
+    def create(cls, name: str, size: int) -> "Segment":
+        """Create segment ``name`` of ``size`` bytes (mode 0600); fails if the name exists.
+
+        tmpfs allocates pages only when first touched, so a large segment costs nothing until used.
+        """
+        if size <= 0:
+            raise ValueError(f"segment {name}: size must be positive, got {size}")
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=_MODE, size=size)
+        try:
+            mm = mmap.mmap(shm.fd, size)
+        except BaseException:
+            shm.close_fd()
+            posix_ipc.unlink_shared_memory(name)
+            raise
+        shm.close_fd()
+        return cls(name, mm, size)
+
+    @classmethod
+    def attach(cls, name: str, *, instance: str, writable: bool = True) -> "Segment":
+        """Map existing segment ``name``; raises AttachError naming ``instance`` if it is absent."""
+        try:
+            shm = posix_ipc.SharedMemory(name, 0 if writable else posix_ipc.O_RDONLY)
+        except posix_ipc.ExistentialError:
+            raise AttachError(name=instance, reason=f"segment {name} does not exist") from None
+        except posix_ipc.PermissionsError as exc:
+            raise AttachError(name=instance, reason=f"segment {name}: {exc}") from None
+        try:
+            size = shm.size
+            if size <= 0:
+                raise AttachError(name=instance, reason=f"segment {name} is empty (still being created?)")
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            mm = mmap.mmap(shm.fd, size, access=access)
+        finally:
+            shm.close_fd()
+        return cls(name, mm, size)
+
+    def close(self) -> None:
+        """Unmap in this process (idempotent). Views handed out must be dropped first."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def unlink(self) -> None:
+        """Remove the name system-wide (idempotent); existing mappings stay valid until closed."""
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            logger.debug("segment {} was already unlinked", self.name)
+
+    def __enter__(self) -> "Segment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "mapped"
+        return f"<Segment {self.name} {self.size} bytes {state}>"

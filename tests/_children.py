@@ -1,0 +1,76 @@
+"""Functions that run in child processes (importable, so the spawn start method can find them)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from shmpool import SharedInstance
+from shmpool.alloc import AllocationTable
+
+
+def churn(name: str, seed: int, rounds: int, results) -> None:
+    """Allocate and free at random, stamping each allocation and checking nobody overwrote it."""
+    inst = SharedInstance.attach(name)
+    rng = random.Random(seed)
+    held = []
+    corrupt = 0
+    stamp = seed.to_bytes(2, "little")
+    try:
+        for _ in range(rounds):
+            if held and (len(held) > 20 or rng.random() < 0.45):
+                h, tag = held.pop(rng.randrange(len(held)))
+                if bytes(inst.handle_view(h)) != tag * (h.nbytes // len(tag)):
+                    corrupt += 1
+                inst.table.free(h)
+            else:
+                nbytes = rng.choice([100, 4096, 5000, 70_000, 300_000])
+                nbytes -= nbytes % 2
+                h = inst.table.allocate(nbytes)
+                inst.handle_view(h)[:] = stamp * (nbytes // 2)
+                held.append((h, stamp))
+        for h, tag in held:
+            if bytes(inst.handle_view(h)) != tag * (h.nbytes // len(tag)):
+                corrupt += 1
+            inst.table.free(h)
+        results.put(("ok", seed, corrupt))
+    except BaseException as exc:  # reported to the parent, which fails the test
+        results.put(("error", seed, repr(exc)))
+    finally:
+        inst.close()
+
+
+def die_inside_allocation(name: str, nbytes: int, ready) -> None:
+    """Start an allocation and stop forever half way through the bitmap update (to be SIGKILLed)."""
+    inst = SharedInstance.attach(name)
+    original = AllocationTable._set_bits
+
+    def set_bits_then_hang(self, *args):
+        original(self, *args)
+        ready.set()
+        time.sleep(3600)
+
+    AllocationTable._set_bits = set_bits_then_hang
+    inst.table.allocate(nbytes)
+
+
+def hold_semaphore_without_owner(name: str, ready) -> None:
+    """Take the table semaphore without recording an owner, as if killed right after sem_wait."""
+    inst = SharedInstance.attach(name)
+    inst.lock._sem.acquire()
+    ready.set()
+    time.sleep(3600)
+
+
+def allocate_then_wait(name: str, count: int, nbytes: int, ready) -> None:
+    """Own some allocations, then wait to be killed."""
+    inst = SharedInstance.attach(name)
+    for _ in range(count):
+        inst.table.allocate(nbytes)
+    ready.set()
+    time.sleep(3600)
+
+
+def pid() -> int:
+    return os.getpid()

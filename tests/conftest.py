@@ -1,0 +1,62 @@
+"""Fixtures that give every test its own instance name and prove nothing of it leaks.
+
+Names are ``pt-<xdist worker>-<random>``: unique per test, so ``pytest -n auto`` runs tests side
+by side. After each test, anything left in /dev/shm under the test's names is removed AND the
+test fails; at the end of the session, anything of this worker's prefix still there fails too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+from shmpool.names import PREFIX, SHM_DIR, cleanup, list_objects
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
+TEST_PREFIX = f"pt-{WORKER}-"
+
+
+def _leftovers(stem: str) -> list[str]:
+    try:
+        return sorted(e for e in os.listdir(SHM_DIR) if stem in e)
+    except OSError:
+        return []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("shmpool-runtime")
+    os.environ["SHMPOOL_RUNTIME_DIR"] = str(path)
+    yield path
+    left = _leftovers(PREFIX + TEST_PREFIX)
+    for entry in left:
+        name = entry.split(PREFIX, 1)[1].split(".", 1)[0]
+        cleanup(name)
+    assert not left, f"the test session left shared objects behind: {left}"
+
+
+@pytest.fixture
+def make_name(request):
+    """Factory of fresh instance names; each is checked for leftovers after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"{TEST_PREFIX}{secrets.token_hex(4)}"
+        made.append(name)
+        return name
+
+    yield make
+    leaked = {}
+    for name in made:
+        segments, sems = list_objects(name)
+        if segments or sems:
+            leaked[name] = segments + sems
+            cleanup(name)
+    assert not leaked, f"{request.node.name} left shared objects behind: {leaked}"
+
+
+@pytest.fixture
+def instance_name(make_name) -> str:
+    return make_name()
