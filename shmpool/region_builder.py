@@ -1,0 +1,272 @@
+"""RegionBuilder: collects one dimension's layers on the heap and writes them as a version-1 region.
+
+Writing is a pure copy: every CRC32 is computed when a layer is added, and the header, names,
+keywords and index (all small) are assembled once per change of the layer set. ``write_into``
+puts the region straight into a caller's buffer (a shared-memory block at crystallization) with
+one slice assignment per layer; ``write`` streams it to a file atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import tempfile
+import zlib
+from collections import namedtuple
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from loguru import logger
+
+from .errors import InvalidLayer
+from .region import (
+    FLAG_TEXT, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
+    align, meta_crc,
+)
+
+__all__ = ["RegionBuilder"]
+
+_U32 = 2**32
+_ZEROS = bytes(8)  # padding never exceeds ALIGN - 1 bytes
+
+# One pending layer. ``content`` is immutable bytes: a bytearray the caller mutates later must not
+# disagree with the CRC taken now.
+_Layer = namedtuple("_Layer", "content text crc frequency keywords keyword_bytes")
+# What writing needs: the metadata prefix (header .. end of index) and (offset, content) per layer.
+_Plan = namedtuple("_Plan", "prefix layers nbytes")
+
+
+class RegionBuilder:
+    """The layers of one dimension, to be written as a region. Not thread-safe.
+
+    ``add_layer`` validates and raises InvalidLayer naming the layer; the constructor raises
+    TypeError / ValueError for a bad dimension id or name.
+    """
+
+    def __init__(self, dimension_id: int, name: str) -> None:
+        if isinstance(dimension_id, bool) or not isinstance(dimension_id, numbers.Integral):
+            raise TypeError(f"dimension id must be an int, got {dimension_id!r}")
+        if not 0 < dimension_id < _U32:
+            raise ValueError(f"dimension id {dimension_id} is out of range: must satisfy 0 < id < 2**32")
+        if not isinstance(name, str):
+            raise TypeError(f"dimension {dimension_id}: name must be a str, got {name!r}")
+        try:
+            encoded = name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"dimension {dimension_id}: name {name!r} is not encodable as UTF-8 "
+                             f"({exc.reason})") from None
+        if len(encoded) > MAX_NAME_BYTES:
+            raise ValueError(f"dimension {dimension_id}: name is {len(encoded)} UTF-8 bytes, "
+                             f"at most {MAX_NAME_BYTES} allowed")
+        self.dimension_id = int(dimension_id)
+        self.name = name
+        self._name = encoded
+        self._layers: dict[int, _Layer] = {}
+        self._keyword_bytes = 0
+        self._plan: _Plan | None = None
+
+    # ----------------------------------------------------------------- the layer set
+
+    def add_layer(self, layer_id: int, content: Any, *, frequency: float = 0.0,
+                  keywords: Iterable[str] = ()) -> None:
+        """Add one layer: ``str`` is stored as UTF-8 text, any byte buffer as binary; empty allowed.
+
+        Raises InvalidLayer for a bad or duplicate id, content, frequency or keyword.
+        """
+        def bad(reason: str) -> InvalidLayer:
+            return InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason=reason)
+
+        if isinstance(layer_id, bool) or not isinstance(layer_id, numbers.Integral):
+            raise bad(f"layer id must be an int, got {type(layer_id).__name__}")
+        layer_id = int(layer_id)
+        if not 0 <= layer_id < 2**63:
+            raise bad("layer id must satisfy 0 <= id < 2**63")
+        if layer_id in self._layers:
+            raise bad("duplicate layer id")
+        if isinstance(frequency, bool) or not isinstance(frequency, numbers.Real):
+            raise bad(f"frequency must be a real number, got {frequency!r}")
+        frequency = float(frequency)
+        if not math.isfinite(frequency):
+            raise bad(f"frequency {frequency} is not finite")
+        if isinstance(keywords, (str, bytes)):
+            raise bad(f"keywords must be an iterable of str, not a single {type(keywords).__name__}")
+        keywords = tuple(keywords)
+        for kw in keywords:
+            if not isinstance(kw, str) or not kw or KEYWORD_SEPARATOR in kw:
+                raise bad(f"keyword {kw!r} must be a non-empty str without {KEYWORD_SEPARATOR!r}")
+        try:
+            keyword_bytes = KEYWORD_SEPARATOR.join(keywords).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise bad(f"keywords are not encodable as UTF-8 ({exc.reason})") from None
+        if self._keyword_bytes + len(keyword_bytes) >= _U32:
+            raise bad("the keyword blob would exceed 4 GiB (its offsets are 32-bit)")
+        if len(self._layers) + 1 >= _U32:
+            raise bad("a region holds fewer than 2**32 layers")
+        text = isinstance(content, str)
+        if text:
+            try:
+                data = content.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise bad(f"text is not encodable as UTF-8 ({exc.reason} at character {exc.start})") from None
+        elif isinstance(content, bytes):
+            data = content
+        elif isinstance(content, (int, float)) or content is None:
+            raise bad(f"content must be str or a bytes-like object, got {type(content).__name__}")
+        else:
+            try:
+                data = memoryview(content).tobytes()  # a private copy: see _Layer
+            except TypeError:
+                raise bad(f"content must be str or a bytes-like object, got {type(content).__name__}") from None
+        self._layers[layer_id] = _Layer(data, text, zlib.crc32(data), frequency, keywords, keyword_bytes)
+        self._keyword_bytes += len(keyword_bytes)
+        self._plan = None
+
+    def remove_layer(self, layer_id: int) -> None:
+        """Remove one layer. Raises InvalidLayer if it is not there."""
+        layer = self._layers.pop(layer_id, None)
+        if layer is None:
+            raise InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason="no such layer to remove")
+        self._keyword_bytes -= len(layer.keyword_bytes)
+        self._plan = None
+
+    def layer_ids(self) -> list[int]:
+        """Layer ids, ascending (the order of the index)."""
+        return sorted(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __contains__(self, layer_id: object) -> bool:
+        return layer_id in self._layers
+
+    def __repr__(self) -> str:
+        return f"<RegionBuilder dimension {self.dimension_id} {self.name!r}: {len(self)} layers>"
+
+    # ----------------------------------------------------------------- writing
+
+    def nbytes(self) -> int:
+        """Exact size of the region this builder writes now."""
+        return self._layout().nbytes
+
+    def write_into(self, buffer: Any) -> int:
+        """Write the region at the start of a writable buffer of at least :meth:`nbytes`; returns nbytes.
+
+        Every byte of ``[0, nbytes)`` is written (padding included), so the buffer may hold garbage;
+        bytes past nbytes are left alone. One slice assignment per layer: memcpy speed.
+        """
+        plan = self._layout()
+        try:
+            view = memoryview(buffer)
+            if not view.c_contiguous:
+                raise ValueError("strided memory")
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"write_into needs a writable contiguous byte buffer: {exc}") from None
+        with view:
+            if view.readonly:
+                raise TypeError("write_into needs a writable buffer, got a read-only one")
+            if len(view) < plan.nbytes:
+                raise ValueError(f"buffer of {len(view)} bytes is too small for the {plan.nbytes}-byte region "
+                                 f"of dimension {self.dimension_id}")
+            at = len(plan.prefix)
+            view[:at] = plan.prefix
+            for offset, content in plan.layers:
+                if offset > at:  # the buffer may hold garbage: padding is written, not assumed
+                    view[at:offset] = _ZEROS[:offset - at]
+                at = offset + len(content)
+                view[offset:at] = content
+        return plan.nbytes
+
+    def to_bytes(self) -> bytes:
+        """The region as one bytes object."""
+        out = bytearray(self.nbytes())
+        self.write_into(out)
+        return bytes(out)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the region to ``path`` atomically: temp file in the same folder, fsync, os.replace.
+
+        Readers see the old file or the new one, never a torn one; on any failure the temp file is
+        removed and the error propagates. The file is created with mode 0644.
+        """
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with open(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide the file from other users
+                for piece in self._pieces():
+                    f.write(piece)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError as exc:
+                logger.debug("could not remove temporary region file {}: {}", tmp, exc)
+            raise
+        _fsync_directory(path.parent)
+        return path
+
+    def _pieces(self) -> Iterator[bytes]:
+        plan = self._layout()
+        yield plan.prefix
+        at = len(plan.prefix)
+        for offset, content in plan.layers:
+            if offset > at:
+                yield _ZEROS[:offset - at]
+            yield content
+            at = offset + len(content)
+
+    def _layout(self) -> _Plan:
+        """Header, name, keywords and index as bytes, and where each layer goes; cached per layer set."""
+        if self._plan is not None:
+            return self._plan
+        ids = sorted(self._layers)
+        layers = [self._layers[i] for i in ids]
+        blob = b"".join(layer.keyword_bytes for layer in layers)
+        index_offset = align(HEADER_SIZE + len(self._name) + len(blob))
+        content_offset = index_offset + len(ids) * INDEX_DTYPE.itemsize
+        offsets, at = [], content_offset
+        for layer in layers:
+            offsets.append(at)
+            at = align(at + len(layer.content))
+        # The region ends right after the last byte of content; no trailing padding.
+        nbytes = offsets[-1] + len(layers[-1].content) if layers else content_offset
+        index = np.zeros(len(ids), dtype=INDEX_DTYPE)
+        index["layer_id"] = ids
+        index["flags"] = [FLAG_TEXT if layer.text else 0 for layer in layers]
+        index["crc32"] = [layer.crc for layer in layers]
+        index["offset"] = offsets
+        index["length"] = [len(layer.content) for layer in layers]
+        index["frequency"] = [layer.frequency for layer in layers]
+        kw_lengths = [len(layer.keyword_bytes) for layer in layers]
+        index["kw_length"] = kw_lengths
+        index["kw_offset"] = np.cumsum([0] + kw_lengths[:-1]) if layers else []
+        meta = self._name + blob
+        index_bytes = index.tobytes()
+        fields = [MAGIC, FORMAT_VERSION, 0, HEADER_SIZE, self.dimension_id, len(ids), len(self._name),
+                  len(blob), index_offset, content_offset, nbytes, 0, 0]
+        fields[-2] = meta_crc(HEADER.pack(*fields), meta, index_bytes)
+        pad = bytes(index_offset - HEADER_SIZE - len(meta))
+        prefix = b"".join((HEADER.pack(*fields), meta, pad, index_bytes))
+        self._plan = _Plan(prefix, list(zip(offsets, (layer.content for layer in layers))), nbytes)
+        return self._plan
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable; best effort (some file systems refuse O_RDONLY on folders)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:
+        logger.debug("cannot open {} to fsync it: {}", directory, exc)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        logger.debug("fsync of directory {} failed: {}", directory, exc)
+    finally:
+        os.close(fd)
