@@ -8,6 +8,8 @@ calls ``logger.enable("shmpool")``.
 from loguru import logger
 
 from .alloc import AllocationTable, Handle
+from .client import Client, JobFuture, connect
+from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath
 from .errors import (
     AllocationFailed,
     AttachError,
@@ -15,16 +17,20 @@ from .errors import (
     InstanceExists,
     InvalidHandle,
     InvalidLayer,
+    JobError,
     LayerNotFound,
     LimitExceeded,
     LockTimeout,
     OutOfBounds,
     RegionFormatError,
+    RequestTooLarge,
     ShmPoolError,
+    WorkerCrashed,
 )
 from .instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from .limits import DEFAULT_LIMIT, Thresholds
 from .names import cleanup
+from .reader import Reader, attach
 
 logger.disable("shmpool")
 
@@ -34,6 +40,17 @@ __all__ = [
     "AllocationFailed",
     "AllocationTable",
     "AttachError",
+    "Client",
+    "ContextCollection",
+    "JobFuture",
+    "LoadedContext",
+    "MissingStep",
+    "NavigationPath",
+    "Reader",
+    "RequestTooLarge",
+    "WorkerCrashed",
+    "attach",
+    "connect",
     "DEFAULT_LIMIT",
     "DEFAULT_POOLS",
     "DimensionNotFound",
@@ -41,6 +58,7 @@ __all__ = [
     "InstanceExists",
     "InvalidHandle",
     "InvalidLayer",
+    "JobError",
     "LayerNotFound",
     "LimitExceeded",
     "LockTimeout",

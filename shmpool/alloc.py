@@ -180,6 +180,21 @@ class AllocationTable:
         ctl.words[W.USED_BYTES] -= count * self.block_sizes[p]
         ctl.words[W.LIVE_RECORDS] -= 1
 
+    def transfer(self, handle: Handle, pid: int, start: int) -> None:
+        """Make process (pid, start) the owner of ``handle``, e.g. a worker handing a large
+        result to its client: if the new owner dies, the blocks are reclaimed with it."""
+        with self._lock:
+            row = self._ctl.records[handle.record]
+            if int(row[R.STATE]) != 1 or int(row[R.SERIAL]) != handle.serial:
+                raise InvalidHandle(handle=handle, reason="not live: cannot transfer ownership")
+            row[R.OWNER_START] = start
+            row[R.OWNER_PID] = pid
+
+    def handle_at(self, pool: int, first_block: int, nbytes: int, record: int, serial: int) -> Handle:
+        """Rebuild the handle of an allocation described in shared memory (e.g. a spilled result)."""
+        bs = self.block_sizes[pool]
+        return Handle(pool, first_block, -(-nbytes // bs), nbytes, record, serial, self._token)
+
     # ----------------------------------------------------------------- crash recovery
 
     def reclaim_dead(self) -> int:

@@ -22,6 +22,9 @@ __all__ = [
     "InstanceExists",
     "LockTimeout",
     "InvalidLayer",
+    "RequestTooLarge",
+    "JobError",
+    "WorkerCrashed",
 ]
 
 
@@ -38,8 +41,8 @@ def _preview(values: Iterable[Any], most: int = 12) -> str:
 class ShmPoolError(Exception):
     """Root of every error shmpool raises on purpose."""
 
-    def __init__(self, message: str, **fields: Any) -> None:
-        super().__init__(message)
+    def __init__(self, text: str, /, **fields: Any) -> None:
+        super().__init__(text)
         self._fields = fields
         for key, value in fields.items():
             setattr(self, key, value)
@@ -152,3 +155,28 @@ class InvalidLayer(ShmPoolError, ValueError):
             f"layer {layer_id!r} of dimension {dimension_id}: {reason}",
             dimension_id=dimension_id, layer_id=layer_id, reason=reason,
         )
+
+
+class RequestTooLarge(ShmPoolError, ValueError):
+    """A job's encoded arguments do not fit in a slot's request area."""
+
+    def __init__(self, *, nbytes: int, capacity: int, job: str = "") -> None:
+        super().__init__(f"request for job {job!r} is {nbytes} bytes; a slot holds at most {capacity}",
+                         nbytes=nbytes, capacity=capacity, job=job)
+
+
+class JobError(ShmPoolError):
+    """A job raised an exception in its worker; carries the remote type, message and traceback."""
+
+    def __init__(self, *, job: str, error_type: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"job {job!r} failed in its worker: {error_type}: {message}",
+                         job=job, error_type=error_type, message=message, remote_traceback=remote_traceback)
+
+
+class WorkerCrashed(ShmPoolError):
+    """A job's worker died while running it, as many times as allowed; it is not retried again."""
+
+    def __init__(self, *, job: str, attempts: int, detail: str = "") -> None:
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"job {job!r} killed its worker {attempts} times{extra}; not retried",
+                         job=job, attempts=attempts, detail=detail)

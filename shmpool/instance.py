@@ -255,7 +255,10 @@ class SharedInstance:
             return
         self._closed = True
         for mv in self._pool_views:
-            mv.release()
+            try:
+                mv.release()
+            except BufferError:
+                logger.debug("a pool view of {!r} is still exported; unmapped when it is collected", self.name)
         self.control.release()
         self._finalizer()
 

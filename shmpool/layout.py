@@ -26,7 +26,7 @@ from enum import IntEnum
 import numpy as np
 
 __all__ = [
-    "MAGIC", "LAYOUT_VERSION", "HEADER", "W", "P", "R", "D", "RD",
+    "MAGIC", "LAYOUT_VERSION", "HEADER", "W", "P", "R", "D", "S", "RD", "SLOT_COLS",
     "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "WORDS", "Layout", "Control",
 ]
 
@@ -126,18 +126,21 @@ class D(IntEnum):
     """Columns of a directory entry: two slots, the published one chosen by generation parity."""
     DIMENSION_ID = 0   # 0 = entry unused
     GENERATION = 1     # published generation; the commit point of crystallization
-    SLOT0 = 2          # slot k starts at SLOT0 + k * SLOT_COLS
-    # within a slot:
-    S_GENERATION = 0
-    S_POOL = 1
-    S_FIRST_BLOCK = 2
-    S_NBYTES = 3
-    S_RECORD = 4
-    S_SERIAL = 5
+    SLOT0 = 2          # slot k (k = generation & 1) starts at SLOT0 + k * SLOT_COLS
+
+
+class S(IntEnum):
+    """Columns within a directory slot: where one generation's region lives."""
+    GENERATION = 0     # the generation this slot describes
+    POOL = 1
+    FIRST_BLOCK = 2
+    NBYTES = 3         # exact region length
+    RECORD = 4         # allocation record holding the blocks
+    SERIAL = 5         # that record's serial
 
 
 SLOT_COLS = 6
-DIR_COLS = 16
+DIR_COLS = 16  # 2 + 2 * SLOT_COLS = 14 used, 2 spare
 
 
 class RD(IntEnum):

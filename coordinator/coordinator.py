@@ -1,0 +1,324 @@
+"""The coordinator: the one process that owns an instance's shared memory.
+
+It creates the segments, loads region files, crystallizes proto-dimensions, frees superseded
+generations once no reader pins them, and unlinks everything at stop. One coordinator per
+instance name, enforced with an flock'd lock file: the kernel releases it if the coordinator
+dies, so a newcomer can take over (after sweeping the dead one's leftovers).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from filelock import FileLock, Timeout
+from loguru import logger
+
+from shmpool.codec import encode_error
+from shmpool.context import LoadedContext
+from shmpool.errors import AttachError, DimensionNotFound, InstanceExists, InvalidLayer, ShmPoolError
+from shmpool.jobboard import JobBoard
+from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
+from shmpool.layout import STATE_STOPPING, W
+from shmpool.limits import DEFAULT_LIMIT, Thresholds
+from shmpool.names import runtime_dir, validate_name
+from shmpool.reader import Reader
+from workers.pool import WorkerPool
+
+from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
+from .proto import ProtoDimension
+from .publisher import Publisher
+
+__all__ = ["Coordinator"]
+
+RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
+DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
+
+
+class Coordinator:
+    """Owns instance ``name``: ``start()`` makes every dimension readable by other processes.
+
+    With ``data_dir=None`` it serves the built-in 14-dimension sample. Usable as a context
+    manager (start on enter, stop on exit).
+    """
+
+    def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None,
+                 memory_limit: int = DEFAULT_LIMIT, pools: Sequence[PoolSpec] | None = None,
+                 thresholds: Thresholds = Thresholds(), sample_seed: int = 0,
+                 max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
+                 job_slots: int = 256, job_payload: int = 64 * 1024, max_clients: int = 64,
+                 drain_timeout: float = 5.0) -> None:
+        self.name = validate_name(name)
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.memory_limit = memory_limit
+        self.pools = tuple(pools) if pools is not None else DEFAULT_POOLS
+        self.thresholds = thresholds
+        self.sample_seed = sample_seed
+        self._max_dimensions = max_dimensions
+        self._max_readers = max_readers
+        self.worker_count = (os.cpu_count() or 1) if workers is None else workers
+        self._job_config = (job_slots, max_clients, job_payload)
+        self.drain_timeout = drain_timeout
+        self._board: JobBoard | None = None
+        self._pool: WorkerPool | None = None
+        self._file_lock = FileLock(str(runtime_dir() / f"{name}.coordinator.lock"))
+        self._inst: SharedInstance | None = None
+        self._publisher: Publisher | None = None
+        self._reader: Reader | None = None
+        self._protos: dict[int, ProtoDimension] = {}
+        self._protos_lock = threading.Lock()
+        self._stop_event = threading.Event()
+        self._reaper: threading.Thread | None = None
+        self.load_report = LoadReport()
+        self.started_at: float | None = None
+        self.startup_seconds: float | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> "Coordinator":
+        """Create the shared memory and load every dimension; returns once all are readable.
+
+        Raises InstanceExists if another live coordinator owns the name, FileNotFoundError if
+        ``data_dir`` does not exist. Bad region files are skipped with a warning.
+        """
+        if self._inst is not None:
+            raise RuntimeError(f"coordinator {self.name!r} is already started")
+        t0 = time.perf_counter()
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise FileNotFoundError(f"data directory {self.data_dir} does not exist")
+        try:
+            self._file_lock.acquire(timeout=0)
+        except Timeout:
+            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid()) from None
+        try:
+            self._inst = SharedInstance.create(
+                self.name, pools=self.pools, memory_limit=self.memory_limit, thresholds=self.thresholds,
+                max_dimensions=self._max_dimensions, max_readers=self._max_readers)
+            self._publisher = Publisher(self._inst)
+            folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
+            paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
+            self.load_report = load_region_files(self._publisher, paths)
+            if self.worker_count > 0:
+                slots, clients, payload = self._job_config
+                self._board = JobBoard.create(self.name, slots=slots, channels=clients, payload=payload)
+                self._pool = WorkerPool(self.name, self._board, self.worker_count)
+                self._pool.start()
+            self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
+                                            daemon=True)
+            self._reaper.start()
+        except BaseException:
+            self._teardown()
+            raise
+        self.started_at = time.time()
+        self.startup_seconds = time.perf_counter() - t0
+        logger.info("coordinator {!r} started in {:.1f} ms: {} dimensions, {} bytes, {} files skipped",
+                    self.name, self.startup_seconds * 1e3, len(self.load_report.loaded),
+                    self.load_report.bytes_loaded, len(self.load_report.skipped))
+        return self
+
+    def stop(self) -> None:
+        """Drain jobs, stop workers, unmap and unlink every shared object (idempotent).
+
+        New submissions are refused at once; jobs already queued or running get up to
+        ``drain_timeout`` seconds to finish; whatever is still queued then is answered with
+        AttachError ("coordinator stopped") rather than run. Then workers get SIGTERM.
+        """
+        if self._inst is None:
+            return
+        if self._board is not None:
+            self._drain()
+        self._inst.control.words[W.STATE] = STATE_STOPPING
+        self._teardown()
+        logger.info("coordinator {!r} stopped", self.name)
+
+    def _drain(self) -> None:
+        board = self._board
+        board.stop_accepting()
+        deadline = time.monotonic() + self.drain_timeout
+        while time.monotonic() < deadline:
+            counts = board.counts()
+            if counts["queued"] == 0 and counts["running"] == 0:
+                break
+            time.sleep(0.005)
+        stopped = AttachError(name=self.name, reason="the coordinator stopped before running this job")
+        cancelled = board.fail_outstanding(lambda _slot: encode_error(stopped))
+        if cancelled:
+            logger.warning("coordinator {!r} stopped with {} queued jobs unanswered; they failed with "
+                           "AttachError", self.name, cancelled)
+
+    def _teardown(self) -> None:
+        self._stop_event.set()
+        if self._reaper is not None:
+            self._reaper.join(5)
+            self._reaper = None
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+        if self._board is not None:
+            self._board.close()
+            self._board = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._inst is not None:
+            self._inst.destroy()
+            self._inst = None
+        self._publisher = None
+        if self._file_lock.is_locked:
+            self._file_lock.release()
+
+    def __enter__(self) -> "Coordinator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._inst is not None
+
+    def _live_owner_pid(self) -> int | None:
+        try:
+            probe = SharedInstance.attach(self.name)
+        except ShmPoolError:
+            return None
+        try:
+            return int(probe.control.words[W.COORDINATOR_PID])
+        finally:
+            probe.close()
+
+    def _reap_loop(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stop_event.wait(RECLAIM_INTERVAL):
+            try:
+                if self._pool is not None:
+                    self._pool.supervise()
+                self._publisher.reclaim()
+                if time.monotonic() - last_sweep >= DEAD_SWEEP_INTERVAL:
+                    self._inst.table.reclaim_dead()
+                    if self._board is not None:
+                        self._board.sweep_dead_clients()
+                    last_sweep = time.monotonic()
+            except Exception:  # the reaper must outlive any one bad round
+                logger.exception("reclaim round of coordinator {!r} failed", self.name)
+
+    def _require(self) -> tuple[SharedInstance, Publisher]:
+        if self._inst is None or self._publisher is None:
+            raise RuntimeError(f"coordinator {self.name!r} is not running")
+        return self._inst, self._publisher
+
+    # ----------------------------------------------------------------- proto-dimensions
+
+    def create_proto_dimension(self, dimension_id: int, name: str) -> ProtoDimension:
+        """A new, empty, heap-backed dimension to fill and then :meth:`crystallize`."""
+        self._require()
+        with self._protos_lock:
+            if dimension_id in self._protos:
+                raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
+                                   reason="a proto-dimension with this id already exists")
+            proto = ProtoDimension(dimension_id, name)
+            self._protos[dimension_id] = proto
+        return proto
+
+    def proto(self, dimension_id: int) -> ProtoDimension:
+        proto = self._protos.get(dimension_id)
+        if proto is None:
+            raise DimensionNotFound(dimension_id=dimension_id, available=list(self._protos))
+        return proto
+
+    def crystallize(self, dimension_id: int, *, keep: bool = False) -> int:
+        """Write the proto-dimension once into shared memory and publish it; returns the generation.
+
+        Readers switch to the new generation on their next lookup; contexts they already hold
+        stay valid. An existing dimension of the same id is replaced (its old generation is
+        freed when no reader pins it). The proto-dimension is consumed unless ``keep``.
+        """
+        _inst, publisher = self._require()
+        proto = self.proto(dimension_id)
+        builder = proto.builder
+        generation = publisher.place(builder.nbytes(), builder.write_into,
+                                     source=f"crystallized proto-dimension {dimension_id}",
+                                     expect_dimension=dimension_id)
+        if not keep:
+            with self._protos_lock:
+                self._protos.pop(dimension_id, None)
+        return generation
+
+    # ----------------------------------------------------------------- reading
+
+    def reader(self) -> Reader:
+        """A reader in the coordinator's own process (created on first use)."""
+        inst, _ = self._require()
+        if self._reader is None:
+            self._reader = Reader(inst, owns_instance=False)
+        return self._reader
+
+    def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
+        """Proto-dimensions first (heap, generation 0), then published dimensions."""
+        proto = self._protos.get(dimension_id)
+        if proto is not None:
+            return proto.load_layer_context(layer_id)
+        return self.reader().load_layer_context(dimension_id, layer_id)
+
+    def reclaim(self) -> int:
+        """Free unpinned superseded generations now (the reaper does this every 20 ms)."""
+        return self._require()[1].reclaim()
+
+    # ----------------------------------------------------------------- monitoring
+
+    def stats(self) -> dict:
+        """Memory by pool, utilization, fragmentation, failures, readers, generations."""
+        inst, publisher = self._require()
+        words = inst.control.words
+        current, superseded = publisher.snapshot()
+        out = inst.table.stats().as_dict()
+        out.update({
+            "name": self.name,
+            "readers_attached": int(words[W.READERS_ATTACHED]),
+            "readers_peak": int(words[W.READERS_PEAK]),
+            "dimensions": len(current),
+            "generations": {p.dimension_id: p.generation for p in current},
+            "superseded_pending": len(superseded),
+            "proto_dimensions": len(self._protos),
+            "startup_ms": (self.startup_seconds or 0) * 1e3,
+        })
+        if self._board is not None:
+            out["jobs"] = self._board.counts()
+            out["workers"] = {"count": self.worker_count, "pids": self._pool.pids() if self._pool else [],
+                              "deaths": list(self._pool.deaths) if self._pool else []}
+        return out
+
+    def dump_state(self) -> dict:
+        """Everything, JSON-serialisable: regions, allocations, pools, index summaries, readers."""
+        inst, publisher = self._require()
+        current, superseded = publisher.snapshot()
+        dims = []
+        reader = self.reader()
+        for pub in sorted(current, key=lambda p: p.dimension_id):
+            d = pub.as_dict()
+            try:
+                ids = reader.layer_ids(pub.dimension_id)
+                d["layers"] = {"count": len(ids), "min_id": min(ids, default=None),
+                               "max_id": max(ids, default=None)}
+            except DimensionNotFound:
+                d["layers"] = None
+            dims.append(d)
+        return {
+            "name": self.name,
+            "coordinator_pid": os.getpid(),
+            "started_at": self.started_at,
+            "memory": inst.table.stats().as_dict(),
+            "dimensions": dims,
+            "superseded": [p.as_dict() for p in superseded],
+            "allocations": inst.table.live_allocations(),
+            "readers": publisher.registry.live(),
+            "workers": {"pids": self._pool.pids(), "deaths": self._pool.deaths} if self._pool else None,
+            "jobs": self._board.counts() if self._board else None,
+            "proto_dimensions": [{"dimension_id": p.dimension_id, "name": p.name, "layers": len(p),
+                                  "nbytes": p.nbytes()} for p in self._protos.values()],
+            "load": {"loaded": {str(k): v for k, v in self.load_report.loaded.items()},
+                     "skipped": [{"file": f, "reason": r} for f, r in self.load_report.skipped]},
+        }

@@ -1,0 +1,130 @@
+"""Placing regions into shared memory, publishing them, and freeing what they supersede.
+
+The coordinator is the directory's single writer; everything that changes which region a
+dimension points at goes through :class:`Publisher`. Reclamation rule: a superseded region is
+freed once (a) GRACE seconds have passed since it was superseded, and (b) no live reader pins
+its generation or an older one. (a) covers the instant between a reader's pin store and its
+re-check of the generation, during which the store may still sit in a CPU store buffer; it
+drains in nanoseconds, so 10 ms is a wide margin. (b) is the real rule.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from loguru import logger
+
+from shmpool.alloc import Handle
+from shmpool.directory import Directory, Location
+from shmpool.errors import RegionFormatError, ShmPoolError
+from shmpool.instance import SharedInstance
+from shmpool.readers import ReaderRegistry
+from shmpool.region import Region
+
+__all__ = ["Published", "Publisher", "GRACE"]
+
+GRACE = 0.010
+
+
+@dataclass
+class Published:
+    """One generation of one dimension placed in shared memory."""
+    dimension_id: int
+    name: str
+    generation: int
+    entry: int
+    handle: Handle
+    source: str
+    layer_count: int
+    published_at: float = field(default_factory=time.time)
+    superseded_at: float | None = None
+
+    def as_dict(self) -> dict:
+        h = self.handle
+        return {
+            "dimension_id": self.dimension_id, "name": self.name, "generation": self.generation,
+            "source": self.source, "layer_count": self.layer_count, "nbytes": h.nbytes,
+            "allocation": {"pool": h.pool, "first_block": h.first_block, "block_count": h.block_count,
+                           "record": h.record},
+            "published_at": self.published_at, "superseded_at": self.superseded_at,
+        }
+
+
+class Publisher:
+    """Writes regions into pool blocks and publishes them as new generations. Thread-safe."""
+
+    def __init__(self, inst: SharedInstance) -> None:
+        self._inst = inst
+        self.directory = Directory(inst.control)
+        self.registry = ReaderRegistry(inst.control, inst.lock, inst.name)
+        self.current: dict[int, Published] = {}
+        self.superseded: list[Published] = []
+        self._lock = threading.Lock()
+
+    def place(self, nbytes: int, write: Callable[[memoryview], None], *, source: str,
+              expect_dimension: int | None = None) -> int:
+        """Allocate ``nbytes``, let ``write`` fill them with a region, check it, publish it.
+
+        Returns the new generation. On any failure the blocks are freed before the error
+        propagates: a half-placed dimension leaves nothing allocated.
+        """
+        table = self._inst.table
+        handle = table.allocate(nbytes)
+        try:
+            view = self._inst.handle_view(handle)
+            write(view)
+            # Structure only: content checksums were verified where the bytes came from.
+            region = Region.from_buffer(view, source=source, verify_checksums=False)
+            dimension_id, name, layers = region.dimension_id, region.name, region.layer_count
+            del region
+            view.release()
+            if expect_dimension is not None and dimension_id != expect_dimension:
+                raise RegionFormatError(source=source, fault=f"holds dimension {dimension_id}, "
+                                                             f"expected {expect_dimension}")
+        except BaseException:
+            table.free(handle)
+            raise
+        with self._lock:
+            entry = self.directory.entry_for(dimension_id)
+            if entry is None:
+                entry = self.directory.add(dimension_id)
+            generation = self.directory.generation(entry) + 1
+            self.directory.publish(entry, Location(generation, handle.pool, handle.first_block, nbytes,
+                                                   handle.record, handle.serial))
+            old = self.current.get(dimension_id)
+            self.current[dimension_id] = Published(dimension_id, name, generation, entry, handle,
+                                                   source, layers)
+            if old is not None:
+                old.superseded_at = time.monotonic()
+                self.superseded.append(old)
+        logger.info("published dimension {} ({!r}) generation {}: {} layers, {} bytes from {}",
+                    dimension_id, name, generation, layers, nbytes, source)
+        return generation
+
+    def reclaim(self) -> int:
+        """Free superseded regions no reader pins any more; returns how many were freed."""
+        self.registry.reap_dead()
+        now = time.monotonic()
+        freed = 0
+        with self._lock:
+            keep = []
+            for old in self.superseded:
+                if now - old.superseded_at < GRACE or self.registry.is_pinned(old.entry, old.generation):
+                    keep.append(old)
+                    continue
+                try:
+                    self._inst.table.free(old.handle)
+                    freed += 1
+                    logger.debug("freed dimension {} generation {}", old.dimension_id, old.generation)
+                except ShmPoolError as exc:
+                    logger.error("could not free dimension {} generation {}: {}",
+                                 old.dimension_id, old.generation, exc)
+            self.superseded = keep
+        return freed
+
+    def snapshot(self) -> tuple[list[Published], list[Published]]:
+        with self._lock:
+            return list(self.current.values()), list(self.superseded)

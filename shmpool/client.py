@@ -1,0 +1,237 @@
+"""Submitting jobs to a coordinator's worker pool from any process: ``shmpool.connect(name)``.
+
+The API is concurrent.futures': ``submit`` returns a Future, ``map`` keeps order, ``close`` (or
+the context manager) ends it. One Client may be shared by many threads. A completion thread per
+client drains the client's completion ring and resolves futures; layer results arrive as
+references and are resolved against this process's own mapping, so they cost no copy and keep
+their generation pinned while held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
+from typing import Any, Iterable, Iterator
+
+import posix_ipc
+from loguru import logger
+
+from ._proc import is_alive
+from .codec import decode_error, decode_result, encode_request
+from .context import ContextCollection, LoadedContext, NavigationPath, Step
+from .errors import AttachError, RequestTooLarge, ShmPoolError
+from .jobboard import JobBoard
+from .jobs_layout import Status
+from .layout import W
+from .reader import Reader, attach
+
+__all__ = ["Client", "connect", "JobFuture"]
+
+POLL = 0.1  # seconds between coordinator liveness checks while idle
+
+
+class JobFuture(Future):
+    """A Future whose ``cancel()`` also withdraws the request while no worker has taken it."""
+
+    def __init__(self, board: JobBoard, slot: int, seq: int, job: str) -> None:
+        super().__init__()
+        self._board, self._slot, self._seq, self.job = board, slot, seq, job
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self.done():
+                return self.cancelled()
+        if not self._board.cancel(self._slot, self._seq):
+            return False
+        return super().cancel()
+
+
+class Client:
+    """A connection to the worker pool of running instance ``name``. Thread-safe."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._reader: Reader = attach(name)
+        try:
+            self._board = JobBoard.attach(name)
+        except BaseException:
+            self._reader.close()
+            raise
+        self._inst = self._reader._inst
+        self._channel = self._board.claim_channel()
+        self._sem = self._board.channel_sem(self._channel)
+        self._futures: dict[int, tuple[int, JobFuture]] = {}
+        self._early: set[int] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._thread = threading.Thread(target=self._complete_loop, name=f"shmpool-client-{name}", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------- submitting
+
+    def submit(self, job: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> JobFuture:
+        """Queue ``job(reader, *args, **kwargs)`` on a worker; returns a Future.
+
+        Blocks while every slot is busy (back-pressure), for at most ``timeout`` seconds, then
+        raises TimeoutError. ``timeout`` is therefore reserved and not passed to the job.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if self._closed:
+            raise AttachError(name=self.name, reason="this client is closed")
+        request = encode_request(job, args, kwargs)
+        try:
+            slot, seq = self._board.submit(self._channel, request, timeout=timeout)
+        except posix_ipc.BusyError:
+            raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
+                                 f"({self._board.v.layout.slots} slots, all busy)") from None
+        except RequestTooLarge as exc:
+            raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
+        future = JobFuture(self._board, slot, seq, job)
+        with self._lock:
+            self._futures[slot] = (seq, future)
+            early = slot in self._early
+            self._early.discard(slot)
+        if early:
+            self._deliver(slot)
+        return future
+
+    def map(self, job: str, *iterables: Iterable, timeout: float | None = None) -> Iterator[Any]:
+        """Like Executor.map: results in order; ``timeout`` bounds the whole iteration."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        futures = [self.submit(job, *args, timeout=timeout) for args in zip(*iterables)]
+
+        def results():
+            try:
+                for fut in futures:
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    yield fut.result(remaining)
+            finally:
+                for fut in futures:
+                    fut.cancel()
+
+        return results()
+
+    def lookup(self, dimension_id: int, layer_id: int, *, timeout: float | None = None) -> LoadedContext:
+        """Run the built-in ``lookup`` job; the result is a zero-copy view resolved here."""
+        return self.submit("lookup", dimension_id, layer_id).result(timeout)
+
+    def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True,
+                      timeout: float | None = None) -> ContextCollection:
+        steps = [list(s) for s in NavigationPath.of(path)]
+        return self.submit("load_contexts", steps, strict=strict).result(timeout)
+
+    # ----------------------------------------------------------------- completions
+
+    def _complete_loop(self) -> None:
+        board, sem = self._board, self._sem
+        while not self._closed:
+            try:
+                sem.acquire(POLL)
+            except posix_ipc.BusyError:
+                if not self._coordinator_alive():
+                    self._fail_all(AttachError(name=self.name, reason="the coordinator is gone"))
+                    return
+                continue
+            except posix_ipc.ExistentialError:
+                self._fail_all(AttachError(name=self.name, reason="the coordinator removed the job board"))
+                return
+            for slot in board.completed(self._channel):
+                with self._lock:
+                    known = slot in self._futures
+                    if not known:
+                        self._early.add(slot)
+                if known:
+                    self._deliver(slot)
+
+    def _deliver(self, slot: int) -> None:
+        with self._lock:
+            seq, future = self._futures.pop(slot)
+        board = self._board
+        got_seq, status, data, spill = board.response(slot)
+        handle = None
+        try:
+            if spill is not None:
+                handle = self._inst.table.handle_at(spill[0], spill[1], spill[2], spill[3], spill[4])
+                data = self._inst.handle_view(handle)
+            if got_seq != seq:
+                outcome: Any = AttachError(name=self.name, reason=f"job slot {slot} was reused under us")
+            elif status == Status.OK:
+                outcome = decode_result(data, self._resolve)
+            else:
+                outcome = decode_error(data, future.job)
+        except BaseException as exc:  # a bad response must fail its future, not the client
+            outcome = exc
+        finally:
+            if isinstance(data, memoryview):
+                data.release()
+            if handle is not None:
+                try:
+                    self._inst.table.free(handle)
+                except ShmPoolError as exc:
+                    logger.debug("spilled result of slot {} already reclaimed: {}", slot, exc)
+            board.release_slot(slot)
+        if future.set_running_or_notify_cancel():
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _resolve(self, dimension_id: int, layer_id: int, generation: int) -> LoadedContext:
+        # The worker saw `generation`; this process maps the newest published one, which is the
+        # same or later. Either way the bytes are whole and stay pinned while the context lives.
+        return self._reader.load_layer_context(dimension_id, layer_id)
+
+    def _coordinator_alive(self) -> bool:
+        words = self._inst.control.words
+        return int(words[W.STATE]) == 1 and is_alive(int(words[W.COORDINATOR_PID]),
+                                                     int(words[W.COORDINATOR_START]))
+
+    def _fail_all(self, error: BaseException) -> None:
+        self._broken = error
+        with self._lock:
+            pending = list(self._futures.values())
+            self._futures.clear()
+        for _seq, future in pending:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+        logger.debug("client of {!r} failed {} outstanding jobs: {}", self.name, len(pending), error)
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Cancel what is still queued, fail the rest with AttachError, and detach (idempotent)."""
+        if self._closed:
+            return
+        with self._lock:
+            pending = list(self._futures.values())
+        for _seq, future in pending:
+            future.cancel()
+        self._closed = True
+        self._thread.join(2 * POLL + 1)
+        self._fail_all(AttachError(name=self.name, reason="the client was closed"))
+        try:
+            self._board.release_channel(self._channel)
+        except ShmPoolError as exc:
+            logger.debug("channel {} not released: {}", self._channel, exc)
+        self._board.close()
+        self._reader.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def reader(self) -> Reader:
+        """This client's own reader (lookups here need no worker)."""
+        return self._reader
+
+
+def connect(name: str) -> Client:
+    """Connect to the worker pool of running instance ``name`` (AttachError if there is none)."""
+    return Client(name)

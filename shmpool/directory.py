@@ -1,0 +1,110 @@
+"""The dimension directory: which region holds each dimension, published by generation.
+
+Single writer (the coordinator), many lock-free readers, a seqlock with two slots:
+
+    writer:  fill slot[(g+1) & 1] with the new region's location; then store GENERATION = g+1.
+    reader:  g = GENERATION; read slot[g & 1]; accept only if slot.GENERATION == g and
+             GENERATION is still g afterwards; otherwise read again.
+
+The store of GENERATION is the commit point of a crystallization: one aligned int64 store, so a
+reader sees either the old generation or the new one, never a mix. The slot a reader is reading
+is only rewritten two generations later, and the re-check catches that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layout import D, DIR_COLS, S, SLOT_COLS, W, Control
+
+__all__ = ["Location", "Directory"]
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where generation ``generation`` of a dimension lives."""
+    generation: int
+    pool: int
+    first_block: int
+    nbytes: int
+    record: int
+    serial: int
+
+
+class Directory:
+    """Reader and writer views of the directory section of a control segment."""
+
+    def __init__(self, control: Control) -> None:
+        self._ctl = control
+        self._mv = control.directory_mv
+        self.capacity = control.layout.max_dimensions
+
+    # ----------------------------------------------------------------- reader side (lock-free)
+
+    def entries(self) -> dict[int, int]:
+        """{dimension id: entry index} of every entry in use."""
+        ids = self._ctl.directory[:, D.DIMENSION_ID]
+        return {int(ids[e]): int(e) for e in np.flatnonzero(ids)}
+
+    def version(self) -> int:
+        return int(self._ctl.words_mv[W.DIR_VERSION])
+
+    @staticmethod
+    def generation_position(entry: int) -> int:
+        """Index of the entry's GENERATION word in ``Control.directory_mv``."""
+        return entry * DIR_COLS + D.GENERATION
+
+    def generation(self, entry: int) -> int:
+        return self._mv[entry * DIR_COLS + D.GENERATION]
+
+    def read(self, entry: int) -> Location | None:
+        """A consistent snapshot of the published location, or None if never published."""
+        mv = self._mv
+        base = entry * DIR_COLS
+        while True:
+            gen = mv[base + D.GENERATION]
+            if gen == 0:
+                return None
+            slot = base + D.SLOT0 + (gen & 1) * SLOT_COLS
+            loc = Location(mv[slot + S.GENERATION], mv[slot + S.POOL], mv[slot + S.FIRST_BLOCK],
+                           mv[slot + S.NBYTES], mv[slot + S.RECORD], mv[slot + S.SERIAL])
+            if loc.generation == gen and mv[base + D.GENERATION] == gen:
+                return loc
+
+    # ----------------------------------------------------------------- writer side (coordinator)
+
+    def entry_for(self, dimension_id: int) -> int | None:
+        ids = self._ctl.directory[:, D.DIMENSION_ID]
+        hits = np.flatnonzero(ids == dimension_id)
+        return int(hits[0]) if len(hits) else None
+
+    def add(self, dimension_id: int) -> int:
+        """Claim an entry for a new dimension id (unpublished until :meth:`publish`)."""
+        ids = self._ctl.directory[:, D.DIMENSION_ID]
+        free = np.flatnonzero(ids == 0)
+        if not len(free):
+            raise OverflowError(f"dimension directory full ({self.capacity} entries)")
+        entry = int(free[0])
+        row = self._ctl.directory[entry]
+        row[:] = 0
+        row[D.DIMENSION_ID] = dimension_id
+        self._ctl.words[W.DIR_VERSION] += 1
+        return entry
+
+    def publish(self, entry: int, loc: Location) -> None:
+        """Make ``loc`` the current generation of ``entry``: slot first, GENERATION last."""
+        mv = self._mv
+        base = entry * DIR_COLS
+        current = mv[base + D.GENERATION]
+        if loc.generation != current + 1:
+            raise ValueError(f"generation must advance by one: {current} -> {loc.generation}")
+        slot = base + D.SLOT0 + (loc.generation & 1) * SLOT_COLS
+        mv[slot + S.POOL] = loc.pool
+        mv[slot + S.FIRST_BLOCK] = loc.first_block
+        mv[slot + S.NBYTES] = loc.nbytes
+        mv[slot + S.RECORD] = loc.record
+        mv[slot + S.SERIAL] = loc.serial
+        mv[slot + S.GENERATION] = loc.generation
+        mv[base + D.GENERATION] = loc.generation  # commit point

@@ -1,0 +1,160 @@
+"""The jobs segment, byte by byte (docs/shm-layout.md, "Jobs segment", lists the same fields).
+
+    words     int64[JOB_WORDS]                    lock owner (same first 4 words as the control
+                                                   segment, so SharedLock serves both), counters
+    free      int64[slots]                        stack of free slot indices (FREE_TOP entries)
+    queue     int64[slots]                        ring of submitted slot indices (Q_HEAD..Q_TAIL)
+    slots     int64[slots, SLOT_COLS]             one row per request/response slot
+    channels  int64[channels, CHANNEL_COLS]       one row per connected client
+    rings     int64[channels, slots]              per client: ring of completed slot indices
+    data      bytes[slots, 2 * payload]           per slot: request area, then response area
+
+A slot is at most once in the queue and at most once in one completion ring, so rings of
+``slots`` entries never overflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+__all__ = ["JW", "SC", "CC", "SlotState", "Status", "JobsLayout", "JobsView", "JOBS_MAGIC"]
+
+JOBS_MAGIC = 0x53484D504A4F4231  # "SHMPJOB1"
+ALIGN = 64
+
+
+class JW(IntEnum):
+    """Words of the jobs segment (int64 each)."""
+    LOCK_OWNER_PID = 0     # as in layout.W: SharedLock uses indices 0-3
+    LOCK_OWNER_START = 1
+    LOCK_EPOCH = 2
+    LOCK_RECOVERIES = 3
+    MAGIC = 4              # JOBS_MAGIC, written last at creation
+    SLOTS = 5
+    PAYLOAD = 6            # bytes of each request area and each response area
+    CHANNELS = 7
+    FREE_TOP = 8           # number of entries on the free stack
+    Q_HEAD = 9             # next queue position to take (monotonic; index = Q_HEAD % SLOTS)
+    Q_TAIL = 10            # next queue position to fill
+    STATE = 11             # 1 accepting, 2 stopping (no new submissions)
+    SUBMITTED = 12
+    COMPLETED = 13
+    FAILED = 14            # completed with an error status
+    REQUEUED = 15          # taken back from dead workers
+    CANCELLED = 16
+    WORKERS_STARTED = 17
+    WORKER_DEATHS = 18
+
+
+JOB_WORDS = 32
+
+
+class SC(IntEnum):
+    """Columns of a slot row."""
+    STATE = 0
+    SEQ = 1            # +1 at every submission into this slot; futures remember theirs
+    CLIENT_PID = 2
+    CLIENT_START = 3
+    CHANNEL = 4        # completion ring to push to
+    WORKER_PID = 5
+    WORKER_START = 6
+    REQ_LEN = 7
+    RESP_LEN = 8       # bytes in the response area, or of the spill allocation
+    STATUS = 9         # Status
+    ATTEMPTS = 10      # times a worker died while running this request
+    SPILL_POOL = 11    # -1: the response is in the response area; else a table allocation
+    SPILL_FIRST = 12
+    SPILL_RECORD = 13
+    SPILL_SERIAL = 14
+    SUBMITTED_NS = 15
+
+
+SLOT_COLS = 16
+
+
+class CC(IntEnum):
+    """Columns of a channel (client) row."""
+    PID = 0            # 0 = free
+    START = 1
+    HEAD = 2           # consumer position in the ring (written only by the client)
+    TAIL = 3           # producer position (written by workers under the jobs lock)
+
+
+CHANNEL_COLS = 4
+
+
+class SlotState(IntEnum):
+    FREE = 0
+    SUBMITTED = 1      # in the queue
+    RUNNING = 2        # taken by WORKER_PID
+    DONE = 3           # response written, slot index pushed to the client's ring
+    CANCELLED = 4      # still in the queue; the worker that pops it frees it
+    ORPHANED = 5       # running, but its client died; freed when the worker finishes
+
+
+class Status(IntEnum):
+    OK = 0
+    ERROR = 1
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(frozen=True)
+class JobsLayout:
+    slots: int
+    channels: int
+    payload: int
+    free_offset: int
+    queue_offset: int
+    slots_offset: int
+    channels_offset: int
+    rings_offset: int
+    data_offset: int
+    size: int
+
+    @classmethod
+    def compute(cls, slots: int, channels: int, payload: int) -> "JobsLayout":
+        off = JOB_WORDS * 8
+        free = off = _align(off)
+        queue = off = _align(off + slots * 8)
+        slot_rows = off = _align(off + slots * 8)
+        chans = off = _align(off + slots * SLOT_COLS * 8)
+        rings = off = _align(off + channels * CHANNEL_COLS * 8)
+        data = off = _align(off + channels * slots * 8)
+        size = _align(off + slots * 2 * payload)
+        return cls(slots, channels, payload, free, queue, slot_rows, chans, rings, data, size)
+
+
+class JobsView:
+    """numpy views of a mapped jobs segment."""
+
+    def __init__(self, buf, lay: JobsLayout) -> None:
+        self.layout = lay
+
+        def arr(offset: int, shape):
+            return np.frombuffer(buf, dtype="<i8", count=int(np.prod(shape)), offset=offset).reshape(shape)
+
+        self.words = arr(0, (JOB_WORDS,))
+        self.free = arr(lay.free_offset, (lay.slots,))
+        self.queue = arr(lay.queue_offset, (lay.slots,))
+        self.slots = arr(lay.slots_offset, (lay.slots, SLOT_COLS))
+        self.channels = arr(lay.channels_offset, (lay.channels, CHANNEL_COLS))
+        self.rings = arr(lay.rings_offset, (lay.channels, lay.slots))
+        self.data = memoryview(buf)[lay.data_offset:lay.data_offset + lay.slots * 2 * lay.payload]
+
+    def request_area(self, slot: int) -> memoryview:
+        p = self.layout.payload
+        return self.data[slot * 2 * p:slot * 2 * p + p]
+
+    def response_area(self, slot: int) -> memoryview:
+        p = self.layout.payload
+        return self.data[slot * 2 * p + p:(slot + 1) * 2 * p]
+
+    def release(self) -> None:
+        self.data.release()
+        self.words = self.free = self.queue = self.slots = self.channels = self.rings = None

@@ -1,0 +1,331 @@
+"""Lock-free, zero-copy readers of a running instance: ``shmpool.attach(name) -> Reader``.
+
+How a lookup stays cheap and safe:
+
+* Per dimension the reader keeps the current generation's layer index (a dict built once per
+  generation). A lookup reads the dimension's published GENERATION word from shared memory; if it
+  still matches, it slices the region's memoryview. No lock, no syscall, no logging.
+* When the generation moved, the reader first PINS the new generation (one int64 store in its
+  reader row), then checks GENERATION did not move again, and only then touches the region. The
+  coordinator frees a superseded region only after a grace period and only if no live reader pins
+  it (or anything older), so a region cannot be freed under a reader that is about to use it.
+* Every view a reader hands out is a slice of a per-generation numpy array whose lifetime holds
+  the pin: while any LoadedContext (or the bare ``content`` memoryview) lives, that generation
+  stays pinned, and its bytes stay exactly as they were.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Iterable, Iterator
+
+import numpy as np
+from loguru import logger
+
+from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
+from .directory import Directory, Location
+from .errors import AttachError, DimensionNotFound, LayerNotFound, ShmPoolError
+from .instance import SharedInstance
+from .layout import W
+from .readers import ReaderRegistry
+from .region import Region
+
+__all__ = ["Reader", "attach"]
+
+
+class _PinnedBytes(np.ndarray):
+    """A read-only byte array over one generation's region; its life is the pin's life."""
+
+
+class _Generation:
+    """One mapped generation of one dimension: the region, its index, and lazy metadata."""
+
+    __slots__ = ("dimension_id", "generation", "name", "region", "mv", "index", "ids",
+                 "_freqs", "_keywords", "_by_keyword", "__weakref__")
+
+    def __init__(self, dimension_id: int, generation: int, array: _PinnedBytes) -> None:
+        self.dimension_id = dimension_id
+        self.generation = generation
+        self.mv = memoryview(array)
+        self.region = Region.from_buffer(self.mv, source=f"dimension {dimension_id} generation {generation}",
+                                         verify_checksums=False)
+        self.name = self.region.name
+        idx = self.region.index
+        ids = idx["layer_id"].tolist()
+        starts = idx["offset"].tolist()
+        ends = (idx["offset"] + idx["length"]).tolist()
+        self.ids = ids
+        self.index = {lid: (s, e, row) for row, (lid, s, e) in enumerate(zip(ids, starts, ends))}
+        self._freqs = None
+        self._keywords: dict[int, tuple[str, ...]] = {}
+        self._by_keyword: dict[str, list[int]] | None = None
+
+    def frequency(self, row: int) -> float:
+        if self._freqs is None:
+            self._freqs = self.region.index["frequency"].tolist()
+        return self._freqs[row]
+
+    def keywords(self, row: int) -> tuple[str, ...]:
+        kw = self._keywords.get(row)
+        if kw is None:
+            kw = self._keywords[row] = self.region.keywords(row)
+        return kw
+
+    def is_text(self, row: int) -> bool:
+        return self.region.is_text(row)
+
+    def crc32(self, row: int) -> int:
+        return int(self.region.index["crc32"][row])
+
+    def rows_with_keyword(self, keyword: str) -> list[int]:
+        if self._by_keyword is None:
+            by: dict[str, list[int]] = {}
+            for row in range(len(self.ids)):
+                for kw in self.keywords(row):
+                    by.setdefault(kw, []).append(row)
+            self._by_keyword = by
+        return self._by_keyword.get(keyword, [])
+
+
+class _DimView:
+    __slots__ = ("dimension_id", "entry", "gen_pos", "current", "held")
+
+    def __init__(self, dimension_id: int, entry: int) -> None:
+        self.dimension_id = dimension_id
+        self.entry = entry
+        self.gen_pos = Directory.generation_position(entry)
+        self.current: _Generation | None = None
+        self.held: set[int] = set()  # generations with live arrays in this process
+
+
+def _unhold(reader_ref: "weakref.ref[Reader]", dv: _DimView, generation: int) -> None:
+    reader = reader_ref()
+    if reader is not None:
+        reader._unhold(dv, generation)
+
+
+def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:
+    try:
+        registry.unregister(slot)
+    except ShmPoolError as exc:
+        logger.debug("reader slot {} not released: {}", slot, exc)
+    if inst is not None:
+        inst.close()
+
+
+class Reader:
+    """A process's view of the published dimensions of one instance. Thread-safe.
+
+    Lookups never block and never copy. Contexts must not be used after :meth:`close`: the
+    reader's pins go with it, and the coordinator may then reuse that memory.
+    """
+
+    def __init__(self, inst: SharedInstance, *, owns_instance: bool) -> None:
+        self._inst = inst
+        self._dir = Directory(inst.control)
+        self._dir_mv = inst.control.directory_mv
+        self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
+        self._slot = self._registry.register()
+        self._dims: dict[int, _DimView] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self._ref = weakref.ref(self)
+        self._finalizer = weakref.finalize(self, _shutdown, self._registry, self._slot,
+                                           inst if owns_instance else None)
+
+    @property
+    def name(self) -> str:
+        return self._inst.name
+
+    # ----------------------------------------------------------------- the hot path
+
+    def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
+        """The layer's content as a zero-copy read-only view, with its metadata. O(1), lock-free.
+
+        Raises DimensionNotFound / LayerNotFound naming the ids and what exists.
+        """
+        # Hot path: two dict lookups, one int64 read from shared memory, one memoryview slice and
+        # the result object. No locks, no logging, no syscalls; scripts/bench_readers.py measures it.
+        dv = self._dims.get(dimension_id)
+        if dv is None:
+            dv = self._dimension(dimension_id)
+        gen = dv.current
+        if self._dir_mv[dv.gen_pos] != gen.generation:
+            gen = self._refresh(dv)
+        loc = gen.index.get(layer_id)
+        if loc is None:
+            raise LayerNotFound(dimension_id=dimension_id, layer_id=layer_id, generation=gen.generation,
+                                layer_count=len(gen.ids), sample_ids=gen.ids[:12])
+        return LoadedContext(dimension_id, layer_id, gen.mv[loc[0]:loc[1]], gen, loc[2])
+
+    # ----------------------------------------------------------------- batch and scan
+
+    def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True) -> ContextCollection:
+        """Load every step of ``path`` in order.
+
+        With ``strict`` (default) the first missing step raises; otherwise missing steps are
+        listed in ``.missing`` with the reason, never silently dropped.
+        """
+        steps = NavigationPath.of(path)
+        out = ContextCollection()
+        load = self.load_layer_context
+        for pos, (dim, layer) in enumerate(steps):
+            try:
+                out.contexts.append(load(dim, layer))
+            except (DimensionNotFound, LayerNotFound) as exc:
+                if strict:
+                    raise
+                out.missing.append(MissingStep(pos, dim, layer, str(exc)))
+        return out
+
+    def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
+        """Every layer of the dimension's current generation (in layer id order), or only those
+        tagged ``keyword``. The generation is fixed when the scan starts."""
+        dv = self._dims.get(dimension_id) or self._dimension(dimension_id)
+        gen = dv.current
+        if self._dir_mv[dv.gen_pos] != gen.generation:
+            gen = self._refresh(dv)
+        rows = range(len(gen.ids)) if keyword is None else gen.rows_with_keyword(keyword)
+        ids, index, mv = gen.ids, gen.index, gen.mv
+        for row in rows:
+            lid = ids[row]
+            start, end, _ = index[lid]
+            yield LoadedContext(dimension_id, lid, mv[start:end], gen, row)
+
+    # ----------------------------------------------------------------- introspection
+
+    def generation(self, dimension_id: int) -> int:
+        """The currently published generation of the dimension."""
+        dv = self._dims.get(dimension_id) or self._dimension(dimension_id)
+        return int(self._dir_mv[dv.gen_pos])
+
+    def dimensions(self) -> dict[int, str]:
+        """{dimension id: name} of every published dimension."""
+        out = {}
+        for dim_id in sorted(self._published()):
+            try:
+                dv = self._dims.get(dim_id) or self._dimension(dim_id)
+            except DimensionNotFound:
+                continue
+            gen = dv.current
+            if self._dir_mv[dv.gen_pos] != gen.generation:
+                gen = self._refresh(dv)
+            out[dim_id] = gen.name
+        return out
+
+    def layer_ids(self, dimension_id: int) -> list[int]:
+        dv = self._dims.get(dimension_id) or self._dimension(dimension_id)
+        gen = dv.current if self._dir_mv[dv.gen_pos] == dv.current.generation else self._refresh(dv)
+        return list(gen.ids)
+
+    def stats(self) -> dict:
+        """Allocator statistics plus readers and published generations (JSON-serialisable)."""
+        words = self._inst.control.words
+        out = self._inst.table.stats().as_dict()
+        out["readers_attached"] = int(words[W.READERS_ATTACHED])
+        out["readers_peak"] = int(words[W.READERS_PEAK])
+        out["generations"] = {dim: self._dir.generation(e) for dim, e in self._dir.entries().items()}
+        return out
+
+    # ----------------------------------------------------------------- generations and pins
+
+    def _published(self) -> dict[int, int]:
+        return {dim: e for dim, e in self._dir.entries().items() if self._dir.generation(e) > 0}
+
+    def _dimension(self, dimension_id: int) -> _DimView:
+        with self._lock:
+            if self._closed:
+                raise AttachError(name=self._inst.name, reason="this reader is closed")
+            dv = self._dims.get(dimension_id)
+            if dv is not None:
+                return dv
+            published = self._published()
+            entry = published.get(dimension_id)
+            if entry is None:
+                raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
+            dv = _DimView(dimension_id, entry)
+            self._refresh(dv)
+            self._dims[dimension_id] = dv
+            return dv
+
+    def _refresh(self, dv: _DimView) -> _Generation:
+        """Switch ``dv`` to the published generation: pin, re-check, then map."""
+        with self._lock:
+            if self._closed:
+                raise AttachError(name=self._inst.name, reason="this reader is closed")
+            while True:
+                loc = self._dir.read(dv.entry)
+                if loc is None:
+                    raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self._published()))
+                if dv.current is not None and dv.current.generation == loc.generation:
+                    return dv.current
+                fresh = loc.generation not in dv.held
+                dv.held.add(loc.generation)
+                self._publish_pin(dv)
+                if self._dir.generation(dv.entry) != loc.generation:
+                    # Superseded while we pinned: it may be freed at any moment, so never touch it.
+                    if fresh:
+                        dv.held.discard(loc.generation)
+                        self._publish_pin(dv)
+                    continue
+                dv.current = self._map(dv, loc)
+                return dv.current
+
+    def _map(self, dv: _DimView, loc: Location) -> _Generation:
+        seg = self._inst.pool_segments[loc.pool]
+        offset = loc.first_block * self._inst.table.block_sizes[loc.pool]
+        if offset + loc.nbytes > seg.size:
+            raise ShmPoolError(f"dimension {dv.dimension_id} generation {loc.generation}: region "
+                               f"[{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
+        array = np.frombuffer(seg.mm, dtype=np.uint8, count=loc.nbytes, offset=offset).view(_PinnedBytes)
+        array.flags.writeable = False
+        weakref.finalize(array, _unhold, self._ref, dv, loc.generation)
+        return _Generation(dv.dimension_id, loc.generation, array)
+
+    def _unhold(self, dv: _DimView, generation: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            dv.held.discard(generation)
+            self._publish_pin(dv)
+
+    def _publish_pin(self, dv: _DimView) -> None:
+        self._registry.set_pin(self._slot, dv.entry, min(dv.held) if dv.held else 0)
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Release this reader's slot and pins, and unmap (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._dims = {}
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"slot {self._slot}"
+        return f"<Reader {self._inst.name!r} {state}>"
+
+
+def attach(name: str) -> Reader:
+    """Attach to running instance ``name``; raises AttachError if no coordinator of that name runs."""
+    inst = SharedInstance.attach(name)
+    try:
+        if int(inst.control.words[W.STATE]) != 1:
+            raise AttachError(name=name, reason="its coordinator is stopping")
+        return Reader(inst, owns_instance=True)
+    except BaseException:
+        inst.close()
+        raise

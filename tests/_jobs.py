@@ -1,0 +1,44 @@
+"""User jobs for the worker tests, named by dotted path ("_jobs:echo")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def echo(reader, *args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs, "pid": os.getpid()}
+
+
+def boom(reader, message):
+    raise ValueError(message)
+
+
+def slow(reader, seconds, tag):
+    time.sleep(seconds)
+    return tag
+
+
+def kill_worker(reader):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_worker_once(reader, marker, tag):
+    """Kill the first worker that runs it; succeed on the retry."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        time.sleep(0.3)  # long enough for the test to see it running
+        os.kill(os.getpid(), signal.SIGKILL)
+    return tag
+
+
+def big(reader, nbytes):
+    return bytes(range(256)) * (nbytes // 256)
+
+
+def first_layers(reader, dimension_id, count):
+    """Return contexts: they travel as references and are resolved in the client."""
+    return [reader.load_layer_context(dimension_id, lid) for lid in reader.layer_ids(dimension_id)[:count]]

@@ -1,0 +1,178 @@
+"""The ``shmpool`` command, run as a real subprocess the way a user runs it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import shmpool
+from coordinator import Coordinator
+from coordinator.cli import parse_duration, parse_size
+from shmpool.names import list_objects
+
+CLI = [sys.executable, "-m", "coordinator.cli"]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _serve(name: str, *extra: str) -> subprocess.Popen:
+    """Start ``shmpool serve NAME`` and return once it printed its ready line."""
+    proc = subprocess.Popen([*CLI, "serve", name, "--workers", "1", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            line = proc.stdout.readline()
+            if "serving" in line:
+                return proc
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}: {proc.stderr.read()}")
+    proc.kill()
+    raise AssertionError("serve did not print its ready line within 60 s")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _no_traceback(result: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_sizes_are_binary_and_durations_take_units():
+    assert parse_size("280MB") == parse_size("280MiB") == parse_size("280m") == 280 * 2**20
+    assert parse_size("1GiB") == 2**30 and parse_size("512KiB") == 512 * 1024 and parse_size("4096") == 4096
+    assert parse_duration("10s") == 10.0 and parse_duration("500ms") == 0.5 and parse_duration("2") == 2.0
+
+
+def test_build_writes_the_sample_as_one_region_file_per_dimension(tmp_path):
+    result = run_cli("build", str(tmp_path / "data"), "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "data").glob("*.region"))) == 14
+
+
+def test_build_from_jsonl_serves_the_layers_it_was_given(tmp_path, instance_name):
+    lines = [
+        {"dimension_id": 7, "dimension_name": "rivers", "layer_id": 1, "text": "the Rhine",
+         "keywords": ["europe"], "frequency": 0.5},
+        {"dimension_id": 7, "layer_id": 2, "text": "the Nile"},
+        {"dimension_id": 9, "dimension_name": "blobs", "layer_id": 3,
+         "content_b64": base64.b64encode(b"\x00\xffbinary").decode()},
+    ]
+    source = tmp_path / "layers.jsonl"
+    source.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    result = run_cli("build", str(tmp_path / "out"), "--from", str(source))
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").glob("*.region"))) == 2
+    with Coordinator(instance_name, data_dir=tmp_path / "out", workers=0):
+        with shmpool.attach(instance_name) as reader:
+            assert reader.dimensions() == {7: "rivers", 9: "blobs"}
+            rhine = reader.load_layer_context(7, 1)
+            assert rhine.text == "the Rhine" and rhine.keywords == ("europe",) and rhine.frequency == 0.5
+            assert bytes(reader.load_layer_context(9, 3).content) == b"\x00\xffbinary"
+
+
+def test_build_from_jsonl_names_the_bad_line(tmp_path):
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"dimension_id": 1, "dimension_name": "x", "layer_id": 1, "text": "ok"}\n'
+                      '\n'
+                      '{"dimension_id": 1, "text": "no layer id"}\n')
+    result = run_cli("build", str(tmp_path / "out"), "--from", str(source))
+    assert result.returncode == 1
+    assert "line 3" in result.stderr and "layer_id" in result.stderr
+    _no_traceback(result)
+    assert not (tmp_path / "out").exists(), "nothing is written when the input has a bad line"
+
+
+def test_serve_answers_stats_and_dump_then_stops_cleanly_on_sigterm(instance_name):
+    proc = _serve(instance_name, "--memory-limit", "100MB")
+    try:
+        stats = run_cli("stats", instance_name, "--json")
+        assert stats.returncode == 0, stats.stderr
+        data = json.loads(stats.stdout)
+        assert data["memory_limit"] == 100 * 2**20 and len(data["dimensions"]) == 14
+        table = run_cli("stats", instance_name)
+        assert table.returncode == 0 and "pools" in table.stdout and "ok" in table.stdout, table.stderr
+        dump = run_cli("dump", instance_name)
+        assert dump.returncode == 0, dump.stderr
+        state = json.loads(dump.stdout)
+        assert state["view"] == "reader"
+        assert all(d["generation"] >= 1 and d["layers"]["count"] > 0 for d in state["dimensions"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr.read()
+    assert list_objects(instance_name) == ([], [])
+
+
+def test_a_missing_instance_is_one_line_and_exit_1(instance_name):
+    result = run_cli("stats", instance_name)
+    assert result.returncode == 1 and "cannot attach" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    _no_traceback(result)
+
+
+def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name):
+    proc = _serve(instance_name)
+    workers = _children(proc.pid)
+    refused = run_cli("cleanup", instance_name)
+    assert refused.returncode == 1 and "refusing" in refused.stderr
+    assert list_objects(instance_name)[0], "a refused cleanup must not remove anything"
+
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while not all(_gone(w) for w in workers):  # they notice the dead coordinator within ~0.2 s
+        assert time.monotonic() < deadline, "workers outlived their coordinator"
+        time.sleep(0.05)
+    assert list_objects(instance_name)[0], "a crashed coordinator leaves its segments behind"
+    swept = run_cli("cleanup", instance_name)
+    assert swept.returncode == 0 and "removed" in swept.stdout, swept.stderr
+    assert list_objects(instance_name) == ([], [])
+    again = run_cli("cleanup", instance_name)
+    assert again.returncode == 0 and "nothing" in again.stdout
+
+
+def test_short_stress_run_with_worker_kills_reports_no_torn_lost_or_leaked(instance_name, tmp_path):
+    result = run_cli("stress", instance_name, "--clients", "8", "--duration", "2s", "--crystallize-every",
+                     "0.5s", "--kill-workers", "--workers", "2", "--out", str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [report] = tmp_path.glob("stress-*.json")
+    data = json.loads(report.read_text())
+    assert data["total_ops"] > 0 and data["ok"]
+    assert data["torn_reads"] == 0 and data["wrong_content"] == 0
+    assert data["lost_jobs"] == 0 and data["leaked_blocks"] == 0 and data["leftover_objects"] == []
+    assert data["generations_published"] >= 3 and data["worker_kills"] >= 1
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in result.stdout
+    else:
+        assert report.with_suffix(".png").exists()

@@ -1,0 +1,240 @@
+"""The worker pool across real processes: jobs, crashes, back-pressure, shutdown."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from pathlib import Path
+
+import pytest
+
+import _client_children as children
+import shmpool
+from coordinator import Coordinator
+from shmpool import AttachError, JobError, LayerNotFound, RequestTooLarge, WorkerCrashed
+from shmpool.names import list_objects
+from shmpool.sample import build_sample
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sample")
+    build_sample(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _user_jobs_importable(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture
+def pool(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=2) as coord:
+        with shmpool.connect(instance_name) as client:
+            yield coord, client
+
+
+def _wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_128_client_threads_get_correct_bytes(pool):
+    coord, client = pool
+    keys = [(d, l) for d in range(1, 15) for l in range(1, 201)]
+
+    def work(seed):
+        rng = random.Random(seed)
+        wrong = 0
+        for dim, layer in rng.sample(keys, 15):
+            ctx = client.lookup(dim, layer, timeout=30)
+            wrong += (ctx.dimension_id, ctx.layer_id) != (dim, layer) or not ctx.verify()
+        return wrong
+
+    with ThreadPoolExecutor(128) as ex:
+        wrong = sum(ex.map(work, range(128)))
+    assert wrong == 0
+    jobs = coord.stats()["jobs"]
+    assert jobs["completed"] >= 128 * 15 and jobs["failed"] == 0
+
+
+def test_builtin_jobs(pool):
+    _, client = pool
+    ctx = client.lookup(2, 3)
+    assert isinstance(ctx.content, memoryview) and ctx.content.readonly and ctx.verify()
+    got = client.load_contexts([(1, 1), (2, 2)])
+    assert [(c.dimension_id, c.layer_id) for c in got] == [(1, 1), (2, 2)]
+    lenient = client.load_contexts([(1, 1), (1, 999)], strict=False)
+    assert len(lenient) == 1 and lenient.missing[0].layer_id == 999
+    text = client.submit("format_for_llm", [[3, 4], [5, 6]]).result(10)
+    assert text == client.reader.load_contexts([(3, 4), (5, 6)]).format_for_llm()
+    scanned = client.submit("scan", 4).result(10)
+    assert len(scanned) == 200 and all(c.dimension_id == 4 for c in scanned)
+
+
+def test_user_jobs_by_dotted_path_and_typed_errors(pool):
+    _, client = pool
+    out = client.submit("_jobs:echo", 1, "two", [3], key={"a": 1}).result(10)
+    assert out["args"] == [1, "two", [3]] and out["kwargs"] == {"key": {"a": 1}}
+    assert out["pid"] in pool[0].stats()["workers"]["pids"]
+    with pytest.raises(JobError) as err:
+        client.submit("_jobs:boom", "bad input").result(10)
+    assert err.value.error_type == "ValueError" and "bad input" in str(err.value)
+    assert "Traceback" in err.value.remote_traceback
+    with pytest.raises(LayerNotFound) as err:
+        client.lookup(1, 123456)
+    assert err.value.layer_id == 123456 and err.value.dimension_id == 1
+    with pytest.raises(shmpool.ShmPoolError, match="unknown job"):
+        client.submit("nope:nothing").result(10)
+    with pytest.raises(TypeError, match="cannot send"):
+        client.submit("_jobs:echo", object())
+
+
+def test_contexts_returned_by_a_user_job_resolve_without_copy(pool):
+    _, client = pool
+    contexts = client.submit("_jobs:first_layers", 6, 5).result(10)
+    assert [c.layer_id for c in contexts] == client.reader.layer_ids(6)[:5]
+    assert all(c.verify() and c.content.readonly for c in contexts)
+
+
+def test_large_results_spill_into_the_pools_and_are_freed(pool):
+    coord, client = pool
+    before = coord.stats()["live_allocations"]
+    data = client.submit("_jobs:big", 300_000).result(10)
+    assert data == bytes(range(256)) * (300_000 // 256)
+    assert coord.stats()["live_allocations"] == before
+    with pytest.raises(RequestTooLarge):
+        client.submit("_jobs:echo", b"x" * 100_000)
+
+
+def test_map_keeps_order(pool):
+    _, client = pool
+    assert list(client.map("_jobs:slow", [0.02, 0.0, 0.01], ["a", "b", "c"])) == ["a", "b", "c"]
+
+
+def test_sigkill_of_a_worker_mid_job_loses_no_job(pool, tmp_path):
+    coord, client = pool
+    marker = tmp_path / "killed"
+    victim_job = client.submit("_jobs:kill_worker_once", str(marker), "survivor")
+    others = [client.submit("_jobs:slow", 0.05, i) for i in range(10)]
+    assert victim_job.result(30) == "survivor"
+    assert [f.result(30) for f in others] == list(range(10))
+    stats = coord.stats()
+    assert stats["jobs"]["worker_deaths"] == 1 and stats["jobs"]["requeued"] == 1
+    death = stats["workers"]["deaths"][0]
+    assert death["returncode"] == -signal.SIGKILL and "SIGKILL" in death["meaning"]
+    assert int(marker.read_text()) == death["pid"]
+    _wait_for(lambda: len(coord.stats()["workers"]["pids"]) == 2)
+    assert client.lookup(1, 1).verify()
+
+
+def test_external_sigkill_of_a_busy_worker_requeues_its_job(pool):
+    coord, client = pool
+    futures = [client.submit("_jobs:slow", 0.4, i) for i in range(2)]
+    time.sleep(0.15)
+    os.kill(coord.stats()["workers"]["pids"][0], signal.SIGKILL)
+    assert sorted(f.result(30) for f in futures) == [0, 1]
+    assert coord.stats()["jobs"]["requeued"] >= 1
+
+
+def test_a_job_that_kills_its_worker_twice_fails_clearly(pool):
+    coord, client = pool
+    with pytest.raises(WorkerCrashed) as err:
+        client.submit("_jobs:kill_worker").result(30)
+    assert err.value.job == "_jobs:kill_worker" and err.value.attempts == 2
+    assert "SIGKILL" in str(err.value)
+    assert client.lookup(3, 3).verify()
+
+
+def test_back_pressure_waits_then_times_out(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_slots=2) as coord:
+        with shmpool.connect(instance_name) as client:
+            busy = [client.submit("_jobs:slow", 0.5, i) for i in range(2)]
+            t0 = time.monotonic()
+            with pytest.raises(FuturesTimeout, match="no free job slot"):
+                client.submit("_jobs:slow", 0, "late", timeout=0.1)
+            assert 0.09 <= time.monotonic() - t0 < 0.4
+            waited = client.submit("_jobs:slow", 0, "patient", timeout=5)
+            assert waited.result(5) == "patient"
+            assert [f.result(5) for f in busy] == [0, 1]
+
+
+def test_cancel_follows_concurrent_futures(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+        with shmpool.connect(instance_name) as client:
+            running = client.submit("_jobs:slow", 0.5, "r")
+            _wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
+            queued = client.submit("_jobs:slow", 0, "q")
+            assert queued.cancel() and queued.cancelled()
+            assert not running.cancel()
+            assert running.result(5) == "r"
+            with pytest.raises(FuturesTimeout):
+                client.submit("_jobs:slow", 0.5, "t").result(timeout=0.05)
+            _wait_for(lambda: coord.stats()["jobs"]["free"] == 256)
+            assert coord.stats()["jobs"]["cancelled"] == 1
+
+
+def test_stop_drains_running_jobs_and_refuses_new_ones(instance_name, sample_dir):
+    coord = Coordinator(instance_name, data_dir=sample_dir, workers=1, drain_timeout=0.3).start()
+    client = shmpool.connect(instance_name)
+    try:
+        quick = client.submit("_jobs:slow", 0.1, "done")
+        stuck = [client.submit("_jobs:slow", 1.0, i) for i in range(3)]
+        time.sleep(0.05)
+        coord.stop()
+        assert quick.result(5) == "done"
+        outcomes = []
+        for f in stuck:
+            try:
+                outcomes.append(f.result(5))
+            except AttachError as exc:
+                outcomes.append(type(exc).__name__)
+        assert "AttachError" in outcomes
+        with pytest.raises(AttachError):
+            client.submit("_jobs:slow", 0, "after")
+    finally:
+        client.close()
+        coord.stop()
+    assert list_objects(instance_name) == ([], [])
+
+
+def test_client_gets_an_error_not_a_hang_when_the_coordinator_is_killed(instance_name, sample_dir):
+    ctx = mp.get_context("spawn")
+    ready, stop, submitted = ctx.Event(), ctx.Event(), ctx.Event()
+    results = ctx.Queue()
+    coord = ctx.Process(target=children.coordinator_process, args=(instance_name, str(sample_dir), ready, stop))
+    coord.start()
+    try:
+        assert ready.wait(60)
+        client = ctx.Process(target=children.client_process, args=(instance_name, submitted, results))
+        client.start()
+        assert submitted.wait(60)
+        time.sleep(0.2)
+        os.kill(coord.pid, signal.SIGKILL)
+        coord.join(10)
+        outcomes, waited = results.get(timeout=30)
+        client.join(10)
+        assert [kind for kind, _ in outcomes] == ["AttachError"] * 3
+        assert waited < 5
+    finally:
+        if coord.is_alive():
+            coord.kill()
+        time.sleep(0.5)  # orphaned workers notice the dead coordinator and exit
+        shmpool.cleanup(instance_name)
+    assert list_objects(instance_name) == ([], [])
+
+
+def test_connect_without_workers_is_a_clear_error(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=0):
+        with pytest.raises(AttachError, match="jobs segment|does not exist"):
+            shmpool.connect(instance_name)

@@ -1,0 +1,108 @@
+"""A reader worker process: ``python -m workers.worker NAME INDEX``.
+
+It attaches to the instance like any reader, then serves jobs from the job board until told to
+stop (SIGTERM / SIGINT) or until its coordinator disappears. Results larger than a slot's response
+area are written into a table allocation whose ownership passes to the client.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import posix_ipc
+from loguru import logger
+
+import shmpool
+from shmpool._proc import is_alive
+from shmpool.codec import decode_request, encode_error, encode_result
+from shmpool.errors import AttachError, ShmPoolError
+from shmpool.jobboard import JobBoard
+from shmpool.jobs_layout import SC, JW, Status
+from shmpool.layout import W
+
+from .jobs import resolve_job
+
+POLL = 0.2  # seconds between checks that the coordinator still lives
+
+
+def serve(name: str, index: int, stop: threading.Event) -> int:
+    reader = shmpool.attach(name)
+    board = JobBoard.attach(name)
+    inst = reader._inst
+    words = inst.control.words
+    coordinator = (int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
+    with board.lock:
+        board.v.words[JW.WORKERS_STARTED] += 1
+    served = 0
+    try:
+        while not stop.is_set():
+            try:
+                board.pending_sem.acquire(POLL)
+            except posix_ipc.SignalError:
+                continue  # SIGTERM/SIGINT set `stop`; the loop condition ends the worker
+            except posix_ipc.BusyError:
+                if not is_alive(*coordinator) or int(words[W.STATE]) != 1:
+                    break
+                continue
+            while not stop.is_set():
+                taken = board.take()
+                if taken is None:
+                    break
+                _run(board, inst, reader, *taken)
+                served += 1
+                # Drain what is already queued without sleeping on the semaphore again; its
+                # count stays ahead of us, which only costs an empty take() later.
+    finally:
+        board.close()
+        reader.close()
+    logger.debug("worker {} (pid {}) served {} jobs", index, os.getpid(), served)
+    return 0
+
+
+def _run(board: JobBoard, inst, reader, slot: int, seq: int) -> None:
+    job = "?"
+    try:
+        job, args, kwargs = decode_request(board.request(slot))
+        result = resolve_job(job)(reader, *args, **kwargs)
+        status, payload = Status.OK, encode_result(result)
+    except Exception as exc:  # every job failure goes back to its client, typed
+        status, payload = Status.ERROR, encode_error(exc)
+    if len(payload) <= board.v.layout.payload:
+        board.finish(slot, seq, status, payload)
+        return
+    row = board.v.slots[slot]
+    client = (int(row[SC.CLIENT_PID]), int(row[SC.CLIENT_START]))
+    try:
+        handle = inst.table.allocate(len(payload))
+    except ShmPoolError as exc:
+        board.finish(slot, seq, Status.ERROR, encode_error(exc))
+        return
+    inst.handle_view(handle)[:] = payload
+    inst.table.transfer(handle, *client)
+    if not board.finish(slot, seq, status, None,
+                        spill=(handle.pool, handle.first_block, handle.nbytes, handle.record, handle.serial)):
+        inst.table.free(handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    name, index = argv[0], int(argv[1])
+    if os.environ.get("SHMPOOL_LOG_LEVEL"):
+        logger.enable("shmpool")
+        logger.remove()
+        logger.add(sys.stderr, level=os.environ["SHMPOOL_LOG_LEVEL"])
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        return serve(name, index, stop)
+    except AttachError as exc:
+        print(f"shmpool worker {index}: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
