@@ -8,7 +8,8 @@ if [ ! -x .venv/bin/python ]; then
     echo "creating .venv with $($PYTHON --version)" >&2
     "$PYTHON" -m venv .venv
 fi
-STAMP=.venv/.shmpool-installed
+# One stamp per extras set, so `SHMPOOL_EXTRAS=bench` installs its peers once, not on every switch.
+STAMP=".venv/.shmpool-installed${SHMPOOL_EXTRAS:+-$SHMPOOL_EXTRAS}"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     # The install log is shown only when something fails, so a passing run stays readable.
     if ! { .venv/bin/python -m pip install --upgrade pip \
