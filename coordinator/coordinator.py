@@ -158,6 +158,7 @@ class Coordinator:
             self._pool.stop()
             self._pool = None
         if self._board is not None:
+            self._board.unlink()
             self._board.close()
             self._board = None
         if self._reader is not None:
@@ -190,12 +191,21 @@ class Coordinator:
         finally:
             probe.close()
 
+    def _free_stranded_spills(self) -> None:
+        stranded, self._board.stranded_spills = self._board.stranded_spills, []
+        for spill in stranded:
+            try:
+                self._inst.table.free(self._inst.table.handle_at(*spill))
+            except ShmPoolError as exc:  # its new owner (a client that read it) freed it already
+                logger.debug("stranded spilled result {} already freed: {}", spill, exc)
+
     def _reap_loop(self) -> None:
         last_sweep = time.monotonic()
         while not self._stop_event.wait(RECLAIM_INTERVAL):
             try:
                 if self._pool is not None:
                     self._pool.supervise()
+                    self._free_stranded_spills()
                 self._publisher.reclaim()
                 if time.monotonic() - last_sweep >= DEAD_SWEEP_INTERVAL:
                     self._inst.table.reclaim_dead()

@@ -39,27 +39,31 @@ def load_region_files(publisher: Publisher, paths: list[Path]) -> LoadReport:
             logger.warning("skipping region file {}: {}", path, exc)
             continue
         try:
-            dim = region.dimension_id
-            if dim in report.loaded:
-                reason = f"dimension {dim} was already loaded from {report.loaded[dim]}"
-                report.skipped.append((str(path), reason))
-                logger.warning("skipping region file {}: {}", path, reason)
-                continue
-            source = region.buffer
-
-            def copy(view: memoryview, source=source) -> None:
-                view[:] = source
-
-            publisher.place(region.nbytes, copy, source=str(path), expect_dimension=dim)
-            report.loaded[dim] = str(path)
-            report.bytes_loaded += region.nbytes
+            _place(publisher, region, path, report)
         except ShmPoolError as exc:
             report.skipped.append((str(path), str(exc)))
             logger.warning("skipping region file {}: {}", path, exc)
         finally:
-            del source
             region.close()
     return report
+
+
+def _place(publisher: Publisher, region: Region, path: Path, report: LoadReport) -> None:
+    dim = region.dimension_id
+    if dim in report.loaded:
+        reason = f"dimension {dim} was already loaded from {report.loaded[dim]}"
+        report.skipped.append((str(path), reason))
+        logger.warning("skipping region file {}: {}", path, reason)
+        return
+
+    def copy(view: memoryview) -> None:
+        # Reads region.buffer at call time: no reference outlives this function, so
+        # region.close() can unmap the file afterwards without a BufferError.
+        view[:] = region.buffer
+
+    publisher.place(region.nbytes, copy, source=str(path), expect_dimension=dim)
+    report.loaded[dim] = str(path)
+    report.bytes_loaded += region.nbytes
 
 
 def sample_directory(seed: int = 0) -> Path:

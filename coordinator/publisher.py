@@ -90,7 +90,11 @@ class Publisher:
         with self._lock:
             entry = self.directory.entry_for(dimension_id)
             if entry is None:
-                entry = self.directory.add(dimension_id)
+                try:
+                    entry = self.directory.add(dimension_id)
+                except BaseException:
+                    table.free(handle)
+                    raise
             generation = self.directory.generation(entry) + 1
             self.directory.publish(entry, Location(generation, handle.pool, handle.first_block, nbytes,
                                                    handle.record, handle.serial))

@@ -214,9 +214,15 @@ class Client:
         self._thread.join(2 * POLL + 1)
         self._fail_all(AttachError(name=self.name, reason="the client was closed"))
         try:
-            self._board.release_channel(self._channel)
+            spills = self._board.release_channel(self._channel)
         except ShmPoolError as exc:
+            spills = []
             logger.debug("channel {} not released: {}", self._channel, exc)
+        for spill in spills:  # results that arrived after the completion thread stopped
+            try:
+                self._inst.table.free(self._inst.table.handle_at(*spill))
+            except ShmPoolError as exc:
+                logger.debug("spilled result {} already freed: {}", spill, exc)
         self._board.close()
         self._reader.close()
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import DirectoryFull
 from .layout import D, DIR_COLS, S, SLOT_COLS, W, Control
 
 __all__ = ["Location", "Directory"]
@@ -85,7 +86,7 @@ class Directory:
         ids = self._ctl.directory[:, D.DIMENSION_ID]
         free = np.flatnonzero(ids == 0)
         if not len(free):
-            raise OverflowError(f"dimension directory full ({self.capacity} entries)")
+            raise DirectoryFull(dimension_id=dimension_id, capacity=self.capacity)
         entry = int(free[0])
         row = self._ctl.directory[entry]
         row[:] = 0

@@ -25,6 +25,7 @@ __all__ = [
     "RequestTooLarge",
     "JobError",
     "WorkerCrashed",
+    "DirectoryFull",
 ]
 
 
@@ -180,3 +181,12 @@ class WorkerCrashed(ShmPoolError):
         extra = f" ({detail})" if detail else ""
         super().__init__(f"job {job!r} killed its worker {attempts} times{extra}; not retried",
                          job=job, attempts=attempts, detail=detail)
+
+
+class DirectoryFull(ShmPoolError, OverflowError):
+    """Every entry of the dimension directory is taken; raise ``max_dimensions`` to hold more."""
+
+    def __init__(self, *, dimension_id: int, capacity: int) -> None:
+        super().__init__(f"cannot add dimension {dimension_id}: the dimension directory is full "
+                         f"({capacity} entries; raise max_dimensions)",
+                         dimension_id=dimension_id, capacity=capacity)

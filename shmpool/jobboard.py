@@ -40,6 +40,11 @@ def _sem(name: str, kind: str, *, create: bool, initial: int = 0) -> posix_ipc.S
     return posix_ipc.Semaphore(semaphore_name(name, kind), flags, mode=0o600, initial_value=initial)
 
 
+def _spill_of(row) -> tuple[int, int, int, int, int]:
+    return (int(row[SC.SPILL_POOL]), int(row[SC.SPILL_FIRST]), int(row[SC.RESP_LEN]),
+            int(row[SC.SPILL_RECORD]), int(row[SC.SPILL_SERIAL]))
+
+
 class JobBoard:
     """A mapped jobs segment plus its semaphores (create: coordinator; attach: everyone else)."""
 
@@ -53,6 +58,9 @@ class JobBoard:
         self.pending_sem = sems["pending"]
         self._sems = sems
         self._channel_sems: dict[int, posix_ipc.Semaphore] = {}
+        # Large results whose worker died before handing them over, found by requeue_worker;
+        # the supervising coordinator frees them (the board has no allocation table).
+        self.stranded_spills: list[tuple[int, int, int, int, int]] = []
         self.lock = SharedLock(sems["lock"], view.words, str(runtime_dir() / f"{name}.jobs-recovery.lock"),
                                f"{name} jobs", on_recover=lambda _pid: self._rebuild())
 
@@ -137,9 +145,30 @@ class JobBoard:
                 break
         return k
 
-    def release_channel(self, channel: int) -> None:
+    def release_channel(self, channel: int) -> list[tuple[int, int, int, int, int]]:
+        """Give the channel back, settling every slot still addressed to it: queued requests are
+        cancelled, running ones orphaned (freed when their worker finishes), finished ones freed.
+        Returns the spilled results of the finished ones: the caller owns and frees them."""
+        v = self.v
+        spills, freed = [], 0
         with self.lock:
-            self.v.channels[channel, :] = 0
+            busy = np.flatnonzero((v.slots[:, SC.STATE] != SlotState.FREE) & (v.slots[:, SC.CHANNEL] == channel))
+            for slot in busy:
+                row = v.slots[int(slot)]
+                state = int(row[SC.STATE])
+                if state == SlotState.SUBMITTED:
+                    row[SC.STATE] = SlotState.CANCELLED
+                elif state == SlotState.RUNNING:
+                    row[SC.STATE] = SlotState.ORPHANED
+                elif state == SlotState.DONE:
+                    if int(row[SC.SPILL_POOL]) >= 0:
+                        spills.append(_spill_of(row))
+                    self._free_locked(int(slot))
+                    freed += 1
+            v.channels[channel, :] = 0
+        for _ in range(freed):
+            self.free_sem.release()
+        return spills
 
     def submit(self, channel: int, request: bytes | memoryview, *, timeout: float | None) -> tuple[int, int]:
         """Put a request in a free slot and queue it; returns (slot, seq). Blocks for a free slot."""
@@ -235,6 +264,7 @@ class JobBoard:
                         freed += 1
                         continue
                     row[SC.WORKER_PID], row[SC.WORKER_START] = pid, start
+                    row[SC.SPILL_POOL] = -1
                     row[SC.STATE] = SlotState.RUNNING
                     return slot, int(row[SC.SEQ])
                 return None
@@ -245,35 +275,40 @@ class JobBoard:
     def request(self, slot: int) -> memoryview:
         return self.v.request_area(slot)[:int(self.v.slots[slot, SC.REQ_LEN])]
 
-    def finish(self, slot: int, seq: int, status: Status, response: bytes | None,
-               spill: tuple[int, int, int, int, int] | None = None) -> bool:
-        """Store the response and hand the slot to its client. False if the job was taken away."""
-        v = self.v
-        row = v.slots[slot]
-        if spill is None:
-            v.response_area(slot)[:len(response)] = response
-            row[SC.RESP_LEN], row[SC.SPILL_POOL] = len(response), -1
-        else:
+    def stage_spill(self, slot: int, seq: int, spill: tuple[int, int, int, int, int]) -> bool:
+        """Record where a large result lies *before* its ownership moves to the client, so that
+        if this worker dies in between, :meth:`requeue_worker` finds the blocks and frees them."""
+        with self.lock:
+            row = self.v.slots[slot]
+            if int(row[SC.SEQ]) != seq or int(row[SC.STATE]) not in (SlotState.RUNNING, SlotState.ORPHANED):
+                return False
             row[SC.SPILL_POOL], row[SC.SPILL_FIRST], row[SC.RESP_LEN], row[SC.SPILL_RECORD], \
                 row[SC.SPILL_SERIAL] = spill
+            return True
+
+    def finish(self, slot: int, seq: int, status: Status, response: bytes | None) -> bool:
+        """Hand the slot and its response to the client. ``response`` None means the result was
+        staged with :meth:`stage_spill`. False if nobody will read it (the job was taken away, or
+        its client left): a staged spill is then the caller's to free."""
+        v = self.v
+        row = v.slots[slot]
+        if response is not None:
+            v.response_area(slot)[:len(response)] = response
+            row[SC.RESP_LEN], row[SC.SPILL_POOL] = len(response), -1
         row[SC.STATUS] = status
         with self.lock:
             state = int(row[SC.STATE])
             if int(row[SC.SEQ]) != seq or state not in (SlotState.RUNNING, SlotState.ORPHANED):
                 return False
-            if state == SlotState.ORPHANED:
+            delivered = state == SlotState.RUNNING
+            channel = self._deliver_locked(slot) if delivered else None
+            if not delivered:
                 self._free_locked(slot)
-                channel = None
-            else:
-                channel = self._deliver_locked(slot)
             v.words[JW.COMPLETED] += 1
             if status != Status.OK:
                 v.words[JW.FAILED] += 1
-        if channel is None:
-            self.free_sem.release()
-        else:
-            self.channel_sem(channel).release()
-        return True
+        (self.channel_sem(channel) if delivered else self.free_sem).release()
+        return delivered
 
     def _deliver_locked(self, slot: int) -> int:
         v = self.v
@@ -306,6 +341,9 @@ class JobBoard:
                 state = int(row[SC.STATE])
                 if state not in (SlotState.RUNNING, SlotState.ORPHANED):
                     continue
+                if int(row[SC.SPILL_POOL]) >= 0:  # died between staging a large result and finishing
+                    self.stranded_spills.append(_spill_of(row))
+                    row[SC.SPILL_POOL] = -1
                 row[SC.ATTEMPTS] += 1
                 row[SC.WORKER_PID] = row[SC.WORKER_START] = 0
                 if state == SlotState.ORPHANED:
@@ -420,6 +458,20 @@ class JobBoard:
                        self.name, len(free), len(queued))
 
     # ----------------------------------------------------------------- lifetime
+
+    def unlink(self) -> None:
+        """Remove the board's segment and every semaphore by name (owner only; idempotent).
+
+        By name rather than by listing /dev/shm, because macOS has no listable namespace."""
+        channels = int(self.v.words[JW.CHANNELS])
+        names = [semaphore_name(self.name, kind) for kind in ("jobs-lock", "jobs-free", "jobs-pending")]
+        names += [semaphore_name(self.name, f"ch{k}") for k in range(channels)]
+        for sem in names:
+            try:
+                posix_ipc.unlink_semaphore(sem)
+            except posix_ipc.ExistentialError:
+                logger.debug("semaphore {} was already unlinked", sem)
+        self._seg.unlink()
 
     def close(self) -> None:
         self.v.release()

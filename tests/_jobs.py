@@ -42,3 +42,8 @@ def big(reader, nbytes):
 def first_layers(reader, dimension_id, count):
     """Return contexts: they travel as references and are resolved in the client."""
     return [reader.load_layer_context(dimension_id, lid) for lid in reader.layer_ids(dimension_id)[:count]]
+
+
+def slow_big(reader, seconds, nbytes):
+    time.sleep(seconds)
+    return big(reader, nbytes)

@@ -146,3 +146,14 @@ def test_stats_and_dump_state_are_json(instance_name, sample_dir):
         assert len(state["allocations"]) == 14
         assert str(sample_dir) in text
         reader.close()
+
+
+def test_a_full_directory_skips_the_file_and_frees_its_blocks(instance_name, tmp_path, warnings):
+    for dim in (1, 2, 3):
+        builder = RegionBuilder(dim, f"d{dim}")
+        builder.add_layer(1, b"z" * 5000)
+        builder.write(tmp_path / f"d{dim}.region")
+    with Coordinator(instance_name, data_dir=tmp_path, max_dimensions=2, workers=0) as coord:
+        assert sorted(coord.load_report.loaded) == [1, 2]
+        assert coord.stats()["live_allocations"] == 2
+        assert any("d3.region" in w and "directory is full" in w for w in warnings)

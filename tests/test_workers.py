@@ -238,3 +238,32 @@ def test_connect_without_workers_is_a_clear_error(instance_name, sample_dir):
     with Coordinator(instance_name, data_dir=sample_dir, workers=0):
         with pytest.raises(AttachError, match="jobs segment|does not exist"):
             shmpool.connect(instance_name)
+
+
+def test_closing_a_client_with_jobs_in_flight_leaks_no_slot_or_block(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=2) as coord:
+        baseline = coord.stats()["live_allocations"]
+        client = shmpool.connect(instance_name)
+        running = [client.submit("_jobs:slow", 0.3, i) for i in range(2)]
+        queued = [client.submit("_jobs:big", 300_000) for _ in range(3)]  # spilled results
+        _wait_for(lambda: coord.stats()["jobs"]["running"] == 2)
+        client.close()
+        for fut in running + queued:
+            assert fut.done()
+            assert fut.cancelled() or isinstance(fut.exception(), AttachError)
+        _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+        _wait_for(lambda: coord.stats()["live_allocations"] == baseline)
+        assert coord.stats()["jobs"]["clients"] == 0
+
+
+def test_a_spilled_result_whose_client_closed_before_delivery_is_freed(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+        baseline = coord.stats()["live_allocations"]
+        client = shmpool.connect(instance_name)
+        fut = client.submit("_jobs:slow_big", 0.3, 300_000)  # finishes once we are gone
+        _wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
+        client.close()
+        assert isinstance(fut.exception(), AttachError)
+        _wait_for(lambda: coord.stats()["jobs"]["completed"] >= 1)
+        _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+        _wait_for(lambda: coord.stats()["live_allocations"] == baseline)

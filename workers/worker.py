@@ -73,6 +73,13 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int) -> None:
     if len(payload) <= board.v.layout.payload:
         board.finish(slot, seq, status, payload)
         return
+    _spill(board, inst, slot, seq, status, payload)
+
+
+def _spill(board: JobBoard, inst, slot: int, seq: int, status: Status, payload: bytes) -> None:
+    """Hand a result too large for the slot over in pool blocks. Order matters for crashes:
+    stage (the board knows the blocks) -> transfer (the client owns them) -> finish (it reads
+    them). A death at any point leaves the blocks findable by the coordinator or the client."""
     row = board.v.slots[slot]
     client = (int(row[SC.CLIENT_PID]), int(row[SC.CLIENT_START]))
     try:
@@ -81,10 +88,16 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int) -> None:
         board.finish(slot, seq, Status.ERROR, encode_error(exc))
         return
     inst.handle_view(handle)[:] = payload
-    inst.table.transfer(handle, *client)
-    if not board.finish(slot, seq, status, None,
-                        spill=(handle.pool, handle.first_block, handle.nbytes, handle.record, handle.serial)):
+    spill = (handle.pool, handle.first_block, handle.nbytes, handle.record, handle.serial)
+    if not board.stage_spill(slot, seq, spill):
         inst.table.free(handle)
+        return
+    inst.table.transfer(handle, *client)
+    if not board.finish(slot, seq, status, None):
+        try:
+            inst.table.free(handle)
+        except ShmPoolError as exc:  # the client died and its blocks were reclaimed first
+            logger.debug("spilled result of slot {} already reclaimed: {}", slot, exc)
 
 
 def main(argv: list[str] | None = None) -> int:
