@@ -109,7 +109,8 @@ def _occupy(table, fraction: float, rng: np.random.Generator) -> list:
     """
     keepers = []
     spread = (1 - fraction) / fraction
-    for p, (bs, count) in enumerate(zip(table.block_sizes, table.block_counts)):
+    configured = zip(table.block_sizes[:table.configured], table.block_counts[:table.configured])
+    for p, (bs, count) in enumerate(configured):
         gaps, used = [], 0
         while True:
             k = int(rng.integers(1, KEEPER_MAX_BLOCKS[min(p, len(KEEPER_MAX_BLOCKS) - 1)] + 1))

@@ -12,6 +12,7 @@ records of dead owners: no block is ever owned twice and nothing a dead process 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from loguru import logger
@@ -46,16 +47,18 @@ class AllocationTable:
     """Allocate and free blocks of the instance's pools from any attached process."""
 
     def __init__(self, control: Control, lock: SharedLock, *, instance_token: int,
-                 thresholds: Thresholds) -> None:
+                 thresholds: Thresholds, grow: Callable[[int], None] | None = None) -> None:
         self._ctl = control
         self._lock = lock
         self._token = instance_token
         self.thresholds = thresholds
         self.pressure_hook: PressureHook | None = None
         self._in_hook = False
+        self._grow = grow  # creates growth row p's segment in this process (lock held)
         pools = control.pools
         self.block_sizes = [int(b) for b in pools[:, P.BLOCK_SIZE]]
         self.block_counts = [int(c) for c in pools[:, P.BLOCK_COUNT]]
+        self.configured = int(control.words[W.CONFIGURED_POOLS])  # the rest are growth rows
         lock.on_recover = self._after_takeover
         self._record_hint = 0
         self._edge_input = []
@@ -77,11 +80,11 @@ class AllocationTable:
         if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
             raise AllocationFailed(nbytes=nbytes, reason="size must be a positive integer")
         nbytes = int(nbytes)
-        plan = sorted(
-            ((-(-nbytes // bs) * bs, -bs, p) for p, bs in enumerate(self.block_sizes)
-             if -(-nbytes // bs) <= self.block_counts[p]),
-        )
-        if not plan:
+        present = self._ctl.pools[:, P.PRESENT].tolist()
+        fitting = [(-(-nbytes // bs) * bs, -bs, p) for p, bs in enumerate(self.block_sizes)
+                   if -(-nbytes // bs) <= self.block_counts[p]]
+        plan = sorted(f for f in fitting if present[f[2]])
+        if not fitting:
             with self._lock:
                 self._count_failure(limit=False)
             raise AllocationFailed(nbytes=nbytes, reason="larger than any pool", pools=self._pool_summary())
@@ -93,6 +96,8 @@ class AllocationTable:
                 # Dead processes may be sitting on exactly the blocks we need.
                 if self._reclaim_dead_locked():
                     handle = self._allocate_locked(nbytes, plan)
+            if handle is None:
+                handle = self._grow_locked(nbytes, sorted(fitting))
             if handle is None or isinstance(handle, LimitExceeded):
                 error = handle
                 self._count_failure(limit=isinstance(error, LimitExceeded), plan=plan)
@@ -152,6 +157,29 @@ class AllocationTable:
             words[W.LIVE_RECORDS] += 1
             row[R.STATE] = 1  # commit point
             return Handle(p, first, count, nbytes, rec, serial, self._token)
+        return None
+
+    def _grow_locked(self, nbytes: int, fitting):
+        """Every present pool is too full: create the best-fitting reserved growth segment,
+        if the limit allows what the request needs, and allocate from it."""
+        if self._grow is None:
+            return None
+        pools = self._ctl.pools
+        for reserve, neg_bs, p in fitting:
+            if int(pools[p, P.PRESENT]):
+                continue
+            words = self._ctl.words
+            refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000
+            used = int(words[W.USED_BYTES])
+            if used + reserve > refuse_at:
+                return LimitExceeded(requested=nbytes, used=used, limit=int(words[W.MEMORY_LIMIT]),
+                                     refuse_at=refuse_at)
+            self._grow(p)
+            pools[p, P.PRESENT] = 1
+            words[W.POOL_GROWTHS] += 1
+            logger.info("pool {} ({} B blocks) full: added growth segment pool{} of {} blocks",
+                        int(pools[p, P.BASE]), -neg_bs, p, self.block_counts[p])
+            return self._allocate_locked(nbytes, [(reserve, neg_bs, p)])
         return None
 
     def free(self, handle: Handle) -> None:
@@ -332,7 +360,8 @@ class AllocationTable:
     def _pool_summary(self) -> list[str]:
         pools = self._ctl.pools
         return [f"{int(pools[p, P.BLOCK_SIZE])} B blocks: {int(pools[p, P.USED_BLOCKS])}/"
-                f"{int(pools[p, P.BLOCK_COUNT])} used" for p in range(len(self.block_sizes))]
+                f"{int(pools[p, P.BLOCK_COUNT])} used" for p in range(len(self.block_sizes))
+                if int(pools[p, P.PRESENT])]
 
     def live_allocations(self) -> list[dict]:
         """Every live allocation record (for diagnostics); read without the lock."""
@@ -352,6 +381,8 @@ class AllocationTable:
         pools = []
         for p, (bs, count) in enumerate(zip(self.block_sizes, self.block_counts)):
             row = ctl.pools[p]
+            if not int(row[P.PRESENT]):
+                continue
             _free, run = largest_free_run(ctl.bitmaps[p], count)
             pools.append(PoolStats(p, bs, count, int(row[P.USED_BLOCKS]), int(row[P.PEAK_USED]), run,
                                    int(row[P.ALLOC_COUNT]), int(row[P.FAIL_COUNT])))
@@ -361,5 +392,5 @@ class AllocationTable:
             frees=int(words[W.FREE_COUNT]), failures=int(words[W.FAIL_COUNT]),
             limit_refusals=int(words[W.LIMIT_REFUSALS]), reclaimed=int(words[W.RECLAIMED]),
             live_allocations=int(words[W.LIVE_RECORDS]), lock_recoveries=int(words[W.LOCK_RECOVERIES]),
-            pools=tuple(pools),
+            pool_growths=int(words[W.POOL_GROWTHS]), pools=tuple(pools),
         )

@@ -20,7 +20,9 @@ import numpy as np
 from .errors import DirectoryFull
 from .layout import D, DIR_COLS, S, SLOT_COLS, W, Control
 
-__all__ = ["Location", "Directory"]
+__all__ = ["Location", "Directory", "EVICTED"]
+
+EVICTED = 0  # S.NBYTES of a generation that has no region: evicted, reloaded on request
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,14 @@ class Location:
     nbytes: int
     record: int
     serial: int
+
+    @property
+    def evicted(self) -> bool:
+        return self.nbytes == EVICTED
+
+    @classmethod
+    def evicted_at(cls, generation: int) -> "Location":
+        return cls(generation, -1, 0, EVICTED, -1, 0)
 
 
 class Directory:
@@ -56,6 +66,11 @@ class Directory:
     def generation_position(entry: int) -> int:
         """Index of the entry's GENERATION word in ``Control.directory_mv``."""
         return entry * DIR_COLS + D.GENERATION
+
+    @staticmethod
+    def touched_position(entry: int) -> int:
+        """Index of the entry's TOUCHED word in ``Control.directory_mv``."""
+        return entry * DIR_COLS + D.TOUCHED
 
     def generation(self, entry: int) -> int:
         return self._mv[entry * DIR_COLS + D.GENERATION]

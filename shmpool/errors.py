@@ -26,6 +26,7 @@ __all__ = [
     "JobError",
     "WorkerCrashed",
     "DirectoryFull",
+    "ReloadTimeout",
 ]
 
 
@@ -190,3 +191,12 @@ class DirectoryFull(ShmPoolError, OverflowError):
         super().__init__(f"cannot add dimension {dimension_id}: the dimension directory is full "
                          f"({capacity} entries; raise max_dimensions)",
                          dimension_id=dimension_id, capacity=capacity)
+
+
+class ReloadTimeout(ShmPoolError, TimeoutError):
+    """A lookup found its dimension evicted and the coordinator did not reload it in time."""
+
+    def __init__(self, *, dimension_id: int, generation: int, waited: float) -> None:
+        super().__init__(f"dimension {dimension_id} is evicted (generation {generation}) and was not "
+                         f"reloaded within {waited:.1f} s; is its coordinator overloaded or its file gone?",
+                         dimension_id=dimension_id, generation=generation, waited=waited)

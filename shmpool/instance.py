@@ -22,7 +22,8 @@ from loguru import logger
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
 from .errors import AttachError, InstanceExists, OutOfBounds
-from .layout import HEADER, LAYOUT_VERSION, MAGIC, STATE_RUNNING, Control, Layout, P, W, pack_header
+from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, Control, Layout, P, W,
+                     pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import SharedLock
 from .names import cleanup, runtime_dir, segment_name, semaphore_name, validate_name
@@ -58,6 +59,8 @@ DEFAULT_POOLS: tuple[PoolSpec, ...] = (
     PoolSpec(1024 * 1024, 280),         # 280 MiB of 1 MiB blocks
 )
 
+DEFAULT_GROWTH = 2  # growth segments each configured pool may add
+
 LOCK_SEM = "lock"
 CONTROL = "control"
 
@@ -81,15 +84,19 @@ class SharedInstance:
         self.owner = owner
         self.control_segment = control_seg
         self.control = control
-        self.pool_segments = pools
+        self.pool_segments = pools  # None for growth rows not created or not yet mapped here
         self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
         self.lock = SharedLock(sem, control.words, str(runtime_dir() / f"{name}.recovery.lock"), name)
         self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
-                                     thresholds=thresholds)
+                                     thresholds=thresholds, grow=self._create_growth_segment)
         self._sem = sem
-        self._pool_views = [memoryview(seg.mm) for seg in pools]
+        self._pool_views = [None if seg is None else memoryview(seg.mm) for seg in pools]
         self._closed = False
-        self._finalizer = weakref.finalize(self, _close_all, [control_seg, *pools], [sem])
+        self._present: list[int] | None = None
+        # The finalizer closes what this list holds when it runs: growth segments mapped later
+        # are appended to it.
+        self._mapped = [control_seg, *(seg for seg in pools if seg is not None)]
+        self._finalizer = weakref.finalize(self, _close_all, self._mapped, [sem])
 
     # ----------------------------------------------------------------- creation / attach
 
@@ -97,19 +104,24 @@ class SharedInstance:
     def create(cls, name: str, *, pools: Sequence[PoolSpec] = DEFAULT_POOLS,
                memory_limit: int = DEFAULT_LIMIT, thresholds: Thresholds = Thresholds(),
                max_records: int = 4096, max_dimensions: int = 256, max_readers: int = 512,
-               replace_stale: bool = True) -> "SharedInstance":
+               replace_stale: bool = True, growth: int = DEFAULT_GROWTH) -> "SharedInstance":
         """Create every shared object of instance ``name``; the caller owns (and later unlinks) them.
 
         Leftovers of a crashed instance of the same name are removed first when ``replace_stale``;
-        a live one raises InstanceExists.
+        a live one raises InstanceExists. Each configured pool may grow by ``growth`` more
+        segments of its own size when it is full but the memory limit allows (rows reserved now,
+        segments created on demand by whichever process needs the room).
         """
         validate_name(name)
         if not pools:
             raise ValueError("at least one pool is needed")
         if memory_limit <= 0:
             raise ValueError(f"memory limit must be positive, got {memory_limit}")
+        if growth < 0:
+            raise ValueError(f"growth must be >= 0, got {growth}")
         cls._clear_stale(name, replace_stale)
-        layout = Layout.compute([p.block_count for p in pools], max_records=max_records,
+        rows = list(pools) + [spec for spec in pools for _ in range(growth)]
+        layout = Layout.compute([p.block_count for p in rows], max_records=max_records,
                                 max_dimensions=max_dimensions, max_readers=max_readers)
         made_segments: list[Segment] = []
         made_sems: list[posix_ipc.Semaphore] = []
@@ -121,7 +133,7 @@ class SharedInstance:
                 made_segments.append(Segment.create(segment_name(name, f"pool{i}"), spec.nbytes))
             control_seg = Segment.create(segment_name(name, CONTROL), layout.size)
             made_segments.append(control_seg)
-            cls._initialise(control_seg, layout, pools, name=name, memory_limit=memory_limit,
+            cls._initialise(control_seg, layout, rows, len(pools), name=name, memory_limit=memory_limit,
                             thresholds=thresholds)
         except BaseException:
             for seg in made_segments:
@@ -132,7 +144,8 @@ class SharedInstance:
                 sem.close()
             raise
         control = Control(control_seg.mm, layout)
-        inst = cls(name, control_seg, control, made_segments[:-1], sem, owner=True, thresholds=thresholds)
+        pool_segs: list[Segment | None] = made_segments[:-1] + [None] * (len(rows) - len(pools))
+        inst = cls(name, control_seg, control, pool_segs, sem, owner=True, thresholds=thresholds)
         logger.info("created shmpool instance {!r}: {} pools, limit {} bytes, control {} bytes",
                     name, len(pools), memory_limit, layout.size)
         return inst
@@ -150,8 +163,8 @@ class SharedInstance:
         raise InstanceExists(name=name, owner_pid=pid)
 
     @staticmethod
-    def _initialise(seg: Segment, layout: Layout, pools: Sequence[PoolSpec], *, name: str,
-                    memory_limit: int, thresholds: Thresholds) -> None:
+    def _initialise(seg: Segment, layout: Layout, pools: Sequence[PoolSpec], configured: int, *,
+                    name: str, memory_limit: int, thresholds: Thresholds) -> None:
         control = Control(seg.mm, layout)
         try:
             words = control.words
@@ -163,12 +176,15 @@ class SharedInstance:
             words[W.COORDINATOR_PID] = pid
             words[W.COORDINATOR_START] = start
             words[W.STATE] = STATE_RUNNING
+            words[W.CONFIGURED_POOLS] = configured
             for i, spec in enumerate(pools):
                 row = control.pools[i]
                 row[P.BLOCK_SIZE] = spec.block_size
                 row[P.BLOCK_COUNT] = spec.block_count
                 row[P.BITMAP_OFFSET] = layout.bitmap_offsets[i]
                 row[P.BITMAP_BYTES] = layout.bitmap_sizes[i]
+                row[P.PRESENT] = int(i < configured)
+                row[P.BASE] = i if i < configured else (i - configured) // ((len(pools) - configured) // configured)  # rows: configured, then `growth` per configured pool in order
                 # Bits past the last block read as used, so no run ever extends past the pool.
                 bm = control.bitmaps[i]
                 tail = spec.block_count % 8
@@ -196,7 +212,8 @@ class SharedInstance:
                 raise AttachError(name=name, reason=f"its coordinator (pid {int(words[W.COORDINATOR_PID])}) "
                                                     "is not running; run `shmpool cleanup` to remove leftovers")
             for i in range(layout.pool_count):
-                pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name))
+                present = bool(control.pools[i, P.PRESENT])
+                pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name) if present else None)
             try:
                 sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM))
             except posix_ipc.ExistentialError:
@@ -204,7 +221,8 @@ class SharedInstance:
                 raise AttachError(name=name, reason="its lock semaphore does not exist") from None
         except BaseException:
             for seg in [control_seg, *pools]:
-                seg.close()
+                if seg is not None:
+                    seg.close()
             raise
         return cls(name, control_seg, control, pools, sem, owner=False, thresholds=thresholds)
 
@@ -220,7 +238,8 @@ class SharedInstance:
             raise AttachError(name=name, reason=f"layout version {version}, this library reads {LAYOUT_VERSION}")
         pool_count, max_records, max_dims, max_readers = fields[6:10]
         pools_offset = fields[11]
-        rows = np.frombuffer(seg.mm, dtype="<i8", count=pool_count * 8, offset=pools_offset).reshape(pool_count, 8)
+        rows = np.frombuffer(seg.mm, dtype="<i8", count=pool_count * POOL_COLS,
+                             offset=pools_offset).reshape(pool_count, POOL_COLS)
         counts = [int(c) for c in rows[:, P.BLOCK_COUNT]]
         del rows
         layout = Layout.compute(counts, max_records=max_records, max_dimensions=max_dims, max_readers=max_readers)
@@ -236,11 +255,45 @@ class SharedInstance:
 
     def view(self, pool: int, offset: int, length: int) -> memoryview:
         """Writable view of ``length`` bytes at byte ``offset`` of pool ``pool`` (bounds-checked)."""
-        mv = self._pool_views[pool]
+        mv = self._pool_views[pool] if 0 <= pool < len(self._pool_views) else None
+        if mv is None:
+            mv = self._map_pool(pool)
         if offset < 0 or length < 0 or offset + length > len(mv):
             raise OutOfBounds(what=f"pool {pool} of instance {self.name!r}", offset=offset,
                               length=length, limit=len(mv))
         return mv[offset:offset + length]
+
+    def pool_segment(self, pool: int) -> Segment:
+        """The segment of pool ``pool``, mapping a growth segment on first use."""
+        seg = self.pool_segments[pool] if 0 <= pool < len(self.pool_segments) else None
+        if seg is None:
+            self._map_pool(pool)
+            seg = self.pool_segments[pool]
+        return seg
+
+    def _map_pool(self, pool: int) -> memoryview:
+        if not 0 <= pool < len(self.pool_segments) or not int(self.control.pools[pool, P.PRESENT]):
+            raise OutOfBounds(what=f"pool index of instance {self.name!r} (no such pool segment)",
+                              offset=pool, length=1, limit=len(self.pool_segments))
+        seg = Segment.attach(segment_name(self.name, f"pool{pool}"), instance=self.name)
+        self._adopt(pool, seg)
+        return self._pool_views[pool]
+
+    def _adopt(self, pool: int, seg: Segment) -> None:
+        self.pool_segments[pool] = seg
+        self._pool_views[pool] = memoryview(seg.mm)
+        self._mapped.append(seg)
+
+    def _create_growth_segment(self, pool: int) -> None:
+        """Called by the table, lock held, before it marks growth row ``pool`` present."""
+        size = int(self.control.pools[pool, P.BLOCK_SIZE]) * int(self.control.pools[pool, P.BLOCK_COUNT])
+        name = segment_name(self.name, f"pool{pool}")
+        try:
+            seg = Segment.create(name, size)
+        except posix_ipc.ExistentialError:  # a grower died after creating it, before marking it present
+            posix_ipc.unlink_shared_memory(name)
+            seg = Segment.create(name, size)
+        self._adopt(pool, seg)
 
     def handle_view(self, handle: Handle) -> memoryview:
         """Writable view of exactly the ``nbytes`` requested for ``handle``."""
@@ -254,7 +307,10 @@ class SharedInstance:
         if self._closed:
             return
         self._closed = True
+        self._present = self._present_pools()  # unlink() after close() still needs it
         for mv in self._pool_views:
+            if mv is None:
+                continue
             try:
                 mv.release()
             except BufferError:
@@ -265,14 +321,25 @@ class SharedInstance:
     def unlink(self) -> None:
         """Remove every name of this instance (owner only; idempotent)."""
         # Known names first (the only way on systems without a listable /dev/shm), then the sweep.
-        for seg in [self.control_segment, *self.pool_segments]:
+        for seg in [self.control_segment, *(s for s in self.pool_segments if s is not None)]:
             seg.unlink()
+        for pool in self._present_pools():  # including growth segments other processes created
+            if self.pool_segments[pool] is None:
+                try:
+                    posix_ipc.unlink_shared_memory(segment_name(self.name, f"pool{pool}"))
+                except posix_ipc.ExistentialError:
+                    logger.debug("growth segment pool{} of {!r} was already unlinked", pool, self.name)
         try:
             posix_ipc.unlink_semaphore(semaphore_name(self.name, LOCK_SEM))
         except posix_ipc.ExistentialError:
             logger.debug("lock semaphore of {!r} was already unlinked", self.name)
         removed = cleanup(self.name)
         logger.info("instance {!r} unlinked ({} objects)", self.name, len(removed))
+
+    def _present_pools(self) -> list[int]:
+        if self._present is None:  # still mapped: read it live
+            return [int(p) for p in np.flatnonzero(self.control.pools[:, P.PRESENT])]
+        return self._present
 
     def destroy(self) -> None:
         """Owner's stop: unmap and unlink."""

@@ -5,7 +5,7 @@ header (written once by the coordinator; the magic last, so a half-written heade
 valid), followed by sections at 64-byte-aligned offsets that the header records:
 
     words      int64[WORDS]                      mutable scalars: lock owner, usage, counters
-    pools      int64[pool_count, POOL_COLS]      one row per pool
+    pools      int64[pool_count, POOL_COLS]      one row per pool, reserved growth rows included
     records    int64[max_records, RECORD_COLS]   one row per allocation (the source of truth)
     bitmaps    uint8[...]                        one bit per block per pool, 1 = in use
     directory  int64[max_dimensions, DIR_COLS]   dimension id -> published region, by generation
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: pool rows gained PRESENT and BASE (pool growth)
 ALIGN = 64
 
 HEADER = struct.Struct(
@@ -84,6 +84,8 @@ class W(IntEnum):
     DIR_VERSION = 20        # +1 whenever a dimension id is added to or removed from the directory
     READERS_ATTACHED = 21   # live reader slots
     READERS_PEAK = 22       # highest READERS_ATTACHED seen
+    POOL_GROWTHS = 23       # growth segments added to full pools
+    CONFIGURED_POOLS = 24   # pool rows 0..n-1 are configured; the rest are reserved growth rows
 
 
 WORDS = 64  # room to grow without a layout change
@@ -102,9 +104,11 @@ class P(IntEnum):
     FAIL_COUNT = 5
     BITMAP_OFFSET = 6  # byte offset of this pool's bitmap in the control segment
     BITMAP_BYTES = 7
+    PRESENT = 8        # 1: its segment exists; 0: a reserved growth row, not yet created
+    BASE = 9           # the configured pool this row extends (its own index for a configured pool)
 
 
-POOL_COLS = 8
+POOL_COLS = 10
 
 
 class R(IntEnum):
@@ -127,6 +131,7 @@ class D(IntEnum):
     DIMENSION_ID = 0   # 0 = entry unused
     GENERATION = 1     # published generation; the commit point of crystallization
     SLOT0 = 2          # slot k (k = generation & 1) starts at SLOT0 + k * SLOT_COLS
+    TOUCHED = 14       # readers: 0 -> 1 on a lookup, 2 = "reload me" (evicted); coordinator resets to 0
 
 
 class S(IntEnum):
@@ -140,7 +145,9 @@ class S(IntEnum):
 
 
 SLOT_COLS = 6
-DIR_COLS = 16  # 2 + 2 * SLOT_COLS = 14 used, 2 spare
+DIR_COLS = 16  # 2 + 2 * SLOT_COLS + TOUCHED = 15 used, 1 spare
+
+TOUCHED_NONE, TOUCHED_READ, TOUCHED_RELOAD = 0, 1, 2
 
 
 class RD(IntEnum):

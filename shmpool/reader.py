@@ -17,6 +17,7 @@ How a lookup stays cheap and safe:
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Iterable, Iterator
 
@@ -25,13 +26,17 @@ from loguru import logger
 
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import Directory, Location
-from .errors import AttachError, DimensionNotFound, LayerNotFound, ShmPoolError
+from .errors import AttachError, DimensionNotFound, LayerNotFound, ReloadTimeout, ShmPoolError
 from .instance import SharedInstance
-from .layout import W
+from .compression import inflate
+from .layout import STATE_RUNNING, TOUCHED_READ, TOUCHED_RELOAD, W
 from .readers import ReaderRegistry
-from .region import Region
+from .region import FLAG_ZSTD, Region
 
-__all__ = ["Reader", "attach"]
+__all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
+
+RELOAD_TIMEOUT = 10.0  # seconds a lookup waits for an evicted dimension to come back
+RELOAD_POLL = 0.0005   # seconds between checks while waiting
 
 
 class _PinnedBytes(np.ndarray):
@@ -53,8 +58,11 @@ class _Generation:
         self.name = self.region.name
         idx = self.region.index
         ids = idx["layer_id"].tolist()
-        starts = idx["offset"].tolist()
-        ends = (idx["offset"] + idx["length"]).tolist()
+        starts = idx["offset"].astype(np.int64)
+        ends = (starts + idx["length"].astype(np.int64)).tolist()
+        # A compressed layer's start is stored as -(start + 1): the hot path's one sign test
+        # sends it to _inflated without a second lookup.
+        starts = np.where((idx["flags"] & FLAG_ZSTD) != 0, -starts - 1, starts).tolist()
         self.ids = ids
         self.index = {lid: (s, e, row) for row, (lid, s, e) in enumerate(zip(ids, starts, ends))}
         self._freqs = None
@@ -88,14 +96,25 @@ class _Generation:
         return self._by_keyword.get(keyword, [])
 
 
+class _NotMapped:
+    """Stands in for a dropped generation: its number matches no published one, so the next
+    lookup refreshes, while the hot path keeps its single comparison."""
+    __slots__ = ()
+    generation = -1
+
+
+_NOT_MAPPED = _NotMapped()
+
+
 class _DimView:
-    __slots__ = ("dimension_id", "entry", "gen_pos", "current", "held")
+    __slots__ = ("dimension_id", "entry", "gen_pos", "touch_pos", "current", "held")
 
     def __init__(self, dimension_id: int, entry: int) -> None:
         self.dimension_id = dimension_id
         self.entry = entry
         self.gen_pos = Directory.generation_position(entry)
-        self.current: _Generation | None = None
+        self.touch_pos = Directory.touched_position(entry)
+        self.current: _Generation | _NotMapped = _NOT_MAPPED
         self.held: set[int] = set()  # generations with live arrays in this process
 
 
@@ -145,19 +164,33 @@ class Reader:
 
         Raises DimensionNotFound / LayerNotFound naming the ids and what exists.
         """
-        # Hot path: two dict lookups, one int64 read from shared memory, one memoryview slice and
-        # the result object. No locks, no logging, no syscalls; scripts/bench_readers.py measures it.
+        # Hot path: two dict lookups, two int64 reads from shared memory (generation, touched),
+        # one memoryview slice and the result object. The touched word is written only when it
+        # is 0, i.e. once per coordinator sampling period, so readers do not fight over its cache
+        # line. No locks, no logging, no syscalls; scripts/bench_readers.py measures it.
         dv = self._dims.get(dimension_id)
         if dv is None:
             dv = self._dimension(dimension_id)
         gen = dv.current
-        if self._dir_mv[dv.gen_pos] != gen.generation:
+        dir_mv = self._dir_mv
+        if dir_mv[dv.gen_pos] != gen.generation:
             gen = self._refresh(dv)
+        if not dir_mv[dv.touch_pos]:
+            dir_mv[dv.touch_pos] = TOUCHED_READ
         loc = gen.index.get(layer_id)
         if loc is None:
             raise LayerNotFound(dimension_id=dimension_id, layer_id=layer_id, generation=gen.generation,
                                 layer_count=len(gen.ids), sample_ids=gen.ids[:12])
-        return LoadedContext(dimension_id, layer_id, gen.mv[loc[0]:loc[1]], gen, loc[2])
+        start = loc[0]
+        if start < 0:
+            return self._inflated(dimension_id, layer_id, gen, loc)
+        return LoadedContext(dimension_id, layer_id, gen.mv[start:loc[1]], gen, loc[2])
+
+    def _inflated(self, dimension_id: int, layer_id: int, gen: "_Generation", loc) -> LoadedContext:
+        """A compressed (cold) layer: the one lookup that returns a copy, decompressed here."""
+        start = -loc[0] - 1
+        data = inflate(gen.mv[start:loc[1]], source=gen.region.source, layer_id=layer_id, offset=start)
+        return LoadedContext(dimension_id, layer_id, memoryview(data).toreadonly(), gen, loc[2])
 
     # ----------------------------------------------------------------- batch and scan
 
@@ -188,10 +221,14 @@ class Reader:
             gen = self._refresh(dv)
         rows = range(len(gen.ids)) if keyword is None else gen.rows_with_keyword(keyword)
         ids, index, mv = gen.ids, gen.index, gen.mv
+        self._dir_mv[dv.touch_pos] = max(self._dir_mv[dv.touch_pos], TOUCHED_READ)
         for row in rows:
             lid = ids[row]
-            start, end, _ = index[lid]
-            yield LoadedContext(dimension_id, lid, mv[start:end], gen, row)
+            loc = index[lid]
+            if loc[0] < 0:
+                yield self._inflated(dimension_id, lid, gen, loc)
+            else:
+                yield LoadedContext(dimension_id, lid, mv[loc[0]:loc[1]], gen, row)
 
     # ----------------------------------------------------------------- introspection
 
@@ -218,6 +255,20 @@ class Reader:
         dv = self._dims.get(dimension_id) or self._dimension(dimension_id)
         gen = dv.current if self._dir_mv[dv.gen_pos] == dv.current.generation else self._refresh(dv)
         return list(gen.ids)
+
+    def drop_stale(self) -> int:
+        """Let go of every generation that is no longer the published one; returns how many.
+
+        A reader keeps the generation it last used mapped (and so pinned) until its next lookup
+        in that dimension. A long-idle reader should call this now and then, so the coordinator
+        can free superseded and evicted regions (workers do it while idle)."""
+        dropped = 0
+        with self._lock:
+            for dv in list(self._dims.values()):
+                if dv.current is not _NOT_MAPPED and self._dir_mv[dv.gen_pos] != dv.current.generation:
+                    dv.current = _NOT_MAPPED
+                    dropped += 1
+        return dropped
 
     def stats(self) -> dict:
         """Allocator statistics plus readers and published generations (JSON-serialisable)."""
@@ -250,30 +301,52 @@ class Reader:
             return dv
 
     def _refresh(self, dv: _DimView) -> _Generation:
-        """Switch ``dv`` to the published generation: pin, re-check, then map."""
-        with self._lock:
-            if self._closed:
-                raise AttachError(name=self._inst.name, reason="this reader is closed")
-            while True:
+        """Switch ``dv`` to the published generation: pin, re-check, then map.
+
+        An evicted generation has no region: ask the coordinator to reload it and wait (outside
+        the lock, so other threads keep reading other dimensions) for the next generation."""
+        deadline = None
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise AttachError(name=self._inst.name, reason="this reader is closed")
                 loc = self._dir.read(dv.entry)
                 if loc is None:
                     raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self._published()))
-                if dv.current is not None and dv.current.generation == loc.generation:
+                if dv.current.generation == loc.generation:
                     return dv.current
-                fresh = loc.generation not in dv.held
-                dv.held.add(loc.generation)
-                self._publish_pin(dv)
-                if self._dir.generation(dv.entry) != loc.generation:
+                if not loc.evicted:
+                    fresh = loc.generation not in dv.held
+                    dv.held.add(loc.generation)
+                    self._publish_pin(dv)
+                    if self._dir.generation(dv.entry) == loc.generation:
+                        dv.current = self._map(dv, loc)
+                        return dv.current
                     # Superseded while we pinned: it may be freed at any moment, so never touch it.
                     if fresh:
                         dv.held.discard(loc.generation)
                         self._publish_pin(dv)
                     continue
-                dv.current = self._map(dv, loc)
-                return dv.current
+                dv.current = _NOT_MAPPED  # let the evicted region go from this process too
+            if deadline is None:
+                deadline = time.monotonic() + RELOAD_TIMEOUT
+            self._await_reload(dv, loc.generation, deadline)
+
+    def _await_reload(self, dv: _DimView, evicted_generation: int, deadline: float) -> None:
+        mv, words = self._dir_mv, self._inst.control.words_mv
+        while mv[dv.gen_pos] == evicted_generation:
+            mv[dv.touch_pos] = TOUCHED_RELOAD  # re-asserted: the coordinator may have just reset it
+            now = time.monotonic()
+            if now > deadline:
+                raise ReloadTimeout(dimension_id=dv.dimension_id, generation=evicted_generation,
+                                    waited=RELOAD_TIMEOUT)
+            if words[W.STATE] != STATE_RUNNING:
+                raise AttachError(name=self._inst.name, reason=f"its coordinator is stopping; dimension "
+                                                               f"{dv.dimension_id} stays evicted")
+            time.sleep(RELOAD_POLL)
 
     def _map(self, dv: _DimView, loc: Location) -> _Generation:
-        seg = self._inst.pool_segments[loc.pool]
+        seg = self._inst.pool_segment(loc.pool)
         offset = loc.first_block * self._inst.table.block_sizes[loc.pool]
         if offset + loc.nbytes > seg.size:
             raise ShmPoolError(f"dimension {dv.dimension_id} generation {loc.generation}: region "

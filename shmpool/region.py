@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from .compression import inflate
 from .errors import LayerNotFound, RegionFormatError, ShmPoolError
 
 __all__ = [
-    "ALIGN", "FLAG_TEXT", "FORMAT_VERSION", "HEADER", "HEADER_OFFSETS", "HEADER_SIZE", "INDEX_DTYPE",
+    "ALIGN", "FLAG_TEXT", "FLAG_ZSTD", "FORMAT_VERSION", "HEADER", "HEADER_OFFSETS", "HEADER_SIZE", "INDEX_DTYPE",
     "KEYWORD_SEPARATOR", "MAGIC", "MAX_NAME_BYTES", "Header", "Region", "align", "meta_crc",
 ]
 
@@ -39,7 +40,8 @@ FORMAT_VERSION = 1
 ALIGN = 8                  # index, content area and every layer start on a multiple of this
 MAX_NAME_BYTES = 255       # UTF-8 bytes of a dimension name
 FLAG_TEXT = 1              # index flags bit 0: the content is UTF-8 text
-KNOWN_LAYER_FLAGS = FLAG_TEXT
+FLAG_ZSTD = 2              # bit 1: stored as u64 raw length + zstd frame (shmpool.compression)
+KNOWN_LAYER_FLAGS = FLAG_TEXT | FLAG_ZSTD
 KEYWORD_SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur inside a keyword
 
 # The header, in byte order. '<' = little-endian, no padding: the offsets below are exact.
@@ -70,8 +72,8 @@ assert HEADER_SIZE == 64 and _CRC_AT == 56
 # One row per layer, sorted strictly ascending by layer_id. Natural alignment, no holes: 48 bytes.
 INDEX_DTYPE = np.dtype([
     ("layer_id", "<u8"),   # the key; strictly ascending, < 2**63 so it fits every signed int64
-    ("flags", "<u4"),      # bit 0 = FLAG_TEXT; other bits must be 0 so a future flag is never ignored
-    ("crc32", "<u4"),      # zlib.crc32 of the content: checked at load and by LoadedContext.verify
+    ("flags", "<u4"),      # bit 0 FLAG_TEXT, bit 1 FLAG_ZSTD; others must be 0 so a future flag is never ignored
+    ("crc32", "<u4"),      # zlib.crc32 of the (uncompressed) content: checked at load and by verify
     ("offset", "<u8"),     # ABSOLUTE offset of the content, 8-aligned, inside the content area
     ("length", "<u8"),     # content bytes; 0 is allowed (an empty layer occupies no bytes)
     ("frequency", "<f8"),  # caller-defined weight; finite
@@ -249,6 +251,8 @@ def _check_content(mv: memoryview, index: np.ndarray, source: str) -> None:
     columns = (index[f].tolist() for f in ("layer_id", "offset", "length", "crc32", "flags"))
     for layer_id, start, length, expected, flags in zip(*columns):
         content = mv[start:start + length]
+        if flags & FLAG_ZSTD:
+            content = inflate(content, source=source, layer_id=layer_id, offset=start)
         actual = zlib.crc32(content)
         if actual != expected:
             raise RegionFormatError(source=source, offset=start,
@@ -258,7 +262,7 @@ def _check_content(mv: memoryview, index: np.ndarray, source: str) -> None:
             try:
                 codecs.utf_8_decode(content, "strict", True)
             except UnicodeDecodeError as exc:
-                raise RegionFormatError(source=source, offset=start + exc.start,
+                raise RegionFormatError(source=source, offset=start + (0 if flags & FLAG_ZSTD else exc.start),
                                         fault=f"layer {layer_id} text is not valid UTF-8 ({exc.reason} at "
                                               f"content byte {exc.start})") from None
 
@@ -272,7 +276,7 @@ class Region:
     """
 
     __slots__ = ("source", "dimension_id", "name", "layer_count", "nbytes", "buffer", "_views", "_where",
-                 "_ids", "_kw", "_text", "_freq", "_finalizer", "__weakref__")
+                 "_ids", "_kw", "_text", "_zstd", "_freq", "_finalizer", "__weakref__")
 
     # ----------------------------------------------------------------- construction
 
@@ -352,6 +356,7 @@ class Region:
         kw_start = parsed.keywords_at + index["kw_offset"].astype(np.int64)
         self._kw = list(zip(kw_start.tolist(), (kw_start + index["kw_length"]).tolist()))
         self._text = ((index["flags"] & FLAG_TEXT) != 0).tolist()
+        self._zstd = ((index["flags"] & FLAG_ZSTD) != 0).tolist()
         self._freq = index["frequency"].tolist()
         self._views = _Views(index, mv, mapping)
         # Last line of defence for an owned mapping; close() runs it early (and only once).
@@ -402,6 +407,17 @@ class Region:
             return self.buffer[where[0]:where[1]]
         except ValueError:  # the view was released by close()
             raise self._closed_error() from None
+
+    def content(self, layer_id: int) -> bytes | memoryview:
+        """The layer's content: the zero-copy slice, or for a compressed layer its decompressed copy."""
+        view = self.layer(layer_id)
+        row = self._where[layer_id][2]
+        if self._zstd[row]:
+            return inflate(view, source=self.source, layer_id=layer_id, offset=self._where[layer_id][0])
+        return view
+
+    def is_compressed(self, row: int) -> bool:
+        return self._zstd[row]
 
     def row(self, layer_id: int) -> int:
         """The row of ``layer_id`` in :attr:`index`. Raises LayerNotFound."""

@@ -8,6 +8,7 @@ one slice assignment per layer; ``write`` streams it to a file atomically.
 
 from __future__ import annotations
 
+import codecs
 import math
 import numbers
 import os
@@ -21,8 +22,9 @@ import numpy as np
 from loguru import logger
 
 from .errors import InvalidLayer
+from .compression import deflate
 from .region import (
-    FLAG_TEXT, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
+    FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
     align, meta_crc,
 )
 
@@ -33,7 +35,8 @@ _ZEROS = bytes(8)  # padding never exceeds ALIGN - 1 bytes
 
 # One pending layer. ``content`` is immutable bytes: a bytearray the caller mutates later must not
 # disagree with the CRC taken now.
-_Layer = namedtuple("_Layer", "content text crc frequency keywords keyword_bytes")
+# ``content`` is what gets stored: the raw bytes, or their compressed form when ``zstd``.
+_Layer = namedtuple("_Layer", "content text crc frequency keywords keyword_bytes zstd")
 # What writing needs: the metadata prefix (header .. end of index) and (offset, content) per layer.
 _Plan = namedtuple("_Plan", "prefix layers nbytes")
 
@@ -70,10 +73,13 @@ class RegionBuilder:
     # ----------------------------------------------------------------- the layer set
 
     def add_layer(self, layer_id: int, content: Any, *, frequency: float = 0.0,
-                  keywords: Iterable[str] = ()) -> None:
+                  keywords: Iterable[str] = (), text: bool | None = None, compress: bool = False) -> None:
         """Add one layer: ``str`` is stored as UTF-8 text, any byte buffer as binary; empty allowed.
 
-        Raises InvalidLayer for a bad or duplicate id, content, frequency or keyword.
+        ``text=True`` marks UTF-8 bytes as text (they are checked). ``compress=True`` stores the
+        layer zstd-compressed when that saves at least 10% (see shmpool.compression); lookups
+        then return a decompressed copy. Raises InvalidLayer for a bad or duplicate id, content,
+        frequency or keyword.
         """
         def bad(reason: str) -> InvalidLayer:
             return InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason=reason)
@@ -104,8 +110,8 @@ class RegionBuilder:
             raise bad("the keyword blob would exceed 4 GiB (its offsets are 32-bit)")
         if len(self._layers) + 1 >= _U32:
             raise bad("a region holds fewer than 2**32 layers")
-        text = isinstance(content, str)
-        if text:
+        is_str = isinstance(content, str)
+        if is_str:
             try:
                 data = content.encode("utf-8")
             except UnicodeEncodeError as exc:
@@ -119,7 +125,16 @@ class RegionBuilder:
                 data = memoryview(content).tobytes()  # a private copy: see _Layer
             except TypeError:
                 raise bad(f"content must be str or a bytes-like object, got {type(content).__name__}") from None
-        self._layers[layer_id] = _Layer(data, text, zlib.crc32(data), frequency, keywords, keyword_bytes)
+        if text is not None and text is not is_str:
+            if not text:
+                raise bad("text=False contradicts str content")
+            try:
+                codecs.utf_8_decode(data, "strict", True)
+            except UnicodeDecodeError as exc:
+                raise bad(f"text=True but the bytes are not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        stored = deflate(data) if compress else None
+        self._layers[layer_id] = _Layer(data if stored is None else stored, bool(text) or is_str, zlib.crc32(data),
+                                        frequency, keywords, keyword_bytes, stored is not None)
         self._keyword_bytes += len(keyword_bytes)
         self._plan = None
 
@@ -238,7 +253,7 @@ class RegionBuilder:
         nbytes = offsets[-1] + len(layers[-1].content) if layers else content_offset
         index = np.zeros(len(ids), dtype=INDEX_DTYPE)
         index["layer_id"] = ids
-        index["flags"] = [FLAG_TEXT if layer.text else 0 for layer in layers]
+        index["flags"] = [(FLAG_TEXT if layer.text else 0) | (FLAG_ZSTD if layer.zstd else 0) for layer in layers]
         index["crc32"] = [layer.crc for layer in layers]
         index["offset"] = offsets
         index["length"] = [len(layer.content) for layer in layers]

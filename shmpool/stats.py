@@ -61,7 +61,8 @@ class TableStats:
     reclaimed: int
     live_allocations: int
     lock_recoveries: int
-    pools: tuple[PoolStats, ...]
+    pool_growths: int
+    pools: tuple[PoolStats, ...]  # pools whose segment exists (configured, plus growth ones)
 
     @property
     def utilization(self) -> float:

@@ -74,3 +74,19 @@ def allocate_then_wait(name: str, count: int, nbytes: int, ready) -> None:
 
 def pid() -> int:
     return os.getpid()
+
+
+def grow_and_fill(name: str, nbytes: int, count: int, results, hold) -> None:
+    """Allocate ``count`` x ``nbytes`` (enough to force pool growth), stamp each, report the
+    handles' coordinates, and keep them until ``hold`` is set (their owner must stay alive)."""
+    inst = SharedInstance.attach(name)
+    handles = []
+    try:
+        for i in range(count):
+            h = inst.table.allocate(nbytes)
+            inst.handle_view(h)[:] = bytes([i % 251]) * nbytes
+            handles.append(h)
+        results.put([(h.pool, h.first_block, h.nbytes, h.record, h.serial) for h in handles])
+        hold.wait(30)
+    finally:
+        inst.close()
