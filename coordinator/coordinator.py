@@ -8,6 +8,8 @@ dies, so a newcomer can take over (after sweeping the dead one's leftovers).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import threading
 import time
@@ -19,7 +21,8 @@ from loguru import logger
 
 from shmpool.codec import encode_error
 from shmpool.context import LoadedContext
-from shmpool.errors import AttachError, DimensionNotFound, InstanceExists, InvalidLayer, ShmPoolError
+from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
+                            ShmPoolError)
 from shmpool.jobboard import JobBoard
 from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.layout import STATE_STOPPING, W
@@ -28,6 +31,7 @@ from shmpool.names import runtime_dir, validate_name
 from shmpool.reader import Reader
 from workers.pool import WorkerPool
 
+from .capacity import CapacityManager, CapacityPolicy
 from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
 from .proto import ProtoDimension
 from .publisher import Publisher
@@ -35,6 +39,7 @@ from .publisher import Publisher
 __all__ = ["Coordinator"]
 
 RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
+ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 
 
@@ -50,7 +55,8 @@ class Coordinator:
                  thresholds: Thresholds = Thresholds(), sample_seed: int = 0,
                  max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
                  job_slots: int = 256, job_payload: int = 64 * 1024, max_clients: int = 64,
-                 drain_timeout: float = 5.0) -> None:
+                 drain_timeout: float = 5.0, compress_cold: bool = False, huge_pages: bool = False,
+                 capacity: CapacityPolicy | None = None) -> None:
         self.name = validate_name(name)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.memory_limit = memory_limit
@@ -62,6 +68,13 @@ class Coordinator:
         self.worker_count = (os.cpu_count() or 1) if workers is None else workers
         self._job_config = (job_slots, max_clients, job_payload)
         self.drain_timeout = drain_timeout
+        if capacity is None:
+            capacity = CapacityPolicy(compress_cold=compress_cold, huge_pages=huge_pages)
+        elif compress_cold or huge_pages:
+            capacity = dataclasses.replace(capacity, compress_cold=capacity.compress_cold or compress_cold,
+                                           huge_pages=capacity.huge_pages or huge_pages)
+        self.capacity_policy = capacity
+        self._capacity: CapacityManager | None = None
         self._board: JobBoard | None = None
         self._pool: WorkerPool | None = None
         self._file_lock = FileLock(str(runtime_dir() / f"{name}.coordinator.lock"))
@@ -97,8 +110,11 @@ class Coordinator:
         try:
             self._inst = SharedInstance.create(
                 self.name, pools=self.pools, memory_limit=self.memory_limit, thresholds=self.thresholds,
-                max_dimensions=self._max_dimensions, max_readers=self._max_readers)
+                max_dimensions=self._max_dimensions, max_readers=self._max_readers,
+                growth=self.capacity_policy.pool_growth, huge_pages=self.capacity_policy.huge_pages)
             self._publisher = Publisher(self._inst)
+            spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
+            self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
             paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
             self.load_report = load_region_files(self._publisher, paths)
@@ -208,6 +224,9 @@ class Coordinator:
                 if self._pool is not None:
                     self._pool.supervise()
                     self._free_stranded_spills()
+                if self._reader is not None:
+                    self._reader.drop_stale()  # our own reader must not pin what it no longer uses
+                self._capacity.tick()
                 self._publisher.reclaim()
                 if time.monotonic() - last_sweep >= DEAD_SWEEP_INTERVAL:
                     self._inst.table.reclaim_dead()
@@ -248,12 +267,28 @@ class Coordinator:
         stay valid. An existing dimension of the same id is replaced (its old generation is
         freed when no reader pins it). The proto-dimension is consumed unless ``keep``.
         """
-        _inst, publisher = self._require()
+        inst, publisher = self._require()
         proto = self.proto(dimension_id)
         builder = proto.builder
-        generation = publisher.place(builder.nbytes(), builder.write_into,
-                                     source=f"crystallized proto-dimension {dimension_id}",
-                                     expect_dimension=dimension_id)
+        nbytes = builder.nbytes()
+        place = functools.partial(publisher.place, nbytes, builder.write_into,
+                                  source=f"crystallized proto-dimension {dimension_id}",
+                                  expect_dimension=dimension_id)
+        try:
+            generation = place()
+        except (LimitExceeded, AllocationFailed) as exc:
+            # Make room the way the 85% rule would (for a full or fragmented pool too), wait for
+            # the evicted regions to be freed, then try once more; a second refusal stands.
+            words = inst.control.words
+            refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000
+            hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed) and "larger than any pool" in exc.reason)
+            if hopeless or not self.capacity_policy.evict or not self._capacity.make_room(refuse_at - 2 * nbytes):
+                raise exc from None
+            deadline = time.monotonic() + ROOM_WAIT  # evicted regions go once unpinned, after GRACE
+            while publisher.pending_free() and time.monotonic() < deadline:
+                time.sleep(0.005)
+                publisher.reclaim()
+            generation = place()
         if not keep:
             with self._protos_lock:
                 self._protos.pop(dimension_id, None)
@@ -292,6 +327,7 @@ class Coordinator:
             "readers_attached": int(words[W.READERS_ATTACHED]),
             "readers_peak": int(words[W.READERS_PEAK]),
             "dimensions": len(current),
+            "capacity": self._capacity.stats(),
             "generations": {p.dimension_id: p.generation for p in current},
             "superseded_pending": len(superseded),
             "proto_dimensions": len(self._protos),
@@ -326,6 +362,7 @@ class Coordinator:
             "memory": inst.table.stats().as_dict(),
             "dimensions": dims,
             "superseded": [p.as_dict() for p in superseded],
+            "capacity": self._capacity.dump(),
             "allocations": inst.table.live_allocations(),
             "readers": publisher.registry.live(),
             "workers": {"pids": self._pool.pids(), "deaths": self._pool.deaths} if self._pool else None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from loguru import logger
@@ -24,7 +25,7 @@ from shmpool.instance import SharedInstance
 from shmpool.readers import ReaderRegistry
 from shmpool.region import Region
 
-__all__ = ["Published", "Publisher", "GRACE"]
+__all__ = ["Published", "Evicted", "Publisher", "GRACE"]
 
 GRACE = 0.010
 
@@ -39,6 +40,8 @@ class Published:
     handle: Handle
     source: str
     layer_count: int
+    file: Path | None = None      # a region file holding exactly these bytes (reload source)
+    compressed: bool = False      # published by cold-layer compression
     published_at: float = field(default_factory=time.time)
     superseded_at: float | None = None
 
@@ -49,8 +52,25 @@ class Published:
             "source": self.source, "layer_count": self.layer_count, "nbytes": h.nbytes,
             "allocation": {"pool": h.pool, "first_block": h.first_block, "block_count": h.block_count,
                            "record": h.record},
+            "file": None if self.file is None else str(self.file), "compressed": self.compressed,
             "published_at": self.published_at, "superseded_at": self.superseded_at,
         }
+
+
+@dataclass
+class Evicted:
+    """A dimension whose current generation has no region; reloaded from ``file`` on request."""
+    dimension_id: int
+    name: str
+    entry: int
+    generation: int
+    file: Path
+    layer_count: int
+    evicted_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict:
+        return {"dimension_id": self.dimension_id, "name": self.name, "generation": self.generation,
+                "file": str(self.file), "layer_count": self.layer_count, "evicted_at": self.evicted_at}
 
 
 class Publisher:
@@ -62,10 +82,11 @@ class Publisher:
         self.registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self.current: dict[int, Published] = {}
         self.superseded: list[Published] = []
+        self.evicted: dict[int, Evicted] = {}
         self._lock = threading.Lock()
 
     def place(self, nbytes: int, write: Callable[[memoryview], None], *, source: str,
-              expect_dimension: int | None = None) -> int:
+              expect_dimension: int | None = None, file: Path | None = None, compressed: bool = False) -> int:
         """Allocate ``nbytes``, let ``write`` fill them with a region, check it, publish it.
 
         Returns the new generation. On any failure the blocks are freed before the error
@@ -100,13 +121,35 @@ class Publisher:
                                                    handle.record, handle.serial))
             old = self.current.get(dimension_id)
             self.current[dimension_id] = Published(dimension_id, name, generation, entry, handle,
-                                                   source, layers)
+                                                   source, layers, file, compressed)
+            self.evicted.pop(dimension_id, None)
             if old is not None:
                 old.superseded_at = time.monotonic()
                 self.superseded.append(old)
         logger.info("published dimension {} ({!r}) generation {}: {} layers, {} bytes from {}",
                     dimension_id, name, generation, layers, nbytes, source)
         return generation
+
+    def evict(self, dimension_id: int, file: Path) -> int:
+        """Publish "no region" as the dimension's next generation; its blocks are freed by the
+        usual rule once no reader pins them. ``file`` must hold the bytes for a reload."""
+        with self._lock:
+            cur = self.current.pop(dimension_id)
+            generation = self.directory.generation(cur.entry) + 1
+            self.directory.publish(cur.entry, Location.evicted_at(generation))
+            cur.superseded_at = time.monotonic()
+            self.superseded.append(cur)
+            self.evicted[dimension_id] = Evicted(dimension_id, cur.name, cur.entry, generation, file,
+                                                 cur.layer_count)
+        logger.info("evicted dimension {} ({!r}) as generation {}; {} bytes to be freed; reload from {}",
+                    dimension_id, cur.name, generation, cur.handle.nbytes, file)
+        return generation
+
+    def pending_free(self) -> int:
+        """Bytes held by superseded generations that are not freed yet (pinned or in grace)."""
+        with self._lock:
+            sizes = self._inst.table.block_sizes
+            return sum(old.handle.block_count * sizes[old.handle.pool] for old in self.superseded)
 
     def reclaim(self) -> int:
         """Free superseded regions no reader pins any more; returns how many were freed."""

@@ -93,6 +93,7 @@ class SharedInstance:
         self._pool_views = [None if seg is None else memoryview(seg.mm) for seg in pools]
         self._closed = False
         self._present: list[int] | None = None
+        self.huge_pages = False  # set by create(); growth segments this process creates follow it
         # The finalizer closes what this list holds when it runs: growth segments mapped later
         # are appended to it.
         self._mapped = [control_seg, *(seg for seg in pools if seg is not None)]
@@ -104,7 +105,8 @@ class SharedInstance:
     def create(cls, name: str, *, pools: Sequence[PoolSpec] = DEFAULT_POOLS,
                memory_limit: int = DEFAULT_LIMIT, thresholds: Thresholds = Thresholds(),
                max_records: int = 4096, max_dimensions: int = 256, max_readers: int = 512,
-               replace_stale: bool = True, growth: int = DEFAULT_GROWTH) -> "SharedInstance":
+               replace_stale: bool = True, growth: int = DEFAULT_GROWTH,
+               huge_pages: bool = False) -> "SharedInstance":
         """Create every shared object of instance ``name``; the caller owns (and later unlinks) them.
 
         Leftovers of a crashed instance of the same name are removed first when ``replace_stale``;
@@ -146,6 +148,10 @@ class SharedInstance:
         control = Control(control_seg.mm, layout)
         pool_segs: list[Segment | None] = made_segments[:-1] + [None] * (len(rows) - len(pools))
         inst = cls(name, control_seg, control, pool_segs, sem, owner=True, thresholds=thresholds)
+        inst.huge_pages = huge_pages
+        if huge_pages:
+            for seg in made_segments[:-1]:
+                inst._advise(seg)
         logger.info("created shmpool instance {!r}: {} pools, limit {} bytes, control {} bytes",
                     name, len(pools), memory_limit, layout.size)
         return inst
@@ -294,6 +300,15 @@ class SharedInstance:
             posix_ipc.unlink_shared_memory(name)
             seg = Segment.create(name, size)
         self._adopt(pool, seg)
+        if self.huge_pages:
+            self._advise(seg)
+
+    def _advise(self, seg: Segment) -> None:
+        why_not = seg.advise_huge_pages()
+        if why_not is None:
+            logger.info("huge pages requested for {}", seg.name)
+        else:
+            logger.warning("huge pages not available for {}: {}; using normal pages", seg.name, why_not)
 
     def handle_view(self, handle: Handle) -> memoryview:
         """Writable view of exactly the ``nbytes`` requested for ``handle``."""

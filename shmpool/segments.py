@@ -24,6 +24,7 @@ from .errors import AttachError
 
 __all__ = ["Segment"]
 
+SHMEM_THP = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 _MODE = 0o600
 
 
@@ -64,6 +65,28 @@ class Segment:
             raise
         shm.close_fd()
         return cls(name, mm, size)
+
+    def advise_huge_pages(self) -> str | None:
+        """Ask for transparent huge pages on this mapping; returns None on success, else why not.
+
+        For shared memory (tmpfs) Linux honours MADV_HUGEPAGE only when
+        /sys/kernel/mm/transparent_hugepage/shmem_enabled is ``advise``, ``always`` or
+        ``within_size``; elsewhere the call succeeds and does nothing, so we check that too."""
+        advice = getattr(mmap, "MADV_HUGEPAGE", None)
+        if advice is None:
+            return "this platform has no MADV_HUGEPAGE"
+        try:
+            self.mm.madvise(advice)
+        except OSError as exc:
+            return f"madvise(MADV_HUGEPAGE) failed: {exc}"
+        try:
+            with open(SHMEM_THP) as f:
+                setting = f.read().split("[", 1)[-1].split("]", 1)[0]
+        except OSError:
+            return f"cannot read {SHMEM_THP}: the kernel has no transparent huge pages for shared memory"
+        if setting not in ("advise", "always", "within_size", "force"):
+            return f"{SHMEM_THP} is '{setting}': the kernel ignores the advice for shared memory"
+        return None
 
     @classmethod
     def attach(cls, name: str, *, instance: str, writable: bool = True) -> "Segment":

@@ -84,3 +84,17 @@ def run_coordinator(name: str, data_dir: str, ready, stop) -> None:
 
 def kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def read_layers(name: str, dimension_id: int, layer_ids: list, results) -> None:
+    """Attach, read the given layers (waiting through a reload if the dimension is evicted),
+    and report (layer id, crc32 of content, verify()) for each, plus the generation seen."""
+    try:
+        with shmpool.attach(name) as reader:
+            out = []
+            for lid in layer_ids:
+                ctx = reader.load_layer_context(dimension_id, lid)
+                out.append((lid, zlib.crc32(ctx.content), ctx.verify()))
+            results.put(("ok", {"layers": out, "generation": reader.generation(dimension_id)}))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import posix_ipc
 from loguru import logger
@@ -26,6 +27,7 @@ from shmpool.layout import W
 from .jobs import resolve_job
 
 POLL = 0.2  # seconds between checks that the coordinator still lives
+DROP_STALE_EVERY = 0.1  # seconds between releases of superseded generations
 
 
 def serve(name: str, index: int, stop: threading.Event) -> int:
@@ -37,8 +39,13 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
     with board.lock:
         board.v.words[JW.WORKERS_STARTED] += 1
     served = 0
+    last_drop = time.monotonic()
     try:
         while not stop.is_set():
+            if time.monotonic() - last_drop >= DROP_STALE_EVERY:
+                # Release generations we no longer serve, so eviction and reclamation can free them.
+                reader.drop_stale()
+                last_drop = time.monotonic()
             try:
                 board.pending_sem.acquire(POLL)
             except posix_ipc.SignalError:

@@ -1,0 +1,317 @@
+"""Capacity management in the coordinator: access recency, LRU eviction, reloads, cold compression.
+
+All of it runs in the coordinator's reaper thread, so nothing here is on a reader's path. Readers
+only mark a dimension's TOUCHED word (0 -> 1 on a lookup, 2 when they need an evicted dimension
+back); every ``sample_interval`` this module turns the marks into last-access times and resets them.
+
+Eviction rule: when usage passes the eviction threshold (85% of the limit), evict the dimensions
+least recently used until usage *minus what superseded generations will give back* is at or under
+``low_water`` (70% by default, under the 75% warning, so a full cycle ends quiet). A dimension is
+only evicted if it can come back byte for byte: its region file still holds exactly its bytes, or
+its region is first written out to the spill directory (crystallized dimensions have no file).
+
+Cold compression (``compress_cold``): a dimension not read for ``cold_after`` seconds is
+republished with its layers zstd-compressed where that saves >= 10%; once read in
+``rehydrate_after`` separate sampling periods it is republished uncompressed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from shmpool import compression
+from shmpool.errors import ShmPoolError
+from shmpool.instance import SharedInstance
+from shmpool.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
+from shmpool.region import Region
+from shmpool.region_builder import RegionBuilder
+
+from .publisher import Published, Publisher
+
+__all__ = ["CapacityPolicy", "CapacityManager"]
+
+
+@dataclass(frozen=True)
+class CapacityPolicy:
+    """How the coordinator keeps within its memory limit."""
+    evict: bool = True               # evict cold dimensions above the eviction threshold
+    low_water: int = 700             # per mille of the limit at which eviction stops
+    spill_dir: Path | None = None    # where crystallized dimensions are written before eviction
+    compress_cold: bool = False      # store dimensions that went cold zstd-compressed
+    cold_after: float = 30.0         # seconds without a read before a dimension counts as cold
+    rehydrate_after: int = 3         # sampling periods with reads before a compressed one is expanded
+    sample_interval: float = 0.1     # seconds between turns of TOUCHED marks into access times
+    pool_growth: int = 2             # growth segments per configured pool (see SharedInstance.create)
+    huge_pages: bool = False         # madvise(MADV_HUGEPAGE) on pool segments
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low_water < 1000:
+            raise ValueError(f"low_water is per mille of the limit, 0 < low_water < 1000; got {self.low_water}")
+        if self.compress_cold and not compression.available():
+            raise ValueError("compress_cold=True needs the zstandard package: pip install 'shmpool[compress]'")
+        if self.cold_after <= 0 or self.sample_interval <= 0 or self.rehydrate_after < 1:
+            raise ValueError("cold_after and sample_interval must be positive, rehydrate_after >= 1")
+
+
+@dataclass
+class CapacityCounters:
+    evictions: int = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    spills_written: int = 0
+    compressions: int = 0
+    rehydrations: int = 0
+    last_reload_ms: float = 0.0
+    evicted_bytes: int = 0
+    compression_saved_bytes: int = 0
+    events: list = field(default_factory=list)  # the last few, for dump_state
+
+    def note(self, kind: str, **info) -> None:
+        self.events.append({"event": kind, "at": time.time(), **info})
+        del self.events[:-50]
+
+
+class CapacityManager:
+    """Owned by a Coordinator; ``tick()`` is called from its reaper thread."""
+
+    def __init__(self, inst: SharedInstance, publisher: Publisher, policy: CapacityPolicy, spill_dir: Path) -> None:
+        self._inst = inst
+        self._publisher = publisher
+        self.policy = policy
+        self.spill_dir = spill_dir
+        self.counters = CapacityCounters()
+        self.last_access: dict[int, float] = {}       # dimension id -> monotonic time of last read seen
+        self._hot_periods: dict[int, int] = {}        # compressed dimension id -> periods read since
+        self._incompressible: set[tuple[int, int]] = set()  # (dimension, generation) not worth it
+        self._last_sample = 0.0
+
+    # ----------------------------------------------------------------- the reaper's entry point
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._serve_reload_requests()
+        if now - self._last_sample >= self.policy.sample_interval:
+            self._last_sample = now
+            self._sample(now)
+            if self.policy.compress_cold:
+                self._compress_or_expand(now)
+        if self.policy.evict:
+            self.evict_if_needed()
+
+    # ----------------------------------------------------------------- recency
+
+    def _sample(self, now: float) -> None:
+        directory = self._inst.control.directory
+        touched = directory[:, D.TOUCHED]
+        for pub in self._publisher.snapshot()[0]:
+            mark = int(touched[pub.entry])
+            self.last_access.setdefault(pub.dimension_id, now - 0.0)
+            if mark == TOUCHED_NONE:
+                continue
+            if mark != TOUCHED_RELOAD:  # a reload request is cleared by the reload, not here
+                touched[pub.entry] = TOUCHED_NONE
+            self.last_access[pub.dimension_id] = now
+            if pub.compressed:
+                self._hot_periods[pub.dimension_id] = self._hot_periods.get(pub.dimension_id, 0) + 1
+
+    def coldest(self) -> list[Published]:
+        """Current dimensions, least recently read first."""
+        current = self._publisher.snapshot()[0]
+        return sorted(current, key=lambda p: (self.last_access.get(p.dimension_id, 0.0), p.dimension_id))
+
+    # ----------------------------------------------------------------- eviction
+
+    def evict_if_needed(self) -> int:
+        words = self._inst.control.words
+        limit = int(words[W.MEMORY_LIMIT])
+        if int(words[W.USED_BYTES]) <= limit * int(words[W.EVICT_PERMILLE]) // 1000:
+            return 0
+        return self.make_room(limit * self.policy.low_water // 1000)
+
+    def make_room(self, target_used: int) -> int:
+        """Evict coldest-first until usage net of pending frees is at most ``target_used``."""
+        evicted = 0
+        words = self._inst.control.words
+        for pub in self.coldest():
+            projected = int(words[W.USED_BYTES]) - self._publisher.pending_free()
+            if projected <= target_used:
+                break
+            try:
+                self.evict(pub)
+                evicted += 1
+            except (OSError, ShmPoolError) as exc:
+                logger.error("cannot evict dimension {}: {}", pub.dimension_id, exc)
+        if evicted:
+            self._publisher.reclaim()  # unpinned ones go at once; pinned ones when readers move on
+        return evicted
+
+    def evict(self, pub: Published) -> None:
+        file = pub.file if self._file_matches(pub) else self._spill(pub)
+        self._publisher.evict(pub.dimension_id, file)
+        self.counters.evictions += 1
+        self.counters.evicted_bytes += pub.handle.nbytes
+        self.counters.note("evict", dimension_id=pub.dimension_id, generation=pub.generation,
+                           nbytes=pub.handle.nbytes, file=str(file))
+
+    def _file_matches(self, pub: Published) -> bool:
+        """The file still holds exactly the bytes in shared memory (size, then a full compare)."""
+        if pub.file is None:
+            return False
+        try:
+            if os.stat(pub.file).st_size != pub.handle.nbytes:
+                return False
+            with open(pub.file, "rb") as f:
+                return f.read() == self._inst.handle_view(pub.handle)
+        except OSError:
+            return False
+
+    def _spill(self, pub: Published) -> Path:
+        """Write the region exactly as it lies in shared memory (it *is* a region file), atomically."""
+        self.spill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.spill_dir / f"dim-{pub.dimension_id:05d}-gen{pub.generation}.region"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.spill_dir)
+        try:
+            with open(fd, "wb") as f:
+                f.write(self._inst.handle_view(pub.handle))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError as exc:
+                logger.debug("could not remove {}: {}", tmp, exc)
+            raise
+        self.counters.spills_written += 1
+        logger.info("dimension {} generation {} written to {} before eviction", pub.dimension_id,
+                    pub.generation, path)
+        return path
+
+    # ----------------------------------------------------------------- reload
+
+    def _serve_reload_requests(self) -> None:
+        if not self._publisher.evicted:
+            return
+        touched = self._inst.control.directory[:, D.TOUCHED]
+        for dim, ev in list(self._publisher.evicted.items()):
+            if int(touched[ev.entry]) != TOUCHED_RELOAD:
+                continue
+            self.reload(dim)
+
+    def reload(self, dimension_id: int) -> int | None:
+        """Place an evicted dimension back from its file; returns the new generation."""
+        ev = self._publisher.evicted.get(dimension_id)
+        if ev is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            region = Region.open(ev.file)
+        except ShmPoolError as exc:
+            self.counters.reload_failures += 1
+            logger.error("cannot reload dimension {} from {}: {}", dimension_id, ev.file, exc)
+            return None
+        try:
+            if region.dimension_id != dimension_id:
+                raise ShmPoolError(f"{ev.file} now holds dimension {region.dimension_id}, not {dimension_id}")
+            room = region.nbytes
+            words = self._inst.control.words
+            refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000
+            if int(words[W.USED_BYTES]) + room > refuse_at:
+                self.make_room(refuse_at - room)
+
+            def copy(view: memoryview) -> None:
+                view[:] = region.buffer
+
+            generation = self._publisher.place(region.nbytes, copy, source=str(ev.file),
+                                               expect_dimension=dimension_id, file=ev.file)
+        except ShmPoolError as exc:
+            self.counters.reload_failures += 1
+            logger.error("cannot reload dimension {} from {}: {}", dimension_id, ev.file, exc)
+            return None
+        finally:
+            region.close()
+        self._inst.control.directory[ev.entry, D.TOUCHED] = TOUCHED_NONE
+        self.last_access[dimension_id] = time.monotonic()
+        ms = (time.perf_counter() - t0) * 1e3
+        self.counters.reloads += 1
+        self.counters.last_reload_ms = ms
+        self.counters.note("reload", dimension_id=dimension_id, generation=generation, ms=round(ms, 3))
+        logger.info("reloaded dimension {} from {} as generation {} in {:.1f} ms", dimension_id, ev.file,
+                    generation, ms)
+        return generation
+
+    # ----------------------------------------------------------------- cold compression
+
+    def _compress_or_expand(self, now: float) -> None:
+        """At most one republication per call: each is a full pass over a dimension's bytes."""
+        for pub in self.coldest():
+            if pub.compressed:
+                if self._hot_periods.get(pub.dimension_id, 0) >= self.policy.rehydrate_after:
+                    self._republish(pub, compress=False)
+                    return
+            elif (now - self.last_access.get(pub.dimension_id, now) >= self.policy.cold_after
+                  and (pub.dimension_id, pub.generation) not in self._incompressible):
+                self._republish(pub, compress=True)
+                return
+
+    def _republish(self, pub: Published, *, compress: bool) -> None:
+        region = Region.from_buffer(self._inst.handle_view(pub.handle), source=pub.source, verify_checksums=False)
+        try:
+            builder = RegionBuilder(pub.dimension_id, region.name)
+            for row, lid in enumerate(region.layer_ids()):
+                builder.add_layer(lid, region.content(lid), frequency=region.frequency(row),
+                                  keywords=region.keywords(row), text=region.is_text(row), compress=compress)
+        finally:
+            region.close()
+        nbytes = builder.nbytes()
+        if compress and nbytes > pub.handle.nbytes * (1 - compression.MIN_SAVING):
+            self._incompressible.add((pub.dimension_id, pub.generation))
+            return
+        generation = self._publisher.place(nbytes, builder.write_into, source=pub.source,
+                                           expect_dimension=pub.dimension_id, file=None, compressed=compress)
+        self._hot_periods.pop(pub.dimension_id, None)
+        if compress:
+            self.counters.compressions += 1
+            self.counters.compression_saved_bytes += pub.handle.nbytes - nbytes
+        else:
+            self.counters.rehydrations += 1
+        self.counters.note("compress" if compress else "expand", dimension_id=pub.dimension_id,
+                           generation=generation, before=pub.handle.nbytes, after=nbytes)
+        logger.info("dimension {} republished {} as generation {}: {} -> {} bytes", pub.dimension_id,
+                    "zstd-compressed" if compress else "uncompressed", generation, pub.handle.nbytes, nbytes)
+
+    # ----------------------------------------------------------------- reporting
+
+    def stats(self) -> dict:
+        c = self.counters
+        words = self._inst.control.words
+        limit = int(words[W.MEMORY_LIMIT])
+        used = int(words[W.USED_BYTES])
+        state = "ok"
+        for name, word in (("warn", W.WARN_PERMILLE), ("evict", W.EVICT_PERMILLE), ("refuse", W.REFUSE_PERMILLE)):
+            if used >= limit * int(words[word]) // 1000:
+                state = name
+        current = self._publisher.snapshot()[0]
+        return {
+            "state": state, "evictions": c.evictions, "reloads": c.reloads, "reload_failures": c.reload_failures,
+            "spills_written": c.spills_written, "compressions": c.compressions, "rehydrations": c.rehydrations,
+            "evicted_bytes": c.evicted_bytes, "compression_saved_bytes": c.compression_saved_bytes,
+            "last_reload_ms": c.last_reload_ms, "pool_growths": int(words[W.POOL_GROWTHS]),
+            "evicted_dimensions": sorted(self._publisher.evicted),
+            "compressed_dimensions": sorted(p.dimension_id for p in current if p.compressed),
+            "pending_free_bytes": self._publisher.pending_free(),
+            "low_water_bytes": limit * self.policy.low_water // 1000,
+        }
+
+    def dump(self) -> dict:
+        return {"policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.policy.__dict__.items()},
+                "spill_dir": str(self.spill_dir), "stats": self.stats(),
+                "evicted": [e.as_dict() for e in self._publisher.evicted.values()],
+                "recent_events": list(self.counters.events)}
