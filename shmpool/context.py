@@ -95,6 +95,9 @@ class NavigationPath(Sequence[Step]):
     def __getitem__(self, i):
         return self._steps[i]
 
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self._steps)  # Sequence's default iterates through __getitem__: 3x slower
+
     def __len__(self) -> int:
         return len(self._steps)
 
