@@ -139,15 +139,18 @@ class Client:
             except posix_ipc.ExistentialError:
                 self._fail_all(AttachError(name=self.name, reason="the coordinator removed the job board"))
                 return
+            done: list[int] = []
             for slot in board.completed(self._channel):
                 with self._lock:
                     known = slot in self._futures
                     if not known:
                         self._early.add(slot)
                 if known:
-                    self._deliver(slot)
+                    self._deliver(slot, done)
+            board.release_slots(done)  # one lock acquisition for the whole batch
 
-    def _deliver(self, slot: int) -> None:
+    def _deliver(self, slot: int, released: list[int] | None = None) -> None:
+        """Resolve the slot's future; the slot goes back to the board now, or via ``released``."""
         with self._lock:
             seq, future = self._futures.pop(slot)
         board = self._board
@@ -173,7 +176,10 @@ class Client:
                     self._inst.table.free(handle)
                 except ShmPoolError as exc:
                     logger.debug("spilled result of slot {} already reclaimed: {}", slot, exc)
-            board.release_slot(slot)
+            if released is None:
+                board.release_slot(slot)
+            else:
+                released.append(slot)
         if future.set_running_or_notify_cancel():
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
