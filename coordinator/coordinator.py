@@ -170,6 +170,7 @@ class Coordinator:
     def _teardown(self) -> None:
         self._stop_event.set()
         if self._reaper is not None:
+            self._inst.wake_coordinator()
             self._reaper.join(5)
             self._reaper = None
         if self._pool is not None:
@@ -219,7 +220,11 @@ class Coordinator:
 
     def _reap_loop(self) -> None:
         last_sweep = time.monotonic()
-        while not self._stop_event.wait(RECLAIM_INTERVAL):
+        while True:
+            # Woken early by readers that need an evicted dimension back (and by stop()).
+            self._inst.wait_for_wake(RECLAIM_INTERVAL)
+            if self._stop_event.is_set():
+                break
             try:
                 if self._pool is not None:
                     self._pool.supervise()

@@ -133,8 +133,8 @@ def bench_reload(data_dir: Path, repeats: int) -> dict:
         "next_lookup": benchlib.percentiles(seconds),
         "reload_in_coordinator_ms": {"median": round(sorted(reload_ms)[len(reload_ms) // 2], 3),
                                      "max": round(max(reload_ms), 3)},
-        "note": "first lookup = reader sees the evicted generation, asks, the reaper (20 ms period) "
-                "reloads the file, the reader sees the new generation (polling every 0.5 ms)",
+        "note": "first lookup = reader sees the evicted generation, stores TOUCHED=2 and posts the wake semaphore, the reaper "
+                "wakes and reloads the file, the reader sees the new generation (polling every 0.5 ms)",
     }
 
 

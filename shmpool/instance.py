@@ -62,6 +62,7 @@ DEFAULT_POOLS: tuple[PoolSpec, ...] = (
 DEFAULT_GROWTH = 2  # growth segments each configured pool may add
 
 LOCK_SEM = "lock"
+WAKE_SEM = "wake"  # readers post it to wake the coordinator's reaper (a reload request)
 CONTROL = "control"
 
 
@@ -97,7 +98,9 @@ class SharedInstance:
         # The finalizer closes what this list holds when it runs: growth segments mapped later
         # are appended to it.
         self._mapped = [control_seg, *(seg for seg in pools if seg is not None)]
-        self._finalizer = weakref.finalize(self, _close_all, self._mapped, [sem])
+        self._wake: posix_ipc.Semaphore | None = None
+        self._mapped_sems = [sem]  # the wake semaphore joins when opened
+        self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems)
 
     # ----------------------------------------------------------------- creation / attach
 
@@ -131,6 +134,8 @@ class SharedInstance:
             sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM), posix_ipc.O_CREX,
                                       mode=0o600, initial_value=1)
             made_sems.append(sem)
+            wake = posix_ipc.Semaphore(semaphore_name(name, WAKE_SEM), posix_ipc.O_CREX, mode=0o600)
+            made_sems.append(wake)
             for i, spec in enumerate(pools):
                 made_segments.append(Segment.create(segment_name(name, f"pool{i}"), spec.nbytes))
             control_seg = Segment.create(segment_name(name, CONTROL), layout.size)
@@ -148,6 +153,8 @@ class SharedInstance:
         control = Control(control_seg.mm, layout)
         pool_segs: list[Segment | None] = made_segments[:-1] + [None] * (len(rows) - len(pools))
         inst = cls(name, control_seg, control, pool_segs, sem, owner=True, thresholds=thresholds)
+        inst._wake = wake
+        inst._mapped_sems.append(wake)
         inst.huge_pages = huge_pages
         if huge_pages:
             for seg in made_segments[:-1]:
@@ -317,6 +324,24 @@ class SharedInstance:
 
     # ----------------------------------------------------------------- lifetime
 
+    def wake_coordinator(self) -> None:
+        """Post the coordinator's wake semaphore (opened on first use; cheap afterwards)."""
+        if self._wake is None:
+            try:
+                self._wake = posix_ipc.Semaphore(semaphore_name(self.name, WAKE_SEM))
+            except posix_ipc.ExistentialError:
+                return  # the coordinator is going away; the caller's timeout handles it
+            self._mapped_sems.append(self._wake)
+        self._wake.release()
+
+    def wait_for_wake(self, timeout: float) -> bool:
+        """Owner only: sleep until a wake or ``timeout`` seconds; True if woken."""
+        try:
+            self._wake.acquire(timeout)
+        except posix_ipc.BusyError:
+            return False
+        return True
+
     def close(self) -> None:
         """Unmap everything in this process (idempotent); never removes names."""
         if self._closed:
@@ -344,10 +369,11 @@ class SharedInstance:
                     posix_ipc.unlink_shared_memory(segment_name(self.name, f"pool{pool}"))
                 except posix_ipc.ExistentialError:
                     logger.debug("growth segment pool{} of {!r} was already unlinked", pool, self.name)
-        try:
-            posix_ipc.unlink_semaphore(semaphore_name(self.name, LOCK_SEM))
-        except posix_ipc.ExistentialError:
-            logger.debug("lock semaphore of {!r} was already unlinked", self.name)
+        for kind in (LOCK_SEM, WAKE_SEM):
+            try:
+                posix_ipc.unlink_semaphore(semaphore_name(self.name, kind))
+            except posix_ipc.ExistentialError:
+                logger.debug("{} semaphore of {!r} was already unlinked", kind, self.name)
         removed = cleanup(self.name)
         logger.info("instance {!r} unlinked ({} objects)", self.name, len(removed))
 

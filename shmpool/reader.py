@@ -348,7 +348,9 @@ class Reader:
     def _await_reload(self, dv: _DimView, evicted_generation: int, deadline: float) -> None:
         mv, words = self._dir_mv, self._inst.control.words_mv
         while mv[dv.gen_pos] == evicted_generation:
-            mv[dv.touch_pos] = TOUCHED_RELOAD  # re-asserted: the coordinator may have just reset it
+            if mv[dv.touch_pos] != TOUCHED_RELOAD:  # first time, or the coordinator just reset it
+                mv[dv.touch_pos] = TOUCHED_RELOAD
+                self._inst.wake_coordinator()
             now = time.monotonic()
             if now > deadline:
                 raise ReloadTimeout(dimension_id=dv.dimension_id, generation=evicted_generation,
