@@ -235,6 +235,7 @@ class Coordinator:
                 self._publisher.reclaim()
                 if time.monotonic() - last_sweep >= DEAD_SWEEP_INTERVAL:
                     self._inst.table.reclaim_dead()
+                    self._publisher.registry.reap_dead()  # keeps readers_attached honest when idle
                     if self._board is not None:
                         self._board.sweep_dead_clients()
                     last_sweep = time.monotonic()
