@@ -144,10 +144,11 @@ def bench_startup(data: Path, repeats: int) -> dict:
     }
 
 
-def bench_crystallize(sizes_mib: list[int], repeats: int) -> dict:
+def bench_crystallize(sizes_mib: list[int], repeats: int, empty: Path) -> dict:
     out = {}
     name = _name()
-    with Coordinator(name, data_dir=_empty_dir(), workers=0) as coord:
+    empty.mkdir(exist_ok=True)
+    with Coordinator(name, data_dir=empty, workers=0) as coord:
         for mib in sizes_mib:
             layers = max(1, mib * 16)  # 64 KiB layers
             payload = np.random.default_rng(mib).integers(0, 256, 64 * 1024, dtype=np.uint8).tobytes()
@@ -213,11 +214,6 @@ def bench_concurrency(data: Path, counts: list[int], seconds: float) -> dict:
             "pass": all(r["per_core_slowdown"] is not None and r["per_core_slowdown"] < 0.10 for r in rows)}
 
 
-def _empty_dir() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="bench-readers-empty-"))
-    return path
-
-
 def main(argv=None) -> int:
     parser = benchlib.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
@@ -237,7 +233,7 @@ def main(argv=None) -> int:
             "config": {"lookups": n, "batches": batch_n, "scans": scans, "repeats": repeats, "quick": args.quick},
             **bench_lookups(data, n, batch_n, scans),
             "startup_14_dimensions": bench_startup(data, repeats),
-            "crystallize": bench_crystallize(sizes, repeats),
+            "crystallize": bench_crystallize(sizes, repeats, Path(tmp) / "empty"),
             "concurrent_readers": bench_concurrency(data, counts, seconds),
         }
     leftovers = sorted(o for name in _names for group in list_objects(name) for o in group)
