@@ -22,8 +22,10 @@ from loguru import logger
 
 import shmpool
 from shmpool.errors import AttachError, ShmPoolError
-from shmpool.limits import DEFAULT_LIMIT, Thresholds
+from shmpool.limits import DEFAULT_LIMIT
 from shmpool.names import runtime_dir, validate_name
+
+from .capacity import CapacityPolicy
 
 __all__ = ["main", "parse_size", "parse_duration", "load_jsonl", "InputError"]
 
@@ -86,15 +88,30 @@ def cmd_serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    capacity = CapacityPolicy(evict=args.evict, compress_cold=args.compress_cold, huge_pages=args.huge_pages,
+                              pool_growth=args.pool_growth,
+                              spill_dir=Path(args.spill_dir) if args.spill_dir else None)
     with Coordinator(args.name, data_dir=args.data_dir, workers=args.workers,
-                     memory_limit=args.memory_limit) as coord:
+                     memory_limit=args.memory_limit, capacity=capacity) as coord:
+        server = None
+        if args.metrics_port is not None:
+            from .metrics import serve_metrics
+
+            server = serve_metrics(coord, args.metrics_port, args.metrics_addr)
         st = coord.stats()
+        metrics = (f", metrics at http://{args.metrics_addr}:{server.server_port}/metrics"
+                   if server is not None else "")
         print(f"shmpool: serving {args.name!r}: {st['dimensions']} dimensions, {coord.worker_count} workers, "
-              f"pid {os.getpid()} (SIGINT or SIGTERM stops it)", flush=True)
-        # A timed wait, so the signal handler's event is seen promptly on every Python version.
-        while not stop.wait(0.5):
-            pass
-        logger.info("stopping {!r} on signal", args.name)
+              f"pid {os.getpid()}{metrics} (SIGINT or SIGTERM stops it)", flush=True)
+        try:
+            # A timed wait, so the signal handler's event is seen promptly on every Python version.
+            while not stop.wait(0.5):
+                pass
+            logger.info("stopping {!r} on signal", args.name)
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
     return 0
 
 
@@ -217,11 +234,12 @@ def cmd_stats(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    # Reader.stats() does not carry the instance's thresholds (yet); the defaults are 75/85/95%.
-    th = st.get("thresholds") or {"warn": Thresholds().warn, "refuse": Thresholds().refuse}
+    th = st["thresholds"]
     usage = st["used_bytes"] / st["memory_limit"] if st["memory_limit"] else 0.0
     if usage * 1000 >= th["refuse"]:
         style, word = "bold red", f"refusing: allocations that would pass {th['refuse'] / 10:.0f}% are refused"
+    elif usage * 1000 >= th["evict"]:
+        style, word = "dark_orange", f"evicting: above the {th['evict'] / 10:.0f}% eviction threshold"
     elif usage * 1000 >= th["warn"]:
         style, word = "yellow", f"warning: above the {th['warn'] / 10:.0f}% warning threshold"
     else:
@@ -333,6 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (default: CPU count; 0: none)")
     p.add_argument("--memory-limit", type=parse_size, default=DEFAULT_LIMIT, metavar="SIZE",
                    help="shared memory budget (default 280MB = 280 MiB)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on this port (needs prometheus-client; 0 picks one)")
+    p.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="bind address (default 127.0.0.1)")
+    p.add_argument("--evict", action=argparse.BooleanOptionalAction, default=True,
+                   help="evict least recently used dimensions above 85%% of the limit (default on)")
+    p.add_argument("--compress-cold", action="store_true", help="store cold dimensions zstd-compressed")
+    p.add_argument("--huge-pages", action="store_true", help="madvise(MADV_HUGEPAGE) on pool segments")
+    p.add_argument("--pool-growth", type=int, default=2, metavar="N",
+                   help="segments each full pool may add while the limit allows (default 2)")
+    p.add_argument("--spill-dir", metavar="DIR",
+                   help="where crystallized dimensions are written before eviction (default: runtime dir)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build", help="write region files: the sample data set, or from a JSONL file",

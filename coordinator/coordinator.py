@@ -346,6 +346,10 @@ class Coordinator:
                               "deaths": list(self._pool.deaths) if self._pool else []}
         return out
 
+    def job_latency_histogram(self) -> dict | None:
+        """The workers' job latency histogram (see JobBoard.latency_histogram); None without workers."""
+        return self._board.latency_histogram() if self._board is not None else None
+
     def dump_state(self) -> dict:
         """Everything, JSON-serialisable: regions, allocations, pools, index summaries, readers."""
         inst, publisher = self._require()

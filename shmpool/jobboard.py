@@ -17,6 +17,7 @@ The supervisor (coordinator) requeues slots held by dead workers and frees slots
 
 from __future__ import annotations
 
+import bisect
 import time
 
 import numpy as np
@@ -25,7 +26,7 @@ from loguru import logger
 
 from ._proc import is_alive, my_identity
 from .errors import AttachError, RequestTooLarge
-from .jobs_layout import (CC, JOBS_MAGIC, JW, SC, JobsLayout, JobsView, SlotState, Status)
+from .jobs_layout import (CC, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, JobsLayout, JobsView, SlotState, Status)
 from .lock import SharedLock
 from .names import runtime_dir, segment_name, semaphore_name
 from .segments import Segment
@@ -312,6 +313,11 @@ class JobBoard:
             state = int(row[SC.STATE])
             if int(row[SC.SEQ]) != seq or state not in (SlotState.RUNNING, SlotState.ORPHANED):
                 return False
+            latency = time.monotonic_ns() - int(row[SC.SUBMITTED_NS])  # CLOCK_MONOTONIC: system-wide
+            w = v.words
+            w[JW.LATENCY_BUCKET0 + bisect.bisect_left(LATENCY_BOUNDS_NS, latency)] += 1
+            w[JW.LATENCY_COUNT] += 1
+            w[JW.LATENCY_SUM_NS] += latency
             delivered = state == SlotState.RUNNING
             channel = self._deliver_locked(slot) if delivered else None
             if not delivered:
@@ -452,6 +458,19 @@ class JobBoard:
             "cancelled": int(w[JW.CANCELLED]), "worker_deaths": int(w[JW.WORKER_DEATHS]),
             "clients": int(np.count_nonzero(v.channels[:, CC.PID])),
         }
+
+    def latency_histogram(self) -> dict:
+        """Job latency (submitted -> response stored): bucket upper bounds in seconds with
+        cumulative counts (Prometheus style, +Inf last), total count and sum in seconds."""
+        w = self.v.words
+        counts = [int(w[JW.LATENCY_BUCKET0 + i]) for i in range(len(LATENCY_BOUNDS_NS) + 1)]
+        cumulative, running = [], 0
+        for c in counts:
+            running += c
+            cumulative.append(running)
+        bounds = [b / 1e9 for b in LATENCY_BOUNDS_NS] + [float("inf")]
+        return {"buckets": list(zip(bounds, cumulative)), "count": int(w[JW.LATENCY_COUNT]),
+                "sum_seconds": int(w[JW.LATENCY_SUM_NS]) / 1e9}
 
     def _rebuild(self) -> None:
         """After taking the lock from a dead holder: rebuild free stack and queue from slot states."""

@@ -20,9 +20,9 @@ from enum import IntEnum
 
 import numpy as np
 
-__all__ = ["JW", "SC", "CC", "SlotState", "Status", "JobsLayout", "JobsView", "JOBS_MAGIC"]
+__all__ = ["JW", "SC", "CC", "SlotState", "Status", "JobsLayout", "JobsView", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
-JOBS_MAGIC = 0x53484D504A4F4231  # "SHMPJOB1"
+JOBS_MAGIC = 0x53484D504A4F4232  # "SHMPJOB2" (2: latency histogram words, 64 words)
 ALIGN = 64
 
 
@@ -47,9 +47,17 @@ class JW(IntEnum):
     CANCELLED = 16
     WORKERS_STARTED = 17
     WORKER_DEATHS = 18
+    LATENCY_COUNT = 19     # jobs finished by a worker (histogram total)
+    LATENCY_SUM_NS = 20    # sum of their latencies: submitted -> response stored, in ns
+    LATENCY_BUCKET0 = 21   # LATENCY_BOUNDS_NS buckets (cumulative counts are derived), then +Inf
 
 
-JOB_WORDS = 32
+# Upper bounds of the job latency histogram (submitted -> response stored by the worker), ns.
+LATENCY_BOUNDS_NS = tuple(int(us * 1000) for us in (
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 10_000_000))
+JOB_WORDS = 64
+assert JW.LATENCY_BUCKET0 + len(LATENCY_BOUNDS_NS) + 1 <= JOB_WORDS
 
 
 class SC(IntEnum):

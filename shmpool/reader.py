@@ -290,6 +290,8 @@ class Reader:
         out["readers_attached"] = int(words[W.READERS_ATTACHED])
         out["readers_peak"] = int(words[W.READERS_PEAK])
         out["generations"] = {dim: self._dir.generation(e) for dim, e in self._dir.entries().items()}
+        out["thresholds"] = {"warn": int(words[W.WARN_PERMILLE]), "evict": int(words[W.EVICT_PERMILLE]),
+                             "refuse": int(words[W.REFUSE_PERMILLE])}
         return out
 
     # ----------------------------------------------------------------- generations and pins
