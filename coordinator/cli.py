@@ -416,7 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("WARNING" if args.command == "stress" else "INFO")
-    logger.enable("shmpool")
+    for package in ("shmpool", "coordinator", "workers"):
+        logger.enable(package)
+    if args.log_level:
+        os.environ["SHMPOOL_LOG_LEVEL"] = level  # inherited by worker processes
     logger.remove()
     # Looked up at each message, so that output goes through rich's stderr proxy while a
     # progress bar is live instead of tearing it.

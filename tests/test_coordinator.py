@@ -30,11 +30,13 @@ def sample_dir(tmp_path_factory):
 @pytest.fixture
 def warnings():
     messages: list[str] = []
-    logger.enable("shmpool")
+    for package in ("shmpool", "coordinator"):
+        logger.enable(package)
     sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
     yield messages
     logger.remove(sink)
-    logger.disable("shmpool")
+    for package in ("shmpool", "coordinator"):
+        logger.disable(package)
 
 
 def test_sample_is_readable_from_another_process(instance_name, sample_dir):

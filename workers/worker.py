@@ -26,6 +26,7 @@ from shmpool.layout import W
 
 from .jobs import resolve_job
 
+LOGGING_PACKAGES = ("shmpool", "coordinator", "workers", "__main__")
 POLL = 0.2  # seconds between checks that the coordinator still lives
 DROP_STALE_EVERY = 0.1  # seconds between releases of superseded generations
 
@@ -110,10 +111,14 @@ def _spill(board: JobBoard, inst, slot: int, seq: int, status: Status, payload: 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name, index = argv[0], int(argv[1])
+    # A worker is a process of ours: it may configure logging. Silent unless the coordinator's
+    # side asked for a level (the CLI exports SHMPOOL_LOG_LEVEL to its workers).
+    logger.remove()
     if os.environ.get("SHMPOOL_LOG_LEVEL"):
-        logger.enable("shmpool")
-        logger.remove()
-        logger.add(sys.stderr, level=os.environ["SHMPOOL_LOG_LEVEL"])
+        for package in LOGGING_PACKAGES:
+            logger.enable(package)
+        logger.add(sys.stderr, level=os.environ["SHMPOOL_LOG_LEVEL"].upper(),
+                   format="{time:HH:mm:ss.SSS} | {level: <7} | worker " + str(index) + " | {message}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
