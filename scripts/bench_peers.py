@@ -330,10 +330,11 @@ def compare_pss(name, lmdb_path, keys, data_bytes, readers) -> dict:
     return out
 
 
-def compare_jobs(name, workers, keys, per_thread, clients) -> dict:
-    threads, counts = [1, clients], [per_thread, max(20, per_thread * 4 // clients)]
-    ours = bench_jobs._shmpool(name, keys, threads, counts)
-    ppe = bench_jobs._process_pool(name, workers, keys, threads, counts)
+def compare_jobs(coord, workers, keys, per_thread, clients) -> dict:
+    threads = [1, clients]
+    plan = [(1, per_thread), (clients, max(20, per_thread * 4 // clients))]
+    ours = bench_jobs.bench_shmpool(coord, keys, plan, None)
+    ppe = bench_jobs.bench_process_pool(coord.name, workers, keys, plan)
     return {"shmpool_pool": ours, "process_pool_executor": ppe,
             "ratios": {str(t): {"p50_speedup": round(ppe[str(t)]["median_us"] / ours[str(t)]["median_us"], 2),
                                 "p99_speedup": round(ppe[str(t)]["p99_us"] / ours[str(t)]["p99_us"], 2),
@@ -405,7 +406,7 @@ def main(argv=None) -> int:
                     "concurrency": compare_concurrency(name, str(lmdb_path), keys, procs, threads, seconds),
                     "publish": compare_publish(coord, tmp, sizes, repeats),
                     "memory_pss": compare_pss(name, str(lmdb_path), keys, data_bytes, pss_readers),
-                    "jobs": compare_jobs(name, workers, keys, jobs_n, 128 if not args.quick else 8),
+                    "jobs": compare_jobs(coord, workers, keys, jobs_n, 128 if not args.quick else 8),
                 }
             finally:
                 exposer.shutdown()

@@ -13,6 +13,8 @@ import datetime
 import json
 import os
 import platform
+import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["RESULTS_DIR", "clock", "timer", "machine_facts", "clock_overhead_ns", "percentiles",
-           "argument_parser", "write_result"]
+           "argument_parser", "write_result", "instance_name", "instance_names", "shm_leftovers",
+           "quiet_logging", "raise_on_sigterm"]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench-results"
 
@@ -116,17 +119,70 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def write_result(name: str, payload: dict, out_dir: Path | None = None, *, save: bool = True) -> dict:
+def write_result(name: str, payload: dict, out_dir: Path | None = None, *, save: bool = True,
+                 out_file: Path | None = None) -> dict:
     """Print ``{"benchmark": name, "machine": ..., **payload}`` as JSON; also save it unless not ``save``.
 
-    Returns the document. The file is ``<out_dir or bench-results>/<name>.json``, overwritten.
+    Returns the document. The file is ``out_file`` if given, else ``<out_dir or bench-results>/<name>.json``;
+    it is overwritten.
     """
     document = {"benchmark": name, "machine": machine_facts(), **payload}
     text = json.dumps(document, indent=2)
     if save:
-        directory = Path(out_dir) if out_dir is not None else RESULTS_DIR
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{name}.json").write_text(text + "\n", encoding="utf-8")
+        if out_file is not None:
+            target = Path(out_file)
+        else:
+            target = (Path(out_dir) if out_dir is not None else RESULTS_DIR) / f"{name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n", encoding="utf-8")
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     return document
+
+
+# ----------------------------------------------------------------------------- instances and cleanup
+
+_instance_names: list[str] = []
+
+
+def instance_name(prefix: str) -> str:
+    """A fresh instance name ``<prefix>-<8 hex>``, remembered for :func:`shm_leftovers`.
+
+    Random (``secrets``) so that two benchmark runs, or a run beside the test suite, never share
+    an instance, and one prefix per script so that leftovers name the script that made them.
+    """
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    _instance_names.append(name)
+    return name
+
+
+def instance_names() -> list[str]:
+    """Every name :func:`instance_name` handed out in this process, in order."""
+    return list(_instance_names)
+
+
+def shm_leftovers(names=None) -> list[str]:
+    """Segments and semaphores of ``names`` (default: every :func:`instance_name`) still in /dev/shm."""
+    from shmpool.names import list_objects  # here, so that benchlib itself needs only numpy
+
+    names = _instance_names if names is None else names
+    return sorted(obj for name in names for group in list_objects(name) for obj in group)
+
+
+def quiet_logging(level: str = "WARNING") -> None:
+    """Route loguru to stderr at ``level`` only: INFO lines (one per published dimension) are not
+    formatted or written inside timed regions, and stdout stays pure JSON."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=level)
+
+
+def _sigterm_to_exit(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a killed benchmark still runs its ``finally`` blocks
+    (stop coordinators, unlink segments)."""
+    signal.signal(signal.SIGTERM, _sigterm_to_exit)

@@ -41,3 +41,98 @@ def test_bench_alloc_quick_prints_complete_json_and_cleans_up(tmp_path):
                                       "contended_p99_lt_100us", "region_open_14_lt_100ms"}
     assert doc["leftover_shm_objects"] == []
     assert not list(tmp_path.iterdir()), "--no-save wrote files"
+
+
+# ----------------------------------------------------------------------------- bench_readers, bench_jobs
+
+SCRIPTS = SCRIPT.parent
+LATENCY = ("median_us", "p99_us", "p999_us", "min_us", "max_us", "mean_us", "n")
+
+
+def _run_quick(script: str, *extra: str, cwd: Path) -> tuple[dict, str]:
+    proc = subprocess.run([sys.executable, str(SCRIPTS / script), "--quick", *extra], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout), proc.stdout
+
+
+def _assert_latencies(summary: dict, n: int) -> None:
+    assert set(LATENCY) <= summary.keys()
+    assert summary["n"] == n
+    assert 0 < summary["min_us"] <= summary["median_us"] <= summary["p99_us"] <= summary["max_us"]
+
+
+def _assert_nothing_left(doc: dict, prefix: str) -> None:
+    from shmpool.names import list_objects
+
+    assert doc["instances"] and all(name.startswith(prefix) for name in doc["instances"])
+    assert doc["leftovers_in_dev_shm"] == []
+    # Checked here too, not only taken from the script's word for it.
+    assert [obj for name in doc["instances"] for group in list_objects(name) for obj in group] == []
+
+
+def test_bench_readers_quick_prints_complete_json_writes_out_file_and_cleans_up(tmp_path):
+    out = tmp_path / "results" / "readers.json"
+    doc, stdout = _run_quick("bench_readers.py", "--out", str(out), cwd=tmp_path)
+
+    assert json.loads(out.read_text()) == doc == json.loads(stdout), "--out must hold what was printed"
+    assert doc["benchmark"] == "bench_readers"
+    assert {"cpu", "cores", "python", "numpy", "platform", "date"} <= doc["machine"].keys()
+    config = doc["config"]
+    _assert_latencies(doc["single_lookup"], config["lookups"])
+    assert doc["single_lookup"]["amortized_ns"] > 0
+    _assert_latencies(doc["batch_of_20"], config["batches"])
+    for scan in ("scan_one_dimension_200_layers", "scan_and_read_200_layers"):
+        _assert_latencies(doc[scan], config["scans"])
+        assert doc[scan]["median_ms"] > 0
+    assert doc["scan_one_dimension_200_layers"]["layers_per_scan"] == [200]
+    assert doc["scan_and_read_200_layers"]["mean_bytes_read"] > 1_000_000
+
+    startup = doc["startup_14_dimensions"]
+    assert startup["files"] == 14 and startup["bytes"] > 30_000_000 and startup["repeats"] == config["repeats"]
+    assert startup["median_ms"] > 0 and startup["stop_median_ms"] > 0
+    assert all(v > 0 for v in startup["components"].values())
+
+    crystallize = doc["crystallize"]["1MiB"]
+    assert crystallize["region_bytes"] > 2**20 and crystallize["layers"] == 16
+    assert crystallize["ms_per_MB"] > 0 and crystallize["first_ms_per_MB"] > 0
+    assert crystallize["memcpy_warm_ms"] > 0 and crystallize["memcpy_fresh_pages_ms"] > 0
+
+    concurrent = doc["concurrent_readers"]
+    assert [r["processes"] for r in concurrent["rows"]] == config["reader_processes"]
+    assert [[r["processes"], r["threads_per_process"]] for r in concurrent["threaded_rows"]] == config["threaded_rows"]
+    for row in concurrent["rows"] + concurrent["threaded_rows"]:
+        assert row["lookups_per_s"] > 0 and row["per_reader_per_s"] > 0 and row["lookups_per_cpu_second"] > 0
+        assert isinstance(row["pass"], bool)
+
+    for section in ("single_lookup", "batch_of_20", "scan_one_dimension_200_layers", "startup_14_dimensions"):
+        assert isinstance(doc[section]["pass"], bool) and doc[section]["target_ms" if "target_ms" in doc[section]
+                                                                         else "target_p99_us"] > 0
+    assert len(doc["target_met"]) == 7 and all(isinstance(v, bool) for v in doc["target_met"].values())
+    _assert_nothing_left(doc, "bench-rd-")
+    assert [p.name for p in tmp_path.iterdir()] == ["results"], "only the --out file may be written"
+
+
+def test_bench_jobs_quick_runs_every_system_prints_complete_json_and_cleans_up(tmp_path):
+    doc, _ = _run_quick("bench_jobs.py", "--no-save", "--workers", "1", cwd=tmp_path)
+
+    assert doc["benchmark"] == "bench_jobs"
+    config = doc["config"]
+    assert config["workers"] == 1 and config["thread_counts"] == [1, 8]
+    for system in ("shmpool_pool", "process_pool_executor", "manager_dict", "direct_reader_no_job"):
+        for threads, per_thread in zip(config["thread_counts"], config["round_trips_per_thread"]):
+            row = doc["results"][system][str(threads)]
+            _assert_latencies(row, threads * per_thread)
+            assert row["threads"] == threads and row["jobs_per_s"] > 0 and row["littles_law_mean_us"] > 0
+            assert row["client_cpu_us_per_job"] > 0
+    assert doc["results"]["shmpool_pool"]["1"]["board_mean_us"] > 0
+    if sys.platform.startswith("linux"):  # worker CPU is read from /proc
+        assert len(doc["results"]["shmpool_pool"]["1"]["worker_cpu_us_per_job"]) == 1
+    for ratio in doc["ratios"].values():
+        assert all(v > 0 for v in ratio.values())
+    assert len(doc["targets"]) == 3 and all(isinstance(v, bool) for v in doc["targets"].values())
+    jobs = doc["coordinator_job_counts"]
+    assert jobs["failed"] == 0 and jobs["completed"] == jobs["submitted"] > 0
+    assert doc["layer_bytes"]["layers"] == 14 * 200
+    _assert_nothing_left(doc, "bench-jobs-")
+    assert not list(tmp_path.iterdir()), "--no-save wrote files"
