@@ -54,7 +54,7 @@ class Coordinator:
                  memory_limit: int = DEFAULT_LIMIT, pools: Sequence[PoolSpec] | None = None,
                  thresholds: Thresholds = Thresholds(), sample_seed: int = 0,
                  max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
-                 job_slots: int = 256, job_payload: int = 64 * 1024, max_clients: int = 64,
+                 job_slots: int = 256, job_payload: int = 64 * 1024, max_clients: int = 256,
                  drain_timeout: float = 5.0, compress_cold: bool = False, huge_pages: bool = False,
                  capacity: CapacityPolicy | None = None) -> None:
         self.name = validate_name(name)

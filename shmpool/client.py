@@ -30,6 +30,7 @@ from .reader import Reader, attach
 __all__ = ["Client", "connect", "JobFuture"]
 
 POLL = 0.1  # seconds between coordinator liveness checks while idle
+DIRECT_CALLS_MAX = 4  # concurrent call()s per client that wait on their own channel
 
 
 class JobFuture(Future):
@@ -64,6 +65,9 @@ class Client:
         self._sem = self._board.channel_sem(self._channel)
         self._futures: dict[int, tuple[int, JobFuture]] = {}
         self._early: set[int] = set()
+        self._tls = threading.local()        # per-thread channel of call()
+        self._direct_calls = 0
+        self._thread_channels: list[int] = []
         self._lock = threading.Lock()
         self._closed = False
         self._broken: BaseException | None = None
@@ -117,12 +121,12 @@ class Client:
 
     def lookup(self, dimension_id: int, layer_id: int, *, timeout: float | None = None) -> LoadedContext:
         """Run the built-in ``lookup`` job; the result is a zero-copy view resolved here."""
-        return self.submit("lookup", dimension_id, layer_id).result(timeout)
+        return self.call("lookup", dimension_id, layer_id, timeout=timeout)
 
     def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True,
                       timeout: float | None = None) -> ContextCollection:
         steps = [list(s) for s in NavigationPath.of(path)]
-        return self.submit("load_contexts", steps, strict=strict).result(timeout)
+        return self.call("load_contexts", steps, strict=strict, timeout=timeout)
 
     # ----------------------------------------------------------------- completions
 
@@ -153,38 +157,130 @@ class Client:
         """Resolve the slot's future; the slot goes back to the board now, or via ``released``."""
         with self._lock:
             seq, future = self._futures.pop(slot)
-        board = self._board
-        got_seq, status, data, spill = board.response(slot)
+        outcome = self._outcome(slot, seq, future.job)
+        if released is None:
+            self._board.release_slot(slot)
+        else:
+            released.append(slot)
+        if future.set_running_or_notify_cancel():
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _outcome(self, slot: int, seq: int, job: str) -> Any:
+        """The decoded result (or the exception to raise) in a finished slot; frees a spill."""
+        got_seq, status, data, spill = self._board.response(slot)
         handle = None
         try:
             if spill is not None:
                 handle = self._inst.table.handle_at(spill[0], spill[1], spill[2], spill[3], spill[4])
                 data = self._inst.handle_view(handle)
             if got_seq != seq:
-                outcome: Any = AttachError(name=self.name, reason=f"job slot {slot} was reused under us")
-            elif status == Status.OK:
-                outcome = decode_result(data, self._resolve)
-            else:
-                outcome = decode_error(data, future.job)
-        except BaseException as exc:  # a bad response must fail its future, not the client
-            outcome = exc
+                return AttachError(name=self.name, reason=f"job slot {slot} was reused under us")
+            if status == Status.OK:
+                return decode_result(data, self._resolve)
+            return decode_error(data, job)
+        except BaseException as exc:  # a bad response must fail its caller, not the client
+            return exc
         finally:
             if isinstance(data, memoryview):
                 data.release()
             if handle is not None:
-                try:
-                    self._inst.table.free(handle)
-                except ShmPoolError as exc:
-                    logger.debug("spilled result of slot {} already reclaimed: {}", slot, exc)
-            if released is None:
-                board.release_slot(slot)
-            else:
-                released.append(slot)
-        if future.set_running_or_notify_cancel():
+                self._free_spill(handle)
+
+    def _free_spill(self, handle) -> None:
+        try:
+            self._inst.table.free(handle)
+        except ShmPoolError as exc:
+            logger.debug("spilled result {} already reclaimed: {}", handle, exc)
+
+    # ----------------------------------------------------------------- synchronous calls
+
+    def call(self, job: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """``submit(job, ...).result(timeout)``, faster for a few threads: the calling thread waits
+        on a channel of its own and reads the response itself, saving the hand-off through the
+        completion thread (one wake-up and one GIL switch per job). Beyond DIRECT_CALLS_MAX
+        concurrent calls, or when every channel is taken, it goes through ``submit``.
+        ``timeout`` bounds the wait for a slot and for the result together.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if self._closed:
+            raise AttachError(name=self.name, reason="this client is closed")
+        # With many threads waiting at once, each woken thread fights all others for the GIL and
+        # the tail grows (128 threads: p99 30 -> 60 ms measured); the completion thread's batched
+        # delivery is fairer there. So the direct path is for the few-threads case.
+        mine = self._thread_channel() if self._direct_calls < DIRECT_CALLS_MAX else None
+        if mine is None:
+            return self.submit(job, *args, timeout=timeout, **kwargs).result(timeout)
+        with self._lock:
+            self._direct_calls += 1
+        try:
+            return self._call_direct(mine, job, args, kwargs, timeout)
+        finally:
+            with self._lock:
+                self._direct_calls -= 1
+
+    def _call_direct(self, mine, job: str, args, kwargs, timeout: float | None) -> Any:
+        channel, sem, stale = mine
+        request = encode_request(job, args, kwargs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            slot, seq = self._board.submit(channel, request, timeout=timeout)
+        except posix_ipc.BusyError:
+            raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
+        except RequestTooLarge as exc:
+            raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
+        board = self._board
+        while True:
+            wait = POLL if deadline is None else min(POLL, max(0.0, deadline - time.monotonic()))
+            try:
+                sem.acquire(wait)
+            except posix_ipc.BusyError:
+                if not self._coordinator_alive():
+                    raise AttachError(name=self.name, reason="the coordinator is gone") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    if not board.cancel(slot, seq):
+                        stale.add(slot)  # running: its response will arrive later and be dropped
+                    raise FuturesTimeout(f"job {job!r} did not finish within {timeout} s") from None
+                continue
+            except posix_ipc.ExistentialError:
+                raise AttachError(name=self.name, reason="the coordinator removed the job board") from None
+            done = board.completed(channel)
+            if slot not in done:
+                self._drop_stale(done, stale)
+                continue
+            others = [s for s in done if s != slot]
+            self._drop_stale(others, stale)
+            outcome = self._outcome(slot, seq, job)
+            board.release_slot(slot)
             if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+                raise outcome
+            return outcome
+
+    def _drop_stale(self, slots: list[int], stale: set[int]) -> None:
+        """Responses to calls that timed out: free their spills and slots."""
+        for slot in slots:
+            stale.discard(slot)
+            _seq, _status, data, spill = self._board.response(slot)
+            if data is not None:
+                data.release()
+            if spill is not None:
+                self._free_spill(self._inst.table.handle_at(*spill))
+        self._board.release_slots(slots)
+
+    def _thread_channel(self):
+        mine = getattr(self._tls, "channel", None)
+        if mine is None:
+            try:
+                channel = self._board.claim_channel()
+            except AttachError:
+                return None  # every channel is taken: the shared one still works
+            mine = self._tls.channel = (channel, self._board.channel_sem(channel), set())
+            with self._lock:
+                self._thread_channels.append(channel)
+        return mine
 
     def _resolve(self, dimension_id: int, layer_id: int, generation: int) -> LoadedContext:
         # The worker saw `generation`; this process maps the newest published one, which is the
@@ -224,11 +320,13 @@ class Client:
         except ShmPoolError as exc:
             spills = []
             logger.debug("channel {} not released: {}", self._channel, exc)
-        for spill in spills:  # results that arrived after the completion thread stopped
+        for channel in self._thread_channels:
             try:
-                self._inst.table.free(self._inst.table.handle_at(*spill))
+                spills += self._board.release_channel(channel)
             except ShmPoolError as exc:
-                logger.debug("spilled result {} already freed: {}", spill, exc)
+                logger.debug("channel {} not released: {}", channel, exc)
+        for spill in spills:  # results that arrived after their reader stopped waiting
+            self._free_spill(self._inst.table.handle_at(*spill))
         self._board.close()
         self._reader.close()
 

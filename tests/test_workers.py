@@ -267,3 +267,31 @@ def test_a_spilled_result_whose_client_closed_before_delivery_is_freed(instance_
         _wait_for(lambda: coord.stats()["jobs"]["completed"] >= 1)
         _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
         _wait_for(lambda: coord.stats()["live_allocations"] == baseline)
+
+
+def test_direct_call_times_out_then_drops_the_late_response_without_leaks(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+        baseline = coord.stats()["live_allocations"]
+        with shmpool.connect(instance_name) as client:
+            with pytest.raises(FuturesTimeout):
+                client.call("_jobs:slow_big", 0.4, 300_000, timeout=0.1)  # a spilled result, late
+            assert client.call("_jobs:echo", 7, timeout=10)["args"] == [7]  # same thread, same channel
+            _wait_for(lambda: coord.stats()["jobs"]["running"] == 0)
+            assert client.call("lookup", 2, 3, timeout=10).verify()  # the late response is dropped here
+            _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+            _wait_for(lambda: coord.stats()["live_allocations"] == baseline)
+            with pytest.raises(LayerNotFound):
+                client.call("lookup", 2, 10**9, timeout=10)
+
+
+def test_direct_calls_from_many_threads_share_nothing_but_the_board(pool):
+    coord, client = pool
+    keys = [(d, l) for d in range(1, 15) for l in range(1, 201, 17)]
+
+    def work(seed):
+        rng = random.Random(seed)
+        return sum(not client.call("lookup", *rng.choice(keys), timeout=30).verify() for _ in range(40))
+
+    with ThreadPoolExecutor(12) as threads:
+        assert sum(threads.map(work, range(12))) == 0
+    assert coord.stats()["jobs"]["failed"] == 0
