@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, Iterable, Iterator
@@ -47,6 +48,20 @@ class JobFuture(Future):
         if not self._board.cancel(self._slot, self._seq):
             return False
         return super().cancel()
+
+
+class _ThreadChannel:
+    """One thread's own channel for Client.call; released when the thread (and this) is gone."""
+    __slots__ = ("channel", "sem", "stale", "__weakref__")
+
+    def __init__(self, channel: int, sem) -> None:
+        self.channel, self.sem, self.stale = channel, sem, set()
+
+
+def _release_thread_channel(client_ref, channel: int) -> None:
+    client = client_ref()
+    if client is not None:
+        client._release_thread_channel(channel)
 
 
 class Client:
@@ -137,7 +152,7 @@ class Client:
                 sem.acquire(POLL)
             except posix_ipc.BusyError:
                 if not self._coordinator_alive():
-                    self._fail_all(AttachError(name=self.name, reason="the coordinator is gone"))
+                    self._fail_all(self._gone())
                     return
                 continue
             except posix_ipc.ExistentialError:
@@ -211,19 +226,24 @@ class Client:
         # With many threads waiting at once, each woken thread fights all others for the GIL and
         # the tail grows (128 threads: p99 30 -> 60 ms measured); the completion thread's batched
         # delivery is fairer there. So the direct path is for the few-threads case.
-        mine = self._thread_channel() if self._direct_calls < DIRECT_CALLS_MAX else None
-        if mine is None:
-            return self.submit(job, *args, timeout=timeout, **kwargs).result(timeout)
         with self._lock:
-            self._direct_calls += 1
+            direct = self._direct_calls < DIRECT_CALLS_MAX
+            if direct:
+                self._direct_calls += 1
+        mine = self._thread_channel() if direct else None
+        if mine is None:
+            if direct:
+                with self._lock:
+                    self._direct_calls -= 1
+            return self.submit(job, *args, timeout=timeout, **kwargs).result(timeout)
         try:
             return self._call_direct(mine, job, args, kwargs, timeout)
         finally:
             with self._lock:
                 self._direct_calls -= 1
 
-    def _call_direct(self, mine, job: str, args, kwargs, timeout: float | None) -> Any:
-        channel, sem, stale = mine
+    def _call_direct(self, mine: "_ThreadChannel", job: str, args, kwargs, timeout: float | None) -> Any:
+        channel, sem, stale = mine.channel, mine.sem, mine.stale
         request = encode_request(job, args, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -239,7 +259,7 @@ class Client:
                 sem.acquire(wait)
             except posix_ipc.BusyError:
                 if not self._coordinator_alive():
-                    raise AttachError(name=self.name, reason="the coordinator is gone") from None
+                    raise self._gone() from None
                 if deadline is not None and time.monotonic() >= deadline:
                     if not board.cancel(slot, seq):
                         stale.add(slot)  # running: its response will arrive later and be dropped
@@ -277,10 +297,27 @@ class Client:
                 channel = self._board.claim_channel()
             except AttachError:
                 return None  # every channel is taken: the shared one still works
-            mine = self._tls.channel = (channel, self._board.channel_sem(channel), set())
+            mine = _ThreadChannel(channel, self._board.channel_sem(channel))
+            # When the thread ends, its thread-local goes and the channel (with any late
+            # response still in it) goes back to the board: exited threads hold nothing.
+            weakref.finalize(mine, _release_thread_channel, weakref.ref(self), channel)
+            self._tls.channel = mine
             with self._lock:
                 self._thread_channels.append(channel)
         return mine
+
+    def _release_thread_channel(self, channel: int) -> None:
+        with self._lock:
+            if self._closed or channel not in self._thread_channels:
+                return  # close() releases it
+            self._thread_channels.remove(channel)
+        try:
+            spills = self._board.release_channel(channel)
+        except ShmPoolError as exc:
+            logger.debug("channel {} not released: {}", channel, exc)
+            return
+        for spill in spills:
+            self._free_spill(self._inst.table.handle_at(*spill))
 
     def _resolve(self, dimension_id: int, layer_id: int, generation: int) -> LoadedContext:
         # The worker saw `generation`; this process maps the newest published one, which is the
@@ -291,6 +328,11 @@ class Client:
         words = self._inst.control.words
         return int(words[W.STATE]) == 1 and is_alive(int(words[W.COORDINATOR_PID]),
                                                      int(words[W.COORDINATOR_START]))
+
+    def _gone(self) -> AttachError:
+        stopping = int(self._inst.control.words[W.STATE]) != 1
+        return AttachError(name=self.name, reason="the coordinator stopped before answering" if stopping
+                           else "the coordinator is gone")
 
     def _fail_all(self, error: BaseException) -> None:
         self._broken = error

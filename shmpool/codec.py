@@ -51,8 +51,11 @@ def encode_request(job: str, args: tuple, kwargs: dict) -> bytes:
     return msgpack.packb([job, list(args), kwargs], default=_default, use_bin_type=True)
 
 
-def decode_request(data) -> tuple[str, list, dict]:
-    job, args, kwargs = msgpack.unpackb(data, raw=False, strict_map_key=False)
+def decode_request(data, resolve: Resolver | None = None) -> tuple[str, list, dict]:
+    """The job name and arguments; LoadedContext/ContextCollection arguments are resolved with
+    ``resolve`` (the worker's own reader), as results are in the client."""
+    job, args, kwargs = _unpack(data, resolve) if resolve is not None else msgpack.unpackb(
+        data, raw=False, strict_map_key=False)
     return job, args, kwargs
 
 
@@ -61,6 +64,10 @@ def encode_result(value: Any) -> bytes:
 
 
 def decode_result(data, resolve: Resolver) -> Any:
+    return _unpack(data, resolve)
+
+
+def _unpack(data, resolve: Resolver) -> Any:
     def ext_hook(code: int, payload: bytes):
         if code == EXT_LAYER:
             return resolve(*LAYER_REF.unpack(payload))

@@ -375,7 +375,8 @@ class SharedInstance:
             except posix_ipc.ExistentialError:
                 logger.debug("{} semaphore of {!r} was already unlinked", kind, self.name)
         removed = cleanup(self.name)
-        logger.info("instance {!r} unlinked ({} objects)", self.name, len(removed))
+        logger.info("instance {!r} unlinked (its known names, then {} more found by the sweep)",
+                    self.name, len(removed))
 
     def _present_pools(self) -> list[int]:
         if self._present is None:  # still mapped: read it live

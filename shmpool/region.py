@@ -163,9 +163,11 @@ def _check_region(mv: memoryview, source: str, verify: bool) -> _Parsed:
     if h.index_offset % ALIGN or h.index_offset < meta_end:
         raise fault(f"index offset {h.index_offset} is not {ALIGN}-aligned at or after the end of the "
                     f"name and keywords ({meta_end})", at["index_offset"])
-    if h.content_offset % ALIGN or h.content_offset > size:
-        raise fault(f"content offset {h.content_offset} is not {ALIGN}-aligned within the region "
-                    f"({size} bytes)", at["content_offset"])
+    if h.content_offset % ALIGN:
+        raise fault(f"content offset {h.content_offset} is not {ALIGN}-aligned", at["content_offset"])
+    if h.content_offset > size:
+        raise fault(f"content offset {h.content_offset} lies past the region end ({size} bytes)",
+                    at["content_offset"])
     if index_end > h.content_offset:
         raise fault(f"index of {h.layer_count} rows ends at byte {index_end}, past the content offset "
                     f"{h.content_offset}", at["layer_count"])

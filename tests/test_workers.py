@@ -295,3 +295,35 @@ def test_direct_calls_from_many_threads_share_nothing_but_the_board(pool):
     with ThreadPoolExecutor(12) as threads:
         assert sum(threads.map(work, range(12))) == 0
     assert coord.stats()["jobs"]["failed"] == 0
+
+
+def test_a_thread_that_ends_gives_back_its_channel_and_late_slot(instance_name, sample_dir):
+    import gc
+    import threading
+
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+        with shmpool.connect(instance_name) as client:
+            outcome = []
+
+            def timed_out_call():
+                try:
+                    client.call("_jobs:slow", 0.3, "late", timeout=0.05)
+                except FuturesTimeout:
+                    outcome.append("timeout")
+
+            t = threading.Thread(target=timed_out_call)
+            t.start()
+            t.join()
+            del t
+            gc.collect()
+            assert outcome == ["timeout"]
+            _wait_for(lambda: coord.stats()["jobs"]["clients"] == 1)  # only the client's own channel
+            _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+
+
+def test_contexts_sent_as_arguments_are_resolved_in_the_worker(pool):
+    _, client = pool
+    ctx = client.reader.load_layer_context(4, 9)
+    out = client.call("_jobs:echo", ctx, timeout=10)
+    got = out["args"][0]
+    assert (got.dimension_id, got.layer_id) == (4, 9) and bytes(got.content) == bytes(ctx.content)

@@ -73,7 +73,7 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
 def _run(board: JobBoard, inst, reader, slot: int, seq: int) -> None:
     job = "?"
     try:
-        job, args, kwargs = decode_request(board.request(slot))
+        job, args, kwargs = decode_request(board.request(slot), lambda d, l, _g: reader.load_layer_context(d, l))
         result = resolve_job(job)(reader, *args, **kwargs)
         status, payload = Status.OK, encode_result(result)
     except Exception as exc:  # every job failure goes back to its client, typed
