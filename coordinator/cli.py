@@ -93,25 +93,28 @@ def cmd_serve(args) -> int:
                               spill_dir=Path(args.spill_dir) if args.spill_dir else None)
     with Coordinator(args.name, data_dir=args.data_dir, workers=args.workers,
                      memory_limit=args.memory_limit, capacity=capacity) as coord:
-        server = None
+        endpoint = None
         if args.metrics_port is not None:
             from .metrics import serve_metrics
 
-            server = serve_metrics(coord, args.metrics_port, args.metrics_addr)
-        st = coord.stats()
-        metrics = (f", metrics at http://{args.metrics_addr}:{server.server_port}/metrics"
-                   if server is not None else "")
-        print(f"shmpool: serving {args.name!r}: {st['dimensions']} dimensions, {coord.worker_count} workers, "
-              f"pid {os.getpid()}{metrics} (SIGINT or SIGTERM stops it)", flush=True)
+            try:
+                endpoint = serve_metrics(coord, args.metrics_port, args.metrics_addr)  # logs its URL
+            except (OSError, ImportError) as exc:  # port taken, bad address, no prometheus-client
+                print(f"shmpool serve: error: metrics endpoint {args.metrics_addr}:{args.metrics_port}: {exc}",
+                      file=sys.stderr)
+                return 1
         try:
+            st = coord.stats()
+            metrics = f", metrics at {endpoint.url}" if endpoint is not None else ""
+            print(f"shmpool: serving {args.name!r}: {st['dimensions']} dimensions, {coord.worker_count} workers, "
+                  f"pid {os.getpid()}{metrics} (SIGINT or SIGTERM stops it)", flush=True)
             # A timed wait, so the signal handler's event is seen promptly on every Python version.
             while not stop.wait(0.5):
                 pass
             logger.info("stopping {!r} on signal", args.name)
         finally:
-            if server is not None:
-                server.shutdown()
-                server.server_close()
+            if endpoint is not None:
+                endpoint.close()  # before the coordinator unmaps what a scrape reads
     return 0
 
 
@@ -234,16 +237,22 @@ def cmd_stats(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    def capacity_style(fraction: float, th: dict) -> tuple[str, str]:
+        """Rich style and words for a usage fraction against the instance's per-mille thresholds.
+
+        A pool's own utilization gets the same colours: a pool near full fails allocations (or
+        grows) even while the memory limit is far."""
+        if fraction * 1000 >= th["refuse"]:
+            return "bold red", f"refusing: allocations that would pass {th['refuse'] / 10:.0f}% are refused"
+        if fraction * 1000 >= th["evict"]:
+            return "dark_orange", f"evicting: above the {th['evict'] / 10:.0f}% eviction threshold"
+        if fraction * 1000 >= th["warn"]:
+            return "yellow", f"warning: above the {th['warn'] / 10:.0f}% warning threshold"
+        return "green", "ok"
+
     th = st["thresholds"]
     usage = st["used_bytes"] / st["memory_limit"] if st["memory_limit"] else 0.0
-    if usage * 1000 >= th["refuse"]:
-        style, word = "bold red", f"refusing: allocations that would pass {th['refuse'] / 10:.0f}% are refused"
-    elif usage * 1000 >= th["evict"]:
-        style, word = "dark_orange", f"evicting: above the {th['evict'] / 10:.0f}% eviction threshold"
-    elif usage * 1000 >= th["warn"]:
-        style, word = "yellow", f"warning: above the {th['warn'] / 10:.0f}% warning threshold"
-    else:
-        style, word = "green", "ok"
+    style, word = capacity_style(usage, th)
     console = Console()
     console.print(f"[bold]shmpool instance {args.name!r}[/]: {len(dims)} dimensions, "
                   f"{st['readers_attached']} readers attached (this one included), peak {st['readers_peak']}")
@@ -256,7 +265,8 @@ def cmd_stats(args) -> int:
         pools.add_column(col, justify="right")
     for p in st["pools"]:
         pools.add_row(str(p["index"]), f"{p['block_size'] // 1024} KiB",
-                      f"{p['blocks_used']:,} / {p['blocks_total']:,}", f"{p['utilization']:.1%}",
+                      f"{p['blocks_used']:,} / {p['blocks_total']:,}",
+                      f"[{capacity_style(p['utilization'], th)[0]}]{p['utilization']:.1%}[/]",
                       f"{p['fragmentation']:.1%}", f"{p['peak_blocks_used']:,}", f"{p['allocations']:,}",
                       f"{p['failures']:,}")
     console.print(pools)
@@ -433,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"shmpool {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `shmpool dump NAME | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

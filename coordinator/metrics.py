@@ -17,30 +17,56 @@ from loguru import logger
 if TYPE_CHECKING:
     from .coordinator import Coordinator
 
-__all__ = ["ShmpoolCollector", "serve_metrics", "CAPACITY_STATES"]
+__all__ = ["ShmpoolCollector", "MetricsServer", "serve_metrics", "CAPACITY_STATES"]
 
 CAPACITY_STATES = {"ok": 0, "warn": 1, "evict": 2, "refuse": 3}
 
 
+def _capacity_state(used: int, limit: int, thresholds) -> str:
+    """Same rule as CapacityManager.stats: the highest threshold (per mille of the limit) reached."""
+    state = "ok"
+    for name in ("warn", "evict", "refuse"):
+        if used >= limit * getattr(thresholds, name) // 1000:
+            state = name
+    return state
+
+
 class ShmpoolCollector:
-    """Everything ``Coordinator.stats()`` knows, as Prometheus metric families."""
+    """Everything ``Coordinator.stats()`` knows, as Prometheus metric families.
+
+    ``close()`` waits for a scrape in progress and makes later ones empty, so the coordinator can
+    stop (and unmap what ``stats()`` reads) right after it."""
 
     def __init__(self, coord: "Coordinator") -> None:
         self._coord = coord
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
 
     def collect(self) -> Iterator:
+        with self._lock:
+            if self._closed:
+                return []
+            try:
+                s = self._coord.stats()
+                hist = self._coord.job_latency_histogram() if s.get("jobs") is not None else None
+            except RuntimeError:  # the coordinator is not running (any more)
+                return []
+            # Built into a list under the lock: a generator would read after close() returned.
+            return list(self._families(s, hist))
+
+    def _families(self, s: dict, hist: dict | None) -> Iterator:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
 
-        coord = self._coord
-        try:
-            s = coord.stats()
-        except RuntimeError:  # stopped between scrapes
-            return
-        name = coord.name
+        name = self._coord.name
 
-        def gauge(metric: str, doc: str, value, labels: dict | None = None):
-            fam = GaugeMetricFamily(metric, doc, labels=["instance_name", *(labels or {})])
-            fam.add_metric([name, *(labels or {}).values()], value)
+        def gauge(metric: str, doc: str, value):
+            fam = GaugeMetricFamily(metric, doc, labels=["instance_name"])
+            fam.add_metric([name], value)
             return fam
 
         def counter(metric: str, doc: str, value):
@@ -66,13 +92,16 @@ class ShmpoolCollector:
         yield from pools.values()
         yield failures
 
+        # Capacity keys are read with defaults: a coordinator without a capacity manager (or an
+        # older one) still exports every series, as zeros.
         cap = s.get("capacity", {})
+        state = cap.get("state") or _capacity_state(s["used_bytes"], s["memory_limit"], self._coord.thresholds)
         yield gauge("shmpool_memory_used_bytes", "bytes in whole blocks of live allocations", s["used_bytes"])
         yield gauge("shmpool_memory_limit_bytes", "the memory limit", s["memory_limit"])
         yield gauge("shmpool_memory_peak_bytes", "highest usage seen", s["peak_bytes"])
         yield gauge("shmpool_memory_utilization", "used / limit", s["utilization"])
         yield gauge("shmpool_capacity_state", "0 ok, 1 >= warn (75%), 2 >= evict (85%), 3 >= refuse (95%)",
-                    CAPACITY_STATES.get(cap.get("state", "ok"), 0))
+                    CAPACITY_STATES.get(state, 0))
         yield counter("shmpool_allocation_failures_total", "failed allocations (no room or limit)", s["failures"])
         yield counter("shmpool_limit_refusals_total", "allocations refused by the 95% rule", s["limit_refusals"])
         yield counter("shmpool_allocations_total", "successful allocations", s["allocations"])
@@ -87,6 +116,8 @@ class ShmpoolCollector:
         yield gauge("shmpool_readers_attached", "attached reader processes", s["readers_attached"])
         yield gauge("shmpool_readers_peak", "most reader processes attached at once", s["readers_peak"])
         yield gauge("shmpool_dimensions", "published dimensions with a region", s["dimensions"])
+        if "reader_lookups" in s:  # only when readers count their lookups
+            yield counter("shmpool_lookups_total", "layer lookups by attached readers", s["reader_lookups"])
         generations = GaugeMetricFamily("shmpool_dimension_generation", "published generation per dimension",
                                         labels=["instance_name", "dimension"])
         for dim, gen in s["generations"].items():
@@ -94,7 +125,7 @@ class ShmpoolCollector:
         yield generations
 
         jobs = s.get("jobs")
-        if jobs is None:
+        if jobs is None:  # workers=0: no job board
             return
         for key in ("submitted", "completed", "failed", "requeued", "cancelled"):
             yield counter(f"shmpool_jobs_{key}_total", f"jobs {key}", jobs[key])
@@ -102,42 +133,74 @@ class ShmpoolCollector:
         yield gauge("shmpool_jobs_running", "requests a worker is running", jobs["running"])
         yield gauge("shmpool_job_slots_free", "free request slots", jobs["free"])
         yield gauge("shmpool_clients", "connected clients", jobs["clients"])
-        workers = s.get("workers", {})
-        yield gauge("shmpool_workers", "worker processes", len(workers.get("pids", [])))
+        yield gauge("shmpool_workers", "worker processes", len(s.get("workers", {}).get("pids", [])))
         yield counter("shmpool_worker_deaths_total", "worker processes that died", jobs["worker_deaths"])
-        hist = coord.job_latency_histogram()
         if hist is not None:
             fam = HistogramMetricFamily("shmpool_job_latency_seconds",
                                         "job latency: submitted -> response stored by the worker",
                                         labels=["instance_name"])
-            buckets = [("+Inf" if b == float("inf") else repr(b), c) for b, c in hist["buckets"]]
-            fam.add_metric([name], buckets, hist["sum_seconds"])
+            # _count is the +Inf bucket, so count and buckets always agree within a scrape.
+            fam.add_metric([name], [(floatToGoString(b), c) for b, c in hist["buckets"]], hist["sum_seconds"])
             yield fam
 
 
-def serve_metrics(coord: "Coordinator", port: int, addr: str = "127.0.0.1"):
+class MetricsServer:
+    """The /metrics endpoint of one coordinator, the owner of its HTTP server and thread.
+
+    Unpacks as ``server, thread = serve_metrics(...)``. ``close()`` (idempotent; also the context
+    manager's exit) stops the server, joins its thread and waits for a scrape in progress. Close it
+    before stopping the coordinator."""
+
+    def __init__(self, server, thread: threading.Thread, collector: ShmpoolCollector) -> None:
+        self.server = server
+        self.thread = thread
+        self._collector = collector
+
+    def __iter__(self):
+        return iter((self.server, self.thread))
+
+    def __repr__(self) -> str:
+        return f"MetricsServer({self.url!r})"
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    @property
+    def url(self) -> str:
+        host = self.server.server_address[0]
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.server.shutdown()  # returns at once if serve_forever already ended
+        self.server.server_close()
+        self.thread.join(timeout)
+        # Request threads are daemons the server does not join: wait out a scrape still reading.
+        self._collector.close()
+
+    def __enter__(self) -> "MetricsServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def serve_metrics(coord: "Coordinator", port: int, addr: str = "127.0.0.1") -> MetricsServer:
     """Serve /metrics for ``coord`` on ``addr:port`` (port 0 picks a free one) in a daemon thread.
 
-    Returns the WSGI server; ``server.server_port`` is the bound port, ``server.shutdown()`` stops
-    it. Raises ImportError with the install hint if prometheus-client is missing."""
+    Returns ``(server, thread)`` as a MetricsServer: ``.port`` is the bound port, ``.close()``
+    stops it. Raises ImportError with the install hint if prometheus-client is missing, OSError
+    if the port is taken."""
     try:
-        from prometheus_client import CollectorRegistry, make_wsgi_app
+        from prometheus_client import CollectorRegistry, start_http_server
     except ImportError as exc:
         raise ImportError("metrics need prometheus-client: pip install 'shmpool[metrics]'") from exc
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    class _Quiet(WSGIRequestHandler):
-        def log_message(self, *args) -> None:  # scrapes every few seconds are not news
-            pass
-
-    class _ThreadingServer(WSGIServer):
-        daemon_threads = True
-
+    collector = ShmpoolCollector(coord)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ShmpoolCollector(coord))
-    server = make_server(addr, port, make_wsgi_app(registry), server_class=_ThreadingServer,
-                         handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, name=f"shmpool-{coord.name}-metrics", daemon=True)
-    thread.start()
-    logger.info("metrics of {!r} at http://{}:{}/metrics", coord.name, addr, server.server_port)
-    return server
+    registry.register(collector)
+    server, thread = start_http_server(port, addr, registry=registry)
+    thread.name = f"shmpool-{coord.name}-metrics"
+    endpoint = MetricsServer(server, thread, collector)
+    logger.info("metrics of {!r} at {}", coord.name, endpoint.url)
+    return endpoint

@@ -462,15 +462,18 @@ class JobBoard:
     def latency_histogram(self) -> dict:
         """Job latency (submitted -> response stored): bucket upper bounds in seconds with
         cumulative counts (Prometheus style, +Inf last), total count and sum in seconds."""
-        w = self.v.words
-        counts = [int(w[JW.LATENCY_BUCKET0 + i]) for i in range(len(LATENCY_BOUNDS_NS) + 1)]
+        # One copy of the words, without the lock: a scrape must not contend with workers. A
+        # worker between its three stores can leave the sum one job behind the buckets; the
+        # next read is whole again.
+        w = self.v.words[JW.LATENCY_COUNT:JW.LATENCY_BUCKET0 + len(LATENCY_BOUNDS_NS) + 1].tolist()
+        base = JW.LATENCY_COUNT
+        count, sum_ns, counts = w[0], w[JW.LATENCY_SUM_NS - base], w[JW.LATENCY_BUCKET0 - base:]
         cumulative, running = [], 0
         for c in counts:
             running += c
             cumulative.append(running)
         bounds = [b / 1e9 for b in LATENCY_BOUNDS_NS] + [float("inf")]
-        return {"buckets": list(zip(bounds, cumulative)), "count": int(w[JW.LATENCY_COUNT]),
-                "sum_seconds": int(w[JW.LATENCY_SUM_NS]) / 1e9}
+        return {"buckets": list(zip(bounds, cumulative)), "count": count, "sum_seconds": sum_ns / 1e9}
 
     def _rebuild(self) -> None:
         """After taking the lock from a dead holder: rebuild free stack and queue from slot states."""

@@ -1,6 +1,6 @@
 """Fixtures that give every test its own instance name and prove nothing of it leaks.
 
-Names are ``pt-<xdist worker>-<random>``: unique per test, so ``pytest -n auto`` runs tests side
+Names are ``pt-<session>-<xdist worker>-<random>``: unique per test and per session, so ``pytest -n auto`` runs tests side
 by side. After each test, anything left in /dev/shm under the test's names is removed AND the
 test fails; at the end of the session, anything of this worker's prefix still there fails too.
 """
@@ -15,7 +15,10 @@ import pytest
 from shmpool.names import PREFIX, SHM_DIR, cleanup, list_objects
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
-TEST_PREFIX = f"pt-{WORKER}-"
+# One id per pytest session (xdist gives all workers of a run the same one), so two sessions
+# running at once neither blame nor clean up each other's instances.
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or secrets.token_hex(4))[:8]
+TEST_PREFIX = f"pt-{RUN}-{WORKER}-"
 
 
 def _leftovers(stem: str) -> list[str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -15,23 +18,26 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import shmpool
 from coordinator import Coordinator
+from coordinator.capacity import CapacityPolicy
 from coordinator.metrics import serve_metrics
 from shmpool import PoolSpec
+from shmpool.jobs_layout import LATENCY_BOUNDS_NS
 from shmpool.names import list_objects
 from shmpool.sample import build_sample
 
 KiB, MiB = 1024, 1024 * 1024
+NONE = frozenset()
 
 
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("sample")
-    build_sample(path, layers_per_dimension=20)
+    build_sample(path, layers_per_dimension=20)  # 14 dimensions, ~3.3 MiB in 64 KiB blocks
     return path
 
 
 def scrape(port: int) -> dict:
-    """{(metric sample name, frozenset(labels without instance_name)): value}."""
+    """{(sample name, frozenset(labels without instance_name)): value}, from a real HTTP GET."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out = {}
     for family in text_string_to_metric_families(text):
@@ -41,57 +47,181 @@ def scrape(port: int) -> dict:
     return out
 
 
+def fill_to(table, used, fraction: float, limit: int, step: int = 64 * KiB) -> list:
+    """Allocate ``step`` bytes at a time until ``used()`` reaches ``fraction`` of ``limit``."""
+    held = []
+    while used() < fraction * limit:
+        held.append(table.allocate(step))
+    return held
+
+
 def test_metrics_follow_jobs_memory_and_capacity_state(instance_name, sample_dir):
-    pools = (PoolSpec(64 * KiB, 160),)  # 10 MiB; the sample with 20 layers a dimension is ~3.3 MiB
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1, pools=pools, memory_limit=8 * MiB) as coord:
-        server = serve_metrics(coord, 0)
-        try:
+    limit = 10 * MiB  # 160 blocks: warn at 120, evict at 136, refuse past exactly 152
+    pools = (PoolSpec(64 * KiB, 160),)
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, pools=pools, memory_limit=limit,
+                     capacity=CapacityPolicy(evict=False)) as coord:
+        with serve_metrics(coord, 0) as endpoint:
             with shmpool.connect(instance_name) as client:
                 for i in range(25):
                     assert client.lookup(1 + i % 14, 1 + i % 20).verify()
-            m = scrape(server.server_port)
-            assert m[("shmpool_job_latency_seconds_count", frozenset())] == 25
-            assert m[("shmpool_job_latency_seconds_bucket", frozenset({("le", "+Inf")}))] == 25
-            assert m[("shmpool_jobs_completed_total", frozenset())] == 25
-            assert m[("shmpool_memory_used_bytes", frozenset())] == coord.stats()["used_bytes"]
-            assert m[("shmpool_memory_limit_bytes", frozenset())] == 8 * MiB
-            assert m[("shmpool_capacity_state", frozenset())] == 0
-            assert m[("shmpool_workers", frozenset())] == 1
+            m = scrape(endpoint.port)
+            # The histogram is the workers' shared one: every job finished, once.
+            assert m[("shmpool_job_latency_seconds_count", NONE)] == 25
+            assert m[("shmpool_jobs_completed_total", NONE)] == 25
+            assert m[("shmpool_jobs_submitted_total", NONE)] == 25
+            buckets = sorted((float(dict(k[1])["le"]), v) for k, v in m.items()
+                             if k[0] == "shmpool_job_latency_seconds_bucket")
+            assert [b for b, _ in buckets] == [ns / 1e9 for ns in LATENCY_BOUNDS_NS] + [float("inf")]
+            assert [c for _, c in buckets] == sorted(c for _, c in buckets)  # cumulative
+            assert buckets[-1][1] == 25
+            assert 0 < m[("shmpool_job_latency_seconds_sum", NONE)] < 25 * 10
+            st = coord.stats()
+            assert m[("shmpool_memory_used_bytes", NONE)] == st["used_bytes"] > 0
+            assert m[("shmpool_memory_limit_bytes", NONE)] == limit
+            assert m[("shmpool_capacity_state", NONE)] == 0
+            assert m[("shmpool_workers", NONE)] == 1
+            assert m[("shmpool_dimensions", NONE)] == 14
             assert m[("shmpool_dimension_generation", frozenset({("dimension", "3")}))] == 1
-            assert m[("shmpool_pool_blocks_total", frozenset({("pool", "0"), ("block_size", "65536")}))] == 160
-            # Fill to past 75% with real allocations from another process's view of the table.
+            pool0 = frozenset({("pool", "0"), ("block_size", str(64 * KiB))})
+            assert m[("shmpool_pool_blocks_total", pool0)] == 160
+            assert m[("shmpool_pool_blocks_used", pool0)] == st["used_bytes"] // (64 * KiB)
+
+            # Real allocations through another view of the allocation table move the state.
             with shmpool.attach(instance_name) as reader:
                 table = reader._inst.table
-                held = [table.allocate(64 * KiB) for _ in range(int((0.78 * 8 * MiB - coord.stats()["used_bytes"]) // (64 * KiB)) + 1)]
-                m = scrape(server.server_port)
-                assert m[("shmpool_capacity_state", frozenset())] == 1
-                assert m[("shmpool_memory_utilization", frozenset())] >= 0.75
+
+                def used() -> int:
+                    return reader.stats()["used_bytes"]
+
+                held = []
+                for fraction, state in ((0.75, 1), (0.85, 2), (0.95, 3)):
+                    held += fill_to(table, used, fraction, limit)
+                    m = scrape(endpoint.port)
+                    assert m[("shmpool_capacity_state", NONE)] == state, (fraction, m)
+                    assert m[("shmpool_memory_utilization", NONE)] >= fraction
+                assert m[("shmpool_memory_used_bytes", NONE)] == 152 * 64 * KiB
+                assert m[("shmpool_limit_refusals_total", NONE)] == 0
+                with pytest.raises(shmpool.errors.LimitExceeded):
+                    table.allocate(1)
+                m = scrape(endpoint.port)
+                assert m[("shmpool_limit_refusals_total", NONE)] == 1
+                assert m[("shmpool_allocation_failures_total", NONE)] == 1
                 for h in held:
                     table.free(h)
-        finally:
-            server.shutdown()
-            server.server_close()
+            m = scrape(endpoint.port)
+            assert m[("shmpool_capacity_state", NONE)] == 0
+            assert m[("shmpool_memory_used_bytes", NONE)] == coord.stats()["used_bytes"]
 
 
-def test_serve_exposes_metrics_and_stops_cleanly_on_sigint(instance_name, sample_dir):
+def test_evictions_show_in_metrics(instance_name, sample_dir):
+    limit = 8 * MiB
+    with Coordinator(instance_name, data_dir=sample_dir, workers=0, pools=(PoolSpec(64 * KiB, 160),),
+                     memory_limit=limit) as coord:
+        with serve_metrics(coord, 0) as endpoint:
+            assert scrape(endpoint.port)[("shmpool_evictions_total", NONE)] == 0
+            with shmpool.attach(instance_name) as reader:
+                held = fill_to(reader._inst.table, lambda: reader.stats()["used_bytes"], 0.86, limit)
+                deadline = time.monotonic() + 10
+                while True:  # the reaper evicts least recently used dimensions within ~20 ms
+                    m = scrape(endpoint.port)
+                    if m[("shmpool_evictions_total", NONE)] >= 1 and m[("shmpool_capacity_state", NONE)] < 2:
+                        break
+                    assert time.monotonic() < deadline, m
+                    time.sleep(0.05)
+                assert m[("shmpool_evicted_dimensions", NONE)] == m[("shmpool_evictions_total", NONE)]
+                assert m[("shmpool_dimensions", NONE)] == 14 - m[("shmpool_evicted_dimensions", NONE)]
+                for h in held:
+                    reader._inst.table.free(h)
+
+
+def test_optional_stats_keys_and_closed_endpoint(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=0) as coord:
+        endpoint = serve_metrics(coord, 0)
+        server, thread = endpoint  # the documented shape
+        assert thread.is_alive() and server.server_port == endpoint.port
+        m = scrape(endpoint.port)
+        assert not any(k[0].startswith(("shmpool_jobs_", "shmpool_job_latency")) for k in m)  # no board
+        assert not any(k[0] == "shmpool_lookups_total" for k in m)
+
+        # Keys another version may or may not have: exported when present, zeros when absent.
+        real_stats = coord.stats
+        coord.stats = lambda: {**{k: v for k, v in real_stats().items() if k != "capacity"}, "reader_lookups": 7}
+        m = scrape(endpoint.port)
+        assert m[("shmpool_lookups_total", NONE)] == 7
+        assert m[("shmpool_evictions_total", NONE)] == 0
+        assert m[("shmpool_pool_growths_total", NONE)] == 0
+        assert m[("shmpool_capacity_state", NONE)] == 0  # from the thresholds, without "capacity"
+        del coord.stats
+
+        endpoint.close()
+        endpoint.close()  # idempotent
+        assert not thread.is_alive()
+        with pytest.raises(urllib.error.URLError):
+            scrape(endpoint.port)
+
+
+def _serving_line(proc: subprocess.Popen) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"serve exited with {proc.returncode}: {proc.stderr.read()}"
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            line = proc.stdout.readline()
+            if "serving" in line:
+                return line
+    raise AssertionError("serve did not print its ready line within 60 s")
+
+
+def test_serve_exposes_metrics_colours_stats_and_stops_cleanly_on_sigint(instance_name, sample_dir):
+    limit = 16 * MiB
     proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "serve", instance_name, "--workers", "1",
-                             "--data-dir", str(sample_dir), "--metrics-port", "0"],
+                             "--data-dir", str(sample_dir), "--memory-limit", "16MB", "--metrics-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        line = ""
-        while "serving" not in line:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            if select.select([proc.stdout], [], [], 0.1)[0]:
-                line = proc.stdout.readline()
-        port = int(re.search(r":(\d+)/metrics", line).group(1))
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/metrics", _serving_line(proc)).group(1))
         m = scrape(port)
-        assert m[("shmpool_dimensions", frozenset())] == 14
-        assert m[("shmpool_workers", frozenset())] == 1
+        assert m[("shmpool_dimensions", NONE)] == 14
+        assert m[("shmpool_workers", NONE)] == 1
+        assert m[("shmpool_capacity_state", NONE)] == 0
+        assert m[("shmpool_job_latency_seconds_count", NONE)] == 0
+
+        with shmpool.connect(instance_name) as client:
+            for i in range(5):
+                assert client.lookup(1 + i, 1).verify()
+        with shmpool.attach(instance_name) as reader:
+            # Between warn (75%) and evict (85%), so the coordinator leaves it alone.
+            held = fill_to(reader._inst.table, lambda: reader.stats()["used_bytes"], 0.78, limit)
+            m = scrape(port)
+            assert m[("shmpool_capacity_state", NONE)] == 1
+            assert m[("shmpool_job_latency_seconds_count", NONE)] == 5
+            stats = subprocess.run([sys.executable, "-m", "coordinator.cli", "stats", instance_name],
+                                   capture_output=True, text=True, timeout=60,
+                                   env={**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"})
+            for h in held:
+                reader._inst.table.free(h)
+        assert stats.returncode == 0, stats.stderr
+        assert "\x1b[33m" in stats.stdout  # rich's yellow: the warning state
+        assert "warning: above the 75% warning threshold" in re.sub(r"\x1b\[[0-9;]*m", "", stats.stdout)
+
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        assert proc.wait(30) == 0, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+    assert list_objects(instance_name) == ([], [])
+    with pytest.raises(urllib.error.URLError):
+        scrape(port)
+
+
+def test_serve_with_a_taken_metrics_port_exits_1_and_leaves_nothing(instance_name, sample_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "coordinator.cli", "serve", instance_name, "--workers", "0",
+                                 "--data-dir", str(sample_dir), "--metrics-port", str(port)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "serving" not in result.stdout
+    assert f"metrics endpoint 127.0.0.1:{port}" in result.stderr
     assert list_objects(instance_name) == ([], [])

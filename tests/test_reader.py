@@ -14,12 +14,13 @@ from shmpool.context import NavigationPath
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     import secrets
+
+    from conftest import TEST_PREFIX
     from shmpool.names import list_objects
     from shmpool.sample import build_sample
     folder = tmp_path_factory.mktemp("sample")
     build_sample(folder)
-    import os
-    name = f"pt-{os.environ.get('PYTEST_XDIST_WORKER', 'gw')}-{secrets.token_hex(4)}"
+    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"  # module-scoped, so not from the make_name fixture
     coord = Coordinator(name, data_dir=folder, workers=0).start()
     reader = shmpool.attach(name)
     yield coord, reader
