@@ -1,28 +1,40 @@
 """shmpool against what users would pick instead (py-lmdb, Manager().dict(), ProcessPoolExecutor), one run; prints JSON.
 
 Needs the ``bench`` extra (lmdb, psutil): ``SHMPOOL_EXTRAS=bench scripts/test`` installs it.
-The 14-dimension sample is loaded into each system, then, in the same run:
+The 14-dimension sample is loaded into each system (a shmpool coordinator; one LMDB environment
+in a temporary folder; one ``Manager().dict()``), then, in the same run:
 
-1. single layer lookup from an attached reader process: shmpool ``load_layer_context`` vs LMDB
-   ``get`` with ``buffers=True`` (zero-copy) in a fresh read transaction and inside one long one,
-   vs ``Manager().dict()`` get;
-2. a batch of 20 along a navigation path: one ``load_contexts`` call vs one LMDB transaction;
-3. 128 concurrent readers (threads over several processes): lookups/s, p99, per-core throughput
-   against a single reader;
-4. publishing a new version of a 1 MiB and a 16 MiB dimension: ``crystallize`` vs an LMDB write
-   transaction putting the same layers (sync=True and sync=False), vs numpy memcpy of the bytes;
-5. memory: PSS of the data mappings summed over N attached reader processes (default 100) that
-   each touched every page of every layer, vs the data size, for shmpool and LMDB;
-6. job round trip through the worker pool vs ProcessPoolExecutor (the same lookup).
+1. ``lookup``: one layer at a time, timed per call in a spawned reader process (never the loader)
+   in which the systems take turns every 1000 calls: shmpool ``load_layer_context`` vs LMDB
+   ``get`` with ``buffers=True`` (zero-copy) in a fresh read transaction per get and inside one
+   long transaction; ``Manager().dict()`` get in a second process. ``batch``: 20 steps of a
+   navigation path, one ``load_contexts`` call vs one LMDB transaction with 20 gets (and the same
+   with the buffers copied out, which is what keeping them beyond the transaction costs);
+2. ``concurrency``: 1 reader, one single-threaded reader per core, and 128 readers (32 threads in
+   each of 4 processes) looking up during a common window, in 3 rounds: total lookups/s (median,
+   p1, p99 of 100 ms windows), per-lookup p99, and lookups per CPU-second against the single
+   reader of the same round (the per-core figure);
+3. ``publish``: a new version of a 1 MiB and a 16 MiB dimension (64 KiB layers): ``crystallize``
+   into never-touched pages (``fresh``) and into reused ones (``warm``), vs an LMDB write
+   transaction putting the same layers with sync on and off, vs numpy memcpy of the same bytes
+   (into a reused buffer, and into a new anonymous mapping);
+4. ``memory``: N reader processes (default 100) attach and touch every page of every layer; the
+   sum over them of ``memory_full_info().pss`` after minus before (the whole cost of attaching), the
+   PSS of the data mappings alone, and per-reader USS, against the data size;
+5. ``jobs``: the same lookup as a job, shmpool worker pool (``connect().lookup``) vs
+   ``ProcessPoolExecutor``, 1 and 128 client threads (scripts/bench_jobs.py does the work).
+
+Units: ``_us`` microseconds, ``_ms`` milliseconds; MiB is 2^20 bytes. Every latency carries
+median and p99. ``targets`` compares each headline ratio with the issue's target.
 """
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing as mp
 import os
+import queue
 import random
-import secrets
-import statistics
 import struct
 import sys
 import tempfile
@@ -37,309 +49,617 @@ import numpy as np  # noqa: E402
 
 import benchlib  # noqa: E402
 import bench_jobs  # noqa: E402
+from benchlib import clock, percentiles  # noqa: E402
 
 import shmpool  # noqa: E402
 from coordinator import Coordinator  # noqa: E402
-from shmpool.names import list_objects  # noqa: E402
 from shmpool.sample import build_sample  # noqa: E402
 
+PREFIX = "bench-peers"
 KEY = struct.Struct(">IQ")  # big-endian: LMDB keeps keys sorted, so one dimension's layers are adjacent
 MiB = 2**20
-_names: list[str] = []
+LAYER_BYTES = 64 * 1024     # publish: layers of the 1 MiB and 16 MiB dimensions
+BATCH_STEPS = 20
+WINDOW_S = 0.1              # throughput is also reported per window of this length
+CHILD_TIMEOUT = 600.0
+PAGE = mmap.PAGESIZE
+TARGETS = {
+    "single_lookup_p99_vs_lmdb": 2.0,          # at most 2x py-lmdb get
+    "batch20_vs_lmdb_one_txn": 1.0,            # faster than 20 gets in one txn
+    "readers_per_core_vs_one": 0.90,           # within 10% of a single reader
+    "crystallize_fraction_of_memcpy": 0.25,    # >= 25% of memcpy bandwidth at 16 MiB
+    "pss_ratio_to_data": 1.2,                  # 100 readers < 1.2x data size
+    "jobs_speedup_vs_ppe": 5.0,                # >= 5x faster than ProcessPoolExecutor
+    "jobs_p99_us_at_128": 1000.0,              # p99 < 1 ms at 128 clients
+}
 
 
-def _name() -> str:
-    name = f"bench-peers-{secrets.token_hex(3)}"
-    _names.append(name)
-    return name
-
-
-def _lmdb_env(path: str, readonly: bool = True):
+def _lmdb_env(path: str, *, readonly: bool = True, sync: bool = True):
     import lmdb
 
-    return lmdb.open(path, map_size=4 << 30, readonly=readonly, lock=True, max_readers=1024,
-                     readahead=False, subdir=True, metasync=not readonly, sync=not readonly)
+    # readahead off: the data set fits in RAM, and readahead would fault in pages nobody asked
+    # for (it inflates the PSS of readers). sync/metasync only matter to writers.
+    return lmdb.open(path, map_size=1 << 30, readonly=readonly, lock=True, max_readers=1024,
+                     readahead=False, subdir=True, sync=sync, metasync=sync)
 
 
-# ----------------------------------------------------------------------------- reader processes
+def _ms(samples_ns) -> dict:
+    """Summary in milliseconds of samples in nanoseconds (publishing is a ms-scale operation)."""
+    s = percentiles(samples_ns)
+    return {k.replace("_us", "_ms"): (None if v is None else round(v / 1000, 3)) if k.endswith("_us") else v
+            for k, v in s.items() if k not in ("p999_us", "mean_us")}
 
-def _latency_child(system: str, target: str, keys, paths, n: int, batches: int, results) -> None:
-    """Single-lookup and batch-of-20 latencies of one system, measured in this fresh process."""
-    clock = benchlib.clock
-    rng = random.Random(1)
-    picks = [rng.choice(keys) for _ in range(n)]
-    out: dict = {}
-    if system == "shmpool":
-        with shmpool.attach(target) as reader:
-            load = reader.load_layer_context
-            for d, l in keys:
-                load(d, l)
-            lat = []
-            for d, l in picks:
-                t0 = clock()
-                load(d, l)
-                lat.append(clock() - t0)
-            out["single"] = lat
-            nav = [shmpool.NavigationPath(p) for p in paths]
-            lat = []
-            for i in range(batches):
-                p = nav[i % len(nav)]
-                t0 = clock()
-                reader.load_contexts(p)
-                lat.append(clock() - t0)
-            out["batch"] = lat
-    elif system == "lmdb":
-        env = _lmdb_env(target)
-        pk = [KEY.pack(d, l) for d, l in picks]
-        with env.begin(buffers=True) as txn:  # warm the page cache mapping
-            for d, l in keys:
-                bytes(txn.get(KEY.pack(d, l))[:1])
-        fresh = []
-        for k in pk:
-            t0 = clock()
-            with env.begin(buffers=True) as txn:
-                txn.get(k)
-            fresh.append(clock() - t0)
-        long_ = []
-        with env.begin(buffers=True) as txn:
-            get = txn.get
-            for k in pk:
-                t0 = clock()
-                get(k)
-                long_.append(clock() - t0)
-        batch = []
+
+def _touch(buf) -> int:
+    """Read one byte of every page ``buf`` spans (the first, one per page, the last)."""
+    if not len(buf):
+        return 0
+    a = np.frombuffer(buf, dtype=np.uint8)
+    return int(a[::PAGE].sum()) + int(a[-1])
+
+
+def _collect(results, procs, expected: int, timeout: float) -> list:
+    """``expected`` items from ``results``; raises naming any child that died or raised."""
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expected:
+        try:
+            kind, item = results.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError("child process died: " + ", ".join(f"pid {p.pid} exit code {p.exitcode}"
+                                                                       for p in dead)) from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"child processes gave {len(out)} of {expected} results in {timeout} s") from None
+            continue
+        if kind == "error":
+            raise RuntimeError(f"child process raised: {item}")
+        out.append(item)
+    return out
+
+
+def _reap(procs) -> None:
+    for p in procs:
+        p.join(10)
+        if p.exitcode is None:
+            p.terminate()
+            p.join(5)
+
+
+# ----------------------------------------------------------------------------- 1. lookup and batch
+
+CHUNK = 1000  # lookups (or 1000 // 20 batches) per turn when the systems take turns
+
+
+def _latency_child(name: str, lmdb_path: str, keys, paths, n: int, batches: int, results) -> None:
+    """Single-lookup and batch latencies of shmpool and LMDB, measured in this one reader process.
+
+    The systems take turns in chunks (shmpool, LMDB fresh txn, LMDB long txn, ...), so that a slow
+    phase of the machine (this is a shared VM: its speed drifts by tens of percent over seconds)
+    lands on every system alike instead of on whichever ran then.
+    """
+    try:
+        rng = random.Random(1)
+        picks = [rng.choice(keys) for _ in range(n)]
+        packed = [KEY.pack(d, l) for d, l in picks]
+        nav = [shmpool.NavigationPath(p) for p in paths]
         bpaths = [[KEY.pack(d, l) for d, l in p] for p in paths]
-        for i in range(batches):
-            p = bpaths[i % len(bpaths)]
-            t0 = clock()
-            with env.begin(buffers=True) as txn:
-                get = txn.get
-                for k in p:
-                    get(k)
-            batch.append(clock() - t0)
-        env.close()
-        out = {"single_fresh_txn": fresh, "single_long_txn": long_, "batch": batch}
-    elif system == "manager":
-        from multiprocessing.managers import BaseManager
-
-        class M(BaseManager):
-            pass
-
-        M.register("get_dict")
-        manager = M(address=target[0], authkey=target[1])
-        manager.connect()
-        d = manager.get_dict()
-        lat = []
-        for k in picks[: max(1, n // 10)]:  # a round trip each: 10x fewer is plenty for the tail
-            t0 = clock()
-            d.get(k)
-            lat.append(clock() - t0)
-        out["single"] = lat
-    results.put(out)
-
-
-def _throughput_child(system: str, target: str, keys, threads: int, seconds: float, start, results) -> None:
-    """``threads`` threads doing lookups for ``seconds``; lookups, per-lookup latencies, CPU time."""
-    clock = benchlib.clock
-    done: list[int] = [0] * threads
-    lats: list[list[int]] = [[] for _ in range(threads)]
-    stop_at = [0.0]
-    if system == "shmpool":
-        reader = shmpool.attach(target)
-        for d, l in keys:
-            reader.load_layer_context(d, l)
-
-        def lookup_fn():
-            load = reader.load_layer_context
-            return lambda k: load(k[0], k[1])
-    else:
-        env = _lmdb_env(target)
-        packed = {k: KEY.pack(*k) for k in keys}
-
-        def lookup_fn():
-            def get(k):
-                with env.begin(buffers=True) as txn:
-                    txn.get(packed[k])
-            return get
-
-    def run(i: int) -> None:
-        rng = random.Random(i)
-        picks = [rng.choice(keys) for _ in range(2048)]
-        fn = lookup_fn()
-        mine = lats[i]
-        count = 0
-        while time.perf_counter() < stop_at[0]:
-            for k in picks[:64]:
+        lat = {k: [] for k in ("shmpool_single", "lmdb_single_fresh_txn", "lmdb_single_long_txn", "shmpool_batch",
+                               "lmdb_batch", "lmdb_batch_copied_out")}
+        env = _lmdb_env(lmdb_path)
+        with shmpool.attach(name) as reader, env.begin(buffers=True) as long_txn:
+            load, begin, get_long = reader.load_layer_context, env.begin, long_txn.get
+            for d, l in keys:  # every generation mapped, every page faulted in: the steady state
+                _touch(load(d, l).content)
+                _touch(get_long(KEY.pack(d, l)))
+            for lo in range(0, n, CHUNK):
+                out = lat["shmpool_single"]
+                for d, l in picks[lo:lo + CHUNK]:
+                    t0 = clock()
+                    load(d, l)
+                    out.append(clock() - t0)
+                out = lat["lmdb_single_fresh_txn"]
+                for k in packed[lo:lo + CHUNK]:
+                    t0 = clock()
+                    with begin(buffers=True) as txn:
+                        txn.get(k)
+                    out.append(clock() - t0)
+                out = lat["lmdb_single_long_txn"]
+                for k in packed[lo:lo + CHUNK]:
+                    t0 = clock()
+                    get_long(k)
+                    out.append(clock() - t0)
+            step = max(1, CHUNK // BATCH_STEPS)
+            for lo in range(0, batches, step):
+                out = lat["shmpool_batch"]
+                for i in range(lo, min(lo + step, batches)):
+                    p = nav[i % len(nav)]
+                    t0 = clock()
+                    reader.load_contexts(p)
+                    out.append(clock() - t0)
+                out = lat["lmdb_batch"]
+                for i in range(lo, min(lo + step, batches)):
+                    p = bpaths[i % len(bpaths)]
+                    t0 = clock()
+                    with begin(buffers=True) as txn:
+                        get = txn.get
+                        _ = [get(k) for k in p]  # the 20 results held, as load_contexts holds its 20
+                    out.append(clock() - t0)
+            # Apart: copying 20 layers out evicts the cache lines the two batches above reuse.
+            out = lat["lmdb_batch_copied_out"]
+            for i in range(batches):
+                p = bpaths[i % len(bpaths)]
                 t0 = clock()
-                fn(k)
-                mine.append(clock() - t0)
-            count += 64
-            picks.append(picks.pop(0))
-        done[i] = count
-
-    results.put("ready")
-    start.wait()
-    stop_at[0] = time.perf_counter() + seconds
-    cpu0 = time.process_time()
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    cpu = time.process_time() - cpu0
-    sample = [x for lat in lats for x in lat[::max(1, len(lat) // 2000)]]
-    if system == "shmpool":
-        reader.close()
-    else:
+                with begin(buffers=True) as txn:
+                    get = txn.get
+                    _ = [bytes(get(k)) for k in p]
+                out.append(clock() - t0)
         env.close()
-    results.put({"lookups": sum(done), "cpu_seconds": cpu, "latencies": sample})
+        results.put(("done", {k: np.asarray(v, dtype=np.int64).tobytes() for k, v in lat.items()}))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+        raise
 
 
-def _pss_child(system: str, target: str, keys, ready, release) -> None:
-    """Attach, touch every page of every layer, then stay until told to go (so PSS can be read)."""
-    total = 0
-    if system == "shmpool":
-        reader = shmpool.attach(target)
-        held = []
-        for d, l in keys:
-            ctx = reader.load_layer_context(d, l)
-            total += int(np.frombuffer(ctx.content, dtype=np.uint8)[::4096].sum()) if len(ctx.content) else 0
-            held.append(ctx)
-    else:
-        env = _lmdb_env(target)
-        txn = env.begin(buffers=True)
-        for d, l in keys:
-            v = txn.get(KEY.pack(d, l))
-            total += int(np.frombuffer(v, dtype=np.uint8)[::4096].sum()) if len(v) else 0
-    ready.put(total >= 0)
-    release.wait()
+def _manager_child(shared, keys, n: int, results) -> None:
+    """``Manager().dict()`` gets: one round trip to the manager process each (the DictProxy)."""
+    try:
+        rng = random.Random(1)
+        get, lat = shared.get, []
+        for d, l in (rng.choice(keys) for _ in range(n)):
+            t0 = clock()
+            get((d, l))
+            lat.append(clock() - t0)
+        results.put(("done", np.asarray(lat, dtype=np.int64).tobytes()))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+        raise
 
 
-# ----------------------------------------------------------------------------- the six comparisons
+def _run_child(ctx, target, args, label: str):
+    results = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, results), name=f"bench-peers-{label}")
+    p.start()
+    try:
+        return _collect(results, [p], 1, CHILD_TIMEOUT)[0]
+    finally:
+        _reap([p])
 
-def compare_latency(name, lmdb_path, manager_target, keys, n, batches) -> dict:
+
+def compare_lookup(name: str, lmdb_path: str, shared, keys, n: int, batches: int) -> dict:
     ctx = mp.get_context("spawn")
     rng = random.Random(5)
-    paths = [rng.sample(keys, 20) for _ in range(50)]
-    out = {}
-    for system, target in (("shmpool", name), ("lmdb", lmdb_path), ("manager", manager_target)):
-        results = ctx.Queue()
-        p = ctx.Process(target=_latency_child, args=(system, target, keys, paths, n, batches, results))
-        p.start()
-        out[system] = {k: benchlib.percentiles(v) for k, v in results.get(timeout=600).items()}
-        p.join(60)
-    return out
+    # A navigation path: 20 random steps over the whole sample (most steps change dimension).
+    paths = [rng.sample(keys, BATCH_STEPS) for _ in range(50)]
+    raw = _run_child(ctx, _latency_child, (name, lmdb_path, keys, paths, n, batches), "lookup")
+    s = {k: percentiles(np.frombuffer(v, dtype=np.int64)) for k, v in raw.items()}
+    manager = _run_child(ctx, _manager_child, (shared, keys, max(1, n // 10)), "manager")
+    return {
+        "shmpool": {"single": s["shmpool_single"], "batch": s["shmpool_batch"]},
+        "lmdb": {"single_fresh_txn": s["lmdb_single_fresh_txn"], "single_long_txn": s["lmdb_single_long_txn"],
+                 "batch": s["lmdb_batch"], "batch_copied_out": s["lmdb_batch_copied_out"]},
+        # ~50 us a round trip: 10x fewer samples are plenty for the tail.
+        "manager": {"single": percentiles(np.frombuffer(manager, dtype=np.int64))},
+        "what": "per call, timed in one spawned reader process (not the loader) where shmpool and LMDB take "
+                f"turns every {CHUNK} lookups / {CHUNK // BATCH_STEPS} batches; random (dimension, layer) over all "
+                "2800 layers, every generation mapped and page touched first; includes two clock reads "
+                "(machine.clock_overhead_ns). batch: 20 random steps of the sample, the 20 results held; lmdb "
+                "batch_copied_out copies every buffer out (buffers=True views die with their transaction; "
+                "shmpool's stay valid and pinned), measured after the others. manager: Manager().dict() get "
+                "through its DictProxy, one round trip per get, in a second spawned process",
+    }
 
 
-def compare_concurrency(name, lmdb_path, keys, processes, threads, seconds) -> dict:
-    ctx = mp.get_context("spawn")
-    out = {}
-    for system, target in (("shmpool", name), ("lmdb", lmdb_path)):
-        rows = {}
-        for label, nproc, nthreads in (("1_reader", 1, 1), (f"{processes * threads}_readers", processes, threads)):
-            start, results = ctx.Event(), ctx.Queue()
-            procs = [ctx.Process(target=_throughput_child, args=(system, target, keys, nthreads, seconds, start, results))
-                     for _ in range(nproc)]
-            for p in procs:
-                p.start()
-            for _ in procs:
-                results.get(timeout=300)
-            start.set()
-            reports = [results.get(timeout=seconds + 300) for _ in procs]
-            for p in procs:
-                p.join(60)
-            lookups = sum(r["lookups"] for r in reports)
-            cpu = sum(r["cpu_seconds"] for r in reports)
-            rows[label] = {"lookups_per_s": round(lookups / seconds), "lookups_per_cpu_s": round(lookups / cpu),
-                           "latency": benchlib.percentiles([x for r in reports for x in r["latencies"]]),
-                           "processes": nproc, "threads_each": nthreads}
-        one, many = rows["1_reader"], rows[f"{processes * threads}_readers"]
-        rows["per_core_ratio_many_vs_one"] = round(many["lookups_per_cpu_s"] / one["lookups_per_cpu_s"], 3)
-        out[system] = rows
-    return out
+# ----------------------------------------------------------------------------- 2. concurrency
 
+def _throughput_child(system: str, target: str, keys, threads: int, seed: int, go, window, results) -> None:
+    """``threads`` threads look up (each call timed) from window[0] to window[1] (time.monotonic())."""
+    try:
+        if system == "shmpool":
+            reader = shmpool.attach(target)
+            load = reader.load_layer_context
 
-def compare_publish(coord: Coordinator, tmp: Path, sizes_mib, repeats) -> dict:
-    import lmdb
+            def lookup(k):
+                return load(k[0], k[1])
+        else:
+            env = _lmdb_env(target)
+            packed = {k: KEY.pack(*k) for k in keys}
+            begin = env.begin
 
-    out = {}
-    payload = np.random.default_rng(3).integers(0, 256, 64 * 1024, dtype=np.uint8).tobytes()
-    for mib in sizes_mib:
-        layers = mib * 16
-        row: dict = {"layers": layers, "layer_bytes": 64 * 1024}
-        times = []
-        for _ in range(repeats):
-            proto = coord.create_proto_dimension(200 + mib, f"pub{mib}")
-            for lid in range(layers):
-                proto.add_layer(lid, payload)
-            t0 = time.perf_counter()
-            coord.crystallize(200 + mib)
-            times.append(time.perf_counter() - t0)
-            coord.reclaim()
-        row["shmpool_crystallize_ms"] = round(statistics.median(times) * 1e3, 3)
-        for sync in (True, False):
-            path = tmp / f"lmdb-pub-{mib}-{sync}"
-            env = lmdb.open(str(path), map_size=4 << 30, sync=sync, metasync=sync)
-            times = []
-            for r in range(repeats):
-                t0 = time.perf_counter()
-                with env.begin(write=True) as txn:
-                    for lid in range(layers):
-                        txn.put(KEY.pack(200 + mib, lid), payload)
-                times.append(time.perf_counter() - t0)
+            def lookup(k):  # a fresh read txn per get: a reader that sees new versions, as shmpool's does
+                with begin(buffers=True) as txn:
+                    return txn.get(packed[k])
+        for k in keys:
+            lookup(k)
+        lats: list[list[int]] = [[] for _ in range(threads)]
+        ends: list[list[int]] = [[] for _ in range(threads)]
+        totals = [0] * threads
+        barrier = threading.Barrier(threads + 1)
+
+        def run(t: int) -> None:
+            rng = random.Random(seed * 1000 + t)
+            picks = [rng.choice(keys) for _ in range(4096)]
+            mine, my_ends = lats[t], ends[t]
+            now, c, n = time.monotonic, clock, 0
+            barrier.wait()
+            start, stop = window[0], window[1]
+            time.sleep(max(0.0, start - now()))
+            while now() < stop:
+                for k in picks[(n & 4095):(n & 4095) + 64]:
+                    t0 = c()
+                    lookup(k)
+                    mine.append(c() - t0)
+                n += 64
+                my_ends.append(time.monotonic_ns())  # the batch of 64 ended: rates per window
+            totals[t] = n
+
+        pool = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(threads)]
+        for th in pool:
+            th.start()
+        results.put(("ready", os.getpid()))
+        go.wait(CHILD_TIMEOUT)
+        cpu0 = time.process_time()
+        barrier.wait()
+        for th in pool:
+            th.join()
+        cpu = time.process_time() - cpu0  # the whole process: threads, GIL hand-offs, the sleep-wait
+        if system == "shmpool":
+            reader.close()
+        else:
             env.close()
-            row[f"lmdb_write_txn_ms_sync_{str(sync).lower()}"] = round(statistics.median(times) * 1e3, 3)
-        src = np.frombuffer(payload * layers, dtype=np.uint8)
-        dst = np.empty_like(src)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            np.copyto(dst, src)
-            times.append(time.perf_counter() - t0)
-        nbytes = layers * len(payload)
-        row["memcpy_ms"] = round(statistics.median(times) * 1e3, 3)
-        row["shmpool_GB_per_s"] = round(nbytes / (row["shmpool_crystallize_ms"] / 1e3) / 1e9, 3)
-        row["memcpy_GB_per_s"] = round(nbytes / (row["memcpy_ms"] / 1e3) / 1e9, 3)
-        row["shmpool_fraction_of_memcpy"] = round(row["memcpy_ms"] / row["shmpool_crystallize_ms"], 3)
-        out[f"{mib}MiB"] = row
+        sample = np.concatenate([np.asarray(x[:: max(1, len(x) // 5000)], dtype=np.int64) for x in lats])
+        results.put(("done", {"lookups": sum(totals), "cpu_seconds": cpu, "latencies": sample.tobytes(),
+                              "ends": np.asarray([e for x in ends for e in x], dtype=np.int64).tobytes()}))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+        raise
+
+
+def _throughput_row(ctx, system: str, target: str, keys, processes: int, threads: int, seconds: float) -> dict:
+    go, results, window = ctx.Event(), ctx.Queue(), ctx.Array("d", 2, lock=False)
+    procs = [ctx.Process(target=_throughput_child, args=(system, target, keys, threads, i, go, window, results),
+                         name=f"bench-peers-reader-{i}") for i in range(processes)]
+    try:
+        for p in procs:
+            p.start()
+        _collect(results, procs, processes, CHILD_TIMEOUT)  # all attached, warmed and waiting
+        window[0] = time.monotonic() + 0.05 + 0.005 * processes
+        window[1] = window[0] + seconds
+        go.set()
+        reports = _collect(results, procs, processes, seconds + CHILD_TIMEOUT)
+    finally:
+        _reap(procs)
+    lookups = sum(r["lookups"] for r in reports)
+    cpu = sum(r["cpu_seconds"] for r in reports)
+    ends = np.concatenate([np.frombuffer(r["ends"], dtype=np.int64) for r in reports]) / 1e9
+    bins = np.arange(window[0], window[1] + 1e-9, WINDOW_S)
+    rates = np.histogram(ends, bins=bins)[0] * 64 / WINDOW_S
+    in_window = int(((ends >= window[0]) & (ends <= window[1])).sum()) * 64
+    return {"processes": processes, "threads_each": threads, "readers": processes * threads,
+            "lookups_per_s": round(in_window / seconds),
+            "lookups_per_s_windows": {"median": round(float(np.median(rates))),
+                                      "p1": round(float(np.percentile(rates, 1))),
+                                      "p99": round(float(np.percentile(rates, 99))), "windows": int(rates.size),
+                                      "window_s": WINDOW_S},
+            "lookups_per_cpu_s": round(lookups / cpu) if cpu else None,
+            "cpu_seconds": round(cpu, 3),
+            "latency": percentiles(np.concatenate([np.frombuffer(r["latencies"], dtype=np.int64)
+                                                   for r in reports]))}
+
+
+def compare_concurrency(name: str, lmdb_path: str, keys, processes: int, threads: int, seconds: float,
+                        rounds: int) -> dict:
+    """Rows of 1 reader, ``cores`` single-threaded readers and ``processes`` x ``threads`` readers, for
+    each system, ``rounds`` times in turn; each round's ratios compare rows measured seconds apart."""
+    ctx = mp.get_context("spawn")
+    cores = len(os.sched_getaffinity(0))
+    shapes = {"1_reader": (1, 1), f"{cores}_readers_1_thread_each": (cores, 1),
+              f"{processes * threads}_readers": (processes, threads)}
+    many = f"{processes * threads}_readers"
+    per_round: dict = {"shmpool": [], "lmdb": []}
+    for _ in range(rounds):
+        for system, target in (("shmpool", name), ("lmdb", lmdb_path)):
+            rows = {label: _throughput_row(ctx, system, target, keys, p, t, seconds)
+                    for label, (p, t) in shapes.items()}
+            one = rows["1_reader"]
+            for row in rows.values():
+                # lookups per CPU-second: what one core delivers; it falls only through contention
+                # (shared cache lines, locks) and scheduling (context switches, GIL hand-offs).
+                row["per_core_ratio_vs_1_reader"] = round(row["lookups_per_cpu_s"] / one["lookups_per_cpu_s"], 3)
+                # wall lookups/s per busy core against the single reader's.
+                row["wall_per_core_ratio_vs_1_reader"] = round(
+                    row["lookups_per_s"] / min(cores, row["processes"]) / one["lookups_per_s"], 3)
+            per_round[system].append(rows)
+    out: dict = {}
+    for system, rounds_ in per_round.items():
+        ratios = [r[many]["per_core_ratio_vs_1_reader"] for r in rounds_]
+        median_round = rounds_[int(np.argsort(ratios)[len(ratios) // 2])]
+        out[system] = {**median_round, "per_core_ratio_many_vs_one": median_round[many]["per_core_ratio_vs_1_reader"],
+                       "per_core_ratio_many_vs_one_each_round": ratios,
+                       "per_core_ratio_cores_vs_one_each_round": [
+                           r[f"{cores}_readers_1_thread_each"]["per_core_ratio_vs_1_reader"] for r in rounds_]}
+    out["cores"] = cores
+    out["rounds"] = rounds
+    out["what"] = (f"each call timed (two clock reads included). Rows: 1 reader; {cores} single-threaded reader "
+                   f"processes (one per core); {processes} processes x {threads} threads, which share {cores} cores "
+                   "and each process's GIL (threads add concurrency, not throughput). lmdb opens a read txn per "
+                   "get. per_core_ratio = lookups per CPU-second / the single reader's in the same round; rows "
+                   f"shown are the round with the median {many} ratio")
     return out
 
 
-def compare_pss(name, lmdb_path, keys, data_bytes, readers) -> dict:
+# ----------------------------------------------------------------------------- 3. publish
+
+def _fresh_memcpy(src: np.ndarray) -> None:
+    """Copy into a new anonymous mapping: every page faulted in and zeroed on first touch, like
+    never-used blocks of a segment (np.empty may reuse pages glibc already faulted in)."""
+    with mmap.mmap(-1, src.nbytes) as fresh:
+        memoryview(fresh)[:] = memoryview(src)
+
+
+def _free_superseded(coord: Coordinator, timeout: float = 2.0) -> None:
+    """Wait until no superseded generation waits to be freed (GRACE, then nobody pins it)."""
+    deadline = time.monotonic() + timeout
+    while coord.stats()["superseded_pending"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+        coord.reclaim()
+
+
+def _crystallize(coord: Coordinator, dim: int, contents) -> tuple[int, int]:
+    """Fill a proto-dimension (CRC32s computed here, not timed), then time ``crystallize``: (ns, bytes)."""
+    proto = coord.create_proto_dimension(dim, f"publish-{dim}")
+    for lid, content in enumerate(contents):
+        proto.add_layer(lid, content)
+    nbytes = proto.nbytes()
+    t0 = clock()
+    coord.crystallize(dim)
+    return clock() - t0, nbytes
+
+
+def compare_publish(coord: Coordinator, tmp: Path, sizes_mib, fresh_repeats: int, repeats: int) -> dict:
+    out: dict = {}
+    for k, mib in enumerate(sizes_mib):
+        dim, layers = 200 + k, mib * MiB // LAYER_BYTES
+        rng = np.random.default_rng(mib)
+        payloads = [rng.integers(0, 256, LAYER_BYTES, dtype=np.uint8).tobytes() for _ in range(4)]
+        contents = [payloads[i % 4] for i in range(layers)]
+        # A reader that has seen generation g pins g and every later one (it may be about to move
+        # to any of them), so while it lives each new generation goes to never-touched blocks.
+        with shmpool.attach(coord.name) as pinner:
+            fresh = []
+            for _ in range(fresh_repeats):
+                ns, region_bytes = _crystallize(coord, dim, contents)
+                fresh.append(ns)
+                pinner.load_layer_context(dim, 0)
+        _free_superseded(coord)
+        warm = []
+        for _ in range(repeats):
+            ns, region_bytes = _crystallize(coord, dim, contents)
+            warm.append(ns)
+            _free_superseded(coord)  # so that the next one reuses its pages
+        row: dict = {"layers": layers, "layer_bytes": LAYER_BYTES, "content_bytes": layers * LAYER_BYTES,
+                     "region_bytes": region_bytes,
+                     "shmpool_crystallize_fresh_pages": _ms(fresh), "shmpool_crystallize_warm": _ms(warm)}
+        for sync in (True, False):
+            env = _lmdb_env(str(tmp / f"lmdb-publish-{mib}-{sync}"), readonly=False, sync=sync)
+            times = []
+            for _ in range(repeats + 1):  # the first commit grows the file; reported apart
+                t0 = clock()
+                with env.begin(write=True) as txn:
+                    for lid, content in enumerate(contents):
+                        txn.put(KEY.pack(dim, lid), content)
+                times.append(clock() - t0)
+            env.close()
+            row[f"lmdb_write_txn_sync_{'on' if sync else 'off'}"] = {**_ms(times[1:]),
+                                                                       "first_ms": round(times[0] / 1e6, 3)}
+        src = np.frombuffer(b"".join(contents), dtype=np.uint8)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)
+        warm_copy, fresh_copy = [], []
+        for _ in range(repeats):
+            t0 = clock()
+            np.copyto(dst, src)
+            warm_copy.append(clock() - t0)
+            t0 = clock()
+            _fresh_memcpy(src)
+            fresh_copy.append(clock() - t0)
+        row["memcpy_warm"] = _ms(warm_copy)
+        row["memcpy_fresh_pages"] = _ms(fresh_copy)
+        gbps = lambda ms: round(src.nbytes / (ms / 1e3) / 1e9, 2)  # noqa: E731
+        row["GB_per_s"] = {"crystallize_warm": gbps(row["shmpool_crystallize_warm"]["median_ms"]),
+                           "crystallize_fresh_pages": gbps(row["shmpool_crystallize_fresh_pages"]["median_ms"]),
+                           "memcpy_warm": gbps(row["memcpy_warm"]["median_ms"]),
+                           "memcpy_fresh_pages": gbps(row["memcpy_fresh_pages"]["median_ms"])}
+        row["fraction_of_memcpy"] = {
+            "warm": round(row["memcpy_warm"]["median_ms"] / row["shmpool_crystallize_warm"]["median_ms"], 3),
+            "fresh_pages": round(row["memcpy_fresh_pages"]["median_ms"]
+                                 / row["shmpool_crystallize_fresh_pages"]["median_ms"], 3)}
+        out[f"{mib}MiB"] = row
+    out["what"] = ("crystallize: allocate, write header + index + layers into shared memory, re-parse the region, "
+                   "publish (add_layer and its CRC32s not timed). fresh_pages: into never-touched blocks (older "
+                   "generations pinned); warm: into blocks freed by the previous repeat. lmdb: one write txn "
+                   "putting the same layers in a folder of " + str(tmp) + "; sync_on = fdatasync at commit "
+                   "(sync=True, metasync=True), sync_off = no flush (sync=False, metasync=False). memcpy: "
+                   "np.copyto of the same bytes into a reused buffer (warm) or a new anonymous mapping "
+                   "(fresh_pages; 4 KiB pages, as shmem here). fraction_of_memcpy = memcpy time / crystallize time")
+    return out
+
+
+# ----------------------------------------------------------------------------- 4. memory
+
+def _pss_child(system: str, target: str, keys, go, release, results) -> None:
+    """Report ready (imports done), wait, attach and touch every page of every layer, wait again."""
+    try:
+        import lmdb  # noqa: F401  (both systems import the same modules before the baseline)
+
+        results.put(("ready", os.getpid()))
+        go.wait(CHILD_TIMEOUT)
+        total = 0
+        if system == "shmpool":
+            reader = shmpool.attach(target)
+            for d, l in keys:  # contexts are dropped: the pages stay mapped, the objects would be ours
+                total += _touch(reader.load_layer_context(d, l).content)
+        else:
+            env = _lmdb_env(target)
+            txn = env.begin(buffers=True)
+            for d, l in keys:
+                total += _touch(txn.get(KEY.pack(d, l)))
+        results.put(("touched", total))
+        release.wait(CHILD_TIMEOUT)
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+        raise
+
+
+def _kb(samples_bytes) -> dict:
+    """Median, p99 and max in kB (10^3 bytes) of per-reader byte counts."""
+    s = percentiles(samples_bytes)  # divides by 1000: bytes in, kB out
+    return {k.replace("_us", ""): v for k, v in s.items() if k in ("median_us", "p99_us", "max_us", "n")}
+
+
+def _mapped_pss(pid: int, marker: str) -> int:
+    import psutil
+
+    return sum(m.pss for m in psutil.Process(pid).memory_maps(grouped=True) if marker in m.path)
+
+
+def compare_memory(name: str, lmdb_path: str, keys, data_bytes: int, readers: int, others) -> dict:
     import psutil
 
     ctx = mp.get_context("spawn")
-    out = {}
-    for system, target, marker in (("shmpool", name, f"/shmpool.{name}."), ("lmdb", lmdb_path, lmdb_path)):
-        ready, release = ctx.Queue(), ctx.Event()
-        procs = [ctx.Process(target=_pss_child, args=(system, target, keys, ready, release)) for _ in range(readers)]
-        for p in procs:
-            p.start()
-        for _ in procs:
-            ready.get(timeout=600)
-        pss = 0
-        for p in procs:
-            for m in psutil.Process(p.pid).memory_maps(grouped=True):
-                if marker in m.path:
-                    pss += m.pss
-        release.set()
-        for p in procs:
-            p.join(60)
-        out[system] = {"readers": readers, "pss_bytes_of_data_mappings": pss, "data_bytes": data_bytes,
-                       "ratio_to_data": round(pss / data_bytes, 3)}
+    out: dict = {}
+    for system, target, marker in (("shmpool", name, f"/shmpool.{name}.pool"),
+                                   ("lmdb", lmdb_path, os.path.join(lmdb_path, "data.mdb"))):
+        go, release, results = ctx.Event(), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_pss_child, args=(system, target, keys, go, release, results),
+                             name=f"bench-peers-pss-{i}") for i in range(readers)]
+        try:
+            for p in procs:
+                p.start()
+            _collect(results, procs, readers, CHILD_TIMEOUT)
+            before = [psutil.Process(p.pid).memory_full_info() for p in procs]
+            go.set()
+            _collect(results, procs, readers, CHILD_TIMEOUT)
+            after = [psutil.Process(p.pid).memory_full_info() for p in procs]
+            data_pss = sum(_mapped_pss(p.pid, marker) for p in procs)
+            # The same mappings in every other process that holds them (coordinator, workers).
+            others_pss = sum(_mapped_pss(pid, marker) for pid in others) if system == "shmpool" else 0
+            release.set()
+        finally:
+            _reap(procs)
+        delta = [a.pss - b.pss for a, b in zip(after, before)]
+        uss = [a.uss - b.uss for a, b in zip(after, before)]  # bytes: percentiles() / 1000 gives kB
+        out[system] = {
+            "readers": readers, "data_bytes": data_bytes,
+            "pss_delta_sum_bytes": int(sum(delta)),
+            "ratio_pss_delta_to_data": round(sum(delta) / data_bytes, 3),
+            "pss_data_mappings_sum_bytes": int(data_pss),
+            "ratio_data_mappings_to_data": round(data_pss / data_bytes, 3),
+            "pss_data_mappings_other_processes_bytes": int(others_pss),
+            "pss_delta_per_reader_kB": _kb(delta),
+            "private_uss_delta_per_reader_kB": _kb(uss),
+            "pss_after_sum_bytes_whole_processes": int(sum(a.pss for a in after)),
+        }
+    out["what"] = ("pss_delta: sum over the readers of memory_full_info().pss after attaching and touching every "
+                   "page of every layer minus the same before (imports done): all an attached reader costs. "
+                   "data_mappings: the PSS of the data mappings alone (shmpool pool segments / LMDB data.mdb) "
+                   "summed over the readers; other processes (coordinator = this process, workers) hold the "
+                   "rest of the shmpool pages. private_uss_delta_per_reader: memory no other process shares "
+                   "(the reader's own index and objects), kB")
     return out
 
 
-def compare_jobs(coord, workers, keys, per_thread, clients) -> dict:
-    threads = [1, clients]
+# ----------------------------------------------------------------------------- 5. jobs
+
+def compare_jobs(coord: Coordinator, workers: int, keys, per_thread: int, clients: int) -> dict:
     plan = [(1, per_thread), (clients, max(20, per_thread * 4 // clients))]
     ours = bench_jobs.bench_shmpool(coord, keys, plan, None)
     ppe = bench_jobs.bench_process_pool(coord.name, workers, keys, plan)
-    return {"shmpool_pool": ours, "process_pool_executor": ppe,
-            "ratios": {str(t): {"p50_speedup": round(ppe[str(t)]["median_us"] / ours[str(t)]["median_us"], 2),
-                                "p99_speedup": round(ppe[str(t)]["p99_us"] / ours[str(t)]["p99_us"], 2),
-                                "throughput_ratio": round(ours[str(t)]["jobs_per_s"] / ppe[str(t)]["jobs_per_s"], 2)}
-                       for t in threads}}
+    ratios = {str(t): {"p50_speedup": round(ppe[str(t)]["median_us"] / ours[str(t)]["median_us"], 2),
+                       "p99_speedup": round(ppe[str(t)]["p99_us"] / ours[str(t)]["p99_us"], 2),
+                       "throughput_ratio": round(ours[str(t)]["jobs_per_s"] / ppe[str(t)]["jobs_per_s"], 2)}
+              for t, _ in plan}
+    return {"shmpool_pool": ours, "process_pool_executor": ppe, "ratios": ratios,
+            "what": f"closed loop: each client thread waits for its result before the next call; {workers} "
+                    "worker processes in each pool; ProcessPoolExecutor workers attach with shmpool.attach and "
+                    "return bytes. With N threads always waiting, mean latency = N / throughput "
+                    "(littles_law_mean_us)."}
+
+
+# ----------------------------------------------------------------------------- targets
+
+def _targets(p: dict) -> dict:
+    """Each issue target: shmpool's figure, the peer's, the ratio, the threshold, met or not."""
+    lk = p["lookup"]
+    sp, lm = lk["shmpool"], lk["lmdb"]
+    conc, pub, mem, jobs = p["concurrency"], p["publish"], p["memory"], p["jobs"]
+    many = next(k for k in conc["shmpool"] if k.endswith("_readers") and not k.startswith("1_"))
+    big = max((k for k in pub if k.endswith("MiB")), key=lambda k: int(k[:-3]))
+    top = max(jobs["ratios"], key=int)
+
+    def row(what, ours, peer, ratio, threshold, met, unit=""):
+        return {"what": what, "shmpool": ours, "peer": peer, "ratio": round(ratio, 3), "threshold": threshold,
+                "met": bool(met), "unit": unit}
+
+    single = sp["single"]["p99_us"]
+    out = {
+        "single_lookup_p99_vs_lmdb_long_txn": row(
+            "single lookup p99 <= 2x py-lmdb get (get inside one long read txn)", single,
+            lm["single_long_txn"]["p99_us"], single / lm["single_long_txn"]["p99_us"],
+            TARGETS["single_lookup_p99_vs_lmdb"], single <= 2 * lm["single_long_txn"]["p99_us"], "us"),
+        "single_lookup_p99_vs_lmdb_fresh_txn": row(
+            "single lookup p99 <= 2x py-lmdb get (a fresh read txn per get)", single,
+            lm["single_fresh_txn"]["p99_us"], single / lm["single_fresh_txn"]["p99_us"],
+            TARGETS["single_lookup_p99_vs_lmdb"], single <= 2 * lm["single_fresh_txn"]["p99_us"], "us"),
+        "batch20_median_vs_lmdb_one_txn": row(
+            "batch of 20 faster than 20 LMDB gets in one txn (median)", sp["batch"]["median_us"],
+            lm["batch"]["median_us"], sp["batch"]["median_us"] / lm["batch"]["median_us"],
+            TARGETS["batch20_vs_lmdb_one_txn"], sp["batch"]["median_us"] < lm["batch"]["median_us"], "us"),
+        "batch20_p99_vs_lmdb_one_txn": row(
+            "batch of 20 faster than 20 LMDB gets in one txn (p99)", sp["batch"]["p99_us"], lm["batch"]["p99_us"],
+            sp["batch"]["p99_us"] / lm["batch"]["p99_us"], TARGETS["batch20_vs_lmdb_one_txn"],
+            sp["batch"]["p99_us"] < lm["batch"]["p99_us"], "us"),
+        "readers_per_core_vs_one": row(
+            f"{many.split('_')[0]} readers: lookups per CPU-second within 10% of one reader (shmpool; peer = "
+            "lmdb's own ratio)", conc["shmpool"]["per_core_ratio_many_vs_one"],
+            conc["lmdb"]["per_core_ratio_many_vs_one"], conc["shmpool"]["per_core_ratio_many_vs_one"],
+            TARGETS["readers_per_core_vs_one"],
+            conc["shmpool"]["per_core_ratio_many_vs_one"] >= TARGETS["readers_per_core_vs_one"]),
+        "crystallize_fraction_of_memcpy_warm": row(
+            f"crystallize >= 25% of memcpy bandwidth at {big} (reused pages both)",
+            pub[big]["shmpool_crystallize_warm"]["median_ms"], pub[big]["memcpy_warm"]["median_ms"],
+            pub[big]["fraction_of_memcpy"]["warm"], TARGETS["crystallize_fraction_of_memcpy"],
+            pub[big]["fraction_of_memcpy"]["warm"] >= TARGETS["crystallize_fraction_of_memcpy"], "ms"),
+        "crystallize_fraction_of_memcpy_fresh_pages": row(
+            f"crystallize >= 25% of memcpy bandwidth at {big} (never-touched pages both)",
+            pub[big]["shmpool_crystallize_fresh_pages"]["median_ms"], pub[big]["memcpy_fresh_pages"]["median_ms"],
+            pub[big]["fraction_of_memcpy"]["fresh_pages"], TARGETS["crystallize_fraction_of_memcpy"],
+            pub[big]["fraction_of_memcpy"]["fresh_pages"] >= TARGETS["crystallize_fraction_of_memcpy"], "ms"),
+        "pss_delta_ratio_to_data": row(
+            f"{mem['shmpool']['readers']} readers: summed PSS growth < 1.2x data size (peer = lmdb's ratio)",
+            mem["shmpool"]["ratio_pss_delta_to_data"], mem["lmdb"]["ratio_pss_delta_to_data"],
+            mem["shmpool"]["ratio_pss_delta_to_data"], TARGETS["pss_ratio_to_data"],
+            mem["shmpool"]["ratio_pss_delta_to_data"] < TARGETS["pss_ratio_to_data"]),
+        "pss_data_mappings_ratio_to_data": row(
+            f"{mem['shmpool']['readers']} readers: PSS of the data mappings < 1.2x data size (peer = lmdb's)",
+            mem["shmpool"]["ratio_data_mappings_to_data"], mem["lmdb"]["ratio_data_mappings_to_data"],
+            mem["shmpool"]["ratio_data_mappings_to_data"], TARGETS["pss_ratio_to_data"],
+            mem["shmpool"]["ratio_data_mappings_to_data"] < TARGETS["pss_ratio_to_data"]),
+    }
+    for t in ("1", top):
+        ours, ppe = jobs["shmpool_pool"][t], jobs["process_pool_executor"][t]
+        out[f"jobs_p50_speedup_vs_ppe_{t}_clients"] = row(
+            f"job round trip >= 5x faster than ProcessPoolExecutor, {t} client thread(s) (median; ratio = "
+            "ppe / shmpool)", ours["median_us"], ppe["median_us"], ppe["median_us"] / ours["median_us"],
+            TARGETS["jobs_speedup_vs_ppe"], ppe["median_us"] >= TARGETS["jobs_speedup_vs_ppe"] * ours["median_us"],
+            "us")
+    ours = jobs["shmpool_pool"][top]
+    out[f"jobs_p99_under_1ms_{top}_clients"] = row(
+        f"job round trip p99 < 1 ms at {top} clients (ratio = p99 / 1 ms)", ours["p99_us"],
+        jobs["process_pool_executor"][top]["p99_us"], ours["p99_us"] / TARGETS["jobs_p99_us_at_128"],
+        TARGETS["jobs_p99_us_at_128"], ours["p99_us"] < TARGETS["jobs_p99_us_at_128"], "us")
+    return out
 
 
 # ----------------------------------------------------------------------------- main
@@ -359,86 +679,92 @@ def _load_lmdb(path: Path, reader) -> int:
 
 def main(argv=None) -> int:
     parser = benchlib.argument_parser(__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
-    parser.add_argument("--readers", type=int, default=100, help="reader processes for the PSS comparison")
+    parser.add_argument("--quick", action="store_true", help="a smoke test (seconds), not a measurement")
+    parser.add_argument("--readers", type=int, default=None,
+                        help="reader processes of the memory comparison (default 100; 3 with --quick)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="window of each concurrency row (default 2; 0.2 with --quick)")
     args = parser.parse_args(argv)
     try:
-        import lmdb  # noqa: F401
+        import lmdb
         import psutil  # noqa: F401
     except ImportError as exc:
         parser.error(f"{exc.name} is missing: install the bench extra (SHMPOOL_EXTRAS=bench scripts/test)")
     if args.quick:
-        n, batches, procs, threads, seconds, sizes, repeats, pss_readers, jobs_n = 2000, 200, 2, 4, 0.3, [1], 2, 3, 100
+        n, batches, procs, threads, seconds, sizes, rounds = 2000, 200, 2, 4, 0.2, [1], 1
+        fresh_repeats, repeats, readers, jobs_n, clients = 1, 2, 3, 100, 8
     else:
-        n, batches, procs, threads, seconds, sizes, repeats, pss_readers, jobs_n = (
-            100_000, 5000, 4, 32, 3.0, [1, 16], 7, args.readers, 3000)
+        n, batches, procs, threads, seconds, sizes, rounds = 100_000, 5000, 4, 32, 2.0, [1, 16], 3
+        fresh_repeats, repeats, readers, jobs_n, clients = 3, 9, 100, 3000, 128
+    readers = args.readers if args.readers is not None else readers
+    seconds = args.seconds if args.seconds is not None else seconds
     workers = os.cpu_count() or 1
+    benchlib.raise_on_sigterm()
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
-        tmp = Path(tmp)
-        os.environ["SHMPOOL_RUNTIME_DIR"] = str(tmp)
-        data = tmp / "sample"
-        build_sample(data)
-        name = _name()
-        with Coordinator(name, data_dir=data, workers=workers) as coord:
-            with shmpool.attach(name) as reader:
-                keys = [(d, l) for d in reader.dimensions() for l in reader.layer_ids(d)]
-                lmdb_path = tmp / "lmdb"
-                data_bytes = _load_lmdb(lmdb_path, reader)
-                manager = mp.get_context("spawn").Manager()
-                shared = manager.dict({k: bytes(reader.load_layer_context(*k).content) for k in keys})
-            from multiprocessing.managers import BaseManager  # the child reconnects by address
-
-            class _Exposer(BaseManager):
-                pass
-
-            _Exposer.register("get_dict", callable=lambda: shared)
-            exposer = _Exposer(address=("127.0.0.1", 0), authkey=b"bench-peers")
-            exposer.start()
-            try:
-                payload = {
-                    "config": {"lookups": n, "batches": batches, "concurrency": f"{procs} processes x {threads} threads",
-                               "seconds": seconds, "publish_MiB": sizes, "repeats": repeats,
-                               "pss_readers": pss_readers, "workers": workers, "quick": args.quick,
-                               "lmdb": {"version": lmdb.version(), "readahead": False, "buffers": True}},
-                    "data": {"dimensions": 14, "layers": len(keys), "bytes": data_bytes},
-                    "lookup": compare_latency(name, str(lmdb_path), (exposer.address, b"bench-peers"), keys, n, batches),
-                    "concurrency": compare_concurrency(name, str(lmdb_path), keys, procs, threads, seconds),
-                    "publish": compare_publish(coord, tmp, sizes, repeats),
-                    "memory_pss": compare_pss(name, str(lmdb_path), keys, data_bytes, pss_readers),
-                    "jobs": compare_jobs(coord, workers, keys, jobs_n, 128 if not args.quick else 8),
+    name = benchlib.instance_name(PREFIX)
+    payload: dict = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+            tmp = Path(tmp)
+            os.environ["SHMPOOL_RUNTIME_DIR"] = str(tmp)  # lock files; spawned children inherit it
+            data = tmp / "sample"
+            build_sample(data)
+            with Coordinator(name, data_dir=data, workers=workers) as coord, \
+                    mp.get_context("spawn").Manager() as manager:
+                with shmpool.attach(name) as reader:
+                    keys = [(d, l) for d in reader.dimensions() for l in reader.layer_ids(d)]
+                    lmdb_path = tmp / "lmdb"
+                    data_bytes = _load_lmdb(lmdb_path, reader)
+                    shared = manager.dict({k: bytes(reader.load_layer_context(*k).content) for k in keys})
+                others = [os.getpid(), *coord.stats()["workers"]["pids"]]
+                payload["config"] = {
+                    "lookups": n, "batches": batches, "batch_steps": BATCH_STEPS,
+                    "concurrency": f"{procs} processes x {threads} threads", "seconds": seconds,
+                    "concurrency_rounds": rounds, "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+                    "publish_MiB": sizes, "publish_repeats": {"fresh_pages": fresh_repeats, "warm": repeats},
+                    "memory_readers": readers, "workers": workers, "job_clients": [1, clients],
+                    "quick": args.quick,
+                    "lmdb": {"version": ".".join(map(str, lmdb.version())), "py_lmdb": lmdb.__version__,
+                             "readahead": False, "buffers": True, "folder": "temporary folder on " +
+                             _filesystem(tmp)}}
+                payload["data"] = {"dimensions": len({d for d, _ in keys}), "layers": len(keys),
+                                   "bytes": data_bytes}
+                phases = {
+                    "lookup": lambda: compare_lookup(name, str(lmdb_path), shared, keys, n, batches),
+                    "concurrency": lambda: compare_concurrency(name, str(lmdb_path), keys, procs, threads, seconds,
+                                                               rounds),
+                    # Before publish and jobs: nothing but the sample is resident in the pools yet.
+                    "memory": lambda: compare_memory(name, str(lmdb_path), keys, data_bytes, readers, others),
+                    "publish": lambda: compare_publish(coord, tmp, sizes, fresh_repeats, repeats),
+                    "jobs": lambda: compare_jobs(coord, workers, keys, jobs_n, clients),
                 }
-            finally:
-                exposer.shutdown()
-                manager.shutdown()
-    payload["ratios"] = _ratios(payload)
+                took = payload["phase_seconds"] = {"setup": round(time.perf_counter() - t_start, 1)}
+                for phase, run in phases.items():
+                    t0 = time.perf_counter()
+                    payload[phase] = run()
+                    took[phase] = round(time.perf_counter() - t0, 1)
+    finally:
+        leftovers = benchlib.shm_leftovers()
+    payload["targets"] = _targets(payload)
     payload["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    payload["leftovers_in_dev_shm"] = sorted(o for nm in _names for group in list_objects(nm) for o in group)
+    payload["instances"] = benchlib.instance_names()
+    payload["leftovers_in_dev_shm"] = leftovers
     benchlib.write_result("bench_peers", payload, args.out_dir, save=not args.no_save)
-    return 1 if payload["leftovers_in_dev_shm"] else 0
+    return 1 if leftovers else 0
 
 
-def _ratios(p: dict) -> dict:
-    """shmpool / peer, the figures docs/performance.md leads with (lower is better for times)."""
-    lk, lm = p["lookup"]["shmpool"], p["lookup"]["lmdb"]
-    conc = p["concurrency"]
-    pub = p["publish"]
-    big = pub[max(pub, key=lambda k: int(k[:-3]))]
-    top = max(p["jobs"]["ratios"], key=int)
-    return {
-        "single_lookup_p99_vs_lmdb_fresh_txn": round(lk["single"]["p99_us"] / lm["single_fresh_txn"]["p99_us"], 3),
-        "single_lookup_p99_vs_lmdb_long_txn": round(lk["single"]["p99_us"] / lm["single_long_txn"]["p99_us"], 3),
-        "single_lookup_p99_vs_manager_dict": round(lk["single"]["p99_us"] / p["lookup"]["manager"]["single"]["p99_us"], 4),
-        "batch20_median_vs_lmdb_one_txn": round(lk["batch"]["median_us"] / lm["batch"]["median_us"], 3),
-        "many_readers_per_core_vs_one_shmpool": conc["shmpool"]["per_core_ratio_many_vs_one"],
-        "many_readers_per_core_vs_one_lmdb": conc["lmdb"]["per_core_ratio_many_vs_one"],
-        "crystallize_fraction_of_memcpy_largest": big["shmpool_fraction_of_memcpy"],
-        "crystallize_vs_lmdb_nosync_largest": round(big["shmpool_crystallize_ms"] / big["lmdb_write_txn_ms_sync_false"], 3),
-        "pss_ratio_to_data_shmpool": p["memory_pss"]["shmpool"]["ratio_to_data"],
-        "pss_ratio_to_data_lmdb": p["memory_pss"]["lmdb"]["ratio_to_data"],
-        "job_round_trip_p50_speedup_vs_ppe_1_client": p["jobs"]["ratios"]["1"]["p50_speedup"],
-        f"job_round_trip_p50_speedup_vs_ppe_{top}_clients": p["jobs"]["ratios"][top]["p50_speedup"],
-    }
+def _filesystem(path: Path) -> str:
+    """The mount (device and type) holding ``path``: says whether sync means a disk flush."""
+    best = ("?", "?", "")
+    try:
+        with open("/proc/mounts", encoding="utf-8") as fh:
+            for line in fh:
+                dev, mnt, fstype = line.split()[:3]
+                if str(path).startswith(mnt) and len(mnt) >= len(best[2]):
+                    best = (dev, fstype, mnt)
+    except OSError:
+        pass
+    return f"{best[0]} ({best[1]}, mounted at {best[2]})"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""scripts/bench_peers.py --quick runs every comparison (when the bench extra is installed)."""
+"""scripts/bench_peers.py --quick runs every comparison, prints complete JSON and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -9,17 +9,37 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("lmdb")
 pytest.importorskip("psutil")
 
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_peers.py"
+SUMMARY = ("median_us", "p99_us", "n")
 
-def test_bench_peers_quick():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_peers.py"), "--quick", "--no-save"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+
+def test_bench_peers_quick_compares_every_system_and_cleans_up(tmp_path):
+    # cwd is a scratch folder so that a stray save could not land in the repository.
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--no-save"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
     doc = json.loads(proc.stdout)
-    assert set(doc["lookup"]) == {"shmpool", "lmdb", "manager"}
-    assert doc["memory_pss"]["shmpool"]["readers"] == 3
-    assert all(v is not None for v in doc["ratios"].values())
+
+    assert doc["benchmark"] == "bench_peers"
+    assert {"cpu", "cores", "python"} <= doc["machine"].keys()
+    lookup = doc["lookup"]
+    for system, rows in (("shmpool", ("single", "batch")), ("manager", ("single",)),
+                         ("lmdb", ("single_fresh_txn", "single_long_txn", "batch", "batch_copied_out"))):
+        for row in rows:
+            assert set(SUMMARY) <= lookup[system][row].keys(), (system, row)
+    for system in ("shmpool", "lmdb"):
+        conc = doc["concurrency"][system]
+        assert conc["1_reader"]["lookups_per_s"] > 0 and conc["8_readers"]["readers"] == 8
+        assert set(SUMMARY) <= conc["8_readers"]["latency"].keys()
+        assert doc["memory"][system]["readers"] == 3
+    pub = doc["publish"]["1MiB"]
+    for row in ("shmpool_crystallize_fresh_pages", "shmpool_crystallize_warm", "lmdb_write_txn_sync_on",
+                "lmdb_write_txn_sync_off", "memcpy_warm", "memcpy_fresh_pages"):
+        assert {"median_ms", "p99_ms"} <= pub[row].keys(), row
+    assert {"1", "8"} == set(doc["jobs"]["ratios"])
+    assert doc["targets"] and all(isinstance(t["met"], bool) for t in doc["targets"].values())
     assert doc["leftovers_in_dev_shm"] == []
+    assert not list(tmp_path.iterdir()), "--no-save wrote files"
