@@ -18,7 +18,6 @@ republished with its layers zstd-compressed where that saves >= 10%; once read i
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from shmpool.errors import ShmPoolError
 from shmpool.instance import SharedInstance
 from shmpool.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
 from shmpool.region import Region
-from shmpool.region_builder import RegionBuilder
+from shmpool.region_builder import RegionBuilder, write_atomically
 
 from .publisher import Published, Publisher
 
@@ -176,19 +175,7 @@ class CapacityManager:
         """Write the region exactly as it lies in shared memory (it *is* a region file), atomically."""
         self.spill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.spill_dir / f"dim-{pub.dimension_id:05d}-gen{pub.generation}.region"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.spill_dir)
-        try:
-            with open(fd, "wb") as f:
-                f.write(self._inst.handle_view(pub.handle))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError as exc:
-                logger.debug("could not remove {}: {}", tmp, exc)
-            raise
+        write_atomically(path, [self._inst.handle_view(pub.handle)], mode=0o600)
         self.counters.spills_written += 1
         logger.info("dimension {} generation {} written to {} before eviction", pub.dimension_id,
                     pub.generation, path)

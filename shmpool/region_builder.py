@@ -28,7 +28,7 @@ from .region import (
     align, meta_crc,
 )
 
-__all__ = ["RegionBuilder"]
+__all__ = ["RegionBuilder", "write_atomically"]
 
 _U32 = 2**32
 _ZEROS = bytes(8)  # padding never exceeds ALIGN - 1 bytes
@@ -207,24 +207,7 @@ class RegionBuilder:
         Readers see the old file or the new one, never a torn one; on any failure the temp file is
         removed and the error propagates. The file is created with mode 0644.
         """
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with open(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide the file from other users
-                for piece in self._pieces():
-                    f.write(piece)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError as exc:
-                logger.debug("could not remove temporary region file {}: {}", tmp, exc)
-            raise
-        _fsync_directory(path.parent)
-        return path
+        return write_atomically(path, self._pieces(), mode=0o644)  # 0644: readable by other users
 
     def _pieces(self) -> Iterator[bytes]:
         plan = self._layout()
@@ -270,6 +253,30 @@ class RegionBuilder:
         prefix = b"".join((HEADER.pack(*fields), meta, pad, index_bytes))
         self._plan = _Plan(prefix, list(zip(offsets, (layer.content for layer in layers))), nbytes)
         return self._plan
+
+
+def write_atomically(path: str | os.PathLike, pieces: Iterable[Any], *, mode: int) -> Path:
+    """Write ``pieces`` (bytes-like) to ``path`` atomically: temp file in the same folder, fsync,
+    os.replace, fsync of the folder. Readers see the old file or the new one, never a torn one;
+    on any failure the temp file is removed and the error propagates."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            for piece in pieces:
+                f.write(piece)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError as exc:
+            logger.debug("could not remove temporary file {}: {}", tmp, exc)
+        raise
+    _fsync_directory(path.parent)
+    return path
 
 
 def _fsync_directory(directory: Path) -> None:
