@@ -88,6 +88,17 @@ def align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def byte_view(buffer: Any) -> memoryview:
+    """A flat unsigned-byte memoryview of ``buffer``; TypeError or ValueError if it is not
+    contiguous memory."""
+    view = memoryview(buffer)
+    if not view.c_contiguous:
+        raise ValueError("strided memory")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
 def meta_crc(header: Any, meta: Any, index: Any) -> int:
     """CRC32 over the header (its ``meta_crc`` field read as zero), the name + keyword blob, the index.
 
@@ -292,11 +303,7 @@ class Region:
         nothing else for malformed bytes.
         """
         try:
-            view = memoryview(buffer)
-            if not view.c_contiguous:
-                raise ValueError("strided memory")
-            if view.format != "B" or view.ndim != 1:
-                view = view.cast("B")
+            view = byte_view(buffer)
         except (TypeError, ValueError) as exc:
             raise RegionFormatError(source=source, fault=f"not a contiguous byte buffer ({exc})") from None
         return cls._validated(view.toreadonly(), source, verify_checksums, None)

@@ -25,7 +25,7 @@ from .errors import InvalidLayer
 from .compression import deflate
 from .region import (
     FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
-    align, meta_crc,
+    align, byte_view, meta_crc,
 )
 
 __all__ = ["RegionBuilder", "write_atomically"]
@@ -173,11 +173,7 @@ class RegionBuilder:
         """
         plan = self._layout()
         try:
-            view = memoryview(buffer)
-            if not view.c_contiguous:
-                raise ValueError("strided memory")
-            if view.format != "B" or view.ndim != 1:
-                view = view.cast("B")
+            view = byte_view(buffer)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"write_into needs a writable contiguous byte buffer: {exc}") from None
         with view:
