@@ -132,6 +132,8 @@ def _release(views: _Views, source: str) -> None:
 
 
 _Parsed = namedtuple("_Parsed", "header name index keywords_at")
+# Per-layer Python lookup tables of a Region: ids, {id: (start, end, row)}, keyword spans, flags.
+_Tables = namedtuple("_Tables", "ids where kw text zstd freq")
 _ROW = INDEX_DTYPE.itemsize
 
 
@@ -288,8 +290,8 @@ class Region:
     :meth:`close` releases it). Views it hands out must not outlive :meth:`close`.
     """
 
-    __slots__ = ("source", "dimension_id", "name", "layer_count", "nbytes", "buffer", "_views", "_where",
-                 "_ids", "_kw", "_text", "_zstd", "_freq", "_finalizer", "__weakref__")
+    __slots__ = ("source", "dimension_id", "name", "layer_count", "nbytes", "buffer", "_views",
+                 "_keywords_at", "_tables", "_finalizer", "__weakref__")
 
     # ----------------------------------------------------------------- construction
 
@@ -357,20 +359,28 @@ class Region:
         self.nbytes = len(mv)
         self.buffer = mv
         index = parsed.index
-        ids = index["layer_id"].tolist()
-        starts = index["offset"].tolist()
-        ends = (index["offset"] + index["length"]).tolist()
-        self._ids = ids
-        self._where = {lid: (s, e, row) for row, (lid, s, e) in enumerate(zip(ids, starts, ends))}
-        kw_start = parsed.keywords_at + index["kw_offset"].astype(np.int64)
-        self._kw = list(zip(kw_start.tolist(), (kw_start + index["kw_length"]).tolist()))
-        self._text = ((index["flags"] & FLAG_TEXT) != 0).tolist()
-        self._zstd = ((index["flags"] & FLAG_ZSTD) != 0).tolist()
-        self._freq = index["frequency"].tolist()
+        self._keywords_at = parsed.keywords_at
+        self._tables: _Tables | None = None  # built on first use: readers keep their own index
         self._views = _Views(index, mv, mapping)
         # Last line of defence for an owned mapping; close() runs it early (and only once).
         self._finalizer = weakref.finalize(self, _release, self._views, source) if mapping is not None else None
         return self
+
+    @property
+    def _t(self) -> "_Tables":
+        tables = self._tables
+        if tables is None:
+            index = self.index
+            ids = index["layer_id"].tolist()
+            starts = index["offset"].tolist()
+            ends = (index["offset"] + index["length"]).tolist()
+            kw_start = self._keywords_at + index["kw_offset"].astype(np.int64)
+            tables = self._tables = _Tables(
+                ids, {lid: (s, e, row) for row, (lid, s, e) in enumerate(zip(ids, starts, ends))},
+                list(zip(kw_start.tolist(), (kw_start + index["kw_length"]).tolist())),
+                ((index["flags"] & FLAG_TEXT) != 0).tolist(), ((index["flags"] & FLAG_ZSTD) != 0).tolist(),
+                index["frequency"].tolist())
+        return tables
 
     # ----------------------------------------------------------------- lifetime
 
@@ -409,7 +419,7 @@ class Region:
         """The content of ``layer_id``: a read-only zero-copy slice. Raises LayerNotFound."""
         # Hot path: one dict lookup, one slice. No lock, no allocation but the slice, no syscall;
         # bounds were proven at construction. Keep it that way.
-        where = self._where.get(layer_id)
+        where = self._t.where.get(layer_id)
         if where is None:
             raise self._not_found(layer_id)
         try:
@@ -420,28 +430,28 @@ class Region:
     def content(self, layer_id: int) -> bytes | memoryview:
         """The layer's content: the zero-copy slice, or for a compressed layer its decompressed copy."""
         view = self.layer(layer_id)
-        row = self._where[layer_id][2]
-        if self._zstd[row]:
-            return inflate(view, source=self.source, layer_id=layer_id, offset=self._where[layer_id][0])
+        start, _end, row = self._t.where[layer_id]
+        if self._t.zstd[row]:
+            return inflate(view, source=self.source, layer_id=layer_id, offset=start)
         return view
 
     def is_compressed(self, row: int) -> bool:
-        return self._zstd[row]
+        return self._t.zstd[row]
 
     def row(self, layer_id: int) -> int:
         """The row of ``layer_id`` in :attr:`index`. Raises LayerNotFound."""
-        where = self._where.get(layer_id)
+        where = self._t.where.get(layer_id)
         if where is None:
             raise self._not_found(layer_id)
         return where[2]
 
     def layer_ids(self) -> list[int]:
         """All layer ids, ascending."""
-        return list(self._ids)
+        return list(self._t.ids)
 
     def keywords(self, row: int) -> tuple[str, ...]:
         """Keywords of the layer in ``row`` (decoded on every call; callers cache)."""
-        start, end = self._kw[row]
+        start, end = self._t.kw[row]
         if start == end:
             return ()
         try:
@@ -454,17 +464,17 @@ class Region:
 
     def is_text(self, row: int) -> bool:
         """Whether the layer in ``row`` is UTF-8 text (as opposed to binary)."""
-        return self._text[row]
+        return self._t.text[row]
 
     def frequency(self, row: int) -> float:
-        return self._freq[row]
+        return self._t.freq[row]
 
     def verify_checksums(self) -> None:
         """Check every layer's CRC32 and every text layer's UTF-8 now. Raises RegionFormatError."""
         _check_content(self.buffer, self.index, self.source)
 
     def __contains__(self, layer_id: object) -> bool:
-        return layer_id in self._where
+        return layer_id in self._t.where
 
     def __len__(self) -> int:
         return self.layer_count
@@ -475,7 +485,7 @@ class Region:
 
     def _not_found(self, layer_id: Any) -> LayerNotFound:
         return LayerNotFound(dimension_id=self.dimension_id, layer_id=layer_id,
-                             layer_count=self.layer_count, sample_ids=self._ids[:12])
+                             layer_count=self.layer_count, sample_ids=self._t.ids[:12])
 
     def _closed_error(self) -> ShmPoolError:
         return ShmPoolError(f"{self.source}: region is closed")
