@@ -262,7 +262,8 @@ class CapacityManager:
             self._incompressible.add((pub.dimension_id, pub.generation))
             return
         generation = self._publisher.place(nbytes, builder.write_into, source=pub.source,
-                                           expect_dimension=pub.dimension_id, file=None, compressed=compress)
+                                           expect_dimension=pub.dimension_id, file=None, compressed=compress,
+                                           built=(builder.dimension_id, builder.name, len(builder)))
         self._hot_periods.pop(pub.dimension_id, None)
         if compress:
             self.counters.compressions += 1

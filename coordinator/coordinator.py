@@ -279,7 +279,8 @@ class Coordinator:
         nbytes = builder.nbytes()
         place = functools.partial(publisher.place, nbytes, builder.write_into,
                                   source=f"crystallized proto-dimension {dimension_id}",
-                                  expect_dimension=dimension_id)
+                                  expect_dimension=dimension_id,
+                                  built=(builder.dimension_id, builder.name, len(builder)))
         try:
             generation = place()
         except (LimitExceeded, AllocationFailed) as exc:

@@ -86,21 +86,27 @@ class Publisher:
         self._lock = threading.Lock()
 
     def place(self, nbytes: int, write: Callable[[memoryview], None], *, source: str,
-              expect_dimension: int | None = None, file: Path | None = None, compressed: bool = False) -> int:
+              expect_dimension: int | None = None, file: Path | None = None, compressed: bool = False,
+              built: tuple[int, str, int] | None = None) -> int:
         """Allocate ``nbytes``, let ``write`` fill them with a region, check it, publish it.
 
         Returns the new generation. On any failure the blocks are freed before the error
-        propagates: a half-placed dimension leaves nothing allocated.
+        propagates: a half-placed dimension leaves nothing allocated. ``built`` = (dimension id,
+        name, layer count) says ``write`` is a RegionBuilder of ours, whose output needs no
+        re-parsing; bytes copied from elsewhere (a file that might change under us) are checked.
         """
         table = self._inst.table
         handle = table.allocate(nbytes)
         try:
             view = self._inst.handle_view(handle)
             write(view)
-            # Structure only: content checksums were verified where the bytes came from.
-            region = Region.from_buffer(view, source=source, verify_checksums=False)
-            dimension_id, name, layers = region.dimension_id, region.name, region.layer_count
-            del region
+            if built is not None:
+                dimension_id, name, layers = built
+            else:
+                # Structure only: content checksums were verified where the bytes came from.
+                region = Region.from_buffer(view, source=source, verify_checksums=False)
+                dimension_id, name, layers = region.dimension_id, region.name, region.layer_count
+                del region
             view.release()
             if expect_dimension is not None and dimension_id != expect_dimension:
                 raise RegionFormatError(source=source, fault=f"holds dimension {dimension_id}, "
