@@ -38,6 +38,8 @@ __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 RELOAD_TIMEOUT = 10.0  # seconds a lookup waits for an evicted dimension to come back
 RELOAD_POLL = 0.0005   # seconds between checks while waiting
 
+_new = object.__new__
+
 
 class _PinnedBytes(np.ndarray):
     """A read-only byte array over one generation's region; its life is the pin's life."""
@@ -46,7 +48,7 @@ class _PinnedBytes(np.ndarray):
 class _Generation:
     """One mapped generation of one dimension: the region, its index, and lazy metadata."""
 
-    __slots__ = ("dimension_id", "generation", "name", "region", "mv", "index", "ids",
+    __slots__ = ("dimension_id", "generation", "name", "region", "mv", "index", "compressed", "ids",
                  "_freqs", "_keywords", "_by_keyword", "__weakref__")
 
     def __init__(self, dimension_id: int, generation: int, array: _PinnedBytes) -> None:
@@ -58,13 +60,16 @@ class _Generation:
         self.name = self.region.name
         idx = self.region.index
         ids = idx["layer_id"].tolist()
-        starts = idx["offset"].astype(np.int64)
-        ends = (starts + idx["length"].astype(np.int64)).tolist()
-        # A compressed layer's start is stored as -(start + 1): the hot path's one sign test
-        # sends it to _inflated without a second lookup.
-        starts = np.where((idx["flags"] & FLAG_ZSTD) != 0, -starts - 1, starts).tolist()
+        starts = idx["offset"].tolist()
+        ends = (idx["offset"] + idx["length"]).tolist()
+        zstd = ((idx["flags"] & FLAG_ZSTD) != 0).tolist()
         self.ids = ids
-        self.index = {lid: (s, e, row) for row, (lid, s, e) in enumerate(zip(ids, starts, ends))}
+        # Prebuilt slice objects: the hot path slices with one object instead of two ints.
+        # Compressed layers live in a second dict, looked at only when the first one misses.
+        self.index = {lid: (slice(s, e), row)
+                      for row, (lid, s, e, z) in enumerate(zip(ids, starts, ends, zstd)) if not z}
+        self.compressed = {lid: (s, e, row)
+                           for row, (lid, s, e, z) in enumerate(zip(ids, starts, ends, zstd)) if z}
         self._freqs = None
         self._keywords: dict[int, tuple[str, ...]] = {}
         self._by_keyword: dict[str, list[int]] | None = None
@@ -179,18 +184,29 @@ class Reader:
             dir_mv[dv.touch_pos] = TOUCHED_READ
         loc = gen.index.get(layer_id)
         if loc is None:
+            return self._not_plain(dimension_id, layer_id, gen)
+        # Slots stored directly: ~50 ns less than calling LoadedContext's Python __init__.
+        ctx = _new(LoadedContext)
+        ctx.dimension_id = dimension_id
+        ctx.layer_id = layer_id
+        ctx.content = gen.mv[loc[0]]
+        ctx._gen = gen
+        ctx._row = loc[1]
+        return ctx
+
+    def _not_plain(self, dimension_id: int, layer_id: int, gen: "_Generation") -> LoadedContext:
+        """A compressed (cold) layer, or none at all."""
+        loc = gen.compressed.get(layer_id)
+        if loc is None:
             raise LayerNotFound(dimension_id=dimension_id, layer_id=layer_id, generation=gen.generation,
                                 layer_count=len(gen.ids), sample_ids=gen.ids[:12])
-        start = loc[0]
-        if start < 0:
-            return self._inflated(dimension_id, layer_id, gen, loc)
-        return LoadedContext(dimension_id, layer_id, gen.mv[start:loc[1]], gen, loc[2])
+        return self._inflated(dimension_id, layer_id, gen, loc)
 
     def _inflated(self, dimension_id: int, layer_id: int, gen: "_Generation", loc) -> LoadedContext:
         """A compressed (cold) layer: the one lookup that returns a copy, decompressed here."""
-        start = -loc[0] - 1
-        data = inflate(gen.mv[start:loc[1]], source=gen.region.source, layer_id=layer_id, offset=start)
-        return LoadedContext(dimension_id, layer_id, memoryview(data).toreadonly(), gen, loc[2])
+        start, end, row = loc
+        data = inflate(gen.mv[start:end], source=gen.region.source, layer_id=layer_id, offset=start)
+        return LoadedContext(dimension_id, layer_id, memoryview(data).toreadonly(), gen, row)
 
     # ----------------------------------------------------------------- batch and scan
 
@@ -214,8 +230,14 @@ class Reader:
                 gen = dv.current
                 if dir_mv[dv.gen_pos] == gen.generation and dir_mv[dv.touch_pos]:
                     loc = gen.index.get(layer)
-                    if loc is not None and loc[0] >= 0:
-                        append(LoadedContext(dim, layer, gen.mv[loc[0]:loc[1]], gen, loc[2]))
+                    if loc is not None:
+                        ctx = _new(LoadedContext)
+                        ctx.dimension_id = dim
+                        ctx.layer_id = layer
+                        ctx.content = gen.mv[loc[0]]
+                        ctx._gen = gen
+                        ctx._row = loc[1]
+                        append(ctx)
                         continue
             try:
                 append(load(dim, layer))
@@ -237,11 +259,11 @@ class Reader:
         self._dir_mv[dv.touch_pos] = max(self._dir_mv[dv.touch_pos], TOUCHED_READ)
         for row in rows:
             lid = ids[row]
-            loc = index[lid]
-            if loc[0] < 0:
-                yield self._inflated(dimension_id, lid, gen, loc)
+            loc = index.get(lid)
+            if loc is None:
+                yield self._inflated(dimension_id, lid, gen, gen.compressed[lid])
             else:
-                yield LoadedContext(dimension_id, lid, mv[loc[0]:loc[1]], gen, row)
+                yield LoadedContext(dimension_id, lid, mv[loc[0]], gen, row)
 
     # ----------------------------------------------------------------- introspection
 
