@@ -61,13 +61,12 @@ def _fresh_name() -> str:
     return _made_names[-1]
 
 
-def _round_trips(table, nbytes: int, iterations: int, warmup: int) -> dict:
-    allocate, free, c = table.allocate, table.free, clock
-    for _ in range(warmup):
-        free(allocate(nbytes))
+def _timed_loop(allocate, free, nbytes: int, iterations: int):
+    """``iterations`` allocate+free pairs, each half timed: (alloc ns, free ns, start, end, last handle)."""
+    c = clock
     alloc_ns = [0] * iterations
     free_ns = [0] * iterations
-    gc.collect()
+    start = c()
     for i in range(iterations):
         t0 = c()
         h = allocate(nbytes)
@@ -76,7 +75,15 @@ def _round_trips(table, nbytes: int, iterations: int, warmup: int) -> dict:
         t2 = c()
         alloc_ns[i] = t1 - t0
         free_ns[i] = t2 - t1
-    a, f = np.array(alloc_ns), np.array(free_ns)
+    return np.array(alloc_ns), np.array(free_ns), start, c(), h
+
+
+def _round_trips(table, nbytes: int, iterations: int, warmup: int) -> dict:
+    allocate, free = table.allocate, table.free
+    for _ in range(warmup):
+        free(allocate(nbytes))
+    gc.collect()
+    a, f, _start, _end, h = _timed_loop(allocate, free, nbytes, iterations)
     both = percentiles(a + f)
     return {
         "nbytes": nbytes, "pool": h.pool, "blocks": h.block_count,
@@ -162,24 +169,12 @@ def _contender(name: str, nbytes: int, warmup: int, iterations: int, barrier, re
     """Child process: attach, wait for the other contenders, then allocate/free ``iterations`` times."""
     inst = SharedInstance.attach(name)
     try:
-        allocate, free, c = inst.table.allocate, inst.table.free, clock
+        allocate, free = inst.table.allocate, inst.table.free
         for _ in range(warmup):
             free(allocate(nbytes))
-        alloc_ns = [0] * iterations
-        free_ns = [0] * iterations
         gc.collect()
         barrier.wait(timeout=120)
-        start = c()
-        for i in range(iterations):
-            t0 = c()
-            h = allocate(nbytes)
-            t1 = c()
-            free(h)
-            t2 = c()
-            alloc_ns[i] = t1 - t0
-            free_ns[i] = t2 - t1
-        end = c()
-        a, f = np.array(alloc_ns), np.array(free_ns)
+        a, f, start, end, _h = _timed_loop(allocate, free, nbytes, iterations)
         results.put((os.getpid(), {
             "allocate_free": percentiles(a + f), "allocate": percentiles(a), "free": percentiles(f),
             "start_ns": start, "end_ns": end,

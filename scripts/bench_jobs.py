@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import random
 import sys
 import tempfile
@@ -170,26 +169,6 @@ def _client_child(system: str, name: str, shared, keys, threads: int, per_thread
         raise
 
 
-def _collect(results, procs, expected: int, timeout: float) -> list:
-    out: list = []
-    deadline = time.monotonic() + timeout
-    while len(out) < expected:
-        try:
-            kind, item = results.get(timeout=0.5)
-        except queue.Empty:
-            dead = [p for p in procs if p.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError("client process died: " + ", ".join(f"pid {p.pid} exit code {p.exitcode}"
-                                                                        for p in dead))
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"client processes gave {len(out)} of {expected} results in {timeout} s")
-            continue
-        if kind == "error":
-            raise RuntimeError(f"client process raised: {item}")
-        out.append(item)
-    return out
-
-
 def _multi_process(system: str, name: str, shared, keys, processes: int, threads: int, per_thread: int) -> dict:
     ctx = mp.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
@@ -200,9 +179,9 @@ def _multi_process(system: str, name: str, shared, keys, processes: int, threads
     try:
         for p in procs:
             p.start()
-        _collect(results, procs, processes, CHILD_TIMEOUT)
+        benchlib.collect(results, procs, processes, CHILD_TIMEOUT)
         go.set()
-        done = _collect(results, procs, processes, CHILD_TIMEOUT)
+        done = benchlib.collect(results, procs, processes, CHILD_TIMEOUT)
     finally:
         for p in procs:
             p.join(10)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import mmap
 import multiprocessing as mp
 import os
-import queue
 import random
 import struct
 import sys
@@ -96,35 +95,6 @@ def _touch(buf) -> int:
         return 0
     a = np.frombuffer(buf, dtype=np.uint8)
     return int(a[::PAGE].sum()) + int(a[-1])
-
-
-def _collect(results, procs, expected: int, timeout: float) -> list:
-    """``expected`` items from ``results``; raises naming any child that died or raised."""
-    out: list = []
-    deadline = time.monotonic() + timeout
-    while len(out) < expected:
-        try:
-            kind, item = results.get(timeout=0.5)
-        except queue.Empty:
-            dead = [p for p in procs if p.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError("child process died: " + ", ".join(f"pid {p.pid} exit code {p.exitcode}"
-                                                                       for p in dead)) from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"child processes gave {len(out)} of {expected} results in {timeout} s") from None
-            continue
-        if kind == "error":
-            raise RuntimeError(f"child process raised: {item}")
-        out.append(item)
-    return out
-
-
-def _reap(procs) -> None:
-    for p in procs:
-        p.join(10)
-        if p.exitcode is None:
-            p.terminate()
-            p.join(5)
 
 
 # ----------------------------------------------------------------------------- 1. lookup and batch
@@ -222,9 +192,9 @@ def _run_child(ctx, target, args, label: str):
     p = ctx.Process(target=target, args=(*args, results), name=f"bench-peers-{label}")
     p.start()
     try:
-        return _collect(results, [p], 1, CHILD_TIMEOUT)[0]
+        return benchlib.collect(results, [p], 1, CHILD_TIMEOUT)[0]
     finally:
-        _reap([p])
+        benchlib.reap([p])
 
 
 def compare_lookup(name: str, lmdb_path: str, shared, keys, n: int, batches: int) -> dict:
@@ -323,13 +293,13 @@ def _throughput_row(ctx, system: str, target: str, keys, processes: int, threads
     try:
         for p in procs:
             p.start()
-        _collect(results, procs, processes, CHILD_TIMEOUT)  # all attached, warmed and waiting
+        benchlib.collect(results, procs, processes, CHILD_TIMEOUT)  # all attached, warmed and waiting
         window[0] = time.monotonic() + 0.05 + 0.005 * processes
         window[1] = window[0] + seconds
         go.set()
-        reports = _collect(results, procs, processes, seconds + CHILD_TIMEOUT)
+        reports = benchlib.collect(results, procs, processes, seconds + CHILD_TIMEOUT)
     finally:
-        _reap(procs)
+        benchlib.reap(procs)
     lookups = sum(r["lookups"] for r in reports)
     cpu = sum(r["cpu_seconds"] for r in reports)
     ends = np.concatenate([np.frombuffer(r["ends"], dtype=np.int64) for r in reports]) / 1e9
@@ -537,17 +507,17 @@ def compare_memory(name: str, lmdb_path: str, keys, data_bytes: int, readers: in
         try:
             for p in procs:
                 p.start()
-            _collect(results, procs, readers, CHILD_TIMEOUT)
+            benchlib.collect(results, procs, readers, CHILD_TIMEOUT)
             before = [psutil.Process(p.pid).memory_full_info() for p in procs]
             go.set()
-            _collect(results, procs, readers, CHILD_TIMEOUT)
+            benchlib.collect(results, procs, readers, CHILD_TIMEOUT)
             after = [psutil.Process(p.pid).memory_full_info() for p in procs]
             data_pss = sum(_mapped_pss(p.pid, marker) for p in procs)
             # The same mappings in every other process that holds them (coordinator, workers).
             others_pss = sum(_mapped_pss(pid, marker) for pid in others) if system == "shmpool" else 0
             release.set()
         finally:
-            _reap(procs)
+            benchlib.reap(procs)
         delta = [a.pss - b.pss for a, b in zip(after, before)]
         uss = [a.uss - b.uss for a, b in zip(after, before)]  # bytes: percentiles() / 1000 gives kB
         out[system] = {

@@ -27,7 +27,6 @@ import gc
 import mmap
 import multiprocessing as mp
 import os
-import queue
 import random
 import resource
 import statistics
@@ -121,12 +120,12 @@ def _latency_child(name: str, n: int, batches: int, scans: int, seed: int, resul
                     total += len(ctx.content)
                 scan_read.append(c() - t0)
                 scanned_bytes.append(total)
-        results.put({"single": single, "amortized_ns": amortized_ns, "batch": batch, "scan": scan,
-                     "scan_read": scan_read, "layers_per_scan": sorted(layers),
-                     "mean_scan_bytes": float(np.mean(scanned_bytes)) if scanned_bytes else 0.0,
-                     "pid": os.getpid()})
+        results.put(("done", {"single": single, "amortized_ns": amortized_ns, "batch": batch, "scan": scan,
+                              "scan_read": scan_read, "layers_per_scan": sorted(layers),
+                              "mean_scan_bytes": float(np.mean(scanned_bytes)) if scanned_bytes else 0.0,
+                              "pid": os.getpid()}))
     except BaseException as exc:
-        results.put({"error": repr(exc)})
+        results.put(("error", repr(exc)))
         raise
 
 
@@ -177,35 +176,6 @@ def _throughput_child(name: str, threads: int, seed: int, go, window, results) -
         raise
 
 
-def _collect(results, procs, expected: int, timeout: float) -> list:
-    """``expected`` items from ``results``; raises naming any child that died without one."""
-    out: list = []
-    deadline = time.monotonic() + timeout
-    while len(out) < expected:
-        try:
-            item = results.get(timeout=0.5)
-        except queue.Empty:
-            dead = [p for p in procs if p.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError("reader process died: " + ", ".join(f"pid {p.pid} exit code {p.exitcode}"
-                                                                        for p in dead))
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"reader processes gave {len(out)} of {expected} results in {timeout} s")
-            continue
-        if (isinstance(item, dict) and "error" in item) or (isinstance(item, tuple) and item[0] == "error"):
-            raise RuntimeError(f"reader process raised: {item}")
-        out.append(item)
-    return out
-
-
-def _reap(procs) -> None:
-    for p in procs:
-        p.join(10)
-        if p.exitcode is None:
-            p.terminate()
-            p.join(5)
-
-
 # ----------------------------------------------------------------------------- benchmarks
 
 def bench_lookups(data: Path, n: int, batches: int, scans: int) -> dict:
@@ -218,9 +188,9 @@ def bench_lookups(data: Path, n: int, batches: int, scans: int) -> dict:
             procs = [ctx.Process(target=_latency_child, args=(name, n, batches, scans, 7, results),
                                  name="bench-readers-latency")]
             procs[0].start()
-            out = _collect(results, procs, 1, CHILD_TIMEOUT)[0]
+            out = benchlib.collect(results, procs, 1, CHILD_TIMEOUT)[0]
         finally:
-            _reap(procs)
+            benchlib.reap(procs)
     single, batch = percentiles(out["single"]), percentiles(out["batch"])
     scan, scan_read = percentiles(out["scan"]), percentiles(out["scan_read"])
 
@@ -404,16 +374,16 @@ def _throughput_row(ctx, name: str, processes: int, threads: int, seconds: float
     try:
         for p in procs:
             p.start()
-        _collect(results, procs, processes, CHILD_TIMEOUT)  # every one attached, warmed and waiting
+        benchlib.collect(results, procs, processes, CHILD_TIMEOUT)  # every one attached, warmed and waiting
         # A common window, opening a little later so that every process is past `go` by then.
         window[0] = time.monotonic() + 0.05 + 0.005 * processes
         window[1] = window[0] + seconds
         busy0 = _machine_busy_seconds()
         go.set()
-        reports = [r for _, r in _collect(results, procs, processes, seconds + CHILD_TIMEOUT)]
+        reports = benchlib.collect(results, procs, processes, seconds + CHILD_TIMEOUT)
         busy1 = _machine_busy_seconds()
     finally:
-        _reap(procs)
+        benchlib.reap(procs)
     total = sum(r["lookups"] for r in reports)
     cpu = sum(r["cpu_seconds"] for r in reports)
     per_process = [r["lookups"] / seconds for r in reports]

@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["RESULTS_DIR", "clock", "timer", "machine_facts", "clock_overhead_ns", "percentiles",
            "argument_parser", "write_result", "instance_name", "instance_names", "shm_leftovers",
-           "quiet_logging", "raise_on_sigterm"]
+           "quiet_logging", "raise_on_sigterm", "collect", "reap"]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench-results"
 
@@ -186,3 +186,41 @@ def raise_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so a killed benchmark still runs its ``finally`` blocks
     (stop coordinators, unlink segments)."""
     signal.signal(signal.SIGTERM, _sigterm_to_exit)
+
+
+# ----------------------------------------------------------------------------- child processes
+
+def collect(results, procs, expected: int, timeout: float) -> list:
+    """``expected`` items from children that put ``(kind, item)`` on ``results``; returns the items.
+
+    A child reports failure as ``("error", text)``. Raises RuntimeError naming any child that
+    raised, died without reporting, or did not report within ``timeout`` seconds.
+    """
+    import queue
+
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expected:
+        try:
+            kind, item = results.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError("child process died: " + ", ".join(f"pid {p.pid} exit code {p.exitcode}"
+                                                                       for p in dead)) from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"child processes gave {len(out)} of {expected} results in {timeout} s") from None
+            continue
+        if kind == "error":
+            raise RuntimeError(f"child process raised: {item}")
+        out.append(item)
+    return out
+
+
+def reap(procs) -> None:
+    """Join child processes, terminating any that do not exit within 10 s."""
+    for p in procs:
+        p.join(10)
+        if p.exitcode is None:
+            p.terminate()
+            p.join(5)
