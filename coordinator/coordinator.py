@@ -41,6 +41,7 @@ __all__ = ["Coordinator"]
 RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
+HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
 
 
 class Coordinator:
@@ -219,7 +220,7 @@ class Coordinator:
                 logger.debug("stranded spilled result {} already freed: {}", spill, exc)
 
     def _reap_loop(self) -> None:
-        last_sweep = time.monotonic()
+        last_sweep = last_heal = time.monotonic()
         while True:
             # Woken early by readers that need an evicted dimension back (and by stop()).
             self._inst.wait_for_wake(RECLAIM_INTERVAL)
@@ -228,6 +229,12 @@ class Coordinator:
             try:
                 if self._pool is not None:
                     self._pool.supervise()
+                    if time.monotonic() - last_heal >= HEAL_INTERVAL:
+                        # One supervision round: dead clients settled, invariants restored,
+                        # swallowed wake-ups re-sent (docs/architecture.md, job board invariants).
+                        self._board.sweep_dead_clients()
+                        self._board.supervise()
+                        last_heal = time.monotonic()
                     self._free_stranded_spills()
                 if self._reader is not None:
                     self._reader.drop_stale()  # our own reader must not pin what it no longer uses
@@ -236,8 +243,6 @@ class Coordinator:
                 if time.monotonic() - last_sweep >= DEAD_SWEEP_INTERVAL:
                     self._inst.table.reclaim_dead()
                     self._publisher.registry.reap_dead()  # keeps readers_attached honest when idle
-                    if self._board is not None:
-                        self._board.sweep_dead_clients()
                     last_sweep = time.monotonic()
             except Exception:  # the reaper must outlive any one bad round
                 logger.exception("reclaim round of coordinator {!r} failed", self.name)

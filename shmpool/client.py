@@ -32,6 +32,7 @@ __all__ = ["Client", "connect", "JobFuture"]
 
 POLL = 0.1  # seconds between coordinator liveness checks while idle
 DIRECT_CALLS_MAX = 4  # concurrent call()s per client that wait on their own channel
+CANCEL_WAIT = 0.05  # seconds a timed-out call() gives the lock to withdraw its request
 
 
 class JobFuture(Future):
@@ -67,16 +68,18 @@ def _release_thread_channel(client_ref, channel: int) -> None:
 class Client:
     """A connection to the worker pool of running instance ``name``. Thread-safe."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, timeout: float | None = None) -> None:
         self.name = name
         self._reader: Reader = attach(name)
         try:
             self._board = JobBoard.attach(name)
+            self._channel = self._board.claim_channel(timeout=timeout)
         except BaseException:
+            if getattr(self, "_board", None) is not None:
+                self._board.close()
             self._reader.close()
             raise
         self._inst = self._reader._inst
-        self._channel = self._board.claim_channel()
         self._sem = self._board.channel_sem(self._channel)
         self._futures: dict[int, tuple[int, JobFuture]] = {}
         self._early: set[int] = set()
@@ -84,6 +87,7 @@ class Client:
         self._direct_calls = 0
         self._thread_channels: list[int] = []
         self._lock = threading.Lock()
+        self._deferred: list[int] = []  # consumed slots a call() could not free in its time
         self._closed = False
         self._broken: BaseException | None = None
         self._thread = threading.Thread(target=self._complete_loop, name=f"shmpool-client-{name}", daemon=True)
@@ -154,11 +158,14 @@ class Client:
                 if not self._coordinator_alive():
                     self._fail_all(self._gone())
                     return
-                continue
+                # No post, but rescan the ring anyway: a worker may have died between pushing
+                # our slot and posting; the ring, not the semaphore, is the truth.
             except posix_ipc.ExistentialError:
                 self._fail_all(AttachError(name=self.name, reason="the coordinator removed the job board"))
                 return
-            done: list[int] = []
+            with self._lock:
+                done, self._deferred = self._deferred, []
+
             for slot in board.completed(self._channel):
                 with self._lock:
                     known = slot in self._futures
@@ -255,31 +262,38 @@ class Client:
         board = self._board
         while True:
             wait = POLL if deadline is None else min(POLL, max(0.0, deadline - time.monotonic()))
+            timed_out = False
             try:
                 sem.acquire(wait)
             except posix_ipc.BusyError:
                 if not self._coordinator_alive():
                     raise self._gone() from None
-                if deadline is not None and time.monotonic() >= deadline:
-                    if not board.cancel(slot, seq):
-                        stale.add(slot)  # running: its response will arrive later and be dropped
-                    raise FuturesTimeout(f"job {job!r} did not finish within {timeout} s") from None
-                continue
+                # Rescan the ring even without a post: a worker may have died before posting.
+                timed_out = deadline is not None and time.monotonic() >= deadline
             except posix_ipc.ExistentialError:
                 raise AttachError(name=self.name, reason="the coordinator removed the job board") from None
             done = board.completed(channel)
             if slot not in done:
-                self._drop_stale(done, stale)
+                self._drop_stale(done, stale, deadline)
+                if timed_out:
+                    if not board.cancel(slot, seq, timeout=CANCEL_WAIT):
+                        stale.add(slot)  # running: its response will arrive later and be dropped
+                    raise FuturesTimeout(f"job {job!r} did not finish within {timeout} s") from None
                 continue
             others = [s for s in done if s != slot]
-            self._drop_stale(others, stale)
+            self._drop_stale(others, stale, deadline)
             outcome = self._outcome(slot, seq, job)
-            board.release_slot(slot)
+            try:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                board.release_slot(slot, timeout=remaining)
+            except TimeoutError:  # a wedged lock must not hold the answer back: free it later
+                with self._lock:
+                    self._deferred.append(slot)
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
 
-    def _drop_stale(self, slots: list[int], stale: set[int]) -> None:
+    def _drop_stale(self, slots: list[int], stale: set[int], deadline: float | None = None) -> None:
         """Responses to calls that timed out: free their spills and slots."""
         for slot in slots:
             stale.discard(slot)
@@ -288,7 +302,12 @@ class Client:
                 data.release()
             if spill is not None:
                 self._free_spill(self._inst.table.handle_at(*spill))
-        self._board.release_slots(slots)
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._board.release_slots(slots, timeout=remaining)
+        except TimeoutError:
+            with self._lock:
+                self._deferred.extend(slots)
 
     def _thread_channel(self):
         mine = getattr(self._tls, "channel", None)
@@ -384,6 +403,9 @@ class Client:
         return self._reader
 
 
-def connect(name: str) -> Client:
-    """Connect to the worker pool of running instance ``name`` (AttachError if there is none)."""
-    return Client(name)
+def connect(name: str, *, timeout: float | None = None) -> Client:
+    """Connect to the worker pool of running instance ``name`` (AttachError if there is none).
+
+    ``timeout`` bounds the wait for the board's lock (LockTimeout naming its holder).
+    """
+    return Client(name, timeout=timeout)

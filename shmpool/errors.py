@@ -143,8 +143,9 @@ class LockTimeout(ShmPoolError, TimeoutError):
     """A shared lock stayed held by a live process for longer than the caller allowed."""
 
     def __init__(self, *, lock: str, owner_pid: int, waited: float) -> None:
+        holder = f"pid {owner_pid}" if owner_pid else "a process that has not recorded its pid yet"
         super().__init__(
-            f"lock {lock!r} still held by live pid {owner_pid} after {waited:.3f} s",
+            f"lock {lock!r} still held by {holder} after {waited:.3f} s (stopped or wedged?)",
             lock=lock, owner_pid=owner_pid, waited=waited,
         )
 

@@ -87,7 +87,7 @@ class SharedInstance:
         self.control = control
         self.pool_segments = pools  # None for growth rows not created or not yet mapped here
         self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
-        self.lock = SharedLock(sem, control.words, str(runtime_dir() / f"{name}.recovery.lock"), name)
+        self.lock = SharedLock(sem, control.words, str(runtime_dir() / f"{name}.table.lock"), name)
         self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
                                      thresholds=thresholds, grow=self._create_growth_segment)
         self._sem = sem
@@ -132,7 +132,7 @@ class SharedInstance:
         made_sems: list[posix_ipc.Semaphore] = []
         try:
             sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM), posix_ipc.O_CREX,
-                                      mode=0o600, initial_value=1)
+                                      mode=0o600, initial_value=0)  # wake-ups only (shmpool.lock)
             made_sems.append(sem)
             wake = posix_ipc.Semaphore(semaphore_name(name, WAKE_SEM), posix_ipc.O_CREX, mode=0o600)
             made_sems.append(wake)
@@ -356,6 +356,7 @@ class SharedInstance:
             except BufferError:
                 logger.debug("a pool view of {!r} is still exported; unmapped when it is collected", self.name)
         self.control.release()
+        self.lock.close()
         self._finalizer()
 
     def unlink(self) -> None:

@@ -3,16 +3,29 @@
 Why shared memory and semaphores (and not POSIX message queues): message queues do not exist on
 macOS, cap message sizes at a few KiB by default, and measured 39 µs p99 per hop here against 25
 µs for a semaphore; a slot also lets a response point into shared memory instead of carrying
-bytes. The flow, with the board's lock (a crash-safe SharedLock) held only for a few stores:
+bytes. The flow, with the board's lock (a SharedLock the kernel releases when its holder dies)
+held only for a few stores:
 
-    client:  acquire `free` (back-pressure, with timeout) -> lock: pop a free slot, write the
+    client:  lock: pop a free slot (or register as a waiter and sleep on `free`), write the
              request, push the slot on the queue -> post `pending`
     worker:  wait `pending` -> lock: pop the queue, mark RUNNING -> run the job -> write the
              response -> lock: mark DONE, push the slot on its client's ring -> post `ch<k>`
-    client:  its completion thread waits on `ch<k>`, drains its ring, decodes, frees the slot
-             (lock: push it on the free stack) -> post `free`
+    client:  its completion thread waits on `ch<k>`, drains its ring (DONE -> DELIVERED),
+             decodes, frees the slot (lock: push it on the free stack, wake waiters)
 
-The supervisor (coordinator) requeues slots held by dead workers and frees slots of dead clients.
+Capacity is the free stack, a fact derived from the slots' states, never a semaphore count: the
+semaphores only wake sleepers, so a death between two steps can delay a wake-up but never lose a
+slot. Every sleeper also wakes on its own after a slice and looks again, and the supervisor's
+:meth:`JobBoard.supervise` restores the invariants (docs/architecture.md, "Job board
+invariants") once per round:
+
+    free stack  == the FREE slots          queue == the SUBMITTED and CANCELLED slots
+    every DONE slot is in its live client's ring, and a ring with entries has its wake-up posted
+    a non-empty queue has `pending` posted; waiting submitters with free slots have `free` posted
+
+A holder that dies inside the lock leaves the structures half updated; the next holder runs
+:meth:`JobBoard.heal` before anything else. The coordinator requeues slots of dead workers and
+settles those of dead clients.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import numpy as np
 import posix_ipc
 from loguru import logger
 
+from . import _faults
 from ._proc import is_alive, my_identity
 from .errors import AttachError, RequestTooLarge
 from .jobs_layout import (CC, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, JobsLayout, JobsView, SlotState, Status)
@@ -34,6 +48,9 @@ from .segments import Segment
 __all__ = ["JobBoard"]
 
 JOBS = "jobs"
+WAIT_SLICE = 0.1   # seconds a submitter sleeps for a slot before looking again on its own
+_QUEUED = (SlotState.SUBMITTED, SlotState.CANCELLED)
+_TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
 
 
 def _sem(name: str, kind: str, *, create: bool, initial: int = 0) -> posix_ipc.Semaphore:
@@ -44,6 +61,15 @@ def _sem(name: str, kind: str, *, create: bool, initial: int = 0) -> posix_ipc.S
 def _spill_of(row) -> tuple[int, int, int, int, int]:
     return (int(row[SC.SPILL_POOL]), int(row[SC.SPILL_FIRST]), int(row[SC.RESP_LEN]),
             int(row[SC.SPILL_RECORD]), int(row[SC.SPILL_SERIAL]))
+
+
+def _post_if_idle(sem: posix_ipc.Semaphore, times: int = 1) -> int:
+    """Post a wake-up nobody has been sent yet; never piles posts onto a sleeper's count."""
+    if times <= 0 or (posix_ipc.SEMAPHORE_VALUE_SUPPORTED and sem.value > 0):
+        return 0
+    for _ in range(times):
+        sem.release()
+    return times
 
 
 class JobBoard:
@@ -62,8 +88,8 @@ class JobBoard:
         # Large results whose worker died before handing them over, found by requeue_worker;
         # the supervising coordinator frees them (the board has no allocation table).
         self.stranded_spills: list[tuple[int, int, int, int, int]] = []
-        self.lock = SharedLock(sems["lock"], view.words, str(runtime_dir() / f"{name}.jobs-recovery.lock"),
-                               f"{name} jobs", on_recover=lambda _pid: self._rebuild())
+        self.lock = SharedLock(sems["lock"], view.words, str(runtime_dir() / f"{name}.jobs.lock"),
+                               f"{name} jobs", on_recover=lambda _pid: self.heal())
 
     # ----------------------------------------------------------------- creation / attach
 
@@ -72,8 +98,8 @@ class JobBoard:
         lay = JobsLayout.compute(slots, channels, payload)
         made: list = []
         try:
-            sems = {"lock": _sem(name, "jobs-lock", create=True, initial=1),
-                    "free": _sem(name, "jobs-free", create=True, initial=slots),
+            sems = {"lock": _sem(name, "jobs-lock", create=True),
+                    "free": _sem(name, "jobs-free", create=True),
                     "pending": _sem(name, "jobs-pending", create=True)}
             made.extend(sems.values())
             for k in range(channels):
@@ -124,20 +150,30 @@ class JobBoard:
 
     # ----------------------------------------------------------------- clients
 
-    def claim_channel(self) -> int:
+    def claim_channel(self, *, timeout: float | None = None) -> int:
+        """Take a free client channel (or one whose client died); AttachError if none is left."""
         pid, start = my_identity()
         v = self.v
-        with self.lock:
+        freed: list[int] = []
+        self.lock.acquire(timeout)
+        try:
             rows = v.channels
             for k in range(len(rows)):
                 owner = int(rows[k, CC.PID])
                 if owner == 0 or not is_alive(owner, int(rows[k, CC.START])):
-                    rows[k, CC.HEAD] = rows[k, CC.TAIL] = 0
+                    if owner:  # its dead client's slots must not reach us through this ring
+                        self._settle_channel_locked(k, freed)
+                    rows[k, :] = 0
                     rows[k, CC.START] = start
                     rows[k, CC.PID] = pid
                     break
             else:
                 raise AttachError(name=self.name, reason=f"all {len(rows)} client channels are in use")
+            wake = self._wake_count_locked(len(freed))
+        finally:
+            self.lock.release()
+        self._post_free(wake)
+        self._free_spills_later(freed)
         sem = self.channel_sem(k)
         while True:  # a previous owner's unconsumed posts must not wake us for nothing
             try:
@@ -150,67 +186,128 @@ class JobBoard:
         """Give the channel back, settling every slot still addressed to it: queued requests are
         cancelled, running ones orphaned (freed when their worker finishes), finished ones freed.
         Returns the spilled results of the finished ones: the caller owns and frees them."""
-        v = self.v
-        spills, freed = [], 0
+        spills: list = []
         with self.lock:
-            busy = np.flatnonzero((v.slots[:, SC.STATE] != SlotState.FREE) & (v.slots[:, SC.CHANNEL] == channel))
-            for slot in busy:
-                row = v.slots[int(slot)]
-                state = int(row[SC.STATE])
-                if state == SlotState.SUBMITTED:
-                    row[SC.STATE] = SlotState.CANCELLED
-                elif state == SlotState.RUNNING:
-                    row[SC.STATE] = SlotState.ORPHANED
-                elif state == SlotState.DONE:
-                    if int(row[SC.SPILL_POOL]) >= 0:
-                        spills.append(_spill_of(row))
-                    self._free_locked(int(slot))
-                    freed += 1
-            v.channels[channel, :] = 0
-        for _ in range(freed):
-            self.free_sem.release()
+            freed = self._settle_channel_locked(channel, spills)
+            self.v.channels[channel, :] = 0
+            wake = self._wake_count_locked(freed)
+        self._post_free(wake)
         return spills
 
+    def _settle_channel_locked(self, channel: int, spills: list) -> int:
+        """End every slot addressed to ``channel``; returns how many went back to the free stack."""
+        v = self.v
+        freed = 0
+        owner = v.channels[channel]
+        mine = ((v.slots[:, SC.CHANNEL] == channel) & (v.slots[:, SC.CLIENT_PID] == owner[CC.PID])
+                & (v.slots[:, SC.CLIENT_START] == owner[CC.START]))
+        for slot in np.flatnonzero(mine & (v.slots[:, SC.STATE] != SlotState.FREE)):
+            freed += self._abandon_locked(int(slot), spills)
+        return freed
+
+    def _abandon_locked(self, slot: int, spills: list) -> int:
+        """Settle one slot whose client is gone: 1 if it went back to the free stack."""
+        row = self.v.slots[slot]
+        state = int(row[SC.STATE])
+        if state == SlotState.SUBMITTED:
+            row[SC.STATE] = SlotState.CANCELLED  # the worker that pops it frees it
+            self.v.words[JW.CANCELLED] += 1
+        elif state == SlotState.RUNNING:
+            row[SC.STATE] = SlotState.ORPHANED
+        elif state in (SlotState.DONE, SlotState.DELIVERED):
+            if int(row[SC.SPILL_POOL]) >= 0:
+                spills.append(_spill_of(row))
+                row[SC.SPILL_POOL] = -1
+            self._free_locked(slot)
+            return 1
+        return 0
+
     def submit(self, channel: int, request: bytes | memoryview, *, timeout: float | None) -> tuple[int, int]:
-        """Put a request in a free slot and queue it; returns (slot, seq). Blocks for a free slot."""
+        """Put a request in a free slot and queue it; returns (slot, seq).
+
+        Blocks while every slot is busy; posix_ipc.BusyError once ``timeout`` has passed, and
+        LockTimeout if the board's lock stays held (a stopped process) past it.
+        """
         v = self.v
         if len(request) > v.layout.payload:
             raise RequestTooLarge(nbytes=len(request), capacity=v.layout.payload)
         if int(v.words[JW.STATE]) != 1:
             raise AttachError(name=self.name, reason="the coordinator is stopping; no new jobs are accepted")
-        self.free_sem.acquire(timeout)  # BusyError on timeout: the caller turns it into TimeoutError
+        deadline = None if timeout is None else time.monotonic() + timeout
         pid, start = my_identity()
-        with self.lock:
-            w = v.words
-            top = int(w[JW.FREE_TOP]) - 1
-            slot = int(v.free[top])
-            w[JW.FREE_TOP] = top
-            row = v.slots[slot]
-            seq = int(row[SC.SEQ]) + 1
-            row[SC.SEQ] = seq
-            row[SC.CLIENT_PID], row[SC.CLIENT_START], row[SC.CHANNEL] = pid, start, channel
-            row[SC.WORKER_PID] = row[SC.WORKER_START] = row[SC.ATTEMPTS] = 0
-            row[SC.REQ_LEN], row[SC.RESP_LEN], row[SC.SPILL_POOL] = len(request), 0, -1
-            row[SC.SUBMITTED_NS] = time.monotonic_ns()
-            v.request_area(slot)[:len(request)] = request
-            row[SC.STATE] = SlotState.SUBMITTED
-            self._enqueue(slot)
-            w[JW.SUBMITTED] += 1
+        waiting = False
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            # A submitter registered as a waiter must get the lock back to deregister, so it
+            # gets a short grace beyond its deadline (the promise is timeout + 100 ms).
+            self.lock.acquire(None if remaining is None else max(remaining, 0.05 if waiting else 0.0))
+            try:
+                w = v.words
+                if waiting:
+                    w[JW.FREE_WAITERS] -= 1
+                    v.channels[channel, CC.WAITING] -= 1
+                    waiting = False
+                top = int(w[JW.FREE_TOP]) - 1
+                if top >= 0:
+                    slot = int(v.free[top])
+                    w[JW.FREE_TOP] = top
+                    if _faults.ARMED:
+                        _faults.point("submit.popped")
+                    row = v.slots[slot]
+                    seq = int(row[SC.SEQ]) + 1
+                    row[SC.SEQ] = seq
+                    row[SC.CLIENT_PID], row[SC.CLIENT_START] = pid, start
+                    row[SC.CHANNEL] = channel
+                    row[SC.WORKER_PID] = row[SC.WORKER_START] = 0
+                    row[SC.REQ_LEN], row[SC.RESP_LEN] = len(request), 0
+                    row[SC.STATUS], row[SC.ATTEMPTS], row[SC.SPILL_POOL] = 0, 0, -1
+                    row[SC.SUBMITTED_NS] = time.monotonic_ns()
+                    v.request_area(slot)[:len(request)] = request
+                    row[SC.STATE] = SlotState.SUBMITTED
+                    if _faults.ARMED:
+                        _faults.point("submit.filled")
+                    self._enqueue(slot)
+                    w[JW.SUBMITTED] += 1
+                    break
+                if remaining is not None and remaining <= 0:
+                    raise posix_ipc.BusyError(f"no free job slot within {timeout} s")
+                w[JW.FREE_WAITERS] += 1
+                v.channels[channel, CC.WAITING] += 1
+                waiting = True
+            finally:
+                self.lock.release()
+            wait = WAIT_SLICE if remaining is None else min(WAIT_SLICE, max(remaining, 0.0))
+            try:
+                self.free_sem.acquire(wait)
+            except posix_ipc.BusyError:
+                pass  # look again anyway: a releaser may have died before posting
+        if _faults.ARMED:
+            _faults.point("submit.queued")
         self.pending_sem.release()
         return slot, seq
 
-    def cancel(self, slot: int, seq: int) -> bool:
-        """Withdraw a request that no worker has taken yet."""
-        with self.lock:
+    def cancel(self, slot: int, seq: int, *, timeout: float = 1.0) -> bool:
+        """Withdraw a request that no worker has taken yet (False if it ran, or the lock is wedged)."""
+        try:
+            self.lock.acquire(timeout)
+        except TimeoutError:
+            return False
+        try:
             row = self.v.slots[slot]
             if int(row[SC.SEQ]) != seq or int(row[SC.STATE]) != SlotState.SUBMITTED:
                 return False
             row[SC.STATE] = SlotState.CANCELLED
             self.v.words[JW.CANCELLED] += 1
             return True
+        finally:
+            self.lock.release()
 
     def completed(self, channel: int) -> list[int]:
-        """Pop every slot index pushed to this client's ring (single consumer: no lock)."""
+        """Pop every slot index pushed to this client's ring (single consumer: no lock).
+
+        Each slot is marked DELIVERED *before* the head moves past it, so the supervisor, which
+        re-pushes DONE slots missing from their ring, never hands one out twice.
+        """
         v = self.v
         row = v.channels[channel]
         head, tail = int(row[CC.HEAD]), int(row[CC.TAIL])
@@ -218,7 +315,10 @@ class JobBoard:
             return []
         n = v.layout.slots
         ring = v.rings[channel]
+        states = v.slots[:, SC.STATE]
         out = [int(ring[i % n]) for i in range(head, tail)]
+        for slot in out:
+            states[slot] = SlotState.DELIVERED
         row[CC.HEAD] = tail
         return out
 
@@ -232,19 +332,24 @@ class JobBoard:
             return int(row[SC.SEQ]), int(row[SC.STATUS]), None, spill
         return int(row[SC.SEQ]), int(row[SC.STATUS]), self.v.response_area(slot)[:n], None
 
-    def release_slot(self, slot: int) -> None:
-        """Return a DONE slot to the free stack (by the client that consumed it)."""
-        self.release_slots((slot,))
+    def release_slot(self, slot: int, *, timeout: float | None = None) -> None:
+        """Return a delivered slot to the free stack (by the client that consumed it)."""
+        self.release_slots((slot,), timeout=timeout)
 
-    def release_slots(self, slots) -> None:
-        """Return several DONE slots under one lock acquisition."""
+    def release_slots(self, slots, *, timeout: float | None = None) -> None:
+        """Return several delivered slots under one lock acquisition."""
         if not slots:
             return
-        with self.lock:
+        self.lock.acquire(timeout)
+        try:
             for slot in slots:
                 self._free_locked(slot)
-        for _ in slots:
-            self.free_sem.release()
+            if _faults.ARMED:
+                _faults.point("release.pushed")
+            wake = self._wake_count_locked(len(slots))
+        finally:
+            self.lock.release()
+        self._post_free(wake)
 
     def _free_locked(self, slot: int) -> None:
         v = self.v
@@ -252,6 +357,18 @@ class JobBoard:
         top = int(v.words[JW.FREE_TOP])
         v.free[top] = slot
         v.words[JW.FREE_TOP] = top + 1
+
+    def _wake_count_locked(self, freed: int) -> int:
+        return min(freed, int(self.v.words[JW.FREE_WAITERS])) if freed else 0
+
+    def _post_free(self, wake: int) -> None:
+        for _ in range(wake):
+            self.free_sem.release()
+
+    def _free_spills_later(self, spills: list) -> None:
+        # Spilled results of a dead client found while claiming its channel: the coordinator's
+        # table frees them (a client has no business freeing another process's blocks).
+        self.stranded_spills.extend(spills)
 
     # ----------------------------------------------------------------- workers
 
@@ -266,24 +383,27 @@ class JobBoard:
         pid, start = my_identity()
         freed = 0
         with self.lock:
-            try:
-                while int(w[JW.Q_HEAD]) != int(w[JW.Q_TAIL]):
-                    head = int(w[JW.Q_HEAD])
-                    slot = int(v.queue[head % v.layout.slots])
-                    w[JW.Q_HEAD] = head + 1
-                    row = v.slots[slot]
-                    if int(row[SC.STATE]) == SlotState.CANCELLED:
-                        self._free_locked(slot)
-                        freed += 1
-                        continue
-                    row[SC.WORKER_PID], row[SC.WORKER_START] = pid, start
-                    row[SC.SPILL_POOL] = -1
-                    row[SC.STATE] = SlotState.RUNNING
-                    return slot, int(row[SC.SEQ])
-                return None
-            finally:
-                for _ in range(freed):
-                    self.free_sem.release()
+            while int(w[JW.Q_HEAD]) != int(w[JW.Q_TAIL]):
+                head = int(w[JW.Q_HEAD])
+                slot = int(v.queue[head % v.layout.slots])
+                w[JW.Q_HEAD] = head + 1
+                if _faults.ARMED:
+                    _faults.point("take.popped")
+                row = v.slots[slot]
+                if int(row[SC.STATE]) == SlotState.CANCELLED:
+                    self._free_locked(slot)
+                    freed += 1
+                    continue
+                row[SC.WORKER_PID], row[SC.WORKER_START] = pid, start
+                row[SC.SPILL_POOL] = -1
+                row[SC.STATE] = SlotState.RUNNING
+                taken = slot, int(row[SC.SEQ])
+                break
+            else:
+                taken = None
+            wake = self._wake_count_locked(freed)
+        self._post_free(wake)
+        return taken
 
     def request(self, slot: int) -> memoryview:
         return self.v.request_area(slot)[:int(self.v.slots[slot, SC.REQ_LEN])]
@@ -293,7 +413,7 @@ class JobBoard:
         if this worker dies in between, :meth:`requeue_worker` finds the blocks and frees them."""
         with self.lock:
             row = self.v.slots[slot]
-            if int(row[SC.SEQ]) != seq or int(row[SC.STATE]) not in (SlotState.RUNNING, SlotState.ORPHANED):
+            if int(row[SC.SEQ]) != seq or int(row[SC.STATE]) not in _TAKEN:
                 return False
             row[SC.SPILL_POOL], row[SC.SPILL_FIRST], row[SC.RESP_LEN], row[SC.SPILL_RECORD], \
                 row[SC.SPILL_SERIAL] = spill
@@ -311,7 +431,7 @@ class JobBoard:
         row[SC.STATUS] = status
         with self.lock:
             state = int(row[SC.STATE])
-            if int(row[SC.SEQ]) != seq or state not in (SlotState.RUNNING, SlotState.ORPHANED):
+            if int(row[SC.SEQ]) != seq or state not in _TAKEN:
                 return False
             latency = time.monotonic_ns() - int(row[SC.SUBMITTED_NS])  # CLOCK_MONOTONIC: system-wide
             w = v.words
@@ -322,10 +442,14 @@ class JobBoard:
             channel = self._deliver_locked(slot) if delivered else None
             if not delivered:
                 self._free_locked(slot)
-            v.words[JW.COMPLETED] += 1
-            if status != Status.OK:
-                v.words[JW.FAILED] += 1
-        (self.channel_sem(channel) if delivered else self.free_sem).release()
+            w[JW.COMPLETED if status == Status.OK else JW.FAILED] += 1
+            wake = 0 if delivered else self._wake_count_locked(1)
+        if _faults.ARMED:
+            _faults.point("finish.delivered")
+        if delivered:
+            self.channel_sem(channel).release()
+        else:
+            self._post_free(wake)
         return delivered
 
     def _deliver_locked(self, slot: int) -> int:
@@ -336,6 +460,8 @@ class JobBoard:
         tail = int(ch[CC.TAIL])
         v.rings[channel, tail % v.layout.slots] = slot
         row[SC.STATE] = SlotState.DONE
+        if _faults.ARMED:
+            _faults.point("deliver.marked")
         ch[CC.TAIL] = tail + 1
         return channel
 
@@ -353,26 +479,27 @@ class JobBoard:
         v = self.v
         requeued, failed, channels = 0, 0, []
         with self.lock:
+            wake = 0
             for slot in np.flatnonzero(v.slots[:, SC.WORKER_PID] == pid):
                 slot = int(slot)
                 row = v.slots[slot]
                 state = int(row[SC.STATE])
-                if state not in (SlotState.RUNNING, SlotState.ORPHANED):
+                if state not in _TAKEN:
                     continue
                 if int(row[SC.SPILL_POOL]) >= 0:  # died between staging a large result and finishing
                     self.stranded_spills.append(_spill_of(row))
                     row[SC.SPILL_POOL] = -1
                 row[SC.ATTEMPTS] += 1
                 row[SC.WORKER_PID] = row[SC.WORKER_START] = 0
-                if state == SlotState.ORPHANED:
+                if state == SlotState.ORPHANED:  # nobody waits for it: it ends here
                     self._free_locked(slot)
-                    channels.append(None)
+                    v.words[JW.CANCELLED] += 1
+                    wake += 1
                 elif int(row[SC.ATTEMPTS]) >= max_attempts:
                     payload = fail(slot, int(row[SC.ATTEMPTS]))
                     v.response_area(slot)[:len(payload)] = payload
                     row[SC.RESP_LEN], row[SC.SPILL_POOL], row[SC.STATUS] = len(payload), -1, Status.ERROR
                     channels.append(self._deliver_locked(slot))
-                    v.words[JW.COMPLETED] += 1
                     v.words[JW.FAILED] += 1
                     failed += 1
                 else:
@@ -380,45 +507,126 @@ class JobBoard:
                     self._enqueue(slot)
                     requeued += 1
             v.words[JW.REQUEUED] += requeued
+            wake = self._wake_count_locked(wake)
+        self._post_free(wake)
         for ch in channels:
-            (self.free_sem if ch is None else self.channel_sem(ch)).release()
+            self.channel_sem(ch).release()
         for _ in range(requeued):
             self.pending_sem.release()
         return requeued, failed
 
     def sweep_dead_clients(self) -> int:
-        """Free the slots and channels of clients that died; returns how many slots were affected."""
+        """Settle the slots and free the channels of clients that died; returns slots affected.
+
+        Liveness is read outside the lock (a /proc read per client is ~10 µs, too long to hold
+        up the job path); only the settling of the dead happens under it.
+        """
         v = self.v
+        slots = v.slots[:, [SC.STATE, SC.CLIENT_PID, SC.CLIENT_START]].copy()
+        idents = {(int(p), int(t)) for state, p, t in slots.tolist() if state != SlotState.FREE}
+        idents |= {(int(p), int(t)) for p, t in v.channels[:, [CC.PID, CC.START]].tolist() if p}
+        dead = {ident for ident in idents if not is_alive(*ident)}
+        if not dead:
+            return 0
+        spills: list = []
         freed, affected = 0, 0
         with self.lock:
-            verdict: dict[tuple[int, int], bool] = {}
-            for slot in np.flatnonzero(v.slots[:, SC.STATE] != SlotState.FREE):
-                slot = int(slot)
+            for slot in np.flatnonzero(v.slots[:, SC.STATE] != SlotState.FREE).tolist():
                 row = v.slots[slot]
-                owner = (int(row[SC.CLIENT_PID]), int(row[SC.CLIENT_START]))
-                alive = verdict.get(owner)
-                if alive is None:
-                    alive = verdict[owner] = is_alive(*owner)
-                if alive:
+                if (int(row[SC.CLIENT_PID]), int(row[SC.CLIENT_START])) not in dead:
                     continue
-                state = int(row[SC.STATE])
+                if int(row[SC.STATE]) in (SlotState.CANCELLED, SlotState.ORPHANED):
+                    continue  # already settled: a worker frees it
                 affected += 1
-                if state == SlotState.SUBMITTED:
-                    row[SC.STATE] = SlotState.CANCELLED
-                elif state == SlotState.RUNNING:
-                    row[SC.STATE] = SlotState.ORPHANED
-                elif state == SlotState.DONE:
-                    self._free_locked(slot)
-                    freed += 1
+                freed += self._abandon_locked(slot, spills)
             for k in range(len(v.channels)):
-                pid = int(v.channels[k, CC.PID])
-                if pid and not is_alive(pid, int(v.channels[k, CC.START])):
+                if (int(v.channels[k, CC.PID]), int(v.channels[k, CC.START])) in dead:
+                    v.words[JW.FREE_WAITERS] -= int(v.channels[k, CC.WAITING])
                     v.channels[k, :] = 0
-        for _ in range(freed):
-            self.free_sem.release()
+            wake = self._wake_count_locked(freed)
+        self._post_free(wake)
+        self.stranded_spills.extend(spills)
         if affected:
             logger.info("jobs of dead clients cleaned up: {} slots", affected)
         return affected
+
+    def heal(self) -> list[str]:
+        """Restore the board's invariants from the slots' states; the lock must be held.
+
+        Runs when a holder died inside the lock, and once per supervision round. Returns what it
+        repaired (empty when everything held). Rings are read before states: a client marks a
+        slot DELIVERED before moving its head past it, so a DONE slot outside [head, tail) is
+        truly missing, never one being consumed right now.
+        """
+        v = self.v
+        w = v.words
+        n = v.layout.slots
+        channels = v.channels.copy()
+        states = v.slots[:, SC.STATE].copy()
+        repairs: list[str] = []
+
+        free = np.flatnonzero(states == SlotState.FREE)
+        top = int(w[JW.FREE_TOP])
+        if not 0 <= top <= n or not np.array_equal(np.sort(v.free[:top]), free):
+            v.free[:len(free)] = free[::-1]
+            w[JW.FREE_TOP] = len(free)
+            repairs.append(f"free stack {top} -> {len(free)} slots")
+
+        queued = np.flatnonzero(np.isin(states, _QUEUED))
+        head, tail = int(w[JW.Q_HEAD]), int(w[JW.Q_TAIL])
+        entries = [int(v.queue[i % n]) for i in range(head, tail)] if 0 <= tail - head <= n else None
+        if entries is None or sorted(entries) != queued.tolist():
+            order = sorted(queued.tolist(), key=lambda s: int(v.slots[s, SC.SUBMITTED_NS]))
+            for i, slot in enumerate(order):
+                v.queue[(head + i) % n] = slot
+            w[JW.Q_TAIL] = head + len(order)
+            repairs.append(f"queue {tail - head} -> {len(order)} entries")
+
+        for slot in np.flatnonzero(states == SlotState.DONE):
+            slot = int(slot)
+            row = v.slots[slot]
+            k = int(row[SC.CHANNEL])
+            ch = channels[k]
+            if not (ch[CC.PID] and ch[CC.PID] == row[SC.CLIENT_PID] and ch[CC.START] == row[SC.CLIENT_START]):
+                continue  # its client is gone: the dead-client sweep frees it
+            ring = v.rings[k]
+            if slot not in {int(ring[i % n]) for i in range(int(ch[CC.HEAD]), int(ch[CC.TAIL]))}:
+                t = int(v.channels[k, CC.TAIL])
+                ring[t % n] = slot
+                v.channels[k, CC.TAIL] = t + 1
+                repairs.append(f"slot {slot} pushed to ring {k}")
+
+        waiters = int(v.channels[:, CC.WAITING].sum())
+        if int(w[JW.FREE_WAITERS]) != waiters:
+            repairs.append(f"free waiters {int(w[JW.FREE_WAITERS])} -> {waiters}")
+            w[JW.FREE_WAITERS] = waiters
+        if repairs:
+            w[JW.REPAIRS] += len(repairs)
+            logger.warning("job board of {!r} repaired: {}", self.name, "; ".join(repairs))
+        return repairs
+
+    def supervise(self) -> list[str]:
+        """One supervision round (coordinator): heal, then re-send any wake-up a death swallowed."""
+        v = self.v
+        with self.lock:
+            repairs = self.heal()
+            w = v.words
+            queued = int(w[JW.Q_TAIL] - w[JW.Q_HEAD])
+            free, waiters = int(w[JW.FREE_TOP]), int(w[JW.FREE_WAITERS])
+            rings = [k for k in np.flatnonzero(v.channels[:, CC.PID] != 0).tolist()
+                     if v.channels[k, CC.HEAD] != v.channels[k, CC.TAIL]]
+        # Posting only idle semaphores: a sleeper that is merely slow must not collect a pile
+        # of posts, and one post is enough for a worker (it drains the queue once woken).
+        if queued:
+            _post_if_idle(self.pending_sem)
+        if free and waiters:
+            _post_if_idle(self.free_sem, min(free, waiters))
+        for k in rings:
+            try:
+                _post_if_idle(self.channel_sem(k))
+            except posix_ipc.ExistentialError:
+                logger.debug("channel {} semaphore gone", k)
+        return repairs
 
     def fail_outstanding(self, make_error: "callable[[int], bytes]") -> int:
         """At stop: answer every queued request with an error instead of running it."""
@@ -432,6 +640,8 @@ class JobBoard:
                 w[JW.Q_HEAD] = head + 1
                 row = v.slots[slot]
                 if int(row[SC.STATE]) != SlotState.SUBMITTED:
+                    if int(row[SC.STATE]) == SlotState.CANCELLED:
+                        self._free_locked(slot)
                     continue
                 payload = make_error(slot)
                 v.response_area(slot)[:len(payload)] = payload
@@ -457,6 +667,7 @@ class JobBoard:
             "failed": int(w[JW.FAILED]), "requeued": int(w[JW.REQUEUED]),
             "cancelled": int(w[JW.CANCELLED]), "worker_deaths": int(w[JW.WORKER_DEATHS]),
             "clients": int(np.count_nonzero(v.channels[:, CC.PID])),
+            "repairs": int(w[JW.REPAIRS]), "lock_recoveries": int(w[JW.LOCK_RECOVERIES]),
         }
 
     def latency_histogram(self) -> dict:
@@ -475,22 +686,6 @@ class JobBoard:
         bounds = [b / 1e9 for b in LATENCY_BOUNDS_NS] + [float("inf")]
         return {"buckets": list(zip(bounds, cumulative)), "count": count, "sum_seconds": sum_ns / 1e9}
 
-    def _rebuild(self) -> None:
-        """After taking the lock from a dead holder: rebuild free stack and queue from slot states."""
-        v = self.v
-        states = v.slots[:, SC.STATE]
-        free = [int(s) for s in np.flatnonzero(states == SlotState.FREE)]
-        v.free[:len(free)] = free[::-1]
-        v.words[JW.FREE_TOP] = len(free)
-        queued = sorted((int(s) for s in np.flatnonzero((states == SlotState.SUBMITTED) | (states == SlotState.CANCELLED))),
-                        key=lambda s: int(v.slots[s, SC.SUBMITTED_NS]))
-        head = int(v.words[JW.Q_HEAD])
-        for i, slot in enumerate(queued):
-            v.queue[(head + i) % v.layout.slots] = slot
-        v.words[JW.Q_TAIL] = head + len(queued)
-        logger.warning("job board of {!r} rebuilt after a crash inside its lock: {} free, {} queued",
-                       self.name, len(free), len(queued))
-
     # ----------------------------------------------------------------- lifetime
 
     def unlink(self) -> None:
@@ -508,6 +703,7 @@ class JobBoard:
         self._seg.unlink()
 
     def close(self) -> None:
+        self.lock.close()
         self.v.release()
         self._seg.close()
         for sem in [*self._sems.values(), *self._channel_sems.values()]:

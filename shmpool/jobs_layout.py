@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = ["JW", "SC", "CC", "SlotState", "Status", "JobsLayout", "JobsView", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
-JOBS_MAGIC = 0x53484D504A4F4232  # "SHMPJOB2" (2: latency histogram words, 64 words)
+JOBS_MAGIC = 0x53484D504A4F4233  # "SHMPJOB3" (3: capacity from the free stack, waiter counts)
 ALIGN = 64
 
 
@@ -30,7 +30,7 @@ class JW(IntEnum):
     """Words of the jobs segment (int64 each)."""
     LOCK_OWNER_PID = 0     # as in layout.W: SharedLock uses indices 0-3
     LOCK_OWNER_START = 1
-    LOCK_EPOCH = 2
+    LOCK_WAITING = 2
     LOCK_RECOVERIES = 3
     MAGIC = 4              # JOBS_MAGIC, written last at creation
     SLOTS = 5
@@ -41,15 +41,17 @@ class JW(IntEnum):
     Q_TAIL = 10            # next queue position to fill
     STATE = 11             # 1 accepting, 2 stopping (no new submissions)
     SUBMITTED = 12
-    COMPLETED = 13
-    FAILED = 14            # completed with an error status
+    COMPLETED = 13         # finished with an OK status
+    FAILED = 14            # finished with an error status (SUBMITTED == COMPLETED + FAILED + CANCELLED)
     REQUEUED = 15          # taken back from dead workers
-    CANCELLED = 16
+    CANCELLED = 16         # withdrawn, answered at stop, or abandoned by a dead client
     WORKERS_STARTED = 17
     WORKER_DEATHS = 18
     LATENCY_COUNT = 19     # jobs finished by a worker (histogram total)
     LATENCY_SUM_NS = 20    # sum of their latencies: submitted -> response stored, in ns
     LATENCY_BUCKET0 = 21   # LATENCY_BOUNDS_NS buckets (cumulative counts are derived), then +Inf
+    FREE_WAITERS = 40      # submitters sleeping on `free` for a slot (sum of CC.WAITING)
+    REPAIRS = 41           # invariants the supervisor found broken and restored (JobBoard.heal)
 
 
 # Upper bounds of the job latency histogram (submitted -> response stored by the worker), ns.
@@ -57,7 +59,7 @@ LATENCY_BOUNDS_NS = tuple(int(us * 1000) for us in (
     25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 10_000_000))
 JOB_WORDS = 64
-assert JW.LATENCY_BUCKET0 + len(LATENCY_BOUNDS_NS) + 1 <= JOB_WORDS
+assert JW.LATENCY_BUCKET0 + len(LATENCY_BOUNDS_NS) + 1 <= JW.FREE_WAITERS < JOB_WORDS
 
 
 class SC(IntEnum):
@@ -89,9 +91,10 @@ class CC(IntEnum):
     START = 1
     HEAD = 2           # consumer position in the ring (written only by the client)
     TAIL = 3           # producer position (written by workers under the jobs lock)
+    WAITING = 4        # this client's submitters sleeping for a free slot (under the lock)
 
 
-CHANNEL_COLS = 4
+CHANNEL_COLS = 6       # 5: spare, so a row stays 48 bytes
 
 
 class SlotState(IntEnum):
@@ -101,6 +104,7 @@ class SlotState(IntEnum):
     DONE = 3           # response written, slot index pushed to the client's ring
     CANCELLED = 4      # still in the queue; the worker that pops it frees it
     ORPHANED = 5       # running, but its client died; freed when the worker finishes
+    DELIVERED = 6      # popped from the ring by its client, which frees it once decoded
 
 
 class Status(IntEnum):

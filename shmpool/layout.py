@@ -63,8 +63,8 @@ class W(IntEnum):
     """Indices into the words section (int64 each)."""
     LOCK_OWNER_PID = 0      # pid holding the table lock, 0 when free
     LOCK_OWNER_START = 1    # that pid's start token (pid reuse guard)
-    LOCK_EPOCH = 2          # +1 at every acquisition; recovery checks it did not move
-    LOCK_RECOVERIES = 3     # times a lock held by a dead process was taken over
+    LOCK_WAITING = 2        # 1: a process sleeps on the lock semaphore; the releaser posts it
+    LOCK_RECOVERIES = 3     # times a holder died inside its critical section (repaired by the next)
     MEMORY_LIMIT = 4        # bytes, over all pools
     WARN_PERMILLE = 5       # 750: log a warning above this usage
     EVICT_PERMILLE = 6      # 850: call the eviction hook above this usage

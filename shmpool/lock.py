@@ -1,152 +1,179 @@
-"""A cross-process mutex that a SIGKILLed holder cannot wedge.
+"""A cross-process mutex that the kernel releases when its holder dies, at any instruction.
 
-The fast path is one POSIX semaphore (initial value 1): ~0.1 µs to take and give uncontended.
-A semaphore has no owner, so the holder records its pid, start token and an epoch in shared
-words right after acquiring. A waiter sleeps on the semaphore in slices; after each slice it
-looks at the owner:
+The lock itself is an ``flock`` on a 0600 file in the runtime folder: the kernel drops it when
+the holding process dies, so there is no window (not even between acquiring and recording who
+holds it) in which a SIGKILL can wedge everyone else. An earlier design used a POSIX semaphore
+as the mutex and recorded the holder's pid after ``sem_wait``; a holder killed between the two
+left a taken semaphore with no owner, and everyone stalled for a 2 s grace period before a
+takeover (issue 11). Ownership in the kernel removes the takeover protocol altogether.
 
-* owner alive: keep waiting (until the caller's timeout, then LockTimeout).
-* owner dead (or a zombie): take the lock over. Two waiters may notice at once, so the takeover
-  is arbitrated by an flock'd file (the kernel drops an flock when its holder dies, so the
-  arbiter itself cannot be wedged), and it only proceeds if owner and epoch are unchanged.
-  The semaphore stays at 0: the new owner simply inherits the hold and releases it as usual.
-* owner word empty while the semaphore stays taken for ORPHAN_GRACE with an unchanged epoch:
-  the holder died between sem_wait and writing its pid (a window of a few instructions);
-  taken over the same way.
+A semaphore stays, as the *wake-up* of contended waiters only (flock has no timed wait): a waiter
+sets ``LOCK_WAITING``, retries, then sleeps on the semaphore for a slice; the releaser posts it
+when the flag is set. A lost post (a releaser killed right after unlocking) costs a waiter one
+slice, never the lock.
 
-After a takeover the caller's ``on_recover`` hook runs inside the critical section to repair
-whatever the dead holder left half done (the allocation table rebuilds its bitmaps from its
-records).
+The holder also records its pid and start token in shared words, for two reasons: a waiter that
+times out names the holder (``LockTimeout.owner_pid``), and the next holder knows the previous
+one died inside its critical section (a clean release clears the pid *before* unlocking), in
+which case the owner's ``on_recover`` hook repairs whatever was left half done.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
+import weakref
 from typing import Callable
 
 import posix_ipc
-from filelock import FileLock
 from loguru import logger
 
-from ._proc import is_alive, my_identity
-from .errors import LockTimeout
+from . import _faults
+from ._proc import my_identity
+from .errors import AttachError, LockTimeout
 from .layout import W
 
 __all__ = ["SharedLock"]
 
-SLICE = 0.05          # seconds between owner checks while waiting
-SPIN = 50e-6          # seconds of busy retry before sleeping on the semaphore
-ORPHAN_GRACE = 2.0    # seconds a held semaphore may show no owner before we call it orphaned
+SLICE = 0.05          # seconds a contended waiter sleeps before retrying on its own
+SPIN = 50e-6          # seconds of busy retry before sleeping: critical sections last microseconds
+
+_live_locks: "weakref.WeakSet[SharedLock]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child shares the parent's open file descriptions, and an flock belongs to the
+    # description: it must not unlock (or keep alive) its parent's hold. It reopens on first use.
+    for lock in list(_live_locks):
+        lock._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SharedLock:
-    """Mutex over the allocation table; ``with lock:`` blocks (with recovery) until acquired."""
+    """Mutex over one shared segment's structures; ``with lock:`` or ``acquire(timeout)``.
 
-    def __init__(self, sem: posix_ipc.Semaphore, words, arbiter_path: str, name: str,
+    Threads of one process queue on a thread lock first; processes then contend for the flock.
+    ``acquire`` raises LockTimeout (naming the holder's pid) once ``timeout`` has passed.
+    """
+
+    def __init__(self, sem: posix_ipc.Semaphore, words, path: str, name: str,
                  on_recover: Callable[[int], None] | None = None) -> None:
         self._sem = sem
         self._words = words
-        self._arbiter = FileLock(arbiter_path)
+        self._path = path
         self.name = name
         self.on_recover = on_recover
+        # posix_ipc and fcntl drop the GIL even for non-blocking calls, so a thread that won the
+        # cross-process lock could otherwise sit on it for a GIL switch interval (5 ms) while
+        # its siblings spin; measured with 128 client threads: 7.5k -> 11.5k jobs/s.
         self._local = threading.Lock()
+        self._fd: int | None = None
+        self._fd_closer: weakref.finalize | None = None
+        self._fd_lock = threading.Lock()
+        _live_locks.add(self)
+
+    # ----------------------------------------------------------------- file
+
+    def _open(self) -> int:
+        with self._fd_lock:
+            if self._fd is None:
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                st = os.fstat(fd)
+                if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                    os.close(fd)
+                    raise AttachError(name=self.name, reason=(
+                        f"lock file {self._path} is owned by uid {st.st_uid} with mode "
+                        f"{st.st_mode & 0o777:o}; it must be ours with mode 600"))
+                self._fd = fd
+                self._fd_closer = weakref.finalize(self, os.close, fd)
+            return self._fd
+
+    def close(self) -> None:
+        """Close the lock file (idempotent; not while held: that would release the flock)."""
+        with self._fd_lock:
+            closer, self._fd, self._fd_closer = self._fd_closer, None, None
+        if closer is not None:
+            closer()
+
+    def _forget_after_fork(self) -> None:
+        # Closing one duplicate never releases the parent's flock; an explicit unlock would.
+        self._local = threading.Lock()
+        self._fd_lock = threading.Lock()
+        self.close()
+
+    # ----------------------------------------------------------------- acquire / release
 
     def acquire(self, timeout: float | None = None) -> None:
-        """Block until held; raises LockTimeout if a *live* owner keeps it past ``timeout``."""
-        # Threads of one process queue on a plain thread lock first. posix_ipc drops the GIL even
-        # for a zero-timeout sem_trywait, so a thread that won the semaphore could otherwise sit
-        # on the cross-process lock for a whole GIL switch interval (5 ms) while its siblings
-        # spin; measured with 128 client threads: 7.5k -> 11.5k jobs/s.
-        if not self._local.acquire(timeout=-1 if timeout is None else timeout):
+        """Block until held; LockTimeout if it is still held by someone after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._local.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             raise LockTimeout(lock=self.name, owner_pid=self.owner(), waited=timeout)
         try:
+            fd = self._fd if self._fd is not None else self._open()
             try:
-                self._sem.acquire(0)
-            except posix_ipc.BusyError:
-                self._acquire_slow(timeout)
-                return
-            self._mark_owner()
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._acquire_slow(fd, deadline)
+            self._enter()
         except BaseException:
             self._local.release()
             raise
 
-    def _acquire_slow(self, timeout: float | None) -> None:
-        # Critical sections last microseconds: a short spin, then one sleeping wait, usually
-        # win before any owner check. Checking the owner first (a /proc read) would make every
-        # contended acquire pay ~20 µs for a crash that almost never happened.
+    def _acquire_slow(self, fd: int, deadline: float | None) -> None:
+        started = time.monotonic()
         spin_until = time.perf_counter() + SPIN
         while time.perf_counter() < spin_until:
             try:
-                self._sem.acquire(0)
-            except posix_ipc.BusyError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
                 continue
-            self._mark_owner()
-            return
-        first_wait = SLICE if timeout is None else min(SLICE, timeout)
-        try:
-            self._sem.acquire(first_wait)
-        except posix_ipc.BusyError:
-            pass
-        else:
-            self._mark_owner()
-            return
-        started = time.monotonic() - first_wait
-        orphan_since: float | None = None
-        orphan_epoch = -1
-        while True:
-            words = self._words
-            pid, start, epoch = int(words[W.LOCK_OWNER_PID]), int(words[W.LOCK_OWNER_START]), int(words[W.LOCK_EPOCH])
-            now = time.monotonic()
-            if pid and not is_alive(pid, start):
-                if self._take_over(pid, start, epoch, reason=f"holder pid {pid} is dead"):
-                    return
-            elif not pid:
-                if orphan_since is None or orphan_epoch != epoch:
-                    orphan_since, orphan_epoch = now, epoch
-                elif now - orphan_since >= ORPHAN_GRACE:
-                    if self._take_over(0, 0, epoch, reason="holder died before recording its pid"):
-                        return
-                    orphan_since = None
-            else:
-                orphan_since = None
-            if timeout is not None and now - started >= timeout:
-                raise LockTimeout(lock=self.name, owner_pid=pid, waited=now - started)
-            try:
-                self._sem.acquire(SLICE)
-            except posix_ipc.BusyError:
-                continue
-            self._mark_owner()
-            return
-
-    def _take_over(self, pid: int, start: int, epoch: int, *, reason: str) -> bool:
-        with self._arbiter:
-            words = self._words
-            unchanged = (int(words[W.LOCK_OWNER_PID]) == pid and int(words[W.LOCK_OWNER_START]) == start
-                         and int(words[W.LOCK_EPOCH]) == epoch)
-            if not unchanged:
-                return False
-            # The semaphore is still at 0 on the dead holder's behalf: we inherit that hold.
-            self._mark_owner()
-            words[W.LOCK_RECOVERIES] += 1
-        logger.warning("lock {} taken over: {}", self.name, reason)
-        if self.on_recover is not None:
-            try:
-                self.on_recover(pid)
-            except BaseException:
-                self._release_shared()  # acquire() lets go of the thread lock as the error passes
-                raise
-        return True
-
-    def _mark_owner(self) -> None:
-        me, token = my_identity()
         words = self._words
-        words[W.LOCK_EPOCH] += 1
+        while True:
+            # Flag first, then retry: a releaser that unlocked after our failed retry reads the
+            # flag after we set it, so it posts and we wake (no lost wake-up between the two).
+            # The flag stays set while we hold the lock, so our own release wakes the next
+            # sleeper: conservative, at the cost of one spurious post per contended episode.
+            words[W.LOCK_WAITING] = 1
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise LockTimeout(lock=self.name, owner_pid=self.owner(), waited=now - started)
+            wait = SLICE if deadline is None else min(SLICE, deadline - now)
+            try:
+                self._sem.acquire(wait)
+            except posix_ipc.BusyError:
+                pass
+
+    def _enter(self) -> None:
+        words = self._words
+        dead = int(words[W.LOCK_OWNER_PID])
+        me, token = my_identity()
         words[W.LOCK_OWNER_START] = token
         words[W.LOCK_OWNER_PID] = me
+        if dead:
+            # A clean release clears the pid before unlocking, so a pid left here belongs to a
+            # holder that died inside its critical section: the kernel freed the flock for it.
+            words[W.LOCK_RECOVERIES] += 1
+            logger.warning("lock {} recovered: holder pid {} died inside its critical section", self.name, dead)
+            if self.on_recover is not None:
+                try:
+                    self.on_recover(dead)
+                except BaseException:
+                    self._release_shared()
+                    raise
+        if _faults.ARMED:
+            _faults.point("lock.held")
 
     def release(self) -> None:
-        # Clear the owner before posting: once posted, another process may already own it.
         self._release_shared()
         self._local.release()
 
@@ -154,7 +181,10 @@ class SharedLock:
         words = self._words
         words[W.LOCK_OWNER_PID] = 0
         words[W.LOCK_OWNER_START] = 0
-        self._sem.release()
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if words[W.LOCK_WAITING]:
+            words[W.LOCK_WAITING] = 0
+            self._sem.release()
 
     def __enter__(self) -> "SharedLock":
         self.acquire()
@@ -164,4 +194,5 @@ class SharedLock:
         self.release()
 
     def owner(self) -> int:
+        """Pid recorded by the current holder (0: free, or taken a few instructions ago)."""
         return int(self._words[W.LOCK_OWNER_PID])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import fcntl
 import time
 
 from shmpool import SharedInstance
@@ -55,10 +56,18 @@ def die_inside_allocation(name: str, nbytes: int, ready) -> None:
     inst.table.allocate(nbytes)
 
 
-def hold_semaphore_without_owner(name: str, ready) -> None:
-    """Take the table semaphore without recording an owner, as if killed right after sem_wait."""
+def hold_lock_without_owner(name: str, ready) -> None:
+    """Win the table lock without recording an owner, as if killed right after winning it."""
     inst = SharedInstance.attach(name)
-    inst.lock._sem.acquire()
+    fcntl.flock(inst.lock._open(), fcntl.LOCK_EX)
+    ready.set()
+    time.sleep(3600)
+
+
+def hold_lock_forever(name: str, ready) -> None:
+    """Hold the table lock properly, then wait (to be SIGSTOPped, then killed)."""
+    inst = SharedInstance.attach(name)
+    inst.lock.acquire()
     ready.set()
     time.sleep(3600)
 

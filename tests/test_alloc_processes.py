@@ -11,7 +11,7 @@ import pytest
 
 import _children
 from shmpool import PoolSpec, SharedInstance
-from shmpool import lock as lock_module
+from shmpool.errors import LockTimeout
 from shmpool.layout import R, W
 
 KiB, MiB = 1024, 1024 * 1024
@@ -82,18 +82,39 @@ def test_sigkill_inside_the_critical_section_does_not_wedge_others(inst):
     assert inst.lock.owner() == 0
 
 
-def test_sigkill_while_lock_taken_but_owner_not_yet_recorded(inst, monkeypatch):
-    monkeypatch.setattr(lock_module, "ORPHAN_GRACE", 0.3)
+def test_sigkill_after_taking_the_lock_before_recording_the_owner_stalls_nobody(inst):
+    # The window between winning the lock and writing one's pid used to cost everyone a 2 s
+    # grace period (a semaphore has no owner); the kernel releases an flock at once.
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    victim = _start(ctx, _children.hold_semaphore_without_owner, inst.name, ready)
+    victim = _start(ctx, _children.hold_lock_without_owner, inst.name, ready)
     assert ready.wait(30)
+    assert inst.lock.owner() == 0
     os.kill(victim.pid, signal.SIGKILL)
     victim.join(10)
+    inst.lock.acquire(timeout=0.5)  # LockTimeout here if the dead holder still blocked us
+    inst.lock.release()
     handle = inst.table.allocate(100)
-    assert inst.table.stats().lock_recoveries == 1
+    assert inst.table.stats().lock_recoveries == 0  # it changed nothing, so nothing to repair
     inst.table.free(handle)
     _assert_consistent(inst)
+
+
+def test_a_stopped_holder_makes_waiters_time_out_naming_it(inst):
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    victim = _start(ctx, _children.hold_lock_forever, inst.name, ready)
+    assert ready.wait(30)
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(LockTimeout) as caught:
+            inst.lock.acquire(timeout=0.3)
+        assert caught.value.owner_pid == victim.pid and str(victim.pid) in str(caught.value)
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+    inst.lock.acquire(timeout=1)  # and once the holder is gone, the lock is free again
+    inst.lock.release()
 
 
 def test_blocks_of_a_killed_process_are_reclaimed(inst):

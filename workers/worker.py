@@ -54,7 +54,8 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
             except posix_ipc.BusyError:
                 if not is_alive(*coordinator) or int(words[W.STATE]) != 1:
                     break
-                continue
+                # No post, but look anyway: a submitter (or a worker that took the post) may
+                # have died between queueing and posting; the queue, not the count, is the truth.
             while not stop.is_set():
                 taken = board.take()
                 if taken is None:
