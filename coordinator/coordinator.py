@@ -22,7 +22,7 @@ from loguru import logger
 from shmpool.codec import encode_error
 from shmpool.context import LoadedContext
 from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
-                            ShmPoolError)
+                            LockTimeout, ShmPoolError)
 from shmpool.jobboard import JobBoard
 from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.layout import STATE_STOPPING, W
@@ -232,8 +232,11 @@ class Coordinator:
                     if time.monotonic() - last_heal >= HEAL_INTERVAL:
                         # One supervision round: dead clients settled, invariants restored,
                         # swallowed wake-ups re-sent (docs/architecture.md, job board invariants).
-                        self._board.sweep_dead_clients()
-                        self._board.supervise()
+                        try:
+                            self._board.sweep_dead_clients()
+                            self._board.supervise()
+                        except LockTimeout as exc:  # a stopped holder: the next round retries
+                            logger.warning("job board supervision of {!r} postponed: {}", self.name, exc)
                         last_heal = time.monotonic()
                     self._free_stranded_spills()
                 if self._reader is not None:

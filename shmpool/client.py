@@ -237,7 +237,15 @@ class Client:
             direct = self._direct_calls < DIRECT_CALLS_MAX
             if direct:
                 self._direct_calls += 1
-        mine = self._thread_channel() if direct else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            mine = self._thread_channel(timeout) if direct else None
+        except BaseException:
+            with self._lock:
+                self._direct_calls -= 1
+            raise
+        if deadline is not None:
+            timeout = max(0.0, deadline - time.monotonic())
         if mine is None:
             if direct:
                 with self._lock:
@@ -309,11 +317,11 @@ class Client:
             with self._lock:
                 self._deferred.extend(slots)
 
-    def _thread_channel(self):
+    def _thread_channel(self, timeout: float | None = None):
         mine = getattr(self._tls, "channel", None)
         if mine is None:
             try:
-                channel = self._board.claim_channel()
+                channel = self._board.claim_channel(timeout=timeout)
             except AttachError:
                 return None  # every channel is taken: the shared one still works
             mine = _ThreadChannel(channel, self._board.channel_sem(channel))

@@ -31,6 +31,7 @@ settles those of dead clients.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import time
 
 import numpy as np
@@ -49,6 +50,7 @@ __all__ = ["JobBoard"]
 
 JOBS = "jobs"
 WAIT_SLICE = 0.1   # seconds a submitter sleeps for a slot before looking again on its own
+SUPERVISE_WAIT = 0.5  # seconds a supervision step waits for the lock before trying next round
 _QUEUED = (SlotState.SUBMITTED, SlotState.CANCELLED)
 _TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
 
@@ -89,7 +91,7 @@ class JobBoard:
         # the supervising coordinator frees them (the board has no allocation table).
         self.stranded_spills: list[tuple[int, int, int, int, int]] = []
         self.lock = SharedLock(sems["lock"], view.words, str(runtime_dir() / f"{name}.jobs.lock"),
-                               f"{name} jobs", on_recover=lambda _pid: self.heal())
+                               f"{name} jobs", on_recover=lambda _pid: self.heal(), role="jobs")
 
     # ----------------------------------------------------------------- creation / attach
 
@@ -211,7 +213,7 @@ class JobBoard:
         state = int(row[SC.STATE])
         if state == SlotState.SUBMITTED:
             row[SC.STATE] = SlotState.CANCELLED  # the worker that pops it frees it
-            self.v.words[JW.CANCELLED] += 1
+            row[SC.END_CANCELLED] += 1
         elif state == SlotState.RUNNING:
             row[SC.STATE] = SlotState.ORPHANED
         elif state in (SlotState.DONE, SlotState.DELIVERED):
@@ -267,7 +269,6 @@ class JobBoard:
                     if _faults.ARMED:
                         _faults.point("submit.filled")
                     self._enqueue(slot)
-                    w[JW.SUBMITTED] += 1
                     break
                 if remaining is not None and remaining <= 0:
                     raise posix_ipc.BusyError(f"no free job slot within {timeout} s")
@@ -297,7 +298,7 @@ class JobBoard:
             if int(row[SC.SEQ]) != seq or int(row[SC.STATE]) != SlotState.SUBMITTED:
                 return False
             row[SC.STATE] = SlotState.CANCELLED
-            self.v.words[JW.CANCELLED] += 1
+            row[SC.END_CANCELLED] += 1
             return True
         finally:
             self.lock.release()
@@ -442,7 +443,7 @@ class JobBoard:
             channel = self._deliver_locked(slot) if delivered else None
             if not delivered:
                 self._free_locked(slot)
-            w[JW.COMPLETED if status == Status.OK else JW.FAILED] += 1
+            row[SC.END_OK if status == Status.OK else SC.END_ERROR] += 1
             wake = 0 if delivered else self._wake_count_locked(1)
         if _faults.ARMED:
             _faults.point("finish.delivered")
@@ -478,7 +479,7 @@ class JobBoard:
         ``max_attempts`` workers with the response ``fail(slot, attempts)``. Returns (requeued, failed)."""
         v = self.v
         requeued, failed, channels = 0, 0, []
-        with self.lock:
+        with self._supervising():
             wake = 0
             for slot in np.flatnonzero(v.slots[:, SC.WORKER_PID] == pid):
                 slot = int(slot)
@@ -493,14 +494,14 @@ class JobBoard:
                 row[SC.WORKER_PID] = row[SC.WORKER_START] = 0
                 if state == SlotState.ORPHANED:  # nobody waits for it: it ends here
                     self._free_locked(slot)
-                    v.words[JW.CANCELLED] += 1
+                    row[SC.END_CANCELLED] += 1
                     wake += 1
                 elif int(row[SC.ATTEMPTS]) >= max_attempts:
                     payload = fail(slot, int(row[SC.ATTEMPTS]))
                     v.response_area(slot)[:len(payload)] = payload
                     row[SC.RESP_LEN], row[SC.SPILL_POOL], row[SC.STATUS] = len(payload), -1, Status.ERROR
                     channels.append(self._deliver_locked(slot))
-                    v.words[JW.FAILED] += 1
+                    row[SC.END_ERROR] += 1
                     failed += 1
                 else:
                     row[SC.STATE] = SlotState.SUBMITTED
@@ -530,7 +531,7 @@ class JobBoard:
             return 0
         spills: list = []
         freed, affected = 0, 0
-        with self.lock:
+        with self._supervising():
             for slot in np.flatnonzero(v.slots[:, SC.STATE] != SlotState.FREE).tolist():
                 row = v.slots[slot]
                 if (int(row[SC.CLIENT_PID]), int(row[SC.CLIENT_START])) not in dead:
@@ -596,6 +597,18 @@ class JobBoard:
                 v.channels[k, CC.TAIL] = t + 1
                 repairs.append(f"slot {slot} pushed to ring {k}")
 
+        # Every submission into a slot (SEQ of them) has ended once, except the one in flight.
+        cols = v.slots
+        in_flight = np.isin(states, (SlotState.SUBMITTED, SlotState.RUNNING, SlotState.ORPHANED))
+        gap = cols[:, SC.SEQ] - in_flight - cols[:, SC.END_OK] - cols[:, SC.END_ERROR] - cols[:, SC.END_CANCELLED]
+        for slot in np.flatnonzero(gap > 0).tolist():
+            if states[slot] in (SlotState.DONE, SlotState.DELIVERED):
+                col = SC.END_OK if int(cols[slot, SC.STATUS]) == Status.OK else SC.END_ERROR
+            else:
+                col = SC.END_CANCELLED
+            cols[slot, col] += int(gap[slot])
+            repairs.append(f"slot {slot}: {int(gap[slot])} ended job(s) counted")
+
         waiters = int(v.channels[:, CC.WAITING].sum())
         if int(w[JW.FREE_WAITERS]) != waiters:
             repairs.append(f"free waiters {int(w[JW.FREE_WAITERS])} -> {waiters}")
@@ -608,7 +621,7 @@ class JobBoard:
     def supervise(self) -> list[str]:
         """One supervision round (coordinator): heal, then re-send any wake-up a death swallowed."""
         v = self.v
-        with self.lock:
+        with self._supervising():
             repairs = self.heal()
             w = v.words
             queued = int(w[JW.Q_TAIL] - w[JW.Q_HEAD])
@@ -627,6 +640,17 @@ class JobBoard:
             except posix_ipc.ExistentialError:
                 logger.debug("channel {} semaphore gone", k)
         return repairs
+
+    @contextlib.contextmanager
+    def _supervising(self):
+        """The lock for a supervision step: a stopped holder must not freeze the coordinator's
+        other duties (reclamation, worker replacement), so the step raises LockTimeout after
+        SUPERVISE_WAIT and the supervisor retries it next round."""
+        self.lock.acquire(SUPERVISE_WAIT)
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def fail_outstanding(self, make_error: "callable[[int], bytes]") -> int:
         """At stop: answer every queued request with an error instead of running it."""
@@ -647,10 +671,21 @@ class JobBoard:
                 v.response_area(slot)[:len(payload)] = payload
                 row[SC.RESP_LEN], row[SC.SPILL_POOL], row[SC.STATUS] = len(payload), -1, Status.ERROR
                 channels.append(self._deliver_locked(slot))
-                w[JW.CANCELLED] += 1
+                row[SC.END_CANCELLED] += 1
         for ch in channels:
             self.channel_sem(ch).release()
         return len(channels)
+
+    def note_worker_death(self) -> None:
+        """Count a worker death (a statistic only: best effort against a wedged lock)."""
+        try:
+            self.lock.acquire(SUPERVISE_WAIT)
+        except TimeoutError:
+            return
+        try:
+            self.v.words[JW.WORKER_DEATHS] += 1
+        finally:
+            self.lock.release()
 
     def stop_accepting(self) -> None:
         self.v.words[JW.STATE] = 2
@@ -663,9 +698,9 @@ class JobBoard:
             "slots": v.layout.slots, "free": int(w[JW.FREE_TOP]),
             "queued": int(w[JW.Q_TAIL] - w[JW.Q_HEAD]),
             "running": int(np.count_nonzero(states == SlotState.RUNNING)),
-            "submitted": int(w[JW.SUBMITTED]), "completed": int(w[JW.COMPLETED]),
-            "failed": int(w[JW.FAILED]), "requeued": int(w[JW.REQUEUED]),
-            "cancelled": int(w[JW.CANCELLED]), "worker_deaths": int(w[JW.WORKER_DEATHS]),
+            "submitted": int(v.slots[:, SC.SEQ].sum()), "completed": int(v.slots[:, SC.END_OK].sum()),
+            "failed": int(v.slots[:, SC.END_ERROR].sum()), "requeued": int(w[JW.REQUEUED]),
+            "cancelled": int(v.slots[:, SC.END_CANCELLED].sum()), "worker_deaths": int(w[JW.WORKER_DEATHS]),
             "clients": int(np.count_nonzero(v.channels[:, CC.PID])),
             "repairs": int(w[JW.REPAIRS]), "lock_recoveries": int(w[JW.LOCK_RECOVERIES]),
         }

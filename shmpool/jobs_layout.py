@@ -40,11 +40,11 @@ class JW(IntEnum):
     Q_HEAD = 9             # next queue position to take (monotonic; index = Q_HEAD % SLOTS)
     Q_TAIL = 10            # next queue position to fill
     STATE = 11             # 1 accepting, 2 stopping (no new submissions)
-    SUBMITTED = 12
-    COMPLETED = 13         # finished with an OK status
-    FAILED = 14            # finished with an error status (SUBMITTED == COMPLETED + FAILED + CANCELLED)
+    UNUSED_12 = 12         # 12-14, 16: job totals, now derived from the slots' END_* columns
+    UNUSED_13 = 13
+    UNUSED_14 = 14
     REQUEUED = 15          # taken back from dead workers
-    CANCELLED = 16         # withdrawn, answered at stop, or abandoned by a dead client
+    UNUSED_16 = 16
     WORKERS_STARTED = 17
     WORKER_DEATHS = 18
     LATENCY_COUNT = 19     # jobs finished by a worker (histogram total)
@@ -80,9 +80,15 @@ class SC(IntEnum):
     SPILL_RECORD = 13
     SPILL_SERIAL = 14
     SUBMITTED_NS = 15
+    # How this slot's jobs ended, counted by whoever ended one, right after the state change.
+    # Totals are sums over the slots (submitted = sum of SEQ), so a death between a state store
+    # and its count is a gap the supervisor can see per slot and close (JobBoard.heal).
+    END_OK = 16
+    END_ERROR = 17
+    END_CANCELLED = 18     # withdrawn, answered at stop, or abandoned by a dead client
 
 
-SLOT_COLS = 16
+SLOT_COLS = 20             # 19: spare
 
 
 class CC(IntEnum):

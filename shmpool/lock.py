@@ -61,8 +61,9 @@ class SharedLock:
     """
 
     def __init__(self, sem: posix_ipc.Semaphore, words, path: str, name: str,
-                 on_recover: Callable[[int], None] | None = None) -> None:
+                 on_recover: Callable[[int], None] | None = None, *, role: str = "table") -> None:
         self._sem = sem
+        self._held_point = f"lock.held.{role}"  # the fault point tests arm (shmpool._faults)
         self._words = words
         self._path = path
         self.name = name
@@ -171,7 +172,7 @@ class SharedLock:
                     self._release_shared()
                     raise
         if _faults.ARMED:
-            _faults.point("lock.held")
+            _faults.point(self._held_point)
 
     def release(self) -> None:
         self._release_shared()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from shmpool.codec import decode_request, encode_error
-from shmpool.errors import ShmPoolError, WorkerCrashed
+from shmpool.errors import LockTimeout, ShmPoolError, WorkerCrashed
 from shmpool.jobboard import JobBoard
 from shmpool.jobs_layout import JW
 
@@ -98,11 +98,14 @@ class WorkerPool:
             code = w.proc.poll()
             if code is None:
                 continue
-            died += 1
             meaning = explain_exit(code)
-            requeued, failed = self.board.requeue_worker(w.proc.pid, self._failure_for(meaning), MAX_ATTEMPTS)
-            with self.board.lock:
-                self.board.v.words[JW.WORKER_DEATHS] += 1
+            try:
+                requeued, failed = self.board.requeue_worker(w.proc.pid, self._failure_for(meaning), MAX_ATTEMPTS)
+            except LockTimeout as exc:  # a stopped process holds the board: next round
+                logger.warning("worker {} (pid {}) died, but its jobs wait: {}", w.index, w.proc.pid, exc)
+                continue
+            died += 1
+            self.board.note_worker_death()
             self.deaths.append({"index": w.index, "pid": w.proc.pid, "returncode": code, "meaning": meaning,
                                 "requeued": requeued, "failed": failed, "at": time.time()})
             logger.error("worker {} (pid {}) of {!r} {}; {} jobs requeued, {} failed; starting a replacement",

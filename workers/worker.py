@@ -17,6 +17,7 @@ import posix_ipc
 from loguru import logger
 
 import shmpool
+from shmpool import _faults
 from shmpool._proc import is_alive
 from shmpool.codec import decode_request, encode_error, encode_result
 from shmpool.errors import AttachError, ShmPoolError
@@ -56,6 +57,8 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
                     break
                 # No post, but look anyway: a submitter (or a worker that took the post) may
                 # have died between queueing and posting; the queue, not the count, is the truth.
+            if _faults.ARMED:
+                _faults.point("worker.woken")
             while not stop.is_set():
                 taken = board.take()
                 if taken is None:

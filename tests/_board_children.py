@@ -1,0 +1,33 @@
+"""Client processes for the job-board healing tests: each dies (or stops) at a named point."""
+
+from __future__ import annotations
+
+import time
+
+import shmpool
+from shmpool import _faults
+
+
+def client_dies_at(name: str, fault: str, jobs: int) -> None:
+    """Connect, arm ``fault``, then submit and collect ``jobs`` jobs until the point fires."""
+    client = shmpool.connect(name)
+    _faults.arm(fault)
+    futures = [client.submit("_jobs:slow", 0.05, i) for i in range(jobs)]
+    for future in futures:
+        future.result(30)
+    time.sleep(3600)  # the point never fired: the test sees a live process and fails
+
+
+def client_with_jobs_in_flight(name: str, jobs: int, ready) -> None:
+    client = shmpool.connect(name)
+    futures = [client.submit("_jobs:slow", 0.2, i) for i in range(jobs)]
+    ready.set()
+    time.sleep(3600)
+    del futures
+
+
+def client_stops_holding_the_board_lock(name: str) -> None:
+    client = shmpool.connect(name)
+    _faults.arm("lock.held.jobs:stop")
+    client.submit("_jobs:slow", 0, 0)  # stops inside the board lock; the test kills it
+    time.sleep(3600)

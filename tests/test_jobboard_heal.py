@@ -1,0 +1,143 @@
+"""The job board heals from a death at any instruction: capacity, queue, rings and wake-ups.
+
+Each crash window is a few instructions wide, so the victim arms a named fault point
+(shmpool._faults) and SIGKILLs itself exactly there. Afterwards the board must be whole again
+within one supervision round: every slot usable at once by a fresh client, every future of a
+live client completed, and submitted == completed + failed + cancelled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import _board_children as children
+import shmpool
+from coordinator import Coordinator
+from shmpool.errors import LockTimeout
+from shmpool.jobs_layout import JW, SC, SlotState
+from shmpool.sample import build_sample
+
+TESTS = Path(__file__).parent
+SLOTS = 8
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sample")
+    build_sample(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _user_jobs_importable(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+
+
+def _coordinator(name, sample_dir, workers=2):
+    return Coordinator(name, data_dir=sample_dir, workers=workers, job_slots=SLOTS, max_clients=16)
+
+
+def _spawn(target, *args):
+    proc = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
+    proc.start()
+    return proc
+
+
+def _wait_for(predicate, seconds=10.0, what="condition"):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached within {seconds} s"
+        time.sleep(0.01)
+
+
+def _assert_whole(coord) -> None:
+    """Quiescent board: every slot free and on the free stack, counters balanced."""
+    board = coord._board
+    _wait_for(lambda: board.counts()["free"] == SLOTS and board.counts()["queued"] == 0, 5,
+              "every slot free again")
+    v = board.v
+    assert (v.slots[:, SC.STATE] == SlotState.FREE).all()
+    assert sorted(v.free[:SLOTS].tolist()) == list(range(SLOTS))
+    c = board.counts()
+    assert c["submitted"] == c["completed"] + c["failed"] + c["cancelled"], c
+    assert int(v.words[JW.FREE_WAITERS]) == 0
+
+
+def _all_slots_at_once(name: str) -> None:
+    """A fresh client gets all 8 slots in flight within 1 s, and every job completes."""
+    with shmpool.connect(name) as client:
+        t0 = time.monotonic()
+        futures = [client.submit("_jobs:slow", 0.2, i, timeout=1.0) for i in range(SLOTS)]
+        assert time.monotonic() - t0 < 1.0
+        assert [f.result(30) for f in futures] == list(range(SLOTS))
+
+
+@pytest.mark.parametrize("fault", ["submit.popped", "submit.filled", "submit.queued", "release.pushed"])
+def test_client_killed_at_each_window_loses_no_capacity(instance_name, sample_dir, fault):
+    with _coordinator(instance_name, sample_dir) as coord:
+        victim = _spawn(children.client_dies_at, instance_name, fault, 3)
+        victim.join(30)
+        assert victim.exitcode == -signal.SIGKILL, f"the point {fault} was never reached"
+        _all_slots_at_once(instance_name)
+        _assert_whole(coord)
+
+
+def test_clients_killed_with_jobs_in_flight_lose_no_capacity(instance_name, sample_dir):
+    with _coordinator(instance_name, sample_dir) as coord:
+        for _ in range(3):
+            ready = mp.get_context("spawn").Event()
+            victim = _spawn(children.client_with_jobs_in_flight, instance_name, SLOTS, ready)
+            assert ready.wait(30)
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join(10)
+        _all_slots_at_once(instance_name)
+        _assert_whole(coord)
+        assert coord._board.counts()["cancelled"] > 0  # the sweep counts what it withdrew
+
+
+@pytest.mark.parametrize("fault", ["deliver.marked", "take.popped", "finish.delivered", "worker.woken"])
+def test_worker_killed_at_each_window_strands_no_future(instance_name, sample_dir, tmp_path,
+                                                        monkeypatch, fault):
+    token = tmp_path / "fire-once"
+    token.write_text("")
+    monkeypatch.setenv("SHMPOOL_FAULT", f"{fault}@{token}")  # one worker, once, dies there
+    with _coordinator(instance_name, sample_dir) as coord:
+        with shmpool.connect(instance_name) as client:
+            futures = [client.submit("_jobs:slow", 0, i) for i in range(4)]
+            assert [f.result(10) for f in futures] == list(range(4))
+            assert not token.exists(), f"no worker reached {fault}"
+            _wait_for(lambda: coord._pool.deaths, 5, "the worker death noticed")
+            assert [client.call("_jobs:slow", 0, i, timeout=5) for i in range(3)] == [0, 1, 2]
+        _all_slots_at_once(instance_name)
+        _assert_whole(coord)
+
+
+def test_a_stopped_lock_holder_makes_calls_fail_on_time_naming_it(instance_name, sample_dir):
+    with _coordinator(instance_name, sample_dir) as coord:
+        client = shmpool.connect(instance_name)
+        victim = _spawn(children.client_stops_holding_the_board_lock, instance_name)
+        try:
+            _wait_for(lambda: coord._board.lock.owner() == victim.pid, 30, "the victim holding the lock")
+            for attempt in (lambda: client.call("_jobs:slow", 0, 1, timeout=0.5),
+                            lambda: client.submit("_jobs:slow", 0, 1, timeout=0.5),
+                            lambda: shmpool.connect(instance_name, timeout=0.5)):
+                t0 = time.monotonic()
+                with pytest.raises(LockTimeout) as caught:
+                    attempt()
+                assert time.monotonic() - t0 < 0.6
+                assert caught.value.owner_pid == victim.pid and str(victim.pid) in str(caught.value)
+        finally:
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join(10)
+        # The kernel released the dead holder's lock; the next holder repaired what it left.
+        assert client.call("_jobs:slow", 0, "after", timeout=5) == "after"
+        client.close()
+        _all_slots_at_once(instance_name)
+        _assert_whole(coord)
+        assert coord._board.counts()["lock_recoveries"] >= 1
