@@ -28,6 +28,7 @@ transitions of the process's own reference counts, never on the lookup path.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from enum import Enum
@@ -137,6 +138,9 @@ class RowPins:
                 return
             self._released = True
         if from_collector:
+            if sys.is_finalizing():
+                return  # a thread started now would run into a dismantled interpreter (SIGSEGV seen);
+                # the process is exiting, and the coordinator drops a dead process's row
             threading.Thread(target=self._release_row, name="shmpool-row-release", daemon=True).start()
         else:
             self._release_row()

@@ -399,7 +399,8 @@ class Reader:
                                f"[{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
         array = np.frombuffer(seg.mm, dtype=np.uint8, count=loc.nbytes, offset=offset).view(_PinnedBytes)
         array.flags.writeable = False
-        weakref.finalize(array, self._pins.release, dv.entry, loc.generation)
+        # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
+        weakref.finalize(array, self._pins.release, dv.entry, loc.generation).atexit = False
         return _Generation(dv.dimension_id, loc.generation, array)
 
     def honour_epoch(self, epoch: int) -> None:
