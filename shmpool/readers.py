@@ -59,6 +59,11 @@ class ReaderRegistry:
         return slot
 
     def unregister(self, slot: int) -> None:
+        if self._ctl.readers is None:
+            # The instance was closed by its owner first (the coordinator's own reader, whose
+            # contexts outlived stop()): the row went with the instance.
+            logger.debug("reader slot {} of {!r}: instance already closed", slot, self._instance)
+            return
         with self._lock:
             self._clear_locked(slot)
 
