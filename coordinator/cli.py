@@ -276,7 +276,30 @@ def cmd_stats(args) -> int:
     for d in dims:
         table.add_row(str(d["dimension_id"]), d["name"], str(d["generation"]), f"{d['layers']['count']:,}")
     console.print(table)
+    console.print(_pins_table(st))
     return 0
+
+
+_PIN_STYLE = {"current": "", "held": "", "waiting": "yellow", "stale": "bold red"}
+
+
+def _pins_table(st: dict):
+    """The generations readers hold: what each one keeps from being freed, and for how long."""
+    from rich.table import Table
+
+    title = (f"pins: {len(st['pins'])}, retaining {_mib(st['pins_retained_bytes'])} of superseded "
+             f"regions (stale after {st['max_pin_age']:g} s)")
+    table = Table(title=title, title_justify="left")
+    for col in ("pid", "dimension", "generation", "state", "age", "retained"):
+        table.add_column(col, justify="right")
+    for p in sorted(st["pins"], key=lambda p: (p["state"] == "current", p["pid"], p["dimension_id"], p["generation"])):
+        style = _PIN_STYLE[p["state"]]
+        state = p["state"] + ("" if p["answered"] else ", not answering")
+        table.add_row(str(p["pid"]), str(p["dimension_id"]), str(p["generation"]) + (" (range)" if p["by_range"] else ""),
+                      f"[{style}]{state}[/]" if style else state,
+                      "-" if p["age_s"] is None else f"{p['age_s']:.1f} s",
+                      "-" if not p["bytes_retained"] else f"{p['bytes_retained']:,} B")
+    return table
 
 
 def cmd_dump(args) -> int:

@@ -28,13 +28,14 @@ from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.layout import STATE_STOPPING, W
 from shmpool.limits import DEFAULT_LIMIT, Thresholds
 from shmpool.names import runtime_dir, validate_name
+from shmpool.pins import list_pins
 from shmpool.reader import Reader
 from workers.pool import WorkerPool
 
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
 from .proto import ProtoDimension
-from .publisher import Publisher
+from .publisher import MAX_PIN_AGE, Publisher
 
 __all__ = ["Coordinator"]
 
@@ -57,7 +58,7 @@ class Coordinator:
                  max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
                  job_slots: int = 256, job_payload: int = 64 * 1024, max_clients: int = 256,
                  drain_timeout: float = 5.0, compress_cold: bool = False, huge_pages: bool = False,
-                 capacity: CapacityPolicy | None = None) -> None:
+                 capacity: CapacityPolicy | None = None, max_pin_age: float = MAX_PIN_AGE) -> None:
         self.name = validate_name(name)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.memory_limit = memory_limit
@@ -69,6 +70,7 @@ class Coordinator:
         self.worker_count = (os.cpu_count() or 1) if workers is None else workers
         self._job_config = (job_slots, max_clients, job_payload)
         self.drain_timeout = drain_timeout
+        self.max_pin_age = max_pin_age
         if capacity is None:
             capacity = CapacityPolicy(compress_cold=compress_cold, huge_pages=huge_pages)
         elif compress_cold or huge_pages:
@@ -113,7 +115,7 @@ class Coordinator:
                 self.name, pools=self.pools, memory_limit=self.memory_limit, thresholds=self.thresholds,
                 max_dimensions=self._max_dimensions, max_readers=self._max_readers,
                 growth=self.capacity_policy.pool_growth, huge_pages=self.capacity_policy.huge_pages)
-            self._publisher = Publisher(self._inst)
+            self._publisher = Publisher(self._inst, max_pin_age=self.max_pin_age)
             spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
@@ -345,6 +347,7 @@ class Coordinator:
             "capacity": self._capacity.stats(),
             "generations": {p.dimension_id: p.generation for p in current},
             "superseded_pending": len(superseded),
+            "pins": [p.as_dict() for p in list_pins(inst.control, inst.table.block_sizes)],
             "proto_dimensions": len(self._protos),
             "startup_ms": (self.startup_seconds or 0) * 1e3,  # including worker start
             "load_ms": (self.load_seconds or 0) * 1e3,  # segments created, every dimension readable
@@ -384,6 +387,7 @@ class Coordinator:
             "capacity": self._capacity.dump(),
             "allocations": inst.table.live_allocations(),
             "readers": publisher.registry.live(),
+            "pins": [p.as_dict() for p in list_pins(inst.control, inst.table.block_sizes)],
             "workers": {"pids": self._pool.pids(), "deaths": self._pool.deaths} if self._pool else None,
             "jobs": self._board.counts() if self._board else None,
             "proto_dimensions": [{"dimension_id": p.dimension_id, "name": p.name, "layers": len(p),

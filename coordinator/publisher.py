@@ -3,9 +3,16 @@
 The coordinator is the directory's single writer; everything that changes which region a
 dimension points at goes through :class:`Publisher`. Reclamation rule: a superseded region is
 freed once (a) GRACE seconds have passed since it was superseded, and (b) no live reader pins
-its generation or an older one. (a) covers the instant between a reader's pin store and its
-re-check of the generation, during which the store may still sit in a CPU store buffer; it
-drains in nanoseconds, so 10 ms is a wide margin. (b) is the real rule.
+that very generation (pins are exact, shmpool/pins.py: a reader holding generation 1 does not
+hold back 2, 3, ...). (a) covers the instant between a reader's pin store and its re-check of
+the generation, during which the store may still sit in a CPU store buffer; it drains in
+nanoseconds, so 10 ms is a wide margin. (b) is the real rule, and nothing overrides it while the
+pinning process lives: a pin older than ``max_pin_age`` is logged and listed as stale, never
+freed, because its reader may still read that memory. Only a dead reader's pins are dropped.
+
+Each publication bumps W.PIN_EPOCH, which asks every reader to let go of the mappings it no
+longer needs (shmpool/pin_watch.py); each region's record is tagged with its dimension and
+generation (and when it was superseded) so that any process can list what a pin retains.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from shmpool.alloc import Handle
 from shmpool.directory import Directory, Location
 from shmpool.errors import RegionFormatError, ShmPoolError
 from shmpool.instance import SharedInstance
+from shmpool.layout import RT, W
 from shmpool.readers import ReaderRegistry
 from shmpool.region import Region
 
-__all__ = ["Published", "Evicted", "Publisher", "GRACE"]
+__all__ = ["Published", "Evicted", "Publisher", "GRACE", "MAX_PIN_AGE"]
 
 GRACE = 0.010
+MAX_PIN_AGE = 60.0  # seconds a live reader may block a superseded region before it is called stale
 
 
 @dataclass
@@ -43,7 +52,8 @@ class Published:
     file: Path | None = None      # a region file holding exactly these bytes (reload source)
     compressed: bool = False      # published by cold-layer compression
     published_at: float = field(default_factory=time.time)
-    superseded_at: float | None = None
+    superseded_at: float | None = None   # time.monotonic()
+    superseded_epoch: int = 0             # W.PIN_EPOCH after the publication that superseded it
 
     def as_dict(self) -> dict:
         h = self.handle
@@ -76,13 +86,16 @@ class Evicted:
 class Publisher:
     """Writes regions into pool blocks and publishes them as new generations. Thread-safe."""
 
-    def __init__(self, inst: SharedInstance) -> None:
+    def __init__(self, inst: SharedInstance, *, max_pin_age: float = MAX_PIN_AGE) -> None:
         self._inst = inst
         self.directory = Directory(inst.control)
         self.registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self.current: dict[int, Published] = {}
         self.superseded: list[Published] = []
         self.evicted: dict[int, Evicted] = {}
+        self.max_pin_age = max_pin_age
+        inst.control.words[W.MAX_PIN_AGE_MS] = int(max_pin_age * 1e3)  # so every process can list stale pins
+        self._warned: set[tuple[int, int, int, int]] = set()  # (pid, slot, entry, generation)
         self._lock = threading.Lock()
 
     def place(self, nbytes: int, write: Callable[[memoryview], None], *, source: str,
@@ -123,6 +136,9 @@ class Publisher:
                     table.free(handle)
                     raise
             generation = self.directory.generation(entry) + 1
+            tag = self._inst.control.tags[handle.record]
+            tag[:] = 0
+            tag[RT.DIMENSION_ID], tag[RT.GENERATION], tag[RT.SERIAL] = dimension_id, generation, handle.serial
             self.directory.publish(entry, Location(generation, handle.pool, handle.first_block, nbytes,
                                                    handle.record, handle.serial))
             old = self.current.get(dimension_id)
@@ -130,8 +146,8 @@ class Publisher:
                                                    source, layers, file, compressed)
             self.evicted.pop(dimension_id, None)
             if old is not None:
-                old.superseded_at = time.monotonic()
-                self.superseded.append(old)
+                self._supersede(old)
+            self._bump_epoch()
         logger.info("published dimension {} ({!r}) generation {}: {} layers, {} bytes from {}",
                     dimension_id, name, generation, layers, nbytes, source)
         return generation
@@ -143,13 +159,26 @@ class Publisher:
             cur = self.current.pop(dimension_id)
             generation = self.directory.generation(cur.entry) + 1
             self.directory.publish(cur.entry, Location.evicted_at(generation))
-            cur.superseded_at = time.monotonic()
-            self.superseded.append(cur)
+            self._supersede(cur)
+            self._bump_epoch()
             self.evicted[dimension_id] = Evicted(dimension_id, cur.name, cur.entry, generation, file,
                                                  cur.layer_count)
         logger.info("evicted dimension {} ({!r}) as generation {}; {} bytes to be freed; reload from {}",
                     dimension_id, cur.name, generation, cur.handle.nbytes, file)
         return generation
+
+    def _supersede(self, old: Published) -> None:
+        old.superseded_at = time.monotonic()
+        old.superseded_epoch = int(self._inst.control.words[W.PIN_EPOCH]) + 1  # the bump that follows
+        tag = self._inst.control.tags[old.handle.record]
+        tag[RT.SUPERSEDED_EPOCH] = old.superseded_epoch
+        tag[RT.SUPERSEDED_NS] = time.time_ns()
+        self.superseded.append(old)
+
+    def _bump_epoch(self) -> None:
+        # Single writer (under self._lock), so the read-modify-write needs no shared lock.
+        words = self._inst.control.words
+        words[W.PIN_EPOCH] = int(words[W.PIN_EPOCH]) + 1
 
     def pending_free(self) -> int:
         """Bytes held by superseded generations that are not freed yet (pinned or in grace)."""
@@ -167,8 +196,14 @@ class Publisher:
         with self._lock:
             keep = []
             for old in self.superseded:
-                if now - old.superseded_at < GRACE or self.registry.is_pinned(old.entry, old.generation):
+                if now - old.superseded_at < GRACE:
                     keep.append(old)
+                    continue
+                holders = self.registry.holders(old.entry, old.generation)
+                if holders:
+                    keep.append(old)
+                    if now - old.superseded_at > self.max_pin_age:
+                        self._warn_stale(old, holders, now)
                     continue
                 try:
                     self._inst.table.free(old.handle)
@@ -178,7 +213,29 @@ class Publisher:
                     logger.error("could not free dimension {} generation {}: {}",
                                  old.dimension_id, old.generation, exc)
             self.superseded = keep
+            if not keep:
+                self._warned.clear()
         return freed
+
+    def _warn_stale(self, old: Published, holders: list[tuple[int, int, int]], now: float) -> None:
+        """Once per (reader, generation): say who keeps a superseded region past max_pin_age.
+
+        Never frees it: the reader lives, and may read it. Either it holds a context on purpose
+        (it answered the last drop request) or it has not run since (stopped, stuck in C code)."""
+        sizes = self._inst.table.block_sizes
+        nbytes = old.handle.block_count * sizes[old.handle.pool]
+        for slot, pid, seen in holders:
+            key = (pid, slot, old.entry, old.generation)
+            if key in self._warned:
+                continue
+            self._warned.add(key)
+            why = ("it answered the drop request, so it holds a context of that generation"
+                   if seen >= old.superseded_epoch else
+                   "it has not answered the drop request since (stopped, or busy without the GIL?)")
+            logger.warning("reader pid {} pins dimension {} generation {} for {:.1f} s (max_pin_age {:g} s): "
+                           "{} bytes retained; {}; not freed while that process lives",
+                           pid, old.dimension_id, old.generation, now - old.superseded_at,
+                           self.max_pin_age, nbytes, why)
 
     def snapshot(self) -> tuple[list[Published], list[Published]]:
         with self._lock:

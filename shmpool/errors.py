@@ -27,6 +27,7 @@ __all__ = [
     "WorkerCrashed",
     "DirectoryFull",
     "ReloadTimeout",
+    "ReaderClosed",
 ]
 
 
@@ -129,6 +130,16 @@ class AttachError(ShmPoolError):
 
     def __init__(self, *, name: str, reason: str) -> None:
         super().__init__(f"cannot attach to shmpool instance {name!r}: {reason}", name=name, reason=reason)
+
+
+class ReaderClosed(AttachError):
+    """A lookup on a Reader after its ``close()``. Contexts it made earlier stay readable."""
+
+    def __init__(self, *, name: str, slot: int) -> None:
+        ShmPoolError.__init__(self, f"reader (slot {slot}) of shmpool instance {name!r} is closed: no new "
+                                    f"lookups; contexts it returned stay valid while held",
+                              name=name, slot=slot)
+        self.reason = "this reader is closed"  # as an AttachError has
 
 
 class InstanceExists(ShmPoolError):

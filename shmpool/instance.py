@@ -256,7 +256,7 @@ class SharedInstance:
         counts = [int(c) for c in rows[:, P.BLOCK_COUNT]]
         del rows
         layout = Layout.compute(counts, max_records=max_records, max_dimensions=max_dims, max_readers=max_readers)
-        if layout.size != fields[3] or layout.pins_offset != fields[16]:
+        if layout.size != fields[3] or layout.pins_offset != fields[16] or layout.tags_offset != fields[18]:
             raise AttachError(name=name, reason="control segment header disagrees with its own layout")
         words = np.frombuffer(seg.mm, dtype="<i8", count=8, offset=layout.words_offset)
         thresholds = Thresholds(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]),

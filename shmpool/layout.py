@@ -10,7 +10,8 @@ valid), followed by sections at 64-byte-aligned offsets that the header records:
     bitmaps    uint8[...]                        one bit per block per pool, 1 = in use
     directory  int64[max_dimensions, DIR_COLS]   dimension id -> published region, by generation
     readers    int64[max_readers, READER_COLS]   attached reader processes
-    pins       int64[max_readers, max_dimensions] oldest generation each reader still holds
+    pins       int64[max_readers, max_dimensions, PIN_COLS]  the generations each reader holds
+    tags       int64[max_records, TAG_COLS]      which generation of which dimension a record holds
 
 Every mutable field is an aligned little-endian int64, so a single store is indivisible on the
 64-bit CPUs we run on: readers never see half a value, which is what lets the read path go
@@ -26,12 +27,13 @@ from enum import IntEnum
 import numpy as np
 
 __all__ = [
-    "MAGIC", "LAYOUT_VERSION", "HEADER", "W", "P", "R", "D", "S", "RD", "SLOT_COLS",
-    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "WORDS", "Layout", "Control",
+    "MAGIC", "LAYOUT_VERSION", "HEADER", "W", "P", "R", "D", "S", "RD", "PN", "RT", "SLOT_COLS",
+    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "TAG_COLS", "WORDS", "Layout",
+    "Control",
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 2  # 2: pool rows gained PRESENT and BASE (pool growth)
+LAYOUT_VERSION = 3  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags
 ALIGN = 64
 
 HEADER = struct.Struct(
@@ -54,6 +56,7 @@ HEADER = struct.Struct(
     "Q"    # readers_offset
     "Q"    # pins_offset
     "64s"  # instance name, UTF-8, NUL padded
+    "Q"    # tags_offset
 )
 HEADER_SIZE = 256  # HEADER.size rounded up so the words start on a cache line
 assert HEADER.size <= HEADER_SIZE
@@ -86,6 +89,8 @@ class W(IntEnum):
     READERS_PEAK = 22       # highest READERS_ATTACHED seen
     POOL_GROWTHS = 23       # growth segments added to full pools
     CONFIGURED_POOLS = 24   # pool rows 0..n-1 are configured; the rest are reserved growth rows
+    PIN_EPOCH = 25          # +1 per publication: "readers, let go of what is no longer published"
+    MAX_PIN_AGE_MS = 26     # a pin blocking reclamation longer than this is listed as stale
 
 
 WORDS = 64  # room to grow without a layout change
@@ -155,9 +160,40 @@ class RD(IntEnum):
     PID = 0          # 0 = slot free
     START = 1
     ATTACHED_NS = 2
+    EPOCH_SEEN = 3   # the last W.PIN_EPOCH this reader honoured (dropped what was superseded)
+    SEEN_NS = 4      # time.time_ns() when it did
 
 
 READER_COLS = 8
+
+
+class PN(IntEnum):
+    """The pin words of one reader for one directory entry: the generations it holds.
+
+    Pinned = {EXACT0, EXACT1} (0 = empty) plus [RANGE_LO, RANGE_HI] when RANGE_LO != 0. A held
+    generation never moves between words while held (see shmpool/pins.py for why)."""
+    EXACT0 = 0
+    EXACT1 = 1
+    RANGE_LO = 2     # the range holds what did not fit in the exact words; 0 = no range
+    RANGE_HI = 3
+
+
+PIN_COLS = 4
+EXACT_PINS = 2
+
+
+class RT(IntEnum):
+    """Columns of a record tag: what the coordinator published in allocation record r.
+
+    Valid only while records[r] is live with the same SERIAL; nobody clears a stale tag."""
+    DIMENSION_ID = 0
+    GENERATION = 1
+    SERIAL = 2          # records[r, R.SERIAL] when tagged
+    SUPERSEDED_NS = 3   # time.time_ns() when a newer generation replaced it; 0 = current
+    SUPERSEDED_EPOCH = 4  # W.PIN_EPOCH after that publication
+
+
+TAG_COLS = 8  # 5 used, 3 spare: a 64-byte row
 
 
 def _align(n: int) -> int:
@@ -180,6 +216,7 @@ class Layout:
     directory_offset: int
     readers_offset: int
     pins_offset: int
+    tags_offset: int
     size: int
 
     @classmethod
@@ -204,9 +241,12 @@ class Layout:
         readers = off
         off = _align(off + max_readers * READER_COLS * 8)
         pins = off
-        off = _align(off + max_readers * max_dimensions * 8)
+        off = _align(off + max_readers * max_dimensions * PIN_COLS * 8)
+        tags = off
+        off = _align(off + max_records * TAG_COLS * 8)
         return cls(len(block_counts), max_records, max_dimensions, max_readers, words, pools,
-                   records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), directory, readers, pins, off)
+                   records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), directory, readers, pins,
+                   tags, off)
 
 
 class Control:
@@ -226,7 +266,8 @@ class Control:
         self.bitmaps = [arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
         self.directory = arr(lay.directory_offset, (lay.max_dimensions, DIR_COLS))
         self.readers = arr(lay.readers_offset, (lay.max_readers, READER_COLS))
-        self.pins = arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions))
+        self.pins = arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions, PIN_COLS))
+        self.tags = arr(lay.tags_offset, (lay.max_records, TAG_COLS))
         # Plain memoryview casts read one int64 ~5x faster than numpy scalar indexing; the read
         # path (generation checks) uses these.
         self.words_mv = memoryview(buf)[lay.words_offset:lay.words_offset + WORDS * 8].cast("q")
@@ -238,6 +279,7 @@ class Control:
         for mv in (self.words_mv, self.directory_mv):
             mv.release()
         self.words = self.pools = self.records = self.directory = self.readers = self.pins = None
+        self.tags = None
         self.bitmaps = []
 
 
@@ -248,4 +290,5 @@ def pack_header(layout: Layout, *, control_size: int, instance_token: int, creat
         layout.pool_count, layout.max_records, layout.max_dimensions, layout.max_readers,
         layout.words_offset, layout.pools_offset, layout.records_offset, layout.bitmaps_offset,
         layout.directory_offset, layout.readers_offset, layout.pins_offset, name.encode(),
+        layout.tags_offset,
     )

@@ -8,10 +8,13 @@ How a lookup stays cheap and safe:
 * When the generation moved, the reader first PINS the new generation (one int64 store in its
   reader row), then checks GENERATION did not move again, and only then touches the region. The
   coordinator frees a superseded region only after a grace period and only if no live reader pins
-  it (or anything older), so a region cannot be freed under a reader that is about to use it.
+  that generation, so a region cannot be freed under a reader that is about to use it.
 * Every view a reader hands out is a slice of a per-generation numpy array whose lifetime holds
   the pin: while any LoadedContext (or the bare ``content`` memoryview) lives, that generation
-  stays pinned, and its bytes stay exactly as they were.
+  stays pinned, and its bytes stay exactly as they were, also after ``Reader.close()``. Pins are
+  exact (shmpool/pins.py): holding generation 1 does not hold back 2, 3, ...
+* A daemon thread (shmpool/pin_watch.py) drops the reader's cached mapping of a superseded
+  generation soon after each publication, so an idle reader does not pin it for ever.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from loguru import logger
 
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import Directory, Location
-from .errors import AttachError, DimensionNotFound, LayerNotFound, ReloadTimeout, ShmPoolError
+from .errors import AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReloadTimeout, ShmPoolError
 from .instance import SharedInstance
 from .compression import inflate
 from .layout import STATE_RUNNING, TOUCHED_READ, TOUCHED_RELOAD, W
+from .pin_watch import PinWatcher
+from .pins import RowPins, list_pins
 from .readers import ReaderRegistry
 from .region import FLAG_ZSTD, Region
 
@@ -112,7 +117,7 @@ _NOT_MAPPED = _NotMapped()
 
 
 class _DimView:
-    __slots__ = ("dimension_id", "entry", "gen_pos", "touch_pos", "current", "held")
+    __slots__ = ("dimension_id", "entry", "gen_pos", "touch_pos", "current")
 
     def __init__(self, dimension_id: int, entry: int) -> None:
         self.dimension_id = dimension_id
@@ -120,13 +125,6 @@ class _DimView:
         self.gen_pos = Directory.generation_position(entry)
         self.touch_pos = Directory.touched_position(entry)
         self.current: _Generation | _NotMapped = _NOT_MAPPED
-        self.held: set[int] = set()  # generations with live arrays in this process
-
-
-def _unhold(reader_ref: "weakref.ref[Reader]", dv: _DimView, generation: int) -> None:
-    reader = reader_ref()
-    if reader is not None:
-        reader._unhold(dv, generation)
 
 
 def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:
@@ -141,8 +139,10 @@ def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) 
 class Reader:
     """A process's view of the published dimensions of one instance. Thread-safe.
 
-    Lookups never block and never copy. Contexts must not be used after :meth:`close`: the
-    reader's pins go with it, and the coordinator may then reuse that memory.
+    Lookups never block and never copy. A context stays valid after :meth:`close` (and after
+    the Reader is collected): its generation stays pinned, and the reader's row and mappings
+    stay, until the last context (or ``content`` view) of that reader is dropped. Lookups on a
+    closed reader raise :class:`~shmpool.errors.ReaderClosed`.
     """
 
     def __init__(self, inst: SharedInstance, *, owns_instance: bool) -> None:
@@ -154,9 +154,12 @@ class Reader:
         self._dims: dict[int, _DimView] = {}
         self._lock = threading.RLock()
         self._closed = False
-        self._ref = weakref.ref(self)
-        self._finalizer = weakref.finalize(self, _shutdown, self._registry, self._slot,
-                                           inst if owns_instance else None)
+        registry, slot, owned = self._registry, self._slot, inst if owns_instance else None
+        # The pins outlive this object: contexts hold them (through their arrays' finalizers),
+        # and the row is given back only when this reader is closed AND nothing is held.
+        self._pins = RowPins(inst.control, slot, lambda: _shutdown(registry, slot, owned))
+        self._finalizer = weakref.finalize(self, self._pins.reader_closed)
+        self._watcher: PinWatcher | None = None
 
     @property
     def name(self) -> str:
@@ -312,6 +315,10 @@ class Reader:
         out["readers_attached"] = int(words[W.READERS_ATTACHED])
         out["readers_peak"] = int(words[W.READERS_PEAK])
         out["generations"] = {dim: self._dir.generation(e) for dim, e in self._dir.entries().items()}
+        out["pin_epoch"] = int(words[W.PIN_EPOCH])
+        out["max_pin_age"] = int(words[W.MAX_PIN_AGE_MS]) / 1e3
+        out["pins"] = self.pins()
+        out["pins_retained_bytes"] = _retained(out["pins"])
         out["thresholds"] = {"warn": int(words[W.WARN_PERMILLE]), "evict": int(words[W.EVICT_PERMILLE]),
                              "refuse": int(words[W.REFUSE_PERMILLE])}
         return out
@@ -324,7 +331,10 @@ class Reader:
     def _dimension(self, dimension_id: int) -> _DimView:
         with self._lock:
             if self._closed:
-                raise AttachError(name=self._inst.name, reason="this reader is closed")
+                raise ReaderClosed(name=self._inst.name, slot=self._slot)
+            if self._watcher is None:  # only a reader that maps something can pin anything
+                words = self._inst.control.words_mv  # not a bound method: the watcher holds us weakly
+                self._watcher = PinWatcher(self, lambda: words[W.PIN_EPOCH], words[W.PIN_EPOCH])
             dv = self._dims.get(dimension_id)
             if dv is not None:
                 return dv
@@ -346,23 +356,20 @@ class Reader:
         while True:
             with self._lock:
                 if self._closed:
-                    raise AttachError(name=self._inst.name, reason="this reader is closed")
+                    raise ReaderClosed(name=self._inst.name, slot=self._slot)
                 loc = self._dir.read(dv.entry)
                 if loc is None:
                     raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self._published()))
                 if dv.current.generation == loc.generation:
                     return dv.current
                 if not loc.evicted:
-                    fresh = loc.generation not in dv.held
-                    dv.held.add(loc.generation)
-                    self._publish_pin(dv)
+                    fresh = self._pins.hold(dv.entry, loc.generation)
                     if self._dir.generation(dv.entry) == loc.generation:
                         dv.current = self._map(dv, loc)
                         return dv.current
                     # Superseded while we pinned: it may be freed at any moment, so never touch it.
                     if fresh:
-                        dv.held.discard(loc.generation)
-                        self._publish_pin(dv)
+                        self._pins.release(dv.entry, loc.generation, from_collector=False)
                     continue
                 dv.current = _NOT_MAPPED  # let the evicted region go from this process too
             if deadline is None:
@@ -392,28 +399,44 @@ class Reader:
                                f"[{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
         array = np.frombuffer(seg.mm, dtype=np.uint8, count=loc.nbytes, offset=offset).view(_PinnedBytes)
         array.flags.writeable = False
-        weakref.finalize(array, _unhold, self._ref, dv, loc.generation)
+        # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
+        weakref.finalize(array, self._pins.release, dv.entry, loc.generation).atexit = False
         return _Generation(dv.dimension_id, loc.generation, array)
 
-    def _unhold(self, dv: _DimView, generation: int) -> None:
+    def honour_epoch(self, epoch: int) -> None:
+        """The coordinator published something: let go of superseded mappings, then say so.
+
+        Called by the pin watcher thread; the acknowledgement follows the drop, so a reader
+        whose EPOCH_SEEN has reached an epoch holds superseded generations only through
+        contexts that are still alive."""
         with self._lock:
             if self._closed:
-                return
-            dv.held.discard(generation)
-            self._publish_pin(dv)
+                raise ReaderClosed(name=self._inst.name, slot=self._slot)
+            self.drop_stale()
+            self._registry.acknowledge(self._slot, epoch)
 
-    def _publish_pin(self, dv: _DimView) -> None:
-        self._registry.set_pin(self._slot, dv.entry, min(dv.held) if dv.held else 0)
+    def pins(self) -> list[dict]:
+        """Every pin of every attached reader: pid, dimension, generation, state, age, bytes
+        retained (see shmpool.pins.PinRecord); read from shared memory."""
+        return [p.as_dict() for p in list_pins(self._inst.control, self._inst.table.block_sizes)]
 
     # ----------------------------------------------------------------- lifetime
 
     def close(self) -> None:
-        """Release this reader's slot and pins, and unmap (idempotent)."""
+        """No more lookups; release this reader's row and unmap once no context is held (idempotent).
+
+        Contexts (and ``content`` views) made by this reader stay valid: their generations stay
+        pinned until they are dropped, and the row is released with the last of them."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._dims = {}
+            dims, self._dims = self._dims, {}
+            if self._watcher is not None:
+                self._watcher.stop()
+        for dv in dims.values():
+            dv.current = _NOT_MAPPED  # our own cached mappings go now; the user's contexts stay
+        del dims
         self._finalizer()
 
     @property
@@ -429,6 +452,11 @@ class Reader:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"slot {self._slot}"
         return f"<Reader {self._inst.name!r} {state}>"
+
+
+def _retained(pins: list[dict]) -> int:
+    """Bytes of superseded regions kept by pins, each region counted once."""
+    return sum({(p["dimension_id"], p["generation"]): p["bytes_retained"] for p in pins}.values())
 
 
 def attach(name: str) -> Reader:

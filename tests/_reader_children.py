@@ -98,3 +98,27 @@ def read_layers(name: str, dimension_id: int, layer_ids: list, results) -> None:
             results.put(("ok", {"layers": out, "generation": reader.generation(dimension_id)}))
     except BaseException as exc:
         results.put(("error", repr(exc)))
+
+
+def hold_until_told(name: str, dimension_id: int, layer_id: int, ready, stop, results) -> None:
+    """Hold one context (and nothing else) until ``stop``; then report whether its bytes are
+    still the ones first read, and its generation."""
+    try:
+        with shmpool.attach(name) as reader:
+            ctx = reader.load_layer_context(dimension_id, layer_id)
+            copy = bytes(ctx.content)
+            ready.set()
+            stop.wait(600)
+            results.put(("ok", {"generation": ctx.generation, "intact": bytes(ctx.content) == copy,
+                                "verify": ctx.verify(), "pid": os.getpid()}))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+
+
+def look_then_idle(name: str, dimension_id: int, layer_id: int, ready, stop) -> None:
+    """Look one layer up, keep no context, and make no further call until ``stop``."""
+    reader = shmpool.attach(name)
+    assert reader.load_layer_context(dimension_id, layer_id).generation >= 1
+    ready.set()
+    stop.wait(600)
+    reader.close()

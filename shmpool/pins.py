@@ -1,0 +1,260 @@
+"""Pins: the generations each reader holds, exactly, so that holding one pins only that one.
+
+Each (reader row, directory entry) has four int64 words (``layout.PN``): two exact generations
+and a range ``[RANGE_LO, RANGE_HI]`` for what does not fit in them. Generation ``g`` of an entry
+is pinned by a row if ``g`` is in an exact word or inside its range. So a reader holding
+generation 1 of a dimension, and the current one, pins those two and nothing in between (LMDB's
+rule, one "oldest held" word, would hold back everything from 1 on). Only a reader holding more
+than three distinct generations of one dimension at once uses the range for the oldest of them,
+and only then are generations it does not hold (those inside its range) kept as well.
+
+The words change without a lock while the coordinator reads them, and a multi-word update is
+not atomic, so safety rests on two rules:
+
+* **A held generation never moves.** It stays in the word it was first stored in until it is
+  released; an exact word freed later is reused only by a *new* generation. Otherwise the
+  coordinator could read the destination before the move and the source after it, and miss
+  it. (Hence the range cannot be folded back into exact words.)
+* **The range only ever covers what it must.** Adding lowers LO or raises HI; releasing raises
+  LO or lowers HI to the bounds of what remains. Each single store therefore still covers
+  every generation held across it. An empty range becomes ``[g, g]`` by storing HI before LO
+  (LO != 0 is what makes a range exist); the new ``g`` needs no cover until the reader's
+  re-check of GENERATION, and its stores precede that.
+
+Generations only become held in ``Reader._refresh`` (pin, then re-check GENERATION) and are
+released when the last array over them dies, so shared words change only on those 0 <-> 1
+transitions of the process's own reference counts, never on the lookup path.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from enum import Enum
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from .layout import EXACT_PINS, PN, R, RD, RT, W, D, Control
+
+__all__ = ["DimensionPins", "RowPins", "PinState", "PinRecord", "pinned_rows", "list_pins"]
+
+
+class DimensionPins:
+    """One reader's pin words for one directory entry, and the generations behind them.
+
+    Not thread-safe on its own: its :class:`RowPins` serialises every call."""
+
+    __slots__ = ("_words", "_exact", "_range")
+
+    def __init__(self, words: np.ndarray) -> None:
+        self._words = words           # pins[row, entry]: int64[PIN_COLS]
+        self._exact = [0] * EXACT_PINS
+        self._range: set[int] = set()  # held generations that did not fit in an exact word
+
+    @property
+    def held(self) -> set[int]:
+        return {g for g in self._exact if g} | self._range
+
+    def __len__(self) -> int:
+        return sum(1 for g in self._exact if g) + len(self._range)
+
+    def hold(self, generation: int) -> bool:
+        """Publish ``generation`` as held; False if it already was."""
+        if generation in self._exact or generation in self._range:
+            return False
+        words, exact = self._words, self._exact
+        for i, g in enumerate(exact):
+            if not g:
+                exact[i] = generation
+                words[PN.EXACT0 + i] = generation
+                return True
+        was_empty = not self._range
+        self._range.add(generation)
+        lo, hi = min(self._range), max(self._range)
+        if was_empty:
+            words[PN.RANGE_HI] = hi  # HI first: the range exists once LO != 0
+            words[PN.RANGE_LO] = lo
+        else:
+            words[PN.RANGE_LO] = lo  # widening: each store alone covers the old range
+            words[PN.RANGE_HI] = hi
+        return True
+
+    def release(self, generation: int) -> None:
+        """Withdraw ``generation`` (no longer held by anything in this process)."""
+        words, exact = self._words, self._exact
+        for i, g in enumerate(exact):
+            if g == generation:
+                exact[i] = 0
+                words[PN.EXACT0 + i] = 0
+                return
+        if generation not in self._range:
+            return
+        self._range.discard(generation)
+        if not self._range:
+            words[PN.RANGE_LO] = 0
+            words[PN.RANGE_HI] = 0
+        else:
+            words[PN.RANGE_LO] = min(self._range)  # narrowing: each store alone covers what remains
+            words[PN.RANGE_HI] = max(self._range)
+
+
+class RowPins:
+    """A reader row and the pins in it, which outlive the Reader while anything is held.
+
+    The row is released (``release_row``, which gives the slot back and unmaps) only once its
+    reader is closed *and* no generation is held any more: a LoadedContext kept after
+    ``Reader.close()`` keeps its generation pinned, so it never reads reused memory. Thread-safe.
+    """
+
+    def __init__(self, control: Control, slot: int, release_row: Callable[[], None]) -> None:
+        self._pins = control.pins
+        self.slot = slot
+        self._release_row = release_row
+        self._dims: dict[int, DimensionPins] = {}
+        self._lock = threading.RLock()
+        self._reader_closed = False
+        self._released = False
+
+    def hold(self, entry: int, generation: int) -> bool:
+        with self._lock:
+            dp = self._dims.get(entry)
+            if dp is None:
+                dp = self._dims[entry] = DimensionPins(self._pins[self.slot, entry])
+            return dp.hold(generation)
+
+    def release(self, entry: int, generation: int, *, from_collector: bool = True) -> None:
+        """Withdraw a pin. From a finalizer (``from_collector``), a row release that follows is
+        handed to a thread of its own: the collector may run inside a section of this thread
+        that holds the (non-reentrant) table lock, which releasing the row takes."""
+        with self._lock:
+            if self._released:
+                return
+            dp = self._dims.get(entry)
+            if dp is not None:
+                dp.release(generation)
+            if not (self._reader_closed and self.held_count() == 0):
+                return
+            self._released = True
+        if from_collector:
+            if sys.is_finalizing():
+                return  # a thread started now would run into a dismantled interpreter (SIGSEGV seen);
+                # the process is exiting, and the coordinator drops a dead process's row
+            threading.Thread(target=self._release_row, name="shmpool-row-release", daemon=True).start()
+        else:
+            self._release_row()
+
+    def held_count(self) -> int:
+        with self._lock:
+            return sum(len(dp) for dp in self._dims.values())
+
+    def held(self) -> dict[int, set[int]]:
+        with self._lock:
+            return {e: dp.held for e, dp in self._dims.items() if len(dp)}
+
+    def reader_closed(self) -> None:
+        """The Reader is closed or collected: release the row now, or when the last pin goes."""
+        with self._lock:
+            self._reader_closed = True
+            if self._released or self.held_count():
+                return
+            self._released = True
+        self._release_row()
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+
+# --------------------------------------------------------------------- coordinator side
+
+def pinned_rows(control: Control, entry: int, generation: int) -> np.ndarray:
+    """Row indices of live readers that pin ``generation`` of ``entry``."""
+    p = control.pins[:, entry, :]
+    g = generation
+    hit = (p[:, PN.EXACT0] == g) | (p[:, PN.EXACT1] == g)
+    lo = p[:, PN.RANGE_LO]
+    hit |= (lo != 0) & (lo <= g) & (g <= p[:, PN.RANGE_HI])
+    hit &= control.readers[:, RD.PID] != 0
+    return np.flatnonzero(hit)
+
+
+class PinState(str, Enum):
+    """What a pin means for reclamation (a label for listings, not a shared word)."""
+    CURRENT = "current"    # the published generation: retains nothing that would be freed
+    HELD = "held"          # superseded; its reader answered the last drop request, so a context lives
+    WAITING = "waiting"    # superseded; its reader has not answered the drop request yet
+    STALE = "stale"        # superseded longer than max_pin_age: listed and warned about, not freed
+
+
+class PinRecord(NamedTuple):
+    """One generation one reader pins, as any attached process can see it."""
+    slot: int
+    pid: int
+    dimension_id: int
+    generation: int
+    state: PinState
+    age_s: float | None       # since the generation was superseded; None for the current one
+    bytes_retained: int       # whole blocks of its region (0 for the current generation)
+    answered: bool            # the reader honoured every drop request since it was superseded
+    by_range: bool            # pinned by the overflow range rather than an exact word
+
+    def as_dict(self) -> dict:
+        d = self._asdict()
+        d["state"] = self.state.value
+        return d
+
+
+def superseded_regions(control: Control, block_sizes) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """{(dimension id, generation): (bytes, superseded_ns, superseded_epoch)} of superseded
+    generations whose region is still allocated, from the record tags."""
+    rec, tags = control.records, control.tags
+    live = (rec[:, R.STATE] == 1) & (tags[:, RT.SERIAL] == rec[:, R.SERIAL]) & (tags[:, RT.SUPERSEDED_NS] != 0)
+    out = {}
+    for r in np.flatnonzero(live):
+        nbytes = int(rec[r, R.BLOCK_COUNT]) * block_sizes[int(rec[r, R.POOL])]
+        out[(int(tags[r, RT.DIMENSION_ID]), int(tags[r, RT.GENERATION]))] = (
+            nbytes, int(tags[r, RT.SUPERSEDED_NS]), int(tags[r, RT.SUPERSEDED_EPOCH]))
+    return out
+
+
+def list_pins(control: Control, block_sizes, now_ns: int | None = None) -> list[PinRecord]:
+    """Every pin of every attached reader, with its age and the bytes it keeps from being freed.
+
+    Reads shared memory only, so ``shmpool stats`` in another process sees what the coordinator
+    sees. Bytes of a region pinned by two readers are listed under both."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    max_age = int(control.words[W.MAX_PIN_AGE_MS]) / 1e3
+    directory = control.directory
+    superseded = superseded_regions(control, block_sizes)
+    rows = control.readers
+    out: list[PinRecord] = []
+    for slot in np.flatnonzero(rows[:, RD.PID]):
+        pid, seen = int(rows[slot, RD.PID]), int(rows[slot, RD.EPOCH_SEEN])
+        pins = control.pins[slot]
+        for entry in np.flatnonzero(pins.any(axis=1)):
+            dim, published = int(directory[entry, D.DIMENSION_ID]), int(directory[entry, D.GENERATION])
+            words = [int(w) for w in pins[entry]]
+            lo, hi = words[PN.RANGE_LO], words[PN.RANGE_HI]
+            exact = {g for g in words[PN.EXACT0:PN.EXACT0 + EXACT_PINS] if g}
+            ranged = set()
+            if lo:
+                ranged = {g for (d, g) in superseded if d == dim and lo <= g <= hi}
+                if lo <= published <= hi:
+                    ranged.add(published)
+            for g in sorted(exact | ranged):
+                info = superseded.get((dim, g))
+                if g == published:
+                    state, age, nbytes, answered = PinState.CURRENT, None, 0, True
+                elif info is None:
+                    continue  # already freed (a pin being withdrawn after a failed re-check)
+                else:
+                    nbytes, at_ns, epoch = info
+                    age = max(0.0, (now_ns - at_ns) / 1e9)
+                    answered = seen >= epoch
+                    state = (PinState.STALE if max_age and age > max_age
+                             else PinState.HELD if answered else PinState.WAITING)
+                out.append(PinRecord(int(slot), pid, dim, g, state, age, nbytes, answered,
+                                     g not in exact))
+    return out
