@@ -26,6 +26,7 @@ from .errors import (
     RegionFormatError,
     ReloadTimeout,
     RequestTooLarge,
+    SharedMemoryFull,
     ShmPoolError,
     WorkerCrashed,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "RegionFormatError",
     "ReloadTimeout",
     "SharedInstance",
+    "SharedMemoryFull",
     "ShmPoolError",
     "Thresholds",
     "cleanup",

@@ -8,6 +8,7 @@ valid), followed by sections at 64-byte-aligned offsets that the header records:
     pools      int64[pool_count, POOL_COLS]      one row per pool, reserved growth rows included
     records    int64[max_records, RECORD_COLS]   one row per allocation (the source of truth)
     bitmaps    uint8[...]                        one bit per block per pool, 1 = in use
+    backed     uint8[...]                        one bit per block per pool, 1 = its pages are reserved
     directory  int64[max_dimensions, DIR_COLS]   dimension id -> published region, by generation
     readers    int64[max_readers, READER_COLS]   attached reader processes
     pins       int64[max_readers, max_dimensions] oldest generation each reader still holds
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 2  # 2: pool rows gained PRESENT and BASE (pool growth)
+LAYOUT_VERSION = 3  # 2: pool rows gained PRESENT and BASE (pool growth); 3: backed bitmaps, two words
 ALIGN = 64
 
 HEADER = struct.Struct(
@@ -50,6 +51,7 @@ HEADER = struct.Struct(
     "Q"    # pools_offset
     "Q"    # records_offset
     "Q"    # bitmaps_offset
+    "Q"    # backed_offset: the backed bitmaps, same sizes as the bitmaps
     "Q"    # directory_offset
     "Q"    # readers_offset
     "Q"    # pins_offset
@@ -86,6 +88,8 @@ class W(IntEnum):
     READERS_PEAK = 22       # highest READERS_ATTACHED seen
     POOL_GROWTHS = 23       # growth segments added to full pools
     CONFIGURED_POOLS = 24   # pool rows 0..n-1 are configured; the rest are reserved growth rows
+    BACKED_BYTES = 25       # pool bytes whose pages are reserved (allocated in /dev/shm)
+    SHM_FULL = 26           # allocations refused because /dev/shm is full (subset of FAIL_COUNT)
 
 
 WORDS = 64  # room to grow without a layout change
@@ -177,6 +181,7 @@ class Layout:
     bitmaps_offset: int
     bitmap_offsets: tuple[int, ...]
     bitmap_sizes: tuple[int, ...]
+    backed_offsets: tuple[int, ...]
     directory_offset: int
     readers_offset: int
     pins_offset: int
@@ -199,6 +204,10 @@ class Layout:
             bm_offsets.append(off)
             bm_sizes.append(nbytes)
             off = _align(off + nbytes)
+        backed = []
+        for nbytes in bm_sizes:
+            backed.append(off)
+            off = _align(off + nbytes)
         directory = off
         off = _align(off + max_dimensions * DIR_COLS * 8)
         readers = off
@@ -206,7 +215,8 @@ class Layout:
         pins = off
         off = _align(off + max_readers * max_dimensions * 8)
         return cls(len(block_counts), max_records, max_dimensions, max_readers, words, pools,
-                   records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), directory, readers, pins, off)
+                   records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), tuple(backed), directory,
+                   readers, pins, off)
 
 
 class Control:
@@ -224,6 +234,7 @@ class Control:
         self.pools = arr(lay.pools_offset, (lay.pool_count, POOL_COLS))
         self.records = arr(lay.records_offset, (lay.max_records, RECORD_COLS))
         self.bitmaps = [arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
+        self.backed = [arr(o, (n,), np.uint8) for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
         self.directory = arr(lay.directory_offset, (lay.max_dimensions, DIR_COLS))
         self.readers = arr(lay.readers_offset, (lay.max_readers, READER_COLS))
         self.pins = arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions))
@@ -238,7 +249,7 @@ class Control:
         for mv in (self.words_mv, self.directory_mv):
             mv.release()
         self.words = self.pools = self.records = self.directory = self.readers = self.pins = None
-        self.bitmaps = []
+        self.bitmaps = self.backed = []
 
 
 def pack_header(layout: Layout, *, control_size: int, instance_token: int, created_ns: int,
@@ -247,5 +258,5 @@ def pack_header(layout: Layout, *, control_size: int, instance_token: int, creat
         magic, LAYOUT_VERSION, HEADER.size, control_size, instance_token, created_ns,
         layout.pool_count, layout.max_records, layout.max_dimensions, layout.max_readers,
         layout.words_offset, layout.pools_offset, layout.records_offset, layout.bitmaps_offset,
-        layout.directory_offset, layout.readers_offset, layout.pins_offset, name.encode(),
+        layout.backed_offsets[0], layout.directory_offset, layout.readers_offset, layout.pins_offset, name.encode(),
     )
