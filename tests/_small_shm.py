@@ -137,7 +137,37 @@ def start_too_small(name: str, out: dict) -> None:
     out["running"] = coord.running
 
 
-SCENARIOS = {"crystallize": fill_by_crystallizing, "results": fill_by_job_results, "start": start_too_small}
+def reuse_backed_blocks(name: str, out: dict) -> None:
+    """Full /dev/shm: a 4 KiB request whose best pool has only never-backed blocks left is placed
+    in a free block of another pool that was backed before, instead of failing."""
+    from shmpool import PoolSpec, SharedInstance
+
+    pools = (PoolSpec(4 * 1024, 4096), PoolSpec(64 * 1024, 64))  # 16 + 4 MiB, sparse
+    with SharedInstance.create(name, pools=pools, memory_limit=64 * MiB) as inst:
+        table = inst.table
+        big = [table.allocate(64 * 1024) for _ in range(4)]
+        small = []
+        try:
+            while True:
+                small.append(table.allocate(4 * 1024))
+        except ShmPoolError as exc:
+            out["error"] = _error(exc)
+        out["small_before_full"] = len(small)
+        table.free(big[1])
+        again = table.allocate(4 * 1024)
+        out["again"] = {"pool": again.pool, "first_block": again.first_block}
+        inst.handle_view(again)[:] = b"x" * 4096  # backed: no SIGBUS
+        try:
+            table.allocate(4 * 1024)
+            out["second"] = "allocated"
+        except ShmPoolError as exc:
+            out["second"] = _error(exc)
+        out["stats"] = {"shm_full_refusals": table.stats().shm_full_refusals}
+        for h in [*small, again, big[0], *big[2:]]:
+            table.free(h)
+
+
+SCENARIOS = {"reuse": reuse_backed_blocks, "crystallize": fill_by_crystallizing, "results": fill_by_job_results, "start": start_too_small}
 
 
 def main() -> int:

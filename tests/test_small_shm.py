@@ -106,3 +106,39 @@ def test_starting_in_a_16_mib_dev_shm_raises_shared_memory_full_and_leaves_nothi
     assert "job board" in out["error"]["message"] or "jobs" in out["error"]["message"]
     assert not out.get("started") and out["running"] is False
     assert out["left_in_shm"] == []
+
+
+def test_a_full_dev_shm_still_serves_requests_from_blocks_backed_before(instance_name):
+    out = _run("reuse", instance_name, "8m")
+    _assert_shm_full(out["error"], 8 * MiB)
+    assert 1000 < out["small_before_full"] < 2048  # 8 MiB minus the control segment and 4 x 64 KiB
+    assert out["again"] == {"pool": 1, "first_block": 1}  # the freed 64 KiB block, backed already
+    _assert_shm_full(out["second"], 8 * MiB)  # nothing backed is free any more
+    assert out["stats"]["shm_full_refusals"] == 2
+    assert out["left_in_shm"] == []
+
+
+def _allocated_bytes(segment: str) -> int:
+    return os.stat(f"/dev/shm{segment}").st_blocks * 512
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page reservation is Linux only")
+def test_allocation_reserves_pages_once_and_they_stay_reserved(instance_name):
+    from shmpool import PoolSpec, SharedInstance
+    from shmpool.names import segment_name
+
+    pools = (PoolSpec(4096, 1024),)
+    with SharedInstance.create(instance_name, pools=pools, memory_limit=64 * MiB) as inst:
+        pool0 = segment_name(instance_name, "pool0")
+        assert _allocated_bytes(pool0) == 0  # sparse until allocated
+        # The control segment is reserved whole at creation.
+        assert _allocated_bytes(segment_name(instance_name, "control")) >= inst.control.layout.size
+        h = inst.table.allocate(100)
+        assert _allocated_bytes(pool0) == 4096 and inst.table.stats().backed_bytes == 4096  # before any write
+        inst.table.free(h)
+        h = inst.table.allocate(100)  # the same block: backed already, nothing more
+        assert (h.first_block, inst.table.stats().backed_bytes) == (0, 4096)
+        run = inst.table.allocate(5 * 4096)
+        assert _allocated_bytes(pool0) == 6 * 4096 and inst.table.stats().backed_bytes == 6 * 4096
+        for handle in (h, run):
+            inst.table.free(handle)
