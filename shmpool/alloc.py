@@ -151,6 +151,10 @@ class AllocationTable:
                 raise full from None
             logger.debug("/dev/shm full: {} bytes placed in blocks backed earlier: {}", nbytes, fallback)
             return fallback
+        except BaseException:  # e.g. the segment is gone: the handle was never handed out
+            with self._lock:
+                self._undo_locked(handle)
+            raise
         with self._lock:
             self._backing.mark(handle.pool, handle.first_block, handle.block_count, bs)
         return handle
