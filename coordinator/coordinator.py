@@ -21,9 +21,11 @@ from loguru import logger
 
 from shmpool.codec import encode_error
 from shmpool.context import LoadedContext
+from shmpool import platform
 from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
 from shmpool.jobboard import JobBoard
+from shmpool.jobs_layout import JobsLayout
 from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.layout import STATE_STOPPING, W
 from shmpool.limits import DEFAULT_LIMIT, Thresholds
@@ -99,7 +101,10 @@ class Coordinator:
         """Create the shared memory and load every dimension; returns once all are readable.
 
         Raises InstanceExists if another live coordinator owns the name, FileNotFoundError if
-        ``data_dir`` does not exist. Bad region files are skipped with a warning.
+        ``data_dir`` does not exist, SharedMemoryFull (naming /dev/shm, its size and free bytes;
+        nothing is left behind) if /dev/shm cannot hold the control segment or the job board.
+        Bad region files, and those that do not fit in /dev/shm, are skipped with a warning; a
+        /dev/shm smaller than the memory limit plus the job board is a WARNING at start.
         """
         if self._inst is not None:
             raise RuntimeError(f"coordinator {self.name!r} is already started")
@@ -111,20 +116,24 @@ class Coordinator:
         except Timeout:
             raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid()) from None
         try:
+            self._check_shm_space()
             self._inst = SharedInstance.create(
                 self.name, pools=self.pools, memory_limit=self.memory_limit, thresholds=self.thresholds,
                 max_dimensions=self._max_dimensions, max_readers=self._max_readers,
                 growth=self.capacity_policy.pool_growth, huge_pages=self.capacity_policy.huge_pages)
             self._publisher = Publisher(self._inst, max_pin_age=self.max_pin_age)
+            if self.worker_count > 0:
+                # Before the data: the board is fixed-size and reserved whole, so on a small
+                # /dev/shm it gets its room and the region files take what is left (those that
+                # do not fit are skipped with a warning) rather than the other way round.
+                self._board = self._create_board(*self._job_config)
             spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
             paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
             self.load_report = load_region_files(self._publisher, paths)
             self.load_seconds = time.perf_counter() - t0  # what the < 100 ms start-up target covers
-            if self.worker_count > 0:
-                slots, clients, payload = self._job_config
-                self._board = JobBoard.create(self.name, slots=slots, channels=clients, payload=payload)
+            if self._board is not None:
                 self._pool = WorkerPool(self.name, self._board, self.worker_count)
                 self._pool.start()
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
@@ -139,6 +148,34 @@ class Coordinator:
                     self.name, self.startup_seconds * 1e3, len(self.load_report.loaded),
                     self.load_report.bytes_loaded, len(self.load_report.skipped))
         return self
+
+    def _board_bytes(self) -> int:
+        slots, clients, payload = self._job_config
+        return JobsLayout.compute(slots, clients, payload).size if self.worker_count > 0 else 0
+
+    def _check_shm_space(self) -> None:
+        """Warn when /dev/shm is smaller than what this instance may use; pools are sparse, so a
+        small /dev/shm still works until usage reaches it (then allocations fail, typed)."""
+        fs = platform.space()
+        board = self._board_bytes()
+        if fs is None or fs.free >= self.memory_limit + board:
+            return
+        want_mib = -(-(self.memory_limit + board) * 5 // 4 // (1024 * 1024))  # 25% headroom
+        logger.warning(
+            "shared-memory filesystem {} has {} bytes free ({} in all), less than the memory limit "
+            "({} bytes) plus the job board ({} bytes): allocations past its free space will fail with "
+            "SharedMemoryFull. Give it more room (docker run --shm-size={}m) or lower the limit to fit "
+            "(--memory-limit)", fs.filesystem, fs.free, fs.size, self.memory_limit, board, want_mib)
+
+    def _create_board(self, slots: int, clients: int, payload: int) -> JobBoard:
+        # The board is reserved whole: a response written into it, by a worker or by the
+        # coordinator answering for a dead one, must never be a first touch of a missing page.
+        try:
+            return JobBoard.create(self.name, slots=slots, channels=clients, payload=payload)
+        except OSError as exc:  # its semaphores are files in /dev/shm too
+            if platform.is_full(exc):
+                raise platform.full_error(self._board_bytes(), f"the job board of {self.name!r}") from None
+            raise
 
     def stop(self) -> None:
         """Drain jobs, stop workers, unmap and unlink every shared object (idempotent).
@@ -339,8 +376,10 @@ class Coordinator:
         words = inst.control.words
         current, superseded = publisher.snapshot()
         out = inst.table.stats().as_dict()
+        fs = platform.space()
         out.update({
             "name": self.name,
+            "shm": fs._asdict() if fs is not None else None,
             "readers_attached": int(words[W.READERS_ATTACHED]),
             "readers_peak": int(words[W.READERS_PEAK]),
             "dimensions": len(current),

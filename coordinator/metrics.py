@@ -105,6 +105,12 @@ class ShmpoolCollector:
         yield counter("shmpool_allocation_failures_total", "failed allocations (no room or limit)", s["failures"])
         yield counter("shmpool_limit_refusals_total", "allocations refused by the 95% rule", s["limit_refusals"])
         yield counter("shmpool_allocations_total", "successful allocations", s["allocations"])
+        yield counter("shmpool_shm_full_refusals_total", "allocations refused because /dev/shm was full",
+                      s.get("shm_full_refusals", 0))
+        shm = s.get("shm") or {}
+        yield gauge("shmpool_shm_backed_bytes", "pool bytes whose pages are reserved in /dev/shm",
+                    s.get("backed_bytes", 0))
+        yield gauge("shmpool_shm_free_bytes", "free bytes of the shared-memory filesystem", shm.get("free", 0))
         yield counter("shmpool_reclaimed_total", "allocations reclaimed from dead processes", s["reclaimed"])
         yield counter("shmpool_evictions_total", "dimensions evicted", cap.get("evictions", 0))
         yield counter("shmpool_reloads_total", "evicted dimensions reloaded on access", cap.get("reloads", 0))

@@ -27,6 +27,7 @@ from .errors import (
     ReaderClosed,
     ReloadTimeout,
     RequestTooLarge,
+    SharedMemoryFull,
     ShmPoolError,
     WorkerCrashed,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "ReaderClosed",
     "ReloadTimeout",
     "SharedInstance",
+    "SharedMemoryFull",
     "ShmPoolError",
     "Thresholds",
     "cleanup",

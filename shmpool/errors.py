@@ -13,6 +13,7 @@ __all__ = [
     "ShmPoolError",
     "AllocationFailed",
     "LimitExceeded",
+    "SharedMemoryFull",
     "InvalidHandle",
     "LayerNotFound",
     "DimensionNotFound",
@@ -63,6 +64,24 @@ class AllocationFailed(ShmPoolError):
             f"cannot allocate {nbytes} bytes: {reason}{detail}",
             nbytes=nbytes, reason=reason, pools=tuple(pools),
         )
+
+
+class SharedMemoryFull(AllocationFailed):
+    """The shared-memory filesystem (``/dev/shm``) has no room for pages that must be reserved.
+
+    Raised by an allocation whose blocks were never backed by pages yet, and by start-up when a
+    segment that is reserved whole (control, job board) or a semaphore does not fit. An
+    AllocationFailed, so callers that make room on a full pool (eviction) make room here too.
+    """
+
+    def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int) -> None:
+        reason = (f"the shared-memory filesystem {filesystem} has no room for {what} ({free} of {size} "
+                  f"bytes free); give it more room (docker run --shm-size) or lower the memory limit "
+                  f"(--memory-limit)")
+        ShmPoolError.__init__(self, f"cannot allocate {nbytes} bytes: {reason}", nbytes=nbytes, what=what,
+                              filesystem=filesystem, size=size, free=free)
+        self.reason = reason
+        self.pools = ()
 
 
 class LimitExceeded(ShmPoolError):

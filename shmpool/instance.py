@@ -3,7 +3,8 @@
 ``SharedInstance.create`` is for the coordinator (it owns the names and unlinks them at stop);
 ``SharedInstance.attach`` is for every other process (it only maps and unmaps). The control
 segment is created last and its magic written last, so a process that can attach sees a
-complete instance.
+complete instance. Its pages are reserved whole at creation (every process writes into it);
+pool pages are reserved per allocation by the table, so a full /dev/shm is never a SIGBUS.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, Co
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import SharedLock
 from .names import cleanup, runtime_dir, segment_name, semaphore_name, validate_name
+from .platform import full_error, is_full
 from .segments import Segment
 
 __all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance"]
@@ -89,7 +91,8 @@ class SharedInstance:
         self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
         self.lock = SharedLock(sem, control.words, str(runtime_dir() / f"{name}.table.lock"), name)
         self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
-                                     thresholds=thresholds, grow=self._create_growth_segment)
+                                     thresholds=thresholds, grow=self._create_growth_segment,
+                                     back=self._back_pages)
         self._sem = sem
         self._pool_views = [None if seg is None else memoryview(seg.mm) for seg in pools]
         self._closed = False
@@ -115,7 +118,8 @@ class SharedInstance:
         Leftovers of a crashed instance of the same name are removed first when ``replace_stale``;
         a live one raises InstanceExists. Each configured pool may grow by ``growth`` more
         segments of its own size when it is full but the memory limit allows (rows reserved now,
-        segments created on demand by whichever process needs the room).
+        segments created on demand by whichever process needs the room). Raises
+        SharedMemoryFull, leaving nothing behind, when /dev/shm cannot hold the control segment.
         """
         validate_name(name)
         if not pools:
@@ -138,17 +142,17 @@ class SharedInstance:
             made_sems.append(wake)
             for i, spec in enumerate(pools):
                 made_segments.append(Segment.create(segment_name(name, f"pool{i}"), spec.nbytes))
-            control_seg = Segment.create(segment_name(name, CONTROL), layout.size)
+            control_seg = Segment.create(segment_name(name, CONTROL), layout.size, reserve=True)
             made_segments.append(control_seg)
             cls._initialise(control_seg, layout, rows, len(pools), name=name, memory_limit=memory_limit,
                             thresholds=thresholds)
+        except OSError as exc:
+            cls._discard(made_segments, made_sems)
+            if is_full(exc):  # a semaphore is a small file in /dev/shm too
+                raise full_error(4096, f"a semaphore of instance {name!r}") from None
+            raise
         except BaseException:
-            for seg in made_segments:
-                seg.close()
-                seg.unlink()
-            for sem in made_sems:
-                sem.unlink()
-                sem.close()
+            cls._discard(made_segments, made_sems)
             raise
         control = Control(control_seg.mm, layout)
         pool_segs: list[Segment | None] = made_segments[:-1] + [None] * (len(rows) - len(pools))
@@ -162,6 +166,15 @@ class SharedInstance:
         logger.info("created shmpool instance {!r}: {} pools, limit {} bytes, control {} bytes",
                     name, len(pools), memory_limit, layout.size)
         return inst
+
+    @staticmethod
+    def _discard(segments: list[Segment], sems: list[posix_ipc.Semaphore]) -> None:
+        for seg in segments:
+            seg.close()
+            seg.unlink()
+        for sem in sems:
+            sem.unlink()
+            sem.close()
 
     @staticmethod
     def _clear_stale(name: str, replace_stale: bool) -> None:
@@ -256,7 +269,8 @@ class SharedInstance:
         counts = [int(c) for c in rows[:, P.BLOCK_COUNT]]
         del rows
         layout = Layout.compute(counts, max_records=max_records, max_dimensions=max_dims, max_readers=max_readers)
-        if layout.size != fields[3] or layout.pins_offset != fields[16] or layout.tags_offset != fields[18]:
+        if (layout.size != fields[3] or layout.pins_offset != fields[16] or layout.tags_offset != fields[18]
+                or layout.backed_offsets[0] != fields[19]):
             raise AttachError(name=name, reason="control segment header disagrees with its own layout")
         words = np.frombuffer(seg.mm, dtype="<i8", count=8, offset=layout.words_offset)
         thresholds = Thresholds(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]),
@@ -309,6 +323,12 @@ class SharedInstance:
         self._adopt(pool, seg)
         if self.huge_pages:
             self._advise(seg)
+
+    def _back_pages(self, pool: int, offset: int, length: int) -> None:
+        """The table's page reservation for ``length`` bytes at ``offset`` of pool ``pool``."""
+        bs = self.table.block_sizes[pool]
+        self.pool_segment(pool).reserve_pages(
+            offset, length, what=f"{length // bs} blocks of {bs} B in pool{pool} of instance {self.name!r}")
 
     def _advise(self, seg: Segment) -> None:
         why_not = seg.advise_huge_pages()

@@ -106,7 +106,7 @@ class JobBoard:
             made.extend(sems.values())
             for k in range(channels):
                 made.append(_sem(name, f"ch{k}", create=True))
-            seg = Segment.create(segment_name(name, JOBS), lay.size)
+            seg = Segment.create(segment_name(name, JOBS), lay.size, reserve=True)
             made.append(seg)
         except BaseException:
             for obj in made:

@@ -8,6 +8,7 @@ valid), followed by sections at 64-byte-aligned offsets that the header records:
     pools      int64[pool_count, POOL_COLS]      one row per pool, reserved growth rows included
     records    int64[max_records, RECORD_COLS]   one row per allocation (the source of truth)
     bitmaps    uint8[...]                        one bit per block per pool, 1 = in use
+    backed     uint8[...]                        one bit per block per pool, 1 = its pages are reserved
     directory  int64[max_dimensions, DIR_COLS]   dimension id -> published region, by generation
     readers    int64[max_readers, READER_COLS]   attached reader processes
     pins       int64[max_readers, max_dimensions, PIN_COLS]  the generations each reader holds
@@ -33,7 +34,8 @@ __all__ = [
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 3  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags
+LAYOUT_VERSION = 4  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+# 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL
 ALIGN = 64
 
 HEADER = struct.Struct(
@@ -57,6 +59,7 @@ HEADER = struct.Struct(
     "Q"    # pins_offset
     "64s"  # instance name, UTF-8, NUL padded
     "Q"    # tags_offset
+    "Q"    # backed_offset: the backed bitmaps, same sizes as the bitmaps (version 4)
 )
 HEADER_SIZE = 256  # HEADER.size rounded up so the words start on a cache line
 assert HEADER.size <= HEADER_SIZE
@@ -91,6 +94,8 @@ class W(IntEnum):
     CONFIGURED_POOLS = 24   # pool rows 0..n-1 are configured; the rest are reserved growth rows
     PIN_EPOCH = 25          # +1 per publication: "readers, let go of what is no longer published"
     MAX_PIN_AGE_MS = 26     # a pin blocking reclamation longer than this is listed as stale
+    BACKED_BYTES = 27       # pool bytes whose pages are reserved (allocated in /dev/shm)
+    SHM_FULL = 28           # allocations refused because /dev/shm is full (subset of FAIL_COUNT)
 
 
 WORDS = 64  # room to grow without a layout change
@@ -213,6 +218,7 @@ class Layout:
     bitmaps_offset: int
     bitmap_offsets: tuple[int, ...]
     bitmap_sizes: tuple[int, ...]
+    backed_offsets: tuple[int, ...]
     directory_offset: int
     readers_offset: int
     pins_offset: int
@@ -236,6 +242,10 @@ class Layout:
             bm_offsets.append(off)
             bm_sizes.append(nbytes)
             off = _align(off + nbytes)
+        backed = []
+        for nbytes in bm_sizes:
+            backed.append(off)
+            off = _align(off + nbytes)
         directory = off
         off = _align(off + max_dimensions * DIR_COLS * 8)
         readers = off
@@ -245,8 +255,8 @@ class Layout:
         tags = off
         off = _align(off + max_records * TAG_COLS * 8)
         return cls(len(block_counts), max_records, max_dimensions, max_readers, words, pools,
-                   records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), directory, readers, pins,
-                   tags, off)
+                   records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), tuple(backed), directory,
+                   readers, pins, tags, off)
 
 
 class Control:
@@ -264,6 +274,7 @@ class Control:
         self.pools = arr(lay.pools_offset, (lay.pool_count, POOL_COLS))
         self.records = arr(lay.records_offset, (lay.max_records, RECORD_COLS))
         self.bitmaps = [arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
+        self.backed = [arr(o, (n,), np.uint8) for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
         self.directory = arr(lay.directory_offset, (lay.max_dimensions, DIR_COLS))
         self.readers = arr(lay.readers_offset, (lay.max_readers, READER_COLS))
         self.pins = arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions, PIN_COLS))
@@ -280,7 +291,7 @@ class Control:
             mv.release()
         self.words = self.pools = self.records = self.directory = self.readers = self.pins = None
         self.tags = None
-        self.bitmaps = []
+        self.bitmaps = self.backed = []
 
 
 def pack_header(layout: Layout, *, control_size: int, instance_token: int, created_ns: int,
@@ -290,5 +301,5 @@ def pack_header(layout: Layout, *, control_size: int, instance_token: int, creat
         layout.pool_count, layout.max_records, layout.max_dimensions, layout.max_readers,
         layout.words_offset, layout.pools_offset, layout.records_offset, layout.bitmaps_offset,
         layout.directory_offset, layout.readers_offset, layout.pins_offset, name.encode(),
-        layout.tags_offset,
+        layout.tags_offset, layout.backed_offsets[0],
     )

@@ -9,7 +9,12 @@ segment it *attaches to* with ``multiprocessing.resource_tracker``, which then u
 when the attaching process exits (CPython gh-82300): a reader exiting would destroy the instance.
 
 The file descriptor is closed right after mapping: the mapping alone keeps the memory reachable,
-so a process holds no descriptor per segment however many it attaches.
+so a process holds no descriptor per segment however many it attaches. :meth:`Segment.reserve_pages`
+reopens the name for the moment it needs one (a few µs, paid only for pages never reserved).
+
+Pages of a segment are allocated on first touch, and on a full /dev/shm that touch is a SIGBUS:
+every page a process will touch is reserved first (``shmpool.platform``), whole at creation for
+the fixed segments (control, job board), block range by block range for the pools.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import weakref
 import posix_ipc
 from loguru import logger
 
+from . import platform
 from .errors import AttachError
 
 __all__ = ["Segment"]
@@ -49,15 +55,19 @@ class Segment:
         self._finalizer = weakref.finalize(self, _release, mm, name)
 
     @classmethod
-    def create(cls, name: str, size: int) -> "Segment":
+    def create(cls, name: str, size: int, *, reserve: bool = False) -> "Segment":
         """Create segment ``name`` of ``size`` bytes (mode 0600); fails if the name exists.
 
         tmpfs allocates pages only when first touched, so a large segment costs nothing until used.
+        ``reserve`` allocates every page now instead (raises SharedMemoryFull, leaving no name,
+        when they do not fit): for fixed-size segments whose every byte may be written.
         """
         if size <= 0:
             raise ValueError(f"segment {name}: size must be positive, got {size}")
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=_MODE, size=size)
         try:
+            if reserve:
+                platform.reserve_pages(shm.fd, 0, size, what=f"segment {name}")
             mm = mmap.mmap(shm.fd, size)
         except BaseException:
             shm.close_fd()
@@ -65,6 +75,22 @@ class Segment:
             raise
         shm.close_fd()
         return cls(name, mm, size)
+
+    def reserve_pages(self, offset: int, length: int, *, what: str = "") -> None:
+        """Allocate the pages of ``[offset, offset + length)`` so touching them cannot SIGBUS.
+
+        Raises SharedMemoryFull naming the filesystem and its free bytes when they do not fit,
+        AttachError if the name is gone (the coordinator stopped)."""
+        if not platform.CAN_RESERVE:
+            return
+        try:
+            shm = posix_ipc.SharedMemory(self.name)
+        except posix_ipc.ExistentialError:
+            raise AttachError(name=self.name, reason=f"segment {self.name} no longer exists") from None
+        try:
+            platform.reserve_pages(shm.fd, offset, length, what=what or f"{length} bytes of segment {self.name}")
+        finally:
+            shm.close_fd()
 
     def advise_huge_pages(self) -> str | None:
         """Ask for transparent huge pages on this mapping; returns None on success, else why not.

@@ -62,6 +62,8 @@ class TableStats:
     live_allocations: int
     lock_recoveries: int
     pool_growths: int
+    backed_bytes: int        # pool bytes whose pages are reserved in /dev/shm (never shrinks)
+    shm_full_refusals: int   # failures because /dev/shm was full (subset of failures)
     pools: tuple[PoolStats, ...]  # pools whose segment exists (configured, plus growth ones)
 
     @property
