@@ -17,6 +17,7 @@ from .errors import (
     DirectoryFull,
     InstanceExists,
     InvalidHandle,
+    InvalidJob,
     InvalidLayer,
     JobError,
     LayerNotFound,
@@ -27,6 +28,9 @@ from .errors import (
     ReloadTimeout,
     RequestTooLarge,
     ShmPoolError,
+    UnknownJob,
+    UnsafeRuntimeDir,
+    UntrustedObject,
     WorkerCrashed,
 )
 from .instance import DEFAULT_POOLS, PoolSpec, SharedInstance
@@ -60,6 +64,7 @@ __all__ = [
     "Handle",
     "InstanceExists",
     "InvalidHandle",
+    "InvalidJob",
     "InvalidLayer",
     "JobError",
     "LayerNotFound",
@@ -72,5 +77,8 @@ __all__ = [
     "SharedInstance",
     "ShmPoolError",
     "Thresholds",
+    "UnknownJob",
+    "UnsafeRuntimeDir",
+    "UntrustedObject",
     "cleanup",
 ]

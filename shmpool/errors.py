@@ -232,11 +232,13 @@ class UnknownJob(ShmPoolError, LookupError):
 
 
 class InvalidJob(ShmPoolError, ValueError):
-    """An entry of a coordinator's job allow-list cannot be named in a worker process."""
+    """An entry of a coordinator's job allow-list is malformed or cannot be named in a worker.
+
+    ``job`` is empty when the entry is a ``job_modules`` prefix."""
 
     def __init__(self, *, job: str, target: str, reason: str) -> None:
-        super().__init__(f"job {job!r} ({target}) cannot be allowed: {reason}", job=job, target=target,
-                         reason=reason)
+        what = f"job {job!r} ({target})" if job else f"job module prefix {target!r}"
+        super().__init__(f"{what} cannot be allowed: {reason}", job=job, target=target, reason=reason)
 
 
 class WorkerCrashed(ShmPoolError):
