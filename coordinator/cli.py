@@ -23,7 +23,7 @@ from loguru import logger
 import shmpool
 from shmpool.errors import AttachError, ShmPoolError
 from shmpool.limits import DEFAULT_LIMIT
-from shmpool.names import runtime_dir, validate_name
+from shmpool.names import foreign_objects, runtime_dir, validate_name
 
 from .capacity import CapacityPolicy
 
@@ -323,11 +323,14 @@ def cmd_cleanup(args) -> int:
         removed = shmpool.cleanup(args.name)
     finally:
         lock.release()
-    if not removed:
+    foreign = foreign_objects(args.name)
+    if not removed and not foreign:
         print(f"shmpool: nothing of {args.name!r} to clean up")
     for obj in removed:
         print(f"removed {obj}")
-    return 0
+    for path, st in foreign:
+        print(f"shmpool: left {path} alone: it belongs to uid {st.st_uid}, not to us", file=sys.stderr)
+    return 1 if foreign else 0
 
 
 # --------------------------------------------------------------------- stress

@@ -318,3 +318,17 @@ def test_serve_takes_the_allow_list_from_flags():
     assert args.job_modules == ["myjobs", "pkg.jobs"] and dict(args.jobs) == {"double": "mymod:double"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "x", "--job", "no-target"])
+
+
+@needs_root
+def test_cleanup_leaves_another_users_objects_and_says_so(instance_name, squat, capsys):
+    from coordinator.cli import main
+
+    (planted,) = squat(segments=[segment_name(instance_name, "control")])
+    ours = posix_ipc.Semaphore(semaphore_name(instance_name, "lock"), posix_ipc.O_CREX, mode=0o600)
+    ours.close()
+    assert main(["cleanup", instance_name]) == 1
+    out, err = capsys.readouterr()
+    assert f"removed {semaphore_name(instance_name, 'lock')}" in out
+    assert str(planted) in err and f"uid {NOBODY}" in err
+    assert planted.exists() and not sem_path(semaphore_name(instance_name, "lock")).exists()
