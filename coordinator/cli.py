@@ -23,7 +23,7 @@ from loguru import logger
 import shmpool
 from shmpool.errors import AttachError, ShmPoolError
 from shmpool.limits import DEFAULT_LIMIT
-from shmpool.names import runtime_dir, validate_name
+from shmpool.names import foreign_objects, runtime_dir, validate_name
 
 from .capacity import CapacityPolicy
 
@@ -73,6 +73,13 @@ def _instance_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _job_entry(text: str) -> tuple[str, str]:
+    name, sep, target = text.partition("=")
+    if not sep or not name or ":" not in target:
+        raise argparse.ArgumentTypeError(f"not NAME=module:function: {text!r}")
+    return name, target
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -92,7 +99,8 @@ def cmd_serve(args) -> int:
                               pool_growth=args.pool_growth,
                               spill_dir=Path(args.spill_dir) if args.spill_dir else None)
     with Coordinator(args.name, data_dir=args.data_dir, workers=args.workers,
-                     memory_limit=args.memory_limit, capacity=capacity) as coord:
+                     memory_limit=args.memory_limit, capacity=capacity,
+                     jobs=dict(args.jobs), job_modules=args.job_modules) as coord:
         endpoint = None
         if args.metrics_port is not None:
             from .metrics import serve_metrics
@@ -338,11 +346,14 @@ def cmd_cleanup(args) -> int:
         removed = shmpool.cleanup(args.name)
     finally:
         lock.release()
-    if not removed:
+    foreign = foreign_objects(args.name)
+    if not removed and not foreign:
         print(f"shmpool: nothing of {args.name!r} to clean up")
     for obj in removed:
         print(f"removed {obj}")
-    return 0
+    for path, st in foreign:
+        print(f"shmpool: left {path} alone: it belongs to uid {st.st_uid}, not to us", file=sys.stderr)
+    return 1 if foreign else 0
 
 
 # --------------------------------------------------------------------- stress
@@ -395,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segments each full pool may add while the limit allows (default 2)")
     p.add_argument("--spill-dir", metavar="DIR",
                    help="where crystallized dimensions are written before eviction (default: runtime dir)")
+    p.add_argument("--job-module", action="append", default=[], metavar="PREFIX", dest="job_modules",
+                   help="let clients run 'module:function' for functions defined in this module or its "
+                        "submodules (repeatable; default: only the built-in jobs)")
+    p.add_argument("--job", action="append", default=[], type=_job_entry, metavar="NAME=MODULE:FUNCTION",
+                   dest="jobs", help="let clients run job NAME, which calls MODULE:FUNCTION (repeatable)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build", help="write region files: the sample data set, or from a JSONL file",

@@ -14,8 +14,9 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import posix_ipc
 from filelock import FileLock, Timeout
 from loguru import logger
 
@@ -29,9 +30,10 @@ from shmpool.jobs_layout import JobsLayout
 from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.layout import STATE_STOPPING, W
 from shmpool.limits import DEFAULT_LIMIT, Thresholds
-from shmpool.names import runtime_dir, validate_name
+from shmpool.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.pins import list_pins
 from shmpool.reader import Reader
+from workers.jobs import POLICY_ENV, JobPolicy
 from workers.pool import WorkerPool
 
 from .capacity import CapacityManager, CapacityPolicy
@@ -51,7 +53,9 @@ class Coordinator:
     """Owns instance ``name``: ``start()`` makes every dimension readable by other processes.
 
     With ``data_dir=None`` it serves the built-in 14-dimension sample. Usable as a context
-    manager (start on enter, stop on exit).
+    manager (start on enter, stop on exit). Its workers run the built-in jobs, the functions
+    named in ``jobs`` (``{name: function or "module:function"}``) and ``"module:function"``
+    of modules in ``job_modules`` (prefixes); any other job name fails with UnknownJob.
     """
 
     def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None,
@@ -60,8 +64,12 @@ class Coordinator:
                  max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
                  job_slots: int = 256, job_payload: int = 64 * 1024, max_clients: int = 256,
                  drain_timeout: float = 5.0, compress_cold: bool = False, huge_pages: bool = False,
-                 capacity: CapacityPolicy | None = None, max_pin_age: float = MAX_PIN_AGE) -> None:
+                 capacity: CapacityPolicy | None = None, max_pin_age: float = MAX_PIN_AGE,
+                 jobs: Mapping[str, Callable[..., Any] | str] | None = None,
+                 job_modules: Iterable[str] = ()) -> None:
         self.name = validate_name(name)
+        # Checked here, where a bad entry is the caller's mistake, not in every worker later.
+        self.job_policy = JobPolicy.build(jobs, job_modules)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.memory_limit = memory_limit
         self.pools = tuple(pools) if pools is not None else DEFAULT_POOLS
@@ -100,11 +108,14 @@ class Coordinator:
     def start(self) -> "Coordinator":
         """Create the shared memory and load every dimension; returns once all are readable.
 
-        Raises InstanceExists if another live coordinator owns the name, FileNotFoundError if
-        ``data_dir`` does not exist, SharedMemoryFull (naming /dev/shm, its size and free bytes;
-        nothing is left behind) if /dev/shm cannot hold the control segment or the job board.
-        Bad region files, and those that do not fit in /dev/shm, are skipped with a warning; a
-        /dev/shm smaller than the memory limit plus the job board is a WARNING at start.
+        Raises InstanceExists if another live coordinator owns the name, UntrustedObject (an
+        AttachError naming the owner) if another user holds shared objects under the name,
+        UnsafeRuntimeDir if the runtime folder is not ours alone (the constructor already
+        checks), FileNotFoundError if ``data_dir`` does not exist, SharedMemoryFull (naming
+        /dev/shm, its size and free bytes; nothing is left behind) if /dev/shm cannot hold the
+        control segment or the job board. Bad region files, and those that do not fit in
+        /dev/shm, are skipped with a warning; a /dev/shm smaller than the memory limit plus the
+        job board is a WARNING at start.
         """
         if self._inst is not None:
             raise RuntimeError(f"coordinator {self.name!r} is already started")
@@ -134,11 +145,17 @@ class Coordinator:
             self.load_report = load_region_files(self._publisher, paths)
             self.load_seconds = time.perf_counter() - t0  # what the < 100 ms start-up target covers
             if self._board is not None:
-                self._pool = WorkerPool(self.name, self._board, self.worker_count)
+                self._pool = WorkerPool(self.name, self._board, self.worker_count,
+                                        env={POLICY_ENV: self.job_policy.to_json()})
                 self._pool.start()
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
                                             daemon=True)
             self._reaper.start()
+        except posix_ipc.ExistentialError:
+            # A name appeared between the sweep and its O_EXCL creation: someone else is using it.
+            self._teardown()
+            raise_if_foreign(self.name)
+            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid()) from None
         except BaseException:
             self._teardown()
             raise

@@ -17,6 +17,7 @@ from .errors import (
     DirectoryFull,
     InstanceExists,
     InvalidHandle,
+    InvalidJob,
     InvalidLayer,
     JobError,
     LayerNotFound,
@@ -29,6 +30,9 @@ from .errors import (
     RequestTooLarge,
     SharedMemoryFull,
     ShmPoolError,
+    UnknownJob,
+    UnsafeRuntimeDir,
+    UntrustedObject,
     WorkerCrashed,
 )
 from .instance import DEFAULT_POOLS, PoolSpec, SharedInstance
@@ -62,6 +66,7 @@ __all__ = [
     "Handle",
     "InstanceExists",
     "InvalidHandle",
+    "InvalidJob",
     "InvalidLayer",
     "JobError",
     "LayerNotFound",
@@ -76,5 +81,8 @@ __all__ = [
     "SharedMemoryFull",
     "ShmPoolError",
     "Thresholds",
+    "UnknownJob",
+    "UnsafeRuntimeDir",
+    "UntrustedObject",
     "cleanup",
 ]

@@ -7,6 +7,8 @@ the submitting process intact.
 
 from __future__ import annotations
 
+import os
+import pwd
 from typing import Any, Iterable, Sequence
 
 __all__ = [
@@ -20,11 +22,15 @@ __all__ = [
     "OutOfBounds",
     "RegionFormatError",
     "AttachError",
+    "UntrustedObject",
+    "UnsafeRuntimeDir",
     "InstanceExists",
     "LockTimeout",
     "InvalidLayer",
     "RequestTooLarge",
     "JobError",
+    "UnknownJob",
+    "InvalidJob",
     "WorkerCrashed",
     "DirectoryFull",
     "ReloadTimeout",
@@ -34,6 +40,13 @@ __all__ = [
 
 def _rebuild(cls: type, kwargs: dict[str, Any]) -> "ShmPoolError":
     return cls(**kwargs)
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return f"uid {uid}"
 
 
 def _preview(values: Iterable[Any], most: int = 12) -> str:
@@ -161,6 +174,42 @@ class ReaderClosed(AttachError):
         self.reason = "this reader is closed"  # as an AttachError has
 
 
+class UntrustedObject(AttachError):
+    """A shared object of the instance belongs to another user, or grants group/others access.
+
+    Nothing of it is mapped or used: another user may have created the name first to serve
+    their data to our readers or to take our jobs.
+    """
+
+    def __init__(self, *, name: str, path: str, owner_uid: int, mode: int, kind: str = "file",
+                 expected_uid: int | None = None) -> None:
+        me = os.geteuid() if expected_uid is None else expected_uid
+        owner = _user(owner_uid)
+        if owner_uid != me:
+            why = (f"{path} belongs to {owner} (uid {owner_uid}), not to {_user(me)} (uid {me}): "
+                   f"another user holds this instance name")
+        elif kind != "file":
+            why = f"{path} is a {kind}, not a shared-memory object"
+        else:
+            why = f"{path} is ours but has mode {mode:04o}: group or others may read or write it"
+        reason = f"{why}; refusing to trust it"
+        ShmPoolError.__init__(self, f"cannot attach to shmpool instance {name!r}: {reason}", name=name,
+                              path=path, owner_uid=owner_uid, mode=mode, kind=kind, expected_uid=me)
+        self.reason = reason
+        self.owner = owner
+
+
+class UnsafeRuntimeDir(ShmPoolError, PermissionError):
+    """The runtime folder is not ours alone (another owner, group/other write bits, a symlink)."""
+
+    def __init__(self, *, path: str, owner_uid: int, mode: int, reason: str) -> None:
+        super().__init__(f"unsafe shmpool runtime folder {path} (owner {_user(owner_uid)}, uid {owner_uid}, "
+                         f"mode {mode:04o}): {reason}; remove it or fix it (chown, chmod 700), or point "
+                         "SHMPOOL_RUNTIME_DIR at a folder of your own",
+                         path=path, owner_uid=owner_uid, mode=mode, reason=reason)
+        self.owner = _user(owner_uid)
+
+
 class InstanceExists(ShmPoolError):
     """Another live coordinator already owns this instance name."""
 
@@ -204,6 +253,23 @@ class JobError(ShmPoolError):
     def __init__(self, *, job: str, error_type: str, message: str, remote_traceback: str = "") -> None:
         super().__init__(f"job {job!r} failed in its worker: {error_type}: {message}",
                          job=job, error_type=error_type, message=message, remote_traceback=remote_traceback)
+
+
+class UnknownJob(ShmPoolError, LookupError):
+    """The job name is not a built-in and not on the coordinator's allow-list (or cannot be found)."""
+
+    def __init__(self, *, job: str, reason: str) -> None:
+        super().__init__(f"unknown job {job!r}: {reason}", job=job, reason=reason)
+
+
+class InvalidJob(ShmPoolError, ValueError):
+    """An entry of a coordinator's job allow-list is malformed or cannot be named in a worker.
+
+    ``job`` is empty when the entry is a ``job_modules`` prefix."""
+
+    def __init__(self, *, job: str, target: str, reason: str) -> None:
+        what = f"job {job!r} ({target})" if job else f"job module prefix {target!r}"
+        super().__init__(f"{what} cannot be allowed: {reason}", job=job, target=target, reason=reason)
 
 
 class WorkerCrashed(ShmPoolError):

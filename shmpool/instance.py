@@ -27,9 +27,10 @@ from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, Co
                      pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import SharedLock
-from .names import cleanup, runtime_dir, segment_name, semaphore_name, validate_name
+from .names import cleanup, raise_if_foreign, runtime_dir, segment_name, semaphore_name, validate_name
 from .platform import full_error, is_full
 from .segments import Segment
+from .trust import open_semaphore
 
 __all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance"]
 
@@ -178,6 +179,9 @@ class SharedInstance:
 
     @staticmethod
     def _clear_stale(name: str, replace_stale: bool) -> None:
+        # Another user's objects under our name are neither attached to nor swept (root could
+        # unlink them): the name is theirs until they or an administrator remove them.
+        raise_if_foreign(name)
         try:
             probe = SharedInstance.attach(name)
         except AttachError:
@@ -241,7 +245,7 @@ class SharedInstance:
                 present = bool(control.pools[i, P.PRESENT])
                 pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name) if present else None)
             try:
-                sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM))
+                sem = open_semaphore(semaphore_name(name, LOCK_SEM), instance=name)
             except posix_ipc.ExistentialError:
                 control.release()
                 raise AttachError(name=name, reason="its lock semaphore does not exist") from None
@@ -348,7 +352,7 @@ class SharedInstance:
         """Post the coordinator's wake semaphore (opened on first use; cheap afterwards)."""
         if self._wake is None:
             try:
-                self._wake = posix_ipc.Semaphore(semaphore_name(self.name, WAKE_SEM))
+                self._wake = open_semaphore(semaphore_name(self.name, WAKE_SEM), instance=self.name)
             except posix_ipc.ExistentialError:
                 return  # the coordinator is going away; the caller's timeout handles it
             self._mapped_sems.append(self._wake)

@@ -45,6 +45,7 @@ from .jobs_layout import (CC, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, JobsLayout,
 from .lock import SharedLock
 from .names import runtime_dir, segment_name, semaphore_name
 from .segments import Segment
+from .trust import open_semaphore
 
 __all__ = ["JobBoard"]
 
@@ -56,8 +57,9 @@ _TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
 
 
 def _sem(name: str, kind: str, *, create: bool, initial: int = 0) -> posix_ipc.Semaphore:
-    flags = posix_ipc.O_CREX if create else 0
-    return posix_ipc.Semaphore(semaphore_name(name, kind), flags, mode=0o600, initial_value=initial)
+    if not create:  # an existing semaphore is used only once proven ours (owner, mode)
+        return open_semaphore(semaphore_name(name, kind), instance=name)
+    return posix_ipc.Semaphore(semaphore_name(name, kind), posix_ipc.O_CREX, mode=0o600, initial_value=initial)
 
 
 def _spill_of(row) -> tuple[int, int, int, int, int]:

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
 import posix_ipc
 from loguru import logger
 
-__all__ = ["validate_name", "segment_name", "semaphore_name", "runtime_dir", "list_objects", "cleanup"]
+from .errors import UnsafeRuntimeDir, UntrustedObject
+from .trust import SHM_DIR, is_ours, sem_path, shm_path
+
+__all__ = ["validate_name", "segment_name", "semaphore_name", "runtime_dir", "list_objects", "foreign_objects",
+           "raise_if_foreign", "cleanup"]
 
 PREFIX = "shmpool."
-SHM_DIR = Path("/dev/shm")
 # Dots separate the prefix, the instance and the kind, so they are not allowed in the instance
 # name; 48 characters keeps whole names far below NAME_MAX (255) on Linux.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
@@ -44,16 +48,72 @@ def semaphore_name(name: str, kind: str) -> str:
 
 
 def runtime_dir() -> Path:
-    """Per-user folder for the lock files of all instances (created 0700 on first use).
+    """Per-user folder for lock files, the built sample and spills (created 0700 on first use).
+
+    ``SHMPOOL_RUNTIME_DIR`` when set (the tests point it at a temporary folder), else
+    ``$XDG_RUNTIME_DIR/shmpool`` when that folder is usable (ours, 0700: the XDG rule), else
+    ``/tmp/shmpool-<euid>``. Raises UnsafeRuntimeDir if the folder is a symlink, not a folder, not
+    ours, or writable by group or others: whoever can write there can poison the sample, swap a
+    spilled region or hold our lock files. Nothing inside needs a symlink check once the folder
+    itself is ours alone, because nobody else can create entries in it.
 
     Lock files stay after a stop on purpose: unlinking a file that another process has opened but
     not yet locked would let two processes each hold "the" lock on different inodes. They are empty.
-    ``SHMPOOL_RUNTIME_DIR`` overrides the place (the tests point it at a temporary folder).
+    Every process of an instance must resolve the same folder (same environment), since lock
+    recovery is arbitrated by a file in it.
     """
     override = os.environ.get("SHMPOOL_RUNTIME_DIR")
-    path = Path(override) if override else Path(tempfile.gettempdir()) / f"shmpool-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
+    if override:
+        path = Path(override)
+    else:
+        xdg = _usable_xdg_runtime_dir()
+        path = xdg / "shmpool" if xdg is not None else Path(tempfile.gettempdir()) / f"shmpool-{os.geteuid()}"
+    return _own_folder(path)
+
+
+_warned_xdg: set[str] = set()
+
+
+def _usable_xdg_runtime_dir() -> Path | None:
+    value = os.environ.get("XDG_RUNTIME_DIR")
+    if not value:
+        return None
+    path = Path(value)
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        usable = (path.is_absolute() and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+                  and not st.st_mode & 0o077)
+    except OSError:
+        usable = False
+    if not usable and value not in _warned_xdg:
+        # Typical after `su`: the variable still names the previous user's folder.
+        _warned_xdg.add(value)
+        logger.warning("XDG_RUNTIME_DIR={} is not a 0700 folder of uid {}; using {} instead", value,
+                       os.geteuid(), tempfile.gettempdir())
+    return path if usable else None
+
+
+def _own_folder(path: Path) -> Path:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            logger.debug("runtime folder {} appeared while being created; checking it", path)
+        st = os.stat(path, follow_symlinks=False)
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        reason = "it is a symlink, and a runtime folder is never followed through one"
+    elif not stat.S_ISDIR(st.st_mode):
+        reason = "it is not a folder"
+    elif st.st_uid != os.geteuid():
+        reason = f"it belongs to another user, not to uid {os.geteuid()}"
+    elif mode & 0o022:
+        reason = "group or others may write into it"
+    else:
+        return path
+    raise UnsafeRuntimeDir(path=str(path), owner_uid=st.st_uid, mode=mode, reason=reason)
 
 
 def list_objects(name: str) -> tuple[list[str], list[str]]:
@@ -74,21 +134,53 @@ def list_objects(name: str) -> tuple[list[str], list[str]]:
     return sorted(segments), sorted(semaphores)
 
 
+def foreign_objects(name: str) -> list[tuple[str, os.stat_result]]:
+    """(path, stat) of every object named for instance ``name`` that another user owns."""
+    segments, semaphores = list_objects(name)
+    found = []
+    for path in [shm_path(s) for s in segments] + [sem_path(s) for s in semaphores]:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not is_ours(st):
+            found.append((str(path), st))
+    return found
+
+
+def raise_if_foreign(name: str) -> None:
+    """Raise UntrustedObject naming the owner if another user holds any object under ``name``."""
+    found = foreign_objects(name)
+    if found:
+        path, st = found[0]
+        raise UntrustedObject(name=name, path=path, owner_uid=st.st_uid, mode=stat.S_IMODE(st.st_mode),
+                              expected_uid=os.geteuid())
+
+
 def cleanup(name: str) -> list[str]:
-    """Unlink every segment and semaphore of instance ``name``; return what was removed.
+    """Unlink every segment and semaphore of instance ``name`` that is ours; return what was removed.
 
     Meant for the leftovers of a crashed instance (``shmpool cleanup NAME``). Running it against a
     live instance pulls the ground from under it: the coordinator checks liveness before calling it.
+    Another user's objects under the name are left alone with a WARNING (even as root: the sweep
+    removes leftovers, it does not arbitrate between users); see :func:`foreign_objects`.
     """
     segments, semaphores = list_objects(name)
+    foreign = {path for path, _ in foreign_objects(name)}
     removed: list[str] = []
     for seg in segments:
+        if str(shm_path(seg)) in foreign:
+            logger.warning("cleanup of {!r} leaves {} alone: another user owns it", name, shm_path(seg))
+            continue
         try:
             posix_ipc.unlink_shared_memory(seg)
             removed.append(seg)
         except posix_ipc.ExistentialError:
             logger.debug("segment {} vanished before cleanup reached it", seg)
     for sem in semaphores:
+        if str(sem_path(sem)) in foreign:
+            logger.warning("cleanup of {!r} leaves {} alone: another user owns it", name, sem_path(sem))
+            continue
         try:
             posix_ipc.unlink_semaphore(sem)
             removed.append(sem)

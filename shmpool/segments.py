@@ -27,6 +27,7 @@ from loguru import logger
 
 from . import platform
 from .errors import AttachError
+from .trust import shm_path, verify_fd, verify_path
 
 __all__ = ["Segment"]
 
@@ -116,14 +117,20 @@ class Segment:
 
     @classmethod
     def attach(cls, name: str, *, instance: str, writable: bool = True) -> "Segment":
-        """Map existing segment ``name``; raises AttachError naming ``instance`` if it is absent."""
+        """Map existing segment ``name`` once it is proven ours (trust.verify_fd).
+
+        Raises AttachError naming ``instance`` if it is absent or empty, UntrustedObject (an
+        AttachError) if another user owns it or it grants group/others any access.
+        """
         try:
             shm = posix_ipc.SharedMemory(name, 0 if writable else posix_ipc.O_RDONLY)
         except posix_ipc.ExistentialError:
             raise AttachError(name=instance, reason=f"segment {name} does not exist") from None
         except posix_ipc.PermissionsError as exc:
+            verify_path(shm_path(name), instance=instance)  # names the owner when it is someone else
             raise AttachError(name=instance, reason=f"segment {name}: {exc}") from None
         try:
+            verify_fd(shm.fd, instance=instance, path=str(shm_path(name)))
             size = shm.size
             if size <= 0:
                 raise AttachError(name=instance, reason=f"segment {name} is empty (still being created?)")

@@ -9,7 +9,7 @@ from coordinator import Coordinator
 
 
 def coordinator_process(name: str, data_dir: str, ready, stop) -> None:
-    coord = Coordinator(name, data_dir=data_dir, workers=1).start()
+    coord = Coordinator(name, data_dir=data_dir, workers=1, job_modules=["_jobs"]).start()
     ready.set()
     stop.wait(3600)
     coord.stop()

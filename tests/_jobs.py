@@ -47,3 +47,7 @@ def first_layers(reader, dimension_id, count):
 def slow_big(reader, seconds, nbytes):
     time.sleep(seconds)
     return big(reader, nbytes)
+
+
+def double(reader, x):
+    return 2 * x

@@ -105,7 +105,7 @@ def fill_by_crystallizing(name: str, out: dict) -> None:
 
 
 def fill_by_job_results(name: str, out: dict) -> None:
-    with Coordinator(name, workers=1, job_slots=16, max_clients=8) as coord:
+    with Coordinator(name, workers=1, job_slots=16, max_clients=8, job_modules=["_jobs"]) as coord:
         out["loaded"] = len(coord.load_report.loaded)
         sample = sorted(coord.load_report.loaded)
         pids = coord.stats()["workers"]["pids"]

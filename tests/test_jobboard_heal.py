@@ -40,7 +40,8 @@ def _user_jobs_importable(monkeypatch):
 
 
 def _coordinator(name, sample_dir, workers=2):
-    return Coordinator(name, data_dir=sample_dir, workers=workers, job_slots=SLOTS, max_clients=16)
+    return Coordinator(name, data_dir=sample_dir, workers=workers, job_slots=SLOTS, max_clients=16,
+                       job_modules=["_jobs"])
 
 
 def _spawn(target, *args):

@@ -37,7 +37,7 @@ def _user_jobs_importable(monkeypatch):
 
 @pytest.fixture
 def pool(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=2) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=2, job_modules=["_jobs"]) as coord:
         with shmpool.connect(instance_name) as client:
             yield coord, client
 
@@ -157,7 +157,7 @@ def test_a_job_that_kills_its_worker_twice_fails_clearly(pool):
 
 
 def test_back_pressure_waits_then_times_out(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_slots=2) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"], job_slots=2) as coord:
         with shmpool.connect(instance_name) as client:
             busy = [client.submit("_jobs:slow", 0.5, i) for i in range(2)]
             t0 = time.monotonic()
@@ -170,7 +170,7 @@ def test_back_pressure_waits_then_times_out(instance_name, sample_dir):
 
 
 def test_cancel_follows_concurrent_futures(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
         with shmpool.connect(instance_name) as client:
             running = client.submit("_jobs:slow", 0.5, "r")
             _wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
@@ -185,7 +185,8 @@ def test_cancel_follows_concurrent_futures(instance_name, sample_dir):
 
 
 def test_stop_drains_running_jobs_and_refuses_new_ones(instance_name, sample_dir):
-    coord = Coordinator(instance_name, data_dir=sample_dir, workers=1, drain_timeout=0.3).start()
+    coord = Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"],
+                        drain_timeout=0.3).start()
     client = shmpool.connect(instance_name)
     try:
         quick = client.submit("_jobs:slow", 0.1, "done")
@@ -241,7 +242,7 @@ def test_connect_without_workers_is_a_clear_error(instance_name, sample_dir):
 
 
 def test_closing_a_client_with_jobs_in_flight_leaks_no_slot_or_block(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=2) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=2, job_modules=["_jobs"]) as coord:
         baseline = coord.stats()["live_allocations"]
         client = shmpool.connect(instance_name)
         running = [client.submit("_jobs:slow", 0.3, i) for i in range(2)]
@@ -257,7 +258,7 @@ def test_closing_a_client_with_jobs_in_flight_leaks_no_slot_or_block(instance_na
 
 
 def test_a_spilled_result_whose_client_closed_before_delivery_is_freed(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
         baseline = coord.stats()["live_allocations"]
         client = shmpool.connect(instance_name)
         fut = client.submit("_jobs:slow_big", 0.3, 300_000)  # finishes once we are gone
@@ -270,7 +271,7 @@ def test_a_spilled_result_whose_client_closed_before_delivery_is_freed(instance_
 
 
 def test_direct_call_times_out_then_drops_the_late_response_without_leaks(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
         baseline = coord.stats()["live_allocations"]
         with shmpool.connect(instance_name) as client:
             with pytest.raises(FuturesTimeout):
@@ -301,7 +302,7 @@ def test_a_thread_that_ends_gives_back_its_channel_and_late_slot(instance_name, 
     import gc
     import threading
 
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
         with shmpool.connect(instance_name) as client:
             outcome = []
 

@@ -58,7 +58,7 @@ class _Worker:
 class WorkerPool:
     """Starts, watches and replaces ``count`` worker processes for instance ``name``."""
 
-    def __init__(self, name: str, board: JobBoard, count: int) -> None:
+    def __init__(self, name: str, board: JobBoard, count: int, *, env: dict[str, str] | None = None) -> None:
         if count < 1:
             raise ValueError(f"a worker pool needs at least one worker, got {count}")
         self.name = name
@@ -67,10 +67,11 @@ class WorkerPool:
         self.workers: list[_Worker] = []
         self.deaths: list[dict] = []
         self._stopping = False
+        self._env = dict(env or {})  # on top of ours; e.g. the job allow-list (workers/jobs.py)
 
     def _spawn(self, index: int) -> _Worker:
         proc = subprocess.Popen([sys.executable, "-m", "workers.worker", self.name, str(index)],
-                                stdin=subprocess.DEVNULL, env=os.environ.copy())
+                                stdin=subprocess.DEVNULL, env={**os.environ, **self._env})
         return _Worker(index, proc, time.time())
 
     def start(self, timeout: float = 60.0) -> None:
