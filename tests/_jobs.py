@@ -47,3 +47,12 @@ def first_layers(reader, dimension_id, count):
 def slow_big(reader, seconds, nbytes):
     time.sleep(seconds)
     return big(reader, nbytes)
+
+
+def report_pid_then_sleep(reader, pid_file, seconds):
+    """Say which worker runs it (atomically: the test polls for the file), then stay busy."""
+    tmp = Path(f"{pid_file}.tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(pid_file)
+    time.sleep(seconds)
+    return "slept"
