@@ -21,7 +21,7 @@ from pathlib import Path
 from loguru import logger
 
 import shmpool
-from shmpool.errors import AttachError, ShmPoolError
+from shmpool.errors import AttachError, CleanupError, ShmPoolError
 from shmpool.limits import DEFAULT_LIMIT
 from shmpool.names import runtime_dir, validate_name
 
@@ -313,6 +313,10 @@ def cmd_cleanup(args) -> int:
         return 1
     try:
         removed = shmpool.cleanup(args.name)
+    except CleanupError as exc:  # e.g. another user's objects: what went, then one line on what did not
+        for obj in exc.removed:
+            print(f"removed {obj}")
+        raise
     finally:
         lock.release()
     if not removed:

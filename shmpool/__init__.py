@@ -13,6 +13,7 @@ from .context import ContextCollection, LoadedContext, MissingStep, NavigationPa
 from .errors import (
     AllocationFailed,
     AttachError,
+    CleanupError,
     DimensionNotFound,
     DirectoryFull,
     InstanceExists,
@@ -42,6 +43,7 @@ __all__ = [
     "AllocationFailed",
     "AllocationTable",
     "AttachError",
+    "CleanupError",
     "Client",
     "ContextCollection",
     "JobFuture",

@@ -27,6 +27,8 @@ __all__ = [
     "WorkerCrashed",
     "DirectoryFull",
     "ReloadTimeout",
+    "CleanupError",
+    "InvalidId",
 ]
 
 
@@ -200,3 +202,16 @@ class ReloadTimeout(ShmPoolError, TimeoutError):
         super().__init__(f"dimension {dimension_id} is evicted (generation {generation}) and was not "
                          f"reloaded within {waited:.1f} s; is its coordinator overloaded or its file gone?",
                          dimension_id=dimension_id, generation=generation, waited=waited)
+
+
+class CleanupError(ShmPoolError, PermissionError):
+    """``cleanup(NAME)`` could not remove some objects (usually: another user's); the rest are gone.
+
+    ``failed`` holds (object name, reason) pairs, ``removed`` the names that were unlinked.
+    """
+
+    def __init__(self, *, name: str, failed: Sequence[Sequence[str]], removed: Sequence[str] = ()) -> None:
+        failed = tuple((str(obj), str(reason)) for obj, reason in failed)
+        what = ", ".join(f"{obj} ({reason})" for obj, reason in failed)
+        super().__init__(f"cannot remove {len(failed)} object{'s' * (len(failed) != 1)} of instance {name!r}: "
+                         f"{what}", name=name, failed=failed, removed=tuple(removed))

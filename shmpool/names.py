@@ -16,6 +16,8 @@ from pathlib import Path
 import posix_ipc
 from loguru import logger
 
+from .errors import CleanupError
+
 __all__ = ["validate_name", "segment_name", "semaphore_name", "runtime_dir", "list_objects", "cleanup"]
 
 PREFIX = "shmpool."
@@ -79,21 +81,34 @@ def cleanup(name: str) -> list[str]:
 
     Meant for the leftovers of a crashed instance (``shmpool cleanup NAME``). Running it against a
     live instance pulls the ground from under it: the coordinator checks liveness before calling it.
+    Raises CleanupError, after removing everything it can, if some objects cannot be removed
+    (another user's: /dev/shm is sticky, so only their owner or root may unlink them).
     """
     segments, semaphores = list_objects(name)
     removed: list[str] = []
-    for seg in segments:
+    failed: list[tuple[str, str]] = []
+    for obj, unlink, entry in [*((s, posix_ipc.unlink_shared_memory, s[1:]) for s in segments),
+                               *((s, posix_ipc.unlink_semaphore, "sem." + s[1:]) for s in semaphores)]:
         try:
-            posix_ipc.unlink_shared_memory(seg)
-            removed.append(seg)
+            unlink(obj)
+            removed.append(obj)
         except posix_ipc.ExistentialError:
-            logger.debug("segment {} vanished before cleanup reached it", seg)
-    for sem in semaphores:
-        try:
-            posix_ipc.unlink_semaphore(sem)
-            removed.append(sem)
-        except posix_ipc.ExistentialError:
-            logger.debug("semaphore {} vanished before cleanup reached it", sem)
+            logger.debug("{} vanished before cleanup reached it", obj)
+        except posix_ipc.Error as exc:
+            failed.append((obj, _why_not(entry, exc)))
     if removed:
         logger.info("cleanup of instance {!r} removed {}", name, ", ".join(removed))
+    if failed:
+        raise CleanupError(name=name, failed=failed, removed=removed)
     return removed
+
+
+def _why_not(entry: str, exc: Exception) -> str:
+    """The reason an unlink failed, with the owner when that is the reason."""
+    if not isinstance(exc, posix_ipc.PermissionsError):
+        return str(exc)
+    try:
+        owner = os.stat(SHM_DIR / entry).st_uid
+    except OSError:
+        return f"permission denied; this process is uid {os.geteuid()}"
+    return f"permission denied: owned by uid {owner}, this process is uid {os.geteuid()}"
