@@ -23,6 +23,7 @@ from shmpool.codec import encode_error
 from shmpool.context import LoadedContext
 from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
                             ShmPoolError)
+from shmpool.ids import as_id
 from shmpool.jobboard import JobBoard
 from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.layout import STATE_STOPPING, W
@@ -252,6 +253,7 @@ class Coordinator:
     def create_proto_dimension(self, dimension_id: int, name: str) -> ProtoDimension:
         """A new, empty, heap-backed dimension to fill and then :meth:`crystallize`."""
         self._require()
+        dimension_id = as_id(dimension_id, "dimension_id")
         with self._protos_lock:
             if dimension_id in self._protos:
                 raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
@@ -261,6 +263,7 @@ class Coordinator:
         return proto
 
     def proto(self, dimension_id: int) -> ProtoDimension:
+        dimension_id = as_id(dimension_id, "dimension_id")
         proto = self._protos.get(dimension_id)
         if proto is None:
             raise DimensionNotFound(dimension_id=dimension_id, available=list(self._protos))
@@ -275,6 +278,7 @@ class Coordinator:
         """
         inst, publisher = self._require()
         proto = self.proto(dimension_id)
+        dimension_id = proto.dimension_id
         builder = proto.builder
         nbytes = builder.nbytes()
         place = functools.partial(publisher.place, nbytes, builder.write_into,
@@ -312,6 +316,8 @@ class Coordinator:
 
     def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
         """Proto-dimensions first (heap, generation 0), then published dimensions."""
+        if type(dimension_id) is not int:  # True would find proto-dimension 1
+            dimension_id = as_id(dimension_id, "dimension_id")
         proto = self._protos.get(dimension_id)
         if proto is not None:
             return proto.load_layer_context(layer_id)

@@ -215,3 +215,15 @@ class CleanupError(ShmPoolError, PermissionError):
         what = ", ".join(f"{obj} ({reason})" for obj, reason in failed)
         super().__init__(f"cannot remove {len(failed)} object{'s' * (len(failed) != 1)} of instance {name!r}: "
                          f"{what}", name=name, failed=failed, removed=tuple(removed))
+
+
+class InvalidId(ShmPoolError, TypeError):
+    """A dimension or layer id is not an integer (a bool or a float is refused, not rounded).
+
+    ``argument`` names the parameter (``dimension_id``, ``layer_id``), ``value`` is what was given.
+    """
+
+    def __init__(self, *, argument: str, value: Any, where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}{argument} must be an int (numpy integers are accepted), not "
+                         f"{type(value).__name__} {value!r}", argument=argument, value=value, where=where)

@@ -143,3 +143,105 @@ def test_cleanup_of_another_users_instance_is_one_line_not_a_traceback(instance_
         shutil.rmtree(home, ignore_errors=True)
         cleanup(instance_name)  # root may remove them
     assert list_objects(instance_name) == ([], [])
+
+
+# ----------------------------------------------------------------------------- ids are ints
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, sample_dir):
+    import secrets
+
+    from conftest import TEST_PREFIX
+    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"  # module-scoped, so not from the make_name fixture
+    with Coordinator(name, data_dir=sample_dir, workers=1) as coord:
+        with shmpool.connect(name) as client:
+            yield coord, client
+    assert list_objects(name) == ([], [])
+
+
+BAD_IDS = [True, False, np.bool_(True), 3.0, np.float64(3), "3", None]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS, ids=[repr(b) for b in BAD_IDS])
+def test_lookup_ids_that_are_not_integers_are_a_type_error_naming_the_argument(served, bad):
+    _, client = served
+    reader = client.reader
+    reader.load_layer_context(1, 17)  # dimension 1 mapped: a bool must not find it in the cache
+    for args, argument in (((bad, 17), "dimension_id"), ((3, bad), "layer_id")):
+        with pytest.raises(TypeError) as err:
+            reader.load_layer_context(*args)
+        assert isinstance(err.value, shmpool.ShmPoolError)
+        assert err.value.argument == argument and argument in str(err.value)
+        assert type(bad).__name__ in str(err.value)
+        with pytest.raises(TypeError, match=argument):
+            reader.load_contexts([args])
+        with pytest.raises(TypeError, match=argument):
+            NavigationPath([args])
+        with pytest.raises(TypeError, match=argument):
+            client.lookup(*args, timeout=10)
+    for call in (lambda d: list(reader.scan(d)), reader.generation, reader.layer_ids):
+        with pytest.raises(TypeError, match="dimension_id"):
+            call(bad)
+
+
+def test_numpy_integer_ids_are_accepted_and_come_back_as_ints(served):
+    _, client = served
+    reader = client.reader
+    for dim, layer in ((np.int64(3), np.int64(4)), (np.int32(3), np.uint16(4)), (3, np.uint64(4))):
+        ctx = reader.load_layer_context(dim, layer)
+        assert (ctx.dimension_id, ctx.layer_id) == (3, 4)
+        assert type(ctx.dimension_id) is int and type(ctx.layer_id) is int
+        assert bytes(ctx.content) == bytes(reader.load_layer_context(3, 4).content)
+        [got] = reader.load_contexts([(dim, layer)])
+        assert (type(got.dimension_id), type(got.layer_id)) == (int, int)
+        assert client.lookup(dim, layer, timeout=10).layer_id == 4
+    assert list(NavigationPath([(np.int8(1), np.int64(2))])) == [(1, 2)]
+    assert reader.layer_ids(np.int16(5)) == reader.layer_ids(5)
+
+
+def test_proto_dimension_ids_are_checked_like_reader_ids(served):
+    coord, _ = served
+    for bad in (True, 2.0, np.bool_(False)):
+        with pytest.raises(TypeError, match="dimension_id"):
+            coord.create_proto_dimension(bad, "x")
+        with pytest.raises(TypeError, match="dimension_id"):
+            coord.load_layer_context(bad, 1)
+        with pytest.raises(TypeError, match="dimension_id"):
+            coord.proto(bad)
+    proto = coord.create_proto_dimension(np.int64(901), "ids")
+    try:
+        assert type(proto.dimension_id) is int and coord.proto(901) is proto
+        proto.add_layer(np.int32(1), "one")
+        for bad in (True, 1.0):
+            with pytest.raises(TypeError, match="layer_id"):
+                proto.add_layer(bad, "bad")
+            with pytest.raises(TypeError, match="layer_id"):
+                proto.load_layer_context(bad)
+            with pytest.raises(TypeError, match="layer_id"):
+                proto.remove_layer(bad)
+        assert proto.layer_ids() == [1] and type(proto.layer_ids()[0]) is int
+        assert coord.load_layer_context(901, np.int64(1)).text == "one"
+    finally:
+        coord._protos.pop(901, None)
+
+
+# ----------------------------------------------------------------------------- keywords str
+
+def test_a_keywords_str_is_an_invalid_layer_not_one_keyword_per_character(served):
+    coord, _ = served
+    proto = coord.create_proto_dimension(902, "kw")
+    try:
+        for keywords in ("abc", b"abc"):
+            with pytest.raises(InvalidLayer) as err:
+                proto.add_layer(5, "text", keywords=keywords)
+            e = err.value
+            assert (e.dimension_id, e.layer_id) == (902, 5)
+            assert "keywords must be a list of strings" in str(e) and "dimension 902" in str(e)
+        assert len(proto) == 0
+        proto.add_layer(5, "text", keywords=(k for k in ["river", "stone"]))  # any iterable of str
+        assert proto.load_layer_context(5).keywords == ("river", "stone")
+        builder = proto.builder
+        with pytest.raises(InvalidLayer, match="keywords must be a list of strings"):
+            builder.add_layer(6, "text", keywords="abc")
+    finally:
+        coord._protos.pop(902, None)
