@@ -116,6 +116,7 @@ class Coordinator:
             self._publisher = Publisher(self._inst)
             spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
+            self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
             folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
             paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
             self.load_report = load_region_files(self._publisher, paths)
@@ -184,6 +185,9 @@ class Coordinator:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._capacity is not None:
+            self._capacity.remove_spills()  # evicted dimensions cannot come back once we are gone
+            self._capacity = None
         if self._inst is not None:
             self._inst.destroy()
             self._inst = None
