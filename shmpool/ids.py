@@ -18,10 +18,11 @@ __all__ = ["as_id"]
 
 
 def as_id(value: Any, argument: str, where: str = "") -> int:
-    """``value`` as a plain int if it is an int or a numpy integer (not a bool); else InvalidId."""
+    """``value`` as a plain int if it is an int (not a bool) or a numpy integer; else InvalidId."""
     if type(value) is int:
         return value
-    # np.bool_ is not an np.integer, and bool fails the exact type test above.
-    if isinstance(value, np.integer):
+    # bool is an int subclass (refused); IntEnum members are others (accepted). np.bool_ is not
+    # an np.integer.
+    if (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, np.integer):
         return int(value)
     raise InvalidId(argument=argument, value=value, where=where)

@@ -4,6 +4,7 @@ and spill files left by a crashed run."""
 
 from __future__ import annotations
 
+import enum
 import multiprocessing as mp
 import os
 import shutil
@@ -195,6 +196,10 @@ def test_numpy_integer_ids_are_accepted_and_come_back_as_ints(served):
         [got] = reader.load_contexts([(dim, layer)])
         assert (type(got.dimension_id), type(got.layer_id)) == (int, int)
         assert client.lookup(dim, layer, timeout=10).layer_id == 4
+    class Dimension(enum.IntEnum):  # an int subclass that is not a bool is an int
+        TEMPORAL = 3
+
+    assert type(reader.load_layer_context(Dimension.TEMPORAL, 4).dimension_id) is int
     assert list(NavigationPath([(np.int8(1), np.int64(2))])) == [(1, 2)]
     assert reader.layer_ids(np.int16(5)) == reader.layer_ids(5)
 
