@@ -10,6 +10,12 @@ least recently used until usage *minus what superseded generations will give bac
 only evicted if it can come back byte for byte: its region file still holds exactly its bytes, or
 its region is first written out to the spill directory (crystallized dimensions have no file).
 
+Spill files are named ``NAME.dim-DDDDD-genG.region`` after the instance, and are removed when
+the coordinator of NAME starts (what a crashed run left) and when it stops: nothing can reload
+them once their instance is gone. Only files of that pattern go (and write_atomically's
+``.NAME.dim-....tmp`` temporaries), so a spill folder shared with other instances or holding
+the user's own files loses nothing else.
+
 Cold compression (``compress_cold``): a dimension not read for ``cold_after`` seconds is
 republished with its layers zstd-compressed where that saves >= 10%; once read in
 ``rehydrate_after`` separate sampling periods it is republished uncompressed.
@@ -18,6 +24,7 @@ republished with its layers zstd-compressed where that saves >= 10%; once read i
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,12 +181,43 @@ class CapacityManager:
     def _spill(self, pub: Published) -> Path:
         """Write the region exactly as it lies in shared memory (it *is* a region file), atomically."""
         self.spill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.spill_dir / f"dim-{pub.dimension_id:05d}-gen{pub.generation}.region"
+        path = self.spill_dir / f"{self._inst.name}.dim-{pub.dimension_id:05d}-gen{pub.generation}.region"
         write_atomically(path, [self._inst.handle_view(pub.handle)], mode=0o600)
         self.counters.spills_written += 1
         logger.info("dimension {} generation {} written to {} before eviction", pub.dimension_id,
                     pub.generation, path)
         return path
+
+    def remove_spills(self) -> list[Path]:
+        """Delete this instance's spill files (and temporaries); returns what was removed.
+
+        Called at start, under the instance's lock file, so no live coordinator of this name
+        can still need them, and at stop. Files of other names are left alone.
+        """
+        spill = rf"{re.escape(self._inst.name)}\.dim-\d+-gen\d+\.region"
+        ours = re.compile(rf"^(?:{spill}|\.{spill}\.\w+\.tmp)$")  # tmp: write_atomically's mkstemp
+        try:
+            entries = list(os.scandir(self.spill_dir))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            logger.warning("cannot list spill folder {}: {}", self.spill_dir, exc)
+            return []
+        removed = []
+        for entry in entries:
+            if not ours.match(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except FileNotFoundError:
+                logger.debug("spill file {} vanished before removal", entry.path)
+            except OSError as exc:
+                logger.warning("cannot remove spill file {}: {}", entry.path, exc)
+        if removed:
+            logger.info("removed {} spill file(s) of instance {!r} from {}", len(removed), self._inst.name,
+                        self.spill_dir)
+        return removed
 
     # ----------------------------------------------------------------- reload
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from loguru import logger
 
 import shmpool
-from shmpool.errors import AttachError, ShmPoolError
+from shmpool.errors import AttachError, CleanupError, ShmPoolError
 from shmpool.limits import DEFAULT_LIMIT
-from shmpool.names import foreign_objects, runtime_dir, validate_name
+from shmpool.names import runtime_dir, validate_name
 
 from .capacity import CapacityPolicy
 
@@ -344,16 +344,17 @@ def cmd_cleanup(args) -> int:
         return 1
     try:
         removed = shmpool.cleanup(args.name)
+    except CleanupError as exc:  # e.g. another user's objects: what went, then one line on what did not
+        for obj in exc.removed:
+            print(f"removed {obj}")
+        raise
     finally:
         lock.release()
-    foreign = foreign_objects(args.name)
-    if not removed and not foreign:
+    if not removed:
         print(f"shmpool: nothing of {args.name!r} to clean up")
     for obj in removed:
         print(f"removed {obj}")
-    for path, st in foreign:
-        print(f"shmpool: left {path} alone: it belongs to uid {st.st_uid}, not to us", file=sys.stderr)
-    return 1 if foreign else 0
+    return 0
 
 
 # --------------------------------------------------------------------- stress

@@ -25,6 +25,7 @@ from shmpool.context import LoadedContext
 from shmpool import platform
 from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
+from shmpool.ids import as_id
 from shmpool.jobboard import JobBoard
 from shmpool.jobs_layout import JobsLayout
 from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
@@ -140,6 +141,7 @@ class Coordinator:
                 self._board = self._create_board(*self._job_config)
             spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
+            self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
             folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
             paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
             self.load_report = load_region_files(self._publisher, paths)
@@ -240,6 +242,9 @@ class Coordinator:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._capacity is not None:
+            self._capacity.remove_spills()  # evicted dimensions cannot come back once we are gone
+            self._capacity = None
         if self._inst is not None:
             self._inst.destroy()
             self._inst = None
@@ -316,6 +321,7 @@ class Coordinator:
     def create_proto_dimension(self, dimension_id: int, name: str) -> ProtoDimension:
         """A new, empty, heap-backed dimension to fill and then :meth:`crystallize`."""
         self._require()
+        dimension_id = as_id(dimension_id, "dimension_id")
         with self._protos_lock:
             if dimension_id in self._protos:
                 raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
@@ -325,6 +331,7 @@ class Coordinator:
         return proto
 
     def proto(self, dimension_id: int) -> ProtoDimension:
+        dimension_id = as_id(dimension_id, "dimension_id")
         proto = self._protos.get(dimension_id)
         if proto is None:
             raise DimensionNotFound(dimension_id=dimension_id, available=list(self._protos))
@@ -339,6 +346,7 @@ class Coordinator:
         """
         inst, publisher = self._require()
         proto = self.proto(dimension_id)
+        dimension_id = proto.dimension_id
         builder = proto.builder
         nbytes = builder.nbytes()
         place = functools.partial(publisher.place, nbytes, builder.write_into,
@@ -376,6 +384,8 @@ class Coordinator:
 
     def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
         """Proto-dimensions first (heap, generation 0), then published dimensions."""
+        if type(dimension_id) is not int:  # True would find proto-dimension 1
+            dimension_id = as_id(dimension_id, "dimension_id")
         proto = self._protos.get(dimension_id)
         if proto is not None:
             return proto.load_layer_context(layer_id)

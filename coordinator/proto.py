@@ -8,7 +8,8 @@ from typing import Iterable
 
 from shmpool.context import LoadedContext
 from shmpool.errors import LayerNotFound
-from shmpool.region_builder import RegionBuilder
+from shmpool.ids import as_id
+from shmpool.region_builder import RegionBuilder, keyword_tuple
 
 __all__ = ["ProtoDimension"]
 
@@ -44,6 +45,7 @@ class ProtoDimension:
     """
 
     def __init__(self, dimension_id: int, name: str) -> None:
+        dimension_id = as_id(dimension_id, "dimension_id")
         self.dimension_id = dimension_id
         self.name = name
         self._builder = RegionBuilder(dimension_id, name)
@@ -53,8 +55,16 @@ class ProtoDimension:
 
     def add_layer(self, layer_id: int, content: bytes | str, *, frequency: float = 0.0,
                   keywords: Iterable[str] = ()) -> None:
-        """Add one layer (str is stored as UTF-8 text); raises InvalidLayer on bad input."""
-        keywords = tuple(keywords)
+        """Add one layer (str is stored as UTF-8 text).
+
+        ``keywords`` is a list (any iterable) of strings; a single str is refused, not split into
+        characters. Raises InvalidId (a TypeError) for an id that is not an int, InvalidLayer
+        for any other bad input.
+        """
+        layer_id = as_id(layer_id, "layer_id")
+        # Normalised once, here: the builder and the heap copy must see the same keywords, and
+        # an iterator can be consumed only once.
+        keywords = keyword_tuple(self.dimension_id, layer_id, keywords)
         with self._lock:
             self._builder.add_layer(layer_id, content, frequency=frequency, keywords=keywords)
             is_text = isinstance(content, str)
@@ -63,6 +73,7 @@ class ProtoDimension:
             self._layers.meta[layer_id] = (float(frequency), keywords, is_text, zlib.crc32(data))
 
     def remove_layer(self, layer_id: int) -> None:
+        layer_id = as_id(layer_id, "layer_id")
         with self._lock:
             if layer_id not in self._content:
                 raise self._not_found(layer_id)
@@ -71,7 +82,8 @@ class ProtoDimension:
             del self._layers.meta[layer_id]
 
     def load_layer_context(self, layer_id: int) -> LoadedContext:
-        """The heap copy of a layer (generation 0); raises LayerNotFound."""
+        """The heap copy of a layer (generation 0); raises LayerNotFound, or InvalidId for a non-int id."""
+        layer_id = as_id(layer_id, "layer_id")
         content = self._content.get(layer_id)
         if content is None:
             raise self._not_found(layer_id)

@@ -23,6 +23,7 @@ from ._proc import is_alive
 from .codec import decode_error, decode_result, encode_request
 from .context import ContextCollection, LoadedContext, NavigationPath, Step
 from .errors import AttachError, RequestTooLarge, ShmPoolError
+from .ids import as_id
 from .jobboard import JobBoard
 from .jobs_layout import Status
 from .layout import W
@@ -140,6 +141,9 @@ class Client:
 
     def lookup(self, dimension_id: int, layer_id: int, *, timeout: float | None = None) -> LoadedContext:
         """Run the built-in ``lookup`` job; the result is a zero-copy view resolved here."""
+        # Checked here, not only in the worker: a np.bool_ would not even encode, and a bad id
+        # should not cost a round trip. Raises InvalidId (a TypeError).
+        dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
         return self.call("lookup", dimension_id, layer_id, timeout=timeout)
 
     def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True,

@@ -12,6 +12,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence, Union
 
+from .ids import as_id
+
 __all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step"]
 
 Step = tuple[int, int]
@@ -72,19 +74,24 @@ class LoadedContext:
 
 
 class NavigationPath(Sequence[Step]):
-    """An ordered sequence of (dimension_id, layer_id) steps."""
+    """An ordered sequence of (dimension_id, layer_id) steps.
+
+    Ids are ints (numpy integers are converted); anything else raises InvalidId, a TypeError.
+    """
 
     __slots__ = ("_steps",)
 
     def __init__(self, steps: Iterable[Step] = ()) -> None:
         checked = []
-        for step in steps:
+        for pos, step in enumerate(steps):
             try:
                 dim, layer = step
             except (TypeError, ValueError):
                 raise TypeError(f"navigation step must be a (dimension_id, layer_id) pair, got {step!r}") from None
-            if not isinstance(dim, int) or not isinstance(layer, int):
-                raise TypeError(f"navigation step ids must be integers, got {step!r}")
+            # Exact type tests first: bools and floats would pass for ints as dict keys later on.
+            if type(dim) is not int or type(layer) is not int:
+                where = f"navigation step {pos} {step!r}"
+                dim, layer = as_id(dim, "dimension_id", where), as_id(layer, "layer_id", where)
             checked.append((dim, layer))
         self._steps = tuple(checked)
 

@@ -35,6 +35,8 @@ __all__ = [
     "DirectoryFull",
     "ReloadTimeout",
     "ReaderClosed",
+    "CleanupError",
+    "InvalidId",
 ]
 
 
@@ -297,3 +299,28 @@ class ReloadTimeout(ShmPoolError, TimeoutError):
         super().__init__(f"dimension {dimension_id} is evicted (generation {generation}) and was not "
                          f"reloaded within {waited:.1f} s; is its coordinator overloaded or its file gone?",
                          dimension_id=dimension_id, generation=generation, waited=waited)
+
+
+class CleanupError(ShmPoolError, PermissionError):
+    """``cleanup(NAME)`` could not remove some objects (usually: another user's); the rest are gone.
+
+    ``failed`` holds (object name, reason) pairs, ``removed`` the names that were unlinked.
+    """
+
+    def __init__(self, *, name: str, failed: Sequence[Sequence[str]], removed: Sequence[str] = ()) -> None:
+        failed = tuple((str(obj), str(reason)) for obj, reason in failed)
+        what = ", ".join(f"{obj} ({reason})" for obj, reason in failed)
+        super().__init__(f"cannot remove {len(failed)} object{'s' * (len(failed) != 1)} of instance {name!r}: "
+                         f"{what}", name=name, failed=failed, removed=tuple(removed))
+
+
+class InvalidId(ShmPoolError, TypeError):
+    """A dimension or layer id is not an integer (a bool or a float is refused, not rounded).
+
+    ``argument`` names the parameter (``dimension_id``, ``layer_id``), ``value`` is what was given.
+    """
+
+    def __init__(self, *, argument: str, value: Any, where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}{argument} must be an int (numpy integers are accepted), not "
+                         f"{type(value).__name__} {value!r}", argument=argument, value=value, where=where)

@@ -17,7 +17,7 @@ from pathlib import Path
 import posix_ipc
 from loguru import logger
 
-from .errors import UnsafeRuntimeDir, UntrustedObject
+from .errors import CleanupError, UnsafeRuntimeDir, UntrustedObject
 from .trust import SHM_DIR, is_ours, sem_path, shm_path
 
 __all__ = ["validate_name", "segment_name", "semaphore_name", "runtime_dir", "list_objects", "foreign_objects",
@@ -162,30 +162,39 @@ def cleanup(name: str) -> list[str]:
 
     Meant for the leftovers of a crashed instance (``shmpool cleanup NAME``). Running it against a
     live instance pulls the ground from under it: the coordinator checks liveness before calling it.
-    Another user's objects under the name are left alone with a WARNING (even as root: the sweep
-    removes leftovers, it does not arbitrate between users); see :func:`foreign_objects`.
+    Another user's objects under the name are left alone (even as root: the sweep removes
+    leftovers, it does not arbitrate between users); see :func:`foreign_objects`. Raises
+    CleanupError, after removing everything it can, naming what it left and why.
     """
     segments, semaphores = list_objects(name)
     foreign = {path for path, _ in foreign_objects(name)}
     removed: list[str] = []
-    for seg in segments:
-        if str(shm_path(seg)) in foreign:
-            logger.warning("cleanup of {!r} leaves {} alone: another user owns it", name, shm_path(seg))
+    failed: list[tuple[str, str]] = []
+    for obj, unlink, path in [*((s, posix_ipc.unlink_shared_memory, shm_path(s)) for s in segments),
+                              *((s, posix_ipc.unlink_semaphore, sem_path(s)) for s in semaphores)]:
+        if str(path) in foreign:
+            failed.append((obj, _why_not(path, None)))
             continue
         try:
-            posix_ipc.unlink_shared_memory(seg)
-            removed.append(seg)
+            unlink(obj)
+            removed.append(obj)
         except posix_ipc.ExistentialError:
-            logger.debug("segment {} vanished before cleanup reached it", seg)
-    for sem in semaphores:
-        if str(sem_path(sem)) in foreign:
-            logger.warning("cleanup of {!r} leaves {} alone: another user owns it", name, sem_path(sem))
-            continue
-        try:
-            posix_ipc.unlink_semaphore(sem)
-            removed.append(sem)
-        except posix_ipc.ExistentialError:
-            logger.debug("semaphore {} vanished before cleanup reached it", sem)
+            logger.debug("{} vanished before cleanup reached it", obj)
+        except posix_ipc.Error as exc:
+            failed.append((obj, _why_not(path, exc)))
     if removed:
         logger.info("cleanup of instance {!r} removed {}", name, ", ".join(removed))
+    if failed:
+        raise CleanupError(name=name, failed=failed, removed=removed)
     return removed
+
+
+def _why_not(path, exc: Exception | None) -> str:
+    """The reason an object was not removed, with its owner when that is the reason."""
+    if exc is not None and not isinstance(exc, posix_ipc.PermissionsError):
+        return str(exc)
+    try:
+        owner = os.stat(path, follow_symlinks=False).st_uid
+    except OSError:
+        return f"permission denied; this process is uid {os.geteuid()}"
+    return f"permission denied: owned by uid {owner}, this process is uid {os.geteuid()}"

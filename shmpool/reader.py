@@ -30,6 +30,7 @@ from loguru import logger
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import Directory, Location
 from .errors import AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReloadTimeout, ShmPoolError
+from .ids import as_id
 from .instance import SharedInstance
 from .compression import inflate
 from .layout import STATE_RUNNING, TOUCHED_READ, TOUCHED_RELOAD, W
@@ -170,12 +171,18 @@ class Reader:
     def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
         """The layer's content as a zero-copy read-only view, with its metadata. O(1), lock-free.
 
-        Raises DimensionNotFound / LayerNotFound naming the ids and what exists.
+        Ids are ints; numpy integers are accepted (and returned as ints). Raises InvalidId (a
+        TypeError) for anything else, bools and floats included; DimensionNotFound /
+        LayerNotFound naming the ids and what exists.
         """
-        # Hot path: two dict lookups, two int64 reads from shared memory (generation, touched),
-        # one memoryview slice and the result object. The touched word is written only when it
-        # is 0, i.e. once per coordinator sampling period, so readers do not fight over its cache
-        # line. No locks, no logging, no syscalls; scripts/bench_readers.py measures it.
+        # Hot path: two exact type tests, two dict lookups, two int64 reads from shared memory
+        # (generation, touched), one memoryview slice and the result object. The touched word is
+        # written only when it is 0, i.e. once per coordinator sampling period, so readers do not
+        # fight over its cache line. No locks, no logging, no syscalls; scripts/bench_readers.py
+        # measures it. The type tests come first because True and 3.0 would otherwise find
+        # dimension 1 and 3 in the dicts (equal keys hash alike).
+        if type(dimension_id) is not int or type(layer_id) is not int:
+            dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
         dv = self._dims.get(dimension_id)
         if dv is None:
             dv = self._dimension(dimension_id)
@@ -217,7 +224,8 @@ class Reader:
         """Load every step of ``path`` in order.
 
         With ``strict`` (default) the first missing step raises; otherwise missing steps are
-        listed in ``.missing`` with the reason, never silently dropped.
+        listed in ``.missing`` with the reason, never silently dropped. Ids are checked as by
+        :meth:`load_layer_context` (by NavigationPath), before anything is loaded.
         """
         steps = NavigationPath.of(path)
         out = ContextCollection()
@@ -253,6 +261,7 @@ class Reader:
     def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
         """Every layer of the dimension's current generation (in layer id order), or only those
         tagged ``keyword``. The generation is fixed when the scan starts."""
+        dimension_id = as_id(dimension_id, "dimension_id")
         dv = self._dims.get(dimension_id) or self._dimension(dimension_id)
         gen = dv.current
         if self._dir_mv[dv.gen_pos] != gen.generation:
@@ -272,6 +281,7 @@ class Reader:
 
     def generation(self, dimension_id: int) -> int:
         """The currently published generation of the dimension."""
+        dimension_id = as_id(dimension_id, "dimension_id")
         dv = self._dims.get(dimension_id) or self._dimension(dimension_id)
         return int(self._dir_mv[dv.gen_pos])
 
@@ -290,6 +300,7 @@ class Reader:
         return out
 
     def layer_ids(self, dimension_id: int) -> list[int]:
+        dimension_id = as_id(dimension_id, "dimension_id")
         dv = self._dims.get(dimension_id) or self._dimension(dimension_id)
         gen = dv.current if self._dir_mv[dv.gen_pos] == dv.current.generation else self._refresh(dv)
         return list(gen.ids)

@@ -22,13 +22,14 @@ import numpy as np
 from loguru import logger
 
 from .errors import InvalidLayer
+from .ids import as_id
 from .compression import deflate
 from .region import (
     FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
     align, byte_view, meta_crc,
 )
 
-__all__ = ["RegionBuilder", "write_atomically"]
+__all__ = ["RegionBuilder", "write_atomically", "keyword_tuple"]
 
 _U32 = 2**32
 _ZEROS = bytes(8)  # padding never exceeds ALIGN - 1 bytes
@@ -49,8 +50,7 @@ class RegionBuilder:
     """
 
     def __init__(self, dimension_id: int, name: str) -> None:
-        if isinstance(dimension_id, bool) or not isinstance(dimension_id, numbers.Integral):
-            raise TypeError(f"dimension id must be an int, got {dimension_id!r}")
+        dimension_id = as_id(dimension_id, "dimension_id")
         if not 0 < dimension_id < _U32:
             raise ValueError(f"dimension id {dimension_id} is out of range: must satisfy 0 < id < 2**32")
         if not isinstance(name, str):
@@ -96,9 +96,7 @@ class RegionBuilder:
         frequency = float(frequency)
         if not math.isfinite(frequency):
             raise bad(f"frequency {frequency} is not finite")
-        if isinstance(keywords, (str, bytes)):
-            raise bad(f"keywords must be an iterable of str, not a single {type(keywords).__name__}")
-        keywords = tuple(keywords)
+        keywords = keyword_tuple(self.dimension_id, layer_id, keywords)
         for kw in keywords:
             if not isinstance(kw, str) or not kw or KEYWORD_SEPARATOR in kw:
                 raise bad(f"keyword {kw!r} must be a non-empty str without {KEYWORD_SEPARATOR!r}")
@@ -249,6 +247,22 @@ class RegionBuilder:
         prefix = b"".join((HEADER.pack(*fields), meta, pad, index_bytes))
         self._plan = _Plan(prefix, list(zip(offsets, (layer.content for layer in layers))), nbytes)
         return self._plan
+
+
+def keyword_tuple(dimension_id: int, layer_id: int, keywords: Any) -> tuple:
+    """``keywords`` as a tuple; InvalidLayer if it is a single str or bytes, or not iterable.
+
+    A str is iterable, so ``keywords="river"`` would otherwise become five one-letter keywords.
+    The items themselves are checked by ``RegionBuilder.add_layer``.
+    """
+    if isinstance(keywords, (str, bytes, bytearray, memoryview)):
+        reason = f"keywords must be a list of strings, not a single {type(keywords).__name__} ({keywords!r})"
+    else:
+        try:
+            return tuple(keywords)
+        except TypeError:
+            reason = f"keywords must be a list of strings, not {type(keywords).__name__}"
+    raise InvalidLayer(dimension_id=dimension_id, layer_id=layer_id, reason=reason)
 
 
 def write_atomically(path: str | os.PathLike, pieces: Iterable[Any], *, mode: int) -> Path:

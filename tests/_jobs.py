@@ -51,3 +51,12 @@ def slow_big(reader, seconds, nbytes):
 
 def double(reader, x):
     return 2 * x
+
+
+def report_pid_then_sleep(reader, pid_file, seconds):
+    """Say which worker runs it (atomically: the test polls for the file), then stay busy."""
+    tmp = Path(f"{pid_file}.tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(pid_file)
+    time.sleep(seconds)
+    return "slept"

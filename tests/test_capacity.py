@@ -103,7 +103,7 @@ def test_a_crystallized_dimension_is_written_out_before_eviction(instance_name, 
         _wait_for(lambda: coord.stats()["capacity"]["evictions"] >= 1)
         cap = coord.stats()["capacity"]
         assert cap["evicted_dimensions"] == [1] and cap["spills_written"] == 1
-        files = list(spill.glob("dim-00001-gen*.region"))
+        files = list(spill.glob(f"{instance_name}.dim-00001-gen*.region"))
         assert len(files) == 1
         got = _in_child(children.read_layers, instance_name, 1, [3, 16])
         assert [crc for _, crc, _ in got["layers"]] == [zlib.crc32(_layer(1, 3)), zlib.crc32(_layer(1, 16))]

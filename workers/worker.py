@@ -26,6 +26,7 @@ from shmpool.jobs_layout import SC, JW, Status
 from shmpool.layout import W
 
 from .jobs import resolve_job
+from .watchdog import start_watchdog
 
 LOGGING_PACKAGES = ("shmpool", "coordinator", "workers", "__main__")
 POLL = 0.2  # seconds between checks that the coordinator still lives
@@ -38,6 +39,7 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
     inst = reader._inst
     words = inst.control.words
     coordinator = (int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
+    start_watchdog(index, coordinator)  # ends this process mid-job if the coordinator dies
     with board.lock:
         board.v.words[JW.WORKERS_STARTED] += 1
     served = 0
