@@ -90,7 +90,7 @@ class SharedInstance:
         self.control = control
         self.pool_segments = pools  # None for growth rows not created or not yet mapped here
         self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
-        self.lock = SharedLock(sem, control.words, str(runtime_dir() / f"{name}.table.lock"), name)
+        self.lock = SharedLock(sem, control.words_mv, str(runtime_dir() / f"{name}.table.lock"), name)
         self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
                                      thresholds=thresholds, grow=self._create_growth_segment,
                                      back=self._back_pages)

@@ -41,7 +41,8 @@ from loguru import logger
 from . import _faults
 from ._proc import is_alive, my_identity
 from .errors import AttachError, RequestTooLarge
-from .jobs_layout import (CC, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, JobsLayout, JobsView, SlotState, Status)
+from .jobs_layout import (CC, CHANNEL_COLS, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, SLOT_COLS, JobsLayout, JobsView,
+                          SlotState, Status)
 from .lock import SharedLock
 from .names import runtime_dir, segment_name, semaphore_name
 from .segments import Segment
@@ -51,8 +52,19 @@ __all__ = ["JobBoard"]
 
 JOBS = "jobs"
 WAIT_SLICE = 0.1   # seconds a submitter sleeps for a slot before looking again on its own
+_CAN_PEEK = posix_ipc.SEMAPHORE_VALUE_SUPPORTED
 SUPERVISE_WAIT = 0.5  # seconds a supervision step waits for the lock before trying next round
 _QUEUED = (SlotState.SUBMITTED, SlotState.CANCELLED)
+# Plain ints for the hot path's flat memoryviews (an IntEnum member costs an attribute lookup).
+_COLS, _CCOLS = SLOT_COLS, CHANNEL_COLS
+(_ST, _SEQ, _CPID, _CSTART, _CHAN, _WPID, _WSTART, _REQ, _RESP, _STATUS, _ATT, _SPOOL, _SFIRST, _SREC,
+ _SSER, _SUBNS, _END_OK, _END_ERR, _END_CANC) = (int(c) for c in SC)
+_FREE, _SUBMITTED, _RUNNING, _DONE, _CANCELLED, _ORPHANED, _DELIVERED = (int(s) for s in SlotState)
+_W_FREE_TOP, _W_QH, _W_QT, _W_STATE = int(JW.FREE_TOP), int(JW.Q_HEAD), int(JW.Q_TAIL), int(JW.STATE)
+_W_WAITERS = int(JW.FREE_WAITERS)
+_W_LATN, _W_LATSUM, _W_LAT0 = int(JW.LATENCY_COUNT), int(JW.LATENCY_SUM_NS), int(JW.LATENCY_BUCKET0)
+_C_PID, _C_START, _C_HEAD, _C_TAIL, _C_WAITING = (int(c) for c in (CC.PID, CC.START, CC.HEAD, CC.TAIL, CC.WAITING))
+_OK = int(Status.OK)
 _TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
 
 
@@ -92,7 +104,7 @@ class JobBoard:
         # Large results whose worker died before handing them over, found by requeue_worker;
         # the supervising coordinator frees them (the board has no allocation table).
         self.stranded_spills: list[tuple[int, int, int, int, int]] = []
-        self.lock = SharedLock(sems["lock"], view.words, str(runtime_dir() / f"{name}.jobs.lock"),
+        self.lock = SharedLock(sems["lock"], view.words_mv, str(runtime_dir() / f"{name}.jobs.lock"),
                                f"{name} jobs", on_recover=lambda _pid: self.heal(), role="jobs")
 
     # ----------------------------------------------------------------- creation / attach
@@ -239,6 +251,7 @@ class JobBoard:
             raise AttachError(name=self.name, reason="the coordinator is stopping; no new jobs are accepted")
         deadline = None if timeout is None else time.monotonic() + timeout
         pid, start = my_identity()
+        w, slots, chans = v.words_mv, v.slots_mv, v.channels_mv
         waiting = False
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -246,36 +259,39 @@ class JobBoard:
             # gets a short grace beyond its deadline (the promise is timeout + 100 ms).
             self.lock.acquire(None if remaining is None else max(remaining, 0.05 if waiting else 0.0))
             try:
-                w = v.words
                 if waiting:
-                    w[JW.FREE_WAITERS] -= 1
-                    v.channels[channel, CC.WAITING] -= 1
+                    w[_W_WAITERS] -= 1
+                    chans[channel * _CCOLS + _C_WAITING] -= 1
                     waiting = False
-                top = int(w[JW.FREE_TOP]) - 1
+                top = w[_W_FREE_TOP] - 1
                 if top >= 0:
-                    slot = int(v.free[top])
-                    w[JW.FREE_TOP] = top
+                    slot = v.free_mv[top]
+                    w[_W_FREE_TOP] = top
                     if _faults.ARMED:
                         _faults.point("submit.popped")
-                    row = v.slots[slot]
-                    seq = int(row[SC.SEQ]) + 1
-                    row[SC.SEQ] = seq
-                    row[SC.CLIENT_PID], row[SC.CLIENT_START] = pid, start
-                    row[SC.CHANNEL] = channel
-                    row[SC.WORKER_PID] = row[SC.WORKER_START] = 0
-                    row[SC.REQ_LEN], row[SC.RESP_LEN] = len(request), 0
-                    row[SC.STATUS], row[SC.ATTEMPTS], row[SC.SPILL_POOL] = 0, 0, -1
-                    row[SC.SUBMITTED_NS] = time.monotonic_ns()
+                    r = slot * _COLS
+                    seq = slots[r + _SEQ] + 1
+                    slots[r + _SEQ] = seq
+                    slots[r + _CPID] = pid
+                    slots[r + _CSTART] = start
+                    slots[r + _CHAN] = channel
+                    slots[r + _WPID] = slots[r + _WSTART] = 0
+                    slots[r + _REQ] = len(request)
+                    slots[r + _RESP] = slots[r + _STATUS] = slots[r + _ATT] = 0
+                    slots[r + _SPOOL] = -1
+                    slots[r + _SUBNS] = time.monotonic_ns()
                     v.request_area(slot)[:len(request)] = request
-                    row[SC.STATE] = SlotState.SUBMITTED
+                    slots[r + _ST] = _SUBMITTED
                     if _faults.ARMED:
                         _faults.point("submit.filled")
-                    self._enqueue(slot)
+                    tail = w[_W_QT]
+                    v.queue_mv[tail % v.layout.slots] = slot
+                    w[_W_QT] = tail + 1
                     break
                 if remaining is not None and remaining <= 0:
                     raise posix_ipc.BusyError(f"no free job slot within {timeout} s")
-                w[JW.FREE_WAITERS] += 1
-                v.channels[channel, CC.WAITING] += 1
+                w[_W_WAITERS] += 1
+                chans[channel * _CCOLS + _C_WAITING] += 1
                 waiting = True
             finally:
                 self.lock.release()
@@ -286,8 +302,14 @@ class JobBoard:
                 pass  # look again anyway: a releaser may have died before posting
         if _faults.ARMED:
             _faults.point("submit.queued")
-        self.pending_sem.release()
+        self._wake_a_worker()
         return slot, seq
+
+    def _wake_a_worker(self) -> None:
+        # A post already pending wakes a worker that drains the whole queue, ours included (it
+        # was queued before this check), so a second post would only wake one for nothing.
+        if not _CAN_PEEK or self.pending_sem.value == 0:
+            self.pending_sem.release()
 
     def cancel(self, slot: int, seq: int, *, timeout: float = 1.0) -> bool:
         """Withdraw a request that no worker has taken yet (False if it ran, or the lock is wedged)."""
@@ -312,28 +334,27 @@ class JobBoard:
         re-pushes DONE slots missing from their ring, never hands one out twice.
         """
         v = self.v
-        row = v.channels[channel]
-        head, tail = int(row[CC.HEAD]), int(row[CC.TAIL])
+        chans = v.channels_mv
+        c = channel * _CCOLS
+        head, tail = chans[c + _C_HEAD], chans[c + _C_TAIL]
         if head == tail:
             return []
         n = v.layout.slots
-        ring = v.rings[channel]
-        states = v.slots[:, SC.STATE]
-        out = [int(ring[i % n]) for i in range(head, tail)]
+        rings, slots, base = v.rings_mv, v.slots_mv, channel * n
+        out = [rings[base + i % n] for i in range(head, tail)]
         for slot in out:
-            states[slot] = SlotState.DELIVERED
-        row[CC.HEAD] = tail
+            slots[slot * _COLS + _ST] = _DELIVERED
+        chans[c + _C_HEAD] = tail
         return out
 
     def response(self, slot: int) -> tuple[int, int, memoryview | None, tuple | None]:
         """(seq, status, response bytes in the slot or None, spill location or None)."""
-        row = self.v.slots[slot]
-        n = int(row[SC.RESP_LEN])
-        if int(row[SC.SPILL_POOL]) >= 0:
-            spill = (int(row[SC.SPILL_POOL]), int(row[SC.SPILL_FIRST]), n,
-                     int(row[SC.SPILL_RECORD]), int(row[SC.SPILL_SERIAL]))
-            return int(row[SC.SEQ]), int(row[SC.STATUS]), None, spill
-        return int(row[SC.SEQ]), int(row[SC.STATUS]), self.v.response_area(slot)[:n], None
+        slots, r = self.v.slots_mv, slot * _COLS
+        n = slots[r + _RESP]
+        if slots[r + _SPOOL] >= 0:
+            spill = (slots[r + _SPOOL], slots[r + _SFIRST], n, slots[r + _SREC], slots[r + _SSER])
+            return slots[r + _SEQ], slots[r + _STATUS], None, spill
+        return slots[r + _SEQ], slots[r + _STATUS], self.v.response_area(slot)[:n], None
 
     def release_slot(self, slot: int, *, timeout: float | None = None) -> None:
         """Return a delivered slot to the free stack (by the client that consumed it)."""
@@ -356,13 +377,14 @@ class JobBoard:
 
     def _free_locked(self, slot: int) -> None:
         v = self.v
-        v.slots[slot, SC.STATE] = SlotState.FREE
-        top = int(v.words[JW.FREE_TOP])
-        v.free[top] = slot
-        v.words[JW.FREE_TOP] = top + 1
+        w = v.words_mv
+        v.slots_mv[slot * _COLS + _ST] = _FREE
+        top = w[_W_FREE_TOP]
+        v.free_mv[top] = slot
+        w[_W_FREE_TOP] = top + 1
 
     def _wake_count_locked(self, freed: int) -> int:
-        return min(freed, int(self.v.words[JW.FREE_WAITERS])) if freed else 0
+        return min(freed, self.v.words_mv[_W_WAITERS]) if freed else 0
 
     def _post_free(self, wake: int) -> None:
         for _ in range(wake):
@@ -377,39 +399,42 @@ class JobBoard:
 
     def take(self) -> tuple[int, int] | None:
         """Pop the next request for this worker: (slot, seq), or None if the queue is empty."""
-        v = self.v
-        w = v.words
-        if int(w[JW.Q_HEAD]) == int(w[JW.Q_TAIL]):
+        w = self.v.words_mv
+        if w[_W_QH] == w[_W_QT]:
             # Unlocked peek: a request queued right after it still posted pending_sem, so the
             # worker comes back for it; skipping the lock here halves lock traffic per job.
             return None
-        pid, start = my_identity()
-        freed = 0
         with self.lock:
-            while int(w[JW.Q_HEAD]) != int(w[JW.Q_TAIL]):
-                head = int(w[JW.Q_HEAD])
-                slot = int(v.queue[head % v.layout.slots])
-                w[JW.Q_HEAD] = head + 1
-                if _faults.ARMED:
-                    _faults.point("take.popped")
-                row = v.slots[slot]
-                if int(row[SC.STATE]) == SlotState.CANCELLED:
-                    self._free_locked(slot)
-                    freed += 1
-                    continue
-                row[SC.WORKER_PID], row[SC.WORKER_START] = pid, start
-                row[SC.SPILL_POOL] = -1
-                row[SC.STATE] = SlotState.RUNNING
-                taken = slot, int(row[SC.SEQ])
-                break
-            else:
-                taken = None
+            taken, freed = self._take_locked()
             wake = self._wake_count_locked(freed)
         self._post_free(wake)
         return taken
 
+    def _take_locked(self) -> tuple[tuple[int, int] | None, int]:
+        v = self.v
+        w, slots, queue, n = v.words_mv, v.slots_mv, v.queue_mv, v.layout.slots
+        pid, start = my_identity()
+        freed = 0
+        while w[_W_QH] != w[_W_QT]:
+            head = w[_W_QH]
+            slot = queue[head % n]
+            w[_W_QH] = head + 1
+            if _faults.ARMED:
+                _faults.point("take.popped")
+            r = slot * _COLS
+            if slots[r + _ST] == _CANCELLED:
+                self._free_locked(slot)
+                freed += 1
+                continue
+            slots[r + _WPID] = pid
+            slots[r + _WSTART] = start
+            slots[r + _SPOOL] = -1
+            slots[r + _ST] = _RUNNING
+            return (slot, slots[r + _SEQ]), freed
+        return None, freed
+
     def request(self, slot: int) -> memoryview:
-        return self.v.request_area(slot)[:int(self.v.slots[slot, SC.REQ_LEN])]
+        return self.v.request_area(slot)[:self.v.slots_mv[slot * _COLS + _REQ]]
 
     def stage_spill(self, slot: int, seq: int, spill: tuple[int, int, int, int, int]) -> bool:
         """Record where a large result lies *before* its ownership moves to the client, so that
@@ -422,57 +447,73 @@ class JobBoard:
                 row[SC.SPILL_SERIAL] = spill
             return True
 
-    def finish(self, slot: int, seq: int, status: Status, response: bytes | None) -> bool:
+    def finish(self, slot: int, seq: int, status: Status, response: bytes | None, *,
+               take_next: bool = False) -> tuple[bool, tuple[int, int] | None]:
         """Hand the slot and its response to the client. ``response`` None means the result was
-        staged with :meth:`stage_spill`. False if nobody will read it (the job was taken away, or
-        its client left): a staged spill is then the caller's to free."""
+        staged with :meth:`stage_spill`. Returns (delivered, next): delivered is False if nobody
+        will read it (the job was taken away, or its client left: a staged spill is then the
+        caller's to free); with ``take_next`` the next queued request is taken in the same lock
+        round (a worker under load pays one lock round per job instead of two)."""
         v = self.v
-        row = v.slots[slot]
+        slots, r = v.slots_mv, slot * _COLS
         if response is not None:
             v.response_area(slot)[:len(response)] = response
-            row[SC.RESP_LEN], row[SC.SPILL_POOL] = len(response), -1
-        row[SC.STATUS] = status
+            slots[r + _RESP] = len(response)
+            slots[r + _SPOOL] = -1
+        slots[r + _STATUS] = status
+        nxt, freed = None, 0
         with self.lock:
-            state = int(row[SC.STATE])
-            if int(row[SC.SEQ]) != seq or state not in _TAKEN:
-                return False
-            latency = time.monotonic_ns() - int(row[SC.SUBMITTED_NS])  # CLOCK_MONOTONIC: system-wide
-            w = v.words
-            w[JW.LATENCY_BUCKET0 + bisect.bisect_left(LATENCY_BOUNDS_NS, latency)] += 1
-            w[JW.LATENCY_COUNT] += 1
-            w[JW.LATENCY_SUM_NS] += latency
-            delivered = state == SlotState.RUNNING
-            channel = self._deliver_locked(slot) if delivered else None
-            if not delivered:
-                self._free_locked(slot)
-            row[SC.END_OK if status == Status.OK else SC.END_ERROR] += 1
-            wake = 0 if delivered else self._wake_count_locked(1)
+            state = slots[r + _ST]
+            if slots[r + _SEQ] != seq or (state != _RUNNING and state != _ORPHANED):
+                delivered, channel = False, None
+            else:
+                latency = time.monotonic_ns() - slots[r + _SUBNS]  # CLOCK_MONOTONIC: system-wide
+                w = v.words_mv
+                w[_W_LAT0 + bisect.bisect_left(LATENCY_BOUNDS_NS, latency)] += 1
+                w[_W_LATN] += 1
+                w[_W_LATSUM] += latency
+                delivered = state == _RUNNING
+                if delivered:
+                    channel = self._deliver_locked(slot)
+                else:
+                    channel = None
+                    self._free_locked(slot)
+                    freed = 1
+                slots[r + (_END_OK if status == _OK else _END_ERR)] += 1
+            if take_next:
+                nxt, more = self._take_locked()
+                freed += more
+            wake = self._wake_count_locked(freed)
         if _faults.ARMED:
             _faults.point("finish.delivered")
         if delivered:
-            self.channel_sem(channel).release()
-        else:
-            self._post_free(wake)
-        return delivered
+            sem = self.channel_sem(channel)
+            # The client drains its whole ring when woken: a post it has not consumed yet
+            # covers this slot too (pushed before this check).
+            if not _CAN_PEEK or sem.value == 0:
+                sem.release()
+        self._post_free(wake)
+        return delivered, nxt
 
     def _deliver_locked(self, slot: int) -> int:
         v = self.v
-        row = v.slots[slot]
-        channel = int(row[SC.CHANNEL])
-        ch = v.channels[channel]
-        tail = int(ch[CC.TAIL])
-        v.rings[channel, tail % v.layout.slots] = slot
-        row[SC.STATE] = SlotState.DONE
+        slots, chans, r = v.slots_mv, v.channels_mv, slot * _COLS
+        channel = slots[r + _CHAN]
+        c = channel * _CCOLS
+        tail = chans[c + _C_TAIL]
+        n = v.layout.slots
+        v.rings_mv[channel * n + tail % n] = slot
+        slots[r + _ST] = _DONE
         if _faults.ARMED:
             _faults.point("deliver.marked")
-        ch[CC.TAIL] = tail + 1
+        chans[c + _C_TAIL] = tail + 1
         return channel
 
     def _enqueue(self, slot: int) -> None:
-        w = self.v.words
-        tail = int(w[JW.Q_TAIL])
-        self.v.queue[tail % self.v.layout.slots] = slot
-        w[JW.Q_TAIL] = tail + 1
+        w = self.v.words_mv
+        tail = w[_W_QT]
+        self.v.queue_mv[tail % self.v.layout.slots] = slot
+        w[_W_QT] = tail + 1
 
     # ----------------------------------------------------------------- supervision (coordinator)
 

@@ -20,7 +20,7 @@ from enum import IntEnum
 
 import numpy as np
 
-__all__ = ["JW", "SC", "CC", "SlotState", "Status", "JobsLayout", "JobsView", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
+__all__ = ["JW", "SC", "CC", "SLOT_COLS", "CHANNEL_COLS", "SlotState", "Status", "JobsLayout", "JobsView", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
 JOBS_MAGIC = 0x53484D504A4F4233  # "SHMPJOB3" (3: capacity from the free stack, waiter counts)
 ALIGN = 64
@@ -149,7 +149,7 @@ class JobsLayout:
 
 
 class JobsView:
-    """numpy views of a mapped jobs segment."""
+    """numpy views of a mapped jobs segment (vectorised checks), and flat memoryviews (hot path)."""
 
     def __init__(self, buf, lay: JobsLayout) -> None:
         self.layout = lay
@@ -165,6 +165,19 @@ class JobsView:
         self.rings = arr(lay.rings_offset, (lay.channels, lay.slots))
         self.data = memoryview(buf)[lay.data_offset:lay.data_offset + lay.slots * 2 * lay.payload]
 
+        def flat(offset: int, count: int) -> memoryview:
+            return memoryview(buf)[offset:offset + count * 8].cast("q")
+
+        # The same words as flat int64 memoryviews: one element read or write costs ~40 ns here
+        # against ~150 ns through numpy scalar indexing, and the job path does ~40 per job.
+        # Row r, column c of slots is slots_mv[r * SLOT_COLS + c]; likewise channels and rings.
+        self.words_mv = flat(0, JOB_WORDS)
+        self.free_mv = flat(lay.free_offset, lay.slots)
+        self.queue_mv = flat(lay.queue_offset, lay.slots)
+        self.slots_mv = flat(lay.slots_offset, lay.slots * SLOT_COLS)
+        self.channels_mv = flat(lay.channels_offset, lay.channels * CHANNEL_COLS)
+        self.rings_mv = flat(lay.rings_offset, lay.channels * lay.slots)
+
     def request_area(self, slot: int) -> memoryview:
         p = self.layout.payload
         return self.data[slot * 2 * p:slot * 2 * p + p]
@@ -174,5 +187,7 @@ class JobsView:
         return self.data[slot * 2 * p + p:(slot + 1) * 2 * p]
 
     def release(self) -> None:
-        self.data.release()
+        for mv in (self.data, self.words_mv, self.free_mv, self.queue_mv, self.slots_mv, self.channels_mv,
+                   self.rings_mv):
+            mv.release()
         self.words = self.free = self.queue = self.slots = self.channels = self.rings = None

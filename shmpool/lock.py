@@ -63,6 +63,9 @@ class SharedLock:
     def __init__(self, sem: posix_ipc.Semaphore, words, path: str, name: str,
                  on_recover: Callable[[int], None] | None = None, *, role: str = "table") -> None:
         self._sem = sem
+        # Plain int indices for a flat int64 memoryview (or numpy array) of the lock words.
+        self._pid_i, self._start_i, self._wait_i, self._rec_i = (int(i) for i in (
+            W.LOCK_OWNER_PID, W.LOCK_OWNER_START, W.LOCK_WAITING, W.LOCK_RECOVERIES))
         self._held_point = f"lock.held.{role}"  # the fault point tests arm (shmpool._faults)
         self._words = words
         self._path = path
@@ -139,7 +142,7 @@ class SharedLock:
             # flag after we set it, so it posts and we wake (no lost wake-up between the two).
             # The flag stays set while we hold the lock, so our own release wakes the next
             # sleeper: conservative, at the cost of one spurious post per contended episode.
-            words[W.LOCK_WAITING] = 1
+            words[self._wait_i] = 1
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
@@ -156,14 +159,14 @@ class SharedLock:
 
     def _enter(self) -> None:
         words = self._words
-        dead = int(words[W.LOCK_OWNER_PID])
+        dead = int(words[self._pid_i])
         me, token = my_identity()
-        words[W.LOCK_OWNER_START] = token
-        words[W.LOCK_OWNER_PID] = me
+        words[self._start_i] = token
+        words[self._pid_i] = me
         if dead:
             # A clean release clears the pid before unlocking, so a pid left here belongs to a
             # holder that died inside its critical section: the kernel freed the flock for it.
-            words[W.LOCK_RECOVERIES] += 1
+            words[self._rec_i] += 1
             logger.warning("lock {} recovered: holder pid {} died inside its critical section", self.name, dead)
             if self.on_recover is not None:
                 try:
@@ -180,11 +183,11 @@ class SharedLock:
 
     def _release_shared(self) -> None:
         words = self._words
-        words[W.LOCK_OWNER_PID] = 0
-        words[W.LOCK_OWNER_START] = 0
+        words[self._pid_i] = 0
+        words[self._start_i] = 0
         fcntl.flock(self._fd, fcntl.LOCK_UN)
-        if words[W.LOCK_WAITING]:
-            words[W.LOCK_WAITING] = 0
+        if words[self._wait_i]:
+            words[self._wait_i] = 0
             self._sem.release()
 
     def __enter__(self) -> "SharedLock":
@@ -196,4 +199,4 @@ class SharedLock:
 
     def owner(self) -> int:
         """Pid recorded by the current holder (0: free, or taken a few instructions ago)."""
-        return int(self._words[W.LOCK_OWNER_PID])
+        return int(self._words[self._pid_i])

@@ -61,14 +61,13 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
                 # have died between queueing and posting; the queue, not the count, is the truth.
             if _faults.ARMED:
                 _faults.point("worker.woken")
-            while not stop.is_set():
-                taken = board.take()
-                if taken is None:
-                    break
-                _run(board, inst, reader, *taken)
+            # Drain what is queued without sleeping on the semaphore again: each finish takes
+            # the next request in the same lock round. A request taken is always run, even
+            # when stop is set meanwhile: it is RUNNING in our name, and nobody else would.
+            taken = board.take() if not stop.is_set() else None
+            while taken is not None:
+                taken = _run(board, inst, reader, *taken, take_next=not stop.is_set())
                 served += 1
-                # Drain what is already queued without sleeping on the semaphore again; its
-                # count stays ahead of us, which only costs an empty take() later.
     finally:
         board.close()
         reader.close()
@@ -76,7 +75,8 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
     return 0
 
 
-def _run(board: JobBoard, inst, reader, slot: int, seq: int) -> None:
+def _run(board: JobBoard, inst, reader, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:
+    """Run one request and hand its response over; returns the next request taken, if asked."""
     job = "?"
     try:
         job, args, kwargs = decode_request(board.request(slot), lambda d, l, _g: reader.load_layer_context(d, l))
@@ -85,9 +85,9 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int) -> None:
     except Exception as exc:  # every job failure goes back to its client, typed
         status, payload = Status.ERROR, encode_error(exc)
     if len(payload) <= board.v.layout.payload:
-        board.finish(slot, seq, status, payload)
-        return
+        return board.finish(slot, seq, status, payload, take_next=take_next)[1]
     _spill(board, inst, slot, seq, status, payload)
+    return board.take() if take_next else None
 
 
 def _spill(board: JobBoard, inst, slot: int, seq: int, status: Status, payload: bytes) -> None:
@@ -107,7 +107,7 @@ def _spill(board: JobBoard, inst, slot: int, seq: int, status: Status, payload: 
         inst.table.free(handle)
         return
     inst.table.transfer(handle, *client)
-    if not board.finish(slot, seq, status, None):
+    if not board.finish(slot, seq, status, None)[0]:
         try:
             inst.table.free(handle)
         except ShmPoolError as exc:  # the client died and its blocks were reclaimed first
