@@ -26,6 +26,7 @@ from shmpool import platform
 from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
 from shmpool.ids import as_id
+from shmpool.spin import SPIN_ENV, spin_seconds
 from shmpool.jobboard import JobBoard
 from shmpool.jobs_layout import JobsLayout
 from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
@@ -67,10 +68,12 @@ class Coordinator:
                  drain_timeout: float = 5.0, compress_cold: bool = False, huge_pages: bool = False,
                  capacity: CapacityPolicy | None = None, max_pin_age: float = MAX_PIN_AGE,
                  jobs: Mapping[str, Callable[..., Any] | str] | None = None,
-                 job_modules: Iterable[str] = ()) -> None:
+                 job_modules: Iterable[str] = (), worker_spin_us: float | str | None = None) -> None:
         self.name = validate_name(name)
         # Checked here, where a bad entry is the caller's mistake, not in every worker later.
         self.job_policy = JobPolicy.build(jobs, job_modules)
+        # Workers busy-wait this long for the next request before sleeping (shmpool.spin).
+        self.worker_spin = spin_seconds(worker_spin_us)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.memory_limit = memory_limit
         self.pools = tuple(pools) if pools is not None else DEFAULT_POOLS
@@ -148,7 +151,8 @@ class Coordinator:
             self.load_seconds = time.perf_counter() - t0  # what the < 100 ms start-up target covers
             if self._board is not None:
                 self._pool = WorkerPool(self.name, self._board, self.worker_count,
-                                        env={POLICY_ENV: self.job_policy.to_json()})
+                                        env={POLICY_ENV: self.job_policy.to_json(),
+                                             SPIN_ENV: str(self.worker_spin * 1e6)})
                 self._pool.start()
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
                                             daemon=True)

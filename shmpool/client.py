@@ -28,11 +28,13 @@ from .jobboard import JobBoard
 from .jobs_layout import Status
 from .layout import W
 from .reader import Reader, attach
+from .spin import spin_seconds
 
 __all__ = ["Client", "connect", "JobFuture"]
 
 POLL = 0.1  # seconds between coordinator liveness checks while idle
 DIRECT_CALLS_MAX = 4  # concurrent call()s per client that wait on their own channel
+SPENT_IDLE = 0.05  # seconds a call() thread may keep its last answer's slot before it is freed
 CANCEL_WAIT = 0.05  # seconds a timed-out call() gives the lock to withdraw its request
 
 
@@ -53,11 +55,24 @@ class JobFuture(Future):
 
 
 class _ThreadChannel:
-    """One thread's own channel for Client.call; released when the thread (and this) is gone."""
-    __slots__ = ("channel", "sem", "stale", "__weakref__")
+    """One thread's own channel for Client.call; released when the thread (and this) is gone.
+
+    ``spent`` is the slot of the thread's last answer, still DELIVERED: the next call frees it
+    in the lock round of its own submit (saving one lock round per call), or the completion
+    thread frees it once the thread has been idle for SPENT_IDLE.
+    """
+    __slots__ = ("channel", "sem", "stale", "spent", "spent_at", "guard", "__weakref__")
 
     def __init__(self, channel: int, sem) -> None:
         self.channel, self.sem, self.stale = channel, sem, set()
+        self.spent: int | None = None
+        self.spent_at = 0.0
+        self.guard = threading.Lock()
+
+    def take_spent(self) -> int | None:
+        with self.guard:
+            slot, self.spent = self.spent, None
+        return slot
 
 
 def _release_thread_channel(client_ref, channel: int) -> None:
@@ -69,8 +84,9 @@ def _release_thread_channel(client_ref, channel: int) -> None:
 class Client:
     """A connection to the worker pool of running instance ``name``. Thread-safe."""
 
-    def __init__(self, name: str, *, timeout: float | None = None) -> None:
+    def __init__(self, name: str, *, timeout: float | None = None, spin_us: float | None = None) -> None:
         self.name = name
+        self._spin = spin_seconds(spin_us)
         self._reader: Reader = attach(name)
         try:
             self._board = JobBoard.attach(name)
@@ -89,6 +105,8 @@ class Client:
         self._thread_channels: list[int] = []
         self._lock = threading.Lock()
         self._deferred: list[int] = []  # consumed slots a call() could not free in its time
+        self._thread_channel_objs: "weakref.WeakSet[_ThreadChannel]" = weakref.WeakSet()
+        self._next_spent_sweep = 0.0
         self._closed = False
         self._broken: BaseException | None = None
         self._thread = threading.Thread(target=self._complete_loop, name=f"shmpool-client-{name}", daemon=True)
@@ -167,17 +185,27 @@ class Client:
             except posix_ipc.ExistentialError:
                 self._fail_all(AttachError(name=self.name, reason="the coordinator removed the job board"))
                 return
-            with self._lock:
+            finished = board.completed(self._channel)
+            ready = []
+            with self._lock:  # one acquisition for the whole batch
                 done, self._deferred = self._deferred, []
-
-            for slot in board.completed(self._channel):
-                with self._lock:
-                    known = slot in self._futures
-                    if not known:
-                        self._early.add(slot)
-                if known:
-                    self._deliver(slot, done)
-            board.release_slots(done)  # one lock acquisition for the whole batch
+                for slot in finished:
+                    entry = self._futures.pop(slot, None)
+                    if entry is None:
+                        self._early.add(slot)  # its submit() has not registered it yet
+                    else:
+                        ready.append((slot, entry))
+            outcomes = [(future, self._outcome(slot, seq, future.job)) for slot, (seq, future) in ready]
+            done += [slot for slot, _entry in ready]
+            board.release_slots(done)  # one board lock round for the whole batch
+            for future, outcome in outcomes:
+                if future.set_running_or_notify_cancel():
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+            if time.monotonic() >= self._next_spent_sweep:
+                self._release_idle_spent()
 
     def _deliver(self, slot: int, released: list[int] | None = None) -> None:
         """Resolve the slot's future; the slot goes back to the board now, or via ``released``."""
@@ -265,18 +293,27 @@ class Client:
         channel, sem, stale = mine.channel, mine.sem, mine.stale
         request = encode_request(job, args, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
+        spent = mine.take_spent()
         try:
-            slot, seq = self._board.submit(channel, request, timeout=timeout)
+            slot, seq = self._board.submit(channel, request, timeout=timeout, release=spent)
         except posix_ipc.BusyError:
             raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
         except RequestTooLarge as exc:
             raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
         board = self._board
+        spun = self._spin and board.spin_for_ring(channel, self._spin)
         while True:
             wait = POLL if deadline is None else min(POLL, max(0.0, deadline - time.monotonic()))
             timed_out = False
             try:
-                sem.acquire(wait)
+                if spun:  # the answer is in the ring already; take its post if it came
+                    spun = False
+                    try:
+                        sem.acquire(0)
+                    except posix_ipc.BusyError:
+                        pass
+                else:
+                    sem.acquire(wait)
             except posix_ipc.BusyError:
                 if not self._coordinator_alive():
                     raise self._gone() from None
@@ -292,18 +329,33 @@ class Client:
                         stale.add(slot)  # running: its response will arrive later and be dropped
                     raise FuturesTimeout(f"job {job!r} did not finish within {timeout} s") from None
                 continue
-            others = [s for s in done if s != slot]
-            self._drop_stale(others, stale, deadline)
+            if len(done) > 1:
+                self._drop_stale([s for s in done if s != slot], stale, deadline)
             outcome = self._outcome(slot, seq, job)
-            try:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                board.release_slot(slot, timeout=remaining)
-            except TimeoutError:  # a wedged lock must not hold the answer back: free it later
-                with self._lock:
-                    self._deferred.append(slot)
+            with mine.guard:  # freed by our next submit, or by the completion thread if we idle
+                mine.spent, mine.spent_at = slot, time.monotonic()
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
+
+    def _release_idle_spent(self) -> None:
+        """Free the last answer slots of call() threads idle for SPENT_IDLE (completion thread)."""
+        now = time.monotonic()
+        self._next_spent_sweep = now + SPENT_IDLE
+        with self._lock:
+            channels = list(self._thread_channel_objs)
+        idle = []
+        for mine in channels:
+            with mine.guard:
+                if mine.spent is not None and now - mine.spent_at >= SPENT_IDLE:
+                    idle.append(mine.spent)
+                    mine.spent = None
+        if idle:
+            try:
+                self._board.release_slots(idle, timeout=SPENT_IDLE)
+            except TimeoutError:
+                with self._lock:
+                    self._deferred.extend(idle)
 
     def _drop_stale(self, slots: list[int], stale: set[int], deadline: float | None = None) -> None:
         """Responses to calls that timed out: free their spills and slots."""
@@ -335,6 +387,7 @@ class Client:
             self._tls.channel = mine
             with self._lock:
                 self._thread_channels.append(channel)
+                self._thread_channel_objs.add(mine)
         return mine
 
     def _release_thread_channel(self, channel: int) -> None:
@@ -415,9 +468,12 @@ class Client:
         return self._reader
 
 
-def connect(name: str, *, timeout: float | None = None) -> Client:
+def connect(name: str, *, timeout: float | None = None, spin_us: float | None = None) -> Client:
     """Connect to the worker pool of running instance ``name`` (AttachError if there is none).
 
     ``timeout`` bounds the wait for the board's lock (LockTimeout naming its holder).
+    ``spin_us``: the low-latency mode of :meth:`Client.call`, which busy-waits up to that many
+    microseconds for the answer before sleeping (see shmpool.spin; off by default, and "auto"
+    turns it on only with at least SPIN_MIN_CPUS cores).
     """
-    return Client(name, timeout=timeout)
+    return Client(name, timeout=timeout, spin_us=spin_us)

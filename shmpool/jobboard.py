@@ -238,11 +238,13 @@ class JobBoard:
             return 1
         return 0
 
-    def submit(self, channel: int, request: bytes | memoryview, *, timeout: float | None) -> tuple[int, int]:
+    def submit(self, channel: int, request: bytes | memoryview, *, timeout: float | None,
+               release: int | None = None) -> tuple[int, int]:
         """Put a request in a free slot and queue it; returns (slot, seq).
 
         Blocks while every slot is busy; posix_ipc.BusyError once ``timeout`` has passed, and
-        LockTimeout if the board's lock stays held (a stopped process) past it.
+        LockTimeout if the board's lock stays held (a stopped process) past it. ``release``: a
+        DELIVERED slot of ours to free in the same lock round (Client.call's last answer).
         """
         v = self.v
         if len(request) > v.layout.payload:
@@ -259,6 +261,12 @@ class JobBoard:
             # gets a short grace beyond its deadline (the promise is timeout + 100 ms).
             self.lock.acquire(None if remaining is None else max(remaining, 0.05 if waiting else 0.0))
             try:
+                if release is not None:
+                    self._free_locked(release)
+                    wake = self._wake_count_locked(1)
+                    release = None
+                    if wake:  # another client waits for a slot: it gets this one
+                        self.free_sem.release()
                 if waiting:
                     w[_W_WAITERS] -= 1
                     chans[channel * _CCOLS + _C_WAITING] -= 1
@@ -346,6 +354,25 @@ class JobBoard:
             slots[slot * _COLS + _ST] = _DELIVERED
         chans[c + _C_HEAD] = tail
         return out
+
+    def spin_for_ring(self, channel: int, seconds: float) -> bool:
+        """Busy-wait up to ``seconds`` for this client's ring to receive an entry (low-latency
+        mode); True if one arrived. Holds the GIL: bounded, and only for a thread that waits."""
+        chans, c = self.v.channels_mv, channel * _CCOLS
+        until = time.perf_counter() + seconds
+        while chans[c + _C_HEAD] == chans[c + _C_TAIL]:
+            if time.perf_counter() >= until:
+                return False
+        return True
+
+    def spin_for_queue(self, seconds: float) -> bool:
+        """Busy-wait up to ``seconds`` for a queued request (a worker's low-latency mode)."""
+        w = self.v.words_mv
+        until = time.perf_counter() + seconds
+        while w[_W_QH] == w[_W_QT]:
+            if time.perf_counter() >= until:
+                return False
+        return True
 
     def response(self, slot: int) -> tuple[int, int, memoryview | None, tuple | None]:
         """(seq, status, response bytes in the slot or None, spill location or None)."""

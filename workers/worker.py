@@ -18,6 +18,7 @@ from loguru import logger
 
 import shmpool
 from shmpool import _faults
+from shmpool.spin import SPIN_ENV, spin_seconds
 from shmpool._proc import is_alive
 from shmpool.codec import decode_request, encode_error, encode_result
 from shmpool.errors import AttachError, ShmPoolError
@@ -44,6 +45,7 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
         board.v.words[JW.WORKERS_STARTED] += 1
     served = 0
     last_drop = time.monotonic()
+    spin = spin_seconds(float(os.environ.get(SPIN_ENV) or 0))  # the coordinator's worker_spin_us
     try:
         while not stop.is_set():
             if time.monotonic() - last_drop >= DROP_STALE_EVERY:
@@ -51,7 +53,10 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
                 reader.drop_stale()
                 last_drop = time.monotonic()
             try:
-                board.pending_sem.acquire(POLL)
+                if not (spin and board.spin_for_queue(spin)):
+                    board.pending_sem.acquire(POLL)
+                    if _faults.ARMED:
+                        _faults.point("worker.woken")  # holds a post, has not taken the job
             except posix_ipc.SignalError:
                 continue  # SIGTERM/SIGINT set `stop`; the loop condition ends the worker
             except posix_ipc.BusyError:
@@ -59,8 +64,6 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
                     break
                 # No post, but look anyway: a submitter (or a worker that took the post) may
                 # have died between queueing and posting; the queue, not the count, is the truth.
-            if _faults.ARMED:
-                _faults.point("worker.woken")
             # Drain what is queued without sleeping on the semaphore again: each finish takes
             # the next request in the same lock round. A request taken is always run, even
             # when stop is set meanwhile: it is RUNNING in our name, and nobody else would.

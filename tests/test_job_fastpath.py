@@ -1,0 +1,60 @@
+"""The fast job path keeps the board whole: spin mode, and call()'s deferred slot release."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+import shmpool
+from coordinator import Coordinator
+from shmpool.spin import AUTO_SPIN_US, SPIN_MIN_CPUS, spin_seconds
+
+SLOTS = 4
+
+
+def _wait_for(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_spin_settings_are_checked_and_auto_follows_the_core_count(monkeypatch):
+    assert spin_seconds(None) == spin_seconds(0) == 0.0
+    assert spin_seconds(50) == pytest.approx(50e-6)
+    for bad in (-1, True, "fast", 1e9):
+        with pytest.raises(ValueError, match="spin_us"):
+            spin_seconds(bad)
+    monkeypatch.setattr(os, "cpu_count", lambda: SPIN_MIN_CPUS - 1)
+    assert spin_seconds("auto") == 0.0
+    monkeypatch.setattr(os, "cpu_count", lambda: SPIN_MIN_CPUS)
+    assert spin_seconds("auto") == pytest.approx(AUTO_SPIN_US / 1e6)
+
+
+def test_calls_in_spin_mode_are_answered_and_leave_every_slot_free(instance_name):
+    with Coordinator(instance_name, workers=1, job_slots=SLOTS, max_clients=8, worker_spin_us=100) as coord:
+        with shmpool.connect(instance_name, spin_us=100) as client:
+            pid = coord._pool.pids()[0]
+            assert [client.call("ping", timeout=5) for _ in range(200)] == [pid] * 200
+            # The last answer's slot is freed by the completion thread once the caller idles.
+            _wait_for(lambda: coord._board.counts()["free"] == SLOTS)
+            c = coord._board.counts()
+            assert c["submitted"] == c["completed"] == 200
+
+
+def test_an_idle_call_thread_does_not_keep_a_slot(instance_name):
+    with Coordinator(instance_name, workers=1, job_slots=SLOTS, max_clients=8) as coord:
+        with shmpool.connect(instance_name) as client:
+            threads = [threading.Thread(target=client.call, args=("ping",), kwargs={"timeout": 5})
+                       for _ in range(SLOTS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            # Every slot is usable at once again: each thread's last answer slot was freed.
+            _wait_for(lambda: coord._board.counts()["free"] == SLOTS)
+            futures = [client.submit("ping", timeout=1) for _ in range(SLOTS)]
+            assert len({f.result(5) for f in futures}) == 1
