@@ -170,7 +170,8 @@ class JobBoard:
         """Take a free client channel (or one whose client died); AttachError if none is left."""
         pid, start = my_identity()
         v = self.v
-        freed: list[int] = []
+        spills: list = []
+        freed = 0
         self.lock.acquire(timeout)
         try:
             rows = v.channels
@@ -178,18 +179,19 @@ class JobBoard:
                 owner = int(rows[k, CC.PID])
                 if owner == 0 or not is_alive(owner, int(rows[k, CC.START])):
                     if owner:  # its dead client's slots must not reach us through this ring
-                        self._settle_channel_locked(k, freed)
+                        freed = self._settle_channel_locked(k, spills)
+                        v.words[JW.FREE_WAITERS] -= int(rows[k, CC.WAITING])
                     rows[k, :] = 0
                     rows[k, CC.START] = start
                     rows[k, CC.PID] = pid
                     break
             else:
                 raise AttachError(name=self.name, reason=f"all {len(rows)} client channels are in use")
-            wake = self._wake_count_locked(len(freed))
+            wake = self._wake_count_locked(freed)
         finally:
             self.lock.release()
         self._post_free(wake)
-        self._free_spills_later(freed)
+        self._free_spills_later(spills)
         sem = self.channel_sem(k)
         while True:  # a previous owner's unconsumed posts must not wake us for nothing
             try:
@@ -418,9 +420,11 @@ class JobBoard:
             self.free_sem.release()
 
     def _free_spills_later(self, spills: list) -> None:
-        # Spilled results of a dead client found while claiming its channel: the coordinator's
-        # table frees them (a client has no business freeing another process's blocks).
-        self.stranded_spills.extend(spills)
+        # Spilled results of a dead client found while claiming its channel. Their blocks were
+        # transferred to that client, so the table's dead-owner reclaim frees them; a client
+        # has no business freeing another process's blocks, and only the owner drains this list.
+        if self.owner:
+            self.stranded_spills.extend(spills)
 
     # ----------------------------------------------------------------- workers
 

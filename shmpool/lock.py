@@ -172,7 +172,9 @@ class SharedLock:
                 try:
                     self.on_recover(dead)
                 except BaseException:
-                    self._release_shared()
+                    # Leave the dead holder's pid behind, so the next holder repairs again
+                    # instead of trusting half-repaired structures.
+                    self._release_shared(leave_pid=dead)
                     raise
         if _faults.ARMED:
             _faults.point(self._held_point)
@@ -181,9 +183,9 @@ class SharedLock:
         self._release_shared()
         self._local.release()
 
-    def _release_shared(self) -> None:
+    def _release_shared(self, leave_pid: int = 0) -> None:
         words = self._words
-        words[self._pid_i] = 0
+        words[self._pid_i] = leave_pid
         words[self._start_i] = 0
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         if words[self._wait_i]:

@@ -59,8 +59,8 @@ def runtime_dir() -> Path:
 
     Lock files stay after a stop on purpose: unlinking a file that another process has opened but
     not yet locked would let two processes each hold "the" lock on different inodes. They are empty.
-    Every process of an instance must resolve the same folder (same environment), since lock
-    recovery is arbitrated by a file in it.
+    Every process of an instance must resolve the same folder (same environment), since the
+    instance's locks are flocks on files in it (shmpool.lock).
     """
     override = os.environ.get("SHMPOOL_RUNTIME_DIR")
     if override:
