@@ -56,11 +56,12 @@ PREFIX = "chaos"
 WORKERS = 2
 MAX_CLIENTS = 16
 ALL_SLOTS_WITHIN = 1.0   # seconds a fresh client may take to have every slot in flight
-FRESH_JOB_SECONDS = 0.5  # its jobs outlast their submission, so all slots are held at once
+FRESH_JOB_SECONDS = 0.5  # its jobs outlast their submissions (~1 ms), so all slots are held at once
 TOLERATED_FAILURES = {"WorkerCrashed"}  # a job that killed MAX_ATTEMPTS workers fails, by design
 SETTLE = 5.0             # seconds the board may take to come to rest once everyone stopped
 VICTIM_DELAY = 0.05      # a victim is killed up to this long after its jobs are submitted
 WORKER_KILL_GAP = 0.2    # and a worker up to this long after the previous worker kill
+SOAK_KILL_PATIENCE = 0.5  # the soak waits this long for a worker caught mid-job
 
 
 # --------------------------------------------------------------------- shared pieces
@@ -144,13 +145,14 @@ def _all_slots_at_once(name: str, slots: int, lost_after: float) -> dict:
         except TimeoutError as exc:
             error = str(exc)
         took = time.monotonic() - t0
+        # None answered before the last submission: every slot was held at that moment.
+        at_once = len(futures) == slots and not any(f.done() for f in futures)
         try:
             answers = [f.result(lost_after) for f in futures]
         except Exception as exc:  # noqa: BLE001 - reported, and the check below fails
             answers, error = None, f"{type(exc).__name__}: {exc}"
     return {"slots_in_flight": len(futures), "submit_seconds": round(took, 4),
-            # No job of theirs can have finished before the last submission: all held at once.
-            "all_in_flight_within_1s": len(futures) == slots and took < min(ALL_SLOTS_WITHIN, FRESH_JOB_SECONDS),
+            "all_in_flight_within_1s": at_once and took < ALL_SLOTS_WITHIN,
             "results_ok": answers == list(range(slots)), "error": error}
 
 
@@ -267,30 +269,45 @@ def _kill_clients(ctx, name: str, board, count: int, jobs: int, rng: random.Rand
                 "spawn_to_jobs_submitted_ms": _ms(ready_ms), "problems": problems})
 
 
+def _busy_workers(coord: Coordinator, killed: set[int]) -> Counter:
+    """Live workers running a job now: pid -> jobs RUNNING (read without the lock)."""
+    slots = coord._board.v.slots
+    busy = Counter(slots[slots[:, SC.STATE] == SlotState.RUNNING, SC.WORKER_PID].tolist())
+    # pool.pids() rather than stats(): this polls every 2 ms and stats() lists every pin.
+    # A killed worker stays in both (a zombie, still "running" its jobs) until the next
+    # supervision round; killing it again would count a death that never happens.
+    return Counter({pid: busy[pid] for pid in coord._pool.pids() if busy.get(pid) and pid not in killed})
+
+
+def _kill_a_worker(coord: Coordinator, rng: random.Random, killed: set[int], patience: float) -> tuple[int, int] | None:
+    """SIGKILL a worker that runs a job, waiting up to ``patience`` for one; (pid, jobs it ran) or None."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy = _busy_workers(coord, killed)
+        if busy:
+            pid = rng.choice(sorted(busy))
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed.add(pid)
+            return pid, busy[pid]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.002)
+
+
 def _kill_workers(coord: Coordinator, count: int, rng: random.Random, end_by: float, out: dict) -> None:
-    board, pool = coord._board, coord._pool
-    done, running_at_kill = 0, []
+    done = running = 0
     killed: set[int] = set()
     while done < count and time.monotonic() < end_by:
-        slots = board.v.slots
-        busy = Counter(slots[slots[:, SC.STATE] == SlotState.RUNNING, SC.WORKER_PID].tolist())
-        # pool.pids() rather than stats(): this polls every 2 ms and stats() lists every pin.
-        # A killed worker stays in both (a zombie, still "running" its jobs) until the next
-        # supervision round; killing it again would count a death that never happens.
-        candidates = [pid for pid in pool.pids() if busy.get(pid) and pid not in killed]
-        if not candidates:
-            time.sleep(0.002)
-            continue
-        pid = rng.choice(candidates)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-        killed.add(pid)
+        hit = _kill_a_worker(coord, rng, killed, patience=max(0.0, end_by - time.monotonic()))
+        if hit is None:
+            break
         done += 1
-        running_at_kill.append(busy[pid])
+        running += hit[1]
         time.sleep(rng.uniform(0, WORKER_KILL_GAP))
-    out.update({"requested": count, "done": done, "running_jobs_seen_at_kill": sum(running_at_kill)})
+    out.update({"requested": count, "done": done, "running_jobs_seen_at_kill": running})
 
 
 def campaign_kills(name: str, ctx, *, client_kills: int, worker_kills: int, slots: int, live_clients: int,
@@ -377,6 +394,7 @@ def campaign_soak(name: str, ctx, *, seconds: float, clients: int, threads: int,
     generations: list[int] = []
     crystallize_ms: list[int] = []
     kills = 0
+    killed: set[int] = set()
     t0 = time.monotonic()
     coord = _coordinator(name, slots)
     try:
@@ -394,11 +412,14 @@ def campaign_soak(name: str, ctx, *, seconds: float, clients: int, threads: int,
                 crystallize_ms.append(time.perf_counter_ns() - c0)
                 next_gen = max(next_gen + crystallize_every, time.monotonic())
             if now >= next_kill:
-                try:
-                    os.kill(rng.choice(coord._pool.pids()), signal.SIGKILL)
-                    kills += 1
-                except ProcessLookupError:
-                    pass  # a replacement not yet in the list, or already dead: the next one
+                # Mid-job if one comes along soon (a job is ~0.1 ms of a ~0.4 ms round trip,
+                # so a blind kill mostly finds a worker idle), else whichever.
+                if _kill_a_worker(coord, rng, killed, patience=SOAK_KILL_PATIENCE) is None:
+                    pid = rng.choice([p for p in coord._pool.pids() if p not in killed] or [0])
+                    if pid:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.add(pid)
+                kills += 1
                 next_kill += kill_every
             time.sleep(max(0.0, min(next_gen, next_kill, end) - time.monotonic()))
         soak_seconds = time.monotonic() - start
