@@ -226,12 +226,50 @@ def _ms(samples_ms: list[float]) -> dict:
 
 # --------------------------------------------------------------------- campaign 1: random kills
 
+def _stopped(pid: int) -> bool | None:
+    """Whether every thread of ``pid`` is stopped (a group stop reaches each one in turn); None if gone."""
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
+                if fh.read().rsplit(b")", 1)[1].split()[0] not in (b"T", b"t"):
+                    return False
+    except FileNotFoundError:
+        return None
+    return True
+
+
+def _stop_holding_slots(pid: int, board, rng: random.Random, patience: float = 2.0) -> tuple[list[str], int]:
+    """SIGSTOP the victim where it is, at a moment it holds a slot; (its slots' states, retries).
+
+    Stopped, it can free nothing (its completion thread is frozen too) and, being alive, the
+    dead-client sweep leaves it alone, so the states read are what the SIGKILL will interrupt.
+    A victim between its last answer and its next submission holds no slot: let it run a
+    little and stop it again.
+    """
+    deadline = time.monotonic() + patience
+    retries = 0
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        while (stopped := _stopped(pid)) is False:  # delivery is asynchronous: µs on an idle core
+            time.sleep(0.0002)
+        if stopped is None:  # it died on its own: the caller sees its exit code
+            return [], retries
+        slots = board.v.slots
+        mine = slots[:, SC.CLIENT_PID] == pid
+        states = [SlotState(int(s)).name for s in slots[mine, SC.STATE].tolist() if s != SlotState.FREE]
+        if states or time.monotonic() > deadline:
+            return states, retries
+        retries += 1
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(rng.uniform(0, 0.01))
+
+
 def _kill_clients(ctx, name: str, board, count: int, jobs: int, rng: random.Random, end_by: float,
                   out: dict) -> None:
     held: Counter[str] = Counter()
     connect_ms: list[float] = []  # spawn -> connected
     ready_ms: list[float] = []    # spawn -> its jobs submitted
-    done = sigkilled = in_flight = 0
+    done = sigkilled = in_flight = stop_retries = 0
     problems: list[str] = []
     while done < count and time.monotonic() < end_by:
         r, w = ctx.Pipe(duplex=False)
@@ -254,19 +292,17 @@ def _kill_clients(ctx, name: str, board, count: int, jobs: int, rng: random.Rand
         connect_ms.append((marks[0] - t0) * 1e3)
         ready_ms.append((marks[1] - t0) * 1e3)
         time.sleep(rng.uniform(0, VICTIM_DELAY))
-        # What the kill interrupts, read without the lock just before it (a statistic).
-        slots = board.v.slots
-        mine = slots[:, SC.CLIENT_PID] == p.pid
-        states = [SlotState(int(s)).name for s in slots[mine, SC.STATE].tolist() if s != SlotState.FREE]
+        states, retries = _stop_holding_slots(p.pid, board, rng)
         os.kill(p.pid, signal.SIGKILL)
         p.join(10)
+        stop_retries += retries
         done += 1
         sigkilled += p.exitcode == -signal.SIGKILL
         in_flight += bool(states)
         held.update(states)
     out.update({"requested": count, "done": done, "died_by_sigkill": sigkilled, "with_jobs_in_flight": in_flight,
                 "slot_states_at_kill": dict(held), "spawn_to_connected_ms": _ms(connect_ms),
-                "spawn_to_jobs_submitted_ms": _ms(ready_ms), "problems": problems})
+                "spawn_to_jobs_submitted_ms": _ms(ready_ms), "stop_retries": stop_retries, "problems": problems})
 
 
 def _busy_workers(coord: Coordinator, killed: set[int]) -> Counter:
