@@ -67,6 +67,8 @@ def _make_system(name: str, spec: dict) -> System:
         if reason is None:
             pipe = lat if pipe_workers == 0 else cls(pipe_workers)
         return System(lat, pipe, pipe_workers=pipe_workers or 1, pipe_reason=reason)
+    if name not in SHMPOOL:
+        raise KeyError(f"no system named {name!r}")
     (lat_name, lat_pids), (pipe_name, pipe_pids) = spec["lat"], spec["pipe"]
     coordinator = {"coordinator": [spec["coordinator_pid"]]}
     peer = ipc_shmpool.ShmpoolPeer
@@ -224,12 +226,14 @@ def _start_clients(spec: dict, systems) -> tuple[dict, dict]:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    live, skipped = {}, {}
-    for name in systems:
+    live, skipped, started = {}, {}, {}
+    for name in systems:  # all at once: start-up is mostly imports, and both cores can do them
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=client_main, args=(name, spec, theirs), name=f"bench-jobs-client-{name}")
         proc.start()
         theirs.close()
+        started[name] = (proc, ours)
+    for name, (proc, ours) in started.items():
         kind, what = _receive(ours, proc, CHILD_TIMEOUT)
         if kind == "ready":
             live[name] = (proc, ours)
@@ -254,10 +258,21 @@ def _stop(proc, conn) -> None:
 def run(tmp: Path, *, rounds: int, n_lat: int, n_pipe: int, window: int, warmup: int,
         systems=SYSTEMS) -> dict:
     """Start two coordinators (1 and 2 workers), every system's client, run the rounds; the section."""
+    # shmpool workers import the job (ipc_peers.shmpool_inc) by name: they need this folder.
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), saved]))
+    try:
+        return _run(tmp, rounds, n_lat, n_pipe, window, warmup, systems)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def _run(tmp: Path, rounds: int, n_lat: int, n_pipe: int, window: int, warmup: int, systems) -> dict:
     from coordinator import Coordinator
 
-    # shmpool workers import the job (ipc_peers.shmpool_inc) by name: they need this folder.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))
     empty = tmp / "ipc-no-data"
     empty.mkdir()
     jobs = {ipc_shmpool.JOB: ipc_peers.shmpool_inc}
