@@ -172,6 +172,9 @@ def _measure(s: System, n_lat: int, n_pipe: int, window: int, warmup: int) -> di
             wall = clock() - t0
         row.update({"map_items_per_s": round(n_pipe / wall * 1e9), "map_chunksize": s.map_chunksize,
                     "map_workers": len(s.map_peer.pids), **cpu.row(n_pipe, "map_")})
+    for peer in (s.lat, s.pipe):
+        if hasattr(peer, "counters"):
+            row.update(peer.counters())
     if s.pipe is None and s.pipe_reason:
         row["pipelined"] = f"not measured: {s.pipe_reason}"
     return row
