@@ -21,6 +21,13 @@ All pools have the same number of worker processes (default: CPU count). Each sy
 one client thread, then with many (default 128) threads in one process; with
 ``--client-processes P`` also with the same number of threads spread over P client processes
 (shmpool pool and Manager dict; rows named ``PxT``).
+
+Section ``ipc`` (``ipc_rounds.py``, peers in ``ipc_peers.py`` and ``ipc_shmpool.py``): the bare job
+path, a tiny ``x -> x + 1`` job, one client process and one worker, shmpool's ``Client.call``,
+``submit().result()`` and ``map`` against multiprocessing.Pipe, raw POSIX semaphores, ZeroMQ,
+faster-fifo, multiprocessing.Queue, mpire, ProcessPoolExecutor and iceoryx2, interleaved in
+``--rounds`` rounds; medians of rounds and per-round ratios to multiprocessing.Pipe. A peer that is
+not installed, or fails, is recorded with the reason. ``--markdown FILE`` writes its table.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import benchlib  # noqa: E402
+import ipc_rounds  # noqa: E402
 
 import shmpool  # noqa: E402
 from coordinator import Coordinator  # noqa: E402
@@ -51,6 +59,10 @@ TARGET_SPEEDUP = 5.0
 TARGET_P99_US = 1000.0
 WARMUP = 200
 CHILD_TIMEOUT = 600.0
+MARKDOWN = Path(__file__).resolve().parent.parent / "docs" / "results" / "bench_jobs_table.md"
+# The ipc section's sizes: about 10 s a round on 2 cores, so 9 rounds stay near a minute and a half.
+IPC_FULL = {"n_lat": 2000, "n_pipe": 4000, "window": 64, "warmup": 200}
+IPC_QUICK = {"n_lat": 50, "n_pipe": 200, "window": 64, "warmup": 20}
 
 _reader = None  # the ProcessPoolExecutor worker's reader, made by _attach
 
@@ -284,9 +296,17 @@ def main(argv=None) -> int:
                         help="round trips per measurement, split over the threads (default 20000)")
     parser.add_argument("--client-processes", type=int, default=4,
                         help="also spread --clients threads over this many client processes (default 4; 0: skip)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds of the ipc section (default 9; 2 with --quick)")
+    parser.add_argument("--markdown", type=Path, nargs="?", const=MARKDOWN, default=None,
+                        help=f"also write the ipc table as markdown to this file (default {MARKDOWN})")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.clients < 1:
         parser.error("--workers and --clients must be at least 1")
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 9)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+    ipc_params = IPC_QUICK if args.quick else IPC_FULL
     if args.quick:
         plan, multi = [(1, 200), (8, 25)], None
     else:
@@ -314,8 +334,11 @@ def main(argv=None) -> int:
                     "direct_reader_no_job": bench_direct(name, keys, plan),
                 }
                 jobs = coord.stats()["jobs"]
+            iox_before = _iceoryx2_files()
+            ipc = ipc_rounds.run(Path(tmp), rounds=rounds, **ipc_params)
+            ipc["iceoryx2_files_left_in_dev_shm"] = sorted(_iceoryx2_files() - iox_before)
         finally:
-            leftovers = benchlib.shm_leftovers()
+            leftovers = benchlib.shm_leftovers() + _ipc_leftovers()
 
     ratios = {}
     for threads, _ in plan:
@@ -330,7 +353,7 @@ def main(argv=None) -> int:
     payload = {
         "config": {"workers": args.workers, "thread_counts": [t for t, _ in plan],
                    "round_trips_per_thread": [n for _, n in plan],
-                   "client_processes": multi[0] if multi else 0, "quick": args.quick},
+                   "client_processes": multi[0] if multi else 0, "quick": args.quick, "ipc_rounds": rounds},
         "layer_bytes": {"mean": round(float(sizes.mean())), "median": int(np.median(sizes)),
                         "max": int(sizes.max()), "layers": len(keys)},
         "notes": [
@@ -360,11 +383,31 @@ def main(argv=None) -> int:
             f"pool_p99_under_1ms_at_{top}_clients": results["shmpool_pool"][top]["p99_us"] < TARGET_P99_US,
         },
         "coordinator_job_counts": jobs,
+        "ipc": ipc,
         "instances": benchlib.instance_names(),
         "leftovers_in_dev_shm": leftovers,
     }
-    benchlib.write_result("bench_jobs", payload, args.out_dir, save=not args.no_save, out_file=args.out)
+    doc = benchlib.write_result("bench_jobs", payload, args.out_dir, save=not args.no_save, out_file=args.out)
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(ipc_rounds.markdown(ipc, doc["machine"]), encoding="utf-8")
     return 1 if leftovers else 0
+
+
+def _dev_shm(prefix: str) -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
+    except OSError:
+        return set()
+
+
+def _iceoryx2_files() -> set[str]:
+    return _dev_shm("iox2_")
+
+
+def _ipc_leftovers() -> list[str]:
+    """The raw semaphore peer's segment and semaphores (its own names, not a shmpool instance's)."""
+    return sorted(_dev_shm("bench-jobs-sem-") | _dev_shm("sem.bench-jobs-sem-"))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,9 +50,9 @@ SCRIPTS = SCRIPT.parent
 LATENCY = ("median_us", "p99_us", "p999_us", "min_us", "max_us", "mean_us", "n")
 
 
-def _run_quick(script: str, *extra: str, cwd: Path) -> tuple[dict, str]:
+def _run_quick(script: str, *extra: str, cwd: Path, timeout: float = 120) -> tuple[dict, str]:
     proc = subprocess.run([sys.executable, str(SCRIPTS / script), "--quick", *extra], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout), proc.stdout
 
@@ -114,7 +115,10 @@ def test_bench_readers_quick_prints_complete_json_writes_out_file_and_cleans_up(
 
 
 def test_bench_jobs_quick_runs_every_system_prints_complete_json_and_cleans_up(tmp_path):
-    doc, _ = _run_quick("bench_jobs.py", "--no-save", "--workers", "1", cwd=tmp_path)
+    run, md = tmp_path / "run", tmp_path / "md" / "table.md"
+    run.mkdir()
+    doc, _ = _run_quick("bench_jobs.py", "--no-save", "--workers", "1", "--markdown", str(md), cwd=run,
+                        timeout=300)
 
     assert doc["benchmark"] == "bench_jobs"
     config = doc["config"]
@@ -135,4 +139,78 @@ def test_bench_jobs_quick_runs_every_system_prints_complete_json_and_cleans_up(t
     assert jobs["failed"] == 0 and jobs["completed"] == jobs["submitted"] > 0
     assert doc["layer_bytes"]["layers"] == 14 * 200
     _assert_nothing_left(doc, "bench-jobs-")
-    assert not list(tmp_path.iterdir()), "--no-save wrote files"
+    assert not list(run.iterdir()), "--no-save wrote files"
+    _assert_ipc_section(doc["ipc"], md.read_text(encoding="utf-8"))
+
+
+# Peers of the ipc section that need the bench extra (module to import, system names); CI installs
+# only .[dev], so there they must be recorded as skipped, and where installed they must run.
+OPTIONAL_PEERS = {"zmq": ("ZeroMQ REQ/REP (ipc)", "ZeroMQ DEALER/ROUTER (ipc)"), "faster_fifo": ("faster-fifo",),
+                  "mpire": ("mpire apply",),
+                  "iceoryx2": ("iceoryx2 request-response (event wait)", "iceoryx2 request-response (busy-spin)")}
+ALWAYS = ("multiprocessing.Pipe", "posix_ipc semaphores + shared buffer", "multiprocessing.Queue",
+          "ProcessPoolExecutor", "shmpool Client.call", "shmpool Client.submit().result()", "shmpool Client.map")
+NOT_PIPELINED = ("ZeroMQ REQ/REP (ipc)", "shmpool Client.call")
+
+
+def _assert_ipc_section(ipc: dict, table: str) -> None:
+    import importlib.util
+    import inspect
+
+    from shmpool.client import Client
+
+    systems = ipc["systems"]
+    assert ipc["config"]["rounds"] == 2 and len(ipc["order_per_round"]) == 2
+    assert ipc["order_per_round"][0] != ipc["order_per_round"][1], "rounds must rotate the order"
+    installed = {name for module, names in OPTIONAL_PEERS.items() for name in names
+                 if importlib.util.find_spec(module) is not None}
+    missing = {name for names in OPTIONAL_PEERS.values() for name in names} - installed
+    assert set(ALWAYS) | installed | missing | {"shmpool low-latency client"} == set(systems)
+    for name in missing:
+        assert "not installed" in systems[name]["skipped"], name
+    for name in (*ALWAYS, *installed):
+        entry = systems[name]
+        assert "skipped" not in entry and "failed" not in entry, (name, entry)
+        assert entry["rounds"] == 2 and len(entry["per_round"]) == 2, name
+        m = entry["median"]
+        if name == "shmpool Client.map":
+            assert m["map_items_per_s"] > 0
+            if "chunksize" in inspect.signature(Client.map).parameters:
+                assert entry["map_chunksize"] == ipc["config"]["map_chunksize"]
+            else:
+                assert any("not supported" in n for n in entry["notes"])
+            continue
+        assert 0 < m["p50_us"] <= m["p99_us"], name
+        assert m["client_cpu_us_per_job"] > 0 and m["worker_cpu_us_per_job"] > 0, name
+        if name in NOT_PIPELINED:
+            assert entry["pipelined"].startswith("not measured"), name
+        else:
+            assert m["pipelined_req_per_s"] > 0 and entry["pipelined_workers"] in (1, 2), name
+        assert entry["ratios_to_pipe"]["p50_vs_pipe"]["median"] > 0, name
+    assert systems["multiprocessing.Pipe"]["ratios_to_pipe"]["p50_vs_pipe"]["per_round"] == [1.0, 1.0]
+    assert systems["shmpool Client.submit().result()"]["pipelined_workers"] == 2
+    assert "coordinator_cpu_us_per_job" in systems["shmpool Client.call"]["median"]
+    low = systems["shmpool low-latency client"]
+    assert "median" in low or low["skipped"].startswith("not available"), low
+
+    assert "| system | round trip p50 µs | p99 µs |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| system")]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(systems)
+
+
+def test_ipc_rounds_records_a_system_that_fails_and_still_measures_the_others(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import benchlib
+    import ipc_rounds
+
+    section = ipc_rounds.run(tmp_path, rounds=2, n_lat=20, n_pipe=50, window=8, warmup=5,
+                             systems=("multiprocessing.Pipe", "no such system", "shmpool Client.call"))
+
+    systems = section["systems"]
+    assert systems["no such system"]["skipped"].startswith("failed to start: KeyError"), systems["no such system"]
+    for name in ("multiprocessing.Pipe", "shmpool Client.call"):
+        assert systems[name]["rounds"] == 2 and systems[name]["median"]["p50_us"] > 0, systems[name]
+    assert section["order_per_round"] == [["multiprocessing.Pipe", "shmpool Client.call"],
+                                          ["shmpool Client.call", "multiprocessing.Pipe"]]
+    assert benchlib.shm_leftovers() == []
+    assert "PYTHONPATH" not in os.environ or str(SCRIPTS) not in os.environ["PYTHONPATH"].split(os.pathsep)
