@@ -25,10 +25,17 @@ def map_chunksize() -> str | None:
     return f"not supported: Client.map{inspect.signature(Client.map)} has no chunksize"
 
 
+SPIN_US = 50  # the low-latency row: client and worker each spin up to this long per wait
+
+
 def low_latency_option() -> tuple[dict | None, str]:
     """(keyword arguments of ``shmpool.connect`` for a low-latency client, how) or (None, why not)."""
     import shmpool
     from shmpool.client import Client
+
+    if "spin_us" in inspect.signature(shmpool.connect).parameters:
+        return {"spin_us": SPIN_US}, (f"shmpool.connect(name, spin_us={SPIN_US}) against "
+                                      f"Coordinator(worker_spin_us={SPIN_US}), 1 worker")
 
     for label, fn in (("shmpool.connect", shmpool.connect), ("Client", Client.__init__)):
         for p in inspect.signature(fn).parameters.values():
