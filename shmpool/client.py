@@ -27,6 +27,7 @@ from .ids import as_id
 from .jobboard import JobBoard
 from .jobs_layout import Status
 from .layout import W
+from .lock import interrupted_waits_retry
 from .reader import Reader, attach
 from .spin import spin_seconds
 
@@ -41,9 +42,10 @@ CANCEL_WAIT = 0.05  # seconds a timed-out call() gives the lock to withdraw its 
 class JobFuture(Future):
     """A Future whose ``cancel()`` also withdraws the request while no worker has taken it."""
 
-    def __init__(self, board: JobBoard, slot: int, seq: int, job: str) -> None:
+    def __init__(self, board: JobBoard, slot: int, seq: int, job: str, forget=None) -> None:
         super().__init__()
         self._board, self._slot, self._seq, self.job = board, slot, seq, job
+        self._forget = forget  # drops our entry from the client's table once withdrawn
 
     def cancel(self) -> bool:
         with self._condition:
@@ -51,6 +53,10 @@ class JobFuture(Future):
                 return self.cancelled()
         if not self._board.cancel(self._slot, self._seq):
             return False
+        if self._forget is not None:
+            # The slot goes back to the free stack and may carry this client's next job: a
+            # stale entry left under it would swallow that job's answer.
+            self._forget(self._slot, self._seq)
         return super().cancel()
 
 
@@ -65,11 +71,11 @@ class _ThreadChannel:
 
     def __init__(self, channel: int, sem) -> None:
         self.channel, self.sem, self.stale = channel, sem, set()
-        self.spent: int | None = None
+        self.spent: tuple[int, int] | None = None
         self.spent_at = 0.0
         self.guard = threading.Lock()
 
-    def take_spent(self) -> int | None:
+    def take_spent(self) -> tuple[int, int] | None:
         with self.guard:
             slot, self.spent = self.spent, None
         return slot
@@ -104,7 +110,7 @@ class Client:
         self._direct_calls = 0
         self._thread_channels: list[int] = []
         self._lock = threading.Lock()
-        self._deferred: list[int] = []  # consumed slots a call() could not free in its time
+        self._deferred: list[tuple[int, int]] = []  # answers (slot, seq) a call() could not free in time
         self._thread_channel_objs: "weakref.WeakSet[_ThreadChannel]" = weakref.WeakSet()
         self._next_spent_sweep = 0.0
         self._closed = False
@@ -126,13 +132,13 @@ class Client:
             raise AttachError(name=self.name, reason="this client is closed")
         request = encode_request(job, args, kwargs)
         try:
-            slot, seq = self._board.submit(self._channel, request, timeout=timeout)
+            slot, seq = self._board.submit(self._channel, request, timeout=timeout, alive=self._coordinator_alive)
         except posix_ipc.BusyError:
             raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
                                  f"({self._board.v.layout.slots} slots, all busy)") from None
         except RequestTooLarge as exc:
             raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
-        future = JobFuture(self._board, slot, seq, job)
+        future = JobFuture(self._board, slot, seq, job, self._forget)
         with self._lock:
             self._futures[slot] = (seq, future)
             early = slot in self._early
@@ -176,7 +182,7 @@ class Client:
         while not self._closed:
             try:
                 sem.acquire(POLL)
-            except posix_ipc.BusyError:
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
                 if not self._coordinator_alive():
                     self._fail_all(self._gone())
                     return
@@ -191,12 +197,14 @@ class Client:
                 done, self._deferred = self._deferred, []
                 for slot in finished:
                     entry = self._futures.pop(slot, None)
+                    if entry is not None and entry[0] != board.slot_seq(slot):
+                        entry = None  # a withdrawn job's entry: the answer is a newer job's
                     if entry is None:
                         self._early.add(slot)  # its submit() has not registered it yet
                     else:
                         ready.append((slot, entry))
             outcomes = [(future, self._outcome(slot, seq, future.job)) for slot, (seq, future) in ready]
-            done += [slot for slot, _entry in ready]
+            done += [(slot, seq) for slot, (seq, _future) in ready]
             board.release_slots(done)  # one board lock round for the whole batch
             for future, outcome in outcomes:
                 if future.set_running_or_notify_cancel():
@@ -213,9 +221,9 @@ class Client:
             seq, future = self._futures.pop(slot)
         outcome = self._outcome(slot, seq, future.job)
         if released is None:
-            self._board.release_slot(slot)
+            self._board.release_slot(slot, seq)
         else:
-            released.append(slot)
+            released.append((slot, seq))
         if future.set_running_or_notify_cancel():
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
@@ -293,13 +301,21 @@ class Client:
         channel, sem, stale = mine.channel, mine.sem, mine.stale
         request = encode_request(job, args, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if len(request) > self._board.v.layout.payload:  # before the spent slot leaves our hands
+            raise RequestTooLarge(nbytes=len(request), capacity=self._board.v.layout.payload, job=job)
         spent = mine.take_spent()
         try:
-            slot, seq = self._board.submit(channel, request, timeout=timeout, release=spent)
-        except posix_ipc.BusyError:
-            raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
-        except RequestTooLarge as exc:
-            raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
+            slot, seq = self._board.submit(channel, request, timeout=timeout, release=spent,
+                                           alive=self._coordinator_alive)
+        except BaseException as exc:
+            if spent is not None:  # freed already if submit got as far as its first lock round:
+                with self._lock:   # a second release of the same (slot, seq) is a no-op
+                    self._deferred.append(spent)
+            if isinstance(exc, posix_ipc.BusyError):
+                raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
+            if isinstance(exc, RequestTooLarge):
+                raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
+            raise
         board = self._board
         spun = self._spin and board.spin_for_ring(channel, self._spin)
         while True:
@@ -313,7 +329,12 @@ class Client:
                     except posix_ipc.BusyError:
                         pass
                 else:
-                    sem.acquire(wait)
+                    try:
+                        sem.acquire(wait)
+                    except posix_ipc.SignalError:
+                        if not interrupted_waits_retry():
+                            raise
+                        raise posix_ipc.BusyError("interrupted") from None  # look, then wait again
             except posix_ipc.BusyError:
                 if not self._coordinator_alive():
                     raise self._gone() from None
@@ -333,10 +354,16 @@ class Client:
                 self._drop_stale([s for s in done if s != slot], stale, deadline)
             outcome = self._outcome(slot, seq, job)
             with mine.guard:  # freed by our next submit, or by the completion thread if we idle
-                mine.spent, mine.spent_at = slot, time.monotonic()
+                mine.spent, mine.spent_at = (slot, seq), time.monotonic()
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
+
+    def _forget(self, slot: int, seq: int) -> None:
+        with self._lock:
+            entry = self._futures.get(slot)
+            if entry is not None and entry[0] == seq:
+                del self._futures[slot]
 
     def _release_idle_spent(self) -> None:
         """Free the last answer slots of call() threads idle for SPENT_IDLE (completion thread)."""
@@ -366,12 +393,13 @@ class Client:
                 data.release()
             if spill is not None:
                 self._free_spill(self._inst.table.handle_at(*spill))
+        pairs = [(slot, self._board.slot_seq(slot)) for slot in slots]
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self._board.release_slots(slots, timeout=remaining)
+            self._board.release_slots(pairs, timeout=remaining)
         except TimeoutError:
             with self._lock:
-                self._deferred.extend(slots)
+                self._deferred.extend(pairs)
 
     def _thread_channel(self, timeout: float | None = None):
         mine = getattr(self._tls, "channel", None)
@@ -441,6 +469,13 @@ class Client:
         self._closed = True
         self._thread.join(2 * POLL + 1)
         self._fail_all(AttachError(name=self.name, reason="the client was closed"))
+        if self._thread.is_alive():
+            # Still inside a done-callback, or waiting on a stopped lock holder: unmapping the
+            # board under it would release the flock inside its critical section. Its channels
+            # and mappings go when the process does (the dead-client sweep settles them).
+            logger.warning("client of {!r} closed while its completion thread is busy; its channels are "
+                           "released when this process ends", self.name)
+            return
         try:
             spills = self._board.release_channel(self._channel)
         except ShmPoolError as exc:

@@ -34,6 +34,8 @@ import bisect
 import contextlib
 import time
 
+from typing import Callable
+
 import numpy as np
 import posix_ipc
 from loguru import logger
@@ -43,7 +45,7 @@ from ._proc import is_alive, my_identity
 from .errors import AttachError, RequestTooLarge
 from .jobs_layout import (CC, CHANNEL_COLS, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, SLOT_COLS, JobsLayout, JobsView,
                           SlotState, Status)
-from .lock import SharedLock
+from .lock import SharedLock, interrupted_waits_retry
 from .names import runtime_dir, segment_name, semaphore_name
 from .segments import Segment
 from .trust import open_semaphore
@@ -207,6 +209,7 @@ class JobBoard:
         spills: list = []
         with self.lock:
             freed = self._settle_channel_locked(channel, spills)
+            self.v.words[JW.FREE_WAITERS] -= int(self.v.channels[channel, CC.WAITING])
             self.v.channels[channel, :] = 0
             wake = self._wake_count_locked(freed)
         self._post_free(wake)
@@ -241,12 +244,15 @@ class JobBoard:
         return 0
 
     def submit(self, channel: int, request: bytes | memoryview, *, timeout: float | None,
-               release: int | None = None) -> tuple[int, int]:
+               release: tuple[int, int] | None = None,
+               alive: "Callable[[], bool] | None" = None) -> tuple[int, int]:
         """Put a request in a free slot and queue it; returns (slot, seq).
 
         Blocks while every slot is busy; posix_ipc.BusyError once ``timeout`` has passed, and
         LockTimeout if the board's lock stays held (a stopped process) past it. ``release``: a
-        DELIVERED slot of ours to free in the same lock round (Client.call's last answer).
+        DELIVERED (slot, seq) of ours to free in the same lock round (Client.call's last answer).
+        ``alive``: asked after every timed-out wait for a slot; False (the coordinator is gone)
+        ends the wait with AttachError, as does a board that stopped accepting.
         """
         v = self.v
         if len(request) > v.layout.payload:
@@ -257,6 +263,7 @@ class JobBoard:
         pid, start = my_identity()
         w, slots, chans = v.words_mv, v.slots_mv, v.channels_mv
         waiting = False
+        gone: str | None = None
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             # A submitter registered as a waiter must get the lock back to deregister, so it
@@ -264,8 +271,7 @@ class JobBoard:
             self.lock.acquire(None if remaining is None else max(remaining, 0.05 if waiting else 0.0))
             try:
                 if release is not None:
-                    self._free_locked(release)
-                    wake = self._wake_count_locked(1)
+                    wake = self._wake_count_locked(self._release_locked(*release))
                     release = None
                     if wake:  # another client waits for a slot: it gets this one
                         self.free_sem.release()
@@ -273,6 +279,8 @@ class JobBoard:
                     w[_W_WAITERS] -= 1
                     chans[channel * _CCOLS + _C_WAITING] -= 1
                     waiting = False
+                    if gone is not None:
+                        raise AttachError(name=self.name, reason=gone)
                 top = w[_W_FREE_TOP] - 1
                 if top >= 0:
                     slot = v.free_mv[top]
@@ -307,13 +315,39 @@ class JobBoard:
                 self.lock.release()
             wait = WAIT_SLICE if remaining is None else min(WAIT_SLICE, max(remaining, 0.0))
             try:
-                self.free_sem.acquire(wait)
+                try:
+                    self.free_sem.acquire(wait)
+                except posix_ipc.SignalError:
+                    if not interrupted_waits_retry():
+                        raise
             except posix_ipc.BusyError:
-                pass  # look again anyway: a releaser may have died before posting
+                # Look again anyway (a releaser may have died before posting), but first make
+                # sure somebody will ever free a slot: not if the coordinator is gone.
+                if w[_W_STATE] != 1:
+                    gone = "the coordinator is stopping; no new jobs are accepted"
+                elif alive is not None and not alive():
+                    gone = "the coordinator is gone"
+            except BaseException:
+                self._leave_waiters(channel)  # Ctrl-C: no phantom waiter may stay registered
+                raise
+            if gone is None and w[_W_STATE] != 1:
+                gone = "the coordinator is stopping; no new jobs are accepted"
         if _faults.ARMED:
             _faults.point("submit.queued")
         self._wake_a_worker()
         return slot, seq
+
+    def _leave_waiters(self, channel: int) -> None:
+        try:
+            self.lock.acquire(0.05)
+        except TimeoutError:
+            logger.debug("could not deregister a waiter of channel {}; heal and the post cap cover it", channel)
+            return
+        try:
+            self.v.words_mv[_W_WAITERS] -= 1
+            self.v.channels_mv[channel * _CCOLS + _C_WAITING] -= 1
+        finally:
+            self.lock.release()
 
     def _wake_a_worker(self) -> None:
         # A post already pending wakes a worker that drains the whole queue, ours included (it
@@ -385,24 +419,40 @@ class JobBoard:
             return slots[r + _SEQ], slots[r + _STATUS], None, spill
         return slots[r + _SEQ], slots[r + _STATUS], self.v.response_area(slot)[:n], None
 
-    def release_slot(self, slot: int, *, timeout: float | None = None) -> None:
+    def release_slot(self, slot: int, seq: int, *, timeout: float | None = None) -> None:
         """Return a delivered slot to the free stack (by the client that consumed it)."""
-        self.release_slots((slot,), timeout=timeout)
+        self.release_slots(((slot, seq),), timeout=timeout)
 
     def release_slots(self, slots, *, timeout: float | None = None) -> None:
-        """Return several delivered slots under one lock acquisition."""
+        """Return several delivered (slot, seq) pairs under one lock acquisition.
+
+        A pair is freed only while that slot is still DELIVERED with that seq: a second release
+        of the same answer (a deferred one, or one its channel's release settled already) is a
+        no-op instead of freeing a slot someone else now uses."""
         if not slots:
             return
         self.lock.acquire(timeout)
         try:
-            for slot in slots:
-                self._free_locked(slot)
+            freed = 0
+            for slot, seq in slots:
+                freed += self._release_locked(slot, seq)
             if _faults.ARMED:
                 _faults.point("release.pushed")
-            wake = self._wake_count_locked(len(slots))
+            wake = self._wake_count_locked(freed)
         finally:
             self.lock.release()
         self._post_free(wake)
+
+    def _release_locked(self, slot: int, seq: int) -> int:
+        r = slot * _COLS
+        slots = self.v.slots_mv
+        if slots[r + _ST] != _DELIVERED or slots[r + _SEQ] != seq:
+            return 0
+        self._free_locked(slot)
+        return 1
+
+    def slot_seq(self, slot: int) -> int:
+        return self.v.slots_mv[slot * _COLS + _SEQ]
 
     def _free_locked(self, slot: int) -> None:
         v = self.v
@@ -416,6 +466,10 @@ class JobBoard:
         return min(freed, self.v.words_mv[_W_WAITERS]) if freed else 0
 
     def _post_free(self, wake: int) -> None:
+        # Never more pending posts than sleepers to use them: a waiter counted by mistake must
+        # not make the semaphore grow with every release (each stale post is a lock round).
+        if wake > 0 and _CAN_PEEK:
+            wake -= self.free_sem.value
         for _ in range(wake):
             self.free_sem.release()
 

@@ -35,13 +35,30 @@ from ._proc import my_identity
 from .errors import AttachError, LockTimeout
 from .layout import W
 
-__all__ = ["SharedLock"]
+__all__ = ["SharedLock", "retry_interrupted_waits", "interrupted_waits_retry"]
 
 _EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 SLICE = 0.05          # seconds a contended waiter sleeps before retrying on its own
 SPIN = 50e-6          # seconds of busy retry before sleeping: critical sections last microseconds
 
 _live_locks: "weakref.WeakSet[SharedLock]" = weakref.WeakSet()
+_retry_signals = False
+
+
+def retry_interrupted_waits(enabled: bool = True) -> None:
+    """Declare that this process's signal handlers only set flags (a worker's do), so a wait a
+    signal interrupts is resumed instead of failing with posix_ipc.SignalError.
+
+    Off by default because posix_ipc reports an interrupted wait as SignalError and drops
+    whatever the handler raised (KeyboardInterrupt included): resuming there would make Ctrl-C
+    unable to interrupt a waiting main thread. Other threads always resume (PEP 475 style).
+    """
+    global _retry_signals
+    _retry_signals = enabled
+
+
+def interrupted_waits_retry() -> bool:
+    return _retry_signals or threading.current_thread() is not threading.main_thread()
 
 
 def _after_fork_in_child() -> None:
@@ -98,7 +115,11 @@ class SharedLock:
             return self._fd
 
     def close(self) -> None:
-        """Close the lock file (idempotent; not while held: that would release the flock)."""
+        """Close the lock file (idempotent). Refused while a thread of ours holds the lock:
+        closing the descriptor would release the flock under that thread's critical section."""
+        if self._local.locked():
+            logger.debug("lock {} still held here: its file stays open until the process ends", self.name)
+            return
         with self._fd_lock:
             closer, self._fd, self._fd_closer = self._fd_closer, None, None
         if closer is not None:
@@ -171,6 +192,9 @@ class SharedLock:
                 self._sem.acquire(wait)
             except posix_ipc.BusyError:
                 pass
+            except posix_ipc.SignalError:
+                if not interrupted_waits_retry():
+                    raise
 
     def _enter(self) -> None:
         words = self._words

@@ -31,3 +31,11 @@ def client_stops_holding_the_board_lock(name: str) -> None:
     _faults.arm("lock.held.jobs:stop")
     client.submit("_jobs:slow", 0, 0)  # stops inside the board lock; the test kills it
     time.sleep(3600)
+
+
+def coordinator_with_a_small_board(name: str, data_dir: str, ready) -> None:
+    from coordinator import Coordinator
+
+    Coordinator(name, data_dir=data_dir, workers=2, job_slots=8, max_clients=16, job_modules=["_jobs"]).start()
+    ready.set()
+    time.sleep(3600)  # SIGKILLed by the test

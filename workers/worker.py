@@ -18,6 +18,7 @@ from loguru import logger
 
 import shmpool
 from shmpool import _faults
+from shmpool.lock import retry_interrupted_waits
 from shmpool.spin import SPIN_ENV, spin_seconds
 from shmpool._proc import is_alive
 from shmpool.codec import decode_request, encode_error, encode_result
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # Those handlers only set a flag: a lock wait they interrupt (SIGTERM at stop, inside a
+    # finish()) resumes, instead of losing a finished result to a SignalError traceback.
+    retry_interrupted_waits()
     try:
         return serve(name, index, stop)
     except AttachError as exc:
