@@ -265,6 +265,7 @@ class JobBoard:
                     row[SC.WORKER_PID] = row[SC.WORKER_START] = 0
                     row[SC.REQ_LEN], row[SC.RESP_LEN] = len(request), 0
                     row[SC.STATUS], row[SC.ATTEMPTS], row[SC.SPILL_POOL] = 0, 0, -1
+                    row[SC.DEADLINE_NS] = 0  # job_timeout: the worker sets it when it starts
                     row[SC.SUBMITTED_NS] = time.monotonic_ns()
                     v.request_area(slot)[:len(request)] = request
                     row[SC.STATE] = SlotState.SUBMITTED
@@ -506,6 +507,7 @@ class JobBoard:
                     row[SC.END_ERROR] += 1
                     failed += 1
                 else:
+                    row[SC.DEADLINE_NS] = 0  # the next worker's run gets its own
                     row[SC.STATE] = SlotState.SUBMITTED
                     self._enqueue(slot)
                     requeued += 1
@@ -517,6 +519,50 @@ class JobBoard:
         for _ in range(requeued):
             self.pending_sem.release()
         return requeued, failed
+
+    def expired(self, now_ns: int | None = None) -> list[tuple[int, int, int]]:
+        """(slot, seq, worker pid) of running jobs past their deadline (SC.DEADLINE_NS); read
+        without the lock: a candidate list that :meth:`expire` confirms under it."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        cols = self.v.slots[:, [SC.STATE, SC.SEQ, SC.WORKER_PID, SC.DEADLINE_NS]].copy()
+        late = np.isin(cols[:, 0], _TAKEN) & (cols[:, 3] > 0) & (cols[:, 3] <= now_ns)
+        return [(int(s), int(cols[s, 1]), int(cols[s, 2])) for s in np.flatnonzero(late)]
+
+    def expire(self, slot: int, seq: int, worker_pid: int, payload: bytes, kill: "callable[[], None]") -> bool:
+        """End a job that ran past its deadline: ``kill()`` its worker and answer ``payload``
+        (an encoded JobTimeout), both under the lock, so the worker can neither finish this job
+        nor take another in between. False (nothing done) if the slot moved on meanwhile.
+
+        The slot leaves the worker (WORKER_PID 0), so :meth:`requeue_worker` does not retry it
+        when the supervisor sees the worker dead; an orphaned job (its client left) is freed.
+        """
+        v = self.v
+        channel = None
+        with self._supervising():
+            row = v.slots[slot]
+            state = int(row[SC.STATE])
+            if (int(row[SC.SEQ]) != seq or state not in _TAKEN or int(row[SC.WORKER_PID]) != worker_pid
+                    or int(row[SC.DEADLINE_NS]) <= 0):
+                return False
+            kill()
+            if int(row[SC.SPILL_POOL]) >= 0:  # staged, maybe already handed over: the supervisor frees it
+                self.stranded_spills.append(_spill_of(row))
+                row[SC.SPILL_POOL] = -1
+            row[SC.WORKER_PID] = row[SC.WORKER_START] = row[SC.DEADLINE_NS] = 0
+            if state == SlotState.ORPHANED:
+                self._free_locked(slot)
+                row[SC.END_CANCELLED] += 1
+                wake = self._wake_count_locked(1)
+            else:
+                v.response_area(slot)[:len(payload)] = payload
+                row[SC.RESP_LEN], row[SC.STATUS] = len(payload), Status.ERROR
+                channel = self._deliver_locked(slot)
+                row[SC.END_ERROR] += 1
+                wake = 0
+        self._post_free(wake)
+        if channel is not None:
+            self.channel_sem(channel).release()
+        return True
 
     def sweep_dead_clients(self) -> int:
         """Settle the slots and free the channels of clients that died; returns slots affected.
