@@ -627,7 +627,7 @@ class Client(concurrent.futures.Executor):
             with self._lock:
                 while self._submitting:
                     self._idle.wait()
-            pending = self._pending()
+            pending = [future for future in self._pending() if not future.done()]  # cancelled ones linger
             if not pending or self._closed:
                 return
             concurrent.futures.wait(pending)

@@ -71,3 +71,13 @@ def layer_length(dimension_id, layer_id):
 def hang():
     while True:
         time.sleep(0.05)
+
+
+def slow_square(x):
+    time.sleep(0.01)
+    return x * x
+
+
+def with_reader(reader, x):
+    """A job *named* by a string runs reader first, as every named job does."""
+    return [type(reader).__name__, x]
