@@ -89,6 +89,7 @@ def test_map_raises_the_exception_at_the_item_that_failed(executor):
 
 
 def test_map_timeout_bounds_the_whole_iteration(executor):
+    assert executor.submit(pow, 1, 1).result(30) == 1  # worker start-up (ProcessPoolExecutor) not timed
     got = []
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
@@ -127,6 +128,7 @@ def test_submit_after_shutdown_raises_runtime_error(executor):
 
 
 def test_as_completed_yields_in_completion_order_and_times_out(executor):
+    list(executor.map(pow, [1, 1], [1, 1]))  # both workers up before the race below
     futures = [executor.submit(jobs.sleep_then, d, d) for d in (0.3, 0.0)]
     order = [f.result() for f in cf.as_completed(futures, timeout=10)]
     assert order == [0.0, 0.3]
@@ -137,6 +139,7 @@ def test_as_completed_yields_in_completion_order_and_times_out(executor):
 
 
 def test_wait_returns_at_first_completed_first_exception_and_all_completed(executor):
+    list(executor.map(pow, [1, 1], [1, 1]))
     slow = executor.submit(jobs.sleep_then, 0.6, "slow")
     fast = executor.submit(jobs.sleep_then, 0, "fast")
     done, not_done = cf.wait([slow, fast], timeout=10, return_when=cf.FIRST_COMPLETED)
