@@ -35,6 +35,7 @@ from shmpool.limits import DEFAULT_LIMIT, Thresholds
 from shmpool.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.pins import list_pins
 from shmpool.reader import Reader
+from workers.config import WorkerConfig
 from workers.jobs import POLICY_ENV, JobPolicy
 from workers.pool import WorkerPool
 
@@ -58,6 +59,10 @@ class Coordinator:
     manager (start on enter, stop on exit). Its workers run the built-in jobs, the functions
     named in ``jobs`` (``{name: function or "module:function"}``) and ``"module:function"``
     of modules in ``job_modules`` (prefixes); any other job name fails with UnknownJob.
+    ``worker_init`` (a module-level function or ``"module:function"``) runs once in each worker
+    as ``worker_init(*worker_init_args)`` before it serves; ``job_timeout`` (seconds) is the
+    execution limit of jobs that set none, past which the worker is killed and replaced and the
+    job fails with JobTimeout. Workers get this process's ``sys.path``.
     """
 
     def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None,
@@ -68,10 +73,14 @@ class Coordinator:
                  drain_timeout: float = 5.0, compress_cold: bool = False, huge_pages: bool = False,
                  capacity: CapacityPolicy | None = None, max_pin_age: float = MAX_PIN_AGE,
                  jobs: Mapping[str, Callable[..., Any] | str] | None = None,
-                 job_modules: Iterable[str] = (), worker_spin_us: float | str | None = None) -> None:
+                 job_modules: Iterable[str] = (), worker_init: Callable[..., Any] | str | None = None,
+                 worker_init_args: Sequence[Any] = (), job_timeout: float | None = None,
+                 worker_spin_us: float | str | None = None) -> None:
         self.name = validate_name(name)
         # Checked here, where a bad entry is the caller's mistake, not in every worker later.
         self.job_policy = JobPolicy.build(jobs, job_modules)
+        self.worker_config = WorkerConfig.build(init=worker_init, init_args=worker_init_args,
+                                                job_timeout=job_timeout)
         # Workers busy-wait this long for the next request before sleeping (shmpool.spin).
         self.worker_spin = spin_seconds(worker_spin_us)
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -152,7 +161,8 @@ class Coordinator:
             if self._board is not None:
                 self._pool = WorkerPool(self.name, self._board, self.worker_count,
                                         env={POLICY_ENV: self.job_policy.to_json(),
-                                             SPIN_ENV: str(self.worker_spin * 1e6)})
+                                             SPIN_ENV: str(self.worker_spin * 1e6)},
+                                        config=self.worker_config)
                 self._pool.start()
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
                                             daemon=True)

@@ -14,20 +14,24 @@ from .errors import (
     AllocationFailed,
     AttachError,
     CleanupError,
+    ClientClosed,
     DimensionNotFound,
     DirectoryFull,
     InstanceExists,
+    InvalidArgument,
     InvalidHandle,
     InvalidJob,
     InvalidId,
     InvalidLayer,
     JobError,
+    JobTimeout,
     LayerNotFound,
     LimitExceeded,
     LockTimeout,
     OutOfBounds,
     RegionFormatError,
     ReaderClosed,
+    RemoteTraceback,
     ReloadTimeout,
     RequestTooLarge,
     SharedMemoryFull,
@@ -36,11 +40,13 @@ from .errors import (
     UnsafeRuntimeDir,
     UntrustedObject,
     WorkerCrashed,
+    WorkerInitFailed,
 )
 from .instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from .limits import DEFAULT_LIMIT, Thresholds
 from .names import cleanup
 from .reader import Reader, attach
+from .worker_context import worker_reader
 
 logger.disable("shmpool")
 
@@ -52,6 +58,7 @@ __all__ = [
     "AttachError",
     "CleanupError",
     "Client",
+    "ClientClosed",
     "ContextCollection",
     "JobFuture",
     "LoadedContext",
@@ -68,11 +75,13 @@ __all__ = [
     "DirectoryFull",
     "Handle",
     "InstanceExists",
+    "InvalidArgument",
     "InvalidHandle",
     "InvalidJob",
     "InvalidId",
     "InvalidLayer",
     "JobError",
+    "JobTimeout",
     "LayerNotFound",
     "LimitExceeded",
     "LockTimeout",
@@ -81,6 +90,7 @@ __all__ = [
     "RegionFormatError",
     "ReaderClosed",
     "ReloadTimeout",
+    "RemoteTraceback",
     "SharedInstance",
     "SharedMemoryFull",
     "ShmPoolError",
@@ -88,5 +98,7 @@ __all__ = [
     "UnknownJob",
     "UnsafeRuntimeDir",
     "UntrustedObject",
+    "WorkerInitFailed",
     "cleanup",
+    "worker_reader",
 ]

@@ -1,31 +1,46 @@
 """Submitting jobs to a coordinator's worker pool from any process: ``shmpool.connect(name)``.
 
-The API is concurrent.futures': ``submit`` returns a Future, ``map`` keeps order, ``close`` (or
-the context manager) ends it. One Client may be shared by many threads. A completion thread per
-client drains the client's completion ring and resolves futures; layer results arrive as
-references and are resolved against this process's own mapping, so they cost no copy and keep
-their generation pinned while held.
+A Client is a concurrent.futures.Executor: ``submit`` returns a Future, ``map`` keeps order (with
+``timeout`` bounding the whole call and ``chunksize`` batching), ``shutdown(wait, cancel_futures)``
+and the context manager end it, waiting for running jobs. On top: ``imap_unordered`` (streaming
+with a bounded number in flight), ``call`` (synchronous, cheaper), ``acall``/``asubmit`` (asyncio,
+no thread per call), and ``close()`` (detach at once). One Client may be shared by many threads.
+A completion thread per client drains the client's completion ring and resolves futures; layer
+results arrive as references and are resolved against this process's own mapping, so they cost
+no copy and keep their generation pinned while held.
+
+What runs: a callable (any importable module-level function, builtins included) runs in a worker
+as ``fn(*args, **kwargs)``; a job *name* (a string: a built-in such as ``"lookup"``, a ``jobs=``
+name, or ``"module:function"``) runs as ``fn(reader, *args, **kwargs)`` with the worker's Reader
+first. Where shmpool differs from ProcessPoolExecutor on purpose: arguments and results are
+msgpack data (shmpool/codec.py), never pickle, and a job is sent by name, never as code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import enum
+import itertools
+import queue
 import threading
 import time
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import posix_ipc
 from loguru import logger
 
 from ._proc import is_alive
-from .codec import decode_error, decode_result, encode_request
+from .callables import target_of
+from .codec import RequestFlags, check_job_timeout, decode_error, decode_result, encode_request
 from .context import ContextCollection, LoadedContext, NavigationPath, Step
-from .errors import AttachError, RequestTooLarge, ShmPoolError
+from .errors import AttachError, ClientClosed, InvalidArgument, RequestTooLarge, ShmPoolError
 from .ids import as_id
 from .jobboard import JobBoard
-from .jobs_layout import Status
+from .jobs_layout import SC, SlotState, Status
 from .layout import W
 from .lock import interrupted_waits_retry
 from .reader import Reader, attach
@@ -37,10 +52,28 @@ POLL = 0.1  # seconds between coordinator liveness checks while idle
 DIRECT_CALLS_MAX = 4  # concurrent call()s per client that wait on their own channel
 SPENT_IDLE = 0.05  # seconds a call() thread may keep its last answer's slot before it is freed
 CANCEL_WAIT = 0.05  # seconds a timed-out call() gives the lock to withdraw its request
+IMAP_BUFFER = 64  # imap_unordered's default number of jobs in flight
+# asubmit blocks its event loop at most this long for a slot (or the board's lock); past it, it
+# retries from the loop with sleeps growing to ASYNC_RETRY_MAX, so no thread is ever needed.
+ASYNC_SUBMIT_WAIT = 0.001
+ASYNC_RETRY_MAX = 0.02
+_NAMES_CACHED = 1024  # callables whose module:qualname is remembered (checked once each)
+_RUNNING_STATES = (SlotState.RUNNING, SlotState.ORPHANED)
+
+
+class Lifecycle(enum.Enum):
+    """A Client's states: only OPEN takes new jobs (ClientClosed otherwise)."""
+    OPEN = "open"
+    SHUTTING_DOWN = "shut down, waiting for its jobs"
+    CLOSED = "closed"
 
 
 class JobFuture(Future):
-    """A Future whose ``cancel()`` also withdraws the request while no worker has taken it."""
+    """A Future whose ``cancel()`` also withdraws the request while no worker has taken it, and
+    whose ``running()`` is True while a worker runs it (read from the slot in shared memory).
+
+    ``cancel()`` of a running job returns False and the job runs on, as in concurrent.futures;
+    bound a job's run time with ``job_timeout`` instead."""
 
     def __init__(self, board: JobBoard, slot: int, seq: int, job: str, forget=None) -> None:
         super().__init__()
@@ -58,6 +91,24 @@ class JobFuture(Future):
             # stale entry left under it would swallow that job's answer.
             self._forget(self._slot, self._seq)
         return super().cancel()
+
+    def running(self) -> bool:
+        if self.done():
+            return False
+        slots = self._board.v.slots
+        if slots is None:  # the board is detached
+            return False
+        # The slot cannot move to another job while this future is pending: it is freed only
+        # after its response was delivered here. So STATE alone speaks for our SEQ.
+        return int(slots[self._slot, SC.SEQ]) == self._seq and int(slots[self._slot, SC.STATE]) in _RUNNING_STATES
+
+
+_END = object()
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 class _ThreadChannel:
@@ -87,8 +138,12 @@ def _release_thread_channel(client_ref, channel: int) -> None:
         client._release_thread_channel(channel)
 
 
-class Client:
-    """A connection to the worker pool of running instance ``name``. Thread-safe."""
+class Client(concurrent.futures.Executor):
+    """A connection to the worker pool of running instance ``name``: an Executor. Thread-safe.
+
+    Raises ClientClosed (a RuntimeError, as concurrent.futures raises after shutdown) when used
+    after ``shutdown()`` or ``close()``, and AttachError once the coordinator is gone.
+    """
 
     def __init__(self, name: str, *, timeout: float | None = None, spin_us: float | None = None) -> None:
         self.name = name
@@ -110,58 +165,220 @@ class Client:
         self._direct_calls = 0
         self._thread_channels: list[int] = []
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when no submit is in progress
+        self._submitting = 0  # submits past the lifecycle check, not yet registered
+        self._lifecycle = Lifecycle.OPEN
+        self._names: dict[Any, str] = {}
         self._deferred: list[tuple[int, int]] = []  # answers (slot, seq) a call() could not free in time
         self._thread_channel_objs: "weakref.WeakSet[_ThreadChannel]" = weakref.WeakSet()
         self._next_spent_sweep = 0.0
-        self._closed = False
+        self._closed = False  # the completion thread's stop flag (detaching)
         self._broken: BaseException | None = None
         self._thread = threading.Thread(target=self._complete_loop, name=f"shmpool-client-{name}", daemon=True)
         self._thread.start()
 
     # ----------------------------------------------------------------- submitting
 
-    def submit(self, job: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> JobFuture:
-        """Queue ``job(reader, *args, **kwargs)`` on a worker; returns a Future.
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, timeout: float | None = None,
+               job_timeout: float | None = None, **kwargs: Any) -> JobFuture:
+        """Queue ``fn(*args, **kwargs)`` on a worker; returns a Future.
 
-        Blocks while every slot is busy (back-pressure), for at most ``timeout`` seconds, then
-        raises TimeoutError. ``timeout`` is therefore reserved and not passed to the job.
+        ``fn`` is a callable (sent as its ``module:qualname``, run as ``fn(*args, **kwargs)``) or a
+        job name (run as ``job(reader, *args, **kwargs)``, the worker's Reader first). Blocks while
+        every slot is busy (back-pressure), for at most ``timeout`` seconds, then raises
+        TimeoutError. ``job_timeout`` bounds the run in the worker (None: the coordinator's
+        default): past it the worker is killed and the future fails with JobTimeout. Both names
+        are therefore reserved and not passed to the job. Raises InvalidJob for a callable a
+        worker cannot import (a lambda, a nested function, one of ``__main__``), TypeError for
+        an argument msgpack cannot carry, RequestTooLarge, ClientClosed.
         """
-        if self._broken is not None:
-            raise self._broken
-        if self._closed:
-            raise AttachError(name=self.name, reason="this client is closed")
-        request = encode_request(job, args, kwargs)
+        job, flags = self._job_of(fn)
+        request = encode_request(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
+        return self._submit_request(job, request, timeout)
+
+    def _job_of(self, fn: Callable[..., Any] | str) -> tuple[str, RequestFlags]:
+        """What crosses the board for ``fn``: its name, and how the worker calls it."""
+        if isinstance(fn, str):
+            return fn, RequestFlags.NAMED
         try:
-            slot, seq = self._board.submit(self._channel, request, timeout=timeout, alive=self._coordinator_alive)
-        except posix_ipc.BusyError:
-            raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
-                                 f"({self._board.v.layout.slots} slots, all busy)") from None
-        except RequestTooLarge as exc:
-            raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
-        future = JobFuture(self._board, slot, seq, job, self._forget)
+            return self._names[fn], RequestFlags.PLAIN
+        except (KeyError, TypeError):  # TypeError: an unhashable callable, checked every time
+            pass
+        target = target_of(fn, use="sent to a worker")
+        if len(self._names) < _NAMES_CACHED:
+            self._names[fn] = target
+        return target, RequestFlags.PLAIN
+
+    def _check_open(self) -> None:
+        if self._broken is not None and not isinstance(self._broken, ClientClosed):
+            raise self._broken
+        if self._lifecycle is not Lifecycle.OPEN:
+            raise ClientClosed(name=self.name, reason=f"it is {self._lifecycle.value}")
+
+    def _submit_request(self, job: str, request: bytes, timeout: float | None) -> JobFuture:
         with self._lock:
-            self._futures[slot] = (seq, future)
-            early = slot in self._early
-            self._early.discard(slot)
+            self._check_open()
+            self._submitting += 1  # shutdown() waits for this submit to register its future
+        try:
+            try:
+                slot, seq = self._board.submit(self._channel, request, timeout=timeout,
+                                               alive=self._coordinator_alive)
+            except posix_ipc.BusyError:
+                raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
+                                     f"({self._board.v.layout.slots} slots, all busy)") from None
+            except RequestTooLarge as exc:
+                raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
+            future = JobFuture(self._board, slot, seq, job, self._forget)
+            with self._lock:
+                self._futures[slot] = (seq, future)
+                early = slot in self._early
+                self._early.discard(slot)
+        finally:
+            with self._lock:
+                self._submitting -= 1
+                if not self._submitting:
+                    self._idle.notify_all()
         if early:
             self._deliver(slot)
         return future
 
-    def map(self, job: str, *iterables: Iterable, timeout: float | None = None) -> Iterator[Any]:
-        """Like Executor.map: results in order; ``timeout`` bounds the whole iteration."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        futures = [self.submit(job, *args, timeout=timeout) for args in zip(*iterables)]
+    def map(self, fn: Callable[..., Any] | str, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1, job_timeout: float | None = None) -> Iterator[Any]:
+        """Like Executor.map: ``fn`` over the iterables' items, results in order.
 
-        def results():
+        ``timeout`` bounds the whole call, submission included: if every slot stays busy past it,
+        what was queued is cancelled and TimeoutError raised here; a result not ready by then
+        raises TimeoutError from the iterator. ``chunksize`` items travel and run as one job (the
+        chunk's arguments must fit in ``job_payload``). Submission is eager; closing the iterator
+        cancels what no worker has taken yet. A job's exception is raised when its item is reached.
+        """
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise InvalidArgument(argument="chunksize", value=chunksize, reason="an int >= 1")
+        end = None if timeout is None else time.monotonic() + timeout
+        job, flags = self._job_of(fn)
+        job_timeout = check_job_timeout(job_timeout)
+        items = zip(*iterables)
+        if chunksize > 1:
+            flags |= RequestFlags.CHUNK
+            items = ([list(args) for args in chunk] for chunk in _batched(items, chunksize))
+        futures: list[JobFuture] = []
+        try:
+            for args in items:
+                wait = None
+                if end is not None:
+                    wait = end - time.monotonic()
+                    if wait <= 0:
+                        raise FuturesTimeout(f"map of {job!r} could not submit all jobs within {timeout} s "
+                                             f"({len(futures)} submitted)")
+                request = encode_request(job, args, {}, flags=flags, job_timeout=job_timeout)
+                futures.append(self._submit_request(job, request, wait))
+        except BaseException:
+            for future in futures:  # nothing of a map that failed to submit stays queued
+                future.cancel()
+            raise
+
+        def results() -> Iterator[Any]:
             try:
-                for fut in futures:
-                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    yield fut.result(remaining)
+                futures.reverse()  # popped in order, so a yielded result is not held here too
+                while futures:
+                    future = futures.pop()
+                    value = future.result(None if end is None else end - time.monotonic())
+                    if chunksize > 1:
+                        yield from value
+                    else:
+                        yield value
             finally:
-                for fut in futures:
-                    fut.cancel()
+                for future in futures:
+                    future.cancel()
 
         return results()
+
+    def imap_unordered(self, fn: Callable[..., Any] | str, iterable: Iterable, *, buffer: int = IMAP_BUFFER,
+                       job_timeout: float | None = None) -> Iterator[Any]:
+        """``fn(item)`` for each item, results as they complete, at most ``buffer`` jobs in flight.
+
+        Items are read lazily (an endless iterable works), so memory and slots stay bounded.
+        A job's exception is raised when its result comes up; closing the iterator (or an
+        exception) cancels what is still queued.
+        """
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise InvalidArgument(argument="buffer", value=buffer, reason="an int >= 1 (jobs in flight)")
+        job, flags = self._job_of(fn)
+        job_timeout = check_job_timeout(job_timeout)
+        self._check_open()
+
+        def results() -> Iterator[Any]:
+            done: queue.SimpleQueue = queue.SimpleQueue()
+            in_flight: set[JobFuture] = set()
+            items = iter(iterable)
+            try:
+                while True:
+                    while len(in_flight) < buffer:
+                        item = next(items, _END)
+                        if item is _END:
+                            break
+                        future = self._submit_request(job, encode_request(job, (item,), {}, flags=flags,
+                                                                          job_timeout=job_timeout), None)
+                        in_flight.add(future)
+                        future.add_done_callback(done.put)
+                    if not in_flight:
+                        return
+                    future = done.get()
+                    in_flight.discard(future)
+                    yield future.result()
+            finally:
+                for future in in_flight:
+                    future.cancel()
+
+        return results()
+
+    # ----------------------------------------------------------------- asyncio
+
+    def asubmit(self, fn: Callable[..., Any] | str, /, *args: Any, timeout: float | None = None,
+                job_timeout: float | None = None, **kwargs: Any) -> "asyncio.Future[Any]":
+        """``submit`` for a running event loop: returns an awaitable of the result.
+
+        No thread per call: the completion thread resolves the future and the loop is told with
+        ``call_soon_threadsafe`` (asyncio.wrap_future). When every slot is busy the loop is not
+        blocked: the submission is retried from the loop, for at most ``timeout`` seconds.
+        Cancelling the awaitable withdraws a job no worker has taken yet.
+        """
+        loop = asyncio.get_running_loop()
+        job, flags = self._job_of(fn)
+        request = encode_request(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
+        try:
+            return asyncio.wrap_future(self._submit_request(job, request, ASYNC_SUBMIT_WAIT), loop=loop)
+        except (FuturesTimeout, TimeoutError):
+            return loop.create_task(self._submit_later(job, request, timeout))
+
+    async def _submit_later(self, job: str, request: bytes, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = ASYNC_SUBMIT_WAIT
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                future = self._submit_request(job, request, ASYNC_SUBMIT_WAIT)
+            except (FuturesTimeout, TimeoutError):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
+                pause = min(2 * pause, ASYNC_RETRY_MAX)
+                continue
+            return await asyncio.wrap_future(future)
+
+    async def acall(self, fn: Callable[..., Any] | str, /, *args: Any, timeout: float | None = None,
+                    job_timeout: float | None = None, **kwargs: Any) -> Any:
+        """``await`` the result of ``fn(*args, **kwargs)`` in a worker (the asyncio ``call``).
+
+        ``timeout`` bounds the slot wait and the result together (TimeoutError); a job still
+        queued then is withdrawn, one already running finishes and its result is dropped.
+        """
+        awaitable = self.asubmit(fn, *args, timeout=timeout, job_timeout=job_timeout, **kwargs)
+        if timeout is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except asyncio.TimeoutError:
+            raise FuturesTimeout(f"job {self._job_of(fn)[0]!r} did not finish within {timeout} s") from None
 
     def lookup(self, dimension_id: int, layer_id: int, *, timeout: float | None = None) -> LoadedContext:
         """Run the built-in ``lookup`` job; the result is a zero-copy view resolved here."""
@@ -259,17 +476,17 @@ class Client:
 
     # ----------------------------------------------------------------- synchronous calls
 
-    def call(self, job: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """``submit(job, ...).result(timeout)``, faster for a few threads: the calling thread waits
+    def call(self, fn: Callable[..., Any] | str, /, *args: Any, timeout: float | None = None,
+             job_timeout: float | None = None, **kwargs: Any) -> Any:
+        """``submit(fn, ...).result(timeout)``, faster for a few threads: the calling thread waits
         on a channel of its own and reads the response itself, saving the hand-off through the
         completion thread (one wake-up and one GIL switch per job). Beyond DIRECT_CALLS_MAX
         concurrent calls, or when every channel is taken, it goes through ``submit``.
         ``timeout`` bounds the wait for a slot and for the result together.
         """
-        if self._broken is not None:
-            raise self._broken
-        if self._closed:
-            raise AttachError(name=self.name, reason="this client is closed")
+        job, flags = self._job_of(fn)
+        job_timeout = check_job_timeout(job_timeout)
+        self._check_open()
         # With many threads waiting at once, each woken thread fights all others for the GIL and
         # the tail grows (128 threads: p99 30 -> 60 ms measured); the completion thread's batched
         # delivery is fairer there. So the direct path is for the few-threads case.
@@ -290,16 +507,18 @@ class Client:
             if direct:
                 with self._lock:
                     self._direct_calls -= 1
-            return self.submit(job, *args, timeout=timeout, **kwargs).result(timeout)
+            request = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
+            return self._submit_request(job, request, timeout).result(timeout)
         try:
-            return self._call_direct(mine, job, args, kwargs, timeout)
+            return self._call_direct(mine, job, args, kwargs, timeout, flags, job_timeout)
         finally:
             with self._lock:
                 self._direct_calls -= 1
 
-    def _call_direct(self, mine: "_ThreadChannel", job: str, args, kwargs, timeout: float | None) -> Any:
+    def _call_direct(self, mine: "_ThreadChannel", job: str, args, kwargs, timeout: float | None,
+                     flags: RequestFlags = RequestFlags.NAMED, job_timeout: float | None = None) -> Any:
         channel, sem, stale = mine.channel, mine.sem, mine.stale
-        request = encode_request(job, args, kwargs)
+        request = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if len(request) > self._board.v.layout.payload:  # before the spent slot leaves our hands
             raise RequestTooLarge(nbytes=len(request), capacity=self._board.v.layout.payload, job=job)
@@ -458,18 +677,75 @@ class Client:
 
     # ----------------------------------------------------------------- lifetime
 
-    def close(self) -> None:
-        """Cancel what is still queued, fail the rest with AttachError, and detach (idempotent)."""
-        if self._closed:
-            return
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no new jobs (ClientClosed), let the submitted ones finish, then detach.
+
+        ``wait``: return once every job submitted through this client is done and the client is
+        detached; otherwise return at once and detach in the background when they are.
+        ``cancel_futures``: cancel the jobs no worker has taken yet first (running ones finish:
+        a running job cannot be withdrawn). Idempotent; the context manager calls
+        ``shutdown(wait=True)``, as ProcessPoolExecutor's does.
+        """
         with self._lock:
-            pending = list(self._futures.values())
-        for _seq, future in pending:
+            if self._lifecycle is Lifecycle.OPEN:
+                self._lifecycle = Lifecycle.SHUTTING_DOWN
+        if cancel_futures:
+            for future in self._pending():
+                future.cancel()
+        if wait:
+            self._wait_for_jobs()
+            self._detach()
+        elif self._lifecycle is not Lifecycle.CLOSED:
+            threading.Thread(target=self._detach_when_done, name=f"shmpool-client-{self.name}-shutdown",
+                             daemon=True).start()
+
+    def _pending(self) -> list[JobFuture]:
+        with self._lock:
+            return [future for _seq, future in self._futures.values()]
+
+    def _wait_for_jobs(self) -> None:
+        """Until no submit is in progress and every future of ours is done (or we broke)."""
+        while True:
+            with self._lock:
+                while self._submitting:
+                    self._idle.wait()
+            pending = [future for future in self._pending() if not future.done()]  # cancelled ones linger
+            if not pending or self._closed:
+                return
+            concurrent.futures.wait(pending)
+
+    def _detach_when_done(self) -> None:
+        try:
+            self._wait_for_jobs()
+        finally:
+            self._detach()
+
+    def close(self) -> None:
+        """Detach now (idempotent): cancel what is still queued, fail what is running with
+        ClientClosed (the job still runs; its result is dropped), release channels and reader.
+
+        Unlike ``shutdown()`` it does not wait for running jobs.
+        """
+        with self._lock:
+            if self._lifecycle is Lifecycle.OPEN:
+                self._lifecycle = Lifecycle.SHUTTING_DOWN
+        self._detach()
+
+    def _detach(self) -> None:
+        with self._lock:
+            if self._lifecycle is Lifecycle.CLOSED:
+                return
+            self._lifecycle = Lifecycle.CLOSED
+            while self._submitting:  # a submit past its check registers its future first
+                self._idle.wait()
+            pending = [future for _seq, future in self._futures.values()]
+        for future in pending:
             future.cancel()
         self._closed = True
-        self._thread.join(2 * POLL + 1)
-        self._fail_all(AttachError(name=self.name, reason="the client was closed"))
-        if self._thread.is_alive():
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2 * POLL + 1)
+        self._fail_all(ClientClosed(name=self.name, reason="close() was called while the job was pending"))
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
             # Still inside a done-callback, or waiting on a stopped lock holder: unmapping the
             # board under it would release the flock inside its critical section. Its channels
             # and mappings go when the process does (the dead-client sweep settles them).
@@ -495,7 +771,7 @@ class Client:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.shutdown(wait=True)
 
     @property
     def reader(self) -> Reader:

@@ -29,6 +29,11 @@ __all__ = [
     "InvalidLayer",
     "RequestTooLarge",
     "JobError",
+    "JobTimeout",
+    "RemoteTraceback",
+    "ClientClosed",
+    "InvalidArgument",
+    "WorkerInitFailed",
     "UnknownJob",
     "InvalidJob",
     "WorkerCrashed",
@@ -257,6 +262,53 @@ class JobError(ShmPoolError):
                          job=job, error_type=error_type, message=message, remote_traceback=remote_traceback)
 
 
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, chained as the rebuilt one's ``__cause__``.
+
+    Not raised on its own: it makes the worker's frames part of the traceback Python prints, as
+    concurrent.futures.process does. ``traceback`` holds the text.
+    """
+
+    def __init__(self, traceback: str) -> None:
+        super().__init__(traceback)
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.traceback}"""'
+
+
+class JobTimeout(ShmPoolError, TimeoutError):
+    """A job ran longer than its ``job_timeout``: its worker was killed (SIGKILL) and replaced."""
+
+    def __init__(self, *, job: str, timeout: float, worker_pid: int = 0) -> None:
+        worker = f" (pid {worker_pid})" if worker_pid else ""
+        super().__init__(f"job {job!r} ran past its job_timeout of {timeout:g} s; its worker{worker} was "
+                         "killed and replaced", job=job, timeout=timeout, worker_pid=worker_pid)
+
+
+class ClientClosed(AttachError, RuntimeError):
+    """A Client used after ``shutdown()`` or ``close()`` (a RuntimeError, as concurrent.futures raises)."""
+
+    def __init__(self, *, name: str, reason: str = "it was shut down") -> None:
+        ShmPoolError.__init__(self, f"client of shmpool instance {name!r} is closed ({reason}): it takes no new "
+                                    "jobs; connect again for more", name=name, reason=reason)
+
+
+class InvalidArgument(ShmPoolError, ValueError):
+    """An argument of a job call is out of its range (``chunksize=0``, ``job_timeout=-1``, ...)."""
+
+    def __init__(self, *, argument: str, value: Any, reason: str) -> None:
+        super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
+
+
+class WorkerInitFailed(ShmPoolError):
+    """A worker's initializer (``Coordinator(worker_init=...)``) raised: the worker exited before serving."""
+
+    def __init__(self, *, index: int, pid: int, initializer: str, error: str) -> None:
+        super().__init__(f"worker {index} (pid {pid}): its initializer {initializer} failed: {error}",
+                         index=index, pid=pid, initializer=initializer, error=error)
+
+
 class UnknownJob(ShmPoolError, LookupError):
     """The job name is not a built-in and not on the coordinator's allow-list (or cannot be found)."""
 
@@ -265,13 +317,14 @@ class UnknownJob(ShmPoolError, LookupError):
 
 
 class InvalidJob(ShmPoolError, ValueError):
-    """An entry of a coordinator's job allow-list is malformed or cannot be named in a worker.
+    """A job (an allow-list entry, or a callable given to ``submit``) cannot be named in a worker.
 
-    ``job`` is empty when the entry is a ``job_modules`` prefix."""
+    ``job`` is empty when the entry is a ``job_modules`` prefix; ``use`` says what was refused
+    (``"allowed"`` for an allow-list entry, ``"sent to a worker"`` for a submitted callable)."""
 
-    def __init__(self, *, job: str, target: str, reason: str) -> None:
+    def __init__(self, *, job: str, target: str, reason: str, use: str = "allowed") -> None:
         what = f"job {job!r} ({target})" if job else f"job module prefix {target!r}"
-        super().__init__(f"{what} cannot be allowed: {reason}", job=job, target=target, reason=reason)
+        super().__init__(f"{what} cannot be {use}: {reason}", job=job, target=target, reason=reason, use=use)
 
 
 class WorkerCrashed(ShmPoolError):

@@ -60,7 +60,7 @@ _QUEUED = (SlotState.SUBMITTED, SlotState.CANCELLED)
 # Plain ints for the hot path's flat memoryviews (an IntEnum member costs an attribute lookup).
 _COLS, _CCOLS = SLOT_COLS, CHANNEL_COLS
 (_ST, _SEQ, _CPID, _CSTART, _CHAN, _WPID, _WSTART, _REQ, _RESP, _STATUS, _ATT, _SPOOL, _SFIRST, _SREC,
- _SSER, _SUBNS, _END_OK, _END_ERR, _END_CANC) = (int(c) for c in SC)
+ _SSER, _SUBNS, _END_OK, _END_ERR, _END_CANC, _DEADLINE) = (int(c) for c in SC)
 _FREE, _SUBMITTED, _RUNNING, _DONE, _CANCELLED, _ORPHANED, _DELIVERED = (int(s) for s in SlotState)
 _W_FREE_TOP, _W_QH, _W_QT, _W_STATE = int(JW.FREE_TOP), int(JW.Q_HEAD), int(JW.Q_TAIL), int(JW.STATE)
 _W_WAITERS = int(JW.FREE_WAITERS)
@@ -298,6 +298,7 @@ class JobBoard:
                     slots[r + _RESP] = slots[r + _STATUS] = slots[r + _ATT] = 0
                     slots[r + _SPOOL] = -1
                     slots[r + _SUBNS] = time.monotonic_ns()
+                    slots[r + _DEADLINE] = 0  # job_timeout: the worker sets it when it starts
                     v.request_area(slot)[:len(request)] = request
                     slots[r + _ST] = _SUBMITTED
                     if _faults.ARMED:
@@ -632,6 +633,7 @@ class JobBoard:
                     row[SC.END_ERROR] += 1
                     failed += 1
                 else:
+                    row[SC.DEADLINE_NS] = 0  # the next worker's run gets its own
                     row[SC.STATE] = SlotState.SUBMITTED
                     self._enqueue(slot)
                     requeued += 1
@@ -643,6 +645,50 @@ class JobBoard:
         for _ in range(requeued):
             self.pending_sem.release()
         return requeued, failed
+
+    def expired(self, now_ns: int | None = None) -> list[tuple[int, int, int]]:
+        """(slot, seq, worker pid) of running jobs past their deadline (SC.DEADLINE_NS); read
+        without the lock: a candidate list that :meth:`expire` confirms under it."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        cols = self.v.slots[:, [SC.STATE, SC.SEQ, SC.WORKER_PID, SC.DEADLINE_NS]].copy()
+        late = np.isin(cols[:, 0], _TAKEN) & (cols[:, 3] > 0) & (cols[:, 3] <= now_ns)
+        return [(int(s), int(cols[s, 1]), int(cols[s, 2])) for s in np.flatnonzero(late)]
+
+    def expire(self, slot: int, seq: int, worker_pid: int, payload: bytes, kill: "callable[[], None]") -> bool:
+        """End a job that ran past its deadline: ``kill()`` its worker and answer ``payload``
+        (an encoded JobTimeout), both under the lock, so the worker can neither finish this job
+        nor take another in between. False (nothing done) if the slot moved on meanwhile.
+
+        The slot leaves the worker (WORKER_PID 0), so :meth:`requeue_worker` does not retry it
+        when the supervisor sees the worker dead; an orphaned job (its client left) is freed.
+        """
+        v = self.v
+        channel = None
+        with self._supervising():
+            row = v.slots[slot]
+            state = int(row[SC.STATE])
+            if (int(row[SC.SEQ]) != seq or state not in _TAKEN or int(row[SC.WORKER_PID]) != worker_pid
+                    or int(row[SC.DEADLINE_NS]) <= 0):
+                return False
+            kill()
+            if int(row[SC.SPILL_POOL]) >= 0:  # staged, maybe already handed over: the supervisor frees it
+                self.stranded_spills.append(_spill_of(row))
+                row[SC.SPILL_POOL] = -1
+            row[SC.WORKER_PID] = row[SC.WORKER_START] = row[SC.DEADLINE_NS] = 0
+            if state == SlotState.ORPHANED:
+                self._free_locked(slot)
+                row[SC.END_CANCELLED] += 1
+                wake = self._wake_count_locked(1)
+            else:
+                v.response_area(slot)[:len(payload)] = payload
+                row[SC.RESP_LEN], row[SC.STATUS] = len(payload), Status.ERROR
+                channel = self._deliver_locked(slot)
+                row[SC.END_ERROR] += 1
+                wake = 0
+        self._post_free(wake)
+        if channel is not None:
+            self.channel_sem(channel).release()
+        return True
 
     def sweep_dead_clients(self) -> int:
         """Settle the slots and free the channels of clients that died; returns slots affected.

@@ -86,9 +86,14 @@ class SC(IntEnum):
     END_OK = 16
     END_ERROR = 17
     END_CANCELLED = 18     # withdrawn, answered at stop, or abandoned by a dead client
+    # CLOCK_MONOTONIC ns past which the running job is killed (its job_timeout), 0 for none.
+    # Written by the worker running it, once it starts the job (the slot is RUNNING and its own);
+    # zeroed at submit and at requeue, so a RUNNING slot never shows an earlier job's deadline.
+    # Read without the lock by the pool supervisor, which rechecks under it (JobBoard.expire).
+    DEADLINE_NS = 19
 
 
-SLOT_COLS = 20             # 19: spare
+SLOT_COLS = 20
 
 
 class CC(IntEnum):

@@ -9,6 +9,12 @@ The coordinator therefore passes an allow-list (:class:`JobPolicy`) and a worker
 - ``"module:function"`` where the module is one of ``job_modules=`` or inside it, and the
   function is *defined* there (a function a module merely imports, like ``os.system``, is not).
 
+A *callable* given to ``Client.submit`` arrives as its ``module:qualname`` and runs as
+``fn(*args, **kwargs)`` (no reader: it asks ``shmpool.worker_reader()``). It is allowed when it is
+a function of ``jobs=``, one defined in ``job_modules=``, or one of the harmless defaults: the pure
+builtins of SAFE_BUILTINS (``len``, ``pow``, ``divmod``, ...), the functions of ``math`` and
+``time.sleep``.
+
 Anything else is refused with UnknownJob before any import. The list travels to the workers as
 JSON of ``module:qualname`` strings in ``SHMPOOL_JOBS`` (their environment, set by the
 coordinator): names only, never pickle, and nothing a client can write.
@@ -16,13 +22,13 @@ coordinator): names only, never pickle, and nothing a client can write.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from shmpool.callables import MODULE_RE, TARGET_RE, import_target, target_of
 from shmpool.context import ContextCollection, LoadedContext
 from shmpool.errors import InvalidJob, UnknownJob
 from shmpool.reader import Reader
@@ -30,9 +36,7 @@ from shmpool.reader import Reader
 __all__ = ["resolve_job", "BUILTIN_JOBS", "UnknownJob", "JobPolicy", "POLICY_ENV"]
 
 POLICY_ENV = "SHMPOOL_JOBS"
-_MODULE = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
-_MODULE_RE = re.compile(rf"^{_MODULE}$")
-_TARGET_RE = re.compile(rf"^({_MODULE}):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")  # module:qualname
+_MODULE_RE, _TARGET_RE, _import_target = MODULE_RE, TARGET_RE, import_target
 _NAME_RE = re.compile(r"^[A-Za-z_][\w.:-]{0,254}$")
 
 
@@ -70,36 +74,25 @@ def _within(module: str, prefixes: Iterable[str]) -> bool:
 
 
 def _target_of(job: str, fn: Any) -> str:
-    """``module:qualname`` of a callable a worker can import by name; InvalidJob otherwise."""
+    """``module:qualname`` of an allow-list entry a worker can import by name; InvalidJob otherwise."""
     if isinstance(fn, str):
         if not _TARGET_RE.match(fn):
             raise InvalidJob(job=job, target=fn, reason="not a 'package.module:function' path")
         return fn
-    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    target = f"{module}:{qualname}"
-    if not callable(fn) or not module or not qualname:
-        raise InvalidJob(job=job, target=repr(fn), reason="not a function with a module and a name")
-    if module == "__main__":
-        raise InvalidJob(job=job, target=target, reason="defined in the script being run, which a worker "
-                                                        "cannot import; move it into an importable module")
-    if not _TARGET_RE.match(target):
-        raise InvalidJob(job=job, target=target, reason="not a module-level function (a lambda or a "
-                                                        "nested function cannot be imported by name)")
-    try:
-        found = _import_target(target)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidJob(job=job, target=target, reason=f"cannot be found again by name: {exc}") from None
-    if found is not fn:
-        raise InvalidJob(job=job, target=target, reason="its name leads to another object")
-    return target
+    return target_of(fn, job=job)
 
 
-def _import_target(target: str) -> Any:
-    module_name, qualname = target.split(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+# Callables any client may submit without an allow-list entry: functions of the standard library
+# that compute on their arguments and touch nothing else (no files, imports, processes or
+# attributes of other objects), so `submit(pow, 2, 8)`, `map(divmod, ...)` work as with any
+# Executor. Deliberately absent: eval, exec, compile, open, __import__, getattr/setattr/delattr,
+# globals/vars, input/print, breakpoint.
+SAFE_BUILTINS = frozenset("""
+    abs all any ascii bin bool bytes chr dict divmod float format frozenset hex int len list max min
+    oct ord pow repr round set sorted str sum tuple
+""".split())
+DEFAULT_CALLABLES = frozenset({f"builtins:{name}" for name in SAFE_BUILTINS} | {"time:sleep"})
+DEFAULT_CALLABLE_MODULES = ("math",)  # every function of math is pure
 
 
 @dataclass(frozen=True)
@@ -186,14 +179,49 @@ class JobPolicy:
                                               "not defined in an allowed module")
         return fn
 
-    def _refusal(self) -> str:
+    def resolve_callable(self, target: Any) -> Callable[..., Any]:
+        """The function a callable submitted as ``"module:qualname"`` names; UnknownJob unless
+        allowed: a safe builtin (``len``, ``pow``, ``divmod``, ...), a function of ``math``,
+        ``time.sleep``, a function of ``jobs=`` or one defined in ``job_modules``.
+
+        Nothing is imported for a target outside the allow-list."""
+        if not isinstance(target, str):
+            raise UnknownJob(job=str(target), reason="a callable travels as a 'module:function' string")
+        m = _TARGET_RE.match(target)
+        if m is None or "." in m.group(2):
+            raise UnknownJob(job=target, reason="not a module-level 'module:function'")
+        module = m.group(1)
+        listed = (target in DEFAULT_CALLABLES or module in DEFAULT_CALLABLE_MODULES
+                  or target in self.jobs.values())
+        if not listed and not _within(module, self.modules):
+            raise UnknownJob(job=target, reason=self._refusal(callable_=True))
+        try:
+            fn = _import_target(target)
+        except ImportError as exc:
+            raise UnknownJob(job=target, reason=f"cannot import {module} in the worker: {exc}") from None
+        except AttributeError:
+            raise UnknownJob(job=target, reason=f"{module} has no function {m.group(2)}") from None
+        if not callable(fn):
+            raise UnknownJob(job=target, reason=f"{target} is not callable")
+        if not listed and not _within(getattr(fn, "__module__", "") or "", self.modules):
+            raise UnknownJob(job=target, reason=f"{target} is {getattr(fn, '__module__', '?')}'s, "
+                                                "not defined in an allowed module")
+        return fn
+
+    def _refusal(self, callable_: bool = False) -> str:
+        if callable_:
+            return (f"not on this coordinator's allow-list, which has {self.describe()}, and for callables "
+                    "also the pure builtins (len, pow, divmod, sorted, ...), the functions of math and "
+                    "time.sleep; allow it with Coordinator(..., job_modules=[its module]) or jobs={name: "
+                    "function} (shmpool serve --job-module / --job)")
+
         return (f"not on this coordinator's allow-list, which has {self.describe()}; allow it with "
                 "Coordinator(..., jobs={name: function}) or job_modules=[module prefix] "
                 "(shmpool serve --job / --job-module)")
 
 
 _policy: JobPolicy | None = None
-_cache: dict[str, Callable[..., Any]] = {}
+_cache: dict[tuple[str, bool], Callable[..., Any]] = {}
 
 
 def current_policy() -> JobPolicy:
@@ -208,10 +236,15 @@ def current_policy() -> JobPolicy:
     return _policy
 
 
-def resolve_job(name: str) -> Callable[..., Any]:
-    """The function a worker runs for job ``name`` under its coordinator's allow-list."""
-    fn = _cache.get(name) if isinstance(name, str) else None
+def resolve_job(name: str, *, plain: bool = False) -> Callable[..., Any]:
+    """The function a worker runs for job ``name`` under its coordinator's allow-list.
+
+    ``plain``: ``name`` is a submitted callable's ``module:qualname`` (run as ``fn(*args)``),
+    else a job name (run as ``fn(reader, *args)``)."""
+    key = (name, plain) if isinstance(name, str) else None
+    fn = _cache.get(key) if key is not None else None
     if fn is None:
-        fn = current_policy().resolve(name)
-        _cache[name] = fn
+        policy = current_policy()
+        fn = policy.resolve_callable(name) if plain else policy.resolve(name)
+        _cache[key] = fn
     return fn

@@ -3,6 +3,16 @@
 A worker that dies is reported with what its exit usually means, the requests it held are
 requeued (a request that has already killed two workers fails with WorkerCrashed instead), and a
 replacement is started. Nothing hangs: every wait has a timeout.
+
+Two more duties, both once per supervision round:
+
+- **Job timeouts.** A worker stores the deadline of the job it runs in the slot (SC.DEADLINE_NS);
+  a job past it has its worker SIGKILLed and its future failed with JobTimeout, in one step
+  under the board's lock (JobBoard.expire), and the worker is replaced like any dead one. Killing
+  the process is the only way to stop user code that may block in C or catch everything.
+- **No crash loops.** A worker whose initializer raised (exit status 5), or that dies young again
+  and again, is restarted after a growing pause (0.5 s, doubling, at most RESTART_BACKOFF_MAX),
+  so a broken initializer costs one process start per pause, not a hundred a second.
 """
 
 from __future__ import annotations
@@ -16,14 +26,21 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from shmpool.codec import decode_request, encode_error
-from shmpool.errors import LockTimeout, ShmPoolError, WorkerCrashed
+from shmpool.codec import decode_job, decode_request, encode_error
+from shmpool.errors import JobTimeout, LockTimeout, ShmPoolError, WorkerCrashed, WorkerInitFailed
 from shmpool.jobboard import JobBoard
 from shmpool.jobs_layout import JW
+
+from .config import CONFIG_ENV, WorkerConfig
+from .watchdog import EXIT_COORDINATOR_GONE
+from .worker import EXIT_INIT_FAILED, init_error_path
 
 __all__ = ["WorkerPool", "explain_exit"]
 
 MAX_ATTEMPTS = 2
+MIN_UPTIME = 1.0             # seconds: a worker that dies younger counts towards a crash loop
+RESTART_BACKOFF = 0.5        # seconds before the first delayed restart, doubling per failure
+RESTART_BACKOFF_MAX = 30.0
 
 _SIGNAL_MEANING = {
     signal.SIGKILL: "killed with SIGKILL (the OOM killer, or `kill -9`)",
@@ -45,6 +62,10 @@ def explain_exit(returncode: int) -> str:
         return _SIGNAL_MEANING.get(sig, f"killed by {name}")
     if returncode == 3:
         return "exited with status 3: it could not attach to the instance"
+    if returncode == EXIT_COORDINATOR_GONE:
+        return f"exited with status {returncode}: its coordinator was gone (watchdog)"
+    if returncode == EXIT_INIT_FAILED:
+        return f"exited with status {returncode}: its initializer (worker_init) raised"
     return f"exited with status {returncode} (an uncaught exception? its stderr says)"
 
 
@@ -53,21 +74,28 @@ class _Worker:
     index: int
     proc: subprocess.Popen
     started: float
+    handled: bool = False   # its death is dealt with; a replacement waits for restart_at
+    restart_at: float = 0.0
 
 
 class WorkerPool:
     """Starts, watches and replaces ``count`` worker processes for instance ``name``."""
 
-    def __init__(self, name: str, board: JobBoard, count: int, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, board: JobBoard, count: int, *, env: dict[str, str] | None = None,
+                 config: WorkerConfig | None = None) -> None:
         if count < 1:
             raise ValueError(f"a worker pool needs at least one worker, got {count}")
         self.name = name
         self.board = board
         self.count = count
+        self.config = config if config is not None else WorkerConfig.build()
         self.workers: list[_Worker] = []
         self.deaths: list[dict] = []
         self._stopping = False
-        self._env = dict(env or {})  # on top of ours; e.g. the job allow-list (workers/jobs.py)
+        # On top of ours: the job allow-list (workers/jobs.py) and the config (workers/config.py).
+        self._env = {**(env or {}), CONFIG_ENV: self.config.to_json()}
+        self._timed_out: dict[int, str] = {}   # pid -> why we killed it
+        self._streak: dict[int, int] = {}      # index -> consecutive early deaths
 
     def _spawn(self, index: int) -> _Worker:
         proc = subprocess.Popen([sys.executable, "-m", "workers.worker", self.name, str(index)],
@@ -75,13 +103,19 @@ class WorkerPool:
         return _Worker(index, proc, time.time())
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the workers and return once every one is attached and serving."""
+        """Start the workers and return once every one is attached and serving.
+
+        WorkerInitFailed if a worker's initializer raised; ShmPoolError if one died otherwise or
+        the workers are not ready within ``timeout``."""
         target = int(self.board.v.words[JW.WORKERS_STARTED]) + self.count
         self.workers = [self._spawn(i) for i in range(self.count)]
         deadline = time.monotonic() + timeout
         while int(self.board.v.words[JW.WORKERS_STARTED]) < target:
             for w in self.workers:
                 if w.proc.poll() is not None:
+                    if w.proc.returncode == EXIT_INIT_FAILED:
+                        raise WorkerInitFailed(index=w.index, pid=w.proc.pid, initializer=str(self.config.init),
+                                               error=self._init_error(w.proc.pid))
                     raise ShmPoolError(f"worker {w.index} (pid {w.proc.pid}) failed to start: "
                                        f"{explain_exit(w.proc.returncode)}")
             if time.monotonic() > deadline:
@@ -90,16 +124,32 @@ class WorkerPool:
         logger.info("{} workers of {!r} serving: pids {}", self.count, self.name,
                     [w.proc.pid for w in self.workers])
 
+    def _init_error(self, pid: int) -> str:
+        path = init_error_path(self.name, pid)
+        try:
+            text = path.read_text(errors="replace")[:2000]
+            path.unlink()
+        except OSError:
+            text = "no error recorded (its stderr says)"
+        return text
+
     def supervise(self) -> int:
-        """Handle dead workers (called periodically by the coordinator); returns how many died."""
+        """Handle dead workers and jobs past their deadline (called periodically by the
+        coordinator); returns how many workers died."""
         if self._stopping:
             return 0
+        self._enforce_deadlines()
         died = 0
+        now = time.monotonic()
         for i, w in enumerate(self.workers):
+            if w.handled:
+                if now >= w.restart_at:
+                    self.workers[i] = self._spawn(w.index)
+                continue
             code = w.proc.poll()
             if code is None:
                 continue
-            meaning = explain_exit(code)
+            meaning = self._timed_out.pop(w.proc.pid, None) or explain_exit(code)
             try:
                 requeued, failed = self.board.requeue_worker(w.proc.pid, self._failure_for(meaning), MAX_ATTEMPTS)
             except LockTimeout as exc:  # a stopped process holds the board: next round
@@ -107,12 +157,51 @@ class WorkerPool:
                 continue
             died += 1
             self.board.note_worker_death()
+            if code == EXIT_INIT_FAILED:
+                meaning = f"{meaning}: {self._init_error(w.proc.pid)}"
+            delay = self._restart_delay(w, code, meaning)
             self.deaths.append({"index": w.index, "pid": w.proc.pid, "returncode": code, "meaning": meaning,
-                                "requeued": requeued, "failed": failed, "at": time.time()})
-            logger.error("worker {} (pid {}) of {!r} {}; {} jobs requeued, {} failed; starting a replacement",
-                         w.index, w.proc.pid, self.name, meaning, requeued, failed)
-            self.workers[i] = self._spawn(w.index)
+                                "requeued": requeued, "failed": failed, "at": time.time(),
+                                "restart_in": delay})
+            logger.error("worker {} (pid {}) of {!r} {}; {} jobs requeued, {} failed; {}", w.index, w.proc.pid,
+                         self.name, meaning, requeued, failed,
+                         f"restarting it in {delay:g} s" if delay else "starting a replacement")
+            if delay:
+                w.handled, w.restart_at = True, now + delay
+            else:
+                self.workers[i] = self._spawn(w.index)
         return died
+
+    def _restart_delay(self, w: _Worker, code: int, meaning: str) -> float:
+        # A SIGKILL comes from outside (an operator, a chaos test, the OOM killer): replaced at
+        # once like before, or a kill soon after a restart would stall the pool for up to 30 s.
+        young = (time.time() - w.started < MIN_UPTIME and "job_timeout" not in meaning
+                 and code != -signal.SIGKILL)
+        streak = self._streak.get(w.index, 0) + 1 if code == EXIT_INIT_FAILED or young else 0
+        self._streak[w.index] = streak
+        if streak == 0 or (streak == 1 and code != EXIT_INIT_FAILED):
+            return 0.0  # a single early death (a kill, a crash) is replaced at once, as ever
+        return min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (streak - (1 if code == EXIT_INIT_FAILED else 2)))
+
+    def _enforce_deadlines(self) -> None:
+        ours = {w.proc.pid for w in self.workers if not w.handled and w.proc.poll() is None}
+        for slot, seq, pid in self.board.expired():
+            if pid not in ours or pid in self._timed_out:
+                continue
+            try:
+                request = decode_job(self.board.request(slot))
+                job, limit = request.job, request.job_timeout
+            except Exception:  # a request that does not decode still gets its worker back
+                job, limit = "?", None
+            limit = limit if limit is not None else (self.config.job_timeout or 0.0)
+            payload = encode_error(JobTimeout(job=job, timeout=limit, worker_pid=pid))
+            try:
+                killed = self.board.expire(slot, seq, pid, payload, kill=lambda pid=pid: os.kill(pid, signal.SIGKILL))
+            except (LockTimeout, ProcessLookupError) as exc:
+                logger.warning("job {!r} past its deadline not ended yet: {}", job, exc)
+                continue
+            if killed:
+                self._timed_out[pid] = f"killed (SIGKILL) for running job {job!r} past its job_timeout of {limit:g} s"
 
     def _failure_for(self, meaning: str):
         def fail(slot: int, attempts: int) -> bytes:
@@ -124,7 +213,8 @@ class WorkerPool:
         return fail
 
     def pids(self) -> list[int]:
-        return [w.proc.pid for w in self.workers]
+        """Pids of the workers started and not yet found dead (a delayed restart has none)."""
+        return [w.proc.pid for w in self.workers if not w.handled]
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM every worker, wait up to ``timeout``, SIGKILL whoever is left."""

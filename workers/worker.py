@@ -7,11 +7,14 @@ area are written into a table allocation whose ownership passes to the client.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import signal
 import sys
 import threading
 import time
+import traceback
 
 import posix_ipc
 from loguru import logger
@@ -21,18 +24,56 @@ from shmpool import _faults
 from shmpool.lock import retry_interrupted_waits
 from shmpool.spin import SPIN_ENV, spin_seconds
 from shmpool._proc import is_alive
-from shmpool.codec import decode_request, encode_error, encode_result
+from shmpool.codec import RequestFlags, decode_job, encode_error, encode_result
 from shmpool.errors import AttachError, ShmPoolError
 from shmpool.jobboard import JobBoard
 from shmpool.jobs_layout import SC, JW, Status
 from shmpool.layout import W
+from shmpool.names import runtime_dir
+from shmpool.worker_context import _set_worker_reader
 
+from .config import WorkerConfig
 from .jobs import resolve_job
 from .watchdog import start_watchdog
 
 LOGGING_PACKAGES = ("shmpool", "coordinator", "workers", "__main__")
 POLL = 0.2  # seconds between checks that the coordinator still lives
 DROP_STALE_EVERY = 0.1  # seconds between releases of superseded generations
+# The worker's exit status when its initializer raised (workers/pool.py explains it; the error
+# text is left in init_error_path() for the pool to report).
+EXIT_INIT_FAILED = 5
+
+_config = WorkerConfig()  # what the coordinator sent (SHMPOOL_WORKER), read once in main()
+
+
+class InitializerFailed(Exception):
+    """The worker's initializer raised; the worker exits with EXIT_INIT_FAILED."""
+
+
+def init_error_path(name: str, pid: int):
+    """Where a worker whose initializer failed leaves the error text for its pool (0600, ours)."""
+    return runtime_dir() / f"{name}.worker-{pid}.init-error"
+
+
+def _prepare(name: str, board: JobBoard, reader) -> None:
+    """Before serving: jobs may ask for the reader, then the initializer runs once."""
+    _set_worker_reader(reader)
+    try:
+        _config.run_initializer()
+    except BaseException as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        print(f"shmpool worker (pid {os.getpid()}): initializer {_config.init} failed:\n"
+              + "".join(traceback.format_exception(exc)), file=sys.stderr, flush=True)
+        try:
+            fd = os.open(init_error_path(name, os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+        except OSError as err:
+            logger.debug("initializer error not recorded for the pool: {}", err)
+        board.close()
+        reader.close()
+        raise InitializerFailed(text) from None
 
 
 def serve(name: str, index: int, stop: threading.Event) -> int:
@@ -42,6 +83,7 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
     words = inst.control.words
     coordinator = (int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
     start_watchdog(index, coordinator)  # ends this process mid-job if the coordinator dies
+    _prepare(name, board, reader)
     with board.lock:
         board.v.words[JW.WORKERS_STARTED] += 1
     served = 0
@@ -83,8 +125,19 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int, *, take_next: bool)
     """Run one request and hand its response over; returns the next request taken, if asked."""
     job = "?"
     try:
-        job, args, kwargs = decode_request(board.request(slot), lambda d, l, _g: reader.load_layer_context(d, l))
-        result = resolve_job(job)(reader, *args, **kwargs)
+        request = decode_job(board.request(slot), lambda d, l, _g: reader.load_layer_context(d, l))
+        job = request.job
+        timeout = request.job_timeout if request.job_timeout is not None else _config.job_timeout
+        if timeout is not None and not math.isinf(timeout):
+            # The slot is RUNNING and ours: a plain store, read by the pool supervisor.
+            board.v.slots[slot, SC.DEADLINE_NS] = time.monotonic_ns() + int(timeout * 1e9)
+        plain = bool(request.flags & RequestFlags.PLAIN)
+        fn = resolve_job(job, plain=plain)
+        call = fn if plain else functools.partial(fn, reader)  # a name: reader first; a callable: as is
+        if request.flags & RequestFlags.CHUNK:
+            result = [call(*args, **request.kwargs) for args in request.args]
+        else:
+            result = call(*request.args, **request.kwargs)
         status, payload = Status.OK, encode_result(result)
     except Exception as exc:  # every job failure goes back to its client, typed
         status, payload = Status.ERROR, encode_error(exc)
@@ -119,8 +172,11 @@ def _spill(board: JobBoard, inst, slot: int, seq: int, status: Status, payload: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _config
     argv = sys.argv[1:] if argv is None else argv
     name, index = argv[0], int(argv[1])
+    _config = WorkerConfig.from_env()
+    _config.apply_sys_path()  # before any job module is imported
     # A worker is a process of ours: it may configure logging. Silent unless the coordinator's
     # side asked for a level (the CLI exports SHMPOOL_LOG_LEVEL to its workers).
     logger.remove()
@@ -140,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     except AttachError as exc:
         print(f"shmpool worker {index}: {exc}", file=sys.stderr)
         return 3
+    except InitializerFailed:
+        return EXIT_INIT_FAILED
 
 
 if __name__ == "__main__":
