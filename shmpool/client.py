@@ -112,11 +112,11 @@ def _batched(items: Iterator, size: int) -> Iterator[list]:
 
 
 class _ThreadChannel:
-    """One thread's own channel for Client.call; released when the thread (and this) is gone.
+    """A channel of Client.call, borrowed by one calling thread at a time (the client's pool).
 
-    ``spent`` is the slot of the thread's last answer, still DELIVERED: the next call frees it
-    in the lock round of its own submit (saving one lock round per call), or the completion
-    thread frees it once the thread has been idle for SPENT_IDLE.
+    ``spent`` is the (slot, seq) of the channel's last answer, still DELIVERED: the next call on
+    it frees it in the lock round of its own submit (saving one lock round per call), or the
+    completion thread frees it once the channel has been idle for SPENT_IDLE.
     """
     __slots__ = ("channel", "sem", "stale", "spent", "spent_at", "guard", "__weakref__")
 
@@ -130,12 +130,6 @@ class _ThreadChannel:
         with self.guard:
             slot, self.spent = self.spent, None
         return slot
-
-
-def _release_thread_channel(client_ref, channel: int) -> None:
-    client = client_ref()
-    if client is not None:
-        client._release_thread_channel(channel)
 
 
 class Client(concurrent.futures.Executor):
@@ -161,7 +155,6 @@ class Client(concurrent.futures.Executor):
         self._sem = self._board.channel_sem(self._channel)
         self._futures: dict[int, tuple[int, JobFuture]] = {}
         self._early: set[int] = set()
-        self._tls = threading.local()        # per-thread channel of call()
         self._direct_calls = 0
         self._thread_channels: list[int] = []
         self._lock = threading.Lock()
@@ -171,6 +164,8 @@ class Client(concurrent.futures.Executor):
         self._names: dict[Any, str] = {}
         self._deferred: list[tuple[int, int]] = []  # answers (slot, seq) a call() could not free in time
         self._thread_channel_objs: "weakref.WeakSet[_ThreadChannel]" = weakref.WeakSet()
+        self._channel_pool: list[_ThreadChannel] = []  # call() channels not borrowed right now
+        self._all_direct: list[_ThreadChannel] = []    # every call() channel of this client
         self._next_spent_sweep = 0.0
         self._closed = False  # the completion thread's stop flag (detaching)
         self._broken: BaseException | None = None
@@ -512,6 +507,7 @@ class Client(concurrent.futures.Executor):
         try:
             return self._call_direct(mine, job, args, kwargs, timeout, flags, job_timeout)
         finally:
+            self._return_channel(mine)
             with self._lock:
                 self._direct_calls -= 1
 
@@ -585,23 +581,31 @@ class Client(concurrent.futures.Executor):
                 del self._futures[slot]
 
     def _release_idle_spent(self) -> None:
-        """Free the last answer slots of call() threads idle for SPENT_IDLE (completion thread)."""
+        """Completion thread: free the last answer slots of call() channels idle for SPENT_IDLE,
+        and drop late answers to timed-out calls waiting in idle channels' rings."""
         now = time.monotonic()
         self._next_spent_sweep = now + SPENT_IDLE
-        with self._lock:
-            channels = list(self._thread_channel_objs)
-        idle = []
-        for mine in channels:
-            with mine.guard:
-                if mine.spent is not None and now - mine.spent_at >= SPENT_IDLE:
-                    idle.append(mine.spent)
-                    mine.spent = None
-        if idle:
-            try:
-                self._board.release_slots(idle, timeout=SPENT_IDLE)
-            except TimeoutError:
-                with self._lock:
-                    self._deferred.extend(idle)
+        with self._lock:  # borrowed out of the pool while we look, so no call() uses them
+            idle_channels, self._channel_pool = self._channel_pool, []
+        try:
+            idle = []
+            for mine in idle_channels:
+                with mine.guard:
+                    if mine.spent is not None and now - mine.spent_at >= SPENT_IDLE:
+                        idle.append(mine.spent)
+                        mine.spent = None
+                late = self._board.completed(mine.channel)
+                if late:
+                    self._drop_stale(late, mine.stale, now + SPENT_IDLE)
+            if idle:
+                try:
+                    self._board.release_slots(idle, timeout=SPENT_IDLE)
+                except TimeoutError:
+                    with self._lock:
+                        self._deferred.extend(idle)
+        finally:
+            with self._lock:
+                self._channel_pool.extend(idle_channels)
 
     def _drop_stale(self, slots: list[int], stale: set[int], deadline: float | None = None) -> None:
         """Responses to calls that timed out: free their spills and slots."""
@@ -621,34 +625,36 @@ class Client(concurrent.futures.Executor):
                 self._deferred.extend(pairs)
 
     def _thread_channel(self, timeout: float | None = None):
-        mine = getattr(self._tls, "channel", None)
-        if mine is None:
-            try:
-                channel = self._board.claim_channel(timeout=timeout)
-            except AttachError:
-                return None  # every channel is taken: the shared one still works
-            mine = _ThreadChannel(channel, self._board.channel_sem(channel))
-            # When the thread ends, its thread-local goes and the channel (with any late
-            # response still in it) goes back to the board: exited threads hold nothing.
-            weakref.finalize(mine, _release_thread_channel, weakref.ref(self), channel)
-            self._tls.channel = mine
+        """Borrow a call() channel: one from the pool, or a new one while fewer than
+        DIRECT_CALLS_MAX exist. None when the board has no channel left (use submit).
+
+        Channels belong to the client, not to threads: a client whose many long-lived threads
+        each call() once still holds at most DIRECT_CALLS_MAX board channels.
+        """
+        with self._lock:
+            if self._channel_pool:
+                return self._channel_pool.pop()
+            if len(self._thread_channels) >= DIRECT_CALLS_MAX:
+                return None
+            self._thread_channels.append(-1)  # reserved while we claim it
+        try:
+            channel = self._board.claim_channel(timeout=timeout)
+        except BaseException as exc:
             with self._lock:
-                self._thread_channels.append(channel)
-                self._thread_channel_objs.add(mine)
+                self._thread_channels.remove(-1)
+            if isinstance(exc, AttachError):
+                return None  # every channel is taken: the shared one still works
+            raise
+        mine = _ThreadChannel(channel, self._board.channel_sem(channel))
+        with self._lock:
+            self._thread_channels[self._thread_channels.index(-1)] = channel
+            self._thread_channel_objs.add(mine)
+            self._all_direct.append(mine)
         return mine
 
-    def _release_thread_channel(self, channel: int) -> None:
+    def _return_channel(self, mine: "_ThreadChannel") -> None:
         with self._lock:
-            if self._closed or channel not in self._thread_channels:
-                return  # close() releases it
-            self._thread_channels.remove(channel)
-        try:
-            spills = self._board.release_channel(channel)
-        except ShmPoolError as exc:
-            logger.debug("channel {} not released: {}", channel, exc)
-            return
-        for spill in spills:
-            self._free_spill(self._inst.table.handle_at(*spill))
+            self._channel_pool.append(mine)
 
     def _resolve(self, dimension_id: int, layer_id: int, generation: int) -> LoadedContext:
         # The worker saw `generation`; this process maps the newest published one, which is the
@@ -757,7 +763,7 @@ class Client(concurrent.futures.Executor):
         except ShmPoolError as exc:
             spills = []
             logger.debug("channel {} not released: {}", self._channel, exc)
-        for channel in self._thread_channels:
+        for channel in [c for c in self._thread_channels if c >= 0]:
             try:
                 spills += self._board.release_channel(channel)
             except ShmPoolError as exc:

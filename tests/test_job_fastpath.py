@@ -58,3 +58,25 @@ def test_an_idle_call_thread_does_not_keep_a_slot(instance_name):
             _wait_for(lambda: coord._board.counts()["free"] == SLOTS)
             futures = [client.submit("ping", timeout=1) for _ in range(SLOTS)]
             assert len({f.result(5) for f in futures}) == 1
+
+
+def test_many_calling_threads_hold_few_channels_and_others_still_connect(instance_name):
+    with Coordinator(instance_name, workers=1, job_slots=SLOTS, max_clients=8) as coord:
+        with shmpool.connect(instance_name) as client:
+            done = threading.Barrier(21)
+
+            def call_once_then_linger():
+                client.call("ping", timeout=5)
+                done.wait(10)  # alive, as a pool thread would be
+
+            threads = [threading.Thread(target=call_once_then_linger) for _ in range(20)]
+            for t in threads:
+                t.start()
+            try:
+                assert coord._board.counts()["clients"] <= 1 + 4  # the client's own + its call() pool
+                with shmpool.connect(instance_name) as other:  # channels are left for others
+                    assert other.call("ping", timeout=5) > 0
+            finally:
+                done.wait(10)
+                for t in threads:
+                    t.join(10)

@@ -21,6 +21,7 @@ import _board_children as children
 import shmpool
 from coordinator import Coordinator
 from shmpool.errors import AttachError, RequestTooLarge
+from shmpool.jobboard import JobBoard
 from shmpool.jobs_layout import JW, SC, SlotState
 from shmpool.names import cleanup, list_objects
 from shmpool.sample import build_sample
@@ -54,24 +55,26 @@ def _free_stack_is_a_set(board) -> None:
     assert len(stack) == len(set(stack)), f"a slot is on the free stack twice: {stack}"
 
 
-def test_releasing_the_same_answer_twice_frees_it_once(coord):
-    with shmpool.connect(coord.name) as client:
-        board = client._board
-        slot, seq = board.submit(client._channel, b"\x93\xa4ping\x90\x80", timeout=1)
-        with client._lock:
-            client._early.discard(slot)
-        taken = board.take()
-        assert taken == (slot, seq)
-        board.finish(slot, seq, 0, b"\x01")
-        # The completion thread may have consumed it already; consume by hand if not.
-        deadline = time.monotonic() + 2
-        while board.v.slots[slot, SC.STATE] != SlotState.DELIVERED and time.monotonic() < deadline:
-            board.completed(client._channel)
-            time.sleep(0.001)
+def test_releasing_the_same_answer_twice_frees_it_once(instance_name):
+    # The board alone, no workers and no completion thread: this process plays client and
+    # worker, so every step happens exactly when the test says.
+    board = JobBoard.create(instance_name, slots=SLOTS, channels=2, payload=1024)
+    try:
+        channel = board.claim_channel()
+        slot, seq = board.submit(channel, b"request", timeout=1)
+        assert board.take() == (slot, seq)
+        board.finish(slot, seq, 0, b"answer")
+        assert board.completed(channel) == [slot]
         board.release_slots([(slot, seq)])
-        board.release_slots([(slot, seq)])  # a deferred copy of the same release
+        board.release_slots([(slot, seq)])  # a deferred copy of the same release: a no-op
         _free_stack_is_a_set(board)
-        assert board.counts()["free"] <= SLOTS
+        assert board.counts()["free"] == SLOTS
+        again, seq2 = board.submit(channel, b"next", timeout=1)  # the slot is reused...
+        board.release_slots([(slot, seq)])  # ...and a stale release must not free it
+        assert board.v.slots[again, SC.STATE] == SlotState.SUBMITTED and board.counts()["free"] == SLOTS - 1
+    finally:
+        board.unlink()
+        board.close()
 
 
 def test_a_withdrawn_future_does_not_swallow_the_next_answer_in_its_slot(coord):
