@@ -336,6 +336,7 @@ def main(argv=None) -> int:
                 jobs = coord.stats()["jobs"]
             iox_before = _iceoryx2_files()
             ipc = ipc_rounds.run(Path(tmp), rounds=rounds, **ipc_params)
+            ipc["iceoryx2_files_removed"] = _remove_iceoryx2_files(_iceoryx2_files() - iox_before)
             ipc["iceoryx2_files_left_in_dev_shm"] = sorted(_iceoryx2_files() - iox_before)
         finally:
             leftovers = benchlib.shm_leftovers() + _ipc_leftovers()
@@ -403,6 +404,19 @@ def _dev_shm(prefix: str) -> set[str]:
 
 def _iceoryx2_files() -> set[str]:
     return _dev_shm("iox2_")
+
+
+def _remove_iceoryx2_files(created: set[str]) -> list[str]:
+    """Unlink what iceoryx2 left in /dev/shm during this run (its process-global management
+    file outlives every node): only names that were not there before, once its peers ended."""
+    removed = []
+    for name in sorted(created):
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+            removed.append(name)
+        except OSError as exc:
+            print(f"bench_jobs: could not remove /dev/shm/{name}: {exc}", file=sys.stderr)
+    return removed
 
 
 def _ipc_leftovers() -> list[str]:
