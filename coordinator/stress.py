@@ -35,7 +35,7 @@ from shmpool.names import list_objects
 
 from .coordinator import Coordinator
 
-__all__ = ["run_stress", "render_report", "write_outputs", "stress_layer", "StressFailed",
+__all__ = ["run_stress", "leak_check", "render_report", "write_outputs", "stress_layer", "StressFailed",
            "STRESS_DIMENSION"]
 
 STRESS_DIMENSION = 100
@@ -237,7 +237,7 @@ def run_stress(name: str, *, clients: int = 128, duration: float = 10.0, crystal
         kills = _drive(coord, t0, duration, crystallize_every, kill_workers, generations, live)
         reports = _collect(name, procs, results, live)
         wall = time.monotonic() - t0
-        leak = _leak_check(coord)
+        leak = leak_check(coord)
         final = coord.stats()
     except BaseException:
         stop.set()
@@ -322,7 +322,7 @@ def _collect(name: str, procs: list, results, live: "_Live") -> list[dict]:
     return list(reports.values())
 
 
-def _leak_check(coord: Coordinator, patience: float = 3.0) -> dict:
+def leak_check(coord: Coordinator, patience: float = 3.0) -> dict:
     """Allocations beyond one per published dimension, after clients left and reclaim ran.
 
     Superseded generations still pinned by a worker's reader (it holds the generation it last
@@ -337,7 +337,8 @@ def _leak_check(coord: Coordinator, patience: float = 3.0) -> dict:
         leaked = st["live_allocations"] - st["dimensions"] - st["superseded_pending"]
         if leaked <= 0 or time.monotonic() > deadline:
             return {"leaked_blocks": leaked, "live_allocations": st["live_allocations"],
-                    "dimensions": st["dimensions"], "superseded_pending": st["superseded_pending"]}
+                    "dimensions": st["dimensions"], "superseded_pending": st["superseded_pending"],
+                    "used_bytes": st["used_bytes"]}
         time.sleep(0.05)
 
 

@@ -49,6 +49,7 @@ from _chaos_clients import CHAOS_DIMENSION, CHAOS_LAYERS, SLOW_JOB, chaos_layer,
 
 import shmpool  # noqa: E402
 from coordinator import Coordinator  # noqa: E402
+from coordinator.stress import leak_check  # noqa: E402
 from shmpool.jobs_layout import JW, SC, SlotState  # noqa: E402
 from shmpool.names import list_objects  # noqa: E402
 
@@ -406,22 +407,6 @@ def _publish(coord: Coordinator, round_: int) -> int:
     return coord.crystallize(CHAOS_DIMENSION)
 
 
-def _leak_check(coord: Coordinator, patience: float = 3.0) -> dict:
-    """Allocations beyond one per published dimension and superseded generation still pinned
-    (a worker holds the generation it last used until its next job); dead processes'
-    allocations are swept once a second, hence the patience."""
-    deadline = time.monotonic() + patience
-    while True:
-        coord.reclaim()
-        st = coord.stats()
-        leaked = st["live_allocations"] - st["dimensions"] - st["superseded_pending"]
-        if leaked <= 0 or time.monotonic() > deadline:
-            return {"leaked_blocks": leaked, "live_allocations": st["live_allocations"],
-                    "dimensions": st["dimensions"], "superseded_pending": st["superseded_pending"],
-                    "used_bytes": st["used_bytes"]}
-        time.sleep(0.05)
-
-
 def campaign_soak(name: str, ctx, *, seconds: float, clients: int, threads: int, slots: int,
                   crystallize_every: float, kill_every: float, lost_after: float, seed: int) -> dict:
     rng = random.Random(seed)
@@ -462,7 +447,7 @@ def campaign_soak(name: str, ctx, *, seconds: float, clients: int, threads: int,
         _wait_deaths(coord, kills)
         stop.set()
         live = _collect(results, procs, lost_after + 30)
-        leak = _leak_check(coord)
+        leak = leak_check(coord)
         fresh = _all_slots_at_once(name, slots, lost_after)
         board = _board_state(coord, slots)
         deaths = _deaths(coord)
