@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 import pytest
 
 from shmpool.names import PREFIX, SHM_DIR, cleanup, list_objects
+from shmpool.sample import build_sample
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
 # One id per pytest session (xdist gives all workers of a run the same one), so two sessions
@@ -63,3 +65,20 @@ def make_name(request):
 @pytest.fixture
 def instance_name(make_name) -> str:
     return make_name()
+
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    """The built-in sample written once per test module, for coordinators with data_dir=."""
+    path = tmp_path_factory.mktemp("sample")
+    build_sample(path)
+    return path
+
+
+@pytest.fixture
+def user_jobs_importable(monkeypatch):
+    """tests/ on the PYTHONPATH that workers inherit, so user jobs like "_jobs:slow" resolve."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))

@@ -15,16 +15,9 @@ import shmpool
 from coordinator import Coordinator
 from shmpool import AttachError, InstanceExists, PoolSpec
 from shmpool.region_builder import RegionBuilder
-from shmpool.sample import CORE_DIMENSIONS, build_sample
+from shmpool.sample import CORE_DIMENSIONS
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sample")
-    build_sample(path)
-    return path
 
 
 @pytest.fixture

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
+from _waiting import wait_for
 
 import shmpool
 from coordinator import Coordinator
 from shmpool.spin import AUTO_SPIN_US, SPIN_MIN_CPUS, spin_seconds
 
 SLOTS = 4
-
-
-def _wait_for(predicate, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_spin_settings_are_checked_and_auto_follows_the_core_count(monkeypatch):
@@ -40,7 +33,7 @@ def test_calls_in_spin_mode_are_answered_and_leave_every_slot_free(instance_name
             pid = coord._pool.pids()[0]
             assert [client.call("ping", timeout=5) for _ in range(200)] == [pid] * 200
             # The last answer's slot is freed by the completion thread once the caller idles.
-            _wait_for(lambda: coord._board.counts()["free"] == SLOTS)
+            wait_for(lambda: coord._board.counts()["free"] == SLOTS, 5.0)
             c = coord._board.counts()
             assert c["submitted"] == c["completed"] == 200
 
@@ -55,7 +48,7 @@ def test_an_idle_call_thread_does_not_keep_a_slot(instance_name):
             for t in threads:
                 t.join(10)
             # Every slot is usable at once again: each thread's last answer slot was freed.
-            _wait_for(lambda: coord._board.counts()["free"] == SLOTS)
+            wait_for(lambda: coord._board.counts()["free"] == SLOTS, 5.0)
             futures = [client.submit("ping", timeout=1) for _ in range(SLOTS)]
             assert len({f.result(5) for f in futures}) == 1
 

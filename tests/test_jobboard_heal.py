@@ -12,31 +12,20 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
+from _waiting import wait_for
 
 import _board_children as children
 import shmpool
 from coordinator import Coordinator
 from shmpool.errors import LockTimeout
 from shmpool.jobs_layout import JW, SC, SlotState
-from shmpool.sample import build_sample
 
-TESTS = Path(__file__).parent
 SLOTS = 8
 
 
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sample")
-    build_sample(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _user_jobs_importable(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 
 def _coordinator(name, sample_dir, workers=2):
@@ -50,17 +39,10 @@ def _spawn(target, *args):
     return proc
 
 
-def _wait_for(predicate, seconds=10.0, what="condition"):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {seconds} s"
-        time.sleep(0.01)
-
-
 def _assert_whole(coord) -> None:
     """Quiescent board: every slot free and on the free stack, counters balanced."""
     board = coord._board
-    _wait_for(lambda: board.counts()["free"] == SLOTS and board.counts()["queued"] == 0, 5,
+    wait_for(lambda: board.counts()["free"] == SLOTS and board.counts()["queued"] == 0, 5,
               "every slot free again")
     v = board.v
     assert (v.slots[:, SC.STATE] == SlotState.FREE).all()
@@ -113,7 +95,7 @@ def test_worker_killed_at_each_window_strands_no_future(instance_name, sample_di
             futures = [client.submit("_jobs:slow", 0, i) for i in range(4)]
             assert [f.result(10) for f in futures] == list(range(4))
             assert not token.exists(), f"no worker reached {fault}"
-            _wait_for(lambda: coord._pool.deaths, 5, "the worker death noticed")
+            wait_for(lambda: coord._pool.deaths, 5, "the worker death noticed")
             assert [client.call("_jobs:slow", 0, i, timeout=5) for i in range(3)] == [0, 1, 2]
         _all_slots_at_once(instance_name)
         _assert_whole(coord)
@@ -124,7 +106,7 @@ def test_a_stopped_lock_holder_makes_calls_fail_on_time_naming_it(instance_name,
         client = shmpool.connect(instance_name)
         victim = _spawn(children.client_stops_holding_the_board_lock, instance_name)
         try:
-            _wait_for(lambda: coord._board.lock.owner() == victim.pid, 30, "the victim holding the lock")
+            wait_for(lambda: coord._board.lock.owner() == victim.pid, 30, "the victim holding the lock")
             for attempt in (lambda: client.call("_jobs:slow", 0, 1, timeout=0.5),
                             lambda: client.submit("_jobs:slow", 0, 1, timeout=0.5),
                             lambda: shmpool.connect(instance_name, timeout=0.5)):

@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import posix_ipc
 import pytest
@@ -24,22 +23,11 @@ from shmpool.errors import AttachError, RequestTooLarge
 from shmpool.jobboard import JobBoard
 from shmpool.jobs_layout import JW, SC, SlotState
 from shmpool.names import cleanup, list_objects
-from shmpool.sample import build_sample
 
-TESTS = Path(__file__).parent
 SLOTS = 8
 
 
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sample")
-    build_sample(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _user_jobs_importable(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 
 @pytest.fixture

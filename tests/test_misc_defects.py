@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import posix_ipc
 import pytest
+from _waiting import wait_for
 
 import _client_children
 import shmpool
@@ -27,28 +27,10 @@ from shmpool import InvalidLayer
 from shmpool._proc import is_alive
 from shmpool.context import NavigationPath
 from shmpool.names import SHM_DIR, cleanup, list_objects, runtime_dir, segment_name, semaphore_name
-from shmpool.sample import build_sample
-
-TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sample")
-    build_sample(path)
-    return path
 
-
-@pytest.fixture(autouse=True)
-def _user_jobs_importable(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-
-
-def _wait_for(predicate, seconds=10.0, what="condition"):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {seconds} s"
-        time.sleep(0.01)
+pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 
 # ----------------------------------------------------------------------------- worker watchdog
@@ -76,12 +58,12 @@ def test_a_worker_busy_in_a_long_job_exits_soon_after_its_coordinator_is_killed(
         pid_files = [tmp_path / f"worker-{i}.pid" for i in range(2)]
         for p in pid_files:
             client.submit("_jobs:report_pid_then_sleep", str(p), 60)
-        _wait_for(lambda: all(p.exists() for p in pid_files), 30, "both workers busy")
+        wait_for(lambda: all(p.exists() for p in pid_files), 30, "both workers busy")
         busy = sorted(int(p.read_text()) for p in pid_files)
         assert extra.pid in busy and len(set(busy)) == 2
         os.kill(coord.pid, signal.SIGKILL)
         coord.join(10)
-        _wait_for(lambda: not any(is_alive(pid) for pid in busy), 1.5, "busy workers gone")
+        wait_for(lambda: not any(is_alive(pid) for pid in busy), 1.5, "busy workers gone")
         assert extra.wait(5) == EXIT_COORDINATOR_GONE
         why = extra.stderr.read()
         assert f"coordinator (pid {coord.pid})" in why and "is gone" in why, why

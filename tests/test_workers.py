@@ -9,30 +9,19 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from pathlib import Path
 
 import pytest
+from _waiting import wait_for
 
 import _client_children as children
 import shmpool
 from coordinator import Coordinator
-from shmpool import AttachError, JobError, LayerNotFound, RequestTooLarge, WorkerCrashed
+from shmpool import AttachError, LayerNotFound, RequestTooLarge, WorkerCrashed
 from shmpool.names import list_objects
-from shmpool.sample import build_sample
-
-TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sample")
-    build_sample(path)
-    return path
 
-
-@pytest.fixture(autouse=True)
-def _user_jobs_importable(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 
 @pytest.fixture
@@ -40,13 +29,6 @@ def pool(instance_name, sample_dir):
     with Coordinator(instance_name, data_dir=sample_dir, workers=2, job_modules=["_jobs"]) as coord:
         with shmpool.connect(instance_name) as client:
             yield coord, client
-
-
-def _wait_for(predicate, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_128_client_threads_get_correct_bytes(pool):
@@ -134,7 +116,7 @@ def test_sigkill_of_a_worker_mid_job_loses_no_job(pool, tmp_path):
     death = stats["workers"]["deaths"][0]
     assert death["returncode"] == -signal.SIGKILL and "SIGKILL" in death["meaning"]
     assert int(marker.read_text()) == death["pid"]
-    _wait_for(lambda: len(coord.stats()["workers"]["pids"]) == 2)
+    wait_for(lambda: len(coord.stats()["workers"]["pids"]) == 2)
     assert client.lookup(1, 1).verify()
 
 
@@ -173,14 +155,14 @@ def test_cancel_follows_concurrent_futures(instance_name, sample_dir):
     with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
         with shmpool.connect(instance_name) as client:
             running = client.submit("_jobs:slow", 0.5, "r")
-            _wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
+            wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
             queued = client.submit("_jobs:slow", 0, "q")
             assert queued.cancel() and queued.cancelled()
             assert not running.cancel()
             assert running.result(5) == "r"
             with pytest.raises(FuturesTimeout):
                 client.submit("_jobs:slow", 0.5, "t").result(timeout=0.05)
-            _wait_for(lambda: coord.stats()["jobs"]["free"] == 256)
+            wait_for(lambda: coord.stats()["jobs"]["free"] == 256)
             assert coord.stats()["jobs"]["cancelled"] == 1
 
 
@@ -247,13 +229,13 @@ def test_closing_a_client_with_jobs_in_flight_leaks_no_slot_or_block(instance_na
         client = shmpool.connect(instance_name)
         running = [client.submit("_jobs:slow", 0.3, i) for i in range(2)]
         queued = [client.submit("_jobs:big", 300_000) for _ in range(3)]  # spilled results
-        _wait_for(lambda: coord.stats()["jobs"]["running"] == 2)
+        wait_for(lambda: coord.stats()["jobs"]["running"] == 2)
         client.close()  # detach now: unlike shutdown() (and the with block), close() does not wait
         for fut in running + queued:
             assert fut.done()
             assert fut.cancelled() or isinstance(fut.exception(), shmpool.ClientClosed)
-        _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
-        _wait_for(lambda: coord.stats()["live_allocations"] == baseline)
+        wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+        wait_for(lambda: coord.stats()["live_allocations"] == baseline)
         assert coord.stats()["jobs"]["clients"] == 0
 
 
@@ -262,12 +244,12 @@ def test_a_spilled_result_whose_client_closed_before_delivery_is_freed(instance_
         baseline = coord.stats()["live_allocations"]
         client = shmpool.connect(instance_name)
         fut = client.submit("_jobs:slow_big", 0.3, 300_000)  # finishes once we are gone
-        _wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
+        wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
         client.close()
         assert isinstance(fut.exception(), AttachError)
-        _wait_for(lambda: coord.stats()["jobs"]["completed"] >= 1)
-        _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
-        _wait_for(lambda: coord.stats()["live_allocations"] == baseline)
+        wait_for(lambda: coord.stats()["jobs"]["completed"] >= 1)
+        wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+        wait_for(lambda: coord.stats()["live_allocations"] == baseline)
 
 
 def test_direct_call_times_out_then_drops_the_late_response_without_leaks(instance_name, sample_dir):
@@ -277,10 +259,10 @@ def test_direct_call_times_out_then_drops_the_late_response_without_leaks(instan
             with pytest.raises(FuturesTimeout):
                 client.call("_jobs:slow_big", 0.4, 300_000, timeout=0.1)  # a spilled result, late
             assert client.call("_jobs:echo", 7, timeout=10)["args"] == [7]  # same thread, same channel
-            _wait_for(lambda: coord.stats()["jobs"]["running"] == 0)
+            wait_for(lambda: coord.stats()["jobs"]["running"] == 0)
             assert client.call("lookup", 2, 3, timeout=10).verify()  # the late response is dropped here
-            _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
-            _wait_for(lambda: coord.stats()["live_allocations"] == baseline)
+            wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+            wait_for(lambda: coord.stats()["live_allocations"] == baseline)
             with pytest.raises(LayerNotFound):
                 client.call("lookup", 2, 10**9, timeout=10)
 
@@ -323,7 +305,7 @@ def test_a_timed_out_calls_late_answer_is_freed_while_its_channel_idles(instance
             # call() channels belong to the client's pool (at most DIRECT_CALLS_MAX), not to
             # threads; the late answer in the idle channel's ring is dropped and its slot freed.
             assert coord.stats()["jobs"]["clients"] <= 1 + client_module.DIRECT_CALLS_MAX
-            _wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+            wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
 
 
 def test_contexts_sent_as_arguments_are_resolved_in_the_worker(pool):
