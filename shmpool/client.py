@@ -25,7 +25,6 @@ import itertools
 import queue
 import threading
 import time
-import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, Callable, Iterable, Iterator
@@ -118,7 +117,7 @@ class _ThreadChannel:
     it frees it in the lock round of its own submit (saving one lock round per call), or the
     completion thread frees it once the channel has been idle for SPENT_IDLE.
     """
-    __slots__ = ("channel", "sem", "stale", "spent", "spent_at", "guard", "__weakref__")
+    __slots__ = ("channel", "sem", "stale", "spent", "spent_at", "guard")
 
     def __init__(self, channel: int, sem) -> None:
         self.channel, self.sem, self.stale = channel, sem, set()
@@ -163,9 +162,7 @@ class Client(concurrent.futures.Executor):
         self._lifecycle = Lifecycle.OPEN
         self._names: dict[Any, str] = {}
         self._deferred: list[tuple[int, int]] = []  # answers (slot, seq) a call() could not free in time
-        self._thread_channel_objs: "weakref.WeakSet[_ThreadChannel]" = weakref.WeakSet()
         self._channel_pool: list[_ThreadChannel] = []  # call() channels not borrowed right now
-        self._all_direct: list[_ThreadChannel] = []    # every call() channel of this client
         self._next_spent_sweep = 0.0
         self._closed = False  # the completion thread's stop flag (detaching)
         self._broken: BaseException | None = None
@@ -648,8 +645,6 @@ class Client(concurrent.futures.Executor):
         mine = _ThreadChannel(channel, self._board.channel_sem(channel))
         with self._lock:
             self._thread_channels[self._thread_channels.index(-1)] = channel
-            self._thread_channel_objs.add(mine)
-            self._all_direct.append(mine)
         return mine
 
     def _return_channel(self, mine: "_ThreadChannel") -> None:

@@ -182,8 +182,7 @@ class JobBoard:
                 if owner == 0 or not is_alive(owner, int(rows[k, CC.START])):
                     if owner:  # its dead client's slots must not reach us through this ring
                         freed = self._settle_channel_locked(k, spills)
-                        v.words[JW.FREE_WAITERS] -= int(rows[k, CC.WAITING])
-                    rows[k, :] = 0
+                    self._clear_channel_locked(k)
                     rows[k, CC.START] = start
                     rows[k, CC.PID] = pid
                     break
@@ -209,8 +208,7 @@ class JobBoard:
         spills: list = []
         with self.lock:
             freed = self._settle_channel_locked(channel, spills)
-            self.v.words[JW.FREE_WAITERS] -= int(self.v.channels[channel, CC.WAITING])
-            self.v.channels[channel, :] = 0
+            self._clear_channel_locked(channel)
             wake = self._wake_count_locked(freed)
         self._post_free(wake)
         return spills
@@ -225,6 +223,12 @@ class JobBoard:
         for slot in np.flatnonzero(mine & (v.slots[:, SC.STATE] != SlotState.FREE)):
             freed += self._abandon_locked(int(slot), spills)
         return freed
+
+    def _clear_channel_locked(self, channel: int) -> None:
+        """Free a channel row; its registered waiters stop counting (they left with it)."""
+        v = self.v
+        v.words[JW.FREE_WAITERS] -= int(v.channels[channel, CC.WAITING])
+        v.channels[channel, :] = 0
 
     def _abandon_locked(self, slot: int, spills: list) -> int:
         """Settle one slot whose client is gone: 1 if it went back to the free stack."""
@@ -335,7 +339,9 @@ class JobBoard:
                 gone = "the coordinator is stopping; no new jobs are accepted"
         if _faults.ARMED:
             _faults.point("submit.queued")
-        self._wake_a_worker()
+        # A post already pending wakes a worker that drains the whole queue, ours included (it
+        # was queued before this check), so a second post would only wake one for nothing.
+        _post_if_idle(self.pending_sem)
         return slot, seq
 
     def _leave_waiters(self, channel: int) -> None:
@@ -349,12 +355,6 @@ class JobBoard:
             self.v.channels_mv[channel * _CCOLS + _C_WAITING] -= 1
         finally:
             self.lock.release()
-
-    def _wake_a_worker(self) -> None:
-        # A post already pending wakes a worker that drains the whole queue, ours included (it
-        # was queued before this check), so a second post would only wake one for nothing.
-        if not _CAN_PEEK or self.pending_sem.value == 0:
-            self.pending_sem.release()
 
     def cancel(self, slot: int, seq: int, *, timeout: float = 1.0) -> bool:
         """Withdraw a request that no worker has taken yet (False if it ran, or the lock is wedged)."""
@@ -573,11 +573,9 @@ class JobBoard:
         if _faults.ARMED:
             _faults.point("finish.delivered")
         if delivered:
-            sem = self.channel_sem(channel)
             # The client drains its whole ring when woken: a post it has not consumed yet
             # covers this slot too (pushed before this check).
-            if not _CAN_PEEK or sem.value == 0:
-                sem.release()
+            _post_if_idle(self.channel_sem(channel))
         self._post_free(wake)
         return delivered, nxt
 
@@ -716,8 +714,7 @@ class JobBoard:
                 freed += self._abandon_locked(slot, spills)
             for k in range(len(v.channels)):
                 if (int(v.channels[k, CC.PID]), int(v.channels[k, CC.START])) in dead:
-                    v.words[JW.FREE_WAITERS] -= int(v.channels[k, CC.WAITING])
-                    v.channels[k, :] = 0
+                    self._clear_channel_locked(k)
             wake = self._wake_count_locked(freed)
         self._post_free(wake)
         self.stranded_spills.extend(spills)
