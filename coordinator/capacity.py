@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from shmpool import compression
+from shmpool.data import compression
 from shmpool.errors import ShmPoolError
-from shmpool.instance import SharedInstance
-from shmpool.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
-from shmpool.region import Region
-from shmpool.region_builder import RegionBuilder, write_atomically
+from shmpool.substrate.instance import SharedInstance
+from shmpool.substrate.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
+from shmpool.data.region import Region
+from shmpool.data.region_builder import RegionBuilder, write_atomically
 
 from .publisher import Published, Publisher
 

@@ -22,8 +22,8 @@ from loguru import logger
 
 import shmpool
 from shmpool.errors import AttachError, CleanupError, ShmPoolError
-from shmpool.limits import DEFAULT_LIMIT
-from shmpool.names import runtime_dir, validate_name
+from shmpool.substrate.limits import DEFAULT_LIMIT
+from shmpool.substrate.names import runtime_dir, validate_name
 
 from .capacity import CapacityPolicy
 
@@ -133,7 +133,7 @@ def load_jsonl(path: str | os.PathLike) -> list:
 
     Raises InputError naming the line for anything unusable; blank lines are skipped.
     """
-    from shmpool.region_builder import RegionBuilder
+    from shmpool.data.region_builder import RegionBuilder
 
     builders: dict[int, RegionBuilder] = {}
     names: dict[int, str] = {}
@@ -202,7 +202,7 @@ def cmd_build(args) -> int:
 
     out = Path(args.directory)
     if args.source is None:
-        from shmpool.sample import build_sample
+        from shmpool.data.sample import build_sample
 
         out.mkdir(parents=True, exist_ok=True)
         paths = build_sample(out, seed=args.seed)
@@ -362,7 +362,7 @@ def cmd_cleanup(args) -> int:
 def cmd_stress(args) -> int:
     from rich.console import Console
 
-    from .stress import render_report, run_stress, write_outputs
+    from ..tools.stress import render_report, run_stress, write_outputs
 
     result = run_stress(args.name, clients=args.clients, duration=args.duration,
                         crystallize_every=args.crystallize_every, kill_workers=args.kill_workers,
@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("WARNING" if args.command == "stress" else "INFO")
-    for package in ("shmpool", "coordinator", "workers"):
+    for package in ("shmpool",):
         logger.enable(package)
     if args.log_level:
         os.environ["SHMPOOL_LOG_LEVEL"] = level  # inherited by worker processes

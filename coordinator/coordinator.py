@@ -20,24 +20,24 @@ import posix_ipc
 from filelock import FileLock, Timeout
 from loguru import logger
 
-from shmpool.codec import encode_error
-from shmpool.context import LoadedContext
-from shmpool import platform
+from shmpool.jobs.codec import encode_error
+from shmpool.data.context import LoadedContext
+from shmpool.substrate import platform
 from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
-from shmpool.ids import as_id
-from shmpool.spin import SPIN_ENV, spin_seconds
-from shmpool.jobboard import JobBoard
-from shmpool.jobs_layout import JobsLayout
-from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
-from shmpool.layout import STATE_STOPPING, W
-from shmpool.limits import DEFAULT_LIMIT, Thresholds
-from shmpool.names import raise_if_foreign, runtime_dir, validate_name
-from shmpool.pins import list_pins
-from shmpool.reader import Reader
-from workers.config import WorkerConfig
-from workers.jobs import POLICY_ENV, JobPolicy
-from workers.pool import WorkerPool
+from shmpool.substrate.ids import as_id
+from shmpool.jobs.spin import SPIN_ENV, spin_seconds
+from shmpool.jobs.jobboard import JobBoard
+from shmpool.jobs.jobs_layout import JobsLayout
+from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
+from shmpool.substrate.layout import STATE_STOPPING, W
+from shmpool.substrate.limits import DEFAULT_LIMIT, Thresholds
+from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
+from shmpool.data.pins import list_pins
+from shmpool.data.reader import Reader
+from shmpool.workers.config import WorkerConfig
+from shmpool.workers.jobs import POLICY_ENV, JobPolicy
+from shmpool.coordinator.pool import WorkerPool
 
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
@@ -81,7 +81,7 @@ class Coordinator:
         self.job_policy = JobPolicy.build(jobs, job_modules)
         self.worker_config = WorkerConfig.build(init=worker_init, init_args=worker_init_args,
                                                 job_timeout=job_timeout)
-        # Workers busy-wait this long for the next request before sleeping (shmpool.spin).
+        # Workers busy-wait this long for the next request before sleeping (shmpool.jobs.spin).
         self.worker_spin = spin_seconds(worker_spin_us)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.memory_limit = memory_limit

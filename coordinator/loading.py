@@ -12,8 +12,8 @@ from filelock import FileLock
 from loguru import logger
 
 from shmpool.errors import ShmPoolError
-from shmpool.names import runtime_dir
-from shmpool.region import Region
+from shmpool.substrate.names import runtime_dir
+from shmpool.data.region import Region
 
 from .publisher import Publisher
 
@@ -68,8 +68,8 @@ def _place(publisher: Publisher, region: Region, path: Path, report: LoadReport)
 
 def sample_directory(seed: int = 0) -> Path:
     """Region files of the built-in sample, built once per seed into the runtime folder."""
-    from shmpool.region import FORMAT_VERSION
-    from shmpool.sample import build_sample
+    from shmpool.data.region import FORMAT_VERSION
+    from shmpool.data.sample import build_sample
 
     target = runtime_dir() / f"sample-seed{seed}-v{FORMAT_VERSION}"
     done = target / ".complete"

@@ -6,10 +6,10 @@ import threading
 import zlib
 from typing import Iterable
 
-from shmpool.context import LoadedContext
+from shmpool.data.context import LoadedContext
 from shmpool.errors import LayerNotFound
-from shmpool.ids import as_id
-from shmpool.region_builder import RegionBuilder, keyword_tuple
+from shmpool.substrate.ids import as_id
+from shmpool.data.region_builder import RegionBuilder, keyword_tuple
 
 __all__ = ["ProtoDimension"]
 

@@ -3,7 +3,7 @@
 The coordinator is the directory's single writer; everything that changes which region a
 dimension points at goes through :class:`Publisher`. Reclamation rule: a superseded region is
 freed once (a) GRACE seconds have passed since it was superseded, and (b) no live reader pins
-that very generation (pins are exact, shmpool/pins.py: a reader holding generation 1 does not
+that very generation (pins are exact, shmpool/data/pins.py: a reader holding generation 1 does not
 hold back 2, 3, ...). (a) covers the instant between a reader's pin store and its re-check of
 the generation, during which the store may still sit in a CPU store buffer; it drains in
 nanoseconds, so 10 ms is a wide margin. (b) is the real rule, and nothing overrides it while the
@@ -11,7 +11,7 @@ pinning process lives: a pin older than ``max_pin_age`` is logged and listed as 
 freed, because its reader may still read that memory. Only a dead reader's pins are dropped.
 
 Each publication bumps W.PIN_EPOCH, which asks every reader to let go of the mappings it no
-longer needs (shmpool/pin_watch.py); each region's record is tagged with its dimension and
+longer needs (shmpool/data/pin_watch.py); each region's record is tagged with its dimension and
 generation (and when it was superseded) so that any process can list what a pin retains.
 """
 
@@ -25,13 +25,13 @@ from typing import Callable
 
 from loguru import logger
 
-from shmpool.alloc import Handle
-from shmpool.directory import Directory, Location
+from shmpool.substrate.alloc import Handle
+from shmpool.data.directory import Directory, Location
 from shmpool.errors import RegionFormatError, ShmPoolError
-from shmpool.instance import SharedInstance
-from shmpool.layout import RT, W
-from shmpool.readers import ReaderRegistry
-from shmpool.region import Region
+from shmpool.substrate.instance import SharedInstance
+from shmpool.substrate.layout import RT, W
+from shmpool.data.readers import ReaderRegistry
+from shmpool.data.region import Region
 
 __all__ = ["Published", "Evicted", "Publisher", "GRACE", "MAX_PIN_AGE"]
 

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from benchlib import clock, percentiles  # noqa: E402
 
-from shmpool import DEFAULT_POOLS, SharedInstance  # noqa: E402
-from shmpool.names import list_objects  # noqa: E402
-from shmpool.region import Region  # noqa: E402
-from shmpool.sample import build_sample  # noqa: E402
+from shmpool.lowlevel import DEFAULT_POOLS, SharedInstance  # noqa: E402
+from shmpool.substrate.names import list_objects  # noqa: E402
+from shmpool.data.region import Region  # noqa: E402
+from shmpool.data.sample import build_sample  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
 TARGET_ROUND_TRIP_P99_US = 100.0

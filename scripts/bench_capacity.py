@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchlib  # noqa: E402
 
 import shmpool  # noqa: E402
-from coordinator import Coordinator  # noqa: E402
-from coordinator.capacity import CapacityPolicy  # noqa: E402
-from shmpool.limits import DEFAULT_LIMIT  # noqa: E402
-from shmpool.names import list_objects  # noqa: E402
-from shmpool.sample import build_sample  # noqa: E402
+from shmpool.coordinator import Coordinator  # noqa: E402
+from shmpool.coordinator.capacity import CapacityPolicy  # noqa: E402
+from shmpool.substrate.limits import DEFAULT_LIMIT  # noqa: E402
+from shmpool.substrate.names import list_objects  # noqa: E402
+from shmpool.data.sample import build_sample  # noqa: E402
 
 MiB = 2**20
 

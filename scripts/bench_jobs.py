@@ -51,8 +51,8 @@ import benchlib  # noqa: E402
 import ipc_rounds  # noqa: E402
 
 import shmpool  # noqa: E402
-from coordinator import Coordinator  # noqa: E402
-from shmpool.sample import build_sample  # noqa: E402
+from shmpool.coordinator import Coordinator  # noqa: E402
+from shmpool.data.sample import build_sample  # noqa: E402
 
 PREFIX = "bench-jobs"
 TARGET_SPEEDUP = 5.0

@@ -51,8 +51,8 @@ import bench_jobs  # noqa: E402
 from benchlib import clock, percentiles  # noqa: E402
 
 import shmpool  # noqa: E402
-from coordinator import Coordinator  # noqa: E402
-from shmpool.sample import build_sample  # noqa: E402
+from shmpool.coordinator import Coordinator  # noqa: E402
+from shmpool.data.sample import build_sample  # noqa: E402
 
 PREFIX = "bench-peers"
 KEY = struct.Struct(">IQ")  # big-endian: LMDB keeps keys sorted, so one dimension's layers are adjacent

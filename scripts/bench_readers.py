@@ -46,10 +46,10 @@ import benchlib  # noqa: E402
 from benchlib import clock, percentiles  # noqa: E402
 
 import shmpool  # noqa: E402
-from coordinator import Coordinator  # noqa: E402
-from shmpool.instance import SharedInstance  # noqa: E402
-from shmpool.region import Region  # noqa: E402
-from shmpool.sample import build_sample  # noqa: E402
+from shmpool.coordinator import Coordinator  # noqa: E402
+from shmpool.substrate.instance import SharedInstance  # noqa: E402
+from shmpool.data.region import Region  # noqa: E402
+from shmpool.data.sample import build_sample  # noqa: E402
 
 MB, MiB, KiB = 1e6, 1 << 20, 1 << 10
 PREFIX = "bench-rd"

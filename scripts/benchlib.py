@@ -163,7 +163,7 @@ def instance_names() -> list[str]:
 
 def shm_leftovers(names=None) -> list[str]:
     """Segments and semaphores of ``names`` (default: every :func:`instance_name`) still in /dev/shm."""
-    from shmpool.names import list_objects  # here, so that benchlib itself needs only numpy
+    from shmpool.substrate.names import list_objects  # here, so that benchlib itself needs only numpy
 
     names = _instance_names if names is None else names
     return sorted(obj for name in names for group in list_objects(name) for obj in group)

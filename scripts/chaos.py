@@ -48,10 +48,10 @@ import benchlib  # noqa: E402
 from _chaos_clients import CHAOS_DIMENSION, CHAOS_LAYERS, SLOW_JOB, chaos_layer, live_client, victim  # noqa: E402
 
 import shmpool  # noqa: E402
-from coordinator import Coordinator  # noqa: E402
-from coordinator.stress import leak_check  # noqa: E402
-from shmpool.jobs_layout import JW, SC, SlotState  # noqa: E402
-from shmpool.names import list_objects  # noqa: E402
+from shmpool.coordinator import Coordinator  # noqa: E402
+from shmpool.tools.stress import leak_check  # noqa: E402
+from shmpool.jobs.jobs_layout import JW, SC, SlotState  # noqa: E402
+from shmpool.substrate.names import list_objects  # noqa: E402
 
 PREFIX = "chaos"
 WORKERS = 2
@@ -69,7 +69,7 @@ SOAK_KILL_PATIENCE = 0.5  # the soak waits this long for a worker caught mid-job
 
 def _context():
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["shmpool", "shmpool.client", "_chaos_clients"])
+    ctx.set_forkserver_preload(["shmpool", "shmpool.jobs.client", "_chaos_clients"])
     return ctx
 
 
@@ -177,7 +177,7 @@ def _board_state(coord: Coordinator, slots: int) -> dict:
         "free_stack_whole": 0 <= top <= slots and sorted(v.free[:top].tolist()) == list(range(slots)),
         "balanced": c["submitted"] == c["completed"] + c["failed"] + c["cancelled"],
         "free_waiters": int(v.words[JW.FREE_WAITERS]),
-        # Wake-ups only, never capacity (shmpool/jobboard.py): reported, not judged.
+        # Wake-ups only, never capacity (shmpool/jobs/jobboard.py): reported, not judged.
         "free_sem_value": board.free_sem.value, "pending_sem_value": board.pending_sem.value,
     }
 

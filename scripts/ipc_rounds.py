@@ -276,7 +276,7 @@ def run(tmp: Path, *, rounds: int, n_lat: int, n_pipe: int, window: int, warmup:
 
 
 def _run(tmp: Path, rounds: int, n_lat: int, n_pipe: int, window: int, warmup: int, systems) -> dict:
-    from coordinator import Coordinator
+    from shmpool.coordinator import Coordinator
 
     empty = tmp / "ipc-no-data"
     empty.mkdir()

@@ -17,7 +17,7 @@ _LOW_LATENCY_WORDS = ("low_latency", "lowlatency", "spin", "busy")
 
 def map_chunksize() -> str | None:
     """None if ``Client.map`` takes ``chunksize``; else why not (for the record)."""
-    from shmpool.client import Client
+    from shmpool.jobs.client import Client
 
     params = inspect.signature(Client.map).parameters
     if "chunksize" in params:
@@ -31,7 +31,7 @@ SPIN_US = 50  # the low-latency row: client and worker each spin up to this long
 def low_latency_option() -> tuple[dict | None, str]:
     """(keyword arguments of ``shmpool.connect`` for a low-latency client, how) or (None, why not)."""
     import shmpool
-    from shmpool.client import Client
+    from shmpool.jobs.client import Client
 
     if "spin_us" in inspect.signature(shmpool.connect).parameters:
         return {"spin_us": SPIN_US}, (f"shmpool.connect(name, spin_us={SPIN_US}) against "

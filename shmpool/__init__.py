@@ -1,5 +1,16 @@
 """shmpool: immutable data served to many processes at once through POSIX shared memory.
 
+The user API is what ``__all__`` lists: ``Coordinator`` (the owning process), ``attach`` (a
+zero-copy ``Reader`` from any process), ``connect`` (a ``concurrent.futures.Executor`` of the
+instance's workers), their results and their errors. The allocation table and the instance's
+segments are in :mod:`shmpool.lowlevel`.
+
+The package has three layers, each a subpackage that imports only the ones before it:
+``shmpool.substrate`` (segments, lock, allocator), ``shmpool.data`` (regions, generations,
+readers) and ``shmpool.jobs`` (the job board and the client). ``shmpool.coordinator`` and
+``shmpool.workers`` are the two process roles, and ``import shmpool`` loads neither: a reader
+process runs no coordinator code (``Coordinator`` is imported on first use).
+
 The library logs through loguru but stays silent until the application asks: following loguru's
 guidance for libraries, ``logger.disable("shmpool")`` runs on import and the CLI (or the user)
 calls ``logger.enable("shmpool")``.
@@ -7,9 +18,8 @@ calls ``logger.enable("shmpool")``.
 
 from loguru import logger
 
-from .alloc import AllocationTable, Handle
-from .client import Client, JobFuture, connect
-from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath
+from .jobs.client import Client, JobFuture, connect
+from .data.context import ContextCollection, LoadedContext, MissingStep, NavigationPath
 from .errors import (
     AllocationFailed,
     AttachError,
@@ -42,19 +52,30 @@ from .errors import (
     WorkerCrashed,
     WorkerInitFailed,
 )
-from .instance import DEFAULT_POOLS, PoolSpec, SharedInstance
-from .limits import DEFAULT_LIMIT, Thresholds
-from .names import cleanup
-from .reader import Reader, attach
-from .worker_context import worker_reader
+from .substrate.instance import DEFAULT_POOLS, PoolSpec
+from .substrate.limits import DEFAULT_LIMIT, Thresholds
+from .substrate.names import cleanup
+from .data.reader import Reader, attach
+from .jobs.worker_context import worker_reader
 
 logger.disable("shmpool")
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # PEP 562: the coordinator's code loads only when a program asks for it, so a reader or a
+    # client process that imports shmpool never imports shmpool.coordinator.
+    if name in ("Coordinator", "ProtoDimension"):
+        from . import coordinator
+        return getattr(coordinator, name)
+    raise AttributeError(f"module 'shmpool' has no attribute {name!r}")
+
+
 __all__ = [
+    "Coordinator",
+    "ProtoDimension",
     "AllocationFailed",
-    "AllocationTable",
     "AttachError",
     "CleanupError",
     "Client",
@@ -73,7 +94,6 @@ __all__ = [
     "DEFAULT_POOLS",
     "DimensionNotFound",
     "DirectoryFull",
-    "Handle",
     "InstanceExists",
     "InvalidArgument",
     "InvalidHandle",
@@ -91,7 +111,6 @@ __all__ = [
     "ReaderClosed",
     "ReloadTimeout",
     "RemoteTraceback",
-    "SharedInstance",
     "SharedMemoryFull",
     "ShmPoolError",
     "Thresholds",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import shmpool
-from shmpool import _faults
+from shmpool.substrate import _faults
 
 
 def client_dies_at(name: str, fault: str, jobs: int) -> None:
@@ -34,7 +34,7 @@ def client_stops_holding_the_board_lock(name: str) -> None:
 
 
 def coordinator_with_a_small_board(name: str, data_dir: str, ready) -> None:
-    from coordinator import Coordinator
+    from shmpool.coordinator import Coordinator
 
     Coordinator(name, data_dir=data_dir, workers=2, job_slots=8, max_clients=16, job_modules=["_jobs"]).start()
     ready.set()

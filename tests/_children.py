@@ -7,8 +7,8 @@ import random
 import fcntl
 import time
 
-from shmpool import SharedInstance
-from shmpool.alloc import AllocationTable
+from shmpool.lowlevel import SharedInstance
+from shmpool.substrate.alloc import AllocationTable
 
 
 def churn(name: str, seed: int, rounds: int, results) -> None:

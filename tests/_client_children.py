@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 
 
 def coordinator_process(name: str, data_dir: str, ready, stop) -> None:

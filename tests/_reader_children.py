@@ -8,7 +8,7 @@ import time
 import zlib
 
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 
 
 def read_all(name: str, results) -> None:

@@ -17,9 +17,9 @@ import time
 from loguru import logger
 
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool.errors import ShmPoolError
-from shmpool.names import SHM_DIR
+from shmpool.substrate.names import SHM_DIR
 
 MiB = 1024 * 1024
 LAYER = 256 * 1024  # 16 layers of 256 KiB: one 4 MiB dimension
@@ -140,7 +140,7 @@ def start_too_small(name: str, out: dict) -> None:
 def reuse_backed_blocks(name: str, out: dict) -> None:
     """Full /dev/shm: a 4 KiB request whose best pool has only never-backed blocks left is placed
     in a free block of another pool that was backed before, instead of failing."""
-    from shmpool import PoolSpec, SharedInstance
+    from shmpool.lowlevel import PoolSpec, SharedInstance
 
     pools = (PoolSpec(4 * 1024, 4096), PoolSpec(64 * 1024, 64))  # 16 + 4 MiB, sparse
     with SharedInstance.create(name, pools=pools, memory_limit=64 * MiB) as inst:

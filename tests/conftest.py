@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shmpool.names import PREFIX, SHM_DIR, cleanup, list_objects
-from shmpool.sample import build_sample
+from shmpool.substrate.names import PREFIX, SHM_DIR, cleanup, list_objects
+from shmpool.data.sample import build_sample
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
 # One id per pytest session (xdist gives all workers of a run the same one), so two sessions

@@ -7,8 +7,8 @@ import pickle
 import pytest
 from loguru import logger
 
-from shmpool import (AllocationFailed, InvalidHandle, LimitExceeded, PoolSpec, SharedInstance,
-                     Thresholds)
+from shmpool import AllocationFailed, InvalidHandle, LimitExceeded, PoolSpec, Thresholds
+from shmpool.lowlevel import SharedInstance
 
 KiB, MiB = 1024, 1024 * 1024
 POOLS = (PoolSpec(4 * KiB, 256), PoolSpec(64 * KiB, 64), PoolSpec(1 * MiB, 8))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import _children
-from shmpool import PoolSpec, SharedInstance
+from shmpool.lowlevel import PoolSpec, SharedInstance
 from shmpool.errors import LockTimeout
-from shmpool.layout import R, W
+from shmpool.substrate.layout import R, W
 
 KiB, MiB = 1024, 1024 * 1024
 POOLS = (PoolSpec(4 * KiB, 1024), PoolSpec(64 * KiB, 128), PoolSpec(1 * MiB, 16))

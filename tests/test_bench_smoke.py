@@ -64,7 +64,7 @@ def _assert_latencies(summary: dict, n: int) -> None:
 
 
 def _assert_nothing_left(doc: dict, prefix: str) -> None:
-    from shmpool.names import list_objects
+    from shmpool.substrate.names import list_objects
 
     assert doc["instances"] and all(name.startswith(prefix) for name in doc["instances"])
     assert doc["leftovers_in_dev_shm"] == []
@@ -157,7 +157,7 @@ def _assert_ipc_section(ipc: dict, table: str) -> None:
     import importlib.util
     import inspect
 
-    from shmpool.client import Client
+    from shmpool.jobs.client import Client
 
     systems = ipc["systems"]
     assert ipc["config"]["rounds"] == 2 and len(ipc["order_per_round"]) == 2

@@ -11,11 +11,11 @@ import pytest
 
 import _reader_children as children
 import shmpool
-from coordinator import Coordinator
-from coordinator.capacity import CapacityPolicy
+from shmpool.coordinator import Coordinator
+from shmpool.coordinator.capacity import CapacityPolicy
 from shmpool import LimitExceeded, PoolSpec
-from shmpool.region_builder import RegionBuilder
-from shmpool.sample import sample_builders
+from shmpool.data.region_builder import RegionBuilder
+from shmpool.data.sample import sample_builders
 
 KiB, MiB = 1024, 1024 * 1024
 POOLS = (PoolSpec(64 * KiB, 64),)  # 4 MiB

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 import shmpool
-from coordinator import Coordinator
-from coordinator.cli import parse_duration, parse_size
-from shmpool.names import list_objects
+from shmpool.coordinator import Coordinator
+from shmpool.coordinator.cli import parse_duration, parse_size
+from shmpool.substrate.names import list_objects
 
-CLI = [sys.executable, "-m", "coordinator.cli"]
+CLI = [sys.executable, "-m", "shmpool.coordinator.cli"]
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

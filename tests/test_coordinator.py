@@ -12,10 +12,10 @@ from loguru import logger
 
 import _reader_children as children
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool import AttachError, InstanceExists, PoolSpec
-from shmpool.region_builder import RegionBuilder
-from shmpool.sample import CORE_DIMENSIONS
+from shmpool.data.region_builder import RegionBuilder
+from shmpool.data.sample import CORE_DIMENSIONS
 
 MiB = 1024 * 1024
 

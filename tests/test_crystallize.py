@@ -12,9 +12,9 @@ import pytest
 
 import _reader_children as children
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool import DimensionNotFound, InvalidLayer, LayerNotFound, PoolSpec
-from shmpool.region_builder import RegionBuilder
+from shmpool.data.region_builder import RegionBuilder
 
 KiB, MiB = 1024, 1024 * 1024
 POOLS = (PoolSpec(4 * KiB, 4096), PoolSpec(64 * KiB, 256))

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import Coordinator
-from shmpool import jobs_layout, layout
-from shmpool.instance import DEFAULT_POOLS, SharedInstance
-from shmpool.jobs_layout import CC, JW, SC, JobsLayout
-from shmpool.layout import HEADER, PN, RD, RT, W, Layout
+from shmpool.coordinator import Coordinator
+from shmpool.jobs import jobs_layout
+from shmpool.substrate import layout
+from shmpool.substrate.instance import DEFAULT_POOLS, SharedInstance
+from shmpool.jobs.jobs_layout import CC, JW, SC, JobsLayout
+from shmpool.substrate.layout import HEADER, PN, RD, RT, W, Layout
 
 PAGE = (Path(__file__).parent.parent / "docs" / "shm-layout.md").read_text()
 FILLERS = {"reserved", "unused", "spare"}

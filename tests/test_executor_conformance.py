@@ -15,8 +15,8 @@ import pytest
 import _executor_jobs as jobs
 import shmpool
 from conftest import TEST_PREFIX
-from coordinator import Coordinator
-from shmpool.names import list_objects
+from shmpool.coordinator import Coordinator
+from shmpool.substrate.names import list_objects
 
 WORKERS = 2
 

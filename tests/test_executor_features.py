@@ -23,9 +23,9 @@ import pytest
 import _executor_jobs as jobs
 import shmpool
 from conftest import TEST_PREFIX
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool import (ClientClosed, InvalidArgument, InvalidJob, JobError, JobTimeout, UnknownJob, WorkerInitFailed)
-from shmpool.names import list_objects
+from shmpool.substrate.names import list_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,7 +211,7 @@ def test_a_job_module_next_to_the_script_works_from_any_working_directory(instan
     (app / "appjobs.py").write_text("def triple(x):\n    return 3 * x\n")
     (app / "main.py").write_text(textwrap.dedent(f"""
         import shmpool
-        from coordinator import Coordinator
+        from shmpool.coordinator import Coordinator
         import appjobs
 
 

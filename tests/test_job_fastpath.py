@@ -9,8 +9,8 @@ import pytest
 from _waiting import wait_for
 
 import shmpool
-from coordinator import Coordinator
-from shmpool.spin import AUTO_SPIN_US, SPIN_MIN_CPUS, spin_seconds
+from shmpool.coordinator import Coordinator
+from shmpool.jobs.spin import AUTO_SPIN_US, SPIN_MIN_CPUS, spin_seconds
 
 SLOTS = 4
 

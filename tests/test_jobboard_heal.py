@@ -1,7 +1,7 @@
 """The job board heals from a death at any instruction: capacity, queue, rings and wake-ups.
 
 Each crash window is a few instructions wide, so the victim arms a named fault point
-(shmpool._faults) and SIGKILLs itself exactly there. Afterwards the board must be whole again
+(shmpool.substrate._faults) and SIGKILLs itself exactly there. Afterwards the board must be whole again
 within one supervision round: every slot usable at once by a fresh client, every future of a
 live client completed, and submitted == completed + failed + cancelled.
 """
@@ -18,9 +18,9 @@ from _waiting import wait_for
 
 import _board_children as children
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool.errors import LockTimeout
-from shmpool.jobs_layout import JW, SC, SlotState
+from shmpool.jobs.jobs_layout import JW, SC, SlotState
 
 SLOTS = 8
 

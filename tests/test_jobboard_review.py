@@ -18,11 +18,11 @@ import pytest
 
 import _board_children as children
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool.errors import AttachError, RequestTooLarge
-from shmpool.jobboard import JobBoard
-from shmpool.jobs_layout import JW, SC, SlotState
-from shmpool.names import cleanup, list_objects
+from shmpool.jobs.jobboard import JobBoard
+from shmpool.jobs.jobs_layout import JW, SC, SlotState
+from shmpool.substrate.names import cleanup, list_objects
 
 SLOTS = 8
 

@@ -17,13 +17,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import shmpool
-from coordinator import Coordinator
-from coordinator.capacity import CapacityPolicy
-from coordinator.metrics import serve_metrics
+from shmpool.coordinator import Coordinator
+from shmpool.coordinator.capacity import CapacityPolicy
+from shmpool.coordinator.metrics import serve_metrics
 from shmpool import PoolSpec
-from shmpool.jobs_layout import LATENCY_BOUNDS_NS
-from shmpool.names import list_objects
-from shmpool.sample import build_sample
+from shmpool.jobs.jobs_layout import LATENCY_BOUNDS_NS
+from shmpool.substrate.names import list_objects
+from shmpool.data.sample import build_sample
 
 KiB, MiB = 1024, 1024 * 1024
 NONE = frozenset()
@@ -173,7 +173,7 @@ def _serving_line(proc: subprocess.Popen) -> str:
 
 def test_serve_exposes_metrics_colours_stats_and_stops_cleanly_on_sigint(instance_name, sample_dir):
     limit = 16 * MiB
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "serve", instance_name, "--workers", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "shmpool.coordinator.cli", "serve", instance_name, "--workers", "1",
                              "--data-dir", str(sample_dir), "--memory-limit", "16MB", "--metrics-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -193,7 +193,7 @@ def test_serve_exposes_metrics_colours_stats_and_stops_cleanly_on_sigint(instanc
             m = scrape(port)
             assert m[("shmpool_capacity_state", NONE)] == 1
             assert m[("shmpool_job_latency_seconds_count", NONE)] == 5
-            stats = subprocess.run([sys.executable, "-m", "coordinator.cli", "stats", instance_name],
+            stats = subprocess.run([sys.executable, "-m", "shmpool.coordinator.cli", "stats", instance_name],
                                    capture_output=True, text=True, timeout=60,
                                    env={**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"})
             for h in held:
@@ -218,7 +218,7 @@ def test_serve_with_a_taken_metrics_port_exits_1_and_leaves_nothing(instance_nam
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "coordinator.cli", "serve", instance_name, "--workers", "0",
+        result = subprocess.run([sys.executable, "-m", "shmpool.coordinator.cli", "serve", instance_name, "--workers", "0",
                                  "--data-dir", str(sample_dir), "--metrics-port", str(port)],
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr

@@ -21,12 +21,12 @@ from _waiting import wait_for
 
 import _client_children
 import shmpool
-from coordinator import Coordinator
-from coordinator.capacity import CapacityPolicy
+from shmpool.coordinator import Coordinator
+from shmpool.coordinator.capacity import CapacityPolicy
 from shmpool import InvalidLayer
-from shmpool._proc import is_alive
-from shmpool.context import NavigationPath
-from shmpool.names import SHM_DIR, cleanup, list_objects, runtime_dir, segment_name, semaphore_name
+from shmpool.substrate._proc import is_alive
+from shmpool.data.context import NavigationPath
+from shmpool.substrate.names import SHM_DIR, cleanup, list_objects, runtime_dir, segment_name, semaphore_name
 
 
 
@@ -37,8 +37,8 @@ pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 def test_a_worker_busy_in_a_long_job_exits_soon_after_its_coordinator_is_killed(instance_name, sample_dir,
                                                                                  tmp_path):
-    from workers.jobs import POLICY_ENV, JobPolicy
-    from workers.watchdog import EXIT_COORDINATOR_GONE
+    from shmpool.workers.jobs import POLICY_ENV, JobPolicy
+    from shmpool.workers.watchdog import EXIT_COORDINATOR_GONE
 
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
@@ -51,7 +51,7 @@ def test_a_worker_busy_in_a_long_job_exits_soon_after_its_coordinator_is_killed(
     try:
         assert ready.wait(60)
         policy = JobPolicy.build(None, ["_jobs"]).to_json()  # as its coordinator's own workers get it
-        extra = subprocess.Popen([sys.executable, "-m", "workers.worker", instance_name, "1"],
+        extra = subprocess.Popen([sys.executable, "-m", "shmpool.workers.worker", instance_name, "1"],
                                  stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                  env={**os.environ, POLICY_ENV: policy})
         client = shmpool.connect(instance_name)
@@ -86,13 +86,13 @@ def test_a_worker_busy_in_a_long_job_exits_soon_after_its_coordinator_is_killed(
 # users cannot read), then becomes uid/gid argv[1] and runs ``shmpool ...`` as that user.
 _AS_USER = """
 import os, sys, traceback, linecache
-import coordinator.cli
+import shmpool.coordinator.cli
 uid = int(sys.argv[1])
 os.setgroups([])
 os.setresgid(uid, uid, uid)
 os.setresuid(uid, uid, uid)
 sys.argv = ["shmpool", *sys.argv[2:]]
-sys.exit(coordinator.cli.main(sys.argv[1:]))
+sys.exit(shmpool.coordinator.cli.main(sys.argv[1:]))
 """
 
 
@@ -102,7 +102,7 @@ def _make_foreign_objects(name: str, uid: int) -> list[str]:
     seg.close_fd()
     sem = posix_ipc.Semaphore(semaphore_name(name, "lock"), posix_ipc.O_CREX, mode=0o600, initial_value=1)
     sem.close()
-    entries = [f"{shmpool.names.PREFIX}{name}.control", f"sem.{shmpool.names.PREFIX}{name}.lock"]
+    entries = [f"{shmpool.substrate.names.PREFIX}{name}.control", f"sem.{shmpool.substrate.names.PREFIX}{name}.lock"]
     for entry in entries:
         os.chown(SHM_DIR / entry, uid, uid)
     return entries

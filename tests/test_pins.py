@@ -24,17 +24,17 @@ from hypothesis import strategies as st
 from loguru import logger
 
 import _reader_children as children
-import coordinator.publisher as publisher_module
+import shmpool.coordinator.publisher as publisher_module
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool import PoolSpec
-from shmpool.region_builder import RegionBuilder
+from shmpool.data.region_builder import RegionBuilder
 
 KiB, MiB = 1024, 1024 * 1024
 POOLS = (PoolSpec(4 * KiB, 4096), PoolSpec(64 * KiB, 256))
 LIMIT = 64 * MiB
 DIM = 30
-CLI = [sys.executable, "-m", "coordinator.cli"]
+CLI = [sys.executable, "-m", "shmpool.coordinator.cli"]
 
 
 def _seed(folder) -> None:
@@ -89,11 +89,11 @@ def _spawn(target, *args):
 @pytest.fixture
 def warnings_logged():
     messages: list[str] = []
-    logger.enable("coordinator")
+    logger.enable("shmpool.coordinator")
     sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
     yield messages
     logger.remove(sink)
-    logger.disable("coordinator")
+    logger.disable("shmpool.coordinator")
 
 
 # --------------------------------------------------------------------- the pin words
@@ -103,7 +103,7 @@ class _Model:
 
     @staticmethod
     def pinned(words: np.ndarray, g: int) -> bool:
-        from shmpool.layout import PN
+        from shmpool.substrate.layout import PN
         lo, hi = int(words[PN.RANGE_LO]), int(words[PN.RANGE_HI])
         return g in (int(words[PN.EXACT0]), int(words[PN.EXACT1])) or (lo != 0 and lo <= g <= hi)
 
@@ -111,7 +111,7 @@ class _Model:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=60))
 def test_pin_words_cover_held_generations_and_at_most_the_gaps_between_overflowed_ones(ops):
-    from shmpool.pins import DimensionPins
+    from shmpool.data.pins import DimensionPins
     words = np.zeros(4, dtype="<i8")
     pins = DimensionPins(words)
     held: set[int] = set()

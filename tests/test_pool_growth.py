@@ -7,8 +7,9 @@ import multiprocessing as mp
 import pytest
 
 import _children as children
-from shmpool import AllocationFailed, LimitExceeded, PoolSpec, SharedInstance
-from shmpool.names import list_objects
+from shmpool import AllocationFailed, LimitExceeded
+from shmpool.lowlevel import PoolSpec, SharedInstance
+from shmpool.substrate.names import list_objects
 
 KiB, MiB = 1024, 1024 * 1024
 

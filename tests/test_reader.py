@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool import DimensionNotFound, LayerNotFound
-from shmpool.context import NavigationPath
+from shmpool.data.context import NavigationPath
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +16,8 @@ def served(tmp_path_factory):
     import secrets
 
     from conftest import TEST_PREFIX
-    from shmpool.names import list_objects
-    from shmpool.sample import build_sample
+    from shmpool.substrate.names import list_objects
+    from shmpool.data.sample import build_sample
     folder = tmp_path_factory.mktemp("sample")
     build_sample(folder)
     name = f"{TEST_PREFIX}{secrets.token_hex(4)}"  # module-scoped, so not from the make_name fixture

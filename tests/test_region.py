@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from shmpool.errors import InvalidLayer, LayerNotFound, RegionFormatError, ShmPoolError
-from shmpool.region import (
+from shmpool.data.region import (
     FLAG_TEXT, HEADER, HEADER_OFFSETS, HEADER_SIZE, INDEX_DTYPE, MAGIC, Header, Region, meta_crc,
 )
-from shmpool.region_builder import RegionBuilder
+from shmpool.data.region_builder import RegionBuilder
 
 SOURCE = "test-region"
 

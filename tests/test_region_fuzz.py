@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shmpool.errors import RegionFormatError
-from shmpool.region import HEADER, HEADER_OFFSETS, HEADER_SIZE, INDEX_DTYPE, Header, Region, meta_crc
-from shmpool.region_builder import RegionBuilder
+from shmpool.data.region import HEADER, HEADER_OFFSETS, HEADER_SIZE, INDEX_DTYPE, Header, Region, meta_crc
+from shmpool.data.region_builder import RegionBuilder
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

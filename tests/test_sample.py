@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from shmpool.region import Region
-from shmpool.sample import CORE_DIMENSIONS, build_sample, sample_builders
+from shmpool.data.region import Region
+from shmpool.data.sample import CORE_DIMENSIONS, build_sample, sample_builders
 
 
 def digest(builders) -> list[str]:

@@ -125,8 +125,8 @@ def _allocated_bytes(segment: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page reservation is Linux only")
 def test_allocation_reserves_pages_once_and_they_stay_reserved(instance_name):
-    from shmpool import PoolSpec, SharedInstance
-    from shmpool.names import segment_name
+    from shmpool.lowlevel import PoolSpec, SharedInstance
+    from shmpool.substrate.names import segment_name
 
     pools = (PoolSpec(4096, 1024),)
     with SharedInstance.create(instance_name, pools=pools, memory_limit=64 * MiB) as inst:

@@ -18,12 +18,12 @@ import pytest
 
 import _jobs
 import shmpool
-from coordinator import Coordinator
-from coordinator.cli import build_parser
+from shmpool.coordinator import Coordinator
+from shmpool.coordinator.cli import build_parser
 from shmpool import InvalidJob, UnknownJob, UnsafeRuntimeDir, UntrustedObject
-from shmpool.names import list_objects, runtime_dir, segment_name, semaphore_name
-from shmpool.trust import sem_path, shm_path
-from workers.jobs import JobPolicy
+from shmpool.substrate.names import list_objects, runtime_dir, segment_name, semaphore_name
+from shmpool.substrate.trust import sem_path, shm_path
+from shmpool.workers.jobs import JobPolicy
 
 TESTS = Path(__file__).parent
 NOBODY = 65534
@@ -168,7 +168,7 @@ def test_our_own_objects_with_group_or_other_bits_are_refused(instance_name, tmp
 def test_untrusted_object_travels_as_itself():
     import pickle
 
-    from shmpool.codec import decode_error, encode_error
+    from shmpool.jobs.codec import decode_error, encode_error
 
     exc = UntrustedObject(name="x", path="/dev/shm/shmpool.x.control", owner_uid=NOBODY, mode=0o666)
     for copy in (pickle.loads(pickle.dumps(exc)), decode_error(encode_error(exc), "job")):
@@ -322,7 +322,7 @@ def test_serve_takes_the_allow_list_from_flags():
 
 @needs_root
 def test_cleanup_leaves_another_users_objects_and_says_so(instance_name, squat, capsys):
-    from coordinator.cli import main
+    from shmpool.coordinator.cli import main
 
     (planted,) = squat(segments=[segment_name(instance_name, "control")])
     ours = posix_ipc.Semaphore(semaphore_name(instance_name, "lock"), posix_ipc.O_CREX, mode=0o600)

@@ -15,9 +15,9 @@ from _waiting import wait_for
 
 import _client_children as children
 import shmpool
-from coordinator import Coordinator
+from shmpool.coordinator import Coordinator
 from shmpool import AttachError, LayerNotFound, RequestTooLarge, WorkerCrashed
-from shmpool.names import list_objects
+from shmpool.substrate.names import list_objects
 
 
 
@@ -284,7 +284,7 @@ def test_a_timed_out_calls_late_answer_is_freed_while_its_channel_idles(instance
     import gc
     import threading
 
-    from shmpool import client as client_module
+    from shmpool.jobs import client as client_module
 
     with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
         with shmpool.connect(instance_name) as client:

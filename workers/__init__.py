@@ -1,5 +1,8 @@
-"""Reader worker processes and their supervision."""
+"""The worker processes (installed as ``shmpool.workers``): ``python -m shmpool.workers.worker NAME INDEX``.
 
-from loguru import logger
+A worker attaches as a reader, takes requests off the job board and runs the allowed jobs
+(``jobs``, the allow-list; ``config``, what its coordinator tells it; ``watchdog``, exit when
+the coordinator dies). Their supervision runs in the coordinator (``shmpool.coordinator.pool``).
 
-logger.disable("workers")  # enabled by the CLI, or in a worker by SHMPOOL_LOG_LEVEL
+May import: everything in ``shmpool`` except ``shmpool.coordinator``.
+"""

@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from shmpool.callables import TARGET_RE, import_target, target_of
-from shmpool.codec import check_job_timeout
+from shmpool.jobs.callables import TARGET_RE, import_target, target_of
+from shmpool.jobs.codec import check_job_timeout
 from shmpool.errors import InvalidArgument, InvalidJob
 
 __all__ = ["WorkerConfig", "CONFIG_ENV"]

@@ -28,10 +28,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from shmpool.callables import MODULE_RE, TARGET_RE, import_target, target_of
-from shmpool.context import ContextCollection, LoadedContext
+from shmpool.jobs.callables import MODULE_RE, TARGET_RE, import_target, target_of
+from shmpool.data.context import ContextCollection, LoadedContext
 from shmpool.errors import InvalidJob, UnknownJob
-from shmpool.reader import Reader
+from shmpool.data.reader import Reader
 
 __all__ = ["resolve_job", "BUILTIN_JOBS", "UnknownJob", "JobPolicy", "POLICY_ENV"]
 

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from shmpool._proc import is_alive
+from shmpool.substrate._proc import is_alive
 
 __all__ = ["EXIT_COORDINATOR_GONE", "CHECK_INTERVAL", "start_watchdog"]
 

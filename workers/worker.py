@@ -1,4 +1,4 @@
-"""A reader worker process: ``python -m workers.worker NAME INDEX``.
+"""A reader worker process: ``python -m shmpool.workers.worker NAME INDEX``.
 
 It attaches to the instance like any reader, then serves jobs from the job board until told to
 stop (SIGTERM / SIGINT) or until its coordinator disappears. Results larger than a slot's response
@@ -20,26 +20,26 @@ import posix_ipc
 from loguru import logger
 
 import shmpool
-from shmpool import _faults
-from shmpool.lock import retry_interrupted_waits
-from shmpool.spin import SPIN_ENV, spin_seconds
-from shmpool._proc import is_alive
-from shmpool.codec import RequestFlags, decode_job, encode_error, encode_result
+from shmpool.substrate import _faults
+from shmpool.substrate.lock import retry_interrupted_waits
+from shmpool.jobs.spin import SPIN_ENV, spin_seconds
+from shmpool.substrate._proc import is_alive
+from shmpool.jobs.codec import RequestFlags, decode_job, encode_error, encode_result
 from shmpool.errors import AttachError, ShmPoolError
-from shmpool.jobboard import JobBoard
-from shmpool.jobs_layout import SC, JW, Status
-from shmpool.layout import W
-from shmpool.names import runtime_dir
-from shmpool.worker_context import _set_worker_reader
+from shmpool.jobs.jobboard import JobBoard
+from shmpool.jobs.jobs_layout import SC, JW, Status
+from shmpool.substrate.layout import W
+from shmpool.substrate.names import runtime_dir
+from shmpool.jobs.worker_context import _set_worker_reader
 
 from .config import WorkerConfig
 from .jobs import resolve_job
 from .watchdog import start_watchdog
 
-LOGGING_PACKAGES = ("shmpool", "coordinator", "workers", "__main__")
+LOGGING_PACKAGES = ("shmpool", "__main__")
 POLL = 0.2  # seconds between checks that the coordinator still lives
 DROP_STALE_EVERY = 0.1  # seconds between releases of superseded generations
-# The worker's exit status when its initializer raised (workers/pool.py explains it; the error
+# The worker's exit status when its initializer raised (coordinator/pool.py explains it; the error
 # text is left in init_error_path() for the pool to report).
 EXIT_INIT_FAILED = 5
 

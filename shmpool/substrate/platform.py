@@ -15,7 +15,7 @@ import errno
 import os
 from typing import NamedTuple
 
-from .errors import SharedMemoryFull
+from ..errors import SharedMemoryFull
 from .names import SHM_DIR
 
 __all__ = ["ShmSpace", "space", "reserve_pages", "full_error", "is_full", "CAN_RESERVE"]

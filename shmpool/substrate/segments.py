@@ -13,7 +13,7 @@ so a process holds no descriptor per segment however many it attaches. :meth:`Se
 reopens the name for the moment it needs one (a few µs, paid only for pages never reserved).
 
 Pages of a segment are allocated on first touch, and on a full /dev/shm that touch is a SIGBUS:
-every page a process will touch is reserved first (``shmpool.platform``), whole at creation for
+every page a process will touch is reserved first (``shmpool.substrate.platform``), whole at creation for
 the fixed segments (control, job board), block range by block range for the pools.
 """
 
@@ -26,7 +26,7 @@ import posix_ipc
 from loguru import logger
 
 from . import platform
-from .errors import AttachError
+from ..errors import AttachError
 from .trust import shm_path, verify_fd, verify_path
 
 __all__ = ["Segment"]

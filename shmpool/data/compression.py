@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import threading
 
-from .errors import RegionFormatError
+from ..errors import RegionFormatError
 
 __all__ = ["MAX_INFLATED", "RAW_LENGTH", "available", "deflate", "inflate", "MIN_SAVING"]
 

@@ -28,7 +28,7 @@ import numpy as np
 from loguru import logger
 
 from .compression import inflate
-from .errors import LayerNotFound, RegionFormatError, ShmPoolError
+from ..errors import LayerNotFound, RegionFormatError, ShmPoolError
 
 __all__ = [
     "ALIGN", "FLAG_TEXT", "FLAG_ZSTD", "FORMAT_VERSION", "HEADER", "HEADER_OFFSETS", "HEADER_SIZE", "INDEX_DTYPE",
@@ -40,7 +40,7 @@ FORMAT_VERSION = 1
 ALIGN = 8                  # index, content area and every layer start on a multiple of this
 MAX_NAME_BYTES = 255       # UTF-8 bytes of a dimension name
 FLAG_TEXT = 1              # index flags bit 0: the content is UTF-8 text
-FLAG_ZSTD = 2              # bit 1: stored as u64 raw length + zstd frame (shmpool.compression)
+FLAG_ZSTD = 2              # bit 1: stored as u64 raw length + zstd frame (shmpool.data.compression)
 KNOWN_LAYER_FLAGS = FLAG_TEXT | FLAG_ZSTD
 KEYWORD_SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur inside a keyword
 

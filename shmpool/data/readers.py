@@ -1,7 +1,7 @@
 """Attached readers and the generations they pin.
 
 Each reader process claims a row (pid, start token) and owns the pin words of that row: per
-directory entry, the exact generations it holds views into (shmpool/pins.py). The coordinator
+directory entry, the exact generations it holds views into (shmpool/data/pins.py). The coordinator
 frees a superseded region only when no live reader pins that generation, and drops the rows (and
 pins) of readers whose process died, so a crashed reader cannot leak memory.
 
@@ -17,10 +17,10 @@ import time
 import numpy as np
 from loguru import logger
 
-from ._proc import is_alive, my_identity
-from .errors import AttachError
-from .layout import RD, W, Control
-from .lock import SharedLock
+from ..substrate._proc import is_alive, my_identity
+from ..errors import AttachError
+from ..substrate.layout import RD, W, Control
+from ..substrate.lock import SharedLock
 from .pins import pinned_rows
 
 __all__ = ["ReaderRegistry"]

@@ -7,8 +7,8 @@ asks for it here. Jobs submitted by name keep receiving it as their first argume
 
 from __future__ import annotations
 
-from .errors import ShmPoolError
-from .reader import Reader
+from ..errors import ShmPoolError
+from ..data.reader import Reader
 
 __all__ = ["worker_reader"]
 

@@ -12,8 +12,8 @@ How a lookup stays cheap and safe:
 * Every view a reader hands out is a slice of a per-generation numpy array whose lifetime holds
   the pin: while any LoadedContext (or the bare ``content`` memoryview) lives, that generation
   stays pinned, and its bytes stay exactly as they were, also after ``Reader.close()``. Pins are
-  exact (shmpool/pins.py): holding generation 1 does not hold back 2, 3, ...
-* A daemon thread (shmpool/pin_watch.py) drops the reader's cached mapping of a superseded
+  exact (shmpool/data/pins.py): holding generation 1 does not hold back 2, 3, ...
+* A daemon thread (shmpool/data/pin_watch.py) drops the reader's cached mapping of a superseded
   generation soon after each publication, so an idle reader does not pin it for ever.
 """
 
@@ -29,11 +29,11 @@ from loguru import logger
 
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import Directory, Location
-from .errors import AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReloadTimeout, ShmPoolError
-from .ids import as_id
-from .instance import SharedInstance
+from ..errors import AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReloadTimeout, ShmPoolError
+from ..substrate.ids import as_id
+from ..substrate.instance import SharedInstance
 from .compression import inflate
-from .layout import STATE_RUNNING, TOUCHED_READ, TOUCHED_RELOAD, W
+from ..substrate.layout import STATE_RUNNING, TOUCHED_READ, TOUCHED_RELOAD, W
 from .pin_watch import PinWatcher
 from .pins import RowPins, list_pins
 from .readers import ReaderRegistry
@@ -428,7 +428,7 @@ class Reader:
 
     def pins(self) -> list[dict]:
         """Every pin of every attached reader: pid, dimension, generation, state, age, bytes
-        retained (see shmpool.pins.PinRecord); read from shared memory."""
+        retained (see shmpool.data.pins.PinRecord); read from shared memory."""
         return [p.as_dict() for p in list_pins(self._inst.control, self._inst.table.block_sizes)]
 
     # ----------------------------------------------------------------- lifetime

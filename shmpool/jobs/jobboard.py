@@ -40,15 +40,15 @@ import numpy as np
 import posix_ipc
 from loguru import logger
 
-from . import _faults
-from ._proc import is_alive, my_identity
-from .errors import AttachError, RequestTooLarge
+from ..substrate import _faults
+from ..substrate._proc import is_alive, my_identity
+from ..errors import AttachError, RequestTooLarge
 from .jobs_layout import (CC, CHANNEL_COLS, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, SLOT_COLS, JobsLayout, JobsView,
                           SlotState, Status)
-from .lock import SharedLock, interrupted_waits_retry
-from .names import runtime_dir, segment_name, semaphore_name
-from .segments import Segment
-from .trust import open_semaphore
+from ..substrate.lock import SharedLock, interrupted_waits_retry
+from ..substrate.names import runtime_dir, segment_name, semaphore_name
+from ..substrate.segments import Segment
+from ..substrate.trust import open_semaphore
 
 __all__ = ["JobBoard"]
 

@@ -176,7 +176,7 @@ class PN(IntEnum):
     """The pin words of one reader for one directory entry: the generations it holds.
 
     Pinned = {EXACT0, EXACT1} (0 = empty) plus [RANGE_LO, RANGE_HI] when RANGE_LO != 0. A held
-    generation never moves between words while held (see shmpool/pins.py for why)."""
+    generation never moves between words while held (see shmpool/data/pins.py for why)."""
     EXACT0 = 0
     EXACT1 = 1
     RANGE_LO = 2     # the range holds what did not fit in the exact words; 0 = no range

@@ -32,7 +32,7 @@ from loguru import logger
 
 from . import _faults
 from ._proc import my_identity
-from .errors import AttachError, LockTimeout
+from ..errors import AttachError, LockTimeout
 from .layout import W
 
 __all__ = ["SharedLock", "retry_interrupted_waits", "interrupted_waits_retry"]
@@ -84,7 +84,7 @@ class SharedLock:
         # Plain int indices for a flat int64 memoryview (or numpy array) of the lock words.
         self._pid_i, self._start_i, self._wait_i, self._rec_i = (int(i) for i in (
             W.LOCK_OWNER_PID, W.LOCK_OWNER_START, W.LOCK_WAITING, W.LOCK_RECOVERIES))
-        self._held_point = f"lock.held.{role}"  # the fault point tests arm (shmpool._faults)
+        self._held_point = f"lock.held.{role}"  # the fault point tests arm (shmpool.substrate._faults)
         self._words = words
         self._path = path
         self.name = name

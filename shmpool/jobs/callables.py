@@ -12,7 +12,7 @@ import importlib
 import re
 from typing import Any
 
-from .errors import InvalidJob
+from ..errors import InvalidJob
 
 __all__ = ["target_of", "import_target", "TARGET_RE", "MODULE_RE"]
 

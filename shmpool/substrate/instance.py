@@ -22,7 +22,7 @@ from loguru import logger
 
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
-from .errors import AttachError, InstanceExists, OutOfBounds
+from ..errors import AttachError, InstanceExists, OutOfBounds
 from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, Control, Layout, P, W,
                      pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
@@ -137,7 +137,7 @@ class SharedInstance:
         made_sems: list[posix_ipc.Semaphore] = []
         try:
             sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM), posix_ipc.O_CREX,
-                                      mode=0o600, initial_value=0)  # wake-ups only (shmpool.lock)
+                                      mode=0o600, initial_value=0)  # wake-ups only (shmpool.substrate.lock)
             made_sems.append(sem)
             wake = posix_ipc.Semaphore(semaphore_name(name, WAKE_SEM), posix_ipc.O_CREX, mode=0o600)
             made_sems.append(wake)

@@ -31,9 +31,9 @@ import numpy as np
 from loguru import logger
 
 from shmpool.errors import AttachError, JobError, ShmPoolError
-from shmpool.names import list_objects
+from shmpool.substrate.names import list_objects
 
-from .coordinator import Coordinator
+from ..coordinator import Coordinator
 
 __all__ = ["run_stress", "leak_check", "render_report", "write_outputs", "stress_layer", "StressFailed",
            "STRESS_DIMENSION"]

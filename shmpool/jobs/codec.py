@@ -25,9 +25,9 @@ from typing import Any, Callable, NamedTuple
 import msgpack
 import numpy as np
 
-from . import errors as errors_module
-from .context import ContextCollection, LoadedContext, MissingStep
-from .errors import InvalidArgument, JobError, RemoteTraceback, ShmPoolError
+from .. import errors as errors_module
+from ..data.context import ContextCollection, LoadedContext, MissingStep
+from ..errors import InvalidArgument, JobError, RemoteTraceback, ShmPoolError
 
 __all__ = ["check_job_timeout", "encode_request", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
            "decode_result", "encode_error", "decode_error", "Resolver"]

@@ -1,7 +1,7 @@
 """What a lookup returns: LoadedContext, the NavigationPath it follows, the ContextCollection.
 
 A LoadedContext's ``content`` is a read-only memoryview straight into shared memory. The view
-keeps its generation pinned (see shmpool.reader): it stays valid and byte-identical for as long
+keeps its generation pinned (see shmpool.data.reader): it stays valid and byte-identical for as long
 as anything holds it, even after newer generations are published, but not after the Reader that
 made it is closed.
 """
@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence, Union
 
-from .ids import as_id
+from ..substrate.ids import as_id
 
 __all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidId
+from ..errors import InvalidId
 
 __all__ = ["as_id"]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import posix_ipc
 
-from .errors import AttachError, UntrustedObject
+from ..errors import AttachError, UntrustedObject
 
 __all__ = ["SHM_DIR", "shm_path", "sem_path", "check_stat", "is_ours", "verify_fd", "verify_path",
            "open_semaphore"]

@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .layout import EXACT_PINS, PN, R, RD, RT, W, D, Control
+from ..substrate.layout import EXACT_PINS, PN, R, RD, RT, W, D, Control
 
 __all__ = ["DimensionPins", "RowPins", "PinState", "PinRecord", "pinned_rows", "list_pins"]
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from loguru import logger
 
 import shmpool
-from shmpool.names import list_objects
-from shmpool.sample import build_sample
+from shmpool.substrate.names import list_objects
+from shmpool.data.sample import build_sample
 
-from .coordinator import Coordinator
+from ..coordinator import Coordinator
 
 
 def read_everything(name: str, results) -> None:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stress-seconds", type=float, default=5.0, help="0 skips the stress run")
     parser.add_argument("--clients", type=int, default=64)
     args = parser.parse_args(argv)
-    for package in ("shmpool", "coordinator", "workers"):
+    for package in ("shmpool",):
         logger.enable(package)
     logger.remove()
     logger.add(sys.stderr, level=os.environ.get("SHMPOOL_LOG_LEVEL", "WARNING"))

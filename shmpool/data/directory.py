@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DirectoryFull
-from .layout import D, DIR_COLS, S, SLOT_COLS, W, Control
+from ..errors import DirectoryFull
+from ..substrate.layout import D, DIR_COLS, S, SLOT_COLS, W, Control
 
 __all__ = ["Location", "Directory", "EVICTED"]
 

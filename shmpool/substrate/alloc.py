@@ -1,14 +1,14 @@
 """The cross-process allocation table: one bitmap per pool, records as the source of truth.
 
 Any attached process may allocate and free. Every mutation happens under the table's
-:class:`~shmpool.lock.SharedLock`. The allocation *records* are authoritative; the bitmaps and
+:class:`~shmpool.substrate.lock.SharedLock`. The allocation *records* are authoritative; the bitmaps and
 usage counters are derived from them. A record becomes live only when its STATE is stored (last
 step of allocate) and stops being live when STATE is cleared (first step of free), so a process
 killed anywhere inside the critical section leaves records that are each either whole or absent.
 The next holder after a takeover rebuilds bitmaps and counters from the records and reclaims the
 records of dead owners: no block is ever owned twice and nothing a dead process held leaks.
 
-A handle is returned only once its blocks' pages are reserved in /dev/shm (``shmpool.backing``),
+A handle is returned only once its blocks' pages are reserved in /dev/shm (``shmpool.substrate.backing``),
 so writing through it can never SIGBUS; a full filesystem is a SharedMemoryFull instead.
 """
 
@@ -22,7 +22,7 @@ from loguru import logger
 
 from ._proc import is_alive, my_identity
 from .backing import Backing
-from .errors import AllocationFailed, InvalidHandle, LimitExceeded, SharedMemoryFull
+from ..errors import AllocationFailed, InvalidHandle, LimitExceeded, SharedMemoryFull
 from .layout import P, R, W, Control
 from .limits import PressureHook, Thresholds, after_allocation
 from .lock import SharedLock

@@ -21,8 +21,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from loguru import logger
 
-from .errors import InvalidLayer
-from .ids import as_id
+from ..errors import InvalidLayer
+from ..substrate.ids import as_id
 from .compression import deflate
 from .region import (
     FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
@@ -77,7 +77,7 @@ class RegionBuilder:
         """Add one layer: ``str`` is stored as UTF-8 text, any byte buffer as binary; empty allowed.
 
         ``text=True`` marks UTF-8 bytes as text (they are checked). ``compress=True`` stores the
-        layer zstd-compressed when that saves at least 10% (see shmpool.compression); lookups
+        layer zstd-compressed when that saves at least 10% (see shmpool.data.compression); lookups
         then return a decompressed copy. Raises InvalidLayer for a bad or duplicate id, content,
         frequency or keyword.
         """

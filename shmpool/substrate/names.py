@@ -17,7 +17,7 @@ from pathlib import Path
 import posix_ipc
 from loguru import logger
 
-from .errors import CleanupError, UnsafeRuntimeDir, UntrustedObject
+from ..errors import CleanupError, UnsafeRuntimeDir, UntrustedObject
 from .trust import SHM_DIR, is_ours, sem_path, shm_path
 
 __all__ = ["validate_name", "segment_name", "semaphore_name", "runtime_dir", "list_objects", "foreign_objects",
@@ -60,7 +60,7 @@ def runtime_dir() -> Path:
     Lock files stay after a stop on purpose: unlinking a file that another process has opened but
     not yet locked would let two processes each hold "the" lock on different inodes. They are empty.
     Every process of an instance must resolve the same folder (same environment), since the
-    instance's locks are flocks on files in it (shmpool.lock).
+    instance's locks are flocks on files in it (shmpool.substrate.lock).
     """
     override = os.environ.get("SHMPOOL_RUNTIME_DIR")
     if override:

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from shmpool.codec import decode_job, decode_request, encode_error
+from shmpool.jobs.codec import decode_job, decode_request, encode_error
 from shmpool.errors import JobTimeout, LockTimeout, ShmPoolError, WorkerCrashed, WorkerInitFailed
-from shmpool.jobboard import JobBoard
-from shmpool.jobs_layout import JW
+from shmpool.jobs.jobboard import JobBoard
+from shmpool.jobs.jobs_layout import JW
 
-from .config import CONFIG_ENV, WorkerConfig
-from .watchdog import EXIT_COORDINATOR_GONE
-from .worker import EXIT_INIT_FAILED, init_error_path
+from ..workers.config import CONFIG_ENV, WorkerConfig
+from ..workers.watchdog import EXIT_COORDINATOR_GONE
+from ..workers.worker import EXIT_INIT_FAILED, init_error_path
 
 __all__ = ["WorkerPool", "explain_exit"]
 
@@ -98,7 +98,7 @@ class WorkerPool:
         self._streak: dict[int, int] = {}      # index -> consecutive early deaths
 
     def _spawn(self, index: int) -> _Worker:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.worker", self.name, str(index)],
+        proc = subprocess.Popen([sys.executable, "-m", "shmpool.workers.worker", self.name, str(index)],
                                 stdin=subprocess.DEVNULL, env={**os.environ, **self._env})
         return _Worker(index, proc, time.time())
 

@@ -13,7 +13,7 @@ What runs: a callable (any importable module-level function, builtins included) 
 as ``fn(*args, **kwargs)``; a job *name* (a string: a built-in such as ``"lookup"``, a ``jobs=``
 name, or ``"module:function"``) runs as ``fn(reader, *args, **kwargs)`` with the worker's Reader
 first. Where shmpool differs from ProcessPoolExecutor on purpose: arguments and results are
-msgpack data (shmpool/codec.py), never pickle, and a job is sent by name, never as code.
+msgpack data (shmpool/jobs/codec.py), never pickle, and a job is sent by name, never as code.
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ from typing import Any, Callable, Iterable, Iterator
 import posix_ipc
 from loguru import logger
 
-from ._proc import is_alive
+from ..substrate._proc import is_alive
 from .callables import target_of
 from .codec import RequestFlags, check_job_timeout, decode_error, decode_result, encode_request
-from .context import ContextCollection, LoadedContext, NavigationPath, Step
-from .errors import AttachError, ClientClosed, InvalidArgument, RequestTooLarge, ShmPoolError
-from .ids import as_id
+from ..data.context import ContextCollection, LoadedContext, NavigationPath, Step
+from ..errors import AttachError, ClientClosed, InvalidArgument, RequestTooLarge, ShmPoolError
+from ..substrate.ids import as_id
 from .jobboard import JobBoard
 from .jobs_layout import SC, SlotState, Status
-from .layout import W
-from .lock import interrupted_waits_retry
-from .reader import Reader, attach
+from ..substrate.layout import W
+from ..substrate.lock import interrupted_waits_retry
+from ..data.reader import Reader, attach
 from .spin import spin_seconds
 
 __all__ = ["Client", "connect", "JobFuture"]
@@ -785,7 +785,7 @@ def connect(name: str, *, timeout: float | None = None, spin_us: float | None = 
 
     ``timeout`` bounds the wait for the board's lock (LockTimeout naming its holder).
     ``spin_us``: the low-latency mode of :meth:`Client.call`, which busy-waits up to that many
-    microseconds for the answer before sleeping (see shmpool.spin; off by default, and "auto"
+    microseconds for the answer before sleeping (see shmpool.jobs.spin; off by default, and "auto"
     turns it on only with at least SPIN_MIN_CPUS cores).
     """
     return Client(name, timeout=timeout, spin_us=spin_us)
