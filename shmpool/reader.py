@@ -29,7 +29,8 @@ from loguru import logger
 
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import Directory, Location
-from .errors import AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReloadTimeout, ShmPoolError
+from .errors import (AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, RegionFormatError, ReloadTimeout,
+                     ShmPoolError)
 from .ids import as_id
 from .instance import SharedInstance
 from .compression import inflate
@@ -165,6 +166,11 @@ class Reader:
     @property
     def name(self) -> str:
         return self._inst.name
+
+    @property
+    def instance(self) -> SharedInstance:
+        """The mapped instance this reader reads (its allocation table, the coordinator's words)."""
+        return self._inst
 
     # ----------------------------------------------------------------- the hot path
 
@@ -406,8 +412,8 @@ class Reader:
         seg = self._inst.pool_segment(loc.pool)
         offset = loc.first_block * self._inst.table.block_sizes[loc.pool]
         if offset + loc.nbytes > seg.size:
-            raise ShmPoolError(f"dimension {dv.dimension_id} generation {loc.generation}: region "
-                               f"[{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
+            raise RegionFormatError(source=f"dimension {dv.dimension_id} generation {loc.generation}",
+                                    fault=f"region [{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
         array = np.frombuffer(seg.mm, dtype=np.uint8, count=loc.nbytes, offset=offset).view(_PinnedBytes)
         array.flags.writeable = False
         # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
