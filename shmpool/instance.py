@@ -28,7 +28,7 @@ from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, ST
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import SharedLock
 from .names import cleanup, raise_if_foreign, runtime_dir, segment_name, semaphore_name, validate_name
-from .platform import full_error, is_full
+from .platform import check_system, full_error, is_full
 from .segments import Segment
 from .trust import open_semaphore
 
@@ -123,6 +123,7 @@ class SharedInstance:
         SharedMemoryFull, leaving nothing behind, when /dev/shm cannot hold the control segment.
         """
         validate_name(name)
+        check_system(name)  # a platform we cannot serve says so now, not with a hang later
         if not pools:
             raise ValueError("at least one pool is needed")
         if memory_limit <= 0:
@@ -231,6 +232,7 @@ class SharedInstance:
     def attach(cls, name: str) -> "SharedInstance":
         """Map the shared objects of running instance ``name``; raises AttachError otherwise."""
         validate_name(name)
+        check_system(name)
         control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
         pools: list[Segment] = []
         try:

@@ -47,6 +47,7 @@ from .jobs_layout import (CC, CHANNEL_COLS, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, S
                           JobsView, SlotState, Status)
 from .lock import SharedLock, interrupted_waits_retry
 from .names import runtime_dir, segment_name, semaphore_name
+from .platform import SEMAPHORE_VALUES
 from .segments import Segment
 from .spill import NO_SPILL, Response, SpillRef, read_spill, write_spill
 from .trust import open_semaphore
@@ -55,7 +56,7 @@ __all__ = ["JobBoard"]
 
 JOBS = "jobs"
 WAIT_SLICE = 0.1   # seconds a submitter sleeps for a slot before looking again on its own
-_CAN_PEEK = posix_ipc.SEMAPHORE_VALUE_SUPPORTED
+_CAN_PEEK = SEMAPHORE_VALUES
 SUPERVISE_WAIT = 0.5  # seconds a supervision step waits for the lock before trying next round
 _QUEUED = (SlotState.SUBMITTED, SlotState.CANCELLED)
 # Plain ints for the hot path's flat memoryviews (an IntEnum member costs an attribute lookup).
@@ -81,7 +82,7 @@ def _sem(name: str, kind: str, *, create: bool, initial: int = 0) -> posix_ipc.S
 
 def _post_if_idle(sem: posix_ipc.Semaphore, times: int = 1) -> int:
     """Post a wake-up nobody has been sent yet; never piles posts onto a sleeper's count."""
-    if times <= 0 or (posix_ipc.SEMAPHORE_VALUE_SUPPORTED and sem.value > 0):
+    if times <= 0 or (_CAN_PEEK and sem.value > 0):
         return 0
     for _ in range(times):
         sem.release()
