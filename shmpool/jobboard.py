@@ -44,7 +44,7 @@ from . import _faults
 from ._proc import is_alive, my_identity
 from .errors import AttachError, RequestTooLarge
 from .jobs_layout import (CC, CHANNEL_COLS, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, SLOT_COLS, BoardState, JobsLayout,
-                          JobsView, SlotState, Status)
+                          JobsView, SlotRow, SlotState, Status)
 from .lock import SharedLock, interrupted_waits_retry
 from .names import runtime_dir, segment_name, semaphore_name
 from .platform import SEMAPHORE_VALUES
@@ -436,6 +436,10 @@ class JobBoard:
         if spill is not None:
             return Response(slots[r + _SEQ], slots[r + _STATUS], None, spill)
         return Response(slots[r + _SEQ], slots[r + _STATUS], self.v.response_area(slot)[:slots[r + _RESP]], None)
+
+    def slot_row(self, slot: int) -> SlotRow:
+        """A named snapshot of ``slot``'s row (no lock: for diagnostics and tests)."""
+        return SlotRow.of(self.v.slots_mv[slot * _COLS:(slot + 1) * _COLS])
 
     def is_running(self, slot: int, seq: int) -> bool:
         """Whether request ``seq`` of ``slot`` is in a worker's hands now (no lock: one look)."""

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
-           "CHANNEL_COLS", "JobsLayout", "JobsView", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
+           "CHANNEL_COLS", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
 JOBS_MAGIC = 0x53484D504A4F4233  # "SHMPJOB3" (3: capacity from the free stack, waiter counts)
 ALIGN = 64
@@ -132,6 +133,43 @@ class Status(IntEnum):
 
 # The short names the rest of the code and docs/shm-layout.md grew up with.
 JW, SC, CC = JobWord, SlotCol, ChannelCol
+
+
+class SlotRow(NamedTuple):
+    """One slot row as read at one instant (JobBoard.slot_row): for diagnostics and tests. The
+    job path reads and writes single words instead; a row read without the lock may mix two
+    moments of a slot that is changing."""
+    state: SlotState
+    seq: int
+    client_pid: int
+    client_start: int
+    channel: int
+    worker_pid: int
+    worker_start: int
+    req_len: int
+    resp_len: int
+    status: Status
+    attempts: int
+    spill_pool: int
+    spill_first: int
+    spill_record: int
+    spill_serial: int
+    submitted_ns: int
+    end_ok: int
+    end_error: int
+    end_cancelled: int
+    deadline_ns: int
+
+    @classmethod
+    def of(cls, words) -> "SlotRow":
+        """The record of one row's SLOT_COLS int64 words, in SlotCol order."""
+        values = [int(w) for w in words]
+        values[SlotCol.STATE] = SlotState(values[SlotCol.STATE])
+        values[SlotCol.STATUS] = Status(values[SlotCol.STATUS])
+        return cls(*values)
+
+
+assert SlotRow._fields == tuple(c.name.lower() for c in SlotCol) and len(SlotCol) == SLOT_COLS
 
 
 def _align(n: int) -> int:

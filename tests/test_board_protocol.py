@@ -34,7 +34,7 @@ def board(instance_name):
 
 
 def _state(board, slot) -> SlotState:
-    return SlotState(board.v.slots_mv[slot * jobboard.SLOT_COLS + jobboard._ST])
+    return board.slot_row(slot).state
 
 
 def test_a_finished_slot_answers_with_a_named_response(board):
@@ -61,7 +61,10 @@ def test_a_spilled_response_names_where_it_lies_and_a_dead_worker_strands_it(boa
     pid, start = my_identity()
     assert board.requeue_worker(pid, lambda *_: b"crashed", start=start + 1) == (0, 0)
     assert _state(board, slot) is SlotState.RUNNING and board.stranded_spills == []
+    row = board.slot_row(slot)
+    assert (row.worker_pid, row.worker_start, row.spill_pool, row.spill_serial) == (pid, start, 2, 99)
     assert board.requeue_worker(pid, lambda *_: b"crashed", start=start) == (1, 0)
+    assert board.slot_row(slot).attempts == 1 and board.slot_row(slot).worker_pid == 0
     assert board.stranded_spills == [spill]  # the coordinator frees what the dead worker staged
     assert _state(board, slot) is SlotState.SUBMITTED
     assert board.take() == (slot, seq)  # queued again: the next worker runs it
