@@ -34,7 +34,7 @@ from .errors import (AttachError, DimensionNotFound, LayerNotFound, ReaderClosed
 from .ids import as_id
 from .instance import SharedInstance
 from .compression import inflate
-from .layout import STATE_RUNNING, TOUCHED_READ, TOUCHED_RELOAD, W
+from .layout import TOUCHED_READ, TOUCHED_RELOAD, W
 from .pin_watch import PinWatcher
 from .pins import RowPins, list_pins
 from .readers import ReaderRegistry
@@ -394,7 +394,7 @@ class Reader:
             self._await_reload(dv, loc.generation, deadline)
 
     def _await_reload(self, dv: _DimView, evicted_generation: int, deadline: float) -> None:
-        mv, words = self._dir_mv, self._inst.control.words_mv
+        mv = self._dir_mv
         while mv[dv.gen_pos] == evicted_generation:
             if mv[dv.touch_pos] != TOUCHED_RELOAD:  # first time, or the coordinator just reset it
                 mv[dv.touch_pos] = TOUCHED_RELOAD
@@ -403,7 +403,7 @@ class Reader:
             if now > deadline:
                 raise ReloadTimeout(dimension_id=dv.dimension_id, generation=evicted_generation,
                                     waited=RELOAD_TIMEOUT)
-            if words[W.STATE] != STATE_RUNNING:
+            if not self._inst.is_running():
                 raise AttachError(name=self._inst.name, reason=f"its coordinator is stopping; dimension "
                                                                f"{dv.dimension_id} stays evicted")
             time.sleep(RELOAD_POLL)
@@ -480,7 +480,7 @@ def attach(name: str) -> Reader:
     """Attach to running instance ``name``; raises AttachError if no coordinator of that name runs."""
     inst = SharedInstance.attach(name)
     try:
-        if int(inst.control.words[W.STATE]) != 1:
+        if not inst.is_running():
             raise AttachError(name=name, reason="its coordinator is stopping")
         return Reader(inst, owns_instance=True)
     except BaseException:
