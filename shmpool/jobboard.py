@@ -432,10 +432,9 @@ class JobBoard:
     def response(self, slot: int) -> Response:
         """What a finished slot holds: its seq, status, and bytes in the slot or a spill."""
         slots, r = self.v.slots_mv, slot * _COLS
-        spill = read_spill(slots, slot)
-        if spill is not None:
-            return Response(slots[r + _SEQ], slots[r + _STATUS], None, spill)
-        return Response(slots[r + _SEQ], slots[r + _STATUS], self.v.response_area(slot)[:slots[r + _RESP]], None)
+        if slots[r + _SPOOL] == NO_SPILL:  # the common case, checked inline: one call fewer per job
+            return Response(slots[r + _SEQ], slots[r + _STATUS], self.v.response_area(slot)[:slots[r + _RESP]], None)
+        return Response(slots[r + _SEQ], slots[r + _STATUS], None, read_spill(slots, slot))
 
     def slot_row(self, slot: int) -> SlotRow:
         """A named snapshot of ``slot``'s row (no lock: for diagnostics and tests)."""
