@@ -230,7 +230,7 @@ class Client(concurrent.futures.Executor):
                                       alive=self._coordinator_alive)
         except posix_ipc.BusyError:
             raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
-                                 f"({self._board.v.layout.slots} slots, all busy)") from None
+                                 f"({self._board.slot_count} slots, all busy)") from None
         except RequestTooLarge as exc:
             raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
 
@@ -493,8 +493,8 @@ class Client(concurrent.futures.Executor):
         channel, sem, stale = mine.channel, mine.sem, mine.stale
         request = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if len(request) > self._board.v.layout.payload:  # before the spent slot leaves our hands
-            raise RequestTooLarge(nbytes=len(request), capacity=self._board.v.layout.payload, job=job)
+        if len(request) > self._board.payload:  # before the spent slot leaves our hands
+            raise RequestTooLarge(nbytes=len(request), capacity=self._board.payload, job=job)
         spent = mine.take_spent()
         try:
             slot, seq = self._post(channel, job, request, timeout, spent)

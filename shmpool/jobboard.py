@@ -160,6 +160,16 @@ class JobBoard:
         return cls(name, seg, JobsView(seg.mm, lay), sems, owner=False)
 
     @property
+    def payload(self) -> int:
+        """Bytes a slot's request area, and its response area, hold (larger responses spill)."""
+        return self.v.layout.payload
+
+    @property
+    def slot_count(self) -> int:
+        """Slots on the board: its capacity in requests queued or running at once."""
+        return self.v.layout.slots
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` unmapped the board in this process."""
         return self.v.slots is None

@@ -31,9 +31,10 @@ from .codec import encode_error
 from .errors import ShmPoolError
 from .jobs_layout import SLOT_COLS, SlotCol, Status
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the board imports this module: at run time it is just an argument
     from .alloc import Handle
     from .instance import SharedInstance
+    from .jobboard import JobBoard
 
 __all__ = ["SpillRef", "Response", "NO_SPILL", "read_spill", "write_spill", "send_large", "open_spill",
            "free_spill"]
@@ -83,7 +84,7 @@ def write_spill(slots_mv: memoryview, slot: int, spill: SpillRef | None) -> None
     slots_mv[r + _POOL] = spill.pool
 
 
-def send_large(board, inst: "SharedInstance", slot: int, seq: int, status: Status, payload: bytes) -> None:
+def send_large(board: "JobBoard", inst: "SharedInstance", slot: int, seq: int, status: Status, payload: bytes) -> None:
     """Worker: hand ``payload`` (too large for the slot) to the slot's client in pool blocks.
 
     Stage, then hand over, then finish (the module docstring says why in that order). If no

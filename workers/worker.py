@@ -136,7 +136,7 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int, *, take_next: bool)
         status, payload = Status.OK, encode_result(result)
     except Exception as exc:  # every job failure goes back to its client, typed
         status, payload = Status.ERROR, encode_error(exc)
-    if len(payload) <= board.v.layout.payload:
+    if len(payload) <= board.payload:
         return board.finish(slot, seq, status, payload, take_next=take_next)[1]
     send_large(board, inst, slot, seq, status, payload)  # in pool blocks (shmpool/spill.py)
     return board.take() if take_next else None
