@@ -884,7 +884,11 @@ class JobBoard:
             self.lock.release()
 
     def fail_outstanding(self, make_error: "callable[[int], bytes]") -> int:
-        """At stop: answer every queued request with an error instead of running it."""
+        """At stop: answer every queued request with ``make_error(slot)`` instead of running it.
+
+        Withdrawn (CANCELLED) requests still queued are freed, and as many waiting submitters
+        woken, so they hear of the stop now rather than after their slice. Returns how many
+        requests were answered."""
         v = self.v
         channels = []
         freed = 0
