@@ -117,3 +117,33 @@ def test_an_unknown_job_reaches_the_client_as_unknown_job_itself(instance_name, 
                     run()
                 assert type(err.value) is UnknownJob  # not a JobError wrapping its name
                 assert err.value.job == "no_such_module:job" and err.value.reason
+
+
+def test_a_worker_dying_at_start_up_is_a_typed_error_naming_it(board):
+    from shmpool.errors import WorkerStartFailed
+    from workers.pool import WorkerPool
+
+    # A log level loguru refuses: the worker dies in main(), before it attaches.
+    pool = WorkerPool(board.name, board, 1, env={"SHMPOOL_LOG_LEVEL": "no-such-level"})
+    try:
+        with pytest.raises(WorkerStartFailed) as err:
+            pool.start(timeout=30)
+        assert err.value.index == 0 and err.value.pid == pool.workers[0].proc.pid
+        assert "status 1" in err.value.reason and "failed to start" in str(err.value)
+        assert board.workers_started() == 0
+    finally:
+        pool.stop()
+
+
+def test_workers_not_serving_in_time_are_a_timeout_naming_the_count(board):
+    from shmpool.errors import WorkersNotReady
+    from workers.pool import WorkerPool
+
+    pool = WorkerPool(board.name, board, 2)
+    try:
+        with pytest.raises(WorkersNotReady) as err:
+            pool.start(timeout=0.0)  # no Python process starts in no time
+        assert isinstance(err.value, TimeoutError)
+        assert (err.value.ready, err.value.count, err.value.name) == (0, 2, board.name)
+    finally:
+        pool.stop()
