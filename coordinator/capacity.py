@@ -33,7 +33,7 @@ import numpy as np
 from loguru import logger
 
 from shmpool.data import compression
-from shmpool.errors import ShmPoolError
+from shmpool.errors import RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.substrate.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
 from shmpool.data.region import Region
@@ -244,7 +244,7 @@ class CapacityManager:
             return None
         try:
             if region.dimension_id != dimension_id:
-                raise ShmPoolError(f"{ev.file} now holds dimension {region.dimension_id}, not {dimension_id}")
+                raise RegionFormatError(source=str(ev.file), fault=f"holds dimension {region.dimension_id}, not {dimension_id}")
             room = region.nbytes
             words = self._inst.control.words
             refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000

@@ -30,11 +30,12 @@ from shmpool.jobs.spin import SPIN_ENV, spin_seconds
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import JobsLayout
 from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
-from shmpool.substrate.layout import STATE_STOPPING, W
+from shmpool.substrate.layout import W
 from shmpool.substrate.limits import DEFAULT_LIMIT, Thresholds
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
+from shmpool.jobs.spill import free_spill
 from shmpool.workers.config import WorkerConfig
 from shmpool.workers.jobs import POLICY_ENV, JobPolicy
 from shmpool.coordinator.pool import WorkerPool
@@ -221,7 +222,7 @@ class Coordinator:
             return
         if self._board is not None:
             self._drain()
-        self._inst.control.words[W.STATE] = STATE_STOPPING
+        self._inst.mark_stopping()
         self._teardown()
         logger.info("coordinator {!r} stopped", self.name)
 
@@ -282,17 +283,14 @@ class Coordinator:
         except ShmPoolError:
             return None
         try:
-            return int(probe.control.words[W.COORDINATOR_PID])
+            return probe.coordinator()[0]
         finally:
             probe.close()
 
     def _free_stranded_spills(self) -> None:
         stranded, self._board.stranded_spills = self._board.stranded_spills, []
-        for spill in stranded:
-            try:
-                self._inst.table.free(self._inst.table.handle_at(*spill))
-            except ShmPoolError as exc:  # its new owner (a client that read it) freed it already
-                logger.debug("stranded spilled result {} already freed: {}", spill, exc)
+        for spill in stranded:  # its new owner (a client that read it) may have freed it already
+            free_spill(self._inst, spill)
 
     def _reap_loop(self) -> None:
         last_sweep = last_heal = time.monotonic()

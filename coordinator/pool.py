@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from shmpool.substrate._proc import start_token
 from shmpool.jobs.codec import decode_job, decode_request, encode_error
-from shmpool.errors import JobTimeout, LockTimeout, ShmPoolError, WorkerCrashed, WorkerInitFailed
+from shmpool.errors import (JobTimeout, LockTimeout, WorkerCrashed, WorkerInitFailed, WorkersNotReady,
+                            WorkerStartFailed)
 from shmpool.jobs.jobboard import JobBoard
-from shmpool.jobs.jobs_layout import JW
 
 from ..workers.config import CONFIG_ENV, WorkerConfig
 from ..workers.watchdog import EXIT_COORDINATOR_GONE
@@ -74,6 +75,7 @@ class _Worker:
     index: int
     proc: subprocess.Popen
     started: float
+    start_token: int = 0    # its /proc start time, read while it cannot have been reaped yet
     handled: bool = False   # its death is dealt with; a replacement waits for restart_at
     restart_at: float = 0.0
 
@@ -100,26 +102,29 @@ class WorkerPool:
     def _spawn(self, index: int) -> _Worker:
         proc = subprocess.Popen([sys.executable, "-m", "shmpool.workers.worker", self.name, str(index)],
                                 stdin=subprocess.DEVNULL, env={**os.environ, **self._env})
-        return _Worker(index, proc, time.time())
+        # The child exists from here on and is ours to reap, so its pid cannot be reused before
+        # we read its start time: the board then tells its slots from a later namesake's.
+        return _Worker(index, proc, time.time(), start_token(proc.pid))
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the workers and return once every one is attached and serving.
 
-        WorkerInitFailed if a worker's initializer raised; ShmPoolError if one died otherwise or
-        the workers are not ready within ``timeout``."""
-        target = int(self.board.v.words[JW.WORKERS_STARTED]) + self.count
+        WorkerInitFailed if a worker's initializer raised; WorkerStartFailed if one died otherwise;
+        WorkersNotReady if they are not all serving within ``timeout``."""
+        before = self.board.workers_started()
+        target = before + self.count
         self.workers = [self._spawn(i) for i in range(self.count)]
         deadline = time.monotonic() + timeout
-        while int(self.board.v.words[JW.WORKERS_STARTED]) < target:
+        while self.board.workers_started() < target:
             for w in self.workers:
                 if w.proc.poll() is not None:
                     if w.proc.returncode == EXIT_INIT_FAILED:
                         raise WorkerInitFailed(index=w.index, pid=w.proc.pid, initializer=str(self.config.init),
                                                error=self._init_error(w.proc.pid))
-                    raise ShmPoolError(f"worker {w.index} (pid {w.proc.pid}) failed to start: "
-                                       f"{explain_exit(w.proc.returncode)}")
+                    raise WorkerStartFailed(index=w.index, pid=w.proc.pid, reason=explain_exit(w.proc.returncode))
             if time.monotonic() > deadline:
-                raise ShmPoolError(f"workers of {self.name!r} not ready after {timeout} s")
+                raise WorkersNotReady(name=self.name, timeout=timeout, ready=self.board.workers_started() - before,
+                                      count=self.count)
             time.sleep(0.005)
         logger.info("{} workers of {!r} serving: pids {}", self.count, self.name,
                     [w.proc.pid for w in self.workers])
@@ -151,7 +156,8 @@ class WorkerPool:
                 continue
             meaning = self._timed_out.pop(w.proc.pid, None) or explain_exit(code)
             try:
-                requeued, failed = self.board.requeue_worker(w.proc.pid, self._failure_for(meaning), MAX_ATTEMPTS)
+                requeued, failed = self.board.requeue_worker(w.proc.pid, self._failure_for(meaning), MAX_ATTEMPTS,
+                                                             start=w.start_token)
             except LockTimeout as exc:  # a stopped process holds the board: next round
                 logger.warning("worker {} (pid {}) died, but its jobs wait: {}", w.index, w.proc.pid, exc)
                 continue

@@ -34,6 +34,11 @@ __all__ = [
     "ClientClosed",
     "InvalidArgument",
     "WorkerInitFailed",
+    "WorkerStartFailed",
+    "WorkersNotReady",
+    "NotInWorker",
+    "RegionClosed",
+    "PlatformUnsupported",
     "UnknownJob",
     "InvalidJob",
     "WorkerCrashed",
@@ -307,6 +312,48 @@ class WorkerInitFailed(ShmPoolError):
     def __init__(self, *, index: int, pid: int, initializer: str, error: str) -> None:
         super().__init__(f"worker {index} (pid {pid}): its initializer {initializer} failed: {error}",
                          index=index, pid=pid, initializer=initializer, error=error)
+
+
+class WorkerStartFailed(ShmPoolError):
+    """A worker died before it served (other than by its initializer: that is WorkerInitFailed)."""
+
+    def __init__(self, *, index: int, pid: int, reason: str) -> None:
+        super().__init__(f"worker {index} (pid {pid}) failed to start: {reason}", index=index, pid=pid,
+                         reason=reason)
+
+
+class WorkersNotReady(ShmPoolError, TimeoutError):
+    """The workers did not all report serving within the start-up timeout."""
+
+    def __init__(self, *, name: str, timeout: float, ready: int, count: int) -> None:
+        super().__init__(f"workers of {name!r} not ready after {timeout:g} s ({ready} of {count} serving)",
+                         name=name, timeout=timeout, ready=ready, count=count)
+
+
+class NotInWorker(ShmPoolError, RuntimeError):
+    """A worker-only call (``shmpool.worker_reader()``) made in a process that is not a worker."""
+
+    def __init__(self, *, call: str) -> None:
+        super().__init__(f"{call} is for jobs running in a shmpool worker; this process is not one (use "
+                         "shmpool.attach(name) or client.reader here)", call=call)
+
+
+class RegionClosed(ShmPoolError, ValueError):
+    """A Region used after ``close()`` (a ValueError, as I/O on a closed file raises)."""
+
+    def __init__(self, *, source: str) -> None:
+        super().__init__(f"{source}: region is closed", source=source)
+
+
+class PlatformUnsupported(ShmPoolError, OSError):
+    """This platform lacks something shmpool needs (``shmpool.substrate.platform.check_system``).
+
+    ``capability`` names it (``"timed semaphore waits"``, ``"/dev/shm"``, ...), ``reason`` says
+    what was found and what to do."""
+
+    def __init__(self, *, capability: str, reason: str) -> None:
+        ShmPoolError.__init__(self, f"this platform cannot serve shmpool: {capability}: {reason}",
+                              capability=capability, reason=reason)
 
 
 class UnknownJob(ShmPoolError, LookupError):

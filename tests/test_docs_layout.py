@@ -18,8 +18,8 @@ from shmpool.coordinator import Coordinator
 from shmpool.jobs import jobs_layout
 from shmpool.substrate import layout
 from shmpool.substrate.instance import DEFAULT_POOLS, SharedInstance
-from shmpool.jobs.jobs_layout import CC, JW, SC, JobsLayout
-from shmpool.substrate.layout import HEADER, PN, RD, RT, W, Layout
+from shmpool.jobs.jobs_layout import ChannelCol, JobsLayout, JobWord, SlotCol
+from shmpool.substrate.layout import HEADER, ControlWord, Layout, PinCol, ReaderCol, TagCol
 
 PAGE = (Path(__file__).parent.parent / "docs" / "shm-layout.md").read_text()
 FILLERS = {"reserved", "unused", "spare"}
@@ -127,9 +127,10 @@ def _index_cells(row):
 
 
 @pytest.mark.parametrize("marker, enum, name_col", [
-    ("### Words (`W`)", W, 3), ("### Jobs words (`JW`)", JW, 2), ("### Slot rows (`SC`)", SC, 2),
-    ("### Channel rows (`CC`)", CC, 2), ("### Reader rows (`RD`)", RD, 2), ("### Pins (`PN`)", PN, 2),
-    ("### Record tags (`RT`)", RT, 2)])
+    ("### Words (`ControlWord`, `W`)", ControlWord, 3), ("### Jobs words (`JobWord`, `JW`)", JobWord, 2),
+    ("### Slot rows (`SlotCol`, `SC`)", SlotCol, 2), ("### Channel rows (`ChannelCol`, `CC`)", ChannelCol, 2),
+    ("### Reader rows (`ReaderCol`, `RD`)", ReaderCol, 2), ("### Pins (`PinCol`, `PN`)", PinCol, 2),
+    ("### Record tags (`TagCol`, `RT`)", TagCol, 2)])
 def test_field_tables_name_the_code_fields_in_order(marker, enum, name_col):
     by_index = {int(m): m.name for m in enum}
     seen = set()
@@ -148,7 +149,7 @@ def test_field_tables_name_the_code_fields_in_order(marker, enum, name_col):
 
 def test_words_table_default_offsets():
     lay = _control_layout()
-    for row in _table_after("### Words (`W`)"):
+    for row in _table_after("### Words (`ControlWord`, `W`)"):
         first = _index_cells(row)[0]
         assert int(row[1].split("-")[0]) == first * 8
         assert int(row[2].split("-")[0]) == lay.words_offset + first * 8

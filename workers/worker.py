@@ -23,13 +23,12 @@ import shmpool
 from shmpool.substrate import _faults
 from shmpool.substrate.lock import retry_interrupted_waits
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
-from shmpool.substrate._proc import is_alive
 from shmpool.jobs.codec import RequestFlags, decode_job, encode_error, encode_result
-from shmpool.errors import AttachError, ShmPoolError
+from shmpool.errors import AttachError
 from shmpool.jobs.jobboard import JobBoard
-from shmpool.jobs.jobs_layout import SC, JW, Status
-from shmpool.substrate.layout import W
+from shmpool.jobs.jobs_layout import Status
 from shmpool.substrate.names import runtime_dir
+from shmpool.jobs.spill import send_large
 from shmpool.jobs.worker_context import _set_worker_reader
 
 from .config import WorkerConfig
@@ -79,13 +78,10 @@ def _prepare(name: str, board: JobBoard, reader) -> None:
 def serve(name: str, index: int, stop: threading.Event) -> int:
     reader = shmpool.attach(name)
     board = JobBoard.attach(name)
-    inst = reader._inst
-    words = inst.control.words
-    coordinator = (int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
-    start_watchdog(index, coordinator)  # ends this process mid-job if the coordinator dies
+    inst = reader.instance
+    start_watchdog(index, inst.coordinator())  # ends this process mid-job if the coordinator dies
     _prepare(name, board, reader)
-    with board.lock:
-        board.v.words[JW.WORKERS_STARTED] += 1
+    board.note_worker_started()
     served = 0
     last_drop = time.monotonic()
     spin = spin_seconds(float(os.environ.get(SPIN_ENV) or 0))  # the coordinator's worker_spin_us
@@ -103,7 +99,7 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
             except posix_ipc.SignalError:
                 continue  # SIGTERM/SIGINT set `stop`; the loop condition ends the worker
             except posix_ipc.BusyError:
-                if not is_alive(*coordinator) or int(words[W.STATE]) != 1:
+                if not inst.coordinator_alive():
                     break
                 # No post, but look anyway: a submitter (or a worker that took the post) may
                 # have died between queueing and posting; the queue, not the count, is the truth.
@@ -129,8 +125,7 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int, *, take_next: bool)
         job = request.job
         timeout = request.job_timeout if request.job_timeout is not None else _config.job_timeout
         if timeout is not None and not math.isinf(timeout):
-            # The slot is RUNNING and ours: a plain store, read by the pool supervisor.
-            board.v.slots[slot, SC.DEADLINE_NS] = time.monotonic_ns() + int(timeout * 1e9)
+            board.set_deadline(slot, time.monotonic_ns() + int(timeout * 1e9))
         plain = bool(request.flags & RequestFlags.PLAIN)
         fn = resolve_job(job, plain=plain)
         call = fn if plain else functools.partial(fn, reader)  # a name: reader first; a callable: as is
@@ -141,34 +136,10 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int, *, take_next: bool)
         status, payload = Status.OK, encode_result(result)
     except Exception as exc:  # every job failure goes back to its client, typed
         status, payload = Status.ERROR, encode_error(exc)
-    if len(payload) <= board.v.layout.payload:
+    if len(payload) <= board.payload:
         return board.finish(slot, seq, status, payload, take_next=take_next)[1]
-    _spill(board, inst, slot, seq, status, payload)
+    send_large(board, inst, slot, seq, status, payload)  # in pool blocks (shmpool/jobs/spill.py)
     return board.take() if take_next else None
-
-
-def _spill(board: JobBoard, inst, slot: int, seq: int, status: Status, payload: bytes) -> None:
-    """Hand a result too large for the slot over in pool blocks. Order matters for crashes:
-    stage (the board knows the blocks) -> transfer (the client owns them) -> finish (it reads
-    them). A death at any point leaves the blocks findable by the coordinator or the client."""
-    row = board.v.slots[slot]
-    client = (int(row[SC.CLIENT_PID]), int(row[SC.CLIENT_START]))
-    try:
-        handle = inst.table.allocate(len(payload))
-    except ShmPoolError as exc:
-        board.finish(slot, seq, Status.ERROR, encode_error(exc))
-        return
-    inst.handle_view(handle)[:] = payload
-    spill = (handle.pool, handle.first_block, handle.nbytes, handle.record, handle.serial)
-    if not board.stage_spill(slot, seq, spill):
-        inst.table.free(handle)
-        return
-    inst.table.transfer(handle, *client)
-    if not board.finish(slot, seq, status, None)[0]:
-        try:
-            inst.table.free(handle)
-        except ShmPoolError as exc:  # the client died and its blocks were reclaimed first
-            logger.debug("spilled result of slot {} already reclaimed: {}", slot, exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,9 +59,6 @@ class Directory:
         ids = self._ctl.directory[:, D.DIMENSION_ID]
         return {int(ids[e]): int(e) for e in np.flatnonzero(ids)}
 
-    def version(self) -> int:
-        return int(self._ctl.words_mv[W.DIR_VERSION])
-
     @staticmethod
     def generation_position(entry: int) -> int:
         """Index of the entry's GENERATION word in ``Control.directory_mv``."""

@@ -29,11 +29,12 @@ from loguru import logger
 
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import Directory, Location
-from ..errors import AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReloadTimeout, ShmPoolError
+from ..errors import (AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, RegionFormatError, ReloadTimeout,
+                     ShmPoolError)
 from ..substrate.ids import as_id
 from ..substrate.instance import SharedInstance
 from .compression import inflate
-from ..substrate.layout import STATE_RUNNING, TOUCHED_READ, TOUCHED_RELOAD, W
+from ..substrate.layout import TOUCHED_READ, TOUCHED_RELOAD, W
 from .pin_watch import PinWatcher
 from .pins import RowPins, list_pins
 from .readers import ReaderRegistry
@@ -165,6 +166,11 @@ class Reader:
     @property
     def name(self) -> str:
         return self._inst.name
+
+    @property
+    def instance(self) -> SharedInstance:
+        """The mapped instance this reader reads (its allocation table, the coordinator's words)."""
+        return self._inst
 
     # ----------------------------------------------------------------- the hot path
 
@@ -388,7 +394,7 @@ class Reader:
             self._await_reload(dv, loc.generation, deadline)
 
     def _await_reload(self, dv: _DimView, evicted_generation: int, deadline: float) -> None:
-        mv, words = self._dir_mv, self._inst.control.words_mv
+        mv = self._dir_mv
         while mv[dv.gen_pos] == evicted_generation:
             if mv[dv.touch_pos] != TOUCHED_RELOAD:  # first time, or the coordinator just reset it
                 mv[dv.touch_pos] = TOUCHED_RELOAD
@@ -397,7 +403,7 @@ class Reader:
             if now > deadline:
                 raise ReloadTimeout(dimension_id=dv.dimension_id, generation=evicted_generation,
                                     waited=RELOAD_TIMEOUT)
-            if words[W.STATE] != STATE_RUNNING:
+            if not self._inst.is_running():
                 raise AttachError(name=self._inst.name, reason=f"its coordinator is stopping; dimension "
                                                                f"{dv.dimension_id} stays evicted")
             time.sleep(RELOAD_POLL)
@@ -406,8 +412,8 @@ class Reader:
         seg = self._inst.pool_segment(loc.pool)
         offset = loc.first_block * self._inst.table.block_sizes[loc.pool]
         if offset + loc.nbytes > seg.size:
-            raise ShmPoolError(f"dimension {dv.dimension_id} generation {loc.generation}: region "
-                               f"[{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
+            raise RegionFormatError(source=f"dimension {dv.dimension_id} generation {loc.generation}",
+                                    fault=f"region [{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
         array = np.frombuffer(seg.mm, dtype=np.uint8, count=loc.nbytes, offset=offset).view(_PinnedBytes)
         array.flags.writeable = False
         # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
@@ -474,7 +480,7 @@ def attach(name: str) -> Reader:
     """Attach to running instance ``name``; raises AttachError if no coordinator of that name runs."""
     inst = SharedInstance.attach(name)
     try:
-        if int(inst.control.words[W.STATE]) != 1:
+        if not inst.is_running():
             raise AttachError(name=name, reason="its coordinator is stopping")
         return Reader(inst, owns_instance=True)
     except BaseException:

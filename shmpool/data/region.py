@@ -28,7 +28,7 @@ import numpy as np
 from loguru import logger
 
 from .compression import inflate
-from ..errors import LayerNotFound, RegionFormatError, ShmPoolError
+from ..errors import LayerNotFound, RegionClosed, RegionFormatError, ShmPoolError
 
 __all__ = [
     "ALIGN", "FLAG_TEXT", "FLAG_ZSTD", "FORMAT_VERSION", "HEADER", "HEADER_OFFSETS", "HEADER_SIZE", "INDEX_DTYPE",
@@ -488,4 +488,4 @@ class Region:
                              layer_count=self.layer_count, sample_ids=self._t.ids[:12])
 
     def _closed_error(self) -> ShmPoolError:
-        return ShmPoolError(f"{self.source}: region is closed")
+        return RegionClosed(source=self.source)

@@ -32,17 +32,16 @@ from typing import Any, Callable, Iterable, Iterator
 import posix_ipc
 from loguru import logger
 
-from ..substrate._proc import is_alive
 from .callables import target_of
 from .codec import RequestFlags, check_job_timeout, decode_error, decode_result, encode_request
 from ..data.context import ContextCollection, LoadedContext, NavigationPath, Step
 from ..errors import AttachError, ClientClosed, InvalidArgument, RequestTooLarge, ShmPoolError
 from ..substrate.ids import as_id
 from .jobboard import JobBoard
-from .jobs_layout import SC, SlotState, Status
-from ..substrate.layout import W
+from .jobs_layout import Status
 from ..substrate.lock import interrupted_waits_retry
 from ..data.reader import Reader, attach
+from .spill import free_spill, open_spill
 from .spin import spin_seconds
 
 __all__ = ["Client", "connect", "JobFuture"]
@@ -57,7 +56,6 @@ IMAP_BUFFER = 64  # imap_unordered's default number of jobs in flight
 ASYNC_SUBMIT_WAIT = 0.001
 ASYNC_RETRY_MAX = 0.02
 _NAMES_CACHED = 1024  # callables whose module:qualname is remembered (checked once each)
-_RUNNING_STATES = (SlotState.RUNNING, SlotState.ORPHANED)
 
 
 class Lifecycle(enum.Enum):
@@ -92,14 +90,11 @@ class JobFuture(Future):
         return super().cancel()
 
     def running(self) -> bool:
-        if self.done():
-            return False
-        slots = self._board.v.slots
-        if slots is None:  # the board is detached
+        if self.done() or self._board.closed:
             return False
         # The slot cannot move to another job while this future is pending: it is freed only
         # after its response was delivered here. So STATE alone speaks for our SEQ.
-        return int(slots[self._slot, SC.SEQ]) == self._seq and int(slots[self._slot, SC.STATE]) in _RUNNING_STATES
+        return self._board.is_running(self._slot, self._seq)
 
 
 _END = object()
@@ -150,12 +145,11 @@ class Client(concurrent.futures.Executor):
                 self._board.close()
             self._reader.close()
             raise
-        self._inst = self._reader._inst
+        self._inst = self._reader.instance
         self._sem = self._board.channel_sem(self._channel)
         self._futures: dict[int, tuple[int, JobFuture]] = {}
         self._early: set[int] = set()
-        self._direct_calls = 0
-        self._thread_channels: list[int] = []
+        self._thread_channels: list[int] = []  # call() channels, at most DIRECT_CALLS_MAX: the one bound
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when no submit is in progress
         self._submitting = 0  # submits past the lifecycle check, not yet registered
@@ -212,14 +206,7 @@ class Client(concurrent.futures.Executor):
             self._check_open()
             self._submitting += 1  # shutdown() waits for this submit to register its future
         try:
-            try:
-                slot, seq = self._board.submit(self._channel, request, timeout=timeout,
-                                               alive=self._coordinator_alive)
-            except posix_ipc.BusyError:
-                raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
-                                     f"({self._board.v.layout.slots} slots, all busy)") from None
-            except RequestTooLarge as exc:
-                raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
+            slot, seq = self._post(self._channel, job, request, timeout)
             future = JobFuture(self._board, slot, seq, job, self._forget)
             with self._lock:
                 self._futures[slot] = (seq, future)
@@ -233,6 +220,19 @@ class Client(concurrent.futures.Executor):
         if early:
             self._deliver(slot)
         return future
+
+    def _post(self, channel: int, job: str, request: bytes, timeout: float | None,
+              release: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Put ``request`` on the board for ``channel``: (slot, seq). The one place where the
+        board's refusals become this API's: TimeoutError for no slot, RequestTooLarge naming the job."""
+        try:
+            return self._board.submit(channel, request, timeout=timeout, release=release,
+                                      alive=self._coordinator_alive)
+        except posix_ipc.BusyError:
+            raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
+                                 f"({self._board.slot_count} slots, all busy)") from None
+        except RequestTooLarge as exc:
+            raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
 
     def map(self, fn: Callable[..., Any] | str, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1, job_timeout: float | None = None) -> Iterator[Any]:
@@ -445,8 +445,7 @@ class Client(concurrent.futures.Executor):
         handle = None
         try:
             if spill is not None:
-                handle = self._inst.table.handle_at(spill[0], spill[1], spill[2], spill[3], spill[4])
-                data = self._inst.handle_view(handle)
+                handle, data = open_spill(self._inst, spill)
             if got_seq != seq:
                 return AttachError(name=self.name, reason=f"job slot {slot} was reused under us")
             if status == Status.OK:
@@ -458,13 +457,7 @@ class Client(concurrent.futures.Executor):
             if isinstance(data, memoryview):
                 data.release()
             if handle is not None:
-                self._free_spill(handle)
-
-    def _free_spill(self, handle) -> None:
-        try:
-            self._inst.table.free(handle)
-        except ShmPoolError as exc:
-            logger.debug("spilled result {} already reclaimed: {}", handle, exc)
+                free_spill(self._inst, handle)
 
     # ----------------------------------------------------------------- synchronous calls
 
@@ -481,52 +474,34 @@ class Client(concurrent.futures.Executor):
         self._check_open()
         # With many threads waiting at once, each woken thread fights all others for the GIL and
         # the tail grows (128 threads: p99 30 -> 60 ms measured); the completion thread's batched
-        # delivery is fairer there. So the direct path is for the few-threads case.
-        with self._lock:
-            direct = self._direct_calls < DIRECT_CALLS_MAX
-            if direct:
-                self._direct_calls += 1
+        # delivery is fairer there. So the direct path is for the few-threads case: the pool of
+        # at most DIRECT_CALLS_MAX call() channels is the bound (a thread borrows one or none).
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            mine = self._thread_channel(timeout) if direct else None
-        except BaseException:
-            with self._lock:
-                self._direct_calls -= 1
-            raise
+        mine = self._thread_channel(timeout)
         if deadline is not None:
             timeout = max(0.0, deadline - time.monotonic())
         if mine is None:
-            if direct:
-                with self._lock:
-                    self._direct_calls -= 1
             request = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
             return self._submit_request(job, request, timeout).result(timeout)
         try:
             return self._call_direct(mine, job, args, kwargs, timeout, flags, job_timeout)
         finally:
             self._return_channel(mine)
-            with self._lock:
-                self._direct_calls -= 1
 
     def _call_direct(self, mine: "_ThreadChannel", job: str, args, kwargs, timeout: float | None,
                      flags: RequestFlags = RequestFlags.NAMED, job_timeout: float | None = None) -> Any:
         channel, sem, stale = mine.channel, mine.sem, mine.stale
         request = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if len(request) > self._board.v.layout.payload:  # before the spent slot leaves our hands
-            raise RequestTooLarge(nbytes=len(request), capacity=self._board.v.layout.payload, job=job)
+        if len(request) > self._board.payload:  # before the spent slot leaves our hands
+            raise RequestTooLarge(nbytes=len(request), capacity=self._board.payload, job=job)
         spent = mine.take_spent()
         try:
-            slot, seq = self._board.submit(channel, request, timeout=timeout, release=spent,
-                                           alive=self._coordinator_alive)
-        except BaseException as exc:
+            slot, seq = self._post(channel, job, request, timeout, spent)
+        except BaseException:
             if spent is not None:  # freed already if submit got as far as its first lock round:
                 with self._lock:   # a second release of the same (slot, seq) is a no-op
                     self._deferred.append(spent)
-            if isinstance(exc, posix_ipc.BusyError):
-                raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
-            if isinstance(exc, RequestTooLarge):
-                raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
             raise
         board = self._board
         spun = self._spin and board.spin_for_ring(channel, self._spin)
@@ -608,11 +583,11 @@ class Client(concurrent.futures.Executor):
         """Responses to calls that timed out: free their spills and slots."""
         for slot in slots:
             stale.discard(slot)
-            _seq, _status, data, spill = self._board.response(slot)
-            if data is not None:
-                data.release()
-            if spill is not None:
-                self._free_spill(self._inst.table.handle_at(*spill))
+            response = self._board.response(slot)
+            if response.data is not None:
+                response.data.release()
+            if response.spill is not None:
+                free_spill(self._inst, response.spill)
         pairs = [(slot, self._board.slot_seq(slot)) for slot in slots]
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -657,14 +632,11 @@ class Client(concurrent.futures.Executor):
         return self._reader.load_layer_context(dimension_id, layer_id)
 
     def _coordinator_alive(self) -> bool:
-        words = self._inst.control.words
-        return int(words[W.STATE]) == 1 and is_alive(int(words[W.COORDINATOR_PID]),
-                                                     int(words[W.COORDINATOR_START]))
+        return self._inst.coordinator_alive()
 
     def _gone(self) -> AttachError:
-        stopping = int(self._inst.control.words[W.STATE]) != 1
-        return AttachError(name=self.name, reason="the coordinator stopped before answering" if stopping
-                           else "the coordinator is gone")
+        return AttachError(name=self.name, reason="the coordinator is gone" if self._inst.is_running()
+                           else "the coordinator stopped before answering")
 
     def _fail_all(self, error: BaseException) -> None:
         self._broken = error
@@ -764,7 +736,7 @@ class Client(concurrent.futures.Executor):
             except ShmPoolError as exc:
                 logger.debug("channel {} not released: {}", channel, exc)
         for spill in spills:  # results that arrived after their reader stopped waiting
-            self._free_spill(self._inst.table.handle_at(*spill))
+            free_spill(self._inst, spill)
         self._board.close()
         self._reader.close()
 

@@ -43,18 +43,20 @@ from loguru import logger
 from ..substrate import _faults
 from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, RequestTooLarge
-from .jobs_layout import (CC, CHANNEL_COLS, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, SLOT_COLS, JobsLayout, JobsView,
-                          SlotState, Status)
+from .jobs_layout import (CC, CHANNEL_COLS, JOBS_MAGIC, JW, LATENCY_BOUNDS_NS, SC, SLOT_COLS, BoardState, JobsLayout,
+                          JobsView, SlotRow, SlotState, Status)
 from ..substrate.lock import SharedLock, interrupted_waits_retry
 from ..substrate.names import runtime_dir, segment_name, semaphore_name
+from ..substrate.platform import SEMAPHORE_VALUES
 from ..substrate.segments import Segment
+from .spill import NO_SPILL, Response, SpillRef, read_spill, write_spill
 from ..substrate.trust import open_semaphore
 
 __all__ = ["JobBoard"]
 
 JOBS = "jobs"
 WAIT_SLICE = 0.1   # seconds a submitter sleeps for a slot before looking again on its own
-_CAN_PEEK = posix_ipc.SEMAPHORE_VALUE_SUPPORTED
+_CAN_PEEK = SEMAPHORE_VALUES
 SUPERVISE_WAIT = 0.5  # seconds a supervision step waits for the lock before trying next round
 _QUEUED = (SlotState.SUBMITTED, SlotState.CANCELLED)
 # Plain ints for the hot path's flat memoryviews (an IntEnum member costs an attribute lookup).
@@ -66,7 +68,9 @@ _W_FREE_TOP, _W_QH, _W_QT, _W_STATE = int(JW.FREE_TOP), int(JW.Q_HEAD), int(JW.Q
 _W_WAITERS = int(JW.FREE_WAITERS)
 _W_LATN, _W_LATSUM, _W_LAT0 = int(JW.LATENCY_COUNT), int(JW.LATENCY_SUM_NS), int(JW.LATENCY_BUCKET0)
 _C_PID, _C_START, _C_HEAD, _C_TAIL, _C_WAITING = (int(c) for c in (CC.PID, CC.START, CC.HEAD, CC.TAIL, CC.WAITING))
-_OK = int(Status.OK)
+_OK, _ERROR = int(Status.OK), int(Status.ERROR)
+_ACCEPTING = int(BoardState.ACCEPTING)
+_STOPPING_REASON = "the coordinator is stopping; no new jobs are accepted"
 _TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
 
 
@@ -76,14 +80,9 @@ def _sem(name: str, kind: str, *, create: bool, initial: int = 0) -> posix_ipc.S
     return posix_ipc.Semaphore(semaphore_name(name, kind), posix_ipc.O_CREX, mode=0o600, initial_value=initial)
 
 
-def _spill_of(row) -> tuple[int, int, int, int, int]:
-    return (int(row[SC.SPILL_POOL]), int(row[SC.SPILL_FIRST]), int(row[SC.RESP_LEN]),
-            int(row[SC.SPILL_RECORD]), int(row[SC.SPILL_SERIAL]))
-
-
 def _post_if_idle(sem: posix_ipc.Semaphore, times: int = 1) -> int:
     """Post a wake-up nobody has been sent yet; never piles posts onto a sleeper's count."""
-    if times <= 0 or (posix_ipc.SEMAPHORE_VALUE_SUPPORTED and sem.value > 0):
+    if times <= 0 or (_CAN_PEEK and sem.value > 0):
         return 0
     for _ in range(times):
         sem.release()
@@ -105,7 +104,7 @@ class JobBoard:
         self._channel_sems: dict[int, posix_ipc.Semaphore] = {}
         # Large results whose worker died before handing them over, found by requeue_worker;
         # the supervising coordinator frees them (the board has no allocation table).
-        self.stranded_spills: list[tuple[int, int, int, int, int]] = []
+        self.stranded_spills: list[SpillRef] = []
         self.lock = SharedLock(sems["lock"], view.words_mv, str(runtime_dir() / f"{name}.jobs.lock"),
                                f"{name} jobs", on_recover=lambda _pid: self.heal(), role="jobs")
 
@@ -137,8 +136,8 @@ class JobBoard:
         w[JW.SLOTS], w[JW.PAYLOAD], w[JW.CHANNELS] = slots, payload, channels
         view.free[:] = np.arange(slots - 1, -1, -1)  # pop order 0, 1, 2, ...
         w[JW.FREE_TOP] = slots
-        view.slots[:, SC.SPILL_POOL] = -1
-        w[JW.STATE] = 1
+        view.slots[:, SC.SPILL_POOL] = NO_SPILL
+        w[JW.STATE] = BoardState.ACCEPTING
         w[JW.MAGIC] = JOBS_MAGIC
         return cls(name, seg, view, sems, owner=True)
 
@@ -159,6 +158,21 @@ class JobBoard:
             seg.close()
             raise AttachError(name=name, reason="job semaphores are gone (coordinator stopped)") from None
         return cls(name, seg, JobsView(seg.mm, lay), sems, owner=False)
+
+    @property
+    def payload(self) -> int:
+        """Bytes a slot's request area, and its response area, hold (larger responses spill)."""
+        return self.v.layout.payload
+
+    @property
+    def slot_count(self) -> int:
+        """Slots on the board: its capacity in requests queued or running at once."""
+        return self.v.layout.slots
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` unmapped the board in this process."""
+        return self.v.slots is None
 
     def channel_sem(self, channel: int) -> posix_ipc.Semaphore:
         sem = self._channel_sems.get(channel)
@@ -201,7 +215,7 @@ class JobBoard:
                 break
         return k
 
-    def release_channel(self, channel: int) -> list[tuple[int, int, int, int, int]]:
+    def release_channel(self, channel: int) -> list[SpillRef]:
         """Give the channel back, settling every slot still addressed to it: queued requests are
         cancelled, running ones orphaned (freed when their worker finishes), finished ones freed.
         Returns the spilled results of the finished ones: the caller owns and frees them."""
@@ -216,13 +230,22 @@ class JobBoard:
     def _settle_channel_locked(self, channel: int, spills: list) -> int:
         """End every slot addressed to ``channel``; returns how many went back to the free stack."""
         v = self.v
-        freed = 0
         owner = v.channels[channel]
         mine = ((v.slots[:, SC.CHANNEL] == channel) & (v.slots[:, SC.CLIENT_PID] == owner[CC.PID])
                 & (v.slots[:, SC.CLIENT_START] == owner[CC.START]))
-        for slot in np.flatnonzero(mine & (v.slots[:, SC.STATE] != SlotState.FREE)):
-            freed += self._abandon_locked(int(slot), spills)
-        return freed
+        return self._abandon_all_locked(np.flatnonzero(mine).tolist(), spills)[0]
+
+    def _abandon_all_locked(self, slots, spills: list) -> tuple[int, int]:
+        """Settle every slot of ``slots`` whose client is gone: (freed, affected). One already
+        settled (CANCELLED, ORPHANED: a worker frees it) or FREE is left alone."""
+        freed = affected = 0
+        states = self.v.slots_mv
+        for slot in slots:
+            if states[slot * _COLS + _ST] in (_FREE, _CANCELLED, _ORPHANED):
+                continue
+            affected += 1
+            freed += self._abandon_locked(slot, spills)
+        return freed, affected
 
     def _clear_channel_locked(self, channel: int) -> None:
         """Free a channel row; its registered waiters stop counting (they left with it)."""
@@ -240,12 +263,17 @@ class JobBoard:
         elif state == SlotState.RUNNING:
             row[SC.STATE] = SlotState.ORPHANED
         elif state in (SlotState.DONE, SlotState.DELIVERED):
-            if int(row[SC.SPILL_POOL]) >= 0:
-                spills.append(_spill_of(row))
-                row[SC.SPILL_POOL] = -1
+            self._take_spill_locked(slot, spills)
             self._free_locked(slot)
             return 1
         return 0
+
+    def _take_spill_locked(self, slot: int, into: list) -> None:
+        """Move the slot's spill (if any) into ``into``: whoever drains that list frees it."""
+        spill = read_spill(self.v.slots_mv, slot)
+        if spill is not None:
+            into.append(spill)
+            write_spill(self.v.slots_mv, slot, None)
 
     def submit(self, channel: int, request: bytes | memoryview, *, timeout: float | None,
                release: tuple[int, int] | None = None,
@@ -261,8 +289,8 @@ class JobBoard:
         v = self.v
         if len(request) > v.layout.payload:
             raise RequestTooLarge(nbytes=len(request), capacity=v.layout.payload)
-        if int(v.words[JW.STATE]) != 1:
-            raise AttachError(name=self.name, reason="the coordinator is stopping; no new jobs are accepted")
+        if v.words_mv[_W_STATE] != _ACCEPTING:
+            raise AttachError(name=self.name, reason=_STOPPING_REASON)
         deadline = None if timeout is None else time.monotonic() + timeout
         pid, start = my_identity()
         w, slots, chans = v.words_mv, v.slots_mv, v.channels_mv
@@ -300,7 +328,7 @@ class JobBoard:
                     slots[r + _WPID] = slots[r + _WSTART] = 0
                     slots[r + _REQ] = len(request)
                     slots[r + _RESP] = slots[r + _STATUS] = slots[r + _ATT] = 0
-                    slots[r + _SPOOL] = -1
+                    slots[r + _SPOOL] = NO_SPILL
                     slots[r + _SUBNS] = time.monotonic_ns()
                     slots[r + _DEADLINE] = 0  # job_timeout: the worker sets it when it starts
                     v.request_area(slot)[:len(request)] = request
@@ -328,15 +356,15 @@ class JobBoard:
             except posix_ipc.BusyError:
                 # Look again anyway (a releaser may have died before posting), but first make
                 # sure somebody will ever free a slot: not if the coordinator is gone.
-                if w[_W_STATE] != 1:
-                    gone = "the coordinator is stopping; no new jobs are accepted"
+                if w[_W_STATE] != _ACCEPTING:
+                    gone = _STOPPING_REASON
                 elif alive is not None and not alive():
                     gone = "the coordinator is gone"
             except BaseException:
                 self._leave_waiters(channel)  # Ctrl-C: no phantom waiter may stay registered
                 raise
-            if gone is None and w[_W_STATE] != 1:
-                gone = "the coordinator is stopping; no new jobs are accepted"
+            if gone is None and w[_W_STATE] != _ACCEPTING:
+                gone = _STOPPING_REASON
         if _faults.ARMED:
             _faults.point("submit.queued")
         # A post already pending wakes a worker that drains the whole queue, ours included (it
@@ -411,14 +439,37 @@ class JobBoard:
                 return False
         return True
 
-    def response(self, slot: int) -> tuple[int, int, memoryview | None, tuple | None]:
-        """(seq, status, response bytes in the slot or None, spill location or None)."""
+    def response(self, slot: int) -> Response:
+        """What a finished slot holds: its seq, status, and bytes in the slot or a spill."""
         slots, r = self.v.slots_mv, slot * _COLS
-        n = slots[r + _RESP]
-        if slots[r + _SPOOL] >= 0:
-            spill = (slots[r + _SPOOL], slots[r + _SFIRST], n, slots[r + _SREC], slots[r + _SSER])
-            return slots[r + _SEQ], slots[r + _STATUS], None, spill
-        return slots[r + _SEQ], slots[r + _STATUS], self.v.response_area(slot)[:n], None
+        if slots[r + _SPOOL] == NO_SPILL:  # the common case, checked inline: one call fewer per job
+            return Response(slots[r + _SEQ], slots[r + _STATUS], self.v.response_area(slot)[:slots[r + _RESP]], None)
+        return Response(slots[r + _SEQ], slots[r + _STATUS], None, read_spill(slots, slot))
+
+    def slot_row(self, slot: int) -> SlotRow:
+        """A named snapshot of ``slot``'s row (no lock: for diagnostics and tests)."""
+        return SlotRow.of(self.v.slots_mv[slot * _COLS:(slot + 1) * _COLS])
+
+    def is_running(self, slot: int, seq: int) -> bool:
+        """Whether request ``seq`` of ``slot`` is in a worker's hands now (no lock: one look)."""
+        slots, r = self.v.slots_mv, slot * _COLS
+        return slots[r + _SEQ] == seq and slots[r + _ST] in (_RUNNING, _ORPHANED)
+
+    def client_of(self, slot: int) -> tuple[int, int]:
+        """(pid, start token) of the client that submitted the slot's request."""
+        slots, r = self.v.slots_mv, slot * _COLS
+        return slots[r + _CPID], slots[r + _CSTART]
+
+    def set_deadline(self, slot: int, deadline_ns: int) -> None:
+        """Worker: the CLOCK_MONOTONIC ns past which the job it runs in ``slot`` is killed.
+
+        A plain store without the lock: the slot is RUNNING and the caller's; the supervisor
+        reads it without the lock and rechecks under it (:meth:`expire`)."""
+        self.v.slots_mv[slot * _COLS + _DEADLINE] = deadline_ns
+
+    def accepting(self) -> bool:
+        """False once the coordinator stopped taking submissions (:meth:`stop_accepting`)."""
+        return self.v.words_mv[_W_STATE] == _ACCEPTING
 
     def release_slot(self, slot: int, seq: int, *, timeout: float | None = None) -> None:
         """Return a delivered slot to the free stack (by the client that consumed it)."""
@@ -498,13 +549,11 @@ class JobBoard:
 
     def _take_locked(self) -> tuple[tuple[int, int] | None, int]:
         v = self.v
-        w, slots, queue, n = v.words_mv, v.slots_mv, v.queue_mv, v.layout.slots
+        w, slots = v.words_mv, v.slots_mv
         pid, start = my_identity()
         freed = 0
         while w[_W_QH] != w[_W_QT]:
-            head = w[_W_QH]
-            slot = queue[head % n]
-            w[_W_QH] = head + 1
+            slot = self._pop_queue_locked()
             if _faults.ARMED:
                 _faults.point("take.popped")
             r = slot * _COLS
@@ -514,7 +563,7 @@ class JobBoard:
                 continue
             slots[r + _WPID] = pid
             slots[r + _WSTART] = start
-            slots[r + _SPOOL] = -1
+            slots[r + _SPOOL] = NO_SPILL
             slots[r + _ST] = _RUNNING
             return (slot, slots[r + _SEQ]), freed
         return None, freed
@@ -522,15 +571,14 @@ class JobBoard:
     def request(self, slot: int) -> memoryview:
         return self.v.request_area(slot)[:self.v.slots_mv[slot * _COLS + _REQ]]
 
-    def stage_spill(self, slot: int, seq: int, spill: tuple[int, int, int, int, int]) -> bool:
+    def stage_spill(self, slot: int, seq: int, spill: SpillRef) -> bool:
         """Record where a large result lies *before* its ownership moves to the client, so that
         if this worker dies in between, :meth:`requeue_worker` finds the blocks and frees them."""
         with self.lock:
             row = self.v.slots[slot]
             if int(row[SC.SEQ]) != seq or int(row[SC.STATE]) not in _TAKEN:
                 return False
-            row[SC.SPILL_POOL], row[SC.SPILL_FIRST], row[SC.RESP_LEN], row[SC.SPILL_RECORD], \
-                row[SC.SPILL_SERIAL] = spill
+            write_spill(self.v.slots_mv, slot, spill)
             return True
 
     def finish(self, slot: int, seq: int, status: Status, response: bytes | None, *,
@@ -545,7 +593,7 @@ class JobBoard:
         if response is not None:
             v.response_area(slot)[:len(response)] = response
             slots[r + _RESP] = len(response)
-            slots[r + _SPOOL] = -1
+            slots[r + _SPOOL] = NO_SPILL
         slots[r + _STATUS] = status
         nxt, freed = None, 0
         with self.lock:
@@ -593,6 +641,39 @@ class JobBoard:
         chans[c + _C_TAIL] = tail + 1
         return channel
 
+    def _pop_queue_locked(self) -> int:
+        """The slot at the queue's head, popped (the queue must not be empty)."""
+        v = self.v
+        w = v.words_mv
+        head = w[_W_QH]
+        w[_W_QH] = head + 1
+        return v.queue_mv[head % v.layout.slots]
+
+    def _answer_error_locked(self, slot: int, payload: bytes, end: int) -> int:
+        """Answer the slot's client with the error ``payload`` instead of a worker's response,
+        counting the job as ended in column ``end``; returns the channel to post."""
+        v = self.v
+        slots, r = v.slots_mv, slot * _COLS
+        v.response_area(slot)[:len(payload)] = payload
+        slots[r + _RESP] = len(payload)
+        slots[r + _SPOOL] = NO_SPILL
+        slots[r + _STATUS] = _ERROR
+        channel = self._deliver_locked(slot)
+        slots[r + end] += 1
+        return channel
+
+    def _leave_worker_locked(self, slot: int) -> int:
+        """The slot's worker is gone (dead, or killed for its deadline): take its staged spill
+        for the supervisor to free, and end the slot if its client left too (1 if freed)."""
+        slots, r = self.v.slots_mv, slot * _COLS
+        self._take_spill_locked(slot, self.stranded_spills)
+        slots[r + _WPID] = slots[r + _WSTART] = slots[r + _DEADLINE] = 0
+        if slots[r + _ST] == _ORPHANED:  # nobody waits for it: it ends here
+            self._free_locked(slot)
+            slots[r + _END_CANC] += 1
+            return 1
+        return 0
+
     def _enqueue(self, slot: int) -> None:
         w = self.v.words_mv
         tail = w[_W_QT]
@@ -601,37 +682,31 @@ class JobBoard:
 
     # ----------------------------------------------------------------- supervision (coordinator)
 
-    def requeue_worker(self, pid: int, fail: "callable[[int, int], bytes]", max_attempts: int = 2) -> tuple[int, int]:
+    def requeue_worker(self, pid: int, fail: "callable[[int, int], bytes]", max_attempts: int = 2, *,
+                       start: int = 0) -> tuple[int, int]:
         """Requeue the requests dead worker ``pid`` held; fail those that already killed
-        ``max_attempts`` workers with the response ``fail(slot, attempts)``. Returns (requeued, failed)."""
+        ``max_attempts`` workers with the response ``fail(slot, attempts)``. Returns (requeued, failed).
+
+        ``start``: the worker's start token; when given, a slot is the dead worker's only if
+        both match, so a reused pid's requests (another process of the same pid) stay put."""
         v = self.v
         requeued, failed, channels = 0, 0, []
         with self._supervising():
             wake = 0
-            for slot in np.flatnonzero(v.slots[:, SC.WORKER_PID] == pid):
-                slot = int(slot)
+            mine = v.slots[:, SC.WORKER_PID] == pid
+            if start:
+                mine &= v.slots[:, SC.WORKER_START] == start
+            for slot in np.flatnonzero(mine).tolist():
                 row = v.slots[slot]
-                state = int(row[SC.STATE])
-                if state not in _TAKEN:
+                if int(row[SC.STATE]) not in _TAKEN:
                     continue
-                if int(row[SC.SPILL_POOL]) >= 0:  # died between staging a large result and finishing
-                    self.stranded_spills.append(_spill_of(row))
-                    row[SC.SPILL_POOL] = -1
                 row[SC.ATTEMPTS] += 1
-                row[SC.WORKER_PID] = row[SC.WORKER_START] = 0
-                if state == SlotState.ORPHANED:  # nobody waits for it: it ends here
-                    self._free_locked(slot)
-                    row[SC.END_CANCELLED] += 1
+                if self._leave_worker_locked(slot):
                     wake += 1
                 elif int(row[SC.ATTEMPTS]) >= max_attempts:
-                    payload = fail(slot, int(row[SC.ATTEMPTS]))
-                    v.response_area(slot)[:len(payload)] = payload
-                    row[SC.RESP_LEN], row[SC.SPILL_POOL], row[SC.STATUS] = len(payload), -1, Status.ERROR
-                    channels.append(self._deliver_locked(slot))
-                    row[SC.END_ERROR] += 1
+                    channels.append(self._answer_error_locked(slot, fail(slot, int(row[SC.ATTEMPTS])), _END_ERR))
                     failed += 1
                 else:
-                    row[SC.DEADLINE_NS] = 0  # the next worker's run gets its own
                     row[SC.STATE] = SlotState.SUBMITTED
                     self._enqueue(slot)
                     requeued += 1
@@ -669,19 +744,11 @@ class JobBoard:
                     or int(row[SC.DEADLINE_NS]) <= 0):
                 return False
             kill()
-            if int(row[SC.SPILL_POOL]) >= 0:  # staged, maybe already handed over: the supervisor frees it
-                self.stranded_spills.append(_spill_of(row))
-                row[SC.SPILL_POOL] = -1
-            row[SC.WORKER_PID] = row[SC.WORKER_START] = row[SC.DEADLINE_NS] = 0
-            if state == SlotState.ORPHANED:
-                self._free_locked(slot)
-                row[SC.END_CANCELLED] += 1
+            # A staged spill, maybe already handed over, goes to the supervisor to free.
+            if self._leave_worker_locked(slot):
                 wake = self._wake_count_locked(1)
             else:
-                v.response_area(slot)[:len(payload)] = payload
-                row[SC.RESP_LEN], row[SC.STATUS] = len(payload), Status.ERROR
-                channel = self._deliver_locked(slot)
-                row[SC.END_ERROR] += 1
+                channel = self._answer_error_locked(slot, payload, _END_ERR)
                 wake = 0
         self._post_free(wake)
         if channel is not None:
@@ -702,16 +769,9 @@ class JobBoard:
         if not dead:
             return 0
         spills: list = []
-        freed, affected = 0, 0
         with self._supervising():
-            for slot in np.flatnonzero(v.slots[:, SC.STATE] != SlotState.FREE).tolist():
-                row = v.slots[slot]
-                if (int(row[SC.CLIENT_PID]), int(row[SC.CLIENT_START])) not in dead:
-                    continue
-                if int(row[SC.STATE]) in (SlotState.CANCELLED, SlotState.ORPHANED):
-                    continue  # already settled: a worker frees it
-                affected += 1
-                freed += self._abandon_locked(slot, spills)
+            theirs = [slot for slot in range(v.layout.slots) if self.client_of(slot) in dead]
+            freed, affected = self._abandon_all_locked(theirs, spills)
             for k in range(len(v.channels)):
                 if (int(v.channels[k, CC.PID]), int(v.channels[k, CC.START])) in dead:
                     self._clear_channel_locked(k)
@@ -824,28 +884,39 @@ class JobBoard:
             self.lock.release()
 
     def fail_outstanding(self, make_error: "callable[[int], bytes]") -> int:
-        """At stop: answer every queued request with an error instead of running it."""
+        """At stop: answer every queued request with ``make_error(slot)`` instead of running it.
+
+        Withdrawn (CANCELLED) requests still queued are freed, and as many waiting submitters
+        woken, so they hear of the stop now rather than after their slice. Returns how many
+        requests were answered."""
         v = self.v
         channels = []
+        freed = 0
         with self.lock:
-            w = v.words
-            while int(w[JW.Q_HEAD]) != int(w[JW.Q_TAIL]):
-                head = int(w[JW.Q_HEAD])
-                slot = int(v.queue[head % v.layout.slots])
-                w[JW.Q_HEAD] = head + 1
-                row = v.slots[slot]
-                if int(row[SC.STATE]) != SlotState.SUBMITTED:
-                    if int(row[SC.STATE]) == SlotState.CANCELLED:
-                        self._free_locked(slot)
-                    continue
-                payload = make_error(slot)
-                v.response_area(slot)[:len(payload)] = payload
-                row[SC.RESP_LEN], row[SC.SPILL_POOL], row[SC.STATUS] = len(payload), -1, Status.ERROR
-                channels.append(self._deliver_locked(slot))
-                row[SC.END_CANCELLED] += 1
+            w = v.words_mv
+            while w[_W_QH] != w[_W_QT]:
+                slot = self._pop_queue_locked()
+                state = v.slots_mv[slot * _COLS + _ST]
+                if state == _CANCELLED:
+                    self._free_locked(slot)
+                    freed += 1
+                elif state == _SUBMITTED:
+                    channels.append(self._answer_error_locked(slot, make_error(slot), _END_CANC))
+            # A submitter waiting for a slot learns of the stop now, not after its slice.
+            wake = self._wake_count_locked(freed)
+        self._post_free(wake)
         for ch in channels:
             self.channel_sem(ch).release()
         return len(channels)
+
+    def note_worker_started(self) -> None:
+        """Worker: count itself as attached and serving (WorkerPool.start waits for the count)."""
+        with self.lock:
+            self.v.words_mv[JW.WORKERS_STARTED] += 1
+
+    def workers_started(self) -> int:
+        """Workers that ever reported serving (:meth:`note_worker_started`)."""
+        return self.v.words_mv[JW.WORKERS_STARTED]
 
     def note_worker_death(self) -> None:
         """Count a worker death (a statistic only: best effort against a wedged lock)."""
@@ -859,7 +930,8 @@ class JobBoard:
             self.lock.release()
 
     def stop_accepting(self) -> None:
-        self.v.words[JW.STATE] = 2
+        """Refuse new submissions from now on (AttachError); queued and running jobs go on."""
+        self.v.words_mv[_W_STATE] = BoardState.STOPPING
 
     def counts(self) -> dict[str, int]:
         v = self.v

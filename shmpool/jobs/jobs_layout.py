@@ -17,16 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["JW", "SC", "CC", "SLOT_COLS", "CHANNEL_COLS", "SlotState", "Status", "JobsLayout", "JobsView", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
+__all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
+           "CHANNEL_COLS", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
 JOBS_MAGIC = 0x53484D504A4F4233  # "SHMPJOB3" (3: capacity from the free stack, waiter counts)
 ALIGN = 64
 
 
-class JW(IntEnum):
+class JobWord(IntEnum):
     """Words of the jobs segment (int64 each)."""
     LOCK_OWNER_PID = 0     # as in layout.W: SharedLock uses indices 0-3
     LOCK_OWNER_START = 1
@@ -39,7 +41,7 @@ class JW(IntEnum):
     FREE_TOP = 8           # number of entries on the free stack
     Q_HEAD = 9             # next queue position to take (monotonic; index = Q_HEAD % SLOTS)
     Q_TAIL = 10            # next queue position to fill
-    STATE = 11             # 1 accepting, 2 stopping (no new submissions)
+    STATE = 11             # BoardState
     UNUSED_12 = 12         # 12-14, 16: job totals, now derived from the slots' END_* columns
     UNUSED_13 = 13
     UNUSED_14 = 14
@@ -59,10 +61,16 @@ LATENCY_BOUNDS_NS = tuple(int(us * 1000) for us in (
     25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 10_000_000))
 JOB_WORDS = 64
-assert JW.LATENCY_BUCKET0 + len(LATENCY_BOUNDS_NS) + 1 <= JW.FREE_WAITERS < JOB_WORDS
+assert JobWord.LATENCY_BUCKET0 + len(LATENCY_BOUNDS_NS) + 1 <= JobWord.FREE_WAITERS < JOB_WORDS
 
 
-class SC(IntEnum):
+class BoardState(IntEnum):
+    """JobWord.STATE: whether the board takes new submissions."""
+    ACCEPTING = 1
+    STOPPING = 2       # the coordinator drains: submit raises AttachError
+
+
+class SlotCol(IntEnum):
     """Columns of a slot row."""
     STATE = 0
     SEQ = 1            # +1 at every submission into this slot; futures remember theirs
@@ -96,7 +104,7 @@ class SC(IntEnum):
 SLOT_COLS = 20
 
 
-class CC(IntEnum):
+class ChannelCol(IntEnum):
     """Columns of a channel (client) row."""
     PID = 0            # 0 = free
     START = 1
@@ -121,6 +129,47 @@ class SlotState(IntEnum):
 class Status(IntEnum):
     OK = 0
     ERROR = 1
+
+
+# The short names the rest of the code and docs/shm-layout.md grew up with.
+JW, SC, CC = JobWord, SlotCol, ChannelCol
+
+
+class SlotRow(NamedTuple):
+    """One slot row as read at one instant (JobBoard.slot_row): for diagnostics and tests. The
+    job path reads and writes single words instead; a row read without the lock may mix two
+    moments of a slot that is changing."""
+    state: SlotState
+    seq: int
+    client_pid: int
+    client_start: int
+    channel: int
+    worker_pid: int
+    worker_start: int
+    req_len: int
+    resp_len: int
+    status: Status
+    attempts: int
+    spill_pool: int
+    spill_first: int
+    spill_record: int
+    spill_serial: int
+    submitted_ns: int
+    end_ok: int
+    end_error: int
+    end_cancelled: int
+    deadline_ns: int
+
+    @classmethod
+    def of(cls, words) -> "SlotRow":
+        """The record of one row's SLOT_COLS int64 words, in SlotCol order."""
+        values = [int(w) for w in words]
+        values[SlotCol.STATE] = SlotState(values[SlotCol.STATE])
+        values[SlotCol.STATUS] = Status(values[SlotCol.STATUS])
+        return cls(*values)
+
+
+assert SlotRow._fields == tuple(c.name.lower() for c in SlotCol) and len(SlotCol) == SLOT_COLS
 
 
 def _align(n: int) -> int:

@@ -7,7 +7,7 @@ asks for it here. Jobs submitted by name keep receiving it as their first argume
 
 from __future__ import annotations
 
-from ..errors import ShmPoolError
+from ..errors import NotInWorker
 from ..data.reader import Reader
 
 __all__ = ["worker_reader"]
@@ -18,12 +18,11 @@ _reader: Reader | None = None
 def worker_reader() -> Reader:
     """The Reader this worker process serves jobs with (attached once, shared by every job).
 
-    Raises ShmPoolError outside a shmpool worker (in a client, attach a Reader of your own with
+    Raises NotInWorker (a ShmPoolError) outside a shmpool worker (in a client, attach a Reader of your own with
     ``shmpool.attach(name)``, or use ``client.reader``).
     """
     if _reader is None:
-        raise ShmPoolError("shmpool.worker_reader() is for jobs running in a shmpool worker; this process is "
-                           "not one (use shmpool.attach(name) or client.reader here)")
+        raise NotInWorker(call="shmpool.worker_reader()")
     return _reader
 
 

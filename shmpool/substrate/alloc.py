@@ -23,12 +23,31 @@ from loguru import logger
 from ._proc import is_alive, my_identity
 from .backing import Backing
 from ..errors import AllocationFailed, InvalidHandle, LimitExceeded, SharedMemoryFull
-from .layout import P, R, W, Control
+from .layout import P, R, W, Control, RecordState
 from .limits import PressureHook, Thresholds, after_allocation
 from .lock import SharedLock
-from .stats import PoolStats, TableStats, largest_free_run
+from .stats import PoolStats, TableStats
 
-__all__ = ["Handle", "AllocationTable"]
+__all__ = ["Handle", "AllocationTable", "free_runs"]
+
+_LIVE, _FREE = int(RecordState.LIVE), int(RecordState.FREE)
+
+
+def free_runs(bitmap: np.ndarray, block_count: int, scratch: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(first blocks, lengths) of every run of free blocks in a packed little-endian bitmap.
+
+    The one scan of a pool's bits, for allocation (best fit) and statistics (longest run).
+    ``scratch``: an int8 array of ``block_count + 2`` whose ends are 1, reused across calls by
+    the allocate path (saves an allocation of the pool's size per call); a caller that may run
+    concurrently with another passes none.
+    """
+    if scratch is None:
+        scratch = np.ones(block_count + 2, dtype=np.int8)
+    scratch[1:-1] = np.unpackbits(bitmap, count=block_count, bitorder="little")
+    edges = np.diff(scratch)  # [1, bits..., 1]: a run of 0s starts at a -1 edge and ends at a +1
+    starts = np.flatnonzero(edges == -1)
+    return starts, np.flatnonzero(edges == 1) - starts
 
 
 @dataclass(frozen=True)
@@ -100,24 +119,23 @@ class AllocationTable:
         words = self._ctl.words
         with self._lock:
             before = int(words[W.USED_BYTES])
-            handle = self._allocate_locked(nbytes, plan)
-            if handle is None:
+            try:
+                handle = self._allocate_locked(nbytes, plan)
                 # Dead processes may be sitting on exactly the blocks we need.
-                if self._reclaim_dead_locked():
+                if handle is None and self._reclaim_dead_locked():
                     handle = self._allocate_locked(nbytes, plan)
+                if handle is None:
+                    handle = self._grow_locked(nbytes, sorted(fitting))
+            except LimitExceeded:
+                self._count_failure(limit=True, plan=plan)
+                raise
             if handle is None:
-                handle = self._grow_locked(nbytes, sorted(fitting))
-            if handle is None or isinstance(handle, LimitExceeded):
-                error = handle
-                self._count_failure(limit=isinstance(error, LimitExceeded), plan=plan)
-                after = None
+                self._count_failure(limit=False, plan=plan)
             else:
                 after = int(words[W.USED_BYTES])
                 cold = self._back is not None and not self._backing.covers(handle.pool, handle.first_block,
                                                                           handle.block_count)
-        if after is None:
-            if error is not None:
-                raise error
+        if handle is None:
             raise AllocationFailed(nbytes=nbytes, reason="no pool has a free run long enough",
                                    pools=self._pool_summary())
         if cold:
@@ -143,11 +161,14 @@ class AllocationTable:
         except SharedMemoryFull as full:
             with self._lock:
                 self._undo_locked(handle)
-                fallback = self._allocate_locked(nbytes, plan, backed_only=True)
-                if not isinstance(fallback, Handle):
+                try:
+                    fallback = self._allocate_locked(nbytes, plan, backed_only=True)
+                except LimitExceeded:  # the full filesystem is the news, not the limit
+                    fallback = None
+                if fallback is None:
                     self._count_failure(limit=False, plan=plan)
                     self._ctl.words[W.SHM_FULL] += 1
-            if not isinstance(fallback, Handle):
+            if fallback is None:
                 raise full from None
             logger.debug("/dev/shm full: {} bytes placed in blocks backed earlier: {}", nbytes, fallback)
             return fallback
@@ -162,12 +183,14 @@ class AllocationTable:
     def _undo_locked(self, handle: Handle) -> None:
         """Take back an allocation never handed out (its pages could not be reserved)."""
         row = self._ctl.records[handle.record]
-        if int(row[R.STATE]) == 1 and int(row[R.SERIAL]) == handle.serial:
+        if int(row[R.STATE]) == _LIVE and int(row[R.SERIAL]) == handle.serial:
             self._release_record(handle.record)
             self._ctl.words[W.ALLOC_COUNT] -= 1
             self._ctl.pools[handle.pool][P.ALLOC_COUNT] -= 1
 
-    def _allocate_locked(self, nbytes: int, plan, *, backed_only: bool = False):
+    def _allocate_locked(self, nbytes: int, plan, *, backed_only: bool = False) -> Handle | None:
+        """The first pool of ``plan`` with a free run takes the allocation: its handle, or None if
+        no pool has a run. Raises LimitExceeded when the next pool to try would pass the limit."""
         ctl = self._ctl
         words = ctl.words
         used = int(words[W.USED_BYTES])
@@ -176,7 +199,7 @@ class AllocationTable:
         for reserve, _neg_bs, p in plan:
             if used + reserve > refuse_at:
                 # The plan is sorted by reserve: every later pool would pass the limit too.
-                return LimitExceeded(requested=nbytes, used=used, limit=limit, refuse_at=refuse_at)
+                raise LimitExceeded(requested=nbytes, used=used, limit=limit, refuse_at=refuse_at)
             count = reserve // self.block_sizes[p]
             first = self._find_run(p, count, backed_only)
             if first < 0:
@@ -204,13 +227,13 @@ class AllocationTable:
             words[W.PEAK_BYTES] = max(int(words[W.PEAK_BYTES]), used + reserve)
             words[W.ALLOC_COUNT] += 1
             words[W.LIVE_RECORDS] += 1
-            row[R.STATE] = 1  # commit point
+            row[R.STATE] = _LIVE  # commit point
             return Handle(p, first, count, nbytes, rec, serial, self._token)
         return None
 
-    def _grow_locked(self, nbytes: int, fitting):
+    def _grow_locked(self, nbytes: int, fitting) -> Handle | None:
         """Every present pool is too full: create the best-fitting reserved growth segment,
-        if the limit allows what the request needs, and allocate from it."""
+        if the limit allows what the request needs (LimitExceeded if not), and allocate from it."""
         if self._grow is None:
             return None
         pools = self._ctl.pools
@@ -221,8 +244,8 @@ class AllocationTable:
             refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000
             used = int(words[W.USED_BYTES])
             if used + reserve > refuse_at:
-                return LimitExceeded(requested=nbytes, used=used, limit=int(words[W.MEMORY_LIMIT]),
-                                     refuse_at=refuse_at)
+                raise LimitExceeded(requested=nbytes, used=used, limit=int(words[W.MEMORY_LIMIT]),
+                                    refuse_at=refuse_at)
             self._grow(p)
             pools[p, P.PRESENT] = 1
             words[W.POOL_GROWTHS] += 1
@@ -246,7 +269,7 @@ class AllocationTable:
 
     def _free_locked(self, handle: Handle) -> None:
         row = self._ctl.records[handle.record]
-        if int(row[R.STATE]) != 1 or int(row[R.SERIAL]) != handle.serial:
+        if int(row[R.STATE]) != _LIVE or int(row[R.SERIAL]) != handle.serial:
             raise InvalidHandle(handle=handle, reason="already freed (double free) or reclaimed")
         if (int(row[R.POOL]), int(row[R.FIRST_BLOCK]), int(row[R.BLOCK_COUNT])) != (
                 handle.pool, handle.first_block, handle.block_count):
@@ -258,7 +281,7 @@ class AllocationTable:
     def _release_record(self, rec: int) -> None:
         ctl = self._ctl
         row = ctl.records[rec]
-        row[R.STATE] = 0  # commit point: from here the blocks are no longer owned
+        row[R.STATE] = _FREE  # commit point: from here the blocks are no longer owned
         p, first, count = int(row[R.POOL]), int(row[R.FIRST_BLOCK]), int(row[R.BLOCK_COUNT])
         self._set_bits(p, first, count, 0)
         ctl.pools[p][P.USED_BLOCKS] -= count
@@ -270,7 +293,7 @@ class AllocationTable:
         result to its client: if the new owner dies, the blocks are reclaimed with it."""
         with self._lock:
             row = self._ctl.records[handle.record]
-            if int(row[R.STATE]) != 1 or int(row[R.SERIAL]) != handle.serial:
+            if int(row[R.STATE]) != _LIVE or int(row[R.SERIAL]) != handle.serial:
                 raise InvalidHandle(handle=handle, reason="not live: cannot transfer ownership")
             row[R.OWNER_START] = start
             row[R.OWNER_PID] = pid
@@ -289,7 +312,7 @@ class AllocationTable:
 
     def _reclaim_dead_locked(self) -> int:
         records = self._ctl.records
-        live = np.flatnonzero(records[:, R.STATE] == 1)
+        live = np.flatnonzero(records[:, R.STATE] == _LIVE)
         verdict: dict[tuple[int, int], bool] = {}
         reclaimed = 0
         for rec in live:
@@ -320,13 +343,13 @@ class AllocationTable:
         used_blocks = [0] * len(self.block_sizes)
         bits = [np.zeros(c, dtype=np.uint8) for c in self.block_counts]
         live = 0
-        for rec in np.flatnonzero(records[:, R.STATE] == 1):
+        for rec in np.flatnonzero(records[:, R.STATE] == _LIVE):
             p, first, count = (int(records[rec, R.POOL]), int(records[rec, R.FIRST_BLOCK]),
                                int(records[rec, R.BLOCK_COUNT]))
             if not (0 <= p < len(bits) and 0 <= first and count > 0 and first + count <= len(bits[p])) \
                     or bits[p][first:first + count].any():
                 logger.error("allocation record {} is corrupt or overlaps another; dropped", int(rec))
-                records[rec, R.STATE] = 0
+                records[rec, R.STATE] = _FREE
                 continue
             bits[p][first:first + count] = 1
             used_blocks[p] += count
@@ -362,14 +385,7 @@ class AllocationTable:
             if byte == 0xFF:
                 return -1
             return i * 8 + ((~byte & (byte + 1)).bit_length() - 1)
-        n = self.block_counts[p]
-        edge_input = self._edge_input[p]  # [1, bits..., 1]: runs of 0 become -1 ... +1 edges
-        edge_input[1:-1] = np.unpackbits(bm, count=n, bitorder="little")
-        edges = np.diff(edge_input)
-        starts = np.flatnonzero(edges == -1)
-        if not len(starts):
-            return -1
-        lengths = np.flatnonzero(edges == 1) - starts
+        starts, lengths = free_runs(bm, self.block_counts[p], self._edge_input[p])
         fits = np.flatnonzero(lengths >= count)
         if not len(fits):
             return -1
@@ -390,11 +406,11 @@ class AllocationTable:
         # The hint is a guess (other processes allocate too), checked before use: usually O(1).
         state = self._ctl.records[:, R.STATE]
         hint = self._record_hint
-        if hint < len(state) and state[hint] == 0:
+        if hint < len(state) and state[hint] == _FREE:
             self._record_hint = hint + 1
             return hint
         rec = int(state.argmin())
-        if state[rec] != 0:
+        if state[rec] != _FREE:
             return -1
         self._record_hint = rec + 1
         return rec
@@ -419,7 +435,7 @@ class AllocationTable:
         """Every live allocation record (for diagnostics); read without the lock."""
         records = self._ctl.records
         out = []
-        for rec in np.flatnonzero(records[:, R.STATE] == 1):
+        for rec in np.flatnonzero(records[:, R.STATE] == _LIVE):
             row = [int(v) for v in records[rec]]
             out.append({"record": int(rec), "pool": row[R.POOL], "first_block": row[R.FIRST_BLOCK],
                         "block_count": row[R.BLOCK_COUNT], "nbytes": row[R.NBYTES],
@@ -435,7 +451,8 @@ class AllocationTable:
             row = ctl.pools[p]
             if not int(row[P.PRESENT]):
                 continue
-            _free, run = largest_free_run(ctl.bitmaps[p], count)
+            _starts, lengths = free_runs(ctl.bitmaps[p], count)
+            run = int(lengths.max()) if len(lengths) else 0
             pools.append(PoolStats(p, bs, count, int(row[P.USED_BLOCKS]), int(row[P.PEAK_USED]), run,
                                    int(row[P.ALLOC_COUNT]), int(row[P.FAIL_COUNT])))
         return TableStats(

@@ -23,12 +23,12 @@ from loguru import logger
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
 from ..errors import AttachError, InstanceExists, OutOfBounds
-from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, Control, Layout, P, W,
-                     pack_header)
+from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control, Layout,
+                     P, W, pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import SharedLock
 from .names import cleanup, raise_if_foreign, runtime_dir, segment_name, semaphore_name, validate_name
-from .platform import full_error, is_full
+from .platform import check_system, full_error, is_full
 from .segments import Segment
 from .trust import open_semaphore
 
@@ -123,6 +123,7 @@ class SharedInstance:
         SharedMemoryFull, leaving nothing behind, when /dev/shm cannot hold the control segment.
         """
         validate_name(name)
+        check_system(name)  # a platform we cannot serve says so now, not with a hang later
         if not pools:
             raise ValueError("at least one pool is needed")
         if memory_limit <= 0:
@@ -231,6 +232,7 @@ class SharedInstance:
     def attach(cls, name: str) -> "SharedInstance":
         """Map the shared objects of running instance ``name``; raises AttachError otherwise."""
         validate_name(name)
+        check_system(name)
         control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
         pools: list[Segment] = []
         try:
@@ -345,6 +347,25 @@ class SharedInstance:
         """Writable view of exactly the ``nbytes`` requested for ``handle``."""
         bs = self.table.block_sizes[handle.pool]
         return self.view(handle.pool, handle.first_block * bs, handle.nbytes)
+
+    # ----------------------------------------------------------------- the coordinator's words
+
+    def coordinator(self) -> tuple[int, int]:
+        """(pid, start token) of the coordinator that created this instance."""
+        words = self.control.words_mv
+        return words[W.COORDINATOR_PID], words[W.COORDINATOR_START]
+
+    def is_running(self) -> bool:
+        """True while the coordinator serves (ControlWord.STATE); False once it is stopping."""
+        return self.control.words_mv[W.STATE] == STATE_RUNNING
+
+    def coordinator_alive(self) -> bool:
+        """True while the coordinator serves and its process (pid and start token) lives."""
+        return self.is_running() and is_alive(*self.coordinator())
+
+    def mark_stopping(self) -> None:
+        """Owner only: tell every process the coordinator is stopping (ControlWord.STATE)."""
+        self.control.words_mv[W.STATE] = STATE_STOPPING
 
     # ----------------------------------------------------------------- lifetime
 

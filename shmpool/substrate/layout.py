@@ -28,7 +28,9 @@ from enum import IntEnum
 import numpy as np
 
 __all__ = [
-    "MAGIC", "LAYOUT_VERSION", "HEADER", "W", "P", "R", "D", "S", "RD", "PN", "RT", "SLOT_COLS",
+    "MAGIC", "LAYOUT_VERSION", "HEADER", "ControlWord", "InstanceState", "PoolCol", "RecordCol", "RecordState",
+    "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "TagCol",
+    "W", "P", "R", "D", "S", "RD", "PN", "RT", "SLOT_COLS",
     "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "TAG_COLS", "WORDS", "Layout",
     "Control",
 ]
@@ -65,7 +67,7 @@ HEADER_SIZE = 256  # HEADER.size rounded up so the words start on a cache line
 assert HEADER.size <= HEADER_SIZE
 
 
-class W(IntEnum):
+class ControlWord(IntEnum):
     """Indices into the words section (int64 each)."""
     LOCK_OWNER_PID = 0      # pid holding the table lock, 0 when free
     LOCK_OWNER_START = 1    # that pid's start token (pid reuse guard)
@@ -86,7 +88,7 @@ class W(IntEnum):
     LIVE_RECORDS = 16       # live allocation records
     COORDINATOR_PID = 17    # owning process
     COORDINATOR_START = 18
-    STATE = 19              # 1 running, 2 stopping
+    STATE = 19              # InstanceState
     DIR_VERSION = 20        # +1 whenever a dimension id is added to or removed from the directory
     READERS_ATTACHED = 21   # live reader slots
     READERS_PEAK = 22       # highest READERS_ATTACHED seen
@@ -100,11 +102,20 @@ class W(IntEnum):
 
 WORDS = 64  # room to grow without a layout change
 
-STATE_RUNNING = 1
-STATE_STOPPING = 2
 
 
-class P(IntEnum):
+class InstanceState(IntEnum):
+    """ControlWord.STATE: whether the coordinator serves."""
+    RUNNING = 1
+    STOPPING = 2    # readers fail new waits with AttachError, workers exit
+
+
+# Plain ints: compared on the read path, where an enum member costs an attribute lookup.
+STATE_RUNNING = int(InstanceState.RUNNING)
+STATE_STOPPING = int(InstanceState.STOPPING)
+
+
+class PoolCol(IntEnum):
     """Columns of a pool row."""
     BLOCK_SIZE = 0
     BLOCK_COUNT = 1
@@ -121,9 +132,9 @@ class P(IntEnum):
 POOL_COLS = 10
 
 
-class R(IntEnum):
+class RecordCol(IntEnum):
     """Columns of an allocation record. STATE is written last on allocate and first on free."""
-    STATE = 0        # 0 free, 1 live
+    STATE = 0        # RecordState
     POOL = 1
     FIRST_BLOCK = 2
     BLOCK_COUNT = 3
@@ -136,15 +147,21 @@ class R(IntEnum):
 RECORD_COLS = 8
 
 
-class D(IntEnum):
+class RecordState(IntEnum):
+    """RecordCol.STATE: the commit word of an allocation record."""
+    FREE = 0
+    LIVE = 1
+
+
+class DirCol(IntEnum):
     """Columns of a directory entry: two slots, the published one chosen by generation parity."""
     DIMENSION_ID = 0   # 0 = entry unused
     GENERATION = 1     # published generation; the commit point of crystallization
     SLOT0 = 2          # slot k (k = generation & 1) starts at SLOT0 + k * SLOT_COLS
-    TOUCHED = 14       # readers: 0 -> 1 on a lookup, 2 = "reload me" (evicted); coordinator resets to 0
+    TOUCHED = 14       # Touched: readers 0 -> 1 on a lookup, 2 = "reload me" (evicted); coordinator resets to 0
 
 
-class S(IntEnum):
+class DirSlotCol(IntEnum):
     """Columns within a directory slot: where one generation's region lives."""
     GENERATION = 0     # the generation this slot describes
     POOL = 1
@@ -157,10 +174,20 @@ class S(IntEnum):
 SLOT_COLS = 6
 DIR_COLS = 16  # 2 + 2 * SLOT_COLS + TOUCHED = 15 used, 1 spare
 
-TOUCHED_NONE, TOUCHED_READ, TOUCHED_RELOAD = 0, 1, 2
 
 
-class RD(IntEnum):
+class Touched(IntEnum):
+    """DirCol.TOUCHED: what readers did with a dimension since the coordinator last looked."""
+    NONE = 0
+    READ = 1        # looked up at least once
+    RELOAD = 2      # found evicted: "reload me"
+
+
+# Plain ints: a lookup stores READ into the word (the read path).
+TOUCHED_NONE, TOUCHED_READ, TOUCHED_RELOAD = (int(t) for t in Touched)
+
+
+class ReaderCol(IntEnum):
     """Columns of a reader slot."""
     PID = 0          # 0 = slot free
     START = 1
@@ -172,7 +199,7 @@ class RD(IntEnum):
 READER_COLS = 8
 
 
-class PN(IntEnum):
+class PinCol(IntEnum):
     """The pin words of one reader for one directory entry: the generations it holds.
 
     Pinned = {EXACT0, EXACT1} (0 = empty) plus [RANGE_LO, RANGE_HI] when RANGE_LO != 0. A held
@@ -187,7 +214,7 @@ PIN_COLS = 4
 EXACT_PINS = 2
 
 
-class RT(IntEnum):
+class TagCol(IntEnum):
     """Columns of a record tag: what the coordinator published in allocation record r.
 
     Valid only while records[r] is live with the same SERIAL; nobody clears a stale tag."""
@@ -199,6 +226,9 @@ class RT(IntEnum):
 
 
 TAG_COLS = 8  # 5 used, 3 spare: a 64-byte row
+
+# The short names the rest of the code and docs/shm-layout.md grew up with.
+W, P, R, D, S, RD, PN, RT = ControlWord, PoolCol, RecordCol, DirCol, DirSlotCol, ReaderCol, PinCol, TagCol
 
 
 def _align(n: int) -> int:

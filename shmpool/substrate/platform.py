@@ -1,4 +1,14 @@
-"""What this platform's shared-memory filesystem offers: its free space, and page reservation.
+"""What this platform offers shmpool, decided in one place: capabilities, free space, page reservation.
+
+**Capabilities.** shmpool's crash safety rests on a few platform facts: every sleeper wakes
+after a slice and looks at the truth (timed semaphore waits), a lock is an flock that two open
+descriptions of one process contend for like two processes (the per-description semantics
+Linux and macOS have and NFS emulation lacks), a Linux instance is found and cleaned by listing
+``/dev/shm``, and the instance's names fit the platform's name limit (31 characters on macOS).
+:func:`check_system` refuses a platform that lacks one with PlatformUnsupported, once, at start
+and attach, in the manner of loky's ``_check_system_limits()``, instead of hanging later on a
+lost wake-up or failing with a bare OSError deep inside ``sem_open``. :data:`TIMED_WAITS` and
+:data:`SEMAPHORE_VALUES` are what other modules ask instead of reading posix_ipc's flags.
 
 POSIX shared memory on Linux is a tmpfs (``/dev/shm``) whose pages are allocated on first
 touch. When the filesystem is full, that first touch does not fail politely: the kernel sends
@@ -12,19 +22,124 @@ decides what the platform supports.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import sys
+import tempfile
+from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import SharedMemoryFull
-from .names import SHM_DIR
+import posix_ipc
 
-__all__ = ["ShmSpace", "space", "reserve_pages", "full_error", "is_full", "CAN_RESERVE"]
+from ..errors import PlatformUnsupported, SharedMemoryFull
+from .names import SHM_DIR, runtime_dir, semaphore_name
+
+__all__ = ["ShmSpace", "space", "reserve_pages", "full_error", "is_full", "CAN_RESERVE", "Capabilities",
+           "capabilities", "check_system", "TIMED_WAITS", "SEMAPHORE_VALUES"]
 
 # macOS has no posix_fallocate and no /dev/shm; there shared memory is not a size-limited
 # filesystem, so nothing is reserved and no space is reported.
 CAN_RESERVE = hasattr(os, "posix_fallocate")
 # ENOMEM: the pages would pass a memory cgroup's limit (a container's --memory).
 _FULL_ERRNOS = (errno.ENOSPC, errno.ENOMEM)
+# sem_timedwait exists: a wait with a timeout ends (posix_ipc makes it infinite otherwise).
+TIMED_WAITS: bool = bool(posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED)
+# sem_getvalue works (not on macOS): wake-ups are then posted only to a semaphore at 0.
+SEMAPHORE_VALUES: bool = bool(posix_ipc.SEMAPHORE_VALUE_SUPPORTED)
+# Darwin's PSHMNAMLEN: the longest shm_open / sem_open name, slash included.
+_DARWIN_NAME_MAX = 31
+# The longest kind of object an instance creates (shmpool.substrate.names), for the name-length check.
+_LONGEST_KIND = "jobs-pending"
+
+
+class Capabilities(NamedTuple):
+    """What a platform offers shmpool; :func:`capabilities` measures this one's."""
+    timed_waits: bool          # sem_timedwait: every sleeper looks again after a slice
+    name_max: int              # longest shared-object name accepted, leading slash included
+    needs_shm_dir: bool        # Linux: objects are files in /dev/shm (cleanup, trust checks)
+    shm_dir: bool              # /dev/shm exists and is a folder
+    flock_excludes: bool       # two open descriptions of one file exclude each other (flock)
+
+
+def _name_max() -> int:
+    if sys.platform == "darwin":
+        return _DARWIN_NAME_MAX
+    try:
+        # A semaphore /NAME is the file sem.NAME in /dev/shm: 4 characters more, slash dropped.
+        return int(os.pathconf(SHM_DIR, "PC_NAME_MAX")) - len("sem.") + 1
+    except (OSError, ValueError):
+        return _DARWIN_NAME_MAX  # the strictest limit we know of
+
+
+def _flock_excludes(folder: Path) -> bool:
+    """Whether a second open description of a locked file is refused the flock (SharedLock's rule)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix=".flock-probe-", dir=folder)
+    except OSError:
+        return False
+    try:
+        other = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False  # locks per process (POSIX record-lock emulation): no exclusion
+        finally:
+            os.close(other)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+_measured: Capabilities | None = None
+
+
+def capabilities(folder: Path | None = None) -> Capabilities:
+    """This platform's capabilities. The flock probe runs in ``folder``; by default in the runtime
+    folder, where the locks live, and then measured once per process."""
+    global _measured
+    if folder is not None:
+        return _measure(Path(folder))
+    if _measured is None:
+        _measured = _measure(runtime_dir())
+    return _measured
+
+
+def _measure(folder: Path) -> Capabilities:
+    return Capabilities(TIMED_WAITS, _name_max(), sys.platform.startswith("linux"), os.path.isdir(SHM_DIR),
+                        _flock_excludes(folder))
+
+
+def check_system(name: str, caps: Capabilities | None = None) -> Capabilities:
+    """Refuse to serve instance ``name`` on a platform that lacks what shmpool relies on.
+
+    Raises PlatformUnsupported naming the missing capability and what to do; returns the
+    capabilities otherwise. ``caps``: the capabilities to judge (default: this platform's,
+    measured once per process)."""
+    caps = capabilities() if caps is None else caps
+    if not caps.timed_waits:
+        raise PlatformUnsupported(capability="timed semaphore waits", reason=(
+            "sem_timedwait is missing (posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED is False), so a wake-up lost "
+            "to a crashed process would leave its sleeper waiting for ever"))
+    longest = semaphore_name(name, _LONGEST_KIND)
+    if len(longest) > caps.name_max:
+        raise PlatformUnsupported(capability="name lengths", reason=(
+            f"instance {name!r} needs shared-object names of {len(longest)} characters ({longest}), this "
+            f"platform accepts {caps.name_max}; use a name of at most "
+            f"{max(0, len(name) - (len(longest) - caps.name_max))} characters"))
+    if caps.needs_shm_dir and not caps.shm_dir:
+        raise PlatformUnsupported(capability=str(SHM_DIR), reason=(
+            f"{SHM_DIR} is missing: POSIX shared memory lives there on Linux (mount a tmpfs there, or "
+            "run the container with /dev/shm)"))
+    if not caps.flock_excludes:
+        raise PlatformUnsupported(capability="flock", reason=(
+            "two open descriptions of one file do not exclude each other under flock here (a network "
+            "filesystem?); set SHMPOOL_RUNTIME_DIR to a local folder (a tmpfs such as /run/user/UID)"))
+    return caps
 
 
 class ShmSpace(NamedTuple):

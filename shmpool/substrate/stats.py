@@ -4,21 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
-__all__ = ["PoolStats", "TableStats", "largest_free_run"]
-
-
-def largest_free_run(bitmap: np.ndarray, block_count: int) -> tuple[int, int]:
-    """(free blocks, longest run of free blocks) of a packed little-endian bitmap."""
-    bits = np.unpackbits(bitmap, count=block_count, bitorder="little")
-    free = int(block_count - np.count_nonzero(bits))
-    if free == 0:
-        return 0, 0
-    edges = np.diff(np.concatenate(([1], bits, [1])).astype(np.int8))
-    starts = np.flatnonzero(edges == -1)
-    ends = np.flatnonzero(edges == 1)
-    return free, int((ends - starts).max())
+__all__ = ["PoolStats", "TableStats"]
 
 
 @dataclass(frozen=True)
