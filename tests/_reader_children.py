@@ -74,9 +74,9 @@ def pin_then_wait(name: str, dimension_id: int, layer_id: int, ready) -> None:
     print(ctx)
 
 
-def run_coordinator(name: str, data_dir: str, ready, stop) -> None:
+def run_coordinator(name: str, data_dir: str, ready, stop, workers: int = 0) -> None:
     """A coordinator in its own process (to be SIGKILLed or stopped)."""
-    coord = Coordinator(name, data_dir=data_dir, workers=0).start()
+    coord = Coordinator(name, data_dir=data_dir, workers=workers).start()
     ready.set()
     stop.wait(3600)
     coord.stop()

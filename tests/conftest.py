@@ -3,6 +3,8 @@
 Names are ``pt-<session>-<xdist worker>-<random>``: unique per test and per session, so ``pytest -n auto`` runs tests side
 by side. After each test, anything left in /dev/shm under the test's names is removed AND the
 test fails; at the end of the session, anything of this worker's prefix still there fails too.
+A session killed outright (the OOM killer takes a pytest worker and its coordinators) runs neither
+check, so each session first sweeps the test instances of any session whose coordinator is dead.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from shmpool.substrate.names import PREFIX, SHM_DIR, cleanup, list_objects
+from shmpool.substrate.instance import sweep_dead
+from shmpool.substrate.names import PREFIX, SHM_DIR, cleanup, instance_names, list_objects
 from shmpool.data.sample import build_sample
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
@@ -34,10 +37,10 @@ def _leftovers(stem: str) -> list[str]:
 def _runtime_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("shmpool-runtime")
     os.environ["SHMPOOL_RUNTIME_DIR"] = str(path)
+    sweep_dead("pt-")
     yield path
     left = _leftovers(PREFIX + TEST_PREFIX)
-    for entry in left:
-        name = entry.split(PREFIX, 1)[1].split(".", 1)[0]
+    for name in instance_names(TEST_PREFIX):
         cleanup(name)
     assert not left, f"the test session left shared objects behind: {left}"
 

@@ -22,17 +22,18 @@ from loguru import logger
 
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
-from ..errors import AttachError, InstanceExists, OutOfBounds
+from ..errors import AttachError, InstanceExists, OutOfBounds, ShmPoolError
 from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control, Layout,
                      P, W, pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import SharedLock
-from .names import cleanup, raise_if_foreign, runtime_dir, segment_name, semaphore_name, validate_name
+from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign, runtime_dir,
+                    segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
 from .segments import Segment
 from .trust import open_semaphore
 
-__all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance"]
+__all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead"]
 
 
 @dataclass(frozen=True)
@@ -450,3 +451,48 @@ class SharedInstance:
     def __repr__(self) -> str:
         role = "owner" if self.owner else "attached"
         return f"<SharedInstance {self.name!r} {role} pid={os.getpid()}>"
+
+
+SWEEP_MIN_AGE = 60.0  # seconds: far longer than any coordinator takes from its first object to its header
+
+
+def sweep_dead(prefix: str, *, min_age: float = SWEEP_MIN_AGE) -> list[str]:
+    """Remove every instance under ``prefix`` whose coordinator is dead; return the names removed.
+
+    For what a coordinator killed with no one to stop it leaves behind (an OOM kill of a whole
+    container or test worker). An instance counts as dead when attaching to it fails
+    (AttachError: coordinator gone, header never written, a segment missing) and none of its
+    objects changed for ``min_age`` seconds: a coordinator that is still starting has objects
+    but no header yet, and is younger than that. Instances holding another user's objects, those
+    of another layout version (another shmpool release cannot judge their coordinator), and live
+    ones are left alone.
+    """
+    removed = []
+    for name in instance_names(prefix):
+        changed = newest_change(name)
+        if changed is None or time.time() - changed < min_age or foreign_objects(name) or _other_layout(name):
+            continue
+        try:
+            SharedInstance.attach(name).close()
+            continue  # alive
+        except AttachError:
+            pass
+        if cleanup(name):
+            logger.warning("removed the leftovers of instance {!r}: its coordinator is dead", name)
+            removed.append(name)
+    return removed
+
+
+def _other_layout(name: str) -> bool:
+    """True if ``name``'s control segment carries a valid header of another layout version."""
+    try:
+        seg = Segment.attach(segment_name(name, CONTROL), instance=name)
+    except ShmPoolError:
+        return False  # no readable control segment: nothing says another release owns it
+    try:
+        if seg.size < HEADER.size:
+            return False
+        magic, version = HEADER.unpack_from(seg.mm, 0)[:2]
+        return magic == MAGIC and version != LAYOUT_VERSION
+    finally:
+        seg.close()

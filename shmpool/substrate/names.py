@@ -21,7 +21,7 @@ from ..errors import CleanupError, UnsafeRuntimeDir, UntrustedObject
 from .trust import SHM_DIR, is_ours, sem_path, shm_path
 
 __all__ = ["validate_name", "segment_name", "semaphore_name", "runtime_dir", "list_objects", "foreign_objects",
-           "raise_if_foreign", "cleanup"]
+           "raise_if_foreign", "cleanup", "instance_names", "newest_change"]
 
 PREFIX = "shmpool."
 # Dots separate the prefix, the instance and the kind, so they are not allowed in the instance
@@ -132,6 +132,33 @@ def list_objects(name: str) -> tuple[list[str], list[str]]:
         elif entry.startswith("sem." + stem):
             semaphores.append("/" + entry[len("sem."):])
     return sorted(segments), sorted(semaphores)
+
+
+def instance_names(prefix: str = "") -> list[str]:
+    """Every instance name starting with ``prefix`` that has a segment or a semaphore now."""
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    found = set()
+    for entry in entries:
+        stem = entry[len("sem."):] if entry.startswith("sem.") else entry
+        if stem.startswith(PREFIX + prefix):
+            # The instance name has no dots (validate_name), so it ends at the next one.
+            found.add(stem[len(PREFIX):].split(".", 1)[0])
+    return sorted(found)
+
+
+def newest_change(name: str) -> float | None:
+    """The latest status-change time (st_ctime) of instance ``name``'s objects, None if it has none."""
+    segments, semaphores = list_objects(name)
+    times = []
+    for path in [shm_path(s) for s in segments] + [sem_path(s) for s in semaphores]:
+        try:
+            times.append(os.stat(path, follow_symlinks=False).st_ctime)
+        except FileNotFoundError:
+            continue
+    return max(times, default=None)
 
 
 def foreign_objects(name: str) -> list[tuple[str, os.stat_result]]:
