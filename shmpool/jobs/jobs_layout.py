@@ -21,11 +21,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..substrate.layout import align_section
+
 __all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
            "CHANNEL_COLS", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
 JOBS_MAGIC = 0x53484D504A4F4233  # "SHMPJOB3" (3: capacity from the free stack, waiter counts)
-ALIGN = 64
 
 
 class JobWord(IntEnum):
@@ -172,10 +173,6 @@ class SlotRow(NamedTuple):
 assert SlotRow._fields == tuple(c.name.lower() for c in SlotCol) and len(SlotCol) == SLOT_COLS
 
 
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
 @dataclass(frozen=True)
 class JobsLayout:
     slots: int
@@ -192,13 +189,13 @@ class JobsLayout:
     @classmethod
     def compute(cls, slots: int, channels: int, payload: int) -> "JobsLayout":
         off = JOB_WORDS * 8
-        free = off = _align(off)
-        queue = off = _align(off + slots * 8)
-        slot_rows = off = _align(off + slots * 8)
-        chans = off = _align(off + slots * SLOT_COLS * 8)
-        rings = off = _align(off + channels * CHANNEL_COLS * 8)
-        data = off = _align(off + channels * slots * 8)
-        size = _align(off + slots * 2 * payload)
+        free = off = align_section(off)
+        queue = off = align_section(off + slots * 8)
+        slot_rows = off = align_section(off + slots * 8)
+        chans = off = align_section(off + slots * SLOT_COLS * 8)
+        rings = off = align_section(off + channels * CHANNEL_COLS * 8)
+        data = off = align_section(off + channels * slots * 8)
+        size = align_section(off + slots * 2 * payload)
         return cls(slots, channels, payload, free, queue, slot_rows, chans, rings, data, size)
 
 

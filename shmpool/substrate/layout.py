@@ -38,7 +38,7 @@ __all__ = [
 MAGIC = b"SHMPCTL1"
 LAYOUT_VERSION = 4  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
 # 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL
-ALIGN = 64
+ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
     "<"
@@ -231,7 +231,8 @@ TAG_COLS = 8  # 5 used, 3 spare: a 64-byte row
 W, P, R, D, S, RD, PN, RT = ControlWord, PoolCol, RecordCol, DirCol, DirSlotCol, ReaderCol, PinCol, TagCol
 
 
-def _align(n: int) -> int:
+def align_section(n: int) -> int:
+    """``n`` rounded up to the next section boundary (ALIGN bytes), in this and the jobs segment."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -260,30 +261,30 @@ class Layout:
                 max_readers: int) -> "Layout":
         off = HEADER_SIZE
         words = off
-        off = _align(off + WORDS * 8)
+        off = align_section(off + WORDS * 8)
         pools = off
-        off = _align(off + len(block_counts) * POOL_COLS * 8)
+        off = align_section(off + len(block_counts) * POOL_COLS * 8)
         records = off
-        off = _align(off + max_records * RECORD_COLS * 8)
+        off = align_section(off + max_records * RECORD_COLS * 8)
         bitmaps = off
         bm_offsets, bm_sizes = [], []
         for count in block_counts:
             nbytes = (count + 7) // 8
             bm_offsets.append(off)
             bm_sizes.append(nbytes)
-            off = _align(off + nbytes)
+            off = align_section(off + nbytes)
         backed = []
         for nbytes in bm_sizes:
             backed.append(off)
-            off = _align(off + nbytes)
+            off = align_section(off + nbytes)
         directory = off
-        off = _align(off + max_dimensions * DIR_COLS * 8)
+        off = align_section(off + max_dimensions * DIR_COLS * 8)
         readers = off
-        off = _align(off + max_readers * READER_COLS * 8)
+        off = align_section(off + max_readers * READER_COLS * 8)
         pins = off
-        off = _align(off + max_readers * max_dimensions * PIN_COLS * 8)
+        off = align_section(off + max_readers * max_dimensions * PIN_COLS * 8)
         tags = off
-        off = _align(off + max_records * TAG_COLS * 8)
+        off = align_section(off + max_records * TAG_COLS * 8)
         return cls(len(block_counts), max_records, max_dimensions, max_readers, words, pools,
                    records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), tuple(backed), directory,
                    readers, pins, tags, off)
