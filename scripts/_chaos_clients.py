@@ -21,14 +21,14 @@ from collections import Counter, deque
 
 import shmpool
 from shmpool.errors import AttachError, ShmPoolError
+from shmpool.tools.stress import checked_contexts, random_request
 
 __all__ = ["CHAOS_DIMENSION", "CHAOS_LAYERS", "SLOW_JOB", "chaos_layer", "round_of", "live_client", "victim"]
 
 CHAOS_DIMENSION = 100  # the soak's dimension, crystallized again and again (the sample has 1-14)
 CHAOS_LAYERS = 50
 SLOW_JOB = "_chaos_jobs:slow"
-LOOKUP_SHARE = 0.7  # the rest are load_contexts of PATH_STEPS steps
-PATH_STEPS = (5, 20)
+LOOKUP_SHARE = 0.7  # the rest are load_contexts of stress.PATH_STEPS steps
 EXAMPLES = 5  # error messages kept per thread
 
 
@@ -82,25 +82,9 @@ def _keys(client) -> dict[int, list[int]]:
     return {dim: reader.layer_ids(dim) for dim in reader.dimensions()}
 
 
-def _request(rng: random.Random, keys: dict[int, list[int]]) -> tuple[str, tuple, list[tuple[int, int]]]:
-    dims = list(keys)
-    if rng.random() < LOOKUP_SHARE:
-        dim = rng.choice(dims)
-        step = (dim, rng.choice(keys[dim]))
-        return "lookup", step, [step]
-    path = [(d, rng.choice(keys[d])) for d in rng.choices(dims, k=rng.randint(*PATH_STEPS))]
-    return "load_contexts", ([list(s) for s in path],), path
-
-
 def _check(result, op: str, expect, tally: _Tally, state: dict, seen: dict[int, int]) -> None:
     """Ids as asked, CRC32 whole, chaos layers byte-exact, and their rounds never going back."""
-    contexts = [result] if op == "lookup" else result.contexts
-    if [(c.dimension_id, c.layer_id) for c in contexts] != expect:
-        tally.wrong += 1
-    for ctx in contexts:
-        if not ctx.verify():
-            tally.torn += 1
-            continue
+    for ctx in checked_contexts(result, op, expect, tally):
         if ctx.dimension_id != CHAOS_DIMENSION:
             continue
         rnd = round_of(ctx.content, ctx.layer_id)
@@ -120,7 +104,7 @@ def _live_thread(client, keys, seed: int, stop, lost_after: float, tally: _Tally
     state = {"round": -1}
     seen: dict[int, int] = {}
     while not stop.is_set():
-        op, args, expect = _request(rng, keys)
+        op, args, expect = random_request(rng, keys, LOOKUP_SHARE)
         try:
             future = client.submit(op, *args, timeout=lost_after)
         except ShmPoolError as exc:  # before TimeoutError: LockTimeout is both
@@ -195,7 +179,7 @@ def victim(name: str, jobs: int, seed: int, ready) -> None:
     def submit(i: int):
         if rng.random() < 0.5:
             return client.submit(SLOW_JOB, rng.uniform(0.005, 0.1), i)
-        op, args, _ = _request(rng, keys)
+        op, args, _ = random_request(rng, keys, LOOKUP_SHARE)
         return client.submit(op, *args)
 
     futures = deque(submit(i) for i in range(jobs))

@@ -26,16 +26,18 @@ import time
 from collections import Counter
 from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from loguru import logger
 
+from shmpool.data.context import LoadedContext
 from shmpool.errors import AttachError, JobError, ShmPoolError
 from shmpool.substrate.names import list_objects
 
 from ..coordinator import Coordinator
 
-__all__ = ["run_stress", "leak_check", "render_report", "write_outputs", "stress_layer", "StressFailed",
+__all__ = ["run_stress", "leak_check", "random_request", "checked_contexts", "render_report", "write_outputs", "stress_layer", "StressFailed",
            "STRESS_DIMENSION"]
 
 STRESS_DIMENSION = 100
@@ -102,20 +104,42 @@ def _error_type(exc: BaseException) -> str:
     return f"JobError[{exc.error_type}]" if isinstance(exc, JobError) else type(exc).__name__
 
 
+def random_request(rng: random.Random, keys: dict[int, list[int]],
+                   lookup_share: float) -> tuple[str, tuple, list[tuple[int, int]]]:
+    """One built-in job on random keys: (job name, its arguments, the (dimension, layer) steps it must return).
+
+    A ``lookup`` with probability ``lookup_share``, else a ``load_contexts`` of PATH_STEPS steps.
+    """
+    dims = list(keys)
+    if rng.random() < lookup_share:
+        dim = rng.choice(dims)
+        step = (dim, rng.choice(keys[dim]))
+        return "lookup", step, [step]
+    path = [(d, rng.choice(keys[d])) for d in rng.choices(dims, k=rng.randint(*PATH_STEPS))]
+    return "load_contexts", ([list(s) for s in path],), path
+
+
+def checked_contexts(result, op: str, expect: list[tuple[int, int]], tally) -> Iterator[LoadedContext]:
+    """The contexts of a ``random_request`` answer whose CRC32 holds; wrong ids and torn layers counted.
+
+    ``tally`` needs ``wrong`` and ``torn`` counters; the caller checks each yielded context's bytes
+    against what its own layers must hold.
+    """
+    contexts = [result] if op == "lookup" else result.contexts
+    if [(c.dimension_id, c.layer_id) for c in contexts] != expect:
+        tally.wrong += 1
+    for ctx in contexts:
+        if ctx.verify():
+            yield ctx
+        else:
+            tally.torn += 1
+
+
 def _client_thread(client, keys: dict[int, list[int]], seed: int, deadline: list[float],
                    tally: _ThreadTally) -> None:
     rng = random.Random(seed)
-    dims = list(keys)
     while time.monotonic() < deadline[0]:
-        if rng.random() < LOOKUP_SHARE:
-            op = "lookup"
-            dim = rng.choice(dims)
-            expect = [(dim, rng.choice(keys[dim]))]
-            args: tuple = expect[0]
-        else:
-            op = "load_contexts"
-            expect = [(d, rng.choice(keys[d])) for d in rng.choices(dims, k=rng.randint(*PATH_STEPS))]
-            args = ([list(step) for step in expect],)
+        op, args, expect = random_request(rng, keys, LOOKUP_SHARE)
         future = None
         t0 = time.perf_counter_ns()
         try:
@@ -137,15 +161,11 @@ def _client_thread(client, keys: dict[int, list[int]], seed: int, deadline: list
             continue
         tally.latencies[op].append(time.perf_counter_ns() - t0)
         tally.ops += 1
-        contexts = [result] if op == "lookup" else result.contexts
-        if [(c.dimension_id, c.layer_id) for c in contexts] != expect:
-            tally.wrong += 1
-        for ctx in contexts:
-            if not ctx.verify():
-                tally.torn += 1
-            elif ctx.dimension_id == STRESS_DIMENSION and not _stress_layer_ok(ctx.content, ctx.layer_id):
+        ctx = None
+        for ctx in checked_contexts(result, op, expect, tally):
+            if ctx.dimension_id == STRESS_DIMENSION and not _stress_layer_ok(ctx.content, ctx.layer_id):
                 tally.wrong += 1
-        del result, contexts  # drop the views at once: they pin their generation
+        del result, ctx  # drop the views at once: they pin their generation
 
 
 def _client_process(name: str, threads: int, seed: int, duration: float, start, stop, counters,
