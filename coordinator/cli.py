@@ -466,8 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("WARNING" if args.command == "stress" else "INFO")
-    for package in ("shmpool",):
-        logger.enable(package)
+    logger.enable("shmpool")  # every subpackage, the coordinator's and the workers' included
     if args.log_level:
         os.environ["SHMPOOL_LOG_LEVEL"] = level  # inherited by worker processes
     logger.remove()

@@ -174,8 +174,7 @@ def main() -> int:
     scenario, name = sys.argv[1], sys.argv[2]
     warnings: list[str] = []
     logger.remove()
-    for package in ("shmpool", "coordinator", "workers"):
-        logger.enable(package)
+    logger.enable("shmpool")  # the coordinator and the workers log under shmpool.* too
     logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
     st = os.statvfs(SHM_DIR)
     out: dict = {"shm_size": st.f_blocks * st.f_frsize}

@@ -23,13 +23,11 @@ MiB = 1024 * 1024
 @pytest.fixture
 def warnings():
     messages: list[str] = []
-    for package in ("shmpool", "coordinator"):
-        logger.enable(package)
+    logger.enable("shmpool")
     sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
     yield messages
     logger.remove(sink)
-    for package in ("shmpool", "coordinator"):
-        logger.disable(package)
+    logger.disable("shmpool")
 
 
 def test_sample_is_readable_from_another_process(instance_name, sample_dir):

@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stress-seconds", type=float, default=5.0, help="0 skips the stress run")
     parser.add_argument("--clients", type=int, default=64)
     args = parser.parse_args(argv)
-    for package in ("shmpool",):
-        logger.enable(package)
+    logger.enable("shmpool")  # every subpackage, the coordinator's and the workers' included
     logger.remove()
     logger.add(sys.stderr, level=os.environ.get("SHMPOOL_LOG_LEVEL", "WARNING"))
     name = f"demo-{os.getpid()}"
