@@ -43,6 +43,7 @@ from .capacity import CapacityManager, CapacityPolicy
 from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, Publisher
+from .verified import VerifiedFiles
 
 __all__ = ["Coordinator"]
 
@@ -75,7 +76,8 @@ class Coordinator:
                  jobs: Mapping[str, Callable[..., Any] | str] | None = None,
                  job_modules: Iterable[str] = (), worker_init: Callable[..., Any] | str | None = None,
                  worker_init_args: Sequence[Any] = (), job_timeout: float | None = None,
-                 worker_spin_us: float | str | None = None) -> None:
+                 worker_spin_us: float | str | None = None,
+                 verify_cache: bool | str | os.PathLike = True) -> None:
         self.name = validate_name(name)
         # Checked here, where a bad entry is the caller's mistake, not in every worker later.
         self.job_policy = JobPolicy.build(jobs, job_modules)
@@ -94,6 +96,10 @@ class Coordinator:
         self._job_config = (job_slots, max_clients, job_payload)
         self.drain_timeout = drain_timeout
         self.max_pin_age = max_pin_age
+        # Where unchanged, already-verified region files are remembered (coordinator/verified.py):
+        # True for <runtime dir>/verified-regions.json, a path for another file, False for none.
+        self.verify_cache = verify_cache
+        self.verified_files: VerifiedFiles | None = None
         if capacity is None:
             capacity = CapacityPolicy(compress_cold=compress_cold, huge_pages=huge_pages)
         elif compress_cold or huge_pages:
@@ -156,7 +162,9 @@ class Coordinator:
             self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
             folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
             paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
-            self.load_report = load_region_files(self._publisher, paths)
+            self.verified_files = self._open_verify_cache()
+            self.load_report = load_region_files(self._publisher, paths, instance=self._inst,
+                                                 cache=self.verified_files)
             self.load_seconds = time.perf_counter() - t0  # what the < 100 ms start-up target covers
             if self._board is not None:
                 self._pool = WorkerPool(self.name, self._board, self.worker_count,
@@ -181,6 +189,11 @@ class Coordinator:
                     self.name, self.startup_seconds * 1e3, len(self.load_report.loaded),
                     self.load_report.bytes_loaded, len(self.load_report.skipped))
         return self
+
+    def _open_verify_cache(self) -> VerifiedFiles | None:
+        if self.verify_cache is False:
+            return None
+        return VerifiedFiles.load(None if self.verify_cache is True else self.verify_cache)
 
     def _board_bytes(self) -> int:
         slots, clients, payload = self._job_config
@@ -431,12 +444,21 @@ class Coordinator:
             "proto_dimensions": len(self._protos),
             "startup_ms": (self.startup_seconds or 0) * 1e3,  # including worker start
             "load_ms": (self.load_seconds or 0) * 1e3,  # segments created, every dimension readable
+            "load": self._load_stats(),
         })
         if self._board is not None:
             out["jobs"] = self._board.counts()
             out["workers"] = {"count": self.worker_count, "pids": self._pool.pids() if self._pool else [],
                               "deaths": list(self._pool.deaths) if self._pool else []}
         return out
+
+    def _load_stats(self) -> dict:
+        report, cache = self.load_report, self.verified_files
+        return {"files_verified": len(report.verified), "files_trusted": len(report.trusted),
+                "copy_ms": report.copy_seconds * 1e3, "verify_ms": report.verify_seconds * 1e3,
+                "verify_cache": None if cache is None else
+                {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses,
+                 "recorded": cache.recorded, "ignored": cache.ignored}}
 
     def job_latency_histogram(self) -> dict | None:
         """The workers' job latency histogram (see JobBoard.latency_histogram); None without workers."""
