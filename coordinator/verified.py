@@ -40,6 +40,7 @@ from typing import NamedTuple
 from filelock import FileLock, Timeout
 from loguru import logger
 
+from shmpool import _faults
 from shmpool.names import runtime_dir
 from shmpool.trust import is_ours
 
@@ -143,6 +144,7 @@ class VerifiedFiles:
             return
         try:
             with FileLock(str(self.path) + ".lock", timeout=SAVE_WAIT, mode=0o600):
+                _remove_stale_temporaries(self.path)
                 on_disk, _why = _read(self.path)  # another coordinator may have saved meanwhile
                 on_disk.update(self._new)
                 _write(self.path, _prune(on_disk))
@@ -206,6 +208,17 @@ def _prune(records: dict[str, dict]) -> dict[str, dict]:
     return dict(newest)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of savers killed before their rename (called under the lock, so no live
+    saver has one in flight)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+            logger.debug("removed {} left by a killed save", stale)
+        except OSError as exc:
+            logger.debug("could not remove {}: {}", stale, exc)
+
+
 def _write(path: Path, records: dict[str, dict]) -> None:
     # No fsync: a cache lost in a power cut costs one verification; the rename alone guarantees
     # that readers see the old file or the new one, never a torn one.
@@ -219,6 +232,8 @@ def _write(path: Path, records: dict[str, dict]) -> None:
             view = view[os.write(fd, view):]
         os.close(fd)
         fd = -1
+        if _faults.ARMED:
+            _faults.point("verified.written")
         os.replace(tmp, path)
     except BaseException:
         if fd >= 0:
