@@ -13,6 +13,7 @@ import functools
 import os
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -46,6 +47,20 @@ from .publisher import MAX_PIN_AGE, Publisher
 from .verified import VerifiedFiles
 
 __all__ = ["Coordinator"]
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` in a new daemon thread; the Future carries its result or its exception."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"shmpool-{getattr(fn, '__name__', 'task')}", daemon=True).start()
+    return future
 
 RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
@@ -152,19 +167,29 @@ class Coordinator:
                 max_dimensions=self._max_dimensions, max_readers=self._max_readers,
                 growth=self.capacity_policy.pool_growth, huge_pages=self.capacity_policy.huge_pages)
             self._publisher = Publisher(self._inst, max_pin_age=self.max_pin_age)
-            if self.worker_count > 0:
-                # Before the data: the board is fixed-size and reserved whole, so on a small
-                # /dev/shm it gets its room and the region files take what is left (those that
-                # do not fit are skipped with a warning) rather than the other way round.
-                self._board = self._create_board(*self._job_config)
+            folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
+            paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
             spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
-            folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
-            paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
             self.verified_files = self._open_verify_cache()
-            self.load_report = load_region_files(self._publisher, paths, instance=self._inst,
-                                                 cache=self.verified_files)
+            board: Future | None = None
+            if self.worker_count > 0:
+                if self._room_for_board_and(paths):
+                    # Reserving the board (32.6 MiB by default) is page allocation outside the
+                    # GIL: done beside the data, on another core, when both surely fit.
+                    board = _in_background(self._create_board, *self._job_config)
+                else:
+                    # Before the data: the board is fixed-size and reserved whole, so on a small
+                    # /dev/shm it gets its room and the region files take what is left (those
+                    # that do not fit are skipped with a warning) rather than the other way round.
+                    self._board = self._create_board(*self._job_config)
+            try:
+                self.load_report = load_region_files(self._publisher, paths, instance=self._inst,
+                                                     cache=self.verified_files)
+            finally:
+                if board is not None:
+                    self._board = board.result()  # its error, if any, fails the start
             self.load_seconds = time.perf_counter() - t0  # what the < 100 ms start-up target covers
             if self._board is not None:
                 self._pool = WorkerPool(self.name, self._board, self.worker_count,
@@ -189,6 +214,15 @@ class Coordinator:
                     self.name, self.startup_seconds * 1e3, len(self.load_report.loaded),
                     self.load_report.bytes_loaded, len(self.load_report.skipped))
         return self
+
+    def _room_for_board_and(self, paths: list[Path]) -> bool:
+        """Whether /dev/shm has room for the board and every file, with a block of slack each."""
+        fs = platform.space()
+        if fs is None:
+            return False
+        largest_block = max(p.block_size for p in self.pools)
+        need = self._board_bytes() + sum(p.stat().st_size + largest_block for p in paths)
+        return fs.free >= need
 
     def _open_verify_cache(self) -> VerifiedFiles | None:
         if self.verify_cache is False:
