@@ -79,6 +79,9 @@ class Coordinator:
     as ``worker_init(*worker_init_args)`` before it serves; ``job_timeout`` (seconds) is the
     execution limit of jobs that set none, past which the worker is killed and replaced and the
     job fails with JobTimeout. Workers get this process's ``sys.path``.
+    ``verify_cache`` (True: ``<runtime dir>/verified-regions.json``; a path; False: none) is
+    where region files verified in full are remembered, so that an unchanged one skips its
+    content checks at the next start (docs/architecture.md, Start-up).
     """
 
     def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None,

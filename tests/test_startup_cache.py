@@ -280,3 +280,18 @@ def test_a_save_killed_before_its_rename_leaves_the_old_cache_and_its_temporary_
     assert len(verified) == FILES and load["verify_cache"]["ignored"] is None
     assert not list(cache_path.parent.glob("*.tmp"))
     assert len(_loads(make_name, data, cache_path)[1]) == FILES
+
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench_startup.py"
+
+
+def test_bench_startup_runs_every_mode_and_leaves_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--rounds", "1", "--no-save"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(proc.stdout)
+    assert set(doc["modes"]) == {"cold", "warm", "off"}
+    for mode in doc["modes"].values():
+        assert {"start_ms", "load_ms", "copy_ms", "verify_ms"} == set(mode)
+    assert doc["modes"]["warm"]["verify_ms"]["median"] == 0 < doc["modes"]["cold"]["verify_ms"]["median"]
+    assert doc["leftovers_in_dev_shm"] == [] and isinstance(doc["warm_median_lt_25ms"], bool)
