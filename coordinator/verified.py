@@ -176,8 +176,8 @@ def _read(path: Path) -> tuple[dict[str, dict], str | None]:
         os.close(fd)
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return {}, f"not valid JSON ({exc})"
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        return {}, f"not valid JSON ({type(exc).__name__}: {exc})"
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("records"), dict):
         return {}, f"not a format-{FORMAT} validation cache"
     records = {p: r for p, r in doc["records"].items() if _well_formed(r)}

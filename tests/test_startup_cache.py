@@ -138,7 +138,8 @@ def _forge_from_real(cache_path: Path) -> dict:
     return json.loads(cache_path.read_bytes())
 
 
-@pytest.mark.parametrize("damage", ["loose mode", "symlink", "garbage", "wrong shape", "wrong types", "foreign owner"])
+@pytest.mark.parametrize("damage", ["loose mode", "symlink", "garbage", "deeply nested", "wrong shape",
+                                    "wrong types", "foreign owner"])
 def test_an_untrustworthy_cache_is_ignored_and_everything_verified(make_name, data, cache_path, tmp_path, damage, warnings):
     _loads(make_name, data, cache_path)
     doc = _forge_from_real(cache_path)
@@ -152,6 +153,8 @@ def test_an_untrustworthy_cache_is_ignored_and_everything_verified(make_name, da
         cache_path.symlink_to(real)
     elif damage == "garbage":
         cache_path.write_bytes(b"\x80\x04not json at all")
+    elif damage == "deeply nested":
+        cache_path.write_text("[" * 200_000 + "]" * 200_000)
     elif damage == "wrong shape":
         cache_path.write_text(json.dumps([doc]))
     elif damage == "wrong types":
