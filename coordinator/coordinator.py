@@ -13,6 +13,7 @@ import functools
 import os
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -44,8 +45,23 @@ from .capacity import CapacityManager, CapacityPolicy
 from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, Publisher
+from .verified import VerifiedFiles
 
 __all__ = ["Coordinator"]
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` in a new daemon thread; the Future carries its result or its exception."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"shmpool-{getattr(fn, '__name__', 'task')}", daemon=True).start()
+    return future
 
 RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
@@ -64,6 +80,9 @@ class Coordinator:
     as ``worker_init(*worker_init_args)`` before it serves; ``job_timeout`` (seconds) is the
     execution limit of jobs that set none, past which the worker is killed and replaced and the
     job fails with JobTimeout. Workers get this process's ``sys.path``.
+    ``verify_cache`` (True: ``<runtime dir>/verified-regions.json``; a path; False: none) is
+    where region files verified in full are remembered, so that an unchanged one skips its
+    content checks at the next start (docs/architecture.md, Start-up).
     """
 
     def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None,
@@ -76,7 +95,8 @@ class Coordinator:
                  jobs: Mapping[str, Callable[..., Any] | str] | None = None,
                  job_modules: Iterable[str] = (), worker_init: Callable[..., Any] | str | None = None,
                  worker_init_args: Sequence[Any] = (), job_timeout: float | None = None,
-                 worker_spin_us: float | str | None = None) -> None:
+                 worker_spin_us: float | str | None = None,
+                 verify_cache: bool | str | os.PathLike = True) -> None:
         self.name = validate_name(name)
         # Checked here, where a bad entry is the caller's mistake, not in every worker later.
         self.job_policy = JobPolicy.build(jobs, job_modules)
@@ -95,6 +115,10 @@ class Coordinator:
         self._job_config = (job_slots, max_clients, job_payload)
         self.drain_timeout = drain_timeout
         self.max_pin_age = max_pin_age
+        # Where unchanged, already-verified region files are remembered (coordinator/verified.py):
+        # True for <runtime dir>/verified-regions.json, a path for another file, False for none.
+        self.verify_cache = verify_cache
+        self.verified_files: VerifiedFiles | None = None
         if capacity is None:
             capacity = CapacityPolicy(compress_cold=compress_cold, huge_pages=huge_pages)
         elif compress_cold or huge_pages:
@@ -147,17 +171,29 @@ class Coordinator:
                 max_dimensions=self._max_dimensions, max_readers=self._max_readers,
                 growth=self.capacity_policy.pool_growth, huge_pages=self.capacity_policy.huge_pages)
             self._publisher = Publisher(self._inst, max_pin_age=self.max_pin_age)
-            if self.worker_count > 0:
-                # Before the data: the board is fixed-size and reserved whole, so on a small
-                # /dev/shm it gets its room and the region files take what is left (those that
-                # do not fit are skipped with a warning) rather than the other way round.
-                self._board = self._create_board(*self._job_config)
+            folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
+            paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
             spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
-            folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
-            paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
-            self.load_report = load_region_files(self._publisher, paths)
+            self.verified_files = self._open_verify_cache()
+            board: Future | None = None
+            if self.worker_count > 0:
+                if self._room_for_board_and(paths):
+                    # Reserving the board (32.6 MiB by default) is page allocation outside the
+                    # GIL: done beside the data, on another core, when both surely fit.
+                    board = _in_background(self._create_board, *self._job_config)
+                else:
+                    # Before the data: the board is fixed-size and reserved whole, so on a small
+                    # /dev/shm it gets its room and the region files take what is left (those
+                    # that do not fit are skipped with a warning) rather than the other way round.
+                    self._board = self._create_board(*self._job_config)
+            try:
+                self.load_report = load_region_files(self._publisher, paths, instance=self._inst,
+                                                     cache=self.verified_files)
+            finally:
+                if board is not None:
+                    self._board = board.result()  # its error, if any, fails the start
             self.load_seconds = time.perf_counter() - t0  # what the < 100 ms start-up target covers
             if self._board is not None:
                 self._pool = WorkerPool(self.name, self._board, self.worker_count,
@@ -182,6 +218,20 @@ class Coordinator:
                     self.name, self.startup_seconds * 1e3, len(self.load_report.loaded),
                     self.load_report.bytes_loaded, len(self.load_report.skipped))
         return self
+
+    def _room_for_board_and(self, paths: list[Path]) -> bool:
+        """Whether /dev/shm has room for the board and every file, with a block of slack each."""
+        fs = platform.space()
+        if fs is None:
+            return False
+        largest_block = max(p.block_size for p in self.pools)
+        need = self._board_bytes() + sum(p.stat().st_size + largest_block for p in paths)
+        return fs.free >= need
+
+    def _open_verify_cache(self) -> VerifiedFiles | None:
+        if self.verify_cache is False:
+            return None
+        return VerifiedFiles.load(None if self.verify_cache is True else self.verify_cache)
 
     def _board_bytes(self) -> int:
         slots, clients, payload = self._job_config
@@ -429,12 +479,21 @@ class Coordinator:
             "proto_dimensions": len(self._protos),
             "startup_ms": (self.startup_seconds or 0) * 1e3,  # including worker start
             "load_ms": (self.load_seconds or 0) * 1e3,  # segments created, every dimension readable
+            "load": self._load_stats(),
         })
         if self._board is not None:
             out["jobs"] = self._board.counts()
             out["workers"] = {"count": self.worker_count, "pids": self._pool.pids() if self._pool else [],
                               "deaths": list(self._pool.deaths) if self._pool else []}
         return out
+
+    def _load_stats(self) -> dict:
+        report, cache = self.load_report, self.verified_files
+        return {"files_verified": len(report.verified), "files_trusted": len(report.trusted),
+                "copy_ms": report.copy_seconds * 1e3, "verify_ms": report.verify_seconds * 1e3,
+                "verify_cache": None if cache is None else
+                {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses,
+                 "recorded": cache.recorded, "ignored": cache.ignored}}
 
     def job_latency_histogram(self) -> dict | None:
         """The workers' job latency histogram (see JobBoard.latency_histogram); None without workers."""

@@ -274,8 +274,9 @@ def bench_startup(data: Path, repeats: int) -> dict:
     return {
         "what": f"wall time of Coordinator(name, data_dir, workers=0).start() on {len(files)} prebuilt region "
                 f"files ({nbytes / MB:.1f} MB, page cache warm): lock file, create the control and pool "
-                "segments, open + validate every file (header, index, CRC32 of every layer), allocate, copy "
-                "into shared memory (first touch of fresh pages), publish, start the reaper thread; every "
+                "segments, allocate, copy every file into shared memory (sendfile), validate the copy (structure; "
+                "CRC32 and UTF-8 only on the first start: later ones find the files in the validation cache, "
+                "see scripts/bench_startup.py for cold against warm), publish, start the reaper thread; every "
                 "dimension readable when it returns. Not included: building the files, Python start-up and "
                 "imports, stop() (timed apart). INFO log lines filtered (loguru level WARNING).",
         "files": len(files), "bytes": nbytes, "repeats": repeats,

@@ -368,6 +368,21 @@ class SharedInstance:
         """Owner only: tell every process the coordinator is stopping (ControlWord.STATE)."""
         self.control.words_mv[W.STATE] = STATE_STOPPING
 
+    def locate(self, view: memoryview) -> tuple[Segment, int]:
+        """The pool segment and byte offset at which ``view`` (from :meth:`view`) starts.
+
+        For writers that fill a view through the segment's file descriptor (``sendfile``)
+        rather than through the mapping. Raises OutOfBounds if no mapped pool holds it."""
+        addr = np.frombuffer(view, np.uint8).__array_interface__["data"][0]
+        for seg, whole in zip(self.pool_segments, self._pool_views):
+            if whole is None:
+                continue
+            base = np.frombuffer(whole, np.uint8).__array_interface__["data"][0]
+            if base <= addr and addr + len(view) <= base + len(whole):
+                return seg, addr - base
+        raise OutOfBounds(what=f"the pools of instance {self.name!r} (view not in any)", offset=addr,
+                          length=len(view), limit=0)
+
     # ----------------------------------------------------------------- lifetime
 
     def wake_coordinator(self) -> None:

@@ -1,0 +1,155 @@
+"""Start-up of the 14-dimension sample: cold (no validation cache), warm (cache), off; prints JSON.
+
+Each round times ``Coordinator(name, data_dir, workers=0).start()`` once per mode, the modes in
+a rotating order (the machine is shared and noisy, so modes are compared within a round):
+
+* ``cold``: the validation cache file removed first: every file is verified in full (CRC32 of
+  every layer, UTF-8 of every text layer) and recorded, and the cache is saved.
+* ``warm``: the cache from the previous start: unchanged files skip the content checks.
+* ``off``: ``verify_cache=False``: verified in full, nothing read or written.
+* ``baseline`` (with ``--baseline REV``): the same start-up in a child process running the tree
+  of git revision REV (``git archive``), timed inside the child around ``start()`` only.
+
+Where the time goes comes from ``stats()["load"]`` (``copy_ms``: sendfile into the pools;
+``verify_ms``: content checks) and ``load_ms``; the rest of ``load_ms`` is segment creation,
+page reservation (``posix_fallocate`` inside allocation), structural checks and publishing.
+Not included anywhere: Python start-up and imports, building the files, ``stop()``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+import benchlib  # noqa: E402
+from benchlib import clock  # noqa: E402
+
+from shmpool.coordinator import Coordinator  # noqa: E402
+from shmpool.coordinator.verified import RACY_NS, default_cache_path  # noqa: E402
+from shmpool.data.sample import build_sample  # noqa: E402
+
+PREFIX = "bench-st"
+TARGET_MS = 25.0
+ROOT = Path(__file__).resolve().parent.parent
+MODES = ("cold", "warm", "off")
+
+_CHILD = """
+import gc, json, sys, time
+sys.path.insert(0, sys.argv[1])
+from loguru import logger
+logger.remove(); logger.add(sys.stderr, level="WARNING")
+import shmpool.coordinator as coordinator
+assert coordinator.__file__.startswith(sys.argv[1]), coordinator.__file__
+from shmpool.coordinator import Coordinator
+c = Coordinator(sys.argv[2], data_dir=sys.argv[3], workers=0)
+gc.collect()
+t0 = time.perf_counter_ns(); c.start(); t = time.perf_counter_ns() - t0
+load = c.stats()["load_ms"]
+c.stop()
+print(json.dumps({"start_ms": t / 1e6, "load_ms": load}))
+"""
+
+
+def _one(mode: str, data: Path, *, check: bool = True) -> dict:
+    if mode == "cold":
+        default_cache_path().unlink(missing_ok=True)
+    coord = Coordinator(benchlib.instance_name(PREFIX), data_dir=data, workers=0, verify_cache=mode != "off")
+    gc.collect()
+    t0 = clock()
+    coord.start()
+    elapsed = clock() - t0
+    try:
+        stats = coord.stats()
+        assert stats["dimensions"] == 14, stats["dimensions"]
+        load = stats["load"]
+        expect_trusted = 14 if mode == "warm" else 0
+        assert not check or load["files_trusted"] == expect_trusted, (mode, load)
+        return {"start_ms": elapsed / 1e6, "load_ms": stats["load_ms"], "copy_ms": load["copy_ms"],
+                "verify_ms": load["verify_ms"]}
+    finally:
+        coord.stop()
+
+
+def _baseline(tree: Path, data: Path) -> dict:
+    name = benchlib.instance_name(PREFIX)
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(tree), name, str(data)], capture_output=True,
+                         text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _extract(rev: str, into: Path) -> Path:
+    archive = into / "baseline.tar"
+    with open(archive, "wb") as f:
+        subprocess.run(["git", "-C", str(ROOT), "archive", rev], stdout=f, check=True)
+    tree = into / "baseline"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def _summary(rows: list[dict]) -> dict:
+    out = {}
+    for key in rows[0]:
+        xs = np.array([r[key] for r in rows])
+        out[key] = {"median": round(float(np.median(xs)), 2), "p90": round(float(np.percentile(xs, 90)), 2),
+                    "min": round(float(xs.min()), 2)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = benchlib.argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--baseline", metavar="REV", help="also time the tree of this git revision")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON here (e.g. docs/results/...)")
+    args = parser.parse_args(argv)
+    benchlib.raise_on_sigterm()
+    benchlib.quiet_logging()
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        os.environ["SHMPOOL_RUNTIME_DIR"] = tmp  # its own cache and lock files; children inherit it
+        data = Path(tmp) / "sample"
+        nbytes = sum(p.stat().st_size for p in build_sample(data))
+        tree = _extract(args.baseline, Path(tmp)) if args.baseline else None
+        modes = MODES + (("baseline",) if tree else ())
+        time.sleep(RACY_NS / 1e9 * 2)  # files this young are verified but not recorded
+        _one("warm", data, check=False)  # page cache and first-use costs, and a cache for the first warm round
+        rows: dict[str, list[dict]] = {m: [] for m in modes}
+        try:
+            for r in range(args.rounds):
+                for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                    rows[mode].append(_baseline(tree, data) if mode == "baseline" else _one(mode, data))
+        finally:
+            leftovers = benchlib.shm_leftovers()
+    result = {m: _summary(v) for m, v in rows.items()}
+    ratios = {}
+    if tree:
+        for m in MODES:  # per round, against the baseline measured in the same round
+            per_round = [a["start_ms"] / b["start_ms"] for a, b in zip(rows[m], rows["baseline"])]
+            ratios[f"{m}_over_baseline_median"] = round(statistics.median(per_round), 3)
+    warm = result["warm"]["start_ms"]["median"]
+    payload = {
+        "what": __doc__.split("\n\n")[0],
+        "rounds": args.rounds, "baseline_rev": args.baseline, "files": 14,
+        "bytes": nbytes,
+        "modes": result, "ratios": ratios, "raw": rows,
+        "target_ms": TARGET_MS, "warm_median_lt_25ms": warm < TARGET_MS,
+        "leftovers_in_dev_shm": leftovers,
+    }
+    benchlib.write_result("bench_startup", payload, args.out_dir, save=not args.no_save, out_file=args.out)
+    return 1 if leftovers else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
