@@ -23,7 +23,8 @@ from loguru import logger
 from shmpool.codec import encode_error
 from shmpool.context import LoadedContext
 from shmpool import platform
-from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
+from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, GenerationNotNewer, InstanceExists,
+                            InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
 from shmpool.ids import as_id
 from shmpool.spin import SPIN_ENV, spin_seconds
@@ -351,22 +352,32 @@ class Coordinator:
             raise DimensionNotFound(dimension_id=dimension_id, available=list(self._protos))
         return proto
 
-    def crystallize(self, dimension_id: int, *, keep: bool = False) -> int:
+    def crystallize(self, dimension_id: int, *, keep: bool = False, generation: int | None = None) -> int:
         """Write the proto-dimension once into shared memory and publish it; returns the generation.
 
         Readers switch to the new generation on their next lookup; contexts they already hold
         stay valid. An existing dimension of the same id is replaced (its old generation is
         freed when no reader pins it). The proto-dimension is consumed unless ``keep``.
+        ``generation`` publishes as that number rather than the next (every host of a cluster
+        under the same one, shmpool.dask): it must exceed the current generation, else
+        GenerationNotNewer (a ValueError) is raised and nothing changes.
         """
         inst, publisher = self._require()
         proto = self.proto(dimension_id)
         dimension_id = proto.dimension_id
         builder = proto.builder
         nbytes = builder.nbytes()
+        if generation is not None:
+            generation = as_id(generation, "generation")
+            entry = publisher.directory.entry_for(dimension_id)
+            current = publisher.directory.generation(entry) if entry is not None else 0
+            if generation <= current:  # before allocating: a refusal must not evict anything
+                raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
         place = functools.partial(publisher.place, nbytes, builder.write_into,
                                   source=f"crystallized proto-dimension {dimension_id}",
                                   expect_dimension=dimension_id,
-                                  built=(builder.dimension_id, builder.name, len(builder)))
+                                  built=(builder.dimension_id, builder.name, len(builder)),
+                                  generation=generation)
         try:
             generation = place()
         except (LimitExceeded, AllocationFailed) as exc:
