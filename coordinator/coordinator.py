@@ -36,6 +36,7 @@ from shmpool.limits import DEFAULT_LIMIT, Thresholds
 from shmpool.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.pins import list_pins
 from shmpool.reader import Reader
+from shmpool.region import Region
 from workers.config import WorkerConfig
 from workers.jobs import POLICY_ENV, JobPolicy
 from workers.pool import WorkerPool
@@ -397,6 +398,30 @@ class Coordinator:
             with self._protos_lock:
                 self._protos.pop(dimension_id, None)
         return generation
+
+    def publish_region_file(self, path: str | os.PathLike, *, generation: int | None = None) -> int:
+        """Copy a region file (checksums verified) into shared memory as its dimension's next
+        generation, or as ``generation``; returns the generation published.
+
+        Raises RegionFormatError for a bad file, GenerationNotNewer for a ``generation`` that does
+        not exceed the current one (nothing is allocated then), and what crystallize raises when
+        the memory is full. The file stays the reload source if the dimension is evicted later.
+        """
+        inst, publisher = self._require()
+        with Region.open(path) as region:
+            if generation is not None:
+                generation = as_id(generation, "generation")
+                entry = publisher.directory.entry_for(region.dimension_id)
+                current = publisher.directory.generation(entry) if entry is not None else 0
+                if generation <= current:
+                    raise GenerationNotNewer(dimension_id=region.dimension_id, generation=generation,
+                                             current=current)
+
+            def copy(view: memoryview) -> None:
+                view[:] = region.buffer
+
+            return publisher.place(region.nbytes, copy, source=str(path), expect_dimension=region.dimension_id,
+                                   file=Path(path), generation=generation)
 
     # ----------------------------------------------------------------- reading
 
