@@ -221,11 +221,11 @@ def _usable(r: Reader) -> bool:
     """Still the live instance: not closed, not stopping, its daemon alive (one kill(0) syscall)."""
     if r.closed:
         return False
-    words = r._inst.control.words
-    if int(words[W.STATE]) != STATE_RUNNING:
+    words = r._inst.control.words_mv  # a memoryview: ~10x cheaper per word than the numpy array
+    if words[W.STATE] != STATE_RUNNING:
         return False
     try:
-        os.kill(int(words[W.COORDINATOR_PID]), 0)
+        os.kill(words[W.COORDINATOR_PID], 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -246,8 +246,20 @@ def _attach(instance: str, timeout: float) -> Reader:
         time.sleep(0.02)
 
 
+_instances: dict[tuple[str | None, str], str] = {}  # (plugin name, host key) -> instance name
+
+
 def _instance_for(name: str | None) -> str:
+    # Resolved once per process: reader() runs in every task, and the lookup behind name=None
+    # lists the runtime folder (measured: 220 us of a 20-layer task's 234 us before the cache).
     here = host_key()
+    found = _instances.get((name, here))
+    if found is None:
+        found = _instances[(name, here)] = _resolve(name, here)
+    return found
+
+
+def _resolve(name: str | None, here: str) -> str:
     if name is not None:
         return host.instance_name(name, here)
     suffix = host.instance_name("x", here)[1:]  # "-<digest>"
@@ -329,8 +341,11 @@ def publish(client, dimension_id: int, name: str, layers: Mapping[int, Any] | It
         some = next(iter(by_host.values()))
         stored = client.submit(_store_newest, store_dir, dimension_id, workers=[some], pure=False).result(timeout)
         generation = max([stored] + [s["generation"] for s in hosts.values()]) + 1
-        path = client.submit(_store_write, store_dir, dimension_id, generation, data, workers=[some],
+        # Scattered to the one worker that writes it, rather than embedded in the task graph.
+        (payload,) = client.scatter([data], workers=[some], hash=False)
+        path = client.submit(_store_write, store_dir, dimension_id, generation, payload, workers=[some],
                              pure=False).result(timeout)
+        del payload
         replies = client.run(_host_publish, plugin, dimension_id, generation, path, workers=list(by_host.values()))
         served = {r["host"]: r["generation"] for r in replies.values() if r["serves"]}
         if not served:
