@@ -295,8 +295,11 @@ class Lease:
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError as exc:
-                logger.debug("closing the lease on {!r}: {}", self.instance, exc)
+        if sock is None:
+            return
+        try:
+            # shutdown first: close() alone does not wake a thread blocked in recv() on it.
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:  # the daemon is gone already
+            logger.debug("shutting down the lease on {!r}: {}", self.instance, exc)
+        sock.close()
