@@ -2,8 +2,9 @@
 ``dask worker`` process (its Nannies) with its own SHMPOOL_DASK_HOST, so each host gets its own
 instance although they share /dev/shm. Killing a host's process group is losing that host.
 
-One cluster for the module (xdist_group keeps the tests on one xdist worker); the tests run in
-file order and each leaves the cluster as it found it: hosts A (2 workers) and B (1 worker).
+One cluster per module and xdist worker (pytest-xdist may split the module between its
+workers, and each then starts its own). Tests do not depend on each other's data or order, and
+each leaves the cluster as it found it: hosts A (2 workers) and B (1 worker).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from shmpool.names import SHM_DIR, cleanup, list_objects  # noqa: E402
 from shmpool.pins import list_pins  # noqa: E402
 from shmpool.readers import ReaderRegistry  # noqa: E402
 
-pytestmark = [pytest.mark.dask, pytest.mark.xdist_group("dask")]
+pytestmark = pytest.mark.dask
 
 TESTS = Path(__file__).parent
 LINGER = 1.0
@@ -221,8 +222,8 @@ def test_a_late_host_catches_up_and_a_lost_host_moves_its_tasks_to_the_others(cl
     (address_c,) = _wait_workers(client, "hostC", 1)
     # Its first task already sees the cluster's generations, published or loaded at start.
     assert client.submit(tasks.generation, 81, workers=[address_c], pure=False).result() == ("hostC", generation)
-    expect = client.submit(tasks.generation, 77, workers=[_addresses(client, "hostA")[0]], pure=False).result()[1]
-    assert client.submit(tasks.generation, 77, workers=[address_c], pure=False).result() == ("hostC", expect)
+    expect = client.submit(tasks.generation, 1, workers=[_addresses(client, "hostA")[0]], pure=False).result()[1]
+    assert client.submit(tasks.generation, 1, workers=[address_c], pure=False).result() == ("hostC", expect)
     # Lose host C while a task runs there: Dask runs it again on the hosts that remain.
     running = client.submit(tasks.slow_read, 30.0, 81, 1, workers=[address_c], allow_other_workers=True,
                             pure=False)
@@ -249,7 +250,11 @@ def test_a_killed_host_daemon_is_restarted_and_catches_up(cluster):
     (address_b,) = _addresses(client, "hostB")
     got = client.submit(tasks.read, 82, 1, workers=[address_b], pure=False).result()
     assert (got["generation"], got["content"]) == (generation, b"still here")
-    assert client.submit(tasks.read, PLACED, 1, workers=[address_b], pure=False).result()["content"] == b"placed"
+    # Placement survives the restart: the new daemon serves the placed dimension, the worker
+    # still has the resource.
+    placed = sd.publish(client, PLACED, "big", {1: b"placed again"})
+    got = client.submit(tasks.read, PLACED, 1, resources={sd.resource(PLACED): 1}, pure=False).result()
+    assert (got["host"], got["generation"], got["content"]) == ("hostB", placed, b"placed again")
 
 
 def test_reader_outside_a_served_host_is_a_typed_error(monkeypatch):
@@ -263,11 +268,29 @@ def test_reader_outside_a_served_host_is_a_typed_error(monkeypatch):
         sd.ShmpoolPlugin("ok", data_dir="/no/such/folder")
 
 
-def test_cluster_shutdown_leaves_nothing_in_dev_shm(cluster):
-    client, instances = cluster["client"], cluster["instances"]
-    client.shutdown()
-    for h in cluster["hosts"].values():
-        h.proc.wait(60)
-    for instance in instances.values():
+def test_cluster_shutdown_leaves_nothing_in_dev_shm(sample_dir, tmp_path):
+    """A cluster of its own: shutting the module's down would end the other tests."""
+    plugin = f"{TEST_PREFIX}{secrets.token_hex(3)}"
+    instance = host.instance_name(plugin, "hostD")
+    local = distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None)
+    client = distributed.Client(local)
+    lone = None
+    try:
+        client.register_plugin(sd.ShmpoolPlugin(plugin, data_dir=sample_dir, store_dir=tmp_path, linger=LINGER))
+        lone = SimulatedHost(local.scheduler_address, "hostD", 1)
+        _wait_workers(client, "hostD", 1)
+        assert client.run(tasks.where).popitem()[1]["instance"] == instance
+        assert any(list_objects(instance))
+        client.shutdown()
+        lone.proc.wait(60)
         wait_for(lambda: _gone(instance), 20, f"instance {instance} gone")
-    assert not [e for e in os.listdir(SHM_DIR) if cluster["plugin"] in e]
+        assert not [e for e in os.listdir(SHM_DIR) if plugin in e]
+    finally:
+        if lone is not None and lone.proc.poll() is None:
+            lone.kill()
+        client.close()
+        local.close()
+        pid = host.ready_pid(instance)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+        cleanup(instance)
