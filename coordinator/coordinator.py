@@ -24,7 +24,8 @@ from loguru import logger
 from shmpool.jobs.codec import encode_error
 from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
-from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
+from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, GenerationNotNewer, InstanceExists,
+                            InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
 from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
@@ -37,6 +38,7 @@ from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
 from shmpool.jobs.spill import free_spill
+from shmpool.data.region import Region
 from shmpool.workers.config import WorkerConfig
 from shmpool.workers.jobs import POLICY_ENV, JobPolicy
 from shmpool.coordinator.pool import WorkerPool
@@ -399,22 +401,32 @@ class Coordinator:
             raise DimensionNotFound(dimension_id=dimension_id, available=list(self._protos))
         return proto
 
-    def crystallize(self, dimension_id: int, *, keep: bool = False) -> int:
+    def crystallize(self, dimension_id: int, *, keep: bool = False, generation: int | None = None) -> int:
         """Write the proto-dimension once into shared memory and publish it; returns the generation.
 
         Readers switch to the new generation on their next lookup; contexts they already hold
         stay valid. An existing dimension of the same id is replaced (its old generation is
         freed when no reader pins it). The proto-dimension is consumed unless ``keep``.
+        ``generation`` publishes as that number rather than the next (every host of a cluster
+        under the same one, shmpool.dask): it must exceed the current generation, else
+        GenerationNotNewer (a ValueError) is raised and nothing changes.
         """
         inst, publisher = self._require()
         proto = self.proto(dimension_id)
         dimension_id = proto.dimension_id
         builder = proto.builder
         nbytes = builder.nbytes()
+        if generation is not None:
+            generation = as_id(generation, "generation")
+            entry = publisher.directory.entry_for(dimension_id)
+            current = publisher.directory.generation(entry) if entry is not None else 0
+            if generation <= current:  # before allocating: a refusal must not evict anything
+                raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
         place = functools.partial(publisher.place, nbytes, builder.write_into,
                                   source=f"crystallized proto-dimension {dimension_id}",
                                   expect_dimension=dimension_id,
-                                  built=(builder.dimension_id, builder.name, len(builder)))
+                                  built=(builder.dimension_id, builder.name, len(builder)),
+                                  generation=generation)
         try:
             generation = place()
         except (LimitExceeded, AllocationFailed) as exc:
@@ -434,6 +446,30 @@ class Coordinator:
             with self._protos_lock:
                 self._protos.pop(dimension_id, None)
         return generation
+
+    def publish_region_file(self, path: str | os.PathLike, *, generation: int | None = None) -> int:
+        """Copy a region file (checksums verified) into shared memory as its dimension's next
+        generation, or as ``generation``; returns the generation published.
+
+        Raises RegionFormatError for a bad file, GenerationNotNewer for a ``generation`` that does
+        not exceed the current one (nothing is allocated then), and what crystallize raises when
+        the memory is full. The file stays the reload source if the dimension is evicted later.
+        """
+        inst, publisher = self._require()
+        with Region.open(path) as region:
+            if generation is not None:
+                generation = as_id(generation, "generation")
+                entry = publisher.directory.entry_for(region.dimension_id)
+                current = publisher.directory.generation(entry) if entry is not None else 0
+                if generation <= current:
+                    raise GenerationNotNewer(dimension_id=region.dimension_id, generation=generation,
+                                             current=current)
+
+            def copy(view: memoryview) -> None:
+                view[:] = region.buffer
+
+            return publisher.place(region.nbytes, copy, source=str(path), expect_dimension=region.dimension_id,
+                                   file=Path(path), generation=generation)
 
     # ----------------------------------------------------------------- reading
 

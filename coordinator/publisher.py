@@ -27,7 +27,7 @@ from loguru import logger
 
 from shmpool.substrate.alloc import Handle
 from shmpool.data.directory import Directory, Location
-from shmpool.errors import RegionFormatError, ShmPoolError
+from shmpool.errors import GenerationNotNewer, RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.substrate.layout import RT, W
 from shmpool.data.readers import ReaderRegistry
@@ -100,13 +100,15 @@ class Publisher:
 
     def place(self, nbytes: int, write: Callable[[memoryview], None], *, source: str,
               expect_dimension: int | None = None, file: Path | None = None, compressed: bool = False,
-              built: tuple[int, str, int] | None = None) -> int:
+              built: tuple[int, str, int] | None = None, generation: int | None = None) -> int:
         """Allocate ``nbytes``, let ``write`` fill them with a region, check it, publish it.
 
         Returns the new generation. On any failure the blocks are freed before the error
         propagates: a half-placed dimension leaves nothing allocated. ``built`` = (dimension id,
         name, layer count) says ``write`` is a RegionBuilder of ours, whose output needs no
         re-parsing; bytes copied from elsewhere (a file that might change under us) are checked.
+        ``generation`` publishes as that generation instead of the next one (a cluster agreeing on
+        one number for every host); GenerationNotNewer if it does not exceed the current one.
         """
         table = self._inst.table
         handle = table.allocate(nbytes)
@@ -135,7 +137,12 @@ class Publisher:
                 except BaseException:
                     table.free(handle)
                     raise
-            generation = self.directory.generation(entry) + 1
+            current = self.directory.generation(entry)
+            if generation is None:
+                generation = current + 1
+            elif generation <= current:
+                table.free(handle)
+                raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
             tag = self._inst.control.tags[handle.record]
             tag[:] = 0
             tag[RT.DIMENSION_ID], tag[RT.GENERATION], tag[RT.SERIAL] = dimension_id, generation, handle.serial

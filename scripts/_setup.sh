@@ -8,12 +8,13 @@ if [ ! -x .venv/bin/python ]; then
     echo "creating .venv with $($PYTHON --version)" >&2
     "$PYTHON" -m venv .venv
 fi
+# dask is always in: tests/test_dask.py runs a small Dask cluster in CI.
 # One stamp per extras set, so `SHMPOOL_EXTRAS=bench` installs its peers once, not on every switch.
 STAMP=".venv/.shmpool-installed${SHMPOOL_EXTRAS:+-$SHMPOOL_EXTRAS}"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     # The install log is shown only when something fails, so a passing run stays readable.
     if ! { .venv/bin/python -m pip install --upgrade pip \
-           && .venv/bin/python -m pip install -e ".[dev${SHMPOOL_EXTRAS:+,$SHMPOOL_EXTRAS}]"; } \
+           && .venv/bin/python -m pip install -e ".[dev,dask${SHMPOOL_EXTRAS:+,$SHMPOOL_EXTRAS}]"; } \
            >.venv/install.log 2>&1; then
         cat .venv/install.log >&2
         echo "installing the project into .venv failed (log above, also in .venv/install.log)" >&2

@@ -392,6 +392,19 @@ class DirectoryFull(ShmPoolError, OverflowError):
                          dimension_id=dimension_id, capacity=capacity)
 
 
+class GenerationNotNewer(ShmPoolError, ValueError):
+    """An explicit generation was asked for that does not exceed the dimension's current one.
+
+    Generations only increase (readers rely on it); a cluster that publishes the same content
+    under one generation on every host (shmpool.dask) asks for the next one it agreed on.
+    """
+
+    def __init__(self, *, dimension_id: int, generation: int, current: int) -> None:
+        super().__init__(f"cannot publish dimension {dimension_id} as generation {generation}: it is "
+                         f"already at generation {current}, and generations only increase",
+                         dimension_id=dimension_id, generation=generation, current=current)
+
+
 class ReloadTimeout(ShmPoolError, TimeoutError):
     """A lookup found its dimension evicted and the coordinator did not reload it in time."""
 

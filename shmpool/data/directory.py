@@ -2,13 +2,20 @@
 
 Single writer (the coordinator), many lock-free readers, a seqlock with two slots:
 
-    writer:  fill slot[(g+1) & 1] with the new region's location; then store GENERATION = g+1.
-    reader:  g = GENERATION; read slot[g & 1]; accept only if slot.GENERATION == g and
-             GENERATION is still g afterwards; otherwise read again.
+    writer:  fill the slot NOT holding the current generation g with the new region's location
+             (generation n > g); then store GENERATION = n.
+    reader:  g = GENERATION; read slot[g & 1], else the other slot; accept the one whose
+             slot.GENERATION == g if GENERATION is still g afterwards; otherwise read again.
 
 The store of GENERATION is the commit point of a crystallization: one aligned int64 store, so a
 reader sees either the old generation or the new one, never a mix. The slot a reader is reading
-is only rewritten two generations later, and the re-check catches that.
+is only rewritten after GENERATION has moved past the one it read, and the re-check catches that.
+
+Generations usually advance by one, so the slot of g is slot[g & 1] and the reader's first guess
+is right. A cluster publishes the same content under the same generation on every host
+(shmpool/dask.py), so a host may jump (g -> g + 5); the slot then stops matching parity and the
+reader finds it on its second look. Generations only ever increase, so a slot that shows the
+generation a reader read, while GENERATION still shows it too, was not rewritten in between.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DirectoryFull
+from ..errors import DirectoryFull, GenerationNotNewer
 from ..substrate.layout import D, DIR_COLS, S, SLOT_COLS, W, Control
 
 __all__ = ["Location", "Directory", "EVICTED"]
@@ -81,6 +88,8 @@ class Directory:
             if gen == 0:
                 return None
             slot = base + D.SLOT0 + (gen & 1) * SLOT_COLS
+            if mv[slot + S.GENERATION] != gen:  # after a jump the parity guess misses
+                slot = base + D.SLOT0 + (1 - (gen & 1)) * SLOT_COLS
             loc = Location(mv[slot + S.GENERATION], mv[slot + S.POOL], mv[slot + S.FIRST_BLOCK],
                            mv[slot + S.NBYTES], mv[slot + S.RECORD], mv[slot + S.SERIAL])
             if loc.generation == gen and mv[base + D.GENERATION] == gen:
@@ -107,13 +116,20 @@ class Directory:
         return entry
 
     def publish(self, entry: int, loc: Location) -> None:
-        """Make ``loc`` the current generation of ``entry``: slot first, GENERATION last."""
+        """Make ``loc`` the current generation of ``entry``: slot first, GENERATION last.
+
+        ``loc.generation`` must exceed the current one (by one, or more for a jump); raises
+        GenerationNotNewer otherwise, with nothing written.
+        """
         mv = self._mv
         base = entry * DIR_COLS
         current = mv[base + D.GENERATION]
-        if loc.generation != current + 1:
-            raise ValueError(f"generation must advance by one: {current} -> {loc.generation}")
-        slot = base + D.SLOT0 + (loc.generation & 1) * SLOT_COLS
+        if loc.generation <= current:
+            raise GenerationNotNewer(dimension_id=int(self._ctl.directory[entry, D.DIMENSION_ID]),
+                                     generation=loc.generation, current=current)
+        # Never the slot a reader may be reading: the one holding the current generation.
+        held = 0 if mv[base + D.SLOT0 + S.GENERATION] == current else 1
+        slot = base + D.SLOT0 + ((1 - held) if current else (loc.generation & 1)) * SLOT_COLS
         mv[slot + S.POOL] = loc.pool
         mv[slot + S.FIRST_BLOCK] = loc.first_block
         mv[slot + S.NBYTES] = loc.nbytes

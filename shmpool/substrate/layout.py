@@ -154,10 +154,10 @@ class RecordState(IntEnum):
 
 
 class DirCol(IntEnum):
-    """Columns of a directory entry: two slots, the published one chosen by generation parity."""
+    """Columns of a directory entry: two slots; the published one is the slot holding GENERATION."""
     DIMENSION_ID = 0   # 0 = entry unused
     GENERATION = 1     # published generation; the commit point of crystallization
-    SLOT0 = 2          # slot k (k = generation & 1) starts at SLOT0 + k * SLOT_COLS
+    SLOT0 = 2          # slot k starts at SLOT0 + k * SLOT_COLS; usually k = generation & 1 (jumps: the other)
     TOUCHED = 14       # Touched: readers 0 -> 1 on a lookup, 2 = "reload me" (evicted); coordinator resets to 0
 
 

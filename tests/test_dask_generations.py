@@ -1,0 +1,117 @@
+"""Explicit, jumping generations (what shmpool.dask needs to publish one number on every host).
+
+The directory used to pick its seqlock slot by parity; a jump (1 -> 4) breaks parity, so the
+writer now takes the slot not holding the current generation and the reader looks at both.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import pytest
+
+import _reader_children as children
+from _waiting import wait_for
+from shmpool.coordinator import Coordinator
+from shmpool import GenerationNotNewer, InvalidId, PoolSpec
+from shmpool.data.region_builder import RegionBuilder
+
+KiB, MiB = 1024, 1024 * 1024
+POOLS = (PoolSpec(4 * KiB, 4096), PoolSpec(64 * KiB, 256))
+
+
+@pytest.fixture
+def coord(instance_name, tmp_path):
+    seed = RegionBuilder(1, "seed")
+    seed.add_layer(1, "hello")
+    seed.write(tmp_path / "seed.region")
+    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=64 * MiB, workers=0) as c:
+        yield c
+
+
+def _fill(proto, generation: int, layers: int = 40, size: int = 3000) -> None:
+    for lid in range(1, layers + 1):
+        proto.add_layer(lid, children.stamped_layer(generation, lid, size + lid * 10))
+
+
+def _publish(coord, dim: int, generation: int | None) -> int:
+    _fill(coord.create_proto_dimension(dim, "jumpy"), generation or 0)
+    return coord.crystallize(dim, generation=generation)
+
+
+def test_explicit_generations_jump_and_every_lookup_sees_the_one_published(coord):
+    reader = coord.reader()
+    for generation in (3, 4, 9, 10, 11, 20, 23):  # odd to odd, even to odd, +1 runs, gaps
+        assert _publish(coord, 5, generation) == generation
+        ctx = reader.load_layer_context(5, 7)
+        assert ctx.generation == generation
+        assert bytes(ctx.content[:8]) == children._stamp(generation, 7)
+        del ctx
+    # Without an explicit number the next one follows the last jump.
+    _fill(coord.create_proto_dimension(5, "jumpy"), 24)
+    assert coord.crystallize(5) == 24
+    assert reader.load_layer_context(5, 7).generation == 24
+
+
+def test_a_generation_not_above_the_current_one_is_refused_and_nothing_changes(coord):
+    assert _publish(coord, 6, 8) == 8
+    used = coord.stats()["used_bytes"]
+    _fill(coord.create_proto_dimension(6, "jumpy"), 99)
+    for stale in (8, 7, 1):  # a refusal keeps the proto-dimension, so it can be retried
+        with pytest.raises(GenerationNotNewer) as err:
+            coord.crystallize(6, generation=stale)
+        assert (err.value.dimension_id, err.value.generation, err.value.current) == (6, stale, 8)
+        assert "generation 8" in str(err.value)
+    with pytest.raises(InvalidId):
+        coord.crystallize(6, generation=9.0)
+    coord.reclaim()
+    assert coord.stats()["used_bytes"] == used, "a refused publication must leave nothing allocated"
+    assert coord.reader().load_layer_context(6, 3).generation == 8
+    assert coord.stats()["generations"][6] == 8
+    assert coord.crystallize(6, generation=12) == 12
+
+
+def test_the_publisher_refuses_a_stale_generation_and_frees_its_blocks(coord):
+    """The race the coordinator's early check cannot see: the number went stale while placing."""
+    assert _publish(coord, 7, 5) == 5
+    used = coord.stats()["used_bytes"]
+    builder = RegionBuilder(7, "late")
+    builder.add_layer(1, b"x" * 100)
+    publisher = coord._publisher
+    with pytest.raises(GenerationNotNewer):
+        publisher.place(builder.nbytes(), builder.write_into, source="test", generation=5,
+                        built=(7, "late", 1))
+    assert coord.stats()["used_bytes"] == used
+
+
+def test_readers_never_see_a_torn_or_wrong_generation_across_jumps(coord):
+    _publish(coord, 9, 1)
+    baseline = coord.stats()["used_bytes"]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=children.hammer, args=(coord.name, 9, 2.5, results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    published = [1]
+    deadline = time.monotonic() + 2.0
+    step = 0
+    while time.monotonic() < deadline:
+        step += 1
+        generation = published[-1] + (1, 2, 3, 5)[step % 4]  # both parities, jumps of every size
+        assert _publish(coord, 9, generation) == generation
+        published.append(generation)
+        time.sleep(0.01)
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert all(status == "ok" for status, _ in outcomes), outcomes
+    stats = [payload for _, payload in outcomes]
+    # hammer checks each layer's stamp against the generation its context reports: a reader
+    # that took the wrong slot would see another generation's bytes and count it torn.
+    assert sum(s["torn"] for s in stats) == 0
+    assert sum(s["kept_changed"] for s in stats) == 0
+    assert all(set(s["generations"]) <= set(published) for s in stats)
+    assert max(len(s["generations"]) for s in stats) > 3, "readers should have crossed generations"
+    wait_for(lambda: coord.stats()["superseded_pending"] == 0, what="superseded generations freed")
+    assert coord.stats()["used_bytes"] == baseline
