@@ -23,7 +23,7 @@ from loguru import logger
 from shmpool.codec import encode_error
 from shmpool.context import LoadedContext
 from shmpool import platform
-from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
+from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, DimensionNotFound, InstanceExists, InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
 from shmpool.ids import as_id
 from shmpool.spin import SPIN_ENV, spin_seconds
@@ -31,7 +31,7 @@ from shmpool.jobboard import JobBoard
 from shmpool.jobs_layout import JobsLayout
 from shmpool.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.layout import STATE_STOPPING, W
-from shmpool.limits import DEFAULT_LIMIT, Thresholds
+from shmpool.limits import DEFAULT_LIMIT, Budget, Thresholds
 from shmpool.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.pins import list_pins
 from shmpool.reader import Reader
@@ -372,9 +372,9 @@ class Coordinator:
         except (LimitExceeded, AllocationFailed) as exc:
             # Make room the way the 85% rule would (for a full or fragmented pool too), wait for
             # the evicted regions to be freed, then try once more; a second refusal stands.
-            words = inst.control.words
-            refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000
-            hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed) and "larger than any pool" in exc.reason)
+            refuse_at = Budget.read(inst.control.words).refuse_at
+            hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed)
+                                              and exc.kind is AllocationFailure.TOO_LARGE)
             if hopeless or not self.capacity_policy.evict or not self._capacity.make_room(refuse_at - 2 * nbytes):
                 raise exc from None
             deadline = time.monotonic() + ROOM_WAIT  # evicted regions go once unpinned, after GRACE
