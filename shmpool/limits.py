@@ -15,6 +15,7 @@ the metrics and ``shmpool stats`` all ask it, instead of each doing ``limit * pe
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Callable
@@ -86,36 +87,54 @@ class Thresholds:
         return {"warn": self.warn, "evict": self.evict, "refuse": self.refuse}
 
 
-@dataclass(frozen=True)
+# The five words a budget reads are adjacent in the control segment: one slice, one tolist().
+_FIRST, _LAST = W.MEMORY_LIMIT, W.USED_BYTES
+assert (W.WARN_PERMILLE, W.EVICT_PERMILLE, W.REFUSE_PERMILLE, W.USED_BYTES) == tuple(range(_FIRST + 1, _LAST + 1))
+
+
+@functools.lru_cache(maxsize=8)
+def _thresholds(warn: int, evict: int, refuse: int) -> Thresholds:
+    # Written once at create and never changed: validate once per process, not per allocation.
+    return Thresholds(warn, evict, refuse)
+
+
 class Budget:
     """One reading of usage against the limit, taken from the control words.
 
-    A snapshot: read it under the table lock where the decision must hold (the allocator does),
-    anywhere else for reporting."""
-    used: int
-    limit: int
-    thresholds: Thresholds
+    A snapshot: read it under the table lock where the decision must hold (the allocator does,
+    at every allocation, so reading one costs about what the inline arithmetic did), anywhere
+    else for reporting."""
+    __slots__ = ("used", "limit", "thresholds")
+
+    def __init__(self, used: int, limit: int, thresholds: Thresholds) -> None:
+        self.used = used
+        self.limit = limit
+        self.thresholds = thresholds
 
     @classmethod
     def read(cls, words) -> "Budget":
-        return cls(int(words[W.USED_BYTES]), int(words[W.MEMORY_LIMIT]), Thresholds.from_words(words))
+        limit, warn, evict, refuse, used = words[_FIRST:_LAST + 1].tolist()
+        return cls(used, limit, _thresholds(warn, evict, refuse))
+
+    def __repr__(self) -> str:
+        return f"Budget(used={self.used}, limit={self.limit}, thresholds={self.thresholds})"
 
     @property
     def warn_at(self) -> int:
-        return per_mille(self.limit, self.thresholds.warn)
+        return self.limit * self.thresholds.warn // PER_MILLE
 
     @property
     def evict_at(self) -> int:
-        return per_mille(self.limit, self.thresholds.evict)
+        return self.limit * self.thresholds.evict // PER_MILLE
 
     @property
     def refuse_at(self) -> int:
         """Usage no allocation may take past: the refusal point of LimitExceeded."""
-        return per_mille(self.limit, self.thresholds.refuse)
+        return self.limit * self.thresholds.refuse // PER_MILLE
 
     def refuses(self, reserve: int) -> bool:
         """Would reserving ``reserve`` more bytes pass the refusal point? The refuse rule, once."""
-        return self.used + reserve > self.refuse_at
+        return self.used + reserve > self.limit * self.thresholds.refuse // PER_MILLE
 
     @property
     def over_evict(self) -> bool:
