@@ -29,13 +29,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from loguru import logger
 
 from shmpool.data import compression
 from shmpool.errors import RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.substrate.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
+from shmpool.substrate.limits import PER_MILLE, Budget, per_mille
 from shmpool.data.region import Region
 from shmpool.data.region_builder import RegionBuilder, write_atomically
 
@@ -58,8 +58,8 @@ class CapacityPolicy:
     huge_pages: bool = False         # madvise(MADV_HUGEPAGE) on pool segments
 
     def __post_init__(self) -> None:
-        if not 0 < self.low_water < 1000:
-            raise ValueError(f"low_water is per mille of the limit, 0 < low_water < 1000; got {self.low_water}")
+        if not 0 < self.low_water < PER_MILLE:
+            raise ValueError(f"low_water is per mille of the limit, 0 < low_water < {PER_MILLE}; got {self.low_water}")
         if self.compress_cold and not compression.available():
             raise ValueError("compress_cold=True needs the zstandard package: pip install 'shmpool[compress]'")
         if self.cold_after <= 0 or self.sample_interval <= 0 or self.rehydrate_after < 1:
@@ -135,11 +135,10 @@ class CapacityManager:
     # ----------------------------------------------------------------- eviction
 
     def evict_if_needed(self) -> int:
-        words = self._inst.control.words
-        limit = int(words[W.MEMORY_LIMIT])
-        if int(words[W.USED_BYTES]) <= limit * int(words[W.EVICT_PERMILLE]) // 1000:
+        budget = Budget.read(self._inst.control.words)
+        if not budget.over_evict:
             return 0
-        return self.make_room(limit * self.policy.low_water // 1000)
+        return self.make_room(per_mille(budget.limit, self.policy.low_water))
 
     def make_room(self, target_used: int) -> int:
         """Evict coldest-first until usage net of pending frees is at most ``target_used``."""
@@ -246,10 +245,9 @@ class CapacityManager:
             if region.dimension_id != dimension_id:
                 raise RegionFormatError(source=str(ev.file), fault=f"holds dimension {region.dimension_id}, not {dimension_id}")
             room = region.nbytes
-            words = self._inst.control.words
-            refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000
-            if int(words[W.USED_BYTES]) + room > refuse_at:
-                self.make_room(refuse_at - room)
+            budget = Budget.read(self._inst.control.words)
+            if budget.refuses(room):
+                self.make_room(budget.refuse_at - room)
 
             def copy(view: memoryview) -> None:
                 view[:] = region.buffer
@@ -318,22 +316,17 @@ class CapacityManager:
     def stats(self) -> dict:
         c = self.counters
         words = self._inst.control.words
-        limit = int(words[W.MEMORY_LIMIT])
-        used = int(words[W.USED_BYTES])
-        state = "ok"
-        for name, word in (("warn", W.WARN_PERMILLE), ("evict", W.EVICT_PERMILLE), ("refuse", W.REFUSE_PERMILLE)):
-            if used >= limit * int(words[word]) // 1000:
-                state = name
+        budget = Budget.read(words)
         current = self._publisher.snapshot()[0]
         return {
-            "state": state, "evictions": c.evictions, "reloads": c.reloads, "reload_failures": c.reload_failures,
+            "state": budget.state.label, "evictions": c.evictions, "reloads": c.reloads, "reload_failures": c.reload_failures,
             "spills_written": c.spills_written, "compressions": c.compressions, "rehydrations": c.rehydrations,
             "evicted_bytes": c.evicted_bytes, "compression_saved_bytes": c.compression_saved_bytes,
             "last_reload_ms": c.last_reload_ms, "pool_growths": int(words[W.POOL_GROWTHS]),
             "evicted_dimensions": sorted(self._publisher.evicted),
             "compressed_dimensions": sorted(p.dimension_id for p in current if p.compressed),
             "pending_free_bytes": self._publisher.pending_free(),
-            "low_water_bytes": limit * self.policy.low_water // 1000,
+            "low_water_bytes": per_mille(budget.limit, self.policy.low_water),
         }
 
     def dump(self) -> dict:

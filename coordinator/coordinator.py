@@ -24,8 +24,8 @@ from loguru import logger
 from shmpool.jobs.codec import encode_error
 from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
-from shmpool.errors import (AllocationFailed, AttachError, DimensionNotFound, GenerationNotNewer, InstanceExists,
-                            InvalidLayer, LimitExceeded,
+from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, DimensionNotFound, GenerationNotNewer,
+                            InstanceExists, InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
 from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
@@ -33,7 +33,7 @@ from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import JobsLayout
 from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.substrate.layout import W
-from shmpool.substrate.limits import DEFAULT_LIMIT, Thresholds
+from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
@@ -432,9 +432,9 @@ class Coordinator:
         except (LimitExceeded, AllocationFailed) as exc:
             # Make room the way the 85% rule would (for a full or fragmented pool too), wait for
             # the evicted regions to be freed, then try once more; a second refusal stands.
-            words = inst.control.words
-            refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000
-            hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed) and "larger than any pool" in exc.reason)
+            refuse_at = Budget.read(inst.control.words).refuse_at
+            hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed)
+                                              and exc.kind is AllocationFailure.TOO_LARGE)
             if hopeless or not self.capacity_policy.evict or not self._capacity.make_room(refuse_at - 2 * nbytes):
                 raise exc from None
             deadline = time.monotonic() + ROOM_WAIT  # evicted regions go once unpinned, after GRACE

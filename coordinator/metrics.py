@@ -14,21 +14,16 @@ from typing import TYPE_CHECKING, Iterator
 
 from loguru import logger
 
+import shmpool
+from shmpool.substrate.limits import CapacityState
+
 if TYPE_CHECKING:
     from .coordinator import Coordinator
 
 __all__ = ["ShmpoolCollector", "MetricsServer", "serve_metrics", "CAPACITY_STATES"]
 
-CAPACITY_STATES = {"ok": 0, "warn": 1, "evict": 2, "refuse": 3}
-
-
-def _capacity_state(used: int, limit: int, thresholds) -> str:
-    """Same rule as CapacityManager.stats: the highest threshold (per mille of the limit) reached."""
-    state = "ok"
-    for name in ("warn", "evict", "refuse"):
-        if used >= limit * getattr(thresholds, name) // 1000:
-            state = name
-    return state
+# The label values of shmpool_capacity_state, in order; exactly one has the value 1.
+CAPACITY_STATES = tuple(s.label for s in CapacityState)
 
 
 class ShmpoolCollector:
@@ -59,7 +54,8 @@ class ShmpoolCollector:
             return list(self._families(s, hist))
 
     def _families(self, s: dict, hist: dict | None) -> Iterator:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                            InfoMetricFamily)
         from prometheus_client.utils import floatToGoString
 
         name = self._coord.name
@@ -74,19 +70,24 @@ class ShmpoolCollector:
             fam.add_metric([name], value)
             return fam
 
+        build = InfoMetricFamily("shmpool_build", "the shmpool version serving this instance",
+                                 labels=["instance_name"])
+        build.add_metric([name], {"version": shmpool.__version__})
+        yield build
+        # Blocks of a pool are a gauge, not a counter: a _total suffix would promise a counter.
         pools = {k: GaugeMetricFamily(f"shmpool_pool_{k}", doc, labels=["instance_name", "pool", "block_size"])
-                 for k, doc in (("utilization", "used blocks / blocks of the pool"),
-                                ("fragmentation", "1 - largest free run / free blocks"),
-                                ("blocks_total", "blocks in the pool"),
+                 for k, doc in (("utilization_ratio", "used blocks / blocks of the pool"),
+                                ("fragmentation_ratio", "1 - largest free run / free blocks"),
+                                ("blocks", "blocks in the pool"),
                                 ("blocks_used", "blocks in live allocations"))}
         failures = CounterMetricFamily("shmpool_pool_allocation_failures_total",
                                        "failed allocations whose best pool was this one",
                                        labels=["instance_name", "pool", "block_size"])
         for p in s["pools"]:
             labels = [name, str(p["index"]), str(p["block_size"])]
-            pools["utilization"].add_metric(labels, p["utilization"])
-            pools["fragmentation"].add_metric(labels, p["fragmentation"])
-            pools["blocks_total"].add_metric(labels, p["blocks_total"])
+            pools["utilization_ratio"].add_metric(labels, p["utilization"])
+            pools["fragmentation_ratio"].add_metric(labels, p["fragmentation"])
+            pools["blocks"].add_metric(labels, p["blocks_total"])
             pools["blocks_used"].add_metric(labels, p["blocks_used"])
             failures.add_metric(labels, p["failures"])
         yield from pools.values()
@@ -95,13 +96,19 @@ class ShmpoolCollector:
         # Capacity keys are read with defaults: a coordinator without a capacity manager (or an
         # older one) still exports every series, as zeros.
         cap = s.get("capacity", {})
-        state = cap.get("state") or _capacity_state(s["used_bytes"], s["memory_limit"], self._coord.thresholds)
+        state = cap.get("state") or self._coord.thresholds.state(s["used_bytes"], s["memory_limit"]).label
         yield gauge("shmpool_memory_used_bytes", "bytes in whole blocks of live allocations", s["used_bytes"])
         yield gauge("shmpool_memory_limit_bytes", "the memory limit", s["memory_limit"])
         yield gauge("shmpool_memory_peak_bytes", "highest usage seen", s["peak_bytes"])
-        yield gauge("shmpool_memory_utilization", "used / limit", s["utilization"])
-        yield gauge("shmpool_capacity_state", "0 ok, 1 >= warn (75%), 2 >= evict (85%), 3 >= refuse (95%)",
-                    CAPACITY_STATES.get(state, 0))
+        yield gauge("shmpool_memory_utilization_ratio", "used / limit", s["utilization"])
+        # An enum as one series per state, the current one 1 (the Prometheus convention for
+        # states): alerts read shmpool_capacity_state{state="evict"} == 1, not a magic number.
+        states = GaugeMetricFamily("shmpool_capacity_state",
+                                   "1 for the highest threshold usage reached: ok, warn (75%), evict (85%), "
+                                   "refuse (95%)", labels=["instance_name", "state"])
+        for label in CAPACITY_STATES:
+            states.add_metric([name, label], 1 if label == state else 0)
+        yield states
         yield counter("shmpool_allocation_failures_total", "failed allocations (no room or limit)", s["failures"])
         yield counter("shmpool_limit_refusals_total", "allocations refused by the 95% rule", s["limit_refusals"])
         yield counter("shmpool_allocations_total", "successful allocations", s["allocations"])
@@ -202,9 +209,12 @@ def serve_metrics(coord: "Coordinator", port: int, addr: str = "127.0.0.1") -> M
     except ImportError as exc:
         raise ImportError("metrics need prometheus-client: pip install 'shmpool[metrics]'") from exc
 
+    from prometheus_client import ProcessCollector
+
     collector = ShmpoolCollector(coord)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    ProcessCollector(registry=registry)  # process_* of the coordinator: CPU, RSS, open fds
     server, thread = start_http_server(port, addr, registry=registry)
     thread.name = f"shmpool-{coord.name}-metrics"
     endpoint = MetricsServer(server, thread, collector)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import pwd
+from enum import Enum
 from typing import Any, Iterable, Sequence
 
 __all__ = [
     "ShmPoolError",
     "AllocationFailed",
+    "AllocationFailure",
     "LimitExceeded",
     "SharedMemoryFull",
     "InvalidHandle",
@@ -80,14 +82,29 @@ class ShmPoolError(Exception):
         return _rebuild, (type(self), self._fields)
 
 
-class AllocationFailed(ShmPoolError):
-    """No pool has a contiguous run of free blocks large enough for the request."""
+class AllocationFailure(str, Enum):
+    """Why an allocation failed, for code that decides what to do next (``AllocationFailed.kind``).
 
-    def __init__(self, *, nbytes: int, reason: str, pools: Sequence[str] = ()) -> None:
+    A str enum, so it pickles by value and compares equal to its text."""
+    NO_ROOM = "no_room"              # no free run long enough now: freeing or evicting may help
+    TOO_LARGE = "too_large"          # larger than any pool could ever hold: nothing will help
+    INVALID_SIZE = "invalid_size"    # not a positive integer
+    TABLE_FULL = "table_full"        # every allocation record is taken
+    SHM_FULL = "shm_full"            # /dev/shm cannot back the pages (SharedMemoryFull)
+
+
+class AllocationFailed(ShmPoolError):
+    """No pool has a contiguous run of free blocks large enough for the request.
+
+    ``kind`` (an :class:`AllocationFailure`) says whether making room could help; ``reason`` is
+    the same in words."""
+
+    def __init__(self, *, nbytes: int, reason: str, pools: Sequence[str] = (),
+                 kind: AllocationFailure = AllocationFailure.NO_ROOM) -> None:
         detail = f" (pools: {'; '.join(pools)})" if pools else ""
         super().__init__(
             f"cannot allocate {nbytes} bytes: {reason}{detail}",
-            nbytes=nbytes, reason=reason, pools=tuple(pools),
+            nbytes=nbytes, reason=reason, pools=tuple(pools), kind=AllocationFailure(kind),
         )
 
 
@@ -107,6 +124,7 @@ class SharedMemoryFull(AllocationFailed):
                               filesystem=filesystem, size=size, free=free)
         self.reason = reason
         self.pools = ()
+        self.kind = AllocationFailure.SHM_FULL
 
 
 class LimitExceeded(ShmPoolError):

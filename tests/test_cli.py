@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -67,9 +68,11 @@ def _no_traceback(result: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in result.stderr, result.stderr
 
 
-def test_sizes_are_binary_and_durations_take_units():
-    assert parse_size("280MB") == parse_size("280MiB") == parse_size("280m") == 280 * 2**20
-    assert parse_size("1GiB") == 2**30 and parse_size("512KiB") == 512 * 1024 and parse_size("4096") == 4096
+def test_sizes_take_si_and_iec_units_as_written_and_durations_take_units():
+    assert parse_size("280MB") == parse_size("280M") == parse_size("280 mb") == 280 * 10**6
+    assert parse_size("280MiB") == parse_size("280Mi") == parse_size("280mib") == 280 * 2**20
+    assert parse_size("1GiB") == 2**30 and parse_size("1GB") == 10**9 and parse_size("1.5kB") == 1500
+    assert parse_size("512KiB") == 512 * 1024 and parse_size("4096") == 4096 == parse_size("4096B")
     assert parse_duration("10s") == 10.0 and parse_duration("500ms") == 0.5 and parse_duration("2") == 2.0
 
 
@@ -113,7 +116,7 @@ def test_build_from_jsonl_names_the_bad_line(tmp_path):
 
 
 def test_serve_answers_stats_and_dump_then_stops_cleanly_on_sigterm(instance_name):
-    proc = _serve(instance_name, "--memory-limit", "100MB")
+    proc = _serve(instance_name, "--memory-limit", "100MiB")
     try:
         stats = run_cli("stats", instance_name, "--json")
         assert stats.returncode == 0, stats.stderr
@@ -134,7 +137,7 @@ def test_serve_answers_stats_and_dump_then_stops_cleanly_on_sigterm(instance_nam
 
 def test_a_missing_instance_is_one_line_and_exit_1(instance_name):
     result = run_cli("stats", instance_name)
-    assert result.returncode == 1 and "cannot attach" in result.stderr
+    assert result.returncode == 1 and f"no coordinator {instance_name!r} is running" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     _no_traceback(result)
 
@@ -154,7 +157,12 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
         time.sleep(0.05)
     assert list_objects(instance_name)[0], "a crashed coordinator leaves its segments behind"
     swept = run_cli("cleanup", instance_name)
-    assert swept.returncode == 0 and "removed" in swept.stdout, swept.stderr
+    assert swept.returncode == 0, swept.stderr
+    [line] = swept.stdout.splitlines()  # one summary line, not every name
+    assert re.fullmatch(rf"shmpool: removed (\d+) objects of '{instance_name}' \((\d+) segments, (\d+) semaphores\)",
+                        line), line
+    total, segs, sems = map(int, re.search(r"removed (\d+).*\((\d+) segments, (\d+)", line).groups())
+    assert total == segs + sems and segs >= 2 and sems >= 2
     assert list_objects(instance_name) == ([], [])
     again = run_cli("cleanup", instance_name)
     assert again.returncode == 0 and "nothing" in again.stdout

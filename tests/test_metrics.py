@@ -47,6 +47,14 @@ def scrape(port: int) -> dict:
     return out
 
 
+def capacity_state(m: dict) -> str:
+    """The one state label whose series is 1; fails unless exactly one is."""
+    on = [dict(k[1])["state"] for k, v in m.items() if k[0] == "shmpool_capacity_state" and v == 1]
+    off = [k for k, v in m.items() if k[0] == "shmpool_capacity_state" and v == 0]
+    assert len(on) == 1 and len(off) == 3, (on, off)
+    return on[0]
+
+
 def fill_to(table, used, fraction: float, limit: int, step: int = 64 * KiB) -> list:
     """Allocate ``step`` bytes at a time until ``used()`` reaches ``fraction`` of ``limit``."""
     held = []
@@ -78,12 +86,12 @@ def test_metrics_follow_jobs_memory_and_capacity_state(instance_name, sample_dir
             st = coord.stats()
             assert m[("shmpool_memory_used_bytes", NONE)] == st["used_bytes"] > 0
             assert m[("shmpool_memory_limit_bytes", NONE)] == limit
-            assert m[("shmpool_capacity_state", NONE)] == 0
+            assert capacity_state(m) == "ok"
             assert m[("shmpool_workers", NONE)] == 1
             assert m[("shmpool_dimensions", NONE)] == 14
             assert m[("shmpool_dimension_generation", frozenset({("dimension", "3")}))] == 1
             pool0 = frozenset({("pool", "0"), ("block_size", str(64 * KiB))})
-            assert m[("shmpool_pool_blocks_total", pool0)] == 160
+            assert m[("shmpool_pool_blocks", pool0)] == 160
             assert m[("shmpool_pool_blocks_used", pool0)] == st["used_bytes"] // (64 * KiB)
 
             # Real allocations through another view of the allocation table move the state.
@@ -94,11 +102,11 @@ def test_metrics_follow_jobs_memory_and_capacity_state(instance_name, sample_dir
                     return reader.stats()["used_bytes"]
 
                 held = []
-                for fraction, state in ((0.75, 1), (0.85, 2), (0.95, 3)):
+                for fraction, state in ((0.75, "warn"), (0.85, "evict"), (0.95, "refuse")):
                     held += fill_to(table, used, fraction, limit)
                     m = scrape(endpoint.port)
-                    assert m[("shmpool_capacity_state", NONE)] == state, (fraction, m)
-                    assert m[("shmpool_memory_utilization", NONE)] >= fraction
+                    assert capacity_state(m) == state, (fraction, m)
+                    assert m[("shmpool_memory_utilization_ratio", NONE)] >= fraction
                 assert m[("shmpool_memory_used_bytes", NONE)] == 152 * 64 * KiB
                 assert m[("shmpool_limit_refusals_total", NONE)] == 0
                 with pytest.raises(shmpool.errors.LimitExceeded):
@@ -109,7 +117,7 @@ def test_metrics_follow_jobs_memory_and_capacity_state(instance_name, sample_dir
                 for h in held:
                     table.free(h)
             m = scrape(endpoint.port)
-            assert m[("shmpool_capacity_state", NONE)] == 0
+            assert capacity_state(m) == "ok"
             assert m[("shmpool_memory_used_bytes", NONE)] == coord.stats()["used_bytes"]
 
 
@@ -124,7 +132,7 @@ def test_evictions_show_in_metrics(instance_name, sample_dir):
                 deadline = time.monotonic() + 10
                 while True:  # the reaper evicts least recently used dimensions within ~20 ms
                     m = scrape(endpoint.port)
-                    if m[("shmpool_evictions_total", NONE)] >= 1 and m[("shmpool_capacity_state", NONE)] < 2:
+                    if m[("shmpool_evictions_total", NONE)] >= 1 and capacity_state(m) in ("ok", "warn"):
                         break
                     assert time.monotonic() < deadline, m
                     time.sleep(0.05)
@@ -150,7 +158,7 @@ def test_optional_stats_keys_and_closed_endpoint(instance_name, sample_dir):
         assert m[("shmpool_lookups_total", NONE)] == 7
         assert m[("shmpool_evictions_total", NONE)] == 0
         assert m[("shmpool_pool_growths_total", NONE)] == 0
-        assert m[("shmpool_capacity_state", NONE)] == 0  # from the thresholds, without "capacity"
+        assert capacity_state(m) == "ok"  # from the thresholds, without "capacity"
         del coord.stats
 
         endpoint.close()
@@ -174,14 +182,14 @@ def _serving_line(proc: subprocess.Popen) -> str:
 def test_serve_exposes_metrics_colours_stats_and_stops_cleanly_on_sigint(instance_name, sample_dir):
     limit = 16 * MiB
     proc = subprocess.Popen([sys.executable, "-m", "shmpool.coordinator.cli", "serve", instance_name, "--workers", "1",
-                             "--data-dir", str(sample_dir), "--memory-limit", "16MB", "--metrics-port", "0"],
+                             "--data-dir", str(sample_dir), "--memory-limit", "16MiB", "--metrics-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = int(re.search(r"http://127\.0\.0\.1:(\d+)/metrics", _serving_line(proc)).group(1))
         m = scrape(port)
         assert m[("shmpool_dimensions", NONE)] == 14
         assert m[("shmpool_workers", NONE)] == 1
-        assert m[("shmpool_capacity_state", NONE)] == 0
+        assert capacity_state(m) == "ok"
         assert m[("shmpool_job_latency_seconds_count", NONE)] == 0
 
         with shmpool.connect(instance_name) as client:
@@ -191,7 +199,7 @@ def test_serve_exposes_metrics_colours_stats_and_stops_cleanly_on_sigint(instanc
             # Between warn (75%) and evict (85%), so the coordinator leaves it alone.
             held = fill_to(reader._inst.table, lambda: reader.stats()["used_bytes"], 0.78, limit)
             m = scrape(port)
-            assert m[("shmpool_capacity_state", NONE)] == 1
+            assert capacity_state(m) == "warn"
             assert m[("shmpool_job_latency_seconds_count", NONE)] == 5
             stats = subprocess.run([sys.executable, "-m", "shmpool.coordinator.cli", "stats", instance_name],
                                    capture_output=True, text=True, timeout=60,
@@ -225,3 +233,70 @@ def test_serve_with_a_taken_metrics_port_exits_1_and_leaves_nothing(instance_nam
     assert "serving" not in result.stdout
     assert f"metrics endpoint 127.0.0.1:{port}" in result.stderr
     assert list_objects(instance_name) == ([], [])
+
+
+# Prometheus naming rules (https://prometheus.io/docs/practices/naming/) as this exporter applies them.
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_UNIT_WORDS = ("bytes", "seconds", "ratio", "total", "info")
+_RATIO_WORDS = ("utilization", "fragmentation", "fraction", "percent")
+
+
+def naming_faults(text: str) -> list[str]:
+    """Every way an exposition breaks the naming rules, as readable lines (empty when clean)."""
+    faults = []
+    seen = set()
+    for family in text_string_to_metric_families(text):
+        name, kind = family.name, family.type
+        if name in seen:
+            faults.append(f"{name}: exposed twice")
+        seen.add(name)
+        if not _NAME.match(name):
+            faults.append(f"{name}: not a valid metric name")
+        if not name.startswith(("shmpool_", "process_")):
+            faults.append(f"{name}: not under the shmpool_ (or process collector's process_) prefix")
+        if not family.documentation:
+            faults.append(f"{name}: no HELP text")
+        if kind == "unknown":
+            faults.append(f"{name}: no TYPE")
+        sample_names = {s.name for s in family.samples}
+        if kind == "counter" and not all(n.endswith(("_total", "_created")) for n in sample_names):
+            faults.append(f"{name}: a counter whose samples do not end in _total: {sorted(sample_names)}")
+        if kind != "counter" and any(n.endswith("_total") for n in sample_names):
+            faults.append(f"{name}: a {kind} ending in _total (only counters may)")
+        if any(w in name for w in _RATIO_WORDS) and not name.endswith("_ratio"):
+            faults.append(f"{name}: a ratio whose name does not end in _ratio")
+        if kind == "gauge":
+            for s in family.samples:
+                if 0 < s.value < 1 and not name.endswith("_ratio") and not name.endswith(("_seconds", "_bytes")):
+                    faults.append(f"{name}: fractional value {s.value} in a gauge that is not a _ratio")
+        for s in family.samples:
+            if "_state" in name and "state" not in s.labels:
+                faults.append(f"{name}: a state as a number instead of a state label")
+    return faults
+
+
+def test_naming_lint_catches_what_it_is_there_to_catch():
+    bad = ("# HELP shmpool_pool_blocks_total blocks\n# TYPE shmpool_pool_blocks_total gauge\n"
+           "shmpool_pool_blocks_total 3\n"
+           "# HELP shmpool_memory_utilization used\n# TYPE shmpool_memory_utilization gauge\n"
+           "shmpool_memory_utilization 0.5\n"
+           "# HELP shmpool_capacity_state state\n# TYPE shmpool_capacity_state gauge\nshmpool_capacity_state 2\n")
+    faults = naming_faults(bad)
+    assert any("shmpool_pool_blocks_total: a gauge ending in _total" in f for f in faults), faults
+    assert any("shmpool_memory_utilization: a ratio" in f for f in faults), faults
+    assert any("shmpool_capacity_state: a state as a number" in f for f in faults), faults
+
+
+def test_every_exposed_name_follows_the_prometheus_naming_rules(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1) as coord:
+        with serve_metrics(coord, 0) as endpoint:
+            with shmpool.connect(instance_name) as client:
+                assert client.lookup(1, 1).verify()  # a latency sample, so the histogram has data
+            text = urllib.request.urlopen(endpoint.url, timeout=10).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert naming_faults(text) == []
+    info = families["shmpool_build_info"]  # the text format carries an info family as a gauge of 1
+    assert info.samples[0].labels["version"] == shmpool.__version__
+    assert info.samples[0].value == 1
+    assert "process_resident_memory_bytes" in families and "process_cpu_seconds" in families
+    assert families["process_resident_memory_bytes"].samples[0].value > 0

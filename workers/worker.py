@@ -154,8 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("SHMPOOL_LOG_LEVEL"):
         for package in LOGGING_PACKAGES:
             logger.enable(package)
-        logger.add(sys.stderr, level=os.environ["SHMPOOL_LOG_LEVEL"].upper(),
-                   format="{time:HH:mm:ss.SSS} | {level: <7} | worker " + str(index) + " | {message}")
+        level = os.environ["SHMPOOL_LOG_LEVEL"].upper()
+        logger.configure(extra={"worker": index})
+        if os.environ.get("SHMPOOL_LOG_FORMAT") == "json":
+            # The coordinator's side logs one JSON object per line (--log-format json); a worker
+            # shares its stderr, so a text line from it would break every line-by-line reader.
+            logger.add(lambda message: sys.stderr.write(message), level=level, serialize=True)
+        else:
+            logger.add(sys.stderr, level=level,
+                       format="{time:HH:mm:ss.SSS} | {level: <7} | worker {extra[worker]} | {message}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

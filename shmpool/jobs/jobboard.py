@@ -948,6 +948,20 @@ class JobBoard:
             "repairs": int(w[JW.REPAIRS]), "lock_recoveries": int(w[JW.LOCK_RECOVERIES]),
         }
 
+    def summary(self) -> dict:
+        """Jobs and workers as this board knows them, for a process that only looks (``shmpool stats``).
+
+        Read without the lock, like ``latency_histogram``: a snapshot for people, not for decisions.
+        ``workers.running`` is workers started minus workers died (each death is followed by a
+        restart, which counts as a start)."""
+        v = self.v
+        w = v.words
+        busy = v.slots[v.slots[:, SC.STATE] == SlotState.RUNNING, SC.WORKER_PID]
+        started, deaths = int(w[JW.WORKERS_STARTED]), int(w[JW.WORKER_DEATHS])
+        return {"accepting": int(w[JW.STATE]) == 1, "jobs": self.counts(),
+                "workers": {"running": max(0, started - deaths), "started": started, "deaths": deaths,
+                            "busy_pids": sorted({int(p) for p in busy if p})}}
+
     def latency_histogram(self) -> dict:
         """Job latency (submitted -> response stored): bucket upper bounds in seconds with
         cumulative counts (Prometheus style, +Inf last), total count and sum in seconds."""

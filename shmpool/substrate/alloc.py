@@ -22,9 +22,9 @@ from loguru import logger
 
 from ._proc import is_alive, my_identity
 from .backing import Backing
-from ..errors import AllocationFailed, InvalidHandle, LimitExceeded, SharedMemoryFull
+from ..errors import AllocationFailed, AllocationFailure, InvalidHandle, LimitExceeded, SharedMemoryFull
 from .layout import P, R, W, Control, RecordState
-from .limits import PressureHook, Thresholds, after_allocation
+from .limits import Budget, PressureHook, Thresholds, after_allocation
 from .lock import SharedLock
 from .stats import PoolStats, TableStats
 
@@ -106,7 +106,8 @@ class AllocationTable:
         it dies they are reclaimed.
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
-            raise AllocationFailed(nbytes=nbytes, reason="size must be a positive integer")
+            raise AllocationFailed(nbytes=nbytes, reason="size must be a positive integer",
+                                   kind=AllocationFailure.INVALID_SIZE)
         nbytes = int(nbytes)
         present = self._ctl.pools[:, P.PRESENT].tolist()
         fitting = [(-(-nbytes // bs) * bs, -bs, p) for p, bs in enumerate(self.block_sizes)
@@ -115,7 +116,8 @@ class AllocationTable:
         if not fitting:
             with self._lock:
                 self._count_failure(limit=False)
-            raise AllocationFailed(nbytes=nbytes, reason="larger than any pool", pools=self._pool_summary())
+            raise AllocationFailed(nbytes=nbytes, reason="larger than any pool", pools=self._pool_summary(),
+                                   kind=AllocationFailure.TOO_LARGE)
         words = self._ctl.words
         with self._lock:
             before = int(words[W.USED_BYTES])
@@ -193,20 +195,20 @@ class AllocationTable:
         no pool has a run. Raises LimitExceeded when the next pool to try would pass the limit."""
         ctl = self._ctl
         words = ctl.words
-        used = int(words[W.USED_BYTES])
-        limit = int(words[W.MEMORY_LIMIT])
-        refuse_at = limit * int(words[W.REFUSE_PERMILLE]) // 1000
+        budget = Budget.read(words)
+        used = budget.used
         for reserve, _neg_bs, p in plan:
-            if used + reserve > refuse_at:
+            if budget.refuses(reserve):
                 # The plan is sorted by reserve: every later pool would pass the limit too.
-                raise LimitExceeded(requested=nbytes, used=used, limit=limit, refuse_at=refuse_at)
+                raise LimitExceeded(requested=nbytes, used=used, limit=budget.limit, refuse_at=budget.refuse_at)
             count = reserve // self.block_sizes[p]
             first = self._find_run(p, count, backed_only)
             if first < 0:
                 continue
             rec = self._free_record()
             if rec < 0:
-                raise AllocationFailed(nbytes=nbytes, reason=f"allocation table full ({len(ctl.records)} records)")
+                raise AllocationFailed(nbytes=nbytes, reason=f"allocation table full ({len(ctl.records)} records)",
+                                      kind=AllocationFailure.TABLE_FULL)
             serial = int(words[W.ALLOC_SERIAL]) + 1
             words[W.ALLOC_SERIAL] = serial
             pid, start = my_identity()
@@ -241,11 +243,10 @@ class AllocationTable:
             if int(pools[p, P.PRESENT]):
                 continue
             words = self._ctl.words
-            refuse_at = int(words[W.MEMORY_LIMIT]) * int(words[W.REFUSE_PERMILLE]) // 1000
-            used = int(words[W.USED_BYTES])
-            if used + reserve > refuse_at:
-                raise LimitExceeded(requested=nbytes, used=used, limit=int(words[W.MEMORY_LIMIT]),
-                                    refuse_at=refuse_at)
+            budget = Budget.read(words)
+            if budget.refuses(reserve):
+                raise LimitExceeded(requested=nbytes, used=budget.used, limit=budget.limit,
+                                     refuse_at=budget.refuse_at)
             self._grow(p)
             pools[p, P.PRESENT] = 1
             words[W.POOL_GROWTHS] += 1

@@ -16,7 +16,6 @@ torn or wrong reads, lost jobs, leaked allocations, leftovers in /dev/shm.
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import random
@@ -25,7 +24,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import TimeoutError as FuturesTimeout
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -36,6 +34,7 @@ from shmpool.errors import AttachError, JobError, ShmPoolError
 from shmpool.substrate.names import list_objects
 
 from ..coordinator import Coordinator
+from .stress_report import BIN_EDGES_US, OPS, histogram, percentiles, render_report, windows, write_outputs
 
 __all__ = ["run_stress", "leak_check", "random_request", "checked_contexts", "render_report", "write_outputs", "stress_layer", "StressFailed",
            "STRESS_DIMENSION"]
@@ -47,9 +46,6 @@ LOST_AFTER = 30.0        # a job unanswered this long counts as lost (answers ta
 MAX_PROCESSES = 4        # client processes; threads inside them make up the client count
 LOOKUP_SHARE = 0.8       # the rest of the operations are load_contexts of 5-20 steps
 PATH_STEPS = (5, 20)
-OPS = ("lookup", "load_contexts")
-# Histogram bins: 1 µs to 10 s, 20 per decade; small enough to keep in the JSON result.
-BIN_EDGES_US = np.logspace(0, 7, 7 * 20 + 1)
 
 
 class StressFailed(ShmPoolError):
@@ -91,13 +87,16 @@ def _publish_stress_dimension(coord: Coordinator, round_: int) -> int:
 # --------------------------------------------------------------------- client processes
 
 class _ThreadTally:
-    __slots__ = ("ops", "errors", "examples", "torn", "wrong", "lost", "latencies")
+    __slots__ = ("ops", "errors", "examples", "torn", "wrong", "lost", "latencies", "ends")
 
     def __init__(self) -> None:
         self.ops = self.torn = self.wrong = self.lost = 0
         self.errors: Counter[str] = Counter()
         self.examples: list[str] = []
         self.latencies: dict[str, list[int]] = {op: [] for op in OPS}
+        # CLOCK_MONOTONIC at completion: one clock for every process on Linux, so the parent
+        # can put each operation in its 100 ms window next to its kills and publishes.
+        self.ends: dict[str, list[int]] = {op: [] for op in OPS}
 
 
 def _error_type(exc: BaseException) -> str:
@@ -160,6 +159,7 @@ def _client_thread(client, keys: dict[int, list[int]], seed: int, deadline: list
                 future.cancel()
             continue
         tally.latencies[op].append(time.perf_counter_ns() - t0)
+        tally.ends[op].append(time.monotonic_ns())
         tally.ops += 1
         ctx = None
         for ctx in checked_contexts(result, op, expect, tally):
@@ -214,6 +214,8 @@ def _client_process(name: str, threads: int, seed: int, duration: float, start, 
         "lost": sum(t.lost for t in tallies),
         "latencies": {op: np.fromiter((x for t in tallies for x in t.latencies[op]), dtype=np.int64).tobytes()
                       for op in OPS},
+        "ends": {op: np.fromiter((x for t in tallies for x in t.ends[op]), dtype=np.int64).tobytes()
+                 for op in OPS},
     }))
 
 
@@ -253,8 +255,9 @@ def run_stress(name: str, *, clients: int = 128, duration: float = 10.0, crystal
         _wait_ready(name, procs, results)
         live = _Live(progress, duration, counters)
         start.set()
-        t0 = time.monotonic()
-        kills = _drive(coord, t0, duration, crystallize_every, kill_workers, generations, live)
+        t0_ns = time.monotonic_ns()
+        t0 = t0_ns / 1e9
+        events = _drive(coord, t0, duration, crystallize_every, kill_workers, generations, live)
         reports = _collect(name, procs, results, live)
         wall = time.monotonic() - t0
         leak = leak_check(coord)
@@ -275,7 +278,7 @@ def run_stress(name: str, *, clients: int = 128, duration: float = 10.0, crystal
         coord.stop()
     segments, semaphores = list_objects(name)
     return _verdict(name, clients, nproc, duration, crystallize_every, kill_workers, coord.worker_count,
-                    reports, wall, generations, kills, leak, final, segments + semaphores)
+                    reports, wall, generations, events, t0_ns, leak, final, segments + semaphores)
 
 
 def _wait_ready(name: str, procs: list, results, timeout: float = 120.0) -> None:
@@ -298,9 +301,11 @@ def _wait_ready(name: str, procs: list, results, timeout: float = 120.0) -> None
 
 
 def _drive(coord: Coordinator, t0: float, duration: float, every: float, kill: bool,
-           generations: list[int], live: "_Live") -> int:
-    """The coordinator's side of the run: crystallize and kill on schedule until ``duration``."""
-    kills = 0
+           generations: list[int], live: "_Live") -> dict[str, list[int]]:
+    """The coordinator's side of the run: crystallize and kill on schedule until ``duration``.
+
+    Returns when each kill and each publication happened (monotonic ns)."""
+    events: dict[str, list[int]] = {"kills": [], "publishes": []}
     next_gen = t0 + every if every else float("inf")
     next_kill = t0 + KILL_EVERY / 2 if kill else float("inf")
     rng = random.Random(0)
@@ -308,19 +313,20 @@ def _drive(coord: Coordinator, t0: float, duration: float, every: float, kill: b
     while (now := time.monotonic()) < end:
         if now >= next_gen:
             generations.append(_publish_stress_dimension(coord, len(generations)))
+            events["publishes"].append(time.monotonic_ns())
             next_gen = max(next_gen + every, time.monotonic())
         if now >= next_kill:
             pids = coord.stats()["workers"]["pids"]
             victim = rng.choice(pids)
             try:
                 os.kill(victim, signal.SIGKILL)
-                kills += 1
+                events["kills"].append(time.monotonic_ns())
             except ProcessLookupError:
                 logger.debug("worker {} was already gone when its kill came", victim)
             next_kill = now + KILL_EVERY
-        live.update(generation=generations[-1], kills=kills)
+        live.update(generation=generations[-1], kills=len(events["kills"]))
         time.sleep(max(0.0, min(0.05, next_gen - now, next_kill - now, end - now)))
-    return kills
+    return events
 
 
 def _collect(name: str, procs: list, results, live: "_Live") -> list[dict]:
@@ -362,22 +368,14 @@ def leak_check(coord: Coordinator, patience: float = 3.0) -> dict:
         time.sleep(0.05)
 
 
-def _percentiles(ns: np.ndarray) -> dict:
-    if ns.size == 0:
-        return {"count": 0, "p50_us": None, "p99_us": None, "p999_us": None, "max_us": None}
-    p50, p99, p999 = np.percentile(ns, [50, 99, 99.9]) / 1e3
-    return {"count": int(ns.size), "p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1),
-            "p999_us": round(float(p999), 1), "max_us": round(float(ns.max()) / 1e3, 1)}
+def _verdict(name, clients, nproc, duration, every, kill, nworkers, reports, wall, generations, events,
+             t0_ns, leak, final, leftovers) -> dict:
+    def gather(key: str) -> dict[str, np.ndarray]:
+        return {op: np.concatenate([np.frombuffer(r[key][op], dtype=np.int64) for r in reports]) for op in OPS}
 
-
-def _verdict(name, clients, nproc, duration, every, kill, nworkers, reports, wall, generations, kills,
-             leak, final, leftovers) -> dict:
-    latency, histogram = {}, {}
-    for op in OPS:
-        ns = np.concatenate([np.frombuffer(r["latencies"][op], dtype=np.int64) for r in reports])
-        latency[op] = _percentiles(ns)
-        us = np.clip(ns / 1e3, BIN_EDGES_US[0], BIN_EDGES_US[-1])
-        histogram[op] = np.histogram(us, bins=BIN_EDGES_US)[0].tolist()
+    latency_ns, end_ns = gather("latencies"), gather("ends")
+    latency = {op: percentiles(latency_ns[op]) for op in OPS}
+    hist = {op: histogram(latency_ns[op]) for op in OPS}
     errors: Counter[str] = Counter()
     for r in reports:
         errors.update(r["errors"])
@@ -393,9 +391,10 @@ def _verdict(name, clients, nproc, duration, every, kill, nworkers, reports, wal
         "torn_reads": sum(r["torn"] for r in reports), "wrong_content": sum(r["wrong"] for r in reports),
         "lost_jobs": sum(r["lost"] for r in reports),
         "generations_published": len(generations), "last_generation": generations[-1],
-        "worker_kills": kills, "worker_deaths": len(final.get("workers", {}).get("deaths", [])),
+        "worker_kills": len(events["kills"]), "worker_deaths": len(final.get("workers", {}).get("deaths", [])),
         "jobs": final.get("jobs"), **leak, "leftover_objects": leftovers,
-        "histogram": {"edges_us": [round(float(e), 3) for e in BIN_EDGES_US], **histogram},
+        "histogram": {"edges_us": [round(float(e), 3) for e in BIN_EDGES_US], **hist},
+        "timeseries": windows(latency_ns, end_ns, t0_ns, events),
     }
     out["ok"] = (ops > 0 and not errors and out["torn_reads"] == 0 and out["wrong_content"] == 0
                  and out["lost_jobs"] == 0 and out["leaked_blocks"] == 0 and not leftovers)
@@ -439,77 +438,3 @@ class _Live:
             self.update()
             self._progress.stop()
             self._progress = None
-
-
-# --------------------------------------------------------------------- reporting
-
-def render_report(result: dict):
-    """The verdict as a rich Table (print it with a rich Console)."""
-    from rich.table import Table
-
-    def flag(value, good=0):
-        return f"[green]{value}[/]" if value == good else f"[bold red]{value}[/]"
-
-    verdict = "[bold green]PASS[/]" if result["ok"] else "[bold red]FAIL[/]"
-    table = Table(title=f"shmpool stress {result['name']!r}: {verdict}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("setup", f"{result['clients']} clients in {result['client_processes']} processes, "
-                           f"{result['workers']} workers, {result['elapsed_s']:.1f} s, crystallize every "
-                           f"{result['crystallize_every_s']} s, kill workers: {result['kill_workers']}")
-    table.add_row("throughput", f"{result['throughput_ops_s']:,.0f} ops/s ({result['total_ops']:,} ops)")
-    for op, lat in result["latency_us"].items():
-        text = ("-" if not lat["count"] else
-                f"p50 {lat['p50_us']:,.0f} µs  p99 {lat['p99_us']:,.0f} µs  p99.9 {lat['p999_us']:,.0f} µs  "
-                f"max {lat['max_us']:,.0f} µs  ({lat['count']:,} ops)")
-        table.add_row(f"latency {op}", text)
-    errors = ", ".join(f"{k}: {v}" for k, v in sorted(result["errors"].items()))
-    table.add_row("errors", f"[bold red]{errors}[/]" if errors else flag(0))
-    table.add_row("torn reads", flag(result["torn_reads"]))
-    table.add_row("wrong content", flag(result["wrong_content"]))
-    table.add_row("lost jobs", flag(result["lost_jobs"]))
-    table.add_row("generations published", str(result["generations_published"]))
-    table.add_row("worker kills / deaths", f"{result['worker_kills']} / {result['worker_deaths']}")
-    jobs = result.get("jobs") or {}
-    table.add_row("jobs (coordinator)", ", ".join(f"{k} {jobs[k]:,}" for k in
-                                                  ("submitted", "completed", "failed", "requeued") if k in jobs))
-    table.add_row("leaked blocks", f"{flag(result['leaked_blocks'])}  ({result['live_allocations']} live "
-                                   f"allocations, {result['dimensions']} dimensions, "
-                                   f"{result['superseded_pending']} superseded still pinned)")
-    table.add_row("left in /dev/shm", flag(len(result["leftover_objects"])))
-    return table
-
-
-def write_outputs(result: dict, out_dir: str | os.PathLike) -> tuple[list[Path], str | None]:
-    """Write ``stress-<timestamp>.json`` and, with matplotlib, a latency histogram PNG.
-
-    Returns (paths written, a note on what was skipped or None).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"stress-{time.strftime('%Y%m%d-%H%M%S')}"
-    json_path = stem.with_suffix(".json")
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        import matplotlib
-    except ImportError:
-        return [json_path], "matplotlib is not installed: no latency histogram (pip install 'shmpool[plot]')"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    edges = result["histogram"]["edges_us"]
-    for op in OPS:
-        if sum(result["histogram"][op]):
-            ax.stairs(result["histogram"][op], edges, label=op)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (µs, log scale)")
-    ax.set_ylabel("operations")
-    ax.set_title(f"shmpool stress: {result['clients']} clients, {result['workers']} workers, "
-                 f"{result['elapsed_s']:.0f} s, kill workers: {result['kill_workers']}")
-    ax.legend()
-    fig.tight_layout()
-    png_path = stem.with_suffix(".png")
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return [json_path, png_path], None
