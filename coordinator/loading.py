@@ -61,7 +61,8 @@ def _place(publisher: Publisher, region: Region, path: Path, report: LoadReport)
         # region.close() can unmap the file afterwards without a BufferError.
         view[:] = region.buffer
 
-    publisher.place(region.nbytes, copy, source=str(path), expect_dimension=dim, file=Path(path))
+    publisher.place(region.nbytes, copy, layer_count=region.layer_count, name=region.name, source=str(path),
+                    expect_dimension=dim, file=Path(path))
     report.loaded[dim] = str(path)
     report.bytes_loaded += region.nbytes
 

@@ -19,9 +19,10 @@ Three sections after an 80-byte header (docs/shm-layout.md, "Layer index", lists
   with no extra test on the fast one.
 
 The identity hash keeps dense ids (0..n-1, or any run) collision-free and costs nothing to
-compute in Python; the builder doubles the table (up to 16 slots per layer) while the longest
-probe exceeds MAX_PROBE, so sparse ids stay at one or two probes. Ids that defeat it (all
-multiples of a large power of two) stay correct, only slower.
+compute in Python; at a load of at most 1/2, random sparse ids average under 1.5 probes. The
+table size depends on the layer count alone (so the index's size is known before the layers'
+positions are: the publisher allocates first). Ids that defeat the identity hash (all multiples
+of a large power of two) stay correct, only slower: a probe per colliding key.
 
 The same table serves :class:`shmpool.region.Region` on the heap: one lookup code for both.
 """
@@ -37,7 +38,7 @@ import numpy as np
 from .errors import RegionFormatError
 
 __all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_DTYPE", "SLOT_WORDS", "EMPTY",
-           "POOL_BITS", "MAX_PROBE", "Header", "build_table", "probe", "encode", "read_header"]
+           "POOL_BITS", "Header", "build_table", "probe", "index_nbytes", "write_index", "read_header", "slots_for"]
 
 MAGIC = b"SHMPLIX1"
 VERSION = 1
@@ -45,8 +46,6 @@ SLOT_WORDS = 4        # key, start, end, meta
 EMPTY = -1            # key of an empty slot; its meta is -1 too (slow path)
 POOL_BITS = 16        # meta = row << POOL_BITS | pool
 POOL_MASK = (1 << POOL_BITS) - 1
-MAX_PROBE = 4         # the builder grows the table while a key needs more probes than this
-MAX_SLOTS_PER_LAYER = 16
 
 _HEADER_FIELDS = (
     ("magic", "8s"),          # MAGIC: a reader refuses anything else before trusting a field
@@ -94,7 +93,8 @@ def slots_for(n: int) -> int:
     return max(8, 1 << max(0, 2 * n - 1).bit_length())
 
 
-def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.ndarray) -> np.ndarray:
+def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.ndarray,
+                slots: int | None = None) -> np.ndarray:
     """The open-addressing table over distinct ``ids``, int64[slots, 4]; vectorised (no per-key loop).
 
     Keys are inserted in rounds: each round, every key still pending takes its current slot if
@@ -104,30 +104,25 @@ def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.nd
     """
     ids = np.asarray(ids, dtype=np.int64)
     n = len(ids)
-    slots = slots_for(n)
-    while True:
-        table = np.zeros((slots, SLOT_WORDS), dtype=np.int64)
-        table[:, 0] = EMPTY
-        table[:, 3] = EMPTY
-        mask = slots - 1
-        pos = ids & mask
-        pending = np.arange(n)
-        longest = 0
-        while pending.size:
-            longest += 1
-            p = pos[pending]
-            free = table[p, 0] == EMPTY
-            cand, cp = pending[free], p[free]
-            taken, first = np.unique(cp, return_index=True)
-            won = cand[first]
-            table[taken, 0], table[taken, 1], table[taken, 2], table[taken, 3] = ids[won], start[won], end[won], meta[won]
-            left = np.ones(n, dtype=bool)
-            left[won] = False
-            pending = pending[left[pending]]
-            pos[pending] = (pos[pending] + 1) & mask
-        if longest <= MAX_PROBE or slots >= MAX_SLOTS_PER_LAYER * max(n, 1):
-            return table
-        slots *= 2
+    slots = slots_for(n) if slots is None else slots
+    table = np.zeros((slots, SLOT_WORDS), dtype=np.int64)
+    table[:, 0] = EMPTY
+    table[:, 3] = EMPTY
+    mask = slots - 1
+    pos = ids & mask
+    pending = np.arange(n)
+    while pending.size:
+        p = pos[pending]
+        free = table[p, 0] == EMPTY
+        cand, cp = pending[free], p[free]
+        taken, first = np.unique(cp, return_index=True)
+        won = cand[first]
+        table[taken, 0], table[taken, 1], table[taken, 2], table[taken, 3] = ids[won], start[won], end[won], meta[won]
+        left = np.ones(n, dtype=bool)
+        left[won] = False
+        pending = pending[left[pending]]
+        pos[pending] = (pos[pending] + 1) & mask
+    return table
 
 
 def probe(table: memoryview, mask: int, key: int) -> int:
@@ -155,17 +150,31 @@ def meta_column(rows: np.ndarray) -> np.ndarray:
     return np.where((rows["flags"] & _FLAG_ZSTD) != 0, ~meta, meta)
 
 
-def encode(dimension_id: int, generation: int, name: bytes, rows: np.ndarray) -> bytes:
-    """The whole index as bytes: header, name, rows (sorted by layer_id, as given) and table."""
+def index_nbytes(name_length: int, layer_count: int) -> int:
+    """Bytes of the index of ``layer_count`` layers: a function of the counts alone, so that a
+    publisher can allocate before the rows' positions are known."""
+    return _align(HEADER_SIZE + name_length) + layer_count * ROW_DTYPE.itemsize + slots_for(layer_count) * SLOT_WORDS * 8
+
+
+def write_index(view: memoryview, *, dimension_id: int, generation: int, name: bytes, rows: np.ndarray) -> int:
+    """Write the index (header, name, rows sorted by layer_id as given, table) at the start of
+    ``view``; returns its length. Every byte of it is written (the view may hold garbage)."""
+    n = len(rows)
+    slots = slots_for(n)
     rows_at = _align(HEADER_SIZE + len(name))
-    table_at = rows_at + len(rows) * ROW_DTYPE.itemsize
-    table = build_table(rows["layer_id"], rows["start"], rows["end"], meta_column(rows))
+    table_at = rows_at + n * ROW_DTYPE.itemsize
+    nbytes = table_at + slots * SLOT_WORDS * 8
+    table = build_table(rows["layer_id"], rows["start"], rows["end"], meta_column(rows), slots)
     pools = 0
     for p in np.unique(rows["pool"]).tolist():
         pools |= 1 << p
-    head = HEADER.pack(MAGIC, VERSION, len(name), dimension_id, generation, len(rows), len(table),
-                       pools, rows_at, table_at, table_at + table.nbytes)
-    return b"".join((head, name, bytes(rows_at - HEADER_SIZE - len(name)), rows.tobytes(), table.tobytes()))
+    HEADER.pack_into(view, 0, MAGIC, VERSION, len(name), dimension_id, generation, n, slots, pools,
+                     rows_at, table_at, nbytes)
+    view[HEADER_SIZE:HEADER_SIZE + len(name)] = name
+    view[HEADER_SIZE + len(name):rows_at] = bytes(rows_at - HEADER_SIZE - len(name))
+    view[rows_at:table_at] = memoryview(rows).cast("B")
+    view[table_at:nbytes] = memoryview(table).cast("B")
+    return nbytes
 
 
 def read_header(buffer: Any, *, source: str, dimension_id: int, generation: int) -> Header:

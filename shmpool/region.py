@@ -450,6 +450,11 @@ class Region:
         """All layer ids, ascending."""
         return self.index["layer_id"].tolist()
 
+    @property
+    def keywords_offset(self) -> int:
+        """Absolute offset of the keyword blob (kw_offset in the index counts from here)."""
+        return self._keywords_at
+
     def keyword_span(self, row: int) -> tuple[int, int]:
         """Absolute [start, end) of the keyword bytes of the layer in ``row``."""
         start = self._keywords_at + int(self.index["kw_offset"][row])
