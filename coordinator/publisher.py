@@ -67,7 +67,10 @@ class Published:
     layer_count: int
     rows: np.ndarray              # heap copy of the index rows (ROW_DTYPE, by layer id)
     row_blocks: np.ndarray        # per row: record of the data allocation holding it, or NO_BLOCK
-    blocks: dict[int, Handle]     # every data allocation the rows point into, by record
+    row_counts: dict[int, int]    # record -> rows held there (an edit updates it in O(changes))
+    blocks: dict[int, Handle]     # every allocation it uses (its index's included), by record
+    table: np.ndarray             # heap copy of its lookup table (an edit that keeps the ids copies it)
+    slot_of: np.ndarray           # per row: its slot in the table
     region: tuple[Handle, int, int] | None = None  # (allocation, offset, nbytes) of a region holding exactly this generation
     file: Path | None = None      # a region file holding exactly these bytes (reload source)
     compressed: bool = False      # published by cold-layer compression
@@ -181,7 +184,8 @@ class Publisher:
             view.release()
             row_blocks = np.full(len(rows), handle.record, dtype=np.int64)
             with self._lock:
-                return self._publish_locked(dimension_id, name, rows, row_blocks, {handle.record: handle},
+                return self._publish_locked(dimension_id, name, rows, row_blocks, {handle.record: len(rows)},
+                                            {handle.record: handle},
                                             [handle], source=source, index=handle, region=(handle, region_at, nbytes),
                                             file=file, compressed=compressed)
         except BaseException:
@@ -233,45 +237,43 @@ class Publisher:
                 new["frequency"] = [layer.frequency for layer in layers]
                 new["flags"] = [layer.flags for layer in layers]
                 new["crc32"] = [layer.crc32 for layer in layers]
-                drop = np.fromiter(removed, dtype=np.int64)
-                keep = ~np.isin(base.rows["layer_id"], np.concatenate([drop, new["layer_id"]]))
-                rows = np.concatenate([base.rows[keep], new])
-                row_blocks = np.concatenate([base.row_blocks[keep],
-                                             np.full(len(new), NO_BLOCK if handle is None else handle.record,
-                                                     dtype=np.int64)])
-                order = np.argsort(rows["layer_id"], kind="stable")
-                rows, row_blocks = rows[order], row_blocks[order]
-                blocks = {rec: base.blocks[rec] for rec in np.unique(base.row_blocks[keep]).tolist()
-                          if rec != NO_BLOCK}
+                rows, row_blocks, counts, table_copy = _merge(base, new, NO_BLOCK if handle is None else handle.record,
+                                                              sorted(removed))
+                blocks = {rec: base.blocks[rec] for rec in counts if rec in base.blocks}
                 if handle is not None:
                     blocks[handle.record] = handle
-                return self._publish_locked(dimension_id, base.name, rows, row_blocks, blocks,
-                                            [] if handle is None else [handle], source=source)
+                return self._publish_locked(dimension_id, base.name, rows, row_blocks, counts, blocks,
+                                            [] if handle is None else [handle], source=source,
+                                            table=table_copy, slot_of=base.slot_of)
         except BaseException:
             if handle is not None:
                 table.free(handle)
             raise
 
     def _publish_locked(self, dimension_id: int, name: str, rows: np.ndarray, row_blocks: np.ndarray,
-                        blocks: dict[int, Handle], new_blocks: list[Handle], *, source: str,
+                        row_counts: dict[int, int], blocks: dict[int, Handle], new_blocks: list[Handle], *, source: str,
                         index: Handle | None = None, region: tuple[Handle, int, int] | None = None,
-                        file: Path | None = None, compressed: bool = False) -> int:
+                        file: Path | None = None, compressed: bool = False, table: np.ndarray | None = None,
+                        slot_of: np.ndarray | None = None) -> int:
         """Write the layer index (at the start of ``index``, or of an allocation of its own),
         then commit it. ``new_blocks`` are the data allocations this generation created (they
         get its tag); the caller frees them on failure, this method frees what it allocated."""
-        table = self._inst.table
-        entry = self.directory.entry_for(dimension_id)
+        alloc = self._inst.table
+        known = self.current.get(dimension_id) or self.evicted.get(dimension_id)
+        entry = known.entry if known is not None else self.directory.entry_for(dimension_id)
         if entry is None:
             entry = self.directory.add(dimension_id)
         generation = self.directory.generation(entry) + 1
         name_bytes = name.encode("utf-8")
         own = index is None
         if own:
-            index = table.allocate(layer_index.index_nbytes(len(name_bytes), len(rows)))
+            index = alloc.allocate(layer_index.index_nbytes(len(name_bytes), len(rows)))
         try:
             view = self._inst.handle_view(index)
-            nbytes = layer_index.write_index(view, dimension_id=dimension_id, generation=generation,
-                                             name=name_bytes, rows=rows)
+            table, built = layer_index.write_index(view, dimension_id=dimension_id, generation=generation,
+                                                   name=name_bytes, rows=rows, table=table)
+            slot_of = slot_of if built is None else built
+            nbytes = layer_index.index_nbytes(len(name_bytes), len(rows))
             view.release()
             for h in {h.record: h for h in (index, *new_blocks)}.values():
                 tag = self._inst.control.tags[h.record]
@@ -281,13 +283,14 @@ class Publisher:
                                                    index.record, index.serial))
         except BaseException:
             if own:
-                table.free(index)
+                alloc.free(index)
             raise
         blocks = {**blocks, index.record: index}
         self._refs.update(blocks.keys())
         old = self.current.get(dimension_id)
         self.current[dimension_id] = Published(dimension_id, name, generation, entry, index, source, len(rows),
-                                               rows, row_blocks, blocks, region, file, compressed)
+                                               rows, row_blocks, row_counts, blocks, table, slot_of, region, file,
+                                               compressed)
         self.evicted.pop(dimension_id, None)
         if old is not None:
             self._supersede(old)
@@ -458,6 +461,44 @@ class Publisher:
     def snapshot(self) -> tuple[list[Published], list[Published]]:
         with self._lock:
             return list(self.current.values()), list(self.superseded)
+
+
+def _merge(base: Published, new: np.ndarray, record: int, removed: list[int]):
+    """The rows of ``base`` with ``removed`` ids gone and ``new`` rows (sorted, ``record``'s)
+    added or replacing theirs: (rows, row_blocks, rows per record, table or None).
+
+    Rows are handled as int64[n, 7] (ROW_DTYPE is 56 bytes of whole words): numpy copies
+    structured arrays field by field, ~5x slower (a 2,000-row mask: 98 us against 19 us). An
+    edit that keeps the id set (replacements only) keeps every row and slot where it was, so the
+    base's table is copied and only the changed slots are rewritten: no rebuild, O(changes)
+    bookkeeping beside the copies.
+    """
+    ids = base.rows["layer_id"]
+    new_ids = new["layer_id"]
+    pos = np.searchsorted(ids, new_ids)
+    replaced = bool(len(ids)) and bool((ids[np.minimum(pos, len(ids) - 1)] == new_ids).all()) \
+        and set(removed) <= set(new_ids.tolist())
+    if replaced:
+        rows, row_blocks, table = base.rows.copy(), base.row_blocks.copy(), base.table.copy()
+        counts = dict(base.row_counts)
+        for old in row_blocks[pos].tolist():
+            counts[old] -= 1
+            if not counts[old]:
+                del counts[old]
+        counts[record] = counts.get(record, 0) + len(pos)
+        rows[pos] = new
+        row_blocks[pos] = record
+        slots = base.slot_of[pos]
+        table[slots, 1], table[slots, 2], table[slots, 3] = new["start"], new["end"], layer_index.meta_column(rows)[pos]
+        return rows, row_blocks, counts, table
+    keep = ~np.isin(ids, np.concatenate([np.array(removed, dtype=np.int64), new_ids]))
+    words = ROW_DTYPE.itemsize // 8
+    kept = base.rows.view(np.int64).reshape(-1, words)[keep]
+    at = np.searchsorted(ids[keep], new_ids)
+    rows = np.insert(kept, at, new.view(np.int64).reshape(-1, words), axis=0).reshape(-1).view(ROW_DTYPE)
+    row_blocks = np.insert(base.row_blocks[keep], at, record)
+    recs, n = np.unique(row_blocks, return_counts=True)
+    return rows, row_blocks, dict(zip(recs.tolist(), n.tolist())), None
 
 
 def _rows_of_region(region: Region, pool: int, base: int) -> np.ndarray:

@@ -94,35 +94,36 @@ def slots_for(n: int) -> int:
 
 
 def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.ndarray,
-                slots: int | None = None) -> np.ndarray:
-    """The open-addressing table over distinct ``ids``, int64[slots, 4]; vectorised (no per-key loop).
+                slots: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The open-addressing table over distinct ``ids``, int64[slots, 4], and each row's slot;
+    vectorised (no per-key loop).
 
-    Keys are inserted in rounds: each round, every key still pending takes its current slot if
-    it is free and no other pending key wants it (the lowest row wins a tie); the others move on
-    one slot. A slot once taken stays taken, so every slot between a key's home and its final
-    place is full: linear-probing lookups find it. Rounds = the longest probe.
+    Keys are inserted in rounds: each round, every key still pending claims its current slot if
+    it is free; one claimant per slot wins (whichever the scatter stored), the others move on one
+    slot. A slot once taken stays taken, so every slot between a key's home and its final place
+    is full: linear-probing lookups find it. Rounds = the longest probe (1 for dense ids).
     """
     ids = np.asarray(ids, dtype=np.int64)
     n = len(ids)
     slots = slots_for(n) if slots is None else slots
-    table = np.zeros((slots, SLOT_WORDS), dtype=np.int64)
-    table[:, 0] = EMPTY
-    table[:, 3] = EMPTY
+    table = np.empty((slots, SLOT_WORDS), dtype=np.int64)
+    table[:] = (EMPTY, 0, 0, EMPTY)
     mask = slots - 1
-    pos = ids & mask
+    slot_of = ids & mask
     pending = np.arange(n)
+    claim = np.empty(slots, dtype=np.int64)
     while pending.size:
-        p = pos[pending]
+        p = slot_of[pending]
         free = table[p, 0] == EMPTY
         cand, cp = pending[free], p[free]
-        taken, first = np.unique(cp, return_index=True)
-        won = cand[first]
-        table[taken, 0], table[taken, 1], table[taken, 2], table[taken, 3] = ids[won], start[won], end[won], meta[won]
-        left = np.ones(n, dtype=bool)
-        left[won] = False
-        pending = pending[left[pending]]
-        pos[pending] = (pos[pending] + 1) & mask
-    return table
+        claim[cp] = cand
+        won = claim[cp] == cand
+        winners, slots_won = cand[won], cp[won]
+        table[slots_won, 0] = ids[winners]
+        pending = np.concatenate([pending[~free], cand[~won]])
+        slot_of[pending] = (slot_of[pending] + 1) & mask
+    table[slot_of, 1], table[slot_of, 2], table[slot_of, 3] = start, end, meta
+    return table, slot_of
 
 
 def probe(table: memoryview, mask: int, key: int) -> int:
@@ -156,15 +157,20 @@ def index_nbytes(name_length: int, layer_count: int) -> int:
     return _align(HEADER_SIZE + name_length) + layer_count * ROW_DTYPE.itemsize + slots_for(layer_count) * SLOT_WORDS * 8
 
 
-def write_index(view: memoryview, *, dimension_id: int, generation: int, name: bytes, rows: np.ndarray) -> int:
+def write_index(view: memoryview, *, dimension_id: int, generation: int, name: bytes, rows: np.ndarray,
+                table: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Write the index (header, name, rows sorted by layer_id as given, table) at the start of
-    ``view``; returns its length. Every byte of it is written (the view may hold garbage)."""
+    ``view``; returns the table and each row's slot (None when ``table`` was given: a copy of an
+    earlier generation's table with the changed rows' slots updated). Every byte of the index
+    is written (the view may hold garbage)."""
     n = len(rows)
     slots = slots_for(n)
     rows_at = _align(HEADER_SIZE + len(name))
     table_at = rows_at + n * ROW_DTYPE.itemsize
     nbytes = table_at + slots * SLOT_WORDS * 8
-    table = build_table(rows["layer_id"], rows["start"], rows["end"], meta_column(rows), slots)
+    slot_of = None
+    if table is None:
+        table, slot_of = build_table(rows["layer_id"], rows["start"], rows["end"], meta_column(rows), slots)
     pools = 0
     for p in np.unique(rows["pool"]).tolist():
         pools |= 1 << p
@@ -174,7 +180,7 @@ def write_index(view: memoryview, *, dimension_id: int, generation: int, name: b
     view[HEADER_SIZE + len(name):rows_at] = bytes(rows_at - HEADER_SIZE - len(name))
     view[rows_at:table_at] = memoryview(rows).cast("B")
     view[table_at:nbytes] = memoryview(table).cast("B")
-    return nbytes
+    return table, slot_of
 
 
 def read_header(buffer: Any, *, source: str, dimension_id: int, generation: int) -> Header:

@@ -381,7 +381,7 @@ class Region:
             ids = index["layer_id"].astype(np.int64)  # < 2**63: checked by _check_index
             start = index["offset"].astype(np.int64)
             rows = np.arange(len(index), dtype=np.int64)
-            table = layer_index.build_table(ids, start, start + index["length"].astype(np.int64), rows)
+            table, _ = layer_index.build_table(ids, start, start + index["length"].astype(np.int64), rows)
             self._table = (memoryview(table).cast("B").cast("q"), len(table) - 1)
         table, mask = self._table
         j = layer_index.probe(table, mask, layer_id)

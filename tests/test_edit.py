@@ -30,7 +30,8 @@ DIM = 5
 def _table_of(ids: list[int]):
     ids_a = np.array(ids, dtype=np.int64)
     rows = np.arange(len(ids), dtype=np.int64)
-    table = layer_index.build_table(ids_a, ids_a * 2, ids_a * 2 + 1, rows)
+    table, slot_of = layer_index.build_table(ids_a, rows * 2, rows * 2 + 1, rows)
+    assert sorted(slot_of.tolist()) == sorted(set(slot_of.tolist()))
     return memoryview(table).cast("B").cast("q"), len(table) - 1
 
 
@@ -46,7 +47,7 @@ def test_shared_index_finds_every_id_and_nothing_else(ids, probes):
     assert mask + 1 >= 2 * len(ids) and (mask + 1) & mask == 0
     for row, lid in enumerate(ids):
         j = layer_index.probe(table, mask, lid)
-        assert j >= 0 and table[j] == lid and table[j + 1] == lid * 2 and table[j + 3] == row
+        assert j >= 0 and table[j] == lid and table[j + 1] == row * 2 and table[j + 3] == row
     present = set(ids)
     for lid in probes:
         assert (layer_index.probe(table, mask, lid) >= 0) == (lid in present)
