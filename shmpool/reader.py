@@ -52,6 +52,7 @@ _new = object.__new__
 
 class _PinnedBytes(np.ndarray):
     """A read-only byte array over shared memory; ``pin`` keeps its generation pinned."""
+    __slots__ = ("pin",)  # no instance dict: a reader keeps two of these per mapped generation
 
 
 class _Pin:
@@ -62,7 +63,8 @@ class _Pin:
 
 
 def _pinned(mm, offset: int, nbytes: int, pin: _Pin) -> _PinnedBytes:
-    array = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=offset).view(_PinnedBytes)
+    # One array straight over the mapping (not frombuffer(...).view(): two objects).
+    array = np.ndarray.__new__(_PinnedBytes, (nbytes,), np.uint8, buffer=mm, offset=offset)
     array.flags.writeable = False
     array.pin = pin
     return array
@@ -73,21 +75,34 @@ class _Generation:
     its layers live in. O(1) Python objects whatever the layer count: lookups probe the index in
     shared memory (shmpool/layer_index.py), metadata is read from its rows on demand."""
 
-    __slots__ = ("dimension_id", "generation", "name", "source", "table", "mask", "pools", "rows",
-                 "layer_count", "__weakref__")
+    __slots__ = ("dimension_id", "generation", "name", "table", "mask", "pools", "_index", "_rows_at",
+                 "layer_count", "_rows", "__weakref__")
 
     def __init__(self, dimension_id: int, generation: int, index: _PinnedBytes,
                  header: layer_index.Header, pools: tuple) -> None:
         self.dimension_id = dimension_id
         self.generation = generation
-        self.source = f"dimension {dimension_id} generation {generation}"
         self.name = str(index[HEADER_SIZE:HEADER_SIZE + header.name_length].data, "utf-8")
-        self.table = memoryview(index[header.table_offset:header.nbytes]).cast("q")
+        # One memoryview over the table section of the index (the index is whole int64 words).
+        self.table = memoryview(index).cast("q")[header.table_offset // 8:header.nbytes // 8]
         self.mask = header.slots - 1
-        self.rows = np.frombuffer(index, layer_index.ROW_DTYPE, count=header.layer_count,
-                                  offset=header.rows_offset)
-        self.layer_count = header.layer_count
         self.pools = pools  # pool number -> read-only memoryview of the whole pool segment, or None
+        self.layer_count = header.layer_count
+        self._index, self._rows_at, self._rows = index, header.rows_offset, None
+
+    @property
+    def source(self) -> str:
+        return f"dimension {self.dimension_id} generation {self.generation}"
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The index rows (ROW_DTYPE, by layer id), viewed in place on first use: a reader that
+        only looks layers up never makes the array."""
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = np.frombuffer(self._index, layer_index.ROW_DTYPE, count=self.layer_count,
+                                              offset=self._rows_at)
+        return rows
 
     def context(self, dimension_id: int, layer_id: int) -> LoadedContext:
         """The layer as a context; LayerNotFound if this generation has no such layer.
