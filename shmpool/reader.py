@@ -2,9 +2,11 @@
 
 How a lookup stays cheap and safe:
 
-* Per dimension the reader keeps the current generation's layer index (a dict built once per
-  generation). A lookup reads the dimension's published GENERATION word from shared memory; if it
-  still matches, it slices the region's memoryview. No lock, no syscall, no logging.
+* Per dimension the reader keeps views of the current generation: its layer index, built once
+  by the coordinator in shared memory (shmpool/layer_index.py), and the pools its layers live in.
+  O(1) Python objects per generation, none per layer. A lookup reads the dimension's published
+  GENERATION word from shared memory; if it still matches, it probes the shared table and slices
+  a pool view. No lock, no syscall, no logging.
 * When the generation moved, the reader first PINS the new generation (one int64 store in its
   reader row), then checks GENERATION did not move again, and only then touches the region. The
   coordinator frees a superseded region only after a grace period and only if no live reader pins
@@ -239,8 +241,9 @@ class Reader:
         TypeError) for anything else, bools and floats included; DimensionNotFound /
         LayerNotFound naming the ids and what exists.
         """
-        # Hot path: two exact type tests, two dict lookups, two int64 reads from shared memory
-        # (generation, touched), one memoryview slice and the result object. The touched word is
+        # Hot path: two exact type tests, one dict lookup, two int64 reads from shared memory
+        # (generation, touched), four from the shared table (key, meta, start, end), one
+        # memoryview slice and the result object. The touched word is
         # written only when it is 0, i.e. once per coordinator sampling period, so readers do not
         # fight over its cache line. No locks, no logging, no syscalls; scripts/bench_readers.py
         # measures it. The type tests come first because True and 3.0 would otherwise find
