@@ -161,19 +161,19 @@ class CapacityManager:
         file = pub.file if self._file_matches(pub) else self._spill(pub)
         self._publisher.evict(pub.dimension_id, file)
         self.counters.evictions += 1
-        self.counters.evicted_bytes += pub.handle.nbytes
+        self.counters.evicted_bytes += pub.data_nbytes
         self.counters.note("evict", dimension_id=pub.dimension_id, generation=pub.generation,
-                           nbytes=pub.handle.nbytes, file=str(file))
+                           nbytes=pub.data_nbytes, file=str(file))
 
     def _file_matches(self, pub: Published) -> bool:
         """The file still holds exactly the bytes in shared memory (size, then a full compare)."""
-        if pub.file is None:
+        if pub.file is None or pub.region is None:
             return False
         try:
-            if os.stat(pub.file).st_size != pub.handle.nbytes:
+            if os.stat(pub.file).st_size != pub.data_nbytes:
                 return False
             with open(pub.file, "rb") as f:
-                return f.read() == self._inst.handle_view(pub.handle)
+                return f.read() == self._publisher.region_bytes(pub)
         except OSError:
             return False
 
@@ -181,7 +181,7 @@ class CapacityManager:
         """Write the region exactly as it lies in shared memory (it *is* a region file), atomically."""
         self.spill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.spill_dir / f"{self._inst.name}.dim-{pub.dimension_id:05d}-gen{pub.generation}.region"
-        write_atomically(path, [self._inst.handle_view(pub.handle)], mode=0o600)
+        write_atomically(path, [self._publisher.region_bytes(pub)], mode=0o600)
         self.counters.spills_written += 1
         logger.info("dimension {} generation {} written to {} before eviction", pub.dimension_id,
                     pub.generation, path)
@@ -252,7 +252,8 @@ class CapacityManager:
             def copy(view: memoryview) -> None:
                 view[:] = region.buffer
 
-            generation = self._publisher.place(region.nbytes, copy, source=str(ev.file),
+            generation = self._publisher.place(region.nbytes, copy, layer_count=region.layer_count,
+                                               name=region.name, source=str(ev.file),
                                                expect_dimension=dimension_id, file=ev.file)
         except ShmPoolError as exc:
             self.counters.reload_failures += 1
@@ -285,7 +286,7 @@ class CapacityManager:
                 return
 
     def _republish(self, pub: Published, *, compress: bool) -> None:
-        region = Region.from_buffer(self._inst.handle_view(pub.handle), source=pub.source, verify_checksums=False)
+        region = Region.from_buffer(self._publisher.region_bytes(pub), source=pub.source, verify_checksums=False)
         try:
             builder = RegionBuilder(pub.dimension_id, region.name)
             for row, lid in enumerate(region.layer_ids()):
@@ -294,22 +295,22 @@ class CapacityManager:
         finally:
             region.close()
         nbytes = builder.nbytes()
-        if compress and nbytes > pub.handle.nbytes * (1 - compression.MIN_SAVING):
+        if compress and nbytes > pub.data_nbytes * (1 - compression.MIN_SAVING):
             self._incompressible.add((pub.dimension_id, pub.generation))
             return
-        generation = self._publisher.place(nbytes, builder.write_into, source=pub.source,
-                                           expect_dimension=pub.dimension_id, file=None, compressed=compress,
-                                           built=(builder.dimension_id, builder.name, len(builder)))
+        generation = self._publisher.place(nbytes, builder.write_into, layer_count=len(builder), name=builder.name,
+                                           source=pub.source,
+                                           expect_dimension=pub.dimension_id, file=None, compressed=compress)
         self._hot_periods.pop(pub.dimension_id, None)
         if compress:
             self.counters.compressions += 1
-            self.counters.compression_saved_bytes += pub.handle.nbytes - nbytes
+            self.counters.compression_saved_bytes += pub.data_nbytes - nbytes
         else:
             self.counters.rehydrations += 1
         self.counters.note("compress" if compress else "expand", dimension_id=pub.dimension_id,
-                           generation=generation, before=pub.handle.nbytes, after=nbytes)
+                           generation=generation, before=pub.data_nbytes, after=nbytes)
         logger.info("dimension {} republished {} as generation {}: {} -> {} bytes", pub.dimension_id,
-                    "zstd-compressed" if compress else "uncompressed", generation, pub.handle.nbytes, nbytes)
+                    "zstd-compressed" if compress else "uncompressed", generation, pub.data_nbytes, nbytes)
 
     # ----------------------------------------------------------------- reporting
 

@@ -401,32 +401,61 @@ class Coordinator:
             raise DimensionNotFound(dimension_id=dimension_id, available=list(self._protos))
         return proto
 
+    def edit_dimension(self, dimension_id: int) -> ProtoDimension:
+        """A proto-dimension that starts as the published generation of ``dimension_id``.
+
+        Nothing is copied: :meth:`ProtoDimension.add_layer` replaces (or adds) a layer,
+        ``remove_layer`` removes one, and :meth:`crystallize` then writes only the changed
+        layers plus a new layer index; the unchanged layers stay shared with earlier generations
+        (their blocks are freed when no live generation uses them any more). Raises
+        DimensionNotFound if the dimension is not published, InvalidLayer if a proto of that id
+        exists; crystallize raises EditConflict if another publication came first.
+        """
+        _, publisher = self._require()
+        dimension_id = as_id(dimension_id, "dimension_id")
+        if dimension_id in publisher.evicted:
+            self._capacity.reload(dimension_id)  # an edit needs its base in shared memory
+        with self._protos_lock:
+            if dimension_id in self._protos:
+                raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
+                                   reason="a proto-dimension with this id already exists")
+            base = publisher.hold_current(dimension_id)
+            proto = self._protos[dimension_id] = ProtoDimension.editing(base, publisher)
+        return proto
+
     def crystallize(self, dimension_id: int, *, keep: bool = False, generation: int | None = None) -> int:
-        """Write the proto-dimension once into shared memory and publish it; returns the generation.
+        """Write the proto-dimension into shared memory and publish it; returns the generation.
 
         Readers switch to the new generation on their next lookup; contexts they already hold
         stay valid. An existing dimension of the same id is replaced (its old generation is
-        freed when no reader pins it). The proto-dimension is consumed unless ``keep``.
-        ``generation`` publishes as that number rather than the next (every host of a cluster
-        under the same one, shmpool.dask): it must exceed the current generation, else
+        freed when no reader pins it). An edit (:meth:`edit_dimension`) writes only what it
+        changed, and raises EditConflict if the dimension was republished since it started.
+        The proto-dimension is consumed unless ``keep`` (an edit kept goes on from the new
+        generation). ``generation`` publishes as that number rather than the next (every host of
+        a cluster under the same one, shmpool.dask): it must exceed the current generation, else
         GenerationNotNewer (a ValueError) is raised and nothing changes.
         """
         inst, publisher = self._require()
         proto = self.proto(dimension_id)
         dimension_id = proto.dimension_id
-        builder = proto.builder
-        nbytes = builder.nbytes()
+        nbytes = proto.nbytes()
+        source = f"crystallized proto-dimension {dimension_id}"
         if generation is not None:
             generation = as_id(generation, "generation")
             entry = publisher.directory.entry_for(dimension_id)
             current = publisher.directory.generation(entry) if entry is not None else 0
             if generation <= current:  # before allocating: a refusal must not evict anything
                 raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
-        place = functools.partial(publisher.place, nbytes, builder.write_into,
-                                  source=f"crystallized proto-dimension {dimension_id}",
-                                  expect_dimension=dimension_id,
-                                  built=(builder.dimension_id, builder.name, len(builder)),
-                                  generation=generation)
+        if proto.base_generation is not None:
+            def place() -> int:
+                new, removed = proto.changes()
+                return publisher.publish_edit(dimension_id, proto.base_generation, new, removed,
+                                              source=f"edit of dimension {dimension_id}", generation=generation)
+        else:
+            builder = proto.builder
+            place = functools.partial(publisher.place, nbytes, builder.write_into, layer_count=len(builder),
+                                      name=builder.name, source=source, expect_dimension=dimension_id,
+                                      generation=generation)
         try:
             generation = place()
         except (LimitExceeded, AllocationFailed) as exc:
@@ -442,6 +471,11 @@ class Coordinator:
                 time.sleep(0.005)
                 publisher.reclaim()
             generation = place()
+        if proto.base_generation is not None:
+            old_base = proto._base
+            if keep:
+                proto._rebase(publisher.hold_current(dimension_id), publisher)
+            publisher.release_hold(old_base)
         if not keep:
             with self._protos_lock:
                 self._protos.pop(dimension_id, None)
@@ -468,8 +502,9 @@ class Coordinator:
             def copy(view: memoryview) -> None:
                 view[:] = region.buffer
 
-            return publisher.place(region.nbytes, copy, source=str(path), expect_dimension=region.dimension_id,
-                                   file=Path(path), generation=generation)
+            return publisher.place(region.nbytes, copy, layer_count=region.layer_count, name=region.name,
+                                   source=str(path), expect_dimension=region.dimension_id, file=Path(path),
+                                   generation=generation)
 
     # ----------------------------------------------------------------- reading
 

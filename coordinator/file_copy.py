@@ -26,7 +26,7 @@ from loguru import logger
 from shmpool.substrate import platform
 from shmpool.errors import RegionFormatError
 from shmpool.substrate.instance import SharedInstance
-from shmpool.data.region import HEADER, HEADER_SIZE, MAGIC, Header, Region
+from shmpool.data.region import HEADER, HEADER_SIZE, MAGIC, MAX_NAME_BYTES, Header, Region
 
 __all__ = ["RegionFile", "PoolWriter", "SENDFILE"]
 
@@ -76,6 +76,13 @@ class RegionFile:
     @property
     def nbytes(self) -> int:
         return self.stat.st_size
+
+    def name(self) -> str:
+        """The dimension name the header announces (its bytes follow the header), read alone so
+        that room for the layer index can be sized before the copy. Undecodable bytes become
+        U+FFFD: the structural check of the copy then refuses the file for its name."""
+        length = min(self.header.name_length, MAX_NAME_BYTES)
+        return os.pread(self.fd, length, HEADER_SIZE).decode("utf-8", "replace")
 
     def unchanged(self) -> bool:
         """Whether the file still has the stat it had when opened (same inode, size, stamps)."""

@@ -92,7 +92,8 @@ def _place(publisher: Publisher, writer: PoolWriter, src: RegionFile, cache: Ver
                 pass
             report.verify_seconds += time.perf_counter() - t1
 
-    publisher.place(src.nbytes, write, source=src.path, expect_dimension=dim, file=Path(src.path))
+    publisher.place(src.nbytes, write, layer_count=src.header.layer_count, name=src.name(), source=src.path,
+                    expect_dimension=dim, file=Path(src.path))
     report.loaded[dim] = src.path
     report.bytes_loaded += src.nbytes
     if trusted:

@@ -1,4 +1,11 @@
-"""Proto-dimensions: mutable, heap-backed dimensions waiting to be crystallized."""
+"""Proto-dimensions: mutable, heap-backed dimensions waiting to be crystallized.
+
+A proto made by ``Coordinator.create_proto_dimension`` starts empty and is written whole. One
+made by ``Coordinator.edit_dimension`` starts as the published generation (its *base*) without
+copying anything: it records only what changes (layers added or replaced, on the heap, and ids
+removed), and crystallizing it writes only those (``Publisher.publish_edit``); every other layer
+keeps pointing at the bytes the base generation already has in shared memory.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,14 @@ import zlib
 from typing import Iterable
 
 from shmpool.data.context import LoadedContext
+from shmpool.data.compression import inflate
 from shmpool.errors import LayerNotFound
 from shmpool.substrate.ids import as_id
+from shmpool.data.layer_index import ROW_DTYPE, SLOT_WORDS, slots_for
+from shmpool.data.region import FLAG_TEXT, FLAG_ZSTD, align, split_keywords
 from shmpool.data.region_builder import RegionBuilder, keyword_tuple
+
+from .publisher import NewLayer, Published, Publisher
 
 __all__ = ["ProtoDimension"]
 
@@ -39,9 +51,11 @@ class _ProtoLayers:
 class ProtoDimension:
     """A dimension under construction, on this process's heap. Thread-safe.
 
-    Layers may be added and removed freely; ``Coordinator.crystallize`` writes the layers once
-    into shared memory as a new generation of the dimension. Until then only the coordinator's
-    process can read them (:meth:`load_layer_context`).
+    Layers may be added and removed freely; ``Coordinator.crystallize`` writes them into shared
+    memory as a new generation of the dimension. Until then only the coordinator's process can
+    read them (:meth:`load_layer_context`). An edit (``Coordinator.edit_dimension``) starts with
+    the layers of the published generation; :meth:`add_layer` then replaces a layer of the same
+    id instead of refusing it, and crystallizing copies only what changed.
     """
 
     def __init__(self, dimension_id: int, name: str) -> None:
@@ -52,52 +66,124 @@ class ProtoDimension:
         self._layers = _ProtoLayers(name)
         self._content: dict[int, bytes] = {}
         self._lock = threading.Lock()
+        self._base: Published | None = None
+        self._publisher: Publisher | None = None
+        self._base_rows: dict[int, int] = {}   # edits: layer id -> row of the base still in use
+        self._removed: set[int] = set()         # edits: base ids removed or replaced
+
+    @classmethod
+    def editing(cls, base: Published, publisher: Publisher) -> "ProtoDimension":
+        """A proto that starts as ``base`` (which the caller holds: Publisher.hold_current)."""
+        proto = cls(base.dimension_id, base.name)
+        proto._rebase(base, publisher)
+        return proto
+
+    def _rebase(self, base: Published, publisher: Publisher) -> None:
+        self._base, self._publisher = base, publisher
+        # One dict of ints for the ids: the proto answers membership and lookups of base layers
+        # without touching shared memory; no layer bytes are copied.
+        self._base_rows = dict(zip(base.rows["layer_id"].tolist(), range(len(base.rows))))
+        self._removed = set()
+        self._builder = RegionBuilder(base.dimension_id, base.name)
+        self._content.clear()
+        self._layers.meta.clear()
+
+    @property
+    def base_generation(self) -> int | None:
+        """The published generation an edit started from; None for a proto built from scratch."""
+        return None if self._base is None else self._base.generation
 
     def add_layer(self, layer_id: int, content: bytes | str, *, frequency: float = 0.0,
                   keywords: Iterable[str] = ()) -> None:
-        """Add one layer (str is stored as UTF-8 text).
+        """Add one layer (str is stored as UTF-8 text); in an edit, replace the layer of that id.
 
         ``keywords`` is a list (any iterable) of strings; a single str is refused, not split into
         characters. Raises InvalidId (a TypeError) for an id that is not an int, InvalidLayer
-        for any other bad input.
+        for any other bad input (a duplicate id, outside an edit).
         """
         layer_id = as_id(layer_id, "layer_id")
         # Normalised once, here: the builder and the heap copy must see the same keywords, and
         # an iterator can be consumed only once.
         keywords = keyword_tuple(self.dimension_id, layer_id, keywords)
         with self._lock:
-            self._builder.add_layer(layer_id, content, frequency=frequency, keywords=keywords)
+            replacing = self._base is not None and layer_id in self._content
+            if replacing:
+                self._builder.remove_layer(layer_id)
+            try:
+                self._builder.add_layer(layer_id, content, frequency=frequency, keywords=keywords)
+            except BaseException:
+                if replacing:  # the old heap layer stays as it was
+                    self._builder.add_layer(layer_id, self._content[layer_id], frequency=self._layers.meta[layer_id][0],
+                                            keywords=self._layers.meta[layer_id][1],
+                                            text=self._layers.meta[layer_id][2])
+                raise
             is_text = isinstance(content, str)
             data = content.encode("utf-8") if is_text else bytes(content)
             self._content[layer_id] = data
             self._layers.meta[layer_id] = (float(frequency), keywords, is_text, zlib.crc32(data))
+            if layer_id in self._base_rows:
+                self._removed.add(layer_id)
 
     def remove_layer(self, layer_id: int) -> None:
+        """Remove one layer (in an edit, a layer of the base too). Raises LayerNotFound."""
         layer_id = as_id(layer_id, "layer_id")
         with self._lock:
-            if layer_id not in self._content:
+            in_base = layer_id in self._base_rows and layer_id not in self._removed
+            if layer_id in self._content:
+                self._builder.remove_layer(layer_id)
+                del self._content[layer_id]
+                del self._layers.meta[layer_id]
+            elif not in_base:
                 raise self._not_found(layer_id)
-            self._builder.remove_layer(layer_id)
-            del self._content[layer_id]
-            del self._layers.meta[layer_id]
+            if layer_id in self._base_rows:
+                self._removed.add(layer_id)
 
     def load_layer_context(self, layer_id: int) -> LoadedContext:
-        """The heap copy of a layer (generation 0); raises LayerNotFound, or InvalidId for a non-int id."""
+        """The layer as this proto holds it (generation 0); raises LayerNotFound, or InvalidId
+        for a non-int id. A layer an edit kept from its base is returned as a private copy:
+        the base may be released once the edit is crystallized."""
         layer_id = as_id(layer_id, "layer_id")
         content = self._content.get(layer_id)
-        if content is None:
+        if content is not None:
+            return LoadedContext(self.dimension_id, layer_id, memoryview(content), self._layers, layer_id)
+        row = self._base_rows.get(layer_id)
+        if row is None or layer_id in self._removed:
             raise self._not_found(layer_id)
-        return LoadedContext(self.dimension_id, layer_id, memoryview(content), self._layers, layer_id)
+        base, publisher = self._base, self._publisher
+        r = base.rows[row]
+        stored = publisher.stored_layer(base, row)
+        flags = int(r["flags"])
+        data = inflate(stored, source=base.source, layer_id=layer_id) if flags & FLAG_ZSTD else bytes(stored)
+        meta = _ProtoLayers(self.name)
+        meta.meta[layer_id] = (float(r["frequency"]), split_keywords(publisher.keyword_bytes(base, row)),
+                               bool(flags & FLAG_TEXT), int(r["crc32"]))
+        return LoadedContext(self.dimension_id, layer_id, memoryview(data), meta, layer_id)
 
     def layer_ids(self) -> list[int]:
-        return sorted(self._content)
+        base = (i for i in self._base_rows if i not in self._removed)
+        return sorted({*base, *self._content})
 
     def nbytes(self) -> int:
-        """Size of the region crystallization will write."""
-        return self._builder.nbytes()
+        """Bytes crystallization will allocate: the whole region, or for an edit the changed
+        layers plus the new layer index."""
+        if self._base is None:
+            return self._builder.nbytes()
+        changed = 0
+        for _, layer in self._builder.stored_layers():
+            changed = align(changed) + len(layer.content) + len(layer.keyword_bytes)
+        rows = len(self)
+        return changed + rows * ROW_DTYPE.itemsize + slots_for(rows) * SLOT_WORDS * 8 + 512
+
+    def changes(self) -> tuple[list[NewLayer], list[int]]:
+        """An edit's new or replaced layers, as stored, and the base ids it removes or replaces."""
+        with self._lock:
+            new = [NewLayer(layer_id, layer.content, (FLAG_TEXT if layer.text else 0) | (FLAG_ZSTD if layer.zstd else 0),
+                            layer.crc, layer.frequency, layer.keyword_bytes)
+                   for layer_id, layer in self._builder.stored_layers()]
+            return new, sorted(self._removed)
 
     def _not_found(self, layer_id: int) -> LayerNotFound:
-        ids = sorted(self._content)
+        ids = self.layer_ids()
         return LayerNotFound(dimension_id=self.dimension_id, layer_id=layer_id, generation=0,
                              layer_count=len(ids), sample_ids=ids[:12])
 
@@ -106,7 +192,10 @@ class ProtoDimension:
         return self._builder
 
     def __len__(self) -> int:
-        return len(self._content)
+        base = len(self._base_rows) - len(self._removed)
+        return base + len(self._content)
 
     def __repr__(self) -> str:
-        return f"<ProtoDimension {self.dimension_id} {self.name!r}: {len(self)} layers>"
+        edit = f", edit of generation {self._base.generation}" if self._base is not None else ""
+        return f"<ProtoDimension {self.dimension_id} {self.name!r}: {len(self)} layers{edit}>"
+

@@ -63,11 +63,12 @@ WINDOW_S = 0.1              # throughput is also reported per window of this len
 CHILD_TIMEOUT = 600.0
 PAGE = mmap.PAGESIZE
 TARGETS = {
-    "single_lookup_p99_vs_lmdb": 2.0,          # at most 2x py-lmdb get
-    "batch20_vs_lmdb_one_txn": 1.0,            # faster than 20 gets in one txn
+    "single_lookup_p99_vs_lmdb": 2.0,          # at most 2x py-lmdb get (fresh txn)
+    "single_lookup_p99_vs_lmdb_long_txn": 1.2,  # issue 12: within 1.2x of a get in one long txn
+    "batch20_vs_lmdb_one_txn": 0.9,            # issue 12: at most 0.9x 20 gets in one txn (median, p99)
     "readers_per_core_vs_one": 0.90,           # within 10% of a single reader
     "crystallize_fraction_of_memcpy": 0.25,    # >= 25% of memcpy bandwidth at 16 MiB
-    "pss_ratio_to_data": 1.2,                  # 100 readers < 1.2x data size
+    "pss_ratio_to_data": 1.1,                  # issue 12: 100 readers' whole PSS <= 1.1x data size
     "jobs_speedup_vs_ppe": 5.0,                # >= 5x faster than ProcessPoolExecutor
     "jobs_p99_us_at_128": 1000.0,              # p99 < 1 ms at 128 clients
 }
@@ -560,63 +561,85 @@ def compare_jobs(coord: Coordinator, workers: int, keys, per_thread: int, client
 # ----------------------------------------------------------------------------- targets
 
 def _targets(p: dict) -> dict:
-    """Each issue target: shmpool's figure, the peer's, the ratio, the threshold, met or not."""
-    lk = p["lookup"]
+    """Each issue target: shmpool's figure, the peer's, the ratio, the threshold, met or not
+    (only the rows whose phases ran, see --phases)."""
+    empty = {"shmpool": {}, "lmdb": {}}
+    lk = p.get("lookup", empty)
     sp, lm = lk["shmpool"], lk["lmdb"]
-    conc, pub, mem, jobs = p["concurrency"], p["publish"], p["memory"], p["jobs"]
-    many = next(k for k in conc["shmpool"] if k.endswith("_readers") and not k.startswith("1_"))
-    big = max((k for k in pub if k.endswith("MiB")), key=lambda k: int(k[:-3]))
-    top = max(jobs["ratios"], key=int)
+    conc, pub, mem, jobs = (p.get(k) for k in ("concurrency", "publish", "memory", "jobs"))
 
     def row(what, ours, peer, ratio, threshold, met, unit=""):
         return {"what": what, "shmpool": ours, "peer": peer, "ratio": round(ratio, 3), "threshold": threshold,
                 "met": bool(met), "unit": unit}
 
+    out = {}
+    if "lookup" in p:
+        out.update(_lookup_targets(sp, lm, row))
+    if conc is not None:
+        many = next(k for k in conc["shmpool"] if k.endswith("_readers") and not k.startswith("1_"))
+        out["readers_per_core_vs_one"] = row(
+            f"{many.split('_')[0]} readers: lookups per CPU-second within 10% of one reader (shmpool; peer = "
+            "lmdb's own ratio)", conc["shmpool"]["per_core_ratio_many_vs_one"],
+            conc["lmdb"]["per_core_ratio_many_vs_one"], conc["shmpool"]["per_core_ratio_many_vs_one"],
+            TARGETS["readers_per_core_vs_one"],
+            conc["shmpool"]["per_core_ratio_many_vs_one"] >= TARGETS["readers_per_core_vs_one"])
+    if pub is not None:
+        big = max((k for k in pub if k.endswith("MiB")), key=lambda k: int(k[:-3]))
+        out.update({
+            "crystallize_fraction_of_memcpy_warm": row(
+                f"crystallize >= 25% of memcpy bandwidth at {big} (reused pages both)",
+                pub[big]["shmpool_crystallize_warm"]["median_ms"], pub[big]["memcpy_warm"]["median_ms"],
+                pub[big]["fraction_of_memcpy"]["warm"], TARGETS["crystallize_fraction_of_memcpy"],
+                pub[big]["fraction_of_memcpy"]["warm"] >= TARGETS["crystallize_fraction_of_memcpy"], "ms"),
+            "crystallize_fraction_of_memcpy_fresh_pages": row(
+                f"crystallize >= 25% of memcpy bandwidth at {big} (never-touched pages both)",
+                pub[big]["shmpool_crystallize_fresh_pages"]["median_ms"], pub[big]["memcpy_fresh_pages"]["median_ms"],
+                pub[big]["fraction_of_memcpy"]["fresh_pages"], TARGETS["crystallize_fraction_of_memcpy"],
+                pub[big]["fraction_of_memcpy"]["fresh_pages"] >= TARGETS["crystallize_fraction_of_memcpy"], "ms")})
+    if mem is not None:
+        limit = TARGETS["pss_ratio_to_data"]
+        out.update({
+            "pss_delta_ratio_to_data": row(
+                f"{mem['shmpool']['readers']} readers: summed whole-PSS growth <= {limit}x data size (peer = "
+                "lmdb's ratio)", mem["shmpool"]["ratio_pss_delta_to_data"], mem["lmdb"]["ratio_pss_delta_to_data"],
+                mem["shmpool"]["ratio_pss_delta_to_data"], limit, mem["shmpool"]["ratio_pss_delta_to_data"] <= limit),
+            "pss_data_mappings_ratio_to_data": row(
+                f"{mem['shmpool']['readers']} readers: PSS of the data mappings <= {limit}x data size (peer = "
+                "lmdb's)", mem["shmpool"]["ratio_data_mappings_to_data"], mem["lmdb"]["ratio_data_mappings_to_data"],
+                mem["shmpool"]["ratio_data_mappings_to_data"], limit,
+                mem["shmpool"]["ratio_data_mappings_to_data"] <= limit)})
+    if jobs is not None:
+        out.update(_jobs_targets(jobs, row))
+    return out
+
+
+def _lookup_targets(sp: dict, lm: dict, row) -> dict:
     single = sp["single"]["p99_us"]
-    out = {
+    batch = TARGETS["batch20_vs_lmdb_one_txn"]
+    long_limit = TARGETS["single_lookup_p99_vs_lmdb_long_txn"]
+    return {
         "single_lookup_p99_vs_lmdb_long_txn": row(
-            "single lookup p99 <= 2x py-lmdb get (get inside one long read txn)", single,
+            f"single lookup p99 <= {long_limit}x py-lmdb get (get inside one long read txn)", single,
             lm["single_long_txn"]["p99_us"], single / lm["single_long_txn"]["p99_us"],
-            TARGETS["single_lookup_p99_vs_lmdb"], single <= 2 * lm["single_long_txn"]["p99_us"], "us"),
+            long_limit, single <= long_limit * lm["single_long_txn"]["p99_us"], "us"),
         "single_lookup_p99_vs_lmdb_fresh_txn": row(
             "single lookup p99 <= 2x py-lmdb get (a fresh read txn per get)", single,
             lm["single_fresh_txn"]["p99_us"], single / lm["single_fresh_txn"]["p99_us"],
             TARGETS["single_lookup_p99_vs_lmdb"], single <= 2 * lm["single_fresh_txn"]["p99_us"], "us"),
         "batch20_median_vs_lmdb_one_txn": row(
-            "batch of 20 faster than 20 LMDB gets in one txn (median)", sp["batch"]["median_us"],
+            f"batch of 20 <= {batch}x 20 LMDB gets in one txn (median)", sp["batch"]["median_us"],
             lm["batch"]["median_us"], sp["batch"]["median_us"] / lm["batch"]["median_us"],
-            TARGETS["batch20_vs_lmdb_one_txn"], sp["batch"]["median_us"] < lm["batch"]["median_us"], "us"),
+            batch, sp["batch"]["median_us"] <= batch * lm["batch"]["median_us"], "us"),
         "batch20_p99_vs_lmdb_one_txn": row(
-            "batch of 20 faster than 20 LMDB gets in one txn (p99)", sp["batch"]["p99_us"], lm["batch"]["p99_us"],
-            sp["batch"]["p99_us"] / lm["batch"]["p99_us"], TARGETS["batch20_vs_lmdb_one_txn"],
-            sp["batch"]["p99_us"] < lm["batch"]["p99_us"], "us"),
-        "readers_per_core_vs_one": row(
-            f"{many.split('_')[0]} readers: lookups per CPU-second within 10% of one reader (shmpool; peer = "
-            "lmdb's own ratio)", conc["shmpool"]["per_core_ratio_many_vs_one"],
-            conc["lmdb"]["per_core_ratio_many_vs_one"], conc["shmpool"]["per_core_ratio_many_vs_one"],
-            TARGETS["readers_per_core_vs_one"],
-            conc["shmpool"]["per_core_ratio_many_vs_one"] >= TARGETS["readers_per_core_vs_one"]),
-        "crystallize_fraction_of_memcpy_warm": row(
-            f"crystallize >= 25% of memcpy bandwidth at {big} (reused pages both)",
-            pub[big]["shmpool_crystallize_warm"]["median_ms"], pub[big]["memcpy_warm"]["median_ms"],
-            pub[big]["fraction_of_memcpy"]["warm"], TARGETS["crystallize_fraction_of_memcpy"],
-            pub[big]["fraction_of_memcpy"]["warm"] >= TARGETS["crystallize_fraction_of_memcpy"], "ms"),
-        "crystallize_fraction_of_memcpy_fresh_pages": row(
-            f"crystallize >= 25% of memcpy bandwidth at {big} (never-touched pages both)",
-            pub[big]["shmpool_crystallize_fresh_pages"]["median_ms"], pub[big]["memcpy_fresh_pages"]["median_ms"],
-            pub[big]["fraction_of_memcpy"]["fresh_pages"], TARGETS["crystallize_fraction_of_memcpy"],
-            pub[big]["fraction_of_memcpy"]["fresh_pages"] >= TARGETS["crystallize_fraction_of_memcpy"], "ms"),
-        "pss_delta_ratio_to_data": row(
-            f"{mem['shmpool']['readers']} readers: summed PSS growth < 1.2x data size (peer = lmdb's ratio)",
-            mem["shmpool"]["ratio_pss_delta_to_data"], mem["lmdb"]["ratio_pss_delta_to_data"],
-            mem["shmpool"]["ratio_pss_delta_to_data"], TARGETS["pss_ratio_to_data"],
-            mem["shmpool"]["ratio_pss_delta_to_data"] < TARGETS["pss_ratio_to_data"]),
-        "pss_data_mappings_ratio_to_data": row(
-            f"{mem['shmpool']['readers']} readers: PSS of the data mappings < 1.2x data size (peer = lmdb's)",
-            mem["shmpool"]["ratio_data_mappings_to_data"], mem["lmdb"]["ratio_data_mappings_to_data"],
-            mem["shmpool"]["ratio_data_mappings_to_data"], TARGETS["pss_ratio_to_data"],
-            mem["shmpool"]["ratio_data_mappings_to_data"] < TARGETS["pss_ratio_to_data"]),
+            f"batch of 20 <= {batch}x 20 LMDB gets in one txn (p99)", sp["batch"]["p99_us"], lm["batch"]["p99_us"],
+            sp["batch"]["p99_us"] / lm["batch"]["p99_us"], batch,
+            sp["batch"]["p99_us"] <= batch * lm["batch"]["p99_us"], "us"),
     }
+
+
+def _jobs_targets(jobs: dict, row) -> dict:
+    top = max(jobs["ratios"], key=int)
+    out = {}
     for t in ("1", top):
         ours, ppe = jobs["shmpool_pool"][t], jobs["process_pool_executor"][t]
         out[f"jobs_p50_speedup_vs_ppe_{t}_clients"] = row(
@@ -654,6 +677,8 @@ def main(argv=None) -> int:
                         help="reader processes of the memory comparison (default 100; 3 with --quick)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="window of each concurrency row (default 2; 0.2 with --quick)")
+    parser.add_argument("--phases", default=None,
+                        help="comma-separated subset of lookup,concurrency,memory,publish,jobs (default: all)")
     args = parser.parse_args(argv)
     try:
         import lmdb
@@ -709,7 +734,12 @@ def main(argv=None) -> int:
                     "jobs": lambda: compare_jobs(coord, workers, keys, jobs_n, clients),
                 }
                 took = payload["phase_seconds"] = {"setup": round(time.perf_counter() - t_start, 1)}
+                wanted = set(args.phases.split(",")) if args.phases else set(phases)
+                if wanted - set(phases):
+                    parser.error(f"unknown phases {sorted(wanted - set(phases))}")
                 for phase, run in phases.items():
+                    if phase not in wanted:
+                        continue
                     t0 = time.perf_counter()
                     payload[phase] = run()
                     took[phase] = round(time.perf_counter() - t0, 1)

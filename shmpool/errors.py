@@ -23,6 +23,7 @@ __all__ = [
     "DimensionNotFound",
     "OutOfBounds",
     "RegionFormatError",
+    "EditConflict",
     "AttachError",
     "UntrustedObject",
     "UnsafeRuntimeDir",
@@ -266,6 +267,18 @@ class InvalidLayer(ShmPoolError, ValueError):
         super().__init__(
             f"layer {layer_id!r} of dimension {dimension_id}: {reason}",
             dimension_id=dimension_id, layer_id=layer_id, reason=reason,
+        )
+
+
+class EditConflict(ShmPoolError):
+    """An edit of a dimension was started from a generation that is no longer the published one."""
+
+    def __init__(self, *, dimension_id: int, base_generation: int, current_generation: int | None) -> None:
+        now = "is not published" if current_generation is None else f"is at generation {current_generation}"
+        super().__init__(
+            f"edit of dimension {dimension_id} started from generation {base_generation}, but the dimension "
+            f"{now}: crystallizing it would drop the changes published since; start a new edit_dimension",
+            dimension_id=dimension_id, base_generation=base_generation, current_generation=current_generation,
         )
 
 

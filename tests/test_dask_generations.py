@@ -80,8 +80,8 @@ def test_the_publisher_refuses_a_stale_generation_and_frees_its_blocks(coord):
     builder.add_layer(1, b"x" * 100)
     publisher = coord._publisher
     with pytest.raises(GenerationNotNewer):
-        publisher.place(builder.nbytes(), builder.write_into, source="test", generation=5,
-                        built=(7, "late", 1))
+        publisher.place(builder.nbytes(), builder.write_into, layer_count=1, name="late", source="test",
+                        generation=5)
     assert coord.stats()["used_bytes"] == used
 
 

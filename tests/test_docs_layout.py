@@ -167,3 +167,16 @@ def test_constants_quoted_on_the_page_match_the_code():
     assert f"`LAYOUT_VERSION` ({layout.LAYOUT_VERSION})" in PAGE
     magic = jobs_layout.JOBS_MAGIC.to_bytes(8, "big").decode()
     assert f"`{jobs_layout.JOBS_MAGIC:#X}`".replace("0X", "0x") in PAGE and f'"{magic}"' in PAGE
+
+
+def test_layer_index_header_and_rows_match_layer_index():
+    from shmpool.data import layer_index
+
+    fmt = re.search(r'`HEADER = struct\.Struct\("([^"]+)"\)` \(`layer_index\.HEADER`\), (\d+) bytes', PAGE)
+    assert fmt and fmt.group(1) == layer_index.HEADER.format and int(fmt.group(2)) == layer_index.HEADER_SIZE
+    rows = _table_after("`HEADER = struct.Struct(\"" + layer_index.HEADER.format + "\")`")
+    assert [(int(r[0]), r[3]) for r in rows] == sorted((off, name) for name, off in layer_index.HEADER_OFFSETS.items())
+    dtype = layer_index.ROW_DTYPE
+    documented = [(int(r[0]), int(r[1]), r[3]) for r in _table_after("**Rows** (`ROW_DTYPE`)")]
+    assert documented == [(dtype.fields[n][1], dtype.fields[n][0].itemsize, n) for n in dtype.names]
+    assert f"{dtype.itemsize} bytes each" in PAGE and f"{layer_index.HEADER_SIZE} bytes)" in PAGE

@@ -214,8 +214,11 @@ def superseded_regions(control: Control, block_sizes) -> dict[tuple[int, int], t
     out = {}
     for r in np.flatnonzero(live):
         nbytes = int(rec[r, R.BLOCK_COUNT]) * block_sizes[int(rec[r, R.POOL])]
-        out[(int(tags[r, RT.DIMENSION_ID]), int(tags[r, RT.GENERATION]))] = (
-            nbytes, int(tags[r, RT.SUPERSEDED_NS]), int(tags[r, RT.SUPERSEDED_EPOCH]))
+        # A generation has its layer index and, unless it only kept earlier layers, a data
+        # allocation: both carry its tag, and both go when it does.
+        key = (int(tags[r, RT.DIMENSION_ID]), int(tags[r, RT.GENERATION]))
+        prev = out.get(key, (0,))[0]
+        out[key] = (prev + nbytes, int(tags[r, RT.SUPERSEDED_NS]), int(tags[r, RT.SUPERSEDED_EPOCH]))
     return out
 
 

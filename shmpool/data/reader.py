@@ -2,9 +2,11 @@
 
 How a lookup stays cheap and safe:
 
-* Per dimension the reader keeps the current generation's layer index (a dict built once per
-  generation). A lookup reads the dimension's published GENERATION word from shared memory; if it
-  still matches, it slices the region's memoryview. No lock, no syscall, no logging.
+* Per dimension the reader keeps views of the current generation: its layer index, built once
+  by the coordinator in shared memory (shmpool/data/layer_index.py), and the pools its layers live in.
+  O(1) Python objects per generation, none per layer. A lookup reads the dimension's published
+  GENERATION word from shared memory; if it still matches, it probes the shared table and slices
+  a pool view. No lock, no syscall, no logging.
 * When the generation moved, the reader first PINS the new generation (one int64 store in its
   reader row), then checks GENERATION did not move again, and only then touches the region. The
   coordinator frees a superseded region only after a grace period and only if no live reader pins
@@ -38,7 +40,10 @@ from ..substrate.layout import TOUCHED_READ, TOUCHED_RELOAD, W
 from .pin_watch import PinWatcher
 from .pins import RowPins, list_pins
 from .readers import ReaderRegistry
-from .region import FLAG_ZSTD, Region
+from . import layer_index
+from .layer_index import POOL_BITS, POOL_MASK
+from .region import FLAG_TEXT, FLAG_ZSTD, split_keywords
+from .layer_index import HEADER_SIZE
 
 __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 
@@ -49,63 +54,124 @@ _new = object.__new__
 
 
 class _PinnedBytes(np.ndarray):
-    """A read-only byte array over one generation's region; its life is the pin's life."""
+    """A read-only byte array over shared memory; ``pin`` keeps its generation pinned."""
+    __slots__ = ("pin",)  # no instance dict: a reader keeps two of these per mapped generation
+
+
+class _Pin:
+    """Lives while anything of one mapped generation does (its arrays hold it); its finalizer
+    releases the generation's pin. A generation spans several arrays (its index and one per pool
+    its layers live in), so the pin cannot hang off any single one of them."""
+    __slots__ = ("__weakref__",)
+
+
+def _pinned(mm, offset: int, nbytes: int, pin: _Pin) -> _PinnedBytes:
+    # One array straight over the mapping (not frombuffer(...).view(): two objects).
+    array = np.ndarray.__new__(_PinnedBytes, (nbytes,), np.uint8, buffer=mm, offset=offset)
+    array.flags.writeable = False
+    array.pin = pin
+    return array
 
 
 class _Generation:
-    """One mapped generation of one dimension: the region, its index, and lazy metadata."""
+    """One mapped generation of one dimension: views of its shared layer index and of the pools
+    its layers live in. O(1) Python objects whatever the layer count: lookups probe the index in
+    shared memory (shmpool/data/layer_index.py), metadata is read from its rows on demand."""
 
-    __slots__ = ("dimension_id", "generation", "name", "region", "mv", "index", "compressed", "ids",
-                 "_freqs", "_keywords", "_by_keyword", "__weakref__")
+    __slots__ = ("dimension_id", "generation", "name", "table", "mask", "pools", "_index", "_rows_at",
+                 "layer_count", "_rows", "__weakref__")
 
-    def __init__(self, dimension_id: int, generation: int, array: _PinnedBytes) -> None:
+    def __init__(self, dimension_id: int, generation: int, index: _PinnedBytes,
+                 header: layer_index.Header, pools: tuple) -> None:
         self.dimension_id = dimension_id
         self.generation = generation
-        self.mv = memoryview(array)
-        self.region = Region.from_buffer(self.mv, source=f"dimension {dimension_id} generation {generation}",
-                                         verify_checksums=False)
-        self.name = self.region.name
-        idx = self.region.index
-        ids = idx["layer_id"].tolist()
-        starts = idx["offset"].tolist()
-        ends = (idx["offset"] + idx["length"]).tolist()
-        zstd = ((idx["flags"] & FLAG_ZSTD) != 0).tolist()
-        self.ids = ids
-        # Prebuilt slice objects: the hot path slices with one object instead of two ints.
-        # Compressed layers live in a second dict, looked at only when the first one misses.
-        self.index = {lid: (slice(s, e), row)
-                      for row, (lid, s, e, z) in enumerate(zip(ids, starts, ends, zstd)) if not z}
-        self.compressed = {lid: (s, e, row)
-                           for row, (lid, s, e, z) in enumerate(zip(ids, starts, ends, zstd)) if z}
-        self._freqs = None
-        self._keywords: dict[int, tuple[str, ...]] = {}
-        self._by_keyword: dict[str, list[int]] | None = None
+        self.name = str(index[HEADER_SIZE:HEADER_SIZE + header.name_length].data, "utf-8")
+        # One memoryview over the table section of the index (the index is whole int64 words).
+        self.table = memoryview(index).cast("q")[header.table_offset // 8:header.nbytes // 8]
+        self.mask = header.slots - 1
+        self.pools = pools  # pool number -> read-only memoryview of the whole pool segment, or None
+        self.layer_count = header.layer_count
+        self._index, self._rows_at, self._rows = index, header.rows_offset, None
+
+    @property
+    def source(self) -> str:
+        return f"dimension {self.dimension_id} generation {self.generation}"
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The index rows (ROW_DTYPE, by layer id), viewed in place on first use: a reader that
+        only looks layers up never makes the array."""
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = np.frombuffer(self._index, layer_index.ROW_DTYPE, count=self.layer_count,
+                                              offset=self._rows_at)
+        return rows
+
+    def context(self, dimension_id: int, layer_id: int) -> LoadedContext:
+        """The layer as a context; LayerNotFound if this generation has no such layer.
+
+        The one lookup of a layer in a mapped generation. Reader.load_layer_context and the
+        load_contexts loop inline its first three lines (a call costs ~50 ns); anything
+        unusual (a probe past the first slot, a compressed layer, a miss) comes here."""
+        table = self.table
+        j = layer_index.probe(table, self.mask, layer_id)
+        if j < 0:
+            raise LayerNotFound(dimension_id=dimension_id, layer_id=layer_id, generation=self.generation,
+                                layer_count=self.layer_count, sample_ids=self.rows["layer_id"][:12].tolist())
+        meta = table[j + 3]
+        if meta < 0:
+            return self._inflated(dimension_id, layer_id, (~meta) >> POOL_BITS)
+        ctx = _new(LoadedContext)
+        ctx.dimension_id = dimension_id
+        ctx.layer_id = layer_id
+        ctx.content = self.pools[meta & POOL_MASK][table[j + 1]:table[j + 2]]
+        ctx._gen = self
+        ctx._row = meta >> POOL_BITS
+        return ctx
+
+    def _inflated(self, dimension_id: int, layer_id: int, row: int) -> LoadedContext:
+        """A compressed (cold) layer: the one lookup that returns a copy, decompressed here."""
+        r = self.rows[row]
+        start = int(r["start"])
+        data = inflate(self.pools[int(r["pool"])][start:int(r["end"])], source=self.source,
+                       layer_id=layer_id, offset=start)
+        return LoadedContext(dimension_id, layer_id, memoryview(data).toreadonly(), self, row)
 
     def frequency(self, row: int) -> float:
-        if self._freqs is None:
-            self._freqs = self.region.index["frequency"].tolist()
-        return self._freqs[row]
+        return float(self.rows["frequency"][row])
 
     def keywords(self, row: int) -> tuple[str, ...]:
-        kw = self._keywords.get(row)
-        if kw is None:
-            kw = self._keywords[row] = self.region.keywords(row)
-        return kw
+        r = self.rows[row]
+        start, end = int(r["kw_start"]), int(r["kw_end"])
+        return split_keywords(self.pools[int(r["pool"])][start:end]) if end > start else ()
 
     def is_text(self, row: int) -> bool:
-        return self.region.is_text(row)
+        return bool(self.rows["flags"][row] & FLAG_TEXT)
 
     def crc32(self, row: int) -> int:
-        return int(self.region.index["crc32"][row])
+        return int(self.rows["crc32"][row])
+
+    def layer_ids(self) -> list[int]:
+        return self.rows["layer_id"].tolist()
 
     def rows_with_keyword(self, keyword: str) -> list[int]:
-        if self._by_keyword is None:
-            by: dict[str, list[int]] = {}
-            for row in range(len(self.ids)):
-                for kw in self.keywords(row):
-                    by.setdefault(kw, []).append(row)
-            self._by_keyword = by
-        return self._by_keyword.get(keyword, [])
+        """Rows tagged ``keyword``, decoded now: a per-reader map of every keyword would be
+        O(layers) private memory per generation, the very cost the shared index removes."""
+        rows = self.rows
+        tagged = np.flatnonzero(rows["kw_end"] > rows["kw_start"]).tolist()
+        return [row for row in tagged if keyword in self.keywords(row)]
+
+    def contexts(self, dimension_id: int, rows: Iterable[int]) -> Iterator[LoadedContext]:
+        """Contexts of ``rows`` in the given order (scan)."""
+        cols = self.rows
+        ids, pool, start, end = (cols[f].tolist() for f in ("layer_id", "pool", "start", "end"))
+        zstd = ((cols["flags"] & FLAG_ZSTD) != 0).tolist()
+        pools = self.pools
+        for row in rows:
+            if zstd[row]:
+                yield self._inflated(dimension_id, ids[row], row)
+            else:
+                yield LoadedContext(dimension_id, ids[row], pools[pool[row]][start[row]:end[row]], self, row)
 
 
 class _NotMapped:
@@ -181,8 +247,9 @@ class Reader:
         TypeError) for anything else, bools and floats included; DimensionNotFound /
         LayerNotFound naming the ids and what exists.
         """
-        # Hot path: two exact type tests, two dict lookups, two int64 reads from shared memory
-        # (generation, touched), one memoryview slice and the result object. The touched word is
+        # Hot path: two exact type tests, one dict lookup, two int64 reads from shared memory
+        # (generation, touched), four from the shared table (key, meta, start, end), one
+        # memoryview slice and the result object. The touched word is
         # written only when it is 0, i.e. once per coordinator sampling period, so readers do not
         # fight over its cache line. No locks, no logging, no syscalls; scripts/bench_readers.py
         # measures it. The type tests come first because True and 3.0 would otherwise find
@@ -198,31 +265,24 @@ class Reader:
             gen = self._refresh(dv)
         if not dir_mv[dv.touch_pos]:
             dir_mv[dv.touch_pos] = TOUCHED_READ
-        loc = gen.index.get(layer_id)
-        if loc is None:
-            return self._not_plain(dimension_id, layer_id, gen)
+        # The lookup of _Generation.context, inlined: one probe of the shared table (a slot is
+        # key, start, end, meta), then the slice of the pool view. A collision, a compressed
+        # layer (meta < 0) or a miss goes through context() itself.
+        table = gen.table
+        j = (layer_id & gen.mask) << 2
+        if table[j] != layer_id:
+            return gen.context(dimension_id, layer_id)
+        meta = table[j + 3]
+        if meta < 0:
+            return gen.context(dimension_id, layer_id)
         # Slots stored directly: ~50 ns less than calling LoadedContext's Python __init__.
         ctx = _new(LoadedContext)
         ctx.dimension_id = dimension_id
         ctx.layer_id = layer_id
-        ctx.content = gen.mv[loc[0]]
+        ctx.content = gen.pools[meta & POOL_MASK][table[j + 1]:table[j + 2]]
         ctx._gen = gen
-        ctx._row = loc[1]
+        ctx._row = meta >> POOL_BITS
         return ctx
-
-    def _not_plain(self, dimension_id: int, layer_id: int, gen: "_Generation") -> LoadedContext:
-        """A compressed (cold) layer, or none at all."""
-        loc = gen.compressed.get(layer_id)
-        if loc is None:
-            raise LayerNotFound(dimension_id=dimension_id, layer_id=layer_id, generation=gen.generation,
-                                layer_count=len(gen.ids), sample_ids=gen.ids[:12])
-        return self._inflated(dimension_id, layer_id, gen, loc)
-
-    def _inflated(self, dimension_id: int, layer_id: int, gen: "_Generation", loc) -> LoadedContext:
-        """A compressed (cold) layer: the one lookup that returns a copy, decompressed here."""
-        start, end, row = loc
-        data = inflate(gen.mv[start:end], source=gen.region.source, layer_id=layer_id, offset=start)
-        return LoadedContext(dimension_id, layer_id, memoryview(data).toreadonly(), gen, row)
 
     # ----------------------------------------------------------------- batch and scan
 
@@ -246,16 +306,19 @@ class Reader:
             if dv is not None:
                 gen = dv.current
                 if dir_mv[dv.gen_pos] == gen.generation and dir_mv[dv.touch_pos]:
-                    loc = gen.index.get(layer)
-                    if loc is not None:
-                        ctx = _new(LoadedContext)
-                        ctx.dimension_id = dim
-                        ctx.layer_id = layer
-                        ctx.content = gen.mv[loc[0]]
-                        ctx._gen = gen
-                        ctx._row = loc[1]
-                        append(ctx)
-                        continue
+                    table = gen.table
+                    j = (layer & gen.mask) << 2
+                    if table[j] == layer:
+                        meta = table[j + 3]
+                        if meta >= 0:
+                            ctx = _new(LoadedContext)
+                            ctx.dimension_id = dim
+                            ctx.layer_id = layer
+                            ctx.content = gen.pools[meta & POOL_MASK][table[j + 1]:table[j + 2]]
+                            ctx._gen = gen
+                            ctx._row = meta >> POOL_BITS
+                            append(ctx)
+                            continue
             try:
                 append(load(dim, layer))
             except (DimensionNotFound, LayerNotFound) as exc:
@@ -272,16 +335,9 @@ class Reader:
         gen = dv.current
         if self._dir_mv[dv.gen_pos] != gen.generation:
             gen = self._refresh(dv)
-        rows = range(len(gen.ids)) if keyword is None else gen.rows_with_keyword(keyword)
-        ids, index, mv = gen.ids, gen.index, gen.mv
+        rows = range(gen.layer_count) if keyword is None else gen.rows_with_keyword(keyword)
         self._dir_mv[dv.touch_pos] = max(self._dir_mv[dv.touch_pos], TOUCHED_READ)
-        for row in rows:
-            lid = ids[row]
-            loc = index.get(lid)
-            if loc is None:
-                yield self._inflated(dimension_id, lid, gen, gen.compressed[lid])
-            else:
-                yield LoadedContext(dimension_id, lid, mv[loc[0]], gen, row)
+        yield from gen.contexts(dimension_id, rows)
 
     # ----------------------------------------------------------------- introspection
 
@@ -309,7 +365,7 @@ class Reader:
         dimension_id = as_id(dimension_id, "dimension_id")
         dv = self._dims.get(dimension_id) or self._dimension(dimension_id)
         gen = dv.current if self._dir_mv[dv.gen_pos] == dv.current.generation else self._refresh(dv)
-        return list(gen.ids)
+        return gen.layer_ids()
 
     def drop_stale(self) -> int:
         """Let go of every generation that is no longer the published one; returns how many.
@@ -409,16 +465,30 @@ class Reader:
             time.sleep(RELOAD_POLL)
 
     def _map(self, dv: _DimView, loc: Location) -> _Generation:
+        """Views of a pinned generation: its layer index and the pools its layers live in.
+
+        O(1): the header is checked against the directory (shmpool.data.layer_index.read_header); the
+        rows and table were built, and the layers they point at checked, by the coordinator."""
         seg = self._inst.pool_segment(loc.pool)
         offset = loc.first_block * self._inst.table.block_sizes[loc.pool]
         if offset + loc.nbytes > seg.size:
             raise RegionFormatError(source=f"dimension {dv.dimension_id} generation {loc.generation}",
-                                    fault=f"region [{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
-        array = np.frombuffer(seg.mm, dtype=np.uint8, count=loc.nbytes, offset=offset).view(_PinnedBytes)
-        array.flags.writeable = False
+                                    fault=f"layer index [{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
+        pin = _Pin()
         # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
-        weakref.finalize(array, self._pins.release, dv.entry, loc.generation).atexit = False
-        return _Generation(dv.dimension_id, loc.generation, array)
+        weakref.finalize(pin, self._pins.release, dv.entry, loc.generation).atexit = False
+        index = _pinned(seg.mm, offset, loc.nbytes, pin)
+        header = layer_index.read_header(index, source=f"dimension {dv.dimension_id} generation {loc.generation}",
+                                         dimension_id=dv.dimension_id, generation=loc.generation)
+        used = header.pools
+        pools = []
+        for p in range(used.bit_length()):
+            if used >> p & 1:
+                pseg = self._inst.pool_segment(p)
+                pools.append(memoryview(_pinned(pseg.mm, 0, pseg.size, pin)))
+            else:
+                pools.append(None)
+        return _Generation(dv.dimension_id, loc.generation, index, header, tuple(pools))
 
     def honour_epoch(self, epoch: int) -> None:
         """The coordinator published something: let go of superseded mappings, then say so.

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from . import layer_index
 from .compression import inflate
 from ..errors import LayerNotFound, RegionClosed, RegionFormatError, ShmPoolError
 
@@ -132,9 +133,15 @@ def _release(views: _Views, source: str) -> None:
 
 
 _Parsed = namedtuple("_Parsed", "header name index keywords_at")
-# Per-layer Python lookup tables of a Region: ids, {id: (start, end, row)}, keyword spans, flags.
-_Tables = namedtuple("_Tables", "ids where kw text zstd freq")
 _ROW = INDEX_DTYPE.itemsize
+
+
+def split_keywords(raw: Any) -> tuple[str, ...]:
+    """A layer's keyword bytes as a tuple of str; raises UnicodeDecodeError if not UTF-8."""
+    text = codecs.utf_8_decode(raw, "strict", True)[0]
+    # Empty pieces (a stray separator) are dropped rather than refused: harmless, and refusing
+    # them would cost a scan of every keyword slice at validation.
+    return tuple(k for k in text.split(KEYWORD_SEPARATOR) if k)
 
 
 def _check_region(mv: memoryview, source: str, verify: bool) -> _Parsed:
@@ -291,7 +298,7 @@ class Region:
     """
 
     __slots__ = ("source", "dimension_id", "name", "layer_count", "nbytes", "buffer", "_views",
-                 "_keywords_at", "_tables", "_finalizer", "__weakref__")
+                 "_keywords_at", "_table", "_finalizer", "__weakref__")
 
     # ----------------------------------------------------------------- construction
 
@@ -360,27 +367,25 @@ class Region:
         self.buffer = mv
         index = parsed.index
         self._keywords_at = parsed.keywords_at
-        self._tables: _Tables | None = None  # built on first use: readers keep their own index
+        self._table: tuple[memoryview, int] | None = None  # (table, slot mask), built on first lookup
         self._views = _Views(index, mv, mapping)
         # Last line of defence for an owned mapping; close() runs it early (and only once).
         self._finalizer = weakref.finalize(self, _release, self._views, source) if mapping is not None else None
         return self
 
-    @property
-    def _t(self) -> "_Tables":
-        tables = self._tables
-        if tables is None:
+    def _find(self, layer_id: Any) -> int:
+        """The row of ``layer_id``, or -1: the same table and probe as a published generation's
+        (shmpool.data.layer_index), built on the heap on first use."""
+        if self._table is None:
             index = self.index
-            ids = index["layer_id"].tolist()
-            starts = index["offset"].tolist()
-            ends = (index["offset"] + index["length"]).tolist()
-            kw_start = self._keywords_at + index["kw_offset"].astype(np.int64)
-            tables = self._tables = _Tables(
-                ids, {lid: (s, e, row) for row, (lid, s, e) in enumerate(zip(ids, starts, ends))},
-                list(zip(kw_start.tolist(), (kw_start + index["kw_length"]).tolist())),
-                ((index["flags"] & FLAG_TEXT) != 0).tolist(), ((index["flags"] & FLAG_ZSTD) != 0).tolist(),
-                index["frequency"].tolist())
-        return tables
+            ids = index["layer_id"].astype(np.int64)  # < 2**63: checked by _check_index
+            start = index["offset"].astype(np.int64)
+            rows = np.arange(len(index), dtype=np.int64)
+            table, _ = layer_index.build_table(ids, start, start + index["length"].astype(np.int64), rows)
+            self._table = (memoryview(table).cast("B").cast("q"), len(table) - 1)
+        table, mask = self._table
+        j = layer_index.probe(table, mask, layer_id)
+        return -1 if j < 0 else table[j + 3]
 
     # ----------------------------------------------------------------- lifetime
 
@@ -416,65 +421,68 @@ class Region:
         return self._views.index
 
     def layer(self, layer_id: int) -> memoryview:
-        """The content of ``layer_id``: a read-only zero-copy slice. Raises LayerNotFound."""
-        # Hot path: one dict lookup, one slice. No lock, no allocation but the slice, no syscall;
-        # bounds were proven at construction. Keep it that way.
-        where = self._t.where.get(layer_id)
-        if where is None:
+        """The content of ``layer_id`` as stored: a read-only zero-copy slice. Raises LayerNotFound."""
+        row = self._find(layer_id)
+        if row < 0:
             raise self._not_found(layer_id)
+        start = int(self.index["offset"][row])
         try:
-            return self.buffer[where[0]:where[1]]
-        except ValueError:  # the view was released by close()
+            return self.buffer[start:start + int(self.index["length"][row])]
+        except (TypeError, ValueError):  # the view was released by close()
             raise self._closed_error() from None
 
     def content(self, layer_id: int) -> bytes | memoryview:
         """The layer's content: the zero-copy slice, or for a compressed layer its decompressed copy."""
         view = self.layer(layer_id)
-        start, _end, row = self._t.where[layer_id]
-        if self._t.zstd[row]:
-            return inflate(view, source=self.source, layer_id=layer_id, offset=start)
+        row = self._find(layer_id)
+        if self.index["flags"][row] & FLAG_ZSTD:
+            return inflate(view, source=self.source, layer_id=layer_id, offset=int(self.index["offset"][row]))
         return view
-
-    def is_compressed(self, row: int) -> bool:
-        return self._t.zstd[row]
 
     def row(self, layer_id: int) -> int:
         """The row of ``layer_id`` in :attr:`index`. Raises LayerNotFound."""
-        where = self._t.where.get(layer_id)
-        if where is None:
+        row = self._find(layer_id)
+        if row < 0:
             raise self._not_found(layer_id)
-        return where[2]
+        return row
 
     def layer_ids(self) -> list[int]:
         """All layer ids, ascending."""
-        return list(self._t.ids)
+        return self.index["layer_id"].tolist()
+
+    @property
+    def keywords_offset(self) -> int:
+        """Absolute offset of the keyword blob (kw_offset in the index counts from here)."""
+        return self._keywords_at
+
+    def keyword_span(self, row: int) -> tuple[int, int]:
+        """Absolute [start, end) of the keyword bytes of the layer in ``row``."""
+        start = self._keywords_at + int(self.index["kw_offset"][row])
+        return start, start + int(self.index["kw_length"][row])
 
     def keywords(self, row: int) -> tuple[str, ...]:
         """Keywords of the layer in ``row`` (decoded on every call; callers cache)."""
-        start, end = self._t.kw[row]
+        start, end = self.keyword_span(row)
         if start == end:
             return ()
         try:
-            text = codecs.utf_8_decode(self.buffer[start:end], "strict", True)[0]
-        except ValueError:
+            return split_keywords(self.buffer[start:end])
+        except (TypeError, ValueError):
             raise self._closed_error() from None
-        # Empty pieces (a stray separator) are dropped rather than refused: harmless, and refusing
-        # them would cost a scan of every keyword slice at validation.
-        return tuple(k for k in text.split(KEYWORD_SEPARATOR) if k)
 
     def is_text(self, row: int) -> bool:
         """Whether the layer in ``row`` is UTF-8 text (as opposed to binary)."""
-        return self._t.text[row]
+        return bool(self.index["flags"][row] & FLAG_TEXT)
 
     def frequency(self, row: int) -> float:
-        return self._t.freq[row]
+        return float(self.index["frequency"][row])
 
     def verify_checksums(self) -> None:
         """Check every layer's CRC32 and every text layer's UTF-8 now. Raises RegionFormatError."""
         _check_content(self.buffer, self.index, self.source)
 
     def __contains__(self, layer_id: object) -> bool:
-        return layer_id in self._t.where
+        return self._find(layer_id) >= 0
 
     def __len__(self) -> int:
         return self.layer_count
@@ -485,7 +493,7 @@ class Region:
 
     def _not_found(self, layer_id: Any) -> LayerNotFound:
         return LayerNotFound(dimension_id=self.dimension_id, layer_id=layer_id,
-                             layer_count=self.layer_count, sample_ids=self._t.ids[:12])
+                             layer_count=self.layer_count, sample_ids=self.index["layer_id"][:12].tolist())
 
     def _closed_error(self) -> ShmPoolError:
         return RegionClosed(source=self.source)

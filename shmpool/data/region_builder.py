@@ -136,6 +136,21 @@ class RegionBuilder:
         self._keyword_bytes += len(keyword_bytes)
         self._plan = None
 
+    def add_stored(self, layer_id: int, stored: bytes, *, text: bool, zstd: bool, crc: int, frequency: float,
+                   keyword_bytes: bytes) -> None:
+        """Add a layer exactly as another region stored it (already validated there): ``stored``
+        is its raw or compressed form, ``crc`` the CRC32 of the uncompressed content."""
+        if layer_id in self._layers:
+            raise InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason="duplicate layer id")
+        keywords = tuple(k for k in keyword_bytes.decode("utf-8").split(KEYWORD_SEPARATOR) if k)
+        self._layers[layer_id] = _Layer(bytes(stored), text, crc, float(frequency), keywords, keyword_bytes, zstd)
+        self._keyword_bytes += len(keyword_bytes)
+        self._plan = None
+
+    def stored_layers(self) -> list[tuple[int, Any]]:
+        """(layer id, layer as stored) in id order: what an edit writes (shmpool.coordinator.publisher)."""
+        return sorted(self._layers.items())
+
     def remove_layer(self, layer_id: int) -> None:
         """Remove one layer. Raises InvalidLayer if it is not there."""
         layer = self._layers.pop(layer_id, None)

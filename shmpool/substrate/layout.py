@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 4  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
-# 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL
+LAYOUT_VERSION = 5  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+# 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL; 5: a directory
+# slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
