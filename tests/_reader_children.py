@@ -26,7 +26,7 @@ def read_all(name: str, results) -> None:
         results.put(("error", repr(exc)))
 
 
-def hammer(name: str, dimension_id: int, seconds: float, results) -> None:
+def hammer(name: str, dimension_id: int, seconds: float, started, results) -> None:
     """Look layers up in a loop, checking each one's bytes against its checksum; keep a few old
     contexts around across generations and re-check them at the end."""
     torn = lookups = 0
@@ -34,6 +34,7 @@ def hammer(name: str, dimension_id: int, seconds: float, results) -> None:
     kept = []
     try:
         with shmpool.attach(name) as reader:
+            started.set()
             deadline = time.monotonic() + seconds
             i = 0
             while time.monotonic() < deadline:

@@ -19,6 +19,9 @@ from shmpool.substrate.instance import sweep_dead
 from shmpool.substrate.names import PREFIX, SHM_DIR, cleanup, instance_names, list_objects
 from shmpool.data.sample import build_sample
 
+# Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator).
+pytest_plugins = ("_small_coord",)
+
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
 # One id per pytest session (xdist gives all workers of a run the same one), so two sessions
 # running at once neither blame nor clean up each other's instances.

@@ -6,37 +6,20 @@ writer now takes the slot not holding the current generation and the reader look
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import time
+import itertools
 
 import pytest
 
 import _reader_children as children
+from _hammer import hammer_while_publishing
+from _small_coord import allocation_count, fill
 from _waiting import wait_for
-from shmpool.coordinator import Coordinator
-from shmpool import GenerationNotNewer, InvalidId, PoolSpec
+from shmpool import GenerationNotNewer, InvalidId
 from shmpool.data.region_builder import RegionBuilder
-
-KiB, MiB = 1024, 1024 * 1024
-POOLS = (PoolSpec(4 * KiB, 4096), PoolSpec(64 * KiB, 256))
-
-
-@pytest.fixture
-def coord(instance_name, tmp_path):
-    seed = RegionBuilder(1, "seed")
-    seed.add_layer(1, "hello")
-    seed.write(tmp_path / "seed.region")
-    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=64 * MiB, workers=0) as c:
-        yield c
-
-
-def _fill(proto, generation: int, layers: int = 40, size: int = 3000) -> None:
-    for lid in range(1, layers + 1):
-        proto.add_layer(lid, children.stamped_layer(generation, lid, size + lid * 10))
 
 
 def _publish(coord, dim: int, generation: int | None) -> int:
-    _fill(coord.create_proto_dimension(dim, "jumpy"), generation or 0)
+    fill(coord.create_proto_dimension(dim, "jumpy"), generation or 0)
     return coord.crystallize(dim, generation=generation)
 
 
@@ -49,7 +32,7 @@ def test_explicit_generations_jump_and_every_lookup_sees_the_one_published(coord
         assert bytes(ctx.content[:8]) == children._stamp(generation, 7)
         del ctx
     # Without an explicit number the next one follows the last jump.
-    _fill(coord.create_proto_dimension(5, "jumpy"), 24)
+    fill(coord.create_proto_dimension(5, "jumpy"), 24)
     assert coord.crystallize(5) == 24
     assert reader.load_layer_context(5, 7).generation == 24
 
@@ -57,7 +40,7 @@ def test_explicit_generations_jump_and_every_lookup_sees_the_one_published(coord
 def test_a_generation_not_above_the_current_one_is_refused_and_nothing_changes(coord):
     assert _publish(coord, 6, 8) == 8
     used = coord.stats()["used_bytes"]
-    _fill(coord.create_proto_dimension(6, "jumpy"), 99)
+    fill(coord.create_proto_dimension(6, "jumpy"), 99)
     for stale in (8, 7, 1):  # a refusal keeps the proto-dimension, so it can be retried
         with pytest.raises(GenerationNotNewer) as err:
             coord.crystallize(6, generation=stale)
@@ -87,31 +70,19 @@ def test_the_publisher_refuses_a_stale_generation_and_frees_its_blocks(coord):
 
 def test_readers_never_see_a_torn_or_wrong_generation_across_jumps(coord):
     _publish(coord, 9, 1)
-    baseline = coord.stats()["used_bytes"]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=children.hammer, args=(coord.name, 9, 2.5, results)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    published = [1]
-    deadline = time.monotonic() + 2.0
-    step = 0
-    while time.monotonic() < deadline:
-        step += 1
-        generation = published[-1] + (1, 2, 3, 5)[step % 4]  # both parities, jumps of every size
+    baseline = allocation_count(coord)
+    jumps = itertools.cycle((1, 2, 3, 5))  # both parities, jumps of every size
+    last = [1]
+
+    def publish() -> int:
+        generation = last[0] + next(jumps)
         assert _publish(coord, 9, generation) == generation
-        published.append(generation)
-        time.sleep(0.01)
-    outcomes = [results.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(10)
-    assert all(status == "ok" for status, _ in outcomes), outcomes
-    stats = [payload for _, payload in outcomes]
+        last[0] = generation
+        return generation
+
+    published, stats = hammer_while_publishing(children.hammer, coord.name, 9, publish)
     # hammer checks each layer's stamp against the generation its context reports: a reader
     # that took the wrong slot would see another generation's bytes and count it torn.
-    assert sum(s["torn"] for s in stats) == 0
-    assert sum(s["kept_changed"] for s in stats) == 0
-    assert all(set(s["generations"]) <= set(published) for s in stats)
-    assert max(len(s["generations"]) for s in stats) > 3, "readers should have crossed generations"
+    assert all(set(s["generations"]) <= {1, *published} for s in stats)
     wait_for(lambda: coord.stats()["superseded_pending"] == 0, what="superseded generations freed")
-    assert coord.stats()["used_bytes"] == baseline
+    assert allocation_count(coord) == baseline

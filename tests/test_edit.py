@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import _edit_children as children
+from _hammer import hammer_while_publishing
+from _small_coord import small_coordinator
+from _waiting import wait_for
 import shmpool
-from shmpool.coordinator import Coordinator
-from shmpool import DimensionNotFound, EditConflict, InvalidId, InvalidLayer, LayerNotFound, PoolSpec
+from shmpool import DimensionNotFound, EditConflict, InvalidId, InvalidLayer, LayerNotFound
 from shmpool.data import layer_index
 from shmpool.data.region_builder import RegionBuilder
 
-KiB, MiB = 1024, 1024 * 1024
-POOLS = (PoolSpec(4 * KiB, 4096), PoolSpec(64 * KiB, 256))
 DIM = 5
 
 
@@ -76,7 +76,7 @@ def coord(instance_name, tmp_path):
     for lid in range(1, children.LAYERS + 1):
         builder.add_layer(lid, children.content(1, lid), frequency=lid, keywords=(f"l{lid}", "all"))
     builder.write(tmp_path / "edited.region")
-    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=64 * MiB, workers=0) as c:
+    with small_coordinator(instance_name, tmp_path) as c:
         yield c
 
 
@@ -89,13 +89,6 @@ def _edit(coord, generation: int) -> int:
 
 def _live_records(coord) -> set[int]:
     return {a["record"] for a in coord.dump_state()["allocations"]}
-
-
-def _wait_until(predicate, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_an_edit_allocates_only_the_changed_layer_and_the_index(coord):
@@ -181,30 +174,13 @@ def test_crystallizing_an_edit_of_a_superseded_generation_is_an_edit_conflict(co
 
 
 def test_readers_never_see_a_torn_layer_during_edit_publishes(coord):
-    ctx = mp.get_context("spawn")
-    results, started = ctx.Queue(), [ctx.Event() for _ in range(3)]
-    procs = [ctx.Process(target=children.hammer, args=(coord.name, DIM, 3.0, ev, results)) for ev in started]
-    for p in procs:
-        p.start()
-    for ev in started:
-        assert ev.wait(120)
-    generation = 1
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        generation += 1
-        assert _edit(coord, generation) == generation
-        time.sleep(0.005)
-    outcomes = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(10)
-    assert all(status == "ok" for status, _ in outcomes), outcomes
-    stats = [payload for _, payload in outcomes]
-    assert sum(s["torn"] for s in stats) == 0
-    assert sum(s["kept_changed"] for s in stats) == 0
-    assert max(len(s["generations"]) for s in stats) > 3, "readers should have crossed generations"
+    generations = iter(range(2, 10**6))
+    published, _ = hammer_while_publishing(children.hammer, coord.name, DIM,
+                                           lambda: _edit(coord, next(generations)), pause=0.005)
+    generation = published[-1]
     # Readers gone: every superseded generation released; what is left is exactly what the
     # current generation uses (its index, the edits it still reads, the original region).
-    _wait_until(lambda: coord.stats()["superseded_pending"] == 0)
+    wait_for(lambda: coord.stats()["superseded_pending"] == 0)
     current = coord.dump_state()["dimensions"]
     uses = {b["record"] for d in current for b in d["blocks"]}
     assert _live_records(coord) == uses
@@ -240,7 +216,7 @@ def test_shared_blocks_are_freed_only_when_the_last_generation_using_them_is_gon
     assert coord.stats()["superseded_pending"] == 1
     os.kill(holder.pid, signal.SIGKILL)
     holder.join(10)
-    _wait_until(lambda: coord.stats()["superseded_pending"] == 0)
+    wait_for(lambda: coord.stats()["superseded_pending"] == 0)
     assert not original & _live_records(coord), "the region of generation 1 is freed with generation 2"
     with shmpool.attach(coord.name) as reader:
         assert bytes(reader.load_layer_context(DIM, 1).content) == children.content(3, 1)
