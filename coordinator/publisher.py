@@ -21,19 +21,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 from loguru import logger
 
 from shmpool.alloc import Handle
 from shmpool.directory import Directory, Location
-from shmpool.errors import RegionFormatError, ShmPoolError
+from shmpool import _faults
+from shmpool.errors import InvalidArgument, RegionFormatError, ShmPoolError
+from shmpool.gen_wait import GenerationNotifier
 from shmpool.instance import SharedInstance
 from shmpool.layout import RT, W
 from shmpool.readers import ReaderRegistry
 from shmpool.region import Region
 
-__all__ = ["Published", "Evicted", "Publisher", "GRACE", "MAX_PIN_AGE"]
+__all__ = ["Published", "Evicted", "Placement", "Publisher", "GRACE", "MAX_PIN_AGE"]
 
 GRACE = 0.010
 MAX_PIN_AGE = 60.0  # seconds a live reader may block a superseded region before it is called stale
@@ -83,6 +85,15 @@ class Evicted:
                 "file": str(self.file), "layer_count": self.layer_count, "evicted_at": self.evicted_at}
 
 
+class Placement(NamedTuple):
+    """One region for :meth:`Publisher.place_many`: the arguments :meth:`Publisher.place` takes."""
+    nbytes: int
+    write: Callable[[memoryview], None]
+    source: str
+    dimension_id: int                  # the region must hold this dimension
+    built: tuple[int, str, int]        # (dimension id, name, layer count) from a RegionBuilder of ours
+
+
 class Publisher:
     """Writes regions into pool blocks and publishes them as new generations. Thread-safe."""
 
@@ -97,6 +108,7 @@ class Publisher:
         inst.control.words[W.MAX_PIN_AGE_MS] = int(max_pin_age * 1e3)  # so every process can list stale pins
         self._warned: set[tuple[int, int, int, int]] = set()  # (pid, slot, entry, generation)
         self._lock = threading.Lock()
+        self.wakeups = GenerationNotifier(inst)  # posts reader.wait_generation callers
 
     def place(self, nbytes: int, write: Callable[[memoryview], None], *, source: str,
               expect_dimension: int | None = None, file: Path | None = None, compressed: bool = False,
@@ -152,6 +164,64 @@ class Publisher:
                     dimension_id, name, generation, layers, nbytes, source)
         return generation
 
+    def place_many(self, placements: Sequence[Placement]) -> list[int]:
+        """Place every region, then publish them all as one commit; returns their generations.
+
+        All or nothing: every region is allocated, written and checked before the first
+        directory store, and any failure frees what was placed and publishes nothing. Readers
+        see the GENERATION words change inside one W.PUBLISH_SEQ bracket (Directory.commit), so
+        a snapshot or a batch sees all of them or none."""
+        ids = [p.dimension_id for p in placements]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument(argument="dimension_ids", value=ids, reason="a dimension appears twice")
+        table = self._inst.table
+        handles = []
+        committing = False
+        try:
+            for p in placements:
+                handles.append(table.allocate(p.nbytes))
+                view = self._inst.handle_view(handles[-1])
+                try:
+                    p.write(view)
+                finally:
+                    view.release()
+                if p.built[0] != p.dimension_id:
+                    raise RegionFormatError(source=p.source, fault=f"holds dimension {p.built[0]}, "
+                                                                   f"expected {p.dimension_id}")
+            with self._lock:
+                # Entries first: DirectoryFull must come before anything is visible. An entry
+                # claimed here and left unpublished reads as "not published" and is reused.
+                entries = [self.directory.entry_for(d) for d in ids]
+                entries = [e if e is not None else self.directory.add(d) for e, d in zip(entries, ids)]
+                gens = [self.directory.generation(e) + 1 for e in entries]
+                tags = self._inst.control.tags
+                for h, d, g in zip(handles, ids, gens):
+                    tags[h.record] = 0
+                    tags[h.record, RT.DIMENSION_ID], tags[h.record, RT.GENERATION] = d, g
+                    tags[h.record, RT.SERIAL] = h.serial
+                committing = True  # from here on the regions may be visible: never free them
+                with self.directory.commit():  # directory stores only: readers wait on this bracket
+                    for i, (p, h, e, g) in enumerate(zip(placements, handles, entries, gens)):
+                        self.directory.publish(e, Location(g, h.pool, h.first_block, p.nbytes, h.record, h.serial))
+                        if i == 0 and _faults.ARMED:
+                            _faults.point("publish_many.half")
+                for p, h, e, g in zip(placements, handles, entries, gens):
+                    old = self.current.get(p.dimension_id)
+                    self.current[p.dimension_id] = Published(p.dimension_id, p.built[1], g, e, h, p.source,
+                                                             p.built[2])
+                    self.evicted.pop(p.dimension_id, None)
+                    if old is not None:
+                        self._supersede(old)
+                self._bump_epoch()
+        except BaseException:
+            if not committing:
+                for h in handles:
+                    table.free(h)
+            raise
+        logger.info("published dimensions {} as one commit: generations {}, {} bytes",
+                    ids, gens, sum(p.nbytes for p in placements))
+        return gens
+
     def evict(self, dimension_id: int, file: Path) -> int:
         """Publish "no region" as the dimension's next generation; its blocks are freed by the
         usual rule once no reader pins them. ``file`` must hold the bytes for a reload."""
@@ -179,6 +249,7 @@ class Publisher:
         # Single writer (under self._lock), so the read-modify-write needs no shared lock.
         words = self._inst.control.words
         words[W.PIN_EPOCH] = int(words[W.PIN_EPOCH]) + 1
+        self.wakeups.notify()  # every publication bumps the epoch: wake generation waiters here
 
     def pending_free(self) -> int:
         """Bytes held by superseded generations that are not freed yet (pinned or in grace)."""

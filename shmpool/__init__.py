@@ -15,8 +15,10 @@ from .errors import (
     AttachError,
     CleanupError,
     ClientClosed,
+    DimensionEvicted,
     DimensionNotFound,
     DirectoryFull,
+    GenerationTimeout,
     InstanceExists,
     InvalidArgument,
     InvalidHandle,
@@ -36,6 +38,8 @@ from .errors import (
     RequestTooLarge,
     SharedMemoryFull,
     ShmPoolError,
+    SnapshotClosed,
+    SnapshotTimeout,
     UnknownJob,
     UnsafeRuntimeDir,
     UntrustedObject,
@@ -46,6 +50,7 @@ from .instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from .limits import DEFAULT_LIMIT, Thresholds
 from .names import cleanup
 from .reader import Reader, attach
+from .snapshot import Snapshot
 from .worker_context import worker_reader
 
 logger.disable("shmpool")
@@ -71,8 +76,10 @@ __all__ = [
     "connect",
     "DEFAULT_LIMIT",
     "DEFAULT_POOLS",
+    "DimensionEvicted",
     "DimensionNotFound",
     "DirectoryFull",
+    "GenerationTimeout",
     "Handle",
     "InstanceExists",
     "InvalidArgument",
@@ -94,6 +101,9 @@ __all__ = [
     "SharedInstance",
     "SharedMemoryFull",
     "ShmPoolError",
+    "Snapshot",
+    "SnapshotClosed",
+    "SnapshotTimeout",
     "Thresholds",
     "UnknownJob",
     "UnsafeRuntimeDir",

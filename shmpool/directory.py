@@ -9,11 +9,19 @@ Single writer (the coordinator), many lock-free readers, a seqlock with two slot
 The store of GENERATION is the commit point of a crystallization: one aligned int64 store, so a
 reader sees either the old generation or the new one, never a mix. The slot a reader is reading
 is only rewritten two generations later, and the re-check catches that.
+
+Across dimensions, W.PUBLISH_SEQ is a seqlock over every publication: the writer makes it odd
+before its first GENERATION store and even after its last (:meth:`Directory.commit`; one
+publish is a commit of one, several are one commit). A reader that reads the same even value
+before and after reading any number of GENERATION words has seen them all at one instant.
 """
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -44,13 +52,24 @@ class Location:
         return cls(generation, -1, 0, EVICTED, -1, 0)
 
 
+def _sequenced(publish):
+    """Make a lone publish a commit of its own (inside :meth:`Directory.commit` it joins that one)."""
+    @functools.wraps(publish)
+    def bracketed(self: "Directory", entry: int, loc: Location) -> None:
+        with self.commit():
+            publish(self, entry, loc)
+    return bracketed
+
+
 class Directory:
     """Reader and writer views of the directory section of a control segment."""
 
     def __init__(self, control: Control) -> None:
         self._ctl = control
         self._mv = control.directory_mv
+        self._words = control.words_mv
         self.capacity = control.layout.max_dimensions
+        self._depth = 0  # nesting of commit(); single writer (the Publisher's lock)
 
     # ----------------------------------------------------------------- reader side (lock-free)
 
@@ -74,6 +93,10 @@ class Directory:
 
     def generation(self, entry: int) -> int:
         return self._mv[entry * DIR_COLS + D.GENERATION]
+
+    def sequence(self) -> int:
+        """W.PUBLISH_SEQ: odd while a commit is storing GENERATION words."""
+        return self._words[W.PUBLISH_SEQ]
 
     def read(self, entry: int) -> Location | None:
         """A consistent snapshot of the published location, or None if never published."""
@@ -109,6 +132,25 @@ class Directory:
         self._ctl.words[W.DIR_VERSION] += 1
         return entry
 
+    @contextmanager
+    def commit(self) -> Iterator[None]:
+        """Bracket GENERATION stores as one instant for readers of W.PUBLISH_SEQ (re-entrant).
+
+        Keep the body to directory stores: a reader that finds the word odd waits for it (up to
+        its timeout), so everything slow (allocation, copying, logging) belongs before or after."""
+        words = self._words
+        outer = self._depth == 0
+        if outer:
+            words[W.PUBLISH_SEQ] = words[W.PUBLISH_SEQ] + 1  # odd: GENERATION words are changing
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if outer:
+                words[W.PUBLISH_SEQ] = words[W.PUBLISH_SEQ] + 1  # even: one new instant
+
+    @_sequenced
     def publish(self, entry: int, loc: Location) -> None:
         """Make ``loc`` the current generation of ``entry``: slot first, GENERATION last."""
         mv = self._mv

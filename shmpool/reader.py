@@ -38,11 +38,14 @@ from .pin_watch import PinWatcher
 from .pins import RowPins, list_pins
 from .readers import ReaderRegistry
 from .region import FLAG_ZSTD, Region
+from .snapshot import SNAPSHOT_TIMEOUT, Snapshot
+from .gen_wait import GenerationWaiter
 
 __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 
 RELOAD_TIMEOUT = 10.0  # seconds a lookup waits for an evicted dimension to come back
 RELOAD_POLL = 0.0005   # seconds between checks while waiting
+BATCH_TRIES = 3        # load_contexts re-reads a batch a publish cut through, then uses a snapshot
 
 _new = object.__new__
 
@@ -161,6 +164,7 @@ class Reader:
         self._pins = RowPins(inst.control, slot, lambda: _shutdown(registry, slot, owned))
         self._finalizer = weakref.finalize(self, self._pins.reader_closed)
         self._watcher: PinWatcher | None = None
+        self._waiter_obj: GenerationWaiter | None = None
 
     @property
     def name(self) -> str:
@@ -228,6 +232,25 @@ class Reader:
         :meth:`load_layer_context` (by NavigationPath), before anything is loaded.
         """
         steps = NavigationPath.of(path)
+        # One instant per batch: a publish (W.PUBLISH_SEQ moved, or odd: a commit in progress)
+        # during the batch may have mixed generations, so read it again, then through a snapshot.
+        seq_mv = self._inst.control.words_mv
+        for _ in range(BATCH_TRIES):
+            seq = seq_mv[W.PUBLISH_SEQ]
+            if seq & 1:
+                continue
+            try:
+                out = self._batch(steps, strict)
+            except (DimensionNotFound, LayerNotFound):
+                if seq_mv[W.PUBLISH_SEQ] == seq:
+                    raise
+                continue
+            if seq_mv[W.PUBLISH_SEQ] == seq:
+                return out
+        with self.snapshot() as snap:
+            return snap.load_contexts(steps, strict=strict)
+
+    def _batch(self, steps: NavigationPath, strict: bool) -> ContextCollection:
         out = ContextCollection()
         contexts = out.contexts
         append = contexts.append
@@ -339,13 +362,14 @@ class Reader:
     def _published(self) -> dict[int, int]:
         return {dim: e for dim, e in self._dir.entries().items() if self._dir.generation(e) > 0}
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ReaderClosed(name=self._inst.name, slot=self._slot)
+
     def _dimension(self, dimension_id: int) -> _DimView:
         with self._lock:
-            if self._closed:
-                raise ReaderClosed(name=self._inst.name, slot=self._slot)
-            if self._watcher is None:  # only a reader that maps something can pin anything
-                words = self._inst.control.words_mv  # not a bound method: the watcher holds us weakly
-                self._watcher = PinWatcher(self, lambda: words[W.PIN_EPOCH], words[W.PIN_EPOCH])
+            self._check_open()
+            self._start_watcher()
             dv = self._dims.get(dimension_id)
             if dv is not None:
                 return dv
@@ -357,6 +381,90 @@ class Reader:
             self._refresh(dv)
             self._dims[dimension_id] = dv
             return dv
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:  # only a reader that maps something can pin anything
+            words = self._inst.control.words_mv  # not a bound method: the watcher holds us weakly
+            self._watcher = PinWatcher(self, lambda: words[W.PIN_EPOCH], words[W.PIN_EPOCH])
+
+    # ----------------------------------------------------------------- snapshots and wake-ups
+
+    def snapshot(self, *, timeout: float | None = SNAPSHOT_TIMEOUT) -> Snapshot:
+        """Pin one instant of every published dimension; use as ``with reader.snapshot() as snap:``.
+
+        Lookups through the snapshot see each dimension at the generation it had at that
+        instant, whatever is published meanwhile (multi-dimension commits included). Takes some
+        tens of microseconds (it reads and pins every directory entry; each dimension is mapped
+        on its first lookup). Raises SnapshotTimeout if a multi-dimension commit keeps the
+        directory in flux for ``timeout`` seconds (None: wait for ever), or at once if the
+        coordinator died in the middle of one; ReaderClosed on a closed reader.
+        """
+        return Snapshot.take(self, timeout)
+
+    def _generation_at(self, dimension_id: int, entry: int, loc: Location,
+                       holder: weakref.finalize) -> _Generation | None:
+        """Generation ``loc`` for an open snapshot (``holder`` alive: its pin keeps the region);
+        the reader's cached mapping when it is that one. None if the snapshot closed first."""
+        with self._lock:
+            self._check_open()
+            self._start_watcher()
+            dv = self._dims.get(dimension_id)
+            if dv is None:
+                dv = self._dims[dimension_id] = _DimView(dimension_id, entry)
+            if dv.current.generation == loc.generation:
+                return dv.current
+            self._pins.hold(entry, loc.generation)  # the array's own, taken while the snapshot's holds
+            if not holder.alive:
+                self._pins.release(entry, loc.generation, from_collector=False)
+                return None
+            try:
+                gen = self._map(dv, loc)
+            except BaseException:
+                self._pins.release(entry, loc.generation, from_collector=False)
+                raise
+            if self._dir_mv[dv.gen_pos] == loc.generation:
+                dv.current = gen  # still the published one: the lookup path shares it
+            return gen
+
+    def wait_generation(self, dimension_id: int, *, after: int | None = None,
+                        timeout: float | None = None) -> int:
+        """Block until the dimension publishes a generation newer than ``after``; return it.
+
+        ``after`` defaults to the generation published now. Returns at once if a newer one is
+        already published. Sleeps on a semaphore the coordinator posts at every publication (no
+        polling). Raises GenerationTimeout after ``timeout`` seconds (None: no limit),
+        AttachError if the coordinator stops or dies meanwhile (noticed within about 0.25 s),
+        ReaderClosed if this reader is closed meanwhile, DimensionNotFound if the dimension was
+        never published.
+        """
+        dimension_id, pos, after = self._wait_args(dimension_id, after)
+        return self._waiter().wait(dimension_id, pos, after, timeout)
+
+    async def await_generation(self, dimension_id: int, *, after: int | None = None,
+                               timeout: float | None = None) -> int:
+        """The asyncio form of :meth:`wait_generation`: same arguments, result and errors.
+
+        No thread per call: one thread per Reader waits on the semaphore for every waiter and
+        completes their futures through their event loops."""
+        dimension_id, pos, after = self._wait_args(dimension_id, after)
+        return await self._waiter().wait_async(dimension_id, pos, after, timeout)
+
+    def _wait_args(self, dimension_id: int, after: int | None) -> tuple[int, int, int]:
+        dimension_id = as_id(dimension_id, "dimension_id")
+        self._check_open()
+        published = self._published()
+        entry = published.get(dimension_id)
+        if entry is None:
+            raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
+        pos = Directory.generation_position(entry)
+        return dimension_id, pos, int(self._dir_mv[pos]) if after is None else as_id(after, "after")
+
+    def _waiter(self) -> GenerationWaiter:
+        with self._lock:
+            self._check_open()
+            if self._waiter_obj is None:
+                self._waiter_obj = GenerationWaiter(self._inst, self._slot)
+            return self._waiter_obj
 
     def _refresh(self, dv: _DimView) -> _Generation:
         """Switch ``dv`` to the published generation: pin, re-check, then map.
@@ -374,13 +482,12 @@ class Reader:
                 if dv.current.generation == loc.generation:
                     return dv.current
                 if not loc.evicted:
-                    fresh = self._pins.hold(dv.entry, loc.generation)
+                    self._pins.hold(dv.entry, loc.generation)  # counted: _map's array releases it
                     if self._dir.generation(dv.entry) == loc.generation:
                         dv.current = self._map(dv, loc)
                         return dv.current
                     # Superseded while we pinned: it may be freed at any moment, so never touch it.
-                    if fresh:
-                        self._pins.release(dv.entry, loc.generation, from_collector=False)
+                    self._pins.release(dv.entry, loc.generation, from_collector=False)
                     continue
                 dv.current = _NOT_MAPPED  # let the evicted region go from this process too
             if deadline is None:
@@ -445,6 +552,8 @@ class Reader:
             dims, self._dims = self._dims, {}
             if self._watcher is not None:
                 self._watcher.stop()
+            if self._waiter_obj is not None:
+                self._waiter_obj.close(ReaderClosed(name=self._inst.name, slot=self._slot))
         for dv in dims.values():
             dv.current = _NOT_MAPPED  # our own cached mappings go now; the user's contexts stay
         del dims
