@@ -160,6 +160,18 @@ class RowPins:
         else:
             self._release_row()
 
+    def hold_all(self, pairs: list[tuple[int, int]]) -> None:
+        """:meth:`hold` each (entry, generation), under one acquisition of the lock."""
+        with self._lock:
+            for entry, generation in pairs:
+                self.hold(entry, generation)
+
+    def release_all(self, pairs: list[tuple[int, int]], *, from_collector: bool = False) -> None:
+        """:meth:`release` each (entry, generation). Not under one acquisition: the last release
+        may release the row, which must not happen with this lock held (see :meth:`release`)."""
+        for entry, generation in pairs:
+            self.release(entry, generation, from_collector=from_collector)
+
     def held_count(self) -> int:
         with self._lock:
             return sum(len(dp) for dp in self._dims.values())

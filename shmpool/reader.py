@@ -165,6 +165,7 @@ class Reader:
         self._finalizer = weakref.finalize(self, self._pins.reader_closed)
         self._watcher: PinWatcher | None = None
         self._waiter_obj: GenerationWaiter | None = None
+        self._entries_cache: tuple[int, dict[int, int]] | None = None
 
     @property
     def name(self) -> str:
@@ -358,6 +359,14 @@ class Reader:
         return out
 
     # ----------------------------------------------------------------- generations and pins
+
+    def _entries(self) -> dict[int, int]:
+        """{dimension id: entry} of every claimed entry, re-read only when W.DIR_VERSION moves."""
+        version = self._dir.version()
+        cached = self._entries_cache
+        if cached is None or cached[0] != version:
+            cached = self._entries_cache = (version, self._dir.entries())
+        return cached[1]
 
     def _published(self) -> dict[int, int]:
         return {dim: e for dim, e in self._dir.entries().items() if self._dir.generation(e) > 0}

@@ -25,7 +25,7 @@ from loguru import logger
 
 from ._proc import is_alive
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
-from .directory import Directory, Location
+from .directory import EVICTED, Directory, Location
 from .errors import (DimensionEvicted, DimensionNotFound, LayerNotFound, ShmPoolError, SnapshotClosed,
                      SnapshotTimeout)
 from .ids import as_id
@@ -45,11 +45,10 @@ _new = object.__new__
 
 
 def _release(pins: "RowPins", holds: list[tuple[int, int]]) -> None:
-    for entry, generation in holds:
-        try:
-            pins.release(entry, generation)
-        except ShmPoolError as exc:  # the row went with its instance already
-            logger.debug("snapshot pin of entry {} generation {} not released: {}", entry, generation, exc)
+    try:
+        pins.release_all(holds, from_collector=True)
+    except ShmPoolError as exc:  # the row went with its instance already
+        logger.debug("snapshot pins {} not released: {}", holds, exc)
 
 
 class Snapshot:
@@ -66,11 +65,11 @@ class Snapshot:
 
     __slots__ = ("_reader", "sequence", "_locations", "_gens", "_dir_mv", "_finalizer", "__weakref__")
 
-    def __init__(self, reader: "Reader", sequence: int, locations: dict[int, tuple[int, Location]],
+    def __init__(self, reader: "Reader", sequence: int, locations: dict[int, tuple[int, tuple]],
                  holds: list[tuple[int, int]]) -> None:
         self._reader = reader
         self.sequence = sequence   # the even W.PUBLISH_SEQ of its instant
-        self._locations = locations
+        self._locations = locations  # {dimension id: (entry, Location fields)}
         self._gens: dict[int, "_Generation"] = {}
         self._dir_mv = reader._dir_mv
         self._finalizer = weakref.finalize(self, _release, reader._pins, holds)
@@ -81,6 +80,7 @@ class Snapshot:
         """Read, pin and re-check every published generation within one even PUBLISH_SEQ."""
         inst, directory, pins = reader._inst, reader._dir, reader._pins
         words = inst.control.words_mv
+        read = directory.read_fields
         start = time.monotonic()
         odd_since = None
         while True:
@@ -88,18 +88,15 @@ class Snapshot:
             seq = words[W.PUBLISH_SEQ]
             if not seq & 1:
                 odd_since = None
-                locations = {}
-                for dim, entry in directory.entries().items():
-                    loc = directory.read(entry)
-                    if loc is not None:
-                        locations[dim] = (entry, loc)
-                holds = [(entry, loc.generation) for entry, loc in locations.values() if not loc.evicted]
-                for entry, generation in holds:
-                    pins.hold(entry, generation)
+                # Entries are claimed (W.DIR_VERSION) before their first publish bumps the
+                # sequence, so the entries read after ``seq`` include every one published by then.
+                found = [(dim, entry, read(entry)) for dim, entry in reader._entries().items()]
+                locations = {dim: (entry, fields) for dim, entry, fields in found if fields is not None}
+                holds = [(entry, f[0]) for entry, f in locations.values() if f[3] != EVICTED]
+                pins.hold_all(holds)
                 if words[W.PUBLISH_SEQ] == seq:
                     return cls(reader, seq, locations, holds)
-                for entry, generation in holds:  # a publish landed meanwhile: that was no instant
-                    pins.release(entry, generation, from_collector=False)
+                pins.release_all(holds)  # a publish landed meanwhile: that was no instant
                 continue
             now = time.monotonic()
             odd_since = odd_since or now
@@ -160,12 +157,12 @@ class Snapshot:
 
     def generation(self, dimension_id: int) -> int:
         """The dimension's generation at the instant (no mapping needed)."""
-        return self._location(as_id(dimension_id, "dimension_id"))[1].generation
+        return self._location(as_id(dimension_id, "dimension_id"))[1][0]
 
     @property
     def generations(self) -> dict[int, int]:
         """{dimension id: generation} of every dimension at the instant."""
-        return {dim: loc.generation for dim, (_, loc) in sorted(self._locations.items())}
+        return {dim: fields[0] for dim, (_, fields) in sorted(self._locations.items())}
 
     def layer_ids(self, dimension_id: int) -> list[int]:
         dimension_id = as_id(dimension_id, "dimension_id")
@@ -173,7 +170,7 @@ class Snapshot:
 
     # ----------------------------------------------------------------- mapping
 
-    def _location(self, dimension_id: int) -> tuple[int, Location]:
+    def _location(self, dimension_id: int) -> tuple[int, tuple]:
         found = self._locations.get(dimension_id)
         if found is None:
             raise DimensionNotFound(dimension_id=dimension_id, available=sorted(self._locations))
@@ -182,7 +179,8 @@ class Snapshot:
     def _resolve(self, dimension_id: int) -> "_Generation":
         if not self._finalizer.alive:
             raise SnapshotClosed(name=self._reader.name, sequence=self.sequence)
-        entry, loc = self._location(dimension_id)
+        entry, fields = self._location(dimension_id)
+        loc = Location(*fields)
         if loc.evicted:
             raise DimensionEvicted(dimension_id=dimension_id, generation=loc.generation)
         gen = self._reader._generation_at(dimension_id, entry, loc, self._finalizer)
