@@ -46,6 +46,7 @@ __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 RELOAD_TIMEOUT = 10.0  # seconds a lookup waits for an evicted dimension to come back
 RELOAD_POLL = 0.0005   # seconds between checks while waiting
 BATCH_TRIES = 3        # load_contexts re-reads a batch a publish cut through, then uses a snapshot
+_SEQ = int(W.PUBLISH_SEQ)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
 
 _new = object.__new__
 
@@ -153,6 +154,7 @@ class Reader:
         self._inst = inst
         self._dir = Directory(inst.control)
         self._dir_mv = inst.control.directory_mv
+        self._words_mv = inst.control.words_mv
         self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self._slot = self._registry.register()
         self._dims: dict[int, _DimView] = {}
@@ -234,19 +236,35 @@ class Reader:
         """
         steps = NavigationPath.of(path)
         # One instant per batch: a publish (W.PUBLISH_SEQ moved, or odd: a commit in progress)
-        # during the batch may have mixed generations, so read it again, then through a snapshot.
-        seq_mv = self._inst.control.words_mv
-        for _ in range(BATCH_TRIES):
-            seq = seq_mv[W.PUBLISH_SEQ]
+        # during the batch may have mixed generations, so then it is read again. Two int64 reads.
+        seq_mv = self._words_mv
+        seq = seq_mv[_SEQ]
+        if not seq & 1:
+            try:
+                out = self._batch(steps, strict)
+            except (DimensionNotFound, LayerNotFound):
+                if seq_mv[_SEQ] == seq:
+                    raise
+            else:
+                if seq_mv[_SEQ] == seq:
+                    return out
+        return self._batch_again(steps, strict)
+
+    def _batch_again(self, steps: NavigationPath, strict: bool) -> ContextCollection:
+        """A publish cut through the batch: read it again, then through a snapshot (which
+        waits for a commit in progress to end, or fails typed)."""
+        seq_mv = self._words_mv
+        for _ in range(BATCH_TRIES - 1):
+            seq = seq_mv[_SEQ]
             if seq & 1:
                 continue
             try:
                 out = self._batch(steps, strict)
             except (DimensionNotFound, LayerNotFound):
-                if seq_mv[W.PUBLISH_SEQ] == seq:
+                if seq_mv[_SEQ] == seq:
                     raise
                 continue
-            if seq_mv[W.PUBLISH_SEQ] == seq:
+            if seq_mv[_SEQ] == seq:
                 return out
         with self.snapshot() as snap:
             return snap.load_contexts(steps, strict=strict)

@@ -211,3 +211,40 @@ def test_snapshot_waits_out_a_commit_in_progress_then_times_out_typed(coord):
             assert snap.sequence == int(words[W.PUBLISH_SEQ])
     finally:
         reader.close()
+
+
+def test_a_snapshot_dropped_without_close_releases_its_pins(coord):
+    children.fill_tagged(coord, (A,), 0)
+    coord.crystallize(A)
+    reader = shmpool.attach(coord.name)
+    try:
+        snap = reader.snapshot()
+        g0 = snap.generation(A)
+        children.fill_tagged(coord, (A,), 1)
+        coord.crystallize(A)
+        reader.drop_stale()
+        pinned = lambda: (A, g0) in {(p["dimension_id"], p["generation"]) for p in reader.pins()}
+        assert pinned()  # only the snapshot holds it
+        del snap
+        gc.collect()
+        assert not pinned()
+        wait_for(lambda: coord.reclaim() >= 0 and all(p.generation != g0 or p.dimension_id != A
+                                                      for p in coord._publisher.snapshot()[1]), 10, "freed")
+    finally:
+        reader.close()
+
+
+def test_snapshot_lookups_and_contexts_after_the_reader_closes(coord):
+    children.fill_tagged(coord, (A, B), 3)
+    coord.crystallize_many([A, B])
+    reader = shmpool.attach(coord.name)
+    snap = reader.snapshot()
+    ctx = snap.load_layer_context(A, 1)
+    reader.close()
+    with pytest.raises(shmpool.ReaderClosed):
+        snap.load_layer_context(B, 1)  # not mapped before the close: nothing new is mapped after it
+    assert ctx.content[:children.TAG_LEN] == b"tag:000003:" and ctx.verify()
+    snap.close()
+    del ctx
+    gc.collect()
+    wait_for(lambda: int(coord.stats()["readers_attached"]) == 0, 10, "the row released with the last hold")
