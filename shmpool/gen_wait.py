@@ -77,6 +77,8 @@ class GenerationWaiter:
         self._futures: dict[asyncio.Future, tuple[asyncio.AbstractEventLoop, int, int]] = {}
         self._error: ShmPoolError | None = None
         self._thread: threading.Thread | None = None
+        self._closed = False
+        self._row_ours = True  # False once closed by the collector: the row may be someone else's
 
     # ----------------------------------------------------------------- callers
 
@@ -124,24 +126,27 @@ class GenerationWaiter:
             with self._cond:
                 self._futures.pop(fut, None)
 
-    def close(self, error: ShmPoolError) -> None:
-        """Fail every waiter with ``error`` and stop the dispatcher (the semaphore stays: the
-        coordinator unlinks it)."""
+    def close(self, error: ShmPoolError, *, row_ours: bool = True) -> None:
+        """Fail every waiter with ``error`` and stop the dispatcher (idempotent; the semaphore
+        stays: the coordinator unlinks it). ``row_ours=False`` (the Reader was collected, so its
+        row may already be released and reused): leave the row's words alone."""
         with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._row_ours = row_ours
             if self._error is None:
                 self._error = error
             self._wake_all_locked()
             thread = self._thread
-        try:
-            self._sem.release()  # out of its sem_wait now rather than at the end of a slice
-        except posix_ipc.ExistentialError:
-            logger.debug("generation wait semaphore of {!r} already gone", self._name)
+        self._sem.release()  # out of its sem_wait now rather than at the end of a slice
         if thread is not None and thread is not threading.current_thread():
             thread.join(SLICE * 4)
             if thread.is_alive():
                 logger.debug("generation dispatcher of {!r} still running; semaphore left open", self._name)
                 return
-        self._row[RD.WAITING] = 0
+        if row_ours:
+            self._row[RD.WAITING] = 0
         self._sem.close()
 
     # ----------------------------------------------------------------- dispatcher
@@ -176,9 +181,10 @@ class GenerationWaiter:
                     row[RD.WAITING] = 0  # nobody waits: the coordinator need not post us
                     self._cond.wait()
                 if self._error is not None:
-                    row[RD.WAITING] = 0
+                    if self._row_ours:
+                        row[RD.WAITING] = 0
                     return
-            row[RD.WAITING] = words[W.PIN_EPOCH] + 1  # armed: publications from here on post us
+                row[RD.WAITING] = words[W.PIN_EPOCH] + 1  # armed: publications from here on post us
             with self._cond:
                 self._wake_all_locked()  # one look after arming: what was published before it
             try:

@@ -30,6 +30,7 @@ from loguru import logger
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import Directory, Location
 from .errors import AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReloadTimeout, ShmPoolError
+from .gen_wait import GenerationWaiter
 from .ids import as_id
 from .instance import SharedInstance
 from .compression import inflate
@@ -39,7 +40,6 @@ from .pins import RowPins, list_pins
 from .readers import ReaderRegistry
 from .region import FLAG_ZSTD, Region
 from .snapshot import SNAPSHOT_TIMEOUT, Snapshot
-from .gen_wait import GenerationWaiter
 
 __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 
@@ -490,7 +490,10 @@ class Reader:
         with self._lock:
             self._check_open()
             if self._waiter_obj is None:
-                self._waiter_obj = GenerationWaiter(self._inst, self._slot)
+                waiter = self._waiter_obj = GenerationWaiter(self._inst, self._slot)
+                # Collected without close(): its dispatcher thread and semaphore go too.
+                weakref.finalize(self, waiter.close, ReaderClosed(name=self._inst.name, slot=self._slot),
+                                 row_ours=False).atexit = False
             return self._waiter_obj
 
     def _refresh(self, dv: _DimView) -> _Generation:
