@@ -97,16 +97,17 @@ class Snapshot:
                 if words[W.PUBLISH_SEQ] == seq:
                     return cls(reader, seq, locations, holds)
                 pins.release_all(holds)  # a publish landed meanwhile: that was no instant
-                continue
             now = time.monotonic()
-            odd_since = odd_since or now
             alive = True
-            if now - odd_since > _LIVENESS_AFTER:
+            if seq & 1:
+                odd_since = odd_since or now
+            if odd_since is not None and now - odd_since > _LIVENESS_AFTER:
                 alive = is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
             if not alive or (timeout is not None and now - start >= timeout):
                 raise SnapshotTimeout(name=inst.name, sequence=int(seq), waited=now - start,
                                       coordinator_alive=alive)
-            time.sleep(_ODD_POLL)
+            if seq & 1:
+                time.sleep(_ODD_POLL)
 
     # ----------------------------------------------------------------- lookups
 
@@ -189,7 +190,10 @@ class Snapshot:
         pos = Directory.touched_position(entry)
         if not self._dir_mv[pos]:
             self._dir_mv[pos] = TOUCHED_READ
-        self._gens[dimension_id] = gen
+        gens = self._gens
+        gens[dimension_id] = gen
+        if not self._finalizer.alive:  # closed while we mapped: keep "lookups after close raise"
+            gens.pop(dimension_id, None)
         return gen
 
     # ----------------------------------------------------------------- lifetime

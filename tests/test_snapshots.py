@@ -248,3 +248,19 @@ def test_snapshot_lookups_and_contexts_after_the_reader_closes(coord):
     del ctx
     gc.collect()
     wait_for(lambda: int(coord.stats()["readers_attached"]) == 0, 10, "the row released with the last hold")
+
+
+def test_crystallize_many_directory_full_publishes_nothing(instance_name, sample_dir):
+    with Coordinator(instance_name, data_dir=sample_dir, workers=0, max_dimensions=15) as coord:
+        reader = shmpool.attach(coord.name)
+        try:
+            children.fill_tagged(coord, (A, B), 1)
+            dims, used = reader.dimensions(), int(coord.stats()["used_bytes"])
+            with pytest.raises(shmpool.DirectoryFull):
+                coord.crystallize_many([A, B])  # room for A's entry, not for B's
+            assert reader.dimensions() == dims and int(coord.stats()["used_bytes"]) == used
+            with pytest.raises(DimensionNotFound):
+                reader.load_layer_context(A, 1)  # its claimed entry reads as unpublished
+            assert coord.crystallize(A) == 1  # and is reused
+        finally:
+            reader.close()
