@@ -16,6 +16,7 @@ from _waiting import wait_for
 from shmpool.coordinator import Coordinator
 from shmpool import (DimensionEvicted, DimensionNotFound, InvalidArgument, LimitExceeded, SnapshotClosed,
                      SnapshotTimeout)
+from shmpool.data.region_builder import RegionBuilder
 from shmpool.substrate.layout import W
 
 A, B = 101, 102
@@ -264,3 +265,109 @@ def test_crystallize_many_directory_full_publishes_nothing(instance_name, sample
             assert coord.crystallize(A) == 1  # and is reused
         finally:
             reader.close()
+
+
+# ----------------------------------------------------------------------------- with the shared layer index
+
+def _live_records(coord) -> set[int]:
+    return {a["record"] for a in coord.dump_state()["allocations"]}
+
+
+def _edit(coord, dim: int, tag: int, layer_ids) -> None:
+    proto = coord.edit_dimension(dim)
+    for lid in layer_ids:
+        proto.add_layer(lid, children.tagged(tag, lid))
+
+
+def test_a_snapshot_keeps_the_layers_an_edit_replaced_until_it_closes(coord):
+    """Shared layers: generation 2 (an edit) replaced layer 3; generation 3 replaces it again, so
+    generation 2's edit allocation is used by generation 2 alone. A snapshot pinning generation 2
+    keeps that allocation (and the region generation 2 still reads its other layers from) until it
+    closes; then it is freed, and nothing the current generation uses is."""
+    children.fill_tagged(coord, (A,), 0)
+    coord.crystallize(A)
+    _edit(coord, A, 2, [3])
+    assert coord.crystallize(A) == 2
+    reader = shmpool.attach(coord.name)
+    try:
+        with reader.snapshot() as snap:
+            assert snap.generation(A) == 2
+            before = _live_records(coord)
+            _edit(coord, A, 3, [3])
+            assert coord.crystallize(A) == 3
+            time.sleep(0.05)  # past GRACE
+            coord.reclaim()
+            assert before <= _live_records(coord), "nothing generation 2 uses may go while it is pinned"
+            ctx = snap.load_layer_context(A, 3)
+            assert bytes(ctx.content) == children.tagged(2, 3) and ctx.generation == 2 and ctx.verify()
+            assert bytes(snap.load_layer_context(A, 1).content) == children.tagged(0, 1)  # from the region
+            assert [bytes(c.content) for c in snap.scan(A)] == \
+                [children.tagged(2 if lid == 3 else 0, lid) for lid in range(1, 6)]
+            assert bytes(reader.load_layer_context(A, 3).content) == children.tagged(3, 3)
+            del ctx
+        gc.collect()
+        current = {b["record"] for d in coord.dump_state()["dimensions"] for b in d["blocks"]}
+
+        def freed() -> bool:
+            coord.reclaim()
+            return coord.stats()["superseded_pending"] == 0
+        wait_for(freed, 10, "generation 2 released after its snapshot closed")
+        assert _live_records(coord) == current, "left: exactly what generation 3 uses"
+        assert before - _live_records(coord), "generation 2's own allocations were freed"
+    finally:
+        reader.close()
+
+
+def test_crystallize_many_publishes_an_edit_and_a_new_region_as_one_commit(coord, tmp_path):
+    children.fill_tagged(coord, (A, B), 0)
+    coord.crystallize_many([A, B])
+    reader = shmpool.attach(coord.name)
+    try:
+        words = reader.instance.control.words
+        seq = int(words[W.PUBLISH_SEQ])
+        _edit(coord, A, 1, [2, 4])
+        children.fill_tagged(coord, (B,), 1)
+        assert coord.crystallize_many([A, B]) == {A: 2, B: 2}
+        assert int(words[W.PUBLISH_SEQ]) == seq + 2, "one commit for both"
+        with reader.snapshot() as snap:
+            got = {lid: bytes(snap.load_layer_context(A, lid).content) for lid in range(1, 6)}
+            assert got == {lid: children.tagged(1 if lid in (2, 4) else 0, lid) for lid in range(1, 6)}
+            assert _tags(snap.load_contexts([(B, lid) for lid in range(1, 6)])) == {b"tag:000001:"}
+        # An edit whose base moved on fails the whole commit: nothing published, nothing kept allocated.
+        _edit(coord, A, 9, [1])                       # an edit of generation 2 ...
+        builder = RegionBuilder(A, f"tagged-{A}")
+        for lid in range(1, 6):
+            builder.add_layer(lid, children.tagged(8, lid))
+        builder.write(tmp_path / "a.region")
+        assert coord.publish_region_file(tmp_path / "a.region") == 3  # ... whose base moves on
+        children.fill_tagged(coord, (B,), 2)
+        seq, used = int(words[W.PUBLISH_SEQ]), int(coord.stats()["used_bytes"])
+        with pytest.raises(shmpool.EditConflict):
+            coord.crystallize_many([B, A])
+        assert int(words[W.PUBLISH_SEQ]) == seq and int(coord.stats()["used_bytes"]) == used
+        assert reader.generation(B) == 2 and reader.generation(A) == 3
+        assert coord.proto(A).base_generation == 2 and len(coord.proto(B)) == 5  # both protos kept
+    finally:
+        reader.close()
+
+
+def test_a_snapshot_holds_the_old_generation_across_a_jump(coord):
+    """dask13's explicit generations: crystallize(generation=G) writes the slot not holding the
+    current generation, whatever its parity; the snapshot's kept location still finds its own."""
+    children.fill_tagged(coord, (A,), 0)
+    coord.crystallize(A)
+    reader = shmpool.attach(coord.name)
+    try:
+        with reader.snapshot() as snap:
+            for tag, generation in ((1, 4), (2, 6), (3, 9)):  # jumps of both parities
+                children.fill_tagged(coord, (A,), tag)
+                assert coord.crystallize(A, generation=generation) == generation
+            assert reader.generation(A) == 9
+            assert _tags(reader.load_contexts([(A, lid) for lid in range(1, 6)])) == {b"tag:000003:"}
+            assert snap.generation(A) == 1
+            assert _tags(snap.load_contexts([(A, lid) for lid in range(1, 6)])) == {b"tag:000000:"}
+        with reader.snapshot() as snap:
+            assert snap.generations[A] == 9
+            assert _tags(snap.scan(A)) == {b"tag:000003:"}
+    finally:
+        reader.close()
