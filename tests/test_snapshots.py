@@ -341,6 +341,12 @@ def test_crystallize_many_publishes_an_edit_and_a_new_region_as_one_commit(coord
         builder.write(tmp_path / "a.region")
         assert coord.publish_region_file(tmp_path / "a.region") == 3  # ... whose base moves on
         children.fill_tagged(coord, (B,), 2)
+        reader.drop_stale()
+
+        def settled() -> bool:  # so that used_bytes stands still: only what the stale edit holds is left
+            coord.reclaim()
+            return {(p.dimension_id, p.generation) for p in coord._publisher.snapshot()[1]} == {(A, 2)}
+        wait_for(settled, 10, "superseded generations released, but the stale edit's base")
         seq, used = int(words[W.PUBLISH_SEQ]), int(coord.stats()["used_bytes"])
         with pytest.raises(shmpool.EditConflict):
             coord.crystallize_many([B, A])
