@@ -46,7 +46,7 @@ from shmpool.coordinator.pool import WorkerPool
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
 from .proto import ProtoDimension
-from .publisher import MAX_PIN_AGE, Publisher
+from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
 from .verified import VerifiedFiles
 
 __all__ = ["Coordinator"]
@@ -312,6 +312,8 @@ class Coordinator:
         if self._capacity is not None:
             self._capacity.remove_spills()  # evicted dimensions cannot come back once we are gone
             self._capacity = None
+        if self._publisher is not None:
+            self._publisher.wakeups.close()  # waiters see STATE stopping now, not a slice later
         if self._inst is not None:
             self._inst.destroy()
             self._inst = None
@@ -367,6 +369,7 @@ class Coordinator:
                 if self._reader is not None:
                     self._reader.drop_stale()  # our own reader must not pin what it no longer uses
                 self._capacity.tick()
+                self._publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
                 self._publisher.reclaim()
                 if time.monotonic() - last_sweep >= DEAD_SWEEP_INTERVAL:
                     self._inst.table.reclaim_dead()
@@ -505,6 +508,43 @@ class Coordinator:
             return publisher.place(region.nbytes, copy, layer_count=region.layer_count, name=region.name,
                                    source=str(path), expect_dimension=region.dimension_id, file=Path(path),
                                    generation=generation)
+
+    def crystallize_many(self, dimension_ids: Iterable[int], *, keep: bool = False) -> dict[int, int]:
+        """Publish the proto-dimensions ``dimension_ids`` together, as one atomic step.
+
+        Returns {dimension id: new generation}. Every region (or edit) is written and checked
+        before anything is published, and all of them become visible at one instant: a
+        reader's ``snapshot()`` or ``load_contexts`` sees all the new generations or none. All
+        or nothing: on any failure (DimensionNotFound for an id without a proto-dimension,
+        InvalidArgument for a repeated id, EditConflict, LimitExceeded, AllocationFailed,
+        DirectoryFull) nothing is published, nothing stays allocated and every proto-dimension
+        is kept. The protos are consumed unless ``keep`` (an edit kept goes on from its new
+        generation). Unlike :meth:`crystallize`, a full memory limit is not met by evicting
+        first: free room, then call again.
+        """
+        _, publisher = self._require()
+        protos = [self.proto(d) for d in dimension_ids]
+        items = []
+        for p in protos:
+            if p.base_generation is not None:
+                new, removed = p.changes()
+                items.append(EditPlacement(p.dimension_id, p.base_generation, tuple(new), tuple(removed),
+                                           f"edit of dimension {p.dimension_id}"))
+            else:
+                items.append(Placement(p.builder.nbytes(), p.builder.write_into, len(p.builder), p.builder.name,
+                                       f"crystallized proto-dimension {p.dimension_id}", p.dimension_id))
+        generations = publisher.place_many(items)
+        for p in protos:  # as crystallize: an edit's base is let go, or the kept edit rebased
+            if p.base_generation is not None:
+                old_base = p._base
+                if keep:
+                    p._rebase(publisher.hold_current(p.dimension_id), publisher)
+                publisher.release_hold(old_base)
+        if not keep:
+            with self._protos_lock:
+                for p in protos:
+                    self._protos.pop(p.dimension_id, None)
+        return {p.dimension_id: g for p, g in zip(protos, generations)}
 
     # ----------------------------------------------------------------- reading
 

@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 from loguru import logger
@@ -40,7 +40,10 @@ from loguru import logger
 from shmpool.data import layer_index
 from shmpool.substrate.alloc import Handle
 from shmpool.data.directory import Directory, Location
-from shmpool.errors import DimensionNotFound, EditConflict, GenerationNotNewer, RegionFormatError, ShmPoolError
+from shmpool.substrate import _faults
+from shmpool.errors import (DimensionNotFound, EditConflict, GenerationNotNewer, InvalidArgument, RegionFormatError,
+                            ShmPoolError)
+from shmpool.data.gen_wait import GenerationNotifier
 from shmpool.substrate.instance import SharedInstance
 from shmpool.data.layer_index import ROW_DTYPE
 from shmpool.substrate.layout import RT, W
@@ -48,7 +51,7 @@ from shmpool.data.readers import ReaderRegistry
 from shmpool.data.region import FLAG_TEXT, FLAG_ZSTD, Region, align
 from shmpool.data.region_builder import RegionBuilder
 
-__all__ = ["Published", "Evicted", "Publisher", "NewLayer", "GRACE", "MAX_PIN_AGE"]
+__all__ = ["Published", "Evicted", "Publisher", "NewLayer", "Placement", "EditPlacement", "GRACE", "MAX_PIN_AGE"]
 
 GRACE = 0.010
 MAX_PIN_AGE = 60.0  # seconds a live reader may block a superseded region before it is called stale
@@ -129,6 +132,36 @@ class NewLayer:
     keyword_bytes: bytes
 
 
+class Placement(NamedTuple):
+    """One region for :meth:`Publisher.place_many`: what :meth:`Publisher.place` takes."""
+    nbytes: int
+    write: Callable[[memoryview], None]
+    layer_count: int
+    name: str
+    source: str
+    dimension_id: int                  # the region must hold this dimension
+
+
+class EditPlacement(NamedTuple):
+    """One edit for :meth:`Publisher.place_many`: what :meth:`Publisher.publish_edit` takes."""
+    dimension_id: int
+    base_generation: int
+    layers: tuple[NewLayer, ...]
+    removed: tuple[int, ...]
+    source: str
+
+
+@dataclass
+class _Staged:
+    """A generation written (its layer index included) and tagged, not yet visible: what a
+    commit publishes. ``own_index`` is the index allocation staging made (freed if the commit
+    never happens), None when the index lives in the caller's allocation."""
+    location: Location
+    pub: Published
+    own_index: Handle | None
+    new_blocks: list[Handle]
+
+
 class Publisher:
     """Writes generations into pool blocks and publishes them. Thread-safe."""
 
@@ -145,6 +178,7 @@ class Publisher:
         self._refs: Counter[int] = Counter()        # data allocation record -> unreleased generations using it
         self._holds: Counter[tuple[int, int]] = Counter()  # (dimension, generation) edits start from
         self._lock = threading.Lock()
+        self.wakeups = GenerationNotifier(inst)  # posts reader.wait_generation callers
 
     # ----------------------------------------------------------------- publishing
 
@@ -163,6 +197,24 @@ class Publisher:
         agreeing on one number for every host); GenerationNotNewer if it does not exceed the
         current one.
         """
+        handle, region_at, dimension_id, rows = self._write_region(nbytes, write, layer_count=layer_count, name=name,
+                                                                   source=source, expect_dimension=expect_dimension)
+        try:
+            row_blocks = np.full(len(rows), handle.record, dtype=np.int64)
+            with self._lock:
+                return self._publish_locked(dimension_id, name, rows, row_blocks, {handle.record: len(rows)},
+                                            {handle.record: handle},
+                                            [handle], source=source, index=handle, region=(handle, region_at, nbytes),
+                                            file=file, compressed=compressed, generation=generation)
+        except BaseException:
+            self._inst.table.free(handle)
+            raise
+
+    def _write_region(self, nbytes: int, write: Callable[[memoryview], None], *, layer_count: int, name: str,
+                      source: str, expect_dimension: int | None) -> tuple[Handle, int, int, np.ndarray]:
+        """Allocate the index and region, let ``write`` fill the region, check it: (allocation,
+        the region's offset in it, its dimension id, its index rows). Frees what it allocated on
+        failure."""
         table = self._inst.table
         name_bytes = name.encode("utf-8")
         region_at = align(layer_index.index_nbytes(len(name_bytes), layer_count))
@@ -184,15 +236,10 @@ class Publisher:
             del region
             region_view.release()
             view.release()
-            row_blocks = np.full(len(rows), handle.record, dtype=np.int64)
-            with self._lock:
-                return self._publish_locked(dimension_id, name, rows, row_blocks, {handle.record: len(rows)},
-                                            {handle.record: handle},
-                                            [handle], source=source, index=handle, region=(handle, region_at, nbytes),
-                                            file=file, compressed=compressed, generation=generation)
         except BaseException:
             table.free(handle)
             raise
+        return handle, region_at, dimension_id, rows
 
     def publish_edit(self, dimension_id: int, base_generation: int, layers: Iterable[NewLayer],
                      removed: Iterable[int], *, source: str, generation: int | None = None) -> int:
@@ -204,62 +251,138 @@ class Publisher:
         EditConflict if the dimension moved past ``base_generation`` meanwhile (nothing is
         allocated then), LimitExceeded / AllocationFailed if the new bytes or index do not fit.
         """
+        layers, offsets, handle = self._allocate_edit(layers)
+        try:
+            with self._lock:
+                staged = self._stage_edit_locked(dimension_id, base_generation, layers, offsets, handle, removed,
+                                                 source=source, generation=generation)
+                return self._commit_locked([staged])[0]
+        except BaseException:
+            if handle is not None:
+                self._inst.table.free(handle)
+            raise
+
+    def _allocate_edit(self, layers: Iterable[NewLayer]) -> tuple[list[NewLayer], list[int], Handle | None]:
+        """Room for an edit's new layer bytes: (layers by id, their offsets, the allocation or None)."""
         layers = sorted(layers, key=lambda layer: layer.layer_id)
         offsets, at = [], 0
         for layer in layers:
             at = align(at)
             offsets.append(at)
             at += len(layer.stored) + len(layer.keyword_bytes)
-        table = self._inst.table
-        handle = table.allocate(at) if at else None
-        try:
-            with self._lock:
-                base = self.current.get(dimension_id)
-                if base is None or base.generation != base_generation:
-                    raise EditConflict(dimension_id=dimension_id, base_generation=base_generation,
-                                       current_generation=self.directory.generation(base.entry) if base else None)
-                new = np.zeros(len(layers), dtype=ROW_DTYPE)
-                if handle is not None:
-                    view = self._inst.handle_view(handle)
-                    base_at = handle.first_block * table.block_sizes[handle.pool]
-                    for layer, off in zip(layers, offsets):
-                        end = off + len(layer.stored)
-                        view[off:end] = layer.stored
-                        view[end:end + len(layer.keyword_bytes)] = layer.keyword_bytes
-                    view.release()
-                    start = base_at + np.array(offsets, dtype=np.int64)
-                    new["pool"] = handle.pool
-                else:
-                    start = np.zeros(len(layers), dtype=np.int64)
-                lengths = np.array([len(layer.stored) for layer in layers], dtype=np.int64)
-                new["layer_id"] = [layer.layer_id for layer in layers]
-                new["start"], new["end"] = start, start + lengths
-                new["kw_start"] = start + lengths
-                new["kw_end"] = new["kw_start"] + np.array([len(layer.keyword_bytes) for layer in layers], dtype=np.int64)
-                new["frequency"] = [layer.frequency for layer in layers]
-                new["flags"] = [layer.flags for layer in layers]
-                new["crc32"] = [layer.crc32 for layer in layers]
-                rows, row_blocks, counts, table_copy = _merge(base, new, NO_BLOCK if handle is None else handle.record,
-                                                              sorted(removed))
-                blocks = {rec: base.blocks[rec] for rec in counts if rec in base.blocks}
-                if handle is not None:
-                    blocks[handle.record] = handle
-                return self._publish_locked(dimension_id, base.name, rows, row_blocks, counts, blocks,
-                                            [] if handle is None else [handle], source=source,
-                                            table=table_copy, slot_of=base.slot_of, generation=generation)
-        except BaseException:
-            if handle is not None:
-                table.free(handle)
-            raise
+        return layers, offsets, self._inst.table.allocate(at) if at else None
 
-    def _publish_locked(self, dimension_id: int, name: str, rows: np.ndarray, row_blocks: np.ndarray,
-                        row_counts: dict[int, int], blocks: dict[int, Handle], new_blocks: list[Handle], *, source: str,
-                        index: Handle | None = None, region: tuple[Handle, int, int] | None = None,
-                        file: Path | None = None, compressed: bool = False, table: np.ndarray | None = None,
-                        slot_of: np.ndarray | None = None, generation: int | None = None) -> int:
-        """Write the layer index (at the start of ``index``, or of an allocation of its own),
-        then commit it. ``new_blocks`` are the data allocations this generation created (they
-        get its tag); the caller frees them on failure, this method frees what it allocated."""
+    def _stage_edit_locked(self, dimension_id: int, base_generation: int, layers: list[NewLayer], offsets: list[int],
+                           handle: Handle | None, removed: Iterable[int], *, source: str,
+                           generation: int | None) -> _Staged:
+        """Write an edit's layers into ``handle`` and stage its generation (EditConflict if the
+        dimension moved past ``base_generation``). The caller frees ``handle`` on failure."""
+        table = self._inst.table
+        base = self.current.get(dimension_id)
+        if base is None or base.generation != base_generation:
+            raise EditConflict(dimension_id=dimension_id, base_generation=base_generation,
+                               current_generation=self.directory.generation(base.entry) if base else None)
+        new = np.zeros(len(layers), dtype=ROW_DTYPE)
+        if handle is not None:
+            view = self._inst.handle_view(handle)
+            base_at = handle.first_block * table.block_sizes[handle.pool]
+            for layer, off in zip(layers, offsets):
+                end = off + len(layer.stored)
+                view[off:end] = layer.stored
+                view[end:end + len(layer.keyword_bytes)] = layer.keyword_bytes
+            view.release()
+            start = base_at + np.array(offsets, dtype=np.int64)
+            new["pool"] = handle.pool
+        else:
+            start = np.zeros(len(layers), dtype=np.int64)
+        lengths = np.array([len(layer.stored) for layer in layers], dtype=np.int64)
+        new["layer_id"] = [layer.layer_id for layer in layers]
+        new["start"], new["end"] = start, start + lengths
+        new["kw_start"] = start + lengths
+        new["kw_end"] = new["kw_start"] + np.array([len(layer.keyword_bytes) for layer in layers], dtype=np.int64)
+        new["frequency"] = [layer.frequency for layer in layers]
+        new["flags"] = [layer.flags for layer in layers]
+        new["crc32"] = [layer.crc32 for layer in layers]
+        rows, row_blocks, counts, table_copy = _merge(base, new, NO_BLOCK if handle is None else handle.record,
+                                                      sorted(removed))
+        blocks = {rec: base.blocks[rec] for rec in counts if rec in base.blocks}
+        if handle is not None:
+            blocks[handle.record] = handle
+        return self._stage_locked(dimension_id, base.name, rows, row_blocks, counts, blocks,
+                                  [] if handle is None else [handle], source=source,
+                                  table=table_copy, slot_of=base.slot_of, generation=generation)
+
+    def place_many(self, items: Sequence[Placement | EditPlacement]) -> list[int]:
+        """Place every region and edit, then publish them all as one commit; returns their
+        generations (each dimension's next one), in order.
+
+        All or nothing: every allocation is made, written and checked and every layer index
+        built before the first directory store, and any failure frees what was placed and
+        publishes nothing (InvalidArgument for a repeated dimension, RegionFormatError,
+        EditConflict, DirectoryFull, LimitExceeded, AllocationFailed). Readers see the
+        GENERATION words change inside one W.PUBLISH_SEQ bracket (Directory.commit), so a
+        snapshot or a batch sees all of them or none."""
+        ids = [p.dimension_id for p in items]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument(argument="dimension_ids", value=ids, reason="a dimension appears twice")
+        table = self._inst.table
+        handles: list[Handle] = []   # data allocations: freed on failure
+        written = []                 # per item: what staging needs beyond the item
+        staged: list[_Staged] = []
+        committing = False
+        try:
+            for p in items:  # the slow part (allocation, copying, checks) outside the lock
+                if isinstance(p, Placement):
+                    handle, region_at, _, rows = self._write_region(p.nbytes, p.write, layer_count=p.layer_count,
+                                                                    name=p.name, source=p.source,
+                                                                    expect_dimension=p.dimension_id)
+                    handles.append(handle)
+                    written.append((handle, region_at, rows))
+                else:
+                    layers, offsets, handle = self._allocate_edit(p.layers)
+                    if handle is not None:
+                        handles.append(handle)
+                    written.append((handle, layers, offsets))
+            with self._lock:
+                # Entries are claimed while staging, so DirectoryFull comes before anything is
+                # visible; an entry claimed and left unpublished reads as "not published" and
+                # is reused.
+                for p, w in zip(items, written):
+                    if isinstance(p, Placement):
+                        handle, region_at, rows = w
+                        staged.append(self._stage_locked(
+                            p.dimension_id, p.name, rows, np.full(len(rows), handle.record, dtype=np.int64),
+                            {handle.record: len(rows)}, {handle.record: handle}, [handle], source=p.source,
+                            index=handle, region=(handle, region_at, p.nbytes)))
+                    else:
+                        handle, layers, offsets = w
+                        staged.append(self._stage_edit_locked(p.dimension_id, p.base_generation, layers, offsets,
+                                                              handle, p.removed, source=p.source, generation=None))
+                committing = True  # from here on the generations may be visible: never free them
+                generations = self._commit_locked(staged)
+        except BaseException:
+            if not committing:
+                for st in staged:
+                    if st.own_index is not None:
+                        table.free(st.own_index)
+                for h in handles:
+                    table.free(h)
+            raise
+        return generations
+
+    def _publish_locked(self, *args, **kwargs) -> int:
+        """Stage one generation (:meth:`_stage_locked`, same arguments) and commit it alone."""
+        return self._commit_locked([self._stage_locked(*args, **kwargs)])[0]
+
+    def _stage_locked(self, dimension_id: int, name: str, rows: np.ndarray, row_blocks: np.ndarray,
+                      row_counts: dict[int, int], blocks: dict[int, Handle], new_blocks: list[Handle], *, source: str,
+                      index: Handle | None = None, region: tuple[Handle, int, int] | None = None,
+                      file: Path | None = None, compressed: bool = False, table: np.ndarray | None = None,
+                      slot_of: np.ndarray | None = None, generation: int | None = None) -> _Staged:
+        """Write the layer index (at the start of ``index``, or of an allocation of its own) and
+        tag the allocations; nothing is visible yet. ``new_blocks`` are the data allocations
+        this generation created (they get its tag); the caller frees them on failure. An index
+        allocation made here is freed here if staging fails, and named by the _Staged after."""
         alloc = self._inst.table
         known = self.current.get(dimension_id) or self.evicted.get(dimension_id)
         entry = known.entry if known is not None else self.directory.entry_for(dimension_id)
@@ -285,26 +408,44 @@ class Publisher:
                 tag = self._inst.control.tags[h.record]
                 tag[:] = 0
                 tag[RT.DIMENSION_ID], tag[RT.GENERATION], tag[RT.SERIAL] = dimension_id, generation, h.serial
-            self.directory.publish(entry, Location(generation, index.pool, index.first_block, nbytes,
-                                                   index.record, index.serial))
         except BaseException:
             if own:
                 alloc.free(index)
             raise
-        blocks = {**blocks, index.record: index}
-        self._refs.update(blocks.keys())
-        old = self.current.get(dimension_id)
-        self.current[dimension_id] = Published(dimension_id, name, generation, entry, index, source, len(rows),
-                                               rows, row_blocks, row_counts, blocks, table, slot_of, region, file,
-                                               compressed)
-        self.evicted.pop(dimension_id, None)
-        if old is not None:
+        pub = Published(dimension_id, name, generation, entry, index, source, len(rows), rows, row_blocks,
+                        row_counts, {**blocks, index.record: index}, table, slot_of, region, file, compressed)
+        location = Location(generation, index.pool, index.first_block, nbytes, index.record, index.serial)
+        return _Staged(location, pub, index if own else None, new_blocks)
+
+    def _commit_locked(self, staged: list[_Staged]) -> list[int]:
+        """Make staged generations visible at one instant (one W.PUBLISH_SEQ bracket around
+        their directory stores and nothing else), then supersede what they replace and bump
+        the epoch once."""
+        with self.directory.commit():  # directory stores only: snapshot() waits on this bracket
+            for i, st in enumerate(staged):
+                self.directory.publish(st.pub.entry, st.location)
+                if i == 0 and len(staged) > 1 and _faults.ARMED:
+                    _faults.point("publish_many.half")
+        olds = []
+        for st in staged:
+            pub = st.pub
+            self._refs.update(pub.blocks.keys())
+            old = self.current.get(pub.dimension_id)
+            self.current[pub.dimension_id] = pub
+            self.evicted.pop(pub.dimension_id, None)
+            if old is not None:
+                olds.append(old)
+        for old in olds:  # after every new one is current: what they share is not "superseded"
             self._supersede(old)
         self._bump_epoch()
-        logger.info("published dimension {} ({!r}) generation {}: {} layers, {} new bytes from {}",
-                    dimension_id, name, generation, len(rows),
-                    sum(h.nbytes for h in {index.record: index, **{h.record: h for h in new_blocks}}.values()), source)
-        return generation
+        for st in staged:
+            pub = st.pub
+            logger.info("published dimension {} ({!r}) generation {}: {} layers, {} new bytes from {}{}",
+                        pub.dimension_id, pub.name, pub.generation, pub.layer_count,
+                        sum(h.nbytes for h in {pub.handle.record: pub.handle,
+                                               **{h.record: h for h in st.new_blocks}}.values()),
+                        pub.source, "" if len(staged) == 1 else f" (one commit of {len(staged)})")
+        return [st.pub.generation for st in staged]
 
     def evict(self, dimension_id: int, file: Path) -> int:
         """Publish "no region" as the dimension's next generation; its blocks are freed by the
@@ -342,6 +483,7 @@ class Publisher:
         # Single writer (under self._lock), so the read-modify-write needs no shared lock.
         words = self._inst.control.words
         words[W.PIN_EPOCH] = int(words[W.PIN_EPOCH]) + 1
+        self.wakeups.notify()  # every publication bumps the epoch: wake generation waiters here
 
     # ----------------------------------------------------------------- edits
 

@@ -25,9 +25,11 @@ from .errors import (
     AttachError,
     CleanupError,
     ClientClosed,
+    DimensionEvicted,
     DimensionNotFound,
     DirectoryFull,
     GenerationNotNewer,
+    GenerationTimeout,
     InstanceExists,
     InvalidArgument,
     InvalidHandle,
@@ -48,6 +50,8 @@ from .errors import (
     RequestTooLarge,
     SharedMemoryFull,
     ShmPoolError,
+    SnapshotClosed,
+    SnapshotTimeout,
     UnknownJob,
     UnsafeRuntimeDir,
     UntrustedObject,
@@ -58,6 +62,7 @@ from .substrate.instance import DEFAULT_POOLS, PoolSpec
 from .substrate.limits import DEFAULT_LIMIT, Thresholds
 from .substrate.names import cleanup
 from .data.reader import Reader, attach
+from .data.snapshot import Snapshot
 from .jobs.worker_context import worker_reader
 
 logger.disable("shmpool")
@@ -94,9 +99,11 @@ __all__ = [
     "connect",
     "DEFAULT_LIMIT",
     "DEFAULT_POOLS",
+    "DimensionEvicted",
     "DimensionNotFound",
     "DirectoryFull",
     "GenerationNotNewer",
+    "GenerationTimeout",
     "InstanceExists",
     "InvalidArgument",
     "InvalidHandle",
@@ -117,6 +124,9 @@ __all__ = [
     "RemoteTraceback",
     "SharedMemoryFull",
     "ShmPoolError",
+    "Snapshot",
+    "SnapshotClosed",
+    "SnapshotTimeout",
     "Thresholds",
     "UnknownJob",
     "UnsafeRuntimeDir",

@@ -50,6 +50,10 @@ __all__ = [
     "ReaderClosed",
     "CleanupError",
     "InvalidId",
+    "SnapshotTimeout",
+    "SnapshotClosed",
+    "DimensionEvicted",
+    "GenerationTimeout",
 ]
 
 
@@ -468,3 +472,45 @@ class InvalidId(ShmPoolError, TypeError):
         prefix = f"{where}: " if where else ""
         super().__init__(f"{prefix}{argument} must be an int (numpy integers are accepted), not "
                          f"{type(value).__name__} {value!r}", argument=argument, value=value, where=where)
+
+
+class SnapshotTimeout(ShmPoolError, TimeoutError):
+    """No consistent instant of the directory could be read in time: a multi-dimension publish
+    kept W.PUBLISH_SEQ odd (its coordinator is slow, or died between its stores).
+
+    ``sequence`` is the value last read, ``coordinator_alive`` says which of the two it is."""
+
+    def __init__(self, *, name: str, sequence: int, waited: float, coordinator_alive: bool) -> None:
+        why = ("a multi-dimension publish is still in progress" if coordinator_alive else
+               "its coordinator died in the middle of a multi-dimension publish; the instance must be restarted")
+        super().__init__(f"no consistent snapshot of instance {name!r} within {waited:.3f} s (publish "
+                         f"sequence {sequence}): {why}", name=name, sequence=sequence, waited=waited,
+                         coordinator_alive=coordinator_alive)
+
+
+class SnapshotClosed(ShmPoolError, RuntimeError):
+    """A lookup through a snapshot after it was closed (its generations are no longer held)."""
+
+    def __init__(self, *, name: str, sequence: int) -> None:
+        super().__init__(f"snapshot of instance {name!r} at publish sequence {sequence} is closed; "
+                         "take a new one", name=name, sequence=sequence)
+
+
+class DimensionEvicted(ShmPoolError, LookupError):
+    """A snapshot's dimension was evicted at its instant: that generation has no region to read.
+
+    Outside a snapshot a lookup reloads it (a newer generation); read it once, then snapshot again."""
+
+    def __init__(self, *, dimension_id: int, generation: int) -> None:
+        super().__init__(f"dimension {dimension_id} was evicted at this snapshot's instant (generation "
+                         f"{generation} has no region); look it up outside the snapshot to reload it, "
+                         "then take a new snapshot", dimension_id=dimension_id, generation=generation)
+
+
+class GenerationTimeout(ShmPoolError, TimeoutError):
+    """``wait_generation`` saw no generation newer than ``after`` within ``timeout`` seconds."""
+
+    def __init__(self, *, dimension_id: int, after: int, generation: int, timeout: float) -> None:
+        super().__init__(f"dimension {dimension_id} published no generation after {after} within "
+                         f"{timeout:g} s (it is at generation {generation})", dimension_id=dimension_id,
+                         after=after, generation=generation, timeout=timeout)

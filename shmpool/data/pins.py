@@ -113,12 +113,22 @@ class RowPins:
         self.slot = slot
         self._release_row = release_row
         self._dims: dict[int, DimensionPins] = {}
+        self._counts: dict[tuple[int, int], int] = {}  # (entry, generation): holders in this process
         self._lock = threading.RLock()
         self._reader_closed = False
         self._released = False
 
     def hold(self, entry: int, generation: int) -> bool:
+        """Count one more holder of ``generation`` of ``entry``; True if this published the pin.
+
+        Every hold needs one :meth:`release`: holders (mapped arrays, open snapshots) come and
+        go independently, and the shared word is withdrawn only when the last of them goes."""
         with self._lock:
+            key = (entry, generation)
+            count = self._counts.get(key, 0)
+            self._counts[key] = count + 1
+            if count:
+                return False
             dp = self._dims.get(entry)
             if dp is None:
                 dp = self._dims[entry] = DimensionPins(self._pins[self.slot, entry])
@@ -131,6 +141,11 @@ class RowPins:
         with self._lock:
             if self._released:
                 return
+            key = (entry, generation)
+            count = self._counts.pop(key, 0)
+            if count > 1:
+                self._counts[key] = count - 1
+                return  # other holders remain: the shared word stays
             dp = self._dims.get(entry)
             if dp is not None:
                 dp.release(generation)
@@ -144,6 +159,18 @@ class RowPins:
             threading.Thread(target=self._release_row, name="shmpool-row-release", daemon=True).start()
         else:
             self._release_row()
+
+    def hold_all(self, pairs: list[tuple[int, int]]) -> None:
+        """:meth:`hold` each (entry, generation), under one acquisition of the lock."""
+        with self._lock:
+            for entry, generation in pairs:
+                self.hold(entry, generation)
+
+    def release_all(self, pairs: list[tuple[int, int]], *, from_collector: bool = False) -> None:
+        """:meth:`release` each (entry, generation). Not under one acquisition: the last release
+        may release the row, which must not happen with this lock held (see :meth:`release`)."""
+        for entry, generation in pairs:
+            self.release(entry, generation, from_collector=from_collector)
 
     def held_count(self) -> int:
         with self._lock:

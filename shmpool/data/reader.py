@@ -33,6 +33,7 @@ from .context import ContextCollection, LoadedContext, MissingStep, NavigationPa
 from .directory import Directory, Location
 from ..errors import (AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, RegionFormatError, ReloadTimeout,
                      ShmPoolError)
+from .gen_wait import GenerationWaiter
 from ..substrate.ids import as_id
 from ..substrate.instance import SharedInstance
 from .compression import inflate
@@ -44,11 +45,14 @@ from . import layer_index
 from .layer_index import POOL_BITS, POOL_MASK
 from .region import FLAG_TEXT, FLAG_ZSTD, split_keywords
 from .layer_index import HEADER_SIZE
+from .snapshot import SNAPSHOT_TIMEOUT, Snapshot
 
 __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 
 RELOAD_TIMEOUT = 10.0  # seconds a lookup waits for an evicted dimension to come back
 RELOAD_POLL = 0.0005   # seconds between checks while waiting
+BATCH_TRIES = 3        # load_contexts re-reads a batch a publish cut through, then uses a snapshot
+_SEQ = int(W.PUBLISH_SEQ)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
 
 _new = object.__new__
 
@@ -217,6 +221,7 @@ class Reader:
         self._inst = inst
         self._dir = Directory(inst.control)
         self._dir_mv = inst.control.directory_mv
+        self._words_mv = inst.control.words_mv
         self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self._slot = self._registry.register()
         self._dims: dict[int, _DimView] = {}
@@ -228,6 +233,8 @@ class Reader:
         self._pins = RowPins(inst.control, slot, lambda: _shutdown(registry, slot, owned))
         self._finalizer = weakref.finalize(self, self._pins.reader_closed)
         self._watcher: PinWatcher | None = None
+        self._waiter_obj: GenerationWaiter | None = None
+        self._entries_cache: tuple[int, dict[int, int]] | None = None
 
     @property
     def name(self) -> str:
@@ -294,6 +301,41 @@ class Reader:
         :meth:`load_layer_context` (by NavigationPath), before anything is loaded.
         """
         steps = NavigationPath.of(path)
+        # One instant per batch: a publish (W.PUBLISH_SEQ moved, or odd: a commit in progress)
+        # during the batch may have mixed generations, so then it is read again. Two int64 reads.
+        seq_mv = self._words_mv
+        seq = seq_mv[_SEQ]
+        if not seq & 1:
+            try:
+                out = self._batch(steps, strict)
+            except (DimensionNotFound, LayerNotFound):
+                if seq_mv[_SEQ] == seq:
+                    raise
+            else:
+                if seq_mv[_SEQ] == seq:
+                    return out
+        return self._batch_again(steps, strict)
+
+    def _batch_again(self, steps: NavigationPath, strict: bool) -> ContextCollection:
+        """A publish cut through the batch: read it again, then through a snapshot (which
+        waits for a commit in progress to end, or fails typed)."""
+        seq_mv = self._words_mv
+        for _ in range(BATCH_TRIES - 1):
+            seq = seq_mv[_SEQ]
+            if seq & 1:
+                continue
+            try:
+                out = self._batch(steps, strict)
+            except (DimensionNotFound, LayerNotFound):
+                if seq_mv[_SEQ] == seq:
+                    raise
+                continue
+            if seq_mv[_SEQ] == seq:
+                return out
+        with self.snapshot() as snap:
+            return snap.load_contexts(steps, strict=strict)
+
+    def _batch(self, steps: NavigationPath, strict: bool) -> ContextCollection:
         out = ContextCollection()
         contexts = out.contexts
         append = contexts.append
@@ -398,16 +440,25 @@ class Reader:
 
     # ----------------------------------------------------------------- generations and pins
 
+    def _entries(self) -> dict[int, int]:
+        """{dimension id: entry} of every claimed entry, re-read only when W.DIR_VERSION moves."""
+        version = self._dir.version()
+        cached = self._entries_cache
+        if cached is None or cached[0] != version:
+            cached = self._entries_cache = (version, self._dir.entries())
+        return cached[1]
+
     def _published(self) -> dict[int, int]:
         return {dim: e for dim, e in self._dir.entries().items() if self._dir.generation(e) > 0}
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ReaderClosed(name=self._inst.name, slot=self._slot)
+
     def _dimension(self, dimension_id: int) -> _DimView:
         with self._lock:
-            if self._closed:
-                raise ReaderClosed(name=self._inst.name, slot=self._slot)
-            if self._watcher is None:  # only a reader that maps something can pin anything
-                words = self._inst.control.words_mv  # not a bound method: the watcher holds us weakly
-                self._watcher = PinWatcher(self, lambda: words[W.PIN_EPOCH], words[W.PIN_EPOCH])
+            self._check_open()
+            self._start_watcher()
             dv = self._dims.get(dimension_id)
             if dv is not None:
                 return dv
@@ -419,6 +470,89 @@ class Reader:
             self._refresh(dv)
             self._dims[dimension_id] = dv
             return dv
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:  # only a reader that maps something can pin anything
+            words = self._inst.control.words_mv  # not a bound method: the watcher holds us weakly
+            self._watcher = PinWatcher(self, lambda: words[W.PIN_EPOCH], words[W.PIN_EPOCH])
+
+    # ----------------------------------------------------------------- snapshots and wake-ups
+
+    def snapshot(self, *, timeout: float | None = SNAPSHOT_TIMEOUT) -> Snapshot:
+        """Pin one instant of every published dimension; use as ``with reader.snapshot() as snap:``.
+
+        Lookups through the snapshot see each dimension at the generation it had at that
+        instant, whatever is published meanwhile (multi-dimension commits included). Takes some
+        tens of microseconds (it reads and pins every directory entry; each dimension is mapped
+        on its first lookup). Raises SnapshotTimeout if a multi-dimension commit keeps the
+        directory in flux for ``timeout`` seconds (None: wait for ever), or at once if the
+        coordinator died in the middle of one; ReaderClosed on a closed reader.
+        """
+        return Snapshot.take(self, timeout)
+
+    def _generation_at(self, dimension_id: int, entry: int, loc: Location,
+                       holder: weakref.finalize) -> _Generation | None:
+        """Generation ``loc`` for an open snapshot (``holder`` alive: its pin keeps the region);
+        the reader's cached mapping when it is that one. None if the snapshot closed first."""
+        with self._lock:
+            self._check_open()
+            self._start_watcher()
+            dv = self._dims.get(dimension_id)
+            if dv is None:
+                dv = self._dims[dimension_id] = _DimView(dimension_id, entry)
+            if dv.current.generation == loc.generation:
+                return dv.current
+            self._pins.hold(entry, loc.generation)  # the array's own, taken while the snapshot's holds
+            if not holder.alive:
+                self._pins.release(entry, loc.generation, from_collector=False)
+                return None
+            gen = self._map(dv, loc)  # releases the hold itself if it fails
+            if self._dir_mv[dv.gen_pos] == loc.generation:
+                dv.current = gen  # still the published one: the lookup path shares it
+            return gen
+
+    def wait_generation(self, dimension_id: int, *, after: int | None = None,
+                        timeout: float | None = None) -> int:
+        """Block until the dimension publishes a generation newer than ``after``; return it.
+
+        ``after`` defaults to the generation published now. Returns at once if a newer one is
+        already published. Sleeps on a semaphore the coordinator posts at every publication (no
+        polling). Raises GenerationTimeout after ``timeout`` seconds (None: no limit),
+        AttachError if the coordinator stops or dies meanwhile (noticed within about 0.25 s),
+        ReaderClosed if this reader is closed meanwhile, DimensionNotFound if the dimension was
+        never published.
+        """
+        dimension_id, pos, after = self._wait_args(dimension_id, after)
+        return self._waiter().wait(dimension_id, pos, after, timeout)
+
+    async def await_generation(self, dimension_id: int, *, after: int | None = None,
+                               timeout: float | None = None) -> int:
+        """The asyncio form of :meth:`wait_generation`: same arguments, result and errors.
+
+        No thread per call: one thread per Reader waits on the semaphore for every waiter and
+        completes their futures through their event loops."""
+        dimension_id, pos, after = self._wait_args(dimension_id, after)
+        return await self._waiter().wait_async(dimension_id, pos, after, timeout)
+
+    def _wait_args(self, dimension_id: int, after: int | None) -> tuple[int, int, int]:
+        dimension_id = as_id(dimension_id, "dimension_id")
+        self._check_open()
+        published = self._published()
+        entry = published.get(dimension_id)
+        if entry is None:
+            raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
+        pos = Directory.generation_position(entry)
+        return dimension_id, pos, int(self._dir_mv[pos]) if after is None else as_id(after, "after")
+
+    def _waiter(self) -> GenerationWaiter:
+        with self._lock:
+            self._check_open()
+            if self._waiter_obj is None:
+                waiter = self._waiter_obj = GenerationWaiter(self._inst, self._slot)
+                # Collected without close(): its dispatcher thread and semaphore go too.
+                weakref.finalize(self, waiter.close, ReaderClosed(name=self._inst.name, slot=self._slot),
+                                 row_ours=False).atexit = False
+            return self._waiter_obj
 
     def _refresh(self, dv: _DimView) -> _Generation:
         """Switch ``dv`` to the published generation: pin, re-check, then map.
@@ -436,13 +570,12 @@ class Reader:
                 if dv.current.generation == loc.generation:
                     return dv.current
                 if not loc.evicted:
-                    fresh = self._pins.hold(dv.entry, loc.generation)
+                    self._pins.hold(dv.entry, loc.generation)  # counted: _map's array releases it
                     if self._dir.generation(dv.entry) == loc.generation:
                         dv.current = self._map(dv, loc)
                         return dv.current
                     # Superseded while we pinned: it may be freed at any moment, so never touch it.
-                    if fresh:
-                        self._pins.release(dv.entry, loc.generation, from_collector=False)
+                    self._pins.release(dv.entry, loc.generation, from_collector=False)
                     continue
                 dv.current = _NOT_MAPPED  # let the evicted region go from this process too
             if deadline is None:
@@ -468,26 +601,34 @@ class Reader:
         """Views of a pinned generation: its layer index and the pools its layers live in.
 
         O(1): the header is checked against the directory (shmpool.data.layer_index.read_header); the
-        rows and table were built, and the layers they point at checked, by the coordinator."""
-        seg = self._inst.pool_segment(loc.pool)
-        offset = loc.first_block * self._inst.table.block_sizes[loc.pool]
-        if offset + loc.nbytes > seg.size:
-            raise RegionFormatError(source=f"dimension {dv.dimension_id} generation {loc.generation}",
-                                    fault=f"layer index [{offset}, {offset + loc.nbytes}) lies outside pool {loc.pool}")
+        rows and table were built, and the layers they point at checked, by the coordinator.
+        The caller's hold of the pin becomes the mapping's: released when the last view of it
+        goes, or here at once if mapping fails (a counted hold must be released exactly once)."""
         pin = _Pin()
         # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
-        weakref.finalize(pin, self._pins.release, dv.entry, loc.generation).atexit = False
-        index = _pinned(seg.mm, offset, loc.nbytes, pin)
-        header = layer_index.read_header(index, source=f"dimension {dv.dimension_id} generation {loc.generation}",
-                                         dimension_id=dv.dimension_id, generation=loc.generation)
-        used = header.pools
-        pools = []
-        for p in range(used.bit_length()):
-            if used >> p & 1:
-                pseg = self._inst.pool_segment(p)
-                pools.append(memoryview(_pinned(pseg.mm, 0, pseg.size, pin)))
-            else:
-                pools.append(None)
+        release = weakref.finalize(pin, self._pins.release, dv.entry, loc.generation)
+        release.atexit = False
+        try:
+            seg = self._inst.pool_segment(loc.pool)
+            offset = loc.first_block * self._inst.table.block_sizes[loc.pool]
+            if offset + loc.nbytes > seg.size:
+                raise RegionFormatError(source=f"dimension {dv.dimension_id} generation {loc.generation}",
+                                        fault=f"layer index [{offset}, {offset + loc.nbytes}) lies outside "
+                                              f"pool {loc.pool}")
+            index = _pinned(seg.mm, offset, loc.nbytes, pin)
+            header = layer_index.read_header(index, source=f"dimension {dv.dimension_id} generation {loc.generation}",
+                                             dimension_id=dv.dimension_id, generation=loc.generation)
+            used = header.pools
+            pools = []
+            for p in range(used.bit_length()):
+                if used >> p & 1:
+                    pseg = self._inst.pool_segment(p)
+                    pools.append(memoryview(_pinned(pseg.mm, 0, pseg.size, pin)))
+                else:
+                    pools.append(None)
+        except BaseException:
+            release()
+            raise
         return _Generation(dv.dimension_id, loc.generation, index, header, tuple(pools))
 
     def honour_epoch(self, epoch: int) -> None:
@@ -521,6 +662,8 @@ class Reader:
             dims, self._dims = self._dims, {}
             if self._watcher is not None:
                 self._watcher.stop()
+            if self._waiter_obj is not None:
+                self._waiter_obj.close(ReaderClosed(name=self._inst.name, slot=self._slot))
         for dv in dims.values():
             dv.current = _NOT_MAPPED  # our own cached mappings go now; the user's contexts stay
         del dims

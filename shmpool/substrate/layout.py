@@ -36,9 +36,11 @@ __all__ = [
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 5  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+LAYOUT_VERSION = 6  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
 # 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL; 5: a directory
-# slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region
+# slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region;
+# 6: word PUBLISH_SEQ (consistent snapshots), reader column WAITING and the per-reader gwR
+# semaphores (generation wake-ups)
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
@@ -99,6 +101,7 @@ class ControlWord(IntEnum):
     MAX_PIN_AGE_MS = 26     # a pin blocking reclamation longer than this is listed as stale
     BACKED_BYTES = 27       # pool bytes whose pages are reserved (allocated in /dev/shm)
     SHM_FULL = 28           # allocations refused because /dev/shm is full (subset of FAIL_COUNT)
+    PUBLISH_SEQ = 29        # seqlock over every publication: odd while directory GENERATION words change
 
 
 WORDS = 64  # room to grow without a layout change
@@ -195,6 +198,7 @@ class ReaderCol(IntEnum):
     ATTACHED_NS = 2
     EPOCH_SEEN = 3   # the last W.PIN_EPOCH this reader honoured (dropped what was superseded)
     SEEN_NS = 4      # time.time_ns() when it did
+    WAITING = 5      # 0, or W.PIN_EPOCH + 1 when its threads last armed: post my gen-wait semaphore
 
 
 READER_COLS = 8

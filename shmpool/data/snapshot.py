@@ -1,0 +1,225 @@
+"""Snapshots: every published dimension as it was at one instant, however many publishes follow.
+
+``with reader.snapshot() as snap:`` reads the directory's GENERATION words inside one even value
+of the publish seqlock W.PUBLISH_SEQ (shmpool/data/directory.py), so it sees every dimension at one
+instant, across multi-dimension commits too; then it pins each of those generations and checks
+the word did not move (pin, then re-check: the same rule as ``Reader._refresh``, covered by the
+reclaimer's GRACE). The pins are counted holds of the reader's row (shmpool/data/pins.py), released
+when the snapshot closes, is collected, or its reader's row goes.
+
+The directory keeps two slots per dimension, so an old generation's location is overwritten by
+the next publish after the one that superseded it (the very next one, when generations jump):
+the snapshot reads each :class:`~shmpool.data.directory.Location` at its instant and keeps it. A
+generation is mapped on the first lookup in its dimension (views of its shared layer index and
+of the pools its layers live in, shmpool/data/layer_index.py), or shared with the reader when it
+is the generation the reader has cached. Contexts a snapshot returns hold their own generation, like
+any context: they stay valid after the snapshot closes.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+from loguru import logger
+
+from ..substrate._proc import is_alive
+from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
+from .directory import EVICTED, Directory, Location
+from .layer_index import POOL_BITS, POOL_MASK
+from ..errors import (DimensionEvicted, DimensionNotFound, LayerNotFound, ShmPoolError, SnapshotClosed,
+                     SnapshotTimeout)
+from ..substrate.ids import as_id
+from ..substrate.layout import TOUCHED_READ, W
+
+if TYPE_CHECKING:
+    from .pins import RowPins
+    from .reader import Reader, _Generation
+
+__all__ = ["Snapshot", "SNAPSHOT_TIMEOUT"]
+
+SNAPSHOT_TIMEOUT = 5.0  # seconds snapshot() waits for a multi-dimension commit to finish
+_ODD_POLL = 0.0002      # a commit is a handful of directory stores: microseconds
+_LIVENESS_AFTER = 0.01  # an odd word this old makes us ask whether its coordinator still lives
+
+_new = object.__new__
+
+
+def _release(pins: "RowPins", holds: list[tuple[int, int]]) -> None:
+    try:
+        pins.release_all(holds, from_collector=True)
+    except ShmPoolError as exc:  # the row went with its instance already
+        logger.debug("snapshot pins {} not released: {}", holds, exc)
+
+
+class Snapshot:
+    """One instant of every published dimension of an instance, for consistent reads.
+
+    Made by :meth:`Reader.snapshot`. Lookups (``load_layer_context``, ``load_contexts``,
+    ``scan``, ``generation``) see each dimension at the generation it had at that instant,
+    whatever has been published since; none of them blocks or touches the directory. Dimensions
+    published after the instant are not in it (DimensionNotFound). A dimension evicted at the
+    instant raises DimensionEvicted. Its generations stay pinned, and so cannot be reclaimed,
+    until :meth:`close` (idempotent; also at ``__exit__`` and when collected): keep snapshots
+    short-lived. Contexts it returned stay valid after it closes. Thread-safe.
+    """
+
+    __slots__ = ("_reader", "sequence", "_locations", "_gens", "_dir_mv", "_finalizer", "__weakref__")
+
+    def __init__(self, reader: "Reader", sequence: int, locations: dict[int, tuple[int, tuple]],
+                 holds: list[tuple[int, int]]) -> None:
+        self._reader = reader
+        self.sequence = sequence   # the even W.PUBLISH_SEQ of its instant
+        self._locations = locations  # {dimension id: (entry, Location fields)}
+        self._gens: dict[int, "_Generation"] = {}
+        self._dir_mv = reader._dir_mv
+        self._finalizer = weakref.finalize(self, _release, reader._pins, holds)
+        self._finalizer.atexit = False  # a dead process's pins are dropped by the coordinator
+
+    @classmethod
+    def take(cls, reader: "Reader", timeout: float | None) -> "Snapshot":
+        """Read, pin and re-check every published generation within one even PUBLISH_SEQ."""
+        inst, directory, pins = reader._inst, reader._dir, reader._pins
+        words = inst.control.words_mv
+        read = directory.read_fields
+        start = time.monotonic()
+        odd_since = None
+        while True:
+            reader._check_open()
+            seq = words[W.PUBLISH_SEQ]
+            if not seq & 1:
+                odd_since = None
+                # Entries are claimed (W.DIR_VERSION) before their first publish bumps the
+                # sequence, so the entries read after ``seq`` include every one published by then.
+                found = [(dim, entry, read(entry)) for dim, entry in reader._entries().items()]
+                locations = {dim: (entry, fields) for dim, entry, fields in found if fields is not None}
+                holds = [(entry, f[0]) for entry, f in locations.values() if f[3] != EVICTED]
+                pins.hold_all(holds)
+                if words[W.PUBLISH_SEQ] == seq:
+                    return cls(reader, seq, locations, holds)
+                pins.release_all(holds)  # a publish landed meanwhile: that was no instant
+            now = time.monotonic()
+            alive = True
+            if seq & 1:
+                odd_since = odd_since or now
+            if odd_since is not None and now - odd_since > _LIVENESS_AFTER:
+                alive = is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
+            if not alive or (timeout is not None and now - start >= timeout):
+                raise SnapshotTimeout(name=inst.name, sequence=int(seq), waited=now - start,
+                                      coordinator_alive=alive)
+            if seq & 1:
+                time.sleep(_ODD_POLL)
+
+    # ----------------------------------------------------------------- lookups
+
+    def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
+        """The layer as it was at the snapshot's instant; zero-copy, as Reader.load_layer_context.
+
+        Raises DimensionNotFound (not published at the instant), DimensionEvicted, LayerNotFound,
+        SnapshotClosed, InvalidId."""
+        # The lookup path: one dict lookup for the generation, one probe of its shared layer
+        # index, one slice (as Reader.load_layer_context). The generation is fixed, so the
+        # directory is not read at all (only TOUCHED, for eviction). A collision, a compressed
+        # layer or a miss goes through _Generation.context.
+        if type(dimension_id) is not int or type(layer_id) is not int:
+            dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
+        gen = self._gens.get(dimension_id)
+        if gen is None:
+            gen = self._resolve(dimension_id)
+        table = gen.table
+        j = (layer_id & gen.mask) << 2
+        if table[j] != layer_id:
+            return gen.context(dimension_id, layer_id)
+        meta = table[j + 3]
+        if meta < 0:
+            return gen.context(dimension_id, layer_id)
+        ctx = _new(LoadedContext)
+        ctx.dimension_id = dimension_id
+        ctx.layer_id = layer_id
+        ctx.content = gen.pools[meta & POOL_MASK][table[j + 1]:table[j + 2]]
+        ctx._gen = gen
+        ctx._row = meta >> POOL_BITS
+        return ctx
+
+    def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True) -> ContextCollection:
+        """Every step of ``path`` at the snapshot's instant; ``strict`` as in Reader.load_contexts."""
+        steps = NavigationPath.of(path)
+        out = ContextCollection()
+        append, load = out.contexts.append, self.load_layer_context
+        for pos, (dim, layer) in enumerate(steps):
+            try:
+                append(load(dim, layer))
+            except (DimensionNotFound, LayerNotFound) as exc:
+                if strict:
+                    raise
+                out.missing.append(MissingStep(pos, dim, layer, str(exc)))
+        return out
+
+    def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
+        """Every layer of the dimension at the instant (layer id order), or those tagged ``keyword``."""
+        dimension_id = as_id(dimension_id, "dimension_id")
+        gen = self._gens.get(dimension_id) or self._resolve(dimension_id)
+        rows = range(gen.layer_count) if keyword is None else gen.rows_with_keyword(keyword)
+        yield from gen.contexts(dimension_id, rows)
+
+    def generation(self, dimension_id: int) -> int:
+        """The dimension's generation at the instant (no mapping needed)."""
+        return self._location(as_id(dimension_id, "dimension_id"))[1][0]
+
+    @property
+    def generations(self) -> dict[int, int]:
+        """{dimension id: generation} of every dimension at the instant."""
+        return {dim: fields[0] for dim, (_, fields) in sorted(self._locations.items())}
+
+    def layer_ids(self, dimension_id: int) -> list[int]:
+        dimension_id = as_id(dimension_id, "dimension_id")
+        return (self._gens.get(dimension_id) or self._resolve(dimension_id)).layer_ids()
+
+    # ----------------------------------------------------------------- mapping
+
+    def _location(self, dimension_id: int) -> tuple[int, tuple]:
+        found = self._locations.get(dimension_id)
+        if found is None:
+            raise DimensionNotFound(dimension_id=dimension_id, available=sorted(self._locations))
+        return found
+
+    def _resolve(self, dimension_id: int) -> "_Generation":
+        if not self._finalizer.alive:
+            raise SnapshotClosed(name=self._reader.name, sequence=self.sequence)
+        entry, fields = self._location(dimension_id)
+        loc = Location(*fields)
+        if loc.evicted:
+            raise DimensionEvicted(dimension_id=dimension_id, generation=loc.generation)
+        gen = self._reader._generation_at(dimension_id, entry, loc, self._finalizer)
+        if gen is None:  # closed meanwhile: its holds may be gone already, so nothing was mapped
+            raise SnapshotClosed(name=self._reader.name, sequence=self.sequence)
+        pos = Directory.touched_position(entry)
+        if not self._dir_mv[pos]:
+            self._dir_mv[pos] = TOUCHED_READ
+        gens = self._gens
+        gens[dimension_id] = gen
+        if not self._finalizer.alive:  # closed while we mapped: keep "lookups after close raise"
+            gens.pop(dimension_id, None)
+        return gen
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Release the snapshot's pins (idempotent); contexts it returned stay valid."""
+        self._gens = {}
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._locations)} dimensions"
+        return f"<Snapshot {self._reader.name!r} sequence {self.sequence}, {state}>"
