@@ -27,14 +27,14 @@ def stem(name: str) -> str:
     return bare.rsplit(".", 1)[0]
 
 
-def mapped_inodes() -> set[int]:
-    """Inodes of /dev/shm files that some live process maps (one read of every /proc/PID/maps)."""
+def mapped_inodes(pids=None) -> set[int]:
+    """Inodes of /dev/shm files that processes ``pids`` (default: every live one) map."""
     dev = os.stat(SHM_DIR).st_dev
     # /proc/PID/maps prints the device as %02x:%02x; a process in a private mount namespace
     # (tests/test_small_shm.py) maps another tmpfs whose inode numbers mean nothing here.
     ours = f"{os.major(dev):02x}:{os.minor(dev):02x}".encode()
     held: set[int] = set()
-    for pid in os.listdir("/proc"):
+    for pid in (os.listdir("/proc") if pids is None else map(str, pids)):
         if not pid.isdigit():
             continue
         try:
@@ -50,6 +50,13 @@ def mapped_inodes() -> set[int]:
                 if fields[3] == ours:
                     held.add(int(fields[4]))
     return held
+
+
+def held_by(pids) -> list[str]:
+    """The /dev/shm names processes ``pids`` map, including those they created (see above)."""
+    inodes = mapped_inodes(pids)
+    with os.scandir(SHM_DIR) as entries:
+        return sorted(e.name for e in entries if e.inode() in inodes)
 
 
 def _unheld(names) -> list[str]:
