@@ -5,11 +5,17 @@ by side. After each test, anything left in /dev/shm under the test's names is re
 test fails; at the end of the session, anything of this worker's prefix still there fails too.
 A session killed outright (the OOM killer takes a pytest worker and its coordinators) runs neither
 check, so each session first sweeps the test instances of any session whose coordinator is dead.
+
+Beyond shmpool's own names, each test module must leave no /dev/shm name at all that appeared
+while it ran and that no live process holds (tests/_shm_orphans.py): libraries we drive, such as
+multiprocessing under Dask's Nannies, leak named semaphores when a test kills the process that
+would have unlinked them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -18,6 +24,8 @@ import pytest
 from shmpool.substrate.instance import sweep_dead
 from shmpool.substrate.names import PREFIX, SHM_DIR, cleanup, instance_names, list_objects
 from shmpool.data.sample import build_sample
+
+import _shm_orphans
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator).
 pytest_plugins = ("_small_coord",)
@@ -46,6 +54,37 @@ def _runtime_dir(tmp_path_factory):
     for name in instance_names(TEST_PREFIX):
         cleanup(name)
     assert not left, f"the test session left shared objects behind: {left}"
+
+
+_SESSION_RE = re.compile(r"(?:^|\.)pt-([0-9A-Za-z]{1,8})-")
+
+
+def _other_session(entry: str) -> bool:
+    """A test instance of another pytest session running at the same time: its own to check."""
+    match = _SESSION_RE.search(entry)
+    return match is not None and match[1] != RUN
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_orphans_in_dev_shm(request):
+    """Fail the module if a name appeared in /dev/shm while it ran that nobody holds at its end.
+
+    Module scope, not test scope: one listing per module and one /proc scan at its end (about
+    15 ms) keeps it cheap, and a module-scoped cluster's teardown is part of what it checks (an
+    autouse fixture is set up first, so it is torn down last). Names of unrelated processes are
+    not blamed while they hold them; an orphan is removed so the next module starts clean.
+    """
+    before = set(os.listdir(SHM_DIR))
+    yield
+    new = [e for e in os.listdir(SHM_DIR) if e not in before and not _other_session(e)]
+    left = _shm_orphans.orphans(new) if new else []
+    for entry in left:
+        try:
+            (SHM_DIR / entry).unlink()
+        except FileNotFoundError:
+            pass
+    assert not left, (f"{request.module.__name__} left names in /dev/shm that no live process maps "
+                      f"(removed now): {left}")
 
 
 @pytest.fixture

@@ -22,13 +22,14 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 import _dask_tasks as tasks  # noqa: E402
+import _shm_orphans as shm_orphans  # noqa: E402
 from _waiting import wait_for  # noqa: E402
 from conftest import TEST_PREFIX  # noqa: E402
 from shmpool import _dask_host as host  # noqa: E402
 from shmpool import dask as sd  # noqa: E402
 from shmpool.errors import AttachError, DimensionNotFound, InvalidArgument, InvalidLayer  # noqa: E402
 from shmpool.substrate.instance import SharedInstance  # noqa: E402
-from shmpool.substrate.names import SHM_DIR, cleanup, list_objects  # noqa: E402
+from shmpool.substrate.names import PREFIX, SHM_DIR, cleanup, list_objects  # noqa: E402
 from shmpool.data.pins import list_pins  # noqa: E402
 from shmpool.data.readers import ReaderRegistry  # noqa: E402
 
@@ -53,13 +54,50 @@ class SimulatedHost:
              "--nthreads", "1", "--name", key, "--no-dashboard", "--death-timeout", "60"],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def kill(self) -> None:
-        """The host is lost: its Nannies and workers die at once (not its daemon, a separate session)."""
+    def kill(self) -> list[str]:
+        """The host is lost: its Nannies and workers die at once (not its daemon, a separate session).
+
+        A lost machine takes its /dev/shm with it; a simulated one shares ours. Its group also
+        holds the multiprocessing resource tracker of the ``dask worker`` process, the one that
+        would unlink the named semaphores of the Nannies' queues (``sem.mp-*``, six per Nanny)
+        when they die; killed with them, it leaves those names to nobody. So the group is stopped
+        first (a stopped process creates nothing), the names its processes map are recorded, and
+        after the kill those nobody holds any more are removed: what the host's own /dev/shm
+        held, and gone with it. Not shmpool's names: the host daemon in its own session owns the
+        instance, and that it takes it down by itself is what the tests check. Returns the names
+        removed. (Rejected: sparing the tracker, so it unlinks them on EOF. A real host loss
+        kills it too, and a test that stays faithful to that should pay for the cleanup itself.)
+        """
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGSTOP)
         except ProcessLookupError:
-            pass
+            self.proc.wait(30)
+            return []
+        pids = _group(self.proc.pid)
+        names = [n for n in shm_orphans.held_by(pids) if PREFIX not in n]
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
+        # Others of the group are reparented and reaped by init; until they exit their maps hold.
+        wait_for(lambda: not shm_orphans.mapped_inodes(pids), 30, f"host {self.key}'s processes gone")
+        removed = shm_orphans.orphans(names)
+        for name in removed:
+            (SHM_DIR / name).unlink(missing_ok=True)
+        return removed
+
+
+def _group(pgid: int) -> list[int]:
+    """The pids of process group ``pgid`` (field 5 of /proc/PID/stat, after the command name)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(entry))
+    return pids
 
 
 def _addresses(client, key: str) -> list[str]:
