@@ -79,7 +79,9 @@ class SimulatedHost:
         self.proc.wait(30)
         # Others of the group are reparented and reaped by init; until they exit their maps hold.
         wait_for(lambda: not shm_orphans.mapped_inodes(pids), 30, f"host {self.key}'s processes gone")
-        removed = shm_orphans.orphans(names)
+        # No settling: the group is known dead, and another xdist worker's module check, which
+        # does wait 0.5 s, must not find these names unheld and blame its own module.
+        removed = shm_orphans.orphans(names, settle=0)
         for name in removed:
             (SHM_DIR / name).unlink(missing_ok=True)
         return removed
