@@ -53,7 +53,7 @@ def test_a_failed_call_does_not_lose_the_previous_calls_slot(coord):
             assert client.call("_jobs:echo", i, timeout=5)["args"] == [i]
             with pytest.raises(RequestTooLarge):
                 client.call("_jobs:echo", huge, timeout=5)
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 30  # a hang catcher: the slots come back within milliseconds
         while coord._board.counts()["free"] != SLOTS:
             assert time.monotonic() < deadline, f"slots lost: {coord._board.counts()}"
             time.sleep(0.01)

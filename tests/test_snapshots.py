@@ -205,7 +205,7 @@ def test_snapshot_waits_out_a_commit_in_progress_then_times_out_typed(coord):
             start = time.monotonic()
             with pytest.raises(SnapshotTimeout) as err:
                 reader.snapshot(timeout=0.2)
-            assert err.value.coordinator_alive and time.monotonic() - start < 5
+            assert err.value.coordinator_alive and time.monotonic() - start < 30  # a hang catcher only
             assert int(words[W.PUBLISH_SEQ]) & 1
         assert not int(words[W.PUBLISH_SEQ]) & 1
         with reader.snapshot(timeout=0.2) as snap:
