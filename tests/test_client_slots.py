@@ -16,10 +16,10 @@ import posix_ipc
 import pytest
 
 import _board_children as children
+import _introspect as peek
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.errors import AttachError, RequestTooLarge
-from shmpool.jobs.jobs_layout import JW
 from shmpool.substrate.names import cleanup, list_objects
 
 SLOTS = 8
@@ -40,7 +40,7 @@ def test_a_withdrawn_future_does_not_swallow_the_next_answer_in_its_slot(coord):
         blockers = [client.submit("_jobs:slow", 0.5, i) for i in range(2)]  # both workers busy
         queued = client.submit("_jobs:slow", 0, "withdrawn")
         assert queued.cancel()
-        assert queued._slot not in client._futures  # nothing left under the slot
+        assert not peek.client_has_future_for(client, queued._slot)  # nothing left under the slot
         later = [client.submit("_jobs:slow", 0, i) for i in range(SLOTS - 2)]
         assert [f.result(10) for f in later] == list(range(SLOTS - 2))
         assert [f.result(10) for f in blockers] == [0, 1]
@@ -54,8 +54,8 @@ def test_a_failed_call_does_not_lose_the_previous_calls_slot(coord):
             with pytest.raises(RequestTooLarge):
                 client.call("_jobs:echo", huge, timeout=5)
         deadline = time.monotonic() + 30  # a hang catcher: the slots come back within milliseconds
-        while coord._board.counts()["free"] != SLOTS:
-            assert time.monotonic() < deadline, f"slots lost: {coord._board.counts()}"
+        while peek.job_counts(coord)["free"] != SLOTS:
+            assert time.monotonic() < deadline, f"slots lost: {peek.job_counts(coord)}"
             time.sleep(0.01)
         with shmpool.connect(coord.name) as other:
             assert other.submit("_jobs:echo", 1, timeout=1).result(5)["args"] == [1]
@@ -119,6 +119,6 @@ def test_a_waiter_interrupted_by_a_signal_leaves_no_phantom_registration(coord):
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
-        assert int(coord._board.v.words[JW.FREE_WAITERS]) == 0
+        assert peek.free_slot_waiters(coord) == 0
         assert [f.result(10) for f in busy] == list(range(SLOTS))
-        assert coord._board.free_sem.value <= 1  # no pile of posts for a waiter that left
+        assert peek.free_slot_posts(coord) <= 1  # no pile of posts for a waiter that left

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import _reader_children as children
+import _introspect as peek
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator.capacity import CapacityPolicy
@@ -189,7 +190,7 @@ def test_spill_files_of_a_previous_run_are_removed_at_start_and_only_those(insta
     files = _spill_leftovers(folder, instance_name)
     try:
         with Coordinator(instance_name, data_dir=sample_dir, workers=0, capacity=policy) as coord:
-            assert coord._capacity.spill_dir == folder
+            assert peek.spill_dir(coord) == folder
             assert not files["spill"].exists() and not files["temp"].exists()
             kept = [files[k] for k in ("other_instance", "user", "user_region")]
             assert all(p.read_bytes() == b"left over" for p in kept)
