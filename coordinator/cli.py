@@ -399,9 +399,13 @@ def _setup_logging(args) -> None:
     # Looked up at each message, so that output goes through rich's stderr proxy while a
     # progress bar is live instead of tearing it.
     if fmt == "json":
-        logger.add(lambda message: sys.stderr.write(message), level=level, serialize=True)
+        logger.add(_write_stderr, level=level, serialize=True)
     else:
-        logger.add(lambda message: sys.stderr.write(message), level=level, format=LOG_FORMAT)
+        logger.add(_write_stderr, level=level, format=LOG_FORMAT)
+
+
+def _write_stderr(message: str) -> None:
+    sys.stderr.write(message)
 
 
 def main(argv: list[str] | None = None) -> int:

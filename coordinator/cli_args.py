@@ -19,6 +19,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from shmpool.substrate.names import validate_name
 
@@ -229,8 +230,11 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a yes/no value: {text!r} (1/0, true/false, yes/no, on/off)")
 
 
-def _list(item):
-    def parse(text: str) -> list:
+_T = TypeVar("_T")
+
+
+def _list(item: Callable[[str], _T]) -> Callable[[str], list[_T]]:
+    def parse(text: str) -> list[_T]:
         return [item(part) for part in re.split(r"[,\s]+", text.strip()) if part]
     return parse
 

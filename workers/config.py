@@ -33,7 +33,7 @@ CONFIG_ENV = "SHMPOOL_WORKER"
 class WorkerConfig:
     sys_path: tuple[str, ...] = ()
     init: str | None = None
-    init_args: tuple = ()
+    init_args: tuple[Any, ...] = ()
     job_timeout: float | None = None
 
     @classmethod
