@@ -19,7 +19,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from shmpool.substrate.names import validate_name
 
@@ -241,7 +241,7 @@ def _list(item: Callable[[str], _T]) -> Callable[[str], list[_T]]:
 
 # serve's flags that an environment variable may default (flags on the command line win):
 # dest -> (variable, type of its value).
-ENV_DEFAULTS = {
+ENV_DEFAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "data_dir": ("SHMPOOL_DATA_DIR", existing_dir),
     "workers": ("SHMPOOL_WORKERS", workers),
     "memory_limit": ("SHMPOOL_MEMORY_LIMIT", memory_limit),

@@ -104,6 +104,11 @@ class AllocationFailed(ShmPoolError):
     ``kind`` (an :class:`AllocationFailure`) says whether making room could help; ``reason`` is
     the same in words."""
 
+    nbytes: int
+    reason: str
+    pools: tuple[str, ...]
+    kind: AllocationFailure
+
     def __init__(self, *, nbytes: int, reason: str, pools: Sequence[str] = (),
                  kind: AllocationFailure = AllocationFailure.NO_ROOM) -> None:
         detail = f" (pools: {'; '.join(pools)})" if pools else ""
@@ -194,6 +199,9 @@ class RegionFormatError(ShmPoolError, ValueError):
 
 class AttachError(ShmPoolError):
     """The named instance cannot be attached to (not running, gone, or incompatible)."""
+
+    name: str
+    reason: str
 
     def __init__(self, *, name: str, reason: str) -> None:
         super().__init__(f"cannot attach to shmpool instance {name!r}: {reason}", name=name, reason=reason)
@@ -296,6 +304,11 @@ class RequestTooLarge(ShmPoolError, ValueError):
 
 class JobError(ShmPoolError):
     """A job raised an exception in its worker; carries the remote type, message and traceback."""
+
+    job: str
+    error_type: str
+    message: str
+    remote_traceback: str
 
     def __init__(self, *, job: str, error_type: str, message: str, remote_traceback: str = "") -> None:
         super().__init__(f"job {job!r} failed in its worker: {error_type}: {message}",
@@ -454,6 +467,10 @@ class CleanupError(ShmPoolError, PermissionError):
 
     ``failed`` holds (object name, reason) pairs, ``removed`` the names that were unlinked.
     """
+
+    name: str
+    failed: tuple[tuple[str, str], ...]
+    removed: tuple[str, ...]
 
     def __init__(self, *, name: str, failed: Sequence[Sequence[str]], removed: Sequence[str] = ()) -> None:
         failed = tuple((str(obj), str(reason)) for obj, reason in failed)
