@@ -17,6 +17,7 @@ Two more duties, both once per supervision round:
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -203,7 +204,7 @@ class WorkerPool:
             limit = limit if limit is not None else (self.config.job_timeout or 0.0)
             payload = encode_error(JobTimeout(job=job, timeout=limit, worker_pid=pid))
             try:
-                killed = self.board.expire(slot, seq, pid, payload, kill=lambda pid=pid: os.kill(pid, signal.SIGKILL))
+                killed = self.board.expire(slot, seq, pid, payload, kill=functools.partial(os.kill, pid, signal.SIGKILL))
             except (LockTimeout, ProcessLookupError) as exc:
                 logger.warning("job {!r} past its deadline not ended yet: {}", job, exc)
                 continue
