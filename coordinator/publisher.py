@@ -135,7 +135,7 @@ class NewLayer:
 class Placement(NamedTuple):
     """One region for :meth:`Publisher.place_many`: what :meth:`Publisher.place` takes."""
     nbytes: int
-    write: Callable[[memoryview], None]
+    write: Callable[[memoryview], object]
     layer_count: int
     name: str
     source: str
