@@ -90,7 +90,7 @@ class GenerationWaiter:
             self._start_locked()
             try:
                 while True:
-                    g = self._dir[pos]
+                    g = self._generation_locked(pos)
                     if g > after:
                         return g
                     if self._error is not None:
@@ -105,29 +105,39 @@ class GenerationWaiter:
                 self._sync -= 1
 
     async def wait_async(self, dimension_id: int, pos: int, after: int, timeout: float | None) -> int:
-        g = self._dir[pos]
-        if g > after:
-            return g
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         with self._cond:
+            # Look and register under the condition: a post that lands between the two is handled
+            # by the dispatcher only after it can see this future (_wake_all_locked).
+            g = self._generation_locked(pos)
+            if g > after:
+                return g
             if self._error is not None:
                 raise self._error
             self._futures[fut] = (loop, pos, after)
             self._start_locked()
             self._cond.notify_all()
         try:
-            g = self._dir[pos]  # published between the first look and registering: no post is coming
-            if g > after:
-                return g
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             assert timeout is not None  # wait_for(fut, None) never times out
-            raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=self._dir[pos],
+            with self._cond:
+                g = self._generation_locked(pos)
+            raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
                                     timeout=timeout) from None
         finally:
             with self._cond:
                 self._futures.pop(fut, None)
+
+    def _generation_locked(self, pos: int) -> int:
+        """The generation word at ``pos``, read with the condition held. Once closed, the error
+        instead: the Reader unmaps the directory right after close() returns, and a waiter that
+        wakes late must not read a released view (it raised a raw ValueError, 4 times in 200)."""
+        if self._closed:
+            assert self._error is not None  # close() sets both under the condition
+            raise self._error
+        return int(self._dir[pos])
 
     def close(self, error: ShmPoolError, *, row_ours: bool = True) -> None:
         """Fail every waiter with ``error`` and stop the dispatcher (idempotent; the semaphore
@@ -145,7 +155,9 @@ class GenerationWaiter:
         self._sem.release()  # out of its sem_wait now rather than at the end of a slice
         if thread is not None and thread is not threading.current_thread():
             thread.join(SLICE * 4)
-            if thread.is_alive():
+            if thread.is_alive():  # a loaded machine: it exits at its next look (closed), touching nothing
+                with self._cond:
+                    self._row_ours = False  # the row may be released and reused once we return
                 logger.debug("generation dispatcher of {!r} still running; semaphore left open", self._name)
                 return
         if row_ours:
@@ -199,11 +211,14 @@ class GenerationWaiter:
             except posix_ipc.ExistentialError:
                 self._fail(AttachError(name=self._name, reason="its generation wait semaphore was removed"))
                 continue
-            if words[W.STATE] != STATE_RUNNING:
+            with self._cond:
+                if self._closed:  # the Reader may have unmapped the words already (close() timed out)
+                    return
+                state, pid, start = words[W.STATE], int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])
+            if state != STATE_RUNNING:
                 self._fail(AttachError(name=self._name, reason="its coordinator stopped"))
-            elif not is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])):
-                self._fail(AttachError(name=self._name, reason=f"its coordinator (pid "
-                                                               f"{int(words[W.COORDINATOR_PID])}) died"))
+            elif not is_alive(pid, start):
+                self._fail(AttachError(name=self._name, reason=f"its coordinator (pid {pid}) died"))
 
     def _fail(self, error: ShmPoolError) -> None:
         with self._cond:
