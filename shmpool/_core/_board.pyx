@@ -27,8 +27,6 @@ from ._sync cimport (RobustMutex, SharedWords, current_pid, deadline_ns, fault, 
                      shm_fetch_add, shm_load, shm_monotonic_ns, shm_store, wait_word, wake_word)
 
 from ..errors import RequestTooLarge
-from ..jobs.jobs_layout import (CHANNEL_COLS, LATENCY_BOUNDS_NS, SLOT_COLS, ChannelCol, JobWord, SlotCol,
-                                SlotState, Status)
 
 cdef extern from *:
     """
@@ -46,32 +44,51 @@ __all__ = ["BoardCore", "NO_SPILL"]
 
 NO_SPILL = -1
 
-# The layout's indices, read once from jobs_layout (their one definition) into C ints.
-cdef int NCOLS = SLOT_COLS, NCCOLS = CHANNEL_COLS
-cdef int ST = SlotCol.STATE, SEQ = SlotCol.SEQ, CPID = SlotCol.CLIENT_PID, CSTART = SlotCol.CLIENT_START
-cdef int CHAN = SlotCol.CHANNEL, WPID = SlotCol.WORKER_PID, WSTART = SlotCol.WORKER_START
-cdef int REQ = SlotCol.REQ_LEN, RESP = SlotCol.RESP_LEN, STATUS = SlotCol.STATUS, ATT = SlotCol.ATTEMPTS
-cdef int SPOOL = SlotCol.SPILL_POOL, SUBNS = SlotCol.SUBMITTED_NS, DEADLINE = SlotCol.DEADLINE_NS
-cdef int END_OK = SlotCol.END_OK, END_ERR = SlotCol.END_ERROR
-cdef int FREE = SlotState.FREE, SUBMITTED = SlotState.SUBMITTED, RUNNING = SlotState.RUNNING
-cdef int DONE = SlotState.DONE, CANCELLED = SlotState.CANCELLED, ORPHANED = SlotState.ORPHANED
-cdef int DELIVERED = SlotState.DELIVERED
-cdef int OK = Status.OK
-cdef int W_FREE_TOP = JobWord.FREE_TOP, W_QH = JobWord.Q_HEAD, W_QT = JobWord.Q_TAIL
-cdef int W_FREE_SEQ = JobWord.FREE_SEQ, W_QSLEEP = JobWord.QUEUE_SLEEPERS, W_WAITERS = JobWord.FREE_WAITERS
-cdef int W_LATN = JobWord.LATENCY_COUNT, W_LATSUM = JobWord.LATENCY_SUM_NS, W_LAT0 = JobWord.LATENCY_BUCKET0
-cdef int C_HEAD = ChannelCol.HEAD, C_TAIL = ChannelCol.TAIL, C_WAITING = ChannelCol.WAITING
-cdef int C_SLEEPERS = ChannelCol.RING_SLEEPERS
-cdef int NBOUNDS = len(LATENCY_BOUNDS_NS)
+# The layout's indices: given by shmpool.jobs.jobs_layout (their one definition, CORE_INDICES)
+# when the first BoardCore is made; the core sits below the jobs package and never imports it.
+cdef int NCOLS, NCCOLS, ST, SEQ, CPID, CSTART, CHAN, WPID, WSTART, REQ, RESP, STATUS, ATT, SPOOL, SUBNS
+cdef int DEADLINE, END_OK, END_ERR, FREE, SUBMITTED, RUNNING, DONE, CANCELLED, ORPHANED, DELIVERED, OK
+cdef int W_FREE_TOP, W_QH, W_QT, W_FREE_SEQ, W_QSLEEP, W_WAITERS, W_LATN, W_LATSUM, W_LAT0
+cdef int C_HEAD, C_TAIL, C_WAITING, C_SLEEPERS, NBOUNDS = -1
 cdef int64_t BOUNDS[32]
-for _i, _b in enumerate(LATENCY_BOUNDS_NS):
-    BOUNDS[_i] = _b
+cdef object _configured = None
+
+
+cdef int _configure(dict ix) except -1:
+    global _configured, NCOLS, NCCOLS, ST, SEQ, CPID, CSTART, CHAN, WPID, WSTART, REQ, RESP, STATUS, ATT
+    global SPOOL, SUBNS, DEADLINE, END_OK, END_ERR, FREE, SUBMITTED, RUNNING, DONE, CANCELLED, ORPHANED
+    global DELIVERED, OK, W_FREE_TOP, W_QH, W_QT, W_FREE_SEQ, W_QSLEEP, W_WAITERS, W_LATN, W_LATSUM, W_LAT0
+    global C_HEAD, C_TAIL, C_WAITING, C_SLEEPERS, NBOUNDS
+    if _configured is not None:
+        if _configured != ix:
+            raise ValueError("a second, different jobs layout in one process")
+        return 0
+    NCOLS, NCCOLS = ix["SLOT_COLS"], ix["CHANNEL_COLS"]
+    ST, SEQ, CPID, CSTART = ix["STATE"], ix["SEQ"], ix["CLIENT_PID"], ix["CLIENT_START"]
+    CHAN, WPID, WSTART, REQ = ix["CHANNEL"], ix["WORKER_PID"], ix["WORKER_START"], ix["REQ_LEN"]
+    RESP, STATUS, ATT, SPOOL = ix["RESP_LEN"], ix["STATUS"], ix["ATTEMPTS"], ix["SPILL_POOL"]
+    SUBNS, DEADLINE, END_OK, END_ERR = ix["SUBMITTED_NS"], ix["DEADLINE_NS"], ix["END_OK"], ix["END_ERROR"]
+    FREE, SUBMITTED, RUNNING, DONE = ix["S_FREE"], ix["S_SUBMITTED"], ix["S_RUNNING"], ix["S_DONE"]
+    CANCELLED, ORPHANED, DELIVERED, OK = ix["S_CANCELLED"], ix["S_ORPHANED"], ix["S_DELIVERED"], ix["OK"]
+    W_FREE_TOP, W_QH, W_QT, W_FREE_SEQ = ix["W_FREE_TOP"], ix["W_Q_HEAD"], ix["W_Q_TAIL"], ix["W_FREE_SEQ"]
+    W_QSLEEP, W_WAITERS, W_LATN = ix["W_QUEUE_SLEEPERS"], ix["W_FREE_WAITERS"], ix["W_LATENCY_COUNT"]
+    W_LATSUM, W_LAT0 = ix["W_LATENCY_SUM_NS"], ix["W_LATENCY_BUCKET0"]
+    C_HEAD, C_TAIL, C_WAITING, C_SLEEPERS = ix["C_HEAD"], ix["C_TAIL"], ix["C_WAITING"], ix["C_RING_SLEEPERS"]
+    bounds = ix["LATENCY_BOUNDS_NS"]
+    if len(bounds) > 32:
+        raise ValueError("at most 32 latency buckets")
+    for i, b in enumerate(bounds):
+        BOUNDS[i] = b
+    NBOUNDS = len(bounds)
+    _configured = dict(ix)
+    return 0
 
 
 cdef class BoardCore:
     """The words of one mapped jobs segment and its mutex; the per-job transitions over them.
 
-    ``segment`` is the whole segment's buffer, ``layout`` its JobsLayout. Every method that
+    ``segment`` is the whole segment's buffer, ``layout`` its JobsLayout, ``indices`` the
+    column, word and state numbers of shmpool.jobs.jobs_layout (``CORE_INDICES``). Every method that
     changes slots takes ``lock`` for one round; the ``*_locked`` helpers expect it held (Python's
     repair and supervision code calls them so that a push onto the free stack is written once).
     """
@@ -86,7 +103,8 @@ cdef class BoardCore:
     cdef char *data
     cdef int64_t n, payload, nchan
 
-    def __cinit__(self, SharedWords segment not None, RobustMutex lock not None, layout):
+    def __cinit__(self, SharedWords segment not None, RobustMutex lock not None, layout, dict indices not None):
+        _configure(indices)
         self._seg = segment
         self.lock = lock
         self.n, self.payload, self.nchan = layout.slots, layout.payload, layout.channels

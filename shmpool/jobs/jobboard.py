@@ -38,7 +38,7 @@ from ..substrate.names import segment_name
 from ..substrate.segments import Segment
 from .board_repair import BoardRepair
 from .board_stats import BoardStatistics
-from .jobs_layout import (CC, CHANNEL_COLS, JOBS_MAGIC, JW, SC, SLOT_COLS, BoardState, JobsLayout, JobsView,
+from .jobs_layout import (CC, CHANNEL_COLS, CORE_INDICES, JOBS_MAGIC, JW, SC, SLOT_COLS, BoardState, JobsLayout, JobsView,
                           SlotRow, SlotState, Status)
 from .spill import NO_SPILL, Response, SpillRef, read_spill, write_spill
 
@@ -94,7 +94,7 @@ class JobBoard(BoardRepair, BoardStatistics):
         self._words = SharedWords(seg.mm)
         self.lock = RobustMutex(self._words, int(JW.LOCK_MUTEX), int(JW.LOCK_OWNER_PID), int(JW.LOCK_RECOVERIES),
                                 f"{name} jobs", lambda _pid: self.heal(), "jobs")
-        self.core = BoardCore(self._words, self.lock, view.layout)
+        self.core = BoardCore(self._words, self.lock, view.layout, CORE_INDICES)
         self.pending_sem = _Wakeup(self.wait_pending, self.core.wake_queue, f"{name} pending")
 
     # ----------------------------------------------------------------- creation / attach

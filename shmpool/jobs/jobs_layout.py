@@ -25,7 +25,7 @@ import numpy as np
 from ..substrate.layout import align_section
 
 __all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
-           "CHANNEL_COLS", "MUTEX_WORDS", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
+           "CHANNEL_COLS", "MUTEX_WORDS", "CORE_INDICES", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
 JOBS_MAGIC = 0x53484D504A4F4234  # "SHMPJOB4" (3: capacity from the free stack; 4: robust mutex, futex words)
 
@@ -147,6 +147,14 @@ class Status(IntEnum):
 
 # The short names the rest of the code and docs/shm-layout.md grew up with.
 JW, SC, CC = JobWord, SlotCol, ChannelCol
+
+# What the compiled core's slot transitions need of this layout (shmpool._core.BoardCore): the
+# numbers are defined here once and handed to it, since the core sits below this package.
+CORE_INDICES: dict[str, object] = {
+    "SLOT_COLS": SLOT_COLS, "CHANNEL_COLS": CHANNEL_COLS, "LATENCY_BOUNDS_NS": LATENCY_BOUNDS_NS,
+    **{c.name: int(c) for c in SlotCol}, **{f"S_{s.name}": int(s) for s in SlotState}, "OK": int(Status.OK),
+    **{f"W_{w.name}": int(w) for w in JobWord}, **{f"C_{c.name}": int(c) for c in ChannelCol},
+}
 
 
 class SlotRow(NamedTuple):
