@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import numpy as np
 
 from ..substrate.layout import align_section
+
+if TYPE_CHECKING:
+    import mmap
 
 __all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
            "CHANNEL_COLS", "MUTEX_WORDS", "CORE_INDICES", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
@@ -183,9 +186,9 @@ class SlotRow(NamedTuple):
     deadline_ns: int
 
     @classmethod
-    def of(cls, words) -> "SlotRow":
+    def of(cls, words: Iterable[int]) -> "SlotRow":
         """The record of one row's SLOT_COLS int64 words, in SlotCol order."""
-        values = [int(w) for w in words]
+        values: list[Any] = [int(w) for w in words]
         values[SlotCol.STATE] = SlotState(values[SlotCol.STATE])
         values[SlotCol.STATUS] = Status(values[SlotCol.STATUS])
         return cls(*values)
@@ -223,10 +226,11 @@ class JobsLayout:
 class JobsView:
     """numpy views of a mapped jobs segment (vectorised checks), and flat memoryviews (hot path)."""
 
-    def __init__(self, buf, lay: JobsLayout) -> None:
+    def __init__(self, buf: "mmap.mmap | memoryview | bytearray", lay: JobsLayout) -> None:
         self.layout = lay
 
-        def arr(offset: int, shape):
+        # Any, not an ndarray type: release() sets them to None, and a closed board says so.
+        def arr(offset: int, shape: tuple[int, ...]) -> Any:
             return np.frombuffer(buf, dtype="<i8", count=int(np.prod(shape)), offset=offset).reshape(shape)
 
         self.words = arr(0, (JOB_WORDS,))

@@ -21,10 +21,13 @@ contended waiters (an flock has no timed wait), which the C core made unnecessar
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .._core import RobustMutex, SharedWords
 from .layout import W
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["SharedLock", "shared_lock", "retry_interrupted_waits", "interrupted_waits_retry"]
 
@@ -33,7 +36,7 @@ SharedLock = RobustMutex  # the type the allocation table, the reader registry a
 _retry_signals = False
 
 
-def shared_lock(buffer: object, words_offset: int, *, name: str, role: str,
+def shared_lock(buffer: "Buffer", words_offset: int, *, name: str, role: str,
                 on_recover: Callable[[int], None] | None = None, create: bool = False) -> RobustMutex:
     """The mutex in the words section at ``words_offset`` of a mapped segment ``buffer``.
 
