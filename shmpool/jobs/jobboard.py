@@ -180,6 +180,29 @@ class JobBoard:
             sem = self._channel_sems[channel] = _sem(self.name, f"ch{channel}", create=False)
         return sem
 
+    def wait_completions(self, channel: int, timeout: float | None) -> bool:
+        """Sleep until a worker posts a completion to ``channel``, for at most ``timeout`` seconds
+        (0: only take a post already made; None: no bound). True if a post came, False if the
+        time passed or a signal ended the wait in a thread that resumes interrupted waits.
+
+        Either way the ring, not this answer, is the truth: a worker that died between pushing
+        and posting leaves an entry without a post, so a caller reads :meth:`completed` after
+        every wait. The Client waits only through here, so the wake-up primitive can change
+        underneath it. Raises AttachError once the board's wake-ups are gone (the coordinator
+        removed them), and posix_ipc.SignalError in a main thread whose handler raised (Ctrl-C).
+        """
+        try:
+            self.channel_sem(channel).acquire(timeout)
+            return True
+        except posix_ipc.BusyError:
+            return False
+        except posix_ipc.SignalError:
+            if interrupted_waits_retry():
+                return False
+            raise
+        except posix_ipc.ExistentialError:
+            raise AttachError(name=self.name, reason="the coordinator removed the job board") from None
+
     # ----------------------------------------------------------------- clients
 
     def claim_channel(self, *, timeout: float | None = None) -> int:
@@ -218,14 +241,28 @@ class JobBoard:
     def release_channel(self, channel: int) -> list[SpillRef]:
         """Give the channel back, settling every slot still addressed to it: queued requests are
         cancelled, running ones orphaned (freed when their worker finishes), finished ones freed.
-        Returns the spilled results of the finished ones: the caller owns and frees them."""
+        Returns the spilled results of the finished ones: the caller owns and frees them.
+
+        Only the process that claimed the channel may release it (AttachError otherwise): a
+        child forked from a client, releasing what it inherited, would hand its parent's live
+        channel to the next ``claim_channel`` and split the parent's results between two clients."""
         spills: list = []
         with self.lock:
+            self._check_channel_owner_locked(channel)
             freed = self._settle_channel_locked(channel, spills)
             self._clear_channel_locked(channel)
             wake = self._wake_count_locked(freed)
         self._post_free(wake)
         return spills
+
+    def _check_channel_owner_locked(self, channel: int) -> None:
+        pid, start = my_identity()  # recomputed after fork: a child is never its parent
+        row = self.v.channels[channel]
+        owner, owner_start = int(row[CC.PID]), int(row[CC.START])
+        if (owner, owner_start) != (pid, start):
+            whose = f"process {owner}" if owner else "nobody (released already)"
+            raise AttachError(name=self.name, reason=f"client channel {channel} belongs to {whose}, not to this "
+                                                     f"process ({pid}): not released")
 
     def _settle_channel_locked(self, channel: int, spills: list) -> int:
         """End every slot addressed to ``channel``; returns how many went back to the free stack."""
