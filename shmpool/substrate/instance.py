@@ -26,8 +26,8 @@ from ..errors import AttachError, InstanceExists, OutOfBounds, ShmPoolError
 from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control, Layout,
                      P, W, pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
-from .lock import SharedLock
-from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign, runtime_dir,
+from .lock import shared_lock
+from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign,
                     segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
 from .segments import Segment
@@ -65,7 +65,6 @@ DEFAULT_POOLS: tuple[PoolSpec, ...] = (
 
 DEFAULT_GROWTH = 2  # growth segments each configured pool may add
 
-LOCK_SEM = "lock"
 WAKE_SEM = "wake"  # readers post it to wake the coordinator's reaper (a reload request)
 CONTROL = "control"
 
@@ -84,18 +83,18 @@ class SharedInstance:
     """The shared objects of instance ``name`` mapped into this process."""
 
     def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment | None],
-                 sem: posix_ipc.Semaphore, *, owner: bool, thresholds: Thresholds) -> None:
+                 *, owner: bool, thresholds: Thresholds) -> None:
         self.name = name
         self.owner = owner
         self.control_segment = control_seg
         self.control = control
         self.pool_segments = pools  # None for growth rows not created or not yet mapped here
         self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
-        self.lock = SharedLock(sem, control.words_mv, str(runtime_dir() / f"{name}.table.lock"), name)
+        # The table's robust mutex, in the control words (made by _initialise before the magic).
+        self.lock = shared_lock(control_seg.mm, control.layout.words_offset, name=name, role="table")
         self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
                                      thresholds=thresholds, grow=self._create_growth_segment,
                                      back=self._back_pages)
-        self._sem = sem
         self._pool_views = [None if seg is None else memoryview(seg.mm) for seg in pools]
         self._closed = False
         self._present: list[int] | None = None
@@ -104,7 +103,7 @@ class SharedInstance:
         # are appended to it.
         self._mapped = [control_seg, *(seg for seg in pools if seg is not None)]
         self._wake: posix_ipc.Semaphore | None = None
-        self._mapped_sems = [sem]  # the wake semaphore joins when opened
+        self._mapped_sems: list[posix_ipc.Semaphore] = []  # the wake semaphore, once opened
         self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems)
 
     # ----------------------------------------------------------------- creation / attach
@@ -138,9 +137,6 @@ class SharedInstance:
         made_segments: list[Segment] = []
         made_sems: list[posix_ipc.Semaphore] = []
         try:
-            sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM), posix_ipc.O_CREX,
-                                      mode=0o600, initial_value=0)  # wake-ups only (shmpool.substrate.lock)
-            made_sems.append(sem)
             wake = posix_ipc.Semaphore(semaphore_name(name, WAKE_SEM), posix_ipc.O_CREX, mode=0o600)
             made_sems.append(wake)
             for i, spec in enumerate(pools):
@@ -159,7 +155,7 @@ class SharedInstance:
             raise
         control = Control(control_seg.mm, layout)
         pool_segs: list[Segment | None] = made_segments[:-1] + [None] * (len(rows) - len(pools))
-        inst = cls(name, control_seg, control, pool_segs, sem, owner=True, thresholds=thresholds)
+        inst = cls(name, control_seg, control, pool_segs, owner=True, thresholds=thresholds)
         inst._wake = wake
         inst._mapped_sems.append(wake)
         inst.huge_pages = huge_pages
@@ -224,6 +220,8 @@ class SharedInstance:
                     bm[-1] = (0xFF << tail) & 0xFF
         finally:
             control.release()
+        # The table lock, before the magic: nobody can attach (and lock) until it is made.
+        shared_lock(seg.mm, layout.words_offset, name=name, role="table", create=True).close()
         header = pack_header(layout, control_size=layout.size, instance_token=secrets.randbits(63),
                              created_ns=time.time_ns(), name=name, magic=b"\0" * 8)
         seg.mm[:len(header)] = header
@@ -247,17 +245,12 @@ class SharedInstance:
             for i in range(layout.pool_count):
                 present = bool(control.pools[i, P.PRESENT])
                 pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name) if present else None)
-            try:
-                sem = open_semaphore(semaphore_name(name, LOCK_SEM), instance=name)
-            except posix_ipc.ExistentialError:
-                control.release()
-                raise AttachError(name=name, reason="its lock semaphore does not exist") from None
         except BaseException:
             for seg in [control_seg, *pools]:
                 if seg is not None:
                     seg.close()
             raise
-        return cls(name, control_seg, control, pools, sem, owner=False, thresholds=thresholds)
+        return cls(name, control_seg, control, pools, owner=False, thresholds=thresholds)
 
     @staticmethod
     def _read_layout(name: str, seg: Segment) -> tuple[Layout, Thresholds]:
@@ -418,8 +411,8 @@ class SharedInstance:
                 mv.release()
             except BufferError:
                 logger.debug("a pool view of {!r} is still exported; unmapped when it is collected", self.name)
+        self.lock.close()  # first: it holds the control mapping's buffer
         self.control.release()
-        self.lock.close()
         self._finalizer()
 
     def unlink(self) -> None:
@@ -433,7 +426,7 @@ class SharedInstance:
                     posix_ipc.unlink_shared_memory(segment_name(self.name, f"pool{pool}"))
                 except posix_ipc.ExistentialError:
                     logger.debug("growth segment pool{} of {!r} was already unlinked", pool, self.name)
-        for kind in (LOCK_SEM, WAKE_SEM):
+        for kind in (WAKE_SEM,):
             try:
                 posix_ipc.unlink_semaphore(semaphore_name(self.name, kind))
             except posix_ipc.ExistentialError:
