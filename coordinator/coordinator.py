@@ -43,6 +43,7 @@ from shmpool.workers.config import WorkerConfig
 from shmpool.workers.jobs import POLICY_ENV, JobPolicy
 from shmpool.coordinator.pool import WorkerPool
 
+from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
 from .proto import ProtoDimension
@@ -216,6 +217,7 @@ class Coordinator:
             raise
         self.started_at = time.time()
         self.startup_seconds = time.perf_counter() - t0
+        self._stop_at_process_exit()
         logger.info("coordinator {!r} started in {:.1f} ms: {} dimensions, {} bytes, {} files skipped",
                     self.name, self.startup_seconds * 1e3, len(self.load_report.loaded),
                     self.load_report.bytes_loaded, len(self.load_report.skipped))
@@ -276,7 +278,13 @@ class Coordinator:
             self._drain()
         self._inst.mark_stopping()
         self._teardown()
+        exit_cleanup.forget(self)
         logger.info("coordinator {!r} stopped", self.name)
+
+    def _stop_at_process_exit(self) -> None:
+        """A program that never calls stop() still leaves nothing in /dev/shm: this coordinator is
+        stopped at interpreter exit and on SIGTERM (coordinator/exit_cleanup.py says how)."""
+        exit_cleanup.remember(self)
 
     def _drain(self) -> None:
         board = self._board
