@@ -21,6 +21,7 @@ import posix_ipc
 from filelock import FileLock, Timeout
 from loguru import logger
 
+from shmpool import _last_resort
 from shmpool.jobs.codec import encode_error
 from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
@@ -161,6 +162,7 @@ class Coordinator:
         if self._inst is not None:
             raise RuntimeError(f"coordinator {self.name!r} is already started")
         t0 = time.perf_counter()
+        self._show_warnings_on_stderr()
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise FileNotFoundError(f"data directory {self.data_dir} does not exist")
         try:
@@ -280,6 +282,12 @@ class Coordinator:
         self._teardown()
         exit_cleanup.forget(self)
         logger.info("coordinator {!r} stopped", self.name)
+
+    @staticmethod
+    def _show_warnings_on_stderr() -> None:
+        """This process runs a coordinator: its user must see capacity warnings, skipped files and
+        lost workers without configuring anything (shmpool/_last_resort.py says how, and the switch)."""
+        _last_resort.activate()
 
     def _stop_at_process_exit(self) -> None:
         """A program that never calls stop() still leaves nothing in /dev/shm: this coordinator is

@@ -11,13 +11,15 @@ readers) and ``shmpool.jobs`` (the job board and the client). ``shmpool.coordina
 ``shmpool.workers`` are the two process roles, and ``import shmpool`` loads neither: a reader
 process runs no coordinator code (``Coordinator`` is imported on first use).
 
-The library logs through loguru but stays silent until the application asks: following loguru's
-guidance for libraries, ``logger.disable("shmpool")`` runs on import and the CLI (or the user)
-calls ``logger.enable("shmpool")``.
+The library logs through loguru. Following loguru's guidance for libraries,
+``logger.disable("shmpool")`` runs on import, so a reader or a client process is silent; the
+process that runs a Coordinator prints shmpool's WARNING and above on stderr unless
+``show_warnings(False)`` or ``SHMPOOL_WARNINGS=0`` says not to (shmpool/_last_resort.py).
 """
 
 from loguru import logger
 
+from ._last_resort import show_warnings
 from .jobs.client import Client, JobFuture, connect
 from .data.context import ContextCollection, LoadedContext, MissingStep, NavigationPath
 from .errors import (
@@ -133,5 +135,6 @@ __all__ = [
     "UntrustedObject",
     "WorkerInitFailed",
     "cleanup",
+    "show_warnings",
     "worker_reader",
 ]
