@@ -50,7 +50,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 _SERVE_DEFAULTS = {"workers": None, "memory_limit": DEFAULT_LIMIT, "metrics_port": None,
                    "metrics_addr": "127.0.0.1", "evict": True, "compress_cold": False, "huge_pages": False,
-                   "pool_growth": 2, "spill_dir": None, "data_dir": None, "job_modules": [], "jobs": []}
+                   "pool_growth": 2, "spill_dir": None, "data_dir": None, "sample": False, "job_modules": [],
+                   "jobs": []}
 
 
 def apply_env_defaults(args) -> None:
@@ -73,6 +74,8 @@ def check_serve(args) -> None:
     """What argparse cannot see alone; all before the coordinator starts."""
     from shmpool.data import compression
 
+    if args.sample and args.data_dir is not None:
+        raise UsageError("--sample and --data-dir both name the data to serve: give one")
     if args.compress_cold and not compression.available():
         raise UsageError("--compress-cold needs the zstandard package: pip install 'shmpool[compress]'")
     if args.metrics_port is not None:
@@ -101,7 +104,14 @@ def cmd_serve(args) -> int:
     capacity = CapacityPolicy(evict=args.evict, compress_cold=args.compress_cold, huge_pages=args.huge_pages,
                               pool_growth=args.pool_growth,
                               spill_dir=Path(args.spill_dir) if args.spill_dir else None)
-    with Coordinator(args.name, data_dir=args.data_dir, workers=args.workers,
+    if args.sample:
+        data_dir = shmpool.SAMPLE
+    else:
+        data_dir = args.data_dir
+        if data_dir is None:
+            logger.info("no --data-dir: serving no data, only jobs (--data-dir DIR serves its region files, "
+                        "--sample the built-in sample)")
+    with Coordinator(args.name, data_dir=data_dir, workers=args.workers,
                      memory_limit=args.memory_limit, capacity=capacity,
                      jobs=dict(args.jobs), job_modules=args.job_modules) as coord:
         st = coord.stats()
@@ -283,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"it cleanly. {SIZE_HELP}. {env}")
     p.add_argument("name", type=T.instance_name, metavar="NAME")
     p.add_argument("--data-dir", type=T.existing_dir, metavar="DIR",
-                   help="folder of *.region files (default: the built-in sample)")
+                   help="folder of *.region files (default: none, serve no data)")
+    p.add_argument("--sample", action="store_const", const=True, default=None,
+                   help="serve the built-in 14-dimension sample (for trying shmpool out)")
     p.add_argument("--workers", type=T.workers, metavar="N",
                    help=f"worker processes, 0..{T.MAX_WORKERS} (default: CPU count; 0: none)")
     p.add_argument("--memory-limit", type=T.memory_limit, metavar="SIZE",

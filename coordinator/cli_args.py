@@ -239,6 +239,7 @@ def _list(item):
 # dest -> (variable, type of its value).
 ENV_DEFAULTS = {
     "data_dir": ("SHMPOOL_DATA_DIR", existing_dir),
+    "sample": ("SHMPOOL_SAMPLE", _flag),
     "workers": ("SHMPOOL_WORKERS", workers),
     "memory_limit": ("SHMPOOL_MEMORY_LIMIT", memory_limit),
     "metrics_port": ("SHMPOOL_METRICS_PORT", port),

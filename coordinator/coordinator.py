@@ -40,13 +40,14 @@ from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
 from shmpool.jobs.spill import free_spill
 from shmpool.data.region import Region
+from shmpool.data.sample import SAMPLE, SampleData, sample_dir
 from shmpool.workers.config import WorkerConfig
 from shmpool.workers.jobs import POLICY_ENV, JobPolicy
 from shmpool.coordinator.pool import WorkerPool
 
 from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
-from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
+from .loading import LoadReport, load_region_files, region_files
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
 from .verified import VerifiedFiles
@@ -76,7 +77,9 @@ HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invarian
 class Coordinator:
     """Owns instance ``name``: ``start()`` makes every dimension readable by other processes.
 
-    With ``data_dir=None`` it serves the built-in 14-dimension sample. Usable as a context
+    It starts empty: with ``data_dir=None`` it serves what the program publishes
+    (:meth:`create_proto_dimension`, :meth:`crystallize`); with a folder, its ``*.region`` files
+    too; ``data_dir=shmpool.SAMPLE`` serves the built-in 14-dimension sample. Usable as a context
     manager (start on enter, stop on exit). Its workers run the built-in jobs, the functions
     named in ``jobs`` (``{name: function or "module:function"}``) and ``"module:function"``
     of modules in ``job_modules`` (prefixes); any other job name fails with UnknownJob.
@@ -89,7 +92,7 @@ class Coordinator:
     content checks at the next start (docs/architecture.md, Start-up).
     """
 
-    def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None,
+    def __init__(self, name: str, *, data_dir: str | os.PathLike | SampleData | None = None,
                  memory_limit: int = DEFAULT_LIMIT, pools: Sequence[PoolSpec] | None = None,
                  thresholds: Thresholds = Thresholds(), sample_seed: int = 0,
                  max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
@@ -108,7 +111,9 @@ class Coordinator:
                                                 job_timeout=job_timeout)
         # Workers busy-wait this long for the next request before sleeping (shmpool.jobs.spin).
         self.worker_spin = spin_seconds(worker_spin_us)
-        self.data_dir = Path(data_dir) if data_dir is not None else None
+        # None: start empty (the program publishes); SAMPLE: the built-in sample, built at start.
+        self.serves_sample = data_dir is SAMPLE
+        self.data_dir = Path(data_dir) if data_dir is not None and not isinstance(data_dir, SampleData) else None
         self.memory_limit = memory_limit
         self.pools = tuple(pools) if pools is not None else DEFAULT_POOLS
         self.thresholds = thresholds
@@ -176,8 +181,7 @@ class Coordinator:
                 max_dimensions=self._max_dimensions, max_readers=self._max_readers,
                 growth=self.capacity_policy.pool_growth, huge_pages=self.capacity_policy.huge_pages)
             self._publisher = Publisher(self._inst, max_pin_age=self.max_pin_age)
-            folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
-            paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
+            paths = self._region_files()
             spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
@@ -224,6 +228,12 @@ class Coordinator:
                     self.name, self.startup_seconds * 1e3, len(self.load_report.loaded),
                     self.load_report.bytes_loaded, len(self.load_report.skipped))
         return self
+
+    def _region_files(self) -> list[Path]:
+        """What start() loads: nothing without ``data_dir``, the sample's files for SAMPLE."""
+        if self.serves_sample:
+            return region_files(sample_dir(self.sample_seed))
+        return region_files(self.data_dir) if self.data_dir is not None else []
 
     def _room_for_board_and(self, paths: list[Path]) -> bool:
         """Whether /dev/shm has room for the board and every file, with a block of slack each."""

@@ -64,6 +64,8 @@ from .substrate.instance import DEFAULT_POOLS, PoolSpec
 from .substrate.limits import DEFAULT_LIMIT, Thresholds
 from .substrate.names import cleanup
 from .data.reader import Reader, attach
+from .data.region_builder import RegionBuilder
+from .data.sample import SAMPLE, sample_dir
 from .data.snapshot import Snapshot
 from .jobs.worker_context import worker_reader
 
@@ -96,6 +98,7 @@ __all__ = [
     "NavigationPath",
     "Reader",
     "RequestTooLarge",
+    "SAMPLE",
     "WorkerCrashed",
     "attach",
     "connect",
@@ -122,6 +125,7 @@ __all__ = [
     "RegionFormatError",
     "EditConflict",
     "ReaderClosed",
+    "RegionBuilder",
     "ReloadTimeout",
     "RemoteTraceback",
     "SharedMemoryFull",
@@ -135,6 +139,7 @@ __all__ = [
     "UntrustedObject",
     "WorkerInitFailed",
     "cleanup",
+    "sample_dir",
     "show_warnings",
     "worker_reader",
 ]

@@ -24,7 +24,7 @@ def test_usage_example_runs(index, make_name, tmp_path):
         code = code.replace(f'"{old}"', f'"{make_name()}"')
     (tmp_path / "myjobs.py").write_text(MYJOBS)
     extra = textwrap.dedent("""
-        with Coordinator(NAME, workers=1, job_modules=["myjobs"]):
+        with Coordinator(NAME, data_dir=shmpool.SAMPLE, workers=1, job_modules=["myjobs"]):
             with shmpool.connect(NAME) as client:
                 ctx = client.submit("myjobs:longest_layer", 7).result(10)
                 assert ctx.dimension_id == 7 and ctx.verify()

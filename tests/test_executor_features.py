@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def coordinator():
     name = f"{TEST_PREFIX}{secrets.token_hex(4)}"
-    with Coordinator(name, workers=2, job_modules=["_executor_jobs"]) as coord:  # the built-in sample
+    with Coordinator(name, data_dir=shmpool.SAMPLE, workers=2, job_modules=["_executor_jobs"]) as coord:
         yield coord
     assert list_objects(name) == ([], [])
 

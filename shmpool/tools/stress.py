@@ -34,6 +34,7 @@ from shmpool.errors import AttachError, JobError, ShmPoolError
 from shmpool.substrate.names import list_objects
 
 from ..coordinator import Coordinator
+from ..data.sample import SAMPLE
 from .stress_report import BIN_EDGES_US, OPS, histogram, percentiles, render_report, windows, write_outputs
 
 __all__ = ["run_stress", "leak_check", "random_request", "checked_contexts", "render_report", "write_outputs", "stress_layer", "StressFailed",
@@ -239,7 +240,8 @@ def run_stress(name: str, *, clients: int = 128, duration: float = 10.0, crystal
     threads = [clients // nproc + (i < clients % nproc) for i in range(nproc)]
     counters = ctx.Array("q", 3 * nproc, lock=False)
     start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    coord = Coordinator(name, data_dir=data_dir, workers=workers)
+    # Its clients read the sample's dimensions: without a data folder, the sample is what it serves.
+    coord = Coordinator(name, data_dir=data_dir if data_dir is not None else SAMPLE, workers=workers)
     procs: list = []
     live = None
     try:
