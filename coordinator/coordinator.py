@@ -68,6 +68,20 @@ def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
     threading.Thread(target=run, name=f"shmpool-{getattr(fn, '__name__', 'task')}", daemon=True).start()
     return future
 
+def default_pools(memory_limit: int) -> tuple[PoolSpec, ...]:
+    """DEFAULT_POOLS, with the largest pool grown to hold the whole ``memory_limit`` if it does not.
+
+    Any layer that fits the limit then fits a pool: with the fixed 280 blocks of 1 MiB a 300 MiB
+    layer failed under a 1 GiB limit until the user guessed ``pools=``. Pools are sparse on tmpfs,
+    so the larger pool costs only its bitmap (one bit per MiB of limit).
+    """
+    *smaller, largest = DEFAULT_POOLS
+    blocks = -(-memory_limit // largest.block_size)
+    if blocks <= largest.block_count:
+        return DEFAULT_POOLS
+    return (*smaller, PoolSpec(largest.block_size, blocks))
+
+
 RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
@@ -115,7 +129,7 @@ class Coordinator:
         self.serves_sample = data_dir is SAMPLE
         self.data_dir = Path(data_dir) if data_dir is not None and not isinstance(data_dir, SampleData) else None
         self.memory_limit = memory_limit
-        self.pools = tuple(pools) if pools is not None else DEFAULT_POOLS
+        self.pools = tuple(pools) if pools is not None else default_pools(memory_limit)
         self.thresholds = thresholds
         self.sample_seed = sample_seed
         self._max_dimensions = max_dimensions

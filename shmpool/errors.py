@@ -107,6 +107,10 @@ class AllocationFailed(ShmPoolError):
     def __init__(self, *, nbytes: int, reason: str, pools: Sequence[str] = (),
                  kind: AllocationFailure = AllocationFailure.NO_ROOM) -> None:
         detail = f" (pools: {'; '.join(pools)})" if pools else ""
+        if AllocationFailure(kind) is AllocationFailure.TOO_LARGE:
+            # The one remedy is a setting: say which (the default pools grow with memory_limit).
+            detail += ("; the `pools` setting needs a PoolSpec(block_size, block_count) holding it whole "
+                       "(Coordinator(pools=...) without it derives pools from memory_limit)")
         super().__init__(
             f"cannot allocate {nbytes} bytes: {reason}{detail}",
             nbytes=nbytes, reason=reason, pools=tuple(pools), kind=AllocationFailure(kind),
@@ -138,7 +142,8 @@ class LimitExceeded(ShmPoolError):
     def __init__(self, *, requested: int, used: int, limit: int, refuse_at: int) -> None:
         super().__init__(
             f"allocation of {requested} bytes refused: {used} of {limit} bytes in use, "
-            f"allocations may not pass {refuse_at} bytes ({refuse_at / limit:.0%} of the limit)",
+            f"allocations may not pass {refuse_at} bytes ({refuse_at / limit:.0%} of the limit); free "
+            f"room or raise the memory_limit setting (--memory-limit)",
             requested=requested, used=used, limit=limit, refuse_at=refuse_at,
         )
 
