@@ -25,7 +25,8 @@ from shmpool import _last_resort
 from shmpool.jobs.codec import encode_error
 from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
-from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, DimensionNotFound, GenerationNotNewer,
+from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, CoordinatorStateError, DimensionNotFound,
+                            GenerationNotNewer,
                             InstanceExists, InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
 from shmpool.substrate.ids import as_id
@@ -179,7 +180,7 @@ class Coordinator:
         job board is a WARNING at start.
         """
         if self._inst is not None:
-            raise RuntimeError(f"coordinator {self.name!r} is already started")
+            raise CoordinatorStateError(name=self.name, running=True)
         t0 = time.perf_counter()
         self._show_warnings_on_stderr()
         if self.data_dir is not None and not self.data_dir.is_dir():
@@ -420,7 +421,7 @@ class Coordinator:
 
     def _require(self) -> tuple[SharedInstance, Publisher]:
         if self._inst is None or self._publisher is None:
-            raise RuntimeError(f"coordinator {self.name!r} is not running")
+            raise CoordinatorStateError(name=self.name, running=False)
         return self._inst, self._publisher
 
     # ----------------------------------------------------------------- proto-dimensions

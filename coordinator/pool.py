@@ -28,7 +28,7 @@ from loguru import logger
 
 from shmpool.substrate._proc import start_token
 from shmpool.jobs.codec import decode_job, decode_request, encode_error
-from shmpool.errors import (JobTimeout, LockTimeout, WorkerCrashed, WorkerInitFailed, WorkersNotReady,
+from shmpool.errors import (InvalidArgument, JobTimeout, LockTimeout, WorkerCrashed, WorkerInitFailed, WorkersNotReady,
                             WorkerStartFailed)
 from shmpool.jobs.jobboard import JobBoard
 
@@ -86,7 +86,7 @@ class WorkerPool:
     def __init__(self, name: str, board: JobBoard, count: int, *, env: dict[str, str] | None = None,
                  config: WorkerConfig | None = None) -> None:
         if count < 1:
-            raise ValueError(f"a worker pool needs at least one worker, got {count}")
+            raise InvalidArgument(argument="count", value=count, reason="a worker pool needs at least one worker")
         self.name = name
         self.board = board
         self.count = count

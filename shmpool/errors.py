@@ -36,6 +36,9 @@ __all__ = [
     "RemoteTraceback",
     "ClientClosed",
     "InvalidArgument",
+    "InvalidArgumentType",
+    "CoordinatorStateError",
+    "GenerationNotNewer",
     "WorkerInitFailed",
     "WorkerStartFailed",
     "WorkersNotReady",
@@ -340,10 +343,28 @@ class ClientClosed(AttachError, RuntimeError):
 
 
 class InvalidArgument(ShmPoolError, ValueError):
-    """An argument of a job call is out of its range (``chunksize=0``, ``job_timeout=-1``, ...)."""
+    """An argument is out of its range: ``chunksize=0``, ``job_timeout=-1``, a pool block size
+    that is not a power of two, an instance name with a slash, a buffer too small, ..."""
 
     def __init__(self, *, argument: str, value: Any, reason: str) -> None:
         super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
+
+
+class InvalidArgumentType(ShmPoolError, TypeError):
+    """An argument is of a type that cannot be used: a dimension name that is not a str, a
+    read-only or non-contiguous buffer to write into, a navigation step that is not a pair."""
+
+    def __init__(self, *, argument: str, value: Any, reason: str) -> None:
+        super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
+
+
+class CoordinatorStateError(ShmPoolError, RuntimeError):
+    """A Coordinator used in the wrong state: ``start()`` of a running one, or a method that needs
+    shared memory before ``start()`` or after ``stop()``. ``running`` is the state it was in."""
+
+    def __init__(self, *, name: str, running: bool) -> None:
+        state = "is already started" if running else "is not running (call start(), or use it in a `with`)"
+        super().__init__(f"coordinator {name!r} {state}", name=name, running=running)
 
 
 class WorkerInitFailed(ShmPoolError):

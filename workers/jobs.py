@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shmpool.jobs.callables import MODULE_RE, TARGET_RE, import_target, target_of
 from shmpool.data.context import ContextCollection, LoadedContext
-from shmpool.errors import InvalidJob, UnknownJob
+from shmpool.errors import InvalidArgument, InvalidJob, UnknownJob
 from shmpool.data.reader import Reader
 
 __all__ = ["resolve_job", "BUILTIN_JOBS", "UnknownJob", "JobPolicy", "POLICY_ENV"]
@@ -138,7 +138,8 @@ class JobPolicy:
         jobs, modules = data.get("jobs", {}), data.get("modules", [])
         if (not isinstance(jobs, dict) or not isinstance(modules, list)
                 or not all(isinstance(t, str) for t in jobs.values())):
-            raise ValueError("expected {'jobs': {name: 'module:function'}, 'modules': [prefix, ...]}")
+            raise InvalidArgument(argument="policy", value=text,
+                                  reason="expected {'jobs': {name: 'module:function'}, 'modules': [prefix, ...]}")
         return cls.build(jobs, modules)
 
     def describe(self) -> str:

@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence, Union
 
+from ..errors import InvalidArgumentType
 from ..substrate.ids import as_id
 
 __all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step"]
@@ -87,7 +88,8 @@ class NavigationPath(Sequence[Step]):
             try:
                 dim, layer = step
             except (TypeError, ValueError):
-                raise TypeError(f"navigation step must be a (dimension_id, layer_id) pair, got {step!r}") from None
+                raise InvalidArgumentType(argument="step", value=step,
+                                          reason="a navigation step must be a (dimension_id, layer_id) pair") from None
             # Exact type tests first: bools and floats would pass for ints as dict keys later on.
             if type(dim) is not int or type(layer) is not int:
                 where = f"navigation step {pos} {step!r}"

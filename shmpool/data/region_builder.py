@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from loguru import logger
 
-from ..errors import InvalidLayer
+from ..errors import InvalidArgument, InvalidArgumentType, InvalidLayer
 from ..substrate.ids import as_id
 from .compression import deflate
 from .region import (
@@ -52,17 +52,18 @@ class RegionBuilder:
     def __init__(self, dimension_id: int, name: str) -> None:
         dimension_id = as_id(dimension_id, "dimension_id")
         if not 0 < dimension_id < _U32:
-            raise ValueError(f"dimension id {dimension_id} is out of range: must satisfy 0 < id < 2**32")
+            raise InvalidArgument(argument="dimension_id", value=dimension_id, reason="out of range: must satisfy 0 < id < 2**32")
         if not isinstance(name, str):
-            raise TypeError(f"dimension {dimension_id}: name must be a str, got {name!r}")
+            raise InvalidArgumentType(argument="name", value=name, reason=f"dimension {dimension_id}: a name must be a str")
         try:
             encoded = name.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"dimension {dimension_id}: name {name!r} is not encodable as UTF-8 "
-                             f"({exc.reason})") from None
+            raise InvalidArgument(argument="name", value=name,
+                                  reason=f"dimension {dimension_id}: not encodable as UTF-8 ({exc.reason})") from None
         if len(encoded) > MAX_NAME_BYTES:
-            raise ValueError(f"dimension {dimension_id}: name is {len(encoded)} UTF-8 bytes, "
-                             f"at most {MAX_NAME_BYTES} allowed")
+            raise InvalidArgument(argument="name", value=name[:40] + "...",
+                                  reason=f"dimension {dimension_id}: a name is at most {MAX_NAME_BYTES} UTF-8 bytes, "
+                                         f"this one {len(encoded)}")
         self.dimension_id = int(dimension_id)
         self.name = name
         self._name = encoded
@@ -188,13 +189,16 @@ class RegionBuilder:
         try:
             view = byte_view(buffer)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"write_into needs a writable contiguous byte buffer: {exc}") from None
+            raise InvalidArgumentType(argument="buffer", value=type(buffer).__name__,
+                                      reason=f"write_into needs a writable contiguous byte buffer: {exc}") from None
         with view:
             if view.readonly:
-                raise TypeError("write_into needs a writable buffer, got a read-only one")
+                raise InvalidArgumentType(argument="buffer", value=type(buffer).__name__,
+                                          reason="write_into needs a writable buffer, got a read-only one")
             if len(view) < plan.nbytes:
-                raise ValueError(f"buffer of {len(view)} bytes is too small for the {plan.nbytes}-byte region "
-                                 f"of dimension {self.dimension_id}")
+                raise InvalidArgument(argument="buffer", value=f"{len(view)} bytes",
+                                      reason=f"too small for the {plan.nbytes}-byte region of dimension "
+                                             f"{self.dimension_id}")
             at = len(plan.prefix)
             view[:at] = plan.prefix
             for offset, content in plan.layers:

@@ -24,6 +24,7 @@ from filelock import FileLock
 from loguru import logger
 
 from ..substrate.names import runtime_dir
+from ..errors import InvalidArgument
 from .region import FORMAT_VERSION
 from .region_builder import RegionBuilder
 
@@ -36,6 +37,8 @@ class SampleData(enum.Enum):
 
     def __repr__(self) -> str:
         return "shmpool.SAMPLE"
+
+    __str__ = __repr__
 
 
 SAMPLE = SampleData.SAMPLE
@@ -118,7 +121,7 @@ def _dimension(seed: int, dimension_id: int, name: str, count: int, corpus: byte
 def sample_builders(seed: int = 0, layers_per_dimension: int = 200) -> list[RegionBuilder]:
     """One RegionBuilder per core dimension (ids 1..14), deterministic from ``seed``."""
     if layers_per_dimension < 0:
-        raise ValueError(f"layers_per_dimension must be >= 0, got {layers_per_dimension}")
+        raise InvalidArgument(argument="layers_per_dimension", value=layers_per_dimension, reason="must be >= 0")
     corpus = _corpus(seed)
     return [_dimension(seed, dim, name, layers_per_dimension, corpus) for dim, name in CORE_DIMENSIONS.items()]
 
