@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 from enum import Enum
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 __all__ = [
     "ShmPoolError",
@@ -60,8 +60,8 @@ __all__ = [
 ]
 
 
-def _rebuild(cls: type, kwargs: dict[str, Any]) -> "ShmPoolError":
-    return cls(**kwargs)
+def _rebuild(cls: "Callable[..., ShmPoolError]", kwargs: dict[str, Any]) -> "ShmPoolError":
+    return cls(**kwargs)  # every subclass takes its fields as keywords
 
 
 def _user(uid: int) -> str:
@@ -86,7 +86,7 @@ class ShmPoolError(Exception):
         for key, value in fields.items():
             setattr(self, key, value)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._fields)
 
 
