@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -41,6 +42,13 @@ class UsageError(Exception):
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (the usage block is what ``--help`` is for)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # "-1s" or "-5MiB" after an option is its (wrong) value, for its type to refuse by name;
+        # argparse's default takes only plain negative numbers as values and called these
+        # unknown options ("expected one argument"). No option of ours starts with a digit.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

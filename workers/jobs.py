@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from shmpool.jobs.callables import MODULE_RE, TARGET_RE, import_target, target_of
+from shmpool.jobs.callables import MODULE_RE, TARGET_RE, home_module, import_target, target_of
 from shmpool.data.context import ContextCollection, LoadedContext
 from shmpool.errors import InvalidArgument, InvalidJob, UnknownJob
 from shmpool.data.reader import Reader
@@ -174,9 +174,9 @@ class JobPolicy:
                                               f"{target.split(':')[1]}") from None
         if not callable(fn):
             raise UnknownJob(job=name, reason=f"{target} is not callable")
-        if target == name and not _within(getattr(fn, "__module__", "") or "", self.modules):
+        if target == name and not _within(home_module(fn), self.modules):
             # Reached through an allowed module, but defined elsewhere (``from os import system``).
-            raise UnknownJob(job=name, reason=f"{target} is {getattr(fn, '__module__', '?')}'s, "
+            raise UnknownJob(job=name, reason=f"{target} is {home_module(fn) or '?'}'s, "
                                               "not defined in an allowed module")
         return fn
 
@@ -204,8 +204,8 @@ class JobPolicy:
             raise UnknownJob(job=target, reason=f"{module} has no function {m.group(2)}") from None
         if not callable(fn):
             raise UnknownJob(job=target, reason=f"{target} is not callable")
-        if not listed and not _within(getattr(fn, "__module__", "") or "", self.modules):
-            raise UnknownJob(job=target, reason=f"{target} is {getattr(fn, '__module__', '?')}'s, "
+        if not listed and not _within(home_module(fn), self.modules):
+            raise UnknownJob(job=target, reason=f"{target} is {home_module(fn) or '?'}'s, "
                                                 "not defined in an allowed module")
         return fn
 
