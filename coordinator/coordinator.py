@@ -605,6 +605,13 @@ class Coordinator:
             return proto.load_layer_context(layer_id)
         return self.reader().load_layer_context(dimension_id, layer_id)
 
+    def kill_worker(self, pid: int, *, why: str) -> bool:
+        """SIGKILL worker ``pid`` on purpose (stress and chaos tests): the pool replaces it as after
+        any death, but reports it at INFO as killed by ``why`` rather than as an ERROR that
+        blames the OOM killer. Returns False, killing nothing, if ``pid`` is not a live worker."""
+        self._require()
+        return self._pool is not None and self._pool.kill(pid, why)
+
     def reclaim(self) -> int:
         """Free unpinned superseded generations now (the reaper does this every 20 ms)."""
         return self._require()[1].reclaim()

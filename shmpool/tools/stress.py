@@ -320,10 +320,9 @@ def _drive(coord: Coordinator, t0: float, duration: float, every: float, kill: b
         if now >= next_kill:
             pids = coord.stats()["workers"]["pids"]
             victim = rng.choice(pids)
-            try:
-                os.kill(victim, signal.SIGKILL)
+            if coord.kill_worker(victim, why="the stress test"):  # reported as ours, not as an OOM kill
                 events["kills"].append(time.monotonic_ns())
-            except ProcessLookupError:
+            else:
                 logger.debug("worker {} was already gone when its kill came", victim)
             next_kill = now + KILL_EVERY
         live.update(generation=generations[-1], kills=len(events["kills"]))
