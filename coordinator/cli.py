@@ -154,7 +154,7 @@ def cmd_serve(args) -> int:
 # --------------------------------------------------------------------- cleanup
 
 def cmd_cleanup(args) -> int:
-    from filelock import FileLock, Timeout
+    from .name_lock import NameLock, remove_instance_files
 
     if args.dead == (args.name is not None):
         raise UsageError("give NAME or --dead, not both" if args.dead else "give NAME, or --dead for every dead instance")
@@ -171,20 +171,22 @@ def cmd_cleanup(args) -> int:
                              "(stop it with SIGTERM instead)")
     # The coordinator holds this flock for its whole life, also while starting or stopping, when
     # attach fails; holding it here also keeps a new coordinator from starting mid-sweep.
-    lock = FileLock(str(runtime_dir() / f"{args.name}.coordinator.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = NameLock(runtime_dir() / f"{args.name}.coordinator.lock")
+    if not lock.try_acquire():
         raise RuntimeFailure(f"refusing to clean up {args.name!r}: a coordinator holds its lock "
-                             "(starting or stopping)") from None
+                             "(starting or stopping)")
     segments = set(list_objects(args.name)[0])
+    swept = False
     try:
         removed = shmpool.cleanup(args.name)
+        swept = True
     except CleanupError as exc:  # e.g. another user's objects: what went, then one line on what did not
         _cleanup_summary(args, exc.removed, segments)
         raise
     finally:
-        lock.release()
+        if swept:  # the crashed instance's lock files and empty spill folder go with it
+            remove_instance_files(args.name, runtime_dir() / f"{args.name}.spill")
+        lock.release(remove=swept)
     _cleanup_summary(args, removed, segments)
     return 0
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import posix_ipc
-from filelock import FileLock, Timeout
 from loguru import logger
 
 from shmpool import _last_resort
@@ -49,6 +48,7 @@ from shmpool.coordinator.pool import WorkerPool
 from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import LoadReport, load_region_files, region_files
+from .name_lock import NameLock, remove_instance_files
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
 from .verified import VerifiedFiles
@@ -152,7 +152,7 @@ class Coordinator:
         self._capacity: CapacityManager | None = None
         self._board: JobBoard | None = None
         self._pool: WorkerPool | None = None
-        self._file_lock = FileLock(str(runtime_dir() / f"{name}.coordinator.lock"))
+        self._file_lock = NameLock(runtime_dir() / f"{name}.coordinator.lock")
         self._inst: SharedInstance | None = None
         self._publisher: Publisher | None = None
         self._reader: Reader | None = None
@@ -185,10 +185,8 @@ class Coordinator:
         self._show_warnings_on_stderr()
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise FileNotFoundError(f"data directory {self.data_dir} does not exist")
-        try:
-            self._file_lock.acquire(timeout=0)
-        except Timeout:
-            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid()) from None
+        if not self._file_lock.try_acquire():
+            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid())
         try:
             self._check_shm_space()
             self._inst = SharedInstance.create(
@@ -359,8 +357,16 @@ class Coordinator:
             self._inst.destroy()
             self._inst = None
         self._publisher = None
-        if self._file_lock.is_locked:
-            self._file_lock.release()
+        self._let_go_of_the_name()
+
+    def _let_go_of_the_name(self) -> None:
+        """The instance is gone: remove what it made in the runtime folder, then the name lock
+        (its file too, while still holding it: coordinator/name_lock.py says why that is safe)."""
+        if not self._file_lock.is_locked:
+            return
+        default_spill = runtime_dir() / f"{self.name}.spill"
+        remove_instance_files(self.name, default_spill if self.capacity_policy.spill_dir is None else None)
+        self._file_lock.release(remove=True)
 
     def __enter__(self) -> "Coordinator":
         return self.start()
