@@ -64,6 +64,7 @@ from .errors import (
 )
 from .substrate.instance import DEFAULT_POOLS, PoolSpec
 from .substrate.limits import DEFAULT_LIMIT, Thresholds
+from .substrate.ids import key_id
 from .substrate.names import cleanup
 from .data.reader import Reader, attach
 from .data.region_builder import RegionBuilder
@@ -143,6 +144,7 @@ __all__ = [
     "UntrustedObject",
     "WorkerInitFailed",
     "cleanup",
+    "key_id",
     "sample_dir",
     "show_warnings",
     "worker_reader",

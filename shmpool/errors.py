@@ -496,8 +496,10 @@ class InvalidId(ShmPoolError, TypeError):
 
     def __init__(self, *, argument: str, value: Any, where: str = "") -> None:
         prefix = f"{where}: " if where else ""
-        super().__init__(f"{prefix}{argument} must be an int (numpy integers are accepted), not "
-                         f"{type(value).__name__} {value!r}", argument=argument, value=value, where=where)
+        kinds = "an int (numpy integers are accepted) or a str key" if argument == "layer_id" else \
+            "an int (numpy integers are accepted)"
+        super().__init__(f"{prefix}{argument} must be {kinds}, not {type(value).__name__} {value!r}",
+                         argument=argument, value=value, where=where)
 
 
 class SnapshotTimeout(ShmPoolError, TimeoutError):

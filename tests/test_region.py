@@ -433,7 +433,7 @@ def test_builder_set_operations():
 
 BAD_LAYERS = [
     (dict(layer_id=True), "must be an int"),
-    (dict(layer_id="1"), "must be an int"),
+    (dict(layer_id=b"1"), "must be an int"),
     (dict(layer_id=-1), "0 <= id < 2**63"),
     (dict(layer_id=2**63), "0 <= id < 2**63"),
     (dict(layer_id=3), "duplicate layer id"),

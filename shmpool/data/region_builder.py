@@ -22,7 +22,7 @@ import numpy as np
 from loguru import logger
 
 from ..errors import InvalidArgument, InvalidArgumentType, InvalidLayer
-from ..substrate.ids import as_id
+from ..substrate.ids import as_id, key_id
 from .compression import deflate
 from .region import (
     FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
@@ -85,8 +85,10 @@ class RegionBuilder:
         def bad(reason: str) -> InvalidLayer:
             return InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason=reason)
 
+        if isinstance(layer_id, str):  # a key stands for its key id (shmpool.substrate.ids)
+            layer_id = key_id(layer_id)
         if isinstance(layer_id, bool) or not isinstance(layer_id, numbers.Integral):
-            raise bad(f"layer id must be an int, got {type(layer_id).__name__}")
+            raise bad(f"layer id must be an int or a str key, got {type(layer_id).__name__}")
         layer_id = int(layer_id)
         if not 0 <= layer_id < 2**63:
             raise bad("layer id must satisfy 0 <= id < 2**63")
