@@ -411,7 +411,7 @@ def test_content_is_copied_at_add_time():
     b = RegionBuilder(1, "copy")
     data = bytearray(b"abc")
     b.add_layer(1, data)
-    b.add_layer(2, np.arange(3, dtype="<i4"))  # any buffer: stored as its raw bytes
+    b.add_layer(2, memoryview(np.arange(3, dtype="<i4")))  # any buffer: its raw bytes (an ndarray: an array layer)
     data[0] = ord("X")
     region = Region.from_buffer(b.to_bytes(), source=SOURCE)
     assert bytes(region.layer(1)) == b"abc"

@@ -12,6 +12,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence, Union
 
+import numpy as np
+
+from . import arrays
 from ..errors import InvalidArgumentType
 from ..substrate.ids import as_id
 
@@ -65,6 +68,17 @@ class LoadedContext:
     def text(self) -> str:
         """The content decoded as UTF-8 (a copy; decoded on each access)."""
         return str(self.content, "utf-8")
+
+    @property
+    def is_array(self) -> bool:
+        """Whether the layer was published from a numpy array (see :meth:`array`)."""
+        return arrays.is_array(self.content)
+
+    def array(self) -> np.ndarray:
+        """The numpy array the layer was published from: a read-only view into shared memory, no
+        copy, with its dtype, shape and order. Same lifetime as ``content``. InvalidLayer if the
+        layer was not published from an array."""
+        return arrays.decode(self.content, dimension_id=self.dimension_id, layer_id=self.layer_id)
 
     def __len__(self) -> int:
         return len(self.content)

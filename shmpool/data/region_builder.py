@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from loguru import logger
 
+from . import arrays
 from ..errors import InvalidArgument, InvalidArgumentType, InvalidLayer
 from ..substrate.ids import as_id, key_id
 from .compression import deflate
@@ -111,6 +112,8 @@ class RegionBuilder:
             raise bad("the keyword blob would exceed 4 GiB (its offsets are 32-bit)")
         if len(self._layers) + 1 >= _U32:
             raise bad("a region holds fewer than 2**32 layers")
+        if isinstance(content, np.ndarray):  # its .npy bytes: dtype and shape travel with it
+            content = arrays.encode(content, dimension_id=self.dimension_id, layer_id=layer_id)
         is_str = isinstance(content, str)
         if is_str:
             try:
