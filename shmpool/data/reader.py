@@ -550,13 +550,14 @@ class Reader:
 
     def _wait_args(self, dimension_id: int, after: int | None) -> tuple[int, int, int]:
         dimension_id = as_id(dimension_id, "dimension_id")
-        self._check_open()
-        published = self._published()
-        entry = published.get(dimension_id)
-        if entry is None:
-            raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
-        pos = Directory.generation_position(entry)
-        return dimension_id, pos, int(self._dir_mv[pos]) if after is None else as_id(after, "after")
+        with self._lock:  # close() unmaps only after its own locked section: no view goes under us
+            self._check_open()
+            published = self._published()
+            entry = published.get(dimension_id)
+            if entry is None:
+                raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
+            pos = Directory.generation_position(entry)
+            return dimension_id, pos, int(self._dir_mv[pos]) if after is None else as_id(after, "after")
 
     def _waiter(self) -> GenerationWaiter:
         with self._lock:
