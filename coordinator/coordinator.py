@@ -31,7 +31,7 @@ from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import JobsLayout
-from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
+from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance, coordinator_pid
 from shmpool.substrate.layout import W
 from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
@@ -332,14 +332,7 @@ class Coordinator:
         return self._inst is not None
 
     def _live_owner_pid(self) -> int | None:
-        try:
-            probe = SharedInstance.attach(self.name)
-        except ShmPoolError:
-            return None
-        try:
-            return probe.coordinator()[0]
-        finally:
-            probe.close()
+        return coordinator_pid(self.name, self._file_lock.lock_file)  # also while it is starting
 
     def _free_stranded_spills(self) -> None:
         stranded, self._board.stranded_spills = self._board.stranded_spills, []
