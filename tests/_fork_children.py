@@ -195,6 +195,8 @@ def fork_child_stops_in_handover(name: str, dimension_id: int, layer_id: int, mo
     reader = shmpool.attach(name)
     ctx = reader.load_layer_context(dimension_id, layer_id)
     copy = bytes(ctx.content)
+    snap = reader.snapshot()
+    snap.load_layer_context(dimension_id, layer_id)  # the dimension mapped through the snapshot
     parent = os.getpid()
     _faults.arm("fork.child:stop")
     pid = os.fork()
@@ -211,6 +213,12 @@ def fork_child_stops_in_handover(name: str, dimension_id: int, layer_id: int, mo
                     report: dict[str, Any] = {"status": "ok", "lookup": "ok"}
                 except shmpool.ShmPoolError as exc:
                     report = {"status": "ok", "lookup": type(exc).__name__, "message": str(exc)}
+                try:
+                    snap.load_layer_context(dimension_id, layer_id)
+                    report["snapshot_lookup"] = "ok"
+                except shmpool.ShmPoolError as exc:
+                    report["snapshot_lookup"] = type(exc).__name__
+                snap.close()
                 del ctx
                 reader.close()
                 gc.collect()
@@ -218,6 +226,7 @@ def fork_child_stops_in_handover(name: str, dimension_id: int, layer_id: int, mo
         finally:
             os._exit(0)
     _faults.arm(None)
+    snap.close()
     _write(out, "forked", {"status": "ok", "child": pid, "parent": parent})
     ready.set()
     if mode == "parent-killed":

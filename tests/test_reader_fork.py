@@ -189,7 +189,7 @@ def test_a_child_too_late_for_its_hand_over_is_refused_typed_and_leaves_its_pare
             proc.kill()
             proc.join(10)
     child = json.loads((out / "child.json").read_text())
-    assert child["lookup"] == "ReaderForked", child
+    assert child["lookup"] == "ReaderForked" and child["snapshot_lookup"] == "ReaderForked", child
     assert "attach() again" in child["message"] and str(forked["child"]) in child["message"], child
     _assert_intact(json.loads((out / "parent.json").read_text()))
 

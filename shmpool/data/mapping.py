@@ -113,6 +113,8 @@ class MappedGenerations:
         self._waiter: GenerationWaiter | None = None
         self._waiter_finalizer: weakref.finalize[Any, Any] | None = None
         self._entries_cache: tuple[int, dict[int, int]] | None = None
+        # Open snapshots, so that a forked child that got no row of its own can make them refuse too.
+        self.snapshots: "weakref.WeakSet[Any]" = weakref.WeakSet()
         fork.track(self, self.pins)
 
     # ----------------------------------------------------------------- state
@@ -355,6 +357,8 @@ class MappedGenerations:
         if self.pins.lost is not None and not self._closed:
             self._fork_error = self.pins.lost
             self._closed = True
+            for snap in list(self.snapshots):
+                snap.unmap()  # their next lookup asks us for the generation, and hears ReaderForked
         dims = list(self.dims.values())
         self.dims.clear()
         for dv in dims:

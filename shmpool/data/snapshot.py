@@ -79,6 +79,7 @@ class Snapshot:
         self._dir_mv = mapped.dir_mv
         self._finalizer = weakref.finalize(self, _release, mapped.pins, holds)
         self._finalizer.atexit = False  # a dead process's pins are dropped by the coordinator
+        mapped.snapshots.add(self)
 
     @classmethod
     def take(cls, mapped: "MappedGenerations", timeout: float | None) -> "Snapshot":
@@ -207,6 +208,11 @@ class Snapshot:
         return gen
 
     # ----------------------------------------------------------------- lifetime
+
+    def unmap(self) -> None:
+        """Drop the generations mapped so far (a forked child without a row of its own: they are
+        not protected there); the next lookup in a dimension asks the reader's mapping again."""
+        self._gens = {}
 
     def close(self) -> None:
         """Release the snapshot's pins (idempotent); contexts it returned stay valid."""
