@@ -290,3 +290,31 @@ def fork_with_a_snapshot(name: str, dimension_id: int, layer_id: int, out: str, 
     ready.set()
     snap.close()
     reader.close()
+
+
+def fork_then_wait_and_idle(name: str, dimension_id: int, layer_id: int, out: str, ready) -> None:
+    """Attach (with the pin watcher and the generation dispatcher running), fork; in the child,
+    whose threads did not cross the fork: look up, wait for the next generation, then idle: its
+    own watcher must let go of the superseded generation's pin."""
+    reader = shmpool.attach(name)
+    reader.load_layer_context(dimension_id, layer_id)
+    first = reader.generation(dimension_id)
+    reader.wait_generation(dimension_id, after=first - 1, timeout=5)  # starts the dispatcher
+    pid = os.fork()
+    if pid == 0:
+        try:
+            seen = reader.load_layer_context(dimension_id, layer_id).generation
+            _write(out, "child-ready", {"status": "ok", "generation": seen})
+            newer = reader.wait_generation(dimension_id, after=seen, timeout=60)
+            time.sleep(1.0)  # idle: a few pin-watch periods
+            report = {"status": "ok", "pid": os.getpid(), "seen": seen, "newer": newer,
+                      "still_pins_seen": _my_pins(reader, seen)}
+            reader.close()
+        except BaseException as exc:
+            report = {"status": "error", "error": repr(exc)}
+        _write(out, "child", report)
+        os._exit(0)
+    ready.set()
+    os.waitpid(pid, 0)
+    _write(out, "parent", {"status": "ok", "pid": os.getpid()})
+    reader.close()
