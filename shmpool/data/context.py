@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence, Union, overload
 
 import numpy as np
 
 from . import arrays
 from ..errors import InvalidArgumentType
 from ..substrate.ids import as_id
+
+if TYPE_CHECKING:
+    from .generation import Generation
 
 __all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step"]
 
@@ -28,7 +31,13 @@ class LoadedContext:
 
     __slots__ = ("dimension_id", "layer_id", "content", "_gen", "_row")
 
-    def __init__(self, dimension_id: int, layer_id: int, content: memoryview, gen, row: int) -> None:
+    dimension_id: int
+    layer_id: int
+    content: memoryview
+    _gen: "Generation"
+    _row: int
+
+    def __init__(self, dimension_id: int, layer_id: int, content: memoryview, gen: "Generation", row: int) -> None:
         self.dimension_id = dimension_id
         self.layer_id = layer_id
         self.content = content
@@ -115,7 +124,13 @@ class NavigationPath(Sequence[Step]):
     def of(cls, steps: Union["NavigationPath", Iterable[Step]]) -> "NavigationPath":
         return steps if isinstance(steps, NavigationPath) else cls(steps)
 
-    def __getitem__(self, i):
+    @overload
+    def __getitem__(self, i: int) -> Step: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Step]: ...
+
+    def __getitem__(self, i: int | slice) -> Step | Sequence[Step]:
         return self._steps[i]
 
     def __iter__(self) -> Iterator[Step]:

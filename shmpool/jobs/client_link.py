@@ -74,11 +74,11 @@ class Link:
     and the last drop closes it. In a child forked after it was made it is ``inherited`` and
     closing it does nothing: what it maps and names is the parent's."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, timeout: float | None = None) -> None:
         self.name = name
         self.pid = os.getpid()
         self.inherited = False
-        self.reader: Reader = attach(name)
+        self.reader: Reader = attach(name, timeout=timeout)  # a stopped lock holder: LockTimeout, not a hang
         try:
             self.board = JobBoard.attach(name)
         except BaseException:
