@@ -8,16 +8,34 @@ if [ ! -x .venv/bin/python ]; then
     echo "creating .venv with $($PYTHON --version)" >&2
     "$PYTHON" -m venv .venv
 fi
-# dask is always in: tests/test_dask.py runs a small Dask cluster in CI.
+# The extras are the caller's: scripts/test asks for the test set (dev: pytest, hypothesis and every
+# optional feature the tests exercise; dask: tests/test_dask.py runs a small Dask cluster),
+# scripts/run only the demo's (cli: rich), so a newcomer's first run installs in seconds.
+EXTRAS="${SETUP_EXTRAS:?the sourcing script sets SETUP_EXTRAS}${SHMPOOL_EXTRAS:+,$SHMPOOL_EXTRAS}"
 # One stamp per extras set, so `SHMPOOL_EXTRAS=bench` installs its peers once, not on every switch.
-STAMP=".venv/.shmpool-installed${SHMPOOL_EXTRAS:+-$SHMPOOL_EXTRAS}"
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+STAMP=".venv/.shmpool-installed-${EXTRAS//,/-}"
+# The compiled core (shmpool/_core) is built by the install too, so its sources count as changes.
+core_changed() {
+    local f
+    for f in setup.py shmpool/_core/*.pyx shmpool/_core/*.pxd shmpool/_core/*.h; do
+        [ "$f" -nt "$STAMP" ] && return 0
+    done
+    compgen -G "shmpool/_core/_sync.*.so" >/dev/null || return 0  # a fresh checkout: never built here
+    return 1
+}
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || core_changed; then
     # The install log is shown only when something fails, so a passing run stays readable.
     if ! { .venv/bin/python -m pip install --upgrade pip \
-           && .venv/bin/python -m pip install -e ".[dev,dask${SHMPOOL_EXTRAS:+,$SHMPOOL_EXTRAS}]"; } \
+           && .venv/bin/python -m pip install -e ".[$EXTRAS]"; } \
            >.venv/install.log 2>&1; then
-        cat .venv/install.log >&2
-        echo "installing the project into .venv failed (log above, also in .venv/install.log)" >&2
+        # A machine without a compiler gets setup.py's one-paragraph answer, not the whole log.
+        if grep -q "compiled core (shmpool._core) needs" .venv/install.log; then
+            grep -h -A1 "^error: .*\|compiled core (shmpool._core) needs" .venv/install.log | grep -v "^--" | head -3 >&2
+            echo "(full log in .venv/install.log)" >&2
+        else
+            cat .venv/install.log >&2
+            echo "installing the project into .venv failed (log above, also in .venv/install.log)" >&2
+        fi
         exit 1
     fi
     touch "$STAMP"

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Callable
 
+import numpy as np
 from loguru import logger
+
+from ..errors import InvalidArgument
 
 from .layout import W
 
@@ -62,13 +65,12 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not 0 < self.warn <= self.evict <= self.refuse <= PER_MILLE:
-            raise ValueError(
-                f"thresholds must satisfy 0 < warn <= evict <= refuse <= {PER_MILLE} (per mille), "
-                f"got warn={self.warn} evict={self.evict} refuse={self.refuse}"
-            )
+            raise InvalidArgument(
+                argument="thresholds", value=(self.warn, self.evict, self.refuse),
+                reason=f"(warn, evict, refuse) must satisfy 0 < warn <= evict <= refuse <= {PER_MILLE} (per mille)")
 
     @classmethod
-    def from_words(cls, words) -> "Thresholds":
+    def from_words(cls, words: np.ndarray) -> "Thresholds":
         """The thresholds an instance was created with, from its control words."""
         return cls(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]), int(words[W.REFUSE_PERMILLE]))
 
@@ -112,7 +114,7 @@ class Budget:
         self.thresholds = thresholds
 
     @classmethod
-    def read(cls, words) -> "Budget":
+    def read(cls, words: np.ndarray) -> "Budget":
         limit, warn, evict, refuse, used = words[_FIRST:_LAST + 1].tolist()
         return cls(used, limit, _thresholds(warn, evict, refuse))
 
