@@ -21,10 +21,10 @@ before its worker process starts (so the host is caught up before any task runs 
 
 Where the truth lives: the *store*, a folder of region files shared by every host (NFS, a
 ReadWriteMany volume; on one machine any folder). :func:`publish` writes generation G of a
-dimension there as ``d<dim>.g<G>.region`` and then tells one worker per host to have its
-instance serve it under that same G. A host that starts later, or whose daemon restarted,
-publishes the newest file of every dimension before it reports ready, and rescans the store
-every second. See docs/cluster.md.
+dimension there as ``d<dim>.g<G>.region`` once every host has agreed to take it (all hosts or
+none: shmpool._dask_publish), and has each host's instance serve it under that same G. A host
+that starts later, or whose daemon restarted, publishes the newest file of every dimension
+before it reports ready, and rescans the store every second. See docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from distributed.protocol import dask_deserialize, dask_serialize
 from loguru import logger
 
 from . import _dask_host as host
+from ._dask_publish import publish
 from .data.context import ContextCollection, LoadedContext, MissingStep
 from .errors import AttachError, InvalidArgument
 from .substrate.ids import as_id
@@ -60,7 +61,6 @@ host_key = host.host_key
 RESOURCE_UNITS = 1_000_000  # a placement resource marks where data is, it does not limit concurrency
 ATTACH_TIMEOUT = 30.0       # seconds a task waits for its host's instance to come (back) up
 LIVENESS_INTERVAL = 0.1     # seconds between checks that a worker's cached instance still has its daemon
-_METADATA = "shmpool-dask"  # scheduler metadata key: {plugin name: its config}
 
 
 def resource(dimension_id: int) -> str:
@@ -142,7 +142,7 @@ class ShmpoolPlugin(NannyPlugin):
         if self.placement:
             served = {resource(d): RESOURCE_UNITS for d, hosts in self.placement.items() if host_name in hosts}
             nanny.resources = {**(nanny.resources or {}), **served}
-        await nanny.scheduler.set_metadata(keys=[_METADATA, self.name],
+        await nanny.scheduler.set_metadata(keys=[host.METADATA_KEY, self.name],
                                            value={"store_dir": config.store_dir})
         logger.info("Nanny {} leases shmpool instance {!r} of host {!r}", nanny.address, instance, host_name)
 
@@ -288,112 +288,6 @@ def _resolve(name: str | None, here: str) -> str:
         raise InvalidArgument(argument="name", value=None,
                               reason=f"several shmpool plugins serve host {here!r} ({', '.join(found)}): name one")
     return found[0]
-
-
-def _host_state(plugin: str, dimension_id: int) -> dict:
-    """Run on a worker by publish: this host, its instance's generation of the dimension."""
-    instance = host.instance_name(plugin, host_key())
-    reply = host.call(instance, {"op": "generations"})
-    return {"host": host_key(), "instance": instance,
-            "generation": int(reply["generations"].get(str(dimension_id), 0))}
-
-
-def _store_write(store_dir: str, dimension_id: int, generation: int, data: bytes) -> str:
-    path = host.store_file(store_dir, dimension_id, generation)
-    write_atomically(path, [data], mode=0o600)  # hosts rescanning the store see all of it or nothing
-    return str(path)
-
-
-def _store_newest(store_dir: str, dimension_id: int) -> int:
-    return host.store_generations(store_dir).get(dimension_id, (0, None))[0]
-
-
-def _store_prune(store_dir: str, dimension_id: int, keep: int) -> int:
-    removed = 0
-    for entry in glob.glob(os.path.join(store_dir, f"d{dimension_id}.g*.region")):
-        gen = int(Path(entry).name.split(".g", 1)[1].split(".", 1)[0])
-        if gen < keep:
-            os.unlink(entry)
-            removed += 1
-    return removed
-
-
-def _host_publish(plugin: str, dimension_id: int, generation: int, path: str) -> dict:
-    instance = host.instance_name(plugin, host_key())
-    reply = host.call(instance, {"op": "publish", "dimension_id": dimension_id, "generation": generation,
-                                 "file": path})
-    return {"host": host_key(), "generation": reply["generation"], "serves": reply["serves"]}
-
-
-# ----------------------------------------------------------------- publishing (in the client)
-
-def publish(client, dimension_id: int, name: str, layers: Mapping[int, Any] | Iterable[tuple[int, Any]],
-            *, plugin: str | None = None, timeout: float = 120.0) -> int:
-    """Crystallize the same content on every host; returns its generation, the same everywhere.
-
-    Blocking. ``layers`` maps layer ids to content (bytes, or str for text), or is an iterable
-    of ``(layer_id, content)`` or ``(layer_id, content, {"frequency": .., "keywords": ..})``.
-    The region is built here, written once to the store through a worker, then every host
-    serving the dimension (all, unless placed) publishes it under one generation: one more than
-    the highest any host or the store has. When this returns, a task submitted after it sees the
-    new content on whichever host it runs. Concurrent publishes are serialized by a Dask Lock.
-    Raises InvalidArgument/InvalidLayer for bad input (nothing written), AttachError if a host's
-    instance does not answer, and GenerationNotNewer if a host moved past the agreed generation
-    (someone published without this function).
-    """
-    dimension_id = as_id(dimension_id, "dimension_id")
-    plugin, store_dir = _plugin_of(client, plugin)
-    data = _build(dimension_id, name, layers)
-    with Lock(f"shmpool-publish-{plugin}", scheduler_rpc=client.scheduler, loop=client.loop):
-        hosts = client.run(_host_state, plugin, dimension_id)
-        if not hosts:
-            raise AttachError(name=plugin, reason="the cluster has no workers to publish through")
-        by_host: dict[str, str] = {}
-        for address, state in sorted(hosts.items()):
-            by_host.setdefault(state["host"], address)
-        some = next(iter(by_host.values()))
-        stored = client.submit(_store_newest, store_dir, dimension_id, workers=[some], pure=False).result(timeout)
-        generation = max([stored] + [s["generation"] for s in hosts.values()]) + 1
-        # Scattered to the one worker that writes it, rather than embedded in the task graph.
-        (payload,) = client.scatter([data], workers=[some], hash=False)
-        path = client.submit(_store_write, store_dir, dimension_id, generation, payload, workers=[some],
-                             pure=False).result(timeout)
-        del payload
-        replies = client.run(_host_publish, plugin, dimension_id, generation, path, workers=list(by_host.values()))
-        served = {r["host"]: r["generation"] for r in replies.values() if r["serves"]}
-        if not served:
-            raise InvalidArgument(argument="dimension_id", value=dimension_id,
-                                  reason=f"no host of plugin {plugin!r} serves it (placement)")
-        wrong = {h: g for h, g in served.items() if g != generation}
-        if wrong:
-            raise AttachError(name=plugin, reason=f"hosts {wrong} did not publish generation {generation}")
-        client.submit(_store_prune, store_dir, dimension_id, generation, workers=[some], pure=False).result(timeout)
-    logger.info("published dimension {} ({!r}) as generation {} on hosts {}", dimension_id, name, generation,
-                sorted(served))
-    return generation
-
-
-def _plugin_of(client, plugin: str | None) -> tuple[str, str]:
-    known = client.get_metadata([_METADATA], default={})
-    if plugin is None:
-        if len(known) != 1:
-            raise InvalidArgument(argument="plugin", value=None,
-                                  reason=f"name the ShmpoolPlugin to publish through; registered: {sorted(known)}")
-        plugin = next(iter(known))
-    if plugin not in known:
-        raise InvalidArgument(argument="plugin", value=plugin,
-                              reason=f"no Nanny runs this ShmpoolPlugin; registered: {sorted(known)}")
-    return plugin, known[plugin]["store_dir"]
-
-
-def _build(dimension_id: int, name: str, layers) -> bytes:
-    builder = RegionBuilder(dimension_id, name)
-    items = layers.items() if isinstance(layers, Mapping) else layers
-    for item in items:
-        layer_id, content, *rest = item
-        options = rest[0] if rest else {}
-        builder.add_layer(layer_id, content, **options)
-    return builder.to_bytes()
 
 
 # ----------------------------------------------------------------- results leaving a worker

@@ -1,0 +1,120 @@
+"""A cluster publish reaches every host or leaves no trace (shmpool.dask.publish).
+
+Two simulated hosts of one worker each, a 32 MiB memory limit per host instance, and a
+dimension placed on host B only, so B can be made too full for a publication A can take.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import _dask_tasks as tasks  # noqa: E402
+from _dask_hosts import addresses, host_stats, hosts_cluster, plugin_name, stop_instances  # noqa: E402
+from _waiting import wait_for  # noqa: E402
+from shmpool import _dask_host as host  # noqa: E402
+from shmpool import _dask_publish as publishing  # noqa: E402
+from shmpool import dask as sd  # noqa: E402
+from shmpool.data.region_builder import RegionBuilder  # noqa: E402
+from shmpool.errors import GenerationNotNewer, LimitExceeded  # noqa: E402
+
+pytestmark = pytest.mark.dask
+
+MiB = 1 << 20
+LIMIT = 32 * MiB
+PLACED = 60  # served by host B only
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    plugin = plugin_name()
+    store, empty = tmp_path_factory.mktemp("store"), tmp_path_factory.mktemp("empty")
+    instances = {k: host.instance_name(plugin, k) for k in ("hostA", "hostB")}
+    with hosts_cluster({"hostA": 1, "hostB": 1}) as client:
+        client.register_plugin(sd.ShmpoolPlugin(plugin, data_dir=empty, store_dir=store, linger=1.0,
+                                                memory_limit=LIMIT, placement={PLACED: ["hostB"]}))
+        yield {"client": client, "plugin": plugin, "store": Path(store), "instances": instances}
+    assert not stop_instances(*instances.values()), "host instances left after the cluster closed"
+
+
+def _store(store: Path, dim: int) -> list[str]:
+    return sorted(p.name for p in store.iterdir() if p.name.startswith(f"d{dim}."))
+
+
+def _log_size(instance: str) -> int:
+    return host.log_path(instance).stat().st_size
+
+
+def test_a_publish_one_host_cannot_take_leaves_every_host_and_the_store_unchanged(cluster):
+    client, store, inst = cluster["client"], cluster["store"], cluster["instances"]
+    first = sd.publish(client, 50, "rollback", {1: b"old"})
+    sd.publish(client, PLACED, "filler", {1: bytes(20 * MiB)})  # host B: 20 of 32 MiB taken
+    before_files = _store(store, 50)
+    used_a = host_stats(inst["hostA"])["used_bytes"]
+    logs = {k: _log_size(i) for k, i in inst.items()}
+    with pytest.raises(LimitExceeded) as err:
+        sd.publish(client, 50, "rollback", {1: bytes(14 * MiB)})  # fits on A, not on B
+    assert err.value.limit == LIMIT and err.value.requested > 14 * MiB  # B's own error, typed
+    # No trace: the store holds what it held (no new or pending file), both hosts still serve
+    # the first generation, A let go of the room it held for the new one.
+    assert _store(store, 50) == before_files == [host.store_file(store, 50, first).name]
+    assert set(client.run(tasks.generation, 50).values()) == {("hostA", first), ("hostB", first)}
+    assert {r["content"] for r in client.run(tasks.read, 50, 1).values()} == {b"old"}
+    wait_for(lambda: host_stats(inst["hostA"])["used_bytes"] == used_a, 10, "host A's reserved room freed")
+    # Nothing retries it: no daemon logs a thing about it, and the next publish that fits takes
+    # the very generation number the failed one would have had.
+    for key, instance in inst.items():
+        with open(host.log_path(instance), "rb") as log:
+            log.seek(logs[key])
+            assert b"Traceback" not in log.read()
+    assert sd.publish(client, 50, "rollback", {1: b"new"}) == first + 1
+    assert {r["content"] for r in client.run(tasks.read, 50, 1).values()} == {b"new"}
+    assert _store(store, 50) == [host.store_file(store, 50, first + 1).name]
+
+
+def test_a_host_that_moved_past_refuses_with_generation_not_newer_through_dask(cluster, tmp_path):
+    client, plugin = cluster["client"], cluster["plugin"]
+    generation = sd.publish(client, 51, "ahead", {1: b"x"})
+    region = RegionBuilder(51, "stale")
+    region.add_layer(1, b"y")
+    path = region.write(tmp_path / "stale.region")
+    (address_a,) = addresses(client, "hostA")
+    # What publish's prepare step sends, with a generation the host is already at.
+    with pytest.raises(GenerationNotNewer) as err:
+        client.run(publishing._host_call, plugin, "prepare", 51, generation, str(path), 10.0, workers=[address_a])
+    assert (err.value.dimension_id, err.value.generation, err.value.current) == (51, generation, generation)
+
+
+def test_a_store_generation_too_large_for_a_host_does_not_keep_its_plugin_from_starting(tmp_path):
+    plugin = plugin_name()
+    store, data = tmp_path / "store", tmp_path / "data"
+    store.mkdir()
+    data.mkdir()
+    base = RegionBuilder(70, "base")
+    base.add_layer(1, b"from the plugin's folder")
+    base.write(data / "base.region")
+    big = RegionBuilder(70, "too large")
+    big.add_layer(1, bytes(40 * MiB))  # over the 32 MiB limit: LimitExceeded on every attempt
+    big.write(host.store_file(store, 70, 5))
+    instance = host.instance_name(plugin, "hostC")
+    try:
+        with hosts_cluster({"hostC": 1}) as client:
+            client.register_plugin(sd.ShmpoolPlugin(plugin, data_dir=data, store_dir=store, linger=1.0,
+                                                    memory_limit=LIMIT))
+            # It started, and serves what it can: the plugin's own file of the dimension.
+            got = client.run(tasks.read, 70, 1).popitem()[1]
+            assert got["content"] == b"from the plugin's folder"
+            text = host.log_path(instance).read_text()
+            assert text.count("cannot serve generation 5 of dimension 70") == 1, text
+            assert "LimitExceeded" in text and "Traceback" not in text
+            # The next publish supersedes the generation no host could take, and prunes it.
+            assert sd.publish(client, 70, "fits", {1: b"small"}) == 6
+            assert client.run(tasks.read, 70, 1).popitem()[1]["content"] == b"small"
+            assert sorted(os.listdir(store)) == [host.store_file(store, 70, 6).name]
+            assert "Traceback" not in host.log_path(instance).read_text()
+    finally:
+        assert not stop_instances(instance)
