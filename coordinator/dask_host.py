@@ -341,6 +341,10 @@ class HostDaemon:
             if op == "abort":
                 return {"generation": generation, "serves": True, "aborted": self.abort(dim, generation)}
             return {"generation": self.publish(dim, generation, message["file"]), "serves": True}
+        if op == "config":
+            with self._lease_lock:
+                leases = self._leases
+            return {"config": self.config.to_json(), "leases": leases}
         if op == "generations":
             return {"generations": {str(d): g for d, g in self.generations().items()}, "pid": os.getpid()}
         if op == "stats":

@@ -37,8 +37,9 @@ from .errors import AttachError, InvalidArgument, RemoteTraceback
 from .jobs import codec
 from .substrate.names import runtime_dir, validate_name
 
-__all__ = ["HOST_ENV", "HostConfig", "instance_name", "host_key", "ensure_host", "call", "connect",
-           "ready_pid", "store_file", "store_generations"]
+__all__ = ["HOST_ENV", "HostConfig", "instance_name", "host_key", "ensure_host", "stop_host", "call", "connect",
+           "ready_pid", "live_instances", "store_file", "store_generations", "store_entries", "pending_file",
+           "prune_store", "discard_pending"]
 
 HOST_ENV = "SHMPOOL_DASK_HOST"  # the host key; simulated hosts on one machine each set their own
 START_TIMEOUT = 60.0  # seconds a Nanny waits for its host's daemon to be up and caught up
@@ -46,6 +47,8 @@ CALL_TIMEOUT = 60.0   # a publication of a large region file is a copy of it, at
 _PLUGIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,38}$")  # + "-" + 8 hex = 48, the name limit
 _STORE_RE = re.compile(r"^d(\d+)\.g(\d+)\.region$")
 METADATA_KEY = "shmpool-dask"  # scheduler metadata: {plugin name: {"store_dir": ...}}, set by each Nanny
+NO_NANNY_HINT = ("ShmpoolPlugin runs in Dask Nannies: a cluster without them (LocalCluster(processes=False), "
+                 "dask worker --no-nanny) has no host instance to serve it")
 PENDING_SUFFIX = ".pending"  # a publication not yet committed (pending_file)
 _SOCKET_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 
@@ -119,12 +122,43 @@ def log_path(instance: str) -> Path:
 
 def ready_pid(instance: str) -> int | None:
     """The pid of the live, caught-up daemon of ``instance``, or None."""
+    info = _ready_info(instance)
+    if info is None:
+        return None
+    pid, start = info
+    return pid if pid and is_alive(pid, start) else None
+
+
+def live_instances(host: str) -> list[str]:
+    """The instances of ``host`` whose daemon is up and caught up (a live pid in its ready file)."""
+    suffix = instance_name("x", host)[1:]  # "-<digest of the host>"
+    ready = sorted(p.name[:-len(".dask.ready")] for p in runtime_dir().glob(f"*{suffix}.dask.ready"))
+    return [i for i in ready if ready_pid(i) is not None]
+
+
+def _ready_info(instance: str) -> tuple[int, int] | None:
     try:
         info = json.loads(ready_path(instance).read_text())
-    except (OSError, ValueError):
+        return int(info.get("pid", 0)), int(info.get("start", 0))
+    except (OSError, ValueError, AttributeError):
         return None
-    pid, start = int(info.get("pid", 0)), int(info.get("start", 0))
-    return pid if pid and is_alive(pid, start) else None
+
+
+def stop_host(instance: str, timeout: float = START_TIMEOUT) -> None:
+    """Ask the daemon of ``instance`` to stop now and wait until its process is gone (blocking).
+
+    Its leases do not keep it: the caller knows there are none it wants kept."""
+    info = _ready_info(instance)
+    try:
+        call(instance, {"op": "stop"})
+    except AttachError:
+        pass  # stopping already
+    deadline = time.monotonic() + timeout
+    while info is not None and is_alive(*info):
+        if time.monotonic() > deadline:
+            raise AttachError(name=instance, reason=f"its Dask host daemon (pid {info[0]}) did not stop within "
+                                                    f"{timeout:g} s")
+        time.sleep(0.01)
 
 
 def write_ready(instance: str) -> None:
@@ -321,9 +355,11 @@ def prune_store(store_dir: str | os.PathLike[str], dimension_id: int, below: int
 def discard_pending(store_dir: str | os.PathLike[str], dimension_id: int) -> list[Path]:
     """Remove every pending publication of ``dimension_id`` (a publisher's leftovers)."""
     removed = []
-    for path in Path(store_dir).glob(f"d{dimension_id}.g*.region{PENDING_SUFFIX}"):
-        path.unlink(missing_ok=True)
-        removed.append(path)
+    # The pending files, and the temporary files of a client killed while writing one.
+    for pattern in (f"d{dimension_id}.g*.region{PENDING_SUFFIX}", f".d{dimension_id}.g*.region{PENDING_SUFFIX}.*.tmp"):
+        for path in Path(store_dir).glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 

@@ -28,7 +28,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from distributed import Client, Lock
+from distributed import Client
+from distributed import Lock as _Lock
 from loguru import logger
 
 from . import _dask_host as host
@@ -38,6 +39,8 @@ from .substrate.ids import as_id
 
 __all__ = ["publish", "STREAM_CHUNK"]
 
+# distributed's Lock and Client.get_metadata are unannotated: called through Any, our side stays typed.
+Lock: Any = _Lock
 STREAM_CHUNK = 8 << 20  # bytes per piece when the client cannot write the store itself
 _sees_store: dict[tuple[str, str], bool] = {}  # (client id, store folder) -> the client writes it itself
 
@@ -85,15 +88,18 @@ def publish(client: Client, dimension_id: int, name: str,
 # ----------------------------------------------------------------- steps (in the client)
 
 def _plugin_of(client: Client, plugin: str | None) -> tuple[str, str]:
-    known: dict[str, dict[str, Any]] = client.get_metadata([host.METADATA_KEY], default={})
+    get_metadata: Any = client.get_metadata
+    known: dict[str, dict[str, Any]] = get_metadata([host.METADATA_KEY], default={})
     if plugin is None:
         if len(known) != 1:
+            hint = "" if known else f". {host.NO_NANNY_HINT}"
             raise InvalidArgument(argument="plugin", value=None,
-                                  reason=f"name the ShmpoolPlugin to publish through; registered: {sorted(known)}")
+                                  reason=f"name the ShmpoolPlugin to publish through; registered: {sorted(known)}{hint}")
         plugin = next(iter(known))
     if plugin not in known:
         raise InvalidArgument(argument="plugin", value=plugin,
-                              reason=f"no Nanny runs this ShmpoolPlugin; registered: {sorted(known)}")
+                              reason=f"no Nanny runs this ShmpoolPlugin; registered: {sorted(known)}. "
+                                     f"{host.NO_NANNY_HINT}")
     return plugin, str(known[plugin]["store_dir"])
 
 

@@ -57,3 +57,7 @@ def lookups(dimension_id: int, layer_ids: list[int]) -> int:
 def slow_read(seconds: float, dimension_id: int, layer_id: int) -> dict:
     time.sleep(seconds)
     return read(dimension_id, layer_id)
+
+
+def instance_of(plugin: str) -> str:
+    return sd.reader(plugin).name
