@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping
 
 from filelock import FileLock, Timeout
 from loguru import logger
@@ -49,6 +49,7 @@ _STORE_RE = re.compile(r"^d(\d+)\.g(\d+)\.region$")
 METADATA_KEY = "shmpool-dask"  # scheduler metadata: {plugin name: {"store_dir": ...}}, set by each Nanny
 NO_NANNY_HINT = ("ShmpoolPlugin runs in Dask Nannies: a cluster without them (LocalCluster(processes=False), "
                  "dask worker --no-nanny) has no host instance to serve it")
+PIN_PREFIX = ".pin-"  # a pin's file in the store (shmpool._dask_pin): the generations it holds
 PENDING_SUFFIX = ".pending"  # a publication not yet committed (pending_file)
 _SOCKET_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 
@@ -339,14 +340,17 @@ def store_generations(store_dir: str | os.PathLike[str]) -> dict[int, tuple[int,
     return {dim: files[-1] for dim, files in store_entries(store_dir).items()}
 
 
-def prune_store(store_dir: str | os.PathLike[str], dimension_id: int, below: int) -> list[Path]:
-    """Remove the store's generations of ``dimension_id`` older than ``below``; returns what went.
+def prune_store(store_dir: str | os.PathLike[str], dimension_id: int, below: int,
+                keep: Iterable[tuple[int, int]] = ()) -> list[Path]:
+    """Remove the store's generations of ``dimension_id`` older than ``below``, except the
+    (dimension, generation) pairs in ``keep`` (what live pins hold); returns what went.
 
     Call it only once every host serves ``below`` or newer: a host serving an older one reloads
     it from its file if it is evicted."""
     removed = []
+    held = set(keep)
     for generation, path in store_entries(store_dir).get(dimension_id, []):
-        if generation < below:
+        if generation < below and (dimension_id, generation) not in held:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -78,8 +78,7 @@ def publish(client: Client, dimension_id: int, name: str,
             _roll_back(client, by_host, plugin, dimension_id, generation, store_dir, some)
             raise
         _commit(client, {h: by_host[h] for h in served}, plugin, dimension_id, generation, final)
-        client.submit(host.prune_store, store_dir, dimension_id, generation, workers=[some],
-                      pure=False).result(timeout)
+        client.submit(_store_prune, store_dir, dimension_id, generation, workers=[some], pure=False).result(timeout)
     logger.info("published dimension {} ({!r}) as generation {} on hosts {}", dimension_id, name, generation,
                 sorted(served))
     return generation
@@ -229,6 +228,14 @@ def _store_begin(store_dir: str, dimension_id: int) -> int:
     for path in host.discard_pending(store_dir, dimension_id):
         logger.warning("removed {}: a publish that never committed", path)
     return host.store_generations(store_dir).get(dimension_id, (0, Path()))[0]
+
+
+def _store_prune(store_dir: str, dimension_id: int, below: int) -> None:
+    """Every host moved past the generations below ``below``: remove them, except what a live pin holds."""
+    from ._dask_pin import pinned_generations
+
+    for path in host.prune_store(store_dir, dimension_id, below, keep=pinned_generations(store_dir)):
+        logger.debug("pruned {}: every host moved past it", path)
 
 
 def _store_append(path: str, offset: int, piece: bytes) -> None:

@@ -43,6 +43,7 @@ from loguru import logger
 
 from . import _dask_host as host
 from . import _dask_serialize  # noqa: F401  (registers how contexts leave a worker)
+from ._dask_pin import Pin, pin
 from ._dask_publish import publish
 from .errors import AttachError, InvalidArgument
 from .substrate.ids import as_id
@@ -51,7 +52,7 @@ from .substrate.names import runtime_dir
 from .data.reader import Reader, attach
 from .data.region_builder import RegionBuilder, write_atomically
 
-__all__ = ["ShmpoolPlugin", "reader", "publish", "host_key", "resource", "HOST_ENV", "RESOURCE_UNITS"]
+__all__ = ["ShmpoolPlugin", "reader", "publish", "pin", "Pin", "host_key", "resource", "HOST_ENV", "RESOURCE_UNITS"]
 
 HOST_ENV = host.HOST_ENV
 host_key = host.host_key

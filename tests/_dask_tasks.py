@@ -61,3 +61,9 @@ def slow_read(seconds: float, dimension_id: int, layer_id: int) -> dict:
 
 def instance_of(plugin: str) -> str:
     return sd.reader(plugin).name
+
+
+def read_pinned(pinned, dimension_id: int, layer_id: int) -> dict:
+    ctx = pinned.load_layer_context(dimension_id, layer_id)
+    return {"host": sd.host_key(), "generation": ctx.generation, "content": bytes(ctx.content),
+            "verified": ctx.verify(), "shared": ctx.generation == sd.reader().generation(dimension_id)}

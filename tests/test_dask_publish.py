@@ -118,3 +118,52 @@ def test_a_store_generation_too_large_for_a_host_does_not_keep_its_plugin_from_s
             assert "Traceback" not in host.log_path(instance).read_text()
     finally:
         assert not stop_instances(instance)
+
+
+def test_publish_prunes_what_every_host_moved_past_and_a_dead_publishers_leftovers(cluster):
+    client, store = cluster["client"], cluster["store"]
+    for n in range(3):
+        last = sd.publish(client, 53, "pruned", {1: bytes([n]) * 1000})
+    assert _store(store, 53) == [host.store_file(store, 53, last).name]
+    # A publisher killed mid-way leaves a pending file, or the temporary file behind it.
+    pending = host.pending_file(store, 53, last + 1)
+    pending.write_bytes(b"half")
+    partial = store / f".{pending.name}.abc123.tmp"
+    partial.write_bytes(b"half")
+    newest = sd.publish(client, 53, "pruned", {1: b"after"})
+    assert newest == last + 1  # the leftover's number is taken again, its file replaced
+    assert _store(store, 53) == [host.store_file(store, 53, newest).name]
+    assert not partial.exists()
+
+
+def test_a_pin_holds_one_generation_across_a_map_while_a_publish_lands(cluster):
+    client, store = cluster["client"], cluster["store"]
+    pinned_gen = sd.publish(client, 54, "pinned", {i: f"before {i}" for i in range(1, 5)})
+    with sd.pin(client, [54]) as pinned:
+        assert pinned.generations == {54: pinned_gen}
+        first = client.gather(client.map(tasks.read_pinned, [pinned] * 8, [54] * 8, [1, 2, 3, 4] * 2, pure=False))
+        newer = sd.publish(client, 54, "pinned", {i: f"after {i}" for i in range(1, 5)})
+        second = client.gather(client.map(tasks.read_pinned, [pinned] * 8, [54] * 8, [1, 2, 3, 4] * 2, pure=False))
+        # Every task of the map saw the pinned generation: from shared memory before the
+        # publish, from the pinned store file after it (the hosts serve the newer one).
+        for results, shared in ((first, True), (second, False)):
+            assert {r["generation"] for r in results} == {pinned_gen}
+            assert {r["content"] for r in results} == {f"before {i}".encode() for i in range(1, 5)}
+            assert all(r["verified"] and r["shared"] is shared for r in results)
+        assert {r["host"] for r in first + second} == {"hostA", "hostB"}
+        # Unpinned tasks see the new one; the pinned file outlives the publish that superseded it.
+        assert {r["generation"] for r in client.run(tasks.read, 54, 1).values()} == {newer}
+        assert host.store_file(store, 54, pinned_gen).exists()
+    # Released: the next publish prunes it.
+    sd.publish(client, 54, "pinned", {1: b"third"})
+    assert _store(store, 54) == [host.store_file(store, 54, newer + 1).name]
+
+
+def test_publish_streams_through_one_worker_when_the_client_cannot_see_the_store(cluster, monkeypatch):
+    client = cluster["client"]
+    monkeypatch.setattr(publishing, "_client_sees_store", lambda *args: False)
+    monkeypatch.setattr(publishing, "STREAM_CHUNK", 64 << 10)  # a 300 kB region in 5 pieces
+    content = {i: bytes([i]) * 60_000 for i in range(1, 6)}
+    generation = sd.publish(client, 55, "streamed", content)
+    got = client.run(tasks.read, 55, 3)
+    assert {(r["generation"], r["content"]) for r in got.values()} == {(generation, content[3])}
