@@ -152,8 +152,8 @@ def stop_host(instance: str, timeout: float = START_TIMEOUT) -> None:
     info = _ready_info(instance)
     try:
         call(instance, {"op": "stop"})
-    except AttachError:
-        pass  # stopping already
+    except AttachError as exc:  # stopping already
+        logger.debug("stopping {!r}: {}", instance, exc)
     deadline = time.monotonic() + timeout
     while info is not None and is_alive(*info):
         if time.monotonic() > deadline:

@@ -12,6 +12,8 @@ never notice. Each worker process attaches one Reader, lazily, in :func:`reader`
     ...                                      store_dir="/shared/shmpool-store"))
     >>> generation = shmpool.dask.publish(client, 40, "prices", {1: b"...", 2: b"..."})
     >>> client.submit(lambda: shmpool.dask.reader().load_layer_context(40, 1).generation).result()
+    >>> with shmpool.dask.pin(client, [40]) as pinned:   # one generation for a whole map
+    ...     client.gather(client.map(lambda i: pinned.load_layer_context(40, i).generation, [1, 2]))
 
 Why a NannyPlugin: a Nanny outlives its worker (it restarts it after a crash), its ``setup`` runs
 before its worker process starts (so the host is caught up before any task runs there), and its
@@ -37,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from distributed import Lock
 from distributed.diagnostics.plugin import NannyPlugin
 from loguru import logger
 
@@ -50,7 +51,6 @@ from .substrate.ids import as_id
 from .substrate.limits import DEFAULT_LIMIT
 from .substrate.names import runtime_dir
 from .data.reader import Reader, attach
-from .data.region_builder import RegionBuilder, write_atomically
 
 __all__ = ["ShmpoolPlugin", "reader", "publish", "pin", "Pin", "host_key", "resource", "HOST_ENV", "RESOURCE_UNITS"]
 
@@ -191,6 +191,7 @@ class ShmpoolPlugin(NannyPlugin):
 
     def _watch(self, lease: host.Lease, config: host.HostConfig, closing: threading.Event) -> None:
         """Restart the host's daemon if it dies under a live lease (it catches up at start)."""
+        failures = 0
         while not closing.is_set():
             sock = lease.sock
             try:
@@ -201,14 +202,21 @@ class ShmpoolPlugin(NannyPlugin):
                 return
             if data:
                 continue
-            logger.warning("shmpool instance {!r} went away under a lease: restarting it", lease.instance)
+            if not failures:
+                logger.warning("shmpool instance {!r} went away under a lease: restarting it", lease.instance)
             lease.close()
             try:
                 fresh = self._open_lease(lease.instance, config)
-            except Exception:
-                logger.exception("could not restart shmpool instance {!r}; retrying", lease.instance)
-                time.sleep(1.0)
+            except Exception as exc:
+                # The traceback once; then one line per try, further apart each time.
+                if not failures:
+                    logger.exception("could not restart shmpool instance {!r}; retrying", lease.instance)
+                else:
+                    logger.warning("shmpool instance {!r} still cannot start: {}", lease.instance, exc)
+                failures += 1
+                closing.wait(min(2.0 ** failures, 30.0))
                 continue
+            failures = 0
             if closing.is_set():  # torn down while we reconnected: this lease must not outlive it
                 fresh.close()
                 return

@@ -30,6 +30,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import msgpack
 import numpy as np
+from loguru import logger
 
 from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
@@ -212,8 +213,8 @@ def _rebuild(info: dict[str, Any]) -> BaseException | None:
         make: Callable[..., BaseException] = cls  # every ShmPoolError subclass takes keywords only
         try:
             return make(**fields)
-        except Exception:  # fields this version's constructor does not take: rebuilt from args below
-            pass
+        except Exception as refused:  # fields this version's constructor does not take: rebuilt from args below
+            logger.debug("rebuilding {} from its fields failed: {}", cls.__name__, refused)
     owner = sys.modules.get(module) if isinstance(module, str) else None  # never an import
     found: Any = owner
     for part in name.split(".") if owner is not None and name else ():
