@@ -216,7 +216,7 @@ class HostDaemon:
         delay = RETRY_FIRST if before is None else min(before.delay * 2, RETRY_MOST)
         with self._publish_lock:
             self._failures[(dim, generation)] = _Failure(str(exc), time.monotonic() + delay, delay)
-        if before is None or before.message != str(exc):
+        if before is None:  # once per generation: the message varies (bytes in use) from try to try
             logger.error("{!r} cannot serve generation {} of dimension {} from the store (retrying every "
                          "{:g} s at most): {}: {}", self.instance, generation, dim, RETRY_MOST,
                          type(exc).__name__, exc)

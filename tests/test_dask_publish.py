@@ -89,7 +89,8 @@ def test_a_host_that_moved_past_refuses_with_generation_not_newer_through_dask(c
     assert (err.value.dimension_id, err.value.generation, err.value.current) == (51, generation, generation)
 
 
-def test_a_store_generation_too_large_for_a_host_does_not_keep_its_plugin_from_starting(tmp_path):
+def test_a_store_generation_too_large_for_a_host_does_not_keep_its_plugin_from_starting(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHMPOOL_DASK_LOG_LEVEL", "DEBUG")  # the daemon's retries show at debug only
     plugin = plugin_name()
     store, data = tmp_path / "store", tmp_path / "data"
     store.mkdir()
@@ -108,6 +109,9 @@ def test_a_store_generation_too_large_for_a_host_does_not_keep_its_plugin_from_s
             # It started, and serves what it can: the plugin's own file of the dimension.
             got = client.run(tasks.read, 70, 1).popitem()[1]
             assert got["content"] == b"from the plugin's folder"
+            # It retries (with back-off), and says so once, in one line.
+            wait_for(lambda: "generation 5 of dimension 70 still fails" in host.log_path(instance).read_text(),
+                     30, "the daemon's first retry")
             text = host.log_path(instance).read_text()
             assert text.count("cannot serve generation 5 of dimension 70") == 1, text
             assert "LimitExceeded" in text and "Traceback" not in text
