@@ -171,3 +171,17 @@ def test_publish_streams_through_one_worker_when_the_client_cannot_see_the_store
     generation = sd.publish(client, 55, "streamed", content)
     got = client.run(tasks.read, 55, 3)
     assert {(r["generation"], r["content"]) for r in got.values()} == {(generation, content[3])}
+
+
+def test_room_held_for_a_publisher_that_never_commits_is_let_go_after_its_ttl(cluster, tmp_path):
+    instance = cluster["instances"]["hostA"]
+    region = RegionBuilder(56, "orphan")
+    region.add_layer(1, bytes(2 * MiB))
+    path = region.write(tmp_path / "orphan.region")
+    used = host_stats(instance)["used_bytes"]
+    # What a publisher that died after its prepare step leaves: room held, no commit, no abort.
+    reply = host.call(instance, {"op": "prepare", "dimension_id": 56, "generation": 1, "file": str(path),
+                                 "ttl": 0.5})
+    assert reply["reserved"] > 2 * MiB and host_stats(instance)["used_bytes"] >= used + 2 * MiB
+    wait_for(lambda: host_stats(instance)["used_bytes"] == used, 10, "the held room let go")
+    assert "prepared and never committed nor aborted" in host.log_path(instance).read_text()
