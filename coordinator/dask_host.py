@@ -166,7 +166,9 @@ class HostDaemon:
                 logger.info("no Nanny of {!r} holds a lease for {:g} s: stopping", self.instance, self.config.linger)
                 break
             self._expire_reservations(now)
-            if now >= next_scan:
+            # A publish in progress (it holds the lock, copying a region) defers the rescan rather
+            # than stall the accept loop behind it.
+            if now >= next_scan and not self._publish_lock.locked():
                 try:
                     self.catch_up()
                 except Exception:  # the next round retries; the daemon must outlive a bad store
@@ -287,12 +289,18 @@ class HostDaemon:
             self._table().free(held.handle)
 
     def _expire_reservations(self, now: float) -> None:
-        with self._publish_lock:
+        # Never waits: the accept loop must not stall behind a publish copying a large region
+        # (it holds the lock); the next turn of the loop looks again.
+        if not self._publish_lock.acquire(blocking=False):
+            return
+        try:
             for dim in [d for d, r in self._reserved.items() if r.expires <= now]:
                 logger.warning("{!r}: the publish of dimension {} generation {} was prepared and never "
                                "committed nor aborted (its publisher died?): letting its room go",
                                self.instance, dim, self._reserved[dim].generation)
                 self._drop_reservation(dim)
+        finally:
+            self._publish_lock.release()
 
     # ----------------------------------------------------------------- requests
 
