@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import posix_ipc
 from loguru import logger
@@ -55,10 +55,12 @@ from .verified import VerifiedFiles
 
 __all__ = ["Coordinator"]
 
+_T = TypeVar("_T")
 
-def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+
+def _in_background(fn: Callable[..., _T], *args: Any) -> Future[_T]:
     """``fn(*args)`` in a new daemon thread; the Future carries its result or its exception."""
-    future: Future = Future()
+    future: Future[_T] = Future()
 
     def run() -> None:
         try:
@@ -115,7 +117,7 @@ class Coordinator:
     content checks at the next start (docs/architecture.md, Start-up).
     """
 
-    def __init__(self, name: str, *, data_dir: str | os.PathLike | SampleData | None = None,
+    def __init__(self, name: str, *, data_dir: str | os.PathLike[str] | SampleData | None = None,
                  memory_limit: int = DEFAULT_LIMIT, pools: Sequence[PoolSpec] | None = None,
                  thresholds: Thresholds = Thresholds(), sample_seed: int = 0,
                  max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
@@ -126,7 +128,7 @@ class Coordinator:
                  job_modules: Iterable[str] = (), worker_init: Callable[..., Any] | str | None = None,
                  worker_init_args: Sequence[Any] = (), job_timeout: float | None = None,
                  worker_spin_us: float | str | None = None,
-                 verify_cache: bool | str | os.PathLike = True) -> None:
+                 verify_cache: bool | str | os.PathLike[str] = True) -> None:
         self.name = validate_name(name)
         # Checked here, where a bad entry is the caller's mistake, not in every worker later.
         self.job_policy = JobPolicy.build(jobs, job_modules)
@@ -143,7 +145,8 @@ class Coordinator:
         self.sample_seed = sample_seed
         self._max_dimensions = max_dimensions
         self._max_readers = max_readers
-        self.worker_count = (os.cpu_count() or 1) if check_worker_count(workers) is None else workers
+        checked_workers = check_worker_count(workers)
+        self.worker_count = (os.cpu_count() or 1) if checked_workers is None else checked_workers
         self._job_config = (job_slots, max_clients, job_payload)
         self.drain_timeout = drain_timeout
         self.max_pin_age = max_pin_age
@@ -210,7 +213,7 @@ class Coordinator:
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
             self.verified_files = self._open_verify_cache()
-            board: Future | None = None
+            board: Future[JobBoard] | None = None
             if self.worker_count > 0:
                 if self._room_for_board_and(paths):
                     # Reserving the board (32.6 MiB by default) is page allocation outside the
@@ -312,7 +315,7 @@ class Coordinator:
         if self._inst is None:
             return
         if self._board is not None:
-            self._drain()
+            self._drain(self._board)
         self._inst.mark_stopping()
         self._teardown()
         exit_cleanup.forget(self)
@@ -329,8 +332,7 @@ class Coordinator:
         stopped at interpreter exit and on SIGTERM (coordinator/exit_cleanup.py says how)."""
         exit_cleanup.remember(self)
 
-    def _drain(self) -> None:
-        board = self._board
+    def _drain(self, board: JobBoard) -> None:
         board.stop_accepting()
         deadline = time.monotonic() + self.drain_timeout
         while time.monotonic() < deadline:
@@ -390,7 +392,7 @@ class Coordinator:
     def __enter__(self) -> "Coordinator":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @property
@@ -398,7 +400,7 @@ class Coordinator:
         return self._inst is not None
 
     def _live_owner_pid(self) -> int | None:
-        return coordinator_pid(self.name, self._file_lock.lock_file)  # also while it is starting
+        return coordinator_pid(self.name, self._file_lock.path)  # also while it is starting
 
     @staticmethod
     def _free_stranded_spills(inst: SharedInstance, board: JobBoard) -> None:
@@ -487,6 +489,14 @@ class Coordinator:
             raise CoordinatorStateError(name=self.name, running=False)
         return self._inst, self._publisher
 
+    def _require_capacity(self) -> CapacityManager:
+        """The capacity manager, made by start() beside the publisher; CoordinatorStateError
+        if the coordinator is not running (a stop() may have come between two calls)."""
+        capacity = self._capacity
+        if capacity is None:
+            raise CoordinatorStateError(name=self.name, running=False)
+        return capacity
+
     # ----------------------------------------------------------------- proto-dimensions
 
     def create_proto_dimension(self, dimension_id: int, name: str) -> ProtoDimension:
@@ -521,7 +531,7 @@ class Coordinator:
         _, publisher = self._require()
         dimension_id = as_id(dimension_id, "dimension_id")
         if dimension_id in publisher.evicted:
-            self._capacity.reload(dimension_id)  # an edit needs its base in shared memory
+            self._require_capacity().reload(dimension_id)  # an edit needs its base in shared memory
         with self._protos_lock:
             if dimension_id in self._protos:
                 raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
@@ -553,10 +563,11 @@ class Coordinator:
             current = publisher.directory.generation(entry) if entry is not None else 0
             if generation <= current:  # before allocating: a refusal must not evict anything
                 raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
-        if proto.base_generation is not None:
+        base_generation = proto.base_generation
+        if base_generation is not None:
             def place() -> int:
                 new, removed = proto.changes()
-                return publisher.publish_edit(dimension_id, proto.base_generation, new, removed,
+                return publisher.publish_edit(dimension_id, base_generation, new, removed,
                                               source=f"edit of dimension {dimension_id}", generation=generation)
         else:
             builder = proto.builder
@@ -571,15 +582,15 @@ class Coordinator:
             refuse_at = Budget.read(inst.control.words).refuse_at
             hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed)
                                               and exc.kind is AllocationFailure.TOO_LARGE)
-            if hopeless or not self.capacity_policy.evict or not self._capacity.make_room(refuse_at - 2 * nbytes):
+            if hopeless or not self.capacity_policy.evict or not self._require_capacity().make_room(refuse_at - 2 * nbytes):
                 raise exc from None
             deadline = time.monotonic() + ROOM_WAIT  # evicted regions go once unpinned, after GRACE
             while publisher.pending_free() and time.monotonic() < deadline:
                 time.sleep(0.005)
                 publisher.reclaim()
             generation = place()
-        if proto.base_generation is not None:
-            old_base = proto._base
+        old_base = proto._base  # an edit's base (what base_generation reports), None for a new proto
+        if old_base is not None:
             if keep:
                 proto._rebase(publisher.hold_current(dimension_id), publisher)
             publisher.release_hold(old_base)
@@ -588,7 +599,7 @@ class Coordinator:
                 self._protos.pop(dimension_id, None)
         return generation
 
-    def publish_region_file(self, path: str | os.PathLike, *, generation: int | None = None) -> int:
+    def publish_region_file(self, path: str | os.PathLike[str], *, generation: int | None = None) -> int:
         """Copy a region file (checksums verified) into shared memory as its dimension's next
         generation, or as ``generation``; returns the generation published.
 
@@ -628,7 +639,7 @@ class Coordinator:
         """
         _, publisher = self._require()
         protos = [self.proto(d) for d in dimension_ids]
-        items = []
+        items: list[Placement | EditPlacement] = []
         for p in protos:
             if p.base_generation is not None:
                 new, removed = p.changes()
@@ -639,8 +650,8 @@ class Coordinator:
                                        f"crystallized proto-dimension {p.dimension_id}", p.dimension_id))
         generations = publisher.place_many(items)
         for p in protos:  # as crystallize: an edit's base is let go, or the kept edit rebased
-            if p.base_generation is not None:
-                old_base = p._base
+            old_base = p._base
+            if old_base is not None:
                 if keep:
                     p._rebase(publisher.hold_current(p.dimension_id), publisher)
                 publisher.release_hold(old_base)
@@ -681,7 +692,7 @@ class Coordinator:
 
     # ----------------------------------------------------------------- monitoring
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Memory by pool, utilization, fragmentation, failures, readers, generations."""
         inst, publisher = self._require()
         words = inst.control.words
@@ -694,7 +705,7 @@ class Coordinator:
             "readers_attached": int(words[W.READERS_ATTACHED]),
             "readers_peak": int(words[W.READERS_PEAK]),
             "dimensions": len(current),
-            "capacity": self._capacity.stats(),
+            "capacity": self._require_capacity().stats(),
             "generations": {p.dimension_id: p.generation for p in current},
             "superseded_pending": len(superseded),
             "pins": [p.as_dict() for p in list_pins(inst.control, inst.table.block_sizes)],
@@ -709,7 +720,7 @@ class Coordinator:
                               "deaths": list(self._pool.deaths) if self._pool else []}
         return out
 
-    def _load_stats(self) -> dict:
+    def _load_stats(self) -> dict[str, Any]:
         report, cache = self.load_report, self.verified_files
         return {"files_verified": len(report.verified), "files_trusted": len(report.trusted),
                 "copy_ms": report.copy_seconds * 1e3, "verify_ms": report.verify_seconds * 1e3,
@@ -717,11 +728,11 @@ class Coordinator:
                 {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses,
                  "recorded": cache.recorded, "ignored": cache.ignored}}
 
-    def job_latency_histogram(self) -> dict | None:
+    def job_latency_histogram(self) -> dict[str, Any] | None:
         """The workers' job latency histogram (see JobBoard.latency_histogram); None without workers."""
         return self._board.latency_histogram() if self._board is not None else None
 
-    def dump_state(self) -> dict:
+    def dump_state(self) -> dict[str, Any]:
         """Everything, JSON-serialisable: regions, allocations, pools, index summaries, readers."""
         inst, publisher = self._require()
         current, superseded = publisher.snapshot()
@@ -743,7 +754,7 @@ class Coordinator:
             "memory": inst.table.stats().as_dict(),
             "dimensions": dims,
             "superseded": [p.as_dict() for p in superseded],
-            "capacity": self._capacity.dump(),
+            "capacity": self._require_capacity().dump(),
             "allocations": inst.table.live_allocations(),
             "readers": publisher.registry.live(),
             "pins": [p.as_dict() for p in list_pins(inst.control, inst.table.block_sizes)],
