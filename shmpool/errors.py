@@ -180,15 +180,18 @@ class InvalidHandle(ShmPoolError):
 
 
 class LayerNotFound(ShmPoolError, LookupError):
-    """The dimension exists but holds no layer with that id."""
+    """The dimension exists but holds no layer with that id.
+
+    ``layer_id`` is the id asked for, or the repr of the str key asked for (Reader.get).
+    """
 
     dimension_id: int
-    layer_id: int
+    layer_id: int | str
     generation: int
     layer_count: int
     sample_ids: tuple[int, ...]
 
-    def __init__(self, *, dimension_id: int, layer_id: int, generation: int = 0,
+    def __init__(self, *, dimension_id: int, layer_id: int | str, generation: int = 0,
                  layer_count: int = 0, sample_ids: Sequence[int] = ()) -> None:
         known = f"; layer ids include {_preview(sample_ids)}" if sample_ids else ""
         super().__init__(
@@ -200,12 +203,16 @@ class LayerNotFound(ShmPoolError, LookupError):
 
 
 class DimensionNotFound(ShmPoolError, LookupError):
-    """No dimension with that id is published."""
+    """No dimension with that id is published.
 
-    dimension_id: int
-    available: tuple[int, ...]
+    Asked by name (Reader.dimension_id), ``dimension_id`` is the name's repr and ``available``
+    lists the published dimensions as "'name' (id)" strings.
+    """
 
-    def __init__(self, *, dimension_id: int, available: Sequence[int] = ()) -> None:
+    dimension_id: int | str
+    available: tuple[int, ...] | tuple[str, ...]
+
+    def __init__(self, *, dimension_id: int | str, available: Sequence[int] | Sequence[str] = ()) -> None:
         super().__init__(
             f"dimension {dimension_id} not found (available: {_preview(sorted(available)) or 'none'})",
             dimension_id=dimension_id, available=tuple(available),

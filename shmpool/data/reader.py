@@ -158,7 +158,7 @@ class Reader:
             if dim_name == name:
                 self._named[name] = dim_id
                 return dim_id
-        raise DimensionNotFound(dimension_id=repr(name),  # type: ignore[arg-type]
+        raise DimensionNotFound(dimension_id=repr(name),
                                 available=[f"{n!r} ({d})" for d, n in dimensions.items()])
 
     def _ids(self, dimension: Any, layer: Any) -> tuple[int, int]:

@@ -145,6 +145,7 @@ class Link:
         try:
             if spill is not None:
                 handle, data = open_spill(self.inst, spill)
+            assert data is not None, "JobBoard.response gives the slot's view when there is no spill"
             if got_seq != seq:
                 return Outcome(None, AttachError(name=self.name, reason=f"job slot {slot} was reused under us"))
             if status == Status.OK:
