@@ -194,7 +194,8 @@ def receive(stream: BinaryIO) -> dict[str, Any] | None:
         return None
     message = json.loads(line)
     if not isinstance(message, dict):
-        raise ValueError(f"a request or reply is a JSON object, not {line[:80]!r}")
+        raise InvalidArgument(argument="message", value=line[:80],
+                              reason="a request or reply of the Dask host protocol is one JSON object")
     return message
 
 

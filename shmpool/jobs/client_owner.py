@@ -96,8 +96,14 @@ class JobFuture(Future):  # type: ignore[type-arg]
             link.drop()
 
     def result(self, timeout: float | None = None) -> Any:
-        self._refuse_if_inherited()
-        return super().result(timeout)
+        try:
+            self._refuse_if_inherited()
+            return super().result(timeout)
+        finally:
+            # The job's error re-raised here keeps this frame in its traceback, and the frame
+            # keeps the future holding the error: drop ``self`` so no cycle waits for a gc pass
+            # (CPython's Future.result does the same).
+            self = None  # type: ignore[assignment]  # noqa: PLW0642
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._refuse_if_inherited()
