@@ -14,6 +14,9 @@ import shmpool
 from shmpool.errors import AttachError
 from shmpool.substrate.limits import CapacityState, Thresholds
 from shmpool.substrate.names import list_objects
+from shmpool.substrate.removal import coordinator_pid, removed_reason
+
+from .name_watch import removed_under
 
 __all__ = ["STATS_SCHEMA_VERSION", "NotServing", "attach", "board_summary", "cmd_stats", "cmd_dump",
            "cmd_health"]
@@ -31,8 +34,17 @@ def attach(name: str):
     try:
         return shmpool.attach(name)
     except AttachError as exc:
+        # Health, cleanup and a new coordinator read the same two facts (the lock's holder, the
+        # control segment) and say the same thing: a live coordinator whose names are gone.
+        removed = removed_under(name)
+        if removed is not None:
+            raise NotServing(f"{name!r} is not serving: {removed_reason(name, removed)}") from None
         segments, semaphores = list_objects(name)
         if not segments and not semaphores:
+            holder = coordinator_pid(name)
+            if holder is not None:  # starting (nothing created yet) or stopping (all removed already)
+                raise NotServing(f"{name!r} is not serving: coordinator pid {holder} holds its lock but has no "
+                                 "names in /dev/shm (starting or stopping)") from None
             raise NotServing(f"no coordinator {name!r} is running (nothing of it in /dev/shm)") from None
         raise NotServing(f"{name!r} is not serving: {exc.reason} (if its coordinator crashed, "
                          f"`shmpool cleanup {name}` removes what it left)") from None

@@ -45,6 +45,7 @@ from shmpool.coordinator.pool import WorkerPool
 
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
+from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
 from .verified import VerifiedFiles
@@ -130,7 +131,8 @@ class Coordinator:
         self._capacity: CapacityManager | None = None
         self._board: JobBoard | None = None
         self._pool: WorkerPool | None = None
-        self._file_lock = FileLock(str(runtime_dir() / f"{name}.coordinator.lock"))
+        # Not thread-local: a coordinator that lost its names is stopped from another thread (_reap_loop).
+        self._file_lock = FileLock(str(runtime_dir() / f"{name}.coordinator.lock"), thread_local=False)
         self._inst: SharedInstance | None = None
         self._publisher: Publisher | None = None
         self._reader: Reader | None = None
@@ -138,6 +140,11 @@ class Coordinator:
         self._protos_lock = threading.Lock()
         self._stop_event = threading.Event()
         self._reaper: threading.Thread | None = None
+        # Set when this instance's names vanished from /dev/shm under it (coordinator/name_watch.py);
+        # the coordinator then stops itself, once (the lock keeps that stop and the owner's apart).
+        self.names_lost: LostNames | None = None
+        self._name_watch: NameWatch | None = None
+        self._stop_lock = threading.Lock()
         self.load_report = LoadReport()
         self.started_at: float | None = None
         self.startup_seconds: float | None = None
@@ -165,7 +172,7 @@ class Coordinator:
         try:
             self._file_lock.acquire(timeout=0)
         except Timeout:
-            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid()) from None
+            raise instance_exists(self.name, self._live_owner_pid()) from None
         try:
             self._check_shm_space()
             self._inst = SharedInstance.create(
@@ -203,6 +210,7 @@ class Coordinator:
                                              SPIN_ENV: str(self.worker_spin * 1e6)},
                                         config=self.worker_config)
                 self._pool.start()
+            self._name_watch = NameWatch(self.name)  # everything is created: these names are ours
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
                                             daemon=True)
             self._reaper.start()
@@ -270,13 +278,14 @@ class Coordinator:
         ``drain_timeout`` seconds to finish; whatever is still queued then is answered with
         AttachError ("coordinator stopped") rather than run. Then workers get SIGTERM.
         """
-        if self._inst is None:
-            return
-        if self._board is not None:
-            self._drain()
-        self._inst.mark_stopping()
-        self._teardown()
-        logger.info("coordinator {!r} stopped", self.name)
+        with self._stop_lock:  # the owner's stop and the one after lost names (_reap_loop) may meet
+            if self._inst is None:
+                return
+            if self._board is not None:
+                self._drain()
+            self._inst.mark_stopping()
+            self._teardown()
+            logger.info("coordinator {!r} stopped", self.name)
 
     def _drain(self) -> None:
         board = self._board
@@ -302,8 +311,10 @@ class Coordinator:
         if self._pool is not None:
             self._pool.stop()
             self._pool = None
+        lost = self._name_watch is not None and self.names_lost is not None
         if self._board is not None:
-            self._board.unlink()
+            if not lost:  # after lost names, unlink_ours below removes only what is still ours
+                self._board.unlink()
             self._board.close()
             self._board = None
         if self._reader is not None:
@@ -315,8 +326,15 @@ class Coordinator:
         if self._publisher is not None:
             self._publisher.wakeups.close()  # waiters see STATE stopping now, not a slice later
         if self._inst is not None:
-            self._inst.destroy()
+            if lost:
+                self._inst.close()
+                self._name_watch.unlink_ours()
+            else:
+                self._inst.destroy()
             self._inst = None
+        if self._name_watch is not None:
+            self._name_watch.close()
+            self._name_watch = None
         self._publisher = None
         if self._file_lock.is_locked:
             self._file_lock.release()
@@ -348,10 +366,18 @@ class Coordinator:
 
     def _reap_loop(self) -> None:
         last_sweep = last_heal = time.monotonic()
+        watch = self._name_watch
         while True:
             # Woken early by readers that need an evicted dimension back (and by stop()).
             self._inst.wait_for_wake(RECLAIM_INTERVAL)
             if self._stop_event.is_set():
+                break
+            # Before supervising: a worker restarted after the names went could never attach.
+            lost = watch.check()
+            if lost is not None:
+                self.names_lost = lost
+                logger.error(lost_names_error(lost))
+                _in_background(self.stop).add_done_callback(self._log_stop_failure)  # stop() joins this thread
                 break
             try:
                 if self._pool is not None:
@@ -377,6 +403,10 @@ class Coordinator:
                     last_sweep = time.monotonic()
             except Exception:  # the reaper must outlive any one bad round
                 logger.exception("reclaim round of coordinator {!r} failed", self.name)
+
+    def _log_stop_failure(self, done: Future) -> None:
+        if done.exception() is not None:
+            logger.opt(exception=done.exception()).error("stopping {!r} after its names were lost failed", self.name)
 
     def _require(self) -> tuple[SharedInstance, Publisher]:
         if self._inst is None or self._publisher is None:

@@ -248,9 +248,11 @@ class UnsafeRuntimeDir(ShmPoolError, PermissionError):
 class InstanceExists(ShmPoolError):
     """Another live coordinator already owns this instance name."""
 
-    def __init__(self, *, name: str, owner_pid: int | None = None) -> None:
+    def __init__(self, *, name: str, owner_pid: int | None = None, reason: str = "") -> None:
         owner = f" (owner pid {owner_pid})" if owner_pid else ""
-        super().__init__(f"shmpool instance {name!r} is already running{owner}", name=name, owner_pid=owner_pid)
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"shmpool instance {name!r} is already running{owner}{detail}", name=name,
+                         owner_pid=owner_pid, reason=reason)
 
 
 class LockTimeout(ShmPoolError, TimeoutError):

@@ -30,6 +30,7 @@ from .lock import SharedLock
 from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign, runtime_dir,
                     segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
+from .removal import missing_name_hint
 from .segments import Segment
 from .trust import open_semaphore
 
@@ -251,7 +252,7 @@ class SharedInstance:
                 sem = open_semaphore(semaphore_name(name, LOCK_SEM), instance=name)
             except posix_ipc.ExistentialError:
                 control.release()
-                raise AttachError(name=name, reason="its lock semaphore does not exist") from None
+                raise AttachError(name=name, reason=f"its lock semaphore does not exist{missing_name_hint(name)}") from None
         except BaseException:
             for seg in [control_seg, *pools]:
                 if seg is not None:
