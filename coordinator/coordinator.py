@@ -26,7 +26,7 @@ from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
 from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, DimensionNotFound, GenerationNotNewer,
                             InstanceExists, InvalidLayer, LimitExceeded,
-                            LockTimeout, ShmPoolError)
+                            LockTimeout, SharedMemoryFull, ShmPoolError)
 from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
 from shmpool.jobs.jobboard import JobBoard
@@ -266,10 +266,15 @@ class Coordinator:
         # coordinator answering for a dead one, must never be a first touch of a missing page.
         try:
             return JobBoard.create(self.name, slots=slots, channels=clients, payload=payload)
-        except OSError as exc:  # its semaphores are files in /dev/shm too
-            if platform.is_full(exc):
-                raise platform.full_error(self._board_bytes(), f"the job board of {self.name!r}") from None
-            raise
+        except (OSError, SharedMemoryFull) as exc:  # its semaphores are files in /dev/shm too
+            if isinstance(exc, OSError) and not platform.is_full(exc):
+                raise
+            # The memory limit bounds the pools, not the board: name what does shrink it.
+            advice = (f"make the job board smaller: job_slots={slots} x 2 x job_payload={payload} bytes plus "
+                      f"max_clients={clients} channels; fewer job_slots, a smaller job_payload or fewer "
+                      "max_clients shrink it (the memory limit does not), and workers=0 (--workers 0) serves "
+                      "without one")
+            raise platform.full_error(self._board_bytes(), f"the job board of {self.name!r}", advice) from None
 
     def stop(self) -> None:
         """Drain jobs, stop workers, unmap and unlink every shared object (idempotent).

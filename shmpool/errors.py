@@ -121,12 +121,13 @@ class SharedMemoryFull(AllocationFailed):
     AllocationFailed, so callers that make room on a full pool (eviction) make room here too.
     """
 
-    def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int) -> None:
+    def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int,
+                 advice: str = "lower the memory limit (--memory-limit)") -> None:
+        # ``advice``: what shrinks this object; the memory limit bounds the pools, not the job board.
         reason = (f"the shared-memory filesystem {filesystem} has no room for {what} ({free} of {size} "
-                  f"bytes free); give it more room (docker run --shm-size) or lower the memory limit "
-                  f"(--memory-limit)")
+                  f"bytes free); give it more room (docker run --shm-size) or {advice}")
         ShmPoolError.__init__(self, f"cannot allocate {nbytes} bytes: {reason}", nbytes=nbytes, what=what,
-                              filesystem=filesystem, size=size, free=free)
+                              filesystem=filesystem, size=size, free=free, advice=advice)
         self.reason = reason
         self.pools = ()
         self.kind = AllocationFailure.SHM_FULL
