@@ -107,7 +107,7 @@ class NameWatch:
         self._fd = -1
         self._ids: dict[str, tuple[int, int]] = {}  # /dev/shm path -> (st_dev, st_ino) as created
         self._next_full = time.monotonic() + FULL_CHECK_INTERVAL
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[int], NameWatch] | None = None
         if not SHM_DIR.is_dir():
             return
         segments, semaphores = list_objects(name)

@@ -16,20 +16,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(name: str, *args: str) -> dict:
+def _run(name: str, *args: str) -> dict[str, Any]:
     cmd = [sys.executable, str(ROOT / "scripts" / "chaos.py"), "--no-save", "--name", name, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.stdout, f"chaos.py printed nothing (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-    doc = json.loads(proc.stdout)
+    doc: dict[str, Any] = json.loads(proc.stdout)
     assert proc.returncode == (0 if doc["ok"] else 1), proc.stderr[-4000:]
     return doc
 
 
-def test_children_forked_from_readers_and_clients_never_see_a_wrong_byte_and_leave_the_parent_alone(make_name):
+def test_children_forked_from_readers_and_clients_never_see_a_wrong_byte_and_leave_the_parent_alone(make_name: Callable[[], str]) -> None:
     doc = _run(make_name(), "--campaign", "fork", "--fork-seconds", "3", "--fork-holders", "1",
                "--fork-children", "2")
     fork = doc["fork"]
@@ -44,7 +45,7 @@ def test_children_forked_from_readers_and_clients_never_see_a_wrong_byte_and_lea
     assert fork["leftovers_in_dev_shm"] == []
 
 
-def test_an_instance_whose_names_are_removed_stops_within_seconds_and_leaves_nothing(make_name):
+def test_an_instance_whose_names_are_removed_stops_within_seconds_and_leaves_nothing(make_name: Callable[[], str]) -> None:
     doc = _run(make_name(), "--campaign", "names")
     names = doc["names"]
     assert doc["ok"], (doc["failed_checks"], json.dumps(names)[:4000])

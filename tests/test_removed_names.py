@@ -17,26 +17,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.errors import AttachError, InstanceExists
-from shmpool.substrate.names import SHM_DIR, list_objects
+from shmpool.substrate.names import list_objects
+from shmpool.substrate.trust import SHM_DIR
 
 CLI = [sys.executable, "-m", "shmpool"]
 # Generous: the coordinator checks its names every round and stops within about a second; this
 # only turns a coordinator that never notices into a failure instead of a hang.
 STOP_DEADLINE = 20.0
+Serve = Callable[[str], tuple[subprocess.Popen[str], Path]]
 
 
 @pytest.fixture
-def serve(sample_dir, tmp_path):
+def serve(sample_dir: Path, tmp_path: Path) -> Iterator[Serve]:
     """serve(name) -> (the `shmpool serve` process, its log file); whatever is left is killed after the test."""
-    started: list[subprocess.Popen] = []
+    started: list[subprocess.Popen[str]] = []
 
-    def start(name: str) -> tuple[subprocess.Popen, Path]:
+    def start(name: str) -> tuple[subprocess.Popen[str], Path]:
         log = tmp_path / f"serve-{len(started)}.log"
         proc = _serve(name, sample_dir, log)
         started.append(proc)
@@ -52,16 +55,19 @@ def serve(sample_dir, tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
-def _serve(name: str, sample_dir: Path, log: Path, *, workers: int = 1) -> subprocess.Popen:
+def _serve(name: str, sample_dir: Path, log: Path, *, workers: int = 1) -> subprocess.Popen[str]:
     proc = subprocess.Popen([*CLI, "serve", name, "--workers", str(workers), "--data-dir", str(sample_dir),
                              "--memory-limit", "100MiB"],
                             stdout=subprocess.PIPE, stderr=log.open("w"), text=True, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.1)[0] and "serving" in proc.stdout.readline():
+        out = proc.stdout
+        assert out is not None
+        if select.select([out], [], [], 0.1)[0] and "serving" in out.readline():
             return proc
         assert proc.poll() is None, f"serve exited with {proc.returncode}: {log.read_text()}"
     proc.kill()
@@ -86,7 +92,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _wait_exit(proc: subprocess.Popen, log: Path) -> int:
+def _wait_exit(proc: subprocess.Popen[str], log: Path) -> int:
     try:
         return proc.wait(STOP_DEADLINE)
     except subprocess.TimeoutExpired:
@@ -114,7 +120,7 @@ def _assert_names_the_cause(text: str) -> None:
     assert "system user" in text, text
 
 
-def test_coordinator_stops_with_an_error_naming_removeipc_when_all_its_names_are_removed(instance_name, serve):
+def test_coordinator_stops_with_an_error_naming_removeipc_when_all_its_names_are_removed(instance_name: str, serve: Serve) -> None:
     proc, log = serve(instance_name)
     workers = _children(proc.pid)
     assert len(workers) == 1
@@ -134,7 +140,7 @@ def test_coordinator_stops_with_an_error_naming_removeipc_when_all_its_names_are
     print(f"stopped {took:.2f} s after its {len(removed)} names were removed")
 
 
-def test_a_worker_killed_after_the_names_went_is_not_restarted_into_a_loop(instance_name, serve):
+def test_a_worker_killed_after_the_names_went_is_not_restarted_into_a_loop(instance_name: str, serve: Serve) -> None:
     proc, log = serve(instance_name)
     [worker] = _children(proc.pid)
     _remove_names(instance_name)
@@ -146,7 +152,7 @@ def test_a_worker_killed_after_the_names_went_is_not_restarted_into_a_loop(insta
     assert list_objects(instance_name) == ([], [])
 
 
-def test_only_the_semaphores_removed_is_noticed_too(instance_name, serve):
+def test_only_the_semaphores_removed_is_noticed_too(instance_name: str, serve: Serve) -> None:
     proc, log = serve(instance_name)
     for entry in os.listdir(SHM_DIR):
         if entry.startswith(f"sem.shmpool.{instance_name}."):
@@ -159,7 +165,7 @@ def test_only_the_semaphores_removed_is_noticed_too(instance_name, serve):
 
 
 def test_health_cleanup_start_attach_and_connect_agree_while_the_coordinator_has_not_noticed(
-        instance_name, serve):
+        instance_name: str, serve: Serve) -> None:
     """The coordinator is stopped (SIGSTOP) so that it cannot notice yet: what does everyone else see?"""
     proc, log = serve(instance_name)
     os.kill(proc.pid, signal.SIGSTOP)
@@ -175,13 +181,14 @@ def test_health_cleanup_start_attach_and_connect_agree_while_the_coordinator_has
         _assert_names_the_cause(cleanup.stderr)
         with pytest.raises(InstanceExists) as started:
             Coordinator(instance_name, workers=0).start()
-        assert started.value.owner_pid == proc.pid and "removed" in str(started.value)
+        assert getattr(started.value, "owner_pid") == proc.pid and "removed" in str(started.value)
         _assert_names_the_cause(str(started.value))
         for connect in (shmpool.attach, shmpool.connect):
             with pytest.raises(AttachError) as attached:
                 connect(instance_name)
-            assert pid in attached.value.reason and "removed" in attached.value.reason, attached.value
-            _assert_names_the_cause(attached.value.reason)
+            reason = str(getattr(attached.value, "reason"))
+            assert pid in reason and "removed" in reason, attached.value
+            _assert_names_the_cause(reason)
         assert list_objects(instance_name) == ([], [])  # none of them recreated or half-created anything
     finally:
         os.kill(proc.pid, signal.SIGCONT)
@@ -189,7 +196,7 @@ def test_health_cleanup_start_attach_and_connect_agree_while_the_coordinator_has
     assert list_objects(instance_name) == ([], [])
 
 
-def test_a_coordinator_in_this_process_stops_itself_and_says_why(instance_name):
+def test_a_coordinator_in_this_process_stops_itself_and_says_why(instance_name: str) -> None:
     from loguru import logger
 
     errors: list[str] = []

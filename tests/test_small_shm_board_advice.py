@@ -22,7 +22,7 @@ pytestmark = [
 ]
 
 
-def test_a_job_board_too_large_for_dev_shm_names_the_board_settings_not_the_memory_limit(instance_name):
+def test_a_job_board_too_large_for_dev_shm_names_the_board_settings_not_the_memory_limit(instance_name: str) -> None:
     out = _run("start", instance_name, "16m")
     error = out["error"]
     assert error["type"] == "SharedMemoryFull" and error["size"] == 16 * MiB
