@@ -30,6 +30,7 @@ import os
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 from loguru import logger
 
@@ -108,16 +109,15 @@ class NameWatch:
         self._ids: dict[str, tuple[int, int]] = {}  # /dev/shm path -> (st_dev, st_ino) as created
         self._next_full = time.monotonic() + FULL_CHECK_INTERVAL
         self._finalizer: weakref.finalize[[int], NameWatch] | None = None
+        self._control = str(shm_path(segment_name(name, "control")))
         if not SHM_DIR.is_dir():
             return
-        segments, semaphores = list_objects(name)
-        for path in [shm_path(s) for s in segments] + [sem_path(s) for s in semaphores]:
+        for path in self._paths_now():
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
-                continue  # gone already: the full check reports it as soon as it is expected again
+                continue  # gone between the listing and now: not one of ours to watch
             self._ids[str(path)] = (st.st_dev, st.st_ino)
-        self._control = str(shm_path(segment_name(name, "control")))
         try:
             self._fd = os.open(self._control, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:  # removed before we looked: the first check says so
@@ -174,12 +174,15 @@ class NameWatch:
         """Remove the watched names that are still the objects we created; returns those removed.
 
         For a stop after names were lost: the ones left (a partial removal) go like at any stop,
-        while one that another process created under the same name since is left to it."""
+        while one that another process created under the same name since is left to it. Names
+        made after the watch started (growth segments) go too, but only while the control
+        segment is still ours: without it, a new instance may own them."""
         removed = []
-        for path, ident in self._ids.items():
+        control_ours = self._control in self._ids and self._is_ours(self._control, self._ids[self._control])
+        later = [str(p) for p in self._paths_now() if str(p) not in self._ids] if control_ours else []
+        for path, ident in [*self._ids.items(), *((p, None) for p in later)]:
             try:
-                st = os.lstat(path)
-                if (st.st_dev, st.st_ino) == ident:
+                if ident is None or self._is_ours(path, ident):
                     os.unlink(path)
                     removed.append(path)
             except FileNotFoundError:
@@ -189,6 +192,18 @@ class NameWatch:
         if removed:
             logger.info("removed the {} names of {!r} that were still there", len(removed), self.name)
         return removed
+
+    @staticmethod
+    def _is_ours(path: str, ident: tuple[int, int]) -> bool:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == ident
+
+    def _paths_now(self) -> list[Path]:
+        segments, semaphores = list_objects(self.name)
+        return [shm_path(s) for s in segments] + [sem_path(s) for s in semaphores]
 
     def close(self) -> None:
         """Release the control descriptor (idempotent)."""

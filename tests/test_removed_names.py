@@ -224,3 +224,24 @@ def test_a_coordinator_in_this_process_stops_itself_and_says_why(instance_name: 
     # The name is free again: a new coordinator starts under it.
     with Coordinator(instance_name, workers=0) as again:
         assert again.running
+
+
+def test_a_growth_segment_made_after_start_goes_too_when_only_the_semaphores_were_removed(
+        instance_name: str, tmp_path: Path) -> None:
+    from shmpool.substrate.instance import PoolSpec
+
+    with Coordinator(instance_name, data_dir=tmp_path, workers=0, pools=(PoolSpec(4096, 64),)) as coord:
+        for dim in (1, 2):  # 200 KiB each in a 256 KiB pool: the second one grows the pool
+            proto = coord.create_proto_dimension(dim, f"big{dim}")
+            proto.add_layer(1, b"x" * 200 * 1024)
+            coord.crystallize(dim)
+        segments, _ = list_objects(instance_name)
+        assert any(s.endswith(".pool1") for s in segments), segments  # made after the watch started
+        for entry in os.listdir(SHM_DIR):
+            if entry.startswith(f"sem.shmpool.{instance_name}."):
+                os.unlink(SHM_DIR / entry)
+        deadline = time.monotonic() + STOP_DEADLINE
+        while coord.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not coord.running and coord.names_lost is not None
+    assert list_objects(instance_name) == ([], [])
