@@ -316,7 +316,8 @@ class Coordinator:
         if self._pool is not None:
             self._pool.stop()
             self._pool = None
-        lost = self._name_watch is not None and self.names_lost is not None
+        watch, self._name_watch = self._name_watch, None
+        lost = watch is not None and self.names_lost is not None
         if self._board is not None:
             if not lost:  # after lost names, unlink_ours below removes only what is still ours
                 self._board.unlink()
@@ -331,15 +332,14 @@ class Coordinator:
         if self._publisher is not None:
             self._publisher.wakeups.close()  # waiters see STATE stopping now, not a slice later
         if self._inst is not None:
-            if lost:
+            if watch is not None and lost:
                 self._inst.close()
-                self._name_watch.unlink_ours()
+                watch.unlink_ours()
             else:
                 self._inst.destroy()
             self._inst = None
-        if self._name_watch is not None:
-            self._name_watch.close()
-            self._name_watch = None
+        if watch is not None:
+            watch.close()
         self._publisher = None
         if self._file_lock.is_locked:
             self._file_lock.release()
@@ -372,6 +372,7 @@ class Coordinator:
     def _reap_loop(self) -> None:
         last_sweep = last_heal = time.monotonic()
         watch = self._name_watch
+        assert watch is not None  # made by start() before this thread
         while True:
             # Woken early by readers that need an evicted dimension back (and by stop()).
             self._inst.wait_for_wake(RECLAIM_INTERVAL)

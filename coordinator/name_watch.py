@@ -206,7 +206,9 @@ class NameWatch:
         return [shm_path(s) for s in segments] + [sem_path(s) for s in semaphores]
 
     def close(self) -> None:
-        """Release the control descriptor (idempotent)."""
+        """Release the control descriptor (idempotent); ``check`` finds nothing afterwards."""
+        self._ids = {}  # a reaper still running past its join must not fstat a reused descriptor
+        self._fd = -1
         if self._finalizer is not None:
             self._finalizer()
 
