@@ -35,7 +35,7 @@ from pathlib import Path
 from loguru import logger
 
 from shmpool.errors import InstanceExists
-from shmpool.substrate.names import list_objects, segment_name
+from shmpool.substrate.names import list_objects, segment_name, semaphore_name
 from shmpool.substrate.removal import REMOVEIPC_ADVICE, coordinator_pid, removed_reason
 from shmpool.substrate.trust import SHM_DIR, sem_path, shm_path
 
@@ -70,13 +70,15 @@ def lost_names_error(lost: LostNames) -> str:
 
 
 def removed_under(name: str) -> int | None:
-    """Pid of a coordinator holding ``name``'s lock while the instance's control segment is gone.
+    """Pid of a coordinator holding ``name``'s lock while the instance's control segment or lock
+    semaphore (the two every attach needs) is gone.
 
     What health, cleanup and a new coordinator all ask before saying anything else."""
     pid = coordinator_pid(name)
-    if pid is None or not SHM_DIR.is_dir() or shm_path(segment_name(name, "control")).exists():
+    if pid is None or not SHM_DIR.is_dir():
         return None
-    return pid
+    needed = (shm_path(segment_name(name, "control")), sem_path(semaphore_name(name, "lock")))
+    return None if all(path.exists() for path in needed) else pid
 
 
 def instance_exists(name: str, owner_pid: int | None) -> InstanceExists:

@@ -164,13 +164,19 @@ def test_only_the_semaphores_removed_is_noticed_too(instance_name: str, serve: S
     assert list_objects(instance_name) == ([], [])  # the segments still there were removed at stop
 
 
+@pytest.mark.parametrize("which", ["all", "semaphores"])
 def test_health_cleanup_start_attach_and_connect_agree_while_the_coordinator_has_not_noticed(
-        instance_name: str, serve: Serve) -> None:
+        instance_name: str, serve: Serve, which: str) -> None:
     """The coordinator is stopped (SIGSTOP) so that it cannot notice yet: what does everyone else see?"""
     proc, log = serve(instance_name)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
-        _remove_names(instance_name)
+        if which == "all":
+            _remove_names(instance_name)
+        else:
+            for entry in os.listdir(SHM_DIR):
+                if entry.startswith(f"sem.shmpool.{instance_name}."):
+                    os.unlink(SHM_DIR / entry)
         pid = f"pid {proc.pid}"
         health = subprocess.run([*CLI, "health", instance_name], capture_output=True, text=True, timeout=60)
         assert health.returncode == 1 and pid in health.stderr and "removed" in health.stderr, health
@@ -189,7 +195,8 @@ def test_health_cleanup_start_attach_and_connect_agree_while_the_coordinator_has
             reason = str(getattr(attached.value, "reason"))
             assert pid in reason and "removed" in reason, attached.value
             _assert_names_the_cause(reason)
-        assert list_objects(instance_name) == ([], [])  # none of them recreated or half-created anything
+        # None of them removed, recreated or half-created anything.
+        assert list_objects(instance_name)[1] == [] and bool(list_objects(instance_name)[0]) == (which != "all")
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     assert _wait_exit(proc, log) == 1
