@@ -128,9 +128,15 @@ class _User:
             except Exception as exc:  # noqa: BLE001 - counted by type
                 t.error("inherited context", exc)
                 self.ctx_ok = False
-        for held, seen in self.held:
+        for held, seen in list(self.held):
+            try:
+                got = bytes(held.content)
+            except Exception as exc:  # noqa: BLE001 - typed or not, counted by type
+                t.error("held context", exc)
+                self.held.remove((held, seen))
+                continue
             t.reads += 1
-            if bytes(held.content) != seen:
+            if got != seen:
                 t.wrong_bytes += 1
                 t.wrong(f"a held context of layer {held.layer_id} changed")
         if not self.reader_ok:
@@ -349,7 +355,8 @@ def campaign_fork(name: str, ctx: Any, *, coordinator: Callable[[], Any], publis
             continue
         child, holder = r["child"], r["holder"]
         checks[f"{mode}_children_reported"] = r["children_reported"] == r["children"]
-        checks[f"{mode}_children_read"] = child["reads"] > 0
+        # Reading on, or refusing with a typed error: either way the children used what they inherited.
+        checks[f"{mode}_children_used_what_they_inherited"] = child["reads"] + sum(child["typed_errors"].values()) > 0
         checks[f"{mode}_no_wrong_bytes_in_children"] = child["wrong_bytes"] == 0
         checks[f"{mode}_no_wrong_results_in_children"] = child["wrong_results"] == 0
         checks[f"{mode}_children_errors_typed"] = not child["untyped_errors"] and child["crashed"] == 0
