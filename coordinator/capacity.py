@@ -28,6 +28,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -77,9 +78,9 @@ class CapacityCounters:
     last_reload_ms: float = 0.0
     evicted_bytes: int = 0
     compression_saved_bytes: int = 0
-    events: list = field(default_factory=list)  # the last few, for dump_state
+    events: list[dict[str, Any]] = field(default_factory=list)  # the last few, for dump_state
 
-    def note(self, kind: str, **info) -> None:
+    def note(self, kind: str, **info: Any) -> None:
         self.events.append({"event": kind, "at": time.time(), **info})
         del self.events[:-50]
 
@@ -158,7 +159,7 @@ class CapacityManager:
         return evicted
 
     def evict(self, pub: Published) -> None:
-        file = pub.file if self._file_matches(pub) else self._spill(pub)
+        file = pub.file if pub.file is not None and self._file_matches(pub) else self._spill(pub)
         self._publisher.evict(pub.dimension_id, file)
         self.counters.evictions += 1
         self.counters.evicted_bytes += pub.data_nbytes
@@ -314,7 +315,7 @@ class CapacityManager:
 
     # ----------------------------------------------------------------- reporting
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         c = self.counters
         words = self._inst.control.words
         budget = Budget.read(words)
@@ -330,7 +331,7 @@ class CapacityManager:
             "low_water_bytes": per_mille(budget.limit, self.policy.low_water),
         }
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         return {"policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.policy.__dict__.items()},
                 "spill_dir": str(self.spill_dir), "stats": self.stats(),
                 "evicted": [e.as_dict() for e in self._publisher.evicted.values()],

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any, NoReturn, Sequence
 
 from loguru import logger
 
@@ -44,18 +45,18 @@ class UsageError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (the usage block is what ``--help`` is for)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # --------------------------------------------------------------------- serve
 
-_SERVE_DEFAULTS = {"workers": None, "memory_limit": DEFAULT_LIMIT, "metrics_port": None,
+_SERVE_DEFAULTS: dict[str, Any] = {"workers": None, "memory_limit": DEFAULT_LIMIT, "metrics_port": None,
                    "metrics_addr": "127.0.0.1", "evict": True, "compress_cold": False, "huge_pages": False,
                    "pool_growth": 2, "spill_dir": None, "data_dir": None, "job_modules": [], "jobs": []}
 
 
-def apply_env_defaults(args) -> None:
+def apply_env_defaults(args: argparse.Namespace) -> None:
     """Fill serve's flags left unset from ``SHMPOOL_*`` (flags win), then from the built-in defaults."""
     for dest, default in _SERVE_DEFAULTS.items():
         if getattr(args, dest) not in (None, []):
@@ -71,7 +72,7 @@ def apply_env_defaults(args) -> None:
             raise UsageError(f"environment variable {var}={raw!r}: {exc}") from None
 
 
-def check_serve(args) -> None:
+def check_serve(args: argparse.Namespace) -> None:
     """What argparse cannot see alone; all before the coordinator starts."""
     from shmpool.data import compression
 
@@ -92,7 +93,7 @@ class RuntimeFailure(Exception):
     """A failure that is not the arguments' fault (exit 1, one line)."""
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     from .capacity import CapacityPolicy
     from .coordinator import Coordinator
 
@@ -138,7 +139,7 @@ def cmd_serve(args) -> int:
 
 # --------------------------------------------------------------------- cleanup
 
-def cmd_cleanup(args) -> int:
+def cmd_cleanup(args: argparse.Namespace) -> int:
     from filelock import FileLock, Timeout
 
     if args.dead == (args.name is not None):
@@ -179,7 +180,7 @@ def cmd_cleanup(args) -> int:
     return 0
 
 
-def _cleanup_dead(args) -> int:
+def _cleanup_dead(args: argparse.Namespace) -> int:
     """Every instance of ours whose coordinator died with no one to stop it (sweep_dead's rule)."""
     from shmpool.substrate.instance import SWEEP_MIN_AGE, sweep_dead
 
@@ -192,7 +193,7 @@ def _cleanup_dead(args) -> int:
     return 0
 
 
-def _cleanup_summary(args, removed, segments: set) -> None:
+def _cleanup_summary(args: argparse.Namespace, removed: Sequence[str], segments: set[str]) -> None:
     if not removed:
         print(f"shmpool: nothing of {args.name!r} to clean up")
         return
@@ -207,7 +208,7 @@ def _cleanup_summary(args, removed, segments: set) -> None:
 
 # --------------------------------------------------------------------- stress
 
-def cmd_stress(args) -> int:
+def cmd_stress(args: argparse.Namespace) -> int:
     from ._rich import rich
     from ..tools.stress import render_report, run_stress, write_outputs
 
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _logging_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, **kw) -> argparse.ArgumentParser:
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, **kw)
         _logging_options(p, top=False)
         return p
@@ -391,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(args) -> None:
+def _setup_logging(args: argparse.Namespace) -> None:
     level = args.log_level or os.environ.get("SHMPOOL_LOG_LEVEL") or ("WARNING" if args.command == "stress"
                                                                      else "INFO")
     level = T.log_level(level) if args.log_level is None else level  # a bad variable is caught in main
@@ -407,9 +408,13 @@ def _setup_logging(args) -> None:
     # Looked up at each message, so that output goes through rich's stderr proxy while a
     # progress bar is live instead of tearing it.
     if fmt == "json":
-        logger.add(lambda message: sys.stderr.write(message), level=level, serialize=True)
+        logger.add(_write_stderr, level=level, serialize=True)
     else:
-        logger.add(lambda message: sys.stderr.write(message), level=level, format=LOG_FORMAT)
+        logger.add(_write_stderr, level=level, format=LOG_FORMAT)
+
+
+def _write_stderr(message: str) -> None:
+    sys.stderr.write(message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"environment variable SHMPOOL_LOG_LEVEL: {exc}") from None
         if args.command == "serve":
             apply_env_defaults(args)
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except UsageError as exc:
         print(f"{prog}: error: {exc} (see {prog} --help)", file=sys.stderr)
         return 2

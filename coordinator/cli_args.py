@@ -19,6 +19,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from shmpool.substrate.names import validate_name
 
@@ -229,15 +230,18 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a yes/no value: {text!r} (1/0, true/false, yes/no, on/off)")
 
 
-def _list(item):
-    def parse(text: str) -> list:
+_T = TypeVar("_T")
+
+
+def _list(item: Callable[[str], _T]) -> Callable[[str], list[_T]]:
+    def parse(text: str) -> list[_T]:
         return [item(part) for part in re.split(r"[,\s]+", text.strip()) if part]
     return parse
 
 
 # serve's flags that an environment variable may default (flags on the command line win):
 # dest -> (variable, type of its value).
-ENV_DEFAULTS = {
+ENV_DEFAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "data_dir": ("SHMPOOL_DATA_DIR", existing_dir),
     "workers": ("SHMPOOL_WORKERS", workers),
     "memory_limit": ("SHMPOOL_MEMORY_LIMIT", memory_limit),

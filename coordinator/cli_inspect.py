@@ -8,7 +8,9 @@ away, not when one is added.
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import Any
 
 import shmpool
 from shmpool.errors import AttachError
@@ -29,7 +31,7 @@ class NotServing(Exception):
     """Instance NAME has no live coordinator; the message is the one line the CLI prints."""
 
 
-def attach(name: str):
+def attach(name: str) -> shmpool.Reader:
     """``shmpool.attach(name)``, with an error that says what the user needs to know."""
     try:
         return shmpool.attach(name)
@@ -50,7 +52,7 @@ def attach(name: str):
                          f"`shmpool cleanup {name}` removes what it left)") from None
 
 
-def board_summary(name: str) -> dict | None:
+def board_summary(name: str) -> dict[str, Any] | None:
     """Jobs and workers as the job board in shared memory has them; None without a board."""
     from shmpool.jobs.jobboard import JobBoard
 
@@ -64,7 +66,7 @@ def board_summary(name: str) -> dict | None:
         board.close()
 
 
-def _reader_view(reader) -> list[dict]:
+def _reader_view(reader: shmpool.Reader) -> list[dict[str, Any]]:
     dims = []
     for dim_id, dim_name in reader.dimensions().items():
         ids = reader.layer_ids(dim_id)
@@ -74,7 +76,7 @@ def _reader_view(reader) -> list[dict]:
     return dims
 
 
-def _snapshot(name: str) -> dict:
+def _snapshot(name: str) -> dict[str, Any]:
     with attach(name) as reader:
         st = reader.stats()
         dims = _reader_view(reader)
@@ -109,7 +111,7 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
-def cmd_stats(args) -> int:
+def cmd_stats(args: argparse.Namespace) -> int:
     snap = _snapshot(args.name)
     if args.json:
         print(json.dumps(snap, indent=2))
@@ -160,7 +162,7 @@ def cmd_stats(args) -> int:
 _PIN_STYLE = {"current": "", "held": "", "waiting": "yellow", "stale": "bold red"}
 
 
-def _pins_table(st: dict, Table):
+def _pins_table(st: dict[str, Any], Table: Any) -> Any:
     """The generations readers hold: what each one keeps from being freed, and for how long."""
     title = (f"pins: {len(st['pins'])}, retaining {_mib(st['pins_retained_bytes'])} of superseded "
              f"regions (stale after {st['max_pin_age']:g} s)")
@@ -177,7 +179,7 @@ def _pins_table(st: dict, Table):
     return table
 
 
-def cmd_dump(args) -> int:
+def cmd_dump(args: argparse.Namespace) -> int:
     with attach(args.name) as reader:
         state = {"name": args.name, "view": "reader",
                  "note": "as seen by an attached reader; Coordinator.dump_state() in the coordinator's "
@@ -187,7 +189,7 @@ def cmd_dump(args) -> int:
     return 0
 
 
-def cmd_health(args) -> int:
+def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 and one line when NAME is serving; NotServing (exit 1, one line) otherwise.
 
     Attaching proves the coordinator is alive and running (attach refuses a dead or stopping

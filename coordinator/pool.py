@@ -17,12 +17,14 @@ Two more duties, both once per supervision round:
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from loguru import logger
 
@@ -43,7 +45,7 @@ MIN_UPTIME = 1.0             # seconds: a worker that dies younger counts toward
 RESTART_BACKOFF = 0.5        # seconds before the first delayed restart, doubling per failure
 RESTART_BACKOFF_MAX = 30.0
 
-_SIGNAL_MEANING = {
+_SIGNAL_MEANING: dict[int, str] = {
     signal.SIGKILL: "killed with SIGKILL (the OOM killer, or `kill -9`)",
     signal.SIGSEGV: "crashed with a segmentation fault in native code",
     signal.SIGBUS: "crashed with a bus error (a mapping shrank under it?)",
@@ -73,7 +75,7 @@ def explain_exit(returncode: int) -> str:
 @dataclass
 class _Worker:
     index: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     started: float
     start_token: int = 0    # its /proc start time, read while it cannot have been reaped yet
     handled: bool = False   # its death is dealt with; a replacement waits for restart_at
@@ -92,7 +94,7 @@ class WorkerPool:
         self.count = count
         self.config = config if config is not None else WorkerConfig.build()
         self.workers: list[_Worker] = []
-        self.deaths: list[dict] = []
+        self.deaths: list[dict[str, Any]] = []
         self._stopping = False
         # On top of ours: the job allow-list (workers/jobs.py) and the config (workers/config.py).
         self._env = {**(env or {}), CONFIG_ENV: self.config.to_json()}
@@ -187,7 +189,7 @@ class WorkerPool:
         self._streak[w.index] = streak
         if streak == 0 or (streak == 1 and code != EXIT_INIT_FAILED):
             return 0.0  # a single early death (a kill, a crash) is replaced at once, as ever
-        return min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (streak - (1 if code == EXIT_INIT_FAILED else 2)))
+        return min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2.0 ** (streak - (1 if code == EXIT_INIT_FAILED else 2)))
 
     def _enforce_deadlines(self) -> None:
         ours = {w.proc.pid for w in self.workers if not w.handled and w.proc.poll() is None}
@@ -202,14 +204,14 @@ class WorkerPool:
             limit = limit if limit is not None else (self.config.job_timeout or 0.0)
             payload = encode_error(JobTimeout(job=job, timeout=limit, worker_pid=pid))
             try:
-                killed = self.board.expire(slot, seq, pid, payload, kill=lambda pid=pid: os.kill(pid, signal.SIGKILL))
+                killed = self.board.expire(slot, seq, pid, payload, kill=functools.partial(os.kill, pid, signal.SIGKILL))
             except (LockTimeout, ProcessLookupError) as exc:
                 logger.warning("job {!r} past its deadline not ended yet: {}", job, exc)
                 continue
             if killed:
                 self._timed_out[pid] = f"killed (SIGKILL) for running job {job!r} past its job_timeout of {limit:g} s"
 
-    def _failure_for(self, meaning: str):
+    def _failure_for(self, meaning: str) -> Callable[[int, int], bytes]:
         def fail(slot: int, attempts: int) -> bytes:
             try:
                 job = decode_request(self.board.request(slot))[0]

@@ -118,7 +118,7 @@ class ProtoDimension:
                                             text=self._layers.meta[layer_id][2])
                 raise
             is_text = isinstance(content, str)
-            data = content.encode("utf-8") if is_text else bytes(content)
+            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             self._content[layer_id] = data
             self._layers.meta[layer_id] = (float(frequency), keywords, is_text, zlib.crc32(data))
             if layer_id in self._base_rows:
@@ -150,6 +150,7 @@ class ProtoDimension:
         if row is None or layer_id in self._removed:
             raise self._not_found(layer_id)
         base, publisher = self._base, self._publisher
+        assert base is not None and publisher is not None  # only an edit has base rows
         r = base.rows[row]
         stored = publisher.stored_layer(base, row)
         flags = int(r["flags"])

@@ -8,9 +8,18 @@ beyond the standard library.
 
 from __future__ import annotations
 
+import os
 import time
 
 
 def slow(reader, seconds: float, tag):
     time.sleep(seconds)
+    return tag
+
+
+def held(reader, release: str, tag, limit: float = 60.0):
+    """Hold the slot until the file ``release`` exists (at most ``limit`` s, so a failed run ends)."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.005)
     return tag

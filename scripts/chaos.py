@@ -56,7 +56,7 @@ sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, str(SCRIPTS.parent))
 
 import benchlib  # noqa: E402
-from _chaos_clients import CHAOS_DIMENSION, CHAOS_LAYERS, SLOW_JOB, chaos_layer, live_client, victim  # noqa: E402
+from _chaos_clients import CHAOS_DIMENSION, CHAOS_LAYERS, chaos_layer, live_client, victim  # noqa: E402
 from _chaos_fork import campaign_fork  # noqa: E402
 from _chaos_names import campaign_names  # noqa: E402
 
@@ -69,10 +69,10 @@ from shmpool.substrate.names import list_objects  # noqa: E402
 PREFIX = "chaos"
 WORKERS = 2
 MAX_CLIENTS = 16
-ALL_SLOTS_WITHIN = 1.0   # seconds a fresh client may take to have every slot in flight
-FRESH_JOB_SECONDS = 0.5  # its jobs outlast their submissions (~1 ms), so all slots are held at once
+HELD_JOB = "_chaos_jobs:held"  # holds its slot until released: a fresh client's jobs are all in flight at once
+ALL_SLOTS_WAIT = 10.0    # a lost slot makes the last submit wait this long, then fail (bounds a failure only)
 TOLERATED_FAILURES = {"WorkerCrashed"}  # a job that killed MAX_ATTEMPTS workers fails, by design
-SETTLE = 5.0             # seconds the board may take to come to rest once everyone stopped
+SETTLE = 30.0            # seconds the board may take to come to rest (a hang catcher: it breaks at rest)
 VICTIM_DELAY = 0.05      # a victim is killed up to this long after its jobs are submitted
 WORKER_KILL_GAP = 0.2    # and a worker up to this long after the previous worker kill
 SOAK_KILL_PATIENCE = 0.5  # the soak waits this long for a worker caught mid-job
@@ -149,24 +149,29 @@ def _reap(procs) -> None:
 
 
 def _all_slots_at_once(name: str, slots: int, lost_after: float) -> dict:
-    """A fresh client submits ``slots`` slow jobs with submit(timeout=1): all must be in flight at once."""
-    with shmpool.connect(name, timeout=5) as client:
+    """A fresh client submits ``slots`` jobs that hold their slots until released: all must be in flight.
+
+    No job can end before the release, so a slot the campaign lost makes the last submit time out
+    however slow the machine: the check is a count, not a clock (``submit_seconds`` is reported).
+    """
+    with shmpool.connect(name, timeout=lost_after) as client, tempfile.TemporaryDirectory() as folder:
+        release = os.path.join(folder, "release")
         futures, error = [], None
         t0 = time.monotonic()
         try:
             for i in range(slots):
-                futures.append(client.submit(SLOW_JOB, FRESH_JOB_SECONDS, i, timeout=ALL_SLOTS_WITHIN))
+                futures.append(client.submit(HELD_JOB, release, i, timeout=ALL_SLOTS_WAIT))
         except TimeoutError as exc:
             error = str(exc)
-        took = time.monotonic() - t0
-        # None answered before the last submission: every slot was held at that moment.
-        at_once = len(futures) == slots and not any(f.done() for f in futures)
+        finally:
+            took = time.monotonic() - t0
+            open(release, "wb").close()
         try:
             answers = [f.result(lost_after) for f in futures]
         except Exception as exc:  # noqa: BLE001 - reported, and the check below fails
             answers, error = None, f"{type(exc).__name__}: {exc}"
     return {"slots_in_flight": len(futures), "submit_seconds": round(took, 4),
-            "all_in_flight_within_1s": at_once and took < ALL_SLOTS_WITHIN,
+            "all_in_flight_at_once": len(futures) == slots,
             "results_ok": answers == list(range(slots)), "error": error}
 
 
@@ -197,7 +202,7 @@ def _board_state(coord: Coordinator, slots: int) -> dict:
 
 def _board_checks(board: dict, fresh: dict) -> dict:
     return {
-        "fresh_client_all_slots_within_1s": fresh["all_in_flight_within_1s"],
+        "fresh_client_all_slots_at_once": fresh["all_in_flight_at_once"],
         "fresh_client_results": fresh["results_ok"],
         "free_slots_equal_slots": board["free_slots"] == board["slots"],
         "every_slot_free": board["slot_states"] == {"FREE": board["slots"]},

@@ -16,6 +16,8 @@ guidance for libraries, ``logger.disable("shmpool")`` runs on import and the CLI
 calls ``logger.enable("shmpool")``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from loguru import logger
 
 from .jobs.client import Client, JobFuture, connect
@@ -65,12 +67,15 @@ from .data.reader import Reader, attach
 from .data.snapshot import Snapshot
 from .jobs.worker_context import worker_reader
 
+if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers; not imported at run time
+    from .coordinator import Coordinator, ProtoDimension
+
 logger.disable("shmpool")
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # PEP 562: the coordinator's code loads only when a program asks for it, so a reader or a
     # client process that imports shmpool never imports shmpool.coordinator.
     if name in ("Coordinator", "ProtoDimension"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 from enum import Enum
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 __all__ = [
     "ShmPoolError",
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-def _rebuild(cls: type, kwargs: dict[str, Any]) -> "ShmPoolError":
+def _rebuild(cls: Callable[..., "ShmPoolError"], kwargs: dict[str, Any]) -> "ShmPoolError":
     return cls(**kwargs)
 
 
@@ -77,13 +77,15 @@ def _preview(values: Iterable[Any], most: int = 12) -> str:
 class ShmPoolError(Exception):
     """Root of every error shmpool raises on purpose."""
 
+    # Each subclass declares the attributes its ``fields`` set (below, in its body), so that
+    # type checkers, ours and users', know ``exc.layer_id`` and its type.
     def __init__(self, text: str, /, **fields: Any) -> None:
         super().__init__(text)
         self._fields = fields
         for key, value in fields.items():
             setattr(self, key, value)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._fields)
 
 
@@ -104,6 +106,11 @@ class AllocationFailed(ShmPoolError):
     ``kind`` (an :class:`AllocationFailure`) says whether making room could help; ``reason`` is
     the same in words."""
 
+    nbytes: int
+    reason: str
+    pools: tuple[str, ...]
+    kind: AllocationFailure
+
     def __init__(self, *, nbytes: int, reason: str, pools: Sequence[str] = (),
                  kind: AllocationFailure = AllocationFailure.NO_ROOM) -> None:
         detail = f" (pools: {'; '.join(pools)})" if pools else ""
@@ -121,6 +128,12 @@ class SharedMemoryFull(AllocationFailed):
     AllocationFailed, so callers that make room on a full pool (eviction) make room here too.
     """
 
+    what: str
+    filesystem: str
+    size: int
+    free: int
+    advice: str
+
     def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int,
                  advice: str = "lower the memory limit (--memory-limit)") -> None:
         # ``advice``: what shrinks this object; the memory limit bounds the pools, not the job board.
@@ -136,6 +149,11 @@ class SharedMemoryFull(AllocationFailed):
 class LimitExceeded(ShmPoolError):
     """The allocation would push usage past the refusal threshold of the memory limit."""
 
+    requested: int
+    used: int
+    limit: int
+    refuse_at: int
+
     def __init__(self, *, requested: int, used: int, limit: int, refuse_at: int) -> None:
         super().__init__(
             f"allocation of {requested} bytes refused: {used} of {limit} bytes in use, "
@@ -147,12 +165,21 @@ class LimitExceeded(ShmPoolError):
 class InvalidHandle(ShmPoolError):
     """A handle given to ``free`` is not a live allocation of this table (double free, foreign)."""
 
+    handle: Any
+    reason: str
+
     def __init__(self, *, handle: Any, reason: str) -> None:
         super().__init__(f"invalid allocation handle {handle!r}: {reason}", handle=handle, reason=reason)
 
 
 class LayerNotFound(ShmPoolError, LookupError):
     """The dimension exists but holds no layer with that id."""
+
+    dimension_id: int
+    layer_id: int
+    generation: int
+    layer_count: int
+    sample_ids: tuple[int, ...]
 
     def __init__(self, *, dimension_id: int, layer_id: int, generation: int = 0,
                  layer_count: int = 0, sample_ids: Sequence[int] = ()) -> None:
@@ -168,6 +195,9 @@ class LayerNotFound(ShmPoolError, LookupError):
 class DimensionNotFound(ShmPoolError, LookupError):
     """No dimension with that id is published."""
 
+    dimension_id: int
+    available: tuple[int, ...]
+
     def __init__(self, *, dimension_id: int, available: Sequence[int] = ()) -> None:
         super().__init__(
             f"dimension {dimension_id} not found (available: {_preview(sorted(available)) or 'none'})",
@@ -177,6 +207,11 @@ class DimensionNotFound(ShmPoolError, LookupError):
 
 class OutOfBounds(ShmPoolError, IndexError):
     """An offset/length pair reaches outside the memory it must stay within."""
+
+    what: str
+    offset: int
+    length: int
+    limit: int
 
     def __init__(self, *, what: str, offset: int, length: int, limit: int) -> None:
         super().__init__(
@@ -188,6 +223,10 @@ class OutOfBounds(ShmPoolError, IndexError):
 class RegionFormatError(ShmPoolError, ValueError):
     """A region file (or region bytes in shared memory) is malformed; names the source and the fault."""
 
+    source: str
+    fault: str
+    offset: int | None
+
     def __init__(self, *, source: str, fault: str, offset: int | None = None) -> None:
         where = f" at byte {offset}" if offset is not None else ""
         super().__init__(f"{source}: {fault}{where}", source=source, fault=fault, offset=offset)
@@ -196,12 +235,17 @@ class RegionFormatError(ShmPoolError, ValueError):
 class AttachError(ShmPoolError):
     """The named instance cannot be attached to (not running, gone, or incompatible)."""
 
+    name: str
+    reason: str
+
     def __init__(self, *, name: str, reason: str) -> None:
         super().__init__(f"cannot attach to shmpool instance {name!r}: {reason}", name=name, reason=reason)
 
 
 class ReaderClosed(AttachError):
     """A lookup on a Reader after its ``close()``. Contexts it made earlier stay readable."""
+
+    slot: int
 
     def __init__(self, *, name: str, slot: int) -> None:
         ShmPoolError.__init__(self, f"reader (slot {slot}) of shmpool instance {name!r} is closed: no new "
@@ -216,6 +260,13 @@ class UntrustedObject(AttachError):
     Nothing of it is mapped or used: another user may have created the name first to serve
     their data to our readers or to take our jobs.
     """
+
+    path: str
+    owner_uid: int
+    mode: int
+    kind: str
+    expected_uid: int
+    owner: str
 
     def __init__(self, *, name: str, path: str, owner_uid: int, mode: int, kind: str = "file",
                  expected_uid: int | None = None) -> None:
@@ -238,6 +289,12 @@ class UntrustedObject(AttachError):
 class UnsafeRuntimeDir(ShmPoolError, PermissionError):
     """The runtime folder is not ours alone (another owner, group/other write bits, a symlink)."""
 
+    path: str
+    owner_uid: int
+    mode: int
+    reason: str
+    owner: str
+
     def __init__(self, *, path: str, owner_uid: int, mode: int, reason: str) -> None:
         super().__init__(f"unsafe shmpool runtime folder {path} (owner {_user(owner_uid)}, uid {owner_uid}, "
                          f"mode {mode:04o}): {reason}; remove it or fix it (chown, chmod 700), or point "
@@ -249,6 +306,10 @@ class UnsafeRuntimeDir(ShmPoolError, PermissionError):
 class InstanceExists(ShmPoolError):
     """Another live coordinator already owns this instance name."""
 
+    name: str
+    owner_pid: int | None
+    reason: str
+
     def __init__(self, *, name: str, owner_pid: int | None = None, reason: str = "") -> None:
         owner = f" (owner pid {owner_pid})" if owner_pid else ""
         detail = f": {reason}" if reason else ""
@@ -258,6 +319,10 @@ class InstanceExists(ShmPoolError):
 
 class LockTimeout(ShmPoolError, TimeoutError):
     """A shared lock stayed held by a live process for longer than the caller allowed."""
+
+    lock: str
+    owner_pid: int
+    waited: float
 
     def __init__(self, *, lock: str, owner_pid: int, waited: float) -> None:
         holder = f"pid {owner_pid}" if owner_pid else "a process that has not recorded its pid yet"
@@ -270,6 +335,10 @@ class LockTimeout(ShmPoolError, TimeoutError):
 class InvalidLayer(ShmPoolError, ValueError):
     """A layer given to a builder or proto-dimension is unacceptable (bad id, duplicate, bad keyword)."""
 
+    dimension_id: int
+    layer_id: Any
+    reason: str
+
     def __init__(self, *, dimension_id: int, layer_id: Any, reason: str) -> None:
         super().__init__(
             f"layer {layer_id!r} of dimension {dimension_id}: {reason}",
@@ -279,6 +348,10 @@ class InvalidLayer(ShmPoolError, ValueError):
 
 class EditConflict(ShmPoolError):
     """An edit of a dimension was started from a generation that is no longer the published one."""
+
+    dimension_id: int
+    base_generation: int
+    current_generation: int | None
 
     def __init__(self, *, dimension_id: int, base_generation: int, current_generation: int | None) -> None:
         now = "is not published" if current_generation is None else f"is at generation {current_generation}"
@@ -292,6 +365,10 @@ class EditConflict(ShmPoolError):
 class RequestTooLarge(ShmPoolError, ValueError):
     """A job's encoded arguments do not fit in a slot's request area."""
 
+    nbytes: int
+    capacity: int
+    job: str
+
     def __init__(self, *, nbytes: int, capacity: int, job: str = "") -> None:
         super().__init__(f"request for job {job!r} is {nbytes} bytes; a slot holds at most {capacity}",
                          nbytes=nbytes, capacity=capacity, job=job)
@@ -299,6 +376,11 @@ class RequestTooLarge(ShmPoolError, ValueError):
 
 class JobError(ShmPoolError):
     """A job raised an exception in its worker; carries the remote type, message and traceback."""
+
+    job: str
+    error_type: str
+    message: str
+    remote_traceback: str
 
     def __init__(self, *, job: str, error_type: str, message: str, remote_traceback: str = "") -> None:
         super().__init__(f"job {job!r} failed in its worker: {error_type}: {message}",
@@ -323,6 +405,10 @@ class RemoteTraceback(Exception):
 class JobTimeout(ShmPoolError, TimeoutError):
     """A job ran longer than its ``job_timeout``: its worker was killed (SIGKILL) and replaced."""
 
+    job: str
+    timeout: float
+    worker_pid: int
+
     def __init__(self, *, job: str, timeout: float, worker_pid: int = 0) -> None:
         worker = f" (pid {worker_pid})" if worker_pid else ""
         super().__init__(f"job {job!r} ran past its job_timeout of {timeout:g} s; its worker{worker} was "
@@ -340,12 +426,21 @@ class ClientClosed(AttachError, RuntimeError):
 class InvalidArgument(ShmPoolError, ValueError):
     """An argument of a job call is out of its range (``chunksize=0``, ``job_timeout=-1``, ...)."""
 
+    argument: str
+    value: Any
+    reason: str
+
     def __init__(self, *, argument: str, value: Any, reason: str) -> None:
         super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
 
 
 class WorkerInitFailed(ShmPoolError):
     """A worker's initializer (``Coordinator(worker_init=...)``) raised: the worker exited before serving."""
+
+    index: int
+    pid: int
+    initializer: str
+    error: str
 
     def __init__(self, *, index: int, pid: int, initializer: str, error: str) -> None:
         super().__init__(f"worker {index} (pid {pid}): its initializer {initializer} failed: {error}",
@@ -355,6 +450,10 @@ class WorkerInitFailed(ShmPoolError):
 class WorkerStartFailed(ShmPoolError):
     """A worker died before it served (other than by its initializer: that is WorkerInitFailed)."""
 
+    index: int
+    pid: int
+    reason: str
+
     def __init__(self, *, index: int, pid: int, reason: str) -> None:
         super().__init__(f"worker {index} (pid {pid}) failed to start: {reason}", index=index, pid=pid,
                          reason=reason)
@@ -362,6 +461,11 @@ class WorkerStartFailed(ShmPoolError):
 
 class WorkersNotReady(ShmPoolError, TimeoutError):
     """The workers did not all report serving within the start-up timeout."""
+
+    name: str
+    timeout: float
+    ready: int
+    count: int
 
     def __init__(self, *, name: str, timeout: float, ready: int, count: int) -> None:
         super().__init__(f"workers of {name!r} not ready after {timeout:g} s ({ready} of {count} serving)",
@@ -371,6 +475,8 @@ class WorkersNotReady(ShmPoolError, TimeoutError):
 class NotInWorker(ShmPoolError, RuntimeError):
     """A worker-only call (``shmpool.worker_reader()``) made in a process that is not a worker."""
 
+    call: str
+
     def __init__(self, *, call: str) -> None:
         super().__init__(f"{call} is for jobs running in a shmpool worker; this process is not one (use "
                          "shmpool.attach(name) or client.reader here)", call=call)
@@ -378,6 +484,8 @@ class NotInWorker(ShmPoolError, RuntimeError):
 
 class RegionClosed(ShmPoolError, ValueError):
     """A Region used after ``close()`` (a ValueError, as I/O on a closed file raises)."""
+
+    source: str
 
     def __init__(self, *, source: str) -> None:
         super().__init__(f"{source}: region is closed", source=source)
@@ -389,6 +497,9 @@ class PlatformUnsupported(ShmPoolError, OSError):
     ``capability`` names it (``"timed semaphore waits"``, ``"/dev/shm"``, ...), ``reason`` says
     what was found and what to do."""
 
+    capability: str
+    reason: str
+
     def __init__(self, *, capability: str, reason: str) -> None:
         ShmPoolError.__init__(self, f"this platform cannot serve shmpool: {capability}: {reason}",
                               capability=capability, reason=reason)
@@ -396,6 +507,9 @@ class PlatformUnsupported(ShmPoolError, OSError):
 
 class UnknownJob(ShmPoolError, LookupError):
     """The job name is not a built-in and not on the coordinator's allow-list (or cannot be found)."""
+
+    job: str
+    reason: str
 
     def __init__(self, *, job: str, reason: str) -> None:
         super().__init__(f"unknown job {job!r}: {reason}", job=job, reason=reason)
@@ -407,6 +521,11 @@ class InvalidJob(ShmPoolError, ValueError):
     ``job`` is empty when the entry is a ``job_modules`` prefix; ``use`` says what was refused
     (``"allowed"`` for an allow-list entry, ``"sent to a worker"`` for a submitted callable)."""
 
+    job: str
+    target: str
+    reason: str
+    use: str
+
     def __init__(self, *, job: str, target: str, reason: str, use: str = "allowed") -> None:
         what = f"job {job!r} ({target})" if job else f"job module prefix {target!r}"
         super().__init__(f"{what} cannot be {use}: {reason}", job=job, target=target, reason=reason, use=use)
@@ -414,6 +533,10 @@ class InvalidJob(ShmPoolError, ValueError):
 
 class WorkerCrashed(ShmPoolError):
     """A job's worker died while running it, as many times as allowed; it is not retried again."""
+
+    job: str
+    attempts: int
+    detail: str
 
     def __init__(self, *, job: str, attempts: int, detail: str = "") -> None:
         extra = f" ({detail})" if detail else ""
@@ -423,6 +546,9 @@ class WorkerCrashed(ShmPoolError):
 
 class DirectoryFull(ShmPoolError, OverflowError):
     """Every entry of the dimension directory is taken; raise ``max_dimensions`` to hold more."""
+
+    dimension_id: int
+    capacity: int
 
     def __init__(self, *, dimension_id: int, capacity: int) -> None:
         super().__init__(f"cannot add dimension {dimension_id}: the dimension directory is full "
@@ -437,6 +563,10 @@ class GenerationNotNewer(ShmPoolError, ValueError):
     under one generation on every host (shmpool.dask) asks for the next one it agreed on.
     """
 
+    dimension_id: int
+    generation: int
+    current: int
+
     def __init__(self, *, dimension_id: int, generation: int, current: int) -> None:
         super().__init__(f"cannot publish dimension {dimension_id} as generation {generation}: it is "
                          f"already at generation {current}, and generations only increase",
@@ -445,6 +575,10 @@ class GenerationNotNewer(ShmPoolError, ValueError):
 
 class ReloadTimeout(ShmPoolError, TimeoutError):
     """A lookup found its dimension evicted and the coordinator did not reload it in time."""
+
+    dimension_id: int
+    generation: int
+    waited: float
 
     def __init__(self, *, dimension_id: int, generation: int, waited: float) -> None:
         super().__init__(f"dimension {dimension_id} is evicted (generation {generation}) and was not "
@@ -457,6 +591,10 @@ class CleanupError(ShmPoolError, PermissionError):
 
     ``failed`` holds (object name, reason) pairs, ``removed`` the names that were unlinked.
     """
+
+    name: str
+    failed: tuple[tuple[str, str], ...]
+    removed: tuple[str, ...]
 
     def __init__(self, *, name: str, failed: Sequence[Sequence[str]], removed: Sequence[str] = ()) -> None:
         failed = tuple((str(obj), str(reason)) for obj, reason in failed)
@@ -471,6 +609,10 @@ class InvalidId(ShmPoolError, TypeError):
     ``argument`` names the parameter (``dimension_id``, ``layer_id``), ``value`` is what was given.
     """
 
+    argument: str
+    value: Any
+    where: str
+
     def __init__(self, *, argument: str, value: Any, where: str = "") -> None:
         prefix = f"{where}: " if where else ""
         super().__init__(f"{prefix}{argument} must be an int (numpy integers are accepted), not "
@@ -483,6 +625,11 @@ class SnapshotTimeout(ShmPoolError, TimeoutError):
 
     ``sequence`` is the value last read, ``coordinator_alive`` says which of the two it is."""
 
+    name: str
+    sequence: int
+    waited: float
+    coordinator_alive: bool
+
     def __init__(self, *, name: str, sequence: int, waited: float, coordinator_alive: bool) -> None:
         why = ("a multi-dimension publish is still in progress" if coordinator_alive else
                "its coordinator died in the middle of a multi-dimension publish; the instance must be restarted")
@@ -494,6 +641,9 @@ class SnapshotTimeout(ShmPoolError, TimeoutError):
 class SnapshotClosed(ShmPoolError, RuntimeError):
     """A lookup through a snapshot after it was closed (its generations are no longer held)."""
 
+    name: str
+    sequence: int
+
     def __init__(self, *, name: str, sequence: int) -> None:
         super().__init__(f"snapshot of instance {name!r} at publish sequence {sequence} is closed; "
                          "take a new one", name=name, sequence=sequence)
@@ -504,6 +654,9 @@ class DimensionEvicted(ShmPoolError, LookupError):
 
     Outside a snapshot a lookup reloads it (a newer generation); read it once, then snapshot again."""
 
+    dimension_id: int
+    generation: int
+
     def __init__(self, *, dimension_id: int, generation: int) -> None:
         super().__init__(f"dimension {dimension_id} was evicted at this snapshot's instant (generation "
                          f"{generation} has no region); look it up outside the snapshot to reload it, "
@@ -512,6 +665,11 @@ class DimensionEvicted(ShmPoolError, LookupError):
 
 class GenerationTimeout(ShmPoolError, TimeoutError):
     """``wait_generation`` saw no generation newer than ``after`` within ``timeout`` seconds."""
+
+    dimension_id: int
+    after: int
+    generation: int
+    timeout: float
 
     def __init__(self, *, dimension_id: int, after: int, generation: int, timeout: float) -> None:
         super().__init__(f"dimension {dimension_id} published no generation after {after} within "

@@ -54,6 +54,9 @@ def lookups(dimension_id: int, layer_ids: list[int]) -> int:
     return sum(len(r.load_layer_context(dimension_id, lid)) for lid in layer_ids)
 
 
-def slow_read(seconds: float, dimension_id: int, layer_id: int) -> dict:
-    time.sleep(seconds)
+def slow_read_on(host_key: str, seconds: float, dimension_id: int, layer_id: int) -> dict:
+    """Busy for ``seconds`` on host ``host_key`` (so that losing that host finds it running), at once
+    anywhere else (so the retry Dask moves to another host does not wait again)."""
+    if sd.host_key() == host_key:
+        time.sleep(seconds)
     return read(dimension_id, layer_id)

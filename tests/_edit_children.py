@@ -1,4 +1,4 @@
-"""Child processes of tests/test_edit.py: readers that check every layer against the exact
+"""Child processes of tests/test_coordinator_edit.py: readers that check every layer against the exact
 content the edit schedule says its generation must hold."""
 
 from __future__ import annotations

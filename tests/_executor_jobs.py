@@ -20,6 +20,15 @@ def sleep_then(seconds, value=None):
     return value
 
 
+def wait_for_path(path, value=None, limit=60.0):
+    """Run until the test creates ``path`` (at most ``limit`` s, so a failed test ends): a job that
+    cannot finish before the test says so, whatever the load."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
 def fail_with(kind, message):
     raise {"ValueError": ValueError, "KeyError": KeyError, "RuntimeError": RuntimeError}[kind](message)
 

@@ -60,3 +60,11 @@ def report_pid_then_sleep(reader, pid_file, seconds):
     tmp.replace(pid_file)
     time.sleep(seconds)
     return "slept"
+
+
+def wait_for_path(reader, path, tag, limit=60.0):
+    """Hold the slot until the test creates ``path`` (at most ``limit`` s, so a failed test ends)."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return tag

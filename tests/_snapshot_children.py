@@ -1,4 +1,4 @@
-"""Child-process functions for tests/test_snapshots.py and tests/test_wait_generation.py."""
+"""Child-process functions for tests/test_snapshots.py and tests/test_reader_wait_generation.py."""
 
 from __future__ import annotations
 

@@ -3,29 +3,32 @@
 Names are ``pt-<session>-<xdist worker>-<random>``: unique per test and per session, so ``pytest -n auto`` runs tests side
 by side. After each test, anything left in /dev/shm under the test's names is removed AND the
 test fails; at the end of the session, anything of this worker's prefix still there fails too.
-A session killed outright (the OOM killer takes a pytest worker and its coordinators) runs neither
-check, so each session first sweeps the test instances of any session whose coordinator is dead.
+A worker judges only its own prefix: another worker's or another session's dead instance may be
+exactly what that test is inspecting (tests/_test_names.py). A session killed outright (the OOM
+killer takes a pytest worker and its coordinators) runs neither check, so each session first
+sweeps the dead instances of the sessions whose worker is gone.
 
-Beyond shmpool's own names, each test module must leave no /dev/shm name at all that appeared
-while it ran and that no live process holds (tests/_shm_orphans.py): libraries we drive, such as
-multiprocessing under Dask's Nannies, leak named semaphores when a test kills the process that
-would have unlinked them.
+Beyond shmpool's own names, each test, and each test module with its module-scoped fixtures, must
+leave no /dev/shm name at all that appeared while it ran and that no live process holds
+(tests/_shm_orphans.py): libraries we drive, such as multiprocessing under Dask's Nannies, leak
+named semaphores when a test kills the process that would have unlinked them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from shmpool.substrate.instance import sweep_dead
-from shmpool.substrate.names import PREFIX, SHM_DIR, cleanup, instance_names, list_objects
+from shmpool.substrate.names import PREFIX, cleanup, instance_names, list_objects
+from shmpool.substrate.trust import SHM_DIR
 from shmpool.data.sample import build_sample
 
 import _shm_orphans
+import _test_names
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator).
 pytest_plugins = ("_small_coord",)
@@ -34,7 +37,8 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
 # One id per pytest session (xdist gives all workers of a run the same one), so two sessions
 # running at once neither blame nor clean up each other's instances.
 RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or secrets.token_hex(4))[:8]
-TEST_PREFIX = f"pt-{RUN}-{WORKER}-"
+ME = _test_names.Owner(RUN, WORKER)
+TEST_PREFIX = ME.prefix
 
 
 def _leftovers(stem: str) -> list[str]:
@@ -45,18 +49,19 @@ def _leftovers(stem: str) -> list[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _runtime_dir(tmp_path_factory):
+def _runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("shmpool-runtime")
     os.environ["SHMPOOL_RUNTIME_DIR"] = str(path)
-    sweep_dead("pt-")
-    yield path
+    lock = _test_names.hold_session_lock(ME)
+    _test_names.sweep_dead_sessions(ME)
+    try:
+        yield path
+    finally:
+        _test_names.release_session_lock(ME, lock)
     left = _leftovers(PREFIX + TEST_PREFIX)
     for name in instance_names(TEST_PREFIX):
         cleanup(name)
     assert not left, f"the test session left shared objects behind: {left}"
-
-
-_SESSION_RE = re.compile(r"(?:^|\.)pt-([0-9A-Za-z]{1,8})-")
 
 
 # iceoryx2's process-global management file is never mapped while its peers live: seen from
@@ -65,37 +70,51 @@ _SESSION_RE = re.compile(r"(?:^|\.)pt-([0-9A-Za-z]{1,8})-")
 LIVES_UNMAPPED = ("iox2_",)
 
 
-def _other_session(entry: str) -> bool:
-    """A test instance of another pytest session running at the same time: its own to check."""
-    match = _SESSION_RE.search(entry)
-    return match is not None and match[1] != RUN
+def _judged_here(entry: str) -> bool:
+    return _test_names.judged_here(entry, ME) and not entry.startswith(LIVES_UNMAPPED)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_orphans_in_dev_shm(request):
-    """Fail the module if a name appeared in /dev/shm while it ran that nobody holds at its end.
-
-    Module scope, not test scope: one listing per module and one /proc scan at its end (about
-    15 ms) keeps it cheap, and a module-scoped cluster's teardown is part of what it checks (an
-    autouse fixture is set up first, so it is torn down last). Names of unrelated processes are
-    not blamed while they hold them; an orphan is removed so the next module starts clean.
-    """
-    before = set(os.listdir(SHM_DIR))
-    yield
-    new = [e for e in os.listdir(SHM_DIR) if e not in before and not _other_session(e)
-           and not e.startswith(LIVES_UNMAPPED)]
+def _remove_orphans_among(new: list[str]) -> list[str]:
+    """Those of ``new`` that no live process holds (see _shm_orphans), removed now."""
     left = _shm_orphans.orphans(new) if new else []
     for entry in left:
         try:
             (SHM_DIR / entry).unlink()
         except FileNotFoundError:
             pass
-    assert not left, (f"{request.module.__name__} left names in /dev/shm that no live process maps "
+    return left
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_orphans_in_dev_shm(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the module if a name appeared in /dev/shm while it ran that nobody holds at its end.
+
+    What a single test leaves is caught, and reported under that test, by _no_orphans_after_test;
+    this catches what the module's own fixtures leave (a module-scoped cluster's teardown is part
+    of what it checks: an autouse fixture is set up first, so it is torn down last). Names of
+    unrelated processes are not blamed while they hold them; an orphan is removed so the next
+    module starts clean.
+    """
+    before = set(os.listdir(SHM_DIR))
+    yield
+    left = _remove_orphans_among([e for e in os.listdir(SHM_DIR) if e not in before and _judged_here(e)])
+    assert not left, (f"{request.module.__name__} (its module-scoped fixtures) left names in /dev/shm that no "
+                      f"live process maps (removed now): {left}")
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans_after_test(request: pytest.FixtureRequest, _no_orphans_in_dev_shm: None) -> Iterator[None]:
+    """Fail the test that left a /dev/shm name nobody holds. Two listings per test; the /proc scan
+    (about 15 ms) only when a name is new, which a test that cleans up after itself never has."""
+    before = set(os.listdir(SHM_DIR))
+    yield
+    left = _remove_orphans_among([e for e in os.listdir(SHM_DIR) if e not in before and _judged_here(e)])
+    assert not left, (f"{request.node.nodeid} left names in /dev/shm that no live process maps "
                       f"(removed now): {left}")
 
 
 @pytest.fixture
-def make_name(request):
+def make_name(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
     """Factory of fresh instance names; each is checked for leftovers after the test."""
     made: list[str] = []
 
@@ -115,7 +134,7 @@ def make_name(request):
 
 
 @pytest.fixture
-def instance_name(make_name) -> str:
+def instance_name(make_name: Callable[[], str]) -> str:
     return make_name()
 
 
@@ -123,7 +142,7 @@ TESTS = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in sample written once per test module, for coordinators with data_dir=."""
     path = tmp_path_factory.mktemp("sample")
     build_sample(path)
@@ -131,6 +150,6 @@ def sample_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def user_jobs_importable(monkeypatch):
+def user_jobs_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     """tests/ on the PYTHONPATH that workers inherit, so user jobs like "_jobs:slow" resolve."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))

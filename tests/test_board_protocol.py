@@ -90,6 +90,29 @@ def test_stopping_frees_withdrawn_slots_and_wakes_the_submitter_waiting_for_one(
     assert got and got[0][0] == taken[0][0]
 
 
+def _free_stack_is_a_set(board) -> None:
+    top = board.counts()["free"]
+    stack = board.v.free[:top].tolist()
+    assert len(stack) == len(set(stack)), f"a slot is on the free stack twice: {stack}"
+
+
+def test_releasing_the_same_answer_twice_frees_it_once(board):
+    # The board alone, no workers and no completion thread: this process plays client and
+    # worker, so every step happens exactly when the test says.
+    channel = board.claim_channel()
+    slot, seq = board.submit(channel, b"request", timeout=1)
+    assert board.take() == (slot, seq)
+    board.finish(slot, seq, 0, b"answer")
+    assert board.completed(channel) == [slot]
+    board.release_slots([(slot, seq)])
+    board.release_slots([(slot, seq)])  # a deferred copy of the same release: a no-op
+    _free_stack_is_a_set(board)
+    assert board.counts()["free"] == SLOTS
+    again, seq2 = board.submit(channel, b"next", timeout=1)  # the slot is reused...
+    board.release_slots([(slot, seq)])  # ...and a stale release must not free it
+    assert _state(board, again) == SlotState.SUBMITTED and board.counts()["free"] == SLOTS - 1
+
+
 def test_the_board_counts_its_workers_itself(board):
     before = board.workers_started()
     board.note_worker_started()

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator.cli import parse_duration, parse_size

@@ -14,7 +14,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -146,7 +145,7 @@ def cluster(sample_dir, tmp_path_factory):
     finally:
         try:
             client.shutdown()
-        except Exception:
+        except Exception:  # noqa: S110 - a scheduler already gone is the state teardown wants
             pass
         for h in list(state["hosts"].values()):
             try:
@@ -265,7 +264,7 @@ def test_a_late_host_catches_up_and_a_lost_host_moves_its_tasks_to_the_others(cl
     expect = client.submit(tasks.generation, 1, workers=[_addresses(client, "hostA")[0]], pure=False).result()[1]
     assert client.submit(tasks.generation, 1, workers=[address_c], pure=False).result() == ("hostC", expect)
     # Lose host C while a task runs there: Dask runs it again on the hosts that remain.
-    running = client.submit(tasks.slow_read, 30.0, 81, 1, workers=[address_c], allow_other_workers=True,
+    running = client.submit(tasks.slow_read_on, "hostC", 60.0, 81, 1, workers=[address_c], allow_other_workers=True,
                             pure=False)
     wait_for(lambda: running.key in {k for ks in client.processing([address_c]).values() for k in ks},
              START, "the slow task running on host C")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import _introspect as peek
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool import DimensionNotFound, LayerNotFound
@@ -35,16 +36,21 @@ def test_lookup_is_a_read_only_view_into_shared_memory(served):
     assert isinstance(ctx.content, memoryview) and ctx.content.readonly
     assert ctx.verify() and ctx.generation == 1 and ctx.dimension_name == "temporal"
     address = np.frombuffer(ctx.content, dtype=np.uint8).__array_interface__["data"][0]
-    pool_ranges = []
-    for seg in filter(None, coord._inst.pool_segments):
-        base = np.frombuffer(seg.mm, dtype=np.uint8, count=1).__array_interface__["data"][0]
-        pool_ranges.append((base, base + seg.size))
-    # Another mapping of the same segment in this process: a copy would lie in neither.
-    reader_pools = []
-    for seg in filter(None, reader._inst.pool_segments):
-        base = np.frombuffer(seg.mm, dtype=np.uint8, count=1).__array_interface__["data"][0]
-        reader_pools.append((base, base + seg.size))
-    assert any(lo <= address < hi for lo, hi in reader_pools)
+    # The coordinator and the reader map the same pool segments separately in this process: the
+    # view lies inside the reader's own mapping (a copy would lie in neither mapping), at the same
+    # offset as the bytes in the coordinator's mapping (so it is that pool's memory, not a copy).
+    reader_pools, coord_pools = peek.pool_mappings(reader), peek.pool_mappings(coord)
+    [(pool, offset)] = [(i, address - r[0]) for i, r in enumerate(reader_pools) if r and r[0] <= address < r[1]]
+    assert not any(r and r[0] <= address < r[1] for r in coord_pools)
+    in_coordinator = peek.pool_memory(coord, pool)[offset:offset + len(ctx.content)]
+    assert in_coordinator.tobytes() == bytes(ctx.content)
+    # A byte changed through the coordinator's mapping shows through the reader's view at once.
+    first = in_coordinator[0]
+    in_coordinator[0] = first ^ 0xFF
+    try:
+        assert ctx.content[0] == first ^ 0xFF
+    finally:
+        in_coordinator[0] = first
     with pytest.raises(TypeError):
         ctx.content[0] = 1
 

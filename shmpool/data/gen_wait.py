@@ -33,6 +33,7 @@ from loguru import logger
 
 from ..substrate._proc import is_alive
 from ..errors import AttachError, GenerationTimeout, ShmPoolError
+from ..substrate.instance import SharedInstance
 from ..substrate.layout import RD, STATE_RUNNING, W, Control
 from ..substrate.names import semaphore_name
 from ..substrate.trust import open_semaphore
@@ -54,7 +55,7 @@ def _open_or_create(instance: str, slot: int) -> posix_ipc.Semaphore:
         return open_semaphore(name, instance=instance)  # a previous holder's: ours and 0600, or refused
 
 
-def _settle(fut: asyncio.Future, value) -> None:
+def _settle(fut: asyncio.Future[int], value: int | BaseException) -> None:
     if not fut.done():
         if isinstance(value, BaseException):
             fut.set_exception(value)
@@ -65,7 +66,7 @@ def _settle(fut: asyncio.Future, value) -> None:
 class GenerationWaiter:
     """The waiting side, one per Reader: the row's semaphore and the dispatcher thread."""
 
-    def __init__(self, inst, slot: int) -> None:
+    def __init__(self, inst: SharedInstance, slot: int) -> None:
         self._name = inst.name
         self._ctl: Control = inst.control
         self._row = inst.control.readers[slot]
@@ -74,7 +75,7 @@ class GenerationWaiter:
         self._sem = _open_or_create(inst.name, slot)
         self._cond = threading.Condition()
         self._sync = 0                     # threads inside wait()
-        self._futures: dict[asyncio.Future, tuple[asyncio.AbstractEventLoop, int, int]] = {}
+        self._futures: dict[asyncio.Future[int], tuple[asyncio.AbstractEventLoop, int, int]] = {}
         self._error: ShmPoolError | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -89,13 +90,14 @@ class GenerationWaiter:
             self._start_locked()
             try:
                 while True:
-                    g = self._dir[pos]
+                    g = self._generation_locked(pos)
                     if g > after:
                         return g
                     if self._error is not None:
                         raise self._error
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
+                        assert timeout is not None  # a deadline comes from a timeout
                         raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
                                                 timeout=timeout)
                     self._cond.wait(remaining)  # the dispatcher notifies after every wake-up
@@ -103,28 +105,39 @@ class GenerationWaiter:
                 self._sync -= 1
 
     async def wait_async(self, dimension_id: int, pos: int, after: int, timeout: float | None) -> int:
-        g = self._dir[pos]
-        if g > after:
-            return g
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         with self._cond:
+            # Look and register under the condition: a post that lands between the two is handled
+            # by the dispatcher only after it can see this future (_wake_all_locked).
+            g = self._generation_locked(pos)
+            if g > after:
+                return g
             if self._error is not None:
                 raise self._error
             self._futures[fut] = (loop, pos, after)
             self._start_locked()
             self._cond.notify_all()
         try:
-            g = self._dir[pos]  # published between the first look and registering: no post is coming
-            if g > after:
-                return g
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=self._dir[pos],
+            assert timeout is not None  # wait_for(fut, None) never times out
+            with self._cond:
+                g = self._generation_locked(pos)
+            raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
                                     timeout=timeout) from None
         finally:
             with self._cond:
                 self._futures.pop(fut, None)
+
+    def _generation_locked(self, pos: int) -> int:
+        """The generation word at ``pos``, read with the condition held. Once closed, the error
+        instead: the Reader unmaps the directory right after close() returns, and a waiter that
+        wakes late must not read a released view (it raised a raw ValueError, 4 times in 200)."""
+        if self._closed:
+            assert self._error is not None  # close() sets both under the condition
+            raise self._error
+        return int(self._dir[pos])
 
     def close(self, error: ShmPoolError, *, row_ours: bool = True) -> None:
         """Fail every waiter with ``error`` and stop the dispatcher (idempotent; the semaphore
@@ -142,7 +155,9 @@ class GenerationWaiter:
         self._sem.release()  # out of its sem_wait now rather than at the end of a slice
         if thread is not None and thread is not threading.current_thread():
             thread.join(SLICE * 4)
-            if thread.is_alive():
+            if thread.is_alive():  # a loaded machine: it exits at its next look (closed), touching nothing
+                with self._cond:
+                    self._row_ours = False  # the row may be released and reused once we return
                 logger.debug("generation dispatcher of {!r} still running; semaphore left open", self._name)
                 return
         if row_ours:
@@ -196,11 +211,14 @@ class GenerationWaiter:
             except posix_ipc.ExistentialError:
                 self._fail(AttachError(name=self._name, reason="its generation wait semaphore was removed"))
                 continue
-            if words[W.STATE] != STATE_RUNNING:
+            with self._cond:
+                if self._closed:  # the Reader may have unmapped the words already (close() timed out)
+                    return
+                state, pid, start = words[W.STATE], int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])
+            if state != STATE_RUNNING:
                 self._fail(AttachError(name=self._name, reason="its coordinator stopped"))
-            elif not is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])):
-                self._fail(AttachError(name=self._name, reason=f"its coordinator (pid "
-                                                               f"{int(words[W.COORDINATOR_PID])}) died"))
+            elif not is_alive(pid, start):
+                self._fail(AttachError(name=self._name, reason=f"its coordinator (pid {pid}) died"))
 
     def _fail(self, error: ShmPoolError) -> None:
         with self._cond:
@@ -212,7 +230,7 @@ class GenerationWaiter:
 class GenerationNotifier:
     """The coordinator's side: post the semaphore of every row with a waiter armed."""
 
-    def __init__(self, inst) -> None:
+    def __init__(self, inst: SharedInstance) -> None:
         self._name = inst.name
         self._ctl: Control = inst.control
         self._sems: dict[int, posix_ipc.Semaphore] = {}
@@ -229,7 +247,7 @@ class GenerationNotifier:
         waiting = rows[:, RD.WAITING]
         return self._post(np.flatnonzero((waiting != 0) & (waiting - 1 < epoch) & (rows[:, RD.PID] != 0)))
 
-    def _post(self, slots) -> int:
+    def _post(self, slots: np.ndarray) -> int:
         posted = 0
         for slot in slots:
             slot = int(slot)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, cast
 
 import numpy as np
 from loguru import logger
@@ -185,7 +185,10 @@ class _NotMapped:
     generation = -1
 
 
-_NOT_MAPPED = _NotMapped()
+# Typed as a _Generation so the hot path needs no isinstance or cast (each a call per lookup):
+# only .generation is ever read from it, and -1 matches no published generation, so every
+# other attribute is reached only after _refresh() replaced it with a real one.
+_NOT_MAPPED = cast("_Generation", _NotMapped())
 
 
 class _DimView:
@@ -196,7 +199,7 @@ class _DimView:
         self.entry = entry
         self.gen_pos = Directory.generation_position(entry)
         self.touch_pos = Directory.touched_position(entry)
-        self.current: _Generation | _NotMapped = _NOT_MAPPED
+        self.current: _Generation = _NOT_MAPPED
 
 
 def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:

@@ -14,9 +14,8 @@ import numbers
 import os
 import tempfile
 import zlib
-from collections import namedtuple
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from loguru import logger
@@ -37,9 +36,22 @@ _ZEROS = bytes(8)  # padding never exceeds ALIGN - 1 bytes
 # One pending layer. ``content`` is immutable bytes: a bytearray the caller mutates later must not
 # disagree with the CRC taken now.
 # ``content`` is what gets stored: the raw bytes, or their compressed form when ``zstd``.
-_Layer = namedtuple("_Layer", "content text crc frequency keywords keyword_bytes zstd")
-# What writing needs: the metadata prefix (header .. end of index) and (offset, content) per layer.
-_Plan = namedtuple("_Plan", "prefix layers nbytes")
+class _Layer(NamedTuple):
+    content: bytes
+    text: bool
+    crc: int
+    frequency: float
+    keywords: tuple[str, ...]
+    keyword_bytes: bytes
+    zstd: bool
+
+
+class _Plan(NamedTuple):
+    """What writing needs: the metadata prefix (header .. end of index) and (offset, content) per layer."""
+
+    prefix: bytes
+    layers: list[tuple[int, bytes]]
+    nbytes: int
 
 
 class RegionBuilder:
@@ -210,7 +222,7 @@ class RegionBuilder:
         self.write_into(out)
         return bytes(out)
 
-    def write(self, path: str | os.PathLike) -> Path:
+    def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the region to ``path`` atomically: temp file in the same folder, fsync, os.replace.
 
         Readers see the old file or the new one, never a torn one; on any failure the temp file is
@@ -264,7 +276,7 @@ class RegionBuilder:
         return self._plan
 
 
-def keyword_tuple(dimension_id: int, layer_id: int, keywords: Any) -> tuple:
+def keyword_tuple(dimension_id: int, layer_id: int, keywords: Any) -> tuple[Any, ...]:
     """``keywords`` as a tuple; InvalidLayer if it is a single str or bytes, or not iterable.
 
     A str is iterable, so ``keywords="river"`` would otherwise become five one-letter keywords.
@@ -280,7 +292,7 @@ def keyword_tuple(dimension_id: int, layer_id: int, keywords: Any) -> tuple:
     raise InvalidLayer(dimension_id=dimension_id, layer_id=layer_id, reason=reason)
 
 
-def write_atomically(path: str | os.PathLike, pieces: Iterable[Any], *, mode: int) -> Path:
+def write_atomically(path: str | os.PathLike[str], pieces: Iterable[Any], *, mode: int) -> Path:
     """Write ``pieces`` (bytes-like) to ``path`` atomically: temp file in the same folder, fsync,
     os.replace, fsync of the folder. Readers see the old file or the new one, never a torn one;
     on any failure the temp file is removed and the error propagates."""

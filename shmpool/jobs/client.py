@@ -165,7 +165,10 @@ class Client(concurrent.futures.Executor):
 
     # ----------------------------------------------------------------- submitting
 
-    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, timeout: float | None = None,
+    # Not Executor.submit's signature, on purpose (hence the ignore): that one hands every keyword
+    # to fn, this one keeps `timeout` and `job_timeout` for itself and takes a job name too
+    # (docs/usage.md, "Where shmpool differs").
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, timeout: float | None = None,  # type: ignore[override]
                job_timeout: float | None = None, **kwargs: Any) -> JobFuture:
         """Queue ``fn(*args, **kwargs)`` on a worker; returns a Future.
 

@@ -682,7 +682,7 @@ class JobBoard:
 
     # ----------------------------------------------------------------- supervision (coordinator)
 
-    def requeue_worker(self, pid: int, fail: "callable[[int, int], bytes]", max_attempts: int = 2, *,
+    def requeue_worker(self, pid: int, fail: Callable[[int, int], bytes], max_attempts: int = 2, *,
                        start: int = 0) -> tuple[int, int]:
         """Requeue the requests dead worker ``pid`` held; fail those that already killed
         ``max_attempts`` workers with the response ``fail(slot, attempts)``. Returns (requeued, failed).
@@ -727,7 +727,7 @@ class JobBoard:
         late = np.isin(cols[:, 0], _TAKEN) & (cols[:, 3] > 0) & (cols[:, 3] <= now_ns)
         return [(int(s), int(cols[s, 1]), int(cols[s, 2])) for s in np.flatnonzero(late)]
 
-    def expire(self, slot: int, seq: int, worker_pid: int, payload: bytes, kill: "callable[[], None]") -> bool:
+    def expire(self, slot: int, seq: int, worker_pid: int, payload: bytes, kill: Callable[[], None]) -> bool:
         """End a job that ran past its deadline: ``kill()`` its worker and answer ``payload``
         (an encoded JobTimeout), both under the lock, so the worker can neither finish this job
         nor take another in between. False (nothing done) if the slot moved on meanwhile.
@@ -883,7 +883,7 @@ class JobBoard:
         finally:
             self.lock.release()
 
-    def fail_outstanding(self, make_error: "callable[[int], bytes]") -> int:
+    def fail_outstanding(self, make_error: Callable[[int], bytes]) -> int:
         """At stop: answer every queued request with ``make_error(slot)`` instead of running it.
 
         Withdrawn (CANCELLED) requests still queued are freed, and as many waiting submitters

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -162,9 +162,9 @@ class SlotRow(NamedTuple):
     deadline_ns: int
 
     @classmethod
-    def of(cls, words) -> "SlotRow":
+    def of(cls, words: Any) -> "SlotRow":
         """The record of one row's SLOT_COLS int64 words, in SlotCol order."""
-        values = [int(w) for w in words]
+        values: list[Any] = [int(w) for w in words]
         values[SlotCol.STATE] = SlotState(values[SlotCol.STATE])
         values[SlotCol.STATUS] = Status(values[SlotCol.STATUS])
         return cls(*values)
@@ -202,10 +202,10 @@ class JobsLayout:
 class JobsView:
     """numpy views of a mapped jobs segment (vectorised checks), and flat memoryviews (hot path)."""
 
-    def __init__(self, buf, lay: JobsLayout) -> None:
+    def __init__(self, buf: Any, lay: JobsLayout) -> None:
         self.layout = lay
 
-        def arr(offset: int, shape):
+        def arr(offset: int, shape: tuple[int, ...]) -> np.ndarray:
             return np.frombuffer(buf, dtype="<i8", count=int(np.prod(shape)), offset=offset).reshape(shape)
 
         self.words = arr(0, (JOB_WORDS,))
@@ -241,4 +241,5 @@ class JobsView:
         for mv in (self.data, self.words_mv, self.free_mv, self.queue_mv, self.slots_mv, self.channels_mv,
                    self.rings_mv):
             mv.release()
-        self.words = self.free = self.queue = self.slots = self.channels = self.rings = None
+        # None, not empty arrays: a use after release must fail loudly, so the types are waived here.
+        self.words = self.free = self.queue = self.slots = self.channels = self.rings = None  # type: ignore[assignment]

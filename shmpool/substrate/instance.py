@@ -84,7 +84,7 @@ def _close_all(segments: list[Segment], sems: list[posix_ipc.Semaphore]) -> None
 class SharedInstance:
     """The shared objects of instance ``name`` mapped into this process."""
 
-    def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment],
+    def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment | None],
                  sem: posix_ipc.Semaphore, *, owner: bool, thresholds: Thresholds) -> None:
         self.name = name
         self.owner = owner
@@ -236,7 +236,7 @@ class SharedInstance:
         validate_name(name)
         check_system(name)
         control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
-        pools: list[Segment] = []
+        pools: list[Segment | None] = []
         try:
             layout, thresholds = cls._read_layout(name, control_seg)
             control = Control(control_seg.mm, layout)
@@ -304,6 +304,7 @@ class SharedInstance:
         if seg is None:
             self._map_pool(pool)
             seg = self.pool_segments[pool]
+            assert seg is not None  # _map_pool mapped it or raised
         return seg
 
     def _map_pool(self, pool: int) -> memoryview:
@@ -311,13 +312,13 @@ class SharedInstance:
             raise OutOfBounds(what=f"pool index of instance {self.name!r} (no such pool segment)",
                               offset=pool, length=1, limit=len(self.pool_segments))
         seg = Segment.attach(segment_name(self.name, f"pool{pool}"), instance=self.name)
-        self._adopt(pool, seg)
-        return self._pool_views[pool]
+        return self._adopt(pool, seg)
 
-    def _adopt(self, pool: int, seg: Segment) -> None:
+    def _adopt(self, pool: int, seg: Segment) -> memoryview:
         self.pool_segments[pool] = seg
-        self._pool_views[pool] = memoryview(seg.mm)
+        view = self._pool_views[pool] = memoryview(seg.mm)
         self._mapped.append(seg)
+        return view
 
     def _create_growth_segment(self, pool: int) -> None:
         """Called by the table, lock held, before it marks growth row ``pool`` present."""
@@ -376,7 +377,7 @@ class SharedInstance:
         rather than through the mapping. Raises OutOfBounds if no mapped pool holds it."""
         addr = np.frombuffer(view, np.uint8).__array_interface__["data"][0]
         for seg, whole in zip(self.pool_segments, self._pool_views):
-            if whole is None:
+            if seg is None or whole is None:
                 continue
             base = np.frombuffer(whole, np.uint8).__array_interface__["data"][0]
             if base <= addr and addr + len(view) <= base + len(whole):
@@ -398,6 +399,7 @@ class SharedInstance:
 
     def wait_for_wake(self, timeout: float) -> bool:
         """Owner only: sleep until a wake or ``timeout`` seconds; True if woken."""
+        assert self._wake is not None, "only the owner, which opened it in create(), waits for wakes"
         try:
             self._wake.acquire(timeout)
         except posix_ipc.BusyError:
@@ -454,7 +456,7 @@ class SharedInstance:
     def __enter__(self) -> "SharedInstance":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.owner:
             self.destroy()
         else:
@@ -509,6 +511,6 @@ def _other_layout(name: str) -> bool:
         if seg.size < HEADER.size:
             return False
         magic, version = HEADER.unpack_from(seg.mm, 0)[:2]
-        return magic == MAGIC and version != LAYOUT_VERSION
+        return bool(magic == MAGIC and version != LAYOUT_VERSION)
     finally:
         seg.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -298,11 +299,11 @@ class Layout:
 class Control:
     """numpy views of every section of a mapped control segment (no copies)."""
 
-    def __init__(self, buf, layout: Layout) -> None:
+    def __init__(self, buf: Any, layout: Layout) -> None:
         self.layout = layout
         lay = layout
 
-        def arr(offset: int, shape, dtype="<i8"):
+        def arr(offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
             count = int(np.prod(shape))
             return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
@@ -325,8 +326,9 @@ class Control:
         """Drop every view so the underlying mmap can be closed."""
         for mv in (self.words_mv, self.directory_mv):
             mv.release()
-        self.words = self.pools = self.records = self.directory = self.readers = self.pins = None
-        self.tags = None
+        # None, not empty arrays: a use after release must fail loudly, so the types are waived here.
+        self.words = self.pools = self.records = self.directory = self.readers = self.pins = None  # type: ignore[assignment]
+        self.tags = None  # type: ignore[assignment]
         self.bitmaps = self.backed = []
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Callable
 
+import numpy as np
 from loguru import logger
 
 from .layout import W
@@ -68,7 +69,7 @@ class Thresholds:
             )
 
     @classmethod
-    def from_words(cls, words) -> "Thresholds":
+    def from_words(cls, words: np.ndarray) -> "Thresholds":
         """The thresholds an instance was created with, from its control words."""
         return cls(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]), int(words[W.REFUSE_PERMILLE]))
 
@@ -112,7 +113,7 @@ class Budget:
         self.thresholds = thresholds
 
     @classmethod
-    def read(cls, words) -> "Budget":
+    def read(cls, words: np.ndarray) -> "Budget":
         limit, warn, evict, refuse, used = words[_FIRST:_LAST + 1].tolist()
         return cls(used, limit, _thresholds(warn, evict, refuse))
 

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable
+from typing import Any, Callable
 
 import posix_ipc
 from loguru import logger
@@ -78,8 +78,8 @@ class SharedLock:
     ``acquire`` raises LockTimeout (naming the holder's pid) once ``timeout`` has passed.
     """
 
-    def __init__(self, sem: posix_ipc.Semaphore, words, path: str, name: str,
-                 on_recover: Callable[[int], None] | None = None, *, role: str = "table") -> None:
+    def __init__(self, sem: posix_ipc.Semaphore, words: Any, path: str, name: str,
+                 on_recover: Callable[[int], object] | None = None, *, role: str = "table") -> None:
         self._sem = sem
         # Plain int indices for a flat int64 memoryview (or numpy array) of the lock words.
         self._pid_i, self._start_i, self._wait_i, self._rec_i = (int(i) for i in (
@@ -94,7 +94,7 @@ class SharedLock:
         # its siblings spin; measured with 128 client threads: 7.5k -> 11.5k jobs/s.
         self._local = threading.Lock()
         self._fd: int | None = None
-        self._fd_closer: weakref.finalize | None = None
+        self._fd_closer: weakref.finalize[[int], SharedLock] | None = None
         self._fd_lock = threading.Lock()
         _live_locks.add(self)
 
@@ -235,7 +235,7 @@ class SharedLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def owner(self) -> int:

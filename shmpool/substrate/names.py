@@ -223,7 +223,7 @@ def cleanup(name: str) -> list[str]:
     return removed
 
 
-def _why_not(path, exc: Exception | None) -> str:
+def _why_not(path: Path, exc: Exception | None) -> str:
     """The reason an object was not removed, with its owner when that is the reason."""
     if exc is not None and not isinstance(exc, posix_ipc.PermissionsError):
         return str(exc)

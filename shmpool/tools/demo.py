@@ -16,6 +16,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from multiprocessing.queues import Queue
+from typing import Any
 
 from loguru import logger
 
@@ -26,7 +28,7 @@ from ..coordinator import Coordinator
 from ..coordinator.loading import sample_directory
 
 
-def read_everything(name: str, results) -> None:
+def read_everything(name: str, results: Queue[dict[str, Any]]) -> None:
     """In a separate process: attach, read every layer of every dimension, verify its checksum."""
     timings = []
     layers = bad = nbytes = 0

@@ -8,6 +8,7 @@ import threading
 import pytest
 from _waiting import wait_for
 
+import _introspect as peek
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.jobs.spin import AUTO_SPIN_US, SPIN_MIN_CPUS, spin_seconds
@@ -30,11 +31,11 @@ def test_spin_settings_are_checked_and_auto_follows_the_core_count(monkeypatch):
 def test_calls_in_spin_mode_are_answered_and_leave_every_slot_free(instance_name):
     with Coordinator(instance_name, workers=1, job_slots=SLOTS, max_clients=8, worker_spin_us=100) as coord:
         with shmpool.connect(instance_name, spin_us=100) as client:
-            pid = coord._pool.pids()[0]
+            pid = coord.stats()["workers"]["pids"][0]
             assert [client.call("ping", timeout=5) for _ in range(200)] == [pid] * 200
             # The last answer's slot is freed by the completion thread once the caller idles.
-            wait_for(lambda: coord._board.counts()["free"] == SLOTS, 5.0)
-            c = coord._board.counts()
+            wait_for(lambda: peek.job_counts(coord)["free"] == SLOTS, 30)
+            c = peek.job_counts(coord)
             assert c["submitted"] == c["completed"] == 200
 
 
@@ -48,7 +49,7 @@ def test_an_idle_call_thread_does_not_keep_a_slot(instance_name):
             for t in threads:
                 t.join(10)
             # Every slot is usable at once again: each thread's last answer slot was freed.
-            wait_for(lambda: coord._board.counts()["free"] == SLOTS, 5.0)
+            wait_for(lambda: peek.job_counts(coord)["free"] == SLOTS, 30)
             futures = [client.submit("ping", timeout=1) for _ in range(SLOTS)]
             assert len({f.result(5) for f in futures}) == 1
 
@@ -66,7 +67,7 @@ def test_many_calling_threads_hold_few_channels_and_others_still_connect(instanc
             for t in threads:
                 t.start()
             try:
-                assert coord._board.counts()["clients"] <= 1 + 4  # the client's own + its call() pool
+                assert peek.job_counts(coord)["clients"] <= 1 + 4  # the client's own + its call() pool
                 with shmpool.connect(instance_name) as other:  # channels are left for others
                     assert other.call("ping", timeout=5) > 0
             finally:

@@ -17,6 +17,7 @@ import _edit_children as children
 from _hammer import hammer_while_publishing
 from _small_coord import small_coordinator
 from _waiting import wait_for
+import _introspect as peek
 import shmpool
 from shmpool import DimensionNotFound, EditConflict, InvalidId, InvalidLayer, LayerNotFound
 from shmpool.data import layer_index
@@ -161,11 +162,10 @@ def test_crystallizing_an_edit_of_a_superseded_generation_is_an_edit_conflict(co
     other = coord.proto(DIM)
     assert other is stale
     # Someone republishes the dimension meanwhile (a reload from a file would do the same).
-    coord._protos.pop(DIM)
-    whole = coord.create_proto_dimension(DIM, "edited")
-    whole.add_layer(1, b"whole")
-    assert coord.crystallize(DIM) == 2
-    coord._protos[DIM] = stale
+    with peek.proto_set_aside(coord, DIM):
+        whole = coord.create_proto_dimension(DIM, "edited")
+        whole.add_layer(1, b"whole")
+        assert coord.crystallize(DIM) == 2
     used = coord.stats()["used_bytes"]
     with pytest.raises(EditConflict) as err:
         coord.crystallize(DIM)
@@ -226,9 +226,8 @@ def test_shared_blocks_are_freed_only_when_the_last_generation_using_them_is_gon
 def test_an_edited_dimension_is_spilled_whole_and_reloads_in_another_process(coord):
     _edit(coord, 2)
     _edit(coord, 3)
-    capacity, publisher = coord._capacity, coord._publisher
-    capacity.evict(publisher.current[DIM])  # no file holds an edited generation: spilled
-    assert capacity.stats()["spills_written"] == 1
+    peek.evict(coord, DIM)  # no file holds an edited generation: spilled
+    assert coord.stats()["capacity"]["spills_written"] == 1
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     import _reader_children

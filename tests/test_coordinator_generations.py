@@ -14,6 +14,7 @@ import _reader_children as children
 from _hammer import hammer_while_publishing
 from _small_coord import allocation_count, fill
 from _waiting import wait_for
+import _introspect as peek
 from shmpool import GenerationNotNewer, InvalidId
 from shmpool.data.region_builder import RegionBuilder
 
@@ -61,9 +62,8 @@ def test_the_publisher_refuses_a_stale_generation_and_frees_its_blocks(coord):
     used = coord.stats()["used_bytes"]
     builder = RegionBuilder(7, "late")
     builder.add_layer(1, b"x" * 100)
-    publisher = coord._publisher
     with pytest.raises(GenerationNotNewer):
-        publisher.place(builder.nbytes(), builder.write_into, layer_count=1, name="late", source="test",
+        peek.publisher(coord).place(builder.nbytes(), builder.write_into, layer_count=1, name="late", source="test",
                         generation=5)
     assert coord.stats()["used_bytes"] == used
 

@@ -14,12 +14,13 @@ import pytest
 
 import _reader_children
 import _snapshot_children as children
+import _introspect as peek
 import shmpool
 from _waiting import wait_for
 from shmpool.coordinator import Coordinator
 from shmpool import AttachError, DimensionNotFound, GenerationTimeout, ReaderClosed
 from shmpool.data.gen_wait import wait_semaphore_name
-from shmpool.substrate.layout import RD, W
+from shmpool.substrate.layout import RD
 from shmpool.substrate.trust import sem_path
 
 A = 101
@@ -39,7 +40,7 @@ def _publish(coord, tag: int) -> int:
 
 
 def _armed_rows(coord) -> int:
-    return int((coord._inst.control.readers[:, RD.WAITING] != 0).sum())
+    return peek.waiting_readers(coord)
 
 
 def test_a_reader_process_is_woken_by_the_next_publish(coord):
@@ -78,7 +79,7 @@ def test_the_wake_up_semaphore_is_ours_and_0600_and_gone_after_stop(instance_nam
         reader = shmpool.attach(coord.name)
         with pytest.raises(GenerationTimeout):
             reader.wait_generation(A, timeout=0.01)
-        path = sem_path(wait_semaphore_name(coord.name, reader._slot))
+        path = sem_path(wait_semaphore_name(coord.name, peek.reader_slot(reader)))
         st = os.stat(path, follow_symlinks=False)
         assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
         reader.close()
@@ -93,12 +94,8 @@ def test_a_waiter_whose_post_was_lost_still_wakes(coord):
         waiter = threading.Thread(target=lambda: got.append(reader.wait_generation(A, after=1, timeout=60)))
         waiter.start()
         wait_for(lambda: _armed_rows(coord) == 1, 10, "armed")
-        notify = coord._publisher.wakeups.notify
-        coord._publisher.wakeups.notify = lambda: 0  # this publication's post is "lost"
-        try:
+        with peek.wakeup_posts_lost(coord):  # this publication's post is "lost"
             _publish(coord, 1)
-        finally:
-            coord._publisher.wakeups.notify = notify
         waiter.join(30)
         assert got == [2]
 
@@ -199,13 +196,13 @@ def test_resend_posts_exactly_the_rows_armed_before_the_last_publication(coord):
     from shmpool.data.gen_wait import _open_or_create
     import posix_ipc
     with shmpool.attach(coord.name) as reader:
-        sem = _open_or_create(coord.name, reader._slot)  # as its dispatcher would, without one running
-        row, words = coord._inst.control.readers[reader._slot], coord._inst.control.words
+        sem = _open_or_create(coord.name, peek.reader_slot(reader))  # as its dispatcher would, without one running
+        row = peek.reader_row(coord, reader)
         try:
             _publish(coord, 1)
-            epoch = int(words[W.PIN_EPOCH])
+            epoch = peek.pin_epoch(coord)
             row[RD.WAITING] = epoch  # armed at epoch - 1: one publication since, maybe unseen
-            coord._publisher.wakeups.resend()
+            peek.resend_wakeups(coord)
             sem.acquire(5)  # posted, by us or by the reaper's round
             row[RD.WAITING] = epoch + 1  # armed after the last publication: nothing to re-send
             while True:
@@ -213,7 +210,7 @@ def test_resend_posts_exactly_the_rows_armed_before_the_last_publication(coord):
                     sem.acquire(0)
                 except posix_ipc.BusyError:
                     break
-            assert coord._publisher.wakeups.resend() == 0
+            assert peek.resend_wakeups(coord) == 0
             with pytest.raises(posix_ipc.BusyError):
                 sem.acquire(0.1)
         finally:

@@ -44,7 +44,7 @@ def client(coordinator):
         yield client
 
 
-def _until(predicate, seconds=10.0):
+def _until(predicate, seconds=30.0):  # a hang catcher: polls return as soon as it holds
     deadline = time.monotonic() + seconds
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -118,7 +118,7 @@ def test_a_job_past_its_job_timeout_fails_and_its_worker_is_killed_and_replaced(
     future = client.submit(jobs.hang, job_timeout=0.3)
     with pytest.raises(JobTimeout) as err:
         future.result(10)
-    assert 0.3 <= time.monotonic() - t0 < 3
+    assert 0.3 <= time.monotonic() - t0 < 30  # not before its job_timeout (the upper bound catches a hang)
     assert err.value.timeout == 0.3 and err.value.worker_pid in before and err.value.job == "_executor_jobs:hang"
     _until(lambda: any(d["pid"] == err.value.worker_pid for d in coordinator.stats()["workers"]["deaths"]))
     death = next(d for d in coordinator.stats()["workers"]["deaths"] if d["pid"] == err.value.worker_pid)
@@ -306,23 +306,24 @@ def test_imap_unordered_streams_with_a_bounded_number_in_flight(client):
 def test_map_that_cannot_submit_in_time_cancels_what_it_queued(instance_name, tmp_path):
     with Coordinator(instance_name, data_dir=tmp_path, workers=1, job_slots=2, job_modules=["_executor_jobs"]) as coord:
         with shmpool.connect(instance_name) as client:
-            t0 = time.monotonic()
             with pytest.raises(TimeoutError, match="could not submit|no free job slot"):
                 client.map(jobs.sleep_then, [0.5] * 5, timeout=0.3)
-            assert time.monotonic() - t0 < 1.0
             _until(lambda: coord.stats()["jobs"]["free"] == 2)
             jobs_ = coord.stats()["jobs"]
             assert jobs_["cancelled"] == 1 and jobs_["completed"] == 1  # one ran, the queued one went
 
 
-def test_shutdown_without_wait_returns_at_once_and_detaches_when_jobs_are_done(coordinator):
+def test_shutdown_without_wait_returns_at_once_and_detaches_when_jobs_are_done(coordinator, tmp_path):
     client = shmpool.connect(coordinator.name)
     clients = coordinator.stats()["jobs"]["clients"]
-    future = client.submit(jobs.sleep_then, 0.4, "finished")
-    t0 = time.monotonic()
-    client.shutdown(wait=False)
-    assert time.monotonic() - t0 < 0.2
-    with pytest.raises(ClientClosed):
-        client.submit(pow, 1, 1)
-    assert future.result(10) == "finished"
+    release = tmp_path / "release"
+    future = client.submit(jobs.wait_for_path, str(release), "finished")
+    try:
+        client.shutdown(wait=False)
+        assert not future.done(), "shutdown(wait=False) waited for the job"  # it cannot end before `release`
+        with pytest.raises(ClientClosed):
+            client.submit(pow, 1, 1)
+    finally:
+        release.touch()
+    assert future.result(30) == "finished"
     _until(lambda: coordinator.stats()["jobs"]["clients"] == clients - 1)

@@ -4,18 +4,22 @@ reload on access, spill of crystallized dimensions, cold compression, refusal at
 from __future__ import annotations
 
 import multiprocessing as mp
+import shutil
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 
 import _reader_children as children
+import _introspect as peek
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator.capacity import CapacityPolicy
 from shmpool import LimitExceeded, PoolSpec
 from shmpool.data.region_builder import RegionBuilder
 from shmpool.data.sample import sample_builders
+from shmpool.substrate.names import runtime_dir
 
 KiB, MiB = 1024, 1024 * 1024
 POOLS = (PoolSpec(64 * KiB, 64),)  # 4 MiB
@@ -159,3 +163,40 @@ def test_cold_dimensions_are_compressed_and_expanded_when_hot_again(instance_nam
             ctx = reader.load_layer_context(1, ids[0])
             assert ctx.verify() and not isinstance(ctx.content.obj, bytes)  # a view again, not a copy
         _wait_for(lambda: coord.stats()["capacity"]["rehydrations"] >= 1)  # counted just after publishing
+
+
+# ----------------------------------------------------------------------------- spill leftovers
+
+def _spill_leftovers(folder: Path, name: str) -> dict[str, Path]:
+    """Files as a crashed run of ``name`` leaves them, and files that are not ours."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "spill": folder / f"{name}.dim-00007-gen3.region",
+        "temp": folder / f".{name}.dim-00007-gen4.region.k2j3h4.tmp",
+        "other_instance": folder / "someone-else.dim-00007-gen3.region",
+        "user": folder / "notes.txt",
+        "user_region": folder / "dim-00007-gen3.region",
+    }
+    for path in files.values():
+        path.write_bytes(b"left over")
+    return files
+
+
+@pytest.mark.parametrize("where", ["explicit", "default"])
+def test_spill_files_of_a_previous_run_are_removed_at_start_and_only_those(instance_name, sample_dir, tmp_path,
+                                                                           where):
+    folder = tmp_path / "spill" if where == "explicit" else runtime_dir() / f"{instance_name}.spill"
+    policy = CapacityPolicy(spill_dir=folder) if where == "explicit" else CapacityPolicy()
+    files = _spill_leftovers(folder, instance_name)
+    try:
+        with Coordinator(instance_name, data_dir=sample_dir, workers=0, capacity=policy) as coord:
+            assert peek.spill_dir(coord) == folder
+            assert not files["spill"].exists() and not files["temp"].exists()
+            kept = [files[k] for k in ("other_instance", "user", "user_region")]
+            assert all(p.read_bytes() == b"left over" for p in kept)
+            # A spill of this run is gone after a clean stop too: nothing can reload it then.
+            files["spill"].write_bytes(b"spilled while running")
+        assert not files["spill"].exists()
+        assert all(p.exists() for p in kept)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

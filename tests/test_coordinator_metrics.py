@@ -96,7 +96,7 @@ def test_metrics_follow_jobs_memory_and_capacity_state(instance_name, sample_dir
 
             # Real allocations through another view of the allocation table move the state.
             with shmpool.attach(instance_name) as reader:
-                table = reader._inst.table
+                table = reader.instance.table
 
                 def used() -> int:
                     return reader.stats()["used_bytes"]
@@ -128,7 +128,7 @@ def test_evictions_show_in_metrics(instance_name, sample_dir):
         with serve_metrics(coord, 0) as endpoint:
             assert scrape(endpoint.port)[("shmpool_evictions_total", NONE)] == 0
             with shmpool.attach(instance_name) as reader:
-                held = fill_to(reader._inst.table, lambda: reader.stats()["used_bytes"], 0.86, limit)
+                held = fill_to(reader.instance.table, lambda: reader.stats()["used_bytes"], 0.86, limit)
                 deadline = time.monotonic() + 10
                 while True:  # the reaper evicts least recently used dimensions within ~20 ms
                     m = scrape(endpoint.port)
@@ -139,7 +139,7 @@ def test_evictions_show_in_metrics(instance_name, sample_dir):
                 assert m[("shmpool_evicted_dimensions", NONE)] == m[("shmpool_evictions_total", NONE)]
                 assert m[("shmpool_dimensions", NONE)] == 14 - m[("shmpool_evicted_dimensions", NONE)]
                 for h in held:
-                    reader._inst.table.free(h)
+                    reader.instance.table.free(h)
 
 
 def test_optional_stats_keys_and_closed_endpoint(instance_name, sample_dir):
@@ -197,7 +197,7 @@ def test_serve_exposes_metrics_colours_stats_and_stops_cleanly_on_sigint(instanc
                 assert client.lookup(1 + i, 1).verify()
         with shmpool.attach(instance_name) as reader:
             # Between warn (75%) and evict (85%), so the coordinator leaves it alone.
-            held = fill_to(reader._inst.table, lambda: reader.stats()["used_bytes"], 0.78, limit)
+            held = fill_to(reader.instance.table, lambda: reader.stats()["used_bytes"], 0.78, limit)
             m = scrape(port)
             assert capacity_state(m) == "warn"
             assert m[("shmpool_job_latency_seconds_count", NONE)] == 5
@@ -205,7 +205,7 @@ def test_serve_exposes_metrics_colours_stats_and_stops_cleanly_on_sigint(instanc
                                    capture_output=True, text=True, timeout=60,
                                    env={**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"})
             for h in held:
-                reader._inst.table.free(h)
+                reader.instance.table.free(h)
         assert stats.returncode == 0, stats.stderr
         assert "\x1b[33m" in stats.stdout  # rich's yellow: the warning state
         assert "warning: above the 75% warning threshold" in re.sub(r"\x1b\[[0-9;]*m", "", stats.stdout)
