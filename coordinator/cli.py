@@ -161,9 +161,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        removed = removed_under(args.name)
-        if removed is not None:  # as health and a new coordinator say it
-            raise RuntimeFailure(f"refusing to clean up {args.name!r}: {removed_reason(args.name, removed)}") from None
+        bereft = removed_under(args.name)  # the coordinator whose names are gone, if that is the case
+        if bereft is not None:  # as health and a new coordinator say it
+            raise RuntimeFailure(f"refusing to clean up {args.name!r}: {removed_reason(args.name, bereft)}") from None
         holder = coordinator_pid(args.name)
         who = f"coordinator pid {holder}" if holder is not None else "a coordinator"
         raise RuntimeFailure(f"refusing to clean up {args.name!r}: {who} holds its lock "

@@ -28,9 +28,9 @@ from shmpool.substrate.names import list_objects
 from shmpool.substrate.trust import SHM_DIR
 
 CLI = [sys.executable, "-m", "shmpool"]
-# Generous: the coordinator checks its names every round and stops within about a second; this
-# only turns a coordinator that never notices into a failure instead of a hang.
-STOP_DEADLINE = 20.0
+# Only catches a hang (tests/README.md): the coordinator notices within a reaper round (20 ms) or
+# a full check (1 s) and stops within about a second; this turns "never" into a failure.
+STOP_DEADLINE = 30.0
 Serve = Callable[[str], tuple[subprocess.Popen[str], Path]]
 
 
