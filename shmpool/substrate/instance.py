@@ -22,15 +22,14 @@ from loguru import logger
 
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
-from ..errors import AttachError, InstanceExists, OutOfBounds, ShmPoolError
+from ..errors import AttachError, InstanceExists, InvalidArgument, OutOfBounds, ShmPoolError
 from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control, Layout,
                      P, W, pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
-from .lock import SharedLock
-from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign, runtime_dir,
+from .lock import shared_lock
+from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign,
                     segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
-from .removal import missing_name_hint
 from .segments import Segment
 from .trust import open_semaphore
 
@@ -46,9 +45,10 @@ class PoolSpec:
     def __post_init__(self) -> None:
         bs = self.block_size
         if bs < 64 or bs & (bs - 1):
-            raise ValueError(f"pool block size must be a power of two >= 64, got {bs}")
+            raise InvalidArgument(argument="block_size", value=bs, reason="a pool's block size must be a power of two >= 64")
         if self.block_count <= 0:
-            raise ValueError(f"pool block count must be positive, got {self.block_count}")
+            raise InvalidArgument(argument="block_count", value=self.block_count,
+                                  reason="a pool's block count must be positive")
 
     @property
     def nbytes(self) -> int:
@@ -66,7 +66,6 @@ DEFAULT_POOLS: tuple[PoolSpec, ...] = (
 
 DEFAULT_GROWTH = 2  # growth segments each configured pool may add
 
-LOCK_SEM = "lock"
 WAKE_SEM = "wake"  # readers post it to wake the coordinator's reaper (a reload request)
 CONTROL = "control"
 
@@ -85,18 +84,18 @@ class SharedInstance:
     """The shared objects of instance ``name`` mapped into this process."""
 
     def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment | None],
-                 sem: posix_ipc.Semaphore, *, owner: bool, thresholds: Thresholds) -> None:
+                 *, owner: bool, thresholds: Thresholds) -> None:
         self.name = name
         self.owner = owner
         self.control_segment = control_seg
         self.control = control
         self.pool_segments = pools  # None for growth rows not created or not yet mapped here
         self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
-        self.lock = SharedLock(sem, control.words_mv, str(runtime_dir() / f"{name}.table.lock"), name)
+        # The table's robust mutex, in the control words (made by _initialise before the magic).
+        self.lock = shared_lock(control_seg.mm, control.layout.words_offset, name=name, role="table")
         self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
                                      thresholds=thresholds, grow=self._create_growth_segment,
                                      back=self._back_pages)
-        self._sem = sem
         self._pool_views = [None if seg is None else memoryview(seg.mm) for seg in pools]
         self._closed = False
         self._present: list[int] | None = None
@@ -105,7 +104,7 @@ class SharedInstance:
         # are appended to it.
         self._mapped = [control_seg, *(seg for seg in pools if seg is not None)]
         self._wake: posix_ipc.Semaphore | None = None
-        self._mapped_sems = [sem]  # the wake semaphore joins when opened
+        self._mapped_sems: list[posix_ipc.Semaphore] = []  # the wake semaphore, once opened
         self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems)
 
     # ----------------------------------------------------------------- creation / attach
@@ -127,11 +126,11 @@ class SharedInstance:
         validate_name(name)
         check_system(name)  # a platform we cannot serve says so now, not with a hang later
         if not pools:
-            raise ValueError("at least one pool is needed")
+            raise InvalidArgument(argument="pools", value=tuple(pools), reason="at least one pool is needed")
         if memory_limit <= 0:
-            raise ValueError(f"memory limit must be positive, got {memory_limit}")
+            raise InvalidArgument(argument="memory_limit", value=memory_limit, reason="the memory limit must be positive")
         if growth < 0:
-            raise ValueError(f"growth must be >= 0, got {growth}")
+            raise InvalidArgument(argument="growth", value=growth, reason="growth segments per pool must be >= 0")
         cls._clear_stale(name, replace_stale)
         rows = list(pools) + [spec for spec in pools for _ in range(growth)]
         layout = Layout.compute([p.block_count for p in rows], max_records=max_records,
@@ -139,9 +138,6 @@ class SharedInstance:
         made_segments: list[Segment] = []
         made_sems: list[posix_ipc.Semaphore] = []
         try:
-            sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM), posix_ipc.O_CREX,
-                                      mode=0o600, initial_value=0)  # wake-ups only (shmpool.substrate.lock)
-            made_sems.append(sem)
             wake = posix_ipc.Semaphore(semaphore_name(name, WAKE_SEM), posix_ipc.O_CREX, mode=0o600)
             made_sems.append(wake)
             for i, spec in enumerate(pools):
@@ -160,7 +156,7 @@ class SharedInstance:
             raise
         control = Control(control_seg.mm, layout)
         pool_segs: list[Segment | None] = made_segments[:-1] + [None] * (len(rows) - len(pools))
-        inst = cls(name, control_seg, control, pool_segs, sem, owner=True, thresholds=thresholds)
+        inst = cls(name, control_seg, control, pool_segs, owner=True, thresholds=thresholds)
         inst._wake = wake
         inst._mapped_sems.append(wake)
         inst.huge_pages = huge_pages
@@ -225,6 +221,8 @@ class SharedInstance:
                     bm[-1] = (0xFF << tail) & 0xFF
         finally:
             control.release()
+        # The table lock, before the magic: nobody can attach (and lock) until it is made.
+        shared_lock(seg.mm, layout.words_offset, name=name, role="table", create=True).close()
         header = pack_header(layout, control_size=layout.size, instance_token=secrets.randbits(63),
                              created_ns=time.time_ns(), name=name, magic=b"\0" * 8)
         seg.mm[:len(header)] = header
@@ -248,17 +246,12 @@ class SharedInstance:
             for i in range(layout.pool_count):
                 present = bool(control.pools[i, P.PRESENT])
                 pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name) if present else None)
-            try:
-                sem = open_semaphore(semaphore_name(name, LOCK_SEM), instance=name)
-            except posix_ipc.ExistentialError:
-                control.release()
-                raise AttachError(name=name, reason=f"its lock semaphore does not exist{missing_name_hint(name)}") from None
         except BaseException:
             for seg in [control_seg, *pools]:
                 if seg is not None:
                     seg.close()
             raise
-        return cls(name, control_seg, control, pools, sem, owner=False, thresholds=thresholds)
+        return cls(name, control_seg, control, pools, owner=False, thresholds=thresholds)
 
     @staticmethod
     def _read_layout(name: str, seg: Segment) -> tuple[Layout, Thresholds]:
@@ -419,8 +412,8 @@ class SharedInstance:
                 mv.release()
             except BufferError:
                 logger.debug("a pool view of {!r} is still exported; unmapped when it is collected", self.name)
+        self.lock.close()  # first: it holds the control mapping's buffer
         self.control.release()
-        self.lock.close()
         self._finalizer()
 
     def unlink(self) -> None:
@@ -434,7 +427,7 @@ class SharedInstance:
                     posix_ipc.unlink_shared_memory(segment_name(self.name, f"pool{pool}"))
                 except posix_ipc.ExistentialError:
                     logger.debug("growth segment pool{} of {!r} was already unlinked", pool, self.name)
-        for kind in (LOCK_SEM, WAKE_SEM):
+        for kind in (WAKE_SEM,):
             try:
                 posix_ipc.unlink_semaphore(semaphore_name(self.name, kind))
             except posix_ipc.ExistentialError:
