@@ -166,6 +166,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise UsageError("--prefix and --older-than go with --dead")
     if args.dead:
         return _cleanup_dead(args)
+    bereft = removed_under(args.name)  # the coordinator whose names are gone, if that is the case
+    if bereft is not None:  # as health and a new coordinator say it (attach may still work meanwhile)
+        raise RuntimeFailure(f"refusing to clean up {args.name!r}: {removed_reason(args.name, bereft)}")
     try:
         shmpool.attach(args.name).close()
     except AttachError:
@@ -177,9 +180,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     # attach fails; holding it here also keeps a new coordinator from starting mid-sweep.
     lock = NameLock(coordinator_lock_path(args.name))
     if not lock.try_acquire():
-        bereft = removed_under(args.name)  # the coordinator whose names are gone, if that is the case
-        if bereft is not None:  # as health and a new coordinator say it
-            raise RuntimeFailure(f"refusing to clean up {args.name!r}: {removed_reason(args.name, bereft)}")
         holder = coordinator_pid(args.name)
         who = f"coordinator pid {holder}" if holder is not None else "a coordinator"
         raise RuntimeFailure(f"refusing to clean up {args.name!r}: {who} holds its lock (starting or stopping)")

@@ -219,6 +219,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     one); the job board, when there is one, must also be accepting work."""
     with attach(args.name) as reader:
         dims = len(reader.dimensions())
+    bereft = removed_under(args.name)  # attachable still, but some of its names are gone: it is about to stop
+    if bereft is not None:
+        raise NotServing(f"{args.name!r} is not serving: {removed_reason(args.name, bereft)}")
     board = board_summary(args.name)
     if board is not None and not board["accepting"]:
         raise NotServing(f"{args.name!r} is not serving: its job board is stopping")

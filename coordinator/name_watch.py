@@ -10,12 +10,12 @@ lock so that nothing else can take the name.
 So the coordinator's reaper asks :meth:`NameWatch.check` every round. Two checks, both cheap:
 
 - every round (20 ms), ``fstat`` of a descriptor kept open on the control segment: ``st_nlink``
-  drops to 0 the moment its name is unlinked (2.4 µs a call, measured). RemoveIPC takes every
+  drops to 0 the moment its name is unlinked (2.2 µs a call, measured). RemoveIPC takes every
   name at once, so this alone sees it within a round (20 ms measured), before a dead worker
   could be restarted into the void.
 - every ``FULL_CHECK_INTERVAL``, ``lstat`` of every other name the instance had when it started
-  (266 with the default board: about 1 ms on the 2-core test machine, 0.1% of a core), compared
-  by device and inode with what was created: a single semaphore removed by hand, or a name
+  (6 today: 5 segments and the wake semaphore, 8 µs; 266 when the board still had a semaphore per
+  client channel, about 1 ms), compared by device and inode with what was created: a single semaphore removed by hand, or a name
   removed and created again by someone else, is noticed too.
 
 What the coordinator then does (stop, with an ERROR) is decided in coordinator.py; the decision
@@ -54,7 +54,7 @@ class LostNames:
     watched: int
 
     def describe(self) -> str:
-        """'/dev/shm/shmpool.N.control, ... (266 of 266 names removed)' for the ERROR."""
+        """'/dev/shm/shmpool.N.control, ... (6 of 6 names removed)' for the ERROR."""
         gone = list(self.removed) + [f"{path} (now another object)" for path in self.replaced]
         shown = ", ".join(gone[:_SHOWN]) + (", ..." if len(gone) > _SHOWN else "")
         replaced = f", {len(self.replaced)} replaced" if self.replaced else ""
@@ -70,14 +70,14 @@ def lost_names_error(lost: LostNames) -> str:
 
 
 def removed_under(name: str) -> int | None:
-    """Pid of a coordinator holding ``name``'s lock while the instance's control segment or lock
-    semaphore (the two every attach needs) is gone.
+    """Pid of a coordinator holding ``name``'s lock while the instance's control segment or its
+    wake semaphore (both there for as long as the coordinator serves) is gone.
 
     What health, cleanup and a new coordinator all ask before saying anything else."""
     pid = coordinator_pid(name)
     if pid is None or not SHM_DIR.is_dir():
         return None
-    needed = (shm_path(segment_name(name, "control")), sem_path(semaphore_name(name, "lock")))
+    needed = (shm_path(segment_name(name, "control")), sem_path(semaphore_name(name, "wake")))
     return None if all(path.exists() for path in needed) else pid
 
 

@@ -45,7 +45,7 @@ SHM_DIR = Path("/dev/shm")
 
 
 def _serve(name: str, log: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([*CLI, "serve", name, "--workers", "2", "--job-module", "_chaos_jobs",
+    proc = subprocess.Popen([*CLI, "serve", name, "--sample", "--workers", "2", "--job-module", "_chaos_jobs",
                              "--memory-limit", "100MiB"],
                             stdout=subprocess.PIPE, stderr=log.open("w"), stdin=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None

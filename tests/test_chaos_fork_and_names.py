@@ -52,7 +52,7 @@ def test_an_instance_whose_names_are_removed_stops_within_seconds_and_leaves_not
     assert doc["ok"], (doc["failed_checks"], json.dumps(names)[:4000])
     for which in ("all", "semaphores"):
         r = names["rounds"][which]
-        assert r["names_removed"] > 200  # the default board's 256 channel semaphores included
+        assert r["names_removed"] >= (5 if which == "all" else 1)  # 5 segments and the wake semaphore
         assert r["exit_code"] == 1 and r["stop_seconds"] <= 30  # only catches a hang (tests/README.md)
         assert "RemoveIPC" in r["error_line"] and r["worker_restart_failures"] == 0
         assert r["jobs"]["ok"] > 0 and r["jobs"]["ended_typed"] and not r["jobs"]["hung"]
