@@ -456,7 +456,7 @@ class Coordinator:
             except Exception:  # the reaper must outlive any one bad round
                 logger.exception("reclaim round of coordinator {!r} failed", self.name)
 
-    def _log_stop_failure(self, done: "Future[None]") -> None:
+    def _log_stop_failure(self, done: Future[None]) -> None:
         if done.exception() is not None:
             logger.opt(exception=done.exception()).error("stopping {!r} after its names were lost failed", self.name)
 
