@@ -27,7 +27,7 @@ from shmpool.substrate import platform
 from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, CoordinatorStateError, DimensionNotFound,
                             GenerationNotNewer,
                             InstanceExists, InvalidLayer, LimitExceeded,
-                            LockTimeout)
+                            LockTimeout, SharedMemoryFull, ShmPoolError)
 from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
 from shmpool.jobs.jobboard import JobBoard
@@ -49,6 +49,7 @@ from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import LoadReport, load_region_files, region_files
 from .name_lock import NameLock, remove_instance_files
+from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
 from .verified import VerifiedFiles
@@ -174,6 +175,11 @@ class Coordinator:
         self._reaper_gone = True          # no reaper thread runs (set False when one starts)
         self._leftovers: list[Callable[[], None]] = []  # closes left to the reaper by stop()
         self._reaper: threading.Thread | None = None
+        # Set when this instance's names vanished from /dev/shm under it (coordinator/name_watch.py);
+        # the coordinator then stops itself, once (the lock keeps that stop and the owner's apart).
+        self.names_lost: LostNames | None = None
+        self._name_watch: NameWatch | None = None
+        self._stop_lock = threading.Lock()
         self.load_report = LoadReport()
         self.started_at: float | None = None
         self.startup_seconds: float | None = None
@@ -200,7 +206,7 @@ class Coordinator:
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise FileNotFoundError(f"data directory {self.data_dir} does not exist")
         if not self._file_lock.try_acquire():
-            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid())
+            raise instance_exists(self.name, self._live_owner_pid())
         try:
             self._check_shm_space()
             self._inst = SharedInstance.create(
@@ -237,6 +243,7 @@ class Coordinator:
                                              SPIN_ENV: str(self.worker_spin * 1e6)},
                                         config=self.worker_config)
                 self._pool.start()
+            self._name_watch = NameWatch(self.name)  # everything is created: these names are ours
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
                                             daemon=True)
             self._reaper_gone = False
@@ -300,10 +307,15 @@ class Coordinator:
         # coordinator answering for a dead one, must never be a first touch of a missing page.
         try:
             return JobBoard.create(self.name, slots=slots, channels=clients, payload=payload)
-        except OSError as exc:  # its semaphores are files in /dev/shm too
-            if platform.is_full(exc):
-                raise platform.full_error(self._board_bytes(), f"the job board of {self.name!r}") from None
-            raise
+        except (OSError, SharedMemoryFull) as exc:  # its semaphores are files in /dev/shm too
+            if isinstance(exc, OSError) and not platform.is_full(exc):
+                raise
+            # The memory limit bounds the pools, not the board: name what does shrink it.
+            advice = (f"make the job board smaller: job_slots={slots} x 2 x job_payload={payload} bytes plus "
+                      f"max_clients={clients} channels; fewer job_slots, a smaller job_payload or fewer "
+                      "max_clients shrink it (the memory limit does not), and workers=0 (--workers 0) serves "
+                      "without one")
+            raise platform.full_error(self._board_bytes(), f"the job board of {self.name!r}", advice) from None
 
     def stop(self) -> None:
         """Drain jobs, stop workers, unmap and unlink every shared object (idempotent).
@@ -312,14 +324,15 @@ class Coordinator:
         ``drain_timeout`` seconds to finish; whatever is still queued then is answered with
         AttachError ("coordinator stopped") rather than run. Then workers get SIGTERM.
         """
-        if self._inst is None:
-            return
-        if self._board is not None:
-            self._drain(self._board)
-        self._inst.mark_stopping()
-        self._teardown()
-        exit_cleanup.forget(self)
-        logger.info("coordinator {!r} stopped", self.name)
+        with self._stop_lock:  # the owner's stop and the one after lost names (_reap_loop) may meet
+            if self._inst is None:
+                return
+            if self._board is not None:
+                self._drain(self._board)
+            self._inst.mark_stopping()
+            self._teardown()
+            exit_cleanup.forget(self)
+            logger.info("coordinator {!r} stopped", self.name)
 
     @staticmethod
     def _show_warnings_on_stderr() -> None:
@@ -361,8 +374,11 @@ class Coordinator:
         if self._pool is not None:
             self._pool.stop()
             self._pool = None
+        watch, self._name_watch = self._name_watch, None
+        lost = watch is not None and self.names_lost is not None
         if self._board is not None:
-            self._board.unlink()
+            if not lost:  # after lost names, unlink_ours below removes only what is still ours
+                self._board.unlink()
             self._after_reaper(self._board.close)
             self._board = None
         if self._reader is not None:
@@ -374,9 +390,14 @@ class Coordinator:
         if self._publisher is not None:
             self._publisher.wakeups.close()  # waiters see STATE stopping now, not a slice later
         if self._inst is not None:
-            self._inst.unlink()
+            if watch is not None and lost:
+                watch.unlink_ours()  # only the names still pointing at what we created
+            else:
+                self._inst.unlink()
             self._after_reaper(self._inst.close)
             self._inst = None
+        if watch is not None:
+            watch.close()
         self._publisher = None
         self._let_go_of_the_name()
 
@@ -419,10 +440,21 @@ class Coordinator:
         inst, publisher = self._inst, self._publisher
         assert inst is not None and publisher is not None  # started by start(), after both
         clock = _ReapClock(time.monotonic(), time.monotonic())
+        watch = self._name_watch
+        assert watch is not None  # made by start() before this thread
         try:
             while not self._stop_event.is_set():
                 # Woken early by readers that need an evicted dimension back (and by stop()).
                 inst.wait_for_wake(RECLAIM_INTERVAL)
+                if self._stop_event.is_set():
+                    break
+                # Before supervising: a worker restarted after the names went could never attach.
+                lost = watch.check()
+                if lost is not None:
+                    self.names_lost = lost
+                    logger.error(lost_names_error(lost))
+                    _in_background(self.stop).add_done_callback(self._log_stop_failure)  # stop() joins this thread
+                    break
                 try:
                     for _ in self._reap_round(inst, publisher, clock):
                         if self._stop_event.is_set():
@@ -483,6 +515,10 @@ class Coordinator:
                 self._leftovers.append(close)
                 return
         close()
+
+    def _log_stop_failure(self, done: Future[None]) -> None:
+        if done.exception() is not None:
+            logger.opt(exception=done.exception()).error("stopping {!r} after its names were lost failed", self.name)
 
     def _require(self) -> tuple[SharedInstance, Publisher]:
         if self._inst is None or self._publisher is None:

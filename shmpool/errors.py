@@ -140,13 +140,15 @@ class SharedMemoryFull(AllocationFailed):
     filesystem: str
     size: int
     free: int
+    advice: str
 
-    def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int) -> None:
+    def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int,
+                 advice: str = "lower the memory limit (--memory-limit)") -> None:
+        # ``advice``: what shrinks this object; the memory limit bounds the pools, not the job board.
         reason = (f"the shared-memory filesystem {filesystem} has no room for {what} ({free} of {size} "
-                  f"bytes free); give it more room (docker run --shm-size) or lower the memory limit "
-                  f"(--memory-limit)")
+                  f"bytes free); give it more room (docker run --shm-size) or {advice}")
         ShmPoolError.__init__(self, f"cannot allocate {nbytes} bytes: {reason}", nbytes=nbytes, what=what,
-                              filesystem=filesystem, size=size, free=free)
+                              filesystem=filesystem, size=size, free=free, advice=advice)
         self.reason = reason
         self.pools = ()
         self.kind = AllocationFailure.SHM_FULL
@@ -338,10 +340,13 @@ class InstanceExists(ShmPoolError):
 
     name: str
     owner_pid: int | None
+    reason: str
 
-    def __init__(self, *, name: str, owner_pid: int | None = None) -> None:
+    def __init__(self, *, name: str, owner_pid: int | None = None, reason: str = "") -> None:
         owner = f" (owner pid {owner_pid})" if owner_pid else ""
-        super().__init__(f"shmpool instance {name!r} is already running{owner}", name=name, owner_pid=owner_pid)
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"shmpool instance {name!r} is already running{owner}{detail}", name=name,
+                         owner_pid=owner_pid, reason=reason)
 
 
 class LockTimeout(ShmPoolError, TimeoutError):
