@@ -27,7 +27,7 @@ from shmpool.substrate import platform
 from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, CoordinatorStateError, DimensionNotFound,
                             GenerationNotNewer,
                             InstanceExists, InvalidLayer, LimitExceeded,
-                            LockTimeout, SharedMemoryFull, ShmPoolError)
+                            LockTimeout, SharedMemoryFull)
 from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
 from shmpool.jobs.jobboard import JobBoard
