@@ -20,7 +20,14 @@ import subprocess
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TypedDict
+
+
+class Request(TypedDict):
+    argv: list[str]
+    env: dict[str, str]
+    stdout: str
+    stderr: str
 
 
 def _exit_status(code: object) -> int:
@@ -33,21 +40,21 @@ def _exit_status(code: object) -> int:
     return 1
 
 
-def _child(request: dict[str, object]) -> None:
+def _child(request: Request) -> None:
     """Runs in the forked child: never returns."""
     status = 1
     try:
         os.environ.clear()
-        os.environ.update(request["env"])  # type: ignore[arg-type]
+        os.environ.update(request["env"])
         devnull = os.open(os.devnull, os.O_RDONLY)
-        out = os.open(str(request["stdout"]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        err = os.open(str(request["stderr"]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         for fd, target in ((devnull, 0), (out, 1), (err, 2)):
             os.dup2(fd, target)
         from shmpool.coordinator.cli import main
 
         try:
-            status = _exit_status(main(list(request["argv"])))  # type: ignore[call-overload]
+            status = _exit_status(main(request["argv"]))
         except SystemExit as exc:
             status = _exit_status(exc.code)
         except BaseException:  # as the interpreter would: the traceback on stderr, status 1
@@ -68,7 +75,7 @@ def serve() -> None:
     import shmpool.coordinator.cli  # noqa: F401 - the point: imported once, before any fork
 
     for line in sys.stdin:
-        request = json.loads(line)
+        request: Request = json.loads(line)
         pid = os.fork()
         if pid == 0:
             _child(request)
@@ -89,7 +96,8 @@ class CliForkServer:
         stdin: IO[str] | None = self._proc.stdin
         stdout: IO[str] | None = self._proc.stdout
         assert stdin is not None and stdout is not None
-        stdin.write(json.dumps({"argv": argv, "env": env, "stdout": str(out), "stderr": str(err)}) + "\n")
+        request: Request = {"argv": argv, "env": env, "stdout": str(out), "stderr": str(err)}
+        stdin.write(json.dumps(request) + "\n")
         stdin.flush()
         answer = stdout.readline()
         assert answer, f"the command's fork server died (exit {self._proc.poll()})"
