@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shmpool.substrate.names import PREFIX, cleanup, instance_names, list_objects
 from shmpool.substrate.trust import SHM_DIR
@@ -32,6 +33,11 @@ import _test_names
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator).
 pytest_plugins = ("_small_coord",)
+
+# No clock in property tests either: hypothesis's 200 ms per-example deadline and its too_slow
+# health check fail a correct test on a loaded machine. Tests still set their own max_examples.
+settings.register_profile("shmpool", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shmpool")
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
 # One id per pytest session (xdist gives all workers of a run the same one), so two sessions
