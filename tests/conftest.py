@@ -147,9 +147,12 @@ def instance_name(make_name: Callable[[], str]) -> str:
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built-in sample written once per test module, for coordinators with data_dir=."""
+    """The built-in sample written once per worker session, for coordinators with data_dir=.
+
+    Read only: a test that damages a file copies it first (0.2 s of CPU per build, once per
+    module it used to be)."""
     path = tmp_path_factory.mktemp("sample")
     build_sample(path)
     return path
