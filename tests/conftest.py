@@ -31,8 +31,9 @@ from shmpool.data.sample import build_sample
 import _shm_orphans
 import _test_names
 
-# Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator).
-pytest_plugins = ("_small_coord",)
+# Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator),
+# `stress_run` (one short `shmpool stress --out` run).
+pytest_plugins = ("_small_coord", "_stress_run")
 
 # No clock in property tests either: hypothesis's 200 ms per-example deadline and its too_slow
 # health check fail a correct test on a loaded machine. Tests still set their own max_examples.
@@ -162,3 +163,14 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def user_jobs_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     """tests/ on the PYTHONPATH that workers inherit, so user jobs like "_jobs:slow" resolve."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+
+
+# The modules that take longest (--durations, 2-core machine), started first: with two xdist
+# workers, a 30 s test picked up last leaves the other worker idle for its whole length.
+LONGEST_FIRST = ("test_chaos.py", "test_bench_smoke.py", "test_dask.py", "test_reader_pins.py", "test_board_heal.py",
+                 "test_cli.py", "test_workers.py", "test_region_fuzz.py", "test_docs_examples.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: module order kept otherwise

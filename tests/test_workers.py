@@ -23,7 +23,8 @@ from shmpool.substrate.names import list_objects
 
 
 
-pytestmark = pytest.mark.usefixtures("user_jobs_importable")
+# One worker runs the whole module (--dist loadgroup), so its module-scoped pool starts once.
+pytestmark = [pytest.mark.usefixtures("user_jobs_importable"), pytest.mark.xdist_group("test_workers")]
 
 
 @pytest.fixture(scope="module")
