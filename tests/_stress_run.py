@@ -3,8 +3,8 @@
 tests/test_cli.py holds the run to its verdict (nothing torn, lost or leaked) and
 tests/test_cli_stress_report.py to its time series and figure. The run (8 clients for 2 s, a
 publication every 0.5 s, workers SIGKILLed) costs about 6 s of CPU, and both read the same
-report, so it runs once per worker session; the ``stress-run`` xdist group keeps the two tests
-on one worker (``--dist loadgroup``).
+report, so it runs once per worker session; tests/conftest.py's scheduler keeps the two tests on
+one worker (SAME_WORKER).
 """
 
 from __future__ import annotations

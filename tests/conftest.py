@@ -165,6 +165,41 @@ def user_jobs_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
 
 
+# Tests that must share one xdist worker, so that a module- or session-scoped fixture they use
+# starts once rather than once per worker: a module file, or "file::test". Each test not listed
+# is a work unit of its own, handed to whichever worker is free (as --dist load does). Done with
+# a scheduler rather than xdist_group marks: --dist loadgroup groups nothing under pytest 9.2
+# (pytest-dev/pytest-xdist#1386: the worker's nodeid suffix no longer takes).
+SAME_WORKER = {
+    "test_dask.py": "the Dask cluster",                    # ~8 s to start, ~4 s to stop
+    "test_workers.py": "test_workers pool",
+    "test_reader.py": "test_reader served",
+    "test_reader_ids.py": "test_reader_ids served",
+    "test_client_executor_conformance.py": "conformance coordinator",
+    "test_cli_bad_inputs.py": "the command's fork server",
+    "test_cli.py::test_short_stress_run_with_worker_kills_reports_no_torn_lost_or_leaked": "stress_run",
+    "test_cli_stress_report.py::test_stress_out_writes_windows_that_add_up_and_a_figure": "stress_run",
+}
+
+
+def _work_unit(nodeid: str) -> str:
+    """The SAME_WORKER group of a test, else the test itself."""
+    path, _, name = nodeid.partition("::")
+    file = path.rsplit("/", 1)[-1]
+    return SAME_WORKER.get(f"{file}::{name.split('[', 1)[0]}") or SAME_WORKER.get(file) or nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 # The modules that take longest (--durations, 2-core machine), started first: with two xdist
 # workers, a 30 s test picked up last leaves the other worker idle for its whole length.
 LONGEST_FIRST = ("test_chaos.py", "test_bench_smoke.py", "test_dask.py", "test_reader_pins.py", "test_board_heal.py",

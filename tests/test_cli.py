@@ -168,7 +168,6 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
     assert again.returncode == 0 and "nothing" in again.stdout
 
 
-@pytest.mark.xdist_group("stress-run")
 def test_short_stress_run_with_worker_kills_reports_no_torn_lost_or_leaked(stress_run):
     result, report, data = stress_run  # tests/_stress_run.py: 8 clients, 2 s, kills, --out
     assert data["total_ops"] > 0 and data["ok"]

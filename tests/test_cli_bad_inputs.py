@@ -19,9 +19,6 @@ import pytest
 from _cli_forkserver import CliForkServer
 from shmpool.substrate.names import list_objects
 
-# One worker runs the whole module (--dist loadgroup), so its module-scoped command server starts once.
-pytestmark = pytest.mark.xdist_group("test_cli_bad_inputs")
-
 NAME = "{name}"   # replaced by the test's instance name
 TMP = "{tmp}"     # replaced by the test's tmp_path
 

@@ -32,7 +32,6 @@ def test_windows_partition_every_operation_whatever_the_times(ops, kills):
             assert w["p50_us"] <= w["p99_us"] <= w["p999_us"]
 
 
-@pytest.mark.xdist_group("stress-run")
 def test_stress_out_writes_windows_that_add_up_and_a_figure(stress_run):
     _, report, data = stress_run  # tests/_stress_run.py: 8 clients, 2 s, kills, --out
     ts = data["timeseries"]

@@ -18,9 +18,6 @@ from conftest import TEST_PREFIX
 from shmpool.coordinator import Coordinator
 from shmpool.substrate.names import list_objects
 
-# One worker runs the whole module (--dist loadgroup), so its module-scoped coordinator starts once.
-pytestmark = pytest.mark.xdist_group("test_client_executor_conformance")
-
 WORKERS = 2
 
 

@@ -33,8 +33,7 @@ from shmpool.substrate.names import PREFIX, SHM_DIR, cleanup, list_objects  # no
 from shmpool.data.pins import list_pins  # noqa: E402
 from shmpool.data.readers import ReaderRegistry  # noqa: E402
 
-# One worker runs the whole module (--dist loadgroup), so its module-scoped cluster starts once.
-pytestmark = [pytest.mark.dask, pytest.mark.xdist_group("test_dask")]
+pytestmark = pytest.mark.dask
 
 TESTS = Path(__file__).parent
 LINGER = 1.0

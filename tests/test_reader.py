@@ -12,9 +12,6 @@ from shmpool import DimensionNotFound, LayerNotFound
 from shmpool.data.context import NavigationPath
 
 
-# One worker runs the whole module (--dist loadgroup), so its module-scoped coordinator starts once.
-pytestmark = pytest.mark.xdist_group("test_reader")
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     import secrets

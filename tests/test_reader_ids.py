@@ -14,9 +14,6 @@ from shmpool.data.context import NavigationPath
 from shmpool.substrate.names import list_objects
 
 
-# One worker runs the whole module (--dist loadgroup), so its module-scoped coordinator starts once.
-pytestmark = pytest.mark.xdist_group("test_reader_ids")
-
 # ----------------------------------------------------------------------------- ids are ints
 
 @pytest.fixture(scope="module")

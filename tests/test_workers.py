@@ -23,8 +23,7 @@ from shmpool.substrate.names import list_objects
 
 
 
-# One worker runs the whole module (--dist loadgroup), so its module-scoped pool starts once.
-pytestmark = [pytest.mark.usefixtures("user_jobs_importable"), pytest.mark.xdist_group("test_workers")]
+pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 
 @pytest.fixture(scope="module")
