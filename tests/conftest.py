@@ -9,9 +9,10 @@ killer takes a pytest worker and its coordinators) runs neither check, so each s
 sweeps the dead instances of the sessions whose worker is gone.
 
 Beyond shmpool's own names, each test, and each test module with its module-scoped fixtures, must
-leave no /dev/shm name at all that appeared while it ran and that no live process holds
+leave no other /dev/shm name that appeared while it ran and that no live process holds
 (tests/_shm_orphans.py): libraries we drive, such as multiprocessing under Dask's Nannies, leak
-named semaphores when a test kills the process that would have unlinked them.
+named semaphores when a test kills the process that would have unlinked them. (Instances of
+scripts, ``bench-*`` or ``chaos-*``, are the scripts' to check, and may be someone else's run.)
 """
 
 from __future__ import annotations
