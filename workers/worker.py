@@ -136,7 +136,7 @@ def _run(board: JobBoard, inst: SharedInstance, reader: Reader, slot: int, seq: 
             result = [call(*args, **request.kwargs) for args in request.args]
         else:
             result = call(*request.args, **request.kwargs)
-        status, payload = Status.OK, encode_result(result)
+        status, payload = Status.OK, encode_result(result, job)
     except BaseException as exc:
         # Every job failure goes back to its client, typed: SystemExit and KeyboardInterrupt
         # raised by job code too (sys.exit() in a job), as ProcessPoolExecutor delivers them.
