@@ -53,6 +53,20 @@ def test_an_int_beyond_64_bits_as_an_argument_is_a_type_error_naming_it(pool, ar
     assert client.submit("_jobs:echo", 2 ** 64 - 1, -(2 ** 63)).result(10)["args"] == [2 ** 64 - 1, -(2 ** 63)]
 
 
+def test_map_with_chunks_names_the_item_that_cannot_be_sent(pool):
+    _, client = pool
+    with pytest.raises(InvalidArgumentType) as raised:
+        list(client.map("_jobs:same", [1, 2, 2 ** 70], chunksize=3, timeout=10))
+    assert raised.value.argument == "item 2 of the chunk, args[0]", raised.value
+    assert list(client.map("_jobs:same", [1, 2, 3], chunksize=3, timeout=10)) == [1, 2, 3]
+
+
+def test_numpy_scalars_arrive_as_python_values(pool):
+    _, client = pool
+    got = client.submit("_jobs:same", [np.bool_(True), np.int16(-3), np.uint64(2 ** 64 - 1), np.float32(0.5)]).result(10)
+    assert got == [True, -3, 2 ** 64 - 1, 0.5] and type(got[0]) is bool
+
+
 def test_an_object_argument_names_its_argument_too(pool):
     _, client = pool
     with pytest.raises(InvalidArgumentType, match="cannot send") as raised:

@@ -143,6 +143,8 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(EXT_COLLECTION, msgpack.packb(body, use_bin_type=True))
     if isinstance(obj, enum.Enum):  # before str and int: str(a str Enum) is not its value
         return obj.value
+    if isinstance(obj, np.bool_):  # numpy's bool is no int subclass, unlike Python's
+        return bool(obj)
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
