@@ -29,6 +29,7 @@ __all__ = [
     "UnsafeRuntimeDir",
     "InstanceExists",
     "LockTimeout",
+    "ReaderForked",
     "InvalidLayer",
     "RequestTooLarge",
     "JobError",
@@ -207,6 +208,22 @@ class ReaderClosed(AttachError):
                                     f"lookups; contexts it returned stay valid while held",
                               name=name, slot=slot)
         self.reason = "this reader is closed"  # as an AttachError has
+
+
+class ReaderForked(AttachError):
+    """A Reader inherited through ``fork()`` whose row could not be handed over to the child.
+
+    The child normally gets a reader row of its own at fork (docs/usage.md, "Processes and
+    fork"); when it could not (the table lock stayed taken, every row was in use, or the child
+    ran too late to take the row over), the inherited Reader refuses lookups with this error,
+    and the contexts and snapshots inherited with it are not protected any more: attach again."""
+
+    def __init__(self, *, name: str, pid: int, parent_pid: int, reason: str) -> None:
+        ShmPoolError.__init__(self, f"reader of shmpool instance {name!r} was inherited through fork() by pid "
+                                    f"{pid} (parent pid {parent_pid}) and has no reader row of its own: "
+                                    f"{reason}; call shmpool.attach() again in this process, and do not use "
+                                    f"contexts or snapshots inherited from the parent",
+                              name=name, pid=pid, parent_pid=parent_pid, reason=reason)
 
 
 class UntrustedObject(AttachError):

@@ -89,11 +89,13 @@ class GenerationWaiter:
             self._start_locked()
             try:
                 while True:
+                    # The error first: close() sets it under this condition before its Reader
+                    # unmaps, so while we hold the condition and see none, the views are mapped.
+                    if self._error is not None:
+                        raise self._error
                     g = self._dir[pos]
                     if g > after:
                         return g
-                    if self._error is not None:
-                        raise self._error
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
@@ -103,25 +105,25 @@ class GenerationWaiter:
                 self._sync -= 1
 
     async def wait_async(self, dimension_id: int, pos: int, after: int, timeout: float | None) -> int:
-        g = self._dir[pos]
-        if g > after:
-            return g
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        with self._cond:
+        with self._cond:  # every read of the views under the condition, after the error: as wait()
             if self._error is not None:
                 raise self._error
-            self._futures[fut] = (loop, pos, after)
-            self._start_locked()
-            self._cond.notify_all()
-        try:
-            g = self._dir[pos]  # published between the first look and registering: no post is coming
+            g = self._dir[pos]
             if g > after:
                 return g
+            self._futures[fut] = (loop, pos, after)
+            self._start_locked()
+            self._cond.notify_all()  # the dispatcher looks once after arming: nothing published is missed
+        try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=self._dir[pos],
-                                    timeout=timeout) from None
+            with self._cond:
+                if self._error is not None:
+                    raise self._error from None
+                g = self._dir[pos]
+            raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g, timeout=timeout) from None
         finally:
             with self._cond:
                 self._futures.pop(fut, None)
@@ -163,10 +165,14 @@ class GenerationWaiter:
         """Every waiter looks at its generation (sync ones are woken; futures are checked here)."""
         self._cond.notify_all()
         for fut, (loop, pos, after) in list(self._futures.items()):
-            g = self._dir[pos]
-            value = g if g > after else self._error
-            if value is None:
-                continue
+            value: int | ShmPoolError
+            if self._error is not None:
+                value = self._error  # not a look at the views: the Reader may unmap once it is set
+            else:
+                g = self._dir[pos]
+                if g <= after:
+                    continue
+                value = g
             del self._futures[fut]
             try:
                 loop.call_soon_threadsafe(_settle, fut, value)
@@ -186,7 +192,8 @@ class GenerationWaiter:
                     return
                 row[RD.WAITING] = words[W.PIN_EPOCH] + 1  # armed: publications from here on post us
             with self._cond:
-                self._wake_all_locked()  # one look after arming: what was published before it
+                if self._error is None:
+                    self._wake_all_locked()  # one look after arming: what was published before it
             try:
                 self._sem.acquire(SLICE)
                 while True:  # drain re-posts, so they do not wake us again later
@@ -196,14 +203,17 @@ class GenerationWaiter:
             except posix_ipc.ExistentialError:
                 self._fail(AttachError(name=self._name, reason="its generation wait semaphore was removed"))
                 continue
-            if words[W.STATE] != STATE_RUNNING:
-                self._fail(AttachError(name=self._name, reason="its coordinator stopped"))
-            elif not is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])):
-                self._fail(AttachError(name=self._name, reason=f"its coordinator (pid "
-                                                               f"{int(words[W.COORDINATOR_PID])}) died"))
+            with self._cond:
+                if self._error is not None:
+                    continue  # closed while we slept: the top of the loop leaves, the words unread
+                if words[W.STATE] != STATE_RUNNING:
+                    self._fail(AttachError(name=self._name, reason="its coordinator stopped"))
+                elif not is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])):
+                    self._fail(AttachError(name=self._name, reason=f"its coordinator (pid "
+                                                                   f"{int(words[W.COORDINATOR_PID])}) died"))
 
     def _fail(self, error: ShmPoolError) -> None:
-        with self._cond:
+        with self._cond:  # reentrant: a Condition over an RLock
             if self._error is None:
                 self._error = error
             self._wake_all_locked()

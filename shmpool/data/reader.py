@@ -17,6 +17,8 @@ How a lookup stays cheap and safe:
   exact (shmpool/data/pins.py): holding generation 1 does not hold back 2, 3, ...
 * A daemon thread (shmpool/data/pin_watch.py) drops the reader's cached mapping of a superseded
   generation soon after each publication, so an idle reader does not pin it for ever.
+* A child forked after ``attach`` gets a row of its own holding the pins of everything it
+  inherited (shmpool/data/fork.py); the parent's row is never touched by the child.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from loguru import logger
 
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import Directory, Location
-from ..errors import (AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, RegionFormatError, ReloadTimeout,
-                     ShmPoolError)
+from ..errors import (AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReaderForked, RegionFormatError,
+                     ReloadTimeout, ShmPoolError)
+from . import fork
 from .gen_wait import GenerationWaiter
 from ..substrate.ids import as_id
 from ..substrate.instance import SharedInstance
@@ -53,6 +56,7 @@ RELOAD_TIMEOUT = 10.0  # seconds a lookup waits for an evicted dimension to come
 RELOAD_POLL = 0.0005   # seconds between checks while waiting
 BATCH_TRIES = 3        # load_contexts re-reads a batch a publish cut through, then uses a snapshot
 _SEQ = int(W.PUBLISH_SEQ)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
+_EPOCH = int(W.PIN_EPOCH)
 
 _new = object.__new__
 
@@ -214,27 +218,32 @@ class Reader:
     Lookups never block and never copy. A context stays valid after :meth:`close` (and after
     the Reader is collected): its generation stays pinned, and the reader's row and mappings
     stay, until the last context (or ``content`` view) of that reader is dropped. Lookups on a
-    closed reader raise :class:`~shmpool.errors.ReaderClosed`.
+    closed reader raise :class:`~shmpool.errors.ReaderClosed`. Inherited through ``fork()``,
+    the Reader, its snapshots and its contexts keep working in the child, through a row of the
+    child's own (docs/usage.md, "Processes and fork").
     """
 
-    def __init__(self, inst: SharedInstance, *, owns_instance: bool) -> None:
+    def __init__(self, inst: SharedInstance, *, owns_instance: bool, timeout: float | None = None) -> None:
         self._inst = inst
         self._dir = Directory(inst.control)
         self._dir_mv = inst.control.directory_mv
         self._words_mv = inst.control.words_mv
         self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
-        self._slot = self._registry.register()
+        self._slot = self._registry.register(timeout)
         self._dims: dict[int, _DimView] = {}
         self._lock = threading.RLock()
         self._closed = False
-        registry, slot, owned = self._registry, self._slot, inst if owns_instance else None
+        self._fork_error: ReaderForked | None = None
+        registry, owned = self._registry, inst if owns_instance else None
         # The pins outlive this object: contexts hold them (through their arrays' finalizers),
         # and the row is given back only when this reader is closed AND nothing is held.
-        self._pins = RowPins(inst.control, slot, lambda: _shutdown(registry, slot, owned))
+        self._pins = RowPins(inst.control, self._slot, lambda slot: _shutdown(registry, slot, owned), registry)
         self._finalizer = weakref.finalize(self, self._pins.reader_closed)
         self._watcher: PinWatcher | None = None
         self._waiter_obj: GenerationWaiter | None = None
+        self._waiter_finalizer: weakref.finalize | None = None
         self._entries_cache: tuple[int, dict[int, int]] | None = None
+        fork.track(self, self._pins)
 
     @property
     def name(self) -> str:
@@ -453,7 +462,12 @@ class Reader:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ReaderClosed(name=self._inst.name, slot=self._slot)
+            raise self._closed_error()
+
+    def _closed_error(self) -> AttachError:
+        if self._fork_error is not None:
+            return self._fork_error
+        return ReaderClosed(name=self._inst.name, slot=self._slot)
 
     def _dimension(self, dimension_id: int) -> _DimView:
         with self._lock:
@@ -536,13 +550,14 @@ class Reader:
 
     def _wait_args(self, dimension_id: int, after: int | None) -> tuple[int, int, int]:
         dimension_id = as_id(dimension_id, "dimension_id")
-        self._check_open()
-        published = self._published()
-        entry = published.get(dimension_id)
-        if entry is None:
-            raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
-        pos = Directory.generation_position(entry)
-        return dimension_id, pos, int(self._dir_mv[pos]) if after is None else as_id(after, "after")
+        with self._lock:  # close() unmaps only after its own locked section: no view goes under us
+            self._check_open()
+            published = self._published()
+            entry = published.get(dimension_id)
+            if entry is None:
+                raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
+            pos = Directory.generation_position(entry)
+            return dimension_id, pos, int(self._dir_mv[pos]) if after is None else as_id(after, "after")
 
     def _waiter(self) -> GenerationWaiter:
         with self._lock:
@@ -550,8 +565,9 @@ class Reader:
             if self._waiter_obj is None:
                 waiter = self._waiter_obj = GenerationWaiter(self._inst, self._slot)
                 # Collected without close(): its dispatcher thread and semaphore go too.
-                weakref.finalize(self, waiter.close, ReaderClosed(name=self._inst.name, slot=self._slot),
-                                 row_ours=False).atexit = False
+                self._waiter_finalizer = weakref.finalize(
+                    self, waiter.close, ReaderClosed(name=self._inst.name, slot=self._slot), row_ours=False)
+                self._waiter_finalizer.atexit = False
             return self._waiter_obj
 
     def _refresh(self, dv: _DimView) -> _Generation:
@@ -563,7 +579,7 @@ class Reader:
         while True:
             with self._lock:
                 if self._closed:
-                    raise ReaderClosed(name=self._inst.name, slot=self._slot)
+                    raise self._closed_error()
                 loc = self._dir.read(dv.entry)
                 if loc is None:
                     raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self._published()))
@@ -639,7 +655,7 @@ class Reader:
         contexts that are still alive."""
         with self._lock:
             if self._closed:
-                raise ReaderClosed(name=self._inst.name, slot=self._slot)
+                raise self._closed_error()
             self.drop_stale()
             self._registry.acknowledge(self._slot, epoch)
 
@@ -673,6 +689,42 @@ class Reader:
     def closed(self) -> bool:
         return self._closed
 
+    # ----------------------------------------------------------------- fork (shmpool/data/fork.py)
+
+    def _fork_prepare(self, timeout: float) -> bool:
+        """Before fork(): hold our lock across it, so that no thread is half way through mapping
+        a generation (pinned, not yet mapped) when the child's copy of this reader is made."""
+        got = self._lock.acquire(timeout=timeout)
+        if not got:
+            logger.warning("reader of {!r} forked while a thread held its lock for {} s", self.name, timeout)
+        return got
+
+    def _fork_parent(self) -> None:
+        self._lock.release()
+
+    def _fork_child(self) -> None:
+        """In the child, after its row was handed over (or not: then every lookup says so).
+
+        Threads do not cross fork(): the pin watcher and the generation dispatcher are
+        forgotten (their successors start on demand). The cached mappings are dropped, so the
+        child pins only what its own contexts and snapshots hold until it looks something up."""
+        self._lock = threading.RLock()
+        self._watcher = None
+        if self._waiter_finalizer is not None:
+            self._waiter_finalizer.detach()  # it would post and close the parent's row's semaphore
+            self._waiter_finalizer = None
+        self._waiter_obj = None
+        self._slot = self._pins.slot
+        if self._pins.lost is not None and not self._closed:
+            self._fork_error = self._pins.lost
+            self._closed = True
+        dims, self._dims = self._dims, {}
+        for dv in dims.values():
+            dv.current = _NOT_MAPPED  # the mappings' pins are released as their arrays go
+        del dims
+        if not self._closed:
+            self._registry.acknowledge(self._slot, int(self._words_mv[_EPOCH]))
+
     def __enter__(self) -> "Reader":
         return self
 
@@ -689,13 +741,19 @@ def _retained(pins: list[dict]) -> int:
     return sum({(p["dimension_id"], p["generation"]): p["bytes_retained"] for p in pins}.values())
 
 
-def attach(name: str) -> Reader:
-    """Attach to running instance ``name``; raises AttachError if no coordinator of that name runs."""
+def attach(name: str, *, timeout: float | None = None) -> Reader:
+    """Attach to running instance ``name``.
+
+    Raises AttachError if no coordinator of that name runs, LockTimeout (naming the holder's
+    pid) if the instance's table lock stays held for ``timeout`` seconds (None: wait as long
+    as it takes; a stopped lock holder would make that for ever)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     inst = SharedInstance.attach(name)
     try:
         if not inst.is_running():
             raise AttachError(name=name, reason="its coordinator is stopping")
-        return Reader(inst, owns_instance=True)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return Reader(inst, owns_instance=True, timeout=remaining)
     except BaseException:
         inst.close()
         raise

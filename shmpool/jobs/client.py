@@ -136,7 +136,7 @@ class Client(concurrent.futures.Executor):
     def __init__(self, name: str, *, timeout: float | None = None, spin_us: float | None = None) -> None:
         self.name = name
         self._spin = spin_seconds(spin_us)
-        self._reader: Reader = attach(name)
+        self._reader: Reader = attach(name, timeout=timeout)
         try:
             self._board = JobBoard.attach(name)
             self._channel = self._board.claim_channel(timeout=timeout)
