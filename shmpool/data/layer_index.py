@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._core import _lookup
 from ..errors import RegionFormatError
 
 __all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_DTYPE", "SLOT_WORDS", "EMPTY",
@@ -126,23 +127,14 @@ def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.nd
     return table, slot_of
 
 
-def probe(table: memoryview, mask: int, key: int) -> int:
-    """The word index of ``key``'s slot in ``table`` (a flat ``'q'`` view), or -1 if absent."""
-    if type(key) is not int:
-        if not isinstance(key, (int, np.integer)) or isinstance(key, bool):
-            return -1
-        key = int(key)
-    if key < 0:
-        return -1
-    j = (key & mask) * SLOT_WORDS
-    last = (mask + 1) * SLOT_WORDS - 1
-    while True:
-        k = table[j]
-        if k == key:
-            return j
-        if k == EMPTY:
-            return -1
-        j = (j + SLOT_WORDS) & last
+def probe(table: Any, mask: int, key: Any) -> int:
+    """The word index of ``key``'s slot in ``table`` (int64 words, ``mask + 1`` slots), or -1 if
+    absent; -1 for anything but an int or a numpy integer (bools included).
+
+    The probe of the compiled core (shmpool/_core/_lookup.pyx), the one every lookup runs: its
+    layout constants are shmpool._core._index_layout's, checked against this module's by
+    tests/test_lookup_layout.py."""
+    return int(_lookup.probe(table, mask, key))
 
 
 def meta_column(rows: np.ndarray) -> np.ndarray:

@@ -31,7 +31,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from loguru import logger
 
-from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
+from .._core._lookup import NOT_MAPPED, DimView, Generation, ReaderCore
+from .context import ContextCollection, LoadedContext, NavigationPath
 from .directory import Directory, Location
 from ..errors import (AttachError, DimensionNotFound, LayerNotFound, ReaderClosed, ReaderForked, RegionFormatError,
                      ReloadTimeout, ShmPoolError)
@@ -39,15 +40,11 @@ from . import fork
 from .gen_wait import GenerationWaiter
 from ..substrate.ids import as_id
 from ..substrate.instance import SharedInstance
-from .compression import inflate
 from ..substrate.layout import TOUCHED_READ, TOUCHED_RELOAD, W
 from .pin_watch import PinWatcher
 from .pins import RowPins, list_pins
 from .readers import ReaderRegistry
 from . import layer_index
-from .layer_index import POOL_BITS, POOL_MASK
-from .region import FLAG_TEXT, FLAG_ZSTD, split_keywords
-from .layer_index import HEADER_SIZE
 from .snapshot import SNAPSHOT_TIMEOUT, Snapshot
 
 __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
@@ -57,9 +54,6 @@ RELOAD_POLL = 0.0005   # seconds between checks while waiting
 BATCH_TRIES = 3        # load_contexts re-reads a batch a publish cut through, then uses a snapshot
 _SEQ = int(W.PUBLISH_SEQ)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
 _EPOCH = int(W.PIN_EPOCH)
-
-_new = object.__new__
-
 
 class _PinnedBytes(np.ndarray):
     """A read-only byte array over shared memory; ``pin`` keeps its generation pinned."""
@@ -81,126 +75,11 @@ def _pinned(mm, offset: int, nbytes: int, pin: _Pin) -> _PinnedBytes:
     return array
 
 
-class _Generation:
-    """One mapped generation of one dimension: views of its shared layer index and of the pools
-    its layers live in. O(1) Python objects whatever the layer count: lookups probe the index in
-    shared memory (shmpool/data/layer_index.py), metadata is read from its rows on demand."""
-
-    __slots__ = ("dimension_id", "generation", "name", "table", "mask", "pools", "_index", "_rows_at",
-                 "layer_count", "_rows", "__weakref__")
-
-    def __init__(self, dimension_id: int, generation: int, index: _PinnedBytes,
-                 header: layer_index.Header, pools: tuple) -> None:
-        self.dimension_id = dimension_id
-        self.generation = generation
-        self.name = str(index[HEADER_SIZE:HEADER_SIZE + header.name_length].data, "utf-8")
-        # One memoryview over the table section of the index (the index is whole int64 words).
-        self.table = memoryview(index).cast("q")[header.table_offset // 8:header.nbytes // 8]
-        self.mask = header.slots - 1
-        self.pools = pools  # pool number -> read-only memoryview of the whole pool segment, or None
-        self.layer_count = header.layer_count
-        self._index, self._rows_at, self._rows = index, header.rows_offset, None
-
-    @property
-    def source(self) -> str:
-        return f"dimension {self.dimension_id} generation {self.generation}"
-
-    @property
-    def rows(self) -> np.ndarray:
-        """The index rows (ROW_DTYPE, by layer id), viewed in place on first use: a reader that
-        only looks layers up never makes the array."""
-        rows = self._rows
-        if rows is None:
-            rows = self._rows = np.frombuffer(self._index, layer_index.ROW_DTYPE, count=self.layer_count,
-                                              offset=self._rows_at)
-        return rows
-
-    def context(self, dimension_id: int, layer_id: int) -> LoadedContext:
-        """The layer as a context; LayerNotFound if this generation has no such layer.
-
-        The one lookup of a layer in a mapped generation. Reader.load_layer_context and the
-        load_contexts loop inline its first three lines (a call costs ~50 ns); anything
-        unusual (a probe past the first slot, a compressed layer, a miss) comes here."""
-        table = self.table
-        j = layer_index.probe(table, self.mask, layer_id)
-        if j < 0:
-            raise LayerNotFound(dimension_id=dimension_id, layer_id=layer_id, generation=self.generation,
-                                layer_count=self.layer_count, sample_ids=self.rows["layer_id"][:12].tolist())
-        meta = table[j + 3]
-        if meta < 0:
-            return self._inflated(dimension_id, layer_id, (~meta) >> POOL_BITS)
-        ctx = _new(LoadedContext)
-        ctx.dimension_id = dimension_id
-        ctx.layer_id = layer_id
-        ctx.content = self.pools[meta & POOL_MASK][table[j + 1]:table[j + 2]]
-        ctx._gen = self
-        ctx._row = meta >> POOL_BITS
-        return ctx
-
-    def _inflated(self, dimension_id: int, layer_id: int, row: int) -> LoadedContext:
-        """A compressed (cold) layer: the one lookup that returns a copy, decompressed here."""
-        r = self.rows[row]
-        start = int(r["start"])
-        data = inflate(self.pools[int(r["pool"])][start:int(r["end"])], source=self.source,
-                       layer_id=layer_id, offset=start)
-        return LoadedContext(dimension_id, layer_id, memoryview(data).toreadonly(), self, row)
-
-    def frequency(self, row: int) -> float:
-        return float(self.rows["frequency"][row])
-
-    def keywords(self, row: int) -> tuple[str, ...]:
-        r = self.rows[row]
-        start, end = int(r["kw_start"]), int(r["kw_end"])
-        return split_keywords(self.pools[int(r["pool"])][start:end]) if end > start else ()
-
-    def is_text(self, row: int) -> bool:
-        return bool(self.rows["flags"][row] & FLAG_TEXT)
-
-    def crc32(self, row: int) -> int:
-        return int(self.rows["crc32"][row])
-
-    def layer_ids(self) -> list[int]:
-        return self.rows["layer_id"].tolist()
-
-    def rows_with_keyword(self, keyword: str) -> list[int]:
-        """Rows tagged ``keyword``, decoded now: a per-reader map of every keyword would be
-        O(layers) private memory per generation, the very cost the shared index removes."""
-        rows = self.rows
-        tagged = np.flatnonzero(rows["kw_end"] > rows["kw_start"]).tolist()
-        return [row for row in tagged if keyword in self.keywords(row)]
-
-    def contexts(self, dimension_id: int, rows: Iterable[int]) -> Iterator[LoadedContext]:
-        """Contexts of ``rows`` in the given order (scan)."""
-        cols = self.rows
-        ids, pool, start, end = (cols[f].tolist() for f in ("layer_id", "pool", "start", "end"))
-        zstd = ((cols["flags"] & FLAG_ZSTD) != 0).tolist()
-        pools = self.pools
-        for row in rows:
-            if zstd[row]:
-                yield self._inflated(dimension_id, ids[row], row)
-            else:
-                yield LoadedContext(dimension_id, ids[row], pools[pool[row]][start[row]:end[row]], self, row)
+_NOT_MAPPED = NOT_MAPPED   # stands in for a dropped generation: number -1, so the next lookup refreshes
 
 
-class _NotMapped:
-    """Stands in for a dropped generation: its number matches no published one, so the next
-    lookup refreshes, while the hot path keeps its single comparison."""
-    __slots__ = ()
-    generation = -1
-
-
-_NOT_MAPPED = _NotMapped()
-
-
-class _DimView:
-    __slots__ = ("dimension_id", "entry", "gen_pos", "touch_pos", "current")
-
-    def __init__(self, dimension_id: int, entry: int) -> None:
-        self.dimension_id = dimension_id
-        self.entry = entry
-        self.gen_pos = Directory.generation_position(entry)
-        self.touch_pos = Directory.touched_position(entry)
-        self.current: _Generation | _NotMapped = _NOT_MAPPED
+def _dim_view(dimension_id: int, entry: int) -> DimView:
+    return DimView(dimension_id, entry, Directory.generation_position(entry), Directory.touched_position(entry))
 
 
 def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:
@@ -212,7 +91,7 @@ def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) 
         inst.close()
 
 
-class Reader:
+class Reader(ReaderCore):
     """A process's view of the published dimensions of one instance. Thread-safe.
 
     Lookups never block and never copy. A context stays valid after :meth:`close` (and after
@@ -230,7 +109,8 @@ class Reader:
         self._words_mv = inst.control.words_mv
         self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self._slot = self._registry.register(timeout)
-        self._dims: dict[int, _DimView] = {}
+        self._dims: dict[int, DimView] = {}
+        self._core_attach(self._dir_mv, self._words_mv, _SEQ, TOUCHED_READ)
         self._lock = threading.RLock()
         self._closed = False
         self._fork_error: ReaderForked | None = None
@@ -255,75 +135,9 @@ class Reader:
         return self._inst
 
     # ----------------------------------------------------------------- the hot path
-
-    def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
-        """The layer's content as a zero-copy read-only view, with its metadata. O(1), lock-free.
-
-        Ids are ints; numpy integers are accepted (and returned as ints). Raises InvalidId (a
-        TypeError) for anything else, bools and floats included; DimensionNotFound /
-        LayerNotFound naming the ids and what exists.
-        """
-        # Hot path: two exact type tests, one dict lookup, two int64 reads from shared memory
-        # (generation, touched), four from the shared table (key, meta, start, end), one
-        # memoryview slice and the result object. The touched word is
-        # written only when it is 0, i.e. once per coordinator sampling period, so readers do not
-        # fight over its cache line. No locks, no logging, no syscalls; scripts/bench_readers.py
-        # measures it. The type tests come first because True and 3.0 would otherwise find
-        # dimension 1 and 3 in the dicts (equal keys hash alike).
-        if type(dimension_id) is not int or type(layer_id) is not int:
-            dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
-        dv = self._dims.get(dimension_id)
-        if dv is None:
-            dv = self._dimension(dimension_id)
-        gen = dv.current
-        dir_mv = self._dir_mv
-        if dir_mv[dv.gen_pos] != gen.generation:
-            gen = self._refresh(dv)
-        if not dir_mv[dv.touch_pos]:
-            dir_mv[dv.touch_pos] = TOUCHED_READ
-        # The lookup of _Generation.context, inlined: one probe of the shared table (a slot is
-        # key, start, end, meta), then the slice of the pool view. A collision, a compressed
-        # layer (meta < 0) or a miss goes through context() itself.
-        table = gen.table
-        j = (layer_id & gen.mask) << 2
-        if table[j] != layer_id:
-            return gen.context(dimension_id, layer_id)
-        meta = table[j + 3]
-        if meta < 0:
-            return gen.context(dimension_id, layer_id)
-        # Slots stored directly: ~50 ns less than calling LoadedContext's Python __init__.
-        ctx = _new(LoadedContext)
-        ctx.dimension_id = dimension_id
-        ctx.layer_id = layer_id
-        ctx.content = gen.pools[meta & POOL_MASK][table[j + 1]:table[j + 2]]
-        ctx._gen = gen
-        ctx._row = meta >> POOL_BITS
-        return ctx
-
-    # ----------------------------------------------------------------- batch and scan
-
-    def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True) -> ContextCollection:
-        """Load every step of ``path`` in order.
-
-        With ``strict`` (default) the first missing step raises; otherwise missing steps are
-        listed in ``.missing`` with the reason, never silently dropped. Ids are checked as by
-        :meth:`load_layer_context` (by NavigationPath), before anything is loaded.
-        """
-        steps = NavigationPath.of(path)
-        # One instant per batch: a publish (W.PUBLISH_SEQ moved, or odd: a commit in progress)
-        # during the batch may have mixed generations, so then it is read again. Two int64 reads.
-        seq_mv = self._words_mv
-        seq = seq_mv[_SEQ]
-        if not seq & 1:
-            try:
-                out = self._batch(steps, strict)
-            except (DimensionNotFound, LayerNotFound):
-                if seq_mv[_SEQ] == seq:
-                    raise
-            else:
-                if seq_mv[_SEQ] == seq:
-                    return out
-        return self._batch_again(steps, strict)
+    # load_layer_context and load_contexts are ReaderCore's (shmpool/_core/_lookup.pyx): the
+    # lookup, the batch and its publish-sequence check run in C. What they call back here is
+    # what runs once per publication or on first use: _dimension, _refresh, _batch_again.
 
     def _batch_again(self, steps: NavigationPath, strict: bool) -> ContextCollection:
         """A publish cut through the batch: read it again, then through a snapshot (which
@@ -344,40 +158,6 @@ class Reader:
         with self.snapshot() as snap:
             return snap.load_contexts(steps, strict=strict)
 
-    def _batch(self, steps: NavigationPath, strict: bool) -> ContextCollection:
-        out = ContextCollection()
-        contexts = out.contexts
-        append = contexts.append
-        dims, dir_mv, load = self._dims, self._dir_mv, self.load_layer_context
-        # The hot path of load_layer_context inlined: a batch of 20 costs ~20 slices, not 20
-        # method calls. Anything unusual (first use, new generation, compressed or missing
-        # layer) goes through load_layer_context itself.
-        for pos, (dim, layer) in enumerate(steps):
-            dv = dims.get(dim)
-            if dv is not None:
-                gen = dv.current
-                if dir_mv[dv.gen_pos] == gen.generation and dir_mv[dv.touch_pos]:
-                    table = gen.table
-                    j = (layer & gen.mask) << 2
-                    if table[j] == layer:
-                        meta = table[j + 3]
-                        if meta >= 0:
-                            ctx = _new(LoadedContext)
-                            ctx.dimension_id = dim
-                            ctx.layer_id = layer
-                            ctx.content = gen.pools[meta & POOL_MASK][table[j + 1]:table[j + 2]]
-                            ctx._gen = gen
-                            ctx._row = meta >> POOL_BITS
-                            append(ctx)
-                            continue
-            try:
-                append(load(dim, layer))
-            except (DimensionNotFound, LayerNotFound) as exc:
-                if strict:
-                    raise
-                out.missing.append(MissingStep(pos, dim, layer, str(exc)))
-        return out
-
     def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
         """Every layer of the dimension's current generation (in layer id order), or only those
         tagged ``keyword``. The generation is fixed when the scan starts."""
@@ -388,7 +168,7 @@ class Reader:
             gen = self._refresh(dv)
         rows = range(gen.layer_count) if keyword is None else gen.rows_with_keyword(keyword)
         self._dir_mv[dv.touch_pos] = max(self._dir_mv[dv.touch_pos], TOUCHED_READ)
-        yield from gen.contexts(dimension_id, rows)
+        yield from gen.contexts(rows)
 
     # ----------------------------------------------------------------- introspection
 
@@ -469,7 +249,7 @@ class Reader:
             return self._fork_error
         return ReaderClosed(name=self._inst.name, slot=self._slot)
 
-    def _dimension(self, dimension_id: int) -> _DimView:
+    def _dimension(self, dimension_id: int) -> DimView:
         with self._lock:
             self._check_open()
             self._start_watcher()
@@ -480,7 +260,7 @@ class Reader:
             entry = published.get(dimension_id)
             if entry is None:
                 raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
-            dv = _DimView(dimension_id, entry)
+            dv = _dim_view(dimension_id, entry)
             self._refresh(dv)
             self._dims[dimension_id] = dv
             return dv
@@ -505,7 +285,7 @@ class Reader:
         return Snapshot.take(self, timeout)
 
     def _generation_at(self, dimension_id: int, entry: int, loc: Location,
-                       holder: weakref.finalize) -> _Generation | None:
+                       holder: weakref.finalize) -> Generation | None:
         """Generation ``loc`` for an open snapshot (``holder`` alive: its pin keeps the region);
         the reader's cached mapping when it is that one. None if the snapshot closed first."""
         with self._lock:
@@ -513,7 +293,7 @@ class Reader:
             self._start_watcher()
             dv = self._dims.get(dimension_id)
             if dv is None:
-                dv = self._dims[dimension_id] = _DimView(dimension_id, entry)
+                dv = self._dims[dimension_id] = _dim_view(dimension_id, entry)
             if dv.current.generation == loc.generation:
                 return dv.current
             self._pins.hold(entry, loc.generation)  # the array's own, taken while the snapshot's holds
@@ -570,7 +350,7 @@ class Reader:
                 self._waiter_finalizer.atexit = False
             return self._waiter_obj
 
-    def _refresh(self, dv: _DimView) -> _Generation:
+    def _refresh(self, dv: DimView) -> Generation:
         """Switch ``dv`` to the published generation: pin, re-check, then map.
 
         An evicted generation has no region: ask the coordinator to reload it and wait (outside
@@ -598,7 +378,7 @@ class Reader:
                 deadline = time.monotonic() + RELOAD_TIMEOUT
             self._await_reload(dv, loc.generation, deadline)
 
-    def _await_reload(self, dv: _DimView, evicted_generation: int, deadline: float) -> None:
+    def _await_reload(self, dv: DimView, evicted_generation: int, deadline: float) -> None:
         mv = self._dir_mv
         while mv[dv.gen_pos] == evicted_generation:
             if mv[dv.touch_pos] != TOUCHED_RELOAD:  # first time, or the coordinator just reset it
@@ -613,7 +393,7 @@ class Reader:
                                                                f"{dv.dimension_id} stays evicted")
             time.sleep(RELOAD_POLL)
 
-    def _map(self, dv: _DimView, loc: Location) -> _Generation:
+    def _map(self, dv: DimView, loc: Location) -> Generation:
         """Views of a pinned generation: its layer index and the pools its layers live in.
 
         O(1): the header is checked against the directory (shmpool.data.layer_index.read_header); the
@@ -645,7 +425,7 @@ class Reader:
         except BaseException:
             release()
             raise
-        return _Generation(dv.dimension_id, loc.generation, index, header, tuple(pools))
+        return Generation(dv.dimension_id, loc.generation, index, header, tuple(pools))
 
     def honour_epoch(self, epoch: int) -> None:
         """The coordinator published something: let go of superseded mappings, then say so.
