@@ -20,6 +20,7 @@ import re
 import socket
 from pathlib import Path
 
+from shmpool.substrate import limits
 from shmpool.substrate.names import validate_name
 
 __all__ = ["parse_size", "parse_duration", "instance_name", "job_entry", "count", "at_least_one", "port",
@@ -34,9 +35,8 @@ _POWERS = "kmgt"
 # Below this the default pools (4 KiB .. 1 MiB blocks) cannot hold even one typical dimension:
 # 1KB used to start, load nothing and exit 0.
 MIN_MEMORY_LIMIT = 2**20
-# More workers than this is a typo, not a plan: each is a process with its own reader, and the
-# job board has 256 slots by default. (--workers 100000 used to fork until the machine gave up.)
-MAX_WORKERS = 256
+# More workers than this is a typo (shmpool.substrate.limits, shared with Coordinator(workers=)).
+MAX_WORKERS = limits.MAX_WORKERS
 # Growth rows are reserved in the control segment per configured pool; past this it is a typo.
 MAX_POOL_GROWTH = 64
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")

@@ -33,7 +33,7 @@ from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import JobsLayout
 from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.substrate.layout import W
-from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds
+from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds, check_worker_count
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
@@ -113,7 +113,7 @@ class Coordinator:
         self.sample_seed = sample_seed
         self._max_dimensions = max_dimensions
         self._max_readers = max_readers
-        self.worker_count = (os.cpu_count() or 1) if workers is None else workers
+        self.worker_count = (os.cpu_count() or 1) if check_worker_count(workers) is None else workers
         self._job_config = (job_slots, max_clients, job_payload)
         self.drain_timeout = drain_timeout
         self.max_pin_age = max_pin_age

@@ -159,10 +159,10 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
     swept = run_cli("cleanup", instance_name)
     assert swept.returncode == 0, swept.stderr
     [line] = swept.stdout.splitlines()  # one summary line, not every name
-    assert re.fullmatch(rf"shmpool: removed (\d+) objects of '{instance_name}' \((\d+) segments, (\d+) semaphores\)",
+    assert re.fullmatch(rf"shmpool: removed (\d+) objects of '{instance_name}' \((\d+) segments, (\d+) semaphores?\)",
                         line), line
     total, segs, sems = map(int, re.search(r"removed (\d+).*\((\d+) segments, (\d+)", line).groups())
-    assert total == segs + sems and segs >= 2 and sems >= 2
+    assert total == segs + sems and segs >= 2 and sems >= 1  # the coordinator's wake semaphore
     assert list_objects(instance_name) == ([], [])
     again = run_cli("cleanup", instance_name)
     assert again.returncode == 0 and "nothing" in again.stdout

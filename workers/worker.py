@@ -134,7 +134,12 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int, *, take_next: bool)
         else:
             result = call(*request.args, **request.kwargs)
         status, payload = Status.OK, encode_result(result)
-    except Exception as exc:  # every job failure goes back to its client, typed
+    except BaseException as exc:
+        # Every job failure goes back to its client, typed: SystemExit and KeyboardInterrupt
+        # raised by job code too (sys.exit() in a job), as ProcessPoolExecutor delivers them.
+        # Letting them through would kill this worker, and the requeued job would run again and
+        # end as WorkerCrashed. A stop never arrives this way: SIGTERM/SIGINT only set `stop`,
+        # and the watchdog ends the process with os._exit.
         status, payload = Status.ERROR, encode_error(exc)
     if len(payload) <= board.payload:
         return board.finish(slot, seq, status, payload, take_next=take_next)[1]

@@ -508,6 +508,9 @@ cdef class BoardCore:
         return got
 
     def close(self):
-        """Drop this process's hold on the segment's buffer (idempotent)."""
+        """Drop this process's hold on the segment's buffer (idempotent). Refused (the words stay
+        mapped) while a thread of ours holds the lock: it still has to unlock through them."""
+        if self.lock.held_here():
+            return
         self.lock.close()
         self._seg.close()

@@ -58,11 +58,11 @@ _TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
 
 
 class _Wakeup:
-    """posix_ipc.Semaphore's ``acquire(timeout)`` / ``release()`` over one of the board's futex
-    waits, for callers written against the wake-up semaphores the core replaced
-    (``JobBoard.pending_sem``, ``channel_sem``). ``acquire`` returns at once while there is
-    something to take (the queue or ring is the truth, not a count), else sleeps; BusyError
-    after ``timeout`` as before."""
+    """posix_ipc.Semaphore's ``acquire(timeout)`` / ``release()`` over the workers' futex wait,
+    for the worker loop written against the ``jobs-pending`` semaphore the core replaced
+    (``JobBoard.pending_sem``; new code calls :meth:`JobBoard.wait_pending`). ``acquire``
+    returns at once while there is something to take (the queue is the truth, not a count),
+    else sleeps; BusyError after ``timeout`` as before."""
 
     value = 0  # no count to peek at: nothing piles up
 
@@ -182,18 +182,27 @@ class JobBoard(BoardRepair, BoardStatistics):
     def release_channel(self, channel: int) -> list[SpillRef]:
         """Give the channel back, settling every slot still addressed to it: queued requests are
         cancelled, running ones orphaned (freed when their worker finishes), finished ones freed.
-        Returns the spilled results of the finished ones: the caller owns and frees them."""
+        Returns the spilled results of the finished ones: the caller owns and frees them.
+
+        Only the process that claimed the channel may release it (AttachError otherwise): a
+        child forked from a client, releasing what it inherited, would hand its parent's live
+        channel to the next ``claim_channel`` and split the parent's results between two clients."""
         spills: list[SpillRef] = []
         with self.lock:
+            self._check_channel_owner_locked(channel)
             freed = self._settle_channel_locked(channel, spills)
             self._clear_channel_locked(channel)
         self.core.wake_free(freed)
         return spills
 
-    def channel_sem(self, channel: int) -> _Wakeup:
-        """The channel's wake-up as a semaphore-like object (see :meth:`wait_completions`)."""
-        return _Wakeup(lambda timeout: self.wait_completions(channel, timeout),
-                       lambda: self.core.wake_ring(channel), f"{self.name} ch{channel}")
+    def _check_channel_owner_locked(self, channel: int) -> None:
+        pid, start = my_identity()  # recomputed after fork: a child is never its parent
+        row = self.v.channels[channel]
+        owner, owner_start = int(row[CC.PID]), int(row[CC.START])
+        if (owner, owner_start) != (pid, start):
+            whose = f"process {owner}" if owner else "nobody (released already)"
+            raise AttachError(name=self.name, reason=f"client channel {channel} belongs to {whose}, not to this "
+                                                     f"process ({pid}): not released")
 
     def wait_completions(self, channel: int, timeout: float | None) -> bool:
         """Block until this channel's ring holds a finished slot; False after ``timeout`` s.

@@ -25,7 +25,7 @@ from loguru import logger
 from .layout import W
 
 __all__ = ["DEFAULT_LIMIT", "PER_MILLE", "Thresholds", "CapacityState", "Budget", "PressureHook",
-           "per_mille", "after_allocation"]
+           "per_mille", "after_allocation", "MAX_WORKERS", "check_worker_count"]
 
 DEFAULT_LIMIT = 280 * 2**20
 PER_MILLE = 1000
@@ -157,3 +157,24 @@ def after_allocation(before: int, after: int, limit: int, thresholds: Thresholds
         )
     if hook is not None and budget.over_evict:
         hook(after, limit)
+
+
+# More workers than this is a typo, not a plan: each is a process with its own reader, and the
+# job board has 256 slots by default. (--workers 100000 used to fork until the machine gave up.)
+# The CLI (coordinator/cli_args.py) and the Coordinator constructor both ask check_worker_count.
+MAX_WORKERS = 256
+
+
+def check_worker_count(workers: object) -> int | None:
+    """``workers`` as given if it is a whole number in 0..MAX_WORKERS, or None (the CPU count);
+    InvalidArgument (a ShmPoolError and ValueError) otherwise, so ``Coordinator(workers=-1)`` is
+    refused as ``shmpool serve --workers -1`` is."""
+    from ..errors import InvalidArgument  # errors imports nothing of ours; kept local all the same
+
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
+        raise InvalidArgument(argument="workers", value=workers,
+                              reason=f"a whole number of worker processes in 0..{MAX_WORKERS}, or None "
+                                     "for the CPU count")
+    return workers
