@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import posix_ipc
 from filelock import FileLock, Timeout
@@ -31,7 +31,7 @@ from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import JobsLayout
-from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
+from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance, coordinator_pid
 from shmpool.substrate.layout import W
 from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds, check_worker_count
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
@@ -69,6 +69,14 @@ RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
+REAPER_JOIN = 5.0    # seconds stop() waits for the reaper to leave its round before leaving it the unmapping
+
+
+@dataclasses.dataclass
+class _ReapClock:
+    """When the reaper last ran its two slower steps (time.monotonic())."""
+    heal: float
+    sweep: float
 
 
 class Coordinator:
@@ -137,6 +145,9 @@ class Coordinator:
         self._protos: dict[int, ProtoDimension] = {}
         self._protos_lock = threading.Lock()
         self._stop_event = threading.Event()
+        self._handoff = threading.Lock()  # between stop() and a reaper that outlived its join
+        self._reaper_gone = True          # no reaper thread runs (set False when one starts)
+        self._leftovers: list[Callable[[], None]] = []  # closes left to the reaper by stop()
         self._reaper: threading.Thread | None = None
         self.load_report = LoadReport()
         self.started_at: float | None = None
@@ -205,6 +216,7 @@ class Coordinator:
                 self._pool.start()
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
                                             daemon=True)
+            self._reaper_gone = False
             self._reaper.start()
         except posix_ipc.ExistentialError:
             # A name appeared between the sweep and its O_EXCL creation: someone else is using it.
@@ -295,16 +307,22 @@ class Coordinator:
 
     def _teardown(self) -> None:
         self._stop_event.set()
-        if self._reaper is not None:
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and self._inst is not None:
             self._inst.wake_coordinator()
-            self._reaper.join(5)
-            self._reaper = None
+            reaper.join(REAPER_JOIN)
+            if reaper.is_alive():
+                # A step of its round waits in a shared lock (a process stopped holding it):
+                # names go now, the mappings it works on when it leaves (_reaper_exits).
+                logger.warning("coordinator {!r}: the reaper thread is still in a reclaim round after {} s "
+                               "(a shared lock held by a stopped process?); unmapping is left to it",
+                               self.name, REAPER_JOIN)
         if self._pool is not None:
             self._pool.stop()
             self._pool = None
         if self._board is not None:
             self._board.unlink()
-            self._board.close()
+            self._after_reaper(self._board.close)
             self._board = None
         if self._reader is not None:
             self._reader.close()
@@ -315,7 +333,8 @@ class Coordinator:
         if self._publisher is not None:
             self._publisher.wakeups.close()  # waiters see STATE stopping now, not a slice later
         if self._inst is not None:
-            self._inst.destroy()
+            self._inst.unlink()
+            self._after_reaper(self._inst.close)
             self._inst = None
         self._publisher = None
         if self._file_lock.is_locked:
@@ -332,51 +351,89 @@ class Coordinator:
         return self._inst is not None
 
     def _live_owner_pid(self) -> int | None:
-        try:
-            probe = SharedInstance.attach(self.name)
-        except ShmPoolError:
-            return None
-        try:
-            return probe.coordinator()[0]
-        finally:
-            probe.close()
+        return coordinator_pid(self.name, self._file_lock.lock_file)  # also while it is starting
 
-    def _free_stranded_spills(self) -> None:
-        stranded, self._board.stranded_spills = self._board.stranded_spills, []
+    @staticmethod
+    def _free_stranded_spills(inst: SharedInstance, board: JobBoard) -> None:
+        stranded, board.stranded_spills = board.stranded_spills, []
         for spill in stranded:  # its new owner (a client that read it) may have freed it already
-            free_spill(self._inst, spill)
+            free_spill(inst, spill)
 
     def _reap_loop(self) -> None:
-        last_sweep = last_heal = time.monotonic()
-        while True:
-            # Woken early by readers that need an evicted dimension back (and by stop()).
-            self._inst.wait_for_wake(RECLAIM_INTERVAL)
-            if self._stop_event.is_set():
-                break
+        """The reaper thread: a round every RECLAIM_INTERVAL, or when a reader wakes it.
+
+        It keeps its own references to what it works on, and looks at the stop flag between
+        every two steps of a round: a step can wait for as long as another process holds a
+        shared lock (stopped, say), longer than stop() waits for this thread. stop() then
+        removes the names at once but leaves the mappings to this thread, which unmaps them
+        when it leaves (_reaper_exits): nothing is torn down under a step still running."""
+        inst, publisher = self._inst, self._publisher
+        assert inst is not None and publisher is not None  # started by start(), after both
+        clock = _ReapClock(time.monotonic(), time.monotonic())
+        try:
+            while not self._stop_event.is_set():
+                # Woken early by readers that need an evicted dimension back (and by stop()).
+                inst.wait_for_wake(RECLAIM_INTERVAL)
+                try:
+                    for _ in self._reap_round(inst, publisher, clock):
+                        if self._stop_event.is_set():
+                            break
+                except Exception:  # the reaper must outlive any one bad round
+                    logger.exception("reclaim round of coordinator {!r} failed", self.name)
+        finally:
+            self._reaper_exits()
+
+    def _reap_round(self, inst: SharedInstance, publisher: Publisher, clock: "_ReapClock") -> Iterator[None]:
+        """One reaper round, one step per ``yield`` (the loop stops between two steps)."""
+        pool, board, reader, capacity = self._pool, self._board, self._reader, self._capacity
+        if pool is not None and board is not None:
+            pool.supervise()
+            yield
+            if time.monotonic() - clock.heal >= HEAL_INTERVAL:
+                # One supervision round: dead clients settled, invariants restored,
+                # swallowed wake-ups re-sent (docs/architecture.md, job board invariants).
+                try:
+                    board.sweep_dead_clients()
+                    board.supervise()
+                except LockTimeout as exc:  # a stopped holder: the next round retries
+                    logger.warning("job board supervision of {!r} postponed: {}", self.name, exc)
+                clock.heal = time.monotonic()
+                yield
+            self._free_stranded_spills(inst, board)
+            yield
+        if reader is not None:
+            reader.drop_stale()  # our own reader must not pin what it no longer uses
+            yield
+        if capacity is not None:
+            capacity.tick()
+            yield
+        publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
+        yield
+        publisher.reclaim()
+        if time.monotonic() - clock.sweep >= DEAD_SWEEP_INTERVAL:
+            yield
+            inst.table.reclaim_dead()
+            yield
+            publisher.registry.reap_dead()  # keeps readers_attached honest when idle
+            clock.sweep = time.monotonic()
+
+    def _reaper_exits(self) -> None:
+        with self._handoff:
+            self._reaper_gone = True
+            leftovers, self._leftovers = self._leftovers, []
+        for close in leftovers:  # stop() came and went while a step of ours was still running
             try:
-                if self._pool is not None:
-                    self._pool.supervise()
-                    if time.monotonic() - last_heal >= HEAL_INTERVAL:
-                        # One supervision round: dead clients settled, invariants restored,
-                        # swallowed wake-ups re-sent (docs/architecture.md, job board invariants).
-                        try:
-                            self._board.sweep_dead_clients()
-                            self._board.supervise()
-                        except LockTimeout as exc:  # a stopped holder: the next round retries
-                            logger.warning("job board supervision of {!r} postponed: {}", self.name, exc)
-                        last_heal = time.monotonic()
-                    self._free_stranded_spills()
-                if self._reader is not None:
-                    self._reader.drop_stale()  # our own reader must not pin what it no longer uses
-                self._capacity.tick()
-                self._publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
-                self._publisher.reclaim()
-                if time.monotonic() - last_sweep >= DEAD_SWEEP_INTERVAL:
-                    self._inst.table.reclaim_dead()
-                    self._publisher.registry.reap_dead()  # keeps readers_attached honest when idle
-                    last_sweep = time.monotonic()
-            except Exception:  # the reaper must outlive any one bad round
-                logger.exception("reclaim round of coordinator {!r} failed", self.name)
+                close()
+            except Exception:
+                logger.exception("coordinator {!r}: closing after the reaper's last round failed", self.name)
+
+    def _after_reaper(self, close: Callable[[], None]) -> None:
+        """Run ``close`` now if the reaper thread is gone, else when it leaves."""
+        with self._handoff:
+            if not self._reaper_gone:
+                self._leftovers.append(close)
+                return
+        close()
 
     def _require(self) -> tuple[SharedInstance, Publisher]:
         if self._inst is None or self._publisher is None:

@@ -243,3 +243,41 @@ def claim_without_forking(name: str, dimension_id: int, layer_id: int, out: str,
               "intact": ctx.verify()}
     reader.close()
     _write(out, "parent", report)
+
+
+def fork_with_a_snapshot(name: str, dimension_id: int, layer_id: int, out: str, ready) -> None:
+    """Open a snapshot, fork, and exit: the child reads through the inherited snapshot (its
+    dimension not yet mapped by it, so the child maps it first, under its own pins) while
+    generations go by, and closes it."""
+    reader = shmpool.attach(name)
+    snap = reader.snapshot()
+    generation = snap.generation(dimension_id)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            deadline = time.monotonic() + 30
+            while os.getppid() == parent and time.monotonic() < deadline:
+                time.sleep(0.005)
+            bad = checks = 0
+            seen: set[int] = set()
+            end = time.monotonic() + CHECK_SECONDS
+            while time.monotonic() < end:
+                ctx = snap.load_layer_context(dimension_id, layer_id)
+                checks += 1
+                bad += not ctx.verify() or bytes(ctx.content[:8]) != _stamp(generation, layer_id)
+                seen.add(reader.load_layer_context(dimension_id, layer_id).generation)
+                del ctx
+                time.sleep(0.005)
+            report = {"status": "ok", "checks": checks, "bad": bad, "generation": generation,
+                      "current_generations": sorted(seen), "own_row_pins_it": _my_pins(reader, generation)}
+            snap.close()
+            reader.close()
+        except BaseException as exc:
+            report = {"status": "error", "error": repr(exc)}
+        _write(out, "child", report)
+        os._exit(0)
+    _write(out, "parent", {"status": "ok", "child": pid})
+    ready.set()
+    snap.close()
+    reader.close()

@@ -112,6 +112,15 @@ def test_multiprocessing_fork_child_keeps_its_context_after_its_parent_exits(coo
     _assert_intact(reports["child"])
 
 
+def test_forked_child_reads_an_inherited_snapshot_after_its_parent_closed_it_and_exited(coord, tmp_path):
+    reports = _run(coord, tmp_path, children.fork_with_a_snapshot)
+    child = reports["child"]
+    assert child["status"] == "ok", child
+    assert child["checks"] > 10 and child["bad"] == 0, child
+    assert len(child["current_generations"]) > 1, child  # publications went by meanwhile
+    assert child["own_row_pins_it"], child
+
+
 def test_forked_child_looks_up_and_snapshots_through_a_row_of_its_own(coord, tmp_path):
     reports = _run(coord, tmp_path, children.fork_then_lookup, publishes=1)
     child, parent = reports["child"], reports["parent"]

@@ -24,7 +24,7 @@ import numpy as np
 from loguru import logger
 
 from ..substrate._proc import is_alive, my_identity
-from ..errors import AttachError
+from ..errors import AttachError, LockTimeout
 from ..substrate.layout import RD, W, Control
 from ..substrate.lock import SharedLock
 from .pins import pinned_rows
@@ -32,6 +32,10 @@ from .pins import pinned_rows
 __all__ = ["ReaderRegistry", "ForkClaim", "HANDOVER_WINDOW"]
 
 HANDOVER_WINDOW = 30.0  # seconds a forked child has to take over the row claimed for it
+# Seconds close() waits for the table lock to give its row back. Held longer, its holder is
+# stopped or wedged: the row (holding no pins by then) is left to the sweep, which drops it
+# once this process exits, rather than close() waiting as long as the holder stays stopped.
+RELEASE_TIMEOUT = 2.0
 
 
 class ForkClaim(NamedTuple):
@@ -145,7 +149,13 @@ class ReaderRegistry:
             logger.debug("reader slot {} of {!r}: instance already closed", slot, self._instance)
             return
         pid, start = my_identity()
-        with self._lock:
+        try:
+            self._lock.acquire(RELEASE_TIMEOUT)
+        except LockTimeout as exc:
+            logger.warning("reader slot {} of {!r} not given back ({}); the coordinator drops it when this "
+                           "process exits", slot, self._instance, exc)
+            return
+        try:
             row = self._ctl.readers[slot]
             if (int(row[RD.PID]), int(row[RD.START])) != (pid, start):
                 # Swept as dead, or a row this process inherited through fork: never clear
@@ -154,6 +164,8 @@ class ReaderRegistry:
                              slot, self._instance, int(row[RD.PID]))
                 return
             self._clear_locked(slot)
+        finally:
+            self._lock.release()
 
     def _clear_locked(self, slot: int) -> None:
         ctl = self._ctl

@@ -33,7 +33,7 @@ from .platform import check_system, full_error, is_full
 from .segments import Segment
 from .trust import open_semaphore
 
-__all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead"]
+__all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead", "coordinator_pid"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _close_all(segments: list[Segment], sems: list[posix_ipc.Semaphore]) -> None
 class SharedInstance:
     """The shared objects of instance ``name`` mapped into this process."""
 
-    def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment],
+    def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment | None],
                  *, owner: bool, thresholds: Thresholds) -> None:
         self.name = name
         self.owner = owner
@@ -233,7 +233,7 @@ class SharedInstance:
         validate_name(name)
         check_system(name)
         control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
-        pools: list[Segment] = []
+        pools: list[Segment | None] = []
         try:
             layout, thresholds = cls._read_layout(name, control_seg)
             control = Control(control_seg.mm, layout)
@@ -296,6 +296,7 @@ class SharedInstance:
         if seg is None:
             self._map_pool(pool)
             seg = self.pool_segments[pool]
+            assert seg is not None  # _map_pool adopted it, or raised
         return seg
 
     def _map_pool(self, pool: int) -> memoryview:
@@ -303,13 +304,13 @@ class SharedInstance:
             raise OutOfBounds(what=f"pool index of instance {self.name!r} (no such pool segment)",
                               offset=pool, length=1, limit=len(self.pool_segments))
         seg = Segment.attach(segment_name(self.name, f"pool{pool}"), instance=self.name)
-        self._adopt(pool, seg)
-        return self._pool_views[pool]
+        return self._adopt(pool, seg)
 
-    def _adopt(self, pool: int, seg: Segment) -> None:
+    def _adopt(self, pool: int, seg: Segment) -> memoryview:
         self.pool_segments[pool] = seg
-        self._pool_views[pool] = memoryview(seg.mm)
+        view = self._pool_views[pool] = memoryview(seg.mm)
         self._mapped.append(seg)
+        return view
 
     def _create_growth_segment(self, pool: int) -> None:
         """Called by the table, lock held, before it marks growth row ``pool`` present."""
@@ -368,7 +369,7 @@ class SharedInstance:
         rather than through the mapping. Raises OutOfBounds if no mapped pool holds it."""
         addr = np.frombuffer(view, np.uint8).__array_interface__["data"][0]
         for seg, whole in zip(self.pool_segments, self._pool_views):
-            if whole is None:
+            if whole is None or seg is None:
                 continue
             base = np.frombuffer(whole, np.uint8).__array_interface__["data"][0]
             if base <= addr and addr + len(view) <= base + len(whole):
@@ -390,8 +391,11 @@ class SharedInstance:
 
     def wait_for_wake(self, timeout: float) -> bool:
         """Owner only: sleep until a wake or ``timeout`` seconds; True if woken."""
+        wake = self._wake
+        if wake is None:
+            raise ShmPoolError(f"instance {self.name!r}: only its owner waits for wake-ups")
         try:
-            self._wake.acquire(timeout)
+            wake.acquire(timeout)
         except posix_ipc.BusyError:
             return False
         return True
@@ -446,7 +450,7 @@ class SharedInstance:
     def __enter__(self) -> "SharedInstance":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.owner:
             self.destroy()
         else:
@@ -459,6 +463,47 @@ class SharedInstance:
     def __repr__(self) -> str:
         role = "owner" if self.owner else "attached"
         return f"<SharedInstance {self.name!r} {role} pid={os.getpid()}>"
+
+
+def coordinator_pid(name: str, lock_path: str | os.PathLike[str] | None = None) -> int | None:
+    """The pid of the coordinator that owns ``name``, or None if none does.
+
+    Read from the instance's control segment once it can be attached to; while its coordinator
+    is still starting (the header is written last) that is not possible yet, so then from the
+    kernel's record of which process holds the coordinator's lock file ``lock_path`` (an flock,
+    taken before anything is created): a start race's loser can name its winner."""
+    try:
+        probe = SharedInstance.attach(name)
+    except ShmPoolError:
+        pass
+    else:
+        try:
+            return int(probe.coordinator()[0])
+        finally:
+            probe.close()
+    return None if lock_path is None else _flock_holder(lock_path)
+
+
+def _flock_holder(path: str | os.PathLike[str]) -> int | None:
+    """The pid /proc/locks gives for an flock on ``path`` (None: not held, or no /proc/locks).
+
+    The kernel names the process that took the lock, whatever state it is in (starting,
+    stopped); lines read "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END"."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter queued behind the holder, not the holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where and fields[4].isdigit():
+            pid = int(fields[4])
+            return pid if pid > 0 else None
+    return None
 
 
 SWEEP_MIN_AGE = 60.0  # seconds: far longer than any coordinator takes from its first object to its header
@@ -501,6 +546,6 @@ def _other_layout(name: str) -> bool:
         if seg.size < HEADER.size:
             return False
         magic, version = HEADER.unpack_from(seg.mm, 0)[:2]
-        return magic == MAGIC and version != LAYOUT_VERSION
+        return bool(magic == MAGIC and version != LAYOUT_VERSION)
     finally:
         seg.close()
