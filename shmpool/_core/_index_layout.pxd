@@ -6,6 +6,8 @@
 # shmpool._core._lookup as LAYOUT) equals its Python twin, field by field.
 
 cdef enum:
+    HEADER_BYTES = 80   # layer_index.HEADER_SIZE: the dimension name follows it
+
     # A table slot: four int64 words. Slot of key k is k & (slots - 1), then linear probing.
     SLOT_WORDS = 4
     SLOT_KEY = 0        # the layer id; EMPTY in a free slot
