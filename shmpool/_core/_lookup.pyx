@@ -32,7 +32,7 @@ MissingStep, zstd inflation) are handed over once by shmpool.data.context throug
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_FromLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -48,6 +48,9 @@ from ._sync cimport shm_load
 import zlib
 
 from ..errors import DimensionNotFound, InvalidArgument, LayerNotFound, RegionFormatError
+
+cdef enum:
+    SMALL_IDS = 256  # dimension ids a reader finds by index rather than by hash
 
 cdef extern from "Python.h":
     ctypedef struct PyMemoryViewObject:
@@ -168,6 +171,7 @@ cdef class Generation:
     number -> read-only memoryview of the whole pool segment, or None where no layer lives)."""
 
     cdef readonly object dimension_id
+    cdef int64_t dim            # dimension_id as a C integer: what a context stores
     cdef readonly int64_t generation
     cdef readonly str name
     cdef readonly Py_ssize_t layer_count
@@ -206,6 +210,7 @@ cdef class Generation:
             raise RegionFormatError(source=source, fault=f"layer index sections (rows at {rows_at}, table at "
                                                          f"{table_at}, {slots} slots) do not fit {length} bytes")
         self.dimension_id = dimension_id
+        self.dim = dimension_id
         self.generation = generation
         self.index = index
         self.name = PyUnicode_DecodeUTF8(base + name_at, name_length, "strict")
@@ -249,9 +254,8 @@ cdef class Generation:
         return v
 
     cdef const char *_bytes(self, Py_ssize_t pool, int64_t start, int64_t end) except NULL:
-        """The address of ``[start, end)`` in pool ``pool``: the one bounds check of a lookup."""
-        if (pool < 0 or pool >= self.npools or self.pool_base[pool] == NULL or start < 0 or end < start
-                or end > self.pool_len[pool]):
+        """The address of ``[start, end)`` in pool ``pool``; RegionFormatError if it lies outside."""
+        if not self._in_pool(pool, start, end):
             raise RegionFormatError(source=self.source, fault=f"bytes [{start}, {end}) of pool {pool} lie outside "
                                                               "the pools this generation maps")
         return self.pool_base[pool] + start
@@ -307,27 +311,29 @@ cdef class Generation:
         return LayerNotFound(dimension_id=self.dimension_id, layer_id=layer_id, generation=self.generation,
                              layer_count=self.layer_count, sample_ids=sample)
 
-    cdef int64_t _find(self, object layer_id) except -2:
-        """The table word index of ``layer_id``'s slot; raises LayerNotFound."""
-        cdef int64_t j = _probe(self.table, self.mask, _key_of(layer_id))
-        if j < 0:
-            raise self._missing(layer_id)
-        return j
+    cdef inline bint _in_pool(self, Py_ssize_t pool, int64_t start, int64_t end) noexcept:
+        return (0 <= pool < self.npools and self.pool_base[pool] != NULL and 0 <= start <= end
+                and end <= self.pool_len[pool])
 
     cdef LoadedContext _context(self, object layer_id):
         """The layer as a context; LayerNotFound if this generation has no such layer."""
-        cdef int64_t j = self._find(layer_id)
+        cdef int64_t key = _key_of(layer_id)
+        cdef int64_t j = _probe(self.table, self.mask, key)
+        if j < 0:
+            raise self._missing(layer_id)
         cdef int64_t meta = self.table[j + SLOT_META]
         if meta < 0:
             return self._inflated(layer_id, (~meta) >> POOL_BITS)
         cdef int64_t start = self.table[j + SLOT_START], end = self.table[j + SLOT_END]
-        self._bytes(meta & POOL_MASK, start, end)
+        cdef Py_ssize_t pool = meta & POOL_MASK
+        if not self._in_pool(pool, start, end):  # the one bounds check
+            self._bytes(pool, start, end)  # raises RegionFormatError naming them
         cdef LoadedContext ctx = LoadedContext.__new__(LoadedContext)
-        ctx.dimension_id = self.dimension_id
-        ctx.layer_id = layer_id
+        ctx._dim = self.dim
+        ctx._layer = key
         ctx._gen = self
         ctx._row = meta >> POOL_BITS
-        ctx._pool = meta & POOL_MASK
+        ctx._pool = pool
         ctx._start = start
         ctx._end = end
         return ctx
@@ -336,13 +342,12 @@ cdef class Generation:
         """The context of row ``row`` (a scan, a lazy batch's step)."""
         cdef int64_t start = self._i64(row, ROW_START), end = self._i64(row, ROW_END)
         cdef int pool = self._u16(row, ROW_POOL)
-        layer_id = PyLong_FromLongLong(self._i64(row, ROW_LAYER_ID))
         if self._u16(row, ROW_FLAGS) & FLAG_ZSTD:
-            return self._inflated(layer_id, row)
+            return self._inflated(PyLong_FromLongLong(self._i64(row, ROW_LAYER_ID)), row)
         self._bytes(pool, start, end)
         cdef LoadedContext ctx = LoadedContext.__new__(LoadedContext)
-        ctx.dimension_id = self.dimension_id
-        ctx.layer_id = layer_id
+        ctx._dim = self.dim
+        ctx._layer = self._i64(row, ROW_LAYER_ID)
         ctx._gen = self
         ctx._row = row
         ctx._pool = pool
@@ -408,23 +413,30 @@ cdef class LoadedContext:
     own, ``gen`` any object with ``generation``, ``name`` and ``frequency/keywords/is_text/crc32(row)``.
     """
 
-    cdef readonly object dimension_id
-    cdef readonly object layer_id
+    cdef int64_t _dim, _layer  # the ids as C integers: two int objects fewer per lookup
     cdef object _content      # None until asked for (contexts of a Generation)
     cdef object _gen          # a Generation, or any object of its shape (shmpool.dask's copies)
     cdef Py_ssize_t _row
     cdef Py_ssize_t _pool     # -1: the bytes are _content's own (inflated, or given)
     cdef int64_t _start, _end
 
-    def __init__(self, dimension_id, layer_id, content, gen, Py_ssize_t row):
-        self.dimension_id = dimension_id
-        self.layer_id = layer_id
+    def __init__(self, int64_t dimension_id, int64_t layer_id, content, gen, Py_ssize_t row):
+        self._dim = dimension_id
+        self._layer = layer_id
         self._content = content
         self._gen = gen
         self._row = row
         self._pool = -1
         self._start = 0
         self._end = len(content)
+
+    @property
+    def dimension_id(self):
+        return self._dim
+
+    @property
+    def layer_id(self):
+        return self._layer
 
     @property
     def content(self):
@@ -671,7 +683,9 @@ cdef inline bint _add_plain(ContextCollection out, Generation gen, object layer_
     cdef int64_t meta = gen.table[j + SLOT_META]
     if meta < 0:
         return False
-    gen._bytes(meta & POOL_MASK, gen.table[j + SLOT_START], gen.table[j + SLOT_END])
+    cdef int64_t start = gen.table[j + SLOT_START], end = gen.table[j + SLOT_END]
+    if not gen._in_pool(meta & POOL_MASK, start, end):
+        gen._bytes(meta & POOL_MASK, start, end)  # raises
     out._add(gen, meta >> POOL_BITS)
     return True
 
@@ -700,7 +714,8 @@ cdef class ReaderCore:
     the slow paths: ``_dimension(id)`` (first use), ``_refresh(dim_view)`` (pin the published
     generation, re-check, map), ``_closed_error()`` and ``_batch_again(steps, strict)``."""
 
-    cdef public dict _dims       # dimension id -> DimView
+    cdef dict _dim_map           # dimension id -> DimView (the Python side's `_dims`)
+    cdef list _small             # DimView or None for ids below SMALL_IDS: an index, not a hash
     cdef object _dir             # memoryview of the directory words (int64)
     cdef object _words           # memoryview of the control words (int64)
     cdef Py_ssize_t _dir_len, _seq_word
@@ -715,8 +730,36 @@ cdef class ReaderCore:
             raise InvalidArgument(argument="seq_word", value=seq_word, reason=f"is outside {len(words)} words")
         self._dir, self._words = directory, words
         self._dir_len, self._seq_word, self._touched_read = len(directory), seq_word, touched_read
-        if self._dims is None:
+        if self._dim_map is None:
             self._dims = {}
+
+    @property
+    def _dims(self):
+        """{dimension id: DimView}. Entries are only ever added; to drop them, assign a new
+        dict (close, fork), which also empties the index of small ids that mirrors it."""
+        return self._dim_map
+
+    @_dims.setter
+    def _dims(self, dict value):
+        self._dim_map = value
+        self._small = [None] * SMALL_IDS
+
+    cdef inline DimView _view(self, object dimension_id):
+        """The DimView of a dimension this reader has used, or None. Ids below SMALL_IDS are
+        an index into a list (~100 instructions less than the dict's hash and probe). Ids are
+        exact ints here (checked by the callers), so the dict lookup cannot fail."""
+        cdef int64_t dim = _key_of(dimension_id)
+        cdef PyObject *found
+        if 0 <= dim < SMALL_IDS:
+            found = PyList_GET_ITEM(self._small, dim)
+            if <object>found is not None:
+                return <DimView>found
+        found = PyDict_GetItemWithError(self._dim_map, dimension_id)
+        if found == NULL:
+            return None
+        if 0 <= dim < SMALL_IDS:
+            self._small[dim] = <object>found
+        return <DimView>found
 
     cdef int64_t *_directory(self) except NULL:
         cdef int64_t *base = NULL
@@ -728,8 +771,9 @@ cdef class ReaderCore:
 
     cdef Generation _current(self, object dimension_id):
         """The dimension's published generation, mapped: the lookup's generation check."""
-        cdef PyObject *found = PyDict_GetItem(self._dims, dimension_id)
-        cdef DimView dv = (<object>self)._dimension(dimension_id) if found == NULL else <DimView?><object>found
+        cdef DimView dv = self._view(dimension_id)
+        if dv is None:
+            dv = (<object>self)._dimension(dimension_id)  # first use (raises DimensionNotFound)
         cdef int64_t *directory = self._directory()
         if <size_t>dv.gen_pos >= <size_t>self._dir_len or <size_t>dv.touch_pos >= <size_t>self._dir_len:
             raise InvalidArgument(argument="entry", value=dv.entry, reason="lies outside the directory")
@@ -798,18 +842,17 @@ cdef class ReaderCore:
         cdef Py_ssize_t pos, n = PyTuple_GET_SIZE(steps)
         cdef ContextCollection out = ContextCollection._lazy(n)
         cdef Generation gen
-        cdef int64_t j, meta
-        cdef PyObject *found
+        cdef DimView dv
+        cdef int64_t *directory
         for pos in range(n):
             step = <tuple>PyTuple_GET_ITEM(steps, pos)
             dim = <object>PyTuple_GET_ITEM(step, 0)
             layer = <object>PyTuple_GET_ITEM(step, 1)
-            found = PyDict_GetItem(self._dims, dim)
-            if found != NULL:
+            dv = self._view(dim)
+            if dv is not None:
                 # The common step inline: the mapped generation is still published and holds a
                 # plain layer. Anything else goes through the single lookup.
-                dv = <DimView>found
-                gen = (<DimView>found).current
+                gen = dv.current
                 directory = _words_of(self._dir)
                 if (directory != NULL and <size_t>dv.gen_pos < <size_t>self._dir_len
                         and <size_t>dv.touch_pos < <size_t>self._dir_len
@@ -837,7 +880,7 @@ cdef class SnapshotCore:
     cdef Generation _generation(self, object dimension_id):
         cdef PyObject *found = NULL
         if self._gens is not None:
-            found = PyDict_GetItem(self._gens, dimension_id)
+            found = PyDict_GetItemWithError(self._gens, dimension_id)
         if found == NULL:
             return (<object>self)._resolve(dimension_id)
         return <Generation?><object>found
