@@ -195,6 +195,8 @@ def fork_child_stops_in_handover(name: str, dimension_id: int, layer_id: int, mo
     reader = shmpool.attach(name)
     ctx = reader.load_layer_context(dimension_id, layer_id)
     copy = bytes(ctx.content)
+    snap = reader.snapshot()
+    snap.load_layer_context(dimension_id, layer_id)  # the dimension mapped through the snapshot
     parent = os.getpid()
     _faults.arm("fork.child:stop")
     pid = os.fork()
@@ -211,6 +213,12 @@ def fork_child_stops_in_handover(name: str, dimension_id: int, layer_id: int, mo
                     report: dict[str, Any] = {"status": "ok", "lookup": "ok"}
                 except shmpool.ShmPoolError as exc:
                     report = {"status": "ok", "lookup": type(exc).__name__, "message": str(exc)}
+                try:
+                    snap.load_layer_context(dimension_id, layer_id)
+                    report["snapshot_lookup"] = "ok"
+                except shmpool.ShmPoolError as exc:
+                    report["snapshot_lookup"] = type(exc).__name__
+                snap.close()
                 del ctx
                 reader.close()
                 gc.collect()
@@ -218,6 +226,7 @@ def fork_child_stops_in_handover(name: str, dimension_id: int, layer_id: int, mo
         finally:
             os._exit(0)
     _faults.arm(None)
+    snap.close()
     _write(out, "forked", {"status": "ok", "child": pid, "parent": parent})
     ready.set()
     if mode == "parent-killed":
@@ -280,4 +289,32 @@ def fork_with_a_snapshot(name: str, dimension_id: int, layer_id: int, out: str, 
     _write(out, "parent", {"status": "ok", "child": pid})
     ready.set()
     snap.close()
+    reader.close()
+
+
+def fork_then_wait_and_idle(name: str, dimension_id: int, layer_id: int, out: str, ready) -> None:
+    """Attach (with the pin watcher and the generation dispatcher running), fork; in the child,
+    whose threads did not cross the fork: look up, wait for the next generation, then idle: its
+    own watcher must let go of the superseded generation's pin."""
+    reader = shmpool.attach(name)
+    reader.load_layer_context(dimension_id, layer_id)
+    first = reader.generation(dimension_id)
+    reader.wait_generation(dimension_id, after=first - 1, timeout=5)  # starts the dispatcher
+    pid = os.fork()
+    if pid == 0:
+        try:
+            seen = reader.load_layer_context(dimension_id, layer_id).generation
+            _write(out, "child-ready", {"status": "ok", "generation": seen})
+            newer = reader.wait_generation(dimension_id, after=seen, timeout=60)
+            time.sleep(1.0)  # idle: a few pin-watch periods
+            report = {"status": "ok", "pid": os.getpid(), "seen": seen, "newer": newer,
+                      "still_pins_seen": _my_pins(reader, seen)}
+            reader.close()
+        except BaseException as exc:
+            report = {"status": "error", "error": repr(exc)}
+        _write(out, "child", report)
+        os._exit(0)
+    ready.set()
+    os.waitpid(pid, 0)
+    _write(out, "parent", {"status": "ok", "pid": os.getpid()})
     reader.close()

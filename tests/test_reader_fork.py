@@ -121,6 +121,28 @@ def test_forked_child_reads_an_inherited_snapshot_after_its_parent_closed_it_and
     assert child["own_row_pins_it"], child
 
 
+def test_a_forked_child_runs_its_own_pin_watcher_and_generation_waits(coord, tmp_path):
+    pub = _Publisher(coord)
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=children.fork_then_wait_and_idle, args=(coord.name, DIM, LAYER, str(out), ready))
+    proc.start()
+    try:
+        assert ready.wait(DEADLINE)
+        wait_for(lambda: (out / "child-ready.json").exists(), DEADLINE, "the child looked up")
+        time.sleep(0.2)  # the child is (about to be) asleep in wait_generation
+        pub.publish()
+        wait_for(lambda: (out / "parent.json").exists(), DEADLINE, "the child reported")
+    finally:
+        proc.join(DEADLINE)
+    child = json.loads((out / "child.json").read_text())
+    assert child["status"] == "ok", child
+    assert child["newer"] > child["seen"], child    # woken by the publication, in the child
+    assert not child["still_pins_seen"], child      # its own watcher let the old generation go
+
+
 def test_forked_child_looks_up_and_snapshots_through_a_row_of_its_own(coord, tmp_path):
     reports = _run(coord, tmp_path, children.fork_then_lookup, publishes=1)
     child, parent = reports["child"], reports["parent"]
@@ -189,7 +211,7 @@ def test_a_child_too_late_for_its_hand_over_is_refused_typed_and_leaves_its_pare
             proc.kill()
             proc.join(10)
     child = json.loads((out / "child.json").read_text())
-    assert child["lookup"] == "ReaderForked", child
+    assert child["lookup"] == "ReaderForked" and child["snapshot_lookup"] == "ReaderForked", child
     assert "attach() again" in child["message"] and str(forked["child"]) in child["message"], child
     _assert_intact(json.loads((out / "parent.json").read_text()))
 

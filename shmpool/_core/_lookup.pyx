@@ -178,14 +178,15 @@ cdef class Generation:
     cdef readonly int64_t mask
     cdef readonly tuple pools
     cdef object index
-    cdef const int64_t *table
+    cdef const int64_t *_table
     cdef const char *rows
+    cdef Py_ssize_t _rows_offset, _table_offset
     cdef Py_ssize_t npools
     cdef const char **pool_base
     cdef Py_ssize_t *pool_len
 
     def __cinit__(self):
-        self.table = _NO_SLOTS
+        self._table = _NO_SLOTS
         self.rows = NULL
         self.npools = 0
         self.pool_base = NULL
@@ -216,8 +217,9 @@ cdef class Generation:
         self.name = PyUnicode_DecodeUTF8(base + name_at, name_length, "strict")
         self.layer_count = count
         self.mask = slots - 1
-        self.table = <const int64_t *>(base + table_at)
+        self._table = <const int64_t *>(base + table_at)
         self.rows = base + rows_at
+        self._rows_offset, self._table_offset = rows_at, table_at
         self.pools = pools
         self.npools = len(pools)
         self.pool_base = <const char **>PyMem_Malloc(max(1, self.npools) * sizeof(char *))
@@ -237,6 +239,23 @@ cdef class Generation:
     @property
     def source(self):
         return f"dimension {self.dimension_id} generation {self.generation}"
+
+    @property
+    def table(self):
+        """The table section as a read-only memoryview of int64 words (``mask + 1`` slots of
+        SLOT_WORDS): for inspection and tests, not the lookup path."""
+        if self.index is None:
+            return memoryview(b"").cast("q")
+        at = self._table_offset
+        return memoryview(self.index).cast("B")[at:at + (self.mask + 1) * SLOT_WORDS * 8].cast("q")
+
+    @property
+    def rows(self):
+        """The rows section as a read-only memoryview of bytes (``layer_count`` rows of
+        ROW_BYTES, layer_index.ROW_DTYPE): for inspection and tests, not the lookup path."""
+        if self.index is None:
+            return memoryview(b"")
+        return memoryview(self.index).cast("B")[self._rows_offset:self._rows_offset + self.layer_count * ROW_BYTES]
 
     # -------------------------------------------------------------- rows
 
@@ -318,13 +337,13 @@ cdef class Generation:
     cdef LoadedContext _context(self, object layer_id):
         """The layer as a context; LayerNotFound if this generation has no such layer."""
         cdef int64_t key = _key_of(layer_id)
-        cdef int64_t j = _probe(self.table, self.mask, key)
+        cdef int64_t j = _probe(self._table, self.mask, key)
         if j < 0:
             raise self._missing(layer_id)
-        cdef int64_t meta = self.table[j + SLOT_META]
+        cdef int64_t meta = self._table[j + SLOT_META]
         if meta < 0:
             return self._inflated(layer_id, (~meta) >> POOL_BITS)
-        cdef int64_t start = self.table[j + SLOT_START], end = self.table[j + SLOT_END]
+        cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
         cdef Py_ssize_t pool = meta & POOL_MASK
         if not self._in_pool(pool, start, end):  # the one bounds check
             self._bytes(pool, start, end)  # raises RegionFormatError naming them
@@ -677,13 +696,13 @@ cdef class ContextCollection:
 cdef inline bint _add_plain(ContextCollection out, Generation gen, object layer_id) except -1:
     """Add ``layer_id`` of ``gen`` to a lazy batch if it is a plain (uncompressed) layer there;
     False for a compressed layer or a miss (the caller takes the single lookup's path)."""
-    cdef int64_t j = _probe(gen.table, gen.mask, _key_of(layer_id))
+    cdef int64_t j = _probe(gen._table, gen.mask, _key_of(layer_id))
     if j < 0:
         return False
-    cdef int64_t meta = gen.table[j + SLOT_META]
+    cdef int64_t meta = gen._table[j + SLOT_META]
     if meta < 0:
         return False
-    cdef int64_t start = gen.table[j + SLOT_START], end = gen.table[j + SLOT_END]
+    cdef int64_t start = gen._table[j + SLOT_START], end = gen._table[j + SLOT_END]
     if not gen._in_pool(meta & POOL_MASK, start, end):
         gen._bytes(meta & POOL_MASK, start, end)  # raises
     out._add(gen, meta >> POOL_BITS)
@@ -709,77 +728,115 @@ cdef class DimView:
         self.current = NOT_MAPPED
 
 
-cdef class ReaderCore:
-    """The lookup methods of shmpool.data.reader.Reader, which subclasses this type and supplies
-    the slow paths: ``_dimension(id)`` (first use), ``_refresh(dim_view)`` (pin the published
-    generation, re-check, map), ``_closed_error()`` and ``_batch_again(steps, strict)``."""
+@cython.final
+cdef class DimTable:
+    """A reader's dimension views, {dimension id: DimView}: a dict, plus an index of the ids
+    below SMALL_IDS kept in step with it, so that a lookup finds a small id by index (~100
+    instructions less than the dict's hash and probe). The mapping of shmpool.data.mapping owns
+    it; the lookup path only reads it. The few dict verbs that owner uses are all it offers."""
 
-    cdef dict _dim_map           # dimension id -> DimView (the Python side's `_dims`)
-    cdef list _small             # DimView or None for ids below SMALL_IDS: an index, not a hash
+    cdef dict _map
+    cdef list _small             # DimView or None, for ids 0 .. SMALL_IDS - 1
+
+    def __cinit__(self):
+        self._map = {}
+        self._small = [None] * SMALL_IDS
+
+    cdef inline DimView find(self, object dimension_id):
+        """The view of ``dimension_id`` (an exact int), or None."""
+        cdef int64_t dim = _key_of(dimension_id)
+        cdef PyObject *found
+        if 0 <= dim < SMALL_IDS:
+            return <DimView>PyList_GET_ITEM(self._small, dim)
+        found = PyDict_GetItemWithError(self._map, dimension_id)  # an int's hash cannot fail
+        return None if found == NULL else <DimView>found
+
+    def get(self, dimension_id, default=None):
+        return self._map.get(dimension_id, default)
+
+    def __getitem__(self, dimension_id):
+        return self._map[dimension_id]
+
+    def __setitem__(self, dimension_id, DimView view not None):
+        if type(dimension_id) is not int:
+            raise InvalidArgument(argument="dimension_id", value=dimension_id, reason="is not an int")
+        self._map[dimension_id] = view
+        cdef int64_t dim = _key_of(dimension_id)
+        if 0 <= dim < SMALL_IDS:
+            self._small[dim] = view
+
+    def __contains__(self, dimension_id):
+        return dimension_id in self._map
+
+    def __len__(self):
+        return len(self._map)
+
+    def __iter__(self):
+        return iter(list(self._map))
+
+    def values(self):
+        return list(self._map.values())
+
+    def items(self):
+        return list(self._map.items())
+
+    def clear(self):
+        self._map.clear()
+        self._small = [None] * SMALL_IDS
+
+    def __repr__(self):
+        return f"DimTable({self._map!r})"
+
+
+cdef class ReaderCore:
+    """The lookup methods of shmpool.data.reader.Reader, which subclasses this type. The slow
+    paths are the mapping's (shmpool.data.mapping.MappedGenerations, ``mapped``):
+    ``dimension(id)`` (first use), ``refresh(dim_view)`` (pin the published generation,
+    re-check, map) and ``closed_error()``; and the reader's ``_batch_again(steps, strict)``."""
+
+    cdef object _mapped          # the reader's MappedGenerations
+    cdef DimTable _dim_table     # its ``dims``
     cdef object _dir             # memoryview of the directory words (int64)
     cdef object _words           # memoryview of the control words (int64)
     cdef Py_ssize_t _dir_len, _seq_word
     cdef int64_t _touched_read
 
-    def _core_attach(self, directory, words, Py_ssize_t seq_word, int64_t touched_read):
-        """Read through these memoryviews of the control segment's directory and words."""
+    def _core_attach(self, mapped, Py_ssize_t seq_word, int64_t touched_read):
+        """Look up through ``mapped`` (its ``dims``, ``dir_mv`` and ``words_mv``, and its slow paths)."""
+        directory, words = mapped.dir_mv, mapped.words_mv
         for mv in (directory, words):
             if type(mv) is not memoryview or mv.format != "q" or not mv.c_contiguous:
                 raise InvalidArgument(argument="directory/words", value=mv, reason="is not a contiguous 'q' memoryview")
         if not 0 <= seq_word < len(words):
             raise InvalidArgument(argument="seq_word", value=seq_word, reason=f"is outside {len(words)} words")
+        self._mapped, self._dim_table = mapped, mapped.dims
         self._dir, self._words = directory, words
         self._dir_len, self._seq_word, self._touched_read = len(directory), seq_word, touched_read
-        if self._dim_map is None:
-            self._dims = {}
-
-    @property
-    def _dims(self):
-        """{dimension id: DimView}. Entries are only ever added; to drop them, assign a new
-        dict (close, fork), which also empties the index of small ids that mirrors it."""
-        return self._dim_map
-
-    @_dims.setter
-    def _dims(self, dict value):
-        self._dim_map = value
-        self._small = [None] * SMALL_IDS
 
     cdef inline DimView _view(self, object dimension_id):
-        """The DimView of a dimension this reader has used, or None. Ids below SMALL_IDS are
-        an index into a list (~100 instructions less than the dict's hash and probe). Ids are
-        exact ints here (checked by the callers), so the dict lookup cannot fail."""
-        cdef int64_t dim = _key_of(dimension_id)
-        cdef PyObject *found
-        if 0 <= dim < SMALL_IDS:
-            found = PyList_GET_ITEM(self._small, dim)
-            if <object>found is not None:
-                return <DimView>found
-        found = PyDict_GetItemWithError(self._dim_map, dimension_id)
-        if found == NULL:
-            return None
-        if 0 <= dim < SMALL_IDS:
-            self._small[dim] = <object>found
-        return <DimView>found
+        if self._dim_table is None:
+            raise InvalidArgument(argument="reader", value=self, reason="was never attached")
+        return self._dim_table.find(dimension_id)
 
     cdef int64_t *_directory(self) except NULL:
         cdef int64_t *base = NULL
         if self._dir is not None:
             base = _words_of(self._dir)
         if base == NULL:
-            raise (<object>self)._closed_error()
+            raise self._mapped.closed_error()
         return base
 
     cdef Generation _current(self, object dimension_id):
         """The dimension's published generation, mapped: the lookup's generation check."""
         cdef DimView dv = self._view(dimension_id)
         if dv is None:
-            dv = (<object>self)._dimension(dimension_id)  # first use (raises DimensionNotFound)
+            dv = self._mapped.dimension(dimension_id)  # first use (raises DimensionNotFound)
         cdef int64_t *directory = self._directory()
         if <size_t>dv.gen_pos >= <size_t>self._dir_len or <size_t>dv.touch_pos >= <size_t>self._dir_len:
             raise InvalidArgument(argument="entry", value=dv.entry, reason="lies outside the directory")
         cdef Generation gen = dv.current
         if shm_load(directory + dv.gen_pos) != gen.generation:
-            gen = (<object>self)._refresh(dv)  # pin the new generation, re-check GENERATION, then map it
+            gen = self._mapped.refresh(dv)  # pin the new generation, re-check GENERATION, then map it
             directory = self._directory()
         # Stored only when 0, i.e. once per coordinator sampling period: readers do not fight
         # over its cache line.
@@ -814,7 +871,7 @@ cdef class ReaderCore:
         # during the batch may have mixed generations, so then it is read again (in Python).
         cdef int64_t *words = _words_of(self._words) if self._words is not None else NULL
         if words == NULL:
-            raise (<object>self)._closed_error()
+            raise self._mapped.closed_error()
         cdef int64_t seq = shm_load(words + self._seq_word)
         if not seq & 1:
             try:
@@ -830,7 +887,7 @@ cdef class ReaderCore:
     cdef int64_t _seq_now(self) except? -1:
         cdef int64_t *words = _words_of(self._words)
         if words == NULL:
-            raise (<object>self)._closed_error()
+            raise self._mapped.closed_error()
         return shm_load(words + self._seq_word)
 
     def _batch(self, steps, bint strict):

@@ -14,7 +14,7 @@ MissingStep are plain Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union, overload
 
 from .._core import _lookup
 from .._core._lookup import ContextCollection, LoadedContext
@@ -52,7 +52,13 @@ class NavigationPath(Sequence[Step]):
     def of(cls, steps: Union["NavigationPath", Iterable[Step]]) -> "NavigationPath":
         return steps if isinstance(steps, NavigationPath) else cls(steps)
 
-    def __getitem__(self, i):
+    @overload
+    def __getitem__(self, i: int) -> Step: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Step]: ...
+
+    def __getitem__(self, i: int | slice) -> Step | Sequence[Step]:
         return self._steps[i]
 
     def __iter__(self) -> Iterator[Step]:

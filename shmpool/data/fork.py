@@ -35,6 +35,7 @@ methods: only ``os.fork()`` and the ``fork`` start method of multiprocessing do.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -75,6 +76,7 @@ _readers: "weakref.WeakSet[ForkAware]" = weakref.WeakSet()
 _rows: "weakref.WeakSet[RowPins]" = weakref.WeakSet()
 _forking = threading.Lock()  # two threads forking at once would interleave their hand-overs
 _pending: tuple[list[ForkAware], list[_Prepared], int] | None = None
+_gc_was_enabled = True
 
 
 def track(reader: ForkAware, rows: "RowPins") -> None:
@@ -84,20 +86,28 @@ def track(reader: ForkAware, rows: "RowPins") -> None:
 
 
 def _before() -> None:
-    global _pending
+    global _pending, _gc_was_enabled
     if not _rows:
         return  # a process without readers pays one set-emptiness test per fork
     _forking.acquire()
-    locked = [r for r in list(_readers) if r._fork_prepare(FORK_TIMEOUT)]
-    prepared = []
+    # No collection between the pin copy and the fork: a finalizer run by it in this thread
+    # (the pin lock is reentrant) would withdraw a pin after the copy, and the child's row would
+    # keep a pin its process does not know it holds.
+    _gc_was_enabled = gc.isenabled()
+    gc.disable()
+    locked: list[ForkAware] = []
+    prepared: list[_Prepared] = []
+    _pending = (locked, prepared, os.getpid())  # filled as we go: the after-hooks undo what was done
+    for reader in list(_readers):
+        if reader._fork_prepare(FORK_TIMEOUT):
+            locked.append(reader)
     for rows in list(_rows):
         try:
             claim, error = rows.fork_prepare(FORK_TIMEOUT), None
-        except ShmPoolError as exc:  # LockTimeout, or no free row: fork anyway, the child is told
-            claim, error = None, exc
+        except Exception as exc:  # LockTimeout, no free row, ...: fork anyway, the child is told
+            claim, error = None, ShmPoolError(str(exc)) if not isinstance(exc, ShmPoolError) else exc
             logger.warning("reader row {} could not be claimed for a child about to fork: {}", rows.slot, exc)
         prepared.append(_Prepared(rows, claim, error))
-    _pending = (locked, prepared, os.getpid())
 
 
 def _after_in_parent() -> None:
@@ -111,6 +121,8 @@ def _after_in_parent() -> None:
             p.rows.fork_parent()
     for reader in locked:
         reader._fork_parent()
+    if _gc_was_enabled:
+        gc.enable()
     _forking.release()
 
 
@@ -125,6 +137,8 @@ def _after_in_child() -> None:
         return
     _locked, prepared, parent = _pending
     _pending = None
+    if _gc_was_enabled:
+        gc.enable()
     done = set()
     for p in prepared:
         done.add(id(p.rows))

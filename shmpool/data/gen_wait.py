@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import posix_ipc
@@ -36,6 +37,9 @@ from ..errors import AttachError, GenerationTimeout, ShmPoolError
 from ..substrate.layout import RD, STATE_RUNNING, W, Control
 from ..substrate.names import semaphore_name
 from ..substrate.trust import open_semaphore
+
+if TYPE_CHECKING:
+    from ..substrate.instance import SharedInstance
 
 __all__ = ["GenerationWaiter", "GenerationNotifier", "SLICE", "wait_semaphore_name"]
 
@@ -54,7 +58,7 @@ def _open_or_create(instance: str, slot: int) -> posix_ipc.Semaphore:
         return open_semaphore(name, instance=instance)  # a previous holder's: ours and 0600, or refused
 
 
-def _settle(fut: asyncio.Future, value) -> None:
+def _settle(fut: "asyncio.Future[int]", value: int | BaseException) -> None:
     if not fut.done():
         if isinstance(value, BaseException):
             fut.set_exception(value)
@@ -65,7 +69,7 @@ def _settle(fut: asyncio.Future, value) -> None:
 class GenerationWaiter:
     """The waiting side, one per Reader: the row's semaphore and the dispatcher thread."""
 
-    def __init__(self, inst, slot: int) -> None:
+    def __init__(self, inst: "SharedInstance", slot: int) -> None:
         self._name = inst.name
         self._ctl: Control = inst.control
         self._row = inst.control.readers[slot]
@@ -74,7 +78,7 @@ class GenerationWaiter:
         self._sem = _open_or_create(inst.name, slot)
         self._cond = threading.Condition()
         self._sync = 0                     # threads inside wait()
-        self._futures: dict[asyncio.Future, tuple[asyncio.AbstractEventLoop, int, int]] = {}
+        self._futures: dict["asyncio.Future[int]", tuple[asyncio.AbstractEventLoop, int, int]] = {}
         self._error: ShmPoolError | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -93,24 +97,24 @@ class GenerationWaiter:
                     # unmaps, so while we hold the condition and see none, the views are mapped.
                     if self._error is not None:
                         raise self._error
-                    g = self._dir[pos]
+                    g = int(self._dir[pos])
                     if g > after:
                         return g
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
-                                                timeout=timeout)
+                                                timeout=timeout or 0.0)
                     self._cond.wait(remaining)  # the dispatcher notifies after every wake-up
             finally:
                 self._sync -= 1
 
     async def wait_async(self, dimension_id: int, pos: int, after: int, timeout: float | None) -> int:
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: "asyncio.Future[int]" = loop.create_future()
         with self._cond:  # every read of the views under the condition, after the error: as wait()
             if self._error is not None:
                 raise self._error
-            g = self._dir[pos]
+            g = int(self._dir[pos])
             if g > after:
                 return g
             self._futures[fut] = (loop, pos, after)
@@ -122,8 +126,9 @@ class GenerationWaiter:
             with self._cond:
                 if self._error is not None:
                     raise self._error from None
-                g = self._dir[pos]
-            raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g, timeout=timeout) from None
+                g = int(self._dir[pos])
+            raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
+                                    timeout=timeout or 0.0) from None
         finally:
             with self._cond:
                 self._futures.pop(fut, None)
@@ -222,7 +227,7 @@ class GenerationWaiter:
 class GenerationNotifier:
     """The coordinator's side: post the semaphore of every row with a waiter armed."""
 
-    def __init__(self, inst) -> None:
+    def __init__(self, inst: "SharedInstance") -> None:
         self._name = inst.name
         self._ctl: Control = inst.control
         self._sems: dict[int, posix_ipc.Semaphore] = {}
@@ -239,7 +244,7 @@ class GenerationNotifier:
         waiting = rows[:, RD.WAITING]
         return self._post(np.flatnonzero((waiting != 0) & (waiting - 1 < epoch) & (rows[:, RD.PID] != 0)))
 
-    def _post(self, slots) -> int:
+    def _post(self, slots: Iterable[Any]) -> int:
         posted = 0
         for slot in slots:
             slot = int(slot)

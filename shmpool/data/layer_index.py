@@ -30,20 +30,28 @@ The same table serves :class:`shmpool.data.region.Region` on the heap: one looku
 from __future__ import annotations
 
 import struct
-from collections import namedtuple
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._core import _lookup
 from ..errors import RegionFormatError
 
-__all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_DTYPE", "SLOT_WORDS", "EMPTY",
-           "POOL_BITS", "Header", "build_table", "probe", "index_nbytes", "write_index", "read_header", "slots_for"]
+__all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_DTYPE", "SLOT_WORDS", "SLOT_SHIFT",
+           "SLOT_KEY", "SLOT_START", "SLOT_END", "SLOT_META", "EMPTY", "POOL_BITS", "POOL_MASK", "Header",
+           "build_table", "probe", "index_nbytes", "write_index", "read_header", "slots_for"]
 
 MAGIC = b"SHMPLIX1"
 VERSION = 1
 SLOT_WORDS = 4        # key, start, end, meta
+SLOT_SHIFT = 2        # slot s starts at word s << SLOT_SHIFT of the table (SLOT_WORDS == 1 << SLOT_SHIFT)
+# The words of a slot, in order (docs/shm-layout.md, "Layer index"). The compiled core's read
+# path names the same words in shmpool/_core/_index_layout.pxd (tests/test_lookup_layout.py).
+SLOT_KEY = 0          # the layer id, or EMPTY
+SLOT_START = 1        # first byte of the layer's content in its pool segment
+SLOT_END = 2          # one past its last byte
+SLOT_META = 3         # row << POOL_BITS | pool; inverted (negative) for a compressed layer; EMPTY if empty
+assert SLOT_KEY == 0 and SLOT_WORDS == 1 << SLOT_SHIFT == SLOT_META + 1  # the hot paths read a key as table[j]
 EMPTY = -1            # key of an empty slot; its meta is -1 too (slow path)
 POOL_BITS = 16        # meta = row << POOL_BITS | pool
 POOL_MASK = (1 << POOL_BITS) - 1
@@ -65,7 +73,24 @@ HEADER = struct.Struct("<" + "".join(code for _, code in _HEADER_FIELDS))
 HEADER_SIZE = HEADER.size
 HEADER_OFFSETS = {name: struct.calcsize("<" + "".join(c for _, c in _HEADER_FIELDS[:i]))
                   for i, (name, _) in enumerate(_HEADER_FIELDS)}
-Header = namedtuple("Header", [name for name, _ in _HEADER_FIELDS])
+
+
+class Header(NamedTuple):
+    """The header's fields, as HEADER unpacks them (the comments of _HEADER_FIELDS say what each is)."""
+    magic: bytes
+    version: int
+    name_length: int
+    dimension_id: int
+    generation: int
+    layer_count: int
+    slots: int
+    pools: int
+    rows_offset: int
+    table_offset: int
+    nbytes: int
+
+
+assert Header._fields == tuple(name for name, _ in _HEADER_FIELDS)
 assert HEADER_SIZE == 80
 
 # One row per layer, ascending layer_id. Offsets are ABSOLUTE bytes in the row's pool segment.
@@ -108,22 +133,22 @@ def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.nd
     n = len(ids)
     slots = slots_for(n) if slots is None else slots
     table = np.empty((slots, SLOT_WORDS), dtype=np.int64)
-    table[:] = (EMPTY, 0, 0, EMPTY)
+    table[:] = (EMPTY, 0, 0, EMPTY)  # SLOT_KEY, SLOT_START, SLOT_END, SLOT_META of an empty slot
     mask = slots - 1
     slot_of = ids & mask
     pending = np.arange(n)
     claim = np.empty(slots, dtype=np.int64)
     while pending.size:
         p = slot_of[pending]
-        free = table[p, 0] == EMPTY
+        free = table[p, SLOT_KEY] == EMPTY
         cand, cp = pending[free], p[free]
         claim[cp] = cand
         won = claim[cp] == cand
         winners, slots_won = cand[won], cp[won]
-        table[slots_won, 0] = ids[winners]
+        table[slots_won, SLOT_KEY] = ids[winners]
         pending = np.concatenate([pending[~free], cand[~won]])
         slot_of[pending] = (slot_of[pending] + 1) & mask
-    table[slot_of, 1], table[slot_of, 2], table[slot_of, 3] = start, end, meta
+    table[slot_of, SLOT_START], table[slot_of, SLOT_END], table[slot_of, SLOT_META] = start, end, meta
     return table, slot_of
 
 
@@ -170,8 +195,8 @@ def write_index(view: memoryview, *, dimension_id: int, generation: int, name: b
                      rows_at, table_at, nbytes)
     view[HEADER_SIZE:HEADER_SIZE + len(name)] = name
     view[HEADER_SIZE + len(name):rows_at] = bytes(rows_at - HEADER_SIZE - len(name))
-    view[rows_at:table_at] = memoryview(rows).cast("B")
-    view[table_at:nbytes] = memoryview(table).cast("B")
+    view[rows_at:table_at] = rows.data.cast("B")
+    view[table_at:nbytes] = table.data.cast("B")
     return table, slot_of
 
 

@@ -385,7 +385,7 @@ class Region:
             self._table = (memoryview(table).cast("B").cast("q"), len(table) - 1)
         table, mask = self._table
         j = layer_index.probe(table, mask, layer_id)
-        return -1 if j < 0 else table[j + 3]
+        return -1 if j < 0 else table[j + layer_index.SLOT_META]
 
     # ----------------------------------------------------------------- lifetime
 

@@ -33,10 +33,12 @@ from ..substrate.ids import as_id
 from ..substrate.layout import TOUCHED_READ, W
 
 if TYPE_CHECKING:
+    from .mapping import MappedGenerations
     from .pins import RowPins
-    from .reader import Reader
 
 __all__ = ["Snapshot", "SNAPSHOT_TIMEOUT"]
+
+_Fields = tuple[int, int, int, int, int, int]  # a Location's fields, as Directory.read_fields gives them
 
 SNAPSHOT_TIMEOUT = 5.0  # seconds snapshot() waits for a multi-dimension commit to finish
 _ODD_POLL = 0.0002      # a commit is a handful of directory stores: microseconds
@@ -61,39 +63,39 @@ class Snapshot(SnapshotCore):
     short-lived. Contexts it returned stay valid after it closes. Thread-safe.
     """
 
-    __slots__ = ("_reader", "sequence", "_locations", "_dir_mv", "_finalizer", "__weakref__")  # _gens: the core's
+    __slots__ = ("_mapped", "sequence", "_locations", "_dir_mv", "_finalizer", "__weakref__")  # _gens: the core's
 
-    def __init__(self, reader: "Reader", sequence: int, locations: dict[int, tuple[int, tuple]],
+    def __init__(self, mapped: "MappedGenerations", sequence: int, locations: dict[int, tuple[int, _Fields]],
                  holds: list[tuple[int, int]]) -> None:
-        self._reader = reader
+        self._mapped = mapped      # its reader's generations: the row its holds are in, the mapping
         self.sequence = sequence   # the even W.PUBLISH_SEQ of its instant
         self._locations = locations  # {dimension id: (entry, Location fields)}
         self._gens: dict[int, Generation] = {}
-        self._dir_mv = reader._dir_mv
-        self._finalizer = weakref.finalize(self, _release, reader._pins, holds)
+        self._dir_mv = mapped.dir_mv
+        self._finalizer = weakref.finalize(self, _release, mapped.pins, holds)
         self._finalizer.atexit = False  # a dead process's pins are dropped by the coordinator
+        mapped.snapshots.add(self)
 
     @classmethod
-    def take(cls, reader: "Reader", timeout: float | None) -> "Snapshot":
+    def take(cls, mapped: "MappedGenerations", timeout: float | None) -> "Snapshot":
         """Read, pin and re-check every published generation within one even PUBLISH_SEQ."""
-        inst, directory, pins = reader._inst, reader._dir, reader._pins
-        words = inst.control.words_mv
-        read = directory.read_fields
+        pins, words = mapped.pins, mapped.words_mv
+        read = mapped.directory.read_fields
         start = time.monotonic()
         odd_since = None
         while True:
-            reader._check_open()
+            mapped.check_open()
             seq = words[W.PUBLISH_SEQ]
             if not seq & 1:
                 odd_since = None
                 # Entries are claimed (W.DIR_VERSION) before their first publish bumps the
                 # sequence, so the entries read after ``seq`` include every one published by then.
-                found = [(dim, entry, read(entry)) for dim, entry in reader._entries().items()]
+                found = [(dim, entry, read(entry)) for dim, entry in mapped.entries().items()]
                 locations = {dim: (entry, fields) for dim, entry, fields in found if fields is not None}
                 holds = [(entry, f[0]) for entry, f in locations.values() if f[3] != EVICTED]
                 pins.hold_all(holds)
                 if words[W.PUBLISH_SEQ] == seq:
-                    return cls(reader, seq, locations, holds)
+                    return cls(mapped, seq, locations, holds)
                 pins.release_all(holds)  # a publish landed meanwhile: that was no instant
             now = time.monotonic()
             alive = True
@@ -102,7 +104,7 @@ class Snapshot(SnapshotCore):
             if odd_since is not None and now - odd_since > _LIVENESS_AFTER:
                 alive = is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
             if not alive or (timeout is not None and now - start >= timeout):
-                raise SnapshotTimeout(name=inst.name, sequence=int(seq), waited=now - start,
+                raise SnapshotTimeout(name=mapped.name, sequence=int(seq), waited=now - start,
                                       coordinator_alive=alive)
             if seq & 1:
                 time.sleep(_ODD_POLL)
@@ -122,7 +124,7 @@ class Snapshot(SnapshotCore):
 
     def generation(self, dimension_id: int) -> int:
         """The dimension's generation at the instant (no mapping needed)."""
-        return self._location(as_id(dimension_id, "dimension_id"))[1][0]
+        return int(self._location(as_id(dimension_id, "dimension_id"))[1][0])
 
     @property
     def generations(self) -> dict[int, int]:
@@ -135,22 +137,22 @@ class Snapshot(SnapshotCore):
 
     # ----------------------------------------------------------------- mapping
 
-    def _location(self, dimension_id: int) -> tuple[int, tuple]:
+    def _location(self, dimension_id: int) -> tuple[int, _Fields]:
         found = self._locations.get(dimension_id)
         if found is None:
             raise DimensionNotFound(dimension_id=dimension_id, available=sorted(self._locations))
         return found
 
-    def _resolve(self, dimension_id: int) -> Generation:
+    def _resolve(self, dimension_id: int) -> "Generation":
         if not self._finalizer.alive:
-            raise SnapshotClosed(name=self._reader.name, sequence=self.sequence)
+            raise SnapshotClosed(name=self._mapped.name, sequence=self.sequence)
         entry, fields = self._location(dimension_id)
         loc = Location(*fields)
         if loc.evicted:
             raise DimensionEvicted(dimension_id=dimension_id, generation=loc.generation)
-        gen = self._reader._generation_at(dimension_id, entry, loc, self._finalizer)
+        gen = self._mapped.at(dimension_id, entry, loc, self._finalizer)
         if gen is None:  # closed meanwhile: its holds may be gone already, so nothing was mapped
-            raise SnapshotClosed(name=self._reader.name, sequence=self.sequence)
+            raise SnapshotClosed(name=self._mapped.name, sequence=self.sequence)
         pos = Directory.touched_position(entry)
         if not self._dir_mv[pos]:
             self._dir_mv[pos] = TOUCHED_READ
@@ -161,6 +163,11 @@ class Snapshot(SnapshotCore):
         return gen
 
     # ----------------------------------------------------------------- lifetime
+
+    def unmap(self) -> None:
+        """Drop the generations mapped so far (a forked child without a row of its own: they are
+        not protected there); the next lookup in a dimension asks the reader's mapping again."""
+        self._gens = {}
 
     def close(self) -> None:
         """Release the snapshot's pins (idempotent); contexts it returned stay valid."""
@@ -174,9 +181,9 @@ class Snapshot(SnapshotCore):
     def __enter__(self) -> "Snapshot":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._locations)} dimensions"
-        return f"<Snapshot {self._reader.name!r} sequence {self.sequence}, {state}>"
+        return f"<Snapshot {self._mapped.name!r} sequence {self.sequence}, {state}>"
