@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, auto_pickle=False
 """The read path in C: the probe of a generation's shared layer index, the slot decode, the
 publish-sequence check of a batch, and the objects a lookup returns.
 
@@ -57,7 +57,6 @@ cdef extern from "Python.h":
         int flags
         Py_buffer view
     int _Py_MEMORYVIEW_RELEASED
-    long long PyLong_AsLongLongAndOverflow(object, int *)
 
 __all__ = ["Generation", "LoadedContext", "ContextCollection", "DimView", "ReaderCore", "SnapshotCore",
            "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "bind", "probe"]
@@ -127,13 +126,9 @@ cdef inline int64_t _probe(const int64_t *table, int64_t mask, int64_t key) noex
     return -1
 
 
-cdef inline int64_t _key_of(object layer_id) noexcept:
-    """A Python int as a table key; -1 (found nowhere) when it does not fit an int64."""
-    cdef int overflow = 0
-    cdef long long key = PyLong_AsLongLongAndOverflow(layer_id, &overflow)
-    if overflow:
-        return -1
-    return key
+cdef extern from "lookup_ids.h":
+    # A Python int (exact: the callers check) as a table key; -1 when it does not fit an int64.
+    int64_t _key_of "shm_key_of" (object layer_id) noexcept
 
 
 def probe(table, int64_t mask, key):
