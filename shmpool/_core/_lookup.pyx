@@ -808,12 +808,14 @@ cdef class ReaderCore:
         self._dir, self._words = directory, words
         self._dir_len, self._seq_word, self._touched_read = len(directory), seq_word, touched_read
 
+    @cython.final
     cdef inline DimView _view(self, object dimension_id):
         if self._dim_table is None:
             raise InvalidArgument(argument="reader", value=self, reason="was never attached")
         return self._dim_table.find(dimension_id)
 
-    cdef int64_t *_directory(self) except NULL:
+    @cython.final
+    cdef inline int64_t *_directory(self) except NULL:
         cdef int64_t *base = NULL
         if self._dir is not None:
             base = _words_of(self._dir)
@@ -821,7 +823,8 @@ cdef class ReaderCore:
             raise self._mapped.closed_error()
         return base
 
-    cdef Generation _current(self, object dimension_id):
+    @cython.final
+    cdef inline Generation _current(self, object dimension_id):
         """The dimension's published generation, mapped: the lookup's generation check."""
         cdef DimView dv = self._view(dimension_id)
         if dv is None:
@@ -879,6 +882,7 @@ cdef class ReaderCore:
                     return out
         return (<object>self)._batch_again(steps, strict)
 
+    @cython.final
     cdef int64_t _seq_now(self) except? -1:
         cdef int64_t *words = _words_of(self._words)
         if words == NULL:
@@ -889,6 +893,7 @@ cdef class ReaderCore:
         """One pass over a NavigationPath, no sequence check (Reader._batch_again's retries)."""
         return self._batch_of(steps._steps, strict)
 
+    @cython.final
     cdef ContextCollection _batch_of(self, tuple steps, bint strict):
         """One pass over ``steps`` (checked (dimension, layer) int pairs); no sequence check."""
         cdef Py_ssize_t pos, n = PyTuple_GET_SIZE(steps)
