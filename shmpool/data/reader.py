@@ -28,7 +28,7 @@ shared with this reader's snapshots; the lookup and the batch are the compiled c
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from ..errors import AttachError, DimensionNotFound, LayerNotFound
 from ..substrate.ids import as_id
