@@ -565,6 +565,8 @@ cdef class ContextCollection:
             if <object>PyList_GET_ITEM(self._gens, g) is gen:
                 break
         else:
+            if ngens > 0xFFFF:  # a step word has 16 bits for its generation: make this one now
+                return self._keep(gen._at(row))
             g = ngens
             self._gens.append(gen)
         self._steps[self._n] = (<int64_t>row << 16) | g
@@ -574,6 +576,10 @@ cdef class ContextCollection:
     cdef int _add_made(self, LoadedContext ctx) except -1:
         if ctx._mapped():
             return self._add(<Generation>ctx._gen, ctx._row)
+        return self._keep(ctx)
+
+    cdef int _keep(self, LoadedContext ctx) except -1:
+        """A step whose context was made at load time (compressed: inflated now), kept as made."""
         if self._made is None:
             self._made = {}
         self._made[self._n] = ctx
