@@ -4,11 +4,11 @@ publish-sequence check of a batch, and the objects a lookup returns.
 
 What is here runs once per lookup or per batch step (STYLE.md, "The compiled core"); what runs
 once per publication (pinning and mapping a new generation, waiting for a reload, taking a
-snapshot) stays in Python, in shmpool/data/reader.py and snapshot.py, and is called from here
-only when a lookup finds the published generation moved or a dimension not yet mapped.
+snapshot) stays in Python, in shmpool/data/mapping.py, reader.py and snapshot.py, and is called
+from here only when a lookup finds the published generation moved or a dimension not yet mapped.
 
 * :class:`Generation`: one mapped generation of one dimension. It holds the pinned index array
-  and the pool views its layers live in (so while it lives, its pin holds: shmpool/data/reader.py),
+  and the pool views its layers live in (so while it lives, its pin holds: shmpool/data/mapping.py),
   and the raw addresses of its table and rows, taken from those buffers once.
 * :class:`LoadedContext`: what a lookup returns. Its ``content`` is a read-only memoryview into
   the pool, made on first access; frequency, keywords, flags and CRC are decoded from the row
@@ -17,10 +17,11 @@ only when a lookup finds the published generation moved or a dimension not yet m
   generations and one packed word per step (row << 16 | generation); contexts are made on
   access, and ``format_for_llm``, ``total_bytes`` and ``len`` read the rows directly.
 * :class:`ReaderCore` and :class:`SnapshotCore`: the lookup methods of shmpool.data.reader.Reader
-  and shmpool.data.snapshot.Snapshot, which subclass them.
+  and shmpool.data.snapshot.Snapshot, which subclass them; :class:`DimView` and
+  :class:`DimTable`: a reader's dimensions, as its mapping keeps them.
 
-The lookup takes no lock, makes no system call and logs nothing: a dict lookup for the
-dimension, one acquire load of its GENERATION word (and of TOUCHED, stored once per coordinator
+The lookup takes no lock, makes no system call and logs nothing: the dimension's view (an index
+for ids below 256, a dict beyond), one acquire load of its GENERATION word (and of TOUCHED, stored once per coordinator
 sampling period), the probe, one bounds check, the context object. The GIL is held from the
 first shared load to the return, so no other thread of this process can close the reader (and
 unmap the control segment) in between; every return from Python code (a refresh, a first use)
@@ -35,7 +36,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_FromLongLong
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -58,12 +59,13 @@ cdef extern from "Python.h":
         Py_buffer view
     int _Py_MEMORYVIEW_RELEASED
 
-__all__ = ["Generation", "LoadedContext", "ContextCollection", "DimView", "ReaderCore", "SnapshotCore",
-           "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "bind", "probe"]
+__all__ = ["Generation", "LoadedContext", "ContextCollection", "DimView", "DimTable", "ReaderCore",
+           "SnapshotCore", "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "bind", "probe"]
 
+# The layout constants of _index_layout.pxd, for tests/test_lookup_layout.py to compare.
 LAYOUT = {
-    "HEADER_BYTES": HEADER_BYTES, "SLOT_WORDS": SLOT_WORDS, "SLOT_KEY": SLOT_KEY, "SLOT_START": SLOT_START, "SLOT_END": SLOT_END,
-    "SLOT_META": SLOT_META, "EMPTY": EMPTY, "POOL_BITS": POOL_BITS, "POOL_MASK": POOL_MASK,
+    "HEADER_BYTES": HEADER_BYTES, "SLOT_WORDS": SLOT_WORDS, "SLOT_KEY": SLOT_KEY, "SLOT_START": SLOT_START,
+    "SLOT_END": SLOT_END, "SLOT_META": SLOT_META, "EMPTY": EMPTY, "POOL_BITS": POOL_BITS, "POOL_MASK": POOL_MASK,
     "ROW_BYTES": ROW_BYTES, "ROW_LAYER_ID": ROW_LAYER_ID, "ROW_START": ROW_START, "ROW_END": ROW_END,
     "ROW_KW_START": ROW_KW_START, "ROW_KW_END": ROW_KW_END, "ROW_FREQUENCY": ROW_FREQUENCY,
     "ROW_POOL": ROW_POOL, "ROW_FLAGS": ROW_FLAGS, "ROW_CRC32": ROW_CRC32,
@@ -174,7 +176,7 @@ cdef class Generation:
     cdef readonly tuple pools
     cdef object index
     cdef const int64_t *_table
-    cdef const char *rows
+    cdef const char *_rows
     cdef Py_ssize_t _rows_offset, _table_offset
     cdef Py_ssize_t npools
     cdef const char **pool_base
@@ -182,7 +184,7 @@ cdef class Generation:
 
     def __cinit__(self):
         self._table = _NO_SLOTS
-        self.rows = NULL
+        self._rows = NULL
         self.npools = 0
         self.pool_base = NULL
         self.pool_len = NULL
@@ -213,7 +215,7 @@ cdef class Generation:
         self.layer_count = count
         self.mask = slots - 1
         self._table = <const int64_t *>(base + table_at)
-        self.rows = base + rows_at
+        self._rows = base + rows_at
         self._rows_offset, self._table_offset = rows_at, table_at
         self.pools = pools
         self.npools = len(pools)
@@ -255,7 +257,7 @@ cdef class Generation:
     # -------------------------------------------------------------- rows
 
     cdef inline const char *_row(self, Py_ssize_t row) noexcept:
-        return self.rows + row * ROW_BYTES
+        return self._rows + row * ROW_BYTES
 
     cdef int64_t _i64(self, Py_ssize_t row, int field) noexcept:
         cdef int64_t v
