@@ -57,11 +57,15 @@ def settle(future: "Future[Any]", outcome: Outcome) -> None:
 
 
 _links: "weakref.WeakSet[Link]" = weakref.WeakSet()
+# Inherited Links, held for the child's whole life: collecting one would run its Reader's
+# finalizer there, and that would release the reader row and pins of the parent.
+_kept_in_child: list[Link] = []
 
 
 def _after_fork_in_child() -> None:
     for link in list(_links):
         link.inherited = True
+        _kept_in_child.append(link)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
