@@ -33,7 +33,7 @@ from typing import Any
 from loguru import logger
 
 from shmpool.data import compression
-from shmpool.errors import RegionFormatError, ShmPoolError
+from shmpool.errors import InvalidArgument, RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.substrate.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
 from shmpool.substrate.limits import PER_MILLE, Budget, per_mille
@@ -60,11 +60,15 @@ class CapacityPolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.low_water < PER_MILLE:
-            raise ValueError(f"low_water is per mille of the limit, 0 < low_water < {PER_MILLE}; got {self.low_water}")
+            raise InvalidArgument(argument="low_water", value=self.low_water,
+                                  reason=f"per mille of the limit, 0 < low_water < {PER_MILLE}")
         if self.compress_cold and not compression.available():
-            raise ValueError("compress_cold=True needs the zstandard package: pip install 'shmpool[compress]'")
+            raise InvalidArgument(argument="compress_cold", value=True,
+                                  reason="needs the zstandard package: pip install 'shmpool[compress]'")
         if self.cold_after <= 0 or self.sample_interval <= 0 or self.rehydrate_after < 1:
-            raise ValueError("cold_after and sample_interval must be positive, rehydrate_after >= 1")
+            raise InvalidArgument(argument="(cold_after, sample_interval, rehydrate_after)",
+                                  value=(self.cold_after, self.sample_interval, self.rehydrate_after),
+                                  reason="cold_after and sample_interval must be positive, rehydrate_after >= 1")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -43,6 +44,13 @@ class UsageError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (the usage block is what ``--help`` is for)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # "-1s" or "-5MiB" after an option is its (wrong) value, for its type to refuse by name;
+        # argparse's default takes only plain negative numbers as values and called these
+        # unknown options ("expected one argument"). No option of ours starts with a digit.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -51,7 +59,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 _SERVE_DEFAULTS: dict[str, Any] = {"workers": None, "memory_limit": DEFAULT_LIMIT, "metrics_port": None,
                    "metrics_addr": "127.0.0.1", "evict": True, "compress_cold": False, "huge_pages": False,
-                   "pool_growth": 2, "spill_dir": None, "data_dir": None, "job_modules": [], "jobs": []}
+                   "pool_growth": 2, "spill_dir": None, "data_dir": None, "sample": False, "job_modules": [],
+                   "jobs": []}
 
 
 def apply_env_defaults(args: argparse.Namespace) -> None:
@@ -74,6 +83,8 @@ def check_serve(args: argparse.Namespace) -> None:
     """What argparse cannot see alone; all before the coordinator starts."""
     from shmpool.data import compression
 
+    if args.sample and args.data_dir is not None:
+        raise UsageError("--sample and --data-dir both name the data to serve: give one")
     if args.compress_cold and not compression.available():
         raise UsageError("--compress-cold needs the zstandard package: pip install 'shmpool[compress]'")
     if args.metrics_port is not None:
@@ -102,7 +113,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     capacity = CapacityPolicy(evict=args.evict, compress_cold=args.compress_cold, huge_pages=args.huge_pages,
                               pool_growth=args.pool_growth,
                               spill_dir=Path(args.spill_dir) if args.spill_dir else None)
-    with Coordinator(args.name, data_dir=args.data_dir, workers=args.workers,
+    if args.sample:
+        data_dir = shmpool.SAMPLE
+    else:
+        data_dir = args.data_dir
+        if data_dir is None:
+            logger.info("no --data-dir: serving no data, only jobs (--data-dir DIR serves its region files, "
+                        "--sample the built-in sample)")
+    with Coordinator(args.name, data_dir=data_dir, workers=args.workers,
                      memory_limit=args.memory_limit, capacity=capacity,
                      jobs=dict(args.jobs), job_modules=args.job_modules) as coord:
         st = coord.stats()
@@ -137,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- cleanup
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from filelock import FileLock, Timeout
+    from .name_lock import NameLock, remove_instance_files
 
     if args.dead == (args.name is not None):
         raise UsageError("give NAME or --dead, not both" if args.dead else "give NAME, or --dead for every dead instance")
@@ -154,20 +172,22 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                              "(stop it with SIGTERM instead)")
     # The coordinator holds this flock for its whole life, also while starting or stopping, when
     # attach fails; holding it here also keeps a new coordinator from starting mid-sweep.
-    lock = FileLock(str(runtime_dir() / f"{args.name}.coordinator.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = NameLock(runtime_dir() / f"{args.name}.coordinator.lock")
+    if not lock.try_acquire():
         raise RuntimeFailure(f"refusing to clean up {args.name!r}: a coordinator holds its lock "
-                             "(starting or stopping)") from None
+                             "(starting or stopping)")
     segments = set(list_objects(args.name)[0])
+    swept = False
     try:
         removed = shmpool.cleanup(args.name)
+        swept = True
     except CleanupError as exc:  # e.g. another user's objects: what went, then one line on what did not
         _cleanup_summary(args, exc.removed, segments)
         raise
     finally:
-        lock.release()
+        if swept:  # the crashed instance's lock files and empty spill folder go with it
+            remove_instance_files(args.name, runtime_dir() / f"{args.name}.spill")
+        lock.release(remove=swept)
     _cleanup_summary(args, removed, segments)
     return 0
 
@@ -284,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"it cleanly. {SIZE_HELP}. {env}")
     p.add_argument("name", type=T.instance_name, metavar="NAME")
     p.add_argument("--data-dir", type=T.existing_dir, metavar="DIR",
-                   help="folder of *.region files (default: the built-in sample)")
+                   help="folder of *.region files (default: none, serve no data)")
+    p.add_argument("--sample", action="store_const", const=True, default=None,
+                   help="serve the built-in 14-dimension sample (for trying shmpool out)")
     p.add_argument("--workers", type=T.workers, metavar="N",
                    help=f"worker processes, 0..{T.MAX_WORKERS} (default: CPU count; 0: none)")
     p.add_argument("--memory-limit", type=T.memory_limit, metavar="SIZE",

@@ -243,6 +243,7 @@ def _list(item: Callable[[str], _T]) -> Callable[[str], list[_T]]:
 # dest -> (variable, type of its value).
 ENV_DEFAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "data_dir": ("SHMPOOL_DATA_DIR", existing_dir),
+    "sample": ("SHMPOOL_SAMPLE", _flag),
     "workers": ("SHMPOOL_WORKERS", workers),
     "memory_limit": ("SHMPOOL_MEMORY_LIMIT", memory_limit),
     "metrics_port": ("SHMPOOL_METRICS_PORT", port),

@@ -55,10 +55,10 @@ def load_jsonl(path: str | os.PathLike[str]) -> list[RegionBuilder]:
             if unknown:
                 raise bad(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_JSONL_FIELDS))}")
             dim, layer = rec.get("dimension_id"), rec.get("layer_id")
-            for field, value in (("dimension_id", dim), ("layer_id", layer)):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise bad(f"{field} must be an integer, got {value!r}")
-            assert isinstance(dim, int) and isinstance(layer, int)  # for the checker: just checked
+            if isinstance(dim, bool) or not isinstance(dim, int):
+                raise bad(f"dimension_id must be an integer, got {dim!r}")
+            if isinstance(layer, bool) or not isinstance(layer, (int, str)):  # a str is a key (shmpool.key_id)
+                raise bad(f"layer_id must be an integer or a string key, got {layer!r}")
             name = rec.get("dimension_name", names.get(dim))
             if not isinstance(name, str) or not name:
                 raise bad(f"dimension_name must be a non-empty string (required on the first line of "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+import os
+import sys
 
 import shmpool
 from shmpool.errors import AttachError
@@ -36,8 +38,13 @@ def attach(name: str) -> shmpool.Reader:
         segments, semaphores = list_objects(name)
         if not segments and not semaphores:
             raise NotServing(f"no coordinator {name!r} is running (nothing of it in /dev/shm)") from None
-        raise NotServing(f"{name!r} is not serving: {exc.reason} (if its coordinator crashed, "
-                         f"`shmpool cleanup {name}` removes what it left)") from None
+        reason = exc.reason
+        if "`shmpool cleanup`" in reason:  # the reason gives the hint already: name the instance in it
+            hint = ""
+            reason = reason.replace("`shmpool cleanup`", f"`shmpool cleanup {name}`")
+        else:
+            hint = f" (if its coordinator crashed, `shmpool cleanup {name}` removes what it left)"
+        raise NotServing(f"{name!r} is not serving: {reason}{hint}") from None
 
 
 def board_summary(name: str) -> dict[str, Any] | None:
@@ -106,13 +113,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     from ._rich import rich
 
-    Console, Table = rich("console").Console, rich("table").Table
+    Console = rich("console", instead="stats --json works without it").Console
+    Table = rich("table").Table
     st, dims = snap, snap["dimensions"]
     th = Thresholds(**st["thresholds"])
     state = CapacityState[snap["capacity_state"].upper()]
     usage = st["used_bytes"] / st["memory_limit"] if st["memory_limit"] else 0.0
     style = _STYLE[state]
-    console = Console()
+    console = Console(width=_width())
     console.print(f"[bold]shmpool instance {args.name!r}[/]: {plural(len(dims), 'dimension')}, "
                   f"{st['readers_attached']} readers attached (this one included), peak {st['readers_peak']}")
     console.print(f"memory: [{style}]{_mib(st['used_bytes'])} of {_mib(st['memory_limit'])} "
@@ -126,12 +134,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
                       f"{plural(jobs['clients'], 'client')}; {plural(workers['running'], 'worker')} "
                       f"({workers['deaths']} died)")
     pools = Table(title="pools", title_justify="left")
-    for col in ("pool", "block size", "used / total blocks", "utilization", "fragmentation", "peak blocks",
-                "allocations", "failures"):
+    # Headers short enough for an 80-column terminal whole (the long ones were cut to "utiliz…").
+    for col in ("pool", "block", "blocks used", "use", "frag.", "peak", "allocs", "fails"):
         pools.add_column(col, justify="right")
     for p in st["pools"]:
         pool_style = _STYLE[th.state(p["blocks_used"], p["blocks_total"])]
-        pools.add_row(str(p["index"]), f"{p['block_size'] // 1024} KiB",
+        pools.add_row(str(p["index"]), _block(p["block_size"]),
                       f"{p['blocks_used']:,} / {p['blocks_total']:,}",
                       f"[{pool_style}]{p['utilization']:.1%}[/]",
                       f"{p['fragmentation']:.1%}", f"{p['peak_blocks_used']:,}", f"{p['allocations']:,}",
@@ -145,6 +153,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(_pins_table(st, Table))
     return 0
+
+
+def _width() -> int | None:
+    """The terminal's width, or COLUMNS; piped, wide enough that no line is broken at 80."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None  # rich's own choice: COLUMNS, else the terminal's size
+    return 240
+
+
+def _block(size: int) -> str:
+    """A block size (a power of two) in its largest whole unit: 64 B, 4 KiB, 1 MiB."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
 
 
 _PIN_STYLE = {"current": "", "held": "", "waiting": "yellow", "stale": "bold red"}

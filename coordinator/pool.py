@@ -30,7 +30,7 @@ from loguru import logger
 
 from shmpool.substrate._proc import start_token
 from shmpool.jobs.codec import decode_job, decode_request, encode_error
-from shmpool.errors import (JobTimeout, LockTimeout, WorkerCrashed, WorkerInitFailed, WorkersNotReady,
+from shmpool.errors import (InvalidArgument, JobTimeout, LockTimeout, WorkerCrashed, WorkerInitFailed, WorkersNotReady,
                             WorkerStartFailed)
 from shmpool.jobs.jobboard import JobBoard
 
@@ -88,7 +88,7 @@ class WorkerPool:
     def __init__(self, name: str, board: JobBoard, count: int, *, env: dict[str, str] | None = None,
                  config: WorkerConfig | None = None) -> None:
         if count < 1:
-            raise ValueError(f"a worker pool needs at least one worker, got {count}")
+            raise InvalidArgument(argument="count", value=count, reason="a worker pool needs at least one worker")
         self.name = name
         self.board = board
         self.count = count
@@ -99,6 +99,7 @@ class WorkerPool:
         # On top of ours: the job allow-list (workers/jobs.py) and the config (workers/config.py).
         self._env = {**(env or {}), CONFIG_ENV: self.config.to_json()}
         self._timed_out: dict[int, str] = {}   # pid -> why we killed it
+        self._planned: dict[int, str] = {}     # pid -> who killed it on purpose (kill())
         self._streak: dict[int, int] = {}      # index -> consecutive early deaths
 
     def _spawn(self, index: int) -> _Worker:
@@ -156,7 +157,8 @@ class WorkerPool:
             code = w.proc.poll()
             if code is None:
                 continue
-            meaning = self._timed_out.pop(w.proc.pid, None) or explain_exit(code)
+            planned = self._planned.pop(w.proc.pid, None)
+            meaning = planned or self._timed_out.pop(w.proc.pid, None) or explain_exit(code)
             try:
                 requeued, failed = self.board.requeue_worker(w.proc.pid, self._failure_for(meaning), MAX_ATTEMPTS,
                                                              start=w.start_token)
@@ -171,14 +173,28 @@ class WorkerPool:
             self.deaths.append({"index": w.index, "pid": w.proc.pid, "returncode": code, "meaning": meaning,
                                 "requeued": requeued, "failed": failed, "at": time.time(),
                                 "restart_in": delay})
-            logger.error("worker {} (pid {}) of {!r} {}; {} jobs requeued, {} failed; {}", w.index, w.proc.pid,
-                         self.name, meaning, requeued, failed,
-                         f"restarting it in {delay:g} s" if delay else "starting a replacement")
+            # A death someone asked for (a stress test's kill) is news, not an error.
+            logger.log("INFO" if planned else "ERROR", "worker {} (pid {}) of {!r} {}; {} jobs requeued, {} failed; {}",
+                       w.index, w.proc.pid, self.name, meaning, requeued, failed,
+                       f"restarting it in {delay:g} s" if delay else "starting a replacement")
             if delay:
                 w.handled, w.restart_at = True, now + delay
             else:
                 self.workers[i] = self._spawn(w.index)
         return died
+
+    def kill(self, pid: int, why: str) -> bool:
+        """SIGKILL worker ``pid`` on purpose; ``why`` (who asked) is its death's meaning, logged at
+        INFO instead of as an ERROR. False, killing nothing, if ``pid`` is no live worker of ours."""
+        if pid not in [w.proc.pid for w in self.workers if w.proc.poll() is None]:
+            return False
+        self._planned[pid] = f"killed with SIGKILL by {why} (on purpose)"
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it died meanwhile: an ordinary death after all
+            self._planned.pop(pid, None)
+            return False
+        return True
 
     def _restart_delay(self, w: _Worker, code: int, meaning: str) -> float:
         # A SIGKILL comes from outside (an operator, a chaos test, the OOM killer): replaced at

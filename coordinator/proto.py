@@ -13,6 +13,9 @@ import threading
 import zlib
 from typing import Iterable
 
+import numpy as np
+
+from shmpool.data import arrays
 from shmpool.data.context import LoadedContext
 from shmpool.data.compression import inflate
 from shmpool.errors import LayerNotFound
@@ -102,6 +105,8 @@ class ProtoDimension:
         for any other bad input (a duplicate id, outside an edit).
         """
         layer_id = as_id(layer_id, "layer_id")
+        if isinstance(content, np.ndarray):  # once, here: the builder and the heap copy store the same bytes
+            content = arrays.encode(content, dimension_id=self.dimension_id, layer_id=layer_id)
         # Normalised once, here: the builder and the heap copy must see the same keywords, and
         # an iterator can be consumed only once.
         keywords = keyword_tuple(self.dimension_id, layer_id, keywords)

@@ -74,7 +74,7 @@ def _context():
 
 
 def _coordinator(name: str, slots: int) -> Coordinator:
-    return Coordinator(name, workers=WORKERS, job_slots=slots, max_clients=MAX_CLIENTS,
+    return Coordinator(name, data_dir=shmpool.SAMPLE, workers=WORKERS, job_slots=slots, max_clients=MAX_CLIENTS,
                        job_modules=["_chaos_jobs"])
 
 

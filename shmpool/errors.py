@@ -36,6 +36,9 @@ __all__ = [
     "RemoteTraceback",
     "ClientClosed",
     "InvalidArgument",
+    "InvalidArgumentType",
+    "CoordinatorStateError",
+    "GenerationNotNewer",
     "WorkerInitFailed",
     "WorkerStartFailed",
     "WorkersNotReady",
@@ -57,8 +60,8 @@ __all__ = [
 ]
 
 
-def _rebuild(cls: Callable[..., "ShmPoolError"], kwargs: dict[str, Any]) -> "ShmPoolError":
-    return cls(**kwargs)
+def _rebuild(cls: "Callable[..., ShmPoolError]", kwargs: dict[str, Any]) -> "ShmPoolError":
+    return cls(**kwargs)  # every subclass takes its fields as keywords
 
 
 def _user(uid: int) -> str:
@@ -114,6 +117,10 @@ class AllocationFailed(ShmPoolError):
     def __init__(self, *, nbytes: int, reason: str, pools: Sequence[str] = (),
                  kind: AllocationFailure = AllocationFailure.NO_ROOM) -> None:
         detail = f" (pools: {'; '.join(pools)})" if pools else ""
+        if AllocationFailure(kind) is AllocationFailure.TOO_LARGE:
+            # The one remedy is a setting: say which (the default pools grow with memory_limit).
+            detail += ("; the `pools` setting needs a PoolSpec(block_size, block_count) holding it whole "
+                       "(Coordinator(pools=...) without it derives pools from memory_limit)")
         super().__init__(
             f"cannot allocate {nbytes} bytes: {reason}{detail}",
             nbytes=nbytes, reason=reason, pools=tuple(pools), kind=AllocationFailure(kind),
@@ -155,7 +162,8 @@ class LimitExceeded(ShmPoolError):
     def __init__(self, *, requested: int, used: int, limit: int, refuse_at: int) -> None:
         super().__init__(
             f"allocation of {requested} bytes refused: {used} of {limit} bytes in use, "
-            f"allocations may not pass {refuse_at} bytes ({refuse_at / limit:.0%} of the limit)",
+            f"allocations may not pass {refuse_at} bytes ({refuse_at / limit:.0%} of the limit); free "
+            f"room or raise the memory_limit setting (--memory-limit)",
             requested=requested, used=used, limit=limit, refuse_at=refuse_at,
         )
 
@@ -419,7 +427,8 @@ class ClientClosed(AttachError, RuntimeError):
 
 
 class InvalidArgument(ShmPoolError, ValueError):
-    """An argument of a job call is out of its range (``chunksize=0``, ``job_timeout=-1``, ...)."""
+    """An argument is out of its range: ``chunksize=0``, ``job_timeout=-1``, a pool block size
+    that is not a power of two, an instance name with a slash, a buffer too small, ..."""
 
     argument: str
     value: Any
@@ -427,6 +436,23 @@ class InvalidArgument(ShmPoolError, ValueError):
 
     def __init__(self, *, argument: str, value: Any, reason: str) -> None:
         super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
+
+
+class InvalidArgumentType(ShmPoolError, TypeError):
+    """An argument is of a type that cannot be used: a dimension name that is not a str, a
+    read-only or non-contiguous buffer to write into, a navigation step that is not a pair."""
+
+    def __init__(self, *, argument: str, value: Any, reason: str) -> None:
+        super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
+
+
+class CoordinatorStateError(ShmPoolError, RuntimeError):
+    """A Coordinator used in the wrong state: ``start()`` of a running one, or a method that needs
+    shared memory before ``start()`` or after ``stop()``. ``running`` is the state it was in."""
+
+    def __init__(self, *, name: str, running: bool) -> None:
+        state = "is already started" if running else "is not running (call start(), or use it in a `with`)"
+        super().__init__(f"coordinator {name!r} {state}", name=name, running=running)
 
 
 class WorkerInitFailed(ShmPoolError):
@@ -610,8 +636,10 @@ class InvalidId(ShmPoolError, TypeError):
 
     def __init__(self, *, argument: str, value: Any, where: str = "") -> None:
         prefix = f"{where}: " if where else ""
-        super().__init__(f"{prefix}{argument} must be an int (numpy integers are accepted), not "
-                         f"{type(value).__name__} {value!r}", argument=argument, value=value, where=where)
+        kinds = "an int (numpy integers are accepted) or a str key" if argument == "layer_id" else \
+            "an int (numpy integers are accepted)"
+        super().__init__(f"{prefix}{argument} must be {kinds}, not {type(value).__name__} {value!r}",
+                         argument=argument, value=value, where=where)
 
 
 class SnapshotTimeout(ShmPoolError, TimeoutError):

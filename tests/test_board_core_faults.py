@@ -17,7 +17,7 @@ import _board_children as children
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.jobs.jobs_layout import CC, JW
-from test_jobboard_heal import SLOTS, _all_slots_at_once, _assert_whole, _coordinator, _spawn
+from test_board_heal import SLOTS, _all_slots_at_once, _assert_whole, _coordinator, _spawn
 
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 

@@ -114,7 +114,7 @@ def test_build_from_jsonl_names_the_bad_line(tmp_path):
 
 
 def test_serve_answers_stats_and_dump_then_stops_cleanly_on_sigterm(instance_name):
-    proc = _serve(instance_name, "--memory-limit", "100MiB")
+    proc = _serve(instance_name, "--memory-limit", "100MiB", "--sample")
     try:
         stats = run_cli("stats", instance_name, "--json")
         assert stats.returncode == 0, stats.stderr

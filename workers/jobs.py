@@ -28,9 +28,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from shmpool.jobs.callables import MODULE_RE, TARGET_RE, import_target, target_of
+from shmpool.jobs.callables import MODULE_RE, TARGET_RE, home_module, import_target, target_of
 from shmpool.data.context import ContextCollection, LoadedContext
-from shmpool.errors import InvalidJob, UnknownJob
+from shmpool.errors import InvalidArgument, InvalidJob, UnknownJob
 from shmpool.data.reader import Reader
 
 __all__ = ["resolve_job", "BUILTIN_JOBS", "UnknownJob", "JobPolicy", "POLICY_ENV"]
@@ -138,7 +138,8 @@ class JobPolicy:
         jobs, modules = data.get("jobs", {}), data.get("modules", [])
         if (not isinstance(jobs, dict) or not isinstance(modules, list)
                 or not all(isinstance(t, str) for t in jobs.values())):
-            raise ValueError("expected {'jobs': {name: 'module:function'}, 'modules': [prefix, ...]}")
+            raise InvalidArgument(argument="policy", value=text,
+                                  reason="expected {'jobs': {name: 'module:function'}, 'modules': [prefix, ...]}")
         return cls.build(jobs, modules)
 
     def describe(self) -> str:
@@ -173,9 +174,9 @@ class JobPolicy:
                                               f"{target.split(':')[1]}") from None
         if not callable(fn):
             raise UnknownJob(job=name, reason=f"{target} is not callable")
-        if target == name and not _within(getattr(fn, "__module__", "") or "", self.modules):
+        if target == name and not _within(home_module(fn), self.modules):
             # Reached through an allowed module, but defined elsewhere (``from os import system``).
-            raise UnknownJob(job=name, reason=f"{target} is {getattr(fn, '__module__', '?')}'s, "
+            raise UnknownJob(job=name, reason=f"{target} is {home_module(fn) or '?'}'s, "
                                               "not defined in an allowed module")
         return fn
 
@@ -203,8 +204,8 @@ class JobPolicy:
             raise UnknownJob(job=target, reason=f"{module} has no function {m.group(2)}") from None
         if not callable(fn):
             raise UnknownJob(job=target, reason=f"{target} is not callable")
-        if not listed and not _within(getattr(fn, "__module__", "") or "", self.modules):
-            raise UnknownJob(job=target, reason=f"{target} is {getattr(fn, '__module__', '?')}'s, "
+        if not listed and not _within(home_module(fn), self.modules):
+            raise UnknownJob(job=target, reason=f"{target} is {home_module(fn) or '?'}'s, "
                                                 "not defined in an allowed module")
         return fn
 

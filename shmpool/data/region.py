@@ -28,7 +28,7 @@ from loguru import logger
 
 from . import layer_index
 from .compression import inflate
-from ..errors import LayerNotFound, RegionClosed, RegionFormatError, ShmPoolError
+from ..errors import InvalidArgument, LayerNotFound, RegionClosed, RegionFormatError, ShmPoolError
 
 __all__ = [
     "ALIGN", "FLAG_TEXT", "FLAG_ZSTD", "FORMAT_VERSION", "HEADER", "HEADER_OFFSETS", "HEADER_SIZE", "INDEX_DTYPE",
@@ -113,7 +113,7 @@ def byte_view(buffer: Any) -> memoryview:
     contiguous memory."""
     view = memoryview(buffer)
     if not view.c_contiguous:
-        raise ValueError("strided memory")
+        raise InvalidArgument(argument="buffer", value=view, reason="strided memory: a contiguous buffer is needed")
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view

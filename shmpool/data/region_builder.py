@@ -20,8 +20,9 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 from loguru import logger
 
-from ..errors import InvalidLayer
-from ..substrate.ids import as_id
+from . import arrays
+from ..errors import InvalidArgument, InvalidArgumentType, InvalidLayer
+from ..substrate.ids import as_id, key_id
 from .compression import deflate
 from .region import (
     FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
@@ -64,17 +65,18 @@ class RegionBuilder:
     def __init__(self, dimension_id: int, name: str) -> None:
         dimension_id = as_id(dimension_id, "dimension_id")
         if not 0 < dimension_id < _U32:
-            raise ValueError(f"dimension id {dimension_id} is out of range: must satisfy 0 < id < 2**32")
+            raise InvalidArgument(argument="dimension_id", value=dimension_id, reason="out of range: must satisfy 0 < id < 2**32")
         if not isinstance(name, str):
-            raise TypeError(f"dimension {dimension_id}: name must be a str, got {name!r}")
+            raise InvalidArgumentType(argument="name", value=name, reason=f"dimension {dimension_id}: a name must be a str")
         try:
             encoded = name.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"dimension {dimension_id}: name {name!r} is not encodable as UTF-8 "
-                             f"({exc.reason})") from None
+            raise InvalidArgument(argument="name", value=name,
+                                  reason=f"dimension {dimension_id}: not encodable as UTF-8 ({exc.reason})") from None
         if len(encoded) > MAX_NAME_BYTES:
-            raise ValueError(f"dimension {dimension_id}: name is {len(encoded)} UTF-8 bytes, "
-                             f"at most {MAX_NAME_BYTES} allowed")
+            raise InvalidArgument(argument="name", value=name[:40] + "...",
+                                  reason=f"dimension {dimension_id}: a name is at most {MAX_NAME_BYTES} UTF-8 bytes, "
+                                         f"this one {len(encoded)}")
         self.dimension_id = int(dimension_id)
         self.name = name
         self._name = encoded
@@ -96,8 +98,10 @@ class RegionBuilder:
         def bad(reason: str) -> InvalidLayer:
             return InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason=reason)
 
+        if isinstance(layer_id, str):  # a key stands for its key id (shmpool.substrate.ids)
+            layer_id = key_id(layer_id)
         if isinstance(layer_id, bool) or not isinstance(layer_id, numbers.Integral):
-            raise bad(f"layer id must be an int, got {type(layer_id).__name__}")
+            raise bad(f"layer id must be an int or a str key, got {type(layer_id).__name__}")
         layer_id = int(layer_id)
         if not 0 <= layer_id < 2**63:
             raise bad("layer id must satisfy 0 <= id < 2**63")
@@ -120,6 +124,8 @@ class RegionBuilder:
             raise bad("the keyword blob would exceed 4 GiB (its offsets are 32-bit)")
         if len(self._layers) + 1 >= _U32:
             raise bad("a region holds fewer than 2**32 layers")
+        if isinstance(content, np.ndarray):  # its .npy bytes: dtype and shape travel with it
+            content = arrays.encode(content, dimension_id=self.dimension_id, layer_id=layer_id)
         is_str = isinstance(content, str)
         if is_str:
             try:
@@ -200,13 +206,16 @@ class RegionBuilder:
         try:
             view = byte_view(buffer)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"write_into needs a writable contiguous byte buffer: {exc}") from None
+            raise InvalidArgumentType(argument="buffer", value=type(buffer).__name__,
+                                      reason=f"write_into needs a writable contiguous byte buffer: {exc}") from None
         with view:
             if view.readonly:
-                raise TypeError("write_into needs a writable buffer, got a read-only one")
+                raise InvalidArgumentType(argument="buffer", value=type(buffer).__name__,
+                                          reason="write_into needs a writable buffer, got a read-only one")
             if len(view) < plan.nbytes:
-                raise ValueError(f"buffer of {len(view)} bytes is too small for the {plan.nbytes}-byte region "
-                                 f"of dimension {self.dimension_id}")
+                raise InvalidArgument(argument="buffer", value=f"{len(view)} bytes",
+                                      reason=f"too small for the {plan.nbytes}-byte region of dimension "
+                                             f"{self.dimension_id}")
             at = len(plan.prefix)
             view[:at] = plan.prefix
             for offset, content in plan.layers:

@@ -48,7 +48,10 @@ from loguru import logger
 from .callables import target_of
 from .codec import RequestFlags, check_job_timeout, encode_request
 from ..data.context import ContextCollection, LoadedContext, NavigationPath, Step
-from ..errors import InvalidArgument
+from ..errors import AttachError, InvalidArgument
+from .jobboard import JOBS
+from ..substrate.instance import CONTROL
+from ..substrate.names import SHM_DIR, segment_name
 from ..substrate.ids import as_id
 from ..data.reader import Reader
 from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
@@ -404,4 +407,19 @@ def connect(name: str, *, timeout: float | None = None, spin_us: float | None = 
     microseconds for the answer before sleeping (see shmpool.jobs.spin; off by default, and "auto"
     turns it on only with at least SPIN_MIN_CPUS cores).
     """
-    return Client(name, timeout=timeout, spin_us=spin_us)
+    try:
+        return Client(name, timeout=timeout, spin_us=spin_us)
+    except AttachError as exc:
+        if _runs_no_workers(name):
+            raise AttachError(name=name, reason="it runs no workers (its coordinator was started with "
+                              "workers=0): start it with Coordinator(..., workers=N) or `shmpool serve "
+                              "--workers N` to submit jobs; shmpool.attach reads its data without "
+                              "workers") from exc
+        raise
+
+
+def _runs_no_workers(name: str) -> bool:
+    """The instance is there (its control segment) but has no job board: a workers=0 coordinator."""
+    def present(kind: str) -> bool:
+        return (SHM_DIR / segment_name(name, kind).lstrip("/")).exists()
+    return present(CONTROL) and not present(JOBS)

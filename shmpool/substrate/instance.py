@@ -22,7 +22,7 @@ from loguru import logger
 
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
-from ..errors import AttachError, InstanceExists, OutOfBounds, ShmPoolError
+from ..errors import AttachError, InstanceExists, InvalidArgument, OutOfBounds, ShmPoolError
 from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control, Layout,
                      P, W, pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
@@ -45,9 +45,10 @@ class PoolSpec:
     def __post_init__(self) -> None:
         bs = self.block_size
         if bs < 64 or bs & (bs - 1):
-            raise ValueError(f"pool block size must be a power of two >= 64, got {bs}")
+            raise InvalidArgument(argument="block_size", value=bs, reason="a pool's block size must be a power of two >= 64")
         if self.block_count <= 0:
-            raise ValueError(f"pool block count must be positive, got {self.block_count}")
+            raise InvalidArgument(argument="block_count", value=self.block_count,
+                                  reason="a pool's block count must be positive")
 
     @property
     def nbytes(self) -> int:
@@ -125,11 +126,11 @@ class SharedInstance:
         validate_name(name)
         check_system(name)  # a platform we cannot serve says so now, not with a hang later
         if not pools:
-            raise ValueError("at least one pool is needed")
+            raise InvalidArgument(argument="pools", value=tuple(pools), reason="at least one pool is needed")
         if memory_limit <= 0:
-            raise ValueError(f"memory limit must be positive, got {memory_limit}")
+            raise InvalidArgument(argument="memory_limit", value=memory_limit, reason="the memory limit must be positive")
         if growth < 0:
-            raise ValueError(f"growth must be >= 0, got {growth}")
+            raise InvalidArgument(argument="growth", value=growth, reason="growth segments per pool must be >= 0")
         cls._clear_stale(name, replace_stale)
         rows = list(pools) + [spec for spec in pools for _ in range(growth)]
         layout = Layout.compute([p.block_count for p in rows], max_records=max_records,

@@ -23,6 +23,8 @@ from typing import Callable
 import numpy as np
 from loguru import logger
 
+from ..errors import InvalidArgument
+
 from .layout import W
 
 __all__ = ["DEFAULT_LIMIT", "PER_MILLE", "Thresholds", "CapacityState", "Budget", "PressureHook",
@@ -63,10 +65,9 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not 0 < self.warn <= self.evict <= self.refuse <= PER_MILLE:
-            raise ValueError(
-                f"thresholds must satisfy 0 < warn <= evict <= refuse <= {PER_MILLE} (per mille), "
-                f"got warn={self.warn} evict={self.evict} refuse={self.refuse}"
-            )
+            raise InvalidArgument(
+                argument="thresholds", value=(self.warn, self.evict, self.refuse),
+                reason=f"(warn, evict, refuse) must satisfy 0 < warn <= evict <= refuse <= {PER_MILLE} (per mille)")
 
     @classmethod
     def from_words(cls, words: np.ndarray) -> "Thresholds":

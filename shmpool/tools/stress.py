@@ -38,6 +38,7 @@ from shmpool.errors import AttachError, JobError, ShmPoolError
 from shmpool.substrate.names import list_objects
 
 from ..coordinator import Coordinator
+from ..data.sample import SAMPLE
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
@@ -246,7 +247,8 @@ def run_stress(name: str, *, clients: int = 128, duration: float = 10.0, crystal
     threads = [clients // nproc + (i < clients % nproc) for i in range(nproc)]
     counters = ctx.Array("q", 3 * nproc, lock=False)
     start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    coord = Coordinator(name, data_dir=data_dir, workers=workers)
+    # Its clients read the sample's dimensions: without a data folder, the sample is what it serves.
+    coord = Coordinator(name, data_dir=data_dir if data_dir is not None else SAMPLE, workers=workers)
     procs: list[BaseProcess] = []
     live = None
     try:
@@ -325,10 +327,9 @@ def _drive(coord: Coordinator, t0: float, duration: float, every: float, kill: b
         if now >= next_kill:
             pids = coord.stats()["workers"]["pids"]
             victim = rng.choice(pids)
-            try:
-                os.kill(victim, signal.SIGKILL)
+            if coord.kill_worker(victim, why="the stress test"):  # reported as ours, not as an OOM kill
                 events["kills"].append(time.monotonic_ns())
-            except ProcessLookupError:
+            else:
                 logger.debug("worker {} was already gone when its kill came", victim)
             next_kill = now + KILL_EVERY
         live.update(generation=generations[-1], kills=len(events["kills"]))
