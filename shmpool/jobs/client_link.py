@@ -29,7 +29,7 @@ from ..data.context import LoadedContext
 from ..data.reader import Reader, attach
 from ..errors import AttachError, ClientClosed, RequestTooLarge, ShmPoolError
 from ..substrate.instance import SharedInstance
-from .codec import decode_error, decode_result
+from .codec import Decoder, decode_error, decoder
 from .jobboard import JobBoard
 from .jobs_layout import Status
 from .spill import SpillRef, free_spill, open_spill
@@ -56,6 +56,7 @@ def settle(future: "Future[Any]", outcome: Outcome) -> None:
         future.set_result(outcome.value)
 
 
+_OK = int(Status.OK)
 _links: "weakref.WeakSet[Link]" = weakref.WeakSet()
 # Inherited Links, held for the child's whole life: collecting one would run its Reader's
 # finalizer there, and that would release the reader row and pins of the parent.
@@ -89,6 +90,7 @@ class Link:
             self.reader.close()
             raise
         self.inst: SharedInstance = self.reader.instance
+        self._decode: Decoder = decoder(self._resolve)  # made once: a closure per answer costs
         self._users = 1
         self._users_lock = threading.Lock()
         _links.add(self)
@@ -128,18 +130,33 @@ class Link:
         """Put ``request`` on the board for ``channel``: (slot, seq). The one place where the
         board's refusals become this API's: TimeoutError for no slot, RequestTooLarge naming the job.
         ``release``: a delivered (slot, seq) of the caller's to free in the same lock round."""
-        if len(request) > self.board.payload:
-            raise RequestTooLarge(nbytes=len(request), capacity=self.board.payload, job=job)
         try:
             return self.board.submit(channel, request, timeout=timeout, release=release,
                                      alive=self.coordinator_alive)
         except posix_ipc.BusyError:
             raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
                                  f"({self.board.slot_count} slots, all busy)") from None
+        except RequestTooLarge as exc:
+            if exc.job:
+                raise
+            raise RequestTooLarge(nbytes=len(request), capacity=self.board.payload, job=job) from None
 
     def outcome(self, slot: int, seq: int, job: str) -> Outcome:
         """The decoded answer (or the exception to raise) in a finished slot; frees its spill.
         The slot itself stays DELIVERED: freeing it is its reader's next step."""
+        try:
+            got_seq, status, data = self.board.core.answer(slot)  # a copy; None if it spilled
+            if data is None:
+                return self._spilled_outcome(slot, seq, job)
+            if got_seq != seq:
+                return Outcome(None, AttachError(name=self.name, reason=f"job slot {slot} was reused under us"))
+            if status == _OK:
+                return Outcome(self._decode(data), None)
+            return Outcome(None, decode_error(data, job))
+        except BaseException as exc:  # a bad response must fail its caller, not the client
+            return Outcome(None, exc)
+
+    def _spilled_outcome(self, slot: int, seq: int, job: str) -> Outcome:
         got_seq, status, data, spill = self.board.response(slot)
         handle = None
         try:
@@ -148,7 +165,7 @@ class Link:
             if got_seq != seq:
                 return Outcome(None, AttachError(name=self.name, reason=f"job slot {slot} was reused under us"))
             if status == Status.OK:
-                return Outcome(decode_result(data, self._resolve), None)
+                return Outcome(self._decode(data), None)
             return Outcome(None, decode_error(data, job))
         except BaseException as exc:  # a bad response must fail its caller, not the client
             return Outcome(None, exc)
