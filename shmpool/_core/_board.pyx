@@ -220,6 +220,36 @@ cdef class BoardCore:
             return 0  # already freed (a second release, or its channel's release settled it)
         return self._free_locked(slot)
 
+    cdef int64_t _submit_locked(self, int64_t top, int64_t channel, char *buf, Py_ssize_t n, int64_t pid,
+                                int64_t start) except -1:
+        """Pop the free stack's entry ``top`` (it has one), fill that slot with a request of ``n``
+        bytes for ``channel``, mark it SUBMITTED and queue it; returns the slot."""
+        cdef int64_t *s = self.slots
+        cdef int64_t slot = self.free_stack[top]
+        self.w[W_FREE_TOP] = top
+        if fault_armed():
+            fault("submit.popped")  # off the stack, still FREE: heal pushes it back
+        cdef int64_t r = slot * NCOLS
+        s[r + SEQ] = s[r + SEQ] + 1
+        s[r + CPID] = pid
+        s[r + CSTART] = start
+        s[r + CHAN] = channel
+        s[r + WPID] = 0
+        s[r + WSTART] = 0
+        s[r + REQ] = n
+        s[r + RESP] = 0
+        s[r + STATUS] = 0
+        s[r + ATT] = 0
+        s[r + SPOOL] = NO_SPILL
+        s[r + SUBNS] = shm_monotonic_ns()
+        s[r + DEADLINE] = 0  # job_timeout: the worker sets it when it starts the job
+        memcpy(self.data + slot * 2 * self.payload, buf, n)
+        s[r + ST] = SUBMITTED
+        if fault_armed():
+            fault("submit.filled")  # SUBMITTED, not in the queue: heal queues it
+        self._enqueue_locked(slot)
+        return slot
+
     def free_locked(self, int64_t slot):
         """Python's repair code: free ``slot`` (the lock held), exactly as the job path does."""
         self._check()
@@ -300,30 +330,8 @@ cdef class BoardCore:
                 if top < 0:
                     seq = shm_load(&w[W_FREE_SEQ])  # under the lock: any later free changes it
                 else:
-                    slot = self.free_stack[top]
-                    w[W_FREE_TOP] = top
-                    if fault_armed():
-                        fault("submit.popped")  # off the stack, still FREE: heal pushes it back
-                    r = slot * NCOLS
-                    seq = s[r + SEQ] + 1
-                    s[r + SEQ] = seq
-                    s[r + CPID] = pid
-                    s[r + CSTART] = start
-                    s[r + CHAN] = channel
-                    s[r + WPID] = 0
-                    s[r + WSTART] = 0
-                    s[r + REQ] = req.len
-                    s[r + RESP] = 0
-                    s[r + STATUS] = 0
-                    s[r + ATT] = 0
-                    s[r + SPOOL] = NO_SPILL
-                    s[r + SUBNS] = shm_monotonic_ns()
-                    s[r + DEADLINE] = 0  # job_timeout: the worker sets it when it starts the job
-                    memcpy(self.data + slot * 2 * self.payload, req.buf, req.len)
-                    s[r + ST] = SUBMITTED
-                    if fault_armed():
-                        fault("submit.filled")  # SUBMITTED, not in the queue: heal queues it
-                    self._enqueue_locked(slot)
+                    slot = self._submit_locked(top, channel, <char *>req.buf, req.len, pid, start)
+                    seq = s[slot * NCOLS + SEQ]
             finally:
                 self.lock.unlock()
         finally:
@@ -335,6 +343,47 @@ cdef class BoardCore:
         if freed:
             self._wake_free(freed)
         return slot, seq
+
+    def submit_many(self, int64_t channel, list requests not None, int64_t pid, int64_t start, timeout):
+        """:meth:`submit` for a batch: in one lock round, fill and queue as many of ``requests``
+        (from the first) as there are free slots, then wake up to as many sleeping workers.
+        Returns ([(slot, seq), ...] for the first k requests, FREE_SEQ as seen under the lock):
+        k < len(requests) means the board was full; wait with :meth:`wait_free` on that value.
+
+        A request too large for a slot raises RequestTooLarge before any is queued."""
+        self._check()
+        cdef Py_ssize_t count = len(requests), i, k = 0
+        cdef list bufs = [memoryview(q) for q in requests]  # each exported while we copy it
+        for q in bufs:
+            if len(q) > self.payload:
+                raise RequestTooLarge(nbytes=len(q), capacity=self.payload)
+        cdef Py_buffer req
+        cdef int64_t top, slot, seq = 0, freed = 0
+        cdef int64_t *w = self.w
+        out = []
+        self.lock.lock(deadline_ns(timeout), -1.0 if timeout is None else <double>timeout)
+        try:
+            for i in range(count):
+                top = w[W_FREE_TOP] - 1
+                if top < 0:
+                    break
+                PyObject_GetBuffer(bufs[i], &req, PyBUF_SIMPLE)
+                try:
+                    slot = self._submit_locked(top, channel, <char *>req.buf, req.len, pid, start)
+                finally:
+                    PyBuffer_Release(&req)
+                out.append((slot, self.slots[slot * NCOLS + SEQ]))
+                k += 1
+            seq = shm_load(&w[W_FREE_SEQ])  # under the lock: any later free changes it
+        finally:
+            self.lock.unlock()
+        if k:
+            if fault_armed():
+                fault("submit.queued")
+            shm_fence()
+            if shm_load(&w[W_QSLEEP]) > 0:
+                wake_word(&w[W_QT], <int>min(k, 0x7FFFFFFF))
+        return out, seq
 
     def take(self, int64_t pid, int64_t start):
         """Pop the next request for this worker: (slot, seq), or None if the queue is empty."""

@@ -40,7 +40,7 @@ from loguru import logger
 
 from ..errors import ClientClosed, ShmPoolError
 from .client_direct import POLL, SPENT_IDLE, DirectPool
-from .client_link import Link, Outcome, settle
+from .client_link import Link, Outcome, QuietFuture, settle
 from .jobboard import JobBoard
 
 __all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
@@ -48,6 +48,7 @@ __all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
 CANCEL_WAIT = 0.05  # seconds a detach gives the lock to withdraw each queued request
 _PENDING = concurrent.futures._base.PENDING
 _RUNNING = concurrent.futures._base.RUNNING
+_FINISHED = concurrent.futures._base.FINISHED
 
 
 class Lifecycle(enum.Enum):
@@ -58,7 +59,7 @@ class Lifecycle(enum.Enum):
     CLOSED = "closed"
 
 
-class JobFuture(Future):  # type: ignore[type-arg]
+class JobFuture(QuietFuture):
     """A Future whose ``cancel()`` also withdraws the request while no worker has taken it, and
     whose ``running()`` is True while a worker runs it (read from the slot in shared memory).
 
@@ -101,6 +102,8 @@ class JobFuture(Future):  # type: ignore[type-arg]
             link.drop()
 
     def result(self, timeout: float | None = None) -> Any:
+        if self._state == _FINISHED and self._exception is None:  # QuietFuture's fast path, kept
+            return self._result
         self._refuse_if_inherited()
         return super().result(timeout)
 
@@ -160,25 +163,37 @@ class CompletionOwner:
 
     def end_submit(self, future: JobFuture | None) -> None:
         """Register the submitted ``future`` (None: the submit failed) and end the submit."""
-        early = late = False
         try:
-            with self._lock:
-                self.submitting -= 1
-                if future is None:
-                    return
-                if self.lifecycle is Lifecycle.CLOSED or self.broken is not None:
-                    late = True  # nobody will deliver it: end it now
-                elif future._slot in self._early:
-                    self._early.discard(future._slot)
-                    early = True
-                else:
-                    self._table[future._slot] = future
-            if early:
-                self._settle_all([future])
-            elif late:
-                self._end_unanswered([future])
+            if future is not None:
+                self.register([future], ending=True)
+            else:
+                with self._lock:
+                    self.submitting -= 1
         finally:
             self.link.drop()
+
+    def register(self, futures: list[JobFuture], *, ending: bool = False) -> None:
+        """Register submitted futures under one lock (a batch of ``map``'s, or the one of a
+        submit: ``ending`` also ends that submit, under the same lock)."""
+        early: list[JobFuture] = []
+        late: list[JobFuture] = []
+        with self._lock:
+            if ending:
+                self.submitting -= 1
+            if self.lifecycle is Lifecycle.CLOSED or self.broken is not None:
+                late = futures  # nobody will deliver them: end them now
+            else:
+                table, parked = self._table, self._early
+                for future in futures:
+                    if future._slot in parked:
+                        parked.discard(future._slot)
+                        early.append(future)
+                    else:
+                        table[future._slot] = future
+        if early:
+            self._settle_all(early)
+        if late:
+            self._end_unanswered(late)
 
     def withdraw(self, future: JobFuture) -> bool:
         """Withdraw ``future``'s request from the board and the table (JobFuture.cancel)."""

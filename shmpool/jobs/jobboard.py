@@ -25,7 +25,7 @@ coordinator requeues slots of dead workers and settles those of dead clients.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import posix_ipc
@@ -251,6 +251,31 @@ class JobBoard(BoardRepair, BoardStatistics):
             slot, seq = core.submit(channel, request, pid, start, remaining, -1, 0)
             if slot >= 0:
                 return slot, seq
+
+    def submit_many(self, channel: int, requests: list[bytes], *, timeout: float | None,
+                    alive: Callable[[], bool] | None = None) -> Iterator[list[tuple[int, int]]]:
+        """:meth:`submit` for a batch, in as few lock rounds as free slots allow: yields the
+        (slot, seq) of each run of requests queued, in order, until all are (a consumer that
+        stops early leaves the rest unsubmitted). Blocks while the board is full, as submit."""
+        w = self.v.words_mv
+        pid, start = my_identity()
+        core = self.core
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = 0
+        while done < len(requests):
+            if w[_W_STATE] != _ACCEPTING:
+                raise AttachError(name=self.name, reason=_STOPPING_REASON)
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            queued, seen = core.submit_many(channel, requests[done:], pid, start, remaining)
+            if queued:
+                done += len(queued)
+                yield queued
+                continue
+            if remaining is not None and remaining <= 0:
+                raise posix_ipc.BusyError(f"no free job slot within {timeout} s")
+            woken = core.wait_free(channel, seen, WAIT_SLICE if remaining is None else min(WAIT_SLICE, remaining))
+            if not woken and alive is not None and not alive():
+                raise AttachError(name=self.name, reason="the coordinator is gone")
 
     def cancel(self, slot: int, seq: int, *, timeout: float = 1.0) -> bool:
         """Withdraw a request that no worker has taken yet (False if it ran, or the lock is wedged)."""
