@@ -71,7 +71,7 @@ def _child(name: str, client, out_dir: str, parent_pid: int, go: Path | None) ->
     report["own_channels_before"] = _my_channels(name)
     client.close()  # must release nothing of the parent's (nor the child's new channel)
     client.shutdown(wait=True)
-    client = None  # the last reference: the inherited Client is collected here
+    client = None  # the inherited Client dropped here: its finalizer must release nothing
     gc.collect()
     report["own_channels_after"] = _my_channels(name)
     report["own_submits"] = [f.result(10) for f in [own.submit(pow, i, 2) for i in range(20)]]

@@ -41,7 +41,6 @@ from loguru import logger
 from ..errors import ClientClosed, ShmPoolError
 from .client_direct import POLL, SPENT_IDLE, DirectPool
 from .client_link import Link, Outcome, QuietFuture, settle
-from .jobboard import JobBoard
 
 __all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
 
@@ -70,10 +69,6 @@ class JobFuture(QuietFuture):
     def __init__(self, owner: "CompletionOwner", slot: int, seq: int, job: str) -> None:
         super().__init__()
         self._owner, self._slot, self._seq, self.job = owner, slot, seq, job
-
-    @property
-    def _board(self) -> JobBoard:
-        return self._owner.link.board
 
     def cancel(self) -> bool:
         if self._owner.link.inherited:
@@ -157,8 +152,8 @@ class CompletionOwner:
         self.link.check_process()  # before any lock: one copied into a child may be held
         with self._lock:
             self.check_open()
-            held = self.link.hold()  # True: the owner drops its hold only after CLOSED
-            assert held, "an open client's Link is held by its owner"
+            if not self.link.hold():  # not while open: the owner lets go only once CLOSED
+                raise ClientClosed(name=self.link.name, reason="it is closed")
             self.submitting += 1
 
     def end_submit(self, future: JobFuture | None) -> None:
