@@ -149,21 +149,29 @@ class CompletionOwner:
 
         The submit holds the Link until it ends: an owner that detaches meanwhile (its
         coordinator died) must not unmap the board under a submit still waiting for a slot."""
-        self.link.check_process()  # before any lock: one copied into a child may be held
+        link = self.link
+        link.check_process()  # before any lock: one copied into a child may be held
         with self._lock:
-            self.check_open()
-            if not self.link.hold():  # not while open: the owner lets go only once CLOSED
-                raise ClientClosed(name=self.link.name, reason="it is closed")
+            if self.broken is not None or self.lifecycle is not Lifecycle.OPEN:
+                self.check_open()
+            if not link.hold():  # not while open: the owner lets go only once CLOSED
+                raise ClientClosed(name=link.name, reason="it is closed")
             self.submitting += 1
 
     def end_submit(self, future: JobFuture | None) -> None:
         """Register the submitted ``future`` (None: the submit failed) and end the submit."""
         try:
+            with self._lock:
+                self.submitting -= 1
+                # The common case in full here: one lock round, no list (a submit a job).
+                if (future is None or self.lifecycle is Lifecycle.CLOSED or self.broken is not None
+                        or future._slot in self._early):
+                    pass
+                else:
+                    self._table[future._slot] = future
+                    future = None
             if future is not None:
-                self.register([future], ending=True)
-            else:
-                with self._lock:
-                    self.submitting -= 1
+                self.register([future])
         finally:
             self.link.drop()
 
