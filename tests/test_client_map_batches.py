@@ -65,3 +65,27 @@ def test_a_waiting_thread_and_callbacks_are_told_of_the_answer(coord):
         late_calls: list[object] = []
         quick.add_done_callback(lambda f: late_calls.append(f.result()))
         assert late_calls == ["quick"] and quick.result(0) == "quick" and quick.exception(0) is None
+
+
+def test_map_over_one_iterable_sends_each_item_as_the_one_argument(coord):
+    # Chunks of one iterable travel as the items themselves (RequestFlags.SINGLE): a tuple item
+    # must still arrive as one tuple argument, and several iterables still as argument lists.
+    with shmpool.connect(coord.name) as client:
+        pairs = [(i, -i) for i in range(50)]
+        assert [r["args"] for r in client.map("_jobs:echo", pairs, chunksize=4)] == [[p] for p in pairs]
+        assert list(client.map(abs, range(-30, 30), chunksize=7)) == [abs(x) for x in range(-30, 30)]
+        assert list(client.map(pow, range(20), [2] * 20, chunksize=3)) == [x * x for x in range(20)]
+
+
+def test_a_thread_waiting_on_one_of_many_futures_settles_them_all_once(coord):
+    # result() with other futures pending drains the channel in the waiting thread (help): every
+    # future still ends with its own answer, and each callback runs exactly once.
+    with shmpool.connect(coord.name) as client:
+        calls: dict[int, int] = {}
+        futures = [client.submit("_jobs:double", i) for i in range(200)]
+        for i, future in enumerate(futures):
+            future.add_done_callback(lambda f, i=i: calls.__setitem__(i, calls.get(i, 0) + 1))
+        assert futures[-1].result(30) == 2 * 199
+        assert [f.result(30) for f in futures] == [2 * i for i in range(200)]
+        wait_for(lambda: len(calls) == 200, 30, "every callback run")
+        assert set(calls.values()) == {1}

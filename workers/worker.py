@@ -23,7 +23,7 @@ import shmpool
 from shmpool.substrate import _faults
 from shmpool.substrate.lock import retry_interrupted_waits
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
-from shmpool.jobs.codec import FLAG_CHUNK, FLAG_PLAIN, Decoder, decode_job, decoder, encode_error, encode_result
+from shmpool.jobs.codec import FLAG_CHUNK, FLAG_PLAIN, FLAG_SINGLE, Decoder, decode_job, decoder, encode_error, encode_result
 from shmpool.errors import AttachError
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import Status
@@ -146,10 +146,16 @@ class _Serving:
             fn = resolve_job(job, plain=bool(flags & FLAG_PLAIN))
             # A name runs with the reader first; a callable as is.
             if flags & FLAG_CHUNK:
-                if flags & FLAG_PLAIN:
+                reader = self.reader
+                if flags & FLAG_SINGLE:
+                    if flags & FLAG_PLAIN:
+                        result = [fn(a, **kwargs) for a in args]
+                    else:
+                        result = [fn(reader, a, **kwargs) for a in args]
+                elif flags & FLAG_PLAIN:
                     result = [fn(*a, **kwargs) for a in args]
                 else:
-                    result = [fn(self.reader, *a, **kwargs) for a in args]
+                    result = [fn(reader, *a, **kwargs) for a in args]
             elif flags & FLAG_PLAIN:
                 result = fn(*args, **kwargs)
             else:

@@ -208,10 +208,16 @@ class Client(concurrent.futures.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
-        items: Iterator[Any] = zip(*iterables)
-        if chunksize > 1:
+        items: Iterator[Any]
+        if chunksize > 1 and len(iterables) == 1:
+            # One iterable: a chunk is the items themselves (no argument list made per item).
+            flags |= RequestFlags.CHUNK | RequestFlags.SINGLE
+            items = _batched(iter(iterables[0]), chunksize)
+        elif chunksize > 1:
             flags |= RequestFlags.CHUNK
-            items = ([list(args) for args in chunk] for chunk in _batched(items, chunksize))
+            items = ([list(args) for args in chunk] for chunk in _batched(zip(*iterables), chunksize))
+        else:
+            items = zip(*iterables)
         requests = (encode_request(job, args, {}, flags=flags, job_timeout=job_timeout) for args in items)
         futures = self._submit_requests(job, requests, end)
 

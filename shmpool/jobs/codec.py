@@ -49,11 +49,13 @@ class RequestFlags(enum.IntFlag):
     NAMED = 0      # a job name: fn(reader, *args, **kwargs)
     PLAIN = 1      # a submitted callable's module:qualname: fn(*args, **kwargs)
     CHUNK = 2      # args is a list of argument lists (map's chunksize): [fn(*a) for a in args]
+    SINGLE = 4     # with CHUNK, args is a list of single arguments (map over one iterable):
+                   # [fn(a) for a in args], one msgpack array less and no list made per item
 
 
 # The flags as plain ints, for the job path: an IntFlag operation builds an enum member
 # (0.5-1 us each, measured), a job's request is tested for two of them.
-FLAG_PLAIN, FLAG_CHUNK = int(RequestFlags.PLAIN), int(RequestFlags.CHUNK)
+FLAG_PLAIN, FLAG_CHUNK, FLAG_SINGLE = int(RequestFlags.PLAIN), int(RequestFlags.CHUNK), int(RequestFlags.SINGLE)
 
 
 class JobRequest(NamedTuple):
@@ -61,7 +63,7 @@ class JobRequest(NamedTuple):
     job: str
     args: list[Any]
     kwargs: dict[str, Any]
-    flags: int = 0  # RequestFlags bits, kept a plain int (FLAG_PLAIN, FLAG_CHUNK)
+    flags: int = 0  # RequestFlags bits, kept a plain int (FLAG_PLAIN, FLAG_CHUNK, FLAG_SINGLE)
     job_timeout: float | None = None  # seconds; None: the coordinator's default
 
 
