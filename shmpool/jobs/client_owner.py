@@ -314,7 +314,7 @@ class CompletionOwner:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             collect, channel = self.link.board.core.collect, self.channel
-            while future._state in (_PENDING, _RUNNING) and self.lifecycle is not Lifecycle.CLOSED:
+            while future._state in (_PENDING, _RUNNING) and not self._detached():
                 wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
                 if wait <= 0:
                     break
@@ -327,6 +327,9 @@ class CompletionOwner:
         finally:
             self._drain_lock.release()
         return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _detached(self) -> bool:
+        return self.lifecycle is Lifecycle.CLOSED  # read afresh: another thread detaches
 
     def _finished(self) -> bool:
         with self._lock:
