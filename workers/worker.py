@@ -147,11 +147,11 @@ class _Serving:
             # A name runs with the reader first; a callable as is.
             if flags & FLAG_CHUNK:
                 reader = self.reader
-                if flags & FLAG_SINGLE:
+                if flags & FLAG_SINGLE:  # map's chunks carry no keywords
                     if flags & FLAG_PLAIN:
-                        result = [fn(a, **kwargs) for a in args]
+                        result = [fn(a) for a in args]
                     else:
-                        result = [fn(reader, a, **kwargs) for a in args]
+                        result = [fn(reader, a) for a in args]
                 elif flags & FLAG_PLAIN:
                     result = [fn(*a, **kwargs) for a in args]
                 else:
