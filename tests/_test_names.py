@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from shmpool.substrate.instance import sweep_dead
-from shmpool.substrate.names import instance_names
+from shmpool.substrate.names import PREFIX, instance_names
 
 # (?:^|\.) so that both "pt-..." (an instance name) and "sem.shmpool.pt-..." (a /dev/shm entry) match.
 _OWNER_RE = re.compile(r"(?:^|\.)pt-([0-9A-Za-z]{1,8})-([0-9A-Za-z]+)-")
@@ -53,13 +53,19 @@ def owner(entry: str) -> Owner | None:
 
 
 def judged_here(entry: str, me: Owner) -> bool:
-    """True if worker ``me`` is the one to judge ``entry``: its own test names and names of no test.
+    """True if worker ``me`` is the one to judge ``entry``: its own test names, and names of no
+    shmpool instance at all.
 
-    A name of no test (a library's ``sem.mp-*``, a benchmark's instance) says nothing about who
-    made it, so the worker whose test or module it appeared in judges it.
+    A library's name (multiprocessing's ``sem.mp-*``) says nothing about who made it, so the
+    worker whose test or module it appeared in judges it. A shmpool instance that is not a test
+    instance (``chaos-*``, ``bench-*``, a demo) belongs to a script, which checks its own names
+    (the tests that run one assert on them), or to someone else's run on this machine.
     """
     found = owner(entry)
-    return found is None or found == me
+    if found is not None:
+        return found == me
+    bare = entry[len("sem."):] if entry.startswith("sem.") else entry
+    return not bare.startswith(PREFIX)
 
 
 def _lock_path(who: Owner) -> Path:

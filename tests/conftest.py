@@ -9,9 +9,10 @@ killer takes a pytest worker and its coordinators) runs neither check, so each s
 sweeps the dead instances of the sessions whose worker is gone.
 
 Beyond shmpool's own names, each test, and each test module with its module-scoped fixtures, must
-leave no /dev/shm name at all that appeared while it ran and that no live process holds
+leave no other /dev/shm name that appeared while it ran and that no live process holds
 (tests/_shm_orphans.py): libraries we drive, such as multiprocessing under Dask's Nannies, leak
-named semaphores when a test kills the process that would have unlinked them.
+named semaphores when a test kills the process that would have unlinked them. (Instances of
+scripts, ``bench-*`` or ``chaos-*``, are the scripts' to check, and may be someone else's run.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shmpool.substrate.names import PREFIX, cleanup, instance_names, list_objects
 from shmpool.substrate.trust import SHM_DIR
@@ -30,8 +32,14 @@ from shmpool.data.sample import build_sample
 import _shm_orphans
 import _test_names
 
-# Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator).
-pytest_plugins = ("_small_coord",)
+# Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator),
+# `stress_run` (one short `shmpool stress --out` run).
+pytest_plugins = ("_small_coord", "_stress_run")
+
+# No clock in property tests either: hypothesis's 200 ms per-example deadline and its too_slow
+# health check fail a correct test on a loaded machine. Tests still set their own max_examples.
+settings.register_profile("shmpool", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shmpool")
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
 # One id per pytest session (xdist gives all workers of a run the same one), so two sessions
@@ -141,9 +149,12 @@ def instance_name(make_name: Callable[[], str]) -> str:
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built-in sample written once per test module, for coordinators with data_dir=."""
+    """The built-in sample written once per worker session, for coordinators with data_dir=.
+
+    Read only: a test that damages a file copies it first (0.2 s of CPU per build, once per
+    module it used to be)."""
     path = tmp_path_factory.mktemp("sample")
     build_sample(path)
     return path
@@ -153,3 +164,49 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def user_jobs_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     """tests/ on the PYTHONPATH that workers inherit, so user jobs like "_jobs:slow" resolve."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+
+
+# Tests that must share one xdist worker, so that a module- or session-scoped fixture they use
+# starts once rather than once per worker: a module file, or "file::test". Each test not listed
+# is a work unit of its own, handed to whichever worker is free (as --dist load does). Done with
+# a scheduler rather than xdist_group marks: --dist loadgroup groups nothing under pytest 9.2
+# (pytest-dev/pytest-xdist#1386: the worker's nodeid suffix no longer takes).
+SAME_WORKER = {
+    "test_dask.py": "the Dask cluster",                    # ~8 s to start, ~4 s to stop
+    "test_workers.py": "test_workers pool",
+    "test_reader.py": "test_reader served",
+    "test_reader_ids.py": "test_reader_ids served",
+    "test_client_executor_conformance.py": "conformance coordinator",
+    "test_cli_bad_inputs.py": "the command's fork server",
+    "test_cli.py::test_short_stress_run_with_worker_kills_reports_no_torn_lost_or_leaked": "stress_run",
+    "test_cli_stress_report.py::test_stress_out_writes_windows_that_add_up_and_a_figure": "stress_run",
+}
+
+
+def _work_unit(nodeid: str) -> str:
+    """The SAME_WORKER group of a test, else the test itself."""
+    path, _, name = nodeid.partition("::")
+    file = path.rsplit("/", 1)[-1]
+    return SAME_WORKER.get(f"{file}::{name.split('[', 1)[0]}") or SAME_WORKER.get(file) or nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]  # xdist ships no py.typed
+
+    class SharedFixtureScheduling(LoadScopeScheduling):  # type: ignore[misc]  # (untyped base)
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
+# The modules that take longest (--durations, 2-core machine), started first: with two xdist
+# workers, a 30 s test picked up last leaves the other worker idle for its whole length.
+LONGEST_FIRST = ("test_chaos.py", "test_bench_smoke.py", "test_dask.py", "test_reader_pins.py", "test_board_heal.py",
+                 "test_cli.py", "test_workers.py", "test_region_fuzz.py", "test_docs_examples.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: module order kept otherwise

@@ -149,8 +149,8 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
 
     proc.kill()
     proc.wait(10)
-    deadline = time.monotonic() + 10
-    while not all(_gone(w) for w in workers):  # they notice the dead coordinator within ~0.2 s
+    deadline = time.monotonic() + 30  # a hang catcher: they notice the dead coordinator within ~0.2 s
+    while not all(_gone(w) for w in workers):
         assert time.monotonic() < deadline, "workers outlived their coordinator"
         time.sleep(0.05)
     assert list_objects(instance_name)[0], "a crashed coordinator leaves its segments behind"
@@ -166,16 +166,13 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
     assert again.returncode == 0 and "nothing" in again.stdout
 
 
-def test_short_stress_run_with_worker_kills_reports_no_torn_lost_or_leaked(instance_name, tmp_path):
-    result = run_cli("stress", instance_name, "--clients", "8", "--duration", "2s", "--crystallize-every",
-                     "0.5s", "--kill-workers", "--workers", "2", "--out", str(tmp_path), timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    [report] = tmp_path.glob("stress-*.json")
-    data = json.loads(report.read_text())
+def test_short_stress_run_with_worker_kills_reports_no_torn_lost_or_leaked(stress_run):
+    result, report, data = stress_run  # tests/_stress_run.py: 8 clients, 2 s, kills, --out
     assert data["total_ops"] > 0 and data["ok"]
     assert data["torn_reads"] == 0 and data["wrong_content"] == 0
     assert data["lost_jobs"] == 0 and data["leaked_blocks"] == 0 and data["leftover_objects"] == []
-    assert data["generations_published"] >= 3 and data["worker_kills"] >= 1
+    # Publishing and killing went on during the run (counts, not rates: a loaded machine does fewer).
+    assert data["generations_published"] >= 2 and data["worker_kills"] >= 1
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -35,13 +32,8 @@ def test_windows_partition_every_operation_whatever_the_times(ops, kills):
             assert w["p50_us"] <= w["p99_us"] <= w["p999_us"]
 
 
-def test_stress_out_writes_windows_that_add_up_and_a_figure(instance_name, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "shmpool", "stress", instance_name, "--clients", "8",
-                             "--duration", "2s", "--crystallize-every", "0.5s", "--kill-workers", "--workers", "2",
-                             "--out", str(tmp_path), "--quiet"], capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stdout + result.stderr
-    [report] = tmp_path.glob("stress-*.json")
-    data = json.loads(report.read_text())
+def test_stress_out_writes_windows_that_add_up_and_a_figure(stress_run):
+    _, report, data = stress_run  # tests/_stress_run.py: 8 clients, 2 s, kills, --out
     ts = data["timeseries"]
     rows = ts["windows"]
     assert ts["width_s"] == 0.1 and len(rows) >= 20  # 2 s of run in 100 ms windows
@@ -52,7 +44,7 @@ def test_stress_out_writes_windows_that_add_up_and_a_figure(instance_name, tmp_p
         assert w["seconds"] == 0.1 and w["throughput_ops_s"] == pytest.approx(w["ops"] / 0.1, abs=0.1)
     # Every fault is on the time axis: one mark per kill and per publication after the first.
     assert len(ts["events"]["kills"]) == data["worker_kills"] >= 1
-    assert len(ts["events"]["publishes"]) == data["generations_published"] - 1 >= 3
+    assert len(ts["events"]["publishes"]) == data["generations_published"] - 1 >= 1
     assert all(0 < t < data["wall_s"] for t in ts["events"]["kills"] + ts["events"]["publishes"])
     try:
         import matplotlib  # noqa: F401

@@ -32,7 +32,7 @@ def test_calls_in_spin_mode_are_answered_and_leave_every_slot_free(instance_name
     with Coordinator(instance_name, workers=1, job_slots=SLOTS, max_clients=8, worker_spin_us=100) as coord:
         with shmpool.connect(instance_name, spin_us=100) as client:
             pid = coord.stats()["workers"]["pids"][0]
-            assert [client.call("ping", timeout=5) for _ in range(200)] == [pid] * 200
+            assert [client.call("ping", timeout=30) for _ in range(200)] == [pid] * 200
             # The last answer's slot is freed by the completion thread once the caller idles.
             wait_for(lambda: peek.job_counts(coord)["free"] == SLOTS, 30)
             c = peek.job_counts(coord)
@@ -51,7 +51,7 @@ def test_an_idle_call_thread_does_not_keep_a_slot(instance_name):
             # Every slot is usable at once again: each thread's last answer slot was freed.
             wait_for(lambda: peek.job_counts(coord)["free"] == SLOTS, 30)
             futures = [client.submit("ping", timeout=1) for _ in range(SLOTS)]
-            assert len({f.result(5) for f in futures}) == 1
+            assert len({f.result(30) for f in futures}) == 1
 
 
 def test_many_calling_threads_hold_few_channels_and_others_still_connect(instance_name):
@@ -60,7 +60,7 @@ def test_many_calling_threads_hold_few_channels_and_others_still_connect(instanc
             done = threading.Barrier(21)
 
             def call_once_then_linger():
-                client.call("ping", timeout=5)
+                client.call("ping", timeout=30)
                 done.wait(10)  # alive, as a pool thread would be
 
             threads = [threading.Thread(target=call_once_then_linger) for _ in range(20)]
@@ -69,7 +69,7 @@ def test_many_calling_threads_hold_few_channels_and_others_still_connect(instanc
             try:
                 assert peek.job_counts(coord)["clients"] <= 1 + 4  # the client's own + its call() pool
                 with shmpool.connect(instance_name) as other:  # channels are left for others
-                    assert other.call("ping", timeout=5) > 0
+                    assert other.call("ping", timeout=30) > 0
             finally:
                 done.wait(10)
                 for t in threads:

@@ -97,7 +97,7 @@ class Client(concurrent.futures.Executor):
         self.name = name
         self._spin = spin_seconds(spin_us)
         self._names: dict[Any, str] = {}
-        link = Link(name)
+        link = Link(name, timeout=timeout)
         try:
             channel = link.board.claim_channel(timeout=timeout)
         except BaseException:

@@ -100,10 +100,16 @@ class JobFuture(QuietFuture):
     def result(self, timeout: float | None = None) -> Any:
         if self._state == _FINISHED and self._exception is None:  # QuietFuture's fast path, kept
             return self._result
-        self._refuse_if_inherited()
-        if timeout is None or timeout > 0:
-            timeout = self._owner.help(self, timeout)
-        return super().result(timeout)
+        try:
+            self._refuse_if_inherited()
+            if timeout is None or timeout > 0:
+                timeout = self._owner.help(self, timeout)
+            return super().result(timeout)
+        finally:
+            # The job's error re-raised here keeps this frame in its traceback, and the frame
+            # keeps the future holding the error: drop ``self`` so no cycle waits for a gc pass
+            # (CPython's Future.result does the same).
+            self = None  # type: ignore[assignment]  # noqa: PLW0642
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._refuse_if_inherited()

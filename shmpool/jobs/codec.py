@@ -11,6 +11,12 @@ its message and its traceback text. The client rebuilds it as the same type only
 is an Exception of a module the client has already imported (builtins always, shmpool's own
 errors from their fields): nothing is imported, and nothing but a constructor taking the args
 runs, because of what a worker sends. Anything else becomes a JobError.
+
+This is shmpool's one error wire format: the Dask host daemon (shmpool._dask_host) sends the
+same payload (:func:`encode_error`) inside its JSON replies, and rebuilds it with
+:func:`rebuild_error`, so an error means the same on either channel. An Enum travels as its
+value (a str Enum's ``str()`` is its qualified name on Python 3.11, which its constructor
+refuses), so ``AllocationFailed.kind`` arrives as the AllocationFailure it left as.
 """
 
 from __future__ import annotations
@@ -21,27 +27,27 @@ import struct
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import msgpack
 import numpy as np
+from loguru import logger
 
 from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
 from ..errors import InvalidArgument, JobError, RemoteTraceback, ShmPoolError
 
 __all__ = ["check_job_timeout", "encode_request", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
-           "decode_result", "encode_error", "decode_error", "Resolver", "Decoder", "decoder"]
+           "decode_result", "encode_error", "decode_error", "error_info", "rebuild_error", "Resolver",
+           "Decoder", "decoder"]
 
 EXT_LAYER = 1        # struct LAYER_REF
 EXT_COLLECTION = 2   # msgpack [[ext LAYER...], [[position, dimension, layer, reason], ...]]
 EXT_TUPLE = 3        # msgpack array of the items
 LAYER_REF = struct.Struct("<IQQ")  # dimension id, layer id, generation
 
-if TYPE_CHECKING:
-    from typing_extensions import Buffer
-
 Resolver = Callable[[int, int, int], LoadedContext]
+Buffer = Union[bytes, bytearray, memoryview]  # what a slot or a spill hands the decoder
 
 
 class RequestFlags(enum.IntFlag):
@@ -107,6 +113,8 @@ def _default(obj: Any) -> Any:
         body = [[_default(c) for c in obj.contexts],
                 [[m.position, m.dimension_id, m.layer_id, m.reason] for m in obj.missing]]
         return msgpack.ExtType(EXT_COLLECTION, msgpack.packb(body, use_bin_type=True))
+    if isinstance(obj, enum.Enum):  # before str and int: str(a str Enum) is not its value
+        return obj.value
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
@@ -211,34 +219,52 @@ def encode_error(exc: BaseException) -> bytes:
 def decode_error(data: Buffer, job: str) -> BaseException:
     """The job's exception as its own type where that is safe (module docstring), else a
     JobError; the worker's traceback is chained as ``__cause__`` (a RemoteTraceback)."""
-    info = _unpack(data)
-    exc = _rebuild(info)
+    info = error_info(data)
+    exc = rebuild_error(info)
     if exc is None:
-        exc = JobError(job=job, error_type=info.get("type", "?"), message=info.get("message", ""),
-                       remote_traceback=info.get("traceback", ""))
-    if info.get("traceback"):
-        exc.__cause__ = RemoteTraceback(info["traceback"])
+        exc = JobError(job=job, error_type=str(info.get("type", "?")), message=str(info.get("message", "")),
+                       remote_traceback=str(info.get("traceback", "")))
+        if info.get("traceback"):
+            exc.__cause__ = RemoteTraceback(str(info["traceback"]))
+    return exc
+
+
+def error_info(data: Buffer) -> dict[str, Any]:
+    """The fields of an encoded error (type, qualname, module, args, message, fields, traceback)."""
+    info = _unpack(data)
+    if not isinstance(info, dict):
+        raise TypeError(f"an encoded error is a map, not a {type(info).__name__}")
+    return info
+
+
+def rebuild_error(info: dict[str, Any]) -> BaseException | None:
+    """The error :func:`error_info` describes as its own type, its traceback chained as
+    ``__cause__``; None when that is not safe or not possible (the caller picks the stand-in)."""
+    exc = _rebuild(info)
+    if exc is not None and info.get("traceback"):
+        exc.__cause__ = RemoteTraceback(str(info["traceback"]))
     return exc
 
 
 def _rebuild(info: dict[str, Any]) -> BaseException | None:
     module, name = info.get("module"), info.get("qualname") or info.get("type") or ""
     cls = getattr(errors_module, info.get("type", ""), None) if module == errors_module.__name__ else None
-    if isinstance(cls, type) and issubclass(cls, ShmPoolError) and info.get("fields") is not None:
+    fields = info.get("fields")
+    if isinstance(cls, type) and issubclass(cls, ShmPoolError) and isinstance(fields, dict):
+        make: Callable[..., BaseException] = cls  # every ShmPoolError subclass takes keywords only
         try:
-            fields_of: Any = cls  # each error class takes its own fields as keywords
-            return fields_of(**info["fields"])  # type: ignore[no-any-return]
-        except TypeError:
-            pass
+            return make(**fields)
+        except Exception as refused:  # fields this version's constructor does not take: rebuilt from args below
+            logger.debug("rebuilding {} from its fields failed: {}", cls.__name__, refused)
     owner = sys.modules.get(module) if isinstance(module, str) else None  # never an import
-    cls = owner
+    found: Any = owner
     for part in name.split(".") if owner is not None and name else ():
-        cls = getattr(cls, part, None)
+        found = getattr(found, part, None)
     args = info.get("args")
-    if not (isinstance(cls, type) and issubclass(cls, Exception) and isinstance(args, list)):
+    if not (isinstance(found, type) and issubclass(found, Exception) and isinstance(args, list)):
         return None
     try:
-        exc = cls(*args)
+        exc = found(*args)
     except Exception:  # a constructor that wants other arguments than its args: a JobError then
         return None
-    return exc if isinstance(exc, cls) else None
+    return exc if isinstance(exc, found) else None
