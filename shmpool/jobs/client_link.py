@@ -81,7 +81,10 @@ class QuietFuture(Future):  # type: ignore[type-arg]
     def result(self, timeout: float | None = None) -> Any:
         if self._state == _FINISHED and self._exception is None:
             return self._result
-        return super().result(timeout)
+        try:
+            return super().result(timeout)
+        finally:
+            self = None  # type: ignore[assignment]  # noqa: PLW0642  # no cycle through the error's traceback
 
     def _finish_unwatched(self, outcome: "Outcome") -> bool:
         """Finish without a Condition if none was made yet (then no waiter nor callback exists);
