@@ -7,7 +7,6 @@ area are written into a table allocation whose ownership passes to the client.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import signal
@@ -24,10 +23,11 @@ import shmpool
 from shmpool.substrate import _faults
 from shmpool.substrate.lock import retry_interrupted_waits
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
-from shmpool.jobs.codec import RequestFlags, decode_job, encode_error, encode_result
+from shmpool.jobs.codec import FLAG_CHUNK, FLAG_PLAIN, FLAG_SINGLE, Decoder, decode_job, decoder, encode_error, encode_result
 from shmpool.errors import AttachError
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import Status
+from shmpool.substrate._proc import my_identity
 from shmpool.substrate.names import runtime_dir
 from shmpool.jobs.spill import send_large
 from shmpool.jobs.worker_context import _set_worker_reader
@@ -88,6 +88,8 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
     served = 0
     last_drop = time.monotonic()
     spin = spin_seconds(float(os.environ.get(SPIN_ENV) or 0))  # the coordinator's worker_spin_us
+    serving = _Serving(board, inst, reader)
+    core = board.core
     try:
         while not stop.is_set():
             if time.monotonic() - last_drop >= DROP_STALE_EVERY:
@@ -95,23 +97,24 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
                 reader.drop_stale()
                 last_drop = time.monotonic()
             try:
-                if not (spin and board.spin_for_queue(spin)):
-                    board.pending_sem.acquire(POLL)
-                    if _faults.ARMED:
-                        _faults.point("worker.woken")  # holds a post, has not taken the job
+                if not (spin and core.spin_queue(spin)):
+                    # A futex wait on the queue's tail: returns at once if something is queued.
+                    woken = core.wait_queue(POLL)
+                    if not woken:
+                        if not inst.coordinator_alive():
+                            break
+                    elif _faults.ARMED:
+                        _faults.point("worker.woken")  # woken, has not taken the job
+                    # Woken or not, look: the queue, not the wake-up, is the truth (a submitter
+                    # may have died between queueing and waking).
             except posix_ipc.SignalError:
                 continue  # SIGTERM/SIGINT set `stop`; the loop condition ends the worker
-            except posix_ipc.BusyError:
-                if not inst.coordinator_alive():
-                    break
-                # No post, but look anyway: a submitter (or a worker that took the post) may
-                # have died between queueing and posting; the queue, not the count, is the truth.
-            # Drain what is queued without sleeping on the semaphore again: each finish takes
-            # the next request in the same lock round. A request taken is always run, even
-            # when stop is set meanwhile: it is RUNNING in our name, and nobody else would.
-            taken = board.take() if not stop.is_set() else None
+            # Drain what is queued without sleeping again: each finish takes the next request
+            # in the same lock round. A request taken is always run, even when stop is set
+            # meanwhile: it is RUNNING in our name, and nobody else would.
+            taken = core.take(serving.pid, serving.start) if not stop.is_set() else None
             while taken is not None:
-                taken = _run(board, inst, reader, *taken, take_next=not stop.is_set())
+                taken = serving.run(*taken, take_next=not stop.is_set())
                 served += 1
     finally:
         board.close()
@@ -120,34 +123,58 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
     return 0
 
 
-def _run(board: JobBoard, inst: SharedInstance, reader: Reader, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:
-    """Run one request and hand its response over; returns the next request taken, if asked."""
-    job = "?"
-    try:
-        request = decode_job(board.request(slot), lambda d, l, _g: reader.load_layer_context(d, l))
-        job = request.job
-        timeout = request.job_timeout if request.job_timeout is not None else _config.job_timeout
-        if timeout is not None and not math.isinf(timeout):
-            board.set_deadline(slot, time.monotonic_ns() + int(timeout * 1e9))
-        plain = bool(request.flags & RequestFlags.PLAIN)
-        fn = resolve_job(job, plain=plain)
-        call = fn if plain else functools.partial(fn, reader)  # a name: reader first; a callable: as is
-        if request.flags & RequestFlags.CHUNK:
-            result = [call(*args, **request.kwargs) for args in request.args]
-        else:
-            result = call(*request.args, **request.kwargs)
-        status, payload = Status.OK, encode_result(result, job)
-    except BaseException as exc:
-        # Every job failure goes back to its client, typed: SystemExit and KeyboardInterrupt
-        # raised by job code too (sys.exit() in a job), as ProcessPoolExecutor delivers them.
-        # Letting them through would kill this worker, and the requeued job would run again and
-        # end as WorkerCrashed. A stop never arrives this way: SIGTERM/SIGINT only set `stop`,
-        # and the watchdog ends the process with os._exit.
-        status, payload = Status.ERROR, encode_error(exc)
-    if len(payload) <= board.payload:
-        return board.finish(slot, seq, status, payload, take_next=take_next)[1]
-    send_large(board, inst, slot, seq, status, payload)  # in pool blocks (shmpool/jobs/spill.py)
-    return board.take() if take_next else None
+class _Serving:
+    """What running one request needs, looked up once per worker instead of once per job."""
+
+    def __init__(self, board: JobBoard, inst: SharedInstance, reader: Reader) -> None:
+        self.board, self.inst, self.reader = board, inst, reader
+        self.core = board.core
+        self.payload = board.payload
+        self.pid, self.start = my_identity()
+        self.decode: Decoder = decoder(lambda d, l, _g: reader.load_layer_context(d, l))
+
+    def run(self, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:
+        """Run one request and hand its response over; returns the next request taken, if asked."""
+        job = "?"
+        try:
+            request = decode_job(self.core.request(slot), decode=self.decode)
+            job = request.job
+            timeout = request.job_timeout if request.job_timeout is not None else _config.job_timeout
+            if timeout is not None and not math.isinf(timeout):
+                self.board.set_deadline(slot, time.monotonic_ns() + int(timeout * 1e9))
+            flags, args, kwargs = request.flags, request.args, request.kwargs
+            fn = resolve_job(job, plain=bool(flags & FLAG_PLAIN))
+            # A name runs with the reader first; a callable as is.
+            if flags & FLAG_CHUNK:
+                reader = self.reader
+                if flags & FLAG_SINGLE:  # map's chunks carry no keywords
+                    if flags & FLAG_PLAIN:
+                        result = [fn(a) for a in args]
+                    else:
+                        result = [fn(reader, a) for a in args]
+                elif flags & FLAG_PLAIN:
+                    result = [fn(*a, **kwargs) for a in args]
+                else:
+                    result = [fn(reader, *a, **kwargs) for a in args]
+            elif flags & FLAG_PLAIN:
+                result = fn(*args, **kwargs)
+            else:
+                result = fn(self.reader, *args, **kwargs)
+            status, payload = _OK, encode_result(result, job)
+        except BaseException as exc:
+            # Every job failure goes back to its client, typed: SystemExit and KeyboardInterrupt
+            # raised by job code too (sys.exit() in a job), as ProcessPoolExecutor delivers them.
+            # Letting them through would kill this worker, and the requeued job would run again and
+            # end as WorkerCrashed. A stop never arrives this way: SIGTERM/SIGINT only set `stop`,
+            # and the watchdog ends the process with os._exit.
+            status, payload = _ERROR, encode_error(exc)
+        if len(payload) <= self.payload:
+            return self.core.finish(slot, seq, status, payload, take_next, self.pid, self.start)[1]
+        send_large(self.board, self.inst, slot, seq, Status(status), payload)  # in pool blocks (shmpool/jobs/spill.py)
+        return self.core.take(self.pid, self.start) if take_next else None
+
+
+_OK, _ERROR = int(Status.OK), int(Status.ERROR)
 
 
 def _write_stderr(message: str) -> None:

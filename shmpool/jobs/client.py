@@ -63,6 +63,11 @@ from .spin import spin_seconds
 __all__ = ["Client", "connect", "JobFuture", "DIRECT_CALLS_MAX"]
 
 IMAP_BUFFER = 64  # imap_unordered's default number of jobs in flight
+# map submits its chunks in batches of one lock round each, growing from the first (workers
+# start on it while the client encodes the next) to MAP_BATCH (a wake-up and a lock round per
+# batch, against one per chunk: 166k -> ... items/s measured, docs/performance.md).
+MAP_FIRST_BATCH = 2
+MAP_BATCH = 64
 # asubmit blocks its event loop at most this long for a slot (or the board's lock); past it, it
 # retries from the loop with sleeps growing to ASYNC_RETRY_MAX, so no thread is ever needed.
 ASYNC_SUBMIT_WAIT = 0.001
@@ -154,6 +159,40 @@ class Client(concurrent.futures.Executor):
             owner.end_submit(future)
         return future
 
+    def _submit_requests(self, job: str, requests: Iterator[bytes], end: float | None) -> list[JobFuture]:
+        """Submit a stream of requests (``map``'s chunks) in batches, one lock round and one
+        wake-up each, by ``end`` (time.monotonic; None: no limit). Each batch is registered as
+        soon as it is queued (its answers free the slots a later batch may wait for), and the
+        first are small, so workers start while the rest is still being encoded. If the stream
+        fails part-way (an argument msgpack cannot carry, no slot in time), what was queued is
+        cancelled before the error is raised."""
+        futures: list[JobFuture] = []
+        owner = self._owner
+        size = MAP_FIRST_BATCH
+        batch = list(itertools.islice(requests, size))
+        if not batch:
+            return futures
+        owner.begin_submit()
+        try:
+            while batch:
+                timeout = None if end is None else end - time.monotonic()
+                for queued in self._link.post_many(owner.channel, job, batch, timeout):
+                    made = [JobFuture(owner, slot, seq, job) for slot, seq in queued]
+                    owner.register(made)
+                    futures += made
+                size = min(2 * size, MAP_BATCH)
+                batch = list(itertools.islice(requests, size))
+        except BaseException as exc:
+            for future in futures:  # nothing of a map that failed to submit stays queued
+                future.cancel()
+            if isinstance(exc, FuturesTimeout):
+                raise FuturesTimeout(f"map of {job!r} could not submit all its jobs by its timeout "
+                                     f"({len(futures)} submitted, now cancelled)") from None
+            raise
+        finally:
+            owner.end_submit(None)
+        return futures
+
     def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, job_timeout: float | None = None) -> Iterator[Any]:
         """Like Executor.map: ``fn`` over the iterables' items, results in order.
@@ -169,25 +208,18 @@ class Client(concurrent.futures.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
-        items: Iterator[Any] = zip(*iterables)
-        if chunksize > 1:
+        items: Iterator[Any]
+        if chunksize > 1 and len(iterables) == 1:
+            # One iterable: a chunk is the items themselves (no argument list made per item).
+            flags |= RequestFlags.CHUNK | RequestFlags.SINGLE
+            items = _batched(iter(iterables[0]), chunksize)
+        elif chunksize > 1:
             flags |= RequestFlags.CHUNK
-            items = ([list(args) for args in chunk] for chunk in _batched(items, chunksize))
-        futures: list[JobFuture] = []
-        try:
-            for args in items:
-                wait = None
-                if end is not None:
-                    wait = end - time.monotonic()
-                    if wait <= 0:
-                        raise FuturesTimeout(f"map of {job!r} could not submit all jobs within {timeout} s "
-                                             f"({len(futures)} submitted)")
-                request = encode_request(job, args, {}, flags=flags, job_timeout=job_timeout)
-                futures.append(self._submit_request(job, request, wait))
-        except BaseException:
-            for future in futures:  # nothing of a map that failed to submit stays queued
-                future.cancel()
-            raise
+            items = ([list(args) for args in chunk] for chunk in _batched(zip(*iterables), chunksize))
+        else:
+            items = zip(*iterables)
+        requests = (encode_request(job, args, {}, flags=flags, job_timeout=job_timeout) for args in items)
+        futures = self._submit_requests(job, requests, end)
 
         def results() -> Iterator[Any]:
             try:

@@ -54,9 +54,9 @@ class DirectChannel:
 
         ``abandoned()`` True (the client was closed) ends the wait with ClientClosed."""
         board, channel = link.board, self.channel
-        deadline = None if timeout is None else time.monotonic() + timeout
         if len(request) > board.payload:  # refused before the spent slot leaves our hands
             raise RequestTooLarge(nbytes=len(request), capacity=board.payload, job=job)
+        deadline = None if timeout is None else time.monotonic() + timeout
         spent, self.spent = self.spent, None
         try:
             slot, seq = link.post(channel, job, request, timeout, spent)
@@ -64,27 +64,27 @@ class DirectChannel:
             if spent is not None:  # freed already if the submit got to its first lock round
                 self.unreleased.append(spent)
             raise
-        spun = bool(spin) and board.spin_for_ring(channel, spin)
-        while True:
-            if spun:  # the answer is in the ring already: take its post if it came
-                board.wait_completions(channel, 0)
-                posted, spun = True, False
-            else:
-                wait = POLL if deadline is None else min(POLL, max(0.0, deadline - time.monotonic()))
-                posted = board.wait_completions(channel, wait)
-            if not posted and not link.coordinator_alive():
+        collect = board.core.collect
+        # The first wait: the spin (low-latency mode), else the whole slice. One call into the
+        # core waits on the ring and pops it; usually it returns our answer alone.
+        if spin and board.spin_for_ring(channel, spin):
+            done = collect(channel, 0)
+        else:
+            done = collect(channel, POLL if deadline is None else min(POLL, max(0.0, deadline - time.monotonic())))
+        while slot not in done:
+            if done:
+                self._drop(link, done)
+            elif not link.coordinator_alive():  # nothing within a slice: is anyone still there?
                 raise link.gone()
-            done = board.completed(channel)  # read even without a post: a worker may have died
-            if slot in done:
-                break
-            self._drop(link, done)
             if abandoned():
                 self._withdraw(link, slot, seq)
                 raise ClientClosed(name=link.name, reason="close() was called while the job was pending")
-            if not posted and deadline is not None and time.monotonic() >= deadline:
+            if not done and deadline is not None and time.monotonic() >= deadline:
                 self._withdraw(link, slot, seq)
                 raise FuturesTimeout(f"job {job!r} did not finish within {timeout} s")
-        self._drop(link, [s for s in done if s != slot])
+            done = collect(channel, POLL if deadline is None else min(POLL, max(0.0, deadline - time.monotonic())))
+        if len(done) > 1:
+            self._drop(link, [s for s in done if s != slot])
         outcome = link.outcome(slot, seq, job)
         self.spent, self.spent_at = (slot, seq), time.monotonic()
         if outcome.error is not None:

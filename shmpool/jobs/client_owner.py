@@ -40,13 +40,15 @@ from loguru import logger
 
 from ..errors import ClientClosed, ShmPoolError
 from .client_direct import POLL, SPENT_IDLE, DirectPool
-from .client_link import Link, Outcome, settle
+from .client_link import Link, Outcome, QuietFuture, settle
 
 __all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
 
 CANCEL_WAIT = 0.05  # seconds a detach gives the lock to withdraw each queued request
+HELP_MIN_PENDING = 2  # futures pending on the channel before a waiting thread drains it itself
 _PENDING = concurrent.futures._base.PENDING
 _RUNNING = concurrent.futures._base.RUNNING
+_FINISHED = concurrent.futures._base.FINISHED
 
 
 class Lifecycle(enum.Enum):
@@ -57,7 +59,7 @@ class Lifecycle(enum.Enum):
     CLOSED = "closed"
 
 
-class JobFuture(Future):  # type: ignore[type-arg]
+class JobFuture(QuietFuture):
     """A Future whose ``cancel()`` also withdraws the request while no worker has taken it, and
     whose ``running()`` is True while a worker runs it (read from the slot in shared memory).
 
@@ -96,8 +98,12 @@ class JobFuture(Future):  # type: ignore[type-arg]
             link.drop()
 
     def result(self, timeout: float | None = None) -> Any:
+        if self._state == _FINISHED and self._exception is None:  # QuietFuture's fast path, kept
+            return self._result
         try:
             self._refuse_if_inherited()
+            if timeout is None or timeout > 0:
+                timeout = self._owner.help(self, timeout)
             return super().result(timeout)
         finally:
             # The job's error re-raised here keeps this frame in its traceback, and the frame
@@ -131,6 +137,9 @@ class CompletionOwner:
         self.close_requested = False
         self.broken: BaseException | None = None
         self._stop_requested = threading.Event()  # wakes a broken owner waiting to detach
+        # Held by whoever reads the channel's ring (its one consumer): the owner's thread, or a
+        # thread waiting in result() that drains it meanwhile (help).
+        self._drain_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"shmpool-client-{link.name}", daemon=True)
 
     def start(self) -> None:
@@ -152,34 +161,54 @@ class CompletionOwner:
 
         The submit holds the Link until it ends: an owner that detaches meanwhile (its
         coordinator died) must not unmap the board under a submit still waiting for a slot."""
-        self.link.check_process()  # before any lock: one copied into a child may be held
+        link = self.link
+        link.check_process()  # before any lock: one copied into a child may be held
         with self._lock:
-            self.check_open()
-            if not self.link.hold():  # not while open: the owner lets go only once CLOSED
-                raise ClientClosed(name=self.link.name, reason="it is closed")
+            if self.broken is not None or self.lifecycle is not Lifecycle.OPEN:
+                self.check_open()
+            if not link.hold():  # not while open: the owner lets go only once CLOSED
+                raise ClientClosed(name=link.name, reason="it is closed")
             self.submitting += 1
 
     def end_submit(self, future: JobFuture | None) -> None:
         """Register the submitted ``future`` (None: the submit failed) and end the submit."""
-        early = late = False
         try:
             with self._lock:
                 self.submitting -= 1
-                if future is None:
-                    return
-                if self.lifecycle is Lifecycle.CLOSED or self.broken is not None:
-                    late = True  # nobody will deliver it: end it now
-                elif future._slot in self._early:
-                    self._early.discard(future._slot)
-                    early = True
+                # The common case in full here: one lock round, no list (a submit a job).
+                if (future is None or self.lifecycle is Lifecycle.CLOSED or self.broken is not None
+                        or future._slot in self._early):
+                    pass
                 else:
                     self._table[future._slot] = future
-            if early:
-                self._settle_all([future])
-            elif late:
-                self._end_unanswered([future])
+                    future = None
+            if future is not None:
+                self.register([future])
         finally:
             self.link.drop()
+
+    def register(self, futures: list[JobFuture], *, ending: bool = False) -> None:
+        """Register submitted futures under one lock (a batch of ``map``'s, or the one of a
+        submit: ``ending`` also ends that submit, under the same lock)."""
+        early: list[JobFuture] = []
+        late: list[JobFuture] = []
+        with self._lock:
+            if ending:
+                self.submitting -= 1
+            if self.lifecycle is Lifecycle.CLOSED or self.broken is not None:
+                late = futures  # nobody will deliver them: end them now
+            else:
+                table, parked = self._table, self._early
+                for future in futures:
+                    if future._slot in parked:
+                        parked.discard(future._slot)
+                        early.append(future)
+                    else:
+                        table[future._slot] = future
+        if early:
+            self._settle_all(early)
+        if late:
+            self._end_unanswered(late)
 
     def withdraw(self, future: JobFuture) -> bool:
         """Withdraw ``future``'s request from the board and the table (JobFuture.cancel)."""
@@ -252,7 +281,8 @@ class CompletionOwner:
                     self.broken = link.gone()
                     break
                 # Read even without a post: a worker may have died between pushing and posting.
-                self._deliver(board.completed(channel))
+                with self._drain_lock:  # a helper draining: it is doing our work, wait for it
+                    self._deliver(board.completed(channel))
                 now = time.monotonic()
                 if now >= next_tidy:
                     self.direct.tidy_idle(now)
@@ -264,10 +294,48 @@ class CompletionOwner:
             if self.broken is not None:
                 # Every pending job fails now; the mappings stay until the client is closed,
                 # shut down or dropped: a stopped instance unmaps nothing under its clients.
-                self._end_unanswered(self._take_table())
+                with self._drain_lock:
+                    self._end_unanswered(self._take_table())
                 while not (self.close_requested or self.dropped or self.lifecycle is not Lifecycle.OPEN):
                     self._stop_requested.wait(POLL)
-            self._detach()
+            with self._drain_lock:  # no helper reads the ring while the channel is released
+                self._detach()
+
+    def help(self, future: JobFuture, timeout: float | None) -> float | None:
+        """Drain the channel in the calling thread while it waits for ``future`` (result()):
+        the answers are decoded and settled here, with no hand-off to the owner's thread and
+        back (two wake-ups and two GIL switches a wait, measured ~40 us of CPU a job for a
+        lone submit().result()). Only while nobody else reads the ring, and only for slices
+        in which answers keep coming: on a quiet slice, a closed or broken client, the owner
+        takes over (liveness checks, detach). Returns what is left of ``timeout``.
+
+        Only with other futures pending too (``map``, a pipeline): for a lone future the owner's
+        thread, asleep on the same ring, would be woken by the answer as well and then wait for
+        the lock and the GIL (measured: 60 us of client CPU a lone job with help, 28-40 without)."""
+        if (len(self._table) < HELP_MIN_PENDING or self.broken is not None or self.lifecycle is Lifecycle.CLOSED
+                or self.in_owner_thread()):
+            return timeout
+        if not self._drain_lock.acquire(blocking=False):
+            return timeout  # the owner's thread (or another waiter) is reading the ring
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            collect, channel = self.link.board.core.collect, self.channel
+            while future._state in (_PENDING, _RUNNING) and not self._detached():
+                wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+                done = collect(channel, wait)
+                if not done:
+                    break
+                self._deliver(done)
+        except ShmPoolError:  # the board is gone: the owner's thread finds out and fails the rest
+            pass
+        finally:
+            self._drain_lock.release()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _detached(self) -> bool:
+        return self.lifecycle is Lifecycle.CLOSED  # read afresh: another thread detaches
 
     def _finished(self) -> bool:
         with self._lock:

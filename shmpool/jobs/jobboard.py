@@ -25,14 +25,14 @@ coordinator requeues slots of dead workers and settles those of dead clients.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import posix_ipc
 from loguru import logger
 
 from .._core import BoardCore, RobustMutex, SharedWords
-from ..errors import AttachError, RequestTooLarge
+from ..errors import AttachError
 from ..substrate._proc import is_alive, my_identity
 from ..substrate.names import segment_name
 from ..substrate.segments import Segment
@@ -222,23 +222,21 @@ class JobBoard(BoardRepair, BoardStatistics):
         ``alive``: asked after every timed-out wait for a slot; False (the coordinator is gone)
         ends the wait with AttachError, as does a board that stopped accepting.
         """
-        v = self.v
-        if len(request) > v.layout.payload:
-            raise RequestTooLarge(nbytes=len(request), capacity=v.layout.payload)
-        w = v.words_mv
+        w = self.v.words_mv
         if w[_W_STATE] != _ACCEPTING:
             raise AttachError(name=self.name, reason=_STOPPING_REASON)
-        deadline = None if timeout is None else time.monotonic() + timeout
         pid, start = my_identity()
         rel_slot, rel_seq = release if release is not None else (-1, 0)
         core = self.core
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The first try is the whole job path when a slot is free: one call into the core, which
+        # refuses a request too large for a slot (RequestTooLarge) before taking the lock.
+        slot, seq = core.submit(channel, request, pid, start, timeout, rel_slot, rel_seq)
+        if slot >= 0:
+            return slot, seq
         while True:
+            rel_slot = -1  # freed by the first try
             remaining = None if deadline is None else deadline - time.monotonic()
-            slot, seq = core.submit(channel, request, pid, start,
-                                    None if remaining is None else max(remaining, 0.0), rel_slot, rel_seq)
-            if slot >= 0:
-                return slot, seq
-            rel_slot = -1
             if remaining is not None and remaining <= 0:
                 raise posix_ipc.BusyError(f"no free job slot within {timeout} s")
             # ``seq`` is FREE_SEQ as the full board was seen under the lock: any slot freed
@@ -247,6 +245,35 @@ class JobBoard(BoardRepair, BoardStatistics):
             woken = core.wait_free(channel, seq, wait)
             if w[_W_STATE] != _ACCEPTING:
                 raise AttachError(name=self.name, reason=_STOPPING_REASON)
+            if not woken and alive is not None and not alive():
+                raise AttachError(name=self.name, reason="the coordinator is gone")
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            slot, seq = core.submit(channel, request, pid, start, remaining, -1, 0)
+            if slot >= 0:
+                return slot, seq
+
+    def submit_many(self, channel: int, requests: list[bytes], *, timeout: float | None,
+                    alive: Callable[[], bool] | None = None) -> Iterator[list[tuple[int, int]]]:
+        """:meth:`submit` for a batch, in as few lock rounds as free slots allow: yields the
+        (slot, seq) of each run of requests queued, in order, until all are (a consumer that
+        stops early leaves the rest unsubmitted). Blocks while the board is full, as submit."""
+        w = self.v.words_mv
+        pid, start = my_identity()
+        core = self.core
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = 0
+        while done < len(requests):
+            if w[_W_STATE] != _ACCEPTING:
+                raise AttachError(name=self.name, reason=_STOPPING_REASON)
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            queued, seen = core.submit_many(channel, requests[done:], pid, start, remaining)
+            if queued:
+                done += len(queued)
+                yield queued
+                continue
+            if remaining is not None and remaining <= 0:
+                raise posix_ipc.BusyError(f"no free job slot within {timeout} s")
+            woken = core.wait_free(channel, seen, WAIT_SLICE if remaining is None else min(WAIT_SLICE, remaining))
             if not woken and alive is not None and not alive():
                 raise AttachError(name=self.name, reason="the coordinator is gone")
 

@@ -55,7 +55,12 @@ class JobWord(IntEnum):
     QUEUE_SLEEPERS = 13    # atomic: workers inside a futex wait on Q_TAIL (a submit wakes one
                            # only if non-zero; a worker killed asleep leaves it one too high:
                            # later submits make a needless FUTEX_WAKE, never miss a sleeper)
-    UNUSED_14 = 14         # 14, 16: job totals, now derived from the slots' END_* columns
+    WAKE_PENDING = 14      # atomic: 1 while a worker woken for the queue has not left its wait
+                           # yet; a submit that finds 1 makes no FUTEX_WAKE of its own (that
+                           # worker drains the queue, and a worker that takes a job with more
+                           # queued wakes the next). Cleared by every worker leaving its wait,
+                           # timed out or not, so a waker that died leaves it set one slice at most
+    # 16: a job total, now derived from the slots' END_* columns
     REQUEUED = 15          # taken back from dead workers
     UNUSED_16 = 16
     WORKERS_STARTED = 17
