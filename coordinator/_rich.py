@@ -22,10 +22,10 @@ def available() -> bool:
     return importlib.util.find_spec("rich") is not None
 
 
-def rich(module: str) -> ModuleType:
-    """``rich.<module>``, or MissingExtra saying how to get it."""
+def rich(module: str, *, instead: str = "") -> ModuleType:
+    """``rich.<module>``, or MissingExtra saying how to get it (and ``instead``, what works without)."""
     try:
         return importlib.import_module(f"rich.{module}")
     except ImportError:
-        raise MissingExtra("this needs the rich package: pip install 'shmpool[cli]' "
-                           "(stats --json works without it)") from None
+        alternative = f" ({instead})" if instead else ""
+        raise MissingExtra(f"this needs the rich package: pip install 'shmpool[cli]'{alternative}") from None

@@ -28,11 +28,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
 from shmpool.data import compression
-from shmpool.errors import RegionFormatError, ShmPoolError
+from shmpool.errors import InvalidArgument, RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.substrate.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
 from shmpool.substrate.limits import PER_MILLE, Budget, per_mille
@@ -59,11 +60,15 @@ class CapacityPolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.low_water < PER_MILLE:
-            raise ValueError(f"low_water is per mille of the limit, 0 < low_water < {PER_MILLE}; got {self.low_water}")
+            raise InvalidArgument(argument="low_water", value=self.low_water,
+                                  reason=f"per mille of the limit, 0 < low_water < {PER_MILLE}")
         if self.compress_cold and not compression.available():
-            raise ValueError("compress_cold=True needs the zstandard package: pip install 'shmpool[compress]'")
+            raise InvalidArgument(argument="compress_cold", value=True,
+                                  reason="needs the zstandard package: pip install 'shmpool[compress]'")
         if self.cold_after <= 0 or self.sample_interval <= 0 or self.rehydrate_after < 1:
-            raise ValueError("cold_after and sample_interval must be positive, rehydrate_after >= 1")
+            raise InvalidArgument(argument="(cold_after, sample_interval, rehydrate_after)",
+                                  value=(self.cold_after, self.sample_interval, self.rehydrate_after),
+                                  reason="cold_after and sample_interval must be positive, rehydrate_after >= 1")
 
 
 @dataclass
@@ -77,9 +82,9 @@ class CapacityCounters:
     last_reload_ms: float = 0.0
     evicted_bytes: int = 0
     compression_saved_bytes: int = 0
-    events: list = field(default_factory=list)  # the last few, for dump_state
+    events: list[dict[str, Any]] = field(default_factory=list)  # the last few, for dump_state
 
-    def note(self, kind: str, **info) -> None:
+    def note(self, kind: str, **info: Any) -> None:
         self.events.append({"event": kind, "at": time.time(), **info})
         del self.events[:-50]
 
@@ -158,7 +163,7 @@ class CapacityManager:
         return evicted
 
     def evict(self, pub: Published) -> None:
-        file = pub.file if self._file_matches(pub) else self._spill(pub)
+        file = pub.file if pub.file is not None and self._file_matches(pub) else self._spill(pub)
         self._publisher.evict(pub.dimension_id, file)
         self.counters.evictions += 1
         self.counters.evicted_bytes += pub.data_nbytes
@@ -314,7 +319,7 @@ class CapacityManager:
 
     # ----------------------------------------------------------------- reporting
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         c = self.counters
         words = self._inst.control.words
         budget = Budget.read(words)
@@ -330,7 +335,7 @@ class CapacityManager:
             "low_water_bytes": per_mille(budget.limit, self.policy.low_water),
         }
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         return {"policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.policy.__dict__.items()},
                 "spill_dir": str(self.spill_dir), "stats": self.stats(),
                 "evicted": [e.as_dict() for e in self._publisher.evicted.values()],

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any, NoReturn, Sequence
 
 from loguru import logger
 
@@ -42,18 +44,26 @@ class UsageError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (the usage block is what ``--help`` is for)."""
 
-    def error(self, message: str):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # "-1s" or "-5MiB" after an option is its (wrong) value, for its type to refuse by name;
+        # argparse's default takes only plain negative numbers as values and called these
+        # unknown options ("expected one argument"). No option of ours starts with a digit.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # --------------------------------------------------------------------- serve
 
-_SERVE_DEFAULTS = {"workers": None, "memory_limit": DEFAULT_LIMIT, "metrics_port": None,
+_SERVE_DEFAULTS: dict[str, Any] = {"workers": None, "memory_limit": DEFAULT_LIMIT, "metrics_port": None,
                    "metrics_addr": "127.0.0.1", "evict": True, "compress_cold": False, "huge_pages": False,
-                   "pool_growth": 2, "spill_dir": None, "data_dir": None, "job_modules": [], "jobs": []}
+                   "pool_growth": 2, "spill_dir": None, "data_dir": None, "sample": False, "job_modules": [],
+                   "jobs": []}
 
 
-def apply_env_defaults(args) -> None:
+def apply_env_defaults(args: argparse.Namespace) -> None:
     """Fill serve's flags left unset from ``SHMPOOL_*`` (flags win), then from the built-in defaults."""
     for dest, default in _SERVE_DEFAULTS.items():
         if getattr(args, dest) not in (None, []):
@@ -69,10 +79,12 @@ def apply_env_defaults(args) -> None:
             raise UsageError(f"environment variable {var}={raw!r}: {exc}") from None
 
 
-def check_serve(args) -> None:
+def check_serve(args: argparse.Namespace) -> None:
     """What argparse cannot see alone; all before the coordinator starts."""
     from shmpool.data import compression
 
+    if args.sample and args.data_dir is not None:
+        raise UsageError("--sample and --data-dir both name the data to serve: give one")
     if args.compress_cold and not compression.available():
         raise UsageError("--compress-cold needs the zstandard package: pip install 'shmpool[compress]'")
     if args.metrics_port is not None:
@@ -90,7 +102,7 @@ class RuntimeFailure(Exception):
     """A failure that is not the arguments' fault (exit 1, one line)."""
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     from .capacity import CapacityPolicy
     from .coordinator import Coordinator
 
@@ -101,7 +113,14 @@ def cmd_serve(args) -> int:
     capacity = CapacityPolicy(evict=args.evict, compress_cold=args.compress_cold, huge_pages=args.huge_pages,
                               pool_growth=args.pool_growth,
                               spill_dir=Path(args.spill_dir) if args.spill_dir else None)
-    with Coordinator(args.name, data_dir=args.data_dir, workers=args.workers,
+    if args.sample:
+        data_dir = shmpool.SAMPLE
+    else:
+        data_dir = args.data_dir
+        if data_dir is None:
+            logger.info("no --data-dir: serving no data, only jobs (--data-dir DIR serves its region files, "
+                        "--sample the built-in sample)")
+    with Coordinator(args.name, data_dir=data_dir, workers=args.workers,
                      memory_limit=args.memory_limit, capacity=capacity,
                      jobs=dict(args.jobs), job_modules=args.job_modules) as coord:
         st = coord.stats()
@@ -135,8 +154,8 @@ def cmd_serve(args) -> int:
 
 # --------------------------------------------------------------------- cleanup
 
-def cmd_cleanup(args) -> int:
-    from filelock import FileLock, Timeout
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .name_lock import NameLock, remove_instance_files
 
     if args.dead == (args.name is not None):
         raise UsageError("give NAME or --dead, not both" if args.dead else "give NAME, or --dead for every dead instance")
@@ -153,25 +172,27 @@ def cmd_cleanup(args) -> int:
                              "(stop it with SIGTERM instead)")
     # The coordinator holds this flock for its whole life, also while starting or stopping, when
     # attach fails; holding it here also keeps a new coordinator from starting mid-sweep.
-    lock = FileLock(str(runtime_dir() / f"{args.name}.coordinator.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = NameLock(runtime_dir() / f"{args.name}.coordinator.lock")
+    if not lock.try_acquire():
         raise RuntimeFailure(f"refusing to clean up {args.name!r}: a coordinator holds its lock "
-                             "(starting or stopping)") from None
+                             "(starting or stopping)")
     segments = set(list_objects(args.name)[0])
+    swept = False
     try:
         removed = shmpool.cleanup(args.name)
+        swept = True
     except CleanupError as exc:  # e.g. another user's objects: what went, then one line on what did not
         _cleanup_summary(args, exc.removed, segments)
         raise
     finally:
-        lock.release()
+        if swept:  # the crashed instance's lock files and empty spill folder go with it
+            remove_instance_files(args.name, runtime_dir() / f"{args.name}.spill")
+        lock.release(remove=swept)
     _cleanup_summary(args, removed, segments)
     return 0
 
 
-def _cleanup_dead(args) -> int:
+def _cleanup_dead(args: argparse.Namespace) -> int:
     """Every instance of ours whose coordinator died with no one to stop it (sweep_dead's rule)."""
     from shmpool.substrate.instance import SWEEP_MIN_AGE, sweep_dead
 
@@ -184,7 +205,7 @@ def _cleanup_dead(args) -> int:
     return 0
 
 
-def _cleanup_summary(args, removed, segments: set) -> None:
+def _cleanup_summary(args: argparse.Namespace, removed: Sequence[str], segments: set[str]) -> None:
     if not removed:
         print(f"shmpool: nothing of {args.name!r} to clean up")
         return
@@ -199,7 +220,7 @@ def _cleanup_summary(args, removed, segments: set) -> None:
 
 # --------------------------------------------------------------------- stress
 
-def cmd_stress(args) -> int:
+def cmd_stress(args: argparse.Namespace) -> int:
     from ._rich import rich
     from ..tools.stress import render_report, run_stress, write_outputs
 
@@ -271,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _logging_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, **kw) -> argparse.ArgumentParser:
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, **kw)
         _logging_options(p, top=False)
         return p
@@ -283,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"it cleanly. {SIZE_HELP}. {env}")
     p.add_argument("name", type=T.instance_name, metavar="NAME")
     p.add_argument("--data-dir", type=T.existing_dir, metavar="DIR",
-                   help="folder of *.region files (default: the built-in sample)")
+                   help="folder of *.region files (default: none, serve no data)")
+    p.add_argument("--sample", action="store_const", const=True, default=None,
+                   help="serve the built-in 14-dimension sample (for trying shmpool out)")
     p.add_argument("--workers", type=T.workers, metavar="N",
                    help=f"worker processes, 0..{T.MAX_WORKERS} (default: CPU count; 0: none)")
     p.add_argument("--memory-limit", type=T.memory_limit, metavar="SIZE",
@@ -383,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(args) -> None:
+def _setup_logging(args: argparse.Namespace) -> None:
     level = args.log_level or os.environ.get("SHMPOOL_LOG_LEVEL") or ("WARNING" if args.command == "stress"
                                                                      else "INFO")
     level = T.log_level(level) if args.log_level is None else level  # a bad variable is caught in main
@@ -399,9 +422,13 @@ def _setup_logging(args) -> None:
     # Looked up at each message, so that output goes through rich's stderr proxy while a
     # progress bar is live instead of tearing it.
     if fmt == "json":
-        logger.add(lambda message: sys.stderr.write(message), level=level, serialize=True)
+        logger.add(_write_stderr, level=level, serialize=True)
     else:
-        logger.add(lambda message: sys.stderr.write(message), level=level, format=LOG_FORMAT)
+        logger.add(_write_stderr, level=level, format=LOG_FORMAT)
+
+
+def _write_stderr(message: str) -> None:
+    sys.stderr.write(message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"environment variable SHMPOOL_LOG_LEVEL: {exc}") from None
         if args.command == "serve":
             apply_env_defaults(args)
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except UsageError as exc:
         print(f"{prog}: error: {exc} (see {prog} --help)", file=sys.stderr)
         return 2

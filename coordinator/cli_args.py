@@ -19,7 +19,9 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
+from shmpool.substrate import limits
 from shmpool.substrate.names import validate_name
 
 __all__ = ["parse_size", "parse_duration", "instance_name", "job_entry", "count", "at_least_one", "port",
@@ -34,9 +36,8 @@ _POWERS = "kmgt"
 # Below this the default pools (4 KiB .. 1 MiB blocks) cannot hold even one typical dimension:
 # 1KB used to start, load nothing and exit 0.
 MIN_MEMORY_LIMIT = 2**20
-# More workers than this is a typo, not a plan: each is a process with its own reader, and the
-# job board has 256 slots by default. (--workers 100000 used to fork until the machine gave up.)
-MAX_WORKERS = 256
+# More workers than this is a typo (shmpool.substrate.limits, shared with Coordinator(workers=)).
+MAX_WORKERS = limits.MAX_WORKERS
 # Growth rows are reserved in the control segment per configured pool; past this it is a typo.
 MAX_POOL_GROWTH = 64
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -229,16 +230,20 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a yes/no value: {text!r} (1/0, true/false, yes/no, on/off)")
 
 
-def _list(item):
-    def parse(text: str) -> list:
+_T = TypeVar("_T")
+
+
+def _list(item: Callable[[str], _T]) -> Callable[[str], list[_T]]:
+    def parse(text: str) -> list[_T]:
         return [item(part) for part in re.split(r"[,\s]+", text.strip()) if part]
     return parse
 
 
 # serve's flags that an environment variable may default (flags on the command line win):
 # dest -> (variable, type of its value).
-ENV_DEFAULTS = {
+ENV_DEFAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "data_dir": ("SHMPOOL_DATA_DIR", existing_dir),
+    "sample": ("SHMPOOL_SAMPLE", _flag),
     "workers": ("SHMPOOL_WORKERS", workers),
     "memory_limit": ("SHMPOOL_MEMORY_LIMIT", memory_limit),
     "metrics_port": ("SHMPOOL_METRICS_PORT", port),

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shmpool.errors import ShmPoolError
+
+if TYPE_CHECKING:  # imported where used: `shmpool --help` stays quick
+    from shmpool.data.region_builder import RegionBuilder
 
 __all__ = ["InputError", "load_jsonl", "cmd_build"]
 
@@ -22,7 +27,7 @@ class InputError(ShmPoolError, ValueError):
         super().__init__(f"{path}, line {line}: {reason}", path=path, line=line, reason=reason)
 
 
-def load_jsonl(path: str | os.PathLike) -> list:
+def load_jsonl(path: str | os.PathLike[str]) -> list[RegionBuilder]:
     """One RegionBuilder per dimension from a JSON Lines file, one layer per line.
 
     Raises InputError naming the line for anything unusable; blank lines are skipped.
@@ -50,9 +55,10 @@ def load_jsonl(path: str | os.PathLike) -> list:
             if unknown:
                 raise bad(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_JSONL_FIELDS))}")
             dim, layer = rec.get("dimension_id"), rec.get("layer_id")
-            for field, value in (("dimension_id", dim), ("layer_id", layer)):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise bad(f"{field} must be an integer, got {value!r}")
+            if isinstance(dim, bool) or not isinstance(dim, int):
+                raise bad(f"dimension_id must be an integer, got {dim!r}")
+            if isinstance(layer, bool) or not isinstance(layer, (int, str)):  # a str is a key (shmpool.key_id)
+                raise bad(f"layer_id must be an integer or a string key, got {layer!r}")
             name = rec.get("dimension_name", names.get(dim))
             if not isinstance(name, str) or not name:
                 raise bad(f"dimension_name must be a non-empty string (required on the first line of "
@@ -91,7 +97,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40] or "dimension"
 
 
-def cmd_build(args) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     from .loading import REGION_SUFFIX
 
     out = Path(args.directory)

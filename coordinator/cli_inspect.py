@@ -8,7 +8,11 @@ away, not when one is added.
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import Any
+import os
+import sys
 
 import shmpool
 from shmpool.errors import AttachError
@@ -26,7 +30,7 @@ class NotServing(Exception):
     """Instance NAME has no live coordinator; the message is the one line the CLI prints."""
 
 
-def attach(name: str):
+def attach(name: str) -> shmpool.Reader:
     """``shmpool.attach(name)``, with an error that says what the user needs to know."""
     try:
         return shmpool.attach(name)
@@ -34,11 +38,16 @@ def attach(name: str):
         segments, semaphores = list_objects(name)
         if not segments and not semaphores:
             raise NotServing(f"no coordinator {name!r} is running (nothing of it in /dev/shm)") from None
-        raise NotServing(f"{name!r} is not serving: {exc.reason} (if its coordinator crashed, "
-                         f"`shmpool cleanup {name}` removes what it left)") from None
+        reason = exc.reason
+        if "`shmpool cleanup`" in reason:  # the reason gives the hint already: name the instance in it
+            hint = ""
+            reason = reason.replace("`shmpool cleanup`", f"`shmpool cleanup {name}`")
+        else:
+            hint = f" (if its coordinator crashed, `shmpool cleanup {name}` removes what it left)"
+        raise NotServing(f"{name!r} is not serving: {reason}{hint}") from None
 
 
-def board_summary(name: str) -> dict | None:
+def board_summary(name: str) -> dict[str, Any] | None:
     """Jobs and workers as the job board in shared memory has them; None without a board."""
     from shmpool.jobs.jobboard import JobBoard
 
@@ -52,7 +61,7 @@ def board_summary(name: str) -> dict | None:
         board.close()
 
 
-def _reader_view(reader) -> list[dict]:
+def _reader_view(reader: shmpool.Reader) -> list[dict[str, Any]]:
     dims = []
     for dim_id, dim_name in reader.dimensions().items():
         ids = reader.layer_ids(dim_id)
@@ -62,7 +71,7 @@ def _reader_view(reader) -> list[dict]:
     return dims
 
 
-def _snapshot(name: str) -> dict:
+def _snapshot(name: str) -> dict[str, Any]:
     with attach(name) as reader:
         st = reader.stats()
         dims = _reader_view(reader)
@@ -97,20 +106,21 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
-def cmd_stats(args) -> int:
+def cmd_stats(args: argparse.Namespace) -> int:
     snap = _snapshot(args.name)
     if args.json:
         print(json.dumps(snap, indent=2))
         return 0
     from ._rich import rich
 
-    Console, Table = rich("console").Console, rich("table").Table
+    Console = rich("console", instead="stats --json works without it").Console
+    Table = rich("table").Table
     st, dims = snap, snap["dimensions"]
     th = Thresholds(**st["thresholds"])
     state = CapacityState[snap["capacity_state"].upper()]
     usage = st["used_bytes"] / st["memory_limit"] if st["memory_limit"] else 0.0
     style = _STYLE[state]
-    console = Console()
+    console = Console(width=_width())
     console.print(f"[bold]shmpool instance {args.name!r}[/]: {plural(len(dims), 'dimension')}, "
                   f"{st['readers_attached']} readers attached (this one included), peak {st['readers_peak']}")
     console.print(f"memory: [{style}]{_mib(st['used_bytes'])} of {_mib(st['memory_limit'])} "
@@ -124,12 +134,12 @@ def cmd_stats(args) -> int:
                       f"{plural(jobs['clients'], 'client')}; {plural(workers['running'], 'worker')} "
                       f"({workers['deaths']} died)")
     pools = Table(title="pools", title_justify="left")
-    for col in ("pool", "block size", "used / total blocks", "utilization", "fragmentation", "peak blocks",
-                "allocations", "failures"):
+    # Headers short enough for an 80-column terminal whole (the long ones were cut to "utiliz…").
+    for col in ("pool", "block", "blocks used", "use", "frag.", "peak", "allocs", "fails"):
         pools.add_column(col, justify="right")
     for p in st["pools"]:
         pool_style = _STYLE[th.state(p["blocks_used"], p["blocks_total"])]
-        pools.add_row(str(p["index"]), f"{p['block_size'] // 1024} KiB",
+        pools.add_row(str(p["index"]), _block(p["block_size"]),
                       f"{p['blocks_used']:,} / {p['blocks_total']:,}",
                       f"[{pool_style}]{p['utilization']:.1%}[/]",
                       f"{p['fragmentation']:.1%}", f"{p['peak_blocks_used']:,}", f"{p['allocations']:,}",
@@ -145,10 +155,25 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def _width() -> int | None:
+    """The terminal's width, or COLUMNS; piped, wide enough that no line is broken at 80."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None  # rich's own choice: COLUMNS, else the terminal's size
+    return 240
+
+
+def _block(size: int) -> str:
+    """A block size (a power of two) in its largest whole unit: 64 B, 4 KiB, 1 MiB."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
 _PIN_STYLE = {"current": "", "held": "", "waiting": "yellow", "stale": "bold red"}
 
 
-def _pins_table(st: dict, Table):
+def _pins_table(st: dict[str, Any], Table: Any) -> Any:
     """The generations readers hold: what each one keeps from being freed, and for how long."""
     title = (f"pins: {len(st['pins'])}, retaining {_mib(st['pins_retained_bytes'])} of superseded "
              f"regions (stale after {st['max_pin_age']:g} s)")
@@ -165,7 +190,7 @@ def _pins_table(st: dict, Table):
     return table
 
 
-def cmd_dump(args) -> int:
+def cmd_dump(args: argparse.Namespace) -> int:
     with attach(args.name) as reader:
         state = {"name": args.name, "view": "reader",
                  "note": "as seen by an attached reader; Coordinator.dump_state() in the coordinator's "
@@ -175,7 +200,7 @@ def cmd_dump(args) -> int:
     return 0
 
 
-def cmd_health(args) -> int:
+def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 and one line when NAME is serving; NotServing (exit 1, one line) otherwise.
 
     Attaching proves the coordinator is alive and running (attach refuses a dead or stopping

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import posix_ipc
-from filelock import FileLock, Timeout
 from loguru import logger
 
+from shmpool import _last_resort
 from shmpool.jobs.codec import encode_error
 from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
-from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, DimensionNotFound, GenerationNotNewer,
+from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, CoordinatorStateError, DimensionNotFound,
+                            GenerationNotNewer,
                             InstanceExists, InvalidLayer, LimitExceeded,
                             LockTimeout, ShmPoolError)
 from shmpool.substrate.ids import as_id
@@ -33,18 +34,21 @@ from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import JobsLayout
 from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
 from shmpool.substrate.layout import W
-from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds
+from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds, check_worker_count
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
 from shmpool.jobs.spill import free_spill
 from shmpool.data.region import Region
+from shmpool.data.sample import SAMPLE, SampleData, sample_dir
 from shmpool.workers.config import WorkerConfig
 from shmpool.workers.jobs import POLICY_ENV, JobPolicy
 from shmpool.coordinator.pool import WorkerPool
 
+from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
-from .loading import REGION_SUFFIX, LoadReport, load_region_files, sample_directory
+from .loading import LoadReport, load_region_files, region_files
+from .name_lock import NameLock, remove_instance_files
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
 from .verified import VerifiedFiles
@@ -65,6 +69,20 @@ def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
     threading.Thread(target=run, name=f"shmpool-{getattr(fn, '__name__', 'task')}", daemon=True).start()
     return future
 
+def default_pools(memory_limit: int) -> tuple[PoolSpec, ...]:
+    """DEFAULT_POOLS, with the largest pool grown to hold the whole ``memory_limit`` if it does not.
+
+    Any layer that fits the limit then fits a pool: with the fixed 280 blocks of 1 MiB a 300 MiB
+    layer failed under a 1 GiB limit until the user guessed ``pools=``. Pools are sparse on tmpfs,
+    so the larger pool costs only its bitmap (one bit per MiB of limit).
+    """
+    *smaller, largest = DEFAULT_POOLS
+    blocks = -(-memory_limit // largest.block_size)
+    if blocks <= largest.block_count:
+        return DEFAULT_POOLS
+    return (*smaller, PoolSpec(largest.block_size, blocks))
+
+
 RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
@@ -74,7 +92,9 @@ HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invarian
 class Coordinator:
     """Owns instance ``name``: ``start()`` makes every dimension readable by other processes.
 
-    With ``data_dir=None`` it serves the built-in 14-dimension sample. Usable as a context
+    It starts empty: with ``data_dir=None`` it serves what the program publishes
+    (:meth:`create_proto_dimension`, :meth:`crystallize`); with a folder, its ``*.region`` files
+    too; ``data_dir=shmpool.SAMPLE`` serves the built-in 14-dimension sample. Usable as a context
     manager (start on enter, stop on exit). Its workers run the built-in jobs, the functions
     named in ``jobs`` (``{name: function or "module:function"}``) and ``"module:function"``
     of modules in ``job_modules`` (prefixes); any other job name fails with UnknownJob.
@@ -87,7 +107,7 @@ class Coordinator:
     content checks at the next start (docs/architecture.md, Start-up).
     """
 
-    def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None,
+    def __init__(self, name: str, *, data_dir: str | os.PathLike | SampleData | None = None,
                  memory_limit: int = DEFAULT_LIMIT, pools: Sequence[PoolSpec] | None = None,
                  thresholds: Thresholds = Thresholds(), sample_seed: int = 0,
                  max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
@@ -106,14 +126,16 @@ class Coordinator:
                                                 job_timeout=job_timeout)
         # Workers busy-wait this long for the next request before sleeping (shmpool.jobs.spin).
         self.worker_spin = spin_seconds(worker_spin_us)
-        self.data_dir = Path(data_dir) if data_dir is not None else None
+        # None: start empty (the program publishes); SAMPLE: the built-in sample, built at start.
+        self.serves_sample = data_dir is SAMPLE
+        self.data_dir = Path(data_dir) if data_dir is not None and not isinstance(data_dir, SampleData) else None
         self.memory_limit = memory_limit
-        self.pools = tuple(pools) if pools is not None else DEFAULT_POOLS
+        self.pools = tuple(pools) if pools is not None else default_pools(memory_limit)
         self.thresholds = thresholds
         self.sample_seed = sample_seed
         self._max_dimensions = max_dimensions
         self._max_readers = max_readers
-        self.worker_count = (os.cpu_count() or 1) if workers is None else workers
+        self.worker_count = (os.cpu_count() or 1) if check_worker_count(workers) is None else workers
         self._job_config = (job_slots, max_clients, job_payload)
         self.drain_timeout = drain_timeout
         self.max_pin_age = max_pin_age
@@ -130,7 +152,7 @@ class Coordinator:
         self._capacity: CapacityManager | None = None
         self._board: JobBoard | None = None
         self._pool: WorkerPool | None = None
-        self._file_lock = FileLock(str(runtime_dir() / f"{name}.coordinator.lock"))
+        self._file_lock = NameLock(runtime_dir() / f"{name}.coordinator.lock")
         self._inst: SharedInstance | None = None
         self._publisher: Publisher | None = None
         self._reader: Reader | None = None
@@ -158,14 +180,13 @@ class Coordinator:
         job board is a WARNING at start.
         """
         if self._inst is not None:
-            raise RuntimeError(f"coordinator {self.name!r} is already started")
+            raise CoordinatorStateError(name=self.name, running=True)
         t0 = time.perf_counter()
+        self._show_warnings_on_stderr()
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise FileNotFoundError(f"data directory {self.data_dir} does not exist")
-        try:
-            self._file_lock.acquire(timeout=0)
-        except Timeout:
-            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid()) from None
+        if not self._file_lock.try_acquire():
+            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid())
         try:
             self._check_shm_space()
             self._inst = SharedInstance.create(
@@ -173,8 +194,7 @@ class Coordinator:
                 max_dimensions=self._max_dimensions, max_readers=self._max_readers,
                 growth=self.capacity_policy.pool_growth, huge_pages=self.capacity_policy.huge_pages)
             self._publisher = Publisher(self._inst, max_pin_age=self.max_pin_age)
-            folder = self.data_dir if self.data_dir is not None else sample_directory(self.sample_seed)
-            paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
+            paths = self._region_files()
             spill = self.capacity_policy.spill_dir or runtime_dir() / f"{self.name}.spill"
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
@@ -216,10 +236,17 @@ class Coordinator:
             raise
         self.started_at = time.time()
         self.startup_seconds = time.perf_counter() - t0
+        self._stop_at_process_exit()
         logger.info("coordinator {!r} started in {:.1f} ms: {} dimensions, {} bytes, {} files skipped",
                     self.name, self.startup_seconds * 1e3, len(self.load_report.loaded),
                     self.load_report.bytes_loaded, len(self.load_report.skipped))
         return self
+
+    def _region_files(self) -> list[Path]:
+        """What start() loads: nothing without ``data_dir``, the sample's files for SAMPLE."""
+        if self.serves_sample:
+            return region_files(sample_dir(self.sample_seed))
+        return region_files(self.data_dir) if self.data_dir is not None else []
 
     def _room_for_board_and(self, paths: list[Path]) -> bool:
         """Whether /dev/shm has room for the board and every file, with a block of slack each."""
@@ -276,7 +303,19 @@ class Coordinator:
             self._drain()
         self._inst.mark_stopping()
         self._teardown()
+        exit_cleanup.forget(self)
         logger.info("coordinator {!r} stopped", self.name)
+
+    @staticmethod
+    def _show_warnings_on_stderr() -> None:
+        """This process runs a coordinator: its user must see capacity warnings, skipped files and
+        lost workers without configuring anything (shmpool/_last_resort.py says how, and the switch)."""
+        _last_resort.activate()
+
+    def _stop_at_process_exit(self) -> None:
+        """A program that never calls stop() still leaves nothing in /dev/shm: this coordinator is
+        stopped at interpreter exit and on SIGTERM (coordinator/exit_cleanup.py says how)."""
+        exit_cleanup.remember(self)
 
     def _drain(self) -> None:
         board = self._board
@@ -318,8 +357,16 @@ class Coordinator:
             self._inst.destroy()
             self._inst = None
         self._publisher = None
-        if self._file_lock.is_locked:
-            self._file_lock.release()
+        self._let_go_of_the_name()
+
+    def _let_go_of_the_name(self) -> None:
+        """The instance is gone: remove what it made in the runtime folder, then the name lock
+        (its file too, while still holding it: coordinator/name_lock.py says why that is safe)."""
+        if not self._file_lock.is_locked:
+            return
+        default_spill = runtime_dir() / f"{self.name}.spill"
+        remove_instance_files(self.name, default_spill if self.capacity_policy.spill_dir is None else None)
+        self._file_lock.release(remove=True)
 
     def __enter__(self) -> "Coordinator":
         return self.start()
@@ -380,7 +427,7 @@ class Coordinator:
 
     def _require(self) -> tuple[SharedInstance, Publisher]:
         if self._inst is None or self._publisher is None:
-            raise RuntimeError(f"coordinator {self.name!r} is not running")
+            raise CoordinatorStateError(name=self.name, running=False)
         return self._inst, self._publisher
 
     # ----------------------------------------------------------------- proto-dimensions
@@ -563,6 +610,13 @@ class Coordinator:
         if proto is not None:
             return proto.load_layer_context(layer_id)
         return self.reader().load_layer_context(dimension_id, layer_id)
+
+    def kill_worker(self, pid: int, *, why: str) -> bool:
+        """SIGKILL worker ``pid`` on purpose (stress and chaos tests): the pool replaces it as after
+        any death, but reports it at INFO as killed by ``why`` rather than as an ERROR that
+        blames the OOM killer. Returns False, killing nothing, if ``pid`` is not a live worker."""
+        self._require()
+        return self._pool is not None and self._pool.kill(pid, why)
 
     def reclaim(self) -> int:
         """Free unpinned superseded generations now (the reaper does this every 20 ms)."""

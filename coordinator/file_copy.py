@@ -49,7 +49,7 @@ class RegionFile:
         self.path, self.fd, self.stat, self.header = path, fd, st, header
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RegionFile":
+    def open(cls, path: str | os.PathLike[str]) -> "RegionFile":
         """Open ``path`` and read its header. Raises RegionFormatError (as Region.open words it)
         for a file that cannot be opened or is not a region; the caller closes."""
         source = os.fspath(path)

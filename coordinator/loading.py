@@ -10,19 +10,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
 from loguru import logger
 
 from shmpool.errors import ShmPoolError
 from shmpool.substrate.instance import SharedInstance
-from shmpool.substrate.names import runtime_dir
 from shmpool.data.region import HEADER_OFFSETS, Region
+from shmpool.data.sample import sample_dir
 
 from .file_copy import PoolWriter, RegionFile
 from .publisher import Publisher
 from .verified import FileKey, VerifiedFiles
 
-__all__ = ["LoadReport", "load_region_files", "sample_directory", "REGION_SUFFIX"]
+__all__ = ["LoadReport", "load_region_files", "region_files", "sample_directory", "REGION_SUFFIX"]
 
 REGION_SUFFIX = ".region"
 _CRC_AT = HEADER_OFFSETS["meta_crc"]
@@ -37,6 +36,23 @@ class LoadReport:
     trusted: list[str] = field(default_factory=list)   # files the validation cache vouched for
     copy_seconds: float = 0.0    # sendfile into the pools (page reservation not included)
     verify_seconds: float = 0.0  # content checks (CRC32, UTF-8) of the copies
+
+
+def region_files(folder: Path) -> list[Path]:
+    """The region files (``*.region``) of ``folder`` in name order.
+
+    None at all is a WARNING saying how to make some: a data folder was named, so serving
+    nothing from it is surely not what was meant (a Coordinator without ``data_dir`` starts
+    empty by design and never gets here).
+    """
+    paths = sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX)
+    if not paths:
+        logger.warning(
+            "no region files (*{}) in {}: serving no data from it. Write some with shmpool.RegionBuilder "
+            "(add_layer, then write(DIR / 'NAME.region')) or `shmpool build DIR --from FILE.jsonl`, or "
+            "publish from the program (create_proto_dimension, crystallize); data_dir=shmpool.SAMPLE "
+            "(shmpool serve --sample) serves the built-in sample", REGION_SUFFIX, folder)
+    return paths
 
 
 def load_region_files(publisher: Publisher, paths: list[Path], *, instance: SharedInstance,
@@ -106,17 +122,4 @@ def _place(publisher: Publisher, writer: PoolWriter, src: RegionFile, cache: Ver
 
 def sample_directory(seed: int = 0) -> Path:
     """Region files of the built-in sample, built once per seed into the runtime folder."""
-    from shmpool.data.region import FORMAT_VERSION
-    from shmpool.data.sample import build_sample
-
-    target = runtime_dir() / f"sample-seed{seed}-v{FORMAT_VERSION}"
-    done = target / ".complete"
-    if done.exists():
-        return target
-    with FileLock(str(target) + ".lock"):
-        if not done.exists():
-            target.mkdir(exist_ok=True)
-            build_sample(target, seed=seed)
-            done.touch()
-            logger.info("built the sample data set (seed {}) in {}", seed, target)
-    return target
+    return sample_dir(seed)

@@ -10,7 +10,7 @@ prometheus-client is an optional extra (``pip install 'shmpool[metrics]'``).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from loguru import logger
 
@@ -18,6 +18,10 @@ import shmpool
 from shmpool.substrate.limits import CapacityState
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.metrics_core import Metric
+
     from .coordinator import Coordinator
 
 __all__ = ["ShmpoolCollector", "MetricsServer", "serve_metrics", "CAPACITY_STATES"]
@@ -41,7 +45,7 @@ class ShmpoolCollector:
         with self._lock:
             self._closed = True
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterable[Metric]:
         with self._lock:
             if self._closed:
                 return []
@@ -53,19 +57,19 @@ class ShmpoolCollector:
             # Built into a list under the lock: a generator would read after close() returned.
             return list(self._families(s, hist))
 
-    def _families(self, s: dict, hist: dict | None) -> Iterator:
+    def _families(self, s: dict[str, Any], hist: dict[str, Any] | None) -> Iterator[Metric]:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                             InfoMetricFamily)
         from prometheus_client.utils import floatToGoString
 
         name = self._coord.name
 
-        def gauge(metric: str, doc: str, value):
+        def gauge(metric: str, doc: str, value: float) -> Metric:
             fam = GaugeMetricFamily(metric, doc, labels=["instance_name"])
             fam.add_metric([name], value)
             return fam
 
-        def counter(metric: str, doc: str, value):
+        def counter(metric: str, doc: str, value: float) -> Metric:
             fam = CounterMetricFamily(metric, doc, labels=["instance_name"])
             fam.add_metric([name], value)
             return fam
@@ -153,7 +157,8 @@ class ShmpoolCollector:
                                         "job latency: submitted -> response stored by the worker",
                                         labels=["instance_name"])
             # _count is the +Inf bucket, so count and buckets always agree within a scrape.
-            fam.add_metric([name], [(floatToGoString(b), c) for b, c in hist["buckets"]], hist["sum_seconds"])
+            buckets = [(floatToGoString(b), c) for b, c in hist["buckets"]]  # type: ignore[no-untyped-call]  # unannotated upstream
+            fam.add_metric([name], buckets, hist["sum_seconds"])
             yield fam
 
 
@@ -164,12 +169,12 @@ class MetricsServer:
     manager's exit) stops the server, joins its thread and waits for a scrape in progress. Close it
     before stopping the coordinator."""
 
-    def __init__(self, server, thread: threading.Thread, collector: ShmpoolCollector) -> None:
+    def __init__(self, server: WSGIServer, thread: threading.Thread, collector: ShmpoolCollector) -> None:
         self.server = server
         self.thread = thread
         self._collector = collector
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter((self.server, self.thread))
 
     def __repr__(self) -> str:
@@ -181,7 +186,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        host = self.server.server_address[0]
+        host = str(self.server.server_address[0])  # an IP address string (AF_INET or AF_INET6)
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
 
     def close(self, timeout: float = 5.0) -> None:
@@ -194,7 +199,7 @@ class MetricsServer:
     def __enter__(self) -> "MetricsServer":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

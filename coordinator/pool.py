@@ -17,18 +17,20 @@ Two more duties, both once per supervision round:
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from loguru import logger
 
 from shmpool.substrate._proc import start_token
 from shmpool.jobs.codec import decode_job, decode_request, encode_error
-from shmpool.errors import (JobTimeout, LockTimeout, WorkerCrashed, WorkerInitFailed, WorkersNotReady,
+from shmpool.errors import (InvalidArgument, JobTimeout, LockTimeout, WorkerCrashed, WorkerInitFailed, WorkersNotReady,
                             WorkerStartFailed)
 from shmpool.jobs.jobboard import JobBoard
 
@@ -43,7 +45,7 @@ MIN_UPTIME = 1.0             # seconds: a worker that dies younger counts toward
 RESTART_BACKOFF = 0.5        # seconds before the first delayed restart, doubling per failure
 RESTART_BACKOFF_MAX = 30.0
 
-_SIGNAL_MEANING = {
+_SIGNAL_MEANING: dict[int, str] = {
     signal.SIGKILL: "killed with SIGKILL (the OOM killer, or `kill -9`)",
     signal.SIGSEGV: "crashed with a segmentation fault in native code",
     signal.SIGBUS: "crashed with a bus error (a mapping shrank under it?)",
@@ -73,7 +75,7 @@ def explain_exit(returncode: int) -> str:
 @dataclass
 class _Worker:
     index: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     started: float
     start_token: int = 0    # its /proc start time, read while it cannot have been reaped yet
     handled: bool = False   # its death is dealt with; a replacement waits for restart_at
@@ -86,17 +88,18 @@ class WorkerPool:
     def __init__(self, name: str, board: JobBoard, count: int, *, env: dict[str, str] | None = None,
                  config: WorkerConfig | None = None) -> None:
         if count < 1:
-            raise ValueError(f"a worker pool needs at least one worker, got {count}")
+            raise InvalidArgument(argument="count", value=count, reason="a worker pool needs at least one worker")
         self.name = name
         self.board = board
         self.count = count
         self.config = config if config is not None else WorkerConfig.build()
         self.workers: list[_Worker] = []
-        self.deaths: list[dict] = []
+        self.deaths: list[dict[str, Any]] = []
         self._stopping = False
         # On top of ours: the job allow-list (workers/jobs.py) and the config (workers/config.py).
         self._env = {**(env or {}), CONFIG_ENV: self.config.to_json()}
         self._timed_out: dict[int, str] = {}   # pid -> why we killed it
+        self._planned: dict[int, str] = {}     # pid -> who killed it on purpose (kill())
         self._streak: dict[int, int] = {}      # index -> consecutive early deaths
 
     def _spawn(self, index: int) -> _Worker:
@@ -154,7 +157,8 @@ class WorkerPool:
             code = w.proc.poll()
             if code is None:
                 continue
-            meaning = self._timed_out.pop(w.proc.pid, None) or explain_exit(code)
+            planned = self._planned.pop(w.proc.pid, None)
+            meaning = planned or self._timed_out.pop(w.proc.pid, None) or explain_exit(code)
             try:
                 requeued, failed = self.board.requeue_worker(w.proc.pid, self._failure_for(meaning), MAX_ATTEMPTS,
                                                              start=w.start_token)
@@ -169,14 +173,28 @@ class WorkerPool:
             self.deaths.append({"index": w.index, "pid": w.proc.pid, "returncode": code, "meaning": meaning,
                                 "requeued": requeued, "failed": failed, "at": time.time(),
                                 "restart_in": delay})
-            logger.error("worker {} (pid {}) of {!r} {}; {} jobs requeued, {} failed; {}", w.index, w.proc.pid,
-                         self.name, meaning, requeued, failed,
-                         f"restarting it in {delay:g} s" if delay else "starting a replacement")
+            # A death someone asked for (a stress test's kill) is news, not an error.
+            logger.log("INFO" if planned else "ERROR", "worker {} (pid {}) of {!r} {}; {} jobs requeued, {} failed; {}",
+                       w.index, w.proc.pid, self.name, meaning, requeued, failed,
+                       f"restarting it in {delay:g} s" if delay else "starting a replacement")
             if delay:
                 w.handled, w.restart_at = True, now + delay
             else:
                 self.workers[i] = self._spawn(w.index)
         return died
+
+    def kill(self, pid: int, why: str) -> bool:
+        """SIGKILL worker ``pid`` on purpose; ``why`` (who asked) is its death's meaning, logged at
+        INFO instead of as an ERROR. False, killing nothing, if ``pid`` is no live worker of ours."""
+        if pid not in [w.proc.pid for w in self.workers if w.proc.poll() is None]:
+            return False
+        self._planned[pid] = f"killed with SIGKILL by {why} (on purpose)"
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it died meanwhile: an ordinary death after all
+            self._planned.pop(pid, None)
+            return False
+        return True
 
     def _restart_delay(self, w: _Worker, code: int, meaning: str) -> float:
         # A SIGKILL comes from outside (an operator, a chaos test, the OOM killer): replaced at
@@ -187,7 +205,7 @@ class WorkerPool:
         self._streak[w.index] = streak
         if streak == 0 or (streak == 1 and code != EXIT_INIT_FAILED):
             return 0.0  # a single early death (a kill, a crash) is replaced at once, as ever
-        return min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (streak - (1 if code == EXIT_INIT_FAILED else 2)))
+        return min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2.0 ** (streak - (1 if code == EXIT_INIT_FAILED else 2)))
 
     def _enforce_deadlines(self) -> None:
         ours = {w.proc.pid for w in self.workers if not w.handled and w.proc.poll() is None}
@@ -202,14 +220,14 @@ class WorkerPool:
             limit = limit if limit is not None else (self.config.job_timeout or 0.0)
             payload = encode_error(JobTimeout(job=job, timeout=limit, worker_pid=pid))
             try:
-                killed = self.board.expire(slot, seq, pid, payload, kill=lambda pid=pid: os.kill(pid, signal.SIGKILL))
+                killed = self.board.expire(slot, seq, pid, payload, kill=functools.partial(os.kill, pid, signal.SIGKILL))
             except (LockTimeout, ProcessLookupError) as exc:
                 logger.warning("job {!r} past its deadline not ended yet: {}", job, exc)
                 continue
             if killed:
                 self._timed_out[pid] = f"killed (SIGKILL) for running job {job!r} past its job_timeout of {limit:g} s"
 
-    def _failure_for(self, meaning: str):
+    def _failure_for(self, meaning: str) -> Callable[[int, int], bytes]:
         def fail(slot: int, attempts: int) -> bytes:
             try:
                 job = decode_request(self.board.request(slot))[0]

@@ -13,6 +13,9 @@ import threading
 import zlib
 from typing import Iterable
 
+import numpy as np
+
+from shmpool.data import arrays
 from shmpool.data.context import LoadedContext
 from shmpool.data.compression import inflate
 from shmpool.errors import LayerNotFound
@@ -102,6 +105,8 @@ class ProtoDimension:
         for any other bad input (a duplicate id, outside an edit).
         """
         layer_id = as_id(layer_id, "layer_id")
+        if isinstance(content, np.ndarray):  # once, here: the builder and the heap copy store the same bytes
+            content = arrays.encode(content, dimension_id=self.dimension_id, layer_id=layer_id)
         # Normalised once, here: the builder and the heap copy must see the same keywords, and
         # an iterator can be consumed only once.
         keywords = keyword_tuple(self.dimension_id, layer_id, keywords)
@@ -118,7 +123,7 @@ class ProtoDimension:
                                             text=self._layers.meta[layer_id][2])
                 raise
             is_text = isinstance(content, str)
-            data = content.encode("utf-8") if is_text else bytes(content)
+            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             self._content[layer_id] = data
             self._layers.meta[layer_id] = (float(frequency), keywords, is_text, zlib.crc32(data))
             if layer_id in self._base_rows:
@@ -150,6 +155,7 @@ class ProtoDimension:
         if row is None or layer_id in self._removed:
             raise self._not_found(layer_id)
         base, publisher = self._base, self._publisher
+        assert base is not None and publisher is not None  # only an edit has base rows
         r = base.rows[row]
         stored = publisher.stored_layer(base, row)
         flags = int(r["flags"])

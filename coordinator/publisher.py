@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 from loguru import logger
@@ -91,8 +91,8 @@ class Published:
         """Bytes of every allocation this generation uses (its index's and the shared ones)."""
         return sum(h.nbytes for h in self.blocks.values())
 
-    def as_dict(self) -> dict:
-        def alloc(h: Handle) -> dict:
+    def as_dict(self) -> dict[str, Any]:
+        def alloc(h: Handle) -> dict[str, int]:
             return {"pool": h.pool, "first_block": h.first_block, "block_count": h.block_count,
                     "record": h.record, "nbytes": h.nbytes}
 
@@ -116,7 +116,7 @@ class Evicted:
     layer_count: int
     evicted_at: float = field(default_factory=time.time)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"dimension_id": self.dimension_id, "name": self.name, "generation": self.generation,
                 "file": str(self.file), "layer_count": self.layer_count, "evicted_at": self.evicted_at}
 
@@ -135,7 +135,7 @@ class NewLayer:
 class Placement(NamedTuple):
     """One region for :meth:`Publisher.place_many`: what :meth:`Publisher.place` takes."""
     nbytes: int
-    write: Callable[[memoryview], None]
+    write: Callable[[memoryview], object]
     layer_count: int
     name: str
     source: str
@@ -182,7 +182,7 @@ class Publisher:
 
     # ----------------------------------------------------------------- publishing
 
-    def place(self, nbytes: int, write: Callable[[memoryview], None], *, layer_count: int, name: str,
+    def place(self, nbytes: int, write: Callable[[memoryview], object], *, layer_count: int, name: str,
               source: str, expect_dimension: int | None = None, file: Path | None = None,
               compressed: bool = False, generation: int | None = None) -> int:
         """Allocate room for a region of ``nbytes`` and its layer index, let ``write`` fill the
@@ -210,7 +210,7 @@ class Publisher:
             self._inst.table.free(handle)
             raise
 
-    def _write_region(self, nbytes: int, write: Callable[[memoryview], None], *, layer_count: int, name: str,
+    def _write_region(self, nbytes: int, write: Callable[[memoryview], object], *, layer_count: int, name: str,
                       source: str, expect_dimension: int | None) -> tuple[Handle, int, int, np.ndarray]:
         """Allocate the index and region, let ``write`` fill the region, check it: (allocation,
         the region's offset in it, its dimension id, its index rows). Frees what it allocated on
@@ -327,7 +327,7 @@ class Publisher:
             raise InvalidArgument(argument="dimension_ids", value=ids, reason="a dimension appears twice")
         table = self._inst.table
         handles: list[Handle] = []   # data allocations: freed on failure
-        written = []                 # per item: what staging needs beyond the item
+        written: list[tuple[Any, ...]] = []  # per item: what staging needs beyond the item
         staged: list[_Staged] = []
         committing = False
         try:
@@ -339,10 +339,10 @@ class Publisher:
                     handles.append(handle)
                     written.append((handle, region_at, rows))
                 else:
-                    layers, offsets, handle = self._allocate_edit(p.layers)
-                    if handle is not None:
-                        handles.append(handle)
-                    written.append((handle, layers, offsets))
+                    layers, offsets, edit_handle = self._allocate_edit(p.layers)
+                    if edit_handle is not None:
+                        handles.append(edit_handle)
+                    written.append((edit_handle, layers, offsets))
             with self._lock:
                 # Entries are claimed while staging, so DirectoryFull comes before anything is
                 # visible; an entry claimed and left unpublished reads as "not published" and
@@ -370,7 +370,7 @@ class Publisher:
             raise
         return generations
 
-    def _publish_locked(self, *args, **kwargs) -> int:
+    def _publish_locked(self, *args: Any, **kwargs: Any) -> int:
         """Stage one generation (:meth:`_stage_locked`, same arguments) and commit it alone."""
         return self._commit_locked([self._stage_locked(*args, **kwargs)])[0]
 
@@ -395,13 +395,14 @@ class Publisher:
             raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
         name_bytes = name.encode("utf-8")
         own = index is None
-        if own:
+        if index is None:
             index = alloc.allocate(layer_index.index_nbytes(len(name_bytes), len(rows)))
         try:
             view = self._inst.handle_view(index)
             table, built = layer_index.write_index(view, dimension_id=dimension_id, generation=generation,
                                                    name=name_bytes, rows=rows, table=table)
             slot_of = slot_of if built is None else built
+            assert slot_of is not None  # given with the table it belongs to, or built with it
             nbytes = layer_index.index_nbytes(len(name_bytes), len(rows))
             view.release()
             for h in {h.record: h for h in (index, *new_blocks)}.values():
@@ -537,7 +538,7 @@ class Publisher:
         with self._lock:
             sizes = self._inst.table.block_sizes
             in_use = self._current_records()
-            pending = {}
+            pending: dict[int, Handle] = {}
             for old in self.superseded:
                 pending.update((rec, h) for rec, h in old.blocks.items() if rec not in in_use)
             return sum(h.block_count * sizes[h.pool] for h in pending.values())
@@ -552,14 +553,16 @@ class Publisher:
         with self._lock:
             keep = []
             for old in self.superseded:
-                if now - old.superseded_at < GRACE or (old.dimension_id, old.generation) in self._holds:
+                assert old.superseded_at is not None  # set as it joined self.superseded
+                age = now - old.superseded_at
+                if age < GRACE or (old.dimension_id, old.generation) in self._holds:
                     keep.append(old)
                     continue
                 holders = self.registry.holders(old.entry, old.generation)
                 if holders:
                     keep.append(old)
-                    if now - old.superseded_at > self.max_pin_age:
-                        self._warn_stale(old, holders, now)
+                    if age > self.max_pin_age:
+                        self._warn_stale(old, holders, age)
                     continue
                 self._release(old)
                 freed += 1
@@ -586,7 +589,7 @@ class Publisher:
         logger.debug("released dimension {} generation {}: {} allocations freed", old.dimension_id,
                      old.generation, len(doomed))
 
-    def _warn_stale(self, old: Published, holders: list[tuple[int, int, int]], now: float) -> None:
+    def _warn_stale(self, old: Published, holders: list[tuple[int, int, int]], age: float) -> None:
         """Once per (reader, generation): say who keeps a superseded region past max_pin_age.
 
         Never frees it: the reader lives, and may read it. Either it holds a context on purpose
@@ -603,7 +606,7 @@ class Publisher:
                    if seen >= old.superseded_epoch else
                    "it has not answered the drop request since (stopped, or busy without the GIL?)")
             logger.warning("reader pid {} pins dimension {} generation {} for {:.1f} s (max_pin_age {:g} s): "
-                           "{} bytes retained; {}; not freed while that process lives", pid, old.dimension_id, old.generation, now - old.superseded_at,
+                           "{} bytes retained; {}; not freed while that process lives", pid, old.dimension_id, old.generation, age,
                            self.max_pin_age, nbytes, why)
 
     def snapshot(self) -> tuple[list[Published], list[Published]]:
@@ -611,7 +614,8 @@ class Publisher:
             return list(self.current.values()), list(self.superseded)
 
 
-def _merge(base: Published, new: np.ndarray, record: int, removed: list[int]):
+def _merge(base: Published, new: np.ndarray, record: int, removed: list[int]
+           ) -> tuple[np.ndarray, np.ndarray, dict[int, int], np.ndarray | None]:
     """The rows of ``base`` with ``removed`` ids gone and ``new`` rows (sorted, ``record``'s)
     added or replacing theirs: (rows, row_blocks, rows per record, table or None).
 

@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from filelock import FileLock, Timeout
 from loguru import logger
@@ -93,15 +93,15 @@ class VerifiedFiles:
     """
 
     path: Path
-    records: dict[str, dict] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
     recorded: int = 0
     ignored: str | None = None  # why the file on disk was not used, if it was not
-    _new: dict[str, dict] = field(default_factory=dict)
+    _new: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "VerifiedFiles":
+    def load(cls, path: str | os.PathLike[str] | None = None) -> "VerifiedFiles":
         """Read the cache at ``path`` (default :func:`default_cache_path`). Never raises for its
         content: anything wrong with it is logged and the cache starts empty."""
         cache = cls(Path(path) if path is not None else default_cache_path())
@@ -153,7 +153,7 @@ class VerifiedFiles:
             logger.warning("validation cache {} not saved: {}", self.path, exc)
 
 
-def _read(path: Path) -> tuple[dict[str, dict], str | None]:
+def _read(path: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The records of the cache file, or ({}, why not)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -194,7 +194,7 @@ def _well_formed(record: object) -> bool:
             and all(type(k) is int for k in key) and type(when) is int)
 
 
-def _prune(records: dict[str, dict]) -> dict[str, dict]:
+def _prune(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Only records whose file is still exactly that file, newest MAX_RECORDS first."""
     alive = {}
     for path, record in records.items():
@@ -219,7 +219,7 @@ def _remove_stale_temporaries(path: Path) -> None:
             logger.debug("could not remove {}: {}", stale, exc)
 
 
-def _write(path: Path, records: dict[str, dict]) -> None:
+def _write(path: Path, records: dict[str, dict[str, Any]]) -> None:
     # No fsync: a cache lost in a power cut costs one verification; the rename alone guarantees
     # that readers see the old file or the new one, never a torn one.
     data = json.dumps({"format": FORMAT, "written_ns": time.time_ns(), "records": records},

@@ -14,13 +14,28 @@ fi
 EXTRAS="${SETUP_EXTRAS:?the sourcing script sets SETUP_EXTRAS}${SHMPOOL_EXTRAS:+,$SHMPOOL_EXTRAS}"
 # One stamp per extras set, so `SHMPOOL_EXTRAS=bench` installs its peers once, not on every switch.
 STAMP=".venv/.shmpool-installed-${EXTRAS//,/-}"
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# The compiled core (shmpool/_core) is built by the install too, so its sources count as changes.
+core_changed() {
+    local f
+    for f in setup.py shmpool/_core/*.pyx shmpool/_core/*.pxd shmpool/_core/*.h; do
+        [ "$f" -nt "$STAMP" ] && return 0
+    done
+    compgen -G "shmpool/_core/_sync.*.so" >/dev/null || return 0  # a fresh checkout: never built here
+    return 1
+}
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || core_changed; then
     # The install log is shown only when something fails, so a passing run stays readable.
     if ! { .venv/bin/python -m pip install --upgrade pip \
            && .venv/bin/python -m pip install -e ".[$EXTRAS]"; } \
            >.venv/install.log 2>&1; then
-        cat .venv/install.log >&2
-        echo "installing the project into .venv failed (log above, also in .venv/install.log)" >&2
+        # A machine without a compiler gets setup.py's one-paragraph answer, not the whole log.
+        if grep -q "compiled core (shmpool._core) needs" .venv/install.log; then
+            grep -h -A1 "^error: .*\|compiled core (shmpool._core) needs" .venv/install.log | grep -v "^--" | head -3 >&2
+            echo "(full log in .venv/install.log)" >&2
+        else
+            cat .venv/install.log >&2
+            echo "installing the project into .venv failed (log above, also in .venv/install.log)" >&2
+        fi
         exit 1
     fi
     touch "$STAMP"

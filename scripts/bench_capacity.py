@@ -29,7 +29,6 @@ import shmpool  # noqa: E402
 from shmpool.coordinator import Coordinator  # noqa: E402
 from shmpool.coordinator.capacity import CapacityPolicy  # noqa: E402
 from shmpool.substrate.limits import DEFAULT_LIMIT  # noqa: E402
-from shmpool.substrate.names import list_objects  # noqa: E402
 from shmpool.data.sample import build_sample  # noqa: E402
 
 MiB = 2**20

@@ -25,9 +25,12 @@ one client thread, then with many (default 128) threads in one process; with
 Section ``ipc`` (``ipc_rounds.py``, peers in ``ipc_peers.py`` and ``ipc_shmpool.py``): the bare job
 path, a tiny ``x -> x + 1`` job, one client process and one worker, shmpool's ``Client.call``,
 ``submit().result()`` and ``map`` against multiprocessing.Pipe, raw POSIX semaphores, ZeroMQ,
-faster-fifo, multiprocessing.Queue, mpire, ProcessPoolExecutor and iceoryx2, interleaved in
-``--rounds`` rounds; medians of rounds and per-round ratios to multiprocessing.Pipe. A peer that is
-not installed, or fails, is recorded with the reason. ``--markdown FILE`` writes its table.
+faster-fifo, multiprocessing.Queue, mpire, ProcessPoolExecutor and iceoryx2, and the floor rows
+(a futex ping-pong through shmpool's compiled core, the very wait/wake the board uses, and a
+one-byte os.pipe), interleaved in ``--rounds`` rounds; medians of rounds and per-round ratios to
+multiprocessing.Pipe. A peer that is not installed, or fails, is recorded with the reason.
+``ipc_goals`` states issue 25's goals as ratios of those medians, each marked met or not.
+``--markdown FILE`` writes its table.
 """
 
 from __future__ import annotations
@@ -284,6 +287,58 @@ def bench_direct(name: str, keys, plan) -> dict:
 
 # ----------------------------------------------------------------------------- main
 
+FLOORS = ("futex ping-pong (shmpool core)", "os.pipe one byte", "posix_ipc semaphores + shared buffer")
+
+
+def ipc_goals(ipc: dict) -> dict:
+    """Issue 25's goals as ratios of the ipc section's medians (of rounds), each with its target
+    and whether it is met; a goal whose rows were skipped is None."""
+    systems = ipc.get("systems", {})
+
+    def med(name: str, field: str):
+        return systems.get(name, {}).get("median", {}).get(field)
+
+    def ratio(a, b):
+        return None if a is None or not b else round(a / b, 3)
+
+    def cpu(name: str):
+        c, w = med(name, "client_cpu_us_per_job"), med(name, "worker_cpu_us_per_job")
+        return None if c is None or w is None else c + w
+
+    call, pipe = "shmpool Client.call", "multiprocessing.Pipe"
+    floors = [f for f in (med(n, "p50_us") for n in FLOORS) if f]
+    rows = {
+        "call_p50_vs_fastest_floor": (ratio(med(call, "p50_us"), min(floors) if floors else None), "<=", 1.5),
+        "call_p50_vs_pipe": (ratio(med(call, "p50_us"), med(pipe, "p50_us")), "<=", 0.6),
+        "call_p99_vs_pipe_p99": (ratio(med(call, "p99_us"), med(pipe, "p99_us")), "<=", 1.0),
+        "ppe_p50_vs_call_p50": (ratio(med("ProcessPoolExecutor", "p50_us"), med(call, "p50_us")), ">=", 5.0),
+        "call_cpu_per_job_vs_pipe": (ratio(cpu(call), cpu(pipe)), "<=", 0.5),
+        "pipelined_submit_vs_faster_fifo": (ratio(med("shmpool Client.submit().result()", "pipelined_req_per_s"),
+                                                  med("faster-fifo", "pipelined_req_per_s")), ">=", 2.0),
+        "pipelined_submit_vs_iceoryx2_event": (
+            ratio(med("shmpool Client.submit().result()", "pipelined_req_per_s"),
+                  med("iceoryx2 request-response (event wait)", "pipelined_req_per_s")), ">=", 1.0),
+        "low_latency_p50_vs_iceoryx2_spin": (ratio(med("shmpool low-latency client", "p50_us"),
+                                                   med("iceoryx2 request-response (busy-spin)", "p50_us")), "<=", 1.2),
+        "map_chunksize16_items_per_s": (med("shmpool Client.map", "map_items_per_s"), ">=", 1_000_000),
+    }
+    out = {}
+    for key, (value, op, target) in rows.items():
+        met = None if value is None else (value <= target if op == "<=" else value >= target)
+        out[key] = {"value": value, "target": f"{op} {target}", "met": met}
+    return out
+
+
+def goals_markdown(goals: dict) -> str:
+    lines = ["", "Issue 25's goals (ratios of the medians above):", "", "| goal | value | target | met |",
+             "|---|---:|---:|---|"]
+    for key, g in goals.items():
+        met = "—" if g["met"] is None else ("yes" if g["met"] else "**no**")
+        value = "—" if g["value"] is None else f"{g['value']:,}"
+        lines.append(f"| {key} | {value} | {g['target']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = benchlib.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None,
@@ -385,13 +440,15 @@ def main(argv=None) -> int:
         },
         "coordinator_job_counts": jobs,
         "ipc": ipc,
+        "ipc_goals": ipc_goals(ipc),
         "instances": benchlib.instance_names(),
         "leftovers_in_dev_shm": leftovers,
     }
     doc = benchlib.write_result("bench_jobs", payload, args.out_dir, save=not args.no_save, out_file=args.out)
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(ipc_rounds.markdown(ipc, doc["machine"]), encoding="utf-8")
+        args.markdown.write_text(ipc_rounds.markdown(ipc, doc["machine"]) + goals_markdown(payload["ipc_goals"]),
+                                 encoding="utf-8")
     return 1 if leftovers else 0
 
 

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-publish-") as tmp:
             os.environ["SHMPOOL_RUNTIME_DIR"] = tmp
-            with Coordinator(name, workers=0, memory_limit=512 << 20) as coord:
+            with Coordinator(name, data_dir=shmpool.SAMPLE, workers=0, memory_limit=512 << 20) as coord:
                 _full(coord, layers, size, 0)
                 ctx = mp.get_context("spawn")
                 go, done, results = ctx.Event(), ctx.Event(), ctx.Queue()

@@ -50,7 +50,7 @@ from _chaos_clients import CHAOS_DIMENSION, CHAOS_LAYERS, chaos_layer, live_clie
 import shmpool  # noqa: E402
 from shmpool.coordinator import Coordinator  # noqa: E402
 from shmpool.tools.stress import leak_check  # noqa: E402
-from shmpool.jobs.jobs_layout import JW, SC, SlotState  # noqa: E402
+from shmpool.jobs.jobs_layout import CC, JW, SC, SlotState  # noqa: E402
 from shmpool.substrate.names import list_objects  # noqa: E402
 
 PREFIX = "chaos"
@@ -74,7 +74,7 @@ def _context():
 
 
 def _coordinator(name: str, slots: int) -> Coordinator:
-    return Coordinator(name, workers=WORKERS, job_slots=slots, max_clients=MAX_CLIENTS,
+    return Coordinator(name, data_dir=shmpool.SAMPLE, workers=WORKERS, job_slots=slots, max_clients=MAX_CLIENTS,
                        job_modules=["_chaos_jobs"])
 
 
@@ -182,8 +182,10 @@ def _board_state(coord: Coordinator, slots: int) -> dict:
         "free_stack_whole": 0 <= top <= slots and sorted(v.free[:top].tolist()) == list(range(slots)),
         "balanced": c["submitted"] == c["completed"] + c["failed"] + c["cancelled"],
         "free_waiters": int(v.words[JW.FREE_WAITERS]),
-        # Wake-ups only, never capacity (shmpool/jobs/jobboard.py): reported, not judged.
-        "free_sem_value": board.free_sem.value, "pending_sem_value": board.pending_sem.value,
+        # Futex sleeper counts, wake-ups only, never capacity (shmpool/jobs/jobboard.py): reported,
+        # not judged (a process killed asleep leaves its count one high until its channel is swept).
+        "queue_sleepers": int(v.words[JW.QUEUE_SLEEPERS]),
+        "ring_sleepers": int(v.channels[:, CC.RING_SLEEPERS].sum()),
     }
 
 

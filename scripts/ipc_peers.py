@@ -208,6 +208,139 @@ class SemPeer(Peer):
             self.rep.close()
 
 
+# ----------------------------------------------------------------------------- the floor rows
+
+# The wait/wake primitive under shmpool's board (a futex on a shared word, from its compiled
+# core) and a one-byte os.pipe: what a round trip costs with no protocol at all on top.
+_REQ, _REP, _X, _Y = 0, 1, 2, 3  # futex floor words: request count, reply count, request, reply
+
+
+def _futex_server(parent: int, shm_name: str) -> None:
+    import posix_ipc
+
+    from shmpool._core import SharedWords
+
+    shm = posix_ipc.SharedMemory(shm_name)
+    buf = mmap.mmap(shm.fd, shm.size)
+    shm.close_fd()
+    w = SharedWords(buf)
+    seen = 0
+    while True:
+        while w.load(_REQ) == seen:
+            if not w.wait(_REQ, seen, POLL_S) and _orphaned(parent):
+                return
+        seen = w.load(_REQ)
+        x = w.load(_X)
+        if x == STOP:
+            return
+        w.store(_Y, x + 1)
+        w.store(_REP, seen)  # release: the reply is visible before the count
+        w.wake(_REP, 1)
+
+
+class FutexPeer(Peer):
+    """One request in flight through two futex words of a shared segment (shmpool._core)."""
+
+    def __init__(self, workers: int) -> None:
+        import posix_ipc
+
+        from shmpool._core import SharedWords
+
+        self.name = f"/bench-jobs-futex-{secrets.token_hex(4)}"
+        shm = posix_ipc.SharedMemory(self.name, posix_ipc.O_CREX, mode=0o600, size=4096)
+        self.buf = mmap.mmap(shm.fd, shm.size)
+        shm.close_fd()
+        self.w = SharedWords(self.buf)
+        self.sent = 0
+        self._spawn(_futex_server, self.name)
+
+    def submit(self, x):
+        self.w.store(_X, x)
+        self.sent += 1
+        self.w.store(_REQ, self.sent)
+        self.w.wake(_REQ, 1)
+
+    def wait(self, _):
+        w, sent = self.w, self.sent
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while w.load(_REP) != sent:
+            w.wait(_REP, sent - 1, 1.0)
+            if time.monotonic() > deadline:
+                raise TimeoutError("no reply from the futex server")
+        return w.load(_Y)
+
+    def close(self):
+        import posix_ipc
+
+        if self.procs:
+            self.submit(STOP)
+        try:
+            super().close()
+            self.w.close()
+            self.buf.close()
+        finally:
+            try:
+                posix_ipc.unlink_shared_memory(self.name)
+            except posix_ipc.ExistentialError:
+                pass
+
+
+def _byte_pipe_server(parent: int, rfd: int, wfd: int) -> None:
+    import select
+
+    while True:
+        ready, _, _ = select.select([rfd], [], [], POLL_S)
+        if not ready:
+            if _orphaned(parent):
+                return
+            continue
+        b = os.read(rfd, 1)
+        if not b or b == b"\xff":
+            return
+        os.write(wfd, b)
+
+
+class BytePipePeer(Peer):
+    """One byte each way through two os.pipe()s: the kernel's cheapest wake-up with a payload."""
+
+    def __init__(self, workers: int) -> None:
+        req_r, self.req_w = os.pipe()
+        self.rep_r, rep_w = os.pipe()
+        for fd in (req_r, rep_w):
+            os.set_inheritable(fd, True)
+        ctx = mp.get_context("fork")  # the server inherits its two pipe ends
+        p = ctx.Process(target=_byte_pipe_server, args=(os.getpid(), req_r, rep_w), daemon=True,
+                        name="bench-jobs-BytePipePeer")
+        p.start()
+        os.close(req_r)
+        os.close(rep_w)
+        self.procs = [p]
+        self.pids = [p.pid]
+        self.last = 0
+
+    def submit(self, x):
+        self.last = x
+        os.write(self.req_w, b"\x01")
+
+    def wait(self, _):
+        if not os.read(self.rep_r, 1):
+            raise TimeoutError("the byte-pipe server is gone")
+        return self.last + 1
+
+    def close(self):
+        if self.procs:
+            try:
+                os.write(self.req_w, b"\xff")
+            except OSError:
+                pass
+        super().close()
+        for fd in (self.req_w, self.rep_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 # ----------------------------------------------------------------------------- ZeroMQ
 
 def _zmq_server(parent: int, endpoint: str, kind: str) -> None:
@@ -542,6 +675,8 @@ PEERS = {
     # name: (class, workers when pipelined (0: same instance as the round trip), why not pipelined)
     "multiprocessing.Pipe": (PipePeer, 0, None),
     "posix_ipc semaphores + shared buffer": (SemPeer, 0, None),
+    "futex ping-pong (shmpool core)": (FutexPeer, None, "a floor row: one request in flight"),
+    "os.pipe one byte": (BytePipePeer, None, "a floor row: one request in flight"),
     "ZeroMQ REQ/REP (ipc)": (ZmqReqRepPeer, None, "a REQ socket has one request in flight at a time"),
     "ZeroMQ DEALER/ROUTER (ipc)": (ZmqDealerRouterPeer, 2, None),
     "faster-fifo": (FasterFifoPeer, 2, None),

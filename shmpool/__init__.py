@@ -11,13 +11,17 @@ readers) and ``shmpool.jobs`` (the job board and the client). ``shmpool.coordina
 ``shmpool.workers`` are the two process roles, and ``import shmpool`` loads neither: a reader
 process runs no coordinator code (``Coordinator`` is imported on first use).
 
-The library logs through loguru but stays silent until the application asks: following loguru's
-guidance for libraries, ``logger.disable("shmpool")`` runs on import and the CLI (or the user)
-calls ``logger.enable("shmpool")``.
+The library logs through loguru. Following loguru's guidance for libraries,
+``logger.disable("shmpool")`` runs on import, so a reader or a client process is silent; the
+process that runs a Coordinator prints shmpool's WARNING and above on stderr unless
+``show_warnings(False)`` or ``SHMPOOL_WARNINGS=0`` says not to (shmpool/_last_resort.py).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from ._last_resort import show_warnings
 from .jobs.client import Client, JobFuture, connect
 from .data.context import ContextCollection, LoadedContext, MissingStep, NavigationPath
 from .errors import (
@@ -25,6 +29,7 @@ from .errors import (
     AttachError,
     CleanupError,
     ClientClosed,
+    CoordinatorStateError,
     DimensionEvicted,
     DimensionNotFound,
     DirectoryFull,
@@ -32,6 +37,7 @@ from .errors import (
     GenerationTimeout,
     InstanceExists,
     InvalidArgument,
+    InvalidArgumentType,
     InvalidHandle,
     InvalidJob,
     InvalidId,
@@ -60,17 +66,23 @@ from .errors import (
 )
 from .substrate.instance import DEFAULT_POOLS, PoolSpec
 from .substrate.limits import DEFAULT_LIMIT, Thresholds
+from .substrate.ids import key_id
 from .substrate.names import cleanup
 from .data.reader import Reader, attach
+from .data.region_builder import RegionBuilder
+from .data.sample import SAMPLE, sample_dir
 from .data.snapshot import Snapshot
 from .jobs.worker_context import worker_reader
+
+if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers; not imported at run time
+    from .coordinator import Coordinator, ProtoDimension
 
 logger.disable("shmpool")
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # PEP 562: the coordinator's code loads only when a program asks for it, so a reader or a
     # client process that imports shmpool never imports shmpool.coordinator.
     if name in ("Coordinator", "ProtoDimension"):
@@ -88,12 +100,14 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ContextCollection",
+    "CoordinatorStateError",
     "JobFuture",
     "LoadedContext",
     "MissingStep",
     "NavigationPath",
     "Reader",
     "RequestTooLarge",
+    "SAMPLE",
     "WorkerCrashed",
     "attach",
     "connect",
@@ -106,6 +120,7 @@ __all__ = [
     "GenerationTimeout",
     "InstanceExists",
     "InvalidArgument",
+    "InvalidArgumentType",
     "InvalidHandle",
     "InvalidJob",
     "InvalidId",
@@ -120,6 +135,7 @@ __all__ = [
     "RegionFormatError",
     "EditConflict",
     "ReaderClosed",
+    "RegionBuilder",
     "ReloadTimeout",
     "RemoteTraceback",
     "SharedMemoryFull",
@@ -133,5 +149,8 @@ __all__ = [
     "UntrustedObject",
     "WorkerInitFailed",
     "cleanup",
+    "key_id",
+    "sample_dir",
+    "show_warnings",
     "worker_reader",
 ]

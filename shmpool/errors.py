@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 from enum import Enum
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 __all__ = [
     "ShmPoolError",
@@ -36,6 +36,9 @@ __all__ = [
     "RemoteTraceback",
     "ClientClosed",
     "InvalidArgument",
+    "InvalidArgumentType",
+    "CoordinatorStateError",
+    "GenerationNotNewer",
     "WorkerInitFailed",
     "WorkerStartFailed",
     "WorkersNotReady",
@@ -57,8 +60,8 @@ __all__ = [
 ]
 
 
-def _rebuild(cls: type, kwargs: dict[str, Any]) -> "ShmPoolError":
-    return cls(**kwargs)
+def _rebuild(cls: "Callable[..., ShmPoolError]", kwargs: dict[str, Any]) -> "ShmPoolError":
+    return cls(**kwargs)  # every subclass takes its fields as keywords
 
 
 def _user(uid: int) -> str:
@@ -77,13 +80,15 @@ def _preview(values: Iterable[Any], most: int = 12) -> str:
 class ShmPoolError(Exception):
     """Root of every error shmpool raises on purpose."""
 
+    # Each subclass declares the attributes its ``fields`` set (below, in its body), so that
+    # type checkers, ours and users', know ``exc.layer_id`` and its type.
     def __init__(self, text: str, /, **fields: Any) -> None:
         super().__init__(text)
         self._fields = fields
         for key, value in fields.items():
             setattr(self, key, value)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._fields)
 
 
@@ -104,9 +109,18 @@ class AllocationFailed(ShmPoolError):
     ``kind`` (an :class:`AllocationFailure`) says whether making room could help; ``reason`` is
     the same in words."""
 
+    nbytes: int
+    reason: str
+    pools: tuple[str, ...]
+    kind: AllocationFailure
+
     def __init__(self, *, nbytes: int, reason: str, pools: Sequence[str] = (),
                  kind: AllocationFailure = AllocationFailure.NO_ROOM) -> None:
         detail = f" (pools: {'; '.join(pools)})" if pools else ""
+        if AllocationFailure(kind) is AllocationFailure.TOO_LARGE:
+            # The one remedy is a setting: say which (the default pools grow with memory_limit).
+            detail += ("; the `pools` setting needs a PoolSpec(block_size, block_count) holding it whole "
+                       "(Coordinator(pools=...) without it derives pools from memory_limit)")
         super().__init__(
             f"cannot allocate {nbytes} bytes: {reason}{detail}",
             nbytes=nbytes, reason=reason, pools=tuple(pools), kind=AllocationFailure(kind),
@@ -120,6 +134,11 @@ class SharedMemoryFull(AllocationFailed):
     segment that is reserved whole (control, job board) or a semaphore does not fit. An
     AllocationFailed, so callers that make room on a full pool (eviction) make room here too.
     """
+
+    what: str
+    filesystem: str
+    size: int
+    free: int
 
     def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int) -> None:
         reason = (f"the shared-memory filesystem {filesystem} has no room for {what} ({free} of {size} "
@@ -135,10 +154,16 @@ class SharedMemoryFull(AllocationFailed):
 class LimitExceeded(ShmPoolError):
     """The allocation would push usage past the refusal threshold of the memory limit."""
 
+    requested: int
+    used: int
+    limit: int
+    refuse_at: int
+
     def __init__(self, *, requested: int, used: int, limit: int, refuse_at: int) -> None:
         super().__init__(
             f"allocation of {requested} bytes refused: {used} of {limit} bytes in use, "
-            f"allocations may not pass {refuse_at} bytes ({refuse_at / limit:.0%} of the limit)",
+            f"allocations may not pass {refuse_at} bytes ({refuse_at / limit:.0%} of the limit); free "
+            f"room or raise the memory_limit setting (--memory-limit)",
             requested=requested, used=used, limit=limit, refuse_at=refuse_at,
         )
 
@@ -146,12 +171,21 @@ class LimitExceeded(ShmPoolError):
 class InvalidHandle(ShmPoolError):
     """A handle given to ``free`` is not a live allocation of this table (double free, foreign)."""
 
+    handle: Any
+    reason: str
+
     def __init__(self, *, handle: Any, reason: str) -> None:
         super().__init__(f"invalid allocation handle {handle!r}: {reason}", handle=handle, reason=reason)
 
 
 class LayerNotFound(ShmPoolError, LookupError):
     """The dimension exists but holds no layer with that id."""
+
+    dimension_id: int
+    layer_id: int
+    generation: int
+    layer_count: int
+    sample_ids: tuple[int, ...]
 
     def __init__(self, *, dimension_id: int, layer_id: int, generation: int = 0,
                  layer_count: int = 0, sample_ids: Sequence[int] = ()) -> None:
@@ -167,6 +201,9 @@ class LayerNotFound(ShmPoolError, LookupError):
 class DimensionNotFound(ShmPoolError, LookupError):
     """No dimension with that id is published."""
 
+    dimension_id: int
+    available: tuple[int, ...]
+
     def __init__(self, *, dimension_id: int, available: Sequence[int] = ()) -> None:
         super().__init__(
             f"dimension {dimension_id} not found (available: {_preview(sorted(available)) or 'none'})",
@@ -176,6 +213,11 @@ class DimensionNotFound(ShmPoolError, LookupError):
 
 class OutOfBounds(ShmPoolError, IndexError):
     """An offset/length pair reaches outside the memory it must stay within."""
+
+    what: str
+    offset: int
+    length: int
+    limit: int
 
     def __init__(self, *, what: str, offset: int, length: int, limit: int) -> None:
         super().__init__(
@@ -187,6 +229,10 @@ class OutOfBounds(ShmPoolError, IndexError):
 class RegionFormatError(ShmPoolError, ValueError):
     """A region file (or region bytes in shared memory) is malformed; names the source and the fault."""
 
+    source: str
+    fault: str
+    offset: int | None
+
     def __init__(self, *, source: str, fault: str, offset: int | None = None) -> None:
         where = f" at byte {offset}" if offset is not None else ""
         super().__init__(f"{source}: {fault}{where}", source=source, fault=fault, offset=offset)
@@ -195,12 +241,17 @@ class RegionFormatError(ShmPoolError, ValueError):
 class AttachError(ShmPoolError):
     """The named instance cannot be attached to (not running, gone, or incompatible)."""
 
+    name: str
+    reason: str
+
     def __init__(self, *, name: str, reason: str) -> None:
         super().__init__(f"cannot attach to shmpool instance {name!r}: {reason}", name=name, reason=reason)
 
 
 class ReaderClosed(AttachError):
     """A lookup on a Reader after its ``close()``. Contexts it made earlier stay readable."""
+
+    slot: int
 
     def __init__(self, *, name: str, slot: int) -> None:
         ShmPoolError.__init__(self, f"reader (slot {slot}) of shmpool instance {name!r} is closed: no new "
@@ -215,6 +266,13 @@ class UntrustedObject(AttachError):
     Nothing of it is mapped or used: another user may have created the name first to serve
     their data to our readers or to take our jobs.
     """
+
+    path: str
+    owner_uid: int
+    mode: int
+    kind: str
+    expected_uid: int
+    owner: str
 
     def __init__(self, *, name: str, path: str, owner_uid: int, mode: int, kind: str = "file",
                  expected_uid: int | None = None) -> None:
@@ -237,6 +295,12 @@ class UntrustedObject(AttachError):
 class UnsafeRuntimeDir(ShmPoolError, PermissionError):
     """The runtime folder is not ours alone (another owner, group/other write bits, a symlink)."""
 
+    path: str
+    owner_uid: int
+    mode: int
+    reason: str
+    owner: str
+
     def __init__(self, *, path: str, owner_uid: int, mode: int, reason: str) -> None:
         super().__init__(f"unsafe shmpool runtime folder {path} (owner {_user(owner_uid)}, uid {owner_uid}, "
                          f"mode {mode:04o}): {reason}; remove it or fix it (chown, chmod 700), or point "
@@ -248,6 +312,9 @@ class UnsafeRuntimeDir(ShmPoolError, PermissionError):
 class InstanceExists(ShmPoolError):
     """Another live coordinator already owns this instance name."""
 
+    name: str
+    owner_pid: int | None
+
     def __init__(self, *, name: str, owner_pid: int | None = None) -> None:
         owner = f" (owner pid {owner_pid})" if owner_pid else ""
         super().__init__(f"shmpool instance {name!r} is already running{owner}", name=name, owner_pid=owner_pid)
@@ -255,6 +322,10 @@ class InstanceExists(ShmPoolError):
 
 class LockTimeout(ShmPoolError, TimeoutError):
     """A shared lock stayed held by a live process for longer than the caller allowed."""
+
+    lock: str
+    owner_pid: int
+    waited: float
 
     def __init__(self, *, lock: str, owner_pid: int, waited: float) -> None:
         holder = f"pid {owner_pid}" if owner_pid else "a process that has not recorded its pid yet"
@@ -267,6 +338,10 @@ class LockTimeout(ShmPoolError, TimeoutError):
 class InvalidLayer(ShmPoolError, ValueError):
     """A layer given to a builder or proto-dimension is unacceptable (bad id, duplicate, bad keyword)."""
 
+    dimension_id: int
+    layer_id: Any
+    reason: str
+
     def __init__(self, *, dimension_id: int, layer_id: Any, reason: str) -> None:
         super().__init__(
             f"layer {layer_id!r} of dimension {dimension_id}: {reason}",
@@ -276,6 +351,10 @@ class InvalidLayer(ShmPoolError, ValueError):
 
 class EditConflict(ShmPoolError):
     """An edit of a dimension was started from a generation that is no longer the published one."""
+
+    dimension_id: int
+    base_generation: int
+    current_generation: int | None
 
     def __init__(self, *, dimension_id: int, base_generation: int, current_generation: int | None) -> None:
         now = "is not published" if current_generation is None else f"is at generation {current_generation}"
@@ -289,6 +368,10 @@ class EditConflict(ShmPoolError):
 class RequestTooLarge(ShmPoolError, ValueError):
     """A job's encoded arguments do not fit in a slot's request area."""
 
+    nbytes: int
+    capacity: int
+    job: str
+
     def __init__(self, *, nbytes: int, capacity: int, job: str = "") -> None:
         super().__init__(f"request for job {job!r} is {nbytes} bytes; a slot holds at most {capacity}",
                          nbytes=nbytes, capacity=capacity, job=job)
@@ -296,6 +379,11 @@ class RequestTooLarge(ShmPoolError, ValueError):
 
 class JobError(ShmPoolError):
     """A job raised an exception in its worker; carries the remote type, message and traceback."""
+
+    job: str
+    error_type: str
+    message: str
+    remote_traceback: str
 
     def __init__(self, *, job: str, error_type: str, message: str, remote_traceback: str = "") -> None:
         super().__init__(f"job {job!r} failed in its worker: {error_type}: {message}",
@@ -320,6 +408,10 @@ class RemoteTraceback(Exception):
 class JobTimeout(ShmPoolError, TimeoutError):
     """A job ran longer than its ``job_timeout``: its worker was killed (SIGKILL) and replaced."""
 
+    job: str
+    timeout: float
+    worker_pid: int
+
     def __init__(self, *, job: str, timeout: float, worker_pid: int = 0) -> None:
         worker = f" (pid {worker_pid})" if worker_pid else ""
         super().__init__(f"job {job!r} ran past its job_timeout of {timeout:g} s; its worker{worker} was "
@@ -335,14 +427,41 @@ class ClientClosed(AttachError, RuntimeError):
 
 
 class InvalidArgument(ShmPoolError, ValueError):
-    """An argument of a job call is out of its range (``chunksize=0``, ``job_timeout=-1``, ...)."""
+    """An argument is out of its range: ``chunksize=0``, ``job_timeout=-1``, a pool block size
+    that is not a power of two, an instance name with a slash, a buffer too small, ..."""
+
+    argument: str
+    value: Any
+    reason: str
 
     def __init__(self, *, argument: str, value: Any, reason: str) -> None:
         super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
 
 
+class InvalidArgumentType(ShmPoolError, TypeError):
+    """An argument is of a type that cannot be used: a dimension name that is not a str, a
+    read-only or non-contiguous buffer to write into, a navigation step that is not a pair."""
+
+    def __init__(self, *, argument: str, value: Any, reason: str) -> None:
+        super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
+
+
+class CoordinatorStateError(ShmPoolError, RuntimeError):
+    """A Coordinator used in the wrong state: ``start()`` of a running one, or a method that needs
+    shared memory before ``start()`` or after ``stop()``. ``running`` is the state it was in."""
+
+    def __init__(self, *, name: str, running: bool) -> None:
+        state = "is already started" if running else "is not running (call start(), or use it in a `with`)"
+        super().__init__(f"coordinator {name!r} {state}", name=name, running=running)
+
+
 class WorkerInitFailed(ShmPoolError):
     """A worker's initializer (``Coordinator(worker_init=...)``) raised: the worker exited before serving."""
+
+    index: int
+    pid: int
+    initializer: str
+    error: str
 
     def __init__(self, *, index: int, pid: int, initializer: str, error: str) -> None:
         super().__init__(f"worker {index} (pid {pid}): its initializer {initializer} failed: {error}",
@@ -352,6 +471,10 @@ class WorkerInitFailed(ShmPoolError):
 class WorkerStartFailed(ShmPoolError):
     """A worker died before it served (other than by its initializer: that is WorkerInitFailed)."""
 
+    index: int
+    pid: int
+    reason: str
+
     def __init__(self, *, index: int, pid: int, reason: str) -> None:
         super().__init__(f"worker {index} (pid {pid}) failed to start: {reason}", index=index, pid=pid,
                          reason=reason)
@@ -359,6 +482,11 @@ class WorkerStartFailed(ShmPoolError):
 
 class WorkersNotReady(ShmPoolError, TimeoutError):
     """The workers did not all report serving within the start-up timeout."""
+
+    name: str
+    timeout: float
+    ready: int
+    count: int
 
     def __init__(self, *, name: str, timeout: float, ready: int, count: int) -> None:
         super().__init__(f"workers of {name!r} not ready after {timeout:g} s ({ready} of {count} serving)",
@@ -368,6 +496,8 @@ class WorkersNotReady(ShmPoolError, TimeoutError):
 class NotInWorker(ShmPoolError, RuntimeError):
     """A worker-only call (``shmpool.worker_reader()``) made in a process that is not a worker."""
 
+    call: str
+
     def __init__(self, *, call: str) -> None:
         super().__init__(f"{call} is for jobs running in a shmpool worker; this process is not one (use "
                          "shmpool.attach(name) or client.reader here)", call=call)
@@ -375,6 +505,8 @@ class NotInWorker(ShmPoolError, RuntimeError):
 
 class RegionClosed(ShmPoolError, ValueError):
     """A Region used after ``close()`` (a ValueError, as I/O on a closed file raises)."""
+
+    source: str
 
     def __init__(self, *, source: str) -> None:
         super().__init__(f"{source}: region is closed", source=source)
@@ -386,6 +518,9 @@ class PlatformUnsupported(ShmPoolError, OSError):
     ``capability`` names it (``"timed semaphore waits"``, ``"/dev/shm"``, ...), ``reason`` says
     what was found and what to do."""
 
+    capability: str
+    reason: str
+
     def __init__(self, *, capability: str, reason: str) -> None:
         ShmPoolError.__init__(self, f"this platform cannot serve shmpool: {capability}: {reason}",
                               capability=capability, reason=reason)
@@ -393,6 +528,9 @@ class PlatformUnsupported(ShmPoolError, OSError):
 
 class UnknownJob(ShmPoolError, LookupError):
     """The job name is not a built-in and not on the coordinator's allow-list (or cannot be found)."""
+
+    job: str
+    reason: str
 
     def __init__(self, *, job: str, reason: str) -> None:
         super().__init__(f"unknown job {job!r}: {reason}", job=job, reason=reason)
@@ -404,6 +542,11 @@ class InvalidJob(ShmPoolError, ValueError):
     ``job`` is empty when the entry is a ``job_modules`` prefix; ``use`` says what was refused
     (``"allowed"`` for an allow-list entry, ``"sent to a worker"`` for a submitted callable)."""
 
+    job: str
+    target: str
+    reason: str
+    use: str
+
     def __init__(self, *, job: str, target: str, reason: str, use: str = "allowed") -> None:
         what = f"job {job!r} ({target})" if job else f"job module prefix {target!r}"
         super().__init__(f"{what} cannot be {use}: {reason}", job=job, target=target, reason=reason, use=use)
@@ -411,6 +554,10 @@ class InvalidJob(ShmPoolError, ValueError):
 
 class WorkerCrashed(ShmPoolError):
     """A job's worker died while running it, as many times as allowed; it is not retried again."""
+
+    job: str
+    attempts: int
+    detail: str
 
     def __init__(self, *, job: str, attempts: int, detail: str = "") -> None:
         extra = f" ({detail})" if detail else ""
@@ -420,6 +567,9 @@ class WorkerCrashed(ShmPoolError):
 
 class DirectoryFull(ShmPoolError, OverflowError):
     """Every entry of the dimension directory is taken; raise ``max_dimensions`` to hold more."""
+
+    dimension_id: int
+    capacity: int
 
     def __init__(self, *, dimension_id: int, capacity: int) -> None:
         super().__init__(f"cannot add dimension {dimension_id}: the dimension directory is full "
@@ -434,6 +584,10 @@ class GenerationNotNewer(ShmPoolError, ValueError):
     under one generation on every host (shmpool.dask) asks for the next one it agreed on.
     """
 
+    dimension_id: int
+    generation: int
+    current: int
+
     def __init__(self, *, dimension_id: int, generation: int, current: int) -> None:
         super().__init__(f"cannot publish dimension {dimension_id} as generation {generation}: it is "
                          f"already at generation {current}, and generations only increase",
@@ -442,6 +596,10 @@ class GenerationNotNewer(ShmPoolError, ValueError):
 
 class ReloadTimeout(ShmPoolError, TimeoutError):
     """A lookup found its dimension evicted and the coordinator did not reload it in time."""
+
+    dimension_id: int
+    generation: int
+    waited: float
 
     def __init__(self, *, dimension_id: int, generation: int, waited: float) -> None:
         super().__init__(f"dimension {dimension_id} is evicted (generation {generation}) and was not "
@@ -454,6 +612,10 @@ class CleanupError(ShmPoolError, PermissionError):
 
     ``failed`` holds (object name, reason) pairs, ``removed`` the names that were unlinked.
     """
+
+    name: str
+    failed: tuple[tuple[str, str], ...]
+    removed: tuple[str, ...]
 
     def __init__(self, *, name: str, failed: Sequence[Sequence[str]], removed: Sequence[str] = ()) -> None:
         failed = tuple((str(obj), str(reason)) for obj, reason in failed)
@@ -468,10 +630,16 @@ class InvalidId(ShmPoolError, TypeError):
     ``argument`` names the parameter (``dimension_id``, ``layer_id``), ``value`` is what was given.
     """
 
+    argument: str
+    value: Any
+    where: str
+
     def __init__(self, *, argument: str, value: Any, where: str = "") -> None:
         prefix = f"{where}: " if where else ""
-        super().__init__(f"{prefix}{argument} must be an int (numpy integers are accepted), not "
-                         f"{type(value).__name__} {value!r}", argument=argument, value=value, where=where)
+        kinds = "an int (numpy integers are accepted) or a str key" if argument == "layer_id" else \
+            "an int (numpy integers are accepted)"
+        super().__init__(f"{prefix}{argument} must be {kinds}, not {type(value).__name__} {value!r}",
+                         argument=argument, value=value, where=where)
 
 
 class SnapshotTimeout(ShmPoolError, TimeoutError):
@@ -479,6 +647,11 @@ class SnapshotTimeout(ShmPoolError, TimeoutError):
     kept W.PUBLISH_SEQ odd (its coordinator is slow, or died between its stores).
 
     ``sequence`` is the value last read, ``coordinator_alive`` says which of the two it is."""
+
+    name: str
+    sequence: int
+    waited: float
+    coordinator_alive: bool
 
     def __init__(self, *, name: str, sequence: int, waited: float, coordinator_alive: bool) -> None:
         why = ("a multi-dimension publish is still in progress" if coordinator_alive else
@@ -491,6 +664,9 @@ class SnapshotTimeout(ShmPoolError, TimeoutError):
 class SnapshotClosed(ShmPoolError, RuntimeError):
     """A lookup through a snapshot after it was closed (its generations are no longer held)."""
 
+    name: str
+    sequence: int
+
     def __init__(self, *, name: str, sequence: int) -> None:
         super().__init__(f"snapshot of instance {name!r} at publish sequence {sequence} is closed; "
                          "take a new one", name=name, sequence=sequence)
@@ -501,6 +677,9 @@ class DimensionEvicted(ShmPoolError, LookupError):
 
     Outside a snapshot a lookup reloads it (a newer generation); read it once, then snapshot again."""
 
+    dimension_id: int
+    generation: int
+
     def __init__(self, *, dimension_id: int, generation: int) -> None:
         super().__init__(f"dimension {dimension_id} was evicted at this snapshot's instant (generation "
                          f"{generation} has no region); look it up outside the snapshot to reload it, "
@@ -509,6 +688,11 @@ class DimensionEvicted(ShmPoolError, LookupError):
 
 class GenerationTimeout(ShmPoolError, TimeoutError):
     """``wait_generation`` saw no generation newer than ``after`` within ``timeout`` seconds."""
+
+    dimension_id: int
+    after: int
+    generation: int
+    timeout: float
 
     def __init__(self, *, dimension_id: int, after: int, generation: int, timeout: float) -> None:
         super().__init__(f"dimension {dimension_id} published no generation after {after} within "

@@ -39,3 +39,12 @@ def coordinator_with_a_small_board(name: str, data_dir: str, ready) -> None:
     Coordinator(name, data_dir=data_dir, workers=2, job_slots=8, max_clients=16, job_modules=["_jobs"]).start()
     ready.set()
     time.sleep(3600)  # SIGKILLed by the test
+
+
+def client_sleeps_for_a_slot(name: str, jobs: int) -> None:
+    """Fill every slot with slow jobs, then sleep in a submit waiting for one more (to be killed)."""
+    client = shmpool.connect(name)
+    futures = [client.submit("_jobs:slow", 0.5, i) for i in range(jobs)]
+    client.submit("_jobs:slow", 0, "one too many", timeout=60)
+    time.sleep(3600)
+    del futures

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import fcntl
 import time
 
 from shmpool.lowlevel import SharedInstance
@@ -57,11 +56,13 @@ def die_inside_allocation(name: str, nbytes: int, ready) -> None:
 
 
 def hold_lock_without_owner(name: str, ready) -> None:
-    """Win the table lock without recording an owner, as if killed right after winning it."""
+    """Win the table lock and die before recording an owner (the core's kill point lock.won)."""
+    from shmpool.substrate import _faults
     inst = SharedInstance.attach(name)
-    fcntl.flock(inst.lock._open(), fcntl.LOCK_EX)
     ready.set()
-    time.sleep(3600)
+    _faults.arm("lock.won.table")
+    inst.lock.acquire()
+    time.sleep(3600)  # not reached: SIGKILLed inside acquire
 
 
 def hold_lock_forever(name: str, ready) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from shmpool.jobs.jobs_layout import JW
+from shmpool.jobs.jobs_layout import CC, JW
 from shmpool.substrate.layout import RD, W
 
 if TYPE_CHECKING:
@@ -41,15 +41,15 @@ def free_slot_waiters(coord: Coordinator) -> int:
     return int(job_board(coord).v.words[JW.FREE_WAITERS])
 
 
-def free_slot_posts(coord: Coordinator) -> int:
-    """Posts pending on the free-slot semaphore: wake-ups nobody has taken yet."""
-    return int(job_board(coord).free_sem.value)
+def channels_waiting_for_a_slot(coord: Coordinator) -> int:
+    """Channels that still count a submitter sleeping for a free slot (CC.WAITING)."""
+    return int(job_board(coord).v.channels[:, CC.WAITING].astype(bool).sum())
 
 
 def board_lock_holder(coord: Coordinator) -> int | None:
     """The pid holding the job board's lock, or None."""
-    owner: int | None = job_board(coord).lock.owner()
-    return owner
+    owner = job_board(coord).lock.owner()
+    return owner or None
 
 
 def worker_deaths(coord: Coordinator) -> list[Any]:

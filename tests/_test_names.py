@@ -19,7 +19,6 @@ session of an older conftest) only once its objects have not changed for STALE_A
 from __future__ import annotations
 
 import fcntl
-import os
 import re
 import tempfile
 from pathlib import Path

@@ -141,6 +141,9 @@ def test_bench_jobs_quick_runs_every_system_prints_complete_json_and_cleans_up(t
     _assert_nothing_left(doc, "bench-jobs-")
     assert not list(run.iterdir()), "--no-save wrote files"
     _assert_ipc_section(doc["ipc"], md.read_text(encoding="utf-8"))
+    goals = doc["ipc_goals"]
+    assert goals["call_p50_vs_pipe"]["value"] > 0 and goals["call_p50_vs_fastest_floor"]["value"] > 0
+    assert all(g["met"] in (True, False, None) for g in goals.values())
 
 
 # Peers of the ipc section that need the bench extra (module to import, system names); CI installs
@@ -148,9 +151,10 @@ def test_bench_jobs_quick_runs_every_system_prints_complete_json_and_cleans_up(t
 OPTIONAL_PEERS = {"zmq": ("ZeroMQ REQ/REP (ipc)", "ZeroMQ DEALER/ROUTER (ipc)"), "faster_fifo": ("faster-fifo",),
                   "mpire": ("mpire apply",),
                   "iceoryx2": ("iceoryx2 request-response (event wait)", "iceoryx2 request-response (busy-spin)")}
-ALWAYS = ("multiprocessing.Pipe", "posix_ipc semaphores + shared buffer", "multiprocessing.Queue",
-          "ProcessPoolExecutor", "shmpool Client.call", "shmpool Client.submit().result()", "shmpool Client.map")
-NOT_PIPELINED = ("ZeroMQ REQ/REP (ipc)", "shmpool Client.call")
+ALWAYS = ("multiprocessing.Pipe", "posix_ipc semaphores + shared buffer", "futex ping-pong (shmpool core)",
+          "os.pipe one byte", "multiprocessing.Queue", "ProcessPoolExecutor", "shmpool Client.call",
+          "shmpool Client.submit().result()", "shmpool Client.map")
+NOT_PIPELINED = ("ZeroMQ REQ/REP (ipc)", "shmpool Client.call", "futex ping-pong (shmpool core)", "os.pipe one byte")
 
 
 def _assert_ipc_section(ipc: dict, table: str) -> None:
@@ -194,6 +198,8 @@ def _assert_ipc_section(ipc: dict, table: str) -> None:
     assert "median" in low or low["skipped"].startswith("not available"), low
 
     assert "| system | round trip p50 µs | p99 µs |" in table
+    table, _, goals = table.partition("Issue 25's goals")
+    assert "| call_p50_vs_pipe |" in goals and "| map_chunksize16_items_per_s |" in goals
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| system")]
     assert [r.split(" | ")[0][2:] for r in rows] == list(systems)
 

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator.cli import parse_duration, parse_size
@@ -116,7 +114,7 @@ def test_build_from_jsonl_names_the_bad_line(tmp_path):
 
 
 def test_serve_answers_stats_and_dump_then_stops_cleanly_on_sigterm(instance_name):
-    proc = _serve(instance_name, "--memory-limit", "100MiB")
+    proc = _serve(instance_name, "--memory-limit", "100MiB", "--sample")
     try:
         stats = run_cli("stats", instance_name, "--json")
         assert stats.returncode == 0, stats.stderr
@@ -159,10 +157,10 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
     swept = run_cli("cleanup", instance_name)
     assert swept.returncode == 0, swept.stderr
     [line] = swept.stdout.splitlines()  # one summary line, not every name
-    assert re.fullmatch(rf"shmpool: removed (\d+) objects of '{instance_name}' \((\d+) segments, (\d+) semaphores\)",
+    assert re.fullmatch(rf"shmpool: removed (\d+) objects of '{instance_name}' \((\d+) segments, (\d+) semaphores?\)",
                         line), line
     total, segs, sems = map(int, re.search(r"removed (\d+).*\((\d+) segments, (\d+)", line).groups())
-    assert total == segs + sems and segs >= 2 and sems >= 2
+    assert total == segs + sems and segs >= 2 and sems >= 1  # the coordinator's wake semaphore
     assert list_objects(instance_name) == ([], [])
     again = run_cli("cleanup", instance_name)
     assert again.returncode == 0 and "nothing" in again.stdout

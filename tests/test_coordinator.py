@@ -44,8 +44,8 @@ def test_sample_is_readable_from_another_process(instance_name, sample_dir):
         assert payload["layers"] == 14 * 200 and payload["bad"] == 0
 
 
-def test_default_data_set_is_the_built_in_sample(instance_name):
-    with Coordinator(instance_name, workers=0) as coord:
+def test_the_sample_asked_for_by_name_fits_the_default_limit(instance_name):
+    with Coordinator(instance_name, data_dir=shmpool.SAMPLE, workers=0) as coord:
         with shmpool.attach(instance_name) as reader:
             assert reader.dimensions() == CORE_DIMENSIONS
         assert coord.stats()["used_bytes"] < 280 * MiB * 0.75

@@ -24,13 +24,15 @@ def test_usage_example_runs(index, make_name, tmp_path):
         code = code.replace(f'"{old}"', f'"{make_name()}"')
     (tmp_path / "myjobs.py").write_text(MYJOBS)
     extra = textwrap.dedent("""
-        with Coordinator(NAME, workers=1, job_modules=["myjobs"]):
+        with Coordinator(NAME, data_dir=shmpool.SAMPLE, workers=1, job_modules=["myjobs"]):
             with shmpool.connect(NAME) as client:
                 ctx = client.submit("myjobs:longest_layer", 7).result(10)
                 assert ctx.dimension_id == 7 and ctx.verify()
                 assert client.submit("myjobs:word_count", [[1, 1], [2, 2]]).result(10) > 0
-    """) if index == 0 else ""
+    """) if "docs-demo" in RUNNABLE[index] else ""
     script = code + (f"\nimport shmpool\nNAME = {make_name()!r}\n" + extra if extra else "")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+    # Run as a file, as a user would: multiprocessing's spawn (the first program) needs one.
+    (tmp_path / "example.py").write_text(script)
+    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]

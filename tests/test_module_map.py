@@ -13,13 +13,15 @@ ARCH = ROOT / "docs" / "architecture.md"
 FOLDERS = {"shmpool": "shmpool", "coordinator": "shmpool.coordinator", "workers": "shmpool.workers"}
 
 # Which shmpool packages each package may import (besides itself). The CLI may import tools too.
+# shmpool._core is the compiled core (Cython, not parsed here): below the substrate, it imports
+# only shmpool.errors.
 ALLOWED = {
-    "shmpool.substrate": {"shmpool.errors"},
-    "shmpool.data": {"shmpool.errors", "shmpool.substrate"},
-    "shmpool.jobs": {"shmpool.errors", "shmpool.substrate", "shmpool.data"},
-    "shmpool.workers": {"shmpool.errors", "shmpool.substrate", "shmpool.data", "shmpool.jobs"},
-    "shmpool.coordinator": {"shmpool.errors", "shmpool.substrate", "shmpool.data", "shmpool.jobs",
-                            "shmpool.workers", "shmpool"},
+    "shmpool.substrate": {"shmpool.errors", "shmpool._core"},
+    "shmpool.data": {"shmpool.errors", "shmpool._core", "shmpool.substrate"},
+    "shmpool.jobs": {"shmpool.errors", "shmpool._core", "shmpool.substrate", "shmpool.data"},
+    "shmpool.workers": {"shmpool.errors", "shmpool._core", "shmpool.substrate", "shmpool.data", "shmpool.jobs"},
+    "shmpool.coordinator": {"shmpool.errors", "shmpool._core", "shmpool.substrate", "shmpool.data",
+                            "shmpool.jobs", "shmpool.workers", "shmpool"},
 }
 CLI_MAY_ALSO = {"shmpool.tools"}
 LAYERED = tuple(ALLOWED)
@@ -60,7 +62,7 @@ def _imports(module: str, path: Path) -> set[str]:
 
 
 def _layer(name: str) -> str:
-    for layer in (*LAYERED, "shmpool.tools", "shmpool.errors"):
+    for layer in (*LAYERED, "shmpool.tools", "shmpool.errors", "shmpool._core"):
         if name == layer or name.startswith(layer + "."):
             return layer
     return "shmpool"

@@ -89,7 +89,7 @@ def test_load_contexts_strict_and_lenient(served):
     assert [(c.dimension_id, c.layer_id) for c in lenient] == [(1, 1), (2, 2)]
     assert [(m.position, m.dimension_id, m.layer_id) for m in lenient.missing] == [(1, 1, 9999), (2, 77, 1)]
     with pytest.raises(TypeError):
-        reader.load_contexts([(1, "a")])
+        reader.load_contexts([(1, b"a")])  # a str would be a key
 
 
 def test_format_for_llm_is_stable_and_ordered_by_path(served):

@@ -20,7 +20,7 @@ from _waiting import wait_for
 from shmpool.coordinator import Coordinator
 from shmpool import AttachError, DimensionNotFound, GenerationTimeout, ReaderClosed
 from shmpool.data.gen_wait import wait_semaphore_name
-from shmpool.substrate.layout import RD, W
+from shmpool.substrate.layout import RD
 from shmpool.substrate.trust import sem_path
 
 A = 101

@@ -411,7 +411,7 @@ def test_content_is_copied_at_add_time():
     b = RegionBuilder(1, "copy")
     data = bytearray(b"abc")
     b.add_layer(1, data)
-    b.add_layer(2, np.arange(3, dtype="<i4"))  # any buffer: stored as its raw bytes
+    b.add_layer(2, memoryview(np.arange(3, dtype="<i4")))  # any buffer: its raw bytes (an ndarray: an array layer)
     data[0] = ord("X")
     region = Region.from_buffer(b.to_bytes(), source=SOURCE)
     assert bytes(region.layer(1)) == b"abc"
@@ -433,7 +433,7 @@ def test_builder_set_operations():
 
 BAD_LAYERS = [
     (dict(layer_id=True), "must be an int"),
-    (dict(layer_id="1"), "must be an int"),
+    (dict(layer_id=b"1"), "must be an int"),
     (dict(layer_id=-1), "0 <= id < 2**63"),
     (dict(layer_id=2**63), "0 <= id < 2**63"),
     (dict(layer_id=3), "duplicate layer id"),

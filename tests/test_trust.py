@@ -135,14 +135,21 @@ def test_a_live_instance_of_another_user_serves_nothing_to_our_readers(instance_
 
 @needs_root
 def test_a_semaphore_replaced_by_another_users_is_refused(instance_name, tmp_path, squat):
+    # The board and the table keep their locks and wake-ups in their segments (shmpool._core);
+    # the coordinator's wake semaphore is the one a reader opens, when it asks for a reload.
     with Coordinator(instance_name, data_dir=tmp_path, workers=1):
-        for kind, opener in (("jobs-pending", shmpool.connect), ("lock", shmpool.attach)):
-            name = semaphore_name(instance_name, kind)
-            posix_ipc.unlink_semaphore(name)
-            (planted,) = squat(semaphores=[name])
-            with pytest.raises(UntrustedObject) as err:
-                opener(instance_name)
-            _assert_names_nobody(err.value, planted)
+        name = segment_name(instance_name, "jobs")
+        posix_ipc.unlink_shared_memory(name)
+        (planted,) = squat(segments=[name])
+        with pytest.raises(UntrustedObject) as err:
+            shmpool.connect(instance_name)
+        _assert_names_nobody(err.value, planted)
+        name = semaphore_name(instance_name, "wake")
+        posix_ipc.unlink_semaphore(name)
+        (planted,) = squat(semaphores=[name])
+        with shmpool.attach(instance_name) as reader, pytest.raises(UntrustedObject) as err:
+            reader.instance.wake_coordinator()
+        _assert_names_nobody(err.value, planted)
 
 
 @needs_root
@@ -158,7 +165,7 @@ def test_a_growth_or_pool_segment_replaced_by_another_users_is_refused(instance_
 
 def test_our_own_objects_with_group_or_other_bits_are_refused(instance_name, tmp_path):
     with Coordinator(instance_name, data_dir=tmp_path, workers=0):
-        for path in (shm_path(segment_name(instance_name, "pool1")), sem_path(semaphore_name(instance_name, "lock"))):
+        for path in (shm_path(segment_name(instance_name, "pool1")), shm_path(segment_name(instance_name, "control"))):
             os.chmod(path, 0o644)
             with pytest.raises(UntrustedObject) as err:
                 shmpool.attach(instance_name)

@@ -156,7 +156,7 @@ def test_a_job_that_kills_its_worker_twice_fails_clearly(own_pool):
 
 
 def test_back_pressure_waits_then_times_out(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"], job_slots=2) as coord:
+    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"], job_slots=2):
         with shmpool.connect(instance_name) as client:
             busy = [client.submit("_jobs:slow", 0.5, i) for i in range(2)]
             t0 = time.monotonic()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from shmpool.jobs.callables import TARGET_RE, import_target, target_of
@@ -33,7 +33,7 @@ CONFIG_ENV = "SHMPOOL_WORKER"
 class WorkerConfig:
     sys_path: tuple[str, ...] = ()
     init: str | None = None
-    init_args: tuple = ()
+    init_args: tuple[Any, ...] = ()
     job_timeout: float | None = None
 
     @classmethod

@@ -28,9 +28,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from shmpool.jobs.callables import MODULE_RE, TARGET_RE, import_target, target_of
+from shmpool.jobs.callables import MODULE_RE, TARGET_RE, home_module, import_target, target_of
 from shmpool.data.context import ContextCollection, LoadedContext
-from shmpool.errors import InvalidJob, UnknownJob
+from shmpool.errors import InvalidArgument, InvalidJob, UnknownJob
 from shmpool.data.reader import Reader
 
 __all__ = ["resolve_job", "BUILTIN_JOBS", "UnknownJob", "JobPolicy", "POLICY_ENV"]
@@ -44,7 +44,7 @@ def lookup(reader: Reader, dimension_id: int, layer_id: int) -> LoadedContext:
     return reader.load_layer_context(dimension_id, layer_id)
 
 
-def load_contexts(reader: Reader, path: list, strict: bool = True) -> ContextCollection:
+def load_contexts(reader: Reader, path: list[Any], strict: bool = True) -> ContextCollection:
     return reader.load_contexts([tuple(step) for step in path], strict=strict)
 
 
@@ -52,7 +52,7 @@ def scan(reader: Reader, dimension_id: int, keyword: str | None = None) -> list[
     return list(reader.scan(dimension_id, keyword))
 
 
-def format_for_llm(reader: Reader, path: list, strict: bool = False) -> str:
+def format_for_llm(reader: Reader, path: list[Any], strict: bool = False) -> str:
     return reader.load_contexts([tuple(step) for step in path], strict=strict).format_for_llm()
 
 
@@ -138,7 +138,8 @@ class JobPolicy:
         jobs, modules = data.get("jobs", {}), data.get("modules", [])
         if (not isinstance(jobs, dict) or not isinstance(modules, list)
                 or not all(isinstance(t, str) for t in jobs.values())):
-            raise ValueError("expected {'jobs': {name: 'module:function'}, 'modules': [prefix, ...]}")
+            raise InvalidArgument(argument="policy", value=text,
+                                  reason="expected {'jobs': {name: 'module:function'}, 'modules': [prefix, ...]}")
         return cls.build(jobs, modules)
 
     def describe(self) -> str:
@@ -155,9 +156,9 @@ class JobPolicy:
         Nothing is imported for a name outside the allow-list."""
         if not isinstance(name, str):
             raise UnknownJob(job=str(name), reason="a job name is a string")
-        fn = BUILTIN_JOBS.get(name)
-        if fn is not None:
-            return fn
+        builtin = BUILTIN_JOBS.get(name)
+        if builtin is not None:
+            return builtin
         target = self.jobs.get(name)
         if target is None:
             m = _TARGET_RE.match(name)
@@ -165,7 +166,7 @@ class JobPolicy:
                 raise UnknownJob(job=name, reason=self._refusal())
             target = name
         try:
-            fn = _import_target(target)
+            fn: object = _import_target(target)  # object: callable() below narrows it
         except ImportError as exc:
             raise UnknownJob(job=name, reason=f"cannot import {target.split(':')[0]}: {exc}") from None
         except AttributeError:
@@ -173,9 +174,9 @@ class JobPolicy:
                                               f"{target.split(':')[1]}") from None
         if not callable(fn):
             raise UnknownJob(job=name, reason=f"{target} is not callable")
-        if target == name and not _within(getattr(fn, "__module__", "") or "", self.modules):
+        if target == name and not _within(home_module(fn), self.modules):
             # Reached through an allowed module, but defined elsewhere (``from os import system``).
-            raise UnknownJob(job=name, reason=f"{target} is {getattr(fn, '__module__', '?')}'s, "
+            raise UnknownJob(job=name, reason=f"{target} is {home_module(fn) or '?'}'s, "
                                               "not defined in an allowed module")
         return fn
 
@@ -196,15 +197,15 @@ class JobPolicy:
         if not listed and not _within(module, self.modules):
             raise UnknownJob(job=target, reason=self._refusal(callable_=True))
         try:
-            fn = _import_target(target)
+            fn: object = _import_target(target)  # object: callable() below narrows it
         except ImportError as exc:
             raise UnknownJob(job=target, reason=f"cannot import {module} in the worker: {exc}") from None
         except AttributeError:
             raise UnknownJob(job=target, reason=f"{module} has no function {m.group(2)}") from None
         if not callable(fn):
             raise UnknownJob(job=target, reason=f"{target} is not callable")
-        if not listed and not _within(getattr(fn, "__module__", "") or "", self.modules):
-            raise UnknownJob(job=target, reason=f"{target} is {getattr(fn, '__module__', '?')}'s, "
+        if not listed and not _within(home_module(fn), self.modules):
+            raise UnknownJob(job=target, reason=f"{target} is {home_module(fn) or '?'}'s, "
                                                 "not defined in an allowed module")
         return fn
 

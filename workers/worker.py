@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 import posix_ipc
 from loguru import logger
@@ -30,6 +31,8 @@ from shmpool.jobs.jobs_layout import Status
 from shmpool.substrate.names import runtime_dir
 from shmpool.jobs.spill import send_large
 from shmpool.jobs.worker_context import _set_worker_reader
+from shmpool.data.reader import Reader
+from shmpool.substrate.instance import SharedInstance
 
 from .config import WorkerConfig
 from .jobs import resolve_job
@@ -49,12 +52,12 @@ class InitializerFailed(Exception):
     """The worker's initializer raised; the worker exits with EXIT_INIT_FAILED."""
 
 
-def init_error_path(name: str, pid: int):
+def init_error_path(name: str, pid: int) -> Path:
     """Where a worker whose initializer failed leaves the error text for its pool (0600, ours)."""
     return runtime_dir() / f"{name}.worker-{pid}.init-error"
 
 
-def _prepare(name: str, board: JobBoard, reader) -> None:
+def _prepare(name: str, board: JobBoard, reader: Reader) -> None:
     """Before serving: jobs may ask for the reader, then the initializer runs once."""
     _set_worker_reader(reader)
     try:
@@ -117,7 +120,7 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
     return 0
 
 
-def _run(board: JobBoard, inst, reader, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:
+def _run(board: JobBoard, inst: SharedInstance, reader: Reader, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:
     """Run one request and hand its response over; returns the next request taken, if asked."""
     job = "?"
     try:
@@ -134,12 +137,21 @@ def _run(board: JobBoard, inst, reader, slot: int, seq: int, *, take_next: bool)
         else:
             result = call(*request.args, **request.kwargs)
         status, payload = Status.OK, encode_result(result)
-    except Exception as exc:  # every job failure goes back to its client, typed
+    except BaseException as exc:
+        # Every job failure goes back to its client, typed: SystemExit and KeyboardInterrupt
+        # raised by job code too (sys.exit() in a job), as ProcessPoolExecutor delivers them.
+        # Letting them through would kill this worker, and the requeued job would run again and
+        # end as WorkerCrashed. A stop never arrives this way: SIGTERM/SIGINT only set `stop`,
+        # and the watchdog ends the process with os._exit.
         status, payload = Status.ERROR, encode_error(exc)
     if len(payload) <= board.payload:
         return board.finish(slot, seq, status, payload, take_next=take_next)[1]
     send_large(board, inst, slot, seq, status, payload)  # in pool blocks (shmpool/jobs/spill.py)
     return board.take() if take_next else None
+
+
+def _write_stderr(message: str) -> None:
+    sys.stderr.write(message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SHMPOOL_LOG_FORMAT") == "json":
             # The coordinator's side logs one JSON object per line (--log-format json); a worker
             # shares its stderr, so a text line from it would break every line-by-line reader.
-            logger.add(lambda message: sys.stderr.write(message), level=level, serialize=True)
+            logger.add(_write_stderr, level=level, serialize=True)
         else:
             logger.add(sys.stderr, level=level,
                        format="{time:HH:mm:ss.SSS} | {level: <7} | worker {extra[worker]} | {message}")

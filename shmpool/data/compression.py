@@ -25,7 +25,7 @@ LEVEL = 3                   # zstd's default: ~300 MB/s to compress here, decomp
 try:
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - the dev extra installs it
-    _zstd = None
+    _zstd = None  # type: ignore[assignment]  # every use checks available() / `_zstd is None` first
 
 _local = threading.local()  # zstd contexts are not thread-safe; one pair per thread
 
@@ -34,7 +34,7 @@ def available() -> bool:
     return _zstd is not None
 
 
-def _contexts():
+def _contexts() -> tuple[_zstd.ZstdCompressor, _zstd.ZstdDecompressor]:
     ctx = getattr(_local, "ctx", None)
     if ctx is None:
         ctx = _local.ctx = (_zstd.ZstdCompressor(level=LEVEL), _zstd.ZstdDecompressor())
@@ -50,7 +50,7 @@ def deflate(data: bytes) -> bytes | None:
     return stored if len(stored) <= len(data) * (1 - MIN_SAVING) else None
 
 
-def inflate(stored, *, source: str, layer_id: int, offset: int = 0) -> bytes:
+def inflate(stored: bytes | memoryview, *, source: str, layer_id: int, offset: int = 0) -> bytes:
     """Decompress one stored layer; any fault is a RegionFormatError naming source and layer."""
     def fault(reason: str) -> RegionFormatError:
         return RegionFormatError(source=source, offset=offset, fault=f"layer {layer_id}: compressed content {reason}")

@@ -12,6 +12,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence, Union
 
+import numpy as np
+
+from . import arrays
+from ..errors import InvalidArgumentType
 from ..substrate.ids import as_id
 
 __all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step"]
@@ -65,6 +69,17 @@ class LoadedContext:
         """The content decoded as UTF-8 (a copy; decoded on each access)."""
         return str(self.content, "utf-8")
 
+    @property
+    def is_array(self) -> bool:
+        """Whether the layer was published from a numpy array (see :meth:`array`)."""
+        return arrays.is_array(self.content)
+
+    def array(self) -> np.ndarray:
+        """The numpy array the layer was published from: a read-only view into shared memory, no
+        copy, with its dtype, shape and order. Same lifetime as ``content``. InvalidLayer if the
+        layer was not published from an array."""
+        return arrays.decode(self.content, dimension_id=self.dimension_id, layer_id=self.layer_id)
+
     def __len__(self) -> int:
         return len(self.content)
 
@@ -87,7 +102,8 @@ class NavigationPath(Sequence[Step]):
             try:
                 dim, layer = step
             except (TypeError, ValueError):
-                raise TypeError(f"navigation step must be a (dimension_id, layer_id) pair, got {step!r}") from None
+                raise InvalidArgumentType(argument="step", value=step,
+                                          reason="a navigation step must be a (dimension_id, layer_id) pair") from None
             # Exact type tests first: bools and floats would pass for ints as dict keys later on.
             if type(dim) is not int or type(layer) is not int:
                 where = f"navigation step {pos} {step!r}"

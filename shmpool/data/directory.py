@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class Location:
         return cls(generation, -1, 0, EVICTED, -1, 0)
 
 
-def _sequenced(publish):
+def _sequenced(publish: Callable[[Directory, int, Location], None]) -> Callable[[Directory, int, Location], None]:
     """Make a lone publish a commit of its own (inside :meth:`Directory.commit` it joins that one)."""
     @functools.wraps(publish)
     def bracketed(self: "Directory", entry: int, loc: Location) -> None:

@@ -33,6 +33,7 @@ from loguru import logger
 
 from ..substrate._proc import is_alive
 from ..errors import AttachError, GenerationTimeout, ShmPoolError
+from ..substrate.instance import SharedInstance
 from ..substrate.layout import RD, STATE_RUNNING, W, Control
 from ..substrate.names import semaphore_name
 from ..substrate.trust import open_semaphore
@@ -54,7 +55,7 @@ def _open_or_create(instance: str, slot: int) -> posix_ipc.Semaphore:
         return open_semaphore(name, instance=instance)  # a previous holder's: ours and 0600, or refused
 
 
-def _settle(fut: asyncio.Future, value) -> None:
+def _settle(fut: asyncio.Future[int], value: int | BaseException) -> None:
     if not fut.done():
         if isinstance(value, BaseException):
             fut.set_exception(value)
@@ -65,7 +66,7 @@ def _settle(fut: asyncio.Future, value) -> None:
 class GenerationWaiter:
     """The waiting side, one per Reader: the row's semaphore and the dispatcher thread."""
 
-    def __init__(self, inst, slot: int) -> None:
+    def __init__(self, inst: SharedInstance, slot: int) -> None:
         self._name = inst.name
         self._ctl: Control = inst.control
         self._row = inst.control.readers[slot]
@@ -74,7 +75,7 @@ class GenerationWaiter:
         self._sem = _open_or_create(inst.name, slot)
         self._cond = threading.Condition()
         self._sync = 0                     # threads inside wait()
-        self._futures: dict[asyncio.Future, tuple[asyncio.AbstractEventLoop, int, int]] = {}
+        self._futures: dict[asyncio.Future[int], tuple[asyncio.AbstractEventLoop, int, int]] = {}
         self._error: ShmPoolError | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -96,6 +97,7 @@ class GenerationWaiter:
                         raise self._error
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
+                        assert timeout is not None  # a deadline comes from a timeout
                         raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
                                                 timeout=timeout)
                     self._cond.wait(remaining)  # the dispatcher notifies after every wake-up
@@ -119,6 +121,7 @@ class GenerationWaiter:
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
+            assert timeout is not None  # wait_for(fut, None) never times out
             with self._cond:
                 g = self._generation_locked(pos)
             raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
@@ -227,7 +230,7 @@ class GenerationWaiter:
 class GenerationNotifier:
     """The coordinator's side: post the semaphore of every row with a waiter armed."""
 
-    def __init__(self, inst) -> None:
+    def __init__(self, inst: SharedInstance) -> None:
         self._name = inst.name
         self._ctl: Control = inst.control
         self._sems: dict[int, posix_ipc.Semaphore] = {}
@@ -244,7 +247,7 @@ class GenerationNotifier:
         waiting = rows[:, RD.WAITING]
         return self._post(np.flatnonzero((waiting != 0) & (waiting - 1 < epoch) & (rows[:, RD.PID] != 0)))
 
-    def _post(self, slots) -> int:
+    def _post(self, slots: np.ndarray) -> int:
         posted = 0
         for slot in slots:
             slot = int(slot)

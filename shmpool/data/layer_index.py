@@ -30,8 +30,7 @@ The same table serves :class:`shmpool.data.region.Region` on the heap: one looku
 from __future__ import annotations
 
 import struct
-from collections import namedtuple
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,7 +63,25 @@ HEADER = struct.Struct("<" + "".join(code for _, code in _HEADER_FIELDS))
 HEADER_SIZE = HEADER.size
 HEADER_OFFSETS = {name: struct.calcsize("<" + "".join(c for _, c in _HEADER_FIELDS[:i]))
                   for i, (name, _) in enumerate(_HEADER_FIELDS)}
-Header = namedtuple("Header", [name for name, _ in _HEADER_FIELDS])
+
+
+class Header(NamedTuple):
+    """The header unpacked, one attribute per ``_HEADER_FIELDS`` entry in the same order (asserted)."""
+
+    magic: bytes
+    version: int
+    name_length: int
+    dimension_id: int
+    generation: int
+    layer_count: int
+    slots: int
+    pools: int
+    rows_offset: int
+    table_offset: int
+    nbytes: int
+
+
+assert Header._fields == tuple(name for name, _ in _HEADER_FIELDS)
 assert HEADER_SIZE == 80
 
 # One row per layer, ascending layer_id. Offsets are ABSOLUTE bytes in the row's pool segment.
@@ -178,8 +195,8 @@ def write_index(view: memoryview, *, dimension_id: int, generation: int, name: b
                      rows_at, table_at, nbytes)
     view[HEADER_SIZE:HEADER_SIZE + len(name)] = name
     view[HEADER_SIZE + len(name):rows_at] = bytes(rows_at - HEADER_SIZE - len(name))
-    view[rows_at:table_at] = memoryview(rows).cast("B")
-    view[table_at:nbytes] = memoryview(table).cast("B")
+    view[rows_at:table_at] = rows.data.cast("B")  # .data: memoryview(ndarray), typed before 3.12
+    view[table_at:nbytes] = table.data.cast("B")
     return table, slot_of
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Callable
+from typing import Any, Callable
 
 from loguru import logger
 
@@ -31,7 +31,7 @@ class PinWatcher:
     """Calls ``owner.honour_epoch(epoch)`` whenever ``read_epoch()`` changes, until stopped or
     until the owner is collected (it holds the owner weakly)."""
 
-    def __init__(self, owner, read_epoch: Callable[[], int], seen: int) -> None:
+    def __init__(self, owner: Any, read_epoch: Callable[[], int], seen: int) -> None:
         self._owner = weakref.ref(owner)
         self._read = read_epoch
         self._seen = seen

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from enum import Enum
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -227,18 +227,18 @@ class PinRecord(NamedTuple):
     answered: bool            # the reader honoured every drop request since it was superseded
     by_range: bool            # pinned by the overflow range rather than an exact word
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = self._asdict()
         d["state"] = self.state.value
         return d
 
 
-def superseded_regions(control: Control, block_sizes) -> dict[tuple[int, int], tuple[int, int, int]]:
+def superseded_regions(control: Control, block_sizes: list[int]) -> dict[tuple[int, int], tuple[int, int, int]]:
     """{(dimension id, generation): (bytes, superseded_ns, superseded_epoch)} of superseded
     generations whose region is still allocated, from the record tags."""
     rec, tags = control.records, control.tags
     live = (rec[:, R.STATE] == 1) & (tags[:, RT.SERIAL] == rec[:, R.SERIAL]) & (tags[:, RT.SUPERSEDED_NS] != 0)
-    out = {}
+    out: dict[tuple[int, int], tuple[int, int, int]] = {}
     for r in np.flatnonzero(live):
         nbytes = int(rec[r, R.BLOCK_COUNT]) * block_sizes[int(rec[r, R.POOL])]
         # A generation has its layer index and, unless it only kept earlier layers, a data
@@ -249,7 +249,7 @@ def superseded_regions(control: Control, block_sizes) -> dict[tuple[int, int], t
     return out
 
 
-def list_pins(control: Control, block_sizes, now_ns: int | None = None) -> list[PinRecord]:
+def list_pins(control: Control, block_sizes: list[int], now_ns: int | None = None) -> list[PinRecord]:
     """Every pin of every attached reader, with its age and the bytes it keeps from being freed.
 
     Reads shared memory only, so ``shmpool stats`` in another process sees what the coordinator

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, cast
 
 import numpy as np
 from loguru import logger
@@ -185,7 +185,10 @@ class _NotMapped:
     generation = -1
 
 
-_NOT_MAPPED = _NotMapped()
+# Typed as a _Generation so the hot path needs no isinstance or cast (each a call per lookup):
+# only .generation is ever read from it, and -1 matches no published generation, so every
+# other attribute is reached only after _refresh() replaced it with a real one.
+_NOT_MAPPED = cast("_Generation", _NotMapped())
 
 
 class _DimView:
@@ -196,7 +199,7 @@ class _DimView:
         self.entry = entry
         self.gen_pos = Directory.generation_position(entry)
         self.touch_pos = Directory.touched_position(entry)
-        self.current: _Generation | _NotMapped = _NOT_MAPPED
+        self.current: _Generation = _NOT_MAPPED
 
 
 def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:
@@ -225,6 +228,7 @@ class Reader:
         self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self._slot = self._registry.register()
         self._dims: dict[int, _DimView] = {}
+        self._named: dict[str, int] = {}  # dimension name -> id, checked against the name at each use
         self._lock = threading.RLock()
         self._closed = False
         registry, slot, owned = self._registry, self._slot, inst if owns_instance else None
@@ -262,7 +266,7 @@ class Reader:
         # measures it. The type tests come first because True and 3.0 would otherwise find
         # dimension 1 and 3 in the dicts (equal keys hash alike).
         if type(dimension_id) is not int or type(layer_id) is not int:
-            dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
+            dimension_id, layer_id = self._ids(dimension_id, layer_id)
         dv = self._dims.get(dimension_id)
         if dv is None:
             dv = self._dimension(dimension_id)
@@ -290,6 +294,40 @@ class Reader:
         ctx._gen = gen
         ctx._row = meta >> POOL_BITS
         return ctx
+
+    def get(self, dimension: int | str, layer: int | str) -> LoadedContext:
+        """The layer ``layer`` (an id or a str key) of dimension ``dimension`` (an id or its name).
+
+        :meth:`load_layer_context` with names and keys spelled out: zero-copy, O(1) (a key is its
+        key id, one hash; a name is one dict lookup). Raises DimensionNotFound naming the
+        dimensions there are, LayerNotFound naming the key, InvalidId for another type.
+        """
+        try:
+            return self.load_layer_context(dimension, layer)  # type: ignore[arg-type]
+        except LayerNotFound as exc:
+            if type(layer) is not str:
+                raise
+            raise LayerNotFound(dimension_id=exc.dimension_id, layer_id=repr(layer), generation=exc.generation,
+                                layer_count=exc.layer_count) from None
+
+    def dimension_id(self, name: str) -> int:
+        """The id of the published dimension called ``name``; DimensionNotFound if there is none."""
+        found = self._named.get(name)
+        if found is not None and found in self._dims and self._dims[found].current.name == name:
+            return found
+        dimensions = self.dimensions()
+        for dim_id, dim_name in dimensions.items():
+            if dim_name == name:
+                self._named[name] = dim_id
+                return dim_id
+        raise DimensionNotFound(dimension_id=repr(name),  # type: ignore[arg-type]
+                                available=[f"{n!r} ({d})" for d, n in dimensions.items()])
+
+    def _ids(self, dimension: Any, layer: Any) -> tuple[int, int]:
+        """Off the hot path: a dimension by name, a layer by key, numpy integers; else InvalidId."""
+        if type(dimension) is str:
+            dimension = self.dimension_id(dimension)
+        return as_id(dimension, "dimension_id"), as_id(layer, "layer_id")
 
     # ----------------------------------------------------------------- batch and scan
 

@@ -13,6 +13,7 @@ honoured the coordinator's last request to let go of superseded generations.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from loguru import logger
@@ -112,7 +113,7 @@ class ReaderRegistry:
         """True if some attached reader holds ``generation`` of ``entry``."""
         return len(pinned_rows(self._ctl, entry, generation)) > 0
 
-    def live(self) -> list[dict]:
+    def live(self) -> list[dict[str, Any]]:
         ctl = self._ctl
         out = []
         for slot in np.flatnonzero(ctl.readers[:, RD.PID]):

@@ -21,15 +21,14 @@ import stat
 import struct
 import weakref
 import zlib
-from collections import namedtuple
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from loguru import logger
 
 from . import layer_index
 from .compression import inflate
-from ..errors import LayerNotFound, RegionClosed, RegionFormatError, ShmPoolError
+from ..errors import InvalidArgument, LayerNotFound, RegionClosed, RegionFormatError, ShmPoolError
 
 __all__ = [
     "ALIGN", "FLAG_TEXT", "FLAG_ZSTD", "FORMAT_VERSION", "HEADER", "HEADER_OFFSETS", "HEADER_SIZE", "INDEX_DTYPE",
@@ -65,7 +64,27 @@ HEADER = struct.Struct("<" + "".join(code for _, code in _HEADER_FIELDS))
 HEADER_SIZE = HEADER.size
 HEADER_OFFSETS = {name: struct.calcsize("<" + "".join(c for _, c in _HEADER_FIELDS[:i]))
                   for i, (name, _) in enumerate(_HEADER_FIELDS)}
-Header = namedtuple("Header", [name for name, _ in _HEADER_FIELDS])
+
+
+class Header(NamedTuple):
+    """The header unpacked, one attribute per ``_HEADER_FIELDS`` entry in the same order (asserted)."""
+
+    magic: bytes
+    version: int
+    flags: int
+    header_size: int
+    dimension_id: int
+    layer_count: int
+    name_length: int
+    keywords_length: int
+    index_offset: int
+    content_offset: int
+    region_length: int
+    meta_crc: int
+    reserved: int
+
+
+assert Header._fields == tuple(name for name, _ in _HEADER_FIELDS)
 _CRC_AT = HEADER_OFFSETS["meta_crc"]
 _CRC_FIELD = struct.Struct("<I")
 assert HEADER_SIZE == 64 and _CRC_AT == 56
@@ -94,7 +113,7 @@ def byte_view(buffer: Any) -> memoryview:
     contiguous memory."""
     view = memoryview(buffer)
     if not view.c_contiguous:
-        raise ValueError("strided memory")
+        raise InvalidArgument(argument="buffer", value=view, reason="strided memory: a contiguous buffer is needed")
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
@@ -116,14 +135,15 @@ class _Views:
 
     __slots__ = ("index", "view", "mapping")
 
-    def __init__(self, index: np.ndarray | None, view: memoryview, mapping: mmap.mmap | None) -> None:
+    def __init__(self, index: np.ndarray | None, view: memoryview | None, mapping: mmap.mmap | None) -> None:
         self.index, self.view, self.mapping = index, view, mapping
 
 
 def _release(views: _Views, source: str) -> None:
     views.index = None
     try:
-        views.view.release()
+        if views.view is not None:
+            views.view.release()
         if views.mapping is not None:
             views.mapping.close()
     except BufferError as exc:
@@ -132,8 +152,15 @@ def _release(views: _Views, source: str) -> None:
         logger.debug("{}: views still alive at close, unmapping deferred to their release: {}", source, exc)
 
 
-_Parsed = namedtuple("_Parsed", "header name index keywords_at")
+class _Parsed(NamedTuple):
+    header: Header
+    name: str
+    rows: np.ndarray  # the layer index (not "index": that is tuple.index)
+    keywords_at: int
+
+
 _ROW = INDEX_DTYPE.itemsize
+_COLUMN_AT = {name: spec[1] for name, spec in (INDEX_DTYPE.fields or {}).items()}  # byte offset in a row
 
 
 def split_keywords(raw: Any) -> tuple[str, ...]:
@@ -218,7 +245,7 @@ def _check_index(mv: memoryview, index: np.ndarray, h: Header, keywords_at: int,
         return int(rows[0]) if rows.size else None
 
     def at(row: int, field: str) -> int:
-        return h.index_offset + row * _ROW + INDEX_DTYPE.fields[field][1]
+        return h.index_offset + row * _ROW + _COLUMN_AT[field]
 
     ids = index["layer_id"]
     if len(index) > 1 and (r := first(ids[1:] <= ids[:-1])) is not None:
@@ -272,7 +299,7 @@ def _check_content(mv: memoryview, index: np.ndarray, source: str) -> None:
     """Every layer's CRC32, and UTF-8 of every text layer: a loop per layer, C speed per byte."""
     columns = (index[f].tolist() for f in ("layer_id", "offset", "length", "crc32", "flags"))
     for layer_id, start, length, expected, flags in zip(*columns):
-        content = mv[start:start + length]
+        content: bytes | memoryview = mv[start:start + length]
         if flags & FLAG_ZSTD:
             content = inflate(content, source=source, layer_id=layer_id, offset=start)
         actual = zlib.crc32(content)
@@ -299,6 +326,16 @@ class Region:
 
     __slots__ = ("source", "dimension_id", "name", "layer_count", "nbytes", "buffer", "_views",
                  "_keywords_at", "_table", "_finalizer", "__weakref__")
+    source: str
+    dimension_id: int
+    name: str
+    layer_count: int
+    nbytes: int
+    buffer: memoryview
+    _views: _Views
+    _keywords_at: int
+    _table: tuple[memoryview, int] | None  # (table, slot mask), built on first lookup
+    _finalizer: weakref.finalize[[_Views, str], Region] | None
 
     # ----------------------------------------------------------------- construction
 
@@ -318,7 +355,7 @@ class Region:
         return cls._validated(view.toreadonly(), source, verify_checksums, None)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, verify_checksums: bool = True) -> "Region":
+    def open(cls, path: str | os.PathLike[str] | os.PathLike[bytes], *, verify_checksums: bool = True) -> "Region":
         """Map the region file at ``path`` read-only, validate it, and own the mapping.
 
         Raises RegionFormatError for an unreadable, empty, non-regular or malformed file (the
@@ -365,9 +402,9 @@ class Region:
         self.layer_count = parsed.header.layer_count
         self.nbytes = len(mv)
         self.buffer = mv
-        index = parsed.index
+        index = parsed.rows
         self._keywords_at = parsed.keywords_at
-        self._table: tuple[memoryview, int] | None = None  # (table, slot mask), built on first lookup
+        self._table = None
         self._views = _Views(index, mv, mapping)
         # Last line of defence for an owned mapping; close() runs it early (and only once).
         self._finalizer = weakref.finalize(self, _release, self._views, source) if mapping is not None else None
@@ -381,8 +418,8 @@ class Region:
             ids = index["layer_id"].astype(np.int64)  # < 2**63: checked by _check_index
             start = index["offset"].astype(np.int64)
             rows = np.arange(len(index), dtype=np.int64)
-            table, _ = layer_index.build_table(ids, start, start + index["length"].astype(np.int64), rows)
-            self._table = (memoryview(table).cast("B").cast("q"), len(table) - 1)
+            built, _ = layer_index.build_table(ids, start, start + index["length"].astype(np.int64), rows)
+            self._table = (built.data.cast("B").cast("q"), len(built) - 1)  # .data: memoryview(built)
         table, mask = self._table
         j = layer_index.probe(table, mask, layer_id)
         return -1 if j < 0 else table[j + 3]
@@ -448,7 +485,8 @@ class Region:
 
     def layer_ids(self) -> list[int]:
         """All layer ids, ascending."""
-        return self.index["layer_id"].tolist()
+        ids: list[int] = self.index["layer_id"].tolist()
+        return ids
 
     @property
     def keywords_offset(self) -> int:

@@ -14,15 +14,15 @@ import numbers
 import os
 import tempfile
 import zlib
-from collections import namedtuple
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from loguru import logger
 
-from ..errors import InvalidLayer
-from ..substrate.ids import as_id
+from . import arrays
+from ..errors import InvalidArgument, InvalidArgumentType, InvalidLayer
+from ..substrate.ids import as_id, key_id
 from .compression import deflate
 from .region import (
     FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
@@ -37,9 +37,22 @@ _ZEROS = bytes(8)  # padding never exceeds ALIGN - 1 bytes
 # One pending layer. ``content`` is immutable bytes: a bytearray the caller mutates later must not
 # disagree with the CRC taken now.
 # ``content`` is what gets stored: the raw bytes, or their compressed form when ``zstd``.
-_Layer = namedtuple("_Layer", "content text crc frequency keywords keyword_bytes zstd")
-# What writing needs: the metadata prefix (header .. end of index) and (offset, content) per layer.
-_Plan = namedtuple("_Plan", "prefix layers nbytes")
+class _Layer(NamedTuple):
+    content: bytes
+    text: bool
+    crc: int
+    frequency: float
+    keywords: tuple[str, ...]
+    keyword_bytes: bytes
+    zstd: bool
+
+
+class _Plan(NamedTuple):
+    """What writing needs: the metadata prefix (header .. end of index) and (offset, content) per layer."""
+
+    prefix: bytes
+    layers: list[tuple[int, bytes]]
+    nbytes: int
 
 
 class RegionBuilder:
@@ -52,17 +65,18 @@ class RegionBuilder:
     def __init__(self, dimension_id: int, name: str) -> None:
         dimension_id = as_id(dimension_id, "dimension_id")
         if not 0 < dimension_id < _U32:
-            raise ValueError(f"dimension id {dimension_id} is out of range: must satisfy 0 < id < 2**32")
+            raise InvalidArgument(argument="dimension_id", value=dimension_id, reason="out of range: must satisfy 0 < id < 2**32")
         if not isinstance(name, str):
-            raise TypeError(f"dimension {dimension_id}: name must be a str, got {name!r}")
+            raise InvalidArgumentType(argument="name", value=name, reason=f"dimension {dimension_id}: a name must be a str")
         try:
             encoded = name.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"dimension {dimension_id}: name {name!r} is not encodable as UTF-8 "
-                             f"({exc.reason})") from None
+            raise InvalidArgument(argument="name", value=name,
+                                  reason=f"dimension {dimension_id}: not encodable as UTF-8 ({exc.reason})") from None
         if len(encoded) > MAX_NAME_BYTES:
-            raise ValueError(f"dimension {dimension_id}: name is {len(encoded)} UTF-8 bytes, "
-                             f"at most {MAX_NAME_BYTES} allowed")
+            raise InvalidArgument(argument="name", value=name[:40] + "...",
+                                  reason=f"dimension {dimension_id}: a name is at most {MAX_NAME_BYTES} UTF-8 bytes, "
+                                         f"this one {len(encoded)}")
         self.dimension_id = int(dimension_id)
         self.name = name
         self._name = encoded
@@ -84,8 +98,10 @@ class RegionBuilder:
         def bad(reason: str) -> InvalidLayer:
             return InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason=reason)
 
+        if isinstance(layer_id, str):  # a key stands for its key id (shmpool.substrate.ids)
+            layer_id = key_id(layer_id)
         if isinstance(layer_id, bool) or not isinstance(layer_id, numbers.Integral):
-            raise bad(f"layer id must be an int, got {type(layer_id).__name__}")
+            raise bad(f"layer id must be an int or a str key, got {type(layer_id).__name__}")
         layer_id = int(layer_id)
         if not 0 <= layer_id < 2**63:
             raise bad("layer id must satisfy 0 <= id < 2**63")
@@ -108,6 +124,8 @@ class RegionBuilder:
             raise bad("the keyword blob would exceed 4 GiB (its offsets are 32-bit)")
         if len(self._layers) + 1 >= _U32:
             raise bad("a region holds fewer than 2**32 layers")
+        if isinstance(content, np.ndarray):  # its .npy bytes: dtype and shape travel with it
+            content = arrays.encode(content, dimension_id=self.dimension_id, layer_id=layer_id)
         is_str = isinstance(content, str)
         if is_str:
             try:
@@ -188,13 +206,16 @@ class RegionBuilder:
         try:
             view = byte_view(buffer)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"write_into needs a writable contiguous byte buffer: {exc}") from None
+            raise InvalidArgumentType(argument="buffer", value=type(buffer).__name__,
+                                      reason=f"write_into needs a writable contiguous byte buffer: {exc}") from None
         with view:
             if view.readonly:
-                raise TypeError("write_into needs a writable buffer, got a read-only one")
+                raise InvalidArgumentType(argument="buffer", value=type(buffer).__name__,
+                                          reason="write_into needs a writable buffer, got a read-only one")
             if len(view) < plan.nbytes:
-                raise ValueError(f"buffer of {len(view)} bytes is too small for the {plan.nbytes}-byte region "
-                                 f"of dimension {self.dimension_id}")
+                raise InvalidArgument(argument="buffer", value=f"{len(view)} bytes",
+                                      reason=f"too small for the {plan.nbytes}-byte region of dimension "
+                                             f"{self.dimension_id}")
             at = len(plan.prefix)
             view[:at] = plan.prefix
             for offset, content in plan.layers:
@@ -210,7 +231,7 @@ class RegionBuilder:
         self.write_into(out)
         return bytes(out)
 
-    def write(self, path: str | os.PathLike) -> Path:
+    def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the region to ``path`` atomically: temp file in the same folder, fsync, os.replace.
 
         Readers see the old file or the new one, never a torn one; on any failure the temp file is
@@ -264,7 +285,7 @@ class RegionBuilder:
         return self._plan
 
 
-def keyword_tuple(dimension_id: int, layer_id: int, keywords: Any) -> tuple:
+def keyword_tuple(dimension_id: int, layer_id: int, keywords: Any) -> tuple[Any, ...]:
     """``keywords`` as a tuple; InvalidLayer if it is a single str or bytes, or not iterable.
 
     A str is iterable, so ``keywords="river"`` would otherwise become five one-letter keywords.
@@ -280,7 +301,7 @@ def keyword_tuple(dimension_id: int, layer_id: int, keywords: Any) -> tuple:
     raise InvalidLayer(dimension_id=dimension_id, layer_id=layer_id, reason=reason)
 
 
-def write_atomically(path: str | os.PathLike, pieces: Iterable[Any], *, mode: int) -> Path:
+def write_atomically(path: str | os.PathLike[str], pieces: Iterable[Any], *, mode: int) -> Path:
     """Write ``pieces`` (bytes-like) to ``path`` atomically: temp file in the same folder, fsync,
     os.replace, fsync of the folder. Readers see the old file or the new one, never a torn one;
     on any failure the temp file is removed and the error propagates."""

@@ -8,17 +8,41 @@ vocabulary; a frequency in [0, 1). The same seed gives byte-identical regions.
 
 Text is cut from one generated corpus per seed (built with numpy in a single join), not
 generated word by word: building all 14 dimensions takes about 0.1 s.
+
+The sample is for the demo, the stress test and the docs, never a default: a Coordinator starts
+empty and serves the sample only when asked, ``Coordinator(name, data_dir=shmpool.SAMPLE)`` (or
+``data_dir=shmpool.sample_dir()``, the folder it is built into once per seed).
 """
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
+from loguru import logger
 
+from ..substrate.names import runtime_dir
+from ..errors import InvalidArgument
+from .region import FORMAT_VERSION
 from .region_builder import RegionBuilder
 
-__all__ = ["CORE_DIMENSIONS", "build_sample", "sample_builders"]
+__all__ = ["CORE_DIMENSIONS", "SAMPLE", "SampleData", "build_sample", "sample_builders", "sample_dir"]
+
+
+class SampleData(enum.Enum):
+    """The type of :data:`SAMPLE` (an enum member: a singleton that type checkers understand)."""
+    SAMPLE = "the built-in sample"
+
+    def __repr__(self) -> str:
+        return "shmpool.SAMPLE"
+
+    __str__ = __repr__
+
+
+SAMPLE = SampleData.SAMPLE
+"""``Coordinator(name, data_dir=SAMPLE)`` serves the built-in sample (of ``sample_seed``)."""
 
 CORE_DIMENSIONS: dict[int, str] = {
     1: "identity", 2: "temporal", 3: "spatial", 4: "causal", 5: "emotional", 6: "social",
@@ -97,7 +121,7 @@ def _dimension(seed: int, dimension_id: int, name: str, count: int, corpus: byte
 def sample_builders(seed: int = 0, layers_per_dimension: int = 200) -> list[RegionBuilder]:
     """One RegionBuilder per core dimension (ids 1..14), deterministic from ``seed``."""
     if layers_per_dimension < 0:
-        raise ValueError(f"layers_per_dimension must be >= 0, got {layers_per_dimension}")
+        raise InvalidArgument(argument="layers_per_dimension", value=layers_per_dimension, reason="must be >= 0")
     corpus = _corpus(seed)
     return [_dimension(seed, dim, name, layers_per_dimension, corpus) for dim, name in CORE_DIMENSIONS.items()]
 
@@ -108,3 +132,22 @@ def build_sample(directory: str | Path, seed: int = 0, layers_per_dimension: int
     directory.mkdir(parents=True, exist_ok=True)
     return [builder.write(directory / f"dim-{builder.dimension_id:02d}-{builder.name}.region")
             for builder in sample_builders(seed, layers_per_dimension)]
+
+
+def sample_dir(seed: int = 0) -> Path:
+    """The folder of the sample's region files for ``seed``, built on first use (about 0.1 s).
+
+    It lives in the runtime folder (``sample-seed<seed>-v<format>``) and is built once, under a
+    file lock, so concurrent first users wait for one build instead of racing.
+    """
+    target = runtime_dir() / f"sample-seed{seed}-v{FORMAT_VERSION}"
+    done = target / ".complete"
+    if done.exists():
+        return target
+    with FileLock(str(target) + ".lock"):
+        if not done.exists():
+            target.mkdir(exist_ok=True)
+            build_sample(target, seed=seed)
+            done.touch()
+            logger.info("built the sample data set (seed {}) in {}", seed, target)
+    return target

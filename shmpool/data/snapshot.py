@@ -67,7 +67,7 @@ class Snapshot:
 
     __slots__ = ("_reader", "sequence", "_locations", "_gens", "_dir_mv", "_finalizer", "__weakref__")
 
-    def __init__(self, reader: "Reader", sequence: int, locations: dict[int, tuple[int, tuple]],
+    def __init__(self, reader: "Reader", sequence: int, locations: dict[int, tuple[int, tuple[int, int, int, int, int, int]]],
                  holds: list[tuple[int, int]]) -> None:
         self._reader = reader
         self.sequence = sequence   # the even W.PUBLISH_SEQ of its instant
@@ -178,7 +178,7 @@ class Snapshot:
 
     # ----------------------------------------------------------------- mapping
 
-    def _location(self, dimension_id: int) -> tuple[int, tuple]:
+    def _location(self, dimension_id: int) -> tuple[int, tuple[int, int, int, int, int, int]]:
         found = self._locations.get(dimension_id)
         if found is None:
             raise DimensionNotFound(dimension_id=dimension_id, available=sorted(self._locations))
@@ -217,7 +217,7 @@ class Snapshot:
     def __enter__(self) -> "Snapshot":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

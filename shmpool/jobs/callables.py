@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import InvalidJob
 
-__all__ = ["target_of", "import_target", "TARGET_RE", "MODULE_RE"]
+__all__ = ["target_of", "import_target", "home_module", "TARGET_RE", "MODULE_RE"]
 
 _MODULE = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 MODULE_RE = re.compile(rf"^{_MODULE}$")
@@ -30,6 +30,32 @@ def import_target(target: str) -> Any:
     return obj
 
 
+# C functions report the module that implements them, not the one users import them from:
+# os.getcwd is "posix:getcwd", operator.add "_operator:add". An allow-list of job_modules=["os"]
+# then refused os.getcwd by a name the user never wrote.
+_IMPLEMENTED_IN = {"posix": "os", "nt": "os"}
+
+
+def _public_home(fn: Any, module: Any, qualname: Any) -> Any:
+    """The public module ``fn`` is imported from, where it is the very same object; else ``module``."""
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return module
+    public = _IMPLEMENTED_IN.get(module) or (module[1:] if module.startswith("_") else None)
+    if public is None:
+        return module
+    try:
+        found = getattr(importlib.import_module(public), qualname, None)
+    except ImportError:
+        return module
+    return public if found is fn else module
+
+
+def home_module(fn: Any) -> str:
+    """The module ``fn`` is defined in as users see it: ``os`` for os.getcwd (not ``posix``)."""
+    module = getattr(fn, "__module__", None) or ""
+    return str(_public_home(fn, module, getattr(fn, "__qualname__", None)))
+
+
 def target_of(fn: Any, *, job: str = "", use: str = "allowed") -> str:
     """``module:qualname`` of a callable a worker can import by name; InvalidJob saying why not.
 
@@ -37,6 +63,7 @@ def target_of(fn: Any, *, job: str = "", use: str = "allowed") -> str:
     callable is "sent to a worker").
     """
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    module = _public_home(fn, module, qualname)
     target = f"{module}:{qualname}"
     job = job or (str(qualname) if qualname else repr(fn))
 

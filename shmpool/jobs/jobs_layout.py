@@ -1,7 +1,8 @@
 """The jobs segment, byte by byte (docs/shm-layout.md, "Jobs segment", lists the same fields).
 
-    words     int64[JOB_WORDS]                    lock owner (same first 4 words as the control
-                                                   segment, so SharedLock serves both), counters
+    words     int64[JOB_WORDS]                    lock holder, counters, futex words; the robust
+                                                   mutex in words 56-63 (as in the control segment,
+                                                   so one RobustMutex layout serves both)
     free      int64[slots]                        stack of free slot indices (FREE_TOP entries)
     queue     int64[slots]                        ring of submitted slot indices (Q_HEAD..Q_TAIL)
     slots     int64[slots, SLOT_COLS]             one row per request/response slot
@@ -17,35 +18,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import numpy as np
 
 from ..substrate.layout import align_section
 
-__all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
-           "CHANNEL_COLS", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
+if TYPE_CHECKING:
+    import mmap
 
-JOBS_MAGIC = 0x53484D504A4F4233  # "SHMPJOB3" (3: capacity from the free stack, waiter counts)
+__all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
+           "CHANNEL_COLS", "MUTEX_WORDS", "CORE_INDICES", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
+
+JOBS_MAGIC = 0x53484D504A4F4234  # "SHMPJOB4" (3: capacity from the free stack; 4: robust mutex, futex words)
 
 
 class JobWord(IntEnum):
-    """Words of the jobs segment (int64 each)."""
-    LOCK_OWNER_PID = 0     # as in layout.W: SharedLock uses indices 0-3
-    LOCK_OWNER_START = 1
-    LOCK_WAITING = 2
-    LOCK_RECOVERIES = 3
+    """Words of the jobs segment (int64 each). Who writes each word, and how, is beside it: "lock"
+    means plain stores by the holder of the board's mutex; "atomic" means a sequentially
+    consistent read-modify-write by anyone, outside the lock (shmpool/_core/shm_sync.h)."""
+    LOCK_OWNER_PID = 0     # as in layout.W: the mutex holder's pid (holder only; 0 before unlocking)
+    UNUSED_1 = 1           # 1-2: the flock lock's start token and waiting flag, gone with it
+    UNUSED_2 = 2
+    LOCK_RECOVERIES = 3    # atomic: times a holder died inside the lock (the next locker repaired)
     MAGIC = 4              # JOBS_MAGIC, written last at creation
     SLOTS = 5
     PAYLOAD = 6            # bytes of each request area and each response area
     CHANNELS = 7
     FREE_TOP = 8           # number of entries on the free stack
     Q_HEAD = 9             # next queue position to take (monotonic; index = Q_HEAD % SLOTS)
-    Q_TAIL = 10            # next queue position to fill
+    Q_TAIL = 10            # next queue position to fill (lock; release store). Also the futex
+                           # idle workers sleep on: every enqueue changes it
     STATE = 11             # BoardState
-    UNUSED_12 = 12         # 12-14, 16: job totals, now derived from the slots' END_* columns
-    UNUSED_13 = 13
-    UNUSED_14 = 14
+    FREE_SEQ = 12          # lock, atomic add: +1 at every push onto the free stack; the futex that
+                           # submitters waiting for a slot sleep on (read under the lock when full)
+    QUEUE_SLEEPERS = 13    # atomic: workers inside a futex wait on Q_TAIL (a submit wakes one
+                           # only if non-zero; a worker killed asleep leaves it one too high:
+                           # later submits make a needless FUTEX_WAKE, never miss a sleeper)
+    UNUSED_14 = 14         # 14, 16: job totals, now derived from the slots' END_* columns
     REQUEUED = 15          # taken back from dead workers
     UNUSED_16 = 16
     WORKERS_STARTED = 17
@@ -53,8 +63,10 @@ class JobWord(IntEnum):
     LATENCY_COUNT = 19     # jobs finished by a worker (histogram total)
     LATENCY_SUM_NS = 20    # sum of their latencies: submitted -> response stored, in ns
     LATENCY_BUCKET0 = 21   # LATENCY_BOUNDS_NS buckets (cumulative counts are derived), then +Inf
-    FREE_WAITERS = 40      # submitters sleeping on `free` for a slot (sum of CC.WAITING)
+    FREE_WAITERS = 40      # atomic: submitters inside a futex wait on FREE_SEQ (sum of CC.WAITING,
+                           # incremented before it and decremented after it, so never below it)
     REPAIRS = 41           # invariants the supervisor found broken and restored (JobBoard.heal)
+    LOCK_MUTEX = 56        # 56-63: the board's pthread_mutex_t (robust, process-shared), 64 bytes
 
 
 # Upper bounds of the job latency histogram (submitted -> response stored by the worker), ns.
@@ -62,7 +74,9 @@ LATENCY_BOUNDS_NS = tuple(int(us * 1000) for us in (
     25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 10_000_000))
 JOB_WORDS = 64
-assert JobWord.LATENCY_BUCKET0 + len(LATENCY_BOUNDS_NS) + 1 <= JobWord.FREE_WAITERS < JOB_WORDS
+MUTEX_WORDS = 8  # bytes of a pthread_mutex_t (40 on glibc x86_64/aarch64) rounded up to a cache line
+assert JobWord.LATENCY_BUCKET0 + len(LATENCY_BOUNDS_NS) + 1 <= JobWord.FREE_WAITERS < JobWord.LOCK_MUTEX
+assert JobWord.LOCK_MUTEX + MUTEX_WORDS == JOB_WORDS
 
 
 class BoardState(IntEnum):
@@ -110,11 +124,13 @@ class ChannelCol(IntEnum):
     PID = 0            # 0 = free
     START = 1
     HEAD = 2           # consumer position in the ring (written only by the client)
-    TAIL = 3           # producer position (written by workers under the jobs lock)
-    WAITING = 4        # this client's submitters sleeping for a free slot (under the lock)
+    TAIL = 3           # producer position (lock; release store by the worker that delivers).
+                       # Also the futex the client's completion wait sleeps on
+    WAITING = 4        # atomic: this client's submitters sleeping for a free slot
+    RING_SLEEPERS = 5  # atomic: this client's threads inside a futex wait on TAIL
 
 
-CHANNEL_COLS = 6       # 5: spare, so a row stays 48 bytes
+CHANNEL_COLS = 6
 
 
 class SlotState(IntEnum):
@@ -134,6 +150,14 @@ class Status(IntEnum):
 
 # The short names the rest of the code and docs/shm-layout.md grew up with.
 JW, SC, CC = JobWord, SlotCol, ChannelCol
+
+# What the compiled core's slot transitions need of this layout (shmpool._core.BoardCore): the
+# numbers are defined here once and handed to it, since the core sits below this package.
+CORE_INDICES: dict[str, object] = {
+    "SLOT_COLS": SLOT_COLS, "CHANNEL_COLS": CHANNEL_COLS, "LATENCY_BOUNDS_NS": LATENCY_BOUNDS_NS,
+    **{c.name: int(c) for c in SlotCol}, **{f"S_{s.name}": int(s) for s in SlotState}, "OK": int(Status.OK),
+    **{f"W_{w.name}": int(w) for w in JobWord}, **{f"C_{c.name}": int(c) for c in ChannelCol},
+}
 
 
 class SlotRow(NamedTuple):
@@ -162,9 +186,9 @@ class SlotRow(NamedTuple):
     deadline_ns: int
 
     @classmethod
-    def of(cls, words) -> "SlotRow":
+    def of(cls, words: Iterable[int]) -> "SlotRow":
         """The record of one row's SLOT_COLS int64 words, in SlotCol order."""
-        values = [int(w) for w in words]
+        values: list[Any] = [int(w) for w in words]
         values[SlotCol.STATE] = SlotState(values[SlotCol.STATE])
         values[SlotCol.STATUS] = Status(values[SlotCol.STATUS])
         return cls(*values)
@@ -202,10 +226,11 @@ class JobsLayout:
 class JobsView:
     """numpy views of a mapped jobs segment (vectorised checks), and flat memoryviews (hot path)."""
 
-    def __init__(self, buf, lay: JobsLayout) -> None:
+    def __init__(self, buf: "mmap.mmap | memoryview | bytearray", lay: JobsLayout) -> None:
         self.layout = lay
 
-        def arr(offset: int, shape):
+        # Any, not an ndarray type: release() sets them to None, and a closed board says so.
+        def arr(offset: int, shape: tuple[int, ...]) -> Any:
             return np.frombuffer(buf, dtype="<i8", count=int(np.prod(shape)), offset=offset).reshape(shape)
 
         self.words = arr(0, (JOB_WORDS,))

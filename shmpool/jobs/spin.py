@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from ..errors import InvalidArgument
+
 __all__ = ["spin_seconds", "SPIN_MIN_CPUS", "AUTO_SPIN_US", "SPIN_ENV"]
 
 SPIN_MIN_CPUS = 4
@@ -27,6 +29,6 @@ def spin_seconds(spin_us: float | str | None) -> float:
     if spin_us == "auto":
         return AUTO_SPIN_US / 1e6 if (os.cpu_count() or 1) >= SPIN_MIN_CPUS else 0.0
     if isinstance(spin_us, bool) or not isinstance(spin_us, (int, float)) or not 0 <= spin_us <= MAX_SPIN_US:
-        raise ValueError(f"spin_us must be a number of microseconds in [0, {MAX_SPIN_US:g}], None or "
-                         f"'auto', got {spin_us!r}")
+        raise InvalidArgument(argument="spin_us", value=spin_us,
+                              reason=f"a number of microseconds in [0, {MAX_SPIN_US:g}], None or 'auto'")
     return float(spin_us) / 1e6

@@ -15,7 +15,7 @@ so writing through it can never SIGBUS; a full filesystem is a SharedMemoryFull 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from loguru import logger
@@ -31,6 +31,9 @@ from .stats import PoolStats, TableStats
 __all__ = ["Handle", "AllocationTable", "free_runs"]
 
 _LIVE, _FREE = int(RecordState.LIVE), int(RecordState.FREE)
+# A pool that can hold a request: (bytes it reserves, -block size, pool). Sorted, least waste
+# comes first and, on a tie, the larger blocks.
+_Fit = tuple[int, int, int]
 
 
 def free_runs(bitmap: np.ndarray, block_count: int, scratch: np.ndarray | None = None
@@ -150,12 +153,13 @@ class AllocationTable:
                 self._in_hook = False
         return handle
 
-    def _back_blocks(self, nbytes: int, handle: Handle, plan) -> Handle:
+    def _back_blocks(self, nbytes: int, handle: Handle, plan: list[_Fit]) -> Handle:
         """Reserve the pages of a fresh allocation, outside the lock (a cold 4 MiB takes ~1.3 ms).
 
         If /dev/shm is full, give the blocks back and look for a free run of blocks that are
         backed already (freed by earlier allocations); only if there is none does it raise."""
         bs = self.block_sizes[handle.pool]
+        assert self._back is not None  # only cold allocations come here, and only with a backer
         try:
             self._back(handle.pool, handle.first_block * bs, handle.block_count * bs)
         except SharedMemoryFull as full:
@@ -188,7 +192,7 @@ class AllocationTable:
             self._ctl.words[W.ALLOC_COUNT] -= 1
             self._ctl.pools[handle.pool][P.ALLOC_COUNT] -= 1
 
-    def _allocate_locked(self, nbytes: int, plan, *, backed_only: bool = False) -> Handle | None:
+    def _allocate_locked(self, nbytes: int, plan: list[_Fit], *, backed_only: bool = False) -> Handle | None:
         """The first pool of ``plan`` with a free run takes the allocation: its handle, or None if
         no pool has a run. Raises LimitExceeded when the next pool to try would pass the limit."""
         ctl = self._ctl
@@ -231,7 +235,7 @@ class AllocationTable:
             return Handle(p, first, count, nbytes, rec, serial, self._token)
         return None
 
-    def _grow_locked(self, nbytes: int, fitting) -> Handle | None:
+    def _grow_locked(self, nbytes: int, fitting: list[_Fit]) -> Handle | None:
         """Every present pool is too full: create the best-fitting reserved growth segment,
         if the limit allows what the request needs (LimitExceeded if not), and allocate from it."""
         if self._grow is None:
@@ -419,7 +423,7 @@ class AllocationTable:
 
     # ----------------------------------------------------------------- accounting
 
-    def _count_failure(self, *, limit: bool, plan=()) -> None:
+    def _count_failure(self, *, limit: bool, plan: Sequence[_Fit] = ()) -> None:
         words = self._ctl.words
         words[W.FAIL_COUNT] += 1
         if limit:
@@ -433,10 +437,10 @@ class AllocationTable:
                 f"{int(pools[p, P.BLOCK_COUNT])} used" for p in range(len(self.block_sizes))
                 if int(pools[p, P.PRESENT])]
 
-    def live_allocations(self) -> list[dict]:
+    def live_allocations(self) -> list[dict[str, int]]:
         """Every live allocation record (for diagnostics); read without the lock."""
         records = self._ctl.records
-        out = []
+        out: list[dict[str, int]] = []
         for rec in np.flatnonzero(records[:, R.STATE] == _LIVE):
             row = [int(v) for v in records[rec]]
             out.append({"record": int(rec), "pool": row[R.POOL], "first_block": row[R.FIRST_BLOCK],

@@ -59,4 +59,5 @@ class Backing:
     def usable(self, p: int, in_use: np.ndarray) -> np.ndarray:
         """A bitmap like ``in_use`` in which unbacked blocks also read as used: where to look for
         room when the filesystem cannot back any more."""
-        return in_use | ~self._ctl.backed[p]
+        usable: np.ndarray = in_use | ~self._ctl.backed[p]
+        return usable

@@ -22,12 +22,12 @@ from loguru import logger
 
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
-from ..errors import AttachError, InstanceExists, OutOfBounds, ShmPoolError
+from ..errors import AttachError, InstanceExists, InvalidArgument, OutOfBounds, ShmPoolError
 from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control, Layout,
                      P, W, pack_header)
 from .limits import DEFAULT_LIMIT, Thresholds
-from .lock import SharedLock
-from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign, runtime_dir,
+from .lock import shared_lock
+from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign,
                     segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
 from .segments import Segment
@@ -45,9 +45,10 @@ class PoolSpec:
     def __post_init__(self) -> None:
         bs = self.block_size
         if bs < 64 or bs & (bs - 1):
-            raise ValueError(f"pool block size must be a power of two >= 64, got {bs}")
+            raise InvalidArgument(argument="block_size", value=bs, reason="a pool's block size must be a power of two >= 64")
         if self.block_count <= 0:
-            raise ValueError(f"pool block count must be positive, got {self.block_count}")
+            raise InvalidArgument(argument="block_count", value=self.block_count,
+                                  reason="a pool's block count must be positive")
 
     @property
     def nbytes(self) -> int:
@@ -65,7 +66,6 @@ DEFAULT_POOLS: tuple[PoolSpec, ...] = (
 
 DEFAULT_GROWTH = 2  # growth segments each configured pool may add
 
-LOCK_SEM = "lock"
 WAKE_SEM = "wake"  # readers post it to wake the coordinator's reaper (a reload request)
 CONTROL = "control"
 
@@ -83,19 +83,19 @@ def _close_all(segments: list[Segment], sems: list[posix_ipc.Semaphore]) -> None
 class SharedInstance:
     """The shared objects of instance ``name`` mapped into this process."""
 
-    def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment],
-                 sem: posix_ipc.Semaphore, *, owner: bool, thresholds: Thresholds) -> None:
+    def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment | None],
+                 *, owner: bool, thresholds: Thresholds) -> None:
         self.name = name
         self.owner = owner
         self.control_segment = control_seg
         self.control = control
         self.pool_segments = pools  # None for growth rows not created or not yet mapped here
         self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
-        self.lock = SharedLock(sem, control.words_mv, str(runtime_dir() / f"{name}.table.lock"), name)
+        # The table's robust mutex, in the control words (made by _initialise before the magic).
+        self.lock = shared_lock(control_seg.mm, control.layout.words_offset, name=name, role="table")
         self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
                                      thresholds=thresholds, grow=self._create_growth_segment,
                                      back=self._back_pages)
-        self._sem = sem
         self._pool_views = [None if seg is None else memoryview(seg.mm) for seg in pools]
         self._closed = False
         self._present: list[int] | None = None
@@ -104,7 +104,7 @@ class SharedInstance:
         # are appended to it.
         self._mapped = [control_seg, *(seg for seg in pools if seg is not None)]
         self._wake: posix_ipc.Semaphore | None = None
-        self._mapped_sems = [sem]  # the wake semaphore joins when opened
+        self._mapped_sems: list[posix_ipc.Semaphore] = []  # the wake semaphore, once opened
         self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems)
 
     # ----------------------------------------------------------------- creation / attach
@@ -126,11 +126,11 @@ class SharedInstance:
         validate_name(name)
         check_system(name)  # a platform we cannot serve says so now, not with a hang later
         if not pools:
-            raise ValueError("at least one pool is needed")
+            raise InvalidArgument(argument="pools", value=tuple(pools), reason="at least one pool is needed")
         if memory_limit <= 0:
-            raise ValueError(f"memory limit must be positive, got {memory_limit}")
+            raise InvalidArgument(argument="memory_limit", value=memory_limit, reason="the memory limit must be positive")
         if growth < 0:
-            raise ValueError(f"growth must be >= 0, got {growth}")
+            raise InvalidArgument(argument="growth", value=growth, reason="growth segments per pool must be >= 0")
         cls._clear_stale(name, replace_stale)
         rows = list(pools) + [spec for spec in pools for _ in range(growth)]
         layout = Layout.compute([p.block_count for p in rows], max_records=max_records,
@@ -138,9 +138,6 @@ class SharedInstance:
         made_segments: list[Segment] = []
         made_sems: list[posix_ipc.Semaphore] = []
         try:
-            sem = posix_ipc.Semaphore(semaphore_name(name, LOCK_SEM), posix_ipc.O_CREX,
-                                      mode=0o600, initial_value=0)  # wake-ups only (shmpool.substrate.lock)
-            made_sems.append(sem)
             wake = posix_ipc.Semaphore(semaphore_name(name, WAKE_SEM), posix_ipc.O_CREX, mode=0o600)
             made_sems.append(wake)
             for i, spec in enumerate(pools):
@@ -159,7 +156,7 @@ class SharedInstance:
             raise
         control = Control(control_seg.mm, layout)
         pool_segs: list[Segment | None] = made_segments[:-1] + [None] * (len(rows) - len(pools))
-        inst = cls(name, control_seg, control, pool_segs, sem, owner=True, thresholds=thresholds)
+        inst = cls(name, control_seg, control, pool_segs, owner=True, thresholds=thresholds)
         inst._wake = wake
         inst._mapped_sems.append(wake)
         inst.huge_pages = huge_pages
@@ -224,6 +221,8 @@ class SharedInstance:
                     bm[-1] = (0xFF << tail) & 0xFF
         finally:
             control.release()
+        # The table lock, before the magic: nobody can attach (and lock) until it is made.
+        shared_lock(seg.mm, layout.words_offset, name=name, role="table", create=True).close()
         header = pack_header(layout, control_size=layout.size, instance_token=secrets.randbits(63),
                              created_ns=time.time_ns(), name=name, magic=b"\0" * 8)
         seg.mm[:len(header)] = header
@@ -235,7 +234,7 @@ class SharedInstance:
         validate_name(name)
         check_system(name)
         control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
-        pools: list[Segment] = []
+        pools: list[Segment | None] = []
         try:
             layout, thresholds = cls._read_layout(name, control_seg)
             control = Control(control_seg.mm, layout)
@@ -247,17 +246,12 @@ class SharedInstance:
             for i in range(layout.pool_count):
                 present = bool(control.pools[i, P.PRESENT])
                 pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name) if present else None)
-            try:
-                sem = open_semaphore(semaphore_name(name, LOCK_SEM), instance=name)
-            except posix_ipc.ExistentialError:
-                control.release()
-                raise AttachError(name=name, reason="its lock semaphore does not exist") from None
         except BaseException:
             for seg in [control_seg, *pools]:
                 if seg is not None:
                     seg.close()
             raise
-        return cls(name, control_seg, control, pools, sem, owner=False, thresholds=thresholds)
+        return cls(name, control_seg, control, pools, owner=False, thresholds=thresholds)
 
     @staticmethod
     def _read_layout(name: str, seg: Segment) -> tuple[Layout, Thresholds]:
@@ -303,6 +297,7 @@ class SharedInstance:
         if seg is None:
             self._map_pool(pool)
             seg = self.pool_segments[pool]
+            assert seg is not None  # _map_pool mapped it or raised
         return seg
 
     def _map_pool(self, pool: int) -> memoryview:
@@ -310,13 +305,13 @@ class SharedInstance:
             raise OutOfBounds(what=f"pool index of instance {self.name!r} (no such pool segment)",
                               offset=pool, length=1, limit=len(self.pool_segments))
         seg = Segment.attach(segment_name(self.name, f"pool{pool}"), instance=self.name)
-        self._adopt(pool, seg)
-        return self._pool_views[pool]
+        return self._adopt(pool, seg)
 
-    def _adopt(self, pool: int, seg: Segment) -> None:
+    def _adopt(self, pool: int, seg: Segment) -> memoryview:
         self.pool_segments[pool] = seg
-        self._pool_views[pool] = memoryview(seg.mm)
+        view = self._pool_views[pool] = memoryview(seg.mm)
         self._mapped.append(seg)
+        return view
 
     def _create_growth_segment(self, pool: int) -> None:
         """Called by the table, lock held, before it marks growth row ``pool`` present."""
@@ -375,7 +370,7 @@ class SharedInstance:
         rather than through the mapping. Raises OutOfBounds if no mapped pool holds it."""
         addr = np.frombuffer(view, np.uint8).__array_interface__["data"][0]
         for seg, whole in zip(self.pool_segments, self._pool_views):
-            if whole is None:
+            if seg is None or whole is None:
                 continue
             base = np.frombuffer(whole, np.uint8).__array_interface__["data"][0]
             if base <= addr and addr + len(view) <= base + len(whole):
@@ -397,6 +392,7 @@ class SharedInstance:
 
     def wait_for_wake(self, timeout: float) -> bool:
         """Owner only: sleep until a wake or ``timeout`` seconds; True if woken."""
+        assert self._wake is not None, "only the owner, which opened it in create(), waits for wakes"
         try:
             self._wake.acquire(timeout)
         except posix_ipc.BusyError:
@@ -416,8 +412,8 @@ class SharedInstance:
                 mv.release()
             except BufferError:
                 logger.debug("a pool view of {!r} is still exported; unmapped when it is collected", self.name)
+        self.lock.close()  # first: it holds the control mapping's buffer
         self.control.release()
-        self.lock.close()
         self._finalizer()
 
     def unlink(self) -> None:
@@ -431,7 +427,7 @@ class SharedInstance:
                     posix_ipc.unlink_shared_memory(segment_name(self.name, f"pool{pool}"))
                 except posix_ipc.ExistentialError:
                     logger.debug("growth segment pool{} of {!r} was already unlinked", pool, self.name)
-        for kind in (LOCK_SEM, WAKE_SEM):
+        for kind in (WAKE_SEM,):
             try:
                 posix_ipc.unlink_semaphore(semaphore_name(self.name, kind))
             except posix_ipc.ExistentialError:
@@ -453,7 +449,7 @@ class SharedInstance:
     def __enter__(self) -> "SharedInstance":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.owner:
             self.destroy()
         else:
@@ -508,6 +504,6 @@ def _other_layout(name: str) -> bool:
         if seg.size < HEADER.size:
             return False
         magic, version = HEADER.unpack_from(seg.mm, 0)[:2]
-        return magic == MAGIC and version != LAYOUT_VERSION
+        return bool(magic == MAGIC and version != LAYOUT_VERSION)
     finally:
         seg.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -36,11 +37,12 @@ __all__ = [
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 6  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+LAYOUT_VERSION = 7  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
 # 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL; 5: a directory
 # slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region;
 # 6: word PUBLISH_SEQ (consistent snapshots), reader column WAITING and the per-reader gwR
-# semaphores (generation wake-ups)
+# semaphores (generation wake-ups); 7: the table lock is a robust mutex in words 56-63 (no flock,
+# no lock semaphore)
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
@@ -72,9 +74,9 @@ assert HEADER.size <= HEADER_SIZE
 
 class ControlWord(IntEnum):
     """Indices into the words section (int64 each)."""
-    LOCK_OWNER_PID = 0      # pid holding the table lock, 0 when free
-    LOCK_OWNER_START = 1    # that pid's start token (pid reuse guard)
-    LOCK_WAITING = 2        # 1: a process sleeps on the lock semaphore; the releaser posts it
+    LOCK_OWNER_PID = 0      # pid holding the table lock, 0 when free (written by the holder only)
+    UNUSED_1 = 1            # 1-2: the flock lock's start token and waiting flag, gone with it
+    UNUSED_2 = 2
     LOCK_RECOVERIES = 3     # times a holder died inside its critical section (repaired by the next)
     MEMORY_LIMIT = 4        # bytes, over all pools
     WARN_PERMILLE = 5       # 750: log a warning above this usage
@@ -102,6 +104,7 @@ class ControlWord(IntEnum):
     BACKED_BYTES = 27       # pool bytes whose pages are reserved (allocated in /dev/shm)
     SHM_FULL = 28           # allocations refused because /dev/shm is full (subset of FAIL_COUNT)
     PUBLISH_SEQ = 29        # seqlock over every publication: odd while directory GENERATION words change
+    LOCK_MUTEX = 56         # 56-63: the table's pthread_mutex_t (robust, process-shared; shmpool._core)
 
 
 WORDS = 64  # room to grow without a layout change
@@ -298,11 +301,11 @@ class Layout:
 class Control:
     """numpy views of every section of a mapped control segment (no copies)."""
 
-    def __init__(self, buf, layout: Layout) -> None:
+    def __init__(self, buf: Any, layout: Layout) -> None:
         self.layout = layout
         lay = layout
 
-        def arr(offset: int, shape, dtype="<i8"):
+        def arr(offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
             count = int(np.prod(shape))
             return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
@@ -325,8 +328,9 @@ class Control:
         """Drop every view so the underlying mmap can be closed."""
         for mv in (self.words_mv, self.directory_mv):
             mv.release()
-        self.words = self.pools = self.records = self.directory = self.readers = self.pins = None
-        self.tags = None
+        # None, not empty arrays: a use after release must fail loudly, so the types are waived here.
+        self.words = self.pools = self.records = self.directory = self.readers = self.pins = None  # type: ignore[assignment]
+        self.tags = None  # type: ignore[assignment]
         self.bitmaps = self.backed = []
 
 

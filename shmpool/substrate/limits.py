@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Callable
 
+import numpy as np
 from loguru import logger
+
+from ..errors import InvalidArgument
 
 from .layout import W
 
 __all__ = ["DEFAULT_LIMIT", "PER_MILLE", "Thresholds", "CapacityState", "Budget", "PressureHook",
-           "per_mille", "after_allocation"]
+           "per_mille", "after_allocation", "MAX_WORKERS", "check_worker_count"]
 
 DEFAULT_LIMIT = 280 * 2**20
 PER_MILLE = 1000
@@ -62,13 +65,12 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not 0 < self.warn <= self.evict <= self.refuse <= PER_MILLE:
-            raise ValueError(
-                f"thresholds must satisfy 0 < warn <= evict <= refuse <= {PER_MILLE} (per mille), "
-                f"got warn={self.warn} evict={self.evict} refuse={self.refuse}"
-            )
+            raise InvalidArgument(
+                argument="thresholds", value=(self.warn, self.evict, self.refuse),
+                reason=f"(warn, evict, refuse) must satisfy 0 < warn <= evict <= refuse <= {PER_MILLE} (per mille)")
 
     @classmethod
-    def from_words(cls, words) -> "Thresholds":
+    def from_words(cls, words: np.ndarray) -> "Thresholds":
         """The thresholds an instance was created with, from its control words."""
         return cls(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]), int(words[W.REFUSE_PERMILLE]))
 
@@ -112,7 +114,7 @@ class Budget:
         self.thresholds = thresholds
 
     @classmethod
-    def read(cls, words) -> "Budget":
+    def read(cls, words: np.ndarray) -> "Budget":
         limit, warn, evict, refuse, used = words[_FIRST:_LAST + 1].tolist()
         return cls(used, limit, _thresholds(warn, evict, refuse))
 
@@ -157,3 +159,24 @@ def after_allocation(before: int, after: int, limit: int, thresholds: Thresholds
         )
     if hook is not None and budget.over_evict:
         hook(after, limit)
+
+
+# More workers than this is a typo, not a plan: each is a process with its own reader, and the
+# job board has 256 slots by default. (--workers 100000 used to fork until the machine gave up.)
+# The CLI (coordinator/cli_args.py) and the Coordinator constructor both ask check_worker_count.
+MAX_WORKERS = 256
+
+
+def check_worker_count(workers: object) -> int | None:
+    """``workers`` as given if it is a whole number in 0..MAX_WORKERS, or None (the CPU count);
+    InvalidArgument (a ShmPoolError and ValueError) otherwise, so ``Coordinator(workers=-1)`` is
+    refused as ``shmpool serve --workers -1`` is."""
+    from ..errors import InvalidArgument  # errors imports nothing of ours; kept local all the same
+
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
+        raise InvalidArgument(argument="workers", value=workers,
+                              reason=f"a whole number of worker processes in 0..{MAX_WORKERS}, or None "
+                                     "for the CPU count")
+    return workers

@@ -17,7 +17,7 @@ from pathlib import Path
 import posix_ipc
 from loguru import logger
 
-from ..errors import CleanupError, UnsafeRuntimeDir, UntrustedObject
+from ..errors import CleanupError, InvalidArgument, UnsafeRuntimeDir, UntrustedObject
 from .trust import SHM_DIR, is_ours, sem_path, shm_path
 
 __all__ = ["validate_name", "segment_name", "semaphore_name", "runtime_dir", "list_objects", "foreign_objects",
@@ -30,12 +30,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
 
 def validate_name(name: str) -> str:
-    """Return ``name`` if it is a valid instance name, else raise ValueError saying why."""
+    """Return ``name`` if it is a valid instance name, else raise InvalidArgument (a ValueError) saying why."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(
-            f"invalid shmpool instance name {name!r}: use 1-48 characters from A-Z a-z 0-9 _ -, "
-            "starting with a letter or digit"
-        )
+        raise InvalidArgument(argument="name", value=name,
+                              reason="invalid shmpool instance name: use 1-48 characters from A-Z a-z 0-9 _ -, "
+                                     "starting with a letter or digit")
     return name
 
 
@@ -218,7 +217,7 @@ def cleanup(name: str) -> list[str]:
     return removed
 
 
-def _why_not(path, exc: Exception | None) -> str:
+def _why_not(path: Path, exc: Exception | None) -> str:
     """The reason an object was not removed, with its owner when that is the reason."""
     if exc is not None and not isinstance(exc, posix_ipc.PermissionsError):
         return str(exc)

@@ -32,7 +32,8 @@ from typing import NamedTuple
 import posix_ipc
 
 from ..errors import PlatformUnsupported, SharedMemoryFull
-from .names import SHM_DIR, runtime_dir, semaphore_name
+from .names import runtime_dir, semaphore_name
+from .trust import SHM_DIR
 
 __all__ = ["ShmSpace", "space", "reserve_pages", "full_error", "is_full", "CAN_RESERVE", "Capabilities",
            "capabilities", "check_system", "TIMED_WAITS", "SEMAPHORE_VALUES"]

@@ -26,7 +26,7 @@ import posix_ipc
 from loguru import logger
 
 from . import platform
-from ..errors import AttachError
+from ..errors import AttachError, InvalidArgument
 from .trust import shm_path, verify_fd, verify_path
 
 __all__ = ["Segment"]
@@ -64,7 +64,7 @@ class Segment:
         when they do not fit): for fixed-size segments whose every byte may be written.
         """
         if size <= 0:
-            raise ValueError(f"segment {name}: size must be positive, got {size}")
+            raise InvalidArgument(argument="size", value=size, reason=f"segment {name}: size must be positive")
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=_MODE, size=size)
         try:
             if reserve:
@@ -158,7 +158,7 @@ class Segment:
     def __enter__(self) -> "Segment":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

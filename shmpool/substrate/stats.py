@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 __all__ = ["PoolStats", "TableStats"]
 
@@ -28,7 +29,7 @@ class PoolStats:
         free = self.blocks_total - self.blocks_used
         return 1.0 - self.largest_free_run / free if free else 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["utilization"] = self.utilization
         d["fragmentation"] = self.fragmentation
@@ -56,7 +57,7 @@ class TableStats:
     def utilization(self) -> float:
         return self.used_bytes / self.memory_limit if self.memory_limit else 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["utilization"] = self.utilization
         d["pools"] = [p.as_dict() for p in self.pools]

@@ -16,6 +16,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from multiprocessing.queues import Queue
+from typing import Any
 
 from loguru import logger
 
@@ -23,10 +25,10 @@ import shmpool
 from shmpool.substrate.names import list_objects
 
 from ..coordinator import Coordinator
-from ..coordinator.loading import sample_directory
+from ..data.sample import sample_dir
 
 
-def read_everything(name: str, results) -> None:
+def read_everything(name: str, results: Queue[dict[str, Any]]) -> None:
     """In a separate process: attach, read every layer of every dimension, verify its checksum."""
     timings = []
     layers = bad = nbytes = 0
@@ -57,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level=os.environ.get("SHMPOOL_LOG_LEVEL", "WARNING"))
     name = f"demo-{os.getpid()}"
-    # The sample built once into the runtime folder (what data_dir=None serves), so a second run
-    # starts warm: its files are unchanged and the validation cache vouches for them.
+    # The sample built once into the runtime folder (what data_dir=shmpool.SAMPLE serves), so a
+    # second run starts warm: its files are unchanged and the validation cache vouches for them.
     t0 = time.perf_counter()
-    folder = sample_directory()
+    folder = sample_dir()
     built = time.perf_counter() - t0
     files = sorted(folder.glob("*.region"))
     with Coordinator(name, data_dir=folder) as coord:

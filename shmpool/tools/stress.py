@@ -24,16 +24,24 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Iterator
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 from loguru import logger
 
 from shmpool.data.context import LoadedContext
+from shmpool.jobs.client import Client
 from shmpool.errors import AttachError, JobError, ShmPoolError
 from shmpool.substrate.names import list_objects
 
 from ..coordinator import Coordinator
+from ..data.sample import SAMPLE
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
 from .stress_report import BIN_EDGES_US, OPS, histogram, percentiles, render_report, windows, write_outputs
 
 __all__ = ["run_stress", "leak_check", "random_request", "checked_contexts", "render_report", "write_outputs", "stress_layer", "StressFailed",
@@ -104,7 +112,7 @@ def _error_type(exc: BaseException) -> str:
 
 
 def random_request(rng: random.Random, keys: dict[int, list[int]],
-                   lookup_share: float) -> tuple[str, tuple, list[tuple[int, int]]]:
+                   lookup_share: float) -> tuple[str, tuple[Any, ...], list[tuple[int, int]]]:
     """One built-in job on random keys: (job name, its arguments, the (dimension, layer) steps it must return).
 
     A ``lookup`` with probability ``lookup_share``, else a ``load_contexts`` of PATH_STEPS steps.
@@ -118,7 +126,7 @@ def random_request(rng: random.Random, keys: dict[int, list[int]],
     return "load_contexts", ([list(s) for s in path],), path
 
 
-def checked_contexts(result, op: str, expect: list[tuple[int, int]], tally) -> Iterator[LoadedContext]:
+def checked_contexts(result: Any, op: str, expect: list[tuple[int, int]], tally: Any) -> Iterator[LoadedContext]:
     """The contexts of a ``random_request`` answer whose CRC32 holds; wrong ids and torn layers counted.
 
     ``tally`` needs ``wrong`` and ``torn`` counters; the caller checks each yielded context's bytes
@@ -134,7 +142,7 @@ def checked_contexts(result, op: str, expect: list[tuple[int, int]], tally) -> I
             tally.torn += 1
 
 
-def _client_thread(client, keys: dict[int, list[int]], seed: int, deadline: list[float],
+def _client_thread(client: Client, keys: dict[int, list[int]], seed: int, deadline: list[float],
                    tally: _ThreadTally) -> None:
     rng = random.Random(seed)
     while time.monotonic() < deadline[0]:
@@ -168,8 +176,8 @@ def _client_thread(client, keys: dict[int, list[int]], seed: int, deadline: list
         del result, ctx  # drop the views at once: they pin their generation
 
 
-def _client_process(name: str, threads: int, seed: int, duration: float, start, stop, counters,
-                    base: int, results) -> None:
+def _client_process(name: str, threads: int, seed: int, duration: float, start: Event, stop: Event,
+                    counters: Any, base: int, results: Queue[Any]) -> None:
     """Entry point of one spawned client process: ``threads`` client threads on one Client."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a run ends
     import shmpool
@@ -222,8 +230,8 @@ def _client_process(name: str, threads: int, seed: int, duration: float, start, 
 # --------------------------------------------------------------------- the run
 
 def run_stress(name: str, *, clients: int = 128, duration: float = 10.0, crystallize_every: float = 1.0,
-               kill_workers: bool = False, workers: int | None = None, data_dir: str | os.PathLike | None = None,
-               progress: bool = True) -> dict:
+               kill_workers: bool = False, workers: int | None = None, data_dir: str | os.PathLike[str] | None = None,
+               progress: bool = True) -> dict[str, Any]:
     """Create instance ``name``, hammer it for ``duration`` seconds, stop it; return the verdict.
 
     Blocks for about ``duration`` plus start-up (~1 s) and shut-down. ``crystallize_every=0``
@@ -239,8 +247,9 @@ def run_stress(name: str, *, clients: int = 128, duration: float = 10.0, crystal
     threads = [clients // nproc + (i < clients % nproc) for i in range(nproc)]
     counters = ctx.Array("q", 3 * nproc, lock=False)
     start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    coord = Coordinator(name, data_dir=data_dir, workers=workers)
-    procs: list = []
+    # Its clients read the sample's dimensions: without a data folder, the sample is what it serves.
+    coord = Coordinator(name, data_dir=data_dir if data_dir is not None else SAMPLE, workers=workers)
+    procs: list[BaseProcess] = []
     live = None
     try:
         coord.start()
@@ -281,7 +290,7 @@ def run_stress(name: str, *, clients: int = 128, duration: float = 10.0, crystal
                     reports, wall, generations, events, t0_ns, leak, final, segments + semaphores)
 
 
-def _wait_ready(name: str, procs: list, results, timeout: float = 120.0) -> None:
+def _wait_ready(name: str, procs: list[BaseProcess], results: Queue[Any], timeout: float = 120.0) -> None:
     ready = 0
     deadline = time.monotonic() + timeout
     while ready < len(procs):
@@ -318,10 +327,9 @@ def _drive(coord: Coordinator, t0: float, duration: float, every: float, kill: b
         if now >= next_kill:
             pids = coord.stats()["workers"]["pids"]
             victim = rng.choice(pids)
-            try:
-                os.kill(victim, signal.SIGKILL)
+            if coord.kill_worker(victim, why="the stress test"):  # reported as ours, not as an OOM kill
                 events["kills"].append(time.monotonic_ns())
-            except ProcessLookupError:
+            else:
                 logger.debug("worker {} was already gone when its kill came", victim)
             next_kill = now + KILL_EVERY
         live.update(generation=generations[-1], kills=len(events["kills"]))
@@ -329,8 +337,8 @@ def _drive(coord: Coordinator, t0: float, duration: float, every: float, kill: b
     return events
 
 
-def _collect(name: str, procs: list, results, live: "_Live") -> list[dict]:
-    reports: dict[int, dict] = {}
+def _collect(name: str, procs: list[BaseProcess], results: Queue[Any], live: "_Live") -> list[dict[str, Any]]:
+    reports: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + LOST_AFTER + 60
     while len(reports) < len(procs):
         try:
@@ -348,7 +356,7 @@ def _collect(name: str, procs: list, results, live: "_Live") -> list[dict]:
     return list(reports.values())
 
 
-def leak_check(coord: Coordinator, patience: float = 3.0) -> dict:
+def leak_check(coord: Coordinator, patience: float = 3.0) -> dict[str, Any]:
     """Allocations beyond one per published dimension, after clients left and reclaim ran.
 
     Superseded generations still pinned by a worker's reader (it holds the generation it last
@@ -368,8 +376,9 @@ def leak_check(coord: Coordinator, patience: float = 3.0) -> dict:
         time.sleep(0.05)
 
 
-def _verdict(name, clients, nproc, duration, every, kill, nworkers, reports, wall, generations, events,
-             t0_ns, leak, final, leftovers) -> dict:
+def _verdict(name: str, clients: int, nproc: int, duration: float, every: float, kill: bool, nworkers: int,
+             reports: list[dict[str, Any]], wall: float, generations: list[int], events: dict[str, list[int]],
+             t0_ns: int, leak: dict[str, Any], final: dict[str, Any], leftovers: list[str]) -> dict[str, Any]:
     def gather(key: str) -> dict[str, np.ndarray]:
         return {op: np.concatenate([np.frombuffer(r[key][op], dtype=np.int64) for r in reports]) for op in OPS}
 
@@ -404,11 +413,13 @@ def _verdict(name, clients, nproc, duration, every, kill, nworkers, reports, wal
 class _Live:
     """The rich progress bar on stderr (or nothing, when progress is off)."""
 
-    def __init__(self, enabled: bool, duration: float, counters) -> None:
+    def __init__(self, enabled: bool, duration: float, counters: Any) -> None:
         self._counters = counters
-        self._progress = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._duration = duration
         self._t0 = time.monotonic()
-        self._fields = {"generation": 1, "kills": 0}
+        self._fields: dict[str, Any] = {"generation": 1, "kills": 0}
         if enabled:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -423,14 +434,14 @@ class _Live:
                                                  **self._fields)
             self._progress.start()
 
-    def update(self, **fields) -> None:
-        if self._progress is None:
+    def update(self, **fields: Any) -> None:
+        if self._progress is None or self._task is None:
             return
         self._fields.update(fields)
         c = list(self._counters)
         ops, errors, bad = sum(c[0::3]), sum(c[1::3]), sum(c[2::3])
         elapsed = time.monotonic() - self._t0
-        self._progress.update(self._task, completed=min(elapsed, self._progress.tasks[0].total), ops=ops,
+        self._progress.update(self._task, completed=min(elapsed, self._duration), ops=ops,
                               rate=ops / elapsed if elapsed else 0.0, errors=errors, bad=bad, **self._fields)
 
     def close(self) -> None:

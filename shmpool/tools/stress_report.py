@@ -17,6 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ BIN_EDGES_US = np.logspace(0, 7, 7 * 20 + 1)
 WINDOW_S = 0.1
 
 
-def percentiles(ns: np.ndarray) -> dict:
+def percentiles(ns: np.ndarray) -> dict[str, Any]:
     """Count, p50, p99, p99.9 and max of latencies in ns, as µs (None when there are none)."""
     if ns.size == 0:
         return {"count": 0, "p50_us": None, "p99_us": None, "p999_us": None, "max_us": None}
@@ -40,11 +41,12 @@ def percentiles(ns: np.ndarray) -> dict:
 
 def histogram(ns: np.ndarray) -> list[int]:
     us = np.clip(ns / 1e3, BIN_EDGES_US[0], BIN_EDGES_US[-1])
-    return np.histogram(us, bins=BIN_EDGES_US)[0].tolist()
+    counts: list[int] = np.histogram(us, bins=BIN_EDGES_US)[0].tolist()
+    return counts
 
 
 def windows(latency_ns: dict[str, np.ndarray], end_ns: dict[str, np.ndarray], t0_ns: int,
-            events_ns: dict[str, list[int]], width: float = WINDOW_S) -> dict:
+            events_ns: dict[str, list[int]], width: float = WINDOW_S) -> dict[str, Any]:
     """The run cut into windows of ``width`` seconds from ``t0_ns`` by completion time.
 
     Every operation lands in exactly one window (one finished a hair before ``t0_ns`` in the
@@ -71,13 +73,13 @@ def windows(latency_ns: dict[str, np.ndarray], end_ns: dict[str, np.ndarray], t0
 
 # --------------------------------------------------------------------- the table
 
-def render_report(result: dict):
+def render_report(result: dict[str, Any]) -> Any:
     """The verdict as a rich Table (print it with a rich Console)."""
     from ..coordinator._rich import rich
 
     Table = rich("table").Table
 
-    def flag(value, good=0):
+    def flag(value: int, good: int = 0) -> str:
         return f"[green]{value}[/]" if value == good else f"[bold red]{value}[/]"
 
     verdict = "[bold green]PASS[/]" if result["ok"] else "[bold red]FAIL[/]"
@@ -117,7 +119,7 @@ def render_report(result: dict):
 
 # --------------------------------------------------------------------- the files
 
-def write_outputs(result: dict, out_dir: str | os.PathLike) -> tuple[list[Path], str | None]:
+def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[list[Path], str | None]:
     """Write ``stress-<timestamp>.json`` and, with matplotlib, ``stress-<timestamp>.png``.
 
     Returns (paths written, a note on what was skipped or None).
@@ -137,7 +139,7 @@ def write_outputs(result: dict, out_dir: str | os.PathLike) -> tuple[list[Path],
     return [json_path, png_path], None
 
 
-def _figure(result: dict, path: Path) -> None:
+def _figure(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(14, 5.5))

@@ -1,0 +1,316 @@
+"""The completion owner of a Client's shared channel: the one place its futures are settled.
+
+Shaped after ``_ExecutorManagerThread`` in CPython's ``concurrent/futures/process.py``: the
+Client (the Executor front) only submits and registers futures here; this owner's thread waits
+on the channel, drains its ring, settles each future with :func:`~.client_link.settle`, frees the
+slots, and at the end detaches: releases the channels and lets go of the board and reader. It
+holds no reference to the Client, so a Client dropped without ``shutdown()`` is collected; its
+finalizer tells the owner, which finishes the jobs still pending and detaches, as
+ProcessPoolExecutor's manager thread does when its executor is collected.
+
+States (:class:`Lifecycle`) and the flags beside them, all under ``_lock``:
+
+    OPEN           submits accepted
+    SHUTTING_DOWN  shutdown(): no new submits; detach once nothing is pending
+    CLOSING        close(): detach at once, withdrawing what is queued, failing the rest
+    CLOSED         detached: channels released; a late registration is failed at once
+
+``dropped`` (the Client was collected: like SHUTTING_DOWN), ``broken`` (the coordinator died or
+removed the board: every pending future fails with it) and ``submitting`` (submits past the state
+check that have not registered yet: the owner does not detach under them).
+
+One exception to "the owner's thread settles": an answer can arrive before its submit has
+registered the future (the worker is faster than the submitting thread's next few
+instructions). The owner parks such a slot in ``_early`` and the registering thread settles it
+through the same :meth:`_settle_all`, the owner's code, in its own thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import enum
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from loguru import logger
+
+from ..errors import ClientClosed, ShmPoolError
+from .client_direct import POLL, SPENT_IDLE, DirectPool
+from .client_link import Link, Outcome, settle
+from .jobboard import JobBoard
+
+__all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
+
+CANCEL_WAIT = 0.05  # seconds a detach gives the lock to withdraw each queued request
+_PENDING = concurrent.futures._base.PENDING
+_RUNNING = concurrent.futures._base.RUNNING
+
+
+class Lifecycle(enum.Enum):
+    """A Client's states: only OPEN takes new jobs (ClientClosed otherwise)."""
+    OPEN = "open"
+    SHUTTING_DOWN = "shut down, waiting for its jobs"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class JobFuture(Future):  # type: ignore[type-arg]
+    """A Future whose ``cancel()`` also withdraws the request while no worker has taken it, and
+    whose ``running()`` is True while a worker runs it (read from the slot in shared memory).
+
+    ``cancel()`` of a running job returns False and the job runs on, as in concurrent.futures;
+    bound a job's run time with ``job_timeout`` instead. In a child forked after the submit the
+    future is its parent's: ``result()`` and ``exception()`` raise ClientClosed there."""
+
+    def __init__(self, owner: "CompletionOwner", slot: int, seq: int, job: str) -> None:
+        super().__init__()
+        self._owner, self._slot, self._seq, self.job = owner, slot, seq, job
+
+    @property
+    def _board(self) -> JobBoard:
+        return self._owner.link.board
+
+    def cancel(self) -> bool:
+        if self._owner.link.inherited:
+            return False
+        with self._condition:
+            if self._state != _PENDING:
+                return self.cancelled()
+        if not self._owner.withdraw(self):
+            return False
+        # Withdrawn and out of the table: nobody else settles it. Notified at once, as an
+        # executor does when it reaches a cancelled item, so wait() and as_completed() see it.
+        if not super().cancel():
+            return False
+        self.set_running_or_notify_cancel()
+        return True
+
+    def running(self) -> bool:
+        link = self._owner.link
+        if link.inherited or self.done() or not link.hold():
+            return False
+        try:
+            # The slot cannot move to another job while this future is pending: it is freed
+            # only after its response was delivered here. So STATE alone speaks for our SEQ.
+            return link.board.is_running(self._slot, self._seq)
+        finally:
+            link.drop()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._refuse_if_inherited()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._refuse_if_inherited()
+        return super().exception(timeout)
+
+    def _refuse_if_inherited(self) -> None:
+        # _state read without the condition: a lock copied into a forked child may be held for ever.
+        if self._owner.link.inherited and self._state in (_PENDING, _RUNNING):
+            self._owner.link.check_process()
+
+
+class CompletionOwner:
+    """The owner of one Client's shared channel and of every future submitted through it."""
+
+    def __init__(self, link: Link, channel: int, direct: DirectPool) -> None:
+        self.link = link
+        self.channel = channel
+        self.direct = direct
+        self._lock = threading.Lock()
+        self._table: dict[int, JobFuture] = {}  # slot -> the pending future answered there
+        self._early: set[int] = set()  # answered slots whose submit has not registered yet
+        self.lifecycle = Lifecycle.OPEN
+        self.submitting = 0
+        self.dropped = False
+        self.close_requested = False
+        self.broken: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"shmpool-client-{link.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # ----------------------------------------------------------------- the front's side
+
+    def check_open(self) -> None:
+        """Raise what a new job would meet: ClientClosed (forked, shut down, closed) or the
+        error that broke the client (the coordinator is gone)."""
+        self.link.check_process()
+        if self.broken is not None:
+            raise self.broken
+        if self.lifecycle is not Lifecycle.OPEN:
+            raise ClientClosed(name=self.link.name, reason=f"it is {self.lifecycle.value}")
+
+    def begin_submit(self) -> None:
+        """Admit one submit (or raise as :meth:`check_open`); end it with :meth:`end_submit`.
+
+        The submit holds the Link until it ends: an owner that detaches meanwhile (its
+        coordinator died) must not unmap the board under a submit still waiting for a slot."""
+        self.link.check_process()  # before any lock: one copied into a child may be held
+        with self._lock:
+            self.check_open()
+            held = self.link.hold()  # True: the owner drops its hold only after CLOSED
+            assert held, "an open client's Link is held by its owner"
+            self.submitting += 1
+
+    def end_submit(self, future: JobFuture | None) -> None:
+        """Register the submitted ``future`` (None: the submit failed) and end the submit."""
+        early = late = False
+        try:
+            with self._lock:
+                self.submitting -= 1
+                if future is None:
+                    return
+                if self.lifecycle is Lifecycle.CLOSED:
+                    late = True
+                elif future._slot in self._early:
+                    self._early.discard(future._slot)
+                    early = True
+                else:
+                    self._table[future._slot] = future
+            if early:
+                self._settle_all([future])
+            elif late:
+                self._end_unanswered([future])
+        finally:
+            self.link.drop()
+
+    def withdraw(self, future: JobFuture) -> bool:
+        """Withdraw ``future``'s request from the board and the table (JobFuture.cancel)."""
+        if not self.link.hold():
+            return False  # detached: the detach settled it
+        try:
+            withdrawn = self.link.board.cancel(future._slot, future._seq)
+        finally:
+            self.link.drop()
+        if not withdrawn:
+            return False
+        # The slot goes back to the free stack and may carry this client's next job: a stale
+        # entry left under it would swallow that job's answer.
+        with self._lock:
+            if self._table.get(future._slot) is not future:
+                return False  # a detach took it first, and settles it
+            del self._table[future._slot]
+        return True
+
+    def pending(self) -> list[JobFuture]:
+        with self._lock:
+            return list(self._table.values())
+
+    def table(self) -> dict[int, JobFuture]:
+        """A copy of slot -> pending future (diagnostics and tests)."""
+        with self._lock:
+            return dict(self._table)
+
+    def shut_down(self) -> None:
+        with self._lock:
+            if self.lifecycle is Lifecycle.OPEN:
+                self.lifecycle = Lifecycle.SHUTTING_DOWN
+
+    def close(self) -> None:
+        with self._lock:
+            self.close_requested = True
+            if self.lifecycle in (Lifecycle.OPEN, Lifecycle.SHUTTING_DOWN):
+                self.lifecycle = Lifecycle.CLOSING
+
+    def client_dropped(self) -> None:
+        """The Client's finalizer: finish what is pending, then detach. A plain store, no lock:
+        it may run in any thread, at any point, a garbage collection reaches the Client."""
+        self.dropped = True
+
+    def in_owner_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the detach (True once done); at once from the owner's own thread."""
+        if self.in_owner_thread() or not self._thread.is_alive():
+            return not self._thread.is_alive()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ----------------------------------------------------------------- the owner's thread
+
+    def _run(self) -> None:
+        link, board, channel = self.link, self.link.board, self.channel
+        next_tidy = 0.0
+        try:
+            while not self._finished():
+                try:
+                    posted = board.wait_completions(channel, POLL)
+                except ShmPoolError as exc:  # the coordinator removed the board
+                    self.broken = exc
+                    break
+                if not posted and not link.coordinator_alive():
+                    self.broken = link.gone()
+                    break
+                # Read even without a post: a worker may have died between pushing and posting.
+                self._deliver(board.completed(channel))
+                now = time.monotonic()
+                if now >= next_tidy:
+                    self.direct.tidy_idle(now)
+                    next_tidy = now + SPENT_IDLE
+        except BaseException as exc:  # never die silently with futures pending
+            logger.opt(exception=exc).error("client of {!r}: completion thread failed", link.name)
+            self.broken = exc
+        finally:
+            self._detach()
+
+    def _finished(self) -> bool:
+        with self._lock:
+            if self.submitting:
+                return False  # it registers soon; a submit waiting for a slot needs our frees
+            if self.lifecycle is Lifecycle.CLOSING:
+                return True
+            return (self.lifecycle is Lifecycle.SHUTTING_DOWN or self.dropped) and not self._table
+
+    def _deliver(self, finished: list[int]) -> None:
+        if not finished:
+            return
+        ready = []
+        with self._lock:  # one acquisition for the whole batch
+            for slot in finished:
+                future = self._table.pop(slot, None)
+                if future is None:
+                    self._early.add(slot)  # its submit has not registered it yet
+                else:
+                    ready.append(future)
+        self._settle_all(ready)
+
+    def _settle_all(self, futures: list[JobFuture]) -> None:
+        """Decode each answer, free all their slots in one lock round, then settle the futures."""
+        if not futures:
+            return
+        outcomes = [self.link.outcome(f._slot, f._seq, f.job) for f in futures]
+        self.link.board.release_slots([(f._slot, f._seq) for f in futures])
+        for future, outcome in zip(futures, outcomes):
+            settle(future, outcome)
+
+    def _end_unanswered(self, futures: list[JobFuture]) -> None:
+        """At detach: withdraw what no worker has taken (cancelled), fail the rest."""
+        if self.broken is not None:
+            error: BaseException = self.broken
+        else:
+            error = ClientClosed(name=self.link.name, reason="close() was called while the job was pending")
+        for future in futures:
+            if self.broken is None and self.link.board.cancel(future._slot, future._seq, timeout=CANCEL_WAIT):
+                if Future.cancel(future):
+                    future.set_running_or_notify_cancel()
+                continue
+            settle(future, Outcome(None, error))
+        if futures:
+            logger.debug("client of {!r} ended {} unanswered jobs: {}", self.link.name, len(futures), error)
+
+    def _detach(self) -> None:
+        with self._lock:
+            self.lifecycle = Lifecycle.CLOSED
+            unanswered = list(self._table.values())
+            self._table.clear()
+            self._early.clear()  # their slots are DELIVERED to our channel: its release frees them
+        try:
+            self._end_unanswered(unanswered)
+            self.direct.close()
+            self.link.release_channel(self.channel)
+        finally:
+            self.link.drop()

@@ -1,0 +1,54 @@
+"""A Client dropped without shutdown() gives its channels and its completion thread back.
+
+ProcessPoolExecutor cleans up when it is garbage collected; a Client whose completion thread
+held it alive kept its board channel for ever, so with ``max_clients=3`` the fourth connect after
+three dropped clients failed "all 3 client channels are in use" (issue 25).
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+from _waiting import wait_for
+
+import shmpool
+from shmpool.coordinator import Coordinator
+
+CHANNELS = 3
+
+
+def _client_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("shmpool-client") and name in t.name]
+
+
+@pytest.mark.parametrize("use", ["submit", "call", "idle"])
+def test_dropped_clients_release_their_channels_and_threads(instance_name, use):
+    with Coordinator(instance_name, workers=1, max_clients=CHANNELS, job_slots=8) as coord:
+        board = coord._board
+        for round_ in range(2 * CHANNELS):  # twice as many as there are channels
+            client = shmpool.connect(instance_name, timeout=5)
+            if use == "submit":
+                assert client.submit(pow, round_, 2).result(10) == round_ ** 2
+            elif use == "call":  # a call() channel of its own as well
+                assert client.call(pow, round_, 2, timeout=10) == round_ ** 2
+            del client
+            gc.collect()
+            # The release runs in the dropped client's own thread, within its next wake-up
+            # (0.1 s): the bound only catches a client that never lets go.
+            wait_for(lambda: board.counts()["clients"] == 0, 10, "the dropped client's channels released")
+        wait_for(lambda: not _client_threads(instance_name), 10, "every completion thread ended")
+        assert board.counts()["free"] == 8
+        with shmpool.connect(instance_name, timeout=5) as client:
+            assert client.submit(pow, 3, 2).result(10) == 9
+
+
+def test_a_dropped_client_with_a_job_in_flight_releases_once_the_job_is_settled(instance_name):
+    with Coordinator(instance_name, workers=1, max_clients=CHANNELS, job_slots=8) as coord:
+        client = shmpool.connect(instance_name, timeout=5)
+        client.submit("ping")  # its future is dropped too
+        del client
+        gc.collect()
+        wait_for(lambda: coord._board.counts()["clients"] == 0, 10, "the channel released")
+        wait_for(lambda: coord._board.counts()["free"] == 8, 10, "the slot freed")
