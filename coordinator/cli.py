@@ -24,13 +24,15 @@ from loguru import logger
 import shmpool
 from shmpool.errors import AttachError, CleanupError, ShmPoolError
 from shmpool.substrate.limits import DEFAULT_LIMIT
-from shmpool.substrate.names import list_objects, runtime_dir
+from shmpool.substrate.names import coordinator_lock_path, list_objects, runtime_dir
+from shmpool.substrate.removal import coordinator_pid, removed_reason
 
 from . import cli_args as T
 from ._rich import MissingExtra
 from .cli_args import SIZE_HELP, parse_duration, parse_size
 from .cli_build import InputError, cmd_build, load_jsonl
 from .cli_inspect import NotServing, cmd_dump, cmd_health, cmd_stats, plural
+from .name_watch import removed_under
 
 __all__ = ["main", "build_parser", "parse_size", "parse_duration", "load_jsonl", "InputError"]
 
@@ -144,7 +146,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "(SIGINT or SIGTERM stops it)", flush=True)
             # A timed wait, so the signal handler's event is seen promptly on every Python version.
             while not stop.wait(0.5):
-                pass
+                if coord.names_lost is not None:  # it stops itself (its ERROR says why): exit 1, to be restarted
+                    raise RuntimeFailure(f"{args.name!r} stopped: its names were removed from /dev/shm under it")
             logger.info("stopping {!r} on signal", args.name)
         finally:
             if endpoint is not None:
@@ -163,6 +166,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise UsageError("--prefix and --older-than go with --dead")
     if args.dead:
         return _cleanup_dead(args)
+    bereft = removed_under(args.name)  # the coordinator whose names are gone, if that is the case
+    if bereft is not None:  # as health and a new coordinator say it (attach may still work meanwhile)
+        raise RuntimeFailure(f"refusing to clean up {args.name!r}: {removed_reason(args.name, bereft)}")
     try:
         shmpool.attach(args.name).close()
     except AttachError:
@@ -172,10 +178,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                              "(stop it with SIGTERM instead)")
     # The coordinator holds this flock for its whole life, also while starting or stopping, when
     # attach fails; holding it here also keeps a new coordinator from starting mid-sweep.
-    lock = NameLock(runtime_dir() / f"{args.name}.coordinator.lock")
+    lock = NameLock(coordinator_lock_path(args.name))
     if not lock.try_acquire():
-        raise RuntimeFailure(f"refusing to clean up {args.name!r}: a coordinator holds its lock "
-                             "(starting or stopping)")
+        holder = coordinator_pid(args.name)
+        who = f"coordinator pid {holder}" if holder is not None else "a coordinator"
+        raise RuntimeFailure(f"refusing to clean up {args.name!r}: {who} holds its lock (starting or stopping)")
     segments = set(list_objects(args.name)[0])
     swept = False
     try:

@@ -18,6 +18,9 @@ import shmpool
 from shmpool.errors import AttachError
 from shmpool.substrate.limits import CapacityState, Thresholds
 from shmpool.substrate.names import list_objects
+from shmpool.substrate.removal import coordinator_pid, removed_reason
+
+from .name_watch import removed_under
 
 __all__ = ["STATS_SCHEMA_VERSION", "NotServing", "attach", "board_summary", "cmd_stats", "cmd_dump",
            "cmd_health"]
@@ -35,8 +38,17 @@ def attach(name: str) -> shmpool.Reader:
     try:
         return shmpool.attach(name)
     except AttachError as exc:
+        # Health, cleanup and a new coordinator read the same two facts (the lock's holder, the
+        # control segment) and say the same thing: a live coordinator whose names are gone.
+        removed = removed_under(name)
+        if removed is not None:
+            raise NotServing(f"{name!r} is not serving: {removed_reason(name, removed)}") from None
         segments, semaphores = list_objects(name)
         if not segments and not semaphores:
+            holder = coordinator_pid(name)
+            if holder is not None:  # starting (nothing created yet) or stopping (all removed already)
+                raise NotServing(f"{name!r} is not serving: coordinator pid {holder} holds its lock but has no "
+                                 "names in /dev/shm (starting or stopping)") from None
             raise NotServing(f"no coordinator {name!r} is running (nothing of it in /dev/shm)") from None
         reason = exc.reason
         if "`shmpool cleanup`" in reason:  # the reason gives the hint already: name the instance in it
@@ -207,6 +219,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     one); the job board, when there is one, must also be accepting work."""
     with attach(args.name) as reader:
         dims = len(reader.dimensions())
+    bereft = removed_under(args.name)  # attachable still, but some of its names are gone: it is about to stop
+    if bereft is not None:
+        raise NotServing(f"{args.name!r} is not serving: {removed_reason(args.name, bereft)}")
     board = board_summary(args.name)
     if board is not None and not board["accepting"]:
         raise NotServing(f"{args.name!r} is not serving: its job board is stopping")

@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import posix_ipc
 from loguru import logger
@@ -27,12 +27,12 @@ from shmpool.substrate import platform
 from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, CoordinatorStateError, DimensionNotFound,
                             GenerationNotNewer,
                             InstanceExists, InvalidLayer, LimitExceeded,
-                            LockTimeout, ShmPoolError)
+                            LockTimeout, SharedMemoryFull)
 from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import JobsLayout
-from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance
+from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance, coordinator_pid
 from shmpool.substrate.layout import W
 from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds, check_worker_count
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
@@ -49,16 +49,19 @@ from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import LoadReport, load_region_files, region_files
 from .name_lock import NameLock, remove_instance_files
+from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
 from .verified import VerifiedFiles
 
 __all__ = ["Coordinator"]
 
+_T = TypeVar("_T")
 
-def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+
+def _in_background(fn: Callable[..., _T], *args: Any) -> Future[_T]:
     """``fn(*args)`` in a new daemon thread; the Future carries its result or its exception."""
-    future: Future = Future()
+    future: Future[_T] = Future()
 
     def run() -> None:
         try:
@@ -87,6 +90,14 @@ RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
+REAPER_JOIN = 5.0    # seconds stop() waits for the reaper to leave its round before leaving it the unmapping
+
+
+@dataclasses.dataclass
+class _ReapClock:
+    """When the reaper last ran its two slower steps (time.monotonic())."""
+    heal: float
+    sweep: float
 
 
 class Coordinator:
@@ -107,7 +118,7 @@ class Coordinator:
     content checks at the next start (docs/architecture.md, Start-up).
     """
 
-    def __init__(self, name: str, *, data_dir: str | os.PathLike | SampleData | None = None,
+    def __init__(self, name: str, *, data_dir: str | os.PathLike[str] | SampleData | None = None,
                  memory_limit: int = DEFAULT_LIMIT, pools: Sequence[PoolSpec] | None = None,
                  thresholds: Thresholds = Thresholds(), sample_seed: int = 0,
                  max_dimensions: int = 256, max_readers: int = 512, workers: int | None = None,
@@ -118,7 +129,7 @@ class Coordinator:
                  job_modules: Iterable[str] = (), worker_init: Callable[..., Any] | str | None = None,
                  worker_init_args: Sequence[Any] = (), job_timeout: float | None = None,
                  worker_spin_us: float | str | None = None,
-                 verify_cache: bool | str | os.PathLike = True) -> None:
+                 verify_cache: bool | str | os.PathLike[str] = True) -> None:
         self.name = validate_name(name)
         # Checked here, where a bad entry is the caller's mistake, not in every worker later.
         self.job_policy = JobPolicy.build(jobs, job_modules)
@@ -135,7 +146,8 @@ class Coordinator:
         self.sample_seed = sample_seed
         self._max_dimensions = max_dimensions
         self._max_readers = max_readers
-        self.worker_count = (os.cpu_count() or 1) if check_worker_count(workers) is None else workers
+        checked_workers = check_worker_count(workers)
+        self.worker_count = (os.cpu_count() or 1) if checked_workers is None else checked_workers
         self._job_config = (job_slots, max_clients, job_payload)
         self.drain_timeout = drain_timeout
         self.max_pin_age = max_pin_age
@@ -159,7 +171,15 @@ class Coordinator:
         self._protos: dict[int, ProtoDimension] = {}
         self._protos_lock = threading.Lock()
         self._stop_event = threading.Event()
+        self._handoff = threading.Lock()  # between stop() and a reaper that outlived its join
+        self._reaper_gone = True          # no reaper thread runs (set False when one starts)
+        self._leftovers: list[Callable[[], None]] = []  # closes left to the reaper by stop()
         self._reaper: threading.Thread | None = None
+        # Set when this instance's names vanished from /dev/shm under it (coordinator/name_watch.py);
+        # the coordinator then stops itself, once (the lock keeps that stop and the owner's apart).
+        self.names_lost: LostNames | None = None
+        self._name_watch: NameWatch | None = None
+        self._stop_lock = threading.Lock()
         self.load_report = LoadReport()
         self.started_at: float | None = None
         self.startup_seconds: float | None = None
@@ -186,7 +206,7 @@ class Coordinator:
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise FileNotFoundError(f"data directory {self.data_dir} does not exist")
         if not self._file_lock.try_acquire():
-            raise InstanceExists(name=self.name, owner_pid=self._live_owner_pid())
+            raise instance_exists(self.name, self._live_owner_pid())
         try:
             self._check_shm_space()
             self._inst = SharedInstance.create(
@@ -199,7 +219,7 @@ class Coordinator:
             self._capacity = CapacityManager(self._inst, self._publisher, self.capacity_policy, Path(spill))
             self._capacity.remove_spills()  # a crashed run's; we hold the name's lock, nobody needs them
             self.verified_files = self._open_verify_cache()
-            board: Future | None = None
+            board: Future[JobBoard] | None = None
             if self.worker_count > 0:
                 if self._room_for_board_and(paths):
                     # Reserving the board (32.6 MiB by default) is page allocation outside the
@@ -223,8 +243,10 @@ class Coordinator:
                                              SPIN_ENV: str(self.worker_spin * 1e6)},
                                         config=self.worker_config)
                 self._pool.start()
+            self._name_watch = NameWatch(self.name)  # everything is created: these names are ours
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
                                             daemon=True)
+            self._reaper_gone = False
             self._reaper.start()
         except posix_ipc.ExistentialError:
             # A name appeared between the sweep and its O_EXCL creation: someone else is using it.
@@ -285,10 +307,15 @@ class Coordinator:
         # coordinator answering for a dead one, must never be a first touch of a missing page.
         try:
             return JobBoard.create(self.name, slots=slots, channels=clients, payload=payload)
-        except OSError as exc:  # its semaphores are files in /dev/shm too
-            if platform.is_full(exc):
-                raise platform.full_error(self._board_bytes(), f"the job board of {self.name!r}") from None
-            raise
+        except (OSError, SharedMemoryFull) as exc:  # its semaphores are files in /dev/shm too
+            if isinstance(exc, OSError) and not platform.is_full(exc):
+                raise
+            # The memory limit bounds the pools, not the board: name what does shrink it.
+            advice = (f"make the job board smaller: job_slots={slots} x 2 x job_payload={payload} bytes plus "
+                      f"max_clients={clients} channels; fewer job_slots, a smaller job_payload or fewer "
+                      "max_clients shrink it (the memory limit does not), and workers=0 (--workers 0) serves "
+                      "without one")
+            raise platform.full_error(self._board_bytes(), f"the job board of {self.name!r}", advice) from None
 
     def stop(self) -> None:
         """Drain jobs, stop workers, unmap and unlink every shared object (idempotent).
@@ -297,14 +324,15 @@ class Coordinator:
         ``drain_timeout`` seconds to finish; whatever is still queued then is answered with
         AttachError ("coordinator stopped") rather than run. Then workers get SIGTERM.
         """
-        if self._inst is None:
-            return
-        if self._board is not None:
-            self._drain()
-        self._inst.mark_stopping()
-        self._teardown()
-        exit_cleanup.forget(self)
-        logger.info("coordinator {!r} stopped", self.name)
+        with self._stop_lock:  # the owner's stop and the one after lost names (_reap_loop) may meet
+            if self._inst is None:
+                return
+            if self._board is not None:
+                self._drain(self._board)
+            self._inst.mark_stopping()
+            self._teardown()
+            exit_cleanup.forget(self)
+            logger.info("coordinator {!r} stopped", self.name)
 
     @staticmethod
     def _show_warnings_on_stderr() -> None:
@@ -317,8 +345,7 @@ class Coordinator:
         stopped at interpreter exit and on SIGTERM (coordinator/exit_cleanup.py says how)."""
         exit_cleanup.remember(self)
 
-    def _drain(self) -> None:
-        board = self._board
+    def _drain(self, board: JobBoard) -> None:
         board.stop_accepting()
         deadline = time.monotonic() + self.drain_timeout
         while time.monotonic() < deadline:
@@ -334,16 +361,25 @@ class Coordinator:
 
     def _teardown(self) -> None:
         self._stop_event.set()
-        if self._reaper is not None:
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and self._inst is not None:
             self._inst.wake_coordinator()
-            self._reaper.join(5)
-            self._reaper = None
+            reaper.join(REAPER_JOIN)
+            if reaper.is_alive():
+                # A step of its round waits in a shared lock (a process stopped holding it):
+                # names go now, the mappings it works on when it leaves (_reaper_exits).
+                logger.warning("coordinator {!r}: the reaper thread is still in a reclaim round after {} s "
+                               "(a shared lock held by a stopped process?); unmapping is left to it",
+                               self.name, REAPER_JOIN)
         if self._pool is not None:
             self._pool.stop()
             self._pool = None
+        watch, self._name_watch = self._name_watch, None
+        lost = watch is not None and self.names_lost is not None
         if self._board is not None:
-            self._board.unlink()
-            self._board.close()
+            if not lost:  # after lost names, unlink_ours below removes only what is still ours
+                self._board.unlink()
+            self._after_reaper(self._board.close)
             self._board = None
         if self._reader is not None:
             self._reader.close()
@@ -354,8 +390,14 @@ class Coordinator:
         if self._publisher is not None:
             self._publisher.wakeups.close()  # waiters see STATE stopping now, not a slice later
         if self._inst is not None:
-            self._inst.destroy()
+            if watch is not None and lost:
+                watch.unlink_ours()  # only the names still pointing at what we created
+            else:
+                self._inst.unlink()
+            self._after_reaper(self._inst.close)
             self._inst = None
+        if watch is not None:
+            watch.close()
         self._publisher = None
         self._let_go_of_the_name()
 
@@ -371,7 +413,7 @@ class Coordinator:
     def __enter__(self) -> "Coordinator":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @property
@@ -379,56 +421,117 @@ class Coordinator:
         return self._inst is not None
 
     def _live_owner_pid(self) -> int | None:
-        try:
-            probe = SharedInstance.attach(self.name)
-        except ShmPoolError:
-            return None
-        try:
-            return probe.coordinator()[0]
-        finally:
-            probe.close()
+        return coordinator_pid(self.name, self._file_lock.path)  # also while it is starting
 
-    def _free_stranded_spills(self) -> None:
-        stranded, self._board.stranded_spills = self._board.stranded_spills, []
+    @staticmethod
+    def _free_stranded_spills(inst: SharedInstance, board: JobBoard) -> None:
+        stranded, board.stranded_spills = board.stranded_spills, []
         for spill in stranded:  # its new owner (a client that read it) may have freed it already
-            free_spill(self._inst, spill)
+            free_spill(inst, spill)
 
     def _reap_loop(self) -> None:
-        last_sweep = last_heal = time.monotonic()
-        while True:
-            # Woken early by readers that need an evicted dimension back (and by stop()).
-            self._inst.wait_for_wake(RECLAIM_INTERVAL)
-            if self._stop_event.is_set():
-                break
+        """The reaper thread: a round every RECLAIM_INTERVAL, or when a reader wakes it.
+
+        It keeps its own references to what it works on, and looks at the stop flag between
+        every two steps of a round: a step can wait for as long as another process holds a
+        shared lock (stopped, say), longer than stop() waits for this thread. stop() then
+        removes the names at once but leaves the mappings to this thread, which unmaps them
+        when it leaves (_reaper_exits): nothing is torn down under a step still running."""
+        inst, publisher = self._inst, self._publisher
+        assert inst is not None and publisher is not None  # started by start(), after both
+        clock = _ReapClock(time.monotonic(), time.monotonic())
+        watch = self._name_watch
+        assert watch is not None  # made by start() before this thread
+        try:
+            while not self._stop_event.is_set():
+                # Woken early by readers that need an evicted dimension back (and by stop()).
+                inst.wait_for_wake(RECLAIM_INTERVAL)
+                if self._stop_event.is_set():
+                    break
+                # Before supervising: a worker restarted after the names went could never attach.
+                lost = watch.check()
+                if lost is not None:
+                    self.names_lost = lost
+                    logger.error(lost_names_error(lost))
+                    _in_background(self.stop).add_done_callback(self._log_stop_failure)  # stop() joins this thread
+                    break
+                try:
+                    for _ in self._reap_round(inst, publisher, clock):
+                        if self._stop_event.is_set():
+                            break
+                except Exception:  # the reaper must outlive any one bad round
+                    logger.exception("reclaim round of coordinator {!r} failed", self.name)
+        finally:
+            self._reaper_exits()
+
+    def _reap_round(self, inst: SharedInstance, publisher: Publisher, clock: "_ReapClock") -> Iterator[None]:
+        """One reaper round, one step per ``yield`` (the loop stops between two steps)."""
+        pool, board, reader, capacity = self._pool, self._board, self._reader, self._capacity
+        if pool is not None and board is not None:
+            pool.supervise()
+            yield
+            if time.monotonic() - clock.heal >= HEAL_INTERVAL:
+                # One supervision round: dead clients settled, invariants restored,
+                # swallowed wake-ups re-sent (docs/architecture.md, job board invariants).
+                try:
+                    board.sweep_dead_clients()
+                    board.supervise()
+                except LockTimeout as exc:  # a stopped holder: the next round retries
+                    logger.warning("job board supervision of {!r} postponed: {}", self.name, exc)
+                clock.heal = time.monotonic()
+                yield
+            self._free_stranded_spills(inst, board)
+            yield
+        if reader is not None:
+            reader.drop_stale()  # our own reader must not pin what it no longer uses
+            yield
+        if capacity is not None:
+            capacity.tick()
+            yield
+        publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
+        yield
+        publisher.reclaim()
+        if time.monotonic() - clock.sweep >= DEAD_SWEEP_INTERVAL:
+            yield
+            inst.table.reclaim_dead()
+            yield
+            publisher.registry.reap_dead()  # keeps readers_attached honest when idle
+            clock.sweep = time.monotonic()
+
+    def _reaper_exits(self) -> None:
+        with self._handoff:
+            self._reaper_gone = True
+            leftovers, self._leftovers = self._leftovers, []
+        for close in leftovers:  # stop() came and went while a step of ours was still running
             try:
-                if self._pool is not None:
-                    self._pool.supervise()
-                    if time.monotonic() - last_heal >= HEAL_INTERVAL:
-                        # One supervision round: dead clients settled, invariants restored,
-                        # swallowed wake-ups re-sent (docs/architecture.md, job board invariants).
-                        try:
-                            self._board.sweep_dead_clients()
-                            self._board.supervise()
-                        except LockTimeout as exc:  # a stopped holder: the next round retries
-                            logger.warning("job board supervision of {!r} postponed: {}", self.name, exc)
-                        last_heal = time.monotonic()
-                    self._free_stranded_spills()
-                if self._reader is not None:
-                    self._reader.drop_stale()  # our own reader must not pin what it no longer uses
-                self._capacity.tick()
-                self._publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
-                self._publisher.reclaim()
-                if time.monotonic() - last_sweep >= DEAD_SWEEP_INTERVAL:
-                    self._inst.table.reclaim_dead()
-                    self._publisher.registry.reap_dead()  # keeps readers_attached honest when idle
-                    last_sweep = time.monotonic()
-            except Exception:  # the reaper must outlive any one bad round
-                logger.exception("reclaim round of coordinator {!r} failed", self.name)
+                close()
+            except Exception:
+                logger.exception("coordinator {!r}: closing after the reaper's last round failed", self.name)
+
+    def _after_reaper(self, close: Callable[[], None]) -> None:
+        """Run ``close`` now if the reaper thread is gone, else when it leaves."""
+        with self._handoff:
+            if not self._reaper_gone:
+                self._leftovers.append(close)
+                return
+        close()
+
+    def _log_stop_failure(self, done: Future[None]) -> None:
+        if done.exception() is not None:
+            logger.opt(exception=done.exception()).error("stopping {!r} after its names were lost failed", self.name)
 
     def _require(self) -> tuple[SharedInstance, Publisher]:
         if self._inst is None or self._publisher is None:
             raise CoordinatorStateError(name=self.name, running=False)
         return self._inst, self._publisher
+
+    def _require_capacity(self) -> CapacityManager:
+        """The capacity manager, made by start() beside the publisher; CoordinatorStateError
+        if the coordinator is not running (a stop() may have come between two calls)."""
+        capacity = self._capacity
+        if capacity is None:
+            raise CoordinatorStateError(name=self.name, running=False)
+        return capacity
 
     # ----------------------------------------------------------------- proto-dimensions
 
@@ -464,7 +567,7 @@ class Coordinator:
         _, publisher = self._require()
         dimension_id = as_id(dimension_id, "dimension_id")
         if dimension_id in publisher.evicted:
-            self._capacity.reload(dimension_id)  # an edit needs its base in shared memory
+            self._require_capacity().reload(dimension_id)  # an edit needs its base in shared memory
         with self._protos_lock:
             if dimension_id in self._protos:
                 raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
@@ -496,10 +599,11 @@ class Coordinator:
             current = publisher.directory.generation(entry) if entry is not None else 0
             if generation <= current:  # before allocating: a refusal must not evict anything
                 raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
-        if proto.base_generation is not None:
+        base_generation = proto.base_generation
+        if base_generation is not None:
             def place() -> int:
                 new, removed = proto.changes()
-                return publisher.publish_edit(dimension_id, proto.base_generation, new, removed,
+                return publisher.publish_edit(dimension_id, base_generation, new, removed,
                                               source=f"edit of dimension {dimension_id}", generation=generation)
         else:
             builder = proto.builder
@@ -514,15 +618,15 @@ class Coordinator:
             refuse_at = Budget.read(inst.control.words).refuse_at
             hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed)
                                               and exc.kind is AllocationFailure.TOO_LARGE)
-            if hopeless or not self.capacity_policy.evict or not self._capacity.make_room(refuse_at - 2 * nbytes):
+            if hopeless or not self.capacity_policy.evict or not self._require_capacity().make_room(refuse_at - 2 * nbytes):
                 raise exc from None
             deadline = time.monotonic() + ROOM_WAIT  # evicted regions go once unpinned, after GRACE
             while publisher.pending_free() and time.monotonic() < deadline:
                 time.sleep(0.005)
                 publisher.reclaim()
             generation = place()
-        if proto.base_generation is not None:
-            old_base = proto._base
+        old_base = proto._base  # an edit's base (what base_generation reports), None for a new proto
+        if old_base is not None:
             if keep:
                 proto._rebase(publisher.hold_current(dimension_id), publisher)
             publisher.release_hold(old_base)
@@ -531,7 +635,7 @@ class Coordinator:
                 self._protos.pop(dimension_id, None)
         return generation
 
-    def publish_region_file(self, path: str | os.PathLike, *, generation: int | None = None) -> int:
+    def publish_region_file(self, path: str | os.PathLike[str], *, generation: int | None = None) -> int:
         """Copy a region file (checksums verified) into shared memory as its dimension's next
         generation, or as ``generation``; returns the generation published.
 
@@ -571,7 +675,7 @@ class Coordinator:
         """
         _, publisher = self._require()
         protos = [self.proto(d) for d in dimension_ids]
-        items = []
+        items: list[Placement | EditPlacement] = []
         for p in protos:
             if p.base_generation is not None:
                 new, removed = p.changes()
@@ -582,8 +686,8 @@ class Coordinator:
                                        f"crystallized proto-dimension {p.dimension_id}", p.dimension_id))
         generations = publisher.place_many(items)
         for p in protos:  # as crystallize: an edit's base is let go, or the kept edit rebased
-            if p.base_generation is not None:
-                old_base = p._base
+            old_base = p._base
+            if old_base is not None:
                 if keep:
                     p._rebase(publisher.hold_current(p.dimension_id), publisher)
                 publisher.release_hold(old_base)
@@ -624,7 +728,7 @@ class Coordinator:
 
     # ----------------------------------------------------------------- monitoring
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Memory by pool, utilization, fragmentation, failures, readers, generations."""
         inst, publisher = self._require()
         words = inst.control.words
@@ -637,7 +741,7 @@ class Coordinator:
             "readers_attached": int(words[W.READERS_ATTACHED]),
             "readers_peak": int(words[W.READERS_PEAK]),
             "dimensions": len(current),
-            "capacity": self._capacity.stats(),
+            "capacity": self._require_capacity().stats(),
             "generations": {p.dimension_id: p.generation for p in current},
             "superseded_pending": len(superseded),
             "pins": [p.as_dict() for p in list_pins(inst.control, inst.table.block_sizes)],
@@ -652,7 +756,7 @@ class Coordinator:
                               "deaths": list(self._pool.deaths) if self._pool else []}
         return out
 
-    def _load_stats(self) -> dict:
+    def _load_stats(self) -> dict[str, Any]:
         report, cache = self.load_report, self.verified_files
         return {"files_verified": len(report.verified), "files_trusted": len(report.trusted),
                 "copy_ms": report.copy_seconds * 1e3, "verify_ms": report.verify_seconds * 1e3,
@@ -660,11 +764,11 @@ class Coordinator:
                 {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses,
                  "recorded": cache.recorded, "ignored": cache.ignored}}
 
-    def job_latency_histogram(self) -> dict | None:
+    def job_latency_histogram(self) -> dict[str, Any] | None:
         """The workers' job latency histogram (see JobBoard.latency_histogram); None without workers."""
         return self._board.latency_histogram() if self._board is not None else None
 
-    def dump_state(self) -> dict:
+    def dump_state(self) -> dict[str, Any]:
         """Everything, JSON-serialisable: regions, allocations, pools, index summaries, readers."""
         inst, publisher = self._require()
         current, superseded = publisher.snapshot()
@@ -686,7 +790,7 @@ class Coordinator:
             "memory": inst.table.stats().as_dict(),
             "dimensions": dims,
             "superseded": [p.as_dict() for p in superseded],
-            "capacity": self._capacity.dump(),
+            "capacity": self._require_capacity().dump(),
             "allocations": inst.table.live_allocations(),
             "readers": publisher.registry.live(),
             "pins": [p.as_dict() for p in list_pins(inst.control, inst.table.block_sizes)],

@@ -25,14 +25,18 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
 
 from loguru import logger
 
 from shmpool import _dask_host as host
+from shmpool.data import layer_index
+from shmpool.data.region import Region, align
 from shmpool.errors import DimensionNotFound, GenerationNotNewer, ShmPoolError
+from shmpool.substrate.alloc import AllocationTable, Handle
 from shmpool.substrate.names import runtime_dir
-from shmpool.data.region import Region
 
 from .coordinator import Coordinator
 from .loading import REGION_SUFFIX, sample_directory
@@ -40,7 +44,46 @@ from .loading import REGION_SUFFIX, sample_directory
 __all__ = ["HostDaemon", "main"]
 
 STORE_RESCAN = 1.0   # seconds between looks at the store for publications we were not told of
-ACCEPT_POLL = 0.1    # seconds between checks of the lease count and the stop flag
+ACCEPT_POLL = 0.1    # seconds between checks of the lease count, the stop flag and reservations
+RETRY_FIRST = 2.0    # seconds before a store generation that failed to publish is tried again ...
+RETRY_MOST = 60.0    # ... doubling up to this: memory may free up, a bad file will not mend
+
+
+@dataclass
+class _Reservation:
+    """Room held for a prepared publication (:meth:`HostDaemon.prepare`) until it is published,
+    aborted, or ``expires`` (time.monotonic()): a publisher that died between its prepare and
+    its commit must not keep the room."""
+    generation: int
+    handle: Handle
+    expires: float
+
+
+class _RegionFacts(NamedTuple):
+    """What the daemon checks of a region file before it holds room for or publishes it."""
+    dimension_id: int
+    name: str
+    layer_count: int
+    nbytes: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> "_RegionFacts":
+        """Its header, structure checked (RegionFormatError), content checksums not (publishing checks them)."""
+        with Region.open(path, verify_checksums=False) as region:
+            # getattr: Region declares these in __slots__ only, which a type checker cannot see.
+            return cls(*(getattr(region, f) for f in cls._fields))
+
+    def allocation(self) -> int:
+        """Bytes Publisher.place allocates to publish it: the layer index, then the region."""
+        return align(layer_index.index_nbytes(len(self.name.encode()), self.layer_count)) + self.nbytes
+
+
+@dataclass
+class _Failure:
+    """A store generation this host could not publish: reported once, retried with back-off."""
+    message: str
+    retry_at: float
+    delay: float
 
 
 class HostDaemon:
@@ -58,7 +101,9 @@ class HostDaemon:
         self._stop = threading.Event()
         self._leases = 0
         self._lease_lock = threading.Lock()
-        self._publish_lock = threading.Lock()
+        self._publish_lock = threading.Lock()  # guards publishing, _reserved and _failures
+        self._reserved: dict[int, _Reservation] = {}   # dimension id -> room held for its next publish
+        self._failures: dict[tuple[int, int], _Failure] = {}  # (dimension, generation) -> why not
         self._listener: socket.socket | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -67,18 +112,20 @@ class HostDaemon:
         sock_path = host.socket_path(self.instance)
         self.coord.start()  # InstanceExists if another daemon owns the name: we exit, it serves
         try:
-            self._load_base()
+            # The store first: what it cannot serve (a generation too large for this host's
+            # limit) falls back to the plugin's file, so a bad store never keeps a host down.
             self.catch_up()
+            self._load_base()
             if sock_path.exists():  # a dead predecessor's: we hold the instance lock, so nobody listens
                 sock_path.unlink()
-            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._listener.bind(str(sock_path))
+            listener = self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(sock_path))
             os.chmod(sock_path, 0o600)
-            self._listener.listen(64)
-            self._listener.settimeout(ACCEPT_POLL)
+            listener.listen(64)
+            listener.settimeout(ACCEPT_POLL)
             host.write_ready(self.instance)
             logger.info("Dask host instance {!r} ready: generations {}", self.instance, self.generations())
-            self._serve()
+            self._serve(listener)
         finally:
             for path in (host.ready_path(self.instance), sock_path):
                 try:
@@ -94,15 +141,15 @@ class HostDaemon:
                 logger.debug("keeping {}: {}", self._empty, exc)
             logger.info("Dask host instance {!r} stopped", self.instance)
 
-    def request_stop(self, *_args) -> None:
+    def request_stop(self, *_args: object) -> None:
         self._stop.set()
 
-    def _serve(self) -> None:
-        idle_since = time.monotonic()  # the starter opens its lease right after the ready file
+    def _serve(self, listener: socket.socket) -> None:
+        idle_since: float | None = time.monotonic()  # the starter opens its lease right after the ready file
         next_scan = time.monotonic() + STORE_RESCAN
         while not self._stop.is_set():
             try:
-                conn, _ = self._listener.accept()
+                conn: socket.socket | None = listener.accept()[0]
             except TimeoutError:
                 conn = None
             if conn is not None:
@@ -118,54 +165,142 @@ class HostDaemon:
             elif now - idle_since > self.config.linger:
                 logger.info("no Nanny of {!r} holds a lease for {:g} s: stopping", self.instance, self.config.linger)
                 break
-            if now >= next_scan:
+            self._expire_reservations(now)
+            # A publish in progress (it holds the lock, copying a region) defers the rescan rather
+            # than stall the accept loop behind it.
+            if now >= next_scan and not self._publish_lock.locked():
                 try:
                     self.catch_up()
-                except Exception:  # the next round retries; the daemon must outlive a bad file
+                except Exception:  # the next round retries; the daemon must outlive a bad store
                     logger.exception("store rescan of {!r} failed", self.instance)
                 next_scan = now + STORE_RESCAN
 
     # ----------------------------------------------------------------- content
 
     def generations(self) -> dict[int, int]:
-        return dict(self.coord.stats()["generations"])
+        return {int(d): int(g) for d, g in self.coord.stats()["generations"].items()}
 
     def _load_base(self) -> None:
+        """The plugin's region files, for the dimensions the store gave us nothing of."""
         folder = Path(self.config.data_dir) if self.config.data_dir else sample_directory(0)
-        stored = host.store_generations(self.config.store_dir) if self.config.store_dir else {}
+        served = self.generations()
         for path in sorted(p for p in folder.iterdir() if p.suffix == REGION_SUFFIX):
             try:
-                with Region.open(path, verify_checksums=False) as region:
-                    dim = region.dimension_id
-                if dim in stored or not self.config.serves_dimension(dim):
-                    continue  # newer in the store (catch_up publishes it), or placed elsewhere
+                dim = _RegionFacts.of(path).dimension_id
+                if dim in served or not self.config.serves_dimension(dim):
+                    continue  # served from the store already, or placed elsewhere
                 self.coord.publish_region_file(path)
             except ShmPoolError as exc:
                 logger.warning("skipping region file {}: {}", path, exc)
 
     def catch_up(self) -> None:
-        """Publish the store's newest generation of each dimension we serve and are behind on."""
+        """Publish the store's newest generation of each dimension we serve and are behind on.
+
+        A generation that fails (too large for this host's memory limit, a bad file) is logged
+        once, in one line, and retried with back-off: never a traceback a second."""
         if not self.config.store_dir:
             return
+        current = self.generations()
+        now = time.monotonic()
         for dim, (generation, path) in sorted(host.store_generations(self.config.store_dir).items()):
-            if self.config.serves_dimension(dim):
+            if not self.config.serves_dimension(dim) or current.get(dim, 0) >= generation:
+                continue
+            with self._publish_lock:
+                failed = self._failures.get((dim, generation))
+            if failed is not None and now < failed.retry_at:
+                continue
+            try:
                 self.publish(dim, generation, path)
+            except ShmPoolError as exc:
+                self._failed(dim, generation, exc, failed)
 
-    def publish(self, dimension_id: int, generation: int, path: str | os.PathLike) -> int:
+    def _failed(self, dim: int, generation: int, exc: ShmPoolError, before: _Failure | None) -> None:
+        delay = RETRY_FIRST if before is None else min(before.delay * 2, RETRY_MOST)
+        with self._publish_lock:
+            self._failures[(dim, generation)] = _Failure(str(exc), time.monotonic() + delay, delay)
+        if before is None:  # once per generation: the message varies (bytes in use) from try to try
+            logger.error("{!r} cannot serve generation {} of dimension {} from the store (retrying every "
+                         "{:g} s at most): {}: {}", self.instance, generation, dim, RETRY_MOST,
+                         type(exc).__name__, exc)
+        else:
+            logger.debug("{!r}: generation {} of dimension {} still fails: {}", self.instance, generation, dim, exc)
+
+    def prepare(self, dimension_id: int, generation: int, path: str | os.PathLike[str], ttl: float) -> int:
+        """Phase one of a cluster publish: check that ``path`` can become ``generation`` here and
+        hold the room it needs for ``ttl`` seconds; returns the bytes held.
+
+        Raises what publishing it would (GenerationNotNewer, RegionFormatError, DimensionNotFound,
+        LimitExceeded, AllocationFailed), so a publication no host can take is refused on every
+        host before any serves it. Room held by an earlier prepare of the dimension is let go.
+        """
+        with self._publish_lock:
+            self._drop_reservation(dimension_id)
+            current = self.generations().get(dimension_id, 0)
+            if current >= generation:
+                raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
+            facts = _RegionFacts.of(path)
+            if facts.dimension_id != dimension_id:
+                raise DimensionNotFound(dimension_id=dimension_id, available=[facts.dimension_id])
+            nbytes = facts.allocation()
+            handle = self._table().allocate(nbytes)
+            self._reserved[dimension_id] = _Reservation(generation, handle, time.monotonic() + ttl)
+            return nbytes
+
+    def abort(self, dimension_id: int, generation: int) -> bool:
+        """Let go of the room a prepare of ``generation`` holds; False if it holds none."""
+        with self._publish_lock:
+            held = self._reserved.get(dimension_id)
+            if held is None or held.generation != generation:
+                return False
+            self._drop_reservation(dimension_id)
+            return True
+
+    def publish(self, dimension_id: int, generation: int, path: str | os.PathLike[str]) -> int:
         """Serve ``path`` as ``generation`` of ``dimension_id``; idempotent for the current one."""
         with self._publish_lock:
             current = self.generations().get(dimension_id, 0)
+            held = self._reserved.get(dimension_id)
+            if held is not None and held.generation <= max(current, generation):
+                # Its room is ours to use now (freed just before the allocation that takes it).
+                self._drop_reservation(dimension_id)
             if current == generation:
                 return generation
             if current > generation:
                 raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
-            with Region.open(path, verify_checksums=False) as region:
-                if region.dimension_id != dimension_id:
-                    raise DimensionNotFound(dimension_id=dimension_id, available=[region.dimension_id])
+            facts = _RegionFacts.of(path)
+            if facts.dimension_id != dimension_id:
+                raise DimensionNotFound(dimension_id=dimension_id, available=[facts.dimension_id])
             published = self.coord.publish_region_file(path, generation=generation)
+            for key in [k for k in self._failures if k[0] == dimension_id and k[1] <= published]:
+                del self._failures[key]
             logger.info("{!r} serves dimension {} generation {} from {}", self.instance, dimension_id,
                         published, path)
             return published
+
+    def _table(self) -> AllocationTable:
+        # The owner's allocation table: a reservation is an allocation like the one publishing
+        # makes (it may grow a pool, which only the owner can). Coordinator has no public
+        # reservation call; this daemon is its owner process and the only allocator here.
+        return self.coord._require()[0].table
+
+    def _drop_reservation(self, dimension_id: int) -> None:
+        held = self._reserved.pop(dimension_id, None)
+        if held is not None:
+            self._table().free(held.handle)
+
+    def _expire_reservations(self, now: float) -> None:
+        # Never waits: the accept loop must not stall behind a publish copying a large region
+        # (it holds the lock); the next turn of the loop looks again.
+        if not self._publish_lock.acquire(blocking=False):
+            return
+        try:
+            for dim in [d for d, r in self._reserved.items() if r.expires <= now]:
+                logger.warning("{!r}: the publish of dimension {} generation {} was prepared and never "
+                               "committed nor aborted (its publisher died?): letting its room go",
+                               self.instance, dim, self._reserved[dim].generation)
+                self._drop_reservation(dim)
+        finally:
+            self._publish_lock.release()
 
     # ----------------------------------------------------------------- requests
 
@@ -190,7 +325,7 @@ class HostDaemon:
             except OSError as exc:
                 logger.debug("reply to {!r} lost: {}", message.get("op"), exc)
 
-    def _hold_lease(self, stream) -> None:
+    def _hold_lease(self, stream: BinaryIO) -> None:
         with self._lease_lock:
             self._leases += 1
         try:
@@ -202,13 +337,22 @@ class HostDaemon:
             with self._lease_lock:
                 self._leases -= 1
 
-    def _answer(self, message: dict) -> dict:
+    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
         op = message.get("op")
-        if op == "publish":
+        if op in ("prepare", "publish", "abort"):
             dim, generation = int(message["dimension_id"]), int(message["generation"])
             if not self.config.serves_dimension(dim):
                 return {"generation": None, "serves": False}
+            if op == "prepare":
+                held = self.prepare(dim, generation, message["file"], float(message["ttl"]))
+                return {"generation": generation, "serves": True, "reserved": held}
+            if op == "abort":
+                return {"generation": generation, "serves": True, "aborted": self.abort(dim, generation)}
             return {"generation": self.publish(dim, generation, message["file"]), "serves": True}
+        if op == "config":
+            with self._lease_lock:
+                leases = self._leases
+            return {"config": self.config.to_json(), "leases": leases}
         if op == "generations":
             return {"generations": {str(d): g for d, g in self.generations().items()}, "pid": os.getpid()}
         if op == "stats":

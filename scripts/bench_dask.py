@@ -5,21 +5,29 @@ process and two simulated hosts, each a ``dask worker`` process with ``--workers
 thread, each host with its own SHMPOOL_DASK_HOST (so its own shmpool instance). The data: region
 files of ``--dims`` dimensions x ``--layers`` layers of ``--layer-bytes`` bytes.
 
+Dask's Active Memory Manager is OFF for the whole run (``--amm`` turns it on): with it on, its
+ReduceReplicas policy drops the replicas ``scatter(broadcast=True)`` made, which undoes the
+baseline (and hung 4 of 5 runs at 200 MB, dask/distributed#8796).
+
 * ``lookup_tasks``: ``--tasks`` tasks (client.map, then gather), each loading a batch of 20
-  random (dimension, layer) steps and returning their total length, done three ways:
+  random (dimension, layer) steps and returning their total length, done four ways:
   ``shmpool`` (``shmpool.dask.reader().load_contexts(path)``, zero-copy), ``scatter`` (the whole
-  data set as a dict ``scatter(broadcast=True)`` to every worker, passed to each task), ``disk``
-  (each task opens the region files it needs and copies its 20 layers out). Rounds interleave
-  the three ways; figures are medians over rounds, with ratios to ``scatter`` computed per round
-  (the machine is shared and noisy). ``in_task_us`` is the median time of the lookup part alone,
-  measured inside the tasks.
-* ``publish``: wall time of ``shmpool.dask.publish`` of 1 MiB and 16 MiB (64 KiB layers) to both
-  hosts, median of ``--publish-rounds``.
-* ``memory``: per host, what holding the data costs in PSS: shmpool = the PSS of every mapping of
-  the host's instance segments summed over the daemon and the workers (shared pages are divided
-  among their mappers, so the sum counts them once); scatter = the growth of the workers' PSS
-  after the broadcast; disk = none held between tasks (the page cache holds the files once per
-  host, outside any process).
+  data set as a dict ``scatter(broadcast=True)`` to every worker, passed to each task),
+  ``global`` (the dict sent once to every worker with ``client.run`` into a worker attribute,
+  read by each task from there), ``disk`` (each task opens the region files it needs and copies
+  its 20 layers out). Rounds interleave the ways; figures are medians over rounds, with ratios
+  to ``scatter`` computed per round (the machine is shared and noisy). ``in_task_us`` is the
+  median time of the lookup part alone, measured inside the tasks.
+* ``distribute``: wall time of giving every host the whole data set: shmpool publishes each
+  dimension (``shmpool.dask.publish``), scatter broadcasts the dict, global runs the install;
+  medians of ``--publish-rounds``, ratios to scatter per round. ``under_load`` does it again
+  while ``--load-tasks`` lookup tasks of the same way run.
+* ``memory``: per host, what holding the data costs in PSS. shmpool = the host daemon's whole
+  PSS (its interpreter included) + every worker's PSS growth from attaching and reading all
+  the data (shared pages are divided among their mappers, so the sum counts them once);
+  scatter and global = the workers' PSS growth when they received the dict. ``dask_sees`` is
+  what Dask's memory monitor reads per worker (RSS: every shared page a worker touched, in
+  full) against its PSS.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib  # noqa: E402
 
-GOAL = "shmpool tasks at least as fast as scattered data (ratio <= 1.0), at a fraction of its memory per worker"
+GOAL = ("memory per host at most 0.3x scatter's at 200 MB and at most 1x at 16 MiB (daemon counted); publish of "
+        "the data at most 0.5x scatter's time; republish under load at most 1x a re-scatter")
 
 
 # ----------------------------------------------------------------- tasks (run in the workers)
@@ -55,6 +64,20 @@ def task_scatter(data, path) -> tuple[int, int]:
     t0 = time.perf_counter_ns()
     total = sum(len(data[step]) for step in path)
     return total, time.perf_counter_ns() - t0
+
+
+def task_global(path) -> tuple[int, int]:
+    from distributed import get_worker
+    data = get_worker().shmpool_bench_data  # installed by install_global
+    t0 = time.perf_counter_ns()
+    total = sum(len(data[step]) for step in path)
+    return total, time.perf_counter_ns() - t0
+
+
+def install_global(data, dask_worker=None) -> int:
+    """client.run target: the dict becomes an attribute of this worker (a worker global)."""
+    dask_worker.shmpool_bench_data = data
+    return len(data)
 
 
 def task_disk(folder, path) -> tuple[int, int]:
@@ -76,6 +99,12 @@ def task_disk(folder, path) -> tuple[int, int]:
 
 def worker_pid() -> int:
     return os.getpid()
+
+
+def worker_rss() -> int:
+    """What Dask's memory monitor reads for this worker (psutil RSS)."""
+    import psutil
+    return int(psutil.Process().memory_info().rss)
 
 
 def attach_reader() -> str:
@@ -128,12 +157,16 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=4)
     parser.add_argument("--layers", type=int, default=1024)
     parser.add_argument("--layer-bytes", type=int, default=4096)
-    parser.add_argument("--publish-rounds", type=int, default=5)
+    parser.add_argument("--publish-rounds", type=int, default=3)
+    parser.add_argument("--load-tasks", type=int, default=2000, help="tasks running during the under-load round")
+    parser.add_argument("--memory-limit", type=int, default=1 << 30, help="each host instance's limit (bytes)")
+    parser.add_argument("--amm", action="store_true", help="leave Dask's Active Memory Manager on")
     args = parser.parse_args()
     benchlib.quiet_logging()
     benchlib.raise_on_sigterm()
     os.environ.setdefault("SHMPOOL_RUNTIME_DIR", tempfile.mkdtemp(prefix="bench-dask-rt-"))
 
+    import dask
     import distributed
     import shmpool.dask as sd
     from shmpool import _dask_host as host
@@ -145,12 +178,17 @@ def main() -> None:
     plugin = f"bench-dask-{secrets.token_hex(3)}"
     keys = ("hostA", "hostB")
     instances = {k: host.instance_name(plugin, k) for k in keys}
-    local = distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None)
+    # The scheduler and the workers read it at start: set before either exists (the worker
+    # processes inherit it through DASK_ environment variables).
+    amm = {"distributed.scheduler.active-memory-manager.start": bool(args.amm)}
+    os.environ["DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START"] = str(bool(args.amm))
+    dask.config.set(amm)
+    local = distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=":0")
     client = distributed.Client(local)
     procs = []
     try:
         client.register_plugin(sd.ShmpoolPlugin(plugin, data_dir=work / "data", store_dir=work / "store",
-                                                memory_limit=1 << 30, linger=1.0))
+                                                memory_limit=args.memory_limit, linger=1.0))
         procs = [start_host(local.scheduler_address, k, args.workers) for k in keys]
         client.wait_for_workers(len(keys) * args.workers, timeout=300)
         workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -162,43 +200,14 @@ def main() -> None:
         paths = [[rng.choice(steps) for _ in range(20)] for _ in range(args.tasks)]
         expected = sum(len(data[s]) for p in paths for s in p)
 
-        # Memory, measured once, each way's growth over the idle workers.
-        client.run(attach_reader)  # attach in every worker: the shmpool figure includes their mappings
-        base = {a: pss(pids[a]) for a in workers}
-        memory = {}
-        for key in keys:
-            marker = f"shmpool.{instances[key]}."
-            daemon = host.ready_pid(instances[key])
-            shm = mapped_pss(daemon, marker) + sum(mapped_pss(pids[a], marker) for a in workers if host_of[a] == key)
-            memory[key] = {"shmpool_pss_bytes": shm}
-        run_way(client, "shmpool", paths[:2000], None, work)  # warm: every worker maps every dimension
-        for key in keys:
-            marker = f"shmpool.{instances[key]}."
-            daemon = host.ready_pid(instances[key])
-            memory[key]["shmpool_pss_bytes"] = (mapped_pss(daemon, marker) +
-                                                sum(mapped_pss(pids[a], marker) for a in workers if host_of[a] == key))
-        after_shm = {a: pss(pids[a]) for a in workers}
-        (scattered,) = client.scatter([data], broadcast=True)  # one future for the whole dict
-        client.submit(task_scatter, scattered, paths[0], pure=False).result()
-        after_scatter = {a: pss(pids[a]) for a in workers}
-        for key in keys:
-            mine = [a for a in workers if host_of[a] == key]
-            grow = [after_scatter[a] - after_shm[a] for a in mine]
-            memory[key].update({
-                "workers": len(mine),
-                "scatter_pss_growth_bytes": int(sum(grow)),
-                "scatter_pss_growth_per_worker_bytes": int(statistics.mean(grow)),
-                "shmpool_worker_pss_growth_bytes": int(sum(after_shm[a] - base[a] for a in mine)),
-                "disk_pss_held_bytes": 0,
-            })
-            memory[key]["shmpool_to_scatter"] = round(memory[key]["shmpool_pss_bytes"] / max(1, sum(grow)), 3)
+        memory, scattered = measure_memory(client, data, paths, work, keys, instances, host_of, pids)
 
         # Timing: interleaved rounds, ways in a rotating order.
-        ways = ["shmpool", "scatter", "disk"]
+        ways = ["shmpool", "scatter", "global", "disk"]
         rounds = []
         for r in range(args.rounds):
             row = {}
-            for way in ways[r % 3:] + ways[:r % 3]:
+            for way in ways[r % len(ways):] + ways[:r % len(ways)]:
                 row[way] = run_way(client, way, paths, scattered, work, expected)
             rounds.append(row)
         lookup = {}
@@ -208,25 +217,18 @@ def main() -> None:
                 "tasks_per_s": round(args.tasks / statistics.median(row[way]["wall_s"] for row in rounds), 1),
                 "in_task_us": round(statistics.median(row[way]["in_task_us"] for row in rounds), 2),
             }
-        for way in ("shmpool", "disk"):
+        for way in ("shmpool", "global", "disk"):
             lookup[way]["wall_ratio_to_scatter"] = round(statistics.median(
                 row[way]["wall_s"] / row["scatter"]["wall_s"] for row in rounds), 3)
             lookup[way]["in_task_ratio_to_scatter"] = round(statistics.median(
                 row[way]["in_task_us"] / row["scatter"]["in_task_us"] for row in rounds), 3)
         del scattered
-
-        publish = {}
-        for label, nbytes in (("1MiB", 1 << 20), ("16MiB", 16 << 20)):
-            layers = {i: os.urandom(64 * 1024) for i in range(1, nbytes // (64 * 1024) + 1)}
-            times = []
-            for r in range(args.publish_rounds):
-                t0 = time.perf_counter()
-                sd.publish(client, 500 + (nbytes >> 20), f"pub{label}", layers)
-                times.append(time.perf_counter() - t0)
-            publish[label] = {"median_ms": round(statistics.median(times) * 1e3, 1),
-                              "min_ms": round(min(times) * 1e3, 1), "rounds": len(times)}
-        met = (lookup["shmpool"]["wall_ratio_to_scatter"] <= 1.0 and
-               all(m["shmpool_to_scatter"] < 1.0 for m in memory.values()))
+        distribute = measure_distribute(client, data, paths, args)
+        met = {
+            "memory": all(m["shmpool_to_scatter"] <= (0.3 if data_bytes >= 200e6 else 1.0) for m in memory.values()),
+            "publish": distribute["idle"]["shmpool"]["ratio_to_scatter"] <= 0.5,
+            "republish_under_load": distribute["under_load"]["shmpool"]["ratio_to_scatter"] <= 1.0,
+        }
     finally:
         client.shutdown()
         for p in procs:
@@ -242,15 +244,108 @@ def main() -> None:
         "config": {"tasks": args.tasks, "steps_per_task": 20, "rounds": args.rounds, "hosts": len(keys),
                    "workers_per_host": args.workers, "threads_per_worker": 1, "dimensions": args.dims,
                    "layers_per_dimension": args.layers, "layer_bytes": args.layer_bytes,
-                   "data_bytes": data_bytes},
+                   "data_bytes": data_bytes, "active_memory_manager": bool(args.amm),
+                   "host_memory_limit": args.memory_limit},
         "lookup_tasks": lookup,
         "rounds": rounds,
-        "publish": publish,
+        "distribute": distribute,
         "memory": memory,
         "goal": GOAL,
         "goal_met": met,
         "leftovers": benchlib.shm_leftovers(list(instances.values())),
     }, args.out_dir, save=not args.no_save)
+
+
+def measure_memory(client, data, paths, work, keys, instances, host_of, pids):
+    """Per host: shmpool's cost (daemon + workers' growth), then global's, then scatter's, each
+    the growth over the step before. Returns it and the scattered future (kept for the tasks)."""
+    from shmpool import _dask_host as host
+
+    workers = list(host_of)
+    base = {a: pss(pids[a]) for a in workers}
+    client.run(attach_reader)
+    run_way(client, "shmpool", paths[:2000], None, work)  # warm: every worker maps every dimension
+    after_shm = {a: pss(pids[a]) for a in workers}
+    rss = client.run(worker_rss)
+    memory = {}
+    for key in keys:
+        marker = f"shmpool.{instances[key]}."
+        daemon = host.ready_pid(instances[key])
+        mine = [a for a in workers if host_of[a] == key]
+        growth = sum(after_shm[a] - base[a] for a in mine)
+        memory[key] = {
+            "workers": len(mine),
+            "daemon_pss_bytes": pss(daemon),
+            "shmpool_worker_pss_growth_bytes": int(growth),
+            "shmpool_pss_bytes": pss(daemon) + int(growth),
+            "shmpool_mapped_pss_bytes": mapped_pss(daemon, marker) + sum(mapped_pss(pids[a], marker) for a in mine),
+            "dask_sees": [{"rss_bytes": rss[a], "pss_bytes": after_shm[a]} for a in mine],
+        }
+    client.run(install_global, data)
+    after_global = {a: pss(pids[a]) for a in workers}
+    (scattered,) = client.scatter([data], broadcast=True)  # one future for the whole dict
+    client.submit(task_scatter, scattered, paths[0], pure=False).result()
+    after_scatter = {a: pss(pids[a]) for a in workers}
+    for key in keys:
+        mine = [a for a in workers if host_of[a] == key]
+        for way, before, after in (("global", after_shm, after_global), ("scatter", after_global, after_scatter)):
+            grow = [after[a] - before[a] for a in mine]
+            memory[key][f"{way}_pss_growth_bytes"] = int(sum(grow))
+            memory[key][f"{way}_pss_growth_per_worker_bytes"] = int(statistics.mean(grow))
+        memory[key]["disk_pss_held_bytes"] = 0
+        for way in ("scatter", "global"):
+            memory[key][f"shmpool_to_{way}"] = round(
+                memory[key]["shmpool_pss_bytes"] / max(1, memory[key][f"{way}_pss_growth_bytes"]), 3)
+    return memory, scattered
+
+
+def measure_distribute(client, data, paths, args) -> dict:
+    """Giving every host all the data, idle and while lookup tasks of the same way run."""
+    import shmpool.dask as sd
+
+    by_dim: dict[int, dict[int, bytes]] = {}
+    for (dim, lid), content in data.items():
+        by_dim.setdefault(dim, {})[lid] = content
+
+    def shmpool_way() -> None:
+        for dim, layers in sorted(by_dim.items()):
+            sd.publish(client, dim, f"bench{dim}", layers)
+
+    def scatter_way() -> None:
+        (fut,) = client.scatter([data], broadcast=True)
+        client.submit(task_scatter, fut, paths[0], pure=False).result()
+        del fut
+
+    def global_way() -> None:
+        client.run(install_global, data)
+
+    ways = {"shmpool": shmpool_way, "scatter": scatter_way, "global": global_way}
+    out = {}
+    for label, load in (("idle", 0), ("under_load", args.load_tasks)):
+        times: dict[str, list[float]] = {w: [] for w in ways}
+        for r in range(args.publish_rounds):
+            order = list(ways)[r % 3:] + list(ways)[:r % 3]
+            for way in order:
+                running = None
+                if load:
+                    if way == "scatter":
+                        (old,) = client.scatter([data], broadcast=True)
+                        running = client.map(task_scatter, [old] * load, paths[:load], pure=False)
+                    else:
+                        task = task_shmpool if way == "shmpool" else task_global
+                        running = client.map(task, paths[:load], pure=False)
+                    time.sleep(0.5)  # the map is under way
+                t0 = time.perf_counter()
+                ways[way]()
+                times[way].append(time.perf_counter() - t0)
+                if running is not None:
+                    client.gather(running)
+                    del running
+        out[label] = {w: {"median_s": round(statistics.median(t), 3), "rounds": len(t)} for w, t in times.items()}
+        for w in ways:
+            out[label][w]["ratio_to_scatter"] = round(statistics.median(
+                a / b for a, b in zip(times[w], times["scatter"])), 3)
+    return out
 
 
 def run_way(client, way: str, paths, scattered, work: Path, expected: int | None = None) -> dict:
@@ -259,6 +354,8 @@ def run_way(client, way: str, paths, scattered, work: Path, expected: int | None
         futures = client.map(task_shmpool, paths, pure=False)
     elif way == "scatter":
         futures = client.map(task_scatter, [scattered] * len(paths), paths, pure=False)
+    elif way == "global":
+        futures = client.map(task_global, paths, pure=False)
     else:
         futures = client.map(task_disk, [str(work / "data")] * len(paths), paths, pure=False)
     results = client.gather(futures)

@@ -1,7 +1,8 @@
-"""Chaos campaigns against the job board: clients and workers SIGKILLed at random, and a soak; prints JSON.
+"""Chaos campaigns: clients and workers SIGKILLed at random, a soak, fork, removed names; prints JSON.
 
-Two campaigns (``--campaign kills|soak|all``), each on its own coordinator with 2 workers and a
-small board (``--slots``, default 8), each ending with the same verdict on the board:
+Four campaigns (``--campaign kills,soak,fork,names`` or ``all``, any comma-separated subset). The
+first two run on their own coordinator with 2 workers and a small board (``--slots``, default 8),
+each ending with the same verdict on the board:
 
 * ``kills``: victim client processes with jobs in flight are SIGKILLed at random moments
   (``--client-kills``), and workers are SIGKILLed while they run a job (``--worker-kills``),
@@ -19,6 +20,16 @@ counters balance (submitted == completed + failed + cancelled), every slot is fr
 stack, and nothing of the instance is left in /dev/shm after stop. A job that killed two workers
 fails with WorkerCrashed by design: that is counted, not held against the board; any other failure
 type is. Exit status 1 if any check fails.
+
+Two more campaigns hunt wrong bytes and silent failures rather than lost jobs:
+
+* ``fork`` (scripts/_chaos_fork.py): processes holding a Reader, a context and a Client fork
+  children under a publish loop that reclaims generations every few milliseconds, with the parent
+  staying alive or exiting; a wrong byte, a wrong result or an untyped error in a child, or any
+  effect on the parent, fails it. shmpool may refuse an inherited object with a typed error.
+* ``names`` (scripts/_chaos_names.py): the /dev/shm names of a serving ``shmpool serve`` are
+  deleted (all, then only the semaphores), as systemd-logind's RemoveIPC=yes does; the
+  coordinator must stop within seconds with an ERROR naming the cause, and nothing may be left.
 
 Victim and client processes come from a fork server that has imported shmpool already (a fresh
 interpreter costs 0.3-0.5 s on a 2-core machine, too much for 60 victims); the slow job lives in
@@ -46,6 +57,8 @@ sys.path.insert(0, str(SCRIPTS.parent))
 
 import benchlib  # noqa: E402
 from _chaos_clients import CHAOS_DIMENSION, CHAOS_LAYERS, chaos_layer, live_client, victim  # noqa: E402
+from _chaos_fork import campaign_fork  # noqa: E402
+from _chaos_names import campaign_names  # noqa: E402
 
 import shmpool  # noqa: E402
 from shmpool.coordinator import Coordinator  # noqa: E402
@@ -69,7 +82,7 @@ SOAK_KILL_PATIENCE = 0.5  # the soak waits this long for a worker caught mid-job
 
 def _context():
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["shmpool", "shmpool.jobs.client", "_chaos_clients"])
+    ctx.set_forkserver_preload(["shmpool", "shmpool.jobs.client", "_chaos_clients", "_chaos_fork"])
     return ctx
 
 
@@ -489,11 +502,29 @@ def campaign_soak(name: str, ctx, *, seconds: float, clients: int, threads: int,
 
 # --------------------------------------------------------------------- main
 
+CAMPAIGNS = ("kills", "soak", "fork", "names")
+
+
+def _campaigns(text: str) -> tuple[str, ...]:
+    """'all' or a comma-separated subset of CAMPAIGNS, in the order they run."""
+    import argparse
+
+    asked = {c.strip() for c in text.split(",") if c.strip()}
+    if asked == {"all"}:
+        return CAMPAIGNS
+    unknown = asked - set(CAMPAIGNS)
+    if unknown or not asked:
+        raise argparse.ArgumentTypeError(f"unknown campaign {', '.join(sorted(unknown)) or text!r}: "
+                                         f"choose from {', '.join(CAMPAIGNS)} or all")
+    return tuple(c for c in CAMPAIGNS if c in asked)
+
+
 def main(argv=None) -> int:
     parser = benchlib.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None,
                         help="write the JSON to this file (default bench-results/chaos.json)")
-    parser.add_argument("--campaign", choices=("kills", "soak", "all"), default="all")
+    parser.add_argument("--campaign", type=_campaigns, default=CAMPAIGNS,
+                        help=f"comma-separated, from {', '.join(CAMPAIGNS)}; or all (the default)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 6 client kills, 6 worker kills, a 3 s soak (explicit counts win)")
     parser.add_argument("--name", default=None, help="instance name (default chaos-<random>); both campaigns "
@@ -514,28 +545,39 @@ def main(argv=None) -> int:
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between worker kills in the soak")
     parser.add_argument("--lost-after", type=float, default=30.0,
                         help="a future not answered within this many seconds is lost (default 30)")
+    parser.add_argument("--fork-holders", type=int, default=2,
+                        help="processes of each fork mode (parent alive, parent exiting) that fork (default 2)")
+    parser.add_argument("--fork-children", type=int, default=2, help="children each of them forks (default 2)")
+    parser.add_argument("--fork-seconds", type=float, default=None,
+                        help="how long the children use what they inherited (default 8; --quick 3)")
+    parser.add_argument("--publish-every", type=float, default=0.01,
+                        help="seconds between generations published during the fork campaign (default 0.01)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     quick = args.quick
     client_kills = args.client_kills if args.client_kills is not None else (6 if quick else 60)
     worker_kills = args.worker_kills if args.worker_kills is not None else (6 if quick else 60)
     soak_seconds = args.soak_seconds if args.soak_seconds is not None else (3.0 if quick else 60.0)
+    fork_seconds = args.fork_seconds if args.fork_seconds is not None else (3.0 if quick else 8.0)
     victim_jobs = args.victim_jobs if args.victim_jobs is not None else max(1, args.slots // 2)
     if min(args.slots, args.live_clients, args.live_threads, args.soak_clients, args.soak_threads, victim_jobs) < 1:
         parser.error("--slots, --live-clients, --live-threads, --soak-clients, --soak-threads and --victim-jobs "
                      "must be at least 1")
+    if min(args.fork_holders, args.fork_children) < 1 or fork_seconds <= 0 or args.publish_every <= 0:
+        parser.error("--fork-holders and --fork-children must be at least 1; --fork-seconds, --publish-every > 0")
     if min(client_kills, worker_kills) < 0 or soak_seconds <= 0 or args.crystallize_every <= 0 or args.kill_every <= 0:
         parser.error("kill counts must be >= 0; --soak-seconds, --crystallize-every, --kill-every must be > 0")
     name = args.name or benchlib.instance_name(PREFIX)
     benchlib.raise_on_sigterm()
     benchlib.quiet_logging()
     parameters = {
-        "campaign": args.campaign, "quick": quick, "name": name, "slots": args.slots, "workers": WORKERS,
+        "campaign": ",".join(args.campaign), "quick": quick, "name": name, "slots": args.slots, "workers": WORKERS,
         "client_kills": client_kills, "worker_kills": worker_kills, "live_clients": args.live_clients,
         "live_threads": args.live_threads, "victim_jobs": victim_jobs, "soak_seconds": soak_seconds,
         "soak_clients": args.soak_clients, "soak_threads": args.soak_threads,
         "crystallize_every_s": args.crystallize_every, "kill_every_s": args.kill_every,
-        "lost_after_s": args.lost_after, "seed": args.seed,
+        "lost_after_s": args.lost_after, "seed": args.seed, "fork_holders": args.fork_holders,
+        "fork_children": args.fork_children, "fork_seconds": fork_seconds, "publish_every_s": args.publish_every,
     }
     campaigns: dict = {}
     t0 = time.monotonic()
@@ -544,16 +586,24 @@ def main(argv=None) -> int:
         os.environ["SHMPOOL_RUNTIME_DIR"] = tmp
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))
         ctx = _context()
-        if args.campaign in ("kills", "all"):
+        if "kills" in args.campaign:
             campaigns["kills"] = campaign_kills(
                 name, ctx, client_kills=client_kills, worker_kills=worker_kills, slots=args.slots,
                 live_clients=args.live_clients, live_threads=args.live_threads, victim_jobs=victim_jobs,
                 lost_after=args.lost_after, max_seconds=args.max_kill_seconds, seed=args.seed)
-        if args.campaign in ("soak", "all"):
+        if "soak" in args.campaign:
             campaigns["soak"] = campaign_soak(
                 name, ctx, seconds=soak_seconds, clients=args.soak_clients, threads=args.soak_threads,
                 slots=args.slots, crystallize_every=args.crystallize_every, kill_every=args.kill_every,
                 lost_after=args.lost_after, seed=args.seed)
+        if "fork" in args.campaign:
+            campaigns["fork"] = campaign_fork(
+                name, ctx, coordinator=lambda: _coordinator(name, args.slots), publish=_publish,
+                holders=args.fork_holders, children=args.fork_children, seconds=fork_seconds,
+                publish_every=args.publish_every, list_objects=list_objects)
+        if "names" in args.campaign:
+            campaigns["names"] = campaign_names(
+                name, make_coordinator=lambda n: Coordinator(n, workers=0), list_objects=list_objects)
     failed = [f"{c}.{check}" for c, result in campaigns.items() for check, ok in result["checks"].items() if not ok]
     payload = {"ok": not failed, "failed_checks": failed, "seconds": round(time.monotonic() - t0, 2),
                "parameters": parameters, **campaigns}

@@ -9,12 +9,14 @@ instance; every Dask process on the host finds it through files in the runtime f
     <instance>.dask.log         the daemon's stderr, quoted when it fails to start
 
 The runtime folder is ours alone (0700, shmpool.substrate.names.runtime_dir), so whoever can connect to
-the socket is us. Requests and replies are JSON, never pickle. Nothing here imports Dask or the
+the socket is us. Requests and replies are JSON, never pickle; an error reply carries the job
+codec's error payload (shmpool.jobs.codec), so errors have one wire format. Nothing here imports Dask or the
 coordinator: this module serves shmpool.dask (in Nannies and workers) and the daemon alike.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -25,22 +27,30 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Mapping
 
 from filelock import FileLock, Timeout
 from loguru import logger
 
 from .substrate._proc import is_alive, start_token
-from .errors import AttachError, InvalidArgument
+from .errors import AttachError, InvalidArgument, RemoteTraceback
+from .jobs import codec
 from .substrate.names import runtime_dir, validate_name
 
-__all__ = ["HOST_ENV", "HostConfig", "instance_name", "host_key", "ensure_host", "call", "connect",
-           "ready_pid", "store_file", "store_generations"]
+__all__ = ["HOST_ENV", "HostConfig", "instance_name", "host_key", "ensure_host", "stop_host", "call", "connect",
+           "ready_pid", "live_instances", "store_file", "store_generations", "store_entries", "pending_file",
+           "prune_store", "discard_pending"]
 
 HOST_ENV = "SHMPOOL_DASK_HOST"  # the host key; simulated hosts on one machine each set their own
 START_TIMEOUT = 60.0  # seconds a Nanny waits for its host's daemon to be up and caught up
 CALL_TIMEOUT = 60.0   # a publication of a large region file is a copy of it, at memory speed
 _PLUGIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,38}$")  # + "-" + 8 hex = 48, the name limit
 _STORE_RE = re.compile(r"^d(\d+)\.g(\d+)\.region$")
+METADATA_KEY = "shmpool-dask"  # scheduler metadata: {plugin name: {"store_dir": ...}}, set by each Nanny
+NO_NANNY_HINT = ("ShmpoolPlugin runs in Dask Nannies: a cluster without them (LocalCluster(processes=False), "
+                 "dask worker --no-nanny) has no host instance to serve it")
+PIN_PREFIX = ".pin-"  # a pin's file in the store (shmpool._dask_pin): the generations it holds
+PENDING_SUFFIX = ".pending"  # a publication not yet committed (pending_file)
 _SOCKET_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 
 
@@ -76,7 +86,7 @@ def check_plugin_name(name: str) -> str:
     return name
 
 
-def host_key(env: dict | None = None) -> str:
+def host_key(env: Mapping[str, str] | None = None) -> str:
     """This process's host: ``SHMPOOL_DASK_HOST`` from ``env`` or the environment, else the hostname."""
     for source in (env or {}, os.environ):
         value = source.get(HOST_ENV)
@@ -113,12 +123,43 @@ def log_path(instance: str) -> Path:
 
 def ready_pid(instance: str) -> int | None:
     """The pid of the live, caught-up daemon of ``instance``, or None."""
+    info = _ready_info(instance)
+    if info is None:
+        return None
+    pid, start = info
+    return pid if pid and is_alive(pid, start) else None
+
+
+def live_instances(host: str) -> list[str]:
+    """The instances of ``host`` whose daemon is up and caught up (a live pid in its ready file)."""
+    suffix = instance_name("x", host)[1:]  # "-<digest of the host>"
+    ready = sorted(p.name[:-len(".dask.ready")] for p in runtime_dir().glob(f"*{suffix}.dask.ready"))
+    return [i for i in ready if ready_pid(i) is not None]
+
+
+def _ready_info(instance: str) -> tuple[int, int] | None:
     try:
         info = json.loads(ready_path(instance).read_text())
-    except (OSError, ValueError):
+        return int(info.get("pid", 0)), int(info.get("start", 0))
+    except (OSError, ValueError, AttributeError):
         return None
-    pid, start = int(info.get("pid", 0)), int(info.get("start", 0))
-    return pid if pid and is_alive(pid, start) else None
+
+
+def stop_host(instance: str, timeout: float = START_TIMEOUT) -> None:
+    """Ask the daemon of ``instance`` to stop now and wait until its process is gone (blocking).
+
+    Its leases do not keep it: the caller knows there are none it wants kept."""
+    info = _ready_info(instance)
+    try:
+        call(instance, {"op": "stop"})
+    except AttachError as exc:  # stopping already
+        logger.debug("stopping {!r}: {}", instance, exc)
+    deadline = time.monotonic() + timeout
+    while info is not None and is_alive(*info):
+        if time.monotonic() > deadline:
+            raise AttachError(name=instance, reason=f"its Dask host daemon (pid {info[0]}) did not stop within "
+                                                    f"{timeout:g} s")
+        time.sleep(0.01)
 
 
 def write_ready(instance: str) -> None:
@@ -143,17 +184,23 @@ def connect(instance: str, timeout: float = CALL_TIMEOUT) -> socket.socket:
     return sock
 
 
-def send(sock: socket.socket, message: dict) -> None:
+def send(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(json.dumps(message).encode() + b"\n")
 
 
-def receive(stream) -> dict | None:
+def receive(stream: BinaryIO) -> dict[str, Any] | None:
     line = stream.readline()
-    return json.loads(line) if line else None
+    if not line:
+        return None
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise InvalidArgument(argument="message", value=line[:80],
+                              reason="a request or reply of the Dask host protocol is one JSON object")
+    return message
 
 
-def call(instance: str, message: dict, timeout: float = CALL_TIMEOUT) -> dict:
-    """One request, one reply. A reply ``{"error": {...}}`` is raised as the shmpool error it names."""
+def call(instance: str, message: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+    """One request, one reply. A reply ``{"error": ...}`` is raised as the error it carries (:func:`rebuild_error`)."""
     with connect(instance, timeout) as sock:
         send(sock, message)
         with sock.makefile("rb") as stream:
@@ -169,26 +216,27 @@ def call(instance: str, message: dict, timeout: float = CALL_TIMEOUT) -> dict:
     return reply
 
 
-def error_reply(exc: BaseException) -> dict:
-    fields = getattr(exc, "fields", None)
-    if fields is not None:
-        try:
-            json.dumps(fields)
-        except (TypeError, ValueError):
-            fields = None
-    return {"error": {"type": type(exc).__name__, "message": str(exc), "fields": fields}}
+def error_reply(exc: BaseException) -> dict[str, Any]:
+    """The reply that carries ``exc``: the job codec's error payload (shmpool's one error wire
+    format), base64 in the JSON line, so a type, its fields (tuples, enums) and the daemon's
+    traceback arrive as they would from a job."""
+    return {"error": base64.b64encode(codec.encode_error(exc)).decode("ascii")}
 
 
-def rebuild_error(instance: str, info: dict) -> Exception:
-    """The daemon's error as the same shmpool error type when it is one (from its fields), else AttachError."""
-    from . import errors
-    kind = getattr(errors, str(info.get("type")), None)
-    if isinstance(kind, type) and issubclass(kind, errors.ShmPoolError) and info.get("fields") is not None:
-        try:
-            return kind(**info["fields"])
-        except TypeError:
-            pass
-    return AttachError(name=instance, reason=f"its Dask host daemon failed: {info.get('type')}: {info.get('message')}")
+def rebuild_error(instance: str, encoded: Any) -> BaseException:
+    """The daemon's error as its own type (codec.rebuild_error); an error no caller could know
+    (a type private to the daemon) becomes an AttachError that names it."""
+    try:
+        info = codec.error_info(base64.b64decode(str(encoded), validate=True))
+    except (ValueError, TypeError) as exc:
+        return AttachError(name=instance, reason=f"its Dask host daemon sent an unreadable error ({exc})")
+    rebuilt = codec.rebuild_error(info)
+    if rebuilt is not None:
+        return rebuilt
+    error = AttachError(name=instance, reason=f"its Dask host daemon failed: {info.get('type')}: {info.get('message')}")
+    if info.get("traceback"):
+        error.__cause__ = RemoteTraceback(str(info["traceback"]))
+    return error
 
 
 # ----------------------------------------------------------------- starting
@@ -241,7 +289,7 @@ def _spawn(instance: str, config: HostConfig, timeout: float) -> int:
     raise AttachError(name=instance, reason=f"its Dask host daemon was not ready within {timeout:g} s: {_tail(log)}")
 
 
-def _daemon_env() -> dict:
+def _daemon_env() -> dict[str, str]:
     # The daemon imports coordinator from wherever this process found shmpool (an editable
     # checkout is not always on sys.path of a fresh interpreter started elsewhere).
     env = dict(os.environ)
@@ -259,25 +307,65 @@ def _tail(path: Path, limit: int = 2000) -> str:
 
 # ----------------------------------------------------------------- the store
 
-def store_file(store_dir: str | os.PathLike, dimension_id: int, generation: int) -> Path:
+def store_file(store_dir: str | os.PathLike[str], dimension_id: int, generation: int) -> Path:
     """Where generation ``generation`` of ``dimension_id`` lives in the store."""
     return Path(store_dir) / f"d{dimension_id}.g{generation:012d}.region"
 
 
-def store_generations(store_dir: str | os.PathLike) -> dict[int, tuple[int, Path]]:
-    """{dimension id: (newest generation, its file)} of the store; {} if it does not exist."""
-    newest: dict[int, tuple[int, Path]] = {}
+def pending_file(store_dir: str | os.PathLike[str], dimension_id: int, generation: int) -> Path:
+    """Where a publication is written before every host agreed to take it.
+
+    Not a store file (no daemon serves it, a rescan skips it): renaming it to :func:`store_file`
+    is the commit point of a cluster publish. Left behind only by a publisher that died; the
+    next publish of its dimension removes it."""
+    final = store_file(store_dir, dimension_id, generation)
+    return final.with_name(final.name + PENDING_SUFFIX)
+
+
+def store_entries(store_dir: str | os.PathLike[str]) -> dict[int, list[tuple[int, Path]]]:
+    """{dimension id: [(generation, its file), ...] oldest first} of the store; {} if it does not exist."""
+    found: dict[int, list[tuple[int, Path]]] = {}
     try:
         entries = os.listdir(store_dir)
     except FileNotFoundError:
-        return newest
+        return found
     for entry in entries:
         match = _STORE_RE.match(entry)
         if match:
-            dim, gen = int(match[1]), int(match[2])
-            if gen > newest.get(dim, (0, None))[0]:
-                newest[dim] = (gen, Path(store_dir) / entry)
-    return newest
+            found.setdefault(int(match[1]), []).append((int(match[2]), Path(store_dir) / entry))
+    return {dim: sorted(files) for dim, files in found.items()}
+
+
+def store_generations(store_dir: str | os.PathLike[str]) -> dict[int, tuple[int, Path]]:
+    """{dimension id: (newest generation, its file)} of the store; {} if it does not exist."""
+    return {dim: files[-1] for dim, files in store_entries(store_dir).items()}
+
+
+def prune_store(store_dir: str | os.PathLike[str], dimension_id: int, below: int,
+                keep: Iterable[tuple[int, int]] = ()) -> list[Path]:
+    """Remove the store's generations of ``dimension_id`` older than ``below``, except the
+    (dimension, generation) pairs in ``keep`` (what live pins hold); returns what went.
+
+    Call it only once every host serves ``below`` or newer: a host serving an older one reloads
+    it from its file if it is evicted."""
+    removed = []
+    held = set(keep)
+    for generation, path in store_entries(store_dir).get(dimension_id, []):
+        if generation < below and (dimension_id, generation) not in held:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def discard_pending(store_dir: str | os.PathLike[str], dimension_id: int) -> list[Path]:
+    """Remove every pending publication of ``dimension_id`` (a publisher's leftovers)."""
+    removed = []
+    # The pending files, and the temporary files of a client killed while writing one.
+    for pattern in (f"d{dimension_id}.g*.region{PENDING_SUFFIX}", f".d{dimension_id}.g*.region{PENDING_SUFFIX}.*.tmp"):
+        for path in Path(store_dir).glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @dataclass

@@ -12,6 +12,8 @@ never notice. Each worker process attaches one Reader, lazily, in :func:`reader`
     ...                                      store_dir="/shared/shmpool-store"))
     >>> generation = shmpool.dask.publish(client, 40, "prices", {1: b"...", 2: b"..."})
     >>> client.submit(lambda: shmpool.dask.reader().load_layer_context(40, 1).generation).result()
+    >>> with shmpool.dask.pin(client, [40]) as pinned:   # one generation for a whole map
+    ...     client.gather(client.map(lambda i: pinned.load_layer_context(40, i).generation, [1, 2]))
 
 Why a NannyPlugin: a Nanny outlives its worker (it restarts it after a crash), its ``setup`` runs
 before its worker process starts (so the host is caught up before any task runs there), and its
@@ -21,16 +23,15 @@ before its worker process starts (so the host is caught up before any task runs 
 
 Where the truth lives: the *store*, a folder of region files shared by every host (NFS, a
 ReadWriteMany volume; on one machine any folder). :func:`publish` writes generation G of a
-dimension there as ``d<dim>.g<G>.region`` and then tells one worker per host to have its
-instance serve it under that same G. A host that starts later, or whose daemon restarted,
-publishes the newest file of every dimension before it reports ready, and rescans the store
-every second. See docs/cluster.md.
+dimension there as ``d<dim>.g<G>.region`` once every host has agreed to take it (all hosts or
+none: shmpool._dask_publish), and has each host's instance serve it under that same G. A host
+that starts later, or whose daemon restarted, publishes the newest file of every dimension
+before it reports ready, and rescans the store every second. See docs/cluster.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import glob
 import os
 import threading
 import time
@@ -38,29 +39,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from dask.sizeof import sizeof
-from distributed import Lock
 from distributed.diagnostics.plugin import NannyPlugin
-from distributed.protocol import dask_deserialize, dask_serialize
 from loguru import logger
 
 from . import _dask_host as host
-from .data.context import ContextCollection, LoadedContext, MissingStep
+from . import _dask_serialize  # noqa: F401  (registers how contexts leave a worker)
+from ._dask_pin import Pin, pin
+from ._dask_publish import publish
 from .errors import AttachError, InvalidArgument
 from .substrate.ids import as_id
 from .substrate.limits import DEFAULT_LIMIT
 from .substrate.names import runtime_dir
 from .data.reader import Reader, attach
-from .data.region_builder import RegionBuilder, write_atomically
 
-__all__ = ["ShmpoolPlugin", "reader", "publish", "host_key", "resource", "HOST_ENV", "RESOURCE_UNITS"]
+__all__ = ["ShmpoolPlugin", "reader", "publish", "pin", "Pin", "host_key", "resource", "HOST_ENV", "RESOURCE_UNITS"]
 
 HOST_ENV = host.HOST_ENV
 host_key = host.host_key
 RESOURCE_UNITS = 1_000_000  # a placement resource marks where data is, it does not limit concurrency
 ATTACH_TIMEOUT = 30.0       # seconds a task waits for its host's instance to come (back) up
 LIVENESS_INTERVAL = 0.1     # seconds between checks that a worker's cached instance still has its daemon
-_METADATA = "shmpool-dask"  # scheduler metadata key: {plugin name: its config}
 
 
 def resource(dimension_id: int) -> str:
@@ -80,6 +78,12 @@ class _NannyState:
     closing: threading.Event
 
 
+# (id(nanny), plugin name) -> its lease. Per process, not per plugin object: a registration of
+# the same name replaces the plugin object in the Nanny (Dask calls no teardown on the old one),
+# and whichever object is torn down last must close the lease the first one opened.
+_nanny_states: dict[tuple[int, str], _NannyState] = {}
+
+
 class ShmpoolPlugin(NannyPlugin):
     """One shmpool instance per host, serving the same region files to every worker there.
 
@@ -92,12 +96,23 @@ class ShmpoolPlugin(NannyPlugin):
     workers start: a Nanny sets its worker's resources when it launches it). ``linger`` is how
     long a host's instance outlives its last Nanny. Setup blocks until the host's instance is up
     and caught up; it raises AttachError (quoting the daemon's log) if that fails.
+
+    Registering a name again with the same arguments changes nothing. With other arguments
+    (another ``memory_limit``, ...) ``register_plugin`` raises InvalidArgument naming what
+    differs, and the hosts keep serving the first configuration: unregister it first
+    (``client.unregister_worker_plugin(name, nanny=True)``; its instances stop ``linger`` s
+    later) or use another name. Only workers with a Nanny are served: with
+    ``LocalCluster(processes=False)`` or ``dask worker --no-nanny``, Dask has no Nanny to run
+    this plugin in, ``register_plugin`` does nothing, and :func:`reader` and :func:`publish`
+    raise errors that say so.
     """
 
-    idempotent = True
+    # Not idempotent: Dask would drop a second registration before any Nanny sees it, so one
+    # with another memory_limit was ignored without a word; setup tells the two cases apart.
+    idempotent = False
 
-    def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None,
-                 store_dir: str | os.PathLike | None = None, memory_limit: int = DEFAULT_LIMIT,
+    def __init__(self, name: str, *, data_dir: str | os.PathLike[str] | None = None,
+                 store_dir: str | os.PathLike[str] | None = None, memory_limit: int = DEFAULT_LIMIT,
                  placement: Mapping[int, Iterable[str]] | None = None, linger: float = 2.0,
                  start_timeout: float = host.START_TIMEOUT) -> None:
         self.name = host.check_plugin_name(name)  # Dask's key for the plugin, too
@@ -114,12 +129,6 @@ class ShmpoolPlugin(NannyPlugin):
             raise InvalidArgument(argument="linger", value=(linger, start_timeout), reason="must be >= 0 and > 0")
         self.linger = float(linger)
         self.start_timeout = float(start_timeout)
-        self._states: dict[int, _NannyState] = {}  # per Nanny: LocalCluster runs several in one process
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_states"] = {}  # sockets and threads stay where they were made
-        return state
 
     def config_for(self, host_name: str) -> host.HostConfig:
         store = self.store_dir or str(runtime_dir() / f"{self.name}.dask-store")
@@ -127,27 +136,32 @@ class ShmpoolPlugin(NannyPlugin):
         return host.HostConfig(plugin=self.name, data_dir=self.data_dir, store_dir=store,
                                memory_limit=self.memory_limit, linger=self.linger, elsewhere=elsewhere)
 
-    async def setup(self, nanny) -> None:
+    async def setup(self, nanny: Any) -> None:
         host_name = host_key(nanny.env)
         instance = host.instance_name(self.name, host_name)
         config = self.config_for(host_name)
+        held = _nanny_states.get((id(nanny), self.name))
+        if held is not None:
+            if held.config != config:
+                raise _conflict(self.name, held.config, config)
+            return  # the same registration again: this Nanny holds its lease already
         Path(config.store_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         # Blocking file locks and a process start: off the Nanny's event loop.
         lease = await asyncio.to_thread(self._open_lease, instance, config)
         closing = threading.Event()
         watcher = threading.Thread(target=self._watch, args=(lease, config, closing), daemon=True,
                                    name=f"shmpool-dask-lease-{instance}")
-        self._states[id(nanny)] = _NannyState(instance, config, lease, watcher, closing)
+        _nanny_states[(id(nanny), self.name)] = _NannyState(instance, config, lease, watcher, closing)
         watcher.start()
         if self.placement:
             served = {resource(d): RESOURCE_UNITS for d, hosts in self.placement.items() if host_name in hosts}
             nanny.resources = {**(nanny.resources or {}), **served}
-        await nanny.scheduler.set_metadata(keys=[_METADATA, self.name],
+        await nanny.scheduler.set_metadata(keys=[host.METADATA_KEY, self.name],
                                            value={"store_dir": config.store_dir})
         logger.info("Nanny {} leases shmpool instance {!r} of host {!r}", nanny.address, instance, host_name)
 
-    def teardown(self, nanny) -> None:
-        state = self._states.pop(id(nanny), None)
+    def teardown(self, nanny: Any) -> None:
+        state = _nanny_states.pop((id(nanny), self.name), None)
         if state is None:
             return
         state.closing.set()
@@ -159,6 +173,15 @@ class ShmpoolPlugin(NannyPlugin):
         while True:
             host.ensure_host(instance, config, self.start_timeout)
             try:
+                running = host.call(instance, {"op": "config"})
+                serving = host.HostConfig.from_json(running["config"])
+                if serving != config:
+                    if running["leases"]:
+                        raise _conflict(self.name, serving, config)
+                    # Unregistered a moment ago and lingering: it would stop by itself; stop
+                    # it now and start the one this registration describes.
+                    host.stop_host(instance, self.start_timeout)
+                    continue
                 return host.Lease(instance).open()
             except AttachError:
                 # It was stopping (lingered out) between ready and our connect: start it again.
@@ -168,6 +191,7 @@ class ShmpoolPlugin(NannyPlugin):
 
     def _watch(self, lease: host.Lease, config: host.HostConfig, closing: threading.Event) -> None:
         """Restart the host's daemon if it dies under a live lease (it catches up at start)."""
+        failures = 0
         while not closing.is_set():
             sock = lease.sock
             try:
@@ -178,18 +202,34 @@ class ShmpoolPlugin(NannyPlugin):
                 return
             if data:
                 continue
-            logger.warning("shmpool instance {!r} went away under a lease: restarting it", lease.instance)
+            if not failures:
+                logger.warning("shmpool instance {!r} went away under a lease: restarting it", lease.instance)
             lease.close()
             try:
                 fresh = self._open_lease(lease.instance, config)
-            except Exception:
-                logger.exception("could not restart shmpool instance {!r}; retrying", lease.instance)
-                time.sleep(1.0)
+            except Exception as exc:
+                # The traceback once; then one line per try, further apart each time.
+                if not failures:
+                    logger.exception("could not restart shmpool instance {!r}; retrying", lease.instance)
+                else:
+                    logger.warning("shmpool instance {!r} still cannot start: {}", lease.instance, exc)
+                failures += 1
+                closing.wait(min(2.0 ** failures, 30.0))
                 continue
+            failures = 0
             if closing.is_set():  # torn down while we reconnected: this lease must not outlive it
                 fresh.close()
                 return
             lease.sock = fresh.sock
+
+
+def _conflict(name: str, serving: host.HostConfig, wanted: host.HostConfig) -> InvalidArgument:
+    changed = ", ".join(f"{f}={getattr(serving, f)!r} (this registration: {getattr(wanted, f)!r})"
+                        for f in serving.__dataclass_fields__ if getattr(serving, f) != getattr(wanted, f))
+    return InvalidArgument(argument="ShmpoolPlugin", value=name,
+                           reason=f"a ShmpoolPlugin of this name already serves this host with other settings: "
+                                  f"{changed}; unregister it first (client.unregister_worker_plugin({name!r}, "
+                                  f"nanny=True)) or register under another name")
 
 
 # ----------------------------------------------------------------- in tasks (each worker process)
@@ -259,213 +299,54 @@ def _attach(instance: str, timeout: float) -> Reader:
         time.sleep(0.02)
 
 
-_instances: dict[tuple[str | None, str], str] = {}  # (plugin name, host key) -> instance name
+_named: dict[tuple[str, str], str] = {}                 # (plugin name, host key) -> instance name
+_only: dict[str, tuple[int, str]] = {}                  # host key -> (runtime folder mtime, the one instance)
 
 
 def _instance_for(name: str | None) -> str:
-    # Resolved once per process: reader() runs in every task, and the lookup behind name=None
-    # lists the runtime folder (measured: 220 us of a 20-layer task's 234 us before the cache).
+    # reader() runs in every task; listing the runtime folder behind name=None cost 220 us of a
+    # 20-layer task's 234 us. So the answer is kept while the folder's mtime stands still: a
+    # plugin starting or stopping on this host writes or removes its ready file there, which
+    # moves it (one stat, ~1 us), and the next call looks again.
     here = host_key()
-    found = _instances.get((name, here))
+    if name is not None:
+        found = _named.get((name, here))
+        if found is None:
+            found = _named[(name, here)] = host.instance_name(name, here)
+        return found
+    stamp = os.stat(_runtime_folder()).st_mtime_ns
+    cached = _only.get(here)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    only = _resolve(here)
+    _only[here] = (stamp, only)
+    return only
+
+
+_folders: dict[str | None, str] = {}  # SHMPOOL_RUNTIME_DIR -> the runtime folder it resolved to
+
+
+def _runtime_folder() -> str:
+    # runtime_dir() checks the folder's owner and mode each call (12 us); its identity does not
+    # change while the environment does not, so a task pays one stat (2 us), not that.
+    key = os.environ.get("SHMPOOL_RUNTIME_DIR")
+    found = _folders.get(key)
     if found is None:
-        found = _instances[(name, here)] = _resolve(name, here)
+        found = _folders[key] = str(runtime_dir())
     return found
 
 
-def _resolve(name: str | None, here: str) -> str:
-    if name is not None:
-        return host.instance_name(name, here)
-    suffix = host.instance_name("x", here)[1:]  # "-<digest>"
-    found = sorted({Path(p).name.split(".dask.", 1)[0]
-                    for p in glob.glob(str(runtime_dir() / f"*{suffix}.dask.spawn.lock"))})
-    if len(found) > 1:
-        live = [i for i in found if host.ready_pid(i) is not None]
-        found = live if live else found
+def _resolve(here: str) -> str:
+    """The one live plugin instance of host ``here``: its daemon's ready file names a live pid.
+
+    Not spawn.lock files: filelock leaves them behind, and a host that ran nine plugins in a
+    day has nine, named as if they served."""
+    found = host.live_instances(here)
     if not found:
-        raise AttachError(name=f"*{suffix}", reason=f"no ShmpoolPlugin serves host {here!r}; register one "
-                                                    "with client.register_plugin(ShmpoolPlugin(name, ...))")
+        raise AttachError(name=host.instance_name("x", here)[1:], reason=(
+            f"no ShmpoolPlugin serves host {here!r}: register one with client.register_plugin("
+            f"ShmpoolPlugin(name, ...)); {host.NO_NANNY_HINT}"))
     if len(found) > 1:
         raise InvalidArgument(argument="name", value=None,
                               reason=f"several shmpool plugins serve host {here!r} ({', '.join(found)}): name one")
     return found[0]
-
-
-def _host_state(plugin: str, dimension_id: int) -> dict:
-    """Run on a worker by publish: this host, its instance's generation of the dimension."""
-    instance = host.instance_name(plugin, host_key())
-    reply = host.call(instance, {"op": "generations"})
-    return {"host": host_key(), "instance": instance,
-            "generation": int(reply["generations"].get(str(dimension_id), 0))}
-
-
-def _store_write(store_dir: str, dimension_id: int, generation: int, data: bytes) -> str:
-    path = host.store_file(store_dir, dimension_id, generation)
-    write_atomically(path, [data], mode=0o600)  # hosts rescanning the store see all of it or nothing
-    return str(path)
-
-
-def _store_newest(store_dir: str, dimension_id: int) -> int:
-    return host.store_generations(store_dir).get(dimension_id, (0, None))[0]
-
-
-def _store_prune(store_dir: str, dimension_id: int, keep: int) -> int:
-    removed = 0
-    for entry in glob.glob(os.path.join(store_dir, f"d{dimension_id}.g*.region")):
-        gen = int(Path(entry).name.split(".g", 1)[1].split(".", 1)[0])
-        if gen < keep:
-            os.unlink(entry)
-            removed += 1
-    return removed
-
-
-def _host_publish(plugin: str, dimension_id: int, generation: int, path: str) -> dict:
-    instance = host.instance_name(plugin, host_key())
-    reply = host.call(instance, {"op": "publish", "dimension_id": dimension_id, "generation": generation,
-                                 "file": path})
-    return {"host": host_key(), "generation": reply["generation"], "serves": reply["serves"]}
-
-
-# ----------------------------------------------------------------- publishing (in the client)
-
-def publish(client, dimension_id: int, name: str, layers: Mapping[int, Any] | Iterable[tuple[int, Any]],
-            *, plugin: str | None = None, timeout: float = 120.0) -> int:
-    """Crystallize the same content on every host; returns its generation, the same everywhere.
-
-    Blocking. ``layers`` maps layer ids to content (bytes, or str for text), or is an iterable
-    of ``(layer_id, content)`` or ``(layer_id, content, {"frequency": .., "keywords": ..})``.
-    The region is built here, written once to the store through a worker, then every host
-    serving the dimension (all, unless placed) publishes it under one generation: one more than
-    the highest any host or the store has. When this returns, a task submitted after it sees the
-    new content on whichever host it runs. Concurrent publishes are serialized by a Dask Lock.
-    Raises InvalidArgument/InvalidLayer for bad input (nothing written), AttachError if a host's
-    instance does not answer, and GenerationNotNewer if a host moved past the agreed generation
-    (someone published without this function).
-    """
-    dimension_id = as_id(dimension_id, "dimension_id")
-    plugin, store_dir = _plugin_of(client, plugin)
-    data = _build(dimension_id, name, layers)
-    with Lock(f"shmpool-publish-{plugin}", scheduler_rpc=client.scheduler, loop=client.loop):
-        hosts = client.run(_host_state, plugin, dimension_id)
-        if not hosts:
-            raise AttachError(name=plugin, reason="the cluster has no workers to publish through")
-        by_host: dict[str, str] = {}
-        for address, state in sorted(hosts.items()):
-            by_host.setdefault(state["host"], address)
-        some = next(iter(by_host.values()))
-        stored = client.submit(_store_newest, store_dir, dimension_id, workers=[some], pure=False).result(timeout)
-        generation = max([stored] + [s["generation"] for s in hosts.values()]) + 1
-        # Scattered to the one worker that writes it, rather than embedded in the task graph.
-        (payload,) = client.scatter([data], workers=[some], hash=False)
-        path = client.submit(_store_write, store_dir, dimension_id, generation, payload, workers=[some],
-                             pure=False).result(timeout)
-        del payload
-        replies = client.run(_host_publish, plugin, dimension_id, generation, path, workers=list(by_host.values()))
-        served = {r["host"]: r["generation"] for r in replies.values() if r["serves"]}
-        if not served:
-            raise InvalidArgument(argument="dimension_id", value=dimension_id,
-                                  reason=f"no host of plugin {plugin!r} serves it (placement)")
-        wrong = {h: g for h, g in served.items() if g != generation}
-        if wrong:
-            raise AttachError(name=plugin, reason=f"hosts {wrong} did not publish generation {generation}")
-        client.submit(_store_prune, store_dir, dimension_id, generation, workers=[some], pure=False).result(timeout)
-    logger.info("published dimension {} ({!r}) as generation {} on hosts {}", dimension_id, name, generation,
-                sorted(served))
-    return generation
-
-
-def _plugin_of(client, plugin: str | None) -> tuple[str, str]:
-    known = client.get_metadata([_METADATA], default={})
-    if plugin is None:
-        if len(known) != 1:
-            raise InvalidArgument(argument="plugin", value=None,
-                                  reason=f"name the ShmpoolPlugin to publish through; registered: {sorted(known)}")
-        plugin = next(iter(known))
-    if plugin not in known:
-        raise InvalidArgument(argument="plugin", value=plugin,
-                              reason=f"no Nanny runs this ShmpoolPlugin; registered: {sorted(known)}")
-    return plugin, known[plugin]["store_dir"]
-
-
-def _build(dimension_id: int, name: str, layers) -> bytes:
-    builder = RegionBuilder(dimension_id, name)
-    items = layers.items() if isinstance(layers, Mapping) else layers
-    for item in items:
-        layer_id, content, *rest = item
-        options = rest[0] if rest else {}
-        builder.add_layer(layer_id, content, **options)
-    return builder.to_bytes()
-
-
-# ----------------------------------------------------------------- results leaving a worker
-
-class _Detached:
-    """Metadata of a context whose bytes were copied out of shared memory (row is always 0)."""
-
-    __slots__ = ("generation", "name", "_frequency", "_keywords", "_is_text", "_crc32")
-
-    def __init__(self, meta: dict) -> None:
-        self.generation = int(meta["generation"])
-        self.name = str(meta["name"])
-        self._frequency = float(meta["frequency"])
-        self._keywords = tuple(str(k) for k in meta["keywords"])
-        self._is_text = bool(meta["is_text"])
-        self._crc32 = int(meta["crc32"])
-
-    def frequency(self, _row: int) -> float:
-        return self._frequency
-
-    def keywords(self, _row: int) -> tuple[str, ...]:
-        return self._keywords
-
-    def is_text(self, _row: int) -> bool:
-        return self._is_text
-
-    def crc32(self, _row: int) -> int:
-        return self._crc32
-
-
-def _meta(ctx: LoadedContext) -> dict:
-    return {"dimension_id": ctx.dimension_id, "layer_id": ctx.layer_id, "generation": ctx.generation,
-            "name": ctx.dimension_name, "frequency": ctx.frequency, "keywords": list(ctx.keywords),
-            "is_text": ctx.is_text, "crc32": ctx.crc32}
-
-
-def _rebuilt(meta: dict, frame) -> LoadedContext:
-    content = memoryview(frame).cast("B").toreadonly()
-    return LoadedContext(int(meta["dimension_id"]), int(meta["layer_id"]), content, _Detached(meta), 0)
-
-
-# The content goes out as a frame: the comm writes it straight from shared memory (the frame
-# keeps the generation pinned until it is sent) and nothing is pickled. The receiver gets a
-# context over its own copy of the bytes, with the same metadata and verify().
-@dask_serialize.register(LoadedContext)
-def _serialize_context(ctx: LoadedContext) -> tuple[dict, list]:
-    return {"context": _meta(ctx)}, [ctx.content]
-
-
-@dask_deserialize.register(LoadedContext)
-def _deserialize_context(header: dict, frames: list) -> LoadedContext:
-    return _rebuilt(header["context"], frames[0])
-
-
-@dask_serialize.register(ContextCollection)
-def _serialize_collection(coll: ContextCollection) -> tuple[dict, list]:
-    missing = [[m.position, m.dimension_id, m.layer_id, m.reason] for m in coll.missing]
-    return {"contexts": [_meta(c) for c in coll.contexts], "missing": missing}, [c.content for c in coll.contexts]
-
-
-@dask_deserialize.register(ContextCollection)
-def _deserialize_collection(header: dict, frames: list) -> ContextCollection:
-    contexts = [_rebuilt(meta, frame) for meta, frame in zip(header["contexts"], frames)]
-    missing = [MissingStep(int(p), int(d), int(l), str(r)) for p, d, l, r in header["missing"]]
-    return ContextCollection(contexts, missing)
-
-
-@sizeof.register(LoadedContext)
-def _sizeof_context(ctx: LoadedContext) -> int:
-    return len(ctx.content) + 200  # what it costs once it leaves the host (a copy)
-
-
-@sizeof.register(ContextCollection)
-def _sizeof_collection(coll: ContextCollection) -> int:
-    return coll.total_bytes + 200 * (len(coll.contexts) + len(coll.missing) + 1)

@@ -29,6 +29,7 @@ __all__ = [
     "UnsafeRuntimeDir",
     "InstanceExists",
     "LockTimeout",
+    "ReaderForked",
     "InvalidLayer",
     "RequestTooLarge",
     "JobError",
@@ -139,13 +140,15 @@ class SharedMemoryFull(AllocationFailed):
     filesystem: str
     size: int
     free: int
+    advice: str
 
-    def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int) -> None:
+    def __init__(self, *, nbytes: int, what: str, filesystem: str, size: int, free: int,
+                 advice: str = "lower the memory limit (--memory-limit)") -> None:
+        # ``advice``: what shrinks this object; the memory limit bounds the pools, not the job board.
         reason = (f"the shared-memory filesystem {filesystem} has no room for {what} ({free} of {size} "
-                  f"bytes free); give it more room (docker run --shm-size) or lower the memory limit "
-                  f"(--memory-limit)")
+                  f"bytes free); give it more room (docker run --shm-size) or {advice}")
         ShmPoolError.__init__(self, f"cannot allocate {nbytes} bytes: {reason}", nbytes=nbytes, what=what,
-                              filesystem=filesystem, size=size, free=free)
+                              filesystem=filesystem, size=size, free=free, advice=advice)
         self.reason = reason
         self.pools = ()
         self.kind = AllocationFailure.SHM_FULL
@@ -179,15 +182,18 @@ class InvalidHandle(ShmPoolError):
 
 
 class LayerNotFound(ShmPoolError, LookupError):
-    """The dimension exists but holds no layer with that id."""
+    """The dimension exists but holds no layer with that id.
+
+    ``layer_id`` is the id asked for, or the repr of the str key asked for (Reader.get).
+    """
 
     dimension_id: int
-    layer_id: int
+    layer_id: int | str
     generation: int
     layer_count: int
     sample_ids: tuple[int, ...]
 
-    def __init__(self, *, dimension_id: int, layer_id: int, generation: int = 0,
+    def __init__(self, *, dimension_id: int, layer_id: int | str, generation: int = 0,
                  layer_count: int = 0, sample_ids: Sequence[int] = ()) -> None:
         known = f"; layer ids include {_preview(sample_ids)}" if sample_ids else ""
         super().__init__(
@@ -199,12 +205,16 @@ class LayerNotFound(ShmPoolError, LookupError):
 
 
 class DimensionNotFound(ShmPoolError, LookupError):
-    """No dimension with that id is published."""
+    """No dimension with that id is published.
 
-    dimension_id: int
-    available: tuple[int, ...]
+    Asked by name (Reader.dimension_id), ``dimension_id`` is the name's repr and ``available``
+    lists the published dimensions as "'name' (id)" strings.
+    """
 
-    def __init__(self, *, dimension_id: int, available: Sequence[int] = ()) -> None:
+    dimension_id: int | str
+    available: tuple[int, ...] | tuple[str, ...]
+
+    def __init__(self, *, dimension_id: int | str, available: Sequence[int] | Sequence[str] = ()) -> None:
         super().__init__(
             f"dimension {dimension_id} not found (available: {_preview(sorted(available)) or 'none'})",
             dimension_id=dimension_id, available=tuple(available),
@@ -258,6 +268,22 @@ class ReaderClosed(AttachError):
                                     f"lookups; contexts it returned stay valid while held",
                               name=name, slot=slot)
         self.reason = "this reader is closed"  # as an AttachError has
+
+
+class ReaderForked(AttachError):
+    """A Reader inherited through ``fork()`` whose row could not be handed over to the child.
+
+    The child normally gets a reader row of its own at fork (docs/usage.md, "Processes and
+    fork"); when it could not (the table lock stayed taken, every row was in use, or the child
+    ran too late to take the row over), the inherited Reader refuses lookups with this error,
+    and the contexts and snapshots inherited with it are not protected any more: attach again."""
+
+    def __init__(self, *, name: str, pid: int, parent_pid: int, reason: str) -> None:
+        ShmPoolError.__init__(self, f"reader of shmpool instance {name!r} was inherited through fork() by pid "
+                                    f"{pid} (parent pid {parent_pid}) and has no reader row of its own: "
+                                    f"{reason}; call shmpool.attach() again in this process, and do not use "
+                                    f"contexts or snapshots inherited from the parent",
+                              name=name, pid=pid, parent_pid=parent_pid, reason=reason)
 
 
 class UntrustedObject(AttachError):
@@ -314,10 +340,13 @@ class InstanceExists(ShmPoolError):
 
     name: str
     owner_pid: int | None
+    reason: str
 
-    def __init__(self, *, name: str, owner_pid: int | None = None) -> None:
+    def __init__(self, *, name: str, owner_pid: int | None = None, reason: str = "") -> None:
         owner = f" (owner pid {owner_pid})" if owner_pid else ""
-        super().__init__(f"shmpool instance {name!r} is already running{owner}", name=name, owner_pid=owner_pid)
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"shmpool instance {name!r} is already running{owner}{detail}", name=name,
+                         owner_pid=owner_pid, reason=reason)
 
 
 class LockTimeout(ShmPoolError, TimeoutError):

@@ -108,6 +108,10 @@ def parent(name: str, out_dir: str, parent_exits: bool) -> None:
     report["during"] = [f.result(30) for f in during]
     _, status = os.waitpid(child, 0)
     report["child_status"] = status
+    # The child dropped its copy of our client, reader included: our reader row must be ours still.
+    reader = client.reader
+    report["reader_row_kept"] = any(row["slot"] == reader._slot and row["pid"] == os.getpid()
+                                    for row in reader._map._registry.live())
     report["after"] = [f.result(30) for f in [client.submit(pow, i, 3) for i in range(50)]]
     report["after_calls"] = [client.call(pow, i, 2, timeout=30) for i in range(20)]
     report["channels_after"] = _my_channels(name)

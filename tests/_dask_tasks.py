@@ -60,3 +60,13 @@ def slow_read_on(host_key: str, seconds: float, dimension_id: int, layer_id: int
     if sd.host_key() == host_key:
         time.sleep(seconds)
     return read(dimension_id, layer_id)
+
+
+def instance_of(plugin: str) -> str:
+    return sd.reader(plugin).name
+
+
+def read_pinned(pinned, dimension_id: int, layer_id: int) -> dict:
+    ctx = pinned.load_layer_context(dimension_id, layer_id)
+    return {"host": sd.host_key(), "generation": ctx.generation, "content": bytes(ctx.content),
+            "verified": ctx.verify(), "shared": ctx.generation == sd.reader().generation(dimension_id)}

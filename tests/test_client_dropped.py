@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import pytest
 from _waiting import wait_for
@@ -52,3 +53,16 @@ def test_a_dropped_client_with_a_job_in_flight_releases_once_the_job_is_settled(
         gc.collect()
         wait_for(lambda: coord._board.counts()["clients"] == 0, 10, "the channel released")
         wait_for(lambda: coord._board.counts()["free"] == 8, 10, "the slot freed")
+
+
+def test_a_future_kept_after_its_client_was_dropped_still_gets_its_result(instance_name):
+    with Coordinator(instance_name, workers=1, max_clients=CHANNELS, job_slots=8) as coord:
+        client = shmpool.connect(instance_name, timeout=5)
+        kept = client.submit(time.sleep, 0.5)  # still running when the client goes
+        squares = [client.submit(pow, i, 2) for i in range(4)]
+        del client
+        gc.collect()
+        assert kept.result(10) is None
+        assert [f.result(10) for f in squares] == [0, 1, 4, 9]
+        wait_for(lambda: coord._board.counts()["clients"] == 0, 10, "the channel released")
+        wait_for(lambda: not _client_threads(instance_name), 10, "the completion thread ended")

@@ -74,6 +74,7 @@ def test_a_forked_child_is_refused_and_its_parent_keeps_its_channel_and_results(
     workers = coord._pool.pids()
     _assert_child_refused_then_worked_alone(child, workers)
     assert parent_report["child_status"] == 0
+    assert parent_report["reader_row_kept"], "the child's drop of the inherited client released our reader row"
     # The parent lost nothing: every answer reached it, its channel is the one it had.
     assert parent_report["during"] == [i * i for i in range(50)]
     assert parent_report["after"] == [i ** 3 for i in range(50)]

@@ -200,8 +200,8 @@ def test_publish_rejects_bad_input_before_writing_anything(cluster):
     with pytest.raises(InvalidArgument):
         sd.publish(client, 78, "x", {1: b"a"}, plugin="no-such-plugin")
     with pytest.raises(InvalidLayer) as err:
-        sd.publish(client, 78, "x", {"one": b"a"})
-    assert err.value.dimension_id == 78 and err.value.layer_id == "one"
+        sd.publish(client, 78, "x", {1.5: b"a"})  # a str is a key (issue 23); a float is no id
+    assert err.value.dimension_id == 78 and err.value.layer_id == 1.5
     assert sorted(os.listdir(cluster["store"])) == before
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, Protocol, Sequence, Union, overload
 
 import numpy as np
 
@@ -18,9 +18,32 @@ from . import arrays
 from ..errors import InvalidArgumentType
 from ..substrate.ids import as_id
 
-__all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step"]
+__all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step", "LayerMetadata"]
 
 Step = tuple[int, int]
+
+
+class LayerMetadata(Protocol):
+    """What a LoadedContext reads from the object it was made from, by the layer's row there.
+
+    A mapped Generation is the usual one (holding it also keeps the generation pinned); heap
+    layers of a proto dimension, contexts copied out of shared memory (shmpool.dask) and region
+    files of a dask store answer the same questions from their own storage.
+    """
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def frequency(self, row: int) -> float: ...
+
+    def keywords(self, row: int) -> tuple[str, ...]: ...
+
+    def is_text(self, row: int) -> bool: ...
+
+    def crc32(self, row: int) -> int: ...
 
 
 class LoadedContext:
@@ -28,7 +51,13 @@ class LoadedContext:
 
     __slots__ = ("dimension_id", "layer_id", "content", "_gen", "_row")
 
-    def __init__(self, dimension_id: int, layer_id: int, content: memoryview, gen, row: int) -> None:
+    dimension_id: int
+    layer_id: int
+    content: memoryview
+    _gen: LayerMetadata
+    _row: int
+
+    def __init__(self, dimension_id: int, layer_id: int, content: memoryview, gen: LayerMetadata, row: int) -> None:
         self.dimension_id = dimension_id
         self.layer_id = layer_id
         self.content = content
@@ -115,7 +144,13 @@ class NavigationPath(Sequence[Step]):
     def of(cls, steps: Union["NavigationPath", Iterable[Step]]) -> "NavigationPath":
         return steps if isinstance(steps, NavigationPath) else cls(steps)
 
-    def __getitem__(self, i):
+    @overload
+    def __getitem__(self, i: int) -> Step: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Step]: ...
+
+    def __getitem__(self, i: int | slice) -> Step | Sequence[Step]:
         return self._steps[i]
 
     def __iter__(self) -> Iterator[Step]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import posix_ipc
@@ -33,10 +34,12 @@ from loguru import logger
 
 from ..substrate._proc import is_alive
 from ..errors import AttachError, GenerationTimeout, ShmPoolError
-from ..substrate.instance import SharedInstance
 from ..substrate.layout import RD, STATE_RUNNING, W, Control
 from ..substrate.names import semaphore_name
 from ..substrate.trust import open_semaphore
+
+if TYPE_CHECKING:
+    from ..substrate.instance import SharedInstance
 
 __all__ = ["GenerationWaiter", "GenerationNotifier", "SLICE", "wait_semaphore_name"]
 
@@ -55,7 +58,7 @@ def _open_or_create(instance: str, slot: int) -> posix_ipc.Semaphore:
         return open_semaphore(name, instance=instance)  # a previous holder's: ours and 0600, or refused
 
 
-def _settle(fut: asyncio.Future[int], value: int | BaseException) -> None:
+def _settle(fut: "asyncio.Future[int]", value: int | BaseException) -> None:
     if not fut.done():
         if isinstance(value, BaseException):
             fut.set_exception(value)
@@ -66,7 +69,7 @@ def _settle(fut: asyncio.Future[int], value: int | BaseException) -> None:
 class GenerationWaiter:
     """The waiting side, one per Reader: the row's semaphore and the dispatcher thread."""
 
-    def __init__(self, inst: SharedInstance, slot: int) -> None:
+    def __init__(self, inst: "SharedInstance", slot: int) -> None:
         self._name = inst.name
         self._ctl: Control = inst.control
         self._row = inst.control.readers[slot]
@@ -75,7 +78,7 @@ class GenerationWaiter:
         self._sem = _open_or_create(inst.name, slot)
         self._cond = threading.Condition()
         self._sync = 0                     # threads inside wait()
-        self._futures: dict[asyncio.Future[int], tuple[asyncio.AbstractEventLoop, int, int]] = {}
+        self._futures: dict["asyncio.Future[int]", tuple[asyncio.AbstractEventLoop, int, int]] = {}
         self._error: ShmPoolError | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -90,54 +93,45 @@ class GenerationWaiter:
             self._start_locked()
             try:
                 while True:
-                    g = self._generation_locked(pos)
-                    if g > after:
-                        return g
+                    # The error first: close() sets it under this condition before its Reader
+                    # unmaps, so while we hold the condition and see none, the views are mapped.
                     if self._error is not None:
                         raise self._error
+                    g = int(self._dir[pos])
+                    if g > after:
+                        return g
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        assert timeout is not None  # a deadline comes from a timeout
                         raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
-                                                timeout=timeout)
+                                                timeout=timeout or 0.0)
                     self._cond.wait(remaining)  # the dispatcher notifies after every wake-up
             finally:
                 self._sync -= 1
 
     async def wait_async(self, dimension_id: int, pos: int, after: int, timeout: float | None) -> int:
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        with self._cond:
-            # Look and register under the condition: a post that lands between the two is handled
-            # by the dispatcher only after it can see this future (_wake_all_locked).
-            g = self._generation_locked(pos)
-            if g > after:
-                return g
+        fut: "asyncio.Future[int]" = loop.create_future()
+        with self._cond:  # every read of the views under the condition, after the error: as wait()
             if self._error is not None:
                 raise self._error
+            g = int(self._dir[pos])
+            if g > after:
+                return g
             self._futures[fut] = (loop, pos, after)
             self._start_locked()
-            self._cond.notify_all()
+            self._cond.notify_all()  # the dispatcher looks once after arming: nothing published is missed
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            assert timeout is not None  # wait_for(fut, None) never times out
             with self._cond:
-                g = self._generation_locked(pos)
+                if self._error is not None:
+                    raise self._error from None
+                g = int(self._dir[pos])
             raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
-                                    timeout=timeout) from None
+                                    timeout=timeout or 0.0) from None
         finally:
             with self._cond:
                 self._futures.pop(fut, None)
-
-    def _generation_locked(self, pos: int) -> int:
-        """The generation word at ``pos``, read with the condition held. Once closed, the error
-        instead: the Reader unmaps the directory right after close() returns, and a waiter that
-        wakes late must not read a released view (it raised a raw ValueError, 4 times in 200)."""
-        if self._closed:
-            assert self._error is not None  # close() sets both under the condition
-            raise self._error
-        return int(self._dir[pos])
 
     def close(self, error: ShmPoolError, *, row_ours: bool = True) -> None:
         """Fail every waiter with ``error`` and stop the dispatcher (idempotent; the semaphore
@@ -155,9 +149,7 @@ class GenerationWaiter:
         self._sem.release()  # out of its sem_wait now rather than at the end of a slice
         if thread is not None and thread is not threading.current_thread():
             thread.join(SLICE * 4)
-            if thread.is_alive():  # a loaded machine: it exits at its next look (closed), touching nothing
-                with self._cond:
-                    self._row_ours = False  # the row may be released and reused once we return
+            if thread.is_alive():
                 logger.debug("generation dispatcher of {!r} still running; semaphore left open", self._name)
                 return
         if row_ours:
@@ -178,10 +170,14 @@ class GenerationWaiter:
         """Every waiter looks at its generation (sync ones are woken; futures are checked here)."""
         self._cond.notify_all()
         for fut, (loop, pos, after) in list(self._futures.items()):
-            g = self._dir[pos]
-            value = g if g > after else self._error
-            if value is None:
-                continue
+            value: int | ShmPoolError
+            if self._error is not None:
+                value = self._error  # not a look at the views: the Reader may unmap once it is set
+            else:
+                g = self._dir[pos]
+                if g <= after:
+                    continue
+                value = g
             del self._futures[fut]
             try:
                 loop.call_soon_threadsafe(_settle, fut, value)
@@ -201,7 +197,8 @@ class GenerationWaiter:
                     return
                 row[RD.WAITING] = words[W.PIN_EPOCH] + 1  # armed: publications from here on post us
             with self._cond:
-                self._wake_all_locked()  # one look after arming: what was published before it
+                if self._error is None:
+                    self._wake_all_locked()  # one look after arming: what was published before it
             try:
                 self._sem.acquire(SLICE)
                 while True:  # drain re-posts, so they do not wake us again later
@@ -212,16 +209,16 @@ class GenerationWaiter:
                 self._fail(AttachError(name=self._name, reason="its generation wait semaphore was removed"))
                 continue
             with self._cond:
-                if self._closed:  # the Reader may have unmapped the words already (close() timed out)
-                    return
-                state, pid, start = words[W.STATE], int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])
-            if state != STATE_RUNNING:
-                self._fail(AttachError(name=self._name, reason="its coordinator stopped"))
-            elif not is_alive(pid, start):
-                self._fail(AttachError(name=self._name, reason=f"its coordinator (pid {pid}) died"))
+                if self._error is not None:
+                    continue  # closed while we slept: the top of the loop leaves, the words unread
+                if words[W.STATE] != STATE_RUNNING:
+                    self._fail(AttachError(name=self._name, reason="its coordinator stopped"))
+                elif not is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])):
+                    self._fail(AttachError(name=self._name, reason=f"its coordinator (pid "
+                                                                   f"{int(words[W.COORDINATOR_PID])}) died"))
 
     def _fail(self, error: ShmPoolError) -> None:
-        with self._cond:
+        with self._cond:  # reentrant: a Condition over an RLock
             if self._error is None:
                 self._error = error
             self._wake_all_locked()
@@ -230,7 +227,7 @@ class GenerationWaiter:
 class GenerationNotifier:
     """The coordinator's side: post the semaphore of every row with a waiter armed."""
 
-    def __init__(self, inst: SharedInstance) -> None:
+    def __init__(self, inst: "SharedInstance") -> None:
         self._name = inst.name
         self._ctl: Control = inst.control
         self._sems: dict[int, posix_ipc.Semaphore] = {}
@@ -247,7 +244,7 @@ class GenerationNotifier:
         waiting = rows[:, RD.WAITING]
         return self._post(np.flatnonzero((waiting != 0) & (waiting - 1 < epoch) & (rows[:, RD.PID] != 0)))
 
-    def _post(self, slots: np.ndarray) -> int:
+    def _post(self, slots: Iterable[Any]) -> int:
         posted = 0
         for slot in slots:
             slot = int(slot)

@@ -36,12 +36,21 @@ import numpy as np
 
 from ..errors import RegionFormatError
 
-__all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_DTYPE", "SLOT_WORDS", "EMPTY",
-           "POOL_BITS", "Header", "build_table", "probe", "index_nbytes", "write_index", "read_header", "slots_for"]
+__all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_DTYPE", "SLOT_WORDS", "SLOT_SHIFT",
+           "SLOT_KEY", "SLOT_START", "SLOT_END", "SLOT_META", "EMPTY", "POOL_BITS", "POOL_MASK", "Header",
+           "build_table", "probe", "index_nbytes", "write_index", "read_header", "slots_for"]
 
 MAGIC = b"SHMPLIX1"
 VERSION = 1
 SLOT_WORDS = 4        # key, start, end, meta
+SLOT_SHIFT = 2        # slot s starts at word s << SLOT_SHIFT of the table (SLOT_WORDS == 1 << SLOT_SHIFT)
+# The words of a slot, in order (docs/shm-layout.md, "Layer index"): every reader of the table
+# (shmpool/data/generation.py, layer_index.probe, region.Region) indexes them by these names.
+SLOT_KEY = 0          # the layer id, or EMPTY
+SLOT_START = 1        # first byte of the layer's content in its pool segment
+SLOT_END = 2          # one past its last byte
+SLOT_META = 3         # row << POOL_BITS | pool; inverted (negative) for a compressed layer; EMPTY if empty
+assert SLOT_KEY == 0 and SLOT_WORDS == 1 << SLOT_SHIFT == SLOT_META + 1  # the hot paths read a key as table[j]
 EMPTY = -1            # key of an empty slot; its meta is -1 too (slow path)
 POOL_BITS = 16        # meta = row << POOL_BITS | pool
 POOL_MASK = (1 << POOL_BITS) - 1
@@ -124,22 +133,22 @@ def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.nd
     n = len(ids)
     slots = slots_for(n) if slots is None else slots
     table = np.empty((slots, SLOT_WORDS), dtype=np.int64)
-    table[:] = (EMPTY, 0, 0, EMPTY)
+    table[:] = (EMPTY, 0, 0, EMPTY)  # SLOT_KEY, SLOT_START, SLOT_END, SLOT_META of an empty slot
     mask = slots - 1
     slot_of = ids & mask
     pending = np.arange(n)
     claim = np.empty(slots, dtype=np.int64)
     while pending.size:
         p = slot_of[pending]
-        free = table[p, 0] == EMPTY
+        free = table[p, SLOT_KEY] == EMPTY
         cand, cp = pending[free], p[free]
         claim[cp] = cand
         won = claim[cp] == cand
         winners, slots_won = cand[won], cp[won]
-        table[slots_won, 0] = ids[winners]
+        table[slots_won, SLOT_KEY] = ids[winners]
         pending = np.concatenate([pending[~free], cand[~won]])
         slot_of[pending] = (slot_of[pending] + 1) & mask
-    table[slot_of, 1], table[slot_of, 2], table[slot_of, 3] = start, end, meta
+    table[slot_of, SLOT_START], table[slot_of, SLOT_END], table[slot_of, SLOT_META] = start, end, meta
     return table, slot_of
 
 
@@ -151,10 +160,10 @@ def probe(table: memoryview, mask: int, key: int) -> int:
         key = int(key)
     if key < 0:
         return -1
-    j = (key & mask) * SLOT_WORDS
-    last = (mask + 1) * SLOT_WORDS - 1
+    j = (key & mask) << SLOT_SHIFT
+    last = ((mask + 1) << SLOT_SHIFT) - 1
     while True:
-        k = table[j]
+        k = table[j + SLOT_KEY]
         if k == key:
             return j
         if k == EMPTY:

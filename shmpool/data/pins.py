@@ -32,11 +32,14 @@ import sys
 import threading
 import time
 from enum import Enum
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
+from ..errors import ReaderForked
+from ..substrate.layout import EXACT_PINS, PIN_COLS, PN, R, RD, RT, W, D, Control
 
-from ..substrate.layout import EXACT_PINS, PN, R, RD, RT, W, D, Control
+if TYPE_CHECKING:
+    from .readers import ForkClaim, ReaderRegistry
 
 __all__ = ["DimensionPins", "RowPins", "PinState", "PinRecord", "pinned_rows", "list_pins"]
 
@@ -56,6 +59,10 @@ class DimensionPins:
     @property
     def held(self) -> set[int]:
         return {g for g in self._exact if g} | self._range
+
+    def rebind(self, words: np.ndarray) -> None:
+        """Keep the same generations in other words (a forked child's row holding the same copy)."""
+        self._words = words
 
     def __len__(self) -> int:
         return sum(1 for g in self._exact if g) + len(self._range)
@@ -103,20 +110,24 @@ class DimensionPins:
 class RowPins:
     """A reader row and the pins in it, which outlive the Reader while anything is held.
 
-    The row is released (``release_row``, which gives the slot back and unmaps) only once its
-    reader is closed *and* no generation is held any more: a LoadedContext kept after
+    The row is released (``release_row(slot)``, which gives the slot back and unmaps) only once
+    its reader is closed *and* no generation is held any more: a LoadedContext kept after
     ``Reader.close()`` keeps its generation pinned, so it never reads reused memory. Thread-safe.
+    Across fork() the child's copy moves to a row of its own (shmpool/data/fork.py).
     """
 
-    def __init__(self, control: Control, slot: int, release_row: Callable[[], None]) -> None:
+    def __init__(self, control: Control, slot: int, release_row: Callable[[int], None],
+                 registry: "ReaderRegistry") -> None:
         self._pins = control.pins
         self.slot = slot
         self._release_row = release_row
+        self._registry = registry
         self._dims: dict[int, DimensionPins] = {}
         self._counts: dict[tuple[int, int], int] = {}  # (entry, generation): holders in this process
         self._lock = threading.RLock()
         self._reader_closed = False
         self._released = False
+        self.lost: ReaderForked | None = None  # set in a forked child whose row could not be handed over
 
     def hold(self, entry: int, generation: int) -> bool:
         """Count one more holder of ``generation`` of ``entry``; True if this published the pin.
@@ -156,9 +167,10 @@ class RowPins:
             if sys.is_finalizing():
                 return  # a thread started now would run into a dismantled interpreter (SIGSEGV seen);
                 # the process is exiting, and the coordinator drops a dead process's row
-            threading.Thread(target=self._release_row, name="shmpool-row-release", daemon=True).start()
+            threading.Thread(target=self._release_row, args=(self.slot,), name="shmpool-row-release",
+                             daemon=True).start()
         else:
-            self._release_row()
+            self._release_row(self.slot)
 
     def hold_all(self, pairs: list[tuple[int, int]]) -> None:
         """:meth:`hold` each (entry, generation), under one acquisition of the lock."""
@@ -187,11 +199,58 @@ class RowPins:
             if self._released or self.held_count():
                 return
             self._released = True
-        self._release_row()
+        self._release_row(self.slot)
 
     @property
     def released(self) -> bool:
         return self._released
+
+    @property
+    def instance(self) -> str:
+        return self._registry.instance
+
+    # ----------------------------------------------------------------- fork (shmpool/data/fork.py)
+
+    def fork_prepare(self, timeout: float | None) -> "ForkClaim | None":
+        """In the forking thread, before fork(): claim a row for the child and copy this row's
+        pin words into it. Returns holding this object's lock (nothing held changes until the
+        fork is done), or None when nothing is held any more (the row was released)."""
+        if self._released:
+            return None
+        claim = self._registry.claim_for_fork(self.slot, timeout)
+        self._lock.acquire()
+        if self._released:  # the last hold went while we claimed
+            self._lock.release()
+            self._registry.unregister(claim.slot)
+            return None
+        # The parent's row pins all of it throughout, so the order of these stores is free.
+        self._pins[claim.slot] = self._pins[self.slot]
+        return claim
+
+    def fork_parent(self) -> None:
+        """In the parent after fork(): the claimed row is the child's business now."""
+        self._lock.release()
+
+    def fork_child(self, claim: "ForkClaim", timeout: float | None) -> bool:
+        """In the child: take the claimed row over and move every pin to it (same words, same
+        generations). False if the row is gone; raises LockTimeout. Unless this returned True,
+        the caller must :meth:`orphan` the object."""
+        self._lock = threading.RLock()  # the parent's was held across fork() by this very thread
+        if not self._registry.take_over(claim, timeout):
+            return False
+        self.slot = claim.slot
+        for entry, dp in self._dims.items():
+            dp.rebind(self._pins[claim.slot, entry])
+        return True
+
+    def orphan(self, error: ReaderForked) -> None:
+        """In a forked child without a row of its own: never write the parent's pins, never
+        release its row. What this process holds is no longer protected (``error`` says why)."""
+        self._lock = threading.RLock()
+        for dp in self._dims.values():
+            dp.rebind(np.zeros(PIN_COLS, np.int64))  # private scratch
+        self._released = True
+        self.lost = error
 
 
 # --------------------------------------------------------------------- coordinator side
@@ -233,7 +292,7 @@ class PinRecord(NamedTuple):
         return d
 
 
-def superseded_regions(control: Control, block_sizes: list[int]) -> dict[tuple[int, int], tuple[int, int, int]]:
+def superseded_regions(control: Control, block_sizes: Sequence[int]) -> dict[tuple[int, int], tuple[int, int, int]]:
     """{(dimension id, generation): (bytes, superseded_ns, superseded_epoch)} of superseded
     generations whose region is still allocated, from the record tags."""
     rec, tags = control.records, control.tags
@@ -249,7 +308,7 @@ def superseded_regions(control: Control, block_sizes: list[int]) -> dict[tuple[i
     return out
 
 
-def list_pins(control: Control, block_sizes: list[int], now_ns: int | None = None) -> list[PinRecord]:
+def list_pins(control: Control, block_sizes: Sequence[int], now_ns: int | None = None) -> list[PinRecord]:
     """Every pin of every attached reader, with its age and the bytes it keeps from being freed.
 
     Reads shared memory only, so ``shmpool stats`` in another process sees what the coordinator

@@ -8,23 +8,42 @@ pins) of readers whose process died, so a crashed reader cannot leak memory.
 Claiming and releasing a row take the table lock (rare); pin updates are single int64 stores
 by the row's owner and need none. So do the row's EPOCH_SEEN and SEEN_NS, which say the reader
 honoured the coordinator's last request to let go of superseded generations.
+
+A row can also be claimed by a process that is about to fork, in its own name, for the child
+(:meth:`ReaderRegistry.claim_for_fork`; the protocol is in shmpool/data/fork.py): RD.HANDOVER_NS
+holds the hand-over's deadline, the sweep spares the row until then even if the claimant died,
+and drops it after then whoever lives.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from loguru import logger
 
 from ..substrate._proc import is_alive, my_identity
-from ..errors import AttachError
+from ..errors import AttachError, LockTimeout
 from ..substrate.layout import RD, W, Control
 from ..substrate.lock import SharedLock
 from .pins import pinned_rows
 
-__all__ = ["ReaderRegistry"]
+__all__ = ["ReaderRegistry", "ForkClaim", "HANDOVER_WINDOW"]
+
+HANDOVER_WINDOW = 30.0  # seconds a forked child has to take over the row claimed for it
+# Seconds close() waits for the table lock to give its row back. Held longer, its holder is
+# stopped or wedged: the row (holding no pins by then) is left to the sweep, which drops it
+# once this process exits, rather than close() waiting as long as the holder stays stopped.
+RELEASE_TIMEOUT = 2.0
+
+
+class ForkClaim(NamedTuple):
+    """A row claimed in the forking process's name for its child (see shmpool/data/fork.py)."""
+    slot: int
+    pid: int           # the claimant (the parent)
+    start: int
+    deadline_ns: int   # RD.HANDOVER_NS: after it, the sweep drops the row whoever lives
 
 
 class ReaderRegistry:
@@ -33,40 +52,120 @@ class ReaderRegistry:
         self._lock = lock
         self._instance = instance
 
-    def register(self) -> int:
-        """Claim a reader row for this process; returns its index."""
+    @property
+    def instance(self) -> str:
+        return self._instance
+
+    def register(self, timeout: float | None = None) -> int:
+        """Claim a reader row for this process; returns its index.
+
+        Raises LockTimeout (naming the holder) if the table lock stays held for ``timeout``
+        seconds (None: wait for ever), AttachError if every row is taken by a live process."""
         ctl = self._ctl
         pid, start = my_identity()
-        with self._lock:
+        self._lock.acquire(timeout)
+        try:
+            slot = self._free_row_locked()
             rows = ctl.readers
-            free = np.flatnonzero(rows[:, RD.PID] == 0)
-            if not len(free):
-                self._reap_dead_locked()
-                free = np.flatnonzero(rows[:, RD.PID] == 0)
-                if not len(free):
-                    raise AttachError(name=self._instance,
-                                      reason=f"all {len(rows)} reader slots are taken by live processes")
-            slot = int(free[0])
-            ctl.pins[slot] = 0
-            rows[slot, RD.START] = start
-            rows[slot, RD.ATTACHED_NS] = time.time_ns()
             # Nothing superseded before it attached can be held by it: it has answered those.
-            rows[slot, RD.EPOCH_SEEN] = ctl.words[W.PIN_EPOCH]
-            rows[slot, RD.SEEN_NS] = time.time_ns()
+            self._fill_locked(slot, start, int(ctl.words[W.PIN_EPOCH]))
             rows[slot, RD.PID] = pid
-            attached = int(ctl.words[W.READERS_ATTACHED]) + 1
-            ctl.words[W.READERS_ATTACHED] = attached
-            ctl.words[W.READERS_PEAK] = max(attached, int(ctl.words[W.READERS_PEAK]))
+        finally:
+            self._lock.release()
         return slot
 
+    def claim_for_fork(self, parent_slot: int, timeout: float | None) -> ForkClaim:
+        """Claim a row in this process's name for a child it is about to fork.
+
+        The row counts as this process's until the child takes it over (:meth:`take_over`) or
+        its deadline passes; the caller copies its pins into it. Raises as :meth:`register`."""
+        ctl = self._ctl
+        pid, start = my_identity()
+        deadline_ns = time.time_ns() + int(HANDOVER_WINDOW * 1e9)
+        self._lock.acquire(timeout)
+        try:
+            slot = self._free_row_locked()
+            rows = ctl.readers
+            # The child holds what the parent held: it has answered what the parent answered.
+            self._fill_locked(slot, start, int(rows[parent_slot, RD.EPOCH_SEEN]))
+            rows[slot, RD.HANDOVER_NS] = deadline_ns
+            rows[slot, RD.PID] = pid
+        finally:
+            self._lock.release()
+        return ForkClaim(slot, pid, start, deadline_ns)
+
+    def take_over(self, claim: ForkClaim, timeout: float | None) -> bool:
+        """In the forked child: make the row claimed for it its own; False if it is gone.
+
+        Under the lock, which the sweep takes too: if the row still carries the claim, it has
+        carried it (and its pins) without a break since the parent claimed it."""
+        rows = self._ctl.readers
+        pid, start = my_identity()
+        self._lock.acquire(timeout)
+        try:
+            row = rows[claim.slot]
+            if (int(row[RD.PID]), int(row[RD.START]), int(row[RD.HANDOVER_NS])) != (
+                    claim.pid, claim.start, claim.deadline_ns):
+                return False
+            row[RD.START] = start
+            row[RD.ATTACHED_NS] = time.time_ns()
+            row[RD.WAITING] = 0
+            row[RD.PID] = pid
+            row[RD.HANDOVER_NS] = 0
+            return True
+        finally:
+            self._lock.release()
+
+    def _free_row_locked(self) -> int:
+        rows = self._ctl.readers
+        free = np.flatnonzero(rows[:, RD.PID] == 0)
+        if not len(free):
+            self._reap_dead_locked()
+            free = np.flatnonzero(rows[:, RD.PID] == 0)
+            if not len(free):
+                raise AttachError(name=self._instance,
+                                  reason=f"all {len(rows)} reader slots are taken by live processes")
+        return int(free[0])
+
+    def _fill_locked(self, slot: int, start: int, epoch_seen: int) -> None:
+        """Every column of a free row but PID, which the caller stores last (PID != 0 is "taken")."""
+        ctl = self._ctl
+        rows = ctl.readers
+        ctl.pins[slot] = 0
+        rows[slot, :] = 0
+        rows[slot, RD.START] = start
+        rows[slot, RD.ATTACHED_NS] = time.time_ns()
+        rows[slot, RD.EPOCH_SEEN] = epoch_seen
+        rows[slot, RD.SEEN_NS] = time.time_ns()
+        attached = int(ctl.words[W.READERS_ATTACHED]) + 1
+        ctl.words[W.READERS_ATTACHED] = attached
+        ctl.words[W.READERS_PEAK] = max(attached, int(ctl.words[W.READERS_PEAK]))
+
     def unregister(self, slot: int) -> None:
+        """Give this process's row back; a row that is not (or no longer) ours is left alone."""
         if self._ctl.readers is None:
             # The instance was closed by its owner first (the coordinator's own reader, whose
             # contexts outlived stop()): the row went with the instance.
             logger.debug("reader slot {} of {!r}: instance already closed", slot, self._instance)
             return
-        with self._lock:
+        pid, start = my_identity()
+        try:
+            self._lock.acquire(RELEASE_TIMEOUT)
+        except LockTimeout as exc:
+            logger.warning("reader slot {} of {!r} not given back ({}); the coordinator drops it when this "
+                           "process exits", slot, self._instance, exc)
+            return
+        try:
+            row = self._ctl.readers[slot]
+            if (int(row[RD.PID]), int(row[RD.START])) != (pid, start):
+                # Swept as dead, or a row this process inherited through fork: never clear
+                # another process's row (its pins keep its contexts' bytes).
+                logger.debug("reader slot {} of {!r} is not this process's any more (pid {}); left alone",
+                             slot, self._instance, int(row[RD.PID]))
+                return
             self._clear_locked(slot)
+        finally:
+            self._lock.release()
 
     def _clear_locked(self, slot: int) -> None:
         ctl = self._ctl
@@ -83,25 +182,38 @@ class ReaderRegistry:
         rows[slot, RD.EPOCH_SEEN] = epoch
 
     def reap_dead(self) -> list[int]:
-        """Drop the rows and pins of dead reader processes; returns their pids."""
+        """Drop the rows and pins of dead reader processes, and fork hand-overs past their
+        deadline; returns their pids."""
         rows = self._ctl.readers
-        if not any(not is_alive(int(rows[s, RD.PID]), int(rows[s, RD.START]))
-                   for s in np.flatnonzero(rows[:, RD.PID])):
+        if not any(self._droppable(rows[s], time.time_ns()) for s in np.flatnonzero(rows[:, RD.PID])):
             return []
         with self._lock:
             return self._reap_dead_locked()
 
+    @staticmethod
+    def _droppable(row: np.ndarray, now_ns: int) -> bool:
+        handover = int(row[RD.HANDOVER_NS])
+        if handover:
+            # Claimed for a forked child: spared while the child may still take it over, even if
+            # the claimant (its parent) died; after the deadline no child will, whoever lives.
+            return now_ns > handover
+        return not is_alive(int(row[RD.PID]), int(row[RD.START]))
+
     def _reap_dead_locked(self) -> list[int]:
         rows = self._ctl.readers
-        dead = []
+        dead: list[int] = []
+        unclaimed: list[int] = []
+        now_ns = time.time_ns()
         for slot in np.flatnonzero(rows[:, RD.PID]):
-            pid, start = int(rows[slot, RD.PID]), int(rows[slot, RD.START])
-            if not is_alive(pid, start):
+            row = rows[slot]
+            if self._droppable(row, now_ns):
+                (unclaimed if row[RD.HANDOVER_NS] else dead).append(int(row[RD.PID]))
                 self._clear_locked(int(slot))
-                dead.append(pid)
         if dead:
             logger.info("dropped reader slots (and their pins) of dead processes {}", dead)
-        return dead
+        if unclaimed:
+            logger.info("dropped reader slots claimed at fork by {} that no child took over", unclaimed)
+        return dead + unclaimed
 
     def holders(self, entry: int, generation: int) -> list[tuple[int, int, int]]:
         """(slot, pid, epoch seen) of every attached reader that pins ``generation`` of ``entry``."""
@@ -115,13 +227,14 @@ class ReaderRegistry:
 
     def live(self) -> list[dict[str, Any]]:
         ctl = self._ctl
-        out = []
+        out: list[dict[str, Any]] = []
         for slot in np.flatnonzero(ctl.readers[:, RD.PID]):
             pins = ctl.pins[slot]
             out.append({
                 "slot": int(slot), "pid": int(ctl.readers[slot, RD.PID]),
                 "attached_ns": int(ctl.readers[slot, RD.ATTACHED_NS]),
                 "epoch_seen": int(ctl.readers[slot, RD.EPOCH_SEEN]),
+                "handover_ns": int(ctl.readers[slot, RD.HANDOVER_NS]),
                 "pins": {int(e): [int(w) for w in pins[e]] for e in np.flatnonzero(pins.any(axis=1))},
             })
         return out

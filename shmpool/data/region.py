@@ -422,7 +422,7 @@ class Region:
             self._table = (built.data.cast("B").cast("q"), len(built) - 1)  # .data: memoryview(built)
         table, mask = self._table
         j = layer_index.probe(table, mask, layer_id)
-        return -1 if j < 0 else table[j + 3]
+        return -1 if j < 0 else table[j + layer_index.SLOT_META]
 
     # ----------------------------------------------------------------- lifetime
 

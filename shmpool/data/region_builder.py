@@ -86,7 +86,7 @@ class RegionBuilder:
 
     # ----------------------------------------------------------------- the layer set
 
-    def add_layer(self, layer_id: int, content: Any, *, frequency: float = 0.0,
+    def add_layer(self, layer_id: int | str, content: Any, *, frequency: float = 0.0,
                   keywords: Iterable[str] = (), text: bool | None = None, compress: bool = False) -> None:
         """Add one layer: ``str`` is stored as UTF-8 text, any byte buffer as binary; empty allowed.
 

@@ -27,17 +27,20 @@ from loguru import logger
 from ..substrate._proc import is_alive
 from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
 from .directory import EVICTED, Directory, Location
-from .layer_index import POOL_BITS, POOL_MASK
+from .layer_index import POOL_BITS, POOL_MASK, SLOT_END, SLOT_META, SLOT_SHIFT, SLOT_START
 from ..errors import (DimensionEvicted, DimensionNotFound, LayerNotFound, ShmPoolError, SnapshotClosed,
                      SnapshotTimeout)
 from ..substrate.ids import as_id
 from ..substrate.layout import TOUCHED_READ, W
 
 if TYPE_CHECKING:
+    from .generation import Generation
+    from .mapping import MappedGenerations
     from .pins import RowPins
-    from .reader import Reader, _Generation
 
 __all__ = ["Snapshot", "SNAPSHOT_TIMEOUT"]
+
+_Fields = tuple[int, int, int, int, int, int]  # a Location's fields, as Directory.read_fields gives them
 
 SNAPSHOT_TIMEOUT = 5.0  # seconds snapshot() waits for a multi-dimension commit to finish
 _ODD_POLL = 0.0002      # a commit is a handful of directory stores: microseconds
@@ -65,39 +68,39 @@ class Snapshot:
     short-lived. Contexts it returned stay valid after it closes. Thread-safe.
     """
 
-    __slots__ = ("_reader", "sequence", "_locations", "_gens", "_dir_mv", "_finalizer", "__weakref__")
+    __slots__ = ("_mapped", "sequence", "_locations", "_gens", "_dir_mv", "_finalizer", "__weakref__")
 
-    def __init__(self, reader: "Reader", sequence: int, locations: dict[int, tuple[int, tuple[int, int, int, int, int, int]]],
+    def __init__(self, mapped: "MappedGenerations", sequence: int, locations: dict[int, tuple[int, _Fields]],
                  holds: list[tuple[int, int]]) -> None:
-        self._reader = reader
+        self._mapped = mapped      # its reader's generations: the row its holds are in, the mapping
         self.sequence = sequence   # the even W.PUBLISH_SEQ of its instant
         self._locations = locations  # {dimension id: (entry, Location fields)}
-        self._gens: dict[int, "_Generation"] = {}
-        self._dir_mv = reader._dir_mv
-        self._finalizer = weakref.finalize(self, _release, reader._pins, holds)
+        self._gens: dict[int, "Generation"] = {}
+        self._dir_mv = mapped.dir_mv
+        self._finalizer = weakref.finalize(self, _release, mapped.pins, holds)
         self._finalizer.atexit = False  # a dead process's pins are dropped by the coordinator
+        mapped.snapshots.add(self)
 
     @classmethod
-    def take(cls, reader: "Reader", timeout: float | None) -> "Snapshot":
+    def take(cls, mapped: "MappedGenerations", timeout: float | None) -> "Snapshot":
         """Read, pin and re-check every published generation within one even PUBLISH_SEQ."""
-        inst, directory, pins = reader._inst, reader._dir, reader._pins
-        words = inst.control.words_mv
-        read = directory.read_fields
+        pins, words = mapped.pins, mapped.words_mv
+        read = mapped.directory.read_fields
         start = time.monotonic()
         odd_since = None
         while True:
-            reader._check_open()
+            mapped.check_open()
             seq = words[W.PUBLISH_SEQ]
             if not seq & 1:
                 odd_since = None
                 # Entries are claimed (W.DIR_VERSION) before their first publish bumps the
                 # sequence, so the entries read after ``seq`` include every one published by then.
-                found = [(dim, entry, read(entry)) for dim, entry in reader._entries().items()]
+                found = [(dim, entry, read(entry)) for dim, entry in mapped.entries().items()]
                 locations = {dim: (entry, fields) for dim, entry, fields in found if fields is not None}
                 holds = [(entry, f[0]) for entry, f in locations.values() if f[3] != EVICTED]
                 pins.hold_all(holds)
                 if words[W.PUBLISH_SEQ] == seq:
-                    return cls(reader, seq, locations, holds)
+                    return cls(mapped, seq, locations, holds)
                 pins.release_all(holds)  # a publish landed meanwhile: that was no instant
             now = time.monotonic()
             alive = True
@@ -106,7 +109,7 @@ class Snapshot:
             if odd_since is not None and now - odd_since > _LIVENESS_AFTER:
                 alive = is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
             if not alive or (timeout is not None and now - start >= timeout):
-                raise SnapshotTimeout(name=inst.name, sequence=int(seq), waited=now - start,
+                raise SnapshotTimeout(name=mapped.name, sequence=int(seq), waited=now - start,
                                       coordinator_alive=alive)
             if seq & 1:
                 time.sleep(_ODD_POLL)
@@ -118,26 +121,27 @@ class Snapshot:
 
         Raises DimensionNotFound (not published at the instant), DimensionEvicted, LayerNotFound,
         SnapshotClosed, InvalidId."""
-        # The lookup path: one dict lookup for the generation, one probe of its shared layer
-        # index, one slice (as Reader.load_layer_context). The generation is fixed, so the
-        # directory is not read at all (only TOUCHED, for eviction). A collision, a compressed
-        # layer or a miss goes through _Generation.context.
+        # The lookup path: one dict lookup for the generation, then Generation.lookup (one probe
+        # of its shared layer index, one slice), as Reader.load_layer_context. The generation is
+        # fixed, so the directory is not read at all (only TOUCHED, for eviction, at mapping).
         if type(dimension_id) is not int or type(layer_id) is not int:
             dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
         gen = self._gens.get(dimension_id)
         if gen is None:
             gen = self._resolve(dimension_id)
+        # Generation.lookup inlined, as in Reader.load_layer_context (the call measured at +50 ns
+        # here, +10%); tests/test_lookup_paths.py checks this copy against the index builder.
         table = gen.table
-        j = (layer_id & gen.mask) << 2
-        if table[j] != layer_id:
+        j = (layer_id & gen.mask) << SLOT_SHIFT
+        if table[j] != layer_id:  # SLOT_KEY is word 0
             return gen.context(dimension_id, layer_id)
-        meta = table[j + 3]
+        meta = table[j + SLOT_META]
         if meta < 0:
             return gen.context(dimension_id, layer_id)
         ctx = _new(LoadedContext)
         ctx.dimension_id = dimension_id
         ctx.layer_id = layer_id
-        ctx.content = gen.pools[meta & POOL_MASK][table[j + 1]:table[j + 2]]
+        ctx.content = gen.pools[meta & POOL_MASK][table[j + SLOT_START]:table[j + SLOT_END]]  # type: ignore[index]
         ctx._gen = gen
         ctx._row = meta >> POOL_BITS
         return ctx
@@ -165,7 +169,7 @@ class Snapshot:
 
     def generation(self, dimension_id: int) -> int:
         """The dimension's generation at the instant (no mapping needed)."""
-        return self._location(as_id(dimension_id, "dimension_id"))[1][0]
+        return int(self._location(as_id(dimension_id, "dimension_id"))[1][0])
 
     @property
     def generations(self) -> dict[int, int]:
@@ -178,22 +182,22 @@ class Snapshot:
 
     # ----------------------------------------------------------------- mapping
 
-    def _location(self, dimension_id: int) -> tuple[int, tuple[int, int, int, int, int, int]]:
+    def _location(self, dimension_id: int) -> tuple[int, _Fields]:
         found = self._locations.get(dimension_id)
         if found is None:
             raise DimensionNotFound(dimension_id=dimension_id, available=sorted(self._locations))
         return found
 
-    def _resolve(self, dimension_id: int) -> "_Generation":
+    def _resolve(self, dimension_id: int) -> "Generation":
         if not self._finalizer.alive:
-            raise SnapshotClosed(name=self._reader.name, sequence=self.sequence)
+            raise SnapshotClosed(name=self._mapped.name, sequence=self.sequence)
         entry, fields = self._location(dimension_id)
         loc = Location(*fields)
         if loc.evicted:
             raise DimensionEvicted(dimension_id=dimension_id, generation=loc.generation)
-        gen = self._reader._generation_at(dimension_id, entry, loc, self._finalizer)
+        gen = self._mapped.at(dimension_id, entry, loc, self._finalizer)
         if gen is None:  # closed meanwhile: its holds may be gone already, so nothing was mapped
-            raise SnapshotClosed(name=self._reader.name, sequence=self.sequence)
+            raise SnapshotClosed(name=self._mapped.name, sequence=self.sequence)
         pos = Directory.touched_position(entry)
         if not self._dir_mv[pos]:
             self._dir_mv[pos] = TOUCHED_READ
@@ -204,6 +208,11 @@ class Snapshot:
         return gen
 
     # ----------------------------------------------------------------- lifetime
+
+    def unmap(self) -> None:
+        """Drop the generations mapped so far (a forked child without a row of its own: they are
+        not protected there); the next lookup in a dimension asks the reader's mapping again."""
+        self._gens = {}
 
     def close(self) -> None:
         """Release the snapshot's pins (idempotent); contexts it returned stay valid."""
@@ -222,4 +231,4 @@ class Snapshot:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._locations)} dimensions"
-        return f"<Snapshot {self._reader.name!r} sequence {self.sequence}, {state}>"
+        return f"<Snapshot {self._mapped.name!r} sequence {self.sequence}, {state}>"

@@ -51,7 +51,8 @@ from ..data.context import ContextCollection, LoadedContext, NavigationPath, Ste
 from ..errors import AttachError, InvalidArgument
 from .jobboard import JOBS
 from ..substrate.instance import CONTROL
-from ..substrate.names import SHM_DIR, segment_name
+from ..substrate.names import segment_name
+from ..substrate.trust import shm_path
 from ..substrate.ids import as_id
 from ..data.reader import Reader
 from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
@@ -91,7 +92,7 @@ class Client(concurrent.futures.Executor):
         self.name = name
         self._spin = spin_seconds(spin_us)
         self._names: dict[Any, str] = {}
-        link = Link(name)
+        link = Link(name, timeout=timeout)
         try:
             channel = link.board.claim_channel(timeout=timeout)
         except BaseException:
@@ -421,5 +422,5 @@ def connect(name: str, *, timeout: float | None = None, spin_us: float | None = 
 def _runs_no_workers(name: str) -> bool:
     """The instance is there (its control segment) but has no job board: a workers=0 coordinator."""
     def present(kind: str) -> bool:
-        return (SHM_DIR / segment_name(name, kind).lstrip("/")).exists()
+        return shm_path(segment_name(name, kind)).exists()
     return present(CONTROL) and not present(JOBS)

@@ -57,11 +57,15 @@ def settle(future: "Future[Any]", outcome: Outcome) -> None:
 
 
 _links: "weakref.WeakSet[Link]" = weakref.WeakSet()
+# Inherited Links, held for the child's whole life: collecting one would run its Reader's
+# finalizer there, and that would release the reader row and pins of the parent.
+_kept_in_child: list[Link] = []
 
 
 def _after_fork_in_child() -> None:
     for link in list(_links):
         link.inherited = True
+        _kept_in_child.append(link)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -74,11 +78,11 @@ class Link:
     and the last drop closes it. In a child forked after it was made it is ``inherited`` and
     closing it does nothing: what it maps and names is the parent's."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, timeout: float | None = None) -> None:
         self.name = name
         self.pid = os.getpid()
         self.inherited = False
-        self.reader: Reader = attach(name)
+        self.reader: Reader = attach(name, timeout=timeout)  # a stopped lock holder: LockTimeout, not a hang
         try:
             self.board = JobBoard.attach(name)
         except BaseException:
@@ -141,6 +145,7 @@ class Link:
         try:
             if spill is not None:
                 handle, data = open_spill(self.inst, spill)
+            assert data is not None, "JobBoard.response gives the slot's view when there is no spill"
             if got_seq != seq:
                 return Outcome(None, AttachError(name=self.name, reason=f"job slot {slot} was reused under us"))
             if status == Status.OK:

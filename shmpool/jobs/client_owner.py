@@ -16,8 +16,10 @@ States (:class:`Lifecycle`) and the flags beside them, all under ``_lock``:
     CLOSED         detached: channels released; a late registration is failed at once
 
 ``dropped`` (the Client was collected: like SHUTTING_DOWN), ``broken`` (the coordinator died or
-removed the board: every pending future fails with it) and ``submitting`` (submits past the state
-check that have not registered yet: the owner does not detach under them).
+removed the board: every pending future fails with it at once, and the owner detaches when the
+client is closed, shut down or dropped, so its reader stays usable until then) and
+``submitting`` (submits past the state check that have not registered yet: the owner does not
+detach under them).
 
 One exception to "the owner's thread settles": an answer can arrive before its submit has
 registered the future (the worker is faster than the submitting thread's next few
@@ -39,7 +41,6 @@ from loguru import logger
 from ..errors import ClientClosed, ShmPoolError
 from .client_direct import POLL, SPENT_IDLE, DirectPool
 from .client_link import Link, Outcome, settle
-from .jobboard import JobBoard
 
 __all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
 
@@ -68,10 +69,6 @@ class JobFuture(Future):  # type: ignore[type-arg]
         super().__init__()
         self._owner, self._slot, self._seq, self.job = owner, slot, seq, job
 
-    @property
-    def _board(self) -> JobBoard:
-        return self._owner.link.board
-
     def cancel(self) -> bool:
         if self._owner.link.inherited:
             return False
@@ -99,8 +96,14 @@ class JobFuture(Future):  # type: ignore[type-arg]
             link.drop()
 
     def result(self, timeout: float | None = None) -> Any:
-        self._refuse_if_inherited()
-        return super().result(timeout)
+        try:
+            self._refuse_if_inherited()
+            return super().result(timeout)
+        finally:
+            # The job's error re-raised here keeps this frame in its traceback, and the frame
+            # keeps the future holding the error: drop ``self`` so no cycle waits for a gc pass
+            # (CPython's Future.result does the same).
+            self = None  # type: ignore[assignment]  # noqa: PLW0642
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._refuse_if_inherited()
@@ -127,6 +130,7 @@ class CompletionOwner:
         self.dropped = False
         self.close_requested = False
         self.broken: BaseException | None = None
+        self._stop_requested = threading.Event()  # wakes a broken owner waiting to detach
         self._thread = threading.Thread(target=self._run, name=f"shmpool-client-{link.name}", daemon=True)
 
     def start(self) -> None:
@@ -151,8 +155,8 @@ class CompletionOwner:
         self.link.check_process()  # before any lock: one copied into a child may be held
         with self._lock:
             self.check_open()
-            held = self.link.hold()  # True: the owner drops its hold only after CLOSED
-            assert held, "an open client's Link is held by its owner"
+            if not self.link.hold():  # not while open: the owner lets go only once CLOSED
+                raise ClientClosed(name=self.link.name, reason="it is closed")
             self.submitting += 1
 
     def end_submit(self, future: JobFuture | None) -> None:
@@ -163,8 +167,8 @@ class CompletionOwner:
                 self.submitting -= 1
                 if future is None:
                     return
-                if self.lifecycle is Lifecycle.CLOSED:
-                    late = True
+                if self.lifecycle is Lifecycle.CLOSED or self.broken is not None:
+                    late = True  # nobody will deliver it: end it now
                 elif future._slot in self._early:
                     self._early.discard(future._slot)
                     early = True
@@ -208,12 +212,14 @@ class CompletionOwner:
         with self._lock:
             if self.lifecycle is Lifecycle.OPEN:
                 self.lifecycle = Lifecycle.SHUTTING_DOWN
+        self._stop_requested.set()
 
     def close(self) -> None:
         with self._lock:
             self.close_requested = True
             if self.lifecycle in (Lifecycle.OPEN, Lifecycle.SHUTTING_DOWN):
                 self.lifecycle = Lifecycle.CLOSING
+        self._stop_requested.set()
 
     def client_dropped(self) -> None:
         """The Client's finalizer: finish what is pending, then detach. A plain store, no lock:
@@ -255,6 +261,12 @@ class CompletionOwner:
             logger.opt(exception=exc).error("client of {!r}: completion thread failed", link.name)
             self.broken = exc
         finally:
+            if self.broken is not None:
+                # Every pending job fails now; the mappings stay until the client is closed,
+                # shut down or dropped: a stopped instance unmaps nothing under its clients.
+                self._end_unanswered(self._take_table())
+                while not (self.close_requested or self.dropped or self.lifecycle is not Lifecycle.OPEN):
+                    self._stop_requested.wait(POLL)
             self._detach()
 
     def _finished(self) -> bool:
@@ -302,12 +314,17 @@ class CompletionOwner:
         if futures:
             logger.debug("client of {!r} ended {} unanswered jobs: {}", self.link.name, len(futures), error)
 
-    def _detach(self) -> None:
+    def _take_table(self, *, detached: bool = False) -> list[JobFuture]:
         with self._lock:
-            self.lifecycle = Lifecycle.CLOSED
+            if detached:
+                self.lifecycle = Lifecycle.CLOSED
             unanswered = list(self._table.values())
             self._table.clear()
             self._early.clear()  # their slots are DELIVERED to our channel: its release frees them
+        return unanswered
+
+    def _detach(self) -> None:
+        unanswered = self._take_table(detached=True)
         try:
             self._end_unanswered(unanswered)
             self.direct.close()

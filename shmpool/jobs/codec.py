@@ -11,6 +11,12 @@ its message and its traceback text. The client rebuilds it as the same type only
 is an Exception of a module the client has already imported (builtins always, shmpool's own
 errors from their fields): nothing is imported, and nothing but a constructor taking the args
 runs, because of what a worker sends. Anything else becomes a JobError.
+
+This is shmpool's one error wire format: the Dask host daemon (shmpool._dask_host) sends the
+same payload (:func:`encode_error`) inside its JSON replies, and rebuilds it with
+:func:`rebuild_error`, so an error means the same on either channel. An Enum travels as its
+value (a str Enum's ``str()`` is its qualified name on Python 3.11, which its constructor
+refuses), so ``AllocationFailed.kind`` arrives as the AllocationFailure it left as.
 """
 
 from __future__ import annotations
@@ -20,17 +26,18 @@ import math
 import struct
 import sys
 import traceback
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import msgpack
 import numpy as np
+from loguru import logger
 
 from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
 from ..errors import InvalidArgument, JobError, RemoteTraceback, ShmPoolError
 
 __all__ = ["check_job_timeout", "encode_request", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
-           "decode_result", "encode_error", "decode_error", "Resolver"]
+           "decode_result", "encode_error", "decode_error", "error_info", "rebuild_error", "Resolver"]
 
 EXT_LAYER = 1        # struct LAYER_REF
 EXT_COLLECTION = 2   # msgpack [[ext LAYER...], [[position, dimension, layer, reason], ...]]
@@ -38,6 +45,7 @@ EXT_TUPLE = 3        # msgpack array of the items
 LAYER_REF = struct.Struct("<IQQ")  # dimension id, layer id, generation
 
 Resolver = Callable[[int, int, int], LoadedContext]
+Buffer = Union[bytes, bytearray, memoryview]  # what a slot or a spill hands the decoder
 
 
 class RequestFlags(enum.IntFlag):
@@ -50,8 +58,8 @@ class RequestFlags(enum.IntFlag):
 class JobRequest(NamedTuple):
     """A request as it crosses the job board: ``[job, args, kwargs(, flags, job_timeout)]``."""
     job: str
-    args: list
-    kwargs: dict
+    args: list[Any]
+    kwargs: dict[str, Any]
     flags: RequestFlags = RequestFlags.NAMED
     job_timeout: float | None = None  # seconds; None: the coordinator's default
 
@@ -70,7 +78,7 @@ def _pack(value: Any) -> bytes:
     return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)
 
 
-def _default(obj: Any):
+def _default(obj: Any) -> Any:
     # strict_types sends every subclass here: tuples (kept as tuples), and subclasses of the
     # plain types (IntEnum, OrderedDict, np.float64, ...) as their base value.
     if isinstance(obj, tuple):
@@ -81,6 +89,8 @@ def _default(obj: Any):
         body = [[_default(c) for c in obj.contexts],
                 [[m.position, m.dimension_id, m.layer_id, m.reason] for m in obj.missing]]
         return msgpack.ExtType(EXT_COLLECTION, msgpack.packb(body, use_bin_type=True))
+    if isinstance(obj, enum.Enum):  # before str and int: str(a str Enum) is not its value
+        return obj.value
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
@@ -97,14 +107,14 @@ def _default(obj: Any):
                     "(msgpack types, tuples, LoadedContext and ContextCollection only)")
 
 
-def encode_request(job: str, args: tuple, kwargs: dict, *, flags: RequestFlags = RequestFlags.NAMED,
+def encode_request(job: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, flags: RequestFlags = RequestFlags.NAMED,
                    job_timeout: float | None = None) -> bytes:
     if flags == RequestFlags.NAMED and job_timeout is None:
         return _pack([job, list(args), kwargs])  # the common case stays three elements
     return _pack([job, list(args), kwargs, int(flags), job_timeout])
 
 
-def decode_job(data, resolve: Resolver | None = None) -> JobRequest:
+def decode_job(data: Buffer, resolve: Resolver | None = None) -> JobRequest:
     """The request in full; LoadedContext/ContextCollection arguments are resolved with
     ``resolve`` (the worker's own reader), as results are in the client."""
     parts = _unpack(data, resolve)
@@ -114,7 +124,7 @@ def decode_job(data, resolve: Resolver | None = None) -> JobRequest:
     return JobRequest(job, args, kwargs, RequestFlags(flags), job_timeout)
 
 
-def decode_request(data, resolve: Resolver | None = None) -> tuple[str, list, dict]:
+def decode_request(data: Buffer, resolve: Resolver | None = None) -> tuple[str, list[Any], dict[str, Any]]:
     """The job name and arguments (see :func:`decode_job` for the whole request)."""
     job, args, kwargs, *_ = decode_job(data, resolve)
     return job, args, kwargs
@@ -124,12 +134,12 @@ def encode_result(value: Any) -> bytes:
     return _pack(value)
 
 
-def decode_result(data, resolve: Resolver) -> Any:
+def decode_result(data: Buffer, resolve: Resolver) -> Any:
     return _unpack(data, resolve)
 
 
-def _unpack(data, resolve: Resolver | None = None) -> Any:
-    def ext_hook(code: int, payload: bytes):
+def _unpack(data: Buffer, resolve: Resolver | None = None) -> Any:
+    def ext_hook(code: int, payload: bytes) -> Any:
         if code == EXT_TUPLE:
             return tuple(msgpack.unpackb(payload, raw=False, ext_hook=ext_hook, strict_map_key=False))
         if code == EXT_LAYER and resolve is not None:
@@ -165,36 +175,55 @@ def encode_error(exc: BaseException) -> bytes:
     return _pack(payload)
 
 
-def decode_error(data, job: str) -> BaseException:
+def decode_error(data: Buffer, job: str) -> BaseException:
     """The job's exception as its own type where that is safe (module docstring), else a
     JobError; the worker's traceback is chained as ``__cause__`` (a RemoteTraceback)."""
-    info = _unpack(data)
-    exc = _rebuild(info)
+    info = error_info(data)
+    exc = rebuild_error(info)
     if exc is None:
-        exc = JobError(job=job, error_type=info.get("type", "?"), message=info.get("message", ""),
-                       remote_traceback=info.get("traceback", ""))
-    if info.get("traceback"):
-        exc.__cause__ = RemoteTraceback(info["traceback"])
+        exc = JobError(job=job, error_type=str(info.get("type", "?")), message=str(info.get("message", "")),
+                       remote_traceback=str(info.get("traceback", "")))
+        if info.get("traceback"):
+            exc.__cause__ = RemoteTraceback(str(info["traceback"]))
     return exc
 
 
-def _rebuild(info: dict) -> BaseException | None:
+def error_info(data: Buffer) -> dict[str, Any]:
+    """The fields of an encoded error (type, qualname, module, args, message, fields, traceback)."""
+    info = _unpack(data)
+    if not isinstance(info, dict):
+        raise TypeError(f"an encoded error is a map, not a {type(info).__name__}")
+    return info
+
+
+def rebuild_error(info: dict[str, Any]) -> BaseException | None:
+    """The error :func:`error_info` describes as its own type, its traceback chained as
+    ``__cause__``; None when that is not safe or not possible (the caller picks the stand-in)."""
+    exc = _rebuild(info)
+    if exc is not None and info.get("traceback"):
+        exc.__cause__ = RemoteTraceback(str(info["traceback"]))
+    return exc
+
+
+def _rebuild(info: dict[str, Any]) -> BaseException | None:
     module, name = info.get("module"), info.get("qualname") or info.get("type") or ""
     cls = getattr(errors_module, info.get("type", ""), None) if module == errors_module.__name__ else None
-    if isinstance(cls, type) and issubclass(cls, ShmPoolError) and info.get("fields") is not None:
+    fields = info.get("fields")
+    if isinstance(cls, type) and issubclass(cls, ShmPoolError) and isinstance(fields, dict):
+        make: Callable[..., BaseException] = cls  # every ShmPoolError subclass takes keywords only
         try:
-            return cls(**info["fields"])
-        except TypeError:
-            pass
+            return make(**fields)
+        except Exception as refused:  # fields this version's constructor does not take: rebuilt from args below
+            logger.debug("rebuilding {} from its fields failed: {}", cls.__name__, refused)
     owner = sys.modules.get(module) if isinstance(module, str) else None  # never an import
-    cls = owner
+    found: Any = owner
     for part in name.split(".") if owner is not None and name else ():
-        cls = getattr(cls, part, None)
+        found = getattr(found, part, None)
     args = info.get("args")
-    if not (isinstance(cls, type) and issubclass(cls, Exception) and isinstance(args, list)):
+    if not (isinstance(found, type) and issubclass(found, Exception) and isinstance(args, list)):
         return None
     try:
-        exc = cls(*args)
+        exc = found(*args)
     except Exception:  # a constructor that wants other arguments than its args: a JobError then
         return None
-    return exc if isinstance(exc, cls) else None
+    return exc if isinstance(exc, found) else None

@@ -33,7 +33,7 @@ from .platform import check_system, full_error, is_full
 from .segments import Segment
 from .trust import open_semaphore
 
-__all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead"]
+__all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead", "coordinator_pid"]
 
 
 @dataclass(frozen=True)
@@ -392,9 +392,11 @@ class SharedInstance:
 
     def wait_for_wake(self, timeout: float) -> bool:
         """Owner only: sleep until a wake or ``timeout`` seconds; True if woken."""
-        assert self._wake is not None, "only the owner, which opened it in create(), waits for wakes"
+        wake = self._wake
+        if wake is None:
+            raise ShmPoolError(f"instance {self.name!r}: only its owner waits for wake-ups")
         try:
-            self._wake.acquire(timeout)
+            wake.acquire(timeout)
         except posix_ipc.BusyError:
             return False
         return True
@@ -462,6 +464,47 @@ class SharedInstance:
     def __repr__(self) -> str:
         role = "owner" if self.owner else "attached"
         return f"<SharedInstance {self.name!r} {role} pid={os.getpid()}>"
+
+
+def coordinator_pid(name: str, lock_path: str | os.PathLike[str] | None = None) -> int | None:
+    """The pid of the coordinator that owns ``name``, or None if none does.
+
+    Read from the instance's control segment once it can be attached to; while its coordinator
+    is still starting (the header is written last) that is not possible yet, so then from the
+    kernel's record of which process holds the coordinator's lock file ``lock_path`` (an flock,
+    taken before anything is created): a start race's loser can name its winner."""
+    try:
+        probe = SharedInstance.attach(name)
+    except ShmPoolError:
+        pass
+    else:
+        try:
+            return int(probe.coordinator()[0])
+        finally:
+            probe.close()
+    return None if lock_path is None else _flock_holder(lock_path)
+
+
+def _flock_holder(path: str | os.PathLike[str]) -> int | None:
+    """The pid /proc/locks gives for an flock on ``path`` (None: not held, or no /proc/locks).
+
+    The kernel names the process that took the lock, whatever state it is in (starting,
+    stopped); lines read "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END"."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter queued behind the holder, not the holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where and fields[4].isdigit():
+            pid = int(fields[4])
+            return pid if pid > 0 else None
+    return None
 
 
 SWEEP_MIN_AGE = 60.0  # seconds: far longer than any coordinator takes from its first object to its header

@@ -202,6 +202,7 @@ class ReaderCol(IntEnum):
     EPOCH_SEEN = 3   # the last W.PIN_EPOCH this reader honoured (dropped what was superseded)
     SEEN_NS = 4      # time.time_ns() when it did
     WAITING = 5      # 0, or W.PIN_EPOCH + 1 when its threads last armed: post my gen-wait semaphore
+    HANDOVER_NS = 6  # 0, or the deadline of a fork hand-over: claimed for a forked child (shmpool/data/fork.py)
 
 
 READER_COLS = 8

@@ -21,7 +21,7 @@ from ..errors import CleanupError, InvalidArgument, UnsafeRuntimeDir, UntrustedO
 from .trust import SHM_DIR, is_ours, sem_path, shm_path
 
 __all__ = ["validate_name", "segment_name", "semaphore_name", "runtime_dir", "list_objects", "foreign_objects",
-           "raise_if_foreign", "cleanup", "instance_names", "newest_change"]
+           "raise_if_foreign", "cleanup", "instance_names", "newest_change", "coordinator_lock_path"]
 
 PREFIX = "shmpool."
 # Dots separate the prefix, the instance and the kind, so they are not allowed in the instance
@@ -68,6 +68,11 @@ def runtime_dir() -> Path:
         xdg = _usable_xdg_runtime_dir()
         path = xdg / "shmpool" if xdg is not None else Path(tempfile.gettempdir()) / f"shmpool-{os.geteuid()}"
     return _own_folder(path)
+
+
+def coordinator_lock_path(name: str) -> Path:
+    """The file a coordinator of instance ``name`` holds flock'd for its whole life (one per name)."""
+    return runtime_dir() / f"{validate_name(name)}.coordinator.lock"
 
 
 _warned_xdg: set[str] = set()

@@ -159,10 +159,14 @@ def space() -> ShmSpace | None:
     return ShmSpace(str(SHM_DIR), st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
 
 
-def full_error(nbytes: int, what: str) -> SharedMemoryFull:
-    """The typed error for ``nbytes`` that did not fit, quoting the filesystem as it is now."""
+def full_error(nbytes: int, what: str, advice: str | None = None) -> SharedMemoryFull:
+    """The typed error for ``nbytes`` that did not fit, quoting the filesystem as it is now.
+
+    ``advice`` is what would make the object smaller (default: lower the memory limit)."""
     now = space() or ShmSpace(str(SHM_DIR), 0, 0)
-    return SharedMemoryFull(nbytes=nbytes, what=what, filesystem=now.filesystem, size=now.size, free=now.free)
+    extra = {} if advice is None else {"advice": advice}
+    return SharedMemoryFull(nbytes=nbytes, what=what, filesystem=now.filesystem, size=now.size, free=now.free,
+                            **extra)
 
 
 def reserve_pages(fd: int, offset: int, length: int, *, what: str) -> None:

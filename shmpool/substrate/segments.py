@@ -27,6 +27,7 @@ from loguru import logger
 
 from . import platform
 from ..errors import AttachError, InvalidArgument
+from .removal import missing_name_hint
 from .trust import shm_path, verify_fd, verify_path
 
 __all__ = ["Segment"]
@@ -125,7 +126,9 @@ class Segment:
         try:
             shm = posix_ipc.SharedMemory(name, 0 if writable else posix_ipc.O_RDONLY)
         except posix_ipc.ExistentialError:
-            raise AttachError(name=instance, reason=f"segment {name} does not exist") from None
+            # Not running, or (when a coordinator still holds the name) removed under it: say which.
+            raise AttachError(name=instance,
+                              reason=f"segment {name} does not exist{missing_name_hint(instance)}") from None
         except posix_ipc.PermissionsError as exc:
             verify_path(shm_path(name), instance=instance)  # names the owner when it is someone else
             raise AttachError(name=instance, reason=f"segment {name}: {exc}") from None

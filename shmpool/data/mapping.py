@@ -1,0 +1,369 @@
+"""The one owner of a reader's mapped generations: its row, its pins, its views of each generation.
+
+A :class:`MappedGenerations` is what a :class:`~shmpool.data.reader.Reader` and its
+:class:`~shmpool.data.snapshot.Snapshot` s share (neither reaches into the other):
+
+* the reader's **row** and its **pins** (shmpool/data/pins.py). A generation is touched only
+  once pinned: the published one by *pin, then re-check GENERATION* (:meth:`refresh`), a
+  snapshot's by the snapshot's own hold (:meth:`at`);
+* the **mapping** of a pinned generation (:meth:`_map`): a :class:`Generation` over arrays
+  whose last reference releases the pin, so any context, or bare ``content`` view, keeps its
+  generation pinned and its bytes exactly as they were, also after the reader is closed;
+* the per-dimension cache the lookup path reads (``dims``: a :class:`DimView` per dimension,
+  holding its current Generation), dropped by the pin-watch thread soon after each publication
+  (:meth:`honour_epoch`) so an idle reader pins nothing old;
+* the generation-wait dispatcher, and the object's side of fork() (shmpool/data/fork.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \
+    ShmPoolError
+from ..substrate.instance import SharedInstance
+from ..substrate.layout import TOUCHED_RELOAD, W
+from . import fork, layer_index
+from .directory import Directory, Location
+from .gen_wait import GenerationWaiter
+from .generation import NOT_MAPPED, Generation
+from .pin_watch import PinWatcher
+from .pins import RowPins
+from .readers import ReaderRegistry
+
+__all__ = ["MappedGenerations", "DimView", "RELOAD_TIMEOUT"]
+
+RELOAD_TIMEOUT = 10.0  # seconds a lookup waits for an evicted dimension to come back
+RELOAD_POLL = 0.0005   # seconds between checks while waiting
+_EPOCH = int(W.PIN_EPOCH)
+
+
+class _PinnedBytes(np.ndarray):
+    """A read-only byte array over shared memory; ``pin`` keeps its generation pinned."""
+    __slots__ = ("pin",)  # no instance dict: a reader keeps two of these per mapped generation
+    pin: "_Pin"
+
+
+class _Pin:
+    """Lives while anything of one mapped generation does (its arrays hold it); its finalizer
+    releases the generation's pin. A generation spans several arrays (its index and one per pool
+    its layers live in), so the pin cannot hang off any single one of them."""
+    __slots__ = ("__weakref__",)
+
+
+def _pinned(mm: Any, offset: int, nbytes: int, pin: _Pin) -> _PinnedBytes:
+    # One array straight over the mapping (not frombuffer(...).view(): two objects).
+    array: _PinnedBytes = np.ndarray.__new__(_PinnedBytes, (nbytes,), np.uint8, buffer=mm, offset=offset)
+    array.flags.writeable = False
+    array.pin = pin
+    return array
+
+
+class DimView:
+    """Where one dimension's words are, and the generation the lookup path uses now."""
+    __slots__ = ("dimension_id", "entry", "gen_pos", "touch_pos", "current")
+
+    def __init__(self, dimension_id: int, entry: int) -> None:
+        self.dimension_id = dimension_id
+        self.entry = entry
+        self.gen_pos = Directory.generation_position(entry)
+        self.touch_pos = Directory.touched_position(entry)
+        self.current: Generation = NOT_MAPPED
+
+
+def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:
+    try:
+        registry.unregister(slot)
+    except ShmPoolError as exc:
+        logger.debug("reader slot {} not released: {}", slot, exc)
+    if inst is not None:
+        inst.close()
+
+
+class MappedGenerations:
+    """A reader row of ``inst`` and every generation mapped through it. Thread-safe.
+
+    ``close()`` ends new mappings; what is mapped stays until the last view of it is dropped,
+    and the row is given back then (``owns_instance``: the instance is unmapped too)."""
+
+    def __init__(self, inst: SharedInstance, *, owns_instance: bool, timeout: float | None = None) -> None:
+        self.inst = inst
+        self.name = inst.name
+        self.directory = Directory(inst.control)
+        self.dir_mv = inst.control.directory_mv
+        self.words_mv = inst.control.words_mv
+        self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
+        self.slot = self._registry.register(timeout)
+        self.dims: dict[int, DimView] = {}  # the lookup path's cache; cleared in place, never replaced
+        self._lock = threading.RLock()
+        self._closed = False
+        self._fork_error: ReaderForked | None = None
+        registry, owned = self._registry, inst if owns_instance else None
+        # The pins outlive this object: views hold them (through their arrays' finalizers), and
+        # the row is given back only when this is closed AND nothing is held.
+        self.pins = RowPins(inst.control, self.slot, lambda slot: _shutdown(registry, slot, owned), registry)
+        self._finalizer = weakref.finalize(self, self.pins.reader_closed)
+        self._watcher: PinWatcher | None = None
+        self._waiter: GenerationWaiter | None = None
+        self._waiter_finalizer: weakref.finalize[Any, Any] | None = None
+        self._entries_cache: tuple[int, dict[int, int]] | None = None
+        # Open snapshots, so that a forked child that got no row of its own can make them refuse too.
+        self.snapshots: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        fork.track(self, self.pins)
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise self.closed_error()
+
+    def closed_error(self) -> AttachError:
+        if self._fork_error is not None:
+            return self._fork_error
+        return ReaderClosed(name=self.name, slot=self.slot)
+
+    def entries(self) -> dict[int, int]:
+        """{dimension id: entry} of every claimed entry, re-read only when W.DIR_VERSION moves."""
+        version = self.directory.version()
+        cached = self._entries_cache
+        if cached is None or cached[0] != version:
+            cached = self._entries_cache = (version, self.directory.entries())
+        return cached[1]
+
+    def published(self) -> dict[int, int]:
+        return {dim: e for dim, e in self.directory.entries().items() if self.directory.generation(e) > 0}
+
+    # ----------------------------------------------------------------- the published generations
+
+    def dimension(self, dimension_id: int) -> DimView:
+        """The dimension's view, its published generation mapped; DimensionNotFound, ReaderClosed."""
+        with self._lock:
+            self.check_open()
+            self._start_watcher()
+            dv = self.dims.get(dimension_id)
+            if dv is not None:
+                return dv
+            published = self.published()
+            entry = published.get(dimension_id)
+            if entry is None:
+                raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
+            dv = DimView(dimension_id, entry)
+            self.refresh(dv)
+            self.dims[dimension_id] = dv
+            return dv
+
+    def refresh(self, dv: DimView) -> Generation:
+        """Switch ``dv`` to the published generation: pin, re-check, then map.
+
+        An evicted generation has no region: ask the coordinator to reload it and wait (outside
+        the lock, so other threads keep reading other dimensions) for the next generation."""
+        deadline = None
+        while True:
+            with self._lock:
+                self.check_open()
+                loc = self.directory.read(dv.entry)
+                if loc is None:
+                    raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self.published()))
+                if dv.current.generation == loc.generation:
+                    return dv.current
+                if not loc.evicted:
+                    self.pins.hold(dv.entry, loc.generation)  # counted: _map's array releases it
+                    if self.directory.generation(dv.entry) == loc.generation:
+                        dv.current = self._map(dv, loc)
+                        return dv.current
+                    # Superseded while we pinned: it may be freed at any moment, so never touch it.
+                    self.pins.release(dv.entry, loc.generation, from_collector=False)
+                    continue
+                dv.current = NOT_MAPPED  # let the evicted region go from this process too
+            if deadline is None:
+                deadline = time.monotonic() + RELOAD_TIMEOUT
+            self._await_reload(dv, loc.generation, deadline)
+
+    def _await_reload(self, dv: DimView, evicted_generation: int, deadline: float) -> None:
+        mv = self.dir_mv
+        while mv[dv.gen_pos] == evicted_generation:
+            if mv[dv.touch_pos] != TOUCHED_RELOAD:  # first time, or the coordinator just reset it
+                mv[dv.touch_pos] = TOUCHED_RELOAD
+                self.inst.wake_coordinator()
+            if time.monotonic() > deadline:
+                raise ReloadTimeout(dimension_id=dv.dimension_id, generation=evicted_generation,
+                                    waited=RELOAD_TIMEOUT)
+            if not self.inst.is_running():
+                raise AttachError(name=self.name, reason=f"its coordinator is stopping; dimension "
+                                                         f"{dv.dimension_id} stays evicted")
+            time.sleep(RELOAD_POLL)
+
+    def at(self, dimension_id: int, entry: int, loc: Location,
+           holder: "weakref.finalize[Any, Any]") -> Generation | None:
+        """Generation ``loc`` for an open snapshot (``holder`` alive: its hold keeps the region);
+        the cached mapping when it is that one. None if the snapshot closed first."""
+        with self._lock:
+            self.check_open()
+            self._start_watcher()
+            dv = self.dims.get(dimension_id)
+            if dv is None:
+                dv = self.dims[dimension_id] = DimView(dimension_id, entry)
+            if dv.current.generation == loc.generation:
+                return dv.current
+            self.pins.hold(entry, loc.generation)  # the array's own, taken while the snapshot's holds
+            if not holder.alive:
+                self.pins.release(entry, loc.generation, from_collector=False)
+                return None
+            gen = self._map(dv, loc)  # releases the hold itself if it fails
+            if self.dir_mv[dv.gen_pos] == loc.generation:
+                dv.current = gen  # still the published one: the lookup path shares it
+            return gen
+
+    def _map(self, dv: DimView, loc: Location) -> Generation:
+        """Views of a pinned generation: its layer index and the pools its layers live in.
+
+        O(1): the header is checked against the directory (layer_index.read_header); the rows
+        and table were built, and the layers they point at checked, by the coordinator. The
+        caller's hold of the pin becomes the mapping's: released when the last view of it goes,
+        or here at once if mapping fails (a counted hold must be released exactly once)."""
+        pin = _Pin()
+        # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
+        release = weakref.finalize(pin, self.pins.release, dv.entry, loc.generation)
+        release.atexit = False
+        source = f"dimension {dv.dimension_id} generation {loc.generation}"
+        try:
+            seg = self.inst.pool_segment(loc.pool)
+            offset = loc.first_block * self.inst.table.block_sizes[loc.pool]
+            if offset + loc.nbytes > seg.size:
+                raise RegionFormatError(source=source, fault=f"layer index [{offset}, {offset + loc.nbytes}) lies "
+                                                             f"outside pool {loc.pool}")
+            index = _pinned(seg.mm, offset, loc.nbytes, pin)
+            header = layer_index.read_header(index, source=source, dimension_id=dv.dimension_id,
+                                             generation=loc.generation)
+            pools: list[memoryview | None] = []
+            for p in range(header.pools.bit_length()):
+                if header.pools >> p & 1:
+                    pseg = self.inst.pool_segment(p)
+                    pools.append(_pinned(pseg.mm, 0, pseg.size, pin).data)
+                else:
+                    pools.append(None)
+        except BaseException:
+            release()
+            raise
+        return Generation(dv.dimension_id, loc.generation, index, header, tuple(pools))
+
+    # ----------------------------------------------------------------- letting go
+
+    def drop_stale(self) -> int:
+        """Drop every cached mapping of a generation that is no longer published; how many."""
+        dropped = 0
+        with self._lock:
+            for dv in list(self.dims.values()):
+                if dv.current is not NOT_MAPPED and self.dir_mv[dv.gen_pos] != dv.current.generation:
+                    dv.current = NOT_MAPPED
+                    dropped += 1
+        return dropped
+
+    def honour_epoch(self, epoch: int) -> None:
+        """The coordinator published something: let go of superseded mappings, then say so.
+
+        Called by the pin watcher thread; the acknowledgement follows the drop, so a reader
+        whose EPOCH_SEEN has reached an epoch holds superseded generations only through
+        contexts that are still alive."""
+        with self._lock:
+            self.check_open()
+            self.drop_stale()
+            self._registry.acknowledge(self.slot, epoch)
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:  # only a reader that maps something can pin anything
+            words = self.words_mv  # not a bound method: the watcher holds us weakly
+            self._watcher = PinWatcher(self, lambda: int(words[_EPOCH]), int(words[_EPOCH]))
+
+    # ----------------------------------------------------------------- generation waits
+
+    def wait_position(self, dimension_id: int, after: int | None) -> tuple[int, int]:
+        """(directory position of the dimension's GENERATION word, ``after`` or the generation now)."""
+        with self._lock:  # close() unmaps only after its own locked section: no view goes under us
+            self.check_open()
+            published = self.published()
+            entry = published.get(dimension_id)
+            if entry is None:
+                raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
+            pos = Directory.generation_position(entry)
+            return pos, int(self.dir_mv[pos]) if after is None else after
+
+    def waiter(self) -> GenerationWaiter:
+        with self._lock:
+            self.check_open()
+            if self._waiter is None:
+                waiter = self._waiter = GenerationWaiter(self.inst, self.slot)
+                # Collected without close(): its dispatcher thread and semaphore go too.
+                self._waiter_finalizer = weakref.finalize(
+                    self, waiter.close, ReaderClosed(name=self.name, slot=self.slot), row_ours=False)
+                self._waiter_finalizer.atexit = False
+            return self._waiter
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """No new mappings; the row is given back once nothing mapped is held (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            dims = list(self.dims.values())
+            self.dims.clear()
+            if self._watcher is not None:
+                self._watcher.stop()
+            if self._waiter is not None:
+                self._waiter.close(ReaderClosed(name=self.name, slot=self.slot))
+        for dv in dims:
+            dv.current = NOT_MAPPED  # our own cached mappings go now; the user's contexts stay
+        del dims
+        self._finalizer()
+
+    # ----------------------------------------------------------------- fork (shmpool/data/fork.py)
+
+    def _fork_prepare(self, timeout: float) -> bool:
+        """Before fork(): hold our lock across it, so that no thread is half way through mapping
+        a generation (pinned, not yet mapped) when the child's copy of this object is made."""
+        got = self._lock.acquire(timeout=timeout)
+        if not got:
+            logger.warning("reader of {!r} forked while a thread held its lock for {} s", self.name, timeout)
+        return got
+
+    def _fork_parent(self) -> None:
+        self._lock.release()
+
+    def _fork_child(self) -> None:
+        """In the child, after its row was handed over (or not: then every lookup says so).
+
+        Threads do not cross fork(): the pin watcher and the generation dispatcher are
+        forgotten (their successors start on demand). The cached mappings are dropped, so the
+        child pins only what its own contexts and snapshots hold until it looks something up."""
+        self._lock = threading.RLock()
+        self._watcher = None
+        if self._waiter_finalizer is not None:
+            self._waiter_finalizer.detach()  # it would post and close the parent's row's semaphore
+            self._waiter_finalizer = None
+        self._waiter = None
+        self.slot = self.pins.slot
+        if self.pins.lost is not None and not self._closed:
+            self._fork_error = self.pins.lost
+            self._closed = True
+            for snap in list(self.snapshots):
+                snap.unmap()  # their next lookup asks us for the generation, and hears ReaderForked
+        dims = list(self.dims.values())
+        self.dims.clear()
+        for dv in dims:
+            dv.current = NOT_MAPPED  # the mappings' pins are released as their arrays go
+        del dims
+        if not self._closed:
+            self._registry.acknowledge(self.slot, int(self.words_mv[_EPOCH]))
+
