@@ -22,6 +22,13 @@ PROGRAM = textwrap.dedent("""
     import shmpool
 
     name, ending = sys.argv[1], sys.argv[2]
+    # Start as a program run from a shell does: an ignored or blocked signal is inherited through
+    # exec, and the pytest worker that runs this may have either from an earlier test's library.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if ending == "user-handler":
         # A program with its own SIGTERM handler keeps it: shmpool must not replace it.
         signal.signal(signal.SIGTERM, lambda *_: print("user handler ran", flush=True) or sys.exit(3))
