@@ -62,8 +62,9 @@ def _extensions() -> list[Extension]:
 
     common = dict(include_dirs=[CORE], extra_compile_args=["-O2", "-Wno-unused-function"],
                   define_macros=[("_GNU_SOURCE", "1")])
-    mods = [Extension(f"shmpool._core.{stem}", [f"{CORE}/{stem}.pyx"], depends=[f"{CORE}/shm_sync.h"], **common)
-            for stem in ("_sync", "_board")]
+    depends = [f"{CORE}/{name}" for name in ("shm_sync.h", "lookup_ids.h", "_sync.pxd", "_index_layout.pxd")]
+    mods = [Extension(f"shmpool._core.{stem}", [f"{CORE}/{stem}.pyx"], depends=depends, **common)
+            for stem in ("_sync", "_board", "_lookup")]
     return cythonize(mods, language_level=3, quiet=True,
                      compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
                                           "embedsignature": True})

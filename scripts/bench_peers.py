@@ -52,6 +52,7 @@ from benchlib import clock, percentiles  # noqa: E402
 
 import shmpool  # noqa: E402
 from shmpool.coordinator import Coordinator  # noqa: E402
+from shmpool._core._lookup import PrebuiltSlice  # noqa: E402
 from shmpool.data.sample import build_sample  # noqa: E402
 
 PREFIX = "bench-peers"
@@ -66,6 +67,10 @@ TARGETS = {
     "single_lookup_p99_vs_lmdb": 2.0,          # at most 2x py-lmdb get (fresh txn)
     "single_lookup_p99_vs_lmdb_long_txn": 1.2,  # issue 12: within 1.2x of a get in one long txn
     "batch20_vs_lmdb_one_txn": 0.9,            # issue 12: at most 0.9x 20 gets in one txn (median, p99)
+    "lookup_p50_vs_lmdb_long_txn": 0.5,        # issue 22: p50 at most half a get in one long txn
+    "lookup_p99_vs_lmdb_long_txn": 0.7,        # issue 22: p99 at most 0.7x
+    "batch20_median_vs_lmdb_one_txn_22": 0.4,  # issue 22: a batch of 20 at most 0.4x 20 gets in one txn
+    "lookup_p50_vs_limit": 1.5,                # issue 22: within 1.5x of a C call returning a prebuilt slice
     "readers_per_core_vs_one": 0.90,           # within 10% of a single reader
     "crystallize_fraction_of_memcpy": 0.25,    # >= 25% of memcpy bandwidth at 16 MiB
     "pss_ratio_to_data": 1.1,                  # issue 12: 100 readers' whole PSS <= 1.1x data size
@@ -116,19 +121,26 @@ def _latency_child(name: str, lmdb_path: str, keys, paths, n: int, batches: int,
         packed = [KEY.pack(d, l) for d, l in picks]
         nav = [shmpool.NavigationPath(p) for p in paths]
         bpaths = [[KEY.pack(d, l) for d, l in p] for p in paths]
-        lat = {k: [] for k in ("shmpool_single", "lmdb_single_fresh_txn", "lmdb_single_long_txn", "shmpool_batch",
-                               "lmdb_batch", "lmdb_batch_copied_out")}
+        lat = {k: [] for k in ("shmpool_single", "limit_prebuilt_slice", "lmdb_single_fresh_txn",
+                               "lmdb_single_long_txn", "shmpool_batch", "lmdb_batch", "lmdb_batch_copied_out")}
         env = _lmdb_env(lmdb_path)
         with shmpool.attach(name) as reader, env.begin(buffers=True) as long_txn:
             load, begin, get_long = reader.load_layer_context, env.begin, long_txn.get
             for d, l in keys:  # every generation mapped, every page faulted in: the steady state
                 _touch(load(d, l).content)
                 _touch(get_long(KEY.pack(d, l)))
+            # The limit row: a C call of the lookup's shape returning a prebuilt memoryview slice.
+            limit = PrebuiltSlice(load(*keys[0]).content).get
             for lo in range(0, n, CHUNK):
                 out = lat["shmpool_single"]
                 for d, l in picks[lo:lo + CHUNK]:
                     t0 = clock()
                     load(d, l)
+                    out.append(clock() - t0)
+                out = lat["limit_prebuilt_slice"]
+                for d, l in picks[lo:lo + CHUNK]:
+                    t0 = clock()
+                    limit(d, l)
                     out.append(clock() - t0)
                 out = lat["lmdb_single_fresh_txn"]
                 for k in packed[lo:lo + CHUNK]:
@@ -205,9 +217,12 @@ def compare_lookup(name: str, lmdb_path: str, shared, keys, n: int, batches: int
     paths = [rng.sample(keys, BATCH_STEPS) for _ in range(50)]
     raw = _run_child(ctx, _latency_child, (name, lmdb_path, keys, paths, n, batches), "lookup")
     s = {k: percentiles(np.frombuffer(v, dtype=np.int64)) for k, v in raw.items()}
+    for k in ("shmpool_single", "limit_prebuilt_slice"):  # unrounded: the two differ by tens of ns
+        s[k]["median_ns"] = float(np.median(np.frombuffer(raw[k], dtype=np.int64)))
     manager = _run_child(ctx, _manager_child, (shared, keys, max(1, n // 10)), "manager")
     return {
         "shmpool": {"single": s["shmpool_single"], "batch": s["shmpool_batch"]},
+        "limit_prebuilt_slice": s["limit_prebuilt_slice"],
         "lmdb": {"single_fresh_txn": s["lmdb_single_fresh_txn"], "single_long_txn": s["lmdb_single_long_txn"],
                  "batch": s["lmdb_batch"], "batch_copied_out": s["lmdb_batch_copied_out"]},
         # ~50 us a round trip: 10x fewer samples are plenty for the tail.
@@ -215,7 +230,9 @@ def compare_lookup(name: str, lmdb_path: str, shared, keys, n: int, batches: int
         "what": "per call, timed in one spawned reader process (not the loader) where shmpool and LMDB take "
                 f"turns every {CHUNK} lookups / {CHUNK // BATCH_STEPS} batches; random (dimension, layer) over all "
                 "2800 layers, every generation mapped and page touched first; includes two clock reads "
-                "(machine.clock_overhead_ns). batch: 20 random steps of the sample, the 20 results held; lmdb "
+                "(machine.clock_overhead_ns). limit_prebuilt_slice: the physical limit of a lookup, a C method of the "
+                "lookup's shape, get(dimension_id, layer_id), returning a memoryview slice made beforehand "
+                "(shmpool._core._lookup.PrebuiltSlice), taking its turn after shmpool's. batch: 20 random steps of the sample, the 20 results held; lmdb "
                 "batch_copied_out copies every buffer out (buffers=True views die with their transaction; "
                 "shmpool's stay valid and pinned), measured after the others. manager: Manager().dict() get "
                 "through its DictProxy, one round trip per get, in a second spawned process",
@@ -575,6 +592,7 @@ def _targets(p: dict) -> dict:
     out = {}
     if "lookup" in p:
         out.update(_lookup_targets(sp, lm, row))
+        out.update(_issue22_targets(sp, lm, lk["limit_prebuilt_slice"], row))
     if conc is not None:
         many = next(k for k in conc["shmpool"] if k.endswith("_readers") and not k.startswith("1_"))
         out["readers_per_core_vs_one"] = row(
@@ -635,6 +653,28 @@ def _lookup_targets(sp: dict, lm: dict, row) -> dict:
             sp["batch"]["p99_us"] / lm["batch"]["p99_us"], batch,
             sp["batch"]["p99_us"] <= batch * lm["batch"]["p99_us"], "us"),
     }
+
+
+def _issue22_targets(sp: dict, lm: dict, limit: dict, row) -> dict:
+    """Issue 22's read goals, each a ratio of two rows measured in the same process, in turns."""
+    single, long_txn, batch = sp["single"], lm["single_long_txn"], sp["batch"]
+    goals = [
+        ("issue22_lookup_p50_vs_lmdb_long_txn", "median_us", single, long_txn, "lookup_p50_vs_lmdb_long_txn",
+         "lookup p50 <= {t}x py-lmdb get in one long txn"),
+        ("issue22_lookup_p99_vs_lmdb_long_txn", "p99_us", single, long_txn, "lookup_p99_vs_lmdb_long_txn",
+         "lookup p99 <= {t}x py-lmdb get in one long txn"),
+        ("issue22_batch20_median_vs_lmdb_one_txn", "median_us", batch, lm["batch"],
+         "batch20_median_vs_lmdb_one_txn_22", "batch of 20 <= {t}x 20 LMDB gets in one txn (median)"),
+        ("issue22_lookup_p50_vs_limit", "median_ns", single, limit, "lookup_p50_vs_limit",
+         "lookup p50 within {t}x of a C call returning a prebuilt memoryview slice (p50, ns, unrounded; "
+         "both include the clock pair, machine.clock_overhead_ns)"),
+    ]
+    out = {}
+    for key, stat, ours, peer, target, what in goals:
+        t = TARGETS[target]
+        ratio = ours[stat] / peer[stat]
+        out[key] = row(what.format(t=t), ours[stat], peer[stat], ratio, t, ratio <= t, stat.rpartition("_")[2])
+    return out
 
 
 def _jobs_targets(jobs: dict, row) -> dict:

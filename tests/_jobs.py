@@ -68,3 +68,28 @@ def wait_for_path(reader, path, tag, limit=60.0):
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return tag
+
+
+def huge_int(reader):
+    """A result msgpack cannot carry: an int beyond 64 bits."""
+    return {"fine": 1, "huge": [2 ** 70]}
+
+
+def same(reader, value):
+    """Its argument back, as it arrived (an ndarray stays an ndarray)."""
+    return value
+
+
+def describe_array(reader, array):
+    """What the worker received, in plain values: type, dtype, shape, order and a checksum."""
+    import numpy as np
+    return {"type": type(array).__name__, "dtype": array.dtype.str, "shape": list(array.shape),
+            "f_order": bool(array.flags.f_contiguous and not array.flags.c_contiguous),
+            "writeable": bool(array.flags.writeable), "sum": float(np.asarray(array, dtype=np.float64).sum())}
+
+
+def ramp(reader, n, dtype, order):
+    """An ndarray made in the worker: arange(n) of ``dtype``, 2-D in ``order`` when n is even."""
+    import numpy as np
+    values = np.arange(n, dtype=dtype)
+    return values.reshape((2, n // 2), order=order) if n % 2 == 0 else values

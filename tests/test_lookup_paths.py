@@ -1,8 +1,8 @@
 """Every lookup path agrees with the index builder, hash collisions forced (issue 22).
 
-The slot decode exists as Generation.lookup / Generation.context and as inlined copies in
-Reader.load_layer_context, the Reader's batch loop and Snapshot.load_layer_context (a call costs
-5-10% there). Hypothesis draws layer ids that share home slots (``home + k * slots``, wrapping
+The slot decode is the compiled core's (shmpool/_core/_lookup.pyx), reached through
+Reader.load_layer_context, the Reader's batch (its inline step and its fallback),
+Snapshot.load_layer_context and its batch, and Generation.lookup. Hypothesis draws layer ids that share home slots (``home + k * slots``, wrapping
 past the table's end too) beside arbitrary ones, the coordinator publishes them, and each path
 must return every layer's exact bytes, and raise LayerNotFound (or list the step as missing) for
 ids that collide with present ones without being present. layer_index.probe must find each id at
@@ -58,10 +58,10 @@ def test_every_lookup_path_finds_what_the_index_builder_placed(coord, ids):
     generation = _publish(coord, present)
     expected = {lid: _content(lid) for lid in present}
     with shmpool.attach(coord.name) as reader:
-        # A batch first, on a fresh reader (its fallback path), then again once mapped (its copy).
+        # A batch first, on a fresh reader (its fallback path), then again once mapped (its inline step).
         first = reader.load_contexts([(DIM, lid) for lid in present])
         assert [bytes(c.content) for c in first] == [expected[lid] for lid in present]
-        for lid in present:  # Reader.load_layer_context's copy
+        for lid in present:  # Reader.load_layer_context
             ctx = reader.load_layer_context(DIM, lid)
             assert (ctx.generation, ctx.layer_id, bytes(ctx.content)) == (generation, lid, expected[lid])
             assert ctx.verify()
@@ -72,17 +72,16 @@ def test_every_lookup_path_finds_what_the_index_builder_placed(coord, ids):
         assert gen.generation == generation
         # The builder's placement: probe finds each id exactly at the slot build_table gave it.
         table = np.frombuffer(gen.table, np.int64).reshape(-1, SLOT_WORDS)
-        rows = gen.rows
+        rows = np.frombuffer(gen.rows, layer_index.ROW_DTYPE)
         built, slot_of = layer_index.build_table(rows["layer_id"], rows["start"], rows["end"],
                                                  layer_index.meta_column(rows), len(table))
         assert np.array_equal(built, table)
         for row, lid in enumerate(rows["layer_id"].tolist()):
             assert layer_index.probe(gen.table, gen.mask, lid) == int(slot_of[row]) * SLOT_WORDS
-        for lid in present:  # Generation's own two paths
-            assert bytes(gen.lookup(DIM, lid).content) == expected[lid]
-            assert bytes(gen.context(DIM, lid).content) == expected[lid]
+        for lid in present:  # Generation's own lookup
+            assert bytes(gen.lookup(lid).content) == expected[lid]
 
-        with reader.snapshot() as snap:  # Snapshot.load_layer_context's copy, and its batch
+        with reader.snapshot() as snap:  # Snapshot.load_layer_context, and its batch
             for lid in present:
                 assert bytes(snap.load_layer_context(DIM, lid).content) == expected[lid]
             assert [bytes(c.content) for c in snap.load_contexts([(DIM, lid) for lid in present])] == \
@@ -95,7 +94,7 @@ def test_every_lookup_path_finds_what_the_index_builder_placed(coord, ids):
             with pytest.raises(LayerNotFound):
                 reader.load_layer_context(DIM, lid)
             with pytest.raises(LayerNotFound):
-                gen.lookup(DIM, lid)
+                gen.lookup(lid)
             assert layer_index.probe(gen.table, gen.mask, lid) == -1
         lenient = reader.load_contexts([(DIM, lid) for lid in present + absent], strict=False)
         assert [c.layer_id for c in lenient] == present

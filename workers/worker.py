@@ -160,7 +160,7 @@ class _Serving:
                 result = fn(*args, **kwargs)
             else:
                 result = fn(self.reader, *args, **kwargs)
-            status, payload = _OK, encode_result(result)
+            status, payload = _OK, encode_result(result, job)
         except BaseException as exc:
             # Every job failure goes back to its client, typed: SystemExit and KeyboardInterrupt
             # raised by job code too (sys.exit() in a job), as ProcessPoolExecutor delivers them.

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._core import _lookup
 from ..errors import RegionFormatError
 
 __all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_DTYPE", "SLOT_WORDS", "SLOT_SHIFT",
@@ -44,8 +45,8 @@ MAGIC = b"SHMPLIX1"
 VERSION = 1
 SLOT_WORDS = 4        # key, start, end, meta
 SLOT_SHIFT = 2        # slot s starts at word s << SLOT_SHIFT of the table (SLOT_WORDS == 1 << SLOT_SHIFT)
-# The words of a slot, in order (docs/shm-layout.md, "Layer index"): every reader of the table
-# (shmpool/data/generation.py, layer_index.probe, region.Region) indexes them by these names.
+# The words of a slot, in order (docs/shm-layout.md, "Layer index"). The compiled core's read
+# path names the same words in shmpool/_core/_index_layout.pxd (tests/test_lookup_layout.py).
 SLOT_KEY = 0          # the layer id, or EMPTY
 SLOT_START = 1        # first byte of the layer's content in its pool segment
 SLOT_END = 2          # one past its last byte
@@ -152,23 +153,14 @@ def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.nd
     return table, slot_of
 
 
-def probe(table: memoryview, mask: int, key: int) -> int:
-    """The word index of ``key``'s slot in ``table`` (a flat ``'q'`` view), or -1 if absent."""
-    if type(key) is not int:
-        if not isinstance(key, (int, np.integer)) or isinstance(key, bool):
-            return -1
-        key = int(key)
-    if key < 0:
-        return -1
-    j = (key & mask) << SLOT_SHIFT
-    last = ((mask + 1) << SLOT_SHIFT) - 1
-    while True:
-        k = table[j + SLOT_KEY]
-        if k == key:
-            return j
-        if k == EMPTY:
-            return -1
-        j = (j + SLOT_WORDS) & last
+def probe(table: Any, mask: int, key: Any) -> int:
+    """The word index of ``key``'s slot in ``table`` (int64 words, ``mask + 1`` slots), or -1 if
+    absent; -1 for anything but an int or a numpy integer (bools included).
+
+    The probe of the compiled core (shmpool/_core/_lookup.pyx), the one every lookup runs: its
+    layout constants are shmpool._core._index_layout's, checked against this module's by
+    tests/test_lookup_layout.py."""
+    return int(_lookup.probe(table, mask, key))
 
 
 def meta_column(rows: np.ndarray) -> np.ndarray:

@@ -9,8 +9,8 @@ A :class:`MappedGenerations` is what a :class:`~shmpool.data.reader.Reader` and 
 * the **mapping** of a pinned generation (:meth:`_map`): a :class:`Generation` over arrays
   whose last reference releases the pin, so any context, or bare ``content`` view, keeps its
   generation pinned and its bytes exactly as they were, also after the reader is closed;
-* the per-dimension cache the lookup path reads (``dims``: a :class:`DimView` per dimension,
-  holding its current Generation), dropped by the pin-watch thread soon after each publication
+* the per-dimension cache the lookup path reads (``dims``: the core's DimTable of a DimView per
+  dimension, holding its current Generation), dropped by the pin-watch thread soon after each publication
   (:meth:`honour_epoch`) so an idle reader pins nothing old;
 * the generation-wait dispatcher, and the object's side of fork() (shmpool/data/fork.py).
 """
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
 from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \
     ShmPoolError
 from ..substrate.instance import SharedInstance
@@ -32,7 +33,6 @@ from ..substrate.layout import TOUCHED_RELOAD, W
 from . import fork, layer_index
 from .directory import Directory, Location
 from .gen_wait import GenerationWaiter
-from .generation import NOT_MAPPED, Generation
 from .pin_watch import PinWatcher
 from .pins import RowPins
 from .readers import ReaderRegistry
@@ -65,16 +65,10 @@ def _pinned(mm: Any, offset: int, nbytes: int, pin: _Pin) -> _PinnedBytes:
     return array
 
 
-class DimView:
-    """Where one dimension's words are, and the generation the lookup path uses now."""
-    __slots__ = ("dimension_id", "entry", "gen_pos", "touch_pos", "current")
-
-    def __init__(self, dimension_id: int, entry: int) -> None:
-        self.dimension_id = dimension_id
-        self.entry = entry
-        self.gen_pos = Directory.generation_position(entry)
-        self.touch_pos = Directory.touched_position(entry)
-        self.current: Generation = NOT_MAPPED
+def _dim_view(dimension_id: int, entry: int) -> DimView:
+    """Where one dimension's words are, and (NOT_MAPPED until the first lookup) the generation
+    the lookup path uses now: the compiled core's DimView."""
+    return DimView(dimension_id, entry, Directory.generation_position(entry), Directory.touched_position(entry))
 
 
 def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:
@@ -100,7 +94,7 @@ class MappedGenerations:
         self.words_mv = inst.control.words_mv
         self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self.slot = self._registry.register(timeout)
-        self.dims: dict[int, DimView] = {}  # the lookup path's cache; cleared in place, never replaced
+        self.dims = DimTable()  # the lookup path's cache (the core's): cleared in place, never replaced
         self._lock = threading.RLock()
         self._closed = False
         self._fork_error: ReaderForked | None = None
@@ -157,7 +151,7 @@ class MappedGenerations:
             entry = published.get(dimension_id)
             if entry is None:
                 raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
-            dv = DimView(dimension_id, entry)
+            dv = _dim_view(dimension_id, entry)
             self.refresh(dv)
             self.dims[dimension_id] = dv
             return dv
@@ -212,7 +206,7 @@ class MappedGenerations:
             self._start_watcher()
             dv = self.dims.get(dimension_id)
             if dv is None:
-                dv = self.dims[dimension_id] = DimView(dimension_id, entry)
+                dv = self.dims[dimension_id] = _dim_view(dimension_id, entry)
             if dv.current.generation == loc.generation:
                 return dv.current
             self.pins.hold(entry, loc.generation)  # the array's own, taken while the snapshot's holds

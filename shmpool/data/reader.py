@@ -5,8 +5,8 @@ How a lookup stays cheap and safe:
 * Per dimension the reader keeps views of the current generation: its layer index, built once
   by the coordinator in shared memory (shmpool/data/layer_index.py), and the pools its layers live in.
   O(1) Python objects per generation, none per layer. A lookup reads the dimension's published
-  GENERATION word from shared memory; if it still matches, it probes the shared table and slices
-  a pool view. No lock, no syscall, no logging.
+  GENERATION word from shared memory; if it still matches, it probes the shared table and makes
+  the context, in C (shmpool/_core/_lookup.pyx). No lock, no syscall, no logging.
 * When the generation moved, the reader first PINS the new generation (one int64 store in its
   reader row), then checks GENERATION did not move again, and only then touches the region. The
   coordinator frees a superseded region only after a grace period and only if no live reader pins
@@ -21,22 +21,21 @@ How a lookup stays cheap and safe:
   inherited (shmpool/data/fork.py); the parent's row is never touched by the child.
 
 The row, the pins and the mapping of generations belong to one object, shmpool/data/mapping.py,
-shared with this reader's snapshots; the probe of a generation's table is
-shmpool/data/generation.py's. This module is the reader's API over them.
+shared with this reader's snapshots; the lookup and the batch are the compiled core's
+(ReaderCore, which Reader subclasses). This module is the reader's API over them.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from ..errors import AttachError, DimensionNotFound, LayerNotFound
 from ..substrate.ids import as_id
 from ..substrate.instance import SharedInstance
 from ..substrate.layout import TOUCHED_READ, W
-from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
-from .generation import Generation
-from .layer_index import POOL_BITS, POOL_MASK, SLOT_END, SLOT_META, SLOT_SHIFT, SLOT_START
+from .._core._lookup import Generation, ReaderCore
+from .context import ContextCollection, LoadedContext, NavigationPath
 from .mapping import RELOAD_TIMEOUT, MappedGenerations
 from .pins import list_pins
 from .snapshot import SNAPSHOT_TIMEOUT, Snapshot
@@ -45,12 +44,11 @@ __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 
 BATCH_TRIES = 3        # load_contexts re-reads a batch a publish cut through, then uses a snapshot
 _SEQ = int(W.PUBLISH_SEQ)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
-_new = object.__new__
 
 
 
 
-class Reader:
+class Reader(ReaderCore):
     """A process's view of the published dimensions of one instance. Thread-safe.
 
     Lookups never block and never copy. A context stays valid after :meth:`close` (and after
@@ -64,6 +62,7 @@ class Reader:
     def __init__(self, inst: SharedInstance, *, owns_instance: bool, timeout: float | None = None) -> None:
         self._map = MappedGenerations(inst, owns_instance=owns_instance, timeout=timeout)
         # What the lookup path reads, bound once (the owner clears ``dims`` in place, never replaces it).
+        self._core_attach(self._map, _SEQ, TOUCHED_READ)
         self._dims = self._map.dims
         self._dir_mv = self._map.dir_mv
         self._words_mv = self._map.words_mv
@@ -88,51 +87,6 @@ class Reader:
         return self._map.slot
 
     # ----------------------------------------------------------------- the hot path
-
-    def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
-        """The layer's content as a zero-copy read-only view, with its metadata. O(1), lock-free.
-
-        Ids are ints; numpy integers are accepted (and returned as ints). Raises InvalidId (a
-        TypeError) for anything else, bools and floats included; DimensionNotFound /
-        LayerNotFound naming the ids and what exists.
-        """
-        # Hot path: two exact type tests, one dict lookup, two int64 reads from shared memory
-        # (generation, touched), then Generation.lookup: the probe of the shared table (key,
-        # meta, start, end) and one memoryview slice. The touched word is written only when it
-        # is 0, i.e. once per coordinator sampling period, so readers do not fight over its
-        # cache line. No locks, no logging, no syscalls; scripts/bench_readers.py measures it.
-        # The type tests come first because True and 3.0 would otherwise find dimension 1 and 3
-        # in the dicts (equal keys hash alike).
-        if type(dimension_id) is not int or type(layer_id) is not int:
-            dimension_id, layer_id = self._ids(dimension_id, layer_id)
-        dv = self._dims.get(dimension_id)
-        if dv is None:
-            dv = self._map.dimension(dimension_id)
-        gen = dv.current
-        dir_mv = self._dir_mv
-        if dir_mv[dv.gen_pos] != gen.generation:
-            gen = self._map.refresh(dv)
-        if not dir_mv[dv.touch_pos]:
-            dir_mv[dv.touch_pos] = TOUCHED_READ
-        # Generation.lookup inlined (the call measured at +30 ns, +5% of a lookup): the key at the
-        # id's home slot, its meta word, one slice. A collision, a compressed layer or a miss goes
-        # through Generation.context. tests/test_lookup_paths.py checks this copy, the batch's
-        # and the snapshot's against the index builder, with forced collisions.
-        table = gen.table
-        j = (layer_id & gen.mask) << SLOT_SHIFT
-        if table[j] != layer_id:  # SLOT_KEY is word 0
-            return gen.context(dimension_id, layer_id)
-        meta = table[j + SLOT_META]
-        if meta < 0:
-            return gen.context(dimension_id, layer_id)
-        ctx = _new(LoadedContext)
-        ctx.dimension_id = dimension_id
-        ctx.layer_id = layer_id
-        ctx.content = gen.pools[meta & POOL_MASK][table[j + SLOT_START]:table[j + SLOT_END]]  # type: ignore[index]
-        ctx._gen = gen
-        ctx._row = meta >> POOL_BITS
-        return ctx
-
     def get(self, dimension: int | str, layer: int | str) -> LoadedContext:
         """The layer ``layer`` (an id or a str key) of dimension ``dimension`` (an id or its name).
 
@@ -141,7 +95,7 @@ class Reader:
         dimensions there are, LayerNotFound naming the key, InvalidId for another type.
         """
         try:
-            return self.load_layer_context(dimension, layer)  # type: ignore[arg-type]
+            return self.load_layer_context(dimension, layer)  # type: ignore[arg-type]  # ids, names and keys alike
         except LayerNotFound as exc:
             if type(layer) is not str:
                 raise
@@ -158,39 +112,19 @@ class Reader:
             if dim_name == name:
                 self._named[name] = dim_id
                 return dim_id
-        raise DimensionNotFound(dimension_id=repr(name),
-                                available=[f"{n!r} ({d})" for d, n in dimensions.items()])
+        raise DimensionNotFound(dimension_id=repr(name), available=[f"{n!r} ({d})" for d, n in dimensions.items()])
 
     def _ids(self, dimension: Any, layer: Any) -> tuple[int, int]:
-        """Off the hot path: a dimension by name, a layer by key, numpy integers; else InvalidId."""
+        """Off the hot path (the core calls it for ids that are not both ints): a dimension by
+        name, a layer by key, numpy integers; else InvalidId."""
         if type(dimension) is str:
             dimension = self.dimension_id(dimension)
         return as_id(dimension, "dimension_id"), as_id(layer, "layer_id")
 
-    # ----------------------------------------------------------------- batch and scan
-
-    def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True) -> ContextCollection:
-        """Load every step of ``path`` in order.
-
-        With ``strict`` (default) the first missing step raises; otherwise missing steps are
-        listed in ``.missing`` with the reason, never silently dropped. Ids are checked as by
-        :meth:`load_layer_context` (by NavigationPath), before anything is loaded.
-        """
-        steps = NavigationPath.of(path)
-        # One instant per batch: a publish (W.PUBLISH_SEQ moved, or odd: a commit in progress)
-        # during the batch may have mixed generations, so then it is read again. Two int64 reads.
-        seq_mv = self._words_mv
-        seq = seq_mv[_SEQ]
-        if not seq & 1:
-            try:
-                out = self._batch(steps, strict)
-            except (DimensionNotFound, LayerNotFound):
-                if seq_mv[_SEQ] == seq:
-                    raise
-            else:
-                if seq_mv[_SEQ] == seq:
-                    return out
-        return self._batch_again(steps, strict)
+    # load_layer_context and load_contexts are ReaderCore's (shmpool/_core/_lookup.pyx): the
+    # lookup, the batch and its publish-sequence check run in C. They call back into the
+    # mapping (first use of a dimension, a new generation: pin, re-check, map) and into
+    # _batch_again below (a publish cut through a batch).
 
     def _batch_again(self, steps: NavigationPath, strict: bool) -> ContextCollection:
         """A publish cut through the batch: read it again, then through a snapshot (which
@@ -211,41 +145,6 @@ class Reader:
         with self.snapshot() as snap:
             return snap.load_contexts(steps, strict=strict)
 
-    def _batch(self, steps: NavigationPath, strict: bool) -> ContextCollection:
-        out = ContextCollection()
-        append = out.contexts.append
-        dims, dir_mv, load = self._dims, self._dir_mv, self.load_layer_context
-        # The hot path of load_layer_context inlined, Generation.lookup's home-slot case with it:
-        # a batch of 20 costs ~20 slices, not 20 method calls (each call measured at ~50 ns).
-        # Anything unusual (first use, a new generation, an untouched dimension, a collision, a
-        # compressed or missing layer) goes through load_layer_context itself.
-        for pos, (dim, layer) in enumerate(steps):
-            dv = dims.get(dim)
-            if dv is not None:
-                gen = dv.current
-                if dir_mv[dv.gen_pos] == gen.generation and dir_mv[dv.touch_pos]:
-                    table = gen.table
-                    j = (layer & gen.mask) << SLOT_SHIFT
-                    if table[j] == layer:  # SLOT_KEY is word 0
-                        meta = table[j + SLOT_META]
-                        if meta >= 0:
-                            ctx = _new(LoadedContext)
-                            ctx.dimension_id = dim
-                            ctx.layer_id = layer
-                            ctx.content = gen.pools[meta & POOL_MASK][  # type: ignore[index]
-                                table[j + SLOT_START]:table[j + SLOT_END]]
-                            ctx._gen = gen
-                            ctx._row = meta >> POOL_BITS
-                            append(ctx)
-                            continue
-            try:
-                append(load(dim, layer))
-            except (DimensionNotFound, LayerNotFound) as exc:
-                if strict:
-                    raise
-                out.missing.append(MissingStep(pos, dim, layer, str(exc)))
-        return out
-
     def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
         """Every layer of the dimension's current generation (in layer id order), or only those
         tagged ``keyword``. The generation is fixed when the scan starts."""
@@ -255,7 +154,7 @@ class Reader:
         dv = self._dims.get(dimension_id)
         if dv is not None:
             self._dir_mv[dv.touch_pos] = max(self._dir_mv[dv.touch_pos], TOUCHED_READ)
-        yield from gen.contexts(dimension_id, rows)
+        yield from gen.contexts(rows)
 
     def _current(self, dimension_id: int) -> Generation:
         dv = self._dims.get(dimension_id) or self._map.dimension(dimension_id)

@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from loguru import logger
 
 from ..substrate._proc import is_alive
-from .context import ContextCollection, LoadedContext, MissingStep, NavigationPath, Step
+from .._core._lookup import Generation, SnapshotCore
+from .context import LoadedContext
 from .directory import EVICTED, Directory, Location
-from .layer_index import POOL_BITS, POOL_MASK, SLOT_END, SLOT_META, SLOT_SHIFT, SLOT_START
-from ..errors import (DimensionEvicted, DimensionNotFound, LayerNotFound, ShmPoolError, SnapshotClosed,
-                     SnapshotTimeout)
+from ..errors import DimensionEvicted, DimensionNotFound, ShmPoolError, SnapshotClosed, SnapshotTimeout
 from ..substrate.ids import as_id
 from ..substrate.layout import TOUCHED_READ, W
 
 if TYPE_CHECKING:
-    from .generation import Generation
     from .mapping import MappedGenerations
     from .pins import RowPins
 
@@ -46,9 +44,6 @@ SNAPSHOT_TIMEOUT = 5.0  # seconds snapshot() waits for a multi-dimension commit 
 _ODD_POLL = 0.0002      # a commit is a handful of directory stores: microseconds
 _LIVENESS_AFTER = 0.01  # an odd word this old makes us ask whether its coordinator still lives
 
-_new = object.__new__
-
-
 def _release(pins: "RowPins", holds: list[tuple[int, int]]) -> None:
     try:
         pins.release_all(holds, from_collector=True)
@@ -56,7 +51,7 @@ def _release(pins: "RowPins", holds: list[tuple[int, int]]) -> None:
         logger.debug("snapshot pins {} not released: {}", holds, exc)
 
 
-class Snapshot:
+class Snapshot(SnapshotCore):
     """One instant of every published dimension of an instance, for consistent reads.
 
     Made by :meth:`Reader.snapshot`. Lookups (``load_layer_context``, ``load_contexts``,
@@ -68,14 +63,14 @@ class Snapshot:
     short-lived. Contexts it returned stay valid after it closes. Thread-safe.
     """
 
-    __slots__ = ("_mapped", "sequence", "_locations", "_gens", "_dir_mv", "_finalizer", "__weakref__")
+    __slots__ = ("_mapped", "sequence", "_locations", "_dir_mv", "_finalizer", "__weakref__")  # _gens: the core's
 
     def __init__(self, mapped: "MappedGenerations", sequence: int, locations: dict[int, tuple[int, _Fields]],
                  holds: list[tuple[int, int]]) -> None:
         self._mapped = mapped      # its reader's generations: the row its holds are in, the mapping
         self.sequence = sequence   # the even W.PUBLISH_SEQ of its instant
         self._locations = locations  # {dimension id: (entry, Location fields)}
-        self._gens: dict[int, "Generation"] = {}
+        self._gens: dict[int, Generation] = {}
         self._dir_mv = mapped.dir_mv
         self._finalizer = weakref.finalize(self, _release, mapped.pins, holds)
         self._finalizer.atexit = False  # a dead process's pins are dropped by the coordinator
@@ -116,56 +111,16 @@ class Snapshot:
 
     # ----------------------------------------------------------------- lookups
 
-    def load_layer_context(self, dimension_id: int, layer_id: int) -> LoadedContext:
-        """The layer as it was at the snapshot's instant; zero-copy, as Reader.load_layer_context.
-
-        Raises DimensionNotFound (not published at the instant), DimensionEvicted, LayerNotFound,
-        SnapshotClosed, InvalidId."""
-        # The lookup path: one dict lookup for the generation, then Generation.lookup (one probe
-        # of its shared layer index, one slice), as Reader.load_layer_context. The generation is
-        # fixed, so the directory is not read at all (only TOUCHED, for eviction, at mapping).
-        if type(dimension_id) is not int or type(layer_id) is not int:
-            dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
-        gen = self._gens.get(dimension_id)
-        if gen is None:
-            gen = self._resolve(dimension_id)
-        # Generation.lookup inlined, as in Reader.load_layer_context (the call measured at +50 ns
-        # here, +10%); tests/test_lookup_paths.py checks this copy against the index builder.
-        table = gen.table
-        j = (layer_id & gen.mask) << SLOT_SHIFT
-        if table[j] != layer_id:  # SLOT_KEY is word 0
-            return gen.context(dimension_id, layer_id)
-        meta = table[j + SLOT_META]
-        if meta < 0:
-            return gen.context(dimension_id, layer_id)
-        ctx = _new(LoadedContext)
-        ctx.dimension_id = dimension_id
-        ctx.layer_id = layer_id
-        ctx.content = gen.pools[meta & POOL_MASK][table[j + SLOT_START]:table[j + SLOT_END]]  # type: ignore[index]
-        ctx._gen = gen
-        ctx._row = meta >> POOL_BITS
-        return ctx
-
-    def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True) -> ContextCollection:
-        """Every step of ``path`` at the snapshot's instant; ``strict`` as in Reader.load_contexts."""
-        steps = NavigationPath.of(path)
-        out = ContextCollection()
-        append, load = out.contexts.append, self.load_layer_context
-        for pos, (dim, layer) in enumerate(steps):
-            try:
-                append(load(dim, layer))
-            except (DimensionNotFound, LayerNotFound) as exc:
-                if strict:
-                    raise
-                out.missing.append(MissingStep(pos, dim, layer, str(exc)))
-        return out
+    # load_layer_context and load_contexts are SnapshotCore's (shmpool/_core/_lookup.pyx): one
+    # dict lookup for the generation, the probe and the context in C; _resolve (first use of a
+    # dimension) is called back here.
 
     def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
         """Every layer of the dimension at the instant (layer id order), or those tagged ``keyword``."""
         dimension_id = as_id(dimension_id, "dimension_id")
         gen = self._gens.get(dimension_id) or self._resolve(dimension_id)
         rows = range(gen.layer_count) if keyword is None else gen.rows_with_keyword(keyword)
-        yield from gen.contexts(dimension_id, rows)
+        yield from gen.contexts(rows)
 
     def generation(self, dimension_id: int) -> int:
         """The dimension's generation at the instant (no mapping needed)."""

@@ -4,13 +4,20 @@ Layer content never travels as bytes: a LoadedContext is sent as a reference (di
 generation) and the receiving client resolves it against its own mapping of shared memory,
 without a copy. A ContextCollection travels as its references plus its missing steps. Tuples
 travel as an extension type and arrive as tuples (``divmod`` returns ``(q, r)`` in the client,
-as with any Executor), so they also work as dict keys.
+as with any Executor), so they also work as dict keys. A numpy array travels as an extension type
+too: its dtype (numpy's own ``.npy`` descr, a str or a list of fields, never pickle), shape, order
+and raw bytes; it arrives as an ndarray of its own with the same dtype, shape, order and values.
+Arrays of objects are refused: their bytes are pointers, not data.
+
+What msgpack cannot carry (an object, an int beyond 64 bits) is refused with InvalidArgumentType,
+a TypeError naming the argument (``args[1]``, ``kwargs['key']``) or the job whose result it was.
 
 An exception travels as its type's module and name, its ``args`` (when msgpack can carry them),
 its message and its traceback text. The client rebuilds it as the same type only when that type
 is an Exception of a module the client has already imported (builtins always, shmpool's own
-errors from their fields): nothing is imported, and nothing but a constructor taking the args
-runs, because of what a worker sends. Anything else becomes a JobError.
+errors from their fields), or SystemExit / KeyboardInterrupt (a job's ``sys.exit()`` arrives as
+itself, as ProcessPoolExecutor delivers it): nothing is imported, and nothing but a constructor
+taking the args runs, because of what a worker sends. Anything else becomes a JobError.
 
 This is shmpool's one error wire format: the Dask host daemon (shmpool._dask_host) sends the
 same payload (:func:`encode_error`) inside its JSON replies, and rebuilds it with
@@ -23,11 +30,12 @@ from __future__ import annotations
 
 import enum
 import math
+import reprlib
 import struct
 import sys
 import threading
 import traceback
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, Literal, NamedTuple, Union
 
 import msgpack
 import numpy as np
@@ -35,7 +43,7 @@ from loguru import logger
 
 from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
-from ..errors import InvalidArgument, JobError, RemoteTraceback, ShmPoolError
+from ..errors import InvalidArgument, InvalidArgumentType, JobError, RemoteTraceback, ShmPoolError
 
 __all__ = ["check_job_timeout", "encode_request", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
            "decode_result", "encode_error", "decode_error", "error_info", "rebuild_error", "Resolver",
@@ -44,7 +52,12 @@ __all__ = ["check_job_timeout", "encode_request", "decode_request", "decode_job"
 EXT_LAYER = 1        # struct LAYER_REF
 EXT_COLLECTION = 2   # msgpack [[ext LAYER...], [[position, dimension, layer, reason], ...]]
 EXT_TUPLE = 3        # msgpack array of the items
+EXT_ARRAY = 4        # ARRAY_HEADER_LEN, msgpack [descr, shape, fortran], then the array's raw bytes
 LAYER_REF = struct.Struct("<IQQ")  # dimension id, layer id, generation
+ARRAY_HEADER_LEN = struct.Struct("<I")  # bytes of the msgpack header that follows
+# Every builtin BaseException that is not an Exception and that a job can raise on purpose: rebuilt
+# as itself like an Exception (GeneratorExit is the interpreter's own, and stays a JobError).
+_BASE_EXCEPTIONS_REBUILT = (SystemExit, KeyboardInterrupt)
 
 Resolver = Callable[[int, int, int], LoadedContext]
 Buffer = Union[bytes, bytearray, memoryview]  # what a slot or a spill hands the decoder
@@ -102,11 +115,53 @@ def _pack(value: Any) -> bytes:
         local.packer = packer
 
 
+def _refusal(exc: Exception) -> str:
+    """Why msgpack refused a value, in the terms of usage.md's table."""
+    if isinstance(exc, OverflowError):  # msgpack's "Integer value out of range"
+        return ("cannot send an int beyond 64 bits (msgpack carries -2**63 .. 2**64-1): "
+                "send it as a str, or as bytes with int.to_bytes")
+    return str(exc)
+
+
+def _brief(value: Any) -> str:
+    """A short repr for an error message: reprlib's, or the type's name when even that fails
+    (an int of more than 4300 digits cannot be turned into a str at all)."""
+    try:
+        return reprlib.repr(value)
+    except ValueError:
+        return f"<{type(value).__name__}>"
+
+
+def _pack_named(value: Any, argument: str) -> bytes:
+    """``_pack(value)``; what it cannot carry is InvalidArgumentType naming ``argument``."""
+    try:
+        return _pack(value)
+    except (TypeError, OverflowError) as exc:
+        raise InvalidArgumentType(argument=argument, value=_brief(value), reason=_refusal(exc)) from None
+
+
+def _name_unsendable(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], chunk: bool,
+                     single: bool = False) -> None:
+    """Raise InvalidArgumentType for the first argument msgpack cannot carry (none: return)."""
+    for position, arg in enumerate(args):
+        if chunk and single:  # map over one iterable: each item is the one argument
+            _pack_named(arg, f"item {position} of the chunk, args[0]")
+        elif chunk:  # map's chunksize: each item is an argument list of its own
+            for inner, value in enumerate(arg):
+                _pack_named(value, f"item {position} of the chunk, args[{inner}]")
+        else:
+            _pack_named(arg, f"args[{position}]")
+    for key, value in kwargs.items():
+        _pack_named(value, f"kwargs[{key!r}]")
+
+
 def _default(obj: Any) -> Any:
     # strict_types sends every subclass here: tuples (kept as tuples), and subclasses of the
     # plain types (IntEnum, OrderedDict, np.float64, ...) as their base value.
     if isinstance(obj, tuple):
         return msgpack.ExtType(EXT_TUPLE, _pack(list(obj)))
+    if isinstance(obj, np.ndarray):
+        return _array_ext(obj)
     if isinstance(obj, LoadedContext):
         return msgpack.ExtType(EXT_LAYER, LAYER_REF.pack(obj.dimension_id, obj.layer_id, obj.generation))
     if isinstance(obj, ContextCollection):
@@ -115,6 +170,8 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(EXT_COLLECTION, msgpack.packb(body, use_bin_type=True))
     if isinstance(obj, enum.Enum):  # before str and int: str(a str Enum) is not its value
         return obj.value
+    if isinstance(obj, np.bool_):  # numpy's bool is no int subclass, unlike Python's
+        return bool(obj)
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
@@ -128,14 +185,57 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, (list, set, frozenset)):
         return list(obj)
     raise TypeError(f"cannot send a {type(obj).__name__} as a job argument or result "
-                    "(msgpack types, tuples, LoadedContext and ContextCollection only)")
+                    "(msgpack types, tuples, numpy arrays, LoadedContext and ContextCollection only)")
 
 
-def encode_request(job: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *, flags: RequestFlags = RequestFlags.NAMED,
-                   job_timeout: float | None = None) -> bytes:
+def _array_ext(array: np.ndarray[Any, Any]) -> msgpack.ExtType:
+    """An ndarray as EXT_ARRAY: dtype descr, shape, order, then its bytes in that order. The join
+    is the one copy for an array contiguous in its order (ravel is then a view; msgpack's ExtType
+    takes bytes only); any other array is gathered into that order first."""
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError("cannot send a masked array (its mask would be lost): send its .data and .mask")
+    if array.dtype.hasobject:
+        raise TypeError(f"cannot send an array of dtype {array.dtype} "
+                        "(its items are references, not data: fixed-size dtypes only)")
+    fortran = array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous
+    header = _pack([np.lib.format.dtype_to_descr(array.dtype), list(array.shape), fortran])
+    data = array.ravel(order="F" if fortran else "C").view(np.uint8).data if array.dtype.itemsize else b""
+    return msgpack.ExtType(EXT_ARRAY, b"".join((ARRAY_HEADER_LEN.pack(len(header)), header, data)))
+
+
+def _array_from(payload: bytes, unpack_header: Callable[[bytes], Any]) -> np.ndarray[Any, Any]:
+    """The ndarray an EXT_ARRAY payload describes, writable and of its own. The dtype is rebuilt
+    from its descr (np.dtype of a str or of field tuples: no pickle, nothing imported); object
+    dtypes and a byte count that does not match the shape are refused."""
+    (header_len,) = ARRAY_HEADER_LEN.unpack_from(payload)
+    start = ARRAY_HEADER_LEN.size + header_len
+    descr, shape, fortran = unpack_header(payload[ARRAY_HEADER_LEN.size:start])
+    dtype = np.lib.format.descr_to_dtype(descr)
+    if dtype.hasobject:
+        raise TypeError(f"an encoded array of dtype {dtype} (objects) is refused")
+    shape = tuple(int(n) for n in shape)
+    if math.prod(shape) * dtype.itemsize != len(payload) - start:
+        raise ValueError(f"an encoded array of shape {shape} and dtype {dtype} has "
+                         f"{len(payload) - start} bytes")
+    order: Literal["C", "F"] = "F" if fortran else "C"
+    view: np.ndarray[Any, Any] = np.ndarray(shape, dtype=dtype, buffer=payload, offset=start, order=order)
+    owned: np.ndarray[Any, Any] = view.copy(order=order)  # the payload is read-only bytes; an array is its own
+    return owned
+
+
+def encode_request(job: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
+                   flags: RequestFlags = RequestFlags.NAMED, job_timeout: float | None = None) -> bytes:
+    """The request's bytes; InvalidArgumentType (a TypeError) names an argument msgpack cannot carry."""
     if flags == RequestFlags.NAMED and job_timeout is None:
-        return _pack([job, list(args), kwargs])  # the common case stays three elements
-    return _pack([job, list(args), kwargs, int(flags), job_timeout])
+        request: list[Any] = [job, list(args), kwargs]  # the common case stays three elements
+    else:
+        request = [job, list(args), kwargs, int(flags), job_timeout]
+    try:
+        return _pack(request)
+    except (TypeError, OverflowError):
+        # Packed again one argument at a time only on this failure path, to say which one it was.
+        _name_unsendable(args, kwargs, chunk=bool(flags & RequestFlags.CHUNK), single=bool(flags & RequestFlags.SINGLE))
+        raise
 
 
 def decode_job(data: Buffer, resolve: Resolver | None = None, *, decode: "Decoder | None" = None) -> JobRequest:
@@ -154,8 +254,9 @@ def decode_request(data: Buffer, resolve: Resolver | None = None) -> tuple[str, 
     return job, args, kwargs
 
 
-def encode_result(value: Any) -> bytes:
-    return _pack(value)
+def encode_result(value: Any, job: str = "?") -> bytes:
+    """The result's bytes; InvalidArgumentType (a TypeError) naming ``job`` if msgpack cannot carry it."""
+    return _pack_named(value, f"the result of job {job!r}")
 
 
 def decode_result(data: Buffer, resolve: Resolver) -> Any:
@@ -178,6 +279,8 @@ def decoder(resolve: Resolver | None = None) -> Decoder:
         if code == EXT_COLLECTION and resolve is not None:
             contexts, missing = unpackb(payload, raw=False, ext_hook=ext_hook)
             return ContextCollection(list(contexts), [MissingStep(*m) for m in missing])
+        if code == EXT_ARRAY:
+            return _array_from(payload, lambda header: unpackb(header, raw=False, ext_hook=ext_hook))
         return ext_type(code, payload)
 
     def decode(data: Any) -> Any:
@@ -261,7 +364,8 @@ def _rebuild(info: dict[str, Any]) -> BaseException | None:
     for part in name.split(".") if owner is not None and name else ():
         found = getattr(found, part, None)
     args = info.get("args")
-    if not (isinstance(found, type) and issubclass(found, Exception) and isinstance(args, list)):
+    rebuilt_type = isinstance(found, type) and (issubclass(found, Exception) or found in _BASE_EXCEPTIONS_REBUILT)
+    if not (rebuilt_type and isinstance(args, list)):
         return None
     try:
         exc = found(*args)

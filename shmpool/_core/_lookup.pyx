@@ -1,0 +1,1011 @@
+# cython: language_level=3, auto_pickle=False
+"""The read path in C: the probe of a generation's shared layer index, the slot decode, the
+publish-sequence check of a batch, and the objects a lookup returns.
+
+What is here runs once per lookup or per batch step (STYLE.md, "The compiled core"); what runs
+once per publication (pinning and mapping a new generation, waiting for a reload, taking a
+snapshot) stays in Python, in shmpool/data/mapping.py, reader.py and snapshot.py, and is called
+from here only when a lookup finds the published generation moved or a dimension not yet mapped.
+
+* :class:`Generation`: one mapped generation of one dimension. It holds the pinned index array
+  and the pool views its layers live in (so while it lives, its pin holds: shmpool/data/mapping.py),
+  and the raw addresses of its table and rows, taken from those buffers once.
+* :class:`LoadedContext`: what a lookup returns. Its ``content`` is a read-only memoryview into
+  the pool, made on first access; frequency, keywords, flags and CRC are decoded from the row
+  when asked. A context made by a lookup is the object and nothing else: no view, no string.
+* :class:`ContextCollection`: what ``load_contexts`` returns. A lazy one holds the batch's
+  generations and one packed word per step (row << 16 | generation); contexts are made on
+  access, and ``format_for_llm``, ``total_bytes`` and ``len`` read the rows directly.
+* :class:`ReaderCore` and :class:`SnapshotCore`: the lookup methods of shmpool.data.reader.Reader
+  and shmpool.data.snapshot.Snapshot, which subclass them; :class:`DimView` and
+  :class:`DimTable`: a reader's dimensions, as its mapping keeps them.
+
+The lookup takes no lock, makes no system call and logs nothing: the dimension's view (an index
+for ids below 256, a dict beyond), one acquire load of its GENERATION word (and of TOUCHED, stored once per coordinator
+sampling period), the probe, one bounds check, the context object. The GIL is held from the
+first shared load to the return, so no other thread of this process can close the reader (and
+unmap the control segment) in between; every return from Python code (a refresh, a first use)
+re-reads the segment's address through its memoryview, which says when it was released.
+
+The core imports only shmpool.errors; the Python collaborators (id checks, NavigationPath,
+MissingStep, zstd inflation) are handed over once by shmpool.data.context through :func:`bind`.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.dict cimport PyDict_GetItemWithError
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport PyLong_FromLongLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t, uint16_t, uint32_t
+from libc.string cimport memcpy
+
+from ._index_layout cimport *
+from ._sync cimport shm_load
+
+import zlib
+
+from ..errors import DimensionNotFound, InvalidArgument, LayerNotFound, RegionFormatError
+
+cdef enum:
+    SMALL_IDS = 256  # dimension ids a reader finds by index rather than by hash
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemoryViewObject:
+        int flags
+        Py_buffer view
+    int _Py_MEMORYVIEW_RELEASED
+
+__all__ = ["Generation", "LoadedContext", "ContextCollection", "DimView", "DimTable", "ReaderCore",
+           "SnapshotCore", "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "bind", "probe"]
+
+# The layout constants of _index_layout.pxd, for tests/test_lookup_layout.py to compare.
+LAYOUT = {
+    "HEADER_BYTES": HEADER_BYTES, "SLOT_WORDS": SLOT_WORDS, "SLOT_KEY": SLOT_KEY, "SLOT_START": SLOT_START,
+    "SLOT_END": SLOT_END, "SLOT_META": SLOT_META, "EMPTY": EMPTY, "POOL_BITS": POOL_BITS, "POOL_MASK": POOL_MASK,
+    "ROW_BYTES": ROW_BYTES, "ROW_LAYER_ID": ROW_LAYER_ID, "ROW_START": ROW_START, "ROW_END": ROW_END,
+    "ROW_KW_START": ROW_KW_START, "ROW_KW_END": ROW_KW_END, "ROW_FREQUENCY": ROW_FREQUENCY,
+    "ROW_POOL": ROW_POOL, "ROW_FLAGS": ROW_FLAGS, "ROW_CRC32": ROW_CRC32,
+    "FLAG_TEXT": FLAG_TEXT, "FLAG_ZSTD": FLAG_ZSTD, "KEYWORD_SEPARATOR": chr(KEYWORD_SEPARATOR),
+}
+
+# ----------------------------------------------------------------- Python collaborators
+
+cdef object _as_id = None           # shmpool.substrate.ids.as_id
+cdef object _NavigationPath = None  # shmpool.data.context.NavigationPath
+cdef object _MissingStep = None     # shmpool.data.context.MissingStep
+cdef object _inflate = None         # shmpool.data.compression.inflate
+cdef object _arrays = None          # shmpool.data.arrays (array layers: decoded on request, off the hot path)
+cdef tuple _BATCH_MISSES = (DimensionNotFound, LayerNotFound)
+
+
+def bind(*, as_id, navigation_path, missing_step, inflate, arrays):
+    """Hand the core its Python collaborators (called once, by shmpool.data.context)."""
+    global _as_id, _NavigationPath, _MissingStep, _inflate, _arrays
+    _as_id, _NavigationPath, _MissingStep, _inflate, _arrays = as_id, navigation_path, missing_step, inflate, arrays
+
+
+# ----------------------------------------------------------------- buffers and the probe
+
+cdef int _address(object obj, const char **base, Py_ssize_t *length) except -1:
+    """The address and length of ``obj``'s buffer. The caller keeps ``obj`` (which keeps the
+    mapping) alive for as long as it uses the address."""
+    cdef Py_buffer buf
+    PyObject_GetBuffer(obj, &buf, PyBUF_SIMPLE)
+    base[0] = <const char *>buf.buf
+    length[0] = buf.len
+    PyBuffer_Release(&buf)
+    return 0
+
+
+cdef inline int64_t *_words_of(object mv) noexcept:
+    """The address of a memoryview of shared words, or NULL once it was released (the instance
+    was closed: its mapping may be gone)."""
+    cdef PyMemoryViewObject *m = <PyMemoryViewObject *>mv
+    if m.flags & _Py_MEMORYVIEW_RELEASED:
+        return NULL
+    return <int64_t *>m.view.buf
+
+
+cdef inline int64_t _probe(const int64_t *table, int64_t mask, int64_t key) noexcept nogil:
+    """The word index of ``key``'s slot, or -1. Linear probing from ``key & mask``; at most one
+    pass over the table (a table the coordinator built is at most half full, so an empty slot
+    ends every miss; the bound only stops a corrupt one from looping)."""
+    cdef int64_t j = key & mask
+    cdef int64_t k, n = 0
+    if key < 0:
+        return -1
+    while n <= mask:
+        k = table[j * SLOT_WORDS + SLOT_KEY]
+        if k == key:
+            return j * SLOT_WORDS
+        if k == EMPTY:
+            return -1
+        j = (j + 1) & mask
+        n += 1
+    return -1
+
+
+cdef extern from "lookup_ids.h":
+    # A Python int (exact: the callers check) as a table key; -1 when it does not fit an int64.
+    int64_t _key_of "shm_key_of" (object layer_id) noexcept
+
+
+def probe(table, int64_t mask, key):
+    """The word index of ``key``'s slot in ``table`` (any buffer of int64 words, ``mask + 1``
+    slots), or -1 if absent; -1 for anything but an int (bools included) or a numpy integer."""
+    cdef const char *base
+    cdef Py_ssize_t length
+    if type(key) is not int:
+        if isinstance(key, bool) or not hasattr(key, "__index__"):
+            return -1
+        key = key.__index__()
+    if mask < 0 or (mask & (mask + 1)):
+        raise InvalidArgument(argument="mask", value=mask, reason="is not a power of two minus one")
+    _address(table, &base, &length)
+    if length < (mask + 1) * SLOT_WORDS * 8:
+        raise InvalidArgument(argument="table", value=length,
+                              reason=f"holds {length} bytes, fewer than {mask + 1} slots need")
+    return _probe(<const int64_t *>base, mask, _key_of(key))
+
+
+# ----------------------------------------------------------------- a mapped generation
+
+cdef int64_t _NO_SLOTS[SLOT_WORDS]
+_NO_SLOTS[SLOT_KEY], _NO_SLOTS[SLOT_START], _NO_SLOTS[SLOT_END], _NO_SLOTS[SLOT_META] = EMPTY, 0, 0, EMPTY
+
+
+@cython.final
+cdef class Generation:
+    """One mapped generation of one dimension: its shared layer index and the pools its layers
+    live in. O(1) Python objects whatever the layer count.
+
+    ``Generation(dimension_id, generation, index, header, pools)``: ``index`` is the read-only
+    buffer of the whole index (a pinned array: holding it holds the generation's pin),
+    ``header`` its checked :class:`shmpool.data.layer_index.Header`, ``pools`` a tuple (pool
+    number -> read-only memoryview of the whole pool segment, or None where no layer lives)."""
+
+    cdef readonly object dimension_id
+    cdef int64_t dim            # dimension_id as a C integer: what a context stores
+    cdef readonly int64_t generation
+    cdef readonly str name
+    cdef readonly Py_ssize_t layer_count
+    cdef readonly int64_t mask
+    cdef readonly tuple pools
+    cdef object index
+    cdef const int64_t *_table
+    cdef const char *_rows
+    cdef Py_ssize_t _rows_offset, _table_offset
+    cdef Py_ssize_t npools
+    cdef const char **pool_base
+    cdef Py_ssize_t *pool_len
+
+    def __cinit__(self):
+        self._table = _NO_SLOTS
+        self._rows = NULL
+        self.npools = 0
+        self.pool_base = NULL
+        self.pool_len = NULL
+        self.generation = -1
+        self.name = ""
+        self.pools = ()
+
+    def __init__(self, dimension_id, int64_t generation, index, header, tuple pools):
+        cdef const char *base
+        cdef Py_ssize_t length, p
+        cdef int64_t table_at = header.table_offset, rows_at = header.rows_offset
+        cdef int64_t slots = header.slots, count = header.layer_count, nbytes = header.nbytes
+        cdef int64_t name_at = HEADER_BYTES, name_length = header.name_length
+        _address(index, &base, &length)
+        source = f"dimension {dimension_id} generation {generation}"
+        # layer_index.read_header checked all of this against the index; checked again here
+        # because the addresses below are trusted from now on.
+        if (slots < 8 or slots & (slots - 1) or count < 0 or slots < 2 * count or table_at % 8 or rows_at % 8
+                or rows_at < name_at + name_length or table_at != rows_at + count * ROW_BYTES
+                or table_at + slots * SLOT_WORDS * 8 != nbytes or nbytes > length):
+            raise RegionFormatError(source=source, fault=f"layer index sections (rows at {rows_at}, table at "
+                                                         f"{table_at}, {slots} slots) do not fit {length} bytes")
+        self.dimension_id = dimension_id
+        self.dim = dimension_id
+        self.generation = generation
+        self.index = index
+        self.name = PyUnicode_DecodeUTF8(base + name_at, name_length, "strict")
+        self.layer_count = count
+        self.mask = slots - 1
+        self._table = <const int64_t *>(base + table_at)
+        self._rows = base + rows_at
+        self._rows_offset, self._table_offset = rows_at, table_at
+        self.pools = pools
+        self.npools = len(pools)
+        self.pool_base = <const char **>PyMem_Malloc(max(1, self.npools) * sizeof(char *))
+        self.pool_len = <Py_ssize_t *>PyMem_Malloc(max(1, self.npools) * sizeof(Py_ssize_t))
+        if self.pool_base is NULL or self.pool_len is NULL:
+            raise MemoryError()
+        for p in range(self.npools):
+            self.pool_base[p] = NULL
+            self.pool_len[p] = 0
+            if pools[p] is not None:
+                _address(pools[p], &self.pool_base[p], &self.pool_len[p])
+
+    def __dealloc__(self):
+        PyMem_Free(self.pool_base)
+        PyMem_Free(self.pool_len)
+
+    @property
+    def source(self):
+        return f"dimension {self.dimension_id} generation {self.generation}"
+
+    @property
+    def table(self):
+        """The table section as a read-only memoryview of int64 words (``mask + 1`` slots of
+        SLOT_WORDS): for inspection and tests, not the lookup path."""
+        if self.index is None:
+            return memoryview(b"").cast("q")
+        at = self._table_offset
+        return memoryview(self.index).cast("B")[at:at + (self.mask + 1) * SLOT_WORDS * 8].cast("q")
+
+    @property
+    def rows(self):
+        """The rows section as a read-only memoryview of bytes (``layer_count`` rows of
+        ROW_BYTES, layer_index.ROW_DTYPE): for inspection and tests, not the lookup path."""
+        if self.index is None:
+            return memoryview(b"")
+        return memoryview(self.index).cast("B")[self._rows_offset:self._rows_offset + self.layer_count * ROW_BYTES]
+
+    # -------------------------------------------------------------- rows
+
+    cdef inline const char *_row(self, Py_ssize_t row) noexcept:
+        return self._rows + row * ROW_BYTES
+
+    cdef int64_t _i64(self, Py_ssize_t row, int field) noexcept:
+        cdef int64_t v
+        memcpy(&v, self._row(row) + field, 8)
+        return v
+
+    cdef int _u16(self, Py_ssize_t row, int field) noexcept:
+        cdef uint16_t v
+        memcpy(&v, self._row(row) + field, 2)
+        return v
+
+    cdef const char *_bytes(self, Py_ssize_t pool, int64_t start, int64_t end) except NULL:
+        """The address of ``[start, end)`` in pool ``pool``; RegionFormatError if it lies outside."""
+        if not self._in_pool(pool, start, end):
+            raise RegionFormatError(source=self.source, fault=f"bytes [{start}, {end}) of pool {pool} lie outside "
+                                                              "the pools this generation maps")
+        return self.pool_base[pool] + start
+
+    def frequency(self, Py_ssize_t row):
+        cdef double v
+        self._check_row(row)
+        memcpy(&v, self._row(row) + ROW_FREQUENCY, 8)
+        return v
+
+    def keywords(self, Py_ssize_t row):
+        self._check_row(row)
+        cdef int64_t start = self._i64(row, ROW_KW_START), end = self._i64(row, ROW_KW_END)
+        if end <= start:
+            return ()
+        cdef const char *at = self._bytes(self._u16(row, ROW_POOL), start, end)
+        text = PyUnicode_DecodeUTF8(at, end - start, "strict")
+        # Empty pieces (a stray separator) are dropped, as region.split_keywords does.
+        return tuple([k for k in text.split(chr(KEYWORD_SEPARATOR)) if k])
+
+    def is_text(self, Py_ssize_t row):
+        self._check_row(row)
+        return bool(self._u16(row, ROW_FLAGS) & FLAG_TEXT)
+
+    def crc32(self, Py_ssize_t row):
+        cdef uint32_t v
+        self._check_row(row)
+        memcpy(&v, self._row(row) + ROW_CRC32, 4)
+        return v
+
+    cdef int _check_row(self, Py_ssize_t row) except -1:
+        if row < 0 or row >= self.layer_count:
+            raise IndexError(f"row {row} of {self.source} ({self.layer_count} rows)")
+        return 0
+
+    def layer_ids(self):
+        """Every layer id, ascending (the rows' order)."""
+        cdef Py_ssize_t row
+        return [self._i64(row, ROW_LAYER_ID) for row in range(self.layer_count)]
+
+    def rows_with_keyword(self, str keyword):
+        """Rows tagged ``keyword``, decoded now: a per-reader map of every keyword would be
+        O(layers) private memory per generation, the very cost the shared index removes."""
+        cdef Py_ssize_t row
+        return [row for row in range(self.layer_count)
+                if self._i64(row, ROW_KW_END) > self._i64(row, ROW_KW_START) and keyword in self.keywords(row)]
+
+    # -------------------------------------------------------------- lookups
+
+    cdef object _missing(self, object layer_id):
+        cdef Py_ssize_t row
+        sample = [self._i64(row, ROW_LAYER_ID) for row in range(min(12, self.layer_count))]
+        return LayerNotFound(dimension_id=self.dimension_id, layer_id=layer_id, generation=self.generation,
+                             layer_count=self.layer_count, sample_ids=sample)
+
+    cdef inline bint _in_pool(self, Py_ssize_t pool, int64_t start, int64_t end) noexcept:
+        return (0 <= pool < self.npools and self.pool_base[pool] != NULL and 0 <= start <= end
+                and end <= self.pool_len[pool])
+
+    cdef LoadedContext _context(self, object layer_id):
+        """The layer as a context; LayerNotFound if this generation has no such layer."""
+        cdef int64_t key = _key_of(layer_id)
+        cdef int64_t j = _probe(self._table, self.mask, key)
+        if j < 0:
+            raise self._missing(layer_id)
+        cdef int64_t meta = self._table[j + SLOT_META]
+        if meta < 0:
+            return self._inflated(layer_id, (~meta) >> POOL_BITS)
+        cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
+        cdef Py_ssize_t pool = meta & POOL_MASK
+        if not self._in_pool(pool, start, end):  # the one bounds check
+            self._bytes(pool, start, end)  # raises RegionFormatError naming them
+        cdef LoadedContext ctx = LoadedContext.__new__(LoadedContext)
+        ctx._dim = self.dim
+        ctx._layer = key
+        ctx._gen = self
+        ctx._row = meta >> POOL_BITS
+        ctx._pool = pool
+        ctx._start = start
+        ctx._end = end
+        return ctx
+
+    cdef LoadedContext _at(self, Py_ssize_t row):
+        """The context of row ``row`` (a scan, a lazy batch's step)."""
+        cdef int64_t start = self._i64(row, ROW_START), end = self._i64(row, ROW_END)
+        cdef int pool = self._u16(row, ROW_POOL)
+        if self._u16(row, ROW_FLAGS) & FLAG_ZSTD:
+            return self._inflated(PyLong_FromLongLong(self._i64(row, ROW_LAYER_ID)), row)
+        self._bytes(pool, start, end)
+        cdef LoadedContext ctx = LoadedContext.__new__(LoadedContext)
+        ctx._dim = self.dim
+        ctx._layer = self._i64(row, ROW_LAYER_ID)
+        ctx._gen = self
+        ctx._row = row
+        ctx._pool = pool
+        ctx._start = start
+        ctx._end = end
+        return ctx
+
+    cdef LoadedContext _inflated(self, object layer_id, Py_ssize_t row):
+        """A compressed (cold) layer: the one lookup that returns a copy, decompressed here."""
+        self._check_row(row)
+        cdef int64_t start = self._i64(row, ROW_START), end = self._i64(row, ROW_END)
+        cdef Py_ssize_t pool = self._u16(row, ROW_POOL)
+        self._bytes(pool, start, end)
+        data = _inflate(self.pools[pool][start:end], source=self.source, layer_id=layer_id, offset=start)
+        return LoadedContext(self.dimension_id, layer_id, memoryview(data).toreadonly(), self, row)
+
+    def lookup(self, layer_id):
+        """The layer as a context (LayerNotFound if absent): the probe every lookup path uses."""
+        if type(layer_id) is not int:
+            layer_id = _as_id(layer_id, "layer_id")
+        return self._context(layer_id)
+
+    def context_at(self, Py_ssize_t row):
+        self._check_row(row)
+        return self._at(row)
+
+    def contexts(self, rows):
+        """Contexts of ``rows`` in the given order (scan)."""
+        for row in rows:
+            self._check_row(row)
+            yield self._at(row)
+
+    def __repr__(self):
+        return f"<Generation {self.source}: {self.layer_count} layers>"
+
+
+cdef Generation _not_mapped():
+    # Stands in for a dropped generation: its number (-1) matches no published one, so the next
+    # lookup refreshes, while the hot path keeps its single comparison.
+    cdef Generation g = Generation.__new__(Generation)
+    g.dimension_id = -1
+    return g
+
+
+NOT_MAPPED = _not_mapped()
+
+
+# ----------------------------------------------------------------- what a lookup returns
+
+# Not tracked by the cycle collector: a context refers to ints, its memoryview and its generation,
+# none of which can refer back to it, and an untracked object does not count towards the
+# allocations that trigger a collection (one every 700 lookups otherwise: a tail-latency spike).
+@cython.no_gc
+@cython.freelist(64)
+@cython.final
+cdef class LoadedContext:
+    """One layer of one dimension, as loaded from shared memory (zero-copy).
+
+    ``content`` is a read-only memoryview into the pool (made on first access and kept); it
+    keeps its generation pinned for as long as it lives, like the context itself. Frequency,
+    keywords, text flag and CRC are read from the generation's row when asked.
+    ``LoadedContext(dimension_id, layer_id, content, gen, row)`` makes one over bytes of your
+    own, ``gen`` any object with ``generation``, ``name`` and ``frequency/keywords/is_text/crc32(row)``.
+    """
+
+    cdef int64_t _dim, _layer  # the ids as C integers: two int objects fewer per lookup
+    cdef object _content      # None until asked for (contexts of a Generation)
+    cdef object _gen          # a Generation, or any object of its shape (shmpool.dask's copies)
+    cdef Py_ssize_t _row
+    cdef Py_ssize_t _pool     # -1: the bytes are _content's own (inflated, or given)
+    cdef int64_t _start, _end
+
+    def __init__(self, int64_t dimension_id, int64_t layer_id, content, gen, Py_ssize_t row):
+        self._dim = dimension_id
+        self._layer = layer_id
+        self._content = content
+        self._gen = gen
+        self._row = row
+        self._pool = -1
+        self._start = 0
+        self._end = len(content)
+
+    @property
+    def dimension_id(self):
+        return self._dim
+
+    @property
+    def layer_id(self):
+        return self._layer
+
+    @property
+    def content(self):
+        """The layer's bytes: a read-only memoryview into shared memory (zero-copy)."""
+        if self._content is None:
+            self._content = (<Generation>self._gen).pools[self._pool][self._start:self._end]
+        return self._content
+
+    cdef inline bint _mapped(self) noexcept:
+        return self._pool >= 0
+
+    @property
+    def generation(self):
+        if type(self._gen) is Generation:
+            return (<Generation>self._gen).generation
+        return self._gen.generation
+
+    @property
+    def dimension_name(self):
+        return self._gen.name
+
+    @property
+    def frequency(self):
+        return self._gen.frequency(self._row)
+
+    @property
+    def keywords(self):
+        return self._gen.keywords(self._row)
+
+    @property
+    def is_text(self):
+        return self._gen.is_text(self._row)
+
+    @property
+    def crc32(self):
+        """The layer's CRC32 as recorded when it was written."""
+        return self._gen.crc32(self._row)
+
+    def verify(self):
+        """True if the bytes in memory still match the recorded CRC32 (reads every byte)."""
+        return zlib.crc32(self.content) == self._gen.crc32(self._row)
+
+    @property
+    def text(self):
+        """The content decoded as UTF-8 (a copy; decoded on each access)."""
+        if self._mapped():
+            return PyUnicode_DecodeUTF8((<Generation>self._gen).pool_base[self._pool] + self._start,
+                                        self._end - self._start, "strict")
+        return str(self._content, "utf-8")
+
+    @property
+    def is_array(self):
+        """Whether the layer was published from a numpy array (see :meth:`array`)."""
+        return _arrays.is_array(self.content)
+
+    def array(self):
+        """The numpy array the layer was published from: a read-only view into shared memory, no
+        copy, with its dtype, shape and order. Same lifetime as ``content``. InvalidLayer if the
+        layer was not published from an array (shmpool.data.arrays, off the hot path)."""
+        return _arrays.decode(self.content, dimension_id=self._dim, layer_id=self._layer)
+
+    def __len__(self):
+        if self._mapped():
+            return self._end - self._start
+        return len(self._content)
+
+    def __repr__(self):
+        return (f"LoadedContext(dimension_id={self.dimension_id}, layer_id={self.layer_id}, "
+                f"generation={self.generation}, {len(self)} bytes)")
+
+
+cdef str _block(Py_ssize_t i, Py_ssize_t total, dimension_id, name, layer_id, double frequency, tuple keywords,
+                body):
+    return (f"[{i}/{total}] dimension {dimension_id} \"{name}\" · layer {layer_id} · frequency "
+            f"{frequency:.3f} · keywords: {', '.join(keywords) or '-'}\n{body}")
+
+
+@cython.final
+cdef class ContextCollection:
+    """The contexts loaded along a path, in path order, plus the steps that were missing.
+
+    One made by ``load_contexts`` is lazy: it holds the batch's generations and one word per
+    step, and makes a context only when one is asked for (indexing, iteration, ``contexts``).
+    ``len``, ``total_bytes`` and ``format_for_llm`` read the rows in place. ``contexts`` is a
+    list made on first access and kept (changes to it are the collection's from then on).
+    ``ContextCollection(contexts=None, missing=None)`` makes an eager one from a list.
+    """
+
+    cdef list _contexts       # None while lazy
+    cdef public list missing
+    cdef list _gens           # the distinct generations of a lazy batch
+    cdef int64_t *_steps      # row << 16 | index into _gens, per context; -1: made eagerly
+    cdef dict _made           # position -> context made at load time (compressed layers)
+    cdef Py_ssize_t _n, _cap
+
+    def __cinit__(self):
+        self._steps = NULL
+        self._n = 0
+        self._cap = 0
+
+    def __init__(self, contexts=None, missing=None):
+        self._contexts = [] if contexts is None else contexts
+        self.missing = [] if missing is None else missing
+
+    def __dealloc__(self):
+        PyMem_Free(self._steps)
+
+    @staticmethod
+    cdef ContextCollection _lazy(Py_ssize_t capacity):
+        cdef ContextCollection out = ContextCollection.__new__(ContextCollection)
+        out.missing = []
+        out._gens = []
+        out._cap = max(1, capacity)
+        out._steps = <int64_t *>PyMem_Malloc(out._cap * sizeof(int64_t))
+        if out._steps is NULL:
+            raise MemoryError()
+        return out
+
+    cdef int _add(self, Generation gen, Py_ssize_t row) except -1:
+        cdef Py_ssize_t g, ngens = PyList_GET_SIZE(self._gens)
+        # Most paths cross a handful of dimensions: a search from the last one added is short.
+        for g in range(ngens - 1, -1, -1):
+            if <object>PyList_GET_ITEM(self._gens, g) is gen:
+                break
+        else:
+            if ngens > 0xFFFF:  # a step word has 16 bits for its generation: make this one now
+                return self._keep(gen._at(row))
+            g = ngens
+            self._gens.append(gen)
+        self._steps[self._n] = (<int64_t>row << 16) | g
+        self._n += 1
+        return 0
+
+    cdef int _add_made(self, LoadedContext ctx) except -1:
+        if ctx._mapped():
+            return self._add(<Generation>ctx._gen, ctx._row)
+        return self._keep(ctx)
+
+    cdef int _keep(self, LoadedContext ctx) except -1:
+        """A step whose context was made at load time (compressed: inflated now), kept as made."""
+        if self._made is None:
+            self._made = {}
+        self._made[self._n] = ctx
+        self._steps[self._n] = -1
+        self._n += 1
+        return 0
+
+    cdef inline Generation _gen_of(self, int64_t step):
+        return <Generation>PyList_GET_ITEM(self._gens, step & 0xFFFF)
+
+    cdef LoadedContext _make(self, Py_ssize_t i):
+        cdef int64_t step = self._steps[i]
+        if step < 0:
+            return self._made[i]
+        return self._gen_of(step)._at(step >> 16)
+
+    @property
+    def contexts(self):
+        cdef Py_ssize_t i
+        if self._contexts is None:
+            self._contexts = [self._make(i) for i in range(self._n)]
+        return self._contexts
+
+    @contexts.setter
+    def contexts(self, value):
+        self._contexts = value
+
+    def __len__(self):
+        return self._n if self._contexts is None else len(self._contexts)
+
+    def __iter__(self):
+        cdef Py_ssize_t i
+        if self._contexts is not None:
+            yield from self._contexts
+            return
+        for i in range(self._n):
+            yield self._make(i)
+
+    def __getitem__(self, i):
+        if self._contexts is not None or not isinstance(i, int):
+            return self.contexts[i]
+        cdef Py_ssize_t k = i
+        if k < 0:
+            k += self._n
+        if k < 0 or k >= self._n:
+            raise IndexError("context index out of range")
+        return self._make(k)
+
+    @property
+    def total_bytes(self):
+        cdef Py_ssize_t i, total = 0
+        cdef int64_t step
+        cdef Generation gen
+        if self._contexts is not None:
+            return sum([len(c) for c in self._contexts])
+        for i in range(self._n):
+            step = self._steps[i]
+            if step < 0:
+                total += len(self._made[i])
+            else:
+                gen = self._gen_of(step)
+                total += gen._i64(step >> 16, ROW_END) - gen._i64(step >> 16, ROW_START)
+        return total
+
+    def format_for_llm(self):
+        """Plain text for an LLM prompt, one block per context in path order.
+
+        The layout is stable (documented in docs/usage.md)::
+
+            [1/2] dimension 3 "spatial" · layer 17 · frequency 0.420 · keywords: river, stone
+            <the layer's text; binary layers appear as "<binary: N bytes>">
+
+            [2/2] ...
+
+        Missing steps, if any, follow as ``[missing] dimension D · layer L: reason`` lines.
+        A lazy collection writes it from the rows: no context object is made.
+        """
+        cdef Py_ssize_t i, row, total = len(self)
+        cdef int64_t step, start, end
+        cdef Generation gen
+        cdef double frequency
+        blocks = []
+        if self._contexts is not None:
+            for i, ctx in enumerate(self._contexts, 1):
+                body = ctx.text if ctx.is_text else f"<binary: {len(ctx.content)} bytes>"
+                blocks.append(_block(i, total, ctx.dimension_id, ctx.dimension_name, ctx.layer_id, ctx.frequency,
+                                     ctx.keywords, body))
+        else:
+            for i in range(self._n):
+                step = self._steps[i]
+                if step < 0:
+                    ctx = self._made[i]
+                    body = ctx.text if ctx.is_text else f"<binary: {len(ctx.content)} bytes>"
+                    blocks.append(_block(i + 1, total, ctx.dimension_id, ctx.dimension_name, ctx.layer_id,
+                                         ctx.frequency, ctx.keywords, body))
+                    continue
+                gen, row = self._gen_of(step), step >> 16
+                start, end = gen._i64(row, ROW_START), gen._i64(row, ROW_END)
+                if gen._u16(row, ROW_FLAGS) & FLAG_TEXT:
+                    body = PyUnicode_DecodeUTF8(gen._bytes(gen._u16(row, ROW_POOL), start, end), end - start,
+                                                "strict")
+                else:
+                    body = f"<binary: {end - start} bytes>"
+                memcpy(&frequency, gen._row(row) + ROW_FREQUENCY, 8)
+                blocks.append(_block(i + 1, total, gen.dimension_id, gen.name, gen._i64(row, ROW_LAYER_ID),
+                                     frequency, gen.keywords(row), body))
+        for m in self.missing:
+            blocks.append(f"[missing] dimension {m.dimension_id} · layer {m.layer_id}: {m.reason}")
+        return "\n\n".join(blocks) + ("\n" if blocks else "")
+
+    def __repr__(self):
+        return f"ContextCollection({len(self)} contexts, {len(self.missing)} missing)"
+
+
+cdef inline bint _add_plain(ContextCollection out, Generation gen, object layer_id) except -1:
+    """Add ``layer_id`` of ``gen`` to a lazy batch if it is a plain (uncompressed) layer there;
+    False for a compressed layer or a miss (the caller takes the single lookup's path)."""
+    cdef int64_t j = _probe(gen._table, gen.mask, _key_of(layer_id))
+    if j < 0:
+        return False
+    cdef int64_t meta = gen._table[j + SLOT_META]
+    if meta < 0:
+        return False
+    cdef int64_t start = gen._table[j + SLOT_START], end = gen._table[j + SLOT_END]
+    if not gen._in_pool(meta & POOL_MASK, start, end):
+        gen._bytes(meta & POOL_MASK, start, end)  # raises
+    out._add(gen, meta >> POOL_BITS)
+    return True
+
+
+# ----------------------------------------------------------------- the reader's lookups
+
+@cython.final
+cdef class DimView:
+    """A reader's view of one dimension: its directory entry's word positions and the
+    generation it has mapped (NOT_MAPPED until the first lookup, and after a drop)."""
+
+    cdef readonly object dimension_id
+    cdef readonly Py_ssize_t entry, gen_pos, touch_pos
+    cdef public Generation current
+
+    def __init__(self, dimension_id, Py_ssize_t entry, Py_ssize_t gen_pos, Py_ssize_t touch_pos):
+        self.dimension_id = dimension_id
+        self.entry = entry
+        self.gen_pos = gen_pos
+        self.touch_pos = touch_pos
+        self.current = NOT_MAPPED
+
+
+@cython.final
+cdef class DimTable:
+    """A reader's dimension views, {dimension id: DimView}: a dict, plus an index of the ids
+    below SMALL_IDS kept in step with it, so that a lookup finds a small id by index (~100
+    instructions less than the dict's hash and probe). The mapping of shmpool.data.mapping owns
+    it; the lookup path only reads it. The few dict verbs that owner uses are all it offers."""
+
+    cdef dict _map
+    cdef list _small             # DimView or None, for ids 0 .. SMALL_IDS - 1
+
+    def __cinit__(self):
+        self._map = {}
+        self._small = [None] * SMALL_IDS
+
+    cdef inline DimView find(self, object dimension_id):
+        """The view of ``dimension_id`` (an exact int), or None."""
+        cdef int64_t dim = _key_of(dimension_id)
+        cdef PyObject *found
+        if 0 <= dim < SMALL_IDS:
+            return <DimView>PyList_GET_ITEM(self._small, dim)
+        found = PyDict_GetItemWithError(self._map, dimension_id)  # an int's hash cannot fail
+        return None if found == NULL else <DimView>found
+
+    def get(self, dimension_id, default=None):
+        return self._map.get(dimension_id, default)
+
+    def __getitem__(self, dimension_id):
+        return self._map[dimension_id]
+
+    def __setitem__(self, dimension_id, DimView view not None):
+        if type(dimension_id) is not int:
+            raise InvalidArgument(argument="dimension_id", value=dimension_id, reason="is not an int")
+        self._map[dimension_id] = view
+        cdef int64_t dim = _key_of(dimension_id)
+        if 0 <= dim < SMALL_IDS:
+            self._small[dim] = view
+
+    def __contains__(self, dimension_id):
+        return dimension_id in self._map
+
+    def __len__(self):
+        return len(self._map)
+
+    def __iter__(self):
+        return iter(list(self._map))
+
+    def values(self):
+        return list(self._map.values())
+
+    def items(self):
+        return list(self._map.items())
+
+    def clear(self):
+        self._map.clear()
+        self._small = [None] * SMALL_IDS
+
+    def __repr__(self):
+        return f"DimTable({self._map!r})"
+
+
+cdef class ReaderCore:
+    """The lookup methods of shmpool.data.reader.Reader, which subclasses this type. The slow
+    paths are the mapping's (shmpool.data.mapping.MappedGenerations, ``mapped``):
+    ``dimension(id)`` (first use), ``refresh(dim_view)`` (pin the published generation,
+    re-check, map) and ``closed_error()``; and the reader's ``_batch_again(steps, strict)``."""
+
+    cdef object _mapped          # the reader's MappedGenerations
+    cdef DimTable _dim_table     # its ``dims``
+    cdef object _dir             # memoryview of the directory words (int64)
+    cdef object _words           # memoryview of the control words (int64)
+    cdef Py_ssize_t _dir_len, _seq_word
+    cdef int64_t _touched_read
+
+    def _core_attach(self, mapped, Py_ssize_t seq_word, int64_t touched_read):
+        """Look up through ``mapped`` (its ``dims``, ``dir_mv`` and ``words_mv``, and its slow paths)."""
+        directory, words = mapped.dir_mv, mapped.words_mv
+        for mv in (directory, words):
+            if type(mv) is not memoryview or mv.format != "q" or not mv.c_contiguous:
+                raise InvalidArgument(argument="directory/words", value=mv, reason="is not a contiguous 'q' memoryview")
+        if not 0 <= seq_word < len(words):
+            raise InvalidArgument(argument="seq_word", value=seq_word, reason=f"is outside {len(words)} words")
+        self._mapped, self._dim_table = mapped, mapped.dims
+        self._dir, self._words = directory, words
+        self._dir_len, self._seq_word, self._touched_read = len(directory), seq_word, touched_read
+
+    @cython.final
+    cdef inline DimView _view(self, object dimension_id):
+        if self._dim_table is None:
+            raise InvalidArgument(argument="reader", value=self, reason="was never attached")
+        return self._dim_table.find(dimension_id)
+
+    @cython.final
+    cdef inline int64_t *_directory(self) except NULL:
+        cdef int64_t *base = NULL
+        if self._dir is not None:
+            base = _words_of(self._dir)
+        if base == NULL:
+            raise self._mapped.closed_error()
+        return base
+
+    @cython.final
+    cdef inline Generation _current(self, object dimension_id):
+        """The dimension's published generation, mapped: the lookup's generation check."""
+        cdef DimView dv = self._view(dimension_id)
+        if dv is None:
+            dv = self._mapped.dimension(dimension_id)  # first use (raises DimensionNotFound)
+        cdef int64_t *directory = self._directory()
+        if <size_t>dv.gen_pos >= <size_t>self._dir_len or <size_t>dv.touch_pos >= <size_t>self._dir_len:
+            raise InvalidArgument(argument="entry", value=dv.entry, reason="lies outside the directory")
+        cdef Generation gen = dv.current
+        if shm_load(directory + dv.gen_pos) != gen.generation:
+            gen = self._mapped.refresh(dv)  # pin the new generation, re-check GENERATION, then map it
+            directory = self._directory()
+        # Stored only when 0, i.e. once per coordinator sampling period: readers do not fight
+        # over its cache line.
+        if directory[dv.touch_pos] == 0:
+            directory[dv.touch_pos] = self._touched_read
+        return gen
+
+    def load_layer_context(self, dimension_id, layer_id):
+        """The layer's content as a zero-copy read-only view, with its metadata. O(1), lock-free.
+
+        Ids are ints; numpy integers are accepted (and returned as ints). Raises InvalidId (a
+        TypeError) for anything else, bools and floats included; DimensionNotFound /
+        LayerNotFound naming the ids and what exists; ReaderClosed on a closed reader.
+        """
+        # The hot path (no locks, no logging, no system calls; scripts/bench_readers.py times
+        # it): two exact type tests, one dict lookup, the GENERATION and TOUCHED words, the
+        # probe of the shared table, one bounds check, the context object. The type tests come
+        # first because True and 3.0 would otherwise find dimension 1 and 3 in the dict.
+        if type(dimension_id) is not int or type(layer_id) is not int:
+            # Off the hot path: a dimension by name, a layer by key, numpy integers (Reader._ids).
+            dimension_id, layer_id = self._ids(dimension_id, layer_id)
+        return self._current(dimension_id)._context(layer_id)
+
+    def load_contexts(self, path, *, bint strict=True):
+        """Load every step of ``path`` in order, at one instant; a lazy ContextCollection.
+
+        With ``strict`` (default) the first missing step raises; otherwise missing steps are
+        listed in ``.missing`` with the reason, never silently dropped. Ids are checked as by
+        :meth:`load_layer_context` (by NavigationPath), before anything is loaded.
+        """
+        steps = path if type(path) is _NavigationPath else _NavigationPath(path)
+        # One instant per batch: a publish (W.PUBLISH_SEQ moved, or odd: a commit in progress)
+        # during the batch may have mixed generations, so then it is read again (in Python).
+        cdef int64_t *words = _words_of(self._words) if self._words is not None else NULL
+        if words == NULL:
+            raise self._mapped.closed_error()
+        cdef int64_t seq = shm_load(words + self._seq_word)
+        if not seq & 1:
+            try:
+                out = self._batch_of(steps._steps, strict)
+            except _BATCH_MISSES:
+                if self._seq_now() == seq:
+                    raise
+            else:
+                if self._seq_now() == seq:
+                    return out
+        return (<object>self)._batch_again(steps, strict)
+
+    @cython.final
+    cdef int64_t _seq_now(self) except? -1:
+        cdef int64_t *words = _words_of(self._words)
+        if words == NULL:
+            raise self._mapped.closed_error()
+        return shm_load(words + self._seq_word)
+
+    def _batch(self, steps, bint strict):
+        """One pass over a NavigationPath, no sequence check (Reader._batch_again's retries)."""
+        return self._batch_of(steps._steps, strict)
+
+    @cython.final
+    cdef ContextCollection _batch_of(self, tuple steps, bint strict):
+        """One pass over ``steps`` (checked (dimension, layer) int pairs); no sequence check."""
+        cdef Py_ssize_t pos, n = PyTuple_GET_SIZE(steps)
+        cdef ContextCollection out = ContextCollection._lazy(n)
+        cdef Generation gen
+        cdef DimView dv
+        cdef int64_t *directory
+        for pos in range(n):
+            step = <tuple>PyTuple_GET_ITEM(steps, pos)
+            dim = <object>PyTuple_GET_ITEM(step, 0)
+            layer = <object>PyTuple_GET_ITEM(step, 1)
+            dv = self._view(dim)
+            if dv is not None:
+                # The common step inline: the mapped generation is still published and holds a
+                # plain layer. Anything else goes through the single lookup.
+                gen = dv.current
+                directory = _words_of(self._dir)
+                if (directory != NULL and <size_t>dv.gen_pos < <size_t>self._dir_len
+                        and <size_t>dv.touch_pos < <size_t>self._dir_len
+                        and shm_load(directory + dv.gen_pos) == gen.generation and directory[dv.touch_pos] != 0):
+                    if _add_plain(out, gen, layer):
+                        continue
+            try:
+                ctx = self._current(dim)._context(layer)
+            except _BATCH_MISSES as exc:
+                if strict:
+                    raise
+                out.missing.append(_MissingStep(pos, dim, layer, str(exc)))
+                continue
+            out._add_made(ctx)
+        return out
+
+
+cdef class SnapshotCore:
+    """The lookup methods of shmpool.data.snapshot.Snapshot, which subclasses this type and
+    supplies ``_resolve(dimension_id)``: the generation of the snapshot's instant, mapped (it
+    raises SnapshotClosed, DimensionNotFound, DimensionEvicted)."""
+
+    cdef public dict _gens      # dimension id -> Generation, filled on first use
+
+    cdef Generation _generation(self, object dimension_id):
+        cdef PyObject *found = NULL
+        if self._gens is not None:
+            found = PyDict_GetItemWithError(self._gens, dimension_id)
+        if found == NULL:
+            return (<object>self)._resolve(dimension_id)
+        return <Generation?><object>found
+
+    def load_layer_context(self, dimension_id, layer_id):
+        """The layer as it was at the snapshot's instant; zero-copy, as Reader.load_layer_context.
+
+        Raises DimensionNotFound (not published at the instant), DimensionEvicted, LayerNotFound,
+        SnapshotClosed, InvalidId."""
+        # One dict lookup for the generation, one probe of its shared layer index: the
+        # generation is fixed, so the directory is not read at all.
+        if type(dimension_id) is not int or type(layer_id) is not int:
+            dimension_id, layer_id = _as_id(dimension_id, "dimension_id"), _as_id(layer_id, "layer_id")
+        return self._generation(dimension_id)._context(layer_id)
+
+    def load_contexts(self, path, *, bint strict=True):
+        """Every step of ``path`` at the snapshot's instant; ``strict`` as in Reader.load_contexts."""
+        steps = (path if type(path) is _NavigationPath else _NavigationPath(path))._steps
+        cdef Py_ssize_t pos, n = PyTuple_GET_SIZE(steps)
+        cdef ContextCollection out = ContextCollection._lazy(n)
+        cdef Generation gen
+        for pos in range(n):
+            step = <tuple>PyTuple_GET_ITEM(steps, pos)
+            dim = <object>PyTuple_GET_ITEM(step, 0)
+            layer = <object>PyTuple_GET_ITEM(step, 1)
+            try:
+                gen = self._generation(dim)
+                if not _add_plain(out, gen, layer):
+                    out._add_made(gen._context(layer))
+            except _BATCH_MISSES as exc:
+                if strict:
+                    raise
+                out.missing.append(_MissingStep(pos, dim, layer, str(exc)))
+        return out
+
+
+# ----------------------------------------------------------------- the benchmarks' limit row
+
+cdef class PrebuiltSlice:
+    """The benchmarks' limit row: a C method of the lookup's shape, ``get(dimension_id,
+    layer_id)``, that returns a memoryview slice made beforehand. Nothing a lookup can do is
+    cheaper than this call; scripts/bench_readers.py and bench_peers.py time it beside the lookup."""
+
+    cdef object view
+
+    def __init__(self, view):
+        self.view = memoryview(view)[0:len(view)]
+
+    def get(self, dimension_id, layer_id):
+        return self.view
