@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import secrets
+import threading
 import time
 
 import pytest
@@ -112,11 +113,24 @@ def test_a_job_exception_keeps_its_type_and_carries_the_remote_traceback(executo
     assert isinstance(future.exception(10), KeyError) and future.exception().args == ("k",)
 
 
-def test_shutdown_with_cancel_futures_cancels_the_queued_and_finishes_the_running(executor):
-    blockers = [executor.submit(jobs.sleep_then, 0.3, "ran") for _ in range(WORKERS)]
-    _until(lambda: all(f.running() for f in blockers))  # taken: cancel_futures must leave them be
-    rest = [executor.submit(jobs.sleep_then, 0.05, i) for i in range(20)]
-    executor.shutdown(wait=True, cancel_futures=True)
+def test_shutdown_with_cancel_futures_cancels_the_queued_and_finishes_the_running(executor, tmp_path):
+    release = tmp_path / "release"
+    blockers = [executor.submit(jobs.wait_for_path, str(release), "ran") for _ in range(WORKERS)]
+    rest: list[cf.Future] = []
+    try:
+        _until(lambda: all(f.running() for f in blockers))  # taken: cancel_futures must leave them be
+        rest += [executor.submit(jobs.sleep_then, 0.05, i) for i in range(20)]
+    except BaseException:
+        release.touch()
+        raise
+    # The blockers end once shutdown has cancelled the queue (it waits for them meanwhile).
+    releaser = threading.Thread(target=lambda: (_until(rest[-1].cancelled), release.touch()), daemon=True)
+    releaser.start()
+    try:
+        executor.shutdown(wait=True, cancel_futures=True)
+    finally:
+        release.touch()
+        releaser.join(30)
     assert [f.result(0) for f in blockers] == ["ran"] * WORKERS
     assert all(f.done() for f in rest)
     cancelled = [f for f in rest if f.cancelled()]
@@ -133,50 +147,84 @@ def test_submit_after_shutdown_raises_runtime_error(executor):
     executor.shutdown()  # idempotent
 
 
-def test_as_completed_yields_in_completion_order_and_times_out(executor):
+# Jobs that must still run at some point wait for a file the test creates (jobs.wait_for_path),
+# so the order of events is the test's doing, not a race against sleeps on a loaded machine.
+
+
+def test_as_completed_yields_in_completion_order_and_times_out(executor, tmp_path):
     list(executor.map(pow, [1, 1], [1, 1]))  # both workers up before the race below
-    futures = [executor.submit(jobs.sleep_then, d, d) for d in (0.3, 0.0)]
-    order = [f.result() for f in cf.as_completed(futures, timeout=10)]
-    assert order == [0.0, 0.3]
-    slow = executor.submit(jobs.sleep_then, 0.4, "late")
-    with pytest.raises(TimeoutError):
-        list(cf.as_completed([slow], timeout=0.1))
-    assert slow.result(10) == "late"
+    release = tmp_path / "release"
+    futures = [executor.submit(jobs.wait_for_path, str(release), "held"), executor.submit(jobs.sleep_then, 0, "free")]
+    order = []
+    try:
+        for f in cf.as_completed(futures, timeout=60):
+            order.append(f.result())
+            release.touch()  # the held job may finish only after the free one was yielded
+    finally:
+        release.touch()
+    assert order == ["free", "held"]
+    never = tmp_path / "never"
+    slow = executor.submit(jobs.wait_for_path, str(never), "late")
+    try:
+        with pytest.raises(TimeoutError):
+            list(cf.as_completed([slow], timeout=0.1))
+    finally:
+        never.touch()
+    assert slow.result(30) == "late"
 
 
-def test_wait_returns_at_first_completed_first_exception_and_all_completed(executor):
+def test_wait_returns_at_first_completed_first_exception_and_all_completed(executor, tmp_path):
     list(executor.map(pow, [1, 1], [1, 1]))
-    slow = executor.submit(jobs.sleep_then, 0.6, "slow")
-    fast = executor.submit(jobs.sleep_then, 0, "fast")
-    done, not_done = cf.wait([slow, fast], timeout=10, return_when=cf.FIRST_COMPLETED)
-    assert done == {fast} and not_done == {slow}
-    bad = executor.submit(jobs.fail_with, "RuntimeError", "x")
-    done, not_done = cf.wait([slow, bad], timeout=10, return_when=cf.FIRST_EXCEPTION)
-    assert bad in done and slow in not_done
-    done, not_done = cf.wait([slow, fast, bad], timeout=10, return_when=cf.ALL_COMPLETED)
+    release = tmp_path / "release"
+    slow = executor.submit(jobs.wait_for_path, str(release), "slow")
+    try:
+        fast = executor.submit(jobs.sleep_then, 0, "fast")
+        done, not_done = cf.wait([slow, fast], timeout=60, return_when=cf.FIRST_COMPLETED)
+        assert done == {fast} and not_done == {slow}
+        bad = executor.submit(jobs.fail_with, "RuntimeError", "x")
+        done, not_done = cf.wait([slow, bad], timeout=60, return_when=cf.FIRST_EXCEPTION)
+        assert bad in done and slow in not_done
+    finally:
+        release.touch()
+    done, not_done = cf.wait([slow, fast, bad], timeout=60, return_when=cf.ALL_COMPLETED)
     assert not not_done and slow.result() == "slow"
 
 
-def test_cancel_withdraws_a_queued_job_but_not_a_running_one(executor):
-    running = [executor.submit(jobs.sleep_then, 0.4, i) for i in range(WORKERS)]
-    _until(lambda: all(f.running() for f in running))
-    queued = [executor.submit(jobs.sleep_then, 0, i) for i in range(6)]
-    assert queued[-1].cancel() and queued[-1].cancelled()
-    assert not running[0].cancel() and not running[0].cancelled()
+def test_cancel_withdraws_a_queued_job_but_not_a_running_one(executor, tmp_path):
+    release = tmp_path / "release"
+    running = [executor.submit(jobs.wait_for_path, str(release), i) for i in range(WORKERS)]
+    try:
+        _until(lambda: all(f.running() for f in running))
+        queued = [executor.submit(jobs.sleep_then, 0, i) for i in range(6)]
+        assert queued[-1].cancel() and queued[-1].cancelled()
+        assert not running[0].cancel() and not running[0].cancelled()
+    finally:
+        release.touch()
     with pytest.raises(cf.CancelledError):
         queued[-1].result()
-    assert [f.result(10) for f in running] == list(range(WORKERS))
-    assert [f.result(10) for f in queued[:-1]] == list(range(5))
+    assert [f.result(30) for f in running] == list(range(WORKERS))
+    assert [f.result(30) for f in queued[:-1]] == list(range(5))
 
 
-def test_running_is_true_while_a_worker_runs_the_job(executor):
-    future = executor.submit(jobs.sleep_then, 0.5, "r")
-    _until(future.running)
-    assert future.result(10) == "r" and not future.running()
-
-
-def test_the_context_manager_waits_for_running_jobs(make_executor):
-    with make_executor() as executor:
-        future = executor.submit(jobs.sleep_then, 0.3, "done")
+def test_running_is_true_while_a_worker_runs_the_job(executor, tmp_path):
+    release = tmp_path / "release"
+    future = executor.submit(jobs.wait_for_path, str(release), "r")
+    try:
         _until(future.running)
+    finally:
+        release.touch()
+    assert future.result(30) == "r" and not future.running()
+
+
+def test_the_context_manager_waits_for_running_jobs(make_executor, tmp_path):
+    release = tmp_path / "release"
+    with make_executor() as executor:
+        future = executor.submit(jobs.wait_for_path, str(release), "done")
+        try:
+            _until(future.running)
+        finally:
+            # Released 0.2 s from now, so the exit normally finds the job still running and must
+            # wait for it (on a stalled machine it may find it done: then this proves less, but
+            # never fails a correct executor).
+            threading.Timer(0.2, release.touch).start()
     assert future.done() and future.result(0) == "done"

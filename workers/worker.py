@@ -27,7 +27,6 @@ from shmpool.jobs.codec import FLAG_CHUNK, FLAG_PLAIN, FLAG_SINGLE, Decoder, dec
 from shmpool.errors import AttachError
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import Status
-from shmpool.substrate._proc import my_identity
 from shmpool.substrate.names import runtime_dir
 from shmpool.jobs.spill import send_large
 from shmpool.jobs.worker_context import _set_worker_reader
@@ -130,7 +129,7 @@ class _Serving:
         self.board, self.inst, self.reader = board, inst, reader
         self.core = board.core
         self.payload = board.payload
-        self.pid, self.start = my_identity()
+        self.pid, self.start = board.identity()
         self.decode: Decoder = decoder(lambda d, l, _g: reader.load_layer_context(d, l))
 
     def run(self, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:

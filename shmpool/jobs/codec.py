@@ -144,7 +144,7 @@ def _name_unsendable(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], 
                      single: bool = False) -> None:
     """Raise InvalidArgumentType for the first argument msgpack cannot carry (none: return)."""
     for position, arg in enumerate(args):
-        if chunk and single:  # map over one iterable: each item is the one argument
+        if chunk and single:  # map over one iterable: each item is the one argument of its call
             _pack_named(arg, f"item {position} of the chunk, args[0]")
         elif chunk:  # map's chunksize: each item is an argument list of its own
             for inner, value in enumerate(arg):

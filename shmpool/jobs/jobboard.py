@@ -362,6 +362,12 @@ class JobBoard(BoardRepair, BoardStatistics):
 
     # ----------------------------------------------------------------- workers
 
+    @staticmethod
+    def identity() -> tuple[int, int]:
+        """This process's (pid, start token) as the board records its workers and clients: what
+        a worker's job loop hands the core's steps when it calls them directly."""
+        return my_identity()
+
     def wait_pending(self, timeout: float | None) -> bool:
         """Worker: block until a request is queued; False after ``timeout`` s (a futex wait on
         Q_TAIL, returning at once if the queue is not empty)."""
