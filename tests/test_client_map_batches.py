@@ -89,3 +89,14 @@ def test_a_thread_waiting_on_one_of_many_futures_settles_them_all_once(coord):
         assert [f.result(30) for f in futures] == [2 * i for i in range(200)]
         wait_for(lambda: len(calls) == 200, 30, "every callback run")
         assert set(calls.values()) == {1}
+
+
+def test_a_callback_run_by_a_waiting_thread_may_shut_the_client_down(coord):
+    # A waiter that helps settles answers in its own thread, so their callbacks may run there:
+    # one that shuts the client down and waits for it must not wait on the ring's lock, which
+    # the owner's thread needs to detach (it is released before anything is settled).
+    client = shmpool.connect(coord.name)
+    futures = [client.submit("_jobs:double", i) for i in range(50)]
+    futures[-1].add_done_callback(lambda f: client.shutdown(wait=True))
+    assert [f.result(30) for f in futures] == [2 * i for i in range(50)]
+    wait_for(lambda: client._lifecycle.value == "closed", 30, "the client shut down from a callback")

@@ -137,8 +137,9 @@ class CompletionOwner:
         self.close_requested = False
         self.broken: BaseException | None = None
         self._stop_requested = threading.Event()  # wakes a broken owner waiting to detach
-        # Held by whoever reads the channel's ring (its one consumer): the owner's thread, or a
-        # thread waiting in result() that drains it meanwhile (help).
+        # Held by whoever pops the channel's ring (its one consumer): the owner's thread, or a
+        # thread waiting in result() that drains it meanwhile (help). Only for the pop: what
+        # was popped is decoded and settled after it is released.
         self._drain_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"shmpool-client-{link.name}", daemon=True)
 
@@ -281,8 +282,9 @@ class CompletionOwner:
                     self.broken = link.gone()
                     break
                 # Read even without a post: a worker may have died between pushing and posting.
-                with self._drain_lock:  # a helper draining: it is doing our work, wait for it
-                    self._deliver(board.completed(channel))
+                with self._drain_lock:  # a waiter helping: it is doing our work, wait for it
+                    done = board.completed(channel)
+                self._deliver(done)
                 now = time.monotonic()
                 if now >= next_tidy:
                     self.direct.tidy_idle(now)
@@ -315,23 +317,27 @@ class CompletionOwner:
         if (len(self._table) < HELP_MIN_PENDING or self.broken is not None or self.lifecycle is Lifecycle.CLOSED
                 or self.in_owner_thread()):
             return timeout
-        if not self._drain_lock.acquire(blocking=False):
+        drain = self._drain_lock
+        if not drain.acquire(blocking=False):
             return timeout  # the owner's thread (or another waiter) is reading the ring
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            collect, channel = self.link.board.core.collect, self.channel
-            while future._state in (_PENDING, _RUNNING) and not self._detached():
+        collect, channel = self.link.board.core.collect, self.channel
+        # The lock covers the ring alone (its one consumer); the answers popped are ours to
+        # decode and settle after it is released, so a done-callback that runs here may wait on
+        # another future, or shut the client down, without waiting on a lock this thread holds.
+        while True:
+            try:
                 wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
-                if wait <= 0:
-                    break
-                done = collect(channel, wait)
-                if not done:
-                    break
-                self._deliver(done)
-        except ShmPoolError:  # the board is gone: the owner's thread finds out and fails the rest
-            pass
-        finally:
-            self._drain_lock.release()
+                done = collect(channel, wait) if wait > 0 and not self._detached() else []
+            except ShmPoolError:  # the board is gone: the owner's thread finds out, fails the rest
+                done = []
+            finally:
+                drain.release()
+            if not done:
+                break
+            self._deliver(done)
+            if future._state not in (_PENDING, _RUNNING) or not drain.acquire(blocking=False):
+                break
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _detached(self) -> bool:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
            "CHANNEL_COLS", "MUTEX_WORDS", "CORE_INDICES", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
-JOBS_MAGIC = 0x53484D504A4F4234  # "SHMPJOB4" (3: capacity from the free stack; 4: robust mutex, futex words)
+JOBS_MAGIC = 0x53484D504A4F4235  # "SHMPJOB5" (3: capacity from the free stack; 4: robust mutex, futex
+                                 # words; 5: WAKE_PENDING, which a process of 4 would never clear)
 
 
 class JobWord(IntEnum):

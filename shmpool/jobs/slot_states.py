@@ -27,7 +27,7 @@ class Transition(NamedTuple):
 
 
 TRANSITIONS: tuple[Transition, ...] = (
-    Transition(S.FREE, S.SUBMITTED, "client", "submit (core)"),
+    Transition(S.FREE, S.SUBMITTED, "client", "submit, submit_many (core)"),
     Transition(S.SUBMITTED, S.RUNNING, "worker", "take / finish(take_next) (core)"),
     Transition(S.SUBMITTED, S.CANCELLED, "client", "cancel; release_channel, a dead client's sweep"),
     Transition(S.SUBMITTED, S.DONE, "coordinator", "fail_outstanding (answered at stop)"),
@@ -36,7 +36,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(S.RUNNING, S.ORPHANED, "client", "release_channel, a dead client's sweep"),
     Transition(S.RUNNING, S.SUBMITTED, "coordinator", "requeue_worker (its worker died)"),
     Transition(S.ORPHANED, S.FREE, "worker", "finish (core); coordinator: expire, requeue_worker"),
-    Transition(S.DONE, S.DELIVERED, "client", "completed: pops its ring (core)"),
+    Transition(S.DONE, S.DELIVERED, "client", "completed / collect: pops its ring (core)"),
     Transition(S.DONE, S.FREE, "client", "release_channel, claim_channel of a dead client's, sweep"),
     Transition(S.DELIVERED, S.FREE, "client", "release / submit(release=) (core); release_channel, sweep"),
 )
