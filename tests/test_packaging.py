@@ -3,21 +3,24 @@ version, typed, licensed, with the classifiers it claims."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 import shmpool
+from _wheel import session_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_wheel_adds_exactly_one_top_level_package_and_carries_both_process_roles(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
-    (wheel,) = tmp_path.glob("shmpool-*.whl")
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory, worker_id):
+    return session_wheel(tmp_path_factory, worker_id)
+
+
+def test_the_wheel_adds_exactly_one_top_level_package_and_carries_both_process_roles(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/", 1)[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"shmpool"}

@@ -1,7 +1,7 @@
 """The compiled core ships as a built wheel: it installs and works where no compiler exists, and a
 build without a compiler fails with one message that says what to install.
 
-Both tests run pip (a wheel build takes ~30-60 s here), so they are in CI like every other test.
+They share the session's one wheel build (tests/_wheel.py), so they are in CI like every other test.
 """
 
 from __future__ import annotations
@@ -11,26 +11,22 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _wheel import pip_wheel, session_wheel, source_copy
+
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True, timeout=600)
-    (whl,) = out.glob("shmpool-*.whl")
-    return whl
+def wheel(tmp_path_factory, worker_id):
+    return session_wheel(tmp_path_factory, worker_id)
 
 
 def test_the_wheel_carries_the_built_core_and_its_stubs_but_not_its_sources(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     core = [n for n in names if n.startswith("shmpool/_core/")]
-    for stem in ("_sync", "_board"):
+    for stem in ("_sync", "_board", "_lookup"):
         assert any(n.startswith(f"shmpool/_core/{stem}.") and n.endswith(".so") for n in core), core
         assert f"shmpool/_core/{stem}.pyi" in core, core
     assert not [n for n in core if n.endswith((".pyx", ".pxd", ".c", ".h"))], core
@@ -57,9 +53,8 @@ def test_the_wheel_installs_and_locks_in_a_fresh_venv_without_a_compiler(wheel, 
 
 
 def test_a_build_without_a_compiler_says_what_to_install_in_one_message(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w",
-                           str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "CC": "/nonexistent/cc"})
+    source = source_copy(tmp_path / "source")  # its own copy: a build writes into the tree it builds
+    done = pip_wheel(source, tmp_path / "out", env={**os.environ, "CC": "/nonexistent/cc"})
     assert done.returncode != 0
     out = done.stdout + done.stderr
     assert "apt-get install gcc python3-dev" in out and "/nonexistent/cc" in out
