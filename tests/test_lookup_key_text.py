@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import struct
+import time
 import zlib
 
 import pytest
@@ -241,3 +242,22 @@ def test_every_lookup_path_agrees_with_the_builder_under_forced_key_collisions(
                 content = region.content(key)
                 assert bytes(content) == raw and zlib.crc32(content) == zlib.crc32(raw)
             assert not any(key in region for key in absent)
+
+
+def test_cold_compression_republishes_keyed_layers_with_their_text(instance_name, tmp_path):
+    from shmpool.coordinator.capacity import CapacityPolicy
+
+    builder = RegionBuilder(1, "prices")
+    builder.add_layer("AAPL", "187.2 " * 500)
+    builder.add_layer("MSFT", "402.1 " * 500)
+    builder.write(tmp_path / "prices.region")
+    policy = CapacityPolicy(compress_cold=True, cold_after=0.1, sample_interval=0.02, rehydrate_after=10**6)
+    with Coordinator(instance_name, data_dir=tmp_path, workers=0, capacity=policy) as coord:
+        deadline = time.monotonic() + 30  # catches a hang only
+        while coord.stats()["capacity"]["compressions"] < 1:
+            assert time.monotonic() < deadline, "the dimension was never compressed"
+            time.sleep(0.02)
+        with shmpool.attach(instance_name) as reader:
+            assert reader.get("prices", "AAPL").text == "187.2 " * 500
+            _assert_misses(reader.get, "prices", "AAPL#evil")
+            _assert_misses(reader.get, "prices", "MSFT#evil")

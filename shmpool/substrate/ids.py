@@ -72,9 +72,10 @@ class LayerKey(int):
     utf8: bytes
 
     def __new__(cls, key: str) -> "LayerKey":
-        utf8 = _utf8(key)
-        self = super().__new__(cls, _key_hash(utf8))
-        self.text, self.utf8 = key, utf8
+        utf8 = key.encode("utf-8", "surrogatepass")  # _utf8, inline: this runs once per key lookup not cached
+        self = int.__new__(cls, _key_hash(utf8))
+        self.text = key
+        self.utf8 = utf8
         return self
 
     def __reduce__(self) -> tuple[type["LayerKey"], tuple[str]]:
@@ -86,15 +87,37 @@ class LayerKey(int):
     __str__ = __repr__
 
 
+# A lookup by key pays for the hash (BLAKE2b, most of the cost of a key lookup) once per key text
+# while the key stays among the last _KEYS_MOST used: a program reads the same keys again and again.
+_KEYS_MOST = 1024
+_keys: dict[str, LayerKey] = {}
+_keys_hash = _key_hash  # the hash the cached keys were made with
+
+
+def layer_key(key: str) -> LayerKey:
+    """The LayerKey of ``key``, made once while it is among the keys used recently."""
+    global _keys_hash
+    found = _keys.get(key)
+    if found is not None and _keys_hash is _key_hash:
+        return found
+    if _keys_hash is not _key_hash:  # the hash was swapped (a test): every cached id is stale
+        _keys.clear()
+        _keys_hash = _key_hash
+    if len(_keys) >= _KEYS_MOST:
+        _keys.clear()
+    found = _keys[key] = LayerKey(key)
+    return found
+
+
 def as_id(value: Any, argument: str, where: str = "") -> int:
     """``value`` as a plain int if it is an int (not a bool) or a numpy integer, a LayerKey for a
     str layer key (kept as it is); else InvalidId."""
     if type(value) is int or type(value) is LayerKey:
         return value
+    if type(value) is str and argument == "layer_id":  # a key: see the module docstring
+        return layer_key(value)
     # bool is an int subclass (refused); IntEnum members are others (accepted). np.bool_ is not
     # an np.integer.
     if (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, np.integer):
         return int(value)
-    if argument == "layer_id" and type(value) is str:  # a key: see the module docstring
-        return LayerKey(value)
     raise InvalidId(argument=argument, value=value, where=where)
