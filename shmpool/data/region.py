@@ -517,6 +517,8 @@ class Region:
 
     def content(self, layer_id: int | str) -> bytes | memoryview:
         """The layer's content: the zero-copy slice, or for a compressed layer its decompressed copy."""
+        if isinstance(layer_id, str):
+            layer_id = LayerKey(layer_id)
         view = self.layer(layer_id)
         row = self._find(layer_id)
         if self.index["flags"][row] & FLAG_ZSTD:

@@ -193,12 +193,11 @@ class RegionBuilder:
 
     def remove_layer(self, layer_id: int | str) -> None:
         """Remove one layer (by id, or by key: its text must match). Raises InvalidLayer if it is not there."""
-        if type(layer_id) is str:
-            layer_id = LayerKey(layer_id)
-        layer = self._layers.get(layer_id)
-        if layer is None or (type(layer_id) is LayerKey and layer.key != layer_id.utf8):
-            raise InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason="no such layer to remove")
-        del self._layers[layer_id]
+        lid = LayerKey(layer_id) if isinstance(layer_id, str) else layer_id
+        layer = self._layers.get(lid)
+        if layer is None or (type(lid) is LayerKey and layer.key != lid.utf8):
+            raise InvalidLayer(dimension_id=self.dimension_id, layer_id=lid, reason="no such layer to remove")
+        del self._layers[lid]
         self._keyword_bytes -= len(layer.keyword_bytes) + len(layer.key or b"")
         self._plan = None
 
@@ -304,8 +303,9 @@ class RegionBuilder:
         index["kw_offset"] = np.cumsum([0] + kw_lengths[:-1]) if layers else []
         key_lengths = [len(layer.key or b"") for layer in layers]
         index["key_length"] = key_lengths
-        key_offsets = len(kw_blob) + np.cumsum([0] + key_lengths[:-1]) if layers else []
-        index["key_offset"] = np.where([layer.key is not None for layer in layers], key_offsets, 0) if layers else []
+        if layers:  # the keys follow every keyword; a layer without a key has offset 0
+            key_offsets = len(kw_blob) + np.cumsum([0] + key_lengths[:-1])
+            index["key_offset"] = np.where([layer.key is not None for layer in layers], key_offsets, 0)
         meta = self._name + blob
         index_bytes = index.tobytes()
         fields = [MAGIC, FORMAT_VERSION, 0, HEADER_SIZE, self.dimension_id, len(ids), len(self._name),
