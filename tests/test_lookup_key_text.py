@@ -261,3 +261,20 @@ def test_cold_compression_republishes_keyed_layers_with_their_text(instance_name
             assert reader.get("prices", "AAPL").text == "187.2 " * 500
             _assert_misses(reader.get, "prices", "AAPL#evil")
             _assert_misses(reader.get, "prices", "MSFT#evil")
+
+
+def test_a_dimension_name_is_checked_against_the_published_generation(instance_name, tmp_path):
+    with small_coordinator(instance_name, tmp_path) as coord, shmpool.attach(instance_name) as reader:
+        proto = coord.create_proto_dimension(1, "prices")
+        proto.add_layer("AAPL", "dimension 1")
+        coord.crystallize(1)
+        assert reader.get("prices", "AAPL").text == "dimension 1"  # the reader remembers "prices" -> 1
+        renamed = coord.create_proto_dimension(1, "old prices")
+        renamed.add_layer("AAPL", "dimension 1, renamed")
+        coord.crystallize(1)
+        moved = coord.create_proto_dimension(2, "prices")
+        moved.add_layer("AAPL", "dimension 2")
+        coord.crystallize(2)
+        assert reader.get("prices", "AAPL").text == "dimension 2"
+        assert reader.dimension_id("prices") == 2 and reader.dimension_id("old prices") == 1
+        assert reader.load_layer_context("prices", "AAPL").text == "dimension 2"
