@@ -21,7 +21,8 @@ LayerNotFound, never the other key's bytes. Two present keys of one dimension ma
 collide (refused at build, "duplicate layer id"; for a million keys the chance is ~1e-7). A
 lookup by the bare int id finds a keyed layer as any other (its ``layer_id``).
 
-:data:`_key_hash` is the one hash every process uses (builders and lookups alike); tests replace
+:func:`as_id` makes a key's LayerKey once while it is among the last 1024 used (the hash is most
+of what a key lookup costs). :data:`_key_hash` is the one hash every process uses (builders and lookups alike); tests replace
 it to force collisions (tests/_key_collide.py).
 """
 
