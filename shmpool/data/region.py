@@ -56,7 +56,7 @@ KEYWORD_SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur inside a keywor
 _HEADER_FIELDS = (
     ("magic", "8s"),           # MAGIC: refuses foreign files before any other field is trusted
     ("version", "H"),          # FORMAT_VERSION; a reader refuses versions it does not know
-    ("flags", "H"),            # none defined in version 1; must be 0 so a future flag is never ignored
+    ("flags", "H"),            # none defined (version 2); must be 0 so a future flag is never ignored
     ("header_size", "I"),      # 64; lets a later version grow the header detectably
     ("dimension_id", "I"),     # the dimension this region holds, 1 .. 2**32-1 (0 is reserved)
     ("layer_count", "I"),      # rows in the layer index
