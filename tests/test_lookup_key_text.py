@@ -278,3 +278,18 @@ def test_a_dimension_name_is_checked_against_the_published_generation(instance_n
         assert reader.get("prices", "AAPL").text == "dimension 2"
         assert reader.dimension_id("prices") == 2 and reader.dimension_id("old prices") == 1
         assert reader.load_layer_context("prices", "AAPL").text == "dimension 2"
+
+
+def test_a_dask_pin_reading_its_stored_generation_compares_key_text(tmp_path):
+    pytest.importorskip("distributed")
+    from shmpool import _dask_host as host
+    from shmpool._dask_pin import Pin, _stored
+
+    builder = RegionBuilder(1, "prices")
+    builder.add_layer("AAPL", "187.2")
+    builder.write(host.store_file(tmp_path, 1, 4))
+    pin = Pin(plugin="p", store_dir=str(tmp_path), generations={1: 4}, token="t", expires=time.time() + 60)
+    ctx = _stored(pin, 1, 4, "AAPL")
+    assert ctx.text == "187.2" and ctx.layer_id == key_id("AAPL")
+    with pytest.raises(LayerNotFound):
+        _stored(pin, 1, 4, "AAPL#evil")
