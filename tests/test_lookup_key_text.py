@@ -112,19 +112,35 @@ def test_region_files_keep_key_text_and_compare_it(tmp_path):
             region.layer("AAPL#evil")
 
 
-def test_a_region_file_of_format_version_1_is_refused_naming_its_version(tmp_path):
-    _prices(tmp_path)
-    raw = bytearray((tmp_path / "prices.region").read_bytes())
+def _as_version_1(path) -> None:
+    """Rewrite the region file at ``path`` as if version 1 had written it (version field, meta CRC)."""
+    raw = bytearray(path.read_bytes())
     at = region_format.HEADER_OFFSETS
     struct.pack_into("<H", raw, at["version"], 1)
     h = region_format.Header._make(region_format.HEADER.unpack_from(raw, 0))
     meta_end = region_format.HEADER_SIZE + h.name_length + h.keywords_length
     index_end = h.index_offset + h.layer_count * region_format.INDEX_DTYPE.itemsize
-    crc = region_format.meta_crc(raw, raw[region_format.HEADER_SIZE:meta_end], raw[h.index_offset:index_end])
-    struct.pack_into("<I", raw, at["meta_crc"], crc)
+    struct.pack_into("<I", raw, at["meta_crc"],
+                     region_format.meta_crc(raw, raw[region_format.HEADER_SIZE:meta_end], raw[h.index_offset:index_end]))
+    path.write_bytes(bytes(raw))
+
+
+def test_a_coordinator_skips_a_version_1_region_file_saying_to_rebuild_it(instance_name, tmp_path):
+    _prices(tmp_path)
+    _as_version_1(tmp_path / "prices.region")
+    with small_coordinator(instance_name, tmp_path) as coord:
+        [(path, reason)] = coord.load_report.skipped
+        assert path.endswith("prices.region") and "format version 1 is not supported" in reason
+        assert "rebuild" in reason
+
+
+def test_a_region_file_of_format_version_1_is_refused_naming_its_version(tmp_path):
+    _prices(tmp_path)
+    _as_version_1(tmp_path / "prices.region")
     with pytest.raises(RegionFormatError) as err:
-        Region.from_buffer(bytes(raw), source="old.region")
-    assert "format version 1" in str(err.value) and "2" in str(err.value) and err.value.offset == at["version"]
+        Region.open(tmp_path / "prices.region")
+    assert "format version 1 is not supported (this reader knows 2)" in str(err.value)
+    assert err.value.offset == region_format.HEADER_OFFSETS["version"]
 
 
 def test_a_region_whose_key_text_does_not_hash_to_its_id_is_refused(tmp_path):
