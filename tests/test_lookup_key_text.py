@@ -309,3 +309,49 @@ def test_a_dask_pin_reading_its_stored_generation_compares_key_text(tmp_path):
     assert ctx.text == "187.2" and ctx.layer_id == key_id("AAPL")
     with pytest.raises(LayerNotFound):
         _stored(pin, 1, 4, "AAPL#evil")
+
+
+BASE_KEYS = st.sampled_from(["a", "b", "é", "東", ""])
+EDIT_KEYS = st.builds(lambda base, tail: base + tail, BASE_KEYS, st.sampled_from(["", "", "#1", "#2"]))
+EDITS = st.lists(st.lists(st.tuples(st.sampled_from(["add", "remove"]), EDIT_KEYS, st.integers(0, 9)),
+                          min_size=1, max_size=6), min_size=1, max_size=4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=EDITS)
+def test_edits_under_forced_key_collisions_agree_with_a_model(instance_name, tmp_path_factory, edits):
+    """Crystallized edits of keys that collide ("a", "a#1", "a#2" share an id): an add of a key
+    colliding with a present one is refused, a remove of one is LayerNotFound, and after each
+    crystallize every present key reads its bytes and every other key of its id is absent."""
+    folder = tmp_path_factory.mktemp("edits")
+    model: dict[str, str] = {}
+    with small_coordinator(instance_name, folder) as coord, shmpool.attach(instance_name) as reader:
+        first = coord.create_proto_dimension(5, "edited")
+        first.add_layer(7, "an id")  # the dimension is never empty
+        coord.crystallize(5)
+        for round_ in edits:
+            edit = coord.edit_dimension(5)
+            for op, key, n in round_:
+                holder = next((k for k in model if key_id(k) == key_id(key)), None)
+                if op == "add":
+                    content = f"{key!r} {n}"
+                    if holder is not None and holder != key:
+                        with pytest.raises(InvalidLayer):
+                            edit.add_layer(key, content)
+                    else:
+                        edit.add_layer(key, content)
+                        model[key] = content
+                elif holder != key:
+                    with pytest.raises(LayerNotFound):
+                        edit.remove_layer(key)
+                else:
+                    edit.remove_layer(key)
+                    del model[key]
+            coord.crystallize(5)
+            for key, content in model.items():
+                assert reader.get("edited", key).text == content
+            for base in ("a", "b", "é", "東", ""):
+                for key in (base, base + "#1", base + "#2"):
+                    if key not in model:
+                        _assert_misses(reader.get, "edited", key)
+            assert reader.get("edited", 7).text == "an id"
