@@ -634,7 +634,7 @@ def _merge(base: Published, new: np.ndarray, record: int, removed: list[int]
     """The rows of ``base`` with ``removed`` ids gone and ``new`` rows (sorted, ``record``'s)
     added or replacing theirs: (rows, row_blocks, rows per record, table or None).
 
-    Rows are handled as int64[n, 7] (ROW_DTYPE is 56 bytes of whole words): numpy copies
+    Rows are handled as int64[n, 9] (ROW_DTYPE is 72 bytes of whole words): numpy copies
     structured arrays field by field, ~5x slower (a 2,000-row mask: 98 us against 19 us). An
     edit that keeps the id set (replacements only) keeps every row and slot where it was, so the
     base's table is copied and only the changed slots are rewritten: no rebuild, O(changes)
