@@ -31,6 +31,7 @@ from loguru import logger
 from ..data.context import LoadedContext
 from ..data.reader import Reader, attach
 from ..errors import ArgumentTooLarge, AttachError, ClientClosed, RequestTooLarge, ShmPoolError
+from ..substrate import _faults
 from ..substrate.alloc import Handle
 from ..substrate.instance import SharedInstance
 from .arg_spill import ArgumentsLeft, ArgumentsRef, adopt_arguments, free_arguments, plan_for, write_arguments
@@ -245,6 +246,8 @@ class Link:
         Spilled arguments are placed first (:meth:`_place`), and freed again if the submit fails."""
         handle = None if request.plan is None else self._place(job, request, timeout)
         try:
+            if _faults.ARMED:
+                _faults.point("arguments.placed")  # placed, not on the board: the table reclaims them
             return self.board.submit(channel, request.data, timeout=timeout, release=release,
                                      alive=self.coordinator_alive,
                                      arguments=None if handle is None else ArgumentsRef(handle.record, handle.serial))

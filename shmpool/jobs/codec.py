@@ -257,10 +257,11 @@ def _dtype_of(descr: Any) -> np.dtype[Any]:
     return dtype
 
 
-def _spilled_array_from(payload: bytes, source: ArgumentSource | None) -> np.ndarray[Any, Any]:
+def _spilled_array_from(payload: bytes, source: ArgumentSource | None,
+                        unpack_header: Callable[[bytes], Any]) -> np.ndarray[Any, Any]:
     """The read-only ndarray an EXT_SPILLED_ARRAY names, a view of the request's argument
     allocation (no copy); its bounds are checked against the allocation."""
-    descr, shape, fortran, offset = msgpack.unpackb(payload, raw=False)
+    descr, shape, fortran, offset = unpack_header(payload)  # a structured descr holds tuples
     view = source.view if source is not None else None
     if view is None:
         raise TypeError("a spilled array argument outside a worker's request (no argument allocation)")
@@ -362,7 +363,8 @@ def decoder(resolve: Resolver | None = None, arguments: ArgumentSource | None = 
         if code == EXT_ARRAY:
             return _array_from(payload, lambda header: unpackb(header, raw=False, ext_hook=ext_hook))
         if code == EXT_SPILLED_ARRAY:
-            return _spilled_array_from(payload, arguments)
+            return _spilled_array_from(payload, arguments,
+                                       lambda header: unpackb(header, raw=False, ext_hook=ext_hook))
         return ext_type(code, payload)
 
     def decode(data: Any) -> Any:
