@@ -46,15 +46,17 @@ def wait_for_path(path: str, x: Any = None, out: str | None = None, limit: float
     """Say which worker runs it (``path + ".pid"``), wait until ``path`` exists, then return the
     sum of ``x``, also written to ``out`` (a job whose client left has nobody else to tell)."""
     pid_file = Path(f"{path}.pid")
-    Path(f"{pid_file}.tmp").write_text(str(os.getpid()))
-    Path(f"{pid_file}.tmp").replace(pid_file)
+    tmp = Path(f"{pid_file}.{os.getpid()}.tmp")  # its own: two blockers on one gate must not race
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(pid_file)
     deadline = time.monotonic() + limit
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     value = float(np.asarray(x).sum()) if x is not None else 0.0
     if out is not None:
-        Path(f"{out}.tmp").write_text(repr(value))
-        Path(f"{out}.tmp").replace(out)
+        written = Path(f"{out}.{os.getpid()}.tmp")
+        written.write_text(repr(value))
+        written.replace(out)
     return value
 
 
