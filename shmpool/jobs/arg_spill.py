@@ -1,9 +1,9 @@
 """Array arguments too large for a slot, from a client to the worker that runs the job.
 
 A request must fit in its slot's request area (``job_payload``, 64 KiB by default), but an array
-argument need not travel in it: the client encodes the request with an :class:`ArgumentPlan`
-(shmpool/jobs/codec.py), which leaves every array above SPILL_THRESHOLD of the payload out of the
-request and lists it at an aligned offset. The client then makes **one** allocation of the table
+argument need not travel in it: the client encodes the request with ``codec.encode_spilling``,
+which leaves every array above a SPILL_THRESHOLD-th of the payload out of the request and lists
+it at an aligned offset in an ``ArgumentPlan``. The client then makes **one** allocation of the table
 for all of them and copies each array there: the only copy of its bytes on the whole way (a
 non-contiguous array is gathered into it by the same copy). The slot's ARG_RECORD / ARG_SERIAL
 name that allocation; the worker that takes the request maps it and hands the job a read-only
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..substrate.alloc import Handle
     from ..substrate.instance import SharedInstance
 
-__all__ = ["ArgumentsRef", "ArgumentsLeft", "NO_ARGUMENTS", "SPILL_THRESHOLD", "plan_for", "read_arguments", "write_arguments",
+__all__ = ["ArgumentsRef", "ArgumentsLeft", "NO_ARGUMENTS", "SPILL_THRESHOLD", "spill_over", "read_arguments", "write_arguments",
            "open_arguments", "free_arguments", "adopt_arguments", "argument_name"]
 
 # An array argument of more than payload // SPILL_THRESHOLD bytes spills (16 KiB of the default
@@ -67,9 +67,9 @@ class ArgumentsLeft:
         self.ended: list[ArgumentsRef] = []
 
 
-def plan_for(payload: int, *, spill_all: bool = False) -> ArgumentPlan:
-    """The plan a client encodes a request with, for a board of slots of ``payload`` bytes."""
-    return ArgumentPlan(0 if spill_all else payload // SPILL_THRESHOLD)
+def spill_over(payload: int) -> int:
+    """Bytes above which an array argument spills, for a board of slots of ``payload`` bytes."""
+    return payload // SPILL_THRESHOLD
 
 
 def read_arguments(slots_mv: memoryview, slot: int) -> ArgumentsRef | None:

@@ -56,7 +56,7 @@ from ..substrate.trust import shm_path
 from ..substrate.ids import as_id
 from ..data.reader import Reader
 from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
-from .client_link import Link, Outgoing
+from .client_link import Link, Request
 from .client_owner import CompletionOwner, JobFuture, Lifecycle
 from .spin import spin_seconds
 
@@ -148,7 +148,7 @@ class Client(concurrent.futures.Executor):
     def _check_open(self) -> None:
         self._owner.check_open()
 
-    def _submit_request(self, job: str, request: Outgoing, timeout: float | None) -> JobFuture:
+    def _submit_request(self, job: str, request: Request, timeout: float | None) -> JobFuture:
         owner = self._owner
         owner.begin_submit()  # shutdown() and close() wait for this submit to register its future
         future = None
@@ -159,7 +159,7 @@ class Client(concurrent.futures.Executor):
             owner.end_submit(future)
         return future
 
-    def _submit_requests(self, job: str, requests: Iterator[Outgoing], end: float | None) -> list[JobFuture]:
+    def _submit_requests(self, job: str, requests: Iterator[Request], end: float | None) -> list[JobFuture]:
         """Submit a stream of requests (``map``'s chunks) in batches, one lock round and one
         wake-up each, by ``end`` (time.monotonic; None: no limit). Each batch is registered as
         soon as it is queued (its answers free the slots a later batch may wait for), and the
@@ -296,7 +296,7 @@ class Client(concurrent.futures.Executor):
         except (FuturesTimeout, TimeoutError):
             return loop.create_task(self._submit_later(job, request, timeout))
 
-    async def _submit_later(self, job: str, request: Outgoing, timeout: float | None) -> Any:
+    async def _submit_later(self, job: str, request: Request, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = ASYNC_SUBMIT_WAIT
         while True:

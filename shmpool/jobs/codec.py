@@ -9,10 +9,10 @@ too: its dtype (numpy's own ``.npy`` descr, a str or a list of fields, never pic
 and raw bytes; it arrives as an ndarray of its own with the same dtype, shape, order and values.
 Arrays of objects are refused: their bytes are pointers, not data.
 
-A large array *argument* does not travel in the request at all (shmpool/jobs/arg_spill.py): while a
-client encodes with an :class:`ArgumentPlan`, an array above the plan's threshold is written as
+A large array *argument* does not travel in the request at all (shmpool/jobs/arg_spill.py): when a
+client encodes with :func:`encode_spilling`, an array above its threshold is written as
 EXT_SPILLED_ARRAY, its dtype, shape, order and an offset into the request's argument allocation,
-and the plan keeps the array itself for the client to copy there, once. A worker decodes it as a
+and an :class:`ArgumentPlan` keeps the array itself for the client to copy there, once. A worker decodes it as a
 read-only ndarray over that allocation: no copy.
 
 What msgpack cannot carry (an object, an int beyond 64 bits) is refused with InvalidArgumentType,
@@ -51,7 +51,7 @@ from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
 from ..errors import InvalidArgument, InvalidArgumentType, JobError, RemoteTraceback, ShmPoolError
 
-__all__ = ["check_job_timeout", "ArgumentPlan", "SpilledArray", "ArgumentSource", "encode_request", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
+__all__ = ["check_job_timeout", "ArgumentPlan", "SpilledArray", "ArgumentSource", "encode_request", "encode_spilling", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
            "decode_result", "encode_error", "decode_error", "error_info", "rebuild_error", "Resolver",
            "Decoder", "decoder"]
 
@@ -136,6 +136,17 @@ class ArgumentSource:
 
     def __init__(self) -> None:
         self.view: memoryview | None = None
+
+
+class _Spilling:
+    """This thread's encode in progress with :func:`encode_spilling`: arrays of more than ``over``
+    bytes spill (-1: none does), into ``plan``. One per thread, made once: a request costs two
+    attribute stores, not a threading.local attribute round each (~1 us measured)."""
+    __slots__ = ("over", "plan")
+
+    def __init__(self) -> None:
+        self.over = -1
+        self.plan: ArgumentPlan | None = None
 
 
 _OPTIONS: dict[str, Any] = {"use_bin_type": True, "strict_types": True}
@@ -240,8 +251,11 @@ def _array_ext(array: np.ndarray[Any, Any]) -> msgpack.ExtType:
         raise TypeError(f"cannot send an array of dtype {array.dtype} "
                         "(its items are references, not data: fixed-size dtypes only)")
     fortran = array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous
-    plan: ArgumentPlan | None = getattr(_local, "plan", None)
-    if plan is not None and array.nbytes > plan.threshold:  # left out of the request: arg_spill.py
+    spilling: _Spilling | None = getattr(_local, "spilling", None)
+    if spilling is not None and spilling.over >= 0 and array.nbytes > spilling.over:  # arg_spill.py
+        plan = spilling.plan
+        if plan is None:  # made on the first spilled array: most requests have none
+            plan = spilling.plan = ArgumentPlan(spilling.over)
         offset = plan.take(array, fortran)
         spilled = _pack([np.lib.format.dtype_to_descr(array.dtype), list(array.shape), fortran, offset])
         return msgpack.ExtType(EXT_SPILLED_ARRAY, spilled)
@@ -296,26 +310,35 @@ def _array_from(payload: bytes, unpack_header: Callable[[bytes], Any]) -> np.nda
 
 
 def encode_request(job: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
-                   flags: RequestFlags = RequestFlags.NAMED, job_timeout: float | None = None,
-                   plan: ArgumentPlan | None = None) -> bytes:
-    """The request's bytes; InvalidArgumentType (a TypeError) names an argument msgpack cannot carry.
-
-    ``plan``: arrays above its threshold are left out and listed in it (the module docstring)."""
+                   flags: RequestFlags = RequestFlags.NAMED, job_timeout: float | None = None) -> bytes:
+    """The request's bytes; InvalidArgumentType (a TypeError) names an argument msgpack cannot carry."""
     if flags == RequestFlags.NAMED and job_timeout is None:
         request: list[Any] = [job, list(args), kwargs]  # the common case stays three elements
     else:
         request = [job, list(args), kwargs, int(flags), job_timeout]
-    local = _local
-    outer = getattr(local, "plan", None)
-    local.plan = plan
     try:
         return _pack(request)
     except (TypeError, OverflowError):
         # Packed again one argument at a time only on this failure path, to say which one it was.
         _name_unsendable(args, kwargs, chunk=bool(flags & RequestFlags.CHUNK), single=bool(flags & RequestFlags.SINGLE))
         raise
+
+
+def encode_spilling(job: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], spill_over: int, *,
+                    flags: RequestFlags = RequestFlags.NAMED,
+                    job_timeout: float | None = None) -> tuple[bytes, ArgumentPlan | None]:
+    """:func:`encode_request`, leaving every array of more than ``spill_over`` bytes out of the
+    request: (bytes, the plan listing them, or None when there was none; the module docstring)."""
+    spilling: _Spilling | None = getattr(_local, "spilling", None)
+    if spilling is None:
+        spilling = _local.spilling = _Spilling()
+    outer_over, outer_plan = spilling.over, spilling.plan  # a nested encode's (a signal handler's)
+    spilling.over, spilling.plan = spill_over, None
+    try:
+        data = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
+        return data, spilling.plan
     finally:
-        local.plan = outer
+        spilling.over, spilling.plan = outer_over, outer_plan
 
 
 def decode_job(data: Buffer, resolve: Resolver | None = None, *, decode: "Decoder | None" = None) -> JobRequest:
