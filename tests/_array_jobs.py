@@ -80,3 +80,8 @@ def write_into(x: np.ndarray) -> float:
     """Write into the argument: refused for a spilled one (a read-only view of the client's bytes)."""
     x[0] = 7
     return float(x[0])
+
+
+def seen_each(xs: list[np.ndarray]) -> list[bool]:
+    """For each array of a list argument: whether it reached the job in shared memory."""
+    return [bool(seen(x)["in_shared_memory"]) for x in xs]

@@ -145,6 +145,21 @@ def test_keyword_and_nested_array_arguments_spill_too(served):
         assert nested["a"][1][1] == "x" and np.array_equal(nested["small"], np.arange(3))
 
 
+def test_many_medium_arrays_that_together_overflow_the_slot_spill_together(served):
+    """Eight 10 KiB arrays are each below the 16 KiB threshold but 80 KiB together: the request is
+    encoded again with every array spilled, into one allocation, instead of RequestTooLarge."""
+    coord, name = served
+    arrays = [np.full(1280, i, dtype=np.float64) for i in range(8)]
+    with shmpool.connect(name) as client:
+        back = client.submit(jobs.same, arrays).result(60)
+        assert len(back) == 8 and all(np.array_equal(b, a) for a, b in zip(arrays, back))
+        assert client.submit(jobs.seen_each, arrays).result(60) == [True] * 8
+        assert client.submit(jobs.seen_each, arrays[:2]).result(60) == [False] * 2  # 20 KiB: inline
+        assert [s["in_shared_memory"] for s in client.map(jobs.seen, arrays, timeout=60)] == [False] * 8
+        with pytest.raises(RequestTooLarge):  # bytes never spill
+            client.submit(jobs.same, [b"x" * 10_000] * 8)
+
+
 def test_map_with_array_arguments_keeps_order_inline_chunked_and_spilled(served):
     coord, name = served
     arrays = [np.full(n, i, dtype=np.float32) for i, n in enumerate([3, 10_000, 500_000, 7, 40_000] * 4)]
