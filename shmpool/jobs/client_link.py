@@ -248,8 +248,11 @@ class Link:
         ``release``: a delivered (slot, seq) of the caller's to free in the same lock round.
         Spilled arguments are placed first (:meth:`_place`), and freed again if the submit fails."""
         if isinstance(request, Outgoing):
+            began = time.monotonic()
             handle: Handle | None = self._place(job, request, timeout)
             data = request.data
+            if timeout is not None:  # one timeout for the room and the slot together
+                timeout = max(0.0, timeout - (time.monotonic() - began))
         else:
             handle, data = None, request
         try:
