@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Iterator
 from loguru import logger
 
 from .callables import target_of
-from .codec import RequestFlags, check_job_timeout, encode_request
+from .codec import RequestFlags, check_job_timeout
 from ..data.context import ContextCollection, LoadedContext, NavigationPath, Step
 from ..errors import AttachError, InvalidArgument
 from .jobboard import JOBS
@@ -56,7 +56,7 @@ from ..substrate.trust import shm_path
 from ..substrate.ids import LayerKey, as_id
 from ..data.reader import Reader
 from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
-from .client_link import Link
+from .client_link import Link, Request
 from .client_owner import CompletionOwner, JobFuture, Lifecycle
 from .spin import spin_seconds
 
@@ -129,7 +129,7 @@ class Client(concurrent.futures.Executor):
         an argument msgpack cannot carry, RequestTooLarge, ClientClosed.
         """
         job, flags = self._job_of(fn)
-        request = encode_request(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
+        request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
         return self._submit_request(job, request, timeout)
 
     def _job_of(self, fn: Callable[..., Any] | str) -> tuple[str, RequestFlags]:
@@ -148,7 +148,7 @@ class Client(concurrent.futures.Executor):
     def _check_open(self) -> None:
         self._owner.check_open()
 
-    def _submit_request(self, job: str, request: bytes, timeout: float | None) -> JobFuture:
+    def _submit_request(self, job: str, request: Request, timeout: float | None) -> JobFuture:
         owner = self._owner
         owner.begin_submit()  # shutdown() and close() wait for this submit to register its future
         future = None
@@ -159,7 +159,7 @@ class Client(concurrent.futures.Executor):
             owner.end_submit(future)
         return future
 
-    def _submit_requests(self, job: str, requests: Iterator[bytes], end: float | None) -> list[JobFuture]:
+    def _submit_requests(self, job: str, requests: Iterator[Request], end: float | None) -> list[JobFuture]:
         """Submit a stream of requests (``map``'s chunks) in batches, one lock round and one
         wake-up each, by ``end`` (time.monotonic; None: no limit). Each batch is registered as
         soon as it is queued (its answers free the slots a later batch may wait for), and the
@@ -218,7 +218,8 @@ class Client(concurrent.futures.Executor):
             items = ([list(args) for args in chunk] for chunk in _batched(zip(*iterables), chunksize))
         else:
             items = zip(*iterables)
-        requests = (encode_request(job, args, {}, flags=flags, job_timeout=job_timeout) for args in items)
+        link = self._link
+        requests = (link.encode(job, args, {}, flags=flags, job_timeout=job_timeout) for args in items)
         futures = self._submit_requests(job, requests, end)
 
         def results() -> Iterator[Any]:
@@ -261,8 +262,8 @@ class Client(concurrent.futures.Executor):
                         item = next(items, _END)
                         if item is _END:
                             break
-                        submitted = self._submit_request(job, encode_request(job, (item,), {}, flags=flags,
-                                                                             job_timeout=job_timeout), None)
+                        submitted = self._submit_request(job, self._link.encode(job, (item,), {}, flags=flags,
+                                                                                job_timeout=job_timeout), None)
                         in_flight.add(submitted)
                         submitted.add_done_callback(done.put)
                     if not in_flight:
@@ -289,13 +290,13 @@ class Client(concurrent.futures.Executor):
         """
         loop = asyncio.get_running_loop()
         job, flags = self._job_of(fn)
-        request = encode_request(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
+        request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
         try:
             return asyncio.wrap_future(self._submit_request(job, request, ASYNC_SUBMIT_WAIT), loop=loop)
         except (FuturesTimeout, TimeoutError):
             return loop.create_task(self._submit_later(job, request, timeout))
 
-    async def _submit_later(self, job: str, request: bytes, timeout: float | None) -> Any:
+    async def _submit_later(self, job: str, request: Request, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = ASYNC_SUBMIT_WAIT
         while True:
@@ -360,7 +361,7 @@ class Client(concurrent.futures.Executor):
         if deadline is not None:
             timeout = max(0.0, deadline - time.monotonic())
         try:
-            request = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
+            request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=job_timeout)
             if mine is None:
                 return self._submit_request(job, request, timeout).result(timeout)
             return mine.call(self._link, job, request, timeout, self._spin, self._abandoned)
