@@ -38,7 +38,7 @@ from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds, check_wo
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
-from shmpool.jobs.arg_spill import adopt_arguments, free_arguments
+from shmpool.jobs.arg_spill import adopt_arguments, free_arguments, settle_lent_arguments
 from shmpool.jobs.spill import free_spill
 from shmpool.data.region import Region
 from shmpool.data.sample import SAMPLE, SampleData, sample_dir
@@ -505,6 +505,12 @@ class Coordinator:
             yield
             inst.table.reclaim_dead()
             yield
+            if board is not None:
+                try:  # lent blocks (spilled arguments) the sweep left: freed here if no job names them
+                    settle_lent_arguments(inst, board)
+                except LockTimeout as exc:
+                    logger.warning("spilled arguments of dead clients on {!r} left for later: {}", self.name, exc)
+                yield
             publisher.registry.reap_dead()  # keeps readers_attached honest when idle
             clock.sweep = time.monotonic()
 

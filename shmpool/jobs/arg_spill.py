@@ -7,21 +7,35 @@ it at an aligned offset in an ``ArgumentPlan``. The client then makes **one** al
 for all of them and copies each array there: the only copy of its bytes on the whole way (a
 non-contiguous array is gathered into it by the same copy). The slot's ARG_RECORD / ARG_SERIAL
 name that allocation; the worker that takes the request maps it and hands the job a read-only
-ndarray *view* of it. Its life, in the order that keeps every crash harmless:
+ndarray *view* of it.
 
-    client   allocate + copy   the blocks are the client's: if it dies, the table's dead-owner
-                               sweep reclaims them (a submit that fails frees them at once)
+**The rule: no sweep frees blocks a slot may name.** The allocation is made *lent*
+(RecordState.LENT): owned by the client, but skipped by the table's dead-owner sweep, whichever
+process runs it (the coordinator every second, any process whose allocation finds no room, the
+next holder after a lock takeover). Only :func:`settle_lent_arguments`, run by the coordinator,
+frees the lent blocks of a dead owner, and only those no slot names. An earlier design let the
+sweep reclaim them like any dead owner's and had the supervision round (every 0.1 s) hand an
+orphaned job's arguments to the coordinator first; a sweep between the client's death and that
+round freed them under the worker, and the job computed on reused memory. A predicate the sweep
+would ask of the board was rejected too: a process that sweeps need not have the board attached,
+and the table (substrate) must not import the jobs layer. Their life, in the order that keeps
+every crash harmless:
+
+    client   allocate + copy   lent blocks, the client's: a submit that fails frees them at once;
+                               a client that dies before its submit leaves them named by no slot,
+                               and the coordinator's settling frees them
              submit            the slot names them, written with the request under the board lock
     worker   take, view, run   reads them in place; a worker that dies leaves them to the requeued
                                run (they are still the client's)
     client   answer, free      once the answer is decoded (or the job is withdrawn, or an answer
                                nobody waits for is dropped), the client frees them
     orphan                     a job still running when its client lets go (close, or death) is
-                               ORPHANED: its arguments are handed to the coordinator (so that the
-                               client's exit cannot reclaim them under the worker); the worker
-                               frees them when it finishes, the coordinator if that worker dies
+                               ORPHANED: its arguments are handed to the coordinator; the worker
+                               frees them when it finishes, the coordinator if that worker dies.
+                               A dead client's blocks are safe before that hand-over too: lent
+                               blocks a slot names outlive every sweep
 
-Freeing is tolerant, as for spilled results: the blocks may have been reclaimed already.
+Freeing is tolerant, as for spilled results: the blocks may have been freed already.
 """
 
 from __future__ import annotations
@@ -38,9 +52,10 @@ from .jobs_layout import SLOT_COLS, SlotCol
 if TYPE_CHECKING:
     from ..substrate.alloc import Handle
     from ..substrate.instance import SharedInstance
+    from .jobboard import JobBoard
 
 __all__ = ["ArgumentsRef", "ArgumentsLeft", "NO_ARGUMENTS", "SPILL_THRESHOLD", "spill_over", "read_arguments", "write_arguments",
-           "open_arguments", "free_arguments", "adopt_arguments", "argument_name"]
+           "open_arguments", "free_arguments", "adopt_arguments", "argument_name", "settle_lent_arguments"]
 
 # An array argument of more than payload // SPILL_THRESHOLD bytes spills (16 KiB of the default
 # 64 KiB): a request then keeps room for several small ones inline, where a copy is cheaper than
@@ -80,12 +95,13 @@ def read_arguments(slots_mv: memoryview, slot: int) -> ArgumentsRef | None:
 
 
 def write_arguments(inst: "SharedInstance", plan: ArgumentPlan, job: str, args: Any, kwargs: Any) -> "Handle":
-    """Client: allocate the plan's bytes and copy each listed array there (its one copy).
+    """Client: allocate the plan's bytes, lent to the board, and copy each listed array there
+    (its one copy).
 
     Raises ArgumentTooLarge naming the (largest) argument when the table refuses the allocation
     (the memory limit, no pool with room; the allocator's error is its ``__cause__``)."""
     try:
-        handle = inst.table.allocate(plan.nbytes)
+        handle = inst.table.allocate(plan.nbytes, lent=True)  # no dead-owner sweep frees them
     except ShmPoolError as exc:
         largest = max(plan.arrays, key=lambda spilled: spilled.array.nbytes).array
         raise ArgumentTooLarge(argument=argument_name(args, kwargs, largest), nbytes=plan.nbytes, job=job,
@@ -151,3 +167,25 @@ def adopt_arguments(inst: "SharedInstance", ref: ArgumentsRef, pid: int, start: 
         inst.table.transfer(inst.table.handle_of(*ref), pid, start)
     except ShmPoolError as exc:
         logger.debug("spilled arguments {} freed before adoption: {}", ref, exc)
+
+
+def settle_lent_arguments(inst: "SharedInstance", board: "JobBoard") -> int:
+    """Coordinator: free the lent blocks of dead owners that no slot names; returns how many.
+
+    The one place that frees lent blocks of a dead owner (the module docstring says why the
+    table's sweep does not). The dead are listed first, the board read after: a dead client
+    submits nothing more, so a record no slot names now never will be named. One a slot names
+    is left for the job's end to free (or for a later round, once the slot lets go of it).
+    Raises LockTimeout if the board's lock is held too long (the next round retries)."""
+    dead = inst.table.lent_of_dead()
+    if not dead:
+        return 0
+    named = board.named_arguments()
+    freed = 0
+    for record, serial in dead:
+        ref = ArgumentsRef(record, serial)
+        if ref not in named:
+            logger.info("freeing spilled arguments {} of a dead client that no job names", ref)
+            free_arguments(inst, ref)
+            freed += 1
+    return freed

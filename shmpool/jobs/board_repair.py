@@ -254,6 +254,15 @@ class BoardRepair:
             logger.info("jobs of dead clients cleaned up: {} slots", affected)
         return affected
 
+    def named_arguments(self) -> set[ArgumentsRef]:
+        """The spilled arguments every slot in use names, read under the lock (SUPERVISE_WAIT:
+        LockTimeout if a holder stops); for arg_spill.settle_lent_arguments."""
+        v = self.v
+        with self._supervising():
+            cols = v.slots[:, [SC.STATE, SC.ARG_RECORD, SC.ARG_SERIAL]].copy()
+        return {ArgumentsRef(int(record), int(serial)) for state, record, serial in cols.tolist()
+                if state != _FREE and record >= 0}
+
     def heal(self) -> list[str]:
         """Restore the board's invariants from the slots' states; the lock must be held.
 

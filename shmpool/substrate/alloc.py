@@ -8,6 +8,12 @@ killed anywhere inside the critical section leaves records that are each either 
 The next holder after a takeover rebuilds bitmaps and counters from the records and reclaims the
 records of dead owners: no block is ever owned twice and nothing a dead process held leaks.
 
+One exception to "dead owner, reclaimed": a record allocated ``lent=True`` (RecordState.LENT,
+a job's spilled arguments) is live like any other, but no dead-owner sweep frees it, whichever
+process sweeps. Its blocks are lent to a job board that may still name them for a worker reading
+them in place, and only the board can tell: the coordinator lists the lent records of dead owners
+(:meth:`AllocationTable.lent_of_dead`) and frees those no slot names (shmpool/jobs/arg_spill.py).
+
 A handle is returned only once its blocks' pages are reserved in /dev/shm (``shmpool.substrate.backing``),
 so writing through it can never SIGBUS; a full filesystem is a SharedMemoryFull instead.
 """
@@ -30,7 +36,8 @@ from .stats import PoolStats, TableStats
 
 __all__ = ["Handle", "AllocationTable", "free_runs"]
 
-_LIVE, _FREE = int(RecordState.LIVE), int(RecordState.FREE)
+_LIVE, _FREE, _LENT = int(RecordState.LIVE), int(RecordState.FREE), int(RecordState.LENT)
+_HELD = (_LIVE, _LENT)  # the STATE values of a live record
 # A pool that can hold a request: (bytes it reserves, -block size, pool). Sorted, least waste
 # comes first and, on a tie, the larger blocks.
 _Fit = tuple[int, int, int]
@@ -96,7 +103,7 @@ class AllocationTable:
 
     # ----------------------------------------------------------------- allocate / free
 
-    def allocate(self, nbytes: int) -> Handle:
+    def allocate(self, nbytes: int, *, lent: bool = False) -> Handle:
         """Reserve contiguous blocks for ``nbytes`` in the best-fitting pool; blocks the lock.
 
         Best fit = least waste (whole blocks minus ``nbytes``) among pools that have a free run
@@ -104,7 +111,8 @@ class AllocationTable:
         LimitExceeded when the refusal threshold would be passed, AllocationFailed when no pool
         has room, SharedMemoryFull (an AllocationFailed) when /dev/shm cannot back blocks never
         used before and no used-before blocks are free. The calling process owns the blocks: if
-        it dies they are reclaimed.
+        it dies they are reclaimed, unless ``lent``: then the record is LENT, which no dead-owner
+        sweep frees (the module docstring says who does).
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
             raise AllocationFailed(nbytes=nbytes, reason="size must be a positive integer",
@@ -120,15 +128,16 @@ class AllocationTable:
             raise AllocationFailed(nbytes=nbytes, reason="larger than any pool", pools=self._pool_summary(),
                                    kind=AllocationFailure.TOO_LARGE)
         words = self._ctl.words
+        state = _LENT if lent else _LIVE
         with self._lock:
             before = int(words[W.USED_BYTES])
             try:
-                handle = self._allocate_locked(nbytes, plan)
+                handle = self._allocate_locked(nbytes, plan, state)
                 # Dead processes may be sitting on exactly the blocks we need.
                 if handle is None and self._reclaim_dead_locked():
-                    handle = self._allocate_locked(nbytes, plan)
+                    handle = self._allocate_locked(nbytes, plan, state)
                 if handle is None:
-                    handle = self._grow_locked(nbytes, sorted(fitting))
+                    handle = self._grow_locked(nbytes, sorted(fitting), state)
             except LimitExceeded:
                 self._count_failure(limit=True, plan=plan)
                 raise
@@ -142,7 +151,7 @@ class AllocationTable:
             raise AllocationFailed(nbytes=nbytes, reason="no pool has a free run long enough",
                                    pools=self._pool_summary())
         if cold:
-            handle = self._back_blocks(nbytes, handle, plan)
+            handle = self._back_blocks(nbytes, handle, plan, state)
             after = int(words[W.USED_BYTES])
         logger.debug("allocated {} bytes: {}", nbytes, handle)
         if not self._in_hook:
@@ -153,7 +162,7 @@ class AllocationTable:
                 self._in_hook = False
         return handle
 
-    def _back_blocks(self, nbytes: int, handle: Handle, plan: list[_Fit]) -> Handle:
+    def _back_blocks(self, nbytes: int, handle: Handle, plan: list[_Fit], state: int) -> Handle:
         """Reserve the pages of a fresh allocation, outside the lock (a cold 4 MiB takes ~1.3 ms).
 
         If /dev/shm is full, give the blocks back and look for a free run of blocks that are
@@ -166,7 +175,7 @@ class AllocationTable:
             with self._lock:
                 self._undo_locked(handle)
                 try:
-                    fallback = self._allocate_locked(nbytes, plan, backed_only=True)
+                    fallback = self._allocate_locked(nbytes, plan, state, backed_only=True)
                 except LimitExceeded:  # the full filesystem is the news, not the limit
                     fallback = None
                 if fallback is None:
@@ -187,14 +196,16 @@ class AllocationTable:
     def _undo_locked(self, handle: Handle) -> None:
         """Take back an allocation never handed out (its pages could not be reserved)."""
         row = self._ctl.records[handle.record]
-        if int(row[R.STATE]) == _LIVE and int(row[R.SERIAL]) == handle.serial:
+        if int(row[R.STATE]) in _HELD and int(row[R.SERIAL]) == handle.serial:
             self._release_record(handle.record)
             self._ctl.words[W.ALLOC_COUNT] -= 1
             self._ctl.pools[handle.pool][P.ALLOC_COUNT] -= 1
 
-    def _allocate_locked(self, nbytes: int, plan: list[_Fit], *, backed_only: bool = False) -> Handle | None:
+    def _allocate_locked(self, nbytes: int, plan: list[_Fit], state: int = _LIVE, *,
+                         backed_only: bool = False) -> Handle | None:
         """The first pool of ``plan`` with a free run takes the allocation: its handle, or None if
-        no pool has a run. Raises LimitExceeded when the next pool to try would pass the limit."""
+        no pool has a run. Raises LimitExceeded when the next pool to try would pass the limit.
+        ``state``: the record's commit value, LIVE or LENT."""
         ctl = self._ctl
         words = ctl.words
         budget = Budget.read(words)
@@ -231,11 +242,11 @@ class AllocationTable:
             words[W.PEAK_BYTES] = max(int(words[W.PEAK_BYTES]), used + reserve)
             words[W.ALLOC_COUNT] += 1
             words[W.LIVE_RECORDS] += 1
-            row[R.STATE] = _LIVE  # commit point
+            row[R.STATE] = state  # commit point
             return Handle(p, first, count, nbytes, rec, serial, self._token)
         return None
 
-    def _grow_locked(self, nbytes: int, fitting: list[_Fit]) -> Handle | None:
+    def _grow_locked(self, nbytes: int, fitting: list[_Fit], state: int = _LIVE) -> Handle | None:
         """Every present pool is too full: create the best-fitting reserved growth segment,
         if the limit allows what the request needs (LimitExceeded if not), and allocate from it."""
         if self._grow is None:
@@ -254,7 +265,7 @@ class AllocationTable:
             words[W.POOL_GROWTHS] += 1
             logger.info("pool {} ({} B blocks) full: added growth segment pool{} of {} blocks",
                         int(pools[p, P.BASE]), -neg_bs, p, self.block_counts[p])
-            return self._allocate_locked(nbytes, [(reserve, neg_bs, p)])
+            return self._allocate_locked(nbytes, [(reserve, neg_bs, p)], state)
         return None
 
     def free(self, handle: Handle) -> None:
@@ -272,7 +283,7 @@ class AllocationTable:
 
     def _free_locked(self, handle: Handle) -> None:
         row = self._ctl.records[handle.record]
-        if int(row[R.STATE]) != _LIVE or int(row[R.SERIAL]) != handle.serial:
+        if int(row[R.STATE]) not in _HELD or int(row[R.SERIAL]) != handle.serial:
             raise InvalidHandle(handle=handle, reason="already freed (double free) or reclaimed")
         if (int(row[R.POOL]), int(row[R.FIRST_BLOCK]), int(row[R.BLOCK_COUNT])) != (
                 handle.pool, handle.first_block, handle.block_count):
@@ -296,7 +307,7 @@ class AllocationTable:
         result to its client: if the new owner dies, the blocks are reclaimed with it."""
         with self._lock:
             row = self._ctl.records[handle.record]
-            if int(row[R.STATE]) != _LIVE or int(row[R.SERIAL]) != handle.serial:
+            if int(row[R.STATE]) not in _HELD or int(row[R.SERIAL]) != handle.serial:
                 raise InvalidHandle(handle=handle, reason="not live: cannot transfer ownership")
             row[R.OWNER_START] = start
             row[R.OWNER_PID] = pid
@@ -315,7 +326,7 @@ class AllocationTable:
         if not 0 <= record < len(records):
             raise InvalidHandle(handle=(record, serial), reason="record index out of range")
         row = records[record]
-        if int(row[R.STATE]) != _LIVE or int(row[R.SERIAL]) != serial:
+        if int(row[R.STATE]) not in _HELD or int(row[R.SERIAL]) != serial:
             raise InvalidHandle(handle=(record, serial), reason="already freed or reclaimed")
         return Handle(int(row[R.POOL]), int(row[R.FIRST_BLOCK]), int(row[R.BLOCK_COUNT]), int(row[R.NBYTES]),
                       record, serial, self._token)
@@ -323,13 +334,36 @@ class AllocationTable:
     # ----------------------------------------------------------------- crash recovery
 
     def reclaim_dead(self) -> int:
-        """Free every allocation whose owning process is dead; returns how many. Blocks the lock."""
+        """Free every allocation whose owning process is dead; returns how many. Blocks the lock.
+
+        Lent records (RecordState.LENT) are left alone: a job board may still name them for a
+        worker that reads them, which this table cannot see (see :meth:`lent_of_dead`)."""
         with self._lock:
             return self._reclaim_dead_locked()
 
+    def lent_of_dead(self) -> list[tuple[int, int]]:
+        """(record, serial) of every lent allocation whose owner is dead; blocks the lock.
+
+        For the coordinator, which frees those no slot of its board names. A dead owner allocates
+        and submits no more, so a record listed here that no slot names *after* this call never
+        will: the board must be read after this list is made, not before."""
+        with self._lock:
+            records = self._ctl.records
+            lent = np.flatnonzero(records[:, R.STATE] == _LENT)
+            verdict: dict[tuple[int, int], bool] = {}
+            dead: list[tuple[int, int]] = []
+            for rec in lent.tolist():
+                owner = (int(records[rec, R.OWNER_PID]), int(records[rec, R.OWNER_START]))
+                alive = verdict.get(owner)
+                if alive is None:
+                    alive = verdict[owner] = is_alive(*owner)
+                if not alive:
+                    dead.append((rec, int(records[rec, R.SERIAL])))
+            return dead
+
     def _reclaim_dead_locked(self) -> int:
         records = self._ctl.records
-        live = np.flatnonzero(records[:, R.STATE] == _LIVE)
+        live = np.flatnonzero(records[:, R.STATE] == _LIVE)  # never LENT: see reclaim_dead
         verdict: dict[tuple[int, int], bool] = {}
         reclaimed = 0
         for rec in live:
@@ -360,7 +394,7 @@ class AllocationTable:
         used_blocks = [0] * len(self.block_sizes)
         bits = [np.zeros(c, dtype=np.uint8) for c in self.block_counts]
         live = 0
-        for rec in np.flatnonzero(records[:, R.STATE] == _LIVE):
+        for rec in np.flatnonzero(np.isin(records[:, R.STATE], _HELD)):
             p, first, count = (int(records[rec, R.POOL]), int(records[rec, R.FIRST_BLOCK]),
                                int(records[rec, R.BLOCK_COUNT]))
             if not (0 <= p < len(bits) and 0 <= first and count > 0 and first + count <= len(bits[p])) \
@@ -452,14 +486,16 @@ class AllocationTable:
                 if int(pools[p, P.PRESENT])]
 
     def live_allocations(self) -> list[dict[str, int]]:
-        """Every live allocation record (for diagnostics); read without the lock."""
+        """Every live allocation record (for diagnostics); read without the lock. ``lent``: 1 for
+        a record lent to the job board (a job's spilled arguments), 0 otherwise."""
         records = self._ctl.records
         out: list[dict[str, int]] = []
-        for rec in np.flatnonzero(records[:, R.STATE] == _LIVE):
+        for rec in np.flatnonzero(np.isin(records[:, R.STATE], _HELD)):
             row = [int(v) for v in records[rec]]
             out.append({"record": int(rec), "pool": row[R.POOL], "first_block": row[R.FIRST_BLOCK],
                         "block_count": row[R.BLOCK_COUNT], "nbytes": row[R.NBYTES],
-                        "serial": row[R.SERIAL], "owner_pid": row[R.OWNER_PID]})
+                        "serial": row[R.SERIAL], "owner_pid": row[R.OWNER_PID],
+                        "lent": int(row[R.STATE] == _LENT)})
         return out
 
     def stats(self) -> TableStats:

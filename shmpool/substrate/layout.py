@@ -37,12 +37,12 @@ __all__ = [
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 7  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+LAYOUT_VERSION = 8  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
 # 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL; 5: a directory
 # slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region;
 # 6: word PUBLISH_SEQ (consistent snapshots), reader column WAITING and the per-reader gwR
 # semaphores (generation wake-ups); 7: the table lock is a robust mutex in words 56-63 (no flock,
-# no lock semaphore)
+# no lock semaphore); 8: RecordState.LENT (a job's spilled arguments: no dead-owner sweep frees them)
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
@@ -158,6 +158,10 @@ class RecordState(IntEnum):
     """RecordCol.STATE: the commit word of an allocation record."""
     FREE = 0
     LIVE = 1
+    # Live, and lent to the job board (a job's spilled arguments): the dead-owner sweep leaves
+    # it, whichever process sweeps, because a slot may still name it for a worker to read; the
+    # coordinator frees it once its owner is dead and no slot names it (jobs/arg_spill.py).
+    LENT = 2
 
 
 class DirCol(IntEnum):
