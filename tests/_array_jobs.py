@@ -60,6 +60,13 @@ def wait_for_path(path: str, x: Any = None, out: str | None = None, limit: float
     return value
 
 
+def gated_double(path: str, x: np.ndarray) -> np.ndarray:
+    """Say which worker runs it (``path + ".pid"``), wait until ``path`` exists, then answer
+    ``2 * x``: a large result, from a job whose test holds it (tests/test_client_array_arguments_sweep.py)."""
+    wait_for_path(path)
+    return x * 2
+
+
 def sleep_then_total(seconds: float, x: np.ndarray) -> float:
     time.sleep(seconds)
     return float(x.sum())

@@ -30,6 +30,7 @@ from conftest import TESTS
 from shmpool.coordinator import Coordinator
 from shmpool.jobs.arg_spill import ArgumentsRef, settle_lent_arguments
 from shmpool.jobs.jobs_layout import SlotState
+from shmpool.jobs.spill import read_spill
 from shmpool.substrate.layout import R, RecordState
 from shmpool.substrate.names import list_objects
 
@@ -168,3 +169,67 @@ def test_a_client_sigkilled_between_allocate_and_submit_leaks_nothing_once_the_r
     assert not Path(f"{gate}.pid").exists()  # nothing ran
     with shmpool.connect(name) as client:
         assert client.submit(jobs.total, np.ones(MB)).result(30) == float(MB)
+
+
+RESULT_CHILD = """
+import sys
+import numpy as np
+import shmpool, _array_jobs
+name, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+client = shmpool.connect(name)
+x = np.arange(n, dtype=np.float64)
+future = client.submit(_array_jobs.gated_double, gate, x)
+print("submitted", flush=True)
+print(repr(float(future.result(120).sum())), flush=True)
+client.close()
+"""
+
+
+def test_a_spilled_result_whose_worker_died_is_read_whole_after_a_sweep(make_name, tmp_path, monkeypatch):
+    """The same shape for spilled results: the client is stopped (SIGSTOP) so it cannot read yet,
+    the worker delivers a spilled result and is SIGKILLed at once (fault point spill.delivered),
+    the table is swept and a same-sized allocation filled with other bytes; the client, resumed,
+    reads its result exact. The blocks were handed to the client before the slot was delivered,
+    so no sweep sees a dead owner in them (shmpool/jobs/spill.py)."""
+    monkeypatch.setenv("SHMPOOL_FAULT", f"spill.delivered@{tmp_path / 'fire-once'}")
+    (tmp_path / "fire-once").touch()
+    name = make_name()
+    with Coordinator(name, workers=2, job_modules=["_array_jobs"]) as coord:
+        monkeypatch.delenv("SHMPOOL_FAULT")
+        inst = coord._inst
+        assert inst is not None
+        baseline = _live(coord)
+        gate = tmp_path / "gate"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+        child = subprocess.Popen([sys.executable, "-c", RESULT_CHILD, name, str(gate), str(N)], env=env, text=True,
+                                 stdout=subprocess.PIPE)
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
+            wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running")
+            worker = int(Path(f"{gate}.pid").read_text())
+            os.kill(child.pid, signal.SIGSTOP)  # the client cannot read its answer before the sweep
+            gate.touch()
+            wait_for(lambda: coord.stats()["jobs"]["worker_deaths"] == 1, what="the worker killed after delivering")
+            assert not (tmp_path / "fire-once").exists()  # killed at spill.delivered, not elsewhere
+            board = job_board(coord)
+            done = [s for s in range(board.slot_count) if board.slot_row(s).state == SlotState.DONE]
+            assert len(done) == 1
+            spill = read_spill(board.v.slots_mv, done[0])
+            assert spill is not None and int(inst.control.records[spill.record, R.OWNER_PID]) == child.pid
+            assert worker != child.pid
+            inst.table.reclaim_dead()  # the worker is dead: nothing of the result is its own any more
+            filler = inst.table.allocate(spill.nbytes)
+            try:
+                inst.handle_view(filler)[:] = b"\xff" * spill.nbytes
+                os.kill(child.pid, signal.SIGCONT)
+                answer = child.stdout.readline().strip()
+            finally:
+                inst.table.free(filler)
+            assert float(answer) == float((np.arange(N, dtype=np.float64) * 2).sum())
+            assert child.wait(60) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(30)
+        wait_for(lambda: _live(coord) == baseline, what="the result and the argument freed by the client")
+    assert list_objects(name) == ([], [])

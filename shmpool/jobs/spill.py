@@ -16,6 +16,13 @@ columns, see :class:`SpillRef`). Its life, in the order that keeps every crash h
     coordinator                 frees what the board collected as stranded (a worker that died
                                 between stage and finish, a dead client's undelivered answer)
 
+No dead-owner sweep can free a spill under its reader, so spills need no lending (unlike spilled
+arguments, shmpool/jobs/arg_spill.py): the client reads only a *delivered* slot, and the blocks
+became the client's (hand over) before the slot was delivered (finish). A worker dead before the
+hand-over leaves its own blocks, which the sweep may free, in a slot nobody reads (the supervisor
+requeues the job and frees the staged spill); a worker dead after it leaves the blocks to a live
+reader, which the sweep never frees; a client dead before its read reads nothing.
+
 Freeing is always tolerant: the blocks may have been reclaimed already (their owner died), which
 is the normal end of a race, not an error. The records here are what crosses the board, named as
 concurrent.futures.process names its _CallItem and _ResultItem.
@@ -29,6 +36,7 @@ from loguru import logger
 
 from .codec import encode_error
 from ..errors import ShmPoolError
+from ..substrate import _faults
 from .jobs_layout import SLOT_COLS, SlotCol, Status
 
 if TYPE_CHECKING:  # the board imports this module: at run time it is just an argument
@@ -104,6 +112,8 @@ def send_large(board: "JobBoard", inst: "SharedInstance", slot: int, seq: int, s
     if not board.finish(slot, seq, status, None)[0]:
         free_spill(inst, handle)  # nobody will read it; its client may have been reclaimed first
         return False
+    if _faults.ARMED:
+        _faults.point("spill.delivered")  # a worker dead now leaves the blocks to the client that reads them
     return True
 
 
