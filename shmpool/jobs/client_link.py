@@ -257,7 +257,7 @@ class Link:
             handle, data = None, request
         try:
             if _faults.ARMED:
-                _faults.point("arguments.placed")  # placed, not on the board: the table reclaims them
+                _faults.point("arguments.placed")  # placed (lent), not on the board: the coordinator frees them
             return self.board.submit(channel, data, timeout=timeout, release=release,
                                      alive=self.coordinator_alive,
                                      arguments=None if handle is None else ArgumentsRef(handle.record, handle.serial))
