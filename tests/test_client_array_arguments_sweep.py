@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -66,7 +66,7 @@ def _live(coord: Coordinator) -> int:
 
 
 @pytest.fixture
-def served(make_name) -> Iterator[tuple[Coordinator, str]]:
+def served(make_name: Callable[[], str]) -> Iterator[tuple[Coordinator, str]]:
     """A coordinator with 2 workers running tests/_array_jobs.py; empty after its stop."""
     name = make_name()
     with Coordinator(name, workers=2, job_modules=["_array_jobs"]) as coord:
@@ -88,7 +88,7 @@ def _running_arguments(coord: Coordinator) -> ArgumentsRef:
 
 
 def test_a_dead_clients_running_job_keeps_its_argument_through_a_sweep_before_supervision(
-        served, tmp_path, monkeypatch):
+        served: tuple[Coordinator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL the client while its job runs, sweep the table's dead owners before any supervision
     round, then fill a same-sized allocation with other bytes: the job still reads its argument
     exact, because lent blocks are no generic sweep's to free."""
@@ -123,7 +123,8 @@ def test_a_dead_clients_running_job_keeps_its_argument_through_a_sweep_before_su
     wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="the dead client swept")
 
 
-def test_lent_arguments_of_a_dead_client_survive_every_generic_sweep_until_settled(served, tmp_path, monkeypatch):
+def test_lent_arguments_of_a_dead_client_survive_every_generic_sweep_until_settled(
+        served: tuple[Coordinator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same window seen from the table: a takeover's rebuild and the allocate path's sweep
     (an allocation that finds no room) leave lent blocks alone too; the coordinator's settling
     of lent blocks keeps them while a slot names them and frees them once the job is over."""
@@ -153,7 +154,8 @@ def test_lent_arguments_of_a_dead_client_survive_every_generic_sweep_until_settl
     wait_for(lambda: _live(coord) == baseline, what="the orphan's argument freed after the job")
 
 
-def test_a_client_sigkilled_between_allocate_and_submit_leaks_nothing_once_the_rounds_ran(served, tmp_path):
+def test_a_client_sigkilled_between_allocate_and_submit_leaks_nothing_once_the_rounds_ran(
+        served: tuple[Coordinator, str], tmp_path: Path) -> None:
     """Its arguments are lent but no slot names them: the generic sweep leaves them (it cannot
     tell), and the coordinator's settling of lent blocks frees them, with nothing run."""
     coord, name = served
@@ -185,7 +187,8 @@ client.close()
 """
 
 
-def test_a_spilled_result_whose_worker_died_is_read_whole_after_a_sweep(make_name, tmp_path, monkeypatch):
+def test_a_spilled_result_whose_worker_died_is_read_whole_after_a_sweep(
+        make_name: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same shape for spilled results: the client is stopped (SIGSTOP) so it cannot read yet,
     the worker delivers a spilled result and is SIGKILLed at once (fault point spill.delivered),
     the table is swept and a same-sized allocation filled with other bytes; the client, resumed,
