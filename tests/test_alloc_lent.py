@@ -3,7 +3,8 @@
 A job's spilled arguments are allocated lent (shmpool/jobs/arg_spill.py): live and their
 client's, but the table cannot see whether a job board still names them, so neither the
 periodic sweep, nor the sweep of an allocation that finds no room, nor a lock takeover's
-rebuild may free them when their owner dies. ``lent_of_dead`` lists them for the coordinator.
+rebuild may free them when their owner dies. ``lent_of_dead`` lists them for the coordinator,
+which ``reclaim_lent``s those no slot names.
 """
 
 from __future__ import annotations
@@ -82,9 +83,13 @@ def test_the_sweep_frees_a_dead_owners_plain_blocks_and_leaves_its_lent_ones(ins
     assert inst.table.stats().live_allocations == 3
     dead = inst.table.lent_of_dead()
     assert sorted(rec for rec, _serial in dead) == _held(inst)
-    for record, serial in dead:  # still whole handles: the coordinator frees them
-        inst.table.free(inst.table.handle_of(record, serial))
-    assert inst.table.stats().live_allocations == 0
+    for record, serial in dead:  # still whole handles, until the coordinator reclaims them
+        inst.table.handle_of(record, serial)
+    assert not inst.table.reclaim_lent(dead[0][0], dead[0][1] + 1)  # another serial: not that allocation
+    assert [inst.table.reclaim_lent(record, serial) for record, serial in dead] == [True] * 3
+    assert not inst.table.reclaim_lent(*dead[0])  # once
+    stats = inst.table.stats()
+    assert stats.live_allocations == 0 and stats.reclaimed == 5
     _assert_consistent(inst)
 
 
@@ -117,6 +122,7 @@ def test_a_takeovers_rebuild_keeps_lent_records_and_their_bits(inst: SharedInsta
     inst.table.transfer(adopted, *my_identity())  # adopted (the coordinator does): alive, still lent
     assert int(inst.control.records[record, R.STATE]) == RecordState.LENT
     assert inst.table.reclaim_dead() == 0 and inst.table.lent_of_dead() == dead[1:]
+    assert not inst.table.reclaim_lent(record, serial)  # its owner lives
     inst.table.free(adopted)
     for record, serial in inst.table.lent_of_dead():
         inst.table.free(inst.table.handle_of(record, serial))

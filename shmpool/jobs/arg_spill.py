@@ -181,11 +181,5 @@ def settle_lent_arguments(inst: "SharedInstance", board: "JobBoard") -> int:
     if not dead:
         return 0
     named = board.named_arguments()
-    freed = 0
-    for record, serial in dead:
-        ref = ArgumentsRef(record, serial)
-        if ref not in named:
-            logger.info("freeing spilled arguments {} of a dead client that no job names", ref)
-            free_arguments(inst, ref)
-            freed += 1
-    return freed
+    return sum(inst.table.reclaim_lent(record, serial) for record, serial in dead
+               if ArgumentsRef(record, serial) not in named)

@@ -12,7 +12,8 @@ One exception to "dead owner, reclaimed": a record allocated ``lent=True`` (Reco
 a job's spilled arguments) is live like any other, but no dead-owner sweep frees it, whichever
 process sweeps. Its blocks are lent to a job board that may still name them for a worker reading
 them in place, and only the board can tell: the coordinator lists the lent records of dead owners
-(:meth:`AllocationTable.lent_of_dead`) and frees those no slot names (shmpool/jobs/arg_spill.py).
+(:meth:`AllocationTable.lent_of_dead`) and reclaims those no slot names (:meth:`reclaim_lent`,
+called from shmpool/jobs/arg_spill.py).
 
 A handle is returned only once its blocks' pages are reserved in /dev/shm (``shmpool.substrate.backing``),
 so writing through it can never SIGBUS; a full filesystem is a SharedMemoryFull instead.
@@ -360,6 +361,20 @@ class AllocationTable:
                 if not alive:
                     dead.append((rec, int(records[rec, R.SERIAL])))
             return dead
+
+    def reclaim_lent(self, record: int, serial: int) -> bool:
+        """Free lent allocation ``record`` if it still holds ``serial`` and its owner is still dead
+        (one that was adopted meanwhile is kept); True if freed, counted as reclaimed. For the
+        coordinator, once no slot of its board names it (shmpool/jobs/arg_spill.py)."""
+        with self._lock:
+            row = self._ctl.records[record]
+            if (int(row[R.STATE]) != _LENT or int(row[R.SERIAL]) != serial
+                    or is_alive(int(row[R.OWNER_PID]), int(row[R.OWNER_START]))):
+                return False
+            logger.info("reclaiming lent allocation record {} of dead pid {}", record, int(row[R.OWNER_PID]))
+            self._release_record(record)
+            self._ctl.words[W.RECLAIMED] += 1
+            return True
 
     def _reclaim_dead_locked(self) -> int:
         records = self._ctl.records
