@@ -348,6 +348,8 @@ class AllocationTable:
         For the coordinator, which frees those no slot of its board names. A dead owner allocates
         and submits no more, so a record listed here that no slot names *after* this call never
         will: the board must be read after this list is made, not before."""
+        if not (self._ctl.records[:, R.STATE] == _LENT).any():
+            return []  # the usual answer, without the lock (a record lent meanwhile is live anyway)
         with self._lock:
             records = self._ctl.records
             lent = np.flatnonzero(records[:, R.STATE] == _LENT)
