@@ -247,7 +247,10 @@ _STATE = int(W.STATE)  # a plain int: indexing a memoryview with an IntEnum cost
 
 
 class _Checked:
-    """A reader() answer and how long it stands without a look at the runtime folder or the daemon."""
+    """A reader() answer and how long it stands without a look at the runtime folder or the daemon.
+
+    The checked path reads SHMPOOL_DASK_HOST and SHMPOOL_RUNTIME_DIR afresh, so a change of
+    either in a running process (tests do it) is seen once the answer is due a check."""
 
     __slots__ = ("reader", "words", "until")
 
@@ -257,9 +260,7 @@ class _Checked:
         self.until = until
 
 
-# (plugin name, SHMPOOL_DASK_HOST, SHMPOOL_RUNTIME_DIR) -> the last checked answer. The two
-# variables are part of the key because they pick the instance (tests change them in-process).
-_answers: dict[tuple[str | None, str | None, str | None], _Checked] = {}
+_answers: dict[str | None, _Checked] = {}  # plugin name (None: the only one) -> the last checked answer
 
 
 def reader(name: str | None = None, *, timeout: float = ATTACH_TIMEOUT) -> Reader:
@@ -269,30 +270,31 @@ def reader(name: str | None = None, *, timeout: float = ATTACH_TIMEOUT) -> Reade
     on it are zero-copy views into the host's shared memory. If the host's instance is being
     restarted (its daemon died), waits up to ``timeout`` seconds for it to come back caught up.
     Raises AttachError if no plugin serves this host, or none comes up in time; InvalidArgument
-    if several do and ``name`` is None. Thread-safe; no lock and no system call on the way of
-    a call that finds its answer checked less than LIVENESS_INTERVAL ago.
+    if several do and ``name`` is None. Thread-safe. Takes no lock and makes no system call
+    while its last answer is under LIVENESS_INTERVAL old; a change of SHMPOOL_DASK_HOST or
+    SHMPOOL_RUNTIME_DIR in a running process is seen once it is older.
     """
-    key = (name, os.environ.get(HOST_ENV), os.environ.get(_RUNTIME_ENV))
-    held = _answers.get(key)
-    # The task's path: a dict lookup, a clock read (vDSO, no syscall) and the instance's STATE
-    # word. No lock, and no system call: a stat or a /proc read releases the GIL, and in a busy
-    # worker the event loop thread then keeps it; one os.stat cost 8 us of a task's 36
-    # (bench_dask). What it leaves to the checked path below, at most LIVENESS_INTERVAL later:
-    # a SIGKILLed daemon (its successor needs longer than that to come up caught up) and a
-    # plugin registered or removed on this host (ShmpoolPlugin.setup returns no sooner than
-    # LIVENESS_INTERVAL after its daemon is ready, so a task started after register_plugin
-    # returned sees it). A daemon that stops cleanly says so in STATE at once.
+    held = _answers.get(name)
+    # The task's path: a dict lookup, a clock read (vDSO, no syscall), the instance's STATE
+    # word and the reader's closed flag. No lock, and no system call: a stat or a /proc read
+    # releases the GIL, and in a busy worker the event loop thread then keeps it; one os.stat
+    # cost 8 us of a task's 36, and reading the two environment variables through os.environ
+    # another ~10 us of cold Python frames (bench_dask). What it leaves to the checked path
+    # below, at most LIVENESS_INTERVAL later: a SIGKILLed daemon (its successor needs longer
+    # than that to come up caught up) and a plugin registered or removed on this host
+    # (ShmpoolPlugin.setup returns no sooner than LIVENESS_INTERVAL after its daemon is ready,
+    # so a task started after register_plugin returned sees it). A daemon that stops cleanly
+    # says so in STATE at once.
     if held is not None and time.monotonic() < held.until:
-        found = held.reader
         try:
-            if not found.closed and held.words[_STATE] == STATE_RUNNING:
-                return found
+            if held.words[_STATE] == STATE_RUNNING and not held.reader.closed:
+                return held.reader
         except ValueError:  # the reader was closed and its views released under us
             pass
-    return _reader_checked(name, timeout, key)
+    return _reader_checked(name, timeout)
 
 
-def _reader_checked(name: str | None, timeout: float, key: tuple[str | None, str | None, str | None]) -> Reader:
+def _reader_checked(name: str | None, timeout: float) -> Reader:
     """reader() with every check: the runtime folder (name None), the reader, the daemon's process."""
     checked_at = time.monotonic()  # what the checks below see was true at this instant, or later
     instance = _instance_for(name)
@@ -305,7 +307,7 @@ def _reader_checked(name: str | None, timeout: float, key: tuple[str | None, str
                 current.close()
                 del _readers[instance]
             found = _readers[instance] = _attach(instance, timeout)
-    _answers[key] = _Checked(found, checked_at + LIVENESS_INTERVAL)
+    _answers[name] = _Checked(found, checked_at + LIVENESS_INTERVAL)
     return found
 
 
