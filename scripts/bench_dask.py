@@ -21,7 +21,9 @@ baseline (and hung 4 of 5 runs at 200 MB, dask/distributed#8796).
   and the batch (split in ``in_task_split_us``), for scatter and global the 20 dict lookups in
   the copy Dask (or the worker attribute) hands the task. Goal: shmpool's wall time at most
   0.8x scatter's (``goal_met.lookup_wall``). ``--lookup-only`` skips ``distribute`` and the
-  PSS figures of ``memory`` (a quick run of the lookup goal).
+  PSS figures of ``memory`` (a quick run of the lookup goal); ``--ways`` picks the ways, among
+  them ``noop``, tasks of the same shape that look nothing up: the wall time Dask itself takes,
+  below which no way of reading data can go.
 * ``distribute``: wall time of giving every host the whole data set: shmpool publishes each
   dimension (``shmpool.dask.publish``), scatter broadcasts the dict, global runs the install;
   medians of ``--publish-rounds``, ratios to scatter per round. ``under_load`` does it again
@@ -73,6 +75,12 @@ def task_scatter(data, path) -> tuple[int, int]:
     t0 = time.perf_counter_ns()
     total = sum(len(data[step]) for step in path)
     return total, time.perf_counter_ns() - t0
+
+
+def task_noop(path) -> tuple[int, int]:
+    """The floor: a task of the same shape (the path in, two ints out) that looks nothing up."""
+    t0 = time.perf_counter_ns()
+    return 0, time.perf_counter_ns() - t0
 
 
 def task_global(path) -> tuple[int, int]:
@@ -173,7 +181,8 @@ def main() -> None:
     parser.add_argument("--lookup-only", action="store_true",
                         help="only the lookup tasks (no distribute phase, no PSS figures)")
     parser.add_argument("--ways", default="shmpool,scatter,global,disk",
-                        help="the lookup ways to time, comma-separated; scatter (the baseline) is always in")
+                        help="the lookup ways to time, comma-separated; scatter (the baseline) is always in; "
+                             "noop (tasks of the same shape that look nothing up: Dask's floor) on request")
     args = parser.parse_args()
     benchlib.quiet_logging()
     benchlib.raise_on_sigterm()
@@ -224,7 +233,8 @@ def main() -> None:
             memory, scattered = measure_memory(client, data, paths, work, keys, instances, host_of, pids)
 
         # Timing: interleaved rounds, ways in a rotating order.
-        ways = [w for w in ("shmpool", "scatter", "global", "disk") if w in args.ways.split(",") or w == "scatter"]
+        ways = [w for w in ("shmpool", "scatter", "global", "disk", "noop")
+                if w in args.ways.split(",") or w == "scatter"]
         rounds = []
         for r in range(args.rounds):
             row = {}
@@ -387,12 +397,14 @@ def run_way(client, way: str, paths, scattered, work: Path, expected: int | None
         futures = client.map(task_scatter, [scattered] * len(paths), paths, pure=False)
     elif way == "global":
         futures = client.map(task_global, paths, pure=False)
+    elif way == "noop":
+        futures = client.map(task_noop, paths, pure=False)
     else:
         futures = client.map(task_disk, [str(work / "data")] * len(paths), paths, pure=False)
     results = client.gather(futures)
     wall = time.perf_counter() - t0
     total = sum(r[0] for r in results)
-    if expected is not None and total != expected:
+    if expected is not None and total != expected and way != "noop":
         raise RuntimeError(f"{way}: tasks read {total} bytes, expected {expected}")
     out = {"wall_s": round(wall, 3), "in_task_us": round(statistics.median(r[1] for r in results) / 1e3, 2)}
     if way == "shmpool":
