@@ -340,10 +340,11 @@ _only: dict[str, tuple[int, str]] = {}                  # host key -> (runtime f
 
 
 def _instance_for(name: str | None) -> str:
-    # reader() runs in every task; listing the runtime folder behind name=None cost 220 us of a
-    # 20-layer task's 234 us. So the answer is kept while the folder's mtime stands still: a
-    # plugin starting or stopping on this host writes or removes its ready file there, which
-    # moves it (one stat, ~1 us), and the next call looks again.
+    # reader()'s checked path (at most every LIVENESS_INTERVAL per worker); listing the runtime
+    # folder behind name=None cost 220 us of a 20-layer task's 234 us when it ran per task. So
+    # the answer is kept while the folder's mtime stands still: a plugin starting or stopping on
+    # this host writes or removes its ready file there, which moves it (one stat, ~1 us), and
+    # the next check looks again.
     here = host_key()
     if name is not None:
         found = _named.get((name, here))
@@ -364,7 +365,7 @@ _folders: dict[str | None, str] = {}  # SHMPOOL_RUNTIME_DIR -> the runtime folde
 
 def _runtime_folder() -> str:
     # runtime_dir() checks the folder's owner and mode each call (12 us); its identity does not
-    # change while the environment does not, so a task pays one stat (2 us), not that.
+    # change while the environment does not, so a check pays one stat (2 us), not that.
     key = os.environ.get(_RUNTIME_ENV)
     found = _folders.get(key)
     if found is None:
