@@ -48,6 +48,7 @@ from ._dask_pin import Pin, pin
 from ._dask_publish import publish
 from .errors import AttachError, InvalidArgument
 from .substrate.ids import as_id
+from .substrate.layout import STATE_RUNNING, W
 from .substrate.limits import DEFAULT_LIMIT
 from .substrate.names import runtime_dir
 from .data.reader import Reader, attach
@@ -58,7 +59,8 @@ HOST_ENV = host.HOST_ENV
 host_key = host.host_key
 RESOURCE_UNITS = 1_000_000  # a placement resource marks where data is, it does not limit concurrency
 ATTACH_TIMEOUT = 30.0       # seconds a task waits for its host's instance to come (back) up
-LIVENESS_INTERVAL = 0.1     # seconds between checks that a worker's cached instance still has its daemon
+LIVENESS_INTERVAL = 0.1     # seconds a worker's reader() answer stands before the folder and daemon are checked
+_RUNTIME_ENV = "SHMPOOL_RUNTIME_DIR"
 
 
 def resource(dimension_id: int) -> str:
@@ -158,6 +160,11 @@ class ShmpoolPlugin(NannyPlugin):
             nanny.resources = {**(nanny.resources or {}), **served}
         await nanny.scheduler.set_metadata(keys=[host.METADATA_KEY, self.name],
                                            value={"store_dir": config.store_dir})
+        # A worker's reader() looks at the runtime folder at most every LIVENESS_INTERVAL (its
+        # fast path makes no system call). The daemon's ready file is there already; returning
+        # no sooner than that interval later means a task submitted after register_plugin
+        # returned finds this plugin (reader(None) refuses: several serve the host).
+        await asyncio.sleep(LIVENESS_INTERVAL)
         logger.info("Nanny {} leases shmpool instance {!r} of host {!r}", nanny.address, instance, host_name)
 
     def teardown(self, nanny: Any) -> None:
@@ -236,6 +243,24 @@ def _conflict(name: str, serving: host.HostConfig, wanted: host.HostConfig) -> I
 
 _readers: dict[str, Reader] = {}
 _readers_lock = threading.Lock()
+_STATE = int(W.STATE)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
+
+
+class _Checked:
+    """A reader() answer and how long it stands without a look at the runtime folder or the daemon.
+
+    The checked path reads SHMPOOL_DASK_HOST and SHMPOOL_RUNTIME_DIR afresh, so a change of
+    either in a running process (tests do it) is seen once the answer is due a check."""
+
+    __slots__ = ("reader", "words", "until")
+
+    def __init__(self, found: Reader, until: float) -> None:
+        self.reader = found
+        self.words = found.instance.control.words_mv  # the instance's STATE word, read on every call
+        self.until = until
+
+
+_answers: dict[str | None, _Checked] = {}  # plugin name (None: the only one) -> the last checked answer
 
 
 def reader(name: str | None = None, *, timeout: float = ATTACH_TIMEOUT) -> Reader:
@@ -245,45 +270,56 @@ def reader(name: str | None = None, *, timeout: float = ATTACH_TIMEOUT) -> Reade
     on it are zero-copy views into the host's shared memory. If the host's instance is being
     restarted (its daemon died), waits up to ``timeout`` seconds for it to come back caught up.
     Raises AttachError if no plugin serves this host, or none comes up in time; InvalidArgument
-    if several do and ``name`` is None. Thread-safe.
+    if several do and ``name`` is None. Thread-safe. Takes no lock and makes no system call
+    while its last answer is under LIVENESS_INTERVAL old; a change of SHMPOOL_DASK_HOST or
+    SHMPOOL_RUNTIME_DIR in a running process is seen once it is older.
     """
+    held = _answers.get(name)
+    # The task's path: a dict lookup, a clock read (vDSO, no syscall), the instance's STATE
+    # word and the reader's closed flag. No lock, and no system call: a stat or a /proc read
+    # releases the GIL, and in a busy worker the event loop thread then keeps it; one os.stat
+    # cost 8 us of a task's 36, and reading the two environment variables through os.environ
+    # another ~10 us of cold Python frames (bench_dask). What it leaves to the checked path
+    # below, at most LIVENESS_INTERVAL later: a SIGKILLed daemon (its successor needs longer
+    # than that to come up caught up) and a plugin registered or removed on this host
+    # (ShmpoolPlugin.setup returns no sooner than LIVENESS_INTERVAL after its daemon is ready,
+    # so a task started after register_plugin returned sees it). A daemon that stops cleanly
+    # says so in STATE at once.
+    if held is not None and time.monotonic() < held.until:
+        try:
+            if held.words[_STATE] == STATE_RUNNING and not held.reader.closed:
+                return held.reader
+        except ValueError:  # the reader was closed and its views released under us
+            pass
+    return _reader_checked(name, timeout)
+
+
+def _reader_checked(name: str | None, timeout: float) -> Reader:
+    """reader() with every check: the runtime folder (name None), the reader, the daemon's process."""
+    checked_at = time.monotonic()  # what the checks below see was true at this instant, or later
     instance = _instance_for(name)
     with _readers_lock:
         current = _readers.get(instance)
-        if current is not None and _usable(instance, current):
-            return current
-        if current is not None:
-            current.close()
-            del _readers[instance]
-        fresh = _attach(instance, timeout)
-        _readers[instance] = fresh
-        return fresh
+        if current is not None and _usable(current):
+            found = current
+        else:
+            if current is not None:
+                current.close()
+                del _readers[instance]
+            found = _readers[instance] = _attach(instance, timeout)
+    _answers[name] = _Checked(found, checked_at + LIVENESS_INTERVAL)
+    return found
 
 
-_checked: dict[str, float] = {}  # instance -> time.monotonic() of its last daemon liveness check
-
-
-def _usable(instance: str, r: Reader) -> bool:
+def _usable(r: Reader) -> bool:
     """Still the live instance: not closed, not stopping, and its daemon alive.
 
-    The daemon's pid is checked at most every LIVENESS_INTERVAL: kill(0) releases the GIL, and
-    in a busy worker getting it back cost more than the task's 20 lookups (bench_dask). A daemon
-    SIGKILLed in between leaves its last generations mapped and intact, and its successor needs
-    longer than that to catch up, so no task reads anything the new one would not serve.
+    Called at most once per LIVENESS_INTERVAL per answer of reader() (its fast path holds the
+    rest of the time). Not kill(pid, 0): a SIGKILLed daemon stays a zombie until the Nanny that
+    started it reaps it, and a zombie passes kill(0), so workers kept reading the dead daemon's
+    last generations after its successor had published newer ones (test_dask, once in a few runs).
     """
-    if r.closed:
-        return False
-    inst = r.instance
-    if not inst.is_running():
-        return False
-    now = time.monotonic()
-    if now - _checked.get(instance, 0.0) < LIVENESS_INTERVAL:
-        return True
-    _checked[instance] = now
-    # Not kill(pid, 0): a SIGKILLed daemon stays a zombie until the Nanny that started it reaps
-    # it, and a zombie passes kill(0), so workers kept reading the dead daemon's last
-    # generations after its successor had published newer ones (test_dask, once in a few runs).
-    return inst.coordinator_alive()
+    return not r.closed and r.instance.coordinator_alive()
 
 
 def _attach(instance: str, timeout: float) -> Reader:
@@ -304,10 +340,11 @@ _only: dict[str, tuple[int, str]] = {}                  # host key -> (runtime f
 
 
 def _instance_for(name: str | None) -> str:
-    # reader() runs in every task; listing the runtime folder behind name=None cost 220 us of a
-    # 20-layer task's 234 us. So the answer is kept while the folder's mtime stands still: a
-    # plugin starting or stopping on this host writes or removes its ready file there, which
-    # moves it (one stat, ~1 us), and the next call looks again.
+    # reader()'s checked path (at most every LIVENESS_INTERVAL per worker); listing the runtime
+    # folder behind name=None cost 220 us of a 20-layer task's 234 us when it ran per task. So
+    # the answer is kept while the folder's mtime stands still: a plugin starting or stopping on
+    # this host writes or removes its ready file there, which moves it (one stat, ~1 us), and
+    # the next check looks again.
     here = host_key()
     if name is not None:
         found = _named.get((name, here))
@@ -328,8 +365,8 @@ _folders: dict[str | None, str] = {}  # SHMPOOL_RUNTIME_DIR -> the runtime folde
 
 def _runtime_folder() -> str:
     # runtime_dir() checks the folder's owner and mode each call (12 us); its identity does not
-    # change while the environment does not, so a task pays one stat (2 us), not that.
-    key = os.environ.get("SHMPOOL_RUNTIME_DIR")
+    # change while the environment does not, so a check pays one stat (2 us), not that.
+    key = os.environ.get(_RUNTIME_ENV)
     found = _folders.get(key)
     if found is None:
         found = _folders[key] = str(runtime_dir())

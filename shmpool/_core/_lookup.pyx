@@ -91,6 +91,32 @@ def bind(*, as_id, navigation_path, missing_step, inflate, arrays, layer_key):
     _LayerKey = layer_key
 
 
+cdef tuple _steps_of(object path):
+    """The checked (dimension, layer) pairs of ``path``, as NavigationPath makes them.
+
+    In C for the common shape, a list or tuple of (int, int) tuples (a Dask task's path arrives
+    as a list; NavigationPath's Python loop cost 10 us of a 20-step task in a busy worker,
+    bench_dask): those pairs are immutable and already what NavigationPath would store, so they
+    are kept as they are. Anything else goes through NavigationPath, which checks and converts
+    (numpy integers) or raises InvalidId / InvalidArgumentType.
+    """
+    if type(path) is _NavigationPath:
+        return path._steps
+    cdef Py_ssize_t pos, n
+    cdef object seq
+    if type(path) is list or type(path) is tuple:
+        seq = path
+        n = len(seq)
+        for pos in range(n):
+            step = seq[pos]
+            if (type(step) is not tuple or PyTuple_GET_SIZE(step) != 2
+                    or type(<object>PyTuple_GET_ITEM(step, 0)) is not int
+                    or type(<object>PyTuple_GET_ITEM(step, 1)) is not int):
+                return _NavigationPath(path)._steps
+        return path if type(path) is tuple else tuple(path)
+    return _NavigationPath(path)._steps
+
+
 # ----------------------------------------------------------------- buffers and the probe
 
 cdef int _address(object obj, const char **base, Py_ssize_t *length) except -1:
@@ -910,7 +936,7 @@ cdef class ReaderCore:
         listed in ``.missing`` with the reason, never silently dropped. Ids are checked as by
         :meth:`load_layer_context` (by NavigationPath), before anything is loaded.
         """
-        steps = path if type(path) is _NavigationPath else _NavigationPath(path)
+        cdef tuple steps = _steps_of(path)
         # One instant per batch: a publish (W.PUBLISH_SEQ moved, or odd: a commit in progress)
         # during the batch may have mixed generations, so then it is read again (in Python).
         cdef int64_t *words = _words_of(self._words) if self._words is not None else NULL
@@ -919,14 +945,14 @@ cdef class ReaderCore:
         cdef int64_t seq = shm_load(words + self._seq_word)
         if not seq & 1:
             try:
-                out = self._batch_of(steps._steps, strict)
+                out = self._batch_of(steps, strict)
             except _BATCH_MISSES:
                 if self._seq_now() == seq:
                     raise
             else:
                 if self._seq_now() == seq:
                     return out
-        return (<object>self)._batch_again(steps, strict)
+        return (<object>self)._batch_again(_NavigationPath(steps), strict)
 
     @cython.final
     cdef int64_t _seq_now(self) except? -1:
@@ -1001,7 +1027,7 @@ cdef class SnapshotCore:
 
     def load_contexts(self, path, *, bint strict=True):
         """Every step of ``path`` at the snapshot's instant; ``strict`` as in Reader.load_contexts."""
-        steps = (path if type(path) is _NavigationPath else _NavigationPath(path))._steps
+        cdef tuple steps = _steps_of(path)
         cdef Py_ssize_t pos, n = PyTuple_GET_SIZE(steps)
         cdef ContextCollection out = ContextCollection._lazy(n)
         cdef Generation gen
