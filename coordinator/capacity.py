@@ -150,6 +150,8 @@ class CapacityManager:
         evicted = 0
         words = self._inst.control.words
         for pub in self.coldest():
+            if pub.mapped:
+                continue  # its layers are a mapped file: evicting it would free only its index
             projected = int(words[W.USED_BYTES]) - self._publisher.pending_free()
             if projected <= target_used:
                 break

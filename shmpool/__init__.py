@@ -62,6 +62,7 @@ from .errors import (
     UnknownJob,
     UnsafeRuntimeDir,
     UntrustedObject,
+    MappedFileChanged,
     WorkerCrashed,
     WorkerInitFailed,
 )
@@ -149,6 +150,7 @@ __all__ = [
     "UnknownJob",
     "UnsafeRuntimeDir",
     "UntrustedObject",
+    "MappedFileChanged",
     "WorkerInitFailed",
     "cleanup",
     "key_id",
