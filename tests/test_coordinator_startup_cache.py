@@ -68,7 +68,10 @@ def _cache_folder(cache_path):
 
 
 def _start(make_name, data: Path, cache_path: Path, **kw) -> Coordinator:
-    return Coordinator(make_name(), data_dir=data, workers=0, verify_cache=cache_path, **kw).start()
+    # The validation cache serves the copy path; mapped regions (the default) are checked when
+    # their store copy is made (tests/test_coordinator_mapped_regions.py).
+    return Coordinator(make_name(), data_dir=data, workers=0, verify_cache=cache_path, mapped_regions=False,
+                       **kw).start()
 
 
 def _loads(make_name, data, cache_path) -> tuple[list[str], list[str], dict]:
@@ -188,7 +191,7 @@ def test_a_record_for_other_bytes_of_the_same_path_is_not_trusted(make_name, dat
 
 def test_disabled_cache_verifies_every_time_and_writes_nothing(make_name, data, cache_path):
     for _ in range(2):
-        with Coordinator(make_name(), data_dir=data, workers=0, verify_cache=False) as coord:
+        with Coordinator(make_name(), data_dir=data, workers=0, verify_cache=False, mapped_regions=False) as coord:
             assert len(coord.load_report.verified) == FILES and coord.stats()["load"]["verify_cache"] is None
     assert not cache_path.exists()
 
@@ -230,7 +233,7 @@ def test_the_cache_keeps_only_live_records_and_at_most_max_records(make_name, da
 
 def _start_and_stop(name: str, data: str, cache: str, go, out) -> None:
     go.wait(30)
-    with Coordinator(name, data_dir=data, workers=0, verify_cache=cache) as coord:
+    with Coordinator(name, data_dir=data, workers=0, verify_cache=cache, mapped_regions=False) as coord:
         out.put((name, len(coord.load_report.verified), len(coord.load_report.skipped)))
 
 
@@ -266,7 +269,7 @@ def test_coordinators_starting_at_once_merge_their_records(make_name, sample_dir
 KILLED_SAVE = """
 import sys
 from shmpool.coordinator import Coordinator
-Coordinator(sys.argv[1], data_dir=sys.argv[2], workers=0, verify_cache=sys.argv[3]).start()
+Coordinator(sys.argv[1], data_dir=sys.argv[2], workers=0, verify_cache=sys.argv[3], mapped_regions=False).start()
 """
 
 
