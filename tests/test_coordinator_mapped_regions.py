@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import shmpool
@@ -285,3 +286,27 @@ def test_the_store_keeps_unused_copies_within_its_budget_and_never_removes_one_i
     store.prune()
     assert sorted(folder.iterdir()) == [made[1].path]
     made[1].close()
+
+
+def test_a_lookup_is_a_read_only_view_into_the_readers_mapping_of_the_store_copy(make_name, data):
+    coord = _start(make_name, data)
+    try:
+        with shmpool.attach(coord.name) as reader:
+            dim = min(reader.dimensions())
+            ctx = reader.load_layer_context(dim, reader.layer_ids(dim)[3])
+            assert isinstance(ctx.content, memoryview) and ctx.content.readonly
+            address = np.frombuffer(ctx.content, dtype=np.uint8).__array_interface__["data"][0]
+            inside = []
+            for mapped in reader._inst._files.values():
+                base = np.frombuffer(mapped.mm, dtype=np.uint8, count=1).__array_interface__["data"][0]
+                if base <= address < base + mapped.size:
+                    inside.append((mapped, address - base))
+            [(mapped, offset)] = inside  # no copy: the bytes are the mapping's own
+            with open(mapped.name, "rb") as f:
+                f.seek(offset)
+                assert f.read(len(ctx.content)) == bytes(ctx.content)
+            with pytest.raises(TypeError):
+                ctx.content[0] = 1
+            del ctx
+    finally:
+        coord.stop()

@@ -296,8 +296,13 @@ def test_bench_startup_runs_every_mode_and_leaves_nothing(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)
-    assert set(doc["modes"]) == {"cold", "warm", "off"}
+    assert set(doc["modes"]) == {"cold", "warm", "warm_copy", "off"}
     for mode in doc["modes"].values():
-        assert {"start_ms", "load_ms", "copy_ms", "verify_ms"} == set(mode)
-    assert doc["modes"]["warm"]["verify_ms"]["median"] == 0 < doc["modes"]["cold"]["verify_ms"]["median"]
-    assert doc["leftovers_in_dev_shm"] == [] and isinstance(doc["warm_median_lt_25ms"], bool)
+        assert {"start_ms", "load_ms", "copy_ms", "verify_ms", "store_ms", "shm_used_bytes"} == set(mode)
+    modes = doc["modes"]
+    assert modes["warm_copy"]["verify_ms"]["median"] == 0 < modes["off"]["verify_ms"]["median"]
+    assert modes["warm"]["store_ms"]["median"] == 0 < modes["cold"]["store_ms"]["median"]
+    assert modes["warm"]["shm_used_bytes"]["median"] < doc["bytes"] // 20 < modes["warm_copy"]["shm_used_bytes"]["median"]
+    assert set(doc["floors"]) == {"sendfile_into_tmpfs_ms", "open_check_map_ms"}
+    assert doc["leftovers_in_dev_shm"] == [] and isinstance(doc["warm_median_met"], bool)
+    assert doc["target_ms"] == 15.0 and "warm_over_warm_copy_median" in doc["ratios"]
