@@ -287,6 +287,8 @@ class CapacityManager:
                 if self._hot_periods.get(pub.dimension_id, 0) >= self.policy.rehydrate_after:
                     self._republish(pub, compress=False)
                     return
+            elif pub.mapped:
+                continue  # in a mapped file, not in shared memory: compressing it would add, not save
             elif (now - self.last_access.get(pub.dimension_id, now) >= self.policy.cold_after
                   and (pub.dimension_id, pub.generation) not in self._incompressible):
                 self._republish(pub, compress=True)
