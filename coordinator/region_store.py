@@ -40,6 +40,7 @@ import stat
 import struct
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -70,17 +71,21 @@ def why_not_storable(st: os.stat_result) -> str | None:
 
 
 class StoredRegion:
-    """One copy in the store, open and share-locked while this coordinator serves it."""
+    """One copy in the store, open and share-locked while this coordinator serves it; ``close()``
+    (idempotent; also when collected) releases the lock, and the copy becomes prunable."""
 
-    __slots__ = ("path", "fd", "stat", "digest")
+    __slots__ = ("path", "stat", "digest", "_finalizer", "__weakref__")
 
     def __init__(self, path: Path, fd: int, st: os.stat_result, digest: bytes) -> None:
-        self.path, self.fd, self.stat, self.digest = path, fd, st, digest
+        self.path, self.stat, self.digest = path, st, digest
+        self._finalizer = weakref.finalize(self, os.close, fd)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # releases the flock
-            self.fd = -1
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
 
 
 class RegionStore:
@@ -113,6 +118,8 @@ class RegionStore:
             return None
         try:
             st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                raise OSError("being linked into the store right now")  # by another coordinator's add()
             why = why_unsafe(st) or (None if st.st_size == key.size else f"has {st.st_size} bytes, not {key.size}")
             if why is not None:
                 logger.warning("region store: {} {}; removing it (it is made again from its source)", path, why)

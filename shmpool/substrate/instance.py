@@ -32,7 +32,7 @@ from .names import (cleanup, foreign_objects, instance_names, newest_change, rai
                     segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
 from .segments import Segment
-from .trust import open_semaphore
+from .trust import SHM_DIR, open_semaphore, shm_path
 
 __all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead", "coordinator_pid"]
 
@@ -183,6 +183,12 @@ class SharedInstance:
         # Another user's objects under our name are neither attached to nor swept (root could
         # unlink them): the name is theirs until they or an administrator remove them.
         raise_if_foreign(name)
+        if SHM_DIR.is_dir() and not shm_path(segment_name(name, CONTROL)).exists():
+            # No control segment, so nothing to attach to: skip attach, whose error message
+            # reads /proc/locks, which waits for an RCU grace period (measured 1-12 ms per start).
+            if cleanup(name):
+                logger.warning("removed leftovers of a crashed instance {!r}", name)
+            return
         try:
             probe = SharedInstance.attach(name)
         except AttachError:
