@@ -141,6 +141,21 @@ def _extract(rev: str, into: Path) -> Path:
     tree = into / "baseline"
     with tarfile.open(archive) as tar:
         tar.extractall(tree, filter="data")
+    # The installed layout (pyproject's package-dir): coordinator/ and workers/ are shmpool's
+    # subpackages; without these links the editable install's finder would serve ours instead.
+    for sub in ("coordinator", "workers"):
+        if (tree / sub).is_dir() and not (tree / "shmpool" / sub).exists():
+            (tree / "shmpool" / sub).symlink_to(tree / sub)
+    # git archive has the compiled core's sources, not its build: lend it ours when they are the
+    # same sources (the child then runs the baseline's Python over the same C).
+    ours, theirs = ROOT / "shmpool" / "_core", tree / "shmpool" / "_core"
+    if theirs.is_dir():
+        sources = sorted(p.name for p in ours.iterdir() if p.suffix in (".pyx", ".pxd", ".h"))
+        if all((theirs / n).is_file() and (theirs / n).read_bytes() == (ours / n).read_bytes() for n in sources):
+            for built in ours.glob("*.so"):
+                shutil.copy2(built, theirs / built.name)
+        else:
+            raise SystemExit(f"--baseline {rev}: its compiled core differs from this tree's; build it first")
     return tree
 
 
