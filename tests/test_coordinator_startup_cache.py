@@ -298,7 +298,7 @@ def test_bench_startup_runs_every_mode_and_leaves_nothing(tmp_path):
     doc = json.loads(proc.stdout)
     assert set(doc["modes"]) == {"cold", "warm", "warm_copy", "off"}
     for mode in doc["modes"].values():
-        assert {"start_ms", "load_ms", "copy_ms", "verify_ms", "store_ms", "shm_used_bytes"} == set(mode)
+        assert {"start_ms", "start_cpu_ms", "load_ms", "copy_ms", "verify_ms", "store_ms", "shm_used_bytes"} == set(mode)
     modes = doc["modes"]
     assert modes["warm_copy"]["verify_ms"]["median"] == 0 < modes["off"]["verify_ms"]["median"]
     assert modes["warm"]["store_ms"]["median"] == 0 < modes["cold"]["store_ms"]["median"]
