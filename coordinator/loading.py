@@ -153,7 +153,11 @@ def _place_mapped(publisher: Publisher, src: RegionFile, key: FileKey, store: Re
         if stored is None:
             return False
         report.stored.append(src.path)
-    pool = inst.add_file(stored.stat, stored.digest)
+    try:
+        pool = inst.add_file(stored.fd, stored.stat, stored.digest)
+    except BaseException:
+        stored.close()
+        raise
     if pool < 0:
         logger.info("no file row left for {}: copied into the pools", src.path)
         stored.close()

@@ -59,6 +59,7 @@ STORE_MAX_BYTES = 1 << 30   # unused copies kept for later starts (copies in use
 _TMP_PREFIX = ".tmp-"
 _KEY = struct.Struct("<6q")  # FileKey, as hashed
 _PRUNE_WAIT = 2.0
+_TOUCH_AFTER = 3600.0  # seconds: how stale a copy's use stamp may get before it is renewed
 
 
 def why_not_storable(st: os.stat_result) -> str | None:
@@ -74,10 +75,10 @@ class StoredRegion:
     """One copy in the store, open and share-locked while this coordinator serves it; ``close()``
     (idempotent; also when collected) releases the lock, and the copy becomes prunable."""
 
-    __slots__ = ("path", "stat", "digest", "_finalizer", "__weakref__")
+    __slots__ = ("path", "fd", "stat", "digest", "_finalizer", "__weakref__")
 
     def __init__(self, path: Path, fd: int, st: os.stat_result, digest: bytes) -> None:
-        self.path, self.stat, self.digest = path, st, digest
+        self.path, self.fd, self.stat, self.digest = path, fd, st, digest
         self._finalizer = weakref.finalize(self, os.close, fd)
 
     def close(self) -> None:
@@ -129,7 +130,8 @@ class RegionStore:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a pruner holds LOCK_EX only to remove it
             if os.stat(path, follow_symlinks=False).st_ino != st.st_ino:
                 raise OSError("removed while being opened")
-            os.utime(fd)  # most recently used: pruned last
+            if time.time() - st.st_mtime > _TOUCH_AFTER:
+                os.utime(fd)  # recently used: pruned last (an inode write, so not at every start)
             return StoredRegion(path, fd, st, digest)
         except OSError as exc:
             logger.debug("region store: {} not used: {}", path, exc)

@@ -332,20 +332,25 @@ class SharedInstance:
         self._mapped.append(mapped)
         return mapped
 
-    def add_file(self, st: os.stat_result, digest: bytes) -> int:
-        """Owner only: give the served region file with this stat and store digest a file row
-        (the one it has already, if any); returns its pool number, or -1 when the files
-        section is full (the caller copies the region into a pool instead)."""
+    def add_file(self, fd: int, st: os.stat_result, digest: bytes) -> int:
+        """Owner only: give the served region file open as ``fd`` (with stat ``st`` and store
+        digest ``digest``) a file row, the one it has already if any, and map it here from that
+        very descriptor; returns its pool number, or -1 when the files section is full (the
+        caller copies the region into a pool instead). Raises MappedFileChanged if ``fd`` is not
+        safe to map (substrate/mapped_files.py)."""
         files = self.control.files
         base = len(self.pool_segments)
-        free = None
-        for f in range(len(files)):
-            if int(files[f, F.STATE]) != FILE_SET:
-                free = f if free is None else free
-            elif (int(files[f, F.DEV]), int(files[f, F.INO])) == (st.st_dev, st.st_ino):
+        states = files[:, F.STATE].tolist()
+        for f, state in enumerate(states):
+            if state == FILE_SET and (int(files[f, F.DEV]), int(files[f, F.INO])) == (st.st_dev, st.st_ino):
                 return base + f
+        free = next((f for f, state in enumerate(states) if state != FILE_SET), None)
         if free is None:
             return -1
+        digest_path = file_path(digest)
+        self._files[base + free] = mapped = MappedFile.of_fd(fd, str(digest_path), dev=st.st_dev, ino=st.st_ino,
+                                                             size=st.st_size, instance=self.name)
+        self._mapped.append(mapped)
         row = files[free]
         row[F.DEV], row[F.INO], row[F.SIZE] = st.st_dev, st.st_ino, st.st_size
         row[F.DIGEST0], row[F.DIGEST1] = digest_words(digest)

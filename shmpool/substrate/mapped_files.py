@@ -101,17 +101,22 @@ class MappedFile:
             raise MappedFileChanged(name=instance, path=where, reason=f"cannot be opened ({exc.strerror or exc})") \
                 from None
         try:
-            st = os.fstat(fd)
-            why = why_unsafe(st)
-            if why is None and (st.st_dev, st.st_ino, st.st_size) != (dev, ino, size):
-                why = (f"is another file now (device {st.st_dev} inode {st.st_ino}, {st.st_size} bytes; "
-                       f"published: device {dev} inode {ino}, {size} bytes)")
-            if why is not None:
-                raise MappedFileChanged(name=instance, path=where, reason=why)
-            mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            return cls.of_fd(fd, where, dev=dev, ino=ino, size=size, instance=instance)
         finally:
             os.close(fd)
-        return cls(where, mm, size)
+
+    @classmethod
+    def of_fd(cls, fd: int, path: str, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
+        """Map open descriptor ``fd`` (of ``path``) after the same checks as :meth:`open`; the
+        caller keeps and closes ``fd``."""
+        st = os.fstat(fd)
+        why = why_unsafe(st)
+        if why is None and (st.st_dev, st.st_ino, st.st_size) != (dev, ino, size):
+            why = (f"is another file now (device {st.st_dev} inode {st.st_ino}, {st.st_size} bytes; "
+                   f"published: device {dev} inode {ino}, {size} bytes)")
+        if why is not None:
+            raise MappedFileChanged(name=instance, path=path, reason=why)
+        return cls(path, mmap.mmap(fd, size, access=mmap.ACCESS_READ), size)
 
     def close(self) -> None:
         """Unmap in this process (idempotent; deferred while views of it are alive)."""
