@@ -408,6 +408,10 @@ class Coordinator:
         held, self._held = self._held, []
         for stored in held:  # after the names: no new reader can map them (mapped ones stay valid)
             stored.close()
+        if held:
+            # Keeps the store within its bound and removes the temporaries of copies killed
+            # half way (a crashed start's), off the start path.
+            RegionStore().prune()
         if watch is not None:
             watch.close()
         self._publisher = None

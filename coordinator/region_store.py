@@ -24,9 +24,10 @@ time (an editor, ``cp``, a build tool). So the coordinator does not map the user
   files group or others may write (someone else could rewrite them between our stat and our
   copy), sources changed within the racy margin, and any file when the files section is full.
 
-Bounded: after a start that added copies, files no coordinator holds (no shared flock) are
-removed oldest-used first until at most :data:`STORE_MAX_BYTES` of them are left; temporaries of
-killed copies go then too. Copies in use are never removed, whatever their size.
+Bounded: after a start that added copies, and at every clean stop, files no coordinator holds
+(no shared flock) are removed oldest-used first until at most :data:`STORE_MAX_BYTES` of them are
+left; temporaries of killed copies go then too. Copies in use are never removed, whatever their
+size.
 """
 
 from __future__ import annotations

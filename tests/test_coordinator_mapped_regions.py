@@ -310,3 +310,17 @@ def test_a_lookup_is_a_read_only_view_into_the_readers_mapping_of_the_store_copy
             del ctx
     finally:
         coord.stop()
+
+
+def test_a_clean_stop_removes_the_temporaries_of_copies_killed_half_way(make_name, data):
+    from shmpool.substrate.mapped_files import store_dir
+
+    store_dir().mkdir(mode=0o700, exist_ok=True)
+    killed = store_dir() / ".tmp-killed-half-way.region"
+    killed.write_bytes(b"a copy whose coordinator was SIGKILLed mid-copy")
+    coord = _start(make_name, data)
+    try:
+        assert coord.stats()["load"]["files_mapped"] == FILES
+    finally:
+        coord.stop()
+    assert not killed.exists()
