@@ -162,6 +162,7 @@ class Coordinator:
         # Region files served by mapping their copy in the region store (coordinator/region_store.py).
         self.mapped_regions = mapped_regions
         self._held: list[StoredRegion] = []  # store copies served: open and share-locked until stop
+        self._store: RegionStore | None = None
         if capacity is None:
             capacity = CapacityPolicy(compress_cold=compress_cold, huge_pages=huge_pages)
         elif compress_cold or huge_pages:
@@ -238,7 +239,7 @@ class Coordinator:
                     # that do not fit are skipped with a warning) rather than the other way round.
                     self._board = self._create_board(*self._job_config)
             try:
-                store = RegionStore() if self.mapped_regions and paths else None
+                store = self._store = RegionStore() if self.mapped_regions and paths else None
                 self.load_report = load_region_files(self._publisher, paths, instance=self._inst,
                                                      cache=self.verified_files, store=store)
                 self._held = self.load_report.held
@@ -408,10 +409,11 @@ class Coordinator:
         held, self._held = self._held, []
         for stored in held:  # after the names: no new reader can map them (mapped ones stay valid)
             stored.close()
-        if held:
+        store, self._store = self._store, None
+        if store is not None:
             # Keeps the store within its bound and removes the temporaries of copies killed
             # half way (a crashed start's), off the start path.
-            RegionStore().prune()
+            store.prune()
         if watch is not None:
             watch.close()
         self._publisher = None
