@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from shmpool.errors import ShmPoolError
+from shmpool.errors import RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.data.region import HEADER_OFFSETS, Region
 from shmpool.data.sample import sample_dir
@@ -164,7 +164,15 @@ def _place_mapped(publisher: Publisher, src: RegionFile, key: FileKey, store: Re
         return False
     try:
         publisher.place_mapped(pool, src.nbytes, layer_count=src.header.layer_count, name=src.name(),
-                               source=src.path, expect_dimension=src.header.dimension_id, file=Path(src.path))
+                               source=str(stored.path), expect_dimension=src.header.dimension_id,
+                               file=Path(src.path))
+    except RegionFormatError as exc:
+        # The copy was checked in full when it was made: it was changed since (by our own uid or
+        # root). Never served; removed, so the next start makes it again; the source is copied.
+        logger.warning("region store copy of {} is damaged ({}): removed; the file is copied into the pools",
+                       src.path, exc)
+        store.discard(stored)
+        return False
     except BaseException:
         stored.close()
         raise

@@ -171,6 +171,11 @@ class RegionStore:
             os.close(fd)
         return self.open(key)
 
+    def discard(self, stored: StoredRegion) -> None:
+        """Close ``stored`` and remove its copy from the store (found damaged)."""
+        stored.close()
+        _unlink(stored.path)
+
     def prune(self) -> None:
         """Remove unused copies past :data:`STORE_MAX_BYTES`, oldest used first, and temporaries
         of killed copies. Never raises: a store that cannot be pruned only takes more room."""
