@@ -150,6 +150,8 @@ class CapacityManager:
         evicted = 0
         words = self._inst.control.words
         for pub in self.coldest():
+            if pub.mapped:
+                continue  # its layers are a mapped file: evicting it would free only its index
             projected = int(words[W.USED_BYTES]) - self._publisher.pending_free()
             if projected <= target_used:
                 break
@@ -285,6 +287,8 @@ class CapacityManager:
                 if self._hot_periods.get(pub.dimension_id, 0) >= self.policy.rehydrate_after:
                     self._republish(pub, compress=False)
                     return
+            elif pub.mapped:
+                continue  # in a mapped file, not in shared memory: compressing it would add, not save
             elif (now - self.last_access.get(pub.dimension_id, now) >= self.policy.cold_after
                   and (pub.dimension_id, pub.generation) not in self._incompressible):
                 self._republish(pub, compress=True)

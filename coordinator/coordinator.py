@@ -53,6 +53,7 @@ from .name_lock import NameLock, remove_instance_files
 from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
+from .region_store import RegionStore, StoredRegion
 from .verified import VerifiedFiles
 
 __all__ = ["Coordinator"]
@@ -116,7 +117,10 @@ class Coordinator:
     job fails with JobTimeout. Workers get this process's ``sys.path``.
     ``verify_cache`` (True: ``<runtime dir>/verified-regions.json``; a path; False: none) is
     where region files verified in full are remembered, so that an unchanged one skips its
-    content checks at the next start (docs/architecture.md, Start-up).
+    content checks at the next start (docs/architecture.md, Start-up). ``mapped_regions``
+    (default True) serves each region file of ours that group and others cannot write from a
+    verified, read-only copy in ``<runtime dir>/regions`` that every process maps, made at the
+    first start and reused while the file is unchanged: nothing is copied into shared memory.
     """
 
     def __init__(self, name: str, *, data_dir: str | os.PathLike[str] | SampleData | None = None,
@@ -130,7 +134,7 @@ class Coordinator:
                  job_modules: Iterable[str] = (), worker_init: Callable[..., Any] | str | None = None,
                  worker_init_args: Sequence[Any] = (), job_timeout: float | None = None,
                  worker_spin_us: float | str | None = None,
-                 verify_cache: bool | str | os.PathLike[str] = True) -> None:
+                 verify_cache: bool | str | os.PathLike[str] = True, mapped_regions: bool = True) -> None:
         self.name = validate_name(name)
         # Checked here, where a bad entry is the caller's mistake, not in every worker later.
         self.job_policy = JobPolicy.build(jobs, job_modules)
@@ -156,6 +160,10 @@ class Coordinator:
         # True for <runtime dir>/verified-regions.json, a path for another file, False for none.
         self.verify_cache = verify_cache
         self.verified_files: VerifiedFiles | None = None
+        # Region files served by mapping their copy in the region store (coordinator/region_store.py).
+        self.mapped_regions = mapped_regions
+        self._held: list[StoredRegion] = []  # store copies served: open and share-locked until stop
+        self._store: RegionStore | None = None
         if capacity is None:
             capacity = CapacityPolicy(compress_cold=compress_cold, huge_pages=huge_pages)
         elif compress_cold or huge_pages:
@@ -232,8 +240,10 @@ class Coordinator:
                     # that do not fit are skipped with a warning) rather than the other way round.
                     self._board = self._create_board(*self._job_config)
             try:
+                store = self._store = RegionStore() if self.mapped_regions and paths else None
                 self.load_report = load_region_files(self._publisher, paths, instance=self._inst,
-                                                     cache=self.verified_files)
+                                                     cache=self.verified_files, store=store)
+                self._held = self.load_report.held
             finally:
                 if board is not None:
                     self._board = board.result()  # its error, if any, fails the start
@@ -397,6 +407,14 @@ class Coordinator:
                 self._inst.unlink()
             self._after_reaper(self._inst.close)
             self._inst = None
+        held, self._held = self._held, []
+        for stored in held:  # after the names: no new reader can map them (mapped ones stay valid)
+            stored.close()
+        store, self._store = self._store, None
+        if store is not None:
+            # Keeps the store within its bound and removes the temporaries of copies killed
+            # half way (a crashed start's), off the start path.
+            store.prune()
         if watch is not None:
             watch.close()
         self._publisher = None
@@ -775,6 +793,8 @@ class Coordinator:
     def _load_stats(self) -> dict[str, Any]:
         report, cache = self.load_report, self.verified_files
         return {"files_verified": len(report.verified), "files_trusted": len(report.trusted),
+                "files_mapped": len(report.mapped), "files_stored": len(report.stored),
+                "store_ms": report.store_seconds * 1e3,
                 "copy_ms": report.copy_seconds * 1e3, "verify_ms": report.verify_seconds * 1e3,
                 "verify_cache": None if cache is None else
                 {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses,

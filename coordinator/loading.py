@@ -12,13 +12,14 @@ from pathlib import Path
 
 from loguru import logger
 
-from shmpool.errors import ShmPoolError
+from shmpool.errors import RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.data.region import HEADER_OFFSETS, Region
 from shmpool.data.sample import sample_dir
 
 from .file_copy import PoolWriter, RegionFile
 from .publisher import Publisher
+from .region_store import RegionStore, StoredRegion, why_not_storable
 from .verified import FileKey, VerifiedFiles
 
 __all__ = ["LoadReport", "load_region_files", "region_files", "sample_directory", "REGION_SUFFIX"]
@@ -36,6 +37,11 @@ class LoadReport:
     trusted: list[str] = field(default_factory=list)   # files the validation cache vouched for
     copy_seconds: float = 0.0    # sendfile into the pools (page reservation not included)
     verify_seconds: float = 0.0  # content checks (CRC32, UTF-8) of the copies
+    mapped: list[str] = field(default_factory=list)   # files served from their copy in the region store
+    stored: list[str] = field(default_factory=list)   # ... of which the copy was made (and checked) now
+    store_seconds: float = 0.0   # making those copies: copy and full check
+    # The store copies served, open and share-locked: the coordinator closes them when it stops.
+    held: list[StoredRegion] = field(default_factory=list)
 
 
 def region_files(folder: Path) -> list[Path]:
@@ -56,8 +62,12 @@ def region_files(folder: Path) -> list[Path]:
 
 
 def load_region_files(publisher: Publisher, paths: list[Path], *, instance: SharedInstance,
-                      cache: VerifiedFiles | None = None) -> LoadReport:
+                      cache: VerifiedFiles | None = None, store: RegionStore | None = None) -> LoadReport:
     """Publish every region file of ``paths`` in order; a bad one is skipped with a WARNING.
+
+    With a ``store``, a file the store takes (ours, not writable by group or others: see
+    coordinator/region_store.py) is served by mapping its verified copy there, made now if
+    there is none: nothing is copied into the pools. Every other file goes the way below.
 
     Each file is copied into its blocks first and checked there, where readers will see it:
     the structure always, the content (every layer's CRC32, every text layer's UTF-8) unless
@@ -69,17 +79,19 @@ def load_region_files(publisher: Publisher, paths: list[Path], *, instance: Shar
         for path in paths:
             try:
                 with RegionFile.open(path) as src:
-                    _place(publisher, writer, src, cache, report)
+                    _place(publisher, writer, src, cache, None if store is None else (store, instance), report)
             except ShmPoolError as exc:
                 report.skipped.append((str(path), str(exc)))
                 logger.warning("skipping region file {}: {}", path, exc)
     if cache is not None:
         cache.save()
+    if store is not None and store.added:
+        store.prune()
     return report
 
 
 def _place(publisher: Publisher, writer: PoolWriter, src: RegionFile, cache: VerifiedFiles | None,
-           report: LoadReport) -> None:
+           store: tuple[RegionStore, SharedInstance] | None, report: LoadReport) -> None:
     dim = src.header.dimension_id
     if dim in report.loaded:
         Region.open(src.path).close()  # a corrupt file is reported as corrupt, not as a duplicate
@@ -88,6 +100,10 @@ def _place(publisher: Publisher, writer: PoolWriter, src: RegionFile, cache: Ver
         logger.warning("skipping region file {}: {}", src.path, reason)
         return
     key = FileKey.of(src.stat, src.header.meta_crc)
+    if store is not None and why_not_storable(src.stat) is None:
+        region_store, inst = store
+        if _place_mapped(publisher, src, key, region_store, inst, report):
+            return
     where = os.path.abspath(src.path)
     started_ns = time.time_ns()  # before the copy: what the racy-timestamp rule compares with
     trusted = cache is not None and cache.is_verified(where, key)
@@ -118,6 +134,53 @@ def _place(publisher: Publisher, writer: PoolWriter, src: RegionFile, cache: Ver
     report.verified.append(src.path)
     if cache is not None and src.unchanged():
         cache.record(where, key, verified_ns=started_ns)
+
+
+def _place_mapped(publisher: Publisher, src: RegionFile, key: FileKey, store: RegionStore, inst: SharedInstance,
+                  report: LoadReport) -> bool:
+    """Serve ``src`` from its copy in the store (made now if missing); False if it must be
+    copied into the pools instead (too young to key, changed meanwhile, no file row left)."""
+    stored = store.open(key)
+    if stored is None:
+        t0 = time.perf_counter()
+
+        def check(view: memoryview) -> None:
+            with Region.from_buffer(view, source=src.path, verify_checksums=True):
+                pass
+
+        stored = store.add(src, key, check)
+        report.store_seconds += time.perf_counter() - t0
+        if stored is None:
+            return False
+        report.stored.append(src.path)
+    try:
+        pool = inst.add_file(stored.fd, stored.stat, stored.digest)
+    except BaseException:
+        stored.close()
+        raise
+    if pool < 0:
+        logger.info("no file row left for {}: copied into the pools", src.path)
+        stored.close()
+        return False
+    try:
+        publisher.place_mapped(pool, src.nbytes, layer_count=src.header.layer_count, name=src.name(),
+                               source=str(stored.path), expect_dimension=src.header.dimension_id,
+                               file=Path(src.path))
+    except RegionFormatError as exc:
+        # The copy was checked in full when it was made: it was changed since (by our own uid or
+        # root). Never served; removed, so the next start makes it again; the source is copied.
+        logger.warning("region store copy of {} is damaged ({}): removed; the file is copied into the pools",
+                       src.path, exc)
+        store.discard(stored)
+        return False
+    except BaseException:
+        stored.close()
+        raise
+    report.held.append(stored)
+    report.mapped.append(src.path)
+    report.loaded[src.header.dimension_id] = src.path
+    report.bytes_loaded += src.nbytes
+    return True
 
 
 def sample_directory(seed: int = 0) -> Path:

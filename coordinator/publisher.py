@@ -77,6 +77,7 @@ class Published:
     region: tuple[Handle, int, int] | None = None  # (allocation, offset, nbytes) of a region holding exactly this generation
     file: Path | None = None      # a region file holding exactly these bytes (reload source)
     compressed: bool = False      # published by cold-layer compression
+    mapped: bool = False          # its layers are served from a mapped region file (placed by place_mapped)
     published_at: float = field(default_factory=time.time)
     superseded_at: float | None = None   # time.monotonic()
     superseded_epoch: int = 0             # W.PIN_EPOCH after the publication that superseded it
@@ -210,6 +211,32 @@ class Publisher:
         except BaseException:
             self._inst.table.free(handle)
             raise
+
+    def place_mapped(self, pool: int, nbytes: int, *, layer_count: int, name: str, source: str,
+                     expect_dimension: int, file: Path | None = None) -> int:
+        """Publish the region in the served file of pool number ``pool`` (SharedInstance.add_file)
+        without copying it: only its layer index is allocated, and its rows point into the file.
+
+        The region's structure is checked on the mapping, as :meth:`place` checks a copy; the
+        content was checked when the file was made (coordinator/region_store.py). The file stays
+        mapped while the instance lives, so its generations need no allocation of their own:
+        releasing one frees its index only."""
+        seg = self._inst.pool_segment(pool)
+        view = memoryview(seg.mm)[:nbytes]
+        try:
+            region = Region.from_buffer(view, source=source, verify_checksums=False)
+            if region.dimension_id != expect_dimension or region.layer_count != layer_count or region.name != name:
+                raise RegionFormatError(source=source, fault=f"holds {region.layer_count} layers of dimension "
+                                                             f"{region.dimension_id} ({region.name!r}), expected "
+                                                             f"{layer_count} of {expect_dimension} ({name!r})")
+            rows = _rows_of_region(region, pool, 0)
+            del region
+        finally:
+            view.release()
+        with self._lock:
+            return self._commit_locked([self._stage_locked(
+                expect_dimension, name, rows, np.full(len(rows), NO_BLOCK, dtype=np.int64), {NO_BLOCK: len(rows)},
+                {}, [], source=source, file=file, mapped=True)])[0]
 
     def _write_region(self, nbytes: int, write: Callable[[memoryview], object], *, layer_count: int, name: str,
                       source: str, expect_dimension: int | None) -> tuple[Handle, int, int, np.ndarray]:
@@ -385,7 +412,8 @@ class Publisher:
                       row_counts: dict[int, int], blocks: dict[int, Handle], new_blocks: list[Handle], *, source: str,
                       index: Handle | None = None, region: tuple[Handle, int, int] | None = None,
                       file: Path | None = None, compressed: bool = False, table: np.ndarray | None = None,
-                      slot_of: np.ndarray | None = None, generation: int | None = None) -> _Staged:
+                      slot_of: np.ndarray | None = None, generation: int | None = None,
+                      mapped: bool = False) -> _Staged:
         """Write the layer index (at the start of ``index``, or of an allocation of its own) and
         tag the allocations; nothing is visible yet. ``new_blocks`` are the data allocations
         this generation created (they get its tag); the caller frees them on failure. An index
@@ -421,7 +449,8 @@ class Publisher:
                 alloc.free(index)
             raise
         pub = Published(dimension_id, name, generation, entry, index, source, len(rows), rows, row_blocks,
-                        row_counts, {**blocks, index.record: index}, table, slot_of, region, file, compressed)
+                        row_counts, {**blocks, index.record: index}, table, slot_of, region, file, compressed,
+                        mapped)
         location = Location(generation, index.pool, index.first_block, nbytes, index.record, index.serial)
         return _Staged(location, pub, index if own else None, new_blocks)
 

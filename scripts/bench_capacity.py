@@ -61,7 +61,7 @@ def _lookups(reader, keys, rounds: int) -> list[int]:
 def bench_compression(data_dir: Path, rounds: int) -> dict:
     policy = CapacityPolicy(compress_cold=True, cold_after=0.5, sample_interval=0.02, rehydrate_after=10**9)
     name = _name()
-    with Coordinator(name, data_dir=data_dir, workers=0, capacity=policy) as coord:
+    with Coordinator(name, data_dir=data_dir, workers=0, mapped_regions=False, capacity=policy) as coord:
         raw_used = coord.stats()["used_bytes"]
         raw_region_bytes = sum(p["nbytes"] for p in coord.dump_state()["dimensions"])
         with shmpool.attach(name) as reader:
@@ -112,7 +112,7 @@ def bench_reload(data_dir: Path, repeats: int) -> dict:
     ctx = mp.get_context("spawn")
     firsts, seconds, reload_ms = [], [], []
     name = _name()
-    with Coordinator(name, data_dir=data_dir, workers=0, capacity=CapacityPolicy(sample_interval=0.02)) as coord:
+    with Coordinator(name, data_dir=data_dir, workers=0, mapped_regions=False, capacity=CapacityPolicy(sample_interval=0.02)) as coord:
         capacity = coord._capacity
         for i in range(repeats):
             dim = 1 + i % 14

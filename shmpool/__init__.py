@@ -63,6 +63,7 @@ from .errors import (
     UnknownJob,
     UnsafeRuntimeDir,
     UntrustedObject,
+    MappedFileChanged,
     WorkerCrashed,
     WorkerInitFailed,
 )
@@ -151,6 +152,7 @@ __all__ = [
     "UnknownJob",
     "UnsafeRuntimeDir",
     "UntrustedObject",
+    "MappedFileChanged",
     "WorkerInitFailed",
     "cleanup",
     "key_id",

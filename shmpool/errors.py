@@ -59,6 +59,7 @@ __all__ = [
     "SnapshotClosed",
     "DimensionEvicted",
     "GenerationTimeout",
+    "MappedFileChanged",
 ]
 
 
@@ -742,3 +743,19 @@ class GenerationTimeout(ShmPoolError, TimeoutError):
         super().__init__(f"dimension {dimension_id} published no generation after {after} within "
                          f"{timeout:g} s (it is at generation {generation})", dimension_id=dimension_id,
                          after=after, generation=generation, timeout=timeout)
+
+
+class MappedFileChanged(AttachError):
+    """A region file the instance serves by mapping is not, or no longer, the file it published.
+
+    Nothing of it is mapped: it was replaced, truncated, made writable or given to another owner
+    since the coordinator published it (docs/architecture.md, "Start-up"). Only a process of the
+    instance's own user (or root) can do that; the coordinator's next start copies it afresh.
+    """
+
+    path: str
+
+    def __init__(self, *, name: str, path: str, reason: str) -> None:
+        ShmPoolError.__init__(self, f"cannot attach to shmpool instance {name!r}: mapped region file {path} "
+                                    f"{reason}; refusing to map it", name=name, path=path, reason=reason)
+        self.reason = reason

@@ -111,7 +111,9 @@ def test_a_dimension_that_does_not_fit_is_rolled_back(instance_name, tmp_path, w
         big.add_layer(i, b"y" * 100_000)
     big.write(tmp_path / "b.region")
     pools = (PoolSpec(4096, 1024),)
-    with Coordinator(instance_name, data_dir=tmp_path, pools=pools, memory_limit=2 * MiB, workers=0) as coord:
+    # Copied into the pools (a mapped file takes no pool room): the pools' limit is the subject.
+    with Coordinator(instance_name, data_dir=tmp_path, pools=pools, memory_limit=2 * MiB, workers=0,
+                     mapped_regions=False) as coord:
         assert list(coord.load_report.loaded) == [1]
         stats = coord.stats()
         assert stats["live_allocations"] == 1 and stats["used_bytes"] == 4096

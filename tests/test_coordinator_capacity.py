@@ -62,7 +62,7 @@ def _policy(**kw) -> CapacityPolicy:
 def test_lru_eviction_at_85_percent_and_reload_in_another_process(instance_name, tmp_path):
     for dim in (1, 2, 3):
         _write_dimension(tmp_path, dim)  # ~0.8 MiB each: 60% of the limit
-    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=LIMIT, workers=0,
+    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=LIMIT, workers=0, mapped_regions=False,
                      capacity=_policy()) as coord:
         with shmpool.attach(instance_name) as reader:
             time.sleep(0.05)
@@ -88,7 +88,7 @@ def test_lru_eviction_at_85_percent_and_reload_in_another_process(instance_name,
 
 def test_a_crystallized_dimension_is_written_out_before_eviction(instance_name, tmp_path):
     spill = tmp_path / "spill"
-    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=LIMIT, workers=0,
+    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=LIMIT, workers=0, mapped_regions=False,
                      capacity=_policy(spill_dir=spill)) as coord:
         for dim in (1, 2, 3):
             proto = coord.create_proto_dimension(dim, f"c{dim}")
@@ -116,7 +116,7 @@ def test_a_crystallized_dimension_is_written_out_before_eviction(instance_name, 
 def test_crystallize_makes_room_by_evicting_and_refuses_what_can_never_fit(instance_name, tmp_path):
     for dim in (1, 2, 3, 4):
         _write_dimension(tmp_path, dim, layers=14)  # 4 x ~0.7 MiB: 70%, no eviction yet
-    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=LIMIT, workers=0,
+    with Coordinator(instance_name, data_dir=tmp_path, pools=POOLS, memory_limit=LIMIT, workers=0, mapped_regions=False,
                      capacity=_policy()) as coord:
         assert coord.stats()["capacity"]["evictions"] == 0
         proto = coord.create_proto_dimension(5, "big")
@@ -139,7 +139,7 @@ def test_cold_dimensions_are_compressed_and_expanded_when_hot_again(instance_nam
         if builder.dimension_id in (1, 2):
             builder.write(tmp_path / f"{builder.dimension_id}.region")
     policy = CapacityPolicy(compress_cold=True, cold_after=0.1, sample_interval=0.02, rehydrate_after=3)
-    with Coordinator(instance_name, data_dir=tmp_path, workers=0, capacity=policy) as coord:
+    with Coordinator(instance_name, data_dir=tmp_path, workers=0, mapped_regions=False, capacity=policy) as coord:
         before = coord.stats()["used_bytes"]
         with shmpool.attach(instance_name) as reader:
             originals = {(d, c.layer_id): zlib.crc32(c.content) for d in (1, 2) for c in reader.scan(d)}
@@ -189,7 +189,7 @@ def test_spill_files_of_a_previous_run_are_removed_at_start_and_only_those(insta
     policy = CapacityPolicy(spill_dir=folder) if where == "explicit" else CapacityPolicy()
     files = _spill_leftovers(folder, instance_name)
     try:
-        with Coordinator(instance_name, data_dir=sample_dir, workers=0, capacity=policy) as coord:
+        with Coordinator(instance_name, data_dir=sample_dir, workers=0, mapped_regions=False, capacity=policy) as coord:
             assert peek.spill_dir(coord) == folder
             assert not files["spill"].exists() and not files["temp"].exists()
             kept = [files[k] for k in ("other_instance", "user", "user_region")]

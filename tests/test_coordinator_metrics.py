@@ -123,8 +123,9 @@ def test_metrics_follow_jobs_memory_and_capacity_state(instance_name, sample_dir
 
 def test_evictions_show_in_metrics(instance_name, sample_dir):
     limit = 8 * MiB
+    # Copied into the pools: mapped regions are not in shared memory, and never evicted.
     with Coordinator(instance_name, data_dir=sample_dir, workers=0, pools=(PoolSpec(64 * KiB, 160),),
-                     memory_limit=limit) as coord:
+                     memory_limit=limit, mapped_regions=False) as coord:
         with serve_metrics(coord, 0) as endpoint:
             assert scrape(endpoint.port)[("shmpool_evictions_total", NONE)] == 0
             with shmpool.attach(instance_name) as reader:

@@ -68,7 +68,10 @@ def _cache_folder(cache_path):
 
 
 def _start(make_name, data: Path, cache_path: Path, **kw) -> Coordinator:
-    return Coordinator(make_name(), data_dir=data, workers=0, verify_cache=cache_path, **kw).start()
+    # The validation cache serves the copy path; mapped regions (the default) are checked when
+    # their store copy is made (tests/test_coordinator_mapped_regions.py).
+    return Coordinator(make_name(), data_dir=data, workers=0, verify_cache=cache_path, mapped_regions=False,
+                       **kw).start()
 
 
 def _loads(make_name, data, cache_path) -> tuple[list[str], list[str], dict]:
@@ -188,7 +191,7 @@ def test_a_record_for_other_bytes_of_the_same_path_is_not_trusted(make_name, dat
 
 def test_disabled_cache_verifies_every_time_and_writes_nothing(make_name, data, cache_path):
     for _ in range(2):
-        with Coordinator(make_name(), data_dir=data, workers=0, verify_cache=False) as coord:
+        with Coordinator(make_name(), data_dir=data, workers=0, verify_cache=False, mapped_regions=False) as coord:
             assert len(coord.load_report.verified) == FILES and coord.stats()["load"]["verify_cache"] is None
     assert not cache_path.exists()
 
@@ -230,7 +233,7 @@ def test_the_cache_keeps_only_live_records_and_at_most_max_records(make_name, da
 
 def _start_and_stop(name: str, data: str, cache: str, go, out) -> None:
     go.wait(30)
-    with Coordinator(name, data_dir=data, workers=0, verify_cache=cache) as coord:
+    with Coordinator(name, data_dir=data, workers=0, verify_cache=cache, mapped_regions=False) as coord:
         out.put((name, len(coord.load_report.verified), len(coord.load_report.skipped)))
 
 
@@ -266,7 +269,7 @@ def test_coordinators_starting_at_once_merge_their_records(make_name, sample_dir
 KILLED_SAVE = """
 import sys
 from shmpool.coordinator import Coordinator
-Coordinator(sys.argv[1], data_dir=sys.argv[2], workers=0, verify_cache=sys.argv[3]).start()
+Coordinator(sys.argv[1], data_dir=sys.argv[2], workers=0, verify_cache=sys.argv[3], mapped_regions=False).start()
 """
 
 
@@ -293,8 +296,13 @@ def test_bench_startup_runs_every_mode_and_leaves_nothing(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)
-    assert set(doc["modes"]) == {"cold", "warm", "off"}
+    assert set(doc["modes"]) == {"cold", "warm", "warm_copy", "off"}
     for mode in doc["modes"].values():
-        assert {"start_ms", "load_ms", "copy_ms", "verify_ms"} == set(mode)
-    assert doc["modes"]["warm"]["verify_ms"]["median"] == 0 < doc["modes"]["cold"]["verify_ms"]["median"]
-    assert doc["leftovers_in_dev_shm"] == [] and isinstance(doc["warm_median_lt_25ms"], bool)
+        assert {"start_ms", "start_cpu_ms", "load_ms", "copy_ms", "verify_ms", "store_ms", "shm_used_bytes"} == set(mode)
+    modes = doc["modes"]
+    assert modes["warm_copy"]["verify_ms"]["median"] == 0 < modes["off"]["verify_ms"]["median"]
+    assert modes["warm"]["store_ms"]["median"] == 0 < modes["cold"]["store_ms"]["median"]
+    assert modes["warm"]["shm_used_bytes"]["median"] < doc["bytes"] // 20 < modes["warm_copy"]["shm_used_bytes"]["median"]
+    assert set(doc["floors"]) == {"sendfile_into_tmpfs_ms", "sealed_memfd_copy_ms", "open_check_map_ms"}
+    assert doc["leftovers_in_dev_shm"] == [] and isinstance(doc["warm_median_met"], bool)
+    assert doc["target_ms"] == 15.0 and "warm_over_warm_copy_median" in doc["ratios"]

@@ -19,7 +19,7 @@ from shmpool.jobs import jobs_layout
 from shmpool.substrate import layout
 from shmpool.substrate.instance import DEFAULT_POOLS, SharedInstance
 from shmpool.jobs.jobs_layout import ChannelCol, JobsLayout, JobWord, SlotCol
-from shmpool.substrate.layout import HEADER, ControlWord, Layout, PinCol, ReaderCol, TagCol
+from shmpool.substrate.layout import HEADER, ControlWord, FileCol, Layout, PinCol, ReaderCol, TagCol
 
 PAGE = (Path(__file__).parent.parent / "docs" / "shm-layout.md").read_text()
 FILLERS = {"reserved", "unused", "spare"}
@@ -77,6 +77,7 @@ def test_control_offset_table_matches_layout_compute():
                 "readers": (lay.readers_offset, lay.max_readers * layout.READER_COLS * 8),
                 "pins": (lay.pins_offset, lay.max_readers * lay.max_dimensions * layout.PIN_COLS * 8),
                 "tags": (lay.tags_offset, lay.max_records * layout.TAG_COLS * 8),
+                "files": (lay.files_offset, lay.max_files * layout.FILE_COLS * 8),
                 "total": (lay.size, None)}
     for p, size in enumerate(lay.bitmap_sizes):
         expected[f"bitmap {p}"] = (lay.bitmap_offsets[p], size)
@@ -130,7 +131,7 @@ def _index_cells(row):
     ("### Words (`ControlWord`, `W`)", ControlWord, 3), ("### Jobs words (`JobWord`, `JW`)", JobWord, 2),
     ("### Slot rows (`SlotCol`, `SC`)", SlotCol, 2), ("### Channel rows (`ChannelCol`, `CC`)", ChannelCol, 2),
     ("### Reader rows (`ReaderCol`, `RD`)", ReaderCol, 2), ("### Pins (`PinCol`, `PN`)", PinCol, 2),
-    ("### Record tags (`TagCol`, `RT`)", TagCol, 2)])
+    ("### Record tags (`TagCol`, `RT`)", TagCol, 2), ("### File rows (`FileCol`, `F`)", FileCol, 2)])
 def test_field_tables_name_the_code_fields_in_order(marker, enum, name_col):
     by_index = {int(m): m.name for m in enum}
     seen = set()

@@ -22,7 +22,9 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sample")
     build_sample(folder)
     name = f"{TEST_PREFIX}{secrets.token_hex(4)}"  # module-scoped, so not from the make_name fixture
-    coord = Coordinator(name, data_dir=folder, workers=0).start()
+    # Copied into the pools: the first test looks at pool memory (mapped region files are
+    # looked up by every other suite, and in test_coordinator_mapped_regions.py).
+    coord = Coordinator(name, data_dir=folder, workers=0, mapped_regions=False).start()
     reader = shmpool.attach(name)
     yield coord, reader
     reader.close()

@@ -23,8 +23,9 @@ from loguru import logger
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
 from ..errors import AttachError, InstanceExists, InvalidArgument, OutOfBounds, ShmPoolError
-from .layout import (HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control, Layout,
-                     P, W, pack_header)
+from .layout import (FILE_SET, HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control,
+                     F, Layout, P, W, pack_header)
+from .mapped_files import MappedFile, digest_words, file_path, words_digest
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import shared_lock
 from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign,
@@ -32,7 +33,7 @@ from .names import (cleanup, foreign_objects, instance_names, newest_change, rai
 from .platform import check_system, full_error, is_full
 from .removal import flock_holder
 from .segments import Segment
-from .trust import open_semaphore
+from .trust import SHM_DIR, open_semaphore, shm_path
 
 __all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead", "coordinator_pid"]
 
@@ -71,7 +72,7 @@ WAKE_SEM = "wake"  # readers post it to wake the coordinator's reaper (a reload 
 CONTROL = "control"
 
 
-def _close_all(segments: list[Segment], sems: list[posix_ipc.Semaphore]) -> None:
+def _close_all(segments: list[Segment | MappedFile], sems: list[posix_ipc.Semaphore]) -> None:
     for seg in segments:
         seg.close()
     for sem in sems:
@@ -98,12 +99,13 @@ class SharedInstance:
                                      thresholds=thresholds, grow=self._create_growth_segment,
                                      back=self._back_pages)
         self._pool_views = [None if seg is None else memoryview(seg.mm) for seg in pools]
+        self._files: dict[int, MappedFile] = {}  # file rows mapped here, by pool number
         self._closed = False
         self._present: list[int] | None = None
         self.huge_pages = False  # set by create(); growth segments this process creates follow it
         # The finalizer closes what this list holds when it runs: growth segments mapped later
         # are appended to it.
-        self._mapped = [control_seg, *(seg for seg in pools if seg is not None)]
+        self._mapped: list[Segment | MappedFile] = [control_seg, *(seg for seg in pools if seg is not None)]
         self._wake: posix_ipc.Semaphore | None = None
         self._mapped_sems: list[posix_ipc.Semaphore] = []  # the wake semaphore, once opened
         self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems)
@@ -182,6 +184,12 @@ class SharedInstance:
         # Another user's objects under our name are neither attached to nor swept (root could
         # unlink them): the name is theirs until they or an administrator remove them.
         raise_if_foreign(name)
+        if SHM_DIR.is_dir() and not shm_path(segment_name(name, CONTROL)).exists():
+            # No control segment, so nothing to attach to: skip attach, whose error message
+            # reads /proc/locks, which waits for an RCU grace period (measured 1-12 ms per start).
+            if cleanup(name):
+                logger.warning("removed leftovers of a crashed instance {!r}", name)
+            return
         try:
             probe = SharedInstance.attach(name)
         except AttachError:
@@ -272,7 +280,8 @@ class SharedInstance:
         del rows
         layout = Layout.compute(counts, max_records=max_records, max_dimensions=max_dims, max_readers=max_readers)
         if (layout.size != fields[3] or layout.pins_offset != fields[16] or layout.tags_offset != fields[18]
-                or layout.backed_offsets[0] != fields[19]):
+                or layout.backed_offsets[0] != fields[19] or layout.max_files != fields[20]
+                or layout.files_offset != fields[22]):
             raise AttachError(name=name, reason="control segment header disagrees with its own layout")
         words = np.frombuffer(seg.mm, dtype="<i8", count=8, offset=layout.words_offset)
         thresholds = Thresholds(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]),
@@ -292,14 +301,61 @@ class SharedInstance:
                               length=length, limit=len(mv))
         return mv[offset:offset + length]
 
-    def pool_segment(self, pool: int) -> Segment:
-        """The segment of pool ``pool``, mapping a growth segment on first use."""
+    def pool_segment(self, pool: int) -> Segment | MappedFile:
+        """The segment of pool number ``pool``, mapping a growth segment or a served region file
+        (pool numbers from ``pool_count`` on: the files section) on first use.
+
+        A file is mapped once per process and kept: its row never changes while the instance
+        lives. Raises MappedFileChanged if the file is no longer the one published."""
+        if pool >= len(self.pool_segments):
+            return self._mapped_file(pool)
         seg = self.pool_segments[pool] if 0 <= pool < len(self.pool_segments) else None
         if seg is None:
             self._map_pool(pool)
             seg = self.pool_segments[pool]
             assert seg is not None  # _map_pool mapped it or raised
         return seg
+
+    def _mapped_file(self, pool: int) -> MappedFile:
+        mapped = self._files.get(pool)
+        if mapped is not None:
+            return mapped
+        f = pool - len(self.pool_segments)
+        files = self.control.files
+        if not 0 <= f < len(files) or int(files[f, F.STATE]) != FILE_SET:
+            raise OutOfBounds(what=f"pool number of instance {self.name!r} (no such pool or file)",
+                              offset=pool, length=1, limit=len(self.pool_segments) + len(files))
+        row = [int(v) for v in files[f]]
+        mapped = MappedFile.open(file_path(words_digest(row[F.DIGEST0], row[F.DIGEST1])), dev=row[F.DEV],
+                                 ino=row[F.INO], size=row[F.SIZE], instance=self.name)
+        self._files[pool] = mapped
+        self._mapped.append(mapped)
+        return mapped
+
+    def add_file(self, fd: int, st: os.stat_result, digest: bytes) -> int:
+        """Owner only: give the served region file open as ``fd`` (with stat ``st`` and store
+        digest ``digest``) a file row, the one it has already if any, and map it here from that
+        very descriptor; returns its pool number, or -1 when the files section is full (the
+        caller copies the region into a pool instead). Raises MappedFileChanged if ``fd`` is not
+        safe to map (substrate/mapped_files.py)."""
+        files = self.control.files
+        base = len(self.pool_segments)
+        states = files[:, F.STATE].tolist()
+        for f, state in enumerate(states):
+            if state == FILE_SET and (int(files[f, F.DEV]), int(files[f, F.INO])) == (st.st_dev, st.st_ino):
+                return base + f
+        free = next((f for f, state in enumerate(states) if state != FILE_SET), None)
+        if free is None:
+            return -1
+        digest_path = file_path(digest)
+        self._files[base + free] = mapped = MappedFile.of_fd(fd, str(digest_path), dev=st.st_dev, ino=st.st_ino,
+                                                             size=st.st_size, instance=self.name)
+        self._mapped.append(mapped)
+        row = files[free]
+        row[F.DEV], row[F.INO], row[F.SIZE] = st.st_dev, st.st_ino, st.st_size
+        row[F.DIGEST0], row[F.DIGEST1] = digest_words(digest)
+        row[F.STATE] = FILE_SET  # last: a row is read only once an index names its pool
+        return base + free
 
     def _map_pool(self, pool: int) -> memoryview:
         if not 0 <= pool < len(self.pool_segments) or not int(self.control.pools[pool, P.PRESENT]):
@@ -330,7 +386,9 @@ class SharedInstance:
     def _back_pages(self, pool: int, offset: int, length: int) -> None:
         """The table's page reservation for ``length`` bytes at ``offset`` of pool ``pool``."""
         bs = self.table.block_sizes[pool]
-        self.pool_segment(pool).reserve_pages(
+        seg = self.pool_segment(pool)
+        assert isinstance(seg, Segment)  # the table allocates in pools only, never in files
+        seg.reserve_pages(
             offset, length, what=f"{length // bs} blocks of {bs} B in pool{pool} of instance {self.name!r}")
 
     def _advise(self, seg: Segment) -> None:

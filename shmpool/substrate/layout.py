@@ -13,6 +13,7 @@ valid), followed by sections at 64-byte-aligned offsets that the header records:
     readers    int64[max_readers, READER_COLS]   attached reader processes
     pins       int64[max_readers, max_dimensions, PIN_COLS]  the generations each reader holds
     tags       int64[max_records, TAG_COLS]      which generation of which dimension a record holds
+    files      int64[max_files, FILE_COLS]       mapped region files: pool number pool_count + f
 
 Every mutable field is an aligned little-endian int64, so a single store is indivisible on the
 64-bit CPUs we run on: readers never see half a value, which is what lets the read path go
@@ -30,19 +31,21 @@ import numpy as np
 
 __all__ = [
     "MAGIC", "LAYOUT_VERSION", "HEADER", "ControlWord", "InstanceState", "PoolCol", "RecordCol", "RecordState",
-    "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "TagCol",
-    "W", "P", "R", "D", "S", "RD", "PN", "RT", "SLOT_COLS",
-    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "TAG_COLS", "WORDS", "Layout",
+    "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "TagCol", "FileCol",
+    "W", "P", "R", "D", "S", "RD", "PN", "RT", "F", "SLOT_COLS",
+    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "TAG_COLS", "FILE_COLS", "MAX_POOL_NUMBERS",
+    "WORDS", "Layout",
     "Control",
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 8  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+LAYOUT_VERSION = 9  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
 # 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL; 5: a directory
 # slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region;
 # 6: word PUBLISH_SEQ (consistent snapshots), reader column WAITING and the per-reader gwR
 # semaphores (generation wake-ups); 7: the table lock is a robust mutex in words 56-63 (no flock,
-# no lock semaphore); 8: RecordState.LENT (a job's spilled arguments: no dead-owner sweep frees them)
+# no lock semaphore); 8: the files section (region files served by mapping, coordinator/region_store.py);
+# 9: RecordState.LENT (a job's spilled arguments: no dead-owner sweep frees them)
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
@@ -67,6 +70,9 @@ HEADER = struct.Struct(
     "64s"  # instance name, UTF-8, NUL padded
     "Q"    # tags_offset
     "Q"    # backed_offset: the backed bitmaps, same sizes as the bitmaps (version 4)
+    "I"    # max_files: rows of the files section (version 8)
+    "I"    # reserved, 0
+    "Q"    # files_offset (version 8)
 )
 HEADER_SIZE = 256  # HEADER.size rounded up so the words start on a cache line
 assert HEADER.size <= HEADER_SIZE
@@ -240,8 +246,34 @@ class TagCol(IntEnum):
 
 TAG_COLS = 8  # 5 used, 3 spare: a 64-byte row
 
+
+class FileCol(IntEnum):
+    """Columns of a file row: one region file the coordinator serves by mapping it.
+
+    Row f is pool number ``pool_count + f`` in a layer index's rows and ``pools`` bits, so a
+    generation's layers live in a pool segment or in such a file with no other change to the
+    read path. Written once by the coordinator, STATE last, before any index names the pool,
+    and never changed or cleared while the instance lives: a reader may map a row once and keep
+    the mapping. The file is ``<runtime dir>/regions/<DIGEST0 DIGEST1 as 32 hex digits>.region``
+    and a reader maps it only if it is still exactly this inode (DEV, INO, SIZE), a regular file of
+    its own uid with no write bit for anyone (coordinator/region_store.py states why that is safe).
+    """
+    STATE = 0        # 0 = unused; 1 = set (written last)
+    DEV = 1          # st_dev of the file
+    INO = 2          # st_ino
+    SIZE = 3         # st_size: the region's exact length
+    DIGEST0 = 4      # the file's name: its first 8 bytes (big-endian) of the 16-byte store digest
+    DIGEST1 = 5      # the last 8 bytes
+
+
+FILE_COLS = 8  # 6 used, 2 spare: a 64-byte row
+FILE_SET = 1
+# A layer index's ``pools`` word has one bit per pool number, so pool rows and file rows share
+# numbers 0..63 (the default pools use 9: 3 configured, 6 growth rows; 55 files are left).
+MAX_POOL_NUMBERS = 64
+
 # The short names the rest of the code and docs/shm-layout.md grew up with.
-W, P, R, D, S, RD, PN, RT = ControlWord, PoolCol, RecordCol, DirCol, DirSlotCol, ReaderCol, PinCol, TagCol
+W, P, R, D, S, RD, PN, RT, F = ControlWord, PoolCol, RecordCol, DirCol, DirSlotCol, ReaderCol, PinCol, TagCol, FileCol
 
 
 def align_section(n: int) -> int:
@@ -267,6 +299,8 @@ class Layout:
     readers_offset: int
     pins_offset: int
     tags_offset: int
+    max_files: int
+    files_offset: int
     size: int
 
     @classmethod
@@ -298,9 +332,12 @@ class Layout:
         off = align_section(off + max_readers * max_dimensions * PIN_COLS * 8)
         tags = off
         off = align_section(off + max_records * TAG_COLS * 8)
+        files = off
+        max_files = max(0, MAX_POOL_NUMBERS - len(block_counts))
+        off = align_section(off + max_files * FILE_COLS * 8)
         return cls(len(block_counts), max_records, max_dimensions, max_readers, words, pools,
                    records, bitmaps, tuple(bm_offsets), tuple(bm_sizes), tuple(backed), directory,
-                   readers, pins, tags, off)
+                   readers, pins, tags, max_files, files, off)
 
 
 class Control:
@@ -323,6 +360,7 @@ class Control:
         self.readers = arr(lay.readers_offset, (lay.max_readers, READER_COLS))
         self.pins = arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions, PIN_COLS))
         self.tags = arr(lay.tags_offset, (lay.max_records, TAG_COLS))
+        self.files = arr(lay.files_offset, (lay.max_files, FILE_COLS))
         # Plain memoryview casts read one int64 ~5x faster than numpy scalar indexing; the read
         # path (generation checks) uses these.
         self.words_mv = memoryview(buf)[lay.words_offset:lay.words_offset + WORDS * 8].cast("q")
@@ -335,7 +373,7 @@ class Control:
             mv.release()
         # None, not empty arrays: a use after release must fail loudly, so the types are waived here.
         self.words = self.pools = self.records = self.directory = self.readers = self.pins = None  # type: ignore[assignment]
-        self.tags = None  # type: ignore[assignment]
+        self.tags = self.files = None  # type: ignore[assignment]
         self.bitmaps = self.backed = []
 
 
@@ -346,5 +384,5 @@ def pack_header(layout: Layout, *, control_size: int, instance_token: int, creat
         layout.pool_count, layout.max_records, layout.max_dimensions, layout.max_readers,
         layout.words_offset, layout.pools_offset, layout.records_offset, layout.bitmaps_offset,
         layout.directory_offset, layout.readers_offset, layout.pins_offset, name.encode(),
-        layout.tags_offset, layout.backed_offsets[0],
+        layout.tags_offset, layout.backed_offsets[0], layout.max_files, 0, layout.files_offset,
     )

@@ -1,0 +1,130 @@
+"""Region files served by mapping them: where they are, what a process checks before mapping one.
+
+The coordinator may serve a region from a file instead of copying it into a pool
+(coordinator/region_store.py decides which files, and makes them). Such a file has a row in the
+control segment's files section (layout.FileCol) and, in layer indexes, the pool number
+``pool_count + row``; every process maps it read-only through :class:`MappedFile`.
+
+Mapping a file is safe only while the file cannot shrink (touching a page past the end of a
+truncated file is a SIGBUS, and shmpool's standard is that a reader never dies by a signal) and
+cannot change (a reader would read other bytes than were verified). So a process maps only a
+file that is, when it opens it, exactly the inode the coordinator published (device, inode,
+size), a regular file of its own uid, with no write bit for anyone and no access for group or
+others, with one name, inside the store folder of the runtime folder (ours alone, 0700). Nobody
+else can then open it for writing, truncate it, rename it or link it; our own uid could only by
+first changing its mode on purpose, which is also what it takes to ftruncate one of the
+instance's /dev/shm segments (0600). A file that fails a check is refused with
+MappedFileChanged, nothing mapped.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import weakref
+from pathlib import Path
+
+from loguru import logger
+
+from ..errors import MappedFileChanged
+from .names import runtime_dir
+
+__all__ = ["STORE_FOLDER", "SUFFIX", "store_dir", "file_path", "digest_words", "words_digest", "why_unsafe",
+           "MappedFile"]
+
+STORE_FOLDER = "regions"   # inside the runtime folder
+SUFFIX = ".region"
+DIGEST_BYTES = 16          # the file's name is these bytes in hex
+_NOT_OURS_BITS = 0o077 | 0o222  # any access for group/others, any write bit for anyone
+
+
+def store_dir() -> Path:
+    """``<runtime dir>/regions`` (runtime_dir() has checked the runtime folder is ours alone)."""
+    return runtime_dir() / STORE_FOLDER
+
+
+def file_path(digest: bytes, folder: Path | None = None) -> Path:
+    return (folder if folder is not None else store_dir()) / (digest.hex() + SUFFIX)
+
+
+def digest_words(digest: bytes) -> tuple[int, int]:
+    """The 16-byte digest as the two signed int64 words of a file row."""
+    assert len(digest) == DIGEST_BYTES
+    return (int.from_bytes(digest[:8], "big", signed=True), int.from_bytes(digest[8:], "big", signed=True))
+
+
+def words_digest(word0: int, word1: int) -> bytes:
+    return int(word0).to_bytes(8, "big", signed=True) + int(word1).to_bytes(8, "big", signed=True)
+
+
+def why_unsafe(st: os.stat_result) -> str | None:
+    """Why a file with this stat may not be mapped by readers, or None if it may."""
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"belongs to uid {st.st_uid}, not to uid {os.geteuid()}"
+    if st.st_mode & _NOT_OURS_BITS:
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}: writable, or open to group or others (0400 expected)"
+    if st.st_nlink != 1:
+        return f"has {st.st_nlink} names (one expected)"
+    return None
+
+
+def _unmap(mm: mmap.mmap, path: str) -> None:
+    try:
+        mm.close()
+    except BufferError:  # views still exported: unmapped when the last one is collected
+        logger.debug("mapped file {} still has views exported; unmapping deferred to the collector", path)
+
+
+class MappedFile:
+    """A read-only mapping of one served region file (the pool-segment interface: ``mm``, ``size``)."""
+
+    __slots__ = ("name", "size", "mm", "_finalizer", "__weakref__")
+
+    def __init__(self, path: str, mm: mmap.mmap, size: int) -> None:
+        self.name = path
+        self.size = size
+        self.mm = mm
+        self._finalizer = weakref.finalize(self, _unmap, mm, path)
+
+    @classmethod
+    def open(cls, path: Path, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
+        """Map ``path`` if it is exactly the published file and still safe to map (module doc).
+
+        Raises MappedFileChanged (an AttachError) otherwise; nothing is mapped then."""
+        where = str(path)
+        try:
+            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise MappedFileChanged(name=instance, path=where, reason=f"cannot be opened ({exc.strerror or exc})") \
+                from None
+        try:
+            return cls.of_fd(fd, where, dev=dev, ino=ino, size=size, instance=instance)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def of_fd(cls, fd: int, path: str, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
+        """Map open descriptor ``fd`` (of ``path``) after the same checks as :meth:`open`; the
+        caller keeps and closes ``fd``."""
+        st = os.fstat(fd)
+        why = why_unsafe(st)
+        if why is None and (st.st_dev, st.st_ino, st.st_size) != (dev, ino, size):
+            why = (f"is another file now (device {st.st_dev} inode {st.st_ino}, {st.st_size} bytes; "
+                   f"published: device {dev} inode {ino}, {size} bytes)")
+        if why is not None:
+            raise MappedFileChanged(name=instance, path=path, reason=why)
+        return cls(path, mmap.mmap(fd, size, access=mmap.ACCESS_READ), size)
+
+    def close(self) -> None:
+        """Unmap in this process (idempotent; deferred while views of it are alive)."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def __repr__(self) -> str:
+        return f"<MappedFile {self.name} {self.size} bytes {'closed' if self.closed else 'mapped'}>"
