@@ -34,6 +34,7 @@ from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import JobsLayout
 from shmpool.substrate.instance import DEFAULT_POOLS, PoolSpec, SharedInstance, coordinator_pid
 from shmpool.substrate.layout import W
+from shmpool.substrate.mapped_files import memory_backed, store_dir
 from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds, check_worker_count
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.data.pins import list_pins
@@ -240,7 +241,7 @@ class Coordinator:
                     # that do not fit are skipped with a warning) rather than the other way round.
                     self._board = self._create_board(*self._job_config)
             try:
-                store = self._store = RegionStore() if self.mapped_regions and paths else None
+                store = self._store = RegionStore() if self.mapped_regions and paths and _store_on_disk() else None
                 self.load_report = load_region_files(self._publisher, paths, instance=self._inst,
                                                      cache=self.verified_files, store=store)
                 self._held = self.load_report.held
@@ -837,3 +838,20 @@ class Coordinator:
             "load": {"loaded": {str(k): v for k, v in self.load_report.loaded.items()},
                      "skipped": [{"file": f, "reason": r} for f, r in self.load_report.skipped]},
         }
+
+
+def _store_on_disk() -> bool:
+    """Whether the region store may be used: not where its copies would be RAM kept after stop."""
+    folder = store_dir().parent
+    if memory_backed(folder):
+        if folder not in _told_memory_backed:
+            _told_memory_backed.add(folder)
+            logger.info("region files are copied into shared memory, not served from the region store: the runtime "
+                        "folder {} is in memory (tmpfs), where the store's copies would hold RAM after every "
+                        "coordinator stopped; set SHMPOOL_RUNTIME_DIR to a folder on disk to serve them by mapping "
+                        "(docs/operations.md, The region store)", folder)
+        return False
+    return True
+
+
+_told_memory_backed: set[Path] = set()

@@ -30,7 +30,7 @@ from loguru import logger
 from ..errors import MappedFileChanged
 from .names import runtime_dir
 
-__all__ = ["STORE_FOLDER", "SUFFIX", "store_dir", "file_path", "digest_words", "words_digest", "why_unsafe",
+__all__ = ["STORE_FOLDER", "SUFFIX", "store_dir", "memory_backed", "file_path", "digest_words", "words_digest", "why_unsafe",
            "MappedFile"]
 
 STORE_FOLDER = "regions"   # inside the runtime folder
@@ -42,6 +42,39 @@ _NOT_OURS_BITS = 0o077 | 0o222  # any access for group/others, any write bit for
 def store_dir() -> Path:
     """``<runtime dir>/regions`` (runtime_dir() has checked the runtime folder is ours alone)."""
     return runtime_dir() / STORE_FOLDER
+
+
+# Filesystems whose pages are memory that nothing but an unlink gives back.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def memory_backed(path: Path) -> bool:
+    """Whether ``path`` lies on a filesystem held in memory (tmpfs, ramfs), from /proc/self/mountinfo.
+
+    The store's copies outlive every coordinator on purpose (later starts reuse them). On disk they
+    are page cache the kernel takes back under pressure; on tmpfs (``$XDG_RUNTIME_DIR`` is one on
+    most desktops) they would be up to the store's budget of RAM held after every coordinator
+    stopped, where the copy into /dev/shm is as fast and is freed at stop. Unknown counts as
+    memory: the store is then not used."""
+    try:
+        target = os.path.realpath(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return True
+    best, fstype = "", ""
+    for line in lines:
+        # "36 35 98:0 /root /mnt/point rw,noatime shared:1 - ext4 /dev/vda rw": the mount point is
+        # field 5 (spaces escaped as \040), the type is the first field after " - ".
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the last of equal mounts is the one on top
+            best, fstype = point, tail.split()[0]
+    return fstype in MEMORY_FILESYSTEMS or not best
 
 
 def file_path(digest: bytes, folder: Path | None = None) -> Path:
