@@ -60,7 +60,7 @@ class OneLineParser(argparse.ArgumentParser):
 # --------------------------------------------------------------------- serve
 
 _SERVE_DEFAULTS: dict[str, Any] = {"workers": None, "memory_limit": DEFAULT_LIMIT, "metrics_port": None,
-                   "metrics_addr": "127.0.0.1", "evict": True, "compress_cold": False, "huge_pages": False,
+                   "metrics_addr": "127.0.0.1", "evict": True, "mapped_regions": True, "compress_cold": False, "huge_pages": False,
                    "pool_growth": 2, "spill_dir": None, "data_dir": None, "sample": False, "job_modules": [],
                    "jobs": []}
 
@@ -123,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             logger.info("no --data-dir: serving no data, only jobs (--data-dir DIR serves its region files, "
                         "--sample the built-in sample)")
     with Coordinator(args.name, data_dir=data_dir, workers=args.workers,
-                     memory_limit=args.memory_limit, capacity=capacity,
+                     memory_limit=args.memory_limit, capacity=capacity, mapped_regions=args.mapped_regions,
                      jobs=dict(args.jobs), job_modules=args.job_modules) as coord:
         st = coord.stats()
         skipped = coord.load_report.skipped
@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evict least recently used dimensions above 85%% of the limit (default on)")
     p.add_argument("--compress-cold", action="store_const", const=True, default=None,
                    help="store cold dimensions zstd-compressed (needs zstandard)")
+    p.add_argument("--mapped-regions", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve region files of yours by mapping a verified copy in the region store, outside "
+                        "the memory limit (default on; --no-mapped-regions copies them into shared memory)")
     p.add_argument("--huge-pages", action="store_const", const=True, default=None,
                    help="madvise(MADV_HUGEPAGE) on pool segments")
     p.add_argument("--pool-growth", type=T.pool_growth, metavar="N",

@@ -249,6 +249,7 @@ ENV_DEFAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "metrics_port": ("SHMPOOL_METRICS_PORT", port),
     "metrics_addr": ("SHMPOOL_METRICS_ADDR", str),
     "evict": ("SHMPOOL_EVICT", _flag),
+    "mapped_regions": ("SHMPOOL_MAPPED_REGIONS", _flag),
     "compress_cold": ("SHMPOOL_COMPRESS_COLD", _flag),
     "huge_pages": ("SHMPOOL_HUGE_PAGES", _flag),
     "pool_growth": ("SHMPOOL_POOL_GROWTH", pool_growth),

@@ -77,7 +77,7 @@ def _stop_reader(proc, stop, results) -> dict:
 
 def fill_by_crystallizing(name: str, out: dict) -> None:
     # A small board (4 MiB) so that most of the 64 MiB is left for data.
-    with Coordinator(name, data_dir=SAMPLE, workers=1, job_slots=16, max_clients=8) as coord:
+    with Coordinator(name, data_dir=SAMPLE, mapped_regions=False, workers=1, job_slots=16, max_clients=8) as coord:
         out["loaded"] = len(coord.load_report.loaded)
         sample = sorted(coord.load_report.loaded)
         proc, stop, results = _start_reader(name, sample)
@@ -106,7 +106,7 @@ def fill_by_crystallizing(name: str, out: dict) -> None:
 
 
 def fill_by_job_results(name: str, out: dict) -> None:
-    with Coordinator(name, data_dir=SAMPLE, workers=1, job_slots=16, max_clients=8, job_modules=["_jobs"]) as coord:
+    with Coordinator(name, data_dir=SAMPLE, mapped_regions=False, workers=1, job_slots=16, max_clients=8, job_modules=["_jobs"]) as coord:
         out["loaded"] = len(coord.load_report.loaded)
         sample = sorted(coord.load_report.loaded)
         pids = coord.stats()["workers"]["pids"]
@@ -128,7 +128,7 @@ def fill_by_job_results(name: str, out: dict) -> None:
 
 
 def start_too_small(name: str, out: dict) -> None:
-    coord = Coordinator(name, data_dir=SAMPLE, workers=1)
+    coord = Coordinator(name, data_dir=SAMPLE, mapped_regions=False, workers=1)
     try:
         coord.start()
         out["started"] = True

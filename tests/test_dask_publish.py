@@ -64,7 +64,7 @@ def test_a_publish_one_host_cannot_take_leaves_every_host_and_the_store_unchange
     assert _store(store, 50) == before_files == [host.store_file(store, 50, first).name]
     assert set(client.run(tasks.generation, 50).values()) == {("hostA", first), ("hostB", first)}
     assert {r["content"] for r in client.run(tasks.read, 50, 1).values()} == {b"old"}
-    wait_for(lambda: host_stats(inst["hostA"])["used_bytes"] == used_a, 10, "host A's reserved room freed")
+    wait_for(lambda: host_stats(inst["hostA"])["used_bytes"] == used_a, 60, "host A's reserved room freed")
     # Nothing retries it: no daemon logs a thing about it, and the next publish that fits takes
     # the very generation number the failed one would have had.
     for key, instance in inst.items():
@@ -183,5 +183,5 @@ def test_room_held_for_a_publisher_that_never_commits_is_let_go_after_its_ttl(cl
     reply = host.call(instance, {"op": "prepare", "dimension_id": 56, "generation": 1, "file": str(path),
                                  "ttl": 0.5})
     assert reply["reserved"] > 2 * MiB and host_stats(instance)["used_bytes"] >= used + 2 * MiB
-    wait_for(lambda: host_stats(instance)["used_bytes"] == used, 10, "the held room let go")
+    wait_for(lambda: host_stats(instance)["used_bytes"] == used, 60, "the held room let go")
     assert "prepared and never committed nor aborted" in host.log_path(instance).read_text()

@@ -59,7 +59,7 @@ def test_every_state_word_has_a_name():
     # The bare numbers the code once compared with are enum members now, with the values the
     # segments have always held (a renumbering would be a layout change).
     assert [int(s) for s in layout.InstanceState] == [1, 2]
-    assert [int(s) for s in layout.RecordState] == [0, 1]
+    assert [int(s) for s in layout.RecordState] == [0, 1, 2]  # 2 LENT since layout 9
     assert [int(s) for s in layout.Touched] == [0, 1, 2]
     assert [int(s) for s in jobs_layout.BoardState] == [1, 2]
     assert (layout.STATE_RUNNING, layout.STATE_STOPPING) == (1, 2)
