@@ -33,8 +33,8 @@ import _shm_orphans
 import _test_names
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator),
-# `stress_run` (one short `shmpool stress --out` run).
-pytest_plugins = ("_small_coord", "_stress_run")
+# `stress_run` (one short `shmpool stress --out` run), `warnings` (what shmpool logged).
+pytest_plugins = ("_small_coord", "_stress_run", "_warnings_logged")
 
 # No clock in property tests either: hypothesis's 200 ms per-example deadline and its too_slow
 # health check fail a correct test on a loaded machine. Tests still set their own max_examples.
