@@ -15,8 +15,6 @@ from .jobs_layout import SlotState
 
 __all__ = ["Transition", "TRANSITIONS", "ALLOWED", "allowed"]
 
-S = SlotState
-
 
 class Transition(NamedTuple):
     """One allowed change of a slot's STATE word."""
@@ -49,7 +47,7 @@ def _transitions(table: str) -> tuple[Transition, ...]:
     rows = []
     for line in filter(None, (line.strip() for line in table.splitlines())):
         change, by, step = (part.strip() for part in line.split("|", 2))
-        before, after = (S[state.strip()] for state in change.split("->"))
+        before, after = (SlotState[state.strip()] for state in change.split("->"))
         rows.append(Transition(before, after, by, step))
     return tuple(rows)
 
