@@ -38,6 +38,7 @@ from shmpool.substrate.limits import DEFAULT_LIMIT, Budget, Thresholds, check_wo
 from shmpool.substrate.names import raise_if_foreign, runtime_dir, validate_name
 from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
+from shmpool.jobs.arg_spill import adopt_arguments, free_arguments
 from shmpool.jobs.spill import free_spill
 from shmpool.data.region import Region
 from shmpool.data.sample import SAMPLE, SampleData, sample_dir
@@ -428,6 +429,15 @@ class Coordinator:
         stranded, board.stranded_spills = board.stranded_spills, []
         for spill in stranded:  # its new owner (a client that read it) may have freed it already
             free_spill(inst, spill)
+        # Arguments of jobs orphaned while they ran (their client died): ours now, so that the
+        # dead client's reclaim leaves them to the worker that reads them (arg_spill.py).
+        orphaned, board.orphaned_args = board.orphaned_args, []
+        pid, start = inst.coordinator()
+        for arguments in orphaned:
+            adopt_arguments(inst, arguments, pid, start)
+        ended, board.stranded_args = board.stranded_args, []
+        for arguments in ended:  # orphaned jobs whose worker died: nobody else frees them
+            free_arguments(inst, arguments)
 
     def _reap_loop(self) -> None:
         """The reaper thread: a round every RECLAIM_INTERVAL, or when a reader wakes it.

@@ -7,7 +7,10 @@ interpreter. Nothing here imports ``coordinator``: these are ordinary users of a
 A *live* client runs a few threads that submit the built-in ``lookup`` and ``load_contexts`` jobs
 and check each answer until told to stop; every future must complete within ``lost_after``
 seconds, else it counts as lost. A *victim* keeps ``jobs`` jobs in flight (slow and fast, so a
-kill finds its slots queued, running, finished and half-consumed) until it is SIGKILLed.
+kill finds its slots queued, running, finished and half-consumed) until it is SIGKILLed; half
+of its slow jobs carry an array argument large enough to spill into pool blocks
+(shmpool/jobs/arg_spill.py), so kills also find spilled arguments placed, queued, running and
+answered, and the campaign's leak check holds them to being freed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import signal
 import threading
 from collections import Counter, deque
 
+import numpy as np
+
 import shmpool
 from shmpool.errors import AttachError, ShmPoolError
 from shmpool.tools.stress import checked_contexts, random_request
@@ -29,6 +34,7 @@ CHAOS_DIMENSION = 100  # the soak's dimension, crystallized again and again (the
 CHAOS_LAYERS = 50
 SLOW_JOB = "_chaos_jobs:slow"
 LOOKUP_SHARE = 0.7  # the rest are load_contexts of stress.PATH_STEPS steps
+SPILLED_TAG_ITEMS = 4096  # float64: 32 KiB, above a quarter of the 64 KiB slot, so it spills
 EXAMPLES = 5  # error messages kept per thread
 
 
@@ -177,7 +183,10 @@ def victim(name: str, jobs: int, seed: int, ready) -> None:
     rng = random.Random(seed)
 
     def submit(i: int):
-        if rng.random() < 0.5:
+        draw = rng.random()
+        if draw < 0.25:  # a spilled argument, answered back inline (32 KiB fits the response area)
+            return client.submit(SLOW_JOB, rng.uniform(0.005, 0.1), np.full(SPILLED_TAG_ITEMS, i, dtype=np.float64))
+        if draw < 0.5:
             return client.submit(SLOW_JOB, rng.uniform(0.005, 0.1), i)
         op, args, _ = random_request(rng, keys, LOOKUP_SHARE)
         return client.submit(op, *args)

@@ -394,6 +394,7 @@ def campaign_kills(name: str, ctx, *, client_kills: int, worker_kills: int, slot
         live = _collect(results, procs, lost_after + 30)
         fresh = _all_slots_at_once(name, slots, lost_after)
         board = _board_state(coord, slots)
+        leak = leak_check(coord)  # spilled arguments of killed victims and workers included
         workers_out["deaths"] = _deaths(coord)
     finally:
         stop.set()
@@ -401,6 +402,7 @@ def campaign_kills(name: str, ctx, *, client_kills: int, worker_kills: int, slot
         coord.stop()
     segments, semaphores = list_objects(name)
     checks = {
+        "no_leaked_blocks": leak["leaked_blocks"] <= 0,
         "client_kills_done": clients_out["done"] == client_kills,
         "victims_died_by_sigkill": clients_out["died_by_sigkill"] == clients_out["done"],
         "victims_had_jobs_in_flight": clients_out["with_jobs_in_flight"] == clients_out["done"],
@@ -413,7 +415,7 @@ def campaign_kills(name: str, ctx, *, client_kills: int, worker_kills: int, slot
         "ok": all(checks.values()), "checks": checks, "seconds": round(time.monotonic() - t0, 2),
         "kill_phase_seconds": round(kill_seconds, 2),
         "client_kills": clients_out, "worker_kills": workers_out, "live_clients": live,
-        "fresh_client": fresh, "board": board,
+        "fresh_client": fresh, "board": board, "memory": leak,
         "leftovers_in_dev_shm": segments + semaphores,
     }
 

@@ -32,6 +32,7 @@ __all__ = [
     "ReaderForked",
     "InvalidLayer",
     "RequestTooLarge",
+    "ArgumentTooLarge",
     "JobError",
     "JobTimeout",
     "RemoteTraceback",
@@ -404,6 +405,20 @@ class RequestTooLarge(ShmPoolError, ValueError):
     def __init__(self, *, nbytes: int, capacity: int, job: str = "") -> None:
         super().__init__(f"request for job {job!r} is {nbytes} bytes; a slot holds at most {capacity}",
                          nbytes=nbytes, capacity=capacity, job=job)
+
+
+class ArgumentTooLarge(RequestTooLarge):
+    """A job's array argument too large for a slot could not be placed in shared memory either
+    (its spill allocation was refused: the memory limit, or no pool with room); the allocator's
+    error is chained as ``__cause__``."""
+
+    argument: str
+    reason: str
+
+    def __init__(self, *, argument: str, nbytes: int, job: str = "", reason: str = "", capacity: int = 0) -> None:
+        ShmPoolError.__init__(self, f"argument {argument} of job {job!r} ({nbytes} bytes of arrays) cannot be "
+                              f"placed in shared memory: {reason}", argument=argument, nbytes=nbytes, job=job,
+                              reason=reason, capacity=capacity)
 
 
 class JobError(ShmPoolError):

@@ -30,6 +30,7 @@ from shmpool.substrate.trust import SHM_DIR
 from shmpool.data.sample import build_sample
 
 import _shm_orphans
+import _stray_children
 import _test_names
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator),
@@ -233,3 +234,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return rank.get(test, rank.get(item.path.name, len(rank)))
 
     items.sort(key=place)  # stable: collection order kept otherwise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    before = _stray_children.children()
+    try:
+        return (yield)
+    except BaseException:
+        # The test failed: what it started and left running is stopped (tests/_stray_children.py).
+        stopped = _stray_children.stop(_stray_children.children() - before)
+        if stopped:
+            item.add_report_section("call", "stray children", f"stopped processes it left running: {stopped}")
+        raise

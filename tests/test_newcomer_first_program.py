@@ -1,7 +1,8 @@
 """The newcomer's first program (issue 23, "Done means"): usage.md's first page, run as written.
 
 It starts a coordinator with no configuration, publishes keyed text and an 8 MB array, reads them
-from 8 spawned processes by dimension name and key, runs a job in a worker, crosses the 75%
+from 8 spawned processes by dimension name and key, runs jobs in the workers with array arguments
+(a small one inline, a 16 MB one spilled into shared memory and read there), crosses the 75%
 capacity threshold and must see the warning on stderr, and leaves nothing in /dev/shm. The test
 checks each of those against what the program's comments say it prints.
 """
@@ -29,7 +30,8 @@ def test_usage_md_opens_with_the_first_program():
     assert text.index("## Your first program") < text.index("## 1. Serve data")
     program = _first_program()
     for needle in ('reader.get("prices", "AAPL").array()', 'add_layer("greeting"', "np.linspace",
-                   "Pool(8)", "shmpool.connect", "passed the warning threshold"):
+                   "Pool(8)", "shmpool.connect", "client.submit(max, ramp)", "client.map(len, [small, ramp])",
+                   "passed the warning threshold"):
         assert needle in program, needle
 
 

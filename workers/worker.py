@@ -2,7 +2,9 @@
 
 It attaches to the instance like any reader, then serves jobs from the job board until told to
 stop (SIGTERM / SIGINT) or until its coordinator disappears. Results larger than a slot's response
-area are written into a table allocation whose ownership passes to the client.
+area are written into a table allocation whose ownership passes to the client. Array arguments
+a client spilled (shmpool/jobs/arg_spill.py) reach the job as read-only views of the client's
+allocation, valid while the job runs: the client frees them once it has the answer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import shmpool
 from shmpool.substrate import _faults
 from shmpool.substrate.lock import retry_interrupted_waits
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
-from shmpool.jobs.codec import FLAG_CHUNK, FLAG_PLAIN, FLAG_SINGLE, Decoder, decode_job, decoder, encode_error, encode_result
+from shmpool.jobs.arg_spill import free_arguments, open_arguments
+from shmpool.jobs.codec import (FLAG_CHUNK, FLAG_PLAIN, FLAG_SINGLE, ArgumentSource, Decoder, decode_job, decoder,
+                                encode_error, encode_result)
 from shmpool.errors import AttachError
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import Status
@@ -130,13 +134,20 @@ class _Serving:
         self.core = board.core
         self.payload = board.payload
         self.pid, self.start = board.identity()
-        self.decode: Decoder = decoder(lambda d, l, _g: reader.load_layer_context(d, l))
+        self.arguments = ArgumentSource()  # the running request's spilled arrays, while it is decoded
+        self.decode: Decoder = decoder(lambda d, l, _g: reader.load_layer_context(d, l), self.arguments)
 
     def run(self, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:
         """Run one request and hand its response over; returns the next request taken, if asked."""
         job = "?"
+        spilled = self.board.arguments(slot)  # written with the request; None for most requests
         try:
-            request = decode_job(self.core.request(slot), decode=self.decode)
+            if spilled is not None:
+                self.arguments.view = open_arguments(self.inst, spilled)
+            try:
+                request = decode_job(self.core.request(slot), decode=self.decode)
+            finally:
+                self.arguments.view = None  # the arrays made hold the view; nothing else may
             job = request.job
             timeout = request.job_timeout if request.job_timeout is not None else _config.job_timeout
             if timeout is not None and not math.isinf(timeout):
@@ -167,10 +178,18 @@ class _Serving:
             # end as WorkerCrashed. A stop never arrives this way: SIGTERM/SIGINT only set `stop`,
             # and the watchdog ends the process with os._exit.
             status, payload = _ERROR, encode_error(exc)
-        if len(payload) <= self.payload:
+        if spilled is None and len(payload) <= self.payload:  # the job path: one call into the core
             return self.core.finish(slot, seq, status, payload, take_next, self.pid, self.start)[1]
-        send_large(self.board, self.inst, slot, seq, Status(status), payload)  # in pool blocks (shmpool/jobs/spill.py)
-        return self.core.take(self.pid, self.start) if take_next else None
+        taken: tuple[int, int] | None
+        if len(payload) <= self.payload:
+            delivered, taken = self.core.finish(slot, seq, status, payload, take_next, self.pid, self.start)
+        else:
+            delivered = send_large(self.board, self.inst, slot, seq, Status(status), payload)  # shmpool/jobs/spill.py
+            taken = self.core.take(self.pid, self.start) if take_next else None
+        if spilled is not None and not delivered:
+            # Orphaned (its client let go while it ran): nobody else frees the arguments now.
+            free_arguments(self.inst, spilled)
+        return taken
 
 
 _OK, _ERROR = int(Status.OK), int(Status.ERROR)

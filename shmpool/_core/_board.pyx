@@ -84,7 +84,7 @@ cdef bint _spin_until_differs(int64_t *a, int64_t *b, int64_t budget_ns) noexcep
 # The layout's indices: given by shmpool.jobs.jobs_layout (their one definition, CORE_INDICES)
 # when the first BoardCore is made; the core sits below the jobs package and never imports it.
 cdef int NCOLS, NCCOLS, ST, SEQ, CPID, CSTART, CHAN, WPID, WSTART, REQ, RESP, STATUS, ATT, SPOOL, SUBNS
-cdef int DEADLINE, END_OK, END_ERR, FREE, SUBMITTED, RUNNING, DONE, CANCELLED, ORPHANED, DELIVERED, OK
+cdef int DEADLINE, END_OK, END_ERR, ARG_REC, ARG_SER, FREE, SUBMITTED, RUNNING, DONE, CANCELLED, ORPHANED, DELIVERED, OK
 cdef int W_FREE_TOP, W_QH, W_QT, W_FREE_SEQ, W_QSLEEP, W_WAITERS, W_LATN, W_LATSUM, W_LAT0, W_WAKE
 cdef int C_HEAD, C_TAIL, C_WAITING, C_SLEEPERS, NBOUNDS = -1
 cdef int64_t BOUNDS[32]
@@ -93,7 +93,7 @@ cdef object _configured = None
 
 cdef int _configure(dict ix) except -1:
     global _configured, NCOLS, NCCOLS, ST, SEQ, CPID, CSTART, CHAN, WPID, WSTART, REQ, RESP, STATUS, ATT
-    global SPOOL, SUBNS, DEADLINE, END_OK, END_ERR, FREE, SUBMITTED, RUNNING, DONE, CANCELLED, ORPHANED
+    global SPOOL, SUBNS, DEADLINE, END_OK, END_ERR, ARG_REC, ARG_SER, FREE, SUBMITTED, RUNNING, DONE, CANCELLED, ORPHANED
     global DELIVERED, OK, W_FREE_TOP, W_QH, W_QT, W_FREE_SEQ, W_QSLEEP, W_WAITERS, W_LATN, W_LATSUM, W_LAT0, W_WAKE
     global C_HEAD, C_TAIL, C_WAITING, C_SLEEPERS, NBOUNDS
     if _configured is not None:
@@ -105,6 +105,7 @@ cdef int _configure(dict ix) except -1:
     CHAN, WPID, WSTART, REQ = ix["CHANNEL"], ix["WORKER_PID"], ix["WORKER_START"], ix["REQ_LEN"]
     RESP, STATUS, ATT, SPOOL = ix["RESP_LEN"], ix["STATUS"], ix["ATTEMPTS"], ix["SPILL_POOL"]
     SUBNS, DEADLINE, END_OK, END_ERR = ix["SUBMITTED_NS"], ix["DEADLINE_NS"], ix["END_OK"], ix["END_ERROR"]
+    ARG_REC, ARG_SER = ix["ARG_RECORD"], ix["ARG_SERIAL"]
     FREE, SUBMITTED, RUNNING, DONE = ix["S_FREE"], ix["S_SUBMITTED"], ix["S_RUNNING"], ix["S_DONE"]
     CANCELLED, ORPHANED, DELIVERED, OK = ix["S_CANCELLED"], ix["S_ORPHANED"], ix["S_DELIVERED"], ix["OK"]
     W_FREE_TOP, W_QH, W_QT, W_FREE_SEQ = ix["W_FREE_TOP"], ix["W_Q_HEAD"], ix["W_Q_TAIL"], ix["W_FREE_SEQ"]
@@ -221,9 +222,11 @@ cdef class BoardCore:
         return self._free_locked(slot)
 
     cdef int64_t _submit_locked(self, int64_t top, int64_t channel, char *buf, Py_ssize_t n, int64_t pid,
-                                int64_t start) except -1:
+                                int64_t start, int64_t arg_record, int64_t arg_serial) except -1:
         """Pop the free stack's entry ``top`` (it has one), fill that slot with a request of ``n``
-        bytes for ``channel``, mark it SUBMITTED and queue it; returns the slot."""
+        bytes for ``channel``, mark it SUBMITTED and queue it; returns the slot. ``arg_record``,
+        ``arg_serial``: the allocation its spilled arguments lie in (-1: none), written with the
+        request so that the row names it whenever the request is queued or running."""
         cdef int64_t *s = self.slots
         cdef int64_t slot = self.free_stack[top]
         self.w[W_FREE_TOP] = top
@@ -243,6 +246,8 @@ cdef class BoardCore:
         s[r + SPOOL] = NO_SPILL
         s[r + SUBNS] = shm_monotonic_ns()
         s[r + DEADLINE] = 0  # job_timeout: the worker sets it when it starts the job
+        s[r + ARG_REC] = arg_record
+        s[r + ARG_SER] = arg_serial
         memcpy(self.data + slot * 2 * self.payload, buf, n)
         s[r + ST] = SUBMITTED
         if fault_armed():
@@ -328,10 +333,11 @@ cdef class BoardCore:
     # ------------------------------------------------------------- the job path
 
     def submit(self, int64_t channel, request, int64_t pid, int64_t start, timeout,
-               int64_t release_slot=-1, int64_t release_seq=0):
+               int64_t release_slot=-1, int64_t release_seq=0, int64_t arg_record=-1, int64_t arg_serial=0):
         """One lock round: free (release_slot, release_seq) if still DELIVERED, then pop a free
         slot, fill it with ``request`` and queue it. Returns (slot, seq), or (-1, free_seq) when
         no slot is free: wait with :meth:`wait_free` on that value, then try again.
+        ``arg_record``, ``arg_serial``: the allocation of the request's spilled arguments (-1: none).
 
         LockTimeout if the lock stays held past ``timeout`` s (a stopped holder)."""
         self._check()
@@ -351,7 +357,8 @@ cdef class BoardCore:
                 if top < 0:
                     seq = shm_load(&w[W_FREE_SEQ])  # under the lock: any later free changes it
                 else:
-                    slot = self._submit_locked(top, channel, <char *>req.buf, req.len, pid, start)
+                    slot = self._submit_locked(top, channel, <char *>req.buf, req.len, pid, start,
+                                               arg_record, arg_serial)
                     seq = s[slot * NCOLS + SEQ]
             finally:
                 self.lock.unlock()
@@ -365,11 +372,13 @@ cdef class BoardCore:
             self._wake_free(freed)
         return slot, seq
 
-    def submit_many(self, int64_t channel, list requests not None, int64_t pid, int64_t start, timeout):
+    def submit_many(self, int64_t channel, list requests not None, int64_t pid, int64_t start, timeout,
+                    list arguments=None):
         """:meth:`submit` for a batch: in one lock round, fill and queue as many of ``requests``
         (from the first) as there are free slots, then wake up to as many sleeping workers.
         Returns ([(slot, seq), ...] for the first k requests, FREE_SEQ as seen under the lock):
         k < len(requests) means the board was full; wait with :meth:`wait_free` on that value.
+        ``arguments``: per request, (record, serial) of its spilled arguments ((-1, 0): none).
 
         A request too large for a slot raises RequestTooLarge before any is queued."""
         self._check()
@@ -378,8 +387,10 @@ cdef class BoardCore:
         for q in bufs:
             if len(q) > self.payload:
                 raise RequestTooLarge(nbytes=len(q), capacity=self.payload)
+        if arguments is not None and len(arguments) != count:
+            raise ValueError(f"{len(arguments)} argument spills for {count} requests")
         cdef Py_buffer req
-        cdef int64_t top, slot, seq = 0, freed = 0
+        cdef int64_t top, slot, seq = 0, freed = 0, arg_record = -1, arg_serial = 0
         cdef int64_t *w = self.w
         out = []
         self.lock.lock(deadline_ns(timeout), -1.0 if timeout is None else <double>timeout)
@@ -388,9 +399,12 @@ cdef class BoardCore:
                 top = w[W_FREE_TOP] - 1
                 if top < 0:
                     break
+                if arguments is not None:
+                    arg_record, arg_serial = arguments[i]
                 PyObject_GetBuffer(bufs[i], &req, PyBUF_SIMPLE)
                 try:
-                    slot = self._submit_locked(top, channel, <char *>req.buf, req.len, pid, start)
+                    slot = self._submit_locked(top, channel, <char *>req.buf, req.len, pid, start,
+                                               arg_record, arg_serial)
                 finally:
                     PyBuffer_Release(&req)
                 out.append((slot, self.slots[slot * NCOLS + SEQ]))

@@ -19,6 +19,7 @@ from loguru import logger
 
 from ..substrate._proc import is_alive
 from .jobs_layout import CC, JW, SC, SLOT_COLS, SlotState, Status
+from .arg_spill import ArgumentsLeft, ArgumentsRef, read_arguments
 from .spill import SpillRef, read_spill, write_spill
 
 if TYPE_CHECKING:
@@ -48,27 +49,32 @@ class BoardRepair:
     lock: "RobustMutex"
     _words: "SharedWords"
     stranded_spills: list[SpillRef]
+    orphaned_args: list[ArgumentsRef]
+    stranded_args: list[ArgumentsRef]
 
     # ----------------------------------------------------------------- settling slots
 
-    def _settle_channel_locked(self, channel: int, spills: list[SpillRef]) -> int:
+    def _settle_channel_locked(self, channel: int, spills: list[SpillRef],
+                               left: ArgumentsLeft | None = None) -> int:
         """End every slot addressed to ``channel``; returns how many went back to the free stack."""
         v = self.v
         owner = v.channels[channel]
         mine = ((v.slots[:, SC.CHANNEL] == channel) & (v.slots[:, SC.CLIENT_PID] == owner[CC.PID])
                 & (v.slots[:, SC.CLIENT_START] == owner[CC.START]))
-        return self._abandon_all_locked(np.flatnonzero(mine).tolist(), spills)[0]
+        return self._abandon_all_locked(np.flatnonzero(mine).tolist(), spills, left)[0]
 
-    def _abandon_all_locked(self, slots: list[int], spills: list[SpillRef]) -> tuple[int, int]:
+    def _abandon_all_locked(self, slots: list[int], spills: list[SpillRef],
+                            left: ArgumentsLeft | None = None) -> tuple[int, int]:
         """Settle every slot of ``slots`` whose client is gone: (freed, affected). One already
-        settled (CANCELLED, ORPHANED: a worker frees it) or FREE is left alone."""
+        settled (CANCELLED, ORPHANED: a worker frees it) or FREE is left alone. ``left``
+        receives the spilled arguments of the jobs settled here (arg_spill.py)."""
         freed = affected = 0
         states = self.v.slots_mv
         for slot in slots:
             if states[slot * _COLS + _ST] in (_FREE, _CANCELLED, _ORPHANED):
                 continue
             affected += 1
-            freed += self._abandon_locked(slot, spills)
+            freed += self._abandon_locked(slot, spills, left)
         return freed, affected
 
     def _clear_channel_locked(self, channel: int) -> None:
@@ -78,10 +84,15 @@ class BoardRepair:
             self._words.fetch_add(int(JW.FREE_WAITERS), -waiting)
         self.v.channels[channel, :] = 0
 
-    def _abandon_locked(self, slot: int, spills: list[SpillRef]) -> int:
+    def _abandon_locked(self, slot: int, spills: list[SpillRef], left: ArgumentsLeft | None = None) -> int:
         """Settle one slot whose client is gone: 1 if it went back to the free stack."""
         row = self.v.slots[slot]
         state = int(row[SC.STATE])
+        arguments = read_arguments(self.v.slots_mv, slot) if left is not None else None
+        if arguments is not None and left is not None:
+            # A running job's worker reads them still (adopted by the coordinator); any other
+            # job is over or will never run (a CANCELLED slot is freed unread): free them.
+            (left.orphaned if state == SlotState.RUNNING else left.ended).append(arguments)
         if state == SlotState.SUBMITTED:
             row[SC.STATE] = SlotState.CANCELLED  # the worker that pops it frees it
             row[SC.END_CANCELLED] += 1
@@ -120,6 +131,9 @@ class BoardRepair:
         self._take_spill_locked(slot, self.stranded_spills)
         slots[r + _WPID] = slots[r + _WSTART] = slots[r + _DEADLINE] = 0
         if slots[r + _ST] == _ORPHANED:  # nobody waits for it: it ends here
+            arguments = read_arguments(slots, slot)
+            if arguments is not None:  # no worker will free them now: the supervisor does
+                self.stranded_args.append(arguments)
             self.core.free_locked(slot)
             slots[r + _END_CANC] += 1
             return 1
@@ -224,15 +238,18 @@ class BoardRepair:
         if not dead:
             return 0
         spills: list[SpillRef] = []
+        left = ArgumentsLeft()
         with self._supervising():
             theirs = [slot for slot in range(v.layout.slots)
                       if (int(v.slots[slot, SC.CLIENT_PID]), int(v.slots[slot, SC.CLIENT_START])) in dead]
-            freed, affected = self._abandon_all_locked(theirs, spills)
+            freed, affected = self._abandon_all_locked(theirs, spills, left)
             for k in range(len(v.channels)):
                 if (int(v.channels[k, CC.PID]), int(v.channels[k, CC.START])) in dead:
                     self._clear_channel_locked(k)
         self.core.wake_free(freed)
         self.stranded_spills.extend(spills)
+        self.orphaned_args.extend(left.orphaned)
+        self.stranded_args.extend(left.ended)
         if affected:
             logger.info("jobs of dead clients cleaned up: {} slots", affected)
         return affected

@@ -46,17 +46,17 @@ from typing import Any, Callable, Iterable, Iterator
 from loguru import logger
 
 from .callables import target_of
-from .codec import RequestFlags, check_job_timeout, encode_request
+from .codec import RequestFlags, check_job_timeout
 from ..data.context import ContextCollection, LoadedContext, NavigationPath, Step
 from ..errors import AttachError, InvalidArgument
 from .jobboard import JOBS
 from ..substrate.instance import CONTROL
 from ..substrate.names import segment_name
 from ..substrate.trust import shm_path
-from ..substrate.ids import as_id
+from ..substrate.ids import LayerKey, as_id
 from ..data.reader import Reader
 from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
-from .client_link import Link
+from .client_link import Link, Request
 from .client_owner import CompletionOwner, JobFuture, Lifecycle
 from .spin import spin_seconds
 
@@ -129,7 +129,7 @@ class Client(concurrent.futures.Executor):
         an argument msgpack cannot carry, RequestTooLarge, ClientClosed.
         """
         job, flags = self._job_of(fn)
-        request = encode_request(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
+        request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
         return self._submit_request(job, request, timeout)
 
     def _job_of(self, fn: Callable[..., Any] | str) -> tuple[str, RequestFlags]:
@@ -148,7 +148,7 @@ class Client(concurrent.futures.Executor):
     def _check_open(self) -> None:
         self._owner.check_open()
 
-    def _submit_request(self, job: str, request: bytes, timeout: float | None) -> JobFuture:
+    def _submit_request(self, job: str, request: Request, timeout: float | None) -> JobFuture:
         owner = self._owner
         owner.begin_submit()  # shutdown() and close() wait for this submit to register its future
         future = None
@@ -159,7 +159,7 @@ class Client(concurrent.futures.Executor):
             owner.end_submit(future)
         return future
 
-    def _submit_requests(self, job: str, requests: Iterator[bytes], end: float | None) -> list[JobFuture]:
+    def _submit_requests(self, job: str, requests: Iterator[Request], end: float | None) -> list[JobFuture]:
         """Submit a stream of requests (``map``'s chunks) in batches, one lock round and one
         wake-up each, by ``end`` (time.monotonic; None: no limit). Each batch is registered as
         soon as it is queued (its answers free the slots a later batch may wait for), and the
@@ -218,7 +218,8 @@ class Client(concurrent.futures.Executor):
             items = ([list(args) for args in chunk] for chunk in _batched(zip(*iterables), chunksize))
         else:
             items = zip(*iterables)
-        requests = (encode_request(job, args, {}, flags=flags, job_timeout=job_timeout) for args in items)
+        link = self._link
+        requests = (link.encode(job, args, {}, flags=flags, job_timeout=job_timeout) for args in items)
         futures = self._submit_requests(job, requests, end)
 
         def results() -> Iterator[Any]:
@@ -261,8 +262,8 @@ class Client(concurrent.futures.Executor):
                         item = next(items, _END)
                         if item is _END:
                             break
-                        submitted = self._submit_request(job, encode_request(job, (item,), {}, flags=flags,
-                                                                             job_timeout=job_timeout), None)
+                        submitted = self._submit_request(job, self._link.encode(job, (item,), {}, flags=flags,
+                                                                                job_timeout=job_timeout), None)
                         in_flight.add(submitted)
                         submitted.add_done_callback(done.put)
                     if not in_flight:
@@ -289,13 +290,13 @@ class Client(concurrent.futures.Executor):
         """
         loop = asyncio.get_running_loop()
         job, flags = self._job_of(fn)
-        request = encode_request(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
+        request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
         try:
             return asyncio.wrap_future(self._submit_request(job, request, ASYNC_SUBMIT_WAIT), loop=loop)
         except (FuturesTimeout, TimeoutError):
             return loop.create_task(self._submit_later(job, request, timeout))
 
-    async def _submit_later(self, job: str, request: bytes, timeout: float | None) -> Any:
+    async def _submit_later(self, job: str, request: Request, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = ASYNC_SUBMIT_WAIT
         while True:
@@ -329,12 +330,12 @@ class Client(concurrent.futures.Executor):
         # Checked here, not only in the worker: a np.bool_ would not even encode, and a bad id
         # should not cost a round trip. Raises InvalidId (a TypeError).
         dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
-        context: LoadedContext = self.call("lookup", dimension_id, layer_id, timeout=timeout)
+        context: LoadedContext = self.call("lookup", dimension_id, _wire(layer_id), timeout=timeout)
         return context
 
     def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True,
                       timeout: float | None = None) -> ContextCollection:
-        steps = [list(s) for s in NavigationPath.of(path)]
+        steps = [[d, _wire(lid)] for d, lid in NavigationPath.of(path)]
         contexts: ContextCollection = self.call("load_contexts", steps, strict=strict, timeout=timeout)
         return contexts
 
@@ -360,7 +361,7 @@ class Client(concurrent.futures.Executor):
         if deadline is not None:
             timeout = max(0.0, deadline - time.monotonic())
         try:
-            request = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
+            request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=job_timeout)
             if mine is None:
                 return self._submit_request(job, request, timeout).result(timeout)
             return mine.call(self._link, job, request, timeout, self._spin, self._abandoned)
@@ -456,3 +457,9 @@ def _runs_no_workers(name: str) -> bool:
     def present(kind: str) -> bool:
         return shm_path(segment_name(name, kind)).exists()
     return present(CONTROL) and not present(JOBS)
+
+
+def _wire(layer_id: int) -> int | str:
+    """A layer id as a job sends it: a key as its text, so that the worker's lookup compares it
+    (a LayerKey would travel as its bare key id, which finds a colliding key's layer)."""
+    return layer_id.text if type(layer_id) is LayerKey else layer_id

@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, Callable
 
 from ..errors import AttachError, ClientClosed, RequestTooLarge
-from .client_link import Link
+from .client_link import Link, Outgoing, Request
 
 __all__ = ["DirectChannel", "DirectPool", "DIRECT_CALLS_MAX", "SPENT_IDLE"]
 
@@ -48,14 +48,15 @@ class DirectChannel:
         self.spent_at = 0.0
         self.unreleased: list[tuple[int, int]] = []
 
-    def call(self, link: Link, job: str, request: bytes, timeout: float | None, spin: float,
+    def call(self, link: Link, job: str, request: Request, timeout: float | None, spin: float,
              abandoned: Callable[[], bool]) -> Any:
         """Post ``request``, wait for its answer on this channel and return it (or raise it).
 
         ``abandoned()`` True (the client was closed) ends the wait with ClientClosed."""
         board, channel = link.board, self.channel
-        if len(request) > board.payload:  # refused before the spent slot leaves our hands
-            raise RequestTooLarge(nbytes=len(request), capacity=board.payload, job=job)
+        data = request.data if isinstance(request, Outgoing) else request
+        if len(data) > board.payload:  # refused before the spent slot leaves our hands
+            raise RequestTooLarge(nbytes=len(data), capacity=board.payload, job=job)
         deadline = None if timeout is None else time.monotonic() + timeout
         spent, self.spent = self.spent, None
         try:
@@ -94,7 +95,7 @@ class DirectChannel:
     def _withdraw(self, link: Link, slot: int, seq: int) -> None:
         # A queued request is withdrawn; a running one finishes, and its late answer is dropped
         # by whoever reads this channel's ring next.
-        link.board.cancel(slot, seq, timeout=CANCEL_WAIT)
+        link.withdraw(slot, seq, timeout=CANCEL_WAIT)
 
     def _drop(self, link: Link, slots: list[int]) -> None:
         """Answers to calls that gave up: free their spills and slots."""

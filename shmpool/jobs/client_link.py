@@ -18,24 +18,46 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, Union
 
+import numpy as np
 import posix_ipc
 from loguru import logger
 
 from ..data.context import LoadedContext
 from ..data.reader import Reader, attach
-from ..errors import AttachError, ClientClosed, RequestTooLarge, ShmPoolError
+from ..errors import ArgumentTooLarge, AttachError, ClientClosed, RequestTooLarge, ShmPoolError
+from ..substrate import _faults
+from ..substrate.alloc import Handle
 from ..substrate.instance import SharedInstance
-from .codec import Decoder, decode_error, decoder
+from .arg_spill import ArgumentsLeft, ArgumentsRef, adopt_arguments, free_arguments, spill_over, write_arguments
+from .codec import ArgumentPlan, Decoder, RequestFlags, decode_error, decoder, encode_spilling
 from .jobboard import JobBoard
-from .jobs_layout import Status
+from .jobs_layout import SC, SlotState, Status
 from .spill import SpillRef, free_spill, open_spill
 
-__all__ = ["Link", "Outcome", "QuietFuture", "settle"]
+__all__ = ["Link", "Outcome", "Outgoing", "Request", "QuietFuture", "settle"]
+
+ARGUMENT_ROOM_WAIT = 0.05  # seconds between tries to place spilled arguments while ours fill the limit
+
+
+class Outgoing(NamedTuple):
+    """A request whose array arguments spilled, as this client encoded it: its bytes (for the
+    slot) and the plan listing the arrays (copied into shared memory by :meth:`Link.post`);
+    ``args`` and ``kwargs`` only to name an argument the allocation table refuses."""
+    data: bytes
+    plan: ArgumentPlan
+    args: Any
+    kwargs: Any
+
+
+# What crosses from a Client to its Link: the request's bytes, or an Outgoing when arrays spilled
+# (most requests are plain bytes: no record is made for them, ~1 us a submit measured).
+Request = Union[bytes, Outgoing]
 
 
 class Outcome(NamedTuple):
@@ -149,6 +171,8 @@ class Link:
             self.reader.close()
             raise
         self.inst: SharedInstance = self.reader.instance
+        self._payload = self.board.payload
+        self._spill_over = spill_over(self._payload)  # array arguments above it spill (arg_spill.py)
         self._decode: Decoder = decoder(self._resolve)  # made once: a closure per answer costs
         self._users = 1
         self._users_lock = threading.Lock()
@@ -184,36 +208,117 @@ class Link:
 
     # ----------------------------------------------------------------- the board, as this API
 
-    def post(self, channel: int, job: str, request: bytes, timeout: float | None,
+    def encode(self, job: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
+               flags: RequestFlags = RequestFlags.NAMED, job_timeout: float | None = None) -> Request:
+        """Encode a request for this board: array arguments above a quarter of a slot spill
+        (shmpool/jobs/arg_spill.py), and every non-empty one if the request still does not fit."""
+        data, plan = encode_spilling(job, args, kwargs, self._spill_over, flags=flags, job_timeout=job_timeout)
+        if len(data) > self._payload and self._spill_over > 0:
+            data, plan = encode_spilling(job, args, kwargs, 0, flags=flags, job_timeout=job_timeout)
+        return data if plan is None else Outgoing(data, plan, args, kwargs)
+
+    def _place(self, job: str, request: Outgoing, timeout: float | None) -> Handle:
+        """Copy a request's spilled arrays into shared memory (their one copy); ArgumentTooLarge
+        if the table refuses. While this client's own spilled arguments fill the table, wait (at
+        most ``timeout``) for its jobs to end and free theirs: ``map`` over many large arrays
+        is back-pressured by memory as by slots, instead of failing half-way."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return write_arguments(self.inst, request.plan, job, request.args, request.kwargs or {})
+            except ArgumentTooLarge:
+                outstanding = self._spilled_outstanding()
+                if not outstanding or request.plan.nbytes > self.inst.table.stats().memory_limit or (
+                        deadline is not None and time.monotonic() >= deadline) or not self.coordinator_alive():
+                    raise
+            time.sleep(ARGUMENT_ROOM_WAIT)
+
+    def _spilled_outstanding(self) -> bool:
+        """True while jobs of this process hold spilled arguments (their end frees room)."""
+        pid = os.getpid()
+        rows = self.board.v.slots
+        mine = (rows[:, SC.CLIENT_PID] == pid) & (rows[:, SC.ARG_RECORD] >= 0) & np.isin(
+            rows[:, SC.STATE], (SlotState.SUBMITTED, SlotState.RUNNING, SlotState.DONE, SlotState.DELIVERED))
+        return bool(mine.any())
+
+    def post(self, channel: int, job: str, request: Request, timeout: float | None,
              release: tuple[int, int] | None = None) -> tuple[int, int]:
         """Put ``request`` on the board for ``channel``: (slot, seq). The one place where the
         board's refusals become this API's: TimeoutError for no slot, RequestTooLarge naming the job.
-        ``release``: a delivered (slot, seq) of the caller's to free in the same lock round."""
+        ``release``: a delivered (slot, seq) of the caller's to free in the same lock round.
+        Spilled arguments are placed first (:meth:`_place`), and freed again if the submit fails."""
+        if isinstance(request, Outgoing):
+            began = time.monotonic()
+            handle: Handle | None = self._place(job, request, timeout)
+            data = request.data
+            if timeout is not None:  # one timeout for the room and the slot together
+                timeout = max(0.0, timeout - (time.monotonic() - began))
+        else:
+            handle, data = None, request
         try:
-            return self.board.submit(channel, request, timeout=timeout, release=release,
-                                     alive=self.coordinator_alive)
-        except posix_ipc.BusyError:
-            raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
-                                 f"({self.board.slot_count} slots, all busy)") from None
-        except RequestTooLarge as exc:
-            if exc.job:
-                raise
-            raise RequestTooLarge(nbytes=len(request), capacity=self.board.payload, job=job) from None
+            if _faults.ARMED:
+                _faults.point("arguments.placed")  # placed, not on the board: the table reclaims them
+            return self.board.submit(channel, data, timeout=timeout, release=release,
+                                     alive=self.coordinator_alive,
+                                     arguments=None if handle is None else ArgumentsRef(handle.record, handle.serial))
+        except BaseException as exc:
+            if handle is not None:
+                free_arguments(self.inst, handle)
+            if isinstance(exc, posix_ipc.BusyError):
+                raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
+                                     f"({self.board.slot_count} slots, all busy)") from None
+            if isinstance(exc, RequestTooLarge) and not exc.job:
+                raise RequestTooLarge(nbytes=len(data), capacity=self.board.payload, job=job) from None
+            raise
 
-    def post_many(self, channel: int, job: str, requests: list[bytes],
+    def post_many(self, channel: int, job: str, requests: list[Request],
                   timeout: float | None) -> Iterator[list[tuple[int, int]]]:
-        """:meth:`post` for a batch (``map``): yields the (slot, seq) of each run queued, in order."""
+        """:meth:`post` for a batch (``map``): yields the (slot, seq) of each run queued, in order.
+        A batch with spilled arguments is posted one request at a time, each placed just before
+        its submit, so that the arguments of requests still waiting for a slot hold no memory."""
+        if any(isinstance(request, Outgoing) for request in requests):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for request in requests:
+                yield [self.post(channel, job, request,
+                                 None if deadline is None else max(0.0, deadline - time.monotonic()))]
+            return
         try:
-            yield from self.board.submit_many(channel, requests, timeout=timeout, alive=self.coordinator_alive)
+            plain: list[bytes] = requests  # type: ignore[assignment]  # no Outgoing among them (above)
+            yield from self.board.submit_many(channel, plain, timeout=timeout, alive=self.coordinator_alive)
         except posix_ipc.BusyError:
             raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
                                  f"({self.board.slot_count} slots, all busy)") from None
         except RequestTooLarge as exc:
             raise RequestTooLarge(nbytes=exc.nbytes, capacity=exc.capacity, job=job) from None
 
+    def withdraw(self, slot: int, seq: int, *, timeout: float = 1.0) -> bool:
+        """Withdraw a request no worker has taken yet (JobBoard.cancel) and free its spilled
+        arguments; False if it runs or ran (its answer frees them), or the lock is wedged."""
+        arguments = self.board.arguments(slot)  # read first: once withdrawn, the slot may be reused
+        if not self.board.cancel(slot, seq, timeout=timeout):
+            return False
+        if arguments is not None:
+            free_arguments(self.inst, arguments)
+        return True
+
+    def _free_arguments_of(self, slot: int, seq: int) -> None:
+        """Free the spilled arguments of request ``seq``, whose answer was delivered to us in
+        ``slot`` (the slot is ours until released, so its row still names them)."""
+        board = self.board
+        arguments = board.arguments(slot)
+        if arguments is not None and board.slot_seq(slot) == seq:
+            free_arguments(self.inst, arguments)
+
     def outcome(self, slot: int, seq: int, job: str) -> Outcome:
-        """The decoded answer (or the exception to raise) in a finished slot; frees its spill.
-        The slot itself stays DELIVERED: freeing it is its reader's next step."""
+        """The decoded answer (or the exception to raise) in a finished slot; frees its spill and
+        its request's spilled arguments. The slot itself stays DELIVERED: freeing it is its
+        reader's next step."""
+        try:
+            return self._outcome(slot, seq, job)
+        finally:
+            self._free_arguments_of(slot, seq)
+
+    def _outcome(self, slot: int, seq: int, job: str) -> Outcome:
         try:
             got_seq, status, data = self.board.core.answer(slot)  # a copy; None if it spilled
             if data is None:
@@ -247,22 +352,31 @@ class Link:
                 free_spill(self.inst, handle)
 
     def discard_answer(self, slot: int) -> None:
-        """Free what an answer nobody waits for holds besides its slot (a spill)."""
+        """Free what an answer nobody waits for holds besides its slot (spills of both ways)."""
         response = self.board.response(slot)
+        self._free_arguments_of(slot, response.seq)
         if response.data is not None:
             response.data.release()
         if response.spill is not None:
             free_spill(self.inst, response.spill)
 
     def release_channel(self, channel: int) -> None:
-        """Give ``channel`` back to the board, freeing the spills of answers nobody read."""
+        """Give ``channel`` back to the board, freeing the spills of answers nobody read and the
+        spilled arguments of its unfinished jobs (those still running go to the coordinator)."""
+        left = ArgumentsLeft()
         try:
-            spills: list[SpillRef] = self.board.release_channel(channel)
+            spills: list[SpillRef] = self.board.release_channel(channel, left)
         except ShmPoolError as exc:
             logger.debug("channel {} not released: {}", channel, exc)
             return
         for spill in spills:  # results that arrived after their reader stopped waiting
             free_spill(self.inst, spill)
+        for arguments in left.ended:
+            free_arguments(self.inst, arguments)
+        if left.orphaned:  # their workers read them still: our exit must not reclaim them
+            pid, start = self.inst.coordinator()
+            for arguments in left.orphaned:
+                adopt_arguments(self.inst, arguments, pid, start)
 
     def _resolve(self, dimension_id: int, layer_id: int, generation: int) -> LoadedContext:
         # The worker saw `generation`; this process maps the newest published one, which is the

@@ -216,7 +216,7 @@ class CompletionOwner:
         if not self.link.hold():
             return False  # detached: the detach settled it
         try:
-            withdrawn = self.link.board.cancel(future._slot, future._seq)
+            withdrawn = self.link.withdraw(future._slot, future._seq)
         finally:
             self.link.drop()
         if not withdrawn:
@@ -380,7 +380,7 @@ class CompletionOwner:
         else:
             error = ClientClosed(name=self.link.name, reason="close() was called while the job was pending")
         for future in futures:
-            if self.broken is None and self.link.board.cancel(future._slot, future._seq, timeout=CANCEL_WAIT):
+            if self.broken is None and self.link.withdraw(future._slot, future._seq, timeout=CANCEL_WAIT):
                 if Future.cancel(future):
                     future.set_running_or_notify_cancel()
                 continue

@@ -9,6 +9,12 @@ too: its dtype (numpy's own ``.npy`` descr, a str or a list of fields, never pic
 and raw bytes; it arrives as an ndarray of its own with the same dtype, shape, order and values.
 Arrays of objects are refused: their bytes are pointers, not data.
 
+A large array *argument* does not travel in the request at all (shmpool/jobs/arg_spill.py): when a
+client encodes with :func:`encode_spilling`, an array above its threshold is written as
+EXT_SPILLED_ARRAY, its dtype, shape, order and an offset into the request's argument allocation,
+and an :class:`ArgumentPlan` keeps the array itself for the client to copy there, once. A worker decodes it as a
+read-only ndarray over that allocation: no copy.
+
 What msgpack cannot carry (an object, an int beyond 64 bits) is refused with InvalidArgumentType,
 a TypeError naming the argument (``args[1]``, ``kwargs['key']``) or the job whose result it was.
 
@@ -45,7 +51,7 @@ from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
 from ..errors import InvalidArgument, InvalidArgumentType, JobError, RemoteTraceback, ShmPoolError
 
-__all__ = ["check_job_timeout", "encode_request", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
+__all__ = ["check_job_timeout", "ArgumentPlan", "SpilledArray", "ArgumentSource", "encode_request", "encode_spilling", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
            "decode_result", "encode_error", "decode_error", "error_info", "rebuild_error", "Resolver",
            "Decoder", "decoder"]
 
@@ -53,6 +59,9 @@ EXT_LAYER = 1        # struct LAYER_REF
 EXT_COLLECTION = 2   # msgpack [[ext LAYER...], [[position, dimension, layer, reason], ...]]
 EXT_TUPLE = 3        # msgpack array of the items
 EXT_ARRAY = 4        # ARRAY_HEADER_LEN, msgpack [descr, shape, fortran], then the array's raw bytes
+EXT_SPILLED_ARRAY = 5  # msgpack [descr, shape, fortran, offset]: the bytes lie at offset in the
+                       # allocation the slot's ARG_RECORD / ARG_SERIAL name (arg_spill.py)
+SPILL_ALIGN = 64     # offsets of spilled arrays within their allocation: any dtype's alignment
 LAYER_REF = struct.Struct("<IQQ")  # dimension id, layer id, generation
 ARRAY_HEADER_LEN = struct.Struct("<I")  # bytes of the msgpack header that follows
 # Every builtin BaseException that is not an Exception and that a job can raise on purpose: rebuilt
@@ -94,6 +103,50 @@ def check_job_timeout(value: Any, argument: str = "job_timeout") -> float | None
         raise InvalidArgument(argument=argument, value=value,
                               reason="seconds, a number above 0 (float('inf') for no limit), or None")
     return float(value)
+
+
+class SpilledArray(NamedTuple):
+    """An array argument to be copied into the request's argument allocation at ``offset``."""
+    array: np.ndarray[Any, Any]
+    offset: int
+    order: Literal["C", "F"]
+
+
+class ArgumentPlan:
+    """While a request is encoded with it: arrays of more than ``threshold`` bytes are left out of
+    the request (EXT_SPILLED_ARRAY) and listed in ``arrays``, at aligned offsets of an allocation
+    of ``nbytes`` that the client makes afterwards (shmpool/jobs/arg_spill.py)."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.arrays: list[SpilledArray] = []
+        self.nbytes = 0
+
+    def take(self, array: np.ndarray[Any, Any], fortran: bool) -> int:
+        """List ``array``; returns its offset in the allocation."""
+        offset = -(-self.nbytes // SPILL_ALIGN) * SPILL_ALIGN
+        self.arrays.append(SpilledArray(array, offset, "F" if fortran else "C"))
+        self.nbytes = offset + array.nbytes
+        return offset
+
+
+class ArgumentSource:
+    """Where a worker's decoder finds spilled arrays: ``view`` is the running request's argument
+    allocation (set by the worker for the request it decodes, None otherwise)."""
+
+    def __init__(self) -> None:
+        self.view: memoryview | None = None
+
+
+class _Spilling:
+    """This thread's encode in progress with :func:`encode_spilling`: arrays of more than ``over``
+    bytes spill (-1: none does), into ``plan``. One per thread, made once: a request costs two
+    attribute stores, not a threading.local attribute round each (~1 us measured)."""
+    __slots__ = ("over", "plan")
+
+    def __init__(self) -> None:
+        self.over = -1
+        self.plan: ArgumentPlan | None = None
 
 
 _OPTIONS: dict[str, Any] = {"use_bin_type": True, "strict_types": True}
@@ -198,9 +251,44 @@ def _array_ext(array: np.ndarray[Any, Any]) -> msgpack.ExtType:
         raise TypeError(f"cannot send an array of dtype {array.dtype} "
                         "(its items are references, not data: fixed-size dtypes only)")
     fortran = array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous
+    spilling: _Spilling | None = getattr(_local, "spilling", None)
+    if spilling is not None and spilling.over >= 0 and array.nbytes > spilling.over:  # arg_spill.py
+        plan = spilling.plan
+        if plan is None:  # made on the first spilled array: most requests have none
+            plan = spilling.plan = ArgumentPlan(spilling.over)
+        offset = plan.take(array, fortran)
+        spilled = _pack([np.lib.format.dtype_to_descr(array.dtype), list(array.shape), fortran, offset])
+        return msgpack.ExtType(EXT_SPILLED_ARRAY, spilled)
     header = _pack([np.lib.format.dtype_to_descr(array.dtype), list(array.shape), fortran])
     data = array.ravel(order="F" if fortran else "C").view(np.uint8).data if array.dtype.itemsize else b""
     return msgpack.ExtType(EXT_ARRAY, b"".join((ARRAY_HEADER_LEN.pack(len(header)), header, data)))
+
+
+def _dtype_of(descr: Any) -> np.dtype[Any]:
+    dtype: np.dtype[Any] = np.lib.format.descr_to_dtype(descr)
+    if dtype.hasobject:
+        raise TypeError(f"an encoded array of dtype {dtype} (objects) is refused")
+    return dtype
+
+
+def _spilled_array_from(payload: bytes, source: ArgumentSource | None,
+                        unpack_header: Callable[[bytes], Any]) -> np.ndarray[Any, Any]:
+    """The read-only ndarray an EXT_SPILLED_ARRAY names, a view of the request's argument
+    allocation (no copy); its bounds are checked against the allocation."""
+    descr, shape, fortran, offset = unpack_header(payload)  # a structured descr holds tuples
+    view = source.view if source is not None else None
+    if view is None:
+        raise TypeError("a spilled array argument outside a worker's request (no argument allocation)")
+    dtype = _dtype_of(descr)
+    shape = tuple(int(n) for n in shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not 0 <= offset <= len(view) - nbytes:
+        raise ValueError(f"a spilled array of {nbytes} bytes at offset {offset} lies outside its "
+                         f"allocation of {len(view)} bytes")
+    order: Literal["C", "F"] = "F" if fortran else "C"
+    array: np.ndarray[Any, Any] = np.ndarray(shape, dtype=dtype, buffer=view, offset=offset, order=order)
+    array.flags.writeable = False  # the client's bytes: shared, and read by a requeued run too
+    return array
 
 
 def _array_from(payload: bytes, unpack_header: Callable[[bytes], Any]) -> np.ndarray[Any, Any]:
@@ -210,9 +298,7 @@ def _array_from(payload: bytes, unpack_header: Callable[[bytes], Any]) -> np.nda
     (header_len,) = ARRAY_HEADER_LEN.unpack_from(payload)
     start = ARRAY_HEADER_LEN.size + header_len
     descr, shape, fortran = unpack_header(payload[ARRAY_HEADER_LEN.size:start])
-    dtype = np.lib.format.descr_to_dtype(descr)
-    if dtype.hasobject:
-        raise TypeError(f"an encoded array of dtype {dtype} (objects) is refused")
+    dtype = _dtype_of(descr)
     shape = tuple(int(n) for n in shape)
     if math.prod(shape) * dtype.itemsize != len(payload) - start:
         raise ValueError(f"an encoded array of shape {shape} and dtype {dtype} has "
@@ -236,6 +322,23 @@ def encode_request(job: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str
         # Packed again one argument at a time only on this failure path, to say which one it was.
         _name_unsendable(args, kwargs, chunk=bool(flags & RequestFlags.CHUNK), single=bool(flags & RequestFlags.SINGLE))
         raise
+
+
+def encode_spilling(job: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], spill_over: int, *,
+                    flags: RequestFlags = RequestFlags.NAMED,
+                    job_timeout: float | None = None) -> tuple[bytes, ArgumentPlan | None]:
+    """:func:`encode_request`, leaving every array of more than ``spill_over`` bytes out of the
+    request: (bytes, the plan listing them, or None when there was none; the module docstring)."""
+    spilling: _Spilling | None = getattr(_local, "spilling", None)
+    if spilling is None:
+        spilling = _local.spilling = _Spilling()
+    outer_over, outer_plan = spilling.over, spilling.plan  # a nested encode's (a signal handler's)
+    spilling.over, spilling.plan = spill_over, None
+    try:
+        data = encode_request(job, args, kwargs, flags=flags, job_timeout=job_timeout)
+        return data, spilling.plan
+    finally:
+        spilling.over, spilling.plan = outer_over, outer_plan
 
 
 def decode_job(data: Buffer, resolve: Resolver | None = None, *, decode: "Decoder | None" = None) -> JobRequest:
@@ -266,9 +369,10 @@ def decode_result(data: Buffer, resolve: Resolver) -> Any:
 Decoder = Callable[[Any], Any]
 
 
-def decoder(resolve: Resolver | None = None) -> Decoder:
+def decoder(resolve: Resolver | None = None, arguments: ArgumentSource | None = None) -> Decoder:
     """``data -> value``, resolving layer references with ``resolve``: made once by whoever
-    decodes many messages with the same resolver (a worker, a client's Link)."""
+    decodes many messages with the same resolver (a worker, a client's Link). ``arguments``: a
+    worker's, where spilled array arguments of the request being decoded lie."""
     unpackb, ext_type = msgpack.unpackb, msgpack.ExtType
 
     def ext_hook(code: int, payload: bytes) -> Any:
@@ -281,6 +385,9 @@ def decoder(resolve: Resolver | None = None) -> Decoder:
             return ContextCollection(list(contexts), [MissingStep(*m) for m in missing])
         if code == EXT_ARRAY:
             return _array_from(payload, lambda header: unpackb(header, raw=False, ext_hook=ext_hook))
+        if code == EXT_SPILLED_ARRAY:
+            return _spilled_array_from(payload, arguments,
+                                       lambda header: unpackb(header, raw=False, ext_hook=ext_hook))
         return ext_type(code, payload)
 
     def decode(data: Any) -> Any:

@@ -40,6 +40,7 @@ from .board_repair import BoardRepair
 from .board_stats import BoardStatistics
 from .jobs_layout import (CC, CHANNEL_COLS, CORE_INDICES, JOBS_MAGIC, JW, SC, SLOT_COLS, BoardState, JobsLayout, JobsView,
                           SlotRow, SlotState, Status)
+from .arg_spill import ArgumentsLeft, ArgumentsRef, read_arguments
 from .spill import NO_SPILL, Response, SpillRef, read_spill, write_spill
 
 __all__ = ["JobBoard"]
@@ -91,6 +92,11 @@ class JobBoard(BoardRepair, BoardStatistics):
         # Large results whose worker died before handing them over, found by requeue_worker;
         # the supervising coordinator frees them (the board has no allocation table).
         self.stranded_spills: list[SpillRef] = []
+        # Spilled arguments of jobs whose client let go while they ran (orphaned): the
+        # supervising coordinator adopts them (shmpool/jobs/arg_spill.py); and those of orphaned
+        # jobs whose worker died too, which it frees.
+        self.orphaned_args: list[ArgumentsRef] = []
+        self.stranded_args: list[ArgumentsRef] = []
         self._words = SharedWords(seg.mm)
         self.lock = RobustMutex(self._words, int(JW.LOCK_MUTEX), int(JW.LOCK_OWNER_PID), int(JW.LOCK_RECOVERIES),
                                 f"{name} jobs", lambda _pid: self.heal(), "jobs")
@@ -110,6 +116,7 @@ class JobBoard(BoardRepair, BoardStatistics):
             view.free[:] = np.arange(slots - 1, -1, -1)  # pop order 0, 1, 2, ...
             w[JW.FREE_TOP] = slots
             view.slots[:, SC.SPILL_POOL] = NO_SPILL
+            view.slots[:, SC.ARG_RECORD] = -1  # no spilled arguments
             w[JW.STATE] = BoardState.ACCEPTING
             board = cls(name, seg, view, owner=True)
             board.lock.initialize()  # before the magic: nobody attaches (and locks) until it is made
@@ -154,6 +161,7 @@ class JobBoard(BoardRepair, BoardStatistics):
         pid, start = my_identity()
         v = self.v
         spills: list[SpillRef] = []
+        left = ArgumentsLeft()
         freed = 0
         self.lock.acquire(timeout)
         try:
@@ -162,7 +170,7 @@ class JobBoard(BoardRepair, BoardStatistics):
                 owner = int(rows[k, CC.PID])
                 if owner == 0 or not is_alive(owner, int(rows[k, CC.START])):
                     if owner:  # its dead client's slots must not reach us through this ring
-                        freed = self._settle_channel_locked(k, spills)
+                        freed = self._settle_channel_locked(k, spills, left)
                     self._clear_channel_locked(k)
                     rows[k, CC.START] = start
                     rows[k, CC.PID] = pid
@@ -177,12 +185,17 @@ class JobBoard(BoardRepair, BoardStatistics):
             # transferred to that client, so the table's dead-owner reclaim frees them; a client
             # has no business freeing another process's blocks, and only the owner drains this list.
             self.stranded_spills.extend(spills)
+            self.orphaned_args.extend(left.orphaned)
+            self.stranded_args.extend(left.ended)
         return k
 
-    def release_channel(self, channel: int) -> list[SpillRef]:
+    def release_channel(self, channel: int, left: ArgumentsLeft | None = None) -> list[SpillRef]:
         """Give the channel back, settling every slot still addressed to it: queued requests are
         cancelled, running ones orphaned (freed when their worker finishes), finished ones freed.
         Returns the spilled results of the finished ones: the caller owns and frees them.
+        ``left`` receives the spilled arguments of the jobs settled: those orphaned (their worker
+        reads them still: the caller hands them to the coordinator) and the others (the caller
+        frees them), shmpool/jobs/arg_spill.py.
 
         Only the process that claimed the channel may release it (AttachError otherwise): a
         child forked from a client, releasing what it inherited, would hand its parent's live
@@ -190,7 +203,7 @@ class JobBoard(BoardRepair, BoardStatistics):
         spills: list[SpillRef] = []
         with self.lock:
             self._check_channel_owner_locked(channel)
-            freed = self._settle_channel_locked(channel, spills)
+            freed = self._settle_channel_locked(channel, spills, left)
             self._clear_channel_locked(channel)
         self.core.wake_free(freed)
         return spills
@@ -213,7 +226,7 @@ class JobBoard(BoardRepair, BoardStatistics):
 
     def submit(self, channel: int, request: bytes | memoryview, *, timeout: float | None,
                release: tuple[int, int] | None = None,
-               alive: Callable[[], bool] | None = None) -> tuple[int, int]:
+               alive: Callable[[], bool] | None = None, arguments: ArgumentsRef | None = None) -> tuple[int, int]:
         """Put a request in a free slot and queue it; returns (slot, seq).
 
         Blocks while every slot is busy; posix_ipc.BusyError once ``timeout`` has passed, and
@@ -221,17 +234,19 @@ class JobBoard(BoardRepair, BoardStatistics):
         DELIVERED (slot, seq) of ours to free in the same lock round (Client.call's last answer).
         ``alive``: asked after every timed-out wait for a slot; False (the coordinator is gone)
         ends the wait with AttachError, as does a board that stopped accepting.
+        ``arguments``: the allocation of the request's spilled arguments (arg_spill.py).
         """
         w = self.v.words_mv
         if w[_W_STATE] != _ACCEPTING:
             raise AttachError(name=self.name, reason=_STOPPING_REASON)
         pid, start = my_identity()
         rel_slot, rel_seq = release if release is not None else (-1, 0)
+        arg_record, arg_serial = arguments if arguments is not None else (-1, 0)
         core = self.core
         deadline = None if timeout is None else time.monotonic() + timeout
         # The first try is the whole job path when a slot is free: one call into the core, which
         # refuses a request too large for a slot (RequestTooLarge) before taking the lock.
-        slot, seq = core.submit(channel, request, pid, start, timeout, rel_slot, rel_seq)
+        slot, seq = core.submit(channel, request, pid, start, timeout, rel_slot, rel_seq, arg_record, arg_serial)
         if slot >= 0:
             return slot, seq
         while True:
@@ -248,15 +263,19 @@ class JobBoard(BoardRepair, BoardStatistics):
             if not woken and alive is not None and not alive():
                 raise AttachError(name=self.name, reason="the coordinator is gone")
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            slot, seq = core.submit(channel, request, pid, start, remaining, -1, 0)
+            slot, seq = core.submit(channel, request, pid, start, remaining, -1, 0, arg_record, arg_serial)
             if slot >= 0:
                 return slot, seq
 
     def submit_many(self, channel: int, requests: list[bytes], *, timeout: float | None,
-                    alive: Callable[[], bool] | None = None) -> Iterator[list[tuple[int, int]]]:
+                    alive: Callable[[], bool] | None = None,
+                    arguments: list[ArgumentsRef | None] | None = None) -> Iterator[list[tuple[int, int]]]:
         """:meth:`submit` for a batch, in as few lock rounds as free slots allow: yields the
         (slot, seq) of each run of requests queued, in order, until all are (a consumer that
-        stops early leaves the rest unsubmitted). Blocks while the board is full, as submit."""
+        stops early leaves the rest unsubmitted). Blocks while the board is full, as submit.
+        ``arguments``: per request, its spilled arguments or None (arg_spill.py)."""
+        refs = None if arguments is None or not any(arguments) else [
+            (-1, 0) if ref is None else (ref.record, ref.serial) for ref in arguments]
         w = self.v.words_mv
         pid, start = my_identity()
         core = self.core
@@ -266,7 +285,8 @@ class JobBoard(BoardRepair, BoardStatistics):
             if w[_W_STATE] != _ACCEPTING:
                 raise AttachError(name=self.name, reason=_STOPPING_REASON)
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            queued, seen = core.submit_many(channel, requests[done:], pid, start, remaining)
+            queued, seen = core.submit_many(channel, requests[done:], pid, start, remaining,
+                                            None if refs is None else refs[done:])
             if queued:
                 done += len(queued)
                 yield queued
@@ -278,7 +298,8 @@ class JobBoard(BoardRepair, BoardStatistics):
                 raise AttachError(name=self.name, reason="the coordinator is gone")
 
     def cancel(self, slot: int, seq: int, *, timeout: float = 1.0) -> bool:
-        """Withdraw a request that no worker has taken yet (False if it ran, or the lock is wedged)."""
+        """Withdraw a request that no worker has taken yet (False if it ran, or the lock is wedged).
+        Its spilled arguments are then the caller's to free (read them first: :meth:`arguments`)."""
         try:
             self.lock.acquire(timeout)
         except TimeoutError:
@@ -313,6 +334,10 @@ class JobBoard(BoardRepair, BoardStatistics):
         if slots[r + _SPOOL] == NO_SPILL:  # the common case, checked inline: one call fewer per job
             return Response(slots[r + _SEQ], slots[r + _STATUS], self.v.response_area(slot)[:slots[r + _RESP]], None)
         return Response(slots[r + _SEQ], slots[r + _STATUS], None, read_spill(slots, slot))
+
+    def arguments(self, slot: int) -> ArgumentsRef | None:
+        """The spilled arguments of the request in ``slot`` (the worker that runs it), or None."""
+        return read_arguments(self.v.slots_mv, slot)
 
     def slot_row(self, slot: int) -> SlotRow:
         """A named snapshot of ``slot``'s row (no lock: for diagnostics and tests)."""

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
            "CHANNEL_COLS", "MUTEX_WORDS", "CORE_INDICES", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
-JOBS_MAGIC = 0x53484D504A4F4235  # "SHMPJOB5" (3: capacity from the free stack; 4: robust mutex, futex
-                                 # words; 5: WAKE_PENDING, which a process of 4 would never clear)
+JOBS_MAGIC = 0x53484D504A4F4236  # "SHMPJOB6" (3: capacity from the free stack; 4: robust mutex, futex
+                                 # words; 5: WAKE_PENDING, which a process of 4 would never clear;
+                                 # 6: ARG_RECORD/ARG_SERIAL, spilled arguments a worker of 5 would
+                                 # receive as unknown extension values)
 
 
 class JobWord(IntEnum):
@@ -120,9 +122,15 @@ class SlotCol(IntEnum):
     # zeroed at submit and at requeue, so a RUNNING slot never shows an earlier job's deadline.
     # Read without the lock by the pool supervisor, which rechecks under it (JobBoard.expire).
     DEADLINE_NS = 19
+    # The allocation of the request's spilled arguments (shmpool/jobs/arg_spill.py): its record
+    # and serial in the allocation table, -1 / 0 for none. Written with the request at submit,
+    # under the lock, and left in place until the next submit into the slot; read by the worker
+    # that runs it, and by whoever orphans the slot or takes it from a dead worker.
+    ARG_RECORD = 20
+    ARG_SERIAL = 21
 
 
-SLOT_COLS = 20
+SLOT_COLS = 22
 
 
 class ChannelCol(IntEnum):
@@ -190,6 +198,8 @@ class SlotRow(NamedTuple):
     end_error: int
     end_cancelled: int
     deadline_ns: int
+    arg_record: int
+    arg_serial: int
 
     @classmethod
     def of(cls, words: Iterable[int]) -> "SlotRow":

@@ -84,25 +84,27 @@ def write_spill(slots_mv: memoryview, slot: int, spill: SpillRef | None) -> None
     slots_mv[r + _POOL] = spill.pool
 
 
-def send_large(board: "JobBoard", inst: "SharedInstance", slot: int, seq: int, status: Status, payload: bytes) -> None:
+def send_large(board: "JobBoard", inst: "SharedInstance", slot: int, seq: int, status: Status, payload: bytes) -> bool:
     """Worker: hand ``payload`` (too large for the slot) to the slot's client in pool blocks.
 
     Stage, then hand over, then finish (the module docstring says why in that order). If no
-    blocks can be had, the client gets that error instead."""
+    blocks can be had, the client gets that error instead. Returns whether the answer was
+    delivered (False: nobody will read it, as JobBoard.finish says)."""
     client = board.client_of(slot)
     try:
         handle = inst.table.allocate(len(payload))
     except ShmPoolError as exc:
-        board.finish(slot, seq, Status.ERROR, encode_error(exc))
-        return
+        return board.finish(slot, seq, Status.ERROR, encode_error(exc))[0]
     inst.handle_view(handle)[:] = payload
     spill = SpillRef(handle.pool, handle.first_block, handle.nbytes, handle.record, handle.serial)
     if not board.stage_spill(slot, seq, spill):
         free_spill(inst, handle)
-        return
+        return False
     inst.table.transfer(handle, *client)
     if not board.finish(slot, seq, status, None)[0]:
         free_spill(inst, handle)  # nobody will read it; its client may have been reclaimed first
+        return False
+    return True
 
 
 def open_spill(inst: "SharedInstance", spill: SpillRef) -> tuple["Handle", memoryview]:

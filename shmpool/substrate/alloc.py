@@ -306,6 +306,20 @@ class AllocationTable:
         bs = self.block_sizes[pool]
         return Handle(pool, first_block, -(-nbytes // bs), nbytes, record, serial, self._token)
 
+    def handle_of(self, record: int, serial: int) -> Handle:
+        """The handle of live allocation ``record`` made with ``serial`` (a job's spilled
+        arguments, named in its slot by these two words); InvalidHandle once it is freed or
+        reclaimed. No lock: a live record's fields do not change until it is freed, and a free
+        that races this read leaves a handle the table refuses (its serial no longer matches)."""
+        records = self._ctl.records
+        if not 0 <= record < len(records):
+            raise InvalidHandle(handle=(record, serial), reason="record index out of range")
+        row = records[record]
+        if int(row[R.STATE]) != _LIVE or int(row[R.SERIAL]) != serial:
+            raise InvalidHandle(handle=(record, serial), reason="already freed or reclaimed")
+        return Handle(int(row[R.POOL]), int(row[R.FIRST_BLOCK]), int(row[R.BLOCK_COUNT]), int(row[R.NBYTES]),
+                      record, serial, self._token)
+
     # ----------------------------------------------------------------- crash recovery
 
     def reclaim_dead(self) -> int:

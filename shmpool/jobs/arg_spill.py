@@ -1,0 +1,153 @@
+"""Array arguments too large for a slot, from a client to the worker that runs the job.
+
+A request must fit in its slot's request area (``job_payload``, 64 KiB by default), but an array
+argument need not travel in it: the client encodes the request with ``codec.encode_spilling``,
+which leaves every array above a SPILL_THRESHOLD-th of the payload out of the request and lists
+it at an aligned offset in an ``ArgumentPlan``. The client then makes **one** allocation of the table
+for all of them and copies each array there: the only copy of its bytes on the whole way (a
+non-contiguous array is gathered into it by the same copy). The slot's ARG_RECORD / ARG_SERIAL
+name that allocation; the worker that takes the request maps it and hands the job a read-only
+ndarray *view* of it. Its life, in the order that keeps every crash harmless:
+
+    client   allocate + copy   the blocks are the client's: if it dies, the table's dead-owner
+                               sweep reclaims them (a submit that fails frees them at once)
+             submit            the slot names them, written with the request under the board lock
+    worker   take, view, run   reads them in place; a worker that dies leaves them to the requeued
+                               run (they are still the client's)
+    client   answer, free      once the answer is decoded (or the job is withdrawn, or an answer
+                               nobody waits for is dropped), the client frees them
+    orphan                     a job still running when its client lets go (close, or death) is
+                               ORPHANED: its arguments are handed to the coordinator (so that the
+                               client's exit cannot reclaim them under the worker); the worker
+                               frees them when it finishes, the coordinator if that worker dies
+
+Freeing is tolerant, as for spilled results: the blocks may have been reclaimed already.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from loguru import logger
+
+from ..errors import ArgumentTooLarge, ShmPoolError
+from .codec import ArgumentPlan
+from .jobs_layout import SLOT_COLS, SlotCol
+
+if TYPE_CHECKING:
+    from ..substrate.alloc import Handle
+    from ..substrate.instance import SharedInstance
+
+__all__ = ["ArgumentsRef", "ArgumentsLeft", "NO_ARGUMENTS", "SPILL_THRESHOLD", "spill_over", "read_arguments", "write_arguments",
+           "open_arguments", "free_arguments", "adopt_arguments", "argument_name"]
+
+# An array argument of more than payload // SPILL_THRESHOLD bytes spills (16 KiB of the default
+# 64 KiB): a request then keeps room for several small ones inline, where a copy is cheaper than
+# an allocation (two lock rounds of the table). A request that still does not fit is encoded
+# again with every non-empty array spilled (the client's _encode).
+SPILL_THRESHOLD = 4
+NO_ARGUMENTS = -1  # SlotCol.ARG_RECORD of a request whose arguments all travel in the slot
+_COLS, _RECORD, _SERIAL = SLOT_COLS, int(SlotCol.ARG_RECORD), int(SlotCol.ARG_SERIAL)
+
+
+class ArgumentsRef(NamedTuple):
+    """Where a request's spilled arguments lie: an allocation of the table (its slot's ARG_* columns)."""
+    record: int
+    serial: int
+
+
+class ArgumentsLeft:
+    """The spilled arguments of the jobs a channel's settling ended (JobBoard.release_channel):
+    ``orphaned`` ones a worker still reads (for the coordinator to adopt), ``ended`` ones nobody
+    will read again (to free)."""
+
+    def __init__(self) -> None:
+        self.orphaned: list[ArgumentsRef] = []
+        self.ended: list[ArgumentsRef] = []
+
+
+def spill_over(payload: int) -> int:
+    """Bytes above which an array argument spills, for a board of slots of ``payload`` bytes."""
+    return payload // SPILL_THRESHOLD
+
+
+def read_arguments(slots_mv: memoryview, slot: int) -> ArgumentsRef | None:
+    """The spilled arguments recorded in ``slot`` (flat int64 view of the slot rows), or None."""
+    r = slot * _COLS
+    record = slots_mv[r + _RECORD]
+    return None if record < 0 else ArgumentsRef(record, slots_mv[r + _SERIAL])
+
+
+def write_arguments(inst: "SharedInstance", plan: ArgumentPlan, job: str, args: Any, kwargs: Any) -> "Handle":
+    """Client: allocate the plan's bytes and copy each listed array there (its one copy).
+
+    Raises ArgumentTooLarge naming the (largest) argument when the table refuses the allocation
+    (the memory limit, no pool with room; the allocator's error is its ``__cause__``)."""
+    try:
+        handle = inst.table.allocate(plan.nbytes)
+    except ShmPoolError as exc:
+        largest = max(plan.arrays, key=lambda spilled: spilled.array.nbytes).array
+        raise ArgumentTooLarge(argument=argument_name(args, kwargs, largest), nbytes=plan.nbytes, job=job,
+                               reason=str(exc), capacity=_room(inst)) from exc
+    try:
+        view = inst.handle_view(handle)
+        for spilled in plan.arrays:
+            array = spilled.array
+            place: np.ndarray[Any, Any] = np.ndarray(array.shape, dtype=array.dtype, buffer=view,
+                                                     offset=spilled.offset, order=spilled.order)
+            np.copyto(place, array, casting="no")
+    except BaseException:
+        free_arguments(inst, handle)
+        raise
+    return handle
+
+
+def _room(inst: "SharedInstance") -> int:
+    """Bytes the table could still give (for the error's ``capacity``): the limit minus use."""
+    stats = inst.table.stats()
+    return max(0, stats.memory_limit - stats.used_bytes)
+
+
+def argument_name(args: Any, kwargs: Any, target: object) -> str:
+    """Which argument holds ``target`` (by identity, looking into lists, tuples and dicts):
+    ``args[1]``, ``kwargs['key']``; ``?`` if none does."""
+    def holds(value: Any) -> bool:
+        if value is target:
+            return True
+        if isinstance(value, (list, tuple)):
+            return any(holds(v) for v in value)
+        if isinstance(value, dict):
+            return any(holds(v) for v in value.values())
+        return False
+
+    for position, value in enumerate(args):
+        if holds(value):
+            return f"args[{position}]"
+    for key, value in kwargs.items():
+        if holds(value):
+            return f"kwargs[{key!r}]"
+    return "?"
+
+
+def open_arguments(inst: "SharedInstance", ref: ArgumentsRef) -> memoryview:
+    """Worker: a view of the spilled arguments ``ref`` names (InvalidHandle once freed)."""
+    return inst.handle_view(inst.table.handle_of(*ref))
+
+
+def free_arguments(inst: "SharedInstance", spilled: "ArgumentsRef | Handle") -> None:
+    """Free a request's spilled arguments; already reclaimed (their owner died) is logged, not raised."""
+    try:
+        handle = inst.table.handle_of(*spilled) if isinstance(spilled, ArgumentsRef) else spilled
+        inst.table.free(handle)
+    except ShmPoolError as exc:
+        logger.debug("spilled arguments {} already freed: {}", spilled, exc)
+
+
+def adopt_arguments(inst: "SharedInstance", ref: ArgumentsRef, pid: int, start: int) -> None:
+    """Make process (pid, start) the owner of an orphaned job's arguments (the coordinator), so
+    that its client's exit does not reclaim them under the worker; gone already is logged."""
+    try:
+        inst.table.transfer(inst.table.handle_of(*ref), pid, start)
+    except ShmPoolError as exc:
+        logger.debug("spilled arguments {} freed before adoption: {}", ref, exc)
