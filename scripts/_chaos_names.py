@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import shmpool
 from shmpool.errors import ShmPoolError
+from shmpool.substrate._proc import child_pids
 
 from _chaos_clients import SLOW_JOB
 
@@ -57,14 +58,6 @@ def _serve(name: str, log: Path) -> subprocess.Popen[str]:
             raise RuntimeError(f"shmpool serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
     proc.kill()
     raise RuntimeError("shmpool serve did not print its ready line within 120 s")
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as fh:
-            kids += [int(k) for k in fh.read().split()]
-    return kids
 
 
 def _gone(pid: int) -> bool:
@@ -118,7 +111,7 @@ def _round(name: str, which: str, tmp: Path, make_coordinator: Callable[[str], A
     proc = _serve(name, log)
     out: dict[str, Any] = {"round": which}
     try:
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
         reader = shmpool.attach(name)
         client = shmpool.connect(name, timeout=RESULT_WAIT)
         dim = min(reader.dimensions())

@@ -34,8 +34,8 @@ import _stray_children
 import _test_names
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator),
-# `stress_run` (one short `shmpool stress --out` run).
-pytest_plugins = ("_small_coord", "_stress_run")
+# `stress_run` (one short `shmpool stress --out` run), `warnings` (what shmpool logged).
+pytest_plugins = ("_small_coord", "_stress_run", "_warnings_logged")
 
 # No clock in property tests either: hypothesis's 200 ms per-example deadline and its too_slow
 # health check fail a correct test on a loaded machine. Tests still set their own max_examples.
@@ -182,6 +182,13 @@ SAME_WORKER = {
     "test_cli_bad_inputs.py": "the command's fork server",
     "test_cli.py::test_short_stress_run_with_worker_kills_reports_no_torn_lost_or_leaked": "stress_run",
     "test_cli_stress_report.py::test_stress_out_writes_windows_that_add_up_and_a_figure": "stress_run",
+    "test_dask_publish.py": "the publish cluster",         # two hosts: ~5 s of CPU to start
+    "test_client_executor_features.py": "features coordinator",
+    # The session's wheel (tests/_wheel.py): a second worker asking for it while the first builds
+    # would wait idle on the build's lock for a minute of a loaded run.
+    "test_packaging.py::test_the_wheel_adds_exactly_one_top_level_package_and_carries_both_process_roles": "wheel",
+    "test_packaging_core.py::test_the_wheel_carries_the_built_core_and_its_stubs_but_not_its_sources": "wheel",
+    "test_packaging_core.py::test_the_wheel_installs_and_locks_in_a_fresh_venv_without_a_compiler": "wheel",
 }
 
 
@@ -200,18 +207,33 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
         def _split_scope(self, nodeid: str) -> str:
             return _work_unit(nodeid)
 
+    # Work units are handed out in collection order (LONGEST_FIRST below), not largest group first
+    # (xdist's default for scopes), which would start many short tests before the long ones.
+    config.option.loadscopereorder = False
     return SharedFixtureScheduling(config, log)
 
 
-# The modules that take longest (--durations, 2-core machine), started first: with two xdist
-# workers, a 30 s test picked up last leaves the other worker idle for its whole length.
-LONGEST_FIRST = ("test_chaos.py", "test_bench_smoke.py", "test_dask.py", "test_reader_pins.py", "test_board_heal.py",
-                 "test_cli.py", "test_workers.py", "test_region_fuzz.py", "test_docs_examples.py")
+# The work units that take longest (--durations and CPU seconds of a loaded run on the 2-core
+# machine), started first in this order: with two xdist workers, a 60 s unit picked up last leaves
+# the other worker idle for most of it. A module file (all its tests), or "file::test".
+LONGEST_FIRST = ("test_packaging_core.py", "test_packaging.py",
+                 "test_bench_smoke.py::test_bench_jobs_quick_runs_every_system_prints_complete_json_and_cleans_up",
+                 "test_bench_smoke.py", "test_dask.py",
+                 "test_chaos.py", "test_dask_publish.py", "test_reader_pins.py", "test_client_executor_features.py",
+                 "test_demo_own_kills.py", "test_chaos_fork_and_names.py", "test_dask_registration.py",
+                 "test_newcomer_first_program.py", "test_cli.py", "test_cli_ops.py", "test_board_heal.py",
+                 "test_coordinator_startup_cache.py", "test_workers.py", "test_reader_fork.py", "test_small_shm.py",
+                 "test_cli_newcomer_defects.py", "test_coordinator_removed_names.py", "test_snapshots.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: module order kept otherwise
+
+    def place(item: pytest.Item) -> int:
+        test = f"{item.path.name}::{item.name.split('[', 1)[0]}"
+        return rank.get(test, rank.get(item.path.name, len(rank)))
+
+    items.sort(key=place)  # stable: collection order kept otherwise
 
 
 @pytest.hookimpl(wrapper=True)

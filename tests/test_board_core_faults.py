@@ -8,8 +8,6 @@ The windows between the slot transitions' stores (submit.popped, take.popped, de
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 from _waiting import wait_for
 
@@ -17,7 +15,7 @@ import _board_children as children
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.jobs.jobs_layout import CC, JW
-from test_board_heal import SLOTS, _all_slots_at_once, _assert_whole, _coordinator, _spawn
+from test_board_heal import SLOTS, _all_slots_at_once, _assert_whole, _coordinator, _dies_at_then_whole, _spawn
 
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
@@ -25,11 +23,7 @@ pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 @pytest.mark.parametrize("fault", ["lock.won.jobs", "lock.held.jobs"])
 def test_client_killed_holding_the_board_lock_is_repaired_by_the_next_locker(instance_name, sample_dir, fault):
     with _coordinator(instance_name, sample_dir) as coord:
-        victim = _spawn(children.client_dies_at, instance_name, fault, 3)
-        victim.join(30)
-        assert victim.exitcode == -signal.SIGKILL, f"the point {fault} was never reached"
-        _all_slots_at_once(instance_name)
-        _assert_whole(coord)
+        _dies_at_then_whole(coord, instance_name, children.client_dies_at, fault, 3)
         assert coord._board.counts()["lock_recoveries"] >= 1
 
 

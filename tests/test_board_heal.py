@@ -70,14 +70,20 @@ def _all_slots_at_once(name: str) -> None:
         assert [f.result(60) for f in futures] == list(range(SLOTS))
 
 
+def _dies_at_then_whole(coord, name: str, child, fault: str, *args, join: float = 30) -> None:
+    """A spawned ``child(name, fault, *args)`` SIGKILLs itself at ``fault``; then a fresh client
+    holds every slot at once and the board is whole (the join's timeout only catches a hang)."""
+    victim = _spawn(child, name, fault, *args)
+    victim.join(join)
+    assert victim.exitcode == -signal.SIGKILL, f"the point {fault} was never reached"
+    _all_slots_at_once(name)
+    _assert_whole(coord)
+
+
 @pytest.mark.parametrize("fault", ["submit.popped", "submit.filled", "submit.queued", "release.pushed"])
 def test_client_killed_at_each_window_loses_no_capacity(instance_name, sample_dir, fault):
     with _coordinator(instance_name, sample_dir) as coord:
-        victim = _spawn(children.client_dies_at, instance_name, fault, 3)
-        victim.join(30)
-        assert victim.exitcode == -signal.SIGKILL, f"the point {fault} was never reached"
-        _all_slots_at_once(instance_name)
-        _assert_whole(coord)
+        _dies_at_then_whole(coord, instance_name, children.client_dies_at, fault, 3)
 
 
 def test_clients_killed_with_jobs_in_flight_lose_no_capacity(instance_name, sample_dir):

@@ -6,12 +6,10 @@ ends whole, every slot usable at once, the counters balanced.
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 import _map_children as children
-from test_board_heal import _all_slots_at_once, _assert_whole, _coordinator, _spawn
+from test_board_heal import _coordinator, _dies_at_then_whole
 
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
@@ -19,8 +17,4 @@ pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 @pytest.mark.parametrize("fault", ["submit.popped", "submit.filled", "submit.queued", "wake.pending"])
 def test_a_client_killed_inside_a_batch_submit_leaves_the_board_whole(instance_name, sample_dir, fault):
     with _coordinator(instance_name, sample_dir) as coord:
-        victim = _spawn(children.map_dies_at, instance_name, fault, 40)
-        victim.join(60)
-        assert victim.exitcode == -signal.SIGKILL, f"the point {fault} was never reached"
-        _all_slots_at_once(instance_name)
-        _assert_whole(coord)
+        _dies_at_then_whole(coord, instance_name, children.map_dies_at, fault, 40, join=60)

@@ -167,7 +167,7 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
 
 
 def test_short_stress_run_with_worker_kills_reports_no_torn_lost_or_leaked(stress_run):
-    result, report, data = stress_run  # tests/_stress_run.py: 8 clients, 2 s, kills, --out
+    result, report, data = stress_run  # tests/_stress_run.py: 2 clients, 2 s, kills, --out
     assert data["total_ops"] > 0 and data["ok"]
     assert data["torn_reads"] == 0 and data["wrong_content"] == 0
     assert data["lost_jobs"] == 0 and data["leaked_blocks"] == 0 and data["leftover_objects"] == []

@@ -33,7 +33,7 @@ def test_windows_partition_every_operation_whatever_the_times(ops, kills):
 
 
 def test_stress_out_writes_windows_that_add_up_and_a_figure(stress_run):
-    _, report, data = stress_run  # tests/_stress_run.py: 8 clients, 2 s, kills, --out
+    _, report, data = stress_run  # tests/_stress_run.py: 2 clients, 2 s, kills, --out
     ts = data["timeseries"]
     rows = ts["windows"]
     assert ts["width_s"] == 0.1 and len(rows) >= 20  # 2 s of run in 100 ms windows

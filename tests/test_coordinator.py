@@ -8,7 +8,6 @@ import os
 import signal
 
 import pytest
-from loguru import logger
 
 import _reader_children as children
 import shmpool
@@ -18,16 +17,6 @@ from shmpool.data.region_builder import RegionBuilder
 from shmpool.data.sample import CORE_DIMENSIONS
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def warnings():
-    messages: list[str] = []
-    logger.enable("shmpool")
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
-    logger.disable("shmpool")
 
 
 def test_sample_is_readable_from_another_process(instance_name, sample_dir):

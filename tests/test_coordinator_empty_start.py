@@ -7,22 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-from loguru import logger
-
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.data.sample import CORE_DIMENSIONS
-
-
-@pytest.fixture
-def warnings():
-    messages: list[str] = []
-    logger.enable("shmpool")
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
-    logger.disable("shmpool")
 
 
 def test_a_coordinator_without_data_dir_serves_nothing_and_a_users_dimension_1_is_theirs(instance_name, warnings):

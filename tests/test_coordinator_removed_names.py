@@ -25,6 +25,7 @@ import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.errors import AttachError, InstanceExists
 from shmpool.substrate.names import list_objects
+from shmpool.substrate._proc import child_pids
 from shmpool.substrate.trust import SHM_DIR
 
 CLI = [sys.executable, "-m", "shmpool"]
@@ -84,14 +85,6 @@ def _remove_names(name: str) -> list[str]:
     return removed
 
 
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as fh:
-            kids += [int(k) for k in fh.read().split()]
-    return kids
-
-
 def _wait_exit(proc: subprocess.Popen[str], log: Path) -> int:
     try:
         return proc.wait(STOP_DEADLINE)
@@ -122,7 +115,7 @@ def _assert_names_the_cause(text: str) -> None:
 
 def test_coordinator_stops_with_an_error_naming_removeipc_when_all_its_names_are_removed(instance_name: str, serve: Serve) -> None:
     proc, log = serve(instance_name)
-    workers = _children(proc.pid)
+    workers = child_pids(proc.pid)
     assert len(workers) == 1
     removed = _remove_names(instance_name)
     assert any(e.startswith("sem.") for e in removed) and any(e.endswith(".control") for e in removed)
@@ -142,7 +135,7 @@ def test_coordinator_stops_with_an_error_naming_removeipc_when_all_its_names_are
 
 def test_a_worker_killed_after_the_names_went_is_not_restarted_into_a_loop(instance_name: str, serve: Serve) -> None:
     proc, log = serve(instance_name)
-    [worker] = _children(proc.pid)
+    [worker] = child_pids(proc.pid)
     _remove_names(instance_name)
     os.kill(worker, signal.SIGKILL)
     assert _wait_exit(proc, log) == 1

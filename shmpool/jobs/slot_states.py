@@ -15,8 +15,6 @@ from .jobs_layout import SlotState
 
 __all__ = ["Transition", "TRANSITIONS", "ALLOWED", "allowed"]
 
-S = SlotState
-
 
 class Transition(NamedTuple):
     """One allowed change of a slot's STATE word."""
@@ -26,20 +24,35 @@ class Transition(NamedTuple):
     step: str    # the call that makes it
 
 
-TRANSITIONS: tuple[Transition, ...] = (
-    Transition(S.FREE, S.SUBMITTED, "client", "submit, submit_many (core)"),
-    Transition(S.SUBMITTED, S.RUNNING, "worker", "take / finish(take_next) (core)"),
-    Transition(S.SUBMITTED, S.CANCELLED, "client", "cancel; release_channel, a dead client's sweep"),
-    Transition(S.SUBMITTED, S.DONE, "coordinator", "fail_outstanding (answered at stop)"),
-    Transition(S.CANCELLED, S.FREE, "worker", "take pops and frees it (core); fail_outstanding"),
-    Transition(S.RUNNING, S.DONE, "worker", "finish (core); coordinator: expire, requeue_worker's last attempt"),
-    Transition(S.RUNNING, S.ORPHANED, "client", "release_channel, a dead client's sweep"),
-    Transition(S.RUNNING, S.SUBMITTED, "coordinator", "requeue_worker (its worker died)"),
-    Transition(S.ORPHANED, S.FREE, "worker", "finish (core); coordinator: expire, requeue_worker"),
-    Transition(S.DONE, S.DELIVERED, "client", "completed / collect: pops its ring (core)"),
-    Transition(S.DONE, S.FREE, "client", "release_channel, claim_channel of a dead client's, sweep"),
-    Transition(S.DELIVERED, S.FREE, "client", "release / submit(release=) (core); release_channel, sweep"),
-)
+# before -> after | by | step: one row a change, in the order a job's slot lives them.
+_TABLE = """
+FREE -> SUBMITTED      | client      | submit, submit_many (core)
+SUBMITTED -> RUNNING   | worker      | take / finish(take_next) (core)
+SUBMITTED -> CANCELLED | client      | cancel; release_channel, a dead client's sweep
+SUBMITTED -> DONE      | coordinator | fail_outstanding (answered at stop)
+CANCELLED -> FREE      | worker      | take pops and frees it (core); fail_outstanding
+RUNNING -> DONE        | worker      | finish (core); coordinator: expire, requeue_worker's last attempt
+RUNNING -> ORPHANED    | client      | release_channel, a dead client's sweep
+RUNNING -> SUBMITTED   | coordinator | requeue_worker (its worker died)
+ORPHANED -> FREE       | worker      | finish (core); coordinator: expire, requeue_worker
+DONE -> DELIVERED      | client      | completed / collect: pops its ring (core)
+DONE -> FREE           | client      | release_channel, claim_channel of a dead client's, sweep
+DELIVERED -> FREE      | client      | release / submit(release=) (core); release_channel, sweep
+"""
+
+
+def _transitions(table: str) -> tuple[Transition, ...]:
+    """The rows of ``table`` (``BEFORE -> AFTER | by | step``) as Transitions; a state name
+    that SlotState lacks raises KeyError at import."""
+    rows = []
+    for line in filter(None, (line.strip() for line in table.splitlines())):
+        change, by, step = (part.strip() for part in line.split("|", 2))
+        before, after = (SlotState[state.strip()] for state in change.split("->"))
+        rows.append(Transition(before, after, by, step))
+    return tuple(rows)
+
+
+TRANSITIONS: tuple[Transition, ...] = _transitions(_TABLE)
 
 ALLOWED: frozenset[tuple[SlotState, SlotState]] = frozenset((t.before, t.after) for t in TRANSITIONS)
 

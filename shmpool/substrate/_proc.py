@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["start_token", "is_alive", "my_identity"]
+__all__ = ["start_token", "is_alive", "my_identity", "child_pids"]
 
 _HAVE_PROC = os.path.isdir("/proc/self")
 _cached: tuple[int, int] | None = None
@@ -68,6 +68,18 @@ def my_identity() -> tuple[int, int]:
         pid = os.getpid()
         _cached = (pid, start_token(pid))
     return _cached
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of ``pid``'s children, from every thread's /proc/PID/task/TID/children (a child
+    is listed under the thread that forked it, so the main thread's list alone can miss some).
+
+    Linux only; a test's and scripts/chaos.py's way to find a coordinator's workers to kill."""
+    kids: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as fh:
+            kids += [int(k) for k in fh.read().split()]
+    return kids
 
 
 def _forget_identity_after_fork() -> None:
