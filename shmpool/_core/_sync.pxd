@@ -19,6 +19,8 @@ cdef extern from "<pthread.h>" nogil:
 cdef extern from "shm_sync.h" nogil:
     int64_t shm_load(const int64_t *p)
     void shm_store(int64_t *p, int64_t v)
+    void shm_store_sc(int64_t *p, int64_t v)
+    int64_t shm_load_sc(const int64_t *p)
     int64_t shm_fetch_add(int64_t *p, int64_t d)
     int shm_cas(int64_t *p, int64_t expected, int64_t desired)
     void shm_fence()

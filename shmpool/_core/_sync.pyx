@@ -30,7 +30,7 @@ cdef extern from "<time.h>" nogil:
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
 
-__all__ = ["SharedWords", "RobustMutex", "MUTEX_BYTES", "arm_faults", "monotonic_ns"]
+__all__ = ["SharedWords", "RobustMutex", "MUTEX_BYTES", "arm_faults", "monotonic_ns", "fence"]
 
 MUTEX_BYTES = sizeof(pthread_mutex_t)  # 40 on x86_64 and aarch64 glibc; the layouts reserve 64
 # A blocked lock or wait wakes this often (ns) to run Python's signal handlers (Ctrl-C works),
@@ -77,6 +77,12 @@ cdef int fault(str point) except -1:
     if _armed:
         _fault_hook(point)
     return 0
+
+
+def fence():
+    """A sequentially consistent fence: the coordinator's side of the reader cache-word Dekker
+    pair (shmpool/data/pins.py, ``pinned_rows``): its GENERATION store before its cache-word loads."""
+    shm_fence()
 
 
 def monotonic_ns():

@@ -33,6 +33,14 @@ static inline int64_t shm_load(const int64_t *p) { return __atomic_load_n(p, __A
 /* Release store: everything stored before it is visible to whoever loads this value. */
 static inline void shm_store(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
+/* Sequentially consistent store and load: a Dekker pair ("I am busy" then "is it still current?",
+ * against the coordinator's "superseded" then "is anyone busy?", each side separated by an SC
+ * operation) needs store->load order, which acquire/release do not give (x86-64: the store is an
+ * xchg, the load a plain mov; aarch64: stlr / ldar). Used by a reader's cache word
+ * (docs/architecture.md, "Idle readers"). */
+static inline void shm_store_sc(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline int64_t shm_load_sc(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+
 /* Sequentially consistent read-modify-writes: the waiter/waker protocol needs store->load order
  * (a waker's "state changed" against a waiter's "I sleep"), which only seq_cst gives. */
 static inline int64_t shm_fetch_add(int64_t *p, int64_t d) { return __atomic_fetch_add(p, d, __ATOMIC_SEQ_CST); }

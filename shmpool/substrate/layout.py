@@ -30,19 +30,19 @@ import numpy as np
 
 __all__ = [
     "MAGIC", "LAYOUT_VERSION", "HEADER", "ControlWord", "InstanceState", "PoolCol", "RecordCol", "RecordState",
-    "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "TagCol",
+    "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "CacheBit", "CACHE_SHIFT", "TagCol",
     "W", "P", "R", "D", "S", "RD", "PN", "RT", "SLOT_COLS",
     "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "TAG_COLS", "WORDS", "Layout",
     "Control",
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 7  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+LAYOUT_VERSION = 8  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
 # 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL; 5: a directory
 # slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region;
 # 6: word PUBLISH_SEQ (consistent snapshots), reader column WAITING and the per-reader gwR
 # semaphores (generation wake-ups); 7: the table lock is a robust mutex in words 56-63 (no flock,
-# no lock semaphore)
+# no lock semaphore); 8: pin column CACHE, a reader's cache word (no pin-watch thread)
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
@@ -199,7 +199,7 @@ class ReaderCol(IntEnum):
     PID = 0          # 0 = slot free
     START = 1
     ATTACHED_NS = 2
-    EPOCH_SEEN = 3   # the last W.PIN_EPOCH this reader honoured (dropped what was superseded)
+    EPOCH_SEEN = 3   # the last W.PIN_EPOCH this reader honoured (at a lookup: dropped what was superseded)
     SEEN_NS = 4      # time.time_ns() when it did
     WAITING = 5      # 0, or W.PIN_EPOCH + 1 when its threads last armed: post my gen-wait semaphore
     HANDOVER_NS = 6  # 0, or the deadline of a fork hand-over: claimed for a forked child (shmpool/data/fork.py)
@@ -211,16 +211,29 @@ READER_COLS = 8
 class PinCol(IntEnum):
     """The pin words of one reader for one directory entry: the generations it holds.
 
-    Pinned = {EXACT0, EXACT1} (0 = empty) plus [RANGE_LO, RANGE_HI] when RANGE_LO != 0. A held
-    generation never moves between words while held (see shmpool/data/pins.py for why)."""
+    Pinned = {EXACT0, EXACT1} (0 = empty) plus [RANGE_LO, RANGE_HI] when RANGE_LO != 0, plus the
+    generation of CACHE while its BUSY or USERS bit is set. A held generation never moves between
+    words while held (see shmpool/data/pins.py for why); one leaves CACHE only after it was
+    stored in the exact words or the range, if anything still holds it."""
     EXACT0 = 0
     EXACT1 = 1
     RANGE_LO = 2     # the range holds what did not fit in the exact words; 0 = no range
     RANGE_HI = 3
+    CACHE = 4        # generation << 2 | USERS << 1 | BUSY: the generation the reader keeps mapped for
+    #                  its lookups; 0 = none. Written only by the row's process (shmpool/_core/_lookup.pyx)
 
 
-PIN_COLS = 4
+PIN_COLS = 5
 EXACT_PINS = 2
+
+
+class CacheBit(IntEnum):
+    """The low bits of PinCol.CACHE. The cached generation pins only while one of them is set."""
+    BUSY = 1         # a lookup of this process is between its GENERATION re-check and its end
+    USERS = 2        # objects other than the cache (contexts, views, batches) may refer to it
+
+
+CACHE_SHIFT = 2      # PinCol.CACHE >> CACHE_SHIFT is the generation
 
 
 class TagCol(IntEnum):
@@ -324,10 +337,13 @@ class Control:
         self.words_mv = memoryview(buf)[lay.words_offset:lay.words_offset + WORDS * 8].cast("q")
         dir_bytes = lay.max_dimensions * DIR_COLS * 8
         self.directory_mv = memoryview(buf)[lay.directory_offset:lay.directory_offset + dir_bytes].cast("q")
+        # The lookup's cache words (PinCol.CACHE) are read and written through this one.
+        pin_bytes = lay.max_readers * lay.max_dimensions * PIN_COLS * 8
+        self.pins_mv = memoryview(buf)[lay.pins_offset:lay.pins_offset + pin_bytes].cast("q")
 
     def release(self) -> None:
         """Drop every view so the underlying mmap can be closed."""
-        for mv in (self.words_mv, self.directory_mv):
+        for mv in (self.words_mv, self.directory_mv, self.pins_mv):
             mv.release()
         # None, not empty arrays: a use after release must fail loudly, so the types are waived here.
         self.words = self.pools = self.records = self.directory = self.readers = self.pins = None  # type: ignore[assignment]
