@@ -4,6 +4,7 @@ idles (no call at all) or waits to be told to look again, reporting what it read
 from __future__ import annotations
 
 import os
+import tempfile
 import zlib
 
 import shmpool
@@ -63,17 +64,22 @@ def hold_idle(name: str, dimension_id: int, layer_id: int, what: str, ready, go,
         results.put(("error", repr(exc)))
 
 
-def fault_at_next_lookup(name: str, dimension_id: int, layer_id: int, fault: str, hold: bool, ready, results) -> None:
-    """Look up once (mapping the generation), arm ``fault`` (``point[:stop]``), tell the parent,
-    and look up again, which dies or stops at that point; if it comes back (stopped, then
-    continued), report what the second lookup returned. With ``hold``, the first context is kept."""
+def fault_at_next_lookup(name: str, dimension_id: int, layer_id: int, fault: str, hold: bool, ready, go,
+                         results) -> None:
+    """Look up once (mapping the generation), arm ``fault`` (``point[:stop]``, firing once), tell
+    the parent, wait for ``go``, and look up again, which dies or stops at that point; if it
+    comes back (stopped, then continued), report what the second lookup returned. With
+    ``hold``, the first context is kept."""
     try:
         reader = shmpool.attach(name)
         first = reader.load_layer_context(dimension_id, layer_id)
         kept = first if hold else None
         del first
-        _faults.arm(fault)
+        fd, token = tempfile.mkstemp(prefix="pin-epoch-fault-")
+        os.close(fd)
+        _faults.arm(f"{fault}@{token}")  # once: the slow path after a stop passes the same point
         ready.set()
+        go.wait(600)
         ctx = reader.load_layer_context(dimension_id, layer_id)
         _faults.arm(None)
         results.put(("ok", {"stamp": _stamp(ctx.content), "generation": ctx.generation, "verify": ctx.verify(),

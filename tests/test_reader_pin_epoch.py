@@ -208,14 +208,12 @@ def test_a_reader_killed_at_each_step_of_a_lookup_leaves_nothing_behind(coord, p
     base = allocation_count(coord)
     attached = coord.stats()["readers_attached"]
     ctx = mp.get_context("spawn")
-    ready, results = ctx.Event(), ctx.Queue()
+    ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = _spawn(children.fault_at_next_lookup, coord.name, DIM, LAYER, point, False, ready, go, results)
+    assert ready.wait(DEADLINE)
     if point == "cache.entered":  # the mapping's step: a publish between the two lookups makes it map again
-        proc = _spawn(children.fault_at_next_lookup, coord.name, DIM, LAYER, point, False, ready, results)
-        assert ready.wait(DEADLINE)
         _publish(coord, 2)
-    else:
-        proc = _spawn(children.fault_at_next_lookup, coord.name, DIM, LAYER, point, False, ready, results)
-        assert ready.wait(DEADLINE)
+    go.set()
     proc.join(DEADLINE)
     assert proc.exitcode == -signal.SIGKILL, f"the reader was not killed at {point}: {proc.exitcode}"
     for generation in range(3, 6):
@@ -255,10 +253,11 @@ def test_a_reader_stopped_inside_a_lookup_keeps_its_generation_until_it_returns(
     point = "lookup.made"
     _publish(coord, 1)
     ctx = mp.get_context("spawn")
-    ready, results = ctx.Event(), ctx.Queue()
-    proc = _spawn(children.fault_at_next_lookup, coord.name, DIM, LAYER, f"{point}:stop", hold, ready, results)
+    ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = _spawn(children.fault_at_next_lookup, coord.name, DIM, LAYER, f"{point}:stop", hold, ready, go, results)
     try:
         assert ready.wait(DEADLINE)
+        go.set()
         wait_for(lambda: _stopped(proc.pid), DEADLINE, f"the reader stopping at {point}")
         for generation in range(2, 6):
             _publish(coord, generation)
@@ -272,7 +271,8 @@ def test_a_reader_stopped_inside_a_lookup_keeps_its_generation_until_it_returns(
         proc.join(DEADLINE)
         wait_for(lambda: _superseded(coord) == 0, 5, "generation 1 freed once the reader let go")
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGCONT)
         proc.join(DEADLINE)
 
 
@@ -281,10 +281,11 @@ def test_a_reader_stopped_before_its_recheck_sees_the_new_generation_when_resume
     keeps generation 1 meanwhile; resumed, the re-check fails and the lookup maps the new one."""
     _publish(coord, 1)
     ctx = mp.get_context("spawn")
-    ready, results = ctx.Event(), ctx.Queue()
-    proc = _spawn(children.fault_at_next_lookup, coord.name, DIM, LAYER, "lookup.busy:stop", False, ready, results)
+    ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = _spawn(children.fault_at_next_lookup, coord.name, DIM, LAYER, "lookup.busy:stop", False, ready, go, results)
     try:
         assert ready.wait(DEADLINE)
+        go.set()
         wait_for(lambda: _stopped(proc.pid), DEADLINE, "the reader stopping at lookup.busy")
         g = _publish(coord, 2)
         time.sleep(0.05)
@@ -296,7 +297,8 @@ def test_a_reader_stopped_before_its_recheck_sees_the_new_generation_when_resume
         proc.join(DEADLINE)
         wait_for(lambda: _superseded(coord) == 0, 5, "generation 1 freed once the reader moved on")
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGCONT)
         proc.join(DEADLINE)
 
 
