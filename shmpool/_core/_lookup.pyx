@@ -1085,12 +1085,18 @@ cdef class ReaderCore:
         idle[0] = w[0]
         if (idle[0] >> CACHE_SHIFT) != g or idle[0] & CACHE_BUSY:  # a slow path of another thread holds it
             return NULL
-        shm_store_sc(w, idle[0] | CACHE_BUSY)  # SC store, then SC load: see the module docstring
-        if fault_armed():
-            fault("lookup.busy")  # BUSY, GENERATION not re-checked yet
-        if shm_load_sc(directory + dv.gen_pos) != g:
-            shm_store(w, idle[0])  # superseded: never touched; the mapping drops it
-            return NULL
+        if idle[0] & CACHE_USERS:
+            # Pinned without a break since the lookup that set USERS (its BUSY came first), and
+            # cleared only by this process, which runs nothing else meanwhile: no announcement.
+            if shm_load(directory + dv.gen_pos) != g:
+                return NULL
+        else:
+            shm_store_sc(w, idle[0] | CACHE_BUSY)  # SC store, then SC load: see the module docstring
+            if fault_armed():
+                fault("lookup.busy")  # BUSY, GENERATION not re-checked yet
+            if shm_load_sc(directory + dv.gen_pos) != g:
+                shm_store(w, idle[0])  # superseded: never touched; the mapping drops it
+                return NULL
         # Stored only when 0, i.e. once per coordinator sampling period: readers do not fight
         # over its cache line.
         if directory[dv.touch_pos] == 0:
@@ -1126,7 +1132,8 @@ cdef class ReaderCore:
         ctx._end = end
         if fault_armed():
             fault("lookup.made")  # a context over the generation, BUSY still set
-        shm_store(w, gen.generation << CACHE_SHIFT | CACHE_USERS)  # release: the context holds it now
+        if idle != (gen.generation << CACHE_SHIFT | CACHE_USERS):
+            shm_store(w, gen.generation << CACHE_SHIFT | CACHE_USERS)  # release: the context holds it now
         return ctx
 
     @cython.final
@@ -1157,7 +1164,8 @@ cdef class ReaderCore:
             gen = dv.current
             w = self._enter(dv, gen, &idle)
             if w != NULL:
-                shm_store(w, gen.generation << CACHE_SHIFT | CACHE_USERS)
+                if idle != (gen.generation << CACHE_SHIFT | CACHE_USERS):
+                    shm_store(w, gen.generation << CACHE_SHIFT | CACHE_USERS)
                 return gen
             self._mapped.refresh(dv)  # drop, announce the new generation, re-check GENERATION, map
 
@@ -1248,19 +1256,20 @@ cdef class ReaderCore:
     cdef ContextCollection _batch_of(self, tuple steps, bint strict):
         """One pass over ``steps`` (checked (dimension, layer) int pairs); no sequence check.
 
-        Each dimension's cache word is entered (BUSY) once, at its first inline step, and left
-        with USERS set (the batch holds the generation) before any step that needs Python and
-        at the end: a batch of 20 steps over 3 dimensions makes 3 SC stores, not 20."""
+        Each dimension's cache word is entered (BUSY, unless USERS is set already) once, at its
+        first inline step, and left with USERS set (the batch holds the generation) before any
+        step that needs Python and at the end: a batch of 20 steps over 3 dimensions makes at
+        most 3 SC stores, not 20."""
         cdef Py_ssize_t pos, k, n = PyTuple_GET_SIZE(steps)
         cdef ContextCollection out = ContextCollection._lazy(n)
         cdef Generation gen
         cdef DimView dv
         cdef int64_t *w
         cdef int64_t idle
-        cdef int64_t *entered[BATCH_ENTERED]   # cache words this batch holds BUSY
-        cdef int64_t before[BATCH_ENTERED]     # their values before
-        cdef PyObject *entered_gen[BATCH_ENTERED]  # borrowed: ``current`` of a view, which no Python code changes meanwhile
-        cdef Py_ssize_t nentered = 0
+        cdef int64_t *entered[BATCH_ENTERED]   # cache words this batch entered (BUSY, or USERS already set)
+        cdef int64_t users[BATCH_ENTERED]      # the value that ends the batch: USERS for its generation
+        cdef Py_ssize_t i, nentered = 0
+        cdef bint found
         try:
             for pos in range(n):
                 step = <tuple>PyTuple_GET_ITEM(steps, pos)
@@ -1272,18 +1281,25 @@ cdef class ReaderCore:
                     # plain layer. Anything else goes through the single lookup.
                     gen = dv.current
                     w = dv._cw()
-                    if (w != NULL and gen.generation > 0
-                            and (w[0] & ~CACHE_USERS) == (gen.generation << CACHE_SHIFT | CACHE_BUSY)):
+                    found = False
+                    if w != NULL:
+                        for i in range(nentered):  # a handful: most paths cross a few dimensions
+                            if entered[i] == w:
+                                found = True
+                                break
+                    if found:
                         if _add_plain(out, gen, layer):  # entered by an earlier step of this batch
                             continue
                     elif nentered < BATCH_ENTERED:
                         w = self._enter(dv, gen, &idle)
                         if w != NULL:
-                            entered[nentered], before[nentered], entered_gen[nentered] = w, idle, <PyObject *>gen
+                            entered[nentered] = w
+                            users[nentered] = gen.generation << CACHE_SHIFT | CACHE_USERS
                             nentered += 1
                             if _add_plain(out, gen, layer):
                                 continue
-                _leave_all(out, entered, before, entered_gen, nentered)
+                            users[nentered - 1] = idle  # entered, nothing added: put back as it was
+                _leave_all(entered, users, nentered)
                 nentered = 0
                 try:
                     ctx = self._slow(dim, layer)
@@ -1294,22 +1310,17 @@ cdef class ReaderCore:
                     continue
                 out._add_made(ctx)
         finally:
-            _leave_all(out, entered, before, entered_gen, nentered)
+            _leave_all(entered, users, nentered)
         return out
 
 
-cdef void _leave_all(ContextCollection out, int64_t **entered, int64_t *before, PyObject **gens,
-                     Py_ssize_t n) noexcept:
-    """End a batch's BUSY sections: USERS where the batch holds the generation, else as before."""
-    cdef Py_ssize_t i, g
-    cdef bint held
+cdef inline void _leave_all(int64_t **entered, int64_t *end, Py_ssize_t n) noexcept:
+    """End a batch's sections: USERS for each generation the batch added a step of (it holds
+    them), the word as it was for one it entered and added nothing of (release stores)."""
+    cdef Py_ssize_t i
     for i in range(n):
-        held = False
-        for g in range(PyList_GET_SIZE(out._gens)):
-            if PyList_GET_ITEM(out._gens, g) == gens[i]:
-                held = True
-                break
-        shm_store(entered[i], ((<Generation>gens[i]).generation << CACHE_SHIFT | CACHE_USERS) if held else before[i])
+        if entered[i][0] != end[i]:
+            shm_store(entered[i], end[i])
 
 
 cdef class SnapshotCore:

@@ -35,7 +35,7 @@ from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
 from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \
     ShmPoolError
 from ..substrate.instance import SharedInstance
-from ..substrate.layout import PIN_COLS, PN, TOUCHED_RELOAD, W
+from ..substrate.layout import CACHE_SHIFT, PIN_COLS, PN, TOUCHED_RELOAD, W
 from . import fork, layer_index
 from .directory import Directory, Location
 from .gen_wait import GenerationWaiter
@@ -202,7 +202,7 @@ class MappedGenerations:
                 loc = self.directory.read(dv.entry)
                 if loc is None:
                     raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self.published()))
-                if dv.current.generation == loc.generation:
+                if dv.current.generation == loc.generation and dv.cache_word >> CACHE_SHIFT == loc.generation:
                     return
                 dv.drop(self.dims.move)  # what our objects still hold moves into the pin words first
                 if not loc.evicted:
