@@ -33,6 +33,7 @@ reader what only its cache holds.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -40,7 +41,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-from .._core._sync import fence
+from loguru import logger
+
+from .._core._sync import fence, membarrier
 from ..errors import ReaderForked
 from ..substrate.layout import CACHE_SHIFT, EXACT_PINS, PIN_COLS, PN, R, RD, RT, W, D, CacheBit, Control
 
@@ -269,15 +272,24 @@ class RowPins:
 _CACHE_PINS = int(CacheBit.BUSY | CacheBit.USERS)
 
 
+@functools.lru_cache(maxsize=1)
+def _barrier_refused() -> None:
+    logger.warning("membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) refused: generations idle readers "
+                   "keep cached stay pinned until their next lookup")
+
+
 def pinned_rows(control: Control, entry: int, generation: int) -> np.ndarray:
     """Row indices of live readers that pin ``generation`` of ``entry``.
 
-    The coordinator's half of the cache-word protocol (shmpool/_core/_lookup.pyx): an SC fence
-    after its GENERATION store (made GRACE ago) and before the cache-word loads, so that a
-    lookup either shows BUSY here or sees the new generation; the cache words are read before
-    the pin words, because a reader stores a generation its objects still hold in the pin words
-    before it clears the cache word."""
-    fence()
+    The coordinator's half of the cache-word protocol (shmpool/_core/_lookup.pyx): a memory
+    barrier in every reader (membarrier) after its GENERATION store (made GRACE ago) and before
+    the cache-word loads, so that a lookup either shows BUSY here or sees the new generation;
+    the cache words are read before the pin words, because a reader stores a generation its
+    objects still hold in the pin words before it clears the cache word. If the kernel refuses
+    the barrier, a reader's cached generation counts as pinned whatever its bits say."""
+    barrier = membarrier()
+    if not barrier:
+        _barrier_refused()
     cache = control.pins[:, entry, PN.CACHE].copy()
     fence()  # loads after loads: x86-64 keeps them in order, aarch64 needs the barrier
     p = control.pins[:, entry, :]
@@ -285,7 +297,7 @@ def pinned_rows(control: Control, entry: int, generation: int) -> np.ndarray:
     hit = (p[:, PN.EXACT0] == g) | (p[:, PN.EXACT1] == g)
     lo = p[:, PN.RANGE_LO]
     hit |= (lo != 0) & (lo <= g) & (g <= p[:, PN.RANGE_HI])
-    hit |= ((cache >> CACHE_SHIFT) == g) & ((cache & _CACHE_PINS) != 0)
+    hit |= ((cache >> CACHE_SHIFT) == g) & (((cache & _CACHE_PINS) != 0) | (not barrier))
     hit &= control.readers[:, RD.PID] != 0
     return np.flatnonzero(hit)
 
