@@ -74,11 +74,11 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint16_t, uint32_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from ._index_layout cimport *
-from ._sync cimport (asymmetric_fences, current_pid, fault, fault_armed, shm_compiler_fence, shm_load, shm_load_sc,
+from ._sync cimport (asymmetric_fences, fault, fault_armed, shm_compiler_fence, shm_load, shm_load_sc,
                     shm_store, shm_store_sc)
 
 import os
@@ -122,11 +122,13 @@ CACHE = {"BUSY": CACHE_BUSY, "USERS": CACHE_USERS, "SHIFT": CACHE_SHIFT}
 # Whether this process is registered for the coordinator's membarrier (shm_sync.h): then a
 # lookup's BUSY store and GENERATION load need only a compiler barrier between them.
 cdef bint _asym = asymmetric_fences()
+cdef int64_t _pid = os.getpid()  # a Generation cached by another process (a forked parent) is not ours to write
 
 
 def _asym_after_fork():
-    global _asym
+    global _asym, _pid
     _asym = asymmetric_fences()  # _sync's hook, registered first, has registered the child
+    _pid = os.getpid()
 
 
 os.register_at_fork(after_in_child=_asym_after_fork)
@@ -490,6 +492,7 @@ cdef class DimView:
     cdef readonly Py_ssize_t entry, gen_pos, touch_pos, cache_pos
     cdef object _cache_mv
     cdef public Generation current
+    cdef uint64_t _batch        # the batch (ReaderCore._batches) that entered the cache word last
 
     def __init__(self, dimension_id, Py_ssize_t entry, Py_ssize_t gen_pos, Py_ssize_t touch_pos,
                  cache_mv=None, Py_ssize_t cache_pos=-1):
@@ -539,7 +542,7 @@ cdef class DimView:
         if w == NULL:
             raise InvalidArgument(argument="view", value=self.dimension_id, reason="has no cache word")
         gen._dv = self
-        gen._dv_pid = current_pid()
+        gen._dv_pid = _pid
         self.current = gen
         shm_store(w, gen.generation << CACHE_SHIFT)  # release: the mapping's reads of it came first
 
@@ -584,20 +587,20 @@ cdef inline void _settle(DimView dv) noexcept:
     if gen is None or g <= 0 or _refcnt(<PyObject *>gen) != 2:  # ``current`` and this local
         return
     w = dv._cw()
-    if w != NULL and gen._dv is dv and gen._dv_pid == current_pid() and w[0] == (g << CACHE_SHIFT | CACHE_USERS):
+    if w != NULL and gen._dv is dv and gen._dv_pid == _pid and w[0] == (g << CACHE_SHIFT | CACHE_USERS):
         shm_store(w, g << CACHE_SHIFT)
 
 
 cdef void _holder_gone(PyObject *g) noexcept:
     """A holder of Generation ``g`` (a context, a content view, a batch) is being deallocated,
     its reference still counted: if the cache is the only other one, clear USERS."""
-    if _refcnt(g) != 2:
+    if _refcnt(g) != 2 or (<Generation>g)._dv is None:
         return
     cdef Generation gen = <Generation>g
     cdef DimView dv = gen._dv
     cdef int64_t *w
     cdef int64_t v
-    if dv is None or dv.current is not gen or gen._dv_pid != current_pid():
+    if dv.current is not gen or gen._dv_pid != _pid:
         return
     w = dv._cw()
     if w == NULL:
@@ -653,7 +656,8 @@ cdef class LoadedContext:
     def __dealloc__(self):
         # Our content view first: if nothing else holds it, its exporter goes now, counting our
         # reference to the Generation as well as its own, and leaves the word to us.
-        self._content = None
+        if self._content is not None:
+            self._content = None
         if self._gen is not None and type(self._gen) is Generation:
             _holder_gone(<PyObject *>self._gen)
 
@@ -1063,6 +1067,7 @@ cdef class ReaderCore:
     cdef Py_ssize_t _dir_len, _seq_word, _epoch_word
     cdef int64_t _touched_read
     cdef int64_t _epoch          # the last W.PIN_EPOCH honoured (mapped.honour_epoch)
+    cdef uint64_t _batches       # batches run: marks the cache words a batch entered (DimView._batch)
 
     def _core_attach(self, mapped, Py_ssize_t seq_word, int64_t touched_read, Py_ssize_t epoch_word):
         """Look up through ``mapped`` (its ``dims``, ``dir_mv`` and ``words_mv``, and its slow paths)."""
@@ -1294,8 +1299,9 @@ cdef class ReaderCore:
         cdef int64_t idle
         cdef int64_t *entered[BATCH_ENTERED]   # cache words this batch entered (BUSY, or USERS already set)
         cdef int64_t users[BATCH_ENTERED]      # the value that ends the batch: USERS for its generation
-        cdef Py_ssize_t i, nentered = 0
-        cdef bint found
+        cdef Py_ssize_t nentered = 0
+        self._batches += 1
+        cdef uint64_t batch = self._batches
         try:
             for pos in range(n):
                 step = <tuple>PyTuple_GET_ITEM(steps, pos)
@@ -1306,19 +1312,13 @@ cdef class ReaderCore:
                     # The common step inline: the cached generation is still published and holds a
                     # plain layer. Anything else goes through the single lookup.
                     gen = dv.current
-                    w = dv._cw()
-                    found = False
-                    if w != NULL:
-                        for i in range(nentered):  # a handful: most paths cross a few dimensions
-                            if entered[i] == w:
-                                found = True
-                                break
-                    if found:
+                    if dv._batch == batch:
                         if _add_plain(out, gen, layer):  # entered by an earlier step of this batch
                             continue
                     elif nentered < BATCH_ENTERED:
                         w = self._enter(dv, gen, &idle)
                         if w != NULL:
+                            dv._batch = batch
                             entered[nentered] = w
                             users[nentered] = gen.generation << CACHE_SHIFT | CACHE_USERS
                             nentered += 1
@@ -1327,6 +1327,8 @@ cdef class ReaderCore:
                             users[nentered - 1] = idle  # entered, nothing added: put back as it was
                 _leave_all(entered, users, nentered)
                 nentered = 0
+                self._batches += 1  # what was entered is left: the views' marks are stale now
+                batch = self._batches
                 try:
                     ctx = self._slow(dim, layer)
                 except _BATCH_MISSES as exc:
