@@ -137,7 +137,8 @@ class MappedGenerations:
         # The pins outlive this object: views hold them (through their arrays' finalizers), and
         # the row is given back only when this is closed AND nothing is held.
         self.pins = RowPins(inst.control, self.slot, lambda slot: _shutdown(registry, slot, owned), registry)
-        self.dims.move = functools.partial(_move_to_pins, self.pins)  # what its clear() does with held ones
+        self._move = functools.partial(_move_to_pins, self.pins)  # a dropped generation objects still hold
+        self.dims.move = self._move  # what the table's clear() does with those
         self._finalizer = weakref.finalize(self, _reader_gone, self.dims, self.pins)
         self._waiter: GenerationWaiter | None = None
         self._waiter_finalizer: weakref.finalize[Any, Any] | None = None
@@ -204,7 +205,7 @@ class MappedGenerations:
                     raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self.published()))
                 if dv.current.generation == loc.generation and dv.cache_word >> CACHE_SHIFT == loc.generation:
                     return
-                dv.drop(self.dims.move)  # what our objects still hold moves into the pin words first
+                dv.drop(self._move)  # what our objects still hold moves into the pin words first
                 if not loc.evicted:
                     if dv.enter(loc.generation, self.dir_mv) == loc.generation:
                         try:
@@ -292,7 +293,7 @@ class MappedGenerations:
         with self._lock:
             for dv in self.dims.values():
                 if dv.current is not NOT_MAPPED and self.dir_mv[dv.gen_pos] != dv.current.generation:
-                    dropped += dv.drop(self.dims.move)
+                    dropped += dv.drop(self._move)
         return dropped
 
     def honour_epoch(self, epoch: int) -> None:
