@@ -28,6 +28,7 @@ from _waiting import wait_for
 from shmpool.substrate.layout import CACHE_SHIFT, PN, CacheBit
 
 DIM, LAYER = 33, 4
+CACHE_USERS_BIT = int(CacheBit.USERS)
 DEADLINE = 60.0  # seconds: only catches a hang (each step takes well under a second)
 
 
@@ -120,6 +121,21 @@ def test_the_cache_word_says_users_exactly_while_an_object_over_the_generation_l
         with pytest.raises(shmpool.LayerNotFound):
             reader.load_layer_context(DIM, 999)
         assert _cache_word(reader) == idle, "a miss leaves nothing held"
+
+
+def test_a_batch_leaves_the_cache_word_as_it_found_it_where_it_kept_nothing(coord):  # noqa: F811
+    g = _publish(coord, 1)
+    with shmpool.attach(coord.name) as reader:
+        reader.load_layer_context(DIM, 1)
+        assert _cache_word(reader) == g << CACHE_SHIFT
+        batch = reader.load_contexts([(DIM, 999), (DIM, 998)], strict=False)  # entered, nothing added
+        assert len(batch) == 0 and len(batch.missing) == 2
+        assert _cache_word(reader) == g << CACHE_SHIFT
+        kept = reader.load_layer_context(DIM, 2)
+        batch = reader.load_contexts([(DIM, 1), (DIM, 999)], strict=False)  # USERS already set: no BUSY
+        assert len(batch) == 1 and _cache_word(reader) == g << CACHE_SHIFT | CACHE_USERS_BIT
+        del kept, batch
+        assert _cache_word(reader) == g << CACHE_SHIFT
 
 
 def test_a_superseded_generation_only_the_cache_holds_is_reclaimed_without_a_lookup(coord):  # noqa: F811

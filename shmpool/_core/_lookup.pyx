@@ -1360,6 +1360,7 @@ cdef class ReaderCore:
                 nentered = 0
                 self._batches += 1  # what was entered is left: the views' marks are stale now
                 batch = self._batches
+                gen = None  # not a holder of it while the slow path settles its cache word
                 try:
                     ctx = self._slow(dim, layer)
                 except _BATCH_MISSES as exc:
