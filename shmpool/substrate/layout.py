@@ -21,6 +21,7 @@ without locks (generation numbers, see directory below).
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -313,42 +314,92 @@ class Layout:
 
 
 class Control:
-    """numpy views of every section of a mapped control segment (no copies)."""
+    """numpy views of every section of a mapped control segment (no copies).
+
+    Each view is made on first use and kept: a reader process uses the words, directory, readers
+    and pins only, and a view it never makes costs it nothing (the views of every section, made
+    at attach, were ~16 kB of each reader's private memory: docs/performance.md)."""
 
     def __init__(self, buf: Any, layout: Layout) -> None:
         self.layout = layout
-        lay = layout
+        self._buf = buf
 
-        def arr(offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
-            count = int(np.prod(shape))
-            return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+    def _arr(self, offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
+        count = int(np.prod(shape))
+        return np.frombuffer(self._buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
-        self.words = arr(lay.words_offset, (WORDS,))
-        self.pools = arr(lay.pools_offset, (lay.pool_count, POOL_COLS))
-        self.records = arr(lay.records_offset, (lay.max_records, RECORD_COLS))
-        self.bitmaps = [arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
-        self.backed = [arr(o, (n,), np.uint8) for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
-        self.directory = arr(lay.directory_offset, (lay.max_dimensions, DIR_COLS))
-        self.readers = arr(lay.readers_offset, (lay.max_readers, READER_COLS))
-        self.pins = arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions, PIN_COLS))
-        self.tags = arr(lay.tags_offset, (lay.max_records, TAG_COLS))
-        # Plain memoryview casts read one int64 ~5x faster than numpy scalar indexing; the read
-        # path (generation checks) uses these.
-        self.words_mv = memoryview(buf)[lay.words_offset:lay.words_offset + WORDS * 8].cast("q")
-        dir_bytes = lay.max_dimensions * DIR_COLS * 8
-        self.directory_mv = memoryview(buf)[lay.directory_offset:lay.directory_offset + dir_bytes].cast("q")
-        # The lookup's cache words (PinCol.CACHE) are read and written through this one.
-        pin_bytes = lay.max_readers * lay.max_dimensions * PIN_COLS * 8
-        self.pins_mv = memoryview(buf)[lay.pins_offset:lay.pins_offset + pin_bytes].cast("q")
+    def _mv(self, offset: int, nbytes: int) -> memoryview:
+        return memoryview(self._buf)[offset:offset + nbytes].cast("q")
+
+    @functools.cached_property
+    def words(self) -> np.ndarray:
+        return self._arr(self.layout.words_offset, (WORDS,))
+
+    @functools.cached_property
+    def pools(self) -> np.ndarray:
+        return self._arr(self.layout.pools_offset, (self.layout.pool_count, POOL_COLS))
+
+    @functools.cached_property
+    def records(self) -> np.ndarray:
+        return self._arr(self.layout.records_offset, (self.layout.max_records, RECORD_COLS))
+
+    @functools.cached_property
+    def bitmaps(self) -> list[np.ndarray]:
+        lay = self.layout
+        return [self._arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
+
+    @functools.cached_property
+    def backed(self) -> list[np.ndarray]:
+        lay = self.layout
+        return [self._arr(o, (n,), np.uint8) for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
+
+    @functools.cached_property
+    def directory(self) -> np.ndarray:
+        return self._arr(self.layout.directory_offset, (self.layout.max_dimensions, DIR_COLS))
+
+    @functools.cached_property
+    def readers(self) -> np.ndarray:
+        return self._arr(self.layout.readers_offset, (self.layout.max_readers, READER_COLS))
+
+    @functools.cached_property
+    def pins(self) -> np.ndarray:
+        lay = self.layout
+        return self._arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions, PIN_COLS))
+
+    @functools.cached_property
+    def tags(self) -> np.ndarray:
+        return self._arr(self.layout.tags_offset, (self.layout.max_records, TAG_COLS))
+
+    # Plain memoryview casts read one int64 ~5x faster than numpy scalar indexing; the read
+    # path (generation checks) uses these.
+    @functools.cached_property
+    def words_mv(self) -> memoryview:
+        return self._mv(self.layout.words_offset, WORDS * 8)
+
+    @functools.cached_property
+    def directory_mv(self) -> memoryview:
+        return self._mv(self.layout.directory_offset, self.layout.max_dimensions * DIR_COLS * 8)
+
+    @functools.cached_property
+    def pins_mv(self) -> memoryview:
+        """The lookup's cache words (PinCol.CACHE) are read and written through this one."""
+        lay = self.layout
+        return self._mv(lay.pins_offset, lay.max_readers * lay.max_dimensions * PIN_COLS * 8)
 
     def release(self) -> None:
         """Drop every view so the underlying mmap can be closed."""
-        for mv in (self.words_mv, self.directory_mv, self.pins_mv):
-            mv.release()
-        # None, not empty arrays: a use after release must fail loudly, so the types are waived here.
+        made = self.__dict__
+        for name in ("words_mv", "directory_mv", "pins_mv"):
+            mv = made.get(name)
+            if mv is not None:
+                mv.release()
+        # None, not empty arrays: a use after release must fail loudly, so the types are waived
+        # here; set whether made or not, so that nothing is made from the closed mapping later.
         self.words = self.pools = self.records = self.directory = self.readers = self.pins = None  # type: ignore[assignment]
         self.tags = None  # type: ignore[assignment]
+        self.words_mv = self.directory_mv = self.pins_mv = None  # type: ignore[assignment]
         self.bitmaps = self.backed = []
+        self._buf = None
 
 
 def pack_header(layout: Layout, *, control_size: int, instance_token: int, created_ns: int,
