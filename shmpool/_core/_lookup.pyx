@@ -1171,7 +1171,10 @@ cdef class ReaderCore:
         epoch has not moved, and the layer is a plain one. None: ask :meth:`_slow`."""
         cdef Generation gen = dv.current
         cdef int64_t idle
-        cdef int64_t *w = self._enter(dv, gen, &idle)
+        cdef int64_t *w
+        if type(layer_id) is not int:  # a key (its text is checked) or a numpy integer: _slow
+            return None
+        w = self._enter(dv, gen, &idle)
         if w == NULL:
             return None
         cdef int64_t j = _probe(gen._table, gen.mask, _key_of(layer_id))
