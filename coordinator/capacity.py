@@ -295,7 +295,8 @@ class CapacityManager:
         try:
             builder = RegionBuilder(pub.dimension_id, region.name)
             for row, lid in enumerate(region.layer_ids()):
-                builder.add_layer(lid, region.content(lid), frequency=region.frequency(row),
+                key = region.key(row)  # a keyed layer keeps its key text (and so its id)
+                builder.add_layer(lid if key is None else key, region.content(lid), frequency=region.frequency(row),
                                   keywords=region.keywords(row), text=region.is_text(row), compress=compress)
         finally:
             region.close()

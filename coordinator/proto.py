@@ -18,10 +18,10 @@ import numpy as np
 from shmpool.data import arrays
 from shmpool.data.context import LoadedContext
 from shmpool.data.compression import inflate
-from shmpool.errors import LayerNotFound
-from shmpool.substrate.ids import as_id
+from shmpool.errors import InvalidLayer, LayerNotFound
+from shmpool.substrate.ids import LayerKey, as_id
 from shmpool.data.layer_index import ROW_DTYPE, SLOT_WORDS, slots_for
-from shmpool.data.region import FLAG_TEXT, FLAG_ZSTD, align, split_keywords
+from shmpool.data.region import FLAG_KEYED, FLAG_TEXT, FLAG_ZSTD, align, split_keywords
 from shmpool.data.region_builder import RegionBuilder, keyword_tuple
 
 from .publisher import NewLayer, Published, Publisher
@@ -105,6 +105,7 @@ class ProtoDimension:
         for any other bad input (a duplicate id, outside an edit).
         """
         layer_id = as_id(layer_id, "layer_id")
+        self._check_key_of_base(layer_id)
         if isinstance(content, np.ndarray):  # once, here: the builder and the heap copy store the same bytes
             content = arrays.encode(content, dimension_id=self.dimension_id, layer_id=layer_id)
         # Normalised once, here: the builder and the heap copy must see the same keywords, and
@@ -112,13 +113,17 @@ class ProtoDimension:
         keywords = keyword_tuple(self.dimension_id, layer_id, keywords)
         with self._lock:
             replacing = self._base is not None and layer_id in self._content
+            if replacing and not self._holds_key(layer_id):
+                raise self._collision(layer_id, self._key_of(layer_id))
             if replacing:
+                old_key = self._builder.key_of(layer_id)
                 self._builder.remove_layer(layer_id)
             try:
                 self._builder.add_layer(layer_id, content, frequency=frequency, keywords=keywords)
             except BaseException:
-                if replacing:  # the old heap layer stays as it was
-                    self._builder.add_layer(layer_id, self._content[layer_id], frequency=self._layers.meta[layer_id][0],
+                if replacing:  # the old heap layer stays as it was, its key too
+                    old_id = int(layer_id) if old_key is None else LayerKey(old_key.decode("utf-8"))
+                    self._builder.add_layer(old_id, self._content[layer_id], frequency=self._layers.meta[layer_id][0],
                                             keywords=self._layers.meta[layer_id][1],
                                             text=self._layers.meta[layer_id][2])
                 raise
@@ -134,6 +139,8 @@ class ProtoDimension:
         layer_id = as_id(layer_id, "layer_id")
         with self._lock:
             in_base = layer_id in self._base_rows and layer_id not in self._removed
+            if (in_base or layer_id in self._content) and not self._holds_key(layer_id):
+                raise self._not_found(layer_id)  # another key's layer: the id matched, the text does not
             if layer_id in self._content:
                 self._builder.remove_layer(layer_id)
                 del self._content[layer_id]
@@ -149,6 +156,8 @@ class ProtoDimension:
         the base may be released once the edit is crystallized."""
         layer_id = as_id(layer_id, "layer_id")
         content = self._content.get(layer_id)
+        if (content is not None or layer_id in self._base_rows) and not self._holds_key(layer_id):
+            raise self._not_found(layer_id)
         if content is not None:
             return LoadedContext(self.dimension_id, layer_id, memoryview(content), self._layers, layer_id)
         row = self._base_rows.get(layer_id)
@@ -165,6 +174,31 @@ class ProtoDimension:
                                bool(flags & FLAG_TEXT), int(r["crc32"]))
         return LoadedContext(self.dimension_id, layer_id, memoryview(data), meta, layer_id)
 
+    def _key_of(self, layer_id: int) -> bytes | None:
+        """The key text of the layer of ``layer_id`` this proto holds (its own, else its base's)."""
+        if layer_id in self._content:
+            return self._builder.key_of(layer_id)
+        base, publisher = self._base, self._publisher
+        assert base is not None and publisher is not None  # only an edit has base rows
+        return publisher.key_bytes(base, self._base_rows[layer_id])
+
+    def _holds_key(self, layer_id: int) -> bool:
+        """Whether a lookup of ``layer_id`` (an id, or a LayerKey) may return the layer of its id
+        this proto holds: always for an id, for a key only if that layer holds the same text."""
+        return type(layer_id) is not LayerKey or self._key_of(layer_id) == layer_id.utf8
+
+    def _check_key_of_base(self, layer_id: int) -> None:
+        """An edit does not let a key replace a base layer of another key whose id it shares."""
+        if (type(layer_id) is LayerKey and layer_id in self._base_rows and layer_id not in self._content
+                and layer_id not in self._removed and not self._holds_key(layer_id)):
+            raise self._collision(layer_id, self._key_of(layer_id))
+
+    def _collision(self, layer_id: int, held: bytes | None) -> InvalidLayer:
+        other = "a layer added by its bare id" if held is None else f"key {held.decode('utf-8')!r}"
+        return InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id,
+                            reason=f"key {layer_id!r} has key id {int(layer_id)}, as {other} has: one of them "
+                                   "needs another key")
+
     def layer_ids(self) -> list[int]:
         base = (i for i in self._base_rows if i not in self._removed)
         return sorted({*base, *self._content})
@@ -176,15 +210,16 @@ class ProtoDimension:
             return self._builder.nbytes()
         changed = 0
         for _, layer in self._builder.stored_layers():
-            changed = align(changed) + len(layer.content) + len(layer.keyword_bytes)
+            changed = align(changed) + len(layer.content) + len(layer.keyword_bytes) + len(layer.key or b"")
         rows = len(self)
         return changed + rows * ROW_DTYPE.itemsize + slots_for(rows) * SLOT_WORDS * 8 + 512
 
     def changes(self) -> tuple[list[NewLayer], list[int]]:
         """An edit's new or replaced layers, as stored, and the base ids it removes or replaces."""
         with self._lock:
-            new = [NewLayer(layer_id, layer.content, (FLAG_TEXT if layer.text else 0) | (FLAG_ZSTD if layer.zstd else 0),
-                            layer.crc, layer.frequency, layer.keyword_bytes)
+            new = [NewLayer(layer_id, layer.content, (FLAG_TEXT if layer.text else 0) | (FLAG_ZSTD if layer.zstd else 0)
+                            | (0 if layer.key is None else FLAG_KEYED), layer.crc, layer.frequency, layer.keyword_bytes,
+                            layer.key)
                    for layer_id, layer in self._builder.stored_layers()]
             return new, sorted(self._removed)
 

@@ -50,7 +50,7 @@ from shmpool.substrate.instance import SharedInstance
 from shmpool.data.layer_index import ROW_DTYPE
 from shmpool.substrate.layout import RT, W
 from shmpool.data.readers import ReaderRegistry
-from shmpool.data.region import FLAG_TEXT, FLAG_ZSTD, Region, align
+from shmpool.data.region import FLAG_KEYED, FLAG_TEXT, FLAG_ZSTD, Region, align
 from shmpool.data.region_builder import RegionBuilder
 
 __all__ = ["Published", "Evicted", "Publisher", "NewLayer", "Placement", "EditPlacement", "GRACE", "MAX_PIN_AGE"]
@@ -132,6 +132,7 @@ class NewLayer:
     crc32: int
     frequency: float
     keyword_bytes: bytes
+    key: bytes | None = None  # FLAG_KEYED: the key's UTF-8 text, written after the keywords
 
 
 class Placement(NamedTuple):
@@ -271,7 +272,7 @@ class Publisher:
         for layer in layers:
             at = align(at)
             offsets.append(at)
-            at += len(layer.stored) + len(layer.keyword_bytes)
+            at += len(layer.stored) + len(layer.keyword_bytes) + len(layer.key or b"")
         return layers, offsets, self._inst.table.allocate(at) if at else None
 
     def _stage_edit_locked(self, dimension_id: int, base_generation: int, layers: list[NewLayer], offsets: list[int],
@@ -292,6 +293,9 @@ class Publisher:
                 end = off + len(layer.stored)
                 view[off:end] = layer.stored
                 view[end:end + len(layer.keyword_bytes)] = layer.keyword_bytes
+                if layer.key:
+                    end += len(layer.keyword_bytes)
+                    view[end:end + len(layer.key)] = layer.key
             view.release()
             start = base_at + np.array(offsets, dtype=np.int64)
             new["pool"] = handle.pool
@@ -302,6 +306,9 @@ class Publisher:
         new["start"], new["end"] = start, start + lengths
         new["kw_start"] = start + lengths
         new["kw_end"] = new["kw_start"] + np.array([len(layer.keyword_bytes) for layer in layers], dtype=np.int64)
+        keyed = np.array([layer.key is not None for layer in layers], dtype=bool)
+        new["key_start"] = np.where(keyed, new["kw_end"], 0)
+        new["key_end"] = new["key_start"] + np.array([len(layer.key or b"") for layer in layers], dtype=np.int64)
         new["frequency"] = [layer.frequency for layer in layers]
         new["flags"] = [layer.flags for layer in layers]
         new["crc32"] = [layer.crc32 for layer in layers]
@@ -518,6 +525,14 @@ class Publisher:
         seg = self._inst.pool_segment(int(r["pool"]))
         return bytes(memoryview(seg.mm)[int(r["kw_start"]):int(r["kw_end"])])
 
+    def key_bytes(self, pub: Published, row: int) -> bytes | None:
+        """The UTF-8 text of the key of ``row``, or None if the layer was added by an int id."""
+        r = pub.rows[row]
+        if not int(r["flags"]) & FLAG_KEYED:
+            return None
+        seg = self._inst.pool_segment(int(r["pool"]))
+        return bytes(memoryview(seg.mm)[int(r["key_start"]):int(r["key_end"])])
+
     def region_bytes(self, pub: Published) -> memoryview | bytes:
         """The generation as a region file's bytes: its own region allocation when it has one,
         else a region assembled from its rows (an edited generation shares its layers)."""
@@ -529,7 +544,7 @@ class Publisher:
             layer_id, flags, crc, freq = r[0], r[7], r[8], r[5]
             builder.add_stored(layer_id, bytes(self.stored_layer(pub, row)), text=bool(flags & FLAG_TEXT),
                                zstd=bool(flags & FLAG_ZSTD), crc=crc, frequency=freq,
-                               keyword_bytes=self.keyword_bytes(pub, row))
+                               keyword_bytes=self.keyword_bytes(pub, row), key=self.key_bytes(pub, row))
         return builder.to_bytes()
 
     # ----------------------------------------------------------------- reclamation
@@ -620,7 +635,7 @@ def _merge(base: Published, new: np.ndarray, record: int, removed: list[int]
     """The rows of ``base`` with ``removed`` ids gone and ``new`` rows (sorted, ``record``'s)
     added or replacing theirs: (rows, row_blocks, rows per record, table or None).
 
-    Rows are handled as int64[n, 7] (ROW_DTYPE is 56 bytes of whole words): numpy copies
+    Rows are handled as int64[n, 9] (ROW_DTYPE is 72 bytes of whole words): numpy copies
     structured arrays field by field, ~5x slower (a 2,000-row mask: 98 us against 19 us). An
     edit that keeps the id set (replacements only) keeps every row and slot where it was, so the
     base's table is copied and only the changed slots are rewritten: no rebuild, O(changes)
@@ -663,6 +678,9 @@ def _rows_of_region(region: Region, pool: int, base: int) -> np.ndarray:
     rows["end"] = rows["start"] + index["length"].astype(np.int64)
     rows["kw_start"] = base + region.keywords_offset + index["kw_offset"].astype(np.int64)
     rows["kw_end"] = rows["kw_start"] + index["kw_length"].astype(np.int64)
+    keyed = (index["flags"] & FLAG_KEYED) != 0
+    rows["key_start"] = np.where(keyed, base + region.keywords_offset + index["key_offset"].astype(np.int64), 0)
+    rows["key_end"] = np.where(keyed, rows["key_start"] + index["key_length"].astype(np.int64), 0)
     rows["frequency"] = index["frequency"]
     rows["pool"] = pool
     rows["flags"] = index["flags"]

@@ -160,6 +160,7 @@ _OPEN_MOST = 16  # pinned files kept mapped per worker process; the oldest is dr
 
 
 def _stored(pinned: Pin, dimension_id: int, generation: int, layer_id: int) -> LoadedContext:
+    layer_id = as_id(layer_id, "layer_id")  # a str key as a LayerKey: Region.row compares its text
     key = (pinned.store_dir, dimension_id, generation)
     with _open_lock:
         gen = _open.get(key)

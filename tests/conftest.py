@@ -30,6 +30,7 @@ from shmpool.substrate.trust import SHM_DIR
 from shmpool.data.sample import build_sample
 
 import _shm_orphans
+import _stray_children
 import _test_names
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator),
@@ -211,3 +212,16 @@ LONGEST_FIRST = ("test_chaos.py", "test_bench_smoke.py", "test_dask.py", "test_r
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: module order kept otherwise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    before = _stray_children.children()
+    try:
+        return (yield)
+    except BaseException:
+        # The test failed: what it started and left running is stopped (tests/_stray_children.py).
+        stopped = _stray_children.stop(_stray_children.children() - before)
+        if stopped:
+            item.add_report_section("call", "stray children", f"stopped processes it left running: {stopped}")
+        raise

@@ -29,11 +29,12 @@ def test_the_core_row_offsets_are_row_dtype_s():
             if name.startswith("ROW_") and name != "ROW_BYTES"}
     assert core == {name: fields[name][1] for name in fields}
     sizes = {"layer_id": 8, "start": 8, "end": 8, "kw_start": 8, "kw_end": 8, "frequency": 8, "pool": 2,
-             "flags": 2, "crc32": 4}  # the C reads of _lookup.pyx: memcpy of these many bytes
+             "flags": 2, "crc32": 4, "key_start": 8, "key_end": 8}  # the C reads of _lookup.pyx: memcpy of these many bytes
     assert {name: fields[name][0].itemsize for name in fields} == sizes
     assert fields["frequency"][0] == np.dtype("<f8") and fields["crc32"][0] == np.dtype("<u4")
 
 
 def test_the_core_flags_and_separator_are_region_s():
     assert LAYOUT["FLAG_TEXT"] == region.FLAG_TEXT and LAYOUT["FLAG_ZSTD"] == region.FLAG_ZSTD
+    assert LAYOUT["FLAG_KEYED"] == region.FLAG_KEYED
     assert LAYOUT["KEYWORD_SEPARATOR"] == region.KEYWORD_SEPARATOR

@@ -163,7 +163,7 @@ def test_short_and_empty_buffers_are_refused():
 
 HEADER_FAULTS = [
     (dict(magic=b"NOTAREGN"), "bad magic"),
-    (dict(version=2), "format version 2 is not supported"),
+    (dict(version=3), "format version 3 is not supported"),
     (dict(flags=4), "unknown header flags"),
     (dict(header_size=72), "header size 72"),
     (dict(reserved=1), "reserved header bytes are not zero"),

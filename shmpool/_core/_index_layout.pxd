@@ -19,7 +19,7 @@ cdef enum:
     POOL_MASK = 0xFFFF
 
     # A row (layer_index.ROW_DTYPE): byte offsets of its fields, little-endian.
-    ROW_BYTES = 56
+    ROW_BYTES = 72
     ROW_LAYER_ID = 0    # int64
     ROW_START = 8       # int64
     ROW_END = 16        # int64
@@ -29,8 +29,11 @@ cdef enum:
     ROW_POOL = 48       # uint16
     ROW_FLAGS = 50      # uint16
     ROW_CRC32 = 52      # uint32
+    ROW_KEY_START = 56  # int64: FLAG_KEYED, the key's UTF-8 text in pool ROW_POOL ...
+    ROW_KEY_END = 64    # int64: ... one past its last byte
 
-    # region.FLAG_TEXT, region.FLAG_ZSTD, region.KEYWORD_SEPARATOR
+    # region.FLAG_TEXT, region.FLAG_ZSTD, region.FLAG_KEYED, region.KEYWORD_SEPARATOR
     FLAG_TEXT = 1
     FLAG_ZSTD = 2
+    FLAG_KEYED = 4
     KEYWORD_SEPARATOR = 0x1F

@@ -75,7 +75,7 @@ from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from ._index_layout cimport *
 from ._sync cimport (asymmetric_fences, fault, fault_armed, shm_compiler_fence, shm_load, shm_load_sc,
@@ -114,8 +114,9 @@ LAYOUT = {
     "SLOT_END": SLOT_END, "SLOT_META": SLOT_META, "EMPTY": EMPTY, "POOL_BITS": POOL_BITS, "POOL_MASK": POOL_MASK,
     "ROW_BYTES": ROW_BYTES, "ROW_LAYER_ID": ROW_LAYER_ID, "ROW_START": ROW_START, "ROW_END": ROW_END,
     "ROW_KW_START": ROW_KW_START, "ROW_KW_END": ROW_KW_END, "ROW_FREQUENCY": ROW_FREQUENCY,
-    "ROW_POOL": ROW_POOL, "ROW_FLAGS": ROW_FLAGS, "ROW_CRC32": ROW_CRC32,
-    "FLAG_TEXT": FLAG_TEXT, "FLAG_ZSTD": FLAG_ZSTD, "KEYWORD_SEPARATOR": chr(KEYWORD_SEPARATOR),
+    "ROW_POOL": ROW_POOL, "ROW_FLAGS": ROW_FLAGS, "ROW_CRC32": ROW_CRC32, "ROW_KEY_START": ROW_KEY_START,
+    "ROW_KEY_END": ROW_KEY_END, "FLAG_TEXT": FLAG_TEXT, "FLAG_ZSTD": FLAG_ZSTD, "FLAG_KEYED": FLAG_KEYED,
+    "KEYWORD_SEPARATOR": chr(KEYWORD_SEPARATOR),
 }
 # The cache word's bits, for tests/test_lookup_layout.py to compare with shmpool.substrate.layout.
 CACHE = {"BUSY": CACHE_BUSY, "USERS": CACHE_USERS, "SHIFT": CACHE_SHIFT}
@@ -141,13 +142,15 @@ cdef object _NavigationPath = None  # shmpool.data.context.NavigationPath
 cdef object _MissingStep = None     # shmpool.data.context.MissingStep
 cdef object _inflate = None         # shmpool.data.compression.inflate
 cdef object _arrays = None          # shmpool.data.arrays (array layers: decoded on request, off the hot path)
+cdef type _LayerKey = None          # shmpool.substrate.ids.LayerKey: a str key as its id, with its text
 cdef tuple _BATCH_MISSES = (DimensionNotFound, LayerNotFound)
 
 
-def bind(*, as_id, navigation_path, missing_step, inflate, arrays):
+def bind(*, as_id, navigation_path, missing_step, inflate, arrays, layer_key):
     """Hand the core its Python collaborators (called once, by shmpool.data.context)."""
-    global _as_id, _NavigationPath, _MissingStep, _inflate, _arrays
+    global _as_id, _NavigationPath, _MissingStep, _inflate, _arrays, _LayerKey
     _as_id, _NavigationPath, _MissingStep, _inflate, _arrays = as_id, navigation_path, missing_step, inflate, arrays
+    _LayerKey = layer_key
 
 
 # ----------------------------------------------------------------- buffers and the probe
@@ -189,6 +192,25 @@ cdef inline int64_t _probe(const int64_t *table, int64_t mask, int64_t key) noex
         j = (j + 1) & mask
         n += 1
     return -1
+
+
+cdef bint _key_holds(Generation gen, int64_t meta, object key) except -1:
+    """Whether the slot found for a lookup by ``key`` (a LayerKey: the probe matched its id)
+    holds that very key: its row is FLAG_KEYED and its stored text equals ``key.utf8``. One
+    length test and a memcmp; the hash only found the slot, the text decides (an absent key
+    whose id collides with a present one's must miss, not return the other layer)."""
+    cdef Py_ssize_t row = ((~meta) if meta < 0 else meta) >> POOL_BITS
+    gen._check_row(row)
+    if not gen._u16(row, ROW_FLAGS) & FLAG_KEYED:
+        return False
+    cdef bytes text = key.utf8
+    cdef int64_t start = gen._i64(row, ROW_KEY_START), end = gen._i64(row, ROW_KEY_END)
+    if end - start != len(text):
+        return False
+    if end == start:
+        return True  # the empty key: no bytes to compare (nor a pool to find them in)
+    cdef const char *stored = gen._bytes(gen._u16(row, ROW_POOL), start, end)  # bounds-checked
+    return memcmp(stored, <const char *>text, end - start) == 0
 
 
 cdef extern from "lookup_ids.h":
@@ -408,6 +430,9 @@ cdef class Generation:
         if j < 0:
             raise self._missing(layer_id)
         cdef int64_t meta = self._table[j + SLOT_META]
+        # A lookup by key (never an int: one pointer compare on the id path) checks the text.
+        if type(layer_id) is not int and type(layer_id) is _LayerKey and not _key_holds(self, meta, layer_id):
+            raise self._missing(layer_id)
         if meta < 0:
             return self._inflated(layer_id, (~meta) >> POOL_BITS)
         cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
@@ -995,8 +1020,8 @@ cdef inline bint _add_plain(ContextCollection out, Generation gen, object layer_
     if j < 0:
         return False
     cdef int64_t meta = gen._table[j + SLOT_META]
-    if meta < 0:
-        return False
+    if meta < 0 or (type(layer_id) is not int and type(layer_id) is _LayerKey and not _key_holds(gen, meta, layer_id)):
+        return False  # compressed, or another key's layer: the single lookup inflates or raises
     cdef int64_t start = gen._table[j + SLOT_START], end = gen._table[j + SLOT_END]
     if not gen._in_pool(meta & POOL_MASK, start, end):
         gen._bytes(meta & POOL_MASK, start, end)  # raises

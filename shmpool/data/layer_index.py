@@ -42,7 +42,7 @@ __all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_D
            "build_table", "probe", "index_nbytes", "write_index", "read_header", "slots_for"]
 
 MAGIC = b"SHMPLIX1"
-VERSION = 1
+VERSION = 2           # 2: rows locate a keyed layer's key text (key_start, key_end)
 SLOT_WORDS = 4        # key, start, end, meta
 SLOT_SHIFT = 2        # slot s starts at word s << SLOT_SHIFT of the table (SLOT_WORDS == 1 << SLOT_SHIFT)
 # The words of a slot, in order (docs/shm-layout.md, "Layer index"). The compiled core's read
@@ -105,8 +105,10 @@ ROW_DTYPE = np.dtype([
     ("pool", "<u2"),        # pool segment holding content and keywords
     ("flags", "<u2"),       # region.FLAG_TEXT, region.FLAG_ZSTD
     ("crc32", "<u4"),       # zlib.crc32 of the uncompressed content
+    ("key_start", "<i8"),   # region.FLAG_KEYED: the key's UTF-8 text, same pool; a lookup by key
+    ("key_end", "<i8"),     # compares it after the probe hit (0, 0 without FLAG_KEYED)
 ])
-assert ROW_DTYPE.itemsize == 56
+assert ROW_DTYPE.itemsize == 72
 
 _FLAG_ZSTD = 2  # region.FLAG_ZSTD; not imported: region imports this module
 

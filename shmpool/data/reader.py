@@ -100,19 +100,31 @@ class Reader(ReaderCore):
         key id, one hash; a name is one dict lookup). Raises DimensionNotFound naming the
         dimensions there are, LayerNotFound naming the key, InvalidId for another type.
         """
-        try:
-            return self.load_layer_context(dimension, layer)  # type: ignore[arg-type]  # ids, names and keys alike
-        except LayerNotFound as exc:
-            if type(layer) is not str:
-                raise
-            raise LayerNotFound(dimension_id=exc.dimension_id, layer_id=repr(layer), generation=exc.generation,
-                                layer_count=exc.layer_count) from None
+        for _ in range(BATCH_TRIES):
+            try:
+                ctx = self.load_layer_context(dimension, layer)  # type: ignore[arg-type]  # ids, names and keys alike
+            except LayerNotFound as exc:
+                if type(layer) is not str:
+                    raise
+                raise LayerNotFound(dimension_id=exc.dimension_id, layer_id=repr(layer), generation=exc.generation,
+                                    layer_count=exc.layer_count) from None
+            # A name is resolved, then looked up: a publication in between may have renamed that
+            # dimension (and given the name to another). The generation read says which it was.
+            if type(dimension) is not str or ctx.dimension_name == dimension:
+                return ctx
+        raise DimensionNotFound(dimension_id=repr(dimension),
+                                available=[f"{n!r} ({d})" for d, n in self.dimensions().items()])
 
     def dimension_id(self, name: str) -> int:
         """The id of the published dimension called ``name``; DimensionNotFound if there is none."""
         found = self._named.get(name)
-        if found is not None and found in self._dims and self._dims[found].current.name == name:
-            return found
+        # Checked against the published generation, not the one this reader mapped last: a
+        # dimension may be renamed, and its old name given to another.
+        try:
+            if found is not None and found in self._dims and self._with_generation(found, _name) == name:
+                return found
+        except DimensionNotFound:
+            pass  # no longer published: the scan below says which names are
         dimensions = self.dimensions()
         for dim_id, dim_name in dimensions.items():
             if dim_name == name:

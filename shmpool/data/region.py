@@ -1,10 +1,16 @@
-"""The region format (version 1) and :class:`Region`, its validating zero-copy reader.
+"""The region format (version 2) and :class:`Region`, its validating zero-copy reader.
 
-A region holds ONE dimension: a 64-byte header, the dimension name and the keyword blob, a layer
-index of 48-byte rows sorted by layer id, then the layers' content. Every offset is ABSOLUTE
+A region holds ONE dimension: a 64-byte header, the dimension name and the keyword blob (which
+also holds the keyed layers' key texts), a layer index of 56-byte rows sorted by layer id, then
+the layers' content. Every offset is ABSOLUTE
 (from the region's first byte), so a region is position independent: the coordinator copies a
 region file verbatim into a shared-memory block and readers parse it there. docs/region-format.md
 lists the same fields in the same order; change both together.
+
+Version 2 added each keyed layer's key text (FLAG_KEYED, ``key_offset``/``key_length``): a lookup
+by key compares it, so a key whose id merely collides with a present one's is not found. Version 1
+files (no key texts: their keyed layers could only be found by hash) are refused, naming the
+version; rebuild them with this release's RegionBuilder or ``shmpool build``.
 
 Lifetime rule: every memoryview or array a Region hands out (:meth:`Region.layer`,
 ``Region.buffer``, ``Region.index``) is a window on the Region's buffer and must not be used after
@@ -29,26 +35,28 @@ from loguru import logger
 from . import layer_index
 from .compression import inflate
 from ..errors import InvalidArgument, LayerNotFound, RegionClosed, RegionFormatError, ShmPoolError
+from ..substrate.ids import LayerKey, key_id
 
 __all__ = [
-    "ALIGN", "FLAG_TEXT", "FLAG_ZSTD", "FORMAT_VERSION", "HEADER", "HEADER_OFFSETS", "HEADER_SIZE", "INDEX_DTYPE",
+    "ALIGN", "FLAG_KEYED", "FLAG_TEXT", "FLAG_ZSTD", "FORMAT_VERSION", "HEADER", "HEADER_OFFSETS", "HEADER_SIZE", "INDEX_DTYPE",
     "KEYWORD_SEPARATOR", "MAGIC", "MAX_NAME_BYTES", "Header", "Region", "align", "meta_crc",
 ]
 
 MAGIC = b"SHMPRGN1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ALIGN = 8                  # index, content area and every layer start on a multiple of this
 MAX_NAME_BYTES = 255       # UTF-8 bytes of a dimension name
 FLAG_TEXT = 1              # index flags bit 0: the content is UTF-8 text
 FLAG_ZSTD = 2              # bit 1: stored as u64 raw length + zstd frame (shmpool.data.compression)
-KNOWN_LAYER_FLAGS = FLAG_TEXT | FLAG_ZSTD
+FLAG_KEYED = 4             # bit 2: added by a str key, whose text key_offset/key_length locate
+KNOWN_LAYER_FLAGS = FLAG_TEXT | FLAG_ZSTD | FLAG_KEYED
 KEYWORD_SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur inside a keyword
 
 # The header, in byte order. '<' = little-endian, no padding: the offsets below are exact.
 _HEADER_FIELDS = (
     ("magic", "8s"),           # MAGIC: refuses foreign files before any other field is trusted
     ("version", "H"),          # FORMAT_VERSION; a reader refuses versions it does not know
-    ("flags", "H"),            # none defined in version 1; must be 0 so a future flag is never ignored
+    ("flags", "H"),            # none defined (version 2); must be 0 so a future flag is never ignored
     ("header_size", "I"),      # 64; lets a later version grow the header detectably
     ("dimension_id", "I"),     # the dimension this region holds, 1 .. 2**32-1 (0 is reserved)
     ("layer_count", "I"),      # rows in the layer index
@@ -89,7 +97,7 @@ _CRC_AT = HEADER_OFFSETS["meta_crc"]
 _CRC_FIELD = struct.Struct("<I")
 assert HEADER_SIZE == 64 and _CRC_AT == 56
 
-# One row per layer, sorted strictly ascending by layer_id. Natural alignment, no holes: 48 bytes.
+# One row per layer, sorted strictly ascending by layer_id. Natural alignment, no holes: 56 bytes.
 INDEX_DTYPE = np.dtype([
     ("layer_id", "<u8"),   # the key; strictly ascending, < 2**63 so it fits every signed int64
     ("flags", "<u4"),      # bit 0 FLAG_TEXT, bit 1 FLAG_ZSTD; others must be 0 so a future flag is never ignored
@@ -99,8 +107,10 @@ INDEX_DTYPE = np.dtype([
     ("frequency", "<f8"),  # caller-defined weight; finite
     ("kw_offset", "<u4"),  # this layer's keywords: start in the keyword blob ...
     ("kw_length", "<u4"),  # ... and length; KEYWORD_SEPARATOR-joined UTF-8, 0 = no keywords
+    ("key_offset", "<u4"), # FLAG_KEYED: the key's UTF-8 text, start in the keyword blob ...
+    ("key_length", "<u4"), # ... and length (0 for the empty key; both 0 without FLAG_KEYED)
 ])
-assert INDEX_DTYPE.itemsize == 48
+assert INDEX_DTYPE.itemsize == 56
 
 
 def align(n: int) -> int:
@@ -184,7 +194,8 @@ def _check_region(mv: memoryview, source: str, verify: bool) -> _Parsed:
     if h.magic != MAGIC:
         raise fault(f"bad magic {h.magic!r}, expected {MAGIC!r}: not a region", 0)
     if h.version != FORMAT_VERSION:
-        raise fault(f"format version {h.version} is not supported (this reader knows {FORMAT_VERSION})",
+        rebuild = "; rebuild it with this release's RegionBuilder or `shmpool build`" if h.version < FORMAT_VERSION else ""
+        raise fault(f"format version {h.version} is not supported (this reader knows {FORMAT_VERSION}){rebuild}",
                     at["version"])
     if h.flags:
         raise fault(f"unknown header flags {h.flags:#06x}", at["flags"])
@@ -233,6 +244,7 @@ def _check_region(mv: memoryview, source: str, verify: bool) -> _Parsed:
     index = np.frombuffer(mv, INDEX_DTYPE, count=h.layer_count, offset=h.index_offset)
     _check_index(mv, index, h, keywords_at, fault)
     if verify:
+        _check_keys(mv, index, keywords_at, source)
         _check_content(mv, index, source)
     return _Parsed(h, name, index, keywords_at)
 
@@ -279,20 +291,36 @@ def _check_index(mv: memoryview, index: np.ndarray, h: Header, keywords_at: int,
         a, b = int(rows[r]), int(rows[r + 1])
         raise fault(f"layers {int(ids[a])} and {int(ids[b])} overlap: [{int(off[a])}, {int(ends[r])}) and "
                     f"[{int(off[b])}, {int(ends[r + 1])})", at(b, "offset"))
-    kw_off = index["kw_offset"].astype(np.uint64)
-    kw_end = kw_off + index["kw_length"]  # each u4, so the u8 sum cannot wrap
     blob_len = h.keywords_length
-    if (r := first(kw_end > np.uint64(blob_len))) is not None:
-        raise fault(f"layer {int(ids[r])} keywords [{int(kw_off[r])}, {int(kw_end[r])}) fall outside the "
-                    f"keyword blob of {blob_len} bytes", at(r, "kw_offset"))
     # The blob as a whole decodes, so a slice decodes iff neither end falls inside a multi-byte
     # character, i.e. on a continuation byte 0b10xxxxxx. One vectorised test instead of a decode per row.
     inside = np.zeros(blob_len + 1, dtype=bool)
     blob = np.frombuffer(mv, np.uint8, count=blob_len, offset=keywords_at)
     inside[:blob_len] = (blob & 0xC0) == 0x80
-    if (r := first((kw_end > kw_off) & (inside[kw_off] | inside[kw_end]))) is not None:
-        raise fault(f"layer {int(ids[r])} keywords [{int(kw_off[r])}, {int(kw_end[r])}) split a UTF-8 "
-                    f"character", at(r, "kw_offset"))
+    unkeyed = (flags & np.uint32(FLAG_KEYED)) == 0
+    if (r := first(unkeyed & ((index["key_offset"] | index["key_length"]) != 0))) is not None:
+        raise fault(f"layer {int(ids[r])} locates a key but has no FLAG_KEYED", at(r, "key_offset"))
+    for what, start_field, length_field in (("keywords", "kw_offset", "kw_length"), ("key", "key_offset", "key_length")):
+        kw_off = index[start_field].astype(np.uint64)
+        kw_end = kw_off + index[length_field]  # each u4, so the u8 sum cannot wrap
+        if (r := first(kw_end > np.uint64(blob_len))) is not None:
+            raise fault(f"layer {int(ids[r])} {what} [{int(kw_off[r])}, {int(kw_end[r])}) fall outside the "
+                        f"keyword blob of {blob_len} bytes", at(r, start_field))
+        if (r := first((kw_end > kw_off) & (inside[kw_off] | inside[kw_end]))) is not None:
+            raise fault(f"layer {int(ids[r])} {what} [{int(kw_off[r])}, {int(kw_end[r])}) split a UTF-8 "
+                        f"character", at(r, start_field))
+
+
+def _check_keys(mv: memoryview, index: np.ndarray, keywords_at: int, source: str) -> None:
+    """Every keyed layer's text hashes to its id (a row that lies about its key could otherwise be
+    found by a key it does not hold): one hash per keyed layer, so with the content checks."""
+    for row in np.flatnonzero(index["flags"] & np.uint32(FLAG_KEYED)).tolist():
+        start = keywords_at + int(index["key_offset"][row])
+        text = codecs.utf_8_decode(mv[start:start + int(index["key_length"][row])], "strict", True)[0]
+        layer_id = int(index["layer_id"][row])
+        if key_id(text) != layer_id:
+            raise RegionFormatError(source=source, offset=start,
+                                    fault=f"layer {layer_id} holds key {text!r}, whose id is {key_id(text)}")
 
 
 def _check_content(mv: memoryview, index: np.ndarray, source: str) -> None:
@@ -411,8 +439,11 @@ class Region:
         return self
 
     def _find(self, layer_id: Any) -> int:
-        """The row of ``layer_id``, or -1: the same table and probe as a published generation's
-        (shmpool.data.layer_index), built on the heap on first use."""
+        """The row of ``layer_id`` (an id, or a str key / LayerKey whose text the row must hold),
+        or -1: the same table and probe as a published generation's (shmpool.data.layer_index),
+        built on the heap on first use."""
+        if type(layer_id) is str:
+            layer_id = LayerKey(layer_id)
         if self._table is None:
             index = self.index
             ids = index["layer_id"].astype(np.int64)  # < 2**63: checked by _check_index
@@ -422,7 +453,23 @@ class Region:
             self._table = (built.data.cast("B").cast("q"), len(built) - 1)  # .data: memoryview(built)
         table, mask = self._table
         j = layer_index.probe(table, mask, layer_id)
-        return -1 if j < 0 else table[j + layer_index.SLOT_META]
+        if j < 0:
+            return -1
+        row: int = table[j + layer_index.SLOT_META]
+        if type(layer_id) is LayerKey and self._key_bytes(row) != layer_id.utf8:
+            return -1  # the hash matched, the text does not: another key's layer
+        return row
+
+    def _key_bytes(self, row: int) -> bytes | None:
+        if not self.index["flags"][row] & FLAG_KEYED:
+            return None
+        start = self._keywords_at + int(self.index["key_offset"][row])
+        return bytes(self.buffer[start:start + int(self.index["key_length"][row])])
+
+    def key(self, row: int) -> str | None:
+        """The str key of the layer in ``row``, or None if it was added by an int id."""
+        raw = self._key_bytes(row)
+        return None if raw is None else raw.decode("utf-8")
 
     # ----------------------------------------------------------------- lifetime
 
@@ -457,7 +504,7 @@ class Region:
             raise self._closed_error()
         return self._views.index
 
-    def layer(self, layer_id: int) -> memoryview:
+    def layer(self, layer_id: int | str) -> memoryview:
         """The content of ``layer_id`` as stored: a read-only zero-copy slice. Raises LayerNotFound."""
         row = self._find(layer_id)
         if row < 0:
@@ -468,15 +515,17 @@ class Region:
         except (TypeError, ValueError):  # the view was released by close()
             raise self._closed_error() from None
 
-    def content(self, layer_id: int) -> bytes | memoryview:
+    def content(self, layer_id: int | str) -> bytes | memoryview:
         """The layer's content: the zero-copy slice, or for a compressed layer its decompressed copy."""
+        if isinstance(layer_id, str):
+            layer_id = LayerKey(layer_id)
         view = self.layer(layer_id)
         row = self._find(layer_id)
         if self.index["flags"][row] & FLAG_ZSTD:
             return inflate(view, source=self.source, layer_id=layer_id, offset=int(self.index["offset"][row]))
         return view
 
-    def row(self, layer_id: int) -> int:
+    def row(self, layer_id: int | str) -> int:
         """The row of ``layer_id`` in :attr:`index`. Raises LayerNotFound."""
         row = self._find(layer_id)
         if row < 0:
@@ -517,6 +566,7 @@ class Region:
 
     def verify_checksums(self) -> None:
         """Check every layer's CRC32 and every text layer's UTF-8 now. Raises RegionFormatError."""
+        _check_keys(self.buffer, self.index, self._keywords_at, self.source)
         _check_content(self.buffer, self.index, self.source)
 
     def __contains__(self, layer_id: object) -> bool:

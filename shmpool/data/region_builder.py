@@ -1,4 +1,4 @@
-"""RegionBuilder: collects one dimension's layers on the heap and writes them as a version-1 region.
+"""RegionBuilder: collects one dimension's layers on the heap and writes them as a version-2 region.
 
 Writing is a pure copy: every CRC32 is computed when a layer is added, and the header, names,
 keywords and index (all small) are assembled once per change of the layer set. ``write_into``
@@ -22,10 +22,10 @@ from loguru import logger
 
 from . import arrays
 from ..errors import InvalidArgument, InvalidArgumentType, InvalidLayer
-from ..substrate.ids import as_id, key_id
+from ..substrate.ids import LayerKey, as_id
 from .compression import deflate
 from .region import (
-    FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
+    FLAG_KEYED, FLAG_TEXT, FLAG_ZSTD, FORMAT_VERSION, HEADER, HEADER_SIZE, INDEX_DTYPE, KEYWORD_SEPARATOR, MAGIC, MAX_NAME_BYTES,
     align, byte_view, meta_crc,
 )
 
@@ -45,6 +45,7 @@ class _Layer(NamedTuple):
     keywords: tuple[str, ...]
     keyword_bytes: bytes
     zstd: bool
+    key: bytes | None = None  # a keyed layer's key text (UTF-8), stored with it and compared by lookups
 
 
 class _Plan(NamedTuple):
@@ -98,15 +99,21 @@ class RegionBuilder:
         def bad(reason: str) -> InvalidLayer:
             return InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason=reason)
 
-        if isinstance(layer_id, str):  # a key stands for its key id (shmpool.substrate.ids)
-            layer_id = key_id(layer_id)
+        if isinstance(layer_id, str):  # a key stands for its key id, and keeps its text (shmpool.substrate.ids)
+            layer_id = LayerKey(layer_id)
+        key = layer_id.utf8 if type(layer_id) is LayerKey else None
+        if key is not None:
+            try:
+                codecs.utf_8_decode(key, "strict", True)
+            except UnicodeDecodeError as exc:
+                raise bad(f"key is not encodable as UTF-8 ({exc.reason})") from None
         if isinstance(layer_id, bool) or not isinstance(layer_id, numbers.Integral):
             raise bad(f"layer id must be an int or a str key, got {type(layer_id).__name__}")
         layer_id = int(layer_id)
         if not 0 <= layer_id < 2**63:
             raise bad("layer id must satisfy 0 <= id < 2**63")
         if layer_id in self._layers:
-            raise bad("duplicate layer id")
+            raise bad(self._duplicate(layer_id, key))
         if isinstance(frequency, bool) or not isinstance(frequency, numbers.Real):
             raise bad(f"frequency must be a real number, got {frequency!r}")
         frequency = float(frequency)
@@ -120,8 +127,8 @@ class RegionBuilder:
             keyword_bytes = KEYWORD_SEPARATOR.join(keywords).encode("utf-8")
         except UnicodeEncodeError as exc:
             raise bad(f"keywords are not encodable as UTF-8 ({exc.reason})") from None
-        if self._keyword_bytes + len(keyword_bytes) >= _U32:
-            raise bad("the keyword blob would exceed 4 GiB (its offsets are 32-bit)")
+        if self._keyword_bytes + len(keyword_bytes) + len(key or b"") >= _U32:
+            raise bad("the keyword blob (keywords and keys) would exceed 4 GiB (its offsets are 32-bit)")
         if len(self._layers) + 1 >= _U32:
             raise bad("a region holds fewer than 2**32 layers")
         if isinstance(content, np.ndarray):  # its .npy bytes: dtype and shape travel with it
@@ -150,31 +157,48 @@ class RegionBuilder:
                 raise bad(f"text=True but the bytes are not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
         stored = deflate(data) if compress else None
         self._layers[layer_id] = _Layer(data if stored is None else stored, bool(text) or is_str, zlib.crc32(data),
-                                        frequency, keywords, keyword_bytes, stored is not None)
-        self._keyword_bytes += len(keyword_bytes)
+                                        frequency, keywords, keyword_bytes, stored is not None, key)
+        self._keyword_bytes += len(keyword_bytes) + len(key or b"")
         self._plan = None
 
+    def _duplicate(self, layer_id: int, key: bytes | None) -> str:
+        """Why ``layer_id`` cannot be added: a second layer of that id, or a key colliding with another."""
+        held = self._layers[layer_id].key
+        if key is not None and held != key:
+            other = "a layer added by its bare id" if held is None else f"key {held.decode('utf-8')!r}"
+            return (f"key {key.decode('utf-8', 'surrogatepass')!r} has key id {layer_id}, as {other} has: "
+                    "one of them needs another key")
+        return "duplicate layer id"
+
     def add_stored(self, layer_id: int, stored: bytes, *, text: bool, zstd: bool, crc: int, frequency: float,
-                   keyword_bytes: bytes) -> None:
+                   keyword_bytes: bytes, key: bytes | None = None) -> None:
         """Add a layer exactly as another region stored it (already validated there): ``stored``
-        is its raw or compressed form, ``crc`` the CRC32 of the uncompressed content."""
+        is its raw or compressed form, ``crc`` the CRC32 of the uncompressed content, ``key`` the
+        UTF-8 text of its key (None for a layer added by an int id)."""
         if layer_id in self._layers:
             raise InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason="duplicate layer id")
         keywords = tuple(k for k in keyword_bytes.decode("utf-8").split(KEYWORD_SEPARATOR) if k)
-        self._layers[layer_id] = _Layer(bytes(stored), text, crc, float(frequency), keywords, keyword_bytes, zstd)
-        self._keyword_bytes += len(keyword_bytes)
+        self._layers[layer_id] = _Layer(bytes(stored), text, crc, float(frequency), keywords, keyword_bytes, zstd,
+                                        None if key is None else bytes(key))
+        self._keyword_bytes += len(keyword_bytes) + len(key or b"")
         self._plan = None
+
+    def key_of(self, layer_id: int) -> bytes | None:
+        """The key text (UTF-8) of layer ``layer_id``, None if it was added by an int id; KeyError if absent."""
+        return self._layers[layer_id].key
 
     def stored_layers(self) -> list[tuple[int, Any]]:
         """(layer id, layer as stored) in id order: what an edit writes (shmpool.coordinator.publisher)."""
         return sorted(self._layers.items())
 
-    def remove_layer(self, layer_id: int) -> None:
-        """Remove one layer. Raises InvalidLayer if it is not there."""
-        layer = self._layers.pop(layer_id, None)
-        if layer is None:
-            raise InvalidLayer(dimension_id=self.dimension_id, layer_id=layer_id, reason="no such layer to remove")
-        self._keyword_bytes -= len(layer.keyword_bytes)
+    def remove_layer(self, layer_id: int | str) -> None:
+        """Remove one layer (by id, or by key: its text must match). Raises InvalidLayer if it is not there."""
+        lid = LayerKey(layer_id) if isinstance(layer_id, str) else layer_id
+        layer = self._layers.get(lid)
+        if layer is None or (type(lid) is LayerKey and layer.key != lid.utf8):
+            raise InvalidLayer(dimension_id=self.dimension_id, layer_id=lid, reason="no such layer to remove")
+        del self._layers[lid]
+        self._keyword_bytes -= len(layer.keyword_bytes) + len(layer.key or b"")
         self._plan = None
 
     def layer_ids(self) -> list[int]:
@@ -255,7 +279,9 @@ class RegionBuilder:
             return self._plan
         ids = sorted(self._layers)
         layers = [self._layers[i] for i in ids]
-        blob = b"".join(layer.keyword_bytes for layer in layers)
+        # The blob: every layer's keywords, then every keyed layer's key text.
+        kw_blob = b"".join(layer.keyword_bytes for layer in layers)
+        blob = kw_blob + b"".join(layer.key or b"" for layer in layers)
         index_offset = align(HEADER_SIZE + len(self._name) + len(blob))
         content_offset = index_offset + len(ids) * INDEX_DTYPE.itemsize
         offsets, at = [], content_offset
@@ -266,7 +292,8 @@ class RegionBuilder:
         nbytes = offsets[-1] + len(layers[-1].content) if layers else content_offset
         index = np.zeros(len(ids), dtype=INDEX_DTYPE)
         index["layer_id"] = ids
-        index["flags"] = [(FLAG_TEXT if layer.text else 0) | (FLAG_ZSTD if layer.zstd else 0) for layer in layers]
+        index["flags"] = [(FLAG_TEXT if layer.text else 0) | (FLAG_ZSTD if layer.zstd else 0)
+                          | (0 if layer.key is None else FLAG_KEYED) for layer in layers]
         index["crc32"] = [layer.crc for layer in layers]
         index["offset"] = offsets
         index["length"] = [len(layer.content) for layer in layers]
@@ -274,6 +301,11 @@ class RegionBuilder:
         kw_lengths = [len(layer.keyword_bytes) for layer in layers]
         index["kw_length"] = kw_lengths
         index["kw_offset"] = np.cumsum([0] + kw_lengths[:-1]) if layers else []
+        key_lengths = [len(layer.key or b"") for layer in layers]
+        index["key_length"] = key_lengths
+        if layers:  # the keys follow every keyword; a layer without a key has offset 0
+            key_offsets = len(kw_blob) + np.cumsum([0] + key_lengths[:-1])
+            index["key_offset"] = np.where([layer.key is not None for layer in layers], key_offsets, 0)
         meta = self._name + blob
         index_bytes = index.tobytes()
         fields = [MAGIC, FORMAT_VERSION, 0, HEADER_SIZE, self.dimension_id, len(ids), len(self._name),

@@ -53,7 +53,7 @@ from .jobboard import JOBS
 from ..substrate.instance import CONTROL
 from ..substrate.names import segment_name
 from ..substrate.trust import shm_path
-from ..substrate.ids import as_id
+from ..substrate.ids import LayerKey, as_id
 from ..data.reader import Reader
 from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
 from .client_link import Link
@@ -329,12 +329,12 @@ class Client(concurrent.futures.Executor):
         # Checked here, not only in the worker: a np.bool_ would not even encode, and a bad id
         # should not cost a round trip. Raises InvalidId (a TypeError).
         dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
-        context: LoadedContext = self.call("lookup", dimension_id, layer_id, timeout=timeout)
+        context: LoadedContext = self.call("lookup", dimension_id, _wire(layer_id), timeout=timeout)
         return context
 
     def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True,
                       timeout: float | None = None) -> ContextCollection:
-        steps = [list(s) for s in NavigationPath.of(path)]
+        steps = [[d, _wire(lid)] for d, lid in NavigationPath.of(path)]
         contexts: ContextCollection = self.call("load_contexts", steps, strict=strict, timeout=timeout)
         return contexts
 
@@ -456,3 +456,9 @@ def _runs_no_workers(name: str) -> bool:
     def present(kind: str) -> bool:
         return shm_path(segment_name(name, kind)).exists()
     return present(CONTROL) and not present(JOBS)
+
+
+def _wire(layer_id: int) -> int | str:
+    """A layer id as a job sends it: a key as its text, so that the worker's lookup compares it
+    (a LayerKey would travel as its bare key id, which finds a colliding key's layer)."""
+    return layer_id.text if type(layer_id) is LayerKey else layer_id

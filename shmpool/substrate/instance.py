@@ -30,6 +30,7 @@ from .lock import shared_lock
 from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign,
                     segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
+from .removal import flock_holder
 from .segments import Segment
 from .trust import open_semaphore
 
@@ -482,29 +483,7 @@ def coordinator_pid(name: str, lock_path: str | os.PathLike[str] | None = None) 
             return int(probe.coordinator()[0])
         finally:
             probe.close()
-    return None if lock_path is None else _flock_holder(lock_path)
-
-
-def _flock_holder(path: str | os.PathLike[str]) -> int | None:
-    """The pid /proc/locks gives for an flock on ``path`` (None: not held, or no /proc/locks).
-
-    The kernel names the process that took the lock, whatever state it is in (starting,
-    stopped); lines read "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END"."""
-    try:
-        st = os.stat(path)
-        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in lines:
-        fields = line.split()
-        if "->" in fields:  # a waiter queued behind the holder, not the holder
-            continue
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where and fields[4].isdigit():
-            pid = int(fields[4])
-            return pid if pid > 0 else None
-    return None
+    return None if lock_path is None else flock_holder(lock_path)
 
 
 SWEEP_MIN_AGE = 60.0  # seconds: far longer than any coordinator takes from its first object to its header

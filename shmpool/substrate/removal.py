@@ -35,22 +35,24 @@ REMOVEIPC_ADVICE = (
 def flock_holder(path: str | os.PathLike[str]) -> int | None:
     """Pid of the process holding a flock on ``path``; None if nobody does or it cannot be told.
 
-    Linux only (/proc/locks); the pid is as this process's pid namespace sees it."""
+    The kernel names the process that took the lock whatever state it is in (starting, stopped).
+    Linux only (/proc/locks); the pid is as this process's pid namespace sees it (0 or negative
+    where the holder is outside it: told as unknown)."""
     try:
         st = os.stat(path)
         with open(PROC_LOCKS, "rb") as fh:
             lines = fh.read().splitlines()
     except OSError:
         return None
-    # "1: FLOCK  ADVISORY  WRITE 15590 fe:00:2152226 0 EOF": device as hex major:minor, then the inode.
+    # "1: FLOCK  ADVISORY  WRITE 15590 fe:00:2152226 0 EOF": device as hex major:minor, then the
+    # inode. A waiter queued behind the holder reads "1: -> FLOCK ...": its fields are shifted by
+    # one, so it never matches.
     want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}".encode()
     for line in lines:
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5] == want:
-            try:
-                return int(fields[4])
-            except ValueError:
-                return None
+        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5] == want and fields[4].isdigit():
+            pid = int(fields[4])
+            return pid if pid > 0 else None
     return None
 
 
