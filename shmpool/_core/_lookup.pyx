@@ -22,9 +22,9 @@ from here only when a lookup finds the published generation moved or a dimension
 
 The lookup takes no lock, makes no system call and logs nothing: the dimension's view (an index
 for ids below 256, a dict beyond), one load of W.PIN_EPOCH (moved: honour it, in Python), the
-reader's cache word for the dimension marked BUSY (one sequentially consistent store), one load of
-its GENERATION word (and of TOUCHED, stored once per coordinator sampling period), the probe, one
-bounds check, the context object, the cache word stored back with USERS set.
+reader's cache word for the dimension marked BUSY (a plain store; none when USERS is set already),
+one load of its GENERATION word (and of TOUCHED, stored once per coordinator sampling period), the
+probe, one bounds check, the context object, the cache word stored back with USERS set.
 
 **The cache word** (PinCol.CACHE of the reader's row, one per directory entry: generation << 2 |
 USERS << 1 | BUSY) lets the coordinator reclaim a superseded generation an idle reader merely keeps
