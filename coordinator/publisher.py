@@ -19,8 +19,10 @@ nothing overrides it while the pinning process lives: a pin older than ``max_pin
 logged and listed as stale, never freed, because its reader may still read that memory. Only a
 dead reader's pins are dropped.
 
-Each publication bumps W.PIN_EPOCH, which asks every reader to let go of the mappings it no
-longer needs (shmpool/data/pin_watch.py); each allocation's record is tagged with its dimension and
+Each publication bumps W.PIN_EPOCH, which a reader's next lookup compares to let go of the
+mappings it no longer needs; a reader that makes no lookup needs nothing of the kind, since the
+generation it merely caches pins only while its cache word says a lookup is in progress or an
+object over it lives (shmpool/_core/_lookup.pyx); each allocation's record is tagged with its dimension and
 the generation that created it (and when no current generation references it any more) so that
 any process can list what a pin retains.
 """
@@ -633,22 +635,21 @@ class Publisher:
         logger.debug("released dimension {} generation {}: {} allocations freed", old.dimension_id,
                      old.generation, len(doomed))
 
-    def _warn_stale(self, old: Published, holders: list[tuple[int, int, int]], age: float) -> None:
+    def _warn_stale(self, old: Published, holders: list[tuple[int, int, bool]], age: float) -> None:
         """Once per (reader, generation): say who keeps a superseded region past max_pin_age.
 
-        Never frees it: the reader lives, and may read it. Either it holds a context on purpose
-        (it answered the last drop request) or it has not run since (stopped, stuck in C code)."""
+        Never frees it: the reader lives, and may read it. Either it holds a context on purpose,
+        or it stopped inside a lookup (its cache word still BUSY)."""
         sizes = self._inst.table.block_sizes
         in_use = self._current_records()
         nbytes = sum(h.block_count * sizes[h.pool] for rec, h in old.blocks.items() if rec not in in_use)
-        for slot, pid, seen in holders:
+        for slot, pid, held in holders:
             key = (pid, slot, old.entry, old.generation)
             if key in self._warned:
                 continue
             self._warned.add(key)
-            why = ("it answered the drop request, so it holds a context of that generation"
-                   if seen >= old.superseded_epoch else
-                   "it has not answered the drop request since (stopped, or busy without the GIL?)")
+            why = ("it holds a context (or a view, batch or snapshot) of that generation" if held else
+                   "it is inside a lookup of it and has not returned since (stopped, or descheduled?)")
             logger.warning("reader pid {} pins dimension {} generation {} for {:.1f} s (max_pin_age {:g} s): "
                            "{} bytes retained; {}; not freed while that process lives", pid, old.dimension_id, old.generation, age,
                            self.max_pin_age, nbytes, why)

@@ -14,8 +14,9 @@ def where() -> dict:
     r = sd.reader()
     dim = min(r.dimensions())
     ctx = r.load_layer_context(dim, r.layer_ids(dim)[0])
-    # A view into the host's shared memory: a slice of the reader's pinned array, read-only.
-    zero_copy = type(ctx.content.obj).__name__ == "_PinnedBytes" and ctx.content.readonly
+    # A view into the host's shared memory, read-only: exported by the core over the pinned pool
+    # (its exporter holds the generation), not a copy.
+    zero_copy = type(ctx.content.obj).__name__ == "_Bytes" and ctx.content.readonly
     return {"host": sd.host_key(), "instance": r.name, "pid": os.getpid(), "zero_copy": zero_copy,
             "verified": ctx.verify(), "same_reader": sd.reader() is r}
 

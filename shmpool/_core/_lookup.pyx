@@ -21,8 +21,42 @@ from here only when a lookup finds the published generation moved or a dimension
   :class:`DimTable`: a reader's dimensions, as its mapping keeps them.
 
 The lookup takes no lock, makes no system call and logs nothing: the dimension's view (an index
-for ids below 256, a dict beyond), one acquire load of its GENERATION word (and of TOUCHED, stored once per coordinator
-sampling period), the probe, one bounds check, the context object. The GIL is held from the
+for ids below 256, a dict beyond), one load of W.PIN_EPOCH (moved: honour it, in Python), the
+reader's cache word for the dimension marked BUSY (a plain store; none when USERS is set already),
+one load of its GENERATION word (and of TOUCHED, stored once per coordinator sampling period), the
+probe, one bounds check, the context object, the cache word stored back with USERS set.
+
+**The cache word** (PinCol.CACHE of the reader's row, one per directory entry: generation << 2 |
+USERS << 1 | BUSY) lets the coordinator reclaim a superseded generation an idle reader merely keeps
+mapped, without the reader running: the cached generation pins only while BUSY (a lookup is
+between its GENERATION re-check and its end) or USERS (objects other than the cache refer to it)
+is set. The word has one writer, this process (the coordinator only reads it), and every write is
+made under the GIL by a section that runs no Python code, so the threads of this process never
+interleave inside one. The orders (shm_sync.h):
+
+* a lookup sets BUSY, then loads GENERATION; the coordinator stores GENERATION, and >= GRACE
+  later makes every registered reader execute a memory barrier (membarrier(2),
+  MEMBARRIER_CMD_GLOBAL_EXPEDITED: shm_sync.h) and loads the cache words (shmpool/data/pins.py,
+  ``pinned_rows``). Either the coordinator sees BUSY (or the USERS the lookup leaves), or the
+  lookup sees the new generation and never touches the old one (Dekker's pattern: neither
+  side's load passes its own store). The lookup's half of the barrier is a compiler barrier
+  (its store and load: release, acquire); a process the kernel did not register uses a
+  sequentially consistent store and load instead (an xchg on x86-64, ~20 ns more a lookup);
+* a lookup that finds USERS set already stores nothing: the word has pinned the generation
+  without a break since the lookup that set USERS (itself announced as above), and only this
+  process clears it, under the GIL, which this lookup holds;
+* USERS is set by the release store that ends a lookup which made an object over the generation,
+  and cleared (release) only by :func:`_holder_gone`, when the reference count of the Generation
+  says the cache is its only holder: every object that can read a generation's bytes (context,
+  ``content`` view, numpy array over it, batch, scan) holds the Generation, so nothing in this
+  process can read its memory afterwards without a new lookup, which re-checks GENERATION;
+* a generation leaves the word (a newer one, a drop, ``close``) only after anything still holding it
+  was stored in the exact pin words (shmpool/data/mapping.py, ``_move_to_pins``); the coordinator
+  reads the cache word before the pin words, so it never sees the generation in neither.
+
+A death at any instant leaves at most BUSY or USERS set in a dead process's row, which the
+coordinator's sweep drops with its pins; a reader stopped (SIGSTOP) inside a lookup keeps BUSY set,
+and so the generation it may be reading, until it runs again. The GIL is held from the
 first shared load to the return, so no other thread of this process can close the reader (and
 unmap the control segment) in between; every return from Python code (a refresh, a first use)
 re-reads the segment's address through its memoryview, which says when it was released.
@@ -32,7 +66,7 @@ MissingStep, zstd inflation) are handed over once by shmpool.data.context throug
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_FromLongLong
@@ -40,27 +74,39 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint16_t, uint32_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 from ._index_layout cimport *
-from ._sync cimport shm_load
+from ._sync cimport (asymmetric_fences, fault, fault_armed, shm_compiler_fence, shm_load, shm_load_sc,
+                    shm_store, shm_store_sc)
 
+import os
 import zlib
 
 from ..errors import DimensionNotFound, InvalidArgument, LayerNotFound, RegionFormatError
 
 cdef enum:
     SMALL_IDS = 256  # dimension ids a reader finds by index rather than by hash
+    BATCH_ENTERED = 16  # dimensions one batch keeps BUSY at once (more: it ends and re-enters them)
+
+# The cache word (shmpool.substrate.layout.CacheBit, CACHE_SHIFT): generation << 2 | USERS | BUSY.
+cdef enum:
+    CACHE_BUSY = 1
+    CACHE_USERS = 2
+    CACHE_SHIFT = 2
 
 cdef extern from "Python.h":
     ctypedef struct PyMemoryViewObject:
         int flags
         Py_buffer view
     int _Py_MEMORYVIEW_RELEASED
+    Py_ssize_t _refcnt "Py_REFCNT" (PyObject *o)
+    void Py_SET_REFCNT(PyObject *o, Py_ssize_t n)
+    object PyMemoryView_FromObject(object obj)
 
 __all__ = ["Generation", "LoadedContext", "ContextCollection", "DimView", "DimTable", "ReaderCore",
-           "SnapshotCore", "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "bind", "probe"]
+           "SnapshotCore", "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "CACHE", "bind", "probe"]
 
 # The layout constants of _index_layout.pxd, for tests/test_lookup_layout.py to compare.
 LAYOUT = {
@@ -72,6 +118,22 @@ LAYOUT = {
     "ROW_KEY_END": ROW_KEY_END, "FLAG_TEXT": FLAG_TEXT, "FLAG_ZSTD": FLAG_ZSTD, "FLAG_KEYED": FLAG_KEYED,
     "KEYWORD_SEPARATOR": chr(KEYWORD_SEPARATOR),
 }
+# The cache word's bits, for tests/test_lookup_layout.py to compare with shmpool.substrate.layout.
+CACHE = {"BUSY": CACHE_BUSY, "USERS": CACHE_USERS, "SHIFT": CACHE_SHIFT}
+
+# Whether this process is registered for the coordinator's membarrier (shm_sync.h): then a
+# lookup's BUSY store and GENERATION load need only a compiler barrier between them.
+cdef bint _asym = asymmetric_fences()
+cdef int64_t _pid = os.getpid()  # a Generation cached by another process (a forked parent) is not ours to write
+
+
+def _asym_after_fork():
+    global _asym, _pid
+    _asym = asymmetric_fences()  # _sync's hook, registered first, has registered the child
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_asym_after_fork)
 
 # ----------------------------------------------------------------- Python collaborators
 
@@ -202,6 +264,9 @@ def probe(table, int64_t mask, key):
 
 # ----------------------------------------------------------------- a mapped generation
 
+cdef class DimView
+
+
 cdef int64_t _NO_SLOTS[SLOT_WORDS]
 _NO_SLOTS[SLOT_KEY], _NO_SLOTS[SLOT_START], _NO_SLOTS[SLOT_END], _NO_SLOTS[SLOT_META] = EMPTY, 0, 0, EMPTY
 
@@ -222,8 +287,10 @@ cdef class Generation:
     cdef readonly str name
     cdef readonly Py_ssize_t layer_count
     cdef readonly int64_t mask
-    cdef readonly tuple pools
-    cdef object index
+    cdef tuple pools
+    cdef readonly object index  # the pinned array: shmpool/data/mapping.py finds the pin through it
+    cdef DimView _dv            # the reader's view caching this generation (its cache word), else None
+    cdef int64_t _dv_pid        # the process that cached it: a forked child never writes its parent's row
     cdef const int64_t *_table
     cdef const char *_rows
     cdef Py_ssize_t _rows_offset, _table_offset
@@ -288,20 +355,22 @@ cdef class Generation:
 
     @property
     def table(self):
-        """The table section as a read-only memoryview of int64 words (``mask + 1`` slots of
-        SLOT_WORDS): for inspection and tests, not the lookup path."""
+        """A copy of the table section, as a memoryview of int64 words (``mask + 1`` slots of
+        SLOT_WORDS): for inspection and tests, not the lookup path. A copy, because a view would
+        read the generation's memory without holding the Generation (see the cache word)."""
         if self.index is None:
             return memoryview(b"").cast("q")
         at = self._table_offset
-        return memoryview(self.index).cast("B")[at:at + (self.mask + 1) * SLOT_WORDS * 8].cast("q")
+        return memoryview(bytes(memoryview(self.index).cast("B")[at:at + (self.mask + 1) * SLOT_WORDS * 8])).cast("q")
 
     @property
     def rows(self):
-        """The rows section as a read-only memoryview of bytes (``layer_count`` rows of
-        ROW_BYTES, layer_index.ROW_DTYPE): for inspection and tests, not the lookup path."""
+        """A copy of the rows section (``layer_count`` rows of ROW_BYTES, layer_index.ROW_DTYPE):
+        for inspection and tests, not the lookup path."""
         if self.index is None:
             return memoryview(b"")
-        return memoryview(self.index).cast("B")[self._rows_offset:self._rows_offset + self.layer_count * ROW_BYTES]
+        at = self._rows_offset
+        return memoryview(bytes(memoryview(self.index).cast("B")[at:at + self.layer_count * ROW_BYTES]))
 
     # -------------------------------------------------------------- rows
 
@@ -463,6 +532,136 @@ cdef Generation _not_mapped():
 NOT_MAPPED = _not_mapped()
 
 
+@cython.final
+cdef class DimView:
+    """A reader's view of one dimension: its directory entry's word positions, its cache word
+    (``cache_mv[cache_pos]``, the reader row's PinCol.CACHE for the entry; -1: none, the lookup
+    path then always asks the mapping), and the generation it has mapped (NOT_MAPPED until the
+    first lookup, and after a drop). The mapping (shmpool/data/mapping.py) changes ``current``
+    only through :meth:`enter`, :meth:`install`, :meth:`leave` and :meth:`drop`."""
+
+    cdef readonly object dimension_id
+    cdef readonly Py_ssize_t entry, gen_pos, touch_pos, cache_pos
+    cdef object _cache_mv
+    cdef public Generation current
+    cdef uint64_t _batch        # the batch (ReaderCore._batches) that entered the cache word last
+
+    def __init__(self, dimension_id, Py_ssize_t entry, Py_ssize_t gen_pos, Py_ssize_t touch_pos,
+                 cache_mv=None, Py_ssize_t cache_pos=-1):
+        if cache_mv is not None:
+            if type(cache_mv) is not memoryview or cache_mv.format != "q" or not 0 <= cache_pos < len(cache_mv):
+                raise InvalidArgument(argument="cache_pos", value=cache_pos, reason="is not a word of a 'q' memoryview")
+        self.dimension_id = dimension_id
+        self.entry = entry
+        self.gen_pos = gen_pos
+        self.touch_pos = touch_pos
+        self.cache_pos = cache_pos if cache_mv is not None else -1
+        self._cache_mv = cache_mv
+        self.current = NOT_MAPPED
+
+    cdef inline int64_t *_cw(self) noexcept:
+        """The cache word's address; NULL without one, or once the control segment was released."""
+        cdef int64_t *base
+        if self._cache_mv is None:
+            return NULL
+        base = _words_of(self._cache_mv)
+        return NULL if base == NULL else base + self.cache_pos
+
+    @property
+    def cache_word(self):
+        """The cache word as it is now (0 without one): for tests and listings."""
+        cdef int64_t *w = self._cw()
+        return 0 if w == NULL else shm_load(w)
+
+    def enter(self, int64_t generation, directory_mv):
+        """Announce ``generation`` BUSY in the cache word, then return the GENERATION word (the
+        mapping's pin-then-re-check, shmpool/data/mapping.py ``refresh``). The word must hold
+        nothing (after :meth:`drop`); the caller holds the mapping's lock, so the lookup path of
+        another thread finds BUSY and asks the mapping, which waits for that lock."""
+        cdef int64_t *w = self._cw()
+        cdef int64_t *directory = _words_of(directory_mv)
+        if w == NULL or directory == NULL or not 0 <= self.gen_pos < len(directory_mv):
+            return -1
+        shm_store_sc(w, generation << CACHE_SHIFT | CACHE_BUSY)  # SC: before the GENERATION load
+        if fault_armed():
+            fault("cache.entered")  # BUSY, GENERATION not re-checked: a dead row, swept
+        return shm_load_sc(directory + self.gen_pos)
+
+    def install(self, Generation gen not None):
+        """After :meth:`enter` saw GENERATION == ``gen.generation`` and ``gen`` was mapped: make it
+        the cached generation, idle, with no users."""
+        cdef int64_t *w = self._cw()
+        if w == NULL:
+            raise InvalidArgument(argument="view", value=self.dimension_id, reason="has no cache word")
+        gen._dv = self
+        gen._dv_pid = _pid
+        self.current = gen
+        shm_store(w, gen.generation << CACHE_SHIFT)  # release: the mapping's reads of it came first
+
+    def leave(self):
+        """:meth:`enter` found another generation published, or mapping failed: nothing cached."""
+        cdef int64_t *w = self._cw()
+        if w != NULL:
+            shm_store(w, 0)
+
+    def drop(self, move, bint write=True):
+        """Let go of the cached generation; False if none was mapped. If anything but the cache
+        refers to it (a context, a view, a batch), ``move(gen)`` stores it in the pin words
+        first, which keep it until the last of those goes; then the cache word is cleared
+        (``write``: a forked child clears its own row's instead, shmpool/data/mapping.py)."""
+        cdef Generation gen = self.current
+        cdef int64_t *w
+        if gen is NOT_MAPPED:
+            return False
+        if _refcnt(<PyObject *>gen) > 2:  # this local and ``current`` are the cache's own
+            move(gen)
+            if fault_armed():
+                fault("cache.moved")  # in the pin words and in the cache word: a dead row, swept
+        if gen._dv is self:
+            gen._dv = None  # its holders' deallocs leave the word alone from now on
+        self.current = NOT_MAPPED
+        if write:
+            w = self._cw()
+            if w != NULL:
+                shm_store(w, 0)  # release: after the pin words' stores
+        return True
+
+    def settle(self):
+        """Clear USERS if the cache is the cached generation's only holder (after a lookup that
+        went through Python: the objects it made keep USERS set while they live)."""
+        _settle(self)
+
+
+cdef inline void _settle(DimView dv) noexcept:
+    cdef Generation gen = dv.current
+    cdef int64_t *w
+    cdef int64_t g = gen.generation
+    if gen is None or g <= 0 or _refcnt(<PyObject *>gen) != 2:  # ``current`` and this local
+        return
+    w = dv._cw()
+    if w != NULL and gen._dv is dv and gen._dv_pid == _pid and w[0] == (g << CACHE_SHIFT | CACHE_USERS):
+        shm_store(w, g << CACHE_SHIFT)
+
+
+cdef void _holder_gone(PyObject *g) noexcept:
+    """A holder of Generation ``g`` (a context, a content view, a batch) is being deallocated,
+    its reference still counted: if the cache is the only other one, clear USERS."""
+    if _refcnt(g) != 2 or (<Generation>g)._dv is None:
+        return
+    cdef Generation gen = <Generation>g
+    cdef DimView dv = gen._dv
+    cdef int64_t *w
+    cdef int64_t v
+    if dv.current is not gen or gen._dv_pid != _pid:
+        return
+    w = dv._cw()
+    if w == NULL:
+        return
+    v = gen.generation << CACHE_SHIFT
+    if w[0] == (v | CACHE_USERS):
+        shm_store(w, v)  # release: every read of its bytes in this process came before
+
+
 # ----------------------------------------------------------------- what a lookup returns
 
 # Not tracked by the cycle collector: a context refers to ints, its memoryview and its generation,
@@ -506,11 +705,24 @@ cdef class LoadedContext:
     def layer_id(self):
         return self._layer
 
+    # No __dealloc__: _context_gone runs in the type's tp_dealloc itself (installed below), which
+    # spares every context's release Cython's exception save and restore around a __dealloc__
+    # (~10 ns of a ~100 ns lookup-and-drop, measured).
+
     @property
     def content(self):
         """The layer's bytes: a read-only memoryview into shared memory (zero-copy)."""
+        cdef _Bytes exporter
+        cdef Generation gen
         if self._content is None:
-            self._content = (<Generation>self._gen).pools[self._pool][self._start:self._end]
+            # A view whose exporter holds the Generation, so the view alone (the context gone)
+            # still keeps the generation: as a holder, and, while cached, through USERS.
+            gen = <Generation>self._gen
+            exporter = _Bytes.__new__(_Bytes)
+            exporter._gen = gen
+            exporter._at = gen.pool_base[self._pool] + self._start
+            exporter._len = self._end - self._start
+            self._content = PyMemoryView_FromObject(exporter)
         return self._content
 
     cdef inline bint _mapped(self) noexcept:
@@ -576,6 +788,64 @@ cdef class LoadedContext:
                 f"generation={self.generation}, {len(self)} bytes)")
 
 
+@cython.no_gc  # refers to a Generation only, which never refers back
+@cython.freelist(16)
+@cython.final
+cdef class _Bytes:
+    """What a context's ``content`` memoryview exports: ``_len`` bytes at ``_at`` in a pool of
+    ``_gen``, read-only. Holding the Generation is what keeps a bare view's bytes pinned."""
+
+    cdef Generation _gen
+    cdef const char *_at
+    cdef Py_ssize_t _len
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a layer's content is read-only")
+        PyBuffer_FillInfo(buffer, self, <void *>self._at, self._len, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        pass
+
+    def __dealloc__(self):
+        if self._gen is not None:
+            _holder_gone(<PyObject *>self._gen)
+
+
+ctypedef void (*_destructor)(PyObject *) noexcept
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyTypeObject:
+        _destructor tp_dealloc
+
+
+cdef _destructor _context_dealloc = (<PyTypeObject *>LoadedContext).tp_dealloc
+
+
+cdef void _context_gone(PyObject *o) noexcept:
+    """A context is being released (its reference count is 0, its fields intact): its content
+    view first, which, if nothing else holds it, takes its exporter with it (which counts our
+    reference to the Generation as well as its own and leaves the word to us); then, if the
+    cache is the Generation's only other holder, clear USERS. Then the type's own dealloc."""
+    cdef LoadedContext ctx = <LoadedContext>o  # a new reference, given back before the dealloc below
+    if ctx._content is not None:
+        ctx._content = None
+    if ctx._gen is not None and type(ctx._gen) is Generation:
+        _holder_gone(<PyObject *>ctx._gen)
+    del ctx
+
+
+cdef void _context_release(PyObject *o) noexcept:
+    Py_SET_REFCNT(o, 1)  # alive again while _context_gone holds it (it must not be released twice)
+    _context_gone(o)
+    Py_SET_REFCNT(o, 0)
+    _context_dealloc(o)
+
+
+(<PyTypeObject *>LoadedContext).tp_dealloc = _context_release
+
+
 cdef str _block(Py_ssize_t i, Py_ssize_t total, dimension_id, name, layer_id, double frequency, tuple keywords,
                 body):
     return (f"[{i}/{total}] dimension {dimension_id} \"{name}\" · layer {layer_id} · frequency "
@@ -610,7 +880,17 @@ cdef class ContextCollection:
         self.missing = [] if missing is None else missing
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
+        cdef list gens = self._gens
         PyMem_Free(self._steps)
+        if not gens:
+            return
+        # Contexts made from the batch go first (each finds our list's reference and leaves the
+        # cache word alone); then each generation, counted once in the list, as one holder.
+        self._contexts = None
+        self._made = None
+        for i in range(PyList_GET_SIZE(gens)):
+            _holder_gone(PyList_GET_ITEM(gens, i))  # a Generation (_add), its list's reference counted
 
     @staticmethod
     cdef ContextCollection _lazy(Py_ssize_t capacity):
@@ -777,21 +1057,9 @@ cdef inline bint _add_plain(ContextCollection out, Generation gen, object layer_
 
 # ----------------------------------------------------------------- the reader's lookups
 
-@cython.final
-cdef class DimView:
-    """A reader's view of one dimension: its directory entry's word positions and the
-    generation it has mapped (NOT_MAPPED until the first lookup, and after a drop)."""
-
-    cdef readonly object dimension_id
-    cdef readonly Py_ssize_t entry, gen_pos, touch_pos
-    cdef public Generation current
-
-    def __init__(self, dimension_id, Py_ssize_t entry, Py_ssize_t gen_pos, Py_ssize_t touch_pos):
-        self.dimension_id = dimension_id
-        self.entry = entry
-        self.gen_pos = gen_pos
-        self.touch_pos = touch_pos
-        self.current = NOT_MAPPED
+def _no_move(gen):
+    # A table without an owner (tests): nothing is held anywhere, so nothing moves.
+    pass
 
 
 @cython.final
@@ -803,6 +1071,7 @@ cdef class DimTable:
 
     cdef dict _map
     cdef list _small             # DimView or None, for ids 0 .. SMALL_IDS - 1
+    cdef public object move      # move(gen): the owner's "store it in the pin words" (DimView.drop)
 
     def __cinit__(self):
         self._map = {}
@@ -826,6 +1095,9 @@ cdef class DimTable:
     def __setitem__(self, dimension_id, DimView view not None):
         if type(dimension_id) is not int:
             raise InvalidArgument(argument="dimension_id", value=dimension_id, reason="is not an int")
+        old = self._map.get(dimension_id)
+        if old is not None and old is not view:
+            self._drop(old, True)  # one view per cache word: the old one lets go first
         self._map[dimension_id] = view
         cdef int64_t dim = _key_of(dimension_id)
         if 0 <= dim < SMALL_IDS:
@@ -846,9 +1118,18 @@ cdef class DimTable:
     def items(self):
         return list(self._map.items())
 
-    def clear(self):
+    def clear(self, bint write=True):
+        """Drop every view, each letting go of its cached generation first (``write``: clearing
+        its cache word; a forked child's views name its parent's words, so it passes False)."""
+        views = list(self._map.values())
         self._map.clear()
         self._small = [None] * SMALL_IDS
+        for view in views:
+            self._drop(view, write)
+
+    cdef _drop(self, DimView view, bint write):
+        if view.current is not NOT_MAPPED:
+            view.drop(self.move if self.move is not None else _no_move, write)
 
     def __repr__(self):
         return f"DimTable({self._map!r})"
@@ -857,27 +1138,33 @@ cdef class DimTable:
 cdef class ReaderCore:
     """The lookup methods of shmpool.data.reader.Reader, which subclasses this type. The slow
     paths are the mapping's (shmpool.data.mapping.MappedGenerations, ``mapped``):
-    ``dimension(id)`` (first use), ``refresh(dim_view)`` (pin the published generation,
-    re-check, map) and ``closed_error()``; and the reader's ``_batch_again(steps, strict)``."""
+    ``dimension(id)`` (first use), ``refresh(dim_view)`` (drop the cached generation, announce
+    the published one in the cache word, re-check, map), ``honour_epoch(epoch)`` and
+    ``closed_error()``; and the reader's ``_batch_again(steps, strict)``."""
 
     cdef object _mapped          # the reader's MappedGenerations
     cdef DimTable _dim_table     # its ``dims``
     cdef object _dir             # memoryview of the directory words (int64)
     cdef object _words           # memoryview of the control words (int64)
-    cdef Py_ssize_t _dir_len, _seq_word
+    cdef Py_ssize_t _dir_len, _seq_word, _epoch_word
     cdef int64_t _touched_read
+    cdef int64_t _epoch          # the last W.PIN_EPOCH honoured (mapped.honour_epoch)
+    cdef uint64_t _batches       # batches run: marks the cache words a batch entered (DimView._batch)
 
-    def _core_attach(self, mapped, Py_ssize_t seq_word, int64_t touched_read):
+    def _core_attach(self, mapped, Py_ssize_t seq_word, int64_t touched_read, Py_ssize_t epoch_word):
         """Look up through ``mapped`` (its ``dims``, ``dir_mv`` and ``words_mv``, and its slow paths)."""
         directory, words = mapped.dir_mv, mapped.words_mv
         for mv in (directory, words):
             if type(mv) is not memoryview or mv.format != "q" or not mv.c_contiguous:
                 raise InvalidArgument(argument="directory/words", value=mv, reason="is not a contiguous 'q' memoryview")
-        if not 0 <= seq_word < len(words):
-            raise InvalidArgument(argument="seq_word", value=seq_word, reason=f"is outside {len(words)} words")
+        for word in (seq_word, epoch_word):
+            if not 0 <= word < len(words):
+                raise InvalidArgument(argument="word", value=word, reason=f"is outside {len(words)} words")
         self._mapped, self._dim_table = mapped, mapped.dims
         self._dir, self._words = directory, words
         self._dir_len, self._seq_word, self._touched_read = len(directory), seq_word, touched_read
+        self._epoch_word = epoch_word
+        self._epoch = words[epoch_word]
 
     @cython.final
     cdef inline DimView _view(self, object dimension_id):
@@ -886,32 +1173,132 @@ cdef class ReaderCore:
         return self._dim_table.find(dimension_id)
 
     @cython.final
-    cdef inline int64_t *_directory(self) except NULL:
-        cdef int64_t *base = NULL
-        if self._dir is not None:
-            base = _words_of(self._dir)
-        if base == NULL:
-            raise self._mapped.closed_error()
-        return base
-
-    @cython.final
-    cdef inline Generation _current(self, object dimension_id):
-        """The dimension's published generation, mapped: the lookup's generation check."""
-        cdef DimView dv = self._view(dimension_id)
-        if dv is None:
-            dv = self._mapped.dimension(dimension_id)  # first use (raises DimensionNotFound)
-        cdef int64_t *directory = self._directory()
-        if <size_t>dv.gen_pos >= <size_t>self._dir_len or <size_t>dv.touch_pos >= <size_t>self._dir_len:
-            raise InvalidArgument(argument="entry", value=dv.entry, reason="lies outside the directory")
-        cdef Generation gen = dv.current
-        if shm_load(directory + dv.gen_pos) != gen.generation:
-            gen = self._mapped.refresh(dv)  # pin the new generation, re-check GENERATION, then map it
-            directory = self._directory()
+    cdef inline int64_t *_enter(self, DimView dv, Generation gen, int64_t *idle) noexcept:
+        """Mark ``gen``, the cached generation of ``dv``, BUSY and check it is still the published
+        one and the epoch has not moved: the cache word's address, its value before in ``idle``;
+        NULL (nothing changed, or the word put back) when the mapping must be asked. No Python
+        code runs from here to :meth:`_leave`: no other thread of this process writes the word."""
+        cdef int64_t g = gen.generation
+        cdef int64_t *directory
+        cdef int64_t *words
+        cdef int64_t *w = dv._cw()
+        if w == NULL or g <= 0 or self._dir is None:
+            return NULL
+        directory = _words_of(self._dir)
+        words = _words_of(self._words)
+        if (directory == NULL or words == NULL or words[self._epoch_word] != self._epoch
+                or <size_t>dv.gen_pos >= <size_t>self._dir_len or <size_t>dv.touch_pos >= <size_t>self._dir_len):
+            return NULL
+        idle[0] = w[0]
+        if (idle[0] >> CACHE_SHIFT) != g or idle[0] & CACHE_BUSY:  # a slow path of another thread holds it
+            return NULL
+        if idle[0] & CACHE_USERS:
+            # Pinned without a break since the lookup that set USERS (its BUSY came first), and
+            # cleared only by this process, which runs nothing else meanwhile: no announcement.
+            if shm_load(directory + dv.gen_pos) != g:
+                return NULL
+        else:
+            # BUSY, then GENERATION: store->load order, from the coordinator's membarrier when
+            # this process is registered (a compiler barrier here), else from an SC pair.
+            if _asym:
+                shm_store(w, idle[0] | CACHE_BUSY)
+                shm_compiler_fence()
+            else:
+                shm_store_sc(w, idle[0] | CACHE_BUSY)
+            if fault_armed():
+                fault("lookup.busy")  # BUSY, GENERATION not re-checked yet
+            if (shm_load(directory + dv.gen_pos) if _asym else shm_load_sc(directory + dv.gen_pos)) != g:
+                shm_store(w, idle[0])  # superseded: never touched; the mapping drops it
+                return NULL
         # Stored only when 0, i.e. once per coordinator sampling period: readers do not fight
         # over its cache line.
         if directory[dv.touch_pos] == 0:
             directory[dv.touch_pos] = self._touched_read
-        return gen
+        return w
+
+    @cython.final
+    cdef inline LoadedContext _fast(self, DimView dv, object layer_id):
+        """The lookup when nothing needs Python: the cached generation is still published, the
+        epoch has not moved, and the layer is a plain one. None: ask :meth:`_slow`."""
+        cdef Generation gen = dv.current
+        cdef int64_t idle
+        cdef int64_t *w
+        if type(layer_id) is not int:  # a key (its text is checked) or a numpy integer: _slow
+            return None
+        w = self._enter(dv, gen, &idle)
+        if w == NULL:
+            return None
+        cdef int64_t j = _probe(gen._table, gen.mask, _key_of(layer_id))
+        cdef int64_t meta, start, end
+        if j < 0 or gen._table[j + SLOT_META] < 0:  # a miss or a compressed layer: in Python
+            shm_store(w, idle)
+            return None
+        meta = gen._table[j + SLOT_META]
+        start, end = gen._table[j + SLOT_START], gen._table[j + SLOT_END]
+        if not gen._in_pool(meta & POOL_MASK, start, end):  # the one bounds check
+            shm_store(w, idle)
+            return None  # the slow path raises RegionFormatError naming them
+        cdef LoadedContext ctx = LoadedContext.__new__(LoadedContext)
+        ctx._dim = gen.dim
+        ctx._layer = _key_of(layer_id)
+        ctx._gen = gen
+        ctx._row = meta >> POOL_BITS
+        ctx._pool = meta & POOL_MASK
+        ctx._start = start
+        ctx._end = end
+        if fault_armed():
+            fault("lookup.made")  # a context over the generation, BUSY still set
+        if idle != (gen.generation << CACHE_SHIFT | CACHE_USERS):
+            shm_store(w, gen.generation << CACHE_SHIFT | CACHE_USERS)  # release: the context holds it now
+        return ctx
+
+    @cython.final
+    cdef Generation _checkout(self, object dimension_id):
+        """The dimension's published generation, mapped, with USERS set in its cache word (the
+        caller may keep objects over it; :func:`_settle` clears USERS once none is left). Goes
+        through the mapping (Python) as often as it takes: first use, a new generation, a new
+        epoch. Raises DimensionNotFound, ReaderClosed, ReloadTimeout."""
+        cdef DimView dv
+        cdef Generation gen
+        cdef int64_t idle, epoch
+        cdef int64_t *w
+        cdef int64_t *words
+        while True:
+            words = _words_of(self._words) if self._words is not None else NULL
+            if words == NULL:
+                raise self._mapped.closed_error()
+            epoch = words[self._epoch_word]
+            if epoch != self._epoch:
+                # A publication since the last lookup: let go of every superseded mapping (and
+                # say so in EPOCH_SEEN). Instead of a thread: the cache word lets the coordinator
+                # reclaim what an idle reader keeps without it.
+                self._mapped.honour_epoch(epoch)
+                self._epoch = epoch
+            dv = self._view(dimension_id)
+            if dv is None:
+                dv = self._mapped.dimension(dimension_id)  # first use (raises DimensionNotFound)
+            gen = dv.current
+            w = self._enter(dv, gen, &idle)
+            if w != NULL:
+                if idle != (gen.generation << CACHE_SHIFT | CACHE_USERS):
+                    shm_store(w, gen.generation << CACHE_SHIFT | CACHE_USERS)
+                return gen
+            self._mapped.refresh(dv)  # drop, announce the new generation, re-check GENERATION, map
+
+    @cython.final
+    cdef _settle_dim(self, object dimension_id):
+        cdef DimView dv = self._view(dimension_id)
+        if dv is not None:
+            _settle(dv)
+
+    @cython.final
+    cdef LoadedContext _slow(self, object dimension_id, object layer_id):
+        """A lookup through Python: first use, a new generation or epoch, a miss (LayerNotFound
+        names what exists), a compressed layer (inflated), a slot that fails its bounds check."""
+        try:
+            return self._checkout(dimension_id)._context(layer_id)
+        finally:
+            self._settle_dim(dimension_id)  # the context made, if any, keeps USERS set
 
     def load_layer_context(self, dimension_id, layer_id):
         """The layer's content as a zero-copy read-only view, with its metadata. O(1), lock-free.
@@ -921,13 +1308,29 @@ cdef class ReaderCore:
         LayerNotFound naming the ids and what exists; ReaderClosed on a closed reader.
         """
         # The hot path (no locks, no logging, no system calls; scripts/bench_readers.py times
-        # it): two exact type tests, one dict lookup, the GENERATION and TOUCHED words, the
-        # probe of the shared table, one bounds check, the context object. The type tests come
-        # first because True and 3.0 would otherwise find dimension 1 and 3 in the dict.
+        # it): two exact type tests, one dict lookup, the epoch, the cache word (BUSY), the
+        # GENERATION and TOUCHED words, the probe of the shared table, one bounds check, the
+        # context object, the cache word (USERS). The type tests come first because True and
+        # 3.0 would otherwise find dimension 1 and 3 in the dict.
+        cdef DimView dv
+        cdef LoadedContext ctx
         if type(dimension_id) is not int or type(layer_id) is not int:
             # Off the hot path: a dimension by name, a layer by key, numpy integers (Reader._ids).
             dimension_id, layer_id = self._ids(dimension_id, layer_id)
-        return self._current(dimension_id)._context(layer_id)
+        dv = self._view(dimension_id)
+        if dv is not None:
+            ctx = self._fast(dv, layer_id)
+            if ctx is not None:
+                return ctx
+        return self._slow(dimension_id, layer_id)
+
+    def _checkout_generation(self, dimension_id):
+        """The published generation of ``dimension_id`` (an int), mapped, USERS set: for the
+        reader's Python paths (scan, layer_ids), which call :meth:`_settle_generation` after."""
+        return self._checkout(dimension_id)
+
+    def _settle_generation(self, dimension_id):
+        self._settle_dim(dimension_id)
 
     def load_contexts(self, path, *, bint strict=True):
         """Load every step of ``path`` in order, at one instant; a lazy ContextCollection.
@@ -967,36 +1370,71 @@ cdef class ReaderCore:
 
     @cython.final
     cdef ContextCollection _batch_of(self, tuple steps, bint strict):
-        """One pass over ``steps`` (checked (dimension, layer) int pairs); no sequence check."""
-        cdef Py_ssize_t pos, n = PyTuple_GET_SIZE(steps)
+        """One pass over ``steps`` (checked (dimension, layer) int pairs); no sequence check.
+
+        Each dimension's cache word is entered (BUSY, unless USERS is set already) once, at its
+        first inline step, and left with USERS set (the batch holds the generation) before any
+        step that needs Python and at the end: a batch of 20 steps over 3 dimensions makes at
+        most 3 SC stores, not 20."""
+        cdef Py_ssize_t pos, k, n = PyTuple_GET_SIZE(steps)
         cdef ContextCollection out = ContextCollection._lazy(n)
         cdef Generation gen
         cdef DimView dv
-        cdef int64_t *directory
-        for pos in range(n):
-            step = <tuple>PyTuple_GET_ITEM(steps, pos)
-            dim = <object>PyTuple_GET_ITEM(step, 0)
-            layer = <object>PyTuple_GET_ITEM(step, 1)
-            dv = self._view(dim)
-            if dv is not None:
-                # The common step inline: the mapped generation is still published and holds a
-                # plain layer. Anything else goes through the single lookup.
-                gen = dv.current
-                directory = _words_of(self._dir)
-                if (directory != NULL and <size_t>dv.gen_pos < <size_t>self._dir_len
-                        and <size_t>dv.touch_pos < <size_t>self._dir_len
-                        and shm_load(directory + dv.gen_pos) == gen.generation and directory[dv.touch_pos] != 0):
-                    if _add_plain(out, gen, layer):
-                        continue
-            try:
-                ctx = self._current(dim)._context(layer)
-            except _BATCH_MISSES as exc:
-                if strict:
-                    raise
-                out.missing.append(_MissingStep(pos, dim, layer, str(exc)))
-                continue
-            out._add_made(ctx)
+        cdef int64_t *w
+        cdef int64_t idle
+        cdef int64_t *entered[BATCH_ENTERED]   # cache words this batch entered (BUSY, or USERS already set)
+        cdef int64_t users[BATCH_ENTERED]      # the value that ends the batch: USERS for its generation
+        cdef Py_ssize_t nentered = 0
+        self._batches += 1
+        cdef uint64_t batch = self._batches
+        try:
+            for pos in range(n):
+                step = <tuple>PyTuple_GET_ITEM(steps, pos)
+                dim = <object>PyTuple_GET_ITEM(step, 0)
+                layer = <object>PyTuple_GET_ITEM(step, 1)
+                dv = self._view(dim)
+                if dv is not None:
+                    # The common step inline: the cached generation is still published and holds a
+                    # plain layer. Anything else goes through the single lookup.
+                    gen = dv.current
+                    if dv._batch == batch:
+                        if _add_plain(out, gen, layer):  # entered by an earlier step of this batch
+                            continue
+                    elif nentered < BATCH_ENTERED:
+                        w = self._enter(dv, gen, &idle)
+                        if w != NULL:
+                            dv._batch = batch
+                            entered[nentered] = w
+                            users[nentered] = gen.generation << CACHE_SHIFT | CACHE_USERS
+                            nentered += 1
+                            if _add_plain(out, gen, layer):
+                                continue
+                            users[nentered - 1] = idle  # entered, nothing added: put back as it was
+                _leave_all(entered, users, nentered)
+                nentered = 0
+                self._batches += 1  # what was entered is left: the views' marks are stale now
+                batch = self._batches
+                gen = None  # not a holder of it while the slow path settles its cache word
+                try:
+                    ctx = self._slow(dim, layer)
+                except _BATCH_MISSES as exc:
+                    if strict:
+                        raise
+                    out.missing.append(_MissingStep(pos, dim, layer, str(exc)))
+                    continue
+                out._add_made(ctx)
+        finally:
+            _leave_all(entered, users, nentered)
         return out
+
+
+cdef inline void _leave_all(int64_t **entered, int64_t *end, Py_ssize_t n) noexcept:
+    """End a batch's sections: USERS for each generation the batch added a step of (it holds
+    them), the word as it was for one it entered and added nothing of (release stores)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if entered[i][0] != end[i]:
+            shm_store(entered[i], end[i])
 
 
 cdef class SnapshotCore:

@@ -19,9 +19,14 @@ cdef extern from "<pthread.h>" nogil:
 cdef extern from "shm_sync.h" nogil:
     int64_t shm_load(const int64_t *p)
     void shm_store(int64_t *p, int64_t v)
+    void shm_store_sc(int64_t *p, int64_t v)
+    int64_t shm_load_sc(const int64_t *p)
     int64_t shm_fetch_add(int64_t *p, int64_t d)
     int shm_cas(int64_t *p, int64_t expected, int64_t desired)
     void shm_fence()
+    int shm_membarrier_register()
+    int shm_membarrier_global()
+    void shm_compiler_fence()
     int shm_futex_wait(int64_t *word, int64_t expected, const timespec *deadline)
     int shm_futex_wake(int64_t *word, int n)
     int shm_mutex_init(pthread_mutex_t *m)
@@ -33,6 +38,7 @@ cdef int64_t deadline_ns(object timeout) except? -2
 cdef int wait_word(int64_t *word, int64_t expected, int64_t deadline) except -1
 cdef int wake_word(int64_t *word, int n) except -1
 cdef bint fault_armed() noexcept
+cdef bint asymmetric_fences() noexcept
 cdef int fault(str point) except -1
 cdef int64_t current_pid() noexcept
 

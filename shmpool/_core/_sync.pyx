@@ -30,7 +30,7 @@ cdef extern from "<time.h>" nogil:
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
 
-__all__ = ["SharedWords", "RobustMutex", "MUTEX_BYTES", "arm_faults", "monotonic_ns"]
+__all__ = ["SharedWords", "RobustMutex", "MUTEX_BYTES", "arm_faults", "monotonic_ns", "fence", "membarrier"]
 
 MUTEX_BYTES = sizeof(pthread_mutex_t)  # 40 on x86_64 and aarch64 glibc; the layouts reserve 64
 # A blocked lock or wait wakes this often (ns) to run Python's signal handlers (Ctrl-C works),
@@ -40,11 +40,19 @@ cdef int64_t SIGNAL_SLICE_NS = 100_000_000
 # ----------------------------------------------------------------- process identity, faults
 
 cdef int64_t _pid = os.getpid()
+# Registered for MEMBARRIER_CMD_GLOBAL_EXPEDITED (shm_sync.h): the lookup may then order its cache
+# word's BUSY store before its GENERATION load with a compiler barrier instead of an xchg.
+cdef bint _asymmetric = shm_membarrier_register() == 0
 
 
 def _forget_pid_after_fork():
-    global _pid
+    global _pid, _asymmetric
     _pid = os.getpid()
+    _asymmetric = shm_membarrier_register() == 0  # a registration is the process's (its mm's)
+
+
+cdef bint asymmetric_fences() noexcept:
+    return _asymmetric
 
 
 os.register_at_fork(after_in_child=_forget_pid_after_fork)
@@ -77,6 +85,19 @@ cdef int fault(str point) except -1:
     if _armed:
         _fault_hook(point)
     return 0
+
+
+def fence():
+    """A sequentially consistent fence in this thread."""
+    shm_fence()
+
+
+def membarrier():
+    """A memory barrier in every running thread of every process registered for asymmetric
+    fences (each process tries at import), and in this one; False if the kernel refused (then
+    lookups that relied on it may be unordered: the caller must not trust what it reads next).
+    The coordinator's side of a reader's cache-word handshake (shmpool/data/pins.py)."""
+    return shm_membarrier_global() == 0
 
 
 def monotonic_ns():

@@ -2,7 +2,7 @@
 
 The region format (``region``, ``region_builder``, ``compression``, the built-in ``sample``), the
 directory of published generations (``directory``), reader rows and exact pins (``readers``,
-``pins``, ``pin_watch``), and what a reader process uses: ``attach`` and ``Reader`` (``reader``),
+``pins``, ``mapping``), and what a reader process uses: ``attach`` and ``Reader`` (``reader``),
 ``LoadedContext`` and ``ContextCollection`` (``context``).
 
 May import: ``shmpool.substrate`` and ``shmpool.errors``. Never ``shmpool.jobs``,

@@ -26,9 +26,10 @@ A child that could not take its row over (the table lock stayed taken for FORK_T
 row was in use, or the child ran after the deadline) writes nothing into its parent's row, and
 its inherited Readers raise :class:`~shmpool.errors.ReaderForked` at their next lookup.
 
-Threads do not cross ``fork()``: each Reader forgets its pin-watch and generation-wait threads
-in the child and drops its cached mappings, so the child pins only what its own objects hold;
-the next lookup maps afresh and starts a pin watcher of the child's own.
+Threads do not cross ``fork()``: each Reader forgets its generation-wait thread in the child and
+drops its cached mappings (what the child's objects hold moving into its own row's pin words
+first; the copied cache words carry USERS until then), so the child pins only what its own
+objects hold; the next lookup maps afresh.
 ``subprocess`` does not run these hooks (it execs), nor do the spawn and forkserver start
 methods: only ``os.fork()`` and the ``fork`` start method of multiprocessing do.
 """

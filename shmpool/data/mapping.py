@@ -4,19 +4,25 @@ A :class:`MappedGenerations` is what a :class:`~shmpool.data.reader.Reader` and 
 :class:`~shmpool.data.snapshot.Snapshot` s share (neither reaches into the other):
 
 * the reader's **row** and its **pins** (shmpool/data/pins.py). A generation is touched only
-  once pinned: the published one by *pin, then re-check GENERATION* (:meth:`refresh`), a
-  snapshot's by the snapshot's own hold (:meth:`at`);
+  once pinned: the published one by *announce it in the cache word, then re-check GENERATION*
+  (:meth:`refresh`), a snapshot's by the snapshot's own hold in the pin words (:meth:`at`);
 * the **mapping** of a pinned generation (:meth:`_map`): a :class:`Generation` over arrays
-  whose last reference releases the pin, so any context, or bare ``content`` view, keeps its
-  generation pinned and its bytes exactly as they were, also after the reader is closed;
+  whose last reference releases the pin words' hold, if it has one, so any context, or bare
+  ``content`` view, keeps its generation pinned and its bytes exactly as they were, also after
+  the reader is closed;
 * the per-dimension cache the lookup path reads (``dims``: the core's DimTable of a DimView per
-  dimension, holding its current Generation), dropped by the pin-watch thread soon after each publication
-  (:meth:`honour_epoch`) so an idle reader pins nothing old;
+  dimension, holding its current Generation). The cached generation is pinned by the row's cache
+  word (PinCol.CACHE), not by the pin words: the coordinator reclaims it from an idle reader as
+  soon as nothing but the cache holds it (shmpool/_core/_lookup.pyx says how). When the cache
+  lets go of a generation something else still holds, it first moves it into the pin words
+  (:func:`_move_to_pins`). A lookup after a publication drops every superseded mapping
+  (:meth:`honour_epoch`): no thread watches the epoch;
 * the generation-wait dispatcher, and the object's side of fork() (shmpool/data/fork.py).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -29,11 +35,10 @@ from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
 from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \
     ShmPoolError
 from ..substrate.instance import SharedInstance
-from ..substrate.layout import TOUCHED_RELOAD, W
+from ..substrate.layout import CACHE_SHIFT, PIN_COLS, PN, TOUCHED_RELOAD, W
 from . import fork, layer_index
 from .directory import Directory, Location
 from .gen_wait import GenerationWaiter
-from .pin_watch import PinWatcher
 from .pins import RowPins
 from .readers import ReaderRegistry
 
@@ -52,9 +57,36 @@ class _PinnedBytes(np.ndarray):
 
 class _Pin:
     """Lives while anything of one mapped generation does (its arrays hold it); its finalizer
-    releases the generation's pin. A generation spans several arrays (its index and one per pool
-    its layers live in), so the pin cannot hang off any single one of them."""
-    __slots__ = ("__weakref__",)
+    releases the generation's pin-word hold, if it has one. A generation spans several arrays
+    (its index and one per pool its layers live in), so the pin cannot hang off any single one.
+
+    ``hold`` is [entry, generation, held]: held is True once the pin words hold it for this
+    mapping (a snapshot's from the start; the cache's once moved there, :func:`_move_to_pins`)."""
+    __slots__ = ("__weakref__", "hold")
+
+    def __init__(self, hold: list[Any]) -> None:
+        self.hold = hold
+
+
+def _release_hold(pins: RowPins, hold: list[Any]) -> None:
+    if hold[2]:
+        pins.release(hold[0], hold[1])
+
+
+def _move_to_pins(pins: RowPins, gen: Generation) -> None:
+    """The cache lets go of ``gen`` while objects still hold it: the pin words hold it from now
+    until its mapping's last array goes (called before the cache word is cleared)."""
+    hold = gen.index.pin.hold
+    if not hold[2]:
+        pins.hold(hold[0], hold[1])
+        hold[2] = True
+
+
+def _reader_gone(dims: DimTable, pins: RowPins) -> None:
+    """Closed or collected: the cache lets go of every generation (moving the held ones into the
+    pin words), then the row goes now or with the last of them."""
+    dims.clear()
+    pins.reader_closed()
 
 
 def _pinned(mm: Any, offset: int, nbytes: int, pin: _Pin) -> _PinnedBytes:
@@ -65,10 +97,12 @@ def _pinned(mm: Any, offset: int, nbytes: int, pin: _Pin) -> _PinnedBytes:
     return array
 
 
-def _dim_view(dimension_id: int, entry: int) -> DimView:
-    """Where one dimension's words are, and (NOT_MAPPED until the first lookup) the generation
-    the lookup path uses now: the compiled core's DimView."""
-    return DimView(dimension_id, entry, Directory.generation_position(entry), Directory.touched_position(entry))
+def _dim_view(dimension_id: int, entry: int, pins_mv: memoryview, slot: int, entries: int) -> DimView:
+    """Where one dimension's words are (its directory words, this row's cache word for it), and
+    (NOT_MAPPED until the first lookup) the generation the lookup path uses now: the core's DimView."""
+    cache_pos = (slot * entries + entry) * PIN_COLS + PN.CACHE
+    return DimView(dimension_id, entry, Directory.generation_position(entry), Directory.touched_position(entry),
+                   pins_mv, cache_pos)
 
 
 def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:
@@ -92,6 +126,7 @@ class MappedGenerations:
         self.directory = Directory(inst.control)
         self.dir_mv = inst.control.directory_mv
         self.words_mv = inst.control.words_mv
+        self.pins_mv = inst.control.pins_mv
         self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self.slot = self._registry.register(timeout)
         self.dims = DimTable()  # the lookup path's cache (the core's): cleared in place, never replaced
@@ -102,8 +137,9 @@ class MappedGenerations:
         # The pins outlive this object: views hold them (through their arrays' finalizers), and
         # the row is given back only when this is closed AND nothing is held.
         self.pins = RowPins(inst.control, self.slot, lambda slot: _shutdown(registry, slot, owned), registry)
-        self._finalizer = weakref.finalize(self, self.pins.reader_closed)
-        self._watcher: PinWatcher | None = None
+        self._move = functools.partial(_move_to_pins, self.pins)  # a dropped generation objects still hold
+        self.dims.move = self._move  # what the table's clear() does with those
+        self._finalizer = weakref.finalize(self, _reader_gone, self.dims, self.pins)
         self._waiter: GenerationWaiter | None = None
         self._waiter_finalizer: weakref.finalize[Any, Any] | None = None
         self._entries_cache: tuple[int, dict[int, int]] | None = None
@@ -143,7 +179,6 @@ class MappedGenerations:
         """The dimension's view, its published generation mapped; DimensionNotFound, ReaderClosed."""
         with self._lock:
             self.check_open()
-            self._start_watcher()
             dv = self.dims.get(dimension_id)
             if dv is not None:
                 return dv
@@ -151,13 +186,13 @@ class MappedGenerations:
             entry = published.get(dimension_id)
             if entry is None:
                 raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
-            dv = _dim_view(dimension_id, entry)
-            self.refresh(dv)
-            self.dims[dimension_id] = dv
+            dv = _dim_view(dimension_id, entry, self.pins_mv, self.slot, self.inst.control.layout.max_dimensions)
+            self.dims[dimension_id] = dv  # mapped by the lookup's refresh
             return dv
 
-    def refresh(self, dv: DimView) -> Generation:
-        """Switch ``dv`` to the published generation: pin, re-check, then map.
+    def refresh(self, dv: DimView) -> None:
+        """Switch ``dv`` to the published generation: drop the cached one, announce the
+        published one BUSY in the cache word, re-check GENERATION, then map it.
 
         An evicted generation has no region: ask the coordinator to reload it and wait (outside
         the lock, so other threads keep reading other dimensions) for the next generation."""
@@ -168,17 +203,21 @@ class MappedGenerations:
                 loc = self.directory.read(dv.entry)
                 if loc is None:
                     raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self.published()))
-                if dv.current.generation == loc.generation:
-                    return dv.current
+                if dv.current.generation == loc.generation and dv.cache_word >> CACHE_SHIFT == loc.generation:
+                    return
+                dv.drop(self._move)  # what our objects still hold moves into the pin words first
                 if not loc.evicted:
-                    self.pins.hold(dv.entry, loc.generation)  # counted: _map's array releases it
-                    if self.directory.generation(dv.entry) == loc.generation:
-                        dv.current = self._map(dv, loc)
-                        return dv.current
-                    # Superseded while we pinned: it may be freed at any moment, so never touch it.
-                    self.pins.release(dv.entry, loc.generation, from_collector=False)
+                    if dv.enter(loc.generation, self.dir_mv) == loc.generation:
+                        try:
+                            gen = self._map(dv.dimension_id, dv.entry, loc, held=False)
+                        except BaseException:
+                            dv.leave()
+                            raise
+                        dv.install(gen)
+                        return
+                    # Superseded while we announced it: it may be freed at any moment, so never touch it.
+                    dv.leave()
                     continue
-                dv.current = NOT_MAPPED  # let the evicted region go from this process too
             if deadline is None:
                 deadline = time.monotonic() + RELOAD_TIMEOUT
             self._await_reload(dv, loc.generation, deadline)
@@ -199,37 +238,32 @@ class MappedGenerations:
 
     def at(self, dimension_id: int, entry: int, loc: Location,
            holder: "weakref.finalize[Any, Any]") -> Generation | None:
-        """Generation ``loc`` for an open snapshot (``holder`` alive: its hold keeps the region);
-        the cached mapping when it is that one. None if the snapshot closed first."""
+        """Generation ``loc`` for an open snapshot (``holder`` alive: its hold keeps the region),
+        mapped for the snapshot alone: its pin-word hold keeps it, so the reader's cache (which
+        the coordinator may reclaim when idle) is never shared with it. None if the snapshot
+        closed first."""
         with self._lock:
             self.check_open()
-            self._start_watcher()
-            dv = self.dims.get(dimension_id)
-            if dv is None:
-                dv = self.dims[dimension_id] = _dim_view(dimension_id, entry)
-            if dv.current.generation == loc.generation:
-                return dv.current
             self.pins.hold(entry, loc.generation)  # the array's own, taken while the snapshot's holds
             if not holder.alive:
                 self.pins.release(entry, loc.generation, from_collector=False)
                 return None
-            gen = self._map(dv, loc)  # releases the hold itself if it fails
-            if self.dir_mv[dv.gen_pos] == loc.generation:
-                dv.current = gen  # still the published one: the lookup path shares it
-            return gen
+            return self._map(dimension_id, entry, loc, held=True)  # releases the hold itself if it fails
 
-    def _map(self, dv: DimView, loc: Location) -> Generation:
+    def _map(self, dimension_id: int, entry: int, loc: Location, *, held: bool) -> Generation:
         """Views of a pinned generation: its layer index and the pools its layers live in.
 
         O(1): the header is checked against the directory (layer_index.read_header); the rows
-        and table were built, and the layers they point at checked, by the coordinator. The
-        caller's hold of the pin becomes the mapping's: released when the last view of it goes,
-        or here at once if mapping fails (a counted hold must be released exactly once)."""
-        pin = _Pin()
+        and table were built, and the layers they point at checked, by the coordinator. With
+        ``held``, the caller's pin-word hold becomes the mapping's: released when the last view
+        of it goes, or here at once if mapping fails (a counted hold is released exactly once);
+        without (the cache's, pinned by its cache word), only once moved there."""
+        hold = [entry, loc.generation, held]
+        pin = _Pin(hold)
         # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
-        release = weakref.finalize(pin, self.pins.release, dv.entry, loc.generation)
+        release = weakref.finalize(pin, _release_hold, self.pins, hold)
         release.atexit = False
-        source = f"dimension {dv.dimension_id} generation {loc.generation}"
+        source = f"dimension {dimension_id} generation {loc.generation}"
         try:
             seg = self.inst.pool_segment(loc.pool)
             offset = loc.first_block * self.inst.table.block_sizes[loc.pool]
@@ -237,7 +271,7 @@ class MappedGenerations:
                 raise RegionFormatError(source=source, fault=f"layer index [{offset}, {offset + loc.nbytes}) lies "
                                                              f"outside pool {loc.pool}")
             index = _pinned(seg.mm, offset, loc.nbytes, pin)
-            header = layer_index.read_header(index, source=source, dimension_id=dv.dimension_id,
+            header = layer_index.read_header(index, source=source, dimension_id=dimension_id,
                                              generation=loc.generation)
             pools: list[memoryview | None] = []
             for p in range(header.pools.bit_length()):
@@ -249,7 +283,7 @@ class MappedGenerations:
         except BaseException:
             release()
             raise
-        return Generation(dv.dimension_id, loc.generation, index, header, tuple(pools))
+        return Generation(dimension_id, loc.generation, index, header, tuple(pools))
 
     # ----------------------------------------------------------------- letting go
 
@@ -257,27 +291,21 @@ class MappedGenerations:
         """Drop every cached mapping of a generation that is no longer published; how many."""
         dropped = 0
         with self._lock:
-            for dv in list(self.dims.values()):
+            for dv in self.dims.values():
                 if dv.current is not NOT_MAPPED and self.dir_mv[dv.gen_pos] != dv.current.generation:
-                    dv.current = NOT_MAPPED
-                    dropped += 1
+                    dropped += dv.drop(self._move)
         return dropped
 
     def honour_epoch(self, epoch: int) -> None:
         """The coordinator published something: let go of superseded mappings, then say so.
 
-        Called by the pin watcher thread; the acknowledgement follows the drop, so a reader
-        whose EPOCH_SEEN has reached an epoch holds superseded generations only through
-        contexts that are still alive."""
+        Called by the lookup path (the core) at the first lookup that sees W.PIN_EPOCH moved;
+        the acknowledgement follows the drop. An idle reader needs none of this: the cache word
+        lets the coordinator reclaim what only its cache holds."""
         with self._lock:
             self.check_open()
             self.drop_stale()
             self._registry.acknowledge(self.slot, epoch)
-
-    def _start_watcher(self) -> None:
-        if self._watcher is None:  # only a reader that maps something can pin anything
-            words = self.words_mv  # not a bound method: the watcher holds us weakly
-            self._watcher = PinWatcher(self, lambda: int(words[_EPOCH]), int(words[_EPOCH]))
 
     # ----------------------------------------------------------------- generation waits
 
@@ -311,16 +339,11 @@ class MappedGenerations:
             if self._closed:
                 return
             self._closed = True
-            dims = list(self.dims.values())
-            self.dims.clear()
-            if self._watcher is not None:
-                self._watcher.stop()
             if self._waiter is not None:
                 self._waiter.close(ReaderClosed(name=self.name, slot=self.slot))
-        for dv in dims:
-            dv.current = NOT_MAPPED  # our own cached mappings go now; the user's contexts stay
-        del dims
-        self._finalizer()
+            # Our own cached mappings go now (what contexts still hold moves into the pin words);
+            # the row goes now or with the last context.
+            self._finalizer()
 
     # ----------------------------------------------------------------- fork (shmpool/data/fork.py)
 
@@ -338,11 +361,12 @@ class MappedGenerations:
     def _fork_child(self) -> None:
         """In the child, after its row was handed over (or not: then every lookup says so).
 
-        Threads do not cross fork(): the pin watcher and the generation dispatcher are
-        forgotten (their successors start on demand). The cached mappings are dropped, so the
-        child pins only what its own contexts and snapshots hold until it looks something up."""
+        Threads do not cross fork(): the generation dispatcher is forgotten (its successor
+        starts on demand). The cached mappings are dropped, what the child's objects still hold
+        moving into the pin words of the child's row (the parent's cache words are never
+        written: their copies in the child's row, USERS forced on at the copy, keep everything
+        until then), so the child pins only what its own objects hold."""
         self._lock = threading.RLock()
-        self._watcher = None
         if self._waiter_finalizer is not None:
             self._waiter_finalizer.detach()  # it would post and close the parent's row's semaphore
             self._waiter_finalizer = None
@@ -353,11 +377,9 @@ class MappedGenerations:
             self._closed = True
             for snap in list(self.snapshots):
                 snap.unmap()  # their next lookup asks us for the generation, and hears ReaderForked
-        dims = list(self.dims.values())
-        self.dims.clear()
-        for dv in dims:
-            dv.current = NOT_MAPPED  # the mappings' pins are released as their arrays go
-        del dims
+        self.dims.clear(write=False)  # the views' cache words are the parent's
+        if self.pins.lost is None:
+            self.inst.control.pins[self.slot, :, PN.CACHE] = 0  # the child's own row: after the moves above
         if not self._closed:
             self._registry.acknowledge(self.slot, int(self.words_mv[_EPOCH]))
 

@@ -21,13 +21,19 @@ not atomic, so safety rests on two rules:
   (LO != 0 is what makes a range exist); the new ``g`` needs no cover until the reader's
   re-check of GENERATION, and its stores precede that.
 
-Generations only become held in ``Reader._refresh`` (pin, then re-check GENERATION) and are
-released when the last array over them dies, so shared words change only on those 0 <-> 1
-transitions of the process's own reference counts, never on the lookup path.
+Generations become held here by a snapshot (pin, then re-check), or when the reader's cache
+lets go of a generation that objects still hold (shmpool/data/mapping.py ``_move_to_pins``,
+before the cache word is cleared), and are released when the last array over them dies, so
+these words change only on those 0 <-> 1 transitions of the process's own reference counts,
+never on the lookup path. The generation the reader keeps mapped for its lookups is in the
+fifth word, PN.CACHE (generation << 2 | USERS << 1 | BUSY), and pins only while one of those
+bits is set (shmpool/_core/_lookup.pyx): that is what lets the coordinator reclaim from an idle
+reader what only its cache holds.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -35,8 +41,11 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
+from loguru import logger
+
+from .._core._sync import fence, membarrier
 from ..errors import ReaderForked
-from ..substrate.layout import EXACT_PINS, PIN_COLS, PN, R, RD, RT, W, D, Control
+from ..substrate.layout import CACHE_SHIFT, EXACT_PINS, PIN_COLS, PN, R, RD, RT, W, D, CacheBit, Control
 
 if TYPE_CHECKING:
     from .readers import ForkClaim, ReaderRegistry
@@ -225,6 +234,11 @@ class RowPins:
             return None
         # The parent's row pins all of it throughout, so the order of these stores is free.
         self._pins[claim.slot] = self._pins[self.slot]
+        # The cache words with USERS forced on: objects made from a cached generation between
+        # this copy and fork() are the child's too. The child moves what it holds into its pin
+        # words and clears them (MappedGenerations._fork_child).
+        cache = self._pins[claim.slot, :, PN.CACHE]
+        cache[cache != 0] |= int(CacheBit.USERS)
         return claim
 
     def fork_parent(self) -> None:
@@ -255,22 +269,53 @@ class RowPins:
 
 # --------------------------------------------------------------------- coordinator side
 
+_CACHE_PINS = int(CacheBit.BUSY | CacheBit.USERS)
+
+
+@functools.lru_cache(maxsize=1)
+def _barrier_refused() -> None:
+    logger.warning("membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) refused: generations idle readers "
+                   "keep cached stay pinned until their next lookup")
+
+
 def pinned_rows(control: Control, entry: int, generation: int) -> np.ndarray:
-    """Row indices of live readers that pin ``generation`` of ``entry``."""
+    """Row indices of live readers that pin ``generation`` of ``entry``.
+
+    The coordinator's half of the cache-word protocol (shmpool/_core/_lookup.pyx): a memory
+    barrier in every reader (membarrier) after its GENERATION store (made GRACE ago) and before
+    the cache-word loads, so that a lookup either shows BUSY here or sees the new generation;
+    the cache words are read before the pin words, because a reader stores a generation its
+    objects still hold in the pin words before it clears the cache word. If the kernel refuses
+    the barrier, a reader's cached generation counts as pinned whatever its bits say."""
+    barrier = membarrier()
+    if not barrier:
+        _barrier_refused()
+    cache = control.pins[:, entry, PN.CACHE].copy()
+    fence()  # loads after loads: x86-64 keeps them in order, aarch64 needs the barrier
     p = control.pins[:, entry, :]
     g = generation
     hit = (p[:, PN.EXACT0] == g) | (p[:, PN.EXACT1] == g)
     lo = p[:, PN.RANGE_LO]
     hit |= (lo != 0) & (lo <= g) & (g <= p[:, PN.RANGE_HI])
+    hit |= ((cache >> CACHE_SHIFT) == g) & (((cache & _CACHE_PINS) != 0) | (not barrier))
     hit &= control.readers[:, RD.PID] != 0
     return np.flatnonzero(hit)
+
+
+def busy_only(control: Control, slot: int, entry: int, generation: int) -> bool:
+    """True if row ``slot`` pins ``generation`` of ``entry`` only by a lookup in progress (BUSY):
+    no object of its process holds it; the process is stopped, or descheduled, inside a lookup."""
+    words = [int(w) for w in control.pins[slot, entry]]
+    lo, hi, cache = words[PN.RANGE_LO], words[PN.RANGE_HI], words[PN.CACHE]
+    held = generation in words[PN.EXACT0:PN.EXACT0 + EXACT_PINS] or (lo != 0 and lo <= generation <= hi)
+    return not held and cache >> CACHE_SHIFT == generation and cache & _CACHE_PINS == CacheBit.BUSY
 
 
 class PinState(str, Enum):
     """What a pin means for reclamation (a label for listings, not a shared word)."""
     CURRENT = "current"    # the published generation: retains nothing that would be freed
-    HELD = "held"          # superseded; its reader answered the last drop request, so a context lives
-    WAITING = "waiting"    # superseded; its reader has not answered the drop request yet
+    HELD = "held"          # superseded; an object of its reader (context, view, batch, snapshot) holds it
+    WAITING = "waiting"    # superseded; held only by a lookup in progress (its cache word's BUSY)
     STALE = "stale"        # superseded longer than max_pin_age: listed and warned about, not freed
 
 
@@ -283,7 +328,7 @@ class PinRecord(NamedTuple):
     state: PinState
     age_s: float | None       # since the generation was superseded; None for the current one
     bytes_retained: int       # whole blocks of its region (0 for the current generation)
-    answered: bool            # the reader honoured every drop request since it was superseded
+    answered: bool            # held by an object of the reader, not only by a lookup in progress
     by_range: bool            # pinned by the overflow range rather than an exact word
 
     def as_dict(self) -> dict[str, Any]:
@@ -320,28 +365,34 @@ def list_pins(control: Control, block_sizes: Sequence[int], now_ns: int | None =
     rows = control.readers
     out: list[PinRecord] = []
     for slot in np.flatnonzero(rows[:, RD.PID]):
-        pid, seen = int(rows[slot, RD.PID]), int(rows[slot, RD.EPOCH_SEEN])
+        pid = int(rows[slot, RD.PID])
         pins = control.pins[slot]
         for entry in np.flatnonzero(pins.any(axis=1)):
             dim, published = int(directory[entry, D.DIMENSION_ID]), int(directory[entry, D.GENERATION])
             words = [int(w) for w in pins[entry]]
-            lo, hi = words[PN.RANGE_LO], words[PN.RANGE_HI]
+            lo, hi, cache = words[PN.RANGE_LO], words[PN.RANGE_HI], words[PN.CACHE]
             exact = {g for g in words[PN.EXACT0:PN.EXACT0 + EXACT_PINS] if g}
+            busy = set()
+            if cache & _CACHE_PINS:  # the cached generation pins only while BUSY or USERS is set
+                if cache & CacheBit.USERS:
+                    exact.add(cache >> CACHE_SHIFT)
+                else:
+                    busy.add(cache >> CACHE_SHIFT)
             ranged = set()
             if lo:
                 ranged = {g for (d, g) in superseded if d == dim and lo <= g <= hi}
                 if lo <= published <= hi:
                     ranged.add(published)
-            for g in sorted(exact | ranged):
+            for g in sorted(exact | ranged | busy):
                 info = superseded.get((dim, g))
                 if g == published:
                     state, age, nbytes, answered = PinState.CURRENT, None, 0, True
                 elif info is None:
                     continue  # already freed (a pin being withdrawn after a failed re-check)
                 else:
-                    nbytes, at_ns, epoch = info
+                    nbytes, at_ns, _epoch = info
                     age = max(0.0, (now_ns - at_ns) / 1e9)
-                    answered = seen >= epoch
+                    answered = g in exact or g in ranged
                     state = (PinState.STALE if max_age and age > max_age
                              else PinState.HELD if answered else PinState.WAITING)
                 out.append(PinRecord(int(slot), pid, dim, g, state, age, nbytes, answered,

@@ -15,8 +15,11 @@ How a lookup stays cheap and safe:
   the pin: while any LoadedContext (or the bare ``content`` memoryview) lives, that generation
   stays pinned, and its bytes stay exactly as they were, also after ``Reader.close()``. Pins are
   exact (shmpool/data/pins.py): holding generation 1 does not hold back 2, 3, ...
-* A daemon thread (shmpool/data/pin_watch.py) drops the reader's cached mapping of a superseded
-  generation soon after each publication, so an idle reader does not pin it for ever.
+* The generation a reader keeps mapped for its lookups is pinned by the row's cache word only
+  while a lookup is in progress or something made from it is alive (BUSY / USERS,
+  shmpool/_core/_lookup.pyx): the coordinator reclaims it from a reader that idles after a
+  publication, without the reader running; no thread watches anything. The first lookup after
+  a publication drops every superseded mapping (W.PIN_EPOCH compared on each lookup).
 * A child forked after ``attach`` gets a row of its own holding the pins of everything it
   inherited (shmpool/data/fork.py); the parent's row is never touched by the child.
 
@@ -28,7 +31,7 @@ shared with this reader's snapshots; the lookup and the batch are the compiled c
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from ..errors import AttachError, DimensionNotFound, LayerNotFound
 from ..substrate.ids import as_id
@@ -42,8 +45,11 @@ from .snapshot import SNAPSHOT_TIMEOUT, Snapshot
 
 __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 
+T = TypeVar("T")
+
 BATCH_TRIES = 3        # load_contexts re-reads a batch a publish cut through, then uses a snapshot
 _SEQ = int(W.PUBLISH_SEQ)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
+_EPOCH = int(W.PIN_EPOCH)
 
 
 
@@ -62,7 +68,7 @@ class Reader(ReaderCore):
     def __init__(self, inst: SharedInstance, *, owns_instance: bool, timeout: float | None = None) -> None:
         self._map = MappedGenerations(inst, owns_instance=owns_instance, timeout=timeout)
         # What the lookup path reads, bound once (the owner clears ``dims`` in place, never replaces it).
-        self._core_attach(self._map, _SEQ, TOUCHED_READ)
+        self._core_attach(self._map, _SEQ, TOUCHED_READ, _EPOCH)
         self._dims = self._map.dims
         self._dir_mv = self._map.dir_mv
         self._words_mv = self._map.words_mv
@@ -115,7 +121,7 @@ class Reader(ReaderCore):
         # Checked against the published generation, not the one this reader mapped last: a
         # dimension may be renamed, and its old name given to another.
         try:
-            if found is not None and found in self._dims and self._current(found).name == name:
+            if found is not None and found in self._dims and self._with_generation(found, _name) == name:
                 return found
         except DimensionNotFound:
             pass  # no longer published: the scan below says which names are
@@ -161,19 +167,24 @@ class Reader(ReaderCore):
         """Every layer of the dimension's current generation (in layer id order), or only those
         tagged ``keyword``. The generation is fixed when the scan starts."""
         dimension_id = as_id(dimension_id, "dimension_id")
-        gen = self._current(dimension_id)
-        rows = range(gen.layer_count) if keyword is None else gen.rows_with_keyword(keyword)
-        dv = self._dims.get(dimension_id)
-        if dv is not None:
-            self._dir_mv[dv.touch_pos] = max(self._dir_mv[dv.touch_pos], TOUCHED_READ)
-        yield from gen.contexts(rows)
+        gen: Generation | None = self._checkout_generation(dimension_id)  # USERS set while we hold it
+        try:
+            assert gen is not None
+            rows = range(gen.layer_count) if keyword is None else gen.rows_with_keyword(keyword)
+            dv = self._dims.get(dimension_id)
+            if dv is not None:
+                self._dir_mv[dv.touch_pos] = max(self._dir_mv[dv.touch_pos], TOUCHED_READ)
+            yield from gen.contexts(rows)
+        finally:
+            gen = None
+            self._settle_generation(dimension_id)  # the contexts still alive keep USERS set
 
-    def _current(self, dimension_id: int) -> Generation:
-        dv = self._dims.get(dimension_id) or self._map.dimension(dimension_id)
-        gen = dv.current
-        if self._dir_mv[dv.gen_pos] != gen.generation:
-            gen = self._map.refresh(dv)
-        return gen
+    def _with_generation(self, dimension_id: int, use: Callable[[Generation], T]) -> T:
+        """``use(generation)`` on the dimension's published generation, held for the call only."""
+        try:
+            return use(self._checkout_generation(dimension_id))
+        finally:
+            self._settle_generation(dimension_id)
 
     # ----------------------------------------------------------------- introspection
 
@@ -188,20 +199,20 @@ class Reader(ReaderCore):
         out = {}
         for dim_id in sorted(self._map.published()):
             try:
-                out[dim_id] = self._current(dim_id).name
+                out[dim_id] = self._with_generation(dim_id, _name)
             except DimensionNotFound:
                 continue
         return out
 
     def layer_ids(self, dimension_id: int) -> list[int]:
-        return self._current(as_id(dimension_id, "dimension_id")).layer_ids()
+        return self._with_generation(as_id(dimension_id, "dimension_id"), _layer_ids)
 
     def drop_stale(self) -> int:
         """Let go of every generation that is no longer the published one; returns how many.
 
-        A reader keeps the generation it last used mapped (and so pinned) until its next lookup
-        in that dimension. A long-idle reader should call this now and then, so the coordinator
-        can free superseded and evicted regions (workers do it while idle)."""
+        Not needed for memory: the coordinator reclaims a superseded generation that only the
+        reader's cache holds without the reader running, and the first lookup after a
+        publication drops every superseded mapping. This also lets go of the local objects now."""
         return self._map.drop_stale()
 
     def stats(self) -> dict[str, Any]:
@@ -290,6 +301,14 @@ class Reader(ReaderCore):
     def __repr__(self) -> str:
         state = "closed" if self._map.closed else f"slot {self._map.slot}"
         return f"<Reader {self._map.name!r} {state}>"
+
+
+def _name(gen: Generation) -> str:
+    return gen.name
+
+
+def _layer_ids(gen: Generation) -> list[int]:
+    return gen.layer_ids()
 
 
 def _retained(pins: list[dict[str, Any]]) -> int:

@@ -6,8 +6,9 @@ frees a superseded region only when no live reader pins that generation, and dro
 pins) of readers whose process died, so a crashed reader cannot leak memory.
 
 Claiming and releasing a row take the table lock (rare); pin updates are single int64 stores
-by the row's owner and need none. So do the row's EPOCH_SEEN and SEEN_NS, which say the reader
-honoured the coordinator's last request to let go of superseded generations.
+by the row's owner and need none (the cache words too, shmpool/_core/_lookup.pyx). So do the
+row's EPOCH_SEEN and SEEN_NS, which say when the reader's lookups last let go of superseded
+mappings (at its first lookup after a publication).
 
 A row can also be claimed by a process that is about to fork, in its own name, for the child
 (:meth:`ReaderRegistry.claim_for_fork`; the protocol is in shmpool/data/fork.py): RD.HANDOVER_NS
@@ -27,7 +28,7 @@ from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, LockTimeout
 from ..substrate.layout import RD, W, Control
 from ..substrate.lock import SharedLock
-from .pins import pinned_rows
+from .pins import busy_only, pinned_rows
 
 __all__ = ["ReaderRegistry", "ForkClaim", "HANDOVER_WINDOW"]
 
@@ -215,10 +216,11 @@ class ReaderRegistry:
             logger.info("dropped reader slots claimed at fork by {} that no child took over", unclaimed)
         return dead + unclaimed
 
-    def holders(self, entry: int, generation: int) -> list[tuple[int, int, int]]:
-        """(slot, pid, epoch seen) of every attached reader that pins ``generation`` of ``entry``."""
+    def holders(self, entry: int, generation: int) -> list[tuple[int, int, bool]]:
+        """(slot, pid, held by an object) of every attached reader that pins ``generation`` of
+        ``entry``; False: only by a lookup in progress (a stopped or descheduled process)."""
         rows = self._ctl.readers
-        return [(int(s), int(rows[s, RD.PID]), int(rows[s, RD.EPOCH_SEEN]))
+        return [(int(s), int(rows[s, RD.PID]), not busy_only(self._ctl, int(s), entry, generation))
                 for s in pinned_rows(self._ctl, entry, generation)]
 
     def is_pinned(self, entry: int, generation: int) -> bool:

@@ -22,6 +22,7 @@ without locks (generation numbers, see directory below).
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -31,7 +32,7 @@ import numpy as np
 
 __all__ = [
     "MAGIC", "LAYOUT_VERSION", "HEADER", "ControlWord", "InstanceState", "PoolCol", "RecordCol", "RecordState",
-    "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "TagCol", "FileCol",
+    "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "CacheBit", "CACHE_SHIFT", "TagCol", "FileCol",
     "W", "P", "R", "D", "S", "RD", "PN", "RT", "F", "SLOT_COLS",
     "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "TAG_COLS", "FILE_COLS", "MAX_POOL_NUMBERS",
     "WORDS", "Layout",
@@ -39,13 +40,14 @@ __all__ = [
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 9  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+LAYOUT_VERSION = 10  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
 # 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL; 5: a directory
 # slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region;
 # 6: word PUBLISH_SEQ (consistent snapshots), reader column WAITING and the per-reader gwR
 # semaphores (generation wake-ups); 7: the table lock is a robust mutex in words 56-63 (no flock,
 # no lock semaphore); 8: the files section (region files served by mapping, coordinator/region_store.py);
-# 9: RecordState.LENT (a job's spilled arguments: no dead-owner sweep frees them)
+# 9: RecordState.LENT (a job's spilled arguments: no dead-owner sweep frees them);
+# 10: pin column CACHE, a reader's cache word (no pin-watch thread)
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
@@ -209,7 +211,7 @@ class ReaderCol(IntEnum):
     PID = 0          # 0 = slot free
     START = 1
     ATTACHED_NS = 2
-    EPOCH_SEEN = 3   # the last W.PIN_EPOCH this reader honoured (dropped what was superseded)
+    EPOCH_SEEN = 3   # the last W.PIN_EPOCH this reader honoured (at a lookup: dropped what was superseded)
     SEEN_NS = 4      # time.time_ns() when it did
     WAITING = 5      # 0, or W.PIN_EPOCH + 1 when its threads last armed: post my gen-wait semaphore
     HANDOVER_NS = 6  # 0, or the deadline of a fork hand-over: claimed for a forked child (shmpool/data/fork.py)
@@ -221,16 +223,29 @@ READER_COLS = 8
 class PinCol(IntEnum):
     """The pin words of one reader for one directory entry: the generations it holds.
 
-    Pinned = {EXACT0, EXACT1} (0 = empty) plus [RANGE_LO, RANGE_HI] when RANGE_LO != 0. A held
-    generation never moves between words while held (see shmpool/data/pins.py for why)."""
+    Pinned = {EXACT0, EXACT1} (0 = empty) plus [RANGE_LO, RANGE_HI] when RANGE_LO != 0, plus the
+    generation of CACHE while its BUSY or USERS bit is set. A held generation never moves between
+    words while held (see shmpool/data/pins.py for why); one leaves CACHE only after it was
+    stored in the exact words or the range, if anything still holds it."""
     EXACT0 = 0
     EXACT1 = 1
     RANGE_LO = 2     # the range holds what did not fit in the exact words; 0 = no range
     RANGE_HI = 3
+    CACHE = 4        # generation << 2 | USERS << 1 | BUSY: the generation the reader keeps mapped for
+    #                  its lookups; 0 = none. Written only by the row's process (shmpool/_core/_lookup.pyx)
 
 
-PIN_COLS = 4
+PIN_COLS = 5
 EXACT_PINS = 2
+
+
+class CacheBit(IntEnum):
+    """The low bits of PinCol.CACHE. The cached generation pins only while one of them is set."""
+    BUSY = 1         # a lookup of this process is between its GENERATION re-check and its end
+    USERS = 2        # objects other than the cache (contexts, views, batches) may refer to it
+
+
+CACHE_SHIFT = 2      # PinCol.CACHE >> CACHE_SHIFT is the generation
 
 
 class TagCol(IntEnum):
@@ -341,40 +356,96 @@ class Layout:
 
 
 class Control:
-    """numpy views of every section of a mapped control segment (no copies)."""
+    """numpy views of every section of a mapped control segment (no copies).
+
+    Each view is made on first use and kept: a reader process uses the words, directory, readers
+    and pins only, and a view it never makes costs it nothing (the views of every section, made
+    at attach, were ~16 kB of each reader's private memory: docs/performance.md)."""
 
     def __init__(self, buf: Any, layout: Layout) -> None:
         self.layout = layout
-        lay = layout
+        self._buf = buf
 
-        def arr(offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
-            count = int(np.prod(shape))
-            return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+    def _arr(self, offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
+        count = int(np.prod(shape))
+        return np.frombuffer(self._buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
-        self.words = arr(lay.words_offset, (WORDS,))
-        self.pools = arr(lay.pools_offset, (lay.pool_count, POOL_COLS))
-        self.records = arr(lay.records_offset, (lay.max_records, RECORD_COLS))
-        self.bitmaps = [arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
-        self.backed = [arr(o, (n,), np.uint8) for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
-        self.directory = arr(lay.directory_offset, (lay.max_dimensions, DIR_COLS))
-        self.readers = arr(lay.readers_offset, (lay.max_readers, READER_COLS))
-        self.pins = arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions, PIN_COLS))
-        self.tags = arr(lay.tags_offset, (lay.max_records, TAG_COLS))
-        self.files = arr(lay.files_offset, (lay.max_files, FILE_COLS))
-        # Plain memoryview casts read one int64 ~5x faster than numpy scalar indexing; the read
-        # path (generation checks) uses these.
-        self.words_mv = memoryview(buf)[lay.words_offset:lay.words_offset + WORDS * 8].cast("q")
-        dir_bytes = lay.max_dimensions * DIR_COLS * 8
-        self.directory_mv = memoryview(buf)[lay.directory_offset:lay.directory_offset + dir_bytes].cast("q")
+    def _mv(self, offset: int, nbytes: int) -> memoryview:
+        return memoryview(self._buf)[offset:offset + nbytes].cast("q")
+
+    @functools.cached_property
+    def words(self) -> np.ndarray:
+        return self._arr(self.layout.words_offset, (WORDS,))
+
+    @functools.cached_property
+    def pools(self) -> np.ndarray:
+        return self._arr(self.layout.pools_offset, (self.layout.pool_count, POOL_COLS))
+
+    @functools.cached_property
+    def records(self) -> np.ndarray:
+        return self._arr(self.layout.records_offset, (self.layout.max_records, RECORD_COLS))
+
+    @functools.cached_property
+    def bitmaps(self) -> list[np.ndarray]:
+        lay = self.layout
+        return [self._arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
+
+    @functools.cached_property
+    def backed(self) -> list[np.ndarray]:
+        lay = self.layout
+        return [self._arr(o, (n,), np.uint8) for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
+
+    @functools.cached_property
+    def directory(self) -> np.ndarray:
+        return self._arr(self.layout.directory_offset, (self.layout.max_dimensions, DIR_COLS))
+
+    @functools.cached_property
+    def readers(self) -> np.ndarray:
+        return self._arr(self.layout.readers_offset, (self.layout.max_readers, READER_COLS))
+
+    @functools.cached_property
+    def pins(self) -> np.ndarray:
+        lay = self.layout
+        return self._arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions, PIN_COLS))
+
+    @functools.cached_property
+    def tags(self) -> np.ndarray:
+        return self._arr(self.layout.tags_offset, (self.layout.max_records, TAG_COLS))
+
+    @functools.cached_property
+    def files(self) -> np.ndarray:
+        return self._arr(self.layout.files_offset, (self.layout.max_files, FILE_COLS))
+
+    # Plain memoryview casts read one int64 ~5x faster than numpy scalar indexing; the read
+    # path (generation checks) uses these.
+    @functools.cached_property
+    def words_mv(self) -> memoryview:
+        return self._mv(self.layout.words_offset, WORDS * 8)
+
+    @functools.cached_property
+    def directory_mv(self) -> memoryview:
+        return self._mv(self.layout.directory_offset, self.layout.max_dimensions * DIR_COLS * 8)
+
+    @functools.cached_property
+    def pins_mv(self) -> memoryview:
+        """The lookup's cache words (PinCol.CACHE) are read and written through this one."""
+        lay = self.layout
+        return self._mv(lay.pins_offset, lay.max_readers * lay.max_dimensions * PIN_COLS * 8)
 
     def release(self) -> None:
         """Drop every view so the underlying mmap can be closed."""
-        for mv in (self.words_mv, self.directory_mv):
-            mv.release()
-        # None, not empty arrays: a use after release must fail loudly, so the types are waived here.
+        made = self.__dict__
+        for name in ("words_mv", "directory_mv", "pins_mv"):
+            mv = made.get(name)
+            if mv is not None:
+                mv.release()
+        # None, not empty arrays: a use after release must fail loudly, so the types are waived
+        # here; set whether made or not, so that nothing is made from the closed mapping later.
         self.words = self.pools = self.records = self.directory = self.readers = self.pins = None  # type: ignore[assignment]
         self.tags = self.files = None  # type: ignore[assignment]
+        self.words_mv = self.directory_mv = self.pins_mv = None  # type: ignore[assignment]
         self.bitmaps = self.backed = []
+        self._buf = None
 
 
 def pack_header(layout: Layout, *, control_size: int, instance_token: int, created_ns: int,
