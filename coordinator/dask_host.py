@@ -99,7 +99,7 @@ class HostDaemon:
         self.coord = Coordinator(instance, data_dir=self._empty, memory_limit=config.memory_limit, workers=0,
                                  max_readers=config.max_readers)
         self._stop = threading.Event()
-        self._leases = 0
+        self._leases: set[socket.socket] = set()  # a lease is a connection held open
         self._lease_lock = threading.Lock()
         self._publish_lock = threading.Lock()  # guards publishing, _reserved and _failures
         self._reserved: dict[int, _Reservation] = {}   # dimension id -> room held for its next publish
@@ -157,7 +157,7 @@ class HostDaemon:
                                  name=f"dask-host-{self.instance}-conn").start()
             now = time.monotonic()
             with self._lease_lock:
-                leased = self._leases > 0
+                leased = bool(self._leases)
             if leased:
                 idle_since = None
             elif idle_since is None:
@@ -314,7 +314,7 @@ class HostDaemon:
             if message is None:
                 return
             if message.get("op") == "lease":
-                self._hold_lease(stream)
+                self._hold_lease(conn, stream)
                 return
             try:
                 reply = self._answer(message)
@@ -325,9 +325,9 @@ class HostDaemon:
             except OSError as exc:
                 logger.debug("reply to {!r} lost: {}", message.get("op"), exc)
 
-    def _hold_lease(self, stream: BinaryIO) -> None:
+    def _hold_lease(self, conn: socket.socket, stream: BinaryIO) -> None:
         with self._lease_lock:
-            self._leases += 1
+            self._leases.add(conn)
         try:
             while stream.readline():  # nothing is sent on a lease: this returns at EOF
                 pass
@@ -335,7 +335,15 @@ class HostDaemon:
             pass
         finally:
             with self._lease_lock:
-                self._leases -= 1
+                self._leases.discard(conn)
+
+    def _live_leases(self) -> int:
+        """Leases whose holder has not closed them. A lease closed a moment ago may not have been
+        noticed by its thread yet: a registration that follows an unregistration at once must
+        not be refused for it (the socket's EOF is there to see even so)."""
+        with self._lease_lock:
+            held = list(self._leases)
+        return sum(1 for conn in held if not _closed(conn))
 
     def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
         op = message.get("op")
@@ -350,9 +358,7 @@ class HostDaemon:
                 return {"generation": generation, "serves": True, "aborted": self.abort(dim, generation)}
             return {"generation": self.publish(dim, generation, message["file"]), "serves": True}
         if op == "config":
-            with self._lease_lock:
-                leases = self._leases
-            return {"config": self.config.to_json(), "leases": leases}
+            return {"config": self.config.to_json(), "leases": self._live_leases()}
         if op == "generations":
             return {"generations": {str(d): g for d, g in self.generations().items()}, "pid": os.getpid()}
         if op == "stats":
@@ -361,6 +367,16 @@ class HostDaemon:
             self.request_stop()
             return {"stopping": True}
         raise ValueError(f"unknown request {op!r}")
+
+
+def _closed(conn: socket.socket) -> bool:
+    """Whether the peer of ``conn`` has closed it (EOF waiting to be read), without reading."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,3 +395,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
