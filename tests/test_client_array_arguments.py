@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -29,10 +27,10 @@ import numpy as np
 import pytest
 
 import _array_jobs as jobs
+from _array_clients import submitting_client
 import shmpool
 from _introspect import job_board
 from _waiting import wait_for
-from conftest import TESTS
 from shmpool.coordinator import Coordinator
 from shmpool.errors import ArgumentTooLarge, LimitExceeded, RequestTooLarge, ShmPoolError
 from shmpool.jobs.jobs_layout import SlotState
@@ -273,28 +271,6 @@ def test_a_client_closed_while_its_job_runs_leaves_the_argument_to_the_worker(se
     wait_for(lambda: _live(coord) == baseline)
 
 
-CHILD = """
-import sys, time
-import numpy as np
-import shmpool, _array_jobs
-name, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-client = shmpool.connect(name)
-x = np.arange(n, dtype=np.float64)
-future = client.submit(_array_jobs.wait_for_path, gate, x, gate + ".out")
-print("submitted", flush=True)
-time.sleep(600)
-"""
-
-
-def _child(name: str, gate: Path, n: int, fault: str | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    env.pop("SHMPOOL_FAULT", None)
-    if fault:
-        env["SHMPOOL_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-c", CHILD, name, str(gate), str(n)], env=env, text=True,
-                            stdout=subprocess.PIPE)
-
-
 @pytest.mark.parametrize("fault", ["arguments.placed", "submit.popped", "submit.filled"])
 def test_a_client_sigkilled_mid_submit_leaks_no_argument(served, tmp_path, fault):
     """Killed with its argument placed but not on the board, or inside the board's lock (the
@@ -303,7 +279,7 @@ def test_a_client_sigkilled_mid_submit_leaks_no_argument(served, tmp_path, fault
     baseline = _live(coord)
     gate = tmp_path / "gate"
     gate.touch()  # should the request have been queued, its job ends at once
-    child = _child(name, gate, MB, fault)
+    child = submitting_client(name, gate, MB, fault)
     assert child.wait(60) == -signal.SIGKILL
     assert child.stdout is not None and child.stdout.read() == ""  # it died inside submit
     _assert_board_whole(coord, baseline)
@@ -318,7 +294,7 @@ def test_a_client_sigkilled_after_submit_with_its_job_queued_leaks_no_argument(s
     with shmpool.connect(name) as client:
         blockers = [client.submit(jobs.wait_for_path, str(tmp_path / "busy")) for _ in range(2)]
         wait_for(lambda: coord.stats()["jobs"]["running"] == 2)
-        child = _child(name, gate, MB)
+        child = submitting_client(name, gate, MB)
         assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
         assert _live(coord) == baseline + 1
         child.kill()
@@ -336,7 +312,7 @@ def test_a_client_sigkilled_while_its_job_runs_leaves_the_argument_to_the_job(se
     baseline = _live(coord)
     gate = tmp_path / "gate"
     n = MB
-    child = _child(name, gate, n)
+    child = submitting_client(name, gate, n)
     assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
     wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running")
     child.kill()

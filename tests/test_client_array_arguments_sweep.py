@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import _array_jobs as jobs
+from _array_clients import submitting_client
 import shmpool
 from _introspect import job_board
 from _waiting import wait_for
@@ -38,27 +39,6 @@ pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 MB = 2 ** 20
 N = MB  # float64 elements: an 8 MiB argument
-
-CHILD = """
-import sys, time
-import numpy as np
-import shmpool, _array_jobs
-name, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-client = shmpool.connect(name)
-x = np.arange(n, dtype=np.float64)
-future = client.submit(_array_jobs.wait_for_path, gate, x, gate + ".out")
-print("submitted", flush=True)
-time.sleep(600)
-"""
-
-
-def _child(name: str, gate: Path, fault: str | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    env.pop("SHMPOOL_FAULT", None)
-    if fault:
-        env["SHMPOOL_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-c", CHILD, name, str(gate), str(N)], env=env, text=True,
-                            stdout=subprocess.PIPE)
 
 
 def _live(coord: Coordinator) -> int:
@@ -99,7 +79,7 @@ def test_a_dead_clients_running_job_keeps_its_argument_through_a_sweep_before_su
     # Supervision paused: the dead client's job stays RUNNING, its arguments the dead client's.
     monkeypatch.setattr(board, "sweep_dead_clients", lambda: 0)
     gate = tmp_path / "gate"
-    child = _child(name, gate)
+    child = submitting_client(name, gate, N)
     assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
     wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running")
     ref = _running_arguments(coord)
@@ -135,7 +115,7 @@ def test_lent_arguments_of_a_dead_client_survive_every_generic_sweep_until_settl
     baseline = _live(coord)
     monkeypatch.setattr(board, "sweep_dead_clients", lambda: 0)
     gate = tmp_path / "gate"
-    child = _child(name, gate)
+    child = submitting_client(name, gate, N)
     assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
     wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running")
     ref = _running_arguments(coord)
@@ -164,7 +144,7 @@ def test_a_client_sigkilled_between_allocate_and_submit_leaks_nothing_once_the_r
     baseline = _live(coord)
     gate = tmp_path / "gate"
     gate.touch()
-    child = _child(name, gate, "arguments.placed")
+    child = submitting_client(name, gate, N, "arguments.placed")
     assert child.wait(60) == -signal.SIGKILL
     assert child.stdout is not None and child.stdout.read() == ""  # it died before submitting
     wait_for(lambda: _live(coord) == baseline, what="the coordinator freed the unnamed lent blocks")

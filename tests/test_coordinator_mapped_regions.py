@@ -15,17 +15,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import shmpool
+from _region_data import sample_subset, settle
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator.file_copy import RegionFile
 from shmpool.coordinator.region_store import RegionStore
-from shmpool.coordinator.verified import RACY_NS, FileKey
+from shmpool.coordinator.verified import FileKey
 from shmpool.data.region import Region
 from shmpool.substrate.names import list_objects
 
@@ -34,21 +34,9 @@ CHILD = str(Path(__file__).parent / "_mapped_children.py")
 DEADLINE = 120  # seconds: only catches a hang, never a speed
 
 
-def _settle(folder: Path) -> None:
-    newest = max(p.stat().st_ctime_ns for p in folder.iterdir())
-    while time.time_ns() <= newest + RACY_NS:
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def data(sample_dir, tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for path in sorted(sample_dir.iterdir())[:FILES]:
-        shutil.copyfile(path, folder / path.name)
-        os.chmod(folder / path.name, 0o644)
-    _settle(folder)
-    return folder
+    return sample_subset(sample_dir, tmp_path / "data", FILES, mode=0o644)
 
 
 def _expected(folder: Path) -> dict[str, str]:
@@ -187,7 +175,7 @@ def test_files_of_another_owner_or_writable_by_group_are_copied_into_the_pools_a
     foreign = os.geteuid() == 0
     if foreign:
         os.chown(files[1], 12345, 12345)
-    _settle(data)
+    settle(data)
     expected = _expected(data)
     coord = _start(make_name, data, verify_cache=False)
     try:

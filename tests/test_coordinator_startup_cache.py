@@ -14,13 +14,13 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from loguru import logger
 
 import shmpool
+from _region_data import sample_subset, settle
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator.verified import MAX_RECORDS, RACY_NS, FileKey, VerifiedFiles
 from shmpool.data.region_builder import RegionBuilder
@@ -40,21 +40,9 @@ def warnings():
         logger.disable(package)
 
 
-def _settle(folder: Path) -> None:
-    """Wait until every file's ctime is older than the racy-timestamp margin (so it is recordable)."""
-    newest = max(p.stat().st_ctime_ns for p in folder.iterdir())
-    while time.time_ns() <= newest + RACY_NS:
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def data(sample_dir, tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for path in sorted(sample_dir.iterdir())[:FILES]:
-        shutil.copyfile(path, folder / path.name)
-    _settle(folder)
-    return folder
+    return sample_subset(sample_dir, tmp_path / "data", FILES)
 
 
 @pytest.fixture
@@ -130,7 +118,7 @@ def test_a_replaced_file_is_verified_again(make_name, data, cache_path):
     builder = RegionBuilder(1, "replaced")
     builder.add_layer(7, "new text")
     builder.write(victim)  # os.replace: a new inode
-    _settle(data)
+    settle(data)
     verified, trusted, _ = _loads(make_name, data, cache_path)
     assert verified == [str(victim)] and len(trusted) == FILES - 1
     verified, trusted, _ = _loads(make_name, data, cache_path)
@@ -246,7 +234,7 @@ def test_coordinators_starting_at_once_merge_their_records(make_name, sample_dir
             shutil.copyfile(path, folder / path.name)
         folders.append(folder)
     for folder in folders:
-        _settle(folder)
+        settle(folder)
     ctx = mp.get_context("spawn")
     for _ in range(3):  # fresh cache each round: every coordinator saves, all at about the same time
         cache_path.unlink(missing_ok=True)

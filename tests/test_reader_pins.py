@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loguru import logger
 
 import _reader_children as children
 import shmpool.coordinator.publisher as publisher_module
@@ -84,16 +83,6 @@ def _spawn(target, *args):
     proc = mp.get_context("spawn").Process(target=target, args=args)
     proc.start()
     return proc
-
-
-@pytest.fixture
-def warnings_logged():
-    messages: list[str] = []
-    logger.enable("shmpool.coordinator")
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
-    logger.disable("shmpool.coordinator")
 
 
 # --------------------------------------------------------------------- the pin words
@@ -209,7 +198,7 @@ def test_an_idle_reader_unpins_its_last_generation_after_the_next_publish(coord)
         proc.join(30)
 
 
-def test_a_stopped_reader_is_listed_and_warned_about_but_its_memory_is_never_freed(make_coord, warnings_logged):
+def test_a_stopped_reader_is_listed_and_warned_about_but_its_memory_is_never_freed(make_coord, warnings):
     coord = make_coord(max_pin_age=0.4)
     ctx = mp.get_context("spawn")
     ready, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
@@ -220,9 +209,9 @@ def test_a_stopped_reader_is_listed_and_warned_about_but_its_memory_is_never_fre
         os.kill(proc.pid, signal.SIGSTOP)  # alive, not running at all
         _publish(coord, 2)
         _publish(coord, 3)  # generation 2 is pinned by nobody: it goes, whatever 1 does
-        _wait_until(lambda: any(f"pid {proc.pid}" in m and "generation 1" in m for m in warnings_logged),
+        _wait_until(lambda: any(f"pid {proc.pid}" in m and "generation 1" in m for m in warnings),
                     seconds=5, what="the stale-pin warning")
-        warning = next(m for m in warnings_logged if f"pid {proc.pid}" in m)
+        warning = next(m for m in warnings if f"pid {proc.pid}" in m)
         assert f"dimension {DIM} generation 1" in warning and "bytes retained" in warning
         # Its context holds generation 1 (the cache word moved it nowhere: the reader never ran).
         assert "holds a context" in warning and "max_pin_age 0.4 s" in warning
