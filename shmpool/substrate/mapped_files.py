@@ -25,10 +25,10 @@ import stat
 import weakref
 from pathlib import Path
 
-from loguru import logger
 
 from ..errors import MappedFileChanged
 from .names import runtime_dir
+from .segments import close_mapping
 
 __all__ = ["STORE_FOLDER", "SUFFIX", "store_dir", "memory_backed", "file_path", "digest_words", "words_digest", "why_unsafe",
            "MappedFile"]
@@ -104,13 +104,6 @@ def why_unsafe(st: os.stat_result) -> str | None:
     return None
 
 
-def _unmap(mm: mmap.mmap, path: str) -> None:
-    try:
-        mm.close()
-    except BufferError:  # views still exported: unmapped when the last one is collected
-        logger.debug("mapped file {} still has views exported; unmapping deferred to the collector", path)
-
-
 class MappedFile:
     """A read-only mapping of one served region file (the pool-segment interface: ``mm``, ``size``)."""
 
@@ -120,7 +113,7 @@ class MappedFile:
         self.name = path
         self.size = size
         self.mm = mm
-        self._finalizer = weakref.finalize(self, _unmap, mm, path)
+        self._finalizer = weakref.finalize(self, close_mapping, mm, path)
 
     @classmethod
     def open(cls, path: Path, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":

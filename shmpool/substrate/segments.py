@@ -30,19 +30,20 @@ from ..errors import AttachError, InvalidArgument
 from .removal import missing_name_hint
 from .trust import shm_path, verify_fd, verify_path
 
-__all__ = ["Segment"]
+__all__ = ["Segment", "close_mapping"]
 
 SHMEM_THP = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 _MODE = 0o600
 
 
-def _release(mm: mmap.mmap, name: str) -> None:
+def close_mapping(mm: mmap.mmap, name: str) -> None:
+    """Unmap ``mm`` (a segment's or a mapped file's, ``name`` for the log) unless views of it are still out."""
     try:
         mm.close()
     except BufferError:
         # A memoryview or numpy array handed out earlier still points into the mapping. Closing
         # would make it dangle, so the mapping lives on until the last view is collected.
-        logger.debug("segment {} still has views exported; unmapping deferred to the collector", name)
+        logger.debug("mapping {} still has views exported; unmapping deferred to the collector", name)
 
 
 class Segment:
@@ -54,7 +55,7 @@ class Segment:
         self.name = name
         self.size = size
         self.mm = mm
-        self._finalizer = weakref.finalize(self, _release, mm, name)
+        self._finalizer = weakref.finalize(self, close_mapping, mm, name)
 
     @classmethod
     def create(cls, name: str, size: int, *, reserve: bool = False) -> "Segment":
