@@ -22,6 +22,7 @@ distributed = pytest.importorskip("distributed")
 
 import _dask_tasks as tasks  # noqa: E402
 import _shm_orphans as shm_orphans  # noqa: E402
+from _dask_hosts import gone, stop_instances  # noqa: E402
 from _waiting import wait_for  # noqa: E402
 from conftest import TEST_PREFIX  # noqa: E402
 from shmpool import _dask_host as host  # noqa: E402
@@ -111,10 +112,6 @@ def _wait_workers(client, key: str, count: int) -> list[str]:
     return _addresses(client, key)
 
 
-def _gone(instance: str) -> bool:
-    return not any(list_objects(instance)) and host.ready_pid(instance) is None
-
-
 def _readers_and_pins(instance: str) -> tuple[list[int], list[dict], dict]:
     """Live reader pids, pins and table stats of a host's instance, read from its shared memory."""
     inst = SharedInstance.attach(instance)
@@ -152,16 +149,7 @@ def cluster(sample_dir, tmp_path_factory):
                 h.proc.wait(30)
             except subprocess.TimeoutExpired:
                 h.kill()
-        leftovers = []
-        for instance in state["instances"].values():
-            try:
-                wait_for(lambda: _gone(instance), 20, f"instance {instance} gone")
-            except AssertionError:
-                leftovers.append(instance)
-                pid = host.ready_pid(instance)
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-                cleanup(instance)
+        leftovers = stop_instances(*state["instances"].values())
         assert not leftovers, f"host instances left after the cluster shut down: {leftovers}"
 
 
@@ -275,7 +263,7 @@ def test_a_late_host_catches_up_and_a_lost_host_moves_its_tasks_to_the_others(cl
     moved = running.result(START)
     assert moved["host"] in ("hostA", "hostB") and moved["generation"] == generation
     # Its daemon saw every lease close with the dead Nannies and took the instance down.
-    wait_for(lambda: _gone(instances["hostC"]), 20, "the lost host's instance gone")
+    wait_for(lambda: gone(instances["hostC"]), 20, "the lost host's instance gone")
 
 
 def test_a_killed_host_daemon_is_restarted_and_catches_up(cluster):
@@ -322,7 +310,7 @@ def test_cluster_shutdown_leaves_nothing_in_dev_shm(sample_dir, tmp_path):
         assert any(list_objects(instance))
         client.shutdown()
         lone.proc.wait(60)
-        wait_for(lambda: _gone(instance), 20, f"instance {instance} gone")
+        wait_for(lambda: gone(instance), 20, f"instance {instance} gone")
         assert not [e for e in os.listdir(SHM_DIR) if plugin in e]
     finally:
         if lone is not None and lone.proc.poll() is None:
