@@ -64,7 +64,23 @@ BATCH_STEPS = 20
 CHILD_TIMEOUT = 300.0
 
 
+def _time_calls(call, picks, clock):
+    """Each call of ``call(dim, lid)`` over ``picks`` timed on its own (ns), then the same picks in
+    one timed loop: the per-call cost without the clock's share."""
+    gc.collect()
+    single = [0] * len(picks)
+    for i, (dim, lid) in enumerate(picks):
+        t0 = clock()
+        call(dim, lid)
+        single[i] = clock() - t0
+    t0 = clock()
+    for dim, lid in picks:
+        call(dim, lid)
+    return single, (clock() - t0) / len(picks)
+
+
 # ----------------------------------------------------------------------------- child processes
+
 
 def _sample_keys(reader) -> list[tuple[int, int]]:
     keys = [(d, lid) for d in reader.dimensions() for lid in reader.layer_ids(d)]
@@ -81,29 +97,10 @@ def _latency_child(name: str, n: int, batches: int, scans: int, seed: int, resul
             keys = _sample_keys(reader)
             load, c = reader.load_layer_context, clock
             picks = [rng.choice(keys) for _ in range(n)]
-            gc.collect()
-            single = [0] * n
-            for i, (dim, lid) in enumerate(picks):
-                t0 = c()
-                load(dim, lid)
-                single[i] = c() - t0
-            # The same picks in one timed loop: the per-lookup cost without the clock's share.
-            t0 = c()
-            for dim, lid in picks:
-                load(dim, lid)
-            amortized_ns = (c() - t0) / n
+            single, amortized_ns = _time_calls(load, picks, c)
             # The limit row: a C call of the lookup's shape returning a prebuilt memoryview slice.
             limit = PrebuiltSlice(load(*picks[0]).content).get
-            gc.collect()
-            limit_single = [0] * n
-            for i, (dim, lid) in enumerate(picks):
-                t0 = c()
-                limit(dim, lid)
-                limit_single[i] = c() - t0
-            t0 = c()
-            for dim, lid in picks:
-                limit(dim, lid)
-            limit_amortized_ns = (c() - t0) / n
+            limit_single, limit_amortized_ns = _time_calls(limit, picks, c)
 
             paths = [shmpool.NavigationPath(rng.choices(keys, k=BATCH_STEPS)) for _ in range(64)]
             load_contexts = reader.load_contexts
