@@ -12,10 +12,10 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from _blocked_imports import blocker
 from _cli_forkserver import CliForkServer
 from shmpool.substrate.names import list_objects
 
@@ -70,14 +70,6 @@ BAD = [
 ]
 
 
-def _blocker(tmp_path: Path, package: str) -> str:
-    """A PYTHONPATH entry under which ``import package`` fails, as if it were not installed."""
-    root = tmp_path / f"block-{package}"
-    (root / package).mkdir(parents=True)
-    (root / package / "__init__.py").write_text(f"raise ImportError('{package} is blocked by the test')\n")
-    return str(root)
-
-
 @pytest.fixture
 def taken_port():
     with socket.socket() as sock:
@@ -107,7 +99,7 @@ def test_a_bad_input_is_one_line_on_stderr_and_the_right_exit_status(case, argv,
     extra = dict(env)
     block = extra.pop("BLOCK", None)
     if block:
-        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_blocker(tmp_path, block),
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [blocker(tmp_path, block),
                                                               environ.get("PYTHONPATH")]))
     environ.update(extra)
     if block:

@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import shmpool
+from _blocked_imports import blocker
 from shmpool.jobs.callables import target_of
 from shmpool.substrate.names import list_objects
 
@@ -22,14 +22,6 @@ CLI = [sys.executable, "-m", "shmpool"]
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                           env={**os.environ, **(env or {})})
-
-
-def _blocker(tmp_path: Path, package: str) -> str:
-    """A PYTHONPATH entry under which ``import package`` fails, as if it were not installed."""
-    root = tmp_path / f"block-{package}"
-    (root / package).mkdir(parents=True)
-    (root / package / "__init__.py").write_text(f"raise ImportError('{package} is blocked by the test')\n")
-    return str(root)
 
 
 @pytest.fixture
@@ -55,7 +47,7 @@ def test_a_negative_duration_is_refused_for_what_it_is(instance_name, value):
 
 
 def test_the_missing_rich_hint_of_stress_does_not_talk_about_stats(instance_name, tmp_path):
-    result = run_cli("stress", instance_name, "--duration", "1", env={"PYTHONPATH": _blocker(tmp_path, "rich")})
+    result = run_cli("stress", instance_name, "--duration", "1", env={"PYTHONPATH": blocker(tmp_path, "rich")})
     assert result.returncode == 1 and "shmpool[cli]" in result.stderr, result.stderr
     assert "stats" not in result.stderr, result.stderr
 
