@@ -54,6 +54,7 @@ import shmpool  # noqa: E402
 from shmpool.coordinator import Coordinator  # noqa: E402
 from shmpool._core._lookup import PrebuiltSlice  # noqa: E402
 from shmpool.data.sample import build_sample  # noqa: E402
+from shmpool.substrate.mapped_files import store_dir  # noqa: E402
 
 PREFIX = "bench-peers"
 KEY = struct.Struct(">IQ")  # big-endian: LMDB keeps keys sorted, so one dimension's layers are adjacent
@@ -74,6 +75,7 @@ TARGETS = {
     "readers_per_core_vs_one": 0.90,           # within 10% of a single reader
     "crystallize_fraction_of_memcpy": 0.25,    # >= 25% of memcpy bandwidth at 16 MiB
     "pss_ratio_to_data": 1.1,                  # issue 12: 100 readers' whole PSS <= 1.1x data size
+    "pss_ratio_to_data_22": 1.05,              # issue 22: the same <= 1.05x
     "jobs_speedup_vs_ppe": 5.0,                # >= 5x faster than ProcessPoolExecutor
     "jobs_p99_us_at_128": 1000.0,              # p99 < 1 ms at 128 clients
 }
@@ -476,11 +478,16 @@ def compare_publish(coord: Coordinator, tmp: Path, sizes_mib, fresh_repeats: int
 
 # ----------------------------------------------------------------------------- 4. memory
 
-def _pss_child(system: str, target: str, keys, go, release, results) -> None:
+def _pss_child(system: str, target: str, keys, go, release, results, warm_up: bool = True) -> None:
     """Report ready (imports done), wait, attach and touch every page of every layer, wait again."""
     try:
         import lmdb  # noqa: F401  (both systems import the same modules before the baseline)
 
+        # The harness's own code before the baseline: _touch runs numpy code whose pages (about
+        # 1 MB of _multiarray_umath, fault-around included) the child would otherwise fault in
+        # after it, ~10 kB per reader in either system's growth that is not the system's.
+        if warm_up:
+            _touch(bytes(2 * PAGE))
         results.put(("ready", os.getpid()))
         go.wait(CHILD_TIMEOUT)
         total = 0
@@ -506,30 +513,55 @@ def _kb(samples_bytes) -> dict:
     return {k.replace("_us", ""): v for k, v in s.items() if k in ("median_us", "p99_us", "max_us", "n")}
 
 
-def _mapped_pss(pid: int, marker: str) -> int:
+def _mapped_pss(pid: int, markers: tuple[str, ...]) -> int:
     import psutil
 
-    return sum(m.pss for m in psutil.Process(pid).memory_maps(grouped=True) if marker in m.path)
+    return sum(m.pss for m in psutil.Process(pid).memory_maps(grouped=True) if any(k in m.path for k in markers))
 
 
-def compare_memory(name: str, lmdb_path: str, keys, data_bytes: int, readers: int, others) -> dict:
+def _pss_by_class(pid: int, markers: tuple[str, ...]) -> dict[str, int]:
+    """A process's PSS in bytes by kind of mapping: the data (``markers``), anonymous memory (the
+    heap, malloc arenas, stacks: the process's own objects), the instance's other shared memory
+    (shmpool's control segment, LMDB's lock file) and other files (shared libraries)."""
+    import psutil
+
+    out = dict.fromkeys(("data", "anonymous", "other_shared_memory", "files"), 0)
+    for m in psutil.Process(pid).memory_maps(grouped=True):
+        path = m.path
+        if any(k in path for k in markers):
+            kind = "data"
+        elif not path.startswith("/"):
+            kind = "anonymous"
+        elif path.startswith("/dev/shm/") or path.endswith("lock.mdb"):
+            kind = "other_shared_memory"
+        else:
+            kind = "files"
+        out[kind] += m.pss
+    return out
+
+
+def compare_memory(name: str, lmdb_path: str, keys, data_bytes: int, readers: int, others,
+                   warm_up: bool = True) -> dict:
     import psutil
 
     ctx = mp.get_context("spawn")
     out: dict = {}
-    for system, target, marker in (("shmpool", name, f"/shmpool.{name}.pool"),
-                                   ("lmdb", lmdb_path, os.path.join(lmdb_path, "data.mdb"))):
+    # shmpool's data: its pool segments and the region files it serves by mapping them.
+    for system, target, marker in (("shmpool", name, (f"/shmpool.{name}.pool", str(store_dir()) + os.sep)),
+                                   ("lmdb", lmdb_path, (os.path.join(lmdb_path, "data.mdb"),))):
         go, release, results = ctx.Event(), ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_pss_child, args=(system, target, keys, go, release, results),
+        procs = [ctx.Process(target=_pss_child, args=(system, target, keys, go, release, results, warm_up),
                              name=f"bench-peers-pss-{i}") for i in range(readers)]
         try:
             for p in procs:
                 p.start()
             benchlib.collect(results, procs, readers, CHILD_TIMEOUT)
             before = [psutil.Process(p.pid).memory_full_info() for p in procs]
+            classes_before = [_pss_by_class(p.pid, marker) for p in procs]
             go.set()
             benchlib.collect(results, procs, readers, CHILD_TIMEOUT)
             after = [psutil.Process(p.pid).memory_full_info() for p in procs]
+            classes_after = [_pss_by_class(p.pid, marker) for p in procs]
             data_pss = sum(_mapped_pss(p.pid, marker) for p in procs)
             # The same mappings in every other process that holds them (coordinator, workers).
             others_pss = sum(_mapped_pss(pid, marker) for pid in others) if system == "shmpool" else 0
@@ -547,11 +579,17 @@ def compare_memory(name: str, lmdb_path: str, keys, data_bytes: int, readers: in
             "pss_data_mappings_other_processes_bytes": int(others_pss),
             "pss_delta_per_reader_kB": _kb(delta),
             "private_uss_delta_per_reader_kB": _kb(uss),
+            # Where the growth is, per reader on average (kB), by kind of mapping: what is not
+            # "data" is the reader's overhead (docs/performance.md, issue 22).
+            "pss_delta_by_mapping_per_reader_kB": {
+                kind: round(sum(a[kind] - b[kind] for a, b in zip(classes_after, classes_before)) / readers / 1000, 2)
+                for kind in classes_after[0]},
             "pss_after_sum_bytes_whole_processes": int(sum(a.pss for a in after)),
         }
     out["what"] = ("pss_delta: sum over the readers of memory_full_info().pss after attaching and touching every "
-                   "page of every layer minus the same before (imports done): all an attached reader costs. "
-                   "data_mappings: the PSS of the data mappings alone (shmpool pool segments / LMDB data.mdb) "
+                   "page of every layer minus the same before (imports done, the harness's _touch run once): all "
+                   "an attached reader costs. data_mappings: the PSS of the data mappings alone (shmpool pool "
+                   "segments and served region files / LMDB data.mdb) "
                    "summed over the readers; other processes (coordinator = this process, workers) hold the "
                    "rest of the shmpool pages. private_uss_delta_per_reader: memory no other process shares "
                    "(the reader's own index and objects), kB")
@@ -621,6 +659,12 @@ def _targets(p: dict) -> dict:
                 f"{mem['shmpool']['readers']} readers: summed whole-PSS growth <= {limit}x data size (peer = "
                 "lmdb's ratio)", mem["shmpool"]["ratio_pss_delta_to_data"], mem["lmdb"]["ratio_pss_delta_to_data"],
                 mem["shmpool"]["ratio_pss_delta_to_data"], limit, mem["shmpool"]["ratio_pss_delta_to_data"] <= limit),
+            "issue22_pss_delta_ratio_to_data": row(
+                f"{mem['shmpool']['readers']} readers: summed whole-PSS growth <= "
+                f"{TARGETS['pss_ratio_to_data_22']}x data size (issue 22; peer = lmdb's ratio)",
+                mem["shmpool"]["ratio_pss_delta_to_data"], mem["lmdb"]["ratio_pss_delta_to_data"],
+                mem["shmpool"]["ratio_pss_delta_to_data"], TARGETS["pss_ratio_to_data_22"],
+                mem["shmpool"]["ratio_pss_delta_to_data"] <= TARGETS["pss_ratio_to_data_22"]),
             "pss_data_mappings_ratio_to_data": row(
                 f"{mem['shmpool']['readers']} readers: PSS of the data mappings <= {limit}x data size (peer = "
                 "lmdb's)", mem["shmpool"]["ratio_data_mappings_to_data"], mem["lmdb"]["ratio_data_mappings_to_data"],
@@ -717,6 +761,9 @@ def main(argv=None) -> int:
                         help="reader processes of the memory comparison (default 100; 3 with --quick)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="window of each concurrency row (default 2; 0.2 with --quick)")
+    parser.add_argument("--no-harness-warm-up", action="store_true",
+                        help="memory: take the baseline before the harness's own numpy code ran (as before issue 22's "
+                             "memory work; adds ~10 kB per reader to both systems)")
     parser.add_argument("--phases", default=None,
                         help="comma-separated subset of lookup,concurrency,memory,publish,jobs (default: all)")
     args = parser.parse_args(argv)
@@ -757,7 +804,8 @@ def main(argv=None) -> int:
                     "concurrency": f"{procs} processes x {threads} threads", "seconds": seconds,
                     "concurrency_rounds": rounds, "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
                     "publish_MiB": sizes, "publish_repeats": {"fresh_pages": fresh_repeats, "warm": repeats},
-                    "memory_readers": readers, "workers": workers, "job_clients": [1, clients],
+                    "memory_readers": readers, "memory_harness_warm_up": not args.no_harness_warm_up,
+                    "workers": workers, "job_clients": [1, clients],
                     "quick": args.quick,
                     "lmdb": {"version": ".".join(map(str, lmdb.version())), "py_lmdb": lmdb.__version__,
                              "readahead": False, "buffers": True, "folder": "temporary folder on " +
@@ -769,7 +817,8 @@ def main(argv=None) -> int:
                     "concurrency": lambda: compare_concurrency(name, str(lmdb_path), keys, procs, threads, seconds,
                                                                rounds),
                     # Before publish and jobs: nothing but the sample is resident in the pools yet.
-                    "memory": lambda: compare_memory(name, str(lmdb_path), keys, data_bytes, readers, others),
+                    "memory": lambda: compare_memory(name, str(lmdb_path), keys, data_bytes, readers, others,
+                                             not args.no_harness_warm_up),
                     "publish": lambda: compare_publish(coord, tmp, sizes, fresh_repeats, repeats),
                     "jobs": lambda: compare_jobs(coord, workers, keys, jobs_n, clients),
                 }

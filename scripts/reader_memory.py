@@ -4,6 +4,8 @@ The breakdown behind bench_peers' memory row (docs/performance.md, issue 22). On
 process (the start method bench_peers uses, so nothing is inherited copy-on-write) imports what
 bench_peers' ``_pss_child`` imports, then, each step released by the parent:
 
+0. (unless ``--no-harness-warm-up``) the harness's ``_touch`` once on a buffer of its own, then
+   the baseline, as bench_peers does;
 1. ``attach``: ``shmpool.attach(name)`` (or an LMDB environment and a long read txn);
 2. ``first_lookup``: one lookup (maps one generation);
 3. ``touch_all``: every layer looked up and every page of its content read (as ``_pss_child``).
@@ -42,10 +44,12 @@ TIMEOUT = 120.0
 FIELDS = ("Rss", "Pss", "Private_Dirty", "Private_Clean", "Shared_Dirty", "Shared_Clean")
 
 
-def _child(system: str, target: str, keys, trace: bool, go, results) -> None:
+def _child(system: str, target: str, keys, trace: bool, warm_up: bool, go, results) -> None:
     try:
         import lmdb  # noqa: F401  (the same modules as bench_peers' _pss_child before the baseline)
 
+        if warm_up:
+            bench_peers._touch(bytes(2 * bench_peers.PAGE))  # as bench_peers' _pss_child does
         if trace:
             import tracemalloc
             tracemalloc.start(8)
@@ -140,10 +144,10 @@ def _diff(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> dict[st
     return out
 
 
-def run(system: str, target: str, name: str, keys, trace: bool) -> dict:
+def run(system: str, target: str, name: str, keys, trace: bool, warm_up: bool) -> dict:
     ctx = mp.get_context("spawn")
     go, results = ctx.Queue(), ctx.Queue()
-    p = ctx.Process(target=_child, args=(system, target, keys, trace, go, results), name="reader-memory")
+    p = ctx.Process(target=_child, args=(system, target, keys, trace, warm_up, go, results), name="reader-memory")
     p.start()
     try:
         kind, pid = results.get(timeout=TIMEOUT)
@@ -172,6 +176,8 @@ def main(argv=None) -> int:
     parser = benchlib.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--tracemalloc", action="store_true", help="also a child with tracemalloc on")
     parser.add_argument("--systems", default="shmpool,lmdb")
+    parser.add_argument("--no-harness-warm-up", action="store_true",
+                        help="baseline before bench_peers' _touch ran once (see bench_peers --no-harness-warm-up)")
     args = parser.parse_args(argv)
     name = benchlib.instance_name(PREFIX)
     payload: dict = {}
@@ -188,9 +194,10 @@ def main(argv=None) -> int:
                 payload["data"] = {"layers": len(keys), "bytes": data_bytes}
                 for system in args.systems.split(","):
                     target = name if system == "shmpool" else str(lmdb_path)
-                    payload[system] = run(system, target, name, keys, False)
+                    warm = not args.no_harness_warm_up
+                    payload[system] = run(system, target, name, keys, False, warm)
                     if args.tracemalloc:
-                        traced = run(system, target, name, keys, True)
+                        traced = run(system, target, name, keys, True, warm)
                         payload[system]["tracemalloc"] = {s: v["tracemalloc"] for s, v in traced["steps"].items()}
     finally:
         leftovers = benchlib.shm_leftovers()

@@ -66,6 +66,7 @@ MissingStep, zstd inflation) are handed over once by shmpool.data.context throug
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -74,7 +75,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcmp, memcpy
 
 from ._index_layout cimport *
@@ -82,6 +83,7 @@ from ._sync cimport (asymmetric_fences, fault, fault_armed, shm_compiler_fence, 
                     shm_store, shm_store_sc)
 
 import os
+import sys
 import zlib
 
 from ..errors import DimensionNotFound, InvalidArgument, LayerNotFound, RegionFormatError
@@ -104,6 +106,8 @@ cdef extern from "Python.h":
     Py_ssize_t _refcnt "Py_REFCNT" (PyObject *o)
     void Py_SET_REFCNT(PyObject *o, Py_ssize_t n)
     object PyMemoryView_FromObject(object obj)
+    object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
+    int PyBUF_READ
 
 __all__ = ["Generation", "LoadedContext", "ContextCollection", "DimView", "DimTable", "ReaderCore",
            "SnapshotCore", "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "CACHE", "bind", "probe"]
@@ -124,6 +128,7 @@ CACHE = {"BUSY": CACHE_BUSY, "USERS": CACHE_USERS, "SHIFT": CACHE_SHIFT}
 # Whether this process is registered for the coordinator's membarrier (shm_sync.h): then a
 # lookup's BUSY store and GENERATION load need only a compiler barrier between them.
 cdef bint _asym = asymmetric_fences()
+cdef object _is_finalizing = sys.is_finalizing  # a Generation released at exit leaves its pin words alone
 cdef int64_t _pid = os.getpid()  # a Generation cached by another process (a forked parent) is not ours to write
 
 
@@ -272,82 +277,159 @@ _NO_SLOTS[SLOT_KEY], _NO_SLOTS[SLOT_START], _NO_SLOTS[SLOT_END], _NO_SLOTS[SLOT_
 
 
 @cython.final
+@cython.no_gc_clear  # __dealloc__ needs _pins: a cycle through a DimView must not clear it first
 cdef class Generation:
     """One mapped generation of one dimension: its shared layer index and the pools its layers
-    live in. O(1) Python objects whatever the layer count.
+    live in, as one object: O(1) whatever the layer count, and the only object a mapped
+    generation costs (plus its name, decoded on first use).
 
-    ``Generation(dimension_id, generation, index, header, pools)``: ``index`` is the read-only
-    buffer of the whole index (a pinned array: holding it holds the generation's pin),
-    ``header`` its checked :class:`shmpool.data.layer_index.Header`, ``pools`` a tuple (pool
-    number -> read-only memoryview of the whole pool segment, or None where no layer lives)."""
+    ``Generation(dimension_id, generation, index, index_offset, index_nbytes, header, pools,
+    entry=-1, pins=None, held=False)``: the index is ``index_nbytes`` bytes at ``index_offset``
+    of buffer ``index`` (a segment's mmap), ``header`` its checked
+    :class:`shmpool.data.layer_index.Header`, ``pools`` a sequence (pool number -> buffer of the
+    whole pool segment or mapped file, or None where no layer lives). The generation holds a
+    buffer export of each (so none of those mappings can be unmapped under it) and takes the
+    raw addresses of its table, rows and pools once.
+
+    The pin: while ``held``, the pin words of ``pins`` (a shmpool.data.pins.RowPins) hold
+    (``entry``, ``generation``) for this object, and its deallocation releases them (what the
+    mapping's arrays' finalizer did, without a Python object of its own). ``held`` is True from
+    the start for a snapshot's, and set when the reader's cache lets go of it while something
+    still holds it (shmpool/data/mapping.py ``_move_to_pins``)."""
 
     cdef readonly object dimension_id
     cdef int64_t dim            # dimension_id as a C integer: what a context stores
     cdef readonly int64_t generation
-    cdef readonly str name
+    cdef str _name              # decoded from the index on first use
     cdef readonly Py_ssize_t layer_count
     cdef readonly int64_t mask
-    cdef tuple pools
-    cdef readonly object index  # the pinned array: shmpool/data/mapping.py finds the pin through it
     cdef DimView _dv            # the reader's view caching this generation (its cache word), else None
     cdef int64_t _dv_pid        # the process that cached it: a forked child never writes its parent's row
     cdef const int64_t *_table
     cdef const char *_rows
-    cdef Py_ssize_t _rows_offset, _table_offset
-    cdef Py_ssize_t npools
-    cdef const char **pool_base
+    cdef const char *_index
+    cdef Py_ssize_t _rows_offset, _table_offset, _name_length
+    cdef Py_ssize_t pool_lo, npools  # pool numbers [pool_lo, npools) have entries below
+    cdef const char **pool_base     # indexed by pool number (the block holds entries from pool_lo on)
     cdef Py_ssize_t *pool_len
+    cdef char *_block               # what was allocated: the two arrays' entries, then _bufs
+    cdef Py_buffer *_bufs       # the exports held: [0] the index's mapping, then each distinct pool's
+    cdef Py_ssize_t _nbufs
+    cdef readonly Py_ssize_t entry
+    cdef public bint held       # the pin words hold (entry, generation) for this object
+    cdef object _pins           # their owner: pins.release(entry, generation) when this object goes
 
     def __cinit__(self):
         self._table = _NO_SLOTS
         self._rows = NULL
+        self._index = NULL
+        self.pool_lo = 0
         self.npools = 0
         self.pool_base = NULL
         self.pool_len = NULL
+        self._block = NULL
+        self._bufs = NULL
+        self._nbufs = 0
         self.generation = -1
-        self.name = ""
-        self.pools = ()
+        self.entry = -1
+        self.held = False
+        self._name = ""
 
-    def __init__(self, dimension_id, int64_t generation, index, header, tuple pools):
-        cdef const char *base
-        cdef Py_ssize_t length, p
+    def __init__(self, dimension_id, int64_t generation, index, Py_ssize_t index_offset, Py_ssize_t index_nbytes,
+                 header, pools, Py_ssize_t entry=-1, pins=None, bint held=False):
+        cdef Py_ssize_t p, k, n = len(pools), held_max = 1, lo = -1, span
         cdef int64_t table_at = header.table_offset, rows_at = header.rows_offset
         cdef int64_t slots = header.slots, count = header.layer_count, nbytes = header.nbytes
         cdef int64_t name_at = HEADER_BYTES, name_length = header.name_length
-        _address(index, &base, &length)
+        cdef char *block
+        cdef Py_buffer *buf
+        if self._bufs != NULL:
+            raise InvalidArgument(argument="generation", value=generation, reason="is initialised already")
+        self.entry = entry
+        self._pins = pins
+        self.held = held  # from here on the pin is ours: released by __dealloc__, also if this raises
+        for p in range(n):
+            if pools[p] is not None:
+                held_max += 1
+                if lo < 0:
+                    lo = p
+        lo = max(lo, 0)
+        span = max(1, n - lo)
+        # One block: the pools' addresses and lengths from the first pool used on (a region file's
+        # pool number is 9 or more: entries below it would be ~16 B each of nothing per
+        # generation), then room for a buffer per mapping (the index's and each pool's, fewer if
+        # shared). The arrays are indexed by pool number, so their pointers start ``lo`` entries
+        # before the block: integer arithmetic, and only numbers the bounds check admits
+        # (``pool_lo <= pool < npools``) are ever used.
+        block = <char *>PyMem_Malloc(span * (sizeof(char *) + sizeof(Py_ssize_t)) + held_max * sizeof(Py_buffer))
+        if block is NULL:
+            raise MemoryError()
+        self._block = block
+        self.pool_base = <const char **>(<uintptr_t>block - lo * sizeof(char *))
+        self.pool_len = <Py_ssize_t *>(<uintptr_t>(block + span * sizeof(char *)) - lo * sizeof(Py_ssize_t))
+        self._bufs = <Py_buffer *>(block + span * (sizeof(char *) + sizeof(Py_ssize_t)))
+        PyObject_GetBuffer(index, &self._bufs[0], PyBUF_SIMPLE)
+        self._nbufs = 1
         source = f"dimension {dimension_id} generation {generation}"
+        if index_offset < 0 or index_nbytes < 0 or index_offset + index_nbytes > self._bufs[0].len:
+            raise RegionFormatError(source=source, fault=f"layer index [{index_offset}, {index_offset + index_nbytes}) "
+                                                         f"lies outside its {self._bufs[0].len}-byte mapping")
         # layer_index.read_header checked all of this against the index; checked again here
         # because the addresses below are trusted from now on.
         if (slots < 8 or slots & (slots - 1) or count < 0 or slots < 2 * count or table_at % 8 or rows_at % 8
                 or rows_at < name_at + name_length or table_at != rows_at + count * ROW_BYTES
-                or table_at + slots * SLOT_WORDS * 8 != nbytes or nbytes > length):
+                or table_at + slots * SLOT_WORDS * 8 != nbytes or nbytes > index_nbytes):
             raise RegionFormatError(source=source, fault=f"layer index sections (rows at {rows_at}, table at "
-                                                         f"{table_at}, {slots} slots) do not fit {length} bytes")
+                                                         f"{table_at}, {slots} slots) do not fit {index_nbytes} bytes")
+        self._index = <const char *>self._bufs[0].buf + index_offset
         self.dimension_id = dimension_id
         self.dim = dimension_id
         self.generation = generation
-        self.index = index
-        self.name = PyUnicode_DecodeUTF8(base + name_at, name_length, "strict")
+        self._name = None
+        self._name_length = name_length
         self.layer_count = count
         self.mask = slots - 1
-        self._table = <const int64_t *>(base + table_at)
-        self._rows = base + rows_at
+        self._table = <const int64_t *>(self._index + table_at)
+        self._rows = self._index + rows_at
         self._rows_offset, self._table_offset = rows_at, table_at
-        self.pools = pools
-        self.npools = len(pools)
-        self.pool_base = <const char **>PyMem_Malloc(max(1, self.npools) * sizeof(char *))
-        self.pool_len = <Py_ssize_t *>PyMem_Malloc(max(1, self.npools) * sizeof(Py_ssize_t))
-        if self.pool_base is NULL or self.pool_len is NULL:
-            raise MemoryError()
-        for p in range(self.npools):
+        for p in range(lo, lo + span):
             self.pool_base[p] = NULL
             self.pool_len[p] = 0
-            if pools[p] is not None:
-                _address(pools[p], &self.pool_base[p], &self.pool_len[p])
+        self.pool_lo = lo
+        self.npools = n
+        for p in range(lo, n):
+            obj = pools[p]
+            if obj is None:
+                continue
+            buf = NULL
+            for k in range(self._nbufs):  # the index's mapping, or a pool seen already: one export each
+                if <PyObject *>self._bufs[k].obj == <PyObject *>obj:
+                    buf = &self._bufs[k]
+                    break
+            if buf is NULL:
+                if self._nbufs == held_max:  # ``pools`` changed under us (an exporter running Python)
+                    raise InvalidArgument(argument="pools", value=n, reason="changed while being mapped")
+                buf = &self._bufs[self._nbufs]
+                PyObject_GetBuffer(obj, buf, PyBUF_SIMPLE)
+                self._nbufs += 1
+            self.pool_base[p] = <const char *>buf.buf
+            self.pool_len[p] = buf.len
 
     def __dealloc__(self):
-        PyMem_Free(self.pool_base)
-        PyMem_Free(self.pool_len)
+        cdef Py_ssize_t k
+        for k in range(self._nbufs):
+            PyBuffer_Release(&self._bufs[k])
+        PyMem_Free(self._block)  # pool_base, pool_len and _bufs are inside it
+        if self.held and self._pins is not None and not _is_finalizing():
+            # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
+            self._pins.release(self.entry, self.generation)
+
+    @property
+    def name(self):
+        """The dimension's name, as the index records it."""
+        if self._name is None:
+            self._name = PyUnicode_DecodeUTF8(self._index + HEADER_BYTES, self._name_length, "strict")
+        return self._name
 
     @property
     def source(self):
@@ -358,19 +440,17 @@ cdef class Generation:
         """A copy of the table section, as a memoryview of int64 words (``mask + 1`` slots of
         SLOT_WORDS): for inspection and tests, not the lookup path. A copy, because a view would
         read the generation's memory without holding the Generation (see the cache word)."""
-        if self.index is None:
+        if self._index == NULL:
             return memoryview(b"").cast("q")
-        at = self._table_offset
-        return memoryview(bytes(memoryview(self.index).cast("B")[at:at + (self.mask + 1) * SLOT_WORDS * 8])).cast("q")
+        return memoryview(PyBytes_FromStringAndSize(<const char *>self._table, (self.mask + 1) * SLOT_WORDS * 8)).cast("q")
 
     @property
     def rows(self):
         """A copy of the rows section (``layer_count`` rows of ROW_BYTES, layer_index.ROW_DTYPE):
         for inspection and tests, not the lookup path."""
-        if self.index is None:
+        if self._index == NULL:
             return memoryview(b"")
-        at = self._rows_offset
-        return memoryview(bytes(memoryview(self.index).cast("B")[at:at + self.layer_count * ROW_BYTES]))
+        return memoryview(PyBytes_FromStringAndSize(self._rows, self.layer_count * ROW_BYTES))
 
     # -------------------------------------------------------------- rows
 
@@ -446,7 +526,7 @@ cdef class Generation:
                              layer_count=self.layer_count, sample_ids=sample)
 
     cdef inline bint _in_pool(self, Py_ssize_t pool, int64_t start, int64_t end) noexcept:
-        return (0 <= pool < self.npools and self.pool_base[pool] != NULL and 0 <= start <= end
+        return (self.pool_lo <= pool < self.npools and self.pool_base[pool] != NULL and 0 <= start <= end
                 and end <= self.pool_len[pool])
 
     cdef LoadedContext _context(self, object layer_id):
@@ -497,8 +577,11 @@ cdef class Generation:
         self._check_row(row)
         cdef int64_t start = self._i64(row, ROW_START), end = self._i64(row, ROW_END)
         cdef Py_ssize_t pool = self._u16(row, ROW_POOL)
-        self._bytes(pool, start, end)
-        data = _inflate(self.pools[pool][start:end], source=self.source, layer_id=layer_id, offset=start)
+        cdef const char *at = self._bytes(pool, start, end)
+        # A bare view for the call only (it copies): no holder of this object, whose release
+        # would take part in the cache word's USERS protocol in the middle of a lookup.
+        data = _inflate(PyMemoryView_FromMemory(<char *>at, end - start, PyBUF_READ), source=self.source,
+                        layer_id=layer_id, offset=start)
         return LoadedContext(self.dimension_id, layer_id, memoryview(data).toreadonly(), self, row)
 
     def lookup(self, layer_id):

@@ -28,7 +28,6 @@ import time
 import weakref
 from typing import Any
 
-import numpy as np
 from loguru import logger
 
 from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
@@ -49,37 +48,12 @@ RELOAD_POLL = 0.0005   # seconds between checks while waiting
 _EPOCH = int(W.PIN_EPOCH)
 
 
-class _PinnedBytes(np.ndarray):
-    """A read-only byte array over shared memory; ``pin`` keeps its generation pinned."""
-    __slots__ = ("pin",)  # no instance dict: a reader keeps two of these per mapped generation
-    pin: "_Pin"
-
-
-class _Pin:
-    """Lives while anything of one mapped generation does (its arrays hold it); its finalizer
-    releases the generation's pin-word hold, if it has one. A generation spans several arrays
-    (its index and one per pool its layers live in), so the pin cannot hang off any single one.
-
-    ``hold`` is [entry, generation, held]: held is True once the pin words hold it for this
-    mapping (a snapshot's from the start; the cache's once moved there, :func:`_move_to_pins`)."""
-    __slots__ = ("__weakref__", "hold")
-
-    def __init__(self, hold: list[Any]) -> None:
-        self.hold = hold
-
-
-def _release_hold(pins: RowPins, hold: list[Any]) -> None:
-    if hold[2]:
-        pins.release(hold[0], hold[1])
-
-
 def _move_to_pins(pins: RowPins, gen: Generation) -> None:
     """The cache lets go of ``gen`` while objects still hold it: the pin words hold it from now
-    until its mapping's last array goes (called before the cache word is cleared)."""
-    hold = gen.index.pin.hold
-    if not hold[2]:
-        pins.hold(hold[0], hold[1])
-        hold[2] = True
+    until the Generation goes (called before the cache word is cleared)."""
+    if not gen.held:
+        pins.hold(gen.entry, gen.generation)
+        gen.held = True
 
 
 def _reader_gone(dims: DimTable, pins: RowPins) -> None:
@@ -87,14 +61,6 @@ def _reader_gone(dims: DimTable, pins: RowPins) -> None:
     pin words), then the row goes now or with the last of them."""
     dims.clear()
     pins.reader_closed()
-
-
-def _pinned(mm: Any, offset: int, nbytes: int, pin: _Pin) -> _PinnedBytes:
-    # One array straight over the mapping (not frombuffer(...).view(): two objects).
-    array: _PinnedBytes = np.ndarray.__new__(_PinnedBytes, (nbytes,), np.uint8, buffer=mm, offset=offset)
-    array.flags.writeable = False
-    array.pin = pin
-    return array
 
 
 def _dim_view(dimension_id: int, entry: int, pins_mv: memoryview, slot: int, entries: int) -> DimView:
@@ -143,8 +109,9 @@ class MappedGenerations:
         self._waiter: GenerationWaiter | None = None
         self._waiter_finalizer: weakref.finalize[Any, Any] | None = None
         self._entries_cache: tuple[int, dict[int, int]] | None = None
-        # Open snapshots, so that a forked child that got no row of its own can make them refuse too.
-        self.snapshots: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        # Open snapshots, so that a forked child that got no row of its own can make them refuse
+        # too (made with the first snapshot: most readers take none).
+        self.snapshots: "weakref.WeakSet[Any] | None" = None
         fork.track(self, self.pins)
 
     # ----------------------------------------------------------------- state
@@ -258,32 +225,27 @@ class MappedGenerations:
         ``held``, the caller's pin-word hold becomes the mapping's: released when the last view
         of it goes, or here at once if mapping fails (a counted hold is released exactly once);
         without (the cache's, pinned by its cache word), only once moved there."""
-        hold = [entry, loc.generation, held]
-        pin = _Pin(hold)
-        # Not at exit: a dead process's row and pins are dropped by the coordinator anyway.
-        release = weakref.finalize(pin, _release_hold, self.pins, hold)
-        release.atexit = False
         source = f"dimension {dimension_id} generation {loc.generation}"
         try:
             seg = self.inst.pool_segment(loc.pool)
-            offset = loc.first_block * self.inst.table.block_sizes[loc.pool]
+            offset = loc.first_block * self.inst.block_size(loc.pool)
             if offset + loc.nbytes > seg.size:
                 raise RegionFormatError(source=source, fault=f"layer index [{offset}, {offset + loc.nbytes}) lies "
                                                              f"outside pool {loc.pool}")
-            index = _pinned(seg.mm, offset, loc.nbytes, pin)
-            header = layer_index.read_header(index, source=source, dimension_id=dimension_id,
-                                             generation=loc.generation)
-            pools: list[memoryview | None] = []
-            for p in range(header.pools.bit_length()):
+            with memoryview(seg.mm) as whole, whole[offset:offset + loc.nbytes] as index:
+                header = layer_index.read_header(index, source=source, dimension_id=dimension_id,
+                                                 generation=loc.generation)
+            pools: list[Any] = [None] * header.pools.bit_length()
+            for p in range(len(pools)):
                 if header.pools >> p & 1:
-                    pseg = self.inst.pool_segment(p)
-                    pools.append(_pinned(pseg.mm, 0, pseg.size, pin).data)
-                else:
-                    pools.append(None)
+                    pools[p] = self.inst.pool_segment(p).mm
         except BaseException:
-            release()
+            if held:
+                self.pins.release(entry, loc.generation)
             raise
-        return Generation(dimension_id, loc.generation, index, header, tuple(pools))
+        # From here the Generation owns the hold: its deallocation releases it, also if this raises.
+        return Generation(dimension_id, loc.generation, seg.mm, offset, loc.nbytes, header, pools,
+                          entry, self.pins, held)
 
     # ----------------------------------------------------------------- letting go
 
@@ -345,6 +307,13 @@ class MappedGenerations:
             # the row goes now or with the last context.
             self._finalizer()
 
+    def track_snapshot(self, snapshot: Any) -> None:
+        """Remember an open snapshot (weakly) for :meth:`_fork_child`."""
+        with self._lock:
+            if self.snapshots is None:
+                self.snapshots = weakref.WeakSet()
+            self.snapshots.add(snapshot)
+
     # ----------------------------------------------------------------- fork (shmpool/data/fork.py)
 
     def _fork_prepare(self, timeout: float) -> bool:
@@ -375,7 +344,7 @@ class MappedGenerations:
         if self.pins.lost is not None and not self._closed:
             self._fork_error = self.pins.lost
             self._closed = True
-            for snap in list(self.snapshots):
+            for snap in list(self.snapshots or ()):
                 snap.unmap()  # their next lookup asks us for the generation, and hears ReaderForked
         self.dims.clear(write=False)  # the views' cache words are the parent's
         if self.pins.lost is None:

@@ -74,7 +74,7 @@ class Snapshot(SnapshotCore):
         self._dir_mv = mapped.dir_mv
         self._finalizer = weakref.finalize(self, _release, mapped.pins, holds)
         self._finalizer.atexit = False  # a dead process's pins are dropped by the coordinator
-        mapped.snapshots.add(self)
+        mapped.track_snapshot(self)
 
     @classmethod
     def take(cls, mapped: "MappedGenerations", timeout: float | None) -> "Snapshot":

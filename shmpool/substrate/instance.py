@@ -95,10 +95,14 @@ class SharedInstance:
         self.instance_token = HEADER.unpack_from(control_seg.mm, 0)[4]
         # The table's robust mutex, in the control words (made by _initialise before the magic).
         self.lock = shared_lock(control_seg.mm, control.layout.words_offset, name=name, role="table")
-        self.table = AllocationTable(control, self.lock, instance_token=self.instance_token,
-                                     thresholds=thresholds, grow=self._create_growth_segment,
-                                     back=self._back_pages)
-        self._pool_views = [None if seg is None else memoryview(seg.mm) for seg in pools]
+        # The allocation table is made on first use: a reader never allocates (its ~2.3 kB of
+        # lists and views per process were a reader's for nothing, docs/performance.md issue 22).
+        # A process that takes the lock from a dead holder repairs the table all the same.
+        self._thresholds = thresholds
+        self._table: AllocationTable | None = None
+        self.lock.on_recover = self._recover_table
+        # Writable views for view(), made on a pool's first use: a reader never asks (its ~1 kB).
+        self._pool_views: list[memoryview | None] = [None] * len(pools)
         self._files: dict[int, MappedFile] = {}  # file rows mapped here, by pool number
         self._closed = False
         self._present: list[int] | None = None
@@ -109,6 +113,24 @@ class SharedInstance:
         self._wake: posix_ipc.Semaphore | None = None
         self._mapped_sems: list[posix_ipc.Semaphore] = []  # the wake semaphore, once opened
         self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems)
+
+    @property
+    def table(self) -> AllocationTable:
+        """The allocation table over the control segment (made on first use)."""
+        table = self._table
+        if table is None:
+            table = self._table = AllocationTable(self.control, self.lock, instance_token=self.instance_token,
+                                                  thresholds=self._thresholds, grow=self._create_growth_segment,
+                                                  back=self._back_pages)
+        return table
+
+    def _recover_table(self, dead_pid: int) -> None:
+        """The lock's recovery hook until the table exists (making it installs its own)."""
+        self.table._after_takeover(dead_pid)
+
+    def block_size(self, pool: int) -> int:
+        """Block size of pool number ``pool`` (a pool row of the control segment)."""
+        return int(self.control.pools[pool, P.BLOCK_SIZE])
 
     # ----------------------------------------------------------------- creation / attach
 
@@ -295,7 +317,11 @@ class SharedInstance:
         """Writable view of ``length`` bytes at byte ``offset`` of pool ``pool`` (bounds-checked)."""
         mv = self._pool_views[pool] if 0 <= pool < len(self._pool_views) else None
         if mv is None:
-            mv = self._map_pool(pool)
+            seg = self.pool_segments[pool] if 0 <= pool < len(self.pool_segments) else None
+            if seg is None:
+                mv = self._map_pool(pool)
+            else:
+                mv = self._pool_views[pool] = memoryview(seg.mm)
         if offset < 0 or length < 0 or offset + length > len(mv):
             raise OutOfBounds(what=f"pool {pool} of instance {self.name!r}", offset=offset,
                               length=length, limit=len(mv))

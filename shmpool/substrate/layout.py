@@ -367,8 +367,9 @@ class Control:
         self._buf = buf
 
     def _arr(self, offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
-        count = int(np.prod(shape))
-        return np.frombuffer(self._buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+        # One array straight over the buffer: frombuffer(...).reshape(...) is two (the view keeps
+        # its base alive), and every process keeps these for its life.
+        return np.ndarray(shape, dtype=dtype, buffer=self._buf, offset=offset)
 
     def _mv(self, offset: int, nbytes: int) -> memoryview:
         return memoryview(self._buf)[offset:offset + nbytes].cast("q")

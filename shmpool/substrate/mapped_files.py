@@ -22,7 +22,6 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-import weakref
 from pathlib import Path
 
 
@@ -105,15 +104,21 @@ def why_unsafe(st: os.stat_result) -> str | None:
 
 
 class MappedFile:
-    """A read-only mapping of one served region file (the pool-segment interface: ``mm``, ``size``)."""
+    """A read-only mapping of one served region file (the pool-segment interface: ``mm``, ``size``).
 
-    __slots__ = ("name", "size", "mm", "_finalizer", "__weakref__")
+    Its owner is the instance that mapped it (SharedInstance closes it with the rest), and the
+    ``mmap`` object is the last line of defence: it unmaps itself when collected, which cannot
+    happen while a view of it (a Generation's buffer export) is alive. So no finalizer of its
+    own: a reader maps one file per served region, and a ``weakref.finalize`` each was ~300 B
+    of its private memory per file (docs/performance.md, issue 22)."""
+
+    __slots__ = ("name", "size", "mm", "closed")
 
     def __init__(self, path: str, mm: mmap.mmap, size: int) -> None:
         self.name = path
         self.size = size
         self.mm = mm
-        self._finalizer = weakref.finalize(self, close_mapping, mm, path)
+        self.closed = False  # close() was called (the unmap itself waits while views are out)
 
     @classmethod
     def open(cls, path: Path, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
@@ -146,11 +151,9 @@ class MappedFile:
 
     def close(self) -> None:
         """Unmap in this process (idempotent; deferred while views of it are alive)."""
-        self._finalizer()
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
+        if not self.closed:
+            self.closed = True
+            close_mapping(self.mm, self.name)
 
     def __repr__(self) -> str:
         return f"<MappedFile {self.name} {self.size} bytes {'closed' if self.closed else 'mapped'}>"

@@ -25,7 +25,6 @@ import errno
 import fcntl
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,8 +73,11 @@ def _name_max() -> int:
 
 def _flock_excludes(folder: Path) -> bool:
     """Whether a second open description of a locked file is refused the flock (SharedLock's rule)."""
+    # Not tempfile.mkstemp: its name generator is a random.Random, 2.5 kB of Mersenne Twister
+    # state kept for the life of every process that attaches (docs/performance.md, issue 22).
+    path = os.path.join(folder, f".flock-probe-{os.getpid()}-{os.urandom(6).hex()}")
     try:
-        fd, path = tempfile.mkstemp(prefix=".flock-probe-", dir=folder)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError:
         return False
     try:
