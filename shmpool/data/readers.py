@@ -132,7 +132,11 @@ class ReaderRegistry:
         """Every column of a free row but PID, which the caller stores last (PID != 0 is "taken")."""
         ctl = self._ctl
         rows = ctl.readers
-        ctl.pins[slot] = 0
+        # The row's pin words are all zero already: every way a row is given back clears them
+        # (_clear_locked) before its PID. Not written here, because a reader should map only the
+        # page of its 10 kB of pin words that holds the entries it uses (~1 kB for 25): zeroing
+        # them all made every reader map ~3 pages that no other reader shares, ~12 kB of PSS
+        # each (docs/performance.md, issue 22). Garbage there could only over-pin.
         rows[slot, :] = 0
         rows[slot, RD.START] = start
         rows[slot, RD.ATTACHED_NS] = time.time_ns()
