@@ -1,6 +1,6 @@
 """Stubs of shmpool._core._lookup (shmpool/_core/_lookup.pyx): the read path in C."""
 
-from typing import Any, Callable, Iterable, Iterator, overload
+from typing import Any, Callable, Iterable, Iterator, Sequence, overload
 
 from typing_extensions import Buffer
 
@@ -15,12 +15,15 @@ def probe(table: Buffer, mask: int, key: object) -> int: ...
 class Generation:
     dimension_id: int
     generation: int
-    name: str
     layer_count: int
     mask: int
-    index: Any
-    def __init__(self, dimension_id: int, generation: int, index: Any, header: Any,
-                 pools: tuple[memoryview | None, ...]) -> None: ...
+    entry: int
+    held: bool
+    def __init__(self, dimension_id: int, generation: int, index: Any, index_offset: int, index_nbytes: int,
+                 header: Any, pools: Sequence[Any], entry: int = ..., pins: Any = ...,
+                 held: bool = ...) -> None: ...
+    @property
+    def name(self) -> str: ...
     @property
     def table(self) -> memoryview: ...
     @property

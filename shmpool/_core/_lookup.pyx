@@ -7,9 +7,10 @@ once per publication (pinning and mapping a new generation, waiting for a reload
 snapshot) stays in Python, in shmpool/data/mapping.py, reader.py and snapshot.py, and is called
 from here only when a lookup finds the published generation moved or a dimension not yet mapped.
 
-* :class:`Generation`: one mapped generation of one dimension. It holds the pinned index array
-  and the pool views its layers live in (so while it lives, its pin holds: shmpool/data/mapping.py),
-  and the raw addresses of its table and rows, taken from those buffers once.
+* :class:`Generation`: one mapped generation of one dimension, and the only object it costs. It
+  holds a buffer export of each mapping it reads (the index's, each pool's) and the raw addresses
+  of its table, rows and pools, taken from those buffers once, and its pin: while it lives, its
+  pin holds; its deallocation releases the pin words' hold (shmpool/data/mapping.py).
 * :class:`LoadedContext`: what a lookup returns. Its ``content`` is a read-only memoryview into
   the pool, made on first access; frequency, keywords, flags and CRC are decoded from the row
   when asked. A context made by a lookup is the object and nothing else: no view, no string.

@@ -6,10 +6,10 @@ A :class:`MappedGenerations` is what a :class:`~shmpool.data.reader.Reader` and 
 * the reader's **row** and its **pins** (shmpool/data/pins.py). A generation is touched only
   once pinned: the published one by *announce it in the cache word, then re-check GENERATION*
   (:meth:`refresh`), a snapshot's by the snapshot's own hold in the pin words (:meth:`at`);
-* the **mapping** of a pinned generation (:meth:`_map`): a :class:`Generation` over arrays
-  whose last reference releases the pin words' hold, if it has one, so any context, or bare
-  ``content`` view, keeps its generation pinned and its bytes exactly as they were, also after
-  the reader is closed;
+* the **mapping** of a pinned generation (:meth:`_map`): a :class:`Generation`, one object
+  holding buffer exports of the mappings it reads, whose deallocation releases the pin words'
+  hold, if it has one, so any context, or bare ``content`` view (both hold it), keeps its
+  generation pinned and its bytes exactly as they were, also after the reader is closed;
 * the per-dimension cache the lookup path reads (``dims``: the core's DimTable of a DimView per
   dimension, holding its current Generation). The cached generation is pinned by the row's cache
   word (PinCol.CACHE), not by the pin words: the coordinator reclaims it from an idle reader as

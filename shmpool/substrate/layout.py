@@ -369,7 +369,8 @@ class Control:
     def _arr(self, offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
         # One array straight over the buffer: frombuffer(...).reshape(...) is two (the view keeps
         # its base alive), and every process keeps these for its life.
-        return np.ndarray(shape, dtype=dtype, buffer=self._buf, offset=offset)
+        array: np.ndarray = np.ndarray(shape, dtype=dtype, buffer=self._buf, offset=offset)
+        return array
 
     def _mv(self, offset: int, nbytes: int) -> memoryview:
         return memoryview(self._buf)[offset:offset + nbytes].cast("q")
