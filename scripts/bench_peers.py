@@ -20,7 +20,9 @@ in a temporary folder; one ``Manager().dict()``), then, in the same run:
    (into a reused buffer, and into a new anonymous mapping);
 4. ``memory``: N reader processes (default 100) attach and touch every page of every layer; the
    sum over them of ``memory_full_info().pss`` after minus before (the whole cost of attaching), the
-   PSS of the data mappings alone, and per-reader USS, against the data size;
+   PSS of the data mappings alone, per-reader USS, and the growth per reader by kind of mapping
+   (data, anonymous, other shared memory, files), against the data size. The baseline is taken
+   after the harness's own page toucher ran once (``--no-harness-warm-up``: before it);
 5. ``jobs``: the same lookup as a job, shmpool worker pool (``connect().lookup``) vs
    ``ProcessPoolExecutor``, 1 and 128 client threads (scripts/bench_jobs.py does the work).
 
