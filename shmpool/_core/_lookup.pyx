@@ -309,7 +309,7 @@ cdef class Generation:
     cdef const int64_t *_table
     cdef const char *_rows
     cdef const char *_index
-    cdef Py_ssize_t _rows_offset, _table_offset, _name_length
+    cdef Py_ssize_t _name_length
     cdef Py_ssize_t pool_lo, npools  # pool numbers [pool_lo, npools) have entries below
     cdef const char **pool_base     # indexed by pool number (the block holds entries from pool_lo on)
     cdef Py_ssize_t *pool_len
@@ -392,7 +392,6 @@ cdef class Generation:
         self.mask = slots - 1
         self._table = <const int64_t *>(self._index + table_at)
         self._rows = self._index + rows_at
-        self._rows_offset, self._table_offset = rows_at, table_at
         for p in range(lo, lo + span):
             self.pool_base[p] = NULL
             self.pool_len[p] = 0
@@ -580,9 +579,14 @@ cdef class Generation:
         cdef Py_ssize_t pool = self._u16(row, ROW_POOL)
         cdef const char *at = self._bytes(pool, start, end)
         # A bare view for the call only (it copies): no holder of this object, whose release
-        # would take part in the cache word's USERS protocol in the middle of a lookup.
-        data = _inflate(PyMemoryView_FromMemory(<char *>at, end - start, PyBUF_READ), source=self.source,
-                        layer_id=layer_id, offset=start)
+        # would take part in the cache word's USERS protocol in the middle of a lookup. It holds
+        # no export of the mapping either, so it is released when the call returns: a reference
+        # kept anywhere (a traceback) raises instead of reading memory that may be unmapped.
+        view = PyMemoryView_FromMemory(<char *>at, end - start, PyBUF_READ)
+        try:
+            data = _inflate(view, source=self.source, layer_id=layer_id, offset=start)
+        finally:
+            view.release()
         return LoadedContext(self.dimension_id, layer_id, memoryview(data).toreadonly(), self, row)
 
     def lookup(self, layer_id):
