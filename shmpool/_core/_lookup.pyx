@@ -693,7 +693,7 @@ cdef class LoadedContext:
     def layer_id(self):
         return self._layer
 
-    # No __dealloc__: _context_gone runs in the type's tp_dealloc itself (installed below), which
+    # No __dealloc__: _context_release is the type's tp_dealloc itself (installed below), which
     # spares every context's release Cython's exception save and restore around a __dealloc__
     # (~10 ns of a ~100 ns lookup-and-drop, measured).
 
