@@ -819,15 +819,17 @@ cdef _destructor _context_dealloc = (<PyTypeObject *>LoadedContext).tp_dealloc
 # drop; this way ~60. A build that keeps a list of live objects (Py_TRACE_REFS) has no spares.
 cdef extern from *:
     """
+    #define SHM_CONTEXT_SPARES_MAX 64
     #ifdef Py_TRACE_REFS
     #define SHM_CONTEXT_SPARES 0
     #else
-    #define SHM_CONTEXT_SPARES 64
+    #define SHM_CONTEXT_SPARES SHM_CONTEXT_SPARES_MAX
     #endif
     """
-    enum: SHM_CONTEXT_SPARES
+    enum: SHM_CONTEXT_SPARES_MAX  # the array's size
+    enum: SHM_CONTEXT_SPARES      # how many are kept
 
-cdef PyObject *_spares[64]
+cdef PyObject *_spares[SHM_CONTEXT_SPARES_MAX]
 cdef Py_ssize_t _nspares = 0
 
 
