@@ -13,7 +13,9 @@ in a temporary folder; one ``Manager().dict()``), then, in the same run:
 2. ``concurrency``: 1 reader, one single-threaded reader per core, and 128 readers (32 threads in
    each of 4 processes) looking up during a common window, in 3 rounds: total lookups/s (median,
    p1, p99 of 100 ms windows), per-lookup p99, and lookups per CPU-second against the single
-   reader of the same round (the per-core figure);
+   reader of the same round (the per-core figure); and the same rows calling the limit row's
+   function (``limit``: nothing of shmpool's in the call), the interpreter's own cost of the
+   threads, against which the per-core figure is also given;
 3. ``publish``: a new version of a 1 MiB and a 16 MiB dimension (64 KiB layers): ``crystallize``
    into never-touched pages (``fresh``) and into reused ones (``warm``), vs an LMDB write
    transaction putting the same layers with sync on and off, vs numpy memcpy of the same bytes
@@ -254,6 +256,12 @@ def _throughput_child(system: str, target: str, keys, threads: int, seed: int, g
 
             def lookup(k):
                 return load(k[0], k[1])
+        elif system == "limit":  # the control: the same threads and loop, a C call returning a prebuilt slice
+            reader = shmpool.attach(target)
+            limit = PrebuiltSlice(reader.load_layer_context(*keys[0]).content).get
+
+            def lookup(k):
+                return limit(k[0], k[1])
         else:
             env = _lmdb_env(target)
             packed = {k: KEY.pack(*k) for k in keys}
@@ -296,7 +304,7 @@ def _throughput_child(system: str, target: str, keys, threads: int, seed: int, g
         for th in pool:
             th.join()
         cpu = time.process_time() - cpu0  # the whole process: threads, GIL hand-offs, the sleep-wait
-        if system == "shmpool":
+        if system in ("shmpool", "limit"):
             reader.close()
         else:
             env.close()
@@ -349,9 +357,9 @@ def compare_concurrency(name: str, lmdb_path: str, keys, processes: int, threads
     shapes = {"1_reader": (1, 1), f"{cores}_readers_1_thread_each": (cores, 1),
               f"{processes * threads}_readers": (processes, threads)}
     many = f"{processes * threads}_readers"
-    per_round: dict = {"shmpool": [], "lmdb": []}
+    per_round: dict = {"shmpool": [], "lmdb": [], "limit": []}
     for _ in range(rounds):
-        for system, target in (("shmpool", name), ("lmdb", lmdb_path)):
+        for system, target in (("shmpool", name), ("lmdb", lmdb_path), ("limit", name)):
             rows = {label: _throughput_row(ctx, system, target, keys, p, t, seconds)
                     for label, (p, t) in shapes.items()}
             one = rows["1_reader"]
@@ -371,13 +379,21 @@ def compare_concurrency(name: str, lmdb_path: str, keys, processes: int, threads
                        "per_core_ratio_many_vs_one_each_round": ratios,
                        "per_core_ratio_cores_vs_one_each_round": [
                            r[f"{cores}_readers_1_thread_each"]["per_core_ratio_vs_1_reader"] for r in rounds_]}
+    # The interpreter's own share: the same rows calling the limit function lose what CPython's GIL
+    # costs that many threads (hand-offs, waiting threads' timed wake-ups, refilled caches).
+    over = [s[many]["per_core_ratio_vs_1_reader"] / c[many]["per_core_ratio_vs_1_reader"]
+            for s, c in zip(per_round["shmpool"], per_round["limit"], strict=True)]
+    out["shmpool"]["per_core_ratio_over_limit_each_round"] = [round(x, 3) for x in over]
+    out["shmpool"]["per_core_ratio_over_limit"] = round(float(np.median(over)), 3)
     out["cores"] = cores
     out["rounds"] = rounds
     out["what"] = (f"each call timed (two clock reads included). Rows: 1 reader; {cores} single-threaded reader "
                    f"processes (one per core); {processes} processes x {threads} threads, which share {cores} cores "
                    "and each process's GIL (threads add concurrency, not throughput). lmdb opens a read txn per "
-                   "get. per_core_ratio = lookups per CPU-second / the single reader's in the same round; rows "
-                   f"shown are the round with the median {many} ratio")
+                   "get; limit calls PrebuiltSlice.get (the limit row) in the same loop: the interpreter's own cost. "
+                   "per_core_ratio = lookups per CPU-second / the single reader's in the same round; rows "
+                   f"shown are the round with the median {many} ratio; per_core_ratio_over_limit: shmpool's "
+                   f"{many} ratio / limit's, per round, then the median")
     return out
 
 
@@ -641,6 +657,12 @@ def _targets(p: dict) -> dict:
             conc["lmdb"]["per_core_ratio_many_vs_one"], conc["shmpool"]["per_core_ratio_many_vs_one"],
             TARGETS["readers_per_core_vs_one"],
             conc["shmpool"]["per_core_ratio_many_vs_one"] >= TARGETS["readers_per_core_vs_one"])
+        out["readers_per_core_vs_one_against_interpreter"] = row(
+            f"{many.split('_')[0]} readers: the same per-core ratio / the limit function's in the same rounds "
+            "(peer = the limit function's own ratio: what CPython's GIL costs those threads)",
+            conc["shmpool"]["per_core_ratio_many_vs_one"], conc["limit"]["per_core_ratio_many_vs_one"],
+            conc["shmpool"]["per_core_ratio_over_limit"], TARGETS["readers_per_core_vs_one"],
+            conc["shmpool"]["per_core_ratio_over_limit"] >= TARGETS["readers_per_core_vs_one"])
     if pub is not None:
         big = max((k for k in pub if k.endswith("MiB")), key=lambda k: int(k[:-3]))
         out.update({

@@ -140,16 +140,20 @@ def _latency_child(name: str, n: int, batches: int, scans: int, seed: int, resul
         raise
 
 
-def _throughput_child(name: str, threads: int, seed: int, go, window, results) -> None:
+def _throughput_child(name: str, threads: int, seed: int, go, window, results, call: str = "lookup") -> None:
     """Attach, report ready, wait for ``go``, then ``threads`` threads look up until ``window[1]``.
 
     ``window`` holds (start, end) in ``time.monotonic()`` seconds, the same for every process, so an
-    oversubscribed row counts every process over one common interval.
+    oversubscribed row counts every process over one common interval. ``call`` "limit": the threads
+    call the limit row's function (PrebuiltSlice.get) instead, in the same loop: the interpreter's
+    own cost of that many threads (GIL hand-offs), with nothing of shmpool's in the call.
     """
     try:
         with shmpool.attach(name) as reader:
             keys = _sample_keys(reader)
             load = reader.load_layer_context
+            if call == "limit":
+                load = PrebuiltSlice(load(*keys[0]).content).get
             counts, cpu = [0] * threads, [0.0] * threads
             barrier = threading.Barrier(threads + 1)
 
@@ -389,9 +393,9 @@ def _machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _throughput_row(ctx, name: str, processes: int, threads: int, seconds: float) -> dict:
+def _throughput_row(ctx, name: str, processes: int, threads: int, seconds: float, call: str = "lookup") -> dict:
     go, results, window = ctx.Event(), ctx.Queue(), ctx.Array("d", 2, lock=False)
-    procs = [ctx.Process(target=_throughput_child, args=(name, threads, i, go, window, results),
+    procs = [ctx.Process(target=_throughput_child, args=(name, threads, i, go, window, results, call),
                          name=f"bench-readers-{i}") for i in range(processes)]
     try:
         for p in procs:
@@ -411,7 +415,7 @@ def _throughput_row(ctx, name: str, processes: int, threads: int, seconds: float
     per_process = [r["lookups"] / seconds for r in reports]
     per_thread = [c / seconds for r in reports for c in r["per_thread"]]
     return {"readers": processes * threads,  # concurrent readers: every thread of every process
-            "processes": processes, "threads_per_process": threads, "threads": processes * threads,
+            "call": call, "processes": processes, "threads_per_process": threads, "threads": processes * threads,
             "lookups_per_s": round(total / seconds),
             "per_reader_per_s": round(statistics.mean(per_process)),
             "per_process_min_per_s": round(min(per_process)),
@@ -426,12 +430,53 @@ def _throughput_row(ctx, name: str, processes: int, threads: int, seconds: float
             "voluntary_context_switches": sum(r["voluntary_switches"] for r in reports)}
 
 
-def bench_concurrency(data: Path, counts: list[int], thread_rows: list[tuple[int, int]], seconds: float) -> dict:
+def _control_rounds(ctx, name: str, thread_rows: list[tuple[int, int]], seconds: float, rounds: int) -> dict:
+    """The threaded rows against the interpreter's own cost of them, in ``rounds`` rounds of six
+    rows taken in turn (1 reader, p single-threaded processes and p x t threads, each calling the
+    lookup and the limit row's function): lookups per CPU-second of p x t threads / 1 reader's,
+    beside the same ratio for the limit function, which does nothing of shmpool's (a C call
+    returning a prebuilt slice). What the limit ratio loses is CPython's (the GIL: its hand-offs,
+    the waiting threads' timed wake-ups, the caches each switch refills); ``ratio_over_control``
+    is the lookup's ratio judged against it. The p x 1 rows split off what p processes sharing
+    the cores cost without any thread sharing a GIL."""
+    out = {}
+    for p, t in thread_rows:
+        per_round = []
+        shapes = {"one": (1, 1), "processes": (p, 1), "threads": (p, t)}
+        for _ in range(rounds):
+            got = {(call, label): _throughput_row(ctx, name, *shape, seconds, call)
+                   for label, shape in shapes.items() for call in ("lookup", "limit")}
+            per_s = {key: row["lookups_per_cpu_second"] for key, row in got.items()}
+            lookup_ratio = per_s[("lookup", "threads")] / per_s[("lookup", "one")]
+            control_ratio = per_s[("limit", "threads")] / per_s[("limit", "one")]
+            per_round.append({
+                **{f"{call}_per_cpu_second_{label}": per_s[(call, label)] for call, label in got},
+                "lookup_ratio": round(lookup_ratio, 3), "control_ratio": round(control_ratio, 3),
+                "ratio_over_control": round(lookup_ratio / control_ratio, 3),
+                "lookup_ratio_processes": round(per_s[("lookup", "processes")] / per_s[("lookup", "one")], 3),
+                "control_ratio_processes": round(per_s[("limit", "processes")] / per_s[("limit", "one")], 3),
+                "voluntary_context_switches_threads": [got[(c, "threads")]["voluntary_context_switches"]
+                                                       for c in ("lookup", "limit")],
+                "others_cpu_seconds": [r["others_cpu_seconds"] for r in got.values()]})
+        med = {k: round(statistics.median(r[k] for r in per_round), 3)
+               for k in ("lookup_ratio", "control_ratio", "ratio_over_control", "lookup_ratio_processes",
+                         "control_ratio_processes")}
+        out[f"{p * t}_threads_{p}x{t}"] = {
+            **{f"{k}_median": v for k, v in med.items()}, "rounds": per_round,
+            "pass": med["lookup_ratio"] >= 1 - TARGET_DEGRADATION,
+            "pass_against_control": med["ratio_over_control"] >= 1 - TARGET_DEGRADATION}
+    return {"what": " ".join((_control_rounds.__doc__ or "").split()), "rounds": rounds,
+            "shapes": out}
+
+
+def bench_concurrency(data: Path, counts: list[int], thread_rows: list[tuple[int, int]], seconds: float,
+                      control_rounds: int = 0) -> dict:
     ctx = mp.get_context("spawn")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with Coordinator(benchlib.instance_name(PREFIX), data_dir=data, workers=0) as coord:
         rows = [_throughput_row(ctx, coord.name, n, 1, seconds) for n in counts]
         threaded = [_throughput_row(ctx, coord.name, p, t, seconds) for p, t in thread_rows]
+        control = _control_rounds(ctx, coord.name, thread_rows, seconds, control_rounds) if control_rounds else None
     base = rows[0]
     for row in rows + threaded:
         # Wall-clock per process falls once processes outnumber cores; that is the CPU being shared,
@@ -455,6 +500,7 @@ def bench_concurrency(data: Path, counts: list[int], thread_rows: list[tuple[int
                   "throughput per process is reported beside what CPU sharing alone would explain",
         "pass": all(r["pass"] for r in rows + threaded),
         "pass_within_cores": all(r["pass"] for r in rows + threaded if not r["oversubscribed"]),
+        **({"interpreter_control": control} if control else {}),
     }
 
 
@@ -478,6 +524,9 @@ def main(argv=None) -> int:
     parser.add_argument("--thread-processes", type=int, default=8,
                         help="processes the --threads are spread over (default 8)")
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each concurrency row")
+    parser.add_argument("--control-rounds", type=int, default=3,
+                        help="rounds of the threaded rows against the limit function's (the interpreter's cost "
+                             "of the threads; 6 rows a round; default 3, 0 to skip)")
     parser.add_argument("--phases", default=None,
                         help="comma-separated subset of lookups,startup,crystallize,concurrency (default: all)")
     args = parser.parse_args(argv)
@@ -488,8 +537,10 @@ def main(argv=None) -> int:
     if args.quick:
         n, batches, scans, repeats, seconds = 2000, 200, 14, 2, 0.3
         sizes, layer_sizes, counts, thread_rows = [1], [64 * KiB], [1, 2], [(2, 4)]
+        control_rounds = min(1, args.control_rounds)
     else:
         n, batches, scans, repeats, seconds = args.lookups, 5000, 280, 15, args.seconds
+        control_rounds = args.control_rounds
         sizes, layer_sizes = [1, 16], [64 * KiB, 4 * KiB]
         counts = _int_list(args.readers)
         thread_rows = []
@@ -511,7 +562,8 @@ def main(argv=None) -> int:
                 "config": {"lookups": n, "batches": batches, "scans": scans, "repeats": repeats,
                            "crystallize_MiB": sizes, "crystallize_layer_bytes": layer_sizes,
                            "reader_processes": counts, "threaded_rows": thread_rows,
-                           "seconds_each": seconds, "quick": args.quick, "phases": sorted(wanted)},
+                           "seconds_each": seconds, "control_rounds": control_rounds, "quick": args.quick,
+                           "phases": sorted(wanted), "loadavg_1m_at_start": round(os.getloadavg()[0], 2)},
                 "units": "_us microseconds, _ms milliseconds, _ns nanoseconds; MB = 1e6 bytes, MiB = 2^20",
             }
             if "lookups" in wanted:
@@ -521,7 +573,7 @@ def main(argv=None) -> int:
             if "crystallize" in wanted:
                 payload["crystallize"] = bench_crystallize(sizes, layer_sizes, repeats, Path(tmp) / "empty")
             if "concurrency" in wanted:
-                payload["concurrent_readers"] = bench_concurrency(data, counts, thread_rows, seconds)
+                payload["concurrent_readers"] = bench_concurrency(data, counts, thread_rows, seconds, control_rounds)
         finally:
             leftovers = benchlib.shm_leftovers()
     payload["instances"] = benchlib.instance_names()

@@ -35,6 +35,10 @@ def test_bench_peers_quick_compares_every_system_and_cleans_up(tmp_path):
         assert conc["1_reader"]["lookups_per_s"] > 0 and conc["8_readers"]["readers"] == 8
         assert set(SUMMARY) <= conc["8_readers"]["latency"].keys()
         assert doc["memory"][system]["readers"] == 3
+    # The control: the same rows calling the limit function, and shmpool's ratio judged against it.
+    assert doc["concurrency"]["limit"]["8_readers"]["lookups_per_cpu_s"] > 0
+    assert doc["concurrency"]["shmpool"]["per_core_ratio_over_limit"] > 0
+    assert isinstance(doc["targets"]["readers_per_core_vs_one_against_interpreter"]["met"], bool)
     pub = doc["publish"]["1MiB"]
     for row in ("shmpool_crystallize_fresh_pages", "shmpool_crystallize_warm", "lmdb_write_txn_sync_on",
                 "lmdb_write_txn_sync_off", "memcpy_warm", "memcpy_fresh_pages"):

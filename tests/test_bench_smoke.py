@@ -105,6 +105,13 @@ def test_bench_readers_quick_prints_complete_json_writes_out_file_and_cleans_up(
     for row in concurrent["rows"] + concurrent["threaded_rows"]:
         assert row["lookups_per_s"] > 0 and row["per_reader_per_s"] > 0 and row["lookups_per_cpu_second"] > 0
         assert isinstance(row["pass"], bool)
+    # The threaded rows beside the limit function's (the interpreter's own cost of the threads).
+    control = concurrent["interpreter_control"]["shapes"]
+    assert list(control) == [f"{p * t}_threads_{p}x{t}" for p, t in config["threaded_rows"]]
+    for shape in control.values():
+        assert len(shape["rounds"]) == config["control_rounds"] >= 1
+        assert shape["control_ratio_median"] > 0 and shape["ratio_over_control_median"] > 0
+        assert all(r["limit_per_cpu_second_threads"] > 0 for r in shape["rounds"])
 
     for section in ("single_lookup", "batch_of_20", "scan_one_dimension_200_layers", "startup_14_dimensions"):
         assert isinstance(doc[section]["pass"], bool) and doc[section]["target_ms" if "target_ms" in doc[section]

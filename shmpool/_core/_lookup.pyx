@@ -104,6 +104,7 @@ cdef extern from "Python.h":
         int flags
         Py_buffer view
     int _Py_MEMORYVIEW_RELEASED
+    PyObject *_list_item "PyList_GET_ITEM" (PyObject *lst, Py_ssize_t i)  # borrowed, from a borrowed list
     Py_ssize_t _refcnt "Py_REFCNT" (PyObject *o)
     void Py_SET_REFCNT(PyObject *o, Py_ssize_t n)
     object PyMemoryView_FromObject(object obj)
@@ -198,9 +199,10 @@ cdef int _address(object obj, const char **base, Py_ssize_t *length) except -1:
     return 0
 
 
-cdef inline int64_t *_words_of(object mv) noexcept:
+cdef inline int64_t *_words_of(PyObject *mv) noexcept:
     """The address of a memoryview of shared words, or NULL once it was released (the instance
-    was closed: its mapping may be gone)."""
+    was closed: its mapping may be gone). Borrowed: the caller holds ``mv`` (an attribute of an
+    object it holds), so the lookup path takes no reference to pass it."""
     cdef PyMemoryViewObject *m = <PyMemoryViewObject *>mv
     if m.flags & _Py_MEMORYVIEW_RELEASED:
         return NULL
@@ -545,15 +547,7 @@ cdef class Generation:
         cdef Py_ssize_t pool = meta & POOL_MASK
         if not self._in_pool(pool, start, end):  # the one bounds check
             self._bytes(pool, start, end)  # raises RegionFormatError naming them
-        cdef LoadedContext ctx = LoadedContext.__new__(LoadedContext)
-        ctx._dim = self.dim
-        ctx._layer = key
-        ctx._gen = self
-        ctx._row = meta >> POOL_BITS
-        ctx._pool = pool
-        ctx._start = start
-        ctx._end = end
-        return ctx
+        return _context_of(self, key, meta >> POOL_BITS, pool, start, end)
 
     cdef LoadedContext _at(self, Py_ssize_t row):
         """The context of row ``row`` (a scan, a lazy batch's step)."""
@@ -562,15 +556,7 @@ cdef class Generation:
         if self._u16(row, ROW_FLAGS) & FLAG_ZSTD:
             return self._inflated(PyLong_FromLongLong(self._i64(row, ROW_LAYER_ID)), row)
         self._bytes(pool, start, end)
-        cdef LoadedContext ctx = LoadedContext.__new__(LoadedContext)
-        ctx._dim = self.dim
-        ctx._layer = self._i64(row, ROW_LAYER_ID)
-        ctx._gen = self
-        ctx._row = row
-        ctx._pool = pool
-        ctx._start = start
-        ctx._end = end
-        return ctx
+        return _context_of(self, self._i64(row, ROW_LAYER_ID), row, pool, start, end)
 
     cdef LoadedContext _inflated(self, object layer_id, Py_ssize_t row):
         """A compressed (cold) layer: the one lookup that returns a copy, decompressed here."""
@@ -652,7 +638,7 @@ cdef class DimView:
         cdef int64_t *base
         if self._cache_mv is None:
             return NULL
-        base = _words_of(self._cache_mv)
+        base = _words_of(<PyObject *>self._cache_mv)
         return NULL if base == NULL else base + self.cache_pos
 
     @property
@@ -667,7 +653,7 @@ cdef class DimView:
         nothing (after :meth:`drop`); the caller holds the mapping's lock, so the lookup path of
         another thread finds BUSY and asks the mapping, which waits for that lock."""
         cdef int64_t *w = self._cw()
-        cdef int64_t *directory = _words_of(directory_mv)
+        cdef int64_t *directory = _words_of(<PyObject *>directory_mv)
         if w == NULL or directory == NULL or not 0 <= self.gen_pos < len(directory_mv):
             return -1
         shm_store_sc(w, generation << CACHE_SHIFT | CACHE_BUSY)  # SC: before the GENERATION load
@@ -731,21 +717,23 @@ cdef inline void _settle(DimView dv) noexcept:
         shm_store(w, g << CACHE_SHIFT)
 
 
-cdef void _holder_gone(PyObject *g) noexcept:
+cdef inline void _holder_gone(PyObject *g) noexcept:
     """A holder of Generation ``g`` (a context, a content view, a batch) is being deallocated,
-    its reference still counted: if the cache is the only other one, clear USERS."""
-    if _refcnt(g) != 2 or (<Generation>g)._dv is None:
-        return
-    cdef Generation gen = <Generation>g
-    cdef DimView dv = gen._dv
+    its reference still counted: if the cache is the only other one, clear USERS. Every context
+    a caller drops runs this, so it reads through borrowed pointers (no reference taken)."""
+    cdef PyObject *dv
     cdef int64_t *w
     cdef int64_t v
-    if dv.current is not gen or gen._dv_pid != _pid:
+    if _refcnt(g) != 2:
         return
-    w = dv._cw()
+    dv = <PyObject *>(<Generation>g)._dv
+    if (dv == <PyObject *>None or <PyObject *>(<DimView>dv).current != g
+            or (<Generation>g)._dv_pid != _pid):
+        return
+    w = (<DimView>dv)._cw()
     if w == NULL:
         return
-    v = gen.generation << CACHE_SHIFT
+    v = (<Generation>g).generation << CACHE_SHIFT
     if w[0] == (v | CACHE_USERS):
         shm_store(w, v)  # release: every read of its bytes in this process came before
 
@@ -755,8 +743,8 @@ cdef void _holder_gone(PyObject *g) noexcept:
 # Not tracked by the cycle collector: a context refers to ints, its memoryview and its generation,
 # none of which can refer back to it, and an untracked object does not count towards the
 # allocations that trigger a collection (one every 700 lookups otherwise: a tail-latency spike).
+# No @cython.freelist: the type keeps its own spares (_context_of, _context_release below).
 @cython.no_gc
-@cython.freelist(64)
 @cython.final
 cdef class LoadedContext:
     """One layer of one dimension, as loaded from shared memory (zero-copy).
@@ -793,7 +781,7 @@ cdef class LoadedContext:
     def layer_id(self):
         return self._layer
 
-    # No __dealloc__: _context_gone runs in the type's tp_dealloc itself (installed below), which
+    # No __dealloc__: _context_release is the type's tp_dealloc itself (installed below), which
     # spares every context's release Cython's exception save and restore around a __dealloc__
     # (~10 ns of a ~100 ns lookup-and-drop, measured).
 
@@ -906,29 +894,74 @@ ctypedef void (*_destructor)(PyObject *) noexcept
 cdef extern from "Python.h":
     ctypedef struct PyTypeObject:
         _destructor tp_dealloc
+    PyTypeObject *_type_of "Py_TYPE" (PyObject *o)
 
 
 cdef _destructor _context_dealloc = (<PyTypeObject *>LoadedContext).tp_dealloc
 
+# Released contexts kept for the next lookups (what @cython.freelist(64) did, but ours: a spare
+# keeps its reference count at 0 and None in _gen and _content, so making one from it is setting
+# its fields and taking one reference, and releasing one into it touches neither the type's
+# dealloc nor its allocator). Measured with callgrind: tp_new from Cython's free list and the
+# release through _context_gone and the type's dealloc were ~170 instructions of a lookup and
+# drop; this way ~60. A build that keeps a list of live objects (Py_TRACE_REFS) has no spares.
+cdef extern from *:
+    """
+    #define SHM_CONTEXT_SPARES_MAX 64
+    #ifdef Py_TRACE_REFS
+    #define SHM_CONTEXT_SPARES 0
+    #else
+    #define SHM_CONTEXT_SPARES SHM_CONTEXT_SPARES_MAX
+    #endif
+    """
+    enum: SHM_CONTEXT_SPARES_MAX  # the array's size
+    enum: SHM_CONTEXT_SPARES      # how many are kept
 
-cdef void _context_gone(PyObject *o) noexcept:
-    """A context is being released (its reference count is 0, its fields intact): its content
-    view first, which, if nothing else holds it, takes its exporter with it (which counts our
-    reference to the Generation as well as its own and leaves the word to us); then, if the
-    cache is the Generation's only other holder, clear USERS. Then the type's own dealloc."""
-    cdef LoadedContext ctx = <LoadedContext>o  # a new reference, given back before the dealloc below
-    if ctx._content is not None:
-        ctx._content = None
-    if ctx._gen is not None and type(ctx._gen) is Generation:
-        _holder_gone(<PyObject *>ctx._gen)
-    del ctx
+cdef PyObject *_spares[SHM_CONTEXT_SPARES_MAX]
+cdef Py_ssize_t _nspares = 0
+
+
+cdef inline LoadedContext _context_of(Generation gen, int64_t layer, Py_ssize_t row, Py_ssize_t pool,
+                                      int64_t start, int64_t end):
+    """A context over ``[start, end)`` of pool ``pool`` of ``gen``: a spare if there is one."""
+    global _nspares
+    cdef LoadedContext ctx
+    if _nspares > 0:
+        _nspares -= 1
+        ctx = <LoadedContext>_spares[_nspares]  # its one reference: the count was 0
+    else:
+        ctx = LoadedContext.__new__(LoadedContext)
+    ctx._dim = gen.dim
+    ctx._layer = layer
+    ctx._gen = gen
+    ctx._row = row
+    ctx._pool = pool
+    ctx._start = start
+    ctx._end = end
+    return ctx
 
 
 cdef void _context_release(PyObject *o) noexcept:
-    Py_SET_REFCNT(o, 1)  # alive again while _context_gone holds it (it must not be released twice)
-    _context_gone(o)
-    Py_SET_REFCNT(o, 0)
-    _context_dealloc(o)
+    """The type's tp_dealloc: a context is being released (its reference count is 0, its fields
+    intact). Its content view first, which, if nothing else holds it, takes its exporter with it
+    (which counts our reference to the Generation as well as its own and leaves the word to us);
+    then, if the cache is the Generation's only other holder, clear USERS (_holder_gone); then
+    into the spares, or the type's own dealloc. Borrowed pointers only: nothing here may take a
+    reference to ``o``, whose count is 0."""
+    global _nspares
+    cdef PyObject *gen = <PyObject *>(<LoadedContext>o)._gen
+    if <PyObject *>(<LoadedContext>o)._content != <PyObject *>None:
+        (<LoadedContext>o)._content = None
+    if _type_of(gen) == <PyTypeObject *>Generation:
+        _holder_gone(gen)
+    if _nspares < SHM_CONTEXT_SPARES:
+        # Spared first, then the generation let go of: its release may run Python code (a pin's
+        # finalizer) that makes or releases contexts, and finds this one a complete spare.
+        _spares[_nspares] = o
+        _nspares += 1
+        (<LoadedContext>o)._gen = None
+    else:
+        _context_dealloc(o)
 
 
 (<PyTypeObject *>LoadedContext).tp_dealloc = _context_release
@@ -1272,8 +1305,8 @@ cdef class ReaderCore:
         cdef int64_t *w = dv._cw()
         if w == NULL or g <= 0 or self._dir is None:
             return NULL
-        directory = _words_of(self._dir)
-        words = _words_of(self._words)
+        directory = _words_of(<PyObject *>self._dir)
+        words = _words_of(<PyObject *>self._words)
         if (directory == NULL or words == NULL or words[self._epoch_word] != self._epoch
                 or <size_t>dv.gen_pos >= <size_t>self._dir_len or <size_t>dv.touch_pos >= <size_t>self._dir_len):
             return NULL
@@ -1305,39 +1338,48 @@ cdef class ReaderCore:
         return w
 
     @cython.final
-    cdef inline LoadedContext _fast(self, DimView dv, object layer_id):
-        """The lookup when nothing needs Python: the cached generation is still published, the
-        epoch has not moved, and the layer is a plain one. None: ask :meth:`_slow`."""
-        cdef Generation gen = dv.current
-        cdef int64_t idle
+    cdef inline LoadedContext _fast(self, object dimension_id, object layer_id):
+        """The lookup when nothing needs Python: ``dimension_id`` and ``layer_id`` are exact ints,
+        the dimension is mapped, its cached generation is still published, the epoch has not
+        moved, and the layer is a plain one. None: ask :meth:`_slow`.
+
+        Every object is reached through borrowed pointers (the reader holds its table, the table
+        its views, a view its generation, and no Python code runs here to change them): the
+        references a typed local takes and gives back were ~40 instructions a lookup."""
+        cdef PyObject *table = <PyObject *>self._dim_table
+        cdef PyObject *dv
+        cdef PyObject *g
+        cdef int64_t idle, meta, start, end, j
+        cdef int64_t dim = _key_of(dimension_id), key = _key_of(layer_id)
         cdef int64_t *w
-        if type(layer_id) is not int:  # a key (its text is checked) or a numpy integer: _slow
+        if table == <PyObject *>None:
+            return None  # never attached: the slow path says so
+        if 0 <= dim < SMALL_IDS:
+            dv = _list_item(<PyObject *>(<DimTable>table)._small, dim)
+        else:
+            dv = PyDict_GetItemWithError((<DimTable>table)._map, dimension_id)  # an int's hash cannot fail
+            if dv == NULL:
+                return None
+        if dv == <PyObject *>None:
             return None
-        w = self._enter(dv, gen, &idle)
+        g = <PyObject *>(<DimView>dv).current
+        w = self._enter(<DimView>dv, <Generation>g, &idle)
         if w == NULL:
             return None
-        cdef int64_t j = _probe(gen._table, gen.mask, _key_of(layer_id))
-        cdef int64_t meta, start, end
-        if j < 0 or gen._table[j + SLOT_META] < 0:  # a miss or a compressed layer: in Python
+        j = _probe((<Generation>g)._table, (<Generation>g).mask, key)
+        if j < 0 or (<Generation>g)._table[j + SLOT_META] < 0:  # a miss or a compressed layer: in Python
             shm_store(w, idle)
             return None
-        meta = gen._table[j + SLOT_META]
-        start, end = gen._table[j + SLOT_START], gen._table[j + SLOT_END]
-        if not gen._in_pool(meta & POOL_MASK, start, end):  # the one bounds check
+        meta = (<Generation>g)._table[j + SLOT_META]
+        start, end = (<Generation>g)._table[j + SLOT_START], (<Generation>g)._table[j + SLOT_END]
+        if not (<Generation>g)._in_pool(meta & POOL_MASK, start, end):  # the one bounds check
             shm_store(w, idle)
             return None  # the slow path raises RegionFormatError naming them
-        cdef LoadedContext ctx = LoadedContext.__new__(LoadedContext)
-        ctx._dim = gen.dim
-        ctx._layer = _key_of(layer_id)
-        ctx._gen = gen
-        ctx._row = meta >> POOL_BITS
-        ctx._pool = meta & POOL_MASK
-        ctx._start = start
-        ctx._end = end
+        cdef LoadedContext ctx = _context_of(<Generation>g, key, meta >> POOL_BITS, meta & POOL_MASK, start, end)
         if fault_armed():
             fault("lookup.made")  # a context over the generation, BUSY still set
-        if idle != (gen.generation << CACHE_SHIFT | CACHE_USERS):
-            shm_store(w, gen.generation << CACHE_SHIFT | CACHE_USERS)  # release: the context holds it now
+        if idle != ((<Generation>g).generation << CACHE_SHIFT | CACHE_USERS):
+            shm_store(w, (<Generation>g).generation << CACHE_SHIFT | CACHE_USERS)  # release: the context holds it now
         return ctx
 
     @cython.final
@@ -1352,7 +1394,7 @@ cdef class ReaderCore:
         cdef int64_t *w
         cdef int64_t *words
         while True:
-            words = _words_of(self._words) if self._words is not None else NULL
+            words = _words_of(<PyObject *>self._words) if self._words is not None else NULL
             if words == NULL:
                 raise self._mapped.closed_error()
             epoch = words[self._epoch_word]
@@ -1396,18 +1438,26 @@ cdef class ReaderCore:
         LayerNotFound naming the ids and what exists; ReaderClosed on a closed reader.
         """
         # The hot path (no locks, no logging, no system calls; scripts/bench_readers.py times
-        # it): two exact type tests, one dict lookup, the epoch, the cache word (BUSY), the
-        # GENERATION and TOUCHED words, the probe of the shared table, one bounds check, the
-        # context object, the cache word (USERS). The type tests come first because True and
-        # 3.0 would otherwise find dimension 1 and 3 in the dict.
-        cdef DimView dv
+        # it): two exact type tests, the dimension's view (an index, or one dict lookup), the
+        # epoch, the cache word (BUSY), the GENERATION and TOUCHED words, the probe of the
+        # shared table, one bounds check, the context object, the cache word (USERS). The type
+        # tests come first because True and 3.0 would otherwise find dimension 1 and 3 in the
+        # dict. The arguments are never rebound here (that would cost a reference each).
         cdef LoadedContext ctx
-        if type(dimension_id) is not int or type(layer_id) is not int:
-            # Off the hot path: a dimension by name, a layer by key, numpy integers (Reader._ids).
-            dimension_id, layer_id = self._ids(dimension_id, layer_id)
-        dv = self._view(dimension_id)
-        if dv is not None:
-            ctx = self._fast(dv, layer_id)
+        if type(dimension_id) is int and type(layer_id) is int:
+            ctx = self._fast(dimension_id, layer_id)
+            if ctx is not None:
+                return ctx
+            return self._slow(dimension_id, layer_id)
+        return self._lookup_ids(dimension_id, layer_id)
+
+    @cython.final
+    cdef LoadedContext _lookup_ids(self, object dimension_id, object layer_id):
+        # Off the hot path: a dimension by name, a layer by key, numpy integers (Reader._ids).
+        cdef LoadedContext ctx
+        dimension_id, layer_id = self._ids(dimension_id, layer_id)
+        if type(dimension_id) is int and type(layer_id) is int:
+            ctx = self._fast(dimension_id, layer_id)
             if ctx is not None:
                 return ctx
         return self._slow(dimension_id, layer_id)
@@ -1430,7 +1480,7 @@ cdef class ReaderCore:
         cdef tuple steps = _steps_of(path)
         # One instant per batch: a publish (W.PUBLISH_SEQ moved, or odd: a commit in progress)
         # during the batch may have mixed generations, so then it is read again (in Python).
-        cdef int64_t *words = _words_of(self._words) if self._words is not None else NULL
+        cdef int64_t *words = _words_of(<PyObject *>self._words) if self._words is not None else NULL
         if words == NULL:
             raise self._mapped.closed_error()
         cdef int64_t seq = shm_load(words + self._seq_word)
@@ -1447,7 +1497,7 @@ cdef class ReaderCore:
 
     @cython.final
     cdef int64_t _seq_now(self) except? -1:
-        cdef int64_t *words = _words_of(self._words)
+        cdef int64_t *words = _words_of(<PyObject *>self._words)
         if words == NULL:
             raise self._mapped.closed_error()
         return shm_load(words + self._seq_word)
