@@ -233,6 +233,10 @@ def _start_clients(spec: dict, systems) -> tuple[dict, dict]:
     ctx = mp.get_context("spawn")
     live, skipped, started = {}, {}, {}
     for name in systems:  # all at once: start-up is mostly imports, and both cores can do them
+        missing = _missing_package(name)
+        if missing is not None:
+            skipped[name] = f"not installed (No module named {missing!r}); pip install '.[bench]'"
+            continue
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=client_main, args=(name, spec, theirs), name=f"bench-jobs-client-{name}")
         proc.start()
@@ -246,6 +250,14 @@ def _start_clients(spec: dict, systems) -> tuple[dict, dict]:
         skipped[name] = what if kind == "skipped" else f"failed to start: {what}"
         _stop(proc, ours)
     return live, skipped
+
+
+def _missing_package(name: str) -> str | None:
+    """The optional package system ``name`` needs if it is not installed here, else None."""
+    import importlib.util
+
+    module = ipc_peers.REQUIRES.get(name)
+    return module if module is not None and importlib.util.find_spec(module) is None else None
 
 
 def _stop(proc, conn) -> None:
