@@ -176,6 +176,7 @@ SAME_WORKER = {
     "test_dask.py": "the Dask cluster",                    # ~8 s to start, ~4 s to stop
     "test_workers.py": "test_workers pool",
     "test_client_array_arguments.py": "array arguments coordinator",
+    "test_client_map_batches.py": "map batches coordinator",
     "test_client_sendable_values.py": "sendable values pool",
     "test_reader.py": "test_reader served",
     "test_reader_ids.py": "test_reader_ids served",
