@@ -178,6 +178,7 @@ SAME_WORKER = {
     "test_client_array_arguments.py": "array arguments coordinator",
     "test_client_map_batches.py": "map batches coordinator",
     "test_client_dropped.py": "dropped clients coordinator",
+    "test_client_slots.py": "client slots coordinator",
     "test_client_sendable_values.py": "sendable values pool",
     "test_reader.py": "test_reader served",
     "test_reader_ids.py": "test_reader_ids served",
