@@ -222,7 +222,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 # the other worker idle for most of it. A module file (all its tests), or "file::test".
 LONGEST_FIRST = ("test_packaging_core.py", "test_packaging.py",
                  "test_bench_smoke.py::test_bench_jobs_quick_runs_every_system_prints_complete_json_and_cleans_up",
-                 "test_bench_smoke.py", "test_dask.py",
+                 "test_bench_smoke.py", "test_dask.py", "test_client_array_arguments.py",
                  "test_chaos.py", "test_dask_publish.py", "test_reader_pins.py", "test_client_executor_features.py",
                  "test_demo_own_kills.py", "test_chaos_fork_and_names.py", "test_dask_registration.py",
                  "test_newcomer_first_program.py", "test_cli.py", "test_cli_ops.py", "test_board_heal.py",
