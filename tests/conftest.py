@@ -34,8 +34,9 @@ import _stray_children
 import _test_names
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator),
-# `stress_run` (one short `shmpool stress --out` run), `warnings` (what shmpool logged).
-pytest_plugins = ("_small_coord", "_stress_run", "_warnings_logged")
+# `stress_run` (one short `shmpool stress --out` run), `warnings` (what shmpool logged), `cli`
+# (`shmpool` commands forked from a command server).
+pytest_plugins = ("_small_coord", "_stress_run", "_warnings_logged", "_cli_command")
 
 # No clock in property tests either: hypothesis's 200 ms per-example deadline and its too_slow
 # health check fail a correct test on a loaded machine. Tests still set their own max_examples.

@@ -2,9 +2,9 @@
 completion, cleanup's summary.
 
 ``serve`` runs as ``python -m shmpool``; the short commands (health, stats, cleanup, completion) run
-in a child forked from a server that imported the command once (tests/_cli_forkserver.py: real
-streams, a real exit status, the same ``main()``), a third of a second of CPU less per command.
-What they show does not depend on the import; ``--version`` checks ``python -m shmpool`` itself.
+forked from a command server (the ``cli`` fixture, tests/_cli_command.py), a third of a second of
+CPU less per command: what they show does not depend on the import. ``--version`` checks
+``python -m shmpool`` itself.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-from _cli_forkserver import CliForkServer
-
 import shmpool
 from shmpool.substrate.names import list_objects
 
@@ -30,18 +27,6 @@ MiB = 2**20
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=env,
                           stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    """``shmpool *args`` forked from the module's command server: a CompletedProcess as run_cli's."""
-    folder = tmp_path_factory.mktemp("cli")
-    with CliForkServer(dict(os.environ)) as server:
-        def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-            status, out, err = server.run(list(args), dict(os.environ if env is None else env), folder)
-            return subprocess.CompletedProcess(["shmpool", *args], status, out, err)
-
-        yield run
 
 
 def _ready_line(proc: subprocess.Popen) -> str:
