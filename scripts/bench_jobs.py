@@ -53,9 +53,9 @@ import numpy as np  # noqa: E402
 import benchlib  # noqa: E402
 import ipc_rounds  # noqa: E402
 
-import shmpool  # noqa: E402
-from shmpool.coordinator import Coordinator  # noqa: E402
-from shmpool.data.sample import build_sample  # noqa: E402
+# shmpool is imported where it is used, not here: every process that multiprocessing spawns (the
+# ipc section's client processes and the peers' workers) imports this file again as its __main__,
+# and most of them never use shmpool (~0.2 s of CPU each for nothing).
 
 PREFIX = "bench-jobs"
 TARGET_SPEEDUP = 5.0
@@ -71,6 +71,8 @@ _reader = None  # the ProcessPoolExecutor worker's reader, made by _attach
 
 
 def _attach(name: str) -> None:
+    import shmpool
+
     global _reader
     _reader = shmpool.attach(name)
 
@@ -159,6 +161,8 @@ def _summary(latencies: np.ndarray, start: int, end: int, threads: int, processe
 def _system_call(system: str, name: str, shared):
     """(call, closer) for ``system`` in this process."""
     if system == "shmpool_pool":
+        import shmpool
+
         client = shmpool.connect(name)
         return client.lookup, client.close
     if system == "manager_dict":
@@ -226,6 +230,8 @@ def _with_board_latency(coord, measure) -> dict:
 
 
 def bench_shmpool(coord, keys, plan, multi) -> dict:
+    import shmpool
+
     out = {}
     pids = coord.stats()["workers"]["pids"]
     with shmpool.connect(coord.name) as client:
@@ -256,6 +262,8 @@ def bench_process_pool(name: str, workers: int, keys, plan) -> dict:
 
 
 def bench_manager_dict(name: str, keys, plan, multi) -> dict:
+    import shmpool
+
     out = {}
     with mp.get_context("spawn").Manager() as manager, shmpool.attach(name) as reader:
         shared = manager.dict({(d, l): bytes(reader.load_layer_context(d, l).content) for d, l in keys})
@@ -276,6 +284,8 @@ def bench_manager_dict(name: str, keys, plan, multi) -> dict:
 
 def bench_direct(name: str, keys, plan) -> dict:
     # No multi-process row: a few ms of lookups per process would measure the start-line skew.
+    import shmpool
+
     out = {}
     with shmpool.attach(name) as reader:
         for dim, lid in keys:
@@ -340,6 +350,10 @@ def goals_markdown(goals: dict) -> str:
 
 
 def main(argv=None) -> int:
+    import shmpool
+    from shmpool.coordinator import Coordinator
+    from shmpool.data.sample import build_sample
+
     parser = benchlib.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None,
                         help="write the JSON to this file (default bench-results/bench_jobs.json)")

@@ -534,8 +534,10 @@ def main(argv=None) -> int:
     wanted = set(args.phases.split(",")) if args.phases else set(phases)
     if wanted - set(phases):
         parser.error(f"unknown phases {sorted(wanted - set(phases))}")
-    if args.quick:
-        n, batches, scans, repeats, seconds = 2000, 200, 14, 2, 0.3
+    if args.quick:  # a smoke test: every row measured, none long enough to mean much
+        # 0.1 s windows: each reader spins for the whole window, so the 5 processes of the
+        # concurrency rows are CPU seconds (1.5 s at 0.3) the smoke test learns nothing more from.
+        n, batches, scans, repeats, seconds = 2000, 200, 14, 2, 0.1
         sizes, layer_sizes, counts, thread_rows = [1], [64 * KiB], [1, 2], [(2, 4)]
         control_rounds = min(1, args.control_rounds)
     else:

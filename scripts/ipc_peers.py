@@ -689,3 +689,9 @@ PEERS = {
 # Started and stopped inside each round: a spinning server would burn a core through every
 # other system's turn.
 PER_ROUND = {"iceoryx2 request-response (busy-spin)"}
+# The optional package (the bench extra) each peer imports: where it is not installed, the peer is
+# recorded as skipped without a client process (an interpreter and its imports, ~0.4 s of CPU, to
+# learn what the main process can see).
+REQUIRES = {"ZeroMQ REQ/REP (ipc)": "zmq", "ZeroMQ DEALER/ROUTER (ipc)": "zmq", "faster-fifo": "faster_fifo",
+            "mpire apply": "mpire", "iceoryx2 request-response (event wait)": "iceoryx2",
+            "iceoryx2 request-response (busy-spin)": "iceoryx2"}

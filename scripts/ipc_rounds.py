@@ -31,6 +31,7 @@ CHILD_TIMEOUT = 120.0  # seconds for one measurement or a start; then the system
 SHMPOOL = ("shmpool Client.call", "shmpool Client.submit().result()", "shmpool Client.map",
            "shmpool low-latency client")
 SYSTEMS = (*ipc_peers.PEERS, *SHMPOOL)
+PIPELINED_SHMPOOL = {"shmpool Client.submit().result()", "shmpool Client.map"}  # on the 2-worker coordinator
 BASELINE = "multiprocessing.Pipe"
 MAP_CHUNKSIZE = 16
 
@@ -70,12 +71,13 @@ def _make_system(name: str, spec: dict) -> System:
         return System(lat, pipe, pipe_workers=pipe_workers or 1, pipe_reason=reason)
     if name not in SHMPOOL:
         raise KeyError(f"no system named {name!r}")
-    (lat_name, lat_pids), (pipe_name, pipe_pids) = spec["lat"], spec["pipe"]
+    lat_name, lat_pids = spec["lat"]
     coordinator = {"coordinator": [spec["coordinator_pid"]]}
     peer = ipc_shmpool.ShmpoolPeer
     if name == "shmpool Client.call":
         return System(peer(lat_name, lat_pids, via_call=True), None, other_pids=coordinator,
                       pipe_reason="call() waits for its own reply: pipelining is the submit row")
+    pipe_name, pipe_pids = spec["pipe"]  # _run starts it when a system below is asked for
     if name == "shmpool Client.submit().result()":
         return System(peer(lat_name, lat_pids, via_call=False), peer(pipe_name, pipe_pids, via_call=False),
                       pipe_workers=2, other_pids=coordinator)
@@ -233,6 +235,10 @@ def _start_clients(spec: dict, systems) -> tuple[dict, dict]:
     ctx = mp.get_context("spawn")
     live, skipped, started = {}, {}, {}
     for name in systems:  # all at once: start-up is mostly imports, and both cores can do them
+        missing = _missing_package(name)
+        if missing is not None:
+            skipped[name] = f"not installed (No module named {missing!r}); pip install '.[bench]'"
+            continue
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=client_main, args=(name, spec, theirs), name=f"bench-jobs-client-{name}")
         proc.start()
@@ -246,6 +252,14 @@ def _start_clients(spec: dict, systems) -> tuple[dict, dict]:
         skipped[name] = what if kind == "skipped" else f"failed to start: {what}"
         _stop(proc, ours)
     return live, skipped
+
+
+def _missing_package(name: str) -> str | None:
+    """The optional package system ``name`` needs if it is not installed here, else None."""
+    import importlib.util
+
+    module = ipc_peers.REQUIRES.get(name)
+    return module if module is not None and importlib.util.find_spec(module) is None else None
 
 
 def _stop(proc, conn) -> None:
@@ -287,13 +301,16 @@ def _run(tmp: Path, rounds: int, n_lat: int, n_pipe: int, window: int, warmup: i
     failures: dict[str, str] = {}
     spin = ipc_shmpool.low_latency_option()[0] is not None
     with contextlib.ExitStack() as stack:
+        # The 2-worker and the spinning coordinator only if an asked-for system uses them (the
+        # smoke test of a failing system asks for two systems, one of them on the 1-worker one).
         c1 = stack.enter_context(Coordinator(benchlib.instance_name("bench-jobs-ipc1"), data_dir=empty,
                                              workers=1, jobs=jobs))
-        c2 = stack.enter_context(Coordinator(benchlib.instance_name("bench-jobs-ipc2"), data_dir=empty,
-                                             workers=2, jobs=jobs))
-        spec = {"lat": (c1.name, c1._pool.pids()), "pipe": (c2.name, c2._pool.pids()),
-                "coordinator_pid": os.getpid()}
-        if spin:
+        spec = {"lat": (c1.name, c1._pool.pids()), "coordinator_pid": os.getpid()}
+        if set(systems) & PIPELINED_SHMPOOL:
+            c2 = stack.enter_context(Coordinator(benchlib.instance_name("bench-jobs-ipc2"), data_dir=empty,
+                                                 workers=2, jobs=jobs))
+            spec["pipe"] = (c2.name, c2._pool.pids())
+        if spin and "shmpool low-latency client" in systems:
             c3 = stack.enter_context(Coordinator(benchlib.instance_name("bench-jobs-ipc3"), data_dir=empty,
                                                  workers=1, jobs=jobs, worker_spin_us=ipc_shmpool.SPIN_US))
             spec["spin"] = (c3.name, c3._pool.pids())

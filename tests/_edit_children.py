@@ -31,17 +31,18 @@ def content(generation: int, layer_id: int) -> bytes:
     return stamp + (body * (SIZE // 256 + 1))[:SIZE + layer_id - 8]
 
 
-def hammer(name: str, dimension_id: int, seconds: float, started, results) -> None:
-    """Look every layer up in a loop; each must be exactly what its generation holds. Keep a
-    few contexts across generations and check at the end that their bytes never changed."""
+def hammer(name: str, dimension_id: int, seconds: float, started, stop, results) -> None:
+    """Look every layer up in a loop until ``stop``; each must be exactly what its generation
+    holds. Keep a few contexts across generations and check at the end that their bytes never
+    changed."""
     torn = lookups = 0
     generations: set[int] = set()
     kept = []
     try:
         with shmpool.attach(name) as reader:
             started.set()
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
+            deadline = time.monotonic() + seconds  # only ends a reader nobody told to stop
+            while not stop.is_set() and time.monotonic() < deadline:
                 for ctx in reader.load_contexts([(dimension_id, lid) for lid in range(1, LAYERS + 1)]):
                     lookups += 1
                     g = ctx.generation

@@ -26,18 +26,18 @@ def read_all(name: str, results) -> None:
         results.put(("error", repr(exc)))
 
 
-def hammer(name: str, dimension_id: int, seconds: float, started, results) -> None:
-    """Look layers up in a loop, checking each one's bytes against its checksum; keep a few old
-    contexts around across generations and re-check them at the end."""
+def hammer(name: str, dimension_id: int, seconds: float, started, stop, results) -> None:
+    """Look layers up in a loop until ``stop``, checking each one's bytes against its checksum; keep
+    a few old contexts around across generations and re-check them at the end."""
     torn = lookups = 0
     generations: set[int] = set()
     kept = []
     try:
         with shmpool.attach(name) as reader:
             started.set()
-            deadline = time.monotonic() + seconds
+            deadline = time.monotonic() + seconds  # only ends a reader nobody told to stop
             i = 0
-            while time.monotonic() < deadline:
+            while not stop.is_set() and time.monotonic() < deadline:
                 ids = reader.layer_ids(dimension_id)
                 for lid in ids[i % 7::7]:
                     ctx = reader.load_layer_context(dimension_id, lid)

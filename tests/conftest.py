@@ -34,8 +34,9 @@ import _stray_children
 import _test_names
 
 # Fixtures shared by a few modules that are not for every test: `coord` (a small coordinator),
-# `stress_run` (one short `shmpool stress --out` run), `warnings` (what shmpool logged).
-pytest_plugins = ("_small_coord", "_stress_run", "_warnings_logged")
+# `stress_run` (one short `shmpool stress --out` run), `warnings` (what shmpool logged), `cli`
+# (`shmpool` commands forked from a command server).
+pytest_plugins = ("_small_coord", "_stress_run", "_warnings_logged", "_cli_command")
 
 # No clock in property tests either: hypothesis's 200 ms per-example deadline and its too_slow
 # health check fail a correct test on a loaded machine. Tests still set their own max_examples.
@@ -175,6 +176,10 @@ def user_jobs_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 SAME_WORKER = {
     "test_dask.py": "the Dask cluster",                    # ~8 s to start, ~4 s to stop
     "test_workers.py": "test_workers pool",
+    "test_client_array_arguments.py": "array arguments coordinator",
+    "test_client_map_batches.py": "map batches coordinator",
+    "test_client_dropped.py": "dropped clients coordinator",
+    "test_client_slots.py": "client slots coordinator",
     "test_client_sendable_values.py": "sendable values pool",
     "test_reader.py": "test_reader served",
     "test_reader_ids.py": "test_reader_ids served",
@@ -218,7 +223,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 # the other worker idle for most of it. A module file (all its tests), or "file::test".
 LONGEST_FIRST = ("test_packaging_core.py", "test_packaging.py",
                  "test_bench_smoke.py::test_bench_jobs_quick_runs_every_system_prints_complete_json_and_cleans_up",
-                 "test_bench_smoke.py", "test_dask.py",
+                 "test_bench_smoke.py", "test_dask.py", "test_client_array_arguments.py",
                  "test_chaos.py", "test_dask_publish.py", "test_reader_pins.py", "test_client_executor_features.py",
                  "test_demo_own_kills.py", "test_chaos_fork_and_names.py", "test_dask_registration.py",
                  "test_newcomer_first_program.py", "test_cli.py", "test_cli_ops.py", "test_board_heal.py",

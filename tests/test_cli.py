@@ -1,4 +1,7 @@
-"""The ``shmpool`` command, run as a real subprocess the way a user runs it."""
+"""The ``shmpool`` command, run as a real process the way a user runs it: ``serve`` as
+``python -m``, the short commands (build, stats, dump, cleanup) forked from a command server (the
+``cli`` fixture, tests/_cli_command.py), which runs the same ``main()`` without paying the
+interpreter and the imports again for each."""
 
 from __future__ import annotations
 
@@ -19,10 +22,6 @@ from shmpool.coordinator.cli import parse_duration, parse_size
 from shmpool.substrate.names import list_objects
 
 CLI = [sys.executable, "-m", "shmpool.coordinator.cli"]
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _serve(name: str, *extra: str) -> subprocess.Popen:
@@ -74,13 +73,13 @@ def test_sizes_take_si_and_iec_units_as_written_and_durations_take_units():
     assert parse_duration("10s") == 10.0 and parse_duration("500ms") == 0.5 and parse_duration("2") == 2.0
 
 
-def test_build_writes_the_sample_as_one_region_file_per_dimension(tmp_path):
-    result = run_cli("build", str(tmp_path / "data"), "--seed", "3")
+def test_build_writes_the_sample_as_one_region_file_per_dimension(tmp_path, cli):
+    result = cli("build", str(tmp_path / "data"), "--seed", "3")
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "data").glob("*.region"))) == 14
 
 
-def test_build_from_jsonl_serves_the_layers_it_was_given(tmp_path, instance_name):
+def test_build_from_jsonl_serves_the_layers_it_was_given(tmp_path, instance_name, cli):
     lines = [
         {"dimension_id": 7, "dimension_name": "rivers", "layer_id": 1, "text": "the Rhine",
          "keywords": ["europe"], "frequency": 0.5},
@@ -90,7 +89,7 @@ def test_build_from_jsonl_serves_the_layers_it_was_given(tmp_path, instance_name
     ]
     source = tmp_path / "layers.jsonl"
     source.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
-    result = run_cli("build", str(tmp_path / "out"), "--from", str(source))
+    result = cli("build", str(tmp_path / "out"), "--from", str(source))
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out").glob("*.region"))) == 2
     with Coordinator(instance_name, data_dir=tmp_path / "out", workers=0):
@@ -101,28 +100,28 @@ def test_build_from_jsonl_serves_the_layers_it_was_given(tmp_path, instance_name
             assert bytes(reader.load_layer_context(9, 3).content) == b"\x00\xffbinary"
 
 
-def test_build_from_jsonl_names_the_bad_line(tmp_path):
+def test_build_from_jsonl_names_the_bad_line(tmp_path, cli):
     source = tmp_path / "bad.jsonl"
     source.write_text('{"dimension_id": 1, "dimension_name": "x", "layer_id": 1, "text": "ok"}\n'
                       '\n'
                       '{"dimension_id": 1, "text": "no layer id"}\n')
-    result = run_cli("build", str(tmp_path / "out"), "--from", str(source))
+    result = cli("build", str(tmp_path / "out"), "--from", str(source))
     assert result.returncode == 1
     assert "line 3" in result.stderr and "layer_id" in result.stderr
     _no_traceback(result)
     assert not (tmp_path / "out").exists(), "nothing is written when the input has a bad line"
 
 
-def test_serve_answers_stats_and_dump_then_stops_cleanly_on_sigterm(instance_name):
+def test_serve_answers_stats_and_dump_then_stops_cleanly_on_sigterm(instance_name, cli):
     proc = _serve(instance_name, "--memory-limit", "100MiB", "--sample")
     try:
-        stats = run_cli("stats", instance_name, "--json")
+        stats = cli("stats", instance_name, "--json")
         assert stats.returncode == 0, stats.stderr
         data = json.loads(stats.stdout)
         assert data["memory_limit"] == 100 * 2**20 and len(data["dimensions"]) == 14
-        table = run_cli("stats", instance_name)
+        table = cli("stats", instance_name)
         assert table.returncode == 0 and "pools" in table.stdout and "ok" in table.stdout, table.stderr
-        dump = run_cli("dump", instance_name)
+        dump = cli("dump", instance_name)
         assert dump.returncode == 0, dump.stderr
         state = json.loads(dump.stdout)
         assert state["view"] == "reader"
@@ -133,17 +132,17 @@ def test_serve_answers_stats_and_dump_then_stops_cleanly_on_sigterm(instance_nam
     assert list_objects(instance_name) == ([], [])
 
 
-def test_a_missing_instance_is_one_line_and_exit_1(instance_name):
-    result = run_cli("stats", instance_name)
+def test_a_missing_instance_is_one_line_and_exit_1(instance_name, cli):
+    result = cli("stats", instance_name)
     assert result.returncode == 1 and f"no coordinator {instance_name!r} is running" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     _no_traceback(result)
 
 
-def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name):
+def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name, cli):
     proc = _serve(instance_name)
     workers = _children(proc.pid)
-    refused = run_cli("cleanup", instance_name)
+    refused = cli("cleanup", instance_name)
     assert refused.returncode == 1 and "refusing" in refused.stderr
     assert list_objects(instance_name)[0], "a refused cleanup must not remove anything"
 
@@ -154,7 +153,7 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
         assert time.monotonic() < deadline, "workers outlived their coordinator"
         time.sleep(0.05)
     assert list_objects(instance_name)[0], "a crashed coordinator leaves its segments behind"
-    swept = run_cli("cleanup", instance_name)
+    swept = cli("cleanup", instance_name)
     assert swept.returncode == 0, swept.stderr
     [line] = swept.stdout.splitlines()  # one summary line, not every name
     assert re.fullmatch(rf"shmpool: removed (\d+) objects of '{instance_name}' \((\d+) segments, (\d+) semaphores?\)",
@@ -162,7 +161,7 @@ def test_cleanup_refuses_a_live_instance_and_sweeps_a_crashed_one(instance_name)
     total, segs, sems = map(int, re.search(r"removed (\d+).*\((\d+) segments, (\d+)", line).groups())
     assert total == segs + sems and segs >= 2 and sems >= 1  # the coordinator's wake semaphore
     assert list_objects(instance_name) == ([], [])
-    again = run_cli("cleanup", instance_name)
+    again = cli("cleanup", instance_name)
     assert again.returncode == 0 and "nothing" in again.stdout
 
 

@@ -1,4 +1,6 @@
-"""CLI defects a new user met in their first hour (issue 23), each in a real ``python -m shmpool``."""
+"""CLI defects a new user met in their first hour (issue 23), each in a real ``shmpool`` process: a
+``python -m shmpool`` where the import matters (serve, a missing optional package), else forked
+from a command server (the ``cli`` fixture, tests/_cli_command.py: the same ``main()``)."""
 
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ def served(instance_name):
 
 
 @pytest.mark.parametrize("value", ["-1s", "-5", "-0.5s"])
-def test_a_negative_duration_is_refused_for_what_it_is(instance_name, value):
-    result = run_cli("stress", instance_name, "--duration", value)
+def test_a_negative_duration_is_refused_for_what_it_is(instance_name, value, cli):
+    result = cli("stress", instance_name, "--duration", value)
     assert result.returncode == 2
     assert "expected one argument" not in result.stderr and value in result.stderr, result.stderr
 
@@ -52,26 +54,26 @@ def test_the_missing_rich_hint_of_stress_does_not_talk_about_stats(instance_name
     assert "stats" not in result.stderr, result.stderr
 
 
-def test_after_a_crash_the_cleanup_hint_is_given_once(served, instance_name):
+def test_after_a_crash_the_cleanup_hint_is_given_once(served, instance_name, cli):
     served.kill()
     served.wait(10)
     try:
         for command in ("health", "stats", "dump"):
-            result = run_cli(command, instance_name)
+            result = cli(command, instance_name)
             assert result.returncode == 1, result.stderr
             assert result.stderr.count("cleanup") == 1, result.stderr
             assert f"shmpool cleanup {instance_name}" in result.stderr, result.stderr
     finally:
-        assert run_cli("cleanup", instance_name).returncode == 0
+        assert cli("cleanup", instance_name).returncode == 0
     assert list_objects(instance_name) == ([], [])
 
 
-def test_stats_headers_are_whole_at_80_columns_and_lines_unbroken_in_a_pipe(served, instance_name):
-    narrow = run_cli("stats", instance_name, env={"COLUMNS": "80"})
+def test_stats_headers_are_whole_at_80_columns_and_lines_unbroken_in_a_pipe(served, instance_name, cli):
+    narrow = cli("stats", instance_name, env={**os.environ, "COLUMNS": "80"})
     assert narrow.returncode == 0, narrow.stderr
     assert "…" not in narrow.stdout, narrow.stdout
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 80, narrow.stdout
-    piped = run_cli("stats", instance_name, env={"COLUMNS": ""})
+    piped = cli("stats", instance_name, env={**os.environ, "COLUMNS": ""})
     memory = [line for line in piped.stdout.splitlines() if line.startswith("memory:")]
     assert memory and "refused by the limit)" in memory[0], piped.stdout  # one line, not cut at 80
 

@@ -1,5 +1,11 @@
 """Operations through the real ``shmpool`` command: env defaults, JSON logs, health, stats --json,
-completion, cleanup's summary."""
+completion, cleanup's summary.
+
+``serve`` runs as ``python -m shmpool``; the short commands (health, stats, cleanup, completion) run
+forked from a command server (the ``cli`` fixture, tests/_cli_command.py), a third of a second of
+CPU less per command: what they show does not depend on the import. ``--version`` checks
+``python -m shmpool`` itself.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ def _ready_line(proc: subprocess.Popen) -> str:
     raise AssertionError("serve did not print its ready line within 60 s")
 
 
-def test_env_defaults_json_logs_health_and_stats_of_a_served_instance(instance_name, sample_dir):
+def test_env_defaults_json_logs_health_and_stats_of_a_served_instance(instance_name, sample_dir, cli):
     env = {**os.environ, "SHMPOOL_WORKERS": "1", "SHMPOOL_MEMORY_LIMIT": "64MiB",
            "SHMPOOL_DATA_DIR": str(sample_dir), "SHMPOOL_EVICT": "off"}
     # The flag wins over its variable: 100MiB, not 64MiB.
@@ -43,13 +49,13 @@ def test_env_defaults_json_logs_health_and_stats_of_a_served_instance(instance_n
     try:
         line = _ready_line(proc)
         assert "14 dimensions, 1 worker, pid" in line, line  # "1 worker", not "1 workers"
-        healthy = run_cli("health", instance_name)
+        healthy = cli("health", instance_name)
         assert healthy.returncode == 0, healthy.stderr
         assert healthy.stdout == f"ok: {instance_name!r} is serving 14 dimensions, 1 worker\n"
         with shmpool.connect(instance_name) as client:
             for i in range(3):
                 assert client.lookup(1 + i, 1).verify()
-        stats = run_cli("stats", instance_name, "--json")
+        stats = cli("stats", instance_name, "--json")
         assert stats.returncode == 0, stats.stderr
         data = json.loads(stats.stdout)
         assert data["schema_version"] == 2
@@ -57,7 +63,7 @@ def test_env_defaults_json_logs_health_and_stats_of_a_served_instance(instance_n
         assert data["capacity_state"] == "ok" and len(data["dimensions"]) == 14
         assert data["jobs"]["completed"] == 3 and data["jobs"]["submitted"] == 3
         assert data["workers"]["running"] == 1 and data["workers"]["deaths"] == 0
-        table = run_cli("stats", instance_name, env={**os.environ, "COLUMNS": "200"})
+        table = cli("stats", instance_name, env={**os.environ, "COLUMNS": "200"})
         assert table.returncode == 0, table.stderr
         assert "3 completed" in table.stdout and "1 worker (0 died)" in table.stdout, table.stdout
     finally:
@@ -69,24 +75,24 @@ def test_env_defaults_json_logs_health_and_stats_of_a_served_instance(instance_n
     assert any("started" in m for m in messages) and any("stopped" in m for m in messages), messages
     assert {r["record"]["level"]["name"] for r in records} >= {"INFO"}
     assert list_objects(instance_name) == ([], [])
-    gone = run_cli("health", instance_name)
+    gone = cli("health", instance_name)
     assert gone.returncode == 1 and gone.stdout == ""
     assert gone.stderr.strip() == f"shmpool health: error: no coordinator {instance_name!r} is running " \
                                   "(nothing of it in /dev/shm)"
 
 
-def test_health_fails_for_a_crashed_coordinator_and_cleanup_verbose_lists_what_went(instance_name, sample_dir):
+def test_health_fails_for_a_crashed_coordinator_and_cleanup_verbose_lists_what_went(instance_name, sample_dir, cli):
     proc = subprocess.Popen([*CLI, "serve", instance_name, "--workers", "0", "--data-dir", str(sample_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _ready_line(proc)
     proc.kill()
     proc.wait(10)
-    sick = run_cli("health", instance_name)
+    sick = cli("health", instance_name)
     assert sick.returncode == 1, sick.stdout
     [line] = sick.stderr.splitlines()
     assert f"{instance_name!r} is not serving" in line and f"shmpool cleanup {instance_name}" in line
     segments, semaphores = list_objects(instance_name)
-    swept = run_cli("cleanup", instance_name, "--verbose")
+    swept = cli("cleanup", instance_name, "--verbose")
     assert swept.returncode == 0, swept.stderr
     head, *names = swept.stdout.splitlines()
     n = len(segments) + len(semaphores)
@@ -97,8 +103,8 @@ def test_health_fails_for_a_crashed_coordinator_and_cleanup_verbose_lists_what_w
     assert list_objects(instance_name) == ([], [])
 
 
-def test_bash_completion_offers_commands_flags_and_running_instances():
-    script = run_cli("completion", "bash")
+def test_bash_completion_offers_commands_flags_and_running_instances(cli):
+    script = cli("completion", "bash")
     assert script.returncode == 0, script.stderr
 
     def complete(*words: str) -> list[str]:
@@ -136,7 +142,7 @@ def test_json_log_format_reaches_the_workers_so_every_line_of_a_debug_run_is_one
     assert any("served 1 jobs" in r["record"]["message"] for r in from_worker), records
 
 
-def test_cleanup_dead_sweeps_a_killed_coordinator_and_leaves_a_live_one(instance_name, sample_dir):
+def test_cleanup_dead_sweeps_a_killed_coordinator_and_leaves_a_live_one(instance_name, sample_dir, cli):
     dead, live = instance_name + "d", instance_name + "l"
     procs = {n: subprocess.Popen([*CLI, "serve", n, "--workers", "1", "--data-dir", str(sample_dir)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in (dead, live)}
@@ -149,19 +155,19 @@ def test_cleanup_dead_sweeps_a_killed_coordinator_and_leaves_a_live_one(instance
         while not list_objects(dead)[0] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert list_objects(dead)[0], "the killed coordinator left nothing to sweep"
-        swept = run_cli("cleanup", "--dead", "--prefix", instance_name, "--older-than", "0")
+        swept = cli("cleanup", "--dead", "--prefix", instance_name, "--older-than", "0")
         assert swept.returncode == 0, swept.stderr
         assert swept.stdout == f"shmpool: removed 1 dead instance: {dead!r}\n"
         assert list_objects(dead) == ([], [])
-        assert run_cli("health", live).returncode == 0
-        again = run_cli("cleanup", "--dead", "--prefix", instance_name, "--older-than", "0")
+        assert cli("health", live).returncode == 0
+        again = cli("cleanup", "--dead", "--prefix", instance_name, "--older-than", "0")
         assert again.stdout == "shmpool: no dead instances to clean up\n"
     finally:
         procs[live].send_signal(signal.SIGTERM)
         assert procs[live].wait(30) == 0
 
 
-def test_cleanup_needs_a_name_or_dead_and_not_both(instance_name):
+def test_cleanup_needs_a_name_or_dead_and_not_both(instance_name, cli):
     for args in ((), (instance_name, "--dead"), ("--prefix", "x")):
-        out = run_cli("cleanup", *args)
+        out = cli("cleanup", *args)
         assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, (args, out.stderr)

@@ -16,6 +16,7 @@ or the runtime folder. Deadlines in wait_for only catch hangs.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ import _array_jobs as jobs
 from _array_clients import submitting_client
 import shmpool
 from _introspect import job_board
+from conftest import TEST_PREFIX, TESTS
 from _waiting import wait_for
 from shmpool.coordinator import Coordinator
 from shmpool.errors import ArgumentTooLarge, LimitExceeded, RequestTooLarge, ShmPoolError
@@ -61,10 +63,35 @@ def _assert_board_whole(coord: Coordinator, baseline: int) -> None:
     assert sorted(board.v.free[:board.slot_count].tolist()) == list(range(board.slot_count))
 
 
+@pytest.fixture(scope="module")
+def shared() -> Iterator[tuple[Coordinator, str]]:
+    """One coordinator with 2 workers that run tests/_array_jobs.py for the tests that do not kill
+    anything (each used to start its own: two worker interpreters apiece, most of this module's
+    CPU); empty after its stop (/dev/shm and the runtime folder)."""
+    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"  # module-scoped, so not from the make_name fixture
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+        with Coordinator(name, workers=2, job_modules=["_array_jobs"]) as coord:
+            yield coord, name
+    assert list_objects(name) == ([], [])
+    assert _runtime_files(name) == []
+
+
 @pytest.fixture
-def served(make_name) -> Iterator[tuple[Coordinator, str]]:
-    """A coordinator with 2 workers that run tests/_array_jobs.py; checked whole after the test and
-    empty after its stop (/dev/shm and the runtime folder)."""
+def served(shared: tuple[Coordinator, str]) -> Iterator[tuple[Coordinator, str]]:
+    """The shared coordinator, checked whole after the test: every slot free, no channel, no
+    allocation beyond what it had before the test."""
+    coord, name = shared
+    baseline = _live(coord)
+    yield coord, name
+    _assert_board_whole(coord, baseline)
+
+
+@pytest.fixture
+def own(make_name) -> Iterator[tuple[Coordinator, str]]:
+    """A coordinator of the test's own, for the tests that SIGKILL a client or a worker: a kill
+    that left the board broken fails that test alone. Checked whole after the test and empty
+    after its stop."""
     name = make_name()
     with Coordinator(name, workers=2, job_modules=["_array_jobs"]) as coord:
         baseline = _live(coord)
@@ -272,10 +299,10 @@ def test_a_client_closed_while_its_job_runs_leaves_the_argument_to_the_worker(se
 
 
 @pytest.mark.parametrize("fault", ["arguments.placed", "submit.popped", "submit.filled"])
-def test_a_client_sigkilled_mid_submit_leaks_no_argument(served, tmp_path, fault):
+def test_a_client_sigkilled_mid_submit_leaks_no_argument(own, tmp_path, fault):
     """Killed with its argument placed but not on the board, or inside the board's lock (the
     next locker repairs): the table reclaims the dead client's blocks, the board heals."""
-    coord, name = served
+    coord, name = own
     baseline = _live(coord)
     gate = tmp_path / "gate"
     gate.touch()  # should the request have been queued, its job ends at once
@@ -287,8 +314,8 @@ def test_a_client_sigkilled_mid_submit_leaks_no_argument(served, tmp_path, fault
         assert client.submit(jobs.total, np.ones(MB)).result(30) == float(MB)
 
 
-def test_a_client_sigkilled_after_submit_with_its_job_queued_leaks_no_argument(served, tmp_path):
-    coord, name = served
+def test_a_client_sigkilled_after_submit_with_its_job_queued_leaks_no_argument(own, tmp_path):
+    coord, name = own
     baseline = _live(coord)
     gate = tmp_path / "gate"
     with shmpool.connect(name) as client:
@@ -305,10 +332,10 @@ def test_a_client_sigkilled_after_submit_with_its_job_queued_leaks_no_argument(s
     assert not Path(f"{gate}.pid").exists()  # its job never ran
 
 
-def test_a_client_sigkilled_while_its_job_runs_leaves_the_argument_to_the_job(served, tmp_path):
+def test_a_client_sigkilled_while_its_job_runs_leaves_the_argument_to_the_job(own, tmp_path):
     """The job is orphaned and its argument adopted by the coordinator, so the dead-owner sweep
     (every second) does not free the blocks under the worker: the job reads them whole."""
-    coord, name = served
+    coord, name = own
     baseline = _live(coord)
     gate = tmp_path / "gate"
     n = MB
@@ -327,16 +354,16 @@ def test_a_client_sigkilled_while_its_job_runs_leaves_the_argument_to_the_job(se
     wait_for(lambda: _live(coord) == baseline, what="the worker freed the orphan's argument")
 
 
-def test_a_worker_sigkilled_mid_job_leaves_the_argument_to_the_requeued_run(served, tmp_path):
-    coord, name = served
+def test_a_worker_sigkilled_mid_job_leaves_the_argument_to_the_requeued_run(own, tmp_path):
+    coord, name = own
     array = np.arange(MB, dtype=np.float64)
     with shmpool.connect(name) as client:
         assert client.submit(jobs.kill_worker_once, str(tmp_path / "killed"), array).result(60) == float(array.sum())
     assert coord.stats()["jobs"]["worker_deaths"] == 1 and coord.stats()["jobs"]["requeued"] == 1
 
 
-def test_a_worker_sigkilled_running_an_orphaned_job_leaves_its_argument_to_the_coordinator(served, tmp_path):
-    coord, name = served
+def test_a_worker_sigkilled_running_an_orphaned_job_leaves_its_argument_to_the_coordinator(own, tmp_path):
+    coord, name = own
     baseline = _live(coord)
     gate = tmp_path / "gate"
     client = shmpool.connect(name)

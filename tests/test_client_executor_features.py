@@ -38,6 +38,17 @@ def coordinator():
     assert list_objects(name) == ([], [])
 
 
+@pytest.fixture(scope="module")
+def two_slots(tmp_path_factory):
+    """One worker and two job slots, for the tests of waiting for a slot (each started its own):
+    every slot is free again after each of them, which they wait for themselves."""
+    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"
+    with Coordinator(name, data_dir=tmp_path_factory.mktemp("no-data"), workers=1, job_slots=2,
+                     job_modules=["_executor_jobs"]) as coord:
+        yield coord
+    assert list_objects(name) == ([], [])
+
+
 @pytest.fixture
 def client(coordinator):
     with shmpool.connect(coordinator.name) as client:
@@ -263,31 +274,31 @@ def test_acall_raises_the_job_exception_and_times_out(client):
     asyncio.run(main())
 
 
-def test_asubmit_waits_for_a_slot_without_blocking_the_loop(instance_name, tmp_path):
-    with Coordinator(instance_name, data_dir=tmp_path, workers=1, job_slots=2, job_modules=["_executor_jobs"]) as coord:
-        with shmpool.connect(instance_name) as client:
-            async def main():
-                ticks = 0
-                busy = [client.asubmit(jobs.sleep_then, 0.3, i) for i in range(2)]  # both slots
-                late = client.asubmit(jobs.sleep_then, 0, "late")                  # no slot: retried
-                queued = client.asubmit(jobs.sleep_then, 0, "never")
-                queued.cancel()
+def test_asubmit_waits_for_a_slot_without_blocking_the_loop(two_slots):
+    coord = two_slots
+    with shmpool.connect(coord.name) as client:
+        async def main():
+            ticks = 0
+            busy = [client.asubmit(jobs.sleep_then, 0.3, i) for i in range(2)]  # both slots
+            late = client.asubmit(jobs.sleep_then, 0, "late")                  # no slot: retried
+            queued = client.asubmit(jobs.sleep_then, 0, "never")
+            queued.cancel()
 
-                async def ticker():
-                    nonlocal ticks
-                    while True:
-                        await asyncio.sleep(0.01)
-                        ticks += 1
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
 
-                tick = asyncio.ensure_future(ticker())
-                got = await asyncio.gather(*busy, late)
-                tick.cancel()
-                return got, ticks, queued.cancelled()
+            tick = asyncio.ensure_future(ticker())
+            got = await asyncio.gather(*busy, late)
+            tick.cancel()
+            return got, ticks, queued.cancelled()
 
-            got, ticks, cancelled = asyncio.run(main())
-            assert got == [0, 1, "late"] and cancelled
-            assert ticks >= 20  # ~0.6 s of waiting for slots, the loop ticking all along
-            _until(lambda: coord.stats()["jobs"]["free"] == 2)
+        got, ticks, cancelled = asyncio.run(main())
+        assert got == [0, 1, "late"] and cancelled
+        assert ticks >= 20  # ~0.6 s of waiting for slots, the loop ticking all along
+        _until(lambda: coord.stats()["jobs"]["free"] == 2)
 
 
 # --------------------------------------------------------------------- streaming, map, shutdown
@@ -311,14 +322,16 @@ def test_imap_unordered_streams_with_a_bounded_number_in_flight(client):
         next(stream)
 
 
-def test_map_that_cannot_submit_in_time_cancels_what_it_queued(instance_name, tmp_path):
-    with Coordinator(instance_name, data_dir=tmp_path, workers=1, job_slots=2, job_modules=["_executor_jobs"]) as coord:
-        with shmpool.connect(instance_name) as client:
-            with pytest.raises(TimeoutError, match="could not submit|no free job slot"):
-                client.map(jobs.sleep_then, [0.5] * 5, timeout=0.3)
-            _until(lambda: coord.stats()["jobs"]["free"] == 2)
-            jobs_ = coord.stats()["jobs"]
-            assert jobs_["cancelled"] == 1 and jobs_["completed"] == 1  # one ran, the queued one went
+def test_map_that_cannot_submit_in_time_cancels_what_it_queued(two_slots):
+    coord = two_slots
+    before = coord.stats()["jobs"]
+    with shmpool.connect(coord.name) as client:
+        with pytest.raises(TimeoutError, match="could not submit|no free job slot"):
+            client.map(jobs.sleep_then, [0.5] * 5, timeout=0.3)
+        _until(lambda: coord.stats()["jobs"]["free"] == 2)
+        jobs_ = coord.stats()["jobs"]
+        # One ran, the queued one went.
+        assert jobs_["cancelled"] - before["cancelled"] == 1 and jobs_["completed"] - before["completed"] == 1
 
 
 def test_shutdown_without_wait_returns_at_once_and_detaches_when_jobs_are_done(coordinator, tmp_path):

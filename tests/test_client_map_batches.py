@@ -11,24 +11,39 @@ make their Condition only when someone looks (QuietFuture): real workers, a smal
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 
 import pytest
 from _waiting import wait_for
+from conftest import TEST_PREFIX, TESTS
 
 import shmpool
 from shmpool.coordinator import Coordinator
+from shmpool.substrate.names import list_objects
 
 SLOTS = 8
 
-pytestmark = pytest.mark.usefixtures("user_jobs_importable")
+
+@pytest.fixture(scope="module")
+def shared_coord(sample_dir):
+    """One coordinator for the module: every test here makes its own client and kills nothing
+    (each used to start its own coordinator, two worker interpreters apiece)."""
+    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"  # module-scoped, so not from the make_name fixture
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+        with Coordinator(name, data_dir=sample_dir, workers=2, job_slots=SLOTS, job_modules=["_jobs"]) as c:
+            yield c
+    assert list_objects(name) == ([], [])
 
 
 @pytest.fixture
-def coord(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=2, job_slots=SLOTS,
-                     job_modules=["_jobs"]) as c:
-        yield c
+def coord(shared_coord):
+    """The shared coordinator, left as the test found it: every slot free, no client channel."""
+    yield shared_coord
+    wait_for(lambda: shared_coord.stats()["jobs"]["free"] == SLOTS, 30, "every slot free after the test")
+    wait_for(lambda: shared_coord.stats()["jobs"]["clients"] == 0, 30, "every channel released after the test")
 
 
 def test_map_with_more_chunks_than_slots_returns_every_result_in_order(coord):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import secrets
 import signal
 import threading
 import time
@@ -17,6 +18,8 @@ import pytest
 import _board_children as children
 import _introspect as peek
 import shmpool
+from _waiting import wait_for
+from conftest import TEST_PREFIX, TESTS
 from shmpool.coordinator import Coordinator
 from shmpool.errors import AttachError, RequestTooLarge
 from shmpool.substrate.names import cleanup, list_objects
@@ -27,11 +30,24 @@ SLOTS = 8
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 
+@pytest.fixture(scope="module")
+def _shared(sample_dir):
+    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"  # module-scoped, so not from the make_name fixture
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+        with Coordinator(name, data_dir=sample_dir, workers=2, job_slots=SLOTS, max_clients=16,
+                         job_modules=["_jobs"]) as c:
+            yield c
+    assert list_objects(name) == ([], [])
+
+
 @pytest.fixture
-def coord(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=2, job_slots=SLOTS, max_clients=16,
-                     job_modules=["_jobs"]) as c:
-        yield c
+def coord(_shared):
+    """One coordinator for the tests that kill nothing (each used to start its own, two worker
+    interpreters apiece), left as each test found it: every slot free, no channel."""
+    yield _shared
+    wait_for(lambda: peek.job_counts(_shared)["free"] == SLOTS, 30, "every slot free after the test")
+    wait_for(lambda: peek.job_counts(_shared)["clients"] == 0, 30, "every channel released after the test")
 
 
 def test_a_withdrawn_future_does_not_swallow_the_next_answer_in_its_slot(coord):

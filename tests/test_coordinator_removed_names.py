@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from _cli_command import Cli
 
 import shmpool
 from shmpool.coordinator import Coordinator
@@ -159,7 +160,7 @@ def test_only_the_semaphores_removed_is_noticed_too(instance_name: str, serve: S
 
 @pytest.mark.parametrize("which", ["all", "semaphores"])
 def test_health_cleanup_start_attach_and_connect_agree_while_the_coordinator_has_not_noticed(
-        instance_name: str, serve: Serve, which: str) -> None:
+        instance_name: str, serve: Serve, which: str, cli: Cli) -> None:
     """The coordinator is stopped (SIGSTOP) so that it cannot notice yet: what does everyone else see?"""
     proc, log = serve(instance_name)
     os.kill(proc.pid, signal.SIGSTOP)
@@ -171,11 +172,11 @@ def test_health_cleanup_start_attach_and_connect_agree_while_the_coordinator_has
                 if entry.startswith(f"sem.shmpool.{instance_name}."):
                     os.unlink(SHM_DIR / entry)
         pid = f"pid {proc.pid}"
-        health = subprocess.run([*CLI, "health", instance_name], capture_output=True, text=True, timeout=60)
+        health = cli("health", instance_name)
         assert health.returncode == 1 and pid in health.stderr and "removed" in health.stderr, health
         assert "no coordinator" not in health.stderr
         _assert_names_the_cause(health.stderr)
-        cleanup = subprocess.run([*CLI, "cleanup", instance_name], capture_output=True, text=True, timeout=60)
+        cleanup = cli("cleanup", instance_name)
         assert cleanup.returncode == 1 and pid in cleanup.stderr and "removed" in cleanup.stderr, cleanup
         _assert_names_the_cause(cleanup.stderr)
         with pytest.raises(InstanceExists) as started:

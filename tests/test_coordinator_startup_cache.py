@@ -21,6 +21,7 @@ from loguru import logger
 
 import shmpool
 from _region_data import sample_subset, settle
+from _startup_cache_children import start_and_stop
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator.verified import MAX_RECORDS, RACY_NS, FileKey, VerifiedFiles
 from shmpool.data.region_builder import RegionBuilder
@@ -219,12 +220,6 @@ def test_the_cache_keeps_only_live_records_and_at_most_max_records(make_name, da
     assert str(many / "f00000") not in kept  # the oldest were pruned
 
 
-def _start_and_stop(name: str, data: str, cache: str, go, out) -> None:
-    go.wait(30)
-    with Coordinator(name, data_dir=data, workers=0, verify_cache=cache, mapped_regions=False) as coord:
-        out.put((name, len(coord.load_report.verified), len(coord.load_report.skipped)))
-
-
 def test_coordinators_starting_at_once_merge_their_records(make_name, sample_dir, tmp_path, cache_path):
     folders = []
     for k in range(3):
@@ -239,7 +234,7 @@ def test_coordinators_starting_at_once_merge_their_records(make_name, sample_dir
     for _ in range(3):  # fresh cache each round: every coordinator saves, all at about the same time
         cache_path.unlink(missing_ok=True)
         go, out = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_start_and_stop, args=(make_name(), str(f), str(cache_path), go, out))
+        procs = [ctx.Process(target=start_and_stop, args=(make_name(), str(f), str(cache_path), go, out))
                  for f in folders + folders[:1]]  # two of them on the same folder
         for p in procs:
             p.start()

@@ -40,6 +40,30 @@ def pool(sample_dir):
     assert list_objects(name) == ([], [])
 
 
+@pytest.fixture(scope="module")
+def _one_worker_shared(sample_dir):
+    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"  # module-scoped, so not from the make_name fixture
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+        with Coordinator(name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
+            yield coord
+    assert list_objects(name) == ([], [])
+
+
+@pytest.fixture
+def one_worker(_one_worker_shared):
+    """One coordinator with 1 worker for the tests that need exactly one and kill nothing (each
+    used to start its own); no client of its own, so a test's channel counts are its own. After
+    each test: every slot free, no channel, no allocation beyond what it had before the test.
+    Its counters are cumulative: assertions on them are relative."""
+    coord = _one_worker_shared
+    baseline = coord.stats()["live_allocations"]
+    yield coord
+    wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"], 30, "every slot free")
+    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, 30, "every channel released")
+    wait_for(lambda: coord.stats()["live_allocations"] == baseline, 30, "allocations back to the baseline")
+
+
 @pytest.fixture
 def own_pool(instance_name, sample_dir):
     with Coordinator(instance_name, data_dir=sample_dir, workers=2, job_modules=["_jobs"]) as coord:
@@ -168,19 +192,20 @@ def test_back_pressure_waits_then_times_out(instance_name, sample_dir):
             assert [f.result(30) for f in busy] == [0, 1]
 
 
-def test_cancel_follows_concurrent_futures(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
-        with shmpool.connect(instance_name) as client:
-            running = client.submit("_jobs:slow", 0.5, "r")
-            wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
-            queued = client.submit("_jobs:slow", 0, "q")
-            assert queued.cancel() and queued.cancelled()
-            assert not running.cancel()
-            assert running.result(30) == "r"
-            with pytest.raises(FuturesTimeout):
-                client.submit("_jobs:slow", 0.5, "t").result(timeout=0.05)
-            wait_for(lambda: coord.stats()["jobs"]["free"] == 256)
-            assert coord.stats()["jobs"]["cancelled"] == 1
+def test_cancel_follows_concurrent_futures(one_worker):
+    coord = one_worker
+    cancelled = coord.stats()["jobs"]["cancelled"]
+    with shmpool.connect(coord.name) as client:
+        running = client.submit("_jobs:slow", 0.5, "r")
+        wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
+        queued = client.submit("_jobs:slow", 0, "q")
+        assert queued.cancel() and queued.cancelled()
+        assert not running.cancel()
+        assert running.result(30) == "r"
+        with pytest.raises(FuturesTimeout):
+            client.submit("_jobs:slow", 0.5, "t").result(timeout=0.05)
+        wait_for(lambda: coord.stats()["jobs"]["free"] == 256)
+        assert coord.stats()["jobs"]["cancelled"] == cancelled + 1
 
 
 def test_stop_drains_running_jobs_and_refuses_new_ones(instance_name, sample_dir):
@@ -256,32 +281,33 @@ def test_closing_a_client_with_jobs_in_flight_leaks_no_slot_or_block(instance_na
         assert coord.stats()["jobs"]["clients"] == 0
 
 
-def test_a_spilled_result_whose_client_closed_before_delivery_is_freed(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
-        baseline = coord.stats()["live_allocations"]
-        client = shmpool.connect(instance_name)
-        fut = client.submit("_jobs:slow_big", 0.3, 300_000)  # finishes once we are gone
-        wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
-        client.close()
-        assert isinstance(fut.exception(), AttachError)
-        wait_for(lambda: coord.stats()["jobs"]["completed"] >= 1)
+def test_a_spilled_result_whose_client_closed_before_delivery_is_freed(one_worker):
+    coord = one_worker
+    baseline = coord.stats()["live_allocations"]
+    completed = coord.stats()["jobs"]["completed"]
+    client = shmpool.connect(coord.name)
+    fut = client.submit("_jobs:slow_big", 0.3, 300_000)  # finishes once we are gone
+    wait_for(lambda: coord.stats()["jobs"]["running"] == 1)
+    client.close()
+    assert isinstance(fut.exception(), AttachError)
+    wait_for(lambda: coord.stats()["jobs"]["completed"] >= completed + 1)
+    wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+    wait_for(lambda: coord.stats()["live_allocations"] == baseline)
+
+
+def test_direct_call_times_out_then_drops_the_late_response_without_leaks(one_worker):
+    coord = one_worker
+    baseline = coord.stats()["live_allocations"]
+    with shmpool.connect(coord.name) as client:
+        with pytest.raises(FuturesTimeout):
+            client.call("_jobs:slow_big", 0.4, 300_000, timeout=0.1)  # a spilled result, late
+        assert client.call("_jobs:echo", 7, timeout=10)["args"] == [7]  # same thread, same channel
+        wait_for(lambda: coord.stats()["jobs"]["running"] == 0)
+        assert client.call("lookup", 2, 3, timeout=10).verify()  # the late response is dropped here
         wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
         wait_for(lambda: coord.stats()["live_allocations"] == baseline)
-
-
-def test_direct_call_times_out_then_drops_the_late_response_without_leaks(instance_name, sample_dir):
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
-        baseline = coord.stats()["live_allocations"]
-        with shmpool.connect(instance_name) as client:
-            with pytest.raises(FuturesTimeout):
-                client.call("_jobs:slow_big", 0.4, 300_000, timeout=0.1)  # a spilled result, late
-            assert client.call("_jobs:echo", 7, timeout=10)["args"] == [7]  # same thread, same channel
-            wait_for(lambda: coord.stats()["jobs"]["running"] == 0)
-            assert client.call("lookup", 2, 3, timeout=10).verify()  # the late response is dropped here
-            wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
-            wait_for(lambda: coord.stats()["live_allocations"] == baseline)
-            with pytest.raises(LayerNotFound):
-                client.call("lookup", 2, 10**9, timeout=10)
+        with pytest.raises(LayerNotFound):
+            client.call("lookup", 2, 10**9, timeout=10)
 
 
 def test_direct_calls_from_many_threads_share_nothing_but_the_board(pool):
@@ -298,32 +324,32 @@ def test_direct_calls_from_many_threads_share_nothing_but_the_board(pool):
     assert coord.stats()["jobs"]["failed"] == failed
 
 
-def test_a_timed_out_calls_late_answer_is_freed_while_its_channel_idles(instance_name, sample_dir):
+def test_a_timed_out_calls_late_answer_is_freed_while_its_channel_idles(one_worker):
     import gc
     import threading
 
     from shmpool.jobs import client as client_module
 
-    with Coordinator(instance_name, data_dir=sample_dir, workers=1, job_modules=["_jobs"]) as coord:
-        with shmpool.connect(instance_name) as client:
-            outcome = []
+    coord = one_worker
+    with shmpool.connect(coord.name) as client:
+        outcome = []
 
-            def timed_out_call():
-                try:
-                    client.call("_jobs:slow", 0.3, "late", timeout=0.05)
-                except FuturesTimeout:
-                    outcome.append("timeout")
+        def timed_out_call():
+            try:
+                client.call("_jobs:slow", 0.3, "late", timeout=0.05)
+            except FuturesTimeout:
+                outcome.append("timeout")
 
-            t = threading.Thread(target=timed_out_call)
-            t.start()
-            t.join()
-            del t
-            gc.collect()
-            assert outcome == ["timeout"]
-            # call() channels belong to the client's pool (at most DIRECT_CALLS_MAX), not to
-            # threads; the late answer in the idle channel's ring is dropped and its slot freed.
-            assert coord.stats()["jobs"]["clients"] <= 1 + client_module.DIRECT_CALLS_MAX
-            wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
+        t = threading.Thread(target=timed_out_call)
+        t.start()
+        t.join()
+        del t
+        gc.collect()
+        assert outcome == ["timeout"]
+        # call() channels belong to the client's pool (at most DIRECT_CALLS_MAX), not to
+        # threads; the late answer in the idle channel's ring is dropped and its slot freed.
+        assert coord.stats()["jobs"]["clients"] <= 1 + client_module.DIRECT_CALLS_MAX
+        wait_for(lambda: coord.stats()["jobs"]["free"] == coord.stats()["jobs"]["slots"])
 
 
 def test_contexts_sent_as_arguments_are_resolved_in_the_worker(pool):
