@@ -367,10 +367,14 @@ class Control:
         self._buf = buf
 
     def _arr(self, offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
-        # One array straight over the buffer: frombuffer(...).reshape(...) is two (the view keeps
-        # its base alive), and every process keeps these for its life.
-        array: np.ndarray = np.ndarray(shape, dtype=dtype, buffer=self._buf, offset=offset)
-        return array
+        # frombuffer, not np.ndarray(buffer=...): only frombuffer keeps a buffer export of the
+        # mmap, which is what makes the owner's close() defer the unmap while an array is out
+        # (np.ndarray keeps a reference without an export: the mmap closed under its arrays, and a
+        # context released after Coordinator.stop() wrote its pin words into unmapped memory,
+        # SIGSEGV: tests/test_control_views_hold_mapping.py). The reshape's extra view, ~100 B
+        # per section, is the price.
+        count = int(np.prod(shape))
+        return np.frombuffer(self._buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
     def _mv(self, offset: int, nbytes: int) -> memoryview:
         return memoryview(self._buf)[offset:offset + nbytes].cast("q")
