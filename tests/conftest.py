@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,30 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     class SharedFixtureScheduling(LoadScopeScheduling):  # type: ignore[misc]  # (untyped base)
         def _split_scope(self, nodeid: str) -> str:
             return _work_unit(nodeid)
+
+        # A worker that dies (a segfault in a test) must make the run red, never hang it.
+        # LoadScopeScheduling (xdist 3.8) puts the crashed test back in the queue with the rest
+        # of its unit, so the next worker runs it and dies too, and it gives a replacement
+        # worker no work: the run waited forever with idle workers (seen in a merge's first run).
+        def remove_node(self, node: Any) -> str | None:
+            # xdist's own, but without the crashed test in what goes back to the queue (xdist
+            # reports it failed), and it must be taken out before the others are rescheduled.
+            workload = self.assigned_work.pop(node)
+            if not self._pending_of(workload):
+                return None
+            crashed: str = next(nodeid for unit in workload.values() for nodeid, done in unit.items() if not done)
+            for unit in workload.values():
+                if crashed in unit:
+                    unit[crashed] = True  # done: never sent to a worker again
+            self.workqueue.update((scope, unit) for scope, unit in workload.items() if not all(unit.values()))
+            for other in self.assigned_work:
+                self._reschedule(other)
+            return crashed
+
+        def add_node_collection(self, node: Any, collection: Any) -> None:
+            super().add_node_collection(node, collection)
+            if self.collection and node in self.registered_collections:  # a replacement, after schedule()
+                self._reschedule(node)
 
     # Work units are handed out in collection order (LONGEST_FIRST below), not largest group first
     # (xdist's default for scopes), which would start many short tests before the long ones.
