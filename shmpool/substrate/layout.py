@@ -26,9 +26,10 @@ import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MAGIC", "LAYOUT_VERSION", "HEADER", "ControlWord", "InstanceState", "PoolCol", "RecordCol", "RecordState",
@@ -367,6 +368,9 @@ class Control:
         self._buf = buf
 
     def _arr(self, offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
+        # Imported here, not at the top: `shmpool --help` and `shmpool cleanup` read this
+        # module's constants (through limits) and never map a control segment.
+        import numpy as np
         count = int(np.prod(shape))
         return np.frombuffer(self._buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
@@ -388,12 +392,12 @@ class Control:
     @functools.cached_property
     def bitmaps(self) -> list[np.ndarray]:
         lay = self.layout
-        return [self._arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
+        return [self._arr(o, (n,), "u1") for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
 
     @functools.cached_property
     def backed(self) -> list[np.ndarray]:
         lay = self.layout
-        return [self._arr(o, (n,), np.uint8) for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
+        return [self._arr(o, (n,), "u1") for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
 
     @functools.cached_property
     def directory(self) -> np.ndarray:
