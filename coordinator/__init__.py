@@ -24,10 +24,13 @@ __all__ = ["Coordinator", "ProtoDimension"]
 
 
 def __getattr__(name: str) -> Any:
+    value: Any
     if name == "Coordinator":
-        from .coordinator import Coordinator as value
+        from .coordinator import Coordinator
+        value = Coordinator
     elif name == "ProtoDimension":
-        from .proto import ProtoDimension as value
+        from .proto import ProtoDimension
+        value = ProtoDimension
     else:
         raise AttributeError(f"module 'shmpool.coordinator' has no attribute {name!r}")
     globals()[name] = value

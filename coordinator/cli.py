@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 import shmpool
 from shmpool.errors import AttachError, CleanupError, ShmPoolError

@@ -37,7 +37,7 @@ import weakref
 from types import FrameType
 from typing import Protocol
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 __all__ = ["forget", "remember"]
 

@@ -18,16 +18,16 @@ worker must not import the client, the region builder or the sample data first. 
 import X`` works as for any attribute; type checkers see the imports under ``TYPE_CHECKING``.
 
 The library logs through loguru. Following loguru's guidance for libraries,
-``logger.disable("shmpool")`` runs on import, so a reader or a client process is silent; the
+``logger.disable("shmpool")`` runs on import (or, if loguru is not imported yet, as soon as it
+is: shmpool/substrate/_log.py), so a reader or a client process is silent; the
 process that runs a Coordinator prints shmpool's WARNING and above on stderr unless
 ``show_warnings(False)`` or ``SHMPOOL_WARNINGS=0`` says not to (shmpool/_last_resort.py).
 """
 
 from typing import TYPE_CHECKING, Any
 
-from loguru import logger
-
 from ._last_resort import show_warnings
+from .substrate._log import when_loguru_imported
 
 if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers; not imported at run time
     from .coordinator import Coordinator, ProtoDimension
@@ -86,7 +86,9 @@ if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers; not impo
     from .substrate.limits import DEFAULT_LIMIT, Thresholds
     from .substrate.names import cleanup
 
-logger.disable("shmpool")
+# Now if loguru is imported, else as its import finishes (shmpool/substrate/_log.py): shmpool does not
+# import loguru itself until a process configures logging.
+when_loguru_imported(lambda logger: logger.disable("shmpool"))
 
 __version__ = "0.1.0"
 

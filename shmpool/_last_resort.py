@@ -29,7 +29,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from loguru import logger
+from .substrate._log import logger
 
 if TYPE_CHECKING:
     from loguru import Message, Record

@@ -29,7 +29,7 @@ import weakref
 from typing import Any
 
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
 from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \

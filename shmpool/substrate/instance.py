@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import posix_ipc
-from loguru import logger
+from ._log import logger
 
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle

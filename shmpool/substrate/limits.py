@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Callable
 
-from loguru import logger
+from ._log import logger
 
 from ..errors import InvalidArgument
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import posix_ipc
-from loguru import logger
+from ._log import logger
 
 from ..errors import CleanupError, InvalidArgument, UnsafeRuntimeDir, UntrustedObject
 from .trust import SHM_DIR, is_ours, sem_path, shm_path
