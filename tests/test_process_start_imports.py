@@ -1,0 +1,122 @@
+"""Each kind of shmpool process imports only what it uses, and lazy imports change no behaviour.
+
+A test run starts hundreds of Python processes (coordinators, workers, CLI calls, clients), and
+a user waits for each CLI call and each replacement of a crashed worker: their start is mostly
+imports (numpy, loguru and its asyncio, the package's own modules). These tests pin what a
+process must *not* import, by module name in ``sys.modules``, never by time: a regression shows
+as a module that came back, whatever the machine's speed. They also check that what became lazy
+behaves as before: ``from shmpool import X`` for every public name, and loguru's state
+(shmpool disabled; a worker's sinks removed) whoever imports loguru first.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shmpool import Coordinator, connect
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What a worker that only runs jobs on plain values never needs (loguru's import alone pulls in
+# asyncio, multiprocessing and logging).
+NOT_IN_A_WORKER = ["loguru", "asyncio", "multiprocessing", "logging", "shmpool.jobs.client",
+                   "shmpool.data.region_builder", "shmpool.data.sample", "filelock", "shmpool.coordinator"]
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_import_shmpool_loads_only_the_package_until_a_name_is_used():
+    modules = _modules_after("import shmpool")
+    ours = {m for m in modules if m == "shmpool" or m.startswith("shmpool.")}
+    assert ours == {"shmpool", "shmpool._last_resort", "shmpool.substrate", "shmpool.substrate._log"}
+    assert not {"numpy", "loguru", "msgpack", "asyncio"} & modules
+
+
+def test_a_worker_module_imports_neither_loguru_nor_the_client_nor_the_coordinator():
+    modules = _modules_after("import shmpool.workers.worker")
+    assert not set(NOT_IN_A_WORKER) & modules
+
+
+def test_cli_help_and_argument_errors_import_neither_numpy_nor_loguru():
+    code = ("from shmpool.coordinator.cli import main\n"
+            "for argv in (['--help'], ['serve', 'bad name!']):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit:\n"
+            "        pass")
+    modules = _modules_after(code)
+    assert not {"numpy", "loguru", "asyncio", "shmpool.coordinator.coordinator", "shmpool.jobs.jobboard"} & modules
+
+
+def test_every_public_name_loads_on_first_use_and_matches_the_type_checkers_view():
+    import shmpool
+
+    tree = ast.parse((ROOT / "shmpool" / "__init__.py").read_text())
+    typed: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for stmt in node.body:
+                assert isinstance(stmt, ast.ImportFrom)
+                typed.update(alias.asname or alias.name for alias in stmt.names)
+    lazy = set(shmpool._HOME)
+    assert typed == lazy, "the TYPE_CHECKING imports and _HOMES name different things"
+    assert set(shmpool.__all__) == lazy | {"show_warnings"}
+    modules = _modules_after("from shmpool import *\nimport shmpool\nassert all(n in globals() for n in shmpool.__all__)")
+    assert "shmpool.coordinator.coordinator" in modules  # `import *` loaded every name
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        shmpool.nothing_here  # noqa: B018
+
+
+@pytest.mark.parametrize("first", ["loguru", "shmpool"])
+def test_shmpool_starts_disabled_in_loguru_whoever_imports_loguru_first(first):
+    # A record from a shmpool module: disabled until enabled, whether loguru was imported before
+    # shmpool or only afterwards (then shmpool's records before it are dropped, not queued).
+    code = f"""
+import sys
+if {first!r} == "loguru":
+    from loguru import logger
+    import shmpool
+else:
+    import shmpool
+    from shmpool.substrate._log import logger as stand_in
+    exec('logger.warning("dropped")', {{"__name__": "shmpool.probe", "logger": stand_in}})
+    assert "loguru" not in sys.modules
+    from loguru import logger
+from shmpool.substrate._log import logger as stand_in
+seen = []
+logger.remove()
+logger.add(lambda message: seen.append(message.record["message"]))
+emit = lambda text: exec(f"logger.warning({{text!r}})", {{"__name__": "shmpool.probe", "logger": stand_in}})
+emit("disabled")
+logger.enable("shmpool")
+emit("enabled")
+logger.disable("shmpool")
+emit("disabled again")
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "['enabled']"
+
+
+@pytest.mark.usefixtures("user_jobs_importable")
+def test_a_serving_worker_has_not_imported_loguru_and_keeps_a_jobs_loguru_records_silent(instance_name, capfd):
+    marker = f"record-of-a-job-{instance_name}"
+    with Coordinator(instance_name, workers=1, job_modules=["_start_imports_jobs"]):
+        with connect(instance_name) as client:
+            assert client.submit("_start_imports_jobs:loaded", NOT_IN_A_WORKER).result(timeout=60) == []
+            # A job's own loguru import finds the worker's state as an eager import left it:
+            # no sink (SHMPOOL_LOG_LEVEL unset), so its record goes nowhere.
+            assert client.submit("_start_imports_jobs:log_through_loguru", marker).result(timeout=60) is True
+            assert client.submit("_start_imports_jobs:loaded", ["loguru"]).result(timeout=60) == ["loguru"]
+    assert marker not in capfd.readouterr().err
