@@ -17,9 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import posix_ipc
 import pytest
 
 from shmpool import Coordinator, connect
+from shmpool.substrate.names import segment_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,3 +122,16 @@ def test_a_serving_worker_has_not_imported_loguru_and_keeps_a_jobs_loguru_record
             assert client.submit("_start_imports_jobs:log_through_loguru", marker).result(timeout=60) is True
             assert client.submit("_start_imports_jobs:loaded", ["loguru"]).result(timeout=60) == ["loguru"]
     assert marker not in capfd.readouterr().err
+
+
+def test_a_cli_command_that_logs_nothing_skips_loguru_and_one_that_logs_still_prints_its_record(instance_name):
+    quiet = f"from shmpool.coordinator.cli import main\nassert main(['cleanup', {instance_name!r}]) == 0"
+    assert "loguru" not in _modules_after(quiet)
+    # A crashed instance's leftover: cleanup removes it and logs that at INFO, which must reach
+    # the CLI's stderr sink in the CLI's format (loguru imported by that record, then configured).
+    segment = posix_ipc.SharedMemory(segment_name(instance_name, "control"), posix_ipc.O_CREX, mode=0o600, size=4096)
+    segment.close_fd()
+    result = subprocess.run([sys.executable, "-m", "shmpool", "cleanup", instance_name], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert f"| INFO    | cleanup of instance '{instance_name}' removed 1 objects" in result.stderr

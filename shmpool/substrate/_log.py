@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from loguru import Logger
 
-__all__ = ["logger", "when_loguru_imported"]
+__all__ = ["logger", "when_loguru_imported", "import_loguru_for_records"]
 
 _LOGURU = "loguru"
 # The methods that only emit a record. A shmpool record is dropped while loguru is not imported
@@ -44,6 +44,7 @@ _RECORD_METHODS = frozenset({"trace", "debug", "info", "success", "warning", "er
 
 _lock = threading.Lock()
 _pending: list[Callable[["Logger"], None]] = []
+_records_wanted = False  # set by import_loguru_for_records()
 
 
 def _drop(*_args: Any, **_kwargs: Any) -> None:
@@ -54,7 +55,7 @@ class _LazyLogger:
     """Stands in for ``loguru.logger`` (see the module docstring)."""
 
     def __getattr__(self, name: str) -> Any:
-        if _LOGURU not in sys.modules:
+        if _LOGURU not in sys.modules and not _records_wanted:
             if name in _RECORD_METHODS:
                 return _drop
             if name == "opt":
@@ -82,6 +83,17 @@ def when_loguru_imported(step: Callable[["Logger"], None]) -> None:
     from loguru import logger as real
 
     step(real)
+
+
+def import_loguru_for_records() -> None:
+    """From now on a record imports loguru instead of being dropped.
+
+    For a process that has said where shmpool's records go, with a :func:`when_loguru_imported`
+    step that enables them (the CLI): a command that logs nothing never imports loguru, and the
+    first record imports it, runs that step, and is written like every later one.
+    """
+    global _records_wanted
+    _records_wanted = True
 
 
 class _AfterLoguruImport:
