@@ -435,7 +435,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     # so that `shmpool cleanup`, `health` or `stats` that log nothing skip loguru's import (~70 ms
     # of a ~170 ms command; shmpool/substrate/_log.py).
     when_loguru_imported(functools.partial(_configure_logging, level, fmt))
-    import_loguru_for_records()
+    import_loguru_for_records(level)
 
 
 def _configure_logging(level: str, fmt: str, log: "Logger") -> None:

@@ -135,3 +135,33 @@ def test_a_cli_command_that_logs_nothing_skips_loguru_and_one_that_logs_still_pr
                             text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert f"| INFO    | cleanup of instance '{instance_name}' removed 1 objects" in result.stderr
+
+
+def test_a_coordinator_that_never_warns_has_not_imported_loguru(instance_name):
+    # Its warnings still reach stderr (tests/test_warnings_on_stderr.py): the first one imports
+    # loguru and sets up the sink. A start and a stop that warn of nothing need neither.
+    code = (f"import shmpool\nwith shmpool.Coordinator({instance_name!r}, workers=1):\n"
+            "    pass")
+    modules = _modules_after(code)
+    assert "shmpool.coordinator.coordinator" in modules
+    assert "loguru" not in modules
+
+
+def test_a_coordinator_left_running_is_stopped_at_exit_with_its_records_when_loguru_came_later(instance_name):
+    # loguru removes every sink in an exit hook registered at its import. Imported after the
+    # coordinator's start (which registered the hook that stops it at exit), it would run first
+    # and swallow the stop's records, unless shmpool's hook moves behind it: the stop's INFO line
+    # must reach the sink the program added.
+    code = f"""
+import sys, shmpool
+shmpool.Coordinator({instance_name!r}, workers=0).start()  # never stopped: the exit hook stops it
+assert "loguru" not in sys.modules
+from loguru import logger
+logger.remove()
+logger.add(sys.stdout, level="INFO", format="{{message}}")
+logger.enable("shmpool")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert f"stopping coordinator '{instance_name}' at interpreter exit" in result.stdout, result.stdout
+    assert f"instance '{instance_name}' unlinked" in result.stdout, result.stdout

@@ -37,14 +37,19 @@ if TYPE_CHECKING:
 __all__ = ["logger", "when_loguru_imported", "import_loguru_for_records"]
 
 _LOGURU = "loguru"
-# The methods that only emit a record. A shmpool record is dropped while loguru is not imported
-# (see the module docstring); ``opt`` configures a record, so it returns the same stand-in.
-_RECORD_METHODS = frozenset({"trace", "debug", "info", "success", "warning", "error", "critical", "exception",
-                             "log"})
+# The methods that only emit a record, with loguru's severity of their level. While loguru is not
+# imported a shmpool record is dropped (see the module docstring), unless it is at or above the
+# floor a process set with import_loguru_for_records(). ``log`` names its level in an argument
+# (so it imports loguru once any floor is set); ``opt`` configures a record, so while every record
+# is dropped it returns the same stand-in.
+_RECORD_LEVELS = {"trace": 5, "debug": 10, "info": 20, "success": 25, "warning": 30, "error": 40, "critical": 50,
+                  "exception": 40}
+_LEVEL_NUMBERS = {name.upper(): number for name, number in _RECORD_LEVELS.items() if name != "exception"}
+_DROP_ALL = 100  # above CRITICAL: the floor while no process has asked for records
 
 _lock = threading.Lock()
 _pending: list[Callable[["Logger"], None]] = []
-_records_wanted = False  # set by import_loguru_for_records()
+_record_floor = _DROP_ALL  # lowered by import_loguru_for_records()
 
 
 def _drop(*_args: Any, **_kwargs: Any) -> None:
@@ -55,11 +60,12 @@ class _LazyLogger:
     """Stands in for ``loguru.logger`` (see the module docstring)."""
 
     def __getattr__(self, name: str) -> Any:
-        if _LOGURU not in sys.modules and not _records_wanted:
-            if name in _RECORD_METHODS:
+        if _LOGURU not in sys.modules:
+            level = _RECORD_LEVELS.get(name)
+            if level is not None and level < _record_floor:
                 return _drop
-            if name == "opt":
-                return lambda *_args, **_kwargs: self
+            if name in ("log", "opt") and _record_floor == _DROP_ALL:
+                return _drop if name == "log" else (lambda *_args, **_kwargs: self)
         from loguru import logger as real  # waits for an import in progress in another thread
 
         value = getattr(real, name)
@@ -85,15 +91,18 @@ def when_loguru_imported(step: Callable[["Logger"], None]) -> None:
     step(real)
 
 
-def import_loguru_for_records() -> None:
-    """From now on a record imports loguru instead of being dropped.
+def import_loguru_for_records(level: str = "TRACE") -> None:
+    """From now on a record at ``level`` or above imports loguru instead of being dropped.
 
     For a process that has said where shmpool's records go, with a :func:`when_loguru_imported`
-    step that enables them (the CLI): a command that logs nothing never imports loguru, and the
-    first record imports it, runs that step, and is written like every later one.
+    step that enables them from ``level`` on (the CLI; a coordinator's warnings on stderr): one
+    that logs nothing at that level never imports loguru, and the first such record imports it,
+    runs that step, and is written like every later one. Lower records are dropped meanwhile, as
+    the step's sinks would drop them. The lowest level asked for wins.
     """
-    global _records_wanted
-    _records_wanted = True
+    global _record_floor
+    with _lock:
+        _record_floor = min(_record_floor, _LEVEL_NUMBERS[level.upper()])
 
 
 class _AfterLoguruImport:
