@@ -13,6 +13,10 @@ loguru must see that. So the first ``Coordinator.start()`` of a process calls :f
 * if the application configured loguru (removed the default sink), its sinks receive shmpool's
   records at the levels it chose, and nothing is added.
 
+These steps run as loguru is imported: at once if it is, else when shmpool's first warning
+imports it (or the application's own import does, before it can configure anything), so a
+coordinator that never warns never imports loguru (shmpool/substrate/_log.py).
+
 Off switch, checked at activation: ``shmpool.show_warnings(False)`` before the coordinator starts,
 or the environment variable ``SHMPOOL_WARNINGS=0``. Afterwards, ``logger.disable("shmpool")``
 silences shmpool as for any loguru library. The CLI configures its own logging and never gets here.
