@@ -61,6 +61,21 @@ def test_cli_help_and_argument_errors_import_neither_numpy_nor_loguru():
     assert not {"numpy", "loguru", "asyncio", "shmpool.coordinator.coordinator", "shmpool.jobs.jobboard"} & modules
 
 
+def test_no_module_imports_loguru_itself_but_the_stand_in():
+    # A module with its own `from loguru import logger` would bring the ~80 ms import back into
+    # every process that imports it: they log through shmpool.substrate._log. Type-only imports
+    # (under `if TYPE_CHECKING:`, indented) cost nothing at run time.
+    wrong = []
+    for folder in ("shmpool", "coordinator", "workers"):
+        for path in sorted((ROOT / folder).rglob("*.py*")):
+            if path.suffix not in (".py", ".pyx") or path.name == "_log.py":
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if line.startswith(("import loguru", "from loguru")):
+                    wrong.append(f"{path.relative_to(ROOT)}:{number}: {line}")
+    assert wrong == [], "\n".join(wrong)
+
+
 def test_every_public_name_loads_on_first_use_and_matches_the_type_checkers_view():
     import shmpool
 
