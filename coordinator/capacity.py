@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.data import compression
 from shmpool.errors import InvalidArgument, RegionFormatError, ShmPoolError

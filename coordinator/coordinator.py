@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import posix_ipc
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool import _last_resort
 from shmpool.jobs.codec import encode_error

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool import _dask_host as host
 from shmpool.data import layer_index

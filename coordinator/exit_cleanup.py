@@ -9,7 +9,10 @@ it, or simply its last line) would otherwise leave every segment and semaphore o
   whose default handler raises KeyboardInterrupt): one ``atexit`` hook stops every coordinator
   this process started and did not stop. It is registered at the first ``start()``, so it runs
   before the hooks of modules imported earlier (atexit runs last-registered first), loguru's
-  among them: the stop's own warnings are still printed.
+  among them: the stop's own warnings are still printed. shmpool imports loguru only when a
+  process logs (shmpool/substrate/_log.py), so loguru may arrive after that ``start()``, with its
+  hook that removes every sink at exit: the hook is then registered again, right after
+  loguru's import, to stay ahead of it.
 * **SIGTERM** (a supervisor's stop, ``kill PID``): Python's default is to die at once, running
   nothing. Where the handler is still that default, ``start()`` (in the main thread) installs one
   that stops the coordinators and then chains to the default: it restores SIG_DFL and sends the
@@ -37,7 +40,7 @@ import weakref
 from types import FrameType
 from typing import Protocol
 
-from loguru import logger
+from shmpool.substrate._log import logger, when_loguru_imported
 
 __all__ = ["forget", "remember"]
 
@@ -53,6 +56,7 @@ class _Stoppable(Protocol):
 _live: "weakref.WeakKeyDictionary[_Stoppable, int]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 _hook_registered = False
+_exiting = False  # the exit hook has started
 
 
 def remember(coord: _Stoppable) -> None:
@@ -63,7 +67,17 @@ def remember(coord: _Stoppable) -> None:
         if not _hook_registered:
             atexit.register(_stop_all, "interpreter exit")
             _hook_registered = True
+            when_loguru_imported(_stay_ahead_of_loguru)
     _install_sigterm_handler()
+
+
+def _stay_ahead_of_loguru(_log: object) -> None:
+    # loguru's import has just registered `logger.remove` at exit: ours must come after it to run
+    # before it. Not while the exit hooks run (a record of our stop's imported loguru): a hook
+    # registered then is never called, and ours is running already.
+    if not _exiting:
+        atexit.unregister(_stop_all)
+        atexit.register(_stop_all, "interpreter exit")
 
 
 def forget(coord: _Stoppable) -> None:
@@ -76,6 +90,9 @@ def forget(coord: _Stoppable) -> None:
 
 
 def _stop_all(why: str) -> None:
+    global _exiting
+    if why == "interpreter exit":
+        _exiting = True
     me = os.getpid()
     with _lock:
         ours = [c for c, pid in _live.items() if pid == me]  # a forked child stops nothing of its parent's

@@ -21,7 +21,7 @@ import stat
 import sys
 
 import posix_ipc
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.substrate import platform
 from shmpool.errors import RegionFormatError

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.errors import RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 import shmpool
 from shmpool.substrate.limits import CapacityState

@@ -23,7 +23,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.substrate.names import runtime_dir
 

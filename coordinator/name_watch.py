@@ -32,7 +32,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.errors import InstanceExists
 from shmpool.substrate.names import list_objects, segment_name, semaphore_name

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.substrate._proc import start_token
 from shmpool.jobs.codec import decode_job, decode_request, encode_error

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.data import layer_index
 from shmpool.substrate.alloc import Handle

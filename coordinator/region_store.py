@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Callable
 
 from filelock import FileLock, Timeout
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.errors import RegionFormatError
 from shmpool.substrate.mapped_files import SUFFIX, file_path, store_dir, why_unsafe

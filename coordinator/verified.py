@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from filelock import FileLock, Timeout
-from loguru import logger
+from shmpool.substrate._log import logger
 
 from shmpool.substrate import _faults
 from shmpool.substrate.names import runtime_dir

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping
 
 from filelock import FileLock, Timeout
-from loguru import logger
+from .substrate._log import logger
 
 from .substrate._proc import is_alive, start_token
 from .errors import AttachError, InvalidArgument, RemoteTraceback

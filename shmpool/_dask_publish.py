@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 
 from distributed import Client
 from distributed import Lock as _Lock
-from loguru import logger
+from .substrate._log import logger
 
 from . import _dask_host as host
 from .data.region_builder import RegionBuilder

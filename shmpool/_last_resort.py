@@ -13,6 +13,10 @@ loguru must see that. So the first ``Coordinator.start()`` of a process calls :f
 * if the application configured loguru (removed the default sink), its sinks receive shmpool's
   records at the levels it chose, and nothing is added.
 
+These steps run as loguru is imported: at once if it is, else when shmpool's first warning
+imports it (or the application's own import does, before it can configure anything), so a
+coordinator that never warns never imports loguru (shmpool/substrate/_log.py).
+
 Off switch, checked at activation: ``shmpool.show_warnings(False)`` before the coordinator starts,
 or the environment variable ``SHMPOOL_WARNINGS=0``. Afterwards, ``logger.disable("shmpool")``
 silences shmpool as for any loguru library. The CLI configures its own logging and never gets here.
@@ -29,10 +33,10 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from loguru import logger
+from .substrate._log import import_loguru_for_records, logger, when_loguru_imported
 
 if TYPE_CHECKING:
-    from loguru import Message, Record
+    from loguru import Logger, Message, Record
 
 __all__ = ["ENV_SWITCH", "activate", "show_warnings"]
 
@@ -65,22 +69,32 @@ def _switched_off() -> bool:
 
 
 def activate() -> None:
-    """Make shmpool's WARNING and above visible in this process (once; see the module docstring)."""
+    """Make shmpool's WARNING and above visible in this process (once; see the module docstring).
+
+    Done as loguru is imported: now if it is, else by shmpool's first warning (or by the
+    application's own import of loguru), so a coordinator that never warns never imports it
+    (~70 ms of its start; shmpool/substrate/_log.py). Until then shmpool's records below WARNING
+    are dropped, as the sink below would drop them."""
     global _activated
     with _lock:
         if _activated or _switched_off():
             return
         _activated = True
-        try:
-            logger.remove(_DEFAULT_SINK)
-        except ValueError:
-            pass  # the application configured loguru: its sinks, its levels
-        else:
-            # loguru's own default, except for shmpool's records below WARNING. sys.stderr looked
-            # up per message, as loguru's default does, so pytest's and rich's swaps still work.
-            logger.add(_to_stderr, level=os.environ.get("LOGURU_LEVEL", "DEBUG"),
-                       filter=_not_quiet_shmpool, colorize=sys.stderr.isatty())
-        logger.enable(_PACKAGE)
+        when_loguru_imported(_show_warnings_on_stderr)
+        import_loguru_for_records("WARNING")
+
+
+def _show_warnings_on_stderr(log: "Logger") -> None:
+    try:
+        log.remove(_DEFAULT_SINK)
+    except ValueError:
+        pass  # the application configured loguru: its sinks, its levels
+    else:
+        # loguru's own default, except for shmpool's records below WARNING. sys.stderr looked
+        # up per message, as loguru's default does, so pytest's and rich's swaps still work.
+        log.add(_to_stderr, level=os.environ.get("LOGURU_LEVEL", "DEBUG"),
+                filter=_not_quiet_shmpool, colorize=sys.stderr.isatty())
+    log.enable(_PACKAGE)
 
 
 def _to_stderr(message: "Message") -> None:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from distributed.diagnostics.plugin import NannyPlugin
-from loguru import logger
+from .substrate._log import logger
 
 from . import _dask_host as host
 from . import _dask_serialize  # noqa: F401  (registers how contexts leave a worker)

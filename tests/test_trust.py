@@ -349,10 +349,12 @@ def test_cleanup_leaves_another_users_objects_and_says_so(instance_name, squat, 
 # ----------------------------------------------------------------------------- cleanup, foreign objects
 
 # Imports everything the CLI needs while still root (the interpreter lives under /root, which other
-# users cannot read), then becomes uid/gid argv[1] and runs ``shmpool ...`` as that user.
+# users cannot read), then becomes uid/gid argv[1] and runs ``shmpool ...`` as that user. The CLI
+# and the package import most modules on first use (loguru too), so the whole coordinator and
+# loguru are imported here: the graph a command may reach.
 _AS_USER = """
 import os, sys, traceback, linecache
-import shmpool.coordinator.cli
+import shmpool.coordinator.cli, shmpool.coordinator.coordinator, loguru
 uid = int(sys.argv[1])
 os.setgroups([])
 os.setresgid(uid, uid, uid)

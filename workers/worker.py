@@ -17,9 +17,10 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import posix_ipc
-from loguru import logger
+from shmpool.substrate._log import logger, when_loguru_imported
 
 import shmpool
 from shmpool.substrate import _faults
@@ -40,6 +41,9 @@ from shmpool.substrate.instance import SharedInstance
 from .config import WorkerConfig
 from .jobs import resolve_job
 from .watchdog import start_watchdog
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 LOGGING_PACKAGES = ("shmpool", "__main__")
 POLL = 0.2  # seconds between checks that the coordinator still lives
@@ -199,6 +203,21 @@ def _write_stderr(message: str) -> None:
     sys.stderr.write(message)
 
 
+def _configure_logging(log: "Logger", index: int) -> None:
+    log.remove()
+    for package in LOGGING_PACKAGES:
+        log.enable(package)
+    level = os.environ["SHMPOOL_LOG_LEVEL"].upper()
+    log.configure(extra={"worker": index})
+    if os.environ.get("SHMPOOL_LOG_FORMAT") == "json":
+        # The coordinator's side logs one JSON object per line (--log-format json); a worker
+        # shares its stderr, so a text line from it would break every line-by-line reader.
+        log.add(_write_stderr, level=level, serialize=True)
+    else:
+        log.add(sys.stderr, level=level,
+                format="{time:HH:mm:ss.SSS} | {level: <7} | worker {extra[worker]} | {message}")
+
+
 def main(argv: list[str] | None = None) -> int:
     global _config
     argv = sys.argv[1:] if argv is None else argv
@@ -207,19 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     _config.apply_sys_path()  # before any job module is imported
     # A worker is a process of ours: it may configure logging. Silent unless the coordinator's
     # side asked for a level (the CLI exports SHMPOOL_LOG_LEVEL to its workers).
-    logger.remove()
     if os.environ.get("SHMPOOL_LOG_LEVEL"):
-        for package in LOGGING_PACKAGES:
-            logger.enable(package)
-        level = os.environ["SHMPOOL_LOG_LEVEL"].upper()
-        logger.configure(extra={"worker": index})
-        if os.environ.get("SHMPOOL_LOG_FORMAT") == "json":
-            # The coordinator's side logs one JSON object per line (--log-format json); a worker
-            # shares its stderr, so a text line from it would break every line-by-line reader.
-            logger.add(_write_stderr, level=level, serialize=True)
-        else:
-            logger.add(sys.stderr, level=level,
-                       format="{time:HH:mm:ss.SSS} | {level: <7} | worker {extra[worker]} | {message}")
+        _configure_logging(logger, index)
+    else:
+        # No sink, so that a job's own loguru records are not printed either. Done when loguru
+        # is imported (by a job, or never), not here: importing it is ~80 ms of a worker's start.
+        when_loguru_imported(lambda real: real.remove())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -14,7 +14,7 @@ cdef extern from "<errno.h>":
     int EAGAIN, EBUSY, EDEADLK, EINTR, EPERM, ETIMEDOUT, EOWNERDEAD, ENOTRECOVERABLE
 from libc.stdint cimport int64_t, uintptr_t
 
-from loguru import logger
+from shmpool.substrate._log import logger  # loguru, imported when a record needs it (shmpool/substrate/_log.py)
 
 from ..errors import AttachError, InvalidArgument, LockTimeout, ShmPoolError
 

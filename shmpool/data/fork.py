@@ -43,7 +43,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from loguru import logger
+from ..substrate._log import logger
 
 from ..errors import ReaderForked, ShmPoolError
 from ..substrate import _faults

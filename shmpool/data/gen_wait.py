@@ -23,14 +23,13 @@ Reader's close.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import posix_ipc
-from loguru import logger
+from ..substrate._log import logger
 
 from ..substrate._proc import is_alive
 from ..errors import AttachError, GenerationTimeout, ShmPoolError
@@ -39,6 +38,7 @@ from ..substrate.names import semaphore_name
 from ..substrate.trust import open_semaphore
 
 if TYPE_CHECKING:
+    import asyncio
     from ..substrate.instance import SharedInstance
 
 __all__ = ["GenerationWaiter", "GenerationNotifier", "SLICE", "wait_semaphore_name"]
@@ -109,6 +109,7 @@ class GenerationWaiter:
                 self._sync -= 1
 
     async def wait_async(self, dimension_id: int, pos: int, after: int, timeout: float | None) -> int:
+        import asyncio  # already loaded where a loop runs; not in every reader's start (~25 ms)
         loop = asyncio.get_running_loop()
         fut: "asyncio.Future[int]" = loop.create_future()
         with self._cond:  # every read of the views under the condition, after the error: as wait()

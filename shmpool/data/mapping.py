@@ -28,7 +28,7 @@ import time
 import weakref
 from typing import Any
 
-from loguru import logger
+from ..substrate._log import logger
 
 from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
 from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \

@@ -41,7 +41,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from .._core._sync import fence, membarrier
 from ..errors import ReaderForked

@@ -22,7 +22,7 @@ import time
 from typing import Any, NamedTuple
 
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, LockTimeout

@@ -30,7 +30,7 @@ import zlib
 from typing import Any, NamedTuple
 
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from . import layer_index
 from .compression import inflate

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from . import arrays
 from ..errors import InvalidArgument, InvalidArgumentType, InvalidLayer

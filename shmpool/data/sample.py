@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
-from loguru import logger
+from ..substrate._log import logger
 
 from ..substrate.names import runtime_dir
 from ..errors import InvalidArgument

@@ -22,7 +22,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Iterator
 
-from loguru import logger
+from ..substrate._log import logger
 
 from ..substrate._proc import is_alive
 from .._core._lookup import Generation, SnapshotCore

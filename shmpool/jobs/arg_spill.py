@@ -43,7 +43,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from ..errors import ArgumentTooLarge, ShmPoolError
 from .codec import ArgumentPlan

@@ -15,7 +15,7 @@ import contextlib
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from ..substrate._proc import is_alive
 from .jobs_layout import CC, JW, SC, SLOT_COLS, SlotState, Status

@@ -33,7 +33,6 @@ nothing of its parent's (docs/usage.md, "Processes and fork").
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import itertools
 import queue
@@ -41,9 +40,9 @@ import time
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from loguru import logger
+from ..substrate._log import logger
 
 from .callables import target_of
 from .codec import RequestFlags, check_job_timeout
@@ -59,6 +58,9 @@ from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
 from .client_link import Link, Request
 from .client_owner import CompletionOwner, JobFuture, Lifecycle
 from .spin import spin_seconds
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Client", "connect", "JobFuture", "DIRECT_CALLS_MAX"]
 
@@ -288,6 +290,7 @@ class Client(concurrent.futures.Executor):
         blocked: the submission is retried from the loop, for at most ``timeout`` seconds.
         Cancelling the awaitable withdraws a job no worker has taken yet.
         """
+        import asyncio  # already loaded where a loop runs; not in every client's start (~25 ms)
         loop = asyncio.get_running_loop()
         job, flags = self._job_of(fn)
         request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
@@ -297,6 +300,7 @@ class Client(concurrent.futures.Executor):
             return loop.create_task(self._submit_later(job, request, timeout))
 
     async def _submit_later(self, job: str, request: Request, timeout: float | None) -> Any:
+        import asyncio
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = ASYNC_SUBMIT_WAIT
         while True:
@@ -317,6 +321,7 @@ class Client(concurrent.futures.Executor):
         ``timeout`` bounds the slot wait and the result together (TimeoutError); a job still
         queued then is withdrawn, one already running finishes and its result is dropped.
         """
+        import asyncio
         awaitable = self.asubmit(fn, *args, timeout=timeout, job_timeout=job_timeout, **kwargs)
         if timeout is None:
             return await awaitable

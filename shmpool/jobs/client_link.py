@@ -26,7 +26,7 @@ from typing import Any, Iterator, NamedTuple, Union
 
 import numpy as np
 import posix_ipc
-from loguru import logger
+from ..substrate._log import logger
 
 from ..data.context import LoadedContext
 from ..data.reader import Reader, attach

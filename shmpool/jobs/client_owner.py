@@ -36,7 +36,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from loguru import logger
+from ..substrate._log import logger
 
 from ..errors import ClientClosed, ShmPoolError
 from .client_direct import POLL, SPENT_IDLE, DirectPool

@@ -45,7 +45,7 @@ from typing import Any, Callable, Literal, NamedTuple, Union
 
 import msgpack
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep

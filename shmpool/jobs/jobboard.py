@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import posix_ipc
-from loguru import logger
+from ..substrate._log import logger
 
 from .._core import BoardCore, RobustMutex, SharedWords
 from ..errors import AttachError

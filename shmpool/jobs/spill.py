@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from loguru import logger
+from ..substrate._log import logger
 
 from .codec import encode_error
 from ..errors import ShmPoolError

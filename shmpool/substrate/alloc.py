@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from loguru import logger
+from ._log import logger
 
 from ._proc import is_alive, my_identity
 from .backing import Backing

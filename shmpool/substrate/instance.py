@@ -10,7 +10,6 @@ pool pages are reserved per allocation by the table, so a full /dev/shm is never
 from __future__ import annotations
 
 import os
-import secrets
 import time
 import weakref
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import posix_ipc
-from loguru import logger
+from ._log import logger
 
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
@@ -254,6 +253,7 @@ class SharedInstance:
             control.release()
         # The table lock, before the magic: nobody can attach (and lock) until it is made.
         shared_lock(seg.mm, layout.words_offset, name=name, role="table", create=True).close()
+        import secrets  # the creating coordinator only; not in every reader's start
         header = pack_header(layout, control_size=layout.size, instance_token=secrets.randbits(63),
                              created_ns=time.time_ns(), name=name, magic=b"\0" * 8)
         seg.mm[:len(header)] = header

@@ -26,9 +26,10 @@ import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MAGIC", "LAYOUT_VERSION", "HEADER", "ControlWord", "InstanceState", "PoolCol", "RecordCol", "RecordState",
@@ -367,6 +368,10 @@ class Control:
         self._buf = buf
 
     def _arr(self, offset: int, shape: tuple[int, ...], dtype: Any = "<i8") -> np.ndarray:
+        # Imported here, not at the top: `shmpool --help` and `shmpool cleanup` read this
+        # module's constants (through limits) and never map a control segment.
+        import numpy as np
+
         # frombuffer, not np.ndarray(buffer=...): only frombuffer keeps a buffer export of the
         # mmap, which is what makes the owner's close() defer the unmap while an array is out
         # (np.ndarray keeps a reference without an export: the mmap closed under its arrays, and a
@@ -394,12 +399,12 @@ class Control:
     @functools.cached_property
     def bitmaps(self) -> list[np.ndarray]:
         lay = self.layout
-        return [self._arr(o, (n,), np.uint8) for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
+        return [self._arr(o, (n,), "u1") for o, n in zip(lay.bitmap_offsets, lay.bitmap_sizes)]
 
     @functools.cached_property
     def backed(self) -> list[np.ndarray]:
         lay = self.layout
-        return [self._arr(o, (n,), np.uint8) for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
+        return [self._arr(o, (n,), "u1") for o, n in zip(lay.backed_offsets, lay.bitmap_sizes)]
 
     @functools.cached_property
     def directory(self) -> np.ndarray:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
-from loguru import logger
+from ._log import logger
 
 from ..errors import InvalidArgument
 
 from .layout import W
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["DEFAULT_LIMIT", "PER_MILLE", "Thresholds", "CapacityState", "Budget", "PressureHook",
            "per_mille", "after_allocation", "MAX_WORKERS", "check_worker_count"]

@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 
 import posix_ipc
-from loguru import logger
+from ._log import logger
 
 from ..errors import CleanupError, InvalidArgument, UnsafeRuntimeDir, UntrustedObject
 from .trust import SHM_DIR, is_ours, sem_path, shm_path
@@ -66,7 +65,7 @@ def runtime_dir() -> Path:
         path = Path(override)
     else:
         xdg = _usable_xdg_runtime_dir()
-        path = xdg / "shmpool" if xdg is not None else Path(tempfile.gettempdir()) / f"shmpool-{os.geteuid()}"
+        path = xdg / "shmpool" if xdg is not None else Path(_temp_dir()) / f"shmpool-{os.geteuid()}"
     return _own_folder(path)
 
 
@@ -76,6 +75,13 @@ def coordinator_lock_path(name: str) -> Path:
 
 
 _warned_xdg: set[str] = set()
+
+
+def _temp_dir() -> str:
+    # tempfile (with shutil, random, bz2, lzma) only where the fallback is used: ~3 ms of the
+    # start of every reader, worker and CLI call otherwise (SHMPOOL_RUNTIME_DIR or XDG set).
+    import tempfile
+    return tempfile.gettempdir()
 
 
 def _usable_xdg_runtime_dir() -> Path | None:
@@ -93,7 +99,7 @@ def _usable_xdg_runtime_dir() -> Path | None:
         # Typical after `su`: the variable still names the previous user's folder.
         _warned_xdg.add(value)
         logger.warning("XDG_RUNTIME_DIR={} is not a 0700 folder of uid {}; using {} instead", value,
-                       os.geteuid(), tempfile.gettempdir())
+                       os.geteuid(), _temp_dir())
     return path if usable else None
 
 

@@ -23,7 +23,7 @@ import mmap
 import weakref
 
 import posix_ipc
-from loguru import logger
+from ._log import logger
 
 from . import platform
 from ..errors import AttachError, InvalidArgument

@@ -19,7 +19,7 @@ import time
 from multiprocessing.queues import Queue
 from typing import Any
 
-from loguru import logger
+from ..substrate._log import logger
 
 import shmpool
 from shmpool.substrate.names import list_objects

@@ -30,7 +30,7 @@ from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-from loguru import logger
+from ..substrate._log import logger
 
 from shmpool.data.context import LoadedContext
 from shmpool.jobs.client import Client
