@@ -496,10 +496,21 @@ def compare_publish(coord: Coordinator, tmp: Path, sizes_mib, fresh_repeats: int
 
 # ----------------------------------------------------------------------------- 4. memory
 
+def import_reader_code() -> None:
+    """Both systems' reader code, imported before the baseline. shmpool's namespaces are lazy
+    (PEP 562): a reader's modules would load at its first attach and count as the reader's growth,
+    while `import lmdb` loads all of LMDB's before it. Code is paid once per process, not per
+    reader or per byte of data: not what the comparison measures."""
+    import lmdb  # noqa: F401
+    import shmpool.data.reader  # noqa: F401
+    import shmpool.data.snapshot  # noqa: F401
+    import shmpool.substrate.instance  # noqa: F401
+
+
 def _pss_child(system: str, target: str, keys, go, release, results, warm_up: bool = True) -> None:
     """Report ready (imports done), wait, attach and touch every page of every layer, wait again."""
     try:
-        import lmdb  # noqa: F401  (both systems import the same modules before the baseline)
+        import_reader_code()
 
         # The harness's own code before the baseline: _touch runs numpy code whose pages (about
         # 1 MB of _multiarray_umath, fault-around included) the child would otherwise fault in

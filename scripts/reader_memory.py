@@ -46,7 +46,7 @@ FIELDS = ("Rss", "Pss", "Private_Dirty", "Private_Clean", "Shared_Dirty", "Share
 
 def _child(system: str, target: str, keys, trace: bool, warm_up: bool, go, results) -> None:
     try:
-        import lmdb  # noqa: F401  (the same modules as bench_peers' _pss_child before the baseline)
+        bench_peers.import_reader_code()  # the same modules as bench_peers' _pss_child before the baseline
 
         if warm_up:
             bench_peers._touch(bytes(2 * bench_peers.PAGE))  # as bench_peers' _pss_child does
