@@ -145,7 +145,11 @@ class Directory:
         row = self._ctl.directory[entry]
         row[:] = 0
         row[D.DIMENSION_ID] = dimension_id
-        self._ctl.words[W.DIR_VERSION] += 1
+        words = self._ctl.words
+        # Before any reader can find the entry: whoever clears or copies a reader's pins reads
+        # only entries below it, and must not miss this one (layout 11: shm-layout.md).
+        words[W.ENTRIES_HIGH] = max(int(words[W.ENTRIES_HIGH]), entry + 1)
+        words[W.DIR_VERSION] += 1
         return entry
 
     @contextmanager

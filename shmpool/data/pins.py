@@ -127,6 +127,7 @@ class RowPins:
 
     def __init__(self, control: Control, slot: int, release_row: Callable[[int], None],
                  registry: "ReaderRegistry") -> None:
+        self._control = control
         self._pins = control.pins
         self.slot = slot
         self._release_row = release_row
@@ -233,11 +234,12 @@ class RowPins:
             self._registry.unregister(claim.slot)
             return None
         # The parent's row pins all of it throughout, so the order of these stores is free.
-        self._pins[claim.slot] = self._pins[self.slot]
+        used = entries_used(self._control)
+        self._pins[claim.slot, :used] = self._pins[self.slot, :used]
         # The cache words with USERS forced on: objects made from a cached generation between
         # this copy and fork() are the child's too. The child moves what it holds into its pin
         # words and clears them (MappedGenerations._fork_child).
-        cache = self._pins[claim.slot, :, PN.CACHE]
+        cache = self._pins[claim.slot, :used, PN.CACHE]
         cache[cache != 0] |= int(CacheBit.USERS)
         return claim
 
@@ -265,6 +267,14 @@ class RowPins:
             dp.rebind(np.zeros(PIN_COLS, np.int64))  # private scratch
         self._released = True
         self.lost = error
+
+
+def entries_used(control: Control) -> int:
+    """Directory entries ever claimed (W.ENTRIES_HIGH): every reader's pin words beyond are zero.
+
+    Whatever reads or writes a whole row of pins stops there: the pins section is entry-major,
+    so a row spans a page per entry, and touching a page of tmpfs, even reading it, allocates it."""
+    return int(control.words_mv[W.ENTRIES_HIGH])
 
 
 # --------------------------------------------------------------------- coordinator side
@@ -366,7 +376,7 @@ def list_pins(control: Control, block_sizes: Sequence[int], now_ns: int | None =
     out: list[PinRecord] = []
     for slot in np.flatnonzero(rows[:, RD.PID]):
         pid = int(rows[slot, RD.PID])
-        pins = control.pins[slot]
+        pins = control.pins[slot, :entries_used(control)]
         for entry in np.flatnonzero(pins.any(axis=1)):
             dim, published = int(directory[entry, D.DIMENSION_ID]), int(directory[entry, D.GENERATION])
             words = [int(w) for w in pins[entry]]

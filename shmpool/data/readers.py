@@ -28,7 +28,7 @@ from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, LockTimeout
 from ..substrate.layout import RD, W, Control
 from ..substrate.lock import SharedLock
-from .pins import busy_only, pinned_rows
+from .pins import busy_only, entries_used, pinned_rows
 
 __all__ = ["ReaderRegistry", "ForkClaim", "HANDOVER_WINDOW"]
 
@@ -176,7 +176,7 @@ class ReaderRegistry:
         ctl = self._ctl
         if int(ctl.readers[slot, RD.PID]) == 0:
             return
-        ctl.pins[slot] = 0
+        ctl.pins[slot, :entries_used(ctl)] = 0
         ctl.readers[slot, :] = 0
         ctl.words[W.READERS_ATTACHED] -= 1
 
@@ -235,7 +235,7 @@ class ReaderRegistry:
         ctl = self._ctl
         out: list[dict[str, Any]] = []
         for slot in np.flatnonzero(ctl.readers[:, RD.PID]):
-            pins = ctl.pins[slot]
+            pins = ctl.pins[slot, :entries_used(ctl)]
             out.append({
                 "slot": int(slot), "pid": int(ctl.readers[slot, RD.PID]),
                 "attached_ns": int(ctl.readers[slot, RD.ATTACHED_NS]),
