@@ -16,7 +16,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.data.region_builder import RegionBuilder
 
