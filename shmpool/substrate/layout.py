@@ -431,7 +431,8 @@ class Control:
         before layout 11; stored entry-major (``pins_word``), so this is a strided view."""
         lay = self.layout
         stored = self._arr(lay.pins_offset, (lay.max_dimensions, lay.max_readers, PIN_STRIDE))
-        return stored[:, :, :PIN_COLS].transpose(1, 0, 2)
+        view: np.ndarray = stored[:, :, :PIN_COLS].transpose(1, 0, 2)
+        return view
 
     @functools.cached_property
     def tags(self) -> np.ndarray:
