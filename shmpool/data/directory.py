@@ -82,7 +82,9 @@ class Directory:
 
     def entries(self) -> dict[int, int]:
         """{dimension id: entry index} of every entry in use."""
-        ids = self._ctl.directory[:, D.DIMENSION_ID]
+        # Up to W.ENTRIES_HIGH: the entries beyond were never claimed, and reading them would
+        # map their pages into every reader (8 pages for 256 entries; most hold nothing).
+        ids = self._ctl.directory[:self._words[W.ENTRIES_HIGH], D.DIMENSION_ID]
         return {int(ids[e]): int(e) for e in np.flatnonzero(ids)}
 
     def version(self) -> int:
@@ -131,7 +133,7 @@ class Directory:
     # ----------------------------------------------------------------- writer side (coordinator)
 
     def entry_for(self, dimension_id: int) -> int | None:
-        ids = self._ctl.directory[:, D.DIMENSION_ID]
+        ids = self._ctl.directory[:self._words[W.ENTRIES_HIGH], D.DIMENSION_ID]
         hits = np.flatnonzero(ids == dimension_id)
         return int(hits[0]) if len(hits) else None
 

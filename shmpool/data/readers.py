@@ -26,7 +26,7 @@ from ..substrate._log import logger
 
 from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, LockTimeout
-from ..substrate.layout import RD, W, Control
+from ..substrate.layout import READER_COLS, RD, W, Control
 from ..substrate.lock import SharedLock
 from .pins import busy_only, entries_used, pinned_rows
 
@@ -45,6 +45,20 @@ class ForkClaim(NamedTuple):
     pid: int           # the claimant (the parent)
     start: int
     deadline_ns: int   # RD.HANDOVER_NS: after it, the sweep drops the row whoever lives
+
+
+# Reader rows a page holds (READER_COLS int64 words each): the free-row search reads a page at
+# a time, so a reader maps the pages up to its own row, not all 512 rows' 8 pages.
+_ROWS_PER_PAGE = 4096 // (READER_COLS * 8)
+
+
+def _first_free(rows: np.ndarray) -> int | None:
+    """The lowest free reader row (PID 0), or None."""
+    for start in range(0, len(rows), _ROWS_PER_PAGE):
+        free = np.flatnonzero(rows[start:start + _ROWS_PER_PAGE, RD.PID] == 0)
+        if len(free):
+            return start + int(free[0])
+    return None
 
 
 class ReaderRegistry:
@@ -119,14 +133,14 @@ class ReaderRegistry:
 
     def _free_row_locked(self) -> int:
         rows = self._ctl.readers
-        free = np.flatnonzero(rows[:, RD.PID] == 0)
-        if not len(free):
+        slot = _first_free(rows)
+        if slot is None:
             self._reap_dead_locked()
-            free = np.flatnonzero(rows[:, RD.PID] == 0)
-            if not len(free):
+            slot = _first_free(rows)
+            if slot is None:
                 raise AttachError(name=self._instance,
                                   reason=f"all {len(rows)} reader slots are taken by live processes")
-        return int(free[0])
+        return slot
 
     def _fill_locked(self, slot: int, start: int, epoch_seen: int) -> None:
         """Every column of a free row but PID, which the caller stores last (PID != 0 is "taken")."""

@@ -243,6 +243,7 @@ PIN_COLS = 5
 # words (stored by each lookup) share a line, while the lines of one entry's readers are
 # contiguous and share pages (layout 11). Words PIN_COLS.. are padding, always zero.
 PIN_STRIDE = 8
+PIN_PAGE = 4096  # the pins section starts on a page boundary (layout 11)
 EXACT_PINS = 2
 
 
@@ -355,7 +356,9 @@ class Layout:
         off = align_section(off + max_dimensions * DIR_COLS * 8)
         readers = off
         off = align_section(off + max_readers * READER_COLS * 8)
-        pins = off
+        # On a page boundary: one entry's lines then fill whole pages, 64 readers to each (off a
+        # boundary, readers 0-9 shared a page with nobody but each other).
+        pins = off = (off + PIN_PAGE - 1) // PIN_PAGE * PIN_PAGE
         off = align_section(off + max_readers * max_dimensions * PIN_STRIDE * 8)
         tags = off
         off = align_section(off + max_records * TAG_COLS * 8)
