@@ -27,7 +27,7 @@ reader's cache word for the dimension marked BUSY (a plain store; none when USER
 one load of its GENERATION word (and of TOUCHED, stored once per coordinator sampling period), the
 probe, one bounds check, the context object, the cache word stored back with USERS set.
 
-**The cache word** (PinCol.CACHE of the reader's row, one per directory entry: generation << 2 |
+**The cache word** (``Control.caches``: one per reader and directory entry, layout 11: generation << 2 |
 USERS << 1 | BUSY) lets the coordinator reclaim a superseded generation an idle reader merely keeps
 mapped, without the reader running: the cached generation pins only while BUSY (a lookup is
 between its GENERATION re-check and its end) or USERS (objects other than the cache refer to it)
@@ -663,7 +663,7 @@ NOT_MAPPED = _not_mapped()
 @cython.final
 cdef class DimView:
     """A reader's view of one dimension: its directory entry's word positions, its cache word
-    (``cache_mv[cache_pos]``, the reader row's PinCol.CACHE for the entry; -1: none, the lookup
+    (``cache_mv[cache_pos]``, the reader's cache word for the entry, shmpool.substrate.layout.cache_word; -1: none, the lookup
     path then always asks the mapping), and the generation it has mapped (NOT_MAPPED until the
     first lookup, and after a drop). The mapping (shmpool/data/mapping.py) changes ``current``
     only through :meth:`enter`, :meth:`install`, :meth:`leave` and :meth:`drop`."""
