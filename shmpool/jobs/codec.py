@@ -41,6 +41,7 @@ import struct
 import sys
 import threading
 import traceback
+import weakref
 from typing import Any, Callable, Literal, NamedTuple, Union
 
 import msgpack
@@ -131,11 +132,24 @@ class ArgumentPlan:
 
 
 class ArgumentSource:
-    """Where a worker's decoder finds spilled arrays: ``view`` is the running request's argument
-    allocation (set by the worker for the request it decodes, None otherwise)."""
+    """Where a worker's decoder finds spilled arrays: ``memory`` is the running request's argument
+    allocation as one uint8 ndarray (set by :meth:`lend` for the request being decoded, None
+    otherwise).
+
+    Every array decoded from it is an ndarray view *of that ndarray* (numpy keeps it as their
+    ``base``, and as the base of every view made of them: ``x[1::2]``, ``x.T``, a memoryview of
+    x), so it lives exactly as long as some array still points into the allocation. The weak
+    reference :meth:`lend` returns tells the worker, after the job, whether the job kept one
+    (shmpool/jobs/arg_spill.py). A view of the memoryview itself would not tell: numpy holds
+    the memoryview's exporter (the pool's mmap) as base, not the memoryview."""
 
     def __init__(self) -> None:
-        self.view: memoryview | None = None
+        self.memory: np.ndarray[Any, Any] | None = None
+
+    def lend(self, view: memoryview) -> "weakref.ref[np.ndarray[Any, Any]]":
+        """Decode from ``view`` next; a weak reference to what the arrays made of it hold."""
+        memory = self.memory = np.frombuffer(view, np.uint8)
+        return weakref.ref(memory)
 
 
 class _Spilling:
@@ -276,7 +290,7 @@ def _spilled_array_from(payload: bytes, source: ArgumentSource | None,
     """The read-only ndarray an EXT_SPILLED_ARRAY names, a view of the request's argument
     allocation (no copy); its bounds are checked against the allocation."""
     descr, shape, fortran, offset = unpack_header(payload)  # a structured descr holds tuples
-    view = source.view if source is not None else None
+    view = source.memory if source is not None else None
     if view is None:
         raise TypeError("a spilled array argument outside a worker's request (no argument allocation)")
     dtype = _dtype_of(descr)

@@ -1,0 +1,138 @@
+"""A job may keep a view of its spilled array argument past its return (shmpool/jobs/arg_spill.py).
+
+The client writes a large argument once into lent blocks and frees them once it has decoded the
+answer. A job that keeps the read-only view it was handed (``KEPT[key] = x``, or only ``x[1::2]``,
+a reshape, a list holding it) would then read whatever the table put there next: wrong bytes,
+silently. Here the kept view is read back by a later job of the same worker (one worker, so
+every job runs there) after the client's next jobs allocated and filled other arguments of the
+same size, which land on freed blocks first: its bytes must be the original ones. A job that
+keeps nothing frees exactly as before; and when the last view goes the worker frees the blocks.
+After each test: every slot FREE, no channel held, allocations back to their baseline, nothing
+of the instance left in /dev/shm. Deadlines in wait_for only catch hangs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+
+import _kept_jobs as jobs
+import shmpool
+from _introspect import job_board
+from _waiting import wait_for
+from shmpool.coordinator import Coordinator
+from shmpool.jobs.jobs_layout import SC
+from shmpool.substrate.names import list_objects
+
+pytestmark = pytest.mark.usefixtures("user_jobs_importable")
+
+MB = 2 ** 20
+N = MB  # float64 elements: 8 MiB arguments, far above a slot's spill threshold
+
+
+def _live(coord: Coordinator) -> int:
+    return int(coord.stats()["live_allocations"])
+
+
+def _sha(arrays: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for array in arrays:
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def assert_board_whole(coord: Coordinator, baseline: int) -> None:
+    """Every slot FREE, no channel held, the allocations back to ``baseline``."""
+    board = job_board(coord)
+    wait_for(lambda: coord.stats()["jobs"]["free"] == board.slot_count, what="every slot free")
+    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="every channel released")
+    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
+
+
+@pytest.fixture
+def served(make_name: Callable[[], str]) -> Iterator[tuple[Coordinator, str, int]]:
+    """A coordinator with one worker running tests/_kept_jobs.py: (it, its name, allocations at rest)."""
+    name = make_name()
+    with Coordinator(name, workers=1, job_modules=["_kept_jobs"]) as coord:
+        baseline = _live(coord)
+        yield coord, name, baseline
+        assert_board_whole(coord, baseline)
+    assert list_objects(name) == ([], [])
+
+
+def reuse_freed_blocks(client: Any, rounds: int = 3) -> None:
+    """The client's next jobs: arguments of the same size, other bytes (each lands on blocks the
+    table freed last, those of a kept argument if they were freed)."""
+    for k in range(rounds):
+        filler = np.full(N, 1000.0 + k)
+        assert client.submit(jobs.total, filler).result(60) == float(filler.sum())
+
+
+KEEPS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
+    "whole": lambda x: [x],
+    "strided": lambda x: [x[1::2]],
+    "reshaped": lambda x: [x.reshape(4, -1).T],
+    "in_a_list": lambda x: [x],
+}
+
+
+@pytest.mark.parametrize("how", list(KEEPS))
+def test_a_kept_argument_reads_its_own_bytes_after_the_client_reused_the_memory(
+        served: tuple[Coordinator, str, int], how: str) -> None:
+    """A job keeps (a view derived from) its 8 MiB argument and returns; three more jobs of the
+    same client spill 8 MiB arguments of other bytes; a later job of the same worker reads the
+    kept array: the original bytes. The blocks stay allocated while the worker holds the view
+    (one allocation above the baseline) and are freed once the job's module lets go of it."""
+    coord, name, baseline = served
+    x = np.arange(N, dtype=np.float64)
+    with shmpool.connect(name) as client:
+        pid = client.submit(jobs.keep, "a", x, how).result(60)
+        reuse_freed_blocks(client)
+        assert client.submit(jobs.digest, "a").result(60) == (pid, _sha(KEEPS[how](x)))
+        assert _live(coord) == baseline + 1  # the kept argument, held by the worker
+        assert client.submit(jobs.forget, "a").result(60) == pid
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once nothing views it")
+        reuse_freed_blocks(client, rounds=1)
+
+
+def test_a_job_that_keeps_nothing_frees_its_argument_with_the_answer(served: tuple[Coordinator, str, int]) -> None:
+    """The usual job: the client frees the argument with the answer, as before; nothing held,
+    no slot marked kept."""
+    coord, name, baseline = served
+    x = np.arange(N, dtype=np.float64)
+    with shmpool.connect(name) as client:
+        for _ in range(3):
+            assert client.submit(jobs.total, x).result(60) == float(x.sum())
+            assert _live(coord) == baseline  # freed before the future was given its result
+    assert not job_board(coord).v.slots[:, SC.ARG_KEPT].any()
+
+
+def test_a_job_that_keeps_its_argument_and_raises_keeps_it_too(served: tuple[Coordinator, str, int]) -> None:
+    """An error's answer frees nothing the job kept: the view still reads the original bytes."""
+    coord, name, baseline = served
+    x = np.arange(N, dtype=np.float64) * 3
+    with shmpool.connect(name) as client:
+        with pytest.raises(RuntimeError, match="failed after keeping"):
+            client.submit(jobs.keep_then_fail, "b", x).result(60)
+        reuse_freed_blocks(client)
+        assert client.submit(jobs.digest, "b").result(60)[1] == _sha([x])
+        client.submit(jobs.forget, "b").result(60)
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once nothing views it")
+
+
+def test_many_kept_arguments_are_each_held_and_each_freed(served: tuple[Coordinator, str, int]) -> None:
+    """Four jobs keep four arguments in one list: each stays exact while the list holds it; all
+    are freed when the list goes."""
+    coord, name, baseline = served
+    xs = [np.full(N, float(k)) + np.arange(N) for k in range(4)]
+    with shmpool.connect(name) as client:
+        for x in xs:
+            client.submit(jobs.keep, "many", x, "in_a_list").result(60)
+        reuse_freed_blocks(client)
+        assert client.submit(jobs.digest, "many").result(60)[1] == _sha(xs)
+        assert _live(coord) == baseline + 4
+        client.submit(jobs.forget, "many").result(60)
+        wait_for(lambda: _live(coord) == baseline, what="every kept argument freed")
