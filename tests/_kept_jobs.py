@@ -59,3 +59,14 @@ def keep_gated(gate: str, key: str, x: np.ndarray) -> int:
     from _array_jobs import wait_for_path
     wait_for_path(gate)
     return keep(key, x)
+
+
+def keep_unless_requeued(marker: str, key: str, x: np.ndarray) -> bool:
+    """Keep ``x`` in the first run only (it creates ``marker``); a requeued run keeps nothing.
+    Returns whether this run kept it."""
+    if os.path.exists(marker):
+        return False
+    with open(marker, "w") as fh:
+        fh.write(str(os.getpid()))
+    keep(key, x)
+    return True
