@@ -110,6 +110,19 @@ def test_a_job_that_keeps_nothing_frees_its_argument_with_the_answer(served: tup
     assert not job_board(coord).v.slots[:, SC.ARG_KEPT].any()
 
 
+def test_a_job_that_raises_without_keeping_frees_its_argument_with_the_answer(
+        served: tuple[Coordinator, str, int]) -> None:
+    """The error's traceback held the job's frames (and their views of the argument) only until
+    the worker encoded it: nothing is kept, the client frees the argument with the answer."""
+    coord, name, baseline = served
+    x = np.arange(N, dtype=np.float64)
+    with shmpool.connect(name) as client:
+        with pytest.raises(ValueError, match="failed with"):
+            client.submit(jobs.fail_using, x).result(60)
+        assert _live(coord) == baseline
+    assert not job_board(coord).v.slots[:, SC.ARG_KEPT].any()
+
+
 def test_a_job_that_keeps_its_argument_and_raises_keeps_it_too(served: tuple[Coordinator, str, int]) -> None:
     """An error's answer frees nothing the job kept: the view still reads the original bytes."""
     coord, name, baseline = served

@@ -31,7 +31,7 @@ from _introspect import job_board
 from _waiting import wait_for
 from conftest import TESTS
 from shmpool.coordinator import Coordinator
-from shmpool.jobs.jobs_layout import SC, SlotState
+from shmpool.jobs.jobs_layout import SlotState
 from shmpool.substrate.layout import R
 from shmpool.substrate.names import list_objects
 

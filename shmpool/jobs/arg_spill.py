@@ -7,7 +7,8 @@ it at an aligned offset in an ``ArgumentPlan``. The client then makes **one** al
 for all of them and copies each array there: the only copy of its bytes on the whole way (a
 non-contiguous array is gathered into it by the same copy). The slot's ARG_RECORD / ARG_SERIAL
 name that allocation; the worker that takes the request maps it and hands the job a read-only
-ndarray *view* of it.
+ndarray *view* of it, valid as long as anything references it: a job may keep it past its
+return, and then its worker holds the allocation (the "kept?" step below).
 
 **The rule: no sweep frees blocks a slot may name.** The allocation is made *lent*
 (RecordState.LENT): owned by the client, but skipped by the table's dead-owner sweep, whichever
@@ -27,11 +28,25 @@ every crash harmless:
              submit            the slot names them, written with the request under the board lock
     worker   take, view, run   reads them in place; a worker that dies leaves them to the requeued
                                run (they are still the client's)
+    worker   kept?             after the job, its own references dropped, the worker looks whether
+                               any array of the arguments still lives (the job kept a view: a
+                               global, a cache, x[1::2]). If so, *before* answering, it takes them
+                               over (transfer to itself, still LENT) and writes the request's SEQ
+                               in the slot's ARG_KEPT; killed in between, it leaves them to the
+                               requeued run (the slot still names them; leaving the dead worker
+                               zeroes ARG_KEPT). Then it frees them once the last view is gone
+                               (workers/kept_arguments.py); if it dies first, they are lent blocks
+                               of a dead owner, and the coordinator's settling frees them once no
+                               slot in use names them
     client   answer, free      once the answer is decoded (or the job is withdrawn, or an answer
-                               nobody waits for is dropped), the client frees them
+                               nobody waits for is dropped), the client frees them, unless
+                               ARG_KEPT says the worker kept them (:func:`answer_arguments`; so do
+                               a channel's release and a dead client's settling)
     orphan                     a job still running when its client lets go (close, or death) is
                                ORPHANED: its arguments are handed to the coordinator; the worker
-                               frees them when it finishes, the coordinator if that worker dies.
+                               frees them when it finishes (or keeps them, as above), the
+                               coordinator if that worker dies. An adoption leaves blocks a
+                               live worker took over (AllocationTable.transfer_unless_taken).
                                A dead client's blocks are safe before that hand-over too: lent
                                blocks a slot names outlive every sweep
 
