@@ -14,6 +14,8 @@ of the instance left in /dev/shm. Deadlines in wait_for only catch hangs.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import TimeoutError as FuturesTimeout
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -24,7 +26,7 @@ import shmpool
 from _introspect import job_board
 from _waiting import wait_for
 from shmpool.coordinator import Coordinator
-from shmpool.jobs.jobs_layout import SC
+from shmpool.jobs.jobs_layout import SC, SlotState
 from shmpool.substrate.names import list_objects
 
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
@@ -149,3 +151,25 @@ def test_many_kept_arguments_are_each_held_and_each_freed(served: tuple[Coordina
         assert _live(coord) == baseline + 4
         client.submit(jobs.forget, "many").result(60)
         wait_for(lambda: _live(coord) == baseline, what="every kept argument freed")
+
+
+def test_a_late_kept_answer_dropped_by_a_call_that_gave_up_frees_nothing(
+        served: tuple[Coordinator, str, int], tmp_path: Path) -> None:
+    """``call`` gives up on a job that then keeps its argument; the next call on that thread's
+    channel drops the late answer (Link.discard_answer) without freeing what the worker holds."""
+    coord, name, baseline = served
+    x = np.arange(N, dtype=np.float64) - 5
+    gate = tmp_path / "gate"
+    with shmpool.connect(name) as client:
+        with pytest.raises(FuturesTimeout):
+            client.call(jobs.keep_gated, str(gate), "late", x, timeout=0.3)
+        gate.touch()
+        board = job_board(coord)
+        wait_for(lambda: any(board.slot_row(s).state == SlotState.DONE and board.slot_row(s).arg_kept
+                             for s in range(board.slot_count)), what="the late kept answer delivered")
+        assert client.call(jobs.digest, "late", timeout=60)[1] == _sha([x])  # drops the late answer first
+        assert _live(coord) == baseline + 1
+        reuse_freed_blocks(client)
+        assert client.call(jobs.digest, "late", timeout=60)[1] == _sha([x])
+        client.call(jobs.forget, "late", timeout=60)
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten")

@@ -241,3 +241,18 @@ def test_an_orphans_adoption_leaves_arguments_its_worker_took_over(
     with shmpool.connect(name) as client:
         _read_back_and_forget(coord, client, "e", np.arange(N, dtype=np.float64), worker)
         wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten")
+
+
+def test_a_worker_that_exits_holding_a_kept_argument_leaves_it_to_the_coordinator(
+        serve: Callable[[str | None], tuple[Coordinator, str, int]]) -> None:
+    """SIGTERM ends the worker cleanly while its module still holds the view: it does not free
+    blocks a view still points at (code may run at its interpreter's exit), and once it is
+    gone the coordinator's settling frees them; the replacement serves on."""
+    coord, name, baseline = serve(None)
+    x = np.arange(N, dtype=np.float64)
+    with shmpool.connect(name) as client:
+        pid = client.submit(jobs.keep, "a", x).result(60)
+        assert _live(coord) == baseline + 1
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: _live(coord) == baseline, what="the exited worker's kept argument freed by the coordinator")
+        assert client.submit(jobs.total, x).result(60) == float(x.sum())
