@@ -256,3 +256,23 @@ def test_a_worker_that_exits_holding_a_kept_argument_leaves_it_to_the_coordinato
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: _live(coord) == baseline, what="the exited worker's kept argument freed by the coordinator")
         assert client.submit(jobs.total, x).result(60) == float(x.sum())
+
+
+def test_a_worker_killed_for_its_deadline_after_marking_leaves_the_argument_to_the_client(
+        serve: Callable[[str | None], tuple[Coordinator, str, int]], tmp_path: Path) -> None:
+    """The worker took the argument over and marked it, and stops there (SIGSTOP) past the job's
+    deadline: the supervisor kills it and answers JobTimeout, zeroing the mark as the slot
+    leaves the worker, so the client frees the argument with that answer."""
+    token = tmp_path / "fire-once"
+    token.touch()
+    coord, name, baseline = serve(f"arguments.kept:stop@{token}")
+    x = np.arange(N, dtype=np.float64)
+    with shmpool.connect(name) as client:
+        future = client.submit(jobs.keep, "t", x, job_timeout=1.0)
+        with pytest.raises(shmpool.errors.JobTimeout) as timed_out:
+            future.result(60)
+        # Named from the request's header: its spilled argument is not the supervisor's to decode.
+        assert timed_out.value.job.endswith(":keep") and timed_out.value.timeout == 1.0
+        assert not token.exists()  # stopped at the point, then killed (not counted as a death)
+        assert _live(coord) == baseline  # freed by the client with the JobTimeout answer
+        assert client.submit(jobs.total, x).result(60) == float(x.sum())

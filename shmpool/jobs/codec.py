@@ -52,7 +52,7 @@ from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
 from ..errors import InvalidArgument, InvalidArgumentType, JobError, RemoteTraceback, ShmPoolError
 
-__all__ = ["check_job_timeout", "ArgumentPlan", "SpilledArray", "ArgumentSource", "encode_request", "encode_spilling", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
+__all__ = ["check_job_timeout", "ArgumentPlan", "SpilledArray", "ArgumentSource", "encode_request", "encode_spilling", "decode_request", "decode_job", "request_header", "JobRequest", "RequestFlags", "encode_result",
            "decode_result", "encode_error", "decode_error", "error_info", "rebuild_error", "Resolver",
            "Decoder", "decoder"]
 
@@ -363,6 +363,19 @@ def decode_job(data: Buffer, resolve: Resolver | None = None, *, decode: "Decode
     if len(parts) == 3:
         return JobRequest(parts[0], parts[1], parts[2])
     return JobRequest(*parts)
+
+
+def request_header(data: Buffer) -> tuple[str, float | None]:
+    """(job name, job_timeout) of a request, its arguments left undecoded: no array built, no
+    layer resolved, and a spilled array (which only its worker can map) no obstacle. For the
+    supervisor, which names in its errors a job it does not run."""
+    parts = msgpack.unpackb(data, raw=False, ext_hook=_undecoded, strict_map_key=False)
+    job_timeout = parts[4] if len(parts) > 4 else None
+    return str(parts[0]), job_timeout
+
+
+def _undecoded(code: int, payload: bytes) -> None:
+    return None
 
 
 def decode_request(data: Buffer, resolve: Resolver | None = None) -> tuple[str, list[Any], dict[str, Any]]:
