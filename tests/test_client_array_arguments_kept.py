@@ -173,3 +173,43 @@ def test_a_late_kept_answer_dropped_by_a_call_that_gave_up_frees_nothing(
         assert client.call(jobs.digest, "late", timeout=60)[1] == _sha([x])
         client.call(jobs.forget, "late", timeout=60)
         wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten")
+
+
+DERIVED: dict[str, Callable[[np.ndarray], Any]] = {
+    "itself": lambda x: x,
+    "a slice": lambda x: x[1::2],
+    "a transpose": lambda x: x.T,
+    "a reshape": lambda x: x.reshape(-1),
+    "a dtype view": lambda x: x.view(np.uint8),
+    "np.asarray": np.asarray,
+    "a memoryview": memoryview,
+    "np.frombuffer of it": lambda x: np.frombuffer(x, np.uint8),
+    "a slice of a slice": lambda x: x[2:][::3][1:],
+    "a list holding it": lambda x: [x],
+}
+
+
+@pytest.mark.parametrize("derive", list(DERIVED))
+def test_the_worker_sees_every_view_derived_from_a_spilled_argument_as_keeping_it(derive: str) -> None:
+    """How the worker tells that a job kept something (codec.ArgumentSource): whatever a job
+    derives from its spilled argument without copying keeps the request's memory alive, and
+    nothing does once it is dropped. Guards the one numpy behaviour the fix rests on (the base
+    of a view of a view is the first ndarray, never collapsed past it to the mapping)."""
+    from shmpool.jobs.codec import ArgumentSource, decode_job, decoder, encode_spilling
+    x = np.arange(4096, dtype=np.float64).reshape(64, 64)
+    data, plan = encode_spilling("job", [x], {}, 0)
+    assert plan is not None
+    memory_bytes = bytearray(plan.nbytes)  # stands in for the pool blocks
+    for spilled in plan.arrays:
+        place = np.ndarray(spilled.array.shape, spilled.array.dtype, buffer=memory_bytes, offset=spilled.offset,
+                           order=spilled.order)
+        place[...] = spilled.array
+    source = ArgumentSource()
+    memory = source.lend(memoryview(memory_bytes))
+    request = decode_job(data, decode=decoder(None, source))
+    source.memory = None
+    kept = DERIVED[derive](request.args[0])
+    del request
+    assert memory() is not None  # what the job keeps holds the memory...
+    del kept
+    assert memory() is None  # ...and nothing else does
