@@ -149,6 +149,7 @@ class ArgumentSource:
     def lend(self, view: memoryview) -> "weakref.ref[np.ndarray[Any, Any]]":
         """Decode from ``view`` next; a weak reference to what the arrays made of it hold."""
         memory = self.memory = np.frombuffer(view, np.uint8)
+        memory.flags.writeable = False  # x.base too: the client's bytes, read by a requeued run too
         return weakref.ref(memory)
 
 
