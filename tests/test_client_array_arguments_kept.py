@@ -32,6 +32,7 @@ from shmpool.substrate.names import list_objects
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 MB = 2 ** 20
+WAIT = 60.0  # seconds a wait_for may take: only catches a hang (a loaded 2-core machine starts processes slowly)
 N = MB  # float64 elements: 8 MiB arguments, far above a slot's spill threshold
 
 
@@ -49,9 +50,9 @@ def _sha(arrays: list[np.ndarray]) -> str:
 def assert_board_whole(coord: Coordinator, baseline: int) -> None:
     """Every slot FREE, no channel held, the allocations back to ``baseline``."""
     board = job_board(coord)
-    wait_for(lambda: coord.stats()["jobs"]["free"] == board.slot_count, what="every slot free")
-    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="every channel released")
-    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
+    wait_for(lambda: coord.stats()["jobs"]["free"] == board.slot_count, what="every slot free", seconds=WAIT)
+    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="every channel released", seconds=WAIT)
+    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}", seconds=WAIT)
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_a_kept_argument_reads_its_own_bytes_after_the_client_reused_the_memory(
         assert client.submit(jobs.digest, "a").result(60) == (pid, _sha(KEEPS[how](x)))
         assert _live(coord) == baseline + 1  # the kept argument, held by the worker
         assert client.submit(jobs.forget, "a").result(60) == pid
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once nothing views it")
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once nothing views it", seconds=WAIT)
         reuse_freed_blocks(client, rounds=1)
 
 
@@ -135,7 +136,7 @@ def test_a_job_that_keeps_its_argument_and_raises_keeps_it_too(served: tuple[Coo
         reuse_freed_blocks(client)
         assert client.submit(jobs.digest, "b").result(60)[1] == _sha([x])
         client.submit(jobs.forget, "b").result(60)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once nothing views it")
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once nothing views it", seconds=WAIT)
 
 
 def test_many_kept_arguments_are_each_held_and_each_freed(served: tuple[Coordinator, str, int]) -> None:
@@ -150,7 +151,7 @@ def test_many_kept_arguments_are_each_held_and_each_freed(served: tuple[Coordina
         assert client.submit(jobs.digest, "many").result(60)[1] == _sha(xs)
         assert _live(coord) == baseline + 4
         client.submit(jobs.forget, "many").result(60)
-        wait_for(lambda: _live(coord) == baseline, what="every kept argument freed")
+        wait_for(lambda: _live(coord) == baseline, what="every kept argument freed", seconds=WAIT)
 
 
 def test_a_late_kept_answer_dropped_by_a_call_that_gave_up_frees_nothing(
@@ -161,18 +162,20 @@ def test_a_late_kept_answer_dropped_by_a_call_that_gave_up_frees_nothing(
     x = np.arange(N, dtype=np.float64) - 5
     gate = tmp_path / "gate"
     with shmpool.connect(name) as client:
+        assert client.call(jobs.total, np.ones(4), timeout=60) == 4.0  # the worker warm: it takes the next job at once
         with pytest.raises(FuturesTimeout):
-            client.call(jobs.keep_gated, str(gate), "late", x, timeout=0.3)
+            client.call(jobs.keep_gated, str(gate), "late", x, timeout=2.0)
+        assert Path(f"{gate}.pid").exists()  # it gave up on a running job (a queued one is withdrawn)
         gate.touch()
         board = job_board(coord)
         wait_for(lambda: any(board.slot_row(s).state == SlotState.DONE and board.slot_row(s).arg_kept
-                             for s in range(board.slot_count)), what="the late kept answer delivered")
+                             for s in range(board.slot_count)), what="the late kept answer delivered", seconds=WAIT)
         assert client.call(jobs.digest, "late", timeout=60)[1] == _sha([x])  # drops the late answer first
         assert _live(coord) == baseline + 1
         reuse_freed_blocks(client)
         assert client.call(jobs.digest, "late", timeout=60)[1] == _sha([x])
         client.call(jobs.forget, "late", timeout=60)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten")
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 DERIVED: dict[str, Callable[[np.ndarray], Any]] = {

@@ -31,6 +31,7 @@ from _introspect import job_board
 from _waiting import wait_for
 from conftest import TESTS
 from shmpool.coordinator import Coordinator
+from shmpool.jobs.arg_spill import adopt_arguments
 from shmpool.jobs.jobs_layout import SlotState
 from shmpool.substrate.layout import R
 from shmpool.substrate.names import list_objects
@@ -38,6 +39,7 @@ from shmpool.substrate.names import list_objects
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 MB = 2 ** 20
+WAIT = 60.0  # seconds a wait_for may take: only catches a hang (a loaded 2-core machine starts processes slowly)
 N = MB  # float64 elements: 8 MiB arguments
 
 
@@ -55,9 +57,9 @@ def _sha(x: np.ndarray) -> str:
 
 def _assert_board_whole(coord: Coordinator, baseline: int) -> None:
     board = job_board(coord)
-    wait_for(lambda: coord.stats()["jobs"]["free"] == board.slot_count, what="every slot free")
-    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="every channel released")
-    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
+    wait_for(lambda: coord.stats()["jobs"]["free"] == board.slot_count, what="every slot free", seconds=WAIT)
+    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="every channel released", seconds=WAIT)
+    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}", seconds=WAIT)
 
 
 @pytest.fixture
@@ -117,7 +119,7 @@ def test_a_worker_killed_after_taking_kept_arguments_over_leaves_them_to_the_req
         assert not token.exists() and _deaths(coord) == 1  # killed at the point, the job requeued
         assert _live(coord) == baseline + 1
         _read_back_and_forget(coord, client, "a", x, pid)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten")
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 def test_a_worker_killed_after_marking_answers_through_a_requeued_run_that_keeps_nothing(
@@ -146,9 +148,9 @@ def test_a_worker_killed_after_delivering_a_kept_answer_leaks_nothing(
         assert client.submit(jobs.total, x).result(60) == float(x.sum())
         token.touch()
         pid = client.submit(jobs.keep, "a", x).result(60)
-        assert not token.exists()
-        wait_for(lambda: _deaths(coord) == 1, what="the worker killed after delivering")
-        wait_for(lambda: _live(coord) == baseline, what="the dead worker's kept argument freed by the coordinator")
+        wait_for(lambda: _deaths(coord) == 1, what="the worker killed after delivering", seconds=WAIT)
+        assert not token.exists()  # killed at that point, not elsewhere
+        wait_for(lambda: _live(coord) == baseline, what="the dead worker's kept argument freed by the coordinator", seconds=WAIT)
         reuse_freed_blocks(client)
         assert client.submit(jobs.forget, "a").result(60) != pid  # a replacement, holding nothing
 
@@ -182,23 +184,23 @@ def test_a_client_killed_with_a_kept_answer_unread_leaves_the_argument_to_the_wo
     child = _client_child(name, gate, "d")
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
-        wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running")
+        wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running", seconds=WAIT)
         os.kill(child.pid, signal.SIGSTOP)  # it cannot read its answer
         gate.touch()
         board = job_board(coord)
         wait_for(lambda: any(board.slot_row(s).state == SlotState.DONE and board.slot_row(s).arg_kept
-                             for s in range(board.slot_count)), what="the kept answer in the client's ring")
+                             for s in range(board.slot_count)), what="the kept answer in the client's ring", seconds=WAIT)
         child.kill()
         assert child.wait(30) == -signal.SIGKILL
     finally:
         if child.poll() is None:
             child.kill()
             child.wait(30)
-    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="the dead client settled")
+    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="the dead client settled", seconds=WAIT)
     assert _live(coord) == baseline + 1  # still the worker's
     with shmpool.connect(name) as client:
         _read_back_and_forget(coord, client, "d", np.arange(N, dtype=np.float64))
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten")
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 def test_an_orphans_adoption_leaves_arguments_its_worker_took_over(
@@ -218,7 +220,7 @@ def test_an_orphans_adoption_leaves_arguments_its_worker_took_over(
     worker = 0
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
-        wait_for(lambda: not token.exists(), what="the worker stopped after taking the argument over")
+        wait_for(lambda: not token.exists(), what="the worker stopped after taking the argument over", seconds=WAIT)
         worker = int(Path(f"{gate}.pid").read_text())
         board = job_board(coord)
         running = [s for s in range(board.slot_count) if board.slot_row(s).state == SlotState.RUNNING]
@@ -227,8 +229,11 @@ def test_an_orphans_adoption_leaves_arguments_its_worker_took_over(
         assert ref is not None and int(inst.control.records[ref.record, R.OWNER_PID]) == worker
         child.kill()
         assert child.wait(30) == -signal.SIGKILL
-        wait_for(lambda: board.slot_row(running[0]).state == SlotState.ORPHANED, what="the job orphaned")
-        wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="the dead client settled")
+        wait_for(lambda: board.slot_row(running[0]).state == SlotState.ORPHANED, what="the job orphaned", seconds=WAIT)
+        wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="the dead client settled", seconds=WAIT)
+        wait_for(lambda: not board.orphaned_args, what="the coordinator's adoption round", seconds=WAIT)
+        coordinator = inst.coordinator()
+        adopt_arguments(inst, ref, *coordinator, coordinator)  # as that round does, once more: no race
         assert int(inst.control.records[ref.record, R.OWNER_PID]) == worker  # not adopted
     finally:
         if child.poll() is None:
@@ -236,11 +241,11 @@ def test_an_orphans_adoption_leaves_arguments_its_worker_took_over(
             child.wait(30)
         if worker:
             os.kill(worker, signal.SIGCONT)
-    wait_for(lambda: coord.stats()["jobs"]["free"] == job_board(coord).slot_count, what="the orphan finished")
+    wait_for(lambda: coord.stats()["jobs"]["free"] == job_board(coord).slot_count, what="the orphan finished", seconds=WAIT)
     assert _live(coord) == baseline + 1
     with shmpool.connect(name) as client:
         _read_back_and_forget(coord, client, "e", np.arange(N, dtype=np.float64), worker)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten")
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 def test_a_worker_that_exits_holding_a_kept_argument_leaves_it_to_the_coordinator(
@@ -254,7 +259,7 @@ def test_a_worker_that_exits_holding_a_kept_argument_leaves_it_to_the_coordinato
         pid = client.submit(jobs.keep, "a", x).result(60)
         assert _live(coord) == baseline + 1
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: _live(coord) == baseline, what="the exited worker's kept argument freed by the coordinator")
+        wait_for(lambda: _live(coord) == baseline, what="the exited worker's kept argument freed by the coordinator", seconds=WAIT)
         assert client.submit(jobs.total, x).result(60) == float(x.sum())
 
 
