@@ -76,3 +76,9 @@ def fail_using(x: np.ndarray) -> None:
     """Use the argument, keep nothing, raise: the traceback's frames must not count as keeping it."""
     y = x[::2]
     raise ValueError(f"failed with {float(y.sum())}")
+
+
+def keep_and_double(key: str, x: np.ndarray) -> np.ndarray:
+    """Keep ``x`` and answer ``2 * x``: a result too large for the slot (it spills too)."""
+    keep(key, x)
+    return x * 2
