@@ -26,7 +26,7 @@ import shmpool
 from _introspect import job_board
 from _waiting import wait_for
 from shmpool.coordinator import Coordinator
-from shmpool.jobs.jobs_layout import SC
+from shmpool.jobs.jobs_layout import SC, SlotState
 from shmpool.substrate.names import list_objects
 
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
@@ -236,3 +236,36 @@ def test_the_worker_sees_every_view_derived_from_a_spilled_argument_as_keeping_i
     assert memory() is not None  # what the job keeps holds the memory...
     del kept
     assert memory() is None  # ...and nothing else does
+
+
+def test_a_channel_released_with_a_kept_answer_unread_frees_nothing_the_worker_holds(
+        served: tuple[Coordinator, str, int], tmp_path: Path) -> None:
+    """A client lets go of its channel while a kept answer waits unread in its ring (a call()
+    channel released at close, say): the channel's release frees the slot but not the argument
+    (Link.release_channel's "ended" list skips what ARG_KEPT marks). Driven through the client's
+    Link directly, so no completion thread reads the ring first."""
+    from shmpool.jobs.client_link import Link
+    from shmpool.jobs.codec import RequestFlags
+    coord, name, baseline = served
+    x = np.arange(N, dtype=np.float64) * 7
+    gate = tmp_path / "gate"
+    job = "_kept_jobs:keep_gated"
+    link = Link(name)
+    try:
+        channel = link.board.claim_channel(timeout=10)
+        slot, seq = link.post(channel, job, link.encode(job, [str(gate), "released", x], {}, flags=RequestFlags.PLAIN),
+                              60)
+        gate.touch()
+        board = job_board(coord)
+        wait_for(lambda: board.slot_row(slot).state == SlotState.DONE and board.slot_row(slot).arg_kept == seq,
+                 what="the kept answer in the ring", seconds=WAIT)
+        link.release_channel(channel)
+    finally:
+        link.drop()
+    assert board.slot_row(slot).state == SlotState.FREE
+    assert _live(coord) == baseline + 1
+    with shmpool.connect(name) as client:
+        reuse_freed_blocks(client)
+        assert client.submit(jobs.digest, "released").result(60)[1] == _sha([x])
+        client.submit(jobs.forget, "released").result(60)
+        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
