@@ -452,8 +452,8 @@ class Coordinator:
         # dead client's reclaim leaves them to the worker that reads them (arg_spill.py).
         orphaned, board.orphaned_args = board.orphaned_args, []
         pid, start = inst.coordinator()
-        for arguments in orphaned:
-            adopt_arguments(inst, arguments, pid, start)
+        for arguments in orphaned:  # unless a worker took them over (it kept a view of them)
+            adopt_arguments(inst, arguments, pid, start, (pid, start))
         ended, board.stranded_args = board.stranded_args, []
         for arguments in ended:  # orphaned jobs whose worker died: nobody else frees them
             free_arguments(inst, arguments)

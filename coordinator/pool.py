@@ -29,7 +29,7 @@ from typing import Any, Callable
 from shmpool.substrate._log import logger
 
 from shmpool.substrate._proc import start_token
-from shmpool.jobs.codec import decode_job, decode_request, encode_error
+from shmpool.jobs.codec import encode_error, request_header
 from shmpool.errors import (InvalidArgument, JobTimeout, LockTimeout, WorkerCrashed, WorkerInitFailed, WorkersNotReady,
                             WorkerStartFailed)
 from shmpool.jobs.jobboard import JobBoard
@@ -212,9 +212,8 @@ class WorkerPool:
         for slot, seq, pid in self.board.expired():
             if pid not in ours or pid in self._timed_out:
                 continue
-            try:
-                request = decode_job(self.board.request(slot))
-                job, limit = request.job, request.job_timeout
+            try:  # the header only: a spilled argument is not the supervisor's to map
+                job, limit = request_header(self.board.request(slot))
             except Exception:  # a request that does not decode still gets its worker back
                 job, limit = "?", None
             limit = limit if limit is not None else (self.config.job_timeout or 0.0)
@@ -230,7 +229,7 @@ class WorkerPool:
     def _failure_for(self, meaning: str) -> Callable[[int, int], bytes]:
         def fail(slot: int, attempts: int) -> bytes:
             try:
-                job = decode_request(self.board.request(slot))[0]
+                job = request_header(self.board.request(slot))[0]
             except Exception:  # the request itself may be what kills workers
                 job = "?"
             return encode_error(WorkerCrashed(job=job, attempts=attempts, detail=f"last one {meaning}"))

@@ -4,7 +4,9 @@ It attaches to the instance like any reader, then serves jobs from the job board
 stop (SIGTERM / SIGINT) or until its coordinator disappears. Results larger than a slot's response
 area are written into a table allocation whose ownership passes to the client. Array arguments
 a client spilled (shmpool/jobs/arg_spill.py) reach the job as read-only views of the client's
-allocation, valid while the job runs: the client frees them once it has the answer.
+allocation: the client frees it once it has the answer, unless the job kept a view of it past
+its return; then this worker takes it over and frees it once the last view is gone
+(kept_arguments.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import posix_ipc
 from shmpool.substrate._log import logger, when_loguru_imported
@@ -26,10 +29,10 @@ import shmpool
 from shmpool.substrate import _faults
 from shmpool.substrate.lock import retry_interrupted_waits
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
-from shmpool.jobs.arg_spill import free_arguments, open_arguments
+from shmpool.jobs.arg_spill import ArgumentsRef, free_arguments, open_arguments
 from shmpool.jobs.codec import (FLAG_CHUNK, FLAG_PLAIN, FLAG_SINGLE, ArgumentSource, Decoder, decode_job, decoder,
                                 encode_error, encode_result)
-from shmpool.errors import AttachError
+from shmpool.errors import AttachError, ShmPoolError
 from shmpool.jobs.jobboard import JobBoard
 from shmpool.jobs.jobs_layout import Status
 from shmpool.substrate.names import runtime_dir
@@ -40,9 +43,11 @@ from shmpool.substrate.instance import SharedInstance
 
 from .config import WorkerConfig
 from .jobs import resolve_job
+from .kept_arguments import KeptArguments
 from .watchdog import start_watchdog
 
 if TYPE_CHECKING:
+    import numpy as np
     from loguru import Logger
 
 LOGGING_PACKAGES = ("shmpool", "__main__")
@@ -110,6 +115,8 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
                     if not woken:
                         if not inst.coordinator_alive():
                             break
+                        if serving.kept.held:  # idle: views a job kept may have gone meanwhile
+                            serving.kept.release_unused()
                     elif _faults.ARMED:
                         _faults.point("worker.woken")  # woken, has not taken the job
                     # Woken or not, look: the queue, not the wake-up, is the truth (a submitter
@@ -123,7 +130,10 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
             while taken is not None:
                 taken = serving.run(*taken, take_next=not stop.is_set())
                 served += 1
+                if serving.kept.held:  # this job may have let go of a view an earlier one kept
+                    serving.kept.release_unused()
     finally:
+        serving.kept.close()
         board.close()
         reader.close()
     logger.debug("worker {} (pid {}) served {} jobs", index, os.getpid(), served)
@@ -140,18 +150,20 @@ class _Serving:
         self.pid, self.start = board.identity()
         self.arguments = ArgumentSource()  # the running request's spilled arrays, while it is decoded
         self.decode: Decoder = decoder(lambda d, l, _g: reader.load_layer_context(d, l), self.arguments)
+        self.kept = KeptArguments(inst, self.pid, self.start)  # arguments of jobs that kept a view
 
     def run(self, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:
         """Run one request and hand its response over; returns the next request taken, if asked."""
         job = "?"
         spilled = self.board.arguments(slot)  # written with the request; None for most requests
+        memory = None  # what every array made of the spilled arguments holds (a weak reference)
         try:
             if spilled is not None:
-                self.arguments.view = open_arguments(self.inst, spilled)
+                memory = self.arguments.lend(open_arguments(self.inst, spilled))
             try:
                 request = decode_job(self.core.request(slot), decode=self.decode)
             finally:
-                self.arguments.view = None  # the arrays made hold the view; nothing else may
+                self.arguments.memory = None  # the arrays made hold the memory; nothing else may
             job = request.job
             timeout = request.job_timeout if request.job_timeout is not None else _config.job_timeout
             if timeout is not None and not math.isinf(timeout):
@@ -184,16 +196,37 @@ class _Serving:
             status, payload = _ERROR, encode_error(exc)
         if spilled is None and len(payload) <= self.payload:  # the job path: one call into the core
             return self.core.finish(slot, seq, status, payload, take_next, self.pid, self.start)[1]
+        kept = False
+        if spilled is not None:
+            # Our references go first: whatever still holds the memory now, the job kept.
+            request = args = kwargs = result = fn = None  # type: ignore[assignment]
+            kept = memory is not None and self._keep(memory, spilled, slot, seq)
         taken: tuple[int, int] | None
         if len(payload) <= self.payload:
             delivered, taken = self.core.finish(slot, seq, status, payload, take_next, self.pid, self.start)
         else:
             delivered = send_large(self.board, self.inst, slot, seq, Status(status), payload)  # shmpool/jobs/spill.py
             taken = self.core.take(self.pid, self.start) if take_next else None
-        if spilled is not None and not delivered:
+        if spilled is not None and not delivered and not kept:
             # Orphaned (its client let go while it ran): nobody else frees the arguments now.
             free_arguments(self.inst, spilled)
         return taken
+
+    def _keep(self, memory: "weakref.ref[np.ndarray[Any, Any]]", spilled: ArgumentsRef, slot: int, seq: int) -> bool:
+        """If the job kept a view of its spilled arguments, take them over and mark the answer
+        so that its reader does not free them; both before the answer is published (a reader
+        that freed them first would leave the view on reused memory). True if kept."""
+        try:
+            kept = self.kept.take_over(memory, spilled)
+        except ShmPoolError as exc:  # freed under a RUNNING job: nothing left to keep
+            logger.warning("spilled arguments {} of a job that kept a view of them were freed: {}", spilled, exc)
+            kept = False
+        if _faults.ARMED and kept:
+            _faults.point("arguments.taken_over")  # ours, not marked: the requeued run reads them
+        self.board.mark_kept(slot, seq, kept)  # always written: an earlier run's mark must not stand
+        if _faults.ARMED and kept:
+            _faults.point("arguments.kept")  # ours and marked, not answered
+        return kept
 
 
 _OK, _ERROR = int(Status.OK), int(Status.ERROR)

@@ -7,7 +7,8 @@ it at an aligned offset in an ``ArgumentPlan``. The client then makes **one** al
 for all of them and copies each array there: the only copy of its bytes on the whole way (a
 non-contiguous array is gathered into it by the same copy). The slot's ARG_RECORD / ARG_SERIAL
 name that allocation; the worker that takes the request maps it and hands the job a read-only
-ndarray *view* of it.
+ndarray *view* of it, valid as long as anything references it: a job may keep it past its
+return, and then its worker holds the allocation (the "kept?" step below).
 
 **The rule: no sweep frees blocks a slot may name.** The allocation is made *lent*
 (RecordState.LENT): owned by the client, but skipped by the table's dead-owner sweep, whichever
@@ -27,11 +28,25 @@ every crash harmless:
              submit            the slot names them, written with the request under the board lock
     worker   take, view, run   reads them in place; a worker that dies leaves them to the requeued
                                run (they are still the client's)
+    worker   kept?             after the job, its own references dropped, the worker looks whether
+                               any array of the arguments still lives (the job kept a view: a
+                               global, a cache, x[1::2]). If so, *before* answering, it takes them
+                               over (transfer to itself, still LENT) and writes the request's SEQ
+                               in the slot's ARG_KEPT; killed in between, it leaves them to the
+                               requeued run (the slot still names them; leaving the dead worker
+                               zeroes ARG_KEPT). Then it frees them once the last view is gone
+                               (workers/kept_arguments.py); if it dies first, they are lent blocks
+                               of a dead owner, and the coordinator's settling frees them once no
+                               slot in use names them
     client   answer, free      once the answer is decoded (or the job is withdrawn, or an answer
-                               nobody waits for is dropped), the client frees them
+                               nobody waits for is dropped), the client frees them, unless
+                               ARG_KEPT says the worker kept them (:func:`answer_arguments`; so do
+                               a channel's release and a dead client's settling)
     orphan                     a job still running when its client lets go (close, or death) is
                                ORPHANED: its arguments are handed to the coordinator; the worker
-                               frees them when it finishes, the coordinator if that worker dies.
+                               frees them when it finishes (or keeps them, as above), the
+                               coordinator if that worker dies. An adoption leaves blocks a
+                               live worker took over (AllocationTable.transfer_unless_taken).
                                A dead client's blocks are safe before that hand-over too: lent
                                blocks a slot names outlive every sweep
 
@@ -55,7 +70,8 @@ if TYPE_CHECKING:
     from .jobboard import JobBoard
 
 __all__ = ["ArgumentsRef", "ArgumentsLeft", "NO_ARGUMENTS", "SPILL_THRESHOLD", "spill_over", "read_arguments", "write_arguments",
-           "open_arguments", "free_arguments", "adopt_arguments", "argument_name", "settle_lent_arguments"]
+           "open_arguments", "free_arguments", "adopt_arguments", "argument_name", "settle_lent_arguments",
+           "answer_arguments", "mark_kept", "take_over_arguments"]
 
 # An array argument of more than payload // SPILL_THRESHOLD bytes spills (16 KiB of the default
 # 64 KiB): a request then keeps room for several small ones inline, where a copy is cheaper than
@@ -64,6 +80,7 @@ __all__ = ["ArgumentsRef", "ArgumentsLeft", "NO_ARGUMENTS", "SPILL_THRESHOLD", "
 SPILL_THRESHOLD = 4
 NO_ARGUMENTS = -1  # SlotCol.ARG_RECORD of a request whose arguments all travel in the slot
 _COLS, _RECORD, _SERIAL = SLOT_COLS, int(SlotCol.ARG_RECORD), int(SlotCol.ARG_SERIAL)
+_SEQ, _KEPT = int(SlotCol.SEQ), int(SlotCol.ARG_KEPT)
 
 
 class ArgumentsRef(NamedTuple):
@@ -92,6 +109,21 @@ def read_arguments(slots_mv: memoryview, slot: int) -> ArgumentsRef | None:
     r = slot * _COLS
     record = slots_mv[r + _RECORD]
     return None if record < 0 else ArgumentsRef(record, slots_mv[r + _SERIAL])
+
+
+def answer_arguments(slots_mv: memoryview, slot: int) -> ArgumentsRef | None:
+    """The spilled arguments the reader of ``slot``'s answer frees: those its request names,
+    unless the worker kept them (ARG_KEPT is the slot's SEQ: that worker frees them); or None."""
+    r = slot * _COLS
+    if slots_mv[r + _KEPT] == slots_mv[r + _SEQ]:
+        return None
+    return read_arguments(slots_mv, slot)
+
+
+def mark_kept(slots_mv: memoryview, slot: int, seq: int, kept: bool) -> None:
+    """Worker, before its finish: say whether it kept the arguments of request ``seq`` (the slot
+    is RUNNING and its own: nobody else writes the row now; the finish's lock round publishes it)."""
+    slots_mv[slot * _COLS + _KEPT] = seq if kept else 0
 
 
 def write_arguments(inst: "SharedInstance", plan: ArgumentPlan, job: str, args: Any, kwargs: Any) -> "Handle":
@@ -160,13 +192,25 @@ def free_arguments(inst: "SharedInstance", spilled: "ArgumentsRef | Handle") -> 
         logger.debug("spilled arguments {} already freed: {}", spilled, exc)
 
 
-def adopt_arguments(inst: "SharedInstance", ref: ArgumentsRef, pid: int, start: int) -> None:
+def adopt_arguments(inst: "SharedInstance", ref: ArgumentsRef, pid: int, start: int, caller: tuple[int, int]) -> None:
     """Make process (pid, start) the owner of an orphaned job's arguments (the coordinator), so
-    that its client's exit does not reclaim them under the worker; gone already is logged."""
+    that its client's exit does not reclaim them under the worker; gone already is logged.
+    ``caller``: the process asking (a client letting go of its own, or the coordinator). Blocks
+    a worker took over (:func:`take_over_arguments`) stay that worker's: it frees them."""
     try:
-        inst.table.transfer(inst.table.handle_of(*ref), pid, start)
+        if not inst.table.transfer_unless_taken(inst.table.handle_of(*ref), pid, start, caller=caller):
+            logger.debug("spilled arguments {} kept by the worker that ran their job: not adopted", ref)
     except ShmPoolError as exc:
         logger.debug("spilled arguments {} freed before adoption: {}", ref, exc)
+
+
+def take_over_arguments(inst: "SharedInstance", ref: ArgumentsRef, pid: int, start: int) -> "Handle":
+    """Worker (pid, start): own the arguments ``ref`` names, still lent, because its job kept a
+    view of them past its return. Raises InvalidHandle if they were freed (they cannot be while
+    the slot is RUNNING in this worker's name, or ORPHANED and adopted)."""
+    handle = inst.table.handle_of(*ref)
+    inst.table.transfer(handle, pid, start)
+    return handle
 
 
 def settle_lent_arguments(inst: "SharedInstance", board: "JobBoard") -> int:

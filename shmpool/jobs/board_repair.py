@@ -19,7 +19,7 @@ from ..substrate._log import logger
 
 from ..substrate._proc import is_alive
 from .jobs_layout import CC, JW, SC, SLOT_COLS, SlotState, Status
-from .arg_spill import ArgumentsLeft, ArgumentsRef, read_arguments
+from .arg_spill import ArgumentsLeft, ArgumentsRef, answer_arguments, read_arguments
 from .spill import SpillRef, read_spill, write_spill
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ __all__ = ["BoardRepair", "SUPERVISE_WAIT"]
 SUPERVISE_WAIT = 0.5  # seconds a supervision step waits for the lock before trying next round
 _COLS = SLOT_COLS
 _ST, _WPID, _WSTART, _DEADLINE = int(SC.STATE), int(SC.WORKER_PID), int(SC.WORKER_START), int(SC.DEADLINE_NS)
+_KEPT = int(SC.ARG_KEPT)
 _END_ERR, _END_CANC = int(SC.END_ERROR), int(SC.END_CANCELLED)
 _FREE, _SUBMITTED, _CANCELLED, _ORPHANED = (int(SlotState.FREE), int(SlotState.SUBMITTED),
                                              int(SlotState.CANCELLED), int(SlotState.ORPHANED))
@@ -88,7 +89,10 @@ class BoardRepair:
         """Settle one slot whose client is gone: 1 if it went back to the free stack."""
         row = self.v.slots[slot]
         state = int(row[SC.STATE])
-        arguments = read_arguments(self.v.slots_mv, slot) if left is not None else None
+        arguments = None
+        if left is not None:  # a finished job's worker may have kept them: then it frees them
+            finished = state in (SlotState.DONE, SlotState.DELIVERED)
+            arguments = (answer_arguments if finished else read_arguments)(self.v.slots_mv, slot)
         if arguments is not None and left is not None:
             # A running job's worker reads them still (adopted by the coordinator); any other
             # job is over or will never run (a CANCELLED slot is freed unread): free them.
@@ -129,7 +133,9 @@ class BoardRepair:
         for the supervisor to free, and end the slot if its client left too (1 if freed)."""
         slots, r = self.v.slots_mv, slot * _COLS
         self._take_spill_locked(slot, self.stranded_spills)
-        slots[r + _WPID] = slots[r + _WSTART] = slots[r + _DEADLINE] = 0
+        # Its mark of kept arguments goes with it: their views died with it, so the requeued
+        # run or the answer's reader deals with them as if it had never run.
+        slots[r + _WPID] = slots[r + _WSTART] = slots[r + _DEADLINE] = slots[r + _KEPT] = 0
         if slots[r + _ST] == _ORPHANED:  # nobody waits for it: it ends here
             arguments = read_arguments(slots, slot)
             if arguments is not None:  # no worker will free them now: the supervisor does

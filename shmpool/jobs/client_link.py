@@ -303,9 +303,10 @@ class Link:
 
     def _free_arguments_of(self, slot: int, seq: int) -> None:
         """Free the spilled arguments of request ``seq``, whose answer was delivered to us in
-        ``slot`` (the slot is ours until released, so its row still names them)."""
+        ``slot`` (the slot is ours until released, so its row still names them), unless its
+        worker kept them (a view its job holds on to: that worker frees them, arg_spill.py)."""
         board = self.board
-        arguments = board.arguments(slot)
+        arguments = board.answer_arguments(slot)
         if arguments is not None and board.slot_seq(slot) == seq:
             free_arguments(self.inst, arguments)
 
@@ -375,8 +376,9 @@ class Link:
             free_arguments(self.inst, arguments)
         if left.orphaned:  # their workers read them still: our exit must not reclaim them
             pid, start = self.inst.coordinator()
+            me = self.board.identity()
             for arguments in left.orphaned:
-                adopt_arguments(self.inst, arguments, pid, start)
+                adopt_arguments(self.inst, arguments, pid, start, me)
 
     def _resolve(self, dimension_id: int, layer_id: int, generation: int) -> LoadedContext:
         # The worker saw `generation`; this process maps the newest published one, which is the

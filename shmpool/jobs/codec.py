@@ -41,6 +41,7 @@ import struct
 import sys
 import threading
 import traceback
+import weakref
 from typing import Any, Callable, Literal, NamedTuple, Union
 
 import msgpack
@@ -51,7 +52,7 @@ from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
 from ..errors import InvalidArgument, InvalidArgumentType, JobError, RemoteTraceback, ShmPoolError
 
-__all__ = ["check_job_timeout", "ArgumentPlan", "SpilledArray", "ArgumentSource", "encode_request", "encode_spilling", "decode_request", "decode_job", "JobRequest", "RequestFlags", "encode_result",
+__all__ = ["check_job_timeout", "ArgumentPlan", "SpilledArray", "ArgumentSource", "encode_request", "encode_spilling", "decode_request", "decode_job", "request_header", "JobRequest", "RequestFlags", "encode_result",
            "decode_result", "encode_error", "decode_error", "error_info", "rebuild_error", "Resolver",
            "Decoder", "decoder"]
 
@@ -131,11 +132,25 @@ class ArgumentPlan:
 
 
 class ArgumentSource:
-    """Where a worker's decoder finds spilled arrays: ``view`` is the running request's argument
-    allocation (set by the worker for the request it decodes, None otherwise)."""
+    """Where a worker's decoder finds spilled arrays: ``memory`` is the running request's argument
+    allocation as one uint8 ndarray (set by :meth:`lend` for the request being decoded, None
+    otherwise).
+
+    Every array decoded from it is an ndarray view *of that ndarray* (numpy keeps it as their
+    ``base``, and as the base of every view made of them: ``x[1::2]``, ``x.T``, a memoryview of
+    x), so it lives exactly as long as some array still points into the allocation. The weak
+    reference :meth:`lend` returns tells the worker, after the job, whether the job kept one
+    (shmpool/jobs/arg_spill.py). A view of the memoryview itself would not tell: numpy holds
+    the memoryview's exporter (the pool's mmap) as base, not the memoryview."""
 
     def __init__(self) -> None:
-        self.view: memoryview | None = None
+        self.memory: np.ndarray[Any, Any] | None = None
+
+    def lend(self, view: memoryview) -> "weakref.ref[np.ndarray[Any, Any]]":
+        """Decode from ``view`` next; a weak reference to what the arrays made of it hold."""
+        memory = self.memory = np.frombuffer(view, np.uint8)
+        memory.flags.writeable = False  # x.base too: the client's bytes, read by a requeued run too
+        return weakref.ref(memory)
 
 
 class _Spilling:
@@ -276,7 +291,7 @@ def _spilled_array_from(payload: bytes, source: ArgumentSource | None,
     """The read-only ndarray an EXT_SPILLED_ARRAY names, a view of the request's argument
     allocation (no copy); its bounds are checked against the allocation."""
     descr, shape, fortran, offset = unpack_header(payload)  # a structured descr holds tuples
-    view = source.view if source is not None else None
+    view = source.memory if source is not None else None
     if view is None:
         raise TypeError("a spilled array argument outside a worker's request (no argument allocation)")
     dtype = _dtype_of(descr)
@@ -349,6 +364,19 @@ def decode_job(data: Buffer, resolve: Resolver | None = None, *, decode: "Decode
     if len(parts) == 3:
         return JobRequest(parts[0], parts[1], parts[2])
     return JobRequest(*parts)
+
+
+def request_header(data: Buffer) -> tuple[str, float | None]:
+    """(job name, job_timeout) of a request, its arguments left undecoded: no array built, no
+    layer resolved, and a spilled array (which only its worker can map) no obstacle. For the
+    supervisor, which names in its errors a job it does not run."""
+    parts = msgpack.unpackb(data, raw=False, ext_hook=_undecoded, strict_map_key=False)
+    job_timeout = parts[4] if len(parts) > 4 else None
+    return str(parts[0]), job_timeout
+
+
+def _undecoded(code: int, payload: bytes) -> None:
+    return None
 
 
 def decode_request(data: Buffer, resolve: Resolver | None = None) -> tuple[str, list[Any], dict[str, Any]]:

@@ -40,7 +40,7 @@ from .board_repair import BoardRepair
 from .board_stats import BoardStatistics
 from .jobs_layout import (CC, CHANNEL_COLS, CORE_INDICES, JOBS_MAGIC, JW, SC, SLOT_COLS, BoardState, JobsLayout, JobsView,
                           SlotRow, SlotState, Status)
-from .arg_spill import ArgumentsLeft, ArgumentsRef, read_arguments
+from .arg_spill import ArgumentsLeft, ArgumentsRef, answer_arguments, mark_kept, read_arguments
 from .spill import NO_SPILL, Response, SpillRef, read_spill, write_spill
 
 __all__ = ["JobBoard"]
@@ -338,6 +338,15 @@ class JobBoard(BoardRepair, BoardStatistics):
     def arguments(self, slot: int) -> ArgumentsRef | None:
         """The spilled arguments of the request in ``slot`` (the worker that runs it), or None."""
         return read_arguments(self.v.slots_mv, slot)
+
+    def answer_arguments(self, slot: int) -> ArgumentsRef | None:
+        """The spilled arguments the reader of the answer in ``slot`` frees: None if there are
+        none or the worker kept them (arg_spill.answer_arguments)."""
+        return answer_arguments(self.v.slots_mv, slot)
+
+    def mark_kept(self, slot: int, seq: int, kept: bool) -> None:
+        """Worker, before finishing request ``seq``: whether it kept its spilled arguments."""
+        mark_kept(self.v.slots_mv, slot, seq, kept)
 
     def slot_row(self, slot: int) -> SlotRow:
         """A named snapshot of ``slot``'s row (no lock: for diagnostics and tests)."""

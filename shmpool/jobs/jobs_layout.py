@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["JobWord", "SlotCol", "ChannelCol", "BoardState", "SlotState", "Status", "JW", "SC", "CC", "SLOT_COLS",
            "CHANNEL_COLS", "MUTEX_WORDS", "CORE_INDICES", "JobsLayout", "JobsView", "SlotRow", "JOBS_MAGIC", "LATENCY_BOUNDS_NS"]
 
-JOBS_MAGIC = 0x53484D504A4F4236  # "SHMPJOB6" (3: capacity from the free stack; 4: robust mutex, futex
+JOBS_MAGIC = 0x53484D504A4F4237  # "SHMPJOB7" (3: capacity from the free stack; 4: robust mutex, futex
                                  # words; 5: WAKE_PENDING, which a process of 4 would never clear;
                                  # 6: ARG_RECORD/ARG_SERIAL, spilled arguments a worker of 5 would
-                                 # receive as unknown extension values)
+                                 # receive as unknown extension values; 7: ARG_KEPT, which a client
+                                 # of 6 would not read, freeing arguments a worker still holds)
 
 
 class JobWord(IntEnum):
@@ -128,9 +129,15 @@ class SlotCol(IntEnum):
     # that runs it, and by whoever orphans the slot or takes it from a dead worker.
     ARG_RECORD = 20
     ARG_SERIAL = 21
+    # The SEQ of the request whose worker kept a view of its spilled arguments past the job's
+    # return (arg_spill.py): that worker owns the blocks now and frees them once the last view
+    # goes, so the answer's reader must not. Any other value (0, an earlier request's SEQ): not
+    # kept. Written by the worker running it (RUNNING and its own) after it took the blocks over
+    # and before its finish; zeroed when the slot leaves a dead or killed worker.
+    ARG_KEPT = 22
 
 
-SLOT_COLS = 22
+SLOT_COLS = 23
 
 
 class ChannelCol(IntEnum):
@@ -200,6 +207,7 @@ class SlotRow(NamedTuple):
     deadline_ns: int
     arg_record: int
     arg_serial: int
+    arg_kept: int
 
     @classmethod
     def of(cls, words: Iterable[int]) -> "SlotRow":

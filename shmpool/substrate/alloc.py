@@ -313,6 +313,23 @@ class AllocationTable:
             row[R.OWNER_START] = start
             row[R.OWNER_PID] = pid
 
+    def transfer_unless_taken(self, handle: Handle, pid: int, start: int, *, caller: tuple[int, int]) -> bool:
+        """:meth:`transfer`, unless a live process other than ``caller`` (the process asking, or
+        the dead owner it acts for) owns ``handle`` now: that process took the blocks over and
+        frees them itself (a worker that kept a view of a job's spilled arguments,
+        shmpool/jobs/arg_spill.py). Owner read and changed in one lock round, so a take-over
+        racing this call is either seen or comes after. True if transferred."""
+        with self._lock:
+            row = self._ctl.records[handle.record]
+            if int(row[R.STATE]) not in _HELD or int(row[R.SERIAL]) != handle.serial:
+                raise InvalidHandle(handle=handle, reason="not live: cannot transfer ownership")
+            owner = (int(row[R.OWNER_PID]), int(row[R.OWNER_START]))
+            if owner != caller and owner != (pid, start) and is_alive(*owner):
+                return False
+            row[R.OWNER_START] = start
+            row[R.OWNER_PID] = pid
+            return True
+
     def handle_at(self, pool: int, first_block: int, nbytes: int, record: int, serial: int) -> Handle:
         """Rebuild the handle of an allocation described in shared memory (e.g. a spilled result)."""
         bs = self.block_sizes[pool]
