@@ -105,6 +105,7 @@ cdef extern from "Python.h":
         Py_buffer view
     int _Py_MEMORYVIEW_RELEASED
     PyObject *_list_item "PyList_GET_ITEM" (PyObject *lst, Py_ssize_t i)  # borrowed, from a borrowed list
+    Py_ssize_t _list_size "PyList_GET_SIZE" (PyObject *lst)
     Py_ssize_t _refcnt "Py_REFCNT" (PyObject *o)
     void Py_SET_REFCNT(PyObject *o, Py_ssize_t n)
     object PyMemoryView_FromObject(object obj)
@@ -1188,21 +1189,25 @@ cdef class DimTable:
     """A reader's dimension views, {dimension id: DimView}: a dict, plus an index of the ids
     below SMALL_IDS kept in step with it, so that a lookup finds a small id by index (~100
     instructions less than the dict's hash and probe). The mapping of shmpool.data.mapping owns
-    it; the lookup path only reads it. The few dict verbs that owner uses are all it offers."""
+    it; the lookup path only reads it. The few dict verbs that owner uses are all it offers.
+
+    The index is as long as the largest small id in it, not SMALL_IDS: a reader of 14
+    dimensions keeps 14 slots, where a list of 256 was ~2.1 kB of its private memory
+    (docs/performance.md, issue 22). An id past its end is in the dict or nowhere."""
 
     cdef dict _map
-    cdef list _small             # DimView or None, for ids 0 .. SMALL_IDS - 1
+    cdef list _small             # DimView or None, for ids 0 .. len(_small) - 1 (< SMALL_IDS)
     cdef public object move      # move(gen): the owner's "store it in the pin words" (DimView.drop)
 
     def __cinit__(self):
         self._map = {}
-        self._small = [None] * SMALL_IDS
+        self._small = []
 
     cdef inline DimView find(self, object dimension_id):
         """The view of ``dimension_id`` (an exact int), or None."""
         cdef int64_t dim = _key_of(dimension_id)
         cdef PyObject *found
-        if 0 <= dim < SMALL_IDS:
+        if 0 <= dim < PyList_GET_SIZE(self._small):
             return <DimView>PyList_GET_ITEM(self._small, dim)
         found = PyDict_GetItemWithError(self._map, dimension_id)  # an int's hash cannot fail
         return None if found == NULL else <DimView>found
@@ -1222,6 +1227,8 @@ cdef class DimTable:
         self._map[dimension_id] = view
         cdef int64_t dim = _key_of(dimension_id)
         if 0 <= dim < SMALL_IDS:
+            if dim >= len(self._small):
+                self._small.extend([None] * (dim + 1 - len(self._small)))
             self._small[dim] = view
 
     def __contains__(self, dimension_id):
@@ -1244,7 +1251,7 @@ cdef class DimTable:
         its cache word; a forked child's views name its parent's words, so it passes False)."""
         views = list(self._map.values())
         self._map.clear()
-        self._small = [None] * SMALL_IDS
+        self._small = []
         for view in views:
             self._drop(view, write)
 
@@ -1354,7 +1361,7 @@ cdef class ReaderCore:
         cdef int64_t *w
         if table == <PyObject *>None:
             return None  # never attached: the slow path says so
-        if 0 <= dim < SMALL_IDS:
+        if 0 <= dim < _list_size(<PyObject *>(<DimTable>table)._small):  # ids past it: the dict
             dv = _list_item(<PyObject *>(<DimTable>table)._small, dim)
         else:
             dv = PyDict_GetItemWithError((<DimTable>table)._map, dimension_id)  # an int's hash cannot fail

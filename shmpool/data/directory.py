@@ -81,9 +81,12 @@ class Directory:
     # ----------------------------------------------------------------- reader side (lock-free)
 
     def entries(self) -> dict[int, int]:
-        """{dimension id: entry index} of every entry in use."""
-        ids = self._ctl.directory[:, D.DIMENSION_ID]
-        return {int(ids[e]): int(e) for e in np.flatnonzero(ids)}
+        """{dimension id: entry index} of every entry in use.
+
+        Read through the directory's memoryview, not a numpy view of the section: a reader
+        process makes none (each was ~0.5 kB of its private memory, docs/performance.md issue 22)."""
+        ids = self._mv[D.DIMENSION_ID::DIR_COLS].tolist()
+        return {d: e for e, d in enumerate(ids) if d}
 
     def version(self) -> int:
         """W.DIR_VERSION: moves whenever an entry is claimed or released (snapshots cache entries by it)."""

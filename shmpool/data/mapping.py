@@ -138,7 +138,7 @@ class MappedGenerations:
         return cached[1]
 
     def published(self) -> dict[int, int]:
-        return {dim: e for dim, e in self.directory.entries().items() if self.directory.generation(e) > 0}
+        return {dim: e for dim, e in self.entries().items() if self.directory.generation(e) > 0}
 
     # ----------------------------------------------------------------- the published generations
 

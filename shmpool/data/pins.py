@@ -127,7 +127,9 @@ class RowPins:
 
     def __init__(self, control: Control, slot: int, release_row: Callable[[int], None],
                  registry: "ReaderRegistry") -> None:
-        self._pins = control.pins
+        # The pins section's numpy view, made at the first hold: a reader whose lookups go
+        # through its cache words alone never holds one (docs/performance.md, issue 22).
+        self._control = control
         self.slot = slot
         self._release_row = release_row
         self._registry = registry
@@ -151,7 +153,7 @@ class RowPins:
                 return False
             dp = self._dims.get(entry)
             if dp is None:
-                dp = self._dims[entry] = DimensionPins(self._pins[self.slot, entry])
+                dp = self._dims[entry] = DimensionPins(self._control.pins[self.slot, entry])
             return dp.hold(generation)
 
     def release(self, entry: int, generation: int, *, from_collector: bool = True) -> None:
@@ -233,11 +235,12 @@ class RowPins:
             self._registry.unregister(claim.slot)
             return None
         # The parent's row pins all of it throughout, so the order of these stores is free.
-        self._pins[claim.slot] = self._pins[self.slot]
+        pins = self._control.pins
+        pins[claim.slot] = pins[self.slot]
         # The cache words with USERS forced on: objects made from a cached generation between
         # this copy and fork() are the child's too. The child moves what it holds into its pin
         # words and clears them (MappedGenerations._fork_child).
-        cache = self._pins[claim.slot, :, PN.CACHE]
+        cache = pins[claim.slot, :, PN.CACHE]
         cache[cache != 0] |= int(CacheBit.USERS)
         return claim
 
@@ -254,7 +257,7 @@ class RowPins:
             return False
         self.slot = claim.slot
         for entry, dp in self._dims.items():
-            dp.rebind(self._pins[claim.slot, entry])
+            dp.rebind(self._control.pins[claim.slot, entry])
         return True
 
     def orphan(self, error: ReaderForked) -> None:

@@ -10,6 +10,7 @@ pool pages are reserved per allocation by the table, so a full /dev/shm is never
 from __future__ import annotations
 
 import os
+import struct
 import time
 import weakref
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from ._log import logger
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
 from ..errors import AttachError, InstanceExists, InvalidArgument, OutOfBounds, ShmPoolError
-from .layout import (FILE_SET, HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control,
-                     F, Layout, P, W, pack_header)
+from .layout import (FILE_COLS, FILE_SET, HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING,
+                     Control, F, Layout, P, W, pack_header)
 from .mapped_files import MappedFile, digest_words, file_path, words_digest
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import shared_lock
@@ -69,6 +70,8 @@ DEFAULT_GROWTH = 2  # growth segments each configured pool may add
 
 WAKE_SEM = "wake"  # readers post it to wake the coordinator's reaper (a reload request)
 CONTROL = "control"
+_I64 = struct.Struct("<q")  # one control word, read without a numpy view (a reader makes none of pools/files)
+_FILE_ROW = struct.Struct(f"<{FILE_COLS}q")
 
 
 def _close_all(segments: list[Segment | MappedFile], sems: list[posix_ipc.Semaphore]) -> None:
@@ -129,7 +132,15 @@ class SharedInstance:
 
     def block_size(self, pool: int) -> int:
         """Block size of pool number ``pool`` (a pool row of the control segment)."""
-        return int(self.control.pools[pool, P.BLOCK_SIZE])
+        return self._pool_word(pool, P.BLOCK_SIZE)
+
+    def _pool_word(self, pool: int, col: int) -> int:
+        """One word of a pool row, read from the mapping: a reader's lookups need two of them,
+        not a numpy view of the section (~430 B of its private memory, docs/performance.md issue 22)."""
+        if not 0 <= pool < self.control.layout.pool_count:
+            raise IndexError(f"pool {pool} of {self.control.layout.pool_count}")
+        at = self.control.layout.pools_offset + (pool * POOL_COLS + col) * 8
+        return int(_I64.unpack_from(self.control_segment.mm, at)[0])
 
     # ----------------------------------------------------------------- creation / attach
 
@@ -261,27 +272,28 @@ class SharedInstance:
 
     @classmethod
     def attach(cls, name: str) -> "SharedInstance":
-        """Map the shared objects of running instance ``name``; raises AttachError otherwise."""
+        """Map the shared objects of running instance ``name``; raises AttachError otherwise.
+
+        Only the control segment is mapped now; each pool segment on its first use
+        (:meth:`pool_segment`, :meth:`view`): a reader whose layers are served from region
+        files may never need most of them, and each mapped one was ~0.5 kB of its private
+        memory (its Segment, finalizer and mmap objects; docs/performance.md, issue 22)."""
         validate_name(name)
         check_system(name)
         control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
-        pools: list[Segment | None] = []
         try:
             layout, thresholds = cls._read_layout(name, control_seg)
             control = Control(control_seg.mm, layout)
-            words = control.words
-            if not is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])):
+            words = control.words_mv
+            pid, start = words[W.COORDINATOR_PID], words[W.COORDINATOR_START]
+            if not is_alive(pid, start):
                 control.release()
-                raise AttachError(name=name, reason=f"its coordinator (pid {int(words[W.COORDINATOR_PID])}) "
+                raise AttachError(name=name, reason=f"its coordinator (pid {pid}) "
                                                     "is not running; run `shmpool cleanup` to remove leftovers")
-            for i in range(layout.pool_count):
-                present = bool(control.pools[i, P.PRESENT])
-                pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name) if present else None)
         except BaseException:
-            for seg in [control_seg, *pools]:
-                if seg is not None:
-                    seg.close()
+            control_seg.close()
             raise
+        pools: list[Segment | None] = [None] * layout.pool_count
         return cls(name, control_seg, control, pools, owner=False, thresholds=thresholds)
 
     @staticmethod
@@ -296,20 +308,16 @@ class SharedInstance:
             raise AttachError(name=name, reason=f"layout version {version}, this library reads {LAYOUT_VERSION}")
         pool_count, max_records, max_dims, max_readers = fields[6:10]
         pools_offset = fields[11]
-        rows = np.frombuffer(seg.mm, dtype="<i8", count=pool_count * POOL_COLS,
-                             offset=pools_offset).reshape(pool_count, POOL_COLS)
-        counts = [int(c) for c in rows[:, P.BLOCK_COUNT]]
-        del rows
+        counts = [int(_I64.unpack_from(seg.mm, pools_offset + (i * POOL_COLS + P.BLOCK_COUNT) * 8)[0])
+                  for i in range(pool_count)]
         layout = Layout.compute(counts, max_records=max_records, max_dimensions=max_dims, max_readers=max_readers)
         if (layout.size != fields[3] or layout.pins_offset != fields[16] or layout.tags_offset != fields[18]
                 or layout.backed_offsets[0] != fields[19] or layout.max_files != fields[20]
                 or layout.files_offset != fields[22]):
             raise AttachError(name=name, reason="control segment header disagrees with its own layout")
-        words = np.frombuffer(seg.mm, dtype="<i8", count=8, offset=layout.words_offset)
-        thresholds = Thresholds(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]),
-                                int(words[W.REFUSE_PERMILLE]))
-        del words
-        return layout, thresholds
+        warn, evict, refuse = (int(_I64.unpack_from(seg.mm, layout.words_offset + w * 8)[0])
+                               for w in (W.WARN_PERMILLE, W.EVICT_PERMILLE, W.REFUSE_PERMILLE))
+        return layout, Thresholds(warn, evict, refuse)
 
     # ----------------------------------------------------------------- memory access
 
@@ -347,11 +355,14 @@ class SharedInstance:
         if mapped is not None:
             return mapped
         f = pool - len(self.pool_segments)
-        files = self.control.files
-        if not 0 <= f < len(files) or int(files[f, F.STATE]) != FILE_SET:
+        layout = self.control.layout
+        # The row read from the mapping, not through a numpy view of the section (a reader's
+        # private memory, docs/performance.md issue 22); it never changes once STATE is set.
+        row = _FILE_ROW.unpack_from(self.control_segment.mm, layout.files_offset + f * FILE_COLS * 8) \
+            if 0 <= f < layout.max_files else None
+        if row is None or row[F.STATE] != FILE_SET:
             raise OutOfBounds(what=f"pool number of instance {self.name!r} (no such pool or file)",
-                              offset=pool, length=1, limit=len(self.pool_segments) + len(files))
-        row = [int(v) for v in files[f]]
+                              offset=pool, length=1, limit=len(self.pool_segments) + layout.max_files)
         mapped = MappedFile.open(file_path(words_digest(row[F.DIGEST0], row[F.DIGEST1])), dev=row[F.DEV],
                                  ino=row[F.INO], size=row[F.SIZE], instance=self.name)
         self._files[pool] = mapped
@@ -384,7 +395,7 @@ class SharedInstance:
         return base + free
 
     def _map_pool(self, pool: int) -> memoryview:
-        if not 0 <= pool < len(self.pool_segments) or not int(self.control.pools[pool, P.PRESENT]):
+        if not 0 <= pool < len(self.pool_segments) or not self._pool_word(pool, P.PRESENT):
             raise OutOfBounds(what=f"pool index of instance {self.name!r} (no such pool segment)",
                               offset=pool, length=1, limit=len(self.pool_segments))
         seg = Segment.attach(segment_name(self.name, f"pool{pool}"), instance=self.name)
