@@ -86,6 +86,11 @@ class MappedGenerations:
     ``close()`` ends new mappings; what is mapped stays until the last view of it is dropped,
     and the row is given back then (``owns_instance``: the instance is unmapped too)."""
 
+    # Slots, no __dict__: one object per reader, ~200 B less of its private memory (issue 22).
+    __slots__ = ("inst", "name", "directory", "dir_mv", "words_mv", "pins_mv", "_registry", "slot", "dims", "_lock",
+                 "_closed", "_fork_error", "pins", "_move", "_finalizer", "_waiter", "_waiter_finalizer",
+                 "_entries_cache", "snapshots", "__weakref__")
+
     def __init__(self, inst: SharedInstance, *, owns_instance: bool, timeout: float | None = None) -> None:
         self.inst = inst
         self.name = inst.name

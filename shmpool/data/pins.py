@@ -125,6 +125,10 @@ class RowPins:
     Across fork() the child's copy moves to a row of its own (shmpool/data/fork.py).
     """
 
+    # Slots, no __dict__: one object per reader, ~200 B less of its private memory (issue 22).
+    __slots__ = ("_control", "slot", "_release_row", "_registry", "_dims", "_counts", "_lock", "_reader_closed",
+                 "_released", "lost", "__weakref__")
+
     def __init__(self, control: Control, slot: int, release_row: Callable[[int], None],
                  registry: "ReaderRegistry") -> None:
         # The pins section's numpy view, made at the first hold: a reader whose lookups go

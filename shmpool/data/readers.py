@@ -26,7 +26,7 @@ from ..substrate._log import logger
 
 from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, LockTimeout
-from ..substrate.layout import RD, W, Control
+from ..substrate.layout import READER_COLS, RD, W, Control
 from ..substrate.lock import SharedLock
 from .pins import busy_only, pinned_rows
 
@@ -48,6 +48,10 @@ class ForkClaim(NamedTuple):
 
 
 class ReaderRegistry:
+    # Slots, no __dict__: one object per reader, ~200 B less of its private memory each
+    # (docs/performance.md, issue 22).
+    __slots__ = ("_ctl", "_lock", "_instance")
+
     def __init__(self, control: Control, lock: SharedLock, instance: str) -> None:
         self._ctl = control
         self._lock = lock
@@ -67,10 +71,9 @@ class ReaderRegistry:
         self._lock.acquire(timeout)
         try:
             slot = self._free_row_locked()
-            rows = ctl.readers
             # Nothing superseded before it attached can be held by it: it has answered those.
-            self._fill_locked(slot, start, int(ctl.words[W.PIN_EPOCH]))
-            rows[slot, RD.PID] = pid
+            self._fill_locked(slot, start, ctl.words_mv[W.PIN_EPOCH])
+            ctl.readers_mv[slot * READER_COLS + RD.PID] = pid
         finally:
             self._lock.release()
         return slot
@@ -86,11 +89,11 @@ class ReaderRegistry:
         self._lock.acquire(timeout)
         try:
             slot = self._free_row_locked()
-            rows = ctl.readers
+            rows = ctl.readers_mv
             # The child holds what the parent held: it has answered what the parent answered.
-            self._fill_locked(slot, start, int(rows[parent_slot, RD.EPOCH_SEEN]))
-            rows[slot, RD.HANDOVER_NS] = deadline_ns
-            rows[slot, RD.PID] = pid
+            self._fill_locked(slot, start, rows[parent_slot * READER_COLS + RD.EPOCH_SEEN])
+            rows[slot * READER_COLS + RD.HANDOVER_NS] = deadline_ns
+            rows[slot * READER_COLS + RD.PID] = pid
         finally:
             self._lock.release()
         return ForkClaim(slot, pid, start, deadline_ns)
@@ -118,33 +121,41 @@ class ReaderRegistry:
             self._lock.release()
 
     def _free_row_locked(self) -> int:
-        rows = self._ctl.readers
-        free = np.flatnonzero(rows[:, RD.PID] == 0)
-        if not len(free):
+        free = self._first_free_locked()
+        if free is None:
             self._reap_dead_locked()
-            free = np.flatnonzero(rows[:, RD.PID] == 0)
-            if not len(free):
-                raise AttachError(name=self._instance,
-                                  reason=f"all {len(rows)} reader slots are taken by live processes")
-        return int(free[0])
+            free = self._first_free_locked()
+            if free is None:
+                raise AttachError(name=self._instance, reason=f"all {self._ctl.layout.max_readers} reader slots "
+                                                              "are taken by live processes")
+        return free
+
+    def _first_free_locked(self) -> int | None:
+        # Through the rows' memoryview, not numpy: attach makes no numpy object (issue 22).
+        rows = self._ctl.readers_mv
+        for slot in range(self._ctl.layout.max_readers):
+            if rows[slot * READER_COLS + RD.PID] == 0:
+                return slot
+        return None
 
     def _fill_locked(self, slot: int, start: int, epoch_seen: int) -> None:
         """Every column of a free row but PID, which the caller stores last (PID != 0 is "taken")."""
         ctl = self._ctl
-        rows = ctl.readers
+        rows, base, words = ctl.readers_mv, slot * READER_COLS, ctl.words_mv
         # The row's pin words are all zero already: every way a row is given back clears them
         # (_clear_locked) before its PID. Not written here, because a reader should map only the
         # page of its 10 kB of pin words that holds the entries it uses (~1 kB for 25): zeroing
         # them all made every reader map ~3 pages that no other reader shares, ~12 kB of PSS
         # each (docs/performance.md, issue 22). Garbage there could only over-pin.
-        rows[slot, :] = 0
-        rows[slot, RD.START] = start
-        rows[slot, RD.ATTACHED_NS] = time.time_ns()
-        rows[slot, RD.EPOCH_SEEN] = epoch_seen
-        rows[slot, RD.SEEN_NS] = time.time_ns()
-        attached = int(ctl.words[W.READERS_ATTACHED]) + 1
-        ctl.words[W.READERS_ATTACHED] = attached
-        ctl.words[W.READERS_PEAK] = max(attached, int(ctl.words[W.READERS_PEAK]))
+        for col in range(READER_COLS):
+            rows[base + col] = 0
+        rows[base + RD.START] = start
+        rows[base + RD.ATTACHED_NS] = time.time_ns()
+        rows[base + RD.EPOCH_SEEN] = epoch_seen
+        rows[base + RD.SEEN_NS] = time.time_ns()
+        attached = words[W.READERS_ATTACHED] + 1
+        words[W.READERS_ATTACHED] = attached
+        words[W.READERS_PEAK] = max(attached, words[W.READERS_PEAK])
 
     def unregister(self, slot: int) -> None:
         """Give this process's row back; a row that is not (or no longer) ours is left alone."""
@@ -182,9 +193,9 @@ class ReaderRegistry:
 
     def acknowledge(self, slot: int, epoch: int) -> None:
         """Record that this reader let go of everything superseded up to PIN_EPOCH ``epoch``."""
-        rows = self._ctl.readers
-        rows[slot, RD.SEEN_NS] = time.time_ns()
-        rows[slot, RD.EPOCH_SEEN] = epoch
+        rows, base = self._ctl.readers_mv, slot * READER_COLS
+        rows[base + RD.SEEN_NS] = time.time_ns()
+        rows[base + RD.EPOCH_SEEN] = epoch
 
     def reap_dead(self) -> list[int]:
         """Drop the rows and pins of dead reader processes, and fork hand-overs past their

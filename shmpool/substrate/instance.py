@@ -327,9 +327,8 @@ class SharedInstance:
         if mv is None:
             seg = self.pool_segments[pool] if 0 <= pool < len(self.pool_segments) else None
             if seg is None:
-                mv = self._map_pool(pool)
-            else:
-                mv = self._pool_views[pool] = memoryview(seg.mm)
+                seg = self._map_pool(pool)
+            mv = self._pool_views[pool] = memoryview(seg.mm)
         if offset < 0 or length < 0 or offset + length > len(mv):
             raise OutOfBounds(what=f"pool {pool} of instance {self.name!r}", offset=offset,
                               length=length, limit=len(mv))
@@ -345,9 +344,7 @@ class SharedInstance:
             return self._mapped_file(pool)
         seg = self.pool_segments[pool] if 0 <= pool < len(self.pool_segments) else None
         if seg is None:
-            self._map_pool(pool)
-            seg = self.pool_segments[pool]
-            assert seg is not None  # _map_pool mapped it or raised
+            seg = self._map_pool(pool)
         return seg
 
     def _mapped_file(self, pool: int) -> MappedFile:
@@ -394,18 +391,18 @@ class SharedInstance:
         row[F.STATE] = FILE_SET  # last: a row is read only once an index names its pool
         return base + free
 
-    def _map_pool(self, pool: int) -> memoryview:
+    def _map_pool(self, pool: int) -> Segment:
         if not 0 <= pool < len(self.pool_segments) or not self._pool_word(pool, P.PRESENT):
             raise OutOfBounds(what=f"pool index of instance {self.name!r} (no such pool segment)",
                               offset=pool, length=1, limit=len(self.pool_segments))
         seg = Segment.attach(segment_name(self.name, f"pool{pool}"), instance=self.name)
         return self._adopt(pool, seg)
 
-    def _adopt(self, pool: int, seg: Segment) -> memoryview:
+    def _adopt(self, pool: int, seg: Segment) -> Segment:
+        """Keep ``seg`` as pool ``pool``'s mapping (its writable view is made by view(), if ever)."""
         self.pool_segments[pool] = seg
-        view = self._pool_views[pool] = memoryview(seg.mm)
         self._mapped.append(seg)
-        return view
+        return seg
 
     def _create_growth_segment(self, pool: int) -> None:
         """Called by the table, lock held, before it marks growth row ``pool`` present."""
