@@ -25,7 +25,7 @@ from .alloc import AllocationTable, Handle
 from ..errors import AttachError, InstanceExists, InvalidArgument, OutOfBounds, ShmPoolError
 from .layout import (FILE_COLS, FILE_SET, HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING,
                      Control, F, Layout, P, W, pack_header)
-from .mapped_files import MappedFile, digest_words, file_path, words_digest
+from .mapped_files import MappedFile, digest_words, store_dir, words_digest
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import shared_lock
 from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign,
@@ -87,8 +87,14 @@ def _close_all(segments: list[Segment | MappedFile], sems: list[posix_ipc.Semaph
 class SharedInstance:
     """The shared objects of instance ``name`` mapped into this process."""
 
+    # Slots, no __dict__: every reader process has one (~200 B less of its private memory,
+    # docs/performance.md issue 22).
+    __slots__ = ("name", "owner", "control_segment", "control", "pool_segments", "instance_token", "lock",
+                 "_thresholds", "_table", "_pool_views", "_files", "_store", "_closed", "_present", "huge_pages",
+                 "_mapped", "_wake", "_mapped_sems", "_finalizer", "__weakref__")
+
     def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment | None],
-                 *, owner: bool, thresholds: Thresholds) -> None:
+                 *, owner: bool, thresholds: Thresholds | None) -> None:
         self.name = name
         self.owner = owner
         self.control_segment = control_seg
@@ -106,6 +112,7 @@ class SharedInstance:
         # Writable views for view(), made on a pool's first use: a reader never asks (its ~1 kB).
         self._pool_views: list[memoryview | None] = [None] * len(pools)
         self._files: dict[int, MappedFile] = {}  # file rows mapped here, by pool number
+        self._store: str | None = None  # their folder, resolved (and checked) at the first
         self._closed = False
         self._present: list[int] | None = None
         self.huge_pages = False  # set by create(); growth segments this process creates follow it
@@ -121,8 +128,12 @@ class SharedInstance:
         """The allocation table over the control segment (made on first use)."""
         table = self._table
         if table is None:
+            thresholds = self._thresholds
+            if thresholds is None:  # attached: read when first needed (a reader never allocates)
+                words = self.control.words_mv
+                thresholds = Thresholds(words[W.WARN_PERMILLE], words[W.EVICT_PERMILLE], words[W.REFUSE_PERMILLE])
             table = self._table = AllocationTable(self.control, self.lock, instance_token=self.instance_token,
-                                                  thresholds=self._thresholds, grow=self._create_growth_segment,
+                                                  thresholds=thresholds, grow=self._create_growth_segment,
                                                   back=self._back_pages)
         return table
 
@@ -282,7 +293,7 @@ class SharedInstance:
         check_system(name)
         control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
         try:
-            layout, thresholds = cls._read_layout(name, control_seg)
+            layout = cls._read_layout(name, control_seg)
             control = Control(control_seg.mm, layout)
             words = control.words_mv
             pid, start = words[W.COORDINATOR_PID], words[W.COORDINATOR_START]
@@ -294,10 +305,10 @@ class SharedInstance:
             control_seg.close()
             raise
         pools: list[Segment | None] = [None] * layout.pool_count
-        return cls(name, control_seg, control, pools, owner=False, thresholds=thresholds)
+        return cls(name, control_seg, control, pools, owner=False, thresholds=None)
 
     @staticmethod
-    def _read_layout(name: str, seg: Segment) -> tuple[Layout, Thresholds]:
+    def _read_layout(name: str, seg: Segment) -> Layout:
         if seg.size < HEADER.size:
             raise AttachError(name=name, reason=f"control segment too small ({seg.size} bytes)")
         fields = HEADER.unpack_from(seg.mm, 0)
@@ -315,9 +326,7 @@ class SharedInstance:
                 or layout.backed_offsets[0] != fields[19] or layout.max_files != fields[20]
                 or layout.files_offset != fields[22]):
             raise AttachError(name=name, reason="control segment header disagrees with its own layout")
-        warn, evict, refuse = (int(_I64.unpack_from(seg.mm, layout.words_offset + w * 8)[0])
-                               for w in (W.WARN_PERMILLE, W.EVICT_PERMILLE, W.REFUSE_PERMILLE))
-        return layout, Thresholds(warn, evict, refuse)
+        return layout
 
     # ----------------------------------------------------------------- memory access
 
@@ -360,7 +369,9 @@ class SharedInstance:
         if row is None or row[F.STATE] != FILE_SET:
             raise OutOfBounds(what=f"pool number of instance {self.name!r} (no such pool or file)",
                               offset=pool, length=1, limit=len(self.pool_segments) + layout.max_files)
-        mapped = MappedFile.open(file_path(words_digest(row[F.DIGEST0], row[F.DIGEST1])), dev=row[F.DEV],
+        if self._store is None:
+            self._store = str(store_dir())
+        mapped = MappedFile.open(self._store, words_digest(row[F.DIGEST0], row[F.DIGEST1]), dev=row[F.DEV],
                                  ino=row[F.INO], size=row[F.SIZE], instance=self.name)
         self._files[pool] = mapped
         self._mapped.append(mapped)
@@ -381,9 +392,8 @@ class SharedInstance:
         free = next((f for f, state in enumerate(states) if state != FILE_SET), None)
         if free is None:
             return -1
-        digest_path = file_path(digest)
-        self._files[base + free] = mapped = MappedFile.of_fd(fd, str(digest_path), dev=st.st_dev, ino=st.st_ino,
-                                                             size=st.st_size, instance=self.name)
+        self._files[base + free] = mapped = MappedFile.of_fd(fd, str(store_dir()), digest, dev=st.st_dev,
+                                                             ino=st.st_ino, size=st.st_size, instance=self.name)
         self._mapped.append(mapped)
         row = files[free]
         row[F.DEV], row[F.INO], row[F.SIZE] = st.st_dev, st.st_ino, st.st_size

@@ -110,44 +110,54 @@ class MappedFile:
     ``mmap`` object is the last line of defence: it unmaps itself when collected, which cannot
     happen while a view of it (a Generation's buffer export) is alive. So no finalizer of its
     own: a reader maps one file per served region, and a ``weakref.finalize`` each was ~300 B
-    of its private memory per file (docs/performance.md, issue 22)."""
+    of its private memory per file (docs/performance.md, issue 22). For the same reason it
+    keeps its folder (one string, shared) and digest, not its path: :attr:`name` is made when
+    asked (for a log line or an error)."""
 
-    __slots__ = ("name", "size", "mm", "closed")
+    __slots__ = ("folder", "digest", "size", "mm", "closed")
 
-    def __init__(self, path: str, mm: mmap.mmap, size: int) -> None:
-        self.name = path
+    def __init__(self, folder: str, digest: bytes, mm: mmap.mmap, size: int) -> None:
+        self.folder = folder
+        self.digest = digest
         self.size = size
         self.mm = mm
         self.closed = False  # close() was called (the unmap itself waits while views are out)
 
+    @property
+    def name(self) -> str:
+        """The file's path: ``<folder>/<digest in hex>.region``."""
+        return os.path.join(self.folder, self.digest.hex() + SUFFIX)
+
     @classmethod
-    def open(cls, path: Path, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
-        """Map ``path`` if it is exactly the published file and still safe to map (module doc).
+    def open(cls, folder: str, digest: bytes, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
+        """Map ``<folder>/<digest>.region`` if it is exactly the published file and still safe to
+        map (module doc).
 
         Raises MappedFileChanged (an AttachError) otherwise; nothing is mapped then."""
-        where = str(path)
+        where = os.path.join(folder, digest.hex() + SUFFIX)
         try:
             fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise MappedFileChanged(name=instance, path=where, reason=f"cannot be opened ({exc.strerror or exc})") \
                 from None
         try:
-            return cls.of_fd(fd, where, dev=dev, ino=ino, size=size, instance=instance)
+            return cls.of_fd(fd, folder, digest, dev=dev, ino=ino, size=size, instance=instance)
         finally:
             os.close(fd)
 
     @classmethod
-    def of_fd(cls, fd: int, path: str, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
-        """Map open descriptor ``fd`` (of ``path``) after the same checks as :meth:`open`; the
-        caller keeps and closes ``fd``."""
+    def of_fd(cls, fd: int, folder: str, digest: bytes, *, dev: int, ino: int, size: int,
+              instance: str) -> "MappedFile":
+        """Map open descriptor ``fd`` (of ``<folder>/<digest>.region``) after the same checks as
+        :meth:`open`; the caller keeps and closes ``fd``."""
         st = os.fstat(fd)
         why = why_unsafe(st)
         if why is None and (st.st_dev, st.st_ino, st.st_size) != (dev, ino, size):
             why = (f"is another file now (device {st.st_dev} inode {st.st_ino}, {st.st_size} bytes; "
                    f"published: device {dev} inode {ino}, {size} bytes)")
         if why is not None:
-            raise MappedFileChanged(name=instance, path=path, reason=why)
-        return cls(path, mmap.mmap(fd, size, access=mmap.ACCESS_READ), size)
+            raise MappedFileChanged(name=instance, path=os.path.join(folder, digest.hex() + SUFFIX), reason=why)
+        return cls(folder, digest, mmap.mmap(fd, size, access=mmap.ACCESS_READ), size)
 
     def close(self) -> None:
         """Unmap in this process (idempotent; deferred while views of it are alive)."""
