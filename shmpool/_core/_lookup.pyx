@@ -83,6 +83,7 @@ from ._index_layout cimport *
 from ._sync cimport (asymmetric_fences, fault, fault_armed, shm_compiler_fence, shm_load, shm_load_sc,
                     shm_store, shm_store_sc)
 
+import operator
 import os
 import sys
 import zlib
@@ -1186,22 +1187,25 @@ def _no_move(gen):
 
 @cython.final
 cdef class DimTable:
-    """A reader's dimension views, {dimension id: DimView}: a dict, plus an index of the ids
-    below SMALL_IDS kept in step with it, so that a lookup finds a small id by index (~100
-    instructions less than the dict's hash and probe). The mapping of shmpool.data.mapping owns
+    """A reader's dimension views, {dimension id: DimView}: the ids below SMALL_IDS in a list
+    indexed by id, so that a lookup finds a small id by index (~100 instructions less than a
+    dict's hash and probe), any other id in a dict. The mapping of shmpool.data.mapping owns
     it; the lookup path only reads it. The few dict verbs that owner uses are all it offers.
 
-    The index is as long as the largest small id in it, not SMALL_IDS: a reader of 14
-    dimensions keeps 14 slots, where a list of 256 was ~2.1 kB of its private memory
-    (docs/performance.md, issue 22). An id past its end is in the dict or nowhere."""
+    The list is as long as the largest small id in it, not SMALL_IDS, and a small id is in the
+    list alone: a reader of 14 dimensions keeps 14 slots and an empty dict, where a list of 256
+    slots and a dict of every view were ~2.8 kB of its private memory (docs/performance.md,
+    issue 22). A small id past the list's end is nowhere."""
 
-    cdef dict _map
+    cdef dict _map               # DimView of each id outside [0, SMALL_IDS)
     cdef list _small             # DimView or None, for ids 0 .. len(_small) - 1 (< SMALL_IDS)
+    cdef Py_ssize_t _count       # views in _small
     cdef public object move      # move(gen): the owner's "store it in the pin words" (DimView.drop)
 
     def __cinit__(self):
         self._map = {}
         self._small = []
+        self._count = 0
 
     cdef inline DimView find(self, object dimension_id):
         """The view of ``dimension_id`` (an exact int), or None."""
@@ -1212,46 +1216,69 @@ cdef class DimTable:
         found = PyDict_GetItemWithError(self._map, dimension_id)  # an int's hash cannot fail
         return None if found == NULL else <DimView>found
 
+    cdef Py_ssize_t _slot(self, object dimension_id) except -2:
+        """Its index in the list if ``dimension_id`` is a small id (an int or has __index__), else -1."""
+        if not isinstance(dimension_id, int):
+            if not hasattr(type(dimension_id), "__index__"):
+                return -1
+            dimension_id = operator.index(dimension_id)
+        if 0 <= dimension_id < SMALL_IDS:
+            return dimension_id
+        return -1
+
     def get(self, dimension_id, default=None):
-        return self._map.get(dimension_id, default)
+        cdef Py_ssize_t i = self._slot(dimension_id)
+        if i < 0:
+            return self._map.get(dimension_id, default)
+        found = self._small[i] if i < len(self._small) else None
+        return default if found is None else found
 
     def __getitem__(self, dimension_id):
-        return self._map[dimension_id]
+        found = self.get(dimension_id)
+        if found is None:
+            raise KeyError(dimension_id)
+        return found
 
     def __setitem__(self, dimension_id, DimView view not None):
         if type(dimension_id) is not int:
             raise InvalidArgument(argument="dimension_id", value=dimension_id, reason="is not an int")
-        old = self._map.get(dimension_id)
+        old = self.get(dimension_id)
         if old is not None and old is not view:
             self._drop(old, True)  # one view per cache word: the old one lets go first
-        self._map[dimension_id] = view
-        cdef int64_t dim = _key_of(dimension_id)
-        if 0 <= dim < SMALL_IDS:
-            if dim >= len(self._small):
-                self._small.extend([None] * (dim + 1 - len(self._small)))
-            self._small[dim] = view
+        cdef Py_ssize_t i = self._slot(dimension_id)
+        if i < 0:
+            self._map[dimension_id] = view
+            return
+        if i >= len(self._small):
+            self._small.extend([None] * (i + 1 - len(self._small)))
+        if self._small[i] is None:
+            self._count += 1
+        self._small[i] = view
 
     def __contains__(self, dimension_id):
-        return dimension_id in self._map
+        return self.get(dimension_id) is not None
 
     def __len__(self):
-        return len(self._map)
+        return self._count + len(self._map)
 
     def __iter__(self):
-        return iter(list(self._map))
+        return iter([dim for dim, _ in self.items()])
 
     def values(self):
-        return list(self._map.values())
+        return [view for _, view in self.items()]
 
     def items(self):
-        return list(self._map.items())
+        out = [(dim, view) for dim, view in enumerate(self._small) if view is not None]
+        out.extend(self._map.items())
+        return out
 
     def clear(self, bint write=True):
         """Drop every view, each letting go of its cached generation first (``write``: clearing
         its cache word; a forked child's views name its parent's words, so it passes False)."""
-        views = list(self._map.values())
+        views = self.values()
         self._map.clear()
         self._small = []
+        self._count = 0
         for view in views:
             self._drop(view, write)
 
@@ -1260,7 +1287,7 @@ cdef class DimTable:
             view.drop(self.move if self.move is not None else _no_move, write)
 
     def __repr__(self):
-        return f"DimTable({self._map!r})"
+        return f"DimTable({dict(self.items())!r})"
 
 
 cdef class ReaderCore:

@@ -70,10 +70,11 @@ class ReaderRegistry:
         pid, start = my_identity()
         self._lock.acquire(timeout)
         try:
-            slot = self._free_row_locked()
-            # Nothing superseded before it attached can be held by it: it has answered those.
-            self._fill_locked(slot, start, ctl.words_mv[W.PIN_EPOCH])
-            ctl.readers_mv[slot * READER_COLS + RD.PID] = pid
+            with ctl.readers_view() as rows:
+                slot = self._free_row_locked(rows)
+                # Nothing superseded before it attached can be held by it: it has answered those.
+                self._fill_locked(rows, slot, start, ctl.words_mv[W.PIN_EPOCH])
+                rows[slot * READER_COLS + RD.PID] = pid
         finally:
             self._lock.release()
         return slot
@@ -88,12 +89,12 @@ class ReaderRegistry:
         deadline_ns = time.time_ns() + int(HANDOVER_WINDOW * 1e9)
         self._lock.acquire(timeout)
         try:
-            slot = self._free_row_locked()
-            rows = ctl.readers_mv
-            # The child holds what the parent held: it has answered what the parent answered.
-            self._fill_locked(slot, start, rows[parent_slot * READER_COLS + RD.EPOCH_SEEN])
-            rows[slot * READER_COLS + RD.HANDOVER_NS] = deadline_ns
-            rows[slot * READER_COLS + RD.PID] = pid
+            with ctl.readers_view() as rows:
+                slot = self._free_row_locked(rows)
+                # The child holds what the parent held: it has answered what the parent answered.
+                self._fill_locked(rows, slot, start, rows[parent_slot * READER_COLS + RD.EPOCH_SEEN])
+                rows[slot * READER_COLS + RD.HANDOVER_NS] = deadline_ns
+                rows[slot * READER_COLS + RD.PID] = pid
         finally:
             self._lock.release()
         return ForkClaim(slot, pid, start, deadline_ns)
@@ -120,28 +121,28 @@ class ReaderRegistry:
         finally:
             self._lock.release()
 
-    def _free_row_locked(self) -> int:
-        free = self._first_free_locked()
+    def _free_row_locked(self, rows: memoryview) -> int:
+        free = self._first_free_locked(rows)
         if free is None:
             self._reap_dead_locked()
-            free = self._first_free_locked()
+            free = self._first_free_locked(rows)
             if free is None:
                 raise AttachError(name=self._instance, reason=f"all {self._ctl.layout.max_readers} reader slots "
                                                               "are taken by live processes")
         return free
 
-    def _first_free_locked(self) -> int | None:
-        # Through the rows' memoryview, not numpy: attach makes no numpy object (issue 22).
-        rows = self._ctl.readers_mv
+    def _first_free_locked(self, rows: memoryview) -> int | None:
+        # Through a memoryview of the rows (Control.readers_view), not numpy: attach makes no
+        # numpy object (issue 22).
         for slot in range(self._ctl.layout.max_readers):
             if rows[slot * READER_COLS + RD.PID] == 0:
                 return slot
         return None
 
-    def _fill_locked(self, slot: int, start: int, epoch_seen: int) -> None:
-        """Every column of a free row but PID, which the caller stores last (PID != 0 is "taken")."""
-        ctl = self._ctl
-        rows, base, words = ctl.readers_mv, slot * READER_COLS, ctl.words_mv
+    def _fill_locked(self, rows: memoryview, slot: int, start: int, epoch_seen: int) -> None:
+        """Every column of a free row of ``rows`` (Control.readers_view) but PID, which the
+        caller stores last (PID != 0 is "taken")."""
+        base, words = slot * READER_COLS, self._ctl.words_mv
         # The row's pin words are all zero already: every way a row is given back clears them
         # (_clear_locked) before its PID. Not written here, because a reader should map only the
         # page of its 10 kB of pin words that holds the entries it uses (~1 kB for 25): zeroing
@@ -193,9 +194,10 @@ class ReaderRegistry:
 
     def acknowledge(self, slot: int, epoch: int) -> None:
         """Record that this reader let go of everything superseded up to PIN_EPOCH ``epoch``."""
-        rows, base = self._ctl.readers_mv, slot * READER_COLS
-        rows[base + RD.SEEN_NS] = time.time_ns()
-        rows[base + RD.EPOCH_SEEN] = epoch
+        base = slot * READER_COLS
+        with self._ctl.readers_view() as rows:  # made per publication honoured, not kept (issue 22)
+            rows[base + RD.SEEN_NS] = time.time_ns()
+            rows[base + RD.EPOCH_SEEN] = epoch
 
     def reap_dead(self) -> list[int]:
         """Drop the rows and pins of dead reader processes, and fork hand-overs past their

@@ -433,11 +433,12 @@ class Control:
     def words_mv(self) -> memoryview:
         return self._mv(self.layout.words_offset, WORDS * 8)
 
-    @functools.cached_property
-    def readers_mv(self) -> memoryview:
-        """The reader rows, flat (row * READER_COLS + column): a reader process claims and updates
-        its row through this, and so makes no numpy view at all (numpy's code paths alone were
-        two pages of each reader's private memory, docs/performance.md issue 22)."""
+    def readers_view(self) -> memoryview:
+        """A new view of the reader rows, flat (row * READER_COLS + column), for the caller to
+        drop (or release) when done: a reader process claims and updates its row through one, and
+        so makes no numpy view at all (numpy's code paths alone were two pages of each reader's
+        private memory), and keeps none (it needs one at attach and at each publication it
+        honours; docs/performance.md, issue 22)."""
         return self._mv(self.layout.readers_offset, self.layout.max_readers * READER_COLS * 8)
 
     @functools.cached_property
@@ -453,7 +454,7 @@ class Control:
     def release(self) -> None:
         """Drop every view so the underlying mmap can be closed."""
         made = self.__dict__
-        for name in ("words_mv", "readers_mv", "directory_mv", "pins_mv"):
+        for name in ("words_mv", "directory_mv", "pins_mv"):
             mv = made.get(name)
             if mv is not None:
                 mv.release()
@@ -461,7 +462,7 @@ class Control:
         # here; set whether made or not, so that nothing is made from the closed mapping later.
         self.words = self.pools = self.records = self.directory = self.readers = self.pins = None  # type: ignore[assignment]
         self.tags = self.files = None  # type: ignore[assignment]
-        self.words_mv = self.directory_mv = self.pins_mv = self.readers_mv = None  # type: ignore[assignment]
+        self.words_mv = self.directory_mv = self.pins_mv = None  # type: ignore[assignment]
         self.bitmaps = self.backed = []
         self._buf = None
 

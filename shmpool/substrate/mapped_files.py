@@ -114,14 +114,18 @@ class MappedFile:
     keeps its folder (one string, shared) and digest, not its path: :attr:`name` is made when
     asked (for a log line or an error)."""
 
-    __slots__ = ("folder", "digest", "size", "mm", "closed")
+    __slots__ = ("folder", "digest", "mm", "closed")
 
-    def __init__(self, folder: str, digest: bytes, mm: mmap.mmap, size: int) -> None:
+    def __init__(self, folder: str, digest: bytes, mm: mmap.mmap) -> None:
         self.folder = folder
         self.digest = digest
-        self.size = size
         self.mm = mm
         self.closed = False  # close() was called (the unmap itself waits while views are out)
+
+    @property
+    def size(self) -> int:
+        """The mapping's length (the region's exact size; 0 once unmapped)."""
+        return 0 if self.mm.closed else len(self.mm)
 
     @property
     def name(self) -> str:
@@ -157,7 +161,7 @@ class MappedFile:
                    f"published: device {dev} inode {ino}, {size} bytes)")
         if why is not None:
             raise MappedFileChanged(name=instance, path=os.path.join(folder, digest.hex() + SUFFIX), reason=why)
-        return cls(folder, digest, mmap.mmap(fd, size, access=mmap.ACCESS_READ), size)
+        return cls(folder, digest, mmap.mmap(fd, size, access=mmap.ACCESS_READ))
 
     def close(self) -> None:
         """Unmap in this process (idempotent; deferred while views of it are alive)."""
