@@ -88,8 +88,10 @@ class Directory:
         """{dimension id: entry index} of every entry in use.
 
         Read through the directory's memoryview, not a numpy view of the section: a reader
-        process makes none (each was ~0.5 kB of its private memory, docs/performance.md issue 22)."""
-        ids = self._mv[D.DIMENSION_ID::DIR_COLS].tolist()
+        process makes none (each was ~0.5 kB of its private memory, docs/performance.md issue 22).
+        Up to W.ENTRIES_HIGH: the entries beyond were never claimed, and reading them would map
+        their pages into every reader (8 pages for 256 entries; most hold nothing)."""
+        ids = self._mv[D.DIMENSION_ID:self._words[W.ENTRIES_HIGH] * DIR_COLS:DIR_COLS].tolist()
         return {d: e for e, d in enumerate(ids) if d}
 
     def version(self) -> int:
@@ -138,7 +140,7 @@ class Directory:
     # ----------------------------------------------------------------- writer side (coordinator)
 
     def entry_for(self, dimension_id: int) -> int | None:
-        ids = self._ctl.directory[:, D.DIMENSION_ID]
+        ids = self._ctl.directory[:self._words[W.ENTRIES_HIGH], D.DIMENSION_ID]
         hits = np.flatnonzero(ids == dimension_id)
         return int(hits[0]) if len(hits) else None
 
@@ -152,7 +154,11 @@ class Directory:
         row = self._ctl.directory[entry]
         row[:] = 0
         row[D.DIMENSION_ID] = dimension_id
-        self._ctl.words[W.DIR_VERSION] += 1
+        words = self._ctl.words
+        # Before any reader can find the entry: whoever clears or copies a reader's pins reads
+        # only entries below it, and must not miss this one (layout 11: shm-layout.md).
+        words[W.ENTRIES_HIGH] = max(int(words[W.ENTRIES_HIGH]), entry + 1)
+        words[W.DIR_VERSION] += 1
         return entry
 
     @contextmanager

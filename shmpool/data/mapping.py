@@ -34,11 +34,11 @@ from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
 from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \
     ShmPoolError
 from ..substrate.instance import SharedInstance
-from ..substrate.layout import CACHE_SHIFT, PIN_COLS, PN, TOUCHED_RELOAD, W
+from ..substrate.layout import CACHE_SHIFT, PN, TOUCHED_RELOAD, W, Layout, pins_word
 from . import fork, layer_index
 from .directory import Directory, Location
 from .gen_wait import GenerationWaiter
-from .pins import RowPins
+from .pins import RowPins, entries_used
 from .readers import ReaderRegistry
 
 __all__ = ["MappedGenerations", "DimView", "RELOAD_TIMEOUT"]
@@ -63,10 +63,10 @@ def _reader_gone(dims: DimTable, pins: RowPins) -> None:
     pins.reader_closed()
 
 
-def _dim_view(dimension_id: int, entry: int, pins_mv: memoryview, slot: int, entries: int) -> DimView:
+def _dim_view(dimension_id: int, entry: int, pins_mv: memoryview, slot: int, layout: Layout) -> DimView:
     """Where one dimension's words are (its directory words, this row's cache word for it), and
     (NOT_MAPPED until the first lookup) the generation the lookup path uses now: the core's DimView."""
-    cache_pos = (slot * entries + entry) * PIN_COLS + PN.CACHE
+    cache_pos = pins_word(layout, slot, entry, PN.CACHE)
     return DimView(dimension_id, entry, Directory.generation_position(entry), Directory.touched_position(entry),
                    pins_mv, cache_pos)
 
@@ -158,7 +158,7 @@ class MappedGenerations:
             entry = published.get(dimension_id)
             if entry is None:
                 raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
-            dv = _dim_view(dimension_id, entry, self.pins_mv, self.slot, self.inst.control.layout.max_dimensions)
+            dv = _dim_view(dimension_id, entry, self.pins_mv, self.slot, self.inst.control.layout)
             self.dims[dimension_id] = dv  # mapped by the lookup's refresh
             return dv
 
@@ -353,7 +353,8 @@ class MappedGenerations:
                 snap.unmap()  # their next lookup asks us for the generation, and hears ReaderForked
         self.dims.clear(write=False)  # the views' cache words are the parent's
         if self.pins.lost is None:
-            self.inst.control.pins[self.slot, :, PN.CACHE] = 0  # the child's own row: after the moves above
+            control = self.inst.control
+            control.pins[self.slot, :entries_used(control), PN.CACHE] = 0  # the child's own row: after the moves above
         if not self._closed:
             self._registry.acknowledge(self.slot, int(self.words_mv[_EPOCH]))
 

@@ -239,12 +239,13 @@ class RowPins:
             self._registry.unregister(claim.slot)
             return None
         # The parent's row pins all of it throughout, so the order of these stores is free.
+        used = entries_used(self._control)
         pins = self._control.pins
-        pins[claim.slot] = pins[self.slot]
+        pins[claim.slot, :used] = pins[self.slot, :used]
         # The cache words with USERS forced on: objects made from a cached generation between
         # this copy and fork() are the child's too. The child moves what it holds into its pin
         # words and clears them (MappedGenerations._fork_child).
-        cache = pins[claim.slot, :, PN.CACHE]
+        cache = pins[claim.slot, :used, PN.CACHE]
         cache[cache != 0] |= int(CacheBit.USERS)
         return claim
 
@@ -272,6 +273,14 @@ class RowPins:
             dp.rebind(np.zeros(PIN_COLS, np.int64))  # private scratch
         self._released = True
         self.lost = error
+
+
+def entries_used(control: Control) -> int:
+    """Directory entries ever claimed (W.ENTRIES_HIGH): every reader's pin words beyond are zero.
+
+    Whatever reads or writes a whole row of pins stops there: the pins section is entry-major,
+    so a row spans a page per entry, and touching a page of tmpfs, even reading it, allocates it."""
+    return int(control.words_mv[W.ENTRIES_HIGH])
 
 
 # --------------------------------------------------------------------- coordinator side
@@ -373,7 +382,7 @@ def list_pins(control: Control, block_sizes: Sequence[int], now_ns: int | None =
     out: list[PinRecord] = []
     for slot in np.flatnonzero(rows[:, RD.PID]):
         pid = int(rows[slot, RD.PID])
-        pins = control.pins[slot]
+        pins = control.pins[slot, :entries_used(control)]
         for entry in np.flatnonzero(pins.any(axis=1)):
             dim, published = int(directory[entry, D.DIMENSION_ID]), int(directory[entry, D.GENERATION])
             words = [int(w) for w in pins[entry]]

@@ -28,7 +28,7 @@ from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, LockTimeout
 from ..substrate.layout import READER_COLS, RD, W, Control
 from ..substrate.lock import SharedLock
-from .pins import busy_only, pinned_rows
+from .pins import busy_only, entries_used, pinned_rows
 
 __all__ = ["ReaderRegistry", "ForkClaim", "HANDOVER_WINDOW"]
 
@@ -133,7 +133,8 @@ class ReaderRegistry:
 
     def _first_free_locked(self, rows: memoryview) -> int | None:
         # Through a memoryview of the rows (Control.readers_view), not numpy: attach makes no
-        # numpy object (issue 22).
+        # numpy object (issue 22). Row by row, so a reader maps the pages up to its own row,
+        # not all 512 rows' 8 pages (readers of one instance share those).
         for slot in range(self._ctl.layout.max_readers):
             if rows[slot * READER_COLS + RD.PID] == 0:
                 return slot
@@ -188,7 +189,7 @@ class ReaderRegistry:
         ctl = self._ctl
         if int(ctl.readers[slot, RD.PID]) == 0:
             return
-        ctl.pins[slot] = 0
+        ctl.pins[slot, :entries_used(ctl)] = 0
         ctl.readers[slot, :] = 0
         ctl.words[W.READERS_ATTACHED] -= 1
 
@@ -248,7 +249,7 @@ class ReaderRegistry:
         ctl = self._ctl
         out: list[dict[str, Any]] = []
         for slot in np.flatnonzero(ctl.readers[:, RD.PID]):
-            pins = ctl.pins[slot]
+            pins = ctl.pins[slot, :entries_used(ctl)]
             out.append({
                 "slot": int(slot), "pid": int(ctl.readers[slot, RD.PID]),
                 "attached_ns": int(ctl.readers[slot, RD.ATTACHED_NS]),

@@ -11,7 +11,7 @@ valid), followed by sections at 64-byte-aligned offsets that the header records:
     backed     uint8[...]                        one bit per block per pool, 1 = its pages are reserved
     directory  int64[max_dimensions, DIR_COLS]   dimension id -> published region, by generation
     readers    int64[max_readers, READER_COLS]   attached reader processes
-    pins       int64[max_readers, max_dimensions, PIN_COLS]  the generations each reader holds
+    pins       int64[max_dimensions, max_readers, PIN_STRIDE]  the generations each reader holds
     tags       int64[max_records, TAG_COLS]      which generation of which dimension a record holds
     files      int64[max_files, FILE_COLS]       mapped region files: pool number pool_count + f
 
@@ -35,20 +35,21 @@ __all__ = [
     "MAGIC", "LAYOUT_VERSION", "HEADER", "ControlWord", "InstanceState", "PoolCol", "RecordCol", "RecordState",
     "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "CacheBit", "CACHE_SHIFT", "TagCol", "FileCol",
     "W", "P", "R", "D", "S", "RD", "PN", "RT", "F", "SLOT_COLS",
-    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "TAG_COLS", "FILE_COLS", "MAX_POOL_NUMBERS",
-    "WORDS", "Layout",
+    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "PIN_STRIDE", "TAG_COLS", "FILE_COLS",
+    "MAX_POOL_NUMBERS", "WORDS", "Layout", "pins_word",
     "Control",
 ]
 
 MAGIC = b"SHMPCTL1"
-LAYOUT_VERSION = 10  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
+LAYOUT_VERSION = 11  # 2: pool rows gained PRESENT and BASE (pool growth); 3: exact pins, record tags;
 # 4: backed bitmaps (pages reserved in /dev/shm), words BACKED_BYTES and SHM_FULL; 5: a directory
 # slot points at a generation's shared layer index (shmpool/data/layer_index.py), not at a region;
 # 6: word PUBLISH_SEQ (consistent snapshots), reader column WAITING and the per-reader gwR
 # semaphores (generation wake-ups); 7: the table lock is a robust mutex in words 56-63 (no flock,
 # no lock semaphore); 8: the files section (region files served by mapping, coordinator/region_store.py);
 # 9: RecordState.LENT (a job's spilled arguments: no dead-owner sweep frees them);
-# 10: pin column CACHE, a reader's cache word (no pin-watch thread)
+# 10: pin column CACHE, a reader's cache word (no pin-watch thread); 11: the pins entry-major, a cache
+# line per (entry, reader): the readers of a dimension share its pages (a page per reader before)
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
@@ -113,6 +114,7 @@ class ControlWord(IntEnum):
     BACKED_BYTES = 27       # pool bytes whose pages are reserved (allocated in /dev/shm)
     SHM_FULL = 28           # allocations refused because /dev/shm is full (subset of FAIL_COUNT)
     PUBLISH_SEQ = 29        # seqlock over every publication: odd while directory GENERATION words change
+    ENTRIES_HIGH = 30       # directory entries 0..n-1 were ever claimed; pin words of later ones are zero
     LOCK_MUTEX = 56         # 56-63: the table's pthread_mutex_t (robust, process-shared; shmpool._core)
 
 
@@ -237,6 +239,11 @@ class PinCol(IntEnum):
 
 
 PIN_COLS = 5
+# Words per (entry, reader) in the pins section: one cache line, so no two processes' cache
+# words (stored by each lookup) share a line, while the lines of one entry's readers are
+# contiguous and share pages (layout 11). Words PIN_COLS.. are padding, always zero.
+PIN_STRIDE = 8
+PIN_PAGE = 4096  # the pins section starts on a page boundary (layout 11)
 EXACT_PINS = 2
 
 
@@ -292,6 +299,11 @@ MAX_POOL_NUMBERS = 64
 W, P, R, D, S, RD, PN, RT, F = ControlWord, PoolCol, RecordCol, DirCol, DirSlotCol, ReaderCol, PinCol, TagCol, FileCol
 
 
+def pins_word(layout: "Layout", reader: int, entry: int, col: int) -> int:
+    """Index in the pins section (int64 words) of word ``col`` of ``reader`` for ``entry``."""
+    return (entry * layout.max_readers + reader) * PIN_STRIDE + col
+
+
 def align_section(n: int) -> int:
     """``n`` rounded up to the next section boundary (ALIGN bytes), in this and the jobs segment."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
@@ -344,8 +356,10 @@ class Layout:
         off = align_section(off + max_dimensions * DIR_COLS * 8)
         readers = off
         off = align_section(off + max_readers * READER_COLS * 8)
-        pins = off
-        off = align_section(off + max_readers * max_dimensions * PIN_COLS * 8)
+        # On a page boundary: one entry's lines then fill whole pages, 64 readers to each (off a
+        # boundary, readers 0-9 shared a page with nobody but each other).
+        pins = off = (off + PIN_PAGE - 1) // PIN_PAGE * PIN_PAGE
+        off = align_section(off + max_readers * max_dimensions * PIN_STRIDE * 8)
         tags = off
         off = align_section(off + max_records * TAG_COLS * 8)
         files = off
@@ -416,8 +430,12 @@ class Control:
 
     @functools.cached_property
     def pins(self) -> np.ndarray:
+        """``pins[reader, entry]``: the PIN_COLS words of one reader for one entry, indexed as
+        before layout 11; stored entry-major (``pins_word``), so this is a strided view."""
         lay = self.layout
-        return self._arr(lay.pins_offset, (lay.max_readers, lay.max_dimensions, PIN_COLS))
+        stored = self._arr(lay.pins_offset, (lay.max_dimensions, lay.max_readers, PIN_STRIDE))
+        view: np.ndarray = stored[:, :, :PIN_COLS].transpose(1, 0, 2)
+        return view
 
     @functools.cached_property
     def tags(self) -> np.ndarray:
@@ -449,7 +467,7 @@ class Control:
     def pins_mv(self) -> memoryview:
         """The lookup's cache words (PinCol.CACHE) are read and written through this one."""
         lay = self.layout
-        return self._mv(lay.pins_offset, lay.max_readers * lay.max_dimensions * PIN_COLS * 8)
+        return self._mv(lay.pins_offset, lay.max_readers * lay.max_dimensions * PIN_STRIDE * 8)
 
     def release(self) -> None:
         """Drop every view so the underlying mmap can be closed."""
