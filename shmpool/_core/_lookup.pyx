@@ -290,7 +290,10 @@ cdef class Generation:
 
     ``Generation(dimension_id, generation, index, index_offset, index_nbytes, header, pools,
     entry=-1, pins=None, held=False)``: the index is ``index_nbytes`` bytes at ``index_offset``
-    of buffer ``index`` (a segment's mmap), ``header`` its checked
+    of buffer ``index`` (a segment's mmap; or the instance's one read-only memoryview of it,
+    which every generation indexed in that segment then holds by reference, its export keeping
+    the mapping, instead of taking an export of its own: 80 B less each, docs/performance.md
+    issue 22; nobody may ``release()`` such a view), ``header`` its checked
     :class:`shmpool.data.layer_index.Header`, ``pools`` a sequence (pool number -> buffer of the
     whole pool segment or mapped file, or None where no layer lives). The generation holds a
     buffer export of each (so none of those mappings can be unmapped under it) and takes the
@@ -318,8 +321,9 @@ cdef class Generation:
     cdef const char **pool_base     # indexed by pool number (the block holds entries from pool_lo on)
     cdef Py_ssize_t *pool_len
     cdef char *_block               # what was allocated: the two arrays' entries, then _bufs
-    cdef Py_buffer *_bufs       # the exports held: [0] the index's mapping, then each distinct pool's
+    cdef Py_buffer *_bufs       # the exports held: the index's mapping (unless shared), then each distinct pool's
     cdef Py_ssize_t _nbufs
+    cdef object _index_view     # the shared read-only memoryview the index lies in, when given one (else None)
     cdef readonly Py_ssize_t entry
     cdef public bint held       # the pin words hold (entry, generation) for this object
     cdef object _pins           # their owner: pins.release(entry, generation) when this object goes
@@ -342,12 +346,14 @@ cdef class Generation:
 
     def __init__(self, dimension_id, int64_t generation, index, Py_ssize_t index_offset, Py_ssize_t index_nbytes,
                  header, pools, Py_ssize_t entry=-1, pins=None, bint held=False):
-        cdef Py_ssize_t p, k, n = len(pools), held_max = 1, lo = -1, span
+        cdef bint shared = type(index) is memoryview
+        cdef Py_ssize_t p, k, n = len(pools), held_max = 0 if shared else 1, lo = -1, span
         cdef int64_t table_at = header.table_offset, rows_at = header.rows_offset
         cdef int64_t slots = header.slots, count = header.layer_count, nbytes = header.nbytes
         cdef int64_t name_at = HEADER_BYTES, name_length = header.name_length
         cdef char *block
         cdef Py_buffer *buf
+        cdef Py_buffer *whole
         if self._bufs != NULL:
             raise InvalidArgument(argument="generation", value=generation, reason="is initialised already")
         self.entry = entry
@@ -373,12 +379,20 @@ cdef class Generation:
         self.pool_base = <const char **>(<uintptr_t>block - lo * sizeof(char *))
         self.pool_len = <Py_ssize_t *>(<uintptr_t>(block + span * sizeof(char *)) - lo * sizeof(Py_ssize_t))
         self._bufs = <Py_buffer *>(block + span * (sizeof(char *) + sizeof(Py_ssize_t)))
-        PyObject_GetBuffer(index, &self._bufs[0], PyBUF_SIMPLE)
-        self._nbufs = 1
+        if shared:
+            # Held by reference: the view's own export keeps the mapping while this object lives.
+            if (<PyMemoryViewObject *>index).flags & _Py_MEMORYVIEW_RELEASED or not index.c_contiguous:
+                raise InvalidArgument(argument="index", value=index, reason="is a released or non-contiguous view")
+            self._index_view = index
+            whole = &(<PyMemoryViewObject *>index).view
+        else:
+            PyObject_GetBuffer(index, &self._bufs[0], PyBUF_SIMPLE)
+            self._nbufs = 1
+            whole = &self._bufs[0]
         source = f"dimension {dimension_id} generation {generation}"
-        if index_offset < 0 or index_nbytes < 0 or index_offset + index_nbytes > self._bufs[0].len:
+        if index_offset < 0 or index_nbytes < 0 or index_offset + index_nbytes > whole.len:
             raise RegionFormatError(source=source, fault=f"layer index [{index_offset}, {index_offset + index_nbytes}) "
-                                                         f"lies outside its {self._bufs[0].len}-byte mapping")
+                                                         f"lies outside its {whole.len}-byte mapping")
         # layer_index.read_header checked all of this against the index; checked again here
         # because the addresses below are trusted from now on.
         if (slots < 8 or slots & (slots - 1) or count < 0 or slots < 2 * count or table_at % 8 or rows_at % 8
@@ -386,7 +400,7 @@ cdef class Generation:
                 or table_at + slots * SLOT_WORDS * 8 != nbytes or nbytes > index_nbytes):
             raise RegionFormatError(source=source, fault=f"layer index sections (rows at {rows_at}, table at "
                                                          f"{table_at}, {slots} slots) do not fit {index_nbytes} bytes")
-        self._index = <const char *>self._bufs[0].buf + index_offset
+        self._index = <const char *>whole.buf + index_offset
         self.dimension_id = dimension_id
         self.dim = dimension_id
         self.generation = generation

@@ -232,12 +232,12 @@ class MappedGenerations:
         without (the cache's, pinned by its cache word), only once moved there."""
         source = f"dimension {dimension_id} generation {loc.generation}"
         try:
-            seg = self.inst.pool_segment(loc.pool)
+            export = self.inst.pool_export(loc.pool)  # the Generation holds this shared view, not an export
             offset = loc.first_block * self.inst.block_size(loc.pool)
-            if offset + loc.nbytes > seg.size:
+            if offset + loc.nbytes > len(export):
                 raise RegionFormatError(source=source, fault=f"layer index [{offset}, {offset + loc.nbytes}) lies "
                                                              f"outside pool {loc.pool}")
-            with memoryview(seg.mm) as whole, whole[offset:offset + loc.nbytes] as index:
+            with export[offset:offset + loc.nbytes] as index:  # a slice: releasing it leaves the export
                 header = layer_index.read_header(index, source=source, dimension_id=dimension_id,
                                                  generation=loc.generation)
             pools: list[Any] = [None] * header.pools.bit_length()
@@ -249,8 +249,8 @@ class MappedGenerations:
                 self.pins.release(entry, loc.generation)
             raise
         # From here the Generation owns the hold: its deallocation releases it, also if this raises.
-        return Generation(dimension_id, loc.generation, seg.mm, offset, loc.nbytes, header, pools,
-                          entry, self.pins, held)
+        return Generation(dimension_id, loc.generation, export, offset, loc.nbytes, header, pools, entry, self.pins,
+                          held)
 
     # ----------------------------------------------------------------- letting go
 

@@ -74,7 +74,9 @@ _I64 = struct.Struct("<q")  # one control word, read without a numpy view (a rea
 _FILE_ROW = struct.Struct(f"<{FILE_COLS}q")
 
 
-def _close_all(segments: list[Segment | MappedFile], sems: list[posix_ipc.Semaphore]) -> None:
+def _close_all(segments: list[Segment | MappedFile], sems: list[posix_ipc.Semaphore],
+               exports: list[memoryview | None]) -> None:
+    exports.clear()  # dropped, never released: Generations may still hold them (then the unmap waits)
     for seg in segments:
         seg.close()
     for sem in sems:
@@ -90,7 +92,7 @@ class SharedInstance:
     # Slots, no __dict__: every reader process has one (~200 B less of its private memory,
     # docs/performance.md issue 22).
     __slots__ = ("name", "owner", "control_segment", "control", "pool_segments", "instance_token", "lock",
-                 "_thresholds", "_table", "_pool_views", "_files", "_store", "_closed", "_present", "huge_pages",
+                 "_thresholds", "_table", "_pool_views", "_exports", "_files", "_store", "_closed", "_present", "huge_pages",
                  "_mapped", "_wake", "_mapped_sems", "_finalizer", "__weakref__")
 
     def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment | None],
@@ -123,7 +125,9 @@ class SharedInstance:
         self._mapped: list[Segment | MappedFile] = [control_seg, *(seg for seg in pools if seg is not None)]
         self._wake: posix_ipc.Semaphore | None = None
         self._mapped_sems: list[posix_ipc.Semaphore] = []  # the wake semaphore, once opened
-        self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems)
+        # Read-only views of whole pool mappings, one per pool a layer index lies in (pool_export).
+        self._exports: list[memoryview | None] = []
+        self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems, self._exports)
 
     @property
     def table(self) -> AllocationTable:
@@ -357,6 +361,20 @@ class SharedInstance:
         if seg is None:
             seg = self._map_pool(pool)
         return seg
+
+    def pool_export(self, pool: int) -> memoryview:
+        """A read-only view of the whole mapping of pool number ``pool`` (mapping it on first
+        use), made once: every Generation whose layer index lies in that pool holds this one view
+        by reference instead of taking a buffer export of its own (80 B each; docs/performance.md,
+        issue 22). Its export keeps the mapping while any of them lives. Never ``release()`` it:
+        close() drops it, and the unmap then waits for the last Generation, as for any view."""
+        exports = self._exports
+        view = exports[pool] if pool < len(exports) else None
+        if view is None:
+            if pool >= len(exports):
+                exports.extend([None] * (pool + 1 - len(exports)))
+            view = exports[pool] = memoryview(self.pool_segment(pool).mm).toreadonly()
+        return view
 
     def _mapped_file(self, pool: int) -> MappedFile:
         f = pool - len(self.pool_segments)

@@ -309,7 +309,9 @@ def align_section(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-@dataclass(frozen=True)
+# Slots: every reader process holds one, and its __dict__ was ~0.6 kB of the reader's private
+# memory (docs/performance.md, issue 22).
+@dataclass(frozen=True, slots=True)
 class Layout:
     """Offsets and sizes of every section for one configuration."""
     pool_count: int
