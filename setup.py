@@ -71,7 +71,7 @@ class BuildCore(build_ext):
 def _extensions() -> list[Extension]:
     common = dict(include_dirs=[CORE], extra_compile_args=["-O2", "-Wno-unused-function"],
                   define_macros=[("_GNU_SOURCE", "1")])
-    depends = [f"{CORE}/{name}" for name in ("shm_sync.h", "lookup_ids.h", "_sync.pxd", "_index_layout.pxd")]
+    depends = [f"{CORE}/{name}" for name in ("shm_sync.h", "lookup_ids.h", "key_hash.h", "_sync.pxd", "_index_layout.pxd")]
     return [Extension(f"shmpool._core.{stem}", [f"{CORE}/{stem}.pyx"], depends=depends, **common)
             for stem in ("_sync", "_board", "_lookup")]
 

@@ -114,7 +114,7 @@ cdef extern from "Python.h":
     int PyBUF_READ
 
 __all__ = ["Generation", "LoadedContext", "ContextCollection", "DimView", "DimTable", "ReaderCore",
-           "SnapshotCore", "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "CACHE", "bind", "probe"]
+           "SnapshotCore", "PrebuiltSlice", "NOT_MAPPED", "LAYOUT", "CACHE", "bind", "probe", "key_hash"]
 
 # The layout constants of _index_layout.pxd, for tests/test_lookup_layout.py to compare.
 LAYOUT = {
@@ -152,14 +152,35 @@ cdef object _MissingStep = None     # shmpool.data.context.MissingStep
 cdef object _inflate = None         # shmpool.data.compression.inflate
 cdef object _arrays = None          # shmpool.data.arrays (array layers: decoded on request, off the hot path)
 cdef type _LayerKey = None          # shmpool.substrate.ids.LayerKey: a str key as its id, with its text
+cdef object _ids = None             # shmpool.substrate.ids: its _key_hash is the hook tests swap
 cdef tuple _BATCH_MISSES = (DimensionNotFound, LayerNotFound)
 
 
-def bind(*, as_id, navigation_path, missing_step, inflate, arrays, layer_key):
+def bind(*, as_id, navigation_path, missing_step, inflate, arrays, layer_key, ids):
     """Hand the core its Python collaborators (called once, by shmpool.data.context)."""
-    global _as_id, _NavigationPath, _MissingStep, _inflate, _arrays, _LayerKey
+    global _as_id, _NavigationPath, _MissingStep, _inflate, _arrays, _LayerKey, _ids
     _as_id, _NavigationPath, _MissingStep, _inflate, _arrays = as_id, navigation_path, missing_step, inflate, arrays
-    _LayerKey = layer_key
+    _LayerKey, _ids = layer_key, ids
+
+
+# ----------------------------------------------------------------- str keys
+
+cdef extern from "key_hash.h":
+    uint64_t shm_key_hash(const char *data, size_t n) noexcept
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+
+
+def key_hash(bytes utf8):
+    """The key id of a key's UTF-8 bytes: shmpool.substrate.ids's one key hash (key_hash.h)."""
+    return shm_key_hash(utf8, len(utf8))
+
+
+cdef inline bint _native_keys() except -1:
+    # A lookup by str hashes the key here unless a test swapped the process's key hash
+    # (tests/_key_collide.py): then every key goes through ids.LayerKey, made with the swapped one.
+    return _ids._key_hash is key_hash
 
 
 cdef tuple _steps_of(object path):
@@ -232,21 +253,27 @@ cdef inline int64_t _probe(const int64_t *table, int64_t mask, int64_t key) noex
 
 cdef bint _key_holds(Generation gen, int64_t meta, object key) except -1:
     """Whether the slot found for a lookup by ``key`` (a LayerKey: the probe matched its id)
-    holds that very key: its row is FLAG_KEYED and its stored text equals ``key.utf8``. One
-    length test and a memcmp; the hash only found the slot, the text decides (an absent key
-    whose id collides with a present one's must miss, not return the other layer)."""
+    holds that very key (:func:`_text_holds` with ``key.utf8``)."""
+    cdef bytes text = key.utf8
+    return _text_holds(gen, meta, text, len(text))
+
+
+cdef bint _text_holds(Generation gen, int64_t meta, const char *text, Py_ssize_t n) except -1:
+    """Whether the slot found for a lookup by key text ``text[0 .. n)`` (the probe matched its
+    id) holds that very key: its row is FLAG_KEYED and its stored text equals it. One length
+    test and a memcmp; the hash only found the slot, the text decides (an absent key whose id
+    collides with a present one's must miss, not return the other layer)."""
     cdef Py_ssize_t row = ((~meta) if meta < 0 else meta) >> POOL_BITS
     gen._check_row(row)
     if not gen._u16(row, ROW_FLAGS) & FLAG_KEYED:
         return False
-    cdef bytes text = key.utf8
     cdef int64_t start = gen._i64(row, ROW_KEY_START), end = gen._i64(row, ROW_KEY_END)
-    if end - start != len(text):
+    if end - start != n:
         return False
     if end == start:
         return True  # the empty key: no bytes to compare (nor a pool to find them in)
     cdef const char *stored = gen._bytes(gen._u16(row, ROW_POOL), start, end)  # bounds-checked
-    return memcmp(stored, <const char *>text, end - start) == 0
+    return memcmp(stored, text, n) == 0
 
 
 cdef extern from "lookup_ids.h":
@@ -549,6 +576,8 @@ cdef class Generation:
 
     cdef LoadedContext _context(self, object layer_id):
         """The layer as a context; LayerNotFound if this generation has no such layer."""
+        if type(layer_id) is str:
+            return self._keyed(layer_id)
         cdef int64_t key = _key_of(layer_id)
         cdef int64_t j = _probe(self._table, self.mask, key)
         if j < 0:
@@ -564,6 +593,31 @@ cdef class Generation:
         if not self._in_pool(pool, start, end):  # the one bounds check
             self._bytes(pool, start, end)  # raises RegionFormatError naming them
         return _context_of(self, key, meta >> POOL_BITS, pool, start, end)
+
+    cdef LoadedContext _keyed(self, str key):
+        """The layer of str ``key`` (ReaderCore's lookups by key): hashed here, from the UTF-8
+        the str object caches, with no LayerKey made. A key with a lone surrogate has no UTF-8:
+        the LayerKey path gives its id (no builder stores such a key: it is found nowhere)."""
+        cdef Py_ssize_t n
+        cdef const char *text
+        try:
+            text = PyUnicode_AsUTF8AndSize(key, &n)
+        except UnicodeEncodeError:
+            return self._context(_LayerKey(key))
+        cdef int64_t kid = <int64_t>shm_key_hash(text, n)
+        cdef int64_t j = _probe(self._table, self.mask, kid)
+        if j < 0:
+            raise self._missing(key)
+        cdef int64_t meta = self._table[j + SLOT_META]
+        if not _text_holds(self, meta, text, n):
+            raise self._missing(key)
+        if meta < 0:
+            return self._inflated(PyLong_FromLongLong(kid), (~meta) >> POOL_BITS)
+        cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
+        cdef Py_ssize_t pool = meta & POOL_MASK
+        if not self._in_pool(pool, start, end):
+            self._bytes(pool, start, end)  # raises RegionFormatError naming them
+        return _context_of(self, kid, meta >> POOL_BITS, pool, start, end)
 
     cdef LoadedContext _at(self, Py_ssize_t row):
         """The context of row ``row`` (a scan, a lazy batch's step)."""
@@ -1503,6 +1557,13 @@ cdef class ReaderCore:
     cdef LoadedContext _lookup_ids(self, object dimension_id, object layer_id):
         # Off the hot path: a dimension by name, a layer by key, numpy integers (Reader._ids).
         cdef LoadedContext ctx
+        if type(layer_id) is str and _native_keys():
+            # A str key goes to the generation as it is (Generation._keyed hashes it): making
+            # its LayerKey cost ~1 us, paid once per key only while ids kept it among its last
+            # 1,024 (scripts/bench_keys.py, distinct_keys_ns).
+            if type(dimension_id) is not int:
+                dimension_id = self._ids(dimension_id, 0)[0]
+            return self._slow(dimension_id, layer_id)
         dimension_id, layer_id = self._ids(dimension_id, layer_id)
         if type(dimension_id) is int and type(layer_id) is int:
             ctx = self._fast(dimension_id, layer_id)

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Sequence, Union, overload
 from .._core import _lookup
 from .._core._lookup import ContextCollection, LoadedContext
 from ..errors import InvalidArgumentType
+from ..substrate import ids
 from ..substrate.ids import LayerKey, as_id
 from . import arrays
 from .compression import inflate
@@ -85,4 +86,4 @@ class MissingStep:
 
 # The core takes its Python collaborators once; LoadedContext and ContextCollection are its types.
 _lookup.bind(as_id=as_id, navigation_path=NavigationPath, missing_step=MissingStep, inflate=inflate,
-             arrays=arrays, layer_key=LayerKey)
+             arrays=arrays, layer_key=LayerKey, ids=ids)

@@ -21,29 +21,34 @@ LayerNotFound, never the other key's bytes. Two present keys of one dimension ma
 collide (refused at build, "duplicate layer id"; for a million keys the chance is ~1e-7). A
 lookup by the bare int id finds a keyed layer as any other (its ``layer_id``).
 
-:func:`as_id` makes a key's LayerKey once while it is among the last 1024 used (the hash is most
-of what a key lookup costs). :data:`_key_hash` is the one hash every process uses (builders and lookups alike); tests replace
-it to force collisions (tests/_key_collide.py).
+A reader's lookup by a str key (``Reader.load_layer_context``) makes no LayerKey: the compiled
+core hashes the str's cached UTF-8 itself (shmpool/_core/key_hash.h) and compares the text.
+The other paths (snapshots, batches, jobs, Dask) take a LayerKey from :func:`as_id`, made once
+while the key is among the last 1024 used. :data:`_key_hash` is the one hash every process uses
+(builders and lookups alike, the core's); tests replace it to force collisions
+(tests/_key_collide.py), and the core then takes the LayerKey path too, so the swapped hash
+decides everywhere.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 
+from .._core._lookup import key_hash
 from ..errors import InvalidId
 
 __all__ = ["as_id", "key_id", "KEY_BIT", "LayerKey"]
 
 KEY_BIT = 1 << 62  # set in every key id, clear in ids below 2**62
-_PERSON = b"shmpool.key"  # domain separation: a key id is not the plain BLAKE2b of the key
+_PERSON = b"shmpool.key"  # domain separation: a key id is not the plain BLAKE2b of the key (key_hash.h)
 
 
-def _blake2b_key_hash(utf8: bytes) -> int:
-    digest = hashlib.blake2b(utf8, digest_size=8, person=_PERSON).digest()
-    return (int.from_bytes(digest, "little") & (KEY_BIT - 1)) | KEY_BIT
+# BLAKE2b-64 personalised with _PERSON, bit 62 set: the compiled core's (key_hash.h), so that
+# a reader's lookup by a str key hashes it in C without a call back into Python (the same bytes
+# as hashlib.blake2b(utf8, digest_size=8, person=_PERSON): tests/test_key_hash.py).
+_blake2b_key_hash = key_hash
 
 
 # The key hash of every builder and lookup of this process, looked up at each call so that a test
