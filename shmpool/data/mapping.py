@@ -243,7 +243,7 @@ class MappedGenerations:
             pools: list[Any] = [None] * header.pools.bit_length()
             for p in range(len(pools)):
                 if header.pools >> p & 1:
-                    pools[p] = self.inst.pool_segment(p).mm
+                    pools[p] = self.inst.pool_buffer(p)
         except BaseException:
             if held:
                 self.pins.release(entry, loc.generation)

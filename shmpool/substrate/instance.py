@@ -9,6 +9,7 @@ pool pages are reserved per allocation by the table, so a full /dev/shm is never
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import time
@@ -25,14 +26,14 @@ from .alloc import AllocationTable, Handle
 from ..errors import AttachError, InstanceExists, InvalidArgument, OutOfBounds, ShmPoolError
 from .layout import (FILE_COLS, FILE_SET, HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING,
                      Control, F, Layout, P, W, pack_header)
-from .mapped_files import MappedFile, digest_words, store_dir, words_digest
+from .mapped_files import SUFFIX, MappedFile, digest_words, map_fd, map_file, store_dir, words_digest
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import shared_lock
 from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign,
                     segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
 from .removal import flock_holder
-from .segments import Segment
+from .segments import Segment, close_mapping
 from .trust import SHM_DIR, open_semaphore, shm_path
 
 __all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead", "coordinator_pid"]
@@ -74,11 +75,14 @@ _I64 = struct.Struct("<q")  # one control word, read without a numpy view (a rea
 _FILE_ROW = struct.Struct(f"<{FILE_COLS}q")
 
 
-def _close_all(segments: list[Segment | MappedFile], sems: list[posix_ipc.Semaphore],
+def _close_all(segments: list[Segment | mmap.mmap], sems: list[posix_ipc.Semaphore],
                exports: list[memoryview | None]) -> None:
     exports.clear()  # dropped, never released: Generations may still hold them (then the unmap waits)
     for seg in segments:
-        seg.close()
+        if isinstance(seg, Segment):
+            seg.close()
+        else:
+            close_mapping(seg, "a served region file")
     for sem in sems:
         try:
             sem.close()
@@ -113,16 +117,17 @@ class SharedInstance:
         self.lock.on_recover = self._recover_table
         # Writable views for view(), made on a pool's first use: a reader never asks (its ~1 kB).
         self._pool_views: list[memoryview | None] = [None] * len(pools)
-        # File rows mapped here, by row (pool number - pool_count): a list as long as the last
-        # row mapped, not a dict (~0.5 kB less for a reader of 13 files).
-        self._files: list[MappedFile | None] = []
+        # File rows mapped here, by row (pool number - pool_count): the mmap objects alone, in a
+        # list as long as the last row mapped (a dict and an object per file with its path were
+        # ~0.17 kB per file of a reader's private memory, docs/performance.md issue 22).
+        self._files: list[mmap.mmap | None] = []
         self._store: str | None = None  # their folder, resolved (and checked) at the first
         self._closed = False
         self._present: list[int] | None = None
         self.huge_pages = False  # set by create(); growth segments this process creates follow it
         # The finalizer closes what this list holds when it runs: growth segments mapped later
         # are appended to it.
-        self._mapped: list[Segment | MappedFile] = [control_seg, *(seg for seg in pools if seg is not None)]
+        self._mapped: list[Segment | mmap.mmap] = [control_seg, *(seg for seg in pools if seg is not None)]
         self._wake: posix_ipc.Semaphore | None = None
         self._mapped_sems: list[posix_ipc.Semaphore] = []  # the wake semaphore, once opened
         # Read-only views of whole pool mappings, one per pool a layer index lies in (pool_export).
@@ -354,13 +359,21 @@ class SharedInstance:
         (pool numbers from ``pool_count`` on: the files section) on first use.
 
         A file is mapped once per process and kept: its row never changes while the instance
-        lives. Raises MappedFileChanged if the file is no longer the one published."""
+        lives. Raises MappedFileChanged if the file is no longer the one published. (A file's
+        MappedFile is made per call: the read path asks :meth:`pool_buffer`.)"""
         if pool >= len(self.pool_segments):
-            return self._mapped_file(pool)
+            return MappedFile(self._file_path(pool - len(self.pool_segments)), self._mapped_file(pool))
         seg = self.pool_segments[pool] if 0 <= pool < len(self.pool_segments) else None
         if seg is None:
             seg = self._map_pool(pool)
         return seg
+
+    def pool_buffer(self, pool: int) -> mmap.mmap:
+        """The mapping of pool number ``pool``, a pool segment's or a served region file's (mapped
+        on first use, as :meth:`pool_segment`)."""
+        if pool >= len(self.pool_segments):
+            return self._mapped_file(pool)
+        return self.pool_segment(pool).mm
 
     def pool_export(self, pool: int) -> memoryview:
         """A read-only view of the whole mapping of pool number ``pool`` (mapping it on first
@@ -373,30 +386,40 @@ class SharedInstance:
         if view is None:
             if pool >= len(exports):
                 exports.extend([None] * (pool + 1 - len(exports)))
-            view = exports[pool] = memoryview(self.pool_segment(pool).mm).toreadonly()
+            view = exports[pool] = memoryview(self.pool_buffer(pool)).toreadonly()
         return view
 
-    def _mapped_file(self, pool: int) -> MappedFile:
-        f = pool - len(self.pool_segments)
-        mapped = self._files[f] if f < len(self._files) else None
-        if mapped is not None:
-            return mapped
+    def _file_row(self, f: int) -> tuple[int, ...]:
+        """File row ``f``, read from the mapping, not through a numpy view of the section (a
+        reader's private memory, docs/performance.md issue 22); it never changes once STATE is set.
+        Raises OutOfBounds unless it is set."""
         layout = self.control.layout
-        # The row read from the mapping, not through a numpy view of the section (a reader's
-        # private memory, docs/performance.md issue 22); it never changes once STATE is set.
         row = _FILE_ROW.unpack_from(self.control_segment.mm, layout.files_offset + f * FILE_COLS * 8) \
             if 0 <= f < layout.max_files else None
         if row is None or row[F.STATE] != FILE_SET:
             raise OutOfBounds(what=f"pool number of instance {self.name!r} (no such pool or file)",
-                              offset=pool, length=1, limit=len(self.pool_segments) + layout.max_files)
+                              offset=len(self.pool_segments) + f, length=1,
+                              limit=len(self.pool_segments) + layout.max_files)
+        return row
+
+    def _file_path(self, f: int) -> str:
+        """Where file row ``f``'s region file is: ``<store folder>/<digest in hex>.region``."""
         if self._store is None:
             self._store = str(store_dir())
-        mapped = MappedFile.open(self._store, words_digest(row[F.DIGEST0], row[F.DIGEST1]), dev=row[F.DEV],
-                                 ino=row[F.INO], size=row[F.SIZE], instance=self.name)
+        row = self._file_row(f)
+        return os.path.join(self._store, words_digest(row[F.DIGEST0], row[F.DIGEST1]).hex() + SUFFIX)
+
+    def _mapped_file(self, pool: int) -> mmap.mmap:
+        f = pool - len(self.pool_segments)
+        mapped = self._files[f] if f < len(self._files) else None
+        if mapped is not None:
+            return mapped
+        row = self._file_row(f)
+        mapped = map_file(self._file_path(f), dev=row[F.DEV], ino=row[F.INO], size=row[F.SIZE], instance=self.name)
         self._keep_file(f, mapped)
         return mapped
 
-    def _keep_file(self, f: int, mapped: MappedFile) -> None:
+    def _keep_file(self, f: int, mapped: mmap.mmap) -> None:
         files = self._files
         if f >= len(files):
             files.extend([None] * (f + 1 - len(files)))
@@ -418,9 +441,8 @@ class SharedInstance:
         free = next((f for f, state in enumerate(states) if state != FILE_SET), None)
         if free is None:
             return -1
-        mapped = MappedFile.of_fd(fd, str(store_dir()), digest, dev=st.st_dev, ino=st.st_ino, size=st.st_size,
-                                  instance=self.name)
-        self._keep_file(free, mapped)
+        path = os.path.join(str(store_dir()), digest.hex() + SUFFIX)
+        self._keep_file(free, map_fd(fd, path, dev=st.st_dev, ino=st.st_ino, size=st.st_size, instance=self.name))
         row = files[free]
         row[F.DEV], row[F.INO], row[F.SIZE] = st.st_dev, st.st_ino, st.st_size
         row[F.DIGEST0], row[F.DIGEST1] = digest_words(digest)
