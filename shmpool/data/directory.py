@@ -94,6 +94,15 @@ class Directory:
         ids = self._mv[D.DIMENSION_ID:self._words[W.ENTRIES_HIGH] * DIR_COLS:DIR_COLS].tolist()
         return {d: e for e, d in enumerate(ids) if d}
 
+    def find(self, dimension_id: int) -> int | None:
+        """The entry claimed for ``dimension_id`` (published or not), or None; read as
+        :meth:`entries` reads, without building the dict."""
+        mv, high = self._mv, self._words[W.ENTRIES_HIGH]
+        for entry in range(high):
+            if mv[entry * DIR_COLS + D.DIMENSION_ID] == dimension_id:
+                return entry
+        return None
+
     def version(self) -> int:
         """W.DIR_VERSION: moves whenever an entry is claimed or released (snapshots cache entries by it)."""
         return self._words[W.DIR_VERSION]

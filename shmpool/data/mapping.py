@@ -154,10 +154,11 @@ class MappedGenerations:
             dv = self.dims.get(dimension_id)
             if dv is not None:
                 return dv
-            published = self.published()
-            entry = published.get(dimension_id)
-            if entry is None:
-                raise DimensionNotFound(dimension_id=dimension_id, available=list(published))
+            # One entry's scan, not the {id: entry} dict of every entry (kept for entries(): a
+            # reader that looks up by id needs none of it, ~0.6 kB; docs/performance.md issue 22).
+            entry = self.directory.find(dimension_id)
+            if entry is None or self.directory.generation(entry) <= 0:
+                raise DimensionNotFound(dimension_id=dimension_id, available=list(self.published()))
             dv = _dim_view(dimension_id, entry, self.pins_mv, self.slot, self.inst.control.layout)
             self.dims[dimension_id] = dv  # mapped by the lookup's refresh
             return dv
