@@ -10,6 +10,8 @@ One dimension of 2,000 keyed and 2,000 int-id layers. Each figure is ns per look
 * ``snapshot_hot_key``, ``batch_hot_key_per_step``: the hot keys through a snapshot and through
   ``load_contexts`` (one path of 286 steps).
 * ``absent_key``: absent keys (the probe misses; raising LayerNotFound is most of it).
+* ``absent_key_find``, ``absent_id_find``: absent keys and ids through ``Reader.find`` (None, no
+  exception).
 * ``absent_colliding_key``: keys whose id is a present key's but whose text is not (forced with a
   test-only hash, as tests/test_lookup_key_text.py does): the probe hits, the text compare refuses.
 
@@ -77,6 +79,14 @@ def main(argv=None) -> int:
             raise AssertionError(f"{key!r} was found")
 
         out["absent_key_ns"] = _per_call(miss, [k + "#absent" for k in hot] * 20, args.rounds)
+        if hasattr(reader, "find"):  # the miss without an exception
+
+            def find_miss(dim, key):
+                if reader.find(dim, key) is not None:
+                    raise AssertionError(f"{key!r} was found")
+
+            out["absent_key_find_ns"] = _per_call(find_miss, [k + "#absent" for k in hot] * 20, args.rounds)
+            out["absent_id_find_ns"] = _per_call(find_miss, list(range(N, N + 286)) * 20, args.rounds)
         if hasattr(ids, "_blake2b_key_hash"):  # the key text compare: absent keys that collide
             real = ids._blake2b_key_hash
             ids._key_hash = lambda utf8: real(utf8.split(b"#", 1)[0])

@@ -75,7 +75,7 @@ def test_control_offset_table_matches_layout_compute():
                 "records": (lay.records_offset, lay.max_records * layout.RECORD_COLS * 8),
                 "directory": (lay.directory_offset, lay.max_dimensions * layout.DIR_COLS * 8),
                 "readers": (lay.readers_offset, lay.max_readers * layout.READER_COLS * 8),
-                "pins": (lay.pins_offset, lay.max_readers * lay.max_dimensions * layout.PIN_STRIDE * 8),
+                "pins": (lay.pins_offset, layout._pins_bytes(lay.max_dimensions, lay.max_readers)),
                 "tags": (lay.tags_offset, lay.max_records * layout.TAG_COLS * 8),
                 "files": (lay.files_offset, lay.max_files * layout.FILE_COLS * 8),
                 "total": (lay.size, None)}

@@ -1,8 +1,8 @@
 """A reader row is given back with all its pin words zero, whichever way it goes.
 
-Registration relies on it: a reader claiming a row does not clear the row's 10 kB of pin words
-(it would map ~3 pages of shared memory no other reader shares, ~12 kB of PSS per reader:
-docs/performance.md, issue 22), so every way a row is freed must leave them zero: a reader's
+Registration relies on it: a reader claiming a row does not clear its pin and cache words (it
+would map a page of each entry's words, shared or not: docs/performance.md, issue 22), so every
+way a row is freed must leave them zero: a reader's
 close, and the coordinator's sweep of a process killed while it pinned generations (snapshot
 pins in the exact words, a context's USERS in the cache word).
 """
@@ -42,6 +42,11 @@ def _seed(folder) -> None:
         b.write(folder / f"dim{dim}.region")
 
 
+def _row_words(control, slot: int) -> np.ndarray:
+    """Every word of reader row ``slot`` in the pins section: its pin words and its cache words."""
+    return np.concatenate([control.pins[slot].ravel(), control.caches[slot].ravel()])
+
+
 def _wait_until(check, what: str, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds  # generous: catches a hang, not a speed
     while not check():
@@ -62,21 +67,22 @@ def test_a_closed_or_killed_readers_row_is_left_with_zero_pin_words(instance_nam
             held = [snap.load_layer_context(3, 1), reader.load_layer_context(4, 1)]
             slot = reader._slot
             assert control.pins[slot].any(), "the reader pinned nothing: the test proves nothing"
+            assert control.caches[slot].any(), "the reader cached nothing: the test proves nothing"
             snap.close()
             reader.close()
             del held
             _wait_until(lambda: int(control.readers[slot, RD.PID]) == 0, "the closed reader's row to go")
-            assert not control.pins[slot].any(), np.flatnonzero(control.pins[slot].any(axis=1))
+            assert not _row_words(control, slot).any(), _row_words(control, slot)
 
             # A reader process killed while it pins: the coordinator's sweep gives its row back.
             child = subprocess.Popen([sys.executable, "-c", CHILD, coord.name], stdout=subprocess.PIPE, text=True)
             try:
                 slot = int(child.stdout.readline())
-                assert control.pins[slot].any()
+                assert control.pins[slot].any() and control.caches[slot].any()
                 os.kill(child.pid, signal.SIGKILL)
                 child.wait(30)
                 _wait_until(lambda: int(control.readers[slot, RD.PID]) == 0, "the dead reader's row to be swept")
-                assert not control.pins[slot].any(), np.flatnonzero(control.pins[slot].any(axis=1))
+                assert not _row_words(control, slot).any(), _row_words(control, slot)
             finally:
                 if child.poll() is None:
                     child.kill()
@@ -84,7 +90,7 @@ def test_a_closed_or_killed_readers_row_is_left_with_zero_pin_words(instance_nam
 
             # The next reader takes a zero row, which it did not write, and pins as it should.
             with shmpool.attach(coord.name) as again:
-                assert not control.pins[again._slot].any()
+                assert not _row_words(control, again._slot).any()
                 with again.snapshot() as snap2:
                     ctx = snap2.load_layer_context(3, 1)
                     assert bytes(ctx.content) == b"hello"

@@ -27,7 +27,7 @@ reader's cache word for the dimension marked BUSY (a plain store; none when USER
 one load of its GENERATION word (and of TOUCHED, stored once per coordinator sampling period), the
 probe, one bounds check, the context object, the cache word stored back with USERS set.
 
-**The cache word** (PinCol.CACHE of the reader's row, one per directory entry: generation << 2 |
+**The cache word** (``Control.caches``: one per reader and directory entry, layout 11: generation << 2 |
 USERS << 1 | BUSY) lets the coordinator reclaim a superseded generation an idle reader merely keeps
 mapped, without the reader running: the cached generation pins only while BUSY (a lookup is
 between its GENERATION re-check and its end) or USERS (objects other than the cache refer to it)
@@ -574,18 +574,19 @@ cdef class Generation:
         return (self.pool_lo <= pool < self.npools and self.pool_base[pool] != NULL and 0 <= start <= end
                 and end <= self.pool_len[pool])
 
-    cdef LoadedContext _context(self, object layer_id):
-        """The layer as a context; LayerNotFound if this generation has no such layer."""
+    cdef LoadedContext _context(self, object layer_id, bint absent_ok=False):
+        """The layer as a context; LayerNotFound if this generation has no such layer (None
+        with ``absent_ok``: ReaderCore.find's miss builds no exception)."""
         if type(layer_id) is str:
-            return self._keyed(layer_id)
+            return self._keyed(layer_id, absent_ok)
         cdef int64_t key = _key_of(layer_id)
         cdef int64_t j = _probe(self._table, self.mask, key)
         if j < 0:
-            raise self._missing(layer_id)
+            return self._absent(layer_id, absent_ok)
         cdef int64_t meta = self._table[j + SLOT_META]
         # A lookup by key (never an int: one pointer compare on the id path) checks the text.
         if type(layer_id) is not int and type(layer_id) is _LayerKey and not _key_holds(self, meta, layer_id):
-            raise self._missing(layer_id)
+            return self._absent(layer_id, absent_ok)
         if meta < 0:
             return self._inflated(layer_id, (~meta) >> POOL_BITS)
         cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
@@ -594,7 +595,12 @@ cdef class Generation:
             self._bytes(pool, start, end)  # raises RegionFormatError naming them
         return _context_of(self, key, meta >> POOL_BITS, pool, start, end)
 
-    cdef LoadedContext _keyed(self, str key):
+    cdef LoadedContext _absent(self, object layer_id, bint absent_ok):
+        if absent_ok:
+            return None
+        raise self._missing(layer_id)
+
+    cdef LoadedContext _keyed(self, str key, bint absent_ok=False):
         """The layer of str ``key`` (ReaderCore's lookups by key): hashed here, from the UTF-8
         the str object caches, with no LayerKey made. A key with a lone surrogate has no UTF-8:
         the LayerKey path gives its id (no builder stores such a key: it is found nowhere)."""
@@ -603,14 +609,14 @@ cdef class Generation:
         try:
             text = PyUnicode_AsUTF8AndSize(key, &n)
         except UnicodeEncodeError:
-            return self._context(_LayerKey(key))
+            return self._context(_LayerKey(key), absent_ok)
         cdef int64_t kid = <int64_t>shm_key_hash(text, n)
         cdef int64_t j = _probe(self._table, self.mask, kid)
         if j < 0:
-            raise self._missing(key)
+            return self._absent(key, absent_ok)
         cdef int64_t meta = self._table[j + SLOT_META]
         if not _text_holds(self, meta, text, n):
-            raise self._missing(key)
+            return self._absent(key, absent_ok)
         if meta < 0:
             return self._inflated(PyLong_FromLongLong(kid), (~meta) >> POOL_BITS)
         cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
@@ -679,7 +685,7 @@ NOT_MAPPED = _not_mapped()
 @cython.final
 cdef class DimView:
     """A reader's view of one dimension: its directory entry's word positions, its cache word
-    (``cache_mv[cache_pos]``, the reader row's PinCol.CACHE for the entry; -1: none, the lookup
+    (``cache_mv[cache_pos]``, the reader's cache word for the entry, shmpool.substrate.layout.cache_word; -1: none, the lookup
     path then always asks the mapping), and the generation it has mapped (NOT_MAPPED until the
     first lookup, and after a drop). The mapping (shmpool/data/mapping.py) changes ``current``
     only through :meth:`enter`, :meth:`install`, :meth:`leave` and :meth:`drop`."""
@@ -1524,11 +1530,12 @@ cdef class ReaderCore:
             _settle(dv)
 
     @cython.final
-    cdef LoadedContext _slow(self, object dimension_id, object layer_id):
+    cdef LoadedContext _slow(self, object dimension_id, object layer_id, bint absent_ok=False):
         """A lookup through Python: first use, a new generation or epoch, a miss (LayerNotFound
-        names what exists), a compressed layer (inflated), a slot that fails its bounds check."""
+        names what exists; None with ``absent_ok``), a compressed layer (inflated), a slot that
+        fails its bounds check."""
         try:
-            return self._checkout(dimension_id)._context(layer_id)
+            return self._checkout(dimension_id)._context(layer_id, absent_ok)
         finally:
             self._settle_dim(dimension_id)  # the context made, if any, keeps USERS set
 
@@ -1553,8 +1560,20 @@ cdef class ReaderCore:
             return self._slow(dimension_id, layer_id)
         return self._lookup_ids(dimension_id, layer_id)
 
+    def find(self, dimension_id, layer_id):
+        """:meth:`load_layer_context`, but None where that raises LayerNotFound: a dimension
+        that has no such layer (or key) costs a probe, not an exception built in Python (~5 us,
+        scripts/bench_keys.py). A dimension that is not published still raises DimensionNotFound."""
+        cdef LoadedContext ctx
+        if type(dimension_id) is int and type(layer_id) is int:
+            ctx = self._fast(dimension_id, layer_id)
+            if ctx is not None:
+                return ctx
+            return self._slow(dimension_id, layer_id, True)
+        return self._lookup_ids(dimension_id, layer_id, True)
+
     @cython.final
-    cdef LoadedContext _lookup_ids(self, object dimension_id, object layer_id):
+    cdef LoadedContext _lookup_ids(self, object dimension_id, object layer_id, bint absent_ok=False):
         # Off the hot path: a dimension by name, a layer by key, numpy integers (Reader._ids).
         cdef LoadedContext ctx
         if type(layer_id) is str and _native_keys():
@@ -1563,13 +1582,13 @@ cdef class ReaderCore:
             # 1,024 (scripts/bench_keys.py, distinct_keys_ns).
             if type(dimension_id) is not int:
                 dimension_id = self._ids(dimension_id, 0)[0]
-            return self._slow(dimension_id, layer_id)
+            return self._slow(dimension_id, layer_id, absent_ok)
         dimension_id, layer_id = self._ids(dimension_id, layer_id)
         if type(dimension_id) is int and type(layer_id) is int:
             ctx = self._fast(dimension_id, layer_id)
             if ctx is not None:
                 return ctx
-        return self._slow(dimension_id, layer_id)
+        return self._slow(dimension_id, layer_id, absent_ok)
 
     def _checkout_generation(self, dimension_id):
         """The published generation of ``dimension_id`` (an int), mapped, USERS set: for the
@@ -1709,6 +1728,12 @@ cdef class SnapshotCore:
         if type(dimension_id) is not int or type(layer_id) is not int:
             dimension_id, layer_id = _as_id(dimension_id, "dimension_id"), _as_id(layer_id, "layer_id")
         return self._generation(dimension_id)._context(layer_id)
+
+    def find(self, dimension_id, layer_id):
+        """:meth:`load_layer_context`, but None where that raises LayerNotFound (as ReaderCore.find)."""
+        if type(dimension_id) is not int or type(layer_id) is not int:
+            dimension_id, layer_id = _as_id(dimension_id, "dimension_id"), _as_id(layer_id, "layer_id")
+        return self._generation(dimension_id)._context(layer_id, True)
 
     def load_contexts(self, path, *, bint strict=True):
         """Every step of ``path`` at the snapshot's instant; ``strict`` as in Reader.load_contexts."""

@@ -12,7 +12,7 @@ A :class:`MappedGenerations` is what a :class:`~shmpool.data.reader.Reader` and 
   generation pinned and its bytes exactly as they were, also after the reader is closed;
 * the per-dimension cache the lookup path reads (``dims``: the core's DimTable of a DimView per
   dimension, holding its current Generation). The cached generation is pinned by the row's cache
-  word (PinCol.CACHE), not by the pin words: the coordinator reclaims it from an idle reader as
+  word (``Control.caches``), not by the pin words: the coordinator reclaims it from an idle reader as
   soon as nothing but the cache holds it (shmpool/_core/_lookup.pyx says how). When the cache
   lets go of a generation something else still holds, it first moves it into the pin words
   (:func:`_move_to_pins`). A lookup after a publication drops every superseded mapping
@@ -34,7 +34,7 @@ from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
 from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \
     ShmPoolError
 from ..substrate.instance import SharedInstance
-from ..substrate.layout import CACHE_SHIFT, PN, TOUCHED_RELOAD, W, Layout, pins_word
+from ..substrate.layout import CACHE_SHIFT, TOUCHED_RELOAD, W, Layout, cache_blocks, cache_word
 from . import fork, layer_index
 from .directory import Directory, Location
 from .gen_wait import GenerationWaiter
@@ -63,12 +63,12 @@ def _reader_gone(dims: DimTable, pins: RowPins) -> None:
     pins.reader_closed()
 
 
-def _dim_view(dimension_id: int, entry: int, pins_mv: memoryview, slot: int, layout: Layout) -> DimView:
+def _dim_view(dimension_id: int, entry: int, caches_mv: memoryview, slot: int, layout: Layout) -> DimView:
     """Where one dimension's words are (its directory words, this row's cache word for it), and
     (NOT_MAPPED until the first lookup) the generation the lookup path uses now: the core's DimView."""
-    cache_pos = pins_word(layout, slot, entry, PN.CACHE)
+    cache_pos = cache_word(layout, slot, entry)
     return DimView(dimension_id, entry, Directory.generation_position(entry), Directory.touched_position(entry),
-                   pins_mv, cache_pos)
+                   caches_mv, cache_pos)
 
 
 def _shutdown(registry: ReaderRegistry, slot: int, inst: SharedInstance | None) -> None:
@@ -87,7 +87,7 @@ class MappedGenerations:
     and the row is given back then (``owns_instance``: the instance is unmapped too)."""
 
     # Slots, no __dict__: one object per reader, ~200 B less of its private memory (issue 22).
-    __slots__ = ("inst", "name", "directory", "dir_mv", "words_mv", "pins_mv", "_registry", "slot", "dims", "_lock",
+    __slots__ = ("inst", "name", "directory", "dir_mv", "words_mv", "caches_mv", "_registry", "slot", "dims", "_lock",
                  "_closed", "_fork_error", "pins", "_move", "_finalizer", "_waiter", "_waiter_finalizer",
                  "_entries_cache", "snapshots", "__weakref__")
 
@@ -97,7 +97,7 @@ class MappedGenerations:
         self.directory = Directory(inst.control)
         self.dir_mv = inst.control.directory_mv
         self.words_mv = inst.control.words_mv
-        self.pins_mv = inst.control.pins_mv
+        self.caches_mv = inst.control.caches_mv
         self._registry = ReaderRegistry(inst.control, inst.lock, inst.name)
         self.slot = self._registry.register(timeout)
         self.dims = DimTable()  # the lookup path's cache (the core's): cleared in place, never replaced
@@ -159,7 +159,7 @@ class MappedGenerations:
             entry = self.directory.find(dimension_id)
             if entry is None or self.directory.generation(entry) <= 0:
                 raise DimensionNotFound(dimension_id=dimension_id, available=list(self.published()))
-            dv = _dim_view(dimension_id, entry, self.pins_mv, self.slot, self.inst.control.layout)
+            dv = _dim_view(dimension_id, entry, self.caches_mv, self.slot, self.inst.control.layout)
             self.dims[dimension_id] = dv  # mapped by the lookup's refresh
             return dv
 
@@ -355,7 +355,7 @@ class MappedGenerations:
         self.dims.clear(write=False)  # the views' cache words are the parent's
         if self.pins.lost is None:
             control = self.inst.control
-            control.pins[self.slot, :entries_used(control), PN.CACHE] = 0  # the child's own row: after the moves above
+            control.caches[self.slot, :cache_blocks(entries_used(control))] = 0  # the child's own row: after the moves above
         if not self._closed:
             self._registry.acknowledge(self.slot, int(self.words_mv[_EPOCH]))
 

@@ -26,7 +26,8 @@ lets go of a generation that objects still hold (shmpool/data/mapping.py ``_move
 before the cache word is cleared), and are released when the last array over them dies, so
 these words change only on those 0 <-> 1 transitions of the process's own reference counts,
 never on the lookup path. The generation the reader keeps mapped for its lookups is in the
-fifth word, PN.CACHE (generation << 2 | USERS << 1 | BUSY), and pins only while one of those
+reader's cache word for the entry (``Control.caches``, layout 11: a line of its own with the
+reader's cache words of 7 other entries; generation << 2 | USERS << 1 | BUSY), and pins only while one of those
 bits is set (shmpool/_core/_lookup.pyx): that is what lets the coordinator reclaim from an idle
 reader what only its cache holds.
 """
@@ -45,7 +46,8 @@ from ..substrate._log import logger
 
 from .._core._sync import fence, membarrier
 from ..errors import ReaderForked
-from ..substrate.layout import CACHE_SHIFT, EXACT_PINS, PIN_COLS, PN, R, RD, RT, W, D, CacheBit, Control
+from ..substrate.layout import (CACHE_LINE_WORDS, CACHE_SHIFT, EXACT_PINS, PIN_COLS, PN, R, RD, RT, W, D, CacheBit,
+                                Control, cache_blocks)
 
 if TYPE_CHECKING:
     from .readers import ForkClaim, ReaderRegistry
@@ -242,10 +244,12 @@ class RowPins:
         used = entries_used(self._control)
         pins = self._control.pins
         pins[claim.slot, :used] = pins[self.slot, :used]
+        caches, blocks = self._control.caches, cache_blocks(used)
+        caches[claim.slot, :blocks] = caches[self.slot, :blocks]
         # The cache words with USERS forced on: objects made from a cached generation between
         # this copy and fork() are the child's too. The child moves what it holds into its pin
         # words and clears them (MappedGenerations._fork_child).
-        cache = pins[claim.slot, :used, PN.CACHE]
+        cache = caches[claim.slot, :blocks]
         cache[cache != 0] |= int(CacheBit.USERS)
         return claim
 
@@ -276,11 +280,22 @@ class RowPins:
 
 
 def entries_used(control: Control) -> int:
-    """Directory entries ever claimed (W.ENTRIES_HIGH): every reader's pin words beyond are zero.
-
-    Whatever reads or writes a whole row of pins stops there: the pins section is entry-major,
-    so a row spans a page per entry, and touching a page of tmpfs, even reading it, allocates it."""
+    """Directory entries ever claimed (W.ENTRIES_HIGH): every reader's pin and cache words beyond
+    are zero. Whatever reads or writes a whole row stops there: the pin words are entry-major, so
+    a row spans a page per entry, and a page a process touches, even to read it, is mapped into
+    it (its PSS) for good."""
     return int(control.words_mv[W.ENTRIES_HIGH])
+
+
+def cache_of(control: Control, slot: int, entry: int) -> int:
+    """Reader ``slot``'s cache word for ``entry``."""
+    return int(control.caches[slot, entry // CACHE_LINE_WORDS, entry % CACHE_LINE_WORDS])
+
+
+def row_caches(control: Control, slot: int, used: int) -> np.ndarray:
+    """Reader ``slot``'s cache words for entries ``0 .. used-1`` (a copy)."""
+    words: np.ndarray = control.caches[slot, :cache_blocks(used)].reshape(-1)[:used].copy()
+    return words
 
 
 # --------------------------------------------------------------------- coordinator side
@@ -306,7 +321,7 @@ def pinned_rows(control: Control, entry: int, generation: int) -> np.ndarray:
     barrier = membarrier()
     if not barrier:
         _barrier_refused()
-    cache = control.pins[:, entry, PN.CACHE].copy()
+    cache = control.caches[:, entry // CACHE_LINE_WORDS, entry % CACHE_LINE_WORDS].copy()
     fence()  # loads after loads: x86-64 keeps them in order, aarch64 needs the barrier
     p = control.pins[:, entry, :]
     g = generation
@@ -322,7 +337,7 @@ def busy_only(control: Control, slot: int, entry: int, generation: int) -> bool:
     """True if row ``slot`` pins ``generation`` of ``entry`` only by a lookup in progress (BUSY):
     no object of its process holds it; the process is stopped, or descheduled, inside a lookup."""
     words = [int(w) for w in control.pins[slot, entry]]
-    lo, hi, cache = words[PN.RANGE_LO], words[PN.RANGE_HI], words[PN.CACHE]
+    lo, hi, cache = words[PN.RANGE_LO], words[PN.RANGE_HI], cache_of(control, slot, entry)
     held = generation in words[PN.EXACT0:PN.EXACT0 + EXACT_PINS] or (lo != 0 and lo <= generation <= hi)
     return not held and cache >> CACHE_SHIFT == generation and cache & _CACHE_PINS == CacheBit.BUSY
 
@@ -382,11 +397,12 @@ def list_pins(control: Control, block_sizes: Sequence[int], now_ns: int | None =
     out: list[PinRecord] = []
     for slot in np.flatnonzero(rows[:, RD.PID]):
         pid = int(rows[slot, RD.PID])
-        pins = control.pins[slot, :entries_used(control)]
-        for entry in np.flatnonzero(pins.any(axis=1)):
+        used = entries_used(control)
+        pins, caches = control.pins[slot, :used], row_caches(control, int(slot), used)
+        for entry in np.flatnonzero(pins.any(axis=1) | (caches != 0)):
             dim, published = int(directory[entry, D.DIMENSION_ID]), int(directory[entry, D.GENERATION])
             words = [int(w) for w in pins[entry]]
-            lo, hi, cache = words[PN.RANGE_LO], words[PN.RANGE_HI], words[PN.CACHE]
+            lo, hi, cache = words[PN.RANGE_LO], words[PN.RANGE_HI], int(caches[entry])
             exact = {g for g in words[PN.EXACT0:PN.EXACT0 + EXACT_PINS] if g}
             busy = set()
             if cache & _CACHE_PINS:  # the cached generation pins only while BUSY or USERS is set

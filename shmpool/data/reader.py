@@ -31,7 +31,7 @@ shared with this reader's snapshots; the lookup and the batch are the compiled c
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar, overload
 
 from ..errors import AttachError, DimensionNotFound, LayerNotFound
 from ..substrate.ids import as_id
@@ -47,6 +47,7 @@ __all__ = ["Reader", "attach", "RELOAD_TIMEOUT"]
 
 T = TypeVar("T")
 
+_RAISE: Any = object()  # Reader.get without a default: an absent layer raises LayerNotFound
 BATCH_TRIES = 3        # load_contexts re-reads a batch a publish cut through, then uses a snapshot
 _SEQ = int(W.PUBLISH_SEQ)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
 _EPOCH = int(W.PIN_EPOCH)
@@ -96,21 +97,35 @@ class Reader(ReaderCore):
         return self._map.slot
 
     # ----------------------------------------------------------------- the hot path
-    def get(self, dimension: int | str, layer: int | str) -> LoadedContext:
+    @overload
+    def get(self, dimension: int | str, layer: int | str) -> LoadedContext: ...
+
+    @overload
+    def get(self, dimension: int | str, layer: int | str, default: T) -> LoadedContext | T: ...
+
+    def get(self, dimension: int | str, layer: int | str, default: Any = _RAISE) -> Any:
         """The layer ``layer`` (an id or a str key) of dimension ``dimension`` (an id or its name).
 
         :meth:`load_layer_context` with names and keys spelled out: zero-copy, O(1) (a key is its
         key id, one hash; a name is one dict lookup). Raises DimensionNotFound naming the
-        dimensions there are, LayerNotFound naming the key, InvalidId for another type.
+        dimensions there are, LayerNotFound naming the key, InvalidId for another type. With
+        ``default``, an absent layer or key returns it instead, as ``dict.get`` does, and costs a
+        probe rather than an exception (:meth:`find`); an unknown dimension still raises.
         """
         for _ in range(BATCH_TRIES):
-            try:
-                ctx = self.load_layer_context(dimension, layer)  # type: ignore[arg-type]  # ids, names and keys alike
-            except LayerNotFound as exc:
-                if type(layer) is not str:
-                    raise
-                raise LayerNotFound(dimension_id=exc.dimension_id, layer_id=repr(layer), generation=exc.generation,
-                                    layer_count=exc.layer_count) from None
+            if default is not _RAISE:
+                found = self.find(dimension, layer)
+                if found is None:
+                    return default
+                ctx = found
+            else:
+                try:
+                    ctx = self.load_layer_context(dimension, layer)  # type: ignore[arg-type]  # ids, names and keys alike
+                except LayerNotFound as exc:
+                    if type(layer) is not str:
+                        raise
+                    raise LayerNotFound(dimension_id=exc.dimension_id, layer_id=repr(layer), generation=exc.generation,
+                                        layer_count=exc.layer_count) from None
             # A name is resolved, then looked up: a publication in between may have renamed that
             # dimension (and given the name to another). The generation read says which it was.
             if type(dimension) is not str or ctx.dimension_name == dimension:

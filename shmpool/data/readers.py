@@ -26,9 +26,9 @@ from ..substrate._log import logger
 
 from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, LockTimeout
-from ..substrate.layout import READER_COLS, RD, W, Control
+from ..substrate.layout import READER_COLS, RD, W, Control, cache_blocks
 from ..substrate.lock import SharedLock
-from .pins import busy_only, entries_used, pinned_rows
+from .pins import busy_only, entries_used, pinned_rows, row_caches
 
 __all__ = ["ReaderRegistry", "ForkClaim", "HANDOVER_WINDOW"]
 
@@ -189,7 +189,9 @@ class ReaderRegistry:
         ctl = self._ctl
         if int(ctl.readers[slot, RD.PID]) == 0:
             return
-        ctl.pins[slot, :entries_used(ctl)] = 0
+        used = entries_used(ctl)
+        ctl.pins[slot, :used] = 0
+        ctl.caches[slot, :cache_blocks(used)] = 0
         ctl.readers[slot, :] = 0
         ctl.words[W.READERS_ATTACHED] -= 1
 
@@ -249,12 +251,14 @@ class ReaderRegistry:
         ctl = self._ctl
         out: list[dict[str, Any]] = []
         for slot in np.flatnonzero(ctl.readers[:, RD.PID]):
-            pins = ctl.pins[slot, :entries_used(ctl)]
+            used = entries_used(ctl)
+            pins, caches = ctl.pins[slot, :used], row_caches(ctl, int(slot), used)
             out.append({
                 "slot": int(slot), "pid": int(ctl.readers[slot, RD.PID]),
                 "attached_ns": int(ctl.readers[slot, RD.ATTACHED_NS]),
                 "epoch_seen": int(ctl.readers[slot, RD.EPOCH_SEEN]),
                 "handover_ns": int(ctl.readers[slot, RD.HANDOVER_NS]),
-                "pins": {int(e): [int(w) for w in pins[e]] for e in np.flatnonzero(pins.any(axis=1))},
+                "pins": {int(e): [int(w) for w in pins[e]] + [int(caches[e])]
+                         for e in np.flatnonzero(pins.any(axis=1) | (caches != 0))},
             })
         return out

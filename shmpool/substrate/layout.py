@@ -11,7 +11,8 @@ valid), followed by sections at 64-byte-aligned offsets that the header records:
     backed     uint8[...]                        one bit per block per pool, 1 = its pages are reserved
     directory  int64[max_dimensions, DIR_COLS]   dimension id -> published region, by generation
     readers    int64[max_readers, READER_COLS]   attached reader processes
-    pins       int64[max_dimensions, max_readers, PIN_STRIDE]  the generations each reader holds
+    pins       cache words int64[entry blocks, max_readers, 8], then pin words
+               int64[max_dimensions, max_readers, PIN_COLS]: the generations each reader holds
     tags       int64[max_records, TAG_COLS]      which generation of which dimension a record holds
     files      int64[max_files, FILE_COLS]       mapped region files: pool number pool_count + f
 
@@ -35,8 +36,8 @@ __all__ = [
     "MAGIC", "LAYOUT_VERSION", "HEADER", "ControlWord", "InstanceState", "PoolCol", "RecordCol", "RecordState",
     "DirCol", "DirSlotCol", "Touched", "ReaderCol", "PinCol", "CacheBit", "CACHE_SHIFT", "TagCol", "FileCol",
     "W", "P", "R", "D", "S", "RD", "PN", "RT", "F", "SLOT_COLS",
-    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "PIN_STRIDE", "TAG_COLS", "FILE_COLS",
-    "MAX_POOL_NUMBERS", "WORDS", "Layout", "pins_word",
+    "POOL_COLS", "RECORD_COLS", "DIR_COLS", "READER_COLS", "PIN_COLS", "CACHE_LINE_WORDS", "TAG_COLS", "FILE_COLS",
+    "MAX_POOL_NUMBERS", "WORDS", "Layout", "cache_word", "cache_blocks",
     "Control",
 ]
 
@@ -48,8 +49,9 @@ LAYOUT_VERSION = 11  # 2: pool rows gained PRESENT and BASE (pool growth); 3: ex
 # semaphores (generation wake-ups); 7: the table lock is a robust mutex in words 56-63 (no flock,
 # no lock semaphore); 8: the files section (region files served by mapping, coordinator/region_store.py);
 # 9: RecordState.LENT (a job's spilled arguments: no dead-owner sweep frees them);
-# 10: pin column CACHE, a reader's cache word (no pin-watch thread); 11: the pins entry-major, a cache
-# line per (entry, reader): the readers of a dimension share its pages (a page per reader before)
+# 10: pin column CACHE, a reader's cache word (no pin-watch thread); 11: the pins section split in
+# cache words (a line per reader and 8 entries) and pin words (entry-major), both shared page by
+# page among readers (a page per reader before), and W.ENTRIES_HIGH
 ALIGN = 64  # every section of every segment starts on its own cache line
 
 HEADER = struct.Struct(
@@ -227,33 +229,34 @@ class PinCol(IntEnum):
     """The pin words of one reader for one directory entry: the generations it holds.
 
     Pinned = {EXACT0, EXACT1} (0 = empty) plus [RANGE_LO, RANGE_HI] when RANGE_LO != 0, plus the
-    generation of CACHE while its BUSY or USERS bit is set. A held generation never moves between
-    words while held (see shmpool/data/pins.py for why); one leaves CACHE only after it was
-    stored in the exact words or the range, if anything still holds it."""
+    generation of the reader's **cache word** for the entry while its BUSY or USERS bit is set
+    (``Control.caches``: generation << 2 | USERS << 1 | BUSY, the generation the reader keeps
+    mapped for its lookups, 0 = none; written only by the row's process, shmpool/_core/_lookup.pyx).
+    A held generation never moves between words while held (see shmpool/data/pins.py for why);
+    one leaves the cache word only after it was stored in the exact words or the range, if
+    anything still holds it."""
     EXACT0 = 0
     EXACT1 = 1
     RANGE_LO = 2     # the range holds what did not fit in the exact words; 0 = no range
     RANGE_HI = 3
-    CACHE = 4        # generation << 2 | USERS << 1 | BUSY: the generation the reader keeps mapped for
-    #                  its lookups; 0 = none. Written only by the row's process (shmpool/_core/_lookup.pyx)
 
 
-PIN_COLS = 5
-# Words per (entry, reader) in the pins section: one cache line, so no two processes' cache
-# words (stored by each lookup) share a line, while the lines of one entry's readers are
-# contiguous and share pages (layout 11). Words PIN_COLS.. are padding, always zero.
-PIN_STRIDE = 8
-PIN_PAGE = 4096  # the pins section starts on a page boundary (layout 11)
+PIN_COLS = 4
 EXACT_PINS = 2
+# Cache words to a line (layout 11): a reader's cache words for entries 8b .. 8b+7 share one
+# 64-byte line that no other process writes (each lookup stores its reader's word: no false
+# sharing), and the lines of block b of all readers are contiguous, so 64 readers share a page.
+CACHE_LINE_WORDS = 8
+PINS_PAGE = 4096  # the pins section, and so its cache words, start on a page boundary
 
 
 class CacheBit(IntEnum):
-    """The low bits of PinCol.CACHE. The cached generation pins only while one of them is set."""
+    """The low bits of a cache word. The cached generation pins only while one of them is set."""
     BUSY = 1         # a lookup of this process is between its GENERATION re-check and its end
     USERS = 2        # objects other than the cache (contexts, views, batches) may refer to it
 
 
-CACHE_SHIFT = 2      # PinCol.CACHE >> CACHE_SHIFT is the generation
+CACHE_SHIFT = 2      # cache word >> CACHE_SHIFT is the generation
 
 
 class TagCol(IntEnum):
@@ -299,9 +302,24 @@ MAX_POOL_NUMBERS = 64
 W, P, R, D, S, RD, PN, RT, F = ControlWord, PoolCol, RecordCol, DirCol, DirSlotCol, ReaderCol, PinCol, TagCol, FileCol
 
 
-def pins_word(layout: "Layout", reader: int, entry: int, col: int) -> int:
-    """Index in the pins section (int64 words) of word ``col`` of ``reader`` for ``entry``."""
-    return (entry * layout.max_readers + reader) * PIN_STRIDE + col
+def cache_blocks(entries: int) -> int:
+    """Lines of cache words one reader needs for ``entries`` directory entries."""
+    return -(-entries // CACHE_LINE_WORDS)
+
+
+def cache_word(layout: "Layout", reader: int, entry: int) -> int:
+    """Index in ``Control.caches_mv`` (int64 words) of ``reader``'s cache word for ``entry``."""
+    block, k = divmod(entry, CACHE_LINE_WORDS)
+    return (block * layout.max_readers + reader) * CACHE_LINE_WORDS + k
+
+
+def _caches_bytes(max_dimensions: int, max_readers: int) -> int:
+    return cache_blocks(max_dimensions) * max_readers * CACHE_LINE_WORDS * 8
+
+
+def _pins_bytes(max_dimensions: int, max_readers: int) -> int:
+    """The pins section: the cache words, then the pin words (entry-major, PIN_COLS each)."""
+    return _caches_bytes(max_dimensions, max_readers) + max_dimensions * max_readers * PIN_COLS * 8
 
 
 def align_section(n: int) -> int:
@@ -358,10 +376,10 @@ class Layout:
         off = align_section(off + max_dimensions * DIR_COLS * 8)
         readers = off
         off = align_section(off + max_readers * READER_COLS * 8)
-        # On a page boundary: one entry's lines then fill whole pages, 64 readers to each (off a
-        # boundary, readers 0-9 shared a page with nobody but each other).
-        pins = off = (off + PIN_PAGE - 1) // PIN_PAGE * PIN_PAGE
-        off = align_section(off + max_readers * max_dimensions * PIN_STRIDE * 8)
+        # On a page boundary: the cache words of 64 readers then fill whole pages (off a
+        # boundary, some readers would share a page with fewer others).
+        pins = off = (off + PINS_PAGE - 1) // PINS_PAGE * PINS_PAGE
+        off = align_section(off + _pins_bytes(max_dimensions, max_readers))
         tags = off
         off = align_section(off + max_records * TAG_COLS * 8)
         files = off
@@ -432,11 +450,22 @@ class Control:
 
     @functools.cached_property
     def pins(self) -> np.ndarray:
-        """``pins[reader, entry]``: the PIN_COLS words of one reader for one entry, indexed as
-        before layout 11; stored entry-major (``pins_word``), so this is a strided view."""
+        """``pins[reader, entry]``: the PIN_COLS pin words of one reader for one entry; stored
+        entry-major after the cache words, so this is a strided view."""
         lay = self.layout
-        stored = self._arr(lay.pins_offset, (lay.max_dimensions, lay.max_readers, PIN_STRIDE))
-        view: np.ndarray = stored[:, :, :PIN_COLS].transpose(1, 0, 2)
+        offset = lay.pins_offset + _caches_bytes(lay.max_dimensions, lay.max_readers)
+        stored = self._arr(offset, (lay.max_dimensions, lay.max_readers, PIN_COLS))
+        view: np.ndarray = stored.transpose(1, 0, 2)
+        return view
+
+    @functools.cached_property
+    def caches(self) -> np.ndarray:
+        """``caches[reader, entry // 8, entry % 8]``: a reader's cache word for an entry (stored
+        block-major, ``cache_word``, so this is a strided view).""" 
+        lay = self.layout
+        blocks = cache_blocks(lay.max_dimensions)
+        stored = self._arr(lay.pins_offset, (blocks, lay.max_readers, CACHE_LINE_WORDS))
+        view: np.ndarray = stored.transpose(1, 0, 2)
         return view
 
     @functools.cached_property
@@ -466,23 +495,23 @@ class Control:
         return self._mv(self.layout.directory_offset, self.layout.max_dimensions * DIR_COLS * 8)
 
     @functools.cached_property
-    def pins_mv(self) -> memoryview:
-        """The lookup's cache words (PinCol.CACHE) are read and written through this one."""
+    def caches_mv(self) -> memoryview:
+        """The lookup's cache words are read and written through this one (``cache_word``)."""
         lay = self.layout
-        return self._mv(lay.pins_offset, lay.max_readers * lay.max_dimensions * PIN_STRIDE * 8)
+        return self._mv(lay.pins_offset, _caches_bytes(lay.max_dimensions, lay.max_readers))
 
     def release(self) -> None:
         """Drop every view so the underlying mmap can be closed."""
         made = self.__dict__
-        for name in ("words_mv", "directory_mv", "pins_mv"):
+        for name in ("words_mv", "directory_mv", "caches_mv"):
             mv = made.get(name)
             if mv is not None:
                 mv.release()
         # None, not empty arrays: a use after release must fail loudly, so the types are waived
         # here; set whether made or not, so that nothing is made from the closed mapping later.
-        self.words = self.pools = self.records = self.directory = self.readers = self.pins = None  # type: ignore[assignment]
+        self.words = self.pools = self.records = self.directory = self.readers = self.pins = self.caches = None  # type: ignore[assignment]
         self.tags = self.files = None  # type: ignore[assignment]
-        self.words_mv = self.directory_mv = self.pins_mv = None  # type: ignore[assignment]
+        self.words_mv = self.directory_mv = self.caches_mv = None  # type: ignore[assignment]
         self.bitmaps = self.backed = []
         self._buf = None
 
