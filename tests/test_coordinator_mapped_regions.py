@@ -285,7 +285,9 @@ def test_a_lookup_is_a_read_only_view_into_the_readers_mapping_of_the_store_copy
             assert isinstance(ctx.content, memoryview) and ctx.content.readonly
             address = np.frombuffer(ctx.content, dtype=np.uint8).__array_interface__["data"][0]
             inside = []
-            for mapped in reader._inst._files.values():
+            inst = reader._inst
+            for mapped in (inst.pool_segment(len(inst.pool_segments) + f)  # the file rows this reader mapped
+                           for f, mm in enumerate(inst._files) if mm is not None):
                 base = np.frombuffer(mapped.mm, dtype=np.uint8, count=1).__array_interface__["data"][0]
                 if base <= address < base + mapped.size:
                     inside.append((mapped, address - base))

@@ -83,6 +83,7 @@ from ._index_layout cimport *
 from ._sync cimport (asymmetric_fences, fault, fault_armed, shm_compiler_fence, shm_load, shm_load_sc,
                     shm_store, shm_store_sc)
 
+import operator
 import os
 import sys
 import zlib
@@ -105,6 +106,7 @@ cdef extern from "Python.h":
         Py_buffer view
     int _Py_MEMORYVIEW_RELEASED
     PyObject *_list_item "PyList_GET_ITEM" (PyObject *lst, Py_ssize_t i)  # borrowed, from a borrowed list
+    Py_ssize_t _list_size "PyList_GET_SIZE" (PyObject *lst)
     Py_ssize_t _refcnt "Py_REFCNT" (PyObject *o)
     void Py_SET_REFCNT(PyObject *o, Py_ssize_t n)
     object PyMemoryView_FromObject(object obj)
@@ -315,7 +317,10 @@ cdef class Generation:
 
     ``Generation(dimension_id, generation, index, index_offset, index_nbytes, header, pools,
     entry=-1, pins=None, held=False)``: the index is ``index_nbytes`` bytes at ``index_offset``
-    of buffer ``index`` (a segment's mmap), ``header`` its checked
+    of buffer ``index`` (a segment's mmap; or the instance's one read-only memoryview of it,
+    which every generation indexed in that segment then holds by reference, its export keeping
+    the mapping, instead of taking an export of its own: 80 B less each, docs/performance.md
+    issue 22; nobody may ``release()`` such a view), ``header`` its checked
     :class:`shmpool.data.layer_index.Header`, ``pools`` a sequence (pool number -> buffer of the
     whole pool segment or mapped file, or None where no layer lives). The generation holds a
     buffer export of each (so none of those mappings can be unmapped under it) and takes the
@@ -343,8 +348,9 @@ cdef class Generation:
     cdef const char **pool_base     # indexed by pool number (the block holds entries from pool_lo on)
     cdef Py_ssize_t *pool_len
     cdef char *_block               # what was allocated: the two arrays' entries, then _bufs
-    cdef Py_buffer *_bufs       # the exports held: [0] the index's mapping, then each distinct pool's
+    cdef Py_buffer *_bufs       # the exports held: the index's mapping (unless shared), then each distinct pool's
     cdef Py_ssize_t _nbufs
+    cdef object _index_view     # the shared read-only memoryview the index lies in, when given one (else None)
     cdef readonly Py_ssize_t entry
     cdef public bint held       # the pin words hold (entry, generation) for this object
     cdef object _pins           # their owner: pins.release(entry, generation) when this object goes
@@ -367,12 +373,14 @@ cdef class Generation:
 
     def __init__(self, dimension_id, int64_t generation, index, Py_ssize_t index_offset, Py_ssize_t index_nbytes,
                  header, pools, Py_ssize_t entry=-1, pins=None, bint held=False):
-        cdef Py_ssize_t p, k, n = len(pools), held_max = 1, lo = -1, span
+        cdef bint shared = type(index) is memoryview
+        cdef Py_ssize_t p, k, n = len(pools), held_max = 0 if shared else 1, lo = -1, span
         cdef int64_t table_at = header.table_offset, rows_at = header.rows_offset
         cdef int64_t slots = header.slots, count = header.layer_count, nbytes = header.nbytes
         cdef int64_t name_at = HEADER_BYTES, name_length = header.name_length
         cdef char *block
         cdef Py_buffer *buf
+        cdef Py_buffer *whole
         if self._bufs != NULL:
             raise InvalidArgument(argument="generation", value=generation, reason="is initialised already")
         self.entry = entry
@@ -398,12 +406,20 @@ cdef class Generation:
         self.pool_base = <const char **>(<uintptr_t>block - lo * sizeof(char *))
         self.pool_len = <Py_ssize_t *>(<uintptr_t>(block + span * sizeof(char *)) - lo * sizeof(Py_ssize_t))
         self._bufs = <Py_buffer *>(block + span * (sizeof(char *) + sizeof(Py_ssize_t)))
-        PyObject_GetBuffer(index, &self._bufs[0], PyBUF_SIMPLE)
-        self._nbufs = 1
+        if shared:
+            # Held by reference: the view's own export keeps the mapping while this object lives.
+            if (<PyMemoryViewObject *>index).flags & _Py_MEMORYVIEW_RELEASED or not index.c_contiguous:
+                raise InvalidArgument(argument="index", value=index, reason="is a released or non-contiguous view")
+            self._index_view = index
+            whole = &(<PyMemoryViewObject *>index).view
+        else:
+            PyObject_GetBuffer(index, &self._bufs[0], PyBUF_SIMPLE)
+            self._nbufs = 1
+            whole = &self._bufs[0]
         source = f"dimension {dimension_id} generation {generation}"
-        if index_offset < 0 or index_nbytes < 0 or index_offset + index_nbytes > self._bufs[0].len:
+        if index_offset < 0 or index_nbytes < 0 or index_offset + index_nbytes > whole.len:
             raise RegionFormatError(source=source, fault=f"layer index [{index_offset}, {index_offset + index_nbytes}) "
-                                                         f"lies outside its {self._bufs[0].len}-byte mapping")
+                                                         f"lies outside its {whole.len}-byte mapping")
         # layer_index.read_header checked all of this against the index; checked again here
         # because the addresses below are trusted from now on.
         if (slots < 8 or slots & (slots - 1) or count < 0 or slots < 2 * count or table_at % 8 or rows_at % 8
@@ -411,7 +427,7 @@ cdef class Generation:
                 or table_at + slots * SLOT_WORDS * 8 != nbytes or nbytes > index_nbytes):
             raise RegionFormatError(source=source, fault=f"layer index sections (rows at {rows_at}, table at "
                                                          f"{table_at}, {slots} slots) do not fit {index_nbytes} bytes")
-        self._index = <const char *>self._bufs[0].buf + index_offset
+        self._index = <const char *>whole.buf + index_offset
         self.dimension_id = dimension_id
         self.dim = dimension_id
         self.generation = generation
@@ -1245,66 +1261,98 @@ def _no_move(gen):
 
 @cython.final
 cdef class DimTable:
-    """A reader's dimension views, {dimension id: DimView}: a dict, plus an index of the ids
-    below SMALL_IDS kept in step with it, so that a lookup finds a small id by index (~100
-    instructions less than the dict's hash and probe). The mapping of shmpool.data.mapping owns
-    it; the lookup path only reads it. The few dict verbs that owner uses are all it offers."""
+    """A reader's dimension views, {dimension id: DimView}: the ids below SMALL_IDS in a list
+    indexed by id, so that a lookup finds a small id by index (~100 instructions less than a
+    dict's hash and probe), any other id in a dict. The mapping of shmpool.data.mapping owns
+    it; the lookup path only reads it. The few dict verbs that owner uses are all it offers.
 
-    cdef dict _map
-    cdef list _small             # DimView or None, for ids 0 .. SMALL_IDS - 1
+    The list is as long as the largest small id in it, not SMALL_IDS, and a small id is in the
+    list alone: a reader of 14 dimensions keeps 14 slots and an empty dict, where a list of 256
+    slots and a dict of every view were ~2.8 kB of its private memory (docs/performance.md,
+    issue 22). A small id past the list's end is nowhere."""
+
+    cdef dict _map               # DimView of each id outside [0, SMALL_IDS)
+    cdef list _small             # DimView or None, for ids 0 .. len(_small) - 1 (< SMALL_IDS)
+    cdef Py_ssize_t _count       # views in _small
     cdef public object move      # move(gen): the owner's "store it in the pin words" (DimView.drop)
 
     def __cinit__(self):
         self._map = {}
-        self._small = [None] * SMALL_IDS
+        self._small = []
+        self._count = 0
 
     cdef inline DimView find(self, object dimension_id):
         """The view of ``dimension_id`` (an exact int), or None."""
         cdef int64_t dim = _key_of(dimension_id)
         cdef PyObject *found
-        if 0 <= dim < SMALL_IDS:
+        if 0 <= dim < PyList_GET_SIZE(self._small):
             return <DimView>PyList_GET_ITEM(self._small, dim)
         found = PyDict_GetItemWithError(self._map, dimension_id)  # an int's hash cannot fail
         return None if found == NULL else <DimView>found
 
+    cdef Py_ssize_t _slot(self, object dimension_id) except -2:
+        """Its index in the list if ``dimension_id`` is a small id (an int or has __index__), else -1."""
+        if not isinstance(dimension_id, int):
+            if not hasattr(type(dimension_id), "__index__"):
+                return -1
+            dimension_id = operator.index(dimension_id)
+        if 0 <= dimension_id < SMALL_IDS:
+            return dimension_id
+        return -1
+
     def get(self, dimension_id, default=None):
-        return self._map.get(dimension_id, default)
+        cdef Py_ssize_t i = self._slot(dimension_id)
+        if i < 0:
+            return self._map.get(dimension_id, default)
+        found = self._small[i] if i < len(self._small) else None
+        return default if found is None else found
 
     def __getitem__(self, dimension_id):
-        return self._map[dimension_id]
+        found = self.get(dimension_id)
+        if found is None:
+            raise KeyError(dimension_id)
+        return found
 
     def __setitem__(self, dimension_id, DimView view not None):
         if type(dimension_id) is not int:
             raise InvalidArgument(argument="dimension_id", value=dimension_id, reason="is not an int")
-        old = self._map.get(dimension_id)
+        old = self.get(dimension_id)
         if old is not None and old is not view:
             self._drop(old, True)  # one view per cache word: the old one lets go first
-        self._map[dimension_id] = view
-        cdef int64_t dim = _key_of(dimension_id)
-        if 0 <= dim < SMALL_IDS:
-            self._small[dim] = view
+        cdef Py_ssize_t i = self._slot(dimension_id)
+        if i < 0:
+            self._map[dimension_id] = view
+            return
+        if i >= len(self._small):
+            self._small.extend([None] * (i + 1 - len(self._small)))
+        if self._small[i] is None:
+            self._count += 1
+        self._small[i] = view
 
     def __contains__(self, dimension_id):
-        return dimension_id in self._map
+        return self.get(dimension_id) is not None
 
     def __len__(self):
-        return len(self._map)
+        return self._count + len(self._map)
 
     def __iter__(self):
-        return iter(list(self._map))
+        return iter([dim for dim, _ in self.items()])
 
     def values(self):
-        return list(self._map.values())
+        return [view for _, view in self.items()]
 
     def items(self):
-        return list(self._map.items())
+        out = [(dim, view) for dim, view in enumerate(self._small) if view is not None]
+        out.extend(self._map.items())
+        return out
 
     def clear(self, bint write=True):
         """Drop every view, each letting go of its cached generation first (``write``: clearing
         its cache word; a forked child's views name its parent's words, so it passes False)."""
-        views = list(self._map.values())
+        views = self.values()
         self._map.clear()
-        self._small = [None] * SMALL_IDS
+        self._small = []
+        self._count = 0
         for view in views:
             self._drop(view, write)
 
@@ -1313,7 +1361,7 @@ cdef class DimTable:
             view.drop(self.move if self.move is not None else _no_move, write)
 
     def __repr__(self):
-        return f"DimTable({self._map!r})"
+        return f"DimTable({dict(self.items())!r})"
 
 
 cdef class ReaderCore:
@@ -1414,7 +1462,7 @@ cdef class ReaderCore:
         cdef int64_t *w
         if table == <PyObject *>None:
             return None  # never attached: the slow path says so
-        if 0 <= dim < SMALL_IDS:
+        if 0 <= dim < _list_size(<PyObject *>(<DimTable>table)._small):  # ids past it: the dict
             dv = _list_item(<PyObject *>(<DimTable>table)._small, dim)
         else:
             dv = PyDict_GetItemWithError((<DimTable>table)._map, dimension_id)  # an int's hash cannot fail

@@ -71,6 +71,10 @@ def _sequenced(publish: Callable[[Directory, int, Location], None]) -> Callable[
 class Directory:
     """Reader and writer views of the directory section of a control segment."""
 
+    # Slots, no __dict__: one object per reader, ~200 B less of its private memory each
+    # (docs/performance.md, issue 22).
+    __slots__ = ("_ctl", "_mv", "_words", "capacity", "_depth")
+
     def __init__(self, control: Control) -> None:
         self._ctl = control
         self._mv = control.directory_mv
@@ -81,11 +85,23 @@ class Directory:
     # ----------------------------------------------------------------- reader side (lock-free)
 
     def entries(self) -> dict[int, int]:
-        """{dimension id: entry index} of every entry in use."""
-        # Up to W.ENTRIES_HIGH: the entries beyond were never claimed, and reading them would
-        # map their pages into every reader (8 pages for 256 entries; most hold nothing).
-        ids = self._ctl.directory[:self._words[W.ENTRIES_HIGH], D.DIMENSION_ID]
-        return {int(ids[e]): int(e) for e in np.flatnonzero(ids)}
+        """{dimension id: entry index} of every entry in use.
+
+        Read through the directory's memoryview, not a numpy view of the section: a reader
+        process makes none (each was ~0.5 kB of its private memory, docs/performance.md issue 22).
+        Up to W.ENTRIES_HIGH: the entries beyond were never claimed, and reading them would map
+        their pages into every reader (8 pages for 256 entries; most hold nothing)."""
+        ids = self._mv[D.DIMENSION_ID:self._words[W.ENTRIES_HIGH] * DIR_COLS:DIR_COLS].tolist()
+        return {d: e for e, d in enumerate(ids) if d}
+
+    def find(self, dimension_id: int) -> int | None:
+        """The entry claimed for ``dimension_id`` (published or not), or None; read as
+        :meth:`entries` reads, without building the dict."""
+        mv, high = self._mv, self._words[W.ENTRIES_HIGH]
+        for entry in range(high):
+            if mv[entry * DIR_COLS + D.DIMENSION_ID] == dimension_id:
+                return entry
+        return None
 
     def version(self) -> int:
         """W.DIR_VERSION: moves whenever an entry is claimed or released (snapshots cache entries by it)."""

@@ -127,10 +127,15 @@ class RowPins:
     Across fork() the child's copy moves to a row of its own (shmpool/data/fork.py).
     """
 
+    # Slots, no __dict__: one object per reader, ~200 B less of its private memory (issue 22).
+    __slots__ = ("_control", "slot", "_release_row", "_registry", "_dims", "_counts", "_lock", "_reader_closed",
+                 "_released", "lost", "__weakref__")
+
     def __init__(self, control: Control, slot: int, release_row: Callable[[int], None],
                  registry: "ReaderRegistry") -> None:
+        # The pins section's numpy view, made at the first hold: a reader whose lookups go
+        # through its cache words alone never holds one (docs/performance.md, issue 22).
         self._control = control
-        self._pins = control.pins
         self.slot = slot
         self._release_row = release_row
         self._registry = registry
@@ -154,7 +159,7 @@ class RowPins:
                 return False
             dp = self._dims.get(entry)
             if dp is None:
-                dp = self._dims[entry] = DimensionPins(self._pins[self.slot, entry])
+                dp = self._dims[entry] = DimensionPins(self._control.pins[self.slot, entry])
             return dp.hold(generation)
 
     def release(self, entry: int, generation: int, *, from_collector: bool = True) -> None:
@@ -237,7 +242,8 @@ class RowPins:
             return None
         # The parent's row pins all of it throughout, so the order of these stores is free.
         used = entries_used(self._control)
-        self._pins[claim.slot, :used] = self._pins[self.slot, :used]
+        pins = self._control.pins
+        pins[claim.slot, :used] = pins[self.slot, :used]
         caches, blocks = self._control.caches, cache_blocks(used)
         caches[claim.slot, :blocks] = caches[self.slot, :blocks]
         # The cache words with USERS forced on: objects made from a cached generation between
@@ -260,7 +266,7 @@ class RowPins:
             return False
         self.slot = claim.slot
         for entry, dp in self._dims.items():
-            dp.rebind(self._pins[claim.slot, entry])
+            dp.rebind(self._control.pins[claim.slot, entry])
         return True
 
     def orphan(self, error: ReaderForked) -> None:

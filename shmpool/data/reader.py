@@ -66,6 +66,9 @@ class Reader(ReaderCore):
     child's own (docs/usage.md, "Processes and fork").
     """
 
+    # Slots, no __dict__: ~200 B less of each reader process's private memory (issue 22).
+    __slots__ = ("_map", "_dims", "_dir_mv", "_words_mv", "_named", "__weakref__")
+
     def __init__(self, inst: SharedInstance, *, owns_instance: bool, timeout: float | None = None) -> None:
         self._map = MappedGenerations(inst, owns_instance=owns_instance, timeout=timeout)
         # What the lookup path reads, bound once (the owner clears ``dims`` in place, never replaces it).

@@ -47,21 +47,11 @@ class ForkClaim(NamedTuple):
     deadline_ns: int   # RD.HANDOVER_NS: after it, the sweep drops the row whoever lives
 
 
-# Reader rows a page holds (READER_COLS int64 words each): the free-row search reads a page at
-# a time, so a reader maps the pages up to its own row, not all 512 rows' 8 pages.
-_ROWS_PER_PAGE = 4096 // (READER_COLS * 8)
-
-
-def _first_free(rows: np.ndarray) -> int | None:
-    """The lowest free reader row (PID 0), or None."""
-    for start in range(0, len(rows), _ROWS_PER_PAGE):
-        free = np.flatnonzero(rows[start:start + _ROWS_PER_PAGE, RD.PID] == 0)
-        if len(free):
-            return start + int(free[0])
-    return None
-
-
 class ReaderRegistry:
+    # Slots, no __dict__: one object per reader, ~200 B less of its private memory each
+    # (docs/performance.md, issue 22).
+    __slots__ = ("_ctl", "_lock", "_instance")
+
     def __init__(self, control: Control, lock: SharedLock, instance: str) -> None:
         self._ctl = control
         self._lock = lock
@@ -80,11 +70,11 @@ class ReaderRegistry:
         pid, start = my_identity()
         self._lock.acquire(timeout)
         try:
-            slot = self._free_row_locked()
-            rows = ctl.readers
-            # Nothing superseded before it attached can be held by it: it has answered those.
-            self._fill_locked(slot, start, int(ctl.words[W.PIN_EPOCH]))
-            rows[slot, RD.PID] = pid
+            with ctl.readers_view() as rows:
+                slot = self._free_row_locked(rows)
+                # Nothing superseded before it attached can be held by it: it has answered those.
+                self._fill_locked(rows, slot, start, ctl.words_mv[W.PIN_EPOCH])
+                rows[slot * READER_COLS + RD.PID] = pid
         finally:
             self._lock.release()
         return slot
@@ -99,12 +89,12 @@ class ReaderRegistry:
         deadline_ns = time.time_ns() + int(HANDOVER_WINDOW * 1e9)
         self._lock.acquire(timeout)
         try:
-            slot = self._free_row_locked()
-            rows = ctl.readers
-            # The child holds what the parent held: it has answered what the parent answered.
-            self._fill_locked(slot, start, int(rows[parent_slot, RD.EPOCH_SEEN]))
-            rows[slot, RD.HANDOVER_NS] = deadline_ns
-            rows[slot, RD.PID] = pid
+            with ctl.readers_view() as rows:
+                slot = self._free_row_locked(rows)
+                # The child holds what the parent held: it has answered what the parent answered.
+                self._fill_locked(rows, slot, start, rows[parent_slot * READER_COLS + RD.EPOCH_SEEN])
+                rows[slot * READER_COLS + RD.HANDOVER_NS] = deadline_ns
+                rows[slot * READER_COLS + RD.PID] = pid
         finally:
             self._lock.release()
         return ForkClaim(slot, pid, start, deadline_ns)
@@ -131,34 +121,43 @@ class ReaderRegistry:
         finally:
             self._lock.release()
 
-    def _free_row_locked(self) -> int:
-        rows = self._ctl.readers
-        slot = _first_free(rows)
-        if slot is None:
+    def _free_row_locked(self, rows: memoryview) -> int:
+        free = self._first_free_locked(rows)
+        if free is None:
             self._reap_dead_locked()
-            slot = _first_free(rows)
-            if slot is None:
-                raise AttachError(name=self._instance,
-                                  reason=f"all {len(rows)} reader slots are taken by live processes")
-        return slot
+            free = self._first_free_locked(rows)
+            if free is None:
+                raise AttachError(name=self._instance, reason=f"all {self._ctl.layout.max_readers} reader slots "
+                                                              "are taken by live processes")
+        return free
 
-    def _fill_locked(self, slot: int, start: int, epoch_seen: int) -> None:
-        """Every column of a free row but PID, which the caller stores last (PID != 0 is "taken")."""
-        ctl = self._ctl
-        rows = ctl.readers
+    def _first_free_locked(self, rows: memoryview) -> int | None:
+        # Through a memoryview of the rows (Control.readers_view), not numpy: attach makes no
+        # numpy object (issue 22). Row by row, so a reader maps the pages up to its own row,
+        # not all 512 rows' 8 pages (readers of one instance share those).
+        for slot in range(self._ctl.layout.max_readers):
+            if rows[slot * READER_COLS + RD.PID] == 0:
+                return slot
+        return None
+
+    def _fill_locked(self, rows: memoryview, slot: int, start: int, epoch_seen: int) -> None:
+        """Every column of a free row of ``rows`` (Control.readers_view) but PID, which the
+        caller stores last (PID != 0 is "taken")."""
+        base, words = slot * READER_COLS, self._ctl.words_mv
         # The row's pin words are all zero already: every way a row is given back clears them
         # (_clear_locked) before its PID. Not written here, because a reader should map only the
         # page of its 10 kB of pin words that holds the entries it uses (~1 kB for 25): zeroing
         # them all made every reader map ~3 pages that no other reader shares, ~12 kB of PSS
         # each (docs/performance.md, issue 22). Garbage there could only over-pin.
-        rows[slot, :] = 0
-        rows[slot, RD.START] = start
-        rows[slot, RD.ATTACHED_NS] = time.time_ns()
-        rows[slot, RD.EPOCH_SEEN] = epoch_seen
-        rows[slot, RD.SEEN_NS] = time.time_ns()
-        attached = int(ctl.words[W.READERS_ATTACHED]) + 1
-        ctl.words[W.READERS_ATTACHED] = attached
-        ctl.words[W.READERS_PEAK] = max(attached, int(ctl.words[W.READERS_PEAK]))
+        for col in range(READER_COLS):
+            rows[base + col] = 0
+        rows[base + RD.START] = start
+        rows[base + RD.ATTACHED_NS] = time.time_ns()
+        rows[base + RD.EPOCH_SEEN] = epoch_seen
+        rows[base + RD.SEEN_NS] = time.time_ns()
+        attached = words[W.READERS_ATTACHED] + 1
+        words[W.READERS_ATTACHED] = attached
+        words[W.READERS_PEAK] = max(attached, words[W.READERS_PEAK])
 
     def unregister(self, slot: int) -> None:
         """Give this process's row back; a row that is not (or no longer) ours is left alone."""
@@ -198,9 +197,10 @@ class ReaderRegistry:
 
     def acknowledge(self, slot: int, epoch: int) -> None:
         """Record that this reader let go of everything superseded up to PIN_EPOCH ``epoch``."""
-        rows = self._ctl.readers
-        rows[slot, RD.SEEN_NS] = time.time_ns()
-        rows[slot, RD.EPOCH_SEEN] = epoch
+        base = slot * READER_COLS
+        with self._ctl.readers_view() as rows:  # made per publication honoured, not kept (issue 22)
+            rows[base + RD.SEEN_NS] = time.time_ns()
+            rows[base + RD.EPOCH_SEEN] = epoch
 
     def reap_dead(self) -> list[int]:
         """Drop the rows and pins of dead reader processes, and fork hand-overs past their

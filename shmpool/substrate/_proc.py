@@ -16,25 +16,46 @@ _HAVE_PROC = os.path.isdir("/proc/self")
 _cached: tuple[int, int] | None = None
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def _state_and_start(pid: int) -> tuple[bytes, int] | None:
+    """(state letter, start time) of ``pid`` from /proc/PID/stat, or None if it has none.
+
+    Read with os.read and scanned in place, not through a buffered file and a list of ~50
+    decoded fields: every reader process asks at attach (its own identity, its coordinator's
+    liveness), and those temporaries were a page of its private memory (docs/performance.md,
+    issue 22)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    # The command name may contain spaces and parentheses; the fields we want follow the last ')'.
-    tail = raw[raw.rfind(b")") + 2:].split()
-    return [f.decode("ascii", "replace") for f in tail]
+    try:
+        raw = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The command name may contain spaces and parentheses; the fields we want follow the last ')':
+    # state is field 3, starttime field 22, so 19 separators after the state.
+    at = raw.rfind(b")") + 2
+    if at < 2 or at >= len(raw):
+        return None
+    state = raw[at:at + 1]
+    for _ in range(19):
+        at = raw.find(b" ", at) + 1
+        if at <= 0:
+            return None
+    end = raw.find(b" ", at)
+    try:
+        return state, int(raw[at:end if end >= 0 else len(raw)])
+    except ValueError:
+        return None
 
 
 def start_token(pid: int) -> int:
     """The process start time in clock ticks since boot, or 0 where it cannot be known."""
     if not _HAVE_PROC:
         return 0
-    fields = _stat_fields(pid)
-    if not fields or len(fields) < 20:
-        return 0
-    return int(fields[19])
+    fields = _state_and_start(pid)
+    return 0 if fields is None else fields[1]
 
 
 def is_alive(pid: int, token: int = 0) -> bool:
@@ -42,12 +63,12 @@ def is_alive(pid: int, token: int = 0) -> bool:
     if pid <= 0:
         return False
     if _HAVE_PROC:
-        fields = _stat_fields(pid)
+        fields = _state_and_start(pid)
         if fields is None:
             return False
-        if fields[0] in ("Z", "X", "x"):
+        if fields[0] in (b"Z", b"X", b"x"):
             return False
-        return token == 0 or int(fields[19]) == token
+        return token == 0 or fields[1] == token
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

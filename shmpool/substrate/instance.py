@@ -9,7 +9,9 @@ pool pages are reserved per allocation by the table, so a full /dev/shm is never
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 import time
 import weakref
 from dataclasses import dataclass
@@ -22,16 +24,16 @@ from ._log import logger
 from ._proc import is_alive, my_identity
 from .alloc import AllocationTable, Handle
 from ..errors import AttachError, InstanceExists, InvalidArgument, OutOfBounds, ShmPoolError
-from .layout import (FILE_SET, HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING, Control,
-                     F, Layout, P, W, pack_header)
-from .mapped_files import MappedFile, digest_words, file_path, words_digest
+from .layout import (FILE_COLS, FILE_SET, HEADER, LAYOUT_VERSION, MAGIC, POOL_COLS, STATE_RUNNING, STATE_STOPPING,
+                     Control, F, Layout, P, W, pack_header)
+from .mapped_files import SUFFIX, MappedFile, digest_words, map_fd, map_file, store_dir, words_digest
 from .limits import DEFAULT_LIMIT, Thresholds
 from .lock import shared_lock
 from .names import (cleanup, foreign_objects, instance_names, newest_change, raise_if_foreign,
                     segment_name, semaphore_name, validate_name)
 from .platform import check_system, full_error, is_full
 from .removal import flock_holder
-from .segments import Segment
+from .segments import Segment, close_mapping
 from .trust import SHM_DIR, open_semaphore, shm_path
 
 __all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead", "coordinator_pid"]
@@ -69,11 +71,18 @@ DEFAULT_GROWTH = 2  # growth segments each configured pool may add
 
 WAKE_SEM = "wake"  # readers post it to wake the coordinator's reaper (a reload request)
 CONTROL = "control"
+_I64 = struct.Struct("<q")  # one control word, read without a numpy view (a reader makes none of pools/files)
+_FILE_ROW = struct.Struct(f"<{FILE_COLS}q")
 
 
-def _close_all(segments: list[Segment | MappedFile], sems: list[posix_ipc.Semaphore]) -> None:
+def _close_all(segments: list[Segment | mmap.mmap], sems: list[posix_ipc.Semaphore],
+               exports: list[memoryview | None]) -> None:
+    exports.clear()  # dropped, never released: Generations may still hold them (then the unmap waits)
     for seg in segments:
-        seg.close()
+        if isinstance(seg, Segment):
+            seg.close()
+        else:
+            close_mapping(seg, "a served region file")
     for sem in sems:
         try:
             sem.close()
@@ -84,8 +93,14 @@ def _close_all(segments: list[Segment | MappedFile], sems: list[posix_ipc.Semaph
 class SharedInstance:
     """The shared objects of instance ``name`` mapped into this process."""
 
+    # Slots, no __dict__: every reader process has one (~200 B less of its private memory,
+    # docs/performance.md issue 22).
+    __slots__ = ("name", "owner", "control_segment", "control", "pool_segments", "instance_token", "lock",
+                 "_thresholds", "_table", "_pool_views", "_exports", "_files", "_store", "_closed", "_present", "huge_pages",
+                 "_mapped", "_wake", "_mapped_sems", "_finalizer", "__weakref__")
+
     def __init__(self, name: str, control_seg: Segment, control: Control, pools: list[Segment | None],
-                 *, owner: bool, thresholds: Thresholds) -> None:
+                 *, owner: bool, thresholds: Thresholds | None) -> None:
         self.name = name
         self.owner = owner
         self.control_segment = control_seg
@@ -102,24 +117,34 @@ class SharedInstance:
         self.lock.on_recover = self._recover_table
         # Writable views for view(), made on a pool's first use: a reader never asks (its ~1 kB).
         self._pool_views: list[memoryview | None] = [None] * len(pools)
-        self._files: dict[int, MappedFile] = {}  # file rows mapped here, by pool number
+        # File rows mapped here, by row (pool number - pool_count): the mmap objects alone, in a
+        # list as long as the last row mapped (a dict and an object per file with its path were
+        # ~0.17 kB per file of a reader's private memory, docs/performance.md issue 22).
+        self._files: list[mmap.mmap | None] = []
+        self._store: str | None = None  # their folder, resolved (and checked) at the first
         self._closed = False
         self._present: list[int] | None = None
         self.huge_pages = False  # set by create(); growth segments this process creates follow it
         # The finalizer closes what this list holds when it runs: growth segments mapped later
         # are appended to it.
-        self._mapped: list[Segment | MappedFile] = [control_seg, *(seg for seg in pools if seg is not None)]
+        self._mapped: list[Segment | mmap.mmap] = [control_seg, *(seg for seg in pools if seg is not None)]
         self._wake: posix_ipc.Semaphore | None = None
         self._mapped_sems: list[posix_ipc.Semaphore] = []  # the wake semaphore, once opened
-        self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems)
+        # Read-only views of whole pool mappings, one per pool a layer index lies in (pool_export).
+        self._exports: list[memoryview | None] = []
+        self._finalizer = weakref.finalize(self, _close_all, self._mapped, self._mapped_sems, self._exports)
 
     @property
     def table(self) -> AllocationTable:
         """The allocation table over the control segment (made on first use)."""
         table = self._table
         if table is None:
+            thresholds = self._thresholds
+            if thresholds is None:  # attached: read when first needed (a reader never allocates)
+                words = self.control.words_mv
+                thresholds = Thresholds(words[W.WARN_PERMILLE], words[W.EVICT_PERMILLE], words[W.REFUSE_PERMILLE])
             table = self._table = AllocationTable(self.control, self.lock, instance_token=self.instance_token,
-                                                  thresholds=self._thresholds, grow=self._create_growth_segment,
+                                                  thresholds=thresholds, grow=self._create_growth_segment,
                                                   back=self._back_pages)
         return table
 
@@ -129,7 +154,15 @@ class SharedInstance:
 
     def block_size(self, pool: int) -> int:
         """Block size of pool number ``pool`` (a pool row of the control segment)."""
-        return int(self.control.pools[pool, P.BLOCK_SIZE])
+        return self._pool_word(pool, P.BLOCK_SIZE)
+
+    def _pool_word(self, pool: int, col: int) -> int:
+        """One word of a pool row, read from the mapping: a reader's lookups need two of them,
+        not a numpy view of the section (~430 B of its private memory, docs/performance.md issue 22)."""
+        if not 0 <= pool < self.control.layout.pool_count:
+            raise IndexError(f"pool {pool} of {self.control.layout.pool_count}")
+        at = self.control.layout.pools_offset + (pool * POOL_COLS + col) * 8
+        return int(_I64.unpack_from(self.control_segment.mm, at)[0])
 
     # ----------------------------------------------------------------- creation / attach
 
@@ -261,31 +294,32 @@ class SharedInstance:
 
     @classmethod
     def attach(cls, name: str) -> "SharedInstance":
-        """Map the shared objects of running instance ``name``; raises AttachError otherwise."""
+        """Map the shared objects of running instance ``name``; raises AttachError otherwise.
+
+        Only the control segment is mapped now; each pool segment on its first use
+        (:meth:`pool_segment`, :meth:`view`): a reader whose layers are served from region
+        files may never need most of them, and each mapped one was ~0.5 kB of its private
+        memory (its Segment, finalizer and mmap objects; docs/performance.md, issue 22)."""
         validate_name(name)
         check_system(name)
         control_seg = Segment.attach(segment_name(name, CONTROL), instance=name)
-        pools: list[Segment | None] = []
         try:
-            layout, thresholds = cls._read_layout(name, control_seg)
+            layout = cls._read_layout(name, control_seg)
             control = Control(control_seg.mm, layout)
-            words = control.words
-            if not is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START])):
+            words = control.words_mv
+            pid, start = words[W.COORDINATOR_PID], words[W.COORDINATOR_START]
+            if not is_alive(pid, start):
                 control.release()
-                raise AttachError(name=name, reason=f"its coordinator (pid {int(words[W.COORDINATOR_PID])}) "
+                raise AttachError(name=name, reason=f"its coordinator (pid {pid}) "
                                                     "is not running; run `shmpool cleanup` to remove leftovers")
-            for i in range(layout.pool_count):
-                present = bool(control.pools[i, P.PRESENT])
-                pools.append(Segment.attach(segment_name(name, f"pool{i}"), instance=name) if present else None)
         except BaseException:
-            for seg in [control_seg, *pools]:
-                if seg is not None:
-                    seg.close()
+            control_seg.close()
             raise
-        return cls(name, control_seg, control, pools, owner=False, thresholds=thresholds)
+        pools: list[Segment | None] = [None] * layout.pool_count
+        return cls(name, control_seg, control, pools, owner=False, thresholds=None)
 
     @staticmethod
-    def _read_layout(name: str, seg: Segment) -> tuple[Layout, Thresholds]:
+    def _read_layout(name: str, seg: Segment) -> Layout:
         if seg.size < HEADER.size:
             raise AttachError(name=name, reason=f"control segment too small ({seg.size} bytes)")
         fields = HEADER.unpack_from(seg.mm, 0)
@@ -296,20 +330,14 @@ class SharedInstance:
             raise AttachError(name=name, reason=f"layout version {version}, this library reads {LAYOUT_VERSION}")
         pool_count, max_records, max_dims, max_readers = fields[6:10]
         pools_offset = fields[11]
-        rows = np.frombuffer(seg.mm, dtype="<i8", count=pool_count * POOL_COLS,
-                             offset=pools_offset).reshape(pool_count, POOL_COLS)
-        counts = [int(c) for c in rows[:, P.BLOCK_COUNT]]
-        del rows
+        counts = [int(_I64.unpack_from(seg.mm, pools_offset + (i * POOL_COLS + P.BLOCK_COUNT) * 8)[0])
+                  for i in range(pool_count)]
         layout = Layout.compute(counts, max_records=max_records, max_dimensions=max_dims, max_readers=max_readers)
         if (layout.size != fields[3] or layout.pins_offset != fields[16] or layout.tags_offset != fields[18]
                 or layout.backed_offsets[0] != fields[19] or layout.max_files != fields[20]
                 or layout.files_offset != fields[22]):
             raise AttachError(name=name, reason="control segment header disagrees with its own layout")
-        words = np.frombuffer(seg.mm, dtype="<i8", count=8, offset=layout.words_offset)
-        thresholds = Thresholds(int(words[W.WARN_PERMILLE]), int(words[W.EVICT_PERMILLE]),
-                                int(words[W.REFUSE_PERMILLE]))
-        del words
-        return layout, thresholds
+        return layout
 
     # ----------------------------------------------------------------- memory access
 
@@ -319,9 +347,8 @@ class SharedInstance:
         if mv is None:
             seg = self.pool_segments[pool] if 0 <= pool < len(self.pool_segments) else None
             if seg is None:
-                mv = self._map_pool(pool)
-            else:
-                mv = self._pool_views[pool] = memoryview(seg.mm)
+                seg = self._map_pool(pool)
+            mv = self._pool_views[pool] = memoryview(seg.mm)
         if offset < 0 or length < 0 or offset + length > len(mv):
             raise OutOfBounds(what=f"pool {pool} of instance {self.name!r}", offset=offset,
                               length=length, limit=len(mv))
@@ -332,31 +359,72 @@ class SharedInstance:
         (pool numbers from ``pool_count`` on: the files section) on first use.
 
         A file is mapped once per process and kept: its row never changes while the instance
-        lives. Raises MappedFileChanged if the file is no longer the one published."""
+        lives. Raises MappedFileChanged if the file is no longer the one published. (A file's
+        MappedFile is made per call: the read path asks :meth:`pool_buffer`.)"""
         if pool >= len(self.pool_segments):
-            return self._mapped_file(pool)
+            return MappedFile(self._file_path(pool - len(self.pool_segments)), self._mapped_file(pool))
         seg = self.pool_segments[pool] if 0 <= pool < len(self.pool_segments) else None
         if seg is None:
-            self._map_pool(pool)
-            seg = self.pool_segments[pool]
-            assert seg is not None  # _map_pool mapped it or raised
+            seg = self._map_pool(pool)
         return seg
 
-    def _mapped_file(self, pool: int) -> MappedFile:
-        mapped = self._files.get(pool)
+    def pool_buffer(self, pool: int) -> mmap.mmap:
+        """The mapping of pool number ``pool``, a pool segment's or a served region file's (mapped
+        on first use, as :meth:`pool_segment`)."""
+        if pool >= len(self.pool_segments):
+            return self._mapped_file(pool)
+        return self.pool_segment(pool).mm
+
+    def pool_export(self, pool: int) -> memoryview:
+        """A read-only view of the whole mapping of pool number ``pool`` (mapping it on first
+        use), made once: every Generation whose layer index lies in that pool holds this one view
+        by reference instead of taking a buffer export of its own (80 B each; docs/performance.md,
+        issue 22). Its export keeps the mapping while any of them lives. Never ``release()`` it:
+        close() drops it, and the unmap then waits for the last Generation, as for any view."""
+        exports = self._exports
+        view = exports[pool] if pool < len(exports) else None
+        if view is None:
+            if pool >= len(exports):
+                exports.extend([None] * (pool + 1 - len(exports)))
+            view = exports[pool] = memoryview(self.pool_buffer(pool)).toreadonly()
+        return view
+
+    def _file_row(self, f: int) -> tuple[int, ...]:
+        """File row ``f``, read from the mapping, not through a numpy view of the section (a
+        reader's private memory, docs/performance.md issue 22); it never changes once STATE is set.
+        Raises OutOfBounds unless it is set."""
+        layout = self.control.layout
+        row = _FILE_ROW.unpack_from(self.control_segment.mm, layout.files_offset + f * FILE_COLS * 8) \
+            if 0 <= f < layout.max_files else None
+        if row is None or row[F.STATE] != FILE_SET:
+            raise OutOfBounds(what=f"pool number of instance {self.name!r} (no such pool or file)",
+                              offset=len(self.pool_segments) + f, length=1,
+                              limit=len(self.pool_segments) + layout.max_files)
+        return row
+
+    def _file_path(self, f: int) -> str:
+        """Where file row ``f``'s region file is: ``<store folder>/<digest in hex>.region``."""
+        if self._store is None:
+            self._store = str(store_dir())
+        row = self._file_row(f)
+        return os.path.join(self._store, words_digest(row[F.DIGEST0], row[F.DIGEST1]).hex() + SUFFIX)
+
+    def _mapped_file(self, pool: int) -> mmap.mmap:
+        f = pool - len(self.pool_segments)
+        mapped = self._files[f] if f < len(self._files) else None
         if mapped is not None:
             return mapped
-        f = pool - len(self.pool_segments)
-        files = self.control.files
-        if not 0 <= f < len(files) or int(files[f, F.STATE]) != FILE_SET:
-            raise OutOfBounds(what=f"pool number of instance {self.name!r} (no such pool or file)",
-                              offset=pool, length=1, limit=len(self.pool_segments) + len(files))
-        row = [int(v) for v in files[f]]
-        mapped = MappedFile.open(file_path(words_digest(row[F.DIGEST0], row[F.DIGEST1])), dev=row[F.DEV],
-                                 ino=row[F.INO], size=row[F.SIZE], instance=self.name)
-        self._files[pool] = mapped
-        self._mapped.append(mapped)
+        row = self._file_row(f)
+        mapped = map_file(self._file_path(f), dev=row[F.DEV], ino=row[F.INO], size=row[F.SIZE], instance=self.name)
+        self._keep_file(f, mapped)
         return mapped
+
+    def _keep_file(self, f: int, mapped: mmap.mmap) -> None:
+        files = self._files
+        if f >= len(files):
+            files.extend([None] * (f + 1 - len(files)))
+        files[f] = mapped
+        self._mapped.append(mapped)
 
     def add_file(self, fd: int, st: os.stat_result, digest: bytes) -> int:
         """Owner only: give the served region file open as ``fd`` (with stat ``st`` and store
@@ -373,28 +441,26 @@ class SharedInstance:
         free = next((f for f, state in enumerate(states) if state != FILE_SET), None)
         if free is None:
             return -1
-        digest_path = file_path(digest)
-        self._files[base + free] = mapped = MappedFile.of_fd(fd, str(digest_path), dev=st.st_dev, ino=st.st_ino,
-                                                             size=st.st_size, instance=self.name)
-        self._mapped.append(mapped)
+        path = os.path.join(str(store_dir()), digest.hex() + SUFFIX)
+        self._keep_file(free, map_fd(fd, path, dev=st.st_dev, ino=st.st_ino, size=st.st_size, instance=self.name))
         row = files[free]
         row[F.DEV], row[F.INO], row[F.SIZE] = st.st_dev, st.st_ino, st.st_size
         row[F.DIGEST0], row[F.DIGEST1] = digest_words(digest)
         row[F.STATE] = FILE_SET  # last: a row is read only once an index names its pool
         return base + free
 
-    def _map_pool(self, pool: int) -> memoryview:
-        if not 0 <= pool < len(self.pool_segments) or not int(self.control.pools[pool, P.PRESENT]):
+    def _map_pool(self, pool: int) -> Segment:
+        if not 0 <= pool < len(self.pool_segments) or not self._pool_word(pool, P.PRESENT):
             raise OutOfBounds(what=f"pool index of instance {self.name!r} (no such pool segment)",
                               offset=pool, length=1, limit=len(self.pool_segments))
         seg = Segment.attach(segment_name(self.name, f"pool{pool}"), instance=self.name)
         return self._adopt(pool, seg)
 
-    def _adopt(self, pool: int, seg: Segment) -> memoryview:
+    def _adopt(self, pool: int, seg: Segment) -> Segment:
+        """Keep ``seg`` as pool ``pool``'s mapping (its writable view is made by view(), if ever)."""
         self.pool_segments[pool] = seg
-        view = self._pool_views[pool] = memoryview(seg.mm)
         self._mapped.append(seg)
-        return view
+        return seg
 
     def _create_growth_segment(self, pool: int) -> None:
         """Called by the table, lock held, before it marks growth row ``pool`` present."""

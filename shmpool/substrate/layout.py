@@ -327,7 +327,9 @@ def align_section(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-@dataclass(frozen=True)
+# Slots: every reader process holds one, and its __dict__ was ~0.6 kB of the reader's private
+# memory (docs/performance.md, issue 22).
+@dataclass(frozen=True, slots=True)
 class Layout:
     """Offsets and sizes of every section for one configuration."""
     pool_count: int
@@ -479,6 +481,14 @@ class Control:
     @functools.cached_property
     def words_mv(self) -> memoryview:
         return self._mv(self.layout.words_offset, WORDS * 8)
+
+    def readers_view(self) -> memoryview:
+        """A new view of the reader rows, flat (row * READER_COLS + column), for the caller to
+        drop (or release) when done: a reader process claims and updates its row through one, and
+        so makes no numpy view at all (numpy's code paths alone were two pages of each reader's
+        private memory), and keeps none (it needs one at attach and at each publication it
+        honours; docs/performance.md, issue 22)."""
+        return self._mv(self.layout.readers_offset, self.layout.max_readers * READER_COLS * 8)
 
     @functools.cached_property
     def directory_mv(self) -> memoryview:

@@ -27,10 +27,9 @@ from pathlib import Path
 
 from ..errors import MappedFileChanged
 from .names import runtime_dir
-from .segments import close_mapping
 
 __all__ = ["STORE_FOLDER", "SUFFIX", "store_dir", "memory_backed", "file_path", "digest_words", "words_digest", "why_unsafe",
-           "MappedFile"]
+           "map_file", "map_fd", "MappedFile"]
 
 STORE_FOLDER = "regions"   # inside the runtime folder
 SUFFIX = ".region"
@@ -103,57 +102,60 @@ def why_unsafe(st: os.stat_result) -> str | None:
     return None
 
 
+def map_file(path: str, *, dev: int, ino: int, size: int, instance: str) -> mmap.mmap:
+    """Map ``path`` read-only if it is exactly the published file and still safe to map (module doc).
+
+    Raises MappedFileChanged (an AttachError) otherwise; nothing is mapped then."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise MappedFileChanged(name=instance, path=path, reason=f"cannot be opened ({exc.strerror or exc})") \
+            from None
+    try:
+        return map_fd(fd, path, dev=dev, ino=ino, size=size, instance=instance)
+    finally:
+        os.close(fd)
+
+
+def map_fd(fd: int, path: str, *, dev: int, ino: int, size: int, instance: str) -> mmap.mmap:
+    """Map open descriptor ``fd`` (of ``path``) after the same checks as :func:`map_file`; the
+    caller keeps and closes ``fd``."""
+    st = os.fstat(fd)
+    why = why_unsafe(st)
+    if why is None and (st.st_dev, st.st_ino, st.st_size) != (dev, ino, size):
+        why = (f"is another file now (device {st.st_dev} inode {st.st_ino}, {st.st_size} bytes; "
+               f"published: device {dev} inode {ino}, {size} bytes)")
+    if why is not None:
+        raise MappedFileChanged(name=instance, path=path, reason=why)
+    return mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+
+
 class MappedFile:
-    """A read-only mapping of one served region file (the pool-segment interface: ``mm``, ``size``).
+    """A served region file as this process maps it, with the pool-segment interface (``mm``,
+    ``size``, ``name``), for code that reads a pool number's mapping as a segment (the
+    coordinator's publisher).
 
-    Its owner is the instance that mapped it (SharedInstance closes it with the rest), and the
-    ``mmap`` object is the last line of defence: it unmaps itself when collected, which cannot
-    happen while a view of it (a Generation's buffer export) is alive. So no finalizer of its
-    own: a reader maps one file per served region, and a ``weakref.finalize`` each was ~300 B
-    of its private memory per file (docs/performance.md, issue 22)."""
+    Not an owner: the instance that mapped the file keeps the ``mmap`` object alone (one per
+    file, none of this per file: a reader maps a file per served region, and an object with
+    its path each was ~120 B of its private memory, docs/performance.md issue 22) and closes it
+    with the rest; the mmap is the last line of defence (it unmaps itself when collected, which
+    cannot happen while a view of it is alive). SharedInstance.pool_segment makes one per call."""
 
-    __slots__ = ("name", "size", "mm", "closed")
+    __slots__ = ("name", "mm")
 
-    def __init__(self, path: str, mm: mmap.mmap, size: int) -> None:
-        self.name = path
-        self.size = size
+    def __init__(self, name: str, mm: mmap.mmap) -> None:
+        self.name = name
         self.mm = mm
-        self.closed = False  # close() was called (the unmap itself waits while views are out)
 
-    @classmethod
-    def open(cls, path: Path, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
-        """Map ``path`` if it is exactly the published file and still safe to map (module doc).
+    @property
+    def size(self) -> int:
+        """The mapping's length (the region's exact size; 0 once unmapped)."""
+        return 0 if self.mm.closed else len(self.mm)
 
-        Raises MappedFileChanged (an AttachError) otherwise; nothing is mapped then."""
-        where = str(path)
-        try:
-            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise MappedFileChanged(name=instance, path=where, reason=f"cannot be opened ({exc.strerror or exc})") \
-                from None
-        try:
-            return cls.of_fd(fd, where, dev=dev, ino=ino, size=size, instance=instance)
-        finally:
-            os.close(fd)
-
-    @classmethod
-    def of_fd(cls, fd: int, path: str, *, dev: int, ino: int, size: int, instance: str) -> "MappedFile":
-        """Map open descriptor ``fd`` (of ``path``) after the same checks as :meth:`open`; the
-        caller keeps and closes ``fd``."""
-        st = os.fstat(fd)
-        why = why_unsafe(st)
-        if why is None and (st.st_dev, st.st_ino, st.st_size) != (dev, ino, size):
-            why = (f"is another file now (device {st.st_dev} inode {st.st_ino}, {st.st_size} bytes; "
-                   f"published: device {dev} inode {ino}, {size} bytes)")
-        if why is not None:
-            raise MappedFileChanged(name=instance, path=path, reason=why)
-        return cls(path, mmap.mmap(fd, size, access=mmap.ACCESS_READ), size)
-
-    def close(self) -> None:
-        """Unmap in this process (idempotent; deferred while views of it are alive)."""
-        if not self.closed:
-            self.closed = True
-            close_mapping(self.mm, self.name)
+    @property
+    def closed(self) -> bool:
+        """True once unmapped in this process (after the instance closed and the last view went)."""
+        return self.mm.closed
 
     def __repr__(self) -> str:
         return f"<MappedFile {self.name} {self.size} bytes {'closed' if self.closed else 'mapped'}>"

@@ -20,7 +20,6 @@ the fixed segments (control, job board), block range by block range for the pool
 from __future__ import annotations
 
 import mmap
-import weakref
 
 import posix_ipc
 from ._log import logger
@@ -47,15 +46,21 @@ def close_mapping(mm: mmap.mmap, name: str) -> None:
 
 
 class Segment:
-    """A mapped shared-memory segment; create with :meth:`create`, open with :meth:`attach`."""
+    """A mapped shared-memory segment; create with :meth:`create`, open with :meth:`attach`.
 
-    __slots__ = ("name", "size", "mm", "_finalizer", "__weakref__")
+    Its owner (a SharedInstance, a job board) closes it; the ``mmap`` object is the last line of
+    defence: it unmaps itself when collected, which cannot happen while a view of it is alive.
+    So no ``weakref.finalize`` of its own, as for a MappedFile: a reader maps the control
+    segment and a pool or two, and a finalizer each was ~0.4 kB of its private memory
+    (docs/performance.md, issue 22)."""
+
+    __slots__ = ("name", "size", "mm", "closed", "__weakref__")
 
     def __init__(self, name: str, mm: mmap.mmap, size: int) -> None:
         self.name = name
         self.size = size
         self.mm = mm
-        self._finalizer = weakref.finalize(self, close_mapping, mm, name)
+        self.closed = False  # close() was called (the unmap itself waits while views are out)
 
     @classmethod
     def create(cls, name: str, size: int, *, reserve: bool = False) -> "Segment":
@@ -145,12 +150,10 @@ class Segment:
         return cls(name, mm, size)
 
     def close(self) -> None:
-        """Unmap in this process (idempotent). Views handed out must be dropped first."""
-        self._finalizer()
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
+        """Unmap in this process (idempotent; deferred while views of it are alive)."""
+        if not self.closed:
+            self.closed = True
+            close_mapping(self.mm, self.name)
 
     def unlink(self) -> None:
         """Remove the name system-wide (idempotent); existing mappings stay valid until closed."""
