@@ -34,7 +34,7 @@ from .names import (cleanup, foreign_objects, instance_names, newest_change, rai
 from .platform import check_system, full_error, is_full
 from .removal import flock_holder
 from .segments import Segment, close_mapping
-from .trust import SHM_DIR, open_semaphore, shm_path
+from .trust import SHM_DIR, open_semaphore, shm_path, verify_path
 
 __all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead", "coordinator_pid"]
 
@@ -316,7 +316,21 @@ class SharedInstance:
             control_seg.close()
             raise
         pools: list[Segment | None] = [None] * layout.pool_count
-        return cls(name, control_seg, control, pools, owner=False, thresholds=None)
+        inst = cls(name, control_seg, control, pools, owner=False, thresholds=None)
+        try:
+            inst._verify_pools()
+        except BaseException:
+            inst.close()
+            raise
+        return inst
+
+    def _verify_pools(self) -> None:
+        """UntrustedObject now if a present pool segment is not ours, 0600: each is mapped (and
+        verified again, by its descriptor) only on first use, but a planted or opened-up segment
+        must refuse the attach, not a lookup much later (tests/test_trust.py). A stat each."""
+        for pool in range(self.control.layout.pool_count):
+            if self._pool_word(pool, P.PRESENT):
+                verify_path(shm_path(segment_name(self.name, f"pool{pool}")), instance=self.name)
 
     @staticmethod
     def _read_layout(name: str, seg: Segment) -> Layout:
