@@ -25,6 +25,7 @@ import _kept_jobs as jobs
 import shmpool
 from _introspect import job_board
 from _waiting import wait_for
+from _kept_checks import WAIT, assert_board_whole, live_allocations
 from shmpool.coordinator import Coordinator
 from shmpool.jobs.jobs_layout import SC, SlotState
 from shmpool.substrate.names import list_objects
@@ -32,12 +33,7 @@ from shmpool.substrate.names import list_objects
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 MB = 2 ** 20
-WAIT = 60.0  # seconds a wait_for may take: only catches a hang (a loaded 2-core machine starts processes slowly)
 N = MB  # float64 elements: 8 MiB arguments, far above a slot's spill threshold
-
-
-def _live(coord: Coordinator) -> int:
-    return int(coord.stats()["live_allocations"])
 
 
 def _sha(arrays: list[np.ndarray]) -> str:
@@ -47,20 +43,12 @@ def _sha(arrays: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def assert_board_whole(coord: Coordinator, baseline: int) -> None:
-    """Every slot FREE, no channel held, the allocations back to ``baseline``."""
-    board = job_board(coord)
-    wait_for(lambda: coord.stats()["jobs"]["free"] == board.slot_count, what="every slot free", seconds=WAIT)
-    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="every channel released", seconds=WAIT)
-    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}", seconds=WAIT)
-
-
 @pytest.fixture
 def served(make_name: Callable[[], str]) -> Iterator[tuple[Coordinator, str, int]]:
     """A coordinator with one worker running tests/_kept_jobs.py: (it, its name, allocations at rest)."""
     name = make_name()
     with Coordinator(name, workers=1, job_modules=["_kept_jobs"]) as coord:
-        baseline = _live(coord)
+        baseline = live_allocations(coord)
         yield coord, name, baseline
         assert_board_whole(coord, baseline)
     assert list_objects(name) == ([], [])
@@ -95,9 +83,9 @@ def test_a_kept_argument_reads_its_own_bytes_after_the_client_reused_the_memory(
         pid = client.submit(jobs.keep, "a", x, how).result(60)
         reuse_freed_blocks(client)
         assert client.submit(jobs.digest, "a").result(60) == (pid, _sha(KEEPS[how](x)))
-        assert _live(coord) == baseline + 1  # the kept argument, held by the worker
+        assert live_allocations(coord) == baseline + 1  # the kept argument, held by the worker
         assert client.submit(jobs.forget, "a").result(60) == pid
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once nothing views it", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the kept argument freed once nothing views it", seconds=WAIT)
         reuse_freed_blocks(client, rounds=1)
 
 
@@ -109,7 +97,7 @@ def test_a_job_that_keeps_nothing_frees_its_argument_with_the_answer(served: tup
     with shmpool.connect(name) as client:
         for _ in range(3):
             assert client.submit(jobs.total, x).result(60) == float(x.sum())
-            assert _live(coord) == baseline  # freed before the future was given its result
+            assert live_allocations(coord) == baseline  # freed before the future was given its result
     assert not job_board(coord).v.slots[:, SC.ARG_KEPT].any()
 
 
@@ -122,7 +110,7 @@ def test_a_job_that_raises_without_keeping_frees_its_argument_with_the_answer(
     with shmpool.connect(name) as client:
         with pytest.raises(ValueError, match="failed with"):
             client.submit(jobs.fail_using, x).result(60)
-        assert _live(coord) == baseline
+        assert live_allocations(coord) == baseline
     assert not job_board(coord).v.slots[:, SC.ARG_KEPT].any()
 
 
@@ -136,7 +124,7 @@ def test_a_job_that_keeps_its_argument_and_raises_keeps_it_too(served: tuple[Coo
         reuse_freed_blocks(client)
         assert client.submit(jobs.digest, "b").result(60)[1] == _sha([x])
         client.submit(jobs.forget, "b").result(60)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once nothing views it", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the kept argument freed once nothing views it", seconds=WAIT)
 
 
 def test_a_kept_argument_with_a_spilled_result_stays_the_workers(served: tuple[Coordinator, str, int]) -> None:
@@ -146,11 +134,11 @@ def test_a_kept_argument_with_a_spilled_result_stays_the_workers(served: tuple[C
     x = np.arange(N, dtype=np.float64) + 0.5
     with shmpool.connect(name) as client:
         assert np.array_equal(client.submit(jobs.keep_and_double, "r", x).result(60), x * 2)
-        assert _live(coord) == baseline + 1
+        assert live_allocations(coord) == baseline + 1
         reuse_freed_blocks(client)
         assert client.submit(jobs.digest, "r").result(60)[1] == _sha([x])
         client.submit(jobs.forget, "r").result(60)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 def test_many_kept_arguments_are_each_held_and_each_freed(served: tuple[Coordinator, str, int]) -> None:
@@ -163,9 +151,9 @@ def test_many_kept_arguments_are_each_held_and_each_freed(served: tuple[Coordina
             client.submit(jobs.keep, "many", x, "in_a_list").result(60)
         reuse_freed_blocks(client)
         assert client.submit(jobs.digest, "many").result(60)[1] == _sha(xs)
-        assert _live(coord) == baseline + 4
+        assert live_allocations(coord) == baseline + 4
         client.submit(jobs.forget, "many").result(60)
-        wait_for(lambda: _live(coord) == baseline, what="every kept argument freed", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="every kept argument freed", seconds=WAIT)
 
 
 def test_a_late_kept_answer_dropped_by_a_call_that_gave_up_frees_nothing(
@@ -191,11 +179,11 @@ def test_a_late_kept_answer_dropped_by_a_call_that_gave_up_frees_nothing(
             raise AssertionError(f"{exc}; jobs {coord.stats()['jobs']}; slots {rows}") from None
         # Dropped by the client's tidy of idle channels or, if that has not run yet, by this call.
         assert client.call(jobs.digest, "late", timeout=60)[1] == _sha([x])
-        assert _live(coord) == baseline + 1
+        assert live_allocations(coord) == baseline + 1
         reuse_freed_blocks(client)
         assert client.call(jobs.digest, "late", timeout=60)[1] == _sha([x])
         client.call(jobs.forget, "late", timeout=60)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 DERIVED: dict[str, Callable[[np.ndarray], Any]] = {
@@ -263,9 +251,9 @@ def test_a_channel_released_with_a_kept_answer_unread_frees_nothing_the_worker_h
     finally:
         link.drop()
     assert board.slot_row(slot).state == SlotState.FREE
-    assert _live(coord) == baseline + 1
+    assert live_allocations(coord) == baseline + 1
     with shmpool.connect(name) as client:
         reuse_freed_blocks(client)
         assert client.submit(jobs.digest, "released").result(60)[1] == _sha([x])
         client.submit(jobs.forget, "released").result(60)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)

@@ -29,6 +29,7 @@ import _kept_jobs as jobs
 import shmpool
 from _introspect import job_board
 from _waiting import wait_for
+from _kept_checks import WAIT, assert_board_whole, live_allocations
 from conftest import TESTS
 from shmpool.coordinator import Coordinator
 from shmpool.jobs.arg_spill import adopt_arguments
@@ -39,12 +40,7 @@ from shmpool.substrate.names import list_objects
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
 MB = 2 ** 20
-WAIT = 60.0  # seconds a wait_for may take: only catches a hang (a loaded 2-core machine starts processes slowly)
 N = MB  # float64 elements: 8 MiB arguments
-
-
-def _live(coord: Coordinator) -> int:
-    return int(coord.stats()["live_allocations"])
 
 
 def _deaths(coord: Coordinator) -> int:
@@ -53,13 +49,6 @@ def _deaths(coord: Coordinator) -> int:
 
 def _sha(x: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-
-
-def _assert_board_whole(coord: Coordinator, baseline: int) -> None:
-    board = job_board(coord)
-    wait_for(lambda: coord.stats()["jobs"]["free"] == board.slot_count, what="every slot free", seconds=WAIT)
-    wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="every channel released", seconds=WAIT)
-    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}", seconds=WAIT)
 
 
 @pytest.fixture
@@ -75,13 +64,13 @@ def serve(make_name: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -> Iter
         coord = Coordinator(name, workers=1, job_modules=["_kept_jobs"])
         coord.start()
         monkeypatch.delenv("SHMPOOL_FAULT", raising=False)
-        started.append((coord, name, _live(coord)))
+        started.append((coord, name, live_allocations(coord)))
         return started[-1]
 
     yield start
     for coord, name, baseline in started:
         try:
-            _assert_board_whole(coord, baseline)
+            assert_board_whole(coord, baseline)
         finally:
             coord.stop()
         assert list_objects(name) == ([], [])
@@ -117,9 +106,9 @@ def test_a_worker_killed_after_taking_kept_arguments_over_leaves_them_to_the_req
     with shmpool.connect(name) as client:
         pid = client.submit(jobs.keep, "a", x).result(60)
         assert not token.exists() and _deaths(coord) == 1  # killed at the point, the job requeued
-        assert _live(coord) == baseline + 1
+        assert live_allocations(coord) == baseline + 1
         _read_back_and_forget(coord, client, "a", x, pid)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 def test_a_worker_killed_after_marking_answers_through_a_requeued_run_that_keeps_nothing(
@@ -133,7 +122,7 @@ def test_a_worker_killed_after_marking_answers_through_a_requeued_run_that_keeps
     with shmpool.connect(name) as client:
         assert client.submit(jobs.keep_unless_requeued, str(tmp_path / "ran"), "a", x).result(60) is False
         assert not token.exists() and _deaths(coord) == 1
-        assert _live(coord) == baseline  # freed by the client with the answer
+        assert live_allocations(coord) == baseline  # freed by the client with the answer
 
 
 def test_a_worker_killed_after_delivering_a_kept_answer_leaks_nothing(
@@ -150,7 +139,7 @@ def test_a_worker_killed_after_delivering_a_kept_answer_leaks_nothing(
         pid = client.submit(jobs.keep, "a", x).result(60)
         wait_for(lambda: _deaths(coord) == 1, what="the worker killed after delivering", seconds=WAIT)
         assert not token.exists()  # killed at that point, not elsewhere
-        wait_for(lambda: _live(coord) == baseline, what="the dead worker's kept argument freed by the coordinator", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the dead worker's kept argument freed by the coordinator", seconds=WAIT)
         reuse_freed_blocks(client)
         assert client.submit(jobs.forget, "a").result(60) != pid  # a replacement, holding nothing
 
@@ -197,10 +186,10 @@ def test_a_client_killed_with_a_kept_answer_unread_leaves_the_argument_to_the_wo
             child.kill()
             child.wait(30)
     wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="the dead client settled", seconds=WAIT)
-    assert _live(coord) == baseline + 1  # still the worker's
+    assert live_allocations(coord) == baseline + 1  # still the worker's
     with shmpool.connect(name) as client:
         _read_back_and_forget(coord, client, "d", np.arange(N, dtype=np.float64))
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 def test_an_orphans_adoption_leaves_arguments_its_worker_took_over(
@@ -242,10 +231,10 @@ def test_an_orphans_adoption_leaves_arguments_its_worker_took_over(
         if worker:
             os.kill(worker, signal.SIGCONT)
     wait_for(lambda: coord.stats()["jobs"]["free"] == job_board(coord).slot_count, what="the orphan finished", seconds=WAIT)
-    assert _live(coord) == baseline + 1
+    assert live_allocations(coord) == baseline + 1
     with shmpool.connect(name) as client:
         _read_back_and_forget(coord, client, "e", np.arange(N, dtype=np.float64), worker)
-        wait_for(lambda: _live(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the kept argument freed once forgotten", seconds=WAIT)
 
 
 def test_a_worker_that_exits_holding_a_kept_argument_leaves_it_to_the_coordinator(
@@ -257,9 +246,9 @@ def test_a_worker_that_exits_holding_a_kept_argument_leaves_it_to_the_coordinato
     x = np.arange(N, dtype=np.float64)
     with shmpool.connect(name) as client:
         pid = client.submit(jobs.keep, "a", x).result(60)
-        assert _live(coord) == baseline + 1
+        assert live_allocations(coord) == baseline + 1
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: _live(coord) == baseline, what="the exited worker's kept argument freed by the coordinator", seconds=WAIT)
+        wait_for(lambda: live_allocations(coord) == baseline, what="the exited worker's kept argument freed by the coordinator", seconds=WAIT)
         assert client.submit(jobs.total, x).result(60) == float(x.sum())
 
 
@@ -279,5 +268,5 @@ def test_a_worker_killed_for_its_deadline_after_marking_leaves_the_argument_to_t
         # Named from the request's header: its spilled argument is not the supervisor's to decode.
         assert timed_out.value.job.endswith(":keep") and timed_out.value.timeout == 1.0
         assert not token.exists()  # stopped at the point, then killed (not counted as a death)
-        assert _live(coord) == baseline  # freed by the client with the JobTimeout answer
+        assert live_allocations(coord) == baseline  # freed by the client with the JobTimeout answer
         assert client.submit(jobs.total, x).result(60) == float(x.sum())
