@@ -61,6 +61,13 @@ def keep_gated(gate: str, key: str, x: np.ndarray) -> int:
     return keep(key, x)
 
 
+def total_gated(gate: str, x: np.ndarray) -> float:
+    """Say which worker runs it (``gate + ".pid"``), wait until ``gate`` exists, then sum ``x``
+    (keeping nothing)."""
+    from _array_jobs import wait_for_path
+    return wait_for_path(gate, x)
+
+
 def keep_unless_requeued(marker: str, key: str, x: np.ndarray) -> bool:
     """Keep ``x`` in the first run only (it creates ``marker``); a requeued run keeps nothing.
     Returns whether this run kept it."""

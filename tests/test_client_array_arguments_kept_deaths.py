@@ -270,3 +270,57 @@ def test_a_worker_killed_for_its_deadline_after_marking_leaves_the_argument_to_t
         assert not token.exists()  # stopped at the point, then killed (not counted as a death)
         assert live_allocations(coord) == baseline  # freed by the client with the JobTimeout answer
         assert client.submit(jobs.total, x).result(60) == float(x.sum())
+
+
+ORPHAN_CHILD = """
+import sys, time
+import numpy as np
+import shmpool, _kept_jobs
+name, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+client = shmpool.connect(name)
+future = client.submit(_kept_jobs.total_gated, gate, np.arange(n, dtype=np.float64))
+print("submitted", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_worker_killed_between_finishing_an_adopted_orphan_and_freeing_its_argument_leaks_nothing(
+        serve: Callable[[str | None], tuple[Coordinator, str, int]], tmp_path: Path) -> None:
+    """The client dies while its job runs: the job is orphaned and the coordinator adopts its
+    arguments (so that the dead client's reclaim leaves them to the worker). The worker finishes
+    the orphan (its slot freed) and is SIGKILLed before it frees them (the core's
+    ``finish.delivered``, which an orphan's finish passes too): lent blocks of a live owner, the
+    coordinator, that no slot names. Found by scripts/chaos.py under load (one 32 KiB allocation
+    left, owned by the coordinator); the coordinator must free what it adopted once unnamed."""
+    token = tmp_path / "fire-once"  # made once the orphan is adopted: earlier finishes pass
+    coord, name, baseline = serve(f"finish.delivered@{token}")
+    inst = coord._inst
+    assert inst is not None
+    gate = tmp_path / "gate"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    env.pop("SHMPOOL_FAULT", None)
+    child = subprocess.Popen([sys.executable, "-c", ORPHAN_CHILD, name, str(gate), str(N)], env=env, text=True,
+                             stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
+        wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running", seconds=WAIT)
+        board = job_board(coord)
+        running = [s for s in range(board.slot_count) if board.slot_row(s).state == SlotState.RUNNING]
+        assert len(running) == 1
+        ref = board.arguments(running[0])
+        assert ref is not None
+        child.kill()
+        assert child.wait(30) == -signal.SIGKILL
+        coordinator_pid = inst.coordinator()[0]
+        wait_for(lambda: int(inst.control.records[ref.record, R.OWNER_PID]) == coordinator_pid,
+                 what="the coordinator's adoption of the orphan's argument", seconds=WAIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+    token.touch()
+    gate.touch()  # the orphan finishes; its worker dies right after
+    wait_for(lambda: _deaths(coord) == 1, what="the worker killed after finishing the orphan", seconds=WAIT)
+    assert not token.exists()  # killed at that point, not elsewhere
+    wait_for(lambda: live_allocations(coord) == baseline, what="the adopted argument freed by the coordinator",
+             seconds=WAIT)

@@ -214,16 +214,23 @@ def take_over_arguments(inst: "SharedInstance", ref: ArgumentsRef, pid: int, sta
 
 
 def settle_lent_arguments(inst: "SharedInstance", board: "JobBoard") -> int:
-    """Coordinator: free the lent blocks of dead owners that no slot names; returns how many.
+    """Coordinator: free the lent blocks of dead owners, and those it adopted itself, that no
+    slot names; returns how many.
 
     The one place that frees lent blocks of a dead owner (the module docstring says why the
     table's sweep does not). The dead are listed first, the board read after: a dead client
     submits nothing more, so a record no slot names now never will be named. One a slot names
     is left for the job's end to free (or for a later round, once the slot lets go of it).
+    Adopted ones too: the coordinator adopts an orphan's arguments only while its slot names
+    them, and their worker frees them when the job ends; a worker killed between ending the job
+    (its slot freed) and that free left them to nobody (found by scripts/chaos.py under load;
+    tests/test_client_array_arguments_kept_deaths.py). A worker that kept a view took them over
+    before it ended the job, so they are not the coordinator's.
     Raises LockTimeout if the board's lock is held too long (the next round retries)."""
-    dead = inst.table.lent_of_dead()
+    me = inst.coordinator()
+    dead = inst.table.lent_of_dead(adopter=me)
     if not dead:
         return 0
     named = board.named_arguments()
-    return sum(inst.table.reclaim_lent(record, serial) for record, serial in dead
+    return sum(inst.table.reclaim_lent(record, serial, adopter=me) for record, serial in dead
                if ArgumentsRef(record, serial) not in named)
