@@ -448,12 +448,12 @@ class Coordinator:
         stranded, board.stranded_spills = board.stranded_spills, []
         for spill in stranded:  # its new owner (a client that read it) may have freed it already
             free_spill(inst, spill)
-        # Arguments of jobs orphaned while they ran (their client died): ours now, so that the
-        # dead client's reclaim leaves them to the worker that reads them (arg_spill.py).
+        # Arguments of jobs orphaned while they ran (their client died): the board's now, so that
+        # the dead client's settling leaves them to the worker that reads them (arg_spill.py).
         orphaned, board.orphaned_args = board.orphaned_args, []
-        pid, start = inst.coordinator()
+        me = inst.coordinator()
         for arguments in orphaned:  # unless a worker took them over (it kept a view of them)
-            adopt_arguments(inst, arguments, pid, start, (pid, start))
+            adopt_arguments(inst, arguments, me)
         ended, board.stranded_args = board.stranded_args, []
         for arguments in ended:  # orphaned jobs whose worker died: nobody else frees them
             free_arguments(inst, arguments)

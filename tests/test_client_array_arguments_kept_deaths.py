@@ -32,7 +32,7 @@ from _waiting import wait_for
 from _kept_checks import WAIT, assert_board_whole, live_allocations
 from conftest import TESTS
 from shmpool.coordinator import Coordinator
-from shmpool.jobs.arg_spill import adopt_arguments
+from shmpool.jobs.arg_spill import BOARD_OWNER, adopt_arguments
 from shmpool.jobs.jobs_layout import SlotState
 from shmpool.substrate.layout import R
 from shmpool.substrate.names import list_objects
@@ -222,7 +222,7 @@ def test_an_orphans_adoption_leaves_arguments_its_worker_took_over(
         wait_for(lambda: coord.stats()["jobs"]["clients"] == 0, what="the dead client settled", seconds=WAIT)
         wait_for(lambda: not board.orphaned_args, what="the coordinator's adoption round", seconds=WAIT)
         coordinator = inst.coordinator()
-        adopt_arguments(inst, ref, *coordinator, coordinator)  # as that round does, once more: no race
+        adopt_arguments(inst, ref, coordinator)  # as that round does, once more: no race
         assert int(inst.control.records[ref.record, R.OWNER_PID]) == worker  # not adopted
     finally:
         if child.poll() is None:
@@ -289,9 +289,10 @@ def test_a_worker_killed_between_finishing_an_adopted_orphan_and_freeing_its_arg
     """The client dies while its job runs: the job is orphaned and the coordinator adopts its
     arguments (so that the dead client's reclaim leaves them to the worker). The worker finishes
     the orphan (its slot freed) and is SIGKILLed before it frees them (the core's
-    ``finish.delivered``, which an orphan's finish passes too): lent blocks of a live owner, the
-    coordinator, that no slot names. Found by scripts/chaos.py under load (one 32 KiB allocation
-    left, owned by the coordinator); the coordinator must free what it adopted once unnamed."""
+    ``finish.delivered``, which an orphan's finish passes too). Found by scripts/chaos.py under
+    load: one 32 KiB allocation left, lent and owned by the coordinator, which adopted it and
+    which nothing frees. Adopted blocks belong to no process now (arg_spill.BOARD_OWNER), so the
+    coordinator's settling frees them once no slot names them."""
     token = tmp_path / "fire-once"  # made once the orphan is adopted: earlier finishes pass
     coord, name, baseline = serve(f"finish.delivered@{token}")
     inst = coord._inst
@@ -311,8 +312,7 @@ def test_a_worker_killed_between_finishing_an_adopted_orphan_and_freeing_its_arg
         assert ref is not None
         child.kill()
         assert child.wait(30) == -signal.SIGKILL
-        coordinator_pid = inst.coordinator()[0]
-        wait_for(lambda: int(inst.control.records[ref.record, R.OWNER_PID]) == coordinator_pid,
+        wait_for(lambda: int(inst.control.records[ref.record, R.OWNER_PID]) == BOARD_OWNER[0],
                  what="the coordinator's adoption of the orphan's argument", seconds=WAIT)
     finally:
         if child.poll() is None:

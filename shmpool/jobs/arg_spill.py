@@ -43,9 +43,10 @@ every crash harmless:
                                ARG_KEPT says the worker kept them (:func:`answer_arguments`; so do
                                a channel's release and a dead client's settling)
     orphan                     a job still running when its client lets go (close, or death) is
-                               ORPHANED: its arguments are handed to the coordinator; the worker
+                               ORPHANED: its arguments are handed to the board (no owner); the worker
                                frees them when it finishes (or keeps them, as above), the
-                               coordinator if that worker dies. An adoption leaves blocks a
+                               coordinator's settling once no slot names them if that worker
+                               dies (BOARD_OWNER: no live owner). An adoption leaves blocks a
                                live worker took over (AllocationTable.transfer_unless_taken).
                                A dead client's blocks are safe before that hand-over too: lent
                                blocks a slot names outlive every sweep
@@ -71,7 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ArgumentsRef", "ArgumentsLeft", "NO_ARGUMENTS", "SPILL_THRESHOLD", "spill_over", "read_arguments", "write_arguments",
            "open_arguments", "free_arguments", "adopt_arguments", "argument_name", "settle_lent_arguments",
-           "answer_arguments", "mark_kept", "take_over_arguments"]
+           "answer_arguments", "mark_kept", "take_over_arguments", "BOARD_OWNER"]
 
 # An array argument of more than payload // SPILL_THRESHOLD bytes spills (16 KiB of the default
 # 64 KiB): a request then keeps room for several small ones inline, where a copy is cheaper than
@@ -91,7 +92,7 @@ class ArgumentsRef(NamedTuple):
 
 class ArgumentsLeft:
     """The spilled arguments of the jobs a channel's settling ended (JobBoard.release_channel):
-    ``orphaned`` ones a worker still reads (for the coordinator to adopt), ``ended`` ones nobody
+    ``orphaned`` ones a worker still reads (to hand to the board), ``ended`` ones nobody
     will read again (to free)."""
 
     def __init__(self) -> None:
@@ -192,13 +193,24 @@ def free_arguments(inst: "SharedInstance", spilled: "ArgumentsRef | Handle") -> 
         logger.debug("spilled arguments {} already freed: {}", spilled, exc)
 
 
-def adopt_arguments(inst: "SharedInstance", ref: ArgumentsRef, pid: int, start: int, caller: tuple[int, int]) -> None:
-    """Make process (pid, start) the owner of an orphaned job's arguments (the coordinator), so
-    that its client's exit does not reclaim them under the worker; gone already is logged.
-    ``caller``: the process asking (a client letting go of its own, or the coordinator). Blocks
-    a worker took over (:func:`take_over_arguments`) stay that worker's: it frees them."""
+# The owner of an orphaned job's adopted arguments: no process (is_alive(0) is False). Lent
+# blocks of no live owner are freed by the coordinator's settling once no slot names them, and
+# only then: the orphan's worker frees them when the job ends, and if it is killed between
+# ending the job (its slot freed) and that free, the settling does. They were adopted by the
+# coordinator's own pid once; a worker killed in that window left lent blocks of a live owner
+# that nothing frees (scripts/chaos.py under load), and a coordinator running in the client's
+# process cannot tell adopted blocks from its own client's.
+BOARD_OWNER = (0, 0)
+
+
+def adopt_arguments(inst: "SharedInstance", ref: ArgumentsRef, caller: tuple[int, int]) -> None:
+    """Hand an orphaned job's arguments to the board (:data:`BOARD_OWNER`), so that their
+    client's exit or close frees nothing under the worker that reads them; gone already is
+    logged. ``caller``: the process asking (a client letting go of its own, or the coordinator
+    for a dead client). Blocks a live worker took over (:func:`take_over_arguments`) stay that
+    worker's: it frees them."""
     try:
-        if not inst.table.transfer_unless_taken(inst.table.handle_of(*ref), pid, start, caller=caller):
+        if not inst.table.transfer_unless_taken(inst.table.handle_of(*ref), *BOARD_OWNER, caller=caller):
             logger.debug("spilled arguments {} kept by the worker that ran their job: not adopted", ref)
     except ShmPoolError as exc:
         logger.debug("spilled arguments {} freed before adoption: {}", ref, exc)
@@ -214,23 +226,16 @@ def take_over_arguments(inst: "SharedInstance", ref: ArgumentsRef, pid: int, sta
 
 
 def settle_lent_arguments(inst: "SharedInstance", board: "JobBoard") -> int:
-    """Coordinator: free the lent blocks of dead owners, and those it adopted itself, that no
-    slot names; returns how many.
+    """Coordinator: free the lent blocks of dead owners that no slot names; returns how many.
 
     The one place that frees lent blocks of a dead owner (the module docstring says why the
     table's sweep does not). The dead are listed first, the board read after: a dead client
     submits nothing more, so a record no slot names now never will be named. One a slot names
     is left for the job's end to free (or for a later round, once the slot lets go of it).
-    Adopted ones too: the coordinator adopts an orphan's arguments only while its slot names
-    them, and their worker frees them when the job ends; a worker killed between ending the job
-    (its slot freed) and that free left them to nobody (found by scripts/chaos.py under load;
-    tests/test_client_array_arguments_kept_deaths.py). A worker that kept a view took them over
-    before it ended the job, so they are not the coordinator's.
     Raises LockTimeout if the board's lock is held too long (the next round retries)."""
-    me = inst.coordinator()
-    dead = inst.table.lent_of_dead(adopter=me)
+    dead = inst.table.lent_of_dead()
     if not dead:
         return 0
     named = board.named_arguments()
-    return sum(inst.table.reclaim_lent(record, serial, adopter=me) for record, serial in dead
+    return sum(inst.table.reclaim_lent(record, serial) for record, serial in dead
                if ArgumentsRef(record, serial) not in named)

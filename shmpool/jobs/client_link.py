@@ -375,10 +375,9 @@ class Link:
         for arguments in left.ended:
             free_arguments(self.inst, arguments)
         if left.orphaned:  # their workers read them still: our exit must not reclaim them
-            pid, start = self.inst.coordinator()
             me = self.board.identity()
             for arguments in left.orphaned:
-                adopt_arguments(self.inst, arguments, pid, start, me)
+                adopt_arguments(self.inst, arguments, me)
 
     def _resolve(self, dimension_id: int, layer_id: int, generation: int) -> LoadedContext:
         # The worker saw `generation`; this process maps the newest published one, which is the

@@ -359,15 +359,12 @@ class AllocationTable:
         with self._lock:
             return self._reclaim_dead_locked()
 
-    def lent_of_dead(self, adopter: tuple[int, int] | None = None) -> list[tuple[int, int]]:
-        """(record, serial) of every lent allocation whose owner is dead, or is ``adopter``;
-        blocks the lock.
+    def lent_of_dead(self) -> list[tuple[int, int]]:
+        """(record, serial) of every lent allocation whose owner is dead; blocks the lock.
 
         For the coordinator, which frees those no slot of its board names. A dead owner allocates
         and submits no more, so a record listed here that no slot names *after* this call never
-        will: the board must be read after this list is made, not before. The coordinator (the
-        ``adopter``) submits nothing either: it owns lent blocks only by adopting an orphaned
-        job's arguments, which only that job's slot names."""
+        will: the board must be read after this list is made, not before."""
         if not (self._ctl.records[:, R.STATE] == _LENT).any():
             return []  # the usual answer, without the lock (a record lent meanwhile is live anyway)
         with self._lock:
@@ -380,23 +377,20 @@ class AllocationTable:
                 alive = verdict.get(owner)
                 if alive is None:
                     alive = verdict[owner] = is_alive(*owner)
-                if not alive or owner == adopter:
+                if not alive:
                     dead.append((rec, int(records[rec, R.SERIAL])))
             return dead
 
-    def reclaim_lent(self, record: int, serial: int, adopter: tuple[int, int] | None = None) -> bool:
+    def reclaim_lent(self, record: int, serial: int) -> bool:
         """Free lent allocation ``record`` if it still holds ``serial`` and its owner is still dead
-        or is ``adopter`` (one taken over meanwhile by a live process is kept); True if freed,
-        counted as reclaimed. For the coordinator, once no slot of its board names it
-        (shmpool/jobs/arg_spill.py)."""
+        (one that was adopted meanwhile is kept); True if freed, counted as reclaimed. For the
+        coordinator, once no slot of its board names it (shmpool/jobs/arg_spill.py)."""
         with self._lock:
             row = self._ctl.records[record]
-            owner = (int(row[R.OWNER_PID]), int(row[R.OWNER_START]))
             if (int(row[R.STATE]) != _LENT or int(row[R.SERIAL]) != serial
-                    or (owner != adopter and is_alive(*owner))):
+                    or is_alive(int(row[R.OWNER_PID]), int(row[R.OWNER_START]))):
                 return False
-            logger.info("reclaiming lent allocation record {} of {} pid {}", record,
-                        "the adopting" if owner == adopter else "dead", owner[0])
+            logger.info("reclaiming lent allocation record {} of dead pid {}", record, int(row[R.OWNER_PID]))
             self._release_record(record)
             self._ctl.words[W.RECLAIMED] += 1
             return True
