@@ -630,7 +630,7 @@ class Coordinator:
         source = f"crystallized proto-dimension {dimension_id}"
         if generation is not None:
             generation = as_id(generation, "generation")
-            entry = publisher.directory.entry_for(dimension_id)
+            entry = publisher.directory.find(dimension_id)
             current = publisher.directory.generation(entry) if entry is not None else 0
             if generation <= current:  # before allocating: a refusal must not evict anything
                 raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
@@ -682,7 +682,7 @@ class Coordinator:
         with Region.open(path) as region:
             if generation is not None:
                 generation = as_id(generation, "generation")
-                entry = publisher.directory.entry_for(region.dimension_id)
+                entry = publisher.directory.find(region.dimension_id)
                 current = publisher.directory.generation(entry) if entry is not None else 0
                 if generation <= current:
                     raise GenerationNotNewer(dimension_id=region.dimension_id, generation=generation,

@@ -422,7 +422,7 @@ class Publisher:
         allocation made here is freed here if staging fails, and named by the _Staged after."""
         alloc = self._inst.table
         known = self.current.get(dimension_id) or self.evicted.get(dimension_id)
-        entry = known.entry if known is not None else self.directory.entry_for(dimension_id)
+        entry = known.entry if known is not None else self.directory.find(dimension_id)
         if entry is None:
             entry = self.directory.add(dimension_id)
         current = self.directory.generation(entry)

@@ -148,11 +148,6 @@ class Directory:
 
     # ----------------------------------------------------------------- writer side (coordinator)
 
-    def entry_for(self, dimension_id: int) -> int | None:
-        ids = self._ctl.directory[:self._words[W.ENTRIES_HIGH], D.DIMENSION_ID]
-        hits = np.flatnonzero(ids == dimension_id)
-        return int(hits[0]) if len(hits) else None
-
     def add(self, dimension_id: int) -> int:
         """Claim an entry for a new dimension id (unpublished until :meth:`publish`)."""
         ids = self._ctl.directory[:, D.DIMENSION_ID]

@@ -292,10 +292,12 @@ def cache_of(control: Control, slot: int, entry: int) -> int:
     return int(control.caches[slot, entry // CACHE_LINE_WORDS, entry % CACHE_LINE_WORDS])
 
 
-def row_caches(control: Control, slot: int, used: int) -> np.ndarray:
-    """Reader ``slot``'s cache words for entries ``0 .. used-1`` (a copy)."""
-    words: np.ndarray = control.caches[slot, :cache_blocks(used)].reshape(-1)[:used].copy()
-    return words
+def row_in_use(control: Control, slot: int, used: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reader ``slot``'s pin words and cache words (a copy) for entries ``0 .. used-1``, and the
+    entries where any of them is set."""
+    pins = control.pins[slot, :used]
+    caches: np.ndarray = control.caches[slot, :cache_blocks(used)].reshape(-1)[:used].copy()
+    return pins, caches, np.flatnonzero(pins.any(axis=1) | (caches != 0))
 
 
 # --------------------------------------------------------------------- coordinator side
@@ -395,11 +397,11 @@ def list_pins(control: Control, block_sizes: Sequence[int], now_ns: int | None =
     superseded = superseded_regions(control, block_sizes)
     rows = control.readers
     out: list[PinRecord] = []
+    used = entries_used(control)
     for slot in np.flatnonzero(rows[:, RD.PID]):
         pid = int(rows[slot, RD.PID])
-        used = entries_used(control)
-        pins, caches = control.pins[slot, :used], row_caches(control, int(slot), used)
-        for entry in np.flatnonzero(pins.any(axis=1) | (caches != 0)):
+        pins, caches, entries = row_in_use(control, int(slot), used)
+        for entry in entries:
             dim, published = int(directory[entry, D.DIMENSION_ID]), int(directory[entry, D.GENERATION])
             words = [int(w) for w in pins[entry]]
             lo, hi, cache = words[PN.RANGE_LO], words[PN.RANGE_HI], int(caches[entry])

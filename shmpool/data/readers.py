@@ -28,7 +28,7 @@ from ..substrate._proc import is_alive, my_identity
 from ..errors import AttachError, LockTimeout
 from ..substrate.layout import READER_COLS, RD, W, Control, cache_blocks
 from ..substrate.lock import SharedLock
-from .pins import busy_only, entries_used, pinned_rows, row_caches
+from .pins import busy_only, entries_used, pinned_rows, row_in_use
 
 __all__ = ["ReaderRegistry", "ForkClaim", "HANDOVER_WINDOW"]
 
@@ -144,11 +144,11 @@ class ReaderRegistry:
         """Every column of a free row of ``rows`` (Control.readers_view) but PID, which the
         caller stores last (PID != 0 is "taken")."""
         base, words = slot * READER_COLS, self._ctl.words_mv
-        # The row's pin words are all zero already: every way a row is given back clears them
-        # (_clear_locked) before its PID. Not written here, because a reader should map only the
-        # page of its 10 kB of pin words that holds the entries it uses (~1 kB for 25): zeroing
-        # them all made every reader map ~3 pages that no other reader shares, ~12 kB of PSS
-        # each (docs/performance.md, issue 22). Garbage there could only over-pin.
+        # The row's pin and cache words are all zero already: every way a row is given back
+        # clears them (_clear_locked) before its PID. Not written here, because a reader should
+        # map only the lines of the entries it uses, on pages it shares with other readers
+        # (layout 11): writing its whole row would map a page per entry (docs/shm-layout.md,
+        # issue 22). Garbage there could only over-pin.
         for col in range(READER_COLS):
             rows[base + col] = 0
         rows[base + RD.START] = start
@@ -250,15 +250,14 @@ class ReaderRegistry:
     def live(self) -> list[dict[str, Any]]:
         ctl = self._ctl
         out: list[dict[str, Any]] = []
+        used = entries_used(ctl)
         for slot in np.flatnonzero(ctl.readers[:, RD.PID]):
-            used = entries_used(ctl)
-            pins, caches = ctl.pins[slot, :used], row_caches(ctl, int(slot), used)
+            pins, caches, entries = row_in_use(ctl, int(slot), used)
             out.append({
                 "slot": int(slot), "pid": int(ctl.readers[slot, RD.PID]),
                 "attached_ns": int(ctl.readers[slot, RD.ATTACHED_NS]),
                 "epoch_seen": int(ctl.readers[slot, RD.EPOCH_SEEN]),
                 "handover_ns": int(ctl.readers[slot, RD.HANDOVER_NS]),
-                "pins": {int(e): [int(w) for w in pins[e]] + [int(caches[e])]
-                         for e in np.flatnonzero(pins.any(axis=1) | (caches != 0))},
+                "pins": {int(e): [int(w) for w in pins[e]] + [int(caches[e])] for e in entries},
             })
         return out

@@ -34,7 +34,7 @@ from .names import (cleanup, foreign_objects, instance_names, newest_change, rai
 from .platform import check_system, full_error, is_full
 from .removal import flock_holder
 from .segments import Segment, close_mapping
-from .trust import SHM_DIR, check_stat, open_semaphore, shm_path
+from .trust import SHM_DIR, open_semaphore, shm_path, verify_path
 
 __all__ = ["PoolSpec", "DEFAULT_POOLS", "SharedInstance", "sweep_dead", "coordinator_pid"]
 
@@ -327,17 +327,11 @@ class SharedInstance:
     def _verify_pools(self) -> None:
         """UntrustedObject now if a present pool segment is not ours, 0600: each is mapped (and
         verified again, by its descriptor) only on first use, but a planted or opened-up segment
-        must refuse the attach, not a lookup much later (tests/test_trust.py). A stat each, on a
-        str path (no Path objects in a reader's attach), and nothing mapped."""
-        shm_dir = str(SHM_DIR)
+        must refuse the attach, not a lookup much later (tests/test_trust.py). A stat each,
+        nothing mapped; a missing one passes (mapping it will say so, if it is ever needed)."""
         for pool in range(self.control.layout.pool_count):
             if self._pool_word(pool, P.PRESENT):
-                path = shm_dir + segment_name(self.name, f"pool{pool}")
-                try:
-                    st = os.stat(path, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # mapping it will say so (AttachError), if it is ever needed
-                check_stat(st, instance=self.name, path=path)
+                verify_path(shm_path(segment_name(self.name, f"pool{pool}")), instance=self.name)
 
     @staticmethod
     def _read_layout(name: str, seg: Segment) -> Layout:
