@@ -587,8 +587,14 @@ cdef class Generation:
         # A lookup by key (never an int: one pointer compare on the id path) checks the text.
         if type(layer_id) is not int and type(layer_id) is _LayerKey and not _key_holds(self, meta, layer_id):
             return self._absent(layer_id, absent_ok)
+        return self._slot_context(layer_id, key, j, meta)
+
+    cdef inline LoadedContext _slot_context(self, object layer_id, int64_t key, int64_t j, int64_t meta):
+        """The context of slot ``j`` (its META word ``meta``), found for ``key`` and checked:
+        a compressed layer inflated (a context whose layer_id is ``layer_id``, or ``key`` made
+        an int when None), else the one bounds check and the context over the pool."""
         if meta < 0:
-            return self._inflated(layer_id, (~meta) >> POOL_BITS)
+            return self._inflated(PyLong_FromLongLong(key) if layer_id is None else layer_id, (~meta) >> POOL_BITS)
         cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
         cdef Py_ssize_t pool = meta & POOL_MASK
         if not self._in_pool(pool, start, end):  # the one bounds check
@@ -617,13 +623,7 @@ cdef class Generation:
         cdef int64_t meta = self._table[j + SLOT_META]
         if not _text_holds(self, meta, text, n):
             return self._absent(key, absent_ok)
-        if meta < 0:
-            return self._inflated(PyLong_FromLongLong(kid), (~meta) >> POOL_BITS)
-        cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
-        cdef Py_ssize_t pool = meta & POOL_MASK
-        if not self._in_pool(pool, start, end):
-            self._bytes(pool, start, end)  # raises RegionFormatError naming them
-        return _context_of(self, kid, meta >> POOL_BITS, pool, start, end)
+        return self._slot_context(None, kid, j, meta)
 
     cdef LoadedContext _at(self, Py_ssize_t row):
         """The context of row ``row`` (a scan, a lazy batch's step)."""
