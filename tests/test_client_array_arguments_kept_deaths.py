@@ -156,10 +156,11 @@ time.sleep(600)
 """
 
 
-def _client_child(name: str, gate: Path, key: str) -> subprocess.Popen[str]:
+def _client_child(name: str, gate: Path, key: str, script: str = CHILD) -> subprocess.Popen[str]:
+    """A client process running ``script`` (no fault armed): it submits, says so, and waits."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     env.pop("SHMPOOL_FAULT", None)
-    return subprocess.Popen([sys.executable, "-c", CHILD, name, str(gate), key, str(N)], env=env, text=True,
+    return subprocess.Popen([sys.executable, "-c", script, name, str(gate), key, str(N)], env=env, text=True,
                             stdout=subprocess.PIPE)
 
 
@@ -276,7 +277,7 @@ ORPHAN_CHILD = """
 import sys, time
 import numpy as np
 import shmpool, _kept_jobs
-name, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+name, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[4])
 client = shmpool.connect(name)
 future = client.submit(_kept_jobs.total_gated, gate, np.arange(n, dtype=np.float64))
 print("submitted", flush=True)
@@ -298,10 +299,7 @@ def test_a_worker_killed_between_finishing_an_adopted_orphan_and_freeing_its_arg
     inst = coord._inst
     assert inst is not None
     gate = tmp_path / "gate"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    env.pop("SHMPOOL_FAULT", None)
-    child = subprocess.Popen([sys.executable, "-c", ORPHAN_CHILD, name, str(gate), str(N)], env=env, text=True,
-                             stdout=subprocess.PIPE)
+    child = _client_child(name, gate, "unused", ORPHAN_CHILD)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
         wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running", seconds=WAIT)
