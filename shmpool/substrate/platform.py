@@ -35,7 +35,7 @@ from .names import runtime_dir, semaphore_name
 from .trust import SHM_DIR
 
 __all__ = ["ShmSpace", "space", "reserve_pages", "full_error", "is_full", "CAN_RESERVE", "Capabilities",
-           "capabilities", "check_system", "TIMED_WAITS", "SEMAPHORE_VALUES"]
+           "capabilities", "check_system", "gil_enabled", "TIMED_WAITS", "SEMAPHORE_VALUES"]
 
 # macOS has no posix_fallocate and no /dev/shm; there shared memory is not a size-limited
 # filesystem, so nothing is reserved and no space is reported.
@@ -117,6 +117,13 @@ def _measure(folder: Path) -> Capabilities:
                         _flock_excludes(folder))
 
 
+def gil_enabled() -> bool:
+    """False only on a free-threaded CPython running without its GIL (3.13+); a GIL once enabled
+    stays enabled, so an answer of True holds for the life of the process."""
+    probe = getattr(sys, "_is_gil_enabled", None)  # absent before 3.13: every such CPython has the GIL
+    return True if probe is None else bool(probe())
+
+
 def check_system(name: str, caps: Capabilities | None = None) -> Capabilities:
     """Refuse to serve instance ``name`` on a platform that lacks what shmpool relies on.
 
@@ -124,6 +131,12 @@ def check_system(name: str, caps: Capabilities | None = None) -> Capabilities:
     capabilities otherwise. ``caps``: the capabilities to judge (default: this platform's,
     measured once per process)."""
     caps = capabilities() if caps is None else caps
+    if not gil_enabled():
+        raise PlatformUnsupported(capability="the GIL", reason=(
+            "this free-threaded interpreter runs without it (PYTHON_GIL=0 or -X gil=0); a reader's lookup "
+            "relies on it, as no other thread of the process may touch the reader's cache word while a "
+            "lookup reads a generation the coordinator could otherwise reclaim under it "
+            "(shmpool/_core/_lookup.pyx); run this interpreter with the GIL (-X gil=1)"))
     if not caps.timed_waits:
         raise PlatformUnsupported(capability="timed semaphore waits", reason=(
             "sem_timedwait is missing (posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED is False), so a wake-up lost "
