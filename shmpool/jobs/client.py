@@ -294,25 +294,38 @@ class Client(concurrent.futures.Executor):
         loop = asyncio.get_running_loop()
         job, flags = self._job_of(fn)
         request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
+        # Spilled arrays are copied into shared memory once, here, for the first try and every
+        # retry (each retry copied them again: a 64 MB argument every 20 ms of a full board).
+        placed = self._link.place(job, request, ASYNC_SUBMIT_WAIT)
         try:
-            return asyncio.wrap_future(self._submit_request(job, request, ASYNC_SUBMIT_WAIT), loop=loop)
+            return asyncio.wrap_future(self._submit_request(job, placed, ASYNC_SUBMIT_WAIT), loop=loop)
         except (FuturesTimeout, TimeoutError):
-            return loop.create_task(self._submit_later(job, request, timeout))
+            return loop.create_task(self._submit_later(job, placed, timeout))
+        except BaseException:
+            self._link.unplace(placed)
+            raise
 
-    async def _submit_later(self, job: str, request: Request, timeout: float | None) -> Any:
+    async def _submit_later(self, job: str, placed: Request, timeout: float | None) -> Any:
+        """Retry ``placed`` until a slot takes it; its arguments are freed here if none does
+        (timeout, cancelled, the client closed; or the coroutine dropped unrun: close() runs
+        the finally)."""
         import asyncio
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = ASYNC_SUBMIT_WAIT
-        while True:
-            await asyncio.sleep(pause)
-            try:
-                future = self._submit_request(job, request, ASYNC_SUBMIT_WAIT)
-            except (FuturesTimeout, TimeoutError):
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
-                pause = min(2 * pause, ASYNC_RETRY_MAX)
-                continue
-            return await asyncio.wrap_future(future)
+        future = None
+        try:
+            while future is None:
+                await asyncio.sleep(pause)
+                try:
+                    future = self._submit_request(job, placed, ASYNC_SUBMIT_WAIT)
+                except (FuturesTimeout, TimeoutError):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
+                    pause = min(2 * pause, ASYNC_RETRY_MAX)
+        finally:
+            if future is None:
+                self._link.unplace(placed)
+        return await asyncio.wrap_future(future)
 
     async def acall(self, fn: Callable[..., Any] | str, /, *args: Any, timeout: float | None = None,
                     job_timeout: float | None = None, **kwargs: Any) -> Any:
