@@ -150,3 +150,33 @@ def test_closing_the_client_while_an_asubmit_retries_frees_its_placed_array(two_
     asyncio.run(main())
     wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
     wait_for(lambda: coord.stats()["jobs"]["free"] == 2, what="every slot free")
+
+
+def test_a_forked_child_dropping_the_retrying_asubmit_leaves_the_parents_array_alone(two_slots):
+    """The child of a fork() inherits the parent's retrying coroutine; closing it there (as the
+    child's exit or collection would) must not free the parent's placed array, which the
+    parent's retry then posts: a worker would read freed, reused memory."""
+    coord = two_slots
+    baseline = _live(coord)
+    with shmpool.connect(coord.name) as client:
+        async def main():
+            busy = _fill_board(client)
+            await asyncio.sleep(0.05)
+            late = asyncio.ensure_future(client.asubmit(jobs.total, LARGE))
+            await asyncio.sleep(0.1)
+            assert _live(coord) == baseline + 1
+            pid = os.fork()
+            if pid == 0:  # the child: drop the inherited coroutine, then leave without cleanup
+                code = 0
+                try:
+                    late.get_coro().close()
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert _live(coord) == baseline + 1, "the child freed the parent's placed argument"
+            return await asyncio.gather(*busy, late)
+
+        assert asyncio.run(main()) == [3.0, 3.0, float(LARGE.sum())]
+    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")

@@ -305,7 +305,11 @@ class Link:
 
     def unplace(self, request: Request) -> None:
         """Free a Placed request's arguments (its posts all failed, or it was given up), unless
-        a post of it succeeded or the last drop freed them already."""
+        a post of it succeeded or the last drop freed them already. Never in a forked child:
+        a coroutine it inherited and drops (its exit, a collection) holds the parent's
+        placement, which the parent's retry will still post."""
+        if self.inherited or os.getpid() != self.pid:
+            return
         if isinstance(request, Placed) and request.handle in self._placed:
             self._placed.discard(request.handle)
             free_arguments(self.inst, request.handle)
