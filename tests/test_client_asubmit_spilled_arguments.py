@@ -180,3 +180,44 @@ def test_a_forked_child_dropping_the_retrying_asubmit_leaves_the_parents_array_a
 
         assert asyncio.run(main()) == [3.0, 3.0, float(LARGE.sum())]
     wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
+
+
+RETRYING_CLIENT = """
+import asyncio, sys
+import numpy as np
+import shmpool, _array_jobs
+client = shmpool.connect(sys.argv[1])
+async def main():
+    busy = [client.asubmit(_array_jobs.sleep_then_total, float(sys.argv[2]), np.ones(3)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    late = client.asubmit(_array_jobs.total, np.arange(2 ** 17, dtype=np.float64))
+    await asyncio.sleep(0.1)
+    print("retrying", flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+def test_a_client_killed_while_its_asubmit_retries_leaks_nothing(two_slots):
+    """SIGKILLed with its array placed and no slot naming it: lent blocks of a dead owner, freed
+    by the coordinator's settling (the state the ``arguments.placed`` fault point also makes)."""
+    import signal
+    import subprocess
+    import sys
+
+    coord = two_slots
+    baseline = _live(coord)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, "-c", RETRYING_CLIENT, coord.name, "1.0"], env=env, text=True,
+                             stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "retrying"
+        assert _live(coord) == baseline + 1  # placed, on no slot
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
+    wait_for(lambda: coord.stats()["jobs"]["free"] == 2, what="every slot free")
