@@ -151,6 +151,7 @@ class _Serving:
         self.arguments = ArgumentSource()  # the running request's spilled arrays, while it is decoded
         self.decode: Decoder = decoder(lambda d, l, _g: reader.load_layer_context(d, l), self.arguments)
         self.kept = KeptArguments(inst, self.pid, self.start)  # arguments of jobs that kept a view
+        self.own_pid = os.getpid()  # a job that forks returns twice; only this process may answer
 
     def run(self, slot: int, seq: int, *, take_next: bool) -> tuple[int, int] | None:
         """Run one request and hand its response over; returns the next request taken, if asked."""
@@ -193,7 +194,11 @@ class _Serving:
             # Letting them through would kill this worker, and the requeued job would run again and
             # end as WorkerCrashed. A stop never arrives this way: SIGTERM/SIGINT only set `stop`,
             # and the watchdog ends the process with os._exit.
+            if os.getpid() != self.own_pid:
+                _leave_forked_child(exc)
             status, payload = _ERROR, encode_error(exc)
+        if os.getpid() != self.own_pid:
+            _leave_forked_child(None)
         if spilled is None and len(payload) <= self.payload:  # the job path: one call into the core
             return self.core.finish(slot, seq, status, payload, take_next, self.pid, self.start)[1]
         kept = False
@@ -230,6 +235,30 @@ class _Serving:
 
 
 _OK, _ERROR = int(Status.OK), int(Status.ERROR)
+
+
+def _leave_forked_child(failure: BaseException | None) -> None:
+    """A job called fork() and its child returned from the job: it is a copy of this worker,
+    mid-job, with the worker's identity on the board. Answering would finish the parent's slot,
+    and serving on would take jobs in the parent's name (one it then died with would stay RUNNING
+    under a living pid); its reader has no row of its own. It leaves at once, touching nothing
+    shared and running no exit hooks of the worker's (they would free the parent's kept
+    arguments); what the job printed is flushed first. Its exit status is the one the child
+    asked for (``sys.exit(n)``), 1 after any other exception (its traceback on stderr), else 0."""
+    code = 0
+    if isinstance(failure, SystemExit):
+        code = failure.code if isinstance(failure.code, int) else 0 if failure.code is None else 1
+        if not isinstance(failure.code, (int, type(None))):
+            print(failure.code, file=sys.stderr)
+    elif failure is not None:
+        code = 1
+        traceback.print_exception(failure)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
 
 
 def _write_stderr(message: str) -> None:

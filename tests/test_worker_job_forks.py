@@ -1,0 +1,70 @@
+"""A job that calls fork() and returns in both processes.
+
+The child is a copy of the worker mid-job: returning from the job it would finish the parent's
+slot under the parent's identity and go on taking jobs as that worker (its reader has no row of
+its own, so every lookup there fails; a job it took and then died with stays RUNNING under the
+living parent's name). The worker answers the job from the parent alone, and a child that
+returns from a job leaves at once, touching nothing shared.
+
+Real coordinator and workers. Deadlines in wait_for only catch hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import _forking_jobs as jobs
+from _waiting import wait_for
+from conftest import TEST_PREFIX, TESTS
+import shmpool
+from shmpool.coordinator import Coordinator
+from shmpool.substrate.names import list_objects
+
+
+@pytest.fixture
+def one_worker() -> Iterator[Coordinator]:
+    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+        with Coordinator(name, workers=1, job_slots=8, job_modules=["_forking_jobs"]) as coord:
+            yield coord
+    assert list_objects(name) == ([], [])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}/status").exists() else ""
+    return "State:\tZ" in status  # exited, not yet reaped by the worker
+
+
+@pytest.mark.parametrize("child_lingers", [0.0, 0.3])
+def test_a_job_that_forks_is_answered_by_the_worker_and_its_child_serves_nothing(one_worker, tmp_path,
+                                                                                   child_lingers):
+    coord = one_worker
+    marker = str(tmp_path / "child.pid")
+    with shmpool.connect(coord.name) as client:
+        (worker,) = {client.call(jobs.worker_pid) for _ in range(3)}
+        assert client.call(jobs.fork_and_return, marker, child_lingers, timeout=30) == "parent"
+        wait_for(lambda: Path(marker).exists(), what="the child's pid")
+        child = int(Path(marker).read_text())
+        assert child != worker
+        # The child must not take jobs: every answer from here on is the worker's own.
+        answers = [client.submit(jobs.worker_pid) for _ in range(40)]
+        assert {f.result(timeout=30) for f in answers} == {worker}
+        wait_for(lambda: _gone(child), what=f"the forked child {child} gone")
+        wait_for(lambda: coord.stats()["jobs"]["free"] == 8, what="every slot free")
+
+
+@pytest.mark.parametrize("how, status", [("return", 0), ("exit 7", 7), ("raise", 1)])
+def test_a_forked_child_leaving_a_job_exits_with_the_status_it_asked_for(one_worker, how, status):
+    with shmpool.connect(one_worker.name) as client:
+        assert client.call(jobs.fork_and_report, how, timeout=30) == status
+        assert client.call(jobs.worker_pid, timeout=30) > 0  # the worker serves on
