@@ -15,7 +15,7 @@ import _board_children as children
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.jobs.jobs_layout import CC, JW
-from test_board_heal import SLOTS, _all_slots_at_once, _assert_whole, _coordinator, _dies_at_then_whole, _spawn
+from _board_checks import SLOTS, _all_slots_at_once, _assert_whole, _coordinator, _dies_at_then_whole, _spawn
 
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 

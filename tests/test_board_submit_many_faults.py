@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import _map_children as children
-from test_board_heal import _coordinator, _dies_at_then_whole
+from _board_checks import _coordinator, _dies_at_then_whole
 
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 

@@ -22,7 +22,7 @@ import _board_children as children
 import _introspect as peek
 import shmpool
 from shmpool.jobs.jobs_layout import JW
-from test_board_heal import _all_slots_at_once, _assert_whole, _coordinator, _spawn
+from _board_checks import _all_slots_at_once, _assert_whole, _coordinator, _spawn
 
 pytestmark = pytest.mark.usefixtures("user_jobs_importable")
 
