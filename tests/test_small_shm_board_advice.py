@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from test_small_shm import _PROBLEM, _run
+from _small_shm_harness import _PROBLEM, _run
 
 MiB = 1024 * 1024
 
