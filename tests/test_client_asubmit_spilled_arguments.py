@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Iterator
 
@@ -25,25 +24,19 @@ import pytest
 
 import _array_jobs as jobs
 from _waiting import wait_for
-from conftest import TEST_PREFIX, TESTS
 import shmpool
 from shmpool.coordinator import Coordinator
 from shmpool.errors import ClientClosed
 from shmpool.jobs import client_link
-from shmpool.substrate.names import list_objects
 
 BUSY_SECONDS = 0.6                    # both slots held this long: ~30 retries at 20 ms apart
 LARGE = np.arange(2 ** 17, dtype=np.float64)  # 1 MiB: far above a quarter of the 64 KiB payload
 
 
 @pytest.fixture
-def two_slots() -> Iterator[Coordinator]:
-    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-        with Coordinator(name, workers=2, job_slots=2, job_modules=["_array_jobs"]) as coord:
-            yield coord
-    assert list_objects(name) == ([], [])
+def two_slots(instance_name, user_jobs_importable) -> Iterator[Coordinator]:
+    with Coordinator(instance_name, workers=2, job_slots=2, job_modules=["_array_jobs"]) as coord:
+        yield coord
 
 
 def _live(coord: Coordinator) -> int:
@@ -207,9 +200,8 @@ def test_a_client_killed_while_its_asubmit_retries_leaks_nothing(two_slots):
 
     coord = two_slots
     baseline = _live(coord)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    child = subprocess.Popen([sys.executable, "-c", RETRYING_CLIENT, coord.name, "1.0"], env=env, text=True,
-                             stdout=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", RETRYING_CLIENT, coord.name, "1.0"], text=True,
+                             stdout=subprocess.PIPE)  # tests/ on its PYTHONPATH: user_jobs_importable
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "retrying"
         assert _live(coord) == baseline + 1  # placed, on no slot

@@ -12,7 +12,6 @@ Real coordinator and workers. Deadlines in wait_for only catch hangs.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -20,20 +19,14 @@ import pytest
 
 import _forking_jobs as jobs
 from _waiting import wait_for
-from conftest import TEST_PREFIX, TESTS
 import shmpool
 from shmpool.coordinator import Coordinator
-from shmpool.substrate.names import list_objects
 
 
 @pytest.fixture
-def one_worker() -> Iterator[Coordinator]:
-    name = f"{TEST_PREFIX}{secrets.token_hex(4)}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-        with Coordinator(name, workers=1, job_slots=8, job_modules=["_forking_jobs"]) as coord:
-            yield coord
-    assert list_objects(name) == ([], [])
+def one_worker(instance_name, user_jobs_importable) -> Iterator[Coordinator]:
+    with Coordinator(instance_name, workers=1, job_slots=8, job_modules=["_forking_jobs"]) as coord:
+        yield coord
 
 
 def _gone(pid: int) -> bool:
