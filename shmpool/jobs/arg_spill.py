@@ -22,7 +22,9 @@ would ask of the board was rejected too: a process that sweeps need not have the
 and the table (substrate) must not import the jobs layer. Their life, in the order that keeps
 every crash harmless:
 
-    client   allocate + copy   lent blocks, the client's: a submit that fails frees them at once;
+    client   allocate + copy   lent blocks, the client's: a submit that fails frees them at once
+                               (an asubmit retrying on a full board keeps its one copy for every
+                               retry and frees it when it gives up: client_link.Placed);
                                a client that dies before its submit leaves them named by no slot,
                                and the coordinator's settling frees them
              submit            the slot names them, written with the request under the board lock
