@@ -432,15 +432,18 @@ class Publisher:
             raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
         name_bytes = name.encode("utf-8")
         own = index is None
+        # The table's size follows the ids (dense ids: half the bytes); a table given is an
+        # earlier generation's, of the same ids.
+        slots = len(table) if table is not None else layer_index.slots_for_ids(rows["layer_id"])
         if index is None:
-            index = alloc.allocate(layer_index.index_nbytes(len(name_bytes), len(rows)))
+            index = alloc.allocate(layer_index.index_nbytes(len(name_bytes), len(rows), slots))
         try:
             view = self._inst.handle_view(index)
             table, built = layer_index.write_index(view, dimension_id=dimension_id, generation=generation,
                                                    name=name_bytes, rows=rows, table=table)
             slot_of = slot_of if built is None else built
             assert slot_of is not None  # given with the table it belongs to, or built with it
-            nbytes = layer_index.index_nbytes(len(name_bytes), len(rows))
+            nbytes = layer_index.index_nbytes(len(name_bytes), len(rows), len(table))
             view.release()
             for h in {h.record: h for h in (index, *new_blocks)}.values():
                 tag = self._inst.control.tags[h.record]

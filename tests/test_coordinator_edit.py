@@ -33,7 +33,7 @@ def _table_of(ids: list[int]):
     rows = np.arange(len(ids), dtype=np.int64)
     table, slot_of = layer_index.build_table(ids_a, rows * 2, rows * 2 + 1, rows)
     assert sorted(slot_of.tolist()) == sorted(set(slot_of.tolist()))
-    return memoryview(table).cast("B").cast("q"), len(table) - 1
+    return memoryview(table).cast("B").cast("q"), len(table) - 1, layer_index.max_probe(table)
 
 
 @settings(max_examples=200, deadline=None)
@@ -44,14 +44,19 @@ def _table_of(ids: list[int]):
 ), st.lists(st.integers(-2**64, 2**64), max_size=50))
 def test_shared_index_finds_every_id_and_nothing_else(ids, probes):
     ids = sorted(ids)
-    table, mask = _table_of(ids)
-    assert mask + 1 >= 2 * len(ids) and (mask + 1) & mask == 0
+    table, mask, longest = _table_of(ids)
+    slots = mask + 1
+    assert slots > len(ids) and slots & mask == 0 and 0 <= longest < slots
+    # As small as the ids allow: half full at most, or smaller with every id at its home slot.
+    assert slots >= 2 * len(ids) or (longest == 0 and slots == max(8, 1 << len(ids).bit_length()))
     for row, lid in enumerate(ids):
-        j = layer_index.probe(table, mask, lid)
-        assert j >= 0 and table[j] == lid and table[j + 1] == row * 2 and table[j + 3] == row
+        for bound in (None, longest):  # every table slot, and the header's bound the core probes with
+            j = layer_index.probe(table, mask, lid, bound)
+            assert j >= 0 and table[j] == lid and table[j + 1] == row * 2 and table[j + 3] == row
     present = set(ids)
-    for lid in probes:
-        assert (layer_index.probe(table, mask, lid) >= 0) == (lid in present)
+    for lid in probes + [i + slots for i in ids[:20]] + [i + 1 for i in ids[:20]]:
+        for bound in (None, longest):  # a miss ends within the bound, whatever run it lands in
+            assert (layer_index.probe(table, mask, lid, bound) >= 0) == (lid in present)
     assert layer_index.probe(table, mask, True) == -1 and layer_index.probe(table, mask, 1.0) == -1
 
 
@@ -99,7 +104,9 @@ def test_an_edit_allocates_only_the_changed_layer_and_the_index(coord):
     new = _live_records(coord) - records
     allocations = {a["record"]: a for a in coord.dump_state()["allocations"]}
     assert len(new) == 2, "one allocation for the changed bytes, one for the index"
-    index = layer_index.index_nbytes(len("edited"), children.LAYERS)
+    ids = range(1, children.LAYERS + 1)  # dense: a table of the smallest power of two above the count
+    index = layer_index.index_nbytes(len("edited"), children.LAYERS, layer_index.slots_for_ids(ids))
+    assert layer_index.slots_for_ids(ids) == 64
     lid = children.edited_layer(2)
     changed = len(children.content(2, lid)) + len(f"l{lid}\x1fall")  # content, then its keywords
     assert sorted(allocations[r]["nbytes"] for r in new) == sorted([index, changed])

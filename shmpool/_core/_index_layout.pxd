@@ -6,9 +6,10 @@
 # shmpool._core._lookup as LAYOUT) equals its Python twin, field by field.
 
 cdef enum:
-    HEADER_BYTES = 80   # layer_index.HEADER_SIZE: the dimension name follows it
+    HEADER_BYTES = 88   # layer_index.HEADER_SIZE: the dimension name follows it
 
-    # A table slot: four int64 words. Slot of key k is k & (slots - 1), then linear probing.
+    # A table slot: four int64 words. Slot of key k is k & (slots - 1), then linear probing for
+    # at most the header's max_probe + 1 slots.
     SLOT_WORDS = 4
     SLOT_KEY = 0        # the layer id; EMPTY in a free slot
     SLOT_START = 1      # first byte of the stored content in its pool segment

@@ -11,13 +11,14 @@ NOT_MAPPED: Generation
 def bind(*, as_id: Callable[..., int], navigation_path: type, missing_step: type,
          inflate: Callable[..., bytes], arrays: Any, layer_key: type, ids: Any) -> None: ...
 def key_hash(utf8: bytes) -> int: ...
-def probe(table: Buffer, mask: int, key: object) -> int: ...
+def probe(table: Buffer, mask: int, key: object, longest: int = -1) -> int: ...
 
 class Generation:
     dimension_id: int
     generation: int
     layer_count: int
     mask: int
+    max_probe: int
     entry: int
     held: bool
     def __init__(self, dimension_id: int, generation: int, index: Any, index_offset: int, index_nbytes: int,

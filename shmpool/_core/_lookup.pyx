@@ -232,15 +232,16 @@ cdef inline int64_t *_words_of(PyObject *mv) noexcept:
     return <int64_t *>m.view.buf
 
 
-cdef inline int64_t _probe(const int64_t *table, int64_t mask, int64_t key) noexcept nogil:
-    """The word index of ``key``'s slot, or -1. Linear probing from ``key & mask``; at most one
-    pass over the table (a table the coordinator built is at most half full, so an empty slot
-    ends every miss; the bound only stops a corrupt one from looping)."""
+cdef inline int64_t _probe(const int64_t *table, int64_t mask, int64_t key, int64_t longest) noexcept nogil:
+    """The word index of ``key``'s slot, or -1. Linear probing from ``key & mask`` over at most
+    ``longest + 1`` slots: the index's max_probe, the farthest any present key lies from its
+    home, so a miss ends there even in a full run of slots (one probe in a table of dense ids);
+    an empty slot ends it sooner. ``longest`` <= mask: at most one pass over the table."""
     cdef int64_t j = key & mask
     cdef int64_t k, n = 0
     if key < 0:
         return -1
-    while n <= mask:
+    while n <= longest:
         k = table[j * SLOT_WORDS + SLOT_KEY]
         if k == key:
             return j * SLOT_WORDS
@@ -281,9 +282,10 @@ cdef extern from "lookup_ids.h":
     int64_t _key_of "shm_key_of" (object layer_id) noexcept
 
 
-def probe(table, int64_t mask, key):
+def probe(table, int64_t mask, key, int64_t longest=-1):
     """The word index of ``key``'s slot in ``table`` (any buffer of int64 words, ``mask + 1``
-    slots), or -1 if absent; -1 for anything but an int (bools included) or a numpy integer."""
+    slots), or -1 if absent; -1 for anything but an int (bools included) or a numpy integer.
+    ``longest``: the table's max_probe (-1: none known, the whole table)."""
     cdef const char *base
     cdef Py_ssize_t length
     if type(key) is not int:
@@ -296,7 +298,9 @@ def probe(table, int64_t mask, key):
     if length < (mask + 1) * SLOT_WORDS * 8:
         raise InvalidArgument(argument="table", value=length,
                               reason=f"holds {length} bytes, fewer than {mask + 1} slots need")
-    return _probe(<const int64_t *>base, mask, _key_of(key))
+    if not -1 <= longest <= mask:
+        raise InvalidArgument(argument="longest", value=longest, reason=f"is not a probe length of {mask + 1} slots")
+    return _probe(<const int64_t *>base, mask, _key_of(key), mask if longest < 0 else longest)
 
 
 # ----------------------------------------------------------------- a mapped generation
@@ -338,6 +342,7 @@ cdef class Generation:
     cdef str _name              # decoded from the index on first use
     cdef readonly Py_ssize_t layer_count
     cdef readonly int64_t mask
+    cdef readonly int64_t max_probe  # the index's: no present key lies farther from its home slot
     cdef DimView _dv            # the reader's view caching this generation (its cache word), else None
     cdef int64_t _dv_pid        # the process that cached it: a forked child never writes its parent's row
     cdef const int64_t *_table
@@ -377,6 +382,7 @@ cdef class Generation:
         cdef Py_ssize_t p, k, n = len(pools), held_max = 0 if shared else 1, lo = -1, span
         cdef int64_t table_at = header.table_offset, rows_at = header.rows_offset
         cdef int64_t slots = header.slots, count = header.layer_count, nbytes = header.nbytes
+        cdef int64_t longest = header.max_probe
         cdef int64_t name_at = HEADER_BYTES, name_length = header.name_length
         cdef char *block
         cdef Py_buffer *buf
@@ -422,7 +428,8 @@ cdef class Generation:
                                                          f"lies outside its {whole.len}-byte mapping")
         # layer_index.read_header checked all of this against the index; checked again here
         # because the addresses below are trusted from now on.
-        if (slots < 8 or slots & (slots - 1) or count < 0 or slots < 2 * count or table_at % 8 or rows_at % 8
+        if (slots < 8 or slots & (slots - 1) or count < 0 or slots <= count or not 0 <= longest < slots
+                or table_at % 8 or rows_at % 8
                 or rows_at < name_at + name_length or table_at != rows_at + count * ROW_BYTES
                 or table_at + slots * SLOT_WORDS * 8 != nbytes or nbytes > index_nbytes):
             raise RegionFormatError(source=source, fault=f"layer index sections (rows at {rows_at}, table at "
@@ -435,6 +442,7 @@ cdef class Generation:
         self._name_length = name_length
         self.layer_count = count
         self.mask = slots - 1
+        self.max_probe = longest
         self._table = <const int64_t *>(self._index + table_at)
         self._rows = self._index + rows_at
         for p in range(lo, lo + span):
@@ -580,7 +588,7 @@ cdef class Generation:
         if type(layer_id) is str:
             return self._keyed(layer_id, absent_ok)
         cdef int64_t key = _key_of(layer_id)
-        cdef int64_t j = _probe(self._table, self.mask, key)
+        cdef int64_t j = _probe(self._table, self.mask, key, self.max_probe)
         if j < 0:
             return self._absent(layer_id, absent_ok)
         cdef int64_t meta = self._table[j + SLOT_META]
@@ -617,7 +625,7 @@ cdef class Generation:
         except UnicodeEncodeError:
             return self._context(_LayerKey(key), absent_ok)
         cdef int64_t kid = <int64_t>shm_key_hash(text, n)
-        cdef int64_t j = _probe(self._table, self.mask, kid)
+        cdef int64_t j = _probe(self._table, self.mask, kid, self.max_probe)
         if j < 0:
             return self._absent(key, absent_ok)
         cdef int64_t meta = self._table[j + SLOT_META]
@@ -1239,7 +1247,7 @@ cdef class ContextCollection:
 cdef inline bint _add_plain(ContextCollection out, Generation gen, object layer_id) except -1:
     """Add ``layer_id`` of ``gen`` to a lazy batch if it is a plain (uncompressed) layer there;
     False for a compressed layer or a miss (the caller takes the single lookup's path)."""
-    cdef int64_t j = _probe(gen._table, gen.mask, _key_of(layer_id))
+    cdef int64_t j = _probe(gen._table, gen.mask, _key_of(layer_id), gen.max_probe)
     if j < 0:
         return False
     cdef int64_t meta = gen._table[j + SLOT_META]
@@ -1474,7 +1482,7 @@ cdef class ReaderCore:
         w = self._enter(<DimView>dv, <Generation>g, &idle)
         if w == NULL:
             return None
-        j = _probe((<Generation>g)._table, (<Generation>g).mask, key)
+        j = _probe((<Generation>g)._table, (<Generation>g).mask, key, (<Generation>g).max_probe)
         if j < 0 or (<Generation>g)._table[j + SLOT_META] < 0:  # a miss or a compressed layer: in Python
             shm_store(w, idle)
             return None

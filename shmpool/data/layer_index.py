@@ -11,18 +11,23 @@ Three sections after an 80-byte header (docs/shm-layout.md, "Layer index", lists
 
 * the dimension name (UTF-8);
 * ``rows``: one ROW_DTYPE row per layer, sorted by layer id (scan order, metadata);
-* ``table``: open addressing over the layer ids, ``slots`` (a power of two, at least twice the
-  layer count) entries of four int64 words ``key, start, end, meta``. Slot of ``key`` is
-  ``key & (slots - 1)``, then linear probing. ``meta = row << 16 | pool`` for a plain layer and
+* ``table``: open addressing over the layer ids, ``slots`` (a power of two, above the layer
+  count, :func:`slots_for_ids`) entries of four int64 words ``key, start, end, meta``. Slot of
+  ``key`` is ``key & (slots - 1)``, then linear probing, for at most ``max_probe + 1`` slots
+  (the header's ``max_probe``: the longest probe any present key needs, so a miss stops there). ``meta = row << 16 | pool`` for a plain layer and
   ``~(row << 16 | pool)`` (negative) for a compressed one; an empty slot is ``-1, 0, 0, -1``,
   so a lookup that lands on it (a negative id, or a miss) takes the slow path on ``meta < 0``
   with no extra test on the fast one.
 
 The identity hash keeps dense ids (0..n-1, or any run) collision-free and costs nothing to
-compute in Python; at a load of at most 1/2, random sparse ids average under 1.5 probes. The
-table size depends on the layer count alone (so the index's size is known before the layers'
-positions are: the publisher allocates first). Ids that defeat the identity hash (all multiples
-of a large power of two) stay correct, only slower: a probe per colliding key.
+compute in Python. Ids that keep their home slots apart in the smallest power of two above
+their count (dense ids, any run of them) get that table: one probe for every hit *and* every
+miss (max_probe 0), and half the bytes of a half-full table, which is what 128 readers of random
+layers on two cores keep in their caches or not (docs/performance.md, issue 22). Any other ids
+get a table at most half full (:func:`slots_for`), where random sparse ids average under 1.5
+probes. :func:`slots_for` of the count is also the largest table, for an index allocated before
+its ids are known (the publisher's region files). Ids that defeat the identity hash (all
+multiples of a large power of two) stay correct, only slower: a probe per colliding key.
 
 The same table serves :class:`shmpool.data.region.Region` on the heap: one lookup code for both.
 """
@@ -39,10 +44,11 @@ from ..errors import RegionFormatError
 
 __all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "HEADER_OFFSETS", "ROW_DTYPE", "SLOT_WORDS", "SLOT_SHIFT",
            "SLOT_KEY", "SLOT_START", "SLOT_END", "SLOT_META", "EMPTY", "POOL_BITS", "POOL_MASK", "Header",
-           "build_table", "probe", "index_nbytes", "write_index", "read_header", "slots_for"]
+           "build_table", "probe", "index_nbytes", "write_index", "read_header", "slots_for", "slots_for_ids",
+           "max_probe"]
 
 MAGIC = b"SHMPLIX1"
-VERSION = 2           # 2: rows locate a keyed layer's key text (key_start, key_end)
+VERSION = 3           # 3: tables as small as their ids allow, bounded probes (max_probe); 2: key text in rows
 SLOT_WORDS = 4        # key, start, end, meta
 SLOT_SHIFT = 2        # slot s starts at word s << SLOT_SHIFT of the table (SLOT_WORDS == 1 << SLOT_SHIFT)
 # The words of a slot, in order (docs/shm-layout.md, "Layer index"). The compiled core's read
@@ -68,6 +74,7 @@ _HEADER_FIELDS = (
     ("rows_offset", "Q"),     # from the index's first byte, 8-aligned
     ("table_offset", "Q"),    # after the rows, 8-aligned
     ("nbytes", "Q"),          # the whole index; the table ends exactly here
+    ("max_probe", "Q"),       # the longest probe of a present key (0: each at its home): a miss stops after it
 )
 HEADER = struct.Struct("<" + "".join(code for _, code in _HEADER_FIELDS))
 HEADER_SIZE = HEADER.size
@@ -89,10 +96,11 @@ class Header(NamedTuple):
     rows_offset: int
     table_offset: int
     nbytes: int
+    max_probe: int
 
 
 assert Header._fields == tuple(name for name, _ in _HEADER_FIELDS)
-assert HEADER_SIZE == 80
+assert HEADER_SIZE == 88
 
 # One row per layer, ascending layer_id. Offsets are ABSOLUTE bytes in the row's pool segment.
 ROW_DTYPE = np.dtype([
@@ -118,8 +126,32 @@ def _align(n: int) -> int:
 
 
 def slots_for(n: int) -> int:
-    """The smallest table for ``n`` layers: a power of two, >= 2n, >= 8."""
+    """The table for ``n`` layers whatever their ids (and the largest one): a power of two,
+    >= 2n, >= 8, so at most half full."""
     return max(8, 1 << max(0, 2 * n - 1).bit_length())
+
+
+def slots_for_ids(ids: Any) -> int:
+    """The table for these distinct ids: the smallest power of two above their count (>= 8) if
+    no two of them share a home slot there (dense ids, any run of them: one probe for every
+    lookup), else :func:`slots_for` of their count. At least one slot stays empty."""
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(ids)
+    small, half_full = max(8, 1 << n.bit_length()), slots_for(n)
+    if small < half_full and np.unique(ids & (small - 1)).size == n:
+        return small
+    return half_full
+
+
+def max_probe(table: np.ndarray) -> int:
+    """The longest probe of a key in ``table`` (int64[slots, SLOT_WORDS]): how far past its home
+    slot the farthest key lies; a miss need look no further."""
+    keys = table[:, SLOT_KEY]
+    present = keys != EMPTY
+    if not present.any():
+        return 0
+    mask = len(table) - 1
+    return int(((np.arange(len(table), dtype=np.int64) - (keys & mask)) & mask)[present].max())
 
 
 def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.ndarray,
@@ -134,7 +166,7 @@ def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.nd
     """
     ids = np.asarray(ids, dtype=np.int64)
     n = len(ids)
-    slots = slots_for(n) if slots is None else slots
+    slots = slots_for_ids(ids) if slots is None else slots
     table = np.empty((slots, SLOT_WORDS), dtype=np.int64)
     table[:] = (EMPTY, 0, 0, EMPTY)  # SLOT_KEY, SLOT_START, SLOT_END, SLOT_META of an empty slot
     mask = slots - 1
@@ -155,14 +187,15 @@ def build_table(ids: np.ndarray, start: np.ndarray, end: np.ndarray, meta: np.nd
     return table, slot_of
 
 
-def probe(table: Any, mask: int, key: Any) -> int:
+def probe(table: Any, mask: int, key: Any, longest: int | None = None) -> int:
     """The word index of ``key``'s slot in ``table`` (int64 words, ``mask + 1`` slots), or -1 if
-    absent; -1 for anything but an int or a numpy integer (bools included).
+    absent; -1 for anything but an int or a numpy integer (bools included). ``longest``: the
+    table's :func:`max_probe`, where a miss may stop (None: it probes on to an empty slot).
 
     The probe of the compiled core (shmpool/_core/_lookup.pyx), the one every lookup runs: its
     layout constants are shmpool._core._index_layout's, checked against this module's by
     tests/test_lookup_layout.py."""
-    return int(_lookup.probe(table, mask, key))
+    return int(_lookup.probe(table, mask, key, mask if longest is None else longest))
 
 
 def meta_column(rows: np.ndarray) -> np.ndarray:
@@ -171,10 +204,12 @@ def meta_column(rows: np.ndarray) -> np.ndarray:
     return np.where((rows["flags"] & _FLAG_ZSTD) != 0, ~meta, meta)
 
 
-def index_nbytes(name_length: int, layer_count: int) -> int:
-    """Bytes of the index of ``layer_count`` layers: a function of the counts alone, so that a
-    publisher can allocate before the rows' positions are known."""
-    return _align(HEADER_SIZE + name_length) + layer_count * ROW_DTYPE.itemsize + slots_for(layer_count) * SLOT_WORDS * 8
+def index_nbytes(name_length: int, layer_count: int, slots: int | None = None) -> int:
+    """Bytes of the index of ``layer_count`` layers in a table of ``slots``; without ``slots``,
+    the most it takes whatever the ids (:func:`slots_for`), for a publisher that allocates
+    before it knows them (:func:`write_index` may then use less)."""
+    slots = slots_for(layer_count) if slots is None else slots
+    return _align(HEADER_SIZE + name_length) + layer_count * ROW_DTYPE.itemsize + slots * SLOT_WORDS * 8
 
 
 def write_index(view: memoryview, *, dimension_id: int, generation: int, name: bytes, rows: np.ndarray,
@@ -182,9 +217,9 @@ def write_index(view: memoryview, *, dimension_id: int, generation: int, name: b
     """Write the index (header, name, rows sorted by layer_id as given, table) at the start of
     ``view``; returns the table and each row's slot (None when ``table`` was given: a copy of an
     earlier generation's table with the changed rows' slots updated). Every byte of the index
-    is written (the view may hold garbage)."""
+    is written (the view may hold garbage); its size is :func:`index_nbytes` with ``len(table)``."""
     n = len(rows)
-    slots = slots_for(n)
+    slots = slots_for_ids(rows["layer_id"]) if table is None else len(table)
     rows_at = _align(HEADER_SIZE + len(name))
     table_at = rows_at + n * ROW_DTYPE.itemsize
     nbytes = table_at + slots * SLOT_WORDS * 8
@@ -195,7 +230,7 @@ def write_index(view: memoryview, *, dimension_id: int, generation: int, name: b
     for p in np.unique(rows["pool"]).tolist():
         pools |= 1 << p
     HEADER.pack_into(view, 0, MAGIC, VERSION, len(name), dimension_id, generation, n, slots, pools,
-                     rows_at, table_at, nbytes)
+                     rows_at, table_at, nbytes, max_probe(table))
     view[HEADER_SIZE:HEADER_SIZE + len(name)] = name
     view[HEADER_SIZE + len(name):rows_at] = bytes(rows_at - HEADER_SIZE - len(name))
     view[rows_at:table_at] = rows.data.cast("B")  # .data: memoryview(ndarray), typed before 3.12
@@ -225,8 +260,8 @@ def read_header(buffer: Any, *, source: str, dimension_id: int, generation: int)
     if h.dimension_id != dimension_id or h.generation != generation:
         raise fault(f"holds dimension {h.dimension_id} generation {h.generation}, expected dimension "
                     f"{dimension_id} generation {generation}", "dimension_id")
-    if h.slots < 8 or h.slots & (h.slots - 1) or h.slots < 2 * h.layer_count:
-        raise fault(f"table of {h.slots} slots for {h.layer_count} layers", "slots")
+    if h.slots < 8 or h.slots & (h.slots - 1) or h.slots <= h.layer_count or h.max_probe >= h.slots:
+        raise fault(f"table of {h.slots} slots (longest probe {h.max_probe}) for {h.layer_count} layers", "slots")
     if (h.rows_offset % 8 or h.rows_offset < HEADER_SIZE + h.name_length
             or h.table_offset != h.rows_offset + h.layer_count * ROW_DTYPE.itemsize
             or h.table_offset + h.slots * SLOT_WORDS * 8 != h.nbytes or h.nbytes > size):
