@@ -1,0 +1,166 @@
+"""A Dask host daemon whose instance's names are removed from /dev/shm under it (RemoveIPC=yes).
+
+The daemon's Coordinator notices and stops itself (docs/operations.md, "Names removed under a
+running instance"); the daemon must follow it: say why, withdraw its ready file and socket, and
+exit with a failure status, so that the next ``ensure_host`` (a Nanny's lease watcher, or a
+Nanny's setup) starts a fresh daemon instead of trusting one that serves nothing. Names are
+removed with plain ``os.unlink``, as logind does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import _dask_tasks as tasks  # noqa: E402
+from _dask_hosts import START, addresses, hosts_cluster, plugin_name, stop_instances  # noqa: E402
+from _removed_names import remove_names  # noqa: E402
+from _waiting import wait_for  # noqa: E402
+from shmpool import _dask_host as host  # noqa: E402
+from shmpool import dask as sd  # noqa: E402
+from shmpool.data.region_builder import RegionBuilder  # noqa: E402
+from shmpool.errors import AttachError  # noqa: E402
+from shmpool.substrate.names import list_objects, runtime_dir  # noqa: E402
+
+pytestmark = pytest.mark.dask
+
+MiB = 1 << 20
+DIM = 3
+# Only catches a hang (tests/README.md): the coordinator notices within a reaper round (20 ms)
+# and stops within about a second, the daemon within ACCEPT_POLL (0.1 s) after it; this turns
+# "never" into a failure on a loaded 2-core machine.
+EXIT_DEADLINE = 30.0
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A plugin folder of one region (generation 1 of dimension DIM) and a store folder."""
+    (tmp_path / "data").mkdir()
+    _region(tmp_path / "data" / "base.region", b"from data_dir")
+    return tmp_path
+
+
+def _region(path, content: bytes) -> None:
+    region = RegionBuilder(DIM, "names-lost")
+    region.add_layer(1, content)
+    region.write(path)
+
+
+def _exit_status(pid: int, instance: str) -> int:
+    """The exit status of child ``pid`` (ensure_host started the daemon from this process)."""
+    deadline = time.monotonic() + EXIT_DEADLINE
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    pytest.fail(f"the host daemon {pid} did not exit within {EXIT_DEADLINE} s of losing its names:\n"
+                f"{_log(instance)[-3000:]}")
+
+
+def _log(instance: str) -> str:
+    return host.log_path(instance).read_text(errors="replace")
+
+
+def _forget(instance: str) -> None:
+    """The runtime-folder files a daemon's starter leaves (filelock's spawn lock, the log)."""
+    for kind in ("spawn.lock", "log"):
+        (runtime_dir() / f"{instance}.dask.{kind}").unlink(missing_ok=True)
+
+
+def test_host_daemon_exits_1_and_withdraws_when_its_names_are_removed_and_the_next_ensure_host_serves(
+        data, monkeypatch):
+    key = f"lost-{plugin_name()[-6:]}"
+    monkeypatch.setenv(sd.HOST_ENV, key)
+    plugin = plugin_name()
+    instance = host.instance_name(plugin, key)
+    store = data / "store"
+    store.mkdir()
+    _region(host.store_file(store, DIM, 5), b"published as 5")  # what the cluster published
+    config = host.HostConfig(plugin=plugin, data_dir=str(data / "data"), store_dir=str(store),
+                             memory_limit=16 * MiB, linger=1.0)
+    lease = None
+    try:
+        old = host.ensure_host(instance, config)
+        lease = host.Lease(instance).open()  # what a Nanny holds
+        before = sd.reader(plugin).load_layer_context(DIM, 1)
+        assert (before.generation, bytes(before.content)) == (5, b"published as 5")
+        del before
+
+        removed = remove_names(instance)
+        t0 = time.monotonic()
+        assert any(e.endswith(".control") for e in removed) and any(e.startswith("sem.") for e in removed)
+        code = _exit_status(old, instance)
+        took = time.monotonic() - t0
+        log = _log(instance)
+        # A failure status, so that a supervisor (or whoever started it) sees one, and why.
+        assert code == 1, log
+        assert "RemoveIPC" in log, log  # the coordinator's ERROR, with the cause and the fix
+        assert f"Dask host instance {instance!r} lost its shared-memory names" in log, log
+        assert not host.ready_path(instance).exists() and not host.socket_path(instance).exists()
+        assert host.ready_pid(instance) is None
+        assert list_objects(instance) == ([], [])  # nothing left in /dev/shm, nothing recreated
+        # The Nanny's lease sees the end at once (its watcher restarts the host): no hang.
+        assert lease.sock is not None
+        lease.sock.settimeout(EXIT_DEADLINE)
+        assert lease.sock.recv(1) == b""
+        lease.close()
+        # With nobody to start another, a task's reader() fails in its timeout with a typed error.
+        with pytest.raises(AttachError, match="not ready within 0.5 s"):
+            sd.reader(plugin, timeout=0.5)
+
+        new = host.ensure_host(instance, config)
+        assert new != old
+        after = sd.reader(plugin).load_layer_context(DIM, 1)
+        assert (after.generation, bytes(after.content)) == (5, b"published as 5")  # caught up again
+        del after
+        print(f"the daemon exited {took:.2f} s after its {len(removed)} names were removed")
+    finally:
+        if lease is not None:
+            lease.close()
+        host.stop_host(instance)
+        assert not stop_instances(instance)
+        _forget(instance)
+
+
+def test_nannies_start_a_fresh_host_daemon_when_its_names_are_removed_and_tasks_read_again(data):
+    plugin = plugin_name()
+    key = "hostL"
+    instance = host.instance_name(plugin, key)
+    try:
+        with hosts_cluster({key: 2}) as client:
+            client.register_plugin(sd.ShmpoolPlugin(plugin, data_dir=data / "data", store_dir=data / "store",
+                                                    linger=1.0, memory_limit=16 * MiB))
+            generation = sd.publish(client, DIM, "names-lost", {1: b"published before"})
+            workers = addresses(client, key)
+            assert len(workers) == 2
+            for address in workers:
+                got = client.submit(tasks.read, DIM, 1, workers=[address], pure=False).result(START)
+                assert (got["generation"], got["content"]) == (generation, b"published before")
+            old = host.ready_pid(instance)
+
+            remove_names(instance)
+            t0 = time.monotonic()
+            # Both Nannies' lease watchers see their lease end and ensure the host again.
+            wait_for(lambda: host.ready_pid(instance) not in (None, old), START, "a fresh host daemon")
+            took = time.monotonic() - t0
+            wait_for(lambda: host.call(instance, {"op": "config"})["leases"] == 2, START,
+                     "both Nannies leasing the fresh daemon")
+            assert "lost its shared-memory names" in _log(instance)
+            # Each worker's reader() left the stopped instance for the fresh one: the right bytes,
+            # under the generation published before (the fresh daemon caught up from the store).
+            for address in workers:
+                got = client.submit(tasks.read, DIM, 1, workers=[address], pure=False).result(START)
+                assert (got["generation"], got["content"]) == (generation, b"published before")
+            # And the cluster publishes on, to the fresh daemon.
+            newer = sd.publish(client, DIM, "names-lost", {1: b"published after"})
+            got = client.submit(tasks.read, DIM, 1, workers=[workers[0]], pure=False).result(START)
+            assert (got["generation"], got["content"]) == (newer, b"published after")
+            print(f"a fresh daemon served {took:.2f} s after the names were removed")
+    finally:
+        assert not stop_instances(instance)
+        _forget(instance)
