@@ -150,7 +150,11 @@ def test_nannies_start_a_fresh_host_daemon_when_its_names_are_removed_and_tasks_
             took = time.monotonic() - t0
             wait_for(lambda: host.call(instance, {"op": "config"})["leases"] == 2, START,
                      "both Nannies leasing the fresh daemon")
-            assert "lost its shared-memory names" in _log(instance)
+            log = _log(instance)
+            assert "lost its shared-memory names" in log, log
+            # The fresh daemon started at the first try: the old one let go of the instance's
+            # name before it withdrew its ready file, so no start met it and exited.
+            assert "InstanceExists" not in log and log.count("ready: generations") == 2, log
             # Each worker's reader() left the stopped instance for the fresh one: the right bytes,
             # under the generation published before (the fresh daemon caught up from the store).
             for address in workers:
