@@ -13,7 +13,8 @@ It stops (unlinking everything) ``linger`` seconds after its last lease closed (
 the host closed, or died: the kernel closes a dead process's connections), on a ``stop``
 request, or on SIGTERM/SIGINT, and exits 0. It also stops when its instance's names were removed
 from /dev/shm under it (systemd-logind's RemoveIPC, an ``rm``): its Coordinator notices and stops
-itself, and the daemon follows at once, withdraws its ready file and socket and exits 1. Its
+itself, and the daemon follows at once, withdraws its ready file and socket, leaves why in
+``<instance>.dask.stopped`` (quoted by a reader() that waits in vain) and exits 1. Its
 leases end with it, so the Nannies' lease watchers start a fresh daemon, which catches up from
 the store (docs/operations.md, "Names removed under a running instance").
 
@@ -42,6 +43,7 @@ from shmpool.data.region import Region, align
 from shmpool.errors import DimensionNotFound, GenerationNotNewer, ShmPoolError
 from shmpool.substrate.alloc import AllocationTable, Handle
 from shmpool.substrate.names import runtime_dir
+from shmpool.substrate.removal import REMOVEIPC_ADVICE
 
 from .coordinator import Coordinator
 from .loading import REGION_SUFFIX, sample_directory
@@ -155,6 +157,7 @@ class HostDaemon:
                 # the ready file is gone must find it free, not exit with InstanceExists.
                 listener.close()
                 self.coord.stop()
+                host.write_stopped(self.instance, self._names_lost_reason())
             for path in (host.ready_path(self.instance), sock_path):
                 try:
                     path.unlink()
@@ -168,6 +171,11 @@ class HostDaemon:
             except OSError as exc:
                 logger.debug("keeping {}: {}", self._empty, exc)
             logger.info("Dask host instance {!r} stopped", self.instance)
+
+    def _names_lost_reason(self) -> str:
+        lost = self.coord.names_lost
+        gone = lost.describe() if lost is not None else "its names"
+        return f"its instance's names were removed from /dev/shm under it: {gone}. Likely cause: {REMOVEIPC_ADVICE}"
 
     def request_stop(self, *_args: object) -> None:
         self._stop.set()

@@ -68,7 +68,7 @@ def _log(instance: str) -> str:
 
 def _forget(instance: str) -> None:
     """The runtime-folder files a daemon's starter leaves (filelock's spawn lock, the log)."""
-    for kind in ("spawn.lock", "log"):
+    for kind in ("spawn.lock", "log", "stopped"):
         (runtime_dir() / f"{instance}.dask.{kind}").unlink(missing_ok=True)
 
 
@@ -109,12 +109,17 @@ def test_host_daemon_exits_1_and_withdraws_when_its_names_are_removed_and_the_ne
         lease.sock.settimeout(EXIT_DEADLINE)
         assert lease.sock.recv(1) == b""
         lease.close()
-        # With nobody to start another, a task's reader() fails in its timeout with a typed error.
-        with pytest.raises(AttachError, match="not ready within 0.5 s"):
+        # With nobody to start another, a task's reader() fails in its timeout with a typed error
+        # that names the cause.
+        with pytest.raises(AttachError) as err:
             sd.reader(plugin, timeout=0.5)
+        assert "not ready within 0.5 s" in str(err.value), err.value
+        assert f"its last daemon (pid {old}) stopped: its instance's names were removed" in str(err.value)
+        assert "RemoveIPC" in str(err.value)
 
         new = host.ensure_host(instance, config)
         assert new != old
+        assert host.last_failure(instance) is None  # history once a daemon is ready again
         after = sd.reader(plugin).load_layer_context(DIM, 1)
         assert (after.generation, bytes(after.content)) == (5, b"published as 5")  # caught up again
         del after
