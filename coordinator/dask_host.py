@@ -156,8 +156,15 @@ class HostDaemon:
                 # instance's name lock last, and the successor that ensure_host starts as soon as
                 # the ready file is gone must find it free, not exit with InstanceExists.
                 listener.close()
-                self.coord.stop()
-                host.write_stopped(self.instance, self._names_lost_reason())
+                try:
+                    self.coord.stop()
+                except Exception:  # the withdrawal below must happen all the same
+                    logger.exception("stopping the coordinator of {!r} after its names were lost failed",
+                                     self.instance)
+                try:
+                    host.write_stopped(self.instance, self._names_lost_reason())
+                except OSError as exc:  # logind may have removed the runtime folder too (/run/user/UID)
+                    logger.warning("could not leave why {!r} stopped in the runtime folder: {}", self.instance, exc)
             for path in (host.ready_path(self.instance), sock_path):
                 try:
                     path.unlink()
@@ -170,7 +177,8 @@ class HostDaemon:
                 self._empty.rmdir()
             except OSError as exc:
                 logger.debug("keeping {}: {}", self._empty, exc)
-            logger.info("Dask host instance {!r} stopped", self.instance)
+            logger.info("Dask host instance {!r} stopped: {}", self.instance,
+                        "an error (above)" if stopped is None else stopped.value)
 
     def _names_lost_reason(self) -> str:
         lost = self.coord.names_lost
