@@ -211,7 +211,9 @@ class ShmpoolPlugin(NannyPlugin):
             if data:
                 continue
             if not failures:
-                logger.warning("shmpool instance {!r} went away under a lease: restarting it", lease.instance)
+                why = host.last_failure(lease.instance)  # e.g. its names were removed from /dev/shm
+                logger.warning("shmpool instance {!r} went away under a lease{}: restarting it", lease.instance,
+                               f" ({why})" if why else "")
             lease.close()
             try:
                 fresh = self._open_lease(lease.instance, config)

@@ -144,7 +144,7 @@ def test_host_daemon_exits_1_and_withdraws_when_its_names_are_removed_and_the_ne
         _forget(instance)
 
 
-def test_nannies_start_a_fresh_host_daemon_when_its_names_are_removed_and_tasks_read_again(data):
+def test_nannies_start_a_fresh_host_daemon_when_its_names_are_removed_and_tasks_read_again(data, warnings):
     plugin = plugin_name()
     key = "hostL"
     instance = host.instance_name(plugin, key)
@@ -172,6 +172,10 @@ def test_nannies_start_a_fresh_host_daemon_when_its_names_are_removed_and_tasks_
             # The fresh daemon started at the first try: the old one let go of the instance's
             # name before it withdrew its ready file, so no start met it and exited.
             assert "InstanceExists" not in log and log.count("ready: generations") == 2, log
+            # Each Nanny (in this process) logged its lease's end, the first with why (a second
+            # one slowed past the fresh daemon's start finds the record removed: history then).
+            restarts = [m for m in warnings if "went away under a lease" in m]
+            assert len(restarts) == 2 and "names were removed from /dev/shm" in restarts[0], warnings
             # Each worker's reader() left the stopped instance for the fresh one: the right bytes,
             # under the generation published before (the fresh daemon caught up from the store).
             for address in workers:
