@@ -41,8 +41,8 @@ from .jobs import codec
 from .substrate.names import runtime_dir, validate_name
 
 __all__ = ["HOST_ENV", "HostConfig", "instance_name", "host_key", "ensure_host", "stop_host", "call", "connect",
-           "ready_pid", "last_failure", "live_instances", "store_file", "store_generations", "store_entries", "pending_file",
-           "prune_store", "discard_pending"]
+           "ready_pid", "last_failure", "live_instances", "store_file", "store_generations", "store_entries",
+           "pending_file", "prune_store", "discard_pending"]
 
 HOST_ENV = "SHMPOOL_DASK_HOST"  # the host key; simulated hosts on one machine each set their own
 START_TIMEOUT = 60.0  # seconds a Nanny waits for its host's daemon to be up and caught up

@@ -7,7 +7,8 @@ everything, a couple of seconds after the last lease closes, which happens when 
 host closed (cluster shutdown, plugin removed) or died (the kernel closes a dead process's
 sockets). A worker crash or restart closes no lease, so the host keeps serving; the other workers
 never notice. A daemon whose instance's names are removed from /dev/shm (systemd-logind's
-RemoveIPC) stops with exit status 1; its leases end with it, and the Nannies start a fresh one. Each worker process attaches one Reader, lazily, in :func:`reader`.
+RemoveIPC) stops with exit status 1; its leases end with it, and the Nannies start a fresh one.
+Each worker process attaches one Reader, lazily, in :func:`reader`.
 
     >>> client.register_plugin(ShmpoolPlugin("catalog", data_dir="/data/regions",
     ...                                      store_dir="/shared/shmpool-store"))

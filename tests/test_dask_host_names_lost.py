@@ -39,7 +39,8 @@ EXIT_DEADLINE = 30.0
 
 @pytest.fixture
 def data(tmp_path):
-    """A plugin folder of one region (generation 1 of dimension DIM) and a store folder."""
+    """A test folder whose ``data`` is a plugin folder of one region of dimension DIM (the
+    store, ``store``, is the test's to make or the plugin's)."""
     (tmp_path / "data").mkdir()
     _region(tmp_path / "data" / "base.region", b"from data_dir")
     return tmp_path
