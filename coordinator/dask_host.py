@@ -11,13 +11,19 @@ reaches it.
 
 It stops (unlinking everything) ``linger`` seconds after its last lease closed (every Nanny of
 the host closed, or died: the kernel closes a dead process's connections), on a ``stop``
-request, or on SIGTERM/SIGINT.
+request, or on SIGTERM/SIGINT, and exits 0. It also stops when its instance's names were removed
+from /dev/shm under it (systemd-logind's RemoveIPC, an ``rm``): its Coordinator notices and stops
+itself, and the daemon follows at once, withdraws its ready file and socket, leaves why in
+``<instance>.dask.stopped`` (quoted by a reader() that waits in vain) and exits 1. Its
+leases end with it, so the Nannies' lease watchers start a fresh daemon, which catches up from
+the store (docs/operations.md, "Names removed under a running instance").
 
     python -m shmpool.coordinator.dask_host INSTANCE CONFIG_JSON
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import signal
@@ -37,16 +43,30 @@ from shmpool.data.region import Region, align
 from shmpool.errors import DimensionNotFound, GenerationNotNewer, ShmPoolError
 from shmpool.substrate.alloc import AllocationTable, Handle
 from shmpool.substrate.names import runtime_dir
+from shmpool.substrate.removal import REMOVEIPC_ADVICE
 
 from .coordinator import Coordinator
 from .loading import REGION_SUFFIX, sample_directory
 
-__all__ = ["HostDaemon", "main"]
+__all__ = ["HostDaemon", "Stopped", "main"]
 
 STORE_RESCAN = 1.0   # seconds between looks at the store for publications we were not told of
 ACCEPT_POLL = 0.1    # seconds between checks of the lease count, the stop flag and reservations
 RETRY_FIRST = 2.0    # seconds before a store generation that failed to publish is tried again ...
 RETRY_MOST = 60.0    # ... doubling up to this: memory may free up, a bad file will not mend
+
+
+class Stopped(enum.Enum):
+    """Why :meth:`HostDaemon.run` returned; :func:`main` exits with its ``exit_status``."""
+    LINGERED = "no lease for linger seconds"
+    REQUESTED = "a stop request, SIGTERM or SIGINT"
+    NAMES_LOST = "its instance's names were removed from /dev/shm"
+
+    @property
+    def exit_status(self) -> int:
+        # A failure, so that a supervisor that restarts on failure sees one; the Nannies start a
+        # fresh daemon either way (their leases end with this process).
+        return 1 if self is Stopped.NAMES_LOST else 0
 
 
 @dataclass
@@ -108,9 +128,11 @@ class HostDaemon:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def run(self) -> None:
+    def run(self) -> Stopped:
+        """Serve until one of the reasons in :class:`Stopped`; returns it, everything unlinked."""
         sock_path = host.socket_path(self.instance)
         self.coord.start()  # InstanceExists if another daemon owns the name: we exit, it serves
+        stopped: Stopped | None = None
         try:
             # The store first: what it cannot serve (a generation too large for this host's
             # limit) falls back to the plugin's file, so a bad store never keeps a host down.
@@ -125,8 +147,24 @@ class HostDaemon:
             listener.settimeout(ACCEPT_POLL)
             host.write_ready(self.instance)
             logger.info("Dask host instance {!r} ready: generations {}", self.instance, self.generations())
-            self._serve(listener)
+            stopped = self._serve(listener)
+            return stopped
         finally:
+            if stopped is Stopped.NAMES_LOST:
+                # Refuse connections now (a connect to a listener nobody accepts on would wait
+                # CALL_TIMEOUT), then wait for the Coordinator's own stop: it lets go of the
+                # instance's name lock last, and the successor that ensure_host starts as soon as
+                # the ready file is gone must find it free, not exit with InstanceExists.
+                listener.close()
+                try:
+                    self.coord.stop()
+                except Exception:  # the withdrawal below must happen all the same
+                    logger.exception("stopping the coordinator of {!r} after its names were lost failed",
+                                     self.instance)
+                try:
+                    host.write_stopped(self.instance, self._names_lost_reason())
+                except OSError as exc:  # logind may have removed the runtime folder too (/run/user/UID)
+                    logger.warning("could not leave why {!r} stopped in the runtime folder: {}", self.instance, exc)
             for path in (host.ready_path(self.instance), sock_path):
                 try:
                     path.unlink()
@@ -139,12 +177,18 @@ class HostDaemon:
                 self._empty.rmdir()
             except OSError as exc:
                 logger.debug("keeping {}: {}", self._empty, exc)
-            logger.info("Dask host instance {!r} stopped", self.instance)
+            logger.info("Dask host instance {!r} stopped: {}", self.instance,
+                        "an error (above)" if stopped is None else stopped.value)
+
+    def _names_lost_reason(self) -> str:
+        lost = self.coord.names_lost
+        gone = lost.describe() if lost is not None else "its names"
+        return f"its instance's names were removed from /dev/shm under it: {gone}. Likely cause: {REMOVEIPC_ADVICE}"
 
     def request_stop(self, *_args: object) -> None:
         self._stop.set()
 
-    def _serve(self, listener: socket.socket) -> None:
+    def _serve(self, listener: socket.socket) -> Stopped:
         idle_since: float | None = time.monotonic()  # the starter opens its lease right after the ready file
         next_scan = time.monotonic() + STORE_RESCAN
         while not self._stop.is_set():
@@ -155,6 +199,16 @@ class HostDaemon:
             if conn is not None:
                 threading.Thread(target=self._handle, args=(conn,), daemon=True,
                                  name=f"dask-host-{self.instance}-conn").start()
+            lost = self.coord.names_lost
+            if lost is not None:
+                # Its Coordinator stops itself (its ERROR says why and what to do): nothing can
+                # attach to this instance any more, so a ready file and a socket left up would
+                # tell every Nanny and worker of the host that it is served.
+                logger.error("Dask host instance {!r} lost its shared-memory names ({} of {} removed; the "
+                             "ERROR above says why): stopping, exit status 1; a Nanny holding a lease "
+                             "starts a fresh daemon", self.instance, len(lost.removed) + len(lost.replaced),
+                             lost.watched)
+                return Stopped.NAMES_LOST
             now = time.monotonic()
             with self._lease_lock:
                 leased = bool(self._leases)
@@ -164,16 +218,20 @@ class HostDaemon:
                 idle_since = now
             elif now - idle_since > self.config.linger:
                 logger.info("no Nanny of {!r} holds a lease for {:g} s: stopping", self.instance, self.config.linger)
-                break
+                return Stopped.LINGERED
             self._expire_reservations(now)
             # A publish in progress (it holds the lock, copying a region) defers the rescan rather
             # than stall the accept loop behind it.
             if now >= next_scan and not self._publish_lock.locked():
                 try:
                     self.catch_up()
-                except Exception:  # the next round retries; the daemon must outlive a bad store
-                    logger.exception("store rescan of {!r} failed", self.instance)
+                except Exception as exc:  # the next round retries; the daemon must outlive a bad store
+                    if self.coord.names_lost is None:
+                        logger.exception("store rescan of {!r} failed", self.instance)
+                    else:  # its Coordinator stopped under the rescan: the next turn stops us
+                        logger.debug("store rescan of {!r} after its names were lost: {}", self.instance, exc)
                 next_scan = now + STORE_RESCAN
+        return Stopped.REQUESTED
 
     # ----------------------------------------------------------------- content
 
@@ -389,8 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon = HostDaemon(instance, config)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
-    daemon.run()
-    return 0
+    return daemon.run().exit_status
 
 
 if __name__ == "__main__":

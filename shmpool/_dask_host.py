@@ -7,6 +7,9 @@ instance; every Dask process on the host finds it through files in the runtime f
     <instance>.dask.ready       JSON {"pid", "start"}, written once the instance is caught up
     <instance>.dask.spawn.lock  flock held by whoever starts the daemon, so only one does
     <instance>.dask.log         the daemon's stderr, quoted when it fails to start
+    <instance>.dask.stopped     JSON {"pid", "reason"}: why its last daemon stopped with a failure
+                                (its names were removed), quoted by a reader() that waits in vain;
+                                removed when the next daemon is ready
 
 The runtime folder is ours alone (0700, shmpool.substrate.names.runtime_dir), so whoever can connect to
 the socket is us. Requests and replies are JSON, never pickle; an error reply carries the job
@@ -38,8 +41,8 @@ from .jobs import codec
 from .substrate.names import runtime_dir, validate_name
 
 __all__ = ["HOST_ENV", "HostConfig", "instance_name", "host_key", "ensure_host", "stop_host", "call", "connect",
-           "ready_pid", "live_instances", "store_file", "store_generations", "store_entries", "pending_file",
-           "prune_store", "discard_pending"]
+           "ready_pid", "last_failure", "live_instances", "store_file", "store_generations", "store_entries",
+           "pending_file", "prune_store", "discard_pending"]
 
 HOST_ENV = "SHMPOOL_DASK_HOST"  # the host key; simulated hosts on one machine each set their own
 START_TIMEOUT = 60.0  # seconds a Nanny waits for its host's daemon to be up and caught up
@@ -163,9 +166,32 @@ def stop_host(instance: str, timeout: float = START_TIMEOUT) -> None:
 
 
 def write_ready(instance: str) -> None:
-    path = ready_path(instance)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "start": start_token(os.getpid())}))
+    _write_json(ready_path(instance), {"pid": os.getpid(), "start": start_token(os.getpid())})
+    stopped_path(instance).unlink(missing_ok=True)  # a predecessor's failure is history now
+
+
+def stopped_path(instance: str) -> Path:
+    return _path(instance, "stopped")
+
+
+def write_stopped(instance: str, reason: str) -> None:
+    """Leave why this daemon stops with a failure, for whoever waits for the next one in vain."""
+    _write_json(stopped_path(instance), {"pid": os.getpid(), "reason": reason})
+
+
+def last_failure(instance: str) -> str | None:
+    """'its last daemon (pid N) stopped: REASON' while no daemon was ready since one stopped with
+    a failure; else None."""
+    try:
+        info = json.loads(stopped_path(instance).read_text())
+        return f"its last daemon (pid {int(info['pid'])}) stopped: {info['reason']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # one per file: ready and stopped are written apart
+    tmp.write_text(json.dumps(value))
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)  # atomic: a reader sees no file or a whole one
 

@@ -6,7 +6,9 @@ detached; every Nanny holds a *lease* on it (an open Unix-socket connection); it
 everything, a couple of seconds after the last lease closes, which happens when every Nanny of the
 host closed (cluster shutdown, plugin removed) or died (the kernel closes a dead process's
 sockets). A worker crash or restart closes no lease, so the host keeps serving; the other workers
-never notice. Each worker process attaches one Reader, lazily, in :func:`reader`.
+never notice. A daemon whose instance's names are removed from /dev/shm (systemd-logind's
+RemoveIPC) stops with exit status 1; its leases end with it, and the Nannies start a fresh one.
+Each worker process attaches one Reader, lazily, in :func:`reader`.
 
     >>> client.register_plugin(ShmpoolPlugin("catalog", data_dir="/data/regions",
     ...                                      store_dir="/shared/shmpool-store"))
@@ -210,7 +212,9 @@ class ShmpoolPlugin(NannyPlugin):
             if data:
                 continue
             if not failures:
-                logger.warning("shmpool instance {!r} went away under a lease: restarting it", lease.instance)
+                why = host.last_failure(lease.instance)  # e.g. its names were removed from /dev/shm
+                logger.warning("shmpool instance {!r} went away under a lease{}: restarting it", lease.instance,
+                               f" ({why})" if why else "")
             lease.close()
             try:
                 fresh = self._open_lease(lease.instance, config)
@@ -269,7 +273,8 @@ def reader(name: str | None = None, *, timeout: float = ATTACH_TIMEOUT) -> Reade
     ``name`` is the plugin's name; None picks the only ShmpoolPlugin serving this host. Lookups
     on it are zero-copy views into the host's shared memory. If the host's instance is being
     restarted (its daemon died), waits up to ``timeout`` seconds for it to come back caught up.
-    Raises AttachError if no plugin serves this host, or none comes up in time; InvalidArgument
+    Raises AttachError if no plugin serves this host, or none comes up in time (naming why the
+    last daemon stopped, if it stopped with a failure such as its names removed); InvalidArgument
     if several do and ``name`` is None. Thread-safe. Takes no lock and makes no system call
     while its last answer is under LIVENESS_INTERVAL old; a change of SHMPOOL_DASK_HOST or
     SHMPOOL_RUNTIME_DIR in a running process is seen once it is older.
@@ -331,7 +336,9 @@ def _attach(instance: str, timeout: float) -> Reader:
             except AttachError:
                 pass  # stopping or restarting: wait for the next one
         if time.monotonic() > deadline:
-            raise AttachError(name=instance, reason=f"its Dask host daemon was not ready within {timeout:g} s")
+            why = host.last_failure(instance)  # its names were removed, say, and nobody started another
+            raise AttachError(name=instance, reason=f"its Dask host daemon was not ready within {timeout:g} s"
+                                                    + (f"; {why}" if why else ""))
         time.sleep(0.02)
 
 

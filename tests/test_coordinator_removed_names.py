@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import pytest
 from _cli_command import Cli
+from _removed_names import remove_names
 
 import shmpool
 from shmpool.coordinator import Coordinator
@@ -76,16 +77,6 @@ def _serve(name: str, sample_dir: Path, log: Path, *, workers: int = 1) -> subpr
     raise AssertionError("serve did not print its ready line within 60 s")
 
 
-def _remove_names(name: str) -> list[str]:
-    """What RemoveIPC does: unlink every /dev/shm entry of the instance, semaphores included."""
-    removed = []
-    for entry in os.listdir(SHM_DIR):
-        if entry.startswith((f"shmpool.{name}.", f"sem.shmpool.{name}.")):
-            os.unlink(SHM_DIR / entry)
-            removed.append(entry)
-    return removed
-
-
 def _wait_exit(proc: subprocess.Popen[str], log: Path) -> int:
     try:
         return proc.wait(STOP_DEADLINE)
@@ -118,7 +109,7 @@ def test_coordinator_stops_with_an_error_naming_removeipc_when_all_its_names_are
     proc, log = serve(instance_name)
     workers = child_pids(proc.pid)
     assert len(workers) == 1
-    removed = _remove_names(instance_name)
+    removed = remove_names(instance_name)
     assert any(e.startswith("sem.") for e in removed) and any(e.endswith(".control") for e in removed)
     t0 = time.monotonic()
     code = _wait_exit(proc, log)
@@ -137,7 +128,7 @@ def test_coordinator_stops_with_an_error_naming_removeipc_when_all_its_names_are
 def test_a_worker_killed_after_the_names_went_is_not_restarted_into_a_loop(instance_name: str, serve: Serve) -> None:
     proc, log = serve(instance_name)
     [worker] = child_pids(proc.pid)
-    _remove_names(instance_name)
+    remove_names(instance_name)
     os.kill(worker, signal.SIGKILL)
     assert _wait_exit(proc, log) == 1
     text = log.read_text()
@@ -166,7 +157,7 @@ def test_health_cleanup_start_attach_and_connect_agree_while_the_coordinator_has
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         if which == "all":
-            _remove_names(instance_name)
+            remove_names(instance_name)
         else:
             for entry in os.listdir(SHM_DIR):
                 if entry.startswith(f"sem.shmpool.{instance_name}."):
@@ -207,7 +198,7 @@ def test_a_coordinator_in_this_process_stops_itself_and_says_why(instance_name: 
     try:
         coord = Coordinator(instance_name, workers=0).start()
         try:
-            _remove_names(instance_name)
+            remove_names(instance_name)
             deadline = time.monotonic() + STOP_DEADLINE
             while coord.running and time.monotonic() < deadline:
                 time.sleep(0.05)
