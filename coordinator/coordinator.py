@@ -89,7 +89,9 @@ def default_pools(memory_limit: int) -> tuple[PoolSpec, ...]:
     return (*smaller, PoolSpec(largest.block_size, blocks))
 
 
-RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
+RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often (the reaper's short round)
+IDLE_TICK = 1.0   # the longest sleep of a reaper with nothing to do (_Reaper sleep, below, says when)
+PUBLISH_SETTLE = 0.1  # seconds of short rounds after a publication: generation wake-ups it lost are re-sent
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
@@ -98,9 +100,11 @@ REAPER_JOIN = 5.0    # seconds stop() waits for the reaper to leave its round be
 
 @dataclasses.dataclass
 class _ReapClock:
-    """When the reaper last ran its two slower steps (time.monotonic())."""
+    """When the reaper last ran its two slower steps (time.monotonic()), and what its last
+    round found still to do soon (generation wake-ups re-sent: their waiters may miss more)."""
     heal: float
     sweep: float
+    resent: int = 0
 
 
 class Coordinator:
@@ -253,7 +257,7 @@ class Coordinator:
                 self._pool = WorkerPool(self.name, self._board, self.worker_count,
                                         env={POLICY_ENV: self.job_policy.to_json(),
                                              SPIN_ENV: str(self.worker_spin * 1e6)},
-                                        config=self.worker_config)
+                                        config=self.worker_config, on_exit=self._inst.wake_coordinator)
                 self._pool.start()
             self._name_watch = NameWatch(self.name)  # everything is created: these names are ours
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
@@ -459,7 +463,9 @@ class Coordinator:
             free_arguments(inst, arguments)
 
     def _reap_loop(self) -> None:
-        """The reaper thread: a round every RECLAIM_INTERVAL, or when a reader wakes it.
+        """The reaper thread: a round every RECLAIM_INTERVAL while anything may need one soon,
+        else one when woken or when a clocked step is due, at most IDLE_TICK apart
+        (_sleep_after_round says which is which; an idle coordinator then costs ~1 round a second).
 
         It keeps its own references to what it works on, and looks at the stop flag between
         every two steps of a round: a step can wait for as long as another process holds a
@@ -471,10 +477,15 @@ class Coordinator:
         clock = _ReapClock(time.monotonic(), time.monotonic())
         watch = self._name_watch
         assert watch is not None  # made by start() before this thread
+        sleep = RECLAIM_INTERVAL
         try:
             while not self._stop_event.is_set():
-                # Woken early by readers that need an evicted dimension back (and by stop()).
-                inst.wait_for_wake(RECLAIM_INTERVAL)
+                # Woken early by readers that need an evicted dimension back, by publications,
+                # by a worker exiting or taking the first job of an idle board, and by stop().
+                inst.wait_for_wake(sleep)
+                board = self._board
+                if board is not None and sleep > RECLAIM_INTERVAL:
+                    board.reaper_awake()
                 if self._stop_event.is_set():
                     break
                 # Before supervising: a worker restarted after the names went could never attach.
@@ -484,14 +495,56 @@ class Coordinator:
                     logger.error(lost_names_error(lost))
                     _in_background(self.stop).add_done_callback(self._log_stop_failure)  # stop() joins this thread
                     break
+                sleep = RECLAIM_INTERVAL
                 try:
                     for _ in self._reap_round(inst, publisher, clock):
                         if self._stop_event.is_set():
                             break
+                    else:
+                        sleep = self._sleep_after_round(publisher, clock)
                 except Exception:  # the reaper must outlive any one bad round
                     logger.exception("reclaim round of coordinator {!r} failed", self.name)
         finally:
             self._reaper_exits()
+
+    def _sleep_after_round(self, publisher: Publisher, clock: "_ReapClock") -> float:
+        """How long the reaper may sleep before its next round: RECLAIM_INTERVAL, or longer
+        (up to IDLE_TICK) when nothing can need it sooner without waking it.
+
+        Short rounds while: a superseded generation waits to be freed (its last pin may go at
+        any moment and nobody tells us); a publication is less than PUBLISH_SETTLE old, or the
+        last round re-sent generation wake-ups (a waiter may have missed its post); the board
+        holds a job (its deadline and its client's death are polled); a worker's exit cannot be
+        heard (no pidfd) or a dead one is still unhandled; cold-dimension compression runs
+        (sampling periods are what it counts, so they stay ``sample_interval`` apart).
+
+        Otherwise the sleep ends at the next step due by the clock: the 1 s steps (dead owners'
+        allocations and reader rows, every name compared) or a delayed worker restart. Events
+        end it early, each posting the wake semaphore: a reader asking for an evicted dimension,
+        a publication (Publisher._bump_epoch), a worker exiting (worker_exits.py) or taking a
+        job off an idle board (JobBoard.reaper_may_sleep / reaper_asleep), stop(). What only a
+        poll can see waits for the next round, at most IDLE_TICK: names removed from /dev/shm
+        (checked first in every round, so also before handling a worker death), dead clients'
+        channels of an idle board, TOUCHED marks (sampled before any eviction uses them)."""
+        now = time.monotonic()
+        pool, board = self._pool, self._board
+        if publisher.superseded or clock.resent or now - publisher.published_at < PUBLISH_SETTLE:
+            return RECLAIM_INTERVAL
+        if pool is not None and (not pool.exits_are_events or pool.behind):
+            return RECLAIM_INTERVAL
+        longest = IDLE_TICK
+        if self.capacity_policy.compress_cold:
+            longest = min(longest, self.capacity_policy.sample_interval)
+        due = [clock.sweep + DEAD_SWEEP_INTERVAL]
+        restart = pool.next_restart() if pool is not None else None
+        if restart is not None:
+            due.append(restart)
+        sleep = min(longest, max(RECLAIM_INTERVAL, min(due) - now))
+        if sleep <= RECLAIM_INTERVAL:
+            return RECLAIM_INTERVAL
+        if board is not None and not board.reaper_may_sleep():  # last: it raises the workers' flag
+            return RECLAIM_INTERVAL
+        return sleep
 
     def _reap_round(self, inst: SharedInstance, publisher: Publisher, clock: "_ReapClock") -> Iterator[None]:
         """One reaper round, one step per ``yield`` (the loop stops between two steps)."""
@@ -517,7 +570,7 @@ class Coordinator:
         if capacity is not None:
             capacity.tick()
             yield
-        publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
+        clock.resent = publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
         yield
         publisher.reclaim()
         if time.monotonic() - clock.sweep >= DEAD_SWEEP_INTERVAL:
@@ -758,7 +811,7 @@ class Coordinator:
         return self._pool is not None and self._pool.kill(pid, why)
 
     def reclaim(self) -> int:
-        """Free unpinned superseded generations now (the reaper does this every 20 ms)."""
+        """Free unpinned superseded generations now (the reaper does this every 20 ms while any wait)."""
         return self._require()[1].reclaim()
 
     # ----------------------------------------------------------------- monitoring

@@ -183,6 +183,7 @@ class Publisher:
         self._holds: Counter[tuple[int, int]] = Counter()  # (dimension, generation) edits start from
         self._lock = threading.Lock()
         self.wakeups = GenerationNotifier(inst)  # posts reader.wait_generation callers
+        self.published_at = 0.0  # time.monotonic() of the last publication (the reaper's short rounds)
 
     # ----------------------------------------------------------------- publishing
 
@@ -523,6 +524,10 @@ class Publisher:
         words = self._inst.control.words
         words[W.PIN_EPOCH] = int(words[W.PIN_EPOCH]) + 1
         self.wakeups.notify()  # every publication bumps the epoch: wake generation waiters here
+        # And the reaper, which may sleep for a second when idle: what this supersedes is to be
+        # reclaimed on its 20 ms rounds, and a generation wake-up lost here is re-sent by them.
+        self.published_at = time.monotonic()
+        self._inst.wake_coordinator()
 
     # ----------------------------------------------------------------- edits
 

@@ -32,6 +32,7 @@ import posix_ipc
 from ..substrate._log import logger
 
 from .._core import BoardCore, RobustMutex, SharedWords
+from .._core._sync import fence
 from ..errors import AttachError
 from ..substrate._proc import is_alive, my_identity
 from ..substrate.names import segment_name
@@ -361,6 +362,34 @@ class JobBoard(BoardRepair, BoardStatistics):
         """(pid, start token) of the client that submitted the slot's request."""
         slots, r = self.v.slots_mv, slot * _COLS
         return slots[r + _CPID], slots[r + _CSTART]
+
+    # ----------------------------------------------------------------- the reaper's long sleeps
+
+    def reaper_may_sleep(self) -> bool:
+        """Coordinator: raise JW.REAPER_ASLEEP, then True if every slot is free (nothing to
+        supervise until a job is taken, and its worker will post the wake semaphore); else lower
+        it again and return False.
+
+        Dekker's pattern with :meth:`reaper_asleep`: the flag's store, a fence, then the load
+        of FREE_TOP here; a submit's pop of FREE_TOP, the worker's take, a fence, then its load
+        of the flag there. Either this sees the slot taken, or that worker sees the flag."""
+        words = self._words
+        words.store(int(JW.REAPER_ASLEEP), 1)
+        fence()
+        if words.load(int(JW.FREE_TOP)) == self.slot_count:
+            return True
+        words.store(int(JW.REAPER_ASLEEP), 0)
+        return False
+
+    def reaper_awake(self) -> None:
+        """Coordinator, when its reaper wakes: workers need not post it any more."""
+        self._words.store(int(JW.REAPER_ASLEEP), 0)
+
+    def reaper_asleep(self) -> bool:
+        """Worker, after taking a job: whether the coordinator's reaper sleeps past its short
+        round and must be woken to supervise this job (its deadline, its worker's death)."""
+        fence()  # orders the take's stores before this load (reaper_may_sleep says why)
+        return self._words.load(int(JW.REAPER_ASLEEP)) != 0
 
     def set_deadline(self, slot: int, deadline_ns: int) -> None:
         """Worker: the CLOCK_MONOTONIC ns past which the job it runs in ``slot`` is killed.
