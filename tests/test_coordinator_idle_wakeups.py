@@ -1,0 +1,165 @@
+"""An idle coordinator's reaper sleeps, and every event that needs it wakes it.
+
+The reaper used to run a round every 20 ms whatever happened (~22 ms of CPU a second for an
+idle coordinator). Now it sleeps up to IDLE_TICK when nothing can need it sooner, and whatever
+used to be found by those rounds posts its wake semaphore instead: a publication, a worker's
+exit (pidfd), a worker taking a job off an idle board (JW.REAPER_ASLEEP).
+
+Wake-ups are counted as the reaper thread's voluntary context switches (one per sleep), never
+timed. The promptness tests make the idle sleep an hour long (IDLE_TICK and the 1 s sweep
+monkeypatched), so that only the event can have brought the reaper round in time; their
+30 s deadlines only catch a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import shmpool
+from _introspect import job_board, superseded_generations, worker_deaths
+from _waiting import wait_for
+from shmpool.coordinator import Coordinator
+from shmpool.coordinator import coordinator as coordinator_module
+from shmpool.coordinator.worker_exits import ExitWatch
+from shmpool.errors import JobTimeout
+from shmpool.jobs.jobs_layout import JW
+
+HANG = 30.0      # seconds: every wait_for below; reached only by a hang
+WINDOW = 3.0     # seconds of idleness whose wake-ups are counted
+HOUR = 3600.0
+
+
+def _reaper(coord: Coordinator) -> threading.Thread:
+    return next(t for t in threading.enumerate() if t.name == f"shmpool-{coord.name}-reaper")
+
+
+def _voluntary_switches(thread: threading.Thread) -> int:
+    with open(f"/proc/self/task/{thread.native_id}/status", encoding="ascii") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches"))
+
+
+def _wakeups_while_idle(coord: Coordinator) -> int:
+    reaper = _reaper(coord)
+    time.sleep(0.5)  # past the short rounds that follow start-up's publications
+    before = _voluntary_switches(reaper)
+    time.sleep(WINDOW)
+    return _voluntary_switches(reaper) - before
+
+
+def _asleep(coord: Coordinator) -> bool:
+    """Whether the reaper raised the board's flag: it sleeps past its short round."""
+    return int(job_board(coord).v.words[JW.REAPER_ASLEEP]) == 1
+
+
+@pytest.fixture
+def hour_long_idle_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle reaper that sleeps an hour: only a wake-up can bring its next round."""
+    monkeypatch.setattr(coordinator_module, "IDLE_TICK", HOUR)
+    monkeypatch.setattr(coordinator_module, "DEAD_SWEEP_INTERVAL", HOUR)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_idle_coordinator_wakes_about_once_a_second_not_fifty_times(instance_name, workers):
+    with Coordinator(instance_name, workers=workers) as coord:
+        wakeups = _wakeups_while_idle(coord)
+    # One round a second (IDLE_TICK) is ~3 in the window; 20 ms rounds were ~150. The bound
+    # leaves room for a loaded machine, not for short rounds.
+    assert wakeups <= 3 * WINDOW, f"{wakeups} reaper wake-ups in {WINDOW} s of idleness"
+
+
+def test_a_publication_wakes_an_idle_reaper_and_its_superseded_generation_is_freed(instance_name,
+                                                                                   hour_long_idle_sleeps):
+    with Coordinator(instance_name, workers=0) as coord:
+        proto = coord.create_proto_dimension(5, "d")
+        proto.add_layer(1, b"first")
+        coord.crystallize(5)
+        with shmpool.attach(instance_name) as reader:
+            ctx = reader.load_layer_context(5, 1)  # pins generation 1
+            time.sleep(0.5)  # idle: the reaper went to its hour-long sleep
+            proto = coord.create_proto_dimension(5, "d")
+            proto.add_layer(1, b"second")
+            assert coord.crystallize(5) == 2
+            assert [p.generation for p in superseded_generations(coord)] == [1]  # pinned: kept
+            time.sleep(0.3)
+            assert [p.generation for p in superseded_generations(coord)] == [1]
+            del ctx
+            reader.drop_stale()
+            # Freed by the short rounds a pending generation keeps, not by a round an hour away.
+            wait_for(lambda: not superseded_generations(coord), HANG, "the unpinned generation freed")
+
+
+def test_a_sigkilled_worker_of_an_idle_coordinator_is_replaced_at_once(instance_name, hour_long_idle_sleeps):
+    with Coordinator(instance_name, workers=2) as coord:
+        wait_for(lambda: _asleep(coord), HANG, "the reaper asleep")
+        victim = coord.stats()["workers"]["pids"][0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: any(d["pid"] == victim for d in worker_deaths(coord)), HANG, "the death handled")
+        death = next(d for d in worker_deaths(coord) if d["pid"] == victim)
+        assert death["returncode"] == -signal.SIGKILL
+        wait_for(lambda: victim not in coord.stats()["workers"]["pids"]
+                 and len(coord.stats()["workers"]["pids"]) == 2, HANG, "a replacement")
+        with shmpool.connect(instance_name) as client:
+            assert client.submit(pow, 2, 10).result(HANG) == 1024  # the pool serves again
+
+
+def test_a_job_taken_off_an_idle_board_wakes_the_reaper_for_its_deadline(instance_name, hour_long_idle_sleeps):
+    with Coordinator(instance_name, workers=1, job_modules=["time"]) as coord, \
+            shmpool.connect(instance_name) as client:
+        wait_for(lambda: _asleep(coord), HANG, "the reaper asleep")
+        future = client.submit(time.sleep, HANG, job_timeout=0.3)
+        # The worker that took it saw the flag and posted: short rounds while the job runs.
+        wait_for(lambda: not _asleep(coord), HANG, "the reaper awake for the running job")
+        with pytest.raises(JobTimeout) as err:
+            future.result(HANG)
+        assert err.value.timeout == 0.3
+        # Idle again: back to sleep, and the replaced worker serves.
+        wait_for(lambda: _asleep(coord), HANG, "the reaper asleep again")
+        assert client.submit(pow, 3, 3).result(HANG) == 27
+
+
+def test_without_pidfds_the_reaper_keeps_polling_its_workers(instance_name, hour_long_idle_sleeps, monkeypatch):
+    def refused(pid: int, flags: int = 0) -> int:
+        raise PermissionError(1, "pidfd_open refused (as by a seccomp filter)")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    with Coordinator(instance_name, workers=1) as coord:
+        wakeups = _wakeups_while_idle(coord)
+        assert wakeups > 10 * WINDOW, "a reaper that cannot hear exits must keep its 20 ms rounds"
+        assert not _asleep(coord)
+        victim = coord.stats()["workers"]["pids"][0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: any(d["pid"] == victim for d in worker_deaths(coord)), HANG, "the death handled")
+
+
+def test_the_exit_watch_calls_wake_when_a_watched_process_exits_and_closes_its_descriptors():
+    fds_before = set(os.listdir("/proc/self/fd"))
+    woken = threading.Event()
+    watch = ExitWatch("exit-watch-test", woken.set)
+    assert watch.reliable
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        watch.watch(child.pid)
+        assert not woken.wait(0.2)  # alive: no wake
+        child.kill()
+        assert woken.wait(HANG), "no wake after the child exited"
+    finally:
+        child.kill()
+        child.wait(HANG)
+        watch.close()
+        watch.close()  # idempotent
+    assert set(os.listdir("/proc/self/fd")) <= fds_before  # its pipe and the pidfd are closed
+
+
+def test_a_closed_exit_watch_stops_its_thread(instance_name):
+    watch = ExitWatch(instance_name, lambda: None)
+    thread = next(t for t in threading.enumerate() if t.name == f"shmpool-{instance_name}-exits")
+    watch.close()
+    thread.join(HANG)
+    assert not thread.is_alive()
