@@ -483,6 +483,7 @@ class Coordinator:
                 # Woken early by readers that need an evicted dimension back, by publications,
                 # by a worker exiting or taking the first job of an idle board, and by stop().
                 inst.wait_for_wake(sleep)
+                publisher.wake_reaper = False
                 board = self._board
                 if board is not None and sleep > RECLAIM_INTERVAL:
                     board.reaper_awake()
@@ -526,6 +527,15 @@ class Coordinator:
         poll can see waits for the next round, at most IDLE_TICK: names removed from /dev/shm
         (checked first in every round, so also before handling a worker death), dead clients'
         channels of an idle board, TOUCHED marks (sampled before any eviction uses them)."""
+        # First: a publication from another thread after this line posts us (the GIL orders the
+        # flag's store before the reads below, and the publisher's reads after its stores).
+        publisher.wake_reaper = True
+        sleep = self._idle_sleep(publisher, clock)
+        if sleep <= RECLAIM_INTERVAL:
+            publisher.wake_reaper = False
+        return sleep
+
+    def _idle_sleep(self, publisher: Publisher, clock: "_ReapClock") -> float:
         now = time.monotonic()
         pool, board = self._pool, self._board
         if publisher.superseded or clock.resent or now - publisher.published_at < PUBLISH_SETTLE:
