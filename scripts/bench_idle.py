@@ -7,6 +7,10 @@ Phases (``--phases``, all by default):
   process (every thread: the reaper is the only one awake, the main thread sleeps), the
   reaper thread's context switches (each one a wake-up: its rounds), and the CPU and context
   switches of every worker process, all from /proc.
+* ``steps``: where a round's time goes. With the default workers and the reaper held asleep,
+  ``--rounds`` rounds are run by hand, each after a 20 ms sleep as the reaper's short round had
+  it (so caches are as cold), timing every step of ``Coordinator._reap_round`` (named by the
+  source line it stopped at) in thread CPU time, plus the name watch's check before it.
 * ``latency``: with the default workers, each repeated ``--repeats`` times after the coordinator
   sat idle for ``--settle`` seconds (so that a reaper that sleeps longer when idle is asleep):
 
@@ -98,6 +102,68 @@ def idle_phase(workers: int | None, seconds: float) -> dict[str, Any]:
             "workers_wakeups_per_s": round(worker_switches / wall, 2)}
 
 
+_NOT_A_STEP = ("#", "try", "except", "if ", "for ", "while ", "logger", "clock.heal", "clock.sweep", '"',
+               "pool, board", "def ", "One ", "swallowed")
+
+
+def _step_name(source: str, after: int, upto: int) -> str:
+    """The statements between two yields of _reap_round (an ``if`` skipped at run time may add one
+    that did not run: read the numbers with the source at hand)."""
+    import linecache
+
+    found = []
+    for line in range(upto - 1, after, -1):
+        text = linecache.getline(source, line).strip()
+        if text.startswith("yield"):
+            break
+        if text and not text.startswith(_NOT_A_STEP):
+            found.append(text.split("  #")[0])
+    return "; ".join(reversed(found)) or f"line {upto}"
+
+
+def steps_phase(rounds: int) -> dict[str, Any]:
+    import inspect
+
+    from shmpool.coordinator import coordinator as coordinator_module
+
+    coordinator_module.IDLE_TICK = coordinator_module.DEAD_SWEEP_INTERVAL = 3600.0  # the reaper stays asleep
+    name = benchlib.instance_name("bench-idle")
+    cpu: dict[str, list[float]] = {}
+    source = inspect.getsourcefile(coordinator_module)
+    with Coordinator(name) as coord:
+        time.sleep(1.0)
+        inst, publisher, watch = coord._inst, coord._publisher, coord._name_watch
+        assert inst is not None and publisher is not None and watch is not None
+        clock = coordinator_module._ReapClock(0.0, 0.0)  # every clocked step due: each round runs them all
+        for _ in range(rounds):
+            time.sleep(coordinator_module.RECLAIM_INTERVAL)
+            clock.heal = clock.sweep = 0.0
+            t0 = time.thread_time()
+            watch.check()
+            cpu.setdefault("watch.check()", []).append(time.thread_time() - t0)
+            steps = coord._reap_round(inst, publisher, clock)
+            previous = steps.gi_code.co_firstlineno
+            while True:
+                t0 = time.thread_time()
+                try:
+                    next(steps)
+                except StopIteration:
+                    label = "publisher.registry.reap_dead() (the round's end)"
+                    done = True
+                else:
+                    frame = steps.gi_frame
+                    line = frame.f_lineno if frame is not None else 0
+                    label = _step_name(source or "", previous, line)
+                    previous = line
+                    done = False
+                cpu.setdefault(label, []).append(time.thread_time() - t0)
+                if done:
+                    break
+    per_step = {label: round(statistics.median(v) * 1e6, 1) for label, v in cpu.items()}
+    return {"rounds": rounds, "median_thread_cpu_us": per_step,
+            "round_total_us": round(sum(per_step.values()), 1)}
+
+
 def _until(predicate: Any, limit: float = 30.0) -> float:
     """Poll ``predicate`` every 0.2 ms; the monotonic time it first held (RuntimeError after ``limit``)."""
     deadline = time.monotonic() + limit
@@ -163,7 +229,8 @@ def latency_phase(repeats: int, settle: float, job_timeout: float) -> dict[str, 
 
 def main() -> None:
     parser = benchlib.argument_parser(__doc__.splitlines()[0])
-    parser.add_argument("--phases", default="idle,latency")
+    parser.add_argument("--phases", default="idle,steps,latency")
+    parser.add_argument("--rounds", type=int, default=50, help="rounds timed step by step")
     parser.add_argument("--seconds", type=float, default=10.0, help="idle window per coordinator")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--settle", type=float, default=1.5, help="idle seconds before each latency sample")
@@ -176,6 +243,8 @@ def main() -> None:
     try:
         if "idle" in phases:
             out["idle"] = [idle_phase(0, args.seconds), idle_phase(None, args.seconds)]
+        if "steps" in phases:
+            out["steps"] = steps_phase(args.rounds)
         if "latency" in phases:
             out["latency"] = latency_phase(args.repeats, args.settle, args.job_timeout)
     finally:
