@@ -5,7 +5,8 @@ Phases (``--phases``, all by default):
 * ``idle``: ``Coordinator(workers=0)`` and ``Coordinator()`` (the default worker count) started
   in this process and left alone for ``--seconds``. Reported per wall second: the CPU of this
   process (every thread: the reaper is the only one awake, the main thread sleeps), the
-  reaper thread's context switches (each one a wake-up: its rounds), and the CPU and context
+  reaper thread's context switches (each one a wake-up) and rounds (``reaper_rounds``; null for
+  a tree that does not count them), and the CPU and context
   switches of every worker process, all from /proc.
 * ``steps``: where a round's time goes. With the default workers and the reaper held asleep,
   ``--rounds`` rounds are run by hand, each after a 20 ms sleep as the reaper's short round had
@@ -87,17 +88,20 @@ def idle_phase(workers: int | None, seconds: float) -> dict[str, Any]:
         gc.collect()
         wall0, cpu0 = time.monotonic(), time.process_time()
         reaper0 = _switches(f"/proc/self/task/{tid}/status")
+        rounds0 = getattr(coord, "reaper_rounds", None)  # None on main before idlecoord
         workers0 = {pid: (_process_cpu(pid), _process_switches(pid)) for pid in pids}
         time.sleep(seconds)
         wall = time.monotonic() - wall0
         cpu = time.process_time() - cpu0
         reaper = _switches(f"/proc/self/task/{tid}/status") - reaper0
+        rounds = None if rounds0 is None else coord.reaper_rounds - rounds0
         worker_cpu = sum(_process_cpu(pid) - c for pid, (c, _) in workers0.items())
         worker_switches = sum(_process_switches(pid) - s for pid, (_, s) in workers0.items())
         worker_count = coord.worker_count if coord._pool is not None else 0
     return {"workers": worker_count, "seconds": round(wall, 3),
             "coordinator_cpu_ms_per_s": round(cpu / wall * 1e3, 3),
             "reaper_wakeups_per_s": round(reaper / wall, 2),
+            "reaper_rounds_per_s": None if rounds is None else round(rounds / wall, 2),
             "workers_cpu_ms_per_s": round(worker_cpu / wall * 1e3, 3),
             "workers_wakeups_per_s": round(worker_switches / wall, 2)}
 

@@ -5,8 +5,8 @@ idle coordinator). Now it sleeps up to IDLE_TICK when nothing can need it sooner
 used to be found by those rounds posts its wake semaphore instead: a publication, a worker's
 exit (pidfd), a worker taking a job off an idle board (JW.REAPER_ASLEEP).
 
-Wake-ups are counted as the reaper thread's voluntary context switches (one per sleep), never
-timed. The promptness tests make the idle sleep an hour long (IDLE_TICK and the 1 s sweep
+Wake-ups are counted as the reaper's rounds (``Coordinator.reaper_rounds``), never timed: a
+short round follows a 20 ms sleep, so more rounds than elapsed / 20 ms means something woke it. The promptness tests make the idle sleep an hour long (IDLE_TICK and the 1 s sweep
 monkeypatched), so that only the event can have brought the reaper round in time; their
 30 s deadlines only catch a hang.
 """
@@ -36,21 +36,11 @@ WINDOW = 3.0     # seconds of idleness whose wake-ups are counted
 HOUR = 3600.0
 
 
-def _reaper(coord: Coordinator) -> threading.Thread:
-    return next(t for t in threading.enumerate() if t.name == f"shmpool-{coord.name}-reaper")
-
-
-def _voluntary_switches(thread: threading.Thread) -> int:
-    with open(f"/proc/self/task/{thread.native_id}/status", encoding="ascii") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches"))
-
-
 def _wakeups_while_idle(coord: Coordinator) -> int:
-    reaper = _reaper(coord)
-    time.sleep(0.5)  # past the short rounds that follow start-up's publications
-    before = _voluntary_switches(reaper)
+    time.sleep(0.7)  # past the short rounds that follow start-up's publications and the workers' start
+    before = coord.reaper_rounds
     time.sleep(WINDOW)
-    return _voluntary_switches(reaper) - before
+    return coord.reaper_rounds - before
 
 
 def _asleep(coord: Coordinator) -> bool:
@@ -71,7 +61,23 @@ def test_an_idle_coordinator_wakes_about_once_a_second_not_fifty_times(instance_
         wakeups = _wakeups_while_idle(coord)
     # One round a second (IDLE_TICK) is ~3 in the window; 20 ms rounds were ~150. The bound
     # leaves room for a loaded machine, not for short rounds.
-    assert wakeups <= 3 * WINDOW, f"{wakeups} reaper wake-ups in {WINDOW} s of idleness"
+    assert wakeups <= 2 * WINDOW, f"{wakeups} reaper rounds in {WINDOW} s of idleness"
+
+
+def test_jobs_one_at_a_time_keep_the_reaper_on_its_short_rounds_and_wake_it_no_more(instance_name):
+    """The board is idle between two jobs of one caller; without BOARD_QUIET the reaper slept
+    after nearly every job and the next job's worker woke it (~108 rounds a second here)."""
+    with Coordinator(instance_name, workers=1) as coord, shmpool.connect(instance_name) as client:
+        time.sleep(1.5)  # asleep: the first job wakes it, once
+        rounds, t0 = coord.reaper_rounds, time.monotonic()
+        while time.monotonic() - t0 < 2.0:
+            assert client.submit(pow, 2, 3).result(HANG) == 8
+            time.sleep(0.005)
+        elapsed = time.monotonic() - t0
+        rounds = coord.reaper_rounds - rounds
+    # Short rounds sleep 20 ms each unless woken: more than elapsed / 20 ms (plus the first job's
+    # wake-up and a spare) means workers kept waking it.
+    assert rounds <= elapsed / coordinator_module.RECLAIM_INTERVAL + 2, f"{rounds} rounds in {elapsed:.2f} s"
 
 
 def test_a_publication_wakes_an_idle_reaper_and_its_superseded_generation_is_freed(instance_name,

@@ -54,6 +54,7 @@ _ST, _SEQ, _CPID, _CSTART, _REQ, _RESP, _STATUS, _SPOOL, _DEADLINE = (
                      SC.SPILL_POOL, SC.DEADLINE_NS))
 _RUNNING, _ORPHANED = int(SlotState.RUNNING), int(SlotState.ORPHANED)
 _W_STATE = int(JW.STATE)
+_ASLEEP, _FREE_TOP, _Q_TAIL = int(JW.REAPER_ASLEEP), int(JW.FREE_TOP), int(JW.Q_TAIL)
 _ACCEPTING = int(BoardState.ACCEPTING)
 _STOPPING_REASON = "the coordinator is stopping; no new jobs are accepted"
 _TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
@@ -374,22 +375,27 @@ class JobBoard(BoardRepair, BoardStatistics):
         of FREE_TOP here; a submit's pop of FREE_TOP, the worker's take, a fence, then its load
         of the flag there. Either this sees the slot taken, or that worker sees the flag."""
         words = self._words
-        words.store(int(JW.REAPER_ASLEEP), 1)
+        words.store(_ASLEEP, 1)
         fence()
-        if words.load(int(JW.FREE_TOP)) == self.slot_count:
+        if words.load(_FREE_TOP) == self.slot_count:
             return True
-        words.store(int(JW.REAPER_ASLEEP), 0)
+        words.store(_ASLEEP, 0)
         return False
+
+    def enqueued(self) -> int:
+        """JW.Q_TAIL: requests ever queued (submits and requeues); the reaper compares it round to
+        round to tell a board that was just used from one quiet for a while."""
+        return int(self._words.load(_Q_TAIL))
 
     def reaper_awake(self) -> None:
         """Coordinator, when its reaper wakes: workers need not post it any more."""
-        self._words.store(int(JW.REAPER_ASLEEP), 0)
+        self._words.store(_ASLEEP, 0)
 
     def reaper_asleep(self) -> bool:
         """Worker, after taking a job: whether the coordinator's reaper sleeps past its short
         round and must be woken to supervise this job (its deadline, its worker's death)."""
         fence()  # orders the take's stores before this load (reaper_may_sleep says why)
-        return self._words.load(int(JW.REAPER_ASLEEP)) != 0
+        return self._words.load(_ASLEEP) != 0
 
     def set_deadline(self, slot: int, deadline_ns: int) -> None:
         """Worker: the CLOCK_MONOTONIC ns past which the job it runs in ``slot`` is killed.
