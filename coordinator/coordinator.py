@@ -525,7 +525,8 @@ class Coordinator:
         last round re-sent generation wake-ups (a waiter may have missed its post); the board
         holds a job (its deadline and its client's death are polled), or queued one less than
         BOARD_QUIET ago (the next job would only wake us again); a worker's exit cannot be
-        heard (no pidfd) or a dead one is still unhandled; cold-dimension compression runs
+        heard (no pidfd) or a dead one is still unhandled; a reader still asks for an evicted
+        dimension (a reload that failed is retried every round); cold-dimension compression runs
         (sampling periods are what it counts, so they stay ``sample_interval`` apart).
 
         Otherwise the sleep ends at the next step due by the clock: the 1 s steps (dead owners'
@@ -550,6 +551,9 @@ class Coordinator:
         if publisher.superseded or clock.resent or now - publisher.published_at < PUBLISH_SETTLE:
             return RECLAIM_INTERVAL
         if pool is not None and (not pool.exits_are_events or pool.behind):
+            return RECLAIM_INTERVAL
+        capacity = self._capacity
+        if capacity is not None and capacity.reload_pending():
             return RECLAIM_INTERVAL
         if board is not None:
             enqueued = board.enqueued()
