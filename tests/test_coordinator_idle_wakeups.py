@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+import _executor_jobs as jobs
 import shmpool
 from _introspect import job_board, superseded_generations, worker_deaths
 from _waiting import wait_for
@@ -128,6 +129,24 @@ def test_a_job_taken_off_an_idle_board_wakes_the_reaper_for_its_deadline(instanc
         # Idle again: back to sleep, and the replaced worker serves.
         wait_for(lambda: _asleep(coord), HANG, "the reaper asleep again")
         assert client.submit(pow, 3, 3).result(HANG) == 27
+
+
+def test_a_delayed_restart_is_made_when_due_by_a_reaper_that_sleeps_otherwise(instance_name, tmp_path,
+                                                                              hour_long_idle_sleeps):
+    """A crash loop's pause (0.5 s, doubling) ends at a time the reaper sleeps until: no event
+    announces it, so without that due time an hour-long sleep would keep the worker down."""
+    ok = tmp_path / "db-is-up"
+    ok.write_text("")
+    with Coordinator(instance_name, workers=1, job_modules=["_executor_jobs"],
+                     worker_init=jobs.init_fails, worker_init_args=("db down", str(ok))) as coord:
+        victim = coord.stats()["workers"]["pids"][0]
+        ok.unlink()
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: any(d["restart_in"] > 0 for d in worker_deaths(coord)), HANG, "a restart delayed")
+        ok.write_text("")
+        wait_for(lambda: len(coord.stats()["workers"]["pids"]) == 1, HANG, "the delayed restart made")
+        with shmpool.connect(instance_name) as client:
+            assert client.submit(pow, 3, 2).result(HANG) == 9
 
 
 def test_without_pidfds_the_reaper_keeps_polling_its_workers(instance_name, hour_long_idle_sleeps, monkeypatch):
