@@ -54,6 +54,7 @@ from .name_lock import NameLock, remove_instance_files
 from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
+from .reaper_sleep import RECLAIM_INTERVAL, ReapClock, sleep_after_round
 from .region_store import RegionStore, StoredRegion
 from .verified import VerifiedFiles
 
@@ -89,28 +90,10 @@ def default_pools(memory_limit: int) -> tuple[PoolSpec, ...]:
     return (*smaller, PoolSpec(largest.block_size, blocks))
 
 
-RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often (the reaper's short round)
-IDLE_TICK = 1.0   # the longest sleep of a reaper with nothing to do (_Reaper sleep, below, says when)
-PUBLISH_SETTLE = 0.1  # seconds of short rounds after a publication: generation wake-ups it lost are re-sent
-# Seconds without a request queued before the reaper may sleep long. Without it, jobs one at a time
-# (the board idle between them) put the reaper to sleep after nearly every job and had the next
-# job's worker wake it: 148 rounds a second at 24,000 jobs/s, three times the short rounds' 50.
-BOARD_QUIET = 0.5
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
 REAPER_JOIN = 5.0    # seconds stop() waits for the reaper to leave its round before leaving it the unmapping
-
-
-@dataclasses.dataclass
-class _ReapClock:
-    """When the reaper last ran its two slower steps (time.monotonic()), and what its last
-    round found still to do soon (generation wake-ups re-sent: their waiters may miss more)."""
-    heal: float
-    sweep: float
-    resent: int = 0
-    enqueued: int = 0           # the board's JW.Q_TAIL when last seen to move
-    board_used_at: float = 0.0  # and when that was
 
 
 class Coordinator:
@@ -472,7 +455,7 @@ class Coordinator:
     def _reap_loop(self) -> None:
         """The reaper thread: a round every RECLAIM_INTERVAL while anything may need one soon,
         else one when woken or when a clocked step is due, at most IDLE_TICK apart
-        (_sleep_after_round says which is which; an idle coordinator then costs ~1 round a second).
+        (coordinator/reaper_sleep.py says which is which; an idle coordinator costs ~1 round a second).
 
         It keeps its own references to what it works on, and looks at the stop flag between
         every two steps of a round: a step can wait for as long as another process holds a
@@ -481,7 +464,7 @@ class Coordinator:
         when it leaves (_reaper_exits): nothing is torn down under a step still running."""
         inst, publisher = self._inst, self._publisher
         assert inst is not None and publisher is not None  # started by start(), after both
-        clock = _ReapClock(time.monotonic(), time.monotonic())
+        clock = ReapClock(time.monotonic(), time.monotonic())
         watch = self._name_watch
         assert watch is not None  # made by start() before this thread
         sleep = RECLAIM_INTERVAL
@@ -510,72 +493,15 @@ class Coordinator:
                         if self._stop_event.is_set():
                             break
                     else:
-                        sleep = self._sleep_after_round(publisher, clock)
+                        sleep = sleep_after_round(clock, clock.sweep + DEAD_SWEEP_INTERVAL, publisher=publisher,
+                                                  pool=self._pool, board=self._board, capacity=self._capacity,
+                                                  policy=self.capacity_policy)
                 except Exception:  # the reaper must outlive any one bad round
                     logger.exception("reclaim round of coordinator {!r} failed", self.name)
         finally:
             self._reaper_exits()
 
-    def _sleep_after_round(self, publisher: Publisher, clock: "_ReapClock") -> float:
-        """How long the reaper may sleep before its next round: RECLAIM_INTERVAL, or longer
-        (up to IDLE_TICK) when nothing can need it sooner without waking it.
-
-        Short rounds while: a superseded generation waits to be freed (its last pin may go at
-        any moment and nobody tells us); a publication is less than PUBLISH_SETTLE old, or the
-        last round re-sent generation wake-ups (a waiter may have missed its post); the board
-        holds a job (its deadline and its client's death are polled), or queued one less than
-        BOARD_QUIET ago (the next job would only wake us again); a worker's exit cannot be
-        heard (no pidfd) or a dead one is still unhandled; a reader still asks for an evicted
-        dimension (a reload that failed is retried every round); cold-dimension compression runs
-        (sampling periods are what it counts, so they stay ``sample_interval`` apart).
-
-        Otherwise the sleep ends at the next step due by the clock: the 1 s steps (dead owners'
-        allocations and reader rows, every name compared) or a delayed worker restart. Events
-        end it early, each posting the wake semaphore: a reader asking for an evicted dimension,
-        a publication (Publisher._bump_epoch), a worker exiting (worker_exits.py) or taking a
-        job off an idle board (JobBoard.reaper_may_sleep / reaper_asleep), stop(). What only a
-        poll can see waits for the next round, at most IDLE_TICK: names removed from /dev/shm
-        (checked first in every round, so also before handling a worker death), dead clients'
-        channels of an idle board, TOUCHED marks (sampled before any eviction uses them)."""
-        # First: a publication from another thread after this line posts us (the GIL orders the
-        # flag's store before the reads below, and the publisher's reads after its stores).
-        publisher.wake_reaper = True
-        sleep = self._idle_sleep(publisher, clock)
-        if sleep <= RECLAIM_INTERVAL:
-            publisher.wake_reaper = False
-        return sleep
-
-    def _idle_sleep(self, publisher: Publisher, clock: "_ReapClock") -> float:
-        now = time.monotonic()
-        pool, board = self._pool, self._board
-        if publisher.superseded or clock.resent or now - publisher.published_at < PUBLISH_SETTLE:
-            return RECLAIM_INTERVAL
-        if pool is not None and (not pool.exits_are_events or pool.behind):
-            return RECLAIM_INTERVAL
-        capacity = self._capacity
-        if capacity is not None and capacity.reload_pending():
-            return RECLAIM_INTERVAL
-        if board is not None:
-            enqueued = board.enqueued()
-            if enqueued != clock.enqueued:
-                clock.enqueued, clock.board_used_at = enqueued, now
-            if now - clock.board_used_at < BOARD_QUIET:
-                return RECLAIM_INTERVAL
-        longest = IDLE_TICK
-        if self.capacity_policy.compress_cold:
-            longest = min(longest, self.capacity_policy.sample_interval)
-        due = [clock.sweep + DEAD_SWEEP_INTERVAL]
-        restart = pool.next_restart() if pool is not None else None
-        if restart is not None:
-            due.append(restart)
-        sleep = min(longest, max(RECLAIM_INTERVAL, min(due) - now))
-        if sleep <= RECLAIM_INTERVAL:
-            return RECLAIM_INTERVAL
-        if board is not None and not board.reaper_may_sleep():  # last: it raises the workers' flag
-            return RECLAIM_INTERVAL
-        return sleep
-
-    def _reap_round(self, inst: SharedInstance, publisher: Publisher, clock: "_ReapClock") -> Iterator[None]:
+    def _reap_round(self, inst: SharedInstance, publisher: Publisher, clock: ReapClock) -> Iterator[None]:
         """One reaper round, one step per ``yield`` (the loop stops between two steps)."""
         pool, board, reader, capacity = self._pool, self._board, self._reader, self._capacity
         if pool is not None and board is not None:

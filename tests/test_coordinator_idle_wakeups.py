@@ -28,6 +28,7 @@ from _introspect import job_board, superseded_generations, worker_deaths
 from _waiting import wait_for
 from shmpool.coordinator import Coordinator
 from shmpool.coordinator import coordinator as coordinator_module
+from shmpool.coordinator import reaper_sleep
 from shmpool.coordinator.worker_exits import ExitWatch
 from shmpool.errors import JobTimeout
 from shmpool.jobs.jobs_layout import JW
@@ -52,7 +53,7 @@ def _asleep(coord: Coordinator) -> bool:
 @pytest.fixture
 def hour_long_idle_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
     """An idle reaper that sleeps an hour: only a wake-up can bring its next round."""
-    monkeypatch.setattr(coordinator_module, "IDLE_TICK", HOUR)
+    monkeypatch.setattr(reaper_sleep, "IDLE_TICK", HOUR)
     monkeypatch.setattr(coordinator_module, "DEAD_SWEEP_INTERVAL", HOUR)
 
 
@@ -78,7 +79,7 @@ def test_jobs_one_at_a_time_keep_the_reaper_on_its_short_rounds_and_wake_it_no_m
         rounds = coord.reaper_rounds - rounds
     # Short rounds sleep 20 ms each unless woken: more than elapsed / 20 ms (plus the first job's
     # wake-up and a spare) means workers kept waking it.
-    assert rounds <= elapsed / coordinator_module.RECLAIM_INTERVAL + 2, f"{rounds} rounds in {elapsed:.2f} s"
+    assert rounds <= elapsed / reaper_sleep.RECLAIM_INTERVAL + 2, f"{rounds} rounds in {elapsed:.2f} s"
 
 
 def test_a_publication_wakes_an_idle_reaper_and_its_superseded_generation_is_freed(instance_name,
