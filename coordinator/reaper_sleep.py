@@ -18,7 +18,7 @@ would tell it:
 Otherwise the sleep ends at the next clocked step (the 1 s sweeps, a delayed worker restart),
 at most IDLE_TICK, or when an event posts the wake semaphore: a publication
 (Publisher._bump_epoch, once ``wake_reaper`` is set), a worker's exit (worker_exits.py), a worker
-taking a job off an idle board (JobBoard.reaper_may_sleep / reaper_asleep), a reader asking for
+taking a job off an idle board (JobBoard.reaper_may_sleep / claim_reaper_wake), a reader asking for
 an evicted dimension, stop(). What only a poll can see waits for the next round, at most
 IDLE_TICK: names removed from /dev/shm (checked first in every round, so also before a worker
 death is handled), a client that died with no job on the board, TOUCHED marks (sampled at the

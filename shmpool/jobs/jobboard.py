@@ -371,7 +371,7 @@ class JobBoard(BoardRepair, BoardStatistics):
         supervise until a job is taken, and its worker will post the wake semaphore); else lower
         it again and return False.
 
-        Dekker's pattern with :meth:`reaper_asleep`: the flag's store, a fence, then the load
+        Dekker's pattern with :meth:`claim_reaper_wake`: the flag's store, a fence, then the load
         of FREE_TOP here; a submit's pop of FREE_TOP, the worker's take, a fence, then its load
         of the flag there. Either this sees the slot taken, or that worker sees the flag."""
         words = self._words
@@ -391,11 +391,15 @@ class JobBoard(BoardRepair, BoardStatistics):
         """Coordinator, when its reaper wakes: workers need not post it any more."""
         self._words.store(_ASLEEP, 0)
 
-    def reaper_asleep(self) -> bool:
-        """Worker, after taking a job: whether the coordinator's reaper sleeps past its short
-        round and must be woken to supervise this job (its deadline, its worker's death)."""
+    def claim_reaper_wake(self) -> bool:
+        """Worker, after taking a job: True if the coordinator's reaper sleeps past its short
+        round and this worker is the one to post it (to supervise this job: its deadline, its
+        worker's death). The flag goes back to 0 here, so a sleep gets one post from workers
+        however many jobs are taken before the reaper runs: a reaper descheduled on a loaded
+        machine is not handed a backlog of rounds."""
+        words = self._words
         fence()  # orders the take's stores before this load (reaper_may_sleep says why)
-        return self._words.load(_ASLEEP) != 0
+        return words.load(_ASLEEP) != 0 and words.cas(_ASLEEP, 1, 0)
 
     def set_deadline(self, slot: int, deadline_ns: int) -> None:
         """Worker: the CLOCK_MONOTONIC ns past which the job it runs in ``slot`` is killed.

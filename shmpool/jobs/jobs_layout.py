@@ -70,7 +70,8 @@ class JobWord(IntEnum):
                            # slot free: nothing to supervise); a worker that takes a job then posts
                            # its wake semaphore. Store 1 + fence by the reaper before its last look
                            # at FREE_TOP, store 0 when it wakes; a worker fences between its take
-                           # and its load of this word (coordinator/coordinator.py, _sleep_for).
+                           # and its load of this word, and CASes 1 -> 0 before it posts (one
+                           # post per sleep; JobBoard.reaper_may_sleep, claim_reaper_wake).
                            # Was the CANCELLED total; zero (never asleep) is a correct default
     WORKERS_STARTED = 17
     WORKER_DEATHS = 18
