@@ -227,6 +227,14 @@ class CapacityManager:
 
     # ----------------------------------------------------------------- reload
 
+    def reload_pending(self) -> bool:
+        """Whether a reader still asks for an evicted dimension (a reload that failed is retried
+        every reaper round: the coordinator keeps its short rounds while this holds)."""
+        if not self._publisher.evicted:
+            return False
+        touched = self._inst.control.directory[:, D.TOUCHED]
+        return any(int(touched[ev.entry]) == TOUCHED_RELOAD for ev in list(self._publisher.evicted.values()))
+
     def _serve_reload_requests(self) -> None:
         if not self._publisher.evicted:
             return

@@ -54,6 +54,7 @@ from .name_lock import NameLock, remove_instance_files
 from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
 from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
+from .reaper_sleep import RECLAIM_INTERVAL, ReapClock, sleep_after_round
 from .region_store import RegionStore, StoredRegion
 from .verified import VerifiedFiles
 
@@ -89,18 +90,10 @@ def default_pools(memory_limit: int) -> tuple[PoolSpec, ...]:
     return (*smaller, PoolSpec(largest.block_size, blocks))
 
 
-RECLAIM_INTERVAL = 0.02   # superseded regions are checked this often
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
 REAPER_JOIN = 5.0    # seconds stop() waits for the reaper to leave its round before leaving it the unmapping
-
-
-@dataclasses.dataclass
-class _ReapClock:
-    """When the reaper last ran its two slower steps (time.monotonic())."""
-    heal: float
-    sweep: float
 
 
 class Coordinator:
@@ -185,6 +178,7 @@ class Coordinator:
         self._reaper_gone = True          # no reaper thread runs (set False when one starts)
         self._leftovers: list[Callable[[], None]] = []  # closes left to the reaper by stop()
         self._reaper: threading.Thread | None = None
+        self.reaper_rounds = 0  # rounds the reaper began (bench_idle and the tests count them)
         # Set when this instance's names vanished from /dev/shm under it (coordinator/name_watch.py);
         # the coordinator then stops itself, once (the lock keeps that stop and the owner's apart).
         self.names_lost: LostNames | None = None
@@ -253,7 +247,7 @@ class Coordinator:
                 self._pool = WorkerPool(self.name, self._board, self.worker_count,
                                         env={POLICY_ENV: self.job_policy.to_json(),
                                              SPIN_ENV: str(self.worker_spin * 1e6)},
-                                        config=self.worker_config)
+                                        config=self.worker_config, on_exit=self._inst.wake_coordinator)
                 self._pool.start()
             self._name_watch = NameWatch(self.name)  # everything is created: these names are ours
             self._reaper = threading.Thread(target=self._reap_loop, name=f"shmpool-{self.name}-reaper",
@@ -459,7 +453,9 @@ class Coordinator:
             free_arguments(inst, arguments)
 
     def _reap_loop(self) -> None:
-        """The reaper thread: a round every RECLAIM_INTERVAL, or when a reader wakes it.
+        """The reaper thread: a round every RECLAIM_INTERVAL while anything may need one soon,
+        else one when woken or when a clocked step is due, at most IDLE_TICK apart
+        (coordinator/reaper_sleep.py says which is which; an idle coordinator costs ~1 round a second).
 
         It keeps its own references to what it works on, and looks at the stop flag between
         every two steps of a round: a step can wait for as long as another process holds a
@@ -468,13 +464,19 @@ class Coordinator:
         when it leaves (_reaper_exits): nothing is torn down under a step still running."""
         inst, publisher = self._inst, self._publisher
         assert inst is not None and publisher is not None  # started by start(), after both
-        clock = _ReapClock(time.monotonic(), time.monotonic())
+        clock = ReapClock(time.monotonic(), time.monotonic())
         watch = self._name_watch
         assert watch is not None  # made by start() before this thread
+        sleep = RECLAIM_INTERVAL
         try:
             while not self._stop_event.is_set():
-                # Woken early by readers that need an evicted dimension back (and by stop()).
-                inst.wait_for_wake(RECLAIM_INTERVAL)
+                # Woken early by readers that need an evicted dimension back, by publications,
+                # by a worker exiting or taking the first job of an idle board, and by stop().
+                inst.wait_for_wake(sleep)
+                publisher.wake_reaper = False
+                board = self._board
+                if board is not None and sleep > RECLAIM_INTERVAL:
+                    board.reaper_awake()
                 if self._stop_event.is_set():
                     break
                 # Before supervising: a worker restarted after the names went could never attach.
@@ -484,16 +486,22 @@ class Coordinator:
                     logger.error(lost_names_error(lost))
                     _in_background(self.stop).add_done_callback(self._log_stop_failure)  # stop() joins this thread
                     break
+                sleep = RECLAIM_INTERVAL
+                self.reaper_rounds += 1
                 try:
                     for _ in self._reap_round(inst, publisher, clock):
                         if self._stop_event.is_set():
                             break
+                    else:
+                        sleep = sleep_after_round(clock, clock.sweep + DEAD_SWEEP_INTERVAL, publisher=publisher,
+                                                  pool=self._pool, board=self._board, capacity=self._capacity,
+                                                  policy=self.capacity_policy)
                 except Exception:  # the reaper must outlive any one bad round
                     logger.exception("reclaim round of coordinator {!r} failed", self.name)
         finally:
             self._reaper_exits()
 
-    def _reap_round(self, inst: SharedInstance, publisher: Publisher, clock: "_ReapClock") -> Iterator[None]:
+    def _reap_round(self, inst: SharedInstance, publisher: Publisher, clock: ReapClock) -> Iterator[None]:
         """One reaper round, one step per ``yield`` (the loop stops between two steps)."""
         pool, board, reader, capacity = self._pool, self._board, self._reader, self._capacity
         if pool is not None and board is not None:
@@ -517,7 +525,7 @@ class Coordinator:
         if capacity is not None:
             capacity.tick()
             yield
-        publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
+        clock.resent = publisher.wakeups.resend()  # a wake-up lost to store reordering: late, not lost
         yield
         publisher.reclaim()
         if time.monotonic() - clock.sweep >= DEAD_SWEEP_INTERVAL:
@@ -758,7 +766,7 @@ class Coordinator:
         return self._pool is not None and self._pool.kill(pid, why)
 
     def reclaim(self) -> int:
-        """Free unpinned superseded generations now (the reaper does this every 20 ms)."""
+        """Free unpinned superseded generations now (the reaper does this every 20 ms while any wait)."""
         return self._require()[1].reclaim()
 
     # ----------------------------------------------------------------- monitoring

@@ -9,10 +9,11 @@ lock so that nothing else can take the name.
 
 So the coordinator's reaper asks :meth:`NameWatch.check` every round. Two checks, both cheap:
 
-- every round (20 ms), ``fstat`` of a descriptor kept open on the control segment: ``st_nlink``
-  drops to 0 the moment its name is unlinked (2.2 µs a call, measured). RemoveIPC takes every
-  name at once, so this alone sees it within a round (20 ms measured), before a dead worker
-  could be restarted into the void.
+- every round (20 ms while the reaper has work, at most 1 s apart when idle), ``fstat`` of a
+  descriptor kept open on the control segment: ``st_nlink`` drops to 0 the moment its name is
+  unlinked (2.2 µs a call, measured). RemoveIPC takes every name at once, so this alone sees it
+  within a round (20 ms measured on a busy reaper), and always before a dead worker could be
+  restarted into the void: a worker's exit wakes the reaper into a round that checks this first.
 - every ``FULL_CHECK_INTERVAL``, ``lstat`` of every other name the instance had when it started
   (6 today: 5 segments and the wake semaphore, 8 µs; 266 when the board still had a semaphore per
   client channel, about 1 ms), compared by device and inode with what was created: a single semaphore removed by hand, or a name

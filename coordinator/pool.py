@@ -37,6 +37,7 @@ from shmpool.jobs.jobboard import JobBoard
 from ..workers.config import CONFIG_ENV, WorkerConfig
 from ..workers.watchdog import EXIT_COORDINATOR_GONE
 from ..workers.worker import EXIT_INIT_FAILED, init_error_path
+from .worker_exits import ExitWatch
 
 __all__ = ["WorkerPool", "explain_exit"]
 
@@ -86,7 +87,7 @@ class WorkerPool:
     """Starts, watches and replaces ``count`` worker processes for instance ``name``."""
 
     def __init__(self, name: str, board: JobBoard, count: int, *, env: dict[str, str] | None = None,
-                 config: WorkerConfig | None = None) -> None:
+                 config: WorkerConfig | None = None, on_exit: Callable[[], None] | None = None) -> None:
         if count < 1:
             raise InvalidArgument(argument="count", value=count, reason="a worker pool needs at least one worker")
         self.name = name
@@ -101,10 +102,16 @@ class WorkerPool:
         self._timed_out: dict[int, str] = {}   # pid -> why we killed it
         self._planned: dict[int, str] = {}     # pid -> who killed it on purpose (kill())
         self._streak: dict[int, int] = {}      # index -> consecutive early deaths
+        # Calls on_exit (the coordinator: post its reaper's wake semaphore) the moment a worker
+        # exits, so that the reaper need not poll the workers to notice (worker_exits.py).
+        self._exits = ExitWatch(name, on_exit) if on_exit is not None else None
+        self.behind = False  # the last supervise() left a dead worker unhandled (retried next round)
 
     def _spawn(self, index: int) -> _Worker:
         proc = subprocess.Popen([sys.executable, "-m", "shmpool.workers.worker", self.name, str(index)],
                                 stdin=subprocess.DEVNULL, env={**os.environ, **self._env})
+        if self._exits is not None:
+            self._exits.watch(proc.pid)
         # The child exists from here on and is ours to reap, so its pid cannot be reused before
         # we read its start time: the board then tells its slots from a later namesake's.
         return _Worker(index, proc, time.time(), start_token(proc.pid))
@@ -147,6 +154,7 @@ class WorkerPool:
         if self._stopping:
             return 0
         self._enforce_deadlines()
+        self.behind = False
         died = 0
         now = time.monotonic()
         for i, w in enumerate(self.workers):
@@ -164,6 +172,7 @@ class WorkerPool:
                                                              start=w.start_token)
             except LockTimeout as exc:  # a stopped process holds the board: next round
                 logger.warning("worker {} (pid {}) died, but its jobs wait: {}", w.index, w.proc.pid, exc)
+                self.behind = True  # its exit woke the reaper once: the next round must come unasked
                 continue
             died += 1
             self.board.note_worker_death()
@@ -182,6 +191,15 @@ class WorkerPool:
             else:
                 self.workers[i] = self._spawn(w.index)
         return died
+
+    @property
+    def exits_are_events(self) -> bool:
+        """Whether every worker's exit wakes the reaper (pidfds), so that it need not poll them."""
+        return self._exits is not None and self._exits.reliable
+
+    def next_restart(self) -> float | None:
+        """time.monotonic() of the earliest delayed restart (a crash loop's pause), or None."""
+        return min((w.restart_at for w in self.workers if w.handled), default=None)
 
     def kill(self, pid: int, why: str) -> bool:
         """SIGKILL worker ``pid`` on purpose; ``why`` (who asked) is its death's meaning, logged at
@@ -242,6 +260,8 @@ class WorkerPool:
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM every worker, wait up to ``timeout``, SIGKILL whoever is left."""
         self._stopping = True
+        if self._exits is not None:
+            self._exits.close()  # these exits are ours: nobody needs waking for them
         for w in self.workers:
             if w.proc.poll() is None:
                 w.proc.terminate()

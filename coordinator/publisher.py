@@ -183,6 +183,11 @@ class Publisher:
         self._holds: Counter[tuple[int, int]] = Counter()  # (dimension, generation) edits start from
         self._lock = threading.Lock()
         self.wakeups = GenerationNotifier(inst)  # posts reader.wait_generation callers
+        self.published_at = 0.0  # time.monotonic() of the last publication (the reaper's short rounds)
+        # Set by the coordinator's reaper before it decides on a long sleep, cleared when it wakes:
+        # a publication then posts its wake semaphore, once (a burst of publications while the
+        # reaper runs short rounds, or before it starts, posts nothing: no backlog of wake-ups).
+        self.wake_reaper = False
 
     # ----------------------------------------------------------------- publishing
 
@@ -526,6 +531,12 @@ class Publisher:
         words = self._inst.control.words
         words[W.PIN_EPOCH] = int(words[W.PIN_EPOCH]) + 1
         self.wakeups.notify()  # every publication bumps the epoch: wake generation waiters here
+        # And the reaper, which may sleep for a second when idle: what this supersedes is to be
+        # reclaimed on its 20 ms rounds, and a generation wake-up lost here is re-sent by them.
+        self.published_at = time.monotonic()
+        if self.wake_reaper:
+            self.wake_reaper = False
+            self._inst.wake_coordinator()
 
     # ----------------------------------------------------------------- edits
 

@@ -127,6 +127,10 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
             # in the same lock round. A request taken is always run, even when stop is set
             # meanwhile: it is RUNNING in our name, and nobody else would.
             taken = core.take(serving.pid, serving.start) if not stop.is_set() else None
+            if taken is not None and board.claim_reaper_wake():
+                # The board was idle and the coordinator's reaper sleeps for up to a second: this
+                # job's deadline and this worker's death need it on its 20 ms rounds again.
+                inst.wake_coordinator()
             while taken is not None:
                 taken = serving.run(*taken, take_next=not stop.is_set())
                 served += 1

@@ -11,7 +11,8 @@ The protocol, between the row's RD.WAITING word and W.PIN_EPOCH (bumped by every
     reader:       RD.WAITING = PIN_EPOCH + 1 (armed), then every waiter re-checks its
                   GENERATION word, then sem_wait (in slices of SLICE seconds)
     coordinator:  GENERATION stores, PIN_EPOCH + 1, then post every row whose WAITING != 0;
-                  each reaper round (20 ms) posts again every row whose WAITING - 1 < PIN_EPOCH
+                  each reaper round (20 ms apart for at least 0.1 s after a publication, and
+                  while it finds any) posts again every row whose WAITING - 1 < PIN_EPOCH
 
 The arm-then-check on one side and store-then-read on the other is Dekker's pattern, which
 store-to-load reordering can defeat for a few nanoseconds: both sides may miss each other. The

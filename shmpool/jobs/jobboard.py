@@ -32,6 +32,7 @@ import posix_ipc
 from ..substrate._log import logger
 
 from .._core import BoardCore, RobustMutex, SharedWords
+from .._core._sync import fence
 from ..errors import AttachError
 from ..substrate._proc import is_alive, my_identity
 from ..substrate.names import segment_name
@@ -53,6 +54,7 @@ _ST, _SEQ, _CPID, _CSTART, _REQ, _RESP, _STATUS, _SPOOL, _DEADLINE = (
                      SC.SPILL_POOL, SC.DEADLINE_NS))
 _RUNNING, _ORPHANED = int(SlotState.RUNNING), int(SlotState.ORPHANED)
 _W_STATE = int(JW.STATE)
+_ASLEEP, _FREE_TOP, _Q_TAIL = int(JW.REAPER_ASLEEP), int(JW.FREE_TOP), int(JW.Q_TAIL)
 _ACCEPTING = int(BoardState.ACCEPTING)
 _STOPPING_REASON = "the coordinator is stopping; no new jobs are accepted"
 _TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
@@ -361,6 +363,43 @@ class JobBoard(BoardRepair, BoardStatistics):
         """(pid, start token) of the client that submitted the slot's request."""
         slots, r = self.v.slots_mv, slot * _COLS
         return slots[r + _CPID], slots[r + _CSTART]
+
+    # ----------------------------------------------------------------- the reaper's long sleeps
+
+    def reaper_may_sleep(self) -> bool:
+        """Coordinator: raise JW.REAPER_ASLEEP, then True if every slot is free (nothing to
+        supervise until a job is taken, and its worker will post the wake semaphore); else lower
+        it again and return False.
+
+        Dekker's pattern with :meth:`claim_reaper_wake`: the flag's store, a fence, then the load
+        of FREE_TOP here; a submit's pop of FREE_TOP, the worker's take, a fence, then its load
+        of the flag there. Either this sees the slot taken, or that worker sees the flag."""
+        words = self._words
+        words.store(_ASLEEP, 1)
+        fence()
+        if words.load(_FREE_TOP) == self.slot_count:
+            return True
+        words.store(_ASLEEP, 0)
+        return False
+
+    def enqueued(self) -> int:
+        """JW.Q_TAIL: requests ever queued (submits and requeues); the reaper compares it round to
+        round to tell a board that was just used from one quiet for a while."""
+        return int(self._words.load(_Q_TAIL))
+
+    def reaper_awake(self) -> None:
+        """Coordinator, when its reaper wakes: workers need not post it any more."""
+        self._words.store(_ASLEEP, 0)
+
+    def claim_reaper_wake(self) -> bool:
+        """Worker, after taking a job: True if the coordinator's reaper sleeps past its short
+        round and this worker is the one to post it (to supervise this job: its deadline, its
+        worker's death). The flag goes back to 0 here, so a sleep gets one post from workers
+        however many jobs are taken before the reaper runs: a reaper descheduled on a loaded
+        machine is not handed a backlog of rounds."""
+        words = self._words
+        fence()  # orders the take's stores before this load (reaper_may_sleep says why)
+        return words.load(_ASLEEP) != 0 and words.cas(_ASLEEP, 1, 0)
 
     def set_deadline(self, slot: int, deadline_ns: int) -> None:
         """Worker: the CLOCK_MONOTONIC ns past which the job it runs in ``slot`` is killed.

@@ -66,7 +66,13 @@ class JobWord(IntEnum):
                            # timed out or not, so a waker that died leaves it set one slice at most
     # 16: a job total, now derived from the slots' END_* columns
     REQUEUED = 15          # taken back from dead workers
-    UNUSED_16 = 16
+    REAPER_ASLEEP = 16     # 1 while the coordinator's reaper sleeps past its 20 ms round (every
+                           # slot free: nothing to supervise); a worker that takes a job then posts
+                           # its wake semaphore. Store 1 + fence by the reaper before its last look
+                           # at FREE_TOP, store 0 when it wakes; a worker fences between its take
+                           # and its load of this word, and CASes 1 -> 0 before it posts (one
+                           # post per sleep; JobBoard.reaper_may_sleep, claim_reaper_wake).
+                           # Was the CANCELLED total; zero (never asleep) is a correct default
     WORKERS_STARTED = 17
     WORKER_DEATHS = 18
     LATENCY_COUNT = 19     # jobs finished by a worker (histogram total)
