@@ -1,6 +1,6 @@
 """Lookups by str key against lookups by int id, in a reader process; prints JSON.
 
-One dimension of 2,000 keyed and 2,000 int-id layers. Each figure is ns per lookup, the best of
+One dimension of 2,000 keyed and 2,000 int-id layers (and, for one row, a second of the 2,000 ids alone). Each figure is ns per lookup, the best of
 ``--rounds`` passes over the same list (a Python loop around the call, so it includes the loop):
 
 * ``id``: ``load_layer_context(1, i)`` of 286 ids, 20 times over (the hot path, for reference).
@@ -12,6 +12,11 @@ One dimension of 2,000 keyed and 2,000 int-id layers. Each figure is ns per look
 * ``absent_key``: absent keys (the probe misses; raising LayerNotFound is most of it).
 * ``absent_key_find``, ``absent_id_find``: absent keys and ids through ``Reader.find`` (None, no
   exception).
+* ``absent_id_in_run_find``: absent ids whose home slot lies inside the run of the present ids
+  (2**20 + i): a probe that walks on to an empty slot crosses the whole run. The index's
+  max_probe (layer index version 3) ends it where the farthest present key lies: here, where
+  keyed layers share the table, that is about as far (``dense_`` the same in a dimension of
+  ids 0..N-1 alone, whose table holds every id at its home slot: one probe).
 * ``absent_colliding_key``: keys whose id is a present key's but whose text is not (forced with a
   test-only hash, as tests/test_lookup_key_text.py does): the probe hits, the text compare refuses.
 
@@ -57,6 +62,10 @@ def main(argv=None) -> int:
         builder.add_layer(f"KEY{i:05d}", f"v{i}" * 8)
         builder.add_layer(i, f"id{i}" * 8)
     builder.write(folder / "keys.region")
+    dense = RegionBuilder(2, "ids")
+    for i in range(N):
+        dense.add_layer(i, f"id{i}" * 8)
+    dense.write(folder / "ids.region")
     name = benchlib.instance_name("bench-keys")
     out: dict[str, float] = {}
     with Coordinator(name, data_dir=folder, workers=0), shmpool.attach(name) as reader:
@@ -87,6 +96,10 @@ def main(argv=None) -> int:
 
             out["absent_key_find_ns"] = _per_call(find_miss, [k + "#absent" for k in hot] * 20, args.rounds)
             out["absent_id_find_ns"] = _per_call(find_miss, list(range(N, N + 286)) * 20, args.rounds)
+            in_run = [2**20 + i for i in range(0, N, 7)] * 2
+            out["absent_id_in_run_find_ns"] = _per_call(find_miss, in_run, args.rounds)
+            out["dense_absent_id_in_run_find_ns"] = _per_call(lambda _, lid: find_miss(2, lid), in_run,
+                                                              args.rounds)
         if hasattr(ids, "_blake2b_key_hash"):  # the key text compare: absent keys that collide
             real = ids._blake2b_key_hash
             ids._key_hash = lambda utf8: real(utf8.split(b"#", 1)[0])

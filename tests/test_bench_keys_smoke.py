@@ -20,5 +20,5 @@ def test_bench_keys_prints_every_row_and_cleans_up(tmp_path):
     rows = doc["ns_per_lookup"]
     assert set(rows) == {"id_ns", "hot_key_ns", "distinct_keys_ns", "snapshot_hot_key_ns",
                          "batch_hot_key_per_step_ns", "absent_key_ns", "absent_key_find_ns", "absent_id_find_ns",
-                         "absent_colliding_key_ns"}
+                         "absent_id_in_run_find_ns", "dense_absent_id_in_run_find_ns", "absent_colliding_key_ns"}
     assert all(value > 0 for value in rows.values())
