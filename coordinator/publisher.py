@@ -445,7 +445,7 @@ class Publisher:
         try:
             view = self._inst.handle_view(index)
             table, built = layer_index.write_index(view, dimension_id=dimension_id, generation=generation,
-                                                   name=name_bytes, rows=rows, table=table)
+                                                   name=name_bytes, rows=rows, table=table, slots=slots)
             slot_of = slot_of if built is None else built
             assert slot_of is not None  # given with the table it belongs to, or built with it
             nbytes = layer_index.index_nbytes(len(name_bytes), len(rows), len(table))

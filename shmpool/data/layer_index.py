@@ -214,13 +214,17 @@ def index_nbytes(name_length: int, layer_count: int, slots: int | None = None) -
 
 
 def write_index(view: memoryview, *, dimension_id: int, generation: int, name: bytes, rows: np.ndarray,
-                table: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                table: np.ndarray | None = None, slots: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Write the index (header, name, rows sorted by layer_id as given, table) at the start of
     ``view``; returns the table and each row's slot (None when ``table`` was given: a copy of an
     earlier generation's table with the changed rows' slots updated). Every byte of the index
-    is written (the view may hold garbage); its size is :func:`index_nbytes` with ``len(table)``."""
+    is written (the view may hold garbage); its size is :func:`index_nbytes` with ``len(table)``.
+    ``slots``: :func:`slots_for_ids` of the rows' ids, if the caller has it already."""
     n = len(rows)
-    slots = slots_for_ids(rows["layer_id"]) if table is None else len(table)
+    if table is not None:
+        slots = len(table)
+    elif slots is None:
+        slots = slots_for_ids(rows["layer_id"])
     rows_at = _align(HEADER_SIZE + len(name))
     table_at = rows_at + n * ROW_DTYPE.itemsize
     nbytes = table_at + slots * SLOT_WORDS * 8
