@@ -23,8 +23,8 @@ and the table (substrate) must not import the jobs layer. Their life, in the ord
 every crash harmless:
 
     client   allocate + copy   lent blocks, the client's: a submit that fails frees them at once
-                               (an asubmit retrying on a full board keeps its one copy for every
-                               retry and frees it when it gives up: client_link.Placed);
+                               (an asubmit waiting for a slot tries, and copies, only when one is
+                               free: a waiting request holds no memory);
                                a client that dies before its submit leaves them named by no slot,
                                and the coordinator's settling frees them
              submit            the slot names them, written with the request under the board lock

@@ -294,38 +294,46 @@ class Client(concurrent.futures.Executor):
         loop = asyncio.get_running_loop()
         job, flags = self._job_of(fn)
         request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
-        # Spilled arrays are copied into shared memory once, here, for the first try and every
-        # retry (each retry copied them again: a 64 MB argument every 20 ms of a full board).
-        placed = self._link.place(job, request, ASYNC_SUBMIT_WAIT)
-        try:
-            return asyncio.wrap_future(self._submit_request(job, placed, ASYNC_SUBMIT_WAIT), loop=loop)
-        except (FuturesTimeout, TimeoutError):
-            return loop.create_task(self._submit_later(job, placed, timeout))
-        except BaseException:
-            self._link.unplace(placed)
-            raise
+        # Tried now only if a slot is free: a try that finds none copies a spilled array into
+        # shared memory for nothing (and freed it again).
+        if self._slot_free():
+            try:
+                return asyncio.wrap_future(self._submit_request(job, request, ASYNC_SUBMIT_WAIT), loop=loop)
+            except (FuturesTimeout, TimeoutError):
+                pass
+        return loop.create_task(self._submit_later(job, request, timeout))
 
-    async def _submit_later(self, job: str, placed: Request, timeout: float | None) -> Any:
-        """Retry ``placed`` until a slot takes it; its arguments are freed here if none does
-        (timeout, cancelled, the client closed; or the coroutine dropped unrun: close() runs
-        the finally)."""
+    def _slot_free(self) -> bool:
+        """Whether the board has a free slot now (ClientClosed, as a submit says it, if not open).
+
+        A retrying asubmit posts only then. Each post of a request with a spilled array copies
+        the array into shared memory, and frees it again if no slot takes the request: retrying
+        blind on a full board copied a 64 MB argument every 20 ms. Keeping one copy across the
+        retries instead held the memory of every waiting asubmit (a burst of them filled the
+        memory limit), where a waiting request holds none."""
+        owner = self._owner
+        owner.begin_submit()  # the Link held: the board stays mapped while its word is read
+        try:
+            return owner.link.board.has_free_slot()
+        finally:
+            owner.end_submit(None)
+
+    async def _submit_later(self, job: str, request: Request, timeout: float | None) -> Any:
         import asyncio
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = ASYNC_SUBMIT_WAIT
-        future = None
-        try:
-            while future is None:
-                await asyncio.sleep(pause)
-                try:
-                    future = self._submit_request(job, placed, ASYNC_SUBMIT_WAIT)
-                except (FuturesTimeout, TimeoutError):
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
-                    pause = min(2 * pause, ASYNC_RETRY_MAX)
-        finally:
-            if future is None:
-                self._link.unplace(placed)
-        return await asyncio.wrap_future(future)
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                if not self._slot_free():
+                    raise FuturesTimeout()
+                future = self._submit_request(job, request, ASYNC_SUBMIT_WAIT)
+            except (FuturesTimeout, TimeoutError):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s") from None
+                pause = min(2 * pause, ASYNC_RETRY_MAX)
+                continue
+            return await asyncio.wrap_future(future)
 
     async def acall(self, fn: Callable[..., Any] | str, /, *args: Any, timeout: float | None = None,
                     job_timeout: float | None = None, **kwargs: Any) -> Any:

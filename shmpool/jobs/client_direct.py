@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, Callable
 
 from ..errors import AttachError, ClientClosed, RequestTooLarge
-from .client_link import Link, Outgoing, Placed, Request
+from .client_link import Link, Outgoing, Request
 
 __all__ = ["DirectChannel", "DirectPool", "DIRECT_CALLS_MAX", "SPENT_IDLE"]
 
@@ -54,7 +54,7 @@ class DirectChannel:
 
         ``abandoned()`` True (the client was closed) ends the wait with ClientClosed."""
         board, channel = link.board, self.channel
-        data = request.data if isinstance(request, (Outgoing, Placed)) else request
+        data = request.data if isinstance(request, Outgoing) else request
         if len(data) > board.payload:  # refused before the spent slot leaves our hands
             raise RequestTooLarge(nbytes=len(data), capacity=board.payload, job=job)
         deadline = None if timeout is None else time.monotonic() + timeout

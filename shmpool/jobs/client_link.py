@@ -40,7 +40,7 @@ from .jobboard import JobBoard
 from .jobs_layout import SC, SlotState, Status
 from .spill import SpillRef, free_spill, open_spill
 
-__all__ = ["Link", "Outcome", "Outgoing", "Placed", "Request", "QuietFuture", "settle"]
+__all__ = ["Link", "Outcome", "Outgoing", "Request", "QuietFuture", "settle"]
 
 ARGUMENT_ROOM_WAIT = 0.05  # seconds between tries to place spilled arguments while ours fill the limit
 
@@ -55,19 +55,9 @@ class Outgoing(NamedTuple):
     kwargs: Any
 
 
-class Placed(NamedTuple):
-    """An Outgoing whose arrays are in shared memory already (:meth:`Link.place`), for a submit
-    retried until a slot frees (``Client.asubmit``): each retry posts the same copy, where it
-    copied the arrays again (a 64 MB argument every 20 ms of a full board). Whoever placed it
-    frees ``handle`` (:meth:`Link.unplace`) unless a post of it succeeded: the board owns it then."""
-    data: bytes
-    handle: Handle
-
-
 # What crosses from a Client to its Link: the request's bytes, or an Outgoing when arrays spilled
-# (most requests are plain bytes: no record is made for them, ~1 us a submit measured), or a
-# Placed one.
-Request = Union[bytes, Outgoing, Placed]
+# (most requests are plain bytes: no record is made for them, ~1 us a submit measured).
+Request = Union[bytes, Outgoing]
 
 
 class Outcome(NamedTuple):
@@ -186,9 +176,6 @@ class Link:
         self._decode: Decoder = decoder(self._resolve)  # made once: a closure per answer costs
         self._users = 1
         self._users_lock = threading.Lock()
-        # Arguments placed for a retried submit and not yet on the board (place, unplace): the
-        # last drop frees what is left, while the instance is still mapped.
-        self._placed: set[Handle] = set()
         _links.add(self)
 
     # ----------------------------------------------------------------- fork
@@ -216,9 +203,6 @@ class Link:
             self._users -= 1
             last = self._users == 0
         if last and not self.inherited:
-            for handle in list(self._placed):
-                self._placed.discard(handle)
-                free_arguments(self.inst, handle)
             self.board.close()
             self.reader.close()
 
@@ -262,30 +246,23 @@ class Link:
         """Put ``request`` on the board for ``channel``: (slot, seq). The one place where the
         board's refusals become this API's: TimeoutError for no slot, RequestTooLarge naming the job.
         ``release``: a delivered (slot, seq) of the caller's to free in the same lock round.
-        Spilled arguments are placed first (:meth:`_place`), and freed again if the submit fails;
-        a Placed request's stay placed then (its caller retries, or unplaces it)."""
-        ours = True
+        Spilled arguments are placed first (:meth:`_place`), and freed again if the submit fails."""
         if isinstance(request, Outgoing):
             began = time.monotonic()
             handle: Handle | None = self._place(job, request, timeout)
             data = request.data
             if timeout is not None:  # one timeout for the room and the slot together
                 timeout = max(0.0, timeout - (time.monotonic() - began))
-        elif isinstance(request, Placed):
-            handle, data, ours = request.handle, request.data, False
         else:
             handle, data = None, request
         try:
             if _faults.ARMED:
                 _faults.point("arguments.placed")  # placed (lent), not on the board: the coordinator frees them
-            posted = self.board.submit(channel, data, timeout=timeout, release=release,
-                                       alive=self.coordinator_alive,
-                                       arguments=None if handle is None else ArgumentsRef(handle.record, handle.serial))
-            if not ours:
-                self._placed.discard(handle)  # the board's now: its answer or withdrawal frees it
-            return posted
+            return self.board.submit(channel, data, timeout=timeout, release=release,
+                                     alive=self.coordinator_alive,
+                                     arguments=None if handle is None else ArgumentsRef(handle.record, handle.serial))
         except BaseException as exc:
-            if handle is not None and ours:
+            if handle is not None:
                 free_arguments(self.inst, handle)
             if isinstance(exc, posix_ipc.BusyError):
                 raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
@@ -294,39 +271,19 @@ class Link:
                 raise RequestTooLarge(nbytes=len(data), capacity=self.board.payload, job=job) from None
             raise
 
-    def place(self, job: str, request: Request, timeout: float | None) -> Request:
-        """``request`` with its spilled arrays copied into shared memory now (a :class:`Placed`),
-        for a caller that will post it more than once; any other request as it is."""
-        if isinstance(request, Outgoing):
-            handle = self._place(job, request, timeout)
-            self._placed.add(handle)
-            return Placed(request.data, handle)
-        return request
-
-    def unplace(self, request: Request) -> None:
-        """Free a Placed request's arguments (its posts all failed, or it was given up), unless
-        a post of it succeeded or the last drop freed them already. Never in a forked child:
-        a coroutine it inherited and drops (its exit, a collection) holds the parent's
-        placement, which the parent's retry will still post."""
-        if self.inherited or os.getpid() != self.pid:
-            return
-        if isinstance(request, Placed) and request.handle in self._placed:
-            self._placed.discard(request.handle)
-            free_arguments(self.inst, request.handle)
-
     def post_many(self, channel: int, job: str, requests: list[Request],
                   timeout: float | None) -> Iterator[list[tuple[int, int]]]:
         """:meth:`post` for a batch (``map``): yields the (slot, seq) of each run queued, in order.
         A batch with spilled arguments is posted one request at a time, each placed just before
         its submit, so that the arguments of requests still waiting for a slot hold no memory."""
-        if any(isinstance(request, (Outgoing, Placed)) for request in requests):
+        if any(isinstance(request, Outgoing) for request in requests):
             deadline = None if timeout is None else time.monotonic() + timeout
             for request in requests:
                 yield [self.post(channel, job, request,
                                  None if deadline is None else max(0.0, deadline - time.monotonic()))]
             return
         try:
-            plain: list[bytes] = requests  # type: ignore[assignment]  # no Outgoing or Placed among them (above)
+            plain: list[bytes] = requests  # type: ignore[assignment]  # no Outgoing among them (above)
             yield from self.board.submit_many(channel, plain, timeout=timeout, alive=self.coordinator_alive)
         except posix_ipc.BusyError:
             raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "

@@ -382,6 +382,11 @@ class JobBoard(BoardRepair, BoardStatistics):
         words.store(_ASLEEP, 0)
         return False
 
+    def has_free_slot(self) -> bool:
+        """Whether a slot is free now (FREE_TOP > 0): a hint for a submit about to copy a spilled
+        argument, not a promise (another submit may take it first)."""
+        return int(self._words.load(_FREE_TOP)) > 0
+
     def enqueued(self) -> int:
         """JW.Q_TAIL: requests ever queued (submits and requeues); the reaper compares it round to
         round to tell a board that was just used from one quiet for a while."""
