@@ -37,3 +37,11 @@ def fork_and_report(how: str) -> int:
         return -1  # "return": as fork_and_return's child
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def note_and_fork_first(x: int, folder: str) -> int:
+    """Item 0 of a map forks and both return; every item notes which process ran it."""
+    if x == 0 and os.fork() == 0:
+        return -1
+    Path(folder, f"{x}.{os.getpid()}").write_text("")
+    return x

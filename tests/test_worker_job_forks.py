@@ -61,3 +61,14 @@ def test_a_forked_child_leaving_a_job_exits_with_the_status_it_asked_for(one_wor
     with shmpool.connect(one_worker.name) as client:
         assert client.call(jobs.fork_and_report, how, timeout=30) == status
         assert client.call(jobs.worker_pid, timeout=30) > 0  # the worker serves on
+
+
+def test_a_child_forked_by_one_item_of_a_map_chunk_runs_no_later_item(one_worker, tmp_path):
+    """The child returns from item 0 of a 4-item chunk: it leaves there, so items 1-3 run once
+    each (in the worker), not a second time in the child."""
+    with shmpool.connect(one_worker.name) as client:
+        assert list(client.map(jobs.note_and_fork_first, range(4), [str(tmp_path)] * 4, chunksize=4,
+                               timeout=30)) == [0, 1, 2, 3]
+        (worker,) = {client.call(jobs.worker_pid) for _ in range(3)}
+    ran = sorted(p.name for p in tmp_path.iterdir())
+    assert ran == sorted(f"{x}.{worker}" for x in range(4)), ran

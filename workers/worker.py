@@ -20,6 +20,7 @@ import time
 import traceback
 import weakref
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import posix_ipc
@@ -180,13 +181,13 @@ class _Serving:
                 reader = self.reader
                 if flags & FLAG_SINGLE:  # map's chunks carry no keywords
                     if flags & FLAG_PLAIN:
-                        result = [fn(a) for a in args]
+                        result = self._each(lambda a: fn(a), args)
                     else:
-                        result = [fn(reader, a) for a in args]
+                        result = self._each(lambda a: fn(reader, a), args)
                 elif flags & FLAG_PLAIN:
-                    result = [fn(*a, **kwargs) for a in args]
+                    result = self._each(lambda a: fn(*a, **kwargs), args)
                 else:
-                    result = [fn(reader, *a, **kwargs) for a in args]
+                    result = self._each(lambda a: fn(reader, *a, **kwargs), args)
             elif flags & FLAG_PLAIN:
                 result = fn(*args, **kwargs)
             else:
@@ -220,6 +221,17 @@ class _Serving:
             # Orphaned (its client let go while it ran): nobody else frees the arguments now.
             free_arguments(self.inst, spilled)
         return taken
+
+    def _each(self, call: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """A chunk's items in turn; a forked child that returns from one leaves there, before
+        it would run the chunk's later items a second time."""
+        out = []
+        own = self.own_pid
+        for item in items:
+            out.append(call(item))
+            if os.getpid() != own:
+                _leave_forked_child(None)
+        return out
 
     def _keep(self, memory: "weakref.ref[np.ndarray[Any, Any]]", spilled: ArgumentsRef, slot: int, seq: int) -> bool:
         """If the job kept a view of its spilled arguments, take them over and mark the answer
