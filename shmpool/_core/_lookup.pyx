@@ -295,7 +295,7 @@ def probe(table, int64_t mask, key, int64_t longest=-1):
     if mask < 0 or (mask & (mask + 1)):
         raise InvalidArgument(argument="mask", value=mask, reason="is not a power of two minus one")
     _address(table, &base, &length)
-    if length < (mask + 1) * SLOT_WORDS * 8:
+    if mask >= length // (SLOT_WORDS * 8):  # (mask + 1) slots do not fit; no product to overflow
         raise InvalidArgument(argument="table", value=length,
                               reason=f"holds {length} bytes, fewer than {mask + 1} slots need")
     if not -1 <= longest <= mask:
@@ -428,10 +428,14 @@ cdef class Generation:
                                                          f"lies outside its {whole.len}-byte mapping")
         # layer_index.read_header checked all of this against the index; checked again here
         # because the addresses below are trusted from now on.
+        # Sizes bounded by the mapping before any product or sum of them: a header's 64-bit
+        # fields could otherwise overflow an int64 and pass the equalities below.
         if (slots < 8 or slots & (slots - 1) or count < 0 or slots <= count or not 0 <= longest < slots
+                or nbytes > index_nbytes or rows_at > index_nbytes or table_at > index_nbytes
+                or count > index_nbytes // ROW_BYTES or slots > index_nbytes // (SLOT_WORDS * 8)
                 or table_at % 8 or rows_at % 8
                 or rows_at < name_at + name_length or table_at != rows_at + count * ROW_BYTES
-                or table_at + slots * SLOT_WORDS * 8 != nbytes or nbytes > index_nbytes):
+                or table_at + slots * SLOT_WORDS * 8 != nbytes):
             raise RegionFormatError(source=source, fault=f"layer index sections (rows at {rows_at}, table at "
                                                          f"{table_at}, {slots} slots) do not fit {index_nbytes} bytes")
         self._index = <const char *>whole.buf + index_offset
