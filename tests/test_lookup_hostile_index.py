@@ -14,7 +14,7 @@ import pytest
 
 from shmpool._core._lookup import Generation
 from shmpool.data import layer_index
-from shmpool.errors import InvalidArgument, RegionFormatError
+from shmpool.errors import RegionFormatError
 
 PROBE = """
 import numpy as np
