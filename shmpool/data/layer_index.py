@@ -7,15 +7,16 @@ reader indexes the same bytes through a memoryview cast to ``'q'``, so a reader 
 Python objects per generation instead of a dict per layer (measured before: ~1.2 MB of private
 objects per reader for the 2,800-layer sample).
 
-Three sections after an 80-byte header (docs/shm-layout.md, "Layer index", lists the same fields):
+Three sections after an 88-byte header (docs/shm-layout.md, "Layer index", lists the same fields):
 
 * the dimension name (UTF-8);
 * ``rows``: one ROW_DTYPE row per layer, sorted by layer id (scan order, metadata);
 * ``table``: open addressing over the layer ids, ``slots`` (a power of two, above the layer
   count, :func:`slots_for_ids`) entries of four int64 words ``key, start, end, meta``. Slot of
   ``key`` is ``key & (slots - 1)``, then linear probing, for at most ``max_probe + 1`` slots
-  (the header's ``max_probe``: the longest probe any present key needs, so a miss stops there). ``meta = row << 16 | pool`` for a plain layer and
-  ``~(row << 16 | pool)`` (negative) for a compressed one; an empty slot is ``-1, 0, 0, -1``,
+  (the header's ``max_probe``: the longest probe any present key needs, so a miss stops
+  there). ``meta = row << 16 | pool`` for a plain layer and ``~(row << 16 | pool)``
+  (negative) for a compressed one; an empty slot is ``-1, 0, 0, -1``,
   so a lookup that lands on it (a negative id, or a miss) takes the slow path on ``meta < 0``
   with no extra test on the fast one.
 
@@ -70,7 +71,7 @@ _HEADER_FIELDS = (
     ("dimension_id", "Q"),    # must equal the directory entry's dimension
     ("generation", "Q"),      # must equal the generation the directory published it as
     ("layer_count", "Q"),     # rows
-    ("slots", "Q"),           # table entries, a power of two >= 2 * layer_count (>= 8)
+    ("slots", "Q"),           # table entries, a power of two > layer_count (>= 8): slots_for_ids
     ("pools", "Q"),           # bit p set: some row's bytes live in pool p (readers map only those)
     ("rows_offset", "Q"),     # from the index's first byte, 8-aligned
     ("table_offset", "Q"),    # after the rows, 8-aligned
