@@ -217,6 +217,10 @@ class _Serving:
         else:
             delivered = send_large(self.board, self.inst, slot, seq, Status(status), payload)  # shmpool/jobs/spill.py
             taken = self.core.take(self.pid, self.start) if take_next else None
+            # A take of its own lock round: every slot may have been free in between, and the
+            # reaper asleep (a finish's take never leaves the board idle).
+            if taken is not None and self.board.claim_reaper_wake():
+                self.inst.wake_coordinator()
         if spilled is not None and not delivered and not kept:
             # Orphaned (its client let go while it ran): nobody else frees the arguments now.
             free_arguments(self.inst, spilled)
