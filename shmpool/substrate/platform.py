@@ -118,8 +118,8 @@ def _measure(folder: Path) -> Capabilities:
 
 
 def gil_enabled() -> bool:
-    """False only on a free-threaded CPython running without its GIL (3.13+); a GIL once enabled
-    stays enabled, so an answer of True holds for the life of the process."""
+    """False only on a free-threaded CPython running without its GIL (3.13+). Asked at every
+    create and attach (not once per process): what the interpreter says at that moment."""
     probe = getattr(sys, "_is_gil_enabled", None)  # absent before 3.13: every such CPython has the GIL
     return True if probe is None else bool(probe())
 
