@@ -62,7 +62,10 @@ def _fill_board(client: shmpool.Client) -> list[asyncio.Future]:
     return [client.asubmit(jobs.sleep_then_total, BUSY_SECONDS, np.ones(3)) for _ in range(2)]
 
 
-def test_a_waiting_asubmit_copies_its_array_once_and_holds_nothing_while_it_waits(two_slots, monkeypatch):
+def test_a_waiting_asubmit_copies_its_array_when_a_slot_can_take_it(two_slots, monkeypatch):
+    """Both slots busy for ~0.55 s: the asubmit copies its array when a slot frees, and before
+    that only on its rare forced tries (after 0.1 s, then 0.2 s more...: a blocking submitter
+    must not starve it), where blind retries every 1-20 ms made ~30 copies."""
     coord = two_slots
     baseline = _live(coord)
     with shmpool.connect(coord.name) as client:
@@ -74,13 +77,34 @@ def test_a_waiting_asubmit_copies_its_array_once_and_holds_nothing_while_it_wait
             late = asyncio.ensure_future(client.asubmit(jobs.total, LARGE))
             await asyncio.sleep(0.3)
             assert not late.done(), "the board was never full: the test proves nothing"
-            assert _live(coord) == baseline, "a waiting asubmit holds shared memory"
-            assert copies == []
+            assert len(copies) <= 2, copies  # the forced tries at ~0.1 s and ~0.3 s, at most
             return await asyncio.gather(*busy, late)
 
         assert asyncio.run(main()) == [3.0, 3.0, float(LARGE.sum())]
-        assert copies == [LARGE.nbytes], copies  # the small arrays travel inline
+        assert 1 <= len(copies) <= 4 and set(copies) == {LARGE.nbytes}, copies  # small arrays travel inline
         wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
+
+
+@pytest.mark.parametrize("arg", ["inline", "spilled"])
+def test_a_waiting_asubmit_is_not_starved_by_a_blocking_map(two_slots, arg):
+    """A thread's blocking map keeps both slots busy for ~2 s and takes every freed slot within
+    microseconds; an asubmit started meanwhile still gets a slot within its 10 s timeout (the
+    review's case: looking only for a free slot, it timed out every time)."""
+    import threading
+
+    x = np.ones(3) if arg == "inline" else LARGE
+    with shmpool.connect(two_slots.name) as client:
+        mapper = threading.Thread(target=lambda: list(client.map(jobs.sleep_then_total, [0.02] * 100,
+                                                                  [np.ones(3)] * 100)))
+        mapper.start()
+        try:
+            async def main():
+                await asyncio.sleep(0.1)
+                return await client.asubmit(jobs.total, x, timeout=10)
+
+            assert asyncio.run(main()) == float(x.sum())
+        finally:
+            mapper.join(60)
 
 
 def test_a_burst_of_waiting_asubmits_of_large_arrays_all_run(instance_name, user_jobs_importable):
@@ -139,7 +163,7 @@ def test_an_asubmit_given_up_while_waiting_leaves_nothing_allocated(two_slots, m
             return await asyncio.gather(*busy)
 
         assert asyncio.run(main()) == [3.0, 3.0]
-        assert copies == []  # never tried: the board stayed full
+        assert len(copies) <= 1, copies  # a forced try at ~0.1 s at most: the board stayed full
     wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
 
 
@@ -237,3 +261,38 @@ def test_a_client_killed_while_its_asubmit_retries_leaks_nothing(two_slots):
             child.wait()
     wait_for(lambda: _live(coord) == baseline, what=f"allocations back to {baseline}")
     wait_for(lambda: coord.stats()["jobs"]["free"] == 2, what="every slot free")
+
+
+def test_a_waiting_asubmit_hears_a_stopping_coordinator_before_its_drain_ends(instance_name, user_jobs_importable,
+                                                                                tmp_path):
+    """The coordinator stops while two jobs hold both slots: the waiting asubmit raises
+    AttachError as soon as the board stops accepting, not after the running jobs end (they wait
+    for a gate the test opens only after the asubmit has raised; a hang fails the test)."""
+    import threading
+
+    gate = str(tmp_path / "gate")
+    coord = Coordinator(instance_name, workers=2, job_slots=2, job_modules=["_array_jobs"])
+    coord.start()
+    stopper = threading.Thread(target=coord.stop)
+    try:
+        with shmpool.connect(coord.name) as client:
+            busy = [client.submit(jobs.wait_for_path, gate) for _ in range(2)]
+            wait_for(lambda: coord.stats()["jobs"]["free"] == 0, what="both slots taken")
+
+            async def main():
+                late = asyncio.ensure_future(client.asubmit(jobs.total, LARGE, timeout=60))
+                await asyncio.sleep(0.1)
+                stopper.start()
+                with pytest.raises(shmpool.AttachError, match="stopping"):
+                    await late
+
+            asyncio.run(main())
+            open(gate, "w").close()
+            for f in busy:
+                f.result(30)
+    finally:
+        open(gate, "w").close()
+        if stopper.ident is None:
+            coord.stop()
+        else:
+            stopper.join(60)

@@ -51,12 +51,21 @@ def _header(**fields: int) -> layer_index.Header:
     {"rows_offset": (1 << 62), "table_offset": (1 << 62) + 72},          # offsets far past the mapping
     {"max_probe": 8},                                                    # a probe past one pass
     {"slots": 1},                                                        # no empty slot
+    {"name_length": (1 << 63) - 50},                                     # name_at + name_length wraps
+    {"name_length": -200, "rows_offset": -104, "table_offset": -32, "nbytes": 224},  # sections before it
+    {"table_offset": 1 << 63},                                           # past int64: typed, not OverflowError
 ])
 def test_a_header_whose_sizes_overflow_or_overreach_is_refused(fields):
     index = bytearray(4096)
     header = _header(**fields)
     with pytest.raises(RegionFormatError):
         Generation(1, 1, index, 0, len(index), header, [])
+
+
+def test_an_index_range_that_wraps_is_refused():
+    index = bytearray(4096)
+    with pytest.raises(RegionFormatError):
+        Generation(1, 1, index, 1 << 62, 1 << 62, _header(), [])  # offset + nbytes wraps past the mapping
 
 
 def test_a_well_formed_header_is_accepted():

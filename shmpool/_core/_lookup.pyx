@@ -380,10 +380,8 @@ cdef class Generation:
                  header, pools, Py_ssize_t entry=-1, pins=None, bint held=False):
         cdef bint shared = type(index) is memoryview
         cdef Py_ssize_t p, k, n = len(pools), held_max = 0 if shared else 1, lo = -1, span
-        cdef int64_t table_at = header.table_offset, rows_at = header.rows_offset
-        cdef int64_t slots = header.slots, count = header.layer_count, nbytes = header.nbytes
-        cdef int64_t longest = header.max_probe
-        cdef int64_t name_at = HEADER_BYTES, name_length = header.name_length
+        cdef int64_t table_at, rows_at, slots, count, nbytes, longest, name_length
+        cdef int64_t name_at = HEADER_BYTES
         cdef char *block
         cdef Py_buffer *buf
         cdef Py_buffer *whole
@@ -392,6 +390,12 @@ cdef class Generation:
         self.entry = entry
         self._pins = pins
         self.held = held  # from here on the pin is ours: released by __dealloc__, also if this raises
+        fields = (header.table_offset, header.rows_offset, header.slots, header.layer_count, header.nbytes,
+                  header.max_probe, header.name_length)
+        if not all(0 <= f < 2**62 for f in fields):  # sizes of a mapping: nothing near int64's edge
+            raise RegionFormatError(source=f"dimension {dimension_id} generation {generation}",
+                                    fault=f"layer index header fields {fields} out of range")
+        table_at, rows_at, slots, count, nbytes, longest, name_length = fields
         for p in range(n):
             if pools[p] is not None:
                 held_max += 1
@@ -423,7 +427,7 @@ cdef class Generation:
             self._nbufs = 1
             whole = &self._bufs[0]
         source = f"dimension {dimension_id} generation {generation}"
-        if index_offset < 0 or index_nbytes < 0 or index_offset + index_nbytes > whole.len:
+        if index_offset < 0 or index_nbytes < 0 or index_offset > whole.len or index_nbytes > whole.len - index_offset:
             raise RegionFormatError(source=source, fault=f"layer index [{index_offset}, {index_offset + index_nbytes}) "
                                                          f"lies outside its {whole.len}-byte mapping")
         # layer_index.read_header checked all of this against the index; checked again here
@@ -432,6 +436,7 @@ cdef class Generation:
         # fields could otherwise overflow an int64 and pass the equalities below.
         if (slots < 8 or slots & (slots - 1) or count < 0 or slots <= count or not 0 <= longest < slots
                 or nbytes > index_nbytes or rows_at > index_nbytes or table_at > index_nbytes
+                or name_length > index_nbytes
                 or count > index_nbytes // ROW_BYTES or slots > index_nbytes // (SLOT_WORDS * 8)
                 or table_at % 8 or rows_at % 8
                 or rows_at < name_at + name_length or table_at != rows_at + count * ROW_BYTES

@@ -55,7 +55,7 @@ from ..substrate.trust import shm_path
 from ..substrate.ids import LayerKey, as_id
 from ..data.reader import Reader
 from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
-from .client_link import Link, Request
+from .client_link import Link, Outgoing, Request
 from .client_owner import CompletionOwner, JobFuture, Lifecycle
 from .spin import spin_seconds
 
@@ -74,6 +74,12 @@ MAP_BATCH = 64
 # retries from the loop with sleeps growing to ASYNC_RETRY_MAX, so no thread is ever needed.
 ASYNC_SUBMIT_WAIT = 0.001
 ASYNC_RETRY_MAX = 0.02
+# A waiting asubmit with a spilled array tries when a slot is free, and anyway after this long
+# without a try (doubling up to ASYNC_SPILLED_TRY_MAX): blocking submitters take a freed slot
+# within microseconds, so a retry that only looked for a free slot could wait behind them for
+# ever. Each such try copies the array (and frees it if no slot takes it).
+ASYNC_SPILLED_TRY_EVERY = 0.1
+ASYNC_SPILLED_TRY_MAX = 1.0
 CLOSE_WAIT = 2 * POLL + 1  # seconds close() waits for the owner's detach (a hang only if stuck)
 _NAMES_CACHED = 1024  # callables whose module:qualname is remembered (checked once each)
 
@@ -294,27 +300,28 @@ class Client(concurrent.futures.Executor):
         loop = asyncio.get_running_loop()
         job, flags = self._job_of(fn)
         request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
-        # Tried now only if a slot is free: a try that finds none copies a spilled array into
-        # shared memory for nothing (and freed it again).
-        if self._slot_free():
+        # A request with a spilled array is tried now only if a slot is free: a try that finds
+        # none copies the array into shared memory for nothing (and frees it again).
+        if not isinstance(request, Outgoing) or self._submit_may_answer():
             try:
                 return asyncio.wrap_future(self._submit_request(job, request, ASYNC_SUBMIT_WAIT), loop=loop)
             except (FuturesTimeout, TimeoutError):
                 pass
         return loop.create_task(self._submit_later(job, request, timeout))
 
-    def _slot_free(self) -> bool:
-        """Whether the board has a free slot now (ClientClosed, as a submit says it, if not open).
+    def _submit_may_answer(self) -> bool:
+        """Whether a submit now would not just wait (JobBoard.submit_may_answer); ClientClosed,
+        as a submit says it, if the client is not open.
 
-        A retrying asubmit posts only then. Each post of a request with a spilled array copies
-        the array into shared memory, and frees it again if no slot takes the request: retrying
-        blind on a full board copied a 64 MB argument every 20 ms. Keeping one copy across the
-        retries instead held the memory of every waiting asubmit (a burst of them filled the
-        memory limit), where a waiting request holds none."""
+        A retrying asubmit of a request with a spilled array tries only then (or every
+        ASYNC_SPILLED_TRY_EVERY): each try copies the array into shared memory and frees it
+        again if no slot takes the request, so retrying blind on a full board copied a 64 MB
+        argument every 20 ms. Keeping one copy across the retries instead held the memory of
+        every waiting asubmit (a burst of them filled the memory limit)."""
         owner = self._owner
-        owner.begin_submit()  # the Link held: the board stays mapped while its word is read
+        owner.begin_submit()  # the Link held: the board stays mapped while its words are read
         try:
-            return owner.link.board.has_free_slot()
+            return owner.link.board.submit_may_answer()
         finally:
             owner.end_submit(None)
 
@@ -322,11 +329,16 @@ class Client(concurrent.futures.Executor):
         import asyncio
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = ASYNC_SUBMIT_WAIT
+        spilled = isinstance(request, Outgoing)
+        tried, forced_every = time.monotonic(), ASYNC_SPILLED_TRY_EVERY
         while True:
             await asyncio.sleep(pause)
             try:
-                if not self._slot_free():
-                    raise FuturesTimeout()
+                if spilled and not self._submit_may_answer():
+                    if time.monotonic() - tried < forced_every:
+                        raise FuturesTimeout()
+                    forced_every = min(2 * forced_every, ASYNC_SPILLED_TRY_MAX)
+                tried = time.monotonic()
                 future = self._submit_request(job, request, ASYNC_SUBMIT_WAIT)
             except (FuturesTimeout, TimeoutError):
                 if deadline is not None and time.monotonic() >= deadline:

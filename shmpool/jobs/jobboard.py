@@ -382,10 +382,11 @@ class JobBoard(BoardRepair, BoardStatistics):
         words.store(_ASLEEP, 0)
         return False
 
-    def has_free_slot(self) -> bool:
-        """Whether a slot is free now (FREE_TOP > 0): a hint for a submit about to copy a spilled
-        argument, not a promise (another submit may take it first)."""
-        return int(self._words.load(_FREE_TOP)) > 0
+    def submit_may_answer(self) -> bool:
+        """Whether a submit now would not just wait: a slot is free (FREE_TOP > 0), or the board
+        stopped accepting (the submit says so at once). A hint for a submit about to copy a
+        spilled argument, not a promise (another submit may take the slot first)."""
+        return int(self._words.load(_FREE_TOP)) > 0 or int(self._words.load(_W_STATE)) != _ACCEPTING
 
     def enqueued(self) -> int:
         """JW.Q_TAIL: requests ever queued (submits and requeues); the reaper compares it round to
