@@ -3,9 +3,10 @@
 The job loop notices a dead coordinator only between jobs (its semaphore wait times out every
 0.2 s). A job that runs for minutes would keep an orphaned worker alive, mapped and holding its
 share of the dead instance's memory, for as long as the job lasts, and a job that never ends
-would keep it for ever. So a daemon thread checks the coordinator's identity (pid *and* start
-token, so a recycled pid does not count as alive) every ``CHECK_INTERVAL`` seconds and, once it
-is gone, ends the whole process at once with ``os._exit(EXIT_COORDINATOR_GONE)``, killing the
+would keep it for ever. So a daemon thread waits on a pidfd of the coordinator (its identity,
+pid *and* start token, checked once the pidfd is open, so a recycled pid does not count as
+alive), or where the kernel gives none checks that identity every ``CHECK_INTERVAL`` seconds,
+and once it is gone ends the whole process at once with ``os._exit(EXIT_COORDINATOR_GONE)``, killing the
 job mid-way. There is nobody left to deliver its result to: clients of the instance see
 AttachError, and ``shmpool cleanup NAME`` (or the next coordinator) removes the names.
 
@@ -18,6 +19,7 @@ memory of an instance that is already dead.
 from __future__ import annotations
 
 import os
+import select
 import sys
 import threading
 import time
@@ -35,9 +37,32 @@ EXIT_COORDINATOR_GONE = 4
 CHECK_INTERVAL = 0.25
 
 
+def _coordinator_pidfd(pid: int, start_token: int) -> int | None:
+    """A pidfd of the coordinator, or None where the kernel or a sandbox refuses one. Opened,
+    then the identity checked: a pid recycled before the open is another process, and then the
+    coordinator is gone (-1)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # before Linux 5.3, or a seccomp filter
+        return None
+    if not is_alive(pid, start_token):
+        os.close(fd)
+        return -1
+    return fd
+
+
 def _watch(index: int, pid: int, start_token: int) -> None:
-    while is_alive(pid, start_token):
-        time.sleep(CHECK_INTERVAL)
+    fd = _coordinator_pidfd(pid, start_token)
+    if fd is not None and fd >= 0:
+        # Readable once the process has exited: no wake-up until then, where a check every
+        # CHECK_INTERVAL woke every idle worker 4 times a second.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not poller.poll():
+            pass
+    elif fd is None:
+        while is_alive(pid, start_token):
+            time.sleep(CHECK_INTERVAL)
     _die(index, pid)
 
 
