@@ -8,7 +8,6 @@ import select
 import subprocess
 import sys
 
-import pytest
 
 from shmpool.substrate._proc import start_token as process_start_token
 from shmpool.workers import watchdog
