@@ -127,11 +127,7 @@ def serve(name: str, index: int, stop: threading.Event) -> int:
             # Drain what is queued without sleeping again: each finish takes the next request
             # in the same lock round. A request taken is always run, even when stop is set
             # meanwhile: it is RUNNING in our name, and nobody else would.
-            taken = core.take(serving.pid, serving.start) if not stop.is_set() else None
-            if taken is not None and board.claim_reaper_wake():
-                # The board was idle and the coordinator's reaper sleeps for up to a second: this
-                # job's deadline and this worker's death need it on its 20 ms rounds again.
-                inst.wake_coordinator()
+            taken = serving.take() if not stop.is_set() else None
             while taken is not None:
                 taken = serving.run(*taken, take_next=not stop.is_set())
                 served += 1
@@ -216,14 +212,20 @@ class _Serving:
             delivered, taken = self.core.finish(slot, seq, status, payload, take_next, self.pid, self.start)
         else:
             delivered = send_large(self.board, self.inst, slot, seq, Status(status), payload)  # shmpool/jobs/spill.py
-            taken = self.core.take(self.pid, self.start) if take_next else None
-            # A take of its own lock round: every slot may have been free in between, and the
-            # reaper asleep (a finish's take never leaves the board idle).
-            if taken is not None and self.board.claim_reaper_wake():
-                self.inst.wake_coordinator()
+            taken = self.take() if take_next else None
         if spilled is not None and not delivered and not kept:
             # Orphaned (its client let go while it ran): nobody else frees the arguments now.
             free_arguments(self.inst, spilled)
+        return taken
+
+    def take(self) -> tuple[int, int] | None:
+        """Take the next request in a lock round of its own (not a finish's, which never leaves
+        the board idle): if every slot was free and the coordinator's reaper sleeps for up to a
+        second meanwhile, post it, as this job's deadline and this worker's death need it on its
+        20 ms rounds again."""
+        taken = self.core.take(self.pid, self.start)
+        if taken is not None and self.board.claim_reaper_wake():
+            self.inst.wake_coordinator()
         return taken
 
     def _each(self, call: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
