@@ -434,7 +434,7 @@ cdef class Generation:
         # because the addresses below are trusted from now on.
         # Sizes bounded by the mapping before any product or sum of them: a header's 64-bit
         # fields could otherwise overflow an int64 and pass the equalities below.
-        if (slots < 8 or slots & (slots - 1) or count < 0 or slots <= count or not 0 <= longest < slots
+        if (slots < 8 or slots & (slots - 1) or slots <= count or longest >= slots  # every field >= 0 (above)
                 or nbytes > index_nbytes or rows_at > index_nbytes or table_at > index_nbytes
                 or name_length > index_nbytes
                 or count > index_nbytes // ROW_BYTES or slots > index_nbytes // (SLOT_WORDS * 8)

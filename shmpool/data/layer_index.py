@@ -197,7 +197,7 @@ def probe(table: Any, mask: int, key: Any, longest: int | None = None) -> int:
     The probe of the compiled core (shmpool/_core/_lookup.pyx), the one every lookup runs: its
     layout constants are shmpool._core._index_layout's, checked against this module's by
     tests/test_lookup_layout.py."""
-    return int(_lookup.probe(table, mask, key, mask if longest is None else longest))
+    return int(_lookup.probe(table, mask, key, -1 if longest is None else longest))  # -1: the core's own 'none known'
 
 
 def meta_column(rows: np.ndarray) -> np.ndarray:
