@@ -58,8 +58,11 @@ def _count_copies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return copies
 
 
-def _fill_board(client: shmpool.Client) -> list[asyncio.Future]:
-    return [client.asubmit(jobs.sleep_then_total, BUSY_SECONDS, np.ones(3)) for _ in range(2)]
+async def _fill_board(client: shmpool.Client) -> list[asyncio.Future]:
+    """Both slots busy for BUSY_SECONDS: submitted, then a moment for the workers to take them."""
+    busy = [client.asubmit(jobs.sleep_then_total, BUSY_SECONDS, np.ones(3)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    return busy
 
 
 def test_a_waiting_asubmit_copies_its_array_when_a_slot_can_take_it(two_slots, monkeypatch):
@@ -72,8 +75,7 @@ def test_a_waiting_asubmit_copies_its_array_when_a_slot_can_take_it(two_slots, m
         copies = _count_copies(monkeypatch)
 
         async def main():
-            busy = _fill_board(client)
-            await asyncio.sleep(0.05)  # both taken by the workers: no free slot
+            busy = await _fill_board(client)
             late = asyncio.ensure_future(client.asubmit(jobs.total, LARGE))
             await asyncio.sleep(0.3)
             assert not late.done(), "the board was never full: the test proves nothing"
@@ -147,8 +149,7 @@ def test_an_asubmit_given_up_while_waiting_leaves_nothing_allocated(two_slots, m
         copies = _count_copies(monkeypatch)
 
         async def main():
-            busy = _fill_board(client)
-            await asyncio.sleep(0.05)
+            busy = await _fill_board(client)
             if give_up == "timeout":
                 with pytest.raises(FuturesTimeout, match="no free job slot"):
                     await client.asubmit(jobs.total, LARGE, timeout=0.15)
@@ -173,8 +174,7 @@ def test_closing_the_client_while_an_asubmit_waits_leaves_nothing_allocated(two_
     client = shmpool.connect(coord.name)
 
     async def main():
-        busy = _fill_board(client)
-        await asyncio.sleep(0.05)
+        busy = await _fill_board(client)
         late = client.asubmit(jobs.total, LARGE)
         await asyncio.sleep(0.1)
         assert _live(coord) == baseline
@@ -200,8 +200,7 @@ def test_a_forked_child_dropping_a_waiting_asubmit_leaves_the_parents_job_alone(
     baseline = _live(coord)
     with shmpool.connect(coord.name) as client:
         async def main():
-            busy = _fill_board(client)
-            await asyncio.sleep(0.05)
+            busy = await _fill_board(client)
             late = asyncio.ensure_future(client.asubmit(jobs.total, LARGE))
             await asyncio.sleep(0.1)
             assert _live(coord) == baseline
