@@ -169,6 +169,12 @@ class JobPolicy:
             fn: object = _import_target(target)  # object: callable() below narrows it
         except ImportError as exc:
             raise UnknownJob(job=name, reason=f"cannot import {target.split(':')[0]}: {exc}") from None
+        except (Exception, SystemExit) as exc:
+            # The module itself raised while it ran (a Coordinator started at import, a script's
+            # sys.exit() without a __main__ guard): the job is just as unknown, and the worker
+            # must live on for the jobs it can run.
+            raise UnknownJob(job=name, reason=f"cannot import {target.split(':')[0]}: it raised "
+                                              f"{type(exc).__name__}: {exc}") from None
         except AttributeError:
             raise UnknownJob(job=name, reason=f"{target.split(':')[0]} has no function "
                                               f"{target.split(':')[1]}") from None
