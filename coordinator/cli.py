@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 from shmpool.substrate._log import import_loguru_for_records, logger, when_loguru_imported
 
 import shmpool
-from shmpool.errors import AttachError, CleanupError, ShmPoolError
+from shmpool.errors import AttachError, CleanupError, InvalidJob, ShmPoolError
 from shmpool.substrate.limits import DEFAULT_LIMIT
 from shmpool.substrate.names import coordinator_lock_path, list_objects, runtime_dir
 from shmpool.substrate.removal import coordinator_pid, removed_reason
@@ -88,17 +88,27 @@ def apply_env_defaults(args: argparse.Namespace) -> None:
 def check_serve(args: argparse.Namespace) -> None:
     """What argparse cannot see alone; all before the coordinator starts."""
     from shmpool.data import compression
+    from shmpool.workers.jobs import JobPolicy
 
     if args.sample and args.data_dir is not None:
         raise UsageError("--sample and --data-dir both name the data to serve: give one")
     if args.compress_cold and not compression.available():
         raise UsageError("--compress-cold needs the zstandard package: pip install 'shmpool[compress]'")
+    try:
+        # The Coordinator's own check, here: a refused entry is the arguments' fault (exit 2),
+        # and nothing has started yet.
+        JobPolicy.build(dict(args.jobs), args.job_modules)
+    except InvalidJob as exc:
+        raise UsageError(str(exc)) from None
     if args.metrics_port is not None:
         try:
             import prometheus_client  # noqa: F401
         except ImportError:
             raise UsageError("--metrics-port needs prometheus-client: pip install 'shmpool[metrics]'") from None
-        if args.metrics_port != 0:
+        bad_address = T.bad_address(args.metrics_addr)
+        if bad_address:
+            raise UsageError(f"--metrics-addr: {bad_address}")
+        if args.metrics_port != 0:  # port 0 is any free port: nothing to probe but the address
             why = T.probe_bind(args.metrics_addr, args.metrics_port)
             if why:
                 raise RuntimeFailure(f"metrics endpoint {args.metrics_addr}:{args.metrics_port}: {why}")

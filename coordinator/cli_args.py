@@ -203,6 +203,15 @@ def writable_dir(text: str) -> str:
     return text
 
 
+def bad_address(addr: str) -> str | None:
+    """Why ``addr`` is no address to bind (the resolver's words), or None."""
+    try:
+        socket.getaddrinfo(addr, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"bad address {addr!r}: {exc.strerror}"
+    return None
+
+
 def probe_bind(addr: str, port_: int) -> str | None:
     """Why ``addr:port`` cannot be served (taken, bad address), or None; checked before start-up
     so a taken port costs no coordinator start. A race with another binder stays possible, and

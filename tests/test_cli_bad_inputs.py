@@ -58,6 +58,14 @@ BAD = [
     ("spill-dir-file", ["serve", NAME, "--spill-dir", "/etc/passwd"], {}, 2, "/etc/passwd is not a directory"),
     ("job-entry", ["serve", NAME, "--job", "nonsense"], {}, 2, "'nonsense'"),
     ("instance-name", ["serve", "bad/name"], {}, 2, "'bad/name'"),
+    # The job allow-list, checked before the coordinator starts (the docs read-through found these
+    # at exit 1, after a start: the Coordinator refused them).
+    ("job-module-not-dotted-name", ["serve", NAME, "--job-module", "1abc"], {}, 2, "'1abc'"),
+    ("job-modules-env", ["serve", NAME], {"SHMPOOL_JOB_MODULES": "a..b"}, 2, "a..b"),
+    ("job-builtin-name", ["serve", NAME, "--job", "lookup=os:system"], {}, 2, "built-in job"),
+    ("job-no-function", ["serve", NAME, "--job", "x=os:"], {}, 2, "os:"),
+    ("metrics-addr-bad-port-0", ["serve", NAME, "--metrics-addr", "999.1.1.1", "--metrics-port", "0"], {}, 2,
+     "999.1.1.1"),
     ("completion-shell", ["completion", "tcsh"], {}, 2, "'tcsh'"),
     ("no-command", [], {}, 2, "COMMAND"),
     ("stats-not-running", ["stats", NAME], {}, 1, "no coordinator '{name}' is running"),
