@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -96,13 +96,15 @@ class ProtoDimension:
         """The published generation an edit started from; None for a proto built from scratch."""
         return None if self._base is None else self._base.generation
 
-    def add_layer(self, layer_id: int, content: bytes | str, *, frequency: float = 0.0,
-                  keywords: Iterable[str] = ()) -> None:
-        """Add one layer (str is stored as UTF-8 text); in an edit, replace the layer of that id.
+    def add_layer(self, layer_id: int | str, content: bytes | bytearray | memoryview | str | np.ndarray[Any, Any], *,
+                  frequency: float = 0.0, keywords: Iterable[str] = ()) -> None:
+        """Add one layer (str is stored as UTF-8 text, a numpy array as an array layer, any other
+        byte buffer as binary); in an edit, replace the layer of that id. A str ``layer_id`` is a
+        layer key (docs/usage.md).
 
         ``keywords`` is a list (any iterable) of strings; a single str is refused, not split into
-        characters. Raises InvalidId (a TypeError) for an id that is not an int, InvalidLayer
-        for any other bad input (a duplicate id, outside an edit).
+        characters. Raises InvalidId (a TypeError) for an id that is neither an int nor a str,
+        InvalidLayer for any other bad input (a duplicate id, outside an edit).
         """
         layer_id = as_id(layer_id, "layer_id")
         self._check_key_of_base(layer_id)

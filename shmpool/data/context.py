@@ -24,20 +24,22 @@ from ..substrate.ids import LayerKey, as_id
 from . import arrays
 from .compression import inflate
 
-__all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step"]
+__all__ = ["LoadedContext", "NavigationPath", "ContextCollection", "MissingStep", "Step", "StepLike"]
 
-Step = tuple[int, int]
+Step = tuple[int, int]  # a step as a path holds it: the ids (a str key stands as its LayerKey)
+StepLike = tuple[int, Union[int, str]]  # a step as a path takes it: the layer by id or str key
 
 
 class NavigationPath(Sequence[Step]):
     """An ordered sequence of (dimension_id, layer_id) steps.
 
-    Ids are ints (numpy integers are converted); anything else raises InvalidId, a TypeError.
+    Ids are ints (numpy integers are converted) and a layer may be named by its str key; anything
+    else raises InvalidId, a TypeError.
     """
 
     __slots__ = ("_steps",)
 
-    def __init__(self, steps: Iterable[Step] = ()) -> None:
+    def __init__(self, steps: Iterable[StepLike] = ()) -> None:
         checked = []
         for pos, step in enumerate(steps):
             try:
@@ -53,7 +55,7 @@ class NavigationPath(Sequence[Step]):
         self._steps = tuple(checked)
 
     @classmethod
-    def of(cls, steps: Union["NavigationPath", Iterable[Step]]) -> "NavigationPath":
+    def of(cls, steps: Union["NavigationPath", Iterable[StepLike]]) -> "NavigationPath":
         return steps if isinstance(steps, NavigationPath) else cls(steps)
 
     @overload

@@ -120,7 +120,7 @@ class Reader(ReaderCore):
                 ctx = found
             else:
                 try:
-                    ctx = self.load_layer_context(dimension, layer)  # type: ignore[arg-type]  # ids, names and keys alike
+                    ctx = self.load_layer_context(dimension, layer)  # ids, names and keys alike
                 except LayerNotFound as exc:
                     if type(layer) is not str:
                         raise

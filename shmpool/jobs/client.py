@@ -46,7 +46,7 @@ from ..substrate._log import logger
 
 from .callables import target_of
 from .codec import RequestFlags, check_job_timeout
-from ..data.context import ContextCollection, LoadedContext, NavigationPath, Step
+from ..data.context import ContextCollection, LoadedContext, NavigationPath, StepLike
 from ..errors import AttachError, InvalidArgument
 from .jobboard import JOBS
 from ..substrate.instance import CONTROL
@@ -363,15 +363,16 @@ class Client(concurrent.futures.Executor):
         except asyncio.TimeoutError:
             raise FuturesTimeout(f"job {self._job_of(fn)[0]!r} did not finish within {timeout} s") from None
 
-    def lookup(self, dimension_id: int, layer_id: int, *, timeout: float | None = None) -> LoadedContext:
-        """Run the built-in ``lookup`` job; the result is a zero-copy view resolved here."""
+    def lookup(self, dimension_id: int, layer_id: int | str, *, timeout: float | None = None) -> LoadedContext:
+        """Run the built-in ``lookup`` job; the result is a zero-copy view resolved here. A str
+        ``layer_id`` is a layer key."""
         # Checked here, not only in the worker: a np.bool_ would not even encode, and a bad id
         # should not cost a round trip. Raises InvalidId (a TypeError).
         dimension_id, layer_id = as_id(dimension_id, "dimension_id"), as_id(layer_id, "layer_id")
         context: LoadedContext = self.call("lookup", dimension_id, _wire(layer_id), timeout=timeout)
         return context
 
-    def load_contexts(self, path: NavigationPath | Iterable[Step], *, strict: bool = True,
+    def load_contexts(self, path: NavigationPath | Iterable[StepLike], *, strict: bool = True,
                       timeout: float | None = None) -> ContextCollection:
         steps = [[d, _wire(lid)] for d, lid in NavigationPath.of(path)]
         contexts: ContextCollection = self.call("load_contexts", steps, strict=strict, timeout=timeout)
