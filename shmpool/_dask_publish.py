@@ -89,6 +89,10 @@ def publish(client: Client, dimension_id: int, name: str,
 def _plugin_of(client: Client, plugin: str | None) -> tuple[str, str]:
     get_metadata: Any = client.get_metadata
     known: dict[str, dict[str, Any]] = get_metadata([host.METADATA_KEY], default={})
+    if (len(known) != 1) if plugin is None else (plugin not in known):
+        # Dask's client.restart() clears the scheduler's metadata, where each Nanny's setup
+        # wrote its plugin's; the Nannies still run the plugins: ask them, and write it back.
+        known = {**known, **_plugins_on_nannies(client)}
     if plugin is None:
         if len(known) != 1:
             hint = "" if known else f". {host.NO_NANNY_HINT}"
@@ -100,6 +104,29 @@ def _plugin_of(client: Client, plugin: str | None) -> tuple[str, str]:
                               reason=f"no Nanny runs this ShmpoolPlugin; registered: {sorted(known)}. "
                                      f"{host.NO_NANNY_HINT}")
     return plugin, str(known[plugin]["store_dir"])
+
+
+def _plugins_on_nannies(client: Client) -> dict[str, dict[str, Any]]:
+    """{plugin name: its metadata} of the ShmpoolPlugins the cluster's Nannies run, written back
+    to the scheduler's metadata; {} on a cluster without Nannies."""
+    run: Any = client.run
+    try:
+        by_nanny: dict[str, dict[str, dict[str, Any]]] = run(_served_plugins, nanny=True)
+    except Exception as exc:  # no Nannies to ask (or none answering): the caller's error says so
+        logger.debug("asking the Nannies for their ShmpoolPlugins failed: {!r}", exc)
+        return {}
+    found = {name: meta for served in by_nanny.values() for name, meta in served.items()}
+    set_metadata: Any = client.set_metadata
+    for name, meta in found.items():
+        set_metadata([host.METADATA_KEY, name], meta)
+    return found
+
+
+def _served_plugins(dask_worker: Any) -> dict[str, dict[str, Any]]:
+    """On a Nanny (client.run(..., nanny=True)): its ShmpoolPlugins' metadata, as its setup wrote it."""
+    from .dask import plugin_metadata
+
+    return plugin_metadata(dask_worker)
 
 
 def _builder(dimension_id: int, name: str, layers: Mapping[int, Any] | Iterable[tuple[Any, ...]]) -> RegionBuilder:

@@ -88,6 +88,18 @@ class _NannyState:
 _nanny_states: dict[tuple[int, str], _NannyState] = {}
 
 
+def _metadata(config: host.HostConfig) -> dict[str, Any]:
+    """What a Nanny's setup tells the scheduler of its plugin (publish reads it)."""
+    return {"store_dir": config.store_dir}
+
+
+def plugin_metadata(nanny: Any) -> dict[str, dict[str, Any]]:
+    """{plugin name: metadata} of the ShmpoolPlugins ``nanny`` runs (publish asks the Nannies
+    for it when the scheduler's copy is gone: client.restart() clears it)."""
+    return {name: _metadata(state.config) for (nanny_id, name), state in list(_nanny_states.items())
+            if nanny_id == id(nanny)}
+
+
 class ShmpoolPlugin(NannyPlugin):
     """One shmpool instance per host, serving the same region files to every worker there.
 
@@ -160,8 +172,13 @@ class ShmpoolPlugin(NannyPlugin):
         if self.placement:
             served = {resource(d): RESOURCE_UNITS for d, hosts in self.placement.items() if host_name in hosts}
             nanny.resources = {**(nanny.resources or {}), **served}
-        await nanny.scheduler.set_metadata(keys=[host.METADATA_KEY, self.name],
-                                           value={"store_dir": config.store_dir})
+            process = getattr(nanny, "process", None)
+            if process is not None and isinstance(getattr(process, "worker_kwargs", None), dict):
+                # A Nanny reads its resources only when it builds its worker process, and a
+                # restart reuses that process's arguments: without this, a worker running
+                # before this registration never got them, restarted or not.
+                process.worker_kwargs["resources"] = dict(nanny.resources)
+        await nanny.scheduler.set_metadata(keys=[host.METADATA_KEY, self.name], value=_metadata(config))
         # A worker's reader() looks at the runtime folder at most every LIVENESS_INTERVAL (its
         # fast path makes no system call). The daemon's ready file is there already; returning
         # no sooner than that interval later means a task submitted after register_plugin

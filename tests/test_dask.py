@@ -321,3 +321,43 @@ def test_cluster_shutdown_leaves_nothing_in_dev_shm(sample_dir, tmp_path):
         if pid:
             os.kill(pid, signal.SIGKILL)
         cleanup(instance)
+
+
+def test_placement_registered_after_a_worker_started_reaches_it_at_its_restart(sample_dir, tmp_path):
+    """docs/cluster.md: an already running worker gets its placement resources at its next
+    restart. A Nanny passes its resources only when it builds its worker process, and reuses
+    that process's arguments at a restart: before, client.restart() left the worker without
+    them, and a task asking for the resource waited for ever (found by the docs read-through).
+    And publish after client.restart(): the restart clears the scheduler's metadata, where the
+    Nannies' setup had named their plugins, and publish refused ("registered: []") until the
+    plugin was registered again. A cluster of its own: restarting the module's would disturb
+    the other tests."""
+    plugin = f"{TEST_PREFIX}{secrets.token_hex(3)}"
+    instance = host.instance_name(plugin, "hostE")
+    local = distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None)
+    client = distributed.Client(local)
+    lone = None
+    try:
+        lone = SimulatedHost(local.scheduler_address, "hostE", 1)
+        _wait_workers(client, "hostE", 1)
+        client.register_plugin(sd.ShmpoolPlugin(plugin, data_dir=sample_dir, store_dir=tmp_path, linger=LINGER,
+                                                placement={PLACED: ["hostE"]}))
+        client.restart()
+        (address,) = _wait_workers(client, "hostE", 1)
+        resources = client.scheduler_info(n_workers=-1)["workers"][address]["resources"]
+        assert resources.get(sd.resource(PLACED)) == sd.RESOURCE_UNITS, resources
+        generation = sd.publish(client, PLACED, "big", {1: b"placed"})
+        placed = client.submit(tasks.read, PLACED, 1, resources={sd.resource(PLACED): 1}, pure=False)
+        assert placed.result(START)["generation"] == generation  # START only catches a hang
+        client.shutdown()
+        lone.proc.wait(60)
+        wait_for(lambda: gone(instance), 20, f"instance {instance} gone")
+    finally:
+        if lone is not None and lone.proc.poll() is None:
+            lone.kill()
+        client.close()
+        local.close()
+        pid = host.ready_pid(instance)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+        cleanup(instance)
