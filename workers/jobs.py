@@ -22,13 +22,14 @@ coordinator): names only, never pickle, and nothing a client can write.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from shmpool.jobs.callables import MODULE_RE, TARGET_RE, home_module, import_target, target_of
+from shmpool.jobs.callables import MODULE_RE, TARGET_RE, home_module, target_of
 from shmpool.data.context import ContextCollection, LoadedContext
 from shmpool.errors import InvalidArgument, InvalidJob, UnknownJob
 from shmpool.data.reader import Reader
@@ -36,7 +37,7 @@ from shmpool.data.reader import Reader
 __all__ = ["resolve_job", "BUILTIN_JOBS", "UnknownJob", "JobPolicy", "POLICY_ENV"]
 
 POLICY_ENV = "SHMPOOL_JOBS"
-_MODULE_RE, _TARGET_RE, _import_target = MODULE_RE, TARGET_RE, import_target
+_MODULE_RE, _TARGET_RE = MODULE_RE, TARGET_RE
 _NAME_RE = re.compile(r"^[A-Za-z_][\w.:-]{0,254}$")
 
 
@@ -93,6 +94,31 @@ SAFE_BUILTINS = frozenset("""
 """.split())
 DEFAULT_CALLABLES = frozenset({f"builtins:{name}" for name in SAFE_BUILTINS} | {"time:sleep"})
 DEFAULT_CALLABLE_MODULES = ("math",)  # every function of math is pure
+
+
+def _load(job: str, target: str, where: str = "") -> object:
+    """What ``target`` ("module:qualname") names, for ``job``; UnknownJob saying why if nothing.
+
+    object, not a callable: the caller checks that. The import and the attribute lookup are
+    told apart, so that an AttributeError the module raises while it runs is not reported as
+    a missing function."""
+    module_name, qualname = target.split(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownJob(job=job, reason=f"cannot import {module_name}{where}: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        # The module itself raised while it ran (a Coordinator started at import, a script's
+        # sys.exit() without a __main__ guard): the job is just as unknown, and the worker
+        # lives on for the jobs it can run.
+        raise UnknownJob(job=job, reason=f"cannot import {module_name}{where}: it raised "
+                                         f"{type(exc).__name__}: {exc}") from None
+    try:
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise UnknownJob(job=job, reason=f"{module_name} has no function {qualname}") from None
+    return obj
 
 
 @dataclass(frozen=True)
@@ -165,19 +191,7 @@ class JobPolicy:
             if m is None or "." in m.group(2) or not _within(m.group(1), self.modules):
                 raise UnknownJob(job=name, reason=self._refusal())
             target = name
-        try:
-            fn: object = _import_target(target)  # object: callable() below narrows it
-        except ImportError as exc:
-            raise UnknownJob(job=name, reason=f"cannot import {target.split(':')[0]}: {exc}") from None
-        except (Exception, SystemExit) as exc:
-            # The module itself raised while it ran (a Coordinator started at import, a script's
-            # sys.exit() without a __main__ guard): the job is just as unknown, and the worker
-            # must live on for the jobs it can run.
-            raise UnknownJob(job=name, reason=f"cannot import {target.split(':')[0]}: it raised "
-                                              f"{type(exc).__name__}: {exc}") from None
-        except AttributeError:
-            raise UnknownJob(job=name, reason=f"{target.split(':')[0]} has no function "
-                                              f"{target.split(':')[1]}") from None
+        fn = _load(name, target)
         if not callable(fn):
             raise UnknownJob(job=name, reason=f"{target} is not callable")
         if target == name and not _within(home_module(fn), self.modules):
@@ -202,12 +216,7 @@ class JobPolicy:
                   or target in self.jobs.values())
         if not listed and not _within(module, self.modules):
             raise UnknownJob(job=target, reason=self._refusal(callable_=True))
-        try:
-            fn: object = _import_target(target)  # object: callable() below narrows it
-        except ImportError as exc:
-            raise UnknownJob(job=target, reason=f"cannot import {module} in the worker: {exc}") from None
-        except AttributeError:
-            raise UnknownJob(job=target, reason=f"{module} has no function {m.group(2)}") from None
+        fn = _load(target, target, " in the worker")
         if not callable(fn):
             raise UnknownJob(job=target, reason=f"{target} is not callable")
         if not listed and not _within(home_module(fn), self.modules):
