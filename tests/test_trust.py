@@ -398,3 +398,22 @@ def test_cleanup_of_another_users_instance_is_one_line_not_a_traceback(instance_
         for entry in entries:  # cleanup() leaves another user's objects alone, even as root
             (SHM_DIR / entry).unlink(missing_ok=True)
     assert list_objects(instance_name) == ([], [])
+
+
+def test_the_xdg_warning_names_the_folder_used_instead(tmp_path):
+    """The warning said 'using /tmp instead' while the folder used was /tmp/shmpool-<uid> (found
+    by the docs read-through): it names the folder itself now. A process of its own: the
+    warning is given once per process and value."""
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    os.chmod(xdg, 0o755)
+    fake_tmp = tmp_path / "tmp"
+    fake_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("SHMPOOL_RUNTIME_DIR", "SHMPOOL_WARNINGS")}
+    env.update(XDG_RUNTIME_DIR=str(xdg), TMPDIR=str(fake_tmp))
+    code = ("from shmpool.substrate.names import runtime_dir; from loguru import logger; "
+            "logger.enable('shmpool'); print(runtime_dir())")  # enabled as the CLI and a coordinator do
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    used = fake_tmp / f"shmpool-{os.geteuid()}"
+    assert result.stdout.strip() == str(used), result.stderr
+    assert f"using {used} instead" in result.stderr, result.stderr

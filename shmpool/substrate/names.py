@@ -65,7 +65,7 @@ def runtime_dir() -> Path:
         path = Path(override)
     else:
         xdg = _usable_xdg_runtime_dir()
-        path = xdg / "shmpool" if xdg is not None else Path(_temp_dir()) / f"shmpool-{os.geteuid()}"
+        path = xdg / "shmpool" if xdg is not None else _fallback_dir()
     return _own_folder(path)
 
 
@@ -84,6 +84,11 @@ def _temp_dir() -> str:
     return tempfile.gettempdir()
 
 
+def _fallback_dir() -> Path:
+    """The runtime folder without SHMPOOL_RUNTIME_DIR or a usable XDG_RUNTIME_DIR."""
+    return Path(_temp_dir()) / f"shmpool-{os.geteuid()}"
+
+
 def _usable_xdg_runtime_dir() -> Path | None:
     value = os.environ.get("XDG_RUNTIME_DIR")
     if not value:
@@ -99,7 +104,7 @@ def _usable_xdg_runtime_dir() -> Path | None:
         # Typical after `su`: the variable still names the previous user's folder.
         _warned_xdg.add(value)
         logger.warning("XDG_RUNTIME_DIR={} is not a 0700 folder of uid {}; using {} instead", value,
-                       os.geteuid(), _temp_dir())
+                       os.geteuid(), _fallback_dir())
     return path if usable else None
 
 
