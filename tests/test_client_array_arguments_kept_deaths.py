@@ -28,7 +28,7 @@ import pytest
 import _kept_jobs as jobs
 import shmpool
 from _introspect import job_board
-from _waiting import wait_for
+from _waiting import stop_outside_locks, wait_for
 from _kept_checks import WAIT, assert_board_whole, live_allocations
 from conftest import TESTS
 from shmpool.coordinator import Coordinator
@@ -175,9 +175,10 @@ def test_a_client_killed_with_a_kept_answer_unread_leaves_the_argument_to_the_wo
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
         wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running", seconds=WAIT)
-        os.kill(child.pid, signal.SIGSTOP)  # it cannot read its answer
-        gate.touch()
         board = job_board(coord)
+        assert coord._inst is not None
+        stop_outside_locks(child.pid, [board.lock, coord._inst.lock])  # it cannot read its answer
+        gate.touch()
         wait_for(lambda: any(board.slot_row(s).state == SlotState.DONE and board.slot_row(s).arg_kept
                              for s in range(board.slot_count)), what="the kept answer in the client's ring", seconds=WAIT)
         child.kill()
