@@ -203,7 +203,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         removed = shmpool.cleanup(args.name)
         swept = True
     except CleanupError as exc:  # e.g. another user's objects: what went, then one line on what did not
-        _cleanup_summary(args, exc.removed, segments)
+        if exc.removed:  # else "nothing to clean up" would contradict the error line
+            _cleanup_summary(args, exc.removed, segments)
         raise
     finally:
         if swept:  # the crashed instance's lock files and empty spill folder go with it
