@@ -221,17 +221,24 @@ class Link:
         """Copy a request's spilled arrays into shared memory (their one copy); ArgumentTooLarge
         if the table refuses. While this client's own spilled arguments fill the table, wait (at
         most ``timeout``) for its jobs to end and free theirs: ``map`` over many large arrays
-        is back-pressured by memory as by slots, instead of failing half-way."""
+        is back-pressured by memory as by slots, instead of failing half-way. A wait that runs
+        out raises TimeoutError (the table's refusal as its cause), as a wait for a slot does,
+        and no sleep outlasts what is left of ``timeout``: asubmit passes ASYNC_SUBMIT_WAIT (1 ms)
+        and retries from its loop, which a 50 ms sleep here blocked."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 return write_arguments(self.inst, request.plan, job, request.args, request.kwargs or {})
-            except ArgumentTooLarge:
-                outstanding = self._spilled_outstanding()
-                if not outstanding or request.plan.nbytes > self.inst.table.stats().memory_limit or (
-                        deadline is not None and time.monotonic() >= deadline) or not self.coordinator_alive():
+            except ArgumentTooLarge as refused:
+                if not self._spilled_outstanding() or request.plan.nbytes > self.inst.table.stats().memory_limit \
+                        or not self.coordinator_alive():
                     raise
-            time.sleep(ARGUMENT_ROOM_WAIT)
+                pause = ARGUMENT_ROOM_WAIT if deadline is None else min(ARGUMENT_ROOM_WAIT, deadline - time.monotonic())
+                if not pause > 0:  # also a NaN deadline: never a wait without end
+                    raise FuturesTimeout(f"no room in shared memory for the {request.plan.nbytes} bytes of {job!r}'s "
+                                         f"spilled arguments within {timeout} s (this client's queued jobs "
+                                         f"hold the memory limit)") from refused
+            time.sleep(pause)
 
     def _spilled_outstanding(self) -> bool:
         """True while jobs of this process hold spilled arguments (their end frees room)."""
