@@ -58,6 +58,7 @@ from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
 from .client_link import Link, Outgoing, Request
 from .client_owner import CompletionOwner, JobFuture, Lifecycle
 from .spin import spin_seconds
+from .timeouts import check_timeout
 
 if TYPE_CHECKING:
     import asyncio
@@ -103,6 +104,7 @@ class Client(concurrent.futures.Executor):
 
     def __init__(self, name: str, *, timeout: float | None = None, spin_us: float | None = None) -> None:
         self.name = name
+        timeout = check_timeout(timeout)
         self._spin = spin_seconds(spin_us)
         self._names: dict[Any, str] = {}
         link = Link(name, timeout=timeout)
@@ -136,6 +138,7 @@ class Client(concurrent.futures.Executor):
         worker cannot import (a lambda, a nested function, one of ``__main__``), TypeError for
         an argument msgpack cannot carry, RequestTooLarge, ClientClosed.
         """
+        timeout = check_timeout(timeout)
         job, flags = self._job_of(fn)
         request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
         return self._submit_request(job, request, timeout)
@@ -213,6 +216,7 @@ class Client(concurrent.futures.Executor):
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise InvalidArgument(argument="chunksize", value=chunksize, reason="an int >= 1")
+        timeout = check_timeout(timeout)
         end = None if timeout is None else time.monotonic() + timeout
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
@@ -298,6 +302,7 @@ class Client(concurrent.futures.Executor):
         """
         import asyncio  # already loaded where a loop runs; not in every client's start (~25 ms)
         loop = asyncio.get_running_loop()
+        timeout = check_timeout(timeout)
         job, flags = self._job_of(fn)
         request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
         # A request with a spilled array is tried now only if a slot is free: a try that finds
@@ -355,6 +360,7 @@ class Client(concurrent.futures.Executor):
         queued then is withdrawn, one already running finishes and its result is dropped.
         """
         import asyncio
+        timeout = check_timeout(timeout)
         awaitable = self.asubmit(fn, *args, timeout=timeout, job_timeout=job_timeout, **kwargs)
         if timeout is None:
             return await awaitable
@@ -387,6 +393,7 @@ class Client(concurrent.futures.Executor):
         concurrent calls, or when every channel is taken, it goes through ``submit``.
         ``timeout`` bounds the wait for a slot and for the result together.
         """
+        timeout = check_timeout(timeout)
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
         self._owner.check_open()

@@ -41,6 +41,7 @@ from ..substrate._log import logger
 from ..errors import ClientClosed, ShmPoolError
 from .client_direct import POLL, SPENT_IDLE, DirectPool
 from .client_link import Link, Outcome, QuietFuture, settle
+from .timeouts import check_timeout
 
 __all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
 
@@ -102,6 +103,7 @@ class JobFuture(QuietFuture):
             return self._result
         try:
             self._refuse_if_inherited()
+            timeout = check_timeout(timeout)  # InvalidArgument for NaN; inf: no limit (not OverflowError)
             if timeout is None or timeout > 0:
                 timeout = self._owner.help(self, timeout)
             return super().result(timeout)
@@ -113,7 +115,7 @@ class JobFuture(QuietFuture):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._refuse_if_inherited()
-        return super().exception(timeout)
+        return super().exception(check_timeout(timeout))
 
     def _refuse_if_inherited(self) -> None:
         # _state read without the condition: a lock copied into a forked child may be held for ever.
