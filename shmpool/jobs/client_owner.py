@@ -214,22 +214,36 @@ class CompletionOwner:
             self._end_unanswered(late)
 
     def withdraw(self, future: JobFuture) -> bool:
-        """Withdraw ``future``'s request from the board and the table (JobFuture.cancel)."""
-        if not self.link.hold():
+        """Withdraw ``future``'s request from the board and the table (JobFuture.cancel).
+
+        The future leaves the table *before* the board's withdraw: once withdrawn, a worker may
+        free the slot and another submit of ours take it at once, so an entry still under it
+        would be overwritten by that submit (this future then lost) or popped for that job's
+        answer (given to this future). Meanwhile it counts as a submit not yet registered (the
+        owner does not detach under it), and an answer for the slot is parked in ``_early``;
+        a withdraw that fails puts the future back through :meth:`register`, which settles it
+        with such an answer."""
+        link = self.link
+        if not link.hold():
             return False  # detached: the detach settled it
         try:
-            withdrawn = self.link.withdraw(future._slot, future._seq)
+            with self._lock:
+                if self._table.get(future._slot) is not future:
+                    return False  # being settled already (answered, or a detach took it)
+                del self._table[future._slot]
+                self.submitting += 1
+            withdrawn = False
+            try:
+                withdrawn = link.withdraw(future._slot, future._seq)
+            finally:
+                if withdrawn:
+                    with self._lock:
+                        self.submitting -= 1
+                else:
+                    self.register([future], ending=True)
+            return withdrawn
         finally:
-            self.link.drop()
-        if not withdrawn:
-            return False
-        # The slot goes back to the free stack and may carry this client's next job: a stale
-        # entry left under it would swallow that job's answer.
-        with self._lock:
-            if self._table.get(future._slot) is not future:
-                return False  # a detach took it first, and settles it
-            del self._table[future._slot]
-        return True
+            link.drop()
 
     def pending(self) -> list[JobFuture]:
         with self._lock:
