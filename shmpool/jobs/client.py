@@ -408,11 +408,24 @@ class Client(concurrent.futures.Executor):
         try:
             request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=job_timeout)
             if mine is None:
-                return self._submit_request(job, request, timeout).result(timeout)
+                return self._call_submitted(job, request, timeout, deadline)
             return mine.call(self._link, job, request, timeout, self._spin, self._abandoned)
         finally:
             if mine is not None:
                 self._direct.give_back(mine)
+
+    def _call_submitted(self, job: str, request: Request, timeout: float | None, deadline: float | None) -> Any:
+        """``call`` through ``submit`` (no direct channel for this thread), kept to the direct
+        path's contract: ``deadline`` bounds the slot wait and the result together, and a
+        request still queued when it passes is withdrawn (its answer would reach nobody)."""
+        future = self._submit_request(job, request, timeout)
+        try:
+            return future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except FuturesTimeout:
+            future.cancel()  # a running job finishes; its result is dropped with the future
+            raise FuturesTimeout(f"job {job!r} did not finish within {timeout} s") from None
+        finally:
+            del future  # no cycle through a raised error's traceback
 
     def _abandoned(self) -> bool:
         return self._owner.close_requested
