@@ -145,6 +145,11 @@ _kept_in_child: list[Link] = []
 
 
 def _after_fork_in_child() -> None:
+    global _MAKING
+    # Made afresh: the completion thread takes it for every future it settles, and one copied
+    # held (a fork mid-settle) would never be released here, hanging the child's first wait on
+    # a future of its own new Client whatever its timeout.
+    _MAKING = threading.Lock()
     for link in list(_links):
         link.inherited = True
         _kept_in_child.append(link)
