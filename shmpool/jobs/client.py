@@ -164,7 +164,7 @@ class Client(concurrent.futures.Executor):
         owner.begin_submit()  # shutdown() and close() wait for this submit to register its future
         future = None
         try:
-            slot, seq = self._link.post(owner.channel, job, request, timeout)
+            slot, seq = self._link.post(owner.channel, job, request, timeout, abandoned=self._abandoned)
             future = JobFuture(owner, slot, seq, job)
         finally:
             owner.end_submit(future)
@@ -187,7 +187,7 @@ class Client(concurrent.futures.Executor):
         try:
             while batch:
                 timeout = None if end is None else end - time.monotonic()
-                for queued in self._link.post_many(owner.channel, job, batch, timeout):
+                for queued in self._link.post_many(owner.channel, job, batch, timeout, self._abandoned):
                     made = [JobFuture(owner, slot, seq, job) for slot, seq in queued]
                     owner.register(made)
                     futures += made
