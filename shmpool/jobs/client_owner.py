@@ -143,6 +143,10 @@ class CompletionOwner:
         # thread waiting in result() that drains it meanwhile (help). Only for the pop: what
         # was popped is decoded and settled after it is released.
         self._drain_lock = threading.Lock()
+        # Threads reading popped answers (_settle_all), which the detach waits for before it
+        # releases the channel (freeing those slots and spills) and lets the board be unmapped.
+        self._reading = 0
+        self._read = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name=f"shmpool-client-{link.name}", daemon=True)
 
     def start(self) -> None:
@@ -381,11 +385,32 @@ class CompletionOwner:
         self._settle_all(ready)
 
     def _settle_all(self, futures: list[JobFuture]) -> None:
-        """Decode each answer, free all their slots in one lock round, then settle the futures."""
+        """Decode each answer, free all their slots in one lock round, then settle the futures.
+
+        Counted in ``_reading`` meanwhile: a thread that popped these answers (a waiter
+        helping, a submit settling an early answer) must not read their slots and spills while
+        the owner's detach releases the channel (which frees both) and unmaps the board, so the
+        detach waits for the count to drop. After a detach they are gone: ClientClosed. The
+        count, not the drain lock: a helper holds that while it sleeps on the ring, and the
+        owner's settling would wait out its sleep."""
         if not futures:
             return
-        outcomes = [self.link.outcome(f._slot, f._seq, f.job) for f in futures]
-        self.link.board.release_slots([(f._slot, f._seq) for f in futures])
+        with self._lock:
+            detached = self.lifecycle is Lifecycle.CLOSED
+            if not detached:
+                self._reading += 1
+        if detached:
+            error = ClientClosed(name=self.link.name, reason="close() was called while the job was pending")
+            outcomes = [Outcome(None, error)] * len(futures)
+        else:
+            try:
+                outcomes = [self.link.outcome(f._slot, f._seq, f.job) for f in futures]
+                self.link.board.release_slots([(f._slot, f._seq) for f in futures])
+            finally:
+                with self._lock:
+                    self._reading -= 1
+                    if not self._reading:
+                        self._read.notify_all()
         for future, outcome in zip(futures, outcomes):
             settle(future, outcome)
 
@@ -415,6 +440,8 @@ class CompletionOwner:
 
     def _detach(self) -> None:
         unanswered = self._take_table(detached=True)
+        with self._lock:  # CLOSED now: no reading starts; wait for those under way (_settle_all)
+            self._read.wait_for(lambda: not self._reading)
         try:
             self._end_unanswered(unanswered)
             self.direct.close()
