@@ -239,7 +239,11 @@ class Client(concurrent.futures.Executor):
                 futures.reverse()  # popped in order, so a yielded result is not held here too
                 while futures:
                     future = futures.pop()
-                    value = future.result(None if end is None else end - time.monotonic())
+                    try:
+                        value = future.result(None if end is None else end - time.monotonic())
+                    except BaseException:
+                        future.cancel()  # the one waited for too (a timeout, Ctrl-C), as CPython's map
+                        raise
                     if chunksize > 1:
                         yield from value
                     else:
