@@ -16,7 +16,6 @@ slots with gated jobs until the end; deadlines only catch the hang.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
