@@ -115,7 +115,10 @@ class JobFuture(QuietFuture):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._refuse_if_inherited()
-        return super().exception(check_timeout(timeout))
+        timeout = check_timeout(timeout)
+        if self._owner.in_owner_thread() and (timeout is None or timeout > 0):
+            timeout = self._owner.help(self, timeout)  # a done-callback waiting: see help()
+        return super().exception(timeout)
 
     def _refuse_if_inherited(self) -> None:
         # _state read without the condition: a lock copied into a forked child may be held for ever.
@@ -333,9 +336,13 @@ class CompletionOwner:
 
         Only with other futures pending too (``map``, a pipeline): for a lone future the owner's
         thread, asleep on the same ring, would be woken by the answer as well and then wait for
-        the lock and the GIL (measured: 60 us of client CPU a lone job with help, 28-40 without)."""
-        if (len(self._table) < HELP_MIN_PENDING or self.broken is not None or self.lifecycle is Lifecycle.CLOSED
-                or self.in_owner_thread()):
+        the lock and the GIL (measured: 60 us of client CPU a lone job with help, 28-40 without).
+
+        In the owner's own thread (a done-callback waiting for another job of this client) it
+        always drains, until ``future`` is done: nobody else would read the answer."""
+        if self.in_owner_thread():
+            return self._wait_in_owner_thread(future, timeout)
+        if len(self._table) < HELP_MIN_PENDING or self.broken is not None or self.lifecycle is Lifecycle.CLOSED:
             return timeout
         drain = self._drain_lock
         if not drain.acquire(blocking=False):
@@ -357,6 +364,42 @@ class CompletionOwner:
                 break
             self._deliver(done)
             if future._state not in (_PENDING, _RUNNING) or not drain.acquire(blocking=False):
+                break
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _wait_in_owner_thread(self, future: JobFuture, timeout: float | None) -> float | None:
+        """A done-callback, run by this thread, waits for ``future``: drain the ring here until
+        it is done, or ``timeout`` passes (returns what is left of it). Without this the answer
+        sat in the ring while its one reader waited for it: result(t) raised TimeoutError after
+        t, result() hung for ever. A callback run by a detach or a broken owner (the drain lock
+        held here, every future ended or ending) waits as before; one that finds the
+        coordinator gone fails ``future`` with that, as the owner's next round would."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        collect, channel, drain = self.link.board.core.collect, self.channel, self._drain_lock
+        while future._state in (_PENDING, _RUNNING) and self.broken is None and not self._detached():
+            wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            if not drain.acquire(blocking=False):  # a waiter helping reads the ring: wait for it
+                with future._condition:
+                    if future._state in (_PENDING, _RUNNING):
+                        future._condition.wait(wait)
+                continue
+            try:
+                done = collect(channel, wait)
+            except ShmPoolError:  # the board is gone: the owner's next round finds out
+                done = []
+            finally:
+                drain.release()
+            if done:
+                self._deliver(done)
+            elif not self.link.coordinator_alive():
+                with self._lock:
+                    mine = self._table.get(future._slot) is future
+                    if mine:
+                        del self._table[future._slot]
+                if mine:
+                    settle(future, Outcome(None, self.link.gone()))
                 break
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
