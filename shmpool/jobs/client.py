@@ -47,7 +47,7 @@ from ..substrate._log import logger
 from .callables import target_of
 from .codec import RequestFlags, check_job_timeout
 from ..data.context import ContextCollection, LoadedContext, NavigationPath, Step
-from ..errors import AttachError, InvalidArgument
+from ..errors import AttachError, InvalidArgument, InvalidArgumentType
 from .jobboard import JOBS
 from ..substrate.instance import CONTROL
 from ..substrate.names import segment_name
@@ -86,6 +86,14 @@ _NAMES_CACHED = 1024  # callables whose module:qualname is remembered (checked o
 
 
 _END = object()
+
+
+def _iterate(value: Any, argument: str) -> Iterator[Any]:
+    """``iter(value)``; InvalidArgumentType naming ``argument`` if it is not iterable."""
+    try:
+        return iter(value)
+    except TypeError:
+        raise InvalidArgumentType(argument=argument, value=value, reason="not iterable") from None
 
 
 def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -220,16 +228,17 @@ class Client(concurrent.futures.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
+        sources = [_iterate(iterable, f"iterables[{i}]") for i, iterable in enumerate(iterables)]
         items: Iterator[Any]
-        if chunksize > 1 and len(iterables) == 1:
+        if chunksize > 1 and len(sources) == 1:
             # One iterable: a chunk is the items themselves (no argument list made per item).
             flags |= RequestFlags.CHUNK | RequestFlags.SINGLE
-            items = _batched(iter(iterables[0]), chunksize)
+            items = _batched(sources[0], chunksize)
         elif chunksize > 1:
             flags |= RequestFlags.CHUNK
-            items = ([list(args) for args in chunk] for chunk in _batched(zip(*iterables), chunksize))
+            items = ([list(args) for args in chunk] for chunk in _batched(zip(*sources), chunksize))
         else:
-            items = zip(*iterables)
+            items = zip(*sources)
         link = self._link
         requests = (link.encode(job, args, {}, flags=flags, job_timeout=job_timeout) for args in items)
         futures = self._submit_requests(job, requests, end)
@@ -266,12 +275,12 @@ class Client(concurrent.futures.Executor):
             raise InvalidArgument(argument="buffer", value=buffer, reason="an int >= 1 (jobs in flight)")
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
+        items = _iterate(iterable, "iterable")
         self._check_open()
 
         def results() -> Iterator[Any]:
             done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
             in_flight: set[Future[Any]] = set()
-            items = iter(iterable)
             try:
                 while True:
                     while len(in_flight) < buffer:
