@@ -47,7 +47,7 @@ from ..substrate._log import logger
 from .callables import target_of
 from .codec import RequestFlags, check_job_timeout
 from ..data.context import ContextCollection, LoadedContext, NavigationPath, StepLike
-from ..errors import AttachError, InvalidArgument
+from ..errors import AttachError, InvalidArgument, InvalidArgumentType
 from .jobboard import JOBS
 from ..substrate.instance import CONTROL
 from ..substrate.names import segment_name
@@ -58,6 +58,7 @@ from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
 from .client_link import Link, Outgoing, Request
 from .client_owner import CompletionOwner, JobFuture, Lifecycle
 from .spin import spin_seconds
+from .timeouts import check_timeout
 
 if TYPE_CHECKING:
     import asyncio
@@ -87,6 +88,14 @@ _NAMES_CACHED = 1024  # callables whose module:qualname is remembered (checked o
 _END = object()
 
 
+def _iterate(value: Any, argument: str) -> Iterator[Any]:
+    """``iter(value)``; InvalidArgumentType naming ``argument`` if it is not iterable."""
+    try:
+        return iter(value)
+    except TypeError:
+        raise InvalidArgumentType(argument=argument, value=value, reason="not iterable") from None
+
+
 def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
@@ -103,6 +112,7 @@ class Client(concurrent.futures.Executor):
 
     def __init__(self, name: str, *, timeout: float | None = None, spin_us: float | None = None) -> None:
         self.name = name
+        timeout = check_timeout(timeout)
         self._spin = spin_seconds(spin_us)
         self._names: dict[Any, str] = {}
         link = Link(name, timeout=timeout)
@@ -136,6 +146,7 @@ class Client(concurrent.futures.Executor):
         worker cannot import (a lambda, a nested function, one of ``__main__``), TypeError for
         an argument msgpack cannot carry, RequestTooLarge, ClientClosed.
         """
+        timeout = check_timeout(timeout)
         job, flags = self._job_of(fn)
         request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
         return self._submit_request(job, request, timeout)
@@ -161,7 +172,7 @@ class Client(concurrent.futures.Executor):
         owner.begin_submit()  # shutdown() and close() wait for this submit to register its future
         future = None
         try:
-            slot, seq = self._link.post(owner.channel, job, request, timeout)
+            slot, seq = self._link.post(owner.channel, job, request, timeout, abandoned=self._abandoned)
             future = JobFuture(owner, slot, seq, job)
         finally:
             owner.end_submit(future)
@@ -184,7 +195,7 @@ class Client(concurrent.futures.Executor):
         try:
             while batch:
                 timeout = None if end is None else end - time.monotonic()
-                for queued in self._link.post_many(owner.channel, job, batch, timeout):
+                for queued in self._link.post_many(owner.channel, job, batch, timeout, self._abandoned):
                     made = [JobFuture(owner, slot, seq, job) for slot, seq in queued]
                     owner.register(made)
                     futures += made
@@ -213,19 +224,21 @@ class Client(concurrent.futures.Executor):
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise InvalidArgument(argument="chunksize", value=chunksize, reason="an int >= 1")
+        timeout = check_timeout(timeout)
         end = None if timeout is None else time.monotonic() + timeout
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
+        sources = [_iterate(iterable, f"iterables[{i}]") for i, iterable in enumerate(iterables)]
         items: Iterator[Any]
-        if chunksize > 1 and len(iterables) == 1:
+        if chunksize > 1 and len(sources) == 1:
             # One iterable: a chunk is the items themselves (no argument list made per item).
             flags |= RequestFlags.CHUNK | RequestFlags.SINGLE
-            items = _batched(iter(iterables[0]), chunksize)
+            items = _batched(sources[0], chunksize)
         elif chunksize > 1:
             flags |= RequestFlags.CHUNK
-            items = ([list(args) for args in chunk] for chunk in _batched(zip(*iterables), chunksize))
+            items = ([list(args) for args in chunk] for chunk in _batched(zip(*sources), chunksize))
         else:
-            items = zip(*iterables)
+            items = zip(*sources)
         link = self._link
         requests = (link.encode(job, args, {}, flags=flags, job_timeout=job_timeout) for args in items)
         futures = self._submit_requests(job, requests, end)
@@ -235,7 +248,11 @@ class Client(concurrent.futures.Executor):
                 futures.reverse()  # popped in order, so a yielded result is not held here too
                 while futures:
                     future = futures.pop()
-                    value = future.result(None if end is None else end - time.monotonic())
+                    try:
+                        value = future.result(None if end is None else end - time.monotonic())
+                    except BaseException:
+                        future.cancel()  # the one waited for too (a timeout, Ctrl-C), as CPython's map
+                        raise
                     if chunksize > 1:
                         yield from value
                     else:
@@ -258,12 +275,12 @@ class Client(concurrent.futures.Executor):
             raise InvalidArgument(argument="buffer", value=buffer, reason="an int >= 1 (jobs in flight)")
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
+        items = _iterate(iterable, "iterable")
         self._check_open()
 
         def results() -> Iterator[Any]:
             done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
             in_flight: set[Future[Any]] = set()
-            items = iter(iterable)
             try:
                 while True:
                     while len(in_flight) < buffer:
@@ -298,6 +315,7 @@ class Client(concurrent.futures.Executor):
         """
         import asyncio  # already loaded where a loop runs; not in every client's start (~25 ms)
         loop = asyncio.get_running_loop()
+        timeout = check_timeout(timeout)
         job, flags = self._job_of(fn)
         request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=check_job_timeout(job_timeout))
         # A request with a spilled array is tried now only if a slot is free: a try that finds
@@ -355,6 +373,7 @@ class Client(concurrent.futures.Executor):
         queued then is withdrawn, one already running finishes and its result is dropped.
         """
         import asyncio
+        timeout = check_timeout(timeout)
         awaitable = self.asubmit(fn, *args, timeout=timeout, job_timeout=job_timeout, **kwargs)
         if timeout is None:
             return await awaitable
@@ -388,6 +407,7 @@ class Client(concurrent.futures.Executor):
         concurrent calls, or when every channel is taken, it goes through ``submit``.
         ``timeout`` bounds the wait for a slot and for the result together.
         """
+        timeout = check_timeout(timeout)
         job, flags = self._job_of(fn)
         job_timeout = check_job_timeout(job_timeout)
         self._owner.check_open()
@@ -402,11 +422,24 @@ class Client(concurrent.futures.Executor):
         try:
             request = self._link.encode(job, args, kwargs, flags=flags, job_timeout=job_timeout)
             if mine is None:
-                return self._submit_request(job, request, timeout).result(timeout)
+                return self._call_submitted(job, request, timeout, deadline)
             return mine.call(self._link, job, request, timeout, self._spin, self._abandoned)
         finally:
             if mine is not None:
                 self._direct.give_back(mine)
+
+    def _call_submitted(self, job: str, request: Request, timeout: float | None, deadline: float | None) -> Any:
+        """``call`` through ``submit`` (no direct channel for this thread), kept to the direct
+        path's contract: ``deadline`` bounds the slot wait and the result together, and a
+        request still queued when it passes is withdrawn (its answer would reach nobody)."""
+        future = self._submit_request(job, request, timeout)
+        try:
+            return future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except FuturesTimeout:
+            future.cancel()  # a running job finishes; its result is dropped with the future
+            raise FuturesTimeout(f"job {job!r} did not finish within {timeout} s") from None
+        finally:
+            del future  # no cycle through a raised error's traceback
 
     def _abandoned(self) -> bool:
         return self._owner.close_requested

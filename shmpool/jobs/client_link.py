@@ -22,7 +22,7 @@ import time
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any, Iterator, NamedTuple, Union
+from typing import Any, Callable, Iterator, NamedTuple, Union
 
 import numpy as np
 import posix_ipc
@@ -145,6 +145,11 @@ _kept_in_child: list[Link] = []
 
 
 def _after_fork_in_child() -> None:
+    global _MAKING
+    # Made afresh: the completion thread takes it for every future it settles, and one copied
+    # held (a fork mid-settle) would never be released here, hanging the child's first wait on
+    # a future of its own new Client whatever its timeout.
+    _MAKING = threading.Lock()
     for link in list(_links):
         link.inherited = True
         _kept_in_child.append(link)
@@ -217,21 +222,32 @@ class Link:
             data, plan = encode_spilling(job, args, kwargs, 0, flags=flags, job_timeout=job_timeout)
         return data if plan is None else Outgoing(data, plan, args, kwargs)
 
-    def _place(self, job: str, request: Outgoing, timeout: float | None) -> Handle:
+    def _place(self, job: str, request: Outgoing, timeout: float | None,
+               abandoned: Callable[[], bool] | None = None) -> Handle:
         """Copy a request's spilled arrays into shared memory (their one copy); ArgumentTooLarge
         if the table refuses. While this client's own spilled arguments fill the table, wait (at
         most ``timeout``) for its jobs to end and free theirs: ``map`` over many large arrays
-        is back-pressured by memory as by slots, instead of failing half-way."""
+        is back-pressured by memory as by slots, instead of failing half-way. A wait that runs
+        out raises TimeoutError (the table's refusal as its cause), as a wait for a slot does,
+        and no sleep outlasts what is left of ``timeout``: asubmit passes ASYNC_SUBMIT_WAIT (1 ms)
+        and retries from its loop, which a 50 ms sleep here blocked."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 return write_arguments(self.inst, request.plan, job, request.args, request.kwargs or {})
-            except ArgumentTooLarge:
-                outstanding = self._spilled_outstanding()
-                if not outstanding or request.plan.nbytes > self.inst.table.stats().memory_limit or (
-                        deadline is not None and time.monotonic() >= deadline) or not self.coordinator_alive():
+            except ArgumentTooLarge as refused:
+                if not self._spilled_outstanding() or request.plan.nbytes > self.inst.table.stats().memory_limit \
+                        or not self.coordinator_alive():
                     raise
-            time.sleep(ARGUMENT_ROOM_WAIT)
+                pause = ARGUMENT_ROOM_WAIT if deadline is None else min(ARGUMENT_ROOM_WAIT, deadline - time.monotonic())
+                if not pause > 0:  # also a NaN deadline: never a wait without end
+                    raise FuturesTimeout(f"no room in shared memory for the {request.plan.nbytes} bytes of {job!r}'s "
+                                         f"spilled arguments within {timeout} s (this client's queued jobs "
+                                         f"hold the memory limit)") from refused
+                if abandoned is not None and abandoned():
+                    raise ClientClosed(name=self.name, reason="close() was called while it waited for room "
+                                                              "for its spilled arguments") from refused
+            time.sleep(pause)
 
     def _spilled_outstanding(self) -> bool:
         """True while jobs of this process hold spilled arguments (their end frees room)."""
@@ -242,14 +258,15 @@ class Link:
         return bool(mine.any())
 
     def post(self, channel: int, job: str, request: Request, timeout: float | None,
-             release: tuple[int, int] | None = None) -> tuple[int, int]:
+             release: tuple[int, int] | None = None, abandoned: Callable[[], bool] | None = None) -> tuple[int, int]:
         """Put ``request`` on the board for ``channel``: (slot, seq). The one place where the
         board's refusals become this API's: TimeoutError for no slot, RequestTooLarge naming the job.
         ``release``: a delivered (slot, seq) of the caller's to free in the same lock round.
-        Spilled arguments are placed first (:meth:`_place`), and freed again if the submit fails."""
+        Spilled arguments are placed first (:meth:`_place`), and freed again if the submit fails.
+        ``abandoned()`` True (the client was closed) ends a wait for a slot or room: ClientClosed."""
         if isinstance(request, Outgoing):
             began = time.monotonic()
-            handle: Handle | None = self._place(job, request, timeout)
+            handle: Handle | None = self._place(job, request, timeout, abandoned)
             data = request.data
             if timeout is not None:  # one timeout for the room and the slot together
                 timeout = max(0.0, timeout - (time.monotonic() - began))
@@ -259,7 +276,7 @@ class Link:
             if _faults.ARMED:
                 _faults.point("arguments.placed")  # placed (lent), not on the board: the coordinator frees them
             return self.board.submit(channel, data, timeout=timeout, release=release,
-                                     alive=self.coordinator_alive,
+                                     alive=self.coordinator_alive, abandoned=abandoned,
                                      arguments=None if handle is None else ArgumentsRef(handle.record, handle.serial))
         except BaseException as exc:
             if handle is not None:
@@ -271,8 +288,8 @@ class Link:
                 raise RequestTooLarge(nbytes=len(data), capacity=self.board.payload, job=job) from None
             raise
 
-    def post_many(self, channel: int, job: str, requests: list[Request],
-                  timeout: float | None) -> Iterator[list[tuple[int, int]]]:
+    def post_many(self, channel: int, job: str, requests: list[Request], timeout: float | None,
+                  abandoned: Callable[[], bool] | None = None) -> Iterator[list[tuple[int, int]]]:
         """:meth:`post` for a batch (``map``): yields the (slot, seq) of each run queued, in order.
         A batch with spilled arguments is posted one request at a time, each placed just before
         its submit, so that the arguments of requests still waiting for a slot hold no memory."""
@@ -280,11 +297,13 @@ class Link:
             deadline = None if timeout is None else time.monotonic() + timeout
             for request in requests:
                 yield [self.post(channel, job, request,
-                                 None if deadline is None else max(0.0, deadline - time.monotonic()))]
+                                 None if deadline is None else max(0.0, deadline - time.monotonic()),
+                                 abandoned=abandoned)]
             return
         try:
             plain: list[bytes] = requests  # type: ignore[assignment]  # no Outgoing among them (above)
-            yield from self.board.submit_many(channel, plain, timeout=timeout, alive=self.coordinator_alive)
+            yield from self.board.submit_many(channel, plain, timeout=timeout, alive=self.coordinator_alive,
+                                              abandoned=abandoned)
         except posix_ipc.BusyError:
             raise FuturesTimeout(f"no free job slot on {self.name!r} within {timeout} s "
                                  f"({self.board.slot_count} slots, all busy)") from None

@@ -41,6 +41,7 @@ from ..substrate._log import logger
 from ..errors import ClientClosed, ShmPoolError
 from .client_direct import POLL, SPENT_IDLE, DirectPool
 from .client_link import Link, Outcome, QuietFuture, settle
+from .timeouts import check_timeout
 
 __all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
 
@@ -102,6 +103,7 @@ class JobFuture(QuietFuture):
             return self._result
         try:
             self._refuse_if_inherited()
+            timeout = check_timeout(timeout)  # InvalidArgument for NaN; inf: no limit (not OverflowError)
             if timeout is None or timeout > 0:
                 timeout = self._owner.help(self, timeout)
             return super().result(timeout)
@@ -113,6 +115,9 @@ class JobFuture(QuietFuture):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._refuse_if_inherited()
+        timeout = check_timeout(timeout)
+        if self._owner.in_owner_thread() and (timeout is None or timeout > 0):
+            timeout = self._owner.help(self, timeout)  # a done-callback waiting: see help()
         return super().exception(timeout)
 
     def _refuse_if_inherited(self) -> None:
@@ -141,6 +146,10 @@ class CompletionOwner:
         # thread waiting in result() that drains it meanwhile (help). Only for the pop: what
         # was popped is decoded and settled after it is released.
         self._drain_lock = threading.Lock()
+        # Threads reading popped answers (_settle_all), which the detach waits for before it
+        # releases the channel (freeing those slots and spills) and lets the board be unmapped.
+        self._reading = 0
+        self._read = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name=f"shmpool-client-{link.name}", daemon=True)
 
     def start(self) -> None:
@@ -212,22 +221,36 @@ class CompletionOwner:
             self._end_unanswered(late)
 
     def withdraw(self, future: JobFuture) -> bool:
-        """Withdraw ``future``'s request from the board and the table (JobFuture.cancel)."""
-        if not self.link.hold():
+        """Withdraw ``future``'s request from the board and the table (JobFuture.cancel).
+
+        The future leaves the table *before* the board's withdraw: once withdrawn, a worker may
+        free the slot and another submit of ours take it at once, so an entry still under it
+        would be overwritten by that submit (this future then lost) or popped for that job's
+        answer (given to this future). Meanwhile it counts as a submit not yet registered (the
+        owner does not detach under it), and an answer for the slot is parked in ``_early``;
+        a withdraw that fails puts the future back through :meth:`register`, which settles it
+        with such an answer."""
+        link = self.link
+        if not link.hold():
             return False  # detached: the detach settled it
         try:
-            withdrawn = self.link.withdraw(future._slot, future._seq)
+            with self._lock:
+                if self._table.get(future._slot) is not future:
+                    return False  # being settled already (answered, or a detach took it)
+                del self._table[future._slot]
+                self.submitting += 1
+            withdrawn = False
+            try:
+                withdrawn = link.withdraw(future._slot, future._seq)
+            finally:
+                if withdrawn:
+                    with self._lock:
+                        self.submitting -= 1
+                else:
+                    self.register([future], ending=True)
+            return withdrawn
         finally:
-            self.link.drop()
-        if not withdrawn:
-            return False
-        # The slot goes back to the free stack and may carry this client's next job: a stale
-        # entry left under it would swallow that job's answer.
-        with self._lock:
-            if self._table.get(future._slot) is not future:
-                return False  # a detach took it first, and settles it
-            del self._table[future._slot]
-        return True
+            link.drop()
 
     def pending(self) -> list[JobFuture]:
         with self._lock:
@@ -313,9 +336,13 @@ class CompletionOwner:
 
         Only with other futures pending too (``map``, a pipeline): for a lone future the owner's
         thread, asleep on the same ring, would be woken by the answer as well and then wait for
-        the lock and the GIL (measured: 60 us of client CPU a lone job with help, 28-40 without)."""
-        if (len(self._table) < HELP_MIN_PENDING or self.broken is not None or self.lifecycle is Lifecycle.CLOSED
-                or self.in_owner_thread()):
+        the lock and the GIL (measured: 60 us of client CPU a lone job with help, 28-40 without).
+
+        In the owner's own thread (a done-callback waiting for another job of this client) it
+        always drains, until ``future`` is done: nobody else would read the answer."""
+        if self.in_owner_thread():
+            return self._wait_in_owner_thread(future, timeout)
+        if len(self._table) < HELP_MIN_PENDING or self.broken is not None or self.lifecycle is Lifecycle.CLOSED:
             return timeout
         drain = self._drain_lock
         if not drain.acquire(blocking=False):
@@ -337,6 +364,42 @@ class CompletionOwner:
                 break
             self._deliver(done)
             if future._state not in (_PENDING, _RUNNING) or not drain.acquire(blocking=False):
+                break
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _wait_in_owner_thread(self, future: JobFuture, timeout: float | None) -> float | None:
+        """A done-callback, run by this thread, waits for ``future``: drain the ring here until
+        it is done, or ``timeout`` passes (returns what is left of it). Without this the answer
+        sat in the ring while its one reader waited for it: result(t) raised TimeoutError after
+        t, result() hung for ever. A callback run by a detach or a broken owner (the drain lock
+        held here, every future ended or ending) waits as before; one that finds the
+        coordinator gone fails ``future`` with that, as the owner's next round would."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        collect, channel, drain = self.link.board.core.collect, self.channel, self._drain_lock
+        while future._state in (_PENDING, _RUNNING) and self.broken is None and not self._detached():
+            wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            if not drain.acquire(blocking=False):  # a waiter helping reads the ring: wait for it
+                with future._condition:
+                    if future._state in (_PENDING, _RUNNING):
+                        future._condition.wait(wait)
+                continue
+            try:
+                done = collect(channel, wait)
+            except ShmPoolError:  # the board is gone: the owner's next round finds out
+                done = []
+            finally:
+                drain.release()
+            if done:
+                self._deliver(done)
+            elif not self.link.coordinator_alive():
+                with self._lock:
+                    mine = self._table.get(future._slot) is future
+                    if mine:
+                        del self._table[future._slot]
+                if mine:
+                    settle(future, Outcome(None, self.link.gone()))
                 break
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
@@ -365,11 +428,32 @@ class CompletionOwner:
         self._settle_all(ready)
 
     def _settle_all(self, futures: list[JobFuture]) -> None:
-        """Decode each answer, free all their slots in one lock round, then settle the futures."""
+        """Decode each answer, free all their slots in one lock round, then settle the futures.
+
+        Counted in ``_reading`` meanwhile: a thread that popped these answers (a waiter
+        helping, a submit settling an early answer) must not read their slots and spills while
+        the owner's detach releases the channel (which frees both) and unmaps the board, so the
+        detach waits for the count to drop. After a detach they are gone: ClientClosed. The
+        count, not the drain lock: a helper holds that while it sleeps on the ring, and the
+        owner's settling would wait out its sleep."""
         if not futures:
             return
-        outcomes = [self.link.outcome(f._slot, f._seq, f.job) for f in futures]
-        self.link.board.release_slots([(f._slot, f._seq) for f in futures])
+        with self._lock:
+            detached = self.lifecycle is Lifecycle.CLOSED
+            if not detached:
+                self._reading += 1
+        if detached:
+            error = ClientClosed(name=self.link.name, reason="close() was called while the job was pending")
+            outcomes = [Outcome(None, error)] * len(futures)
+        else:
+            try:
+                outcomes = [self.link.outcome(f._slot, f._seq, f.job) for f in futures]
+                self.link.board.release_slots([(f._slot, f._seq) for f in futures])
+            finally:
+                with self._lock:
+                    self._reading -= 1
+                    if not self._reading:
+                        self._read.notify_all()
         for future, outcome in zip(futures, outcomes):
             settle(future, outcome)
 
@@ -399,6 +483,8 @@ class CompletionOwner:
 
     def _detach(self) -> None:
         unanswered = self._take_table(detached=True)
+        with self._lock:  # CLOSED now: no reading starts; wait for those under way (_settle_all)
+            self._read.wait_for(lambda: not self._reading)
         try:
             self._end_unanswered(unanswered)
             self.direct.close()

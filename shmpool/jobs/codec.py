@@ -432,14 +432,29 @@ def _unpack(data: Buffer, resolve: Resolver | None = None) -> Any:
 
 
 def _packable(value: Any) -> Any:
+    # Any Exception: packing runs the value's own code (a str subclass's __str__, an Enum's value).
     try:
         _pack(value)
-    except (TypeError, ValueError, OverflowError):
+    except Exception:
         return None
     return value
 
 
+def _shown(show: Callable[[], str], what: str) -> str:
+    """``show()``, or a note saying ``what`` could not be shown (its own code raised)."""
+    try:
+        text = show()
+        if type(text) is str:
+            return text
+        raise TypeError(f"it gave a {type(text).__name__}, not a str")
+    except Exception as refused:
+        return f"<{what} could not be shown: {type(refused).__name__}>"
+
+
 def encode_error(exc: BaseException) -> bytes:
+    """A job's exception as the error wire format; never raises, whatever the exception's own
+    code does (a worker encodes it in its handler of job failures: an error escaping there
+    killed the worker, and the job, requeued, killed the next one too)."""
     fields = getattr(exc, "_fields", None) if isinstance(exc, ShmPoolError) else None
     cls = type(exc)
     payload = {
@@ -447,9 +462,10 @@ def encode_error(exc: BaseException) -> bytes:
         "qualname": cls.__qualname__,
         "module": cls.__module__,
         "args": _packable(list(exc.args)),
-        "message": str(exc),
+        "message": _shown(lambda: str(exc), f"the message of a {cls.__name__}"),
         "fields": _packable(fields) if fields is not None else None,
-        "traceback": "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
+        "traceback": _shown(lambda: "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
+                            f"the traceback of a {cls.__name__}"),
     }
     return _pack(payload)
 

@@ -33,7 +33,7 @@ from ..substrate._log import logger
 
 from .._core import BoardCore, RobustMutex, SharedWords
 from .._core._sync import fence
-from ..errors import AttachError
+from ..errors import AttachError, ClientClosed
 from ..substrate._proc import is_alive, my_identity
 from ..substrate.names import segment_name
 from ..substrate.segments import Segment
@@ -58,6 +58,7 @@ _ASLEEP, _FREE_TOP, _Q_TAIL = int(JW.REAPER_ASLEEP), int(JW.FREE_TOP), int(JW.Q_
 _ACCEPTING = int(BoardState.ACCEPTING)
 _STOPPING_REASON = "the coordinator is stopping; no new jobs are accepted"
 _TAKEN = (SlotState.RUNNING, SlotState.ORPHANED)
+_CLOSED_REASON = "close() was called while it waited for a free job slot"
 
 
 class _Wakeup:
@@ -227,8 +228,8 @@ class JobBoard(BoardRepair, BoardStatistics):
         return bool(self.core.wait_ring(channel, timeout))
 
     def submit(self, channel: int, request: bytes | memoryview, *, timeout: float | None,
-               release: tuple[int, int] | None = None,
-               alive: Callable[[], bool] | None = None, arguments: ArgumentsRef | None = None) -> tuple[int, int]:
+               release: tuple[int, int] | None = None, alive: Callable[[], bool] | None = None,
+               arguments: ArgumentsRef | None = None, abandoned: Callable[[], bool] | None = None) -> tuple[int, int]:
         """Put a request in a free slot and queue it; returns (slot, seq).
 
         Blocks while every slot is busy; posix_ipc.BusyError once ``timeout`` has passed, and
@@ -237,6 +238,8 @@ class JobBoard(BoardRepair, BoardStatistics):
         ``alive``: asked after every timed-out wait for a slot; False (the coordinator is gone)
         ends the wait with AttachError, as does a board that stopped accepting.
         ``arguments``: the allocation of the request's spilled arguments (arg_spill.py).
+        ``abandoned``: asked after every wait for a slot; True (the client was closed) ends the
+        wait with ClientClosed, so that close() detaches now instead of after this submit.
         """
         w = self.v.words_mv
         if w[_W_STATE] != _ACCEPTING:
@@ -262,6 +265,8 @@ class JobBoard(BoardRepair, BoardStatistics):
             woken = core.wait_free(channel, seq, wait)
             if w[_W_STATE] != _ACCEPTING:
                 raise AttachError(name=self.name, reason=_STOPPING_REASON)
+            if abandoned is not None and abandoned():
+                raise ClientClosed(name=self.name, reason=_CLOSED_REASON)
             if not woken and alive is not None and not alive():
                 raise AttachError(name=self.name, reason="the coordinator is gone")
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -270,8 +275,8 @@ class JobBoard(BoardRepair, BoardStatistics):
                 return slot, seq
 
     def submit_many(self, channel: int, requests: list[bytes], *, timeout: float | None,
-                    alive: Callable[[], bool] | None = None,
-                    arguments: list[ArgumentsRef | None] | None = None) -> Iterator[list[tuple[int, int]]]:
+                    alive: Callable[[], bool] | None = None, arguments: list[ArgumentsRef | None] | None = None,
+                    abandoned: Callable[[], bool] | None = None) -> Iterator[list[tuple[int, int]]]:
         """:meth:`submit` for a batch, in as few lock rounds as free slots allow: yields the
         (slot, seq) of each run of requests queued, in order, until all are (a consumer that
         stops early leaves the rest unsubmitted). Blocks while the board is full, as submit.
@@ -298,6 +303,8 @@ class JobBoard(BoardRepair, BoardStatistics):
             woken = core.wait_free(channel, seen, WAIT_SLICE if remaining is None else min(WAIT_SLICE, remaining))
             if not woken and alive is not None and not alive():
                 raise AttachError(name=self.name, reason="the coordinator is gone")
+            if abandoned is not None and abandoned():
+                raise ClientClosed(name=self.name, reason=_CLOSED_REASON)
 
     def cancel(self, slot: int, seq: int, *, timeout: float = 1.0) -> bool:
         """Withdraw a request that no worker has taken yet (False if it ran, or the lock is wedged).
