@@ -22,6 +22,7 @@ A :class:`MappedGenerations` is what a :class:`~shmpool.data.reader.Reader` and 
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 import time
@@ -131,7 +132,9 @@ class MappedGenerations:
 
     def closed_error(self) -> AttachError:
         if self._fork_error is not None:
-            return self._fork_error
+            # A copy per raise: the one kept here would otherwise collect the traceback (frames,
+            # locals) of every refused lookup, growing with each (as gen_wait._own says).
+            return copy.copy(self._fork_error)
         return ReaderClosed(name=self.name, slot=self.slot)
 
     def entries(self) -> dict[int, int]:
