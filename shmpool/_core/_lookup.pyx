@@ -895,6 +895,8 @@ cdef class LoadedContext:
         cdef _Bytes exporter
         cdef Generation gen
         if self._content is None:
+            if not self._mapped():
+                raise _unmade(self)
             # A view whose exporter holds the Generation, so the view alone (the context gone)
             # still keeps the generation: as a holder, and, while cached, through USERS.
             gen = <Generation>self._gen
@@ -906,38 +908,46 @@ cdef class LoadedContext:
         return self._content
 
     cdef inline bint _mapped(self) noexcept:
-        return self._pool >= 0
+        # A context over a pool of its Generation. Not one made by LoadedContext.__new__ alone:
+        # its fields are zero (pool 0) and its _gen None, so the pool's address is nowhere.
+        return self._pool >= 0 and type(self._gen) is Generation
+
+    cdef inline object _meta(self):
+        """What answers for its metadata: its generation, or the ``gen`` it was given."""
+        if self._gen is None:
+            raise _unmade(self)
+        return self._gen
 
     @property
     def generation(self):
         if type(self._gen) is Generation:
             return (<Generation>self._gen).generation
-        return self._gen.generation
+        return self._meta().generation
 
     @property
     def dimension_name(self):
-        return self._gen.name
+        return self._meta().name
 
     @property
     def frequency(self):
-        return self._gen.frequency(self._row)
+        return self._meta().frequency(self._row)
 
     @property
     def keywords(self):
-        return self._gen.keywords(self._row)
+        return self._meta().keywords(self._row)
 
     @property
     def is_text(self):
-        return self._gen.is_text(self._row)
+        return self._meta().is_text(self._row)
 
     @property
     def crc32(self):
         """The layer's CRC32 as recorded when it was written."""
-        return self._gen.crc32(self._row)
+        return self._meta().crc32(self._row)
 
     def verify(self):
         """True if the bytes in memory still match the recorded CRC32 (reads every byte)."""
-        return zlib.crc32(self.content) == self._gen.crc32(self._row)
+        return zlib.crc32(self.content) == self._meta().crc32(self._row)
 
     @property
     def text(self):
@@ -945,7 +955,7 @@ cdef class LoadedContext:
         if self._mapped():
             return PyUnicode_DecodeUTF8((<Generation>self._gen).pool_base[self._pool] + self._start,
                                         self._end - self._start, "strict")
-        return str(self._content, "utf-8")
+        return str(self.content, "utf-8")
 
     @property
     def is_array(self):
@@ -961,11 +971,18 @@ cdef class LoadedContext:
     def __len__(self):
         if self._mapped():
             return self._end - self._start
-        return len(self._content)
+        return len(self.content)
 
     def __repr__(self):
         return (f"LoadedContext(dimension_id={self.dimension_id}, layer_id={self.layer_id}, "
                 f"generation={self.generation}, {len(self)} bytes)")
+
+
+cdef object _unmade(LoadedContext ctx):
+    return InvalidArgument(argument="context", value=f"<LoadedContext at {id(ctx):#x}>",
+                           reason="was made by LoadedContext.__new__ alone: it has no bytes and no metadata "
+                                  "(contexts come from lookups, or LoadedContext(dimension_id, layer_id, content, "
+                                  "gen, row))")
 
 
 @cython.no_gc  # refers to a Generation only, which never refers back
