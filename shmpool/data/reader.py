@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, TypeVar, overload
 from ..errors import AttachError, DimensionNotFound, LayerNotFound
 from ..substrate.ids import as_id
 from ..substrate.instance import SharedInstance
+from ..substrate.timeouts import check_timeout
 from ..substrate.layout import TOUCHED_READ, W
 from .._core._lookup import Generation, ReaderCore
 from .context import ContextCollection, LoadedContext, NavigationPath
@@ -279,7 +280,7 @@ class Reader(ReaderCore):
         directory in flux for ``timeout`` seconds (None: wait for ever), or at once if the
         coordinator died in the middle of one; ReaderClosed on a closed reader.
         """
-        return Snapshot.take(self._map, timeout)
+        return Snapshot.take(self._map, check_timeout(timeout))
 
     def wait_generation(self, dimension_id: int, *, after: int | None = None,
                         timeout: float | None = None) -> int:
@@ -290,8 +291,10 @@ class Reader(ReaderCore):
         polling). Raises GenerationTimeout after ``timeout`` seconds (None: no limit),
         AttachError if the coordinator stops or dies meanwhile (noticed within about 0.25 s),
         ReaderClosed if this reader is closed meanwhile, DimensionNotFound if the dimension was
-        never published.
+        never published; InvalidArgument for a NaN ``timeout``, InvalidArgumentType for one that
+        is no number (shmpool/substrate/timeouts.py: beyond 1e9 s is no deadline).
         """
+        timeout = check_timeout(timeout)
         dimension_id, pos, after = self._wait_args(dimension_id, after)
         return self._map.waiter().wait(dimension_id, pos, after, timeout)
 
@@ -301,6 +304,7 @@ class Reader(ReaderCore):
 
         No thread per call: one thread per Reader waits on the semaphore for every waiter and
         completes their futures through their event loops."""
+        timeout = check_timeout(timeout)
         dimension_id, pos, after = self._wait_args(dimension_id, after)
         return await self._map.waiter().wait_async(dimension_id, pos, after, timeout)
 
@@ -352,6 +356,7 @@ def attach(name: str, *, timeout: float | None = None) -> Reader:
     Raises AttachError if no coordinator of that name runs, LockTimeout (naming the holder's
     pid) if the instance's table lock stays held for ``timeout`` seconds (None: wait as long
     as it takes; a stopped lock holder would make that for ever)."""
+    timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     inst = SharedInstance.attach(name)
     try:
