@@ -88,7 +88,7 @@ import os
 import sys
 import zlib
 
-from ..errors import DimensionNotFound, InvalidArgument, LayerNotFound, RegionFormatError
+from ..errors import DimensionNotFound, InvalidArgument, LayerNotFound, OutOfBounds, RegionFormatError
 
 cdef enum:
     SMALL_IDS = 256  # dimension ids a reader finds by index rather than by hash
@@ -265,7 +265,7 @@ cdef bint _text_holds(Generation gen, int64_t meta, const char *text, Py_ssize_t
     test and a memcmp; the hash only found the slot, the text decides (an absent key whose id
     collides with a present one's must miss, not return the other layer)."""
     cdef Py_ssize_t row = ((~meta) if meta < 0 else meta) >> POOL_BITS
-    gen._check_row(row)
+    gen._slot_row(row)
     if not gen._u16(row, ROW_FLAGS) & FLAG_KEYED:
         return False
     cdef int64_t start = gen._i64(row, ROW_KEY_START), end = gen._i64(row, ROW_KEY_END)
@@ -564,7 +564,16 @@ cdef class Generation:
 
     cdef int _check_row(self, Py_ssize_t row) except -1:
         if row < 0 or row >= self.layer_count:
-            raise IndexError(f"row {row} of {self.source} ({self.layer_count} rows)")
+            raise OutOfBounds(what=f"rows of {self.source}", offset=row, length=1, limit=self.layer_count)
+        return 0
+
+    cdef int _slot_row(self, int64_t row) except -1:
+        """A row a table slot names (its META word): one of the index's rows, else the index is
+        corrupt. Every row a lookup or a batch keeps comes through here (or :meth:`_check_row`):
+        a batch reads its rows later, with no check of its own."""
+        if <uint64_t>row >= <uint64_t>self.layer_count:
+            raise RegionFormatError(source=self.source, fault=f"a table slot names row {row}, past the index's "
+                                                              f"{self.layer_count} rows")
         return 0
 
     def layer_ids(self):
@@ -611,11 +620,13 @@ cdef class Generation:
         a compressed layer inflated (a context whose layer_id is ``layer_id``, or ``key`` made
         an int when None), else the one bounds check and the context over the pool."""
         if meta < 0:
+            self._slot_row((~meta) >> POOL_BITS)
             return self._inflated(PyLong_FromLongLong(key) if layer_id is None else layer_id, (~meta) >> POOL_BITS)
         cdef int64_t start = self._table[j + SLOT_START], end = self._table[j + SLOT_END]
         cdef Py_ssize_t pool = meta & POOL_MASK
         if not self._in_pool(pool, start, end):  # the one bounds check
             self._bytes(pool, start, end)  # raises RegionFormatError naming them
+        self._slot_row(meta >> POOL_BITS)
         return _context_of(self, key, meta >> POOL_BITS, pool, start, end)
 
     cdef LoadedContext _absent(self, object layer_id, bint absent_ok):
@@ -884,6 +895,8 @@ cdef class LoadedContext:
         cdef _Bytes exporter
         cdef Generation gen
         if self._content is None:
+            if not self._mapped():
+                raise _unmade(self)
             # A view whose exporter holds the Generation, so the view alone (the context gone)
             # still keeps the generation: as a holder, and, while cached, through USERS.
             gen = <Generation>self._gen
@@ -895,38 +908,46 @@ cdef class LoadedContext:
         return self._content
 
     cdef inline bint _mapped(self) noexcept:
-        return self._pool >= 0
+        # A context over a pool of its Generation. Not one made by LoadedContext.__new__ alone:
+        # its fields are zero (pool 0) and its _gen None, so the pool's address is nowhere.
+        return self._pool >= 0 and type(self._gen) is Generation
+
+    cdef inline object _meta(self):
+        """What answers for its metadata: its generation, or the ``gen`` it was given."""
+        if self._gen is None:
+            raise _unmade(self)
+        return self._gen
 
     @property
     def generation(self):
         if type(self._gen) is Generation:
             return (<Generation>self._gen).generation
-        return self._gen.generation
+        return self._meta().generation
 
     @property
     def dimension_name(self):
-        return self._gen.name
+        return self._meta().name
 
     @property
     def frequency(self):
-        return self._gen.frequency(self._row)
+        return self._meta().frequency(self._row)
 
     @property
     def keywords(self):
-        return self._gen.keywords(self._row)
+        return self._meta().keywords(self._row)
 
     @property
     def is_text(self):
-        return self._gen.is_text(self._row)
+        return self._meta().is_text(self._row)
 
     @property
     def crc32(self):
         """The layer's CRC32 as recorded when it was written."""
-        return self._gen.crc32(self._row)
+        return self._meta().crc32(self._row)
 
     def verify(self):
         """True if the bytes in memory still match the recorded CRC32 (reads every byte)."""
-        return zlib.crc32(self.content) == self._gen.crc32(self._row)
+        return zlib.crc32(self.content) == self._meta().crc32(self._row)
 
     @property
     def text(self):
@@ -934,7 +955,7 @@ cdef class LoadedContext:
         if self._mapped():
             return PyUnicode_DecodeUTF8((<Generation>self._gen).pool_base[self._pool] + self._start,
                                         self._end - self._start, "strict")
-        return str(self._content, "utf-8")
+        return str(self.content, "utf-8")
 
     @property
     def is_array(self):
@@ -950,11 +971,18 @@ cdef class LoadedContext:
     def __len__(self):
         if self._mapped():
             return self._end - self._start
-        return len(self._content)
+        return len(self.content)
 
     def __repr__(self):
         return (f"LoadedContext(dimension_id={self.dimension_id}, layer_id={self.layer_id}, "
                 f"generation={self.generation}, {len(self)} bytes)")
+
+
+cdef object _unmade(LoadedContext ctx):
+    return InvalidArgument(argument="context", value=f"<LoadedContext at {id(ctx):#x}>",
+                           reason="was made by LoadedContext.__new__ alone: it has no bytes and no metadata "
+                                  "(contexts come from lookups, or LoadedContext(dimension_id, layer_id, content, "
+                                  "gen, row))")
 
 
 @cython.no_gc  # refers to a Generation only, which never refers back
@@ -1119,6 +1147,7 @@ cdef class ContextCollection:
 
     cdef int _add(self, Generation gen, Py_ssize_t row) except -1:
         cdef Py_ssize_t g, ngens = PyList_GET_SIZE(self._gens)
+        gen._slot_row(row)  # read only when a context is asked for: checked now, as it comes in
         # Most paths cross a handful of dimensions: a search from the last one added is short.
         for g in range(ngens - 1, -1, -1):
             if <object>PyList_GET_ITEM(self._gens, g) is gen:
@@ -1497,7 +1526,9 @@ cdef class ReaderCore:
             return None
         meta = (<Generation>g)._table[j + SLOT_META]
         start, end = (<Generation>g)._table[j + SLOT_START], (<Generation>g)._table[j + SLOT_END]
-        if not (<Generation>g)._in_pool(meta & POOL_MASK, start, end):  # the one bounds check
+        # The one bounds check: the bytes in the pool, the row in the index (unsigned: one compare).
+        if (not (<Generation>g)._in_pool(meta & POOL_MASK, start, end)
+                or <uint64_t>(meta >> POOL_BITS) >= <uint64_t>(<Generation>g).layer_count):
             shm_store(w, idle)
             return None  # the slow path raises RegionFormatError naming them
         cdef LoadedContext ctx = _context_of(<Generation>g, key, meta >> POOL_BITS, meta & POOL_MASK, start, end)

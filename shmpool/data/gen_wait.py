@@ -24,6 +24,7 @@ Reader's close.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
@@ -57,6 +58,16 @@ def _open_or_create(instance: str, slot: int) -> posix_ipc.Semaphore:
         return posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0)
     except posix_ipc.ExistentialError:
         return open_semaphore(name, instance=instance)  # a previous holder's: ours and 0600, or refused
+
+
+def _own(error: ShmPoolError) -> ShmPoolError:
+    """A copy of the waiter's stored ``error`` for one waiter to raise (ShmPoolError rebuilds
+    from its fields). Raising an object attaches the raiser's traceback to it, and so its frames
+    and their locals: raised itself in every waiter, the one stored error kept every failed
+    waiter's frames, and the contexts they held (so their pins, and the reader's row), for as
+    long as the Reader's finalizer keeps this waiter, which is for good once a frame refers back
+    to the Reader (tests/test_reader_review_wait_error_retention.py)."""
+    return copy.copy(error)
 
 
 def _settle(fut: "asyncio.Future[int]", value: int | BaseException) -> None:
@@ -97,7 +108,7 @@ class GenerationWaiter:
                     # The error first: close() sets it under this condition before its Reader
                     # unmaps, so while we hold the condition and see none, the views are mapped.
                     if self._error is not None:
-                        raise self._error
+                        raise _own(self._error)
                     g = int(self._dir[pos])
                     if g > after:
                         return g
@@ -115,7 +126,7 @@ class GenerationWaiter:
         fut: "asyncio.Future[int]" = loop.create_future()
         with self._cond:  # every read of the views under the condition, after the error: as wait()
             if self._error is not None:
-                raise self._error
+                raise _own(self._error)
             g = int(self._dir[pos])
             if g > after:
                 return g
@@ -127,7 +138,7 @@ class GenerationWaiter:
         except asyncio.TimeoutError:
             with self._cond:
                 if self._error is not None:
-                    raise self._error from None
+                    raise _own(self._error) from None
                 g = int(self._dir[pos])
             raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
                                     timeout=timeout or 0.0) from None
@@ -174,7 +185,7 @@ class GenerationWaiter:
         for fut, (loop, pos, after) in list(self._futures.items()):
             value: int | ShmPoolError
             if self._error is not None:
-                value = self._error  # not a look at the views: the Reader may unmap once it is set
+                value = _own(self._error)  # not a look at the views: the Reader may unmap once it is set
             else:
                 g = self._dir[pos]
                 if g <= after:

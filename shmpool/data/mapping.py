@@ -22,11 +22,13 @@ A :class:`MappedGenerations` is what a :class:`~shmpool.data.reader.Reader` and 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 from ..substrate._log import logger
 
@@ -129,9 +131,20 @@ class MappedGenerations:
         if self._closed:
             raise self.closed_error()
 
+    @contextlib.contextmanager
+    def open_section(self) -> Iterator[None]:
+        """Hold the lock with this open: close() cannot unmap the control segment's views (the
+        directory, the words, the reader table) under what reads them meanwhile. ReaderClosed if
+        closed: once nothing is held any more, those views are released."""
+        with self._lock:
+            self.check_open()
+            yield
+
     def closed_error(self) -> AttachError:
         if self._fork_error is not None:
-            return self._fork_error
+            # A copy per raise: the one kept here would otherwise collect the traceback (frames,
+            # locals) of every refused lookup, growing with each (as gen_wait._own says).
+            return copy.copy(self._fork_error)
         return ReaderClosed(name=self.name, slot=self.slot)
 
     def entries(self) -> dict[int, int]:
@@ -143,7 +156,9 @@ class MappedGenerations:
         return cached[1]
 
     def published(self) -> dict[int, int]:
-        return {dim: e for dim, e in self.entries().items() if self.directory.generation(e) > 0}
+        """{dimension id: entry} of every published dimension; ReaderClosed once closed."""
+        with self.open_section():
+            return {dim: e for dim, e in self.entries().items() if self.directory.generation(e) > 0}
 
     # ----------------------------------------------------------------- the published generations
 

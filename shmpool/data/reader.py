@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, TypeVar, overload
 from ..errors import AttachError, DimensionNotFound, LayerNotFound
 from ..substrate.ids import as_id
 from ..substrate.instance import SharedInstance
+from ..substrate.timeouts import check_timeout
 from ..substrate.layout import TOUCHED_READ, W
 from .._core._lookup import Generation, ReaderCore
 from .context import ContextCollection, LoadedContext, NavigationPath
@@ -165,21 +166,25 @@ class Reader(ReaderCore):
     def _batch_again(self, steps: NavigationPath, strict: bool) -> ContextCollection:
         """A publish cut through the batch: read it again, then through a snapshot (which
         waits for a commit in progress to end, or fails typed)."""
-        seq_mv = self._words_mv
         for _ in range(BATCH_TRIES - 1):
-            seq = seq_mv[_SEQ]
+            seq = self._publish_seq()
             if seq & 1:
                 continue
             try:
                 out = self._batch(steps, strict)
             except (DimensionNotFound, LayerNotFound):
-                if seq_mv[_SEQ] == seq:
+                if self._publish_seq() == seq:
                     raise
                 continue
-            if seq_mv[_SEQ] == seq:
+            if self._publish_seq() == seq:
                 return out
         with self.snapshot() as snap:
             return snap.load_contexts(steps, strict=strict)
+
+    def _publish_seq(self) -> int:
+        """W.PUBLISH_SEQ, read where close() cannot unmap it meanwhile; ReaderClosed once closed."""
+        with self._map.open_section():
+            return int(self._words_mv[_SEQ])
 
     def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
         """Every layer of the dimension's current generation (in layer id order), or only those
@@ -209,8 +214,9 @@ class Reader(ReaderCore):
     def generation(self, dimension_id: int) -> int:
         """The currently published generation of the dimension."""
         dimension_id = as_id(dimension_id, "dimension_id")
-        dv = self._dims.get(dimension_id) or self._map.dimension(dimension_id)
-        return int(self._dir_mv[dv.gen_pos])
+        with self._map.open_section():  # close() cannot unmap the directory under the read
+            dv = self._dims.get(dimension_id) or self._map.dimension(dimension_id)
+            return int(self._dir_mv[dv.gen_pos])
 
     def dimensions(self) -> dict[int, str]:
         """{dimension id: name} of every published dimension."""
@@ -234,7 +240,12 @@ class Reader(ReaderCore):
         return self._map.drop_stale()
 
     def stats(self) -> dict[str, Any]:
-        """Allocator statistics plus readers and published generations (JSON-serialisable)."""
+        """Allocator statistics plus readers and published generations (JSON-serialisable).
+        ReaderClosed on a closed reader."""
+        with self._map.open_section():  # the views it reads stay mapped meanwhile
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         inst, directory = self._map.inst, self._map.directory
         words = inst.control.words
         out: dict[str, Any] = inst.table.stats().as_dict()
@@ -251,9 +262,11 @@ class Reader(ReaderCore):
 
     def pins(self) -> list[dict[str, Any]]:
         """Every pin of every attached reader: pid, dimension, generation, state, age, bytes
-        retained (see shmpool.data.pins.PinRecord); read from shared memory."""
+        retained (see shmpool.data.pins.PinRecord); read from shared memory. ReaderClosed on a
+        closed reader."""
         inst = self._map.inst
-        return [p.as_dict() for p in list_pins(inst.control, inst.table.block_sizes)]
+        with self._map.open_section():
+            return [p.as_dict() for p in list_pins(inst.control, inst.table.block_sizes)]
 
     # ----------------------------------------------------------------- snapshots and wake-ups
 
@@ -267,7 +280,7 @@ class Reader(ReaderCore):
         directory in flux for ``timeout`` seconds (None: wait for ever), or at once if the
         coordinator died in the middle of one; ReaderClosed on a closed reader.
         """
-        return Snapshot.take(self._map, timeout)
+        return Snapshot.take(self._map, check_timeout(timeout))
 
     def wait_generation(self, dimension_id: int, *, after: int | None = None,
                         timeout: float | None = None) -> int:
@@ -278,8 +291,10 @@ class Reader(ReaderCore):
         polling). Raises GenerationTimeout after ``timeout`` seconds (None: no limit),
         AttachError if the coordinator stops or dies meanwhile (noticed within about 0.25 s),
         ReaderClosed if this reader is closed meanwhile, DimensionNotFound if the dimension was
-        never published.
+        never published; InvalidArgument for a NaN ``timeout``, InvalidArgumentType for one that
+        is no number (shmpool/substrate/timeouts.py: beyond 1e9 s is no deadline).
         """
+        timeout = check_timeout(timeout)
         dimension_id, pos, after = self._wait_args(dimension_id, after)
         return self._map.waiter().wait(dimension_id, pos, after, timeout)
 
@@ -289,6 +304,7 @@ class Reader(ReaderCore):
 
         No thread per call: one thread per Reader waits on the semaphore for every waiter and
         completes their futures through their event loops."""
+        timeout = check_timeout(timeout)
         dimension_id, pos, after = self._wait_args(dimension_id, after)
         return await self._map.waiter().wait_async(dimension_id, pos, after, timeout)
 
@@ -340,6 +356,7 @@ def attach(name: str, *, timeout: float | None = None) -> Reader:
     Raises AttachError if no coordinator of that name runs, LockTimeout (naming the holder's
     pid) if the instance's table lock stays held for ``timeout`` seconds (None: wait as long
     as it takes; a stopped lock holder would make that for ever)."""
+    timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     inst = SharedInstance.attach(name)
     try:

@@ -84,25 +84,27 @@ class Snapshot(SnapshotCore):
         start = time.monotonic()
         odd_since = None
         while True:
-            mapped.check_open()
-            seq = words[W.PUBLISH_SEQ]
-            if not seq & 1:
-                odd_since = None
-                # Entries are claimed (W.DIR_VERSION) before their first publish bumps the
-                # sequence, so the entries read after ``seq`` include every one published by then.
-                found = [(dim, entry, read(entry)) for dim, entry in mapped.entries().items()]
-                locations = {dim: (entry, fields) for dim, entry, fields in found if fields is not None}
-                holds = [(entry, f[0]) for entry, f in locations.values() if f[3] != EVICTED]
-                pins.hold_all(holds)
-                if words[W.PUBLISH_SEQ] == seq:
-                    return cls(mapped, seq, locations, holds)
-                pins.release_all(holds)  # a publish landed meanwhile: that was no instant
-            now = time.monotonic()
-            alive = True
-            if seq & 1:
-                odd_since = odd_since or now
-            if odd_since is not None and now - odd_since > _LIVENESS_AFTER:
-                alive = is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
+            # Under the mapping's lock, open: close() cannot unmap the words and the directory
+            # between the open check and the reads (a raw ValueError of a released view, seen).
+            with mapped.open_section():
+                seq = words[W.PUBLISH_SEQ]
+                if not seq & 1:
+                    odd_since = None
+                    # Entries are claimed (W.DIR_VERSION) before their first publish bumps the
+                    # sequence, so the entries read after ``seq`` include every one published by then.
+                    found = [(dim, entry, read(entry)) for dim, entry in mapped.entries().items()]
+                    locations = {dim: (entry, fields) for dim, entry, fields in found if fields is not None}
+                    holds = [(entry, f[0]) for entry, f in locations.values() if f[3] != EVICTED]
+                    pins.hold_all(holds)
+                    if words[W.PUBLISH_SEQ] == seq:
+                        return cls(mapped, seq, locations, holds)
+                    pins.release_all(holds)  # a publish landed meanwhile: that was no instant
+                now = time.monotonic()
+                alive = True
+                if seq & 1:
+                    odd_since = odd_since or now
+                if odd_since is not None and now - odd_since > _LIVENESS_AFTER:
+                    alive = is_alive(int(words[W.COORDINATOR_PID]), int(words[W.COORDINATOR_START]))
             if not alive or (timeout is not None and now - start >= timeout):
                 raise SnapshotTimeout(name=mapped.name, sequence=int(seq), waited=now - start,
                                       coordinator_alive=alive)
