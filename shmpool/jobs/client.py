@@ -58,7 +58,7 @@ from .client_direct import DIRECT_CALLS_MAX, POLL, DirectPool
 from .client_link import Link, Outgoing, Request
 from .client_owner import CompletionOwner, JobFuture, Lifecycle
 from .spin import spin_seconds
-from .timeouts import check_timeout
+from ..substrate.timeouts import check_timeout
 
 if TYPE_CHECKING:
     import asyncio

@@ -41,7 +41,7 @@ from ..substrate._log import logger
 from ..errors import ClientClosed, ShmPoolError
 from .client_direct import POLL, SPENT_IDLE, DirectPool
 from .client_link import Link, Outcome, QuietFuture, settle
-from .timeouts import check_timeout
+from ..substrate.timeouts import check_timeout
 
 __all__ = ["CompletionOwner", "JobFuture", "Lifecycle"]
 
