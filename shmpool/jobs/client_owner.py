@@ -60,6 +60,11 @@ class Lifecycle(enum.Enum):
     CLOSED = "closed"
 
 
+# ClientClosed's reason per state: "is closed (it is closed)" said nothing twice.
+_WHY_NOT_OPEN = {Lifecycle.SHUTTING_DOWN: "shutdown() was called; its jobs are finishing",
+                 Lifecycle.CLOSING: "close() was called", Lifecycle.CLOSED: "shutdown() or close() was called"}
+
+
 class JobFuture(QuietFuture):
     """A Future whose ``cancel()`` also withdraws the request while no worker has taken it, and
     whose ``running()`` is True while a worker runs it (read from the slot in shared memory).
@@ -164,7 +169,7 @@ class CompletionOwner:
         if self.broken is not None:
             raise self.broken
         if self.lifecycle is not Lifecycle.OPEN:
-            raise ClientClosed(name=self.link.name, reason=f"it is {self.lifecycle.value}")
+            raise ClientClosed(name=self.link.name, reason=_WHY_NOT_OPEN[self.lifecycle])
 
     def begin_submit(self) -> None:
         """Admit one submit (or raise as :meth:`check_open`); end it with :meth:`end_submit`.
@@ -177,7 +182,7 @@ class CompletionOwner:
             if self.broken is not None or self.lifecycle is not Lifecycle.OPEN:
                 self.check_open()
             if not link.hold():  # not while open: the owner lets go only once CLOSED
-                raise ClientClosed(name=link.name, reason="it is closed")
+                raise ClientClosed(name=link.name, reason=_WHY_NOT_OPEN[Lifecycle.CLOSED])
             self.submitting += 1
 
     def end_submit(self, future: JobFuture | None) -> None:
