@@ -26,7 +26,7 @@ import _array_jobs as jobs
 from _array_clients import submitting_client
 import shmpool
 from _introspect import job_board
-from _waiting import wait_for
+from _waiting import stop_outside_locks, wait_for
 from conftest import TESTS
 from shmpool.coordinator import Coordinator
 from shmpool.jobs.arg_spill import ArgumentsRef, settle_lent_arguments
@@ -190,7 +190,8 @@ def test_a_spilled_result_whose_worker_died_is_read_whole_after_a_sweep(
             assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
             wait_for(lambda: Path(f"{gate}.pid").exists(), what="the job running")
             worker = int(Path(f"{gate}.pid").read_text())
-            os.kill(child.pid, signal.SIGSTOP)  # the client cannot read its answer before the sweep
+            # The client cannot read its answer before the sweep (stopped outside the locks it takes).
+            stop_outside_locks(child.pid, [job_board(coord).lock, inst.lock])
             gate.touch()
             wait_for(lambda: coord.stats()["jobs"]["worker_deaths"] == 1, what="the worker killed after delivering")
             assert not (tmp_path / "fire-once").exists()  # killed at spill.delivered, not elsewhere
