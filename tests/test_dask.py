@@ -295,32 +295,55 @@ def test_reader_outside_a_served_host_is_a_typed_error(monkeypatch):
         sd.ShmpoolPlugin("ok", data_dir="/no/such/folder")
 
 
-def test_cluster_shutdown_leaves_nothing_in_dev_shm(sample_dir, tmp_path):
-    """A cluster of its own: shutting the module's down would end the other tests."""
-    plugin = f"{TEST_PREFIX}{secrets.token_hex(3)}"
-    instance = host.instance_name(plugin, "hostD")
-    local = distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None)
-    client = distributed.Client(local)
-    lone = None
-    try:
-        client.register_plugin(sd.ShmpoolPlugin(plugin, data_dir=sample_dir, store_dir=tmp_path, linger=LINGER))
-        lone = SimulatedHost(local.scheduler_address, "hostD", 1)
-        _wait_workers(client, "hostD", 1)
-        assert client.run(tasks.where).popitem()[1]["instance"] == instance
-        assert any(list_objects(instance))
-        client.shutdown()
-        lone.proc.wait(60)
-        wait_for(lambda: gone(instance), 20, f"instance {instance} gone")
-        assert not [e for e in os.listdir(SHM_DIR) if plugin in e]
-    finally:
-        if lone is not None and lone.proc.poll() is None:
-            lone.kill()
-        client.close()
-        local.close()
-        pid = host.ready_pid(instance)
+class LoneCluster:
+    """A cluster of a test's own (shutting down or restarting the module's would disturb the
+    other tests): a scheduler, host ``key``'s one ``dask worker`` process started by
+    :meth:`start_host`, and the instance ``plugin`` serves there; whatever the test leaves
+    running is killed and its names removed on exit."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.plugin = f"{TEST_PREFIX}{secrets.token_hex(3)}"
+        self.instance = host.instance_name(self.plugin, key)
+        self.local = distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None)
+        self.client = distributed.Client(self.local)
+        self.host: SimulatedHost | None = None
+
+    def start_host(self) -> str:
+        self.host = SimulatedHost(self.local.scheduler_address, self.key, 1)
+        (address,) = _wait_workers(self.client, self.key, 1)
+        return address
+
+    def shutdown(self) -> None:
+        """The client shuts the cluster down; the host's instance must go by itself."""
+        self.client.shutdown()
+        assert self.host is not None
+        self.host.proc.wait(60)
+        wait_for(lambda: gone(self.instance), 20, f"instance {self.instance} gone")
+
+    def __enter__(self) -> "LoneCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.host is not None and self.host.proc.poll() is None:
+            self.host.kill()
+        self.client.close()
+        self.local.close()
+        pid = host.ready_pid(self.instance)
         if pid:
             os.kill(pid, signal.SIGKILL)
-        cleanup(instance)
+        cleanup(self.instance)
+
+
+def test_cluster_shutdown_leaves_nothing_in_dev_shm(sample_dir, tmp_path):
+    with LoneCluster("hostD") as lone:
+        lone.client.register_plugin(sd.ShmpoolPlugin(lone.plugin, data_dir=sample_dir, store_dir=tmp_path,
+                                                     linger=LINGER))
+        lone.start_host()
+        assert lone.client.run(tasks.where).popitem()[1]["instance"] == lone.instance
+        assert any(list_objects(lone.instance))
+        lone.shutdown()
+        assert not [e for e in os.listdir(SHM_DIR) if lone.plugin in e]
 
 
 def test_placement_registered_after_a_worker_started_reaches_it_at_its_restart(sample_dir, tmp_path):
@@ -330,17 +353,11 @@ def test_placement_registered_after_a_worker_started_reaches_it_at_its_restart(s
     them, and a task asking for the resource waited for ever (found by the docs read-through).
     And publish after client.restart(): the restart clears the scheduler's metadata, where the
     Nannies' setup had named their plugins, and publish refused ("registered: []") until the
-    plugin was registered again. A cluster of its own: restarting the module's would disturb
-    the other tests."""
-    plugin = f"{TEST_PREFIX}{secrets.token_hex(3)}"
-    instance = host.instance_name(plugin, "hostE")
-    local = distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None)
-    client = distributed.Client(local)
-    lone = None
-    try:
-        lone = SimulatedHost(local.scheduler_address, "hostE", 1)
-        _wait_workers(client, "hostE", 1)
-        client.register_plugin(sd.ShmpoolPlugin(plugin, data_dir=sample_dir, store_dir=tmp_path, linger=LINGER,
+    plugin was registered again."""
+    with LoneCluster("hostE") as lone:
+        client = lone.client
+        lone.start_host()
+        client.register_plugin(sd.ShmpoolPlugin(lone.plugin, data_dir=sample_dir, store_dir=tmp_path, linger=LINGER,
                                                 placement={PLACED: ["hostE"]}))
         client.restart()
         (address,) = _wait_workers(client, "hostE", 1)
@@ -349,15 +366,4 @@ def test_placement_registered_after_a_worker_started_reaches_it_at_its_restart(s
         generation = sd.publish(client, PLACED, "big", {1: b"placed"})
         placed = client.submit(tasks.read, PLACED, 1, resources={sd.resource(PLACED): 1}, pure=False)
         assert placed.result(START)["generation"] == generation  # START only catches a hang
-        client.shutdown()
-        lone.proc.wait(60)
-        wait_for(lambda: gone(instance), 20, f"instance {instance} gone")
-    finally:
-        if lone is not None and lone.proc.poll() is None:
-            lone.kill()
-        client.close()
-        local.close()
-        pid = host.ready_pid(instance)
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-        cleanup(instance)
+        lone.shutdown()
