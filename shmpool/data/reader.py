@@ -151,12 +151,15 @@ class Reader(ReaderCore):
                 return dim_id
         raise DimensionNotFound(dimension_id=repr(name), available=[f"{n!r} ({d})" for d, n in dimensions.items()])
 
+    def _dimension(self, dimension: int | str) -> int:
+        """A dimension argument as its id: a str is a name (:meth:`dimension_id`), anything else
+        an id (InvalidId if it is none)."""
+        return self.dimension_id(dimension) if type(dimension) is str else as_id(dimension, "dimension_id")
+
     def _ids(self, dimension: Any, layer: Any) -> tuple[int, int]:
         """Off the hot path (the core calls it for ids that are not both ints): a dimension by
         name, a layer by key, numpy integers; else InvalidId."""
-        if type(dimension) is str:
-            dimension = self.dimension_id(dimension)
-        return as_id(dimension, "dimension_id"), as_id(layer, "layer_id")
+        return self._dimension(dimension), as_id(layer, "layer_id")
 
     # load_layer_context and load_contexts are ReaderCore's (shmpool/_core/_lookup.pyx): the
     # lookup, the batch and its publish-sequence check run in C. They call back into the
@@ -186,10 +189,10 @@ class Reader(ReaderCore):
         with self._map.open_section():
             return int(self._words_mv[_SEQ])
 
-    def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
+    def scan(self, dimension_id: int | str, keyword: str | None = None) -> Iterator[LoadedContext]:
         """Every layer of the dimension's current generation (in layer id order), or only those
         tagged ``keyword``. The generation is fixed when the scan starts."""
-        dimension_id = as_id(dimension_id, "dimension_id")
+        dimension_id = self._dimension(dimension_id)
         gen: Generation | None = self._checkout_generation(dimension_id)  # USERS set while we hold it
         try:
             assert gen is not None
@@ -211,9 +214,9 @@ class Reader(ReaderCore):
 
     # ----------------------------------------------------------------- introspection
 
-    def generation(self, dimension_id: int) -> int:
+    def generation(self, dimension_id: int | str) -> int:
         """The currently published generation of the dimension."""
-        dimension_id = as_id(dimension_id, "dimension_id")
+        dimension_id = self._dimension(dimension_id)
         with self._map.open_section():  # close() cannot unmap the directory under the read
             dv = self._dims.get(dimension_id) or self._map.dimension(dimension_id)
             return int(self._dir_mv[dv.gen_pos])
@@ -228,8 +231,8 @@ class Reader(ReaderCore):
                 continue
         return out
 
-    def layer_ids(self, dimension_id: int) -> list[int]:
-        return self._with_generation(as_id(dimension_id, "dimension_id"), _layer_ids)
+    def layer_ids(self, dimension_id: int | str) -> list[int]:
+        return self._with_generation(self._dimension(dimension_id), _layer_ids)
 
     def drop_stale(self) -> int:
         """Let go of every generation that is no longer the published one; returns how many.
@@ -282,7 +285,7 @@ class Reader(ReaderCore):
         """
         return Snapshot.take(self._map, check_timeout(timeout))
 
-    def wait_generation(self, dimension_id: int, *, after: int | None = None,
+    def wait_generation(self, dimension_id: int | str, *, after: int | None = None,
                         timeout: float | None = None) -> int:
         """Block until the dimension publishes a generation newer than ``after``; return it.
 
@@ -298,7 +301,7 @@ class Reader(ReaderCore):
         dimension_id, pos, after = self._wait_args(dimension_id, after)
         return self._map.waiter().wait(dimension_id, pos, after, timeout)
 
-    async def await_generation(self, dimension_id: int, *, after: int | None = None,
+    async def await_generation(self, dimension_id: int | str, *, after: int | None = None,
                                timeout: float | None = None) -> int:
         """The asyncio form of :meth:`wait_generation`: same arguments, result and errors.
 
@@ -308,8 +311,8 @@ class Reader(ReaderCore):
         dimension_id, pos, after = self._wait_args(dimension_id, after)
         return await self._map.waiter().wait_async(dimension_id, pos, after, timeout)
 
-    def _wait_args(self, dimension_id: int, after: int | None) -> tuple[int, int, int]:
-        dimension_id = as_id(dimension_id, "dimension_id")
+    def _wait_args(self, dimension_id: int | str, after: int | None) -> tuple[int, int, int]:
+        dimension_id = self._dimension(dimension_id)
         pos, after = self._map.wait_position(dimension_id, None if after is None else as_id(after, "after"))
         return dimension_id, pos, after
 
