@@ -60,7 +60,7 @@ class DirectChannel:
         deadline = None if timeout is None else time.monotonic() + timeout
         spent, self.spent = self.spent, None
         try:
-            slot, seq = link.post(channel, job, request, timeout, spent, abandoned)
+            slot, seq = link.post(channel, job, request, timeout, spent, abandoned, direct=True)
         except BaseException:
             if spent is not None:  # freed already if the submit got to its first lock round
                 self.unreleased.append(spent)

@@ -223,20 +223,23 @@ class Link:
         return data if plan is None else Outgoing(data, plan, args, kwargs)
 
     def _place(self, job: str, request: Outgoing, timeout: float | None,
-               abandoned: Callable[[], bool] | None = None) -> Handle:
+               abandoned: Callable[[], bool] | None = None, unless_channel: int = -1) -> Handle:
         """Copy a request's spilled arrays into shared memory (their one copy); ArgumentTooLarge
         if the table refuses. While this client's own spilled arguments fill the table, wait (at
         most ``timeout``) for its jobs to end and free theirs: ``map`` over many large arrays
         is back-pressured by memory as by slots, instead of failing half-way. A wait that runs
         out raises TimeoutError (the table's refusal as its cause), as a wait for a slot does,
         and no sleep outlasts what is left of ``timeout``: asubmit passes ASYNC_SUBMIT_WAIT (1 ms)
-        and retries from its loop, which a 50 ms sleep here blocked."""
+        and retries from its loop, which a 50 ms sleep here blocked. Jobs of ``unless_channel``
+        (a call()'s own channel) are no room to wait for: only the caller, waiting here, frees
+        what they hold (its last answer's slot, a timed-out call's late answer)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 return write_arguments(self.inst, request.plan, job, request.args, request.kwargs or {})
             except ArgumentTooLarge as refused:
-                if not self._spilled_outstanding() or request.plan.nbytes > self.inst.table.stats().memory_limit \
+                if not self._spilled_outstanding(unless_channel) \
+                        or request.plan.nbytes > self.inst.table.stats().memory_limit \
                         or not self.coordinator_alive():
                     raise
                 pause = ARGUMENT_ROOM_WAIT if deadline is None else min(ARGUMENT_ROOM_WAIT, deadline - time.monotonic())
@@ -249,24 +252,28 @@ class Link:
                                                               "for its spilled arguments") from refused
             time.sleep(pause)
 
-    def _spilled_outstanding(self) -> bool:
-        """True while jobs of this process hold spilled arguments (their end frees room)."""
+    def _spilled_outstanding(self, unless_channel: int = -1) -> bool:
+        """True while jobs of this process hold spilled arguments (their end frees room), not
+        counting those of channel ``unless_channel``."""
         pid = os.getpid()
         rows = self.board.v.slots
-        mine = (rows[:, SC.CLIENT_PID] == pid) & (rows[:, SC.ARG_RECORD] >= 0) & np.isin(
+        mine = (rows[:, SC.CLIENT_PID] == pid) & (rows[:, SC.ARG_RECORD] >= 0) & (
+            rows[:, SC.CHANNEL] != unless_channel) & np.isin(
             rows[:, SC.STATE], (SlotState.SUBMITTED, SlotState.RUNNING, SlotState.DONE, SlotState.DELIVERED))
         return bool(mine.any())
 
     def post(self, channel: int, job: str, request: Request, timeout: float | None,
-             release: tuple[int, int] | None = None, abandoned: Callable[[], bool] | None = None) -> tuple[int, int]:
+             release: tuple[int, int] | None = None, abandoned: Callable[[], bool] | None = None,
+             direct: bool = False) -> tuple[int, int]:
         """Put ``request`` on the board for ``channel``: (slot, seq). The one place where the
         board's refusals become this API's: TimeoutError for no slot, RequestTooLarge naming the job.
         ``release``: a delivered (slot, seq) of the caller's to free in the same lock round.
         Spilled arguments are placed first (:meth:`_place`), and freed again if the submit fails.
-        ``abandoned()`` True (the client was closed) ends a wait for a slot or room: ClientClosed."""
+        ``abandoned()`` True (the client was closed) ends a wait for a slot or room: ClientClosed.
+        ``direct``: ``channel`` is a call()'s own, whose jobs free no room while it posts."""
         if isinstance(request, Outgoing):
             began = time.monotonic()
-            handle: Handle | None = self._place(job, request, timeout, abandoned)
+            handle: Handle | None = self._place(job, request, timeout, abandoned, channel if direct else -1)
             data = request.data
             if timeout is not None:  # one timeout for the room and the slot together
                 timeout = max(0.0, timeout - (time.monotonic() - began))
