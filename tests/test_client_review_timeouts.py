@@ -6,7 +6,7 @@ wait" (its timeout clamped by max(0.0, nan - elapsed)), result(nan) of a pending
 bare TimeoutError at once, and acall(timeout=nan) ran it as a wait; inf was "no limit" for
 submit, call and map, but OverflowError from result() and from map's iterator once an array
 spilled; a str was a bare TypeError. Now: NaN is InvalidArgument, a non-number (a bool too) is
-InvalidArgumentType, both ShmPoolErrors naming ``timeout``; inf or anything past NO_LIMIT is no
+InvalidArgumentType, both ShmPoolErrors naming ``timeout``; inf or anything past MAX_TIMEOUT is no
 limit; a negative timeout is 0 (look once). Nothing is left queued by a refused call.
 
 Real coordinator and worker; deadlines in result() only catch hangs.

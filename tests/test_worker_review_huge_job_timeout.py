@@ -5,7 +5,7 @@ and the worker wrote now + timeout * 1e9 ns into the slot's int64 DEADLINE word,
 int64 nanoseconds) failed the job in the worker with a bare "ValueError: memoryview: invalid value
 for format 'q'", and 1e300 with "OverflowError: cannot convert float infinity to integer"; as
 ``Coordinator(job_timeout=...)`` it failed every job of the pool. Only float("inf") meant "no
-limit". Now anything above NO_LIMIT (1e9 s, ~31 years, as for every other timeout) is no limit,
+limit". Now anything above MAX_TIMEOUT (1e9 s, ~31 years, as for every other timeout) is no limit,
 at the check and in the worker. Real coordinator and worker.
 """
 

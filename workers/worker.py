@@ -29,7 +29,7 @@ import shmpool
 from shmpool.substrate import _faults
 from shmpool.substrate.lock import retry_interrupted_waits
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
-from shmpool.jobs.timeouts import NO_LIMIT
+from shmpool.substrate.timeouts import MAX_TIMEOUT
 from shmpool.jobs.arg_spill import ArgumentsRef, free_arguments, open_arguments
 from shmpool.jobs.codec import (FLAG_CHUNK, FLAG_PLAIN, FLAG_SINGLE, ArgumentSource, Decoder, decode_job, decoder,
                                 encode_error, encode_result)
@@ -168,7 +168,7 @@ class _Serving:
                 self.arguments.memory = None  # the arrays made hold the memory; nothing else may
             job = request.job
             timeout = request.job_timeout if request.job_timeout is not None else _config.job_timeout
-            if timeout is not None and timeout < NO_LIMIT:  # beyond: no limit (a client may send 1e300)
+            if timeout is not None and timeout < MAX_TIMEOUT:  # beyond: no limit (a client may send 1e300)
                 self.board.set_deadline(slot, time.monotonic_ns() + int(timeout * 1e9))
             flags, args, kwargs = request.flags, request.args, request.kwargs
             fn = resolve_job(job, plain=bool(flags & FLAG_PLAIN))

@@ -51,7 +51,7 @@ from ..substrate._log import logger
 from .. import errors as errors_module
 from ..data.context import ContextCollection, LoadedContext, MissingStep
 from ..errors import InvalidArgument, InvalidArgumentType, JobError, RemoteTraceback, ShmPoolError
-from .timeouts import NO_LIMIT
+from ..substrate.timeouts import MAX_TIMEOUT
 
 __all__ = ["check_job_timeout", "ArgumentPlan", "SpilledArray", "ArgumentSource", "encode_request", "encode_spilling", "decode_request", "decode_job", "request_header", "JobRequest", "RequestFlags", "encode_result",
            "decode_result", "encode_error", "decode_error", "error_info", "rebuild_error", "Resolver",
@@ -99,14 +99,14 @@ class JobRequest(NamedTuple):
 
 def check_job_timeout(value: Any, argument: str = "job_timeout") -> float | None:
     """A job_timeout as seconds (None: none of its own); InvalidArgument unless a number above 0.
-    Above NO_LIMIT (1e9 s) it is float("inf"), no limit: a deadline that far is past the int64
+    Above MAX_TIMEOUT (1e9 s) it is float("inf"), no limit: a deadline that far is past the int64
     nanoseconds of the slot's DEADLINE word, and the worker failed every job it bounded."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
         raise InvalidArgument(argument=argument, value=value,
                               reason="seconds, a number above 0 (float('inf') for no limit), or None")
-    return math.inf if value > NO_LIMIT else float(value)
+    return math.inf if value > MAX_TIMEOUT else float(value)
 
 
 class SpilledArray(NamedTuple):
