@@ -115,9 +115,12 @@ class Client(concurrent.futures.Executor):
         timeout = check_timeout(timeout)
         self._spin = spin_seconds(spin_us)
         self._names: dict[Any, str] = {}
+        began = time.monotonic()
         link = Link(name, timeout=timeout)
         try:
-            channel = link.board.claim_channel(timeout=timeout)
+            # One timeout for the connect as a whole: the claim gets what the Link left of it.
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - began))
+            channel = link.board.claim_channel(timeout=left)
         except BaseException:
             link.drop()
             raise
