@@ -46,6 +46,15 @@ _WARNING_NO = 30  # loguru's WARNING severity
 _DEFAULT_SINK = 0  # the id loguru gives the stderr sink it adds on import
 
 _lock = threading.Lock()
+
+
+def _fresh_lock_after_fork() -> None:
+    # A thread holding it at a fork() is not in the child: its copy would stay held for ever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
 _wanted = True
 _activated = False
 
