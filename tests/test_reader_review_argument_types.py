@@ -49,7 +49,7 @@ VALUES = {"scan_keyword": [1, b"greeting", ["greeting"], True],
 
 
 @pytest.mark.parametrize("call, value", [(c, v) for c, vs in VALUES.items() for v in vs],
-                         ids=[f"{c}-{v!r}" for c, vs in VALUES.items() for v in vs])
+                         ids=[f"{c}-{type(v).__name__}{i}" for c, vs in VALUES.items() for i, v in enumerate(vs)])
 def test_a_wrong_type_is_refused_typed(reader: shmpool.Reader, call: str, value: Any) -> None:
     with pytest.raises(InvalidArgumentType):
         CALLS[call](reader, value)
