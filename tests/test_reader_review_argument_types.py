@@ -8,7 +8,6 @@ raised Cython's "Argument 'keyword' has incorrect type", ``dimension_id([1])`` "
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
