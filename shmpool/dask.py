@@ -53,6 +53,7 @@ from .substrate.ids import as_id
 from .substrate.layout import STATE_RUNNING, W
 from .substrate.limits import DEFAULT_LIMIT
 from .substrate.names import runtime_dir
+from .substrate.timeouts import check_timeout
 from .data.reader import Reader, attach
 
 __all__ = ["ShmpoolPlugin", "reader", "publish", "pin", "Pin", "host_key", "resource", "HOST_ENV", "RESOURCE_UNITS"]
@@ -284,7 +285,7 @@ class _Checked:
 _answers: dict[str | None, _Checked] = {}  # plugin name (None: the only one) -> the last checked answer
 
 
-def reader(name: str | None = None, *, timeout: float = ATTACH_TIMEOUT) -> Reader:
+def reader(name: str | None = None, *, timeout: float | None = ATTACH_TIMEOUT) -> Reader:
     """The Reader attached to this host's instance, made once per worker process and reused.
 
     ``name`` is the plugin's name; None picks the only ShmpoolPlugin serving this host. Lookups
@@ -292,7 +293,8 @@ def reader(name: str | None = None, *, timeout: float = ATTACH_TIMEOUT) -> Reade
     restarted (its daemon died), waits up to ``timeout`` seconds for it to come back caught up.
     Raises AttachError if no plugin serves this host, or none comes up in time (naming why the
     last daemon stopped, if it stopped with a failure such as its names removed); InvalidArgument
-    if several do and ``name`` is None. Thread-safe. Takes no lock and makes no system call
+    if several do and ``name`` is None, or for a NaN ``timeout`` (InvalidArgumentType for one
+    that is no number; None: wait as long as it takes). Thread-safe. Takes no lock and makes no system call
     while its last answer is under LIVENESS_INTERVAL old; a change of SHMPOOL_DASK_HOST or
     SHMPOOL_RUNTIME_DIR in a running process is seen once it is older.
     """
@@ -316,8 +318,11 @@ def reader(name: str | None = None, *, timeout: float = ATTACH_TIMEOUT) -> Reade
     return _reader_checked(name, timeout)
 
 
-def _reader_checked(name: str | None, timeout: float) -> Reader:
+def _reader_checked(name: str | None, timeout: float | None) -> Reader:
     """reader() with every check: the runtime folder (name None), the reader, the daemon's process."""
+    # Checked before the lock: a NaN deadline never passed, and the wait held _readers_lock for
+    # ever, so every later reader() of the process (every task of the worker) waited behind it.
+    timeout = check_timeout(timeout)
     checked_at = time.monotonic()  # what the checks below see was true at this instant, or later
     instance = _instance_for(name)
     with _readers_lock:
@@ -344,15 +349,15 @@ def _usable(r: Reader) -> bool:
     return not r.closed and r.instance.coordinator_alive()
 
 
-def _attach(instance: str, timeout: float) -> Reader:
-    deadline = time.monotonic() + timeout
+def _attach(instance: str, timeout: float | None) -> Reader:
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         if host.ready_pid(instance) is not None:
             try:
                 return attach(instance)
             except AttachError:
                 pass  # stopping or restarting: wait for the next one
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             why = host.last_failure(instance)  # its names were removed, say, and nobody started another
             raise AttachError(name=instance, reason=f"its Dask host daemon was not ready within {timeout:g} s"
                                                     + (f"; {why}" if why else ""))

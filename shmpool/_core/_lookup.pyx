@@ -490,8 +490,17 @@ cdef class Generation:
     def name(self):
         """The dimension's name, as the index records it."""
         if self._name is None:
-            self._name = PyUnicode_DecodeUTF8(self._index + HEADER_BYTES, self._name_length, "strict")
+            self._name = self._utf8(self._index + HEADER_BYTES, self._name_length, "the dimension's name")
         return self._name
+
+    cdef str _utf8(self, const char *at, Py_ssize_t n, str what):
+        """Text the coordinator verified as UTF-8 when it published it (a name, keywords, a text
+        layer): no longer UTF-8 means the shared memory is corrupt, said as RegionFormatError."""
+        try:
+            return PyUnicode_DecodeUTF8(at, n, "strict")
+        except UnicodeDecodeError as exc:
+            raise RegionFormatError(source=self.source, fault=f"{what} is not UTF-8 any more ({exc.reason} at byte "
+                                                              f"{exc.start})") from None
 
     @property
     def source(self):
@@ -548,7 +557,7 @@ cdef class Generation:
         if end <= start:
             return ()
         cdef const char *at = self._bytes(self._u16(row, ROW_POOL), start, end)
-        text = PyUnicode_DecodeUTF8(at, end - start, "strict")
+        text = self._utf8(at, end - start, f"the keywords of row {row}")
         # Empty pieces (a stray separator) are dropped, as region.split_keywords does.
         return tuple([k for k in text.split(chr(KEYWORD_SEPARATOR)) if k])
 
@@ -952,9 +961,17 @@ cdef class LoadedContext:
     @property
     def text(self):
         """The content decoded as UTF-8 (a copy; decoded on each access)."""
+        cdef Generation gen
         if self._mapped():
-            return PyUnicode_DecodeUTF8((<Generation>self._gen).pool_base[self._pool] + self._start,
-                                        self._end - self._start, "strict")
+            gen = <Generation>self._gen
+            try:
+                return PyUnicode_DecodeUTF8(gen.pool_base[self._pool] + self._start, self._end - self._start, "strict")
+            except UnicodeDecodeError:
+                if not gen._u16(self._row, ROW_FLAGS) & FLAG_TEXT:
+                    raise  # bytes that were never text: the caller's to decode
+                # published as text, verified UTF-8 then: the shared memory is corrupt
+                gen._utf8(gen.pool_base[self._pool] + self._start, self._end - self._start,
+                          f"text layer {self._layer}")
         return str(self.content, "utf-8")
 
     @property
@@ -1267,8 +1284,8 @@ cdef class ContextCollection:
                 gen, row = self._gen_of(step), step >> 16
                 start, end = gen._i64(row, ROW_START), gen._i64(row, ROW_END)
                 if gen._u16(row, ROW_FLAGS) & FLAG_TEXT:
-                    body = PyUnicode_DecodeUTF8(gen._bytes(gen._u16(row, ROW_POOL), start, end), end - start,
-                                                "strict")
+                    body = gen._utf8(gen._bytes(gen._u16(row, ROW_POOL), start, end), end - start,
+                                     f"text layer {gen._i64(row, ROW_LAYER_ID)}")
                 else:
                     body = f"<binary: {end - start} bytes>"
                 memcpy(&frequency, gen._row(row) + ROW_FREQUENCY, 8)

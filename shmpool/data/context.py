@@ -41,6 +41,12 @@ class NavigationPath(Sequence[Step]):
 
     def __init__(self, steps: Iterable[StepLike] = ()) -> None:
         checked = []
+        try:
+            steps = iter(steps)
+        except TypeError:
+            raise InvalidArgumentType(argument="path", value=steps,
+                                      reason="a navigation path must be an iterable of (dimension_id, layer_id) "
+                                             "pairs") from None
         for pos, step in enumerate(steps):
             try:
                 dim, layer = step
@@ -75,6 +81,13 @@ class NavigationPath(Sequence[Step]):
 
     def __repr__(self) -> str:
         return f"NavigationPath({list(self._steps)!r})"
+
+
+def check_keyword(keyword: object) -> str | None:
+    """A scan's ``keyword``: a str, or None for every layer; InvalidArgumentType otherwise."""
+    if keyword is not None and type(keyword) is not str:
+        raise InvalidArgumentType(argument="keyword", value=keyword, reason="a keyword is a str (None: every layer)")
+    return keyword
 
 
 @dataclass(frozen=True)

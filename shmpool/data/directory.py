@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import DirectoryFull, GenerationNotNewer
+from ..errors import DirectoryFull, GenerationNotNewer, RegionFormatError
 from ..substrate.layout import D, DIR_COLS, S, SLOT_COLS, W, Control
 
 __all__ = ["Location", "Directory", "EVICTED"]
@@ -68,6 +68,9 @@ def _sequenced(publish: Callable[[Directory, int, Location], None]) -> Callable[
     return bracketed
 
 
+_STALE_MISSES = 3  # passes that find the same GENERATION in neither slot: the entry is corrupt
+
+
 class Directory:
     """Reader and writer views of the directory section of a control segment."""
 
@@ -97,7 +100,7 @@ class Directory:
     def find(self, dimension_id: int) -> int | None:
         """The entry claimed for ``dimension_id`` (published or not), or None; read as
         :meth:`entries` reads, without building the dict."""
-        mv, high = self._mv, self._words[W.ENTRIES_HIGH]
+        mv, high = self._mv, min(self._words[W.ENTRIES_HIGH], self.capacity)  # a corrupt word: no IndexError
         for entry in range(high):
             if mv[entry * DIR_COLS + D.DIMENSION_ID] == dimension_id:
                 return entry
@@ -134,6 +137,7 @@ class Directory:
         ~2 µs to build; a snapshot reads every entry)."""
         mv = self._mv
         base = entry * DIR_COLS
+        last, misses = 0, 0
         while True:
             gen = mv[base + D.GENERATION]
             if gen == 0:
@@ -145,6 +149,17 @@ class Directory:
                       mv[slot + S.NBYTES], mv[slot + S.RECORD], mv[slot + S.SERIAL])
             if fields[0] == gen and mv[base + D.GENERATION] == gen:
                 return fields
+            # A publish in progress moves GENERATION (it only grows) before a pass can miss
+            # again: the slot of the published generation is never written while it is
+            # published. The same word missed pass after pass is a corrupt or foreign
+            # segment, which would otherwise keep this loop (and its caller's lock) for ever.
+            misses = misses + 1 if gen == last else 1
+            last = gen
+            if misses >= _STALE_MISSES:
+                raise RegionFormatError(source=f"directory entry {entry}",
+                                        fault=f"GENERATION is {gen}, but neither of its slots holds that generation "
+                                              f"(they hold {mv[base + D.SLOT0 + S.GENERATION]} and "
+                                              f"{mv[base + D.SLOT0 + SLOT_COLS + S.GENERATION]})")
 
     # ----------------------------------------------------------------- writer side (coordinator)
 

@@ -36,7 +36,7 @@ from .._core._lookup import NOT_MAPPED, DimTable, DimView, Generation
 from ..errors import AttachError, DimensionNotFound, ReaderClosed, ReaderForked, RegionFormatError, ReloadTimeout, \
     ShmPoolError
 from ..substrate.instance import SharedInstance
-from ..substrate.layout import CACHE_SHIFT, TOUCHED_RELOAD, W, Layout, cache_blocks, cache_word
+from ..substrate.layout import CACHE_SHIFT, TOUCHED_RELOAD, CacheBit, W, Layout, cache_blocks, cache_word
 from . import fork, layer_index
 from .directory import Directory, Location
 from .gen_wait import GenerationWaiter
@@ -191,7 +191,14 @@ class MappedGenerations:
                 loc = self.directory.read(dv.entry)
                 if loc is None:
                     raise DimensionNotFound(dimension_id=dv.dimension_id, available=list(self.published()))
-                if dv.current.generation == loc.generation and dv.cache_word >> CACHE_SHIFT == loc.generation:
+                word = dv.cache_word
+                # BUSY here is, nearly always, no lookup of ours (theirs end before Python code runs;
+                # a batch refusing a corrupt slot builds its exception with BUSY set): a stranger's
+                # store, which the lookup would find again and again, for ever. Taken over below
+                # (drop, announce, re-check, map), as a word we do not have: the drop first moves
+                # what our objects hold into the pin words, so even a batch's generation stays held.
+                if (dv.current.generation == loc.generation and word >> CACHE_SHIFT == loc.generation
+                        and not word & CacheBit.BUSY):
                     return
                 dv.drop(self._move)  # what our objects still hold moves into the pin words first
                 if not loc.evicted:

@@ -33,13 +33,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterator, TypeVar, overload
 
-from ..errors import AttachError, DimensionNotFound, LayerNotFound
+from ..errors import AttachError, DimensionNotFound, InvalidArgumentType, LayerNotFound
 from ..substrate.ids import as_id
 from ..substrate.instance import SharedInstance
 from ..substrate.timeouts import check_timeout
 from ..substrate.layout import TOUCHED_READ, W
 from .._core._lookup import Generation, ReaderCore
-from .context import ContextCollection, LoadedContext, NavigationPath
+from .context import ContextCollection, LoadedContext, NavigationPath, check_keyword
 from .mapping import RELOAD_TIMEOUT, MappedGenerations
 from .pins import list_pins
 from .snapshot import SNAPSHOT_TIMEOUT, Snapshot
@@ -135,7 +135,10 @@ class Reader(ReaderCore):
                                 available=[f"{n!r} ({d})" for d, n in self.dimensions().items()])
 
     def dimension_id(self, name: str) -> int:
-        """The id of the published dimension called ``name``; DimensionNotFound if there is none."""
+        """The id of the published dimension called ``name``; DimensionNotFound if there is none,
+        InvalidArgumentType if ``name`` is no str."""
+        if type(name) is not str:
+            raise InvalidArgumentType(argument="name", value=name, reason="a dimension name is a str")
         found = self._named.get(name)
         # Checked against the published generation, not the one this reader mapped last: a
         # dimension may be renamed, and its old name given to another.
@@ -193,6 +196,7 @@ class Reader(ReaderCore):
         """Every layer of the dimension's current generation (in layer id order), or only those
         tagged ``keyword``. The generation is fixed when the scan starts."""
         dimension_id = self._dimension(dimension_id)
+        keyword = check_keyword(keyword)
         gen: Generation | None = self._checkout_generation(dimension_id)  # USERS set while we hold it
         try:
             assert gen is not None

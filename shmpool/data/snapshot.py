@@ -26,7 +26,7 @@ from ..substrate._log import logger
 
 from ..substrate._proc import is_alive
 from .._core._lookup import Generation, SnapshotCore
-from .context import LoadedContext
+from .context import LoadedContext, check_keyword
 from .directory import EVICTED, Directory, Location
 from ..errors import DimensionEvicted, DimensionNotFound, ShmPoolError, SnapshotClosed, SnapshotTimeout
 from ..substrate.ids import as_id
@@ -120,6 +120,7 @@ class Snapshot(SnapshotCore):
     def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
         """Every layer of the dimension at the instant (layer id order), or those tagged ``keyword``."""
         dimension_id = as_id(dimension_id, "dimension_id")
+        keyword = check_keyword(keyword)
         gen = self._gens.get(dimension_id) or self._resolve(dimension_id)
         rows = range(gen.layer_count) if keyword is None else gen.rows_with_keyword(keyword)
         yield from gen.contexts(rows)
