@@ -269,7 +269,7 @@ def test_stats_and_dump_show_each_pin_with_pid_dimension_generation_age_and_byte
     try:
         assert ready.wait(60)
         _publish(coord, 2)
-        time.sleep(0.3)  # its watcher answers the drop request: the pin is "held", not "waiting"
+        time.sleep(0.3)  # its lookup is over: the pin is "held" (no BUSY cache word), not "waiting"
         out = cli("stats", coord.name, "--json")
         assert out.returncode == 0, out.stderr
         pins = [p for p in json.loads(out.stdout)["pins"] if p["pid"] == proc.pid]

@@ -74,7 +74,7 @@ def test_starting_in_a_16_mib_dev_shm_raises_shared_memory_full_and_leaves_nothi
 def test_a_full_dev_shm_still_serves_requests_from_blocks_backed_before(instance_name):
     out = _run("reuse", instance_name, "8m")
     _assert_shm_full(out["error"], 8 * MiB)
-    # 8 MiB minus the control segment (4.6 MiB since layout 3's exact pins) and 4 x 64 KiB
+    # 8 MiB minus the control segment (5.6 MiB by default) and 4 x 64 KiB
     assert 500 < out["small_before_full"] < 2048
     assert out["again"] == {"pool": 1, "first_block": 1}  # the freed 64 KiB block, backed already
     _assert_shm_full(out["second"], 8 * MiB)  # nothing backed is free any more
