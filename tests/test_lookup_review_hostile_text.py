@@ -11,7 +11,6 @@ were never text.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
