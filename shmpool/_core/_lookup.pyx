@@ -1238,11 +1238,11 @@ cdef class ContextCollection:
     def __getitem__(self, i):
         if self._contexts is not None or not isinstance(i, int):
             return self.contexts[i]
+        if not -self._n <= i < self._n:  # compared as Python ints: 2**63 is out of range, not an OverflowError
+            raise IndexError("context index out of range")
         cdef Py_ssize_t k = i
         if k < 0:
             k += self._n
-        if k < 0 or k >= self._n:
-            raise IndexError("context index out of range")
         return self._make(k)
 
     @property
