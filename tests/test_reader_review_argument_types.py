@@ -58,3 +58,13 @@ def test_right_types_still_work(reader: shmpool.Reader) -> None:
     assert [c.layer_id for c in reader.scan(1, "greeting")] == [1]
     assert reader.dimension_id("seed") == 1
     assert len(reader.load_contexts([(1, 1)])) == 1 and len(reader.load_contexts(iter([(1, 1)]))) == 1
+
+
+def test_a_lazy_batch_index_past_any_size_is_an_index_error(reader: shmpool.Reader) -> None:
+    """A lazy ContextCollection indexed by an int past a C index raised OverflowError; a list
+    raises IndexError, and so does the collection now."""
+    coll = reader.load_contexts([(1, 1)])
+    for index in (2**63, -2**63, 10**30, 1, -2):
+        with pytest.raises(IndexError):
+            coll[index]
+    assert coll[-1].layer_id == 1

@@ -686,7 +686,7 @@ cdef class Generation:
             data = _inflate(view, source=self.source, layer_id=layer_id, offset=start)
         finally:
             view.release()
-        return LoadedContext(self.dimension_id, layer_id, memoryview(data).toreadonly(), self, row)
+        return LoadedContext(self.dimension_id, layer_id, data, self, row)  # bytes: LoadedContext.content
 
     def lookup(self, layer_id):
         """The layer as a context (LayerNotFound if absent): the probe every lookup path uses."""
@@ -862,8 +862,10 @@ cdef inline void _holder_gone(PyObject *g) noexcept:
 cdef class LoadedContext:
     """One layer of one dimension, as loaded from shared memory (zero-copy).
 
-    ``content`` is a read-only memoryview into the pool (made on first access and kept); it
-    keeps its generation pinned for as long as it lives, like the context itself. Frequency,
+    ``content`` is a read-only memoryview into the pool (made on first access and kept, and
+    made again if the caller released it, ``with ctx.content as view:``); it keeps its
+    generation pinned for as long as it lives, like the context itself. An inflated
+    (compressed) layer keeps its bytes and gives a view of them per access. Frequency,
     keywords, text flag and CRC are read from the generation's row when asked.
     ``LoadedContext(dimension_id, layer_id, content, gen, row)`` makes one over bytes of your
     own, ``gen`` any object with ``generation``, ``name`` and ``frequency/keywords/is_text/crc32(row)``.
@@ -903,7 +905,17 @@ cdef class LoadedContext:
         """The layer's bytes: a read-only memoryview into shared memory (zero-copy)."""
         cdef _Bytes exporter
         cdef Generation gen
-        if self._content is None:
+        cdef object view = self._content
+        if type(view) is bytes and self._pool < 0 and type(self._gen) is Generation:
+            # An inflated (compressed) layer keeps its bytes, not a view of them: a view of its
+            # own per access, so that one the caller released (``with ctx.content as v:``) is
+            # not the one the next caller gets.
+            return memoryview(view)
+        if type(view) is memoryview and (<PyMemoryViewObject *>view).flags & _Py_MEMORYVIEW_RELEASED:
+            if not self._mapped():
+                return view  # the caller's own view, released by the caller
+            view = self._content = None  # released by the caller: a context over a pool makes another
+        if view is None:
             if not self._mapped():
                 raise _unmade(self)
             # A view whose exporter holds the Generation, so the view alone (the context gone)
@@ -1226,11 +1238,11 @@ cdef class ContextCollection:
     def __getitem__(self, i):
         if self._contexts is not None or not isinstance(i, int):
             return self.contexts[i]
+        if not -self._n <= i < self._n:  # compared as Python ints: 2**63 is out of range, not an OverflowError
+            raise IndexError("context index out of range")
         cdef Py_ssize_t k = i
         if k < 0:
             k += self._n
-        if k < 0 or k >= self._n:
-            raise IndexError("context index out of range")
         return self._make(k)
 
     @property

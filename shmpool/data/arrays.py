@@ -69,6 +69,13 @@ def decode(content: memoryview, *, dimension_id: int, layer_id: Any) -> np.ndarr
     except ValueError as exc:
         raise InvalidLayer(dimension_id=dimension_id, layer_id=layer_id,
                            reason=f"its array header is unreadable: {exc}") from None
+    # The header is the layer's bytes, which need not be what encode() wrote (a binary layer
+    # that merely starts with the magic, or a foreign writer's): numpy's own refusals below it
+    # (an object dtype, a zero itemsize, a negative or vast shape) are raw ValueErrors and
+    # OverflowErrors, so each is refused here first, by name.
+    if dtype.hasobject or dtype.itemsize == 0 or any(d < 0 for d in shape):
+        raise InvalidLayer(dimension_id=dimension_id, layer_id=layer_id,
+                           reason=f"its array header describes no shareable array (dtype {dtype}, shape {shape})")
     offset = head.tell()
     count = math.prod(shape)
     if offset + count * dtype.itemsize != len(content):

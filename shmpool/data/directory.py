@@ -68,7 +68,10 @@ def _sequenced(publish: Callable[[Directory, int, Location], None]) -> Callable[
     return bracketed
 
 
-_STALE_MISSES = 3  # passes that find the same GENERATION in neither slot: the entry is corrupt
+# Passes that find the same GENERATION in neither slot: the entry is corrupt. One would do on a
+# machine that orders stores (x86-64); a weakly ordered one may show the word before the slot's
+# stores for some nanoseconds, and 100 passes are ~100 us, past any such delay.
+_STALE_MISSES = 100
 
 
 class Directory:
