@@ -47,3 +47,19 @@ def test_an_unknown_name_is_dimension_not_found_and_other_types_stay_invalid_id(
             call("3")
         with pytest.raises(InvalidId):
             call(3.0)
+
+
+def test_a_snapshot_takes_names_as_its_reader_does(reader):
+    with reader.snapshot() as snap:
+        assert snap.generation("spatial") == snap.generation(SPATIAL)
+        assert snap.layer_ids("spatial") == snap.layer_ids(SPATIAL)
+        first = snap.layer_ids(SPATIAL)[0]
+        ctx = snap.load_layer_context("spatial", first)
+        assert (ctx.dimension_id, ctx.layer_id) == (SPATIAL, first)
+        assert bytes(ctx.content) == bytes(snap.load_layer_context(SPATIAL, first).content)
+        assert snap.find("spatial", first) is not None
+        assert [c.layer_id for c in snap.scan("spatial")] == snap.layer_ids(SPATIAL)
+        with pytest.raises(DimensionNotFound):
+            snap.load_layer_context("3", first)
+        with pytest.raises(InvalidId):
+            snap.generation(3.0)

@@ -1783,7 +1783,8 @@ cdef inline void _leave_all(int64_t **entered, int64_t *end, Py_ssize_t n) noexc
 cdef class SnapshotCore:
     """The lookup methods of shmpool.data.snapshot.Snapshot, which subclasses this type and
     supplies ``_resolve(dimension_id)``: the generation of the snapshot's instant, mapped (it
-    raises SnapshotClosed, DimensionNotFound, DimensionEvicted)."""
+    raises SnapshotClosed, DimensionNotFound, DimensionEvicted), and ``_dimension(dimension)``:
+    a dimension argument as its id (a str is a name)."""
 
     cdef public dict _gens      # dimension id -> Generation, filled on first use
 
@@ -1803,13 +1804,14 @@ cdef class SnapshotCore:
         # One dict lookup for the generation, one probe of its shared layer index: the
         # generation is fixed, so the directory is not read at all.
         if type(dimension_id) is not int or type(layer_id) is not int:
-            dimension_id, layer_id = _as_id(dimension_id, "dimension_id"), _as_id(layer_id, "layer_id")
+            # Off the hot path: a dimension by name (the snapshot's _dimension), a layer by key.
+            dimension_id, layer_id = (<object>self)._dimension(dimension_id), _as_id(layer_id, "layer_id")
         return self._generation(dimension_id)._context(layer_id)
 
     def find(self, dimension_id, layer_id):
         """:meth:`load_layer_context`, but None where that raises LayerNotFound (as ReaderCore.find)."""
         if type(dimension_id) is not int or type(layer_id) is not int:
-            dimension_id, layer_id = _as_id(dimension_id, "dimension_id"), _as_id(layer_id, "layer_id")
+            dimension_id, layer_id = (<object>self)._dimension(dimension_id), _as_id(layer_id, "layer_id")
         return self._generation(dimension_id)._context(layer_id, True)
 
     def load_contexts(self, path, *, bint strict=True):

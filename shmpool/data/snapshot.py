@@ -117,26 +117,42 @@ class Snapshot(SnapshotCore):
     # dict lookup for the generation, the probe and the context in C; _resolve (first use of a
     # dimension) is called back here.
 
-    def scan(self, dimension_id: int, keyword: str | None = None) -> Iterator[LoadedContext]:
+    def scan(self, dimension_id: int | str, keyword: str | None = None) -> Iterator[LoadedContext]:
         """Every layer of the dimension at the instant (layer id order), or those tagged ``keyword``."""
-        dimension_id = as_id(dimension_id, "dimension_id")
+        dimension_id = self._dimension(dimension_id)
         keyword = check_keyword(keyword)
         gen = self._gens.get(dimension_id) or self._resolve(dimension_id)
         rows = range(gen.layer_count) if keyword is None else gen.rows_with_keyword(keyword)
         yield from gen.contexts(rows)
 
-    def generation(self, dimension_id: int) -> int:
-        """The dimension's generation at the instant (no mapping needed)."""
-        return int(self._location(as_id(dimension_id, "dimension_id"))[1][0])
+    def generation(self, dimension_id: int | str) -> int:
+        """The dimension's generation at the instant (no mapping needed for an id)."""
+        return int(self._location(self._dimension(dimension_id))[1][0])
 
     @property
     def generations(self) -> dict[int, int]:
         """{dimension id: generation} of every dimension at the instant."""
         return {dim: fields[0] for dim, (_, fields) in sorted(self._locations.items())}
 
-    def layer_ids(self, dimension_id: int) -> list[int]:
-        dimension_id = as_id(dimension_id, "dimension_id")
+    def layer_ids(self, dimension_id: int | str) -> list[int]:
+        dimension_id = self._dimension(dimension_id)
         return (self._gens.get(dimension_id) or self._resolve(dimension_id)).layer_ids()
+
+    def _dimension(self, dimension: int | str) -> int:
+        """A dimension argument as its id: a str is the name of a dimension of the instant
+        (DimensionNotFound listing the names if none has it; each dimension looked at is
+        mapped, as a lookup would), anything else an id (InvalidId if it is none)."""
+        if type(dimension) is not str:
+            return as_id(dimension, "dimension_id")
+        names = []
+        for dim, (_, fields) in sorted(self._locations.items()):
+            if Location(*fields).evicted:
+                continue  # its name is not at hand without its region; a lookup says DimensionEvicted
+            name = (self._gens.get(dim) or self._resolve(dim)).name
+            if name == dimension:
+                return dim
+            names.append(f"{name!r} ({dim})")
+        raise DimensionNotFound(dimension_id=repr(dimension), available=names)
 
     # ----------------------------------------------------------------- mapping
 
