@@ -39,6 +39,7 @@ __all__ = [
     "ClientClosed",
     "InvalidArgument",
     "InvalidArgumentType",
+    "NotPicklable",
     "CoordinatorStateError",
     "GenerationNotNewer",
     "WorkerInitFailed",
@@ -498,6 +499,19 @@ class InvalidArgumentType(ShmPoolError, TypeError):
 
     def __init__(self, *, argument: str, value: Any, reason: str) -> None:
         super().__init__(f"{argument}={value!r}: {reason}", argument=argument, value=value, reason=reason)
+
+
+class NotPicklable(ShmPoolError, TypeError):
+    """A process-local object (a context, a batch, a reader, a snapshot, a client) was pickled or
+    copied: it holds this process's mappings of shared memory, which no copy can share. ``hint``
+    says what to send instead."""
+
+    what: str
+    hint: str
+
+    def __init__(self, *, what: str, hint: str) -> None:
+        super().__init__(f"a {what} cannot be pickled or copied: it holds this process's mappings of shared "
+                         f"memory; {hint}", what=what, hint=hint)
 
 
 class CoordinatorStateError(ShmPoolError, RuntimeError):

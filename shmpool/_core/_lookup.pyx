@@ -88,7 +88,7 @@ import os
 import sys
 import zlib
 
-from ..errors import DimensionNotFound, InvalidArgument, LayerNotFound, OutOfBounds, RegionFormatError
+from ..errors import DimensionNotFound, InvalidArgument, LayerNotFound, NotPicklable, OutOfBounds, RegionFormatError
 
 cdef enum:
     SMALL_IDS = 256  # dimension ids a reader finds by index rather than by hash
@@ -851,6 +851,11 @@ cdef inline void _holder_gone(PyObject *g) noexcept:
         shm_store(w, v)  # release: every read of its bytes in this process came before
 
 
+
+# What to send instead of an object that holds this process's mappings (NotPicklable).
+_SEND_BYTES = "send bytes(ctx.content) and the ids, or the ids alone and look them up where they arrive"
+_SEND_NAME = "send the instance's name and attach (or connect) again in the other process"
+
 # ----------------------------------------------------------------- what a lookup returns
 
 # Not tracked by the cycle collector: a context refers to ints, its memoryview and its generation,
@@ -870,6 +875,9 @@ cdef class LoadedContext:
     ``LoadedContext(dimension_id, layer_id, content, gen, row)`` makes one over bytes of your
     own, ``gen`` any object with ``generation``, ``name`` and ``frequency/keywords/is_text/crc32(row)``.
     """
+
+    def __reduce__(self):
+        raise NotPicklable(what="layer context", hint=_SEND_BYTES)
 
     cdef int64_t _dim, _layer  # the ids as C integers: two int objects fewer per lookup
     cdef object _content      # None until asked for (contexts of a Generation)
@@ -1133,6 +1141,9 @@ cdef class ContextCollection:
     list made on first access and kept (changes to it are the collection's from then on).
     ``ContextCollection(contexts=None, missing=None)`` makes an eager one from a list.
     """
+
+    def __reduce__(self):
+        raise NotPicklable(what="batch of layer contexts", hint=_SEND_BYTES)
 
     cdef list _contexts       # None while lazy
     cdef public list missing
@@ -1445,6 +1456,9 @@ cdef class ReaderCore:
     ``dimension(id)`` (first use), ``refresh(dim_view)`` (drop the cached generation, announce
     the published one in the cache word, re-check, map), ``honour_epoch(epoch)`` and
     ``closed_error()``; and the reader's ``_batch_again(steps, strict)``."""
+
+    def __reduce__(self):
+        raise NotPicklable(what="reader", hint=_SEND_NAME)
 
     cdef object _mapped          # the reader's MappedGenerations
     cdef DimTable _dim_table     # its ``dims``
@@ -1785,6 +1799,9 @@ cdef class SnapshotCore:
     supplies ``_resolve(dimension_id)``: the generation of the snapshot's instant, mapped (it
     raises SnapshotClosed, DimensionNotFound, DimensionEvicted), and ``_dimension(dimension)``:
     a dimension argument as its id (a str is a name)."""
+
+    def __reduce__(self):
+        raise NotPicklable(what="snapshot", hint=_SEND_NAME)
 
     cdef public dict _gens      # dimension id -> Generation, filled on first use
 

@@ -47,7 +47,7 @@ from ..substrate._log import logger
 from .callables import target_of
 from .codec import RequestFlags, check_job_timeout
 from ..data.context import ContextCollection, LoadedContext, NavigationPath, StepLike
-from ..errors import AttachError, InvalidArgument, InvalidArgumentType
+from ..errors import AttachError, InvalidArgument, InvalidArgumentType, NotPicklable
 from .jobboard import JOBS
 from ..substrate.instance import CONTROL
 from ..substrate.names import segment_name
@@ -109,6 +109,9 @@ class Client(concurrent.futures.Executor):
     once the coordinator is gone. Dropped without ``shutdown()``, it finishes the jobs still
     pending and releases its channels in the background, as ProcessPoolExecutor does.
     """
+
+    def __reduce__(self) -> Any:
+        raise NotPicklable(what="client", hint="send the instance's name and connect again in the other process")
 
     def __init__(self, name: str, *, timeout: float | None = None, spin_us: float | None = None) -> None:
         self.name = name
