@@ -155,6 +155,9 @@ class CompletionOwner:
         # releases the channel (freeing those slots and spills) and lets the board be unmapped.
         self._reading = 0
         self._read = threading.Condition(self._lock)
+        # The futures the owner's thread is ending (_end_unanswered), one after the other: a
+        # done-callback of one that waits for another ends that one itself (_wait_in_owner_thread).
+        self._ending: list[JobFuture] = []
         self._thread = threading.Thread(target=self._run, name=f"shmpool-client-{link.name}", daemon=True)
 
     def start(self) -> None:
@@ -378,7 +381,12 @@ class CompletionOwner:
         sat in the ring while its one reader waited for it: result(t) raised TimeoutError after
         t, result() hung for ever. A callback run by a detach or a broken owner (the drain lock
         held here, every future ended or ending) waits as before; one that finds the
-        coordinator gone fails ``future`` with that, as the owner's next round would."""
+        coordinator gone fails ``future`` with that, as the owner's next round would. One run
+        while the owner ends every pending future (a detach, a broken owner) ends ``future`` now
+        if it is one of them: only this thread would, after the callback returns."""
+        if any(ending is future for ending in self._ending):
+            self._end_one(future, self._ending_error())
+            return timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         collect, channel, drain = self.link.board.core.collect, self.channel, self._drain_lock
         while future._state in (_PENDING, _RUNNING) and self.broken is None and not self._detached():
@@ -464,18 +472,33 @@ class CompletionOwner:
 
     def _end_unanswered(self, futures: list[JobFuture]) -> None:
         """At detach: withdraw what no worker has taken (cancelled), fail the rest."""
-        if self.broken is not None:
-            error: BaseException = self.broken
-        else:
-            error = ClientClosed(name=self.link.name, reason="close() was called while the job was pending")
-        for future in futures:
-            if self.broken is None and self.link.withdraw(future._slot, future._seq, timeout=CANCEL_WAIT):
-                if Future.cancel(future):
-                    future.set_running_or_notify_cancel()
-                continue
-            settle(future, Outcome(None, error))
+        error = self._ending_error()
+        owner = self.in_owner_thread()
+        if owner:
+            self._ending = futures
+        try:
+            for future in futures:
+                self._end_one(future, error)
+        finally:
+            if owner:
+                self._ending = []
         if futures:
             logger.debug("client of {!r} ended {} unanswered jobs: {}", self.link.name, len(futures), error)
+
+    def _ending_error(self) -> BaseException:
+        if self.broken is not None:
+            return self.broken
+        return ClientClosed(name=self.link.name, reason="close() was called while the job was pending")
+
+    def _end_one(self, future: JobFuture, error: BaseException) -> None:
+        """End one of ``_end_unanswered``'s futures, unless a done-callback waiting for it did."""
+        if future.done():
+            return
+        if self.broken is None and self.link.withdraw(future._slot, future._seq, timeout=CANCEL_WAIT):
+            if Future.cancel(future):
+                future.set_running_or_notify_cancel()
+            return
+        settle(future, Outcome(None, error))
 
     def _take_table(self, *, detached: bool = False) -> list[JobFuture]:
         with self._lock:
