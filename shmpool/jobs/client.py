@@ -445,7 +445,14 @@ class Client(concurrent.futures.Executor):
             del future  # no cycle through a raised error's traceback
 
     def _abandoned(self) -> bool:
-        return self._owner.close_requested
+        """Asked after every wait for a slot or for room: True once close() was called. In the
+        completion thread (a done-callback submitting) it first delivers the answers waiting in
+        the ring: their slots and spilled arguments are what the wait is for, and nobody else
+        reads them while this thread waits."""
+        owner = self._owner
+        if owner.in_owner_thread():
+            owner.deliver_waiting()
+        return owner.close_requested
 
     # ----------------------------------------------------------------- lifetime
 

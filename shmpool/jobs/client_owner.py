@@ -416,6 +416,19 @@ class CompletionOwner:
                 break
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
+    def deliver_waiting(self) -> None:
+        """In the owner's thread, busy in a done-callback that waits for a slot or for room:
+        deliver (free, settle) the answers the ring holds now, without waiting."""
+        if self.broken is not None or self._detached() or not self._drain_lock.acquire(blocking=False):
+            return  # ending, or a waiter helping reads the ring (and frees what it pops)
+        try:
+            done = self.link.board.core.collect(self.channel, 0)
+        except ShmPoolError:  # the board is gone: the owner's next round finds out
+            done = []
+        finally:
+            self._drain_lock.release()
+        self._deliver(done)
+
     def _detached(self) -> bool:
         return self.lifecycle is Lifecycle.CLOSED  # read afresh: another thread detaches
 
