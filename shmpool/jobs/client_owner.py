@@ -379,11 +379,11 @@ class CompletionOwner:
         """A done-callback, run by this thread, waits for ``future``: drain the ring here until
         it is done, or ``timeout`` passes (returns what is left of it). Without this the answer
         sat in the ring while its one reader waited for it: result(t) raised TimeoutError after
-        t, result() hung for ever. A callback run by a detach or a broken owner (the drain lock
-        held here, every future ended or ending) waits as before; one that finds the
-        coordinator gone fails ``future`` with that, as the owner's next round would. One run
-        while the owner ends every pending future (a detach, a broken owner) ends ``future`` now
-        if it is one of them: only this thread would, after the callback returns."""
+        t, result() hung for ever. One that finds the coordinator gone fails ``future`` with
+        that, as the owner's next round would. A callback run while the owner ends every
+        pending future (a detach, a broken owner: the drain lock held here) ends ``future`` now
+        if it is one of them, as the owner would after the callback returns; any other it waits
+        for as any thread does (a helper that popped its answer settles it)."""
         if any(ending is future for ending in self._ending):
             self._end_one(future, self._ending_error())
             return timeout
