@@ -64,3 +64,39 @@ def test_a_done_callback_can_map_over_more_items_than_the_board_has_slots(instan
             assert first.result(30) == 4
             assert finished.wait(10), "the callback's map waited for slots only its own thread frees"
             assert seen == [6, 5, 4, 3, 2, 1], seen
+
+
+def test_a_done_callback_can_submit_spilled_arguments_while_its_client_fills_the_limit(instance_name,
+                                                                                       user_jobs_importable):
+    """The same wait for room (Link._place): a spilled argument refused while this client's
+    own jobs hold the memory limit waits for them to end, and their arguments are freed when
+    their answers are delivered: by the thread waiting in the callback."""
+    import numpy as np
+
+    import _array_jobs as jobs
+
+    mb = 2 ** 20
+    large = np.ones(2 * mb)  # 16 MiB: one fits beside the filler, two do not
+    with Coordinator(instance_name, workers=1, memory_limit=64 * mb, job_modules=["_array_jobs"]) as coord:
+        with shmpool.connect(coord.name) as client:
+            filler = client.reader.instance.table.allocate(40 * mb)  # not a job's: nothing of ours frees it
+            seen: list[Any] = []
+            finished = threading.Event()
+
+            def two_large(done: Future) -> None:  # type: ignore[type-arg]
+                try:
+                    futures = [client.submit(jobs.total, large, timeout=20) for _ in range(2)]
+                    seen.extend(f.result(20) for f in futures)
+                except BaseException as exc:  # noqa: BLE001  # reported to the test thread
+                    seen.append(exc)
+                finally:
+                    finished.set()
+
+            try:
+                first = client.submit(pow, 2, 2)
+                first.add_done_callback(two_large)
+                assert first.result(30) == 4
+                assert finished.wait(10), "the callback's submit waited for room only its own thread frees"
+                assert seen == [float(large.sum())] * 2, seen
+            finally:
+                client.reader.instance.table.free(filler)
