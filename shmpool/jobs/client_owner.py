@@ -489,14 +489,14 @@ class CompletionOwner:
         """At detach: withdraw what no worker has taken (cancelled), fail the rest."""
         error = self._ending_error()
         owner = self.in_owner_thread()
-        if owner:
-            self._ending = futures
+        if owner:  # restored after: a callback run here could end others (nested)
+            previous, self._ending = self._ending, futures
         try:
             for future in futures:
                 self._end_one(future, error)
         finally:
             if owner:
-                self._ending = []
+                self._ending = previous
         if futures:
             logger.debug("client of {!r} ended {} unanswered jobs: {}", self.link.name, len(futures), error)
 
