@@ -105,7 +105,8 @@ def check_job_timeout(value: Any, argument: str = "job_timeout") -> float | None
     if value is None:
         return None
     # Any real number, numpy's too, as shmpool.substrate.timeouts takes every other timeout.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value <= 0:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or math.isnan(value) or value <= 0:
         raise InvalidArgument(argument=argument, value=value,
                               reason="seconds, a number above 0 (float('inf') for no limit), or None")
     return math.inf if value > MAX_TIMEOUT else float(value)
