@@ -296,6 +296,12 @@ class Client(concurrent.futures.Executor):
                         submitted.add_done_callback(done.put)
                     if not in_flight:
                         return
+                    owner = self._owner
+                    if owner.in_owner_thread():
+                        # A done-callback: nobody else reads the answers done.get() waits for.
+                        # Drain the ring here while waiting for one of them, as result() does.
+                        while done.empty():
+                            owner.help(next(iter(in_flight)), POLL)
                     finished = done.get()
                     in_flight.discard(finished)
                     yield finished.result()
