@@ -40,7 +40,7 @@ import time
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, cast
 
 from ..substrate._log import logger
 
@@ -301,7 +301,7 @@ class Client(concurrent.futures.Executor):
                         # A done-callback: nobody else reads the answers done.get() waits for.
                         # Drain the ring here while waiting for one of them, as result() does.
                         while done.empty():
-                            owner.help(next(iter(in_flight)), POLL)
+                            owner.help(cast(JobFuture, next(iter(in_flight))), POLL)
                     finished = done.get()
                     in_flight.discard(finished)
                     yield finished.result()
