@@ -159,6 +159,16 @@ _open_lock = threading.Lock()
 _OPEN_MOST = 16  # pinned files kept mapped per worker process; the oldest is dropped first
 
 
+def _fresh_open_lock_after_fork() -> None:
+    # A task forking while another thread opens a file here must not leave its child a copy
+    # held by a thread the child does not have (as shmpool.dask's reader lock).
+    global _open_lock
+    _open_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_open_lock_after_fork)
+
+
 def _stored(pinned: Pin, dimension_id: int, generation: int, layer_id: int) -> LoadedContext:
     layer_id = as_id(layer_id, "layer_id")  # a str key as a LayerKey: Region.row compares its text
     key = (pinned.store_dir, dimension_id, generation)

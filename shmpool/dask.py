@@ -265,6 +265,16 @@ def _conflict(name: str, serving: host.HostConfig, wanted: host.HostConfig) -> I
 
 _readers: dict[str, Reader] = {}
 _readers_lock = threading.Lock()
+
+
+def _fresh_readers_lock_after_fork() -> None:
+    # Held while reader() attaches (up to its timeout, for a restarting daemon): a task forking
+    # meanwhile must not leave its child a copy held by a thread the child does not have.
+    global _readers_lock
+    _readers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_readers_lock_after_fork)
 _STATE = int(W.STATE)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
 
 

@@ -40,7 +40,7 @@ import time
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, cast
 
 from ..substrate._log import logger
 
@@ -299,6 +299,12 @@ class Client(concurrent.futures.Executor):
                         submitted.add_done_callback(done.put)
                     if not in_flight:
                         return
+                    owner = self._owner
+                    if owner.in_owner_thread():
+                        # A done-callback: nobody else reads the answers done.get() waits for.
+                        # Drain the ring here while waiting for one of them, as result() does.
+                        while done.empty():
+                            owner.help(cast(JobFuture, next(iter(in_flight))), POLL)
                     finished = done.get()
                     in_flight.discard(finished)
                     yield finished.result()
@@ -448,7 +454,14 @@ class Client(concurrent.futures.Executor):
             del future  # no cycle through a raised error's traceback
 
     def _abandoned(self) -> bool:
-        return self._owner.close_requested
+        """Asked after every wait for a slot or for room: True once close() was called. In the
+        completion thread (a done-callback submitting) it first delivers the answers waiting in
+        the ring: their slots and spilled arguments are what the wait is for, and nobody else
+        reads them while this thread waits."""
+        owner = self._owner
+        if owner.in_owner_thread():
+            owner.deliver_waiting()
+        return owner.close_requested
 
     # ----------------------------------------------------------------- lifetime
 

@@ -155,6 +155,9 @@ class CompletionOwner:
         # releases the channel (freeing those slots and spills) and lets the board be unmapped.
         self._reading = 0
         self._read = threading.Condition(self._lock)
+        # The futures the owner's thread is ending (_end_unanswered), one after the other: a
+        # done-callback of one that waits for another ends that one itself (_wait_in_owner_thread).
+        self._ending: list[JobFuture] = []
         self._thread = threading.Thread(target=self._run, name=f"shmpool-client-{link.name}", daemon=True)
 
     def start(self) -> None:
@@ -376,9 +379,14 @@ class CompletionOwner:
         """A done-callback, run by this thread, waits for ``future``: drain the ring here until
         it is done, or ``timeout`` passes (returns what is left of it). Without this the answer
         sat in the ring while its one reader waited for it: result(t) raised TimeoutError after
-        t, result() hung for ever. A callback run by a detach or a broken owner (the drain lock
-        held here, every future ended or ending) waits as before; one that finds the
-        coordinator gone fails ``future`` with that, as the owner's next round would."""
+        t, result() hung for ever. One that finds the coordinator gone fails ``future`` with
+        that, as the owner's next round would. A callback run while the owner ends every
+        pending future (a detach, a broken owner: the drain lock held here) ends ``future`` now
+        if it is one of them, as the owner would after the callback returns; any other it waits
+        for as any thread does (a helper that popped its answer settles it)."""
+        if any(ending is future for ending in self._ending):
+            self._end_one(future, self._ending_error())
+            return timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         collect, channel, drain = self.link.board.core.collect, self.channel, self._drain_lock
         while future._state in (_PENDING, _RUNNING) and self.broken is None and not self._detached():
@@ -407,6 +415,19 @@ class CompletionOwner:
                     settle(future, Outcome(None, self.link.gone()))
                 break
         return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def deliver_waiting(self) -> None:
+        """In the owner's thread, busy in a done-callback that waits for a slot or for room:
+        deliver (free, settle) the answers the ring holds now, without waiting."""
+        if self.broken is not None or self._detached() or not self._drain_lock.acquire(blocking=False):
+            return  # ending, or a waiter helping reads the ring (and frees what it pops)
+        try:
+            done = self.link.board.core.collect(self.channel, 0)
+        except ShmPoolError:  # the board is gone: the owner's next round finds out
+            done = []
+        finally:
+            self._drain_lock.release()
+        self._deliver(done)
 
     def _detached(self) -> bool:
         return self.lifecycle is Lifecycle.CLOSED  # read afresh: another thread detaches
@@ -457,25 +478,42 @@ class CompletionOwner:
             finally:
                 with self._lock:
                     self._reading -= 1
-                    if not self._reading:
+                    # Only a detach waits, and it marks CLOSED under this lock first: no notify
+                    # per settled batch of an open client (~0.4 us each, measured).
+                    if not self._reading and self.lifecycle is Lifecycle.CLOSED:
                         self._read.notify_all()
         for future, outcome in zip(futures, outcomes):
             settle(future, outcome)
 
     def _end_unanswered(self, futures: list[JobFuture]) -> None:
         """At detach: withdraw what no worker has taken (cancelled), fail the rest."""
-        if self.broken is not None:
-            error: BaseException = self.broken
-        else:
-            error = ClientClosed(name=self.link.name, reason="close() was called while the job was pending")
-        for future in futures:
-            if self.broken is None and self.link.withdraw(future._slot, future._seq, timeout=CANCEL_WAIT):
-                if Future.cancel(future):
-                    future.set_running_or_notify_cancel()
-                continue
-            settle(future, Outcome(None, error))
+        error = self._ending_error()
+        owner = self.in_owner_thread()
+        if owner:  # restored after: a callback run here could end others (nested)
+            previous, self._ending = self._ending, futures
+        try:
+            for future in futures:
+                self._end_one(future, error)
+        finally:
+            if owner:
+                self._ending = previous
         if futures:
             logger.debug("client of {!r} ended {} unanswered jobs: {}", self.link.name, len(futures), error)
+
+    def _ending_error(self) -> BaseException:
+        if self.broken is not None:
+            return self.broken
+        return ClientClosed(name=self.link.name, reason="close() was called while the job was pending")
+
+    def _end_one(self, future: JobFuture, error: BaseException) -> None:
+        """End one of ``_end_unanswered``'s futures, unless a done-callback waiting for it did."""
+        if future.done():
+            return
+        if self.broken is None and self.link.withdraw(future._slot, future._seq, timeout=CANCEL_WAIT):
+            if Future.cancel(future):
+                future.set_running_or_notify_cancel()
+            return
+        settle(future, Outcome(None, error))
 
     def _take_table(self, *, detached: bool = False) -> list[JobFuture]:
         with self._lock:

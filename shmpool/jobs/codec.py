@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 import reprlib
 import struct
 import sys
@@ -103,7 +104,9 @@ def check_job_timeout(value: Any, argument: str = "job_timeout") -> float | None
     nanoseconds of the slot's DEADLINE word, and the worker failed every job it bounded."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
+    # Any real number, numpy's too, as shmpool.substrate.timeouts takes every other timeout.
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or math.isnan(value) or value <= 0:
         raise InvalidArgument(argument=argument, value=value,
                               reason="seconds, a number above 0 (float('inf') for no limit), or None")
     return math.inf if value > MAX_TIMEOUT else float(value)
