@@ -5,6 +5,7 @@ RuntimeError, and a module calling sys.exit() at import ended the worker."""
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import pytest
@@ -15,15 +16,20 @@ from shmpool import UnknownJob
 from shmpool.coordinator import Coordinator
 from shmpool.substrate.names import list_objects
 
-MODULES = ["_jobs_broken_at_import", "_jobs_exit_at_import"]
+MODULES = ["_jobs_broken_at_import", "_jobs_exit_at_import", "_jobs_counted_broken_import"]
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(tmp_path_factory):
+    imports = tmp_path_factory.mktemp("imports") / "counted"
+    os.environ["SHMPOOL_TEST_IMPORTS"] = str(imports)  # the workers inherit it
     name = f"{TEST_PREFIX}{secrets.token_hex(4)}"
-    with Coordinator(name, data_dir=shmpool.SAMPLE, workers=1, job_modules=MODULES) as coord:
-        with shmpool.Client(name) as c:
-            yield c, coord
+    try:
+        with Coordinator(name, data_dir=shmpool.SAMPLE, workers=1, job_modules=MODULES) as coord:
+            with shmpool.Client(name) as c:
+                yield c, coord
+    finally:
+        del os.environ["SHMPOOL_TEST_IMPORTS"]
     assert list_objects(name) == ([], [])
 
 
@@ -45,3 +51,14 @@ def test_a_module_exiting_at_import_is_unknown_job_and_the_worker_stays(client):
     # The same worker serves the next job: the exit did not end it (no replacement needed).
     assert c.submit(max, [3, 9, 4]).result(30) == 9
     assert set(coord.stats()["workers"]["pids"]) == pids
+
+
+def test_a_module_that_raised_at_import_is_not_run_again_for_each_job(client):
+    """Its top level ran once per job (the docs read-through's second look): a side effect at
+    import (a file written, a Coordinator started) repeated with every job naming it. The
+    worker remembers the failure, as it remembers a module that imported."""
+    c, _ = client
+    for _ in range(3):
+        with pytest.raises(UnknownJob, match="after a side effect"):
+            c.submit("_jobs_counted_broken_import:never", 1).result(30)
+    assert open(os.environ["SHMPOOL_TEST_IMPORTS"]).read().count("imported") == 1

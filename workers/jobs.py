@@ -96,6 +96,11 @@ DEFAULT_CALLABLES = frozenset({f"builtins:{name}" for name in SAFE_BUILTINS} | {
 DEFAULT_CALLABLE_MODULES = ("math",)  # every function of math is pure
 
 
+# Modules whose top level raised in this worker: what it raised (a missing module, ImportError,
+# is tried again: it may be installed meanwhile, and trying runs none of its code).
+_raised_at_import: dict[str, str] = {}
+
+
 def _load(job: str, target: str, where: str = "") -> object:
     """What ``target`` ("module:qualname") names, for ``job``; UnknownJob saying why if nothing.
 
@@ -103,6 +108,9 @@ def _load(job: str, target: str, where: str = "") -> object:
     told apart, so that an AttributeError the module raises while it runs is not reported as
     a missing function."""
     module_name, qualname = target.split(":")
+    raised = _raised_at_import.get(module_name)
+    if raised is not None:
+        raise UnknownJob(job=job, reason=f"cannot import {module_name}{where}: {raised}")
     try:
         obj: object = importlib.import_module(module_name)
     except ImportError as exc:
@@ -110,9 +118,10 @@ def _load(job: str, target: str, where: str = "") -> object:
     except (Exception, SystemExit) as exc:
         # The module itself raised while it ran (a Coordinator started at import, a script's
         # sys.exit() without a __main__ guard): the job is just as unknown, and the worker
-        # lives on for the jobs it can run.
-        raise UnknownJob(job=job, reason=f"cannot import {module_name}{where}: it raised "
-                                         f"{type(exc).__name__}: {exc}") from None
+        # lives on for the jobs it can run. Remembered, as a module that imported is: its top
+        # level ran once, and a side effect there must not repeat with every job naming it.
+        raised = _raised_at_import[module_name] = f"it raised {type(exc).__name__}: {exc}"
+        raise UnknownJob(job=job, reason=f"cannot import {module_name}{where}: {raised}") from None
     try:
         for part in qualname.split("."):
             obj = getattr(obj, part)
