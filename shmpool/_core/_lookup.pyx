@@ -1011,6 +1011,8 @@ cdef class LoadedContext:
         return len(self.content)
 
     def __repr__(self):
+        if self._gen is None and self._content is None:  # made by __new__ alone: repr never raises
+            return f"<LoadedContext at {id(self):#x}, unmade>"
         return (f"LoadedContext(dimension_id={self.dimension_id}, layer_id={self.layer_id}, "
                 f"generation={self.generation}, {len(self)} bytes)")
 
