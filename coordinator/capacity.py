@@ -33,7 +33,7 @@ from typing import Any
 from shmpool.substrate._log import logger
 
 from shmpool.data import compression
-from shmpool.errors import InvalidArgument, RegionFormatError, ShmPoolError
+from shmpool.errors import EditConflict, InvalidArgument, RegionFormatError, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.substrate.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
 from shmpool.substrate.limits import PER_MILLE, Budget, per_mille
@@ -158,6 +158,10 @@ class CapacityManager:
             try:
                 self.evict(pub)
                 evicted += 1
+            except EditConflict:
+                # Published again since coldest() (the program, from another thread): its new
+                # generation is judged on the next round, as anything recently published.
+                logger.debug("dimension {} was republished while being evicted: kept", pub.dimension_id)
             except (OSError, ShmPoolError) as exc:
                 logger.error("cannot evict dimension {}: {}", pub.dimension_id, exc)
         if evicted:
@@ -165,8 +169,18 @@ class CapacityManager:
         return evicted
 
     def evict(self, pub: Published) -> None:
-        file = pub.file if pub.file is not None and self._file_matches(pub) else self._spill(pub)
-        self._publisher.evict(pub.dimension_id, file)
+        """Evict generation ``pub`` (EditConflict, evicting nothing, if it is no longer current)."""
+        spilled = not (pub.file is not None and self._file_matches(pub))
+        file = self._spill(pub) if spilled else pub.file
+        assert file is not None
+        try:
+            # The generation must still be the one just written out: a publication that came
+            # while it was (the program's, from its own thread) is not in that file.
+            self._publisher.evict(pub.dimension_id, file, generation=pub.generation)
+        except EditConflict:
+            if spilled:
+                file.unlink(missing_ok=True)
+            raise
         self.counters.evictions += 1
         self.counters.evicted_bytes += pub.data_nbytes
         self.counters.note("evict", dimension_id=pub.dimension_id, generation=pub.generation,
@@ -269,7 +283,16 @@ class CapacityManager:
 
             generation = self._publisher.place(region.nbytes, copy, layer_count=region.layer_count,
                                                name=region.name, source=str(ev.file),
-                                               expect_dimension=dimension_id, file=ev.file)
+                                               expect_dimension=dimension_id, file=ev.file,
+                                               replaces=ev.generation)
+        except EditConflict:
+            # The program published the dimension while its file was being copied back (or
+            # another reload came first): that generation stands, the copy is out of date.
+            logger.info("dimension {} was published while being reloaded from {}: the reload is dropped",
+                        dimension_id, ev.file)
+            if dimension_id not in self._publisher.evicted:
+                self._inst.control.directory[ev.entry, D.TOUCHED] = TOUCHED_NONE
+            return None
         except ShmPoolError as exc:
             self.counters.reload_failures += 1
             logger.error("cannot reload dimension {} from {}: {}", dimension_id, ev.file, exc)
@@ -316,9 +339,16 @@ class CapacityManager:
         if compress and nbytes > pub.data_nbytes * (1 - compression.MIN_SAVING):
             self._incompressible.add((pub.dimension_id, pub.generation))
             return
-        generation = self._publisher.place(nbytes, builder.write_into, layer_count=len(builder), name=builder.name,
-                                           source=pub.source,
-                                           expect_dimension=pub.dimension_id, file=None, compressed=compress)
+        try:
+            # Made from generation ``pub``: refused if the program published the dimension
+            # meanwhile, else its publication would be replaced by this copy of the one before.
+            generation = self._publisher.place(nbytes, builder.write_into, layer_count=len(builder),
+                                               name=builder.name, source=pub.source, expect_dimension=pub.dimension_id,
+                                               file=None, compressed=compress, replaces=pub.generation)
+        except EditConflict:
+            logger.debug("dimension {} was republished while being {}: left as published", pub.dimension_id,
+                         "compressed" if compress else "expanded")
+            return
         self._hot_periods.pop(pub.dimension_id, None)
         if compress:
             self.counters.compressions += 1
