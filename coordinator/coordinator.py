@@ -387,6 +387,13 @@ class Coordinator:
                 self._board.unlink()
             self._after_reaper(self._board.close)
             self._board = None
+        with self._protos_lock:
+            protos, self._protos = self._protos, {}
+        for proto in protos.values():
+            # An edit's base goes with the instance, and no proto of this run can be published
+            # by the next: ended, so that using one raises CoordinatorStateError, and a restart
+            # does not find stale protos holding ids (create_proto_dimension, edit_dimension).
+            proto._end(self.name)
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -18,7 +18,7 @@ import numpy as np
 from shmpool.data import arrays
 from shmpool.data.context import LoadedContext
 from shmpool.data.compression import inflate
-from shmpool.errors import InvalidLayer, LayerNotFound
+from shmpool.errors import CoordinatorStateError, InvalidLayer, LayerNotFound
 from shmpool.substrate.ids import LayerKey, as_id
 from shmpool.data.layer_index import ROW_DTYPE, SLOT_WORDS, slots_for
 from shmpool.data.region import FLAG_KEYED, FLAG_TEXT, FLAG_ZSTD, align, split_keywords
@@ -73,6 +73,7 @@ class ProtoDimension:
         self._publisher: Publisher | None = None
         self._base_rows: dict[int, int] = {}   # edits: layer id -> row of the base still in use
         self._removed: set[int] = set()         # edits: base ids removed or replaced
+        self._ended_by: str | None = None       # the coordinator whose stop() ended it (_end)
 
     @classmethod
     def editing(cls, base: Published, publisher: Publisher) -> "ProtoDimension":
@@ -91,6 +92,17 @@ class ProtoDimension:
         self._content.clear()
         self._layers.meta.clear()
 
+    def _end(self, coordinator: str) -> None:
+        """Its coordinator stopped: the proto can no longer be crystallized, and an edit's base
+        was unmapped with the instance. Every later call raises CoordinatorStateError rather
+        than read a closed mapping (a bare ValueError) or mutate what nothing will publish."""
+        with self._lock:
+            self._ended_by = coordinator
+
+    def _check_live(self) -> None:
+        if self._ended_by is not None:
+            raise CoordinatorStateError(name=self._ended_by, running=False)
+
     @property
     def base_generation(self) -> int | None:
         """The published generation an edit started from; None for a proto built from scratch."""
@@ -107,6 +119,7 @@ class ProtoDimension:
         InvalidLayer for any other bad input (a duplicate id, outside an edit).
         """
         layer_id = as_id(layer_id, "layer_id")
+        self._check_live()
         self._check_key_of_base(layer_id)
         if isinstance(content, np.ndarray):  # once, here: the builder and the heap copy store the same bytes
             content = arrays.encode(content, dimension_id=self.dimension_id, layer_id=layer_id)
@@ -139,6 +152,7 @@ class ProtoDimension:
     def remove_layer(self, layer_id: int) -> None:
         """Remove one layer (in an edit, a layer of the base too). Raises LayerNotFound."""
         layer_id = as_id(layer_id, "layer_id")
+        self._check_live()
         with self._lock:
             in_base = layer_id in self._base_rows and layer_id not in self._removed
             if (in_base or layer_id in self._content) and not self._holds_key(layer_id):
@@ -157,6 +171,7 @@ class ProtoDimension:
         for a non-int id. A layer an edit kept from its base is returned as a private copy:
         the base may be released once the edit is crystallized."""
         layer_id = as_id(layer_id, "layer_id")
+        self._check_live()
         content = self._content.get(layer_id)
         if (content is not None or layer_id in self._base_rows) and not self._holds_key(layer_id):
             raise self._not_found(layer_id)
