@@ -26,7 +26,7 @@ from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
 from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, CoordinatorStateError, DimensionNotFound,
                             GenerationNotNewer,
-                            InstanceExists, InvalidLayer, LimitExceeded,
+                            InstanceExists, InvalidArgumentType, InvalidLayer, LimitExceeded,
                             LockTimeout, SharedMemoryFull)
 from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
@@ -47,7 +47,7 @@ from shmpool.workers.config import WorkerConfig
 from shmpool.workers.jobs import POLICY_ENV, JobPolicy
 from shmpool.coordinator.pool import WorkerPool
 
-from . import exit_cleanup
+from . import arguments, exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import LoadReport, load_region_files, region_files
 from .name_lock import NameLock, remove_instance_files
@@ -93,6 +93,7 @@ def default_pools(memory_limit: int) -> tuple[PoolSpec, ...]:
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
+MIN_JOB_PAYLOAD = 1  # bytes of a slot's request area: smaller requests spill (RequestTooLarge past the limit)
 REAPER_JOIN = 5.0    # seconds stop() waits for the reaper to leave its round before leaving it the unmapping
 
 
@@ -138,18 +139,27 @@ class Coordinator:
         self.worker_spin = spin_seconds(worker_spin_us)
         # None: start empty (the program publishes); SAMPLE: the built-in sample, built at start.
         self.serves_sample = data_dir is SAMPLE
+        if not isinstance(data_dir, SampleData):
+            arguments.path_or_none(data_dir, "data_dir")
         self.data_dir = Path(data_dir) if data_dir is not None and not isinstance(data_dir, SampleData) else None
-        self.memory_limit = memory_limit
-        self.pools = tuple(pools) if pools is not None else default_pools(memory_limit)
-        self.thresholds = thresholds
-        self.sample_seed = sample_seed
-        self._max_dimensions = max_dimensions
-        self._max_readers = max_readers
+        # Each checked here, typed and named (coordinator/arguments.py), not where it fails below.
+        self.memory_limit = memory_limit = arguments.whole(memory_limit, "memory_limit", minimum=1)
+        specs = arguments.pool_specs(pools)
+        self.pools = specs if specs is not None else default_pools(memory_limit)
+        self.thresholds = arguments.thresholds(thresholds)
+        self.sample_seed = arguments.whole(sample_seed, "sample_seed", minimum=0)
+        self._max_dimensions = arguments.whole(max_dimensions, "max_dimensions", minimum=1, maximum=arguments.U32_MAX)
+        self._max_readers = arguments.whole(max_readers, "max_readers", minimum=1, maximum=arguments.U32_MAX)
         checked_workers = check_worker_count(workers)
         self.worker_count = (os.cpu_count() or 1) if checked_workers is None else checked_workers
-        self._job_config = (job_slots, max_clients, job_payload)
-        self.drain_timeout = drain_timeout
-        self.max_pin_age = max_pin_age
+        self._job_config = (arguments.whole(job_slots, "job_slots", minimum=1),
+                            arguments.whole(max_clients, "max_clients", minimum=1),
+                            arguments.whole(job_payload, "job_payload", minimum=MIN_JOB_PAYLOAD))
+        self.drain_timeout = arguments.seconds(drain_timeout, "drain_timeout")
+        self.max_pin_age = arguments.seconds(max_pin_age, "max_pin_age", positive=True, finite=True)
+        arguments.verify_cache(verify_cache)
+        if capacity is not None and not isinstance(capacity, CapacityPolicy):
+            raise InvalidArgumentType(argument="capacity", value=capacity, reason="must be a CapacityPolicy or None")
         # Where unchanged, already-verified region files are remembered (coordinator/verified.py):
         # True for <runtime dir>/verified-regions.json, a path for another file, False for none.
         self.verify_cache = verify_cache
