@@ -25,6 +25,7 @@ from shmpool.jobs.codec import encode_error
 from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
 from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, CoordinatorStateError, DimensionNotFound,
+                            EditConflict,
                             GenerationNotNewer,
                             InstanceExists, InvalidArgumentType, InvalidLayer, LimitExceeded,
                             LockTimeout, SharedMemoryFull)
@@ -53,7 +54,7 @@ from .loading import LoadReport, load_region_files, region_files
 from .name_lock import NameLock, remove_instance_files
 from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
-from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
+from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Published, Publisher
 from .reaper_sleep import RECLAIM_INTERVAL, ReapClock, sleep_after_round
 from .region_store import RegionStore, StoredRegion
 from .verified import VerifiedFiles
@@ -399,11 +400,12 @@ class Coordinator:
             self._board = None
         with self._protos_lock:
             protos, self._protos = self._protos, {}
+        stopped = functools.partial(CoordinatorStateError, name=self.name, running=False)
         for proto in protos.values():
             # An edit's base goes with the instance, and no proto of this run can be published
             # by the next: ended, so that using one raises CoordinatorStateError, and a restart
             # does not find stale protos holding ids (create_proto_dimension, edit_dimension).
-            proto._end(self.name)
+            proto._end(stopped)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -622,18 +624,27 @@ class Coordinator:
         layers plus a new layer index; the unchanged layers stay shared with earlier generations
         (their blocks are freed when no live generation uses them any more). Raises
         DimensionNotFound if the dimension is not published, InvalidLayer if a proto of that id
-        exists; crystallize raises EditConflict if another publication came first.
+        exists, unless it is an edit whose base was superseded (crystallizing it could only
+        raise EditConflict): that one is ended (each of its calls raises EditConflict) and
+        replaced. crystallize raises EditConflict if another publication came first.
         """
         _, publisher = self._require()
         dimension_id = as_id(dimension_id, "dimension_id")
         if dimension_id in publisher.evicted:
             self._require_capacity().reload(dimension_id)  # an edit needs its base in shared memory
         with self._protos_lock:
-            if dimension_id in self._protos:
+            old = self._protos.get(dimension_id)
+            old_base = None if old is None else old._base
+            if old is not None and (old_base is None or publisher.current.get(dimension_id) is old_base):
                 raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
                                    reason="a proto-dimension with this id already exists")
             base = publisher.hold_current(dimension_id)
             proto = self._protos[dimension_id] = ProtoDimension.editing(base, publisher)
+        if old is not None and old_base is not None:
+            # The docs' answer to EditConflict is "start a new edit": an edit whose base moved
+            # on can never be crystallized, so the new one replaces it (before, it kept the id,
+            # InvalidLayer here for ever, and its hold kept the base generation from being freed).
+            self._end_stale_edit(old, old_base, publisher)
         return proto
 
     def crystallize(self, dimension_id: int, *, keep: bool = False, generation: int | None = None) -> int:
@@ -687,13 +698,25 @@ class Coordinator:
             generation = place()
         old_base = proto._base  # an edit's base (what base_generation reports), None for a new proto
         if old_base is not None:
+            proto._let_go_of(old_base, publisher)
             if keep:
                 proto._rebase(publisher.hold_current(dimension_id), publisher)
-            publisher.release_hold(old_base)
         if not keep:
             with self._protos_lock:
                 self._protos.pop(dimension_id, None)
         return generation
+
+    def _end_stale_edit(self, proto: ProtoDimension, base: Published, publisher: Publisher) -> None:
+        """End an edit whose base is no longer the current generation (crystallizing it can
+        only raise EditConflict: generations only grow) and let go of its base."""
+        current = publisher.current.get(proto.dimension_id)
+        conflict = functools.partial(EditConflict, dimension_id=proto.dimension_id, base_generation=base.generation,
+                                     current_generation=None if current is None else current.generation)
+        proto._end(conflict)
+        proto._let_go_of(base, publisher)  # unless its crystallize, just done, let go of it first
+        logger.info("edit of dimension {} from generation {} ended: a new edit_dimension replaces it (the "
+                    "dimension moved on to generation {})", proto.dimension_id, base.generation,
+                    None if current is None else current.generation)
 
     def publish_region_file(self, path: str | os.PathLike[str], *, generation: int | None = None) -> int:
         """Copy a region file (checksums verified) into shared memory as its dimension's next
@@ -748,9 +771,9 @@ class Coordinator:
         for p in protos:  # as crystallize: an edit's base is let go, or the kept edit rebased
             old_base = p._base
             if old_base is not None:
+                p._let_go_of(old_base, publisher)
                 if keep:
                     p._rebase(publisher.hold_current(p.dimension_id), publisher)
-                publisher.release_hold(old_base)
         if not keep:
             with self._protos_lock:
                 for p in protos:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from shmpool.data import arrays
 from shmpool.data.context import LoadedContext
 from shmpool.data.compression import inflate
-from shmpool.errors import CoordinatorStateError, InvalidLayer, LayerNotFound
+from shmpool.errors import InvalidLayer, LayerNotFound, ShmPoolError
 from shmpool.substrate.ids import LayerKey, as_id
 from shmpool.data.layer_index import ROW_DTYPE, SLOT_WORDS, slots_for
 from shmpool.data.region import FLAG_KEYED, FLAG_TEXT, FLAG_ZSTD, align, split_keywords
@@ -73,7 +73,8 @@ class ProtoDimension:
         self._publisher: Publisher | None = None
         self._base_rows: dict[int, int] = {}   # edits: layer id -> row of the base still in use
         self._removed: set[int] = set()         # edits: base ids removed or replaced
-        self._ended_by: str | None = None       # the coordinator whose stop() ended it (_end)
+        self._ended: Callable[[], ShmPoolError] | None = None  # the error of every call once ended (_end)
+        self._hold: Published | None = None     # edits: the base whose hold this proto still owns
 
     @classmethod
     def editing(cls, base: Published, publisher: Publisher) -> "ProtoDimension":
@@ -83,7 +84,9 @@ class ProtoDimension:
         return proto
 
     def _rebase(self, base: Published, publisher: Publisher) -> None:
+        """Start over from ``base``, whose hold (Publisher.hold_current) this proto now owns."""
         self._base, self._publisher = base, publisher
+        self._hold = base
         # One dict of ints for the ids: the proto answers membership and lookups of base layers
         # without touching shared memory; no layer bytes are copied.
         self._base_rows = dict(zip(base.rows["layer_id"].tolist(), range(len(base.rows))))
@@ -92,16 +95,26 @@ class ProtoDimension:
         self._content.clear()
         self._layers.meta.clear()
 
-    def _end(self, coordinator: str) -> None:
-        """Its coordinator stopped: the proto can no longer be crystallized, and an edit's base
-        was unmapped with the instance. Every later call raises CoordinatorStateError rather
-        than read a closed mapping (a bare ValueError) or mutate what nothing will publish."""
+    def _end(self, error: Callable[[], ShmPoolError]) -> None:
+        """The proto can no longer be crystallized: its coordinator stopped (an edit's base was
+        unmapped with the instance; CoordinatorStateError) or its edit conflicted (EditConflict,
+        final: generations only grow). Every later call raises ``error()`` rather than read a
+        closed mapping (a bare ValueError) or mutate what nothing will publish."""
         with self._lock:
-            self._ended_by = coordinator
+            self._ended = error
+
+    def _let_go_of(self, base: Published, publisher: Publisher) -> None:
+        """Release the hold on ``base`` if this proto still owns it: once, whoever asks first (a
+        crystallize that published it, a new edit_dimension that replaces it as stale)."""
+        with self._lock:
+            if self._hold is not base:
+                return
+            self._hold = None
+        publisher.release_hold(base)
 
     def _check_live(self) -> None:
-        if self._ended_by is not None:
-            raise CoordinatorStateError(name=self._ended_by, running=False)
+        if self._ended is not None:
+            raise self._ended()
 
     @property
     def base_generation(self) -> int | None:
