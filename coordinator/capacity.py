@@ -258,8 +258,11 @@ class CapacityManager:
                 continue
             self.reload(dim)
 
-    def reload(self, dimension_id: int) -> int | None:
-        """Place an evicted dimension back from its file; returns the new generation."""
+    def reload(self, dimension_id: int, *, strict: bool = False) -> int | None:
+        """Place an evicted dimension back from its file; returns the new generation, or None
+        if it is not evicted (any more) or the reload failed: logged, counted, retried on the
+        next request; with ``strict`` the failure's typed error is raised instead (a caller
+        that cannot go on without the dimension: ``Coordinator.edit_dimension``)."""
         ev = self._publisher.evicted.get(dimension_id)
         if ev is None:
             return None
@@ -269,6 +272,8 @@ class CapacityManager:
         except ShmPoolError as exc:
             self.counters.reload_failures += 1
             logger.error("cannot reload dimension {} from {}: {}", dimension_id, ev.file, exc)
+            if strict:
+                raise
             return None
         try:
             if region.dimension_id != dimension_id:
@@ -296,6 +301,8 @@ class CapacityManager:
         except ShmPoolError as exc:
             self.counters.reload_failures += 1
             logger.error("cannot reload dimension {} from {}: {}", dimension_id, ev.file, exc)
+            if strict:
+                raise
             return None
         finally:
             region.close()

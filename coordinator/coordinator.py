@@ -623,7 +623,8 @@ class Coordinator:
         ``remove_layer`` removes one, and :meth:`crystallize` then writes only the changed
         layers plus a new layer index; the unchanged layers stay shared with earlier generations
         (their blocks are freed when no live generation uses them any more). Raises
-        DimensionNotFound if the dimension is not published, InvalidLayer if a proto of that id
+        DimensionNotFound if the dimension is not published, what its reload raised if it is
+        evicted and cannot come back (RegionFormatError, LimitExceeded), InvalidLayer if a proto of that id
         exists, unless it is an edit whose base was superseded (crystallizing it could only
         raise EditConflict): that one is ended (each of its calls raises EditConflict) and
         replaced. crystallize raises EditConflict if another publication came first.
@@ -631,7 +632,9 @@ class Coordinator:
         _, publisher = self._require()
         dimension_id = as_id(dimension_id, "dimension_id")
         if dimension_id in publisher.evicted:
-            self._require_capacity().reload(dimension_id)  # an edit needs its base in shared memory
+            # An edit needs its base in shared memory; a failed reload says why (the file, the
+            # limit), where hold_current below could only say "not found".
+            self._require_capacity().reload(dimension_id, strict=True)
         with self._protos_lock:
             old = self._protos.get(dimension_id)
             old_base = None if old is None else old._base
