@@ -40,6 +40,7 @@ from shmpool.substrate.limits import PER_MILLE, Budget, per_mille
 from shmpool.data.region import Region
 from shmpool.data.region_builder import RegionBuilder, write_atomically
 
+from .loading import place_file
 from .publisher import Published, Publisher
 
 __all__ = ["CapacityPolicy", "CapacityManager"]
@@ -268,28 +269,17 @@ class CapacityManager:
             return None
         t0 = time.perf_counter()
         try:
-            region = Region.open(ev.file)
-        except ShmPoolError as exc:
-            self.counters.reload_failures += 1
-            logger.error("cannot reload dimension {} from {}: {}", dimension_id, ev.file, exc)
-            if strict:
-                raise
-            return None
-        try:
-            if region.dimension_id != dimension_id:
-                raise RegionFormatError(source=str(ev.file), fault=f"holds dimension {region.dimension_id}, not {dimension_id}")
-            room = region.nbytes
+            try:
+                room = os.stat(ev.file).st_size
+            except OSError:
+                room = 0  # place_file says what is wrong with it
             budget = Budget.read(self._inst.control.words)
-            if budget.refuses(room):
+            if room and budget.refuses(room):
                 self.make_room(budget.refuse_at - room)
-
-            def copy(view: memoryview) -> None:
-                view[:] = region.buffer
-
-            generation = self._publisher.place(region.nbytes, copy, layer_count=region.layer_count,
-                                               name=region.name, source=str(ev.file),
-                                               expect_dimension=dimension_id, file=ev.file,
-                                               replaces=ev.generation)
+            # Copied and checked on the copy, never mapped: a file truncated meanwhile is a
+            # RegionFormatError, not a SIGBUS (coordinator/loading.py, place_file).
+            generation = place_file(self._publisher, self._inst, ev.file, expect_dimension=dimension_id,
+                                    replaces=ev.generation)
         except EditConflict:
             # The program published the dimension while its file was being copied back (or
             # another reload came first): that generation stands, the copy is out of date.
@@ -304,8 +294,6 @@ class CapacityManager:
             if strict:
                 raise
             return None
-        finally:
-            region.close()
         self._inst.control.directory[ev.entry, D.TOUCHED] = TOUCHED_NONE
         self.last_access[dimension_id] = time.monotonic()
         ms = (time.perf_counter() - t0) * 1e3

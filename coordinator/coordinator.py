@@ -50,7 +50,7 @@ from shmpool.coordinator.pool import WorkerPool
 
 from . import arguments, exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
-from .loading import LoadReport, load_region_files, region_files
+from .loading import LoadReport, file_dimension, load_region_files, place_file, region_files
 from .name_lock import NameLock, remove_instance_files
 from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
@@ -730,21 +730,16 @@ class Coordinator:
         the memory is full. The file stays the reload source if the dimension is evicted later.
         """
         inst, publisher = self._require()
-        with Region.open(path) as region:
-            if generation is not None:
-                generation = as_id(generation, "generation")
-                entry = publisher.directory.find(region.dimension_id)
-                current = publisher.directory.generation(entry) if entry is not None else 0
-                if generation <= current:
-                    raise GenerationNotNewer(dimension_id=region.dimension_id, generation=generation,
-                                             current=current)
-
-            def copy(view: memoryview) -> None:
-                view[:] = region.buffer
-
-            return publisher.place(region.nbytes, copy, layer_count=region.layer_count, name=region.name,
-                                   source=str(path), expect_dimension=region.dimension_id, file=Path(path),
-                                   generation=generation)
+        if path is None or not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgumentType(argument="path", value=path, reason="must be a path (str or os.PathLike)")
+        if generation is not None:
+            generation = as_id(generation, "generation")
+            dimension_id = file_dimension(path)
+            entry = publisher.directory.find(dimension_id)
+            current = publisher.directory.generation(entry) if entry is not None else 0
+            if generation <= current:  # before allocating
+                raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
+        return place_file(publisher, inst, path, generation=generation)
 
     def crystallize_many(self, dimension_ids: Iterable[int], *, keep: bool = False) -> dict[int, int]:
         """Publish the proto-dimensions ``dimension_ids`` together, as one atomic step.
