@@ -33,7 +33,7 @@ from typing import Any
 from shmpool.substrate._log import logger
 
 from shmpool.data import compression
-from shmpool.errors import EditConflict, InvalidArgument, RegionFormatError, ShmPoolError
+from shmpool.errors import EditConflict, InvalidArgument, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.substrate.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
 from shmpool.substrate.limits import PER_MILLE, Budget, per_mille

@@ -42,13 +42,13 @@ from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
 from shmpool.jobs.arg_spill import adopt_arguments, free_arguments, settle_lent_arguments
 from shmpool.jobs.spill import free_spill
-from shmpool.data.region import Region
 from shmpool.data.sample import SAMPLE, SampleData, sample_dir
 from shmpool.workers.config import WorkerConfig
 from shmpool.workers.jobs import POLICY_ENV, JobPolicy
 from shmpool.coordinator.pool import WorkerPool
 
-from . import arguments, exit_cleanup
+from . import arguments as check
+from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
 from .loading import LoadReport, file_dimension, load_region_files, place_file, region_files
 from .name_lock import NameLock, remove_instance_files
@@ -141,24 +141,24 @@ class Coordinator:
         # None: start empty (the program publishes); SAMPLE: the built-in sample, built at start.
         self.serves_sample = data_dir is SAMPLE
         if not isinstance(data_dir, SampleData):
-            arguments.path_or_none(data_dir, "data_dir")
+            check.path_or_none(data_dir, "data_dir")
         self.data_dir = Path(data_dir) if data_dir is not None and not isinstance(data_dir, SampleData) else None
         # Each checked here, typed and named (coordinator/arguments.py), not where it fails below.
-        self.memory_limit = memory_limit = arguments.whole(memory_limit, "memory_limit", minimum=1)
-        specs = arguments.pool_specs(pools)
+        self.memory_limit = memory_limit = check.whole(memory_limit, "memory_limit", minimum=1)
+        specs = check.pool_specs(pools)
         self.pools = specs if specs is not None else default_pools(memory_limit)
-        self.thresholds = arguments.thresholds(thresholds)
-        self.sample_seed = arguments.whole(sample_seed, "sample_seed", minimum=0)
-        self._max_dimensions = arguments.whole(max_dimensions, "max_dimensions", minimum=1, maximum=arguments.U32_MAX)
-        self._max_readers = arguments.whole(max_readers, "max_readers", minimum=1, maximum=arguments.U32_MAX)
+        self.thresholds = check.thresholds(thresholds)
+        self.sample_seed = check.whole(sample_seed, "sample_seed", minimum=0)
+        self._max_dimensions = check.whole(max_dimensions, "max_dimensions", minimum=1, maximum=check.U32_MAX)
+        self._max_readers = check.whole(max_readers, "max_readers", minimum=1, maximum=check.U32_MAX)
         checked_workers = check_worker_count(workers)
         self.worker_count = (os.cpu_count() or 1) if checked_workers is None else checked_workers
-        self._job_config = (arguments.whole(job_slots, "job_slots", minimum=1),
-                            arguments.whole(max_clients, "max_clients", minimum=1),
-                            arguments.whole(job_payload, "job_payload", minimum=MIN_JOB_PAYLOAD))
-        self.drain_timeout = arguments.seconds(drain_timeout, "drain_timeout")
-        self.max_pin_age = arguments.seconds(max_pin_age, "max_pin_age", positive=True, finite=True)
-        arguments.verify_cache(verify_cache)
+        self._job_config = (check.whole(job_slots, "job_slots", minimum=1),
+                            check.whole(max_clients, "max_clients", minimum=1),
+                            check.whole(job_payload, "job_payload", minimum=MIN_JOB_PAYLOAD))
+        self.drain_timeout = check.seconds(drain_timeout, "drain_timeout")
+        self.max_pin_age = check.seconds(max_pin_age, "max_pin_age", positive=True, finite=True)
+        check.verify_cache(verify_cache)
         if capacity is not None and not isinstance(capacity, CapacityPolicy):
             raise InvalidArgumentType(argument="capacity", value=capacity, reason="must be a CapacityPolicy or None")
         # Where unchanged, already-verified region files are remembered (coordinator/verified.py):
