@@ -50,6 +50,7 @@ from shmpool.coordinator.pool import WorkerPool
 from . import arguments as check
 from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
+from .in_flight import InFlight, while_running
 from .loading import LoadReport, file_dimension, load_region_files, place_file, region_files
 from .name_lock import NameLock, remove_instance_files
 from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
@@ -95,6 +96,7 @@ ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed bef
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
 MIN_JOB_PAYLOAD = 1  # bytes of a slot's request area: smaller requests spill (RequestTooLarge past the limit)
+IN_FLIGHT_WAIT = 10.0  # seconds stop() waits for other threads' crystallize, edit, stats... to end
 REAPER_JOIN = 5.0    # seconds stop() waits for the reaper to leave its round before leaving it the unmapping
 
 
@@ -195,6 +197,7 @@ class Coordinator:
         self.names_lost: LostNames | None = None
         self._name_watch: NameWatch | None = None
         self._stop_lock = threading.Lock()
+        self._in_flight = InFlight(name)  # calls using the shared memory: stop() waits for them
         self.load_report = LoadReport()
         self.started_at: float | None = None
         self.startup_seconds: float | None = None
@@ -337,6 +340,8 @@ class Coordinator:
     def stop(self) -> None:
         """Drain jobs, stop workers, unmap and unlink every shared object (idempotent).
 
+        Calls of other threads under way (crystallize, an edit, publish_region_file, stats...)
+        are waited for (up to IN_FLIGHT_WAIT seconds) and new ones raise CoordinatorStateError.
         New submissions are refused at once; jobs already queued or running get up to
         ``drain_timeout`` seconds to finish; whatever is still queued then is answered with
         AttachError ("coordinator stopped") rather than run. Then workers get SIGTERM.
@@ -344,11 +349,20 @@ class Coordinator:
         with self._stop_lock:  # the owner's stop and the one after lost names (_reap_loop) may meet
             if self._inst is None:
                 return
-            if self._board is not None:
-                self._drain(self._board)
-            self._inst.mark_stopping()
-            self._teardown()
-            exit_cleanup.forget(self)
+            # No call of another thread may be inside the shared memory as it is unmapped.
+            still = self._in_flight.close(IN_FLIGHT_WAIT)
+            try:
+                if still:
+                    logger.warning("coordinator {!r}: {} call(s) of other threads still under way after {} s "
+                                   "(blocked on a shared lock?); stopping all the same", self.name, still,
+                                   IN_FLIGHT_WAIT)
+                if self._board is not None:
+                    self._drain(self._board)
+                self._inst.mark_stopping()
+                self._teardown()
+                exit_cleanup.forget(self)
+            finally:
+                self._in_flight.reopen()
             logger.info("coordinator {!r} stopped", self.name)
 
     @staticmethod
@@ -597,6 +611,7 @@ class Coordinator:
 
     # ----------------------------------------------------------------- proto-dimensions
 
+    @while_running
     def create_proto_dimension(self, dimension_id: int, name: str) -> ProtoDimension:
         """A new, empty, heap-backed dimension to fill and then :meth:`crystallize`."""
         self._require()
@@ -616,6 +631,7 @@ class Coordinator:
             raise DimensionNotFound(dimension_id=dimension_id, available=list(self._protos))
         return proto
 
+    @while_running
     def edit_dimension(self, dimension_id: int) -> ProtoDimension:
         """A proto-dimension that starts as the published generation of ``dimension_id``.
 
@@ -650,6 +666,7 @@ class Coordinator:
             self._end_stale_edit(old, old_base, publisher)
         return proto
 
+    @while_running
     def crystallize(self, dimension_id: int, *, keep: bool = False, generation: int | None = None) -> int:
         """Write the proto-dimension into shared memory and publish it; returns the generation.
 
@@ -721,6 +738,7 @@ class Coordinator:
                     "dimension moved on to generation {})", proto.dimension_id, base.generation,
                     None if current is None else current.generation)
 
+    @while_running
     def publish_region_file(self, path: str | os.PathLike[str], *, generation: int | None = None) -> int:
         """Copy a region file (checksums verified) into shared memory as its dimension's next
         generation, or as ``generation``; returns the generation published.
@@ -741,6 +759,7 @@ class Coordinator:
                 raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
         return place_file(publisher, inst, path, generation=generation)
 
+    @while_running
     def crystallize_many(self, dimension_ids: Iterable[int], *, keep: bool = False) -> dict[int, int]:
         """Publish the proto-dimensions ``dimension_ids`` together, as one atomic step.
 
@@ -803,12 +822,14 @@ class Coordinator:
         self._require()
         return self._pool is not None and self._pool.kill(pid, why)
 
+    @while_running
     def reclaim(self) -> int:
         """Free unpinned superseded generations now (the reaper does this every 20 ms while any wait)."""
         return self._require()[1].reclaim()
 
     # ----------------------------------------------------------------- monitoring
 
+    @while_running
     def stats(self) -> dict[str, Any]:
         """Memory by pool, utilization, fragmentation, failures, readers, generations."""
         inst, publisher = self._require()
@@ -851,6 +872,7 @@ class Coordinator:
         """The workers' job latency histogram (see JobBoard.latency_histogram); None without workers."""
         return self._board.latency_histogram() if self._board is not None else None
 
+    @while_running
     def dump_state(self) -> dict[str, Any]:
         """Everything, JSON-serialisable: regions, allocations, pools, index summaries, readers."""
         inst, publisher = self._require()
