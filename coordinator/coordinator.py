@@ -8,6 +8,7 @@ dies, so a newcomer can take over (after sweeping the dead one's leftovers).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -651,20 +652,25 @@ class Coordinator:
             # An edit needs its base in shared memory; a failed reload says why (the file, the
             # limit), where hold_current below could only say "not found".
             self._require_capacity().reload(dimension_id, strict=True)
-        with self._protos_lock:
+        while True:
             old = self._protos.get(dimension_id)
-            old_base = None if old is None else old._base
-            if old is not None and (old_base is None or publisher.current.get(dimension_id) is old_base):
-                raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
-                                   reason="a proto-dimension with this id already exists")
-            base = publisher.hold_current(dimension_id)
-            proto = self._protos[dimension_id] = ProtoDimension.editing(base, publisher)
-        if old is not None and old_base is not None:
-            # The docs' answer to EditConflict is "start a new edit": an edit whose base moved
-            # on can never be crystallized, so the new one replaces it (before, it kept the id,
-            # InvalidLayer here for ever, and its hold kept the base generation from being freed).
-            self._end_stale_edit(old, old_base, publisher)
-        return proto
+            # An existing edit is judged with its crystallize lock held: not while it publishes.
+            with old._publishing if old is not None else contextlib.nullcontext(), self._protos_lock:
+                if self._protos.get(dimension_id) is not old:
+                    continue  # consumed or replaced meanwhile: look again
+                old_base = None if old is None else old._base
+                if old is not None and (old_base is None or publisher.current.get(dimension_id) is old_base):
+                    raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
+                                       reason="a proto-dimension with this id already exists")
+                base = publisher.hold_current(dimension_id)
+                proto = self._protos[dimension_id] = ProtoDimension.editing(base, publisher)
+                if old is not None and old_base is not None:
+                    # The docs' answer to EditConflict is "start a new edit": an edit whose base
+                    # moved on can never be crystallized, so the new one replaces it (before, it
+                    # kept the id, InvalidLayer here for ever, and its hold kept the base
+                    # generation from being freed).
+                    self._end_stale_edit(old, old_base, publisher)
+                return proto
 
     @while_running
     def crystallize(self, dimension_id: int, *, keep: bool = False, generation: int | None = None) -> int:
@@ -679,10 +685,24 @@ class Coordinator:
         a cluster under the same one, shmpool.dask): it must exceed the current generation, else
         GenerationNotNewer (a ValueError) is raised and nothing changes.
         """
-        inst, publisher = self._require()
+        self._require()
         proto = self.proto(dimension_id)
+        with proto._publishing:  # one crystallize of a proto at a time (two used to leak holds)
+            self._check_registered(proto)
+            return self._crystallize(proto, keep=keep, generation=generation)
+
+    def _check_registered(self, proto: ProtoDimension) -> None:
+        """Under ``proto._publishing``: the proto is still the one of its id (another thread's
+        crystallize may have consumed it, a new edit_dimension replaced it, stop() ended it)."""
+        proto._check_live()
+        if self._protos.get(proto.dimension_id) is not proto:
+            raise DimensionNotFound(dimension_id=proto.dimension_id, available=list(self._protos))
+
+    def _crystallize(self, proto: ProtoDimension, *, keep: bool, generation: int | None) -> int:
+        inst, publisher = self._require()
         dimension_id = proto.dimension_id
-        nbytes = proto.nbytes()
+        settled = proto._settled() if proto.base_generation is None else None  # a new proto: its layers now
+        nbytes = settled.nbytes() if settled is not None else proto.nbytes()
         source = f"crystallized proto-dimension {dimension_id}"
         if generation is not None:
             generation = as_id(generation, "generation")
@@ -697,7 +717,8 @@ class Coordinator:
                 return publisher.publish_edit(dimension_id, base_generation, new, removed,
                                               source=f"edit of dimension {dimension_id}", generation=generation)
         else:
-            builder = proto.builder
+            builder = settled
+            assert builder is not None  # settled above for a proto without a base
             place = functools.partial(publisher.place, nbytes, builder.write_into, layer_count=len(builder),
                                       name=builder.name, source=source, expect_dimension=dimension_id,
                                       generation=generation)
@@ -723,7 +744,8 @@ class Coordinator:
                 proto._rebase(publisher.hold_current(dimension_id), publisher)
         if not keep:
             with self._protos_lock:
-                self._protos.pop(dimension_id, None)
+                if self._protos.get(dimension_id) is proto:
+                    del self._protos[dimension_id]
         return generation
 
     def _end_stale_edit(self, proto: ProtoDimension, base: Published, publisher: Publisher) -> None:
@@ -773,8 +795,17 @@ class Coordinator:
         generation). Unlike :meth:`crystallize`, a full memory limit is not met by evicting
         first: free room, then call again.
         """
-        _, publisher = self._require()
+        self._require()
         protos = [self.proto(d) for d in dimension_ids]
+        with contextlib.ExitStack() as locks:
+            # One crystallize of a proto at a time, as crystallize; in id order, against deadlock.
+            for p in sorted({id(p): p for p in protos}.values(), key=lambda p: p.dimension_id):
+                locks.enter_context(p._publishing)
+                self._check_registered(p)
+            return self._crystallize_many(protos, keep=keep)
+
+    def _crystallize_many(self, protos: list[ProtoDimension], *, keep: bool) -> dict[int, int]:
+        _, publisher = self._require()
         items: list[Placement | EditPlacement] = []
         for p in protos:
             if p.base_generation is not None:
@@ -782,7 +813,8 @@ class Coordinator:
                 items.append(EditPlacement(p.dimension_id, p.base_generation, tuple(new), tuple(removed),
                                            f"edit of dimension {p.dimension_id}"))
             else:
-                items.append(Placement(p.builder.nbytes(), p.builder.write_into, len(p.builder), p.builder.name,
+                settled = p._settled()  # its layers now, whatever other threads add meanwhile
+                items.append(Placement(settled.nbytes(), settled.write_into, len(settled), settled.name,
                                        f"crystallized proto-dimension {p.dimension_id}", p.dimension_id))
         generations = publisher.place_many(items)
         for p in protos:  # as crystallize: an edit's base is let go, or the kept edit rebased
@@ -794,7 +826,8 @@ class Coordinator:
         if not keep:
             with self._protos_lock:
                 for p in protos:
-                    self._protos.pop(p.dimension_id, None)
+                    if self._protos.get(p.dimension_id) is p:
+                        del self._protos[p.dimension_id]
         return {p.dimension_id: g for p, g in zip(protos, generations)}
 
     # ----------------------------------------------------------------- reading

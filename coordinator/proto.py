@@ -69,6 +69,9 @@ class ProtoDimension:
         self._layers = _ProtoLayers(name)
         self._content: dict[int, bytes] = {}
         self._lock = threading.Lock()
+        # Held for a whole crystallize of this proto, and by an edit_dimension judging it stale:
+        # two publications of one proto (or a publication and its replacement) never interleave.
+        self._publishing = threading.Lock()
         self._base: Published | None = None
         self._publisher: Publisher | None = None
         self._base_rows: dict[int, int] = {}   # edits: layer id -> row of the base still in use
@@ -236,13 +239,22 @@ class ProtoDimension:
     def nbytes(self) -> int:
         """Bytes crystallization will allocate: the whole region, or for an edit the changed
         layers plus the new layer index."""
-        if self._base is None:
-            return self._builder.nbytes()
-        changed = 0
-        for _, layer in self._builder.stored_layers():
-            changed = align(changed) + len(layer.content) + len(layer.keyword_bytes) + len(layer.key or b"")
-        rows = len(self)
+        with self._lock:  # the builder is not thread-safe: its layout is computed (and cached) here
+            if self._base is None:
+                return self._builder.nbytes()
+            changed = 0
+            for _, layer in self._builder.stored_layers():
+                changed = align(changed) + len(layer.content) + len(layer.keyword_bytes) + len(layer.key or b"")
+            rows = len(self)
         return changed + rows * ROW_DTYPE.itemsize + slots_for(rows) * SLOT_WORDS * 8 + 512
+
+    def _settled(self) -> RegionBuilder:
+        """The builder as it is now, copied under the lock: what a crystallize writes, whatever
+        add_layer calls other threads make meanwhile. (Written from the live builder, a layer
+        added during the write cached a layout of the old layer set in it for good: every later
+        crystallize failed with RegionFormatError "holds 25 layers ..., expected 28".)"""
+        with self._lock:
+            return self._builder.copy()
 
     def changes(self) -> tuple[list[NewLayer], list[int]]:
         """An edit's new or replaced layers, as stored, and the base ids it removes or replaces."""
