@@ -179,7 +179,10 @@ class CapacityManager:
             # while it was (the program's, from its own thread) is not in that file.
             self._publisher.evict(pub.dimension_id, file, generation=pub.generation)
         except EditConflict:
-            if spilled:
+            evicted = self._publisher.evicted.get(pub.dimension_id)
+            # Unless another thread's eviction of the same generation (make_room from a
+            # crystallize beside the reaper's) wrote the same spill file and published it.
+            if spilled and (evicted is None or evicted.file != file):
                 file.unlink(missing_ok=True)
             raise
         self.counters.evictions += 1

@@ -161,3 +161,19 @@ def test_reload_does_not_put_back_an_evicted_generation_the_program_replaced(ins
         assert _read_in_child(instance_name, 7, 2) == zlib.crc32(NEW)
         with pytest.raises(shmpool.LayerNotFound):  # the program's 2 layers, not the evicted 35
             coord.reader().load_layer_context(7, 3)
+
+
+def test_two_evictions_of_one_generation_keep_the_spill_file_the_winner_reloads_from(instance_name, tmp_path):
+    # make_room runs in the reaper and in a crystallize that needs room: both may pick the same
+    # generation and spill it to the same file; the loser's EditConflict must not remove it.
+    policy = CapacityPolicy(spill_dir=tmp_path, sample_interval=0.02, pool_growth=0, evict=False)
+    with Coordinator(instance_name, workers=0, pools=POOLS, memory_limit=LIMIT, capacity=policy) as coord:
+        capacity, publisher = coord._capacity, coord._publisher
+        assert capacity is not None and publisher is not None
+        _publish(coord, 7, 8, OLD)
+        [pub] = [p for p in publisher.snapshot()[0] if p.dimension_id == 7]
+        capacity.evict(pub)  # the winner
+        with pytest.raises(shmpool.EditConflict):
+            capacity.evict(pub)  # the loser, with the same generation in hand
+        assert publisher.evicted[7].file.exists()
+        assert _read_in_child(instance_name, 7, 1) == zlib.crc32(OLD)  # reloaded from it
