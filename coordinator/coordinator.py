@@ -728,8 +728,16 @@ class Coordinator:
             # Make room the way the 85% rule would (for a full or fragmented pool too), wait for
             # the evicted regions to be freed, then try once more; a second refusal stands.
             refuse_at = Budget.read(inst.control.words).refuse_at
-            hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed)
-                                              and exc.kind is AllocationFailure.TOO_LARGE)
+            # What is reserved is more than the region: its layer index, in whole blocks. Judged
+            # on the region alone, one just under the refusal point was taken for "may fit": every
+            # other dimension was evicted (make_room's target below is then negative), and the
+            # retry was refused all the same.
+            request = nbytes if settled is None else publisher.region_allocation(
+                nbytes, layer_count=len(settled), name=settled.name)[0]
+            smallest = min(inst.table.block_sizes)
+            reserved_at_least = -(-request // smallest) * smallest
+            hopeless = reserved_at_least > refuse_at or (isinstance(exc, AllocationFailed)
+                                                         and exc.kind is AllocationFailure.TOO_LARGE)
             if hopeless or not self.capacity_policy.evict or not self._require_capacity().make_room(refuse_at - 2 * nbytes):
                 raise exc from None
             deadline = time.monotonic() + ROOM_WAIT  # evicted regions go once unpinned, after GRACE

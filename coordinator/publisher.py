@@ -249,15 +249,22 @@ class Publisher:
                 expect_dimension, name, rows, np.full(len(rows), NO_BLOCK, dtype=np.int64), {NO_BLOCK: len(rows)},
                 {}, [], source=source, file=file, mapped=True)])[0]
 
+    @staticmethod
+    def region_allocation(nbytes: int, *, layer_count: int, name: str) -> tuple[int, int]:
+        """(bytes :meth:`place` asks the allocator for, for a region of ``nbytes`` holding
+        ``layer_count`` layers of dimension name ``name``; the region's offset in them): its
+        layer index comes first, in the same allocation."""
+        region_at = align(layer_index.index_nbytes(len(name.encode("utf-8")), layer_count))
+        return region_at + nbytes, region_at
+
     def _write_region(self, nbytes: int, write: Callable[[memoryview], object], *, layer_count: int, name: str,
                       source: str, expect_dimension: int | None) -> tuple[Handle, int, int, np.ndarray]:
         """Allocate the index and region, let ``write`` fill the region, check it: (allocation,
         the region's offset in it, its dimension id, its index rows). Frees what it allocated on
         failure."""
         table = self._inst.table
-        name_bytes = name.encode("utf-8")
-        region_at = align(layer_index.index_nbytes(len(name_bytes), layer_count))
-        handle = table.allocate(region_at + nbytes)
+        request, region_at = self.region_allocation(nbytes, layer_count=layer_count, name=name)
+        handle = table.allocate(request)
         try:
             view = self._inst.handle_view(handle)
             region_view = view[region_at:]
