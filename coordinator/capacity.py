@@ -40,7 +40,7 @@ from shmpool.substrate.limits import PER_MILLE, Budget, per_mille
 from shmpool.data.region import Region
 from shmpool.data.region_builder import RegionBuilder, write_atomically
 
-from .loading import place_file
+from .loading import file_identity, place_file
 from .publisher import Published, Publisher
 
 __all__ = ["CapacityPolicy", "CapacityManager"]
@@ -171,13 +171,16 @@ class CapacityManager:
 
     def evict(self, pub: Published) -> None:
         """Evict generation ``pub`` (EditConflict, evicting nothing, if it is no longer current)."""
-        spilled = not (pub.file is not None and self._file_matches(pub))
+        identity = self._file_matches(pub)
+        spilled = identity is None
         file = self._spill(pub) if spilled else pub.file
         assert file is not None
+        if identity is None:
+            identity = file_identity(os.stat(file))
         try:
             # The generation must still be the one just written out: a publication that came
             # while it was (the program's, from its own thread) is not in that file.
-            self._publisher.evict(pub.dimension_id, file, generation=pub.generation)
+            self._publisher.evict(pub.dimension_id, file, generation=pub.generation, identity=identity)
         except EditConflict:
             evicted = self._publisher.evicted.get(pub.dimension_id)
             # Unless another thread's eviction of the same generation (make_room from a
@@ -190,22 +193,32 @@ class CapacityManager:
         self.counters.note("evict", dimension_id=pub.dimension_id, generation=pub.generation,
                            nbytes=pub.data_nbytes, file=str(file))
 
-    def _file_matches(self, pub: Published) -> bool:
-        """The file still holds exactly the bytes in shared memory (size, then a full compare)."""
+    def _file_matches(self, pub: Published) -> tuple[int, ...] | None:
+        """The file's identity (loading.file_identity) if it still holds exactly the bytes in
+        shared memory (size, then a full compare, unchanged meanwhile), else None. A reload
+        checks the identity again: a file replaced or rewritten after the eviction no longer
+        holds them (it used to be served all the same, as a newer generation)."""
         if pub.file is None or pub.region is None:
-            return False
+            return None
         try:
-            if os.stat(pub.file).st_size != pub.data_nbytes:
-                return False
             with open(pub.file, "rb") as f:
-                return f.read() == self._publisher.region_bytes(pub)
+                before = file_identity(os.fstat(f.fileno()))
+                if before[2] != pub.data_nbytes:
+                    return None
+                same = f.read() == self._publisher.region_bytes(pub)
+                return before if same and file_identity(os.fstat(f.fileno())) == before else None
         except OSError:
-            return False
+            return None
 
     def _spill(self, pub: Published) -> Path:
         """Write the region exactly as it lies in shared memory (it *is* a region file), atomically."""
         self.spill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.spill_dir / f"{self._inst.name}.dim-{pub.dimension_id:05d}-gen{pub.generation}.region"
+        if path.is_file():
+            # Written by this run (a start removes what earlier ones left), complete (atomic),
+            # and a generation's bytes never change: another eviction of it wrote it, maybe one
+            # that won and reloads from it with its identity (so it is not written again).
+            return path
         write_atomically(path, [self._publisher.region_bytes(pub)], mode=0o600)
         self.counters.spills_written += 1
         logger.info("dimension {} generation {} written to {} before eviction", pub.dimension_id,
@@ -282,7 +295,7 @@ class CapacityManager:
             # Copied and checked on the copy, never mapped: a file truncated meanwhile is a
             # RegionFormatError, not a SIGBUS (coordinator/loading.py, place_file).
             generation = place_file(self._publisher, self._inst, ev.file, expect_dimension=dimension_id,
-                                    replaces=ev.generation)
+                                    replaces=ev.generation, identity=ev.identity)
         except EditConflict:
             # The program published the dimension while its file was being copied back (or
             # another reload came first): that generation stands, the copy is out of date.

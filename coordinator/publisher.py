@@ -118,6 +118,9 @@ class Evicted:
     file: Path
     layer_count: int
     evicted_at: float = field(default_factory=time.time)
+    # ``file``'s (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) when it held the bytes:
+    # a reload from a file changed since (replaced, rewritten) would serve other bytes.
+    identity: tuple[int, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"dimension_id": self.dimension_id, "name": self.name, "generation": self.generation,
@@ -508,7 +511,7 @@ class Publisher:
                         pub.source, "" if len(staged) == 1 else f" (one commit of {len(staged)})")
         return [st.pub.generation for st in staged]
 
-    def evict(self, dimension_id: int, file: Path, *, generation: int) -> int:
+    def evict(self, dimension_id: int, file: Path, *, generation: int, identity: tuple[int, ...] | None = None) -> int:
         """Publish "no region" as the dimension's next generation; its blocks are freed by the
         usual rule once no reader pins them. ``file`` must hold the bytes of ``generation``
         for a reload: EditConflict, evicting nothing, if that is no longer the current one (a
@@ -525,7 +528,7 @@ class Publisher:
             self._supersede(cur)
             self._bump_epoch()
             self.evicted[dimension_id] = Evicted(dimension_id, cur.name, cur.entry, evicted_as, file,
-                                                 cur.layer_count)
+                                                 cur.layer_count, identity=identity)
         logger.info("evicted dimension {} ({!r}) as generation {}; {} bytes to be freed; reload from {}",
                     dimension_id, cur.name, evicted_as, cur.nbytes, file)
         return evicted_as
