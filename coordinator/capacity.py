@@ -33,13 +33,14 @@ from typing import Any
 from shmpool.substrate._log import logger
 
 from shmpool.data import compression
-from shmpool.errors import InvalidArgument, RegionFormatError, ShmPoolError
+from shmpool.errors import EditConflict, InvalidArgument, ShmPoolError
 from shmpool.substrate.instance import SharedInstance
 from shmpool.substrate.layout import D, TOUCHED_NONE, TOUCHED_RELOAD, W
 from shmpool.substrate.limits import PER_MILLE, Budget, per_mille
 from shmpool.data.region import Region
 from shmpool.data.region_builder import RegionBuilder, write_atomically
 
+from .loading import file_identity, place_file
 from .publisher import Published, Publisher
 
 __all__ = ["CapacityPolicy", "CapacityManager"]
@@ -158,6 +159,10 @@ class CapacityManager:
             try:
                 self.evict(pub)
                 evicted += 1
+            except EditConflict:
+                # Published again since coldest() (the program, from another thread): its new
+                # generation is judged on the next round, as anything recently published.
+                logger.debug("dimension {} was republished while being evicted: kept", pub.dimension_id)
             except (OSError, ShmPoolError) as exc:
                 logger.error("cannot evict dimension {}: {}", pub.dimension_id, exc)
         if evicted:
@@ -165,29 +170,55 @@ class CapacityManager:
         return evicted
 
     def evict(self, pub: Published) -> None:
-        file = pub.file if pub.file is not None and self._file_matches(pub) else self._spill(pub)
-        self._publisher.evict(pub.dimension_id, file)
+        """Evict generation ``pub`` (EditConflict, evicting nothing, if it is no longer current)."""
+        identity = self._file_matches(pub)
+        spilled = identity is None
+        file = self._spill(pub) if spilled else pub.file
+        assert file is not None
+        if identity is None:
+            identity = file_identity(os.stat(file))
+        try:
+            # The generation must still be the one just written out: a publication that came
+            # while it was (the program's, from its own thread) is not in that file.
+            self._publisher.evict(pub.dimension_id, file, generation=pub.generation, identity=identity)
+        except EditConflict:
+            evicted = self._publisher.evicted.get(pub.dimension_id)
+            # Unless another thread's eviction of the same generation (make_room from a
+            # crystallize beside the reaper's) wrote the same spill file and published it.
+            if spilled and (evicted is None or evicted.file != file):
+                file.unlink(missing_ok=True)
+            raise
         self.counters.evictions += 1
         self.counters.evicted_bytes += pub.data_nbytes
         self.counters.note("evict", dimension_id=pub.dimension_id, generation=pub.generation,
                            nbytes=pub.data_nbytes, file=str(file))
 
-    def _file_matches(self, pub: Published) -> bool:
-        """The file still holds exactly the bytes in shared memory (size, then a full compare)."""
+    def _file_matches(self, pub: Published) -> tuple[int, ...] | None:
+        """The file's identity (loading.file_identity) if it still holds exactly the bytes in
+        shared memory (size, then a full compare, unchanged meanwhile), else None. A reload
+        checks the identity again: a file replaced or rewritten after the eviction no longer
+        holds them (it used to be served all the same, as a newer generation)."""
         if pub.file is None or pub.region is None:
-            return False
+            return None
         try:
-            if os.stat(pub.file).st_size != pub.data_nbytes:
-                return False
             with open(pub.file, "rb") as f:
-                return f.read() == self._publisher.region_bytes(pub)
+                before = file_identity(os.fstat(f.fileno()))
+                if before[2] != pub.data_nbytes:
+                    return None
+                same = f.read() == self._publisher.region_bytes(pub)
+                return before if same and file_identity(os.fstat(f.fileno())) == before else None
         except OSError:
-            return False
+            return None
 
     def _spill(self, pub: Published) -> Path:
         """Write the region exactly as it lies in shared memory (it *is* a region file), atomically."""
         self.spill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.spill_dir / f"{self._inst.name}.dim-{pub.dimension_id:05d}-gen{pub.generation}.region"
+        if path.is_file():
+            # Written by this run (a start removes what earlier ones left), complete (atomic),
+            # and a generation's bytes never change: another eviction of it wrote it, maybe one
+            # that won and reloads from it with its identity (so it is not written again).
+            return path
         write_atomically(path, [self._publisher.region_bytes(pub)], mode=0o600)
         self.counters.spills_written += 1
         logger.info("dimension {} generation {} written to {} before eviction", pub.dimension_id,
@@ -244,38 +275,41 @@ class CapacityManager:
                 continue
             self.reload(dim)
 
-    def reload(self, dimension_id: int) -> int | None:
-        """Place an evicted dimension back from its file; returns the new generation."""
+    def reload(self, dimension_id: int, *, strict: bool = False) -> int | None:
+        """Place an evicted dimension back from its file; returns the new generation, or None
+        if it is not evicted (any more) or the reload failed: logged, counted, retried on the
+        next request; with ``strict`` the failure's typed error is raised instead (a caller
+        that cannot go on without the dimension: ``Coordinator.edit_dimension``)."""
         ev = self._publisher.evicted.get(dimension_id)
         if ev is None:
             return None
         t0 = time.perf_counter()
         try:
-            region = Region.open(ev.file)
-        except ShmPoolError as exc:
-            self.counters.reload_failures += 1
-            logger.error("cannot reload dimension {} from {}: {}", dimension_id, ev.file, exc)
-            return None
-        try:
-            if region.dimension_id != dimension_id:
-                raise RegionFormatError(source=str(ev.file), fault=f"holds dimension {region.dimension_id}, not {dimension_id}")
-            room = region.nbytes
+            try:
+                room = os.stat(ev.file).st_size
+            except OSError:
+                room = 0  # place_file says what is wrong with it
             budget = Budget.read(self._inst.control.words)
-            if budget.refuses(room):
+            if room and budget.refuses(room):
                 self.make_room(budget.refuse_at - room)
-
-            def copy(view: memoryview) -> None:
-                view[:] = region.buffer
-
-            generation = self._publisher.place(region.nbytes, copy, layer_count=region.layer_count,
-                                               name=region.name, source=str(ev.file),
-                                               expect_dimension=dimension_id, file=ev.file)
+            # Copied and checked on the copy, never mapped: a file truncated meanwhile is a
+            # RegionFormatError, not a SIGBUS (coordinator/loading.py, place_file).
+            generation = place_file(self._publisher, self._inst, ev.file, expect_dimension=dimension_id,
+                                    replaces=ev.generation, identity=ev.identity)
+        except EditConflict:
+            # The program published the dimension while its file was being copied back (or
+            # another reload came first): that generation stands, the copy is out of date.
+            logger.info("dimension {} was published while being reloaded from {}: the reload is dropped",
+                        dimension_id, ev.file)
+            if dimension_id not in self._publisher.evicted:
+                self._inst.control.directory[ev.entry, D.TOUCHED] = TOUCHED_NONE
+            return None
         except ShmPoolError as exc:
             self.counters.reload_failures += 1
             logger.error("cannot reload dimension {} from {}: {}", dimension_id, ev.file, exc)
+            if strict:
+                raise
             return None
-        finally:
-            region.close()
         self._inst.control.directory[ev.entry, D.TOUCHED] = TOUCHED_NONE
         self.last_access[dimension_id] = time.monotonic()
         ms = (time.perf_counter() - t0) * 1e3
@@ -316,9 +350,16 @@ class CapacityManager:
         if compress and nbytes > pub.data_nbytes * (1 - compression.MIN_SAVING):
             self._incompressible.add((pub.dimension_id, pub.generation))
             return
-        generation = self._publisher.place(nbytes, builder.write_into, layer_count=len(builder), name=builder.name,
-                                           source=pub.source,
-                                           expect_dimension=pub.dimension_id, file=None, compressed=compress)
+        try:
+            # Made from generation ``pub``: refused if the program published the dimension
+            # meanwhile, else its publication would be replaced by this copy of the one before.
+            generation = self._publisher.place(nbytes, builder.write_into, layer_count=len(builder),
+                                               name=builder.name, source=pub.source, expect_dimension=pub.dimension_id,
+                                               file=None, compressed=compress, replaces=pub.generation)
+        except EditConflict:
+            logger.debug("dimension {} was republished while being {}: left as published", pub.dimension_id,
+                         "compressed" if compress else "expanded")
+            return
         self._hot_periods.pop(pub.dimension_id, None)
         if compress:
             self.counters.compressions += 1

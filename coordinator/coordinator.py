@@ -8,6 +8,7 @@ dies, so a newcomer can take over (after sweeping the dead one's leftovers).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -25,8 +26,9 @@ from shmpool.jobs.codec import encode_error
 from shmpool.data.context import LoadedContext
 from shmpool.substrate import platform
 from shmpool.errors import (AllocationFailed, AllocationFailure, AttachError, CoordinatorStateError, DimensionNotFound,
+                            EditConflict,
                             GenerationNotNewer,
-                            InstanceExists, InvalidLayer, LimitExceeded,
+                            InstanceExists, InvalidArgumentType, InvalidLayer, LimitExceeded,
                             LockTimeout, SharedMemoryFull)
 from shmpool.substrate.ids import as_id
 from shmpool.jobs.spin import SPIN_ENV, spin_seconds
@@ -41,19 +43,20 @@ from shmpool.data.pins import list_pins
 from shmpool.data.reader import Reader
 from shmpool.jobs.arg_spill import adopt_arguments, free_arguments, settle_lent_arguments
 from shmpool.jobs.spill import free_spill
-from shmpool.data.region import Region
 from shmpool.data.sample import SAMPLE, SampleData, sample_dir
 from shmpool.workers.config import WorkerConfig
 from shmpool.workers.jobs import POLICY_ENV, JobPolicy
 from shmpool.coordinator.pool import WorkerPool
 
+from . import arguments as check
 from . import exit_cleanup
 from .capacity import CapacityManager, CapacityPolicy
-from .loading import LoadReport, load_region_files, region_files
+from .in_flight import InFlight, while_running
+from .loading import LoadReport, file_dimension, load_region_files, place_file, region_files
 from .name_lock import NameLock, remove_instance_files
 from .name_watch import LostNames, NameWatch, instance_exists, lost_names_error
 from .proto import ProtoDimension
-from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Publisher
+from .publisher import MAX_PIN_AGE, EditPlacement, Placement, Published, Publisher
 from .reaper_sleep import RECLAIM_INTERVAL, ReapClock, sleep_after_round
 from .region_store import RegionStore, StoredRegion
 from .verified import VerifiedFiles
@@ -93,6 +96,8 @@ def default_pools(memory_limit: int) -> tuple[PoolSpec, ...]:
 ROOM_WAIT = 1.0  # seconds crystallize waits for evicted regions to be freed before retrying
 DEAD_SWEEP_INTERVAL = 1.0  # allocations of dead processes are reclaimed this often
 HEAL_INTERVAL = 0.1  # the job board's supervision round: dead clients, invariants, wake-ups
+MIN_JOB_PAYLOAD = 1  # bytes of a slot's request area: smaller requests spill (RequestTooLarge past the limit)
+IN_FLIGHT_WAIT = 10.0  # seconds stop() waits for other threads' crystallize, edit, stats... to end
 REAPER_JOIN = 5.0    # seconds stop() waits for the reaper to leave its round before leaving it the unmapping
 
 
@@ -138,18 +143,27 @@ class Coordinator:
         self.worker_spin = spin_seconds(worker_spin_us)
         # None: start empty (the program publishes); SAMPLE: the built-in sample, built at start.
         self.serves_sample = data_dir is SAMPLE
+        if not isinstance(data_dir, SampleData):
+            check.path_or_none(data_dir, "data_dir")
         self.data_dir = Path(data_dir) if data_dir is not None and not isinstance(data_dir, SampleData) else None
-        self.memory_limit = memory_limit
-        self.pools = tuple(pools) if pools is not None else default_pools(memory_limit)
-        self.thresholds = thresholds
-        self.sample_seed = sample_seed
-        self._max_dimensions = max_dimensions
-        self._max_readers = max_readers
+        # Each checked here, typed and named (coordinator/arguments.py), not where it fails below.
+        self.memory_limit = memory_limit = check.whole(memory_limit, "memory_limit", minimum=1)
+        specs = check.pool_specs(pools)
+        self.pools = specs if specs is not None else default_pools(memory_limit)
+        self.thresholds = check.thresholds(thresholds)
+        self.sample_seed = check.whole(sample_seed, "sample_seed", minimum=0)
+        self._max_dimensions = check.whole(max_dimensions, "max_dimensions", minimum=1, maximum=check.U32_MAX)
+        self._max_readers = check.whole(max_readers, "max_readers", minimum=1, maximum=check.U32_MAX)
         checked_workers = check_worker_count(workers)
         self.worker_count = (os.cpu_count() or 1) if checked_workers is None else checked_workers
-        self._job_config = (job_slots, max_clients, job_payload)
-        self.drain_timeout = drain_timeout
-        self.max_pin_age = max_pin_age
+        self._job_config = (check.whole(job_slots, "job_slots", minimum=1),
+                            check.whole(max_clients, "max_clients", minimum=1),
+                            check.whole(job_payload, "job_payload", minimum=MIN_JOB_PAYLOAD))
+        self.drain_timeout = check.seconds(drain_timeout, "drain_timeout")
+        self.max_pin_age = check.seconds(max_pin_age, "max_pin_age", positive=True, finite=True)
+        check.verify_cache(verify_cache)
+        if capacity is not None and not isinstance(capacity, CapacityPolicy):
+            raise InvalidArgumentType(argument="capacity", value=capacity, reason="must be a CapacityPolicy or None")
         # Where unchanged, already-verified region files are remembered (coordinator/verified.py):
         # True for <runtime dir>/verified-regions.json, a path for another file, False for none.
         self.verify_cache = verify_cache
@@ -184,6 +198,7 @@ class Coordinator:
         self.names_lost: LostNames | None = None
         self._name_watch: NameWatch | None = None
         self._stop_lock = threading.Lock()
+        self._in_flight = InFlight(name)  # calls using the shared memory: stop() waits for them
         self.load_report = LoadReport()
         self.started_at: float | None = None
         self.startup_seconds: float | None = None
@@ -326,6 +341,8 @@ class Coordinator:
     def stop(self) -> None:
         """Drain jobs, stop workers, unmap and unlink every shared object (idempotent).
 
+        Calls of other threads under way (crystallize, an edit, publish_region_file, stats...)
+        are waited for (up to IN_FLIGHT_WAIT seconds) and new ones raise CoordinatorStateError.
         New submissions are refused at once; jobs already queued or running get up to
         ``drain_timeout`` seconds to finish; whatever is still queued then is answered with
         AttachError ("coordinator stopped") rather than run. Then workers get SIGTERM.
@@ -333,11 +350,20 @@ class Coordinator:
         with self._stop_lock:  # the owner's stop and the one after lost names (_reap_loop) may meet
             if self._inst is None:
                 return
-            if self._board is not None:
-                self._drain(self._board)
-            self._inst.mark_stopping()
-            self._teardown()
-            exit_cleanup.forget(self)
+            # No call of another thread may be inside the shared memory as it is unmapped.
+            still = self._in_flight.close(IN_FLIGHT_WAIT)
+            try:
+                if still:
+                    logger.warning("coordinator {!r}: {} call(s) of other threads still under way after {} s "
+                                   "(blocked on a shared lock?); stopping all the same", self.name, still,
+                                   IN_FLIGHT_WAIT)
+                if self._board is not None:
+                    self._drain(self._board)
+                self._inst.mark_stopping()
+                self._teardown()
+                exit_cleanup.forget(self)
+            finally:
+                self._in_flight.reopen()
             logger.info("coordinator {!r} stopped", self.name)
 
     @staticmethod
@@ -387,6 +413,14 @@ class Coordinator:
                 self._board.unlink()
             self._after_reaper(self._board.close)
             self._board = None
+        with self._protos_lock:
+            protos, self._protos = self._protos, {}
+        stopped = functools.partial(CoordinatorStateError, name=self.name, running=False)
+        for proto in protos.values():
+            # An edit's base goes with the instance, and no proto of this run can be published
+            # by the next: ended, so that using one raises CoordinatorStateError, and a restart
+            # does not find stale protos holding ids (create_proto_dimension, edit_dimension).
+            proto._end(stopped)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -578,6 +612,7 @@ class Coordinator:
 
     # ----------------------------------------------------------------- proto-dimensions
 
+    @while_running
     def create_proto_dimension(self, dimension_id: int, name: str) -> ProtoDimension:
         """A new, empty, heap-backed dimension to fill and then :meth:`crystallize`."""
         self._require()
@@ -597,6 +632,7 @@ class Coordinator:
             raise DimensionNotFound(dimension_id=dimension_id, available=list(self._protos))
         return proto
 
+    @while_running
     def edit_dimension(self, dimension_id: int) -> ProtoDimension:
         """A proto-dimension that starts as the published generation of ``dimension_id``.
 
@@ -604,21 +640,39 @@ class Coordinator:
         ``remove_layer`` removes one, and :meth:`crystallize` then writes only the changed
         layers plus a new layer index; the unchanged layers stay shared with earlier generations
         (their blocks are freed when no live generation uses them any more). Raises
-        DimensionNotFound if the dimension is not published, InvalidLayer if a proto of that id
-        exists; crystallize raises EditConflict if another publication came first.
+        DimensionNotFound if the dimension is not published, what its reload raised if it is
+        evicted and cannot come back (RegionFormatError, LimitExceeded), InvalidLayer if a proto of that id
+        exists, unless it is an edit whose base was superseded (crystallizing it could only
+        raise EditConflict): that one is ended (each of its calls raises EditConflict) and
+        replaced. crystallize raises EditConflict if another publication came first.
         """
         _, publisher = self._require()
         dimension_id = as_id(dimension_id, "dimension_id")
         if dimension_id in publisher.evicted:
-            self._require_capacity().reload(dimension_id)  # an edit needs its base in shared memory
-        with self._protos_lock:
-            if dimension_id in self._protos:
-                raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
-                                   reason="a proto-dimension with this id already exists")
-            base = publisher.hold_current(dimension_id)
-            proto = self._protos[dimension_id] = ProtoDimension.editing(base, publisher)
-        return proto
+            # An edit needs its base in shared memory; a failed reload says why (the file, the
+            # limit), where hold_current below could only say "not found".
+            self._require_capacity().reload(dimension_id, strict=True)
+        while True:
+            old = self._protos.get(dimension_id)
+            # An existing edit is judged with its crystallize lock held: not while it publishes.
+            with old._publishing if old is not None else contextlib.nullcontext(), self._protos_lock:
+                if self._protos.get(dimension_id) is not old:
+                    continue  # consumed or replaced meanwhile: look again
+                old_base = None if old is None else old._base
+                if old is not None and (old_base is None or publisher.current.get(dimension_id) is old_base):
+                    raise InvalidLayer(dimension_id=dimension_id, layer_id=None,
+                                       reason="a proto-dimension with this id already exists")
+                base = publisher.hold_current(dimension_id)
+                proto = self._protos[dimension_id] = ProtoDimension.editing(base, publisher)
+                if old is not None and old_base is not None:
+                    # The docs' answer to EditConflict is "start a new edit": an edit whose base
+                    # moved on can never be crystallized, so the new one replaces it (before, it
+                    # kept the id, InvalidLayer here for ever, and its hold kept the base
+                    # generation from being freed).
+                    self._end_stale_edit(old, old_base, publisher)
+                return proto
 
+    @while_running
     def crystallize(self, dimension_id: int, *, keep: bool = False, generation: int | None = None) -> int:
         """Write the proto-dimension into shared memory and publish it; returns the generation.
 
@@ -631,10 +685,24 @@ class Coordinator:
         a cluster under the same one, shmpool.dask): it must exceed the current generation, else
         GenerationNotNewer (a ValueError) is raised and nothing changes.
         """
-        inst, publisher = self._require()
+        self._require()
         proto = self.proto(dimension_id)
+        with proto._publishing:  # one crystallize of a proto at a time (two used to leak holds)
+            self._check_registered(proto)
+            return self._crystallize(proto, keep=keep, generation=generation)
+
+    def _check_registered(self, proto: ProtoDimension) -> None:
+        """Under ``proto._publishing``: the proto is still the one of its id (another thread's
+        crystallize may have consumed it, a new edit_dimension replaced it, stop() ended it)."""
+        proto._check_live()
+        if self._protos.get(proto.dimension_id) is not proto:
+            raise DimensionNotFound(dimension_id=proto.dimension_id, available=list(self._protos))
+
+    def _crystallize(self, proto: ProtoDimension, *, keep: bool, generation: int | None) -> int:
+        inst, publisher = self._require()
         dimension_id = proto.dimension_id
-        nbytes = proto.nbytes()
+        settled = proto._settled() if proto.base_generation is None else None  # a new proto: its layers now
+        nbytes = settled.nbytes() if settled is not None else proto.nbytes()
         source = f"crystallized proto-dimension {dimension_id}"
         if generation is not None:
             generation = as_id(generation, "generation")
@@ -649,7 +717,8 @@ class Coordinator:
                 return publisher.publish_edit(dimension_id, base_generation, new, removed,
                                               source=f"edit of dimension {dimension_id}", generation=generation)
         else:
-            builder = proto.builder
+            builder = settled
+            assert builder is not None  # settled above for a proto without a base
             place = functools.partial(publisher.place, nbytes, builder.write_into, layer_count=len(builder),
                                       name=builder.name, source=source, expect_dimension=dimension_id,
                                       generation=generation)
@@ -659,8 +728,16 @@ class Coordinator:
             # Make room the way the 85% rule would (for a full or fragmented pool too), wait for
             # the evicted regions to be freed, then try once more; a second refusal stands.
             refuse_at = Budget.read(inst.control.words).refuse_at
-            hopeless = nbytes > refuse_at or (isinstance(exc, AllocationFailed)
-                                              and exc.kind is AllocationFailure.TOO_LARGE)
+            # What is reserved is more than the region: its layer index, in whole blocks. Judged
+            # on the region alone, one just under the refusal point was taken for "may fit": every
+            # other dimension was evicted (make_room's target below is then negative), and the
+            # retry was refused all the same.
+            request = nbytes if settled is None else publisher.region_allocation(
+                nbytes, layer_count=len(settled), name=settled.name)[0]
+            smallest = min(inst.table.block_sizes)
+            reserved_at_least = -(-request // smallest) * smallest
+            hopeless = reserved_at_least > refuse_at or (isinstance(exc, AllocationFailed)
+                                                         and exc.kind is AllocationFailure.TOO_LARGE)
             if hopeless or not self.capacity_policy.evict or not self._require_capacity().make_room(refuse_at - 2 * nbytes):
                 raise exc from None
             deadline = time.monotonic() + ROOM_WAIT  # evicted regions go once unpinned, after GRACE
@@ -670,14 +747,28 @@ class Coordinator:
             generation = place()
         old_base = proto._base  # an edit's base (what base_generation reports), None for a new proto
         if old_base is not None:
+            proto._let_go_of(old_base, publisher)
             if keep:
                 proto._rebase(publisher.hold_current(dimension_id), publisher)
-            publisher.release_hold(old_base)
         if not keep:
             with self._protos_lock:
-                self._protos.pop(dimension_id, None)
+                if self._protos.get(dimension_id) is proto:
+                    del self._protos[dimension_id]
         return generation
 
+    def _end_stale_edit(self, proto: ProtoDimension, base: Published, publisher: Publisher) -> None:
+        """End an edit whose base is no longer the current generation (crystallizing it can
+        only raise EditConflict: generations only grow) and let go of its base."""
+        current = publisher.current.get(proto.dimension_id)
+        conflict = functools.partial(EditConflict, dimension_id=proto.dimension_id, base_generation=base.generation,
+                                     current_generation=None if current is None else current.generation)
+        proto._end(conflict)
+        proto._let_go_of(base, publisher)  # unless its crystallize, just done, let go of it first
+        logger.info("edit of dimension {} from generation {} ended: a new edit_dimension replaces it (the "
+                    "dimension moved on to generation {})", proto.dimension_id, base.generation,
+                    None if current is None else current.generation)
+
+    @while_running
     def publish_region_file(self, path: str | os.PathLike[str], *, generation: int | None = None) -> int:
         """Copy a region file (checksums verified) into shared memory as its dimension's next
         generation, or as ``generation``; returns the generation published.
@@ -687,22 +778,18 @@ class Coordinator:
         the memory is full. The file stays the reload source if the dimension is evicted later.
         """
         inst, publisher = self._require()
-        with Region.open(path) as region:
-            if generation is not None:
-                generation = as_id(generation, "generation")
-                entry = publisher.directory.find(region.dimension_id)
-                current = publisher.directory.generation(entry) if entry is not None else 0
-                if generation <= current:
-                    raise GenerationNotNewer(dimension_id=region.dimension_id, generation=generation,
-                                             current=current)
+        if path is None or not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgumentType(argument="path", value=path, reason="must be a path (str or os.PathLike)")
+        if generation is not None:
+            generation = as_id(generation, "generation")
+            dimension_id = file_dimension(path)
+            entry = publisher.directory.find(dimension_id)
+            current = publisher.directory.generation(entry) if entry is not None else 0
+            if generation <= current:  # before allocating
+                raise GenerationNotNewer(dimension_id=dimension_id, generation=generation, current=current)
+        return place_file(publisher, inst, path, generation=generation)
 
-            def copy(view: memoryview) -> None:
-                view[:] = region.buffer
-
-            return publisher.place(region.nbytes, copy, layer_count=region.layer_count, name=region.name,
-                                   source=str(path), expect_dimension=region.dimension_id, file=Path(path),
-                                   generation=generation)
-
+    @while_running
     def crystallize_many(self, dimension_ids: Iterable[int], *, keep: bool = False) -> dict[int, int]:
         """Publish the proto-dimensions ``dimension_ids`` together, as one atomic step.
 
@@ -716,8 +803,17 @@ class Coordinator:
         generation). Unlike :meth:`crystallize`, a full memory limit is not met by evicting
         first: free room, then call again.
         """
-        _, publisher = self._require()
+        self._require()
         protos = [self.proto(d) for d in dimension_ids]
+        with contextlib.ExitStack() as locks:
+            # One crystallize of a proto at a time, as crystallize; in id order, against deadlock.
+            for p in sorted({id(p): p for p in protos}.values(), key=lambda p: p.dimension_id):
+                locks.enter_context(p._publishing)
+                self._check_registered(p)
+            return self._crystallize_many(protos, keep=keep)
+
+    def _crystallize_many(self, protos: list[ProtoDimension], *, keep: bool) -> dict[int, int]:
+        _, publisher = self._require()
         items: list[Placement | EditPlacement] = []
         for p in protos:
             if p.base_generation is not None:
@@ -725,19 +821,21 @@ class Coordinator:
                 items.append(EditPlacement(p.dimension_id, p.base_generation, tuple(new), tuple(removed),
                                            f"edit of dimension {p.dimension_id}"))
             else:
-                items.append(Placement(p.builder.nbytes(), p.builder.write_into, len(p.builder), p.builder.name,
+                settled = p._settled()  # its layers now, whatever other threads add meanwhile
+                items.append(Placement(settled.nbytes(), settled.write_into, len(settled), settled.name,
                                        f"crystallized proto-dimension {p.dimension_id}", p.dimension_id))
         generations = publisher.place_many(items)
         for p in protos:  # as crystallize: an edit's base is let go, or the kept edit rebased
             old_base = p._base
             if old_base is not None:
+                p._let_go_of(old_base, publisher)
                 if keep:
                     p._rebase(publisher.hold_current(p.dimension_id), publisher)
-                publisher.release_hold(old_base)
         if not keep:
             with self._protos_lock:
                 for p in protos:
-                    self._protos.pop(p.dimension_id, None)
+                    if self._protos.get(p.dimension_id) is p:
+                        del self._protos[p.dimension_id]
         return {p.dimension_id: g for p, g in zip(protos, generations)}
 
     # ----------------------------------------------------------------- reading
@@ -765,12 +863,14 @@ class Coordinator:
         self._require()
         return self._pool is not None and self._pool.kill(pid, why)
 
+    @while_running
     def reclaim(self) -> int:
         """Free unpinned superseded generations now (the reaper does this every 20 ms while any wait)."""
         return self._require()[1].reclaim()
 
     # ----------------------------------------------------------------- monitoring
 
+    @while_running
     def stats(self) -> dict[str, Any]:
         """Memory by pool, utilization, fragmentation, failures, readers, generations."""
         inst, publisher = self._require()
@@ -813,6 +913,7 @@ class Coordinator:
         """The workers' job latency histogram (see JobBoard.latency_histogram); None without workers."""
         return self._board.latency_histogram() if self._board is not None else None
 
+    @while_running
     def dump_state(self) -> dict[str, Any]:
         """Everything, JSON-serialisable: regions, allocations, pools, index summaries, readers."""
         inst, publisher = self._require()

@@ -22,7 +22,7 @@ from .publisher import Publisher
 from .region_store import RegionStore, StoredRegion, why_not_storable
 from .verified import FileKey, VerifiedFiles
 
-__all__ = ["LoadReport", "load_region_files", "region_files", "sample_directory", "REGION_SUFFIX"]
+__all__ = ["LoadReport", "file_identity", "load_region_files", "place_file", "region_files", "sample_directory", "REGION_SUFFIX"]
 
 REGION_SUFFIX = ".region"
 _CRC_AT = HEADER_OFFSETS["meta_crc"]
@@ -88,6 +88,51 @@ def load_region_files(publisher: Publisher, paths: list[Path], *, instance: Shar
     if store is not None and store.added:
         store.prune()
     return report
+
+
+def file_identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes may have: replaced (inode), rewritten (ctime)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def place_file(publisher: Publisher, instance: SharedInstance, path: str | os.PathLike[str], *,
+               expect_dimension: int | None = None, generation: int | None = None,
+               replaces: int | None = None, identity: tuple[int, ...] | None = None) -> int:
+    """Publish region file ``path`` once (``Coordinator.publish_region_file``, a reload of an
+    evicted dimension); returns the generation. ``generation`` and ``replaces`` are as
+    Publisher.place takes them.
+
+    As at start-up, the file is copied through its descriptor and checked in full (structure,
+    every CRC32, every text's UTF-8) on the copy in shared memory, never mapped: a file
+    truncated in place while mapped (``cp`` and ``>`` truncate before they write) made the
+    coordinator die of SIGBUS reading it; copied, it is a RegionFormatError ("shrank"), and
+    what readers see is exactly what was checked. Raises RegionFormatError (including a file
+    of another dimension than ``expect_dimension``, or of another ``identity`` than
+    :func:`file_identity` gave when it held the bytes wanted), and what Publisher.place raises.
+    """
+    with RegionFile.open(path) as src, PoolWriter(instance) as writer:
+        if identity is not None and file_identity(src.stat) != identity:
+            raise RegionFormatError(source=src.path, fault="changed since its dimension was evicted (replaced or "
+                                                           "rewritten): it no longer holds the evicted bytes; "
+                                                           "publish it again to serve it")
+        dim = src.header.dimension_id
+        if expect_dimension is not None and dim != expect_dimension:
+            raise RegionFormatError(source=src.path, fault=f"holds dimension {dim}, not {expect_dimension}")
+
+        def write(view: memoryview) -> None:
+            writer.copy(src, view)
+            with Region.from_buffer(view, source=src.path, verify_checksums=True):
+                pass
+
+        return publisher.place(src.nbytes, write, layer_count=src.header.layer_count, name=src.name(),
+                               source=src.path, expect_dimension=dim, file=Path(src.path), generation=generation,
+                               replaces=replaces)
+
+
+def file_dimension(path: str | os.PathLike[str]) -> int:
+    """The dimension id region file ``path`` announces (its header only; RegionFormatError)."""
+    with RegionFile.open(path) as src:
+        return int(src.header.dimension_id)
 
 
 def _place(publisher: Publisher, writer: PoolWriter, src: RegionFile, cache: VerifiedFiles | None,

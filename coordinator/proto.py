@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from shmpool.data import arrays
 from shmpool.data.context import LoadedContext
 from shmpool.data.compression import inflate
-from shmpool.errors import InvalidLayer, LayerNotFound
+from shmpool.errors import InvalidLayer, LayerNotFound, ShmPoolError
 from shmpool.substrate.ids import LayerKey, as_id
 from shmpool.data.layer_index import ROW_DTYPE, SLOT_WORDS, slots_for
 from shmpool.data.region import FLAG_KEYED, FLAG_TEXT, FLAG_ZSTD, align, split_keywords
@@ -69,10 +69,15 @@ class ProtoDimension:
         self._layers = _ProtoLayers(name)
         self._content: dict[int, bytes] = {}
         self._lock = threading.Lock()
+        # Held for a whole crystallize of this proto, and by an edit_dimension judging it stale:
+        # two publications of one proto (or a publication and its replacement) never interleave.
+        self._publishing = threading.Lock()
         self._base: Published | None = None
         self._publisher: Publisher | None = None
         self._base_rows: dict[int, int] = {}   # edits: layer id -> row of the base still in use
         self._removed: set[int] = set()         # edits: base ids removed or replaced
+        self._ended: Callable[[], ShmPoolError] | None = None  # the error of every call once ended (_end)
+        self._hold: Published | None = None     # edits: the base whose hold this proto still owns
 
     @classmethod
     def editing(cls, base: Published, publisher: Publisher) -> "ProtoDimension":
@@ -82,7 +87,9 @@ class ProtoDimension:
         return proto
 
     def _rebase(self, base: Published, publisher: Publisher) -> None:
+        """Start over from ``base``, whose hold (Publisher.hold_current) this proto now owns."""
         self._base, self._publisher = base, publisher
+        self._hold = base
         # One dict of ints for the ids: the proto answers membership and lookups of base layers
         # without touching shared memory; no layer bytes are copied.
         self._base_rows = dict(zip(base.rows["layer_id"].tolist(), range(len(base.rows))))
@@ -90,6 +97,27 @@ class ProtoDimension:
         self._builder = RegionBuilder(base.dimension_id, base.name)
         self._content.clear()
         self._layers.meta.clear()
+
+    def _end(self, error: Callable[[], ShmPoolError]) -> None:
+        """The proto can no longer be crystallized: its coordinator stopped (an edit's base was
+        unmapped with the instance; CoordinatorStateError) or its edit conflicted (EditConflict,
+        final: generations only grow). Every later call raises ``error()`` rather than read a
+        closed mapping (a bare ValueError) or mutate what nothing will publish."""
+        with self._lock:
+            self._ended = error
+
+    def _let_go_of(self, base: Published, publisher: Publisher) -> None:
+        """Release the hold on ``base`` if this proto still owns it: once, whoever asks first (a
+        crystallize that published it, a new edit_dimension that replaces it as stale)."""
+        with self._lock:
+            if self._hold is not base:
+                return
+            self._hold = None
+        publisher.release_hold(base)
+
+    def _check_live(self) -> None:
+        if self._ended is not None:
+            raise self._ended()
 
     @property
     def base_generation(self) -> int | None:
@@ -107,6 +135,7 @@ class ProtoDimension:
         InvalidLayer for any other bad input (a duplicate id, outside an edit).
         """
         layer_id = as_id(layer_id, "layer_id")
+        self._check_live()
         self._check_key_of_base(layer_id)
         if isinstance(content, np.ndarray):  # once, here: the builder and the heap copy store the same bytes
             content = arrays.encode(content, dimension_id=self.dimension_id, layer_id=layer_id)
@@ -139,6 +168,7 @@ class ProtoDimension:
     def remove_layer(self, layer_id: int) -> None:
         """Remove one layer (in an edit, a layer of the base too). Raises LayerNotFound."""
         layer_id = as_id(layer_id, "layer_id")
+        self._check_live()
         with self._lock:
             in_base = layer_id in self._base_rows and layer_id not in self._removed
             if (in_base or layer_id in self._content) and not self._holds_key(layer_id):
@@ -157,6 +187,7 @@ class ProtoDimension:
         for a non-int id. A layer an edit kept from its base is returned as a private copy:
         the base may be released once the edit is crystallized."""
         layer_id = as_id(layer_id, "layer_id")
+        self._check_live()
         content = self._content.get(layer_id)
         if (content is not None or layer_id in self._base_rows) and not self._holds_key(layer_id):
             raise self._not_found(layer_id)
@@ -208,13 +239,22 @@ class ProtoDimension:
     def nbytes(self) -> int:
         """Bytes crystallization will allocate: the whole region, or for an edit the changed
         layers plus the new layer index."""
-        if self._base is None:
-            return self._builder.nbytes()
-        changed = 0
-        for _, layer in self._builder.stored_layers():
-            changed = align(changed) + len(layer.content) + len(layer.keyword_bytes) + len(layer.key or b"")
-        rows = len(self)
+        with self._lock:  # the builder is not thread-safe: its layout is computed (and cached) here
+            if self._base is None:
+                return self._builder.nbytes()
+            changed = 0
+            for _, layer in self._builder.stored_layers():
+                changed = align(changed) + len(layer.content) + len(layer.keyword_bytes) + len(layer.key or b"")
+            rows = len(self)
         return changed + rows * ROW_DTYPE.itemsize + slots_for(rows) * SLOT_WORDS * 8 + 512
+
+    def _settled(self) -> RegionBuilder:
+        """The builder as it is now, copied under the lock: what a crystallize writes, whatever
+        add_layer calls other threads make meanwhile. (Written from the live builder, a layer
+        added during the write cached a layout of the old layer set in it for good: every later
+        crystallize failed with RegionFormatError "holds 25 layers ..., expected 28".)"""
+        with self._lock:
+            return self._builder.copy()
 
     def changes(self) -> tuple[list[NewLayer], list[int]]:
         """An edit's new or replaced layers, as stored, and the base ids it removes or replaces."""

@@ -118,6 +118,9 @@ class Evicted:
     file: Path
     layer_count: int
     evicted_at: float = field(default_factory=time.time)
+    # ``file``'s (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) when it held the bytes:
+    # a reload from a file changed since (replaced, rewritten) would serve other bytes.
+    identity: tuple[int, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"dimension_id": self.dimension_id, "name": self.name, "generation": self.generation,
@@ -193,7 +196,7 @@ class Publisher:
 
     def place(self, nbytes: int, write: Callable[[memoryview], object], *, layer_count: int, name: str,
               source: str, expect_dimension: int | None = None, file: Path | None = None,
-              compressed: bool = False, generation: int | None = None) -> int:
+              compressed: bool = False, generation: int | None = None, replaces: int | None = None) -> int:
         """Allocate room for a region of ``nbytes`` and its layer index, let ``write`` fill the
         region, check it, publish it; returns the new generation.
 
@@ -204,7 +207,10 @@ class Publisher:
         blocks are freed before the error propagates: a half-placed dimension leaves nothing
         allocated. ``generation`` publishes as that generation instead of the next one (a cluster
         agreeing on one number for every host); GenerationNotNewer if it does not exceed the
-        current one.
+        current one. ``replaces``: the generation this publication was made from (a reload of
+        an evicted one, a recompression of the current one); EditConflict, publishing nothing,
+        if the dimension is at another generation by the time it commits (the program published
+        it meanwhile: the copy is out of date).
         """
         handle, region_at, dimension_id, rows = self._write_region(nbytes, write, layer_count=layer_count, name=name,
                                                                    source=source, expect_dimension=expect_dimension)
@@ -214,7 +220,8 @@ class Publisher:
                 return self._publish_locked(dimension_id, name, rows, row_blocks, {handle.record: len(rows)},
                                             {handle.record: handle},
                                             [handle], source=source, index=handle, region=(handle, region_at, nbytes),
-                                            file=file, compressed=compressed, generation=generation)
+                                            file=file, compressed=compressed, generation=generation,
+                                            replaces=replaces)
         except BaseException:
             self._inst.table.free(handle)
             raise
@@ -245,15 +252,22 @@ class Publisher:
                 expect_dimension, name, rows, np.full(len(rows), NO_BLOCK, dtype=np.int64), {NO_BLOCK: len(rows)},
                 {}, [], source=source, file=file, mapped=True)])[0]
 
+    @staticmethod
+    def region_allocation(nbytes: int, *, layer_count: int, name: str) -> tuple[int, int]:
+        """(bytes :meth:`place` asks the allocator for, for a region of ``nbytes`` holding
+        ``layer_count`` layers of dimension name ``name``; the region's offset in them): its
+        layer index comes first, in the same allocation."""
+        region_at = align(layer_index.index_nbytes(len(name.encode("utf-8")), layer_count))
+        return region_at + nbytes, region_at
+
     def _write_region(self, nbytes: int, write: Callable[[memoryview], object], *, layer_count: int, name: str,
                       source: str, expect_dimension: int | None) -> tuple[Handle, int, int, np.ndarray]:
         """Allocate the index and region, let ``write`` fill the region, check it: (allocation,
         the region's offset in it, its dimension id, its index rows). Frees what it allocated on
         failure."""
         table = self._inst.table
-        name_bytes = name.encode("utf-8")
-        region_at = align(layer_index.index_nbytes(len(name_bytes), layer_count))
-        handle = table.allocate(region_at + nbytes)
+        request, region_at = self.region_allocation(nbytes, layer_count=layer_count, name=name)
+        handle = table.allocate(request)
         try:
             view = self._inst.handle_view(handle)
             region_view = view[region_at:]
@@ -420,7 +434,7 @@ class Publisher:
                       index: Handle | None = None, region: tuple[Handle, int, int] | None = None,
                       file: Path | None = None, compressed: bool = False, table: np.ndarray | None = None,
                       slot_of: np.ndarray | None = None, generation: int | None = None,
-                      mapped: bool = False) -> _Staged:
+                      mapped: bool = False, replaces: int | None = None) -> _Staged:
         """Write the layer index (at the start of ``index``, or of an allocation of its own) and
         tag the allocations; nothing is visible yet. ``new_blocks`` are the data allocations
         this generation created (they get its tag); the caller frees them on failure. An index
@@ -431,6 +445,9 @@ class Publisher:
         if entry is None:
             entry = self.directory.add(dimension_id)
         current = self.directory.generation(entry)
+        if replaces is not None and current != replaces:
+            # Checked under the lock, where the commit follows: nothing can publish in between.
+            raise EditConflict(dimension_id=dimension_id, base_generation=replaces, current_generation=current)
         if generation is None:
             generation = current + 1
         elif generation <= current:
@@ -494,20 +511,27 @@ class Publisher:
                         pub.source, "" if len(staged) == 1 else f" (one commit of {len(staged)})")
         return [st.pub.generation for st in staged]
 
-    def evict(self, dimension_id: int, file: Path) -> int:
+    def evict(self, dimension_id: int, file: Path, *, generation: int, identity: tuple[int, ...] | None = None) -> int:
         """Publish "no region" as the dimension's next generation; its blocks are freed by the
-        usual rule once no reader pins them. ``file`` must hold the bytes for a reload."""
+        usual rule once no reader pins them. ``file`` must hold the bytes of ``generation``
+        for a reload: EditConflict, evicting nothing, if that is no longer the current one (a
+        publication came between the choice and the eviction; its bytes are not in ``file``)."""
         with self._lock:
-            cur = self.current.pop(dimension_id)
-            generation = self.directory.generation(cur.entry) + 1
-            self.directory.publish(cur.entry, Location.evicted_at(generation))
+            cur = self.current.get(dimension_id)
+            if cur is None or cur.generation != generation:
+                entry = self.directory.find(dimension_id)
+                raise EditConflict(dimension_id=dimension_id, base_generation=generation,
+                                   current_generation=None if entry is None else self.directory.generation(entry))
+            del self.current[dimension_id]
+            evicted_as = self.directory.generation(cur.entry) + 1
+            self.directory.publish(cur.entry, Location.evicted_at(evicted_as))
             self._supersede(cur)
             self._bump_epoch()
-            self.evicted[dimension_id] = Evicted(dimension_id, cur.name, cur.entry, generation, file,
-                                                 cur.layer_count)
+            self.evicted[dimension_id] = Evicted(dimension_id, cur.name, cur.entry, evicted_as, file,
+                                                 cur.layer_count, identity=identity)
         logger.info("evicted dimension {} ({!r}) as generation {}; {} bytes to be freed; reload from {}",
-                    dimension_id, cur.name, generation, cur.nbytes, file)
-        return generation
+                    dimension_id, cur.name, evicted_as, cur.nbytes, file)
+        return evicted_as
 
     def _supersede(self, old: Published) -> None:
         old.superseded_at = time.monotonic()

@@ -187,6 +187,15 @@ class RegionBuilder:
         """The key text (UTF-8) of layer ``layer_id``, None if it was added by an int id; KeyError if absent."""
         return self._layers[layer_id].key
 
+    def copy(self) -> "RegionBuilder":
+        """A builder of the same layers (their bytes shared: they are immutable), to write while
+        this one goes on changing. A RegionBuilder is not thread-safe: one thread's add_layer
+        during another's write_into could cache a layout of the old layer set for good."""
+        twin = RegionBuilder.__new__(RegionBuilder)
+        twin.__dict__.update(self.__dict__)
+        twin._layers = dict(self._layers)
+        return twin
+
     def stored_layers(self) -> list[tuple[int, Any]]:
         """(layer id, layer as stored) in id order: what an edit writes (shmpool.coordinator.publisher)."""
         return sorted(self._layers.items())
