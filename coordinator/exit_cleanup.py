@@ -41,6 +41,7 @@ from types import FrameType
 from typing import Protocol
 
 from shmpool.substrate._log import logger, when_loguru_imported
+from shmpool.substrate.fork_safe import ForkSafeLock
 
 __all__ = ["forget", "remember"]
 
@@ -54,17 +55,7 @@ class _Stoppable(Protocol):
 # Coordinators started and not stopped, each with the pid that started it. Weak: the registry
 # never keeps a coordinator alive (a running one is kept alive by its reaper thread anyway).
 _live: "weakref.WeakKeyDictionary[_Stoppable, int]" = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
-
-
-def _fresh_lock_after_fork() -> None:
-    # The child inherits the exit hook and the SIGTERM handler, which take this lock: a copy held
-    # by a thread of the parent (a start or stop at the fork) would hang the child's exit.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+_lock = ForkSafeLock()  # made afresh in a forked child (shmpool/substrate/fork_safe.py)
 _hook_registered = False
 _exiting = False  # the exit hook has started
 

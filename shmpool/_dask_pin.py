@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from ._dask_publish import Lock, _plugin_of
 from .data.context import ContextCollection, LoadedContext, MissingStep
 from .data.region import Region
 from .errors import InvalidArgument, ShmPoolError
+from .substrate.fork_safe import ForkSafeLock
 from .substrate.ids import as_id
 
 __all__ = ["Pin", "pin", "PIN_TTL"]
@@ -155,18 +155,8 @@ class _StoredGeneration:
 
 
 _open: dict[tuple[str, int, int], _StoredGeneration] = {}  # (store, dimension, generation) -> mapped file
-_open_lock = threading.Lock()
+_open_lock = ForkSafeLock()  # made afresh in a forked child (shmpool/substrate/fork_safe.py)
 _OPEN_MOST = 16  # pinned files kept mapped per worker process; the oldest is dropped first
-
-
-def _fresh_open_lock_after_fork() -> None:
-    # A task forking while another thread opens a file here must not leave its child a copy
-    # held by a thread the child does not have (as shmpool.dask's reader lock).
-    global _open_lock
-    _open_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_open_lock_after_fork)
 
 
 def _stored(pinned: Pin, dimension_id: int, generation: int, layer_id: int) -> LoadedContext:

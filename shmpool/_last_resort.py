@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from typing import TYPE_CHECKING
 
 from .substrate._log import import_loguru_for_records, logger, when_loguru_imported
+from .substrate.fork_safe import ForkSafeLock
 
 if TYPE_CHECKING:
     from loguru import Logger, Message, Record
@@ -45,16 +45,7 @@ _PACKAGE = "shmpool"
 _WARNING_NO = 30  # loguru's WARNING severity
 _DEFAULT_SINK = 0  # the id loguru gives the stderr sink it adds on import
 
-_lock = threading.Lock()
-
-
-def _fresh_lock_after_fork() -> None:
-    # A thread holding it at a fork() is not in the child: its copy would stay held for ever.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+_lock = ForkSafeLock()  # made afresh in a forked child (shmpool/substrate/fork_safe.py)
 _wanted = True
 _activated = False
 

@@ -49,6 +49,7 @@ from . import _dask_serialize  # noqa: F401  (registers how contexts leave a wor
 from ._dask_pin import Pin, pin
 from ._dask_publish import publish
 from .errors import AttachError, InvalidArgument
+from .substrate.fork_safe import ForkSafeLock
 from .substrate.ids import as_id
 from .substrate.layout import STATE_RUNNING, W
 from .substrate.limits import DEFAULT_LIMIT
@@ -264,17 +265,7 @@ def _conflict(name: str, serving: host.HostConfig, wanted: host.HostConfig) -> I
 # ----------------------------------------------------------------- in tasks (each worker process)
 
 _readers: dict[str, Reader] = {}
-_readers_lock = threading.Lock()
-
-
-def _fresh_readers_lock_after_fork() -> None:
-    # Held while reader() attaches (up to its timeout, for a restarting daemon): a task forking
-    # meanwhile must not leave its child a copy held by a thread the child does not have.
-    global _readers_lock
-    _readers_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_readers_lock_after_fork)
+_readers_lock = ForkSafeLock()  # made afresh in a forked child (shmpool/substrate/fork_safe.py)
 _STATE = int(W.STATE)  # a plain int: indexing a memoryview with an IntEnum costs an __index__ call
 
 

@@ -41,7 +41,9 @@ def _modules_after(code: str) -> set[str]:
 def test_import_shmpool_loads_only_the_package_until_a_name_is_used():
     modules = _modules_after("import shmpool")
     ours = {m for m in modules if m == "shmpool" or m.startswith("shmpool.")}
-    assert ours == {"shmpool", "shmpool._last_resort", "shmpool.substrate", "shmpool.substrate._log"}
+    # fork_safe: the locks of _log and _last_resort (stdlib only: os, threading, weakref).
+    assert ours == {"shmpool", "shmpool._last_resort", "shmpool.substrate", "shmpool.substrate._log",
+                    "shmpool.substrate.fork_safe"}
     assert not {"numpy", "loguru", "msgpack", "asyncio"} & modules
 
 

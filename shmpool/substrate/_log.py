@@ -23,9 +23,9 @@ undo an ``enable`` the user made in between).
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
+
+from .fork_safe import ForkSafeLock
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 if TYPE_CHECKING:
@@ -48,16 +48,7 @@ _RECORD_LEVELS = {"trace": 5, "debug": 10, "info": 20, "success": 25, "warning":
 _LEVEL_NUMBERS = {name.upper(): number for name, number in _RECORD_LEVELS.items() if name != "exception"}
 _DROP_ALL = 100  # above CRITICAL: the floor while no process has asked for records
 
-_lock = threading.Lock()
-
-
-def _fresh_lock_after_fork() -> None:
-    # A thread holding it at a fork() is not in the child: its copy would stay held for ever.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+_lock = ForkSafeLock()  # made afresh in a forked child (shmpool/substrate/fork_safe.py)
 _pending: list[Callable[["Logger"], None]] = []
 _record_floor = _DROP_ALL  # lowered by import_loguru_for_records()
 
