@@ -190,6 +190,16 @@ SAME_WORKER = {
     "test_cli_stress_report.py::test_stress_out_writes_windows_that_add_up_and_a_figure": "stress_run",
     "test_dask_publish.py": "the publish cluster",         # two hosts: ~5 s of CPU to start
     "test_client_executor_features.py": "features coordinator",
+    # This session's review modules whose tests share one module-scoped coordinator or reader.
+    "test_client_review_timeouts.py": "timeouts client",
+    "test_array_review_foreign_header.py": "foreign header reader",
+    "test_context_review_released_content.py": "released content reader",
+    "test_lookup_review_hostile_rows.py": "hostile rows reader",
+    "test_lookup_review_hostile_text.py": "hostile text reader",
+    "test_process_local_not_picklable.py": "not picklable instance",
+    "test_reader_dimension_names.py": "dimension names reader",
+    "test_reader_review_argument_types.py": "argument types reader",
+    "test_worker_job_module_import_errors.py": "import errors client",
     # The session's wheel (tests/_wheel.py): a second worker asking for it while the first builds
     # would wait idle on the build's lock for a minute of a loaded run.
     "test_packaging.py::test_the_wheel_adds_exactly_one_top_level_package_and_carries_both_process_roles": "wheel",
