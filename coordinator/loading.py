@@ -17,7 +17,7 @@ from shmpool.substrate.instance import SharedInstance
 from shmpool.data.region import HEADER_OFFSETS, Region
 from shmpool.data.sample import sample_dir
 
-from .file_copy import PoolWriter, RegionFile
+from .file_copy import PoolWriter, RegionFile, check_by_reading
 from .publisher import Publisher
 from .region_store import RegionStore, StoredRegion, why_not_storable
 from .verified import FileKey, VerifiedFiles
@@ -139,7 +139,7 @@ def _place(publisher: Publisher, writer: PoolWriter, src: RegionFile, cache: Ver
            store: tuple[RegionStore, SharedInstance] | None, report: LoadReport) -> None:
     dim = src.header.dimension_id
     if dim in report.loaded:
-        Region.open(src.path).close()  # a corrupt file is reported as corrupt, not as a duplicate
+        check_by_reading(src.path)  # a corrupt file is reported as corrupt, not as a duplicate
         reason = f"dimension {dim} was already loaded from {report.loaded[dim]}"
         report.skipped.append((src.path, reason))
         logger.warning("skipping region file {}: {}", src.path, reason)
