@@ -35,22 +35,18 @@ SENDFILE = sys.platform.startswith("linux") and hasattr(os, "sendfile")
 HEADER_FIELD_LENGTH = Header._fields.index("region_length")
 
 
-def check_by_reading(path: str) -> None:
-    """Region.open's validation of the file at ``path`` (RegionFormatError worded as it words
-    it), over its bytes read into memory instead of a mapping: a file truncated meanwhile is a
-    short read, never a SIGBUS, and the coordinator must never die by a signal. For the files
-    start-up skips (a duplicate id, a header that looks wrong); a file read whole, once."""
+def check_by_reading(fd: int, st: os.stat_result, path: str) -> None:
+    """Region.open's validation of the open file ``fd`` (``st`` its stat; RegionFormatError
+    worded as Region.open words it, naming ``path``), over its bytes read into memory instead of
+    a mapping: a file truncated meanwhile is a short read, never a SIGBUS, and the coordinator
+    must never die by a signal. For the files start-up skips (a duplicate id, a header that
+    looks wrong): the file the caller holds open, read whole, once."""
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        Region.open(path).close()  # refuses these before it maps anything, in its own words
+        raise RegionFormatError(source=path, fault="changed while being read")
+    data = bytearray(st.st_size)
+    view, done = memoryview(data), 0
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise RegionFormatError(source=path, fault=f"cannot open: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-            Region.open(path).close()  # refuses these before it maps anything, in its own words
-            raise RegionFormatError(source=path, fault="changed while being read")
-        data = bytearray(st.st_size)
-        view, done = memoryview(data), 0
         while done < len(data):
             got = os.preadv(fd, [view[done:]], done)
             if got == 0:
@@ -59,8 +55,6 @@ def check_by_reading(path: str) -> None:
             done += got
     except OSError as exc:
         raise RegionFormatError(source=path, fault=f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
     Region.from_buffer(data, source=path).close()
 
 
@@ -95,7 +89,7 @@ class RegionFile:
             if not plausible:
                 # Let the full validator word the fault exactly (empty, not regular, bad magic,
                 # truncated), over the bytes read, not a mapping: only bad files pay.
-                check_by_reading(source)
+                check_by_reading(fd, st, source)
                 raise RegionFormatError(source=source, fault="changed while being opened")
             return cls(source, fd, st, Header._make(HEADER.unpack_from(raw, 0)))
         except BaseException:

@@ -139,7 +139,7 @@ def _place(publisher: Publisher, writer: PoolWriter, src: RegionFile, cache: Ver
            store: tuple[RegionStore, SharedInstance] | None, report: LoadReport) -> None:
     dim = src.header.dimension_id
     if dim in report.loaded:
-        check_by_reading(src.path)  # a corrupt file is reported as corrupt, not as a duplicate
+        check_by_reading(src.fd, src.stat, src.path)  # a corrupt file is reported as corrupt, not as a duplicate
         reason = f"dimension {dim} was already loaded from {report.loaded[dim]}"
         report.skipped.append((src.path, reason))
         logger.warning("skipping region file {}: {}", src.path, reason)
