@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, TypeVar
 
 import numpy as np
 import posix_ipc
@@ -60,7 +60,10 @@ def _open_or_create(instance: str, slot: int) -> posix_ipc.Semaphore:
         return open_semaphore(name, instance=instance)  # a previous holder's: ours and 0600, or refused
 
 
-def _own(error: ShmPoolError) -> ShmPoolError:
+_E = TypeVar("_E", bound=ShmPoolError)
+
+
+def own_copy(error: _E) -> _E:
     """A copy of the waiter's stored ``error`` for one waiter to raise (ShmPoolError rebuilds
     from its fields). Raising an object attaches the raiser's traceback to it, and so its frames
     and their locals: raised itself in every waiter, the one stored error kept every failed
@@ -108,7 +111,7 @@ class GenerationWaiter:
                     # The error first: close() sets it under this condition before its Reader
                     # unmaps, so while we hold the condition and see none, the views are mapped.
                     if self._error is not None:
-                        raise _own(self._error)
+                        raise own_copy(self._error)
                     g = int(self._dir[pos])
                     if g > after:
                         return g
@@ -126,7 +129,7 @@ class GenerationWaiter:
         fut: "asyncio.Future[int]" = loop.create_future()
         with self._cond:  # every read of the views under the condition, after the error: as wait()
             if self._error is not None:
-                raise _own(self._error)
+                raise own_copy(self._error)
             g = int(self._dir[pos])
             if g > after:
                 return g
@@ -138,7 +141,7 @@ class GenerationWaiter:
         except asyncio.TimeoutError:
             with self._cond:
                 if self._error is not None:
-                    raise _own(self._error) from None
+                    raise own_copy(self._error) from None
                 g = int(self._dir[pos])
             raise GenerationTimeout(dimension_id=dimension_id, after=after, generation=g,
                                     timeout=timeout or 0.0) from None
@@ -185,7 +188,7 @@ class GenerationWaiter:
         for fut, (loop, pos, after) in list(self._futures.items()):
             value: int | ShmPoolError
             if self._error is not None:
-                value = _own(self._error)  # not a look at the views: the Reader may unmap once it is set
+                value = own_copy(self._error)  # not a look at the views: the Reader may unmap once it is set
             else:
                 g = self._dir[pos]
                 if g <= after:

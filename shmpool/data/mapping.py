@@ -23,7 +23,6 @@ A :class:`MappedGenerations` is what a :class:`~shmpool.data.reader.Reader` and 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import threading
 import time
@@ -39,7 +38,7 @@ from ..substrate.instance import SharedInstance
 from ..substrate.layout import CACHE_SHIFT, TOUCHED_RELOAD, CacheBit, W, Layout, cache_blocks, cache_word
 from . import fork, layer_index
 from .directory import Directory, Location
-from .gen_wait import GenerationWaiter
+from .gen_wait import GenerationWaiter, own_copy
 from .pins import RowPins, entries_used
 from .readers import ReaderRegistry
 
@@ -143,8 +142,8 @@ class MappedGenerations:
     def closed_error(self) -> AttachError:
         if self._fork_error is not None:
             # A copy per raise: the one kept here would otherwise collect the traceback (frames,
-            # locals) of every refused lookup, growing with each (as gen_wait._own says).
-            return copy.copy(self._fork_error)
+            # locals) of every refused lookup, growing with each.
+            return own_copy(self._fork_error)
         return ReaderClosed(name=self.name, slot=self.slot)
 
     def entries(self) -> dict[int, int]:
