@@ -146,9 +146,18 @@ class RegionStore:
         if not key.settled(time.time_ns()):
             logger.debug("region store: {} changed too recently to be keyed; copied into the pools", src.path)
             return None
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=SUFFIX, dir=self.folder)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # a pruner leaves a temporary alone while we hold it
+            # Made and locked under the prune lock: a pruner removes a temporary it can lock (a
+            # killed copy's), and one between mkstemp and our flock took this one (another
+            # coordinator starting at once; our link then failed). Ours from here: a pruner
+            # leaves a temporary alone while we hold it.
+            with self._prune_lock():
+                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=SUFFIX, dir=self.folder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except Timeout:
+            logger.info("region store {}: its prune lock is busy; {} copied into the pools", self.folder, src.path)
+            return None
+        try:
             _copy(src, fd)
             with mmap.mmap(fd, src.nbytes, access=mmap.ACCESS_READ) as mapping:
                 view = memoryview(mapping)
@@ -180,10 +189,14 @@ class RegionStore:
         """Remove unused copies past :data:`STORE_MAX_BYTES`, oldest used first, and temporaries
         of killed copies. Never raises: a store that cannot be pruned only takes more room."""
         try:
-            with FileLock(str(self.folder) + ".lock", timeout=_PRUNE_WAIT, mode=0o600):
+            with self._prune_lock():
                 self._prune_locked()
         except (OSError, Timeout) as exc:
             logger.warning("region store {} not pruned: {}", self.folder, exc)
+
+    def _prune_lock(self) -> FileLock:
+        """Held by a prune, and by an add while it makes and locks its temporary."""
+        return FileLock(str(self.folder) + ".lock", timeout=_PRUNE_WAIT, mode=0o600)
 
     def _prune_locked(self) -> None:
         unused: list[tuple[float, int, Path, int]] = []
